@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs Debian dependencies, builds with ASan/UBSan and
+# -Werror, runs every test (unit, op, model conformance against transformers fixtures, CLI), then
+# a short libFuzzer run over the parsers. Usage: bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+bash scripts/setup.sh
+
+jobs=$(nproc)
+echo "== build (ASan + UBSan)"
+cmake -S . -B build-test -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDSEEK_SANITIZE=ON \
+  -DDSEEK_BENCH=OFF >/dev/null
+cmake --build build-test -j "$jobs"
+
+echo "== tests"
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+export OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=1
+(cd build-test && ctest -j "$jobs" --output-on-failure --timeout 600)
+
+if compgen -G "tests/fuzz/*.cpp" >/dev/null; then
+  echo "== fuzz (libFuzzer, clang)"
+  CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DDSEEK_FUZZ=ON -DDSEEK_TESTS=OFF -DDSEEK_BENCH=OFF >/dev/null
+  cmake --build build-fuzz -j "$jobs"
+  seconds=${DSEEK_FUZZ_SECONDS:-30}
+  for fuzzer in build-fuzz/fuzz_*; do
+    name=$(basename "$fuzzer")
+    corpus="$root/tests/fuzz/corpus/${name#fuzz_}"
+    work=$(mktemp -d)
+    [[ -d "$corpus" ]] && cp -r "$corpus"/. "$work"/
+    echo "-- $name for ${seconds}s"
+    "$fuzzer" -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=4096 "$work" 2>&1 | tail -n 2
+    rm -rf "$work"
+  done
+fi
+echo "== all tests passed"

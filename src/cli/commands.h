@@ -1,0 +1,15 @@
+// Each `dseek` subcommand lives in its own cmd_<name>.cpp and registers itself here. A command's
+// callback throws dseek::Error on bad input; main() turns that into a message and exit code 1.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace dseek::cli {
+
+void add_info_command(CLI::App& app);
+void add_logits_command(CLI::App& app);
+void add_generate_command(CLI::App& app);
+void add_chat_command(CLI::App& app);
+void add_tokenize_commands(CLI::App& app);  // tokenize, detokenize
+
+}  // namespace dseek::cli

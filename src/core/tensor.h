@@ -1,0 +1,86 @@
+// Tensor: a typed, strided view onto shared storage. Storage is either owned (allocated here) or
+// borrowed from elsewhere (a memory-mapped safetensors file) with a keep-alive handle, so weights
+// are used in place without copies. Device is part of the type so a CUDA twin can slot in later.
+//
+// Glossary of dimension names used across dseek: T tokens, B batch, H heads, D hidden size,
+// E experts, K top-k, V vocabulary, L layers.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+
+namespace dseek {
+
+enum class Device : uint8_t { CPU, CUDA };
+
+using Shape = std::vector<int64_t>;
+
+std::string shape_str(const Shape& shape);  // "[2, 3, 4]"
+int64_t shape_numel(const Shape& shape);
+
+struct Storage {
+  void* data = nullptr;
+  size_t bytes = 0;
+  Device device = Device::CPU;
+  std::shared_ptr<void> owner;  // frees or unmaps the memory when the last user goes
+};
+
+class Tensor {
+ public:
+  Tensor() = default;
+
+  // Uninitialised contiguous tensor on the CPU (64-byte aligned).
+  static Tensor empty(const Shape& shape, DType dtype = DType::F32);
+  static Tensor zeros(const Shape& shape, DType dtype = DType::F32);
+  // Filled with NaN (float types) or 0xAB bytes (integers): for poisoning outputs in tests.
+  static Tensor poisoned(const Shape& shape, DType dtype = DType::F32);
+  static Tensor from_vector(const std::vector<float>& values, const Shape& shape);
+  static Tensor from_ids(const std::vector<int32_t>& ids);
+  // A view of memory owned by someone else; `owner` keeps it alive.
+  static Tensor borrow(void* data, const Shape& shape, DType dtype, std::shared_ptr<void> owner);
+
+  bool defined() const { return storage_ != nullptr; }
+  DType dtype() const { return dtype_; }
+  Device device() const { return storage_ ? storage_->device : Device::CPU; }
+  const Shape& shape() const { return shape_; }
+  const Shape& strides() const { return strides_; }
+  int dim() const { return int(shape_.size()); }
+  int64_t size(int d) const;  // negative d counts from the end
+  int64_t numel() const { return shape_numel(shape_); }
+  size_t nbytes() const { return size_t(numel()) * dtype_size(dtype_); }
+  bool is_contiguous() const;
+
+  void* raw() const;  // address of element 0
+  template <typename T>
+  T* data() const {
+    return static_cast<T*>(raw());
+  }
+
+  // Views (share storage).
+  Tensor reshape(const Shape& shape) const;  // requires contiguous; one -1 allowed
+  Tensor slice(int d, int64_t start, int64_t end) const;
+  Tensor select(int d, int64_t index) const;  // drops dimension d
+  Tensor transpose(int a, int b) const;
+
+  // Copies.
+  Tensor contiguous() const;
+  Tensor clone() const;
+  Tensor to(DType dtype) const;  // via f32; same dtype returns a contiguous copy
+  Tensor to_f32() const { return to(DType::F32); }
+  std::vector<float> to_vector() const;  // f32 values in logical order
+
+ private:
+  std::shared_ptr<Storage> storage_;
+  size_t offset_ = 0;  // in elements
+  Shape shape_;
+  Shape strides_;  // in elements
+  DType dtype_ = DType::F32;
+};
+
+Shape contiguous_strides(const Shape& shape);
+
+}  // namespace dseek
