@@ -30,6 +30,14 @@ class Model {
   // the cache and returns their logits [T, V]. Must equal the full forward.
   virtual Tensor forward(const std::vector<int32_t>& ids, KVCache& cache) = 0;
   virtual std::unique_ptr<KVCache> new_cache(int64_t max_tokens) const = 0;
+
+  // Multi-token prediction (deepseek_v3 with num_nextn_predict_layers > 0). For ids [T], returns
+  // the logits [T - depth, V] of MTP depth `depth` (1-based): row i predicts token i + depth + 1
+  // from h^{depth-1}_i and the embedding of token i + depth. h^0 is the main model's output after
+  // its final norm (as vLLM feeds real V3 checkpoints); h^k is MTP block k's output before
+  // shared_head.norm. h' = eh_proj([enorm(emb(t)); hnorm(h)]), then one decoder block, then
+  // shared_head.norm and shared_head.head. Throws if the model has no MTP layers.
+  virtual Tensor forward_mtp(const std::vector<int32_t>& ids, int depth) = 0;
 };
 
 }  // namespace dseek

@@ -1,0 +1,13 @@
+// linear: y = x · Wᵀ (+ b). x [T, in] f32 (contiguous), W [out, in] in f32, bf16 or f16 (as
+// stored, e.g. memory-mapped), b [out] (any float dtype) or none. Returns y [T, out] f32.
+// Small T (decode) runs a multi-threaded GEMV that converts W on the fly (memory-bound: W is read
+// once); larger T converts blocks of W to f32 and calls OpenBLAS sgemm (compute-bound).
+#pragma once
+
+#include "core/tensor.h"
+
+namespace dseek::ops {
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias = nullptr);
+
+}  // namespace dseek::ops
