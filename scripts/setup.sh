@@ -10,7 +10,7 @@ packages=(
   libpcre2-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev
-  fortunes-min
+  fortunes-min python3
 )
 
 missing=()
