@@ -19,11 +19,13 @@ struct RopeScaling {
   double beta_slow = 1.0;
   double mscale = 1.0;
   double mscale_all_dim = 0.0;
+  bool operator==(const RopeScaling&) const = default;
 };
 
 struct QuantizationConfig {
-  std::string quant_method;  // "" (none) or "fp8"
+  std::string quant_method;                    // "" (none) or "fp8"
   int64_t block_rows = 128, block_cols = 128;  // weight_block_size
+  bool operator==(const QuantizationConfig&) const = default;
 };
 
 struct ModelConfig {
@@ -35,13 +37,15 @@ struct ModelConfig {
   int64_t num_hidden_layers = 0;
   int64_t num_attention_heads = 0;
   int64_t num_key_value_heads = 0;  // MHA/GQA models (llama, deepseek)
-  int64_t head_dim = 0;             // MHA/GQA models; defaults to hidden/heads
+  int64_t head_dim =
+      0;  // MHA/GQA: defaults to hidden/heads; MLA: qk_rope_head_dim (as transformers)
   std::string hidden_act = "silu";
   double rms_norm_eps = 1e-6;
   int64_t max_position_embeddings = 4096;
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
-  bool rope_interleave = true;  // V2/V3: rope dims stored interleaved, de-interleaved before rotate-half
+  bool rope_interleave =
+      true;  // V2/V3: rope dims stored interleaved, de-interleaved before rotate-half
   bool attention_bias = false;
   bool mlp_bias = false;
   bool tie_word_embeddings = false;
@@ -83,11 +87,15 @@ struct ModelConfig {
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   // Softmax scale of attention scores, including YaRN's mscale² for MLA models.
   double softmax_scale() const;
+  bool operator==(const ModelConfig&) const = default;
 };
 
 // Parses and validates config.json. `source` names the file in error messages.
 ModelConfig parse_model_config(const std::string& json_text, const std::string& source);
-ModelConfig load_model_config(const std::string& path_or_dir);
+ModelConfig load_model_config(const std::string& path_or_dir);  // a config.json or its directory
+// The checks parse_model_config runs (sizes, divisibility, known enum values), for configs built
+// in code. Throws "[config] <source>: ..." naming the field.
+void validate_model_config(const ModelConfig& config, const std::string& source);
 // Writes the config in hub style (what transformers' DeepSeek/Llama configs read).
 std::string model_config_to_json(const ModelConfig& config);
 

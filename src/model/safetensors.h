@@ -44,7 +44,8 @@ class SafetensorsFile {
 };
 
 // All weights of a checkpoint directory: one model.safetensors, or shards listed in
-// model.safetensors.index.json ("weight_map": name -> file).
+// model.safetensors.index.json ("weight_map": name -> file). open() also accepts the path of a
+// single .safetensors file.
 class WeightStore {
  public:
   static WeightStore open(const std::string& dir);
@@ -53,7 +54,8 @@ class WeightStore {
   std::vector<std::string> names() const;
   // Borrowed view in the stored dtype. Throws "[weights] <dir>: missing tensor '<name>'".
   Tensor get(const std::string& name) const;
-  // As get(), and checks the shape: "[weights] <file>: tensor '<name>' has shape [..], expected [..]".
+  // As get(), and checks the shape: "[weights] <file>: tensor '<name>' has shape [..], expected
+  // [..]".
   Tensor get(const std::string& name, const Shape& expected_shape) const;
   // A weight ready for compute: F32/BF16/F16 as stored; an F8_E4M3 weight with a sibling
   // '<name minus .weight>.weight_scale_inv' is dequantised (128×128 blocks) into BF16.
@@ -61,10 +63,15 @@ class WeightStore {
   // Which file holds a tensor (for error messages).
   std::string file_of(const std::string& name) const;
   const std::string& dir() const { return dir_; }
+  // FP8 block size used by get_weight (config.json quantization_config.weight_block_size).
+  void set_fp8_block_size(int64_t block_rows, int64_t block_cols);
+  // The distinct files of the checkpoint (one, or every shard).
+  std::vector<std::shared_ptr<SafetensorsFile>> files() const;
 
  private:
   std::string dir_;
   std::map<std::string, std::shared_ptr<SafetensorsFile>> by_name_;
+  int64_t block_rows_ = 128, block_cols_ = 128;
 };
 
 // Dequantises an FP8 E4M3 weight [rows, cols] with scales [ceil(rows/br), ceil(cols/bc)] (f32 or
@@ -74,7 +81,8 @@ Tensor dequantize_fp8_blocks(const Tensor& weight, const Tensor& scale_inv, int6
 
 // Writes tensors (in the given order) to `path` atomically: a temporary file in the same
 // directory, fsync, then rename, so a crash or full disk never leaves a half-written file.
-void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+void save_safetensors(const std::string& path,
+                      const std::vector<std::pair<std::string, Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace dseek
