@@ -1,0 +1,234 @@
+#include "model/gate.h"
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.h"
+#include "model/safetensors.h"
+#include "ops/linear.h"
+
+namespace dseek {
+
+namespace {
+
+// torch.topk order: larger first, NaN above everything, equal values by lower index. A strict weak
+// order even with NaNs, so std::partial_sort stays well-defined on garbage input.
+bool ranks_before(float a, int64_t ia, float b, int64_t ib) {
+  bool na = std::isnan(a), nb = std::isnan(b);
+  if (na != nb) return na;
+  if (!na && a != b) return a > b;
+  return ia < ib;
+}
+
+// Indices of the k largest of values[0..n), best first.
+void top_k(const float* values, int64_t n, int64_t k, std::vector<int64_t>& index, int32_t* out) {
+  index.resize(size_t(n));
+  std::iota(index.begin(), index.end(), 0);
+  std::partial_sort(index.begin(), index.begin() + k, index.end(),
+                    [&](int64_t a, int64_t b) { return ranks_before(values[a], a, values[b], b); });
+  for (int64_t i = 0; i < k; ++i) out[i] = int32_t(index[size_t(i)]);
+}
+
+void softmax_row(const float* logits, int64_t n, float* out) {
+  float max = -INFINITY;
+  for (int64_t e = 0; e < n; ++e) max = std::max(max, logits[e]);
+  double sum = 0.0;
+  for (int64_t e = 0; e < n; ++e) {
+    out[e] = std::exp(logits[e] - max);
+    sum += out[e];
+  }
+  float inv = float(1.0 / sum);
+  for (int64_t e = 0; e < n; ++e) out[e] *= inv;
+}
+
+void sigmoid_row(const float* logits, int64_t n, float* out) {
+  for (int64_t e = 0; e < n; ++e) out[e] = 1.0f / (1.0f + std::exp(-logits[e]));
+}
+
+// How the chosen weights are post-processed; the three reference implementations disagree.
+struct WeightRule {
+  bool normalise = false;
+  bool scale = false;
+};
+
+WeightRule weight_rule(const ModelConfig& config) {
+  WeightRule rule;
+  if (config.model_type == "deepseek_v3") {
+    // DeepseekV3MoE.route_tokens_to_experts: normalise if asked, then always scale.
+    rule.normalise = config.norm_topk_prob;
+    rule.scale = true;
+  } else if (config.model_type == "deepseek_v2") {
+    // DeepseekV2Moe.route_tokens_to_experts never reads norm_topk_prob and always scales. (The
+    // hub's modeling_deepseek.py scales only when not normalising; every released V2 checkpoint
+    // has norm_topk_prob false, where both agree.)
+    rule.normalise = false;
+    rule.scale = true;
+  } else {
+    // DeepSeekMoE 16B MoEGate: normalise only when K > 1; it has no routed_scaling_factor.
+    rule.normalise = config.norm_topk_prob && config.num_experts_per_tok > 1;
+    rule.scale = false;
+  }
+  return rule;
+}
+
+}  // namespace
+
+std::vector<int64_t> Routing::expert_load() const {
+  std::vector<int64_t> load(size_t(experts), 0);
+  for (int32_t e : expert_ids) {
+    assert(e >= 0 && e < experts);
+    ++load[size_t(e)];
+  }
+  return load;
+}
+
+void validate_gate_config(const ModelConfig& c, const std::string& source) {
+  DSEEK_CHECK(
+      c.model_type == "deepseek_v3" || c.model_type == "deepseek_v2" || c.model_type == "deepseek",
+      "[moe] {}: model_type '{}' has no MoE gate", source, c.model_type);
+  DSEEK_CHECK(c.n_routed_experts > 0, "[moe] {}: n_routed_experts must be positive, got {}", source,
+              c.n_routed_experts);
+  DSEEK_CHECK(c.num_experts_per_tok >= 1 && c.num_experts_per_tok <= c.n_routed_experts,
+              "[moe] {}: num_experts_per_tok {} must be in [1, n_routed_experts = {}]", source,
+              c.num_experts_per_tok, c.n_routed_experts);
+  DSEEK_CHECK(c.scoring_func == "softmax" || c.scoring_func == "sigmoid",
+              "[moe] {}: unknown scoring_func '{}' (softmax or sigmoid)", source, c.scoring_func);
+  DSEEK_CHECK(c.topk_method == "greedy" || c.topk_method == "group_limited_greedy" ||
+                  c.topk_method == "noaux_tc",
+              "[moe] {}: unknown topk_method '{}' (greedy, group_limited_greedy or noaux_tc)",
+              source, c.topk_method);
+  if (c.topk_method != "greedy") {
+    DSEEK_CHECK(c.n_group >= 1 && c.n_routed_experts % c.n_group == 0,
+                "[moe] {}: n_group {} must divide n_routed_experts {}", source, c.n_group,
+                c.n_routed_experts);
+    DSEEK_CHECK(c.topk_group >= 1 && c.topk_group <= c.n_group,
+                "[moe] {}: topk_group {} must be in [1, n_group = {}]", source, c.topk_group,
+                c.n_group);
+  }
+  if (c.topk_method == "noaux_tc") {
+    // The group score sums the two best experts of each group.
+    DSEEK_CHECK(c.n_routed_experts / c.n_group >= 2,
+                "[moe] {}: noaux_tc needs at least 2 experts per group (n_routed_experts {} / "
+                "n_group {})",
+                source, c.n_routed_experts, c.n_group);
+  }
+}
+
+Routing route_from_logits(const ModelConfig& config, const Tensor& logits,
+                          const float* correction_bias) {
+  validate_gate_config(config, "route_from_logits");
+  const int64_t E = config.n_routed_experts, K = config.num_experts_per_tok;
+  DSEEK_CHECK(logits.dim() == 2 && logits.size(1) == E,
+              "[moe] router logits: shape {}, expected [T, {}]", shape_str(logits.shape()), E);
+  const int64_t T = logits.size(0);
+  const std::vector<float> z = logits.to_vector();  // f32, logical order
+
+  const bool grouped = config.topk_method != "greedy";
+  const bool noaux = config.topk_method == "noaux_tc";
+  const int64_t G = grouped ? config.n_group : 1, group_size = E / G;
+  const WeightRule rule = weight_rule(config);
+
+  Routing r;
+  r.tokens = T;
+  r.top_k = K;
+  r.experts = E;
+  r.expert_ids.resize(size_t(T * K));
+  r.weights.resize(size_t(T * K));
+  r.scores.resize(size_t(T * E));
+
+  std::vector<float> choice(static_cast<size_t>(E)), group_score(static_cast<size_t>(G));
+  std::vector<int32_t> kept_groups(static_cast<size_t>(G));
+  std::vector<char> keep(static_cast<size_t>(G));
+  std::vector<int64_t> index;
+  for (int64_t t = 0; t < T; ++t) {
+    float* s = &r.scores[size_t(t * E)];
+    if (config.scoring_func == "softmax") {
+      softmax_row(&z[size_t(t * E)], E, s);
+    } else {
+      sigmoid_row(&z[size_t(t * E)], E, s);
+    }
+    for (int64_t e = 0; e < E; ++e) {
+      choice[size_t(e)] = s[e] + (noaux && correction_bias ? correction_bias[e] : 0.0f);
+    }
+    if (grouped) {
+      for (int64_t g = 0; g < G; ++g) {
+        const float* c = &choice[size_t(g * group_size)];
+        if (noaux) {
+          int32_t best[2];
+          top_k(c, group_size, 2, index, best);
+          group_score[size_t(g)] = c[best[0]] + c[best[1]];
+        } else {
+          group_score[size_t(g)] = *std::max_element(c, c + group_size);
+        }
+      }
+      top_k(group_score.data(), G, config.topk_group, index, kept_groups.data());
+      std::fill(keep.begin(), keep.end(), 0);
+      for (int64_t i = 0; i < config.topk_group; ++i) keep[size_t(kept_groups[size_t(i)])] = 1;
+      for (int64_t e = 0; e < E; ++e) {
+        if (!keep[size_t(e / group_size)]) choice[size_t(e)] = 0.0f;
+      }
+    }
+    int32_t* ids = &r.expert_ids[size_t(t * K)];
+    float* w = &r.weights[size_t(t * K)];
+    top_k(choice.data(), E, K, index, ids);
+    // noaux_tc gathers the unbiased scores; the others gather the (masked) selection scores, which
+    // equal s for experts of kept groups.
+    for (int64_t k = 0; k < K; ++k) w[k] = noaux ? s[ids[k]] : choice[size_t(ids[k])];
+    if (rule.normalise) {
+      float sum = 0.0f;
+      for (int64_t k = 0; k < K; ++k) sum += w[k];
+      const float denominator = sum + 1e-20f;
+      for (int64_t k = 0; k < K; ++k) w[k] /= denominator;
+    }
+    if (rule.scale) {
+      const float factor = float(config.routed_scaling_factor);
+      for (int64_t k = 0; k < K; ++k) w[k] *= factor;
+    }
+  }
+  return r;
+}
+
+Gate::Gate(const ModelConfig& config, const WeightStore& weights, const std::string& prefix)
+    : config_(config), name_(prefix) {
+  validate_gate_config(config, prefix);
+  weight_ = weights.get_weight(prefix + ".weight", {config.n_routed_experts, config.hidden_size});
+  if (config.topk_method == "noaux_tc") {
+    correction_bias_ =
+        weights.get(prefix + ".e_score_correction_bias", {config.n_routed_experts}).to_vector();
+  }
+}
+
+Gate::Gate(const ModelConfig& config, Tensor weight, std::vector<float> correction_bias,
+           const std::string& name)
+    : config_(config),
+      name_(name),
+      weight_(std::move(weight)),
+      correction_bias_(std::move(correction_bias)) {
+  validate_gate_config(config, name_);
+  DSEEK_CHECK(weight_.dim() == 2 && weight_.size(0) == config.n_routed_experts &&
+                  weight_.size(1) == config.hidden_size,
+              "[moe] {}.weight: shape {}, expected [{}, {}]", name_, shape_str(weight_.shape()),
+              config.n_routed_experts, config.hidden_size);
+  DSEEK_CHECK(
+      correction_bias_.empty() || int64_t(correction_bias_.size()) == config.n_routed_experts,
+      "[moe] {}.e_score_correction_bias: {} values, expected {}", name_, correction_bias_.size(),
+      config.n_routed_experts);
+}
+
+Tensor Gate::logits(const Tensor& x) const {
+  DSEEK_CHECK(x.dim() == 2 && x.size(1) == config_.hidden_size && x.dtype() == DType::F32,
+              "[moe] {}: input shape {} ({}), expected [T, {}] f32", name_, shape_str(x.shape()),
+              dtype_name(x.dtype()), config_.hidden_size);
+  // transformers computes the router in f32 whatever the weight dtype; linear widens W to f32.
+  return ops::linear(x.contiguous(), weight_);
+}
+
+Routing Gate::route(const Tensor& x) const {
+  const Tensor z = logits(x);
+  return route_from_logits(config_, z,
+                           correction_bias_.empty() ? nullptr : correction_bias_.data());
+}
+
+}  // namespace dseek

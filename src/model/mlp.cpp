@@ -1,0 +1,69 @@
+#include "model/mlp.h"
+
+#include "core/error.h"
+#include "model/safetensors.h"
+#include "ops/activation.h"
+#include "ops/linear.h"
+
+namespace dseek {
+
+namespace {
+
+Tensor optional_bias(const WeightStore& weights, const std::string& name, int64_t size) {
+  if (!weights.has(name)) return Tensor();
+  return weights.get(name, {size});
+}
+
+const Tensor* bias_or_null(const Tensor& bias) {
+  return bias.defined() ? &bias : nullptr;
+}
+
+}  // namespace
+
+Mlp::Mlp(const WeightStore& weights, const std::string& prefix, int64_t hidden,
+         int64_t intermediate)
+    : name_(prefix), hidden_(hidden), intermediate_(intermediate) {
+  DSEEK_CHECK(hidden > 0 && intermediate > 0,
+              "[mlp] {}: hidden {} and intermediate {} must be positive", prefix, hidden,
+              intermediate);
+  gate_proj_ = weights.get_weight(prefix + ".gate_proj.weight", {intermediate, hidden});
+  up_proj_ = weights.get_weight(prefix + ".up_proj.weight", {intermediate, hidden});
+  down_proj_ = weights.get_weight(prefix + ".down_proj.weight", {hidden, intermediate});
+  gate_bias_ = optional_bias(weights, prefix + ".gate_proj.bias", intermediate);
+  up_bias_ = optional_bias(weights, prefix + ".up_proj.bias", intermediate);
+  down_bias_ = optional_bias(weights, prefix + ".down_proj.bias", hidden);
+}
+
+Mlp::Mlp(Tensor gate_proj, Tensor up_proj, Tensor down_proj, const std::string& name)
+    : name_(name),
+      gate_proj_(std::move(gate_proj)),
+      up_proj_(std::move(up_proj)),
+      down_proj_(std::move(down_proj)) {
+  DSEEK_CHECK(gate_proj_.dim() == 2,
+              "[mlp] {}.gate_proj.weight: expected 2 dimensions, got shape {}", name_,
+              shape_str(gate_proj_.shape()));
+  intermediate_ = gate_proj_.size(0);
+  hidden_ = gate_proj_.size(1);
+  check_shapes();
+}
+
+void Mlp::check_shapes() const {
+  const Shape in_shape{intermediate_, hidden_}, out_shape{hidden_, intermediate_};
+  DSEEK_CHECK(up_proj_.shape() == in_shape, "[mlp] {}.up_proj.weight: shape {}, expected {}", name_,
+              shape_str(up_proj_.shape()), shape_str(in_shape));
+  DSEEK_CHECK(down_proj_.shape() == out_shape, "[mlp] {}.down_proj.weight: shape {}, expected {}",
+              name_, shape_str(down_proj_.shape()), shape_str(out_shape));
+}
+
+Tensor Mlp::forward(const Tensor& x) const {
+  DSEEK_CHECK(x.dim() == 2 && x.size(1) == hidden_ && x.dtype() == DType::F32,
+              "[mlp] {}: input shape {} ({}), expected [T, {}] f32", name_, shape_str(x.shape()),
+              dtype_name(x.dtype()), hidden_);
+  if (x.size(0) == 0) return Tensor::zeros({0, hidden_});
+  const Tensor input = x.contiguous();
+  const Tensor gate = ops::linear(input, gate_proj_, bias_or_null(gate_bias_));
+  const Tensor up = ops::linear(input, up_proj_, bias_or_null(up_bias_));
+  return ops::linear(ops::silu_mul(gate, up), down_proj_, bias_or_null(down_bias_));
+}
+
+}  // namespace dseek

@@ -1,0 +1,43 @@
+// Mlp: the SwiGLU feed-forward block of every DeepSeek model, used as the dense MLP of the first
+// layers, as each routed expert and as the shared experts:
+//   y = down_proj(silu(gate_proj(x)) ⊙ up_proj(x))
+// Weights stay in their stored dtype (bf16 from a memory-mapped checkpoint is used in place); an
+// FP8 checkpoint weight is dequantised by WeightStore::get_weight. Optional biases
+// (<prefix>.<proj>.bias, mlp_bias in DeepseekV2MLP) are used when the checkpoint has them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/tensor.h"
+
+namespace dseek {
+
+class WeightStore;
+
+class Mlp {
+ public:
+  // Reads <prefix>.{gate,up,down}_proj.weight with shapes [I, D], [I, D], [D, I].
+  Mlp(const WeightStore& weights, const std::string& prefix, int64_t hidden, int64_t intermediate);
+  // From tensors (tests, training): gate/up [I, D], down [D, I]; biases optional.
+  Mlp(Tensor gate_proj, Tensor up_proj, Tensor down_proj, const std::string& name = "mlp");
+
+  // x [T, D] f32 -> [T, D] f32. T may be 0.
+  Tensor forward(const Tensor& x) const;
+
+  int64_t hidden() const { return hidden_; }
+  int64_t intermediate() const { return intermediate_; }
+  const Tensor& gate_proj() const { return gate_proj_; }
+  const Tensor& up_proj() const { return up_proj_; }
+  const Tensor& down_proj() const { return down_proj_; }
+
+ private:
+  void check_shapes() const;
+
+  std::string name_;
+  int64_t hidden_ = 0, intermediate_ = 0;
+  Tensor gate_proj_, up_proj_, down_proj_;
+  Tensor gate_bias_, up_bias_, down_bias_;  // undefined when absent
+};
+
+}  // namespace dseek

@@ -1,0 +1,191 @@
+#include "model/moe.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <exception>
+
+#include "core/error.h"
+#include "model/safetensors.h"
+
+namespace dseek {
+
+namespace {
+
+// Bound on the per-slot contribution buffer (T·K rows of D floats): long prompts are dispatched in
+// token chunks so a V3-sized layer does not need gigabytes of scratch.
+constexpr int64_t kMaxContributionFloats = int64_t(1) << 26;  // 256 MiB
+
+// Token-to-expert grouping of one chunk of tokens: slots (t·K + k, relative to the chunk) sorted
+// by expert with a stable counting sort, so each expert's rows stay in token order.
+struct Dispatch {
+  std::vector<int64_t> offsets;  // [E + 1] start of each expert's run in `slots`
+  std::vector<int64_t> slots;    // [n·K]
+  std::vector<int32_t> active;   // experts with at least one token, busiest first
+};
+
+Dispatch group_by_expert(const int32_t* ids, int64_t slot_count, int64_t experts) {
+  Dispatch d;
+  d.offsets.assign(size_t(experts + 1), 0);
+  for (int64_t s = 0; s < slot_count; ++s) ++d.offsets[size_t(ids[s]) + 1];
+  for (int64_t e = 0; e < experts; ++e) {
+    if (d.offsets[size_t(e) + 1] > 0) d.active.push_back(int32_t(e));
+    d.offsets[size_t(e) + 1] += d.offsets[size_t(e)];
+  }
+  d.slots.resize(size_t(slot_count));
+  std::vector<int64_t> next(d.offsets.begin(), d.offsets.end() - 1);
+  for (int64_t s = 0; s < slot_count; ++s) d.slots[size_t(next[size_t(ids[s])]++)] = s;
+  // Largest runs first: dynamic scheduling then balances the threads better.
+  std::stable_sort(d.active.begin(), d.active.end(), [&](int32_t a, int32_t b) {
+    return d.offsets[size_t(a) + 1] - d.offsets[size_t(a)] >
+           d.offsets[size_t(b) + 1] - d.offsets[size_t(b)];
+  });
+  return d;
+}
+
+}  // namespace
+
+MoE::MoE(const ModelConfig& config, const WeightStore& weights, const std::string& prefix)
+    : gate_(config, weights, prefix + ".gate") {
+  DSEEK_CHECK(config.moe_intermediate_size > 0,
+              "[moe] {}: moe_intermediate_size must be positive, got {}", prefix,
+              config.moe_intermediate_size);
+  DSEEK_CHECK(config.n_shared_experts >= 0, "[moe] {}: n_shared_experts must be >= 0, got {}",
+              prefix, config.n_shared_experts);
+  experts_.reserve(size_t(config.n_routed_experts));
+  for (int64_t e = 0; e < config.n_routed_experts; ++e) {
+    experts_.emplace_back(weights, prefix + ".experts." + std::to_string(e), config.hidden_size,
+                          config.moe_intermediate_size);
+  }
+  if (config.n_shared_experts > 0) {
+    shared_.emplace(weights, prefix + ".shared_experts", config.hidden_size,
+                    config.moe_intermediate_size * config.n_shared_experts);
+  }
+  check_parts();
+}
+
+MoE::MoE(Gate gate, std::vector<Mlp> experts, std::optional<Mlp> shared_experts)
+    : gate_(std::move(gate)), experts_(std::move(experts)), shared_(std::move(shared_experts)) {
+  check_parts();
+}
+
+void MoE::check_parts() const {
+  const ModelConfig& c = gate_.config();
+  DSEEK_CHECK(int64_t(experts_.size()) == c.n_routed_experts,
+              "[moe] {} experts given, n_routed_experts is {}", experts_.size(),
+              c.n_routed_experts);
+  for (size_t e = 0; e < experts_.size(); ++e) {
+    DSEEK_CHECK(experts_[e].hidden() == c.hidden_size, "[moe] expert {}: hidden {}, expected {}", e,
+                experts_[e].hidden(), c.hidden_size);
+  }
+  if (shared_) {
+    DSEEK_CHECK(shared_->hidden() == c.hidden_size, "[moe] shared_experts: hidden {}, expected {}",
+                shared_->hidden(), c.hidden_size);
+  }
+}
+
+Tensor MoE::forward(const Tensor& x) const {
+  const Routing routing = gate_.route(x);
+  Tensor out = forward_experts(x, routing);
+  last_load_ = routing.expert_load();
+  if (shared_) {
+    const Tensor shared = shared_->forward(x);
+    float* o = out.data<float>();
+    const float* s = shared.data<float>();
+    const int64_t n = out.numel();
+    // transformers: routed output first, then `+ shared_experts(residuals)`.
+    for (int64_t i = 0; i < n; ++i) o[i] += s[i];
+  }
+  return out;
+}
+
+Tensor MoE::forward_experts(const Tensor& x, const Routing& routing, int64_t chunk_tokens) const {
+  const int64_t D = gate_.config().hidden_size, E = int64_t(experts_.size());
+  DSEEK_CHECK(x.dim() == 2 && x.size(1) == D && x.dtype() == DType::F32,
+              "[moe] input shape {} ({}), expected [T, {}] f32", shape_str(x.shape()),
+              dtype_name(x.dtype()), D);
+  const int64_t T = x.size(0), K = routing.top_k;
+  DSEEK_CHECK(routing.tokens == T && K >= 1 && int64_t(routing.expert_ids.size()) == T * K &&
+                  int64_t(routing.weights.size()) == T * K,
+              "[moe] routing covers {} tokens × {} experts, input has {} tokens", routing.tokens, K,
+              T);
+  for (int32_t e : routing.expert_ids) {
+    DSEEK_CHECK(e >= 0 && e < E, "[moe] routing names expert {}, the layer has {}", e, E);
+  }
+
+  const Tensor input = x.contiguous();
+  const float* xp = input.data<float>();
+  Tensor out = Tensor::empty({T, D});
+  float* op = out.data<float>();
+  const int64_t chunk = chunk_tokens > 0
+                            ? chunk_tokens
+                            : std::max<int64_t>(1, std::min(T, kMaxContributionFloats / (K * D)));
+
+  for (int64_t t0 = 0; t0 < T; t0 += chunk) {
+    const int64_t n = std::min(chunk, T - t0);
+    const int32_t* ids = routing.expert_ids.data() + t0 * K;
+    const float* weights = routing.weights.data() + t0 * K;
+    const Dispatch d = group_by_expert(ids, n * K, E);
+    // contribution[s] = w[s] · expert(x[token of s]), one row per slot of the chunk.
+#ifndef NDEBUG
+    // NaN until written: a slot that no expert fills shows up in the tests' outputs.
+    Tensor contribution = Tensor::poisoned({n * K, D});
+#else
+    Tensor contribution = Tensor::empty({n * K, D});
+#endif
+    float* cp = contribution.data<float>();
+
+    // One token (decode): the few experts run one after another, each linear using all threads.
+    const bool across_experts = n > 1 && d.active.size() > 1 && omp_get_max_threads() > 1;
+    std::exception_ptr error;
+#pragma omp parallel for schedule(dynamic, 1) if (across_experts)
+    for (size_t i = 0; i < d.active.size(); ++i) {
+      try {
+        const int32_t e = d.active[i];
+        const int64_t begin = d.offsets[size_t(e)], rows = d.offsets[size_t(e) + 1] - begin;
+        Tensor gathered = Tensor::empty({rows, D});
+        float* gp = gathered.data<float>();
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t token = t0 + d.slots[size_t(begin + r)] / K;
+          std::memcpy(gp + r * D, xp + token * D, size_t(D) * sizeof(float));
+        }
+        const Tensor y = experts_[size_t(e)].forward(gathered).contiguous();
+        const float* yp = y.data<float>();
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t slot = d.slots[size_t(begin + r)];
+          const float w = weights[slot];
+          float* c = cp + slot * D;
+          for (int64_t j = 0; j < D; ++j) c[j] = yp[r * D + j] * w;
+        }
+      } catch (...) {
+#pragma omp critical(dseek_moe_error)
+        if (!error) error = std::current_exception();
+      }
+    }
+    if (error) std::rethrow_exception(error);
+
+      // Per token: sum its K contributions in ascending expert order (transformers' loop order).
+#pragma omp parallel for schedule(static) if (n > 1)
+    for (int64_t t = 0; t < n; ++t) {
+      int64_t order[64];
+      int64_t* ks = order;
+      std::vector<int64_t> many;
+      if (K > 64) {
+        many.resize(size_t(K));
+        ks = many.data();
+      }
+      for (int64_t k = 0; k < K; ++k) ks[k] = k;
+      std::sort(ks, ks + K, [&](int64_t a, int64_t b) { return ids[t * K + a] < ids[t * K + b]; });
+      float* o = op + (t0 + t) * D;
+      std::fill(o, o + D, 0.0f);
+      for (int64_t i = 0; i < K; ++i) {
+        const float* c = cp + (t * K + ks[i]) * D;
+        for (int64_t j = 0; j < D; ++j) o[j] += c[j];
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace dseek
