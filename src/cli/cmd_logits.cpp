@@ -1,9 +1,66 @@
-// Placeholder registration; replaced by the real command.
+// `dseek logits --model DIR --ids 5,17,42 --out FILE`: runs the full forward (no cache) of one
+// sequence and writes its logits as raw little-endian float32 [n_ids, vocab], row-major; prints
+// the shape. Used to compare dseek with transformers outside the test suite.
+#include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
 #include "cli/commands.h"
 #include "core/error.h"
+#include "model/model.h"
 
 namespace dseek::cli {
-void add_logits_command(CLI::App& app) {
-  app.add_subcommand("logits", "(being built)")->callback([] { dseek::fail("[logits] not built yet"); });
+namespace {
+
+std::vector<int32_t> parse_ids(const std::string& text) {
+  std::vector<int32_t> ids;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t end = std::min(text.find(',', start), text.size());
+    const std::string item = text.substr(start, end - start);
+    DSEEK_CHECK(!item.empty(), "[logits] --ids: empty entry in '{}'", text);
+    size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    DSEEK_CHECK(used == item.size() && v >= 0 && v <= INT32_MAX,
+                "[logits] --ids: '{}' is not a token id", item);
+    ids.push_back(int32_t(v));
+    start = end + 1;
+  }
+  return ids;
 }
+
+}  // namespace
+
+void add_logits_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("logits", "Write the logits of a full forward as raw f32 [T, V]");
+  auto model_dir = std::make_shared<std::string>();
+  auto ids_text = std::make_shared<std::string>();
+  auto out_path = std::make_shared<std::string>();
+  cmd->add_option("--model", *model_dir, "Checkpoint directory (config.json + safetensors)")
+      ->required();
+  cmd->add_option("--ids", *ids_text, "Comma-separated token ids, e.g. 5,17,42")->required();
+  cmd->add_option("--out", *out_path, "Output file (little-endian float32)")->required();
+  cmd->callback([model_dir, ids_text, out_path] {
+    const std::vector<int32_t> ids = parse_ids(*ids_text);
+    auto model = Model::load(*model_dir);
+    const Tensor logits = model->forward(ids);  // checks ids against the vocabulary
+    std::ofstream out(*out_path, std::ios::binary | std::ios::trunc);
+    DSEEK_CHECK(out.good(), "[logits] {}: cannot open for writing", *out_path);
+    out.write(static_cast<const char*>(logits.raw()), std::streamsize(logits.nbytes()));
+    out.close();
+    DSEEK_CHECK(out.good(), "[logits] {}: write failed", *out_path);
+    std::printf("logits [%lld, %lld] -> %s\n", static_cast<long long>(logits.size(0)),
+                static_cast<long long>(logits.size(1)), out_path->c_str());
+  });
+}
+
 }  // namespace dseek::cli

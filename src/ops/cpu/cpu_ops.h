@@ -19,3 +19,30 @@ void linear_gemm(const float* x, int64_t T, int64_t in, const void* w, DType w_d
 void silu_mul(const float* gate, const float* up, float* out, int64_t n);
 
 }  // namespace dseek::ops::cpu
+
+namespace dseek::ops::cpu {
+
+// y[r, :] = w ⊙ x[r, :] / sqrt(mean(x[r, :]²) + eps), w already in f32.
+void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t D, float eps);
+
+// In place, each of `rows` rows of length n (row stride ld).
+void softmax_rows(float* x, int64_t rows, int64_t n, int64_t ld);
+
+inline constexpr int64_t kMaxRopeDim = 1024;
+// Rotates one row of d values in place with cos/sin of d/2 entries (see ops/rope.h).
+void rope_row(float* x, int64_t d, const float* cos, const float* sin, bool interleaved);
+
+struct AttentionArgs {
+  const float* q;
+  int64_t q_t, q_h;  // strides (elements)
+  const float* k;
+  int64_t k_s, k_h;
+  const float* v;
+  int64_t v_s, v_h;
+  float* out;  // [T, H, dv] contiguous
+  int64_t T, S, H, Hk, dk, dv;
+  float scale;
+};
+void causal_attention(const AttentionArgs& a);
+
+}  // namespace dseek::ops::cpu

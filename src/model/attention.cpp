@@ -1,0 +1,83 @@
+#include "model/attention.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "model/load_context.h"
+#include "ops/attention.h"
+#include "ops/linear.h"
+
+namespace dseek {
+namespace {
+
+Tensor linear_opt_bias(const Tensor& x, const Tensor& w, const Tensor& b) {
+  return ops::linear(x, w, b.defined() ? &b : nullptr);
+}
+
+}  // namespace
+
+Attention::Attention(const ModelConfig& config, const RopeParams& rope, LoadContext& ctx,
+                     const std::string& prefix)
+    : rope_(rope),
+      n_heads_(config.num_attention_heads),
+      n_kv_heads_(config.num_key_value_heads > 0 ? config.num_key_value_heads
+                                                 : config.num_attention_heads),
+      head_dim_(config.head_dim > 0 ? config.head_dim
+                                    : config.hidden_size / config.num_attention_heads) {
+  const int64_t D = config.hidden_size, H = n_heads_, Hk = n_kv_heads_, hd = head_dim_;
+  DSEEK_CHECK(Hk > 0 && H % Hk == 0, "[model] {}: {} heads not a multiple of {} key/value heads",
+              prefix, H, Hk);
+  // transformers' LlamaAttention: scaling = head_dim ** -0.5.
+  scale_ = float(1.0 / std::sqrt(double(hd)));
+  q_proj_ = ctx.weight(prefix + ".q_proj.weight", {H * hd, D});
+  k_proj_ = ctx.weight(prefix + ".k_proj.weight", {Hk * hd, D});
+  v_proj_ = ctx.weight(prefix + ".v_proj.weight", {Hk * hd, D});
+  o_proj_ = ctx.weight(prefix + ".o_proj.weight", {D, H * hd});
+  if (config.attention_bias) {
+    q_bias_ = ctx.weight(prefix + ".q_proj.bias", {H * hd});
+    k_bias_ = ctx.weight(prefix + ".k_proj.bias", {Hk * hd});
+    v_bias_ = ctx.weight(prefix + ".v_proj.bias", {Hk * hd});
+    o_bias_ = ctx.optional_weight(prefix + ".o_proj.bias", {D});
+  }
+}
+
+void Attention::project(const Tensor& x, int64_t pos0, Tensor& q, Tensor& k, Tensor& v) const {
+  const int64_t T = x.size(0);
+  q = linear_opt_bias(x, q_proj_, q_bias_).reshape({T, n_heads_, head_dim_});
+  k = linear_opt_bias(x, k_proj_, k_bias_).reshape({T, n_kv_heads_, head_dim_});
+  v = linear_opt_bias(x, v_proj_, v_bias_).reshape({T, n_kv_heads_, head_dim_});
+  apply_rope(rope_, q, pos0);
+  apply_rope(rope_, k, pos0);
+}
+
+Tensor Attention::output(const Tensor& attn) const {
+  const int64_t T = attn.size(0);
+  return linear_opt_bias(attn.reshape({T, n_heads_ * head_dim_}), o_proj_, o_bias_);
+}
+
+Tensor Attention::forward(const Tensor& x) const {
+  Tensor q, k, v;
+  project(x, 0, q, k, v);
+  return output(ops::causal_attention(q, k, v, scale_));
+}
+
+Tensor Attention::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const {
+  const int64_t T = x.size(0), pos0 = cache.size();
+  cache.check_room(T);
+  Tensor q, k, v;
+  project(x, pos0, q, k, v);
+  const int64_t width = n_kv_heads_ * head_dim_;
+  const Tensor& keys = cache.keys(layer);
+  const Tensor& values = cache.values(layer);
+  std::memcpy(keys.data<float>() + pos0 * width, k.data<float>(),
+              size_t(T * width) * sizeof(float));
+  std::memcpy(values.data<float>() + pos0 * width, v.data<float>(),
+              size_t(T * width) * sizeof(float));
+  const int64_t S = pos0 + T;
+  const Tensor k_all = keys.slice(0, 0, S).reshape({S, n_kv_heads_, head_dim_});
+  const Tensor v_all = values.slice(0, 0, S).reshape({S, n_kv_heads_, head_dim_});
+  return output(ops::causal_attention(q, k_all, v_all, scale_));
+}
+
+}  // namespace dseek

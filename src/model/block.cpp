@@ -1,0 +1,58 @@
+#include "model/block.h"
+
+#include "model/load_context.h"
+#include "model/mla.h"
+#include "ops/norm.h"
+
+namespace dseek {
+namespace {
+
+// a += b, elementwise over [T, D].
+void add_inplace(Tensor& a, const Tensor& b) {
+  float* ap = a.data<float>();
+  const float* bp = b.data<float>();
+  const int64_t n = a.numel();
+  for (int64_t i = 0; i < n; ++i) ap[i] += bp[i];
+}
+
+}  // namespace
+
+Block::Block(const ModelConfig& config, const RopeParams& rope, LoadContext& ctx,
+             const std::string& prefix, int64_t layer)
+    : eps_(config.rms_norm_eps) {
+  const int64_t D = config.hidden_size;
+  input_layernorm_ = ctx.weight(prefix + ".input_layernorm.weight", {D});
+  post_attention_layernorm_ = ctx.weight(prefix + ".post_attention_layernorm.weight", {D});
+  if (config.is_mla()) {
+    attn_ = std::make_unique<Mla>(config, rope, ctx, prefix + ".self_attn");
+  } else {
+    attn_ = std::make_unique<Attention>(config, rope, ctx, prefix + ".self_attn");
+  }
+  if (config.is_moe_layer(layer)) {
+    moe_.emplace(config, ctx.store(), prefix + ".mlp");
+  } else {
+    mlp_.emplace(ctx.store(), prefix + ".mlp", D, config.intermediate_size);
+  }
+  ctx.consume_prefix(prefix + ".mlp.");
+}
+
+Tensor Block::feed_forward(const Tensor& h) const {
+  const Tensor normed = ops::rms_norm(h, post_attention_layernorm_, eps_);
+  Tensor out = moe_ ? moe_->forward(normed) : mlp_->forward(normed);
+  add_inplace(out, h);
+  return out;
+}
+
+Tensor Block::forward(const Tensor& x) const {
+  Tensor h = attn_->forward(ops::rms_norm(x, input_layernorm_, eps_));
+  add_inplace(h, x);
+  return feed_forward(h);
+}
+
+Tensor Block::forward(const Tensor& x, KVCache& cache, int64_t cache_layer) const {
+  Tensor h = attn_->forward_cached(ops::rms_norm(x, input_layernorm_, eps_), cache, cache_layer);
+  add_inplace(h, x);
+  return feed_forward(h);
+}
+
+}  // namespace dseek

@@ -1,0 +1,48 @@
+// Block: one decoder layer (transformers' DeepseekV3DecoderLayer / LlamaDecoderLayer):
+//   h   = x + self_attn(input_layernorm(x))
+//   out = h + mlp(post_attention_layernorm(h))
+// self_attn is MLA (deepseek_v2/v3) or multi-head attention (llama, deepseek); mlp is a dense Mlp
+// of intermediate_size or, where config.is_moe_layer(layer), the MoE with its shared experts.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "core/tensor.h"
+#include "model/attention.h"
+#include "model/config.h"
+#include "model/kv_cache.h"
+#include "model/mlp.h"
+#include "model/moe.h"
+#include "model/rope.h"
+
+namespace dseek {
+
+class LoadContext;
+
+class Block {
+ public:
+  // `prefix` is "model.layers.<i>"; `layer` picks dense vs MoE.
+  Block(const ModelConfig& config, const RopeParams& rope, LoadContext& ctx,
+        const std::string& prefix, int64_t layer);
+
+  // x [T, D] f32 at positions 0 .. T−1.
+  Tensor forward(const Tensor& x) const;
+  // x at positions cache.size() ..; fills cache layer `cache_layer`.
+  Tensor forward(const Tensor& x, KVCache& cache, int64_t cache_layer) const;
+
+  const SelfAttention& attention() const { return *attn_; }
+  bool is_moe() const { return moe_.has_value(); }
+
+ private:
+  Tensor feed_forward(const Tensor& h) const;  // h + mlp(post_attention_layernorm(h))
+
+  double eps_;
+  Tensor input_layernorm_, post_attention_layernorm_;
+  std::unique_ptr<SelfAttention> attn_;
+  std::optional<Mlp> mlp_;
+  std::optional<MoE> moe_;
+};
+
+}  // namespace dseek

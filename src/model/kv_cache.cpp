@@ -1,0 +1,40 @@
+#include "model/kv_cache.h"
+
+#include "core/error.h"
+
+namespace dseek {
+
+KVCache::KVCache(const std::vector<LayerSpec>& layers, int64_t max_tokens) : capacity_(max_tokens) {
+  DSEEK_CHECK(max_tokens > 0, "[kv_cache] capacity must be positive, got {}", max_tokens);
+  for (const LayerSpec& l : layers) {
+    DSEEK_CHECK(l.key_width > 0 && l.value_width >= 0, "[kv_cache] bad layer widths {} / {}",
+                l.key_width, l.value_width);
+    keys_.push_back(Tensor::zeros({max_tokens, l.key_width}));
+    values_.push_back(l.value_width > 0 ? Tensor::zeros({max_tokens, l.value_width}) : Tensor());
+  }
+}
+
+void KVCache::truncate(int64_t n) {
+  DSEEK_CHECK(n >= 0 && n <= size_, "[kv_cache] cannot truncate to {} tokens: {} cached", n, size_);
+  size_ = n;
+}
+
+void KVCache::check_room(int64_t tokens) const {
+  DSEEK_CHECK(tokens >= 0 && size_ + tokens <= capacity_,
+              "[kv_cache] overflow: {} cached + {} new tokens exceed the capacity of {}", size_,
+              tokens, capacity_);
+}
+
+void KVCache::advance(int64_t tokens) {
+  check_room(tokens);
+  size_ += tokens;
+}
+
+size_t KVCache::nbytes() const {
+  size_t n = 0;
+  for (size_t i = 0; i < keys_.size(); ++i)
+    n += keys_[i].nbytes() + (values_[i].defined() ? values_[i].nbytes() : 0);
+  return n;
+}
+
+}  // namespace dseek

@@ -1,0 +1,43 @@
+// LoadContext: how the model's parts read their weights at load time. It wraps the WeightStore,
+// checks each tensor's shape (errors name the tensor and its file), and records which tensor names
+// were consumed so Model::load can report checkpoint tensors nothing read.
+#pragma once
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "model/config.h"
+#include "model/safetensors.h"
+
+namespace dseek {
+
+class LoadContext {
+ public:
+  LoadContext(const ModelConfig& config, const WeightStore& store)
+      : config_(config), store_(store) {}
+
+  const ModelConfig& config() const { return config_; }
+  const WeightStore& store() const { return store_; }
+  bool has(const std::string& name) const { return store_.has(name); }
+
+  // A weight for compute (FP8 dequantised), shape-checked; throws if missing.
+  Tensor weight(const std::string& name, const Shape& shape);
+  // As weight(), or an undefined tensor when the checkpoint does not have it.
+  Tensor optional_weight(const std::string& name, const Shape& shape);
+  // Marks every tensor under `prefix` (e.g. "model.layers.3.mlp.") as consumed by a part that
+  // reads the store directly (Mlp, MoE).
+  void consume_prefix(const std::string& prefix);
+
+  // Checkpoint tensors no part consumed (FP8 scale siblings of consumed weights count as consumed).
+  std::vector<std::string> unused() const;
+
+ private:
+  const ModelConfig& config_;
+  const WeightStore& store_;
+  std::set<std::string> used_;
+  std::vector<std::string> prefixes_;
+};
+
+}  // namespace dseek

@@ -1,0 +1,163 @@
+#include "model/mla.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "model/load_context.h"
+#include "ops/attention.h"
+#include "ops/linear.h"
+#include "ops/norm.h"
+
+namespace dseek {
+namespace {
+
+Tensor linear_b(const Tensor& x, const Tensor& w, const Tensor& b) {
+  return ops::linear(x, w, b.defined() ? &b : nullptr);
+}
+
+}  // namespace
+
+Mla::Mla(const ModelConfig& config, const RopeParams& rope, LoadContext& ctx,
+         const std::string& prefix)
+    : rope_(rope),
+      n_heads_(config.num_attention_heads),
+      nope_dim_(config.qk_nope_head_dim),
+      rope_dim_(config.qk_rope_head_dim),
+      v_dim_(config.v_head_dim),
+      kv_lora_rank_(config.kv_lora_rank),
+      q_lora_rank_(config.q_lora_rank) {
+  const int64_t D = config.hidden_size, H = n_heads_, qk = nope_dim_ + rope_dim_;
+  DSEEK_CHECK(rope_dim_ == rope.dim, "[model] {}: qk_rope_head_dim {} != rotary dim {}", prefix,
+              rope_dim_, rope.dim);
+  scale_ = config.model_type == "deepseek_v2" ? float(1.0 / std::sqrt(double(qk)))
+                                              : float(config.softmax_scale());
+  if (q_lora_rank_ > 0) {
+    q_a_proj_ = ctx.weight(prefix + ".q_a_proj.weight", {q_lora_rank_, D});
+    if (config.attention_bias)
+      q_a_bias_ = ctx.optional_weight(prefix + ".q_a_proj.bias", {q_lora_rank_});
+    q_a_layernorm_ = ctx.weight(prefix + ".q_a_layernorm.weight", {q_lora_rank_});
+    q_b_proj_ = ctx.weight(prefix + ".q_b_proj.weight", {H * qk, q_lora_rank_});
+  } else {
+    q_proj_ = ctx.weight(prefix + ".q_proj.weight", {H * qk, D});
+  }
+  kv_a_proj_ = ctx.weight(prefix + ".kv_a_proj_with_mqa.weight", {kv_lora_rank_ + rope_dim_, D});
+  if (config.attention_bias)
+    kv_a_bias_ =
+        ctx.optional_weight(prefix + ".kv_a_proj_with_mqa.bias", {kv_lora_rank_ + rope_dim_});
+  kv_a_layernorm_ = ctx.weight(prefix + ".kv_a_layernorm.weight", {kv_lora_rank_});
+  kv_b_proj_ = ctx.weight(prefix + ".kv_b_proj.weight", {H * (nope_dim_ + v_dim_), kv_lora_rank_});
+  o_proj_ = ctx.weight(prefix + ".o_proj.weight", {D, H * v_dim_});
+  if (config.attention_bias) o_bias_ = ctx.optional_weight(prefix + ".o_proj.bias", {D});
+}
+
+Mla::Projected Mla::project(const Tensor& x, int64_t pos0) const {
+  const int64_t T = x.size(0), H = n_heads_, qk = nope_dim_ + rope_dim_;
+  Projected p;
+  Tensor q_flat;
+  if (q_lora_rank_ > 0) {
+    const Tensor q_a = linear_b(x, q_a_proj_, q_a_bias_);
+    const Tensor q_a_normed = ops::rms_norm(q_a, q_a_layernorm_, kLatentNormEps);
+    q_flat = ops::linear(q_a_normed, q_b_proj_);
+  } else {
+    q_flat = ops::linear(x, q_proj_);
+  }
+  p.q = q_flat.reshape({T, H, qk});
+  apply_rope(rope_, p.q.slice(2, nope_dim_, qk), pos0);
+
+  const Tensor kv_a = linear_b(x, kv_a_proj_, kv_a_bias_);  // [T, r + rope]
+  p.c_kv = ops::rms_norm(kv_a.slice(1, 0, kv_lora_rank_), kv_a_layernorm_, kLatentNormEps);
+  p.k_pe = kv_a.slice(1, kv_lora_rank_, kv_lora_rank_ + rope_dim_)
+               .contiguous()
+               .reshape({T, 1, rope_dim_});
+  apply_rope(rope_, p.k_pe, pos0);
+  return p;
+}
+
+Tensor Mla::forward(const Tensor& x) const {
+  const int64_t T = x.size(0), H = n_heads_, qk = nope_dim_ + rope_dim_;
+  const Projected p = project(x, 0);
+  // Plain MLA: per-head keys and values from the latent.
+  const Tensor kv = ops::linear(p.c_kv, kv_b_proj_).reshape({T, H, nope_dim_ + v_dim_});
+  Tensor k = Tensor::empty({T, H, qk});
+  const float* kvp = kv.data<float>();
+  const float* pe = p.k_pe.data<float>();
+  float* kp = k.data<float>();
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < H; ++h) {
+      float* dst = kp + (t * H + h) * qk;
+      std::memcpy(dst, kvp + (t * H + h) * (nope_dim_ + v_dim_), size_t(nope_dim_) * sizeof(float));
+      std::memcpy(dst + nope_dim_, pe + t * rope_dim_, size_t(rope_dim_) * sizeof(float));
+    }
+  const Tensor v = kv.slice(2, nope_dim_, nope_dim_ + v_dim_);
+  const Tensor attn = ops::causal_attention(p.q, k, v, scale_);  // [T, H, v]
+  return linear_b(attn.reshape({T, H * v_dim_}), o_proj_, o_bias_);
+}
+
+const Tensor& Mla::kv_b_f32() const {
+  std::call_once(kv_b_once_, [this] { kv_b_f32_ = kv_b_proj_.to(DType::F32); });
+  return kv_b_f32_;
+}
+
+Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const {
+  const int64_t T = x.size(0), H = n_heads_, r = kv_lora_rank_, width = r + rope_dim_;
+  const int64_t pos0 = cache.size(), S = pos0 + T;
+  cache.check_room(T);
+  const Tensor& rows = cache.keys(layer);
+  DSEEK_CHECK(rows.size(1) == width, "[model] cache layer {} has width {}, MLA needs {}", layer,
+              rows.size(1), width);
+  const Projected p = project(x, pos0);
+
+  // Append [c_kv; k_pe] of the new tokens.
+  float* cache_rows = rows.data<float>();
+  for (int64_t t = 0; t < T; ++t) {
+    float* dst = cache_rows + (pos0 + t) * width;
+    std::memcpy(dst, p.c_kv.data<float>() + t * r, size_t(r) * sizeof(float));
+    std::memcpy(dst + r, p.k_pe.data<float>() + t * rope_dim_, size_t(rope_dim_) * sizeof(float));
+  }
+
+  // Absorb W_UK into the query: q_abs[t, h, :] = Σ_i q_nope[t, h, i] · W_UK[h][i, :].
+  const Tensor& kvb = kv_b_f32();  // [H · (nope + v), r]
+  const float* w = kvb.data<float>();
+  const int64_t head_rows = nope_dim_ + v_dim_, qk = nope_dim_ + rope_dim_;
+  Tensor q_abs = Tensor::empty({T, H, width});
+  const float* qp = p.q.data<float>();
+  float* qa = q_abs.data<float>();
+#pragma omp parallel for collapse(2) schedule(static) if (H * T * nope_dim_ * r >= (1 << 16))
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < H; ++h) {
+      const float* qn = qp + (t * H + h) * qk;
+      float* dst = qa + (t * H + h) * width;
+      for (int64_t c = 0; c < r; ++c) dst[c] = 0.0f;
+      for (int64_t i = 0; i < nope_dim_; ++i) {
+        const float qi = qn[i];
+        const float* wrow = w + (h * head_rows + i) * r;
+        for (int64_t c = 0; c < r; ++c) dst[c] += qi * wrow[c];
+      }
+      std::memcpy(dst + r, qn + nope_dim_, size_t(rope_dim_) * sizeof(float));
+    }
+
+  // One shared latent key/value head over all cached tokens.
+  const Tensor keys = rows.slice(0, 0, S).reshape({S, 1, width});
+  const Tensor values = keys.slice(2, 0, r);
+  const Tensor o_lat = ops::causal_attention(q_abs, keys, values, scale_);  // [T, H, r]
+
+  // Un-absorb W_UV: out[t, h, j] = W_UV[h][j, :] · o_lat[t, h, :].
+  Tensor out = Tensor::empty({T, H, v_dim_});
+  const float* ol = o_lat.data<float>();
+  float* op = out.data<float>();
+#pragma omp parallel for collapse(2) schedule(static) if (H * T * v_dim_ * r >= (1 << 16))
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < H; ++h) {
+      const float* lat = ol + (t * H + h) * r;
+      for (int64_t j = 0; j < v_dim_; ++j) {
+        const float* wrow = w + (h * head_rows + nope_dim_ + j) * r;
+        float acc = 0.0f;
+        for (int64_t c = 0; c < r; ++c) acc += wrow[c] * lat[c];
+        op[(t * H + h) * v_dim_ + j] = acc;
+      }
+    }
+  return linear_b(out.reshape({T, H * v_dim_}), o_proj_, o_bias_);
+}
+
+}  // namespace dseek

@@ -1,0 +1,60 @@
+// Mla: multi-head latent attention of DeepSeek-V2/V3 (transformers' DeepseekV2Attention /
+// DeepseekV3Attention; DeepSeek's inference/model.py MLA). With H heads, nope = qk_nope_head_dim,
+// rope = qk_rope_head_dim, r = kv_lora_rank:
+//   q        = q_b_proj(q_a_layernorm(q_a_proj(x)))  or  q_proj(x)        [T, H, nope + rope]
+//   q_nope, q_pe = split(q);  q_pe ← RoPE
+//   kv_a     = kv_a_proj_with_mqa(x)                                      [T, r + rope]
+//   c_kv     = kv_a_layernorm(kv_a[:, :r]);  k_pe = RoPE(kv_a[:, r:])     (one k_pe for all heads)
+// Full forward (plain): kv = kv_b_proj(c_kv) → k_nope, v per head [T, H, nope], [T, H, v_head_dim];
+//   k = [k_nope; k_pe], out = o_proj(softmax(scale · q kᵀ) v).
+// Cached forward (absorbed): the cache holds only [c_kv; k_pe] per token. With W_UK[h] [nope, r]
+//   and W_UV[h] [v_head_dim, r] the slices of kv_b_proj for head h:
+//   q_abs[t, h] = q_nope[t, h] · W_UK[h]   ([r]);   score = scale · [q_abs; q_pe] · [c_kv; k_pe]
+//   o_lat[t, h] = Σ_s softmax(score) c_kv[s]  ([r]);   out[t, h] = W_UV[h] o_lat[t, h]
+//   which is attention with one shared key/value head over the latent rows.
+// scale: qk_head_dim^-0.5, times mscale(factor, mscale_all_dim)² for deepseek_v3 under YaRN
+// (config.softmax_scale()); transformers' DeepseekV2Attention applies no mscale² (plain
+// qk_head_dim^-0.5), and dseek follows it. q_a_layernorm and kv_a_layernorm use eps 1e-6
+// whatever rms_norm_eps says, as transformers constructs them.
+#pragma once
+
+#include <mutex>
+#include <string>
+
+#include "model/attention.h"
+
+namespace dseek {
+
+class Mla : public SelfAttention {
+ public:
+  Mla(const ModelConfig& config, const RopeParams& rope, LoadContext& ctx,
+      const std::string& prefix);
+
+  Tensor forward(const Tensor& x) const override;
+  Tensor forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const override;
+  KVCache::LayerSpec cache_spec() const override { return {kv_lora_rank_ + rope_dim_, 0}; }
+
+  float scale() const { return scale_; }
+
+ private:
+  struct Projected {
+    Tensor q;     // [T, H, nope + rope], q_pe roped
+    Tensor c_kv;  // [T, r], normalised
+    Tensor k_pe;  // [T, 1, rope], roped
+  };
+  Projected project(const Tensor& x, int64_t pos0) const;
+  const Tensor& kv_b_f32() const;  // kv_b_proj in f32, made on first cached use
+
+  const RopeParams& rope_;
+  int64_t n_heads_, nope_dim_, rope_dim_, v_dim_, kv_lora_rank_, q_lora_rank_;
+  float scale_;
+  static constexpr double kLatentNormEps = 1e-6;
+  Tensor q_proj_, q_a_proj_, q_a_layernorm_, q_b_proj_;
+  Tensor q_a_bias_;  // attention_bias
+  Tensor kv_a_proj_, kv_a_bias_, kv_a_layernorm_, kv_b_proj_;
+  Tensor o_proj_, o_bias_;
+  mutable std::once_flag kv_b_once_;
+  mutable Tensor kv_b_f32_;
+};
+
+}  // namespace dseek

@@ -1,0 +1,36 @@
+// Model::load: config.json + safetensors (memory-mapped; bf16/f16/f32 weights are used in place,
+// FP8 ones dequantised by WeightStore::get_weight). Every tensor the architecture needs must be
+// present with the expected shape (errors name the tensor and its file). Extra tensors are not an
+// error — real checkpoints carry some (MTP layers of an unsupported depth, rotary buffers of older
+// exports) — but they are reported once on stderr, since they can also mean a mis-set config.
+#include "model/model.h"
+
+#include <cstdio>
+
+#include "model/config.h"
+#include "model/safetensors.h"
+#include "model/transformer.h"
+
+namespace dseek {
+
+std::unique_ptr<Model> Model::load(const std::string& dir) {
+  const ModelConfig config = load_model_config(dir);
+  const WeightStore store = WeightStore::open(dir);
+  auto model = std::make_unique<Transformer>(config, store);
+  const auto& unused = model->unused_tensors();
+  if (!unused.empty()) {
+    std::string names;
+    for (size_t i = 0; i < unused.size() && i < 5; ++i) names += (i ? ", " : "") + unused[i];
+    std::fprintf(stderr,
+                 "dseek: warning: %s: %zu checkpoint tensors are not used by the model (%s%s)\n",
+                 dir.c_str(), unused.size(), names.c_str(), unused.size() > 5 ? ", ..." : "");
+  }
+  if (config.num_nextn_predict_layers > model->num_mtp_layers())
+    std::fprintf(stderr,
+                 "dseek: warning: %s: config declares %lld MTP layers, checkpoint has %lld\n",
+                 dir.c_str(), static_cast<long long>(config.num_nextn_predict_layers),
+                 static_cast<long long>(model->num_mtp_layers()));
+  return model;
+}
+
+}  // namespace dseek

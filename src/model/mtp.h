@@ -1,0 +1,37 @@
+// MtpLayer: one DeepSeek-V3 multi-token-prediction module, stored as model.layers.<L + k − 1>
+// (L = num_hidden_layers) with the tensors embed_tokens, enorm, hnorm, eh_proj, shared_head.norm,
+// shared_head.head and an ordinary decoder block. For depth k, row i:
+//   h'_i  = eh_proj([enorm(emb(t_{i+k})); hnorm(h^{k−1}_i)])      (concatenation order as vLLM)
+//   h^k   = Block(h')   at positions 0 .. N−1
+//   logits = shared_head.head(shared_head.norm(h^k))
+// A checkpoint without its own embed_tokens / shared_head.head uses the main model's (they are
+// shared in DeepSeek-V3).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/block.h"
+
+namespace dseek {
+
+class MtpLayer {
+ public:
+  MtpLayer(const ModelConfig& config, const RopeParams& rope, LoadContext& ctx,
+           const std::string& prefix, int64_t layer, const Tensor& main_embed,
+           const Tensor& main_head);
+
+  // next_ids [N] (tokens i + k), h_prev [N, D] → h^k [N, D] (before shared_head.norm).
+  Tensor forward(const std::vector<int32_t>& next_ids, const Tensor& h_prev) const;
+  // [N, D] → [N, V].
+  Tensor logits(const Tensor& h) const;
+
+ private:
+  double eps_;
+  Tensor embed_tokens_, enorm_, hnorm_, eh_proj_, head_norm_, head_;
+  std::unique_ptr<Block> block_;
+};
+
+}  // namespace dseek

@@ -1,0 +1,49 @@
+// Transformer: the one Model implementation (transformers' *ForCausalLM):
+//   x = embed_tokens(ids);  x = Block_l(x) for l < num_hidden_layers;  h = norm(x)
+//   logits = lm_head(h)   (lm_head = embed_tokens when tie_word_embeddings)
+// plus the DeepSeek-V3 MTP modules when the checkpoint has them.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/block.h"
+#include "model/model.h"
+#include "model/mtp.h"
+#include "model/rope.h"
+#include "model/safetensors.h"
+
+namespace dseek {
+
+class Transformer : public Model {
+ public:
+  // Reads every weight of `config` from `store` (shape-checked). Tensors the model does not use are
+  // listed in unused_tensors(); Model::load warns about them.
+  Transformer(const ModelConfig& config, const WeightStore& store);
+
+  const ModelConfig& config() const override { return config_; }
+  Tensor forward(const std::vector<int32_t>& ids) override;
+  Tensor forward(const std::vector<int32_t>& ids, KVCache& cache) override;
+  std::unique_ptr<KVCache> new_cache(int64_t max_tokens) const override;
+  Tensor forward_mtp(const std::vector<int32_t>& ids, int depth) override;
+
+  // Final hidden states after model.norm, [T, D] (no cache).
+  Tensor hidden(const std::vector<int32_t>& ids) const;
+  Tensor logits(const Tensor& hidden) const;  // lm_head: [T, D] → [T, V]
+  int64_t num_mtp_layers() const { return int64_t(mtp_.size()); }
+  const std::vector<std::string>& unused_tensors() const { return unused_; }
+  const Block& block(int64_t layer) const { return *blocks_[size_t(layer)]; }
+
+ private:
+  void check_ids(const std::vector<int32_t>& ids) const;
+
+  ModelConfig config_;
+  RopeParams rope_;  // referenced by the attention layers
+  Tensor embed_tokens_, norm_, lm_head_;
+  std::vector<std::unique_ptr<Block>> blocks_;
+  std::vector<std::unique_ptr<MtpLayer>> mtp_;
+  std::vector<std::string> unused_;
+};
+
+}  // namespace dseek

@@ -1,0 +1,15 @@
+// Causal scaled-dot-product attention, f32, one sequence. q [T, H, dk], k [S, Hk, dk],
+// v [S, Hk, dv] (any strides, last dimension contiguous; H a multiple of Hk: grouped-query heads
+// h share key head h / (H / Hk)). The T queries are the last T of the S positions, so query t
+// attends keys 0 .. S − T + t:
+//   out[t, h] = Σ_s softmax_s(scale · q[t, h] · k[s, h/g]) · v[s, h/g]
+// Returns out [T, H, dv] contiguous. The MLA decode path uses it with Hk = 1 on the latent cache.
+#pragma once
+
+#include "core/tensor.h"
+
+namespace dseek::ops {
+
+Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale);
+
+}  // namespace dseek::ops

@@ -1,0 +1,55 @@
+// causal attention, CPU, f32 — transformers' eager_attention_forward for one sequence:
+//   w = softmax(scale · q kᵀ + causal mask) (f32), out = w v
+// Query t (of T) is absolute position p = S − T + t and sees keys 0..p. Grouped-query heads: query
+// head h reads key/value head h / (H / Hk). Work is split over (head, query) pairs with OpenMP;
+// each thread keeps one score row.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "ops/cpu/cpu_ops.h"
+
+namespace dseek::ops::cpu {
+
+void causal_attention(const AttentionArgs& a) {
+  const int64_t group = a.H / a.Hk;
+  const int64_t n_items = a.H * a.T;
+#pragma omp parallel if (n_items * a.S * (a.dk + a.dv) >= (1 << 15))
+  {
+    std::vector<float> scores(size_t(a.S));
+    std::vector<float> acc(size_t(a.dv));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < n_items; ++item) {
+      const int64_t h = item / a.T, t = item % a.T;
+      const int64_t hk = h / group;
+      const int64_t n_keys = a.S - a.T + t + 1;
+      const float* q = a.q + t * a.q_t + h * a.q_h;
+      float m = -3.402823466e38f;
+      for (int64_t s = 0; s < n_keys; ++s) {
+        const float* k = a.k + s * a.k_s + hk * a.k_h;
+        float dot = 0;
+        for (int64_t i = 0; i < a.dk; ++i) dot += q[i] * k[i];
+        scores[size_t(s)] = dot * a.scale;
+        m = std::max(m, scores[size_t(s)]);
+      }
+      float sum = 0;
+      for (int64_t s = 0; s < n_keys; ++s) {
+        scores[size_t(s)] = std::exp(scores[size_t(s)] - m);
+        sum += scores[size_t(s)];
+      }
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t s = 0; s < n_keys; ++s) {
+        const float p = scores[size_t(s)];
+        const float* v = a.v + s * a.v_s + hk * a.v_h;
+        for (int64_t j = 0; j < a.dv; ++j) acc[size_t(j)] += p * v[j];
+      }
+      float* out = a.out + (t * a.H + h) * a.dv;
+      const float inv = 1.0f / sum;
+      for (int64_t j = 0; j < a.dv; ++j) out[j] = acc[size_t(j)] * inv;
+    }
+  }
+}
+
+}  // namespace dseek::ops::cpu

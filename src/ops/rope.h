@@ -1,0 +1,23 @@
+// Rotary position embedding, applied in place to x [T, H, d] (f32; any strides, last dimension
+// contiguous): token t sits at position pos0 + t. With θ_j = pos · inv_freq[j] (j < d/2),
+// cos_j = cos(θ_j)·scaling, sin_j = sin(θ_j)·scaling (transformers' attention_scaling, 1 except
+// under YaRN), rotate-half as in transformers' apply_rotary_pos_emb:
+//   y[j]       = x[j]·cos_j − x[j + d/2]·sin_j
+//   y[j + d/2] = x[j + d/2]·cos_j + x[j]·sin_j
+// `interleaved` first de-interleaves each row (x[2j] → j, x[2j+1] → d/2 + j), as transformers'
+// apply_rotary_pos_emb_interleave does for DeepSeek-V3 checkpoints (and equivalent, up to that
+// fixed permutation of the output, to DeepSeek-V2's complex rotation of pairs (x[2j], x[2j+1])).
+// The output stays in the de-interleaved layout; q and k get the same layout, so q·k is unchanged.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace dseek::ops {
+
+void rope_inplace(const Tensor& x, int64_t pos0, const std::vector<float>& inv_freq, float scaling,
+                  bool interleaved);
+
+}  // namespace dseek::ops
