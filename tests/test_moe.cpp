@@ -14,6 +14,7 @@
 
 #include "core/error.h"
 #include "core/tensor.h"
+#include "model/config.h"
 #include "model/gate.h"
 #include "model/mlp.h"
 #include "model/moe.h"
@@ -325,5 +326,41 @@ TEST(MoE, LoadsTheHubLayoutFromSafetensors) {
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("experts.9"), std::string::npos) << e.what();
+  }
+}
+
+TEST(MoE, LoadsEveryFixtureCheckpoint) {
+  // The transformers-made fixtures (hub layout: per-expert names, F32 correction bias in a BF16
+  // checkpoint, FP8 experts with weight_scale_inv, shards): every MLP/MoE layer loads and matches
+  // the double reference on its own weights.
+  std::mt19937 rng(8);
+  const std::string root = std::string(DSEEK_SOURCE_DIR) + "/tests/fixtures/models/";
+  for (const char* name : {"v3_noaux", "v3_bf16", "v3_fp8", "v3_yarn", "v2_group", "v2_lite",
+                           "v2_sharded", "deepseekmoe"}) {
+    SCOPED_TRACE(name);
+    const ModelConfig c = load_model_config(root + name);
+    const WeightStore store = WeightStore::open(root + name);
+    int moe_layers = 0;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".mlp";
+      const Tensor x = random_tensor({9, c.hidden_size}, rng);
+      if (!c.is_moe_layer(l)) {
+        const Mlp dense(store, p, c.hidden_size, c.intermediate_size);
+        std::vector<double> expect;
+        const std::vector<float> xv = x.to_vector();
+        for (int t = 0; t < 9; ++t) {
+          const std::vector<double> row = reference_mlp(dense, &xv[size_t(t * c.hidden_size)]);
+          expect.insert(expect.end(), row.begin(), row.end());
+        }
+        EXPECT_LT(relative_error(dense.forward(x), expect), 1e-5) << p;
+        continue;
+      }
+      ++moe_layers;
+      const MoE moe(c, store, p);
+      EXPECT_EQ(moe.shared_experts() != nullptr, c.n_shared_experts > 0);
+      const Routing r = moe.gate().route(x);
+      EXPECT_LT(relative_error(moe.forward(x), reference_moe(moe, x, r, true)), 1e-5) << p;
+    }
+    EXPECT_GT(moe_layers, 0);
   }
 }
