@@ -11,5 +11,6 @@ void add_logits_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_chat_command(CLI::App& app);
 void add_tokenize_commands(CLI::App& app);  // tokenize, detokenize
+void add_init_command(CLI::App& app);
 
 }  // namespace dseek::cli
