@@ -137,7 +137,8 @@ Tensor MoE::forward_experts(const Tensor& x, const Routing& routing, int64_t chu
     float* cp = contribution.data<float>();
 
     // One token (decode): the few experts run one after another, each linear using all threads.
-    const bool across_experts = n > 1 && d.active.size() > 1 && omp_get_max_threads() > 1;
+    const bool across_experts =
+        parallel_experts_ && n > 1 && d.active.size() > 1 && omp_get_max_threads() > 1;
     std::exception_ptr error;
 #pragma omp parallel for schedule(dynamic, 1) if (across_experts)
     for (size_t i = 0; i < d.active.size(); ++i) {

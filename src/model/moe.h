@@ -39,6 +39,10 @@ class MoE {
   // dispatched in chunks of `chunk_tokens` (0: sized to bound the scratch memory).
   Tensor forward_experts(const Tensor& x, const Routing& routing, int64_t chunk_tokens = 0) const;
 
+  // Prefill runs experts in parallel (on by default); off, experts run one after another and
+  // only the linear kernels are parallel (the baseline of bench/bench_moe).
+  void set_parallel_experts(bool enabled) { parallel_experts_ = enabled; }
+
   // Tokens routed to each expert by the last forward(): [E].
   const std::vector<int64_t>& last_expert_load() const { return last_load_; }
 
@@ -52,6 +56,7 @@ class MoE {
   Gate gate_;
   std::vector<Mlp> experts_;
   std::optional<Mlp> shared_;
+  bool parallel_experts_ = true;
   mutable std::vector<int64_t> last_load_;
 };
 
