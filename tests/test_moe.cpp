@@ -225,7 +225,7 @@ TEST(MoE, RaggedLoadsAndChunkedDispatch) {
   // A hand-made routing: experts 1 and 5 get no token, expert 3 gets every token.
   std::mt19937 rng(5);
   const ModelConfig c = moe_config(kVariants[0], 12, 6, 2, 10);
-  const MoE moe = random_moe(c, rng, DType::F32);
+  MoE moe = random_moe(c, rng, DType::F32);
   const int64_t T = 7;
   Routing r;
   r.tokens = T;
@@ -248,6 +248,10 @@ TEST(MoE, RaggedLoadsAndChunkedDispatch) {
   for (int64_t chunk : {0, 1, 3, 7, 100}) {
     EXPECT_LT(relative_error(moe.forward_experts(x, r, chunk), expect), 1e-5) << "chunk " << chunk;
   }
+  // Experts one after another (the decode path, forced) give the same result.
+  moe.set_parallel_experts(false);
+  EXPECT_LT(relative_error(moe.forward_experts(x, r), expect), 1e-5);
+  moe.set_parallel_experts(true);
   // A strided (non-contiguous) input view gives the same result.
   const Tensor xt = x.transpose(0, 1).contiguous().transpose(0, 1);
   ASSERT_FALSE(xt.is_contiguous());
