@@ -1,8 +1,12 @@
 // Model::load: error cases (missing tensor, wrong shape: clear messages naming tensor and file),
 // extra tensors tolerated, tied embeddings, MTP shapes and errors.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "core/error.h"
 #include "model/model.h"
@@ -95,4 +99,27 @@ TEST(ModelMtp, ShapesAndErrors) {
   auto model2 = Model::load(dir2);
   EXPECT_THROW(model2->forward_mtp(ids, 1), Error);
   std::filesystem::remove_all(dir2);
+}
+
+TEST(ModelCli, LogitsRejectsBadIds) {
+  TinyCheckpoint ckpt(tiny_config("llama"), 6);
+  const std::string dir = ckpt.write("cli");
+  const std::string out = dir + "/out.bin", log = dir + "/log.txt";
+  auto run = [&](const std::string& ids) {
+    const std::string cmd = std::string("\"") + DSEEK_BINARY + "\" logits --model \"" + dir +
+                            "\" --ids " + ids + " --out \"" + out + "\" > \"" + log + "\" 2>&1";
+    const int status = std::system(cmd.c_str());
+    std::ifstream in(log);
+    return std::make_pair(WEXITSTATUS(status), std::string(std::istreambuf_iterator<char>(in), {}));
+  };
+  auto [ok_status, ok_log] = run("1,2,3");
+  EXPECT_EQ(ok_status, 0) << ok_log;
+  EXPECT_NE(ok_log.find("[3, 67]"), std::string::npos) << ok_log;
+  EXPECT_EQ(std::filesystem::file_size(out), 3u * 67u * 4u);
+  for (const std::string bad : {"1,67", "1,,2", "x", "1,-3"}) {
+    auto [status, text] = run(bad);
+    EXPECT_EQ(status, 1) << bad << ": " << text;
+    EXPECT_NE(text.find("dseek: ["), std::string::npos) << bad << ": " << text;
+  }
+  std::filesystem::remove_all(dir);
 }

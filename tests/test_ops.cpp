@@ -1,0 +1,182 @@
+// rms_norm, embedding, softmax, rope and causal attention against naive double-precision
+// references, on awkward shapes (1, 7, 19, 111), every stored weight dtype, strided views and
+// poisoned outputs.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "core/error.h"
+#include "ops/attention.h"
+#include "ops/embedding.h"
+#include "ops/norm.h"
+#include "ops/rope.h"
+#include "ops/softmax.h"
+#include "test_ops_util.h"
+
+using namespace dseek;
+using dseek::testing::max_abs_diff;
+using dseek::testing::random_tensor;
+
+TEST(Ops, RmsNormMatchesReference) {
+  std::mt19937 rng(1);
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
+    for (int64_t T : {1, 7, 19}) {
+      for (int64_t D : {1, 7, 111, 128}) {
+        Tensor x = random_tensor({T, D}, DType::F32, rng, 3.0f);
+        Tensor w = random_tensor({D}, dt, rng);
+        const double eps = 1e-6;
+        Tensor y = ops::rms_norm(x, w, eps);
+        std::vector<float> xv = x.to_vector(), wv = w.to_vector();
+        std::vector<double> ref(xv.size());
+        for (int64_t t = 0; t < T; ++t) {
+          double ss = 0;
+          for (int64_t i = 0; i < D; ++i)
+            ss += double(xv[size_t(t * D + i)]) * xv[size_t(t * D + i)];
+          const double inv = 1.0 / std::sqrt(ss / double(D) + eps);
+          for (int64_t i = 0; i < D; ++i)
+            ref[size_t(t * D + i)] = wv[size_t(i)] * xv[size_t(t * D + i)] * inv;
+        }
+        EXPECT_LE(max_abs_diff(y, ref), 1e-5) << dtype_name(dt) << " T=" << T << " D=" << D;
+      }
+    }
+  }
+  // Strided input (a column slice) gives the same as its contiguous copy.
+  Tensor big = random_tensor({5, 40}, DType::F32, rng);
+  Tensor w = random_tensor({19}, DType::BF16, rng);
+  EXPECT_EQ(max_abs_diff(ops::rms_norm(big.slice(1, 3, 22), w, 1e-5),
+                         ops::rms_norm(big.slice(1, 3, 22).contiguous(), w, 1e-5)),
+            0.0);
+  EXPECT_THROW(ops::rms_norm(big, w, 1e-6), Error);
+}
+
+TEST(Ops, EmbeddingGathersRowsInEveryDtype) {
+  std::mt19937 rng(2);
+  for (DType dt : {DType::F32, DType::BF16, DType::F16, DType::F8_E4M3}) {
+    Tensor table = random_tensor({19, 7}, dt, rng, 2.0f);
+    const std::vector<int32_t> ids = {0, 18, 5, 5, 11};
+    Tensor out = ops::embedding(table, ids);
+    ASSERT_EQ(out.shape(), (Shape{5, 7}));
+    const std::vector<float> tv = table.to_vector();
+    std::vector<double> ref;
+    for (int32_t id : ids)
+      for (int64_t j = 0; j < 7; ++j) ref.push_back(tv[size_t(id * 7 + j)]);
+    EXPECT_EQ(max_abs_diff(out, ref), 0.0) << dtype_name(dt);
+  }
+  Tensor table = random_tensor({4, 3}, DType::BF16, rng);
+  try {
+    ops::embedding(table, {1, 4});
+    ADD_FAILURE() << "out-of-range id accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("token id 4 at position 1"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(ops::embedding(table, {-1}), Error);
+  EXPECT_EQ(ops::embedding(table, {}).shape(), (Shape{0, 3}));
+}
+
+TEST(Ops, SoftmaxMatchesReference) {
+  std::mt19937 rng(3);
+  for (int64_t n : {1, 7, 19, 111}) {
+    Tensor x = random_tensor({3, n}, DType::F32, rng, 30.0f);
+    std::vector<float> xv = x.to_vector();
+    std::vector<double> ref(xv.size());
+    for (int64_t r = 0; r < 3; ++r) {
+      double m = -1e300, s = 0;
+      for (int64_t i = 0; i < n; ++i) m = std::max(m, double(xv[size_t(r * n + i)]));
+      for (int64_t i = 0; i < n; ++i) s += std::exp(xv[size_t(r * n + i)] - m);
+      for (int64_t i = 0; i < n; ++i)
+        ref[size_t(r * n + i)] = std::exp(xv[size_t(r * n + i)] - m) / s;
+    }
+    EXPECT_LE(max_abs_diff(ops::softmax(x), ref), 1e-6);
+  }
+}
+
+TEST(Ops, RopeMatchesReferenceBothLayouts) {
+  std::mt19937 rng(4);
+  for (bool interleaved : {false, true}) {
+    for (int64_t d : {2, 8, 64}) {
+      const int64_t T = 7, H = 3, pos0 = 19;
+      std::vector<float> inv_freq(size_t(d / 2));
+      for (int64_t j = 0; j < d / 2; ++j)
+        inv_freq[size_t(j)] = float(std::pow(10000.0, -2.0 * j / d));
+      const float scaling = 1.25f;
+      // A strided view: the rope part of a wider row, as q_pe inside q.
+      Tensor wide = random_tensor({T, H, d + 5}, DType::F32, rng);
+      Tensor x = wide.slice(2, 5, d + 5);
+      const std::vector<float> before = x.to_vector();
+      const std::vector<float> prefix = wide.slice(2, 0, 5).to_vector();
+      ops::rope_inplace(x, pos0, inv_freq, scaling, interleaved);
+      std::vector<double> ref(before.size());
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t h = 0; h < H; ++h) {
+          const float* in = &before[size_t((t * H + h) * d)];
+          std::vector<double> v(static_cast<size_t>(d));
+          for (int64_t j = 0; j < d / 2; ++j) {
+            v[size_t(j)] = interleaved ? in[2 * j] : in[j];
+            v[size_t(d / 2 + j)] = interleaved ? in[2 * j + 1] : in[d / 2 + j];
+          }
+          for (int64_t j = 0; j < d / 2; ++j) {
+            const double a = double(inv_freq[size_t(j)]) * double(pos0 + t);
+            const double c = std::cos(a) * scaling, s = std::sin(a) * scaling;
+            ref[size_t((t * H + h) * d + j)] = v[size_t(j)] * c - v[size_t(d / 2 + j)] * s;
+            ref[size_t((t * H + h) * d + d / 2 + j)] = v[size_t(d / 2 + j)] * c + v[size_t(j)] * s;
+          }
+        }
+      EXPECT_LE(max_abs_diff(x, ref), 2e-5) << "d=" << d << " interleaved=" << interleaved;
+      EXPECT_EQ(wide.slice(2, 0, 5).to_vector(), prefix);  // the rest of the row is untouched
+    }
+  }
+  Tensor x = Tensor::zeros({1, 1, 6});
+  EXPECT_THROW(ops::rope_inplace(x, 0, {1.0f, 1.0f}, 1.0f, false), Error);
+}
+
+TEST(Ops, CausalAttentionMatchesReference) {
+  std::mt19937 rng(5);
+  struct Shape5 {
+    int64_t T, S, H, Hk, dk, dv;
+  };
+  for (const Shape5& s :
+       {Shape5{1, 1, 1, 1, 7, 7}, Shape5{7, 7, 4, 2, 19, 5}, Shape5{3, 19, 6, 1, 8, 111},
+        Shape5{19, 19, 2, 2, 16, 16}, Shape5{1, 111, 4, 4, 9, 3}}) {
+    Tensor q = random_tensor({s.T, s.H, s.dk}, DType::F32, rng, 2.0f);
+    Tensor k = random_tensor({s.S, s.Hk, s.dk}, DType::F32, rng, 2.0f);
+    // Values as a strided view (part of a wider row), as MLA's latent values are.
+    Tensor vwide = random_tensor({s.S, s.Hk, s.dv + 3}, DType::F32, rng);
+    Tensor v = vwide.slice(2, 0, s.dv);
+    const float scale = 0.3f;
+    Tensor out = ops::causal_attention(q, k, v, scale);
+    ASSERT_EQ(out.shape(), (Shape{s.T, s.H, s.dv}));
+    std::vector<float> qv = q.to_vector(), kv = k.to_vector(), vv = v.to_vector();
+    std::vector<double> ref(size_t(s.T * s.H * s.dv));
+    const int64_t g = s.H / s.Hk;
+    for (int64_t t = 0; t < s.T; ++t)
+      for (int64_t h = 0; h < s.H; ++h) {
+        const int64_t n = s.S - s.T + t + 1, hk = h / g;
+        std::vector<double> p(static_cast<size_t>(n));
+        double m = -1e300, sum = 0;
+        for (int64_t j = 0; j < n; ++j) {
+          double dot = 0;
+          for (int64_t i = 0; i < s.dk; ++i)
+            dot += double(qv[size_t((t * s.H + h) * s.dk + i)]) *
+                   kv[size_t((j * s.Hk + hk) * s.dk + i)];
+          p[size_t(j)] = dot * scale;
+          m = std::max(m, p[size_t(j)]);
+        }
+        for (auto& x : p) sum += (x = std::exp(x - m));
+        for (int64_t c = 0; c < s.dv; ++c) {
+          double acc = 0;
+          for (int64_t j = 0; j < n; ++j)
+            acc += p[size_t(j)] / sum * vv[size_t((j * s.Hk + hk) * s.dv + c)];
+          ref[size_t((t * s.H + h) * s.dv + c)] = acc;
+        }
+      }
+    EXPECT_LE(max_abs_diff(out, ref), 1e-5) << "T=" << s.T << " S=" << s.S << " H=" << s.H;
+  }
+  Tensor q = Tensor::zeros({2, 3, 4}), k = Tensor::zeros({2, 2, 4}), v = Tensor::zeros({2, 2, 4});
+  EXPECT_THROW(ops::causal_attention(q, k, v, 1.0f), Error);  // 3 heads over 2 kv heads
+  EXPECT_THROW(ops::causal_attention(Tensor::zeros({3, 1, 4}), Tensor::zeros({2, 1, 4}),
+                                     Tensor::zeros({2, 1, 4}), 1.0f),
+               Error);  // more queries than keys
+}
