@@ -43,6 +43,8 @@ void validate_model_config(const ModelConfig& c, const std::string& source) {
               s, c.hidden_act);
   check_positive(s, "rms_norm_eps", c.rms_norm_eps);
   check_positive(s, "rope_theta", c.rope_theta);
+  DSEEK_CHECK(std::isfinite(c.aux_loss_alpha) && std::isfinite(c.routed_scaling_factor),
+              "[config] {}: fields 'aux_loss_alpha' and 'routed_scaling_factor' must be finite", s);
 
   const RopeScaling& r = c.rope_scaling;
   DSEEK_CHECK(r.type == "default" || r.type == "linear" || r.type == "yarn",
