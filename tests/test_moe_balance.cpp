@@ -114,6 +114,22 @@ TEST(MoEBalance, GradientsMatchFiniteDifferences) {
   }
 }
 
+TEST(MoEBalance, DeviceLossHandWorked) {
+  // E = 4 on 2 devices {0, 1} | {2, 3}; T = 2, K = 1; tokens to experts 0 and 1 (both device 0).
+  // f = 4/(1·2)·[1, 1, 0, 0] = [2, 2, 0, 0] -> f' = [2, 0];
+  // P = [0.25, 0.25, 0.3, 0.2] -> P' = [0.5, 0.5]; L = α · 2 · 0.5 = α.
+  const Routing r = make_routing(4, 1, {0, 1}, {0.4f, 0.1f, 0.3f, 0.2f, 0.1f, 0.4f, 0.3f, 0.2f});
+  const BalanceLoss loss = device_balance_loss(r, 2, 0.05);
+  EXPECT_NEAR(loss.value, 0.05, 1e-9);
+  // One device per expert is the expert-level loss.
+  std::mt19937 rng(6);
+  const Routing q = random_routing(8, 6, 2, rng);
+  EXPECT_NEAR(device_balance_loss(q, 6, 0.1).value, expert_balance_loss(q, 0.1).value, 1e-9);
+  expect_gradient_matches(q, device_balance_loss(q, 3, 0.1),
+                          [](const Routing& x) { return device_balance_loss(x, 3, 0.1).value; });
+  EXPECT_THROW(device_balance_loss(q, 4, 0.1), Error);
+}
+
 TEST(MoEBalance, MaxViolationAndBiasUpdate) {
   const std::vector<int64_t> load = {3, 1, 2, 2};
   EXPECT_DOUBLE_EQ(max_violation(load), 0.5);

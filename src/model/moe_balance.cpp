@@ -88,6 +88,33 @@ BalanceLoss sequence_balance_loss(const Routing& routing, int64_t seq_len, doubl
   return out;
 }
 
+BalanceLoss device_balance_loss(const Routing& routing, int64_t devices, double alpha) {
+  check_routing(routing, "device balance loss");
+  const int64_t T = routing.tokens, E = routing.experts, K = routing.top_k;
+  DSEEK_CHECK(devices > 0 && E % devices == 0,
+              "[moe] device balance loss: {} experts do not split over {} devices", E, devices);
+  const int64_t per_device = E / devices;
+  const size_t D = static_cast<size_t>(devices);
+  std::vector<double> f(D, 0.0), P(D, 0.0);
+  for (int32_t e : routing.expert_ids) f[size_t(e / per_device)] += 1.0;
+  // f'_d = mean over the device's experts of f_i = E/(K·T) · count_i.
+  for (double& v : f) v *= double(E) / (double(K) * double(T)) / double(per_device);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t e = 0; e < E; ++e) {
+      P[size_t(e / per_device)] += routing.scores[size_t(t * E + e)] / double(T);
+    }
+  }
+  BalanceLoss out;
+  for (size_t d = 0; d < D; ++d) out.value += alpha * f[d] * P[d];
+  out.grad_scores.resize(routing.scores.size());
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t e = 0; e < E; ++e) {
+      out.grad_scores[size_t(t * E + e)] = float(alpha * f[size_t(e / per_device)] / double(T));
+    }
+  }
+  return out;
+}
+
 double max_violation(const std::vector<int64_t>& load) {
   DSEEK_CHECK(!load.empty(), "[moe] max violation: no experts");
   double total = 0.0;

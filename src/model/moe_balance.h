@@ -10,6 +10,8 @@
 //     f_i = E/(K·S) · count_i,  P_i = (1/S) Σ_t s'_{t,i},  L = α Σ_i f_i P_i
 //     s' = s / Σ_j s_j when normalize_scores (V3's sigmoid affinities), else s' = s (the hub's
 //     softmax gates, whose scores already sum to 1)
+//   device-level (DeepSeekMoE), experts split into `devices` contiguous groups G_d of E/devices:
+//     f'_d = (1/|G_d|) Σ_{i∈G_d} f_i,  P'_d = Σ_{i∈G_d} P_i,  L = α Σ_d f'_d P'_d
 //   MaxVio = (max_i load_i − mean load) / mean load (auxiliary-loss-free balancing paper)
 //   aux-loss-free bias update: b_i += γ · sign(mean load − load_i)
 #pragma once
@@ -29,6 +31,8 @@ struct BalanceLoss {
 BalanceLoss expert_balance_loss(const Routing& routing, double alpha);
 BalanceLoss sequence_balance_loss(const Routing& routing, int64_t seq_len, double alpha,
                                   bool normalize_scores);
+
+BalanceLoss device_balance_loss(const Routing& routing, int64_t devices, double alpha);
 
 double max_violation(const std::vector<int64_t>& load);
 
