@@ -12,4 +12,15 @@ namespace dseek::ops {
 
 Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale);
 
+// Backward for dout [T, H, dv] (f32), recomputing the probabilities p (nothing saved):
+//   dP = dout·vᵀ,  dS = p ⊙ (dP − rowsum(p ⊙ dP)),  dq = scale·dS·k,  dk = scale·dSᵀ·q,  dv =
+//   pᵀ·dout
+// with grouped-query heads summed into their shared key/value head. Returns contiguous
+// dq [T, H, dk], dk [S, Hk, dk], dv [S, Hk, dv].
+struct AttentionGrads {
+  Tensor dq, dk, dv;
+};
+AttentionGrads causal_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                         float scale, const Tensor& dout);
+
 }  // namespace dseek::ops

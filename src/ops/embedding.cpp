@@ -1,4 +1,6 @@
 // embedding: out[t, :] = f32(table[ids[t], :]). Rows are converted from their stored dtype.
+// Backward: ∂out[t, :]/∂table[v, :] = [ids[t] == v]·I, so dtable[v] = Σ_{t: ids[t] = v} dy[t]. Rows
+// are added in token order (deterministic).
 #include "ops/embedding.h"
 
 #include "core/error.h"
@@ -23,6 +25,38 @@ Tensor embedding(const Tensor& table, const std::vector<int32_t>& ids) {
     convert_to_f32(base + size_t(ids[t]) * row_bytes, dt, out.data<float>() + t * size_t(D),
                    size_t(D));
   return out;
+}
+
+void embedding_backward_accumulate(const std::vector<int32_t>& ids, const Tensor& dy,
+                                   Tensor& dtable) {
+  DSEEK_CHECK(dtable.defined() && dtable.dtype() == DType::F32 && dtable.dim() == 2 &&
+                  dtable.is_contiguous(),
+              "[embedding] gradient table must be f32 contiguous [V, D], got {}",
+              dtable.defined() ? shape_str(dtable.shape()) : std::string("undefined"));
+  const int64_t V = dtable.size(0), D = dtable.size(1);
+  DSEEK_CHECK(
+      dy.defined() && dy.dtype() == DType::F32 && dy.shape() == Shape({int64_t(ids.size()), D}),
+      "[embedding] dy must be f32 [{}, {}], got {}", ids.size(), D,
+      dy.defined() ? shape_str(dy.shape()) : std::string("undefined"));
+  for (size_t t = 0; t < ids.size(); ++t)
+    DSEEK_CHECK(ids[t] >= 0 && ids[t] < V,
+                "[embedding] token id {} at position {} is outside [0, {})", ids[t], t, V);
+  const Tensor g = dy.is_contiguous() ? dy : dy.contiguous();
+  const float* src = g.data<float>();
+  float* dst = dtable.data<float>();
+  for (size_t t = 0; t < ids.size(); ++t) {
+    float* row = dst + size_t(ids[t]) * size_t(D);
+    const float* d = src + t * size_t(D);
+    for (int64_t i = 0; i < D; ++i) row[i] += d[i];
+  }
+}
+
+Tensor embedding_backward(const std::vector<int32_t>& ids, const Tensor& dy, int64_t vocab) {
+  DSEEK_CHECK(vocab >= 0 && dy.defined() && dy.dim() == 2,
+              "[embedding] dy must be [T, D] and the vocabulary size non-negative");
+  Tensor dtable = Tensor::zeros({vocab, dy.size(1)}, DType::F32);
+  embedding_backward_accumulate(ids, dy, dtable);
+  return dtable;
 }
 
 }  // namespace dseek::ops

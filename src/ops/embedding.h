@@ -11,4 +11,11 @@ namespace dseek::ops {
 
 Tensor embedding(const Tensor& table, const std::vector<int32_t>& ids);
 
+// Backward for dy [T, D] (f32): a scatter-add, dtable[ids[t], :] += dy[t, :]; ids that repeat
+// accumulate, rows never looked up get 0. Returns dtable [V, D] f32 whatever the table's dtype.
+Tensor embedding_backward(const std::vector<int32_t>& ids, const Tensor& dy, int64_t vocab);
+// Adds into an existing f32 contiguous dtable [V, D] (gradient accumulation).
+void embedding_backward_accumulate(const std::vector<int32_t>& ids, const Tensor& dy,
+                                   Tensor& dtable);
+
 }  // namespace dseek::ops

@@ -11,6 +11,22 @@ namespace dseek::ops {
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias = nullptr);
 
+// Backward of y = x·Wᵀ + b for an upstream gradient dy [..., out] (f32, x's leading shape):
+//   dx = dy·W [..., in],   dW = dyᵀ·x [out, in],   db = Σ_t dy[t] [out]
+// (OpenBLAS sgemm, f32 accumulation; a bf16/f16 W is converted in row blocks). Gradients are f32
+// whatever W's dtype: training keeps f32 master weights.
+struct LinearGrads {
+  Tensor dx, dweight, dbias;  // dbias only when asked for
+};
+LinearGrads linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy,
+                            bool with_bias = false);
+
+// The same into caller-owned f32 contiguous tensors of the right shapes; a null pointer skips that
+// gradient (a frozen weight, an input that needs none). With `accumulate` each gradient is added to
+// what the tensor holds (gradient accumulation; an input used twice), else it is overwritten.
+void linear_backward_into(const Tensor& x, const Tensor& weight, const Tensor& dy, Tensor* dx,
+                          Tensor* dweight, Tensor* dbias, bool accumulate);
+
 // Largest T that takes the GEMV path (exposed so tests can cover both paths).
 inline constexpr int64_t kLinearGemvMaxTokens = 4;
 

@@ -8,4 +8,16 @@ namespace dseek::ops {
 
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps);
 
+// Backward for dy [..., D] (f32), with r = (mean(x²) + eps)^(-1/2) per row and g = w ⊙ dy:
+//   dx = r·g − (r³/D)·(Σ_j g_j x_j)·x,   dw = Σ_rows dy ⊙ x·r
+// (the second term is the gradient through r: ∂r/∂x_i = −r³·x_i/D). f32, sums per row in f32.
+struct RmsNormGrads {
+  Tensor dx, dweight;
+};
+RmsNormGrads rms_norm_backward(const Tensor& x, const Tensor& weight, double eps, const Tensor& dy);
+// Into caller-owned f32 contiguous tensors: dx is overwritten; dweight (may be null) is added to
+// with `accumulate_dweight`, else overwritten.
+void rms_norm_backward_into(const Tensor& x, const Tensor& weight, double eps, const Tensor& dy,
+                            Tensor& dx, Tensor* dweight, bool accumulate_dweight);
+
 }  // namespace dseek::ops

@@ -7,11 +7,18 @@
 
 namespace dseek::ops {
 
-void rope_inplace(const Tensor& x, int64_t pos0, const std::vector<float>& inv_freq, float scaling,
-                  bool interleaved) {
+namespace {
+
+struct RopeTables {
+  std::vector<float> cos, sin;  // [T, d/2]
+};
+
+// Checks x and builds the cos/sin tables for positions pos0 .. pos0 + T − 1.
+RopeTables rope_tables(const Tensor& x, int64_t pos0, const std::vector<float>& inv_freq,
+                       float scaling) {
   DSEEK_CHECK(x.defined() && x.dtype() == DType::F32 && x.dim() == 3,
               "[rope] input must be f32 [T, H, d], got {}", shape_str(x.shape()));
-  const int64_t T = x.size(0), H = x.size(1), d = x.size(2);
+  const int64_t T = x.size(0), d = x.size(2);
   DSEEK_CHECK(d % 2 == 0 && int64_t(inv_freq.size()) == d / 2,
               "[rope] rotary dim {} needs {} inverse frequencies, got {}", d, d / 2,
               inv_freq.size());
@@ -20,21 +27,43 @@ void rope_inplace(const Tensor& x, int64_t pos0, const std::vector<float>& inv_f
   DSEEK_CHECK(x.strides()[2] == 1 || d <= 1, "[rope] last dimension must be contiguous");
   DSEEK_CHECK(pos0 >= 0, "[rope] negative position {}", pos0);
   const int64_t half = d / 2;
-  std::vector<float> cs(size_t(T * half)), sn(size_t(T * half));
+  RopeTables tab{std::vector<float>(size_t(T * half)), std::vector<float>(size_t(T * half))};
   for (int64_t t = 0; t < T; ++t)
     for (int64_t j = 0; j < half; ++j) {
       // As transformers: the angle is one f32 product, cos/sin in f32, then the scaling.
       const float angle = inv_freq[size_t(j)] * float(pos0 + t);
-      cs[size_t(t * half + j)] = float(std::cos(double(angle))) * scaling;
-      sn[size_t(t * half + j)] = float(std::sin(double(angle))) * scaling;
+      tab.cos[size_t(t * half + j)] = float(std::cos(double(angle))) * scaling;
+      tab.sin[size_t(t * half + j)] = float(std::sin(double(angle))) * scaling;
     }
+  return tab;
+}
+
+}  // namespace
+
+void rope_inplace(const Tensor& x, int64_t pos0, const std::vector<float>& inv_freq, float scaling,
+                  bool interleaved) {
+  const RopeTables tab = rope_tables(x, pos0, inv_freq, scaling);
+  const int64_t T = x.size(0), H = x.size(1), d = x.size(2), half = d / 2;
   float* base = x.data<float>();
   const int64_t st = x.strides()[0], sh = x.strides()[1];
 #pragma omp parallel for collapse(2) schedule(static) if (T * H * d >= (1 << 15))
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < H; ++h)
-      cpu::rope_row(base + t * st + h * sh, d, &cs[size_t(t * half)], &sn[size_t(t * half)],
-                    interleaved);
+      cpu::rope_row(base + t * st + h * sh, d, &tab.cos[size_t(t * half)],
+                    &tab.sin[size_t(t * half)], interleaved);
+}
+
+void rope_backward_inplace(const Tensor& dy, int64_t pos0, const std::vector<float>& inv_freq,
+                           float scaling, bool interleaved) {
+  const RopeTables tab = rope_tables(dy, pos0, inv_freq, scaling);
+  const int64_t T = dy.size(0), H = dy.size(1), d = dy.size(2), half = d / 2;
+  float* base = dy.data<float>();
+  const int64_t st = dy.strides()[0], sh = dy.strides()[1];
+#pragma omp parallel for collapse(2) schedule(static) if (T * H * d >= (1 << 15))
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < H; ++h)
+      cpu::rope_row_backward(base + t * st + h * sh, d, &tab.cos[size_t(t * half)],
+                             &tab.sin[size_t(t * half)], interleaved);
 }
 
 }  // namespace dseek::ops

@@ -20,4 +20,13 @@ namespace dseek::ops {
 void rope_inplace(const Tensor& x, int64_t pos0, const std::vector<float>& inv_freq, float scaling,
                   bool interleaved);
 
+// Backward, in place: turns dy (the gradient of the rotated output, de-interleaved layout) into dx
+// (the gradient of the input, in the input's layout). The forward is y = s·R(θ)·P·x with P the
+// de-interleaving permutation (identity unless `interleaved`) and R a rotation, so
+//   dx = Pᵀ·s·R(θ)ᵀ·dy = Pᵀ·s·R(−θ)·dy:  the same rotation with −sin, then re-interleaving
+//   dx[2j] = z[j], dx[2j+1] = z[j + d/2].
+// Same arguments as the forward (YaRN enters only through inv_freq and scaling).
+void rope_backward_inplace(const Tensor& dy, int64_t pos0, const std::vector<float>& inv_freq,
+                           float scaling, bool interleaved);
+
 }  // namespace dseek::ops

@@ -7,4 +7,8 @@ namespace dseek::ops {
 
 Tensor softmax(const Tensor& x);
 
+// Backward from the forward's output y and the upstream gradient dy (same shape, f32):
+//   dx_i = y_i · (dy_i − Σ_j y_j dy_j)   (the softmax Jacobian diag(y) − y yᵀ applied to dy).
+Tensor softmax_backward(const Tensor& y, const Tensor& dy);
+
 }  // namespace dseek::ops

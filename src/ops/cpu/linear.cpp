@@ -7,8 +7,13 @@
 //    are split across OpenMP threads; each row of W is converted 8 (AVX2) lanes at a time and
 //    multiplied with up to 4 token rows of x held in cache, so all tokens share one read of W.
 //    An AVX2+FMA(+F16C) kernel is picked at run time; a portable scalar loop is the fallback.
-//  - GEMM (prefill): compute-bound. Blocks of W rows are converted to f32 (in parallel) and passed
-//    to OpenBLAS sgemm, writing straight into the strided output columns.
+//  - GEMM (prefill): compute-bound. Blocks of W rows are converted to f32 and passed to a
+//    single-threaded OpenBLAS sgemm, one block per OpenMP thread at a time, writing straight into
+//    the strided output columns.
+//
+// Backward (y = x·Wᵀ, so ∂L/∂x = ∂L/∂y · W and ∂L/∂W = (∂L/∂y)ᵀ · x): two sgemms. dx reads W in
+// the same converted row blocks as the forward GEMM, each block adding dy[:, block]·W[block, :];
+// dW needs no conversion (dy and x are f32).
 #include <cblas.h>
 #include <immintrin.h>
 #include <omp.h>
@@ -164,24 +169,41 @@ void linear_gemv(const float* x, int64_t T, int64_t in, const void* w, DType w_d
 
 void linear_gemm(const float* x, int64_t T, int64_t in, const void* w, DType w_dtype, int64_t ldw,
                  int64_t out, float* y) {
-  if (w_dtype == DType::F32) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(out), int(in), 1.0f, x,
-                int(in), static_cast<const float*>(w), int(ldw), 0.0f, y, int(out));
-    return;
-  }
-  // Convert ~4 MiB of W at a time: fits in L2/L3 alongside sgemm's own packing.
-  const int64_t rows = std::max<int64_t>(64, (int64_t(1) << 20) / std::max<int64_t>(in, 1));
-  std::vector<float> buf(size_t(std::min(rows, out) * in));
+  // OpenBLAS's own (pthread) workers would fight the OpenMP team for the same cores; instead each
+  // OpenMP thread runs single-threaded sgemm on its own blocks of W rows.
+  static const bool single_threaded_blas = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)single_threaded_blas;
+  const int n_threads = omp_get_max_threads();
+  // Rows per block: ~1 MiB of f32 weights (stays in L2 alongside sgemm's packing), at least 16,
+  // and small enough that every thread gets a block.
+  int64_t rows = std::max<int64_t>(16, (int64_t(1) << 18) / std::max<int64_t>(in, 1));
+  rows = std::min(rows, std::max<int64_t>(16, (out + n_threads - 1) / n_threads));
+  const int64_t n_blocks = (out + rows - 1) / rows;
   const size_t esize = dtype_size(w_dtype);
-  for (int64_t o0 = 0; o0 < out; o0 += rows) {
-    const int64_t n = std::min(rows, out - o0);
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < n; ++r) {
-      convert_to_f32(static_cast<const char*>(w) + size_t((o0 + r) * ldw) * esize, w_dtype,
-                     buf.data() + r * in, size_t(in));
+#pragma omp parallel
+  {
+    std::vector<float> buf(w_dtype == DType::F32 ? 0 : size_t(rows * in));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      const int64_t o0 = b * rows, n = std::min(rows, out - o0);
+      const float* wb;
+      int64_t ld;
+      if (w_dtype == DType::F32) {
+        wb = static_cast<const float*>(w) + o0 * ldw;
+        ld = ldw;
+      } else {
+        for (int64_t r = 0; r < n; ++r)
+          convert_to_f32(static_cast<const char*>(w) + size_t((o0 + r) * ldw) * esize, w_dtype,
+                         buf.data() + r * in, size_t(in));
+        wb = buf.data();
+        ld = in;
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(n), int(in), 1.0f, x,
+                  int(in), wb, int(ld), 0.0f, y + o0, int(out));
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(T), int(n), int(in), 1.0f, x, int(in),
-                buf.data(), int(in), 0.0f, y + o0, int(out));
   }
 }
 

@@ -1,6 +1,8 @@
 // rope, CPU: one row x[0..d) rotated in place (see ops/rope.h for the maths). `interleaved` first
 // gathers the even entries into the first half and the odd ones into the second, like
 // transformers' `q.view(d/2, 2).transpose(-1, -2).reshape(d)` in apply_rotary_pos_emb_interleave.
+// Backward: the transpose, i.e. rotate by −θ (negated sin, same cos and scaling), then scatter the
+// halves back to the even/odd slots when interleaved.
 #include <cassert>
 #include <cstring>
 
@@ -24,6 +26,25 @@ void rope_row(float* x, int64_t d, const float* cos, const float* sin, bool inte
     const float a = tmp[j], b = tmp[half + j];
     x[j] = a * cos[j] - b * sin[j];
     x[half + j] = b * cos[j] + a * sin[j];
+  }
+}
+
+void rope_row_backward(float* x, int64_t d, const float* cos, const float* sin, bool interleaved) {
+  const int64_t half = d / 2;
+  assert(d <= kMaxRopeDim);
+  float z[kMaxRopeDim];
+  for (int64_t j = 0; j < half; ++j) {
+    const float a = x[j], b = x[half + j];
+    z[j] = a * cos[j] + b * sin[j];
+    z[half + j] = b * cos[j] - a * sin[j];
+  }
+  if (interleaved) {
+    for (int64_t j = 0; j < half; ++j) {
+      x[2 * j] = z[j];
+      x[2 * j + 1] = z[half + j];
+    }
+  } else {
+    std::memcpy(x, z, size_t(d) * sizeof(float));
   }
 }
 

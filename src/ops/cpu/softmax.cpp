@@ -1,5 +1,7 @@
 // softmax, CPU: y_i = exp(x_i − m) / Σ_j exp(x_j − m) with m = max_j x_j (subtracting the max keeps
 // exp in range; −inf entries give 0). f32 throughout, as torch's softmax(dtype=float32).
+// Backward: ∂y_i/∂x_j = y_i(δ_ij − y_j), so dx_i = y_i(dy_i − Σ_j y_j dy_j); the dot product is
+// summed in double.
 #include <cmath>
 #include <limits>
 
@@ -19,6 +21,18 @@ void softmax_rows(float* x, int64_t rows, int64_t n, int64_t ld) {
     }
     const float inv = 1.0f / sum;
     for (int64_t i = 0; i < n; ++i) row[i] *= inv;
+  }
+}
+
+void softmax_backward_rows(const float* y, const float* dy, float* dx, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* yr = y + r * n;
+    const float* gr = dy + r * n;
+    double dot = 0;
+    for (int64_t i = 0; i < n; ++i) dot += double(yr[i]) * gr[i];
+    const float d = float(dot);
+    float* out = dx + r * n;
+    for (int64_t i = 0; i < n; ++i) out[i] = yr[i] * (gr[i] - d);
   }
 }
 
