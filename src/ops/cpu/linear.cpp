@@ -10,10 +10,7 @@
 //  - GEMM (prefill): compute-bound. Blocks of W rows are converted to f32 and passed to a
 //    single-threaded OpenBLAS sgemm, one block per OpenMP thread at a time, writing straight into
 //    the strided output columns.
-//
-// Backward (y = x·Wᵀ, so ∂L/∂x = ∂L/∂y · W and ∂L/∂W = (∂L/∂y)ᵀ · x): two sgemms. dx reads W in
-// the same converted row blocks as the forward GEMM, each block adding dy[:, block]·W[block, :];
-// dW needs no conversion (dy and x are f32).
+// The backward is in linear_backward.cpp.
 #include <cblas.h>
 #include <immintrin.h>
 #include <omp.h>
