@@ -198,6 +198,10 @@ TEST_P(MoEVariant, MatchesDenseReferenceWithSharedExperts) {
   const Routing r = moe.gate().route(x);
   EXPECT_LT(relative_error(y, reference_moe(moe, x, r, true)), 1e-5);
   EXPECT_EQ(moe.last_expert_load(), r.expert_load());
+  EXPECT_EQ(moe.forward(Tensor::zeros({0, 16})).shape(), (Shape{0, 16}));
+  EXPECT_EQ(moe.last_expert_load(), std::vector<int64_t>(8, 0));
+  EXPECT_THROW(moe.forward(random_tensor({2, 15}, rng)), Error);
+  moe.forward(x);
   int64_t total = 0;
   for (int64_t n : moe.last_expert_load()) total += n;
   EXPECT_EQ(total, 11 * 2);

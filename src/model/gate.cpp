@@ -1,7 +1,6 @@
 #include "model/gate.h"
 
 #include <algorithm>
-#include <cassert>
 #include <cmath>
 #include <numeric>
 
@@ -78,7 +77,7 @@ WeightRule weight_rule(const ModelConfig& config) {
 std::vector<int64_t> Routing::expert_load() const {
   std::vector<int64_t> load(size_t(experts), 0);
   for (int32_t e : expert_ids) {
-    assert(e >= 0 && e < experts);
+    DSEEK_CHECK(e >= 0 && e < experts, "[moe] routing names expert {}, there are {}", e, experts);
     ++load[size_t(e)];
   }
   return load;

@@ -86,6 +86,11 @@ void MoE::check_parts() const {
 }
 
 Tensor MoE::forward(const Tensor& x) const {
+  const int64_t D = gate_.config().hidden_size;
+  if (x.dim() == 2 && x.size(0) == 0 && x.size(1) == D && x.dtype() == DType::F32) {
+    last_load_.assign(experts_.size(), 0);
+    return Tensor::zeros({0, D});
+  }
   const Routing routing = gate_.route(x);
   Tensor out = forward_experts(x, routing);
   last_load_ = routing.expert_load();
