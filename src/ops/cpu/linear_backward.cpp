@@ -13,6 +13,9 @@ namespace dseek::ops::cpu {
 
 void linear_backward_dx(const float* dy, int64_t T, int64_t out, const void* w, DType w_dtype,
                         int64_t ldw, int64_t in, float* dx, float beta) {
+  // OpenBLAS's small-matrix kernels compute beta·C literally, so a NaN-poisoned C would survive
+  // beta = 0: clear it instead.
+  if (beta == 0.0f) std::fill_n(dx, T * in, 0.0f);
   if (w_dtype == DType::F32) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(T), int(in), int(out), 1.0f, dy,
                 int(out), static_cast<const float*>(w), int(ldw), beta, dx, int(in));
@@ -36,6 +39,7 @@ void linear_backward_dx(const float* dy, int64_t T, int64_t out, const void* w, 
 
 void linear_backward_dw(const float* dy, const float* x, int64_t T, int64_t out, int64_t in,
                         float* dw, float beta) {
+  if (beta == 0.0f) std::fill_n(dw, out * in, 0.0f);  // see linear_backward_dx
   cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(out), int(in), int(T), 1.0f, dy,
               int(out), x, int(in), beta, dw, int(in));
 }
