@@ -12,6 +12,7 @@
 //    the strided output columns.
 // The backward is in linear_backward.cpp.
 #include <cblas.h>
+#include <cpuid.h>
 #include <immintrin.h>
 #include <omp.h>
 
@@ -116,9 +117,15 @@ void gemv_rows_avx2_dispatch(const float* x, int64_t T, int64_t in, const void* 
   }
 }
 
+// F16C is read from CPUID directly: clang's __builtin_cpu_supports does not know "f16c".
+bool have_f16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+}
+
 bool have_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                         __builtin_cpu_supports("f16c");
+  static const bool ok =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && have_f16c();
   return ok;
 }
 #endif
