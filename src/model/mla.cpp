@@ -30,8 +30,9 @@ Mla::Mla(const ModelConfig& config, const RopeParams& rope, LoadContext& ctx,
   const int64_t D = config.hidden_size, H = n_heads_, qk = nope_dim_ + rope_dim_;
   DSEEK_CHECK(rope_dim_ == rope.dim, "[model] {}: qk_rope_head_dim {} != rotary dim {}", prefix,
               rope_dim_, rope.dim);
-  scale_ = config.model_type == "deepseek_v2" ? float(1.0 / std::sqrt(double(qk)))
-                                              : float(config.softmax_scale());
+  // V2 and V3 alike: 1/sqrt(qk) times YaRN's mscale² (transformers 5.17 yarn_apply_mscale in
+  // both modeling_deepseek_v2.py and modeling_deepseek_v3.py; V2-Lite's checkpoints rely on it).
+  scale_ = float(config.softmax_scale());
   if (q_lora_rank_ > 0) {
     q_a_proj_ = ctx.weight(prefix + ".q_a_proj.weight", {q_lora_rank_, D});
     if (config.attention_bias)
