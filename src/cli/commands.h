@@ -12,5 +12,6 @@ void add_generate_command(CLI::App& app);
 void add_chat_command(CLI::App& app);
 void add_tokenize_commands(CLI::App& app);  // tokenize, detokenize
 void add_init_command(CLI::App& app);
+void add_data_commands(CLI::App& app);  // data prepare
 
 }  // namespace dseek::cli
