@@ -103,9 +103,18 @@ Bandwidth measure_bandwidth() {
   volatile float sink = 0.0f;
   for (int rep = 0; rep < 5; ++rep) {
     auto t = Clock::now();
+    // 16 independent partial sums per thread: one serial float chain (no -ffast-math, so no
+    // reassociation) would be limited by add latency, not by memory.
     float sum = 0.0f;
-#pragma omp parallel for schedule(static) reduction(+ : sum)
-    for (size_t i = 0; i < n; ++i) sum += a[i];
+#pragma omp parallel reduction(+ : sum)
+    {
+      float part[16] = {};
+#pragma omp for schedule(static)
+      for (size_t i = 0; i < n / 16; ++i) {
+        for (int j = 0; j < 16; ++j) part[j] += a[i * 16 + j];
+      }
+      for (float v : part) sum += v;
+    }
     const double read_s = since(t);
     sink = sink + sum;
     t = Clock::now();
