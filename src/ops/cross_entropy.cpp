@@ -27,6 +27,13 @@ int64_t check_inputs(const Tensor& logits, const std::vector<int32_t>& targets,
   return T > 1 ? logits.strides()[0] : V;
 }
 
+// The backward reuses the forward's per-row log-sum-exp; it must come from the same logits.
+void check_forward(const CrossEntropyResult& forward, int64_t T) {
+  DSEEK_CHECK(forward.lse.defined() && forward.lse.dtype() == DType::F32 &&
+                  forward.lse.shape() == Shape({T}) && forward.lse.is_contiguous(),
+              "[cross_entropy] forward result does not match {} rows", T);
+}
+
 }  // namespace
 
 CrossEntropyResult cross_entropy_forward(const Tensor& logits, const std::vector<int32_t>& targets,
@@ -49,9 +56,7 @@ void cross_entropy_backward_inplace(const Tensor& logits, const std::vector<int3
                                     int32_t ignore_index) {
   const int64_t ld = check_inputs(logits, targets, ignore_index);
   const int64_t T = logits.size(0), V = logits.size(1);
-  DSEEK_CHECK(forward.lse.defined() && forward.lse.dtype() == DType::F32 &&
-                  forward.lse.shape() == Shape({T}) && forward.lse.is_contiguous(),
-              "[cross_entropy] forward result does not match {} rows", T);
+  check_forward(forward, T);
   if (T == 0 || V == 0) return;
   const float scale = forward.count > 0 ? dloss / float(forward.count) : 0.0f;
   cpu::cross_entropy_backward(logits.data<float>(), T, V, ld, targets.data(), ignore_index,
@@ -63,9 +68,7 @@ Tensor cross_entropy_backward(const Tensor& logits, const std::vector<int32_t>& 
                               int32_t ignore_index) {
   const int64_t ld = check_inputs(logits, targets, ignore_index);
   const int64_t T = logits.size(0), V = logits.size(1);
-  DSEEK_CHECK(forward.lse.defined() && forward.lse.dtype() == DType::F32 &&
-                  forward.lse.shape() == Shape({T}) && forward.lse.is_contiguous(),
-              "[cross_entropy] forward result does not match {} rows", T);
+  check_forward(forward, T);
   Tensor d = Tensor::empty({T, V}, DType::F32);
   if (d.numel() == 0) return d;
   const float scale = forward.count > 0 ? dloss / float(forward.count) : 0.0f;
