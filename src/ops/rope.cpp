@@ -38,32 +38,30 @@ RopeTables rope_tables(const Tensor& x, int64_t pos0, const std::vector<float>& 
   return tab;
 }
 
-}  // namespace
-
-void rope_inplace(const Tensor& x, int64_t pos0, const std::vector<float>& inv_freq, float scaling,
-                  bool interleaved) {
-  const RopeTables tab = rope_tables(x, pos0, inv_freq, scaling);
+// Applies `row_fn` (the rotation or its transpose) to every [t, h] row of x [T, H, d] in place.
+template <typename RowFn>
+void for_each_row(const Tensor& x, const RopeTables& tab, bool interleaved, RowFn row_fn) {
   const int64_t T = x.size(0), H = x.size(1), d = x.size(2), half = d / 2;
   float* base = x.data<float>();
   const int64_t st = x.strides()[0], sh = x.strides()[1];
 #pragma omp parallel for collapse(2) schedule(static) if (T * H * d >= (1 << 15))
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < H; ++h)
-      cpu::rope_row(base + t * st + h * sh, d, &tab.cos[size_t(t * half)],
-                    &tab.sin[size_t(t * half)], interleaved);
+      row_fn(base + t * st + h * sh, d, &tab.cos[size_t(t * half)], &tab.sin[size_t(t * half)],
+             interleaved);
+}
+
+}  // namespace
+
+void rope_inplace(const Tensor& x, int64_t pos0, const std::vector<float>& inv_freq, float scaling,
+                  bool interleaved) {
+  for_each_row(x, rope_tables(x, pos0, inv_freq, scaling), interleaved, cpu::rope_row);
 }
 
 void rope_backward_inplace(const Tensor& dy, int64_t pos0, const std::vector<float>& inv_freq,
                            float scaling, bool interleaved) {
-  const RopeTables tab = rope_tables(dy, pos0, inv_freq, scaling);
-  const int64_t T = dy.size(0), H = dy.size(1), d = dy.size(2), half = d / 2;
-  float* base = dy.data<float>();
-  const int64_t st = dy.strides()[0], sh = dy.strides()[1];
-#pragma omp parallel for collapse(2) schedule(static) if (T * H * d >= (1 << 15))
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t h = 0; h < H; ++h)
-      cpu::rope_row_backward(base + t * st + h * sh, d, &tab.cos[size_t(t * half)],
-                             &tab.sin[size_t(t * half)], interleaved);
+  for_each_row(dy, rope_tables(dy, pos0, inv_freq, scaling), interleaved,
+               cpu::rope_row_backward);
 }
 
 }  // namespace dseek::ops
