@@ -7,10 +7,10 @@ packages=(
   build-essential cmake ninja-build pkg-config git
   libopenblas-dev libomp-dev
   nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev
-  libpcre2-dev
+  libpcre2-dev libpng-dev libtomlplusplus-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev
-  fortunes-min python3
+  fortunes python3
 )
 
 missing=()

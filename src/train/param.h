@@ -1,0 +1,55 @@
+// Trainable parameters: every tensor of a model being trained, under its Hugging Face name (the
+// names of model/init_weights.h's checkpoint_layout), with an f32 master value and an f32 gradient
+// of the same shape. Buffers (the noaux_tc gates' e_score_correction_bias) live here too so that
+// checkpoints and export see one list, but they are not trainable: the optimizer skips them and
+// auxiliary-loss-free balancing updates them directly.
+//
+// Mixed precision hook: compute may run on a lower-precision copy (bf16 on the GPU); the master
+// value and the gradient stay f32 here, and the optimizer updates the master.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace dseek::train {
+
+struct Param {
+  std::string name;        // HF tensor name, e.g. "model.layers.0.self_attn.kv_b_proj.weight"
+  Tensor value;            // f32 contiguous master weight
+  Tensor grad;             // f32 contiguous, same shape; undefined for buffers
+  bool trainable = true;   // false: a buffer (no gradient, not touched by the optimizer)
+  bool decay = true;       // decoupled weight decay applies (false for norms, biases, buffers)
+};
+
+class ParamSet {
+ public:
+  // Adds a parameter holding `value` (made f32 contiguous). Names must be unique.
+  Param& add(const std::string& name, const Tensor& value, bool trainable, bool decay);
+
+  bool has(const std::string& name) const { return index_.count(name) != 0; }
+  // Throws "[train] no parameter '<name>'" when missing.
+  Param& at(const std::string& name);
+  const Param& at(const std::string& name) const;
+  // The value tensor of a parameter (shorthand for at(name).value).
+  const Tensor& value(const std::string& name) const { return at(name).value; }
+  const Tensor& grad(const std::string& name) const { return at(name).grad; }
+
+  // In insertion order (checkpoint_layout's order); references stay valid as parameters are added.
+  std::deque<Param>& all() { return params_; }
+  const std::deque<Param>& all() const { return params_; }
+  size_t size() const { return params_.size(); }
+
+  void zero_grad();
+  int64_t numel(bool trainable_only = true) const;
+
+ private:
+  std::deque<Param> params_;
+  std::map<std::string, size_t> index_;
+};
+
+}  // namespace dseek::train
