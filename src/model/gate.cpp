@@ -46,13 +46,10 @@ void sigmoid_row(const float* logits, int64_t n, float* out) {
   for (int64_t e = 0; e < n; ++e) out[e] = 1.0f / (1.0f + std::exp(-logits[e]));
 }
 
-// How the chosen weights are post-processed; the three reference implementations disagree.
-struct WeightRule {
-  bool normalise = false;
-  bool scale = false;
-};
+}  // namespace
 
-WeightRule weight_rule(const ModelConfig& config) {
+// How the chosen weights are post-processed; the three reference implementations disagree.
+WeightRule routing_weight_rule(const ModelConfig& config) {
   WeightRule rule;
   if (config.model_type == "deepseek_v3") {
     // DeepseekV3MoE.route_tokens_to_experts: normalise if asked, then always scale.
@@ -71,8 +68,6 @@ WeightRule weight_rule(const ModelConfig& config) {
   }
   return rule;
 }
-
-}  // namespace
 
 std::vector<int64_t> Routing::expert_load() const {
   std::vector<int64_t> load(size_t(experts), 0);
@@ -127,7 +122,7 @@ Routing route_from_logits(const ModelConfig& config, const Tensor& logits,
   const bool grouped = config.topk_method != "greedy";
   const bool noaux = config.topk_method == "noaux_tc";
   const int64_t G = grouped ? config.n_group : 1, group_size = E / G;
-  const WeightRule rule = weight_rule(config);
+  const WeightRule rule = routing_weight_rule(config);
 
   Routing r;
   r.tokens = T;

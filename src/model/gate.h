@@ -44,6 +44,14 @@ struct Routing {
   std::vector<int64_t> expert_load() const;
 };
 
+// How the chosen weights are post-processed (the rules above, per model_type): w /= Σw + 1e-20
+// when `normalise`, then w *= routed_scaling_factor when `scale`. Training differentiates them.
+struct WeightRule {
+  bool normalise = false;
+  bool scale = false;
+};
+WeightRule routing_weight_rule(const ModelConfig& config);
+
 // Checks the routing fields of a config (experts, top-k, groups, scoring_func, topk_method,
 // model_type); throws "[moe] <source>: <field> ..." on invalid values.
 void validate_gate_config(const ModelConfig& config, const std::string& source);

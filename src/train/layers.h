@@ -1,0 +1,104 @@
+// Training forward and backward of every DeepSeek layer, side by side (llm.c style): each
+// *_forward computes the layer's output and saves in a cache what its *_backward needs; each
+// *_backward takes the gradient of the output, adds the parameter gradients into the ParamSet's
+// grads (so gradient accumulation is just "don't zero") and returns the gradient of the input.
+// Parameters are read from the ParamSet under their Hugging Face names, so the inference model
+// (src/model) loads what training writes; tests compare the two forwards on the same weights.
+//
+// One sequence at a time: x is [T, D] f32 at positions 0 .. T−1.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "model/config.h"
+#include "model/gate.h"
+#include "model/rope.h"
+#include "train/param.h"
+
+namespace dseek::train {
+
+struct LayerContext {
+  const ModelConfig& config;
+  const RopeParams& rope;
+  ParamSet& params;
+};
+
+// y = x·Wᵀ with W = params[name]: the backward adds dW to the param's grad, returns dx.
+Tensor linear_forward(ParamSet& params, const std::string& name, const Tensor& x);
+Tensor linear_backward(ParamSet& params, const std::string& name, const Tensor& x,
+                       const Tensor& dy);
+
+// y = rms_norm(x; w = params[name], eps).
+Tensor norm_forward(ParamSet& params, const std::string& name, const Tensor& x, double eps);
+Tensor norm_backward(ParamSet& params, const std::string& name, const Tensor& x, double eps,
+                     const Tensor& dy);
+
+// SwiGLU MLP: y = down(silu(gate(x)) ⊙ up(x)), weights <prefix>.{gate,up,down}_proj.weight.
+struct MlpCache {
+  Tensor x, gate, up, inner;  // inner = silu(gate) ⊙ up
+};
+Tensor mlp_forward(ParamSet& params, const std::string& prefix, const Tensor& x, MlpCache& cache);
+Tensor mlp_backward(ParamSet& params, const std::string& prefix, const MlpCache& cache,
+                    const Tensor& dy);
+
+// Self-attention of a decoder layer: MLA for deepseek_v2/v3 (q_lora optional, decoupled RoPE,
+// YaRN through the RopeParams and config.softmax_scale()), multi-head/grouped-query attention with
+// RoPE for llama and deepseek. Weights under <prefix> = "model.layers.<i>.self_attn".
+struct AttentionCache {
+  Tensor x;
+  Tensor q_a, q_a_normed;  // MLA with q_lora_rank > 0
+  Tensor kv_a;             // MLA: kv_a_proj_with_mqa(x) [T, r + rope]
+  Tensor c_kv;             // MLA: kv_a_layernorm(kv_a[:, :r]) [T, r]
+  Tensor q, k, v;          // what attention saw (roped q, k)
+  Tensor attn;             // attention output [T, H·v]
+};
+Tensor attention_forward(const LayerContext& ctx, const std::string& prefix, const Tensor& x,
+                         AttentionCache& cache);
+Tensor attention_backward(const LayerContext& ctx, const std::string& prefix,
+                          const AttentionCache& cache, const Tensor& dy);
+
+// How MoE layers are balanced while training.
+struct BalanceOptions {
+  // "none", "sequence" (DeepSeek-V3's sequence-wise loss), "expert" (DeepSeekMoE expert-level),
+  // "device" (DeepSeekMoE device-level, experts split over `devices` groups).
+  std::string aux_loss = "none";
+  double alpha = 0.0;
+  int64_t devices = 1;
+};
+
+// DeepSeekMoE feed-forward: gate (route_from_logits, with e_score_correction_bias for noaux_tc),
+// routed experts, shared experts. Weights under <prefix> = "model.layers.<i>.mlp".
+struct MoeCache {
+  Tensor x;
+  Routing routing;
+  std::vector<int64_t> offsets, slots;  // slots grouped by expert (counting sort)
+  std::vector<MlpCache> experts;        // per expert, rows = its slots in order
+  Tensor expert_out;                    // [T·K, D] unweighted expert outputs per slot
+  MlpCache shared;
+  bool has_shared = false;
+  double aux_loss = 0.0;                // balance loss value (α included)
+  std::vector<float> aux_grad_scores;   // its gradient wrt Routing::scores
+};
+Tensor moe_forward(const LayerContext& ctx, const std::string& prefix, const Tensor& x,
+                   const BalanceOptions& balance, MoeCache& cache);
+// loss_scale multiplies the balance loss's own gradient (the scale the whole loss gets).
+Tensor moe_backward(const LayerContext& ctx, const std::string& prefix, const MoeCache& cache,
+                    const Tensor& dy, float loss_scale);
+
+// Decoder layer: h = x + attn(norm1(x)); out = h + ffn(norm2(h)).
+struct BlockCache {
+  Tensor x, n1, h, n2;
+  AttentionCache attn;
+  bool is_moe = false;
+  MlpCache mlp;
+  MoeCache moe;
+};
+Tensor block_forward(const LayerContext& ctx, int64_t layer, const Tensor& x,
+                     const BalanceOptions& balance, BlockCache& cache);
+Tensor block_backward(const LayerContext& ctx, int64_t layer, const BlockCache& cache,
+                      const Tensor& dy, float loss_scale);
+
+}  // namespace dseek::train

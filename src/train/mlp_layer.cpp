@@ -1,0 +1,55 @@
+// Linear, RMSNorm and the SwiGLU MLP for training (see layers.h).
+#include "core/error.h"
+#include "ops/activation.h"
+#include "ops/linear.h"
+#include "ops/norm.h"
+#include "train/layers.h"
+
+namespace dseek::train {
+
+Tensor linear_forward(ParamSet& params, const std::string& name, const Tensor& x) {
+  return ops::linear(x, params.value(name));
+}
+
+Tensor linear_backward(ParamSet& params, const std::string& name, const Tensor& x,
+                       const Tensor& dy) {
+  Param& p = params.at(name);
+  // linear_backward_into accumulates dx and dW alike; dx starts from zero.
+  Tensor dx = Tensor::zeros(x.shape());
+  ops::linear_backward_into(x.contiguous(), p.value, dy.contiguous(), &dx, &p.grad, nullptr, true);
+  return dx;
+}
+
+Tensor norm_forward(ParamSet& params, const std::string& name, const Tensor& x, double eps) {
+  return ops::rms_norm(x, params.value(name), eps);
+}
+
+Tensor norm_backward(ParamSet& params, const std::string& name, const Tensor& x, double eps,
+                     const Tensor& dy) {
+  Param& p = params.at(name);
+  Tensor dx = Tensor::empty(x.shape());
+  ops::rms_norm_backward_into(x, p.value, eps, dy, dx, &p.grad, true);
+  return dx;
+}
+
+Tensor mlp_forward(ParamSet& params, const std::string& prefix, const Tensor& x, MlpCache& c) {
+  c.x = x.contiguous();
+  c.gate = linear_forward(params, prefix + ".gate_proj.weight", c.x);
+  c.up = linear_forward(params, prefix + ".up_proj.weight", c.x);
+  c.inner = ops::silu_mul(c.gate, c.up);
+  return linear_forward(params, prefix + ".down_proj.weight", c.inner);
+}
+
+Tensor mlp_backward(ParamSet& params, const std::string& prefix, const MlpCache& c,
+                    const Tensor& dy) {
+  const Tensor d_inner = linear_backward(params, prefix + ".down_proj.weight", c.inner, dy);
+  const ops::SiluMulGrads g = ops::silu_mul_backward(c.gate, c.up, d_inner);
+  Tensor dx = linear_backward(params, prefix + ".gate_proj.weight", c.x, g.dgate);
+  const Tensor dx_up = linear_backward(params, prefix + ".up_proj.weight", c.x, g.dup);
+  float* d = dx.data<float>();
+  const float* u = dx_up.data<float>();
+  for (int64_t i = 0, n = dx.numel(); i < n; ++i) d[i] += u[i];
+  return dx;
+}
+
+}  // namespace dseek::train

@@ -1,0 +1,221 @@
+#include "train/train_model.h"
+
+#include <cstring>
+
+#include "core/error.h"
+#include "model/init_weights.h"
+#include "model/safetensors.h"
+#include "ops/cross_entropy.h"
+#include "ops/embedding.h"
+#include "ops/linear.h"
+#include "ops/norm.h"
+
+namespace dseek::train {
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// MTP modules share the main embedding and head in training (DeepSeek-V3 §2.2).
+bool is_shared_mtp_tensor(const ModelConfig& c, const std::string& name) {
+  for (int64_t k = 0; k < c.num_nextn_predict_layers; ++k) {
+    const std::string p = "model.layers." + std::to_string(c.num_hidden_layers + k);
+    if (name == p + ".embed_tokens.weight" || name == p + ".shared_head.head.weight") return true;
+  }
+  return false;
+}
+
+bool is_buffer(const std::string& name) { return ends_with(name, ".e_score_correction_bias"); }
+
+void add_into(Tensor& dst, const Tensor& src) {
+  float* d = dst.data<float>();
+  const float* s = src.data<float>();
+  for (int64_t i = 0, n = src.numel(); i < n; ++i) d[i] += s[i];
+}
+
+// Everything one MTP depth keeps for its backward.
+struct MtpCache {
+  std::vector<int32_t> ids, targets;
+  Tensor e_in, h_prev, cat, h, logits;
+  BlockCache block;
+  ops::CrossEntropyResult ce;
+};
+
+}  // namespace
+
+bool param_decays(const std::string& name) {
+  return !(ends_with(name, "norm.weight") || ends_with(name, ".bias") || is_buffer(name));
+}
+
+void TrainModel::init_params(const ModelConfig& config, uint64_t seed, double std,
+                             ParamSet& params) {
+  DSEEK_CHECK(params.size() == 0, "[train] init_params needs an empty ParamSet");
+  InitOptions options;
+  options.dtype = DType::F32;
+  options.seed = seed;
+  options.std = std;
+  for (const WeightSpec& spec : checkpoint_layout(config)) {
+    if (is_shared_mtp_tensor(config, spec.name)) continue;
+    if (is_buffer(spec.name)) {
+      params.add(spec.name, Tensor::zeros(spec.shape), false, false);
+    } else {
+      params.add(spec.name, init_tensor(spec, options), true, param_decays(spec.name));
+    }
+  }
+}
+
+void TrainModel::load_params(const ModelConfig& config, const std::string& dir,
+                             ParamSet& params) {
+  DSEEK_CHECK(params.size() == 0, "[train] load_params needs an empty ParamSet");
+  const WeightStore store = WeightStore::open(dir);
+  for (const WeightSpec& spec : checkpoint_layout(config)) {
+    if (is_shared_mtp_tensor(config, spec.name)) continue;
+    if (config.tie_word_embeddings && spec.name == "lm_head.weight") continue;
+    const Tensor t = store.get_weight(spec.name, spec.shape);
+    params.add(spec.name, t, !is_buffer(spec.name), param_decays(spec.name));
+  }
+}
+
+TrainModel::TrainModel(const ModelConfig& config, ParamSet& params)
+    : config_(config), rope_(rope_params(config)), params_(params) {
+  validate_model_config(config_, "training model");
+  DSEEK_CHECK(config_.hidden_act == "silu", "[train] hidden_act '{}': only silu is supported",
+              config_.hidden_act);
+  DSEEK_CHECK(!config_.mlp_bias && !config_.attention_bias,
+              "[train] mlp_bias / attention_bias: training supports bias-free layers only");
+  for (const WeightSpec& spec : checkpoint_layout(config_)) {
+    if (is_shared_mtp_tensor(config_, spec.name)) continue;
+    const Param& p = params_.at(spec.name);
+    DSEEK_CHECK(p.value.shape() == spec.shape, "[train] parameter '{}' has shape {}, expected {}",
+                spec.name, shape_str(p.value.shape()), shape_str(spec.shape));
+  }
+  const int64_t layers = config_.num_hidden_layers + config_.num_nextn_predict_layers;
+  for (int64_t l = 0; l < layers; ++l)
+    if (config_.is_moe_layer(l)) moe_layers_.push_back("model.layers." + std::to_string(l) + ".mlp");
+}
+
+SequenceLosses TrainModel::forward_backward(const std::vector<int32_t>& inputs,
+                                            const std::vector<int32_t>& targets,
+                                            const LossOptions& options, float loss_scale) {
+  return run(inputs, targets, options, true, loss_scale);
+}
+
+SequenceLosses TrainModel::forward(const std::vector<int32_t>& inputs,
+                                   const std::vector<int32_t>& targets,
+                                   const LossOptions& options) {
+  return run(inputs, targets, options, false, 0.0f);
+}
+
+SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
+                               const std::vector<int32_t>& targets, const LossOptions& options,
+                               bool backward, float loss_scale) {
+  const ModelConfig& c = config_;
+  const int64_t T = int64_t(inputs.size()), D = c.hidden_size, L = c.num_hidden_layers;
+  DSEEK_CHECK(T > 0 && targets.size() == inputs.size(),
+              "[train] sequence: {} inputs and {} targets (need equal, non-zero)", inputs.size(),
+              targets.size());
+  for (size_t i = 0; i < inputs.size(); ++i)
+    DSEEK_CHECK(inputs[i] >= 0 && inputs[i] < c.vocab_size,
+                "[train] token id {} at position {} is outside the vocabulary [0, {})", inputs[i],
+                i, c.vocab_size);
+  const LayerContext ctx{c, rope_, params_};
+  const std::string head = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+  const Tensor& embed = params_.value("model.embed_tokens.weight");
+  const double eps = c.rms_norm_eps;
+
+  // Main model.
+  std::vector<BlockCache> blocks(static_cast<size_t>(L));
+  Tensor x = ops::embedding(embed, inputs);
+  for (int64_t l = 0; l < L; ++l) x = block_forward(ctx, l, x, options.balance, blocks[size_t(l)]);
+  const Tensor x_final = x;
+  const Tensor h0 = norm_forward(params_, "model.norm.weight", x_final, eps);
+  Tensor logits = linear_forward(params_, head, h0);
+  const ops::CrossEntropyResult ce = ops::cross_entropy_forward(logits, targets);
+
+  SequenceLosses out;
+  out.main_ce = ce.loss;
+  out.main_tokens = ce.count;
+  out.total = ce.loss;
+
+  // Multi-token prediction.
+  const int64_t depths = options.mtp_lambda > 0.0 ? c.num_nextn_predict_layers : 0;
+  const double mtp_weight = depths > 0 ? options.mtp_lambda / double(depths) : 0.0;
+  std::vector<MtpCache> mtp;
+  mtp.reserve(size_t(depths));
+  for (int64_t k = 1; k <= depths && T - k > 0; ++k) {
+    const int64_t N = T - k, layer = L + k - 1;
+    const std::string p = "model.layers." + std::to_string(layer);
+    MtpCache& m = mtp.emplace_back();
+    m.ids.assign(inputs.begin() + k, inputs.end());
+    m.targets.assign(targets.begin() + k, targets.end());
+    m.h_prev = (k == 1 ? h0 : mtp[size_t(k - 2)].h).slice(0, 0, N).contiguous();
+    m.e_in = ops::embedding(embed, m.ids);
+    const Tensor e = norm_forward(params_, p + ".enorm.weight", m.e_in, eps);
+    const Tensor hn = norm_forward(params_, p + ".hnorm.weight", m.h_prev, eps);
+    m.cat = Tensor::empty({N, 2 * D});
+    for (int64_t i = 0; i < N; ++i) {
+      std::memcpy(m.cat.data<float>() + i * 2 * D, e.data<float>() + i * D, size_t(D) * 4);
+      std::memcpy(m.cat.data<float>() + i * 2 * D + D, hn.data<float>() + i * D, size_t(D) * 4);
+    }
+    const Tensor xk = linear_forward(params_, p + ".eh_proj.weight", m.cat);
+    m.h = block_forward(ctx, layer, xk, options.balance, m.block);
+    m.logits = linear_forward(params_, head,
+                              norm_forward(params_, p + ".shared_head.norm.weight", m.h, eps));
+    m.ce = ops::cross_entropy_forward(m.logits, m.targets);
+    out.mtp_ce.push_back(m.ce.loss);
+    out.total += mtp_weight * m.ce.loss;
+  }
+
+  // Balance losses and loads, main layers then MTP blocks.
+  auto collect = [&](const BlockCache& b) {
+    if (!b.is_moe) return;
+    out.aux += b.moe.aux_loss;
+    out.expert_load.push_back(b.moe.routing.expert_load());
+  };
+  for (const BlockCache& b : blocks) collect(b);
+  for (const MtpCache& m : mtp) collect(m.block);
+  // MTP depths skipped (λ = 0 or a short sequence) report zero load so the layout stays fixed.
+  for (size_t k = mtp.size(); k < size_t(c.num_nextn_predict_layers); ++k)
+    if (c.is_moe_layer(L + int64_t(k)))
+      out.expert_load.emplace_back(size_t(c.n_routed_experts), 0);
+  out.total += out.aux;
+  if (!backward) return out;
+
+  // Backward: MTP depths last to first (depth k+1 feeds the gradient of h^k), then the main model.
+  std::vector<Tensor> d_hidden(mtp.size());  // gradient w.r.t. h^k from depth k+1, k ≥ 1
+  Tensor& embed_grad = params_.at("model.embed_tokens.weight").grad;
+  Tensor dh0 = Tensor::zeros({T, D});
+  for (int64_t k = int64_t(mtp.size()); k >= 1; --k) {
+    MtpCache& m = mtp[size_t(k - 1)];
+    const int64_t N = T - k, layer = L + k - 1;
+    const std::string p = "model.layers." + std::to_string(layer);
+    const Tensor hn2 = norm_forward(params_, p + ".shared_head.norm.weight", m.h, eps);
+    ops::cross_entropy_backward_inplace(m.logits, m.targets, m.ce, float(loss_scale * mtp_weight));
+    const Tensor d_hn2 = linear_backward(params_, head, hn2, m.logits);
+    Tensor dh = norm_backward(params_, p + ".shared_head.norm.weight", m.h, eps, d_hn2);
+    if (d_hidden[size_t(k - 1)].defined()) add_into(dh, d_hidden[size_t(k - 1)]);
+    const Tensor dxk = block_backward(ctx, layer, m.block, dh, loss_scale);
+    const Tensor d_cat = linear_backward(params_, p + ".eh_proj.weight", m.cat, dxk);
+    const Tensor de = d_cat.slice(1, 0, D).contiguous();
+    const Tensor dhn = d_cat.slice(1, D, 2 * D).contiguous();
+    const Tensor d_e_in = norm_backward(params_, p + ".enorm.weight", m.e_in, eps, de);
+    ops::embedding_backward_accumulate(m.ids, d_e_in, embed_grad);
+    const Tensor d_prev = norm_backward(params_, p + ".hnorm.weight", m.h_prev, eps, dhn);
+    // h^{k−1} rows 0 .. N−1 received d_prev.
+    Tensor& target = k == 1 ? dh0 : d_hidden[size_t(k - 2)];
+    if (!target.defined()) target = Tensor::zeros({T - (k - 1), D});
+    float* dst = target.data<float>();
+    const float* src = d_prev.data<float>();
+    for (int64_t i = 0; i < N * D; ++i) dst[i] += src[i];
+  }
+
+  ops::cross_entropy_backward_inplace(logits, targets, ce, loss_scale);
+  add_into(dh0, linear_backward(params_, head, h0, logits));
+  Tensor dx = norm_backward(params_, "model.norm.weight", x_final, eps, dh0);
+  for (int64_t l = L - 1; l >= 0; --l) dx = block_backward(ctx, l, blocks[size_t(l)], dx, loss_scale);
+  ops::embedding_backward_accumulate(inputs, dx, embed_grad);
+  return out;
+}
+
+}  // namespace dseek::train

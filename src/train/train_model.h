@@ -1,0 +1,79 @@
+// TrainModel: the whole DeepSeek model for training, one sequence at a time, over a ParamSet that
+// holds every tensor under its Hugging Face name. Forward:
+//   x = embed(inputs); x = Block_l(x) for each layer; h⁰ = norm(x); logits = head(h⁰)
+//   main loss = CE(logits, targets)
+//   MTP depth k = 1..D (DeepSeek-V3 §2.2; layer L+k−1, embedding and head shared with the main
+//   model): row i < T−k sees h^{k−1}_i and the embedding of inputs[i+k] and predicts
+//   targets[i+k]:  h^k = Block(eh_proj([enorm(emb(inputs[i+k])); hnorm(h^{k−1}_i)]))
+//   MTP loss = λ/D · Σ_k CE(head(shared_head.norm(h^k)), targets[k..])
+//   total = main + MTP + Σ_MoE layers balance loss (α inside, see BalanceOptions)
+// h⁰ is the output after the final norm, as the inference model's forward_mtp feeds it (vLLM's
+// convention for real V3 checkpoints), so trained MTP heads draft correctly at inference.
+// targets[i] is normally inputs[i+1]; ops::kIgnoreIndex masks a position (SFT prompts).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "model/rope.h"
+#include "train/layers.h"
+#include "train/param.h"
+
+namespace dseek::train {
+
+struct LossOptions {
+  double mtp_lambda = 0.0;  // λ; 0 skips the MTP modules entirely
+  BalanceOptions balance;
+};
+
+struct SequenceLosses {
+  double total = 0.0;               // main + MTP + aux: what the gradient is of
+  double main_ce = 0.0;             // mean next-token cross-entropy of the main head
+  int64_t main_tokens = 0;          // targets counted in main_ce
+  std::vector<double> mtp_ce;       // per depth
+  double aux = 0.0;                 // Σ balance losses
+  std::vector<std::vector<int64_t>> expert_load;  // per MoE layer (moe_layers() order)
+};
+
+class TrainModel {
+ public:
+  // Checks that `params` holds every tensor the config needs, with the right shapes.
+  TrainModel(const ModelConfig& config, ParamSet& params);
+
+  // Fills an empty ParamSet for `config`: model/init_weights.h's layout and per-tensor streams
+  // (normal(0, std) matrices, unit norms), e_score_correction_bias as a zero buffer, no separate
+  // MTP embedding/head (shared with the main model). Weight decay: matrices only.
+  static void init_params(const ModelConfig& config, uint64_t seed, double std, ParamSet& params);
+  // Loads every tensor of a checkpoint directory (f32 copies); MTP embed/head copies are dropped.
+  static void load_params(const ModelConfig& config, const std::string& dir, ParamSet& params);
+
+  // Forward and backward of one sequence: adds loss_scale · ∂total/∂θ to the grads.
+  SequenceLosses forward_backward(const std::vector<int32_t>& inputs,
+                                  const std::vector<int32_t>& targets, const LossOptions& options,
+                                  float loss_scale);
+  // Forward only (validation). No gradients are touched.
+  SequenceLosses forward(const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets,
+                         const LossOptions& options);
+
+  // Prefixes ("model.layers.<i>.mlp") of the MoE layers, main layers then MTP blocks: the order
+  // of SequenceLosses::expert_load.
+  const std::vector<std::string>& moe_layers() const { return moe_layers_; }
+  const ModelConfig& config() const { return config_; }
+  ParamSet& params() { return params_; }
+
+ private:
+  SequenceLosses run(const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets,
+                     const LossOptions& options, bool backward, float loss_scale);
+
+  ModelConfig config_;
+  RopeParams rope_;
+  ParamSet& params_;
+  std::vector<std::string> moe_layers_;
+};
+
+// Whether a parameter gets weight decay: matrices and embeddings yes; norms, biases and buffers no.
+bool param_decays(const std::string& name);
+
+}  // namespace dseek::train
