@@ -13,5 +13,6 @@ void add_chat_command(CLI::App& app);
 void add_tokenize_commands(CLI::App& app);  // tokenize, detokenize
 void add_init_command(CLI::App& app);
 void add_data_commands(CLI::App& app);  // data prepare
+void add_tokenizer_commands(CLI::App& app);  // tokenizer train
 
 }  // namespace dseek::cli
