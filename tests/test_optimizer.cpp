@@ -1,0 +1,247 @@
+// AdamW against a scalar double re-implementation of torch.optim.AdamW over several steps (decay on
+// and off, a buffer left alone, a parameter large enough for the threaded path), gradient clipping
+// against a hand-summed norm, optimizer state round trip, and the decay naming rule.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "train/optimizer.h"
+
+using namespace dseek;
+using namespace dseek::train;
+
+namespace {
+
+// torch.optim.AdamW, one element, in double.
+struct ScalarAdamW {
+  double p, m = 0.0, v = 0.0;
+  void step(double g, double lr, const AdamWConfig& c, bool decay, int64_t t) {
+    if (decay) p *= 1.0 - lr * c.weight_decay;
+    m = c.beta1 * m + (1.0 - c.beta1) * g;
+    v = c.beta2 * v + (1.0 - c.beta2) * g * g;
+    const double bc1 = 1.0 - std::pow(c.beta1, double(t));
+    const double bc2 = 1.0 - std::pow(c.beta2, double(t));
+    p -= lr / bc1 * m / (std::sqrt(v) / std::sqrt(bc2) + c.eps);
+  }
+};
+
+std::vector<float> random_values(size_t n, std::mt19937& rng, float scale = 1.0f) {
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> out(n);
+  for (float& x : out) x = dist(rng);
+  return out;
+}
+
+void set_grad(Param& p, const std::vector<float>& g) {
+  ASSERT_EQ(int64_t(g.size()), p.grad.numel());
+  std::copy(g.begin(), g.end(), p.grad.data<float>());
+}
+
+ParamSet make_params(std::mt19937& rng) {
+  ParamSet ps;
+  ps.add("model.layers.0.mlp.up_proj.weight", Tensor::from_vector(random_values(12, rng), {3, 4}),
+         true, true);
+  ps.add("model.layers.0.input_layernorm.weight", Tensor::from_vector(random_values(4, rng), {4}),
+         true, false);
+  ps.add("model.layers.0.mlp.gate.e_score_correction_bias",
+         Tensor::from_vector(random_values(4, rng), {4}), false, false);
+  // Over the threading threshold (1 << 15 elements).
+  ps.add("model.embed_tokens.weight", Tensor::from_vector(random_values(40000, rng), {400, 100}),
+         true, true);
+  return ps;
+}
+
+}  // namespace
+
+TEST(Optimizer, AdamWMatchesScalarTorchFormula) {
+  std::mt19937 rng(7);
+  ParamSet ps = make_params(rng);
+  const AdamWConfig config{0.9, 0.95, 1e-8, 0.1};
+  AdamW opt(ps, config);
+
+  std::map<std::string, std::vector<ScalarAdamW>> ref;
+  for (const Param& p : ps.all())
+    for (float x : p.value.to_vector()) ref[p.name].push_back(ScalarAdamW{x});
+  const std::vector<float> buffer_before =
+      ps.value("model.layers.0.mlp.gate.e_score_correction_bias").to_vector();
+
+  const double lrs[] = {1e-2, 3e-2, 2e-2, 5e-3, 1e-2};
+  for (int64_t t = 1; t <= 5; ++t) {
+    for (Param& p : ps.all()) {
+      if (!p.trainable) continue;
+      const std::vector<float> g = random_values(size_t(p.value.numel()), rng, 0.5f);
+      set_grad(p, g);
+      for (size_t k = 0; k < g.size(); ++k)
+        ref[p.name][k].step(g[k], lrs[t - 1], config, p.decay, t);
+    }
+    opt.step(lrs[t - 1]);
+    EXPECT_EQ(opt.step_count(), t);
+  }
+  for (const Param& p : ps.all()) {
+    if (!p.trainable) continue;
+    const std::vector<float> got = p.value.to_vector();
+    for (size_t k = 0; k < got.size(); ++k)
+      ASSERT_NEAR(got[k], ref[p.name][k].p, 2e-6 * std::max(1.0, std::abs(ref[p.name][k].p)))
+          << p.name << " [" << k << "]";
+  }
+  EXPECT_EQ(ps.value("model.layers.0.mlp.gate.e_score_correction_bias").to_vector(), buffer_before);
+}
+
+TEST(Optimizer, AdamWDecayOnlyWhereFlagged) {
+  // Zero gradient: the Adam update vanishes (m = v = 0 → 0/(0+ε)), so only decay moves values.
+  ParamSet ps;
+  ps.add("w", Tensor::from_vector({2.0f, -4.0f}, {2}), true, true);
+  ps.add("n", Tensor::from_vector({2.0f, -4.0f}, {2}), true, false);
+  AdamW opt(ps, AdamWConfig{0.9, 0.95, 1e-8, 0.5});
+  opt.step(0.1);  // factor 1 − 0.1·0.5 = 0.95
+  EXPECT_FLOAT_EQ(ps.value("w").to_vector()[0], 1.9f);
+  EXPECT_FLOAT_EQ(ps.value("w").to_vector()[1], -3.8f);
+  EXPECT_EQ(ps.value("n").to_vector(), (std::vector<float>{2.0f, -4.0f}));
+}
+
+TEST(Optimizer, AdamWFirstStepIsSignTimesLr) {
+  // After one step m̂ = g and √v̂ = |g|, so the update is lr·sign(g) (ε negligible).
+  ParamSet ps;
+  ps.add("w", Tensor::from_vector({1.0f, 1.0f, 1.0f}, {3}), true, false);
+  set_grad(ps.at("w"), {3.0f, -0.25f, 1e3f});
+  AdamW opt(ps, AdamWConfig{});
+  opt.step(0.01);
+  const std::vector<float> v = ps.value("w").to_vector();
+  EXPECT_NEAR(v[0], 0.99, 2e-7);
+  EXPECT_NEAR(v[1], 1.01, 2e-7);
+  EXPECT_NEAR(v[2], 0.99, 2e-7);
+}
+
+TEST(Optimizer, AdamWRejectsBadConfigAndLr) {
+  ParamSet ps;
+  ps.add("w", Tensor::from_vector({1.0f}, {1}), true, true);
+  EXPECT_THROW(AdamW(ps, AdamWConfig{1.0, 0.95, 1e-8, 0.1}), Error);
+  EXPECT_THROW(AdamW(ps, AdamWConfig{0.9, -0.1, 1e-8, 0.1}), Error);
+  EXPECT_THROW(AdamW(ps, AdamWConfig{0.9, 0.95, 0.0, 0.1}), Error);
+  EXPECT_THROW(AdamW(ps, AdamWConfig{0.9, 0.95, 1e-8, -1.0}), Error);
+  AdamW opt(ps, AdamWConfig{});
+  EXPECT_THROW(opt.step(-1e-3), Error);
+  EXPECT_THROW(opt.step(std::nan("")), Error);
+  ps.add("late", Tensor::from_vector({1.0f}, {1}), true, true);
+  try {
+    opt.step(1e-3);
+    FAIL() << "expected an error for a parameter added after construction";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("optimizer was built for 1"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(Optimizer, ClipGradNorm) {
+  ParamSet ps;
+  ps.add("a", Tensor::from_vector({0, 0}, {2}), true, true);
+  ps.add("b", Tensor::from_vector({0}, {1}), true, false);
+  ps.add("buf", Tensor::from_vector({0}, {1}), false, false);
+  set_grad(ps.at("a"), {3.0f, 4.0f});
+  set_grad(ps.at("b"), {12.0f});
+  // √(9 + 16 + 144) = 13.
+  EXPECT_DOUBLE_EQ(clip_grad_norm(ps, 100.0), 13.0);  // under the limit: unchanged
+  EXPECT_EQ(ps.grad("a").to_vector(), (std::vector<float>{3.0f, 4.0f}));
+  EXPECT_DOUBLE_EQ(clip_grad_norm(ps, 0.0), 13.0);  // max_norm 0: no clipping
+  EXPECT_EQ(ps.grad("b").to_vector(), (std::vector<float>{12.0f}));
+
+  EXPECT_DOUBLE_EQ(clip_grad_norm(ps, 1.0), 13.0);
+  const float scale = float(1.0 / (13.0 + 1e-6));
+  EXPECT_FLOAT_EQ(ps.grad("a").to_vector()[0], 3.0f * scale);
+  EXPECT_FLOAT_EQ(ps.grad("a").to_vector()[1], 4.0f * scale);
+  EXPECT_FLOAT_EQ(ps.grad("b").to_vector()[0], 12.0f * scale);
+  EXPECT_NEAR(clip_grad_norm(ps, 1.0), 1.0, 1e-6);  // now at the limit
+}
+
+TEST(Optimizer, ClipGradNormLargeParamDoubleAccumulation) {
+  // 2^20 gradients of 1e-3: an f32 running sum would drift; the norm is exactly √(2^20)·1e-3.
+  ParamSet ps;
+  const int64_t n = int64_t(1) << 20;
+  ps.add("w", Tensor::zeros({n}), true, true);
+  std::vector<float> g(size_t(n), 1e-3f);
+  set_grad(ps.at("w"), g);
+  const double expected = std::sqrt(double(n)) * double(1e-3f);
+  EXPECT_NEAR(clip_grad_norm(ps, 0.0), expected, 1e-9 * expected);
+}
+
+TEST(Optimizer, StateRoundTripGivesIdenticalNextStep) {
+  std::mt19937 rng(11);
+  ParamSet a = make_params(rng);
+  AdamW opt_a(a, AdamWConfig{});
+  for (int t = 0; t < 3; ++t) {
+    for (Param& p : a.all())
+      if (p.trainable) set_grad(p, random_values(size_t(p.value.numel()), rng));
+    opt_a.step(1e-2);
+  }
+  // Save: names and deep copies, as a checkpoint would.
+  std::map<std::string, Tensor> saved;
+  for (const auto& [name, t] : opt_a.state_tensors()) saved[name] = t.clone();
+  EXPECT_EQ(saved.size(), 6u);  // 3 trainable parameters × 2 moments, no buffer
+  EXPECT_TRUE(saved.count("exp_avg.model.embed_tokens.weight"));
+  EXPECT_TRUE(saved.count("exp_avg_sq.model.layers.0.input_layernorm.weight"));
+  EXPECT_FALSE(saved.count("exp_avg.model.layers.0.mlp.gate.e_score_correction_bias"));
+
+  ParamSet b;
+  for (const Param& p : a.all()) b.add(p.name, p.value, p.trainable, p.decay);
+  AdamW opt_b(b, AdamWConfig{});
+  opt_b.load_state(saved, opt_a.step_count());
+  EXPECT_EQ(opt_b.step_count(), 3);
+
+  for (Param& p : a.all()) {
+    if (!p.trainable) continue;
+    const std::vector<float> g = random_values(size_t(p.value.numel()), rng);
+    set_grad(p, g);
+    set_grad(b.at(p.name), g);
+  }
+  opt_a.step(2e-2);
+  opt_b.step(2e-2);
+  for (const Param& p : a.all())
+    EXPECT_EQ(p.value.to_vector(), b.value(p.name).to_vector()) << p.name;
+}
+
+TEST(Optimizer, LoadStateErrorsNameTheTensor) {
+  ParamSet ps;
+  ps.add("w", Tensor::zeros({2, 3}), true, true);
+  ps.add("buf", Tensor::zeros({2}), false, false);
+  AdamW opt(ps, AdamWConfig{});
+  std::map<std::string, Tensor> state{{"exp_avg.w", Tensor::zeros({2, 3})}};
+  try {
+    opt.load_state(state, 1);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("missing tensor 'exp_avg_sq.w'"), std::string::npos)
+        << e.what();
+  }
+  state["exp_avg_sq.w"] = Tensor::zeros({3, 2});
+  try {
+    opt.load_state(state, 1);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'exp_avg_sq.w' has shape [3, 2]"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(opt.step_count(), 0);  // nothing changed by the failed loads
+  state["exp_avg_sq.w"] = Tensor::zeros({2, 3});
+  EXPECT_THROW(opt.load_state(state, -1), Error);
+  opt.load_state(state, 4);
+  EXPECT_EQ(opt.step_count(), 4);
+}
+
+TEST(Optimizer, DecayRule) {
+  EXPECT_TRUE(decays("model.embed_tokens.weight"));
+  EXPECT_TRUE(decays("lm_head.weight"));
+  EXPECT_TRUE(decays("model.layers.0.self_attn.kv_b_proj.weight"));
+  EXPECT_TRUE(decays("model.layers.3.mlp.experts.7.down_proj.weight"));
+  EXPECT_FALSE(decays("model.norm.weight"));
+  EXPECT_FALSE(decays("model.layers.0.input_layernorm.weight"));
+  EXPECT_FALSE(decays("model.layers.0.self_attn.kv_a_layernorm.weight"));
+  EXPECT_FALSE(decays("model.layers.61.enorm.weight"));
+  EXPECT_FALSE(decays("model.layers.0.self_attn.q_proj.bias"));
+  EXPECT_FALSE(decays("model.layers.3.mlp.gate.e_score_correction_bias"));
+}
