@@ -345,6 +345,8 @@ TEST(BpeTrainer, WritesDeepSeekV3Sections) {
             t.vocab_size - 7);
   EXPECT_EQ(t.config["bos_token"]["content"], "<｜begin▁of▁sentence｜>");
   EXPECT_EQ(t.config["eos_token"]["content"], "<｜end▁of▁sentence｜>");
+  // transformers 5 would rebuild a LlamaTokenizerFast with Llama's own pre-tokenizer.
+  EXPECT_EQ(t.config["tokenizer_class"], "PreTrainedTokenizerFast");
   // Without chat tokens and template: five added tokens, no template.
   options.chat_tokens.clear();
   options.chat_template.clear();

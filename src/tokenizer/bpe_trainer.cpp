@@ -426,18 +426,18 @@ TrainedTokenizer BpeTrainer::train(bool show_progress) const {
   model["merges"] = std::move(merge_list);
   doc["model"] = std::move(model);
 
-  // tokenizer_config.json, as DeepSeek-V3's (transformers' LlamaTokenizerFast over it).
+  // tokenizer_config.json, as DeepSeek-V3's except for the class: V3 names LlamaTokenizerFast,
+  // which transformers 5 rebuilds with Llama's own pre-tokenizer (checked with 5.17: different
+  // ids, spaces lost in decode); PreTrainedTokenizerFast uses tokenizer.json as it is.
   nlohmann::ordered_json& config = result.config;
   config["add_bos_token"] = !o.bos_token.empty();
   config["add_eos_token"] = false;
   config["bos_token"] = config_token(o.bos_token);
   config["clean_up_tokenization_spaces"] = false;
   config["eos_token"] = config_token(o.eos_token);
-  config["legacy"] = true;
   config["pad_token"] = config_token(o.eos_token);
-  config["sp_model_kwargs"] = nlohmann::ordered_json::object();
   config["unk_token"] = nullptr;
-  config["tokenizer_class"] = "LlamaTokenizerFast";
+  config["tokenizer_class"] = "PreTrainedTokenizerFast";
   if (!o.chat_template.empty()) config["chat_template"] = std::string(kDeepSeekV3ChatTemplate);
   return result;
 }

@@ -14,7 +14,8 @@
 //   3. Output: an HF tokenizer.json (model.type "BPE"; vocab = 256 byte symbols, then one token
 //      per merge; added tokens after them, special ones with "special": true; V3's normalizer,
 //      pre_tokenizer, post_processor (BOS first) and ByteLevel decoder), and a
-//      tokenizer_config.json (bos/eos tokens, DeepSeek-V3's chat template).
+//      tokenizer_config.json (bos/eos tokens, DeepSeek-V3's chat template, and
+//      PreTrainedTokenizerFast as the class so transformers uses tokenizer.json unchanged).
 //
 // Because the runtime merges a piece by rank and every merge was learned on pieces of the same
 // pre-tokenizer, encoding a training word with the result gives exactly the symbols training
