@@ -32,12 +32,48 @@ void add_into(Tensor& dst, const Tensor& src) {
   for (int64_t i = 0, n = dst.numel(); i < n; ++i) d[i] += s[i];
 }
 
-void rope_backward(const RopeParams& rope, const Tensor& dy) {
-  ops::rope_backward_inplace(dy, 0, rope.inv_freq, rope.attention_scaling, rope.interleaved);
+// RoPE restarts at position 0 in every sequence of the batch.
+void rope_batched(const RopeParams& rope, const Tensor& x, int64_t seq_len) {
+  for (int64_t s = 0; s < x.size(0); s += seq_len) apply_rope(rope, x.slice(0, s, s + seq_len), 0);
+}
+
+void rope_backward(const RopeParams& rope, const Tensor& dy, int64_t seq_len) {
+  for (int64_t s = 0; s < dy.size(0); s += seq_len)
+    ops::rope_backward_inplace(dy.slice(0, s, s + seq_len), 0, rope.inv_freq,
+                               rope.attention_scaling, rope.interleaved);
+}
+
+// Causal attention of each sequence: q [N, H, dk], k [N, Hk, dk], v [N, Hk, dv] → [N, H·dv].
+Tensor attention_batched(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                         int64_t seq_len) {
+  const int64_t N = q.size(0), H = q.size(1), dv = v.size(2);
+  Tensor out = Tensor::empty({N, H * dv});
+  for (int64_t s = 0; s < N; s += seq_len) {
+    const Tensor o = ops::causal_attention(q.slice(0, s, s + seq_len), k.slice(0, s, s + seq_len),
+                                           v.slice(0, s, s + seq_len), scale);
+    std::memcpy(out.data<float>() + s * H * dv, o.data<float>(), o.nbytes());
+  }
+  return out;
+}
+
+ops::AttentionGrads attention_backward_batched(const Tensor& q, const Tensor& k, const Tensor& v,
+                                               float scale, const Tensor& dout, int64_t seq_len) {
+  const int64_t N = q.size(0);
+  ops::AttentionGrads g{Tensor::empty(q.shape()), Tensor::empty(k.shape()),
+                        Tensor::empty(v.shape())};
+  for (int64_t s = 0; s < N; s += seq_len) {
+    const ops::AttentionGrads part = ops::causal_attention_backward(
+        q.slice(0, s, s + seq_len), k.slice(0, s, s + seq_len), v.slice(0, s, s + seq_len), scale,
+        dout.slice(0, s, s + seq_len));
+    std::memcpy(g.dq.data<float>() + s * q.size(1) * q.size(2), part.dq.data<float>(), part.dq.nbytes());
+    std::memcpy(g.dk.data<float>() + s * k.size(1) * k.size(2), part.dk.data<float>(), part.dk.nbytes());
+    std::memcpy(g.dv.data<float>() + s * v.size(1) * v.size(2), part.dv.data<float>(), part.dv.nbytes());
+  }
+  return g;
 }
 
 Tensor mla_forward(const LayerContext& ctx, const std::string& p, const Tensor& x,
-                   AttentionCache& c) {
+                   int64_t seq_len, AttentionCache& c) {
   const ModelConfig& cfg = ctx.config;
   const int64_t T = x.size(0), H = cfg.num_attention_heads, nope = cfg.qk_nope_head_dim,
                 rope = cfg.qk_rope_head_dim, vd = cfg.v_head_dim, r = cfg.kv_lora_rank,
@@ -52,13 +88,13 @@ Tensor mla_forward(const LayerContext& ctx, const std::string& p, const Tensor& 
     q_flat = linear_forward(ctx.params, p + ".q_proj.weight", c.x);
   }
   c.q = q_flat.reshape({T, H, qk});
-  apply_rope(ctx.rope, c.q.slice(2, nope, qk), 0);
+  rope_batched(ctx.rope, c.q.slice(2, nope, qk), seq_len);
 
   c.kv_a = linear_forward(ctx.params, p + ".kv_a_proj_with_mqa.weight", c.x);  // [T, r + rope]
   c.c_kv = norm_forward(ctx.params, p + ".kv_a_layernorm.weight", c.kv_a.slice(1, 0, r),
                         kLatentNormEps);
   Tensor k_pe = c.kv_a.slice(1, r, r + rope).contiguous().reshape({T, 1, rope});
-  apply_rope(ctx.rope, k_pe, 0);
+  rope_batched(ctx.rope, k_pe, seq_len);
 
   const Tensor kv = linear_forward(ctx.params, p + ".kv_b_proj.weight", c.c_kv)
                         .reshape({T, H, nope + vd});
@@ -75,7 +111,7 @@ Tensor mla_forward(const LayerContext& ctx, const std::string& p, const Tensor& 
       std::memcpy(kp + (t * H + h) * qk + nope, pe + t * rope, size_t(rope) * sizeof(float));
       std::memcpy(vp + (t * H + h) * vd, src + nope, size_t(vd) * sizeof(float));
     }
-  c.attn = ops::causal_attention(c.q, c.k, c.v, float(cfg.softmax_scale())).reshape({T, H * vd});
+  c.attn = attention_batched(c.q, c.k, c.v, float(cfg.softmax_scale()), seq_len);
   return linear_forward(ctx.params, p + ".o_proj.weight", c.attn);
 }
 
@@ -86,8 +122,8 @@ Tensor mla_backward(const LayerContext& ctx, const std::string& p, const Attenti
                 rope = cfg.qk_rope_head_dim, vd = cfg.v_head_dim, r = cfg.kv_lora_rank,
                 qk = nope + rope;
   const Tensor d_attn = linear_backward(ctx.params, p + ".o_proj.weight", c.attn, dy);
-  ops::AttentionGrads g = ops::causal_attention_backward(
-      c.q, c.k, c.v, float(cfg.softmax_scale()), d_attn.reshape({T, H, vd}));
+  ops::AttentionGrads g = attention_backward_batched(
+      c.q, c.k, c.v, float(cfg.softmax_scale()), d_attn.reshape({T, H, vd}), c.seq_len);
 
   // Split dk into the per-head k_nope part (joined with dv for kv_b_proj) and the shared k_pe.
   Tensor d_kv = Tensor::empty({T, H * (nope + vd)});
@@ -104,7 +140,7 @@ Tensor mla_backward(const LayerContext& ctx, const std::string& p, const Attenti
       std::memcpy(dst + nope, dv + (t * H + h) * vd, size_t(vd) * sizeof(float));
       for (int64_t j = 0; j < rope; ++j) dpe[t * rope + j] += src[nope + j];
     }
-  rope_backward(ctx.rope, d_k_pe);
+  rope_backward(ctx.rope, d_k_pe, c.seq_len);
   const Tensor d_c_kv = linear_backward(ctx.params, p + ".kv_b_proj.weight", c.c_kv, d_kv);
   const Tensor d_latent = norm_backward(ctx.params, p + ".kv_a_layernorm.weight",
                                         c.kv_a.slice(1, 0, r), kLatentNormEps, d_c_kv);
@@ -117,7 +153,7 @@ Tensor mla_backward(const LayerContext& ctx, const std::string& p, const Attenti
   }
   Tensor dx = linear_backward(ctx.params, p + ".kv_a_proj_with_mqa.weight", c.x, d_kv_a);
 
-  rope_backward(ctx.rope, g.dq.slice(2, nope, qk));
+  rope_backward(ctx.rope, g.dq.slice(2, nope, qk), c.seq_len);
   const Tensor dq_flat = g.dq.reshape({T, H * qk});
   if (cfg.q_lora_rank > 0) {
     const Tensor d_qan = linear_backward(ctx.params, p + ".q_b_proj.weight", c.q_a_normed, dq_flat);
@@ -138,7 +174,7 @@ int64_t mha_kv_heads(const ModelConfig& cfg) {
 }
 
 Tensor mha_forward(const LayerContext& ctx, const std::string& p, const Tensor& x,
-                   AttentionCache& c) {
+                   int64_t seq_len, AttentionCache& c) {
   const ModelConfig& cfg = ctx.config;
   const int64_t T = x.size(0), H = cfg.num_attention_heads, Hk = mha_kv_heads(cfg),
                 hd = mha_head_dim(cfg);
@@ -146,10 +182,10 @@ Tensor mha_forward(const LayerContext& ctx, const std::string& p, const Tensor& 
   c.q = linear_forward(ctx.params, p + ".q_proj.weight", c.x).reshape({T, H, hd});
   c.k = linear_forward(ctx.params, p + ".k_proj.weight", c.x).reshape({T, Hk, hd});
   c.v = linear_forward(ctx.params, p + ".v_proj.weight", c.x).reshape({T, Hk, hd});
-  apply_rope(ctx.rope, c.q, 0);
-  apply_rope(ctx.rope, c.k, 0);
+  rope_batched(ctx.rope, c.q, seq_len);
+  rope_batched(ctx.rope, c.k, seq_len);
   const float scale = float(1.0 / std::sqrt(double(hd)));
-  c.attn = ops::causal_attention(c.q, c.k, c.v, scale).reshape({T, H * hd});
+  c.attn = attention_batched(c.q, c.k, c.v, scale, seq_len);
   return linear_forward(ctx.params, p + ".o_proj.weight", c.attn);
 }
 
@@ -161,9 +197,9 @@ Tensor mha_backward(const LayerContext& ctx, const std::string& p, const Attenti
   const Tensor d_attn = linear_backward(ctx.params, p + ".o_proj.weight", c.attn, dy);
   const float scale = float(1.0 / std::sqrt(double(hd)));
   ops::AttentionGrads g =
-      ops::causal_attention_backward(c.q, c.k, c.v, scale, d_attn.reshape({T, H, hd}));
-  rope_backward(ctx.rope, g.dq);
-  rope_backward(ctx.rope, g.dk);
+      attention_backward_batched(c.q, c.k, c.v, scale, d_attn.reshape({T, H, hd}), c.seq_len);
+  rope_backward(ctx.rope, g.dq, c.seq_len);
+  rope_backward(ctx.rope, g.dk, c.seq_len);
   Tensor dx = linear_backward(ctx.params, p + ".q_proj.weight", c.x, g.dq.reshape({T, H * hd}));
   add_into(dx, linear_backward(ctx.params, p + ".k_proj.weight", c.x, g.dk.reshape({T, Hk * hd})));
   add_into(dx, linear_backward(ctx.params, p + ".v_proj.weight", c.x, g.dv.reshape({T, Hk * hd})));
@@ -173,11 +209,14 @@ Tensor mha_backward(const LayerContext& ctx, const std::string& p, const Attenti
 }  // namespace
 
 Tensor attention_forward(const LayerContext& ctx, const std::string& prefix, const Tensor& x,
-                         AttentionCache& cache) {
+                         int64_t seq_len, AttentionCache& cache) {
   DSEEK_CHECK(!ctx.config.attention_bias,
               "[train] attention_bias: training supports attention without biases");
-  return ctx.config.is_mla() ? mla_forward(ctx, prefix, x, cache)
-                             : mha_forward(ctx, prefix, x, cache);
+  DSEEK_CHECK(seq_len > 0 && x.size(0) % seq_len == 0,
+              "[train] {}: {} tokens are not whole sequences of {}", prefix, x.size(0), seq_len);
+  cache.seq_len = seq_len;
+  return ctx.config.is_mla() ? mla_forward(ctx, prefix, x, seq_len, cache)
+                             : mha_forward(ctx, prefix, x, seq_len, cache);
 }
 
 Tensor attention_backward(const LayerContext& ctx, const std::string& prefix,

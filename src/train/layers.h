@@ -5,7 +5,9 @@
 // Parameters are read from the ParamSet under their Hugging Face names, so the inference model
 // (src/model) loads what training writes; tests compare the two forwards on the same weights.
 //
-// One sequence at a time: x is [T, D] f32 at positions 0 .. T−1.
+// Batched: x is [N, D] f32 holding N / seq_len sequences of seq_len tokens back to back, each at
+// positions 0 .. seq_len − 1 (attention is causal within each sequence; every other op works per
+// token, so the linears run as one large GEMM over the whole batch).
 #pragma once
 
 #include <cstdint>
@@ -54,9 +56,10 @@ struct AttentionCache {
   Tensor c_kv;             // MLA: kv_a_layernorm(kv_a[:, :r]) [T, r]
   Tensor q, k, v;          // what attention saw (roped q, k)
   Tensor attn;             // attention output [T, H·v]
+  int64_t seq_len = 0;
 };
 Tensor attention_forward(const LayerContext& ctx, const std::string& prefix, const Tensor& x,
-                         AttentionCache& cache);
+                         int64_t seq_len, AttentionCache& cache);
 Tensor attention_backward(const LayerContext& ctx, const std::string& prefix,
                           const AttentionCache& cache, const Tensor& dy);
 
@@ -82,8 +85,9 @@ struct MoeCache {
   double aux_loss = 0.0;                // balance loss value (α included)
   std::vector<float> aux_grad_scores;   // its gradient wrt Routing::scores
 };
+// The sequence-wise balance loss treats each run of seq_len tokens as one sequence.
 Tensor moe_forward(const LayerContext& ctx, const std::string& prefix, const Tensor& x,
-                   const BalanceOptions& balance, MoeCache& cache);
+                   int64_t seq_len, const BalanceOptions& balance, MoeCache& cache);
 // loss_scale multiplies the balance loss's own gradient (the scale the whole loss gets).
 Tensor moe_backward(const LayerContext& ctx, const std::string& prefix, const MoeCache& cache,
                     const Tensor& dy, float loss_scale);
@@ -96,7 +100,7 @@ struct BlockCache {
   MlpCache mlp;
   MoeCache moe;
 };
-Tensor block_forward(const LayerContext& ctx, int64_t layer, const Tensor& x,
+Tensor block_forward(const LayerContext& ctx, int64_t layer, const Tensor& x, int64_t seq_len,
                      const BalanceOptions& balance, BlockCache& cache);
 Tensor block_backward(const LayerContext& ctx, int64_t layer, const BlockCache& cache,
                       const Tensor& dy, float loss_scale);

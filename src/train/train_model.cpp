@@ -9,6 +9,7 @@
 #include "ops/embedding.h"
 #include "ops/linear.h"
 #include "ops/norm.h"
+#include "train/optimizer.h"
 
 namespace dseek::train {
 namespace {
@@ -44,10 +45,6 @@ struct MtpCache {
 
 }  // namespace
 
-bool param_decays(const std::string& name) {
-  return !(ends_with(name, "norm.weight") || ends_with(name, ".bias") || is_buffer(name));
-}
-
 void TrainModel::init_params(const ModelConfig& config, uint64_t seed, double std,
                              ParamSet& params) {
   DSEEK_CHECK(params.size() == 0, "[train] init_params needs an empty ParamSet");
@@ -60,7 +57,7 @@ void TrainModel::init_params(const ModelConfig& config, uint64_t seed, double st
     if (is_buffer(spec.name)) {
       params.add(spec.name, Tensor::zeros(spec.shape), false, false);
     } else {
-      params.add(spec.name, init_tensor(spec, options), true, param_decays(spec.name));
+      params.add(spec.name, init_tensor(spec, options), true, decays(spec.name));
     }
   }
 }
@@ -73,7 +70,7 @@ void TrainModel::load_params(const ModelConfig& config, const std::string& dir,
     if (is_shared_mtp_tensor(config, spec.name)) continue;
     if (config.tie_word_embeddings && spec.name == "lm_head.weight") continue;
     const Tensor t = store.get_weight(spec.name, spec.shape);
-    params.add(spec.name, t, !is_buffer(spec.name), param_decays(spec.name));
+    params.add(spec.name, t, !is_buffer(spec.name), decays(spec.name));
   }
 }
 
@@ -97,24 +94,27 @@ TrainModel::TrainModel(const ModelConfig& config, ParamSet& params)
 
 SequenceLosses TrainModel::forward_backward(const std::vector<int32_t>& inputs,
                                             const std::vector<int32_t>& targets,
-                                            const LossOptions& options, float loss_scale) {
-  return run(inputs, targets, options, true, loss_scale);
+                                            const LossOptions& options, float loss_scale,
+                                            int64_t seq_len) {
+  return run(inputs, targets, options, true, loss_scale, seq_len);
 }
 
 SequenceLosses TrainModel::forward(const std::vector<int32_t>& inputs,
                                    const std::vector<int32_t>& targets,
-                                   const LossOptions& options) {
-  return run(inputs, targets, options, false, 0.0f);
+                                   const LossOptions& options, int64_t seq_len) {
+  return run(inputs, targets, options, false, 0.0f, seq_len);
 }
 
 SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
                                const std::vector<int32_t>& targets, const LossOptions& options,
-                               bool backward, float loss_scale) {
+                               bool backward, float loss_scale, int64_t seq_len) {
   const ModelConfig& c = config_;
   const int64_t T = int64_t(inputs.size()), D = c.hidden_size, L = c.num_hidden_layers;
   DSEEK_CHECK(T > 0 && targets.size() == inputs.size(),
               "[train] sequence: {} inputs and {} targets (need equal, non-zero)", inputs.size(),
               targets.size());
+  const int64_t S = seq_len > 0 ? seq_len : T, B = T / S;  // sequences of S tokens
+  DSEEK_CHECK(T % S == 0, "[train] {} tokens are not whole sequences of {}", T, S);
   for (size_t i = 0; i < inputs.size(); ++i)
     DSEEK_CHECK(inputs[i] >= 0 && inputs[i] < c.vocab_size,
                 "[train] token id {} at position {} is outside the vocabulary [0, {})", inputs[i],
@@ -127,7 +127,7 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
   // Main model.
   std::vector<BlockCache> blocks(static_cast<size_t>(L));
   Tensor x = ops::embedding(embed, inputs);
-  for (int64_t l = 0; l < L; ++l) x = block_forward(ctx, l, x, options.balance, blocks[size_t(l)]);
+  for (int64_t l = 0; l < L; ++l) x = block_forward(ctx, l, x, S, options.balance, blocks[size_t(l)]);
   const Tensor x_final = x;
   const Tensor h0 = norm_forward(params_, "model.norm.weight", x_final, eps);
   Tensor logits = linear_forward(params_, head, h0);
@@ -143,13 +143,20 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
   const double mtp_weight = depths > 0 ? options.mtp_lambda / double(depths) : 0.0;
   std::vector<MtpCache> mtp;
   mtp.reserve(size_t(depths));
-  for (int64_t k = 1; k <= depths && T - k > 0; ++k) {
-    const int64_t N = T - k, layer = L + k - 1;
+  for (int64_t k = 1; k <= depths && S - k > 0; ++k) {
+    // Per sequence, rows i < S − k: the embedding of token i + k and h^{k−1}_i (whose sequences
+    // are S − k + 1 rows long), predicting target i + k.
+    const int64_t Sk = S - k, N = B * Sk, S_prev = Sk + 1, layer = L + k - 1;
     const std::string p = "model.layers." + std::to_string(layer);
     MtpCache& m = mtp.emplace_back();
-    m.ids.assign(inputs.begin() + k, inputs.end());
-    m.targets.assign(targets.begin() + k, targets.end());
-    m.h_prev = (k == 1 ? h0 : mtp[size_t(k - 2)].h).slice(0, 0, N).contiguous();
+    const Tensor& prev = k == 1 ? h0 : mtp[size_t(k - 2)].h;
+    m.h_prev = Tensor::empty({N, D});
+    for (int64_t b = 0; b < B; ++b) {
+      m.ids.insert(m.ids.end(), inputs.begin() + b * S + k, inputs.begin() + (b + 1) * S);
+      m.targets.insert(m.targets.end(), targets.begin() + b * S + k, targets.begin() + (b + 1) * S);
+      std::memcpy(m.h_prev.data<float>() + b * Sk * D, prev.data<float>() + b * S_prev * D,
+                  size_t(Sk * D) * sizeof(float));
+    }
     m.e_in = ops::embedding(embed, m.ids);
     const Tensor e = norm_forward(params_, p + ".enorm.weight", m.e_in, eps);
     const Tensor hn = norm_forward(params_, p + ".hnorm.weight", m.h_prev, eps);
@@ -159,7 +166,7 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
       std::memcpy(m.cat.data<float>() + i * 2 * D + D, hn.data<float>() + i * D, size_t(D) * 4);
     }
     const Tensor xk = linear_forward(params_, p + ".eh_proj.weight", m.cat);
-    m.h = block_forward(ctx, layer, xk, options.balance, m.block);
+    m.h = block_forward(ctx, layer, xk, Sk, options.balance, m.block);
     m.logits = linear_forward(params_, head,
                               norm_forward(params_, p + ".shared_head.norm.weight", m.h, eps));
     m.ce = ops::cross_entropy_forward(m.logits, m.targets);
@@ -188,7 +195,7 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
   Tensor dh0 = Tensor::zeros({T, D});
   for (int64_t k = int64_t(mtp.size()); k >= 1; --k) {
     MtpCache& m = mtp[size_t(k - 1)];
-    const int64_t N = T - k, layer = L + k - 1;
+    const int64_t Sk = S - k, S_prev = Sk + 1, layer = L + k - 1;
     const std::string p = "model.layers." + std::to_string(layer);
     const Tensor hn2 = norm_forward(params_, p + ".shared_head.norm.weight", m.h, eps);
     ops::cross_entropy_backward_inplace(m.logits, m.targets, m.ce, float(loss_scale * mtp_weight));
@@ -202,12 +209,14 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
     const Tensor d_e_in = norm_backward(params_, p + ".enorm.weight", m.e_in, eps, de);
     ops::embedding_backward_accumulate(m.ids, d_e_in, embed_grad);
     const Tensor d_prev = norm_backward(params_, p + ".hnorm.weight", m.h_prev, eps, dhn);
-    // h^{k−1} rows 0 .. N−1 received d_prev.
+    // Rows i < S − k of each sequence of h^{k−1} received d_prev.
     Tensor& target = k == 1 ? dh0 : d_hidden[size_t(k - 2)];
-    if (!target.defined()) target = Tensor::zeros({T - (k - 1), D});
-    float* dst = target.data<float>();
-    const float* src = d_prev.data<float>();
-    for (int64_t i = 0; i < N * D; ++i) dst[i] += src[i];
+    if (!target.defined()) target = Tensor::zeros({B * S_prev, D});
+    for (int64_t b = 0; b < B; ++b) {
+      float* dst = target.data<float>() + b * S_prev * D;
+      const float* src = d_prev.data<float>() + b * Sk * D;
+      for (int64_t i = 0; i < Sk * D; ++i) dst[i] += src[i];
+    }
   }
 
   ops::cross_entropy_backward_inplace(logits, targets, ce, loss_scale);

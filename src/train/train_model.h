@@ -1,4 +1,4 @@
-// TrainModel: the whole DeepSeek model for training, one sequence at a time, over a ParamSet that
+// TrainModel: the whole DeepSeek model for training, a batch of sequences at a time, over a ParamSet that
 // holds every tensor under its Hugging Face name. Forward:
 //   x = embed(inputs); x = Block_l(x) for each layer; h⁰ = norm(x); logits = head(h⁰)
 //   main loss = CE(logits, targets)
@@ -49,13 +49,15 @@ class TrainModel {
   // Loads every tensor of a checkpoint directory (f32 copies); MTP embed/head copies are dropped.
   static void load_params(const ModelConfig& config, const std::string& dir, ParamSet& params);
 
-  // Forward and backward of one sequence: adds loss_scale · ∂total/∂θ to the grads.
+  // Forward and backward of a batch: inputs/targets hold N/seq_len sequences of seq_len tokens
+  // back to back (seq_len 0: one sequence of all N). Adds loss_scale · ∂total/∂θ to the grads;
+  // the cross-entropies are means over all counted targets of the batch.
   SequenceLosses forward_backward(const std::vector<int32_t>& inputs,
                                   const std::vector<int32_t>& targets, const LossOptions& options,
-                                  float loss_scale);
+                                  float loss_scale, int64_t seq_len = 0);
   // Forward only (validation). No gradients are touched.
   SequenceLosses forward(const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets,
-                         const LossOptions& options);
+                         const LossOptions& options, int64_t seq_len = 0);
 
   // Prefixes ("model.layers.<i>.mlp") of the MoE layers, main layers then MTP blocks: the order
   // of SequenceLosses::expert_load.
@@ -65,15 +67,13 @@ class TrainModel {
 
  private:
   SequenceLosses run(const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets,
-                     const LossOptions& options, bool backward, float loss_scale);
+                     const LossOptions& options, bool backward, float loss_scale,
+                     int64_t seq_len);
 
   ModelConfig config_;
   RopeParams rope_;
   ParamSet& params_;
   std::vector<std::string> moe_layers_;
 };
-
-// Whether a parameter gets weight decay: matrices and embeddings yes; norms, biases and buffers no.
-bool param_decays(const std::string& name);
 
 }  // namespace dseek::train

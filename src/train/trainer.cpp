@@ -1,0 +1,419 @@
+#include "train/trainer.h"
+
+#include <omp.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/progress.h"
+#include "data/loader.h"
+#include "data/token_shards.h"
+#include "model/moe_balance.h"
+#include "tokenizer/tokenizer.h"
+#include "train/checkpoint.h"
+#include "train/optimizer.h"
+#include "train/scaling_law.h"
+#include "train/schedule.h"
+#include "train/train_model.h"
+
+namespace dseek::train {
+namespace fs = std::filesystem;
+namespace {
+
+std::atomic<int> g_stop_signal{0};
+extern "C" void on_stop_signal(int sig) { g_stop_signal.store(sig); }
+
+// Installs SIGINT/SIGTERM handlers for the lifetime of a run and restores the old ones after.
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal.store(0);
+    old_int_ = std::signal(SIGINT, on_stop_signal);
+    old_term_ = std::signal(SIGTERM, on_stop_signal);
+  }
+  ~StopSignals() {
+    std::signal(SIGINT, old_int_);
+    std::signal(SIGTERM, old_term_);
+  }
+
+ private:
+  void (*old_int_)(int);
+  void (*old_term_)(int);
+};
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  DSEEK_CHECK(in.good(), "[train] {}: cannot read", path.string());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Shannon entropy (nats/token) of the unigram distribution of all tokens: what a model that
+// ignores context could reach; training must get far below it.
+double unigram_entropy(const TokenDataset& data) {
+  std::vector<int64_t> counts(size_t(data.vocab_size()), 0);
+  int64_t total = 0;
+  for (int64_t d = 0; d < data.num_documents(); ++d) {
+    int64_t n = 0;
+    const uint32_t* t = data.document(d, &n);
+    for (int64_t i = 0; i < n; ++i) ++counts[t[i]];
+    total += n;
+  }
+  double h = 0.0;
+  for (int64_t c : counts)
+    if (c > 0) {
+      const double p = double(c) / double(total);
+      h -= p * std::log(p);
+    }
+  return h;
+}
+
+// Keeps the lines of metrics.jsonl whose step is ≤ last_step (a resumed run rewrites the rest).
+void truncate_metrics(const fs::path& path, int64_t last_step) {
+  if (!fs::exists(path)) return;
+  std::istringstream in(read_text(path));
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception&) {
+      continue;  // a line cut by a crash
+    }
+    if (j.contains("step") && j["step"].get<int64_t>() <= last_step) kept += line + "\n";
+  }
+  write_file_atomic(path.string(), kept);
+}
+
+void copy_tokenizer(const std::string& source, const fs::path& dest) {
+  fs::create_directories(dest);
+  const fs::path src(source);
+  if (fs::is_directory(src)) {
+    for (const char* name : {"tokenizer.json", "tokenizer_config.json"})
+      if (fs::exists(src / name))
+        fs::copy_file(src / name, dest / name, fs::copy_options::overwrite_existing);
+  } else {
+    fs::copy_file(src, dest / "tokenizer.json", fs::copy_options::overwrite_existing);
+  }
+}
+
+std::string fmt_lr(double lr) { return fmt::format("{:.2e}", lr); }
+
+}  // namespace
+
+TrainSummary run_training(TrainConfig cfg, bool resume) {
+  DSEEK_CHECK(!cfg.out.empty(), "[train] run.out: a run directory is required (--out)");
+  DSEEK_CHECK(!cfg.data.empty(), "[train] data.dir: a prepared data directory is required (--data)");
+  if (cfg.threads > 0) omp_set_num_threads(int(cfg.threads));
+  const fs::path run_dir(cfg.out);
+  const fs::path ckpt_root = run_dir / "checkpoints";
+  std::string latest;
+  if (resume) {
+    latest = find_latest_checkpoint(run_dir.string());
+    if (latest.empty())
+      fmt::print(stderr, "[train] {}: no checkpoint to resume from; starting fresh\n", run_dir.string());
+  } else {
+    DSEEK_CHECK(!fs::exists(ckpt_root) || fs::is_empty(ckpt_root),
+                "[train] {}: the run directory already has checkpoints; pass --resume to continue "
+                "it or choose another --out",
+                run_dir.string());
+  }
+
+  const std::shared_ptr<TokenDataset> data = TokenDataset::open(cfg.data);
+  const int64_t vocab = data->vocab_size();
+
+  // Model shape: the run's own config.json when resuming, else an HF config or a preset.
+  ModelConfig model_config;
+  if (!latest.empty() && fs::exists(run_dir / "config.json")) {
+    model_config = load_model_config((run_dir / "config.json").string());
+  } else if (!cfg.model_config.empty()) {
+    model_config = load_model_config(cfg.model_config);
+  } else {
+    model_config = preset_model_config(cfg.preset, vocab);
+  }
+  if (latest.empty()) {
+    // Generation stops at the data's EOS; export writes these ids into config.json.
+    if (data->bos_id() >= 0) model_config.bos_token_id = data->bos_id();
+    if (data->eos_id() >= 0) model_config.eos_token_ids = {data->eos_id()};
+  }
+  DSEEK_CHECK(model_config.vocab_size >= vocab,
+              "[train] model vocab_size {} is smaller than the data's vocabulary {} ({})",
+              model_config.vocab_size, vocab, cfg.data);
+
+  if (cfg.compute_budget > 0) {
+    const ComputeBudgetChoice choice = choose_from_compute_budget(
+        cfg.compute_budget, model_config.num_hidden_layers, model_config.hidden_size, cfg.seq_len);
+    fmt::print(stderr, "[train] compute budget: {}\n", choice.describe());
+    cfg.batch_size = choice.batch_sequences;
+    cfg.grad_accum = 1;
+    cfg.lr = choice.lr;
+    cfg.steps = choice.steps;
+  }
+  validate_train_config(cfg);
+
+  fs::create_directories(run_dir);
+  if (latest.empty()) {
+    write_file_atomic((run_dir / "config.json").string(), model_config_to_json(model_config));
+    if (!cfg.tokenizer.empty()) copy_tokenizer(cfg.tokenizer, run_dir / "tokenizer");
+  }
+  write_file_atomic((run_dir / "train_config.json").string(), train_config_to_json(cfg));
+
+  ParamSet params;
+  TrainModel::init_params(model_config, uint64_t(cfg.seed), cfg.init_std, params);
+  TrainModel model(model_config, params);
+  AdamW optimizer(params, AdamWConfig{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay});
+
+  LoaderOptions lo;
+  lo.seq_len = cfg.seq_len;
+  lo.batch_size = cfg.batch_size;
+  lo.seed = uint64_t(cfg.seed);
+  lo.val_fraction = cfg.val_fraction;
+  DataLoader loader(data, lo);
+
+  int64_t step = 0, tokens_seen = 0;
+  if (!latest.empty()) {
+    const CheckpointData ck = load_checkpoint(latest);
+    std::map<std::string, const Tensor*> by_name;
+    for (const auto& [name, t] : ck.model) by_name[name] = &t;
+    for (Param& p : params.all()) {
+      auto it = by_name.find(p.name);
+      DSEEK_CHECK(it != by_name.end(), "[train] {}: checkpoint lacks tensor '{}'", latest, p.name);
+      DSEEK_CHECK(it->second->shape() == p.value.shape(),
+                  "[train] {}: tensor '{}' has shape {}, the model needs {}", latest, p.name,
+                  shape_str(it->second->shape()), shape_str(p.value.shape()));
+      std::memcpy(p.value.data<float>(), it->second->data<float>(), p.value.nbytes());
+    }
+    std::map<std::string, Tensor> opt_state(ck.optimizer.begin(), ck.optimizer.end());
+    step = ck.state.at("step").get<int64_t>();
+    optimizer.load_state(opt_state, ck.state.at("optimizer_steps").get<int64_t>());
+    loader.seek(LoaderPosition::from_json(ck.state.at("loader")));
+    tokens_seen = ck.state.value("tokens", int64_t(0));
+    truncate_metrics(run_dir / "metrics.jsonl", step);
+    fmt::print(stderr, "[train] resumed from {} (step {})\n", latest, step);
+  } else {
+    std::ofstream(run_dir / "metrics.jsonl", std::ios::trunc);
+  }
+
+  TrainSummary summary;
+  summary.run_dir = run_dir.string();
+  summary.first_step = summary.last_step = step;
+  summary.unigram_entropy = unigram_entropy(*data);
+  {
+    nlohmann::ordered_json info;
+    info["model_type"] = model_config.model_type;
+    info["parameters"] = params.numel(true);
+    info["train_documents"] = loader.train_documents();
+    info["validation_documents"] = loader.validation_documents();
+    info["train_tokens"] = loader.train_tokens();
+    info["unigram_entropy"] = summary.unigram_entropy;
+    write_file_atomic((run_dir / "run.json").string(), info.dump(2) + "\n");
+  }
+  fmt::print(stderr,
+             "[train] {} ({} parameters), {} training tokens, unigram entropy {:.3f} nats/token\n",
+             model_config.model_type, human_count(double(params.numel(true))),
+             human_count(double(loader.train_tokens())), summary.unigram_entropy);
+  if (step >= cfg.steps) {
+    fmt::print(stderr, "[train] already at step {} of {}\n", step, cfg.steps);
+    return summary;
+  }
+
+  LrSchedule lr_schedule;
+  lr_schedule.kind = cfg.schedule;
+  lr_schedule.peak_lr = cfg.lr;
+  lr_schedule.min_lr = cfg.lr * cfg.min_lr_ratio;
+  lr_schedule.warmup_steps = std::min(cfg.warmup_steps, cfg.steps);
+  lr_schedule.total_steps = cfg.steps;
+  lr_schedule.decay_start = cfg.decay_start;
+  const StepSchedule gamma = StepSchedule::parse(cfg.bias_update_speed);
+  const StepSchedule lambda = StepSchedule::parse(cfg.mtp_lambda);
+  const bool loss_free = model_config.topk_method == "noaux_tc";
+  const int64_t T = cfg.seq_len, B = cfg.batch_size;
+  const float scale = float(1.0 / double(cfg.grad_accum));
+  const int64_t val_count = std::min(cfg.eval_sequences, loader.num_validation_sequences());
+
+  LossOptions loss_options;
+  loss_options.balance.aux_loss = cfg.aux_loss;
+  loss_options.balance.alpha = cfg.aux_alpha;
+  loss_options.balance.devices = cfg.aux_devices;
+
+  std::ofstream metrics(run_dir / "metrics.jsonl", std::ios::app);
+  DSEEK_CHECK(metrics.good(), "[train] {}: cannot append", (run_dir / "metrics.jsonl").string());
+  StopSignals signals;
+  Progress progress("train", cfg.steps, "step");
+  progress.update(step);
+  const auto run_start = std::chrono::steady_clock::now();
+  int64_t run_tokens = 0;
+
+  auto save = [&](int64_t at_step) {
+    CheckpointData ck;
+    ck.step = at_step;
+    for (const Param& p : params.all()) ck.model.emplace_back(p.name, p.value);
+    ck.optimizer = optimizer.state_tensors();
+    ck.state = {{"step", at_step},
+                {"optimizer_steps", optimizer.step_count()},
+                {"loader", loader.position().to_json()},
+                {"tokens", tokens_seen},
+                {"seed", cfg.seed}};
+    save_checkpoint(run_dir.string(), ck, int(cfg.keep_last));
+  };
+
+  while (step < cfg.steps) {
+    const int64_t s = step;  // 0-based index of this step
+    const auto t0 = std::chrono::steady_clock::now();
+    loss_options.mtp_lambda = lambda.at(s);
+    double total = 0, ce = 0, aux = 0;
+    std::vector<double> mtp;
+    std::vector<std::vector<int64_t>> load;
+    for (int64_t a = 0; a < cfg.grad_accum; ++a) {
+      // [B, T+1] windows → B sequences of T inputs and their T targets, run as one batch.
+      const std::vector<int32_t> batch = loader.next_batch();
+      std::vector<int32_t> inputs, targets;
+      inputs.reserve(size_t(B * T));
+      targets.reserve(size_t(B * T));
+      for (int64_t b = 0; b < B; ++b) {
+        const auto row = batch.begin() + b * (T + 1);
+        inputs.insert(inputs.end(), row, row + T);
+        targets.insert(targets.end(), row + 1, row + T + 1);
+      }
+      const SequenceLosses l = model.forward_backward(inputs, targets, loss_options, scale, T);
+      total += l.total;
+      ce += l.main_ce;
+      aux += l.aux;
+      if (mtp.size() < l.mtp_ce.size()) mtp.resize(l.mtp_ce.size(), 0.0);
+      for (size_t k = 0; k < l.mtp_ce.size(); ++k) mtp[k] += l.mtp_ce[k];
+      if (load.empty()) load.assign(l.expert_load.size(), {});
+      for (size_t i = 0; i < l.expert_load.size(); ++i) {
+        if (load[i].empty()) load[i].assign(l.expert_load[i].size(), 0);
+        for (size_t e = 0; e < l.expert_load[i].size(); ++e) load[i][e] += l.expert_load[i][e];
+      }
+    }
+    const double n = double(cfg.grad_accum);  // each micro-batch's losses are batch means
+    const double grad_norm = clip_grad_norm(params, cfg.grad_clip);
+    const double lr = lr_schedule.at(s);
+    optimizer.step(lr);
+    params.zero_grad();
+    const double g = gamma.at(s);
+    if (loss_free && g > 0.0) {
+      for (size_t i = 0; i < load.size(); ++i) {
+        // Layers that saw no tokens this step (an MTP depth with λ = 0) keep their bias.
+        int64_t routed = 0;
+        for (int64_t c : load[i]) routed += c;
+        if (routed == 0) continue;
+        Param& bias = params.at(model.moe_layers()[i] + ".gate.e_score_correction_bias");
+        std::vector<float> b = bias.value.to_vector();
+        update_correction_bias(b, load[i], g);
+        std::memcpy(bias.value.data<float>(), b.data(), b.size() * sizeof(float));
+      }
+    }
+    step = s + 1;
+    tokens_seen += B * cfg.grad_accum * T;
+    run_tokens += B * cfg.grad_accum * T;
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+    nlohmann::ordered_json line;
+    line["step"] = step;
+    line["loss"] = ce / n;
+    line["total_loss"] = total / n;
+    if (!mtp.empty()) {
+      std::vector<double> m;
+      for (double v : mtp) m.push_back(v / n);
+      line["mtp_loss"] = m;
+    }
+    if (cfg.aux_loss != "none") line["aux_loss"] = aux / n;
+    line["lr"] = lr;
+    line["grad_norm"] = grad_norm;
+    if (!load.empty()) {
+      std::vector<double> vio;
+      double mean = 0;
+      for (const auto& l : load) {
+        int64_t routed = 0;
+        for (int64_t c : l) routed += c;
+        vio.push_back(routed > 0 ? max_violation(l) : 0.0);
+        mean += vio.back();
+      }
+      line["max_vio"] = mean / double(vio.size());
+      line["max_vio_layers"] = vio;
+      if (loss_free) line["bias_update_speed"] = g;
+    }
+    if (loss_options.mtp_lambda > 0) line["mtp_lambda"] = loss_options.mtp_lambda;
+    line["tokens"] = tokens_seen;
+    line["tokens_per_s"] = double(B * cfg.grad_accum * T) / std::max(seconds, 1e-9);
+    if (!load.empty() && (step % cfg.expert_load_interval == 0 || step == cfg.steps))
+      line["expert_load"] = load;
+
+    const bool stop = g_stop_signal.load() != 0;
+    if ((step % cfg.eval_interval == 0 || step == cfg.steps) && val_count > 0) {
+      double val = 0;
+      std::vector<std::vector<int64_t>> val_load;
+      // Validation in batches of B sequences (the same math, larger GEMMs).
+      for (int64_t k0 = 0; k0 < val_count; k0 += B) {
+        const int64_t nb = std::min(B, val_count - k0);
+        std::vector<int32_t> inputs, targets;
+        for (int64_t k = k0; k < k0 + nb; ++k) {
+          const std::vector<int32_t> seq = loader.validation_sequence(k);
+          inputs.insert(inputs.end(), seq.begin(), seq.end() - 1);
+          targets.insert(targets.end(), seq.begin() + 1, seq.end());
+        }
+        const SequenceLosses l = model.forward(inputs, targets, loss_options, T);
+        val += l.main_ce * double(nb);
+        if (val_load.empty()) val_load = l.expert_load;
+        else
+          for (size_t i = 0; i < l.expert_load.size(); ++i)
+            for (size_t e = 0; e < l.expert_load[i].size(); ++e) val_load[i][e] += l.expert_load[i][e];
+      }
+      summary.last_val_loss = val / double(val_count);
+      line["val_loss"] = summary.last_val_loss;
+      if (!val_load.empty()) {
+        // MaxVio_global: the violation of the load summed over the whole validation set.
+        std::vector<double> vio;
+        double mean = 0;
+        for (const auto& l : val_load) {
+          int64_t routed = 0;
+          for (int64_t c : l) routed += c;
+          vio.push_back(routed > 0 ? max_violation(l) : 0.0);
+          mean += vio.back();
+        }
+        line["val_max_vio"] = mean / double(vio.size());
+        line["val_max_vio_layers"] = vio;
+      }
+    }
+    metrics << line.dump() << "\n";
+    metrics.flush();
+    summary.last_loss = ce / n;
+    summary.last_step = step;
+
+    std::string suffix = fmt::format("loss {:.3f} lr {}", ce / n, fmt_lr(lr));
+    if (line.contains("max_vio")) suffix += fmt::format(" vio {:.2f}", line["max_vio"].get<double>());
+    if (summary.last_val_loss >= 0) suffix += fmt::format(" val {:.3f}", summary.last_val_loss);
+    suffix += fmt::format(" {} tok/s", human_count(line["tokens_per_s"].get<double>()));
+    progress.set_suffix(suffix);
+    progress.update(step);
+
+    if (step % cfg.checkpoint_interval == 0 || step == cfg.steps || stop) save(step);
+    if (stop) {
+      summary.interrupted = true;
+      fmt::print(stderr, "\n[train] stopped by signal {} after step {}; checkpoint written\n",
+                 g_stop_signal.load(), step);
+      break;
+    }
+  }
+  progress.finish();
+  const double elapsed =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
+  summary.tokens_per_second = double(run_tokens) / std::max(elapsed, 1e-9);
+  return summary;
+}
+
+}  // namespace dseek::train
