@@ -12,6 +12,7 @@ void add_generate_command(CLI::App& app);
 void add_chat_command(CLI::App& app);
 void add_tokenize_commands(CLI::App& app);  // tokenize, detokenize
 void add_init_command(CLI::App& app);
+void add_plot_command(CLI::App& app);  // plot RUN_DIR
 void add_data_commands(CLI::App& app);  // data prepare
 void add_tokenizer_commands(CLI::App& app);  // tokenizer train
 

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   dseek::cli::add_chat_command(app);
   dseek::cli::add_tokenize_commands(app);
   dseek::cli::add_init_command(app);
+  dseek::cli::add_plot_command(app);
   dseek::cli::add_data_commands(app);
   dseek::cli::add_tokenizer_commands(app);
   try {
