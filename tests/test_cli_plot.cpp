@@ -107,11 +107,10 @@ TEST(CliPlot, WritesEveryChartOfARun) {
                      1000 + step)
               << "\n";
       if (step % 20 == 0) {
-        metrics
-            << fmt::format(
-                   R"({{"step": {}, "val_loss": {}, "expert_load": [[{}, 5, 7, 9], [4, 4, 4, {}]]}})",
-                   step, 5.2 / std::sqrt(step), step, step)
-            << "\n";
+        metrics << fmt::format(R"({{"step": {}, "val_loss": {}, )"
+                               R"("expert_load": [[{}, 5, 7, 9], [4, 4, 4, {}]]}})",
+                               step, 5.2 / std::sqrt(step), step, step)
+                << "\n";
       }
     }
     metrics << R"({"step": 61, "lo)";  // killed mid-write
