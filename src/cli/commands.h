@@ -15,5 +15,7 @@ void add_init_command(CLI::App& app);
 void add_plot_command(CLI::App& app);  // plot RUN_DIR
 void add_data_commands(CLI::App& app);  // data prepare
 void add_tokenizer_commands(CLI::App& app);  // tokenizer train
+void add_train_command(CLI::App& app);       // train
+void add_export_command(CLI::App& app);      // export --run RUN_DIR --out MODEL_DIR
 
 }  // namespace dseek::cli

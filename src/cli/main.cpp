@@ -18,6 +18,8 @@ int main(int argc, char** argv) {
   dseek::cli::add_plot_command(app);
   dseek::cli::add_data_commands(app);
   dseek::cli::add_tokenizer_commands(app);
+  dseek::cli::add_train_command(app);
+  dseek::cli::add_export_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -14,9 +14,11 @@ Tensor linear_forward(ParamSet& params, const std::string& name, const Tensor& x
 Tensor linear_backward(ParamSet& params, const std::string& name, const Tensor& x,
                        const Tensor& dy) {
   Param& p = params.at(name);
-  // linear_backward_into accumulates dx and dW alike; dx starts from zero.
-  Tensor dx = Tensor::zeros(x.shape());
-  ops::linear_backward_into(x.contiguous(), p.value, dy.contiguous(), &dx, &p.grad, nullptr, true);
+  // Two calls, one GEMM each: dx is written (no zero-fill), dW is added to the accumulated grad.
+  const Tensor xc = x.contiguous(), dyc = dy.contiguous();
+  Tensor dx = Tensor::empty(x.shape());
+  ops::linear_backward_into(xc, p.value, dyc, &dx, nullptr, nullptr, false);
+  ops::linear_backward_into(xc, p.value, dyc, nullptr, &p.grad, nullptr, true);
   return dx;
 }
 
