@@ -313,3 +313,44 @@ TEST(TrainModel, BatchEqualsSequences) {
       ASSERT_NEAR(a[i], b[i], 2e-5f * (1.0f + std::abs(b[i]))) << p.name << "[" << i << "]";
   }
 }
+
+// Mixed precision: with bf16 compute copies the losses and gradients stay close to f32 (the
+// matmuls see bf16-rounded weights), the masters stay f32, routers keep no copy, and the copies
+// follow the masters after refresh_compute().
+TEST(TrainModel, Bf16ComputeKeepsF32Masters) {
+  const ModelConfig c = v3_config();
+  ParamSet f32, bf16;
+  TrainModel::init_params(c, 8, 0.3, f32);
+  TrainModel::init_params(c, 8, 0.3, bf16);
+  bf16.set_compute_dtype(DType::BF16);
+  const Param& kvb = bf16.at("model.layers.0.self_attn.kv_b_proj.weight");
+  ASSERT_TRUE(kvb.compute.defined());
+  EXPECT_EQ(kvb.compute.dtype(), DType::BF16);
+  EXPECT_EQ(kvb.value.dtype(), DType::F32);
+  EXPECT_FALSE(bf16.at("model.layers.1.mlp.gate.weight").compute.defined());
+  EXPECT_FALSE(bf16.at("model.norm.weight").compute.defined());
+  TrainModel m32(c, f32), m16(c, bf16);
+  LossOptions o;
+  o.mtp_lambda = 0.3;
+  const std::vector<int32_t> seq = random_ids(17, c.vocab_size, 3);
+  const std::vector<int32_t> in(seq.begin(), seq.end() - 1), tg(seq.begin() + 1, seq.end());
+  const SequenceLosses a = m32.forward_backward(in, tg, o, 1.0f);
+  const SequenceLosses b = m16.forward_backward(in, tg, o, 1.0f);
+  EXPECT_NE(a.main_ce, b.main_ce);  // the bf16 copies are really used
+  EXPECT_NEAR(a.main_ce, b.main_ce, 0.02 * a.main_ce);
+  double num = 0, den = 0;
+  for (const Param& p : f32.all()) {
+    if (!p.trainable) continue;
+    const std::vector<float> x = p.grad.to_vector(), y = bf16.grad(p.name).to_vector();
+    for (size_t i = 0; i < x.size(); ++i) {
+      num += (x[i] - y[i]) * double(x[i] - y[i]);
+      den += double(x[i]) * x[i];
+    }
+  }
+  EXPECT_LT(std::sqrt(num / den), 0.05);  // relative gradient difference
+  // After a change of the master, refresh_compute() re-rounds the copy.
+  Param& w = bf16.at("model.layers.0.self_attn.kv_b_proj.weight");
+  w.value.data<float>()[0] = 1.25f;
+  bf16.refresh_compute();
+  EXPECT_EQ(w.compute.to_vector()[0], 1.25f);
+}

@@ -8,7 +8,7 @@
 namespace dseek::train {
 
 Tensor linear_forward(ParamSet& params, const std::string& name, const Tensor& x) {
-  return ops::linear(x, params.value(name));
+  return ops::linear(x, params.at(name).weight());
 }
 
 Tensor linear_backward(ParamSet& params, const std::string& name, const Tensor& x,
@@ -17,8 +17,8 @@ Tensor linear_backward(ParamSet& params, const std::string& name, const Tensor& 
   // Two calls, one GEMM each: dx is written (no zero-fill), dW is added to the accumulated grad.
   const Tensor xc = x.contiguous(), dyc = dy.contiguous();
   Tensor dx = Tensor::empty(x.shape());
-  ops::linear_backward_into(xc, p.value, dyc, &dx, nullptr, nullptr, false);
-  ops::linear_backward_into(xc, p.value, dyc, nullptr, &p.grad, nullptr, true);
+  ops::linear_backward_into(xc, p.weight(), dyc, &dx, nullptr, nullptr, false);
+  ops::linear_backward_into(xc, p.weight(), dyc, nullptr, &p.grad, nullptr, true);
   return dx;
 }
 

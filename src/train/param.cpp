@@ -36,6 +36,25 @@ void ParamSet::zero_grad() {
     if (p.grad.defined()) std::memset(p.grad.data<float>(), 0, size_t(p.grad.numel()) * sizeof(float));
 }
 
+void ParamSet::set_compute_dtype(DType dtype) {
+  DSEEK_CHECK(dtype == DType::F32 || dtype == DType::BF16,
+              "[train] compute dtype: f32 or bf16, got {}", dtype_name(dtype));
+  compute_dtype_ = dtype;
+  for (Param& p : params_) p.compute = Tensor();
+  refresh_compute();
+}
+
+void ParamSet::refresh_compute() {
+  if (compute_dtype_ == DType::F32) return;
+  // Router weights stay f32, as DeepSeek-V3 keeps its gates in higher precision.
+  auto is_router = [](const std::string& n) {
+    return n.size() >= 12 && n.compare(n.size() - 12, 12, ".gate.weight") == 0;
+  };
+  for (Param& p : params_)
+    if (p.trainable && p.value.dim() == 2 && !is_router(p.name))
+      p.compute = p.value.to(compute_dtype_);
+}
+
 int64_t ParamSet::numel(bool trainable_only) const {
   int64_t n = 0;
   for (const Param& p : params_)

@@ -4,8 +4,10 @@
 // checkpoints and export see one list, but they are not trainable: the optimizer skips them and
 // auxiliary-loss-free balancing updates them directly.
 //
-// Mixed precision hook: compute may run on a lower-precision copy (bf16 on the GPU); the master
-// value and the gradient stay f32 here, and the optimizer updates the master.
+// Mixed precision: set_compute_dtype(BF16) gives every trainable matrix a bf16 copy that the
+// linear layers compute with (forward and input gradient), while the master value, the gradient
+// and the optimizer stay f32; refresh_compute() re-rounds the copies after each optimizer step.
+// The CUDA backend uses the same hook for its bf16 GEMMs.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +26,10 @@ struct Param {
   Tensor grad;             // f32 contiguous, same shape; undefined for buffers
   bool trainable = true;   // false: a buffer (no gradient, not touched by the optimizer)
   bool decay = true;       // decoupled weight decay applies (false for norms, biases, buffers)
+  Tensor compute;          // optional lower-precision copy of value for compute (mixed precision)
+
+  // What linear layers multiply with: the compute copy when there is one, else the master.
+  const Tensor& weight() const { return compute.defined() ? compute : value; }
 };
 
 class ParamSet {
@@ -45,11 +51,17 @@ class ParamSet {
   size_t size() const { return params_.size(); }
 
   void zero_grad();
+  // F32: no compute copies. BF16: copies of every trainable 2-D parameter except the MoE routers,
+  // rounded to nearest even.
+  void set_compute_dtype(DType dtype);
+  DType compute_dtype() const { return compute_dtype_; }
+  void refresh_compute();  // re-round the copies from the masters (after an optimizer step)
   int64_t numel(bool trainable_only = true) const;
 
  private:
   std::deque<Param> params_;
   std::map<std::string, size_t> index_;
+  DType compute_dtype_ = DType::F32;
 };
 
 }  // namespace dseek::train

@@ -72,6 +72,7 @@ const std::vector<Binding>& bindings() {
       field("train.grad_accum", "micro-batches accumulated per optimizer step", &TrainConfig::grad_accum),
       field("train.seed", "seed of the initialisation and of the data order", &TrainConfig::seed),
       field("train.compute_budget", "FLOPs; when > 0, batch_size, lr and steps come from DeepSeek LLM's scaling laws", &TrainConfig::compute_budget),
+      field("train.compute_dtype", "f32, or bf16: matmuls with bf16 copies of the weights, f32 master weights, gradients and optimizer", &TrainConfig::compute_dtype),
       field("optim.lr", "peak learning rate", &TrainConfig::lr),
       field("optim.min_lr_ratio", "final learning rate of cosine/wsd as a fraction of the peak", &TrainConfig::min_lr_ratio),
       field("optim.warmup_steps", "linear warm-up steps", &TrainConfig::warmup_steps),
@@ -279,6 +280,8 @@ void validate_train_config(const TrainConfig& c) {
   DSEEK_CHECK(c.aux_loss == "none" || c.aux_loss == "sequence" || c.aux_loss == "expert" ||
                   c.aux_loss == "device",
               "[train] moe.aux_loss: '{}' is not one of none, sequence, expert, device", c.aux_loss);
+  DSEEK_CHECK(c.compute_dtype == "f32" || c.compute_dtype == "bf16",
+              "[train] train.compute_dtype: '{}' is not f32 or bf16", c.compute_dtype);
   DSEEK_CHECK(c.aux_alpha >= 0, "[train] moe.aux_alpha: must be >= 0");
   DSEEK_CHECK(c.aux_devices >= 1, "[train] moe.aux_devices: must be >= 1");
   for (const auto& [key, text] : {std::pair<const char*, std::string>{"moe.bias_update_speed", c.bias_update_speed},

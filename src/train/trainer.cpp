@@ -178,6 +178,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   TrainModel::init_params(model_config, uint64_t(cfg.seed), cfg.init_std, params);
   TrainModel model(model_config, params);
   AdamW optimizer(params, AdamWConfig{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay});
+  params.set_compute_dtype(cfg.compute_dtype == "bf16" ? DType::BF16 : DType::F32);
 
   LoaderOptions lo;
   lo.seq_len = cfg.seq_len;
@@ -204,6 +205,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     optimizer.load_state(opt_state, ck.state.at("optimizer_steps").get<int64_t>());
     loader.seek(LoaderPosition::from_json(ck.state.at("loader")));
     tokens_seen = ck.state.value("tokens", int64_t(0));
+    params.refresh_compute();
     truncate_metrics(run_dir / "metrics.jsonl", step);
     fmt::print(stderr, "[train] resumed from {} (step {})\n", latest, step);
   } else {
@@ -307,6 +309,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     const double grad_norm = clip_grad_norm(params, cfg.grad_clip);
     const double lr = lr_schedule.at(s);
     optimizer.step(lr);
+    params.refresh_compute();
     params.zero_grad();
     const double g = gamma.at(s);
     if (loss_free && g > 0.0) {
