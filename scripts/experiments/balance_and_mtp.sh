@@ -16,12 +16,13 @@
 # Settings from the environment (defaults in brackets):
 #   RUNS [A B C D]   which runs      PRESET [tiny]    STEPS [300]     SEQ_LEN [128]   BATCH [8]
 #   SEED [0]         THREADS [nproc / number of runs, at least 1]     EVAL_INTERVAL [50]
-#   EVAL_SEQUENCES [32]   LR [3e-3]   EXTRA_ARGS [] (more `dseek train` arguments, every run)
+#   EVAL_SEQUENCES [32]   LR [3e-3]   GAMMA [0.01] (γ of runs A, D)
+#   EXTRA_ARGS [] (more `dseek train` arguments, every run)
 #   FORCE [0]        1: delete existing run directories of the same names under OUT_DIR first
 # Output: OUT_DIR/<run>/ (run directories with plots), OUT_DIR/<run>.log, OUT_DIR/results.md.
 set -euo pipefail
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" >&2; exit 2; }
 die() { echo "balance_and_mtp: $*" >&2; exit 1; }
 
 [[ ${1:-} == -h || ${1:-} == --help ]] && usage
