@@ -364,6 +364,24 @@ TEST_F(TrainCli, LossFallsFarBelowTheUnigramEntropy) {
 
 namespace {
 
+// Starts dseek with `args` (stdout/stderr into io_dir/out, err), waits until `metrics` has
+// `lines` complete lines, sends `sig` and returns the exit code (128 + the signal if it killed the
+// process), or -1 if the run ended before logging that many lines.
+int interrupt_after(const Args& args, const fs::path& io_dir, const fs::path& metrics, size_t lines,
+                    int sig) {
+  const pid_t pid = spawn_dseek(args, io_dir / "out", io_dir / "err");
+  if (pid < 0) return -1;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  int status = 0;
+  while (complete_lines(metrics) < lines && std::chrono::steady_clock::now() < deadline) {
+    if (::waitpid(pid, &status, WNOHANG) == pid) return -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ::kill(pid, sig);
+  ::waitpid(pid, &status, 0);
+  return exit_code_of(status);
+}
+
 // `run` logged and saved exactly what the uninterrupted `reference` did.
 void expect_same_run(const fs::path& reference, const fs::path& run) {
   const std::vector<json> want = read_metrics(reference), got = read_metrics(run);
@@ -419,23 +437,9 @@ TEST_F(TrainCli, SigtermCheckpointsAndExits130ThenResumesExactly) {
   TempDir dir;
   const fs::path run = dir.path / "run";
   const Args args = resume_args(run, kResumeSteps);
-  const pid_t pid = spawn_dseek(args, dir.path / "out", dir.path / "err");
-  ASSERT_GT(pid, 0);
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  int status = 0;
-  bool exited = false;
-  while (complete_lines(run / "metrics.jsonl") < 1 && std::chrono::steady_clock::now() < deadline) {
-    if (::waitpid(pid, &status, WNOHANG) == pid) {
-      exited = true;
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  ASSERT_FALSE(exited) << "exited before its first step: " << slurp(dir.path / "err");
-  ASSERT_EQ(::kill(pid, SIGTERM), 0);
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  const int code = interrupt_after(args, dir.path, run / "metrics.jsonl", 1, SIGTERM);
   const std::string err = slurp(dir.path / "err");
-  ASSERT_EQ(exit_code_of(status), 130) << err;
+  ASSERT_EQ(code, 130) << err;
   EXPECT_NE(err.find("stopped by signal " + std::to_string(SIGTERM)), std::string::npos) << err;
   // The checkpoint is of the last logged step, which is short of the end.
   const int64_t done = int64_t(read_metrics(run).size());
@@ -767,4 +771,26 @@ TEST_F(TrainCli, RouterBiasMovesByGammaTimesTheSignOfTheLoggedLoad) {
     for (float b : f32_values(frozen_weights->get(name))) EXPECT_EQ(b, 0.0f) << name;
   }
   EXPECT_EQ(checked, 4);
+}
+
+// SIGKILL (no chance to save) after step 3: the resumed run continues from the newest complete
+// checkpoint (step 2, or a later one if it was being written), drops the log lines after it and
+// still ends exactly as A.
+TEST_F(TrainCli, SigkillResumesFromTheLastCompleteCheckpointExactly) {
+  const fs::path a = reference_run();
+  TempDir dir;
+  const fs::path run = dir.path / "run";
+  const Args args = resume_args(run, kResumeSteps);
+  ASSERT_EQ(interrupt_after(args, dir.path, run / "metrics.jsonl", 3, SIGKILL), 128 + SIGKILL)
+      << slurp(dir.path / "err");
+  const std::string latest = latest_checkpoint(run).filename().string();
+  const int64_t saved = std::stoll(latest.substr(latest.find('-') + 1));
+  EXPECT_GE(saved, 2);
+  EXPECT_LT(saved, kResumeSteps);
+  Args resume = args;
+  resume.push_back("--resume");
+  const CliRun r = run_dseek(resume);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("(step " + std::to_string(saved) + ")"), std::string::npos) << r.err;
+  expect_same_run(a, run);
 }
