@@ -705,10 +705,79 @@ TEST(TrainCliDocs, TrainingMdDocumentsEverySettingWithItsTypeAndDefault) {
   for (const auto& [key, row] : rows) EXPECT_TRUE(keys.count(key)) << "documented: " << key;
 }
 
+namespace {
+
+// Each MoE layer's e_score_correction_bias in a safetensors file, in layer order.
+std::vector<std::vector<float>> router_biases(const fs::path& file) {
+  const auto weights = SafetensorsFile::open(file.string());
+  std::vector<std::string> names;
+  for (const auto& [name, info] : weights->tensors())
+    if (name.find(".mlp.gate.e_score_correction_bias") != std::string::npos) names.push_back(name);
+  std::sort(names.begin(), names.end(),
+            [](const std::string& a, const std::string& b) { return layer_of(a) < layer_of(b); });
+  std::vector<std::vector<float>> biases;
+  for (const std::string& name : names) biases.push_back(f32_values(weights->get(name)));
+  return biases;
+}
+
+// The biases that b_i += γ_s·sign(mean load − load_i) gives from 0 over the logged steps (each
+// line needs its expert_load), accumulated in f32 as the trainer stores them; a layer that routed
+// no token in a step keeps its bias.
+std::vector<std::vector<float>> replay_router_biases(const std::vector<json>& lines,
+                                                     const std::vector<double>& gamma) {
+  std::vector<std::vector<float>> bias;
+  for (size_t s = 0; s < lines.size(); ++s) {
+    const json& loads = lines[s].at("expert_load");
+    bias.resize(loads.size());
+    for (size_t l = 0; l < loads.size(); ++l) {
+      const std::vector<int64_t> load = loads[l].get<std::vector<int64_t>>();
+      bias[l].resize(load.size(), 0.0f);
+      int64_t total = 0;
+      for (int64_t n : load) total += n;
+      if (total == 0) continue;
+      for (size_t e = 0; e < load.size(); ++e) {
+        const double diff = double(total) / double(load.size()) - double(load[e]);
+        const double sign = diff > 0 ? 1.0 : diff < 0 ? -1.0 : 0.0;
+        bias[l][e] = float(double(bias[l][e]) + gamma[s] * sign);
+      }
+    }
+  }
+  return bias;
+}
+
+// max_vio_layers and max_vio of a metrics line, recomputed from its expert_load: per layer
+// (max − mean)/mean (0 for a layer that routed nothing), averaged over the layers that routed.
+void expect_max_vio_matches_load(const json& line) {
+  const json& loads = line.at("expert_load");
+  std::vector<double> per_layer;
+  double sum = 0;
+  int active = 0;
+  for (const json& layer : loads) {
+    const std::vector<int64_t> load = layer.get<std::vector<int64_t>>();
+    int64_t total = 0, max = 0;
+    for (int64_t n : load) {
+      total += n;
+      max = std::max(max, n);
+    }
+    const double mean = double(total) / double(load.size());
+    per_layer.push_back(total > 0 ? (double(max) - mean) / mean : 0.0);
+    sum += per_layer.back();
+    active += total > 0;
+  }
+  const std::vector<double> logged = line.at("max_vio_layers").get<std::vector<double>>();
+  ASSERT_EQ(logged.size(), per_layer.size()) << line;
+  for (size_t l = 0; l < logged.size(); ++l)
+    EXPECT_NEAR(logged[l], per_layer[l], 1e-12) << "layer " << l << ": " << line;
+  EXPECT_NEAR(line.at("max_vio").get<double>(), sum / active, 1e-12) << line;
+}
+
+}  // namespace
+
 // Auxiliary-loss-free balancing through the whole pipeline: with γ = "0.01,0@4" each MoE layer's
 // exported e_score_correction_bias is Σ over steps 1..4 of 0.01·sign(mean load − load_i), the
-// loads being those metrics.jsonl logged (f32 accumulation as the trainer does it), hence a
-// multiple of 0.01; steps 5 and 6 (γ = 0) leave it alone. With γ = 0 it stays exactly 0.
+// loads being those metrics.jsonl logged, hence a multiple of 0.01; steps 5 and 6 (γ = 0) leave it
+// alone. With MTP off (λ = 0) the MTP module's router sees no token: its bias stays 0 and it is
+// left out of max_vio. With γ = 0 every bias stays exactly 0.
 TEST_F(TrainCli, RouterBiasMovesByGammaTimesTheSignOfTheLoggedLoad) {
   TempDir dir;
   const fs::path run = dir.path / "run", model = dir.path / "model";
@@ -720,57 +789,77 @@ TEST_F(TrainCli, RouterBiasMovesByGammaTimesTheSignOfTheLoggedLoad) {
 
   const std::vector<json> m = read_metrics(run);
   ASSERT_EQ(m.size(), 6u);
-  const size_t layers = m[0].at("expert_load").size();
-  ASSERT_EQ(layers, 4u);
-  std::vector<std::vector<float>> expected(layers, std::vector<float>(8, 0.0f));
+  const std::vector<double> gamma = {0.01, 0.01, 0.01, 0.01, 0, 0};
   for (size_t s = 0; s < m.size(); ++s) {
-    const double gamma = s < 4 ? 0.01 : 0.0;
-    EXPECT_EQ(m[s].at("bias_update_speed").get<double>(), gamma) << "step " << s + 1;
-    for (size_t l = 0; l < layers; ++l) {
-      const std::vector<int64_t> load = m[s]["expert_load"][l].get<std::vector<int64_t>>();
-      ASSERT_EQ(load.size(), 8u);
-      int64_t total = 0;
-      for (int64_t n : load) total += n;
-      EXPECT_GT(total, 0) << "layer " << l;
-      for (size_t e = 0; e < 8; ++e) {
-        const double diff = double(total) / 8.0 - double(load[e]);
-        const double sign = diff > 0 ? 1.0 : diff < 0 ? -1.0 : 0.0;
-        expected[l][e] = float(double(expected[l][e]) + gamma * sign);
-      }
-    }
+    EXPECT_EQ(m[s].at("bias_update_speed").get<double>(), gamma[s]) << "step " << s + 1;
+    ASSERT_EQ(m[s].at("expert_load").size(), 4u);  // layers 1..3 and the MTP module
+    expect_max_vio_matches_load(m[s]);
   }
-  const auto weights = SafetensorsFile::open((model / "model.safetensors").string());
-  std::vector<std::string> names;
-  for (const auto& [name, info] : weights->tensors())
-    if (name.find(".mlp.gate.e_score_correction_bias") != std::string::npos) names.push_back(name);
-  std::sort(names.begin(), names.end(),
-            [](const std::string& a, const std::string& b) { return layer_of(a) < layer_of(b); });
-  ASSERT_EQ(names.size(), layers);
+  const std::vector<std::vector<float>> bias = router_biases(model / "model.safetensors");
+  EXPECT_EQ(bias, replay_router_biases(m, gamma));
   int nonzero = 0;
-  for (size_t l = 0; l < layers; ++l) {
-    const std::vector<float> bias = f32_values(weights->get(names[l]));
-    EXPECT_EQ(bias, expected[l]) << names[l];
-    for (float b : bias) {
+  for (size_t l = 0; l < bias.size(); ++l) {
+    for (float b : bias[l]) {
       const double units = double(b) / 0.01;
-      EXPECT_LT(std::abs(units - std::round(units)), 1e-3) << names[l] << ": " << b;
-      EXPECT_LE(std::abs(units), 4.0 + 1e-3) << names[l];
+      EXPECT_LT(std::abs(units - std::round(units)), 1e-3) << "layer " << l << ": " << b;
+      EXPECT_LE(std::abs(units), 4.0 + 1e-3) << "layer " << l;
       nonzero += b != 0.0f;
     }
   }
   EXPECT_GT(nonzero, 16) << "of 32 biases";
 
+  const fs::path no_mtp = dir.path / "no_mtp";
+  r = run_dseek(train_args(no_mtp, 3,
+                           {"--set", "moe.bias_update_speed=0.01", "--set", "mtp.lambda=0", "--set",
+                            "log.expert_load_interval=1"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<json> m0 = read_metrics(no_mtp);
+  ASSERT_EQ(m0.size(), 3u);
+  for (const json& line : m0) {
+    EXPECT_EQ(line["expert_load"][3], json(std::vector<int64_t>(8, 0))) << line;
+    EXPECT_FALSE(line.contains("mtp_loss")) << line;
+    EXPECT_FALSE(line.contains("mtp_lambda")) << line;
+    expect_max_vio_matches_load(line);
+  }
+  const std::vector<std::vector<float>> bias0 =
+      router_biases(latest_checkpoint(no_mtp) / "model.safetensors");
+  EXPECT_EQ(bias0, replay_router_biases(m0, {0.01, 0.01, 0.01}));
+  ASSERT_EQ(bias0.size(), 4u);
+  EXPECT_EQ(bias0[3], std::vector<float>(8, 0.0f));
+  EXPECT_NE(bias0[0], std::vector<float>(8, 0.0f));
+
   const fs::path frozen = dir.path / "frozen";
   r = run_dseek(train_args(frozen, 3, {"--set", "moe.bias_update_speed=0"}));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  const auto frozen_weights =
-      SafetensorsFile::open((latest_checkpoint(frozen) / "model.safetensors").string());
-  int checked = 0;
-  for (const auto& [name, info] : frozen_weights->tensors()) {
-    if (name.find("e_score_correction_bias") == std::string::npos) continue;
-    ++checked;
-    for (float b : f32_values(frozen_weights->get(name))) EXPECT_EQ(b, 0.0f) << name;
+  const std::vector<std::vector<float>> bias_frozen =
+      router_biases(latest_checkpoint(frozen) / "model.safetensors");
+  EXPECT_EQ(bias_frozen, std::vector<std::vector<float>>(4, std::vector<float>(8, 0.0f)));
+}
+
+// The DeepSeek LLM (Llama) family: a dense model trains, logs no MoE or MTP fields, and exports
+// as a llama model directory that `dseek logits` loads.
+TEST_F(TrainCli, DenseModelTrainsLogsNoMoeFieldsAndExports) {
+  TempDir dir;
+  const fs::path run = dir.path / "run", model = dir.path / "model";
+  Args args = train_args(run, 2);
+  *std::find(args.begin(), args.end(), "tiny") = "tiny-dense";
+  CliRun r = run_dseek(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<json> m = read_metrics(run);
+  ASSERT_EQ(m.size(), 2u);
+  for (const json& line : m) {
+    for (const char* key : {"max_vio", "max_vio_layers", "expert_load", "bias_update_speed",
+                            "mtp_loss", "mtp_lambda", "aux_loss"})
+      EXPECT_FALSE(line.contains(key)) << key << " in " << line;
+    EXPECT_EQ(line.at("total_loss"), line.at("loss"));  // nothing but the main cross-entropy
   }
-  EXPECT_EQ(checked, 4);
+  EXPECT_TRUE(m.back().contains("val_loss"));
+  r = run_dseek({"export", "--run", run.string(), "--out", model.string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(slurp(model / "config.json")).at("model_type"), "llama");
+  r = run_dseek({"logits", "--model", model.string(), "--ids", "5,6", "--out",
+                 (dir.path / "logits.f32").string()});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
 // SIGKILL (no chance to save) after step 3: the resumed run continues from the newest complete

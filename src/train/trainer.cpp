@@ -109,6 +109,23 @@ void copy_tokenizer(const std::string& source, const fs::path& dest) {
   }
 }
 
+// MaxVio of each MoE layer's expert load (0 for a layer that routed no token) and their mean over
+// the layers that routed tokens: an MTP module that did not run (λ = 0) has no balance to count.
+double mean_max_violation(const std::vector<std::vector<int64_t>>& load,
+                          std::vector<double>& per_layer) {
+  per_layer.clear();
+  double sum = 0;
+  int64_t active = 0;
+  for (const auto& l : load) {
+    int64_t routed = 0;
+    for (int64_t c : l) routed += c;
+    per_layer.push_back(routed > 0 ? max_violation(l) : 0.0);
+    sum += per_layer.back();
+    active += routed > 0;
+  }
+  return active > 0 ? sum / double(active) : 0.0;
+}
+
 std::string fmt_lr(double lr) { return fmt::format("{:.2e}", lr); }
 
 }  // namespace
@@ -344,18 +361,11 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     line["grad_norm"] = grad_norm;
     if (!load.empty()) {
       std::vector<double> vio;
-      double mean = 0;
-      for (const auto& l : load) {
-        int64_t routed = 0;
-        for (int64_t c : l) routed += c;
-        vio.push_back(routed > 0 ? max_violation(l) : 0.0);
-        mean += vio.back();
-      }
-      line["max_vio"] = mean / double(vio.size());
+      line["max_vio"] = mean_max_violation(load, vio);
       line["max_vio_layers"] = vio;
       if (loss_free) line["bias_update_speed"] = g;
     }
-    if (loss_options.mtp_lambda > 0) line["mtp_lambda"] = loss_options.mtp_lambda;
+    if (!mtp.empty()) line["mtp_lambda"] = loss_options.mtp_lambda;
     line["tokens"] = tokens_seen;
     line["tokens_per_s"] = double(B * cfg.grad_accum * T) / std::max(seconds, 1e-9);
     if (!load.empty() && (step % cfg.expert_load_interval == 0 || step == cfg.steps))
@@ -386,14 +396,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       if (!val_load.empty()) {
         // MaxVio_global: the violation of the load summed over the whole validation set.
         std::vector<double> vio;
-        double mean = 0;
-        for (const auto& l : val_load) {
-          int64_t routed = 0;
-          for (int64_t c : l) routed += c;
-          vio.push_back(routed > 0 ? max_violation(l) : 0.0);
-          mean += vio.back();
-        }
-        line["val_max_vio"] = mean / double(vio.size());
+        line["val_max_vio"] = mean_max_violation(val_load, vio);
         line["val_max_vio_layers"] = vio;
       }
     }
