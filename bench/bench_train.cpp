@@ -23,6 +23,8 @@
 // Usage: bench_train [--presets tiny,small] [--vocab 4096] [--seq-len 128] [--batch 8]
 //                    [--steps 5] [--warmup 1] [--naive-steps 2] [--threads N] [--mtp-lambda 0.3]
 //                    [--seed 0] [--write-configs DIR]
+// The header names the kernels OpenBLAS chose and warns when they are generic ones on an AVX2 CPU
+// (OPENBLAS_CORETYPE overrides the detection).
 // --write-configs writes DIR/<preset>.json (the HF config.json of each preset at --vocab) for
 // scripts/bench/torch_train_cpu.py, the PyTorch baseline of the same step, and exits.
 #include <cblas.h>
@@ -342,6 +344,17 @@ int main(int argc, char** argv) {
     const double peak = gemms[0].all;
 
     std::printf("# dseek CPU training benchmark\n");
+    // OpenBLAS picks its kernels from the CPU it detects; a release older than the CPU falls
+    // back to generic SSE3 ("Prescott") kernels, several times slower (seen with Debian 12's
+    // 0.3.21 on a Sapphire Rapids VM: OPENBLAS_CORETYPE=Cooperlake fixed it).
+    const std::string core = openblas_get_corename();
+    std::printf("%s, kernels for core '%s'\n", openblas_get_config(), core.c_str());
+    if ((core == "Prescott" || core == "Core2" || core == "Nehalem") &&
+        __builtin_cpu_supports("avx2"))
+      std::printf(
+          "WARNING: this CPU has AVX2 but OpenBLAS runs %s kernels: set OPENBLAS_CORETYPE "
+          "(Haswell, SkylakeX or Cooperlake, as the CPU allows)\n",
+          core.c_str());
     std::printf(
         "synthetic uniform random tokens, vocab %lld, seq_len %lld, batch %lld, MTP lambda %g; "
         "%lld measured steps after %lld warm-up (naive: %lld); %d threads (OpenMP)\n\n",
