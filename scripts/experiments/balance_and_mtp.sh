@@ -21,8 +21,8 @@
 #   FORCE [0]        1: delete existing run directories of the same names under OUT_DIR first
 # Output: OUT_DIR/<run>/ (run directories with plots), OUT_DIR/<run>.log, OUT_DIR/results.md.
 # Speed: an OpenBLAS older than the CPU runs generic kernels (Debian 12's 0.3.21 picks "Prescott"
-# on the GPU hosts' 16-core AVX-512-FP16 Xeon, ~3x slower steps); `export OPENBLAS_CORETYPE=Cooperlake`
-# there first (bench_train prints the kernels OpenBLAS chose).
+# on the GPU hosts' 16-core AVX-512-FP16 Xeon, ~3x slower steps): there, first
+# `export OPENBLAS_CORETYPE=Cooperlake` (bench_train prints the kernels OpenBLAS chose).
 set -euo pipefail
 
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" >&2; exit 2; }
