@@ -143,7 +143,8 @@ StepTiming time_steps(TrainModel& model, AdamW& optimizer, const Options& o, boo
     // Targets are the inputs shifted by one, as the loader's [T+1] windows give them.
     std::vector<int32_t> inputs, targets;
     for (int64_t b = 0; b < B; ++b) {
-      const std::vector<int32_t> window = random_tokens(size_t(T + 1), model.config().vocab_size, rng);
+      const std::vector<int32_t> window =
+          random_tokens(size_t(T + 1), model.config().vocab_size, rng);
       inputs.insert(inputs.end(), window.begin(), window.end() - 1);
       targets.insert(targets.end(), window.begin() + 1, window.end());
     }

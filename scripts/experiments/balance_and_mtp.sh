@@ -124,7 +124,7 @@ for run in "${run_list[@]}"; do
     die "dseek plot $OUT_DIR/$run failed (see $OUT_DIR/$run.log)"
   specs+=("$run=$OUT_DIR/$run")
 done
-python3 "$summarize" --out "$OUT_DIR/results.md" \
-  --title "dseek balancing and MTP experiments (preset $PRESET, $STEPS steps, batch $BATCH x $SEQ_LEN, seed $SEED, $THREADS threads per run)" \
-  "${specs[@]}"
+title="dseek balancing and MTP experiments (preset $PRESET, $STEPS steps, batch $BATCH x"
+title+=" $SEQ_LEN, seed $SEED, $THREADS threads per run)"
+python3 "$summarize" --out "$OUT_DIR/results.md" --title "$title" "${specs[@]}"
 echo "balance_and_mtp: table in $OUT_DIR/results.md, plots in $OUT_DIR/<run>/*.png"
