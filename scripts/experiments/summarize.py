@@ -12,9 +12,9 @@ For each run directory (metrics.jsonl, train_config.json, config.json as `dseek 
   tokens/s            training tokens / time spent in training steps (validation excluded), from
                       the per-step `tokens` and `tokens_per_s` fields; step 1 (warm-up) left out
 MaxVio is averaged over the MAIN model's MoE layers only (from max_vio_layers /
-val_max_vio_layers): the trainer's own `max_vio` average also counts the MTP module's MoE layer,
-which reports 0 when MTP is off (mtp.lambda = 0: it routes no tokens) and would make such a run
-look better balanced than it is.
+val_max_vio_layers), so that every run is measured on the same layers: the trainer's own `max_vio`
+averages over the layers that routed tokens, which include the MTP module's MoE layer only when
+MTP is on (mtp.lambda > 0).
 
 Usage: summarize.py --out results.md [--title TEXT] LABEL=RUN_DIR [LABEL=RUN_DIR ...]
 A truncated last line of metrics.jsonl (a run killed mid-write) is skipped with a warning; any
