@@ -137,10 +137,12 @@ std::string make_corpus() {
   std::string text;
   for (int d = 0; d < 40; ++d) {
     for (int j = 0; j < 4; ++j) {
+      // One draw per statement: the operands of + are unsequenced.
       std::string subject = kSubjects[next(std::size(kSubjects))];
       subject[0] = char(std::toupper(subject[0]));
-      text += subject + " " + kVerbs[next(std::size(kVerbs))] + " " +
-              kObjects[next(std::size(kObjects))] + (j % 2 == 0 ? ". " : ".\n");
+      const std::string verb = kVerbs[next(std::size(kVerbs))];
+      const std::string object = kObjects[next(std::size(kObjects))];
+      text += subject + " " + verb + " " + object + (j % 2 == 0 ? ". " : ".\n");
     }
     text += "%\n";
   }
