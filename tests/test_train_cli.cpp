@@ -189,7 +189,7 @@ class TrainCli : public ::testing::Test {
   // depend on train.steps, which the resumed runs raise), every step validated and logging its
   // expert load (so every field of every line is compared), checkpoints every 2 steps and at the
   // end, two threads (reductions must not depend on scheduling).
-  static constexpr int kResumeSteps = 12;
+  static constexpr int kResumeSteps = 8;
   static Args resume_args(const fs::path& run, int steps, const Args& extra = {}) {
     Args settings = {"--set", "optim.schedule=constant", "--set", "optim.warmup_steps=4",
                      "--set", "checkpoint.interval=2",   "--set", "checkpoint.keep_last=10",
@@ -406,7 +406,7 @@ void expect_same_run(const fs::path& reference, const fs::path& run) {
 }  // namespace
 
 // Run B stops after 5 steps (an odd step: its checkpoint is the end-of-run one), then --resume
-// continues to 12: its metrics and final checkpoint are bit-identical to A's.
+// continues to kResumeSteps = 8: its metrics and final checkpoint are bit-identical to A's.
 TEST_F(TrainCli, ResumedRunIsBitIdenticalToAnUninterruptedOne) {
   const fs::path a = reference_run();
   ASSERT_EQ(read_metrics(a).size(), size_t(kResumeSteps));
@@ -423,25 +423,29 @@ TEST_F(TrainCli, ResumedRunIsBitIdenticalToAnUninterruptedOne) {
   r = run_dseek(resume);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("(step 5)"), std::string::npos) << r.err;
-  EXPECT_NE(r.out.find("trained steps 6..12"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("trained steps 6.." + std::to_string(kResumeSteps)), std::string::npos)
+      << r.out;
   expect_same_run(a, run);
   // A run already at its last step has nothing to do and changes nothing.
   r = run_dseek(resume);
   EXPECT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.err.find("already at step 12 of 12"), std::string::npos) << r.err;
+  const std::string n = std::to_string(kResumeSteps);
+  EXPECT_NE(r.err.find("already at step " + n + " of " + n), std::string::npos) << r.err;
   expect_same_run(a, run);
 }
 
 // The same with bf16 compute copies (re-rounded from the f32 masters after each step) and two
-// accumulated micro-batches per step: a run of 6 steps and one of 4 resumed to 6 agree bit for bit.
-// (The shorter run needs at least the 4 warm-up steps, or its warm-up would be shorter.)
+// accumulated micro-batches (of 2 sequences) per step: a run of 6 steps and one of 4 resumed to 6
+// agree bit for bit. (The shorter run needs at least the 4 warm-up steps, or its warm-up would be
+// shorter.)
 TEST_F(TrainCli, ResumeIsBitIdenticalWithBf16ComputeAndAccumulation) {
   TempDir dir;
-  const Args extra = {"--set", "train.compute_dtype=bf16", "--set", "train.grad_accum=2"};
+  const Args extra = {"--set", "train.compute_dtype=bf16", "--set", "train.grad_accum=2",
+                      "--set", "train.batch_size=2"};
   const fs::path a = dir.path / "a", run = dir.path / "run";
   CliRun r = run_dseek(resume_args(a, 6, extra));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(read_metrics(a).back().at("tokens"), 6 * 2 * 4 * 32);
+  EXPECT_EQ(read_metrics(a).back().at("tokens"), 6 * 2 * 2 * 32);
   r = run_dseek(resume_args(run, 4, extra));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   Args resume = resume_args(run, 6, extra);
