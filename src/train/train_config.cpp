@@ -61,7 +61,7 @@ Binding field(const std::string& key, const std::string& doc, T TrainConfig::*me
 const std::vector<Binding>& bindings() {
   static const std::vector<Binding> all = {
       field("model.preset", "named model shape: tiny, small, tiny-dense, v2-lite, v3", &TrainConfig::preset),
-      field("model.config", "HF config.json (or its directory) to train instead of a preset; vocab_size must match the tokenizer", &TrainConfig::model_config),
+      field("model.config", "HF config.json (or its directory) to train instead of a preset; vocab_size must cover the tokenizer", &TrainConfig::model_config),
       field("model.init_std", "standard deviation of the normal initialisation of matrices and embeddings", &TrainConfig::init_std),
       field("data.dir", "directory written by `dseek data prepare`", &TrainConfig::data),
       field("data.tokenizer", "tokenizer.json or a directory holding it; copied into the run", &TrainConfig::tokenizer),
