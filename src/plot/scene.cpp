@@ -178,7 +178,7 @@ Scene layout_chart(const Chart& chart, int width, int height, const std::string&
         std::pair{x1 - pad - box_w, y1 - pad - box_h}, std::pair{x0 + pad, y1 - pad - box_h}};
     size_t best = 0, best_count = std::numeric_limits<size_t>::max();
     for (size_t c = 0; c < corners.size(); ++c) {
-      const auto [bx, by] = corners[c];
+      const double bx = corners[c].first, by = corners[c].second;  // clang 14: no captured bindings
       auto inside = [&](double x, double y) {
         return x >= bx && x <= bx + box_w && y >= by && y <= by + box_h;
       };
