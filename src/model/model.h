@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,31 @@
 namespace dseek {
 
 class KVCache;  // model/kv_cache.h: per-layer cache (the compressed latent for MLA models)
+class PagedKVCache;  // model/paged_kv_cache.h: pages shared by many sequences (serving)
+struct PagedSequence;
+
+// One sequence's share of a batched forward over a paged cache (continuous batching: sequences in
+// prefill and in decode run in the same forward, each at its own positions).
+struct BatchSequence {
+  std::span<const int32_t> ids;  // new tokens, at positions seq->length .. seq->length + T − 1
+  PagedSequence* seq = nullptr;  // pages must already cover length + T; length advances by T
+  bool all_logits = false;       // logits (and hidden rows) for every new token, else the last
+};
+
+struct BatchOutput {
+  Tensor logits;  // [rows, V] f32: each sequence's rows in batch order (T rows or 1)
+  Tensor hidden;  // [rows, D] f32: the same rows' final hidden states after model.norm (h^0)
+  std::vector<int64_t> first_row;  // per sequence, its first row in logits/hidden
+};
+
+// One sequence's share of a batched MTP forward (speculative drafting), depth 1.
+struct MtpBatchSequence {
+  // Rows at MTP positions seq->mtp_length .. + N − 1: next_ids[i] is the token at position
+  // mtp_length + i + 1 and h_prev row i the main model's h^0 at position mtp_length + i.
+  std::span<const int32_t> next_ids;
+  Tensor h_prev;  // [N, D] f32
+  PagedSequence* seq = nullptr;  // mtp_length advances by N
+};
 
 class Model {
  public:
@@ -38,6 +64,23 @@ class Model {
   // shared_head.norm. h' = eh_proj([enorm(emb(t)); hnorm(h)]), then one decoder block, then
   // shared_head.norm and shared_head.head. Throws if the model has no MTP layers.
   virtual Tensor forward_mtp(const std::vector<int32_t>& ids, int depth) = 0;
+
+  // Batched forward over a paged cache: every sequence's new tokens go through each weight matrix
+  // in one GEMM; attention runs per sequence over its own pages. Writes the new rows into the
+  // main layers' pages and advances each seq->length. Must equal forward(ids, KVCache&) per
+  // sequence (tests hold it to 1e-4 relative).
+  // TEMPORARY (serving work in progress): default bodies throw until Transformer implements them;
+  // the helper implementing them makes these pure virtual again.
+  virtual BatchOutput forward_batch(const std::vector<BatchSequence>& batch,
+                                    PagedKVCache& cache);
+  // MTP depth 1 over the paged cache's MTP layer: logits [Σ N, V] (row i of a sequence predicts
+  // the token at position mtp_length + i + 2). Throws if the model has no MTP layers.
+  virtual Tensor forward_mtp_batch(const std::vector<MtpBatchSequence>& batch,
+                                   PagedKVCache& cache);
+  // A pool of `num_pages` pages of `page_tokens` positions over every decoder layer and MTP layer.
+  virtual std::unique_ptr<PagedKVCache> new_paged_cache(int64_t page_tokens,
+                                                        int64_t num_pages) const;
+  virtual int64_t num_mtp_layers() const = 0;
 };
 
 }  // namespace dseek

@@ -31,7 +31,7 @@ class Transformer : public Model {
   // Final hidden states after model.norm, [T, D] (no cache).
   Tensor hidden(const std::vector<int32_t>& ids) const;
   Tensor logits(const Tensor& hidden) const;  // lm_head: [T, D] → [T, V]
-  int64_t num_mtp_layers() const { return int64_t(mtp_.size()); }
+  int64_t num_mtp_layers() const override { return int64_t(mtp_.size()); }
   const std::vector<std::string>& unused_tensors() const { return unused_; }
   const Block& block(int64_t layer) const { return *blocks_[size_t(layer)]; }
 
