@@ -8,6 +8,7 @@ packages=(
   libopenblas-dev libomp-dev
   nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev
   libpcre2-dev libpng-dev libtomlplusplus-dev
+  libcpp-httplib-dev nodejs npm
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev
   fortunes python3
