@@ -17,6 +17,16 @@ struct TrainConfig {
   std::string preset = "tiny";  // tiny | small | tiny-dense | v2-lite | v3 (see preset_model_config)
   std::string model_config;     // an HF config.json (or its directory); overrides the preset
   double init_std = 0.02;       // weights ~ normal(0, init_std)
+  // Start from these weights (a run, one of its checkpoints, or an HF/exported model directory)
+  // with a fresh optimizer: fine-tuning and continued pretraining (see train/init_from.h).
+  std::string init_from;
+  // Rope-scaling overrides applied to the model config before the model is built (context
+  // extension, train/model_overrides.h). "" / -1 keep the model's own value.
+  std::string rope_type;  // none | yarn | linear
+  double rope_factor = -1;
+  int64_t rope_original_max = -1;
+  double rope_beta_fast = -1, rope_beta_slow = -1, rope_mscale = -1, rope_mscale_all_dim = -1;
+  int64_t max_position_embeddings = -1;
   // [data]
   std::string data;             // a `dseek data prepare` directory
   std::string tokenizer;        // tokenizer.json or its directory (copied into the run)

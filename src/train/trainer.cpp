@@ -21,6 +21,8 @@
 #include "model/moe_balance.h"
 #include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
+#include "train/init_from.h"
+#include "train/model_overrides.h"
 #include "train/optimizer.h"
 #include "train/scaling_law.h"
 #include "train/schedule.h"
@@ -161,10 +163,14 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     model_config = load_model_config((run_dir / "config.json").string());
   } else if (!cfg.model_config.empty()) {
     model_config = load_model_config(cfg.model_config);
+  } else if (!cfg.init_from.empty()) {
+    model_config = init_from_model_config(cfg.init_from);
   } else {
     model_config = preset_model_config(cfg.preset, vocab);
   }
   if (latest.empty()) {
+    // Rope scaling / context overrides (a resumed run keeps the config.json it recorded).
+    apply_model_overrides(cfg, model_config);
     // Generation stops at the data's EOS; export writes these ids into config.json.
     if (data->bos_id() >= 0) model_config.bos_token_id = data->bos_id();
     if (data->eos_id() >= 0) model_config.eos_token_ids = {data->eos_id()};
@@ -226,6 +232,12 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     truncate_metrics(run_dir / "metrics.jsonl", step);
     fmt::print(stderr, "[train] resumed from {} (step {})\n", latest, step);
   } else {
+    if (!cfg.init_from.empty()) {
+      // Fine-tuning / continued training: the source's weights, a fresh optimizer, step 0.
+      const std::string from = load_init_weights(cfg.init_from, params);
+      params.refresh_compute();
+      fmt::print(stderr, "[train] initialised from {}\n", from);
+    }
     std::ofstream(run_dir / "metrics.jsonl", std::ios::trunc);
   }
 
