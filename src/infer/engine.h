@@ -49,7 +49,7 @@ struct EngineRequest {
   SamplingParams sampling;      // greedy when temperature == 0; seeded
   std::vector<std::string> stop;         // stop strings (need the engine's tokenizer)
   std::vector<int32_t> stop_token_ids;   // extra end-of-sequence ids
-  bool ignore_eos = false;
+  bool ignore_eos = false;  // drops the model's EOS ids; stop_token_ids still apply
   int top_logprobs = -1;  // −1: no logprobs; 0..20: the chosen token's logprob and k alternatives
 };
 
@@ -63,6 +63,9 @@ struct EngineEvent {
   Kind kind = Kind::kToken;
   // kToken: one generated id and the text it releases (may be empty while a UTF-8 character or a
   // possible stop string is incomplete; the text of a token that completes a stop string is cut).
+  // The token that ends a request (EOS, stop, length) also carries the flushed tail, so the token
+  // texts concatenated are the whole completion (Generator's text); kFinished carries no text
+  // (a cancelled or failed request drops text still held back).
   int32_t id = -1;
   std::string text;
   float logprob = 0.0f;            // when top_logprobs >= 0
