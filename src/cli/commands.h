@@ -17,5 +17,6 @@ void add_data_commands(CLI::App& app);  // data prepare
 void add_tokenizer_commands(CLI::App& app);  // tokenizer train
 void add_train_command(CLI::App& app);       // train
 void add_export_command(CLI::App& app);      // export --run RUN_DIR --out MODEL_DIR
+void add_serve_command(CLI::App& app);       // serve --model DIR (OpenAI-compatible HTTP)
 
 }  // namespace dseek::cli

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   dseek::cli::add_tokenizer_commands(app);
   dseek::cli::add_train_command(app);
   dseek::cli::add_export_command(app);
+  dseek::cli::add_serve_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,145 @@
+// dseek serve: the OpenAI-compatible HTTP server over one model (src/serve/). Prints
+// "dseek serve: listening on http://HOST:PORT" once the socket is bound (port 0 picks a free
+// port; tests read it from that line). SIGINT/SIGTERM shut down gracefully: new requests get 503,
+// in-flight ones finish within --shutdown-timeout (then are cancelled), and the command exits 0.
+#include <omp.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "infer/engine.h"
+#include "model/model.h"
+#include "serve/server.h"
+#include "tokenizer/tokenizer.h"
+
+namespace dseek::cli {
+
+void add_serve_command(CLI::App& app) {
+  struct Args {
+    std::string model, tokenizer;
+    EngineOptions engine;
+    serve::ServerOptions server;
+    bool no_prefix_caching = false, no_speculative = false;
+    int threads = 0;
+  };
+  auto args = std::make_shared<Args>();
+  CLI::App* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server (see docs/SERVING.md)");
+  cmd->add_option("--model", args->model, "model directory")->required();
+  cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.json or directory (default: --model)");
+  cmd->add_option("--host", args->server.host, "address to listen on")->capture_default_str();
+  cmd->add_option("--port", args->server.port, "port (0: any free port)")
+      ->check(CLI::Range(0, 65535))
+      ->capture_default_str();
+  cmd->add_option("--api-key", args->server.api_key,
+                  "require 'Authorization: Bearer KEY' (default: $DSEEK_API_KEY)");
+  cmd->add_option("--served-model-name", args->server.served_model_name,
+                  "model name clients send (default: the model directory's name)");
+  cmd->add_option("--chat-format", args->server.chat_format,
+                  "chat format when the tokenizer has no chat_template");
+  cmd->add_option("--cache-tokens", args->engine.cache_tokens, "KV cache budget in tokens")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--page-tokens", args->engine.page_tokens, "tokens per KV cache page")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--max-running", args->engine.max_running, "requests in the running batch")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--max-batch-tokens", args->engine.max_batch_tokens, "tokens per forward step")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--max-queue", args->engine.max_queue, "waiting requests before 429")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--context", args->engine.context_tokens,
+                  "prompt + max_tokens limit per request (0: the model's)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-body-bytes", args->server.max_body_bytes, "larger bodies get 413")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--default-max-tokens", args->server.default_max_tokens,
+                  "chat max_tokens when a request gives none")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--request-timeout", args->server.request_timeout_s,
+                  "seconds before a completion request is cancelled")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--shutdown-timeout", args->server.shutdown_timeout_s,
+                  "seconds in-flight requests may finish on SIGINT/SIGTERM")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--http-threads", args->server.http_threads,
+                  "connection threads (0: max-running + max-queue + 16)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--no-prefix-caching", args->no_prefix_caching, "do not reuse cached prefixes");
+  cmd->add_flag("--no-speculative", args->no_speculative, "no MTP speculative decoding");
+  cmd->add_option("--threads", args->threads, "OpenMP threads for the model (0: default)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--log-requests", args->server.log_requests, "one stderr line per request");
+  cmd->callback([args] {
+    if (args->server.api_key.empty()) {
+      if (const char* key = std::getenv("DSEEK_API_KEY")) args->server.api_key = key;
+    }
+    if (args->server.served_model_name.empty()) {
+      args->server.served_model_name =
+          std::filesystem::path(args->model).lexically_normal().filename().string();
+      if (args->server.served_model_name.empty()) {
+        args->server.served_model_name =
+            std::filesystem::path(args->model).lexically_normal().parent_path().filename().string();
+      }
+    }
+    args->engine.prefix_caching = !args->no_prefix_caching;
+    args->engine.speculative = !args->no_speculative;
+    if (args->threads > 0) omp_set_num_threads(args->threads);
+
+    std::optional<Tokenizer> tokenizer;
+    if (!args->tokenizer.empty()) {
+      tokenizer = Tokenizer::load(args->tokenizer);
+    } else if (std::filesystem::exists(std::filesystem::path(args->model) / "tokenizer.json")) {
+      tokenizer = Tokenizer::load(args->model);
+    }
+    const std::unique_ptr<Model> model = Model::load(args->model);
+
+    // SIGINT/SIGTERM are blocked in every thread (the engine's and httplib's inherit the mask)
+    // and taken by sigwait in one thread, which runs the graceful shutdown outside signal context.
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+    Engine engine(*model, tokenizer ? &*tokenizer : nullptr, args->engine);
+    serve::Server server(engine, tokenizer ? &*tokenizer : nullptr, args->server);
+    const int port = server.bind();
+    std::printf("dseek serve: listening on http://%s:%d (model %s)\n", args->server.host.c_str(),
+                port, args->server.served_model_name.c_str());
+    std::fflush(stdout);
+    std::atomic<bool> signalled{false};
+    std::thread waiter([&] {
+      int signal = 0;
+      sigwait(&signals, &signal);
+      signalled = true;
+      std::fprintf(stderr, "dseek serve: signal %d, shutting down\n", signal);
+      server.shutdown();
+    });
+    server.run();
+    // run() returns after shutdown() stopped the listener, or when listening failed: then the
+    // waiter gets a signal of its own to shut the engine down.
+    if (!signalled) pthread_kill(waiter.native_handle(), SIGTERM);
+    waiter.join();
+    std::fprintf(stderr, "dseek serve: stopped\n");
+  });
+}
+
+}  // namespace dseek::cli
