@@ -21,10 +21,14 @@ class EngineTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     model_ = Model::load(tiny_coder_model_dir()).release();
+    // References run on their own instance: the engine's scheduler thread owns model_ (a forward
+    // updates per-model state such as MoE load counts) while the test thread checks results.
+    ref_model_ = Model::load(tiny_coder_model_dir()).release();
     tokenizer_ = new Tokenizer(Tokenizer::load(tiny_coder_model_dir()));
   }
   static void TearDownTestSuite() {
     delete model_;
+    delete ref_model_;
     delete tokenizer_;
   }
 
@@ -47,7 +51,7 @@ class EngineTest : public ::testing::Test {
     return r;
   }
   static void expect_matches_generator(const EngineRequest& r, const Collected& c) {
-    const GenerationResult expected = reference(*model_, r, tokenizer_);
+    const GenerationResult expected = reference(*ref_model_, r, tokenizer_);
     EXPECT_TRUE(c.complete);
     EXPECT_EQ(c.ids, expected.ids);
     EXPECT_EQ(c.text, expected.text);
@@ -67,10 +71,12 @@ class EngineTest : public ::testing::Test {
   }
 
   static Model* model_;
+  static Model* ref_model_;
   static Tokenizer* tokenizer_;
 };
 
 Model* EngineTest::model_ = nullptr;
+Model* EngineTest::ref_model_ = nullptr;
 Tokenizer* EngineTest::tokenizer_ = nullptr;
 
 }  // namespace
@@ -294,7 +300,7 @@ TEST_F(EngineTest, AnErrorInAStepFailsThatBatchAndTheEngineGoesOn) {
 TEST_F(EngineTest, StopStringsAndEosEndLikeGenerator) {
   Engine engine(*model_, tokenizer_, small_options());
   EngineRequest r = request("def fibonacci(n):\n", 24, 0.0f);
-  const GenerationResult full = reference(*model_, r, tokenizer_);
+  const GenerationResult full = reference(*ref_model_, r, tokenizer_);
   ASSERT_GT(full.text.size(), 8u);
   // A stop string taken from the middle of the greedy text, and one that never appears.
   r.stop = {full.text.substr(full.text.size() / 2, 3), "\x01never"};
@@ -321,7 +327,7 @@ TEST_F(EngineTest, LogprobsAreLogSoftmaxOfTheFullForward) {
   ASSERT_EQ(c.tokens.size(), 5u);
   std::vector<int32_t> ids = r.prompt;
   for (const EngineEvent& event : c.tokens) {
-    const std::vector<float> row = model_->forward(ids).select(0, int64_t(ids.size()) - 1)
+    const std::vector<float> row = ref_model_->forward(ids).select(0, int64_t(ids.size()) - 1)
                                        .to_vector();
     double sum = 0.0;
     const float max = *std::max_element(row.begin(), row.end());

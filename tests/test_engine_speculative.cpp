@@ -18,10 +18,15 @@ namespace {
 class EngineSpeculative : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    model_ =
-        Model::load(std::string(DSEEK_SOURCE_DIR) + "/tests/fixtures/models/v3_bf16").release();
+    const std::string dir = std::string(DSEEK_SOURCE_DIR) + "/tests/fixtures/models/v3_bf16";
+    model_ = Model::load(dir).release();
+    // References run on their own instance while an engine's scheduler thread owns model_.
+    ref_model_ = Model::load(dir).release();
   }
-  static void TearDownTestSuite() { delete model_; }
+  static void TearDownTestSuite() {
+    delete model_;
+    delete ref_model_;
+  }
 
   static EngineOptions options(bool speculative) {
     EngineOptions o;
@@ -55,9 +60,11 @@ class EngineSpeculative : public ::testing::Test {
   }
 
   static Model* model_;
+  static Model* ref_model_;
 };
 
 Model* EngineSpeculative::model_ = nullptr;
+Model* EngineSpeculative::ref_model_ = nullptr;
 
 }  // namespace
 
@@ -72,7 +79,7 @@ TEST_F(EngineSpeculative, GreedyOutputIsIdenticalWithAndWithoutSpeculation) {
   const std::vector<Collected> spec = run_all(*model_, options(true), requests, &spec_stats);
   for (size_t i = 0; i < requests.size(); ++i) {
     SCOPED_TRACE(i);
-    const GenerationResult expected = reference(*model_, requests[i], nullptr);
+    const GenerationResult expected = reference(*ref_model_, requests[i], nullptr);
     EXPECT_EQ(plain[i].ids, expected.ids);
     EXPECT_EQ(spec[i].ids, expected.ids);
     EXPECT_EQ(spec[i].finished.finish_reason, "length");
@@ -98,7 +105,7 @@ TEST_F(EngineSpeculative, ForcedDraftsAcceptAndRejectAndEndsInsideAPair) {
   // Ends at an extra EOS id that may be the first or the second token of a pair.
   for (int k = 2; k < 6; ++k) {
     EngineRequest r = request(30 + k, 6, 12, 0.0f);
-    r.stop_token_ids = {reference(*model_, r, nullptr).ids[size_t(k)]};
+    r.stop_token_ids = {reference(*ref_model_, r, nullptr).ids[size_t(k)]};
     r.ignore_eos = false;  // else Generator would ignore the extra id too
     requests.push_back(r);
   }
@@ -106,7 +113,7 @@ TEST_F(EngineSpeculative, ForcedDraftsAcceptAndRejectAndEndsInsideAPair) {
   const std::vector<Collected> got = run_all(probe, o, requests, &stats);
   for (size_t i = 0; i < requests.size(); ++i) {
     SCOPED_TRACE(i);
-    const GenerationResult expected = reference(*model_, requests[i], nullptr);
+    const GenerationResult expected = reference(*ref_model_, requests[i], nullptr);
     EXPECT_EQ(got[i].ids, expected.ids);
     EXPECT_EQ(got[i].finished.finish_reason, expected.finish_reason);
     EXPECT_EQ(got[i].finished.completion_tokens, int64_t(expected.ids.size()));
@@ -118,7 +125,7 @@ TEST_F(EngineSpeculative, ForcedDraftsAcceptAndRejectAndEndsInsideAPair) {
   // Alone, a request's forwards are one per token minus one per accepted draft.
   const EngineRequest alone = request(40, 5, 12, 0.0f);
   const std::vector<Collected> single = run_all(probe, o, {alone}, &stats);
-  EXPECT_EQ(single[0].ids, reference(*model_, alone, nullptr).ids);
+  EXPECT_EQ(single[0].ids, reference(*ref_model_, alone, nullptr).ids);
   EXPECT_GT(stats.spec_accepted, 0u);
   EXPECT_EQ(stats.steps + stats.spec_accepted, 12u);
 }
@@ -136,9 +143,9 @@ TEST_F(EngineSpeculative, PrefixCachedPagesKeepMtpRowsRight) {
   const EngineStats before = engine.stats();
   const Collected c = collect(*engine.submit(branch));
   const EngineStats after = engine.stats();
-  EXPECT_EQ(a.ids, reference(*model_, r, nullptr).ids);
+  EXPECT_EQ(a.ids, reference(*ref_model_, r, nullptr).ids);
   EXPECT_EQ(b.ids, a.ids);
-  EXPECT_EQ(c.ids, reference(*model_, branch, nullptr).ids);
+  EXPECT_EQ(c.ids, reference(*ref_model_, branch, nullptr).ids);
   // 23 tokens, pages of 4: the MTP chain covers a page and the token after it, so pages 0..4.
   EXPECT_EQ(a.finished.cached_prompt_tokens, 0);
   EXPECT_EQ(b.finished.cached_prompt_tokens, 20);
