@@ -158,3 +158,24 @@ TEST_F(EngineSpeculative, PrefixCachedPagesKeepMtpRowsRight) {
   EXPECT_EQ(after.spec_drafted - before.spec_drafted, cold.spec_drafted);
   EXPECT_EQ(after.spec_accepted - before.spec_accepted, cold.spec_accepted);
 }
+
+TEST_F(EngineSpeculative, RequestsWhoseDraftsFailStopDrafting) {
+  // The fixture's random MTP layer almost never guesses right: after 16 drafts the request stops
+  // drafting; the forced drafts (2 in 3 right) go on to the end.
+  const EngineRequest r = request(50, 6, 40, 0.0f);
+  EngineStats real;
+  const std::vector<Collected> got = run_all(*model_, options(true), {r}, &real);
+  EXPECT_EQ(got[0].ids, reference(*ref_model_, r, nullptr).ids);
+  EXPECT_LT(real.spec_accepted * 4, real.spec_drafted);
+  EXPECT_EQ(real.spec_drafted, 16u);
+
+  ProbeModel probe(*model_);
+  probe.oracle_drafts = true;
+  EngineOptions o = options(true);
+  o.prefix_caching = false;
+  EngineStats forced;
+  const std::vector<Collected> again = run_all(probe, o, {r}, &forced);
+  EXPECT_EQ(again[0].ids, got[0].ids);
+  EXPECT_GT(forced.spec_drafted, 20u);
+  EXPECT_EQ(forced.steps + forced.spec_accepted, 40u);
+}

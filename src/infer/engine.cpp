@@ -9,7 +9,8 @@
 // lag the main model's (seq.mtp_length <= length): MTP row i needs the main model's h^0 at i
 // (kept in `pending_h` until used) and token i + 1, so it runs once that token is known. Its
 // logits at the newest row draft the token after the one fed next; the main forward verifies the
-// draft (2 tokens per forward when accepted).
+// draft (2 tokens per forward when accepted). A request whose drafts are mostly rejected stops
+// drafting (kBackOffDrafts): a rejected draft costs a main-model row and an MTP row for nothing.
 #include "infer/engine.h"
 
 #include <algorithm>
@@ -37,6 +38,8 @@ constexpr uint64_t kPlainChainSeed = 0;
 constexpr uint64_t kMtpChainSeed = 0x9e3779b97f4a7c15ull;
 constexpr double kRateWindowSeconds = 5.0;
 constexpr int kMaxTopLogprobs = 20;
+// After this many drafts, a request that had fewer than a quarter accepted stops drafting.
+constexpr int64_t kBackOffDrafts = 16;
 
 // Row r of a contiguous f32 matrix.
 std::span<const float> row_of(const Tensor& matrix, int64_t r) {
@@ -95,7 +98,9 @@ struct Active {
   std::vector<int32_t> eos;
   std::vector<int32_t> tokens;
   int64_t prompt_size = 0;
-  bool speculative = false;
+  bool speculative = false;  // MTP rows kept for the prompt (prefix pages chain with the MTP seed)
+  bool drafting = false;     // MTP rows kept and drafts fed (speculative, until it backs off)
+  int64_t drafted = 0, accepted = 0;
   PagedSequence seq;
   std::vector<uint64_t> page_hashes;  // chained hashes of the prompt's shareable full pages
   size_t registered_pages = 0;        // leading pages that are registered (or were hits)
@@ -252,6 +257,7 @@ std::shared_ptr<RequestHandle> Engine::Impl::submit(EngineRequest request) {
   r.eos = r.request.stop_token_ids;
   if (!r.request.ignore_eos) r.eos.insert(r.eos.end(), default_eos.begin(), default_eos.end());
   r.speculative = speculative_model && r.request.sampling.greedy();
+  r.drafting = r.speculative;
   if (options.prefix_caching) {
     const size_t extra = r.speculative ? 1 : 0;
     uint64_t hash = r.speculative ? kMtpChainSeed : kPlainChainSeed;
@@ -371,7 +377,7 @@ void Engine::Impl::step() {
       used += int64_t(r.feed.size());
       members.push_back(&r);
       // Speculative requests need h^0 of every new row for the MTP layer.
-      batch.push_back({std::span<const int32_t>(r.feed), &r.seq, r.speculative});
+      batch.push_back({std::span<const int32_t>(r.feed), &r.seq, r.drafting});
     }
   }
   if (batch.empty()) return;
@@ -386,7 +392,7 @@ void Engine::Impl::step() {
   }
   const Tensor logits = contiguous_f32(out.logits);
   const bool any_speculative =
-      std::any_of(members.begin(), members.end(), [](const Active* r) { return r->speculative; });
+      std::any_of(members.begin(), members.end(), [](const Active* r) { return r->drafting; });
   const Tensor hidden_rows = any_speculative ? contiguous_f32(out.hidden) : Tensor();
   int64_t step_tokens = 0;
   for (size_t i = 0; i < members.size(); ++i) {
@@ -394,7 +400,7 @@ void Engine::Impl::step() {
     const int64_t fed = int64_t(r.feed.size());
     const int64_t first = out.first_row[i];
     const int64_t rows = batch[i].all_logits ? fed : 1;
-    if (r.speculative) {
+    if (r.drafting) {
       const float* h = hidden_rows.data<float>() + first * hidden;
       r.pending_h.insert(r.pending_h.end(), h, h + rows * hidden);
     }
@@ -403,6 +409,8 @@ void Engine::Impl::step() {
     if (r.draft && fed == 2) {
       const int32_t verified = r.sampler.sample(row_of(logits, first), r.tokens);
       const bool accepted = verified == *r.draft;
+      ++r.drafted;
+      if (accepted) ++r.accepted;
       {
         std::lock_guard<std::mutex> lock(stats_mutex);
         ++counters.spec_drafted;
@@ -424,6 +432,11 @@ void Engine::Impl::step() {
       accept_token(r, r.sampler.sample(row, r.tokens), row);
     }
     r.draft.reset();
+    if (r.drafting && r.drafted >= kBackOffDrafts && 4 * r.accepted < r.drafted) {
+      // The prompt's MTP rows (and so its MTP-chained prefix pages) were complete long ago.
+      r.drafting = false;
+      r.pending_h = {};
+    }
     step_tokens += r.generated() - before;
   }
   draft_next(members);
@@ -435,11 +448,11 @@ void Engine::Impl::step() {
 }
 
 void Engine::Impl::draft_next(const std::vector<Active*>& members) {
-  std::vector<Active*> drafting;
+  std::vector<Active*> runs;
   std::vector<MtpBatchSequence> batch;
   std::vector<int64_t> rows;
   for (Active* r : members) {
-    if (!r->speculative || r->finished) continue;
+    if (!r->drafting || r->finished) continue;
     // MTP rows run up to the newest position whose next token is known.
     const int64_t last = std::min(r->seq.length, int64_t(r->tokens.size()) - 1);
     const int64_t n = last - r->seq.mtp_length;
@@ -450,7 +463,7 @@ void Engine::Impl::draft_next(const std::vector<Active*>& members) {
     s.h_prev = Tensor::from_vector(
         std::vector<float>(r->pending_h.begin(), r->pending_h.begin() + n * hidden), {n, hidden});
     s.seq = &r->seq;
-    drafting.push_back(r);
+    runs.push_back(r);
     batch.push_back(std::move(s));
     rows.push_back(n);
   }
@@ -459,12 +472,12 @@ void Engine::Impl::draft_next(const std::vector<Active*>& members) {
   try {
     logits = contiguous_f32(model.forward_mtp_batch(batch, *cache));
   } catch (const std::exception& e) {
-    for (Active* r : drafting) finish(*r, "error", e.what());
+    for (Active* r : runs) finish(*r, "error", e.what());
     return;
   }
   int64_t offset = 0;
-  for (size_t i = 0; i < drafting.size(); ++i) {
-    Active& r = *drafting[i];
+  for (size_t i = 0; i < runs.size(); ++i) {
+    Active& r = *runs[i];
     const int64_t n = rows[i];
     offset += n;
     r.pending_h.erase(r.pending_h.begin(), r.pending_h.begin() + n * hidden);
