@@ -75,15 +75,32 @@ BalanceLoss expert_balance_loss(const Routing& routing, double alpha) {
 
 BalanceLoss sequence_balance_loss(const Routing& routing, int64_t seq_len, double alpha,
                                   bool normalize_scores) {
-  check_routing(routing, "sequence balance loss");
   DSEEK_CHECK(seq_len > 0 && routing.tokens % seq_len == 0,
               "[moe] sequence balance loss: {} tokens do not split into sequences of {}",
               routing.tokens, seq_len);
+  return sequence_balance_loss(
+      routing, std::vector<int64_t>(size_t(routing.tokens / seq_len), seq_len), alpha,
+      normalize_scores);
+}
+
+BalanceLoss sequence_balance_loss(const Routing& routing, const std::vector<int64_t>& lengths,
+                                  double alpha, bool normalize_scores) {
+  check_routing(routing, "sequence balance loss");
+  int64_t total = 0, sequences = 0;
+  for (int64_t n : lengths) {
+    DSEEK_CHECK(n >= 0, "[moe] sequence balance loss: negative sequence length {}", n);
+    total += n;
+    sequences += n > 0;
+  }
+  DSEEK_CHECK(total == routing.tokens,
+              "[moe] sequence balance loss: sequence lengths sum to {}, the routing has {} tokens",
+              total, routing.tokens);
   BalanceLoss out;
   out.grad_scores.assign(routing.scores.size(), 0.0f);
-  const int64_t sequences = routing.tokens / seq_len;
-  for (int64_t b = 0; b < sequences; ++b) {
-    add_group_loss(routing, b * seq_len, seq_len, alpha, normalize_scores, double(sequences), out);
+  int64_t start = 0;
+  for (int64_t n : lengths) {
+    if (n > 0) add_group_loss(routing, start, n, alpha, normalize_scores, double(sequences), out);
+    start += n;
   }
   return out;
 }

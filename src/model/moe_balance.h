@@ -31,6 +31,10 @@ struct BalanceLoss {
 BalanceLoss expert_balance_loss(const Routing& routing, double alpha);
 BalanceLoss sequence_balance_loss(const Routing& routing, int64_t seq_len, double alpha,
                                   bool normalize_scores);
+// The same over sequences of the given lengths, back to back (documents packed in one row each
+// count as a sequence; empty ones are skipped).
+BalanceLoss sequence_balance_loss(const Routing& routing, const std::vector<int64_t>& lengths,
+                                  double alpha, bool normalize_scores);
 
 BalanceLoss device_balance_loss(const Routing& routing, int64_t devices, double alpha);
 

@@ -77,4 +77,37 @@ Tensor cross_entropy_backward(const Tensor& logits, const std::vector<int32_t>& 
   return d;
 }
 
+double weighted_cross_entropy_loss(const Tensor& logits, const std::vector<int32_t>& targets,
+                                   const CrossEntropyResult& forward,
+                                   const std::vector<float>& weights, int32_t ignore_index) {
+  const int64_t ld = check_inputs(logits, targets, ignore_index);
+  const int64_t T = logits.size(0);
+  check_forward(forward, T);
+  DSEEK_CHECK(int64_t(weights.size()) == T, "[cross_entropy] {} weights for {} rows",
+              weights.size(), T);
+  const float* x = logits.data<float>();
+  const float* lse = forward.lse.data<float>();
+  double sum = 0;
+  for (int64_t t = 0; t < T; ++t)
+    if (targets[size_t(t)] != ignore_index)
+      sum += double(weights[size_t(t)]) * (double(lse[t]) - double(x[t * ld + targets[size_t(t)]]));
+  return sum;
+}
+
+void weighted_cross_entropy_backward_inplace(const Tensor& logits,
+                                             const std::vector<int32_t>& targets,
+                                             const CrossEntropyResult& forward,
+                                             const std::vector<float>& weights,
+                                             int32_t ignore_index) {
+  const int64_t ld = check_inputs(logits, targets, ignore_index);
+  const int64_t T = logits.size(0), V = logits.size(1);
+  check_forward(forward, T);
+  DSEEK_CHECK(int64_t(weights.size()) == T, "[cross_entropy] {} weights for {} rows",
+              weights.size(), T);
+  if (T == 0 || V == 0) return;
+  cpu::cross_entropy_backward(logits.data<float>(), T, V, ld, targets.data(), ignore_index,
+                              forward.lse.data<float>(), 1.0f, logits.data<float>(), ld,
+                              weights.data());
+}
+
 }  // namespace dseek::ops

@@ -39,4 +39,18 @@ void cross_entropy_backward_inplace(const Tensor& logits, const std::vector<int3
                                     const CrossEntropyResult& forward, float dloss = 1.0f,
                                     int32_t ignore_index = kIgnoreIndex);
 
+// Per-token weighted form (DPO's gradient is a weighted cross-entropy over response tokens):
+//   loss = Σ_t weights[t] · (lse_t − logits[t, target_t])   (a sum; ignored rows count 0)
+// and its gradient dlogits[t] = weights[t] · (softmax_t − onehot_t), written over the logits.
+// The mean cross-entropy is the case weights[t] = 1/N. weights has one entry per row.
+double weighted_cross_entropy_loss(const Tensor& logits, const std::vector<int32_t>& targets,
+                                   const CrossEntropyResult& forward,
+                                   const std::vector<float>& weights,
+                                   int32_t ignore_index = kIgnoreIndex);
+void weighted_cross_entropy_backward_inplace(const Tensor& logits,
+                                             const std::vector<int32_t>& targets,
+                                             const CrossEntropyResult& forward,
+                                             const std::vector<float>& weights,
+                                             int32_t ignore_index = kIgnoreIndex);
+
 }  // namespace dseek::ops

@@ -32,48 +32,68 @@ void add_into(Tensor& dst, const Tensor& src) {
   for (int64_t i = 0, n = dst.numel(); i < n; ++i) d[i] += s[i];
 }
 
-// RoPE restarts at position 0 in every sequence of the batch.
-void rope_batched(const RopeParams& rope, const Tensor& x, int64_t seq_len) {
-  for (int64_t s = 0; s < x.size(0); s += seq_len) apply_rope(rope, x.slice(0, s, s + seq_len), 0);
+// RoPE restarts at position 0 in every sequence (document) of the batch.
+void rope_batched(const RopeParams& rope, const Tensor& x, const Segments& segments) {
+  int64_t s = 0;
+  for (int64_t n : segments) {
+    if (n > 0) apply_rope(rope, x.slice(0, s, s + n), 0);
+    s += n;
+  }
 }
 
-void rope_backward(const RopeParams& rope, const Tensor& dy, int64_t seq_len) {
-  for (int64_t s = 0; s < dy.size(0); s += seq_len)
-    ops::rope_backward_inplace(dy.slice(0, s, s + seq_len), 0, rope.inv_freq,
-                               rope.attention_scaling, rope.interleaved);
+void rope_backward(const RopeParams& rope, const Tensor& dy, const Segments& segments) {
+  int64_t s = 0;
+  for (int64_t n : segments) {
+    if (n > 0)
+      ops::rope_backward_inplace(dy.slice(0, s, s + n), 0, rope.inv_freq, rope.attention_scaling,
+                                 rope.interleaved);
+    s += n;
+  }
 }
 
 // Causal attention of each sequence: q [N, H, dk], k [N, Hk, dk], v [N, Hk, dv] → [N, H·dv].
+// Nothing crosses a segment boundary: a packed document never sees the one before it.
 Tensor attention_batched(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
-                         int64_t seq_len) {
+                         const Segments& segments) {
   const int64_t N = q.size(0), H = q.size(1), dv = v.size(2);
   Tensor out = Tensor::empty({N, H * dv});
-  for (int64_t s = 0; s < N; s += seq_len) {
-    const Tensor o = ops::causal_attention(q.slice(0, s, s + seq_len), k.slice(0, s, s + seq_len),
-                                           v.slice(0, s, s + seq_len), scale);
-    std::memcpy(out.data<float>() + s * H * dv, o.data<float>(), o.nbytes());
+  int64_t s = 0;
+  for (int64_t n : segments) {
+    if (n > 0) {
+      const Tensor o = ops::causal_attention(q.slice(0, s, s + n), k.slice(0, s, s + n),
+                                             v.slice(0, s, s + n), scale);
+      std::memcpy(out.data<float>() + s * H * dv, o.data<float>(), o.nbytes());
+    }
+    s += n;
   }
   return out;
 }
 
 ops::AttentionGrads attention_backward_batched(const Tensor& q, const Tensor& k, const Tensor& v,
-                                               float scale, const Tensor& dout, int64_t seq_len) {
-  const int64_t N = q.size(0);
+                                               float scale, const Tensor& dout,
+                                               const Segments& segments) {
   ops::AttentionGrads g{Tensor::empty(q.shape()), Tensor::empty(k.shape()),
                         Tensor::empty(v.shape())};
-  for (int64_t s = 0; s < N; s += seq_len) {
-    const ops::AttentionGrads part = ops::causal_attention_backward(
-        q.slice(0, s, s + seq_len), k.slice(0, s, s + seq_len), v.slice(0, s, s + seq_len), scale,
-        dout.slice(0, s, s + seq_len));
-    std::memcpy(g.dq.data<float>() + s * q.size(1) * q.size(2), part.dq.data<float>(), part.dq.nbytes());
-    std::memcpy(g.dk.data<float>() + s * k.size(1) * k.size(2), part.dk.data<float>(), part.dk.nbytes());
-    std::memcpy(g.dv.data<float>() + s * v.size(1) * v.size(2), part.dv.data<float>(), part.dv.nbytes());
+  int64_t s = 0;
+  for (int64_t n : segments) {
+    if (n > 0) {
+      const ops::AttentionGrads part = ops::causal_attention_backward(
+          q.slice(0, s, s + n), k.slice(0, s, s + n), v.slice(0, s, s + n), scale,
+          dout.slice(0, s, s + n));
+      std::memcpy(g.dq.data<float>() + s * q.size(1) * q.size(2), part.dq.data<float>(),
+                  part.dq.nbytes());
+      std::memcpy(g.dk.data<float>() + s * k.size(1) * k.size(2), part.dk.data<float>(),
+                  part.dk.nbytes());
+      std::memcpy(g.dv.data<float>() + s * v.size(1) * v.size(2), part.dv.data<float>(),
+                  part.dv.nbytes());
+    }
+    s += n;
   }
   return g;
 }
 
 Tensor mla_forward(const LayerContext& ctx, const std::string& p, const Tensor& x,
-                   int64_t seq_len, AttentionCache& c) {
+                   const Segments& segments, AttentionCache& c) {
   const ModelConfig& cfg = ctx.config;
   const int64_t T = x.size(0), H = cfg.num_attention_heads, nope = cfg.qk_nope_head_dim,
                 rope = cfg.qk_rope_head_dim, vd = cfg.v_head_dim, r = cfg.kv_lora_rank,
@@ -88,13 +108,13 @@ Tensor mla_forward(const LayerContext& ctx, const std::string& p, const Tensor& 
     q_flat = linear_forward(ctx.params, p + ".q_proj.weight", c.x);
   }
   c.q = q_flat.reshape({T, H, qk});
-  rope_batched(ctx.rope, c.q.slice(2, nope, qk), seq_len);
+  rope_batched(ctx.rope, c.q.slice(2, nope, qk), segments);
 
   c.kv_a = linear_forward(ctx.params, p + ".kv_a_proj_with_mqa.weight", c.x);  // [T, r + rope]
   c.c_kv = norm_forward(ctx.params, p + ".kv_a_layernorm.weight", c.kv_a.slice(1, 0, r),
                         kLatentNormEps);
   Tensor k_pe = c.kv_a.slice(1, r, r + rope).contiguous().reshape({T, 1, rope});
-  rope_batched(ctx.rope, k_pe, seq_len);
+  rope_batched(ctx.rope, k_pe, segments);
 
   const Tensor kv = linear_forward(ctx.params, p + ".kv_b_proj.weight", c.c_kv)
                         .reshape({T, H, nope + vd});
@@ -111,7 +131,7 @@ Tensor mla_forward(const LayerContext& ctx, const std::string& p, const Tensor& 
       std::memcpy(kp + (t * H + h) * qk + nope, pe + t * rope, size_t(rope) * sizeof(float));
       std::memcpy(vp + (t * H + h) * vd, src + nope, size_t(vd) * sizeof(float));
     }
-  c.attn = attention_batched(c.q, c.k, c.v, float(cfg.softmax_scale()), seq_len);
+  c.attn = attention_batched(c.q, c.k, c.v, float(cfg.softmax_scale()), segments);
   return linear_forward(ctx.params, p + ".o_proj.weight", c.attn);
 }
 
@@ -123,7 +143,7 @@ Tensor mla_backward(const LayerContext& ctx, const std::string& p, const Attenti
                 qk = nope + rope;
   const Tensor d_attn = linear_backward(ctx.params, p + ".o_proj.weight", c.attn, dy);
   ops::AttentionGrads g = attention_backward_batched(
-      c.q, c.k, c.v, float(cfg.softmax_scale()), d_attn.reshape({T, H, vd}), c.seq_len);
+      c.q, c.k, c.v, float(cfg.softmax_scale()), d_attn.reshape({T, H, vd}), c.segments);
 
   // Split dk into the per-head k_nope part (joined with dv for kv_b_proj) and the shared k_pe.
   Tensor d_kv = Tensor::empty({T, H * (nope + vd)});
@@ -140,7 +160,7 @@ Tensor mla_backward(const LayerContext& ctx, const std::string& p, const Attenti
       std::memcpy(dst + nope, dv + (t * H + h) * vd, size_t(vd) * sizeof(float));
       for (int64_t j = 0; j < rope; ++j) dpe[t * rope + j] += src[nope + j];
     }
-  rope_backward(ctx.rope, d_k_pe, c.seq_len);
+  rope_backward(ctx.rope, d_k_pe, c.segments);
   const Tensor d_c_kv = linear_backward(ctx.params, p + ".kv_b_proj.weight", c.c_kv, d_kv);
   const Tensor d_latent = norm_backward(ctx.params, p + ".kv_a_layernorm.weight",
                                         c.kv_a.slice(1, 0, r), kLatentNormEps, d_c_kv);
@@ -153,7 +173,7 @@ Tensor mla_backward(const LayerContext& ctx, const std::string& p, const Attenti
   }
   Tensor dx = linear_backward(ctx.params, p + ".kv_a_proj_with_mqa.weight", c.x, d_kv_a);
 
-  rope_backward(ctx.rope, g.dq.slice(2, nope, qk), c.seq_len);
+  rope_backward(ctx.rope, g.dq.slice(2, nope, qk), c.segments);
   const Tensor dq_flat = g.dq.reshape({T, H * qk});
   if (cfg.q_lora_rank > 0) {
     const Tensor d_qan = linear_backward(ctx.params, p + ".q_b_proj.weight", c.q_a_normed, dq_flat);
@@ -174,7 +194,7 @@ int64_t mha_kv_heads(const ModelConfig& cfg) {
 }
 
 Tensor mha_forward(const LayerContext& ctx, const std::string& p, const Tensor& x,
-                   int64_t seq_len, AttentionCache& c) {
+                   const Segments& segments, AttentionCache& c) {
   const ModelConfig& cfg = ctx.config;
   const int64_t T = x.size(0), H = cfg.num_attention_heads, Hk = mha_kv_heads(cfg),
                 hd = mha_head_dim(cfg);
@@ -182,10 +202,10 @@ Tensor mha_forward(const LayerContext& ctx, const std::string& p, const Tensor& 
   c.q = linear_forward(ctx.params, p + ".q_proj.weight", c.x).reshape({T, H, hd});
   c.k = linear_forward(ctx.params, p + ".k_proj.weight", c.x).reshape({T, Hk, hd});
   c.v = linear_forward(ctx.params, p + ".v_proj.weight", c.x).reshape({T, Hk, hd});
-  rope_batched(ctx.rope, c.q, seq_len);
-  rope_batched(ctx.rope, c.k, seq_len);
+  rope_batched(ctx.rope, c.q, segments);
+  rope_batched(ctx.rope, c.k, segments);
   const float scale = float(1.0 / std::sqrt(double(hd)));
-  c.attn = attention_batched(c.q, c.k, c.v, scale, seq_len);
+  c.attn = attention_batched(c.q, c.k, c.v, scale, segments);
   return linear_forward(ctx.params, p + ".o_proj.weight", c.attn);
 }
 
@@ -197,9 +217,9 @@ Tensor mha_backward(const LayerContext& ctx, const std::string& p, const Attenti
   const Tensor d_attn = linear_backward(ctx.params, p + ".o_proj.weight", c.attn, dy);
   const float scale = float(1.0 / std::sqrt(double(hd)));
   ops::AttentionGrads g =
-      attention_backward_batched(c.q, c.k, c.v, scale, d_attn.reshape({T, H, hd}), c.seq_len);
-  rope_backward(ctx.rope, g.dq, c.seq_len);
-  rope_backward(ctx.rope, g.dk, c.seq_len);
+      attention_backward_batched(c.q, c.k, c.v, scale, d_attn.reshape({T, H, hd}), c.segments);
+  rope_backward(ctx.rope, g.dq, c.segments);
+  rope_backward(ctx.rope, g.dk, c.segments);
   Tensor dx = linear_backward(ctx.params, p + ".q_proj.weight", c.x, g.dq.reshape({T, H * hd}));
   add_into(dx, linear_backward(ctx.params, p + ".k_proj.weight", c.x, g.dk.reshape({T, Hk * hd})));
   add_into(dx, linear_backward(ctx.params, p + ".v_proj.weight", c.x, g.dv.reshape({T, Hk * hd})));
@@ -209,14 +229,13 @@ Tensor mha_backward(const LayerContext& ctx, const std::string& p, const Attenti
 }  // namespace
 
 Tensor attention_forward(const LayerContext& ctx, const std::string& prefix, const Tensor& x,
-                         int64_t seq_len, AttentionCache& cache) {
+                         const Segments& segments, AttentionCache& cache) {
   DSEEK_CHECK(!ctx.config.attention_bias,
               "[train] attention_bias: training supports attention without biases");
-  DSEEK_CHECK(seq_len > 0 && x.size(0) % seq_len == 0,
-              "[train] {}: {} tokens are not whole sequences of {}", prefix, x.size(0), seq_len);
-  cache.seq_len = seq_len;
-  return ctx.config.is_mla() ? mla_forward(ctx, prefix, x, seq_len, cache)
-                             : mha_forward(ctx, prefix, x, seq_len, cache);
+  check_segments(segments, x.size(0), prefix);
+  cache.segments = segments;
+  return ctx.config.is_mla() ? mla_forward(ctx, prefix, x, segments, cache)
+                             : mha_forward(ctx, prefix, x, segments, cache);
 }
 
 Tensor attention_backward(const LayerContext& ctx, const std::string& prefix,

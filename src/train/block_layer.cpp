@@ -16,17 +16,17 @@ void add_into(Tensor& dst, const Tensor& src) {
 
 }  // namespace
 
-Tensor block_forward(const LayerContext& ctx, int64_t layer, const Tensor& x, int64_t seq_len,
-                     const BalanceOptions& balance, BlockCache& c) {
+Tensor block_forward(const LayerContext& ctx, int64_t layer, const Tensor& x,
+                     const Segments& segments, const BalanceOptions& balance, BlockCache& c) {
   const std::string p = layer_prefix(layer);
   const double eps = ctx.config.rms_norm_eps;
   c.x = x.contiguous();
   c.n1 = norm_forward(ctx.params, p + ".input_layernorm.weight", c.x, eps);
-  c.h = attention_forward(ctx, p + ".self_attn", c.n1, seq_len, c.attn);
+  c.h = attention_forward(ctx, p + ".self_attn", c.n1, segments, c.attn);
   add_into(c.h, c.x);
   c.n2 = norm_forward(ctx.params, p + ".post_attention_layernorm.weight", c.h, eps);
   c.is_moe = ctx.config.is_moe_layer(layer);
-  Tensor out = c.is_moe ? moe_forward(ctx, p + ".mlp", c.n2, seq_len, balance, c.moe)
+  Tensor out = c.is_moe ? moe_forward(ctx, p + ".mlp", c.n2, segments, balance, c.moe)
                         : mlp_forward(ctx.params, p + ".mlp", c.n2, c.mlp);
   add_into(out, c.h);
   return out;

@@ -5,8 +5,9 @@
 // Parameters are read from the ParamSet under their Hugging Face names, so the inference model
 // (src/model) loads what training writes; tests compare the two forwards on the same weights.
 //
-// Batched: x is [N, D] f32 holding N / seq_len sequences of seq_len tokens back to back, each at
-// positions 0 .. seq_len − 1 (attention is causal within each sequence; every other op works per
+// Batched: x is [N, D] f32 holding sequences back to back, their lengths in a Segments list (a
+// batch of equal rows, or documents packed into rows: cu_seqlens as lengths); each sequence sits
+// at positions 0 .. length − 1 and attends causally only within itself (every other op works per
 // token, so the linears run as one large GEMM over the whole batch).
 #pragma once
 
@@ -21,6 +22,12 @@
 #include "train/param.h"
 
 namespace dseek::train {
+
+using Segments = std::vector<int64_t>;
+// N / seq_len sequences of seq_len tokens; throws unless they tile N exactly.
+Segments equal_segments(int64_t tokens, int64_t seq_len);
+// Throws unless `segments` are non-negative lengths summing to `tokens` (`where` names the caller).
+void check_segments(const Segments& segments, int64_t tokens, const std::string& where);
 
 struct LayerContext {
   const ModelConfig& config;
@@ -56,10 +63,10 @@ struct AttentionCache {
   Tensor c_kv;             // MLA: kv_a_layernorm(kv_a[:, :r]) [T, r]
   Tensor q, k, v;          // what attention saw (roped q, k)
   Tensor attn;             // attention output [T, H·v]
-  int64_t seq_len = 0;
+  Segments segments;
 };
 Tensor attention_forward(const LayerContext& ctx, const std::string& prefix, const Tensor& x,
-                         int64_t seq_len, AttentionCache& cache);
+                         const Segments& segments, AttentionCache& cache);
 Tensor attention_backward(const LayerContext& ctx, const std::string& prefix,
                           const AttentionCache& cache, const Tensor& dy);
 
@@ -85,9 +92,9 @@ struct MoeCache {
   double aux_loss = 0.0;                // balance loss value (α included)
   std::vector<float> aux_grad_scores;   // its gradient wrt Routing::scores
 };
-// The sequence-wise balance loss treats each run of seq_len tokens as one sequence.
+// The sequence-wise balance loss treats each segment as one sequence.
 Tensor moe_forward(const LayerContext& ctx, const std::string& prefix, const Tensor& x,
-                   int64_t seq_len, const BalanceOptions& balance, MoeCache& cache);
+                   const Segments& segments, const BalanceOptions& balance, MoeCache& cache);
 // loss_scale multiplies the balance loss's own gradient (the scale the whole loss gets).
 Tensor moe_backward(const LayerContext& ctx, const std::string& prefix, const MoeCache& cache,
                     const Tensor& dy, float loss_scale);
@@ -100,8 +107,8 @@ struct BlockCache {
   MlpCache mlp;
   MoeCache moe;
 };
-Tensor block_forward(const LayerContext& ctx, int64_t layer, const Tensor& x, int64_t seq_len,
-                     const BalanceOptions& balance, BlockCache& cache);
+Tensor block_forward(const LayerContext& ctx, int64_t layer, const Tensor& x,
+                     const Segments& segments, const BalanceOptions& balance, BlockCache& cache);
 Tensor block_backward(const LayerContext& ctx, int64_t layer, const BlockCache& cache,
                       const Tensor& dy, float loss_scale);
 

@@ -31,7 +31,7 @@ std::string expert_prefix(const std::string& prefix, int64_t e) {
 }  // namespace
 
 Tensor moe_forward(const LayerContext& ctx, const std::string& prefix, const Tensor& x,
-                   int64_t seq_len, const BalanceOptions& balance, MoeCache& c) {
+                   const Segments& segments, const BalanceOptions& balance, MoeCache& c) {
   const ModelConfig& cfg = ctx.config;
   const int64_t T = x.size(0), D = cfg.hidden_size, E = cfg.n_routed_experts,
                 K = cfg.num_experts_per_tok;
@@ -95,7 +95,7 @@ Tensor moe_forward(const LayerContext& ctx, const std::string& prefix, const Ten
   if (balance.aux_loss != "none" && balance.alpha > 0.0) {
     BalanceLoss b;
     if (balance.aux_loss == "sequence") {
-      b = sequence_balance_loss(c.routing, seq_len, balance.alpha, cfg.scoring_func == "sigmoid");
+      b = sequence_balance_loss(c.routing, segments, balance.alpha, cfg.scoring_func == "sigmoid");
     } else if (balance.aux_loss == "expert") {
       b = expert_balance_loss(c.routing, balance.alpha);
     } else if (balance.aux_loss == "device") {

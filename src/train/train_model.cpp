@@ -92,29 +92,50 @@ TrainModel::TrainModel(const ModelConfig& config, ParamSet& params)
     if (config_.is_moe_layer(l)) moe_layers_.push_back("model.layers." + std::to_string(l) + ".mlp");
 }
 
+namespace {
+
+// seq_len 0: the whole batch is one sequence.
+Segments segments_of(int64_t tokens, int64_t seq_len) {
+  return seq_len > 0 ? equal_segments(tokens, seq_len) : Segments{tokens};
+}
+
+}  // namespace
+
 SequenceLosses TrainModel::forward_backward(const std::vector<int32_t>& inputs,
                                             const std::vector<int32_t>& targets,
                                             const LossOptions& options, float loss_scale,
                                             int64_t seq_len) {
-  return run(inputs, targets, options, true, loss_scale, seq_len);
+  return run(inputs, targets, options, true, loss_scale, segments_of(int64_t(inputs.size()), seq_len));
+}
+
+SequenceLosses TrainModel::forward_backward(const std::vector<int32_t>& inputs,
+                                            const std::vector<int32_t>& targets,
+                                            const LossOptions& options, float loss_scale,
+                                            const Segments& segments) {
+  return run(inputs, targets, options, true, loss_scale, segments);
 }
 
 SequenceLosses TrainModel::forward(const std::vector<int32_t>& inputs,
                                    const std::vector<int32_t>& targets,
                                    const LossOptions& options, int64_t seq_len) {
-  return run(inputs, targets, options, false, 0.0f, seq_len);
+  return run(inputs, targets, options, false, 0.0f, segments_of(int64_t(inputs.size()), seq_len));
+}
+
+SequenceLosses TrainModel::forward(const std::vector<int32_t>& inputs,
+                                   const std::vector<int32_t>& targets,
+                                   const LossOptions& options, const Segments& segments) {
+  return run(inputs, targets, options, false, 0.0f, segments);
 }
 
 SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
                                const std::vector<int32_t>& targets, const LossOptions& options,
-                               bool backward, float loss_scale, int64_t seq_len) {
+                               bool backward, float loss_scale, const Segments& segments) {
   const ModelConfig& c = config_;
   const int64_t T = int64_t(inputs.size()), D = c.hidden_size, L = c.num_hidden_layers;
   DSEEK_CHECK(T > 0 && targets.size() == inputs.size(),
               "[train] sequence: {} inputs and {} targets (need equal, non-zero)", inputs.size(),
               targets.size());
-  const int64_t S = seq_len > 0 ? seq_len : T, B = T / S;  // sequences of S tokens
-  DSEEK_CHECK(T % S == 0, "[train] {} tokens are not whole sequences of {}", T, S);
+  check_segments(segments, T, "training batch");
   for (size_t i = 0; i < inputs.size(); ++i)
     DSEEK_CHECK(inputs[i] >= 0 && inputs[i] < c.vocab_size,
                 "[train] token id {} at position {} is outside the vocabulary [0, {})", inputs[i],
@@ -127,36 +148,71 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
   // Main model.
   std::vector<BlockCache> blocks(static_cast<size_t>(L));
   Tensor x = ops::embedding(embed, inputs);
-  for (int64_t l = 0; l < L; ++l) x = block_forward(ctx, l, x, S, options.balance, blocks[size_t(l)]);
+  for (int64_t l = 0; l < L; ++l) x = block_forward(ctx, l, x, segments, options.balance, blocks[size_t(l)]);
   const Tensor x_final = x;
   const Tensor h0 = norm_forward(params_, "model.norm.weight", x_final, eps);
   Tensor logits = linear_forward(params_, head, h0);
   const ops::CrossEntropyResult ce = ops::cross_entropy_forward(logits, targets);
 
   SequenceLosses out;
-  out.main_ce = ce.loss;
   out.main_tokens = ce.count;
-  out.total = ce.loss;
+  out.token_logp.assign(size_t(T), 0.0);
+  {
+    const float* lg = logits.data<float>();
+    const float* lse = ce.lse.data<float>();
+    const int64_t V = logits.size(1);
+    for (int64_t t = 0; t < T; ++t)
+      if (targets[size_t(t)] != ops::kIgnoreIndex)
+        out.token_logp[size_t(t)] = double(lg[t * V + targets[size_t(t)]]) - double(lse[t]);
+  }
+  std::vector<float> weights;
+  if (options.token_weights) {
+    weights = options.token_weights(out.token_logp);
+    DSEEK_CHECK(int64_t(weights.size()) == T, "[train] token_weights gave {} weights for {} tokens",
+                weights.size(), T);
+    out.main_ce = ops::weighted_cross_entropy_loss(logits, targets, ce, weights);
+  } else {
+    out.main_ce = ce.loss;
+  }
+  out.total = out.main_ce;
 
   // Multi-token prediction.
   const int64_t depths = options.mtp_lambda > 0.0 ? c.num_nextn_predict_layers : 0;
   const double mtp_weight = depths > 0 ? options.mtp_lambda / double(depths) : 0.0;
   std::vector<MtpCache> mtp;
   mtp.reserve(size_t(depths));
-  for (int64_t k = 1; k <= depths && S - k > 0; ++k) {
-    // Per sequence, rows i < S − k: the embedding of token i + k and h^{k−1}_i (whose sequences
-    // are S − k + 1 rows long), predicting target i + k.
-    const int64_t Sk = S - k, N = B * Sk, S_prev = Sk + 1, layer = L + k - 1;
+  // Segment lengths of h^{k−1} (k = 1: the main model's); depth k keeps rows i < n − k of each.
+  std::vector<Segments> mtp_segments{segments};
+  for (int64_t k = 1; k <= depths; ++k) {
+    // Per segment, rows i < n − k: the embedding of token i + k and h^{k−1}_i (whose segments
+    // are n − k + 1 rows long), predicting target i + k.
+    const Segments& prev_segments = mtp_segments.back();
+    Segments seg_k;
+    int64_t N = 0;
+    for (int64_t n : segments) {
+      seg_k.push_back(std::max<int64_t>(n - k, 0));
+      N += seg_k.back();
+    }
+    if (N == 0) break;
+    const int64_t layer = L + k - 1;
     const std::string p = "model.layers." + std::to_string(layer);
     MtpCache& m = mtp.emplace_back();
     const Tensor& prev = k == 1 ? h0 : mtp[size_t(k - 2)].h;
     m.h_prev = Tensor::empty({N, D});
-    for (int64_t b = 0; b < B; ++b) {
-      m.ids.insert(m.ids.end(), inputs.begin() + b * S + k, inputs.begin() + (b + 1) * S);
-      m.targets.insert(m.targets.end(), targets.begin() + b * S + k, targets.begin() + (b + 1) * S);
-      std::memcpy(m.h_prev.data<float>() + b * Sk * D, prev.data<float>() + b * S_prev * D,
-                  size_t(Sk * D) * sizeof(float));
+    int64_t src = 0, dst = 0, tok = 0;
+    for (size_t b = 0; b < segments.size(); ++b) {
+      const int64_t nk = seg_k[b];
+      if (nk > 0) {
+        m.ids.insert(m.ids.end(), inputs.begin() + tok + k, inputs.begin() + tok + k + nk);
+        m.targets.insert(m.targets.end(), targets.begin() + tok + k, targets.begin() + tok + k + nk);
+        std::memcpy(m.h_prev.data<float>() + dst * D, prev.data<float>() + src * D,
+                    size_t(nk * D) * sizeof(float));
+      }
+      tok += segments[b];
+      src += prev_segments[b];
+      dst += nk;
     }
+    mtp_segments.push_back(seg_k);
     m.e_in = ops::embedding(embed, m.ids);
     const Tensor e = norm_forward(params_, p + ".enorm.weight", m.e_in, eps);
     const Tensor hn = norm_forward(params_, p + ".hnorm.weight", m.h_prev, eps);
@@ -166,7 +222,7 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
       std::memcpy(m.cat.data<float>() + i * 2 * D + D, hn.data<float>() + i * D, size_t(D) * 4);
     }
     const Tensor xk = linear_forward(params_, p + ".eh_proj.weight", m.cat);
-    m.h = block_forward(ctx, layer, xk, Sk, options.balance, m.block);
+    m.h = block_forward(ctx, layer, xk, mtp_segments.back(), options.balance, m.block);
     m.logits = linear_forward(params_, head,
                               norm_forward(params_, p + ".shared_head.norm.weight", m.h, eps));
     m.ce = ops::cross_entropy_forward(m.logits, m.targets);
@@ -195,7 +251,7 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
   Tensor dh0 = Tensor::zeros({T, D});
   for (int64_t k = int64_t(mtp.size()); k >= 1; --k) {
     MtpCache& m = mtp[size_t(k - 1)];
-    const int64_t Sk = S - k, S_prev = Sk + 1, layer = L + k - 1;
+    const int64_t layer = L + k - 1;
     const std::string p = "model.layers." + std::to_string(layer);
     const Tensor hn2 = norm_forward(params_, p + ".shared_head.norm.weight", m.h, eps);
     ops::cross_entropy_backward_inplace(m.logits, m.targets, m.ce, float(loss_scale * mtp_weight));
@@ -209,17 +265,29 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
     const Tensor d_e_in = norm_backward(params_, p + ".enorm.weight", m.e_in, eps, de);
     ops::embedding_backward_accumulate(m.ids, d_e_in, embed_grad);
     const Tensor d_prev = norm_backward(params_, p + ".hnorm.weight", m.h_prev, eps, dhn);
-    // Rows i < S − k of each sequence of h^{k−1} received d_prev.
+    // Rows i < n − k of each segment of h^{k−1} received d_prev.
+    const Segments& prev_segments = mtp_segments[size_t(k - 1)];
+    const Segments& seg_k = mtp_segments[size_t(k)];
     Tensor& target = k == 1 ? dh0 : d_hidden[size_t(k - 2)];
-    if (!target.defined()) target = Tensor::zeros({B * S_prev, D});
-    for (int64_t b = 0; b < B; ++b) {
-      float* dst = target.data<float>() + b * S_prev * D;
-      const float* src = d_prev.data<float>() + b * Sk * D;
-      for (int64_t i = 0; i < Sk * D; ++i) dst[i] += src[i];
+    int64_t prev_rows = 0;
+    for (int64_t n : prev_segments) prev_rows += n;
+    if (!target.defined()) target = Tensor::zeros({prev_rows, D});
+    int64_t src = 0, dst = 0;
+    for (size_t b = 0; b < seg_k.size(); ++b) {
+      float* to = target.data<float>() + dst * D;
+      const float* from = d_prev.data<float>() + src * D;
+      for (int64_t i = 0; i < seg_k[b] * D; ++i) to[i] += from[i];
+      src += seg_k[b];
+      dst += prev_segments[b];
     }
   }
 
-  ops::cross_entropy_backward_inplace(logits, targets, ce, loss_scale);
+  if (options.token_weights) {
+    for (float& w : weights) w *= loss_scale;
+    ops::weighted_cross_entropy_backward_inplace(logits, targets, ce, weights);
+  } else {
+    ops::cross_entropy_backward_inplace(logits, targets, ce, loss_scale);
+  }
   add_into(dh0, linear_backward(params_, head, h0, logits));
   Tensor dx = norm_backward(params_, "model.norm.weight", x_final, eps, dh0);
   for (int64_t l = L - 1; l >= 0; --l) dx = block_backward(ctx, l, blocks[size_t(l)], dx, loss_scale);

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -26,15 +27,22 @@ namespace dseek::train {
 struct LossOptions {
   double mtp_lambda = 0.0;  // λ; 0 skips the MTP modules entirely
   BalanceOptions balance;
+  // Per-token weighting of the main loss (DPO, train/dpo.h): called between forward and backward
+  // with log p(target_t) of every position (0 where the target is ignored); returns one weight per
+  // position, and the main loss becomes Σ_t w_t·CE_t (a weighted sum, not a mean) with gradient
+  // Σ_t w_t·∂CE_t. Unset: the mean cross-entropy over counted targets.
+  std::function<std::vector<float>(const std::vector<double>& token_logp)> token_weights;
 };
 
 struct SequenceLosses {
   double total = 0.0;               // main + MTP + aux: what the gradient is of
-  double main_ce = 0.0;             // mean next-token cross-entropy of the main head
+  double main_ce = 0.0;             // mean next-token cross-entropy of the main head (or, with
+                                    // LossOptions::token_weights, the weighted sum)
   int64_t main_tokens = 0;          // targets counted in main_ce
   std::vector<double> mtp_ce;       // per depth
   double aux = 0.0;                 // Σ balance losses
   std::vector<std::vector<int64_t>> expert_load;  // per MoE layer (moe_layers() order)
+  std::vector<double> token_logp;   // log p(target_t) of the main head, 0 at ignored targets
 };
 
 class TrainModel {
@@ -55,9 +63,17 @@ class TrainModel {
   SequenceLosses forward_backward(const std::vector<int32_t>& inputs,
                                   const std::vector<int32_t>& targets, const LossOptions& options,
                                   float loss_scale, int64_t seq_len = 0);
+  // The same for sequences of any lengths (documents packed into rows, layers.h's Segments):
+  // each attends only within itself, with RoPE positions, MTP shifts and the sequence-wise
+  // balance loss per segment, so a packed document trains exactly as if it were alone.
+  SequenceLosses forward_backward(const std::vector<int32_t>& inputs,
+                                  const std::vector<int32_t>& targets, const LossOptions& options,
+                                  float loss_scale, const Segments& segments);
   // Forward only (validation). No gradients are touched.
   SequenceLosses forward(const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets,
                          const LossOptions& options, int64_t seq_len = 0);
+  SequenceLosses forward(const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets,
+                         const LossOptions& options, const Segments& segments);
 
   // Prefixes ("model.layers.<i>.mlp") of the MoE layers, main layers then MTP blocks: the order
   // of SequenceLosses::expert_load.
@@ -68,7 +84,7 @@ class TrainModel {
  private:
   SequenceLosses run(const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets,
                      const LossOptions& options, bool backward, float loss_scale,
-                     int64_t seq_len);
+                     const Segments& segments);
 
   ModelConfig config_;
   RopeParams rope_;

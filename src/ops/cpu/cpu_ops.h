@@ -53,13 +53,15 @@ void rope_row_backward(float* x, int64_t d, const float* cos, const float* sin, 
 
 // cross_entropy (see ops/cross_entropy.h): logits rows ld apart. Forward writes lse[T] and the
 // sum and count of the non-ignored per-row losses; backward writes dlogits (row stride ld_out; it
-// may alias logits) = scale·(softmax − onehot), 0 on ignored rows.
+// may alias logits) = scale·(softmax − onehot), 0 on ignored rows; with row_weights (nullable)
+// row t's gradient is scaled by row_weights[t] as well.
 void cross_entropy_forward(const float* logits, int64_t T, int64_t V, int64_t ld,
                            const int32_t* targets, int32_t ignore_index, float* lse,
                            double* loss_sum, int64_t* count);
 void cross_entropy_backward(const float* logits, int64_t T, int64_t V, int64_t ld,
                             const int32_t* targets, int32_t ignore_index, const float* lse,
-                            float scale, float* dlogits, int64_t ld_out);
+                            float scale, float* dlogits, int64_t ld_out,
+                            const float* row_weights = nullptr);
 
 struct AttentionArgs {
   const float* q;

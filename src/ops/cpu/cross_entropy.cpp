@@ -39,7 +39,8 @@ void cross_entropy_forward(const float* logits, int64_t T, int64_t V, int64_t ld
 
 void cross_entropy_backward(const float* logits, int64_t T, int64_t V, int64_t ld,
                             const int32_t* targets, int32_t ignore_index, const float* lse,
-                            float scale, float* dlogits, int64_t ld_out) {
+                            float scale, float* dlogits, int64_t ld_out,
+                            const float* row_weights) {
 #pragma omp parallel for schedule(static) if (T * V >= (1 << 16))
   for (int64_t t = 0; t < T; ++t) {
     const float* x = logits + t * ld;
@@ -49,8 +50,9 @@ void cross_entropy_backward(const float* logits, int64_t T, int64_t V, int64_t l
       continue;
     }
     const float l = lse[t];
-    for (int64_t v = 0; v < V; ++v) d[v] = std::exp(x[v] - l) * scale;
-    d[targets[t]] -= scale;
+    const float w = row_weights != nullptr ? scale * row_weights[t] : scale;
+    for (int64_t v = 0; v < V; ++v) d[v] = std::exp(x[v] - l) * w;
+    d[targets[t]] -= w;
   }
 }
 
