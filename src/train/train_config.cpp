@@ -82,6 +82,8 @@ const std::vector<Binding>& bindings() {
       field("train.seed", "seed of the initialisation and of the data order", &TrainConfig::seed),
       field("train.compute_budget", "FLOPs; when > 0, batch_size, lr and steps come from DeepSeek LLM's scaling laws", &TrainConfig::compute_budget),
       field("train.compute_dtype", "f32, or bf16: matmuls with bf16 copies of the weights, f32 master weights, gradients and optimizer", &TrainConfig::compute_dtype),
+      field("train.task", "pretrain (data from `dseek data prepare`), sft or dpo (data from `dseek data sft` / `dseek data dpo`; see Post-training)", &TrainConfig::task),
+      field("dpo.beta", "β of the DPO loss −log σ(β[(log π_c − log ref_c) − (log π_r − log ref_r)])", &TrainConfig::dpo_beta),
       field("optim.lr", "peak learning rate", &TrainConfig::lr),
       field("optim.min_lr_ratio", "final learning rate of cosine/wsd as a fraction of the peak", &TrainConfig::min_lr_ratio),
       field("optim.warmup_steps", "linear warm-up steps", &TrainConfig::warmup_steps),
@@ -265,6 +267,9 @@ void validate_train_config(const TrainConfig& c) {
   DSEEK_CHECK(c.val_fraction > 0 && c.val_fraction < 1,
               "[train] data.val_fraction: must be in (0, 1), got {}", c.val_fraction);
   DSEEK_CHECK(c.init_std > 0, "[train] model.init_std: must be > 0, got {}", c.init_std);
+  DSEEK_CHECK(c.task == "pretrain" || c.task == "sft" || c.task == "dpo",
+              "[train] train.task: expected pretrain, sft or dpo, got '{}'", c.task);
+  DSEEK_CHECK(c.dpo_beta > 0, "[train] dpo.beta: must be > 0, got {}", c.dpo_beta);
   DSEEK_CHECK(c.compute_budget >= 0, "[train] train.compute_budget: must be >= 0");
   DSEEK_CHECK(c.beta1 >= 0 && c.beta1 < 1, "[train] optim.beta1: must be in [0, 1)");
   DSEEK_CHECK(c.beta2 >= 0 && c.beta2 < 1, "[train] optim.beta2: must be in [0, 1)");

@@ -21,11 +21,14 @@
 #include "model/moe_balance.h"
 #include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
+#include "train/dpo.h"
+#include "train/dpo_reference.h"
 #include "train/init_from.h"
 #include "train/model_overrides.h"
 #include "train/optimizer.h"
 #include "train/scaling_law.h"
 #include "train/schedule.h"
+#include "train/train_batches.h"
 #include "train/train_model.h"
 
 namespace dseek::train {
@@ -59,26 +62,6 @@ std::string read_text(const fs::path& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-// Shannon entropy (nats/token) of the unigram distribution of all tokens: what a model that
-// ignores context could reach; training must get far below it.
-double unigram_entropy(const TokenDataset& data) {
-  std::vector<int64_t> counts(size_t(data.vocab_size()), 0);
-  int64_t total = 0;
-  for (int64_t d = 0; d < data.num_documents(); ++d) {
-    int64_t n = 0;
-    const uint32_t* t = data.document(d, &n);
-    for (int64_t i = 0; i < n; ++i) ++counts[t[i]];
-    total += n;
-  }
-  double h = 0.0;
-  for (int64_t c : counts)
-    if (c > 0) {
-      const double p = double(c) / double(total);
-      h -= p * std::log(p);
-    }
-  return h;
 }
 
 // Keeps the lines of metrics.jsonl whose step is ≤ last_step (a resumed run rewrites the rest).
@@ -154,8 +137,13 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
                 run_dir.string());
   }
 
-  const std::shared_ptr<TokenDataset> data = TokenDataset::open(cfg.data);
-  const int64_t vocab = data->vocab_size();
+  DSEEK_CHECK(cfg.task == "pretrain" || cfg.compute_budget == 0,
+              "[train] train.compute_budget: only for train.task pretrain");
+  // sft/dpo rows have the data's length: data.seq_len follows it.
+  TrainBatches batches(cfg.task, cfg.data, cfg.seq_len, cfg.batch_size, uint64_t(cfg.seed),
+                       cfg.val_fraction);
+  cfg.seq_len = batches.seq_len();
+  const int64_t vocab = batches.vocab_size();
 
   // Model shape: the run's own config.json when resuming, else an HF config or a preset.
   ModelConfig model_config;
@@ -172,8 +160,8 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     // Rope scaling / context overrides (a resumed run keeps the config.json it recorded).
     apply_model_overrides(cfg, model_config);
     // Generation stops at the data's EOS; export writes these ids into config.json.
-    if (data->bos_id() >= 0) model_config.bos_token_id = data->bos_id();
-    if (data->eos_id() >= 0) model_config.eos_token_ids = {data->eos_id()};
+    if (batches.bos_id() >= 0) model_config.bos_token_id = batches.bos_id();
+    if (batches.eos_id() >= 0) model_config.eos_token_ids = {batches.eos_id()};
   }
   DSEEK_CHECK(model_config.vocab_size >= vocab,
               "[train] model vocab_size {} is smaller than the data's vocabulary {} ({})",
@@ -203,12 +191,9 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   AdamW optimizer(params, AdamWConfig{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay});
   params.set_compute_dtype(cfg.compute_dtype == "bf16" ? DType::BF16 : DType::F32);
 
-  LoaderOptions lo;
-  lo.seq_len = cfg.seq_len;
-  lo.batch_size = cfg.batch_size;
-  lo.seed = uint64_t(cfg.seed);
-  lo.val_fraction = cfg.val_fraction;
-  DataLoader loader(data, lo);
+  if (cfg.compute_budget > 0)  // it chose the batch size
+    batches = TrainBatches(cfg.task, cfg.data, cfg.seq_len, cfg.batch_size, uint64_t(cfg.seed),
+                           cfg.val_fraction);
 
   int64_t step = 0, tokens_seen = 0;
   if (!latest.empty()) {
@@ -226,7 +211,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     std::map<std::string, Tensor> opt_state(ck.optimizer.begin(), ck.optimizer.end());
     step = ck.state.at("step").get<int64_t>();
     optimizer.load_state(opt_state, ck.state.at("optimizer_steps").get<int64_t>());
-    loader.seek(LoaderPosition::from_json(ck.state.at("loader")));
+    batches.seek(ck.state.at("loader"));
     tokens_seen = ck.state.value("tokens", int64_t(0));
     params.refresh_compute();
     truncate_metrics(run_dir / "metrics.jsonl", step);
@@ -244,21 +229,20 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   TrainSummary summary;
   summary.run_dir = run_dir.string();
   summary.first_step = summary.last_step = step;
-  summary.unigram_entropy = unigram_entropy(*data);
+  summary.unigram_entropy = batches.unigram_entropy();
+  const nlohmann::json data_info = batches.info();
   {
     nlohmann::ordered_json info;
     info["model_type"] = model_config.model_type;
     info["parameters"] = params.numel(true);
-    info["train_documents"] = loader.train_documents();
-    info["validation_documents"] = loader.validation_documents();
-    info["train_tokens"] = loader.train_tokens();
+    for (const auto& [key, value] : data_info.items()) info[key] = value;
     info["unigram_entropy"] = summary.unigram_entropy;
     write_file_atomic((run_dir / "run.json").string(), info.dump(2) + "\n");
   }
   fmt::print(stderr,
              "[train] {} ({} parameters), {} training tokens, unigram entropy {:.3f} nats/token\n",
              model_config.model_type, human_count(double(params.numel(true))),
-             human_count(double(loader.train_tokens())), summary.unigram_entropy);
+             human_count(double(data_info["train_tokens"].get<int64_t>())), summary.unigram_entropy);
   if (step >= cfg.steps) {
     fmt::print(stderr, "[train] already at step {} of {}\n", step, cfg.steps);
     return summary;
@@ -276,12 +260,28 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   const bool loss_free = model_config.topk_method == "noaux_tc";
   const int64_t T = cfg.seq_len, B = cfg.batch_size;
   const float scale = float(1.0 / double(cfg.grad_accum));
-  const int64_t val_count = std::min(cfg.eval_sequences, loader.num_validation_sequences());
+  const int64_t val_count = std::min(cfg.eval_sequences, batches.num_validation_sequences());
 
   LossOptions loss_options;
   loss_options.balance.aux_loss = cfg.aux_loss;
   loss_options.balance.alpha = cfg.aux_alpha;
   loss_options.balance.devices = cfg.aux_devices;
+
+  // DPO: the reference is the model as it starts (model.init_from), scored once and cached.
+  const bool dpo = cfg.task == "dpo";
+  ReferenceLogps reference;
+  if (dpo) {
+    const std::string ref_path = (run_dir / "reference_logps.json").string();
+    if (!latest.empty() && fs::exists(ref_path)) {
+      reference = load_reference_logps(ref_path, batches.num_pairs());
+    } else {
+      DSEEK_CHECK(step == 0, "[train] {}: resuming a DPO run needs its reference_logps.json",
+                  run_dir.string());
+      fmt::print(stderr, "[train] dpo: reference log-probs of {} pairs\n", batches.num_pairs());
+      reference = compute_reference_logps(model, batches, loss_options);
+      save_reference_logps(ref_path, reference);
+    }
+  }
 
   std::ofstream metrics(run_dir / "metrics.jsonl", std::ios::app);
   DSEEK_CHECK(metrics.good(), "[train] {}: cannot append", (run_dir / "metrics.jsonl").string());
@@ -298,7 +298,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     ck.optimizer = optimizer.state_tensors();
     ck.state = {{"step", at_step},
                 {"optimizer_steps", optimizer.step_count()},
-                {"loader", loader.position().to_json()},
+                {"loader", batches.position()},
                 {"tokens", tokens_seen},
                 {"seed", cfg.seed}};
     save_checkpoint(run_dir.string(), ck, int(cfg.keep_last));
@@ -308,21 +308,25 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     const int64_t s = step;  // 0-based index of this step
     const auto t0 = std::chrono::steady_clock::now();
     loss_options.mtp_lambda = lambda.at(s);
+    // DPO trains the main head only: the MTP modules have no preference loss.
+    if (dpo) loss_options.mtp_lambda = 0.0;
     double total = 0, ce = 0, aux = 0;
     std::vector<double> mtp;
     std::vector<std::vector<int64_t>> load;
+    DpoStats dpo_stats;
     for (int64_t a = 0; a < cfg.grad_accum; ++a) {
-      // [B, T+1] windows → B sequences of T inputs and their T targets, run as one batch.
-      const std::vector<int32_t> batch = loader.next_batch();
-      std::vector<int32_t> inputs, targets;
-      inputs.reserve(size_t(B * T));
-      targets.reserve(size_t(B * T));
-      for (int64_t b = 0; b < B; ++b) {
-        const auto row = batch.begin() + b * (T + 1);
-        inputs.insert(inputs.end(), row, row + T);
-        targets.insert(targets.end(), row + 1, row + T + 1);
+      const MicroBatch batch = batches.next();
+      std::vector<std::pair<double, double>> ref;  // outlives the forward_backward below
+      if (dpo) {
+        for (int64_t id : batch.pair_ids) ref.push_back(reference[size_t(id)]);
+        loss_options.token_weights = [&](const std::vector<double>& logp) {
+          std::vector<float> weights;
+          dpo_stats.add(dpo_loss(logp, batch.pairs, ref, cfg.dpo_beta, weights));
+          return weights;
+        };
       }
-      const SequenceLosses l = model.forward_backward(inputs, targets, loss_options, scale, T);
+      const SequenceLosses l =
+          model.forward_backward(batch.inputs, batch.targets, loss_options, scale, batch.segments);
       total += l.total;
       ce += l.main_ce;
       aux += l.aux;
@@ -353,6 +357,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
         std::memcpy(bias.value.data<float>(), b.data(), b.size() * sizeof(float));
       }
     }
+    if (dpo) ce = dpo_stats.mean().loss * n;  // the logged loss is DPO's, not the weighted CE
     step = s + 1;
     tokens_seen += B * cfg.grad_accum * T;
     run_tokens += B * cfg.grad_accum * T;
@@ -363,6 +368,15 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     line["step"] = step;
     line["loss"] = ce / n;
     line["total_loss"] = total / n;
+    if (dpo) {
+      const DpoStats m = dpo_stats.mean();
+      line["rewards/chosen"] = m.reward_chosen;
+      line["rewards/rejected"] = m.reward_rejected;
+      line["rewards/margins"] = m.margin;
+      line["rewards/accuracies"] = m.accuracy;
+      line["logps/chosen"] = m.logp_chosen;
+      line["logps/rejected"] = m.logp_rejected;
+    }
     if (!mtp.empty()) {
       std::vector<double> m;
       for (double v : mtp) m.push_back(v / n);
@@ -390,13 +404,10 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       // Validation in batches of B sequences (the same math, larger GEMMs).
       for (int64_t k0 = 0; k0 < val_count; k0 += B) {
         const int64_t nb = std::min(B, val_count - k0);
-        std::vector<int32_t> inputs, targets;
-        for (int64_t k = k0; k < k0 + nb; ++k) {
-          const std::vector<int32_t> seq = loader.validation_sequence(k);
-          inputs.insert(inputs.end(), seq.begin(), seq.end() - 1);
-          targets.insert(targets.end(), seq.begin() + 1, seq.end());
-        }
-        const SequenceLosses l = model.forward(inputs, targets, loss_options, T);
+        const MicroBatch vb = batches.validation(k0, nb);
+        LossOptions val_options = loss_options;
+        val_options.token_weights = nullptr;
+        const SequenceLosses l = model.forward(vb.inputs, vb.targets, val_options, vb.segments);
         val += l.main_ce * double(nb);
         if (val_load.empty()) val_load = l.expert_load;
         else

@@ -1,0 +1,58 @@
+#include "train/dpo_reference.h"
+
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "data/token_shards.h"
+
+namespace dseek::train {
+
+ReferenceLogps compute_reference_logps(TrainModel& model, const TrainBatches& batches,
+                                       const LossOptions& options) {
+  ReferenceLogps ref(size_t(batches.num_pairs()), {0.0, 0.0});
+  LossOptions forward_only = options;
+  forward_only.token_weights = nullptr;
+  forward_only.mtp_lambda = 0.0;
+  for (const MicroBatch& b : batches.all_rows()) {
+    const SequenceLosses l = model.forward(b.inputs, b.targets, forward_only, b.segments);
+    for (size_t i = 0; i < b.pairs.size(); ++i) {
+      const DpoPair& p = b.pairs[i];
+      ref[size_t(b.pair_ids[i])] = {sequence_logp(l.token_logp, p.chosen_begin, p.chosen_end),
+                                    sequence_logp(l.token_logp, p.rejected_begin, p.rejected_end)};
+    }
+  }
+  return ref;
+}
+
+void save_reference_logps(const std::string& path, const ReferenceLogps& ref) {
+  nlohmann::json chosen = nlohmann::json::array(), rejected = nlohmann::json::array();
+  for (const auto& [c, r] : ref) {
+    chosen.push_back(c);
+    rejected.push_back(r);
+  }
+  write_file_atomic(path, nlohmann::json{{"pairs", ref.size()}, {"chosen", chosen}, {"rejected", rejected}}.dump() + "\n");
+}
+
+ReferenceLogps load_reference_logps(const std::string& path, int64_t pairs) {
+  std::ifstream in(path);
+  DSEEK_CHECK(in.good(), "[dpo] {}: cannot read the cached reference log-probs", path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  ReferenceLogps ref;
+  try {
+    const nlohmann::json j = nlohmann::json::parse(ss.str());
+    const auto& c = j.at("chosen");
+    const auto& r = j.at("rejected");
+    DSEEK_CHECK(c.size() == size_t(pairs) && r.size() == size_t(pairs),
+                "[dpo] {}: {} reference pairs, the data set has {}", path, c.size(), pairs);
+    for (size_t i = 0; i < c.size(); ++i) ref.emplace_back(c[i].get<double>(), r[i].get<double>());
+  } catch (const nlohmann::json::exception& e) {
+    fail("[dpo] {}: {}", path, e.what());
+  }
+  return ref;
+}
+
+}  // namespace dseek::train

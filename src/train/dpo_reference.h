@@ -1,0 +1,25 @@
+// The frozen reference of DPO: log π_ref(y|x) summed over each pair's chosen and rejected response
+// tokens, computed once with the initial weights (the SFT model the run starts from) before the
+// first step and cached in the run directory (reference_logps.json), so no second model is kept in
+// memory and a resumed run uses exactly the values the run started with.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "train/train_batches.h"
+#include "train/train_model.h"
+
+namespace dseek::train {
+
+using ReferenceLogps = std::vector<std::pair<double, double>>;  // (chosen, rejected) by pair id
+
+// Forward passes over every row of the data set (no gradients).
+ReferenceLogps compute_reference_logps(TrainModel& model, const TrainBatches& batches,
+                                       const LossOptions& options);
+void save_reference_logps(const std::string& path, const ReferenceLogps& ref);
+// Throws naming the file unless it holds exactly `pairs` pairs.
+ReferenceLogps load_reference_logps(const std::string& path, int64_t pairs);
+
+}  // namespace dseek::train
