@@ -327,6 +327,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       }
       const SequenceLosses l =
           model.forward_backward(batch.inputs, batch.targets, loss_options, scale, batch.segments);
+      loss_options.token_weights = nullptr;  // it refers to this micro-batch's locals
       total += l.total;
       ce += l.main_ce;
       aux += l.aux;
