@@ -100,11 +100,11 @@ TEST_F(EngineSpeculative, ForcedDraftsAcceptAndRejectAndEndsInsideAPair) {
   EngineOptions o = options(true);
   o.prefix_caching = false;  // the probe tracks ids from position 0
   std::vector<EngineRequest> requests;
-  for (int i = 0; i < 6; ++i) requests.push_back(request(10 + i, 4 + 3 * i, 5 + i, 0.0f));
+  for (int i = 0; i < 4; ++i) requests.push_back(request(10 + i, 4 + 4 * i, 5 + i, 0.0f));
   requests.push_back(request(20, 7, 9, 0.9f));  // sampled requests never draft
   // Ends at an extra EOS id that may be the first or the second token of a pair.
-  for (int k = 2; k < 6; ++k) {
-    EngineRequest r = request(30 + k, 6, 12, 0.0f);
+  for (int k = 2; k < 5; ++k) {
+    EngineRequest r = request(30 + k, 6, 8, 0.0f);
     r.stop_token_ids = {reference(*ref_model_, r, nullptr).ids[size_t(k)]};
     r.ignore_eos = false;  // else Generator would ignore the extra id too
     requests.push_back(r);
