@@ -356,3 +356,44 @@ TEST(ServeHttp, FullQueueIs429AndShutdownDrains) {
   EXPECT_EQ(second.json_body["usage"]["completion_tokens"], 480);
   EXPECT_NE(post(s, "/v1/completions", longer.dump()).status, 200);
 }
+
+TEST(ServeHttp, StreamedChoicesMatchTheWholeResponse) {
+  LiveServer& s = shared_server();
+  json body = chat("Name three things", 8);
+  body["temperature"] = 1.0;
+  body["n"] = 2;
+  body["seed"] = 99;
+  const Reply whole = post(s, "/v1/chat/completions", body.dump());
+  ASSERT_EQ(whole.status, 200) << whole.body;
+  body["stream"] = true;
+  const Reply streamed = post(s, "/v1/chat/completions", body.dump());
+  std::vector<std::string> text(2);
+  std::vector<int> finishes(2, 0);
+  for (const std::string& event : sse_payloads(streamed.body)) {
+    if (event == "[DONE]") continue;
+    const json chunk = json::parse(event);
+    const json& c = chunk["choices"][0];
+    const int index = c["index"];
+    if (c["delta"].contains("content")) text[index] += c["delta"]["content"].get<std::string>();
+    if (!c["finish_reason"].is_null()) ++finishes[index];
+  }
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(text[i], whole.json_body["choices"][i]["message"]["content"]) << "choice " << i;
+    EXPECT_EQ(finishes[i], 1);
+  }
+}
+
+TEST(ServeHttp, RequestTimeoutCancels) {
+  serve::ServerOptions so;
+  so.request_timeout_s = 0.001;  // passed before the first token can arrive
+  LiveServer s({}, so);
+  const json body = {{"model", "tiny"}, {"prompt", "Slowly"}, {"max_tokens", 480},
+                     {"temperature", 0}, {"ignore_eos", true}};
+  const Reply r = post(s, "/v1/completions", body.dump());
+  // The status line went out with the stream, so the error is in the body.
+  ASSERT_EQ(r.status, 200);
+  expect_error(r, 200, "cancelled");
+  EXPECT_EQ(r.json_body["error"]["type"], "server_error");
+  EXPECT_EQ(s.engine->stats().requests_cancelled, 1u);
+  EXPECT_LT(s.engine->stats().generated_tokens, 480u);
+}
