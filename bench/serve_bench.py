@@ -156,7 +156,7 @@ def main():
     try:
         one(a, host, port, 0)  # warm-up
         print("| clients | requests | req/s | output tok/s | TTFT p50 ms | TTFT p90 ms "
-              "| ITL p50 ms | ITL p90 ms |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+              "| ITL p50 ms | ITL p90 ms |\n" + "| ---: " * 8 + "|")
         for clients in [int(x) for x in a.levels.split(",")]:
             r = level(a, host, port, clients)
             print(f"| {clients} | {r[0]} | {r[1]:.2f} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.1f} "

@@ -6,11 +6,10 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
-#include <nlohmann/json.hpp>
-
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <thread>
@@ -26,7 +25,9 @@ using nlohmann::json;
 
 namespace {
 
-std::string fixture_dir() { return std::string(DSEEK_SOURCE_DIR) + "/tests/fixtures/models/export_v3"; }
+std::string fixture_dir() {
+  return std::string(DSEEK_SOURCE_DIR) + "/tests/fixtures/models/export_v3";
+}
 
 // A model, an engine and a server running on its own thread; shut down when destroyed.
 struct LiveServer {
@@ -146,10 +147,10 @@ TEST(ServeHttp, HealthModelsMetricsTokenize) {
   (void)post(s, "/v1/chat/completions", chat("warm up", 3).dump());
   r = get(s, "/metrics");
   ASSERT_EQ(r.status, 200);
-  for (const char* name : {"dseek_requests_waiting ", "dseek_kv_cache_usage_ratio ",
-                           "dseek_generation_tokens_per_second ", "dseek_spec_acceptance_ratio ",
-                           "dseek_request_duration_seconds_count ",
-                           "dseek_http_responses_total{code=\"200\"}"}) {
+  for (const char* name :
+       {"dseek_requests_waiting ", "dseek_kv_cache_usage_ratio ",
+        "dseek_generation_tokens_per_second ", "dseek_spec_acceptance_ratio ",
+        "dseek_request_duration_seconds_count ", "dseek_http_responses_total{code=\"200\"}"}) {
     EXPECT_NE(r.body.find(name), std::string::npos) << name;
   }
 }
@@ -193,13 +194,17 @@ TEST(ServeHttp, ChatAndCompletionStreamedAndWhole) {
     }
     const json& delta = chunk["choices"][0]["delta"];
     if (delta.contains("content")) text += delta["content"].get<std::string>();
-    if (!chunk["choices"][0]["finish_reason"].is_null()) finish = chunk["choices"][0]["finish_reason"];
+    if (!chunk["choices"][0]["finish_reason"].is_null())
+      finish = chunk["choices"][0]["finish_reason"];
   }
   EXPECT_EQ(text, content);
   EXPECT_EQ(finish, choice["finish_reason"]);
 
-  const json completion = {{"model", "tiny"}, {"prompt", "Once upon a time"},
-                           {"max_tokens", 6}, {"temperature", 0}, {"logprobs", 2}};
+  const json completion = {{"model", "tiny"},
+                           {"prompt", "Once upon a time"},
+                           {"max_tokens", 6},
+                           {"temperature", 0},
+                           {"logprobs", 2}};
   const Reply c = post(s, "/v1/completions", completion.dump());
   ASSERT_EQ(c.status, 200) << c.body;
   EXPECT_EQ(c.json_body["object"], "text_completion");
@@ -244,7 +249,9 @@ TEST(ServeHttp, ErrorStatusesAndBodies) {
   expect_error(post(s, "/v1/chat/completions", wrong.dump()), 404, "gpt-4o");
   // Invalid UTF-8, raw and as an unpaired surrogate escape.
   expect_error(post(s, "/v1/chat/completions",
-                    R"({"model": "tiny", "messages": [{"role": "user", "content": "a)" "\xc3\x28" R"("}]})"),
+                    R"({"model": "tiny", "messages": [{"role": "user", "content": "a)"
+                    "\xc3\x28"
+                    R"("}]})"),
                400, "not valid JSON");
   expect_error(post(s, "/v1/completions", R"({"model": "tiny", "prompt": "\udc00"})"), 400,
                "not valid JSON");
@@ -304,8 +311,8 @@ TEST(ServeHttp, ConcurrentClientsGetTheirOwnAnswers) {
 TEST(ServeHttp, DisconnectCancelsTheRequest) {
   LiveServer& s = shared_server();
   const uint64_t cancelled_before = s.engine->stats().requests_cancelled;
-  json body = {{"model", "tiny"}, {"prompt", "Go on forever"}, {"max_tokens", 400},
-               {"temperature", 0}, {"ignore_eos", true}, {"stream", true}};
+  json body = {{"model", "tiny"},  {"prompt", "Go on forever"}, {"max_tokens", 400},
+               {"temperature", 0}, {"ignore_eos", true},        {"stream", true}};
   httplib::Client c = s.client();
   httplib::Request req;
   req.method = "POST";
@@ -331,8 +338,11 @@ TEST(ServeHttp, FullQueueIs429AndShutdownDrains) {
   eo.max_queue = 1;
   LiveServer s(eo);
   // Long enough that the first is still running when the third arrives, even on a loaded machine.
-  json longer = {{"model", "tiny"}, {"prompt", "Keep talking"}, {"max_tokens", 480},
-                 {"temperature", 0}, {"ignore_eos", true}};
+  json longer = {{"model", "tiny"},
+                 {"prompt", "Keep talking"},
+                 {"max_tokens", 480},
+                 {"temperature", 0},
+                 {"ignore_eos", true}};
   Reply first, second;
   std::thread a([&] { first = post(s, "/v1/completions", longer.dump()); });
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -387,8 +397,11 @@ TEST(ServeHttp, RequestTimeoutCancels) {
   serve::ServerOptions so;
   so.request_timeout_s = 0.001;  // passed before the first token can arrive
   LiveServer s({}, so);
-  const json body = {{"model", "tiny"}, {"prompt", "Slowly"}, {"max_tokens", 480},
-                     {"temperature", 0}, {"ignore_eos", true}};
+  const json body = {{"model", "tiny"},
+                     {"prompt", "Slowly"},
+                     {"max_tokens", 480},
+                     {"temperature", 0},
+                     {"ignore_eos", true}};
   const Reply r = post(s, "/v1/completions", body.dump());
   // The status line went out with the stream, so the error is in the body.
   ASSERT_EQ(r.status, 200);

@@ -93,7 +93,8 @@ TEST(ServeProtocol, ChatDefaultsAndTextParts) {
   body["stream"] = true;
   body["stream_options"] = {{"include_usage", true}};
   const CompletionRequest r = parse_completion_request(body, Endpoint::kChat, served());
-  EXPECT_EQ(r.prompts[0], parse_completion_request(chat_body(), Endpoint::kChat, served()).prompts[0]);
+  EXPECT_EQ(r.prompts[0],
+            parse_completion_request(chat_body(), Endpoint::kChat, served()).prompts[0]);
   EXPECT_EQ(r.base.max_tokens, 5);
   EXPECT_EQ(r.top_logprobs, 3);
   EXPECT_EQ(r.base.top_logprobs, 3);
@@ -111,7 +112,7 @@ TEST(ServeProtocol, CompletionPrompts) {
   CompletionRequest r = parse_completion_request(body, Endpoint::kCompletion, served());
   ASSERT_EQ(r.prompts.size(), 1u);
   EXPECT_EQ(r.prompts[0], v3_tokenizer().encode("Hello world", true));  // BOS first
-  EXPECT_EQ(r.base.max_tokens, 16);  // OpenAI's legacy default
+  EXPECT_EQ(r.base.max_tokens, 16);                                     // OpenAI's legacy default
   EXPECT_TRUE(r.base.sampling.greedy());
   body["prompt"] = {5, 6, 7};
   body["logprobs"] = 2;
@@ -147,14 +148,22 @@ TEST(ServeProtocol, ErrorsNameTheField) {
       {[](json& b) { b["max_tokens"] = 0; }, 400, "max_tokens", "must be in [1,"},
       {[](json& b) { b["max_tokens"] = 1.5; }, 400, "max_tokens", "expected an integer"},
       {[](json& b) { b["n"] = 17; }, 400, "n", "[1, 16]"},
-      {[](json& b) { b["stop"] = {"a", "b", "c", "d", "e"}; }, 400, "stop", "at most 4"},
-      {[](json& b) { b["stop"] = {"a", 3}; }, 400, "stop[1]", "expected a string"},
+      {[](json& b) {
+         b["stop"] = {"a", "b", "c", "d", "e"};
+       },
+       400, "stop", "at most 4"},
+      {[](json& b) {
+         b["stop"] = {"a", 3};
+       },
+       400, "stop[1]", "expected a string"},
       {[](json& b) { b["stream"] = "yes"; }, 400, "stream", "expected a boolean"},
       {[](json& b) { b["top_logprobs"] = 2; }, 400, "top_logprobs", "requires logprobs"},
       {[](json& b) { b["frequency_penalty"] = 0.5; }, 400, "frequency_penalty", "not supported"},
       {[](json& b) { b["tools"] = json::array(); }, 400, "tools", "unsupported parameter"},
-      {[](json& b) { b["stream_options"] = {{"include_usage", true}}; }, 400, "stream_options",
-       "only allowed when stream is true"},
+      {[](json& b) {
+         b["stream_options"] = {{"include_usage", true}};
+       },
+       400, "stream_options", "only allowed when stream is true"},
       {[](json& b) { b["model"] = "gpt-4"; }, 404, "model", "does not exist"},
       {[](json& b) { b.erase("model"); }, 400, "model", "missing"},
       {[](json& b) { b["max_tokens"] = 600; }, 400, "messages", "context is 512 tokens"},
@@ -168,19 +177,19 @@ TEST(ServeProtocol, ErrorsNameTheField) {
     EXPECT_NE(std::string(e.what()).find(c.text), std::string::npos) << e.what();
     EXPECT_EQ(std::string(e.what()).rfind("[serve] ", 0), 0u) << e.what();
   }
-  const ApiError e = error_of({{"model", "tiny"}, {"prompt", json::array({1, -2})}},
-                              Endpoint::kCompletion);
+  const ApiError e =
+      error_of({{"model", "tiny"}, {"prompt", json::array({1, -2})}}, Endpoint::kCompletion);
   EXPECT_EQ(e.param(), "prompt[1]");
   EXPECT_EQ(error_of({{"model", "tiny"}, {"prompt", json::array()}}, Endpoint::kCompletion).param(),
             "prompt");
-  EXPECT_EQ(error_of({{"model", "tiny"}, {"prompt", "x"}, {"echo", true}}, Endpoint::kCompletion)
-                .param(),
-            "echo");
+  EXPECT_EQ(
+      error_of({{"model", "tiny"}, {"prompt", "x"}, {"echo", true}}, Endpoint::kCompletion).param(),
+      "echo");
 }
 
 TEST(ServeProtocol, MalformedJsonAndInvalidUtf8) {
   for (const std::string& body : {std::string("{\"model\": "), std::string("{\"a\": \"\xff\"}"),
-                                 std::string("{\"a\": \"\\ud800\"}"), std::string("")}) {
+                                  std::string("{\"a\": \"\\ud800\"}"), std::string("")}) {
     try {
       (void)parse_json_body(body);
       ADD_FAILURE() << "parsed: " << body;

@@ -33,7 +33,8 @@ void add_serve_command(CLI::App& app) {
     int threads = 0;
   };
   auto args = std::make_shared<Args>();
-  CLI::App* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server (see docs/SERVING.md)");
+  CLI::App* cmd =
+      app.add_subcommand("serve", "OpenAI-compatible HTTP server (see docs/SERVING.md)");
   cmd->add_option("--model", args->model, "model directory")->required();
   cmd->add_option("--tokenizer", args->tokenizer, "tokenizer.json or directory (default: --model)");
   cmd->add_option("--host", args->server.host, "address to listen on")->capture_default_str();

@@ -5,25 +5,25 @@
 namespace dseek::serve {
 
 ApiError::ApiError(int status, std::string message, std::string param, std::string code)
-    : Error(std::move(message)), status_(status), param_(std::move(param)), code_(std::move(code)) {}
+    : Error(std::move(message)),
+      status_(status),
+      param_(std::move(param)),
+      code_(std::move(code)) {}
 
-nlohmann::json ApiError::to_json() const { return error_body(status_, what(), param_, code_); }
+nlohmann::json ApiError::to_json() const {
+  return error_body(status_, what(), param_, code_);
+}
 
 std::string error_type_for_status(int status) {
   switch (status) {
     case 400:
     case 404:
     case 405:
-    case 413:
-      return "invalid_request_error";
-    case 401:
-      return "authentication_error";
-    case 429:
-      return "rate_limit_error";
-    case 503:
-      return "service_unavailable_error";
-    default:
-      return "server_error";
+    case 413: return "invalid_request_error";
+    case 401: return "authentication_error";
+    case 429: return "rate_limit_error";
+    case 503: return "service_unavailable_error";
+    default: return "server_error";
   }
 }
 

@@ -79,8 +79,7 @@ std::string Metrics::render(const EngineStats& s) const {
           s.requests_cancelled);
   counter(out, "dseek_requests_rejected_total", "Requests refused by the engine.",
           s.requests_rejected);
-  counter(out, "dseek_prompt_tokens_total", "Prompt tokens of admitted requests.",
-          s.prompt_tokens);
+  counter(out, "dseek_prompt_tokens_total", "Prompt tokens of admitted requests.", s.prompt_tokens);
   counter(out, "dseek_prefix_cache_hit_tokens_total", "Prompt tokens served from the prefix cache.",
           s.prefix_hit_tokens);
   counter(out, "dseek_generation_tokens_total", "Generated tokens.", s.generated_tokens);
@@ -90,8 +89,9 @@ std::string Metrics::render(const EngineStats& s) const {
   gauge(out, "dseek_spec_acceptance_ratio", "Accepted / proposed MTP draft tokens (0 when none).",
         s.spec_drafted > 0 ? double(s.spec_accepted) / double(s.spec_drafted) : 0.0);
   std::lock_guard<std::mutex> lock(mutex_);
-  out += "# HELP dseek_http_responses_total HTTP responses by status code.\n"
-         "# TYPE dseek_http_responses_total counter\n";
+  out +=
+      "# HELP dseek_http_responses_total HTTP responses by status code.\n"
+      "# TYPE dseek_http_responses_total counter\n";
   for (const auto& [status, count] : responses_) {
     out += fmt::format("dseek_http_responses_total{{code=\"{}\"}} {}\n", status, count);
   }

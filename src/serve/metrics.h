@@ -33,9 +33,9 @@ class Histogram {
 class Metrics {
  public:
   Metrics();
-  void on_response(int status);                 // every HTTP response
-  void on_request_done(double seconds);         // a generation request, whole duration
-  void on_first_token(double seconds);          // its time to first token
+  void on_response(int status);          // every HTTP response
+  void on_request_done(double seconds);  // a generation request, whole duration
+  void on_first_token(double seconds);   // its time to first token
   // The exposition text; `stats` is the engine's state now.
   std::string render(const EngineStats& stats) const;
 

@@ -98,8 +98,8 @@ std::vector<ChatMessage> parse_messages(const json& messages) {
     if (!m.contains("role")) invalid_field(param + ".role", "missing");
     std::string role = get_string(m["role"], param + ".role");
     if (!roles.count(role)) {
-      invalid_field(param + ".role", "unknown role \"" + role +
-                                         "\" (system, developer, user, assistant or tool)");
+      invalid_field(param + ".role",
+                    "unknown role \"" + role + "\" (system, developer, user, assistant or tool)");
     }
     if (role == "developer") role = "system";  // OpenAI's newer name for the system role
     for (const auto& [key, value] : m.items()) {
@@ -131,8 +131,8 @@ std::vector<std::vector<int32_t>> parse_prompts(const json& prompt, const Served
   };
   auto ids = [&](const json& array, const std::string& param) {
     std::vector<int32_t> result;
-    const int64_t vocab = served.tokenizer ? served.tokenizer->vocab_size()
-                                           : std::numeric_limits<int32_t>::max();
+    const int64_t vocab =
+        served.tokenizer ? served.tokenizer->vocab_size() : std::numeric_limits<int32_t>::max();
     for (size_t i = 0; i < array.size(); ++i) {
       result.push_back(static_cast<int32_t>(
           get_int(array[i], param + "[" + std::to_string(i) + "]", 0, vocab - 1)));
@@ -210,16 +210,30 @@ CompletionRequest parse_completion_request(const json& body, Endpoint endpoint,
   request.endpoint = endpoint;
   EngineRequest& base = request.base;
   base.max_tokens = chat ? served.default_max_tokens : 16;  // OpenAI's legacy default is 16
-  base.sampling.temperature = 1.0f;  // OpenAI's default
+  base.sampling.temperature = 1.0f;                         // OpenAI's default
   bool logprobs = false;
   int64_t top_logprobs = -1;
 
-  static const std::set<std::string> common = {
-      "model",  "stream",   "stream_options", "max_tokens",         "temperature",
-      "top_p",  "top_k",    "min_p",          "repetition_penalty", "frequency_penalty",
-      "presence_penalty",   "stop",           "seed",               "n",
-      "logprobs", "user",   "ignore_eos",     "stop_token_ids",     "logit_bias",
-      "best_of"};
+  static const std::set<std::string> common = {"model",
+                                               "stream",
+                                               "stream_options",
+                                               "max_tokens",
+                                               "temperature",
+                                               "top_p",
+                                               "top_k",
+                                               "min_p",
+                                               "repetition_penalty",
+                                               "frequency_penalty",
+                                               "presence_penalty",
+                                               "stop",
+                                               "seed",
+                                               "n",
+                                               "logprobs",
+                                               "user",
+                                               "ignore_eos",
+                                               "stop_token_ids",
+                                               "logit_bias",
+                                               "best_of"};
   static const std::set<std::string> chat_only = {"messages", "max_completion_tokens",
                                                   "top_logprobs", "response_format"};
   static const std::set<std::string> completion_only = {"prompt", "echo", "suffix"};
@@ -231,8 +245,9 @@ CompletionRequest parse_completion_request(const json& body, Endpoint endpoint,
   if (!body.contains("model")) invalid_field("model", "missing");
   request.model = get_string(body["model"], "model");
   if (request.model != served.name) {
-    throw ApiError(404, "[serve] model: the model `" + request.model +
-                            "` does not exist; this server serves `" + served.name + "`",
+    throw ApiError(404,
+                   "[serve] model: the model `" + request.model +
+                       "` does not exist; this server serves `" + served.name + "`",
                    "model", "model_not_found");
   }
 
@@ -256,7 +271,8 @@ CompletionRequest parse_completion_request(const json& body, Endpoint endpoint,
       base.sampling.top_p = float(get_number(value, key, 0.0, 1.0));
       if (base.sampling.top_p == 0.0f) invalid_field(key, "must be in (0, 1]");
     } else if (key == "top_k") {  // vLLM's extension; −1 and 0 both mean off
-      if (!value.is_null()) base.sampling.top_k = std::max<int64_t>(0, get_int(value, key, -1, 1 << 20));
+      if (!value.is_null())
+        base.sampling.top_k = std::max<int64_t>(0, get_int(value, key, -1, 1 << 20));
     } else if (key == "min_p") {
       if (!value.is_null()) base.sampling.min_p = float(get_number(value, key, 0.0, 1.0));
     } else if (key == "repetition_penalty") {
@@ -304,8 +320,9 @@ CompletionRequest parse_completion_request(const json& body, Endpoint endpoint,
       if (value.is_null()) continue;
       if (!value.is_array()) wrong_type(key, "an array of token ids", value);
       for (size_t i = 0; i < value.size(); ++i) {
-        base.stop_token_ids.push_back(static_cast<int32_t>(get_int(
-            value[i], key + "[" + std::to_string(i) + "]", 0, std::numeric_limits<int32_t>::max())));
+        base.stop_token_ids.push_back(
+            static_cast<int32_t>(get_int(value[i], key + "[" + std::to_string(i) + "]", 0,
+                                         std::numeric_limits<int32_t>::max())));
       }
     } else if (key == "response_format") {
       if (value.is_null()) continue;

@@ -21,11 +21,11 @@ enum class Endpoint { kChat, kCompletion };
 
 // What the server knows about the model it serves.
 struct ServedModel {
-  std::string name;                     // the "model" requests must name
+  std::string name;                      // the "model" requests must name
   const Tokenizer* tokenizer = nullptr;  // null: only token-id prompts, no chat, no text
-  int64_t context_tokens = 0;           // prompt + max_tokens limit
-  std::string chat_format;              // explicit chat format when the tokenizer has none
-  int64_t default_max_tokens = 256;     // when a request gives no max_tokens
+  int64_t context_tokens = 0;            // prompt + max_tokens limit
+  std::string chat_format;               // explicit chat format when the tokenizer has none
+  int64_t default_max_tokens = 256;      // when a request gives no max_tokens
 };
 
 struct CompletionRequest {

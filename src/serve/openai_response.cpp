@@ -10,7 +10,9 @@ namespace {
 
 using nlohmann::json;
 
-bool is_chat(const CompletionRequest& request) { return request.endpoint == Endpoint::kChat; }
+bool is_chat(const CompletionRequest& request) {
+  return request.endpoint == Endpoint::kChat;
+}
 
 // A token's text for logprobs: its bytes, lossily decoded (a token may hold part of a character).
 std::string token_text(const Tokenizer* tokenizer, int32_t id) {
@@ -136,8 +138,8 @@ json completion_response(const CompletionRequest& request, const ResponseMeta& m
       logprobs = is_chat(request) ? chat_logprobs(events, tokenizer)
                                   : completion_logprobs(events, tokenizer, 0);
     }
-    json choice = {{"index", i}, {"logprobs", std::move(logprobs)},
-                   {"finish_reason", c.finish_reason}};
+    json choice = {
+        {"index", i}, {"logprobs", std::move(logprobs)}, {"finish_reason", c.finish_reason}};
     if (is_chat(request)) {
       choice["message"] = {{"role", "assistant"}, {"content", c.text}, {"refusal", nullptr}};
     } else {
@@ -197,6 +199,8 @@ std::string sse_event(const json& data) {
   return "data: " + data.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
 }
 
-std::string sse_done() { return "data: [DONE]\n\n"; }
+std::string sse_done() {
+  return "data: [DONE]\n\n";
+}
 
 }  // namespace dseek::serve

@@ -17,7 +17,7 @@ namespace dseek::serve {
 
 // Identity of one response, shared by all of its chunks.
 struct ResponseMeta {
-  std::string id;  // "chatcmpl-…" / "cmpl-…"
+  std::string id;       // "chatcmpl-…" / "cmpl-…"
   int64_t created = 0;  // Unix seconds
   std::string model;
 };
@@ -30,8 +30,8 @@ struct ChoiceState {
   std::string text;
   std::vector<EngineEvent> tokens;  // token events (for logprobs)
   bool finished = false;
-  std::string finish_reason;        // OpenAI's: "stop" or "length"
-  std::string error;                // engine error, cancellation (finish "error"/"cancelled")
+  std::string finish_reason;  // OpenAI's: "stop" or "length"
+  std::string error;          // engine error, cancellation (finish "error"/"cancelled")
   int64_t prompt_tokens = 0, completion_tokens = 0, cached_prompt_tokens = 0;
 
   void add(const EngineEvent& event);

@@ -112,11 +112,11 @@ struct Server::Impl {
   }
 
   void setup() {
-    const int threads = options.http_threads > 0
-                            ? options.http_threads
-                            : static_cast<int>(std::min<int64_t>(
-                                  1024, engine.options().max_running +
-                                            engine.options().max_queue + 16));
+    const int threads =
+        options.http_threads > 0
+            ? options.http_threads
+            : static_cast<int>(std::min<int64_t>(
+                  1024, engine.options().max_running + engine.options().max_queue + 16));
     http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     http.set_payload_max_length(options.max_body_bytes);
     http.set_read_timeout(options.read_timeout_s, 0);
@@ -130,8 +130,8 @@ struct Server::Impl {
       const std::string prefix = "Bearer ";
       if (auth.compare(0, prefix.size(), prefix) != 0 ||
           !same_secret(auth.substr(prefix.size()), options.api_key)) {
-        send_error(res, 401, "[serve] invalid or missing API key (Authorization: Bearer <key>)",
-                   "", "invalid_api_key");
+        send_error(res, 401, "[serve] invalid or missing API key (Authorization: Bearer <key>)", "",
+                   "invalid_api_key");
         return httplib::Server::HandlerResponse::Handled;
       }
       return httplib::Server::HandlerResponse::Unhandled;
@@ -165,9 +165,9 @@ struct Server::Impl {
              }));
     http.Get(R"(/v1/models/(.+))", guarded([this](const auto& req, auto& res) {
                if (req.matches[1] != served.name) {
-                 throw ApiError(404, "[serve] model `" + std::string(req.matches[1]) +
-                                         "` does not exist",
-                                "model", "model_not_found");
+                 throw ApiError(
+                     404, "[serve] model `" + std::string(req.matches[1]) + "` does not exist",
+                     "model", "model_not_found");
                }
                send_json(res, 200, model_json());
              }));
@@ -182,13 +182,13 @@ struct Server::Impl {
                res.set_content(metrics.render(engine.stats()), "text/plain; version=0.0.4");
              }));
     http.Post("/tokenize", guarded([this](const auto& req, auto& res) { tokenize(req, res); }));
-    http.Post("/detokenize",
-              guarded([this](const auto& req, auto& res) { detokenize(req, res); }));
+    http.Post("/detokenize", guarded([this](const auto& req, auto& res) { detokenize(req, res); }));
     // The right path with the wrong method is a 405, not a 404.
     auto not_allowed = [](const httplib::Request& req, httplib::Response& res) {
       send_error(res, 405, "[serve] method " + req.method + " not allowed on " + req.path);
     };
-    for (const char* path : {"/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize"}) {
+    for (const char* path :
+         {"/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize"}) {
       http.Get(path, not_allowed);
     }
     for (const char* path : {"/v1/models", "/health", "/metrics"}) http.Post(path, not_allowed);
@@ -206,9 +206,9 @@ struct Server::Impl {
     if (!body.contains("model") || body["model"].is_null()) return;
     if (!body["model"].is_string()) invalid_field("model", "expected a string");
     if (body["model"] != served.name) {
-      throw ApiError(404, "[serve] model: the model `" + body["model"].get<std::string>() +
-                              "` does not exist",
-                     "model", "model_not_found");
+      throw ApiError(
+          404, "[serve] model: the model `" + body["model"].get<std::string>() + "` does not exist",
+          "model", "model_not_found");
     }
   }
 
@@ -260,9 +260,9 @@ struct Server::Impl {
     for (size_t i = 0; i < tokens.size(); ++i) {
       if (!tokens[i].is_number_integer() || tokens[i].get<int64_t>() < 0 ||
           tokens[i].get<int64_t>() >= tokenizer->vocab_size()) {
-        invalid_field("tokens[" + std::to_string(i) + "]",
-                      "expected a token id in [0, " + std::to_string(tokenizer->vocab_size()) +
-                          ")");
+        invalid_field(
+            "tokens[" + std::to_string(i) + "]",
+            "expected a token id in [0, " + std::to_string(tokenizer->vocab_size()) + ")");
       }
       ids.push_back(tokens[i].get<int32_t>());
     }
@@ -286,13 +286,15 @@ struct Server::Impl {
       stream->cancel_all();  // a request of n whose later choices do not fit is refused whole
       const int status = e.http_status();
       throw ApiError(status, e.what(), "",
-                     status == 429 ? "queue_full" : status == 503 ? "shutting_down" : "");
+                     status == 429   ? "queue_full"
+                     : status == 503 ? "shutting_down"
+                                     : "");
     }
     stream->choices.resize(stream->handles.size());
     stream->started.assign(stream->handles.size(), false);
-    stream->deadline = stream->arrived + std::chrono::duration_cast<Clock::duration>(
-                                             std::chrono::duration<double>(
-                                                 options.request_timeout_s));
+    stream->deadline =
+        stream->arrived + std::chrono::duration_cast<Clock::duration>(
+                              std::chrono::duration<double>(options.request_timeout_s));
     stream->last_write = stream->arrived;
     ++active_responses;
     if (stream->request.stream) res.set_header("Cache-Control", "no-cache");
@@ -408,8 +410,8 @@ struct Server::Impl {
     if (shut_down) return;
     shut_down = true;
     shutting_down = true;
-    const auto deadline = std::chrono::milliseconds(
-        static_cast<int64_t>(options.shutdown_timeout_s * 1000.0));
+    const auto deadline =
+        std::chrono::milliseconds(static_cast<int64_t>(options.shutdown_timeout_s * 1000.0));
     engine.shutdown(/*drain=*/true, deadline);
     // The engine has finished or cancelled every request; let the responses be written out
     // (httplib cuts chunked responses short once stop() closes the listener).
@@ -444,10 +446,16 @@ int Server::bind() {
   return port;
 }
 
-void Server::run() { impl_->http.listen_after_bind(); }
+void Server::run() {
+  impl_->http.listen_after_bind();
+}
 
-void Server::shutdown() { impl_->shutdown(); }
+void Server::shutdown() {
+  impl_->shutdown();
+}
 
-const Metrics& Server::metrics() const { return impl_->metrics; }
+const Metrics& Server::metrics() const {
+  return impl_->metrics;
+}
 
 }  // namespace dseek::serve

@@ -20,18 +20,18 @@ namespace dseek::serve {
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
-  int port = 8000;                 // 0: any free port (bind() returns it)
-  std::string api_key;             // non-empty: every endpoint but /health needs "Bearer <key>"
-  std::string served_model_name;   // the "model" clients name
-  std::string chat_format;         // when the tokenizer has no chat_template
+  int port = 8000;                   // 0: any free port (bind() returns it)
+  std::string api_key;               // non-empty: every endpoint but /health needs "Bearer <key>"
+  std::string served_model_name;     // the "model" clients name
+  std::string chat_format;           // when the tokenizer has no chat_template
   size_t max_body_bytes = 4u << 20;  // larger request bodies get 413
-  int http_threads = 0;            // 0: engine max_running + max_queue + 16 (one per connection)
-  int read_timeout_s = 30;         // per socket read/write, as httplib counts them
+  int http_threads = 0;              // 0: engine max_running + max_queue + 16 (one per connection)
+  int read_timeout_s = 30;           // per socket read/write, as httplib counts them
   int write_timeout_s = 30;
-  double request_timeout_s = 600;  // a completion request running longer is cancelled
-  double shutdown_timeout_s = 30;  // graceful shutdown drains this long, then cancels
+  double request_timeout_s = 600;    // a completion request running longer is cancelled
+  double shutdown_timeout_s = 30;    // graceful shutdown drains this long, then cancels
   int64_t default_max_tokens = 256;  // chat requests without max_tokens
-  bool log_requests = false;       // one line per request on stderr
+  bool log_requests = false;         // one line per request on stderr
 };
 
 class Server {
