@@ -5,6 +5,9 @@
 set -euo pipefail
 dir=$(cd "$(dirname "$0")" && pwd)
 export DSEEK_BINARY="$1"
+# The server runs the model on its scheduler thread beside httplib's: spinning OpenMP teams would
+# starve them on a small CI machine.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 cd "$dir"
 if [[ ! -f node_modules/openai/package.json ]]; then
   npm ci --no-audit --no-fund --loglevel=error
