@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "model/load_context.h"
+#include "model/paged_kv_cache.h"
 #include "ops/attention.h"
 #include "ops/linear.h"
 
@@ -42,11 +43,15 @@ Attention::Attention(const ModelConfig& config, const RopeParams& rope, LoadCont
   }
 }
 
-void Attention::project(const Tensor& x, int64_t pos0, Tensor& q, Tensor& k, Tensor& v) const {
+void Attention::project_unroped(const Tensor& x, Tensor& q, Tensor& k, Tensor& v) const {
   const int64_t T = x.size(0);
   q = linear_opt_bias(x, q_proj_, q_bias_).reshape({T, n_heads_, head_dim_});
   k = linear_opt_bias(x, k_proj_, k_bias_).reshape({T, n_kv_heads_, head_dim_});
   v = linear_opt_bias(x, v_proj_, v_bias_).reshape({T, n_kv_heads_, head_dim_});
+}
+
+void Attention::project(const Tensor& x, int64_t pos0, Tensor& q, Tensor& k, Tensor& v) const {
+  project_unroped(x, q, k, v);
   apply_rope(rope_, q, pos0);
   apply_rope(rope_, k, pos0);
 }
@@ -78,6 +83,33 @@ Tensor Attention::forward_cached(const Tensor& x, KVCache& cache, int64_t layer)
   const Tensor k_all = keys.slice(0, 0, S).reshape({S, n_kv_heads_, head_dim_});
   const Tensor v_all = values.slice(0, 0, S).reshape({S, n_kv_heads_, head_dim_});
   return output(ops::causal_attention(q, k_all, v_all, scale_));
+}
+
+Tensor Attention::forward_paged(const Tensor& x, std::span<const ops::PagedAttentionSeq> seqs,
+                               PagedKVCache& cache, int64_t layer) const {
+  const int64_t width = n_kv_heads_ * head_dim_;
+  DSEEK_CHECK(cache.spec(layer).key_width == width && cache.spec(layer).value_width == width,
+              "[model] paged cache layer {} has widths {} / {}, attention needs {} / {}", layer,
+              cache.spec(layer).key_width, cache.spec(layer).value_width, width, width);
+  Tensor q, k, v;
+  project_unroped(x, q, k, v);
+  const int64_t pt = cache.page_tokens();
+  int64_t row0 = 0;
+  for (const ops::PagedAttentionSeq& s : seqs) {
+    apply_rope(rope_, q.slice(0, row0, row0 + s.T), s.pos0);
+    apply_rope(rope_, k.slice(0, row0, row0 + s.T), s.pos0);
+    for (int64_t t = 0; t < s.T; ++t) {
+      const int64_t pos = s.pos0 + t;
+      const int32_t page = s.pages[size_t(pos / pt)];
+      std::memcpy(cache.key_row(layer, page, pos % pt), k.data<float>() + (row0 + t) * width,
+                  size_t(width) * sizeof(float));
+      std::memcpy(cache.value_row(layer, page, pos % pt), v.data<float>() + (row0 + t) * width,
+                  size_t(width) * sizeof(float));
+    }
+    row0 += s.T;
+  }
+  return output(
+      ops::paged_attention(q, cache.keys(layer), cache.values(layer), n_kv_heads_, pt, seqs, scale_));
 }
 
 }  // namespace dseek

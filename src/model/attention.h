@@ -9,16 +9,19 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 
 #include "core/tensor.h"
 #include "model/config.h"
 #include "model/kv_cache.h"
 #include "model/rope.h"
+#include "ops/paged_attention.h"
 
 namespace dseek {
 
 class LoadContext;
+class PagedKVCache;
 
 class SelfAttention {
  public:
@@ -28,6 +31,11 @@ class SelfAttention {
   // Tokens at positions cache.size() ..; writes their rows into layer `layer` of the cache (the
   // caller advances the cache once every layer has run).
   virtual Tensor forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const = 0;
+  // Many sequences over a paged cache (continuous batching): x holds seqs[0].T rows, then
+  // seqs[1].T rows, ...; sequence i's rows sit at positions seqs[i].pos0 .. and are written into
+  // layer `layer` through its pages (which must already cover them) before attention reads them.
+  virtual Tensor forward_paged(const Tensor& x, std::span<const ops::PagedAttentionSeq> seqs,
+                               PagedKVCache& cache, int64_t layer) const = 0;
   virtual KVCache::LayerSpec cache_spec() const = 0;
 };
 
@@ -39,6 +47,8 @@ class Attention : public SelfAttention {
 
   Tensor forward(const Tensor& x) const override;
   Tensor forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const override;
+  Tensor forward_paged(const Tensor& x, std::span<const ops::PagedAttentionSeq> seqs,
+                       PagedKVCache& cache, int64_t layer) const override;
   KVCache::LayerSpec cache_spec() const override {
     return {n_kv_heads_ * head_dim_, n_kv_heads_ * head_dim_};
   }
@@ -46,6 +56,8 @@ class Attention : public SelfAttention {
  private:
   // Projections and RoPE for tokens starting at pos0: q [T, H, hd], k, v [T, Hkv, hd].
   void project(const Tensor& x, int64_t pos0, Tensor& q, Tensor& k, Tensor& v) const;
+  // The same without RoPE (the paged path ropes each sequence's rows at its own positions).
+  void project_unroped(const Tensor& x, Tensor& q, Tensor& k, Tensor& v) const;
   Tensor output(const Tensor& attn) const;  // [T, H, hd] -> o_proj -> [T, D]
 
   const RopeParams& rope_;

@@ -55,4 +55,12 @@ Tensor Block::forward(const Tensor& x, KVCache& cache, int64_t cache_layer) cons
   return feed_forward(h);
 }
 
+Tensor Block::forward_paged(const Tensor& x, std::span<const ops::PagedAttentionSeq> seqs,
+                           PagedKVCache& cache, int64_t cache_layer) const {
+  Tensor h = attn_->forward_paged(ops::rms_norm(x, input_layernorm_, eps_), seqs, cache,
+                                  cache_layer);
+  add_inplace(h, x);
+  return feed_forward(h);
+}
+
 }  // namespace dseek

@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 
 #include "core/tensor.h"
@@ -31,6 +32,10 @@ class Block {
   Tensor forward(const Tensor& x) const;
   // x at positions cache.size() ..; fills cache layer `cache_layer`.
   Tensor forward(const Tensor& x, KVCache& cache, int64_t cache_layer) const;
+  // x: the rows of several sequences at their own positions (see SelfAttention::forward_paged);
+  // fills layer `cache_layer` of the paged cache. Everything but attention runs over all rows.
+  Tensor forward_paged(const Tensor& x, std::span<const ops::PagedAttentionSeq> seqs,
+                       PagedKVCache& cache, int64_t cache_layer) const;
 
   const SelfAttention& attention() const { return *attn_; }
   bool is_moe() const { return moe_.has_value(); }

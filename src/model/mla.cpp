@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "model/load_context.h"
+#include "model/paged_kv_cache.h"
 #include "ops/attention.h"
 #include "ops/linear.h"
 #include "ops/norm.h"
@@ -52,7 +53,7 @@ Mla::Mla(const ModelConfig& config, const RopeParams& rope, LoadContext& ctx,
   if (config.attention_bias) o_bias_ = ctx.optional_weight(prefix + ".o_proj.bias", {D});
 }
 
-Mla::Projected Mla::project(const Tensor& x, int64_t pos0) const {
+Mla::Projected Mla::project_unroped(const Tensor& x) const {
   const int64_t T = x.size(0), H = n_heads_, qk = nope_dim_ + rope_dim_;
   Projected p;
   Tensor q_flat;
@@ -64,14 +65,24 @@ Mla::Projected Mla::project(const Tensor& x, int64_t pos0) const {
     q_flat = ops::linear(x, q_proj_);
   }
   p.q = q_flat.reshape({T, H, qk});
-  apply_rope(rope_, p.q.slice(2, nope_dim_, qk), pos0);
 
   const Tensor kv_a = linear_b(x, kv_a_proj_, kv_a_bias_);  // [T, r + rope]
   p.c_kv = ops::rms_norm(kv_a.slice(1, 0, kv_lora_rank_), kv_a_layernorm_, kLatentNormEps);
   p.k_pe = kv_a.slice(1, kv_lora_rank_, kv_lora_rank_ + rope_dim_)
                .contiguous()
                .reshape({T, 1, rope_dim_});
-  apply_rope(rope_, p.k_pe, pos0);
+  return p;
+}
+
+void Mla::rope_rows(const Projected& p, int64_t row0, int64_t T, int64_t pos0) const {
+  const int64_t qk = nope_dim_ + rope_dim_;
+  apply_rope(rope_, p.q.slice(0, row0, row0 + T).slice(2, nope_dim_, qk), pos0);
+  apply_rope(rope_, p.k_pe.slice(0, row0, row0 + T), pos0);
+}
+
+Mla::Projected Mla::project(const Tensor& x, int64_t pos0) const {
+  Projected p = project_unroped(x);
+  rope_rows(p, 0, x.size(0), pos0);
   return p;
 }
 
@@ -100,29 +111,14 @@ const Tensor& Mla::kv_b_f32() const {
   return kv_b_f32_;
 }
 
-Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const {
-  const int64_t T = x.size(0), H = n_heads_, r = kv_lora_rank_, width = r + rope_dim_;
-  const int64_t pos0 = cache.size(), S = pos0 + T;
-  cache.check_room(T);
-  const Tensor& rows = cache.keys(layer);
-  DSEEK_CHECK(rows.size(1) == width, "[model] cache layer {} has width {}, MLA needs {}", layer,
-              rows.size(1), width);
-  const Projected p = project(x, pos0);
-
-  // Append [c_kv; k_pe] of the new tokens.
-  float* cache_rows = rows.data<float>();
-  for (int64_t t = 0; t < T; ++t) {
-    float* dst = cache_rows + (pos0 + t) * width;
-    std::memcpy(dst, p.c_kv.data<float>() + t * r, size_t(r) * sizeof(float));
-    std::memcpy(dst + r, p.k_pe.data<float>() + t * rope_dim_, size_t(rope_dim_) * sizeof(float));
-  }
-
-  // Absorb W_UK into the query: q_abs[t, h, :] = Σ_i q_nope[t, h, i] · W_UK[h][i, :].
+Tensor Mla::absorb_query(const Tensor& q) const {
+  // q_abs[t, h, :] = Σ_i q_nope[t, h, i] · W_UK[h][i, :].
+  const int64_t T = q.size(0), H = n_heads_, r = kv_lora_rank_, width = r + rope_dim_;
   const Tensor& kvb = kv_b_f32();  // [H · (nope + v), r]
   const float* w = kvb.data<float>();
   const int64_t head_rows = nope_dim_ + v_dim_, qk = nope_dim_ + rope_dim_;
   Tensor q_abs = Tensor::empty({T, H, width});
-  const float* qp = p.q.data<float>();
+  const float* qp = q.data<float>();
   float* qa = q_abs.data<float>();
 #pragma omp parallel for collapse(2) schedule(static) if (H * T * nope_dim_ * r >= (1 << 16))
   for (int64_t t = 0; t < T; ++t)
@@ -137,13 +133,14 @@ Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const
       }
       std::memcpy(dst + r, qn + nope_dim_, size_t(rope_dim_) * sizeof(float));
     }
+  return q_abs;
+}
 
-  // One shared latent key/value head over all cached tokens.
-  const Tensor keys = rows.slice(0, 0, S).reshape({S, 1, width});
-  const Tensor values = keys.slice(2, 0, r);
-  const Tensor o_lat = ops::causal_attention(q_abs, keys, values, scale_);  // [T, H, r]
-
+Tensor Mla::latent_output(const Tensor& o_lat) const {
   // Un-absorb W_UV: out[t, h, j] = W_UV[h][j, :] · o_lat[t, h, :].
+  const int64_t T = o_lat.size(0), H = n_heads_, r = kv_lora_rank_;
+  const int64_t head_rows = nope_dim_ + v_dim_;
+  const float* w = kv_b_f32().data<float>();
   Tensor out = Tensor::empty({T, H, v_dim_});
   const float* ol = o_lat.data<float>();
   float* op = out.data<float>();
@@ -159,6 +156,54 @@ Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const
       }
     }
   return linear_b(out.reshape({T, H * v_dim_}), o_proj_, o_bias_);
+}
+
+Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const {
+  const int64_t T = x.size(0), r = kv_lora_rank_, width = r + rope_dim_;
+  const int64_t pos0 = cache.size(), S = pos0 + T;
+  cache.check_room(T);
+  const Tensor& rows = cache.keys(layer);
+  DSEEK_CHECK(rows.size(1) == width, "[model] cache layer {} has width {}, MLA needs {}", layer,
+              rows.size(1), width);
+  const Projected p = project(x, pos0);
+
+  // Append [c_kv; k_pe] of the new tokens.
+  float* cache_rows = rows.data<float>();
+  for (int64_t t = 0; t < T; ++t) {
+    float* dst = cache_rows + (pos0 + t) * width;
+    std::memcpy(dst, p.c_kv.data<float>() + t * r, size_t(r) * sizeof(float));
+    std::memcpy(dst + r, p.k_pe.data<float>() + t * rope_dim_, size_t(rope_dim_) * sizeof(float));
+  }
+
+  // One shared latent key/value head over all cached tokens.
+  const Tensor keys = rows.slice(0, 0, S).reshape({S, 1, width});
+  const Tensor values = keys.slice(2, 0, r);
+  return latent_output(ops::causal_attention(absorb_query(p.q), keys, values, scale_));
+}
+
+Tensor Mla::forward_paged(const Tensor& x, std::span<const ops::PagedAttentionSeq> seqs,
+                          PagedKVCache& cache, int64_t layer) const {
+  const int64_t r = kv_lora_rank_, width = r + rope_dim_;
+  DSEEK_CHECK(cache.spec(layer).key_width == width,
+              "[model] paged cache layer {} has width {}, MLA needs {}", layer,
+              cache.spec(layer).key_width, width);
+  const Projected p = project_unroped(x);
+  const int64_t pt = cache.page_tokens();
+  int64_t row0 = 0;
+  for (const ops::PagedAttentionSeq& s : seqs) {
+    rope_rows(p, row0, s.T, s.pos0);
+    for (int64_t t = 0; t < s.T; ++t) {
+      const int64_t pos = s.pos0 + t;
+      float* dst = cache.key_row(layer, s.pages[size_t(pos / pt)], pos % pt);
+      std::memcpy(dst, p.c_kv.data<float>() + (row0 + t) * r, size_t(r) * sizeof(float));
+      std::memcpy(dst + r, p.k_pe.data<float>() + (row0 + t) * rope_dim_,
+                  size_t(rope_dim_) * sizeof(float));
+    }
+    row0 += s.T;
+  }
+  const Tensor& rows = cache.keys(layer);
+  return latent_output(ops::paged_attention(absorb_query(p.q), rows, rows.slice(1, 0, r), 1, pt,
+                                            seqs, scale_));
 }
 
 }  // namespace dseek

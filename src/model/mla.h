@@ -32,6 +32,9 @@ class Mla : public SelfAttention {
 
   Tensor forward(const Tensor& x) const override;
   Tensor forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const override;
+  // Absorbed, like forward_cached, with each sequence's latent rows in its pages.
+  Tensor forward_paged(const Tensor& x, std::span<const ops::PagedAttentionSeq> seqs,
+                       PagedKVCache& cache, int64_t layer) const override;
   KVCache::LayerSpec cache_spec() const override { return {kv_lora_rank_ + rope_dim_, 0}; }
 
   float scale() const { return scale_; }
@@ -43,6 +46,12 @@ class Mla : public SelfAttention {
     Tensor k_pe;  // [T, 1, rope], roped
   };
   Projected project(const Tensor& x, int64_t pos0) const;
+  Projected project_unroped(const Tensor& x) const;
+  void rope_rows(const Projected& p, int64_t row0, int64_t T, int64_t pos0) const;
+  // q [T, H, nope + rope] → q_abs [T, H, r + rope] = [q_nope · W_UK[h]; q_pe].
+  Tensor absorb_query(const Tensor& q) const;
+  // o_lat [T, H, r] → W_UV[h] per head → o_proj → [T, D].
+  Tensor latent_output(const Tensor& o_lat) const;
   const Tensor& kv_b_f32() const;  // kv_b_proj in f32, made on first cached use
 
   const RopeParams& rope_;

@@ -9,7 +9,6 @@
 
 #include "core/error.h"
 #include "model/config.h"
-#include "model/paged_kv_cache.h"
 #include "model/safetensors.h"
 #include "model/transformer.h"
 
@@ -35,17 +34,4 @@ std::unique_ptr<Model> Model::load(const std::string& dir) {
   return model;
 }
 
-}  // namespace dseek
-
-// TEMPORARY (serving work in progress, see model.h): replaced by Transformer's implementations.
-namespace dseek {
-BatchOutput Model::forward_batch(const std::vector<BatchSequence>&, PagedKVCache&) {
-  fail("[model] forward_batch: not implemented yet");
-}
-Tensor Model::forward_mtp_batch(const std::vector<MtpBatchSequence>&, PagedKVCache&) {
-  fail("[model] forward_mtp_batch: not implemented yet");
-}
-std::unique_ptr<PagedKVCache> Model::new_paged_cache(int64_t, int64_t) const {
-  fail("[model] new_paged_cache: not implemented yet");
-}
 }  // namespace dseek

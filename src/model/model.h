@@ -69,17 +69,21 @@ class Model {
   // in one GEMM; attention runs per sequence over its own pages. Writes the new rows into the
   // main layers' pages and advances each seq->length. Must equal forward(ids, KVCache&) per
   // sequence (tests hold it to 1e-4 relative).
-  // TEMPORARY (serving work in progress): default bodies throw until Transformer implements them;
-  // the helper implementing them makes these pure virtual again.
+  // Each sequence needs at least one new token, its pages must cover length + T, and the pages
+  // it writes (positions length ..) must be its own (refcount 1: a shared prefix page is never
+  // written; PagedKVCache::truncate copies one before a rewind into it). A page registered as a
+  // prefix must be registered only after the forward that filled it.
   virtual BatchOutput forward_batch(const std::vector<BatchSequence>& batch,
-                                    PagedKVCache& cache);
+                                    PagedKVCache& cache) = 0;
   // MTP depth 1 over the paged cache's MTP layer: logits [Σ N, V] (row i of a sequence predicts
-  // the token at position mtp_length + i + 2). Throws if the model has no MTP layers.
+  // the token at position mtp_length + i + 2). The main model must have run those positions
+  // already (mtp_length + N ≤ length, since h_prev comes from it). Throws if the model has no MTP
+  // layers or the cache none for them.
   virtual Tensor forward_mtp_batch(const std::vector<MtpBatchSequence>& batch,
-                                   PagedKVCache& cache);
+                                   PagedKVCache& cache) = 0;
   // A pool of `num_pages` pages of `page_tokens` positions over every decoder layer and MTP layer.
   virtual std::unique_ptr<PagedKVCache> new_paged_cache(int64_t page_tokens,
-                                                        int64_t num_pages) const;
+                                                        int64_t num_pages) const = 0;
   virtual int64_t num_mtp_layers() const = 0;
 };
 

@@ -26,7 +26,7 @@ MtpLayer::MtpLayer(const ModelConfig& config, const RopeParams& rope, LoadContex
   block_ = std::make_unique<Block>(config, rope, ctx, prefix, layer);
 }
 
-Tensor MtpLayer::forward(const std::vector<int32_t>& next_ids, const Tensor& h_prev) const {
+Tensor MtpLayer::block_input(const std::vector<int32_t>& next_ids, const Tensor& h_prev) const {
   const int64_t N = int64_t(next_ids.size()), D = h_prev.size(1);
   DSEEK_CHECK(h_prev.size(0) == N, "[mtp] {} tokens but {} hidden rows", N, h_prev.size(0));
   const Tensor e = ops::rms_norm(ops::embedding(embed_tokens_, next_ids), enorm_, eps_);
@@ -37,7 +37,17 @@ Tensor MtpLayer::forward(const std::vector<int32_t>& next_ids, const Tensor& h_p
     std::memcpy(cat.data<float>() + i * 2 * D + D, h.data<float>() + i * D,
                 size_t(D) * sizeof(float));
   }
-  return block_->forward(ops::linear(cat, eh_proj_));
+  return ops::linear(cat, eh_proj_);
+}
+
+Tensor MtpLayer::forward(const std::vector<int32_t>& next_ids, const Tensor& h_prev) const {
+  return block_->forward(block_input(next_ids, h_prev));
+}
+
+Tensor MtpLayer::forward_paged(const std::vector<int32_t>& next_ids, const Tensor& h_prev,
+                               std::span<const ops::PagedAttentionSeq> seqs, PagedKVCache& cache,
+                               int64_t cache_layer) const {
+  return block_->forward_paged(block_input(next_ids, h_prev), seqs, cache, cache_layer);
 }
 
 Tensor MtpLayer::logits(const Tensor& h) const {

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -25,10 +26,19 @@ class MtpLayer {
 
   // next_ids [N] (tokens i + k), h_prev [N, D] → h^k [N, D] (before shared_head.norm).
   Tensor forward(const std::vector<int32_t>& next_ids, const Tensor& h_prev) const;
+  // The same for the rows of several sequences at their own MTP positions (seqs, as
+  // Block::forward_paged takes them), the block's rows kept in layer `cache_layer` of the pages.
+  Tensor forward_paged(const std::vector<int32_t>& next_ids, const Tensor& h_prev,
+                       std::span<const ops::PagedAttentionSeq> seqs, PagedKVCache& cache,
+                       int64_t cache_layer) const;
   // [N, D] → [N, V].
   Tensor logits(const Tensor& h) const;
+  const Block& block() const { return *block_; }
 
  private:
+  // h' = eh_proj([enorm(emb(next_ids)); hnorm(h_prev)]), [N, D].
+  Tensor block_input(const std::vector<int32_t>& next_ids, const Tensor& h_prev) const;
+
   double eps_;
   Tensor embed_tokens_, enorm_, hnorm_, eh_proj_, head_norm_, head_;
   std::unique_ptr<Block> block_;

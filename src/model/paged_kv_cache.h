@@ -50,6 +50,8 @@ class PagedKVCache {
   std::optional<int32_t> allocate();
   void retain(int32_t page);
   void release(int32_t page);  // at 0: back to the free list, or evictable if registered
+  int32_t refcount(int32_t page) const;
+  bool is_registered(int32_t page) const;
 
   // Row storage of (layer, page, slot): key_width values (the latent row for MLA); values only
   // when the layer's value_width > 0.
@@ -57,6 +59,10 @@ class PagedKVCache {
   float* value_row(int64_t layer, int32_t page, int64_t slot);
   const float* key_row(int64_t layer, int32_t page, int64_t slot) const;
   const float* value_row(int64_t layer, int32_t page, int64_t slot) const;
+  // A layer's whole pool, [num_pages · page_tokens, width]: page p's slot s is row
+  // p · page_tokens + s (values undefined when value_width is 0).
+  const Tensor& keys(int64_t layer) const { return keys_[size_t(layer)]; }
+  const Tensor& values(int64_t layer) const { return values_[size_t(layer)]; }
 
   // Prefix caching. register_prefix marks a full page as holding the positions whose chained hash
   // is `hash` (a page is registered at most once; a second page under the same hash is ignored).
@@ -66,8 +72,12 @@ class PagedKVCache {
 
   // Sequence helpers. reserve: appends pages until the sequence can hold `tokens` positions;
   // false (and nothing allocated) if the pool cannot supply them. truncate: drops positions n..
-  // (length and mtp_length are clamped; pages past the new end are released). release_all: gives
-  // every page back and empties the sequence.
+  // (length and mtp_length are clamped; pages past the new end are released). When n ends inside
+  // a page that later writes would change under another owner (shared, refcount > 1) the kept
+  // rows are first copied into a fresh page (copy-on-write; an Error if the pool has none left,
+  // the sequence unchanged); a registered page owned by this sequence alone is unregistered
+  // instead, since its positions past n are about to change. release_all: gives every page back
+  // and empties the sequence.
   bool reserve(PagedSequence& seq, int64_t tokens);
   void truncate(PagedSequence& seq, int64_t n);
   void release_all(PagedSequence& seq);
@@ -84,6 +94,9 @@ class PagedKVCache {
   std::vector<std::list<int32_t>::iterator> evictable_pos_;
   std::unordered_map<uint64_t, int32_t> page_of_hash_;
   std::vector<std::optional<uint64_t>> hash_of_page_;
+
+  void check_page(int32_t page, const char* what) const;
+  void unregister(int32_t page);
 };
 
 // The chained hash of page k of a token sequence: hash of (hash of page k − 1, the page's ids).

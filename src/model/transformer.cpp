@@ -1,13 +1,59 @@
 #include "model/transformer.h"
 
 #include "core/error.h"
+#include <algorithm>
+#include <cstring>
+
 #include "model/kv_cache.h"
 #include "model/load_context.h"
+#include "model/paged_kv_cache.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
 #include "ops/norm.h"
 
 namespace dseek {
+namespace {
+
+// Checks sequence i's share of a batched forward before anything is written: T ≥ 1 rows at
+// positions pos0 .. pos0 + T − 1 inside its pages, every page it reads owned, every page it writes
+// owned by it alone (another owner would see its rows change).
+void check_paged_rows(const PagedKVCache& cache, const PagedSequence* seq, int64_t pos0, int64_t T,
+                      size_t i, const char* what) {
+  DSEEK_CHECK(seq != nullptr, "[model] {}: sequence {} has no PagedSequence", what, i);
+  DSEEK_CHECK(T >= 1, "[model] {}: sequence {} has no new tokens", what, i);
+  const int64_t pt = cache.page_tokens(), end = pos0 + T;
+  DSEEK_CHECK(int64_t(seq->pages.size()) * pt >= end,
+              "[model] {}: sequence {} needs {} positions but its {} pages hold {}", what, i, end,
+              seq->pages.size(), int64_t(seq->pages.size()) * pt);
+  for (int64_t p = 0; p < (end + pt - 1) / pt; ++p) {
+    const int32_t page = seq->pages[size_t(p)];
+    DSEEK_CHECK(page >= 0 && page < cache.num_pages() && cache.refcount(page) > 0,
+                "[model] {}: sequence {} page {} ({}) is not an owned page of the cache", what, i,
+                p, page);
+    DSEEK_CHECK(p < pos0 / pt || cache.refcount(page) == 1,
+                "[model] {}: sequence {} would write into page {} ({}), shared with {} others",
+                what, i, p, page, cache.refcount(page) - 1);
+  }
+}
+
+void check_distinct(std::vector<const PagedSequence*> seqs, const char* what) {
+  std::sort(seqs.begin(), seqs.end());
+  DSEEK_CHECK(std::adjacent_find(seqs.begin(), seqs.end()) == seqs.end(),
+              "[model] {}: a sequence appears twice in the batch", what);
+}
+
+// Rows `rows` of x [N, D] (all of x when they are 0 .. N − 1).
+Tensor gather_rows(const Tensor& x, const std::vector<int64_t>& rows) {
+  if (int64_t(rows.size()) == x.size(0)) return x;
+  const int64_t D = x.size(1);
+  Tensor out = Tensor::empty({int64_t(rows.size()), D});
+  for (size_t i = 0; i < rows.size(); ++i)
+    std::memcpy(out.data<float>() + int64_t(i) * D, x.data<float>() + rows[i] * D,
+                size_t(D) * sizeof(float));
+  return out;
+}
+
+}  // namespace
 
 Transformer::Transformer(const ModelConfig& config, const WeightStore& store)
     : config_(config), rope_(rope_params(config)) {
@@ -36,7 +82,7 @@ Transformer::Transformer(const ModelConfig& config, const WeightStore& store)
   unused_ = ctx.unused();
 }
 
-void Transformer::check_ids(const std::vector<int32_t>& ids) const {
+void Transformer::check_ids(std::span<const int32_t> ids) const {
   for (size_t i = 0; i < ids.size(); ++i)
     DSEEK_CHECK(ids[i] >= 0 && ids[i] < config_.vocab_size,
                 "[model] token id {} at position {} is outside the vocabulary [0, {})", ids[i], i,
@@ -92,6 +138,106 @@ Tensor Transformer::forward_mtp(const std::vector<int32_t>& ids, int depth) {
     h = mtp_[size_t(k - 1)]->forward(next, h.slice(0, 0, N).contiguous());
   }
   return mtp_[size_t(depth - 1)]->logits(h);
+}
+
+BatchOutput Transformer::forward_batch(const std::vector<BatchSequence>& batch,
+                                       PagedKVCache& cache) {
+  const int64_t L = int64_t(blocks_.size());
+  DSEEK_CHECK(cache.num_layers() >= L, "[model] forward_batch: the paged cache has {} layers, the "
+              "model {}", cache.num_layers(), L);
+  std::vector<int32_t> ids;
+  std::vector<ops::PagedAttentionSeq> seqs;
+  std::vector<const PagedSequence*> owners;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const BatchSequence& b = batch[i];
+    const int64_t T = int64_t(b.ids.size());
+    check_paged_rows(cache, b.seq, b.seq ? b.seq->length : 0, T, i, "forward_batch");
+    check_ids(b.ids);
+    ids.insert(ids.end(), b.ids.begin(), b.ids.end());
+    seqs.push_back({T, b.seq->length, b.seq->pages});
+    owners.push_back(b.seq);
+  }
+  check_distinct(owners, "forward_batch");
+
+  BatchOutput out;
+  if (batch.empty()) {
+    out.logits = Tensor::empty({0, config_.vocab_size});
+    out.hidden = Tensor::empty({0, config_.hidden_size});
+    return out;
+  }
+  Tensor x = ops::embedding(embed_tokens_, ids);
+  for (int64_t l = 0; l < L; ++l) x = blocks_[size_t(l)]->forward_paged(x, seqs, cache, l);
+
+  // Only the rows whose logits were asked for go through the final norm and lm_head: with long
+  // prefills in the batch, lm_head over every row would dominate.
+  std::vector<int64_t> rows;
+  int64_t row0 = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const int64_t T = seqs[i].T;
+    out.first_row.push_back(int64_t(rows.size()));
+    if (batch[i].all_logits) {
+      for (int64_t t = 0; t < T; ++t) rows.push_back(row0 + t);
+    } else {
+      rows.push_back(row0 + T - 1);
+    }
+    row0 += T;
+    batch[i].seq->length += T;
+  }
+  out.hidden = ops::rms_norm(gather_rows(x, rows), norm_, config_.rms_norm_eps);
+  out.logits = logits(out.hidden);
+  return out;
+}
+
+Tensor Transformer::forward_mtp_batch(const std::vector<MtpBatchSequence>& batch,
+                                      PagedKVCache& cache) {
+  DSEEK_CHECK(!mtp_.empty(), "[model] {}: this model has no MTP layers", config_.model_type);
+  const int64_t layer = int64_t(blocks_.size()), D = config_.hidden_size;
+  DSEEK_CHECK(cache.num_layers() > layer,
+              "[model] forward_mtp_batch: the paged cache has no MTP layer ({} layers)",
+              cache.num_layers());
+  std::vector<int32_t> next_ids;
+  std::vector<ops::PagedAttentionSeq> seqs;
+  std::vector<const PagedSequence*> owners;
+  int64_t rows = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const MtpBatchSequence& b = batch[i];
+    const int64_t N = int64_t(b.next_ids.size());
+    check_paged_rows(cache, b.seq, b.seq ? b.seq->mtp_length : 0, N, i, "forward_mtp_batch");
+    DSEEK_CHECK(b.seq->mtp_length + N <= b.seq->length,
+                "[model] forward_mtp_batch: sequence {} asks for MTP positions up to {} but the "
+                "main model has run {}",
+                i, b.seq->mtp_length + N, b.seq->length);
+    DSEEK_CHECK(b.h_prev.defined() && b.h_prev.dtype() == DType::F32 &&
+                    b.h_prev.shape() == Shape({N, D}),
+                "[model] forward_mtp_batch: sequence {} h_prev must be f32 [{}, {}], got {}", i, N,
+                D, b.h_prev.defined() ? shape_str(b.h_prev.shape()) : std::string("undefined"));
+    check_ids(b.next_ids);
+    next_ids.insert(next_ids.end(), b.next_ids.begin(), b.next_ids.end());
+    seqs.push_back({N, b.seq->mtp_length, b.seq->pages});
+    owners.push_back(b.seq);
+    rows += N;
+  }
+  check_distinct(owners, "forward_mtp_batch");
+  if (batch.empty()) return Tensor::empty({0, config_.vocab_size});
+
+  Tensor h_prev = Tensor::empty({rows, D});
+  int64_t row0 = 0;
+  for (const MtpBatchSequence& b : batch) {
+    const Tensor h = b.h_prev.contiguous();
+    std::memcpy(h_prev.data<float>() + row0 * D, h.data<float>(), size_t(h.numel()) * sizeof(float));
+    row0 += h.size(0);
+  }
+  const Tensor h = mtp_[0]->forward_paged(next_ids, h_prev, seqs, cache, layer);
+  for (const MtpBatchSequence& b : batch) b.seq->mtp_length += int64_t(b.next_ids.size());
+  return mtp_[0]->logits(h);
+}
+
+std::unique_ptr<PagedKVCache> Transformer::new_paged_cache(int64_t page_tokens,
+                                                           int64_t num_pages) const {
+  std::vector<KVCache::LayerSpec> specs;
+  for (const auto& block : blocks_) specs.push_back(block->attention().cache_spec());
+  for (const auto& mtp : mtp_) specs.push_back(mtp->block().attention().cache_spec());
+  return std::make_unique<PagedKVCache>(specs, page_tokens, num_pages);
 }
 
 }  // namespace dseek

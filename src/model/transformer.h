@@ -5,6 +5,7 @@
 #pragma once
 
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,12 @@ class Transformer : public Model {
   Tensor forward(const std::vector<int32_t>& ids, KVCache& cache) override;
   std::unique_ptr<KVCache> new_cache(int64_t max_tokens) const override;
   Tensor forward_mtp(const std::vector<int32_t>& ids, int depth) override;
+  BatchOutput forward_batch(const std::vector<BatchSequence>& batch,
+                            PagedKVCache& cache) override;
+  Tensor forward_mtp_batch(const std::vector<MtpBatchSequence>& batch,
+                           PagedKVCache& cache) override;
+  std::unique_ptr<PagedKVCache> new_paged_cache(int64_t page_tokens,
+                                                int64_t num_pages) const override;
 
   // Final hidden states after model.norm, [T, D] (no cache).
   Tensor hidden(const std::vector<int32_t>& ids) const;
@@ -36,7 +43,7 @@ class Transformer : public Model {
   const Block& block(int64_t layer) const { return *blocks_[size_t(layer)]; }
 
  private:
-  void check_ids(const std::vector<int32_t>& ids) const;
+  void check_ids(std::span<const int32_t> ids) const;
 
   ModelConfig config_;
   RopeParams rope_;  // referenced by the attention layers

@@ -87,3 +87,28 @@ struct AttentionGradArgs {
 void causal_attention_backward(const AttentionGradArgs& a);
 
 }  // namespace dseek::ops::cpu
+
+namespace dseek::ops::cpu {
+
+// paged_attention (see ops/paged_attention.h). Sequence i owns q rows q_start[i] .. q_start[i+1]
+// (q_start has n_seqs + 1 entries), its first query sits at position pos0[i], and its page table
+// is page_table[page_start[i] ..]. Key head hk of pool row r starts at k + r·k_row + hk·dk.
+struct PagedAttentionArgs {
+  const float* q;
+  int64_t q_t, q_h;  // strides (elements)
+  const float* k;
+  int64_t k_row;
+  const float* v;
+  int64_t v_row;
+  float* out;  // [ΣT, H, dv] contiguous
+  int64_t H, Hk, dk, dv, page_tokens;
+  float scale;
+  int64_t n_seqs;
+  const int64_t* q_start;
+  const int64_t* pos0;
+  const int32_t* page_table;
+  const int64_t* page_start;
+};
+void paged_attention(const PagedAttentionArgs& a);
+
+}  // namespace dseek::ops::cpu

@@ -1,0 +1,103 @@
+// paged attention, CPU, f32 — ops/cpu/attention.cpp's causal attention (softmax(scale · q kᵀ) v
+// over the visible keys, max-subtracted, f32 accumulation) with keys and values reached through a
+// page table, for many sequences in one call (vLLM's PagedAttention; FlashMLA's paged latent
+// decode for Hk = 1).
+// Work items are (query row, key head, block of up to kHeadBlock query heads of that key head):
+// the heads of a block read each key and value row once, so MLA's 128 heads on one latent head do
+// not stream the sequence's cache 128 times. Items are spread over OpenMP threads dynamically,
+// since their cost grows with the row's position; each thread keeps one score buffer.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "ops/cpu/cpu_ops.h"
+
+namespace dseek::ops::cpu {
+namespace {
+
+constexpr int64_t kHeadBlock = 8;
+
+// Eight partial sums break the f32 add latency chain (as ops/cpu/attention.cpp does).
+inline float dot_product(const float* a, const float* b, int64_t n) {
+  float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) s[j] += a[i + j] * b[i + j];
+  float total = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+  for (; i < n; ++i) total += a[i] * b[i];
+  return total;
+}
+
+}  // namespace
+
+void paged_attention(const PagedAttentionArgs& a) {
+  const int64_t group = a.H / a.Hk;
+  const int64_t blocks = (group + kHeadBlock - 1) / kHeadBlock;
+  const int64_t rows = a.q_start[a.n_seqs];
+  std::vector<int64_t> seq_of_row(static_cast<size_t>(rows));
+  int64_t max_keys = 0, work = 0;
+  for (int64_t i = 0; i < a.n_seqs; ++i) {
+    for (int64_t r = a.q_start[i]; r < a.q_start[i + 1]; ++r) seq_of_row[size_t(r)] = i;
+    const int64_t T = a.q_start[i + 1] - a.q_start[i];
+    max_keys = std::max(max_keys, a.pos0[i] + T);
+    work += T * (a.pos0[i] + T);
+  }
+  const int64_t n_items = rows * a.Hk * blocks;
+#pragma omp parallel if (work * a.H * (a.dk + a.dv) >= (1 << 15))
+  {
+    std::vector<float> scores(size_t(kHeadBlock * max_keys));
+    std::vector<float> acc(size_t(kHeadBlock * a.dv));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < n_items; ++item) {
+      const int64_t row = item / (a.Hk * blocks);
+      const int64_t hk = (item / blocks) % a.Hk;
+      const int64_t h0 = hk * group + (item % blocks) * kHeadBlock;
+      const int64_t nh = std::min(kHeadBlock, (hk + 1) * group - h0);
+      const int64_t seq = seq_of_row[size_t(row)];
+      const int64_t n_keys = a.pos0[seq] + (row - a.q_start[seq]) + 1;
+      const int32_t* pages = a.page_table + a.page_start[seq];
+      const float* q = a.q + row * a.q_t + h0 * a.q_h;
+
+      float m[kHeadBlock];
+      std::fill_n(m, kHeadBlock, -3.402823466e38f);
+      for (int64_t s = 0; s < n_keys; ++s) {
+        const int64_t pool_row = int64_t(pages[s / a.page_tokens]) * a.page_tokens +
+                                 s % a.page_tokens;
+        const float* k = a.k + pool_row * a.k_row + hk * a.dk;
+        for (int64_t j = 0; j < nh; ++j) {
+          const float sc = dot_product(q + j * a.q_h, k, a.dk) * a.scale;
+          scores[size_t(j * max_keys + s)] = sc;
+          m[j] = std::max(m[j], sc);
+        }
+      }
+      float inv[kHeadBlock];
+      for (int64_t j = 0; j < nh; ++j) {
+        float* sj = scores.data() + j * max_keys;
+        float sum = 0;
+        for (int64_t s = 0; s < n_keys; ++s) {
+          sj[s] = std::exp(sj[s] - m[j]);
+          sum += sj[s];
+        }
+        inv[j] = 1.0f / sum;
+      }
+      std::fill_n(acc.begin(), nh * a.dv, 0.0f);
+      for (int64_t s = 0; s < n_keys; ++s) {
+        const int64_t pool_row = int64_t(pages[s / a.page_tokens]) * a.page_tokens +
+                                 s % a.page_tokens;
+        const float* v = a.v + pool_row * a.v_row + hk * a.dv;
+        for (int64_t j = 0; j < nh; ++j) {
+          const float p = scores[size_t(j * max_keys + s)];
+          float* aj = acc.data() + j * a.dv;
+          for (int64_t d = 0; d < a.dv; ++d) aj[d] += p * v[d];
+        }
+      }
+      for (int64_t j = 0; j < nh; ++j) {
+        float* out = a.out + (row * a.H + h0 + j) * a.dv;
+        const float* aj = acc.data() + j * a.dv;
+        for (int64_t d = 0; d < a.dv; ++d) out[d] = aj[d] * inv[j];
+      }
+    }
+  }
+}
+
+}  // namespace dseek::ops::cpu

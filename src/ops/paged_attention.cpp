@@ -1,0 +1,69 @@
+#include "ops/paged_attention.h"
+
+#include <vector>
+
+#include "core/error.h"
+#include "ops/cpu/cpu_ops.h"
+
+namespace dseek::ops {
+
+Tensor paged_attention(const Tensor& q, const Tensor& keys, const Tensor& values, int64_t kv_heads,
+                       int64_t page_tokens, std::span<const PagedAttentionSeq> seqs, float scale) {
+  DSEEK_CHECK(q.defined() && keys.defined() && values.defined(),
+              "[paged_attention] undefined input");
+  DSEEK_CHECK(q.dtype() == DType::F32 && keys.dtype() == DType::F32 &&
+                  values.dtype() == DType::F32,
+              "[paged_attention] q, keys, values must be f32");
+  DSEEK_CHECK(q.dim() == 3 && keys.dim() == 2 && values.dim() == 2,
+              "[paged_attention] q must be [T, H, d] and keys, values [rows, width], got {}, {}, {}",
+              shape_str(q.shape()), shape_str(keys.shape()), shape_str(values.shape()));
+  const int64_t rows_total = q.size(0), H = q.size(1), dk = q.size(2), Hk = kv_heads;
+  DSEEK_CHECK(Hk > 0 && H % Hk == 0,
+              "[paged_attention] {} query heads not a multiple of {} key heads", H, Hk);
+  DSEEK_CHECK(keys.size(1) == Hk * dk, "[paged_attention] key rows of {} values, expected {}·{}",
+              keys.size(1), Hk, dk);
+  DSEEK_CHECK(values.size(1) % Hk == 0 && values.size(1) > 0,
+              "[paged_attention] value rows of {} values do not split into {} heads",
+              values.size(1), Hk);
+  const int64_t dv = values.size(1) / Hk;
+  DSEEK_CHECK(page_tokens > 0 && keys.size(0) == values.size(0) && keys.size(0) % page_tokens == 0,
+              "[paged_attention] pools of {} / {} rows are not whole pages of {}", keys.size(0),
+              values.size(0), page_tokens);
+  for (const Tensor* t : {&q, &keys, &values})
+    DSEEK_CHECK(t->strides()[t->dim() - 1] == 1 || t->size(t->dim() - 1) <= 1,
+                "[paged_attention] last dimension must be contiguous");
+  const int64_t num_pages = keys.size(0) / page_tokens;
+
+  std::vector<int64_t> q_start(1, 0), pos0, page_start(1, 0);
+  std::vector<int32_t> page_table;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const PagedAttentionSeq& s = seqs[i];
+    DSEEK_CHECK(s.T >= 0 && s.pos0 >= 0, "[paged_attention] sequence {}: T {} at position {}", i,
+                s.T, s.pos0);
+    const int64_t used = (s.pos0 + s.T + page_tokens - 1) / page_tokens;
+    DSEEK_CHECK(int64_t(s.pages.size()) >= used,
+                "[paged_attention] sequence {}: {} pages do not cover {} positions", i,
+                s.pages.size(), s.pos0 + s.T);
+    for (int64_t p = 0; p < used; ++p)
+      DSEEK_CHECK(s.pages[size_t(p)] >= 0 && s.pages[size_t(p)] < num_pages,
+                  "[paged_attention] sequence {}: page {} outside [0, {})", i, s.pages[size_t(p)],
+                  num_pages);
+    page_table.insert(page_table.end(), s.pages.begin(), s.pages.begin() + used);
+    q_start.push_back(q_start.back() + s.T);
+    pos0.push_back(s.pos0);
+    page_start.push_back(int64_t(page_table.size()));
+  }
+  DSEEK_CHECK(q_start.back() == rows_total, "[paged_attention] sequences bring {} queries, q has {}",
+              q_start.back(), rows_total);
+
+  Tensor out = Tensor::empty({rows_total, H, dv}, DType::F32);
+  if (out.numel() == 0) return out;
+  cpu::paged_attention(cpu::PagedAttentionArgs{
+      q.data<float>(), q.strides()[0], q.strides()[1], keys.data<float>(), keys.strides()[0],
+      values.data<float>(), values.strides()[0], out.data<float>(), H, Hk, dk, dv, page_tokens,
+      scale, int64_t(seqs.size()), q_start.data(), pos0.data(), page_table.data(),
+      page_start.data()});
+  return out;
+}
+
+}  // namespace dseek::ops
