@@ -43,7 +43,8 @@ void paged_attention(const PagedAttentionArgs& a) {
     work += T * (a.pos0[i] + T);
   }
   const int64_t n_items = rows * a.Hk * blocks;
-#pragma omp parallel if (work * a.H * (a.dk + a.dv) >= (1 << 15))
+  // Below ~2^17 multiply-adds a parallel region costs more than it saves.
+#pragma omp parallel if (work * a.H * (a.dk + a.dv) >= (1 << 17))
   {
     std::vector<float> scores(size_t(kHeadBlock * max_keys));
     std::vector<float> acc(size_t(kHeadBlock * a.dv));
@@ -60,14 +61,17 @@ void paged_attention(const PagedAttentionArgs& a) {
 
       float m[kHeadBlock];
       std::fill_n(m, kHeadBlock, -3.402823466e38f);
-      for (int64_t s = 0; s < n_keys; ++s) {
-        const int64_t pool_row = int64_t(pages[s / a.page_tokens]) * a.page_tokens +
-                                 s % a.page_tokens;
-        const float* k = a.k + pool_row * a.k_row + hk * a.dk;
-        for (int64_t j = 0; j < nh; ++j) {
-          const float sc = dot_product(q + j * a.q_h, k, a.dk) * a.scale;
-          scores[size_t(j * max_keys + s)] = sc;
-          m[j] = std::max(m[j], sc);
+      // Keys page by page: no division per key (it would cost more than a short dot product).
+      for (int64_t s0 = 0; s0 < n_keys; s0 += a.page_tokens) {
+        const int64_t first_row = int64_t(pages[s0 / a.page_tokens]) * a.page_tokens;
+        const int64_t n = std::min(a.page_tokens, n_keys - s0);
+        for (int64_t i = 0; i < n; ++i) {
+          const float* k = a.k + (first_row + i) * a.k_row + hk * a.dk;
+          for (int64_t j = 0; j < nh; ++j) {
+            const float sc = dot_product(q + j * a.q_h, k, a.dk) * a.scale;
+            scores[size_t(j * max_keys + s0 + i)] = sc;
+            m[j] = std::max(m[j], sc);
+          }
         }
       }
       float inv[kHeadBlock];
@@ -81,14 +85,16 @@ void paged_attention(const PagedAttentionArgs& a) {
         inv[j] = 1.0f / sum;
       }
       std::fill_n(acc.begin(), nh * a.dv, 0.0f);
-      for (int64_t s = 0; s < n_keys; ++s) {
-        const int64_t pool_row = int64_t(pages[s / a.page_tokens]) * a.page_tokens +
-                                 s % a.page_tokens;
-        const float* v = a.v + pool_row * a.v_row + hk * a.dv;
-        for (int64_t j = 0; j < nh; ++j) {
-          const float p = scores[size_t(j * max_keys + s)];
-          float* aj = acc.data() + j * a.dv;
-          for (int64_t d = 0; d < a.dv; ++d) aj[d] += p * v[d];
+      for (int64_t s0 = 0; s0 < n_keys; s0 += a.page_tokens) {
+        const int64_t first_row = int64_t(pages[s0 / a.page_tokens]) * a.page_tokens;
+        const int64_t n = std::min(a.page_tokens, n_keys - s0);
+        for (int64_t i = 0; i < n; ++i) {
+          const float* v = a.v + (first_row + i) * a.v_row + hk * a.dv;
+          for (int64_t j = 0; j < nh; ++j) {
+            const float p = scores[size_t(j * max_keys + s0 + i)];
+            float* aj = acc.data() + j * a.dv;
+            for (int64_t d = 0; d < a.dv; ++d) aj[d] += p * v[d];
+          }
         }
       }
       for (int64_t j = 0; j < nh; ++j) {
