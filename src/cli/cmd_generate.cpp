@@ -1,5 +1,8 @@
 // dseek generate: one completion, streamed to stdout as it is produced; timing on stderr.
 // `--print-ids` adds the generated ids, space-separated, as the last line of stdout.
+// `--fim-prefix P --fim-suffix S [--fim-mode psm|spm]` infills code (DeepSeek-Coder FIM): the
+// prompt is BOS <｜fim▁begin｜>P<｜fim▁hole｜>S<｜fim▁end｜> (data/fim.h), and what is printed is
+// the middle the model writes, up to EOS.
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -8,6 +11,7 @@
 #include "cli/commands.h"
 #include "cli/generation_flags.h"
 #include "core/error.h"
+#include "data/fim.h"
 #include "infer/generator.h"
 #include "model/model.h"
 
@@ -44,7 +48,7 @@ std::vector<int32_t> parse_ids(const std::string& text) {
 void add_generate_command(CLI::App& app) {
   struct Args {
     GenerationFlags flags;
-    std::string prompt, ids;
+    std::string prompt, ids, fim_prefix, fim_suffix, fim_mode = "psm";
     bool print_ids = false, chat = false;
   };
   auto args = std::make_shared<Args>();
@@ -53,12 +57,25 @@ void add_generate_command(CLI::App& app) {
   CLI::Option* prompt = cmd->add_option("--prompt", args->prompt, "prompt text");
   CLI::Option* ids = cmd->add_option("--ids", args->ids, "prompt token ids, comma-separated");
   prompt->excludes(ids);
+  CLI::Option* fim_prefix =
+      cmd->add_option("--fim-prefix", args->fim_prefix, "code before the hole (fill-in-the-middle)");
+  CLI::Option* fim_suffix =
+      cmd->add_option("--fim-suffix", args->fim_suffix, "code after the hole (fill-in-the-middle)");
+  CLI::Option* fim_mode = cmd->add_option("--fim-mode", args->fim_mode,
+                                          "psm (prefix first, as DeepSeek-Coder) or spm")
+                              ->capture_default_str();
   cmd->add_flag("--print-ids", args->print_ids, "print the generated ids as the last line");
   cmd->add_flag("--chat", args->chat, "wrap --prompt as a user turn in the chat template");
-  cmd->callback([args, prompt, ids] {
+  cmd->callback([args, prompt, ids, fim_prefix, fim_suffix, fim_mode] {
     const GenerationFlags& flags = args->flags;
-    DSEEK_CHECK(prompt->count() + ids->count() == 1,
-                "[generate] give exactly one of --prompt or --ids");
+    const bool fim = fim_prefix->count() + fim_suffix->count() > 0;
+    DSEEK_CHECK(!fim || (fim_prefix->count() == 1 && fim_suffix->count() == 1),
+                "[generate] fill-in-the-middle needs both --fim-prefix and --fim-suffix (either "
+                "may be '')");
+    DSEEK_CHECK(fim || fim_mode->count() == 0,
+                "[generate] --fim-mode needs --fim-prefix and --fim-suffix");
+    DSEEK_CHECK(prompt->count() + ids->count() + (fim ? 1 : 0) == 1,
+                "[generate] give exactly one of --prompt, --ids or --fim-prefix/--fim-suffix");
     GenerationOptions options;
     options.max_new_tokens = flags.max_new_tokens;
     options.sampling = sampling_from_flags(flags);
@@ -70,6 +87,24 @@ void add_generate_command(CLI::App& app) {
     if (ids->count() > 0) {
       DSEEK_CHECK(!args->chat, "[generate] --chat needs --prompt, not --ids");
       prompt_ids = parse_ids(args->ids);
+    } else if (fim) {
+      DSEEK_CHECK(!args->chat, "[generate] --chat needs --prompt, not --fim-prefix/--fim-suffix");
+      DSEEK_CHECK(tokenizer.has_value(),
+                  "[generate] --fim-prefix: no tokenizer.json in {}; pass --tokenizer", flags.model);
+      FimMode mode = FimMode::PSM;
+      try {
+        mode = parse_fim_mode(args->fim_mode);
+      } catch (const Error&) {
+        fail("[generate] --fim-mode: '{}' is not psm or spm", args->fim_mode);
+      }
+      const FimTokens tokens = FimTokens::from_tokenizer(*tokenizer);
+      bool has_bos = true;
+      try {
+        (void)tokenizer->bos_id();
+      } catch (const Error&) {
+        has_bos = false;
+      }
+      prompt_ids = fim_prompt(*tokenizer, args->fim_prefix, args->fim_suffix, tokens, mode, has_bos);
     } else {
       DSEEK_CHECK(tokenizer.has_value(),
                   "[generate] --prompt: no tokenizer.json in {}; pass --tokenizer or use --ids",

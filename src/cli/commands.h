@@ -14,10 +14,12 @@ void add_tokenize_commands(CLI::App& app);  // tokenize, detokenize
 void add_init_command(CLI::App& app);
 void add_plot_command(CLI::App& app);  // plot RUN_DIR
 void add_data_commands(CLI::App& app);  // data prepare
+void add_data_passkey_command(CLI::App& app);  // data passkey (after add_data_commands)
 void add_data_chat_commands(CLI::App& app);    // data sft, data dpo (after add_data_commands)
 void add_tokenizer_commands(CLI::App& app);  // tokenizer train
 void add_train_command(CLI::App& app);       // train
 void add_export_command(CLI::App& app);      // export --run RUN_DIR --out MODEL_DIR
 void add_serve_command(CLI::App& app);       // serve --model DIR (OpenAI-compatible HTTP)
+void add_eval_commands(CLI::App& app);       // eval passkey, eval fim, eval passkey-plot
 
 }  // namespace dseek::cli

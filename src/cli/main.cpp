@@ -17,11 +17,13 @@ int main(int argc, char** argv) {
   dseek::cli::add_init_command(app);
   dseek::cli::add_plot_command(app);
   dseek::cli::add_data_commands(app);
+  dseek::cli::add_data_passkey_command(app);
   dseek::cli::add_data_chat_commands(app);
   dseek::cli::add_tokenizer_commands(app);
   dseek::cli::add_train_command(app);
   dseek::cli::add_export_command(app);
   dseek::cli::add_serve_command(app);
+  dseek::cli::add_eval_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

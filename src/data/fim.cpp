@@ -33,28 +33,41 @@ FimSplit fim_split(const std::string& document, Rng& rng) {
   return {document.substr(0, a), document.substr(a, b - a), document.substr(b)};
 }
 
-std::vector<int32_t> fim_encode(const Tokenizer& tokenizer, const FimSplit& split, const FimTokens& tokens,
-                                FimMode mode) {
-  auto prefix = tokenizer.encode(split.prefix);
-  auto middle = tokenizer.encode(split.middle);
-  auto suffix = tokenizer.encode(split.suffix);
+std::vector<int32_t> fim_prompt(const Tokenizer& tokenizer, const std::string& prefix,
+                                const std::string& suffix, const FimTokens& tokens, FimMode mode,
+                                bool add_bos) {
+  const std::vector<int32_t> p = tokenizer.encode(prefix), s = tokenizer.encode(suffix);
   std::vector<int32_t> out;
-  out.reserve(prefix.size() + middle.size() + suffix.size() + 3);
+  out.reserve(p.size() + s.size() + 4);
+  if (add_bos) out.push_back(tokenizer.bos_id());
   auto put = [&](const std::vector<int32_t>& ids) { out.insert(out.end(), ids.begin(), ids.end()); };
   if (mode == FimMode::PSM) {
     out.push_back(tokens.begin);
-    put(prefix);
+    put(p);
     out.push_back(tokens.hole);
-    put(suffix);
+    put(s);
   } else {
     out.push_back(tokens.hole);
-    put(suffix);
+    put(s);
     out.push_back(tokens.begin);
-    put(prefix);
+    put(p);
   }
   out.push_back(tokens.end);
-  put(middle);
   return out;
+}
+
+std::vector<int32_t> fim_encode(const Tokenizer& tokenizer, const FimSplit& split, const FimTokens& tokens,
+                                FimMode mode) {
+  std::vector<int32_t> out = fim_prompt(tokenizer, split.prefix, split.suffix, tokens, mode);
+  const std::vector<int32_t> middle = tokenizer.encode(split.middle);
+  out.insert(out.end(), middle.begin(), middle.end());
+  return out;
+}
+
+FimMode parse_fim_mode(const std::string& text) {
+  if (text == "psm") return FimMode::PSM;
+  if (text == "spm") return FimMode::SPM;
+  fail("[fim] mode '{}' is not psm or spm", text);
 }
 
 }  // namespace dseek

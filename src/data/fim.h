@@ -37,7 +37,20 @@ struct FimSplit {
 
 // Two cut points drawn uniformly over character boundaries (ordered), from `rng`.
 FimSplit fim_split(const std::string& document, Rng& rng);
+// The training document: fim_prompt(prefix, suffix) followed by the middle's tokens.
 std::vector<int32_t> fim_encode(const Tokenizer& tokenizer, const FimSplit& split, const FimTokens& tokens,
                                 FimMode mode);
+
+// The context a model infills from, as at inference (`dseek generate --fim-prefix/--fim-suffix`):
+//   PSM: <fim_begin> prefix <fim_hole> suffix <fim_end>     SPM: <fim_hole> suffix <fim_begin> prefix <fim_end>
+// The model then writes the middle and EOS. DeepSeek-Coder's README builds the PSM string and
+// tokenizes it with the BOS the tokenizer adds, which `add_bos` reproduces; the sentinels split the
+// text before pre-tokenization, so tokenizing the pieces apart gives the same ids.
+std::vector<int32_t> fim_prompt(const Tokenizer& tokenizer, const std::string& prefix,
+                                const std::string& suffix, const FimTokens& tokens, FimMode mode,
+                                bool add_bos = false);
+
+// "psm" or "spm"; anything else throws "[fim] mode 'x' is not psm or spm".
+FimMode parse_fim_mode(const std::string& text);
 
 }  // namespace dseek
