@@ -561,7 +561,11 @@ void Engine::Impl::publish_stats(int64_t step_tokens, bool stepped) {
   if (stepped) {
     ++counters.steps;
     counters.generated_tokens += uint64_t(step_tokens);
-    recent.emplace_back(Clock::now(), step_tokens);
+    const Clock::time_point now = Clock::now();
+    recent.emplace_back(now, step_tokens);
+    // Bounded even when nobody reads stats().
+    const auto window = std::chrono::duration<double>(kRateWindowSeconds);
+    while (now - recent.front().first > window) recent.pop_front();
   }
 }
 
