@@ -3,14 +3,17 @@
 // port; tests read it from that line). SIGINT/SIGTERM shut down gracefully: new requests get 503,
 // in-flight ones finish within --shutdown-timeout (then are cancelled), and the command exits 0.
 #include <omp.h>
-#include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -23,6 +26,57 @@
 #include "tokenizer/tokenizer.h"
 
 namespace dseek::cli {
+namespace {
+
+// The self-pipe for SIGINT/SIGTERM (one dseek serve per process).
+int g_signal_pipe[2] = {-1, -1};
+volatile sig_atomic_t g_serving = 0;
+
+extern "C" void on_shutdown_signal(int signal) {
+  if (!g_serving) _exit(130);  // still loading: nothing to drain
+  const unsigned char byte = static_cast<unsigned char>(signal);
+  [[maybe_unused]] const ssize_t n = write(g_signal_pipe[1], &byte, 1);
+}
+
+class ShutdownSignals {
+ public:
+  ShutdownSignals() {
+    DSEEK_CHECK(pipe(g_signal_pipe) == 0, "[serve] pipe: {}", std::strerror(errno));
+    struct sigaction action {};
+    action.sa_handler = on_shutdown_signal;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, &old_int_);
+    sigaction(SIGTERM, &action, &old_term_);
+  }
+  ~ShutdownSignals() {
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+    g_serving = 0;
+    close(g_signal_pipe[0]);
+    close(g_signal_pipe[1]);
+  }
+  void set_serving(bool serving) { g_serving = serving ? 1 : 0; }
+  // The next signal's number, or 0 after wake().
+  int wait() {
+    unsigned char byte = 0;
+    while (true) {
+      const ssize_t n = read(g_signal_pipe[0], &byte, 1);
+      if (n == 1) return byte;
+      if (n < 0 && errno == EINTR) continue;
+      return 0;
+    }
+  }
+  void wake() {
+    g_serving = 1;  // a late signal now goes to the pipe, which nobody reads: harmless
+    const unsigned char zero = 0;
+    [[maybe_unused]] const ssize_t n = write(g_signal_pipe[1], &zero, 1);
+  }
+
+ private:
+  struct sigaction old_int_ {}, old_term_ {};
+};
+
+}  // namespace
 
 void add_serve_command(CLI::App& app) {
   struct Args {
@@ -89,6 +143,30 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--log-requests", args->server.log_requests, "one stderr line per request");
   cmd->callback([args] {
+    // SIGINT/SIGTERM: a handler (whichever thread the kernel picks — OpenBLAS and OpenMP start
+    // theirs before this runs, so masks cannot cover them) writes the signal number to a pipe; a
+    // waiter thread reads it and runs the graceful shutdown outside signal context. A signal
+    // before the server is up (a long checkpoint load) ends the process at once with 130.
+    ShutdownSignals signals;
+    std::mutex server_mutex;
+    serve::Server* running = nullptr;  // set once the server listens
+    std::thread waiter([&] {
+      const int signal = signals.wait();
+      if (signal == 0) return;  // the command is returning
+      std::lock_guard<std::mutex> lock(server_mutex);
+      if (running == nullptr) return;
+      std::fprintf(stderr, "dseek serve: signal %d, shutting down\n", signal);
+      running->shutdown();
+    });
+    struct WaiterGuard {  // wakes the waiter (if no signal did) and joins it, however we return
+      ShutdownSignals& signals;
+      std::thread& waiter;
+      ~WaiterGuard() {
+        signals.wake();
+        waiter.join();
+      }
+    } guard{signals, waiter};
+
     if (args->server.api_key.empty()) {
       if (const char* key = std::getenv("DSEEK_API_KEY")) args->server.api_key = key;
     }
@@ -112,33 +190,24 @@ void add_serve_command(CLI::App& app) {
     }
     const std::unique_ptr<Model> model = Model::load(args->model);
 
-    // SIGINT/SIGTERM are blocked in every thread (the engine's and httplib's inherit the mask)
-    // and taken by sigwait in one thread, which runs the graceful shutdown outside signal context.
-    sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGINT);
-    sigaddset(&signals, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-
     Engine engine(*model, tokenizer ? &*tokenizer : nullptr, args->engine);
     serve::Server server(engine, tokenizer ? &*tokenizer : nullptr, args->server);
     const int port = server.bind();
     std::printf("dseek serve: listening on http://%s:%d (model %s)\n", args->server.host.c_str(),
                 port, args->server.served_model_name.c_str());
     std::fflush(stdout);
-    std::atomic<bool> signalled{false};
-    std::thread waiter([&] {
-      int signal = 0;
-      sigwait(&signals, &signal);
-      signalled = true;
-      std::fprintf(stderr, "dseek serve: signal %d, shutting down\n", signal);
-      server.shutdown();
-    });
+    {
+      std::lock_guard<std::mutex> lock(server_mutex);
+      running = &server;
+      signals.set_serving(true);
+    }
     server.run();
-    // run() returns after shutdown() stopped the listener, or when listening failed: then the
-    // waiter gets a signal of its own to shut the engine down.
-    if (!signalled) pthread_kill(waiter.native_handle(), SIGTERM);
-    waiter.join();
+    {
+      // run() returned: after shutdown() (signal), or because listening failed. Either way the
+      // waiter must not touch the server any more.
+      std::lock_guard<std::mutex> lock(server_mutex);
+      running = nullptr;
+    }
     std::fprintf(stderr, "dseek serve: stopped\n");
   });
 }
