@@ -8,11 +8,17 @@ packages=(
   libopenblas-dev libomp-dev
   nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev
   libpcre2-dev libpng-dev libtomlplusplus-dev
-  libcpp-httplib-dev nodejs npm
+  libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev
   fortunes python3
 )
+
+# Node.js and npm (the serving tests drive the server with the official `openai` npm client): from
+# Debian only when the machine has none; a Node.js installed otherwise (with its own npm) conflicts
+# with Debian's npm package.
+if ! command -v node >/dev/null 2>&1; then packages+=(nodejs); fi
+if ! command -v npm >/dev/null 2>&1; then packages+=(npm); fi
 
 missing=()
 for p in "${packages[@]}"; do
