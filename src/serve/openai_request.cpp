@@ -193,8 +193,9 @@ std::vector<std::string> parse_stop(const json& stop) {
 json parse_json_body(const std::string& body) {
   try {
     return json::parse(body);
-  } catch (const json::parse_error& e) {
-    // nlohmann's message: "[json.exception.parse_error.101] parse error at line 1, column 9: ..."
+  } catch (const json::exception& e) {
+    // parse_error for bad syntax, out_of_range for a number beyond double (1e999). nlohmann's
+    // message: "[json.exception.parse_error.101] parse error at line 1, column 9: ..."
     std::string what = e.what();
     const size_t at = what.find("] ");
     if (at != std::string::npos) what = what.substr(at + 2);
