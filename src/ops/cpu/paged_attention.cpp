@@ -11,22 +11,12 @@
 #include <vector>
 
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cpu/dot_product.h"
 
 namespace dseek::ops::cpu {
 namespace {
 
 constexpr int64_t kHeadBlock = 8;
-
-// Eight partial sums break the f32 add latency chain (as ops/cpu/attention.cpp does).
-inline float dot_product(const float* a, const float* b, int64_t n) {
-  float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) s[j] += a[i + j] * b[i + j];
-  float total = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
-  for (; i < n; ++i) total += a[i] * b[i];
-  return total;
-}
 
 }  // namespace
 
