@@ -70,10 +70,8 @@ struct Reply {
   json json_body;
 };
 
-Reply post(const LiveServer& s, const std::string& path, const std::string& body,
-           const httplib::Headers& headers = {}) {
-  httplib::Client c = s.client();
-  auto res = c.Post(path.c_str(), headers, body, "application/json");
+// Status 0 when the request failed; the body parsed when the server says it is JSON.
+Reply reply_of(const httplib::Result& res) {
   Reply r;
   if (!res) return r;
   r.status = res->status;
@@ -84,17 +82,15 @@ Reply post(const LiveServer& s, const std::string& path, const std::string& body
   return r;
 }
 
+Reply post(const LiveServer& s, const std::string& path, const std::string& body,
+           const httplib::Headers& headers = {}) {
+  httplib::Client c = s.client();
+  return reply_of(c.Post(path.c_str(), headers, body, "application/json"));
+}
+
 Reply get(const LiveServer& s, const std::string& path, const httplib::Headers& headers = {}) {
   httplib::Client c = s.client();
-  auto res = c.Get(path.c_str(), headers);
-  Reply r;
-  if (!res) return r;
-  r.status = res->status;
-  r.body = res->body;
-  if (res->get_header_value("Content-Type").find("json") != std::string::npos) {
-    r.json_body = json::parse(r.body);
-  }
-  return r;
+  return reply_of(c.Get(path.c_str(), headers));
 }
 
 json chat(const std::string& text, int max_tokens = 12) {
