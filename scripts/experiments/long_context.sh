@@ -60,8 +60,20 @@ if [[ ! -f $OUT_DIR/tok/tokenizer.json ]]; then
     echo " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
     echo " The pass key is $((10000 + RANDOM % 90000)). Remember it. What is the pass key? The pass key is"
   done >"$OUT_DIR/passkey_sentences.txt"
+  # Digits one per token, as DeepSeek LLM's and Coder's pre-tokenizers split them (V3 groups up to
+  # three): a key is then five tokens of a ten-token alphabet that every key trains, rather than
+  # rare three-digit tokens that a tiny model must learn to copy one by one.
+  python3 - "$HERE/../tests/fixtures/tokenizer/v3_pre_tokenizer.json" "$OUT_DIR/digits_pre_tokenizer.json" <<'PY'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+split = doc["pre_tokenizer"]["pretokenizers"][0]
+assert split["pattern"]["Regex"] == "\\p{N}{1,3}", split
+split["pattern"]["Regex"] = "\\p{N}"
+doc["_source"] = "DeepSeek-V3's pre_tokenizer with digits split one by one (DeepSeek LLM / Coder)"
+json.dump(doc, open(sys.argv[2], "w"), ensure_ascii=False, indent=1)
+PY
   "$DSEEK" tokenizer train --input "$OUT_DIR/text/train.jsonl" "$OUT_DIR/passkey_sentences.txt" \
-    --vocab-size 1024 --out "$OUT_DIR/tok"
+    --pre-tokenizer "$OUT_DIR/digits_pre_tokenizer.json" --vocab-size 1024 --out "$OUT_DIR/tok"
 fi
 
 make_data() {  # stage N's passkey documents (+ text), prompts of SEQ/4 .. SEQ-8 tokens

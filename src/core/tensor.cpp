@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 
+#include "core/cuda.h"
 #include "core/error.h"
 
 namespace dseek {
@@ -34,30 +35,44 @@ Shape contiguous_strides(const Shape& shape) {
   return strides;
 }
 
-Tensor Tensor::empty(const Shape& shape, DType dtype) {
+std::string_view device_name(Device device) { return device == Device::CUDA ? "cuda" : "cpu"; }
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   for (int64_t d : shape) DSEEK_CHECK(d >= 0, "[tensor] negative dimension in shape {}", shape_str(shape));
   size_t bytes = size_t(shape_numel(shape)) * dtype_size(dtype);
-  size_t padded = (bytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, padded ? padded : 64);
-  if (!p) fail("[tensor] out of memory allocating {} bytes for shape {}", bytes, shape_str(shape));
   Tensor t;
   t.storage_ = std::make_shared<Storage>();
-  t.storage_->data = p;
+  if (device == Device::CUDA) {
+    void* p = cuda::alloc(bytes);
+    t.storage_->owner = std::shared_ptr<void>(p, [](void* q) { cuda::free(q); });
+    t.storage_->data = p;
+  } else {
+    size_t padded = (bytes + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, padded ? padded : 64);
+    if (!p) fail("[tensor] out of memory allocating {} bytes for shape {}", bytes, shape_str(shape));
+    t.storage_->owner = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+    t.storage_->data = p;
+  }
   t.storage_->bytes = bytes;
-  t.storage_->owner = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+  t.storage_->device = device;
   t.shape_ = shape;
   t.strides_ = contiguous_strides(shape);
   t.dtype_ = dtype;
   return t;
 }
 
-Tensor Tensor::zeros(const Shape& shape, DType dtype) {
-  Tensor t = empty(shape, dtype);
-  std::memset(t.raw(), 0, t.nbytes());
+Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
+  if (device == Device::CUDA) {
+    cuda::fill_bytes(t.raw(), 0, t.nbytes());
+  } else {
+    std::memset(t.raw(), 0, t.nbytes());
+  }
   return t;
 }
 
-Tensor Tensor::poisoned(const Shape& shape, DType dtype) {
+Tensor Tensor::poisoned(const Shape& shape, DType dtype, Device device) {
+  if (device == Device::CUDA) return poisoned(shape, dtype).to(Device::CUDA);
   Tensor t = empty(shape, dtype);
   switch (dtype) {
     case DType::F32: {
@@ -177,9 +192,17 @@ Tensor Tensor::contiguous() const {
 }
 
 Tensor Tensor::clone() const {
-  Tensor out = empty(shape_, dtype_);
+  Tensor out = empty(shape_, dtype_, device());
   size_t esize = dtype_size(dtype_);
   int64_t n = numel();
+  if (device() == Device::CUDA) {
+    if (is_contiguous()) {
+      cuda::copy_on_device(out.raw(), raw(), size_t(n) * esize);
+    } else {
+      cuda::strided_copy(raw(), out.raw(), esize, shape_.data(), strides_.data(), dim());
+    }
+    return out;
+  }
   if (is_contiguous()) {
     std::memcpy(out.raw(), raw(), size_t(n) * esize);
     return out;
@@ -203,8 +226,12 @@ Tensor Tensor::clone() const {
 Tensor Tensor::to(DType dtype) const {
   Tensor src = contiguous();
   if (dtype == dtype_) return src.storage_ == storage_ ? clone() : src;
-  Tensor out = empty(shape_, dtype);
+  Tensor out = empty(shape_, dtype, device());
   size_t n = size_t(numel());
+  if (device() == Device::CUDA) {
+    cuda::convert(src.raw(), dtype_, out.raw(), dtype, n);
+    return out;
+  }
   if (dtype == DType::F32) {
     convert_to_f32(src.raw(), dtype_, out.data<float>(), n);
   } else if (dtype_ == DType::F32) {
@@ -217,7 +244,20 @@ Tensor Tensor::to(DType dtype) const {
   return out;
 }
 
+Tensor Tensor::to(Device device) const {
+  Tensor src = contiguous();
+  if (device == this->device()) return src;
+  Tensor out = empty(shape_, dtype_, device);
+  if (device == Device::CUDA) {
+    cuda::copy_to_device(out.raw(), src.raw(), nbytes());
+  } else {
+    cuda::copy_to_host(out.raw(), src.raw(), nbytes());
+  }
+  return out;
+}
+
 std::vector<float> Tensor::to_vector() const {
+  if (device() == Device::CUDA) return to(Device::CPU).to_vector();
   Tensor f = dtype_ == DType::F32 ? contiguous() : to(DType::F32);
   const float* p = f.data<float>();
   return std::vector<float>(p, p + f.numel());

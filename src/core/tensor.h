@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/dtype.h"
@@ -16,6 +17,7 @@
 namespace dseek {
 
 enum class Device : uint8_t { CPU, CUDA };
+std::string_view device_name(Device device);  // "cpu", "cuda"
 
 using Shape = std::vector<int64_t>;
 
@@ -33,11 +35,11 @@ class Tensor {
  public:
   Tensor() = default;
 
-  // Uninitialised contiguous tensor on the CPU (64-byte aligned).
-  static Tensor empty(const Shape& shape, DType dtype = DType::F32);
-  static Tensor zeros(const Shape& shape, DType dtype = DType::F32);
+  // Uninitialised contiguous tensor (64-byte aligned on the CPU; from the CUDA pool on a GPU).
+  static Tensor empty(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
+  static Tensor zeros(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
   // Filled with NaN (float types) or 0xAB bytes (integers): for poisoning outputs in tests.
-  static Tensor poisoned(const Shape& shape, DType dtype = DType::F32);
+  static Tensor poisoned(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
   static Tensor from_vector(const std::vector<float>& values, const Shape& shape);
   static Tensor from_ids(const std::vector<int32_t>& ids);
   // A view of memory owned by someone else; `owner` keeps it alive.
@@ -66,12 +68,15 @@ class Tensor {
   Tensor select(int d, int64_t index) const;  // drops dimension d
   Tensor transpose(int a, int b) const;
 
-  // Copies.
+  // Copies (on the tensor's own device).
   Tensor contiguous() const;
   Tensor clone() const;
   Tensor to(DType dtype) const;  // via f32; same dtype returns a contiguous copy
+  // A contiguous copy on `device` (the tensor itself, made contiguous, when it is already there).
+  Tensor to(Device device) const;
+  bool is_cuda() const { return device() == Device::CUDA; }
   Tensor to_f32() const { return to(DType::F32); }
-  std::vector<float> to_vector() const;  // f32 values in logical order
+  std::vector<float> to_vector() const;  // f32 values in logical order (copied off a GPU)
 
  private:
   std::shared_ptr<Storage> storage_;

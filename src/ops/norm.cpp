@@ -5,22 +5,33 @@
 
 #include "core/error.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cuda/cuda_ops.h"
+#include "ops/device.h"
 
 namespace dseek::ops {
 
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   DSEEK_CHECK(x.defined() && weight.defined(), "[rms_norm] undefined input or weight");
-  DSEEK_CHECK(x.dtype() == DType::F32, "[rms_norm] input must be f32, got {}",
-              dtype_name(x.dtype()));
+  const Device device = op_device("rms_norm", {&x, &weight});
+  const DType act = activation_dtype("rms_norm", x);
   DSEEK_CHECK(x.dim() >= 1 && weight.dim() == 1 && weight.size(0) == x.size(-1),
               "[rms_norm] weight {} does not match input {}", shape_str(weight.shape()),
               shape_str(x.shape()));
   DSEEK_CHECK(eps >= 0, "[rms_norm] negative eps {}", eps);
   const Tensor xc = x.is_contiguous() ? x : x.contiguous();
-  const std::vector<float> w = weight.to_vector();
-  Tensor y = Tensor::empty(x.shape(), DType::F32);
+  Tensor y = Tensor::empty(x.shape(), act, device);
   const int64_t D = x.size(-1);
   if (y.numel() == 0) return y;
+  if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    const Tensor wc = weight.contiguous();
+    cuda::rms_norm(xc.raw(), wc.raw(), wc.dtype(), y.raw(), x.numel() / D, D, float(eps), act);
+    return y;
+#else
+    cuda_not_built("rms_norm");
+#endif
+  }
+  const std::vector<float> w = weight.to_vector();
   cpu::rms_norm(xc.data<float>(), w.data(), y.data<float>(), x.numel() / D, D, float(eps));
   return y;
 }
@@ -28,28 +39,41 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
 void rms_norm_backward_into(const Tensor& x, const Tensor& weight, double eps, const Tensor& dy,
                             Tensor& dx, Tensor* dweight, bool accumulate_dweight) {
   DSEEK_CHECK(x.defined() && weight.defined() && dy.defined(), "[rms_norm] undefined input");
-  DSEEK_CHECK(x.dtype() == DType::F32 && dy.dtype() == DType::F32,
-              "[rms_norm] input and dy must be f32");
+  const Device device = op_device("rms_norm", {&x, &weight, &dy, &dx, dweight});
+  const DType act = activation_dtype("rms_norm", x);
+  DSEEK_CHECK(dy.dtype() == act, "[rms_norm] dy is {}, the input {}", dtype_name(dy.dtype()),
+              dtype_name(act));
   DSEEK_CHECK(x.dim() >= 1 && weight.dim() == 1 && weight.size(0) == x.size(-1),
               "[rms_norm] weight {} does not match input {}", shape_str(weight.shape()),
               shape_str(x.shape()));
   DSEEK_CHECK(dy.shape() == x.shape(), "[rms_norm] dy {} does not match input {}",
               shape_str(dy.shape()), shape_str(x.shape()));
   DSEEK_CHECK(eps >= 0, "[rms_norm] negative eps {}", eps);
-  DSEEK_CHECK(
-      dx.defined() && dx.dtype() == DType::F32 && dx.is_contiguous() && dx.shape() == x.shape(),
-      "[rms_norm] gradient dx must be f32 contiguous {}", shape_str(x.shape()));
+  DSEEK_CHECK(dx.defined() && dx.dtype() == act && dx.is_contiguous() && dx.shape() == x.shape(),
+              "[rms_norm] gradient dx must be {} contiguous {}", dtype_name(act),
+              shape_str(x.shape()));
   if (dweight)
     DSEEK_CHECK(dweight->defined() && dweight->dtype() == DType::F32 && dweight->is_contiguous() &&
                     dweight->shape() == weight.shape(),
                 "[rms_norm] gradient dweight must be f32 contiguous {}", shape_str(weight.shape()));
   const int64_t D = x.size(-1);
+  const Tensor xc = x.is_contiguous() ? x : x.contiguous();
+  const Tensor dyc = dy.is_contiguous() ? dy : dy.contiguous();
+  if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    const Tensor wc = weight.contiguous();
+    cuda::rms_norm_backward(xc.raw(), wc.raw(), wc.dtype(), dyc.raw(), dx.raw(),
+                            dweight ? dweight->data<float>() : nullptr, x.numel() / D, D,
+                            float(eps), accumulate_dweight ? 1.0f : 0.0f, act);
+    return;
+#else
+    cuda_not_built("rms_norm");
+#endif
+  }
   if (x.numel() == 0) {
     if (dweight && !accumulate_dweight && D > 0) std::fill_n(dweight->data<float>(), D, 0.0f);
     return;
   }
-  const Tensor xc = x.is_contiguous() ? x : x.contiguous();
-  const Tensor dyc = dy.is_contiguous() ? dy : dy.contiguous();
   const std::vector<float> w = weight.to_vector();
   cpu::rms_norm_backward(xc.data<float>(), w.data(), dyc.data<float>(), dx.data<float>(),
                          dweight ? dweight->data<float>() : nullptr, x.numel() / D, D, float(eps),
@@ -59,7 +83,8 @@ void rms_norm_backward_into(const Tensor& x, const Tensor& weight, double eps, c
 RmsNormGrads rms_norm_backward(const Tensor& x, const Tensor& weight, double eps,
                                const Tensor& dy) {
   DSEEK_CHECK(x.defined() && weight.defined(), "[rms_norm] undefined input or weight");
-  RmsNormGrads g{Tensor::empty(x.shape(), DType::F32), Tensor::empty(weight.shape(), DType::F32)};
+  RmsNormGrads g{Tensor::empty(x.shape(), x.dtype(), x.device()),
+                 Tensor::empty(weight.shape(), DType::F32, x.device())};
   rms_norm_backward_into(x, weight, eps, dy, g.dx, &g.dweight, false);
   return g;
 }

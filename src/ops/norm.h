@@ -1,5 +1,6 @@
 // rms_norm: y = w ⊙ x / sqrt(mean(x²) + eps) over the last dimension, as transformers'
-// DeepseekV3RMSNorm / LlamaRMSNorm in f32. x [..., D] f32; w [D] in any float dtype (as stored).
+// DeepseekV3RMSNorm / LlamaRMSNorm in f32. x [..., D] f32 (or bf16 on the GPU: y in x's dtype,
+// computed in f32); w [D] in any float dtype (as stored), on x's device.
 #pragma once
 
 #include "core/tensor.h"

@@ -1,0 +1,52 @@
+// The CUDA runtime as dseek uses it: one device, one stream, stream-ordered allocation from a
+// memory pool that keeps freed blocks (so per-op allocations cost no cudaMalloc), and copies.
+// This header has no CUDA types, so every library can include it; a build without CUDA
+// (cmake -DDSEEK_CUDA=OFF) links src/core/cuda_none.cpp, where available() is false and
+// everything else throws a dseek::Error saying how to build with CUDA.
+//
+// Every kernel runs on stream(); copies to the host synchronise it, so host code sees results in
+// order without explicit synchronisation. Device errors become dseek::Error naming the call
+// ("[cuda] cudaMallocAsync(1.5 GiB): out of memory").
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "core/dtype.h"
+
+namespace dseek::cuda {
+
+// True when dseek was built with CUDA and a device is present (the check runs once).
+bool available();
+// Built with CUDA at all (whether or not this machine has a GPU).
+bool compiled();
+// "NVIDIA H200 (sm_90, 139.8 GiB, CUDA runtime 13.0)", or why there is none.
+std::string describe();
+// Throws dseek::Error naming `what` when !available() (e.g. "--device cuda").
+void require(const std::string& what);
+
+void* alloc(size_t bytes);  // stream-ordered, 256-byte aligned; bytes 0 gives a valid pointer
+void free(void* ptr);       // stream-ordered: safe while kernels that use ptr are still queued
+
+void copy_to_device(void* dst, const void* src, size_t bytes);  // async after host memory is read
+void copy_to_host(void* dst, const void* src, size_t bytes);    // waits for the stream
+void copy_on_device(void* dst, const void* src, size_t bytes);
+void fill_bytes(void* dst, int byte, size_t bytes);
+
+// n contiguous elements between float dtypes (f32, bf16, f16): round to nearest even, as
+// convert_from_f32 on the CPU.
+void convert(const void* src, DType from, void* dst, DType to, size_t n);
+// Gathers a strided view (up to 8 dimensions, strides in elements) into contiguous memory.
+void strided_copy(const void* src, void* dst, size_t element_bytes, const int64_t* shape,
+                  const int64_t* strides, int dims);
+
+void synchronize();  // waits for the stream; raises any asynchronous kernel error
+
+// Bytes the pool holds and the device's free/total memory (for diagnostics and benchmarks).
+struct MemoryInfo {
+  size_t pool_reserved = 0, pool_used = 0, device_free = 0, device_total = 0;
+};
+MemoryInfo memory_info();
+
+}  // namespace dseek::cuda

@@ -1,0 +1,134 @@
+// dseek's CUDA runtime (see core/cuda.h): device 0, one non-blocking stream, and allocation from
+// the device's default memory pool with an unlimited release threshold, so memory freed by one op
+// is reused by the next without going back to the driver.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <mutex>
+
+#include "core/cuda.h"
+#include "core/cuda/cuda_check.h"
+
+namespace dseek::cuda {
+
+namespace {
+
+struct Runtime {
+  bool present = false;
+  std::string description;
+  cudaStream_t stream = nullptr;
+};
+
+std::string gib(size_t bytes) { return fmt::format("{:.1f} GiB", double(bytes) / double(1ull << 30)); }
+
+Runtime& runtime() {
+  static Runtime rt = [] {
+    Runtime r;
+    int count = 0;
+    cudaError_t status = cudaGetDeviceCount(&count);
+    if (status != cudaSuccess || count == 0) {
+      r.description = status != cudaSuccess
+                          ? fmt::format("no CUDA device ({})", cudaGetErrorString(status))
+                          : std::string("no CUDA device");
+      cudaGetLastError();  // clear the sticky-free error so later queries start clean
+      return r;
+    }
+    DSEEK_CUDA_CHECK(cudaSetDevice(0));
+    cudaDeviceProp prop{};
+    DSEEK_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    int runtime_version = 0;
+    DSEEK_CUDA_CHECK(cudaRuntimeGetVersion(&runtime_version));
+    r.description = fmt::format("{} (sm_{}{}, {}, CUDA runtime {}.{}{})", prop.name, prop.major,
+                                prop.minor, gib(prop.totalGlobalMem), runtime_version / 1000,
+                                (runtime_version % 1000) / 10,
+                                count > 1 ? fmt::format(", {} devices", count) : "");
+    cudaMemPool_t pool;
+    DSEEK_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, 0));
+    uint64_t keep_everything = UINT64_MAX;
+    DSEEK_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_everything));
+    DSEEK_CUDA_CHECK(cudaStreamCreateWithFlags(&r.stream, cudaStreamNonBlocking));
+    r.present = true;
+    return r;
+  }();
+  return rt;
+}
+
+Runtime& ready() {
+  Runtime& r = runtime();
+  if (!r.present) fail("[cuda] {}", r.description);
+  return r;
+}
+
+}  // namespace
+
+void raise_error(cudaError_t status, const char* call, const char* file, int line) {
+  fail("[cuda] {}: {} ({}:{})", call, cudaGetErrorString(status), file, line);
+}
+
+cudaStream_t stream() { return ready().stream; }
+
+bool available() { return runtime().present; }
+bool compiled() { return true; }
+std::string describe() { return runtime().description; }
+
+void require(const std::string& what) {
+  if (!available()) fail("[cuda] {} needs a CUDA device: {}", what, runtime().description);
+}
+
+void* alloc(size_t bytes) {
+  void* ptr = nullptr;
+  cudaError_t status = cudaMallocAsync(&ptr, bytes ? bytes : 1, stream());
+  if (status != cudaSuccess) {
+    cudaGetLastError();
+    MemoryInfo m = memory_info();
+    fail("[cuda] allocating {} failed: {} ({} free of {} on the device, {} held by dseek's pool)",
+         gib(bytes), cudaGetErrorString(status), gib(m.device_free), gib(m.device_total),
+         gib(m.pool_reserved));
+  }
+  return ptr;
+}
+
+void free(void* ptr) {
+  if (ptr) DSEEK_CUDA_CHECK(cudaFreeAsync(ptr, stream()));
+}
+
+void copy_to_device(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  // Pageable host memory: the call returns once the source has been staged, so the caller may
+  // reuse it.
+  DSEEK_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream()));
+}
+
+void copy_to_host(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  DSEEK_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream()));
+  DSEEK_CUDA_CHECK(cudaStreamSynchronize(stream()));
+}
+
+void copy_on_device(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  DSEEK_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()));
+}
+
+void fill_bytes(void* dst, int byte, size_t bytes) {
+  if (bytes == 0) return;
+  DSEEK_CUDA_CHECK(cudaMemsetAsync(dst, byte, bytes, stream()));
+}
+
+void synchronize() { DSEEK_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+
+MemoryInfo memory_info() {
+  MemoryInfo m;
+  if (!available()) return m;
+  cudaMemPool_t pool;
+  DSEEK_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, 0));
+  uint64_t value = 0;
+  DSEEK_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &value));
+  m.pool_reserved = size_t(value);
+  DSEEK_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &value));
+  m.pool_used = size_t(value);
+  DSEEK_CUDA_CHECK(cudaMemGetInfo(&m.device_free, &m.device_total));
+  return m;
+}
+
+}  // namespace dseek::cuda

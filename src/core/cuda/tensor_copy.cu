@@ -1,0 +1,88 @@
+// Device-side copies behind Tensor on CUDA: dtype conversion and strided gathers.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "core/cuda.h"
+#include "core/cuda/cuda_check.h"
+
+namespace dseek::cuda {
+
+namespace {
+
+__device__ float load_as_f32(const void* p, DType t, size_t i) {
+  switch (t) {
+    case DType::BF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    case DType::F16: return __half2float(static_cast<const __half*>(p)[i]);
+    default: return static_cast<const float*>(p)[i];
+  }
+}
+
+__device__ void store_from_f32(void* p, DType t, size_t i, float v) {
+  switch (t) {
+    case DType::BF16: static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v); break;
+    case DType::F16: static_cast<__half*>(p)[i] = __float2half_rn(v); break;
+    default: static_cast<float*>(p)[i] = v; break;
+  }
+}
+
+__global__ void convert_kernel(const void* src, DType from, void* dst, DType to, size_t n) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    store_from_f32(dst, to, i, load_as_f32(src, from, i));
+}
+
+struct StridedLayout {
+  int64_t shape[8];
+  int64_t strides[8];
+  int dims;
+};
+
+template <typename Word>
+__global__ void strided_copy_kernel(const Word* src, Word* dst, StridedLayout layout, size_t n) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    size_t rest = i;
+    int64_t offset = 0;
+    for (int d = layout.dims - 1; d >= 0; --d) {
+      offset += int64_t(rest % size_t(layout.shape[d])) * layout.strides[d];
+      rest /= size_t(layout.shape[d]);
+    }
+    dst[i] = src[offset];
+  }
+}
+
+bool is_float(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
+
+unsigned grid_for(size_t n) { return unsigned(std::min<size_t>(ceil_div<size_t>(n, 256), 65535 * 8)); }
+
+}  // namespace
+
+void convert(const void* src, DType from, void* dst, DType to, size_t n) {
+  DSEEK_CHECK(is_float(from) && is_float(to), "[cuda] convert {} -> {}: only f32, bf16 and f16",
+              dtype_name(from), dtype_name(to));
+  if (n == 0) return;
+  convert_kernel<<<grid_for(n), 256, 0, stream()>>>(src, from, dst, to, n);
+  DSEEK_CUDA_CHECK_LAUNCH("convert_kernel");
+}
+
+void strided_copy(const void* src, void* dst, size_t element_bytes, const int64_t* shape,
+                  const int64_t* strides, int dims) {
+  DSEEK_CHECK(dims >= 0 && dims <= 8, "[cuda] strided copy of {} dimensions (at most 8)", dims);
+  StridedLayout layout{};
+  size_t n = 1;
+  for (int d = 0; d < dims; ++d) {
+    layout.shape[d] = shape[d];
+    layout.strides[d] = strides[d];
+    n *= size_t(shape[d]);
+  }
+  layout.dims = dims;
+  if (n == 0) return;
+  switch (element_bytes) {
+    case 1: strided_copy_kernel<<<grid_for(n), 256, 0, stream()>>>(static_cast<const uint8_t*>(src), static_cast<uint8_t*>(dst), layout, n); break;
+    case 2: strided_copy_kernel<<<grid_for(n), 256, 0, stream()>>>(static_cast<const uint16_t*>(src), static_cast<uint16_t*>(dst), layout, n); break;
+    case 4: strided_copy_kernel<<<grid_for(n), 256, 0, stream()>>>(static_cast<const uint32_t*>(src), static_cast<uint32_t*>(dst), layout, n); break;
+    case 8: strided_copy_kernel<<<grid_for(n), 256, 0, stream()>>>(static_cast<const uint64_t*>(src), static_cast<uint64_t*>(dst), layout, n); break;
+    default: fail("[cuda] strided copy of {}-byte elements", element_bytes);
+  }
+  DSEEK_CUDA_CHECK_LAUNCH("strided_copy_kernel");
+}
+
+}  // namespace dseek::cuda

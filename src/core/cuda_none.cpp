@@ -1,0 +1,32 @@
+// core/cuda.h in a build without CUDA: no device, and a clear error for anything that needs one.
+#ifndef DSEEK_HAS_CUDA
+#include "core/cuda.h"
+#include "core/error.h"
+
+namespace dseek::cuda {
+
+namespace {
+[[noreturn]] void not_built() {
+  fail("[cuda] dseek was built without CUDA (configure with cmake -DDSEEK_CUDA=ON and nvcc)");
+}
+}  // namespace
+
+bool available() { return false; }
+bool compiled() { return false; }
+std::string describe() { return "built without CUDA"; }
+void require(const std::string& what) {
+  fail("[cuda] {} needs CUDA, but dseek was built without it (cmake -DDSEEK_CUDA=ON)", what);
+}
+void* alloc(size_t) { not_built(); }
+void free(void*) { not_built(); }
+void copy_to_device(void*, const void*, size_t) { not_built(); }
+void copy_to_host(void*, const void*, size_t) { not_built(); }
+void copy_on_device(void*, const void*, size_t) { not_built(); }
+void fill_bytes(void*, int, size_t) { not_built(); }
+void convert(const void*, DType, void*, DType, size_t) { not_built(); }
+void strided_copy(const void*, void*, size_t, const int64_t*, const int64_t*, int) { not_built(); }
+void synchronize() { not_built(); }
+MemoryInfo memory_info() { return {}; }
+
+}  // namespace dseek::cuda
+#endif

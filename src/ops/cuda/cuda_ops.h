@@ -1,0 +1,135 @@
+// Raw-pointer CUDA kernels behind the ops in src/ops/*.h: the twins of src/ops/cpu/cpu_ops.h.
+// Like those, they know nothing of Tensor: the op (src/ops/<op>.cpp) checks shapes, dtypes and
+// devices once for both backends, then calls cpu:: or cuda::. All pointers are device pointers,
+// all launches go on dseek::cuda::stream() (core/cuda.h) and none synchronises unless it says so.
+// This header has no CUDA types, so ops/*.cpp include it in every build; the definitions live in
+// src/ops/cuda/<op>.cu and exist only when dseek is built with -DDSEEK_CUDA=ON (the ops call them
+// under `#ifdef DSEEK_HAS_CUDA`).
+//
+// Activations on the GPU are f32 or bf16 (`act`); every kernel reads them as given, computes in
+// f32 (sums and dot products accumulate in f32) and writes its outputs in `act` unless the
+// comment says otherwise. Gradients of parameters are f32 (master weights are f32). Weights are
+// read in their stored dtype (f32, bf16 or f16; `w_dtype`).
+#pragma once
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace dseek::ops::cuda {
+
+// ---- norm.cu ---------------------------------------------------------------------------------
+// y[r] = w ⊙ x[r] / sqrt(mean(x[r]²) + eps) for rows of D (contiguous).
+void rms_norm(const void* x, const void* w, DType w_dtype, void* y, int64_t rows, int64_t D,
+              float eps, DType act);
+// dx = r·g − (r³/D)·(g·x)·x with g = w ⊙ dy (dx in act, overwritten); dw (f32, nullable)
+// (+)= Σ_rows dy ⊙ x·r, dw_beta 0 overwrites, 1 accumulates. Deterministic (no float atomics).
+void rms_norm_backward(const void* x, const void* w, DType w_dtype, const void* dy, void* dx,
+                       float* dw, int64_t rows, int64_t D, float eps, float dw_beta, DType act);
+
+// ---- activation.cu ---------------------------------------------------------------------------
+void silu_mul(const void* gate, const void* up, void* out, int64_t n, DType act);
+void silu_mul_backward(const void* gate, const void* up, const void* dout, void* dgate, void* dup,
+                       int64_t n, DType act);
+// y += x elementwise (n elements): residual connections and gradient sums.
+void add_inplace(void* y, const void* x, int64_t n, DType act);
+
+// ---- softmax.cu ------------------------------------------------------------------------------
+// In place over `rows` rows of n (row stride ld).
+void softmax_rows(void* x, int64_t rows, int64_t n, int64_t ld, DType act);
+void softmax_backward_rows(const void* y, const void* dy, void* dx, int64_t rows, int64_t n,
+                           DType act);
+
+// ---- rope.cu ---------------------------------------------------------------------------------
+// x [T, H, d] with strides (x_t, x_h) in elements, last dimension contiguous; token t at position
+// pos0 + t; inv_freq [d/2] f32 on the device. Same maths and layout as cpu::rope_row (ops/rope.h).
+void rope(void* x, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h, int64_t pos0,
+          const float* inv_freq, float scaling, bool interleaved, DType act);
+void rope_backward(void* dy, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h,
+                   int64_t pos0, const float* inv_freq, float scaling, bool interleaved, DType act);
+
+// ---- embedding.cu ----------------------------------------------------------------------------
+// out[t] = table[ids[t]] (table rows contiguous, any float dtype incl. fp8 e4m3). ids are on the
+// device and already checked to lie in [0, V) by the op.
+void embedding(const void* table, DType table_dtype, const int32_t* ids, int64_t T, int64_t D,
+               void* out, DType act);
+// dtable[ids[t]] += dy[t] (dtable f32 [V, D]). Deterministic: rows are grouped by id on the
+// device, not scattered with float atomics.
+void embedding_backward(const int32_t* ids, int64_t T, int64_t D, const void* dy, DType act,
+                        float* dtable, int64_t V);
+
+// ---- linear.cpp (cuBLASLt) -------------------------------------------------------------------
+// y[T, out] = x[T, in] · W[out, in]ᵀ (+ bias[out]), W rows ldw apart. x, y in act; W in act (bf16
+// GEMM with f32 accumulation, or f32 GEMM); bias (nullable) in bias_dtype. f32 accumulation.
+void linear(const void* x, int64_t T, int64_t in, const void* w, int64_t ldw, int64_t out,
+            const void* bias, DType bias_dtype, void* y, DType act);
+// dx[T, in] (+)= dy·W (in act; beta 0 or 1);  dw[out, in] (+)= dyᵀ·x (f32, ld = in; beta 0 or 1);
+// dbias[out] (+)= Σ_t dy[t] (f32, nullable).
+void linear_backward_dx(const void* dy, int64_t T, int64_t out, const void* w, int64_t ldw,
+                        int64_t in, void* dx, float beta, DType act);
+void linear_backward_dw(const void* dy, const void* x, int64_t T, int64_t out, int64_t in,
+                        float* dw, float beta, DType act);
+void linear_backward_dbias(const void* dy, int64_t T, int64_t out, float* dbias, float beta,
+                           DType act);
+
+// ---- cross_entropy.cu ------------------------------------------------------------------------
+// logits [T, V] rows ld apart (act). Writes lse[T] (f32) and, on the device, loss_sum[0] (f64:
+// Σ over counted rows of lse − logit[target]) and count[0] (i64). Targets on the device.
+void cross_entropy_forward(const void* logits, int64_t T, int64_t V, int64_t ld,
+                           const int32_t* targets, int32_t ignore_index, float* lse,
+                           double* loss_sum, int64_t* count, DType act);
+// dlogits (row stride ld_out, may alias logits, act) = scale·row_weight·(softmax − onehot), 0 on
+// ignored rows; row_weights (f32 [T], device, nullable).
+void cross_entropy_backward(const void* logits, int64_t T, int64_t V, int64_t ld,
+                            const int32_t* targets, int32_t ignore_index, const float* lse,
+                            float scale, void* dlogits, int64_t ld_out, const float* row_weights,
+                            DType act);
+
+// ---- attention.cu ----------------------------------------------------------------------------
+// Causal attention of one sequence, flash-style (online softmax, no [T, S] matrix in memory):
+// the same arguments and maths as cpu::AttentionArgs (strides in elements), pointers on the
+// device, q/k/v/out in act.
+struct AttentionArgs {
+  const void* q;
+  int64_t q_t, q_h;
+  const void* k;
+  int64_t k_s, k_h;
+  const void* v;
+  int64_t v_s, v_h;
+  void* out;  // [T, H, dv] contiguous
+  int64_t T, S, H, Hk, dk, dv;
+  float scale;
+};
+void causal_attention(const AttentionArgs& a, DType act);
+// dq [T, H, dk], dk [S, Hk, dk], dv [S, Hk, dv] contiguous, overwritten (act); dout [T, H, dv].
+struct AttentionGradArgs {
+  AttentionArgs fwd;
+  const void* dout;
+  void* dq;
+  void* dk;
+  void* dv;
+};
+void causal_attention_backward(const AttentionGradArgs& a, DType act);
+
+// ---- paged_attention.cu ----------------------------------------------------------------------
+// As cpu::PagedAttentionArgs; every pointer (including q_start, pos0, page_table, page_start) on
+// the device. MLA decode (Hk = 1) reads each latent row once for all heads.
+struct PagedAttentionArgs {
+  const void* q;
+  int64_t q_t, q_h;
+  const void* k;
+  int64_t k_row;
+  const void* v;
+  int64_t v_row;
+  void* out;
+  int64_t H, Hk, dk, dv, page_tokens;
+  float scale;
+  int64_t n_seqs, total_q, max_T;
+  const int64_t* q_start;
+  const int64_t* pos0;
+  const int32_t* page_table;
+  const int64_t* page_start;
+};
+void paged_attention(const PagedAttentionArgs& a, DType act);
+
+}  // namespace dseek::ops::cuda
