@@ -132,4 +132,53 @@ struct PagedAttentionArgs {
 };
 void paged_attention(const PagedAttentionArgs& a, DType act);
 
+// ---- moe.cu ----------------------------------------------------------------------------------
+// The MoE ops of ops/moe.h (maths there; CPU twins in ops/cpu/moe_cpu.h). No host
+// synchronisation: counts and offsets stay on the device and every kernel reads them there.
+// Slots s = t·K + k; N = T·K; ids/order/position i32, offsets [E + 1] i64.
+struct MoeRouteArgs {
+  int64_t experts, top_k;
+  bool sigmoid;  // else softmax
+  int method;    // ops::MoeTopK: 0 greedy, 1 group_limited_greedy, 2 noaux_tc
+  int64_t n_group, topk_group;
+  bool normalise, scale;
+  float routed_scaling_factor;
+};
+// logits [T, E] f32 rows ld apart; bias f32 [E] or nullptr. One warp per token; E ≤ 1024,
+// n_group ≤ 32. Writes ids/weights [T, K] and scores [T, E].
+void moe_route(const float* logits, int64_t T, int64_t ld, const float* bias,
+               const MoeRouteArgs& a, int32_t* ids, float* weights, float* scores);
+// Stable counting sort of the slots by expert (histogram, scan, then one block per expert
+// placing its slots in slot order by prefix counts: deterministic). Ids outside [0, E) are left
+// unplaced (their order/position entries stay −1).
+void moe_dispatch(const int32_t* ids, int64_t N, int64_t E, int64_t* offsets, int32_t* order,
+                  int32_t* position);
+// x_perm[i] = x[order[i] / K] (rows of D, act); a row with order −1 becomes zeros.
+void moe_permute(const void* x, const int32_t* order, int64_t N, int64_t K, int64_t D,
+                 void* x_perm, DType act);
+// dx[t] = Σ_k dx_perm[position[t·K + k]] in k order (−1 positions skipped).
+void moe_permute_backward(const void* dx_perm, const int32_t* position, int64_t T, int64_t K,
+                          int64_t D, void* dx, DType act);
+// Per expert e (rows offsets[e] .. offsets[e+1], read on the device): y = x · W_eᵀ. w: device
+// array of E device pointers to [out, in] matrices (rows ldw apart) in act; x [N, in], y
+// [N, out] in act. Tiled shared-memory kernel, f32 accumulation; rows past offsets[E] untouched.
+void grouped_linear(const void* x, const int64_t* offsets, int64_t E, int64_t N, int64_t in,
+                    const void* const* w, int64_t ldw, int64_t out, void* y, DType act);
+// dx [N, in] = dy [N, out] · W_e per expert's rows.
+void grouped_linear_backward_dx(const void* dy, const int64_t* offsets, int64_t E, int64_t N,
+                                int64_t out, const void* const* w, int64_t ldw, int64_t in,
+                                void* dx, DType act);
+// dw[e] (f32 [out, in] contiguous; device array of E pointers) (+)= Σ_rows dy[r]ᵀ x[r]; beta 0
+// overwrites (zeros for an expert without rows), 1 accumulates. Deterministic.
+void grouped_linear_backward_dw(const void* x, const void* dy, const int64_t* offsets, int64_t E,
+                                int64_t out, int64_t in, float* const* dw, float beta, DType act);
+// out[t] = Σ_k w[t,k]·y_perm[position[t·K+k]] in ascending position (+ add[t], nullable); K ≤ 64.
+void moe_combine(const void* y_perm, const float* weights, const int32_t* position, int64_t T,
+                 int64_t K, int64_t D, const void* add, void* out, DType act);
+// dy_perm[i] = w[order[i]]·dout[order[i] / K] (zeros where order is −1);
+// dweights[s] = dout[s / K] · y_perm[position[s]] (f32).
+void moe_combine_backward(const void* y_perm, const float* weights, const int32_t* order,
+                          const int32_t* position, int64_t T, int64_t K, int64_t D,
+                          const void* dout, void* dy_perm, float* dweights, DType act);
+
 }  // namespace dseek::ops::cuda
