@@ -1,24 +1,64 @@
-// embedding: out[t, :] = f32(table[ids[t], :]). Rows are converted from their stored dtype.
-// Backward: ∂out[t, :]/∂table[v, :] = [ids[t] == v]·I, so dtable[v] = Σ_{t: ids[t] = v} dy[t]. Rows
-// are added in token order (deterministic).
+// embedding: out[t, :] = table[ids[t], :], converted from the stored dtype. Backward:
+// ∂out[t, :]/∂table[v, :] = [ids[t] == v]·I, so dtable[v] = Σ_{t: ids[t] = v} dy[t]. Rows are added
+// in token order (deterministic; on the GPU too, see ops/cuda/embedding.cu).
 #include "ops/embedding.h"
 
+#include "core/cuda.h"
 #include "core/error.h"
+#include "ops/cuda/cuda_ops.h"
+#include "ops/device.h"
 
 namespace dseek::ops {
 
-Tensor embedding(const Tensor& table, const std::vector<int32_t>& ids) {
+namespace {
+
+void check_ids(const std::vector<int32_t>& ids, int64_t V) {
+  for (size_t t = 0; t < ids.size(); ++t)
+    DSEEK_CHECK(ids[t] >= 0 && ids[t] < V,
+                "[embedding] token id {} at position {} is outside [0, {})", ids[t], t, V);
+}
+
+#ifdef DSEEK_HAS_CUDA
+// The ids in device memory for the duration of one op (freed stream-ordered, so the kernels
+// queued before the free still read them).
+struct DeviceIds {
+  explicit DeviceIds(const std::vector<int32_t>& ids)
+      : ptr(static_cast<int32_t*>(dseek::cuda::alloc(ids.size() * sizeof(int32_t)))) {
+    dseek::cuda::copy_to_device(ptr, ids.data(), ids.size() * sizeof(int32_t));
+  }
+  ~DeviceIds() { dseek::cuda::free(ptr); }
+  DeviceIds(const DeviceIds&) = delete;
+  DeviceIds& operator=(const DeviceIds&) = delete;
+  int32_t* ptr;
+};
+#endif
+
+}  // namespace
+
+Tensor embedding(const Tensor& table, const std::vector<int32_t>& ids, DType act) {
   DSEEK_CHECK(table.defined() && table.dim() == 2, "[embedding] table must be [V, D], got {}",
               table.defined() ? shape_str(table.shape()) : std::string("undefined"));
   const DType dt = table.dtype();
   DSEEK_CHECK(dt == DType::F32 || dt == DType::BF16 || dt == DType::F16 || dt == DType::F8_E4M3,
               "[embedding] table dtype {} not supported", dtype_name(dt));
+  DSEEK_CHECK(act == DType::F32 || (act == DType::BF16 && table.is_cuda()),
+              "[embedding] output dtype {} not supported on {} (f32{})", dtype_name(act),
+              device_name(table.device()), table.is_cuda() ? " or bf16" : "");
   const int64_t V = table.size(0), D = table.size(1);
-  for (size_t t = 0; t < ids.size(); ++t)
-    DSEEK_CHECK(ids[t] >= 0 && ids[t] < V,
-                "[embedding] token id {} at position {} is outside [0, {})", ids[t], t, V);
+  check_ids(ids, V);
   const Tensor tc = table.is_contiguous() ? table : table.contiguous();
-  Tensor out = Tensor::empty({int64_t(ids.size()), D}, DType::F32);
+  const int64_t T = int64_t(ids.size());
+  Tensor out = Tensor::empty({T, D}, act, table.device());
+  if (table.is_cuda()) {
+#ifdef DSEEK_HAS_CUDA
+    if (out.numel() == 0) return out;
+    const DeviceIds dids(ids);
+    cuda::embedding(tc.raw(), dt, dids.ptr, T, D, out.raw(), act);
+    return out;
+#else
+    cuda_not_built("embedding");
+#endif
+  }
   const char* base = static_cast<const char*>(tc.raw());
   const size_t row_bytes = size_t(D) * dtype_size(dt);
   for (size_t t = 0; t < ids.size(); ++t)
@@ -34,14 +74,25 @@ void embedding_backward_accumulate(const std::vector<int32_t>& ids, const Tensor
               "[embedding] gradient table must be f32 contiguous [V, D], got {}",
               dtable.defined() ? shape_str(dtable.shape()) : std::string("undefined"));
   const int64_t V = dtable.size(0), D = dtable.size(1);
-  DSEEK_CHECK(
-      dy.defined() && dy.dtype() == DType::F32 && dy.shape() == Shape({int64_t(ids.size()), D}),
-      "[embedding] dy must be f32 [{}, {}], got {}", ids.size(), D,
-      dy.defined() ? shape_str(dy.shape()) : std::string("undefined"));
-  for (size_t t = 0; t < ids.size(); ++t)
-    DSEEK_CHECK(ids[t] >= 0 && ids[t] < V,
-                "[embedding] token id {} at position {} is outside [0, {})", ids[t], t, V);
+  DSEEK_CHECK(dy.defined() && (dy.dtype() == DType::F32 || dy.is_cuda()) &&
+                  dy.shape() == Shape({int64_t(ids.size()), D}),
+              "[embedding] dy must be f32 (or bf16 on a GPU) [{}, {}], got {}", ids.size(), D,
+              dy.defined() ? shape_str(dy.shape()) : std::string("undefined"));
+  const Device device = op_device("embedding", {&dy, &dtable});
+  [[maybe_unused]] const DType act = activation_dtype("embedding", dy);
+  check_ids(ids, V);
   const Tensor g = dy.is_contiguous() ? dy : dy.contiguous();
+  if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    if (ids.empty() || D == 0) return;
+    const DeviceIds dids(ids);
+    cuda::embedding_backward(dids.ptr, int64_t(ids.size()), D, g.raw(), act, dtable.data<float>(),
+                             V);
+    return;
+#else
+    cuda_not_built("embedding");
+#endif
+  }
   const float* src = g.data<float>();
   float* dst = dtable.data<float>();
   for (size_t t = 0; t < ids.size(); ++t) {
@@ -54,7 +105,7 @@ void embedding_backward_accumulate(const std::vector<int32_t>& ids, const Tensor
 Tensor embedding_backward(const std::vector<int32_t>& ids, const Tensor& dy, int64_t vocab) {
   DSEEK_CHECK(vocab >= 0 && dy.defined() && dy.dim() == 2,
               "[embedding] dy must be [T, D] and the vocabulary size non-negative");
-  Tensor dtable = Tensor::zeros({vocab, dy.size(1)}, DType::F32);
+  Tensor dtable = Tensor::zeros({vocab, dy.size(1)}, DType::F32, dy.device());
   embedding_backward_accumulate(ids, dy, dtable);
   return dtable;
 }

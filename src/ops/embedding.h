@@ -1,5 +1,7 @@
 // embedding: rows of a table [V, D] (f32, bf16, f16 or fp8 as stored) gathered by token id into
-// f32 [T, D]. An id outside [0, V) is an error naming the id and its position.
+// [T, D] activations on the table's device. An id outside [0, V) is an error naming the id and
+// its position. The ids are a host vector (they come from the tokenizer or the data loader); on a
+// GPU they are checked on the host and uploaded per call.
 #pragma once
 
 #include <cstdint>
@@ -9,10 +11,13 @@
 
 namespace dseek::ops {
 
-Tensor embedding(const Tensor& table, const std::vector<int32_t>& ids);
+// `act` is the output dtype: f32 (the default, and the only choice on the CPU) or, for a table on
+// a GPU, bf16 — so a bf16 model's residual stream starts in bf16 without a conversion pass.
+Tensor embedding(const Tensor& table, const std::vector<int32_t>& ids, DType act = DType::F32);
 
-// Backward for dy [T, D] (f32): a scatter-add, dtable[ids[t], :] += dy[t, :]; ids that repeat
-// accumulate, rows never looked up get 0. Returns dtable [V, D] f32 whatever the table's dtype.
+// Backward for dy [T, D] (f32; on a GPU f32 or bf16): a scatter-add, dtable[ids[t], :] += dy[t, :];
+// ids that repeat accumulate, rows never looked up get 0. Returns dtable [V, D] f32 on dy's
+// device whatever the table's dtype. Deterministic on both devices (rows added in token order).
 Tensor embedding_backward(const std::vector<int32_t>& ids, const Tensor& dy, int64_t vocab);
 // Adds into an existing f32 contiguous dtable [V, D] (gradient accumulation).
 void embedding_backward_accumulate(const std::vector<int32_t>& ids, const Tensor& dy,

@@ -1,7 +1,8 @@
-// Rotary position embedding, applied in place to x [T, H, d] (f32; any strides, last dimension
-// contiguous): token t sits at position pos0 + t. With θ_j = pos · inv_freq[j] (j < d/2),
-// cos_j = cos(θ_j)·scaling, sin_j = sin(θ_j)·scaling (transformers' attention_scaling, 1 except
-// under YaRN), rotate-half as in transformers' apply_rotary_pos_emb:
+// Rotary position embedding, applied in place to x [T, H, d] (f32, or bf16 on a GPU, computed in
+// f32 there; any strides, last dimension contiguous): token t sits at position pos0 + t. With
+// θ_j = pos · inv_freq[j] (j < d/2), cos_j = cos(θ_j)·scaling, sin_j = sin(θ_j)·scaling
+// (transformers' attention_scaling, 1 except under YaRN), rotate-half as in transformers'
+// apply_rotary_pos_emb:
 //   y[j]       = x[j]·cos_j − x[j + d/2]·sin_j
 //   y[j + d/2] = x[j + d/2]·cos_j + x[j]·sin_j
 // `interleaved` first de-interleaves each row (x[2j] → j, x[2j+1] → d/2 + j), as transformers'

@@ -1,0 +1,103 @@
+// Rotary position embedding on the GPU, in place (see ops/rope.h and ops/cpu/rope.cpp for the
+// maths and the layouts). One warp per [t, h] row: the warp first copies its row into shared
+// memory, then writes the rotated values back. The copy is what makes the in-place update safe:
+// with `interleaved`, the lane that writes x[j] is not the one that reads it.
+// cos/sin come from a [T, d/2] table built first, as the CPU's rope_tables builds it (the angle one
+// f32 product, cos and sin in double, rounded to f32, then × scaling), so only the rotation's own
+// rounding differs; the table costs T·d/2 double-precision sincos instead of T·H·d/2.
+#include <algorithm>
+
+#include "core/cuda.h"
+#include "core/cuda/cuda_check.h"
+#include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/element.cuh"
+
+namespace dseek::ops::cuda {
+
+using dseek::cuda::ceil_div;
+using dseek::cuda::stream;
+
+namespace {
+
+constexpr int kWarps = 8;  // rows per block
+
+// cs[t, j] = (cos, sin) of θ = inv_freq[j]·(pos0 + t), × scaling.
+__global__ void rope_table_kernel(float2* cs, int64_t T, int64_t half, int64_t pos0,
+                                  const float* inv_freq, float scaling) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < T * half;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / half, j = i % half;
+    const float angle = inv_freq[j] * float(pos0 + t);
+    double sin_d, cos_d;
+    sincos(double(angle), &sin_d, &cos_d);
+    cs[i] = make_float2(float(cos_d) * scaling, float(sin_d) * scaling);
+  }
+}
+
+template <typename Act, bool kBackward>
+__global__ void rope_kernel(Act* x, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h,
+                            const float2* cs, bool interleaved) {
+  extern __shared__ float rows_buf[];  // [kWarps, d]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float* buf = rows_buf + warp * d;
+  const int64_t half = d / 2, rows = T * H;
+  // r is the same for all lanes of a warp, so every lane reaches each __syncwarp.
+  for (int64_t r = blockIdx.x * int64_t(kWarps) + warp; r < rows;
+       r += int64_t(gridDim.x) * kWarps) {
+    const int64_t t = r / H, h = r % H;
+    Act* row = x + t * x_t + h * x_h;
+    for (int64_t i = lane; i < d; i += 32) buf[i] = to_f32(row[i]);
+    __syncwarp();
+    for (int64_t j = lane; j < half; j += 32) {
+      const float2 c_s = cs[t * half + j];
+      const float c = c_s.x, s = c_s.y;
+      if (!kBackward) {
+        // y = R(θ)·P·x: gather the pair (de-interleaving if asked), rotate, write the halves.
+        const float a = interleaved ? buf[2 * j] : buf[j];
+        const float b = interleaved ? buf[2 * j + 1] : buf[half + j];
+        row[j] = from_f32<Act>(a * c - b * s);
+        row[half + j] = from_f32<Act>(b * c + a * s);
+      } else {
+        // dx = Pᵀ·R(−θ)·dy: rotate the halves back, then re-interleave if asked.
+        const float a = buf[j], b = buf[half + j];
+        const float z0 = a * c + b * s, z1 = b * c - a * s;
+        row[interleaved ? 2 * j : j] = from_f32<Act>(z0);
+        row[interleaved ? 2 * j + 1 : half + j] = from_f32<Act>(z1);
+      }
+    }
+    __syncwarp();  // every lane is done with buf before it is refilled for the next row
+  }
+}
+
+template <bool kBackward>
+void launch(void* x, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h, int64_t pos0,
+            const float* inv_freq, float scaling, bool interleaved, DType act) {
+  if (T <= 0 || H <= 0 || d <= 0) return;
+  const int64_t half = d / 2, rows = T * H;
+  auto* cs = static_cast<float2*>(dseek::cuda::alloc(size_t(T * half) * sizeof(float2)));
+  rope_table_kernel<<<unsigned(std::min<int64_t>(ceil_div<int64_t>(T * half, 256), 1 << 16)), 256,
+                      0, stream()>>>(cs, T, half, pos0, inv_freq, scaling);
+  DSEEK_CUDA_CHECK_LAUNCH("rope_table_kernel");
+  const unsigned blocks = unsigned(std::min<int64_t>(ceil_div<int64_t>(rows, kWarps), 1 << 20));
+  const size_t smem = size_t(kWarps) * size_t(d) * sizeof(float);
+  DSEEK_DISPATCH_ACT(act, Act,
+                     rope_kernel<Act, kBackward><<<blocks, kWarps * 32, smem, stream()>>>(
+                         static_cast<Act*>(x), T, H, d, x_t, x_h, cs, interleaved));
+  DSEEK_CUDA_CHECK_LAUNCH(kBackward ? "rope_backward_kernel" : "rope_kernel");
+  dseek::cuda::free(cs);
+}
+
+}  // namespace
+
+void rope(void* x, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h, int64_t pos0,
+          const float* inv_freq, float scaling, bool interleaved, DType act) {
+  launch<false>(x, T, H, d, x_t, x_h, pos0, inv_freq, scaling, interleaved, act);
+}
+
+void rope_backward(void* dy, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h,
+                   int64_t pos0, const float* inv_freq, float scaling, bool interleaved,
+                   DType act) {
+  launch<true>(dy, T, H, d, x_t, x_h, pos0, inv_freq, scaling, interleaved, act);
+}
+
+}  // namespace dseek::ops::cuda

@@ -1,0 +1,89 @@
+// silu_mul (forward, backward) and add_inplace on CUDA against the CPU ops. The ops allocate their
+// outputs, so each kernel is also run directly into NaN-poisoned buffers: an element it failed to
+// write shows up as NaN.
+#include "backend/backend_harness.h"
+#include "ops/activation.h"
+#include "ops/cuda/cuda_ops.h"
+
+namespace dseek::backend_test {
+namespace {
+
+const std::vector<Shape> kShapes = {{1, 7}, {3, 64}, {19, 111}, {257, 7168}};
+
+TEST(BackendOps, SiluMul) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(21);
+  for (DType act : kActDtypes) {
+    for (const Shape& shape : kShapes) {
+      const Tensor g = rand(shape, rng, 6.0f), u = rand(shape, rng, 2.0f);
+      const Tensor want = ops::silu_mul(rounded(g, act), rounded(u, act));
+      const Tensor gg = on_gpu(g, act), ug = on_gpu(u, act);
+      const Tensor got = ops::silu_mul(gg, ug);
+      EXPECT_EQ(got.dtype(), act);
+      EXPECT_TRUE(got.is_cuda());
+      expect_close("silu_mul", shape, act, want, got);
+#ifdef DSEEK_HAS_CUDA
+      Tensor out = Tensor::poisoned(shape, act, Device::CUDA);
+      ops::cuda::silu_mul(gg.raw(), ug.raw(), out.raw(), out.numel(), act);
+      expect_close("silu_mul (poisoned out)", shape, act, want, out);
+#endif
+    }
+  }
+}
+
+TEST(BackendOps, SiluMulBackward) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(22);
+  for (DType act : kActDtypes) {
+    for (const Shape& shape : kShapes) {
+      const Tensor g = rand(shape, rng, 6.0f), u = rand(shape, rng, 2.0f), d = rand(shape, rng);
+      const ops::SiluMulGrads want =
+          ops::silu_mul_backward(rounded(g, act), rounded(u, act), rounded(d, act));
+      const Tensor gg = on_gpu(g, act), ug = on_gpu(u, act), dg = on_gpu(d, act);
+      const ops::SiluMulGrads got = ops::silu_mul_backward(gg, ug, dg);
+      EXPECT_EQ(got.dgate.dtype(), act);
+      EXPECT_TRUE(got.dgate.is_cuda() && got.dup.is_cuda());
+      expect_close("silu_mul_backward dgate", shape, act, want.dgate, got.dgate);
+      expect_close("silu_mul_backward dup", shape, act, want.dup, got.dup);
+#ifdef DSEEK_HAS_CUDA
+      Tensor dgate = Tensor::poisoned(shape, act, Device::CUDA);
+      Tensor dup = Tensor::poisoned(shape, act, Device::CUDA);
+      ops::cuda::silu_mul_backward(gg.raw(), ug.raw(), dg.raw(), dgate.raw(), dup.raw(),
+                                   dgate.numel(), act);
+      expect_close("silu_mul_backward dgate (poisoned)", shape, act, want.dgate, dgate);
+      expect_close("silu_mul_backward dup (poisoned)", shape, act, want.dup, dup);
+#endif
+    }
+  }
+}
+
+TEST(BackendOps, AddInplace) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(23);
+  for (DType act : kActDtypes) {
+    for (const Shape& shape : kShapes) {
+      const Tensor y0 = rand(shape, rng, 3.0f), x = rand(shape, rng, 3.0f);
+      Tensor want = rounded(y0, act);
+      ops::add_inplace(want, rounded(x, act));
+      Tensor got = on_gpu(y0, act);
+      ops::add_inplace(got, on_gpu(x, act));
+      EXPECT_EQ(got.dtype(), act);
+      expect_close("add_inplace", shape, act, want, got);
+      // A strided x (columns 1.. of a wider tensor on the GPU) is gathered first.
+      const int64_t rows = shape[0], D = shape[1];
+      const Tensor wide = rand({rows, D + 1}, rng, 3.0f);
+      Tensor want2 = rounded(y0, act);
+      ops::add_inplace(want2, rounded(wide, act).slice(1, 1, D + 1));
+      Tensor got2 = on_gpu(y0, act);
+      ops::add_inplace(got2, on_gpu(wide, act).slice(1, 1, D + 1));
+      expect_close("add_inplace (strided x)", shape, act, want2, got2);
+    }
+  }
+  Tensor y = Tensor::zeros({2, 3}, DType::BF16, Device::CUDA);
+  EXPECT_THROW(ops::add_inplace(y, Tensor::zeros({2, 3}, DType::F32, Device::CUDA)), Error);
+  EXPECT_THROW(ops::add_inplace(y, Tensor::zeros({3, 2}, DType::BF16, Device::CUDA)), Error);
+  EXPECT_THROW(ops::add_inplace(y, Tensor::zeros({2, 3}, DType::BF16)), Error);
+}
+
+}  // namespace
+}  // namespace dseek::backend_test

@@ -1,0 +1,90 @@
+// rope (forward and backward, in place) on CUDA against the CPU ops: both layouts (rotate-half and
+// interleaved), head dims from 2 to the largest supported (1024), positions near 0 and far out,
+// and strided views: x is a [T, H, d] window of a wider [T, H + 2, d + 5] buffer (as q_pe sits
+// inside q), whose other entries must come out untouched.
+#include <cmath>
+
+#include "backend/backend_harness.h"
+#include "ops/rope.h"
+
+namespace dseek::backend_test {
+namespace {
+
+struct RopeCase {
+  int64_t T, H, d, pos0;
+};
+const std::vector<RopeCase> kCases = {
+    {1, 1, 2, 0}, {7, 3, 6, 19}, {33, 5, 40, 4093}, {257, 16, 64, 0}, {3, 2, 1024, 100000}};
+
+std::vector<float> inv_freq_for(int64_t d) {
+  std::vector<float> f(size_t(d / 2));
+  for (int64_t j = 0; j < d / 2; ++j) f[size_t(j)] = float(std::pow(10000.0, -2.0 * j / d));
+  return f;
+}
+
+void check_rope(bool backward) {
+  std::mt19937 rng(backward ? 42 : 41);
+  const std::string op = backward ? "rope_backward" : "rope";
+  for (DType act : kActDtypes) {
+    for (bool interleaved : {false, true}) {
+      for (const RopeCase& c : kCases) {
+        const Shape shape{c.T, c.H, c.d};
+        const std::vector<float> inv_freq = inv_freq_for(c.d);
+        const float scaling = 1.25f;
+        const Tensor wide = rand({c.T, c.H + 2, c.d + 5}, rng, 2.0f);
+        Tensor want = rounded(wide, act);
+        Tensor got = on_gpu(wide, act);
+        const Tensor want_x = want.slice(1, 1, c.H + 1).slice(2, 5, c.d + 5);
+        const Tensor got_x = got.slice(1, 1, c.H + 1).slice(2, 5, c.d + 5);
+        ASSERT_FALSE(got_x.is_contiguous());
+        if (backward) {
+          ops::rope_backward_inplace(want_x, c.pos0, inv_freq, scaling, interleaved);
+          ops::rope_backward_inplace(got_x, c.pos0, inv_freq, scaling, interleaved);
+        } else {
+          ops::rope_inplace(want_x, c.pos0, inv_freq, scaling, interleaved);
+          ops::rope_inplace(got_x, c.pos0, inv_freq, scaling, interleaved);
+        }
+        const std::string name =
+            op + (interleaved ? " interleaved" : " half") + " pos0=" + std::to_string(c.pos0);
+        expect_close(name, shape, act, want_x, got_x);
+        // Everything around the window is untouched, bit for bit.
+        expect_close(name + " (around)", {c.T, c.H + 2, 5}, act, want.slice(2, 0, 5),
+                     got.slice(2, 0, 5), {0, 0});
+        expect_close(name + " (other heads)", {c.T, 1, c.d + 5}, act, want.slice(1, 0, 1),
+                     got.slice(1, 0, 1), {0, 0});
+        expect_close(name + " (other heads)", {c.T, 1, c.d + 5}, act,
+                     want.slice(1, c.H + 1, c.H + 2), got.slice(1, c.H + 1, c.H + 2), {0, 0});
+      }
+    }
+  }
+}
+
+TEST(BackendOps, Rope) {
+  DSEEK_REQUIRE_CUDA();
+  check_rope(false);
+}
+
+TEST(BackendOps, RopeBackward) {
+  DSEEK_REQUIRE_CUDA();
+  check_rope(true);
+}
+
+// The backward is the forward's transpose: rope_backward(rope(x)) = scaling²·x, on the GPU too.
+TEST(BackendOps, RopeBackwardUndoesForward) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(43);
+  for (bool interleaved : {false, true}) {
+    const Tensor x = rand({9, 4, 64}, rng);
+    const std::vector<float> inv_freq = inv_freq_for(64);
+    Tensor y = on_gpu(x);
+    ops::rope_inplace(y, 77, inv_freq, 0.5f, interleaved);
+    ops::rope_backward_inplace(y, 77, inv_freq, 0.5f, interleaved);
+    std::vector<float> want = x.to_vector();
+    for (float& v : want) v *= 0.25f;
+    expect_close(interleaved ? "rope round trip interleaved" : "rope round trip half", {9, 4, 64},
+                 DType::F32, Tensor::from_vector(want, {9, 4, 64}), y);
+  }
+}
+
+}  // namespace
+}  // namespace dseek::backend_test
