@@ -4,16 +4,27 @@
 
 #include "core/error.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cuda/cuda_ops.h"
+#include "ops/device.h"
 
 namespace dseek::ops {
 
 namespace {
 
-// Checks q, k, v and fills the kernel arguments (out left null).
-cpu::AttentionArgs attention_args(const Tensor& q, const Tensor& k, const Tensor& v, float scale) {
+// q, k, v after the checks both backends share: sizes, strides (elements) and raw pointers.
+struct Checked {
+  Device device;
+  DType act;  // f32, or bf16 on the GPU
+  cuda::AttentionArgs a;  // out left null
+};
+
+Checked attention_args(const Tensor& q, const Tensor& k, const Tensor& v, float scale) {
   DSEEK_CHECK(q.defined() && k.defined() && v.defined(), "[attention] undefined input");
-  DSEEK_CHECK(q.dtype() == DType::F32 && k.dtype() == DType::F32 && v.dtype() == DType::F32,
-              "[attention] q, k, v must be f32");
+  const Device device = op_device("attention", {&q, &k, &v});
+  const DType act = activation_dtype("attention", q);
+  DSEEK_CHECK(k.dtype() == act && v.dtype() == act, "[attention] q, k, v must be {}{}, got {}, {}",
+              dtype_name(act), device == Device::CUDA ? " alike" : "", dtype_name(k.dtype()),
+              dtype_name(v.dtype()));
   DSEEK_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3,
               "[attention] q, k, v must be [T, H, d], got {}, {}, {}", shape_str(q.shape()),
               shape_str(k.shape()), shape_str(v.shape()));
@@ -28,49 +39,82 @@ cpu::AttentionArgs attention_args(const Tensor& q, const Tensor& k, const Tensor
   for (const Tensor* t : {&q, &k, &v})
     DSEEK_CHECK(t->strides()[2] == 1 || t->size(2) <= 1,
                 "[attention] last dimension must be contiguous");
-  return cpu::AttentionArgs{q.data<float>(),
-                            q.strides()[0],
-                            q.strides()[1],
-                            k.data<float>(),
-                            k.strides()[0],
-                            k.strides()[1],
-                            v.data<float>(),
-                            v.strides()[0],
-                            v.strides()[1],
-                            nullptr,
-                            T,
-                            S,
-                            H,
-                            Hk,
-                            dk,
-                            dv,
-                            scale};
+  return Checked{device,
+                 act,
+                 cuda::AttentionArgs{q.raw(), q.strides()[0], q.strides()[1], k.raw(),
+                                     k.strides()[0], k.strides()[1], v.raw(), v.strides()[0],
+                                     v.strides()[1], nullptr, T, S, H, Hk, dk, dv, scale}};
+}
+
+cpu::AttentionArgs cpu_args(const cuda::AttentionArgs& a) {
+  return cpu::AttentionArgs{static_cast<const float*>(a.q),
+                            a.q_t,
+                            a.q_h,
+                            static_cast<const float*>(a.k),
+                            a.k_s,
+                            a.k_h,
+                            static_cast<const float*>(a.v),
+                            a.v_s,
+                            a.v_h,
+                            static_cast<float*>(a.out),
+                            a.T,
+                            a.S,
+                            a.H,
+                            a.Hk,
+                            a.dk,
+                            a.dv,
+                            a.scale};
 }
 
 }  // namespace
 
 Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale) {
-  cpu::AttentionArgs a = attention_args(q, k, v, scale);
-  Tensor out = Tensor::empty({a.T, a.H, a.dv}, DType::F32);
+  Checked c = attention_args(q, k, v, scale);
+  cuda::AttentionArgs& a = c.a;
+  Tensor out = Tensor::empty({a.T, a.H, a.dv}, c.act, c.device);
   if (out.numel() == 0) return out;
-  a.out = out.data<float>();
-  cpu::causal_attention(a);
+  a.out = out.raw();
+  if (c.device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    cuda::causal_attention(a, c.act);
+    return out;
+#else
+    cuda_not_built("attention");
+#endif
+  }
+  cpu::causal_attention(cpu_args(a));
   return out;
 }
 
 AttentionGrads causal_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                          float scale, const Tensor& dout) {
-  const cpu::AttentionArgs a = attention_args(q, k, v, scale);
-  DSEEK_CHECK(
-      dout.defined() && dout.dtype() == DType::F32 && dout.shape() == Shape({a.T, a.H, a.dv}),
-      "[attention] dout must be f32 [{}, {}, {}], got {}", a.T, a.H, a.dv,
-      dout.defined() ? shape_str(dout.shape()) : std::string("undefined"));
-  AttentionGrads g{Tensor::zeros(q.shape(), DType::F32), Tensor::zeros(k.shape(), DType::F32),
-                   Tensor::zeros(v.shape(), DType::F32)};
-  if (a.T == 0 || a.H == 0) return g;
+  const Checked c = attention_args(q, k, v, scale);
+  const cuda::AttentionArgs& a = c.a;
+  DSEEK_CHECK(dout.defined() && dout.dtype() == c.act && dout.device() == c.device &&
+                  dout.shape() == Shape({a.T, a.H, a.dv}),
+              "[attention] dout must be {} [{}, {}, {}] on the inputs' device, got {}",
+              dtype_name(c.act), a.T, a.H, a.dv,
+              dout.defined() ? shape_str(dout.shape()) + " " + std::string(dtype_name(dout.dtype()))
+                             : std::string("undefined"));
   const Tensor dc = dout.is_contiguous() ? dout : dout.contiguous();
-  cpu::causal_attention_backward(cpu::AttentionGradArgs{a, dc.data<float>(), g.dq.data<float>(),
-                                                        g.dk.data<float>(), g.dv.data<float>()});
+  if (c.device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    // The kernels write every element (zeros where no query sees a key).
+    AttentionGrads g{Tensor::empty(q.shape(), c.act, c.device),
+                     Tensor::empty(k.shape(), c.act, c.device),
+                     Tensor::empty(v.shape(), c.act, c.device)};
+    cuda::causal_attention_backward(
+        cuda::AttentionGradArgs{a, dc.raw(), g.dq.raw(), g.dk.raw(), g.dv.raw()}, c.act);
+    return g;
+#else
+    cuda_not_built("attention");
+#endif
+  }
+  AttentionGrads g{Tensor::zeros(q.shape()), Tensor::zeros(k.shape()), Tensor::zeros(v.shape())};
+  if (a.T == 0 || a.H == 0) return g;
+  cpu::causal_attention_backward(cpu::AttentionGradArgs{cpu_args(a), dc.data<float>(),
+                                                        g.dq.data<float>(), g.dk.data<float>(),
+                                                        g.dv.data<float>()});
   return g;
 }
 

@@ -1,0 +1,166 @@
+// Causal attention on CUDA against the CPU op, forward and backward: queries the last T of S
+// positions (T = S, T = 1 decode, T < S chunk), grouped-query heads (H/Hk 4/4, 8/2, 16/1), head
+// dims small and odd-sized, MLA's (192, 128) and its latent decode (576, 512) on one key head,
+// contiguous inputs and strided views into wider buffers, f32 and bf16 activations.
+#include <string>
+#include <vector>
+
+#include "backend/backend_harness.h"
+#include "ops/attention.h"
+
+namespace dseek::backend_test {
+namespace {
+
+struct Shape2 {
+  int64_t T, S;
+};
+struct Heads {
+  int64_t H, Hk;
+};
+struct Dims {
+  int64_t dk, dv;
+};
+
+const std::vector<Shape2> kLengths = {{1, 1}, {1, 300}, {7, 7}, {64, 64}, {33, 97}, {256, 256}};
+const std::vector<Heads> kHeads = {{4, 4}, {8, 2}, {16, 1}};
+const std::vector<Dims> kDims = {{16, 16}, {40, 24}, {192, 128}, {576, 512}};
+
+// The cases: every length, head layout and head dims, with (576, 512) only on one key head (MLA's
+// latent decode); every other case takes its inputs as strided views.
+struct Case {
+  Shape2 len;
+  Heads heads;
+  Dims dims;
+  bool strided;
+};
+std::vector<Case> cases() {
+  std::vector<Case> out;
+  for (Shape2 len : kLengths)
+    for (Heads heads : kHeads)
+      for (Dims dims : kDims) {
+        if (dims.dk == 576 && heads.Hk != 1) continue;
+        out.push_back({len, heads, dims, out.size() % 2 == 1});
+      }
+  return out;
+}
+
+// Inputs on the CPU (f32, rounded to act) and the same on the GPU (in act). Strided: q is a
+// slice of [T, H, dk + 8] and k, v are slices of one [S, Hk, dk + dv] buffer, as a fused
+// projection leaves them.
+struct Inputs {
+  Tensor q, k, v;          // CPU reference inputs
+  Tensor gq, gk, gv;       // GPU inputs (views of gpu buffers when strided)
+};
+Inputs make_inputs(const Case& c, DType act, std::mt19937& rng) {
+  const auto [T, S] = c.len;
+  const auto [H, Hk] = c.heads;
+  const auto [dk, dv] = c.dims;
+  Inputs in;
+  if (c.strided) {
+    const Tensor qbuf = rounded(rand({T, H, dk + 8}, rng, 1.5f), act);
+    const Tensor kvbuf = rounded(rand({S, Hk, dk + dv}, rng, 1.5f), act);
+    const Tensor gqbuf = on_gpu(qbuf, act), gkvbuf = on_gpu(kvbuf, act);
+    in.q = qbuf.slice(2, 0, dk);
+    in.k = kvbuf.slice(2, 0, dk);
+    in.v = kvbuf.slice(2, dk, dk + dv);
+    in.gq = gqbuf.slice(2, 0, dk);
+    in.gk = gkvbuf.slice(2, 0, dk);
+    in.gv = gkvbuf.slice(2, dk, dk + dv);
+  } else {
+    in.q = rounded(rand({T, H, dk}, rng, 1.5f), act);
+    in.k = rounded(rand({S, Hk, dk}, rng, 1.5f), act);
+    in.v = rounded(rand({S, Hk, dv}, rng, 1.5f), act);
+    in.gq = on_gpu(in.q, act);
+    in.gk = on_gpu(in.k, act);
+    in.gv = on_gpu(in.v, act);
+  }
+  return in;
+}
+
+std::string describe(const Case& c) {
+  return "T" + std::to_string(c.len.T) + " S" + std::to_string(c.len.S) + " H" +
+         std::to_string(c.heads.H) + "/" + std::to_string(c.heads.Hk) + " d" +
+         std::to_string(c.dims.dk) + "/" + std::to_string(c.dims.dv) + (c.strided ? " view" : "");
+}
+
+// Scores of a few units, so the softmax is far from uniform.
+float scale_for(int64_t dk) { return 1.5f / std::sqrt(float(dk)); }
+
+// Fresh GPU outputs come from the pool; freeing a NaN block of the size first makes it likely
+// that an element the kernel fails to write reads NaN.
+void prime_pool(int64_t n, DType act) { (void)Tensor::poisoned({n}, act, Device::CUDA); }
+
+TEST(BackendOps, CausalAttention) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(21);
+  for (DType act : kActDtypes) {
+    for (const Case& c : cases()) {
+      const Inputs in = make_inputs(c, act, rng);
+      const float scale = scale_for(c.dims.dk);
+      const Tensor want = ops::causal_attention(in.q, in.k, in.v, scale);
+      prime_pool(want.numel(), act);
+      const Tensor got = ops::causal_attention(in.gq, in.gk, in.gv, scale);
+      EXPECT_EQ(got.dtype(), act);
+      EXPECT_TRUE(got.is_cuda());
+      expect_close("attention " + describe(c), want.shape(), act, want, got);
+    }
+  }
+}
+
+TEST(BackendOps, CausalAttentionBackward) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(22);
+  for (DType act : kActDtypes) {
+    // Gradients sum over many rows: f32 in another order, plus one bf16 rounding of the result.
+    const Tolerance tol = act == DType::BF16 ? Tolerance{2e-2, 1.6e-2} : Tolerance{2e-4, 2e-4};
+    for (const Case& c : cases()) {
+      const Inputs in = make_inputs(c, act, rng);
+      const float scale = scale_for(c.dims.dk);
+      const Tensor dout = rounded(rand({c.len.T, c.heads.H, c.dims.dv}, rng), act);
+      const ops::AttentionGrads want =
+          ops::causal_attention_backward(in.q, in.k, in.v, scale, dout);
+      prime_pool(want.dk.numel(), act);
+      const ops::AttentionGrads got =
+          ops::causal_attention_backward(in.gq, in.gk, in.gv, scale, on_gpu(dout, act));
+      for (const Tensor* t : {&got.dq, &got.dk, &got.dv}) {
+        EXPECT_EQ(t->dtype(), act);
+        EXPECT_TRUE(t->is_cuda());
+        EXPECT_TRUE(t->is_contiguous());
+      }
+      const std::string name = describe(c);
+      expect_close("attention_backward dq " + name, want.dq.shape(), act, want.dq, got.dq, tol);
+      expect_close("attention_backward dk " + name, want.dk.shape(), act, want.dk, got.dk, tol);
+      expect_close("attention_backward dv " + name, want.dv.shape(), act, want.dv, got.dv, tol);
+    }
+  }
+}
+
+// No float atomics: two runs give the same bits.
+TEST(BackendOps, CausalAttentionBackwardIsDeterministic) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(23);
+  const Case c{{64, 97}, {16, 1}, {40, 24}, true};
+  const Inputs in = make_inputs(c, DType::F32, rng);
+  const Tensor dout = on_gpu(rand({64, 16, 24}, rng));
+  const ops::AttentionGrads a = ops::causal_attention_backward(in.gq, in.gk, in.gv, 0.3f, dout);
+  const ops::AttentionGrads b = ops::causal_attention_backward(in.gq, in.gk, in.gv, 0.3f, dout);
+  EXPECT_EQ(a.dq.to_vector(), b.dq.to_vector());
+  EXPECT_EQ(a.dk.to_vector(), b.dk.to_vector());
+  EXPECT_EQ(a.dv.to_vector(), b.dv.to_vector());
+}
+
+// Head dims whose tiles do not fit a block's shared memory are refused with the op's name.
+TEST(BackendOps, CausalAttentionHeadDimsBeyondSharedMemory) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(24);
+  const Tensor q = on_gpu(rand({2, 1, 8192}, rng)), k = on_gpu(rand({2, 1, 8192}, rng));
+  try {
+    ops::causal_attention(q, k, k, 0.01f);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("[attention]", 0), 0u) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace dseek::backend_test
