@@ -14,6 +14,8 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "ops/cross_entropy.h"
+#include "data/chat_rows.h"
 #include "data/passkey.h"
 #include "data/passkey_data.h"
 #include "data/token_shards.h"
@@ -159,6 +161,73 @@ TEST(PasskeyData, DocumentsArePromptPlusAnswerWithinTheLengthRangeMixedWithText)
   EXPECT_EQ(coder().decode(document(*ds, 26)), "second one\n");
   o.out_dir = (dir / "bad").string();
   o.min_length = 90;
+  EXPECT_THROW(write_passkey_data(o), Error);
+  fs::remove_all(dir);
+}
+
+TEST(PasskeyData, RowsKeepEachDocumentInItsOwnSegmentAndAnswerOnlyTrainsTheKey) {
+  const fs::path dir = fs::temp_directory_path() / ("dseek_passkey_rows_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::ofstream(dir / "text.txt") << "first text document\n%\nsecond one\n%\n";
+  PasskeyDataOptions o;
+  o.tokenizer = coder_tokenizer_path();
+  o.out_dir = (dir / "rows").string();
+  o.length = 60;
+  o.min_length = 40;
+  o.count = 12;
+  o.text_inputs = {(dir / "text.txt").string()};
+  o.corpus.separator_line = "%";
+  o.rows = 90;
+  o.answer_only = true;
+  const PasskeyDataSummary s = write_passkey_data(o);
+  EXPECT_EQ(s.passkey_documents, 12);
+  EXPECT_EQ(s.text_documents, 2);
+  const auto rows = ChatRows::open(o.out_dir);
+  EXPECT_EQ(rows->seq_len(), 90);
+  EXPECT_EQ(rows->task(), "sft");
+  int64_t passkey_segments = 0, text_segments = 0;
+  for (int64_t r = 0; r < rows->rows(); ++r) {
+    const ChatRow& row = rows->row(r);
+    int64_t at = 0;
+    for (size_t k = 0; k < row.lengths.size(); ++k) {
+      const int64_t n = row.lengths[k];
+      if (row.kinds[k] == SegmentKind::kSft) {
+        // The segment's inputs are one document starting at BOS; its trained targets are the
+        // answer " <key>." and EOS for a passkey document, every token for a text document.
+        const std::vector<int32_t> in(row.inputs.begin() + at, row.inputs.begin() + at + n);
+        EXPECT_EQ(in[0], coder().bos_id());
+        const std::string text = coder().decode(std::vector<int32_t>(in.begin() + 1, in.end()));
+        std::vector<int32_t> trained;
+        for (int64_t i = at; i < at + n; ++i)
+          if (row.targets[size_t(i)] != ops::kIgnoreIndex) trained.push_back(row.targets[size_t(i)]);
+        const size_t q = text.rfind(" What is the pass key? The pass key is");
+        if (q != std::string::npos) {
+          ++passkey_segments;
+          const std::string key = passkey_answer(text.substr(q + 38));
+          ASSERT_EQ(key.size(), 5u) << text;
+          std::vector<int32_t> want = PasskeyPieces::from_tokenizer(coder()).answer(coder(), key);
+          want.push_back(coder().eos_id());
+          EXPECT_EQ(trained, want) << text;
+          int occurrences = 0;  // the needle and the question: one document per segment
+          for (size_t at = text.find("The pass key is"); at != std::string::npos;
+               at = text.find("The pass key is", at + 1))
+            ++occurrences;
+          EXPECT_EQ(occurrences, 2) << text;
+        } else {
+          ++text_segments;
+          EXPECT_EQ(int64_t(trained.size()), n) << text;
+        }
+      }
+      at += n;
+    }
+  }
+  EXPECT_EQ(passkey_segments, 12);
+  EXPECT_EQ(text_segments, 2);
+  o.out_dir = (dir / "small").string();
+  o.rows = 50;  // shorter than the longest document
+  EXPECT_THROW(write_passkey_data(o), Error);
+  o.rows = 0;  // --answer-only without --rows
   EXPECT_THROW(write_passkey_data(o), Error);
   fs::remove_all(dir);
 }

@@ -1,6 +1,7 @@
 // `dseek data passkey`: passkey-retrieval training documents (data/passkey_data.h), optionally
 // mixed with ordinary text, as token shards for `dseek train`.
 //   dseek data passkey --tokenizer T --length L [--min-length M] --count N [--text FILE...] --out DIR
+//                      [--rows SEQ [--answer-only]]
 #include <fmt/format.h>
 
 #include "cli/commands.h"
@@ -21,6 +22,11 @@ void add_data_passkey_command(CLI::App& app) {
   cmd->add_option("--text", o->text_inputs, "text files, directories or .jsonl files to mix in");
   cmd->add_option("--separator", o->corpus.separator_line,
                   "a line that separates documents in plain text files (e.g. %)");
+  cmd->add_option("--rows", o->rows,
+                  "write packed rows of this many positions, one segment per document (train "
+                  "with train.task=sft) instead of token shards");
+  cmd->add_flag("--answer-only", o->answer_only,
+                "with --rows: passkey documents train only their answer tokens");
   cmd->add_option("--seed", o->seed, "seed of the keys, depths and lengths")->capture_default_str();
   cmd->callback([o] {
     const PasskeyDataSummary s = write_passkey_data(*o);
