@@ -7,6 +7,9 @@
 // logits [T, V] f32 (rows may be strided, the vocabulary contiguous). Nothing of size T·V is
 // allocated besides the logits and, unless done in place, their gradient; each row is streamed
 // (max, then Σ exp in double, then the gradient), in parallel over rows.
+// On CUDA the logits may be f32 or bf16 (sums in f32, loss in f64, the gradient in the logits'
+// dtype); targets and weights stay host vectors (checked on the host, uploaded per call), lse stays
+// on the device and the loss comes back to the host.
 // One deliberate difference from torch: when every target is ignored (N = 0) torch returns NaN;
 // here the loss is 0 and the gradient 0, so a batch of prompt-only SFT rows cannot poison training.
 #pragma once

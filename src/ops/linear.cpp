@@ -5,18 +5,38 @@
 
 #include "core/error.h"
 #include "ops/cpu/cpu_ops.h"
+#include "ops/cuda/cuda_ops.h"
+#include "ops/device.h"
 
 namespace dseek::ops {
+namespace {
+
+// The weight dtypes each device multiplies: on the CPU any stored float dtype (converted on the
+// fly, x is f32); on the GPU the activation dtype itself (cuBLASLt's bf16×bf16 or f32×f32 GEMMs),
+// so a model's weights are cast to its activation dtype once when they are moved to the GPU.
+void check_weight_dtype(Device device, DType act, DType wt) {
+  if (device == Device::CUDA) {
+    DSEEK_CHECK(wt == act,
+                "[linear] on CUDA the weight dtype must equal the activation dtype (bf16 x with "
+                "bf16 W, f32 with f32), got x {} and W {}",
+                dtype_name(act), dtype_name(wt));
+    return;
+  }
+  DSEEK_CHECK(wt == DType::F32 || wt == DType::BF16 || wt == DType::F16,
+              "[linear] weight dtype {} not supported (f32, bf16, f16)", dtype_name(wt));
+}
+
+}  // namespace
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias) {
   DSEEK_CHECK(x.defined() && weight.defined(), "[linear] undefined input or weight");
-  DSEEK_CHECK(x.dtype() == DType::F32, "[linear] input must be f32, got {}", dtype_name(x.dtype()));
+  const Device device = op_device("linear", {&x, &weight, bias});
+  const DType act = activation_dtype("linear", x);
   DSEEK_CHECK(x.dim() >= 1, "[linear] input must have at least one dimension");
   DSEEK_CHECK(weight.dim() == 2, "[linear] weight must be [out, in], got {}",
               shape_str(weight.shape()));
-  DType wt = weight.dtype();
-  DSEEK_CHECK(wt == DType::F32 || wt == DType::BF16 || wt == DType::F16,
-              "[linear] weight dtype {} not supported (f32, bf16, f16)", dtype_name(wt));
+  const DType wt = weight.dtype();
+  check_weight_dtype(device, act, wt);
   const int64_t in = weight.size(1), out = weight.size(0);
   DSEEK_CHECK(x.size(-1) == in, "[linear] input {} does not match weight {}", shape_str(x.shape()),
               shape_str(weight.shape()));
@@ -34,8 +54,23 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias) {
   for (int d = 0; d + 1 < x.dim(); ++d) T *= x.size(d);
   Shape out_shape = x.shape();
   out_shape.back() = out;
-  Tensor y = Tensor::empty(out_shape, DType::F32);
+  Tensor y = Tensor::empty(out_shape, act, device);
   if (y.numel() == 0) return y;
+  if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    if (bias)
+      DSEEK_CHECK(bias->dtype() == DType::F32 || bias->dtype() == DType::BF16 ||
+                      bias->dtype() == DType::F16,
+                  "[linear] bias dtype {} not supported on CUDA (f32, bf16, f16)",
+                  dtype_name(bias->dtype()));
+    const Tensor bc = bias ? bias->contiguous() : Tensor();
+    cuda::linear(xc.raw(), T, in, weight.raw(), ldw, out, bias ? bc.raw() : nullptr,
+                 bias ? bc.dtype() : act, y.raw(), act);
+    return y;
+#else
+    cuda_not_built("linear");
+#endif
+  }
   float* yp = y.data<float>();
   if (T <= kLinearGemvMaxTokens) {
     cpu::linear_gemv(xc.data<float>(), T, in, weight.raw(), wt, ldw, out, yp);
@@ -52,12 +87,13 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias) {
 
 namespace {
 
-// A caller-provided gradient buffer: f32, contiguous, of the expected shape.
-void check_grad_buffer(const Tensor* g, const Shape& shape, const char* name) {
+// A caller-provided gradient buffer: contiguous, of the expected shape and dtype.
+void check_grad_buffer(const Tensor* g, const Shape& shape, DType dtype, const char* name) {
   if (!g) return;
-  DSEEK_CHECK(g->defined() && g->dtype() == DType::F32 && g->is_contiguous() && g->shape() == shape,
-              "[linear] gradient {} must be f32 contiguous {}, got {}", name, shape_str(shape),
-              g->defined() ? shape_str(g->shape()) : std::string("undefined"));
+  DSEEK_CHECK(g->defined() && g->dtype() == dtype && g->is_contiguous() && g->shape() == shape,
+              "[linear] gradient {} must be {} contiguous {}, got {} {}", name, dtype_name(dtype),
+              shape_str(shape), g->defined() ? dtype_name(g->dtype()) : "undefined",
+              g->defined() ? shape_str(g->shape()) : std::string());
 }
 
 }  // namespace
@@ -65,15 +101,15 @@ void check_grad_buffer(const Tensor* g, const Shape& shape, const char* name) {
 void linear_backward_into(const Tensor& x, const Tensor& weight, const Tensor& dy, Tensor* dx,
                           Tensor* dweight, Tensor* dbias, bool accumulate) {
   DSEEK_CHECK(x.defined() && weight.defined() && dy.defined(), "[linear] undefined input");
-  DSEEK_CHECK(x.dtype() == DType::F32 && dy.dtype() == DType::F32,
-              "[linear] input and dy must be f32, got {} and {}", dtype_name(x.dtype()),
-              dtype_name(dy.dtype()));
+  const Device device = op_device("linear", {&x, &weight, &dy, dx, dweight, dbias});
+  const DType act = activation_dtype("linear", x);
+  DSEEK_CHECK(dy.dtype() == act, "[linear] dy is {}, the input {}", dtype_name(dy.dtype()),
+              dtype_name(act));
   DSEEK_CHECK(weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1),
               "[linear] input {} does not match weight {}", shape_str(x.shape()),
               shape_str(weight.shape()));
   const DType wt = weight.dtype();
-  DSEEK_CHECK(wt == DType::F32 || wt == DType::BF16 || wt == DType::F16,
-              "[linear] weight dtype {} not supported (f32, bf16, f16)", dtype_name(wt));
+  check_weight_dtype(device, act, wt);
   const int64_t in = weight.size(1), out = weight.size(0);
   Shape y_shape = x.shape();
   y_shape.back() = out;
@@ -82,12 +118,32 @@ void linear_backward_into(const Tensor& x, const Tensor& weight, const Tensor& d
   DSEEK_CHECK(weight.strides()[1] == 1 || in <= 1, "[linear] weight columns must be contiguous");
   const int64_t ldw = out > 1 ? weight.strides()[0] : in;
   DSEEK_CHECK(ldw >= in, "[linear] weight rows overlap (stride {} < {})", ldw, in);
-  check_grad_buffer(dx, x.shape(), "dx");
-  check_grad_buffer(dweight, weight.shape(), "dweight");
-  check_grad_buffer(dbias, Shape{out}, "dbias");
+  // dx is an activation gradient (act); parameter gradients are f32 (master weights).
+  check_grad_buffer(dx, x.shape(), act, "dx");
+  check_grad_buffer(dweight, weight.shape(), DType::F32, "dweight");
+  check_grad_buffer(dbias, Shape{out}, DType::F32, "dbias");
 
   const int64_t T = x.numel() / std::max<int64_t>(in, 1);
   const float beta = accumulate ? 1.0f : 0.0f;
+  if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    // Rows from the leading dimensions (T above is 0 when in = 0, yet dbias still sums dy). The
+    // kernels treat empty sums themselves: zero, or unchanged when accumulating.
+    int64_t rows = 1;
+    for (int d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
+    const Tensor dyc = dy.is_contiguous() ? dy : dy.contiguous();
+    const Tensor xc = x.is_contiguous() ? x : x.contiguous();
+    if (dx)
+      cuda::linear_backward_dx(dyc.raw(), rows, out, weight.raw(), ldw, in, dx->raw(), beta, act);
+    if (dweight)
+      cuda::linear_backward_dw(dyc.raw(), xc.raw(), rows, out, in, dweight->data<float>(), beta,
+                               act);
+    if (dbias) cuda::linear_backward_dbias(dyc.raw(), rows, out, dbias->data<float>(), beta, act);
+    return;
+#else
+    cuda_not_built("linear");
+#endif
+  }
   if (T == 0 || in == 0 || out == 0) {
     // Empty sums: gradients are zero (or unchanged when accumulating).
     for (Tensor* g : {dx, dweight, dbias})
@@ -117,10 +173,11 @@ void linear_backward_into(const Tensor& x, const Tensor& weight, const Tensor& d
 LinearGrads linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy,
                             bool with_bias) {
   DSEEK_CHECK(weight.defined() && weight.dim() == 2, "[linear] weight must be [out, in]");
+  DSEEK_CHECK(x.defined(), "[linear] undefined input");
   LinearGrads g;
-  g.dx = Tensor::empty(x.shape(), DType::F32);
-  g.dweight = Tensor::empty(weight.shape(), DType::F32);
-  if (with_bias) g.dbias = Tensor::empty({weight.size(0)}, DType::F32);
+  g.dx = Tensor::empty(x.shape(), x.dtype(), x.device());
+  g.dweight = Tensor::empty(weight.shape(), DType::F32, x.device());
+  if (with_bias) g.dbias = Tensor::empty({weight.size(0)}, DType::F32, x.device());
   linear_backward_into(x, weight, dy, &g.dx, &g.dweight, with_bias ? &g.dbias : nullptr, false);
   return g;
 }

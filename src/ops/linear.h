@@ -3,6 +3,8 @@
 // b [out] (any float dtype) or none. Returns y [..., out] f32.
 // Small T (decode) runs a multi-threaded GEMV that converts W on the fly (memory-bound: W is read
 // once); larger T converts blocks of W to f32 and calls OpenBLAS sgemm (compute-bound).
+// On CUDA x is f32 or bf16 (act), W must be in act too (cuBLASLt bf16 GEMM with f32 accumulation,
+// or true f32), y comes back in act; the bias (f32, bf16 or f16) is added by the GEMM's epilogue.
 #pragma once
 
 #include "core/tensor.h"
@@ -14,16 +16,18 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias = nullpt
 // Backward of y = x·Wᵀ + b for an upstream gradient dy [..., out] (f32, x's leading shape):
 //   dx = dy·W [..., in],   dW = dyᵀ·x [out, in],   db = Σ_t dy[t] [out]
 // (OpenBLAS sgemm, f32 accumulation; a bf16/f16 W is converted in row blocks). Gradients are f32
-// whatever W's dtype: training keeps f32 master weights.
+// whatever W's dtype: training keeps f32 master weights. On CUDA dy and dx are in act (x's dtype)
+// while dW and db stay f32.
 struct LinearGrads {
   Tensor dx, dweight, dbias;  // dbias only when asked for
 };
 LinearGrads linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy,
                             bool with_bias = false);
 
-// The same into caller-owned f32 contiguous tensors of the right shapes; a null pointer skips that
-// gradient (a frozen weight, an input that needs none). With `accumulate` each gradient is added to
-// what the tensor holds (gradient accumulation; an input used twice), else it is overwritten.
+// The same into caller-owned contiguous tensors of the right shapes (dx in act, dW and db f32); a
+// null pointer skips that gradient (a frozen weight, an input that needs none). With `accumulate`
+// each gradient is added to what the tensor holds (gradient accumulation; an input used twice),
+// else it is overwritten.
 void linear_backward_into(const Tensor& x, const Tensor& weight, const Tensor& dy, Tensor* dx,
                           Tensor* dweight, Tensor* dbias, bool accumulate);
 

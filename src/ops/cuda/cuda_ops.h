@@ -71,6 +71,9 @@ void linear_backward_dw(const void* dy, const void* x, int64_t T, int64_t out, i
                         float* dw, float beta, DType act);
 void linear_backward_dbias(const void* dy, int64_t T, int64_t out, float* dbias, float beta,
                            DType act);
+// y[i] = act(y[i] + x[i]) for n elements, x f32, one rounding (linear_kernels.cu): how
+// linear_backward_dx accumulates into a bf16 dx.
+void linear_accumulate(void* y, const float* x, int64_t n, DType act);
 
 // ---- cross_entropy.cu ------------------------------------------------------------------------
 // logits [T, V] rows ld apart (act). Writes lse[T] (f32) and, on the device, loss_sum[0] (f64:
@@ -84,6 +87,11 @@ void cross_entropy_backward(const void* logits, int64_t T, int64_t V, int64_t ld
                             const int32_t* targets, int32_t ignore_index, const float* lse,
                             float scale, void* dlogits, int64_t ld_out, const float* row_weights,
                             DType act);
+// loss_sum[0] (f64, device) = Σ over counted rows of row_weights[t]·(lse[t] − logit[target]):
+// the per-token weighted loss (ops/cross_entropy.h) from a forward's lse; row_weights f32 [T].
+void cross_entropy_weighted_loss(const void* logits, int64_t T, int64_t ld,
+                                 const int32_t* targets, int32_t ignore_index, const float* lse,
+                                 const float* row_weights, double* loss_sum, DType act);
 
 // ---- attention.cu ----------------------------------------------------------------------------
 // Causal attention of one sequence, flash-style (online softmax, no [T, S] matrix in memory):

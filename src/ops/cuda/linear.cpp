@@ -1,0 +1,324 @@
+// linear on the GPU through cuBLASLt (maths in ops/linear.h). Host code only: cuBLASLt runs the
+// GEMMs; the bias gradient and the bf16 accumulation of dx are kernels in linear_kernels.cu.
+//
+// Layout: dseek's matrices are row-major, cuBLASLt's column-major. A row-major [r, c] matrix with
+// rows ld apart is, read column-major, the [c, r] matrix with leading dimension ld: its transpose.
+// So every product is computed transposed, and no data moves:
+//   forward  y = x·Wᵀ    as  yᵀ[out, T]  = W·xᵀ    (A = W read transposed, B = x as stored)
+//   dx       dx = dy·W   as  dxᵀ[in, T]  = Wᵀ·dyᵀ  (both as stored)
+//   dW       dW = dyᵀ·x  as  dWᵀ[in, out] = xᵀ·dy  (A = x as stored, B = dy read transposed)
+// The bias is a per-row vector of yᵀ, which is what cuBLASLt's BIAS epilogue adds.
+//
+// Precision: CUBLAS_COMPUTE_32F throughout. bf16 A/B accumulate in f32 on the tensor cores; f32
+// A/B run as true f32 (not TF32: CUBLAS_COMPUTE_32F_FAST_TF32 is never asked for), so an f32 model
+// matches the CPU to summation order. D is act (forward, dx) or f32 (dW: master gradients; and
+// the product an accumulating bf16 dx adds, see linear_backward_dx).
+//
+// One cuBLASLt handle and one 32 MiB workspace (NVIDIA's recommendation for Hopper) are created on
+// first use and kept for the process; the algorithm cuBLASLt's heuristic picks is cached per
+// problem (shapes, leading dimensions, types, transposes, epilogue and pointer alignments: all the
+// heuristic looks at), so a training step asks the heuristic only on its first pass.
+#include <cublasLt.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "core/cuda.h"
+#include "core/cuda/cuda_check.h"
+#include "core/error.h"
+#include "ops/cuda/cuda_ops.h"
+
+namespace dseek::ops::cuda {
+namespace {
+
+constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+
+// Column-major D[m, n] = op(A)·op(B) + beta·D (+ bias[m] broadcast over columns). op(A) is [m, k]:
+// A is stored [k, m] when trans_a, else [m, k]; op(B) is [k, n]: B is stored [n, k] when
+// trans_b, else [k, n]. C is D itself (beta 0 overwrites, 1 accumulates).
+struct Gemm {
+  const char* what;  // for errors: "forward", "dx", "dw"
+  bool trans_a, trans_b;
+  int64_t m, n, k;
+  const void* a;
+  int64_t lda;
+  const void* b;
+  int64_t ldb;
+  void* d;
+  int64_t ldd;
+  cudaDataType_t ab_type, d_type;
+  const void* bias;  // nullable, d_type, m elements
+  float beta;
+};
+
+std::string describe(const Gemm& g) {
+  auto name = [](cudaDataType_t t) { return t == CUDA_R_16BF ? "bf16" : "f32"; };
+  return fmt::format("{}: m={} n={} k={} op(A)={} lda={} ldb={} ldd={} {}→{}{} beta={}", g.what,
+                     g.m, g.n, g.k, g.trans_a ? "T" : "N", g.lda, g.ldb, g.ldd, name(g.ab_type),
+                     name(g.d_type), g.bias ? " +bias" : "", g.beta);
+}
+
+void check(cublasStatus_t status, const char* call, const Gemm& g) {
+  if (status != CUBLAS_STATUS_SUCCESS)
+    fail("[linear] {} ({}): {} ({})", call, describe(g), cublasLtGetStatusName(status),
+         cublasLtGetStatusString(status));
+}
+
+// The largest power of two (at most 256) dividing the address: what the heuristic may assume.
+uint32_t alignment(const void* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  uint32_t align = 256;
+  while (align > 1 && a % align != 0) align /= 2;
+  return align;
+}
+
+struct AlgoKey {
+  bool trans_a, trans_b;
+  int64_t m, n, k, lda, ldb, ldd;
+  int ab_type, d_type;
+  bool bias;
+  uint32_t align_a, align_b, align_d, align_bias;
+  auto operator<=>(const AlgoKey&) const = default;
+};
+
+struct Lt {
+  cublasLtHandle_t handle = nullptr;
+  void* workspace = nullptr;
+  std::mutex mutex;  // guards algos (the engine's and the trainer's threads may both run GEMMs)
+  std::map<AlgoKey, cublasLtMatmulAlgo_t> algos;
+};
+
+// Created on first use and never destroyed: at process exit the CUDA context may already be gone.
+Lt& lt() {
+  static Lt* instance = [] {
+    auto* l = new Lt;
+    const cublasStatus_t status = cublasLtCreate(&l->handle);
+    if (status != CUBLAS_STATUS_SUCCESS)
+      fail("[linear] cublasLtCreate: {} ({})", cublasLtGetStatusName(status),
+           cublasLtGetStatusString(status));
+    l->workspace = dseek::cuda::alloc(kWorkspaceBytes);
+    return l;
+  }();
+  return *instance;
+}
+
+// Owns the descriptors of one call.
+struct Descriptors {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulPreference_t pref = nullptr;
+  Descriptors() = default;
+  Descriptors(const Descriptors&) = delete;
+  Descriptors& operator=(const Descriptors&) = delete;
+  ~Descriptors() {
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (d) cublasLtMatrixLayoutDestroy(d);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (op) cublasLtMatmulDescDestroy(op);
+  }
+};
+
+void run(const Gemm& g) {
+  Lt& l = lt();
+  Descriptors desc;
+  check(cublasLtMatmulDescCreate(&desc.op, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+        "cublasLtMatmulDescCreate", g);
+  const cublasOperation_t op_a = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_b = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  check(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)),
+        "cublasLtMatmulDescSetAttribute(TRANSA)", g);
+  check(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)),
+        "cublasLtMatmulDescSetAttribute(TRANSB)", g);
+  if (g.bias) {
+    const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+    check(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
+                                         sizeof(epilogue)),
+          "cublasLtMatmulDescSetAttribute(EPILOGUE)", g);
+    check(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias,
+                                         sizeof(g.bias)),
+          "cublasLtMatmulDescSetAttribute(BIAS_POINTER)", g);
+    // The bias type stays the default: D's type (the caller converts the bias to act).
+  }
+  // Layouts of the matrices as stored: rows × cols of the column-major view.
+  check(cublasLtMatrixLayoutCreate(&desc.a, g.ab_type, uint64_t(g.trans_a ? g.k : g.m),
+                                   uint64_t(g.trans_a ? g.m : g.k), g.lda),
+        "cublasLtMatrixLayoutCreate(A)", g);
+  check(cublasLtMatrixLayoutCreate(&desc.b, g.ab_type, uint64_t(g.trans_b ? g.n : g.k),
+                                   uint64_t(g.trans_b ? g.k : g.n), g.ldb),
+        "cublasLtMatrixLayoutCreate(B)", g);
+  check(cublasLtMatrixLayoutCreate(&desc.d, g.d_type, uint64_t(g.m), uint64_t(g.n), g.ldd),
+        "cublasLtMatrixLayoutCreate(D)", g);
+
+  const AlgoKey key{g.trans_a,
+                    g.trans_b,
+                    g.m,
+                    g.n,
+                    g.k,
+                    g.lda,
+                    g.ldb,
+                    g.ldd,
+                    int(g.ab_type),
+                    int(g.d_type),
+                    g.bias != nullptr,
+                    alignment(g.a),
+                    alignment(g.b),
+                    alignment(g.d),
+                    g.bias ? alignment(g.bias) : 0u};
+  cublasLtMatmulAlgo_t algo;
+  {
+    std::lock_guard<std::mutex> lock(l.mutex);
+    auto it = l.algos.find(key);
+    if (it != l.algos.end()) {
+      algo = it->second;
+    } else {
+      check(cublasLtMatmulPreferenceCreate(&desc.pref), "cublasLtMatmulPreferenceCreate", g);
+      const uint64_t workspace = kWorkspaceBytes;
+      check(cublasLtMatmulPreferenceSetAttribute(
+                desc.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)),
+            "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)", g);
+      // The heuristic assumes 256-byte aligned buffers unless told otherwise; views (a slice of
+      // a weight, an offset into an activation) can be less aligned.
+      const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> aligns[] = {
+          {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align_a},
+          {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_b},
+          {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align_d},
+          {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_d}};
+      for (const auto& [attribute, value] : aligns)
+        check(cublasLtMatmulPreferenceSetAttribute(desc.pref, attribute, &value, sizeof(value)),
+              "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)", g);
+      cublasLtMatmulHeuristicResult_t result{};
+      int found = 0;
+      check(cublasLtMatmulAlgoGetHeuristic(l.handle, desc.op, desc.a, desc.b, desc.d, desc.d,
+                                           desc.pref, 1, &result, &found),
+            "cublasLtMatmulAlgoGetHeuristic", g);
+      if (found == 0 || result.state != CUBLAS_STATUS_SUCCESS)
+        fail("[linear] cublasLtMatmulAlgoGetHeuristic ({}): no algorithm for this problem",
+             describe(g));
+      algo = result.algo;
+      l.algos.emplace(key, algo);
+    }
+  }
+  const float alpha = 1.0f;
+  check(cublasLtMatmul(l.handle, desc.op, &alpha, g.a, desc.a, g.b, desc.b, &g.beta, g.d, desc.d,
+                       g.d, desc.d, &algo, l.workspace, kWorkspaceBytes, dseek::cuda::stream()),
+        "cublasLtMatmul", g);
+}
+
+cudaDataType_t cuda_type(DType t) {
+  switch (t) {
+    case DType::F32: return CUDA_R_32F;
+    case DType::BF16: return CUDA_R_16BF;
+    default: fail("[linear] {} is not a GEMM dtype on the GPU (f32 or bf16)", dtype_name(t));
+  }
+}
+
+// y[t] = bias (or 0) for in = 0, where there is no product to run. Rare, so done on the host.
+void fill_with_bias(const void* bias, DType bias_dtype, void* y, int64_t T, int64_t out,
+                    DType act) {
+  if (!bias) {
+    dseek::cuda::fill_bytes(y, 0, size_t(T * out) * dtype_size(act));  // 0 bits: 0.0 in f32/bf16
+    return;
+  }
+  std::vector<char> raw(size_t(out) * dtype_size(bias_dtype));
+  dseek::cuda::copy_to_host(raw.data(), bias, raw.size());
+  std::vector<float> b(static_cast<size_t>(out));
+  convert_to_f32(raw.data(), bias_dtype, b.data(), size_t(out));
+  std::vector<float> rows(size_t(T * out));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t o = 0; o < out; ++o) rows[size_t(t * out + o)] = b[size_t(o)];
+  std::vector<char> packed(rows.size() * dtype_size(act));
+  convert_from_f32(rows.data(), packed.data(), act, rows.size());
+  dseek::cuda::copy_to_device(y, packed.data(), packed.size());  // returns once staged
+}
+
+}  // namespace
+
+void linear(const void* x, int64_t T, int64_t in, const void* w, int64_t ldw, int64_t out,
+            const void* bias, DType bias_dtype, void* y, DType act) {
+  if (T == 0 || out == 0) return;
+  if (in == 0) {
+    fill_with_bias(bias, bias_dtype, y, T, out, act);
+    return;
+  }
+  // The epilogue reads the bias in D's type; another stored dtype is converted once per call.
+  void* converted = nullptr;
+  if (bias && bias_dtype != act) {
+    converted = dseek::cuda::alloc(size_t(out) * dtype_size(act));
+    dseek::cuda::convert(bias, bias_dtype, converted, act, size_t(out));
+  }
+  const Gemm g{"forward",
+               /*trans_a=*/true,
+               /*trans_b=*/false,
+               out,
+               T,
+               in,
+               w,
+               ldw,
+               x,
+               in,
+               y,
+               out,
+               cuda_type(act),
+               cuda_type(act),
+               converted ? converted : bias,
+               0.0f};
+  try {
+    run(g);
+  } catch (...) {
+    dseek::cuda::free(converted);
+    throw;
+  }
+  dseek::cuda::free(converted);  // stream-ordered: after the GEMM has read it
+}
+
+void linear_backward_dx(const void* dy, int64_t T, int64_t out, const void* w, int64_t ldw,
+                        int64_t in, void* dx, float beta, DType act) {
+  if (T == 0 || in == 0) return;
+  if (out == 0) {  // an empty sum
+    if (beta == 0.0f) dseek::cuda::fill_bytes(dx, 0, size_t(T * in) * dtype_size(act));
+    return;
+  }
+  if (act != DType::BF16 || beta == 0.0f) {
+    run(Gemm{"dx", false, false, in, T, out, w, ldw, dy, out, dx, in, cuda_type(act),
+             cuda_type(act), nullptr, beta});
+    return;
+  }
+  // Accumulating into bf16: cuBLASLt's beta·C on a bf16 D was seen (H200, CUDA 13.0) to round
+  // twice, up to a whole bf16 ulp off where one rounding is at most half. So the product goes to
+  // an f32 buffer (bounded: blocks of token rows of at most 64 MiB) and is added with one
+  // rounding.
+  const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(T, (int64_t(16) << 20) / in));
+  float* product = static_cast<float*>(dseek::cuda::alloc(size_t(rows * in) * sizeof(float)));
+  const size_t esize = dtype_size(act);
+  try {
+    for (int64_t t0 = 0; t0 < T; t0 += rows) {
+      const int64_t n = std::min(rows, T - t0);
+      run(Gemm{"dx (+=)", false, false, in, n, out, w, ldw,
+               static_cast<const char*>(dy) + size_t(t0 * out) * esize, out, product, in,
+               CUDA_R_16BF, CUDA_R_32F, nullptr, 0.0f});
+      linear_accumulate(static_cast<char*>(dx) + size_t(t0 * in) * esize, product, n * in, act);
+    }
+  } catch (...) {
+    dseek::cuda::free(product);
+    throw;
+  }
+  dseek::cuda::free(product);
+}
+
+void linear_backward_dw(const void* dy, const void* x, int64_t T, int64_t out, int64_t in,
+                        float* dw, float beta, DType act) {
+  if (out == 0 || in == 0) return;
+  if (T == 0) {
+    if (beta == 0.0f) dseek::cuda::fill_bytes(dw, 0, size_t(out * in) * sizeof(float));
+    return;
+  }
+  run(Gemm{"dw", false, true, in, out, T, x, in, dy, out, dw, in, cuda_type(act), CUDA_R_32F,
+           nullptr, beta});
+}
+
+}  // namespace dseek::ops::cuda

@@ -1,0 +1,210 @@
+// linear on CUDA (cuBLASLt) against the CPU op: forward with and without bias, dx / dW / dbias
+// overwritten and accumulated, strided weights, decode (T = 1) and odd shapes.
+//
+// Tolerance of a GEMM over K terms. The CPU reference gets the same act-rounded inputs, so what
+// differs is (1) the order of the f32 accumulation and (2) the rounding of a bf16 output.
+// (1) The rounding errors of a K-term f32 sum grow with its partial sums, about sqrt(k)·σ for
+// random terms of rms σ; added up as a random walk they give about u·K·σ/sqrt(2) (u = 2^-24) on
+// each side. Allowed: 16·u·K·σ. For K = 7168 and products of uniform [-1, 1] inputs (σ = 1/3)
+// that is 2.3e-3 against outputs of typical size sqrt(K)·σ ≈ 28 (the H200 run showed 8.5e-5); a
+// dropped term (~0.3), a wrong index, or TF32 inputs (2^-11 relative per product, ~0.02 over
+// K = 7168) are far outside it.
+//
+// (2) A bf16 output is one round-to-nearest of the f32 result: relative error at most 2^-8. f32
+// outputs get a relative 1e-6 for the roundings of beta·C + result.
+#include <cmath>
+
+#include "backend/backend_harness.h"
+#include "ops/linear.h"
+
+namespace dseek::backend_test {
+namespace {
+
+struct Case {
+  int64_t T, in, out, ldw;
+  bool bias;
+};
+
+const std::vector<Case> kCases = {
+    {1, 7, 5, 7, true},                // tiny decode
+    {3, 64, 33, 64, false},            // T = 3, odd out
+    {3, 37, 19, 40, true},             // odd sizes, strided weight rows
+    {1, 2048, 1408, 2048, true},       // decode through a real projection
+    {257, 2048, 1408, 2048, false},    // prefill / training shape
+    {64, 7168, 2048, 7168 + 64, true}  // V3 hidden size, weight rows ldw > in apart
+};
+
+// rms of one term: a product of two uniform [-1, 1] inputs, or one such input (the bias gradient).
+constexpr double kProductRms = 1.0 / 3.0;
+const double kInputRms = 1.0 / std::sqrt(3.0);
+
+// See the header comment: a sum of K terms of rms sigma, written in out_dtype.
+Tolerance gemm_tolerance(int64_t K, double sigma, DType out_dtype) {
+  const double u = std::ldexp(1.0, -24);
+  return {16 * u * double(K) * sigma + 1e-7, out_dtype == DType::BF16 ? std::ldexp(1.0, -8) : 1e-6};
+}
+
+// The weight as the GPU op sees it: rows ldw apart (a column slice of a wider matrix).
+Tensor strided_weight(const Tensor& full, int64_t in, DType act) {
+  return on_gpu(full, act).slice(1, 0, in);
+}
+
+// Poisons the CUDA pool: outputs the op allocates next are likely carved from this NaN block, so a
+// kernel that leaves elements unwritten shows up as NaN rather than as a stale correct value.
+void poison_pool(const Shape& shape, DType dtype) {
+  (void)Tensor::poisoned(shape, dtype, Device::CUDA);
+}
+
+std::vector<float> plus(const Tensor& a, const Tensor& b) {
+  std::vector<float> x = a.to_vector(), y = b.to_vector();
+  for (size_t i = 0; i < x.size(); ++i) x[i] += y[i];
+  return x;
+}
+
+TEST(BackendOps, Linear) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(21);
+  for (DType act : kActDtypes) {
+    for (const Case& c : kCases) {
+      const Tensor x = rand({c.T, c.in}, rng), w_full = rand({c.out, c.ldw}, rng);
+      // The bias in act (what a model stores); the epilogue adds it as is.
+      const Tensor b = rounded(rand({c.out}, rng), act);
+      const Tensor w_ref = rounded(w_full, act).slice(1, 0, c.in).contiguous();
+      const Tensor want = ops::linear(rounded(x, act), w_ref, c.bias ? &b : nullptr);
+      poison_pool({c.T, c.out}, act);
+      const Tensor bg = on_gpu(b, act);
+      const Tensor got =
+          ops::linear(on_gpu(x, act), strided_weight(w_full, c.in, act), c.bias ? &bg : nullptr);
+      EXPECT_EQ(got.dtype(), act);
+      EXPECT_TRUE(got.is_cuda());
+      expect_close("linear", {c.T, c.in, c.out}, act, want, got,
+                   gemm_tolerance(c.in, kProductRms, act));
+    }
+  }
+}
+
+// A bias stored in another dtype than the activations (f32 bias, bf16 GEMM) is converted to act
+// for the epilogue: one more bf16 rounding of the bias (≤ 2^-8·|b|) on top of the GEMM tolerance.
+TEST(BackendOps, LinearBiasInAnotherDtype) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(22);
+  const int64_t T = 5, in = 96, out = 40;
+  const Tensor x = rand({T, in}, rng), w = rand({out, in}, rng), b = rand({out}, rng);
+  for (DType act : kActDtypes) {
+    const Tensor want = ops::linear(rounded(x, act), rounded(w, act), &b);
+    const Tensor bg = on_gpu(b);  // f32 whatever act is
+    const Tensor got = ops::linear(on_gpu(x, act), on_gpu(w, act), &bg);
+    Tolerance tol = gemm_tolerance(in, kProductRms, act);
+    if (act == DType::BF16) tol.abs += std::ldexp(1.0, -8);
+    expect_close("linear f32 bias", {T, in, out}, act, want, got, tol);
+  }
+}
+
+TEST(BackendOps, LinearBackward) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(23);
+  for (DType act : kActDtypes) {
+    for (const Case& c : kCases) {
+      for (bool accumulate : {false, true}) {
+        const Shape shape{c.T, c.in, c.out};
+        const Tensor x = rand({c.T, c.in}, rng), w_full = rand({c.out, c.ldw}, rng),
+                     dy = rand({c.T, c.out}, rng);
+        const Tensor w_ref = rounded(w_full, act).slice(1, 0, c.in).contiguous();
+        const ops::LinearGrads want =
+            ops::linear_backward(rounded(x, act), w_ref, rounded(dy, act), true);
+        // Starting values: NaN when overwriting (any element left unwritten shows), known random
+        // values when accumulating (the result must be start + gradient).
+        const Tensor dx0 = rounded(rand({c.T, c.in}, rng), act), dw0 = rand({c.out, c.in}, rng),
+                     db0 = rand({c.out}, rng);
+        Tensor dx =
+            accumulate ? on_gpu(dx0, act) : Tensor::poisoned({c.T, c.in}, act, Device::CUDA);
+        Tensor dw =
+            accumulate ? on_gpu(dw0) : Tensor::poisoned({c.out, c.in}, DType::F32, Device::CUDA);
+        Tensor db = accumulate ? on_gpu(db0) : Tensor::poisoned({c.out}, DType::F32, Device::CUDA);
+        ops::linear_backward_into(on_gpu(x, act), strided_weight(w_full, c.in, act),
+                                  on_gpu(dy, act), &dx, &dw, c.bias ? &db : nullptr, accumulate);
+        const std::string mode = accumulate ? " (+=)" : "";
+        expect_close("linear_backward dx" + mode, shape, act,
+                     accumulate ? Tensor::from_vector(plus(want.dx, dx0), {c.T, c.in}) : want.dx,
+                     dx, gemm_tolerance(c.out, kProductRms, act));
+        // dW is f32 whatever act is: only the accumulation order differs.
+        expect_close(
+            "linear_backward dw" + mode, shape, act,
+            accumulate ? Tensor::from_vector(plus(want.dweight, dw0), {c.out, c.in}) : want.dweight,
+            dw, gemm_tolerance(c.T, kProductRms, DType::F32));
+        if (c.bias)
+          expect_close(
+              "linear_backward dbias" + mode, shape, act,
+              accumulate ? Tensor::from_vector(plus(want.dbias, db0), {c.out}) : want.dbias, db,
+              gemm_tolerance(c.T, kInputRms, DType::F32));
+      }
+    }
+  }
+}
+
+// The allocating form returns dx in act on the GPU and f32 parameter gradients.
+TEST(BackendOps, LinearBackwardAllocates) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(24);
+  const Tensor x = rand({9, 24}, rng), w = rand({10, 24}, rng), dy = rand({9, 10}, rng);
+  for (DType act : kActDtypes) {
+    const ops::LinearGrads want =
+        ops::linear_backward(rounded(x, act), rounded(w, act), rounded(dy, act), true);
+    const ops::LinearGrads got =
+        ops::linear_backward(on_gpu(x, act), on_gpu(w, act), on_gpu(dy, act), true);
+    EXPECT_EQ(got.dx.dtype(), act);
+    EXPECT_EQ(got.dweight.dtype(), DType::F32);
+    EXPECT_EQ(got.dbias.dtype(), DType::F32);
+    EXPECT_TRUE(got.dx.is_cuda() && got.dweight.is_cuda() && got.dbias.is_cuda());
+    expect_close("linear_backward() dx", {9, 24, 10}, act, want.dx, got.dx,
+                 gemm_tolerance(10, kProductRms, act));
+    expect_close("linear_backward() dw", {9, 24, 10}, act, want.dweight, got.dweight,
+                 gemm_tolerance(9, kProductRms, DType::F32));
+    expect_close("linear_backward() db", {9, 24, 10}, act, want.dbias, got.dbias,
+                 gemm_tolerance(9, kInputRms, DType::F32));
+  }
+}
+
+// Empty sums: no tokens (dW, dbias are zero) and no input features (y is the bias).
+TEST(BackendOps, LinearEmpty) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(25);
+  for (DType act : kActDtypes) {
+    const Tensor w = on_gpu(rand({6, 8}, rng), act);
+    Tensor x = Tensor::empty({0, 8}, act, Device::CUDA),
+           dy = Tensor::empty({0, 6}, act, Device::CUDA);
+    EXPECT_EQ(ops::linear(x, w).shape(), (Shape{0, 6}));
+    Tensor dw = Tensor::poisoned({6, 8}, DType::F32, Device::CUDA);
+    Tensor db = Tensor::poisoned({6}, DType::F32, Device::CUDA);
+    ops::linear_backward_into(x, w, dy, nullptr, &dw, &db, false);
+    expect_close("linear_backward T=0 dw", {0, 8, 6}, act, Tensor::zeros({6, 8}), dw, {0, 0});
+    expect_close("linear_backward T=0 db", {0, 8, 6}, act, Tensor::zeros({6}), db, {0, 0});
+
+    const Tensor b = rounded(rand({6}, rng), act);
+    const Tensor bg = on_gpu(b, act);
+    const Tensor y = ops::linear(Tensor::empty({3, 0}, act, Device::CUDA),
+                                 Tensor::empty({6, 0}, act, Device::CUDA), &bg);
+    std::vector<float> want;
+    for (int t = 0; t < 3; ++t)
+      for (float v : b.to_vector()) want.push_back(v);
+    expect_close("linear in=0 (bias only)", {3, 0, 6}, act, Tensor::from_vector(want, {3, 6}), y,
+                 {0, 0});
+  }
+}
+
+TEST(BackendOps, LinearWeightDtypeMustMatch) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(26);
+  const Tensor x = on_gpu(rand({2, 8}, rng), DType::BF16), w = on_gpu(rand({3, 8}, rng));
+  try {
+    ops::linear(x, w);
+    FAIL() << "bf16 x with an f32 weight was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("must equal the activation dtype"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(ops::linear(x, rand({3, 8}, rng).to(DType::BF16)), Error);  // weight on the CPU
+}
+
+}  // namespace
+}  // namespace dseek::backend_test
