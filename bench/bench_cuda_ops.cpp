@@ -1,0 +1,187 @@
+// CUDA op benchmark: every op of the backend on model-sized shapes (DeepSeek-V2-Lite: hidden 2048,
+// 16 heads, MLA 192/128, kv_lora 512, experts of width 1408, vocab 102400), in bf16, with the
+// achieved TFLOP/s or GB/s and the fraction of the chip's bound measured in the same run: the
+// bf16 GEMM bound is taken as the best of the linear cases, the memory bound as a device-to-device
+// copy of 1 GiB. bench/cuda_ops_torch.py prints the same table for PyTorch on the same shapes
+// (scripts/device/cuda_check.sh runs both).
+//   bench_cuda_ops [reps]
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/cuda.h"
+#include "core/error.h"
+#include "core/tensor.h"
+#include "ops/activation.h"
+#include "ops/attention.h"
+#include "ops/cross_entropy.h"
+#include "ops/embedding.h"
+#include "ops/linear.h"
+#include "ops/norm.h"
+#include "ops/rope.h"
+#include "ops/softmax.h"
+
+using namespace dseek;
+
+namespace {
+
+int g_reps = 20;
+double g_copy_gbs = 0;  // measured memory bound, GB/s
+
+Tensor rand_gpu(const Shape& shape, DType dtype, std::mt19937& rng, float scale = 1.0f) {
+  std::uniform_real_distribution<float> dist(-scale, scale);
+  std::vector<float> v(size_t(shape_numel(shape)));
+  for (float& f : v) f = dist(rng);
+  return Tensor::from_vector(v, shape).to(dtype).to(Device::CUDA);
+}
+
+// Median of `g_reps` timings of fn (each synchronised), in seconds; two warm-up calls first.
+double time_op(const std::function<void()>& fn) {
+  fn();
+  fn();
+  cuda::synchronize();
+  std::vector<double> t;
+  for (int r = 0; r < g_reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    cuda::synchronize();
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// One table row: flops (0 for memory-bound ops) and bytes moved at minimum.
+void row(const std::string& op, const std::string& shape, double flops, double bytes,
+         const std::function<void()>& fn) {
+  double s = 0;
+  try {
+    s = time_op(fn);
+  } catch (const Error& e) {
+    std::printf("| %-26s | %-30s | n/a: %s |\n", op.c_str(), shape.c_str(), e.what());
+    return;
+  }
+  const double us = s * 1e6, tflops = flops / s / 1e12, gbs = bytes / s / 1e9;
+  if (flops > 0) {
+    std::printf("| %-26s | %-30s | %9.1f | %7.1f TFLOP/s | %7.0f GB/s |\n", op.c_str(),
+                shape.c_str(), us, tflops, gbs);
+  } else {
+    std::printf("| %-26s | %-30s | %9.1f | %15s | %7.0f GB/s (%3.0f%% of copy) |\n", op.c_str(),
+                shape.c_str(), us, "-", gbs, 100 * gbs / g_copy_gbs);
+  }
+}
+
+std::string dims(std::initializer_list<int64_t> d) {
+  std::string s;
+  for (int64_t v : d) s += (s.empty() ? "" : "x") + std::to_string(v);
+  return s;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc > 1) g_reps = std::max(3, std::atoi(argv[1]));
+  if (!cuda::available()) {
+    std::fprintf(stderr, "bench_cuda_ops: %s\n", cuda::describe().c_str());
+    return 1;
+  }
+  std::printf("device: %s\n", cuda::describe().c_str());
+  std::mt19937 rng(7);
+  const DType bf = DType::BF16;
+  const size_t bf_bytes = 2;
+
+  {  // The memory bound: copy 1 GiB device to device (read + write).
+    Tensor a = Tensor::empty({int64_t(1) << 29}, bf, Device::CUDA);
+    cuda::fill_bytes(a.raw(), 1, a.nbytes());
+    Tensor b = Tensor::empty({int64_t(1) << 29}, bf, Device::CUDA);
+    const double s = time_op([&] { cuda::copy_on_device(b.raw(), a.raw(), a.nbytes()); });
+    g_copy_gbs = 2.0 * double(a.nbytes()) / s / 1e9;
+    std::printf("memory bound: device copy %.0f GB/s (read + write)\n\n", g_copy_gbs);
+  }
+
+  std::printf("| op | shape | median µs | compute | memory |\n|---|---|---|---|---|\n");
+  // GEMMs: y[T, out] = x[T, in]·Wᵀ.
+  struct Gemm {
+    const char* what;
+    int64_t T, in, out;
+  };
+  for (const Gemm& g : {Gemm{"linear q_proj (prefill)", 4096, 2048, 3072},
+                        Gemm{"linear dense up (prefill)", 4096, 2048, 10944},
+                        Gemm{"linear expert up", 1024, 2048, 1408},
+                        Gemm{"linear lm_head (prefill)", 4096, 2048, 102400},
+                        Gemm{"linear lm_head (decode)", 1, 2048, 102400},
+                        Gemm{"linear o_proj (decode b32)", 32, 2048, 2048}}) {
+    const Tensor x = rand_gpu({g.T, g.in}, bf, rng), w = rand_gpu({g.out, g.in}, bf, rng, 0.05f);
+    const double flops = 2.0 * double(g.T) * double(g.in) * double(g.out);
+    const double bytes = double((g.T * g.in + g.out * g.in + g.T * g.out) * int64_t(bf_bytes));
+    row(g.what, dims({g.T, g.in, g.out}), flops, bytes, [&] { ops::linear(x, w); });
+  }
+  {  // Backward of the dense up projection: dx and dW.
+    const int64_t T = 4096, in = 2048, out = 10944;
+    const Tensor x = rand_gpu({T, in}, bf, rng), w = rand_gpu({out, in}, bf, rng, 0.05f);
+    const Tensor dy = rand_gpu({T, out}, bf, rng);
+    Tensor dx = Tensor::empty({T, in}, bf, Device::CUDA);
+    Tensor dw = Tensor::empty({out, in}, DType::F32, Device::CUDA);
+    const double flops = 4.0 * double(T) * double(in) * double(out);
+    row("linear backward dx+dW", dims({T, in, out}), flops, 0,
+        [&] { ops::linear_backward_into(x, w, dy, &dx, &dw, nullptr, false); });
+  }
+  {
+    const int64_t T = 4096, D = 2048;
+    const Tensor x = rand_gpu({T, D}, bf, rng), w = rand_gpu({D}, bf, rng);
+    row("rms_norm", dims({T, D}), 0, double(2 * T * D * int64_t(bf_bytes)),
+        [&] { ops::rms_norm(x, w, 1e-6); });
+    const Tensor dy = rand_gpu({T, D}, bf, rng);
+    Tensor dx = Tensor::empty({T, D}, bf, Device::CUDA), dw = Tensor::empty({D}, DType::F32, Device::CUDA);
+    row("rms_norm backward", dims({T, D}), 0, double(3 * T * D * int64_t(bf_bytes)),
+        [&] { ops::rms_norm_backward_into(x, w, 1e-6, dy, dx, &dw, false); });
+  }
+  {
+    const int64_t T = 4096, F = 10944;
+    const Tensor g = rand_gpu({T, F}, bf, rng), u = rand_gpu({T, F}, bf, rng);
+    row("silu_mul", dims({T, F}), 0, double(3 * T * F * int64_t(bf_bytes)),
+        [&] { ops::silu_mul(g, u); });
+  }
+  {
+    const int64_t T = 4096, H = 16, d = 64;
+    Tensor q = rand_gpu({T, H, d}, bf, rng);
+    std::vector<float> inv_freq(size_t(d / 2));
+    for (size_t j = 0; j < inv_freq.size(); ++j) inv_freq[j] = std::pow(10000.0f, -2.0f * float(j) / float(d));
+    row("rope (in place)", dims({T, H, d}), 0, double(2 * T * H * d * int64_t(bf_bytes)),
+        [&] { ops::rope_inplace(q, 0, inv_freq, 1.0f, true); });
+  }
+  {
+    const int64_t T = 4096, V = 102400, D = 2048;
+    const Tensor table = rand_gpu({V, D}, bf, rng);
+    std::vector<int32_t> ids(size_t(T));
+    for (auto& id : ids) id = int32_t(rng() % uint32_t(V));
+    row("embedding", dims({T, D}), 0, double(2 * T * D * int64_t(bf_bytes)),
+        [&] { ops::embedding(table, ids); });
+    const Tensor logits = rand_gpu({T, V}, bf, rng, 4.0f);
+    row("cross_entropy forward", dims({T, V}), 0, double(T * V * int64_t(bf_bytes)),
+        [&] { ops::cross_entropy_forward(logits, ids); });
+    const Tensor scores = rand_gpu({T, 2048}, bf, rng);
+    row("softmax", dims({T, 2048}), 0, double(2 * T * 2048 * int64_t(bf_bytes)),
+        [&] { ops::softmax(scores); });
+  }
+  {  // MLA prefill attention: 16 heads, qk 192, v 128, causal.
+    for (int64_t T : {int64_t(1024), int64_t(4096)}) {
+      const int64_t H = 16, dk = 192, dv = 128;
+      const Tensor q = rand_gpu({T, H, dk}, bf, rng), k = rand_gpu({T, H, dk}, bf, rng);
+      const Tensor v = rand_gpu({T, H, dv}, bf, rng);
+      const double flops = double(H) * double(T) * double(T) * double(dk + dv);  // causal half
+      row("causal attention (MLA)", dims({T, H, dk, dv}), flops, 0,
+          [&] { ops::causal_attention(q, k, v, 0.07f); });
+      const Tensor dout = rand_gpu({T, H, dv}, bf, rng);
+      row("causal attention backward", dims({T, H, dk, dv}), 2.5 * flops, 0,
+          [&] { ops::causal_attention_backward(q, k, v, 0.07f, dout); });
+    }
+  }
+  return 0;
+}
