@@ -159,7 +159,7 @@ int main(int argc, char** argv) {
   {
     const int64_t T = 4096, V = 102400, D = 2048;
     const Tensor table = rand_gpu({V, D}, bf, rng);
-    std::vector<int32_t> ids(size_t(T));
+    std::vector<int32_t> ids(static_cast<size_t>(T));
     for (auto& id : ids) id = int32_t(rng() % uint32_t(V));
     row("embedding", dims({T, D}), 0, double(2 * T * D * int64_t(bf_bytes)),
         [&] { ops::embedding(table, ids); });
