@@ -10,6 +10,7 @@ packages=(
   libpcre2-dev libpng-dev libtomlplusplus-dev
   libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libopenmpi-dev openmpi-bin
   clang libclang-rt-14-dev
   fortunes python3
 )

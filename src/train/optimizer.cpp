@@ -49,33 +49,40 @@ void AdamW::step(double lr) {
               "[optim] AdamW: the ParamSet has {} parameters, the optimizer was built for {}",
               params_->size(), exp_avg_.size());
   ++step_count_;
-  const double t = double(step_count_);
-  // Scalars in double, rounded once to f32 like torch's per-tensor Python floats.
-  const float beta1 = float(config_.beta1), beta2 = float(config_.beta2);
-  const float one_minus_beta1 = float(1.0 - config_.beta1);
-  const float one_minus_beta2 = float(1.0 - config_.beta2);
-  const float step_size = float(lr / (1.0 - std::pow(config_.beta1, t)));
-  const float bias_correction2_sqrt = float(std::sqrt(1.0 - std::pow(config_.beta2, t)));
-  const float eps = float(config_.eps);
-
+  const AdamWStep s = adamw_step_scalars(config_, lr, step_count_);
   size_t index = 0;
   for (Param& p : params_->all()) {
     const size_t i = index++;
     if (!p.trainable) continue;
-    const float decay_factor = p.decay ? float(1.0 - lr * config_.weight_decay) : 1.0f;
-    float* value = p.value.data<float>();
-    const float* grad = p.grad.data<float>();
-    float* m = exp_avg_[i].data<float>();
-    float* v = exp_avg_sq_[i].data<float>();
-    const int64_t n = p.value.numel();
+    adamw_update(s, s.decay_factor(p.decay), p.value.data<float>(), p.grad.data<float>(),
+                 exp_avg_[i].data<float>(), exp_avg_sq_[i].data<float>(), p.value.numel());
+  }
+}
+
+AdamWStep adamw_step_scalars(const AdamWConfig& config, double lr, int64_t step) {
+  const double t = double(step);
+  AdamWStep s;
+  s.beta1 = float(config.beta1);
+  s.beta2 = float(config.beta2);
+  s.one_minus_beta1 = float(1.0 - config.beta1);
+  s.one_minus_beta2 = float(1.0 - config.beta2);
+  s.step_size = float(lr / (1.0 - std::pow(config.beta1, t)));
+  s.bias_correction2_sqrt = float(std::sqrt(1.0 - std::pow(config.beta2, t)));
+  s.eps = float(config.eps);
+  s.lr = lr;
+  s.weight_decay = config.weight_decay;
+  return s;
+}
+
+void adamw_update(const AdamWStep& s, float decay_factor, float* value, const float* grad, float* m,
+                  float* v, int64_t n) {
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
-    for (int64_t k = 0; k < n; ++k) {
-      const float g = grad[k];
-      m[k] = beta1 * m[k] + one_minus_beta1 * g;
-      v[k] = beta2 * v[k] + one_minus_beta2 * g * g;
-      const float denom = std::sqrt(v[k]) / bias_correction2_sqrt + eps;
-      value[k] = value[k] * decay_factor - step_size * m[k] / denom;
-    }
+  for (int64_t k = 0; k < n; ++k) {
+    const float g = grad[k];
+    m[k] = s.beta1 * m[k] + s.one_minus_beta1 * g;
+    v[k] = s.beta2 * v[k] + s.one_minus_beta2 * g * g;
+    const float denom = std::sqrt(v[k]) / s.bias_correction2_sqrt + s.eps;
+    value[k] = value[k] * decay_factor - s.step_size * m[k] / denom;
   }
 }
 

@@ -56,6 +56,19 @@ class AdamW {
   std::vector<Tensor> exp_avg_sq_;
 };
 
+// The per-step scalars of the update above (t: the step count after the increment), rounded to f32
+// once like torch's per-tensor Python floats, and the elementwise update of n elements. AdamW and
+// the ZeRO-1 sharded optimizer (train/data_parallel.h) both step through these, so a sharded step
+// is the same arithmetic element by element.
+struct AdamWStep {
+  float beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, bias_correction2_sqrt, eps;
+  double lr, weight_decay;
+  float decay_factor(bool decay) const { return decay ? float(1.0 - lr * weight_decay) : 1.0f; }
+};
+AdamWStep adamw_step_scalars(const AdamWConfig& config, double lr, int64_t t);
+void adamw_update(const AdamWStep& s, float decay_factor, float* value, const float* grad, float* m,
+                  float* v, int64_t n);
+
 // Global L2 norm over all trainable grads; scales them to max_norm when it is exceeded (and
 // max_norm > 0). Returns the pre-clip norm.
 double clip_grad_norm(ParamSet& params, double max_norm);

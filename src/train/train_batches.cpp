@@ -72,13 +72,17 @@ MicroBatch TrainBatches::chat_batch(const std::vector<int64_t>& rows) const {
   return b;
 }
 
-MicroBatch TrainBatches::next() {
+MicroBatch TrainBatches::next(int64_t first, int64_t count) {
+  if (count < 0) count = batch_size_ - first;
+  DSEEK_CHECK(first >= 0 && count >= 0 && first + count <= batch_size_,
+              "[train] micro-batch slice [{}, {}) outside the batch of {}", first, first + count,
+              batch_size_);
   if (loader_) {
     // [B, T+1] windows → B sequences of T inputs and their T targets.
     const std::vector<int32_t> batch = loader_->next_batch();
     MicroBatch b;
     const int64_t T = seq_len_;
-    for (int64_t r = 0; r < batch_size_; ++r) {
+    for (int64_t r = first; r < first + count; ++r) {
       const auto row = batch.begin() + r * (T + 1);
       b.inputs.insert(b.inputs.end(), row, row + T);
       b.targets.insert(b.targets.end(), row + 1, row + T + 1);
@@ -95,7 +99,7 @@ MicroBatch TrainBatches::next() {
     }
     rows.push_back(permutation_[size_t(cursor_++)]);
   }
-  return chat_batch(rows);
+  return chat_batch(std::vector<int64_t>(rows.begin() + first, rows.begin() + first + count));
 }
 
 int64_t TrainBatches::num_validation_sequences() const {

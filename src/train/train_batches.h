@@ -37,7 +37,10 @@ class TrainBatches {
   TrainBatches(const std::string& task, const std::string& dir, int64_t seq_len,
                int64_t batch_size, uint64_t seed, double val_fraction);
 
-  MicroBatch next();
+  // The next micro-batch of batch_size sequences (rows), or only its sequences [first, first +
+  // count) (count −1: to the end): data parallelism gives each rank its slice of every global
+  // micro-batch, while the position advances by the whole batch on every rank alike.
+  MicroBatch next(int64_t first = 0, int64_t count = -1);
   int64_t num_validation_sequences() const;
   // Validation sequences [first, first + count) as one batch.
   MicroBatch validation(int64_t first, int64_t count) const;

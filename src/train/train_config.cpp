@@ -104,6 +104,8 @@ const std::vector<Binding>& bindings() {
       field("log.expert_load_interval", "steps between expert-load records in metrics.jsonl", &TrainConfig::expert_load_interval),
       field("checkpoint.interval", "steps between checkpoints (and after the last step)", &TrainConfig::checkpoint_interval),
       field("checkpoint.keep_last", "complete checkpoints kept (older ones are deleted)", &TrainConfig::keep_last),
+      field("dist.deterministic", "1: data-parallel reductions in a fixed rank order, bit-reproducible for a given number of ranks; 0: MPI's own algorithms", &TrainConfig::dist_deterministic),
+      field("dist.bucket_mb", "data parallelism: MiB of f32 gradients per reduce-scatter bucket", &TrainConfig::dist_bucket_mb),
       field("run.out", "run directory: metrics.jsonl, checkpoints/, plots", &TrainConfig::out),
       field("run.threads", "OpenMP threads (0: the default)", &TrainConfig::threads),
   };
@@ -263,6 +265,10 @@ void validate_train_config(const TrainConfig& c) {
   DSEEK_CHECK(c.eval_sequences >= 0, "[train] eval.sequences: must be >= 0");
   DSEEK_CHECK(c.keep_last >= 1, "[train] checkpoint.keep_last: must be >= 1, got {}", c.keep_last);
   DSEEK_CHECK(c.threads >= 0, "[train] run.threads: must be >= 0");
+  DSEEK_CHECK(c.dist_deterministic == 0 || c.dist_deterministic == 1,
+              "[train] dist.deterministic: must be 0 or 1, got {}", c.dist_deterministic);
+  DSEEK_CHECK(c.dist_bucket_mb > 0 && c.dist_bucket_mb <= 1024,
+              "[train] dist.bucket_mb: must be in (0, 1024], got {}", c.dist_bucket_mb);
   DSEEK_CHECK(c.seed >= 0, "[train] train.seed: must be >= 0");
   DSEEK_CHECK(c.val_fraction > 0 && c.val_fraction < 1,
               "[train] data.val_fraction: must be in (0, 1), got {}", c.val_fraction);

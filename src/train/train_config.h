@@ -64,6 +64,9 @@ struct TrainConfig {
   // [checkpoint]
   int64_t checkpoint_interval = 100;
   int64_t keep_last = 3;
+  // [dist] (data parallelism over MPI ranks, docs/DISTRIBUTED.md)
+  int64_t dist_deterministic = 0;  // 1: fixed-order, bit-reproducible reductions
+  double dist_bucket_mb = 4.0;     // gradient bucket size (MiB of f32)
   // [run]
   std::string out;
   int64_t threads = 0;  // 0: OpenMP's default

@@ -259,6 +259,7 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
     Tensor dh = norm_backward(params_, p + ".shared_head.norm.weight", m.h, eps, d_hn2);
     if (d_hidden[size_t(k - 1)].defined()) add_into(dh, d_hidden[size_t(k - 1)]);
     const Tensor dxk = block_backward(ctx, layer, m.block, dh, loss_scale);
+    if (options.on_block_backward) options.on_block_backward(layer);
     const Tensor d_cat = linear_backward(params_, p + ".eh_proj.weight", m.cat, dxk);
     const Tensor de = d_cat.slice(1, 0, D).contiguous();
     const Tensor dhn = d_cat.slice(1, D, 2 * D).contiguous();
@@ -290,7 +291,10 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
   }
   add_into(dh0, linear_backward(params_, head, h0, logits));
   Tensor dx = norm_backward(params_, "model.norm.weight", x_final, eps, dh0);
-  for (int64_t l = L - 1; l >= 0; --l) dx = block_backward(ctx, l, blocks[size_t(l)], dx, loss_scale);
+  for (int64_t l = L - 1; l >= 0; --l) {
+    dx = block_backward(ctx, l, blocks[size_t(l)], dx, loss_scale);
+    if (options.on_block_backward) options.on_block_backward(l);
+  }
   ops::embedding_backward_accumulate(inputs, dx, embed_grad);
   return out;
 }

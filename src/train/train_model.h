@@ -32,6 +32,11 @@ struct LossOptions {
   // position, and the main loss becomes Σ_t w_t·CE_t (a weighted sum, not a mean) with gradient
   // Σ_t w_t·∂CE_t. Unset: the mean cross-entropy over counted targets.
   std::function<std::vector<float>(const std::vector<double>& token_logp)> token_weights;
+  // Called in backward right after block `layer` (main layers L−1..0, MTP blocks L+k−1) has added
+  // its gradients to its own parameters (self_attn.*, mlp.*, input_layernorm,
+  // post_attention_layernorm; not an MTP module's enorm/hnorm/eh_proj/shared_head): data
+  // parallelism starts reducing those gradients while the rest of backward runs.
+  std::function<void(int64_t layer)> on_block_backward;
 };
 
 struct SequenceLosses {

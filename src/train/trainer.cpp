@@ -18,9 +18,11 @@
 #include "core/progress.h"
 #include "data/loader.h"
 #include "data/token_shards.h"
+#include "dist/process_group.h"
 #include "model/moe_balance.h"
 #include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
+#include "train/data_parallel.h"
 #include "train/dpo.h"
 #include "train/dpo_reference.h"
 #include "train/init_from.h"
@@ -113,6 +115,30 @@ double mean_max_violation(const std::vector<std::vector<int64_t>>& load,
 
 std::string fmt_lr(double lr) { return fmt::format("{:.2e}", lr); }
 
+// Data parallelism's per-step exchange: every rank's losses, stop request and expert loads summed
+// in one f64 all-reduce (loads are integer counts, exact in f64).
+struct StepTotals {
+  double total = 0, ce = 0, aux = 0, stop = 0;
+  std::vector<double> mtp;
+  std::vector<std::vector<int64_t>> load;
+};
+
+void all_reduce_totals(dist::ProcessGroup& group, StepTotals& t, size_t mtp_depths) {
+  t.mtp.resize(std::max(t.mtp.size(), mtp_depths), 0.0);
+  std::vector<double> buf = {t.total, t.ce, t.aux, t.stop};
+  buf.insert(buf.end(), t.mtp.begin(), t.mtp.end());
+  for (const auto& l : t.load) buf.insert(buf.end(), l.begin(), l.end());
+  group.all_reduce(buf);
+  t.total = buf[0];
+  t.ce = buf[1];
+  t.aux = buf[2];
+  t.stop = buf[3];
+  size_t at = 4;
+  for (double& m : t.mtp) m = buf[at++];
+  for (auto& l : t.load)
+    for (int64_t& c : l) c = int64_t(std::llround(buf[at++]));
+}
+
 }  // namespace
 
 TrainSummary run_training(TrainConfig cfg, bool resume) {
@@ -123,12 +149,18 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   // (instead of mmap/munmap per tensor) saves a page fault per page per step.
   mallopt(M_MMAP_THRESHOLD, 1 << 30);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  // Data parallelism (train/data_parallel.h): rank r trains on sequences [r·B/N, (r+1)·B/N) of
+  // every micro-batch; rank 0 alone writes the run directory and prints.
+  dist::ProcessGroup& group = dist::world();
+  const int ranks = group.size();
+  const bool lead = group.rank() == 0;
+  group.set_deterministic(cfg.dist_deterministic != 0);
   const fs::path run_dir(cfg.out);
   const fs::path ckpt_root = run_dir / "checkpoints";
   std::string latest;
   if (resume) {
     latest = find_latest_checkpoint(run_dir.string());
-    if (latest.empty())
+    if (latest.empty() && lead)
       fmt::print(stderr, "[train] {}: no checkpoint to resume from; starting fresh\n", run_dir.string());
   } else {
     DSEEK_CHECK(!fs::exists(ckpt_root) || fs::is_empty(ckpt_root),
@@ -170,25 +202,46 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   if (cfg.compute_budget > 0) {
     const ComputeBudgetChoice choice = choose_from_compute_budget(
         cfg.compute_budget, model_config.num_hidden_layers, model_config.hidden_size, cfg.seq_len);
-    fmt::print(stderr, "[train] compute budget: {}\n", choice.describe());
+    if (lead) fmt::print(stderr, "[train] compute budget: {}\n", choice.describe());
     cfg.batch_size = choice.batch_sequences;
     cfg.grad_accum = 1;
     cfg.lr = choice.lr;
     cfg.steps = choice.steps;
   }
   validate_train_config(cfg);
-
-  fs::create_directories(run_dir);
-  if (latest.empty()) {
-    write_file_atomic((run_dir / "config.json").string(), model_config_to_json(model_config));
-    if (!cfg.tokenizer.empty()) copy_tokenizer(cfg.tokenizer, run_dir / "tokenizer");
+  if (ranks > 1) {
+    DSEEK_CHECK(cfg.task != "dpo",
+                "[train] train.task dpo: data-parallel training ({} ranks) supports pretrain and "
+                "sft only so far",
+                ranks);
+    DSEEK_CHECK(cfg.batch_size % ranks == 0,
+                "[train] train.batch_size {}: must be divisible by the {} ranks (each rank takes "
+                "an equal slice of every micro-batch)",
+                cfg.batch_size, ranks);
   }
-  write_file_atomic((run_dir / "train_config.json").string(), train_config_to_json(cfg));
+
+  if (lead) {
+    fs::create_directories(run_dir);
+    if (latest.empty()) {
+      write_file_atomic((run_dir / "config.json").string(), model_config_to_json(model_config));
+      if (!cfg.tokenizer.empty()) copy_tokenizer(cfg.tokenizer, run_dir / "tokenizer");
+    }
+    write_file_atomic((run_dir / "train_config.json").string(), train_config_to_json(cfg));
+  }
 
   ParamSet params;
   TrainModel::init_params(model_config, uint64_t(cfg.seed), cfg.init_std, params);
   TrainModel model(model_config, params);
-  AdamW optimizer(params, AdamWConfig{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay});
+  const AdamWConfig adamw_config{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay};
+  // One process: AdamW over every parameter. N ranks: ZeRO-1, each rank the moments of its shard.
+  std::unique_ptr<AdamW> optimizer;
+  std::unique_ptr<DataParallel> dp;
+  if (ranks > 1) {
+    dp = std::make_unique<DataParallel>(group, params, adamw_config, model_config.num_hidden_layers,
+                                        std::max<int64_t>(1, int64_t(cfg.dist_bucket_mb * 262144.0)));
+  } else {
+    optimizer = std::make_unique<AdamW>(params, adamw_config);
+  }
   params.set_compute_dtype(cfg.compute_dtype == "bf16" ? DType::BF16 : DType::F32);
 
   if (cfg.compute_budget > 0)  // it chose the batch size
@@ -210,20 +263,25 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     }
     std::map<std::string, Tensor> opt_state(ck.optimizer.begin(), ck.optimizer.end());
     step = ck.state.at("step").get<int64_t>();
-    optimizer.load_state(opt_state, ck.state.at("optimizer_steps").get<int64_t>());
+    const int64_t optimizer_steps = ck.state.at("optimizer_steps").get<int64_t>();
+    if (dp) dp->load_state(opt_state, optimizer_steps);
+    else optimizer->load_state(opt_state, optimizer_steps);
     batches.seek(ck.state.at("loader"));
     tokens_seen = ck.state.value("tokens", int64_t(0));
     params.refresh_compute();
-    truncate_metrics(run_dir / "metrics.jsonl", step);
-    fmt::print(stderr, "[train] resumed from {} (step {})\n", latest, step);
+    if (lead) {
+      truncate_metrics(run_dir / "metrics.jsonl", step);
+      fmt::print(stderr, "[train] resumed from {} (step {}{})\n", latest, step,
+                 ranks > 1 ? fmt::format(", {} ranks", ranks) : "");
+    }
   } else {
     if (!cfg.init_from.empty()) {
       // Fine-tuning / continued training: the source's weights, a fresh optimizer, step 0.
       const std::string from = load_init_weights(cfg.init_from, params);
       params.refresh_compute();
-      fmt::print(stderr, "[train] initialised from {}\n", from);
+      if (lead) fmt::print(stderr, "[train] initialised from {}\n", from);
     }
-    std::ofstream(run_dir / "metrics.jsonl", std::ios::trunc);
+    if (lead) std::ofstream(run_dir / "metrics.jsonl", std::ios::trunc);
   }
 
   TrainSummary summary;
@@ -231,7 +289,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   summary.first_step = summary.last_step = step;
   summary.unigram_entropy = batches.unigram_entropy();
   const nlohmann::json data_info = batches.info();
-  {
+  if (lead) {
     nlohmann::ordered_json info;
     info["model_type"] = model_config.model_type;
     info["parameters"] = params.numel(true);
@@ -239,12 +297,21 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     info["unigram_entropy"] = summary.unigram_entropy;
     write_file_atomic((run_dir / "run.json").string(), info.dump(2) + "\n");
   }
-  fmt::print(stderr,
-             "[train] {} ({} parameters), {} training tokens, unigram entropy {:.3f} nats/token\n",
-             model_config.model_type, human_count(double(params.numel(true))),
-             human_count(double(data_info["train_tokens"].get<int64_t>())), summary.unigram_entropy);
+  if (lead)
+    fmt::print(stderr,
+               "[train] {} ({} parameters), {} training tokens, unigram entropy {:.3f} nats/token\n",
+               model_config.model_type, human_count(double(params.numel(true))),
+               human_count(double(data_info["train_tokens"].get<int64_t>())),
+               summary.unigram_entropy);
+  if (lead && ranks > 1)
+    fmt::print(stderr,
+               "[train] data parallel: {} ranks ({}), {} sequences each per micro-batch, ZeRO-1 "
+               "shards of {} parameters, {} gradient buckets, {} reductions\n",
+               ranks, group.backend(), cfg.batch_size / ranks,
+               human_count(double(dp->flat_size()) / ranks), dp->num_buckets(),
+               group.deterministic() ? "deterministic" : "MPI-ordered");
   if (step >= cfg.steps) {
-    fmt::print(stderr, "[train] already at step {} of {}\n", step, cfg.steps);
+    if (lead) fmt::print(stderr, "[train] already at step {} of {}\n", step, cfg.steps);
     return summary;
   }
 
@@ -259,7 +326,10 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   const StepSchedule lambda = StepSchedule::parse(cfg.mtp_lambda);
   const bool loss_free = model_config.topk_method == "noaux_tc";
   const int64_t T = cfg.seq_len, B = cfg.batch_size;
-  const float scale = float(1.0 / double(cfg.grad_accum));
+  // N ranks: each rank's gradient is of its slice's mean, scaled by 1/N, so their sum is the
+  // gradient of the global batch mean.
+  const float scale = float(1.0 / (double(cfg.grad_accum) * double(ranks)));
+  const int64_t B_local = B / ranks;
   const int64_t val_count = std::min(cfg.eval_sequences, batches.num_validation_sequences());
 
   LossOptions loss_options;
@@ -279,15 +349,21 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
                   run_dir.string());
       fmt::print(stderr, "[train] dpo: reference log-probs of {} pairs\n", batches.num_pairs());
       reference = compute_reference_logps(model, batches, loss_options);
-      save_reference_logps(ref_path, reference);
+      save_reference_logps(ref_path, reference);  // dpo runs on one process only (checked above)
     }
   }
 
-  std::ofstream metrics(run_dir / "metrics.jsonl", std::ios::app);
-  DSEEK_CHECK(metrics.good(), "[train] {}: cannot append", (run_dir / "metrics.jsonl").string());
+  std::ofstream metrics;
+  if (lead) {
+    metrics.open(run_dir / "metrics.jsonl", std::ios::app);
+    DSEEK_CHECK(metrics.good(), "[train] {}: cannot append", (run_dir / "metrics.jsonl").string());
+  }
   StopSignals signals;
-  Progress progress("train", cfg.steps, "step");
-  progress.update(step);
+  std::unique_ptr<Progress> progress;
+  if (lead) {
+    progress = std::make_unique<Progress>("train", cfg.steps, "step");
+    progress->update(step);
+  }
   const auto run_start = std::chrono::steady_clock::now();
   int64_t run_tokens = 0;
 
@@ -295,13 +371,17 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     CheckpointData ck;
     ck.step = at_step;
     for (const Param& p : params.all()) ck.model.emplace_back(p.name, p.value);
-    ck.optimizer = optimizer.state_tensors();
+    // N ranks: the moment shards gathered on rank 0 (collective), which alone writes; the
+    // barrier returns once the checkpoint is committed (its rename) or rank 0 has failed (then
+    // MPI_Abort ends every rank).
+    ck.optimizer = dp ? dp->gather_state() : optimizer->state_tensors();
     ck.state = {{"step", at_step},
-                {"optimizer_steps", optimizer.step_count()},
+                {"optimizer_steps", dp ? dp->step_count() : optimizer->step_count()},
                 {"loader", batches.position()},
                 {"tokens", tokens_seen},
                 {"seed", cfg.seed}};
-    save_checkpoint(run_dir.string(), ck, int(cfg.keep_last));
+    if (lead) save_checkpoint(run_dir.string(), ck, int(cfg.keep_last));
+    group.barrier();
   };
 
   while (step < cfg.steps) {
@@ -315,7 +395,12 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     std::vector<std::vector<int64_t>> load;
     DpoStats dpo_stats;
     for (int64_t a = 0; a < cfg.grad_accum; ++a) {
-      const MicroBatch batch = batches.next();
+      const MicroBatch batch = batches.next(group.rank() * B_local, B_local);
+      if (dp && a + 1 == cfg.grad_accum) {
+        // The last backward of the step: its finished layers' gradients start reducing at once.
+        dp->arm();
+        loss_options.on_block_backward = [&dp](int64_t layer) { dp->on_block_backward(layer); };
+      }
       std::vector<std::pair<double, double>> ref;  // outlives the forward_backward below
       if (dpo) {
         for (int64_t id : batch.pair_ids) ref.push_back(reference[size_t(id)]);
@@ -328,6 +413,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       const SequenceLosses l =
           model.forward_backward(batch.inputs, batch.targets, loss_options, scale, batch.segments);
       loss_options.token_weights = nullptr;  // it refers to this micro-batch's locals
+      loss_options.on_block_backward = nullptr;
       total += l.total;
       ce += l.main_ce;
       aux += l.aux;
@@ -340,9 +426,31 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       }
     }
     const double n = double(cfg.grad_accum);  // each micro-batch's losses are batch means
-    const double grad_norm = clip_grad_norm(params, cfg.grad_clip);
+    bool stop = g_stop_signal.load() != 0;
+    double grad_norm = 0;
     const double lr = lr_schedule.at(s);
-    optimizer.step(lr);
+    if (dp) {
+      // Losses: the mean of the ranks' slice means (= the global batch mean when every sequence
+      // counts equally); loads: summed; a stop signal on any rank stops every rank after this step.
+      StepTotals t{total, ce, aux, stop ? 1.0 : 0.0, mtp, load};
+      all_reduce_totals(group, t, size_t(model_config.num_nextn_predict_layers));
+      total = t.total / ranks;
+      ce = t.ce / ranks;
+      aux = t.aux / ranks;
+      stop = t.stop > 0;
+      if (!mtp.empty() || loss_options.mtp_lambda > 0.0) {
+        mtp = t.mtp;
+        for (double& m : mtp) m /= ranks;
+        while (!mtp.empty() && mtp.back() == 0.0) mtp.pop_back();  // depths no rank ran
+      }
+      load = t.load;
+      dp->reduce_gradients();
+      grad_norm = dp->clip_grad_norm(cfg.grad_clip);
+      dp->step(lr);
+    } else {
+      grad_norm = clip_grad_norm(params, cfg.grad_clip);
+      optimizer->step(lr);
+    }
     params.refresh_compute();
     params.zero_grad();
     const double g = gamma.at(s);
@@ -398,12 +506,14 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     if (!load.empty() && (step % cfg.expert_load_interval == 0 || step == cfg.steps))
       line["expert_load"] = load;
 
-    const bool stop = g_stop_signal.load() != 0;
+    if (!dp) stop = g_stop_signal.load() != 0;  // (N ranks: agreed on above)
     if ((step % cfg.eval_interval == 0 || step == cfg.steps) && val_count > 0) {
       double val = 0;
       std::vector<std::vector<int64_t>> val_load;
-      // Validation in batches of B sequences (the same math, larger GEMMs).
-      for (int64_t k0 = 0; k0 < val_count; k0 += B) {
+      // Validation in batches of B sequences (the same math, larger GEMMs); N ranks take the
+      // batches in turn and sum.
+      for (int64_t k0 = 0, chunk = 0; k0 < val_count; k0 += B, ++chunk) {
+        if (chunk % ranks != group.rank()) continue;
         const int64_t nb = std::min(B, val_count - k0);
         const MicroBatch vb = batches.validation(k0, nb);
         LossOptions val_options = loss_options;
@@ -415,6 +525,16 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
           for (size_t i = 0; i < l.expert_load.size(); ++i)
             for (size_t e = 0; e < l.expert_load[i].size(); ++e) val_load[i][e] += l.expert_load[i][e];
       }
+      if (ranks > 1) {
+        StepTotals t;
+        t.total = val;
+        t.load = load;  // the layout of the expert loads (all MoE layers)
+        for (auto& l : t.load) std::fill(l.begin(), l.end(), 0);
+        for (size_t i = 0; i < val_load.size() && i < t.load.size(); ++i) t.load[i] = val_load[i];
+        all_reduce_totals(group, t, 0);
+        val = t.total;
+        val_load = t.load;
+      }
       summary.last_val_loss = val / double(val_count);
       line["val_loss"] = summary.last_val_loss;
       if (!val_load.empty()) {
@@ -424,8 +544,10 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
         line["val_max_vio_layers"] = vio;
       }
     }
-    metrics << line.dump() << "\n";
-    metrics.flush();
+    if (lead) {
+      metrics << line.dump() << "\n";
+      metrics.flush();
+    }
     summary.last_loss = ce / n;
     summary.last_step = step;
 
@@ -433,18 +555,26 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     if (line.contains("max_vio")) suffix += fmt::format(" vio {:.2f}", line["max_vio"].get<double>());
     if (summary.last_val_loss >= 0) suffix += fmt::format(" val {:.3f}", summary.last_val_loss);
     suffix += fmt::format(" {} tok/s", human_count(line["tokens_per_s"].get<double>()));
-    progress.set_suffix(suffix);
-    progress.update(step);
+    if (progress) {
+      progress->set_suffix(suffix);
+      progress->update(step);
+    }
 
     if (step % cfg.checkpoint_interval == 0 || step == cfg.steps || stop) save(step);
     if (stop) {
       summary.interrupted = true;
-      fmt::print(stderr, "\n[train] stopped by signal {} after step {}; checkpoint written\n",
-                 g_stop_signal.load(), step);
+      if (lead && g_stop_signal.load() != 0)
+        fmt::print(stderr, "\n[train] stopped by signal {} after step {}; checkpoint written\n",
+                   g_stop_signal.load(), step);
+      else if (lead)
+        fmt::print(stderr,
+                   "\n[train] stopped by a signal to another rank after step {}; checkpoint "
+                   "written\n",
+                   step);
       break;
     }
   }
-  progress.finish();
+  if (progress) progress->finish();
   const double elapsed =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
   summary.tokens_per_second = double(run_tokens) / std::max(elapsed, 1e-9);

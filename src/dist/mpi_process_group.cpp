@@ -1,0 +1,250 @@
+// ProcessGroup over MPI_COMM_WORLD (CPU buffers). Default reductions are MPI's own nonblocking
+// collectives; deterministic ones move every rank's contribution to its destination
+// (MPI_Ialltoallv / MPI_Iallgather) and add the N copies there in rank order when the work is
+// waited for. Errors inside MPI use its default handler (MPI_ERRORS_ARE_FATAL): a lost peer ends
+// the whole job rather than leaving a rank waiting forever.
+#include "dist/mpi_process_group.h"
+
+#include "core/error.h"
+
+#ifdef DSEEK_HAS_MPI
+// The C API only: OpenMPI's deprecated C++ bindings would need libmpi_cxx.
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
+#include <mpi.h>
+
+#include <climits>
+#include <cstdlib>
+#include <functional>
+
+namespace dseek::dist {
+namespace {
+
+int as_int(int64_t n, const char* what) {
+  DSEEK_CHECK(n >= 0 && n <= INT_MAX, "[dist] {}: {} elements do not fit an MPI count", what, n);
+  return int(n);
+}
+
+// One nonblocking operation; `finish` (deterministic mode) adds the received copies once the
+// transfer is done. Owns the scratch buffers the transfer writes into.
+class MpiWork final : public Work {
+ public:
+  MpiWork() = default;
+  MpiWork(const MpiWork&) = delete;
+  MpiWork& operator=(const MpiWork&) = delete;
+  ~MpiWork() override {
+    // A handle dropped unwaited (an exception between issue and wait) must not leave MPI writing
+    // into freed scratch memory.
+    if (!done_) MPI_Wait(&request, MPI_STATUS_IGNORE);
+  }
+  void wait() override {
+    if (done_) return;
+    MPI_Wait(&request, MPI_STATUS_IGNORE);
+    complete();
+  }
+  bool test() override {
+    if (done_) return true;
+    int flag = 0;
+    MPI_Test(&request, &flag, MPI_STATUS_IGNORE);
+    if (flag) complete();
+    return done_;
+  }
+
+  MPI_Request request = MPI_REQUEST_NULL;
+  std::vector<float> scratch;
+  std::function<void()> finish;
+
+ private:
+  void complete() {
+    done_ = true;
+    if (finish) finish();
+  }
+  bool done_ = false;
+};
+
+// out[i] = Σ_q copies[q·n + i], added in rank order q = 0, 1, ... (the deterministic order).
+template <typename T>
+void sum_in_rank_order(const T* copies, int ranks, int64_t n, T* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    T s = copies[i];
+    for (int q = 1; q < ranks; ++q) s += copies[int64_t(q) * n + i];
+    out[i] = s;
+  }
+}
+
+class MpiProcessGroup final : public ProcessGroup {
+ public:
+  MpiProcessGroup() {
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+    MPI_Comm_size(MPI_COMM_WORLD, &size_);
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string backend() const override { return "mpi"; }
+
+  std::unique_ptr<Work> all_reduce_async(std::span<float> data) override {
+    auto w = std::make_unique<MpiWork>();
+    const int n = as_int(int64_t(data.size()), "all_reduce");
+    if (!deterministic_) {
+      MPI_Iallreduce(MPI_IN_PLACE, data.data(), n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &w->request);
+      return w;
+    }
+    w->scratch.resize(size_t(n) * size_t(size_));
+    MPI_Iallgather(data.data(), n, MPI_FLOAT, w->scratch.data(), n, MPI_FLOAT, MPI_COMM_WORLD,
+                   &w->request);
+    MpiWork* raw = w.get();
+    const int ranks = size_;
+    w->finish = [raw, data, ranks] {
+      sum_in_rank_order(raw->scratch.data(), ranks, int64_t(data.size()), data.data());
+    };
+    return w;
+  }
+
+  std::unique_ptr<Work> reduce_scatter_async(std::span<const float> send, std::span<float> recv,
+                                             const std::vector<int64_t>& counts) override {
+    const std::vector<int> c = int_counts(counts, "reduce_scatter");
+    const std::vector<int> displs = offsets(c, "reduce_scatter");
+    DSEEK_CHECK(int64_t(send.size()) == int64_t(displs.back()) + c.back() &&
+                    int64_t(recv.size()) == c[size_t(rank_)],
+                "[dist] reduce_scatter: send {} / recv {} elements for counts summing to {}",
+                send.size(), recv.size(), int64_t(displs.back()) + c.back());
+    auto w = std::make_unique<MpiWork>();
+    if (!deterministic_) {
+      MPI_Ireduce_scatter(send.data(), recv.data(), c.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
+                          &w->request);
+      return w;
+    }
+    // Every rank sends block q to rank q; this rank receives N copies of its own block.
+    const int mine = c[size_t(rank_)];
+    w->scratch.resize(size_t(mine) * size_t(size_));
+    std::vector<int> recv_counts(size_t(size_), mine);
+    std::vector<int> recv_displs(size_t(size_), 0);
+    for (int q = 0; q < size_; ++q) recv_displs[size_t(q)] = q * mine;
+    MPI_Ialltoallv(send.data(), c.data(), displs.data(), MPI_FLOAT, w->scratch.data(),
+                   recv_counts.data(), recv_displs.data(), MPI_FLOAT, MPI_COMM_WORLD, &w->request);
+    MpiWork* raw = w.get();
+    const int ranks = size_;
+    w->finish = [raw, recv, ranks] {
+      sum_in_rank_order(raw->scratch.data(), ranks, int64_t(recv.size()), recv.data());
+    };
+    return w;
+  }
+
+  std::unique_ptr<Work> all_gather_async(std::span<const float> mine, std::span<float> all,
+                                         const std::vector<int64_t>& counts) override {
+    const std::vector<int> c = int_counts(counts, "all_gather");
+    const std::vector<int> displs = offsets(c, "all_gather");
+    DSEEK_CHECK(int64_t(mine.size()) == c[size_t(rank_)] &&
+                    int64_t(all.size()) == int64_t(displs.back()) + c.back(),
+                "[dist] all_gather: {} / {} elements for this rank's count {}", mine.size(),
+                all.size(), c[size_t(rank_)]);
+    auto w = std::make_unique<MpiWork>();
+    MPI_Iallgatherv(mine.data(), c[size_t(rank_)], MPI_FLOAT, all.data(), c.data(), displs.data(),
+                    MPI_FLOAT, MPI_COMM_WORLD, &w->request);
+    return w;
+  }
+
+  std::unique_ptr<Work> broadcast_async(std::span<float> data, int root) override {
+    DSEEK_CHECK(root >= 0 && root < size_, "[dist] broadcast: root {} of {} ranks", root, size_);
+    auto w = std::make_unique<MpiWork>();
+    MPI_Ibcast(data.data(), as_int(int64_t(data.size()), "broadcast"), MPI_FLOAT, root,
+               MPI_COMM_WORLD, &w->request);
+    return w;
+  }
+
+  void all_reduce(std::span<double> data) override {
+    const int n = as_int(int64_t(data.size()), "all_reduce");
+    if (!deterministic_) {
+      MPI_Allreduce(MPI_IN_PLACE, data.data(), n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+      return;
+    }
+    std::vector<double> copies(size_t(n) * size_t(size_));
+    MPI_Allgather(data.data(), n, MPI_DOUBLE, copies.data(), n, MPI_DOUBLE, MPI_COMM_WORLD);
+    sum_in_rank_order(copies.data(), size_, int64_t(n), data.data());
+  }
+
+  void gather(std::span<const float> mine, std::span<float> all, const std::vector<int64_t>& counts,
+              int root) override {
+    const std::vector<int> c = int_counts(counts, "gather");
+    const std::vector<int> displs = offsets(c, "gather");
+    DSEEK_CHECK(int64_t(mine.size()) == c[size_t(rank_)] &&
+                    (rank_ != root || int64_t(all.size()) == int64_t(displs.back()) + c.back()),
+                "[dist] gather: {} / {} elements for this rank's count {}", mine.size(), all.size(),
+                c[size_t(rank_)]);
+    MPI_Gatherv(mine.data(), c[size_t(rank_)], MPI_FLOAT, all.data(), c.data(), displs.data(),
+                MPI_FLOAT, root, MPI_COMM_WORLD);
+  }
+
+  void barrier() override { MPI_Barrier(MPI_COMM_WORLD); }
+
+ private:
+  std::vector<int> int_counts(const std::vector<int64_t>& counts, const char* op) const {
+    DSEEK_CHECK(int64_t(counts.size()) == size_, "[dist] {}: {} counts for {} ranks", op,
+                counts.size(), size_);
+    std::vector<int> c;
+    for (int64_t n : counts) c.push_back(as_int(n, op));
+    return c;
+  }
+  static std::vector<int> offsets(const std::vector<int>& c, const char* op) {
+    std::vector<int> displs(c.size());
+    int64_t at = 0;
+    for (size_t q = 0; q < c.size(); ++q) {
+      displs[q] = as_int(at, op);
+      at += c[q];
+    }
+    as_int(at, op);
+    return displs;
+  }
+
+  int rank_ = 0, size_ = 1;
+};
+
+}  // namespace
+
+std::unique_ptr<ProcessGroup> make_mpi_world(int* argc, char*** argv) {
+  int provided = 0;
+  MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
+  DSEEK_CHECK(provided >= MPI_THREAD_FUNNELED,
+              "[dist] MPI_Init_thread: the MPI library gives thread level {}, dseek needs "
+              "MPI_THREAD_FUNNELED",
+              provided);
+  return std::make_unique<MpiProcessGroup>();
+}
+
+void finalize_mpi() {
+  MPI_Finalize();
+}
+
+void abort_mpi(int exit_code) {
+  MPI_Abort(MPI_COMM_WORLD, exit_code);
+  std::_Exit(exit_code);  // MPI_Abort does not return; this satisfies [[noreturn]]
+}
+
+bool mpi_available() {
+  return true;
+}
+
+}  // namespace dseek::dist
+
+#else  // built without MPI
+
+#include <cstdlib>
+
+namespace dseek::dist {
+
+std::unique_ptr<ProcessGroup> make_mpi_world(int*, char***) {
+  fail(
+      "[dist] this dseek was built without MPI (install libopenmpi-dev, reconfigure with "
+      "-DDSEEK_MPI=ON and rebuild)");
+}
+void finalize_mpi() {}
+void abort_mpi(int exit_code) {
+  std::_Exit(exit_code);
+}
+bool mpi_available() {
+  return false;
+}
+
+}  // namespace dseek::dist
+
+#endif

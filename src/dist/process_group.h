@@ -1,0 +1,109 @@
+// ProcessGroup: the ranks of a multi-process job and the collectives dseek needs between them, on
+// f32 buffers (gradients, parameters, optimizer shards) and f64 buffers (metrics, expert loads).
+// Implementations: MPI (mpi_process_group.cpp, CPU buffers through OpenMPI) and a trivial
+// single-process group; an NCCL group (device buffers, bootstrapped through MPI) is meant to fit
+// the same interface later.
+//
+// Collectives are collective: every rank calls the same ones, in the same order, with matching
+// sizes. Nonblocking variants return a Work handle; the buffers must stay alive and untouched until
+// wait() returns (or test() says true). Sums are over all ranks.
+//
+// Determinism. By default reductions use the library's own algorithms (MPI_Iallreduce,
+// MPI_Ireduce_scatter), whose summation order the MPI standard does not fix. With deterministic
+// set, every reduction instead moves all ranks' contributions to the rank(s) that need them and
+// adds them there in rank order 0, 1, ..., N−1, so a run is bit-reproducible for a given rank count
+// (at N× the receive traffic of a reduce-scatter).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace dseek::dist {
+
+class Work {
+ public:
+  virtual ~Work() = default;
+  // Blocks until the operation has completed and its output buffer holds the result.
+  virtual void wait() = 0;
+  // Drives progress without blocking; true once complete (then wait() returns at once).
+  virtual bool test() = 0;
+};
+
+class ProcessGroup {
+ public:
+  virtual ~ProcessGroup() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string backend() const = 0;  // "single", "mpi"
+  // Fixed-order reductions (see above); set before the collectives it should govern.
+  bool deterministic() const { return deterministic_; }
+  void set_deterministic(bool on) { deterministic_ = on; }
+
+  // data ← Σ_ranks data, in place, on every rank.
+  virtual std::unique_ptr<Work> all_reduce_async(std::span<float> data) = 0;
+  // send holds Σ counts elements, rank r's block at offset Σ_{q<r} counts[q]; rank r receives the
+  // sum over ranks of its block into recv (counts[r] elements). counts has size() entries.
+  virtual std::unique_ptr<Work> reduce_scatter_async(std::span<const float> send,
+                                                     std::span<float> recv,
+                                                     const std::vector<int64_t>& counts) = 0;
+  // Every rank's `mine` (counts[rank] elements) lands at its block of `all` on every rank.
+  virtual std::unique_ptr<Work> all_gather_async(std::span<const float> mine, std::span<float> all,
+                                                 const std::vector<int64_t>& counts) = 0;
+  // data ← root's data on every rank.
+  virtual std::unique_ptr<Work> broadcast_async(std::span<float> data, int root) = 0;
+
+  // Blocking f64 sum (metrics, expert loads as exact integers below 2^53).
+  virtual void all_reduce(std::span<double> data) = 0;
+  // Like all_gather, but only `root` receives (`all` is ignored elsewhere). For checkpoints.
+  virtual void gather(std::span<const float> mine, std::span<float> all,
+                      const std::vector<int64_t>& counts, int root) = 0;
+  virtual void barrier() = 0;
+
+  // Blocking shorthands.
+  void all_reduce(std::span<float> data) { all_reduce_async(data)->wait(); }
+  void reduce_scatter(std::span<const float> send, std::span<float> recv,
+                      const std::vector<int64_t>& counts) {
+    reduce_scatter_async(send, recv, counts)->wait();
+  }
+  void all_gather(std::span<const float> mine, std::span<float> all,
+                  const std::vector<int64_t>& counts) {
+    all_gather_async(mine, all, counts)->wait();
+  }
+  void broadcast(std::span<float> data, int root) { broadcast_async(data, root)->wait(); }
+
+ protected:
+  bool deterministic_ = false;
+};
+
+// One process: collectives are copies (sums of one term).
+std::unique_ptr<ProcessGroup> make_single_process_group();
+
+// How this process was started: the world size announced by the launcher's environment
+// (OMPI_COMM_WORLD_SIZE, PMIX_SIZE or PMI_SIZE), 1 when none is set.
+int launcher_world_size();
+
+// The process-wide group. init_world() is called once from main: under a launcher announcing more
+// than one rank it initialises MPI (MPI_Init_thread, funneled: only the main thread calls MPI) and
+// the group is MPI_COMM_WORLD; otherwise it is the single-process group. Without MPI support a
+// launch with more than one rank is an error that says so. world() without init_world() (tests,
+// library use) is the single-process group.
+void init_world(int* argc, char*** argv);
+ProcessGroup& world();
+// MPI_Finalize after a normal exit (from main).
+void finalize_world();
+// Ends every rank of the job after an error on this one (MPI_Abort); returns only when the group
+// is a single process.
+void abort_world(int exit_code);
+// True when this dseek was built with MPI.
+bool mpi_available();
+
+// Rank r's part of n elements split as evenly as possible: [first, first + count).
+struct Range {
+  int64_t first = 0, count = 0;
+};
+Range even_share(int64_t n, int ranks, int r);
+
+}  // namespace dseek::dist

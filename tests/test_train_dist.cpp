@@ -1,0 +1,573 @@
+// Data-parallel training over MPI (docs/DISTRIBUTED.md), through real mpirun processes of the
+// built binary on a small generated corpus: 2 ranks train the tiny preset to the same losses,
+// weights and (gathered ZeRO-1) optimizer moments as one process; --deterministic runs repeat bit
+// for bit, whether started by mpirun or by --nproc; a rank killed with SIGKILL fails the job with
+// a non-zero exit that says so, leaves the last checkpoint intact, and --resume continues with the
+// losses of an uninterrupted run. In process: the ZeRO-1 step with one rank equals AdamW exactly
+// (flat space, buckets cutting through parameters) and even_share partitions exactly.
+//
+// The suite skips when this dseek was built without MPI or mpirun is missing (scripts/setup.sh
+// installs OpenMPI). As root (CI) mpirun needs OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM), set here.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/error.h"
+#include "dist/process_group.h"
+#include "train/checkpoint.h"
+#include "train/data_parallel.h"
+#include "train/optimizer.h"
+#include "train/param.h"
+
+extern char** environ;
+
+using namespace dseek;
+namespace fs = std::filesystem;
+using Args = std::vector<std::string>;
+using nlohmann::json;
+
+namespace {
+
+std::string slurp(const fs::path& path) {
+  std::ifstream file(path, std::ios::binary);
+  std::stringstream ss;
+  ss << file.rdbuf();
+  return ss.str();
+}
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    static int counter = 0;
+    path = fs::temp_directory_path() /
+           ("dseek-traindist-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+std::string find_mpirun() {
+  const char* path = std::getenv("PATH");
+  std::istringstream dirs(path ? path : "");
+  for (std::string dir; std::getline(dirs, dir, ':');)
+    if (!dir.empty() && ::access((dir + "/mpirun").c_str(), X_OK) == 0) return dir + "/mpirun";
+  return "";
+}
+
+// Starts `program args`, stdout/stderr into files, with one OpenMP thread per process, passive
+// waits and mpirun allowed as root.
+pid_t spawn(const std::string& program, const Args& args, const fs::path& out,
+            const fs::path& err) {
+  std::vector<std::string> argv_text = {program};
+  argv_text.insert(argv_text.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& a : argv_text) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  const std::vector<std::string> set = {"OMP_WAIT_POLICY=passive", "OMP_NUM_THREADS=1",
+                                        "OMPI_ALLOW_RUN_AS_ROOT=1",
+                                        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"};
+  std::vector<std::string> env_text = set;
+  for (char** e = environ; *e; ++e) {
+    bool replaced = false;
+    for (const std::string& s : set) replaced |= std::strncmp(*e, s.c_str(), s.find('=') + 1) == 0;
+    if (!replaced) env_text.push_back(*e);
+  }
+  std::vector<char*> env;
+  for (std::string& e : env_text) env.push_back(e.data());
+  env.push_back(nullptr);
+  pid_t pid = -1;
+  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), env.data());
+  posix_spawn_file_actions_destroy(&actions);
+  EXPECT_EQ(rc, 0) << "posix_spawn " << argv[0] << ": " << std::strerror(rc);
+  return rc == 0 ? pid : -1;
+}
+
+int exit_code_of(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+struct ProcRun {
+  int exit_code = -1;
+  std::string out, err;
+};
+
+ProcRun run(const std::string& program, const Args& args) {
+  TempDir io;
+  ProcRun r;
+  const pid_t pid = spawn(program, args, io.path / "out", io.path / "err");
+  if (pid < 0) return r;
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  r.exit_code = exit_code_of(status);
+  r.out = slurp(io.path / "out");
+  r.err = slurp(io.path / "err");
+  return r;
+}
+
+// `mpirun -np N dseek args...` (not bound to cores; oversubscription allowed for small CI boxes).
+Args mpirun_args(int n, const Args& dseek_args) {
+  Args a = {"-np", std::to_string(n), "--bind-to", "none", "--oversubscribe", DSEEK_BINARY};
+  a.insert(a.end(), dseek_args.begin(), dseek_args.end());
+  return a;
+}
+
+// 30 documents of "Subject verb object." sentences from small word lists (an LCG picks them).
+std::string make_corpus() {
+  const char* const subjects[] = {"the cat", "a dog", "my friend", "the old man", "a small bird"};
+  const char* const verbs[] = {"likes", "sees", "finds", "wants"};
+  const char* const objects[] = {"a red ball", "the green tree", "some bread", "the blue sea"};
+  uint64_t x = 777;
+  auto next = [&x](size_t n) {
+    x = (x * 1103515245 + 12345) % (uint64_t(1) << 31);
+    return size_t((x >> 16) % n);
+  };
+  std::string text;
+  for (int d = 0; d < 30; ++d) {
+    for (int j = 0; j < 4; ++j) {
+      const std::string s = subjects[next(5)];
+      const std::string v = verbs[next(4)];
+      const std::string o = objects[next(4)];
+      text += s + " " + v + " " + o + ". ";
+    }
+    text += "\n%\n";
+  }
+  return text;
+}
+
+std::vector<json> read_metrics(const fs::path& run_dir) {
+  std::vector<json> lines;
+  std::istringstream in(slurp(run_dir / "metrics.jsonl"));
+  for (std::string line; std::getline(in, line);) lines.push_back(json::parse(line));
+  return lines;
+}
+
+json without_throughput(json line) {
+  line.erase("tokens_per_s");
+  return line;
+}
+
+fs::path latest_checkpoint(const fs::path& run_dir) {
+  std::string name = slurp(run_dir / "checkpoints" / "latest");
+  while (!name.empty() && std::isspace(static_cast<unsigned char>(name.back()))) name.pop_back();
+  return name.empty() ? fs::path() : run_dir / "checkpoints" / name;
+}
+
+// Named tensors in the same order agree elementwise: |a − b| ≤ rel · max(|a|, |b|) + floor · S
+// (S: the tensor's largest |a|) for all but one element in 10^4, and every element within
+// loose · S. Adam divides by √v, so an element whose gradient nearly cancels turns the last-bit
+// difference of a summation order into a visible part of a step; a misplaced shard or a missed
+// bucket is off by the tensor's whole scale in thousands of elements.
+void expect_tensors_close(const std::vector<std::pair<std::string, Tensor>>& a,
+                          const std::vector<std::pair<std::string, Tensor>>& b, double rel,
+                          double floor, double loose, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  double worst = 0;
+  std::string worst_name;
+  int64_t total = 0, outside = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i].first, b[i].first) << what;
+    ASSERT_EQ(a[i].second.numel(), b[i].second.numel()) << a[i].first;
+    const float* x = a[i].second.data<float>();
+    const float* y = b[i].second.data<float>();
+    const int64_t n = a[i].second.numel();
+    double scale = 0;
+    for (int64_t k = 0; k < n; ++k) scale = std::max(scale, std::fabs(double(x[k])));
+    for (int64_t k = 0; k < n; ++k) {
+      const double d = std::fabs(double(x[k]) - double(y[k]));
+      const double tight =
+          rel * std::max(std::fabs(double(x[k])), std::fabs(double(y[k]))) + floor * scale;
+      ASSERT_LE(d, loose * scale) << what << " " << a[i].first << "[" << k << "]: " << x[k]
+                                  << " vs " << y[k];
+      outside += d > tight;
+      if (d > worst) {
+        worst = d;
+        worst_name = a[i].first;
+      }
+    }
+    total += n;
+  }
+  EXPECT_LE(outside, total / 10000)
+      << what << ": " << outside << " of " << total << " elements beyond the tight bound";
+  std::printf(
+      "[ dist     ] %s: %lld elements, %lld beyond the tight bound, largest difference "
+      "%.3g (%s)\n",
+      what.c_str(), (long long)total, (long long)outside, worst, worst_name.c_str());
+}
+
+void expect_tensors_identical(const std::vector<std::pair<std::string, Tensor>>& a,
+                              const std::vector<std::pair<std::string, Tensor>>& b,
+                              const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i].first, b[i].first) << what;
+    ASSERT_EQ(a[i].second.nbytes(), b[i].second.nbytes()) << a[i].first;
+    EXPECT_EQ(
+        std::memcmp(a[i].second.data<float>(), b[i].second.data<float>(), a[i].second.nbytes()), 0)
+        << what << ": " << a[i].first << " differs";
+  }
+}
+
+class DistTrain : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    mpirun_ = find_mpirun();
+    if (!dist::mpi_available() || mpirun_.empty()) return;
+    root_ = new TempDir();
+    std::ofstream(root_->path / "corpus.txt") << make_corpus();
+    const ProcRun tok = run(DSEEK_BINARY, {"tokenizer", "train", "--input", corpus(), "--separator",
+                                           "%", "--vocab-size", "300", "--out", tokenizer()});
+    ASSERT_EQ(tok.exit_code, 0) << tok.err;
+    const ProcRun data =
+        run(DSEEK_BINARY, {"data", "prepare", "--tokenizer", tokenizer(), "--input", corpus(),
+                           "--separator", "%", "--out", data_dir()});
+    ASSERT_EQ(data.exit_code, 0) << data.err;
+  }
+  static void TearDownTestSuite() {
+    delete root_;
+    root_ = nullptr;
+  }
+  void SetUp() override {
+    if (!dist::mpi_available()) GTEST_SKIP() << "this dseek was built without MPI";
+    if (mpirun_.empty()) GTEST_SKIP() << "mpirun not found (scripts/setup.sh installs OpenMPI)";
+  }
+
+  static std::string corpus() { return (root_->path / "corpus.txt").string(); }
+  static std::string tokenizer() { return (root_->path / "tok").string(); }
+  static std::string data_dir() { return (root_->path / "data").string(); }
+  static fs::path root() { return root_->path; }
+
+  // The tiny preset, 4 sequences of 32 tokens per step, two micro-batches per step (so gradients
+  // accumulate before the reduction), a constant lr after warm-up (a resumed run's lr does not
+  // depend on --steps), validation every 2 steps, checkpoints every 2 steps, expert load every
+  // step, and gradient buckets of ~2600 floats that cut through parameters.
+  static constexpr int kSteps = 6;
+  static Args train_args(const fs::path& run_dir, int steps, const Args& extra = {}) {
+    Args a = {
+        "train",    "--preset", "tiny",           "--tokenizer", tokenizer(),           "--data",
+        data_dir(), "--out",    run_dir.string(), "--steps",     std::to_string(steps), "--threads",
+        "1"};
+    for (const char* set :
+         {"data.seq_len=32", "train.batch_size=4", "train.grad_accum=2", "data.val_fraction=0.1",
+          "optim.schedule=constant", "optim.warmup_steps=2", "eval.interval=2",
+          "checkpoint.interval=2", "checkpoint.keep_last=10", "log.expert_load_interval=1",
+          "dist.bucket_mb=0.01"}) {
+      a.push_back("--set");
+      a.push_back(set);
+    }
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  }
+  // One process, made once for the suite.
+  static fs::path single_run() {
+    const fs::path r = root() / "single";
+    if (!fs::exists(r / "checkpoints" / "latest")) {
+      const ProcRun res = run(DSEEK_BINARY, train_args(r, kSteps));
+      EXPECT_EQ(res.exit_code, 0) << res.err;
+    }
+    return r;
+  }
+  // Two ranks with deterministic reductions, started by --nproc, made once for the suite.
+  static fs::path deterministic_run() {
+    const fs::path r = root() / "det2";
+    if (!fs::exists(r / "checkpoints" / "latest")) {
+      const ProcRun res =
+          run(DSEEK_BINARY, train_args(r, kSteps, {"--nproc", "2", "--deterministic"}));
+      EXPECT_EQ(res.exit_code, 0) << res.err;
+      EXPECT_NE(res.out.find("trained steps 1.." + std::to_string(kSteps)), std::string::npos)
+          << res.out;
+    }
+    return r;
+  }
+
+  static std::string mpirun_;
+
+ private:
+  static TempDir* root_;
+};
+std::string DistTrain::mpirun_;
+TempDir* DistTrain::root_ = nullptr;
+
+// Steps logged by two data-parallel runs agree with those of one process: every loss and
+// validation loss within 1e-5 relative, the gradient norm within 1e-4 (a norm over every element,
+// after a few AdamW steps that each pass on the last bits of the previous ones), expert loads and
+// data positions exactly; weights and moments as expect_tensors_close says.
+void expect_same_training(const fs::path& a, const fs::path& b) {
+  const double rel = 1e-5;
+  const std::vector<json> ma = read_metrics(a), mb = read_metrics(b);
+  ASSERT_EQ(ma.size(), mb.size());
+  ASSERT_FALSE(ma.empty());
+  for (size_t i = 0; i < ma.size(); ++i) {
+    SCOPED_TRACE("step " + std::to_string(i + 1));
+    const json x = without_throughput(ma[i]), y = without_throughput(mb[i]);
+    ASSERT_EQ(x.size(), y.size()) << x << "\n" << y;
+    for (const auto& [key, value] : x.items()) {
+      ASSERT_TRUE(y.contains(key)) << key;
+      if (value.is_number_float()) {
+        const double u = value.get<double>(), v = y[key].get<double>();
+        const double r = key == "grad_norm" ? 1e-4 : rel;
+        EXPECT_LE(std::fabs(u - v), r * std::max(std::fabs(u), std::fabs(v)) + 1e-12)
+            << key << ": " << u << " vs " << v;
+      } else if (value.is_array() && !value.empty() && value[0].is_number_float()) {
+        for (size_t k = 0; k < value.size(); ++k)
+          EXPECT_NEAR(value[k].get<double>(), y[key][k].get<double>(),
+                      rel * std::fabs(value[k].get<double>()) + 1e-12)
+              << key << "[" << k << "]";
+      } else {
+        EXPECT_EQ(value, y[key]) << key;
+      }
+    }
+  }
+  const train::CheckpointData ca = train::load_checkpoint(latest_checkpoint(a).string());
+  const train::CheckpointData cb = train::load_checkpoint(latest_checkpoint(b).string());
+  EXPECT_EQ(ca.step, cb.step);
+  EXPECT_EQ(ca.state.at("loader"), cb.state.at("loader"));
+  EXPECT_EQ(ca.state.at("optimizer_steps"), cb.state.at("optimizer_steps"));
+  expect_tensors_close(ca.model, cb.model, 1e-5, 1e-4, 2e-3, "weights");
+  // The moments gathered from the ranks' ZeRO-1 shards are the single process's AdamW moments.
+  expect_tensors_close(ca.optimizer, cb.optimizer, 1e-3, 1e-3, 1e-2, "AdamW moments");
+}
+
+}  // namespace
+
+TEST(DistShare, EvenShareCoversTheRangeInOrder) {
+  for (int64_t n : {0, 1, 5, 7, 100, 1001})
+    for (int ranks : {1, 2, 3, 8}) {
+      int64_t next = 0;
+      for (int r = 0; r < ranks; ++r) {
+        const dist::Range s = dist::even_share(n, ranks, r);
+        EXPECT_EQ(s.first, next) << n << " " << ranks << " " << r;
+        EXPECT_GE(s.count, n / ranks);
+        EXPECT_LE(s.count, n / ranks + 1);
+        next = s.first + s.count;
+      }
+      EXPECT_EQ(next, n);
+    }
+  EXPECT_THROW(dist::even_share(10, 2, 2), Error);
+}
+
+// With one rank the ZeRO-1 path (flat space, 7-element buckets cutting through parameters,
+// reduce-scatter and all-gather as copies, sharded AdamW) is AdamW exactly, bit for bit, over
+// three steps with gradient clipping, decayed and undecayed parameters and a buffer in between.
+TEST(DistShare, ZeroOneStepOnOneRankEqualsAdamW) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  auto random = [&](const Shape& shape) {
+    Tensor t = Tensor::empty(shape);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = normal(rng);
+    return t;
+  };
+  auto make = [&](train::ParamSet& ps) {
+    rng.seed(5);
+    normal.reset();
+    ps.add("model.embed_tokens.weight", random({5, 3}), true, true);
+    ps.add("model.layers.0.input_layernorm.weight", random({3}), true, false);
+    ps.add("model.layers.0.mlp.gate.e_score_correction_bias", random({4}), false, false);
+    ps.add("model.layers.0.mlp.gate_proj.weight", random({4, 3}), true, true);
+    ps.add("lm_head.weight", random({5, 3}), true, true);
+  };
+  train::ParamSet a, b;
+  make(a);
+  make(b);
+  const train::AdamWConfig config{0.9, 0.95, 1e-8, 0.1};
+  train::AdamW adamw(a, config);
+  const auto group = dist::make_single_process_group();
+  train::DataParallel dp(*group, b, config, 1, 7);
+  EXPECT_EQ(dp.flat_size(), 15 + 3 + 12 + 15);
+  EXPECT_EQ(dp.num_buckets(), 7);
+  for (int step = 0; step < 3; ++step) {
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (!a.all()[i].trainable) continue;
+      const Tensor g = random(a.all()[i].value.shape());
+      std::memcpy(a.all()[i].grad.data<float>(), g.data<float>(), g.nbytes());
+      std::memcpy(b.all()[i].grad.data<float>(), g.data<float>(), g.nbytes());
+    }
+    const double na = train::clip_grad_norm(a, 2.0);
+    adamw.step(1e-2);
+    dp.arm();
+    dp.on_block_backward(0);  // the main layer 0: everything but the embedding is final
+    dp.reduce_gradients();
+    EXPECT_DOUBLE_EQ(dp.clip_grad_norm(2.0), na);
+    dp.step(1e-2);
+    for (size_t i = 0; i < a.size(); ++i) {
+      const Tensor& x = a.all()[i].value;
+      const Tensor& y = b.all()[i].value;
+      EXPECT_EQ(std::memcmp(x.data<float>(), y.data<float>(), x.nbytes()), 0)
+          << "step " << step << ": " << a.all()[i].name;
+    }
+  }
+  // The gathered moments are AdamW's, tensor by tensor.
+  const auto gathered = dp.gather_state();
+  const auto reference = adamw.state_tensors();
+  expect_tensors_identical(gathered, reference, "moments");
+  // And loading them back into a fresh sharded optimizer reproduces the same shard.
+  train::DataParallel again(*group, b, config, 1, 5);
+  again.load_state(std::map<std::string, Tensor>(reference.begin(), reference.end()), 3);
+  EXPECT_EQ(again.exp_avg_shard(), dp.exp_avg_shard());
+  EXPECT_EQ(again.exp_avg_sq_shard(), dp.exp_avg_sq_shard());
+  EXPECT_EQ(again.step_count(), 3);
+}
+
+// 2 ranks (mpirun -np 2, MPI's own reductions) vs 1 process: the same losses, gradient norms,
+// validation losses and expert loads at every step, the same final weights and, gathered from the
+// ZeRO-1 shards, the same AdamW moments.
+TEST_F(DistTrain, TwoRanksTrainLikeOneProcess) {
+  TempDir dir;
+  const fs::path two = dir.path / "two";
+  const ProcRun r = run(mpirun_, mpirun_args(2, train_args(two, kSteps)));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // Rank 0 alone reports: one summary line, one data-parallel banner.
+  EXPECT_NE(r.out.find("trained steps 1.." + std::to_string(kSteps)), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("trained steps"), r.out.rfind("trained steps")) << r.out;
+  EXPECT_NE(r.err.find("data parallel: 2 ranks"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("MPI-ordered"), std::string::npos) << r.err;
+  expect_same_training(single_run(), two);
+}
+
+// --deterministic: two 2-rank runs, one through --nproc and one through mpirun, are identical bit
+// for bit (metrics and every tensor of every checkpoint), and match one process within 1e-5.
+TEST_F(DistTrain, DeterministicRunsRepeatBitForBit) {
+  const fs::path a = deterministic_run();
+  TempDir dir;
+  const fs::path b = dir.path / "det";
+  const ProcRun r =
+      run(mpirun_, mpirun_args(2, train_args(b, kSteps, {"--set", "dist.deterministic=1"})));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("deterministic reductions"), std::string::npos) << r.err;
+  const std::vector<json> ma = read_metrics(a), mb = read_metrics(b);
+  ASSERT_EQ(ma.size(), size_t(kSteps));
+  ASSERT_EQ(mb.size(), ma.size());
+  for (size_t i = 0; i < ma.size(); ++i)
+    EXPECT_EQ(without_throughput(ma[i]).dump(), without_throughput(mb[i]).dump()) << i;
+  for (int step = 2; step <= kSteps; step += 2) {
+    const std::string name = train::checkpoint_dir_name(step);
+    const auto ca = train::load_checkpoint((a / "checkpoints" / name).string());
+    const auto cb = train::load_checkpoint((b / "checkpoints" / name).string());
+    expect_tensors_identical(ca.model, cb.model, name + " weights");
+    expect_tensors_identical(ca.optimizer, cb.optimizer, name + " moments");
+  }
+  expect_same_training(single_run(), a);
+}
+
+// A rank killed with SIGKILL mid-run: `dseek train --nproc 2` exits non-zero saying the job failed
+// and how to continue; the newest checkpoint verifies; --resume on 2 ranks then logs exactly what
+// the uninterrupted deterministic run logged, and ends on its weights.
+TEST_F(DistTrain, KilledRankFailsClearlyAndResumesIdentically) {
+  const fs::path reference = deterministic_run();
+  TempDir dir;
+  const fs::path killed = dir.path / "killed";
+  // Far more steps than will run: the kill comes right after the first checkpoint.
+  const Args args = train_args(killed, 400, {"--nproc", "2", "--deterministic"});
+  const pid_t launcher = spawn(DSEEK_BINARY, args, dir.path / "out", dir.path / "err");
+  ASSERT_GT(launcher, 0);
+  // The ranks are the children of mpirun, the launcher's child; rank 1 is the one whose
+  // environment says OMPI_COMM_WORLD_RANK=1.
+  auto children = [](pid_t pid) {
+    std::vector<pid_t> out;
+    std::istringstream in(
+        slurp("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children"));
+    for (pid_t c; in >> c;) out.push_back(c);
+    return out;
+  };
+  pid_t rank1 = -1;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(300);
+  while (std::chrono::steady_clock::now() < deadline) {
+    const fs::path latest = killed / "checkpoints" / "latest";
+    if (fs::exists(latest) && !latest_checkpoint(killed).empty()) {
+      for (pid_t mpirun : children(launcher))
+        for (pid_t rank : children(mpirun)) {
+          const std::string env = slurp("/proc/" + std::to_string(rank) + "/environ");
+          if (env.find(std::string("OMPI_COMM_WORLD_RANK=1") + '\0') != std::string::npos)
+            rank1 = rank;
+        }
+      if (rank1 > 0) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_GT(rank1, 0) << "no checkpoint or no rank 1 within the deadline\n"
+                      << slurp(dir.path / "err");
+  ASSERT_EQ(::kill(rank1, SIGKILL), 0);
+  int status = 0;
+  ::waitpid(launcher, &status, 0);
+  const std::string err = slurp(dir.path / "err");
+  EXPECT_EQ(exit_code_of(status), 1) << err;
+  EXPECT_NE(err.find("the training job failed"), std::string::npos) << err;
+  EXPECT_NE(err.find("--resume"), std::string::npos) << err;
+  EXPECT_NE(err.find("signal 9"), std::string::npos) << err;  // mpirun names the lost rank
+
+  // The newest checkpoint is complete and verifies; no step beyond it was lost from the log.
+  const fs::path latest = latest_checkpoint(killed);
+  const train::CheckpointData ck = train::load_checkpoint(latest.string());
+  ASSERT_GE(ck.step, 2);
+  ASSERT_LT(ck.step, kSteps) << "the kill came too late to test a resume";
+
+  const ProcRun resumed = run(
+      DSEEK_BINARY, train_args(killed, kSteps, {"--nproc", "2", "--deterministic", "--resume"}));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_NE(resumed.err.find("resumed from"), std::string::npos) << resumed.err;
+  const std::vector<json> mr = read_metrics(reference), mk = read_metrics(killed);
+  ASSERT_EQ(mk.size(), mr.size());
+  for (size_t i = 0; i < mr.size(); ++i)
+    EXPECT_EQ(without_throughput(mk[i]).dump(), without_throughput(mr[i]).dump()) << i;
+  const auto a = train::load_checkpoint(latest_checkpoint(reference).string());
+  const auto b = train::load_checkpoint(latest_checkpoint(killed).string());
+  EXPECT_EQ(b.step, kSteps);
+  expect_tensors_identical(a.model, b.model, "resumed weights");
+  expect_tensors_identical(a.optimizer, b.optimizer, "resumed moments");
+}
+
+// A 2-rank checkpoint resumes on one process (the moments are saved whole), continuing within
+// float tolerance of the 2-rank run.
+TEST_F(DistTrain, TwoRankCheckpointResumesOnOneProcess) {
+  const fs::path reference = deterministic_run();
+  TempDir dir;
+  const fs::path run_dir = dir.path / "run";
+  fs::create_directories(run_dir / "checkpoints");
+  fs::copy(reference / "config.json", run_dir / "config.json");
+  fs::copy(reference / "checkpoints" / train::checkpoint_dir_name(2),
+           run_dir / "checkpoints" / train::checkpoint_dir_name(2), fs::copy_options::recursive);
+  {
+    std::ofstream metrics(run_dir / "metrics.jsonl");
+    const std::vector<json> m = read_metrics(reference);
+    for (size_t i = 0; i < 2; ++i) metrics << m[i].dump() << "\n";
+  }
+  const ProcRun r = run(DSEEK_BINARY, train_args(run_dir, kSteps, {"--resume"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  expect_same_training(reference, run_dir);
+}
+
+// Settings data parallelism cannot honour are errors naming them, on every launch path.
+TEST_F(DistTrain, UnevenBatchIsAClearError) {
+  TempDir dir;
+  const ProcRun r = run(
+      mpirun_, mpirun_args(2, train_args(dir.path / "run", 2, {"--set", "train.batch_size=3"})));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("train.batch_size 3: must be divisible by the 2 ranks"), std::string::npos)
+      << r.err;
+  const ProcRun n = run(DSEEK_BINARY, train_args(dir.path / "run2", 2,
+                                                 {"--nproc", "2", "--set", "train.batch_size=3"}));
+  EXPECT_EQ(n.exit_code, 1);
+  EXPECT_NE(n.err.find("must be divisible by the 2 ranks"), std::string::npos) << n.err;
+}
