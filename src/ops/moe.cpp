@@ -1,0 +1,459 @@
+#include "ops/moe.h"
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "core/cuda.h"
+#include "core/error.h"
+#include "ops/cpu/moe_cpu.h"
+#include "ops/cuda/cuda_ops.h"
+#include "ops/device.h"
+
+namespace dseek::ops {
+
+namespace {
+
+const Tensor& contiguous_or(const Tensor& t, Tensor& holder) {
+  if (t.is_contiguous()) return t;
+  holder = t.contiguous();
+  return holder;
+}
+
+void check_dispatch(std::string_view op, const MoeDispatch& d, Device device) {
+  DSEEK_CHECK(d.offsets.defined() && d.order.defined() && d.position.defined(),
+              "[{}] dispatch is not set (use moe_dispatch)", op);
+  const int64_t N = d.tokens * d.top_k;
+  DSEEK_CHECK(d.offsets.dtype() == DType::I64 && d.offsets.shape() == Shape{d.experts + 1} &&
+                  d.order.dtype() == DType::I32 && d.order.shape() == Shape{N} &&
+                  d.position.dtype() == DType::I32 && d.position.shape() == Shape{N},
+              "[{}] dispatch tensors do not match {} tokens × {} of {} experts", op, d.tokens,
+              d.top_k, d.experts);
+  DSEEK_CHECK(
+      d.offsets.device() == device && d.order.device() == device && d.position.device() == device,
+      "[{}] dispatch is on another device than the data ({})", op, device_name(device));
+}
+
+// offsets [E + 1] i64 on `device`, contiguous; on the CPU also 0 = o[0] ≤ … ≤ o[E] = N.
+void check_offsets(std::string_view op, const Tensor& offsets, int64_t E, int64_t N,
+                   Device device) {
+  DSEEK_CHECK(offsets.defined() && offsets.dtype() == DType::I64 &&
+                  offsets.shape() == Shape{E + 1} && offsets.is_contiguous(),
+              "[{}] offsets must be contiguous i64 [{}], got {} {}", op, E + 1,
+              dtype_name(offsets.dtype()), shape_str(offsets.shape()));
+  DSEEK_CHECK(offsets.device() == device, "[{}] offsets on {}, the data on {}", op,
+              device_name(offsets.device()), device_name(device));
+  if (device == Device::CPU) {
+    const int64_t* o = offsets.data<int64_t>();
+    DSEEK_CHECK(o[0] == 0 && o[E] == N, "[{}] offsets run from {} to {}, expected 0 to {}", op,
+                o[0], o[E], N);
+    for (int64_t e = 0; e < E; ++e) {
+      DSEEK_CHECK(o[e] <= o[e + 1], "[{}] offsets decrease at expert {}: {} > {}", op, e, o[e],
+                  o[e + 1]);
+    }
+  }
+}
+
+template <typename P>
+std::vector<P> pointers(const ExpertMatrices& w) {
+  std::vector<P> p;
+  p.reserve(w.matrices.size());
+  for (const Tensor& m : w.matrices) p.push_back(static_cast<P>(m.raw()));
+  return p;
+}
+
+// On the GPU the expert matrices must be in the activation dtype (the kernels read both alike).
+void check_matrix_dtype(std::string_view op, const ExpertMatrices& w, DType act, Device device) {
+  DSEEK_CHECK(w.device == device, "[{}] expert matrices on {}, the data on {}", op,
+              device_name(w.device), device_name(device));
+  if (device == Device::CUDA) {
+    DSEEK_CHECK(w.dtype == act,
+                "[{}] expert matrices are {}, activations {}: on the GPU they "
+                "must match",
+                op, dtype_name(w.dtype), dtype_name(act));
+  }
+}
+
+}  // namespace
+
+void validate(const MoeRouteParams& p) {
+  DSEEK_CHECK(p.experts > 0, "[moe_route] experts must be positive, got {}", p.experts);
+  DSEEK_CHECK(p.top_k >= 1 && p.top_k <= p.experts, "[moe_route] top_k {} must be in [1, {}]",
+              p.top_k, p.experts);
+  if (p.method != MoeTopK::Greedy) {
+    DSEEK_CHECK(p.n_group >= 1 && p.experts % p.n_group == 0,
+                "[moe_route] n_group {} must divide the {} experts", p.n_group, p.experts);
+    DSEEK_CHECK(p.topk_group >= 1 && p.topk_group <= p.n_group,
+                "[moe_route] topk_group {} must be in [1, n_group = {}]", p.topk_group, p.n_group);
+  }
+  if (p.method == MoeTopK::NoauxTc) {
+    DSEEK_CHECK(p.experts / p.n_group >= 2,
+                "[moe_route] noaux_tc needs at least 2 experts per group ({} experts, {} groups)",
+                p.experts, p.n_group);
+  }
+}
+
+MoeRouting moe_route(const Tensor& logits, const MoeRouteParams& p, const Tensor& correction_bias) {
+  validate(p);
+  const int64_t E = p.experts, K = p.top_k;
+  DSEEK_CHECK(
+      logits.defined() && logits.dim() == 2 && logits.size(1) == E && logits.dtype() == DType::F32,
+      "[moe_route] logits: {} {}, expected [T, {}] f32", shape_str(logits.shape()),
+      dtype_name(logits.dtype()), E);
+  const Device device = op_device("moe_route", {&logits, &correction_bias});
+  const bool use_bias = p.method == MoeTopK::NoauxTc && correction_bias.defined();
+  if (correction_bias.defined()) {
+    DSEEK_CHECK(correction_bias.dtype() == DType::F32 && correction_bias.shape() == Shape{E},
+                "[moe_route] correction_bias: {} {}, expected [{}] f32",
+                shape_str(correction_bias.shape()), dtype_name(correction_bias.dtype()), E);
+  }
+  const int64_t T = logits.size(0);
+  MoeRouting r{Tensor::empty({T, K}, DType::I32, device), Tensor::empty({T, K}, DType::F32, device),
+               Tensor::empty({T, E}, DType::F32, device)};
+  if (T == 0) return r;
+  Tensor lh, bh;
+  const Tensor& z = contiguous_or(logits, lh);
+  const Tensor& bias = use_bias ? contiguous_or(correction_bias, bh) : correction_bias;
+  if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    DSEEK_CHECK(E <= 1024 && (p.method == MoeTopK::Greedy || p.n_group <= 32),
+                "[moe_route] the CUDA kernel takes at most 1024 experts and 32 groups, got {} "
+                "and {}",
+                E, p.n_group);
+    const cuda::MoeRouteArgs a{E,
+                               K,
+                               p.scoring == MoeScoring::Sigmoid,
+                               int(p.method),
+                               p.method == MoeTopK::Greedy ? 1 : p.n_group,
+                               p.method == MoeTopK::Greedy ? 1 : p.topk_group,
+                               p.normalise,
+                               p.scale,
+                               p.routed_scaling_factor};
+    cuda::moe_route(z.data<float>(), T, E, use_bias ? bias.data<float>() : nullptr, a,
+                    r.ids.data<int32_t>(), r.weights.data<float>(), r.scores.data<float>());
+    return r;
+#else
+    cuda_not_built("moe_route");
+#endif
+  }
+  cpu::moe_route(z.data<float>(), T, E, use_bias ? bias.data<float>() : nullptr, p,
+                 r.ids.data<int32_t>(), r.weights.data<float>(), r.scores.data<float>());
+  return r;
+}
+
+MoeDispatch moe_dispatch(const Tensor& ids, int64_t experts) {
+  DSEEK_CHECK(ids.defined() && ids.dim() == 2 && ids.dtype() == DType::I32,
+              "[moe_dispatch] ids: {} {}, expected [T, K] i32", shape_str(ids.shape()),
+              dtype_name(ids.dtype()));
+  DSEEK_CHECK(experts > 0, "[moe_dispatch] experts must be positive, got {}", experts);
+  const Device device = ids.device();
+  const int64_t T = ids.size(0), K = ids.size(1), N = T * K;
+  DSEEK_CHECK(K >= 1, "[moe_dispatch] top-k must be at least 1, ids are {}",
+              shape_str(ids.shape()));
+  // Slot numbers and permuted rows are i32 (half the index traffic of i64).
+  DSEEK_CHECK(N <= std::numeric_limits<int32_t>::max(),
+              "[moe_dispatch] {} slots exceed the i32 index range", N);
+  MoeDispatch d{Tensor::empty({experts + 1}, DType::I64, device),
+                Tensor::empty({N}, DType::I32, device),
+                Tensor::empty({N}, DType::I32, device),
+                T,
+                K,
+                experts};
+  Tensor holder;
+  const Tensor& id = contiguous_or(ids, holder);
+  if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    cuda::moe_dispatch(id.data<int32_t>(), N, experts, d.offsets.data<int64_t>(),
+                       d.order.data<int32_t>(), d.position.data<int32_t>());
+    return d;
+#else
+    cuda_not_built("moe_dispatch");
+#endif
+  }
+  const int32_t* p = id.data<int32_t>();
+  for (int64_t s = 0; s < N; ++s) {
+    DSEEK_CHECK(p[s] >= 0 && p[s] < experts,
+                "[moe_dispatch] token {} names expert {}, there are {}", s / K, p[s], experts);
+  }
+  cpu::moe_dispatch(p, N, experts, d.offsets.data<int64_t>(), d.order.data<int32_t>(),
+                    d.position.data<int32_t>());
+  return d;
+}
+
+Tensor moe_permute(const Tensor& x, const MoeDispatch& d) {
+  DSEEK_CHECK(x.defined() && x.dim() == 2 && x.size(0) == d.tokens,
+              "[moe_permute] x {}, expected [{}, D]", shape_str(x.shape()), d.tokens);
+  const Device device = x.device();
+  const DType act = activation_dtype("moe_permute", x);
+  check_dispatch("moe_permute", d, device);
+  const int64_t D = x.size(1), N = d.tokens * d.top_k;
+  Tensor out = Tensor::empty({N, D}, act, device);
+  if (out.numel() == 0) return out;
+  Tensor holder;
+  const Tensor& xc = contiguous_or(x, holder);
+  if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    cuda::moe_permute(xc.raw(), d.order.data<int32_t>(), N, d.top_k, D, out.raw(), act);
+    return out;
+#else
+    cuda_not_built("moe_permute");
+#endif
+  }
+  cpu::moe_permute(xc.data<float>(), d.order.data<int32_t>(), N, d.top_k, D, out.data<float>());
+  return out;
+}
+
+Tensor moe_permute_backward(const Tensor& dx_perm, const MoeDispatch& d) {
+  const int64_t N = d.tokens * d.top_k;
+  DSEEK_CHECK(dx_perm.defined() && dx_perm.dim() == 2 && dx_perm.size(0) == N,
+              "[moe_permute] dx_perm {}, expected [{}, D]", shape_str(dx_perm.shape()), N);
+  const Device device = dx_perm.device();
+  const DType act = activation_dtype("moe_permute", dx_perm);
+  check_dispatch("moe_permute", d, device);
+  const int64_t D = dx_perm.size(1);
+  Tensor dx = Tensor::empty({d.tokens, D}, act, device);
+  if (dx.numel() == 0) return dx;
+  Tensor holder;
+  const Tensor& g = contiguous_or(dx_perm, holder);
+  if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    cuda::moe_permute_backward(g.raw(), d.position.data<int32_t>(), d.tokens, d.top_k, D, dx.raw(),
+                               act);
+    return dx;
+#else
+    cuda_not_built("moe_permute");
+#endif
+  }
+  cpu::moe_permute_backward(g.data<float>(), d.position.data<int32_t>(), d.tokens, d.top_k, D,
+                            dx.data<float>());
+  return dx;
+}
+
+ExpertMatrices expert_matrices(std::vector<Tensor> matrices) {
+  DSEEK_CHECK(!matrices.empty(), "[grouped_linear] no expert matrices");
+  ExpertMatrices w;
+  const Tensor& first = matrices.front();
+  DSEEK_CHECK(first.defined() && first.dim() == 2,
+              "[grouped_linear] expert 0: shape {}, expected "
+              "[rows, cols]",
+              shape_str(first.shape()));
+  w.experts = int64_t(matrices.size());
+  w.rows = first.size(0);
+  w.cols = first.size(1);
+  w.dtype = first.dtype();
+  w.device = first.device();
+  w.ld = w.rows > 1 ? first.strides()[0] : w.cols;
+  DSEEK_CHECK(w.dtype == DType::F32 || w.dtype == DType::BF16 || w.dtype == DType::F16,
+              "[grouped_linear] expert matrices must be f32, bf16 or f16, got {}",
+              dtype_name(w.dtype));
+  for (size_t e = 0; e < matrices.size(); ++e) {
+    const Tensor& m = matrices[e];
+    DSEEK_CHECK(
+        m.defined() && m.shape() == first.shape() && m.dtype() == w.dtype && m.device() == w.device,
+        "[grouped_linear] expert {}: {} {} on {}, expert 0 is {} {} on {}", e, shape_str(m.shape()),
+        dtype_name(m.dtype()), device_name(m.device()), shape_str(first.shape()),
+        dtype_name(w.dtype), device_name(w.device));
+    const int64_t ld = w.rows > 1 ? m.strides()[0] : w.cols;
+    DSEEK_CHECK((w.cols <= 1 || m.strides()[1] == 1) && ld == w.ld && ld >= w.cols,
+                "[grouped_linear] expert {}: strides [{}, {}], expected [{}, 1] like expert 0", e,
+                m.strides()[0], m.strides()[1], w.ld);
+  }
+  w.matrices = std::move(matrices);
+  const std::vector<const void*> addresses = pointers<const void*>(w);
+  static_assert(sizeof(const void*) == sizeof(int64_t));
+  w.table = Tensor::empty({w.experts}, DType::I64, w.device);
+  const size_t bytes = addresses.size() * sizeof(const void*);
+  if (w.device == Device::CUDA) {
+    dseek::cuda::copy_to_device(w.table.raw(), addresses.data(), bytes);
+  } else {
+    std::copy_n(reinterpret_cast<const char*>(addresses.data()), bytes,
+                static_cast<char*>(w.table.raw()));
+  }
+  return w;
+}
+
+ExpertMatrices expert_matrices(const Tensor& stacked) {
+  DSEEK_CHECK(stacked.defined() && stacked.dim() == 3 && stacked.size(0) >= 1,
+              "[grouped_linear] stacked expert matrices: shape {}, expected [E, rows, cols]",
+              shape_str(stacked.shape()));
+  std::vector<Tensor> m;
+  for (int64_t e = 0; e < stacked.size(0); ++e) m.push_back(stacked.select(0, e));
+  return expert_matrices(std::move(m));
+}
+
+Tensor grouped_linear(const Tensor& x_perm, const ExpertMatrices& w, const Tensor& offsets) {
+  DSEEK_CHECK(x_perm.defined() && x_perm.dim() == 2 && x_perm.size(1) == w.cols,
+              "[grouped_linear] x {}, expected [N, {}]", shape_str(x_perm.shape()), w.cols);
+  const Device device = x_perm.device();
+  const DType act = activation_dtype("grouped_linear", x_perm);
+  check_matrix_dtype("grouped_linear", w, act, device);
+  const int64_t N = x_perm.size(0), in = w.cols, out = w.rows;
+  check_offsets("grouped_linear", offsets, w.experts, N, device);
+  Tensor y = Tensor::empty({N, out}, act, device);
+  if (y.numel() == 0) return y;
+  Tensor holder;
+  const Tensor& x = contiguous_or(x_perm, holder);
+  if (in == 0) return Tensor::zeros({N, out}, act, device);  // an empty sum
+  if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    cuda::grouped_linear(x.raw(), offsets.data<int64_t>(), w.experts, N, in,
+                         static_cast<const void* const*>(w.table.raw()), w.ld, out, y.raw(), act);
+    return y;
+#else
+    cuda_not_built("grouped_linear");
+#endif
+  }
+  const std::vector<const void*> p = pointers<const void*>(w);
+  cpu::grouped_linear(x.data<float>(), offsets.data<int64_t>(), w.experts, in, p.data(), w.dtype,
+                      w.ld, out, y.data<float>());
+  return y;
+}
+
+Tensor grouped_linear_backward_dx(const Tensor& dy_perm, const ExpertMatrices& w,
+                                  const Tensor& offsets) {
+  DSEEK_CHECK(dy_perm.defined() && dy_perm.dim() == 2 && dy_perm.size(1) == w.rows,
+              "[grouped_linear] dy {}, expected [N, {}]", shape_str(dy_perm.shape()), w.rows);
+  const Device device = dy_perm.device();
+  const DType act = activation_dtype("grouped_linear", dy_perm);
+  check_matrix_dtype("grouped_linear", w, act, device);
+  const int64_t N = dy_perm.size(0), in = w.cols, out = w.rows;
+  check_offsets("grouped_linear", offsets, w.experts, N, device);
+  Tensor dx = Tensor::empty({N, in}, act, device);
+  if (dx.numel() == 0) return dx;
+  Tensor holder;
+  const Tensor& dy = contiguous_or(dy_perm, holder);
+  if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    cuda::grouped_linear_backward_dx(dy.raw(), offsets.data<int64_t>(), w.experts, N, out,
+                                     static_cast<const void* const*>(w.table.raw()), w.ld, in,
+                                     dx.raw(), act);
+    return dx;
+#else
+    cuda_not_built("grouped_linear");
+#endif
+  }
+  if (out == 0) {
+    std::fill_n(dx.data<float>(), dx.numel(), 0.0f);
+    return dx;
+  }
+  const std::vector<const void*> p = pointers<const void*>(w);
+  cpu::grouped_linear_backward_dx(dy.data<float>(), offsets.data<int64_t>(), w.experts, out,
+                                  p.data(), w.dtype, w.ld, in, dx.data<float>());
+  return dx;
+}
+
+void grouped_linear_backward_dw(const Tensor& x_perm, const Tensor& dy_perm, const Tensor& offsets,
+                                const ExpertMatrices& dw, bool accumulate) {
+  DSEEK_CHECK(x_perm.defined() && dy_perm.defined() && x_perm.dim() == 2 && dy_perm.dim() == 2 &&
+                  x_perm.size(0) == dy_perm.size(0) && x_perm.size(1) == dw.cols &&
+                  dy_perm.size(1) == dw.rows,
+              "[grouped_linear] x {} and dy {} do not match dW [{}, {}]", shape_str(x_perm.shape()),
+              shape_str(dy_perm.shape()), dw.rows, dw.cols);
+  const Device device = op_device("grouped_linear", {&x_perm, &dy_perm});
+  const DType act = activation_dtype("grouped_linear", x_perm);
+  DSEEK_CHECK(dy_perm.dtype() == act, "[grouped_linear] dy is {}, x {}",
+              dtype_name(dy_perm.dtype()), dtype_name(act));
+  DSEEK_CHECK(dw.dtype == DType::F32 && dw.ld == dw.cols && dw.device == device,
+              "[grouped_linear] dW must be contiguous f32 matrices on {}, got {} (ld {}) on {}",
+              device_name(device), dtype_name(dw.dtype), dw.ld, device_name(dw.device));
+  const int64_t N = x_perm.size(0), in = dw.cols, out = dw.rows;
+  check_offsets("grouped_linear", offsets, dw.experts, N, device);
+  if (in == 0 || out == 0) return;
+  Tensor xh, dyh;
+  const Tensor& x = contiguous_or(x_perm, xh);
+  const Tensor& dy = contiguous_or(dy_perm, dyh);
+  if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    cuda::grouped_linear_backward_dw(x.raw(), dy.raw(), offsets.data<int64_t>(), dw.experts, out,
+                                     in, static_cast<float* const*>(dw.table.raw()),
+                                     accumulate ? 1.0f : 0.0f, act);
+    return;
+#else
+    cuda_not_built("grouped_linear");
+#endif
+  }
+  const std::vector<float*> p = pointers<float*>(dw);
+  cpu::grouped_linear_backward_dw(x.data<float>(), dy.data<float>(), offsets.data<int64_t>(),
+                                  dw.experts, out, in, p.data(), accumulate ? 1.0f : 0.0f);
+}
+
+Tensor moe_combine(const Tensor& y_perm, const Tensor& weights, const MoeDispatch& d,
+                   const Tensor& add) {
+  const int64_t T = d.tokens, K = d.top_k;
+  DSEEK_CHECK(y_perm.defined() && y_perm.dim() == 2 && y_perm.size(0) == T * K,
+              "[moe_combine] y_perm {}, expected [{}, D]", shape_str(y_perm.shape()), T * K);
+  const Device device = op_device("moe_combine", {&y_perm, &weights, &add});
+  const DType act = activation_dtype("moe_combine", y_perm);
+  check_dispatch("moe_combine", d, device);
+  const int64_t D = y_perm.size(1);
+  DSEEK_CHECK(
+      weights.defined() && weights.dtype() == DType::F32 && (weights.shape() == Shape{T, K}),
+      "[moe_combine] weights: {} {}, expected [{}, {}] f32", shape_str(weights.shape()),
+      dtype_name(weights.dtype()), T, K);
+  if (add.defined()) {
+    DSEEK_CHECK(add.dtype() == act && (add.shape() == Shape{T, D}),
+                "[moe_combine] add: {} {}, expected [{}, {}] {}", shape_str(add.shape()),
+                dtype_name(add.dtype()), T, D, dtype_name(act));
+  }
+  Tensor out = Tensor::empty({T, D}, act, device);
+  if (out.numel() == 0) return out;
+  Tensor yh, wh, ah;
+  const Tensor& y = contiguous_or(y_perm, yh);
+  const Tensor& w = contiguous_or(weights, wh);
+  const Tensor& a = add.defined() ? contiguous_or(add, ah) : add;
+  if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    DSEEK_CHECK(K <= 64, "[moe_combine] the CUDA kernel takes at most 64 experts per token, got {}",
+                K);
+    cuda::moe_combine(y.raw(), w.data<float>(), d.position.data<int32_t>(), T, K, D,
+                      a.defined() ? a.raw() : nullptr, out.raw(), act);
+    return out;
+#else
+    cuda_not_built("moe_combine");
+#endif
+  }
+  cpu::moe_combine(y.data<float>(), w.data<float>(), d.position.data<int32_t>(), T, K, D,
+                   a.defined() ? a.data<float>() : nullptr, out.data<float>());
+  return out;
+}
+
+MoeCombineGrads moe_combine_backward(const Tensor& y_perm, const Tensor& weights,
+                                     const MoeDispatch& d, const Tensor& dout) {
+  const int64_t T = d.tokens, K = d.top_k;
+  DSEEK_CHECK(y_perm.defined() && y_perm.dim() == 2 && y_perm.size(0) == T * K,
+              "[moe_combine] y_perm {}, expected [{}, D]", shape_str(y_perm.shape()), T * K);
+  const Device device = op_device("moe_combine", {&y_perm, &weights, &dout});
+  const DType act = activation_dtype("moe_combine", y_perm);
+  check_dispatch("moe_combine", d, device);
+  const int64_t D = y_perm.size(1);
+  DSEEK_CHECK(
+      weights.defined() && weights.dtype() == DType::F32 && (weights.shape() == Shape{T, K}),
+      "[moe_combine] weights: {} {}, expected [{}, {}] f32", shape_str(weights.shape()),
+      dtype_name(weights.dtype()), T, K);
+  DSEEK_CHECK(dout.defined() && dout.dtype() == act && (dout.shape() == Shape{T, D}),
+              "[moe_combine] dout: {} {}, expected [{}, {}] {}", shape_str(dout.shape()),
+              dtype_name(dout.dtype()), T, D, dtype_name(act));
+  MoeCombineGrads g{Tensor::empty({T * K, D}, act, device),
+                    Tensor::empty({T, K}, DType::F32, device)};
+  if (T == 0) return g;
+  Tensor yh, wh, gh;
+  const Tensor& y = contiguous_or(y_perm, yh);
+  const Tensor& w = contiguous_or(weights, wh);
+  const Tensor& go = contiguous_or(dout, gh);
+  if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    cuda::moe_combine_backward(y.raw(), w.data<float>(), d.order.data<int32_t>(),
+                               d.position.data<int32_t>(), T, K, D, go.raw(), g.dy_perm.raw(),
+                               g.dweights.data<float>(), act);
+    return g;
+#else
+    cuda_not_built("moe_combine");
+#endif
+  }
+  cpu::moe_combine_backward(y.data<float>(), w.data<float>(), d.order.data<int32_t>(),
+                            d.position.data<int32_t>(), T, K, D, go.data<float>(),
+                            g.dy_perm.data<float>(), g.dweights.data<float>());
+  return g;
+}
+
+}  // namespace dseek::ops

@@ -1,0 +1,137 @@
+// MoE ops: routing, dispatch, grouped expert GEMMs and the weighted combine, as device-side ops
+// (no host loop over tokens or experts, no host synchronisation on the GPU). They compose into the
+// routed half of model/moe.h's MoE::forward:
+//
+//   r      = moe_route(logits, params)                  ids [T, K], weights [T, K], scores [T, E]
+//   d      = moe_dispatch(r.ids, E)                     offsets [E + 1], order, position [T·K]
+//   x_perm = moe_permute(x, d)                          [T·K, D]: x_perm[i] = x[order[i] / K]
+//   h      = silu_mul(grouped_linear(x_perm, W_gate, d.offsets), grouped_linear(x_perm, W_up, …))
+//   y_perm = grouped_linear(h, W_down, d.offsets)       [T·K, D]
+//   out    = moe_combine(y_perm, r.weights, d, shared)  [T, D]
+//
+// moe_route: for each token t (row of logits, f32; the maths of model/gate.h, whose
+// route_from_logits is the reference this op is tested against):
+//   s = softmax(z) | sigmoid(z)                          (scores, returned unbiased)
+//   c = s + bias                                         (noaux_tc only; bias steers selection)
+//   grouped methods: n_group groups of E / n_group experts; group score = max of c in the group
+//     (group_limited_greedy) or the sum of its top-2 c (noaux_tc); the best topk_group groups are
+//     kept and c = 0 elsewhere (transformers' masked_fill with 0.0)
+//   ids = top-K of c (greedy: of s), best first, ties to the lower index, NaN above everything
+//   w   = s[ids] for noaux_tc, else c[ids];  w /= Σ_k w + 1e-20 if normalise (the sum in k order);
+//         then w *= routed_scaling_factor if scale
+// The normalise/scale flags carry the per-model_type rules (model/gate.h routing_weight_rule).
+//
+// moe_dispatch: the slots s = t·K + k sorted by expert with a stable counting sort:
+//   offsets[e] = Σ_{e' < e} count(e'),  order[offsets[e] + j] = the j-th slot (in slot order) of e,
+//   position[order[i]] = i.
+// Expert e owns rows [offsets[e], offsets[e + 1]) of every permuted tensor. On the GPU the
+// placement rank of each slot is a prefix count over the ids, never the order of atomics, so the
+// result is the CPU's exactly.
+//
+// moe_permute / backward:  x_perm[i] = x[order[i] / K];  dx[t] = Σ_k dx_perm[position[t·K + k]]
+// (the K rows summed in k order).
+//
+// grouped_linear (per expert e, rows r in [offsets[e], offsets[e + 1])):
+//   y[r] = x[r] · W_eᵀ                     W_e [out, in]
+//   backward: dx[r] = dy[r] · W_e;  dW_e (+)= Σ_r dy[r]ᵀ x[r]   (dW_e f32 [out, in])
+// Row counts come from the offsets tensor on the op's device (the GPU kernels read them there).
+//
+// moe_combine:  out[t] = Σ_k w[t, k] · y_perm[position[t·K + k]]  (+ add[t])
+// with the K products summed in ascending expert order (= ascending position), then add[t] — the
+// order of MoE::forward (transformers' index_add_ loop, then the shared experts).
+//   backward: dy_perm[position[t·K + k]] = w[t, k] · dout[t];  dw[t, k] = dout[t] · y_perm[…]
+// (d add = dout itself).
+//
+// Devices and dtypes: every tensor of a call on one device. Logits, scores, weights, dweights and
+// dW are f32; ids/order/position i32; offsets i64. Activations (x, x_perm, y_perm, dout…) are f32,
+// or bf16 on the GPU (outputs in that dtype, f32 accumulation). Expert matrices: f32, bf16 or f16
+// on the CPU; on the GPU the activation dtype. The GPU expects ids in [0, E) (moe_route's output;
+// the CPU op checks them): an id out of range leaves its slot unplaced (order and position −1,
+// zero rows/contributions) instead of touching memory out of bounds.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace dseek::ops {
+
+enum class MoeScoring : uint8_t { Softmax, Sigmoid };
+enum class MoeTopK : uint8_t { Greedy, GroupLimitedGreedy, NoauxTc };
+
+struct MoeRouteParams {
+  int64_t experts = 0;  // E
+  int64_t top_k = 0;    // K
+  MoeScoring scoring = MoeScoring::Softmax;
+  MoeTopK method = MoeTopK::Greedy;
+  int64_t n_group = 1;     // grouped methods: E / n_group experts per group
+  int64_t topk_group = 1;  // groups kept
+  bool normalise = false;  // w /= Σw + 1e-20
+  bool scale = false;      // then w *= routed_scaling_factor
+  float routed_scaling_factor = 1.0f;
+};
+
+// Throws "[moe_route] ..." on inconsistent parameters (the same rules as validate_gate_config).
+void validate(const MoeRouteParams& params);
+
+struct MoeRouting {
+  Tensor ids;      // [T, K] i32, best first
+  Tensor weights;  // [T, K] f32 combine weights
+  Tensor scores;   // [T, E] f32 unbiased s
+};
+// logits [T, E] f32 (any strides); correction_bias undefined or [E] f32 (noaux_tc only; undefined
+// means zeros). GPU limits: E ≤ 1024, n_group ≤ 32.
+MoeRouting moe_route(const Tensor& logits, const MoeRouteParams& params,
+                     const Tensor& correction_bias = Tensor());
+
+struct MoeDispatch {
+  Tensor offsets;   // [E + 1] i64
+  Tensor order;     // [T·K] i32: the slot t·K + k at each permuted row
+  Tensor position;  // [T·K] i32: the permuted row of each slot
+  int64_t tokens = 0, top_k = 0, experts = 0;
+};
+// ids [T, K] i32 (contiguous or not), on the device the result lives on.
+MoeDispatch moe_dispatch(const Tensor& ids, int64_t experts);
+
+// x [T, D] -> x_perm [T·K, D] in x's dtype.
+Tensor moe_permute(const Tensor& x, const MoeDispatch& d);
+// dx_perm [T·K, D] -> dx [T, D]: each token's K rows summed in k order.
+Tensor moe_permute_backward(const Tensor& dx_perm, const MoeDispatch& d);
+
+// E matrices of one shape [rows, cols] (columns contiguous, row stride `ld` the same for all), one
+// dtype, one device, plus the table of their addresses the GPU kernels read (built once here, so a
+// layer can keep it across calls). Experts are separate tensors in checkpoints; a stacked
+// [E, rows, cols] tensor works as well.
+struct ExpertMatrices {
+  std::vector<Tensor> matrices;  // keeps the storage alive
+  Tensor table;                  // [E] i64 addresses, on the matrices' device
+  int64_t experts = 0, rows = 0, cols = 0, ld = 0;
+  DType dtype = DType::F32;
+  Device device = Device::CPU;
+};
+ExpertMatrices expert_matrices(std::vector<Tensor> matrices);
+ExpertMatrices expert_matrices(const Tensor& stacked);
+
+// x_perm [N, in] -> y_perm [N, out] with W_e [out, in]; offsets [E + 1] i64 with offsets[E] = N.
+Tensor grouped_linear(const Tensor& x_perm, const ExpertMatrices& w, const Tensor& offsets);
+// dy_perm [N, out] -> dx_perm [N, in] = dy · W_e per expert.
+Tensor grouped_linear_backward_dx(const Tensor& dy_perm, const ExpertMatrices& w,
+                                  const Tensor& offsets);
+// dW_e (+)= Σ_r dy[r]ᵀ x[r] over the rows of expert e, into dw (f32 [out, in], ld = in, on the
+// op's device); `accumulate` adds, else overwrites (experts without rows get zeros).
+// Deterministic: every dW element is one thread's sum in row order.
+void grouped_linear_backward_dw(const Tensor& x_perm, const Tensor& dy_perm, const Tensor& offsets,
+                                const ExpertMatrices& dw, bool accumulate);
+
+// y_perm [T·K, D], weights [T, K] f32, add undefined or [T, D] (y_perm's dtype) -> out [T, D].
+Tensor moe_combine(const Tensor& y_perm, const Tensor& weights, const MoeDispatch& d,
+                   const Tensor& add = Tensor());
+struct MoeCombineGrads {
+  Tensor dy_perm;   // [T·K, D] in dout's dtype
+  Tensor dweights;  // [T, K] f32
+};
+MoeCombineGrads moe_combine_backward(const Tensor& y_perm, const Tensor& weights,
+                                     const MoeDispatch& d, const Tensor& dout);
+
+}  // namespace dseek::ops

@@ -1,0 +1,401 @@
+// MoE ops on CUDA against the CPU ops (ops/moe.h): routing for every gate variant (E up to 1024,
+// T = 1 and 257, exact ties), dispatch on ragged loads (empty experts, one expert taking most
+// slots, T = 1 / 257 / 4099), permute, grouped_linear forward and both gradients, combine forward
+// and backward, f32 and bf16 activations, and the routed MoE composed from them. The CPU side of
+// each comparison is itself checked against the model (route_from_logits, MoE::forward) in
+// tests/test_moe_ops.cpp.
+//
+// Ops that return fresh tensors cannot be handed poisoned outputs; before each of them the CUDA
+// pool is given back NaN-filled blocks of the output sizes (poison_pool), so a row a kernel fails
+// to write reads as NaN rather than as a stale correct value. grouped_linear_backward_dw writes
+// into caller buffers, which are poisoned directly.
+#include <algorithm>
+#include <tuple>
+
+#include "backend/backend_harness.h"
+#include "ops/activation.h"
+#include "ops/moe.h"
+
+namespace dseek::backend_test {
+namespace {
+
+using ops::MoeScoring;
+using ops::MoeTopK;
+
+// Hands NaN-filled blocks back to the pool, so that the next allocations of these sizes likely
+// reuse them.
+void poison_pool(std::initializer_list<int64_t> floats) {
+  std::vector<Tensor> blocks;
+  for (int64_t n : floats)
+    blocks.push_back(Tensor::poisoned({std::max<int64_t>(n, 1)}, DType::F32, Device::CUDA));
+}
+
+std::vector<int32_t> ints(const Tensor& t) {
+  const Tensor c = t.to(Device::CPU);
+  const int32_t* p = c.data<int32_t>();
+  return std::vector<int32_t>(p, p + c.numel());
+}
+
+std::vector<int64_t> longs(const Tensor& t) {
+  const Tensor c = t.to(Device::CPU);
+  const int64_t* p = c.data<int64_t>();
+  return std::vector<int64_t>(p, p + c.numel());
+}
+
+Tensor ids_tensor(const std::vector<int32_t>& ids, int64_t T, int64_t K) {
+  return Tensor::from_ids(ids).reshape({T, K});
+}
+
+// ---- routing -----------------------------------------------------------------------------------
+
+struct RouteCase {
+  const char* name;
+  int64_t E, K;
+  MoeScoring scoring;
+  MoeTopK method;
+  int64_t n_group, topk_group;
+  bool normalise, scale;
+  float factor;
+  bool bias;
+};
+
+const RouteCase kRouteCases[] = {
+    {"softmax greedy", 64, 6, MoeScoring::Softmax, MoeTopK::Greedy, 1, 1, false, true, 1.0f, false},
+    {"softmax greedy norm", 16, 4, MoeScoring::Softmax, MoeTopK::Greedy, 1, 1, true, false, 1.0f,
+     false},
+    {"softmax top-1", 8, 1, MoeScoring::Softmax, MoeTopK::Greedy, 1, 1, true, false, 1.0f, false},
+    {"softmax group_limited", 64, 6, MoeScoring::Softmax, MoeTopK::GroupLimitedGreedy, 8, 3, false,
+     true, 16.0f, false},
+    {"sigmoid noaux_tc", 256, 8, MoeScoring::Sigmoid, MoeTopK::NoauxTc, 8, 4, true, true, 2.5f,
+     true},
+    {"sigmoid noaux_tc no bias", 64, 6, MoeScoring::Sigmoid, MoeTopK::NoauxTc, 4, 2, true, true,
+     2.5f, false},
+    {"sigmoid noaux_tc E1024 G32", 1024, 8, MoeScoring::Sigmoid, MoeTopK::NoauxTc, 32, 5, true,
+     true, 2.5f, true},
+};
+
+ops::MoeRouteParams params_of(const RouteCase& c) {
+  ops::MoeRouteParams p;
+  p.experts = c.E;
+  p.top_k = c.K;
+  p.scoring = c.scoring;
+  p.method = c.method;
+  p.n_group = c.n_group;
+  p.topk_group = c.topk_group;
+  p.normalise = c.normalise;
+  p.scale = c.scale;
+  p.routed_scaling_factor = c.factor;
+  return p;
+}
+
+// Compares a GPU routing with the CPU's. Ids must agree, except where two experts' selection
+// values (s, + bias for noaux_tc) are within 1e-6 of each other: there the GPU's expf (within 2
+// ulp of the CPU's) may order a near-tie the other way. Such tokens are counted and skip the
+// weight comparison.
+void expect_same_routing(const std::string& what, const RouteCase& c, int64_t T,
+                         const ops::MoeRouting& want, const ops::MoeRouting& got,
+                         const std::vector<float>& bias) {
+  const std::vector<int32_t> wi = ints(want.ids), gi = ints(got.ids);
+  const std::vector<float> ws = want.scores.to_vector(), ww = want.weights.to_vector(),
+                           gw = got.weights.to_vector();
+  auto selection = [&](int64_t t, int32_t e) {
+    return ws[size_t(t * c.E + e)] +
+           (c.method == MoeTopK::NoauxTc && c.bias ? bias[size_t(e)] : 0.f);
+  };
+  int64_t near_ties = 0, bad = 0;
+  std::vector<float> w_keep, g_keep;
+  for (int64_t t = 0; t < T; ++t) {
+    bool same = true, tie = true;
+    for (int64_t k = 0; k < c.K; ++k) {
+      const int32_t a = wi[size_t(t * c.K + k)], b = gi[size_t(t * c.K + k)];
+      if (a == b) continue;
+      same = false;
+      if (b < 0 || b >= c.E || std::abs(selection(t, a) - selection(t, b)) > 1e-6f) tie = false;
+    }
+    if (same) {
+      for (int64_t k = 0; k < c.K; ++k) {
+        w_keep.push_back(ww[size_t(t * c.K + k)]);
+        g_keep.push_back(gw[size_t(t * c.K + k)]);
+      }
+    } else if (tie) {
+      ++near_ties;
+    } else {
+      ++bad;
+      ADD_FAILURE() << what << ": token " << t << " routed differently, first id got "
+                    << gi[size_t(t * c.K)] << " want " << wi[size_t(t * c.K)];
+    }
+  }
+  std::printf("[backend] %-28s %-22s ids: %lld tokens, %lld near-ties, %lld differ\n",
+              "moe_route ids", what.c_str(), (long long)T, (long long)near_ties, (long long)bad);
+  EXPECT_LE(near_ties * 100, T) << what << ": too many near-ties to be rounding";
+  const int64_t n = int64_t(w_keep.size());
+  expect_close("moe_route weights", {n}, DType::F32, Tensor::from_vector(w_keep, {n}),
+               Tensor::from_vector(g_keep, {n}), {1e-6, 1e-5});
+  expect_close("moe_route scores", want.scores.shape(), DType::F32, want.scores, got.scores,
+               {1e-7, 1e-5});
+}
+
+TEST(BackendOps, MoeRoute) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(21);
+  for (const RouteCase& c : kRouteCases) {
+    for (int64_t T : {1, 257}) {
+      for (bool ties : {false, true}) {
+        // With `ties`, logits on a grid of 0.5 (and a bias on a grid of 0.05): many exact ties,
+        // which both sides must break toward the lower index.
+        std::vector<float> z = rand({T, c.E}, rng, 4.0f).to_vector();
+        std::vector<float> bias = rand({c.E}, rng, 0.3f).to_vector();
+        if (ties) {
+          for (float& v : z) v = std::round(v * 2) / 2;
+          for (float& v : bias) v = std::round(v * 20) / 20;
+        }
+        const Tensor logits = Tensor::from_vector(z, {T, c.E}),
+                     b = Tensor::from_vector(bias, {c.E});
+        const ops::MoeRouting want = ops::moe_route(logits, params_of(c), c.bias ? b : Tensor());
+        poison_pool({T * c.K, T * c.K, T * c.E});
+        const ops::MoeRouting got =
+            ops::moe_route(on_gpu(logits), params_of(c), c.bias ? on_gpu(b) : Tensor());
+        EXPECT_TRUE(got.ids.is_cuda() && got.weights.is_cuda() && got.scores.is_cuda());
+        const std::string what =
+            std::string(c.name) + " T" + std::to_string(T) + (ties ? " ties" : "");
+        expect_same_routing(what, c, T, want, got, bias);
+      }
+    }
+  }
+}
+
+// ---- dispatch ----------------------------------------------------------------------------------
+
+// Distinct experts per token from the lower half (the upper half stays empty); with `hot`, expert
+// 0 is in nine tokens of ten (one expert taking most of the load).
+std::vector<int32_t> ragged_ids(int64_t T, int64_t E, int64_t K, bool hot, std::mt19937& rng) {
+  std::vector<int32_t> ids;
+  std::vector<int32_t> pool;
+  for (int32_t e = 1; e < E / 2; ++e) pool.push_back(e);
+  for (int64_t t = 0; t < T; ++t) {
+    std::shuffle(pool.begin(), pool.end(), rng);
+    for (int64_t k = 0; k < K; ++k)
+      ids.push_back(hot && t % 10 != 0 && k == K - 1 ? 0 : pool[size_t(k)]);
+  }
+  return ids;
+}
+
+const std::tuple<int64_t, int64_t, int64_t> kDispatchShapes[] = {
+    {1, 64, 6}, {257, 64, 6}, {257, 256, 8}, {4099, 256, 8}, {300, 8, 2}};
+
+TEST(BackendOps, MoeDispatch) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(22);
+  for (auto [T, E, K] : kDispatchShapes) {
+    for (bool hot : {false, true}) {
+      const Tensor ids = ids_tensor(ragged_ids(T, E, K, hot, rng), T, K);
+      const ops::MoeDispatch want = ops::moe_dispatch(ids, E);
+      poison_pool({E + 1, T * K, T * K});
+      const ops::MoeDispatch got = ops::moe_dispatch(ids.to(Device::CUDA), E);
+      const bool same = longs(got.offsets) == longs(want.offsets) &&
+                        ints(got.order) == ints(want.order) &&
+                        ints(got.position) == ints(want.position);
+      std::printf("[backend] %-28s %-22s %s %s\n", "moe_dispatch",
+                  describe_shape({T, K, E}).c_str(), hot ? "hot " : "flat", same ? "ok" : "FAIL");
+      EXPECT_TRUE(same) << "T " << T << " E " << E << " K " << K << (hot ? " hot" : "");
+    }
+  }
+}
+
+TEST(BackendOps, MoeDispatchLeavesInvalidIdsUnplaced) {
+  DSEEK_REQUIRE_CUDA();
+  // Expert 5 and −1 do not exist among 4: those slots get no row (order/position −1), and
+  // permute gives zeros for the rows left over.
+  const Tensor ids = ids_tensor({0, 5, 2, -1}, 2, 2).to(Device::CUDA);
+  const ops::MoeDispatch d = ops::moe_dispatch(ids, 4);
+  EXPECT_EQ(longs(d.offsets), (std::vector<int64_t>{0, 1, 1, 2, 2}));
+  EXPECT_EQ(ints(d.order), (std::vector<int32_t>{0, 2, -1, -1}));
+  EXPECT_EQ(ints(d.position), (std::vector<int32_t>{0, -1, 1, -1}));
+  const Tensor x = Tensor::from_vector({1, 2, 3, 4}, {2, 2});
+  EXPECT_EQ(ops::moe_permute(x.to(Device::CUDA), d).to_vector(),
+            (std::vector<float>{1, 2, 3, 4, 0, 0, 0, 0}));
+}
+
+// ---- permute, grouped_linear, combine ----------------------------------------------------------
+
+struct GemmCase {
+  int64_t T, E, K, in, out;
+  bool hot;
+};
+const GemmCase kGemmCases[] = {
+    {1, 64, 6, 128, 96, false},  {257, 64, 6, 72, 40, false}, {257, 256, 8, 64, 48, true},
+    {300, 8, 2, 200, 130, true}, {33, 16, 3, 7, 5, false},
+};
+
+TEST(BackendOps, MoePermute) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(23);
+  for (DType act : kActDtypes) {
+    for (const GemmCase& c : kGemmCases) {
+      const Tensor ids = ids_tensor(ragged_ids(c.T, c.E, c.K, c.hot, rng), c.T, c.K);
+      const ops::MoeDispatch dc = ops::moe_dispatch(ids, c.E);
+      const ops::MoeDispatch dg = ops::moe_dispatch(ids.to(Device::CUDA), c.E);
+      const Tensor x = rand({c.T, c.in}, rng), g = rand({c.T * c.K, c.in}, rng);
+      poison_pool({c.T * c.K * c.in});
+      const Tensor got = ops::moe_permute(on_gpu(x, act), dg);
+      expect_close("moe_permute", {c.T, c.K, c.in}, act, ops::moe_permute(rounded(x, act), dc), got,
+                   {0, 0});
+      poison_pool({c.T * c.in});
+      const Tensor dx = ops::moe_permute_backward(on_gpu(g, act), dg);
+      expect_close("moe_permute_backward", {c.T, c.K, c.in}, act,
+                   ops::moe_permute_backward(rounded(g, act), dc), dx);
+    }
+  }
+}
+
+TEST(BackendOps, GroupedLinear) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(24);
+  for (DType act : kActDtypes) {
+    for (const GemmCase& c : kGemmCases) {
+      const Shape shape{c.T * c.K, c.E, c.in, c.out};
+      const Tensor ids = ids_tensor(ragged_ids(c.T, c.E, c.K, c.hot, rng), c.T, c.K);
+      const ops::MoeDispatch dc = ops::moe_dispatch(ids, c.E);
+      const Tensor offsets = dc.offsets.to(Device::CUDA);
+      const int64_t N = c.T * c.K;
+      std::vector<Tensor> w_cpu, w_gpu;
+      for (int64_t e = 0; e < c.E; ++e) {
+        const Tensor w = rounded(rand({c.out, c.in}, rng, 1.0f / std::sqrt(float(c.in))), act);
+        w_cpu.push_back(w);
+        w_gpu.push_back(on_gpu(w, act));
+      }
+      const ops::ExpertMatrices wc = ops::expert_matrices(w_cpu), wg = ops::expert_matrices(w_gpu);
+      const Tensor x = rand({N, c.in}, rng), dy = rand({N, c.out}, rng);
+
+      poison_pool({N * c.out});
+      const Tensor y = ops::grouped_linear(on_gpu(x, act), wg, offsets);
+      expect_close("grouped_linear", shape, act,
+                   ops::grouped_linear(rounded(x, act), wc, dc.offsets), y);
+
+      poison_pool({N * c.in});
+      const Tensor dx = ops::grouped_linear_backward_dx(on_gpu(dy, act), wg, offsets);
+      expect_close("grouped_linear dx", shape, act,
+                   ops::grouped_linear_backward_dx(rounded(dy, act), wc, dc.offsets), dx);
+
+      // dW: overwritten (poisoned buffers; empty experts must become zeros), then accumulated into
+      // a stacked f32 gradient.
+      std::vector<Tensor> dw_cpu, dw_gpu;
+      for (int64_t e = 0; e < c.E; ++e) {
+        dw_cpu.push_back(Tensor::poisoned({c.out, c.in}));
+        dw_gpu.push_back(Tensor::poisoned({c.out, c.in}, DType::F32, Device::CUDA));
+      }
+      ops::grouped_linear_backward_dw(rounded(x, act), rounded(dy, act), dc.offsets,
+                                      ops::expert_matrices(dw_cpu), false);
+      ops::grouped_linear_backward_dw(on_gpu(x, act), on_gpu(dy, act), offsets,
+                                      ops::expert_matrices(dw_gpu), false);
+      std::vector<float> want_all, got_all;
+      for (int64_t e = 0; e < c.E; ++e) {
+        const std::vector<float> a = dw_cpu[size_t(e)].to_vector(),
+                                 b = dw_gpu[size_t(e)].to_vector();
+        want_all.insert(want_all.end(), a.begin(), a.end());
+        got_all.insert(got_all.end(), b.begin(), b.end());
+      }
+      const Shape dw_shape{c.E, c.out, c.in};
+      expect_close("grouped_linear dW", shape, act, Tensor::from_vector(want_all, dw_shape),
+                   Tensor::from_vector(got_all, dw_shape), {1e-3, 1e-3});
+      const Tensor base = rand(dw_shape, rng);
+      const Tensor acc_cpu = base.clone(), acc_gpu = base.to(Device::CUDA);
+      ops::grouped_linear_backward_dw(rounded(x, act), rounded(dy, act), dc.offsets,
+                                      ops::expert_matrices(acc_cpu), true);
+      ops::grouped_linear_backward_dw(on_gpu(x, act), on_gpu(dy, act), offsets,
+                                      ops::expert_matrices(acc_gpu), true);
+      expect_close("grouped_linear dW (+=)", shape, act, acc_cpu, acc_gpu, {1e-3, 1e-3});
+    }
+  }
+}
+
+TEST(BackendOps, MoeCombine) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(25);
+  for (DType act : kActDtypes) {
+    for (const GemmCase& c : kGemmCases) {
+      const int64_t D = c.out, N = c.T * c.K;
+      const Shape shape{c.T, c.K, D};
+      const Tensor ids = ids_tensor(ragged_ids(c.T, c.E, c.K, c.hot, rng), c.T, c.K);
+      const ops::MoeDispatch dc = ops::moe_dispatch(ids, c.E);
+      const ops::MoeDispatch dg = ops::moe_dispatch(ids.to(Device::CUDA), c.E);
+      const Tensor y = rand({N, D}, rng), w = rand({c.T, c.K}, rng), add = rand({c.T, D}, rng),
+                   dout = rand({c.T, D}, rng);
+      for (bool with_add : {false, true}) {
+        poison_pool({c.T * D});
+        const Tensor got = ops::moe_combine(on_gpu(y, act), w.to(Device::CUDA), dg,
+                                            with_add ? on_gpu(add, act) : Tensor());
+        expect_close(
+            with_add ? "moe_combine (+ add)" : "moe_combine", shape, act,
+            ops::moe_combine(rounded(y, act), w, dc, with_add ? rounded(add, act) : Tensor()), got);
+      }
+      const ops::MoeCombineGrads want =
+          ops::moe_combine_backward(rounded(y, act), w, dc, rounded(dout, act));
+      poison_pool({N * D, N});
+      const ops::MoeCombineGrads got =
+          ops::moe_combine_backward(on_gpu(y, act), w.to(Device::CUDA), dg, on_gpu(dout, act));
+      expect_close("moe_combine_backward dy", shape, act, want.dy_perm, got.dy_perm);
+      expect_close("moe_combine_backward dw", shape, act, want.dweights, got.dweights,
+                   {1e-4, 1e-4});
+    }
+  }
+}
+
+// route → dispatch → permute → grouped_linear (gate, up) → silu_mul → grouped_linear (down) →
+// combine (+ a shared-expert output), all on the GPU, against the same chain of CPU ops
+// (tests/test_moe_ops.cpp: equal to MoE::forward).
+Tensor routed_moe(const Tensor& logits, const Tensor& bias, const ops::MoeRouteParams& p,
+                  const Tensor& x, const std::vector<Tensor>& gate_w,
+                  const std::vector<Tensor>& up_w, const std::vector<Tensor>& down_w,
+                  const Tensor& shared, Tensor* ids_out) {
+  const ops::MoeRouting r = ops::moe_route(logits, p, bias);
+  *ids_out = r.ids;
+  const ops::MoeDispatch d = ops::moe_dispatch(r.ids, p.experts);
+  const Tensor x_perm = ops::moe_permute(x, d);
+  const Tensor h =
+      ops::silu_mul(ops::grouped_linear(x_perm, ops::expert_matrices(gate_w), d.offsets),
+                    ops::grouped_linear(x_perm, ops::expert_matrices(up_w), d.offsets));
+  const Tensor y_perm = ops::grouped_linear(h, ops::expert_matrices(down_w), d.offsets);
+  return ops::moe_combine(y_perm, r.weights, d, shared);
+}
+
+TEST(BackendOps, MoeComposed) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(26);
+  const int64_t T = 64, D = 96, I = 40, E = 16, K = 4;
+  ops::MoeRouteParams p;
+  p.experts = E;
+  p.top_k = K;
+  p.scoring = MoeScoring::Sigmoid;
+  p.method = MoeTopK::NoauxTc;
+  p.n_group = 4;
+  p.topk_group = 2;
+  p.normalise = true;
+  p.scale = true;
+  p.routed_scaling_factor = 2.5f;
+  for (DType act : kActDtypes) {
+    std::vector<Tensor> gc, uc, dc, gg, ug, dg;
+    for (int64_t e = 0; e < E; ++e) {
+      for (auto [cpu, gpu, rows, cols] :
+           {std::tuple{&gc, &gg, I, D}, std::tuple{&uc, &ug, I, D}, std::tuple{&dc, &dg, D, I}}) {
+        const Tensor w = rounded(rand({rows, cols}, rng, 1.0f / std::sqrt(float(cols))), act);
+        cpu->push_back(w);
+        gpu->push_back(on_gpu(w, act));
+      }
+    }
+    const Tensor logits = rand({T, E}, rng, 3.0f), bias = rand({E}, rng, 0.2f);
+    const Tensor x = rand({T, D}, rng), shared = rand({T, D}, rng);
+    Tensor ids_cpu, ids_gpu;
+    const Tensor want =
+        routed_moe(logits, bias, p, rounded(x, act), gc, uc, dc, rounded(shared, act), &ids_cpu);
+    const Tensor got = routed_moe(on_gpu(logits), on_gpu(bias), p, on_gpu(x, act), gg, ug, dg,
+                                  on_gpu(shared, act), &ids_gpu);
+    ASSERT_EQ(ints(ids_cpu), ints(ids_gpu)) << "routing differs (a near-tie?)";
+    // bf16: the GPU rounds the gate/up/down outputs to bf16, the CPU chain keeps them in f32.
+    expect_close("moe composed", {T, D, E, K}, act, want, got,
+                 act == DType::BF16 ? Tolerance{4e-2, 4e-2} : default_tolerance(act));
+  }
+}
+
+}  // namespace
+}  // namespace dseek::backend_test

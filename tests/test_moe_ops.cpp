@@ -1,0 +1,362 @@
+// The MoE ops (ops/moe.h) on the CPU: moe_route equals the model's route_from_logits for every gate
+// variant; dispatch is a stable counting sort; permute/combine and the grouped GEMMs (forward and
+// backward) equal per-token and per-expert loops over the plain ops; and route → dispatch →
+// permute → grouped_linear (gate, up) → silu_mul → grouped_linear (down) → combine (+ shared
+// experts) equals MoE::forward. The CUDA twins are compared with these in
+// tests/backend/test_backend_moe.cpp.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "core/error.h"
+#include "core/tensor.h"
+#include "model/config.h"
+#include "model/gate.h"
+#include "model/mlp.h"
+#include "model/moe.h"
+#include "ops/activation.h"
+#include "ops/linear.h"
+#include "ops/moe.h"
+#include "test_ops_util.h"
+
+using namespace dseek;
+using dseek::testing::max_abs_diff;
+using dseek::testing::random_tensor;
+
+namespace {
+
+// The op's parameters for a model config: what a GPU MoE layer will build from its config.
+ops::MoeRouteParams route_params(const ModelConfig& c) {
+  ops::MoeRouteParams p;
+  p.experts = c.n_routed_experts;
+  p.top_k = c.num_experts_per_tok;
+  p.scoring = c.scoring_func == "sigmoid" ? ops::MoeScoring::Sigmoid : ops::MoeScoring::Softmax;
+  p.method = c.topk_method == "noaux_tc"               ? ops::MoeTopK::NoauxTc
+             : c.topk_method == "group_limited_greedy" ? ops::MoeTopK::GroupLimitedGreedy
+                                                       : ops::MoeTopK::Greedy;
+  p.n_group = c.n_group;
+  p.topk_group = c.topk_group;
+  const WeightRule rule = routing_weight_rule(c);
+  p.normalise = rule.normalise;
+  p.scale = rule.scale;
+  p.routed_scaling_factor = float(c.routed_scaling_factor);
+  return p;
+}
+
+struct Variant {
+  std::string name, model_type, scoring_func, topk_method;
+  int64_t E, K, n_group, topk_group;
+  bool norm;
+  double scale;
+  bool bias;
+};
+
+const Variant kVariants[] = {
+    {"DeepSeekMoE", "deepseek", "softmax", "greedy", 16, 4, 1, 1, false, 1.0, false},
+    {"DeepSeekMoENorm", "deepseek", "softmax", "greedy", 16, 4, 1, 1, true, 1.0, false},
+    {"DeepSeekMoETop1", "deepseek", "softmax", "greedy", 8, 1, 1, 1, true, 1.0, false},
+    {"V2Greedy", "deepseek_v2", "softmax", "greedy", 64, 6, 1, 1, false, 1.0, false},
+    {"V2GroupLimited", "deepseek_v2", "softmax", "group_limited_greedy", 32, 6, 8, 3, false, 16.0,
+     false},
+    {"V3NoauxTc", "deepseek_v3", "sigmoid", "noaux_tc", 256, 8, 8, 4, true, 2.5, true},
+    {"V3NoBias", "deepseek_v3", "sigmoid", "noaux_tc", 64, 6, 4, 2, true, 2.5, false},
+    {"V3Unnormalised", "deepseek_v3", "sigmoid", "noaux_tc", 16, 3, 4, 1, false, 1.5, true},
+};
+
+ModelConfig config_of(const Variant& v) {
+  ModelConfig c;
+  c.model_type = v.model_type;
+  c.hidden_size = 16;
+  c.n_routed_experts = v.E;
+  c.num_experts_per_tok = v.K;
+  c.moe_intermediate_size = 8;
+  c.n_shared_experts = 1;
+  c.scoring_func = v.scoring_func;
+  c.topk_method = v.topk_method;
+  c.n_group = v.n_group;
+  c.topk_group = v.topk_group;
+  c.norm_topk_prob = v.norm;
+  c.routed_scaling_factor = v.scale;
+  return c;
+}
+
+std::vector<float> random_values(int64_t n, std::mt19937& rng, float lo, float hi) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& f : v) f = dist(rng);
+  return v;
+}
+
+std::vector<int32_t> ints(const Tensor& t) {
+  const int32_t* p = t.data<int32_t>();
+  return std::vector<int32_t>(p, p + t.numel());
+}
+
+std::vector<int64_t> longs(const Tensor& t) {
+  const int64_t* p = t.data<int64_t>();
+  return std::vector<int64_t>(p, p + t.numel());
+}
+
+Tensor ids_tensor(const std::vector<int32_t>& ids, int64_t T, int64_t K) {
+  return Tensor::from_ids(ids).reshape({T, K});
+}
+
+// Ragged routing: distinct experts per token, expert 0 in most tokens, the upper half of the
+// experts never chosen (K ≤ E/2 - 1).
+std::vector<int32_t> ragged_ids(int64_t T, int64_t E, int64_t K, std::mt19937& rng) {
+  std::vector<int32_t> ids;
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<int32_t> pool;
+    for (int32_t e = 1; e < E / 2; ++e) pool.push_back(e);
+    std::shuffle(pool.begin(), pool.end(), rng);
+    const bool hot = t % 5 != 0;
+    for (int64_t k = 0; k < K; ++k) ids.push_back(hot && k == K / 2 ? 0 : pool[size_t(k)]);
+  }
+  return ids;
+}
+
+class MoeRouteVariant : public ::testing::TestWithParam<Variant> {};
+
+TEST_P(MoeRouteVariant, EqualsRouteFromLogits) {
+  const Variant& v = GetParam();
+  const ModelConfig c = config_of(v);
+  std::mt19937 rng(7);
+  const int64_t T = 37;
+  // Strided logits (every other column of a wider tensor) exercise the op's contiguous copy.
+  const Tensor wide = Tensor::from_vector(random_values(T * 2 * v.E, rng, -4, 4), {T, v.E, 2});
+  const Tensor logits = wide.select(2, 1);
+  const std::vector<float> bias_values = random_values(v.E, rng, -0.3f, 0.3f);
+  const Routing want = route_from_logits(c, logits, v.bias ? bias_values.data() : nullptr);
+  const ops::MoeRouting got = ops::moe_route(
+      logits, route_params(c), v.bias ? Tensor::from_vector(bias_values, {v.E}) : Tensor());
+  ASSERT_EQ(got.ids.shape(), (Shape{T, v.K}));
+  EXPECT_EQ(ints(got.ids), want.expert_ids);
+  EXPECT_EQ(got.weights.to_vector(), want.weights);  // the same float operations in order
+  EXPECT_EQ(got.scores.to_vector(), want.scores);
+}
+
+INSTANTIATE_TEST_SUITE_P(Gates, MoeRouteVariant, ::testing::ValuesIn(kVariants),
+                         [](const auto& info) { return info.param.name; });
+
+TEST(MoeOps, RouteRejectsBadParams) {
+  ops::MoeRouteParams p;
+  p.experts = 8;
+  p.top_k = 9;
+  const Tensor logits = Tensor::from_vector(std::vector<float>(8, 0.5f), {1, 8});
+  EXPECT_THROW(ops::moe_route(logits, p), Error);
+  p.top_k = 2;
+  p.method = ops::MoeTopK::GroupLimitedGreedy;
+  p.n_group = 3;  // does not divide 8
+  EXPECT_THROW(ops::moe_route(logits, p), Error);
+  p.n_group = 4;
+  p.topk_group = 5;
+  EXPECT_THROW(ops::moe_route(logits, p), Error);
+  p.topk_group = 2;
+  EXPECT_NO_THROW(ops::moe_route(logits, p));
+  EXPECT_THROW(ops::moe_route(Tensor::from_vector(std::vector<float>(7, 0.5f), {1, 7}), p), Error);
+}
+
+TEST(MoeOps, DispatchIsAStableCountingSort) {
+  std::mt19937 rng(8);
+  for (auto [T, E, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 64, 6},
+                         {257, 64, 6},
+                         {100, 16, 3},
+                         {33, 256, 8}}) {
+    const std::vector<int32_t> ids = ragged_ids(T, E, K, rng);
+    const ops::MoeDispatch d = ops::moe_dispatch(ids_tensor(ids, T, K), E);
+    const std::vector<int64_t> offsets = longs(d.offsets);
+    const std::vector<int32_t> order = ints(d.order), position = ints(d.position);
+    ASSERT_EQ(offsets.size(), size_t(E + 1));
+    EXPECT_EQ(offsets[0], 0);
+    EXPECT_EQ(offsets[size_t(E)], T * K);
+    int64_t empty = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      std::vector<int32_t> slots;  // e's slots in slot order: what the rows must hold
+      for (int64_t s = 0; s < T * K; ++s) {
+        if (ids[size_t(s)] == e) slots.push_back(int32_t(s));
+      }
+      ASSERT_EQ(offsets[size_t(e + 1)] - offsets[size_t(e)], int64_t(slots.size())) << e;
+      empty += slots.empty();
+      for (size_t j = 0; j < slots.size(); ++j) {
+        EXPECT_EQ(order[size_t(offsets[size_t(e)]) + j], slots[j]) << "expert " << e;
+      }
+    }
+    EXPECT_GE(empty, E / 2);  // the ragged case has empty experts
+    for (int64_t i = 0; i < T * K; ++i) EXPECT_EQ(position[size_t(order[size_t(i)])], i);
+  }
+  // Ids out of range are an error on the CPU.
+  EXPECT_THROW(ops::moe_dispatch(ids_tensor({0, 4}, 1, 2), 4), Error);
+  EXPECT_THROW(ops::moe_dispatch(ids_tensor({-1, 2}, 1, 2), 4), Error);
+}
+
+TEST(MoeOps, PermuteAndCombineEqualTokenLoops) {
+  std::mt19937 rng(9);
+  const int64_t T = 29, E = 16, K = 3, D = 24;
+  const std::vector<int32_t> ids = ragged_ids(T, E, K, rng);
+  const ops::MoeDispatch d = ops::moe_dispatch(ids_tensor(ids, T, K), E);
+  const std::vector<int32_t> order = ints(d.order), position = ints(d.position);
+  const Tensor x = random_tensor({T, D}, DType::F32, rng);
+  const std::vector<float> xv = x.to_vector();
+
+  const std::vector<float> x_perm = ops::moe_permute(x, d).to_vector();
+  for (int64_t i = 0; i < T * K; ++i) {
+    for (int64_t j = 0; j < D; ++j) {
+      ASSERT_EQ(x_perm[size_t(i * D + j)], xv[size_t(order[size_t(i)] / K * D + j)]);
+    }
+  }
+  const Tensor g = random_tensor({T * K, D}, DType::F32, rng);
+  const std::vector<float> gv = g.to_vector(), dx = ops::moe_permute_backward(g, d).to_vector();
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t j = 0; j < D; ++j) {
+      double want = 0;
+      for (int64_t k = 0; k < K; ++k) want += gv[size_t(position[size_t(t * K + k)] * D + j)];
+      EXPECT_NEAR(dx[size_t(t * D + j)], want, 1e-5);
+    }
+  }
+
+  const Tensor y = random_tensor({T * K, D}, DType::F32, rng);
+  const Tensor w = random_tensor({T, K}, DType::F32, rng);
+  const Tensor add = random_tensor({T, D}, DType::F32, rng);
+  const std::vector<float> yv = y.to_vector(), wv = w.to_vector(), av = add.to_vector();
+  const std::vector<float> out = ops::moe_combine(y, w, d, add).to_vector();
+  const std::vector<float> plain = ops::moe_combine(y, w, d).to_vector();
+  const Tensor dout = random_tensor({T, D}, DType::F32, rng);
+  const std::vector<float> dv = dout.to_vector();
+  const ops::MoeCombineGrads grads = ops::moe_combine_backward(y, w, d, dout);
+  const std::vector<float> dy = grads.dy_perm.to_vector(), dw = grads.dweights.to_vector();
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t j = 0; j < D; ++j) {
+      double want = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        want += double(wv[size_t(t * K + k)]) * yv[size_t(position[size_t(t * K + k)] * D + j)];
+      }
+      EXPECT_NEAR(plain[size_t(t * D + j)], want, 1e-5);
+      EXPECT_NEAR(out[size_t(t * D + j)], want + av[size_t(t * D + j)], 1e-5);
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t row = position[size_t(t * K + k)];
+      double want = 0;
+      for (int64_t j = 0; j < D; ++j) {
+        want += double(dv[size_t(t * D + j)]) * yv[size_t(row * D + j)];
+        EXPECT_FLOAT_EQ(dy[size_t(row * D + j)], wv[size_t(t * K + k)] * dv[size_t(t * D + j)]);
+      }
+      EXPECT_NEAR(dw[size_t(t * K + k)], want, 1e-5);
+    }
+  }
+}
+
+TEST(MoeOps, GroupedLinearEqualsLinearPerExpert) {
+  std::mt19937 rng(10);
+  const int64_t T = 41, E = 8, K = 2, in = 24, out = 20;
+  const std::vector<int32_t> ids = ragged_ids(T, E, K, rng);  // experts 4..7 empty
+  const ops::MoeDispatch d = ops::moe_dispatch(ids_tensor(ids, T, K), E);
+  const std::vector<int64_t> offsets = longs(d.offsets);
+  for (DType w_dtype : {DType::F32, DType::BF16}) {
+    // Separate tensors (as in checkpoints) and one stacked tensor give the same result.
+    std::vector<Tensor> experts;
+    for (int64_t e = 0; e < E; ++e) experts.push_back(random_tensor({out, in}, w_dtype, rng, 0.5f));
+    const Tensor stacked = Tensor::empty({E, out, in}, w_dtype);
+    for (int64_t e = 0; e < E; ++e) {
+      std::memcpy(static_cast<char*>(stacked.raw()) + size_t(e) * experts[0].nbytes(),
+                  experts[size_t(e)].raw(), experts[0].nbytes());
+    }
+    const ops::ExpertMatrices w = ops::expert_matrices(experts);
+    const ops::ExpertMatrices ws = ops::expert_matrices(stacked);
+    const Tensor x = random_tensor({T * K, in}, DType::F32, rng);
+    const Tensor y = ops::grouped_linear(x, w, d.offsets);
+    EXPECT_EQ(y.to_vector(), ops::grouped_linear(x, ws, d.offsets).to_vector());
+    const Tensor dy = random_tensor({T * K, out}, DType::F32, rng);
+    const Tensor dx = ops::grouped_linear_backward_dx(dy, w, d.offsets);
+    std::vector<Tensor> dw;
+    for (int64_t e = 0; e < E; ++e) dw.push_back(Tensor::poisoned({out, in}));
+    ops::grouped_linear_backward_dw(x, dy, d.offsets, ops::expert_matrices(dw), false);
+    // Accumulating into a stacked gradient adds to what it held.
+    const Tensor base = random_tensor({E, out, in}, DType::F32, rng);
+    const Tensor acc = base.clone();
+    ops::grouped_linear_backward_dw(x, dy, d.offsets, ops::expert_matrices(acc), true);
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t b = offsets[size_t(e)], n = offsets[size_t(e + 1)] - b;
+      const Tensor want_dw = n > 0 ? ops::linear_backward(x.slice(0, b, b + n), experts[size_t(e)],
+                                                          dy.slice(0, b, b + n))
+                                         .dweight
+                                   : Tensor::zeros({out, in});
+      EXPECT_LT(max_abs_diff(dw[size_t(e)], want_dw), 1e-5) << e;
+      std::vector<float> want_acc = want_dw.to_vector();
+      const std::vector<float> bv = base.select(0, e).to_vector();
+      for (size_t i = 0; i < want_acc.size(); ++i) want_acc[i] += bv[i];
+      EXPECT_LT(
+          max_abs_diff(acc.select(0, e), std::vector<double>(want_acc.begin(), want_acc.end())),
+          1e-5);
+      if (n == 0) continue;
+      const Tensor xe = x.slice(0, b, b + n), dye = dy.slice(0, b, b + n);
+      EXPECT_EQ(y.slice(0, b, b + n).to_vector(), ops::linear(xe, experts[size_t(e)]).to_vector());
+      const ops::LinearGrads g = ops::linear_backward(xe, experts[size_t(e)], dye);
+      EXPECT_LT(max_abs_diff(dx.slice(0, b, b + n), g.dx), 1e-5) << e;
+    }
+  }
+  // Mismatched experts and offsets are errors.
+  EXPECT_THROW(ops::expert_matrices({Tensor::zeros({4, 3}), Tensor::zeros({3, 4})}), Error);
+  const ops::ExpertMatrices w =
+      ops::expert_matrices({Tensor::zeros({4, 3}), Tensor::zeros({4, 3})});
+  EXPECT_THROW(ops::grouped_linear(Tensor::zeros({5, 3}), w, Tensor::zeros({3}, DType::I64)),
+               Error);  // offsets end at 0, not 5
+}
+
+class MoeComposition : public ::testing::TestWithParam<Variant> {};
+
+// The routed experts as device-style ops, plus the shared experts through combine's add, equal the
+// model's MoE::forward.
+TEST_P(MoeComposition, EqualsMoeForward) {
+  const Variant& v = GetParam();
+  ModelConfig c = config_of(v);
+  std::mt19937 rng(11);
+  const int64_t D = c.hidden_size, I = c.moe_intermediate_size, E = v.E;
+  std::vector<float> bias;
+  if (c.topk_method == "noaux_tc" && v.bias) bias = random_values(E, rng, -0.2f, 0.2f);
+  Gate gate(c, random_tensor({E, D}, DType::F32, rng), bias);
+  std::vector<Mlp> experts;
+  std::vector<Tensor> gate_w, up_w, down_w;
+  for (int64_t e = 0; e < E; ++e) {
+    gate_w.push_back(random_tensor({I, D}, DType::BF16, rng, 0.5f));
+    up_w.push_back(random_tensor({I, D}, DType::BF16, rng, 0.5f));
+    down_w.push_back(random_tensor({D, I}, DType::BF16, rng, 0.5f));
+    experts.emplace_back(gate_w.back(), up_w.back(), down_w.back(), "expert");
+  }
+  Mlp shared(random_tensor({I, D}, DType::BF16, rng, 0.5f),
+             random_tensor({I, D}, DType::BF16, rng, 0.5f),
+             random_tensor({D, I}, DType::BF16, rng, 0.5f), "shared");
+  const MoE moe(gate, std::move(experts), shared);
+
+  for (int64_t T : {1, 3, 19}) {
+    const Tensor x = random_tensor({T, D}, DType::F32, rng);
+    const Tensor want = moe.forward(x);
+
+    const ops::MoeRouting r = ops::moe_route(
+        gate.logits(x), route_params(c), bias.empty() ? Tensor() : Tensor::from_vector(bias, {E}));
+    const ops::MoeDispatch d = ops::moe_dispatch(r.ids, E);
+    const Tensor x_perm = ops::moe_permute(x, d);
+    const Tensor h =
+        ops::silu_mul(ops::grouped_linear(x_perm, ops::expert_matrices(gate_w), d.offsets),
+                      ops::grouped_linear(x_perm, ops::expert_matrices(up_w), d.offsets));
+    const Tensor y_perm = ops::grouped_linear(h, ops::expert_matrices(down_w), d.offsets);
+    const Tensor got = ops::moe_combine(y_perm, r.weights, d, shared.forward(x));
+    EXPECT_LT(max_abs_diff(got, want), 1e-6) << "T = " << T;
+    const std::vector<int64_t> load = longs(d.offsets);
+    for (int64_t e = 0; e < E; ++e) {
+      EXPECT_EQ(load[size_t(e + 1)] - load[size_t(e)], moe.last_expert_load()[size_t(e)]);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Gates, MoeComposition,
+                         ::testing::Values(kVariants[0], kVariants[4], kVariants[5], kVariants[7]),
+                         [](const auto& info) { return info.param.name; });
+
+}  // namespace
