@@ -70,8 +70,11 @@ Tensor paged_attention(const Tensor& q, const Tensor& keys, const Tensor& values
 #ifdef DSEEK_HAS_CUDA
     // The sequence bounds and page tables travel to the device with every call, packed into one
     // buffer so that a call costs one copy: q_start | pos0 | page_start (i64), page_table (i32).
-    int64_t max_T = 0;
-    for (const PagedAttentionSeq& s : seqs) max_T = std::max(max_T, s.T);
+    int64_t max_T = 0, max_S = 0;
+    for (const PagedAttentionSeq& s : seqs) {
+      max_T = std::max(max_T, s.T);
+      max_S = std::max(max_S, s.pos0 + s.T);
+    }
     const size_t n_i64 = q_start.size() + pos0.size() + page_start.size();
     std::vector<int64_t> packed(n_i64 + (page_table.size() + 1) / 2);
     std::copy(q_start.begin(), q_start.end(), packed.begin());
@@ -86,7 +89,7 @@ Tensor paged_attention(const Tensor& q, const Tensor& keys, const Tensor& values
         ops::cuda::PagedAttentionArgs{
             q.raw(), q.strides()[0], q.strides()[1], keys.raw(), keys.strides()[0], values.raw(),
             values.strides()[0], out.raw(), H, Hk, dk, dv, page_tokens, scale,
-            int64_t(seqs.size()), rows_total, max_T, d, d + q_start.size(),
+            int64_t(seqs.size()), rows_total, max_T, max_S, d, d + q_start.size(),
             reinterpret_cast<const int32_t*>(d + n_i64), d + q_start.size() + pos0.size()},
         act);
     return out;

@@ -23,8 +23,9 @@ struct Layout {
   bool latent;  // values = the first dv columns of the key rows (MLA)
 };
 
-const std::vector<SeqSpec> kSeqs = {{1, 0},  {1, 299}, {7, 13}, {0, 5},
-                                    {33, 64}, {1, 40},  {20, 0}};
+// Long decodes (1, 299) and (1, 1500) make the kernel split their keys into ranges.
+const std::vector<SeqSpec> kSeqs = {{1, 0},   {1, 299}, {7, 13}, {0, 5},
+                                    {33, 64}, {1, 40},  {20, 0}, {1, 1500}};
 
 void check(const Layout& lay, int64_t page_tokens, DType act, std::mt19937& rng) {
   int64_t pages_needed = 0, rows = 0;

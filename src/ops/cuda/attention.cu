@@ -308,7 +308,7 @@ void launch_dkdv(const GradParams& p, size_t smem) {
 
 void causal_attention(const AttentionArgs& a, DType act) {
   if (a.T == 0 || a.H == 0 || a.dv == 0) return;
-  attention_forward<false>(dense_forward_params(a), 1, a.T, a.Hk, act, "attention");
+  attention_forward<false>(dense_forward_params(a), 1, a.T, a.S, a.T, a.Hk, act, "attention");
 }
 
 void causal_attention_backward(const AttentionGradArgs& g, DType act) {
@@ -338,7 +338,7 @@ void causal_attention_backward(const AttentionGradArgs& g, DType act) {
   fp.lse = lse.f32();
   fp.dout = g.dout;
   fp.dsum = dsum.f32();
-  attention_forward<false>(fp, 1, a.T, a.Hk, act, "attention");
+  attention_forward<false>(fp, 1, a.T, a.S, a.T, a.Hk, act, "attention");
 
   GradParams p{};
   p.q = a.q;

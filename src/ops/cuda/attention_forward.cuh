@@ -12,6 +12,10 @@
 // accumulator over the value columns in registers (lane owns columns lane + 32c). No [T, S] matrix
 // exists anywhere. Value rows wider than kMaxValueChunk are done in column chunks, recomputing the
 // scores per chunk (only MLA's 512-wide latent values need one chunk; more is rare).
+// When the blocks are too few to fill the GPU (a decode of a few sequences: one block per 32
+// heads), the keys are split into ranges (flash-decoding): each block of a range leaves its rows'
+// partial (m, l, unnormalised accumulator) in a workspace, and a second kernel combines the
+// ranges, rescaling each by exp(m_range − m).
 //
 // The backward pass (attention.cu) runs the same kernel with out = nullptr to get each row's
 // log-sum-exp and D = dout · out, which its dq and dk/dv kernels need.
@@ -20,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
@@ -59,6 +64,13 @@ struct ForwardParams {
   const void* dout;
   float* dsum;
   bool dsum_accumulate;
+  // Key splits (set by attention_forward): split i covers keys i·split_keys .. (i+1)·split_keys;
+  // with n_splits > 1 the kernel writes partials for rows_total·H rows: part_ml [n_splits][rows·H]
+  // [2] (m, l) and part_acc [n_splits][rows·H][dvc].
+  int n_splits;
+  int64_t split_keys, rows_total;
+  float* part_ml;
+  float* part_acc;
 };
 
 // One sequence as a block sees it: its first q row, its query count and first query position.
@@ -99,10 +111,15 @@ __global__ void __launch_bounds__(512) attention_forward_kernel(const ForwardPar
   __shared__ int64_t k_off[kKeyTile], v_off[kKeyTile];
   const int lane = int(threadIdx.x % 32), warp = int(threadIdx.x / 32);
   const int warps = int(blockDim.x / 32), R = warps * kRowsPerWarp;
-  const SeqView sv = seq_view<Paged>(p, blockIdx.z);
+  const int split = int(blockIdx.z % unsigned(p.n_splits));
+  const SeqView sv = seq_view<Paged>(p, blockIdx.z / unsigned(p.n_splits));
   const int64_t rows = sv.T * p.G;
   const int64_t r0 = int64_t(blockIdx.x) * R;
   if (r0 >= rows) return;  // the whole block: this sequence has fewer rows than the longest
+  // Keys this block reads: those its rows see, within its split.
+  const int64_t block_keys = sv.pos0 + (min(rows, r0 + R) - 1) / p.G + 1;
+  const int64_t k_begin = p.n_splits > 1 ? split * p.split_keys : 0;
+  const int64_t k_end = p.n_splits > 1 ? min(block_keys, k_begin + p.split_keys) : block_keys;
   const int64_t hk = blockIdx.y;
   const int64_t dk = p.dk, dvc = p.dvc, kst = dk | 1;
   float* qs = smem;
@@ -123,39 +140,39 @@ __global__ void __launch_bounds__(512) attention_forward_kernel(const ForwardPar
     }
   }
 
-  // This warp's rows: keys visible to each (0 for rows past the end), online softmax state.
-  int64_t n_keys[kRowsPerWarp];
+  // This warp's rows: the end of the keys each sees in this split (0 for rows past the end of
+  // the sequence), online softmax state. A row with no key in the split keeps m = −inf, l = 0.
+  int64_t row_end[kRowsPerWarp];
   float m[kRowsPerWarp], l[kRowsPerWarp], acc[kRowsPerWarp][NV];
-  int64_t warp_keys = 0;
+  int64_t warp_end = 0;
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int64_t row = r0 + warp * kRowsPerWarp + r;
-    n_keys[r] = row < rows ? sv.pos0 + row / p.G + 1 : 0;
-    warp_keys = max(warp_keys, n_keys[r]);
+    row_end[r] = row < rows ? min(k_end, sv.pos0 + row / p.G + 1) : 0;
+    warp_end = max(warp_end, row_end[r]);
     m[r] = -INFINITY;
     l[r] = 0.0f;
     for (int c = 0; c < NV; ++c) acc[r][c] = 0.0f;
   }
-  const int64_t block_keys = sv.pos0 + (min(rows, r0 + R) - 1) / p.G + 1;
 
-  for (int64_t s0 = 0; s0 < block_keys; s0 += kKeyTile) {
+  for (int64_t s0 = k_begin; s0 < k_end; s0 += kKeyTile) {
     __syncthreads();  // the previous tile is consumed (the first time: the q rows are stored)
     if (threadIdx.x < kKeyTile) {
       const int64_t s = s0 + threadIdx.x;
-      const bool in = s < block_keys;
+      const bool in = s < k_end;
       const int64_t row = in ? cache_row<Paged>(sv, s, p.page_tokens) : 0;
       k_off[threadIdx.x] = in ? row * p.k_s + hk * p.k_h : -1;
       v_off[threadIdx.x] = in ? row * p.v_s + hk * p.v_h + p.c0 : -1;
     }
     __syncthreads();
-    // Keys past the block's last visible one are never read (a paged pool holds other
-    // sequences' rows there, or nothing); their tile rows are zero and their scores masked.
+    // Keys past the block's last visible one (or its split) are never read (a paged pool holds
+    // other sequences' rows there, or nothing); their tile rows are zero and their scores masked.
     for (int j = warp; j < kKeyTile; j += warps) {
       const int64_t ko = k_off[j], vo = v_off[j];
       for (int64_t i = lane; i < dk; i += 32) ks[j * kst + i] = ko >= 0 ? to_f32(k[ko + i]) : 0.0f;
       for (int64_t d = lane; d < dvc; d += 32) vs[j * dvc + d] = vo >= 0 ? to_f32(v[vo + d]) : 0.0f;
     }
     __syncthreads();
-    if (warp_keys <= s0) continue;  // the same for the whole warp; no barrier until the loop top
+    if (warp_end <= s0) continue;  // the same for the whole warp; no barrier until the loop top
 
     float dot[kRowsPerWarp];
     for (int r = 0; r < kRowsPerWarp; ++r) dot[r] = 0.0f;
@@ -165,11 +182,11 @@ __global__ void __launch_bounds__(512) attention_forward_kernel(const ForwardPar
       const float kv = kj[i];
       for (int r = 0; r < kRowsPerWarp; ++r) dot[r] += qw[r * dk + i] * kv;
     }
-    const int n_tile = int(min(int64_t(kKeyTile), warp_keys - s0));
+    const int n_tile = int(min(int64_t(kKeyTile), warp_end - s0));
     for (int r = 0; r < kRowsPerWarp; ++r) {
-      if (n_keys[r] <= s0) continue;  // uniform over the warp: the shuffles below see all lanes
-      const float sc = s0 + lane < n_keys[r] ? dot[r] * p.scale : -INFINITY;
-      // Key 0 is in the first tile of every row, so m_new is finite from the first tile on.
+      if (row_end[r] <= s0) continue;  // uniform over the warp: the shuffles below see all lanes
+      const float sc = s0 + lane < row_end[r] ? dot[r] * p.scale : -INFINITY;
+      // Key s0 is visible here, so m_new is finite from the row's first tile on.
       const float m_new = fmaxf(m[r], warp_max(sc));
       const float pj = expf(sc - m_new);
       const float corr = expf(m[r] - m_new);
@@ -185,10 +202,26 @@ __global__ void __launch_bounds__(512) attention_forward_kernel(const ForwardPar
     }
   }
 
+  if (p.n_splits > 1) {  // partials for the combine kernel, every row of the sequence
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const int64_t row = r0 + warp * kRowsPerWarp + r;
+      if (row >= rows) continue;
+      const int64_t item = int64_t(split) * p.rows_total * p.H +
+                           (sv.row0 + row / p.G) * p.H + hk * p.G + row % p.G;
+      if (lane == 0) {
+        p.part_ml[2 * item] = m[r];
+        p.part_ml[2 * item + 1] = l[r];
+      }
+      float* dst = p.part_acc + item * dvc;
+      for (int c = 0; c < NV; ++c)
+        if (lane + 32 * c < dvc) dst[lane + 32 * c] = acc[r][c];
+    }
+    return;
+  }
   T* out = static_cast<T*>(p.out);
   const T* dout = static_cast<const T*>(p.dout);
   for (int r = 0; r < kRowsPerWarp; ++r) {
-    if (n_keys[r] == 0) continue;  // uniform over the warp
+    if (row_end[r] == 0) continue;  // uniform over the warp
     const int64_t row = r0 + warp * kRowsPerWarp + r;
     const int64_t qrow = sv.row0 + row / p.G, h = hk * p.G + row % p.G;
     const int64_t o = (qrow * p.H + h) * p.dv + p.c0;
@@ -212,6 +245,44 @@ __global__ void __launch_bounds__(512) attention_forward_kernel(const ForwardPar
   }
 }
 
+// Joins the key splits of row item = qrow·H + h (one warp each): M = max_i m_i, L = Σ_i l_i
+// e^(m_i − M), out = Σ_i acc_i e^(m_i − M) / L; lse and dsum as the forward kernel leaves them.
+// Split 0 holds key 0 of every row, so M is finite; empty splits (m = −inf) weigh 0.
+template <typename T>
+__global__ void __launch_bounds__(256) attention_combine_kernel(const ForwardParams p) {
+  const int lane = int(threadIdx.x % 32);
+  const int64_t items = p.rows_total * p.H;
+  const int64_t item = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (item >= items) return;  // the whole warp; this kernel has no barrier
+  float M = -INFINITY;
+  for (int i = 0; i < p.n_splits; ++i) M = fmaxf(M, p.part_ml[2 * (i * items + item)]);
+  float L = 0.0f;
+  for (int i = 0; i < p.n_splits; ++i) {
+    const float* ml = p.part_ml + 2 * (i * items + item);
+    L += ml[0] == -INFINITY ? 0.0f : ml[1] * expf(ml[0] - M);
+  }
+  const float inv = 1.0f / L;
+  T* out = static_cast<T*>(p.out);
+  const T* dout = static_cast<const T*>(p.dout);
+  const int64_t o = item * p.dv + p.c0;
+  float dsum = 0.0f;
+  for (int64_t d = lane; d < p.dvc; d += 32) {
+    float y = 0.0f;
+    for (int i = 0; i < p.n_splits; ++i) {
+      const float mi = p.part_ml[2 * (i * items + item)];
+      if (mi != -INFINITY) y += p.part_acc[(i * items + item) * p.dvc + d] * expf(mi - M);
+    }
+    y *= inv;
+    if (out) out[o + d] = from_f32<T>(y);
+    if (dout) dsum += y * to_f32(dout[o + d]);
+  }
+  if (p.lse && lane == 0) p.lse[item] = M + logf(L);
+  if (dout) {
+    dsum = warp_sum(dsum);
+    if (lane == 0) p.dsum[item] = p.dsum_accumulate ? p.dsum[item] + dsum : dsum;
+  }
+}
+
 // The largest dynamic shared memory a block may opt into on the current device.
 inline int max_shared_bytes() {
   static const int bytes = [] {
@@ -221,6 +292,17 @@ inline int max_shared_bytes() {
     return v;
   }();
   return bytes;
+}
+
+// Multiprocessors of the current device.
+inline int multiprocessors() {
+  static const int n = [] {
+    int device = 0, v = 0;
+    DSEEK_CUDA_CHECK(cudaGetDevice(&device));
+    DSEEK_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
+    return v;
+  }();
+  return n;
 }
 
 // Dynamic shared memory a block may use: the opt-in maximum less room for static arrays.
@@ -239,15 +321,32 @@ void launch_forward(const ForwardParams& p, dim3 grid, int warps, size_t smem) {
   allow_shared_bytes(kernel, smem);
   kernel<<<grid, unsigned(warps * 32), smem, dseek::cuda::stream()>>>(p);
   DSEEK_CUDA_CHECK_LAUNCH("attention_forward_kernel");
+  if (p.n_splits > 1) {
+    const int64_t items = p.rows_total * p.H;
+    attention_combine_kernel<T><<<unsigned(dseek::cuda::ceil_div<int64_t>(items, 8)), 256, 0,
+                                  dseek::cuda::stream()>>>(p);
+    DSEEK_CUDA_CHECK_LAUNCH("attention_combine_kernel");
+  }
 }
 
-// Runs the forward over n_seqs sequences of at most max_T queries each (p's dense or paged
-// fields filled in; c0, dvc and dsum_accumulate are set here, one launch per value chunk).
+// Splits of the keys for a launch of `blocks` blocks over sequences of at most max_keys keys:
+// enough for two blocks per multiprocessor, each split at least kMinSplitKeys long.
+constexpr int64_t kMinSplitKeys = 128;
+inline int64_t key_splits(int64_t blocks, int64_t max_keys, int64_t n_seqs) {
+  const int64_t want = dseek::cuda::ceil_div<int64_t>(2 * multiprocessors(), blocks);
+  const int64_t most = std::max<int64_t>(1, max_keys / kMinSplitKeys);
+  return std::clamp<int64_t>(std::min(want, most), 1, std::max<int64_t>(1, 65535 / n_seqs));
+}
+
+// Runs the forward over n_seqs sequences of at most max_T queries and max_keys keys each,
+// rows_total query rows in all (p's dense or paged fields filled in; the chunk and split fields
+// are set here, one launch per value chunk).
 template <bool Paged>
-void attention_forward(ForwardParams p, int64_t n_seqs, int64_t max_T, int64_t Hk, DType act,
-                       const char* op) {
+void attention_forward(ForwardParams p, int64_t n_seqs, int64_t max_T, int64_t max_keys,
+                       int64_t rows_total, int64_t Hk, DType act, const char* op) {
   const int64_t rows = max_T * p.G;  // per (sequence, key head)
   if (rows == 0 || n_seqs == 0 || p.dv == 0) return;
+  p.rows_total = rows_total;
   DSEEK_CHECK(Hk <= 65535 && n_seqs <= 65535,
               "[{}] {} key heads and {} sequences: the kernel takes at most 65535 of each", op, Hk,
               n_seqs);
@@ -266,8 +365,19 @@ void attention_forward(ForwardParams p, int64_t n_seqs, int64_t max_T, int64_t H
                 "[{}] head dims dk {} / dv {} need {} bytes of shared memory, the GPU gives a block "
                 "{}",
                 op, p.dk, p.dv, smem, shared_budget());
-    const dim3 grid(unsigned(dseek::cuda::ceil_div<int64_t>(rows, int64_t(warps) * kRowsPerWarp)),
-                    unsigned(Hk), unsigned(n_seqs));
+    const int64_t row_blocks = dseek::cuda::ceil_div<int64_t>(rows, int64_t(warps) * kRowsPerWarp);
+    const int64_t splits = key_splits(row_blocks * Hk * n_seqs, max_keys, n_seqs);
+    p.split_keys =
+        dseek::cuda::ceil_div<int64_t>(dseek::cuda::ceil_div(max_keys, splits), kKeyTile) * kKeyTile;
+    p.n_splits = int(dseek::cuda::ceil_div(max_keys, p.split_keys));
+    std::unique_ptr<void, void (*)(void*)> workspace(nullptr, dseek::cuda::free);
+    if (p.n_splits > 1) {
+      const size_t n = size_t(p.n_splits) * size_t(rows_total * p.H);
+      workspace.reset(dseek::cuda::alloc(n * size_t(2 + p.dvc) * sizeof(float)));
+      p.part_ml = static_cast<float*>(workspace.get());
+      p.part_acc = p.part_ml + 2 * n;
+    }
+    const dim3 grid(unsigned(row_blocks), unsigned(Hk), unsigned(n_seqs * p.n_splits));
     DSEEK_DISPATCH_ACT(act, T, {
       if (p.dvc <= 64)
         launch_forward<T, 2, Paged>(p, grid, warps, smem);

@@ -121,7 +121,8 @@ void causal_attention_backward(const AttentionGradArgs& a, DType act);
 
 // ---- paged_attention.cu ----------------------------------------------------------------------
 // As cpu::PagedAttentionArgs; every pointer (including q_start, pos0, page_table, page_start) on
-// the device. MLA decode (Hk = 1) reads each latent row once for all heads.
+// the device. MLA decode (Hk = 1) reads each latent row once for all heads. total_q = ΣT, max_T =
+// max T and max_S = max(pos0 + T) over the sequences (they size the grid and the key splits).
 struct PagedAttentionArgs {
   const void* q;
   int64_t q_t, q_h;
@@ -132,7 +133,7 @@ struct PagedAttentionArgs {
   void* out;
   int64_t H, Hk, dk, dv, page_tokens;
   float scale;
-  int64_t n_seqs, total_q, max_T;
+  int64_t n_seqs, total_q, max_T, max_S;
   const int64_t* q_start;
   const int64_t* pos0;
   const int32_t* page_table;
