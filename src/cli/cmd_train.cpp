@@ -41,7 +41,9 @@ struct TrainFlags {
 };
 
 std::atomic<pid_t> g_launcher_child{-1};
+std::atomic<int> g_forwarded_signal{0};
 extern "C" void forward_to_launcher(int sig) {
+  g_forwarded_signal.store(sig);
   const pid_t child = g_launcher_child.load();
   if (child > 0) ::kill(child, sig);
 }
@@ -71,7 +73,8 @@ std::vector<std::string> own_arguments_without_nproc() {
 // `dseek train --nproc N`: runs `mpirun -np N <this dseek> <the same arguments>` and waits. As
 // root mpirun needs --allow-run-as-root; more ranks than cores need --oversubscribe. Ranks are not
 // bound to cores (each runs OpenMP threads: OMP_NUM_THREADS, when unset, becomes cores / N).
-// Returns the job's exit code; SIGINT/SIGTERM are passed on to mpirun.
+// Returns the job's exit code; SIGINT/SIGTERM are passed on to mpirun (which passes them to the
+// ranks: they finish the step, checkpoint and stop) and then make the result 130.
 int launch_under_mpirun(int64_t nproc) {
   DSEEK_CHECK(dist::mpi_available(),
               "[train] --nproc {}: this dseek was built without MPI (install libopenmpi-dev and "
@@ -115,6 +118,7 @@ int launch_under_mpirun(int64_t nproc) {
   pid_t pid = -1;
   const int rc = ::posix_spawn(&pid, mpirun.c_str(), nullptr, nullptr, argv.data(), environ);
   DSEEK_CHECK(rc == 0, "[train] --nproc: cannot start {}: {}", mpirun, std::strerror(rc));
+  g_forwarded_signal.store(0);
   g_launcher_child.store(pid);
   auto old_int = std::signal(SIGINT, forward_to_launcher);
   auto old_term = std::signal(SIGTERM, forward_to_launcher);
@@ -124,6 +128,7 @@ int launch_under_mpirun(int64_t nproc) {
   std::signal(SIGINT, old_int);
   std::signal(SIGTERM, old_term);
   g_launcher_child.store(-1);
+  if (g_forwarded_signal.load() != 0) return 130;  // mpirun reports its own code for a signal
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
 }
