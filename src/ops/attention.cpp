@@ -14,7 +14,7 @@ namespace {
 // q, k, v after the checks both backends share: sizes, strides (elements) and raw pointers.
 struct Checked {
   Device device;
-  DType act;  // f32, or bf16 on the GPU
+  DType act;              // f32, or bf16 on the GPU
   cuda::AttentionArgs a;  // out left null
 };
 
@@ -39,8 +39,7 @@ Checked attention_args(const Tensor& q, const Tensor& k, const Tensor& v, float 
   for (const Tensor* t : {&q, &k, &v})
     DSEEK_CHECK(t->strides()[2] == 1 || t->size(2) <= 1,
                 "[attention] last dimension must be contiguous");
-  return Checked{device,
-                 act,
+  return Checked{device, act,
                  cuda::AttentionArgs{q.raw(), q.strides()[0], q.strides()[1], k.raw(),
                                      k.strides()[0], k.strides()[1], v.raw(), v.strides()[0],
                                      v.strides()[1], nullptr, T, S, H, Hk, dk, dv, scale}};
@@ -112,9 +111,8 @@ AttentionGrads causal_attention_backward(const Tensor& q, const Tensor& k, const
   }
   AttentionGrads g{Tensor::zeros(q.shape()), Tensor::zeros(k.shape()), Tensor::zeros(v.shape())};
   if (a.T == 0 || a.H == 0) return g;
-  cpu::causal_attention_backward(cpu::AttentionGradArgs{cpu_args(a), dc.data<float>(),
-                                                        g.dq.data<float>(), g.dk.data<float>(),
-                                                        g.dv.data<float>()});
+  cpu::causal_attention_backward(cpu::AttentionGradArgs{
+      cpu_args(a), dc.data<float>(), g.dq.data<float>(), g.dk.data<float>(), g.dv.data<float>()});
   return g;
 }
 

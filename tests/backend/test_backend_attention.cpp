@@ -48,8 +48,8 @@ std::vector<Case> cases() {
 // slice of [T, H, dk + 8] and k, v are slices of one [S, Hk, dk + dv] buffer, as a fused
 // projection leaves them.
 struct Inputs {
-  Tensor q, k, v;          // CPU reference inputs
-  Tensor gq, gk, gv;       // GPU inputs (views of gpu buffers when strided)
+  Tensor q, k, v;     // CPU reference inputs
+  Tensor gq, gk, gv;  // GPU inputs (views of gpu buffers when strided)
 };
 Inputs make_inputs(const Case& c, DType act, std::mt19937& rng) {
   const auto [T, S] = c.len;
@@ -84,11 +84,15 @@ std::string describe(const Case& c) {
 }
 
 // Scores of a few units, so the softmax is far from uniform.
-float scale_for(int64_t dk) { return 1.5f / std::sqrt(float(dk)); }
+float scale_for(int64_t dk) {
+  return 1.5f / std::sqrt(float(dk));
+}
 
 // Fresh GPU outputs come from the pool; freeing a NaN block of the size first makes it likely
 // that an element the kernel fails to write reads NaN.
-void prime_pool(int64_t n, DType act) { (void)Tensor::poisoned({n}, act, Device::CUDA); }
+void prime_pool(int64_t n, DType act) {
+  (void)Tensor::poisoned({n}, act, Device::CUDA);
+}
 
 TEST(BackendOps, CausalAttention) {
   DSEEK_REQUIRE_CUDA();

@@ -45,11 +45,13 @@ void check(const Layout& lay, int64_t page_tokens, DType act, std::mt19937& rng)
   for (const SeqSpec& s : kSeqs) {
     const int64_t S = s.pos0 + s.T;
     std::vector<int32_t> table;
-    for (int64_t p = 0; p < (S + page_tokens - 1) / page_tokens; ++p) table.push_back(order[next++]);
+    for (int64_t p = 0; p < (S + page_tokens - 1) / page_tokens; ++p)
+      table.push_back(order[next++]);
     const Tensor k = rounded(rand({S, kw}, rng, 1.5f), act);
     const Tensor v = rounded(rand({S, vw}, rng, 1.5f), act);
     for (int64_t pos = 0; pos < S; ++pos) {
-      const int64_t row = int64_t(table[size_t(pos / page_tokens)]) * page_tokens + pos % page_tokens;
+      const int64_t row =
+          int64_t(table[size_t(pos / page_tokens)]) * page_tokens + pos % page_tokens;
       std::copy_n(k.data<float>() + pos * kw, kw, keys.data<float>() + row * kw);
       if (!lay.latent) std::copy_n(v.data<float>() + pos * vw, vw, values.data<float>() + row * vw);
     }
@@ -82,8 +84,10 @@ void check(const Layout& lay, int64_t page_tokens, DType act, std::mt19937& rng)
 TEST(BackendOps, PagedAttention) {
   DSEEK_REQUIRE_CUDA();
   std::mt19937 rng(31);
-  const std::vector<Layout> layouts = {{4, 4, 16, 16, false},   {8, 2, 40, 24, false},
-                                       {16, 1, 192, 128, false}, {16, 1, 576, 512, true},
+  const std::vector<Layout> layouts = {{4, 4, 16, 16, false},
+                                       {8, 2, 40, 24, false},
+                                       {16, 1, 192, 128, false},
+                                       {16, 1, 576, 512, true},
                                        {128, 1, 576, 512, true}};
   for (DType act : kActDtypes)
     for (const Layout& lay : layouts)

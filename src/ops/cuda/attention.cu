@@ -58,12 +58,12 @@ struct GradParams {
   int64_t k_s, k_h;
   const void* v;
   int64_t v_s, v_h;
-  const void* dout;  // [T, H, dv] contiguous
-  const float* lse;  // [T, H]
+  const void* dout;   // [T, H, dv] contiguous
+  const float* lse;   // [T, H]
   const float* dsum;  // [T, H]
-  void* dq;          // [T, H, dk]
-  void* dk;          // [S, Hk, dk]
-  void* dv;          // [S, Hk, dv]
+  void* dq;           // [T, H, dk]
+  void* dk;           // [S, Hk, dk]
+  void* dv;           // [S, Hk, dv]
   int64_t T, S, H, Hk, G, dk_dim, dv_dim;
   float scale;
 };
@@ -192,12 +192,14 @@ inline size_t dkdv_shared_bytes(int64_t dk, int64_t dv) {
 }
 
 template <typename T, int NA>
-__global__ void __launch_bounds__(kBwdKeys * 16) attention_backward_dkdv_kernel(const GradParams p) {
+__global__ void __launch_bounds__(kBwdKeys * 16)
+    attention_backward_dkdv_kernel(const GradParams p) {
   extern __shared__ float smem[];
   __shared__ float lse_s[kBwdRows], dsum_s[kBwdRows];
   __shared__ int64_t n_keys_s[kBwdRows];
   const int j = int(threadIdx.x / 16), l = int(threadIdx.x % 16);
-  const int lane = int(threadIdx.x % 32), warp = int(threadIdx.x / 32), warps = int(blockDim.x / 32);
+  const int lane = int(threadIdx.x % 32), warp = int(threadIdx.x / 32),
+            warps = int(blockDim.x / 32);
   const int64_t s0 = int64_t(blockIdx.x) * kBwdKeys, s = s0 + j;
   const int64_t hk = blockIdx.y;
   const int64_t c0 = int64_t(blockIdx.z) * 16 * NA;
@@ -325,7 +327,8 @@ void causal_attention_backward(const AttentionGradArgs& g, DType act) {
   // The shared memory both kernels need, checked before any work is queued.
   int warps = int(std::clamp<int64_t>(ceil_div<int64_t>(rows, kRowsPerWarp), 1, 8));
   while (warps > 1 && dq_shared_bytes(warps, a.dk, a.dv) > shared_budget()) warps /= 2;
-  const size_t dq_smem = dq_shared_bytes(warps, a.dk, a.dv), dkdv_smem = dkdv_shared_bytes(a.dk, a.dv);
+  const size_t dq_smem = dq_shared_bytes(warps, a.dk, a.dv),
+               dkdv_smem = dkdv_shared_bytes(a.dk, a.dv);
   DSEEK_CHECK(std::max(dq_smem, dkdv_smem) <= shared_budget(),
               "[attention] backward with head dims dk {} / dv {} needs {} bytes of shared memory, "
               "the GPU gives a block {}",

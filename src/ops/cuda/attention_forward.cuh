@@ -34,8 +34,8 @@
 
 namespace dseek::ops::cuda::attention_detail {
 
-constexpr int kKeyTile = 32;         // keys per shared-memory tile: one per lane
-constexpr int kRowsPerWarp = 2;      // query rows a warp scores against each key it reads
+constexpr int kKeyTile = 32;             // keys per shared-memory tile: one per lane
+constexpr int kRowsPerWarp = 2;          // query rows a warp scores against each key it reads
 constexpr int64_t kMaxValueChunk = 512;  // value columns per launch (16 registers per lane and row)
 
 struct ForwardParams {
@@ -206,8 +206,8 @@ __global__ void __launch_bounds__(512) attention_forward_kernel(const ForwardPar
     for (int r = 0; r < kRowsPerWarp; ++r) {
       const int64_t row = r0 + warp * kRowsPerWarp + r;
       if (row >= rows) continue;
-      const int64_t item = int64_t(split) * p.rows_total * p.H +
-                           (sv.row0 + row / p.G) * p.H + hk * p.G + row % p.G;
+      const int64_t item =
+          int64_t(split) * p.rows_total * p.H + (sv.row0 + row / p.G) * p.H + hk * p.G + row % p.G;
       if (lane == 0) {
         p.part_ml[2 * item] = m[r];
         p.part_ml[2 * item + 1] = l[r];
@@ -306,7 +306,9 @@ inline int multiprocessors() {
 }
 
 // Dynamic shared memory a block may use: the opt-in maximum less room for static arrays.
-inline size_t shared_budget() { return size_t(max_shared_bytes()) - 1024; }
+inline size_t shared_budget() {
+  return size_t(max_shared_bytes()) - 1024;
+}
 
 // Lets `kernel` use `bytes` of dynamic shared memory (above 48 KiB it must opt in).
 template <typename Kernel>
@@ -323,8 +325,8 @@ void launch_forward(const ForwardParams& p, dim3 grid, int warps, size_t smem) {
   DSEEK_CUDA_CHECK_LAUNCH("attention_forward_kernel");
   if (p.n_splits > 1) {
     const int64_t items = p.rows_total * p.H;
-    attention_combine_kernel<T><<<unsigned(dseek::cuda::ceil_div<int64_t>(items, 8)), 256, 0,
-                                  dseek::cuda::stream()>>>(p);
+    attention_combine_kernel<T>
+        <<<unsigned(dseek::cuda::ceil_div<int64_t>(items, 8)), 256, 0, dseek::cuda::stream()>>>(p);
     DSEEK_CUDA_CHECK_LAUNCH("attention_combine_kernel");
   }
 }
@@ -356,19 +358,20 @@ void attention_forward(ForwardParams p, int64_t n_seqs, int64_t max_T, int64_t m
     p.dsum_accumulate = c0 > 0;
     // Many heads per key head (MLA) share tiles in blocks of 32 rows; otherwise 16 at most.
     const int64_t max_warps = p.G >= 32 ? 16 : 8;
-    int warps = int(std::clamp<int64_t>(dseek::cuda::ceil_div<int64_t>(rows, kRowsPerWarp), 1,
-                                        max_warps));
-    while (warps > 1 && forward_shared_bytes(warps, p.dk, p.dvc) > shared_budget())
-      warps /= 2;
+    int warps =
+        int(std::clamp<int64_t>(dseek::cuda::ceil_div<int64_t>(rows, kRowsPerWarp), 1, max_warps));
+    while (warps > 1 && forward_shared_bytes(warps, p.dk, p.dvc) > shared_budget()) warps /= 2;
     const size_t smem = forward_shared_bytes(warps, p.dk, p.dvc);
-    DSEEK_CHECK(smem <= shared_budget(),
-                "[{}] head dims dk {} / dv {} need {} bytes of shared memory, the GPU gives a block "
-                "{}",
-                op, p.dk, p.dv, smem, shared_budget());
+    DSEEK_CHECK(
+        smem <= shared_budget(),
+        "[{}] head dims dk {} / dv {} need {} bytes of shared memory, the GPU gives a block "
+        "{}",
+        op, p.dk, p.dv, smem, shared_budget());
     const int64_t row_blocks = dseek::cuda::ceil_div<int64_t>(rows, int64_t(warps) * kRowsPerWarp);
     const int64_t splits = key_splits(row_blocks * Hk * n_seqs, max_keys, n_seqs);
     p.split_keys =
-        dseek::cuda::ceil_div<int64_t>(dseek::cuda::ceil_div(max_keys, splits), kKeyTile) * kKeyTile;
+        dseek::cuda::ceil_div<int64_t>(dseek::cuda::ceil_div(max_keys, splits), kKeyTile) *
+        kKeyTile;
     p.n_splits = int(dseek::cuda::ceil_div(max_keys, p.split_keys));
     std::unique_ptr<void, void (*)(void*)> workspace(nullptr, dseek::cuda::free);
     if (p.n_splits > 1) {

@@ -34,8 +34,7 @@ void paged_attention(const PagedAttentionArgs& a, DType act) {
   p.page_table = a.page_table;
   p.page_start = a.page_start;
   p.page_tokens = a.page_tokens;
-  attention_forward<true>(p, a.n_seqs, a.max_T, a.max_S, a.total_q, a.Hk, act,
-                          "paged_attention");
+  attention_forward<true>(p, a.n_seqs, a.max_T, a.max_S, a.total_q, a.Hk, act, "paged_attention");
 }
 
 }  // namespace dseek::ops::cuda
