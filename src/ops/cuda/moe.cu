@@ -132,6 +132,9 @@ __global__ void moe_route_kernel(const float* logits, int64_t T, int64_t ld, con
       if (h != lane && ranks_before(other, h, score, lane)) ++rank;
     }
     const unsigned kept = __ballot_sync(kFull, lane < G && rank < a.topk_group);
+    // Every lane has finished reading its group's c before any lane zeroes experts (the ballot
+    // converges the warp but, unlike __syncwarp, does not order shared-memory accesses).
+    __syncwarp();
     for (int e = lane; e < E; e += 32) {
       if (!((kept >> (e / group_size)) & 1u)) c[e] = 0.0f;
     }
