@@ -46,8 +46,9 @@
 // dW are f32; ids/order/position i32; offsets i64. Activations (x, x_perm, y_perm, dout…) are f32,
 // or bf16 on the GPU (outputs in that dtype, f32 accumulation). Expert matrices: f32, bf16 or f16
 // on the CPU; on the GPU the activation dtype. The GPU expects ids in [0, E) (moe_route's output;
-// the CPU op checks them): an id out of range leaves its slot unplaced (order and position −1,
-// zero rows/contributions) instead of touching memory out of bounds.
+// the CPU op checks them): an id out of range leaves its slot unplaced (order and position −1;
+// offsets[E] counts only placed slots; permute writes zero rows, grouped_linear leaves rows past
+// offsets[E] unwritten, combine skips the slot) instead of touching memory out of bounds.
 #pragma once
 
 #include <cstdint>
