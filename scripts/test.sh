@@ -16,8 +16,8 @@ cmake --build build-test -j "$jobs"
 
 echo "== tests"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
-# OpenMPI keeps allocations until exit (the MPI ranks of tests/test_train_dist.cpp): suppressed by
-# library, so leaks in dseek itself are still reported.
+# OpenMPI keeps allocations until exit (the MPI ranks of tests/test_train_dist.cpp, which also
+# unwind fully for these to match): suppressed by library, so leaks in dseek itself still count.
 export LSAN_OPTIONS=suppressions=$root/tests/lsan_mpi.supp
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=1

@@ -84,9 +84,14 @@ pid_t spawn(const std::string& program, const Args& args, const fs::path& out,
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  // Under ASan (scripts/test.sh), OpenMPI's allocations that live until exit are suppressed by
+  // library (tests/lsan_mpi.supp); LSan's default fast unwinder stops at OpenMPI's frames without
+  // frame pointers, so the ranks unwind allocation stacks fully to reach the library names.
+  const std::string lsan = std::string("LSAN_OPTIONS=suppressions=") + DSEEK_SOURCE_DIR +
+                           "/tests/lsan_mpi.supp:fast_unwind_on_malloc=0";
   const std::vector<std::string> set = {"OMP_WAIT_POLICY=passive", "OMP_NUM_THREADS=1",
                                         "OMPI_ALLOW_RUN_AS_ROOT=1",
-                                        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"};
+                                        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1", lsan};
   std::vector<std::string> env_text = set;
   for (char** e = environ; *e; ++e) {
     bool replaced = false;
