@@ -64,3 +64,29 @@ TEST(Tensor, ViewsAndCopies) {
   Tensor p = Tensor::poisoned({4});
   for (float v : p.to_vector()) EXPECT_TRUE(std::isnan(v));
 }
+
+TEST(Tensor, CopyFromWritesIntoStridedViewsConvertsAndBroadcasts) {
+  // Write a [3, 2] f32 source into columns 1..2 of a poisoned [3, 4] bf16 tensor (a strided
+  // view), converting; then broadcast a [1, 2] row over 3 rows with expand.
+  const Tensor src = Tensor::from_vector({1, 2, 3, 4, 5, 6}, {3, 2});
+  const Tensor dst = Tensor::poisoned({3, 4}, DType::BF16);
+  dst.slice(1, 1, 3).copy_from(src);
+  const std::vector<float> v = dst.to_vector();
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_TRUE(std::isnan(v[size_t(r * 4)]));
+    EXPECT_EQ(v[size_t(r * 4 + 1)], float(2 * r + 1));
+    EXPECT_EQ(v[size_t(r * 4 + 2)], float(2 * r + 2));
+    EXPECT_TRUE(std::isnan(v[size_t(r * 4 + 3)]));
+  }
+  const Tensor row = Tensor::from_vector({7, 8}, {1, 2});
+  const Tensor out = Tensor::poisoned({3, 2});
+  out.copy_from(row.expand(0, 3));
+  EXPECT_EQ(out.to_vector(), (std::vector<float>{7, 8, 7, 8, 7, 8}));
+  // Transposed source, same dtype (the memcpy path).
+  const Tensor t = Tensor::poisoned({2, 3});
+  t.copy_from(src.transpose(0, 1));
+  EXPECT_EQ(t.to_vector(), (std::vector<float>{1, 3, 5, 2, 4, 6}));
+  EXPECT_THROW(t.copy_from(src), Error);                           // shape
+  EXPECT_THROW(Tensor::zeros({2}, DType::I32).copy_from(Tensor::from_vector({1, 2}, {2})), Error);
+  EXPECT_THROW(src.expand(0, 4), Error);                           // only size-1 dimensions
+}

@@ -41,6 +41,11 @@ void convert(const void* src, DType from, void* dst, DType to, size_t n);
 void strided_copy(const void* src, void* dst, size_t element_bytes, const int64_t* shape,
                   const int64_t* strides, int dims);
 
+// Writes a strided view into another strided view of the same shape (up to 8 dimensions,
+// strides in elements, stride 0 broadcasts the source), converting between float dtypes.
+void strided_convert(const void* src, DType from, const int64_t* src_strides, void* dst, DType to,
+                     const int64_t* dst_strides, const int64_t* shape, int dims);
+
 void synchronize();  // waits for the stream; raises any asynchronous kernel error
 
 // Bytes the pool holds and the device's free/total memory (for diagnostics and benchmarks).

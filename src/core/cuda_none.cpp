@@ -25,6 +25,10 @@ void copy_on_device(void*, const void*, size_t) { not_built(); }
 void fill_bytes(void*, int, size_t) { not_built(); }
 void convert(const void*, DType, void*, DType, size_t) { not_built(); }
 void strided_copy(const void*, void*, size_t, const int64_t*, const int64_t*, int) { not_built(); }
+void strided_convert(const void*, DType, const int64_t*, void*, DType, const int64_t*,
+                     const int64_t*, int) {
+  not_built();
+}
 void synchronize() { not_built(); }
 MemoryInfo memory_info() { return {}; }
 

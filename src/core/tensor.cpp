@@ -186,6 +186,73 @@ Tensor Tensor::transpose(int a, int b) const {
   return t;
 }
 
+Tensor Tensor::expand(int d, int64_t n) const {
+  if (d < 0) d += dim();
+  DSEEK_CHECK(d >= 0 && d < dim() && shape_[d] == 1 && n >= 0,
+              "[tensor] expand of dimension {} (size {}) to {} in shape {}: only size-1 dimensions "
+              "expand",
+              d, d >= 0 && d < dim() ? shape_[d] : -1, n, shape_str(shape_));
+  Tensor t = *this;
+  t.shape_[d] = n;
+  t.strides_[d] = 0;
+  return t;
+}
+
+namespace {
+
+bool is_float_dtype(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
+
+// Offsets (in elements) of a strided view's elements in logical order.
+template <typename Visit>
+void for_each_offset(const Shape& shape, const Shape& strides, Visit visit) {
+  const int64_t n = shape_numel(shape);
+  std::vector<int64_t> index(shape.size(), 0);
+  int64_t offset = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    visit(i, offset);
+    for (int k = int(index.size()) - 1; k >= 0; --k) {
+      offset += strides[size_t(k)];
+      if (++index[size_t(k)] < shape[size_t(k)]) break;
+      offset -= strides[size_t(k)] * shape[size_t(k)];
+      index[size_t(k)] = 0;
+    }
+  }
+}
+
+}  // namespace
+
+void Tensor::copy_from(const Tensor& src) const {
+  DSEEK_CHECK(defined() && src.defined(), "[tensor] copy_from with an undefined tensor");
+  DSEEK_CHECK(src.shape_ == shape_, "[tensor] copy_from: source {} does not match destination {}",
+              shape_str(src.shape_), shape_str(shape_));
+  DSEEK_CHECK(src.device() == device(), "[tensor] copy_from: source on {}, destination on {}",
+              device_name(src.device()), device_name(device()));
+  DSEEK_CHECK(src.dtype_ == dtype_ || (is_float_dtype(src.dtype_) && is_float_dtype(dtype_)),
+              "[tensor] copy_from: {} into {}", dtype_name(src.dtype_), dtype_name(dtype_));
+  if (numel() == 0) return;
+  if (device() == Device::CUDA) {
+    cuda::strided_convert(src.raw(), src.dtype_, src.strides_.data(), raw(), dtype_,
+                          strides_.data(), shape_.data(), dim());
+    return;
+  }
+  const size_t esize = dtype_size(dtype_);
+  char* dst = static_cast<char*>(raw());
+  const char* from = static_cast<const char*>(src.raw());
+  if (src.dtype_ == dtype_) {
+    std::vector<int64_t> src_offsets(static_cast<size_t>(numel()));
+    for_each_offset(shape_, src.strides_, [&](int64_t i, int64_t o) { src_offsets[size_t(i)] = o; });
+    for_each_offset(shape_, strides_, [&](int64_t i, int64_t o) {
+      std::memcpy(dst + o * int64_t(esize), from + src_offsets[size_t(i)] * int64_t(esize), esize);
+    });
+    return;
+  }
+  const Tensor values = src.to(DType::F32);  // contiguous f32 in logical order
+  const float* v = values.data<float>();
+  for_each_offset(shape_, strides_, [&](int64_t i, int64_t o) {
+    convert_from_f32(v + i, dst + o * int64_t(esize), dtype_, 1);
+  });
+}
+
 Tensor Tensor::contiguous() const {
   if (is_contiguous()) return *this;
   return clone();

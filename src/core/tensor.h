@@ -67,11 +67,17 @@ class Tensor {
   Tensor slice(int d, int64_t start, int64_t end) const;
   Tensor select(int d, int64_t index) const;  // drops dimension d
   Tensor transpose(int a, int b) const;
+  // Dimension d (of size 1) repeated n times without copying (stride 0), as torch's expand.
+  Tensor expand(int d, int64_t n) const;
 
   // Copies (on the tensor's own device).
   Tensor contiguous() const;
   Tensor clone() const;
   Tensor to(DType dtype) const;  // via f32; same dtype returns a contiguous copy
+  // Writes src's values into this tensor (a view, any strides, on src's device) in place:
+  // the shapes must match, float dtypes convert (round to nearest even), other dtypes must match.
+  // The building block for writing into slices (cache rows, heads of a concatenation).
+  void copy_from(const Tensor& src) const;
   // A contiguous copy on `device` (the tensor itself, made contiguous, when it is already there).
   Tensor to(Device device) const;
   bool is_cuda() const { return device() == Device::CUDA; }

@@ -49,6 +49,42 @@ __global__ void strided_copy_kernel(const Word* src, Word* dst, StridedLayout la
   }
 }
 
+struct TwoLayouts {
+  int64_t shape[8];
+  int64_t src_strides[8];
+  int64_t dst_strides[8];
+  int dims;
+};
+
+__device__ void offsets_of(const TwoLayouts& l, size_t i, int64_t& src, int64_t& dst) {
+  src = 0;
+  dst = 0;
+  for (int d = l.dims - 1; d >= 0; --d) {
+    const int64_t c = int64_t(i % size_t(l.shape[d]));
+    i /= size_t(l.shape[d]);
+    src += c * l.src_strides[d];
+    dst += c * l.dst_strides[d];
+  }
+}
+
+__global__ void strided_convert_kernel(const void* src, DType from, void* dst, DType to,
+                                       TwoLayouts layout, size_t n) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    int64_t s, d;
+    offsets_of(layout, i, s, d);
+    store_from_f32(dst, to, size_t(d), load_as_f32(src, from, size_t(s)));
+  }
+}
+
+template <typename Word>
+__global__ void strided_word_kernel(const Word* src, Word* dst, TwoLayouts layout, size_t n) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    int64_t s, d;
+    offsets_of(layout, i, s, d);
+    dst[d] = src[s];
+  }
+}
+
 bool is_float(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
 
 unsigned grid_for(size_t n) { return unsigned(std::min<size_t>(ceil_div<size_t>(n, 256), 65535 * 8)); }
@@ -83,6 +119,35 @@ void strided_copy(const void* src, void* dst, size_t element_bytes, const int64_
     default: fail("[cuda] strided copy of {}-byte elements", element_bytes);
   }
   DSEEK_CUDA_CHECK_LAUNCH("strided_copy_kernel");
+}
+
+void strided_convert(const void* src, DType from, const int64_t* src_strides, void* dst, DType to,
+                     const int64_t* dst_strides, const int64_t* shape, int dims) {
+  DSEEK_CHECK(dims >= 0 && dims <= 8, "[cuda] strided copy of {} dimensions (at most 8)", dims);
+  TwoLayouts layout{};
+  size_t n = 1;
+  for (int d = 0; d < dims; ++d) {
+    layout.shape[d] = shape[d];
+    layout.src_strides[d] = src_strides[d];
+    layout.dst_strides[d] = dst_strides[d];
+    n *= size_t(shape[d]);
+  }
+  layout.dims = dims;
+  if (n == 0) return;
+  if (from != to || is_float(from)) {
+    DSEEK_CHECK(is_float(from) && is_float(to), "[cuda] copy {} -> {}: only f32, bf16 and f16 convert",
+                dtype_name(from), dtype_name(to));
+    strided_convert_kernel<<<grid_for(n), 256, 0, stream()>>>(src, from, dst, to, layout, n);
+    DSEEK_CUDA_CHECK_LAUNCH("strided_convert_kernel");
+    return;
+  }
+  switch (dtype_size(from)) {
+    case 1: strided_word_kernel<<<grid_for(n), 256, 0, stream()>>>(static_cast<const uint8_t*>(src), static_cast<uint8_t*>(dst), layout, n); break;
+    case 4: strided_word_kernel<<<grid_for(n), 256, 0, stream()>>>(static_cast<const uint32_t*>(src), static_cast<uint32_t*>(dst), layout, n); break;
+    case 8: strided_word_kernel<<<grid_for(n), 256, 0, stream()>>>(static_cast<const uint64_t*>(src), static_cast<uint64_t*>(dst), layout, n); break;
+    default: fail("[cuda] strided copy of {}", dtype_name(from));
+  }
+  DSEEK_CUDA_CHECK_LAUNCH("strided_word_kernel");
 }
 
 }  // namespace dseek::cuda
