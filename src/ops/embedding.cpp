@@ -3,7 +3,6 @@
 // in token order (deterministic; on the GPU too, see ops/cuda/embedding.cu).
 #include "ops/embedding.h"
 
-#include "core/cuda.h"
 #include "core/error.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/device.h"
@@ -17,21 +16,6 @@ void check_ids(const std::vector<int32_t>& ids, int64_t V) {
     DSEEK_CHECK(ids[t] >= 0 && ids[t] < V,
                 "[embedding] token id {} at position {} is outside [0, {})", ids[t], t, V);
 }
-
-#ifdef DSEEK_HAS_CUDA
-// The ids in device memory for the duration of one op (freed stream-ordered, so the kernels
-// queued before the free still read them).
-struct DeviceIds {
-  explicit DeviceIds(const std::vector<int32_t>& ids)
-      : ptr(static_cast<int32_t*>(dseek::cuda::alloc(ids.size() * sizeof(int32_t)))) {
-    dseek::cuda::copy_to_device(ptr, ids.data(), ids.size() * sizeof(int32_t));
-  }
-  ~DeviceIds() { dseek::cuda::free(ptr); }
-  DeviceIds(const DeviceIds&) = delete;
-  DeviceIds& operator=(const DeviceIds&) = delete;
-  int32_t* ptr;
-};
-#endif
 
 }  // namespace
 
@@ -52,8 +36,8 @@ Tensor embedding(const Tensor& table, const std::vector<int32_t>& ids, DType act
   if (table.is_cuda()) {
 #ifdef DSEEK_HAS_CUDA
     if (out.numel() == 0) return out;
-    const DeviceIds dids(ids);
-    cuda::embedding(tc.raw(), dt, dids.ptr, T, D, out.raw(), act);
+    const Tensor dids = Tensor::from_ids(ids).to(Device::CUDA);
+    cuda::embedding(tc.raw(), dt, dids.data<int32_t>(), T, D, out.raw(), act);
     return out;
 #else
     cuda_not_built("embedding");
@@ -85,9 +69,9 @@ void embedding_backward_accumulate(const std::vector<int32_t>& ids, const Tensor
   if (device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
     if (ids.empty() || D == 0) return;
-    const DeviceIds dids(ids);
-    cuda::embedding_backward(dids.ptr, int64_t(ids.size()), D, g.raw(), act, dtable.data<float>(),
-                             V);
+    const Tensor dids = Tensor::from_ids(ids).to(Device::CUDA);
+    cuda::embedding_backward(dids.data<int32_t>(), int64_t(ids.size()), D, g.raw(), act,
+                             dtable.data<float>(), V);
     return;
 #else
     cuda_not_built("embedding");

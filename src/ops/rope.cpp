@@ -2,7 +2,6 @@
 
 #include <cmath>
 
-#include "core/cuda.h"
 #include "core/error.h"
 #include "ops/cpu/cpu_ops.h"
 #include "ops/cuda/cuda_ops.h"
@@ -55,12 +54,10 @@ void rope_cuda(const Tensor& x, int64_t pos0, const std::vector<float>& inv_freq
                bool interleaved, bool backward, DType act) {
   const int64_t T = x.size(0), H = x.size(1), d = x.size(2);
   if (T * H * d == 0) return;
-  const size_t bytes = inv_freq.size() * sizeof(float);
-  float* freq = static_cast<float*>(dseek::cuda::alloc(bytes));
-  dseek::cuda::copy_to_device(freq, inv_freq.data(), bytes);
+  const Tensor freq = Tensor::from_vector(inv_freq, {d / 2}).to(Device::CUDA);
   auto* kernel = backward ? cuda::rope_backward : cuda::rope;
-  kernel(x.raw(), T, H, d, x.strides()[0], x.strides()[1], pos0, freq, scaling, interleaved, act);
-  dseek::cuda::free(freq);
+  kernel(x.raw(), T, H, d, x.strides()[0], x.strides()[1], pos0, freq.data<float>(), scaling,
+         interleaved, act);
 }
 #endif
 
