@@ -3,7 +3,8 @@
 // weights and (gathered ZeRO-1) optimizer moments as one process; --deterministic runs repeat bit
 // for bit, whether started by mpirun or by --nproc; a rank killed with SIGKILL fails the job with
 // a non-zero exit that says so, leaves the last checkpoint intact, and --resume continues with the
-// losses of an uninterrupted run. In process: the ZeRO-1 step with one rank equals AdamW exactly
+// losses of an uninterrupted run. ZeRO-1 on 3 ranks (this binary relaunched under mpirun) equals
+// AdamW on the summed gradients bit for bit; in process, with one rank it equals AdamW exactly
 // (flat space, buckets cutting through parameters) and even_share partitions exactly.
 //
 // The suite skips when this dseek was built without MPI or mpirun is missing (scripts/setup.sh
@@ -20,6 +21,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
@@ -575,4 +577,123 @@ TEST_F(DistTrain, UnevenBatchIsAClearError) {
                                                  {"--nproc", "2", "--set", "train.batch_size=3"}));
   EXPECT_EQ(n.exit_code, 1);
   EXPECT_NE(n.err.find("must be divisible by the 2 ranks"), std::string::npos) << n.err;
+}
+
+namespace {
+
+// A small ParamSet: matrices, norms, a buffer, main blocks 0–1 and an "MTP" block 2.
+void make_params(train::ParamSet& ps) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  auto add = [&](const char* name, Shape shape, bool trainable, bool decay) {
+    Tensor t = Tensor::empty(shape);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = normal(rng);
+    ps.add(name, t, trainable, decay);
+  };
+  add("model.embed_tokens.weight", {37, 5}, true, true);
+  add("model.layers.0.input_layernorm.weight", {5}, true, false);
+  add("model.layers.0.mlp.gate.e_score_correction_bias", {4}, false, false);
+  add("model.layers.0.mlp.gate_proj.weight", {11, 5}, true, true);
+  add("model.layers.1.self_attn.o_proj.weight", {5, 13}, true, true);
+  add("model.layers.2.mlp.up_proj.weight", {7, 5}, true, true);
+  add("model.norm.weight", {5}, true, false);
+  add("lm_head.weight", {37, 5}, true, true);
+}
+
+// Rank r's gradients at a step: normal, seeded by (step, r).
+void rank_gradients(train::ParamSet& ps, int rank, int step) {
+  std::mt19937 rng(uint32_t(100 * step + rank));
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (train::Param& p : ps.all())
+    if (p.trainable)
+      for (int64_t i = 0; i < p.grad.numel(); ++i) p.grad.data<float>()[i] = normal(rng);
+}
+
+// One rank's part of DistRanks.ZeroOneEqualsAdamWOnSummedGradients (run under mpirun).
+void zero_one_on_this_rank() {
+  dist::init_world(nullptr, nullptr);
+  dist::ProcessGroup& w = dist::world();
+  ASSERT_GT(w.size(), 1);
+  const train::AdamWConfig config{0.9, 0.95, 1e-8, 0.1};
+  for (int det = 0; det < 2; ++det)
+    for (int64_t bucket : {1, 7, 64, 100000}) {
+      SCOPED_TRACE("deterministic " + std::to_string(det) + ", bucket " + std::to_string(bucket));
+      w.set_deterministic(det != 0);
+      train::ParamSet a, b, scratch;
+      make_params(a);
+      make_params(b);
+      make_params(scratch);
+      train::AdamW reference(a, config);
+      train::DataParallel dp(w, b, config, 2, bucket);
+      for (int step = 0; step < 3; ++step) {
+        // The reference: every rank's gradients summed in rank order, clipped, one AdamW step.
+        for (int r = 0; r < w.size(); ++r) {
+          rank_gradients(scratch, r, step);
+          for (size_t i = 0; i < a.size(); ++i) {
+            if (!a.all()[i].trainable) continue;
+            float* g = a.all()[i].grad.data<float>();
+            const float* t = scratch.all()[i].grad.data<float>();
+            for (int64_t k = 0; k < a.all()[i].grad.numel(); ++k)
+              g[k] = r == 0 ? t[k] : g[k] + t[k];
+          }
+        }
+        const double norm = train::clip_grad_norm(a, 3.0);
+        reference.step(1e-2);
+        // ZeRO-1: this rank's gradients, reduced as backward would announce its blocks.
+        rank_gradients(b, w.rank(), step);
+        dp.arm();
+        for (int64_t layer : {2, 1, 0}) dp.on_block_backward(layer);
+        dp.reduce_gradients();
+        EXPECT_NEAR(dp.clip_grad_norm(3.0), norm, 1e-12 * norm);
+        dp.step(1e-2);
+        for (size_t i = 0; i < a.size(); ++i)
+          EXPECT_EQ(std::memcmp(a.all()[i].value.data<float>(), b.all()[i].value.data<float>(),
+                                a.all()[i].value.nbytes()),
+                    0)
+              << "rank " << w.rank() << " step " << step << ": " << a.all()[i].name;
+      }
+      const auto gathered = dp.gather_state();
+      if (w.rank() == 0) {
+        expect_tensors_identical(gathered, reference.state_tensors(), "gathered moments");
+      } else {
+        EXPECT_TRUE(gathered.empty());
+      }
+      // Loading the full moments back gives every rank its shard again (other bucket size).
+      const auto full = reference.state_tensors();
+      train::DataParallel again(w, b, config, 2, bucket + 3);
+      again.load_state(std::map<std::string, Tensor>(full.begin(), full.end()), 3);
+      EXPECT_EQ(again.exp_avg_shard(), dp.exp_avg_shard());
+      EXPECT_EQ(again.exp_avg_sq_shard(), dp.exp_avg_sq_shard());
+    }
+  dist::finalize_world();
+}
+
+}  // namespace
+
+// ZeRO-1 over 3 real MPI ranks (this test binary relaunched under mpirun, each rank running only
+// this test): after every step each rank's parameters equal, bit for bit, one AdamW step on the
+// sum of all ranks' gradients (rank order; with 3 ranks MPI's own reduce-scatter must agree too),
+// for buckets of 1, 7, 64 elements and one bucket for everything, with reductions issued as
+// blocks finish; the moments gathered on rank 0 are AdamW's and load back into each shard.
+TEST(DistRanks, ZeroOneEqualsAdamWOnSummedGradients) {
+  if (dist::launcher_world_size() > 1) {
+    zero_one_on_this_rank();
+    return;
+  }
+  if (!dist::mpi_available()) GTEST_SKIP() << "this dseek was built without MPI";
+  const std::string mpirun = find_mpirun();
+  if (mpirun.empty()) GTEST_SKIP() << "mpirun not found (scripts/setup.sh installs OpenMPI)";
+  char self[4096];
+  const ssize_t len = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  ASSERT_GT(len, 0);
+  self[len] = '\0';
+  const ProcRun r = run(
+      mpirun, {"-np", "3", "--bind-to", "none", "--oversubscribe", self,
+               "--gtest_filter=DistRanks.ZeroOneEqualsAdamWOnSummedGradients", "--gtest_color=no"});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  size_t passed = 0;
+  for (size_t at = r.out.find("[  PASSED  ] 1 test"); at != std::string::npos;
+       at = r.out.find("[  PASSED  ] 1 test", at + 1))
+    ++passed;
+  EXPECT_EQ(passed, 3u) << r.out;  // every rank ran and passed it
 }
