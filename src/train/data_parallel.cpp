@@ -38,7 +38,7 @@ int64_t overlap(int64_t a0, int64_t a1, int64_t b0, int64_t b1) {
 
 DataParallel::DataParallel(dist::ProcessGroup& group, ParamSet& params, AdamWConfig config,
                            int64_t num_hidden_layers, int64_t bucket_elements)
-    : group_(group), params_(params), config_(config), num_hidden_layers_(num_hidden_layers) {
+    : group_(group), config_(config), num_hidden_layers_(num_hidden_layers) {
   DSEEK_CHECK(bucket_elements > 0, "[dist] bucket of {} elements", bucket_elements);
   for (Param& p : params.all()) {
     if (!p.trainable) continue;

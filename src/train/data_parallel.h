@@ -92,7 +92,6 @@ class DataParallel {
   void issue(Bucket& b);
 
   dist::ProcessGroup& group_;
-  ParamSet& params_;
   AdamWConfig config_;
   int64_t num_hidden_layers_;
   std::vector<Slot> slots_;
