@@ -2,8 +2,8 @@
 // variant; dispatch is a stable counting sort; permute/combine and the grouped GEMMs (forward and
 // backward) equal per-token and per-expert loops over the plain ops; and route → dispatch →
 // permute → grouped_linear (gate, up) → silu_mul → grouped_linear (down) → combine (+ shared
-// experts) equals MoE::forward. The CUDA twins are compared with these in
-// tests/backend/test_backend_moe.cpp.
+// experts) equals MoE::forward. route_params (model/gate.h) is the bridge from a config to the
+// op. The CUDA twins are compared with these in tests/backend/test_backend_moe.cpp.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -31,24 +31,6 @@ using dseek::testing::max_abs_diff;
 using dseek::testing::random_tensor;
 
 namespace {
-
-// The op's parameters for a model config: what a GPU MoE layer will build from its config.
-ops::MoeRouteParams route_params(const ModelConfig& c) {
-  ops::MoeRouteParams p;
-  p.experts = c.n_routed_experts;
-  p.top_k = c.num_experts_per_tok;
-  p.scoring = c.scoring_func == "sigmoid" ? ops::MoeScoring::Sigmoid : ops::MoeScoring::Softmax;
-  p.method = c.topk_method == "noaux_tc"               ? ops::MoeTopK::NoauxTc
-             : c.topk_method == "group_limited_greedy" ? ops::MoeTopK::GroupLimitedGreedy
-                                                       : ops::MoeTopK::Greedy;
-  p.n_group = c.n_group;
-  p.topk_group = c.topk_group;
-  const WeightRule rule = routing_weight_rule(c);
-  p.normalise = rule.normalise;
-  p.scale = rule.scale;
-  p.routed_scaling_factor = float(c.routed_scaling_factor);
-  return p;
-}
 
 struct Variant {
   std::string name, model_type, scoring_func, topk_method;

@@ -1,6 +1,9 @@
-// `dseek logits --model DIR --ids 5,17,42 --out FILE`: runs the full forward (no cache) of one
-// sequence and writes its logits as raw little-endian float32 [n_ids, vocab], row-major; prints
-// the shape. Used to compare dseek with transformers outside the test suite.
+// `dseek logits --model DIR --ids 5,17,42 --out FILE [--device cpu|cuda] [--dtype f32|bf16]`:
+// runs the full forward (no cache) of one sequence and writes its logits as raw little-endian
+// float32 [n_ids, vocab], row-major; prints the shape. Used to compare dseek with transformers
+// outside the test suite. --device cuda loads the model onto the GPU (weights converted once to
+// --dtype, the activation dtype; bf16 only there); the logits are converted to f32 and copied
+// back whatever the dtype.
 #include <algorithm>
 #include <climits>
 #include <cstdio>
@@ -10,6 +13,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "core/cuda.h"
 #include "core/error.h"
 #include "model/model.h"
 
@@ -49,10 +53,26 @@ void add_logits_command(CLI::App& app) {
       ->required();
   cmd->add_option("--ids", *ids_text, "Comma-separated token ids, e.g. 5,17,42")->required();
   cmd->add_option("--out", *out_path, "Output file (little-endian float32)")->required();
-  cmd->callback([model_dir, ids_text, out_path] {
+  auto device = std::make_shared<std::string>("cpu");
+  auto dtype = std::make_shared<std::string>("f32");
+  cmd->add_option("--device", *device, "Where the forward runs: cpu (default) or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--dtype", *dtype, "Activation dtype: f32 (default) or bf16 (cuda only)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  cmd->callback([model_dir, ids_text, out_path, device, dtype] {
     const std::vector<int32_t> ids = parse_ids(*ids_text);
-    auto model = Model::load(*model_dir);
-    const Tensor logits = model->forward(ids);  // checks ids against the vocabulary
+    Placement placement;
+    if (*device == "cuda") {
+      cuda::require("--device cuda");
+      placement.device = Device::CUDA;
+    }
+    if (*dtype == "bf16") {
+      DSEEK_CHECK(placement.device == Device::CUDA,
+                  "[logits] --dtype bf16 needs --device cuda (the CPU computes in f32)");
+      placement.act = DType::BF16;
+    }
+    auto model = Model::load(*model_dir, placement);
+    const Tensor logits = model->forward(ids);  // f32 on the host; checks ids against the vocab
     std::ofstream out(*out_path, std::ios::binary | std::ios::trunc);
     DSEEK_CHECK(out.good(), "[logits] {}: cannot open for writing", *out_path);
     out.write(static_cast<const char*>(logits.raw()), std::streamsize(logits.nbytes()));

@@ -2,20 +2,10 @@
 
 #include "model/load_context.h"
 #include "model/mla.h"
+#include "ops/activation.h"
 #include "ops/norm.h"
 
 namespace dseek {
-namespace {
-
-// a += b, elementwise over [T, D].
-void add_inplace(Tensor& a, const Tensor& b) {
-  float* ap = a.data<float>();
-  const float* bp = b.data<float>();
-  const int64_t n = a.numel();
-  for (int64_t i = 0; i < n; ++i) ap[i] += bp[i];
-}
-
-}  // namespace
 
 Block::Block(const ModelConfig& config, const RopeParams& rope, LoadContext& ctx,
              const std::string& prefix, int64_t layer)
@@ -29,9 +19,9 @@ Block::Block(const ModelConfig& config, const RopeParams& rope, LoadContext& ctx
     attn_ = std::make_unique<Attention>(config, rope, ctx, prefix + ".self_attn");
   }
   if (config.is_moe_layer(layer)) {
-    moe_.emplace(config, ctx.store(), prefix + ".mlp");
+    moe_.emplace(config, ctx.store(), prefix + ".mlp", ctx.placement());
   } else {
-    mlp_.emplace(ctx.store(), prefix + ".mlp", D, config.intermediate_size);
+    mlp_.emplace(ctx.store(), prefix + ".mlp", D, config.intermediate_size, ctx.placement());
   }
   ctx.consume_prefix(prefix + ".mlp.");
 }
@@ -39,19 +29,19 @@ Block::Block(const ModelConfig& config, const RopeParams& rope, LoadContext& ctx
 Tensor Block::feed_forward(const Tensor& h) const {
   const Tensor normed = ops::rms_norm(h, post_attention_layernorm_, eps_);
   Tensor out = moe_ ? moe_->forward(normed) : mlp_->forward(normed);
-  add_inplace(out, h);
+  ops::add_inplace(out, h);
   return out;
 }
 
 Tensor Block::forward(const Tensor& x) const {
   Tensor h = attn_->forward(ops::rms_norm(x, input_layernorm_, eps_));
-  add_inplace(h, x);
+  ops::add_inplace(h, x);
   return feed_forward(h);
 }
 
 Tensor Block::forward(const Tensor& x, KVCache& cache, int64_t cache_layer) const {
   Tensor h = attn_->forward_cached(ops::rms_norm(x, input_layernorm_, eps_), cache, cache_layer);
-  add_inplace(h, x);
+  ops::add_inplace(h, x);
   return feed_forward(h);
 }
 
@@ -59,7 +49,7 @@ Tensor Block::forward_paged(const Tensor& x, std::span<const ops::PagedAttention
                            PagedKVCache& cache, int64_t cache_layer) const {
   Tensor h = attn_->forward_paged(ops::rms_norm(x, input_layernorm_, eps_), seqs, cache,
                                   cache_layer);
-  add_inplace(h, x);
+  ops::add_inplace(h, x);
   return feed_forward(h);
 }
 

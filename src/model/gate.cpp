@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "model/safetensors.h"
+#include "ops/device.h"
 #include "ops/linear.h"
 
 namespace dseek {
@@ -67,6 +68,25 @@ WeightRule routing_weight_rule(const ModelConfig& config) {
     rule.scale = false;
   }
   return rule;
+}
+
+ops::MoeRouteParams route_params(const ModelConfig& config) {
+  ops::MoeRouteParams p;
+  p.experts = config.n_routed_experts;
+  p.top_k = config.num_experts_per_tok;
+  // validate_gate_config admits exactly these names.
+  p.scoring =
+      config.scoring_func == "sigmoid" ? ops::MoeScoring::Sigmoid : ops::MoeScoring::Softmax;
+  p.method = config.topk_method == "noaux_tc"               ? ops::MoeTopK::NoauxTc
+             : config.topk_method == "group_limited_greedy" ? ops::MoeTopK::GroupLimitedGreedy
+                                                            : ops::MoeTopK::Greedy;
+  p.n_group = config.n_group;
+  p.topk_group = config.topk_group;
+  const WeightRule rule = routing_weight_rule(config);
+  p.normalise = rule.normalise;
+  p.scale = rule.scale;
+  p.routed_scaling_factor = float(config.routed_scaling_factor);
+  return p;
 }
 
 std::vector<int64_t> Routing::expert_load() const {
@@ -184,14 +204,20 @@ Routing route_from_logits(const ModelConfig& config, const Tensor& logits,
   return r;
 }
 
-Gate::Gate(const ModelConfig& config, const WeightStore& weights, const std::string& prefix)
+Gate::Gate(const ModelConfig& config, const WeightStore& weights, const std::string& prefix,
+           const Placement& placement)
     : config_(config), name_(prefix) {
   validate_gate_config(config, prefix);
-  weight_ = weights.get_weight(prefix + ".weight", {config.n_routed_experts, config.hidden_size});
+  weight_ = place_f32(
+      weights.get_weight(prefix + ".weight", {config.n_routed_experts, config.hidden_size}),
+      placement);
   if (config.topk_method == "noaux_tc") {
     correction_bias_ =
         weights.get(prefix + ".e_score_correction_bias", {config.n_routed_experts}).to_vector();
   }
+  if (!correction_bias_.empty())
+    correction_bias_tensor_ = Tensor::from_vector(correction_bias_, {config.n_routed_experts})
+                                  .to(weight_.device());
 }
 
 Gate::Gate(const ModelConfig& config, Tensor weight, std::vector<float> correction_bias,
@@ -209,18 +235,24 @@ Gate::Gate(const ModelConfig& config, Tensor weight, std::vector<float> correcti
       correction_bias_.empty() || int64_t(correction_bias_.size()) == config.n_routed_experts,
       "[moe] {}.e_score_correction_bias: {} values, expected {}", name_, correction_bias_.size(),
       config.n_routed_experts);
+  if (!correction_bias_.empty())
+    correction_bias_tensor_ = Tensor::from_vector(correction_bias_, {config.n_routed_experts})
+                                  .to(weight_.device());
 }
 
 Tensor Gate::logits(const Tensor& x) const {
-  DSEEK_CHECK(x.dim() == 2 && x.size(1) == config_.hidden_size && x.dtype() == DType::F32,
-              "[moe] {}: input shape {} ({}), expected [T, {}] f32", name_, shape_str(x.shape()),
+  const DType act = ops::activation_dtype("moe gate", x);
+  DSEEK_CHECK(x.dim() == 2 && x.size(1) == config_.hidden_size,
+              "[moe] {}: input shape {} ({}), expected [T, {}]", name_, shape_str(x.shape()),
               dtype_name(x.dtype()), config_.hidden_size);
-  // transformers computes the router in f32 whatever the weight dtype; linear widens W to f32.
-  return ops::linear(x.contiguous(), weight_);
+  // transformers computes the router in f32 whatever the weight and activation dtypes: on the CPU
+  // linear widens W to f32; on the GPU the placed weight is f32 and bf16 activations are widened.
+  return ops::linear(act == DType::F32 ? x.contiguous() : x.to(DType::F32), weight_);
 }
 
 Routing Gate::route(const Tensor& x) const {
-  const Tensor z = logits(x);
+  Tensor z = logits(x);
+  if (z.is_cuda()) z = z.to(Device::CPU);
   return route_from_logits(config_, z,
                            correction_bias_.empty() ? nullptr : correction_bias_.data());
 }

@@ -26,6 +26,8 @@
 
 #include "core/tensor.h"
 #include "model/config.h"
+#include "model/placement.h"
+#include "ops/moe.h"
 
 namespace dseek {
 
@@ -52,6 +54,10 @@ struct WeightRule {
 };
 WeightRule routing_weight_rule(const ModelConfig& config);
 
+// The same routing as parameters of the device-side ops::moe_route (scoring, top-k method, groups
+// and the weight rule of routing_weight_rule).
+ops::MoeRouteParams route_params(const ModelConfig& config);
+
 // Checks the routing fields of a config (experts, top-k, groups, scoring_func, topk_method,
 // model_type); throws "[moe] <source>: <field> ..." on invalid values.
 void validate_gate_config(const ModelConfig& config, const std::string& source);
@@ -63,25 +69,32 @@ Routing route_from_logits(const ModelConfig& config, const Tensor& logits,
 
 class Gate {
  public:
-  // Reads <prefix>.weight [E, D] (kept in its stored dtype) and, for noaux_tc,
-  // <prefix>.e_score_correction_bias [E].
-  Gate(const ModelConfig& config, const WeightStore& weights, const std::string& prefix);
+  // Reads <prefix>.weight [E, D] (kept in its stored dtype on the CPU; f32 under a GPU placement)
+  // and, for noaux_tc, <prefix>.e_score_correction_bias [E].
+  Gate(const ModelConfig& config, const WeightStore& weights, const std::string& prefix,
+       const Placement& placement = Placement());
   // From tensors (tests, training): weight [E, D]; correction_bias empty or E values.
   Gate(const ModelConfig& config, Tensor weight, std::vector<float> correction_bias,
        const std::string& name = "gate");
 
-  Tensor logits(const Tensor& x) const;  // x [T, D] f32 -> [T, E] f32
-  Routing route(const Tensor& x) const;  // x [T, D] f32
+  // x [T, D] (f32, or f32/bf16 on the GPU, where the weight must be there too) -> [T, E] f32 on
+  // x's device: the router runs in f32 whatever the activation dtype, as in transformers.
+  Tensor logits(const Tensor& x) const;
+  Routing route(const Tensor& x) const;  // on the host, whatever x's device
 
   const ModelConfig& config() const { return config_; }
   const Tensor& weight() const { return weight_; }
   const std::vector<float>& correction_bias() const { return correction_bias_; }
+  // correction_bias() as an [E] f32 tensor on the weight's device (undefined when empty), the
+  // form ops::moe_route takes.
+  const Tensor& correction_bias_tensor() const { return correction_bias_tensor_; }
 
  private:
   ModelConfig config_;
   std::string name_;
   Tensor weight_;
   std::vector<float> correction_bias_;  // empty unless noaux_tc
+  Tensor correction_bias_tensor_;
 };
 
 }  // namespace dseek

@@ -4,7 +4,7 @@ namespace dseek {
 
 Tensor LoadContext::weight(const std::string& name, const Shape& shape) {
   used_.insert(name);
-  return store_.get_weight(name, shape);
+  return place_weight(store_.get_weight(name, shape), placement_);
 }
 
 Tensor LoadContext::optional_weight(const std::string& name, const Shape& shape) {

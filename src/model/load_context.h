@@ -1,6 +1,7 @@
 // LoadContext: how the model's parts read their weights at load time. It wraps the WeightStore,
 // checks each tensor's shape (errors name the tensor and its file), and records which tensor names
-// were consumed so Model::load can report checkpoint tensors nothing read.
+// were consumed so Model::load can report checkpoint tensors nothing read. Under a GPU placement
+// every weight it hands out is already converted and on the device (model/placement.h).
 #pragma once
 
 #include <set>
@@ -9,20 +10,23 @@
 
 #include "core/tensor.h"
 #include "model/config.h"
+#include "model/placement.h"
 #include "model/safetensors.h"
 
 namespace dseek {
 
 class LoadContext {
  public:
-  LoadContext(const ModelConfig& config, const WeightStore& store)
-      : config_(config), store_(store) {}
+  LoadContext(const ModelConfig& config, const WeightStore& store,
+              const Placement& placement = Placement())
+      : config_(config), store_(store), placement_(placement) {}
 
   const ModelConfig& config() const { return config_; }
   const WeightStore& store() const { return store_; }
+  const Placement& placement() const { return placement_; }
   bool has(const std::string& name) const { return store_.has(name); }
 
-  // A weight for compute (FP8 dequantised), shape-checked; throws if missing.
+  // A weight for compute (FP8 dequantised, then placed), shape-checked; throws if missing.
   Tensor weight(const std::string& name, const Shape& shape);
   // As weight(), or an undefined tensor when the checkpoint does not have it.
   Tensor optional_weight(const std::string& name, const Shape& shape);
@@ -36,6 +40,7 @@ class LoadContext {
  private:
   const ModelConfig& config_;
   const WeightStore& store_;
+  Placement placement_;
   std::set<std::string> used_;
   std::vector<std::string> prefixes_;
 };

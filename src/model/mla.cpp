@@ -91,16 +91,11 @@ Tensor Mla::forward(const Tensor& x) const {
   const Projected p = project(x, 0);
   // Plain MLA: per-head keys and values from the latent.
   const Tensor kv = ops::linear(p.c_kv, kv_b_proj_).reshape({T, H, nope_dim_ + v_dim_});
-  Tensor k = Tensor::empty({T, H, qk});
-  const float* kvp = kv.data<float>();
-  const float* pe = p.k_pe.data<float>();
-  float* kp = k.data<float>();
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t h = 0; h < H; ++h) {
-      float* dst = kp + (t * H + h) * qk;
-      std::memcpy(dst, kvp + (t * H + h) * (nope_dim_ + v_dim_), size_t(nope_dim_) * sizeof(float));
-      std::memcpy(dst + nope_dim_, pe + t * rope_dim_, size_t(rope_dim_) * sizeof(float));
-    }
+  // k = [k_nope; k_pe] per head, the one k_pe broadcast over the heads (stride 0): two strided
+  // copies that run on whichever device the activations are.
+  Tensor k = Tensor::empty({T, H, qk}, kv.dtype(), kv.device());
+  k.slice(2, 0, nope_dim_).copy_from(kv.slice(2, 0, nope_dim_));
+  k.slice(2, nope_dim_, qk).copy_from(p.k_pe.expand(1, H));
   const Tensor v = kv.slice(2, nope_dim_, nope_dim_ + v_dim_);
   const Tensor attn = ops::causal_attention(p.q, k, v, scale_);  // [T, H, v]
   return linear_b(attn.reshape({T, H * v_dim_}), o_proj_, o_bias_);

@@ -3,15 +3,17 @@
 #include "core/error.h"
 #include "model/safetensors.h"
 #include "ops/activation.h"
+#include "ops/device.h"
 #include "ops/linear.h"
 
 namespace dseek {
 
 namespace {
 
-Tensor optional_bias(const WeightStore& weights, const std::string& name, int64_t size) {
+Tensor optional_bias(const WeightStore& weights, const std::string& name, int64_t size,
+                     const Placement& placement) {
   if (!weights.has(name)) return Tensor();
-  return weights.get(name, {size});
+  return place_weight(weights.get(name, {size}), placement);
 }
 
 const Tensor* bias_or_null(const Tensor& bias) {
@@ -21,17 +23,20 @@ const Tensor* bias_or_null(const Tensor& bias) {
 }  // namespace
 
 Mlp::Mlp(const WeightStore& weights, const std::string& prefix, int64_t hidden,
-         int64_t intermediate)
+         int64_t intermediate, const Placement& placement)
     : name_(prefix), hidden_(hidden), intermediate_(intermediate) {
   DSEEK_CHECK(hidden > 0 && intermediate > 0,
               "[mlp] {}: hidden {} and intermediate {} must be positive", prefix, hidden,
               intermediate);
-  gate_proj_ = weights.get_weight(prefix + ".gate_proj.weight", {intermediate, hidden});
-  up_proj_ = weights.get_weight(prefix + ".up_proj.weight", {intermediate, hidden});
-  down_proj_ = weights.get_weight(prefix + ".down_proj.weight", {hidden, intermediate});
-  gate_bias_ = optional_bias(weights, prefix + ".gate_proj.bias", intermediate);
-  up_bias_ = optional_bias(weights, prefix + ".up_proj.bias", intermediate);
-  down_bias_ = optional_bias(weights, prefix + ".down_proj.bias", hidden);
+  auto weight = [&](const std::string& name, const Shape& shape) {
+    return place_weight(weights.get_weight(prefix + name, shape), placement);
+  };
+  gate_proj_ = weight(".gate_proj.weight", {intermediate, hidden});
+  up_proj_ = weight(".up_proj.weight", {intermediate, hidden});
+  down_proj_ = weight(".down_proj.weight", {hidden, intermediate});
+  gate_bias_ = optional_bias(weights, prefix + ".gate_proj.bias", intermediate, placement);
+  up_bias_ = optional_bias(weights, prefix + ".up_proj.bias", intermediate, placement);
+  down_bias_ = optional_bias(weights, prefix + ".down_proj.bias", hidden, placement);
 }
 
 Mlp::Mlp(Tensor gate_proj, Tensor up_proj, Tensor down_proj, const std::string& name)
@@ -56,10 +61,11 @@ void Mlp::check_shapes() const {
 }
 
 Tensor Mlp::forward(const Tensor& x) const {
-  DSEEK_CHECK(x.dim() == 2 && x.size(1) == hidden_ && x.dtype() == DType::F32,
-              "[mlp] {}: input shape {} ({}), expected [T, {}] f32", name_, shape_str(x.shape()),
+  const DType act = ops::activation_dtype("mlp", x);  // f32, or bf16 on the GPU
+  DSEEK_CHECK(x.dim() == 2 && x.size(1) == hidden_,
+              "[mlp] {}: input shape {} ({}), expected [T, {}]", name_, shape_str(x.shape()),
               dtype_name(x.dtype()), hidden_);
-  if (x.size(0) == 0) return Tensor::zeros({0, hidden_});
+  if (x.size(0) == 0) return Tensor::zeros({0, hidden_}, act, x.device());
   const Tensor input = x.contiguous();
   const Tensor gate = ops::linear(input, gate_proj_, bias_or_null(gate_bias_));
   const Tensor up = ops::linear(input, up_proj_, bias_or_null(up_bias_));

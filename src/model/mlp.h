@@ -10,6 +10,7 @@
 #include <string>
 
 #include "core/tensor.h"
+#include "model/placement.h"
 
 namespace dseek {
 
@@ -17,12 +18,14 @@ class WeightStore;
 
 class Mlp {
  public:
-  // Reads <prefix>.{gate,up,down}_proj.weight with shapes [I, D], [I, D], [D, I].
-  Mlp(const WeightStore& weights, const std::string& prefix, int64_t hidden, int64_t intermediate);
+  // Reads <prefix>.{gate,up,down}_proj.weight with shapes [I, D], [I, D], [D, I], placed (weights
+  // and biases) as `placement` says.
+  Mlp(const WeightStore& weights, const std::string& prefix, int64_t hidden, int64_t intermediate,
+      const Placement& placement = Placement());
   // From tensors (tests, training): gate/up [I, D], down [D, I]; biases optional.
   Mlp(Tensor gate_proj, Tensor up_proj, Tensor down_proj, const std::string& name = "mlp");
 
-  // x [T, D] f32 -> [T, D] f32. T may be 0.
+  // x [T, D] -> [T, D] on x's device in x's dtype (f32, or f32/bf16 on the GPU). T may be 0.
   Tensor forward(const Tensor& x) const;
 
   int64_t hidden() const { return hidden_; }
@@ -30,6 +33,7 @@ class Mlp {
   const Tensor& gate_proj() const { return gate_proj_; }
   const Tensor& up_proj() const { return up_proj_; }
   const Tensor& down_proj() const { return down_proj_; }
+  bool has_bias() const { return gate_bias_.defined() || up_bias_.defined() || down_bias_.defined(); }
 
  private:
   void check_shapes() const;

@@ -14,10 +14,11 @@
 
 namespace dseek {
 
-std::unique_ptr<Model> Model::load(const std::string& dir) {
+std::unique_ptr<Model> Model::load(const std::string& dir, const Placement& placement) {
+  validate(placement);
   const ModelConfig config = load_model_config(dir);
   const WeightStore store = WeightStore::open(dir);
-  auto model = std::make_unique<Transformer>(config, store);
+  auto model = std::make_unique<Transformer>(config, store, placement);
   const auto& unused = model->unused_tensors();
   if (!unused.empty()) {
     std::string names;

@@ -10,6 +10,7 @@
 
 #include "core/tensor.h"
 #include "model/config.h"
+#include "model/placement.h"
 
 namespace dseek {
 
@@ -44,12 +45,16 @@ class Model {
  public:
   virtual ~Model() = default;
 
-  // Loads config.json and the safetensors weights of a checkpoint directory.
-  static std::unique_ptr<Model> load(const std::string& dir);
+  // Loads config.json and the safetensors weights of a checkpoint directory. With a GPU placement
+  // the weights are converted to its activation dtype and copied to the device once, here, and
+  // only the full forward(ids) is supported (the cached, batched and MTP paths throw).
+  static std::unique_ptr<Model> load(const std::string& dir,
+                                     const Placement& placement = Placement());
 
   virtual const ModelConfig& config() const = 0;
 
-  // Full forward of one sequence, no cache: logits [T, V] in f32.
+  // Full forward of one sequence, no cache: logits [T, V] in f32 on the host, whatever the
+  // placement (a GPU model's logits are converted and copied back).
   virtual Tensor forward(const std::vector<int32_t>& ids) = 0;
 
   // Incremental forward: runs `ids` at positions cache.size() .. cache.size()+T-1, appends them to

@@ -8,6 +8,8 @@
 
 #include "core/error.h"
 #include "model/safetensors.h"
+#include "ops/activation.h"
+#include "ops/device.h"
 
 namespace dseek {
 
@@ -46,8 +48,9 @@ Dispatch group_by_expert(const int32_t* ids, int64_t slot_count, int64_t experts
 
 }  // namespace
 
-MoE::MoE(const ModelConfig& config, const WeightStore& weights, const std::string& prefix)
-    : gate_(config, weights, prefix + ".gate") {
+MoE::MoE(const ModelConfig& config, const WeightStore& weights, const std::string& prefix,
+         const Placement& placement)
+    : gate_(config, weights, prefix + ".gate", placement) {
   DSEEK_CHECK(config.moe_intermediate_size > 0,
               "[moe] {}: moe_intermediate_size must be positive, got {}", prefix,
               config.moe_intermediate_size);
@@ -56,18 +59,40 @@ MoE::MoE(const ModelConfig& config, const WeightStore& weights, const std::strin
   experts_.reserve(size_t(config.n_routed_experts));
   for (int64_t e = 0; e < config.n_routed_experts; ++e) {
     experts_.emplace_back(weights, prefix + ".experts." + std::to_string(e), config.hidden_size,
-                          config.moe_intermediate_size);
+                          config.moe_intermediate_size, placement);
   }
   if (config.n_shared_experts > 0) {
     shared_.emplace(weights, prefix + ".shared_experts", config.hidden_size,
-                    config.moe_intermediate_size * config.n_shared_experts);
+                    config.moe_intermediate_size * config.n_shared_experts, placement);
   }
   check_parts();
+  build_device_experts();
 }
 
 MoE::MoE(Gate gate, std::vector<Mlp> experts, std::optional<Mlp> shared_experts)
     : gate_(std::move(gate)), experts_(std::move(experts)), shared_(std::move(shared_experts)) {
   check_parts();
+  build_device_experts();
+}
+
+void MoE::build_device_experts() {
+  on_device_ = !experts_.empty() && experts_[0].gate_proj().is_cuda();
+  if (!on_device_) return;
+  DSEEK_CHECK(gate_.weight().is_cuda(), "[moe] experts on the GPU but the gate weight on the {}",
+              device_name(gate_.weight().device()));
+  std::vector<Tensor> gate, up, down;
+  for (size_t e = 0; e < experts_.size(); ++e) {
+    // grouped_linear has no bias term; DeepSeek's routed experts have none.
+    DSEEK_CHECK(!experts_[e].has_bias(),
+                "[moe] expert {}: biases on routed experts are not supported on the GPU", e);
+    gate.push_back(experts_[e].gate_proj());
+    up.push_back(experts_[e].up_proj());
+    down.push_back(experts_[e].down_proj());
+  }
+  // expert_matrices checks one shape, dtype and device for all.
+  gate_mats_ = ops::expert_matrices(std::move(gate));
+  up_mats_ = ops::expert_matrices(std::move(up));
+  down_mats_ = ops::expert_matrices(std::move(down));
 }
 
 void MoE::check_parts() const {
@@ -85,7 +110,34 @@ void MoE::check_parts() const {
   }
 }
 
+Tensor MoE::forward_device(const Tensor& x) const {
+  const int64_t D = gate_.config().hidden_size;
+  const DType act = ops::activation_dtype("moe", x);
+  DSEEK_CHECK(on_device_, "[moe] input on the GPU but the experts on the CPU: load the model with "
+              "a GPU placement");
+  DSEEK_CHECK(x.dim() == 2 && x.size(1) == D, "[moe] input shape {} ({}), expected [T, {}]",
+              shape_str(x.shape()), dtype_name(x.dtype()), D);
+  DSEEK_CHECK(act == gate_mats_.dtype, "[moe] input is {}, the experts are {}", dtype_name(act),
+              dtype_name(gate_mats_.dtype));
+  last_load_.clear();
+  if (x.size(0) == 0) return Tensor::zeros({0, D}, act, x.device());
+  const Tensor input = x.contiguous();
+  const ops::MoeRouting r =
+      ops::moe_route(gate_.logits(input), route_params(gate_.config()),
+                     gate_.correction_bias_tensor());
+  const ops::MoeDispatch d = ops::moe_dispatch(r.ids, int64_t(experts_.size()));
+  const Tensor x_perm = ops::moe_permute(input, d);
+  const Tensor h = ops::silu_mul(ops::grouped_linear(x_perm, gate_mats_, d.offsets),
+                                 ops::grouped_linear(x_perm, up_mats_, d.offsets));
+  const Tensor y_perm = ops::grouped_linear(h, down_mats_, d.offsets);
+  // transformers: routed output first, then `+ shared_experts(residuals)`; moe_combine adds it
+  // after the K products, in that order.
+  const Tensor shared = shared_ ? shared_->forward(input) : Tensor();
+  return ops::moe_combine(y_perm, r.weights, d, shared);
+}
+
 Tensor MoE::forward(const Tensor& x) const {
+  if (x.is_cuda()) return forward_device(x);
   const int64_t D = gate_.config().hidden_size;
   if (x.dim() == 2 && x.size(0) == 0 && x.size(1) == D && x.dtype() == DType::F32) {
     last_load_.assign(experts_.size(), 0);

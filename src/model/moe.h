@@ -8,6 +8,13 @@
 // contributions in ascending expert order, as transformers' index_add_ loop does. The sum is
 // therefore deterministic whatever the thread count. Prefill parallelises over experts (OpenMP);
 // decode (one token) leaves parallelism to the linear kernels.
+//
+// On the GPU (x on CUDA, every weight placed there) forward() is the device-side composition of
+// ops/moe.h instead, with no host loop and no host synchronisation: the gate logits in f32,
+// moe_route, moe_dispatch, moe_permute, grouped_linear for gate and up, silu_mul, grouped_linear
+// for down, and moe_combine adding the shared experts' output. It sums each token's K products in
+// the same ascending expert order. The expert matrices' address tables are built once, at
+// construction.
 #pragma once
 
 #include <cstdint>
@@ -19,6 +26,8 @@
 #include "model/config.h"
 #include "model/gate.h"
 #include "model/mlp.h"
+#include "model/placement.h"
+#include "ops/moe.h"
 
 namespace dseek {
 
@@ -27,13 +36,17 @@ class WeightStore;
 class MoE {
  public:
   // Reads <prefix>.gate, <prefix>.experts.{e}.{gate,up,down}_proj.weight (the hub layout) and
-  // <prefix>.shared_experts when n_shared_experts > 0.
-  MoE(const ModelConfig& config, const WeightStore& weights, const std::string& prefix);
+  // <prefix>.shared_experts when n_shared_experts > 0, placed as `placement` says.
+  MoE(const ModelConfig& config, const WeightStore& weights, const std::string& prefix,
+      const Placement& placement = Placement());
   // From parts (tests, training). experts.size() must equal the gate's n_routed_experts.
   MoE(Gate gate, std::vector<Mlp> experts, std::optional<Mlp> shared_experts);
 
-  // x [T, D] f32 -> [T, D] f32. Records the routing's per-expert load (see last_expert_load).
-  // Not safe to call concurrently on the same object (the load record is shared).
+  // x [T, D] -> [T, D] in x's dtype on x's device (f32 on the CPU; f32 or bf16 on the GPU, where
+  // the parts must have been placed). Records the routing's per-expert load (see
+  // last_expert_load) on the CPU only: on the GPU that would cost a host synchronisation per
+  // layer, and last_expert_load() is left empty. Not safe to call concurrently on the same object
+  // (the load record is shared).
   Tensor forward(const Tensor& x) const;
   // The routed part only, for a given routing: Σ_k w[t,k] · expert[id[t,k]](x[t]). Tokens are
   // dispatched in chunks of `chunk_tokens` (0: sized to bound the scratch memory).
@@ -43,7 +56,7 @@ class MoE {
   // only the linear kernels are parallel (the baseline of bench/bench_moe).
   void set_parallel_experts(bool enabled) { parallel_experts_ = enabled; }
 
-  // Tokens routed to each expert by the last forward(): [E].
+  // Tokens routed to each expert by the last CPU forward(): [E] (empty after a GPU forward).
   const std::vector<int64_t>& last_expert_load() const { return last_load_; }
 
   const Gate& gate() const { return gate_; }
@@ -52,10 +65,16 @@ class MoE {
 
  private:
   void check_parts() const;
+  void build_device_experts();
+  Tensor forward_device(const Tensor& x) const;
 
   Gate gate_;
   std::vector<Mlp> experts_;
   std::optional<Mlp> shared_;
+  // The routed experts' gate, up and down matrices as ops::ExpertMatrices; built only when the
+  // experts live on the GPU.
+  ops::ExpertMatrices gate_mats_, up_mats_, down_mats_;
+  bool on_device_ = false;
   bool parallel_experts_ = true;
   mutable std::vector<int64_t> last_load_;
 };

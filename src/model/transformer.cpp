@@ -55,11 +55,13 @@ Tensor gather_rows(const Tensor& x, const std::vector<int64_t>& rows) {
 
 }  // namespace
 
-Transformer::Transformer(const ModelConfig& config, const WeightStore& store)
-    : config_(config), rope_(rope_params(config)) {
+Transformer::Transformer(const ModelConfig& config, const WeightStore& store,
+                         const Placement& placement)
+    : config_(config), placement_(placement), rope_(rope_params(config)) {
   DSEEK_CHECK(config.hidden_act == "silu", "[model] hidden_act '{}' not supported (silu)",
               config.hidden_act);
-  LoadContext ctx(config_, store);
+  validate(placement_);
+  LoadContext ctx(config_, store, placement_);
   const int64_t D = config_.hidden_size, V = config_.vocab_size, L = config_.num_hidden_layers;
   embed_tokens_ = ctx.weight("model.embed_tokens.weight", {V, D});
   for (int64_t l = 0; l < L; ++l)
@@ -89,9 +91,17 @@ void Transformer::check_ids(std::span<const int32_t> ids) const {
                 config_.vocab_size);
 }
 
+void Transformer::require_cpu(const char* what) const {
+  DSEEK_CHECK(placement_.device == Device::CPU,
+              "[model] {} runs on the CPU only; a model placed on the {} supports the full "
+              "forward(ids)",
+              what, device_name(placement_.device));
+}
+
 Tensor Transformer::hidden(const std::vector<int32_t>& ids) const {
   check_ids(ids);
-  Tensor x = ops::embedding(embed_tokens_, ids);
+  // The residual stream starts in the activation dtype (bf16 straight from the table on a GPU).
+  Tensor x = ops::embedding(embed_tokens_, ids, placement_.act);
   for (const auto& block : blocks_) x = block->forward(x);
   return ops::rms_norm(x, norm_, config_.rms_norm_eps);
 }
@@ -101,10 +111,13 @@ Tensor Transformer::logits(const Tensor& hidden) const {
 }
 
 Tensor Transformer::forward(const std::vector<int32_t>& ids) {
-  return logits(hidden(ids));
+  Tensor out = logits(hidden(ids));
+  if (out.dtype() != DType::F32) out = out.to(DType::F32);  // bf16 logits of a GPU model
+  return out.to(Device::CPU);
 }
 
 Tensor Transformer::forward(const std::vector<int32_t>& ids, KVCache& cache) {
+  require_cpu("the cached forward");
   check_ids(ids);
   DSEEK_CHECK(cache.num_layers() == int64_t(blocks_.size()),
               "[model] cache has {} layers, the model {}", cache.num_layers(), blocks_.size());
@@ -123,6 +136,7 @@ std::unique_ptr<KVCache> Transformer::new_cache(int64_t max_tokens) const {
 }
 
 Tensor Transformer::forward_mtp(const std::vector<int32_t>& ids, int depth) {
+  require_cpu("the MTP forward");
   DSEEK_CHECK(!mtp_.empty(), "[model] {}: this model has no MTP layers", config_.model_type);
   DSEEK_CHECK(depth >= 1 && depth <= int(mtp_.size()), "[model] MTP depth {} outside [1, {}]",
               depth, mtp_.size());
@@ -142,6 +156,7 @@ Tensor Transformer::forward_mtp(const std::vector<int32_t>& ids, int depth) {
 
 BatchOutput Transformer::forward_batch(const std::vector<BatchSequence>& batch,
                                        PagedKVCache& cache) {
+  require_cpu("the batched forward");
   const int64_t L = int64_t(blocks_.size());
   DSEEK_CHECK(cache.num_layers() >= L, "[model] forward_batch: the paged cache has {} layers, the "
               "model {}", cache.num_layers(), L);
@@ -190,6 +205,7 @@ BatchOutput Transformer::forward_batch(const std::vector<BatchSequence>& batch,
 
 Tensor Transformer::forward_mtp_batch(const std::vector<MtpBatchSequence>& batch,
                                       PagedKVCache& cache) {
+  require_cpu("the batched MTP forward");
   DSEEK_CHECK(!mtp_.empty(), "[model] {}: this model has no MTP layers", config_.model_type);
   const int64_t layer = int64_t(blocks_.size()), D = config_.hidden_size;
   DSEEK_CHECK(cache.num_layers() > layer,

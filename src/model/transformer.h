@@ -12,6 +12,7 @@
 #include "model/block.h"
 #include "model/model.h"
 #include "model/mtp.h"
+#include "model/placement.h"
 #include "model/rope.h"
 #include "model/safetensors.h"
 
@@ -20,8 +21,10 @@ namespace dseek {
 class Transformer : public Model {
  public:
   // Reads every weight of `config` from `store` (shape-checked). Tensors the model does not use are
-  // listed in unused_tensors(); Model::load warns about them.
-  Transformer(const ModelConfig& config, const WeightStore& store);
+  // listed in unused_tensors(); Model::load warns about them. Under a GPU placement every weight
+  // is converted and copied to the device once, here; only forward(ids) runs there then.
+  Transformer(const ModelConfig& config, const WeightStore& store,
+              const Placement& placement = Placement());
 
   const ModelConfig& config() const override { return config_; }
   Tensor forward(const std::vector<int32_t>& ids) override;
@@ -35,17 +38,21 @@ class Transformer : public Model {
   std::unique_ptr<PagedKVCache> new_paged_cache(int64_t page_tokens,
                                                 int64_t num_pages) const override;
 
-  // Final hidden states after model.norm, [T, D] (no cache).
+  // Final hidden states after model.norm, [T, D] (no cache), on the placement's device in its
+  // activation dtype.
   Tensor hidden(const std::vector<int32_t>& ids) const;
-  Tensor logits(const Tensor& hidden) const;  // lm_head: [T, D] → [T, V]
+  Tensor logits(const Tensor& hidden) const;  // lm_head: [T, D] → [T, V], on hidden's device
+  const Placement& placement() const { return placement_; }
   int64_t num_mtp_layers() const override { return int64_t(mtp_.size()); }
   const std::vector<std::string>& unused_tensors() const { return unused_; }
   const Block& block(int64_t layer) const { return *blocks_[size_t(layer)]; }
 
  private:
   void check_ids(std::span<const int32_t> ids) const;
+  void require_cpu(const char* what) const;
 
   ModelConfig config_;
+  Placement placement_;
   RopeParams rope_;  // referenced by the attention layers
   Tensor embed_tokens_, norm_, lm_head_;
   std::vector<std::unique_ptr<Block>> blocks_;

@@ -1,0 +1,27 @@
+// Placement: where a loaded model's weights live and the dtype of its activations. On the CPU
+// (the default) weights stay as stored (bf16 memory-mapped in place, FP8 dequantised) and
+// activations are f32. On a GPU every weight is converted once at load to the activation dtype
+// (f32 or bf16) and copied to the device, because the CUDA linear needs W in the activation dtype;
+// the MoE gate weight alone stays f32 there, since transformers computes the router in f32 and the
+// routing must not change with the activation dtype.
+#pragma once
+
+#include "core/tensor.h"
+
+namespace dseek {
+
+struct Placement {
+  Device device = Device::CPU;
+  DType act = DType::F32;  // f32 anywhere; bf16 only on the GPU
+};
+
+// Throws "[model] placement ..." for bf16 on the CPU, a dtype other than f32/bf16, or a GPU
+// placement when no CUDA device is usable (cuda::require).
+void validate(const Placement& placement);
+
+// A weight as the model reads it under `placement`: unchanged on the CPU, else in act on the GPU.
+Tensor place_weight(const Tensor& weight, const Placement& placement);
+// The gate's weight: unchanged on the CPU (the CPU linear widens to f32), else f32 on the GPU.
+Tensor place_f32(const Tensor& weight, const Placement& placement);
+
+}  // namespace dseek
