@@ -216,8 +216,8 @@ Gate::Gate(const ModelConfig& config, const WeightStore& weights, const std::str
         weights.get(prefix + ".e_score_correction_bias", {config.n_routed_experts}).to_vector();
   }
   if (!correction_bias_.empty())
-    correction_bias_tensor_ = Tensor::from_vector(correction_bias_, {config.n_routed_experts})
-                                  .to(weight_.device());
+    correction_bias_tensor_ =
+        Tensor::from_vector(correction_bias_, {config.n_routed_experts}).to(weight_.device());
 }
 
 Gate::Gate(const ModelConfig& config, Tensor weight, std::vector<float> correction_bias,
@@ -236,8 +236,8 @@ Gate::Gate(const ModelConfig& config, Tensor weight, std::vector<float> correcti
       "[moe] {}.e_score_correction_bias: {} values, expected {}", name_, correction_bias_.size(),
       config.n_routed_experts);
   if (!correction_bias_.empty())
-    correction_bias_tensor_ = Tensor::from_vector(correction_bias_, {config.n_routed_experts})
-                                  .to(weight_.device());
+    correction_bias_tensor_ =
+        Tensor::from_vector(correction_bias_, {config.n_routed_experts}).to(weight_.device());
 }
 
 Tensor Gate::logits(const Tensor& x) const {

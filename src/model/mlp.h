@@ -33,7 +33,9 @@ class Mlp {
   const Tensor& gate_proj() const { return gate_proj_; }
   const Tensor& up_proj() const { return up_proj_; }
   const Tensor& down_proj() const { return down_proj_; }
-  bool has_bias() const { return gate_bias_.defined() || up_bias_.defined() || down_bias_.defined(); }
+  bool has_bias() const {
+    return gate_bias_.defined() || up_bias_.defined() || down_bias_.defined();
+  }
 
  private:
   void check_shapes() const;

@@ -113,7 +113,8 @@ void MoE::check_parts() const {
 Tensor MoE::forward_device(const Tensor& x) const {
   const int64_t D = gate_.config().hidden_size;
   const DType act = ops::activation_dtype("moe", x);
-  DSEEK_CHECK(on_device_, "[moe] input on the GPU but the experts on the CPU: load the model with "
+  DSEEK_CHECK(on_device_,
+              "[moe] input on the GPU but the experts on the CPU: load the model with "
               "a GPU placement");
   DSEEK_CHECK(x.dim() == 2 && x.size(1) == D, "[moe] input shape {} ({}), expected [T, {}]",
               shape_str(x.shape()), dtype_name(x.dtype()), D);
@@ -122,9 +123,8 @@ Tensor MoE::forward_device(const Tensor& x) const {
   last_load_.clear();
   if (x.size(0) == 0) return Tensor::zeros({0, D}, act, x.device());
   const Tensor input = x.contiguous();
-  const ops::MoeRouting r =
-      ops::moe_route(gate_.logits(input), route_params(gate_.config()),
-                     gate_.correction_bias_tensor());
+  const ops::MoeRouting r = ops::moe_route(gate_.logits(input), route_params(gate_.config()),
+                                           gate_.correction_bias_tensor());
   const ops::MoeDispatch d = ops::moe_dispatch(r.ids, int64_t(experts_.size()));
   const Tensor x_perm = ops::moe_permute(input, d);
   const Tensor h = ops::silu_mul(ops::grouped_linear(x_perm, gate_mats_, d.offsets),

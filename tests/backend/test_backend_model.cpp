@@ -41,7 +41,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-fs::path fixtures_root() { return fs::path(DSEEK_SOURCE_DIR) / "tests" / "fixtures" / "models"; }
+fs::path fixtures_root() {
+  return fs::path(DSEEK_SOURCE_DIR) / "tests" / "fixtures" / "models";
+}
 
 std::vector<std::string> fixture_names() {
   std::vector<std::string> names;
@@ -147,8 +149,8 @@ TEST_P(BackendModel, F32ForwardMatchesTransformersAndCpu) {
   DSEEK_REQUIRE_CUDA();
   const std::vector<float> cpu = run(Placement{});
   const std::vector<float> gpu = run(Placement{Device::CUDA, DType::F32});
-  const std::pair<const char*, const std::vector<float>*> refs[] = {
-      {"transformers", &ref_.logits}, {"cpu", &cpu}};
+  const std::pair<const char*, const std::vector<float>*> refs[] = {{"transformers", &ref_.logits},
+                                                                    {"cpu", &cpu}};
   for (const auto& [name, want] : refs) {
     const Errors e = compare(gpu, *want, ref_.rows, ref_.vocab);
     const bool ok = e.max_abs <= ref_.tolerance;
@@ -162,8 +164,8 @@ TEST_P(BackendModel, Bf16ForwardCloseToTransformersAndCpu) {
   DSEEK_REQUIRE_CUDA();
   const std::vector<float> cpu = run(Placement{});
   const std::vector<float> gpu = run(Placement{Device::CUDA, DType::BF16});
-  const std::pair<const char*, const std::vector<float>*> refs[] = {
-      {"transformers", &ref_.logits}, {"cpu", &cpu}};
+  const std::pair<const char*, const std::vector<float>*> refs[] = {{"transformers", &ref_.logits},
+                                                                    {"cpu", &cpu}};
   for (const auto& [name, want] : refs) {
     const Errors e = compare(gpu, *want, ref_.rows, ref_.vocab);
     EXPECT_GT(e.decisive_rows, 0) << GetParam() << ": no row to check the argmax on";
