@@ -31,7 +31,7 @@ nvcc=$(command -v nvcc || true)
 if [[ -n $nvcc ]]; then
   echo "== CUDA build (compile only: $($nvcc --version | tail -n 1))"
   cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSEEK_CUDA=ON \
-    -DCMAKE_CUDA_COMPILER="$nvcc" -DDSEEK_BENCH=OFF >/dev/null
+    -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES=90a-real -DDSEEK_BENCH=OFF >/dev/null
   cmake --build build-cuda -j "$jobs" --target dseek_backend_tests
   build-cuda/dseek_backend_tests 2>&1 | tail -n 3
 else
