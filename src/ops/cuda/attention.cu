@@ -1,6 +1,8 @@
 // Causal attention of one sequence on the GPU, forward and backward (see ops/attention.h for the
 // maths and ops/cpu/attention.cpp for the reference).
 //
+// bf16 activations with the common head dims take the tensor-core kernels of attention_tc.cu
+// (FlashAttention-2 on mma.sync); everything else the scalar f32-arithmetic kernels here.
 // Forward: the flash-style kernel of attention_forward.cuh.
 // Backward (FlashAttention-2's split, recomputing the probabilities from saved row statistics):
 //   1. the forward kernel without output gives per (query, head) lse = log Σ_s exp(scale q·k_s)
@@ -17,6 +19,7 @@
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
 #include "ops/cuda/attention_forward.cuh"
+#include "ops/cuda/attention_tc.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/element.cuh"
 #include "ops/cuda/reduce.cuh"
@@ -310,6 +313,7 @@ void launch_dkdv(const GradParams& p, size_t smem) {
 
 void causal_attention(const AttentionArgs& a, DType act) {
   if (a.T == 0 || a.H == 0 || a.dv == 0) return;
+  if (act == DType::BF16 && attention_tc::tc_supported(a)) return attention_tc::tc_forward(a);
   attention_forward<false>(dense_forward_params(a), 1, a.T, a.S, a.T, a.Hk, act, "attention");
 }
 
@@ -322,6 +326,9 @@ void causal_attention_backward(const AttentionGradArgs& g, DType act) {
     dseek::cuda::fill_bytes(g.dv, 0, size_t(a.S * a.Hk * a.dv) * esize);
     return;
   }
+  if (act == DType::BF16 && attention_tc::tc_supported(a) &&
+      reinterpret_cast<uintptr_t>(g.dout) % 16 == 0)
+    return attention_tc::tc_backward(g);
   DSEEK_CHECK(a.Hk <= 65535, "[attention] {} key heads: the kernels take at most 65535", a.Hk);
   const int64_t rows = a.T * (a.H / a.Hk);
   // The shared memory both kernels need, checked before any work is queued.
