@@ -170,17 +170,25 @@ int main(int argc, char** argv) {
     row("softmax", dims({T, 2048}), 0, double(2 * T * 2048 * int64_t(bf_bytes)),
         [&] { ops::softmax(scores); });
   }
-  {  // MLA prefill attention: 16 heads, qk 192, v 128, causal.
-    for (int64_t T : {int64_t(1024), int64_t(4096)}) {
-      const int64_t H = 16, dk = 192, dv = 128;
+  {  // Causal attention, bf16 (the tensor-core kernels): MLA prefill (16 heads, qk 192 = 128 nope
+     // + 64 rope, v 128) at 1K/2K/4K, and plain multi-head attention with head dim 128 at 4K.
+     // FLOPs count the causal half: 2·(T²/2)·H·(dk + dv) forward, 2.5× that backward (the
+     // FlashAttention convention: 5 products of the forward's 2 halves).
+    struct Shape {
+      const char* name;
+      int64_t T, H, dk, dv;
+    };
+    for (const Shape& a : {Shape{"MLA", 1024, 16, 192, 128}, Shape{"MLA", 2048, 16, 192, 128},
+                           Shape{"MLA", 4096, 16, 192, 128}, Shape{"MHA", 4096, 16, 128, 128}}) {
+      const int64_t T = a.T, H = a.H, dk = a.dk, dv = a.dv;
       const Tensor q = rand_gpu({T, H, dk}, bf, rng), k = rand_gpu({T, H, dk}, bf, rng);
       const Tensor v = rand_gpu({T, H, dv}, bf, rng);
       const double flops = double(H) * double(T) * double(T) * double(dk + dv);  // causal half
-      row("causal attention (MLA)", dims({T, H, dk, dv}), flops, 0,
+      row(std::string("causal attention (") + a.name + ")", dims({T, H, dk, dv}), flops, 0,
           [&] { ops::causal_attention(q, k, v, 0.07f); });
       const Tensor dout = rand_gpu({T, H, dv}, bf, rng);
-      row("causal attention backward", dims({T, H, dk, dv}), 2.5 * flops, 0,
-          [&] { ops::causal_attention_backward(q, k, v, 0.07f, dout); });
+      row(std::string("causal attention bwd (") + a.name + ")", dims({T, H, dk, dv}), 2.5 * flops,
+          0, [&] { ops::causal_attention_backward(q, k, v, 0.07f, dout); });
     }
   }
   return 0;

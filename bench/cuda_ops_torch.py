@@ -80,14 +80,14 @@ logits = r(T, V, scale=4.0)
 row("cross_entropy forward", dims(T, V), 0, T * V * 2, lambda: F.cross_entropy(logits, ids))
 scores = r(T, 2048)
 row("softmax", dims(T, 2048), 0, 2 * T * 2048 * 2, lambda: torch.softmax(scores, -1))
-for T in (1024, 4096):
-    H, dk, dv = 16, 192, 128
+for name, T, H, dk, dv in [("MLA", 1024, 16, 192, 128), ("MLA", 2048, 16, 192, 128),
+                           ("MLA", 4096, 16, 192, 128), ("MHA", 4096, 16, 128, 128)]:
     q, k, v = r(1, H, T, dk), r(1, H, T, dk), r(1, H, T, dv)
-    flops = H * T * T * (dk + dv)
-    row("causal attention (MLA)", dims(T, H, dk, dv), flops, 0,
+    flops = H * T * T * (dk + dv)  # causal half of 2·T²·H·(dk + dv)
+    row(f"causal attention ({name})", dims(T, H, dk, dv), flops, 0,
         lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.07))
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
     out = F.scaled_dot_product_attention(qg, kg, vg, is_causal=True, scale=0.07)
     dout = r(1, H, T, dv)
-    row("causal attention backward", dims(T, H, dk, dv), 2.5 * flops, 0,
+    row(f"causal attention bwd ({name})", dims(T, H, dk, dv), 2.5 * flops, 0,
         lambda: torch.autograd.grad(out, (qg, kg, vg), dout, retain_graph=True))

@@ -1,7 +1,12 @@
 // Causal attention on CUDA against the CPU op, forward and backward: queries the last T of S
 // positions (T = S, T = 1 decode, T < S chunk), grouped-query heads (H/Hk 4/4, 8/2, 16/1), head
 // dims small and odd-sized, MLA's (192, 128) and its latent decode (576, 512) on one key head,
-// contiguous inputs and strided views into wider buffers, f32 and bf16 activations.
+// contiguous inputs and strided views into wider buffers, f32 and bf16 activations. The bf16
+// tensor-core kernels (attention_tc.cu) get their own cases: every (dk, dv) template, tails of
+// the 64-row tiles, T < S, GQA and the MLA prefill shape, with bounds relative to the RMS of the
+// CPU f32 reference.
+#include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -148,6 +153,97 @@ TEST(BackendOps, CausalAttentionBackwardIsDeterministic) {
   const Tensor dout = on_gpu(rand({64, 16, 24}, rng));
   const ops::AttentionGrads a = ops::causal_attention_backward(in.gq, in.gk, in.gv, 0.3f, dout);
   const ops::AttentionGrads b = ops::causal_attention_backward(in.gq, in.gk, in.gv, 0.3f, dout);
+  EXPECT_EQ(a.dq.to_vector(), b.dq.to_vector());
+  EXPECT_EQ(a.dk.to_vector(), b.dk.to_vector());
+  EXPECT_EQ(a.dv.to_vector(), b.dv.to_vector());
+}
+
+// ---- bf16 tensor-core kernels ------------------------------------------------------------------
+// Every (dk, dv) the tensor-core path templates on, at lengths around the 64-row tiles (1, 17, 64,
+// 100), T < S (a chunk after a prefix, a decode step), one or four query heads per key head,
+// contiguous and strided inputs; then long sequences: GQA 16/4 at 1000, a 300-query chunk of 1000
+// keys, and MLA prefill (16 heads, dk 192 = 128 nope + 64 rope, dv 128) at 2048.
+std::vector<Case> tc_cases() {
+  const std::vector<Dims> dims = {{64, 64}, {64, 128}, {128, 64}, {128, 128}, {192, 64}, {192, 128}};
+  const std::vector<Shape2> lengths = {{1, 1}, {17, 17}, {64, 64}, {100, 100}, {33, 161}, {1, 300}};
+  std::vector<Case> out;
+  for (Dims d : dims)
+    for (Shape2 len : lengths) {
+      const bool gqa = out.size() % 2 == 0;
+      out.push_back({len, gqa ? Heads{16, 4} : Heads{4, 4}, d, out.size() % 3 == 1});
+    }
+  out.push_back({{1000, 1000}, {16, 4}, {128, 128}, false});
+  out.push_back({{300, 1000}, {8, 8}, {64, 64}, true});
+  out.push_back({{2048, 2048}, {16, 16}, {192, 128}, false});
+  return out;
+}
+
+double rms(const Tensor& t) {
+  const std::vector<float> v = t.to_vector();
+  double sum = 0;
+  for (float x : v) sum += double(x) * double(x);
+  return v.empty() ? 0.0 : std::sqrt(sum / double(v.size()));
+}
+
+// |got − want| ≤ abs_rms·rms(want) + rel·|want|: bf16 rounds the probabilities (and dS) before
+// the second product of each pair, an error of 2^-9 of each term, so the bound scales with the
+// typical size of the result rather than with each element (sums that cancel to almost 0 keep
+// the absolute error of their terms). Prints the worst error as a fraction of the RMS as well.
+void expect_close_rms(const std::string& op, const Tensor& want, const Tensor& got, double abs_rms,
+                      double rel) {
+  const double r = rms(want);
+  const std::vector<float> w = want.to_vector(), g = got.to_vector();
+  double worst = 0;
+  for (size_t i = 0; i < w.size() && i < g.size(); ++i)
+    worst = std::max(worst, std::isfinite(g[i]) ? std::abs(double(g[i]) - double(w[i])) : INFINITY);
+  std::printf("[backend] %-40s rms %.3e  max_abs/rms %.2e (bound %.0e)\n", op.c_str(), r,
+              r > 0 ? worst / r : worst, abs_rms);
+  EXPECT_GT(r, 0.0) << op << ": the reference is all zeros, the comparison proves nothing";
+  expect_close(op, want.shape(), DType::BF16, want, got, Tolerance{abs_rms * r, rel});
+}
+
+TEST(BackendOps, CausalAttentionTensorCoreBf16) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(31);
+  for (const Case& c : tc_cases()) {
+    const Inputs in = make_inputs(c, DType::BF16, rng);
+    const float scale = scale_for(c.dims.dk);
+    const Tensor want = ops::causal_attention(in.q, in.k, in.v, scale);
+    prime_pool(want.numel(), DType::BF16);
+    const Tensor got = ops::causal_attention(in.gq, in.gk, in.gv, scale);
+    EXPECT_EQ(got.dtype(), DType::BF16);
+    expect_close_rms("attention tc " + describe(c), want, got, 2e-2, 1e-2);
+  }
+}
+
+TEST(BackendOps, CausalAttentionTensorCoreBf16Backward) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(32);
+  for (const Case& c : tc_cases()) {
+    const Inputs in = make_inputs(c, DType::BF16, rng);
+    const float scale = scale_for(c.dims.dk);
+    const Tensor dout = rounded(rand({c.len.T, c.heads.H, c.dims.dv}, rng), DType::BF16);
+    const ops::AttentionGrads want = ops::causal_attention_backward(in.q, in.k, in.v, scale, dout);
+    prime_pool(want.dk.numel(), DType::BF16);
+    const ops::AttentionGrads got = ops::causal_attention_backward(
+        in.gq, in.gk, in.gv, scale, on_gpu(dout, DType::BF16));
+    const std::string name = describe(c);
+    expect_close_rms("attention tc dq " + name, want.dq, got.dq, 3e-2, 1.6e-2);
+    expect_close_rms("attention tc dk " + name, want.dk, got.dk, 3e-2, 1.6e-2);
+    expect_close_rms("attention tc dv " + name, want.dv, got.dv, 3e-2, 1.6e-2);
+  }
+}
+
+// The tensor-core backward sums every gradient element in one thread in a fixed order (no
+// atomics): two runs give the same bits, GQA included.
+TEST(BackendOps, CausalAttentionTensorCoreBf16BackwardIsDeterministic) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(33);
+  const Case c{{150, 230}, {16, 4}, {192, 128}, true};
+  const Inputs in = make_inputs(c, DType::BF16, rng);
+  const Tensor dout = on_gpu(rand({150, 16, 128}, rng), DType::BF16);
+  const ops::AttentionGrads a = ops::causal_attention_backward(in.gq, in.gk, in.gv, 0.1f, dout);
+  const ops::AttentionGrads b = ops::causal_attention_backward(in.gq, in.gk, in.gv, 0.1f, dout);
   EXPECT_EQ(a.dq.to_vector(), b.dq.to_vector());
   EXPECT_EQ(a.dk.to_vector(), b.dk.to_vector());
   EXPECT_EQ(a.dv.to_vector(), b.dv.to_vector());
