@@ -189,6 +189,8 @@ double rms(const Tensor& t) {
 // the second product of each pair, an error of 2^-9 of each term, so the bound scales with the
 // typical size of the result rather than with each element (sums that cancel to almost 0 keep
 // the absolute error of their terms). Prints the worst error as a fraction of the RMS as well.
+// A reference that is exactly zero (dq and dk of a single key: dS = p·(dP − D) = 0) gets an
+// absolute floor of 1e-4 for the f32 rounding of dP − D.
 void expect_close_rms(const std::string& op, const Tensor& want, const Tensor& got, double abs_rms,
                       double rel) {
   const double r = rms(want);
@@ -198,8 +200,7 @@ void expect_close_rms(const std::string& op, const Tensor& want, const Tensor& g
     worst = std::max(worst, std::isfinite(g[i]) ? std::abs(double(g[i]) - double(w[i])) : INFINITY);
   std::printf("[backend] %-40s rms %.3e  max_abs/rms %.2e (bound %.0e)\n", op.c_str(), r,
               r > 0 ? worst / r : worst, abs_rms);
-  EXPECT_GT(r, 0.0) << op << ": the reference is all zeros, the comparison proves nothing";
-  expect_close(op, want.shape(), DType::BF16, want, got, Tolerance{abs_rms * r, rel});
+  expect_close(op, want.shape(), DType::BF16, want, got, Tolerance{abs_rms * r + 1e-4, rel});
 }
 
 TEST(BackendOps, CausalAttentionTensorCoreBf16) {
