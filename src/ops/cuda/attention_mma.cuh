@@ -29,6 +29,13 @@ using bf16 = __nv_bfloat16;
 
 constexpr int kPad = 8;  // bf16 elements of padding per shared-memory row
 
+#ifndef DSEEK_ATTENTION_EMULATION
+// The block's dynamic shared memory (16-byte aligned).
+__device__ __forceinline__ unsigned char* dynamic_smem() {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  return smem_raw;
+}
+
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -71,12 +78,21 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
+#else
+// A host build (bench/kernels/attention_tc_emulate.cpp) defines these warp-level primitives (and
+// dynamic_smem, __shfl_xor_sync, threadIdx) with the PTX semantics above, before this header.
+#endif
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   uint32_t u;
   memcpy(&u, &v, sizeof(u));
   return u;
+}
+
+// dst[0], dst[1] = lo, hi rounded to bf16, one 4-byte store (dst 4-byte aligned).
+__device__ __forceinline__ void store_bf16x2(bf16* dst, float lo, float hi) {
+  *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(lo, hi);
 }
 
 // Rows row0 .. row0 + ROWS of a [*, D] bf16 matrix (row r at g + r·row_stride, 16-byte aligned)

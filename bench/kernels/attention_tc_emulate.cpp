@@ -1,0 +1,328 @@
+// Host emulation of the bf16 tensor-core attention kernels (src/ops/cuda/attention_tc_kernels.cuh)
+// for machines without a GPU: the kernels' own source runs with one std::thread per CUDA thread,
+// and the warp-level primitives (mma.m16n8k16, ldmatrix, shuffles) are re-implemented from their
+// PTX ISA definitions, exchanging fragments through per-warp buffers between barriers. cp.async
+// copies at once; dynamic shared memory starts as NaN, so a read of a never-written element shows.
+// It checks the fragment and tile indexing, masks and tails against a double-precision reference
+// (forward, lse and D, dq/dk/dv), not timing or asynchrony. Slow (a barrier per warp step): small
+// shapes only. Build and run by hand (from the repository root):
+//   g++ -std=c++20 -O1 -pthread -Wno-unknown-pragmas -I src -I /usr/local/cuda/include
+//       bench/kernels/attention_tc_emulate.cpp -o /tmp/attention_tc_emulate
+//   /tmp/attention_tc_emulate
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <thread>
+#include <vector>
+
+#define __launch_bounds__(...)
+#define DSEEK_ATTENTION_EMULATION 1
+
+using std::max;
+using std::min;
+
+// ---- the CUDA execution model on host threads --------------------------------------------------
+constexpr int kEmuThreads = 128;
+thread_local uint3 threadIdx;
+uint3 blockIdx, gridDim;
+
+struct EmuWarp {
+  std::barrier<> bar{32};
+  uintptr_t addr[32];
+  uint32_t a[32][4], b[32][2];
+  float val[32];
+};
+EmuWarp* g_warps = nullptr;
+std::barrier<>* g_block = nullptr;
+alignas(16) unsigned char g_smem[232448];
+
+inline EmuWarp& my_warp() { return g_warps[threadIdx.x / 32]; }
+inline int my_lane() { return int(threadIdx.x % 32); }
+
+void __syncthreads() { g_block->arrive_and_wait(); }
+
+float __shfl_xor_sync(unsigned, float v, int mask) {
+  EmuWarp& w = my_warp();
+  const int lane = my_lane();
+  w.val[lane] = v;
+  w.bar.arrive_and_wait();
+  const float r = w.val[lane ^ mask];
+  w.bar.arrive_and_wait();
+  return r;
+}
+
+namespace dseek::ops::cuda::attention_tc {
+
+using bf16 = __nv_bfloat16;
+
+unsigned char* dynamic_smem() { return g_smem; }
+
+inline uint16_t bits(bf16 x) {
+  uint16_t u;
+  std::memcpy(&u, &x, 2);
+  return u;
+}
+inline uint32_t pack_raw(bf16 lo, bf16 hi) { return uint32_t(bits(lo)) | (uint32_t(bits(hi)) << 16); }
+inline float lo_f(uint32_t r) {
+  const uint32_t u = r << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline float hi_f(uint32_t r) {
+  const uint32_t u = r & 0xffff0000u;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// ldmatrix.x4: lanes 8i .. 8i+7 address the rows of matrix i; lane l receives
+// M_i[l/4][2(l%4)], M_i[l/4][2(l%4)+1] (with .trans: M_i[2(l%4)][l/4], M_i[2(l%4)+1][l/4]).
+void ldsm_any(uint32_t (&r)[4], const bf16* p, bool trans) {
+  EmuWarp& w = my_warp();
+  const int lane = my_lane();
+  w.addr[lane] = reinterpret_cast<uintptr_t>(p);
+  w.bar.arrive_and_wait();
+  for (int i = 0; i < 4; ++i) {
+    if (!trans) {
+      const bf16* row = reinterpret_cast<const bf16*>(w.addr[8 * i + lane / 4]);
+      r[i] = pack_raw(row[2 * (lane % 4)], row[2 * (lane % 4) + 1]);
+    } else {
+      const bf16* r0 = reinterpret_cast<const bf16*>(w.addr[8 * i + 2 * (lane % 4)]);
+      const bf16* r1 = reinterpret_cast<const bf16*>(w.addr[8 * i + 2 * (lane % 4) + 1]);
+      r[i] = pack_raw(r0[lane / 4], r1[lane / 4]);
+    }
+  }
+  w.bar.arrive_and_wait();
+}
+void ldsm_x4(uint32_t (&r)[4], const bf16* p) { ldsm_any(r, p, false); }
+void ldsm_x4_trans(uint32_t (&r)[4], const bf16* p) { ldsm_any(r, p, true); }
+
+// mma.m16n8k16.row.col f32.bf16: fragments as the PTX ISA lays them out (g = l/4, c = l%4):
+// A a0a1 (g, 2c..), a2a3 (g+8, 2c..), a4a5 (g, 2c+8..), a6a7 (g+8, 2c+8..); B b0b1 (k 2c.., n g),
+// b2b3 (k 2c+8.., n g); C c0c1 (g, 2c..), c2c3 (g+8, 2c..).
+void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  EmuWarp& w = my_warp();
+  const int lane = my_lane();
+  for (int i = 0; i < 4; ++i) w.a[lane][i] = a[i];
+  w.b[lane][0] = b0;
+  w.b[lane][1] = b1;
+  w.bar.arrive_and_wait();
+  float A[16][16], B[16][8];
+  for (int l = 0; l < 32; ++l) {
+    const int g = l / 4, cc = l % 4;
+    const uint32_t* af = w.a[l];
+    A[g][2 * cc] = lo_f(af[0]);
+    A[g][2 * cc + 1] = hi_f(af[0]);
+    A[g + 8][2 * cc] = lo_f(af[1]);
+    A[g + 8][2 * cc + 1] = hi_f(af[1]);
+    A[g][2 * cc + 8] = lo_f(af[2]);
+    A[g][2 * cc + 9] = hi_f(af[2]);
+    A[g + 8][2 * cc + 8] = lo_f(af[3]);
+    A[g + 8][2 * cc + 9] = hi_f(af[3]);
+    B[2 * cc][g] = lo_f(w.b[l][0]);
+    B[2 * cc + 1][g] = hi_f(w.b[l][0]);
+    B[2 * cc + 8][g] = lo_f(w.b[l][1]);
+    B[2 * cc + 9][g] = hi_f(w.b[l][1]);
+  }
+  w.bar.arrive_and_wait();
+  const int g = lane / 4, cc = lane % 4;
+  for (int e = 0; e < 4; ++e) {
+    const int row = g + (e / 2) * 8, col = 2 * cc + (e & 1);
+    float sum = c[e];
+    for (int k = 0; k < 16; ++k) sum += A[row][k] * B[k][col];
+    c[e] = sum;
+  }
+}
+
+void cp_async_16(bf16* dst, const bf16* src, bool valid) {
+  if (valid)
+    std::memcpy(dst, src, 16);
+  else
+    std::memset(dst, 0, 16);
+}
+void cp_async_commit() {}
+template <int N>
+void cp_async_wait() {}
+
+}  // namespace dseek::ops::cuda::attention_tc
+
+#include "ops/cuda/attention_tc_kernels.cuh"
+
+using namespace dseek::ops::cuda::attention_tc;
+
+// Runs kernel over grid (x, y), one block after another, kEmuThreads threads each.
+template <typename Kernel>
+void run_grid(Kernel kernel, unsigned gx, unsigned gy, const TcParams& p) {
+  gridDim = uint3{gx, gy, 1};
+  for (unsigned y = 0; y < gy; ++y)
+    for (unsigned x = 0; x < gx; ++x) {
+      blockIdx = uint3{x, y, 0};
+      std::memset(g_smem, 0xff, sizeof(g_smem));  // bf16 and f32 NaN
+      std::vector<EmuWarp> warps(kEmuThreads / 32);
+      std::barrier<> block(kEmuThreads);
+      g_warps = warps.data();
+      g_block = &block;
+      std::vector<std::thread> threads;
+      for (unsigned t = 0; t < kEmuThreads; ++t)
+        threads.emplace_back([&, t] {
+          threadIdx = uint3{t, 0, 0};
+          kernel(p);
+        });
+      for (auto& th : threads) th.join();
+    }
+}
+
+struct Case {
+  int64_t T, S, H, Hk, dk, dv;
+};
+
+std::vector<bf16> random_bf16(size_t n, std::mt19937& rng, float scale) {
+  std::uniform_real_distribution<float> dist(-scale, scale);
+  std::vector<bf16> v(n);
+  for (auto& x : v) x = __float2bfloat16_rn(dist(rng));
+  return v;
+}
+double f(bf16 x) { return double(__bfloat162float(x)); }
+
+// The worst ratio |got − want| / (a·rms(want) + r·|want|) over a tensor: ≤ 1 passes the bound the
+// conformance test (tests/backend/test_backend_attention.cpp) puts on the GPU kernels.
+double err(const std::vector<double>& want, const std::vector<bf16>& got, double a, double r) {
+  double ss = 0;
+  for (double w : want) ss += w * w;
+  const double rms = std::sqrt(ss / double(want.size()));
+  double worst = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double d = std::abs(f(got[i]) - want[i]);
+    worst = std::isfinite(d) ? std::max(worst, d / (a * rms + r * std::abs(want[i]) + 1e-4))
+                             : INFINITY;
+  }
+  return worst;
+}
+
+template <int DK, int DV>
+bool run_case(const Case& c, std::mt19937& rng) {
+  const int64_t T = c.T, S = c.S, H = c.H, Hk = c.Hk, G = H / Hk, pos0 = S - T;
+  // q is a view with row padding (q_h = dk + 8), k and v share rows of one [S, Hk, dk + dv] buffer.
+  const int64_t q_h = DK + 8, q_t = H * q_h, kv_h = DK + DV, kv_s = Hk * kv_h;
+  const std::vector<bf16> qb = random_bf16(size_t(T * q_t), rng, 1.5f);
+  const std::vector<bf16> kvb = random_bf16(size_t(S * kv_s), rng, 1.5f);
+  const std::vector<bf16> dout = random_bf16(size_t(T * H * DV), rng, 1.0f);
+  const float scale = 1.5f / std::sqrt(float(DK));
+  auto Q = [&](int64_t t, int64_t h, int64_t i) { return f(qb[size_t(t * q_t + h * q_h + i)]); };
+  auto K = [&](int64_t s, int64_t hk, int64_t i) { return f(kvb[size_t(s * kv_s + hk * kv_h + i)]); };
+  auto V = [&](int64_t s, int64_t hk, int64_t d) {
+    return f(kvb[size_t(s * kv_s + hk * kv_h + DK + d)]);
+  };
+  auto DO = [&](int64_t t, int64_t h, int64_t d) { return f(dout[size_t((t * H + h) * DV + d)]); };
+
+  // Reference in double.
+  std::vector<double> out(size_t(T * H * DV)), lse2(size_t(T * H)), dsum(size_t(T * H));
+  std::vector<double> dq(size_t(T * H * DK)), dk(size_t(S * Hk * DK)), dv(size_t(S * Hk * DV));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t hk = h / G, n = pos0 + t + 1;
+      std::vector<double> p(static_cast<size_t>(n));
+      double m = -INFINITY;
+      for (int64_t s = 0; s < n; ++s) {
+        double dot = 0;
+        for (int64_t i = 0; i < DK; ++i) dot += Q(t, h, i) * K(s, hk, i);
+        p[size_t(s)] = dot * scale;
+        m = std::max(m, p[size_t(s)]);
+      }
+      double l = 0;
+      for (auto& x : p) l += (x = std::exp(x - m));
+      for (auto& x : p) x /= l;
+      lse2[size_t(t * H + h)] = (m + std::log(l)) / std::log(2.0);
+      double D = 0;
+      for (int64_t d = 0; d < DV; ++d) {
+        double y = 0;
+        for (int64_t s = 0; s < n; ++s) y += p[size_t(s)] * V(s, hk, d);
+        out[size_t((t * H + h) * DV + d)] = y;
+        D += y * DO(t, h, d);
+      }
+      dsum[size_t(t * H + h)] = D;
+      for (int64_t s = 0; s < n; ++s) {
+        double x = 0;
+        for (int64_t d = 0; d < DV; ++d) x += DO(t, h, d) * V(s, hk, d);
+        const double ds = p[size_t(s)] * (x - D);
+        for (int64_t i = 0; i < DK; ++i) {
+          dq[size_t((t * H + h) * DK + i)] += scale * ds * K(s, hk, i);
+          dk[size_t((s * Hk + hk) * DK + i)] += scale * ds * Q(t, h, i);
+        }
+        for (int64_t d = 0; d < DV; ++d) dv[size_t((s * Hk + hk) * DV + d)] += p[size_t(s)] * DO(t, h, d);
+      }
+    }
+
+  // The kernels, outputs poisoned with NaN first.
+  const bf16 nan = __float2bfloat16_rn(NAN);
+  std::vector<bf16> g_out(out.size(), nan), g_dq(dq.size(), nan), g_dk(dk.size(), nan),
+      g_dv(dv.size(), nan);
+  std::vector<float> g_lse(size_t(T * H), NAN), g_dsum(size_t(T * H), NAN);
+  TcParams p{};
+  p.q = qb.data();
+  p.q_t = q_t;
+  p.q_h = q_h;
+  p.k = kvb.data();
+  p.k_s = kv_s;
+  p.k_h = kv_h;
+  p.v = kvb.data() + DK;
+  p.v_s = kv_s;
+  p.v_h = kv_h;
+  p.T = T;
+  p.S = S;
+  p.H = H;
+  p.Hk = Hk;
+  p.G = G;
+  p.scale = scale;
+  p.scale_log2 = scale * 1.4426950408889634f;
+  p.out = g_out.data();
+  p.lse2 = g_lse.data();
+  p.dout = dout.data();
+  p.dsum = g_dsum.data();
+  p.dq = g_dq.data();
+  p.dk = g_dk.data();
+  p.dv = g_dv.data();
+  const unsigned qblocks = unsigned(div_up(T, kRows)), kblocks = unsigned(div_up(S, kRows));
+  run_grid(tc_forward_kernel<DK, DV>, qblocks, unsigned(H), p);
+  run_grid(tc_dkdv_kernel<DK, DV>, kblocks, unsigned(Hk), p);
+  run_grid(tc_dq_kernel<DK, DV>, qblocks, unsigned(H), p);
+
+  double lse_err = 0, dsum_err = 0;
+  for (size_t i = 0; i < lse2.size(); ++i) {
+    lse_err = std::max(lse_err, std::isfinite(g_lse[i]) ? std::abs(g_lse[i] - lse2[i]) : INFINITY);
+    dsum_err = std::max(dsum_err, std::isfinite(g_dsum[i]) ? std::abs(g_dsum[i] - dsum[i]) : INFINITY);
+  }
+  const double e_out = err(out, g_out, 2e-2, 1e-2), e_dq = err(dq, g_dq, 3e-2, 1.6e-2),
+               e_dk = err(dk, g_dk, 3e-2, 1.6e-2), e_dv = err(dv, g_dv, 3e-2, 1.6e-2);
+  const bool ok = e_out <= 1 && e_dq <= 1 && e_dk <= 1 && e_dv <= 1 && lse_err < 1e-3 &&
+                  dsum_err < 1e-2;
+  std::printf(
+      "T %4ld S %4ld H %2ld/%ld d %3d/%3d: out %.2e  lse2 %.1e  D %.1e  dq %.2e  dk %.2e  dv %.2e"
+      "  (err / bound; lse2, D abs)  %s\n",
+      long(T), long(S), long(H), long(Hk), DK, DV, e_out, lse_err, dsum_err, e_dq, e_dk, e_dv,
+      ok ? "ok" : "FAIL");
+  return ok;
+}
+
+int main() {
+  std::mt19937 rng(5);
+  bool ok = true;
+  ok &= run_case<64, 64>({17, 17, 2, 1, 64, 64}, rng);
+  ok &= run_case<64, 128>({1, 1, 1, 1, 64, 128}, rng);
+  ok &= run_case<128, 64>({100, 100, 2, 2, 128, 64}, rng);
+  ok &= run_case<64, 64>({70, 200, 2, 1, 64, 64}, rng);
+  ok &= run_case<192, 128>({33, 150, 1, 1, 192, 128}, rng);
+  ok &= run_case<128, 128>({1, 75, 4, 2, 128, 128}, rng);
+  ok &= run_case<192, 64>({65, 65, 1, 1, 192, 64}, rng);
+  ok &= run_case<64, 64>({130, 130, 4, 1, 64, 64}, rng);
+  ok &= run_case<192, 128>({129, 300, 2, 2, 192, 128}, rng);
+  std::printf("%s\n", ok ? "all ok" : "FAILURES");
+  return ok ? 0 : 1;
+}
