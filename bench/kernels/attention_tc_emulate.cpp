@@ -8,7 +8,8 @@
 // shapes only. Build and run by hand (from the repository root):
 //   g++ -std=c++20 -O1 -pthread -Wno-unknown-pragmas -I src -I /usr/local/cuda/include
 //       bench/kernels/attention_tc_emulate.cpp -o /tmp/attention_tc_emulate
-//   /tmp/attention_tc_emulate
+//   /tmp/attention_tc_emulate            (the fixed cases)
+//   /tmp/attention_tc_emulate T S H Hk   (one case with MLA's head dims 192 / 128)
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -42,10 +44,16 @@ EmuWarp* g_warps = nullptr;
 std::barrier<>* g_block = nullptr;
 alignas(16) unsigned char g_smem[232448];
 
-inline EmuWarp& my_warp() { return g_warps[threadIdx.x / 32]; }
-inline int my_lane() { return int(threadIdx.x % 32); }
+inline EmuWarp& my_warp() {
+  return g_warps[threadIdx.x / 32];
+}
+inline int my_lane() {
+  return int(threadIdx.x % 32);
+}
 
-void __syncthreads() { g_block->arrive_and_wait(); }
+void __syncthreads() {
+  g_block->arrive_and_wait();
+}
 
 float __shfl_xor_sync(unsigned, float v, int mask) {
   EmuWarp& w = my_warp();
@@ -61,14 +69,18 @@ namespace dseek::ops::cuda::attention_tc {
 
 using bf16 = __nv_bfloat16;
 
-unsigned char* dynamic_smem() { return g_smem; }
+unsigned char* dynamic_smem() {
+  return g_smem;
+}
 
 inline uint16_t bits(bf16 x) {
   uint16_t u;
   std::memcpy(&u, &x, 2);
   return u;
 }
-inline uint32_t pack_raw(bf16 lo, bf16 hi) { return uint32_t(bits(lo)) | (uint32_t(bits(hi)) << 16); }
+inline uint32_t pack_raw(bf16 lo, bf16 hi) {
+  return uint32_t(bits(lo)) | (uint32_t(bits(hi)) << 16);
+}
 inline float lo_f(uint32_t r) {
   const uint32_t u = r << 16;
   float f;
@@ -101,8 +113,12 @@ void ldsm_any(uint32_t (&r)[4], const bf16* p, bool trans) {
   }
   w.bar.arrive_and_wait();
 }
-void ldsm_x4(uint32_t (&r)[4], const bf16* p) { ldsm_any(r, p, false); }
-void ldsm_x4_trans(uint32_t (&r)[4], const bf16* p) { ldsm_any(r, p, true); }
+void ldsm_x4(uint32_t (&r)[4], const bf16* p) {
+  ldsm_any(r, p, false);
+}
+void ldsm_x4_trans(uint32_t (&r)[4], const bf16* p) {
+  ldsm_any(r, p, true);
+}
 
 // mma.m16n8k16.row.col f32.bf16: fragments as the PTX ISA lays them out (g = l/4, c = l%4):
 // A a0a1 (g, 2c..), a2a3 (g+8, 2c..), a4a5 (g, 2c+8..), a6a7 (g+8, 2c+8..); B b0b1 (k 2c.., n g),
@@ -189,19 +205,25 @@ std::vector<bf16> random_bf16(size_t n, std::mt19937& rng, float scale) {
   for (auto& x : v) x = __float2bfloat16_rn(dist(rng));
   return v;
 }
-double f(bf16 x) { return double(__bfloat162float(x)); }
+double f(bf16 x) {
+  return double(__bfloat162float(x));
+}
 
-// The worst ratio |got − want| / (a·rms(want) + r·|want|) over a tensor: ≤ 1 passes the bound the
-// conformance test (tests/backend/test_backend_attention.cpp) puts on the GPU kernels.
-double err(const std::vector<double>& want, const std::vector<bf16>& got, double a, double r) {
-  double ss = 0;
-  for (double w : want) ss += w * w;
-  const double rms = std::sqrt(ss / double(want.size()));
+// The worst ratio |got − want| / (a·rms(row) + r·|want| + 1e-4) over a tensor of rows of n (the
+// reference's vectors): ≤ 1 passes the bound the conformance test
+// (tests/backend/test_backend_attention.cpp) puts on the GPU kernels.
+double err(const std::vector<double>& want, const std::vector<bf16>& got, size_t n, double a,
+           double r) {
   double worst = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    const double d = std::abs(f(got[i]) - want[i]);
-    worst = std::isfinite(d) ? std::max(worst, d / (a * rms + r * std::abs(want[i]) + 1e-4))
-                             : INFINITY;
+  for (size_t r0 = 0; r0 < want.size(); r0 += n) {
+    double ss = 0;
+    for (size_t i = r0; i < r0 + n; ++i) ss += want[i] * want[i];
+    const double rms = std::sqrt(ss / double(n));
+    for (size_t i = r0; i < r0 + n; ++i) {
+      const double d = std::abs(f(got[i]) - want[i]);
+      worst = std::isfinite(d) ? std::max(worst, d / (a * rms + r * std::abs(want[i]) + 1e-4))
+                               : INFINITY;
+    }
   }
   return worst;
 }
@@ -216,7 +238,9 @@ bool run_case(const Case& c, std::mt19937& rng) {
   const std::vector<bf16> dout = random_bf16(size_t(T * H * DV), rng, 1.0f);
   const float scale = 1.5f / std::sqrt(float(DK));
   auto Q = [&](int64_t t, int64_t h, int64_t i) { return f(qb[size_t(t * q_t + h * q_h + i)]); };
-  auto K = [&](int64_t s, int64_t hk, int64_t i) { return f(kvb[size_t(s * kv_s + hk * kv_h + i)]); };
+  auto K = [&](int64_t s, int64_t hk, int64_t i) {
+    return f(kvb[size_t(s * kv_s + hk * kv_h + i)]);
+  };
   auto V = [&](int64_t s, int64_t hk, int64_t d) {
     return f(kvb[size_t(s * kv_s + hk * kv_h + DK + d)]);
   };
@@ -256,7 +280,8 @@ bool run_case(const Case& c, std::mt19937& rng) {
           dq[size_t((t * H + h) * DK + i)] += scale * ds * K(s, hk, i);
           dk[size_t((s * Hk + hk) * DK + i)] += scale * ds * Q(t, h, i);
         }
-        for (int64_t d = 0; d < DV; ++d) dv[size_t((s * Hk + hk) * DV + d)] += p[size_t(s)] * DO(t, h, d);
+        for (int64_t d = 0; d < DV; ++d)
+          dv[size_t((s * Hk + hk) * DV + d)] += p[size_t(s)] * DO(t, h, d);
       }
     }
 
@@ -294,15 +319,18 @@ bool run_case(const Case& c, std::mt19937& rng) {
   run_grid(tc_dkdv_kernel<DK, DV>, kblocks, unsigned(Hk), p);
   run_grid(tc_dq_kernel<DK, DV>, qblocks, unsigned(H), p);
 
-  double lse_err = 0, dsum_err = 0;
+  double lse_err = 0, dsum_err = 0, dsum_scale = 1e-2;
+  for (double x : dsum) dsum_scale = std::max(dsum_scale, std::abs(x));
   for (size_t i = 0; i < lse2.size(); ++i) {
     lse_err = std::max(lse_err, std::isfinite(g_lse[i]) ? std::abs(g_lse[i] - lse2[i]) : INFINITY);
-    dsum_err = std::max(dsum_err, std::isfinite(g_dsum[i]) ? std::abs(g_dsum[i] - dsum[i]) : INFINITY);
+    dsum_err =
+        std::max(dsum_err, std::isfinite(g_dsum[i]) ? std::abs(g_dsum[i] - dsum[i]) : INFINITY);
   }
-  const double e_out = err(out, g_out, 2e-2, 1e-2), e_dq = err(dq, g_dq, 3e-2, 1.6e-2),
-               e_dk = err(dk, g_dk, 3e-2, 1.6e-2), e_dv = err(dv, g_dv, 3e-2, 1.6e-2);
+  const double e_out = err(out, g_out, DV, 2e-2, 1e-2), e_dq = err(dq, g_dq, DK, 3e-2, 1.6e-2),
+               e_dk = err(dk, g_dk, DK, 3e-2, 1.6e-2), e_dv = err(dv, g_dv, DV, 3e-2, 1.6e-2);
+  // D = dout · out carries the rounding of p to bf16 in out (2^-9 of each term): relative bound.
   const bool ok = e_out <= 1 && e_dq <= 1 && e_dk <= 1 && e_dv <= 1 && lse_err < 1e-3 &&
-                  dsum_err < 1e-2;
+                  dsum_err < 1e-2 * dsum_scale;
   std::printf(
       "T %4ld S %4ld H %2ld/%ld d %3d/%3d: out %.2e  lse2 %.1e  D %.1e  dq %.2e  dk %.2e  dv %.2e"
       "  (err / bound; lse2, D abs)  %s\n",
@@ -311,8 +339,14 @@ bool run_case(const Case& c, std::mt19937& rng) {
   return ok;
 }
 
-int main() {
+// No arguments: the fixed cases below. "T S H Hk": one MLA-dims case (dk 192, dv 128).
+int main(int argc, char** argv) {
   std::mt19937 rng(5);
+  if (argc == 5) {
+    const Case c{
+        std::atol(argv[1]), std::atol(argv[2]), std::atol(argv[3]), std::atol(argv[4]), 192, 128};
+    return run_case<192, 128>(c, rng) ? 0 : 1;
+  }
   bool ok = true;
   ok &= run_case<64, 64>({17, 17, 2, 1, 64, 64}, rng);
   ok &= run_case<64, 128>({1, 1, 1, 1, 64, 128}, rng);

@@ -10,8 +10,8 @@
 //   C (16×8 f32), 4 floats: C[g][2c], C[g][2c+1], C[g+8][2c], C[g+8][2c+1]
 // The lower-indexed element of a pair sits in the low 16 bits of its register.
 // ldmatrix.x4 loads four 8×8 b16 matrices; lanes 8i .. 8i+7 give the row addresses of matrix i,
-// and lane l receives element [l/4][2(l%4), 2(l%4)+1] of each (with .trans: [2(l%4), 2(l%4)+1][l/4]),
-// which is exactly the pair the fragments above ask for.
+// and lane l receives element [l/4][2(l%4), 2(l%4)+1] of each (with .trans: [2(l%4),
+// 2(l%4)+1][l/4]), which is exactly the pair the fragments above ask for.
 //
 // Shared-memory tiles are rows of D bf16 padded to D + kPad: a row is then 16 bytes (4 banks)
 // further along the 128-byte bank window than the previous one, so the eight rows of an ldmatrix

@@ -46,9 +46,8 @@ void launch(Kernel kernel, dim3 grid, size_t smem, const TcParams& p, const char
 
 template <int DK, int DV>
 void forward(const TcParams& p) {
-  launch(tc_forward_kernel<DK, DV>,
-         dim3(unsigned(ceil_div<int64_t>(p.T, kRows)), unsigned(p.H)), FwdShape<DK, DV>::kSmem, p,
-         "tc_forward_kernel");
+  launch(tc_forward_kernel<DK, DV>, dim3(unsigned(ceil_div<int64_t>(p.T, kRows)), unsigned(p.H)),
+         FwdShape<DK, DV>::kSmem, p, "tc_forward_kernel");
 }
 
 template <int DK, int DV>

@@ -52,8 +52,8 @@ __global__ void __launch_bounds__(kThreads) tc_forward_kernel(const TcParams p) 
   constexpr int BN = Sh::kKeys, QLD = Sh::QLD, KLD = Sh::KLD, VLD = Sh::VLD;
   unsigned char* smem_raw = dynamic_smem();
   bf16* qs = reinterpret_cast<bf16*>(smem_raw);
-  bf16* ks = qs + kRows * QLD;      // [2][BN][KLD]
-  bf16* vs = ks + 2 * BN * KLD;     // [2][BN][VLD]
+  bf16* ks = qs + kRows * QLD;   // [2][BN][KLD]
+  bf16* vs = ks + 2 * BN * KLD;  // [2][BN][VLD]
   const int lane = int(threadIdx.x % 32), warp = int(threadIdx.x / 32);
   const int g = lane / 4, c = lane % 4;
   // The last query blocks see the most keys: start them first.
@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(kThreads) tc_forward_kernel(const TcParams p) 
     for (int i = 0; i < 2; ++i) {
       const float m_new = fmaxf(m_run[i], quad_max(mx[i]));
       base[i] = m_new == -INFINITY ? 0.0f : m_new;  // never −inf − −inf
-      corr[i] = exp2f(m_run[i] - base[i]);           // 0 on the first tile
+      corr[i] = exp2f(m_run[i] - base[i]);          // 0 on the first tile
       m_run[i] = m_new;
     }
 #pragma unroll
@@ -186,11 +186,11 @@ __global__ void __launch_bounds__(kThreads) tc_dkdv_kernel(const TcParams p) {
   constexpr int BQ = Sh::kQ, KLD = Sh::KLD, VLD = Sh::VLD;
   unsigned char* smem_raw = dynamic_smem();
   bf16* ks = reinterpret_cast<bf16*>(smem_raw);  // [kRows][KLD]
-  bf16* vs = ks + kRows * KLD;                    // [kRows][VLD]
-  bf16* qs = vs + kRows * VLD;                    // [2][BQ][KLD] (q rows have dk columns too)
-  bf16* dos = qs + 2 * BQ * KLD;                  // [2][BQ][VLD]
+  bf16* vs = ks + kRows * KLD;                   // [kRows][VLD]
+  bf16* qs = vs + kRows * VLD;                   // [2][BQ][KLD] (q rows have dk columns too)
+  bf16* dos = qs + 2 * BQ * KLD;                 // [2][BQ][VLD]
   float* lse_s = reinterpret_cast<float*>(dos + 2 * BQ * VLD);  // [2][BQ]
-  float* dsum_s = lse_s + 2 * BQ;                                // [2][BQ]
+  float* dsum_s = lse_s + 2 * BQ;                               // [2][BQ]
   const int lane = int(threadIdx.x % 32), warp = int(threadIdx.x / 32);
   const int g = lane / 4, c = lane % 4;
   const int64_t n0 = int64_t(blockIdx.x) * kRows;  // key block 0 has the most work: first
@@ -199,7 +199,7 @@ __global__ void __launch_bounds__(kThreads) tc_dkdv_kernel(const TcParams p) {
   // Query t sees key n0 once pos0 + t ≥ n0; the tiles start at a multiple of BQ below that.
   const int64_t m_start = max(int64_t(0), n0 - pos0) / BQ * BQ;
   const int64_t nq = div_up(p.T - m_start, BQ);  // ≥ 1: n0 < S
-  const int64_t iters = p.G * nq;                            // heads of the group × query tiles
+  const int64_t iters = p.G * nq;                // heads of the group × query tiles
 
   // Query tile `it` (head hk·G + it / nq, rows from m_start + (it % nq)·BQ) into buffer b.
   auto load_queries = [&](int64_t it, int b) {
@@ -261,7 +261,8 @@ __global__ void __launch_bounds__(kThreads) tc_dkdv_kernel(const TcParams p) {
 #pragma unroll
     for (int nt = 0; nt < BQ / 8; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) dpt[nt][e] = pt[nt][e] * (dpt[nt][e] - dsum[nt * 8 + 2 * c + (e & 1)]);
+      for (int e = 0; e < 4; ++e)
+        dpt[nt][e] = pt[nt][e] * (dpt[nt][e] - dsum[nt * 8 + 2 * c + (e & 1)]);
     c_to_a(dpt, fa);
     mma_pb<BQ / 16, DK / 8>(dk_acc, fa, qt, KLD);
     __syncthreads();  // this buffer is refilled by the next iteration's prefetch
@@ -298,9 +299,9 @@ __global__ void __launch_bounds__(kThreads) tc_dq_kernel(const TcParams p) {
   constexpr int BN = Sh::kKeys, KLD = Sh::KLD, VLD = Sh::VLD;
   unsigned char* smem_raw = dynamic_smem();
   bf16* qs = reinterpret_cast<bf16*>(smem_raw);  // [kRows][KLD]
-  bf16* dos = qs + kRows * KLD;                   // [kRows][VLD]
-  bf16* ks = dos + kRows * VLD;                   // [2][BN][KLD]
-  bf16* vs = ks + 2 * BN * KLD;                   // [2][BN][VLD]
+  bf16* dos = qs + kRows * KLD;                  // [kRows][VLD]
+  bf16* ks = dos + kRows * VLD;                  // [2][BN][KLD]
+  bf16* vs = ks + 2 * BN * KLD;                  // [2][BN][VLD]
   const int lane = int(threadIdx.x % 32), warp = int(threadIdx.x / 32);
   const int g = lane / 4, c = lane % 4;
   const int64_t m0 = int64_t(gridDim.x - 1 - blockIdx.x) * kRows;
