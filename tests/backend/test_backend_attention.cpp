@@ -12,6 +12,7 @@
 
 #include "backend/backend_harness.h"
 #include "ops/attention.h"
+#include "ops/cuda/attention_tc.cuh"
 
 namespace dseek::backend_test {
 namespace {
@@ -220,6 +221,30 @@ void expect_close_rows(const std::string& op, const Tensor& want, const Tensor& 
                      << (w.empty() ? 0.f : w[worst_at]);
 }
 
+#ifdef DSEEK_HAS_CUDA
+// The raw arguments of the GPU inputs, for calling the tensor-core kernels directly (outputs
+// poisoned with NaN) and for checking that the op takes them for every case here.
+ops::cuda::AttentionArgs tc_args(const Case& c, const Inputs& in, float scale, void* out) {
+  return ops::cuda::AttentionArgs{in.gq.raw(),
+                                  in.gq.strides()[0],
+                                  in.gq.strides()[1],
+                                  in.gk.raw(),
+                                  in.gk.strides()[0],
+                                  in.gk.strides()[1],
+                                  in.gv.raw(),
+                                  in.gv.strides()[0],
+                                  in.gv.strides()[1],
+                                  out,
+                                  c.len.T,
+                                  c.len.S,
+                                  c.heads.H,
+                                  c.heads.Hk,
+                                  c.dims.dk,
+                                  c.dims.dv,
+                                  scale};
+}
+#endif
+
 TEST(BackendOps, CausalAttentionTensorCoreBf16) {
   DSEEK_REQUIRE_CUDA();
   std::mt19937 rng(31);
@@ -231,6 +256,14 @@ TEST(BackendOps, CausalAttentionTensorCoreBf16) {
     const Tensor got = ops::causal_attention(in.gq, in.gk, in.gv, scale);
     EXPECT_EQ(got.dtype(), DType::BF16);
     expect_close_rows("attention tc " + describe(c), want, got, 2e-2, 1e-2);
+#ifdef DSEEK_HAS_CUDA
+    Tensor out = Tensor::poisoned(want.shape(), DType::BF16, Device::CUDA);
+    const ops::cuda::AttentionArgs a = tc_args(c, in, scale, out.raw());
+    ASSERT_TRUE(ops::cuda::attention_tc::tc_supported(a))
+        << describe(c) << ": the op takes the scalar kernels for this case";
+    ops::cuda::attention_tc::tc_forward(a);
+    expect_close_rows("attention tc (poisoned) " + describe(c), want, out, 2e-2, 1e-2);
+#endif
   }
 }
 
@@ -249,6 +282,18 @@ TEST(BackendOps, CausalAttentionTensorCoreBf16Backward) {
     expect_close_rows("attention tc dq " + name, want.dq, got.dq, 3e-2, 1.6e-2);
     expect_close_rows("attention tc dk " + name, want.dk, got.dk, 3e-2, 1.6e-2);
     expect_close_rows("attention tc dv " + name, want.dv, got.dv, 3e-2, 1.6e-2);
+#ifdef DSEEK_HAS_CUDA
+    ops::AttentionGrads poisoned{Tensor::poisoned(want.dq.shape(), DType::BF16, Device::CUDA),
+                                 Tensor::poisoned(want.dk.shape(), DType::BF16, Device::CUDA),
+                                 Tensor::poisoned(want.dv.shape(), DType::BF16, Device::CUDA)};
+    const Tensor gdout = on_gpu(dout, DType::BF16);
+    ops::cuda::attention_tc::tc_backward(
+        ops::cuda::AttentionGradArgs{tc_args(c, in, scale, nullptr), gdout.raw(), poisoned.dq.raw(),
+                                     poisoned.dk.raw(), poisoned.dv.raw()});
+    expect_close_rows("attention tc (poisoned) dq " + name, want.dq, poisoned.dq, 3e-2, 1.6e-2);
+    expect_close_rows("attention tc (poisoned) dk " + name, want.dk, poisoned.dk, 3e-2, 1.6e-2);
+    expect_close_rows("attention tc (poisoned) dv " + name, want.dv, poisoned.dv, 3e-2, 1.6e-2);
+#endif
   }
 }
 
