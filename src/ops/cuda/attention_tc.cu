@@ -13,12 +13,14 @@
 // O += P·V. The output is O / l; optionally lse2 = m + log2 l and D = dout · O per row (f32).
 // Backward, deterministic (each output element summed by one thread in a fixed order):
 //   1. the forward kernel without output: lse2 and D per (query, head);
-//   2. tc_dkdv_kernel: a block = 64 keys of one key head; it walks the query tiles that see them,
-//      for every head of the group (GQA sums inside the block): Sᵀ = K·Qᵀ, Pᵀ = 2^(Sᵀ − lse2),
+//   2. tc_dkdv_kernel: a block = 64 keys of one key head; it walks the query tiles (64 rows, 32
+//      when dk + dv ≥ 256 to keep the dK, dV accumulators in registers) that see them, for every
+//      head of the group (GQA sums inside the block): Sᵀ = K·Qᵀ, Pᵀ = 2^(Sᵀ − lse2),
 //      dPᵀ = V·dOᵀ, dV += Pᵀ·dO, dSᵀ = Pᵀ ⊙ (dPᵀ − D), dK += dSᵀ·Q (scaled at the end);
-//   3. tc_dq_kernel: a block = 64 query rows of one head, key tiles as in the forward: S, P, dP =
-//      dO·Vᵀ, dS, dQ += dS·K. Recomputing S and dP here (7 products instead of FlashAttention-2's
-//      5) buys determinism without an f32 dQ workspace and atomics.
+//   3. tc_dq_kernel: a block = 64 query rows of one head, key tiles as in the forward (32 keys
+//      when dk = 192): S, P, dP = dO·Vᵀ, dS, dQ += dS·K. Recomputing S and dP here (7 products
+//      instead of FlashAttention-2's 5) buys determinism without an f32 dQ workspace and atomics.
+// Checked without a GPU by bench/kernels/attention_tc_emulate.cpp (these kernels on the host).
 #include <algorithm>
 #include <cmath>
 #include <memory>
