@@ -56,7 +56,8 @@ MultiTensorTable device_table(std::vector<cuda::MultiTensorEntry>& host) {
 std::vector<cuda::MultiTensorEntry> grad_entries(const std::vector<Tensor>& tensors) {
   std::vector<cuda::MultiTensorEntry> host;
   for (const Tensor& t : tensors)
-    if (t.numel() > 0) host.push_back({nullptr, t.data<float>(), nullptr, nullptr, t.numel(), 0, 0});
+    if (t.numel() > 0)
+      host.push_back({nullptr, t.data<float>(), nullptr, nullptr, t.numel(), 0, 0});
   return host;
 }
 

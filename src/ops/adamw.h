@@ -19,7 +19,7 @@
 // on an x86-64 host without FMA contraction the two agree bit for bit.
 //
 // Sum of squares: Σ over all tensors of Σ g², every g widened to double and squared in double.
-//   CPU: per tensor one double sum (OpenMP reduction for large tensors), the tensors added in order.
+//   CPU: per tensor one double sum (an OpenMP reduction for large ones), added in tensor order.
 //   GPU: the tensors cut into chunks of kMultiTensorChunk elements; each chunk's sum (double, a
 //   fixed tree inside one block) goes to a partial, and one block adds the partials in a fixed
 //   order. Deterministic (no atomics); the result is copied to the host (one synchronisation).

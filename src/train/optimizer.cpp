@@ -58,7 +58,8 @@ bool AdamW::fused_current() const {
     const size_t index = i++;
     if (!p.trainable) continue;
     if (k >= fused_.values.size() || fused_.values[k].raw() != p.value.raw() ||
-        fused_.grads[k].raw() != p.grad.raw() || fused_.exp_avgs[k].raw() != exp_avg_[index].raw() ||
+        fused_.grads[k].raw() != p.grad.raw() ||
+        fused_.exp_avgs[k].raw() != exp_avg_[index].raw() ||
         fused_.exp_avg_sqs[k].raw() != exp_avg_sq_[index].raw())
       return false;
     ++k;

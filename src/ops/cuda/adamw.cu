@@ -65,7 +65,8 @@ __global__ void adamw_kernel(const MultiTensorEntry* entries, int64_t count, int
       const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), s.bias_correction2_sqrt), s.eps);
       e.exp_avg[k] = m;
       e.exp_avg_sq[k] = v;
-      e.value[k] = __fsub_rn(__fmul_rn(e.value[k], decay), __fdiv_rn(__fmul_rn(s.step_size, m), denom));
+      e.value[k] =
+          __fsub_rn(__fmul_rn(e.value[k], decay), __fdiv_rn(__fmul_rn(s.step_size, m), denom));
     }
   }
 }
