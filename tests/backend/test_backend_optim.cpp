@@ -469,10 +469,10 @@ struct TinyData {
 std::vector<std::string> train_args(const TinyData& d, const fs::path& run, int steps,
                                     const std::string& device,
                                     const std::vector<std::string>& extra = {}) {
-  std::vector<std::string> a = {"train",  "--preset", "tiny",          "--tokenizer",
-                                d.tokenizer(), "--data", d.data(),     "--out",
-                                run.string(),  "--steps", std::to_string(steps), "--threads",
-                                "2",           "--device", device};
+  std::vector<std::string> a = {"train", "--preset", "tiny", "--tokenizer", d.tokenizer(),
+                                "--data", d.data(), "--out", run.string(),
+                                "--steps", std::to_string(steps), "--threads", "2",
+                                "--device", device};
   for (const char* set : {"data.seq_len=32", "train.batch_size=4", "data.val_fraction=0.1",
                           "optim.schedule=constant", "optim.warmup_steps=2", "eval.interval=100",
                           "eval.sequences=4", "checkpoint.interval=100"}) {
@@ -535,10 +535,22 @@ TEST(BackendTrainCli, GpuTrainingFollowsTheCpuAndItsCheckpointResumesOnTheCpu) {
       train::load_checkpoint(train::find_latest_checkpoint(cpu_run.string()));
   ASSERT_EQ(g.model.size(), c.model.size());
   ASSERT_EQ(g.optimizer.size(), c.optimizer.size());
+  double diff2 = 0, norm2 = 0;
   for (size_t i = 0; i < g.model.size(); ++i) {
     EXPECT_EQ(g.model[i].first, c.model[i].first);
-    EXPECT_EQ(g.model[i].second.shape(), c.model[i].second.shape());
+    ASSERT_EQ(g.model[i].second.shape(), c.model[i].second.shape()) << g.model[i].first;
+    const std::vector<float> x = g.model[i].second.to_vector(), y = c.model[i].second.to_vector();
+    for (size_t k = 0; k < x.size(); ++k) {
+      diff2 += (double(x[k]) - y[k]) * (double(x[k]) - y[k]);
+      norm2 += double(y[k]) * y[k];
+    }
   }
+  // Relative RMS difference of all weights after six steps: the differences above, not another
+  // trajectory.
+  const double rel_rms = std::sqrt(diff2 / norm2);
+  std::printf("[backend] weights after %d steps, gpu vs cpu: relative RMS difference %.2e\n",
+              kSteps, rel_rms);
+  EXPECT_LE(rel_rms, 1e-3);
   EXPECT_EQ(g.state.at("optimizer_steps"), kSteps);
 
   // ... which resumes on the CPU for two more steps.
