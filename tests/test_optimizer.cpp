@@ -1,16 +1,21 @@
 // AdamW against a scalar double re-implementation of torch.optim.AdamW over several steps (decay on
 // and off, a buffer left alone, a parameter large enough for the threaded path), gradient clipping
-// against a hand-summed norm, optimizer state round trip, and the decay naming rule.
+// against a hand-summed norm, optimizer state round trip, the decay naming rule, and the CPU side
+// of the fused op and of the device plumbing (tensor checks, a replaced parameter, copy_values,
+// ParamSet::to). The CUDA twin is tested in tests/backend/test_backend_optim.cpp.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <map>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "core/cuda.h"
 #include "core/error.h"
+#include "ops/adamw.h"
 #include "train/optimizer.h"
 
 using namespace dseek;
@@ -244,4 +249,90 @@ TEST(Optimizer, DecayRule) {
   EXPECT_FALSE(decays("model.layers.61.enorm.weight"));
   EXPECT_FALSE(decays("model.layers.0.self_attn.q_proj.bias"));
   EXPECT_FALSE(decays("model.layers.3.mlp.gate.e_score_correction_bias"));
+}
+
+namespace {
+
+void expect_error(const std::function<void()>& f, const std::string& needle) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one containing: " << needle;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+
+TEST(Optimizer, FusedOpChecksItsTensors) {
+  const Tensor a = Tensor::zeros({2, 3}), b = Tensor::zeros({3, 2});
+  expect_error([&] { ops::adamw_tensors({a}, {a}, {a}, {}, {1}); },
+               "[adamw] 1 values, 1 grads, 1 exp_avgs, 0 exp_avg_sqs, 1 decay flags");
+  expect_error([&] { ops::adamw_tensors({a}, {b}, {a}, {a}, {1}); },
+               "[adamw] tensor 0: value [2, 3], grad [3, 2]");
+  expect_error([&] { ops::adamw_tensors({a}, {a}, {a.to(DType::BF16)}, {a}, {1}); },
+               "[adamw] exp_avg 0: must be a defined f32 contiguous tensor, got bf16 [2, 3]");
+  expect_error([&] { ops::adamw_tensors({a}, {a}, {a}, {b.transpose(0, 1)}, {0}); },
+               "[adamw] exp_avg_sq 0: must be a defined f32 contiguous tensor");
+  expect_error([&] { ops::sum_of_squares({a, Tensor()}); },
+               "[sum_of_squares] tensor 1: must be a defined f32 contiguous tensor, got undefined");
+  expect_error([&] { ops::scale_inplace({a.to(DType::BF16)}, 2.0f); }, "[scale_inplace] tensor 0");
+}
+
+// A parameter whose tensors are replaced between steps (as ParamSet::to does) is updated in its
+// new storage: the optimizer rebuilds its multi-tensor table instead of writing to the old one.
+TEST(Optimizer, AdamWFollowsReplacedParameterTensors) {
+  ParamSet ps, ref;
+  for (ParamSet* p : {&ps, &ref}) {
+    p->add("w", Tensor::from_vector({1.0f, -2.0f, 3.0f}, {3}), true, true);
+    p->add("n", Tensor::from_vector({0.5f}, {1}), true, false);
+  }
+  AdamW opt(ps, AdamWConfig{}), opt_ref(ref, AdamWConfig{});
+  for (ParamSet* p : {&ps, &ref}) {
+    set_grad(p->at("w"), {0.1f, 0.2f, -0.3f});
+    set_grad(p->at("n"), {1.0f});
+  }
+  opt.step(1e-2);
+  opt_ref.step(1e-2);
+  const Tensor old_value = ps.at("w").value;
+  ps.at("w").value = old_value.clone();  // new storage, same values
+  ps.at("w").grad = ps.at("w").grad.clone();
+  const std::vector<float> old_before = old_value.to_vector();
+  for (ParamSet* p : {&ps, &ref}) set_grad(p->at("w"), {-0.4f, 0.5f, 0.6f});
+  opt.step(2e-2);
+  opt_ref.step(2e-2);
+  EXPECT_EQ(ps.value("w").to_vector(), ref.value("w").to_vector());
+  EXPECT_EQ(ps.value("n").to_vector(), ref.value("n").to_vector());
+  EXPECT_EQ(old_value.to_vector(), old_before);  // the replaced tensor is left alone
+}
+
+TEST(Optimizer, CopyValuesConvertsAndChecks) {
+  const Tensor dst = Tensor::poisoned({2, 2});
+  copy_values(dst, Tensor::from_vector({1.0f, 2.5f, -3.0f, 1.00390625f}, {2, 2}).to(DType::BF16),
+              "w");
+  // bf16 holds 1, 2.5 and −3 exactly; 1 + 2^-8 is a tie between 1 and 1 + 2^-7: even → 1.
+  EXPECT_EQ(dst.to_vector(), (std::vector<float>{1.0f, 2.5f, -3.0f, 1.0f}));
+  const Tensor strided = Tensor::from_vector({1, 2, 3, 4}, {2, 2}).transpose(0, 1);
+  copy_values(dst, strided, "w");
+  EXPECT_EQ(dst.to_vector(), (std::vector<float>{1, 3, 2, 4}));
+  expect_error([&] { copy_values(dst, Tensor::zeros({4}), "model.norm.weight"); },
+               "[train] model.norm.weight: source [4], expected [2, 2]");
+  expect_error([&] { copy_values(dst.to(DType::BF16), Tensor::zeros({2, 2}), "m"); },
+               "[train] m: the destination must be f32 contiguous");
+}
+
+TEST(Optimizer, ParamSetStartsOnTheCpu) {
+  ParamSet ps;
+  ps.add("w", Tensor::from_vector({1.0f, 2.0f}, {2}), true, true);
+  EXPECT_EQ(ps.device(), Device::CPU);
+  const void* before = ps.value("w").raw();
+  ps.to(Device::CPU);  // already there: the same storage
+  EXPECT_EQ(ps.value("w").raw(), before);
+  ps.at("w").grad.copy_from(Tensor::poisoned({2}));
+  ps.zero_grad();
+  EXPECT_EQ(ps.grad("w").to_vector(), (std::vector<float>{0.0f, 0.0f}));
+  if (!cuda::available()) {
+    expect_error([&] { ps.to(Device::CUDA); }, "[cuda] ParamSet::to(cuda) needs");
+    EXPECT_EQ(ps.device(), Device::CPU);
+  }
 }

@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/cuda.h"
 #include "model/safetensors.h"
 #include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
@@ -508,6 +509,10 @@ TEST_F(TrainCli, ErrorsNameTheSettingFileOrDirectory) {
   Args preset = train_args(run, 2);
   *std::find(preset.begin(), preset.end(), "tiny") = "huge";
   expect_error(preset, "unknown preset 'huge' (one of tiny, small, tiny-dense, v2-lite, v3)");
+  expect_error(train_args(run, 2, {"--device", "gpu"}), "train.device: 'gpu' is not cpu or cuda");
+  if (!cuda::available())  // (on a GPU machine tests/backend/test_backend_optim.cpp trains there)
+    expect_error(train_args(run, 2, {"--set", "train.device=cuda"}),
+                 "[cuda] train.device cuda needs");
 
   // A truncated data shard.
   const fs::path data = dir.path / "data";

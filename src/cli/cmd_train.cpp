@@ -33,7 +33,7 @@ namespace dseek::cli {
 namespace {
 
 struct TrainFlags {
-  std::string config_file, preset, model_config, tokenizer, data, out, schedule;
+  std::string config_file, preset, model_config, tokenizer, data, out, schedule, device;
   int64_t steps = 0, seed = 0, batch_size = 0, seq_len = 0, threads = 0, nproc = 1;
   double lr = 0, compute_budget = 0;
   std::vector<std::string> sets;
@@ -153,6 +153,8 @@ void add_train_command(CLI::App& app) {
   auto* budget = cmd->add_option("--compute-budget", f->compute_budget,
                                  "FLOPs: pick batch size, lr and steps by DeepSeek LLM's scaling laws");
   auto* threads = cmd->add_option("--threads", f->threads, "OpenMP threads (0: default)");
+  auto* device = cmd->add_option("--device", f->device,
+                                 "where training runs: cpu (default) or cuda (train.device)");
   cmd->add_option("--nproc", f->nproc,
                   "data-parallel ranks on this machine: runs the training under mpirun -np N")
       ->check(CLI::Range(int64_t(1), int64_t(4096)));
@@ -191,6 +193,7 @@ void add_train_command(CLI::App& app) {
     if (sched->count()) c.schedule = f->schedule;
     if (budget->count()) c.compute_budget = f->compute_budget;
     if (threads->count()) c.threads = f->threads;
+    if (device->count()) c.device = f->device;
     if (deterministic->count()) c.dist_deterministic = 1;
     for (const std::string& s : f->sets) train::apply_train_config_override(s, c);
     const train::TrainSummary s = train::run_training(c, f->resume);

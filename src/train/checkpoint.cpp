@@ -184,6 +184,17 @@ void check_f32(const std::vector<std::pair<std::string, Tensor>>& tensors, const
   }
 }
 
+// The tensors as save_safetensors takes them: on the CPU (a GPU tensor is copied to the host; a CPU
+// one is passed as it is, Tensor::to(Device) returning the tensor itself).
+std::vector<std::pair<std::string, Tensor>> on_host(
+    const std::vector<std::pair<std::string, Tensor>>& tensors) {
+  std::vector<std::pair<std::string, Tensor>> out;
+  out.reserve(tensors.size());
+  for (const auto& [name, tensor] : tensors)
+    out.emplace_back(name, tensor.defined() ? tensor.to(Device::CPU) : tensor);
+  return out;
+}
+
 // Owned f32 copies of every tensor of a safetensors file, in the order they were saved (the
 // writer lays tensors out back to back in save order, so data offsets recover it).
 std::vector<std::pair<std::string, Tensor>> load_tensors(const fs::path& path) {
@@ -303,8 +314,8 @@ std::string save_checkpoint(const std::string& run_dir, const CheckpointData& da
 
   const std::map<std::string, std::string> meta = {{"format", kFormat},
                                                    {"step", std::to_string(data.step)}};
-  save_safetensors((tmp / kModelFile).string(), data.model, meta);
-  save_safetensors((tmp / kOptimizerFile).string(), data.optimizer, meta);
+  save_safetensors((tmp / kModelFile).string(), on_host(data.model), meta);
+  save_safetensors((tmp / kOptimizerFile).string(), on_host(data.optimizer), meta);
   write_durable(tmp / kStateFile, data.state.dump(2) + "\n");
 
   json files = json::array();

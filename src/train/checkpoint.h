@@ -36,7 +36,8 @@ namespace dseek::train {
 
 struct CheckpointData {
   int64_t step = 0;
-  // Named tensors in save order (load returns them in the same order). Must be f32 on the CPU.
+  // Named tensors in save order (load returns them in the same order). Must be f32; save copies
+  // tensors on the GPU to the host, one file's worth at a time. Load returns CPU tensors.
   std::vector<std::pair<std::string, Tensor>> model, optimizer;
   nlohmann::json state = nlohmann::json::object();
 };

@@ -1,15 +1,12 @@
 #include "train/optimizer.h"
 
 #include <cmath>
-#include <cstring>
 
 #include "core/error.h"
 
 namespace dseek::train {
 
 namespace {
-
-constexpr int64_t kParallelMin = 1 << 15;  // below this a parameter is updated on one thread
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() &&
@@ -38,9 +35,36 @@ AdamW::AdamW(ParamSet& params, AdamWConfig config) : params_(&params), config_(c
   DSEEK_CHECK(config.weight_decay >= 0.0 && std::isfinite(config.weight_decay),
               "[optim] AdamW: weight_decay {} must be >= 0", config.weight_decay);
   for (const Param& p : params.all()) {
-    exp_avg_.push_back(p.trainable ? Tensor::zeros(p.value.shape()) : Tensor());
-    exp_avg_sq_.push_back(p.trainable ? Tensor::zeros(p.value.shape()) : Tensor());
+    const Device d = p.value.device();
+    exp_avg_.push_back(p.trainable ? Tensor::zeros(p.value.shape(), DType::F32, d) : Tensor());
+    exp_avg_sq_.push_back(p.trainable ? Tensor::zeros(p.value.shape(), DType::F32, d) : Tensor());
   }
+}
+
+void AdamW::to(Device device) {
+  for (size_t i = 0; i < exp_avg_.size(); ++i) {
+    if (!exp_avg_[i].defined()) continue;
+    exp_avg_[i] = exp_avg_[i].to(device);
+    exp_avg_sq_[i] = exp_avg_sq_[i].to(device);
+  }
+  fused_ = ops::AdamWTensors();  // its table names the old storage
+}
+
+// Whether fused_ still names every trainable parameter's current value, grad and moments (a
+// ParamSet::to or a replaced tensor gives them new storage).
+bool AdamW::fused_current() const {
+  size_t k = 0, i = 0;
+  for (const Param& p : params_->all()) {
+    const size_t index = i++;
+    if (!p.trainable) continue;
+    if (k >= fused_.values.size() || fused_.values[k].raw() != p.value.raw() ||
+        fused_.grads[k].raw() != p.grad.raw() ||
+        fused_.exp_avgs[k].raw() != exp_avg_[index].raw() ||
+        fused_.exp_avg_sqs[k].raw() != exp_avg_sq_[index].raw())
+      return false;
+    ++k;
+  }
+  return k == fused_.values.size();
 }
 
 void AdamW::step(double lr) {
@@ -48,42 +72,33 @@ void AdamW::step(double lr) {
   DSEEK_CHECK(params_->size() == exp_avg_.size(),
               "[optim] AdamW: the ParamSet has {} parameters, the optimizer was built for {}",
               params_->size(), exp_avg_.size());
-  ++step_count_;
-  const AdamWStep s = adamw_step_scalars(config_, lr, step_count_);
-  size_t index = 0;
-  for (Param& p : params_->all()) {
-    const size_t i = index++;
-    if (!p.trainable) continue;
-    adamw_update(s, s.decay_factor(p.decay), p.value.data<float>(), p.grad.data<float>(),
-                 exp_avg_[i].data<float>(), exp_avg_sq_[i].data<float>(), p.value.numel());
+  if (!fused_current()) {
+    std::vector<Tensor> values, grads, ms, vs;
+    std::vector<uint8_t> decay;
+    size_t i = 0;
+    for (const Param& p : params_->all()) {
+      const size_t index = i++;
+      if (!p.trainable) continue;
+      DSEEK_CHECK(exp_avg_[index].device() == p.value.device(),
+                  "[optim] AdamW: parameter '{}' is on {}, its moments on {} (call AdamW::to after "
+                  "ParamSet::to)",
+                  p.name, device_name(p.value.device()), device_name(exp_avg_[index].device()));
+      values.push_back(p.value);
+      grads.push_back(p.grad);
+      ms.push_back(exp_avg_[index]);
+      vs.push_back(exp_avg_sq_[index]);
+      decay.push_back(p.decay ? 1 : 0);
+    }
+    fused_ = ops::adamw_tensors(std::move(values), std::move(grads), std::move(ms), std::move(vs),
+                                std::move(decay));
   }
+  ++step_count_;
+  ops::adamw_step(fused_, adamw_step_scalars(config_, lr, step_count_));
 }
 
 AdamWStep adamw_step_scalars(const AdamWConfig& config, double lr, int64_t step) {
-  const double t = double(step);
-  AdamWStep s;
-  s.beta1 = float(config.beta1);
-  s.beta2 = float(config.beta2);
-  s.one_minus_beta1 = float(1.0 - config.beta1);
-  s.one_minus_beta2 = float(1.0 - config.beta2);
-  s.step_size = float(lr / (1.0 - std::pow(config.beta1, t)));
-  s.bias_correction2_sqrt = float(std::sqrt(1.0 - std::pow(config.beta2, t)));
-  s.eps = float(config.eps);
-  s.lr = lr;
-  s.weight_decay = config.weight_decay;
-  return s;
-}
-
-void adamw_update(const AdamWStep& s, float decay_factor, float* value, const float* grad, float* m,
-                  float* v, int64_t n) {
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-  for (int64_t k = 0; k < n; ++k) {
-    const float g = grad[k];
-    m[k] = s.beta1 * m[k] + s.one_minus_beta1 * g;
-    v[k] = s.beta2 * v[k] + s.one_minus_beta2 * g * g;
-    const float denom = std::sqrt(v[k]) / s.bias_correction2_sqrt + s.eps;
-    value[k] = value[k] * decay_factor - s.step_size * m[k] / denom;
-  }
+  return ops::adamw_step_scalars(config.beta1, config.beta2, config.eps, config.weight_decay, lr,
+                                 step);
 }
 
 std::vector<std::pair<std::string, Tensor>> AdamW::state_tensors() const {
@@ -113,10 +128,8 @@ void AdamW::load_state(const std::map<std::string, Tensor>& tensors, int64_t ste
   size_t i = 0;
   for (const Param& p : params_->all()) {
     if (p.trainable) {
-      const Tensor m = tensors.at("exp_avg." + p.name).to(DType::F32);
-      const Tensor v = tensors.at("exp_avg_sq." + p.name).to(DType::F32);
-      std::memcpy(exp_avg_[i].data<float>(), m.data<float>(), m.nbytes());
-      std::memcpy(exp_avg_sq_[i].data<float>(), v.data<float>(), v.nbytes());
+      copy_values(exp_avg_[i], tensors.at("exp_avg." + p.name), "exp_avg." + p.name);
+      copy_values(exp_avg_sq_[i], tensors.at("exp_avg_sq." + p.name), "exp_avg_sq." + p.name);
     }
     ++i;
   }
@@ -124,27 +137,12 @@ void AdamW::load_state(const std::map<std::string, Tensor>& tensors, int64_t ste
 }
 
 double clip_grad_norm(ParamSet& params, double max_norm) {
-  double sum = 0.0;
-  for (const Param& p : params.all()) {
-    if (!p.trainable) continue;
-    const float* g = p.grad.data<float>();
-    const int64_t n = p.grad.numel();
-    double part = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : part) if (n >= kParallelMin)
-    for (int64_t k = 0; k < n; ++k) part += double(g[k]) * double(g[k]);
-    sum += part;
-  }
-  const double norm = std::sqrt(sum);
-  if (max_norm > 0.0 && std::isfinite(norm) && norm > max_norm) {
-    const float scale = float(max_norm / (norm + 1e-6));
-    for (Param& p : params.all()) {
-      if (!p.trainable) continue;
-      float* g = p.grad.data<float>();
-      const int64_t n = p.grad.numel();
-#pragma omp parallel for schedule(static) if (n >= kParallelMin)
-      for (int64_t k = 0; k < n; ++k) g[k] *= scale;
-    }
-  }
+  std::vector<Tensor> grads;
+  for (const Param& p : params.all())
+    if (p.trainable) grads.push_back(p.grad);
+  const double norm = std::sqrt(ops::sum_of_squares(grads));
+  if (max_norm > 0.0 && std::isfinite(norm) && norm > max_norm)
+    ops::scale_inplace(grads, float(max_norm / (norm + 1e-6)));
   return norm;
 }
 

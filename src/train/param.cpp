@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "core/cuda.h"
 #include "core/error.h"
 
 namespace dseek::train {
@@ -10,10 +11,11 @@ Param& ParamSet::add(const std::string& name, const Tensor& value, bool trainabl
   DSEEK_CHECK(!has(name), "[train] parameter '{}' added twice", name);
   Param p;
   p.name = name;
-  p.value = value.to(DType::F32);  // always a fresh contiguous copy: the master is our own
+  // Always a fresh contiguous copy (the master is our own), on the set's device.
+  p.value = value.to(DType::F32).to(device_);
   p.trainable = trainable;
   p.decay = trainable && decay;
-  if (trainable) p.grad = Tensor::zeros(p.value.shape());
+  if (trainable) p.grad = Tensor::zeros(p.value.shape(), DType::F32, device_);
   index_[name] = params_.size();
   params_.push_back(std::move(p));
   return params_.back();
@@ -31,9 +33,22 @@ const Param& ParamSet::at(const std::string& name) const {
   return params_[it->second];
 }
 
+void ParamSet::to(Device device) {
+  if (device == Device::CUDA) cuda::require("ParamSet::to(cuda)");
+  for (Param& p : params_) {
+    p.value = p.value.to(device);
+    if (p.grad.defined()) p.grad = p.grad.to(device);
+    if (p.compute.defined()) p.compute = p.compute.to(device);
+  }
+  device_ = device;
+}
+
 void ParamSet::zero_grad() {
-  for (Param& p : params_)
-    if (p.grad.defined()) std::memset(p.grad.data<float>(), 0, size_t(p.grad.numel()) * sizeof(float));
+  for (Param& p : params_) {
+    if (!p.grad.defined()) continue;
+    if (p.grad.is_cuda()) cuda::fill_bytes(p.grad.raw(), 0, p.grad.nbytes());  // +0.0f is all zeros
+    else std::memset(p.grad.data<float>(), 0, p.grad.nbytes());
+  }
 }
 
 void ParamSet::set_compute_dtype(DType dtype) {
@@ -53,6 +68,20 @@ void ParamSet::refresh_compute() {
   for (Param& p : params_)
     if (p.trainable && p.value.dim() == 2 && !is_router(p.name))
       p.compute = p.value.to(compute_dtype_);
+}
+
+void copy_values(const Tensor& dst, const Tensor& src, const std::string& what) {
+  DSEEK_CHECK(dst.defined() && dst.dtype() == DType::F32 && dst.is_contiguous(),
+              "[train] {}: the destination must be f32 contiguous", what);
+  DSEEK_CHECK(src.defined() && src.shape() == dst.shape(), "[train] {}: source {}, expected {}",
+              what, src.defined() ? shape_str(src.shape()) : "undefined", shape_str(dst.shape()));
+  // f32 contiguous on its own device first (a no-op when it already is), then one plain copy.
+  const Tensor f = src.dtype() == DType::F32 && src.is_contiguous() ? src : src.to(DType::F32);
+  if (dst.nbytes() == 0) return;
+  if (!dst.is_cuda() && !f.is_cuda()) std::memcpy(dst.raw(), f.raw(), dst.nbytes());
+  else if (dst.is_cuda() && f.is_cuda()) cuda::copy_on_device(dst.raw(), f.raw(), dst.nbytes());
+  else if (dst.is_cuda()) cuda::copy_to_device(dst.raw(), f.raw(), dst.nbytes());
+  else cuda::copy_to_host(dst.raw(), f.raw(), dst.nbytes());
 }
 
 int64_t ParamSet::numel(bool trainable_only) const {

@@ -8,6 +8,11 @@
 // linear layers compute with (forward and input gradient), while the master value, the gradient
 // and the optimizer stay f32; refresh_compute() re-rounds the copies after each optimizer step.
 // The CUDA backend uses the same hook for its bf16 GEMMs.
+//
+// Devices: a ParamSet lives on one device. to(Device::CUDA) moves every value, gradient and
+// compute copy to the GPU (masters and gradients stay f32); from then on the training layers run
+// there (with bf16 activations when compute_dtype() is BF16, else f32), zero_grad clears on the
+// device and refresh_compute rounds on the device, to nearest even as on the CPU.
 #pragma once
 
 #include <cstdint>
@@ -50,6 +55,11 @@ class ParamSet {
   const std::deque<Param>& all() const { return params_; }
   size_t size() const { return params_.size(); }
 
+  // Moves every tensor to `device` (a no-op for tensors already there). References to Params stay
+  // valid; Tensor handles taken earlier keep the old storage. The set starts on the CPU.
+  void to(Device device);
+  Device device() const { return device_; }
+
   void zero_grad();
   // F32: no compute copies. BF16: copies of every trainable 2-D parameter except the MoE routers,
   // rounded to nearest even.
@@ -62,6 +72,11 @@ class ParamSet {
   std::deque<Param> params_;
   std::map<std::string, size_t> index_;
   DType compute_dtype_ = DType::F32;
+  Device device_ = Device::CPU;
 };
+
+// Writes src (any float dtype, any device, dst's shape) into dst (f32 contiguous, e.g. a Param's
+// value or an optimizer moment), copying across devices as needed. `what` names dst in errors.
+void copy_values(const Tensor& dst, const Tensor& src, const std::string& what);
 
 }  // namespace dseek::train

@@ -82,6 +82,7 @@ const std::vector<Binding>& bindings() {
       field("train.seed", "seed of the initialisation and of the data order", &TrainConfig::seed),
       field("train.compute_budget", "FLOPs; when > 0, batch_size, lr and steps come from DeepSeek LLM's scaling laws", &TrainConfig::compute_budget),
       field("train.compute_dtype", "f32, or bf16: matmuls with bf16 copies of the weights, f32 master weights, gradients and optimizer", &TrainConfig::compute_dtype),
+      field("train.device", "cpu, or cuda: parameters, gradients, AdamW and every layer on the GPU (one process; activations in bf16 with train.compute_dtype bf16, else f32)", &TrainConfig::device),
       field("train.task", "pretrain (data from `dseek data prepare`), sft or dpo (data from `dseek data sft` / `dseek data dpo`; see Post-training)", &TrainConfig::task),
       field("dpo.beta", "β of the DPO loss −log σ(β[(log π_c − log ref_c) − (log π_r − log ref_r)])", &TrainConfig::dpo_beta),
       field("optim.lr", "peak learning rate", &TrainConfig::lr),
@@ -302,6 +303,8 @@ void validate_train_config(const TrainConfig& c) {
               "[train] moe.aux_loss: '{}' is not one of none, sequence, expert, device", c.aux_loss);
   DSEEK_CHECK(c.compute_dtype == "f32" || c.compute_dtype == "bf16",
               "[train] train.compute_dtype: '{}' is not f32 or bf16", c.compute_dtype);
+  DSEEK_CHECK(c.device == "cpu" || c.device == "cuda",
+              "[train] train.device: '{}' is not cpu or cuda", c.device);
   DSEEK_CHECK(c.aux_alpha >= 0, "[train] moe.aux_alpha: must be >= 0");
   DSEEK_CHECK(c.aux_devices >= 1, "[train] moe.aux_devices: must be >= 1");
   for (const auto& [key, text] : {std::pair<const char*, std::string>{"moe.bias_update_speed", c.bias_update_speed},

@@ -7,13 +7,13 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "core/cuda.h"
 #include "core/error.h"
 #include "core/progress.h"
 #include "data/loader.h"
@@ -209,6 +209,15 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     cfg.steps = choice.steps;
   }
   validate_train_config(cfg);
+  // train.device cuda: parameters, gradients, AdamW and the layers on the GPU, one process.
+  const Device device = cfg.device == "cuda" ? Device::CUDA : Device::CPU;
+  if (device == Device::CUDA) {
+    cuda::require("train.device cuda");
+    DSEEK_CHECK(ranks == 1,
+                "[train] train.device cuda: multi-process GPU training needs NCCL, not built yet "
+                "({} ranks); train on one process, or with train.device cpu",
+                ranks);
+  }
   if (ranks > 1) {
     DSEEK_CHECK(cfg.task != "dpo",
                 "[train] train.task dpo: data-parallel training ({} ranks) supports pretrain and "
@@ -259,7 +268,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       DSEEK_CHECK(it->second->shape() == p.value.shape(),
                   "[train] {}: tensor '{}' has shape {}, the model needs {}", latest, p.name,
                   shape_str(it->second->shape()), shape_str(p.value.shape()));
-      std::memcpy(p.value.data<float>(), it->second->data<float>(), p.value.nbytes());
+      copy_values(p.value, *it->second, p.name);
     }
     std::map<std::string, Tensor> opt_state(ck.optimizer.begin(), ck.optimizer.end());
     step = ck.state.at("step").get<int64_t>();
@@ -282,6 +291,13 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       if (lead) fmt::print(stderr, "[train] initialised from {}\n", from);
     }
     if (lead) std::ofstream(run_dir / "metrics.jsonl", std::ios::trunc);
+  }
+  if (device == Device::CUDA) {
+    // Built, loaded and rounded on the host as on the CPU; from here on everything stays on the
+    // GPU (checkpoints copy to the host as they are written).
+    params.to(device);
+    optimizer->to(device);
+    if (lead) fmt::print(stderr, "[train] on the GPU: {}\n", cuda::describe());
   }
 
   TrainSummary summary;
@@ -463,7 +479,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
         Param& bias = params.at(model.moe_layers()[i] + ".gate.e_score_correction_bias");
         std::vector<float> b = bias.value.to_vector();
         update_correction_bias(b, load[i], g);
-        std::memcpy(bias.value.data<float>(), b.data(), b.size() * sizeof(float));
+        copy_values(bias.value, Tensor::from_vector(b, bias.value.shape()), bias.name);
       }
     }
     if (dpo) ce = dpo_stats.mean().loss * n;  // the logged loss is DPO's, not the weighted CE

@@ -190,4 +190,34 @@ void moe_combine_backward(const void* y_perm, const float* weights, const int32_
                           const int32_t* position, int64_t T, int64_t K, int64_t D,
                           const void* dout, void* dy_perm, float* dweights, DType act);
 
+// ---- adamw.cu --------------------------------------------------------------------------------
+// Multi-tensor launches (ops/adamw.h): one kernel over many f32 tensors through a device table of
+// entries, tensor i covering chunks [chunk_begin, chunk_begin + ceil(n / kMultiTensorChunk)) of
+// the launch's `chunks`; entries in ascending chunk_begin, n > 0. Pointers an op does not use may
+// be null (sum_of_squares and scale read `grad` only).
+constexpr int64_t kMultiTensorChunk = 16384;
+struct MultiTensorEntry {
+  float* value;
+  float* grad;
+  float* exp_avg;
+  float* exp_avg_sq;
+  int64_t n;
+  int64_t chunk_begin;
+  int64_t decay;  // 1: the step's decay factor applies, 0: factor 1
+};
+// The AdamW step's f32 scalars (ops::AdamWStep) and the decay factor of decaying tensors.
+struct AdamWScalars {
+  float beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, bias_correction2_sqrt, eps,
+      decay_factor;
+};
+// One AdamW step of every entry: value, exp_avg, exp_avg_sq updated in place from grad.
+void adamw_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
+                        const AdamWScalars& s);
+// out[0] (f64, device) = Σ grad² over every entry (per-chunk partials, then a fixed-order sum).
+void sum_of_squares_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
+                                 double* out);
+// grad ← grad · scale for every entry.
+void scale_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
+                        float scale);
+
 }  // namespace dseek::ops::cuda

@@ -1,0 +1,190 @@
+#include "ops/adamw.h"
+
+#include <cmath>
+
+#include "core/cuda.h"
+#include "core/error.h"
+#include "ops/cpu/adamw_cpu.h"
+#include "ops/cuda/cuda_ops.h"
+#include "ops/device.h"
+
+namespace dseek::ops {
+
+namespace {
+
+void check_f32_contiguous(const char* op, const char* what, size_t i, const Tensor& t) {
+  DSEEK_CHECK(t.defined() && t.dtype() == DType::F32 && t.is_contiguous(),
+              "[{}] {} {}: must be a defined f32 contiguous tensor, got {} {}", op, what, i,
+              t.defined() ? dtype_name(t.dtype()) : "undefined",
+              t.defined() ? shape_str(t.shape()) : "");
+}
+
+// The device of a list of tensors (a mix is an error naming the op); CPU for an empty list.
+Device list_device(const char* op, const std::vector<Tensor>& tensors) {
+  Device device = tensors.empty() ? Device::CPU : tensors.front().device();
+  for (const Tensor& t : tensors)
+    DSEEK_CHECK(t.device() == device,
+                "[{}] tensors on different devices ({} and {}): move them with Tensor::to(Device)",
+                op, device_name(device), device_name(t.device()));
+  return device;
+}
+
+#ifdef DSEEK_HAS_CUDA
+// Chunk bookkeeping of a multi-tensor table: entries for the non-empty tensors, in order.
+// Stored in an i64 tensor on the GPU (the layout of cuda::MultiTensorEntry, eight-byte words).
+static_assert(sizeof(cuda::MultiTensorEntry) % sizeof(int64_t) == 0);
+struct MultiTensorTable {
+  Tensor words;
+  int64_t entries = 0, chunks = 0;
+};
+
+MultiTensorTable device_table(std::vector<cuda::MultiTensorEntry>& host) {
+  MultiTensorTable t;
+  for (cuda::MultiTensorEntry& e : host) {
+    e.chunk_begin = t.chunks;
+    t.chunks += (e.n + cuda::kMultiTensorChunk - 1) / cuda::kMultiTensorChunk;
+  }
+  t.entries = int64_t(host.size());
+  const int64_t words = t.entries * int64_t(sizeof(cuda::MultiTensorEntry) / sizeof(int64_t));
+  t.words = Tensor::empty({words}, DType::I64, Device::CUDA);
+  dseek::cuda::copy_to_device(t.words.raw(), host.data(),
+                              host.size() * sizeof(cuda::MultiTensorEntry));
+  return t;
+}
+
+// Entries reading only `grad` (sum_of_squares, scale).
+std::vector<cuda::MultiTensorEntry> grad_entries(const std::vector<Tensor>& tensors) {
+  std::vector<cuda::MultiTensorEntry> host;
+  for (const Tensor& t : tensors)
+    if (t.numel() > 0)
+      host.push_back({nullptr, t.data<float>(), nullptr, nullptr, t.numel(), 0, 0});
+  return host;
+}
+
+const cuda::MultiTensorEntry* entries_of(const Tensor& words) {
+  return static_cast<const cuda::MultiTensorEntry*>(words.raw());
+}
+#endif
+
+}  // namespace
+
+AdamWStep adamw_step_scalars(double beta1, double beta2, double eps, double weight_decay,
+                             double lr, int64_t step) {
+  const double t = double(step);
+  AdamWStep s;
+  s.beta1 = float(beta1);
+  s.beta2 = float(beta2);
+  s.one_minus_beta1 = float(1.0 - beta1);
+  s.one_minus_beta2 = float(1.0 - beta2);
+  s.step_size = float(lr / (1.0 - std::pow(beta1, t)));
+  s.bias_correction2_sqrt = float(std::sqrt(1.0 - std::pow(beta2, t)));
+  s.eps = float(eps);
+  s.lr = lr;
+  s.weight_decay = weight_decay;
+  return s;
+}
+
+AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads,
+                           std::vector<Tensor> exp_avgs, std::vector<Tensor> exp_avg_sqs,
+                           std::vector<uint8_t> decay) {
+  const size_t n = values.size();
+  DSEEK_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n &&
+                  decay.size() == n,
+              "[adamw] {} values, {} grads, {} exp_avgs, {} exp_avg_sqs, {} decay flags: one each",
+              n, grads.size(), exp_avgs.size(), exp_avg_sqs.size(), decay.size());
+  AdamWTensors t;
+  t.device = list_device("adamw", values);
+  for (size_t i = 0; i < n; ++i) {
+    check_f32_contiguous("adamw", "value", i, values[i]);
+    check_f32_contiguous("adamw", "grad", i, grads[i]);
+    check_f32_contiguous("adamw", "exp_avg", i, exp_avgs[i]);
+    check_f32_contiguous("adamw", "exp_avg_sq", i, exp_avg_sqs[i]);
+    const Shape& shape = values[i].shape();
+    DSEEK_CHECK(grads[i].shape() == shape && exp_avgs[i].shape() == shape &&
+                    exp_avg_sqs[i].shape() == shape,
+                "[adamw] tensor {}: value {}, grad {}, exp_avg {}, exp_avg_sq {}: one shape", i,
+                shape_str(shape), shape_str(grads[i].shape()), shape_str(exp_avgs[i].shape()),
+                shape_str(exp_avg_sqs[i].shape()));
+    op_device("adamw", {&values[i], &grads[i], &exp_avgs[i], &exp_avg_sqs[i]});
+  }
+  if (t.device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    std::vector<cuda::MultiTensorEntry> host;
+    for (size_t i = 0; i < n; ++i)
+      if (values[i].numel() > 0)
+        host.push_back({values[i].data<float>(), grads[i].data<float>(), exp_avgs[i].data<float>(),
+                        exp_avg_sqs[i].data<float>(), values[i].numel(), 0, decay[i] ? 1 : 0});
+    const MultiTensorTable table = device_table(host);
+    t.table = table.words;
+    t.entries = table.entries;
+    t.chunks = table.chunks;
+#else
+    cuda_not_built("adamw");
+#endif
+  }
+  t.values = std::move(values);
+  t.grads = std::move(grads);
+  t.exp_avgs = std::move(exp_avgs);
+  t.exp_avg_sqs = std::move(exp_avg_sqs);
+  t.decay = std::move(decay);
+  return t;
+}
+
+void adamw_step(const AdamWTensors& t, const AdamWStep& s) {
+  if (t.device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    const cuda::AdamWScalars scalars{s.beta1,     s.beta2,
+                                     s.one_minus_beta1, s.one_minus_beta2,
+                                     s.step_size, s.bias_correction2_sqrt,
+                                     s.eps,       s.decay_factor(true)};
+    cuda::adamw_multi_tensor(entries_of(t.table), t.entries, t.chunks, scalars);
+    return;
+#else
+    cuda_not_built("adamw");
+#endif
+  }
+  for (size_t i = 0; i < t.values.size(); ++i)
+    cpu::adamw_update(s, s.decay_factor(t.decay[i] != 0), t.values[i].data<float>(),
+                      t.grads[i].data<float>(), t.exp_avgs[i].data<float>(),
+                      t.exp_avg_sqs[i].data<float>(), t.values[i].numel());
+}
+
+double sum_of_squares(const std::vector<Tensor>& tensors) {
+  for (size_t i = 0; i < tensors.size(); ++i)
+    check_f32_contiguous("sum_of_squares", "tensor", i, tensors[i]);
+  if (list_device("sum_of_squares", tensors) == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    std::vector<cuda::MultiTensorEntry> host = grad_entries(tensors);
+    const MultiTensorTable table = device_table(host);
+    const Tensor out = Tensor::empty({1}, DType::I64, Device::CUDA);  // 8 bytes for one double
+    cuda::sum_of_squares_multi_tensor(entries_of(table.words), table.entries, table.chunks,
+                                      static_cast<double*>(out.raw()));
+    double sum = 0.0;
+    dseek::cuda::copy_to_host(&sum, out.raw(), sizeof(double));  // waits for the stream
+    return sum;
+#else
+    cuda_not_built("sum_of_squares");
+#endif
+  }
+  double sum = 0.0;
+  for (const Tensor& t : tensors) sum += cpu::sum_of_squares(t.data<float>(), t.numel());
+  return sum;
+}
+
+void scale_inplace(const std::vector<Tensor>& tensors, float scale) {
+  for (size_t i = 0; i < tensors.size(); ++i)
+    check_f32_contiguous("scale_inplace", "tensor", i, tensors[i]);
+  if (list_device("scale_inplace", tensors) == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    std::vector<cuda::MultiTensorEntry> host = grad_entries(tensors);
+    const MultiTensorTable table = device_table(host);
+    cuda::scale_multi_tensor(entries_of(table.words), table.entries, table.chunks, scale);
+    return;
+#else
+    cuda_not_built("scale_inplace");
+#endif
+  }
+  for (const Tensor& t : tensors) cpu::scale_inplace(t.data<float>(), t.numel(), scale);
+}
+
+}  // namespace dseek::ops

@@ -1,0 +1,67 @@
+// The optimizer's elementwise ops: a fused multi-tensor AdamW step and the global gradient norm
+// (sum of squares, then an in-place scale) that clipping needs. train/optimizer.h builds AdamW and
+// clip_grad_norm on them; the CPU versions here are the reference the CUDA kernels are tested
+// against (tests/backend/test_backend_optim.cpp).
+//
+// AdamW, exactly as torch.optim.AdamW (default, non-amsgrad, non-maximize). One step at learning
+// rate lr, t = the step count after the increment (1 on the first step), for every tensor with
+// value p, gradient g and moments m, v (all f32):
+//   p ← p · (1 − lr·λ)                      only for tensors with decay (λ = weight_decay)
+//   m ← β1·m + (1 − β1)·g
+//   v ← β2·v + (1 − β2)·g²
+//   p ← p − (lr / (1 − β1^t)) · m / (√v / √(1 − β2^t) + ε)
+// ε is added after the bias correction of √v, as torch does. The per-step scalars are computed in
+// double and rounded to f32 once on the host (AdamWStep, like torch's per-tensor Python floats);
+// every element then runs the same f32 operations in the same order on either device:
+//   m = β1·m + (1−β1)·g;  v = β2·v + ((1−β2)·g)·g;  denom = √v / bc2 + ε;
+//   p = p·decay − (step_size·m) / denom          (bc2 = √(1 − β2^t), step_size = lr / (1 − β1^t))
+// The GPU kernel uses round-to-nearest intrinsics for each operation (no fused multiply-add), so
+// on an x86-64 host without FMA contraction the two agree bit for bit.
+//
+// Sum of squares: Σ over all tensors of Σ g², every g widened to double and squared in double.
+//   CPU: per tensor one double sum (an OpenMP reduction for large ones), added in tensor order.
+//   GPU: the tensors cut into chunks of kMultiTensorChunk elements; each chunk's sum (double, a
+//   fixed tree inside one block) goes to a partial, and one block adds the partials in a fixed
+//   order. Deterministic (no atomics); the result is copied to the host (one synchronisation).
+// Scale: g ← g · scale in f32 (clipping's max_norm / (n + 1e-6)).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace dseek::ops {
+
+// The per-step scalars of the update above, rounded to f32 once.
+struct AdamWStep {
+  float beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, bias_correction2_sqrt, eps;
+  double lr, weight_decay;
+  float decay_factor(bool decay) const { return decay ? float(1.0 - lr * weight_decay) : 1.0f; }
+};
+AdamWStep adamw_step_scalars(double beta1, double beta2, double eps, double weight_decay,
+                             double lr, int64_t t);
+
+// The tensors one AdamW step updates, checked once and kept with the table of their addresses that
+// the GPU kernel reads (one launch for all of them). values, grads, exp_avgs, exp_avg_sqs: f32
+// contiguous, entry i of the four of one shape, everything on one device. The table stays valid
+// while the tensors keep their storage (it holds references to them).
+struct AdamWTensors {
+  std::vector<Tensor> values, grads, exp_avgs, exp_avg_sqs;
+  std::vector<uint8_t> decay;  // per tensor: decoupled weight decay applies
+  Tensor table;                // GPU: cuda::MultiTensorEntry per non-empty tensor (as i64 words)
+  int64_t entries = 0, chunks = 0;
+  Device device = Device::CPU;
+};
+AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads,
+                           std::vector<Tensor> exp_avgs, std::vector<Tensor> exp_avg_sqs,
+                           std::vector<uint8_t> decay);
+// One step of every tensor of `t` (values and moments updated in place, grads read).
+void adamw_step(const AdamWTensors& t, const AdamWStep& s);
+
+// Σ g² over every element of `tensors` (f32 contiguous, one device), accumulated in double.
+double sum_of_squares(const std::vector<Tensor>& tensors);
+// g ← g · scale for every element of `tensors` (f32 contiguous, one device).
+void scale_inplace(const std::vector<Tensor>& tensors, float scale);
+
+}  // namespace dseek::ops

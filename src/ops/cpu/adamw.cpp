@@ -1,0 +1,37 @@
+// The optimizer ops on the CPU (maths in ops/adamw.h). These loops are the ones train/optimizer.cpp
+// ran before the op existed, unchanged, so CPU training keeps its exact results.
+#include <cmath>
+
+#include "ops/cpu/adamw_cpu.h"
+
+namespace dseek::ops::cpu {
+
+namespace {
+constexpr int64_t kParallelMin = 1 << 15;  // below this a tensor is handled on one thread
+}  // namespace
+
+void adamw_update(const AdamWStep& s, float decay_factor, float* value, const float* grad, float* m,
+                  float* v, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t k = 0; k < n; ++k) {
+    const float g = grad[k];
+    m[k] = s.beta1 * m[k] + s.one_minus_beta1 * g;
+    v[k] = s.beta2 * v[k] + s.one_minus_beta2 * g * g;
+    const float denom = std::sqrt(v[k]) / s.bias_correction2_sqrt + s.eps;
+    value[k] = value[k] * decay_factor - s.step_size * m[k] / denom;
+  }
+}
+
+double sum_of_squares(const float* x, int64_t n) {
+  double sum = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : sum) if (n >= kParallelMin)
+  for (int64_t k = 0; k < n; ++k) sum += double(x[k]) * double(x[k]);
+  return sum;
+}
+
+void scale_inplace(float* x, int64_t n, float scale) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t k = 0; k < n; ++k) x[k] *= scale;
+}
+
+}  // namespace dseek::ops::cpu

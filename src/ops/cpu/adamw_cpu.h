@@ -1,0 +1,19 @@
+// Raw-pointer CPU kernels of the optimizer ops (ops/adamw.h has the maths). f32 contiguous arrays
+// of n elements; large arrays are split over OpenMP threads with a static schedule, so results do
+// not depend on the thread count except for the order of sum_of_squares' partial sums.
+#pragma once
+
+#include <cstdint>
+
+#include "ops/adamw.h"
+
+namespace dseek::ops::cpu {
+
+// One AdamW step of n elements with the step's scalars and this tensor's decay factor.
+void adamw_update(const AdamWStep& s, float decay_factor, float* value, const float* grad, float* m,
+                  float* v, int64_t n);
+// Σ x[k]² in double.
+double sum_of_squares(const float* x, int64_t n);
+void scale_inplace(float* x, int64_t n, float scale);
+
+}  // namespace dseek::ops::cpu

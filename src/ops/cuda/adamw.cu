@@ -1,0 +1,143 @@
+// The optimizer ops on the GPU (maths in ops/adamw.h): one launch for all tensors of a step. Each
+// block takes chunks of kMultiTensorChunk elements (grid-stride over the launch's chunks) and
+// finds its tensor by a binary search over the table's chunk_begin, as apex's multi_tensor_apply
+// does with its chunk lists. The AdamW arithmetic uses round-to-nearest intrinsics so that nvcc
+// cannot contract it into fused multiply-adds: the same f32 operations as cpu::adamw_update.
+#include <algorithm>
+
+#include "core/cuda.h"
+#include "core/cuda/cuda_check.h"
+#include "ops/cuda/cuda_ops.h"
+
+namespace dseek::ops::cuda {
+
+using dseek::cuda::stream;
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = 4096;  // enough to fill an H200 several times; chunks loop beyond
+
+unsigned blocks_for(int64_t chunks) { return unsigned(std::min(chunks, kMaxBlocks)); }
+
+// The entry whose chunks contain `chunk`: the last with chunk_begin ≤ chunk (entries ascend and
+// have n > 0, so that entry owns it).
+__device__ __forceinline__ MultiTensorEntry entry_of(const MultiTensorEntry* entries, int64_t count,
+                                                     int64_t chunk) {
+  int64_t lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (entries[mid].chunk_begin <= chunk) lo = mid;
+    else hi = mid - 1;
+  }
+  return entries[lo];
+}
+
+__device__ __forceinline__ double warp_sum_f64(double v) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Every thread gets the block's sum; the tree is fixed, so the result does not depend on timing.
+// blockDim.x a multiple of 32; `scratch` holds 32 doubles; safe to call repeatedly.
+__device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  v = warp_sum_f64(v);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : 0.0;
+  return warp_sum_f64(v);
+}
+
+__global__ void adamw_kernel(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
+                             AdamWScalars s) {
+  for (int64_t c = blockIdx.x; c < chunks; c += gridDim.x) {
+    const MultiTensorEntry e = entry_of(entries, count, c);
+    const int64_t begin = (c - e.chunk_begin) * kMultiTensorChunk;
+    const int64_t end = min(e.n, begin + kMultiTensorChunk);
+    const float decay = e.decay ? s.decay_factor : 1.0f;
+    for (int64_t k = begin + threadIdx.x; k < end; k += blockDim.x) {
+      const float g = e.grad[k];
+      const float m = __fadd_rn(__fmul_rn(s.beta1, e.exp_avg[k]), __fmul_rn(s.one_minus_beta1, g));
+      const float v = __fadd_rn(__fmul_rn(s.beta2, e.exp_avg_sq[k]),
+                                __fmul_rn(__fmul_rn(s.one_minus_beta2, g), g));
+      const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), s.bias_correction2_sqrt), s.eps);
+      e.exp_avg[k] = m;
+      e.exp_avg_sq[k] = v;
+      e.value[k] =
+          __fsub_rn(__fmul_rn(e.value[k], decay), __fdiv_rn(__fmul_rn(s.step_size, m), denom));
+    }
+  }
+}
+
+// partial[c] = Σ grad² over chunk c, in double.
+__global__ void sum_of_squares_kernel(const MultiTensorEntry* entries, int64_t count,
+                                      int64_t chunks, double* partial) {
+  __shared__ double scratch[32];
+  for (int64_t c = blockIdx.x; c < chunks; c += gridDim.x) {  // uniform per block: syncs are safe
+    const MultiTensorEntry e = entry_of(entries, count, c);
+    const int64_t begin = (c - e.chunk_begin) * kMultiTensorChunk;
+    const int64_t end = min(e.n, begin + kMultiTensorChunk);
+    double sum = 0.0;
+    for (int64_t k = begin + threadIdx.x; k < end; k += blockDim.x) {
+      const double g = e.grad[k];
+      sum = __dadd_rn(sum, __dmul_rn(g, g));
+    }
+    sum = block_sum_f64(sum, scratch);
+    if (threadIdx.x == 0) partial[c] = sum;
+  }
+}
+
+// out[0] = Σ partial[0 .. n), one block: thread t adds t, t + blockDim.x, … then the block tree.
+__global__ void sum_partials_kernel(const double* partial, int64_t n, double* out) {
+  __shared__ double scratch[32];
+  double sum = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sum += partial[i];
+  sum = block_sum_f64(sum, scratch);
+  if (threadIdx.x == 0) out[0] = sum;
+}
+
+__global__ void scale_kernel(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
+                             float scale) {
+  for (int64_t c = blockIdx.x; c < chunks; c += gridDim.x) {
+    const MultiTensorEntry e = entry_of(entries, count, c);
+    const int64_t begin = (c - e.chunk_begin) * kMultiTensorChunk;
+    const int64_t end = min(e.n, begin + kMultiTensorChunk);
+    for (int64_t k = begin + threadIdx.x; k < end; k += blockDim.x)
+      e.grad[k] = __fmul_rn(e.grad[k], scale);
+  }
+}
+
+}  // namespace
+
+void adamw_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
+                        const AdamWScalars& s) {
+  if (count == 0 || chunks == 0) return;
+  adamw_kernel<<<blocks_for(chunks), kThreads, 0, stream()>>>(entries, count, chunks, s);
+  DSEEK_CUDA_CHECK_LAUNCH("adamw_kernel");
+}
+
+void sum_of_squares_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
+                                 double* out) {
+  if (count == 0 || chunks == 0) {
+    dseek::cuda::fill_bytes(out, 0, sizeof(double));  // all-zero bytes are +0.0
+    return;
+  }
+  double* partial = static_cast<double*>(dseek::cuda::alloc(size_t(chunks) * sizeof(double)));
+  sum_of_squares_kernel<<<blocks_for(chunks), kThreads, 0, stream()>>>(entries, count, chunks,
+                                                                        partial);
+  DSEEK_CUDA_CHECK_LAUNCH("sum_of_squares_kernel");
+  sum_partials_kernel<<<1, 1024, 0, stream()>>>(partial, chunks, out);
+  DSEEK_CUDA_CHECK_LAUNCH("sum_partials_kernel");
+  dseek::cuda::free(partial);
+}
+
+void scale_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
+                        float scale) {
+  if (count == 0 || chunks == 0) return;
+  scale_kernel<<<blocks_for(chunks), kThreads, 0, stream()>>>(entries, count, chunks, scale);
+  DSEEK_CUDA_CHECK_LAUNCH("scale_kernel");
+}
+
+}  // namespace dseek::ops::cuda

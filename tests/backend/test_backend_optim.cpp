@@ -1,0 +1,593 @@
+// Training on the GPU, the optimizer half (ops/adamw.h, train/param.h, train/optimizer.h): the
+// fused multi-tensor AdamW against the CPU over several steps on many tensors of odd sizes (decay and no
+// decay, a buffer, tensors across chunk boundaries, one past the kernel's grid), the clipping norm
+// and scaled gradients, ParamSet::to and back, bf16 compute copies rounded on the GPU, zero_grad,
+// AdamW state through a checkpoint; and `dseek train --device cuda` against `--device cpu` on the
+// same tiny corpus (loss curves, the GPU checkpoint resumed on the CPU).
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "backend/backend_harness.h"
+#include "ops/adamw.h"
+#include "train/checkpoint.h"
+#include "train/optimizer.h"
+#include "train/param.h"
+
+extern char** environ;
+
+namespace dseek::backend_test {
+namespace {
+
+namespace fs = std::filesystem;
+using train::AdamW;
+using train::AdamWConfig;
+using train::Param;
+using train::ParamSet;
+
+struct Spec {
+  std::string name;
+  Shape shape;
+  bool trainable, decay;
+  float grad_scale;  // gradients of several magnitudes, as real layers have
+};
+
+// Sizes around the kernels' chunk of 16384 elements (one element, one chunk exactly, one past it,
+// several chunks), 1-, 2- and 3-D, decay and no decay, a router (no bf16 copy) and a buffer.
+const std::vector<Spec> kSpecs = {
+    {"model.embed_tokens.weight", {257, 67}, true, true, 1e-2f},
+    {"model.layers.0.input_layernorm.weight", {67}, true, false, 1.0f},
+    {"model.layers.0.mlp.gate.weight", {8, 67}, true, true, 0.5f},
+    {"model.layers.0.mlp.gate.e_score_correction_bias", {8}, false, false, 0.0f},
+    {"model.layers.0.mlp.up_proj.weight", {1, 1}, true, true, 3.0f},
+    {"model.layers.0.mlp.down_proj.weight", {33, 1001}, true, true, 1e-3f},
+    {"model.layers.0.self_attn.o_proj.weight", {128, 128}, true, true, 0.2f},
+    {"model.layers.0.self_attn.q_proj.bias", {5}, true, false, 1.0f},
+    {"lm_head.weight", {3, 16385}, true, true, 2e-2f},
+    {"model.layers.0.mlp.experts.w", {7, 3, 5}, true, true, 1.0f},
+};
+
+// The same parameters (values drawn from `seed`) in a fresh ParamSet on the CPU.
+ParamSet make_params(const std::vector<Spec>& specs, uint32_t seed) {
+  std::mt19937 rng(seed);
+  ParamSet ps;
+  for (const Spec& s : specs) ps.add(s.name, rand(s.shape, rng), s.trainable, s.decay);
+  return ps;
+}
+
+// The same random gradient into both sets (the second may live on the GPU).
+void set_same_grads(ParamSet& a, ParamSet& b, const std::vector<Spec>& specs, std::mt19937& rng) {
+  for (const Spec& s : specs) {
+    if (!s.trainable) continue;
+    const Tensor g = rand(s.shape, rng, s.grad_scale);
+    train::copy_values(a.at(s.name).grad, g, s.name);
+    train::copy_values(b.at(s.name).grad, g, s.name);
+  }
+}
+
+// Elements of two tensors (any device) whose f32 bits are equal.
+size_t bit_identical(const Tensor& a, const Tensor& b) {
+  const std::vector<float> x = a.to_vector(), y = b.to_vector();
+  size_t same = 0;
+  for (size_t i = 0; i < x.size() && i < y.size(); ++i)
+    same += std::memcmp(&x[i], &y[i], sizeof(float)) == 0;
+  return same;
+}
+
+// Raw bytes of a tensor (any device). Compared with EXPECT_TRUE(a == b): EXPECT_EQ would print
+// both (large) strings on a failure.
+std::string bytes_of(const Tensor& t) {
+  const Tensor h = t.to(Device::CPU);
+  return std::string(static_cast<const char*>(h.raw()), h.nbytes());
+}
+
+const Tolerance kMasterTolerance{1e-7, 1e-6};  // the brief's bound: 1e-6 relative
+
+// Both optimizers from the same start over six steps of fresh gradients and changing learning
+// rates; masters and moments compared after every step. The GPU runs the CPU's f32 operations in
+// the same order (ops/adamw.h), so beyond the 1e-6 bound they are expected to agree bit for bit.
+TEST(BackendOptim, FusedAdamWMatchesCpu) {
+  DSEEK_REQUIRE_CUDA();
+  ParamSet cpu = make_params(kSpecs, 31), gpu = make_params(kSpecs, 31);
+  gpu.to(Device::CUDA);
+  const AdamWConfig config{0.9, 0.95, 1e-8, 0.1};
+  AdamW opt_cpu(cpu, config), opt_gpu(gpu, config);
+  const std::vector<float> buffer = cpu.value(kSpecs[3].name).to_vector();
+  std::mt19937 rng(32);
+  const double lrs[] = {1e-2, 3e-2, 2e-2, 0.0, 5e-3, 1e-2};
+  for (int t = 0; t < 6; ++t) {
+    set_same_grads(cpu, gpu, kSpecs, rng);
+    opt_cpu.step(lrs[t]);
+    opt_gpu.step(lrs[t]);
+    const auto state_cpu = opt_cpu.state_tensors(), state_gpu = opt_gpu.state_tensors();
+    ASSERT_EQ(state_cpu.size(), state_gpu.size());
+    size_t same = 0, total = 0;
+    for (const Param& p : cpu.all()) {
+      const Tensor& got = gpu.at(p.name).value;
+      ASSERT_TRUE(got.is_cuda()) << p.name;
+      expect_close("adamw value " + p.name, p.value.shape(), DType::F32, p.value, got,
+                   kMasterTolerance);
+      same += bit_identical(p.value, got);
+      total += size_t(p.value.numel());
+    }
+    for (size_t i = 0; i < state_cpu.size(); ++i) {
+      ASSERT_EQ(state_cpu[i].first, state_gpu[i].first);
+      ASSERT_TRUE(state_gpu[i].second.is_cuda()) << state_gpu[i].first;
+      expect_close("adamw " + state_cpu[i].first, state_cpu[i].second.shape(), DType::F32,
+                   state_cpu[i].second, state_gpu[i].second, kMasterTolerance);
+      same += bit_identical(state_cpu[i].second, state_gpu[i].second);
+      total += size_t(state_cpu[i].second.numel());
+    }
+    std::printf("[backend] adamw step %d: %zu of %zu master and moment elements bit-identical\n",
+                t + 1, same, total);
+    EXPECT_EQ(same, total) << "step " << t + 1 << ": the GPU no longer runs the CPU's operations";
+  }
+  EXPECT_EQ(opt_gpu.step_count(), 6);
+  EXPECT_EQ(gpu.value(kSpecs[3].name).to_vector(), buffer);  // the buffer is never touched
+}
+
+// One tensor larger than the kernels' grid (4096 blocks × 16384 elements), so blocks loop over
+// chunks; two steps.
+TEST(BackendOptim, FusedAdamWLargeTensorLoopsOverChunks) {
+  DSEEK_REQUIRE_CUDA();
+  const std::vector<Spec> specs = {{"big.weight", {4099, 16384 + 3}, true, true, 1e-2f},
+                                   {"small.weight", {3}, true, false, 1.0f}};
+  ParamSet cpu = make_params(specs, 41), gpu = make_params(specs, 41);
+  gpu.to(Device::CUDA);
+  AdamW opt_cpu(cpu, AdamWConfig{}), opt_gpu(gpu, AdamWConfig{});
+  std::mt19937 rng(42);
+  for (int t = 0; t < 2; ++t) {
+    set_same_grads(cpu, gpu, specs, rng);
+    opt_cpu.step(1e-2);
+    opt_gpu.step(1e-2);
+  }
+  for (const Spec& s : specs) {
+    expect_close("adamw large " + s.name, s.shape, DType::F32, cpu.value(s.name),
+                 gpu.value(s.name), kMasterTolerance);
+    EXPECT_EQ(bit_identical(cpu.value(s.name), gpu.value(s.name)), size_t(shape_numel(s.shape)))
+        << s.name;
+  }
+}
+
+// The clipping norm and the scaled gradients: clipping off, a limit above the norm (gradients
+// untouched) and one below it (scaled on the GPU).
+TEST(BackendOptim, ClipGradNormMatchesCpu) {
+  DSEEK_REQUIRE_CUDA();
+  ParamSet cpu = make_params(kSpecs, 51), gpu = make_params(kSpecs, 51);
+  gpu.to(Device::CUDA);
+  std::mt19937 rng(52);
+  for (double max_norm : {0.0, 1e6, 0.5}) {
+    set_same_grads(cpu, gpu, kSpecs, rng);
+    std::vector<std::string> before;
+    for (const Param& p : gpu.all())
+      if (p.trainable) before.push_back(bytes_of(p.grad));
+    const double n_cpu = train::clip_grad_norm(cpu, max_norm);
+    const double n_gpu = train::clip_grad_norm(gpu, max_norm);
+    std::printf("[backend] clip_grad_norm max_norm %-6g cpu %.17g gpu %.17g\n", max_norm, n_cpu,
+                n_gpu);
+    ASSERT_GT(n_cpu, 1.0);  // so that 0.5 clips
+    // Both sum squares in double, only in another order.
+    EXPECT_NEAR(n_gpu, n_cpu, 1e-12 * n_cpu) << "max_norm " << max_norm;
+    size_t k = 0;
+    for (const Param& p : cpu.all()) {
+      if (!p.trainable) continue;
+      const Tensor& got = gpu.at(p.name).grad;
+      if (max_norm == 0.0 || max_norm > n_cpu) {
+        EXPECT_TRUE(bytes_of(got) == before[k]) << p.name << ": unclipped gradients changed";
+      } else {
+        expect_close("clip grad " + p.name, p.grad.shape(), DType::F32, p.grad, got,
+                     {1e-12, 1e-6});
+      }
+      ++k;
+    }
+  }
+  // The reduction is deterministic: the same bits twice.
+  std::vector<Tensor> grads;
+  for (const Param& p : gpu.all())
+    if (p.trainable) grads.push_back(p.grad);
+  const double first = ops::sum_of_squares(grads), second = ops::sum_of_squares(grads);
+  EXPECT_EQ(std::memcmp(&first, &second, sizeof(double)), 0);
+}
+
+// sum_of_squares and scale_inplace over many chunks (more than the 1024 threads of the final sum
+// and more than the grid), with an empty tensor among them, and over nothing at all.
+TEST(BackendOptim, SumOfSquaresOverManyChunks) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(61);
+  const std::vector<Tensor> cpu = {rand({4097 * 16384 + 5}, rng), rand({0}, rng), rand({9}, rng)};
+  std::vector<Tensor> gpu;
+  for (const Tensor& t : cpu) gpu.push_back(t.to(Device::CUDA));
+  const double want = ops::sum_of_squares(cpu), got = ops::sum_of_squares(gpu);
+  std::printf("[backend] sum_of_squares [67M, 0, 9] cpu %.17g gpu %.17g\n", want, got);
+  EXPECT_NEAR(got, want, 1e-12 * want);
+  ops::scale_inplace(cpu, 0.37f);
+  ops::scale_inplace(gpu, 0.37f);
+  for (size_t i = 0; i < cpu.size(); ++i) EXPECT_TRUE(bytes_of(gpu[i]) == bytes_of(cpu[i])) << i;
+  EXPECT_EQ(ops::sum_of_squares({Tensor::empty({0}, DType::F32, Device::CUDA)}), 0.0);
+  EXPECT_EQ(ops::sum_of_squares({}), 0.0);
+}
+
+// ParamSet::to(cuda) and back keeps every value; the bf16 compute copies exist for the same
+// tensors and hold the CPU's rounding, also after refresh_compute on the GPU; zero_grad clears
+// on the device.
+TEST(BackendOptim, ParamSetToCudaAndBack) {
+  DSEEK_REQUIRE_CUDA();
+  ParamSet cpu = make_params(kSpecs, 71), gpu = make_params(kSpecs, 71);
+  cpu.set_compute_dtype(DType::BF16);
+  gpu.set_compute_dtype(DType::BF16);
+  gpu.to(Device::CUDA);
+  EXPECT_EQ(gpu.device(), Device::CUDA);
+  EXPECT_EQ(gpu.numel(true), cpu.numel(true));
+  EXPECT_EQ(gpu.numel(false), cpu.numel(false));
+  for (const Param& p : gpu.all()) {
+    const Param& c = cpu.at(p.name);
+    EXPECT_TRUE(p.value.is_cuda()) << p.name;
+    EXPECT_EQ(p.grad.defined(), c.grad.defined()) << p.name;
+    if (p.grad.defined()) {
+      EXPECT_TRUE(p.grad.is_cuda());
+      EXPECT_EQ(p.grad.dtype(), DType::F32);
+    }
+    EXPECT_EQ(p.value.dtype(), DType::F32);
+    EXPECT_TRUE(bytes_of(p.value) == bytes_of(c.value)) << p.name;
+    ASSERT_EQ(p.compute.defined(), c.compute.defined()) << p.name;
+    if (p.compute.defined()) {
+      EXPECT_TRUE(p.compute.is_cuda());
+      EXPECT_EQ(p.compute.dtype(), DType::BF16);
+      EXPECT_TRUE(bytes_of(p.compute) == bytes_of(c.compute)) << p.name;
+    }
+  }
+  // New masters (written on both sides), re-rounded on the GPU and on the CPU.
+  std::mt19937 rng(72);
+  for (const Spec& s : kSpecs) {
+    const Tensor v = rand(s.shape, rng, 3.0f);
+    train::copy_values(cpu.at(s.name).value, v, s.name);
+    train::copy_values(gpu.at(s.name).value, v, s.name);
+  }
+  cpu.refresh_compute();
+  gpu.refresh_compute();
+  size_t copies = 0;
+  for (const Param& p : gpu.all()) {
+    if (!p.compute.defined()) continue;
+    ++copies;
+    EXPECT_TRUE(p.compute.is_cuda());
+    EXPECT_TRUE(bytes_of(p.compute) == bytes_of(cpu.at(p.name).compute)) << p.name;
+  }
+  EXPECT_EQ(copies, 5u);  // trainable, 2-D and not a router
+  // zero_grad on poisoned gradients.
+  for (Param& p : gpu.all())
+    if (p.grad.defined())
+      p.grad.copy_from(Tensor::poisoned(p.grad.shape(), DType::F32, Device::CUDA));
+  gpu.zero_grad();
+  for (const Param& p : gpu.all()) {
+    if (!p.grad.defined()) continue;
+    const std::vector<float> g = p.grad.to_vector();
+    EXPECT_TRUE(std::all_of(g.begin(), g.end(), [](float x) { return x == 0.0f; })) << p.name;
+  }
+  // And back: values and compute copies as they were on the GPU.
+  std::map<std::string, std::string> on_gpu;
+  for (const Param& p : gpu.all()) on_gpu[p.name] = bytes_of(p.value);
+  gpu.to(Device::CPU);
+  EXPECT_EQ(gpu.device(), Device::CPU);
+  for (const Param& p : gpu.all()) {
+    EXPECT_FALSE(p.value.is_cuda()) << p.name;
+    EXPECT_FALSE(p.grad.defined() && p.grad.is_cuda()) << p.name;
+    EXPECT_FALSE(p.compute.defined() && p.compute.is_cuda()) << p.name;
+    EXPECT_TRUE(bytes_of(p.value) == on_gpu[p.name]) << p.name;
+  }
+}
+
+// AdamW follows the parameters only when told (AdamW::to); its GPU state goes through a
+// checkpoint to the host and back.
+TEST(BackendOptim, AdamWStateOnTheGpuThroughACheckpoint) {
+  DSEEK_REQUIRE_CUDA();
+  ParamSet cpu = make_params(kSpecs, 81), gpu = make_params(kSpecs, 81);
+  AdamW opt_cpu(cpu, AdamWConfig{}), opt_gpu(gpu, AdamWConfig{});
+  gpu.to(Device::CUDA);  // after the optimizer: its moments are still on the CPU
+  try {
+    opt_gpu.step(1e-3);
+    FAIL() << "no error for moments on another device";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("call AdamW::to after ParamSet::to"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(opt_gpu.step_count(), 0);
+  opt_gpu.to(Device::CUDA);
+  std::mt19937 rng(82);
+  for (int t = 0; t < 3; ++t) {
+    set_same_grads(cpu, gpu, kSpecs, rng);
+    opt_cpu.step(1e-2);
+    opt_gpu.step(1e-2);
+  }
+  // A checkpoint straight from the GPU tensors.
+  const fs::path dir =
+      fs::temp_directory_path() / ("dseek-backend-optim-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  train::CheckpointData ck;
+  ck.step = 3;
+  for (const Param& p : gpu.all()) ck.model.emplace_back(p.name, p.value);
+  ck.optimizer = opt_gpu.state_tensors();
+  ck.state = {{"step", 3}};
+  const std::string saved = train::save_checkpoint(dir.string(), ck, 1);
+  const train::CheckpointData loaded = train::load_checkpoint(saved);
+  ASSERT_EQ(loaded.model.size(), ck.model.size());
+  for (size_t i = 0; i < loaded.model.size(); ++i) {
+    EXPECT_EQ(loaded.model[i].first, ck.model[i].first);
+    EXPECT_FALSE(loaded.model[i].second.is_cuda());
+    EXPECT_TRUE(bytes_of(loaded.model[i].second) == bytes_of(ck.model[i].second))
+        << ck.model[i].first;
+  }
+  ASSERT_EQ(loaded.optimizer.size(), ck.optimizer.size());
+  std::map<std::string, Tensor> state;
+  for (size_t i = 0; i < loaded.optimizer.size(); ++i) {
+    EXPECT_TRUE(bytes_of(loaded.optimizer[i].second) == bytes_of(ck.optimizer[i].second));
+    state[loaded.optimizer[i].first] = loaded.optimizer[i].second;
+  }
+  // Host tensors into the GPU moments of a fresh optimizer (poisoned first: every element must be
+  // written), then one more step on both sides agrees with the CPU run.
+  ParamSet resumed = make_params(kSpecs, 81);
+  for (const auto& [name, t] : loaded.model) train::copy_values(resumed.at(name).value, t, name);
+  resumed.to(Device::CUDA);
+  AdamW opt_resumed(resumed, AdamWConfig{});
+  for (const auto& [name, t] : opt_resumed.state_tensors())
+    t.copy_from(Tensor::poisoned(t.shape(), DType::F32, Device::CUDA));
+  opt_resumed.load_state(state, 3);
+  for (const auto& [name, t] : opt_resumed.state_tensors()) {
+    EXPECT_TRUE(t.is_cuda());
+    EXPECT_TRUE(bytes_of(t) == bytes_of(state.at(name))) << name;
+  }
+  set_same_grads(cpu, resumed, kSpecs, rng);
+  opt_cpu.step(1e-2);
+  opt_resumed.step(1e-2);
+  EXPECT_EQ(opt_resumed.step_count(), 4);
+  for (const Param& p : cpu.all())
+    expect_close("adamw resumed " + p.name, p.value.shape(), DType::F32, p.value,
+                 resumed.at(p.name).value, kMasterTolerance);
+  fs::remove_all(dir);
+}
+
+TEST(BackendOptim, AdamWTensorsOnTwoDevicesAreAnError) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(91);
+  const Tensor a = rand({4}, rng), b = rand({4}, rng).to(Device::CUDA);
+  try {
+    ops::adamw_tensors({a, b}, {a, b}, {a, b}, {a, b}, {1, 1});
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[adamw] tensors on different devices"), std::string::npos)
+        << e.what();
+  }
+}
+
+// ---- `dseek train --device cuda` ----------------------------------------------------------------
+
+std::string slurp(const fs::path& path) {
+  std::ifstream file(path, std::ios::binary);
+  std::stringstream ss;
+  ss << file.rdbuf();
+  return ss.str();
+}
+
+struct CliRun {
+  int exit_code = -1;
+  std::string out, err;
+};
+
+// Runs the dseek binary with `args` (stdin /dev/null, passive OpenMP waits) and waits for it.
+CliRun run_dseek(const std::vector<std::string>& args, const fs::path& scratch) {
+  std::vector<std::string> argv_text = {DSEEK_BINARY};
+  argv_text.insert(argv_text.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& a : argv_text) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const fs::path out = scratch / "stdout", err = scratch / "stderr";
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  std::vector<std::string> env_text = {"OMP_WAIT_POLICY=passive"};
+  for (char** e = environ; *e; ++e)
+    if (std::strncmp(*e, "OMP_WAIT_POLICY=", 16) != 0) env_text.push_back(*e);
+  std::vector<char*> env;
+  for (std::string& e : env_text) env.push_back(e.data());
+  env.push_back(nullptr);
+  pid_t pid = -1;
+  CliRun run;
+  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), env.data());
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) {
+    run.err = std::string("posix_spawn: ") + std::strerror(rc);
+    return run;
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  run.out = slurp(out);
+  run.err = slurp(err);
+  return run;
+}
+
+std::vector<nlohmann::json> read_metrics(const fs::path& run) {
+  std::vector<nlohmann::json> lines;
+  std::istringstream in(slurp(run / "metrics.jsonl"));
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  return lines;
+}
+
+// Deterministic sentences from small word lists (as tests/test_train_cli.cpp's corpus), 40
+// documents separated by "%" lines.
+std::string make_corpus() {
+  const char* const subjects[] = {"the cat", "a dog", "my friend", "the old man", "a small bird",
+                                  "the teacher"};
+  const char* const verbs[] = {"likes", "sees", "finds", "wants", "keeps"};
+  const char* const objects[] = {"a red ball", "the green tree", "some warm bread", "the blue sea",
+                                 "a long letter"};
+  uint64_t x = 4242;
+  auto next = [&x](size_t n) {
+    x = (x * 1103515245 + 12345) % (uint64_t(1) << 31);
+    return size_t((x >> 16) % n);
+  };
+  std::string text;
+  for (int d = 0; d < 40; ++d) {
+    for (int j = 0; j < 4; ++j) {
+      const std::string s = subjects[next(std::size(subjects))];
+      const std::string v = verbs[next(std::size(verbs))];
+      const std::string o = objects[next(std::size(objects))];
+      text += s + " " + v + " " + o + ".\n";
+    }
+    text += "%\n";
+  }
+  return text;
+}
+
+// A tokenizer and prepared data in a scratch directory, made through the binary.
+struct TinyData {
+  fs::path root;
+  TinyData() {
+    root = fs::temp_directory_path() / ("dseek-backend-train-" + std::to_string(::getpid()));
+    fs::remove_all(root);
+    fs::create_directories(root);
+    std::ofstream(root / "corpus.txt") << make_corpus();
+  }
+  ~TinyData() { fs::remove_all(root); }
+  std::string tokenizer() const { return (root / "tok").string(); }
+  std::string data() const { return (root / "data").string(); }
+};
+
+// The tiny preset, 4 sequences of 32 tokens per step, constant lr after a 2-step warm-up,
+// validation and a checkpoint at the end.
+std::vector<std::string> train_args(const TinyData& d, const fs::path& run, int steps,
+                                    const std::string& device,
+                                    const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> a = {"train", "--preset", "tiny", "--tokenizer", d.tokenizer(),
+                                "--data", d.data(), "--out", run.string(),
+                                "--steps", std::to_string(steps), "--threads", "2",
+                                "--device", device};
+  for (const char* set : {"data.seq_len=32", "train.batch_size=4", "data.val_fraction=0.1",
+                          "optim.schedule=constant", "optim.warmup_steps=2", "eval.interval=100",
+                          "eval.sequences=4", "checkpoint.interval=100"}) {
+    a.push_back("--set");
+    a.push_back(set);
+  }
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+// Six f32 steps on the GPU and on the CPU from the same initialisation and batches. The first
+// step's loss differs only by summation order (GEMMs, attention, reductions): within 1e-4
+// relative. Later steps carry the first updates' differences (AdamW's first step is about
+// lr·sign(g), so gradient elements near zero can flip a whole lr step) and the odd flipped
+// top-k expert: within 2e-3 relative. The GPU checkpoint then resumes on the CPU.
+TEST(BackendTrainCli, GpuTrainingFollowsTheCpuAndItsCheckpointResumesOnTheCpu) {
+  DSEEK_REQUIRE_CUDA();
+  TinyData d;
+  CliRun r = run_dseek({"tokenizer", "train", "--input", (d.root / "corpus.txt").string(),
+                        "--separator", "%", "--vocab-size", "384", "--out", d.tokenizer()},
+                       d.root);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run_dseek({"data", "prepare", "--tokenizer", d.tokenizer(), "--input",
+                 (d.root / "corpus.txt").string(), "--separator", "%", "--out", d.data()},
+                d.root);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+
+  constexpr int kSteps = 6;
+  const fs::path cpu_run = d.root / "cpu", gpu_run = d.root / "gpu";
+  r = run_dseek(train_args(d, cpu_run, kSteps, "cpu"), d.root);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run_dseek(train_args(d, gpu_run, kSteps, "cuda"), d.root);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("[train] on the GPU: "), std::string::npos) << r.err;
+
+  const std::vector<nlohmann::json> cpu = read_metrics(cpu_run), gpu = read_metrics(gpu_run);
+  ASSERT_EQ(cpu.size(), size_t(kSteps));
+  ASSERT_EQ(gpu.size(), size_t(kSteps));
+  for (int s = 0; s < kSteps; ++s) {
+    const double want = cpu[s].at("loss").get<double>(), got = gpu[s].at("loss").get<double>();
+    const double gn_want = cpu[s].at("grad_norm").get<double>();
+    const double gn_got = gpu[s].at("grad_norm").get<double>();
+    std::printf("[backend] train step %d: loss cpu %.6f gpu %.6f (rel %.1e), grad_norm cpu %.5f "
+                "gpu %.5f\n",
+                s + 1, want, got, std::abs(got - want) / want, gn_want, gn_got);
+    const double tol = s == 0 ? 1e-4 : 2e-3;
+    EXPECT_LE(std::abs(got - want), tol * want) << "step " << s + 1;
+    EXPECT_LE(std::abs(gn_got - gn_want), 10 * tol * gn_want) << "step " << s + 1;
+    EXPECT_EQ(gpu[s].at("lr"), cpu[s].at("lr"));
+    EXPECT_EQ(gpu[s].at("tokens"), cpu[s].at("tokens"));
+  }
+  const double val_cpu = cpu.back().at("val_loss").get<double>();
+  EXPECT_NEAR(gpu.back().at("val_loss").get<double>(), val_cpu, 2e-3 * val_cpu);
+
+  // The GPU run's checkpoint: the CPU run's tensors (names, shapes, f32), close values.
+  const std::string ck_dir = train::find_latest_checkpoint(gpu_run.string());
+  ASSERT_FALSE(ck_dir.empty());
+  const train::CheckpointData g = train::load_checkpoint(ck_dir);
+  const train::CheckpointData c =
+      train::load_checkpoint(train::find_latest_checkpoint(cpu_run.string()));
+  ASSERT_EQ(g.model.size(), c.model.size());
+  ASSERT_EQ(g.optimizer.size(), c.optimizer.size());
+  double diff2 = 0, norm2 = 0;
+  for (size_t i = 0; i < g.model.size(); ++i) {
+    EXPECT_EQ(g.model[i].first, c.model[i].first);
+    ASSERT_EQ(g.model[i].second.shape(), c.model[i].second.shape()) << g.model[i].first;
+    const std::vector<float> x = g.model[i].second.to_vector(), y = c.model[i].second.to_vector();
+    for (size_t k = 0; k < x.size(); ++k) {
+      diff2 += (double(x[k]) - y[k]) * (double(x[k]) - y[k]);
+      norm2 += double(y[k]) * y[k];
+    }
+  }
+  // Relative RMS difference of all weights after six steps: the differences above, not another
+  // trajectory.
+  const double rel_rms = std::sqrt(diff2 / norm2);
+  std::printf("[backend] weights after %d steps, gpu vs cpu: relative RMS difference %.2e\n",
+              kSteps, rel_rms);
+  EXPECT_LE(rel_rms, 1e-3);
+  EXPECT_EQ(g.state.at("optimizer_steps"), kSteps);
+
+  // ... which resumes on the CPU for two more steps.
+  std::vector<std::string> resume = train_args(d, gpu_run, kSteps + 2, "cpu");
+  resume.push_back("--resume");
+  r = run_dseek(resume, d.root);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("(step 6)"), std::string::npos) << r.err;
+  const std::vector<nlohmann::json> after = read_metrics(gpu_run);
+  ASSERT_EQ(after.size(), size_t(kSteps + 2));
+  for (const nlohmann::json& line : after)
+    EXPECT_TRUE(std::isfinite(line.at("loss").get<double>())) << line;
+
+  // Mixed precision on the GPU (bf16 activations and weight copies): the first step's loss is the
+  // f32 one within bf16's rounding of the activations.
+  const fs::path bf16_run = d.root / "bf16";
+  r = run_dseek(train_args(d, bf16_run, 2, "cuda", {"--set", "train.compute_dtype=bf16"}), d.root);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<nlohmann::json> bf16 = read_metrics(bf16_run);
+  ASSERT_EQ(bf16.size(), 2u);
+  const double loss0 = cpu[0].at("loss").get<double>();
+  std::printf("[backend] train step 1 bf16 on the GPU: loss %.6f (f32 cpu %.6f)\n",
+              bf16[0].at("loss").get<double>(), loss0);
+  EXPECT_NEAR(bf16[0].at("loss").get<double>(), loss0, 2e-2 * loss0);
+
+  // Data parallelism on the GPU is refused for now, naming the reason (where this dseek can start
+  // ranks at all).
+  std::vector<std::string> dp = train_args(d, d.root / "dp", 2, "cuda", {"--nproc", "2"});
+  r = run_dseek(dp, d.root);
+  EXPECT_NE(r.exit_code, 0);
+  if (r.err.find("built without MPI") != std::string::npos ||
+      r.err.find("mpirun not found") != std::string::npos) {
+    std::printf("[backend] --nproc 2 --device cuda not tried: %s\n", r.err.c_str());
+  } else {
+    EXPECT_NE(r.err.find("multi-process GPU training needs NCCL"), std::string::npos) << r.err;
+  }
+}
+
+}  // namespace
+}  // namespace dseek::backend_test
