@@ -19,6 +19,9 @@
 //   bf16 compute (bf16 copies of the matrices, bf16 activations, the router in f32): the loss
 //     within 2% and the error over all parameters together ≤ 10% — a starting bound, to be set
 //     from the figures an H200 run prints (the worst parameter is printed too, not asserted).
+//     For scale: the same comparison run on the CPU (bf16 weight copies, f32 activations) gives
+//     0.4–1.6% over all parameters and a loss within 5e-4; a routing flip (v2_lite: 2 of 48
+//     slots) puts single experts' grads far off, hence no per-parameter bound under bf16.
 // Without a GPU the tests skip.
 #include <gtest/gtest.h>
 
@@ -216,6 +219,7 @@ void run_case(const TrainCase& c, DType compute) {
     EXPECT_LT(rel(got.aux, want.aux), 1e-5) << what;
     EXPECT_LT(logp_diff, 1e-4) << what;
     EXPECT_EQ(got.expert_load, want.expert_load) << what;
+    EXPECT_LE(g.overall, 1e-4) << what;  // also fails when nothing was added (inf)
     EXPECT_LE(g.worst, 1e-4) << what << ": worst gradient " << g.worst_name;
     EXPECT_EQ(g.untouched_differ, 0) << what;
   } else {
