@@ -12,6 +12,7 @@
 //   q_pe = RoPE(q[:, :, nope:])         → rope backward on dq's rope part
 //   q = q_b(norm(q_a(x))) or q_proj(x)  → dx (part 2)
 #include <cmath>
+#include <vector>
 
 #include "core/error.h"
 #include "ops/activation.h"
@@ -55,8 +56,9 @@ Tensor attention_batched(const Tensor& q, const Tensor& k, const Tensor& v, floa
   int64_t s = 0;
   for (int64_t n : segments) {
     if (n > 0)
-      out.slice(0, s, s + n).copy_from(ops::causal_attention(
-          q.slice(0, s, s + n), k.slice(0, s, s + n), v.slice(0, s, s + n), scale));
+      out.slice(0, s, s + n)
+          .copy_from(ops::causal_attention(q.slice(0, s, s + n), k.slice(0, s, s + n),
+                                           v.slice(0, s, s + n), scale));
     s += n;
   }
   return out.reshape({N, H * dv});
@@ -71,9 +73,9 @@ ops::AttentionGrads attention_backward_batched(const Tensor& q, const Tensor& k,
   int64_t s = 0;
   for (int64_t n : segments) {
     if (n > 0) {
-      const ops::AttentionGrads part = ops::causal_attention_backward(
-          q.slice(0, s, s + n), k.slice(0, s, s + n), v.slice(0, s, s + n), scale,
-          dout.slice(0, s, s + n));
+      const ops::AttentionGrads part =
+          ops::causal_attention_backward(q.slice(0, s, s + n), k.slice(0, s, s + n),
+                                         v.slice(0, s, s + n), scale, dout.slice(0, s, s + n));
       g.dq.slice(0, s, s + n).copy_from(part.dq);
       g.dk.slice(0, s, s + n).copy_from(part.dk);
       g.dv.slice(0, s, s + n).copy_from(part.dv);
@@ -102,13 +104,13 @@ Tensor mla_forward(const LayerContext& ctx, const std::string& p, const Tensor& 
   rope_batched(ctx.rope, c.q.slice(2, nope, qk), segments);
 
   c.kv_a = linear_forward(ctx.params, p + ".kv_a_proj_with_mqa.weight", c.x);  // [T, r + rope]
-  c.c_kv = norm_forward(ctx.params, p + ".kv_a_layernorm.weight", c.kv_a.slice(1, 0, r),
-                        kLatentNormEps);
+  c.c_kv =
+      norm_forward(ctx.params, p + ".kv_a_layernorm.weight", c.kv_a.slice(1, 0, r), kLatentNormEps);
   Tensor k_pe = c.kv_a.slice(1, r, r + rope).contiguous().reshape({T, 1, rope});
   rope_batched(ctx.rope, k_pe, segments);
 
-  const Tensor kv = linear_forward(ctx.params, p + ".kv_b_proj.weight", c.c_kv)
-                        .reshape({T, H, nope + vd});
+  const Tensor kv =
+      linear_forward(ctx.params, p + ".kv_b_proj.weight", c.c_kv).reshape({T, H, nope + vd});
   // k = [k_nope per head; the shared k_pe broadcast to every head], v per head.
   c.k = Tensor::empty({T, H, qk}, kv.dtype(), kv.device());
   c.k.slice(2, 0, nope).copy_from(kv.slice(2, 0, nope));
@@ -125,21 +127,30 @@ Tensor mla_backward(const LayerContext& ctx, const std::string& p, const Attenti
                 rope = cfg.qk_rope_head_dim, vd = cfg.v_head_dim, r = cfg.kv_lora_rank,
                 qk = nope + rope;
   const Tensor d_attn = linear_backward(ctx.params, p + ".o_proj.weight", c.attn, dy);
-  ops::AttentionGrads g = attention_backward_batched(
-      c.q, c.k, c.v, float(cfg.softmax_scale()), d_attn.reshape({T, H, vd}), c.segments);
+  ops::AttentionGrads g = attention_backward_batched(c.q, c.k, c.v, float(cfg.softmax_scale()),
+                                                     d_attn.reshape({T, H, vd}), c.segments);
 
   // Split dk into the per-head k_nope part (joined with dv for kv_b_proj) and the shared k_pe,
-  // whose gradient is the sum over heads (in head order).
+  // whose gradient is the sum over heads.
   const Tensor d_kv = Tensor::empty({T, H, nope + vd}, g.dk.dtype(), g.dk.device());
   d_kv.slice(2, 0, nope).copy_from(g.dk.slice(2, 0, nope));
   d_kv.slice(2, nope, nope + vd).copy_from(g.dv);
-  // Summed in f32 whatever the activation dtype (H roundings to bf16 would add up).
-  auto k_pe_grad_of_head = [&](int64_t h) {
-    const Tensor part = g.dk.slice(1, h, h + 1).slice(2, nope, qk);  // [T, 1, rope]
-    return part.to(DType::F32);  // a fresh contiguous copy (summed into below)
-  };
-  Tensor d_k_pe = k_pe_grad_of_head(0);
-  for (int64_t h = 1; h < H; ++h) ops::add_inplace(d_k_pe, k_pe_grad_of_head(h));
+  Tensor d_k_pe;  // [T, 1, rope]
+  if (g.dk.is_cuda()) {
+    // One GEMM with a row of ones over [T·rope, H]: a few launches instead of a pair per head,
+    // f32 accumulation also under bf16 activations.
+    const Tensor heads =
+        g.dk.slice(2, nope, qk).transpose(1, 2).contiguous().reshape({T * rope, H});
+    const Tensor ones = Tensor::from_vector(std::vector<float>(size_t(H), 1.0f), {1, H})
+                            .to(g.dk.dtype())
+                            .to(g.dk.device());
+    d_k_pe = ops::linear(heads, ones).reshape({T, 1, rope});
+  } else {
+    // Head by head in order (the CPU trainer's summation order, kept bit for bit).
+    d_k_pe = g.dk.slice(1, 0, 1).slice(2, nope, qk).clone();
+    for (int64_t h = 1; h < H; ++h)
+      ops::add_inplace(d_k_pe, g.dk.slice(1, h, h + 1).slice(2, nope, qk));
+  }
   rope_backward(ctx.rope, d_k_pe, c.segments);
   const Tensor d_c_kv = linear_backward(ctx.params, p + ".kv_b_proj.weight", c.c_kv,
                                         d_kv.reshape({T, H * (nope + vd)}));
@@ -199,8 +210,10 @@ Tensor mha_backward(const LayerContext& ctx, const std::string& p, const Attenti
   rope_backward(ctx.rope, g.dq, c.segments);
   rope_backward(ctx.rope, g.dk, c.segments);
   Tensor dx = linear_backward(ctx.params, p + ".q_proj.weight", c.x, g.dq.reshape({T, H * hd}));
-  ops::add_inplace(dx, linear_backward(ctx.params, p + ".k_proj.weight", c.x, g.dk.reshape({T, Hk * hd})));
-  ops::add_inplace(dx, linear_backward(ctx.params, p + ".v_proj.weight", c.x, g.dv.reshape({T, Hk * hd})));
+  ops::add_inplace(
+      dx, linear_backward(ctx.params, p + ".k_proj.weight", c.x, g.dk.reshape({T, Hk * hd})));
+  ops::add_inplace(
+      dx, linear_backward(ctx.params, p + ".v_proj.weight", c.x, g.dv.reshape({T, Hk * hd})));
   return dx;
 }
 

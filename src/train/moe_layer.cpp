@@ -1,12 +1,14 @@
-// DeepSeekMoE layer for training (see layers.h), built from the device MoE ops of ops/moe.h so the
-// same code runs on the CPU and the GPU. Forward: router logits z = x·W_gateᵀ in f32, routing by
+// DeepSeekMoE layer for training (see layers.h). On the GPU it is composed of the device MoE ops
+// of ops/moe.h (no host loop over tokens or experts); on the CPU the routed experts run as the
+// per-expert loops of moe_layer_host.cpp (the same maths, kept bit-identical to earlier runs).
+// Forward: router logits z = x·W_gateᵀ in f32, routing by
 // ops::moe_route (scores s = softmax|sigmoid(z); e_score_correction_bias steers the selection of
 // noaux_tc gates only), the T·K slots grouped by expert (moe_dispatch, moe_permute), each expert's
 // SwiGLU MLP as grouped GEMMs over its rows, out[t] = Σ_k w[t,k] · y_{e_k}(x_t) + shared(x_t)
 // (moe_combine: the K products in ascending expert order, then the shared experts).
 //
 // Backward:
-//   combine:  dy_perm rows = w[t,k]·dout[t],  g[t,k] = dout[t]·y_{e_k}(x_t)   (moe_combine_backward)
+//   combine:  dy_perm rows = w[t,k]·dout[t],  g[t,k] = dout[t]·y_{e_k}(x_t) (moe_combine_backward)
 //   experts:  grouped GEMM backward (dx, and dW added into each expert's f32 grad), silu_mul
 //             backward, then the K rows of each token summed back (moe_permute_backward)
 //   weights:  w_k = f·a_k (/ (Σ_j a_j + 1e-20) when normalised), a_k = s[t, e_k],
@@ -61,23 +63,18 @@ Routing host_routing(const ops::MoeRouting& r) {
   return h;
 }
 
-}  // namespace
-
-Tensor moe_forward(const LayerContext& ctx, const std::string& prefix, const Tensor& x,
-                   const Segments& segments, const BalanceOptions& balance, MoeCache& c) {
+// The GPU path's routed experts: route, dispatch, grouped GEMMs; returns the routed output with
+// the shared experts' `shared` added by moe_combine (in the inference MoE's order).
+Tensor routed_forward_device(const LayerContext& ctx, const std::string& prefix,
+                             const Tensor& logits, const Tensor& shared, MoeCache& c) {
   const ModelConfig& cfg = ctx.config;
   const int64_t E = cfg.n_routed_experts;
-  c.x = x.contiguous();
-  // The router runs in f32 whatever the activation dtype (model/gate.h): its weight has no
-  // compute copy, and bf16 activations are widened.
-  c.x_router = c.x.dtype() == DType::F32 ? c.x : c.x.to(DType::F32);
-  const Tensor logits = linear_forward(ctx.params, prefix + ".gate.weight", c.x_router);
   c.route = route_params(cfg);
   Tensor bias;
-  if (cfg.topk_method == "noaux_tc") bias = ctx.params.value(prefix + ".gate.e_score_correction_bias");
+  if (cfg.topk_method == "noaux_tc")
+    bias = ctx.params.value(prefix + ".gate.e_score_correction_bias");
   c.routing = ops::moe_route(logits, c.route, bias);
   c.dispatch = ops::moe_dispatch(c.routing.ids, E);
-
   c.gate_w = expert_weights(ctx.params, prefix, E, "gate_proj", false);
   c.up_w = expert_weights(ctx.params, prefix, E, "up_proj", false);
   c.down_w = expert_weights(ctx.params, prefix, E, "down_proj", false);
@@ -86,16 +83,71 @@ Tensor moe_forward(const LayerContext& ctx, const std::string& prefix, const Ten
   c.up = ops::grouped_linear(c.x_perm, c.up_w, c.dispatch.offsets);
   c.inner = ops::silu_mul(c.gate, c.up);
   c.y_perm = ops::grouped_linear(c.inner, c.down_w, c.dispatch.offsets);
+  return ops::moe_combine(c.y_perm, c.routing.weights, c.dispatch, shared);
+}
 
+// The GPU path's backward of the routed experts and the router: returns dx of the routed half
+// plus the router (the caller adds the shared experts').
+Tensor routed_backward_device(const LayerContext& ctx, const std::string& prefix, const MoeCache& c,
+                              const Tensor& dy, float loss_scale) {
+  const int64_t T = c.x.size(0), E = ctx.config.n_routed_experts;
+  const Tensor& offsets = c.dispatch.offsets;
+  const ops::MoeCombineGrads cg =
+      ops::moe_combine_backward(c.y_perm, c.routing.weights, c.dispatch, dy);
+  const Tensor d_inner = ops::grouped_linear_backward_dx(cg.dy_perm, c.down_w, offsets);
+  ops::grouped_linear_backward_dw(c.inner, cg.dy_perm, offsets,
+                                  expert_weights(ctx.params, prefix, E, "down_proj", true), true);
+  const ops::SiluMulGrads sg = ops::silu_mul_backward(c.gate, c.up, d_inner);
+  Tensor dx_perm = ops::grouped_linear_backward_dx(sg.dgate, c.gate_w, offsets);
+  ops::add_inplace(dx_perm, ops::grouped_linear_backward_dx(sg.dup, c.up_w, offsets));
+  ops::grouped_linear_backward_dw(c.x_perm, sg.dgate, offsets,
+                                  expert_weights(ctx.params, prefix, E, "gate_proj", true), true);
+  ops::grouped_linear_backward_dw(c.x_perm, sg.dup, offsets,
+                                  expert_weights(ctx.params, prefix, E, "up_proj", true), true);
+  Tensor dx = ops::moe_permute_backward(dx_perm, c.dispatch);
+
+  // Router: combine weights (and the balance loss) → scores → logits → x.
+  Tensor extra;
+  if (!c.aux_grad_scores.empty()) {
+    std::vector<float> ds(c.aux_grad_scores.size());
+    for (size_t i = 0; i < ds.size(); ++i) ds[i] = loss_scale * c.aux_grad_scores[i];
+    extra = Tensor::from_vector(ds, {T, E}).to(dx.device());
+  }
+  const Tensor dz =
+      ops::moe_route_backward(c.routing.scores, c.routing.ids, cg.dweights, c.route, extra);
+  const Tensor dx_gate = linear_backward(ctx.params, prefix + ".gate.weight", c.x_router, dz);
+  ops::add_inplace(dx, dx_gate.dtype() == dx.dtype() ? dx_gate : dx_gate.to(dx.dtype()));
+  return dx;
+}
+
+}  // namespace
+
+Tensor moe_forward(const LayerContext& ctx, const std::string& prefix, const Tensor& x,
+                   const Segments& segments, const BalanceOptions& balance, MoeCache& c) {
+  const ModelConfig& cfg = ctx.config;
+  c.x = x.contiguous();
+  c.on_device = c.x.is_cuda();
   c.has_shared = cfg.n_shared_experts > 0;
-  const Tensor shared =
-      c.has_shared ? mlp_forward(ctx.params, prefix + ".shared_experts", c.x, c.shared) : Tensor();
-  Tensor out = ops::moe_combine(c.y_perm, c.routing.weights, c.dispatch, shared);
+  // The router runs in f32 whatever the activation dtype (model/gate.h): its weight has no
+  // compute copy, and bf16 activations are widened.
+  c.x_router = c.x.dtype() == DType::F32 ? c.x : c.x.to(DType::F32);
+  const Tensor logits = linear_forward(ctx.params, prefix + ".gate.weight", c.x_router);
+  Tensor out;
+  if (c.on_device) {
+    const Tensor shared = c.has_shared
+                              ? mlp_forward(ctx.params, prefix + ".shared_experts", c.x, c.shared)
+                              : Tensor();
+    out = routed_forward_device(ctx, prefix, logits, shared, c);
+  } else {
+    out = moe_routed_forward_host(ctx, prefix, logits, c);
+    if (c.has_shared)
+      ops::add_inplace(out, mlp_forward(ctx.params, prefix + ".shared_experts", c.x, c.shared));
+  }
 
   c.aux_loss = 0.0;
   c.aux_grad_scores.clear();
   if (balance.aux_loss != "none" && balance.alpha > 0.0) {
-    const Routing routing = host_routing(c.routing);
+    const Routing routing = c.on_device ? host_routing(c.routing) : c.host.routing;
     BalanceLoss b;
     if (balance.aux_loss == "sequence") {
       b = sequence_balance_loss(routing, segments, balance.alpha, cfg.scoring_func == "sigmoid");
@@ -113,6 +165,7 @@ Tensor moe_forward(const LayerContext& ctx, const std::string& prefix, const Ten
 }
 
 std::vector<int64_t> moe_expert_load(const MoeCache& c) {
+  if (!c.on_device) return c.host.routing.expert_load();
   // Tokens per expert = the dispatch's group sizes (E + 1 offsets copied back: a host
   // synchronisation, taken once per layer after the forward has been queued).
   const Tensor o = c.dispatch.offsets.to(Device::CPU);
@@ -124,39 +177,19 @@ std::vector<int64_t> moe_expert_load(const MoeCache& c) {
 
 Tensor moe_backward(const LayerContext& ctx, const std::string& prefix, const MoeCache& c,
                     const Tensor& dy_in, float loss_scale) {
-  const ModelConfig& cfg = ctx.config;
   const Tensor dy = dy_in.contiguous();
-  const int64_t T = c.x.size(0), E = cfg.n_routed_experts;
-  const Tensor& offsets = c.dispatch.offsets;
-
-  // Routed experts: combine, down, silu_mul, gate/up, back to tokens.
-  const ops::MoeCombineGrads cg =
-      ops::moe_combine_backward(c.y_perm, c.routing.weights, c.dispatch, dy);
-  const Tensor d_inner = ops::grouped_linear_backward_dx(cg.dy_perm, c.down_w, offsets);
-  ops::grouped_linear_backward_dw(c.inner, cg.dy_perm, offsets,
-                                  expert_weights(ctx.params, prefix, E, "down_proj", true), true);
-  const ops::SiluMulGrads sg = ops::silu_mul_backward(c.gate, c.up, d_inner);
-  Tensor dx_perm = ops::grouped_linear_backward_dx(sg.dgate, c.gate_w, offsets);
-  ops::add_inplace(dx_perm, ops::grouped_linear_backward_dx(sg.dup, c.up_w, offsets));
-  ops::grouped_linear_backward_dw(c.x_perm, sg.dgate, offsets,
-                                  expert_weights(ctx.params, prefix, E, "gate_proj", true), true);
-  ops::grouped_linear_backward_dw(c.x_perm, sg.dup, offsets,
-                                  expert_weights(ctx.params, prefix, E, "up_proj", true), true);
-  Tensor dx = ops::moe_permute_backward(dx_perm, c.dispatch);
-  if (c.has_shared)
-    ops::add_inplace(dx, mlp_backward(ctx.params, prefix + ".shared_experts", c.shared, dy));
-
-  // Router: combine weights (and the balance loss) → scores → logits → x.
-  Tensor extra;
-  if (!c.aux_grad_scores.empty()) {
-    std::vector<float> ds(c.aux_grad_scores.size());
-    for (size_t i = 0; i < ds.size(); ++i) ds[i] = loss_scale * c.aux_grad_scores[i];
-    extra = Tensor::from_vector(ds, {T, E}).to(dx.device());
+  if (c.on_device) {
+    Tensor dx = routed_backward_device(ctx, prefix, c, dy, loss_scale);
+    if (c.has_shared)
+      ops::add_inplace(dx, mlp_backward(ctx.params, prefix + ".shared_experts", c.shared, dy));
+    return dx;
   }
-  const Tensor dz =
-      ops::moe_route_backward(c.routing.scores, c.routing.ids, cg.dweights, c.route, extra);
-  const Tensor dx_gate = linear_backward(ctx.params, prefix + ".gate.weight", c.x_router, dz);
-  ops::add_inplace(dx, dx_gate.dtype() == dx.dtype() ? dx_gate : dx_gate.to(dx.dtype()));
+  // CPU: the shared experts' gradient first, the routed rows added in expert order, the router
+  // last (the order of the original CPU trainer).
+  Tensor dx = c.has_shared ? mlp_backward(ctx.params, prefix + ".shared_experts", c.shared, dy)
+                           : Tensor::zeros(c.x.shape());
+  const Tensor dz = moe_routed_backward_host(ctx, prefix, c, dy, loss_scale, dx);
+  ops::add_inplace(dx, linear_backward(ctx.params, prefix + ".gate.weight", c.x, dz));
   return dx;
 }
 

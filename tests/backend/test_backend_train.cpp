@@ -57,9 +57,9 @@ struct TrainCase {
 };
 
 const TrainCase kCases[] = {
-    {"v3_noaux", 0.3, "sequence", false},   {"v2_group", 0.0, "expert", false},
-    {"v2_lite", 0.0, "sequence", true},     {"deepseekmoe", 0.0, "expert", false},
-    {"llama_gqa", 0.0, "none", false},      {"llama_tied", 0.0, "none", false},
+    {"v3_noaux", 0.3, "sequence", false}, {"v2_group", 0.0, "expert", false},
+    {"v2_lite", 0.0, "sequence", true},   {"deepseekmoe", 0.0, "expert", false},
+    {"llama_gqa", 0.0, "none", false},    {"llama_tied", 0.0, "none", false},
 };
 
 ModelConfig fixture_config(const std::string& name) {
@@ -183,7 +183,8 @@ void run_case(const TrainCase& c, DType compute) {
   TrainModel cpu_model(config, cpu), gpu_model(config, gpu);
   const SequenceLosses want =
       cpu_model.forward_backward(b.inputs, b.targets, o, loss_scale, b.segments);
-  const SequenceLosses got = gpu_model.forward_backward(b.inputs, b.targets, o, loss_scale, b.segments);
+  const SequenceLosses got =
+      gpu_model.forward_backward(b.inputs, b.targets, o, loss_scale, b.segments);
   const SequenceLosses got_fwd = gpu_model.forward(b.inputs, b.targets, o, b.segments);
   for (const train::Param& p : gpu.all()) {
     ASSERT_TRUE(p.value.is_cuda()) << p.name;
@@ -195,11 +196,12 @@ void run_case(const TrainCase& c, DType compute) {
   double logp_diff = 0;
   for (size_t t = 0; t < want.token_logp.size(); ++t)
     logp_diff = std::max(logp_diff, std::abs(got.token_logp[t] - want.token_logp[t]));
-  std::printf("[backend] %-28s %-22s total %.6f vs %.6f (rel %.1e) main %.1e aux %.1e "
-              "logp %.1e | grads rel-RMS all %.2e, worst %.2e (%s)\n",
-              "train forward_backward", what.c_str(), got.total, want.total,
-              rel(got.total, want.total), rel(got.main_ce, want.main_ce), rel(got.aux, want.aux),
-              logp_diff, g.overall, g.worst, g.worst_name.c_str());
+  std::printf(
+      "[backend] %-28s %-22s total %.6f vs %.6f (rel %.1e) main %.1e aux %.1e "
+      "logp %.1e | grads rel-RMS all %.2e, worst %.2e (%s)\n",
+      "train forward_backward", what.c_str(), got.total, want.total, rel(got.total, want.total),
+      rel(got.main_ce, want.main_ce), rel(got.aux, want.aux), logp_diff, g.overall, g.worst,
+      g.worst_name.c_str());
 
   ASSERT_EQ(got.mtp_ce.size(), want.mtp_ce.size()) << what;
   ASSERT_EQ(got.token_logp.size(), want.token_logp.size()) << what;

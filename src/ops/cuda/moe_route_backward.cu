@@ -66,9 +66,9 @@ void moe_route_backward(const float* scores, const int32_t* ids, const float* dw
                         const float* extra, int64_t T, int64_t E, int64_t K, bool sigmoid,
                         bool normalise, float factor, float* dz) {
   if (T == 0) return;
-  moe_route_backward_kernel<<<unsigned(ceil_div<int64_t>(T, kTokensPerBlock)),
-                              kTokensPerBlock * 32, 0, stream()>>>(
-      scores, ids, dweights, extra, T, int(E), int(K), sigmoid, normalise, double(factor), dz);
+  moe_route_backward_kernel<<<unsigned(ceil_div<int64_t>(T, kTokensPerBlock)), kTokensPerBlock * 32,
+                              0, stream()>>>(scores, ids, dweights, extra, T, int(E), int(K),
+                                             sigmoid, normalise, double(factor), dz);
   DSEEK_CUDA_CHECK_LAUNCH("moe_route_backward_kernel");
 }
 
