@@ -84,10 +84,9 @@ struct BalanceOptions {
   int64_t devices = 1;
 };
 
-// DeepSeekMoE feed-forward: gate (ops::moe_route, with e_score_correction_bias for noaux_tc),
-// routed experts as grouped GEMMs over the slots sorted by expert (ops/moe.h), shared experts.
-// Weights under <prefix> = "model.layers.<i>.mlp". Runs on the params' device.
-// The CPU path keeps per-expert loops over a host Routing (moe_layer_host.cpp): CPU training stays
+// DeepSeekMoE feed-forward: gate (with e_score_correction_bias for noaux_tc), routed experts,
+// shared experts. Weights under <prefix> = "model.layers.<i>.mlp". On the GPU: ops::moe_route and
+// grouped GEMMs over the slots sorted by expert (ops/moe.h), no host loop. The CPU path keeps per-expert loops over a host Routing (moe_layer_host.cpp): CPU training stays
 // bit-identical to what it was before the GPU path, whose ops sum in other orders (data-parallel
 // tests compare runs whose routing must not flip on a last-bit difference).
 struct MoeHostCache {
