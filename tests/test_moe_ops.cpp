@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <optional>
 #include <random>
@@ -122,6 +123,78 @@ TEST_P(MoeRouteVariant, EqualsRouteFromLogits) {
   EXPECT_EQ(ints(got.ids), want.expert_ids);
   EXPECT_EQ(got.weights.to_vector(), want.weights);  // the same float operations in order
   EXPECT_EQ(got.scores.to_vector(), want.scores);
+}
+
+// moe_route_backward against central differences of L(z) = Σ rw ⊙ w(z) + Σ rs ⊙ s(z), whose
+// gradient is moe_route_backward(dweights = rw, extra = rs). The selection is piecewise constant:
+// elements whose ±eps step changes any token's ids are skipped (few). Also checks linearity in
+// the two upstream gradients (extra undefined = zeros).
+TEST_P(MoeRouteVariant, BackwardMatchesFiniteDifferences) {
+  const Variant& v = GetParam();
+  const ModelConfig c = config_of(v);
+  const ops::MoeRouteParams p = route_params(c);
+  std::mt19937 rng(13);
+  const int64_t T = 5, E = v.E, K = v.K;
+  const std::vector<float> z = random_values(T * E, rng, -2, 2);
+  const Tensor bias = v.bias ? Tensor::from_vector(random_values(E, rng, -0.3f, 0.3f), {E}) : Tensor();
+  auto signed_values = [&](int64_t n) {
+    std::vector<float> x = random_values(n, rng, 0.2f, 1.0f);
+    for (size_t i = 0; i < x.size(); i += 2) x[i] = -x[i];
+    return x;
+  };
+  const std::vector<float> rw = signed_values(T * K), rs = signed_values(T * E);
+  auto loss = [&](const std::vector<float>& zv, std::vector<int32_t>& ids) {
+    const ops::MoeRouting r = ops::moe_route(Tensor::from_vector(zv, {T, E}), p, bias);
+    const std::vector<float> w = r.weights.to_vector(), sc = r.scores.to_vector();
+    double L = 0;
+    for (size_t i = 0; i < w.size(); ++i) L += double(rw[i]) * double(w[i]);
+    for (size_t i = 0; i < sc.size(); ++i) L += double(rs[i]) * double(sc[i]);
+    ids = ints(r.ids);
+    return L;
+  };
+  const ops::MoeRouting r0 = ops::moe_route(Tensor::from_vector(z, {T, E}), p, bias);
+  const std::vector<int32_t> ids0 = ints(r0.ids);
+  const Tensor dw = Tensor::from_vector(rw, {T, K}), ds = Tensor::from_vector(rs, {T, E});
+  const std::vector<float> dz = ops::moe_route_backward(r0.scores, r0.ids, dw, p, ds).to_vector();
+  double scale = 0;
+  for (float g : dz) scale = std::max(scale, double(std::abs(g)));
+  ASSERT_GT(scale, 0.0);
+
+  const float eps = 1e-2f;
+  double worst = 0;
+  int64_t checked = 0;
+  for (int64_t i = 0; i < T * E; ++i) {
+    std::vector<float> zp = z, zm = z;
+    zp[size_t(i)] += eps;
+    zm[size_t(i)] -= eps;
+    std::vector<int32_t> ip, im;
+    const double lp = loss(zp, ip), lm = loss(zm, im);
+    if (ip != ids0 || im != ids0) continue;
+    const double numeric = (lp - lm) / (double(zp[size_t(i)]) - double(zm[size_t(i)]));
+    worst = std::max(worst, std::abs(numeric - double(dz[size_t(i)])) / scale);
+    ++checked;
+  }
+  std::printf("moe_route_backward %s: %lld of %lld logits checked, worst error %.2e of %.2e\n",
+              v.name.c_str(), (long long)checked, (long long)(T * E), worst, scale);
+  EXPECT_GE(checked * 4, T * E * 3);
+  EXPECT_LT(worst, 2e-3);
+
+  const Tensor dz_w = ops::moe_route_backward(r0.scores, r0.ids, dw, p);
+  const Tensor dz_s = ops::moe_route_backward(r0.scores, r0.ids, Tensor::zeros({T, K}), p, ds);
+  const std::vector<float> a = dz_w.to_vector(), b = dz_s.to_vector();
+  for (size_t i = 0; i < dz.size(); ++i) EXPECT_NEAR(a[i] + b[i], dz[i], 1e-6 * scale) << i;
+}
+
+TEST(MoeOps, RouteBackwardRejectsBadInputs) {
+  ops::MoeRouteParams p;
+  p.experts = 4;
+  p.top_k = 2;
+  const Tensor s = Tensor::from_vector({0.1f, 0.2f, 0.3f, 0.4f}, {1, 4});
+  const Tensor g = Tensor::from_vector({1.0f, -1.0f}, {1, 2});
+  EXPECT_NO_THROW(ops::moe_route_backward(s, ids_tensor({3, 2}, 1, 2), g, p));
+  EXPECT_THROW(ops::moe_route_backward(s, ids_tensor({4, 2}, 1, 2), g, p), Error);  // id ≥ E
+  EXPECT_THROW(ops::moe_route_backward(s, ids_tensor({3, 2}, 1, 2), s, p), Error);  // dweights
+  EXPECT_THROW(ops::moe_route_backward(s, ids_tensor({3, 2}, 1, 2), g, p, g), Error);  // extra
 }
 
 INSTANTIATE_TEST_SUITE_P(Gates, MoeRouteVariant, ::testing::ValuesIn(kVariants),

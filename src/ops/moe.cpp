@@ -141,6 +141,59 @@ MoeRouting moe_route(const Tensor& logits, const MoeRouteParams& p, const Tensor
   return r;
 }
 
+Tensor moe_route_backward(const Tensor& scores, const Tensor& ids, const Tensor& dweights,
+                          const MoeRouteParams& p, const Tensor& extra_dscores) {
+  validate(p);
+  const int64_t E = p.experts, K = p.top_k;
+  DSEEK_CHECK(scores.defined() && scores.dim() == 2 && scores.size(1) == E &&
+                  scores.dtype() == DType::F32,
+              "[moe_route_backward] scores: {} {}, expected [T, {}] f32",
+              scores.defined() ? shape_str(scores.shape()) : "undefined",
+              dtype_name(scores.dtype()), E);
+  const int64_t T = scores.size(0);
+  DSEEK_CHECK(ids.defined() && ids.dtype() == DType::I32 && ids.shape() == Shape({T, K}),
+              "[moe_route_backward] ids: {} {}, expected [{}, {}] i32",
+              ids.defined() ? shape_str(ids.shape()) : "undefined", dtype_name(ids.dtype()), T, K);
+  DSEEK_CHECK(dweights.defined() && dweights.dtype() == DType::F32 &&
+                  dweights.shape() == Shape({T, K}),
+              "[moe_route_backward] dweights: {} {}, expected [{}, {}] f32",
+              dweights.defined() ? shape_str(dweights.shape()) : "undefined",
+              dtype_name(dweights.dtype()), T, K);
+  if (extra_dscores.defined())
+    DSEEK_CHECK(extra_dscores.dtype() == DType::F32 && extra_dscores.shape() == Shape({T, E}),
+                "[moe_route_backward] extra_dscores: {} {}, expected [{}, {}] f32",
+                shape_str(extra_dscores.shape()), dtype_name(extra_dscores.dtype()), T, E);
+  const Device device =
+      op_device("moe_route_backward", {&scores, &ids, &dweights, &extra_dscores});
+  Tensor dz = Tensor::empty({T, E}, DType::F32, device);
+  if (T == 0) return dz;
+  Tensor sh, ih, gh, xh;
+  const Tensor& s = contiguous_or(scores, sh);
+  const Tensor& id = contiguous_or(ids, ih);
+  const Tensor& g = contiguous_or(dweights, gh);
+  const float* extra = nullptr;
+  if (extra_dscores.defined()) extra = contiguous_or(extra_dscores, xh).data<float>();
+  const float factor = p.scale ? p.routed_scaling_factor : 1.0f;
+  if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    DSEEK_CHECK(E <= 1024, "[moe_route_backward] the CUDA kernel takes at most 1024 experts, got {}",
+                E);
+    cuda::moe_route_backward(s.data<float>(), id.data<int32_t>(), g.data<float>(), extra, T, E, K,
+                             p.scoring == MoeScoring::Sigmoid, p.normalise, factor,
+                             dz.data<float>());
+    return dz;
+#else
+    cuda_not_built("moe_route_backward");
+#endif
+  }
+  const int32_t* idp = id.data<int32_t>();
+  for (int64_t i = 0; i < T * K; ++i)
+    DSEEK_CHECK(idp[i] >= 0 && idp[i] < E, "[moe_route_backward] id {} at slot {} is outside [0, {})",
+                idp[i], i, E);
+  cpu::moe_route_backward(s.data<float>(), idp, g.data<float>(), extra, T, E, p, dz.data<float>());
+  return dz;
+}
+
 MoeDispatch moe_dispatch(const Tensor& ids, int64_t experts) {
   DSEEK_CHECK(ids.defined() && ids.dim() == 2 && ids.dtype() == DType::I32,
               "[moe_dispatch] ids: {} {}, expected [T, K] i32", shape_str(ids.shape()),

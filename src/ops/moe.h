@@ -86,6 +86,22 @@ struct MoeRouting {
 MoeRouting moe_route(const Tensor& logits, const MoeRouteParams& params,
                      const Tensor& correction_bias = Tensor());
 
+// moe_route_backward: the gradient of the router logits z given the gradient of the combine
+// weights (dweights [T, K], from moe_combine_backward) and, optionally, an extra gradient of the
+// scores (extra_dscores [T, E], e.g. a balance loss's, already scaled). With a_k = s[t, ids[t,k]]
+// (the chosen unbiased scores), f = routed_scaling_factor when `scale` else 1, g_k = dweights[t,k]:
+//   da_k = f·g_k                                      (not normalised)
+//   da_k = f·(g_k/S − Σ_j g_j a_j / S²),  S = Σ_j a_j + 1e-20     (normalised)
+//   ds[t, e] = extra[t, e] + Σ_{k: ids[t,k] = e} da_k
+//   dz = ds ⊙ s ⊙ (1 − s)  (sigmoid)   or   dz = s ⊙ (ds − Σ_e ds_e s_e)  (softmax)
+// The selection (top-k, groups, the correction bias) is piecewise constant: no gradient. w = s[ids]
+// is assumed for every method (true unless a grouped gate picks an expert of a masked group,
+// which only happens when K exceeds the kept groups' experts). Reductions in double.
+// scores [T, E], dweights [T, K], extra [T, E] f32 and ids [T, K] i32, all on one device (any
+// strides); returns dz [T, E] f32 contiguous there. GPU limit as moe_route: E ≤ 1024.
+Tensor moe_route_backward(const Tensor& scores, const Tensor& ids, const Tensor& dweights,
+                          const MoeRouteParams& params, const Tensor& extra_dscores = Tensor());
+
 struct MoeDispatch {
   Tensor offsets;   // [E + 1] i64
   Tensor order;     // [T·K] i32: the slot t·K + k at each permuted row

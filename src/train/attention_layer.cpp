@@ -12,9 +12,10 @@
 //   q_pe = RoPE(q[:, :, nope:])         → rope backward on dq's rope part
 //   q = q_b(norm(q_a(x))) or q_proj(x)  → dx (part 2)
 #include <cmath>
-#include <cstring>
+#include <vector>
 
 #include "core/error.h"
+#include "ops/activation.h"
 #include "ops/attention.h"
 #include "ops/linear.h"
 #include "ops/norm.h"
@@ -25,12 +26,6 @@ namespace dseek::train {
 namespace {
 
 constexpr double kLatentNormEps = 1e-6;  // q_a_layernorm / kv_a_layernorm, as transformers
-
-void add_into(Tensor& dst, const Tensor& src) {
-  float* d = dst.data<float>();
-  const float* s = src.data<float>();
-  for (int64_t i = 0, n = dst.numel(); i < n; ++i) d[i] += s[i];
-}
 
 // RoPE restarts at position 0 in every sequence (document) of the batch.
 void rope_batched(const RopeParams& rope, const Tensor& x, const Segments& segments) {
@@ -51,41 +46,39 @@ void rope_backward(const RopeParams& rope, const Tensor& dy, const Segments& seg
   }
 }
 
-// Causal attention of each sequence: q [N, H, dk], k [N, Hk, dk], v [N, Hk, dv] → [N, H·dv].
-// Nothing crosses a segment boundary: a packed document never sees the one before it.
+// Causal attention of each sequence: q [N, H, dk], k [N, Hk, dk], v [N, Hk, dv] → [N, H·dv], each
+// segment's output written into its rows. Nothing crosses a segment boundary: a packed document
+// never sees the one before it.
 Tensor attention_batched(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                          const Segments& segments) {
   const int64_t N = q.size(0), H = q.size(1), dv = v.size(2);
-  Tensor out = Tensor::empty({N, H * dv});
+  Tensor out = Tensor::empty({N, H, dv}, q.dtype(), q.device());
   int64_t s = 0;
   for (int64_t n : segments) {
-    if (n > 0) {
-      const Tensor o = ops::causal_attention(q.slice(0, s, s + n), k.slice(0, s, s + n),
-                                             v.slice(0, s, s + n), scale);
-      std::memcpy(out.data<float>() + s * H * dv, o.data<float>(), o.nbytes());
-    }
+    if (n > 0)
+      out.slice(0, s, s + n)
+          .copy_from(ops::causal_attention(q.slice(0, s, s + n), k.slice(0, s, s + n),
+                                           v.slice(0, s, s + n), scale));
     s += n;
   }
-  return out;
+  return out.reshape({N, H * dv});
 }
 
 ops::AttentionGrads attention_backward_batched(const Tensor& q, const Tensor& k, const Tensor& v,
                                                float scale, const Tensor& dout,
                                                const Segments& segments) {
-  ops::AttentionGrads g{Tensor::empty(q.shape()), Tensor::empty(k.shape()),
-                        Tensor::empty(v.shape())};
+  ops::AttentionGrads g{Tensor::empty(q.shape(), q.dtype(), q.device()),
+                        Tensor::empty(k.shape(), k.dtype(), k.device()),
+                        Tensor::empty(v.shape(), v.dtype(), v.device())};
   int64_t s = 0;
   for (int64_t n : segments) {
     if (n > 0) {
-      const ops::AttentionGrads part = ops::causal_attention_backward(
-          q.slice(0, s, s + n), k.slice(0, s, s + n), v.slice(0, s, s + n), scale,
-          dout.slice(0, s, s + n));
-      std::memcpy(g.dq.data<float>() + s * q.size(1) * q.size(2), part.dq.data<float>(),
-                  part.dq.nbytes());
-      std::memcpy(g.dk.data<float>() + s * k.size(1) * k.size(2), part.dk.data<float>(),
-                  part.dk.nbytes());
-      std::memcpy(g.dv.data<float>() + s * v.size(1) * v.size(2), part.dv.data<float>(),
-                  part.dv.nbytes());
+      const ops::AttentionGrads part =
+          ops::causal_attention_backward(q.slice(0, s, s + n), k.slice(0, s, s + n),
+                                         v.slice(0, s, s + n), scale, dout.slice(0, s, s + n));
+      g.dq.slice(0, s, s + n).copy_from(part.dq);
+      g.dk.slice(0, s, s + n).copy_from(part.dk);
+      g.dv.slice(0, s, s + n).copy_from(part.dv);
     }
     s += n;
   }
@@ -111,26 +104,18 @@ Tensor mla_forward(const LayerContext& ctx, const std::string& p, const Tensor& 
   rope_batched(ctx.rope, c.q.slice(2, nope, qk), segments);
 
   c.kv_a = linear_forward(ctx.params, p + ".kv_a_proj_with_mqa.weight", c.x);  // [T, r + rope]
-  c.c_kv = norm_forward(ctx.params, p + ".kv_a_layernorm.weight", c.kv_a.slice(1, 0, r),
-                        kLatentNormEps);
+  c.c_kv =
+      norm_forward(ctx.params, p + ".kv_a_layernorm.weight", c.kv_a.slice(1, 0, r), kLatentNormEps);
   Tensor k_pe = c.kv_a.slice(1, r, r + rope).contiguous().reshape({T, 1, rope});
   rope_batched(ctx.rope, k_pe, segments);
 
-  const Tensor kv = linear_forward(ctx.params, p + ".kv_b_proj.weight", c.c_kv)
-                        .reshape({T, H, nope + vd});
-  c.k = Tensor::empty({T, H, qk});
-  c.v = Tensor::empty({T, H, vd});
-  const float* kvp = kv.data<float>();
-  const float* pe = k_pe.data<float>();
-  float* kp = c.k.data<float>();
-  float* vp = c.v.data<float>();
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t h = 0; h < H; ++h) {
-      const float* src = kvp + (t * H + h) * (nope + vd);
-      std::memcpy(kp + (t * H + h) * qk, src, size_t(nope) * sizeof(float));
-      std::memcpy(kp + (t * H + h) * qk + nope, pe + t * rope, size_t(rope) * sizeof(float));
-      std::memcpy(vp + (t * H + h) * vd, src + nope, size_t(vd) * sizeof(float));
-    }
+  const Tensor kv =
+      linear_forward(ctx.params, p + ".kv_b_proj.weight", c.c_kv).reshape({T, H, nope + vd});
+  // k = [k_nope per head; the shared k_pe broadcast to every head], v per head.
+  c.k = Tensor::empty({T, H, qk}, kv.dtype(), kv.device());
+  c.k.slice(2, 0, nope).copy_from(kv.slice(2, 0, nope));
+  c.k.slice(2, nope, qk).copy_from(k_pe.expand(1, H));
+  c.v = kv.slice(2, nope, nope + vd).contiguous();
   c.attn = attention_batched(c.q, c.k, c.v, float(cfg.softmax_scale()), segments);
   return linear_forward(ctx.params, p + ".o_proj.weight", c.attn);
 }
@@ -142,35 +127,39 @@ Tensor mla_backward(const LayerContext& ctx, const std::string& p, const Attenti
                 rope = cfg.qk_rope_head_dim, vd = cfg.v_head_dim, r = cfg.kv_lora_rank,
                 qk = nope + rope;
   const Tensor d_attn = linear_backward(ctx.params, p + ".o_proj.weight", c.attn, dy);
-  ops::AttentionGrads g = attention_backward_batched(
-      c.q, c.k, c.v, float(cfg.softmax_scale()), d_attn.reshape({T, H, vd}), c.segments);
+  ops::AttentionGrads g = attention_backward_batched(c.q, c.k, c.v, float(cfg.softmax_scale()),
+                                                     d_attn.reshape({T, H, vd}), c.segments);
 
-  // Split dk into the per-head k_nope part (joined with dv for kv_b_proj) and the shared k_pe.
-  Tensor d_kv = Tensor::empty({T, H * (nope + vd)});
-  Tensor d_k_pe = Tensor::zeros({T, 1, rope});
-  const float* dk = g.dk.data<float>();
-  const float* dv = g.dv.data<float>();
-  float* dkv = d_kv.data<float>();
-  float* dpe = d_k_pe.data<float>();
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t h = 0; h < H; ++h) {
-      float* dst = dkv + (t * H + h) * (nope + vd);
-      const float* src = dk + (t * H + h) * qk;
-      std::memcpy(dst, src, size_t(nope) * sizeof(float));
-      std::memcpy(dst + nope, dv + (t * H + h) * vd, size_t(vd) * sizeof(float));
-      for (int64_t j = 0; j < rope; ++j) dpe[t * rope + j] += src[nope + j];
-    }
+  // Split dk into the per-head k_nope part (joined with dv for kv_b_proj) and the shared k_pe,
+  // whose gradient is the sum over heads.
+  const Tensor d_kv = Tensor::empty({T, H, nope + vd}, g.dk.dtype(), g.dk.device());
+  d_kv.slice(2, 0, nope).copy_from(g.dk.slice(2, 0, nope));
+  d_kv.slice(2, nope, nope + vd).copy_from(g.dv);
+  Tensor d_k_pe;  // [T, 1, rope]
+  if (g.dk.is_cuda()) {
+    // One GEMM with a row of ones over [T·rope, H]: a few launches instead of a pair per head,
+    // f32 accumulation also under bf16 activations.
+    const Tensor heads =
+        g.dk.slice(2, nope, qk).transpose(1, 2).contiguous().reshape({T * rope, H});
+    const Tensor ones = Tensor::from_vector(std::vector<float>(size_t(H), 1.0f), {1, H})
+                            .to(g.dk.dtype())
+                            .to(g.dk.device());
+    d_k_pe = ops::linear(heads, ones).reshape({T, 1, rope});
+  } else {
+    // Head by head in order (the CPU trainer's summation order, kept bit for bit).
+    d_k_pe = g.dk.slice(1, 0, 1).slice(2, nope, qk).clone();
+    for (int64_t h = 1; h < H; ++h)
+      ops::add_inplace(d_k_pe, g.dk.slice(1, h, h + 1).slice(2, nope, qk));
+  }
   rope_backward(ctx.rope, d_k_pe, c.segments);
-  const Tensor d_c_kv = linear_backward(ctx.params, p + ".kv_b_proj.weight", c.c_kv, d_kv);
+  const Tensor d_c_kv = linear_backward(ctx.params, p + ".kv_b_proj.weight", c.c_kv,
+                                        d_kv.reshape({T, H * (nope + vd)}));
   const Tensor d_latent = norm_backward(ctx.params, p + ".kv_a_layernorm.weight",
                                         c.kv_a.slice(1, 0, r), kLatentNormEps, d_c_kv);
   // d kv_a = [d latent; d k_pe (un-roped)]
-  Tensor d_kv_a = Tensor::empty({T, r + rope});
-  float* dka = d_kv_a.data<float>();
-  for (int64_t t = 0; t < T; ++t) {
-    std::memcpy(dka + t * (r + rope), d_latent.data<float>() + t * r, size_t(r) * sizeof(float));
-    std::memcpy(dka + t * (r + rope) + r, dpe + t * rope, size_t(rope) * sizeof(float));
-  }
+  const Tensor d_kv_a = Tensor::empty({T, r + rope}, d_latent.dtype(), d_latent.device());
+  d_kv_a.slice(1, 0, r).copy_from(d_latent);
+  d_kv_a.slice(1, r, r + rope).copy_from(d_k_pe.reshape({T, rope}));
   Tensor dx = linear_backward(ctx.params, p + ".kv_a_proj_with_mqa.weight", c.x, d_kv_a);
 
   rope_backward(ctx.rope, g.dq.slice(2, nope, qk), c.segments);
@@ -179,9 +168,9 @@ Tensor mla_backward(const LayerContext& ctx, const std::string& p, const Attenti
     const Tensor d_qan = linear_backward(ctx.params, p + ".q_b_proj.weight", c.q_a_normed, dq_flat);
     const Tensor d_qa =
         norm_backward(ctx.params, p + ".q_a_layernorm.weight", c.q_a, kLatentNormEps, d_qan);
-    add_into(dx, linear_backward(ctx.params, p + ".q_a_proj.weight", c.x, d_qa));
+    ops::add_inplace(dx, linear_backward(ctx.params, p + ".q_a_proj.weight", c.x, d_qa));
   } else {
-    add_into(dx, linear_backward(ctx.params, p + ".q_proj.weight", c.x, dq_flat));
+    ops::add_inplace(dx, linear_backward(ctx.params, p + ".q_proj.weight", c.x, dq_flat));
   }
   return dx;
 }
@@ -221,8 +210,10 @@ Tensor mha_backward(const LayerContext& ctx, const std::string& p, const Attenti
   rope_backward(ctx.rope, g.dq, c.segments);
   rope_backward(ctx.rope, g.dk, c.segments);
   Tensor dx = linear_backward(ctx.params, p + ".q_proj.weight", c.x, g.dq.reshape({T, H * hd}));
-  add_into(dx, linear_backward(ctx.params, p + ".k_proj.weight", c.x, g.dk.reshape({T, Hk * hd})));
-  add_into(dx, linear_backward(ctx.params, p + ".v_proj.weight", c.x, g.dv.reshape({T, Hk * hd})));
+  ops::add_inplace(
+      dx, linear_backward(ctx.params, p + ".k_proj.weight", c.x, g.dk.reshape({T, Hk * hd})));
+  ops::add_inplace(
+      dx, linear_backward(ctx.params, p + ".v_proj.weight", c.x, g.dv.reshape({T, Hk * hd})));
   return dx;
 }
 

@@ -1,18 +1,13 @@
 // Decoder layer for training: h = x + attn(input_layernorm(x)); out = h + ffn(post_attention_
 // layernorm(h)), ffn the dense MLP or, where config.is_moe_layer(layer), the MoE. Backward: the
 // residual passes dout through unchanged and each branch adds its input gradient.
+#include "ops/activation.h"
 #include "train/layers.h"
 
 namespace dseek::train {
 namespace {
 
 std::string layer_prefix(int64_t layer) { return "model.layers." + std::to_string(layer); }
-
-void add_into(Tensor& dst, const Tensor& src) {
-  float* d = dst.data<float>();
-  const float* s = src.data<float>();
-  for (int64_t i = 0, n = dst.numel(); i < n; ++i) d[i] += s[i];
-}
 
 }  // namespace
 
@@ -23,12 +18,12 @@ Tensor block_forward(const LayerContext& ctx, int64_t layer, const Tensor& x,
   c.x = x.contiguous();
   c.n1 = norm_forward(ctx.params, p + ".input_layernorm.weight", c.x, eps);
   c.h = attention_forward(ctx, p + ".self_attn", c.n1, segments, c.attn);
-  add_into(c.h, c.x);
+  ops::add_inplace(c.h, c.x);
   c.n2 = norm_forward(ctx.params, p + ".post_attention_layernorm.weight", c.h, eps);
   c.is_moe = ctx.config.is_moe_layer(layer);
   Tensor out = c.is_moe ? moe_forward(ctx, p + ".mlp", c.n2, segments, balance, c.moe)
                         : mlp_forward(ctx.params, p + ".mlp", c.n2, c.mlp);
-  add_into(out, c.h);
+  ops::add_inplace(out, c.h);
   return out;
 }
 
@@ -40,10 +35,10 @@ Tensor block_backward(const LayerContext& ctx, int64_t layer, const BlockCache& 
   const Tensor d_n2 = c.is_moe ? moe_backward(ctx, p + ".mlp", c.moe, dy, loss_scale)
                                : mlp_backward(ctx.params, p + ".mlp", c.mlp, dy);
   Tensor dh = norm_backward(ctx.params, p + ".post_attention_layernorm.weight", c.h, eps, d_n2);
-  add_into(dh, dy);
+  ops::add_inplace(dh, dy);
   const Tensor d_n1 = attention_backward(ctx, p + ".self_attn", c.attn, dh);
   Tensor dx = norm_backward(ctx.params, p + ".input_layernorm.weight", c.x, eps, d_n1);
-  add_into(dx, dh);
+  ops::add_inplace(dx, dh);
   return dx;
 }
 

@@ -5,7 +5,11 @@
 // Parameters are read from the ParamSet under their Hugging Face names, so the inference model
 // (src/model) loads what training writes; tests compare the two forwards on the same weights.
 //
-// Batched: x is [N, D] f32 holding sequences back to back, their lengths in a Segments list (a
+// Devices: the layers run where the ParamSet's tensors live. Activations are f32, or bf16 on the
+// GPU when the params' compute copies are bf16 (the CUDA linear multiplies in one dtype); grads are
+// f32 on the params' device.
+//
+// Batched: x is [N, D] holding sequences back to back, their lengths in a Segments list (a
 // batch of equal rows, or documents packed into rows: cu_seqlens as lengths); each sequence sits
 // at positions 0 .. length − 1 and attends causally only within itself (every other op works per
 // token, so the linears run as one large GEMM over the whole batch).
@@ -19,6 +23,7 @@
 #include "model/config.h"
 #include "model/gate.h"
 #include "model/rope.h"
+#include "ops/moe.h"
 #include "train/param.h"
 
 namespace dseek::train {
@@ -79,18 +84,33 @@ struct BalanceOptions {
   int64_t devices = 1;
 };
 
-// DeepSeekMoE feed-forward: gate (route_from_logits, with e_score_correction_bias for noaux_tc),
-// routed experts, shared experts. Weights under <prefix> = "model.layers.<i>.mlp".
-struct MoeCache {
-  Tensor x;
+// DeepSeekMoE feed-forward: gate (with e_score_correction_bias for noaux_tc), routed experts,
+// shared experts. Weights under <prefix> = "model.layers.<i>.mlp". On the GPU: ops::moe_route and
+// grouped GEMMs over the slots sorted by expert (ops/moe.h), no host loop. The CPU path keeps per-expert loops over a host Routing (moe_layer_host.cpp): CPU training stays
+// bit-identical to what it was before the GPU path, whose ops sum in other orders (data-parallel
+// tests compare runs whose routing must not flip on a last-bit difference).
+struct MoeHostCache {
   Routing routing;
   std::vector<int64_t> offsets, slots;  // slots grouped by expert (counting sort)
   std::vector<MlpCache> experts;        // per expert, rows = its slots in order
   Tensor expert_out;                    // [T·K, D] unweighted expert outputs per slot
+};
+struct MoeCache {
+  Tensor x;  // [T, D] activations
+  bool on_device = false;
+  MoeHostCache host;  // CPU path
+  // GPU path (ops/moe.h):
+  Tensor x_router;  // x in f32: the router's input (x itself when already f32)
+  ops::MoeRouteParams route;
+  ops::MoeRouting routing;  // ids [T, K], weights [T, K], scores [T, E] on the device
+  ops::MoeDispatch dispatch;
+  ops::ExpertMatrices gate_w, up_w, down_w;  // the experts' compute weights
+  Tensor x_perm, gate, up, inner;            // per slot, grouped by expert
+  Tensor y_perm;                             // [T·K, D] unweighted expert outputs
   MlpCache shared;
   bool has_shared = false;
-  double aux_loss = 0.0;                // balance loss value (α included)
-  std::vector<float> aux_grad_scores;   // its gradient wrt Routing::scores
+  double aux_loss = 0.0;               // balance loss value (α included)
+  std::vector<float> aux_grad_scores;  // its gradient wrt the scores [T×E] (host)
 };
 // The sequence-wise balance loss treats each segment as one sequence.
 Tensor moe_forward(const LayerContext& ctx, const std::string& prefix, const Tensor& x,
@@ -98,6 +118,17 @@ Tensor moe_forward(const LayerContext& ctx, const std::string& prefix, const Ten
 // loss_scale multiplies the balance loss's own gradient (the scale the whole loss gets).
 Tensor moe_backward(const LayerContext& ctx, const std::string& prefix, const MoeCache& cache,
                     const Tensor& dy, float loss_scale);
+// Tokens routed to each expert [E] (copied to the host).
+std::vector<int64_t> moe_expert_load(const MoeCache& cache);
+// The CPU path's routed experts (moe_layer_host.cpp), called by moe_forward / moe_backward:
+// the forward fills cache.host from the router logits and returns Σ_k w·y (no shared experts);
+// the backward adds the routed experts' input gradient into dx and returns the gradient of the
+// router logits dz [T, E] (through the combine weights and the balance loss).
+Tensor moe_routed_forward_host(const LayerContext& ctx, const std::string& prefix,
+                               const Tensor& logits, MoeCache& cache);
+Tensor moe_routed_backward_host(const LayerContext& ctx, const std::string& prefix,
+                                const MoeCache& cache, const Tensor& dy, float loss_scale,
+                                Tensor& dx);
 
 // Decoder layer: h = x + attn(norm1(x)); out = h + ffn(norm2(h)).
 struct BlockCache {

@@ -16,7 +16,7 @@ Tensor linear_backward(ParamSet& params, const std::string& name, const Tensor& 
   Param& p = params.at(name);
   // Two calls, one GEMM each: dx is written (no zero-fill), dW is added to the accumulated grad.
   const Tensor xc = x.contiguous(), dyc = dy.contiguous();
-  Tensor dx = Tensor::empty(x.shape());
+  Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
   ops::linear_backward_into(xc, p.weight(), dyc, &dx, nullptr, nullptr, false);
   ops::linear_backward_into(xc, p.weight(), dyc, nullptr, &p.grad, nullptr, true);
   return dx;
@@ -29,7 +29,7 @@ Tensor norm_forward(ParamSet& params, const std::string& name, const Tensor& x, 
 Tensor norm_backward(ParamSet& params, const std::string& name, const Tensor& x, double eps,
                      const Tensor& dy) {
   Param& p = params.at(name);
-  Tensor dx = Tensor::empty(x.shape());
+  Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
   ops::rms_norm_backward_into(x, p.value, eps, dy, dx, &p.grad, true);
   return dx;
 }
@@ -47,10 +47,7 @@ Tensor mlp_backward(ParamSet& params, const std::string& prefix, const MlpCache&
   const Tensor d_inner = linear_backward(params, prefix + ".down_proj.weight", c.inner, dy);
   const ops::SiluMulGrads g = ops::silu_mul_backward(c.gate, c.up, d_inner);
   Tensor dx = linear_backward(params, prefix + ".gate_proj.weight", c.x, g.dgate);
-  const Tensor dx_up = linear_backward(params, prefix + ".up_proj.weight", c.x, g.dup);
-  float* d = dx.data<float>();
-  const float* u = dx_up.data<float>();
-  for (int64_t i = 0, n = dx.numel(); i < n; ++i) d[i] += u[i];
+  ops::add_inplace(dx, linear_backward(params, prefix + ".up_proj.weight", c.x, g.dup));
   return dx;
 }
 

@@ -1,10 +1,12 @@
 #include "train/train_model.h"
 
-#include <cstring>
+#include <algorithm>
+#include <limits>
 
 #include "core/error.h"
 #include "model/init_weights.h"
 #include "model/safetensors.h"
+#include "ops/activation.h"
 #include "ops/cross_entropy.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
@@ -29,10 +31,33 @@ bool is_shared_mtp_tensor(const ModelConfig& c, const std::string& name) {
 
 bool is_buffer(const std::string& name) { return ends_with(name, ".e_score_correction_bias"); }
 
-void add_into(Tensor& dst, const Tensor& src) {
-  float* d = dst.data<float>();
-  const float* s = src.data<float>();
-  for (int64_t i = 0, n = src.numel(); i < n; ++i) d[i] += s[i];
+// logits[t, targets[t]] of every row (0 at ignored targets), on the host. On the GPU the values are
+// gathered there (ops::embedding over the logits seen as a [rows·V, 1] table, in chunks of rows
+// whose flat index fits the op's i32 ids) so only T floats come back.
+std::vector<float> target_logits(const Tensor& logits, const std::vector<int32_t>& targets) {
+  const int64_t T = logits.size(0), V = logits.size(1);
+  std::vector<float> out(size_t(T), 0.0f);
+  const Tensor flat = logits.contiguous();
+  if (!flat.is_cuda()) {
+    const float* lg = flat.data<float>();
+    for (int64_t t = 0; t < T; ++t)
+      if (targets[size_t(t)] != ops::kIgnoreIndex) out[size_t(t)] = lg[t * V + targets[size_t(t)]];
+    return out;
+  }
+  const int64_t chunk = std::max<int64_t>(1, std::numeric_limits<int32_t>::max() / V);
+  for (int64_t a = 0; a < T; a += chunk) {
+    const int64_t b = std::min(T, a + chunk);
+    std::vector<int32_t> ids(size_t(b - a));
+    for (int64_t t = a; t < b; ++t) {
+      const int32_t target = targets[size_t(t)];
+      ids[size_t(t - a)] = int32_t((t - a) * V + (target == ops::kIgnoreIndex ? 0 : target));
+    }
+    const std::vector<float> got =
+        ops::embedding(flat.slice(0, a, b).reshape({(b - a) * V, 1}), ids).to_vector();
+    for (int64_t t = a; t < b; ++t)
+      if (targets[size_t(t)] != ops::kIgnoreIndex) out[size_t(t)] = got[size_t(t - a)];
+  }
+  return out;
 }
 
 // Everything one MTP depth keeps for its backward.
@@ -144,10 +169,15 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
   const std::string head = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
   const Tensor& embed = params_.value("model.embed_tokens.weight");
   const double eps = c.rms_norm_eps;
+  // Everything runs on the params' device; activations are bf16 there when the compute copies
+  // are (the CUDA linear multiplies in one dtype), else f32 (the CPU widens bf16 weights itself).
+  const Device device = embed.device();
+  const DType act =
+      device == Device::CUDA && params_.compute_dtype() == DType::BF16 ? DType::BF16 : DType::F32;
 
   // Main model.
   std::vector<BlockCache> blocks(static_cast<size_t>(L));
-  Tensor x = ops::embedding(embed, inputs);
+  Tensor x = ops::embedding(embed, inputs, act);
   for (int64_t l = 0; l < L; ++l) x = block_forward(ctx, l, x, segments, options.balance, blocks[size_t(l)]);
   const Tensor x_final = x;
   const Tensor h0 = norm_forward(params_, "model.norm.weight", x_final, eps);
@@ -158,12 +188,11 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
   out.main_tokens = ce.count;
   out.token_logp.assign(size_t(T), 0.0);
   {
-    const float* lg = logits.data<float>();
-    const float* lse = ce.lse.data<float>();
-    const int64_t V = logits.size(1);
+    const std::vector<float> picked = target_logits(logits, targets);
+    const std::vector<float> lse = ce.lse.to_vector();
     for (int64_t t = 0; t < T; ++t)
       if (targets[size_t(t)] != ops::kIgnoreIndex)
-        out.token_logp[size_t(t)] = double(lg[t * V + targets[size_t(t)]]) - double(lse[t]);
+        out.token_logp[size_t(t)] = double(picked[size_t(t)]) - double(lse[size_t(t)]);
   }
   std::vector<float> weights;
   if (options.token_weights) {
@@ -198,29 +227,26 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
     const std::string p = "model.layers." + std::to_string(layer);
     MtpCache& m = mtp.emplace_back();
     const Tensor& prev = k == 1 ? h0 : mtp[size_t(k - 2)].h;
-    m.h_prev = Tensor::empty({N, D});
+    m.h_prev = Tensor::empty({N, D}, act, device);
     int64_t src = 0, dst = 0, tok = 0;
     for (size_t b = 0; b < segments.size(); ++b) {
       const int64_t nk = seg_k[b];
       if (nk > 0) {
         m.ids.insert(m.ids.end(), inputs.begin() + tok + k, inputs.begin() + tok + k + nk);
         m.targets.insert(m.targets.end(), targets.begin() + tok + k, targets.begin() + tok + k + nk);
-        std::memcpy(m.h_prev.data<float>() + dst * D, prev.data<float>() + src * D,
-                    size_t(nk * D) * sizeof(float));
+        m.h_prev.slice(0, dst, dst + nk).copy_from(prev.slice(0, src, src + nk));
       }
       tok += segments[b];
       src += prev_segments[b];
       dst += nk;
     }
     mtp_segments.push_back(seg_k);
-    m.e_in = ops::embedding(embed, m.ids);
+    m.e_in = ops::embedding(embed, m.ids, act);
     const Tensor e = norm_forward(params_, p + ".enorm.weight", m.e_in, eps);
     const Tensor hn = norm_forward(params_, p + ".hnorm.weight", m.h_prev, eps);
-    m.cat = Tensor::empty({N, 2 * D});
-    for (int64_t i = 0; i < N; ++i) {
-      std::memcpy(m.cat.data<float>() + i * 2 * D, e.data<float>() + i * D, size_t(D) * 4);
-      std::memcpy(m.cat.data<float>() + i * 2 * D + D, hn.data<float>() + i * D, size_t(D) * 4);
-    }
+    m.cat = Tensor::empty({N, 2 * D}, act, device);
+    m.cat.slice(1, 0, D).copy_from(e);
+    m.cat.slice(1, D, 2 * D).copy_from(hn);
     const Tensor xk = linear_forward(params_, p + ".eh_proj.weight", m.cat);
     m.h = block_forward(ctx, layer, xk, mtp_segments.back(), options.balance, m.block);
     m.logits = linear_forward(params_, head,
@@ -234,7 +260,7 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
   auto collect = [&](const BlockCache& b) {
     if (!b.is_moe) return;
     out.aux += b.moe.aux_loss;
-    out.expert_load.push_back(b.moe.routing.expert_load());
+    out.expert_load.push_back(moe_expert_load(b.moe));
   };
   for (const BlockCache& b : blocks) collect(b);
   for (const MtpCache& m : mtp) collect(m.block);
@@ -248,7 +274,7 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
   // Backward: MTP depths last to first (depth k+1 feeds the gradient of h^k), then the main model.
   std::vector<Tensor> d_hidden(mtp.size());  // gradient w.r.t. h^k from depth k+1, k ≥ 1
   Tensor& embed_grad = params_.at("model.embed_tokens.weight").grad;
-  Tensor dh0 = Tensor::zeros({T, D});
+  Tensor dh0 = Tensor::zeros({T, D}, act, device);
   for (int64_t k = int64_t(mtp.size()); k >= 1; --k) {
     MtpCache& m = mtp[size_t(k - 1)];
     const int64_t layer = L + k - 1;
@@ -257,7 +283,7 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
     ops::cross_entropy_backward_inplace(m.logits, m.targets, m.ce, float(loss_scale * mtp_weight));
     const Tensor d_hn2 = linear_backward(params_, head, hn2, m.logits);
     Tensor dh = norm_backward(params_, p + ".shared_head.norm.weight", m.h, eps, d_hn2);
-    if (d_hidden[size_t(k - 1)].defined()) add_into(dh, d_hidden[size_t(k - 1)]);
+    if (d_hidden[size_t(k - 1)].defined()) ops::add_inplace(dh, d_hidden[size_t(k - 1)]);
     const Tensor dxk = block_backward(ctx, layer, m.block, dh, loss_scale);
     if (options.on_block_backward) options.on_block_backward(layer);
     const Tensor d_cat = linear_backward(params_, p + ".eh_proj.weight", m.cat, dxk);
@@ -272,12 +298,13 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
     Tensor& target = k == 1 ? dh0 : d_hidden[size_t(k - 2)];
     int64_t prev_rows = 0;
     for (int64_t n : prev_segments) prev_rows += n;
-    if (!target.defined()) target = Tensor::zeros({prev_rows, D});
+    if (!target.defined()) target = Tensor::zeros({prev_rows, D}, act, device);
     int64_t src = 0, dst = 0;
     for (size_t b = 0; b < seg_k.size(); ++b) {
-      float* to = target.data<float>() + dst * D;
-      const float* from = d_prev.data<float>() + src * D;
-      for (int64_t i = 0; i < seg_k[b] * D; ++i) to[i] += from[i];
+      if (seg_k[b] > 0) {
+        Tensor rows = target.slice(0, dst, dst + seg_k[b]);  // whole rows: contiguous
+        ops::add_inplace(rows, d_prev.slice(0, src, src + seg_k[b]));
+      }
       src += seg_k[b];
       dst += prev_segments[b];
     }
@@ -289,7 +316,7 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
   } else {
     ops::cross_entropy_backward_inplace(logits, targets, ce, loss_scale);
   }
-  add_into(dh0, linear_backward(params_, head, h0, logits));
+  ops::add_inplace(dh0, linear_backward(params_, head, h0, logits));
   Tensor dx = norm_backward(params_, "model.norm.weight", x_final, eps, dh0);
   for (int64_t l = L - 1; l >= 0; --l) {
     dx = block_backward(ctx, l, blocks[size_t(l)], dx, loss_scale);

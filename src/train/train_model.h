@@ -10,6 +10,9 @@
 // h⁰ is the output after the final norm, as the inference model's forward_mtp feeds it (vLLM's
 // convention for real V3 checkpoints), so trained MTP heads draft correctly at inference.
 // targets[i] is normally inputs[i+1]; ops::kIgnoreIndex masks a position (SFT prompts).
+// Device: the whole forward and backward runs where the ParamSet's tensors live (layers.h): on a
+// GPU the activations are bf16 when params.compute_dtype() is bf16, else f32; the token ids are
+// host vectors uploaded by the ops, and the losses come back as doubles.
 #pragma once
 
 #include <cstdint>

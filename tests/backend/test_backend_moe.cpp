@@ -164,6 +164,33 @@ TEST(BackendOps, MoeRoute) {
   }
 }
 
+// The router backward: the CPU op's routing (ids, scores) fed to both sides, so the comparison
+// sees only the kernel's own rounding (double sums in another order); with and without the extra
+// score gradient, T = 1, 257 and 4099 (many blocks).
+TEST(BackendOps, MoeRouteBackward) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(27);
+  for (const RouteCase& c : kRouteCases) {
+    for (int64_t T : {1, 257, 4099}) {
+      for (bool with_extra : {false, true}) {
+        const ops::MoeRouteParams p = params_of(c);
+        const ops::MoeRouting r = ops::moe_route(rand({T, c.E}, rng, 4.0f), p,
+                                                 c.bias ? rand({c.E}, rng, 0.3f) : Tensor());
+        const Tensor dweights = rand({T, c.K}, rng), extra = rand({T, c.E}, rng, 0.1f);
+        const Tensor want =
+            ops::moe_route_backward(r.scores, r.ids, dweights, p, with_extra ? extra : Tensor());
+        poison_pool({T * c.E});
+        const Tensor got = ops::moe_route_backward(on_gpu(r.scores), r.ids.to(Device::CUDA),
+                                                   on_gpu(dweights), p,
+                                                   with_extra ? on_gpu(extra) : Tensor());
+        EXPECT_TRUE(got.is_cuda());
+        expect_close(std::string("moe_route_backward ") + c.name + (with_extra ? " +ds" : ""),
+                     {T, c.E}, DType::F32, want, got, {1e-6, 1e-5});
+      }
+    }
+  }
+}
+
 // ---- dispatch ----------------------------------------------------------------------------------
 
 // Distinct experts per token from the lower half (the upper half stays empty); with `hot`, expert

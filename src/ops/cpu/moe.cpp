@@ -98,6 +98,40 @@ void moe_route(const float* logits, int64_t T, int64_t ld, const float* bias,
   }
 }
 
+void moe_route_backward(const float* scores, const int32_t* ids, const float* dweights,
+                        const float* extra, int64_t T, int64_t E, const MoeRouteParams& p,
+                        float* dz) {
+  const int64_t K = p.top_k;
+  const double f = p.scale ? double(p.routed_scaling_factor) : 1.0;
+  const bool sigmoid = p.scoring == MoeScoring::Sigmoid;
+#pragma omp parallel for schedule(static) if (T * E >= (1 << 16))
+  for (int64_t t = 0; t < T; ++t) {
+    const float* s = scores + t * E;
+    const float* g = dweights + t * K;
+    const int32_t* id = ids + t * K;
+    float* d = dz + t * E;  // holds ds first, then dz
+    double S = 0.0, ga = 0.0;
+    for (int64_t k = 0; k < K; ++k) {
+      const double a = s[id[k]];
+      S += a;
+      ga += double(g[k]) * a;
+    }
+    S += 1e-20;
+    for (int64_t e = 0; e < E; ++e) d[e] = extra ? extra[t * E + e] : 0.0f;
+    for (int64_t k = 0; k < K; ++k) {
+      const double gk = g[k];
+      d[id[k]] += float(p.normalise ? f * (gk / S - ga / (S * S)) : f * gk);
+    }
+    if (sigmoid) {
+      for (int64_t e = 0; e < E; ++e) d[e] = d[e] * s[e] * (1.0f - s[e]);
+    } else {
+      double dot = 0.0;
+      for (int64_t e = 0; e < E; ++e) dot += double(d[e]) * double(s[e]);
+      for (int64_t e = 0; e < E; ++e) d[e] = s[e] * float(double(d[e]) - dot);
+    }
+  }
+}
+
 void moe_dispatch(const int32_t* ids, int64_t N, int64_t E, int64_t* offsets, int32_t* order,
                   int32_t* position) {
   std::fill_n(offsets, E + 1, 0);

@@ -13,6 +13,11 @@ namespace dseek::ops::cpu {
 void moe_route(const float* logits, int64_t T, int64_t ld, const float* bias,
                const MoeRouteParams& p, int32_t* ids, float* weights, float* scores);
 
+// ops::moe_route_backward on contiguous scores/extra [T, E], ids/dweights [T, K]; extra nullable.
+void moe_route_backward(const float* scores, const int32_t* ids, const float* dweights,
+                        const float* extra, int64_t T, int64_t E, const MoeRouteParams& p,
+                        float* dz);
+
 // Stable counting sort of the N = T·K slots by ids[s] (all in [0, E)).
 void moe_dispatch(const int32_t* ids, int64_t N, int64_t E, int64_t* offsets, int32_t* order,
                   int32_t* position);

@@ -157,6 +157,11 @@ struct MoeRouteArgs {
 // n_group ≤ 32. Writes ids/weights [T, K] and scores [T, E].
 void moe_route(const float* logits, int64_t T, int64_t ld, const float* bias,
                const MoeRouteArgs& a, int32_t* ids, float* weights, float* scores);
+// ops::moe_route_backward: scores/extra [T, E], ids/dweights [T, K] contiguous, extra nullable;
+// writes dz [T, E] f32. One warp per token; ids outside [0, E) are skipped.
+void moe_route_backward(const float* scores, const int32_t* ids, const float* dweights,
+                        const float* extra, int64_t T, int64_t E, int64_t K, bool sigmoid,
+                        bool normalise, float factor, float* dz);
 // Stable counting sort of the slots by expert (histogram, scan, then one block per expert
 // placing its slots in slot order by prefix counts: deterministic). Ids outside [0, E) are left
 // unplaced (their order/position entries stay −1).
