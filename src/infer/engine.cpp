@@ -184,6 +184,8 @@ Engine::Impl::Impl(Model& m, const Tokenizer* t, const EngineOptions& o)
   }
   const int64_t pages = (o.cache_tokens + o.page_tokens - 1) / o.page_tokens;
   cache = model.new_paged_cache(o.page_tokens, pages);
+  // The MTP forward runs on the CPU only: a GPU model serves without drafts.
+  if (cache->device() != Device::CPU) speculative_model = false;
   counters.cache_pages_total = pages;
   counters.page_tokens = o.page_tokens;
   thread = std::thread([this] { run(); });
