@@ -10,7 +10,8 @@
 //    prompt, then token by token; and a prefill in chunks of 3) against the CPU model's cached
 //    forward on the same ids, against the GPU's own no-cache forward, and a truncate followed by
 //    a re-decode against a fresh run; and the batched forward over a paged cache (the Engine's
-//    path: several sequences, prefills, a mixed batch, decode steps) against the CPU's. f32: max |got − want| ≤ 1e-4 · max(1, max |want|) (the GPU
+//    path: several sequences, prefills, a mixed batch, decode steps) against the CPU's, and
+//    greedy generation through the Generator against the CPU model's tokens. f32: max |got − want| ≤ 1e-4 · max(1, max |want|) (the GPU
 //    differs from the CPU only in summation order; |logits| < 40). bf16: relative RMS error
 //    ‖got − want‖₂ / ‖want‖₂ ≤ kBf16RelRms (5% until an H200 run sets it; the no-cache bf16 forward
 //    measured 1.2–3.2%, 14.6% on v2_group whose routing flips, see test_backend_model.cpp). A
@@ -29,6 +30,7 @@
 #include <vector>
 
 #include "backend/backend_harness.h"
+#include "infer/generator.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
 #include "model/paged_kv_cache.h"
@@ -333,6 +335,35 @@ TEST_P(BackendDecodeModel, BatchedForwardOverPagesMatchesCpu) {
     const std::unique_ptr<Model> gpu = Model::load(dir_.string(), Placement{Device::CUDA, act});
     expect_match(GetParam(), act, "forward_batch vs cpu", batched_run(*gpu, Device::CUDA, ids_),
                  want, 1e-4, kBf16RelRms);
+  }
+}
+
+// `dseek generate --device cuda` in-process: greedy generation with a GPU model (f32) through the
+// Generator (the cache reused across two calls, logits rows copied back for the sampler) picks
+// the CPU model's tokens. The fixtures' random weights leave top-1 margins far above the f32
+// differences (≤ 1e-4), so a different token means a broken path, not a near tie.
+TEST_P(BackendDecodeModel, GreedyGenerationMatchesCpu) {
+  DSEEK_REQUIRE_CUDA();
+  const std::unique_ptr<Model> cpu = Model::load(dir_.string());
+  const std::unique_ptr<Model> gpu =
+      Model::load(dir_.string(), Placement{Device::CUDA, DType::F32});
+  GenerationOptions options;
+  options.max_new_tokens = 12;
+  options.sampling.temperature = 0.0f;
+  options.ignore_eos = true;
+  const std::vector<int32_t> prompt(ids_.begin(), ids_.begin() + 9);
+  std::vector<int32_t> extended = prompt;
+  extended.insert(extended.end(), ids_.begin() + 20, ids_.begin() + 25);
+  const std::vector<int32_t> longer = extended;
+  Generator cpu_gen(*cpu, 64), gpu_gen(*gpu, 64);
+  for (const std::vector<int32_t>* p : {&prompt, &longer}) {  // the second reuses the prefix
+    const GenerationResult want = cpu_gen.generate(*p, options);
+    const GenerationResult got = gpu_gen.generate(*p, options);
+    EXPECT_EQ(got.ids, want.ids) << GetParam() << " prompt of " << p->size();
+    EXPECT_EQ(got.reused_tokens, want.reused_tokens);
+    std::printf("[backend] decode %-12s f32  greedy %zu tokens after %zu: %s\n",
+                GetParam().c_str(), want.ids.size(), p->size(),
+                got.ids == want.ids ? "ok" : "FAIL");
   }
 }
 
