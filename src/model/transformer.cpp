@@ -100,8 +100,8 @@ void Transformer::check_ids(std::span<const int32_t> ids) const {
 
 void Transformer::require_cpu(const char* what) const {
   DSEEK_CHECK(placement_.device == Device::CPU,
-              "[model] {} runs on the CPU only; a model placed on the {} supports the full "
-              "forward(ids)",
+              "[model] {} runs on the CPU only; a model placed on the {} supports forward(ids), "
+              "the cached forward and forward_batch",
               what, device_name(placement_.device));
 }
 

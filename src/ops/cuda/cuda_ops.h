@@ -193,7 +193,8 @@ void moe_combine_backward(const void* y_perm, const float* weights, const int32_
 // ---- mla_decode.cu ---------------------------------------------------------------------------
 // As cpu::MlaDecodeArgs (ops/cpu/mla_decode_cpu.h), device pointers in act. One block serves 32
 // (query, head) rows and reads each latent row once for all of them, as key and as value; long
-// caches are split over blocks (flash-decoding) and combined. dk ≤ 1024, rank ≤ 512.
+// caches are split over blocks (flash-decoding) and combined. rank ≤ 512; dk ≤ ~900 (the q rows
+// and one tile of latent rows, f32, must fit in a block's shared memory: 256·dk bytes).
 struct MlaDecodeArgs {
   const void* q;
   int64_t q_t, q_h;
