@@ -11,8 +11,9 @@
 //    forward on the same ids, against the GPU's own no-cache forward, and a truncate followed by
 //    a re-decode against a fresh run; and the batched forward over a paged cache (the Engine's
 //    path: several sequences, prefills, a mixed batch, decode steps) against the CPU's, and
-//    greedy generation through the Generator against the CPU model's tokens. f32: max |got − want| ≤ 1e-4 · max(1, max |want|) (the GPU
-//    differs from the CPU only in summation order; |logits| < 40). bf16: relative RMS error
+//    greedy generation through the Generator against the CPU model's tokens.
+//    f32: max |got − want| ≤ 1e-4 · max(1, max |want|) (the GPU differs from the CPU only in
+//    summation order; |logits| < 40). bf16: relative RMS error
 //    ‖got − want‖₂ / ‖want‖₂ ≤ kBf16RelRms (5% until an H200 run sets it; the no-cache bf16 forward
 //    measured 1.2–3.2%, 14.6% on v2_group whose routing flips, see test_backend_model.cpp). A
 //    truncated and re-decoded cache runs the same kernels on the same shapes as the fresh run, so
@@ -384,8 +385,8 @@ TEST(BackendDecodePlacement, CacheMustMatchTheModel) {
   EXPECT_THROW(cpu->forward({1}, wrong), Error);
   EXPECT_THROW(KVCache({{8, 8}}, 4, DType::BF16, Device::CPU), Error);
   if (cuda::available()) {
-    const std::unique_ptr<Model> gpu =
-        Model::load((fixtures_root() / names.front()).string(), Placement{Device::CUDA, DType::F32});
+    const std::unique_ptr<Model> gpu = Model::load((fixtures_root() / names.front()).string(),
+                                                   Placement{Device::CUDA, DType::F32});
     const std::unique_ptr<KVCache> host_cache = cpu->new_cache(4);
     EXPECT_THROW(gpu->forward({1}, *host_cache), Error);
     const std::unique_ptr<PagedKVCache> host_pages = cpu->new_paged_cache(4, 2);
