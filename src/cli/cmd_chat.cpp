@@ -49,7 +49,7 @@ void add_chat_command(CLI::App& app) {
     // Fail on a missing template before loading the weights.
     (void)render_conversation(*tokenizer, messages, flags);
 
-    const std::unique_ptr<Model> model = Model::load(flags.model);
+    const std::unique_ptr<Model> model = Model::load(flags.model, placement_from_flags(flags));
     Generator generator(*model, args->context);
     const bool interactive = isatty(STDIN_FILENO) != 0;
     options.on_text = [](std::string_view text) {

@@ -126,7 +126,7 @@ void add_generate_command(CLI::App& app) {
     DSEEK_CHECK(options.stop.empty() || tokenizer.has_value(),
                 "[generate] --stop: stop strings need a tokenizer (none in {})", flags.model);
 
-    const std::unique_ptr<Model> model = Model::load(flags.model);
+    const std::unique_ptr<Model> model = Model::load(flags.model, placement_from_flags(flags));
     bool wrote_text = false, ends_with_newline = false;
     options.on_text = [&](std::string_view text) {
       std::fwrite(text.data(), 1, text.size(), stdout);

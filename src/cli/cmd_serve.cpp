@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "cli/commands.h"
+#include "core/cuda.h"
 #include "core/error.h"
 #include "infer/engine.h"
 #include "model/model.h"
@@ -85,6 +86,7 @@ void add_serve_command(CLI::App& app) {
     serve::ServerOptions server;
     bool no_prefix_caching = false, no_speculative = false;
     int threads = 0;
+    std::string device = "cpu", dtype = "f32";
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd =
@@ -142,6 +144,11 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--threads", args->threads, "OpenMP threads for the model (0: default)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--log-requests", args->server.log_requests, "one stderr line per request");
+  cmd->add_option("--device", args->device,
+                  "where the model runs: cpu (default) or cuda (no MTP drafts there)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--dtype", args->dtype, "activation dtype: f32 (default) or bf16 (cuda only)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   cmd->callback([args] {
     // SIGINT/SIGTERM: a handler (whichever thread the kernel picks — OpenBLAS and OpenMP start
     // theirs before this runs, so masks cannot cover them) writes the signal number to a pipe; a
@@ -188,7 +195,17 @@ void add_serve_command(CLI::App& app) {
     } else if (std::filesystem::exists(std::filesystem::path(args->model) / "tokenizer.json")) {
       tokenizer = Tokenizer::load(args->model);
     }
-    const std::unique_ptr<Model> model = Model::load(args->model);
+    Placement placement;
+    if (args->device == "cuda") {
+      cuda::require("--device cuda");
+      placement.device = Device::CUDA;
+    }
+    if (args->dtype == "bf16") {
+      DSEEK_CHECK(placement.device == Device::CUDA,
+                  "[serve] --dtype bf16 needs --device cuda (the CPU computes in f32)");
+      placement.act = DType::BF16;
+    }
+    const std::unique_ptr<Model> model = Model::load(args->model, placement);
 
     Engine engine(*model, tokenizer ? &*tokenizer : nullptr, args->engine);
     serve::Server server(engine, tokenizer ? &*tokenizer : nullptr, args->server);

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "core/cuda.h"
 #include "core/error.h"
 
 namespace dseek::cli {
@@ -38,6 +39,25 @@ void add_generation_flags(CLI::App* cmd, GenerationFlags& flags, int64_t default
         }
         return names;
       }());
+  cmd->add_option("--device", flags.device, "where the model runs: cpu (default) or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--dtype", flags.dtype, "activation dtype: f32 (default) or bf16 (cuda only)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
+}
+
+Placement placement_from_flags(const GenerationFlags& flags) {
+  Placement placement;
+  if (flags.device == "cuda") {
+    cuda::require("--device cuda");
+    placement.device = Device::CUDA;
+  }
+  if (flags.dtype == "bf16") {
+    DSEEK_CHECK(placement.device == Device::CUDA,
+                "[generate] --dtype bf16 needs --device cuda (the CPU computes in f32)");
+    placement.act = DType::BF16;
+  }
+  validate(placement);
+  return placement;
 }
 
 SamplingParams sampling_from_flags(const GenerationFlags& flags) {

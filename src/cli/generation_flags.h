@@ -8,6 +8,7 @@
 
 #include "infer/generator.h"
 #include "infer/sampler.h"
+#include "model/placement.h"
 #include "tokenizer/tokenizer.h"
 
 namespace dseek::cli {
@@ -20,11 +21,17 @@ struct GenerationFlags {
   SamplingParams sampling;
   std::vector<std::string> stop;
   std::string chat_format;  // when the tokenizer has no chat_template
+  std::string device = "cpu";  // --device cpu|cuda
+  std::string dtype = "f32";   // --dtype f32|bf16 (bf16 on cuda only)
 };
 
 // Adds --model, --tokenizer, -n, --greedy, --temperature, --top-p, --top-k, --min-p,
-// --repetition-penalty, --seed, --stop, --chat-format.
+// --repetition-penalty, --seed, --stop, --chat-format, --device, --dtype.
 void add_generation_flags(CLI::App* cmd, GenerationFlags& flags, int64_t default_max_tokens);
+
+// Where the model runs (--device, --dtype; as `dseek logits`): validated, and cuda::require'd for
+// --device cuda.
+Placement placement_from_flags(const GenerationFlags& flags);
 
 // Sampling parameters after --greedy, validated.
 SamplingParams sampling_from_flags(const GenerationFlags& flags);

@@ -47,9 +47,11 @@ std::span<const float> row_of(const Tensor& matrix, int64_t r) {
   return {matrix.data<float>() + r * width, size_t(width)};
 }
 
+// A forward's output as contiguous f32 on the host (a GPU model's rows come back here).
 Tensor contiguous_f32(const Tensor& t) {
-  if (t.dtype() != DType::F32) return t.to_f32();
-  return t.is_contiguous() ? t : t.contiguous();
+  const Tensor host = t.is_cuda() ? t.to(Device::CPU) : t;
+  if (host.dtype() != DType::F32) return host.to_f32();
+  return host.is_contiguous() ? host : host.contiguous();
 }
 
 int32_t argmax(std::span<const float> row) {
@@ -182,6 +184,8 @@ Engine::Impl::Impl(Model& m, const Tokenizer* t, const EngineOptions& o)
   }
   const int64_t pages = (o.cache_tokens + o.page_tokens - 1) / o.page_tokens;
   cache = model.new_paged_cache(o.page_tokens, pages);
+  // The MTP forward runs on the CPU only: a GPU model serves without drafts.
+  if (cache->device() != Device::CPU) speculative_model = false;
   counters.cache_pages_total = pages;
   counters.page_tokens = o.page_tokens;
   thread = std::thread([this] { run(); });

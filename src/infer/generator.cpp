@@ -31,6 +31,8 @@ LastRow last_row(const Tensor& logits, int64_t vocab) {
   assert(logits.dim() == 2 && logits.size(1) == vocab);
   (void)vocab;
   Tensor row = logits.select(0, logits.size(0) - 1);
+  // A GPU model's logits stay on the device: only the row the sampler needs comes back.
+  if (row.is_cuda()) row = row.to(Device::CPU);
   if (row.dtype() != DType::F32 || !row.is_contiguous()) row = row.to_f32();
   return {row};
 }

@@ -72,14 +72,18 @@ Tensor Attention::forward_cached(const Tensor& x, KVCache& cache, int64_t layer)
   cache.check_room(T);
   Tensor q, k, v;
   project(x, pos0, q, k, v);
-  const int64_t width = n_kv_heads_ * head_dim_;
+  const int64_t width = n_kv_heads_ * head_dim_, S = pos0 + T;
   const Tensor& keys = cache.keys(layer);
   const Tensor& values = cache.values(layer);
-  std::memcpy(keys.data<float>() + pos0 * width, k.data<float>(),
-              size_t(T * width) * sizeof(float));
-  std::memcpy(values.data<float>() + pos0 * width, v.data<float>(),
-              size_t(T * width) * sizeof(float));
-  const int64_t S = pos0 + T;
+  if (x.is_cuda()) {  // device copies into the cache rows, in the activation dtype
+    keys.slice(0, pos0, S).copy_from(k.reshape({T, width}));
+    values.slice(0, pos0, S).copy_from(v.reshape({T, width}));
+  } else {
+    std::memcpy(keys.data<float>() + pos0 * width, k.data<float>(),
+                size_t(T * width) * sizeof(float));
+    std::memcpy(values.data<float>() + pos0 * width, v.data<float>(),
+                size_t(T * width) * sizeof(float));
+  }
   const Tensor k_all = keys.slice(0, 0, S).reshape({S, n_kv_heads_, head_dim_});
   const Tensor v_all = values.slice(0, 0, S).reshape({S, n_kv_heads_, head_dim_});
   return output(ops::causal_attention(q, k_all, v_all, scale_));
@@ -93,19 +97,15 @@ Tensor Attention::forward_paged(const Tensor& x, std::span<const ops::PagedAtten
               cache.spec(layer).key_width, cache.spec(layer).value_width, width, width);
   Tensor q, k, v;
   project_unroped(x, q, k, v);
-  const int64_t pt = cache.page_tokens();
+  const int64_t pt = cache.page_tokens(), N = x.size(0);
+  const Tensor k_rows = k.reshape({N, width}), v_rows = v.reshape({N, width});
   int64_t row0 = 0;
   for (const ops::PagedAttentionSeq& s : seqs) {
     apply_rope(rope_, q.slice(0, row0, row0 + s.T), s.pos0);
     apply_rope(rope_, k.slice(0, row0, row0 + s.T), s.pos0);
-    for (int64_t t = 0; t < s.T; ++t) {
-      const int64_t pos = s.pos0 + t;
-      const int32_t page = s.pages[size_t(pos / pt)];
-      std::memcpy(cache.key_row(layer, page, pos % pt), k.data<float>() + (row0 + t) * width,
-                  size_t(width) * sizeof(float));
-      std::memcpy(cache.value_row(layer, page, pos % pt), v.data<float>() + (row0 + t) * width,
-                  size_t(width) * sizeof(float));
-    }
+    write_paged_rows(cache.keys(layer), k_rows.slice(0, row0, row0 + s.T), s.pages, pt, s.pos0);
+    write_paged_rows(cache.values(layer), v_rows.slice(0, row0, row0 + s.T), s.pages, pt,
+                     s.pos0);
     row0 += s.T;
   }
   return output(

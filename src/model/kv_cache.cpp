@@ -4,13 +4,19 @@
 
 namespace dseek {
 
-KVCache::KVCache(const std::vector<LayerSpec>& layers, int64_t max_tokens) : capacity_(max_tokens) {
+KVCache::KVCache(const std::vector<LayerSpec>& layers, int64_t max_tokens, DType dtype,
+                 Device device)
+    : capacity_(max_tokens), dtype_(dtype), device_(device) {
   DSEEK_CHECK(max_tokens > 0, "[kv_cache] capacity must be positive, got {}", max_tokens);
+  DSEEK_CHECK(dtype == DType::F32 || (dtype == DType::BF16 && device == Device::CUDA),
+              "[kv_cache] rows must be f32, or bf16 on the GPU; got {} on the {}",
+              dtype_name(dtype), device_name(device));
   for (const LayerSpec& l : layers) {
     DSEEK_CHECK(l.key_width > 0 && l.value_width >= 0, "[kv_cache] bad layer widths {} / {}",
                 l.key_width, l.value_width);
-    keys_.push_back(Tensor::zeros({max_tokens, l.key_width}));
-    values_.push_back(l.value_width > 0 ? Tensor::zeros({max_tokens, l.value_width}) : Tensor());
+    keys_.push_back(Tensor::zeros({max_tokens, l.key_width}, dtype, device));
+    values_.push_back(l.value_width > 0 ? Tensor::zeros({max_tokens, l.value_width}, dtype, device)
+                                        : Tensor());
   }
 }
 

@@ -1,4 +1,5 @@
-// KVCache: what incremental decoding keeps per layer for the tokens seen so far, in f32.
+// KVCache: what incremental decoding keeps per layer for the tokens seen so far, in the model's
+// activation dtype on its device (f32 on the CPU; f32 or bf16 on the GPU, see model/placement.h).
 //  - MLA models (deepseek_v2/v3) keep only the compressed latent: one row per token of
 //    kv_lora_rank + qk_rope_head_dim values — the normalised c_kv, then the roped k_pe shared by
 //    all heads (576 values per token per layer for V3, instead of 2·128·192 for full keys and
@@ -22,11 +23,14 @@ class KVCache {
   struct LayerSpec {
     int64_t key_width = 0, value_width = 0;
   };
-  KVCache(const std::vector<LayerSpec>& layers, int64_t max_tokens);
+  KVCache(const std::vector<LayerSpec>& layers, int64_t max_tokens, DType dtype = DType::F32,
+          Device device = Device::CPU);
 
   int64_t size() const { return size_; }
   int64_t capacity() const { return capacity_; }
   int64_t num_layers() const { return int64_t(keys_.size()); }
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
   // Drops every token from position n on; n ≤ size().
   void truncate(int64_t n);
   void clear() { size_ = 0; }
@@ -46,6 +50,8 @@ class KVCache {
  private:
   std::vector<Tensor> keys_, values_;
   int64_t size_ = 0, capacity_ = 0;
+  DType dtype_ = DType::F32;
+  Device device_ = Device::CPU;
 };
 
 }  // namespace dseek

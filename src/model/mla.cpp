@@ -8,6 +8,7 @@
 #include "model/paged_kv_cache.h"
 #include "ops/attention.h"
 #include "ops/linear.h"
+#include "ops/mla_decode.h"
 #include "ops/norm.h"
 
 namespace dseek {
@@ -51,6 +52,12 @@ Mla::Mla(const ModelConfig& config, const RopeParams& rope, LoadContext& ctx,
   kv_b_proj_ = ctx.weight(prefix + ".kv_b_proj.weight", {H * (nope_dim_ + v_dim_), kv_lora_rank_});
   o_proj_ = ctx.weight(prefix + ".o_proj.weight", {D, H * v_dim_});
   if (config.attention_bias) o_bias_ = ctx.optional_weight(prefix + ".o_proj.bias", {D});
+  if (ctx.placement().device == Device::CUDA) {
+    // The absorbed decode's per-head matrices, laid out for ops::head_matmul once, here.
+    const Tensor heads = kv_b_proj_.contiguous().reshape({H, nope_dim_ + v_dim_, kv_lora_rank_});
+    w_uk_ = heads.slice(1, 0, nope_dim_).contiguous();
+    w_uv_t_ = heads.slice(1, nope_dim_, nope_dim_ + v_dim_).transpose(1, 2).contiguous();
+  }
 }
 
 Mla::Projected Mla::project_unroped(const Tensor& x) const {
@@ -153,6 +160,21 @@ Tensor Mla::latent_output(const Tensor& o_lat) const {
   return linear_b(out.reshape({T, H * v_dim_}), o_proj_, o_bias_);
 }
 
+Tensor Mla::absorb_query_gpu(const Tensor& q) const {
+  const int64_t T = q.size(0), r = kv_lora_rank_, width = r + rope_dim_;
+  const int64_t qk = nope_dim_ + rope_dim_;
+  const Tensor q_abs = Tensor::empty({T, n_heads_, width}, q.dtype(), q.device());
+  q_abs.slice(2, 0, r).copy_from(ops::head_matmul(q.slice(2, 0, nope_dim_), w_uk_));
+  q_abs.slice(2, r, width).copy_from(q.slice(2, nope_dim_, qk));
+  return q_abs;
+}
+
+Tensor Mla::latent_output_gpu(const Tensor& o_lat) const {
+  const int64_t T = o_lat.size(0);
+  const Tensor out = ops::head_matmul(o_lat, w_uv_t_);  // [T, H, v]
+  return linear_b(out.reshape({T, n_heads_ * v_dim_}), o_proj_, o_bias_);
+}
+
 Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const {
   const int64_t T = x.size(0), r = kv_lora_rank_, width = r + rope_dim_;
   const int64_t pos0 = cache.size(), S = pos0 + T;
@@ -161,6 +183,14 @@ Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const
   DSEEK_CHECK(rows.size(1) == width, "[model] cache layer {} has width {}, MLA needs {}", layer,
               rows.size(1), width);
   const Projected p = project(x, pos0);
+  if (x.is_cuda()) {
+    // Append [c_kv; k_pe] of the new tokens (device copies, in the activation dtype).
+    const Tensor fresh = rows.slice(0, pos0, S);
+    fresh.slice(1, 0, r).copy_from(p.c_kv);
+    fresh.slice(1, r, width).copy_from(p.k_pe.reshape({T, rope_dim_}));
+    const Tensor o_lat = ops::mla_decode(absorb_query_gpu(p.q), rows.slice(0, 0, S), r, scale_);
+    return latent_output_gpu(o_lat);
+  }
 
   // Append [c_kv; k_pe] of the new tokens.
   float* cache_rows = rows.data<float>();
@@ -183,20 +213,21 @@ Tensor Mla::forward_paged(const Tensor& x, std::span<const ops::PagedAttentionSe
               "[model] paged cache layer {} has width {}, MLA needs {}", layer,
               cache.spec(layer).key_width, width);
   const Projected p = project_unroped(x);
-  const int64_t pt = cache.page_tokens();
+  const int64_t pt = cache.page_tokens(), N = x.size(0);
+  const Tensor& rows = cache.keys(layer);
+  const Tensor k_pe = p.k_pe.reshape({N, rope_dim_});
   int64_t row0 = 0;
   for (const ops::PagedAttentionSeq& s : seqs) {
     rope_rows(p, row0, s.T, s.pos0);
-    for (int64_t t = 0; t < s.T; ++t) {
-      const int64_t pos = s.pos0 + t;
-      float* dst = cache.key_row(layer, s.pages[size_t(pos / pt)], pos % pt);
-      std::memcpy(dst, p.c_kv.data<float>() + (row0 + t) * r, size_t(r) * sizeof(float));
-      std::memcpy(dst + r, p.k_pe.data<float>() + (row0 + t) * rope_dim_,
-                  size_t(rope_dim_) * sizeof(float));
-    }
+    write_paged_rows(rows.slice(1, 0, r), p.c_kv.slice(0, row0, row0 + s.T), s.pages, pt, s.pos0);
+    write_paged_rows(rows.slice(1, r, width), k_pe.slice(0, row0, row0 + s.T), s.pages, pt,
+                     s.pos0);
     row0 += s.T;
   }
-  const Tensor& rows = cache.keys(layer);
+  if (x.is_cuda()) {
+    return latent_output_gpu(ops::paged_attention(absorb_query_gpu(p.q), rows,
+                                                  rows.slice(1, 0, r), 1, pt, seqs, scale_));
+  }
   return latent_output(ops::paged_attention(absorb_query(p.q), rows, rows.slice(1, 0, r), 1, pt,
                                             seqs, scale_));
 }

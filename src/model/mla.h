@@ -12,6 +12,10 @@
 //   q_abs[t, h] = q_nope[t, h] · W_UK[h]   ([r]);   score = scale · [q_abs; q_pe] · [c_kv; k_pe]
 //   o_lat[t, h] = Σ_s softmax(score) c_kv[s]  ([r]);   out[t, h] = W_UV[h] o_lat[t, h]
 //   which is attention with one shared key/value head over the latent rows.
+//   On the GPU the cache rows are in the activation dtype; W_UK as [H, nope, r] and W_UVᵀ as
+//   [H, r, v_head_dim] are made once at load, the projections are ops::head_matmul and the
+//   attention ops::mla_decode (one read of each latent row for 32 heads, split over blocks for
+//   long caches), or ops::paged_attention with one key head over a paged cache.
 // scale: qk_head_dim^-0.5, times mscale(factor, mscale_all_dim)² for deepseek_v3 under YaRN
 // (config.softmax_scale()); transformers' DeepseekV2Attention applies no mscale² (plain
 // qk_head_dim^-0.5), and dseek follows it. q_a_layernorm and kv_a_layernorm use eps 1e-6
@@ -53,6 +57,9 @@ class Mla : public SelfAttention {
   // o_lat [T, H, r] → W_UV[h] per head → o_proj → [T, D].
   Tensor latent_output(const Tensor& o_lat) const;
   const Tensor& kv_b_f32() const;  // kv_b_proj in f32, made on first cached use
+  // GPU twins of absorb_query and latent_output (ops::head_matmul with w_uk_ / w_uv_t_).
+  Tensor absorb_query_gpu(const Tensor& q) const;
+  Tensor latent_output_gpu(const Tensor& o_lat) const;
 
   const RopeParams& rope_;
   int64_t n_heads_, nope_dim_, rope_dim_, v_dim_, kv_lora_rank_, q_lora_rank_;
@@ -62,6 +69,7 @@ class Mla : public SelfAttention {
   Tensor q_a_bias_;  // attention_bias
   Tensor kv_a_proj_, kv_a_bias_, kv_a_layernorm_, kv_b_proj_;
   Tensor o_proj_, o_bias_;
+  Tensor w_uk_, w_uv_t_;  // GPU placement only: [H, nope, r] and [H, r, v_head_dim], in act
   mutable std::once_flag kv_b_once_;
   mutable Tensor kv_b_f32_;
 };

@@ -27,8 +27,9 @@ struct BatchSequence {
 };
 
 struct BatchOutput {
+  // Both on the model's device (a GPU model's stay there; hidden in its activation dtype).
   Tensor logits;  // [rows, V] f32: each sequence's rows in batch order (T rows or 1)
-  Tensor hidden;  // [rows, D] f32: the same rows' final hidden states after model.norm (h^0)
+  Tensor hidden;  // [rows, D]: the same rows' final hidden states after model.norm (h^0)
   std::vector<int64_t> first_row;  // per sequence, its first row in logits/hidden
 };
 
@@ -46,8 +47,9 @@ class Model {
   virtual ~Model() = default;
 
   // Loads config.json and the safetensors weights of a checkpoint directory. With a GPU placement
-  // the weights are converted to its activation dtype and copied to the device once, here, and
-  // only the full forward(ids) is supported (the cached, batched and MTP paths throw).
+  // the weights are converted to its activation dtype and copied to the device once, here; the
+  // full forward(ids), the cached forward(ids, KVCache&) and the batched forward_batch run there
+  // (the MTP paths throw).
   static std::unique_ptr<Model> load(const std::string& dir,
                                      const Placement& placement = Placement());
 
@@ -58,7 +60,9 @@ class Model {
   virtual Tensor forward(const std::vector<int32_t>& ids) = 0;
 
   // Incremental forward: runs `ids` at positions cache.size() .. cache.size()+T-1, appends them to
-  // the cache and returns their logits [T, V]. Must equal the full forward.
+  // the cache and returns their logits [T, V] in f32 on the model's device (a GPU model's stay
+  // there: callers copy the rows they need). The cache must come from new_cache (the model's
+  // device and activation dtype). Must equal the full forward.
   virtual Tensor forward(const std::vector<int32_t>& ids, KVCache& cache) = 0;
   virtual std::unique_ptr<KVCache> new_cache(int64_t max_tokens) const = 0;
 

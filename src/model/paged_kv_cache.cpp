@@ -7,15 +7,18 @@
 #include "model/paged_kv_cache.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include "core/error.h"
 
 namespace dseek {
 
 PagedKVCache::PagedKVCache(const std::vector<KVCache::LayerSpec>& layers, int64_t page_tokens,
-                           int64_t num_pages)
-    : specs_(layers), page_tokens_(page_tokens), num_pages_(num_pages) {
+                           int64_t num_pages, DType dtype, Device device)
+    : specs_(layers), page_tokens_(page_tokens), num_pages_(num_pages), dtype_(dtype),
+      device_(device) {
+  DSEEK_CHECK(dtype == DType::F32 || (dtype == DType::BF16 && device == Device::CUDA),
+              "[paged_kv_cache] rows must be f32, or bf16 on the GPU; got {} on the {}",
+              dtype_name(dtype), device_name(device));
   DSEEK_CHECK(page_tokens > 0, "[paged_kv_cache] page_tokens must be positive, got {}",
               page_tokens);
   DSEEK_CHECK(num_pages > 0 && num_pages <= INT32_MAX,
@@ -25,8 +28,9 @@ PagedKVCache::PagedKVCache(const std::vector<KVCache::LayerSpec>& layers, int64_
   for (const KVCache::LayerSpec& l : layers) {
     DSEEK_CHECK(l.key_width > 0 && l.value_width >= 0,
                 "[paged_kv_cache] bad layer widths {} / {}", l.key_width, l.value_width);
-    keys_.push_back(Tensor::zeros({rows, l.key_width}));
-    values_.push_back(l.value_width > 0 ? Tensor::zeros({rows, l.value_width}) : Tensor());
+    keys_.push_back(Tensor::zeros({rows, l.key_width}, dtype, device));
+    values_.push_back(l.value_width > 0 ? Tensor::zeros({rows, l.value_width}, dtype, device)
+                                        : Tensor());
   }
   refcount_.assign(size_t(num_pages), 0);
   evictable_pos_.assign(size_t(num_pages), evictable_.end());
@@ -115,11 +119,15 @@ bool PagedKVCache::is_registered(int32_t page) const {
 }
 
 float* PagedKVCache::key_row(int64_t layer, int32_t page, int64_t slot) {
+  DSEEK_CHECK(device_ == Device::CPU, "[paged_kv_cache] key_row: the pool is on the {}",
+              device_name(device_));
   const Tensor& t = keys_[size_t(layer)];
   return t.data<float>() + (int64_t(page) * page_tokens_ + slot) * t.size(1);
 }
 
 float* PagedKVCache::value_row(int64_t layer, int32_t page, int64_t slot) {
+  DSEEK_CHECK(device_ == Device::CPU, "[paged_kv_cache] value_row: the pool is on the {}",
+              device_name(device_));
   const Tensor& t = values_[size_t(layer)];
   return t.data<float>() + (int64_t(page) * page_tokens_ + slot) * t.size(1);
 }
@@ -170,13 +178,13 @@ void PagedKVCache::truncate(PagedSequence& seq, int64_t n) {
       DSEEK_CHECK(copy.has_value(),
                   "[paged_kv_cache] truncate to {} positions: no free page to copy shared page {}",
                   n, last);
+      // The kept rows, on the pool's device (a copy of views).
       const int64_t rows = n % page_tokens_;
+      const int64_t from = int64_t(last) * page_tokens_, to = int64_t(*copy) * page_tokens_;
       for (int64_t l = 0; l < num_layers(); ++l) {
-        std::memcpy(key_row(l, *copy, 0), key_row(l, last, 0),
-                    size_t(rows * specs_[size_t(l)].key_width) * sizeof(float));
-        if (specs_[size_t(l)].value_width > 0)
-          std::memcpy(value_row(l, *copy, 0), value_row(l, last, 0),
-                      size_t(rows * specs_[size_t(l)].value_width) * sizeof(float));
+        for (const Tensor* pool : {&keys_[size_t(l)], &values_[size_t(l)]})
+          if (pool->defined())
+            pool->slice(0, to, to + rows).copy_from(pool->slice(0, from, from + rows));
       }
       release(last);
       seq.pages[keep - 1] = *copy;
@@ -218,6 +226,18 @@ uint64_t prefix_page_hash(uint64_t previous, std::span<const int32_t> page_ids) 
   uint64_t h = mix64(previous + 0x9e3779b97f4a7c15ULL);
   for (const int32_t id : page_ids) h = mix64(h ^ (uint64_t(uint32_t(id)) + 0x9e3779b97f4a7c15ULL));
   return mix64(h ^ uint64_t(page_ids.size()));
+}
+
+void write_paged_rows(const Tensor& pool, const Tensor& src, std::span<const int32_t> pages,
+                      int64_t page_tokens, int64_t pos0) {
+  const int64_t T = src.size(0);
+  for (int64_t t = 0; t < T;) {
+    const int64_t pos = pos0 + t, slot = pos % page_tokens;
+    const int64_t n = std::min(T - t, page_tokens - slot);  // the run inside this page
+    const int64_t row = int64_t(pages[size_t(pos / page_tokens)]) * page_tokens + slot;
+    pool.slice(0, row, row + n).copy_from(src.slice(0, t, t + n));
+    t += n;
+  }
 }
 
 }  // namespace dseek

@@ -1,7 +1,8 @@
 // PagedKVCache: one pool of fixed-size pages that many sequences share, as vLLM's PagedAttention
 // and FlashMLA's paged latent cache lay it out. A page holds `page_tokens` consecutive positions of
 // one sequence for every cache layer: the [c_kv; k_pe] latent row for MLA models, keys and values
-// for MHA/GQA models (the same LayerSpec widths as KVCache), in f32. Cache layers are the model's
+// for MHA/GQA models (the same LayerSpec widths as KVCache), in the model's activation dtype on
+// its device (f32 on the CPU; f32 or bf16 on the GPU). Cache layers are the model's
 // decoder layers followed by its MTP layers (layer num_hidden_layers + k − 1 for depth k).
 //
 // A sequence owns a PagedSequence: its page ids in position order and how many positions hold
@@ -34,11 +35,13 @@ struct PagedSequence {
 class PagedKVCache {
  public:
   PagedKVCache(const std::vector<KVCache::LayerSpec>& layers, int64_t page_tokens,
-               int64_t num_pages);
+               int64_t num_pages, DType dtype = DType::F32, Device device = Device::CPU);
 
   int64_t page_tokens() const { return page_tokens_; }
   int64_t num_pages() const { return num_pages_; }
   int64_t num_layers() const { return int64_t(specs_.size()); }
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
   const KVCache::LayerSpec& spec(int64_t layer) const { return specs_[size_t(layer)]; }
   // Pages with no owner: never used, or cached-and-evictable.
   int64_t free_pages() const;
@@ -54,7 +57,8 @@ class PagedKVCache {
   bool is_registered(int32_t page) const;
 
   // Row storage of (layer, page, slot): key_width values (the latent row for MLA); values only
-  // when the layer's value_width > 0.
+  // when the layer's value_width > 0. Host pools only (an Error for a GPU pool: write through
+  // keys()/values() views there).
   float* key_row(int64_t layer, int32_t page, int64_t slot);
   float* value_row(int64_t layer, int32_t page, int64_t slot);
   const float* key_row(int64_t layer, int32_t page, int64_t slot) const;
@@ -87,6 +91,8 @@ class PagedKVCache {
   // registered pages, hash → page and page → hash maps. Free to change.)
   std::vector<KVCache::LayerSpec> specs_;
   int64_t page_tokens_ = 0, num_pages_ = 0;
+  DType dtype_ = DType::F32;
+  Device device_ = Device::CPU;
   std::vector<Tensor> keys_, values_;  // per layer [num_pages · page_tokens, width]
   std::vector<int32_t> refcount_;
   std::vector<int32_t> never_used_;
@@ -98,6 +104,12 @@ class PagedKVCache {
   void check_page(int32_t page, const char* what) const;
   void unregister(int32_t page);
 };
+
+// Writes src [T, width] — the rows of positions pos0 .. pos0 + T − 1 of a sequence — into `pool`
+// (a layer's keys() or values(), or a column view of them) through the sequence's page table,
+// which must cover them: one copy per page touched, on the pool's device, converting to its dtype.
+void write_paged_rows(const Tensor& pool, const Tensor& src, std::span<const int32_t> pages,
+                      int64_t page_tokens, int64_t pos0);
 
 // The chained hash of page k of a token sequence: hash of (hash of page k − 1, the page's ids).
 // Page 0 chains from `seed` (0, or a per-model salt).

@@ -42,14 +42,21 @@ void check_distinct(std::vector<const PagedSequence*> seqs, const char* what) {
               "[model] {}: a sequence appears twice in the batch", what);
 }
 
-// Rows `rows` of x [N, D] (all of x when they are 0 .. N − 1).
+// Rows `rows` of x [N, D] (all of x when they are 0 .. N − 1), on x's device.
 Tensor gather_rows(const Tensor& x, const std::vector<int64_t>& rows) {
   if (int64_t(rows.size()) == x.size(0)) return x;
   const int64_t D = x.size(1);
-  Tensor out = Tensor::empty({int64_t(rows.size()), D});
-  for (size_t i = 0; i < rows.size(); ++i)
-    std::memcpy(out.data<float>() + int64_t(i) * D, x.data<float>() + rows[i] * D,
-                size_t(D) * sizeof(float));
+  Tensor out = Tensor::empty({int64_t(rows.size()), D}, x.dtype(), x.device());
+  if (!x.is_cuda()) {
+    for (size_t i = 0; i < rows.size(); ++i)
+      std::memcpy(out.data<float>() + int64_t(i) * D, x.data<float>() + rows[i] * D,
+                  size_t(D) * sizeof(float));
+    return out;
+  }
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const int64_t r = rows[i], o = int64_t(i);
+    out.slice(0, o, o + 1).copy_from(x.slice(0, r, r + 1));
+  }
   return out;
 }
 
@@ -93,8 +100,8 @@ void Transformer::check_ids(std::span<const int32_t> ids) const {
 
 void Transformer::require_cpu(const char* what) const {
   DSEEK_CHECK(placement_.device == Device::CPU,
-              "[model] {} runs on the CPU only; a model placed on the {} supports the full "
-              "forward(ids)",
+              "[model] {} runs on the CPU only; a model placed on the {} supports forward(ids), "
+              "the cached forward and forward_batch",
               what, device_name(placement_.device));
 }
 
@@ -117,22 +124,28 @@ Tensor Transformer::forward(const std::vector<int32_t>& ids) {
 }
 
 Tensor Transformer::forward(const std::vector<int32_t>& ids, KVCache& cache) {
-  require_cpu("the cached forward");
   check_ids(ids);
   DSEEK_CHECK(cache.num_layers() == int64_t(blocks_.size()),
               "[model] cache has {} layers, the model {}", cache.num_layers(), blocks_.size());
+  DSEEK_CHECK(cache.device() == placement_.device && cache.dtype() == placement_.act,
+              "[model] the cache holds {} rows on the {}, the model runs {} on the {} (make it "
+              "with new_cache)",
+              dtype_name(cache.dtype()), device_name(cache.device()), dtype_name(placement_.act),
+              device_name(placement_.device));
   const int64_t T = int64_t(ids.size());
   cache.check_room(T);
-  Tensor x = ops::embedding(embed_tokens_, ids);
+  Tensor x = ops::embedding(embed_tokens_, ids, placement_.act);
   for (size_t l = 0; l < blocks_.size(); ++l) x = blocks_[l]->forward(x, cache, int64_t(l));
   cache.advance(T);
-  return logits(ops::rms_norm(x, norm_, config_.rms_norm_eps));
+  Tensor out = logits(ops::rms_norm(x, norm_, config_.rms_norm_eps));
+  if (out.dtype() != DType::F32) out = out.to(DType::F32);  // bf16 logits of a GPU model
+  return out;
 }
 
 std::unique_ptr<KVCache> Transformer::new_cache(int64_t max_tokens) const {
   std::vector<KVCache::LayerSpec> specs;
   for (const auto& block : blocks_) specs.push_back(block->attention().cache_spec());
-  return std::make_unique<KVCache>(specs, max_tokens);
+  return std::make_unique<KVCache>(specs, max_tokens, placement_.act, placement_.device);
 }
 
 Tensor Transformer::forward_mtp(const std::vector<int32_t>& ids, int depth) {
@@ -156,10 +169,14 @@ Tensor Transformer::forward_mtp(const std::vector<int32_t>& ids, int depth) {
 
 BatchOutput Transformer::forward_batch(const std::vector<BatchSequence>& batch,
                                        PagedKVCache& cache) {
-  require_cpu("the batched forward");
   const int64_t L = int64_t(blocks_.size());
   DSEEK_CHECK(cache.num_layers() >= L, "[model] forward_batch: the paged cache has {} layers, the "
               "model {}", cache.num_layers(), L);
+  DSEEK_CHECK(cache.device() == placement_.device && cache.dtype() == placement_.act,
+              "[model] forward_batch: the paged cache holds {} rows on the {}, the model runs {} "
+              "on the {} (make it with new_paged_cache)",
+              dtype_name(cache.dtype()), device_name(cache.device()), dtype_name(placement_.act),
+              device_name(placement_.device));
   std::vector<int32_t> ids;
   std::vector<ops::PagedAttentionSeq> seqs;
   std::vector<const PagedSequence*> owners;
@@ -180,7 +197,7 @@ BatchOutput Transformer::forward_batch(const std::vector<BatchSequence>& batch,
     out.hidden = Tensor::empty({0, config_.hidden_size});
     return out;
   }
-  Tensor x = ops::embedding(embed_tokens_, ids);
+  Tensor x = ops::embedding(embed_tokens_, ids, placement_.act);
   for (int64_t l = 0; l < L; ++l) x = blocks_[size_t(l)]->forward_paged(x, seqs, cache, l);
 
   // Only the rows whose logits were asked for go through the final norm and lm_head: with long
@@ -200,6 +217,7 @@ BatchOutput Transformer::forward_batch(const std::vector<BatchSequence>& batch,
   }
   out.hidden = ops::rms_norm(gather_rows(x, rows), norm_, config_.rms_norm_eps);
   out.logits = logits(out.hidden);
+  if (out.logits.dtype() != DType::F32) out.logits = out.logits.to(DType::F32);  // bf16 on a GPU
   return out;
 }
 
@@ -253,7 +271,8 @@ std::unique_ptr<PagedKVCache> Transformer::new_paged_cache(int64_t page_tokens,
   std::vector<KVCache::LayerSpec> specs;
   for (const auto& block : blocks_) specs.push_back(block->attention().cache_spec());
   for (const auto& mtp : mtp_) specs.push_back(mtp->block().attention().cache_spec());
-  return std::make_unique<PagedKVCache>(specs, page_tokens, num_pages);
+  return std::make_unique<PagedKVCache>(specs, page_tokens, num_pages, placement_.act,
+                                        placement_.device);
 }
 
 }  // namespace dseek

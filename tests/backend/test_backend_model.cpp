@@ -181,20 +181,7 @@ TEST_P(BackendModel, Bf16ForwardCloseToTransformersAndCpu) {
   }
 }
 
-// A GPU model runs only the full forward; the CPU-only paths say so instead of reading device
-// memory on the host.
-TEST_P(BackendModel, GpuModelRefusesTheCachedForward) {
-  DSEEK_REQUIRE_CUDA();
-  const std::unique_ptr<Model> model =
-      Model::load(ref_.dir.string(), Placement{Device::CUDA, DType::F32});
-  const std::unique_ptr<KVCache> cache = model->new_cache(int64_t(ref_.ids.size()));
-  try {
-    model->forward(ref_.ids, *cache);
-    ADD_FAILURE() << "the cached forward of a GPU model did not throw";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("CPU only"), std::string::npos) << e.what();
-  }
-}
+// The cached and batched forwards of a GPU model are checked in test_backend_decode.cpp.
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, BackendModel, ::testing::ValuesIn(fixture_names()),
                          [](const ::testing::TestParamInfo<std::string>& info) {

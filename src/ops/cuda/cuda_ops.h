@@ -224,5 +224,24 @@ void sum_of_squares_multi_tensor(const MultiTensorEntry* entries, int64_t count,
 // grad ← grad · scale for every entry.
 void scale_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
                         float scale);
+// ---- mla_decode.cu ---------------------------------------------------------------------------
+// As cpu::MlaDecodeArgs (ops/cpu/mla_decode_cpu.h), device pointers in act. One block serves 32
+// (query, head) rows and reads each latent row once for all of them, as key and as value; long
+// caches are split over blocks (flash-decoding) and combined. rank ≤ 512; dk ≤ ~900 (the q rows
+// and one tile of latent rows, f32, must fit in a block's shared memory: 256·dk bytes).
+struct MlaDecodeArgs {
+  const void* q;
+  int64_t q_t, q_h;
+  const void* kv;
+  int64_t kv_s;
+  void* out;
+  int64_t T, S, H, dk, rank;
+  float scale;
+};
+void mla_decode(const MlaDecodeArgs& a, DType act);
+// out[t, h, :N] = x[t, h, :K] · w[h] (w [H, K, N] contiguous, out [T, H, N] contiguous), f32
+// accumulation, everything in act.
+void head_matmul(const void* x, int64_t x_t, int64_t x_h, const void* w, void* out, int64_t T,
+                 int64_t H, int64_t K, int64_t N, DType act);
 
 }  // namespace dseek::ops::cuda

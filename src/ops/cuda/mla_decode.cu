@@ -1,0 +1,327 @@
+// MLA's absorbed decode on the GPU (ops/mla_decode.h; CPU twins in ops/cpu/mla_decode.cpp).
+//
+// mla_decode: FlashMLA-style attention over one sequence's latent rows [c_kv; k_pe]. A block
+// serves kRows = 32 (query, head) rows (row = t·H + h: for a decode step the 32 heads of one
+// token, all sharing every latent row) and streams the latent rows through shared memory in tiles
+// of 32, converted to f32 once: each row is read from global memory once per block and serves as
+// key (all dk = r + rope values) and as value (its first r) for all 32 heads. Lane j of a warp
+// scores tile row j against the warp's 4 query rows (a whole dot product per lane, no reduction
+// per key); each row keeps an online softmax (running max m, sum l) and an f32 accumulator over
+// the r value columns in registers (lane owns columns lane + 32c). When the blocks are too few to
+// fill the GPU (a decode step has H / 32 of them), the key range is split over blocks
+// (flash-decoding): each leaves its partial (m, l, unnormalised accumulator) in a workspace and a
+// second kernel joins the splits, rescaling each by exp(m_split − M).
+//
+// head_matmul: out[t, h] = x[t, h] · w[h], a plain shared-memory tiled GEMM per head (16 rows × 64
+// columns per block, k in steps of 32, f32 accumulation). For a decode step (T = 1) it is bound by
+// reading w once, which it does with coalesced rows.
+#include <algorithm>
+#include <memory>
+
+#include "core/cuda.h"
+#include "core/cuda/cuda_check.h"
+#include "core/error.h"
+#include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/element.cuh"
+#include "ops/cuda/reduce.cuh"
+
+namespace dseek::ops::cuda {
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kRowsPerWarp = 4;
+constexpr int kRows = kWarps * kRowsPerWarp;  // (query, head) rows per block
+constexpr int kTile = 32;                     // latent rows per shared tile: one per lane
+constexpr int64_t kMaxRank = 512;             // 16 accumulator registers per lane and row
+constexpr int64_t kMinSplitKeys = 128;
+
+struct DecodeParams {
+  MlaDecodeArgs a;
+  int64_t split_keys;  // split i covers latent rows i·split_keys .. (i+1)·split_keys
+  int n_splits;
+  float* part_ml;   // [n_splits][T·H][2] (m, l), with n_splits > 1
+  float* part_acc;  // [n_splits][T·H][rank]
+};
+
+// q rows [kRows][dk], latent tile [kTile][dk | 1] (odd stride: lane j reads row j, so the 32
+// lanes hit 32 banks), all f32.
+size_t decode_shared_bytes(int64_t dk) {
+  return size_t(int64_t(kRows) * dk + int64_t(kTile) * (dk | 1)) * sizeof(float);
+}
+
+template <typename T, int NV>
+__global__ void __launch_bounds__(kWarps * 32) mla_decode_kernel(const DecodeParams p) {
+  extern __shared__ float smem[];
+  const MlaDecodeArgs& a = p.a;
+  const int lane = int(threadIdx.x % 32), warp = int(threadIdx.x / 32);
+  const int64_t rows = a.T * a.H, r0 = int64_t(blockIdx.x) * kRows;
+  const int64_t pos0 = a.S - a.T, dk = a.dk, kst = dk | 1;
+  // The block's last row belongs to its latest query, which sees the most latent rows.
+  const int64_t block_keys = pos0 + (min(rows, r0 + kRows) - 1) / a.H + 1;
+  const int64_t k_begin = int64_t(blockIdx.y) * p.split_keys;
+  const int64_t k_end = min(block_keys, k_begin + p.split_keys);
+  float* qs = smem;
+  float* ks = qs + kRows * dk;
+  const T* q = static_cast<const T*>(a.q);
+  const T* kv = static_cast<const T*>(a.kv);
+
+  for (int r = warp; r < kRows; r += kWarps) {
+    const int64_t row = r0 + r;
+    float* dst = qs + r * dk;
+    if (row < rows) {
+      const T* src = q + (row / a.H) * a.q_t + (row % a.H) * a.q_h;
+      for (int64_t i = lane; i < dk; i += 32) dst[i] = to_f32(src[i]);
+    } else {
+      for (int64_t i = lane; i < dk; i += 32) dst[i] = 0.0f;
+    }
+  }
+
+  // This warp's rows: the end of the latent rows each sees in this split (0 past the last row),
+  // online softmax state. A row with nothing in the split keeps m = −inf, l = 0.
+  int64_t row_end[kRowsPerWarp];
+  float m[kRowsPerWarp], l[kRowsPerWarp], acc[kRowsPerWarp][NV];
+  int64_t warp_end = 0;
+  #pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int64_t row = r0 + warp * kRowsPerWarp + r;
+    row_end[r] = row < rows ? min(k_end, pos0 + row / a.H + 1) : 0;
+    warp_end = max(warp_end, row_end[r]);
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
+    #pragma unroll
+    for (int c = 0; c < NV; ++c) acc[r][c] = 0.0f;
+  }
+
+  for (int64_t s0 = k_begin; s0 < k_end; s0 += kTile) {
+    __syncthreads();  // the previous tile is consumed (the first time: the q rows are stored)
+    // Rows past k_end are never read (they may not be written yet); their tile rows are zero
+    // and their scores masked.
+    for (int j = warp; j < kTile; j += kWarps) {
+      const int64_t s = s0 + j;
+      float* dst = ks + j * kst;
+      if (s < k_end) {
+        const T* src = kv + s * a.kv_s;
+        for (int64_t i = lane; i < dk; i += 32) dst[i] = to_f32(src[i]);
+      } else {
+        for (int64_t i = lane; i < dk; i += 32) dst[i] = 0.0f;
+      }
+    }
+    __syncthreads();
+    if (warp_end <= s0) continue;  // the same for the whole warp; no barrier until the loop top
+
+    float dot[kRowsPerWarp];
+    #pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) dot[r] = 0.0f;
+    const float* kj = ks + lane * kst;
+    const float* qw = qs + int64_t(warp) * kRowsPerWarp * dk;
+    for (int64_t i = 0; i < dk; ++i) {
+      const float kv_i = kj[i];
+      #pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r) dot[r] += qw[r * dk + i] * kv_i;
+    }
+    const int n_tile = int(min(int64_t(kTile), warp_end - s0));
+    #pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      if (row_end[r] <= s0) continue;  // uniform over the warp: the shuffles below see all lanes
+      const float sc = s0 + lane < row_end[r] ? dot[r] * a.scale : -INFINITY;
+      // Latent row s0 is visible to this row, so m_new is finite from its first tile on.
+      const float m_new = fmaxf(m[r], warp_max(sc));
+      const float pj = expf(sc - m_new);
+      const float corr = expf(m[r] - m_new);
+      l[r] = l[r] * corr + warp_sum(pj);
+      m[r] = m_new;
+      #pragma unroll
+      for (int c = 0; c < NV; ++c) acc[r][c] *= corr;
+      for (int j = 0; j < n_tile; ++j) {
+        const float pv = __shfl_sync(0xffffffffu, pj, j);
+        const float* vj = ks + j * kst;  // the value: the row's first rank columns
+        #pragma unroll
+        for (int c = 0; c < NV; ++c)
+          if (lane + 32 * c < a.rank) acc[r][c] += pv * vj[lane + 32 * c];
+      }
+    }
+  }
+
+  if (p.n_splits > 1) {  // partials for the combine kernel, every row
+    #pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const int64_t row = r0 + warp * kRowsPerWarp + r;
+      if (row >= rows) continue;
+      const int64_t item = int64_t(blockIdx.y) * rows + row;
+      if (lane == 0) {
+        p.part_ml[2 * item] = m[r];
+        p.part_ml[2 * item + 1] = l[r];
+      }
+      float* dst = p.part_acc + item * a.rank;
+      #pragma unroll
+      for (int c = 0; c < NV; ++c)
+        if (lane + 32 * c < a.rank) dst[lane + 32 * c] = acc[r][c];
+    }
+    return;
+  }
+  T* out = static_cast<T*>(a.out);
+  #pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    if (row_end[r] == 0) continue;  // past the last row
+    const int64_t row = r0 + warp * kRowsPerWarp + r;
+    const float inv = 1.0f / l[r];
+    #pragma unroll
+    for (int c = 0; c < NV; ++c) {
+      const int64_t d = lane + 32 * c;
+      if (d < a.rank) out[row * a.rank + d] = from_f32<T>(acc[r][c] * inv);
+    }
+  }
+}
+
+// Joins the key splits of each row (one warp per row): M = max_i m_i, L = Σ_i l_i e^(m_i − M),
+// out = Σ_i acc_i e^(m_i − M) / L. Split 0 holds latent row 0, visible to every row, so M is
+// finite; empty splits (m = −inf) weigh 0.
+template <typename T>
+__global__ void __launch_bounds__(256) mla_decode_combine_kernel(const DecodeParams p) {
+  const MlaDecodeArgs& a = p.a;
+  const int lane = int(threadIdx.x % 32);
+  const int64_t rows = a.T * a.H;
+  const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= rows) return;  // the whole warp; this kernel has no barrier
+  float M = -INFINITY;
+  for (int i = 0; i < p.n_splits; ++i) M = fmaxf(M, p.part_ml[2 * (i * rows + row)]);
+  float L = 0.0f;
+  for (int i = 0; i < p.n_splits; ++i) {
+    const float* ml = p.part_ml + 2 * (i * rows + row);
+    L += ml[0] == -INFINITY ? 0.0f : ml[1] * expf(ml[0] - M);
+  }
+  const float inv = 1.0f / L;
+  T* out = static_cast<T*>(a.out);
+  for (int64_t d = lane; d < a.rank; d += 32) {
+    float y = 0.0f;
+    for (int i = 0; i < p.n_splits; ++i) {
+      const float mi = p.part_ml[2 * (i * rows + row)];
+      if (mi != -INFINITY) y += p.part_acc[(i * rows + row) * a.rank + d] * expf(mi - M);
+    }
+    out[row * a.rank + d] = from_f32<T>(y * inv);
+  }
+}
+
+int device_attribute(cudaDeviceAttr attr) {
+  int device = 0, v = 0;
+  DSEEK_CUDA_CHECK(cudaGetDevice(&device));
+  DSEEK_CUDA_CHECK(cudaDeviceGetAttribute(&v, attr, device));
+  return v;
+}
+
+template <typename T, int NV>
+void launch_decode(const DecodeParams& p, dim3 grid, size_t smem) {
+  auto kernel = mla_decode_kernel<T, NV>;
+  DSEEK_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  kernel<<<grid, kWarps * 32, smem, dseek::cuda::stream()>>>(p);
+  DSEEK_CUDA_CHECK_LAUNCH("mla_decode_kernel");
+  if (p.n_splits > 1) {
+    const int64_t rows = p.a.T * p.a.H;
+    mla_decode_combine_kernel<T>
+        <<<unsigned(dseek::cuda::ceil_div<int64_t>(rows, 8)), 256, 0, dseek::cuda::stream()>>>(p);
+    DSEEK_CUDA_CHECK_LAUNCH("mla_decode_combine_kernel");
+  }
+}
+
+constexpr int kTM = 16, kTN = 64, kTK = 32;  // head_matmul tile: rows, columns, k step
+
+template <typename T>
+__global__ void __launch_bounds__(256)
+    head_matmul_kernel(const T* x, int64_t x_t, int64_t x_h, const T* w, T* out, int64_t rows,
+                       int64_t H, int64_t K, int64_t N) {
+  __shared__ float xs[kTM][kTK + 1];
+  __shared__ float ws[kTK][kTN];
+  const int64_t h = blockIdx.z, n0 = int64_t(blockIdx.x) * kTN, t0 = int64_t(blockIdx.y) * kTM;
+  const int tid = int(threadIdx.x);
+  const int tn = tid % kTN, tm = (tid / kTN) * 4;  // this thread: column tn, rows tm .. tm + 3
+  const T* wh = w + h * K * N;
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int64_t k0 = 0; k0 < K; k0 += kTK) {
+    for (int e = tid; e < kTM * kTK; e += 256) {
+      const int i = e / kTK, kk = e % kTK;
+      const int64_t t = t0 + i, k = k0 + kk;
+      xs[i][kk] = t < rows && k < K ? to_f32(x[t * x_t + h * x_h + k]) : 0.0f;
+    }
+    for (int e = tid; e < kTK * kTN; e += 256) {
+      const int kk = e / kTN, nn = e % kTN;
+      const int64_t k = k0 + kk, n = n0 + nn;
+      ws[kk][nn] = k < K && n < N ? to_f32(wh[k * N + n]) : 0.0f;
+    }
+    __syncthreads();
+    for (int kk = 0; kk < kTK; ++kk) {
+      const float wv = ws[kk][tn];
+      for (int i = 0; i < 4; ++i) acc[i] += xs[tm + i][kk] * wv;
+    }
+    __syncthreads();
+  }
+  const int64_t n = n0 + tn;
+  if (n >= N) return;
+  for (int i = 0; i < 4; ++i) {
+    const int64_t t = t0 + tm + i;
+    if (t < rows) out[(t * H + h) * N + n] = from_f32<T>(acc[i]);
+  }
+}
+
+}  // namespace
+
+void mla_decode(const MlaDecodeArgs& a, DType act) {
+  if (a.T == 0 || a.H == 0 || a.rank == 0) return;
+  DSEEK_CHECK(a.rank <= kMaxRank, "[mla_decode] rank {} above the kernel's {}", a.rank, kMaxRank);
+  static const int max_smem = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+  static const int sms = device_attribute(cudaDevAttrMultiProcessorCount);
+  const size_t smem = decode_shared_bytes(a.dk);
+  DSEEK_CHECK(smem + 1024 <= size_t(max_smem),
+              "[mla_decode] rows of {} values need {} bytes of shared memory, the GPU gives a "
+              "block {}",
+              a.dk, smem, max_smem);
+  DecodeParams p{};
+  p.a = a;
+  const int64_t rows = a.T * a.H;
+  const int64_t row_blocks = dseek::cuda::ceil_div<int64_t>(rows, kRows);
+  DSEEK_CHECK(row_blocks <= int64_t(0x7fffffff), "[mla_decode] {} rows are too many", rows);
+  // Enough splits for two blocks per multiprocessor, each at least kMinSplitKeys rows long.
+  const int64_t want = dseek::cuda::ceil_div<int64_t>(2 * int64_t(sms), row_blocks);
+  const int64_t splits = std::clamp<int64_t>(
+      std::min(want, std::max<int64_t>(1, a.S / kMinSplitKeys)), 1, 65535);
+  p.split_keys =
+      dseek::cuda::ceil_div<int64_t>(dseek::cuda::ceil_div<int64_t>(a.S, splits), kTile) * kTile;
+  p.n_splits = int(dseek::cuda::ceil_div<int64_t>(a.S, p.split_keys));
+  std::unique_ptr<void, void (*)(void*)> workspace(nullptr, dseek::cuda::free);
+  if (p.n_splits > 1) {
+    const size_t n = size_t(p.n_splits) * size_t(rows);
+    workspace.reset(dseek::cuda::alloc(n * size_t(2 + a.rank) * sizeof(float)));
+    p.part_ml = static_cast<float*>(workspace.get());
+    p.part_acc = p.part_ml + 2 * n;
+  }
+  const dim3 grid(unsigned(row_blocks), unsigned(p.n_splits));
+  DSEEK_DISPATCH_ACT(act, T, {
+    if (a.rank <= 64)
+      launch_decode<T, 2>(p, grid, smem);
+    else if (a.rank <= 128)
+      launch_decode<T, 4>(p, grid, smem);
+    else if (a.rank <= 256)
+      launch_decode<T, 8>(p, grid, smem);
+    else
+      launch_decode<T, 16>(p, grid, smem);
+  });
+}
+
+void head_matmul(const void* x, int64_t x_t, int64_t x_h, const void* w, void* out, int64_t T,
+                 int64_t H, int64_t K, int64_t N, DType act) {
+  if (T == 0 || H == 0 || N == 0) return;
+  const int64_t t_blocks = dseek::cuda::ceil_div<int64_t>(T, kTM);
+  DSEEK_CHECK(t_blocks <= 65535 && H <= 65535,
+              "[head_matmul] {} rows of {} heads: the kernel takes at most {} rows and 65535 heads",
+              T, H, 65535 * kTM);
+  const dim3 grid(unsigned(dseek::cuda::ceil_div<int64_t>(N, kTN)), unsigned(t_blocks),
+                  unsigned(H));
+  DSEEK_DISPATCH_ACT(act, E, {
+    head_matmul_kernel<E><<<grid, 256, 0, dseek::cuda::stream()>>>(
+        static_cast<const E*>(x), x_t, x_h, static_cast<const E*>(w), static_cast<E*>(out), T,
+        H, K, N);
+  });
+  DSEEK_CUDA_CHECK_LAUNCH("head_matmul_kernel");
+}
+
+}  // namespace dseek::ops::cuda

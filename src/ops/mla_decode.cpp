@@ -1,0 +1,81 @@
+#include "ops/mla_decode.h"
+
+#include "core/error.h"
+#include "ops/cpu/mla_decode_cpu.h"
+#include "ops/cuda/cuda_ops.h"
+#include "ops/device.h"
+
+namespace dseek::ops {
+
+namespace {
+
+bool last_dim_contiguous(const Tensor& t) {
+  return t.strides()[size_t(t.dim() - 1)] == 1 || t.size(t.dim() - 1) <= 1;
+}
+
+}  // namespace
+
+Tensor mla_decode(const Tensor& q_abs, const Tensor& latent, int64_t rank, float scale) {
+  DSEEK_CHECK(q_abs.defined() && latent.defined(), "[mla_decode] undefined input");
+  const Device device = op_device("mla_decode", {&q_abs, &latent});
+  const DType act = activation_dtype("mla_decode", q_abs);
+  DSEEK_CHECK(latent.dtype() == act, "[mla_decode] q_abs is {}, the latent rows {}",
+              dtype_name(act), dtype_name(latent.dtype()));
+  DSEEK_CHECK(q_abs.dim() == 3 && latent.dim() == 2,
+              "[mla_decode] q_abs must be [T, H, r + rope] and latent [S, r + rope], got {}, {}",
+              shape_str(q_abs.shape()), shape_str(latent.shape()));
+  const int64_t T = q_abs.size(0), H = q_abs.size(1), dk = q_abs.size(2), S = latent.size(0);
+  DSEEK_CHECK(latent.size(1) == dk, "[mla_decode] latent rows of {} values, q_abs rows of {}",
+              latent.size(1), dk);
+  DSEEK_CHECK(rank > 0 && rank <= dk, "[mla_decode] rank {} outside [1, {}]", rank, dk);
+  DSEEK_CHECK(S >= T, "[mla_decode] {} queries but only {} latent rows", T, S);
+  DSEEK_CHECK(last_dim_contiguous(q_abs) && last_dim_contiguous(latent),
+              "[mla_decode] last dimension must be contiguous");
+  Tensor out = Tensor::empty({T, H, rank}, act, device);
+  if (out.numel() == 0) return out;
+  if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    cuda::mla_decode(cuda::MlaDecodeArgs{q_abs.raw(), q_abs.strides()[0], q_abs.strides()[1],
+                                         latent.raw(), latent.strides()[0], out.raw(), T, S, H,
+                                         dk, rank, scale},
+                     act);
+    return out;
+#else
+    cuda_not_built("mla_decode");
+#endif
+  }
+  cpu::mla_decode(cpu::MlaDecodeArgs{q_abs.data<float>(), q_abs.strides()[0], q_abs.strides()[1],
+                                     latent.data<float>(), latent.strides()[0], out.data<float>(),
+                                     T, S, H, dk, rank, scale});
+  return out;
+}
+
+Tensor head_matmul(const Tensor& x, const Tensor& w) {
+  DSEEK_CHECK(x.defined() && w.defined(), "[head_matmul] undefined input");
+  const Device device = op_device("head_matmul", {&x, &w});
+  const DType act = activation_dtype("head_matmul", x);
+  DSEEK_CHECK(w.dtype() == act, "[head_matmul] x is {}, w {}", dtype_name(act),
+              dtype_name(w.dtype()));
+  DSEEK_CHECK(x.dim() == 3 && w.dim() == 3 && w.size(0) == x.size(1) && w.size(1) == x.size(2),
+              "[head_matmul] x must be [T, H, K] and w [H, K, N], got {}, {}",
+              shape_str(x.shape()), shape_str(w.shape()));
+  DSEEK_CHECK(last_dim_contiguous(x) && w.is_contiguous(),
+              "[head_matmul] x needs a contiguous last dimension and w must be contiguous");
+  const int64_t T = x.size(0), H = x.size(1), K = x.size(2), N = w.size(2);
+  Tensor out = Tensor::empty({T, H, N}, act, device);
+  if (out.numel() == 0) return out;
+  if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    cuda::head_matmul(x.raw(), x.strides()[0], x.strides()[1], w.raw(), out.raw(), T, H, K, N,
+                      act);
+    return out;
+#else
+    cuda_not_built("head_matmul");
+#endif
+  }
+  cpu::head_matmul(x.data<float>(), x.strides()[0], x.strides()[1], w.data<float>(),
+                   out.data<float>(), T, H, K, N);
+  return out;
+}
+
+}  // namespace dseek::ops

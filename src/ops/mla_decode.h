@@ -1,0 +1,29 @@
+// The two ops of MLA's absorbed decode (model/mla.h has the maths; DeepSeek's inference/model.py
+// "absorb" path, FlashMLA for the attention):
+//  - mla_decode: attention of T new queries over one sequence's latent cache rows, one key/value
+//    head shared by all H query heads. q_abs [T, H, r + rope] (any strides, last dim contiguous),
+//    latent [S, r + rope] (rows [c_kv; k_pe], row stride free, last dim contiguous), S ≥ T; the T
+//    queries are the last T of the S positions, so query t attends rows 0 .. S − T + t:
+//      out[t, h] = Σ_s softmax_s(scale · q_abs[t, h] · latent[s]) · latent[s, :r]
+//    Returns out [T, H, r] contiguous, in q_abs's dtype. The same maths as
+//    ops::causal_attention(q_abs, latent as [S, 1, r + rope], its first r columns, scale); the
+//    point of a separate op is the GPU kernel, which reads each latent row once for many heads
+//    and uses it as key and value alike.
+//  - head_matmul: the absorbed projections, one matrix per head:
+//      out[t, h, :] = x[t, h, :] · w[h]   for x [T, H, K] (any strides, last dim contiguous) and
+//    w [H, K, N] contiguous; returns out [T, H, N] contiguous in x's dtype (f32 accumulation).
+//    MLA uses it for q_abs = q_nope · W_UK[h] and for W_UV[h]ᵀ applied to the latent output.
+// On the CPU everything is f32; on the GPU f32 or bf16 (act), w in act too.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace dseek::ops {
+
+Tensor mla_decode(const Tensor& q_abs, const Tensor& latent, int64_t rank, float scale);
+
+Tensor head_matmul(const Tensor& x, const Tensor& w);
+
+}  // namespace dseek::ops
