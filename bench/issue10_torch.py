@@ -30,6 +30,12 @@ import sys
 import time
 
 
+def describe(e):
+    """One line naming an exception, for a row's 'n/a (...)'."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
@@ -45,7 +51,8 @@ def parse_args():
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--compile-warmup", type=int, default=3, help="untimed steps under torch.compile")
+    p.add_argument("--compile-warmup", type=int, default=3,
+                   help="untimed steps under torch.compile")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--prompt", type=int, default=128)
@@ -138,8 +145,8 @@ def merge(directory):
     out.append("| what | dseek tokens/s | transformers tokens/s | dseek / transformers | "
                "roofline tokens/s | dseek % of roofline |")
     out.append("| --- | --- | --- | --- | --- | --- |")
-    batches = sorted({r.get("batch") for r in decode_rows + torch_rows
-                      if r.get("bench") == "decode" and r.get("batch")})
+    batches = sorted({1, 32, 64, 128} | {r.get("batch") for r in decode_rows + torch_rows
+                                          if r.get("bench") == "decode" and r.get("batch")})
     for b in batches:
         dr = find(decode_rows, bench="decode", batch=b)
         tr = find(torch_rows, bench="decode", batch=b, impl="torch")
@@ -293,8 +300,9 @@ def main():
         attn = 6 * config.num_hidden_layers * T * config.num_attention_heads * (
             config.qk_nope_head_dim + config.qk_rope_head_dim + config.v_head_dim)
         flops_per_token = 6 * act + attn
-        print(f"train: {args.train_layers} layers, {sum(p.numel() for p in model.parameters()) / 1e9:.3f}B "
-              f"parameters, {act / 1e9:.3f}B active, {flops_per_token / 1e9:.3f} GFLOP/token")
+        total = sum(p.numel() for p in model.parameters())
+        print(f"train: {args.train_layers} layers, {total / 1e9:.3f}B parameters, "
+              f"{act / 1e9:.3f}B active, {flops_per_token / 1e9:.3f} GFLOP/token")
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), eps=1e-8,
                                 weight_decay=0.1, fused=(dev == "cuda"))
         gen = torch.Generator(device="cpu").manual_seed(args.seed + 1)
@@ -309,7 +317,7 @@ def main():
                     inputs, targets = w[:, :-1], w[:, 1:]
                     sync()
                     t0 = time.perf_counter()
-                    logits = fwd(input_ids=inputs).logits
+                    logits = fwd(input_ids=inputs, use_cache=False).logits
                     l = F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1))
                     l.backward()
                     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -328,12 +336,12 @@ def main():
                 print(f"| {label} | {step * 1e3:.1f} ms/step | {B * T / step:,.0f} tokens/s | "
                       f"{row['tflops']:.1f} model TFLOP/s | loss {loss:.3f} |")
             except Exception as e:  # a failed baseline is a row, not the end of the run
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                row["error"] = describe(e)
                 print(f"| {label} | n/a ({row['error']}) |")
             emit(row)
 
         run(model, "torch eager", args.warmup)
-        if not args.no_compile:
+        if not args.no_compile and not args.tiny:  # (compile on a CPU needs a C++ toolchain)
             t0 = time.perf_counter()
             compiled = torch.compile(model)
             run(compiled, "torch compile", args.compile_warmup)
@@ -384,7 +392,7 @@ def main():
                     print(f"| decode b{B} | {tps:,.1f} tokens/s | median step "
                           f"{median(times) * 1e3:.2f} ms |")
                 except Exception as e:
-                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                    row["error"] = describe(e)
                     print(f"| decode b{B} | n/a ({row['error']}) |")
                 emit(row)
                 if dev == "cuda":
@@ -404,7 +412,7 @@ def main():
                 print(f"| prefill {args.prefill} | {args.prefill / s:,.0f} tokens/s | "
                       f"{s * 1e3:.1f} ms |")
             except Exception as e:
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                row["error"] = describe(e)
                 print(f"| prefill {args.prefill} | n/a ({row['error']}) |")
             emit(row)
 

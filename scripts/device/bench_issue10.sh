@@ -22,7 +22,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}  # the host-side random fill
 has() { [[ ",$PARTS," == *",$1,"* ]]; }
 status=0
 
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >"$OUT/gpu.txt" 2>&1
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv \
+  >"$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
 "$BIN/bench_train_cuda" --write-config "$OUT/v2_lite_4.json" --layers 4 >/dev/null || status=1
 
@@ -62,7 +63,9 @@ fi
 {
   echo "# Issue 10 benchmarks: dseek beside transformers, one run"
   echo
-  echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$HERE" rev-parse --short HEAD 2>/dev/null || echo '?'), GPU: $(tail -n +2 "$OUT/gpu.txt" | head -1)"
+  commit=$(git -C "$HERE" rev-parse --short HEAD 2>/dev/null || echo '?')
+  gpu=$(tail -n +2 "$OUT/gpu.txt" | head -1)
+  echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit, GPU: $gpu"
   echo
   python3 "$HERE/bench/issue10_torch.py" --merge "$OUT"
   echo
