@@ -347,6 +347,7 @@ int main(int argc, char** argv) {
       nlohmann::json row = base;
       row.update(
           {{"bench", "decode"}, {"batch", 1}, {"prompt", o.prompt}, {"new_tokens", o.new_tokens}});
+      const size_t pending = results.begin(row);
       try {
         (void)greedy_decode(*model, random_ids(16, V, rng), 4, device);
         const DecodeRun run =
@@ -382,13 +383,14 @@ int main(int argc, char** argv) {
         std::printf("| decode b1 | n/a (%s) | |\n", e.what());
         row["error"] = e.what();
       }
-      results.add(row);
+      results.end(pending, row);
       std::fflush(stdout);
     }
     // Prefill of a long prompt into an empty cache: one warm-up, then the median of two.
     if (o.prefill > 0) {
       nlohmann::json row = base;
       row.update({{"bench", "prefill"}, {"tokens", o.prefill}});
+      const size_t pending = results.begin(row);
       try {
         std::vector<double> t;
         for (int r = 0; r < 3; ++r) {
@@ -408,7 +410,7 @@ int main(int argc, char** argv) {
         std::printf("| prefill %lld | n/a (%s) | |\n", (long long)o.prefill, e.what());
         row["error"] = e.what();
       }
-      results.add(row);
+      results.end(pending, row);
       std::fflush(stdout);
     }
     // Batched decode through the paged cache.
@@ -416,6 +418,7 @@ int main(int argc, char** argv) {
       nlohmann::json row = base;
       row.update(
           {{"bench", "decode"}, {"batch", B}, {"prompt", o.prompt}, {"new_tokens", o.batch_steps}});
+      const size_t pending = results.begin(row);
       try {
         const BatchRun run = batched_decode(*model, B, o.prompt, o.batch_steps, V, rng, device);
         const double tps = double(run.tokens) / run.forward_s;
@@ -427,7 +430,7 @@ int main(int argc, char** argv) {
         std::printf("| decode b%lld | n/a (%s) | |\n", (long long)B, e.what());
         row["error"] = e.what();
       }
-      results.add(row);
+      results.end(pending, row);
       std::fflush(stdout);
     }
   } catch (const Error& e) {

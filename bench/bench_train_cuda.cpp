@@ -227,9 +227,10 @@ int main(int argc, char** argv) {
                           {"active_params", count.active},
                           {"flops_per_token", flops_per_token}};
 
+    double peak = 0;  // dseek's own bf16 GEMM TFLOP/s (0: not measured)
     if (device == Device::CUDA) {
       try {
-        const double peak = linear_peak_tflops(8192);
+        peak = linear_peak_tflops(8192);
         std::printf("dseek ops::linear bf16 8192^3: %.1f TFLOP/s\n", peak);
         results.add({{"bench", "gemm_peak"}, {"impl", "dseek"}, {"tflops", peak}});
       } catch (const Error& e) {
@@ -237,6 +238,7 @@ int main(int argc, char** argv) {
       }
     }
 
+    const size_t pending = results.begin(row);
     auto t0 = Clock::now();
     ParamSet params;
     if (o.init == "fast")
@@ -304,11 +306,14 @@ int main(int argc, char** argv) {
                   tps * flops_per_token / 1e12, last_loss);
       std::printf("medians of %lld steps after %lld warm-up; ln(vocab) = %.3f\n",
                   (long long)o.steps, (long long)o.warmup, std::log(double(config.vocab_size)));
+      if (peak > 0)
+        std::printf("MFU against dseek's own bf16 GEMM (8192^3): %.1f%%\n",
+                    100.0 * tps * flops_per_token / 1e12 / peak);
     } catch (const Error& e) {
       std::printf("\n| dseek %s | n/a (%s) |\n", o.dtype.c_str(), e.what());
       row["error"] = e.what();
     }
-    results.add(row);
+    results.end(pending, row);
   } catch (const Error& e) {
     std::fprintf(stderr, "bench_train_cuda: %s\n", e.what());
     return 1;

@@ -181,13 +181,23 @@ inline int32_t argmax(const std::vector<float>& row, size_t begin, size_t n) {
   return int32_t(best - begin);
 }
 
-// Results: one JSON object per benchmark row, collected and written at the end (and as each row
-// completes, so a crash later still leaves the rows measured before it).
+// Results: one JSON object per benchmark row, the file rewritten as each row changes, so a crash
+// leaves the rows measured before it. begin() records a row as failed ("error": the process
+// died or hung during it) before its work starts; end() replaces it with the outcome.
 class Results {
  public:
   explicit Results(std::string path) : path_(std::move(path)) {}
   void add(nlohmann::json row) {
     rows_.push_back(std::move(row));
+    write();
+  }
+  size_t begin(nlohmann::json row) {
+    row["error"] = "crashed or timed out during this part (see the log)";
+    add(std::move(row));
+    return rows_.size() - 1;
+  }
+  void end(size_t index, nlohmann::json row) {
+    rows_.at(index) = std::move(row);
     write();
   }
   void write() const {

@@ -18,7 +18,9 @@ BIN=$(cd "$BIN" && pwd)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 export LD_LIBRARY_PATH=$BIN/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}  # the host-side random fill of the weights
+# All cores for the host-side random fill of the weights; passive waits so that idle OpenMP
+# workers do not spin beside the thread that drives the GPU.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 has() { [[ ",$PARTS," == *",$1,"* ]]; }
 status=0
 
