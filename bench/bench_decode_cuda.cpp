@@ -237,16 +237,17 @@ struct BatchRun {
   int64_t tokens = 0;
 };
 
-// B sequences: prompts through forward_batch (in groups of 16 sequences), then `steps` decode
-// steps of one token per sequence.
+// B sequences: prompts through forward_batch (in groups of 16 sequences), then `steps` timed
+// decode steps of one token per sequence after two untimed ones (first-call allocations).
 BatchRun batched_decode(Transformer& model, int64_t B, int64_t prompt_len, int64_t steps,
                         int64_t vocab, Rng& rng, Device device) {
   const int64_t page_tokens = 64;
-  const int64_t pages_per_seq = (prompt_len + steps + page_tokens - 1) / page_tokens;
+  const int64_t warmup = 2, total = prompt_len + warmup + steps;
+  const int64_t pages_per_seq = (total + page_tokens - 1) / page_tokens;
   auto cache = model.new_paged_cache(page_tokens, B * pages_per_seq);
   std::vector<PagedSequence> seqs(static_cast<size_t>(B));
   for (PagedSequence& s : seqs)
-    DSEEK_CHECK(cache->reserve(s, prompt_len + steps), "[bench] paged cache too small");
+    DSEEK_CHECK(cache->reserve(s, total), "[bench] paged cache too small");
   std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(B));
   for (auto& p : prompts) p = random_ids(size_t(prompt_len), vocab, rng);
   std::vector<int32_t> next(static_cast<size_t>(B));
@@ -261,7 +262,7 @@ BatchRun batched_decode(Transformer& model, int64_t B, int64_t prompt_len, int64
       next[size_t(g) + i] = argmax(logits, size_t(out.first_row[i] * V), size_t(V));
   }
   BatchRun run;
-  for (int64_t s = 0; s < steps; ++s) {
+  for (int64_t s = 0; s < warmup + steps; ++s) {
     std::vector<BatchSequence> batch;
     for (int64_t b = 0; b < B; ++b)
       batch.push_back({std::span<const int32_t>(&next[size_t(b)], 1), &seqs[size_t(b)], false});
@@ -269,8 +270,10 @@ BatchRun batched_decode(Transformer& model, int64_t B, int64_t prompt_len, int64
     const auto t0 = Clock::now();
     const BatchOutput out = model.forward_batch(batch, *cache);
     sync(device);
-    run.forward_s += seconds_since(t0);
-    run.tokens += B;
+    if (s >= warmup) {
+      run.forward_s += seconds_since(t0);
+      run.tokens += B;
+    }
     const std::vector<float> logits = out.logits.to_vector();
     for (int64_t b = 0; b < B; ++b)
       next[size_t(b)] = argmax(logits, size_t(out.first_row[size_t(b)] * V), size_t(V));
