@@ -41,7 +41,8 @@ inline double median(std::vector<double> v) {
 }
 
 // The config.json text of the benchmark shape (hub style, as transformers' DeepseekV2Config reads
-// it); parse_model_config turns it into the ModelConfig dseek runs, so both sides read one text.
+// it); parse_model_config turns it into the ModelConfig dseek runs, and `bench_train_cuda
+// --write-config` writes that config back out for bench/issue10_torch.py: one shape, both sides.
 inline std::string shape_config_json(const std::string& shape, int64_t layers) {
   nlohmann::json j = {
       {"architectures", {"DeepseekV2ForCausalLM"}},
