@@ -1,0 +1,322 @@
+// bench_train_cuda: one training step of a DeepSeek-V2-Lite-shaped model on the GPU (issue 10):
+// forward + backward of B sequences of T tokens (TrainModel::forward_backward), global-norm
+// clipping to 1.0, AdamW, the bf16 compute copies re-rounded, gradients zeroed — the trainer's
+// step (src/train/trainer.cpp) — on uniformly random tokens. f32 master weights, gradients and
+// moments; bf16 compute copies and activations under --dtype bf16 (ParamSet::set_compute_dtype).
+// bench/issue10_torch.py times transformers on the same shape and scripts/device/bench_issue10.sh
+// puts the two side by side.
+//
+// Model FLOPs per token (bench/bench_train.cpp's convention, the usual one for MFU):
+//   6 · N_active + 6 · L · T · H · (d_qk + d_v)
+// N_active = count_params(config).active: every matrix a token is multiplied by, the output head
+// included, the routed experts at top-k of E, the embedding table (a lookup) not; the second term
+// is attention's QKᵀ and AV over the full T×T square (causal needs half; the convention counts
+// all). MFU = FLOPs per step / step time / the bf16 GEMM peak, which this bench also measures for
+// dseek's own linear (ops::linear, cuBLASLt) on 8192³; the wrapper divides by the peak PyTorch's
+// matmul reaches in the same run, as issue 10 asks.
+//
+// Usage: bench_train_cuda [--shape v2-lite|tiny] [--layers 4] [--batch 2] [--seq 2048]
+//            [--steps 5] [--warmup 2] [--device cuda|cpu] [--dtype bf16|f32] [--lr 1e-4]
+//            [--seed 0] [--init fast|normal] [--json FILE] [--write-config FILE]
+// --write-config writes the shape's config.json (for bench/issue10_torch.py) and exits.
+// Parameters are filled with uniform random values of std 0.02 by all host threads
+// (issue10_common.h), then moved to the device; --init normal uses TrainModel::init_params
+// instead (normal(0, 0.02), single-threaded: 3.3x slower on 2 cores at 0.5B parameters, and
+// it does not scale with cores as the fast fill does). A step that throws (a part of training not
+// on the GPU yet) prints "n/a (<reason>)" instead of a figure.
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "core/cuda.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "core/tensor.h"
+#include "issue10_common.h"
+#include "model/config.h"
+#include "model/init_weights.h"
+#include "model/param_count.h"
+#include "ops/linear.h"
+#include "train/optimizer.h"
+#include "train/param.h"
+#include "train/train_model.h"
+
+using namespace dseek;
+using namespace dseek::train;
+using namespace dseek::bench;
+
+namespace {
+
+struct Options {
+  std::string shape = "v2-lite", device = "cuda", dtype, json, write_config, init = "fast";
+  int64_t layers = 4, batch = 2, seq = 2048, steps = 5, warmup = 2, seed = 0;
+  double lr = 1e-4;
+};
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "bench_train_cuda: %s needs a value\n", arg.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    auto integer = [&](int64_t min) {
+      const std::string v = value();
+      char* end = nullptr;
+      const long long n = std::strtoll(v.c_str(), &end, 10);
+      if (v.empty() || *end != '\0' || n < min) {
+        std::fprintf(stderr, "bench_train_cuda: %s %s: need an integer >= %lld\n", arg.c_str(),
+                     v.c_str(), (long long)min);
+        std::exit(2);
+      }
+      return int64_t(n);
+    };
+    if (arg == "--shape")
+      o.shape = value();
+    else if (arg == "--layers")
+      o.layers = integer(1);
+    else if (arg == "--batch")
+      o.batch = integer(1);
+    else if (arg == "--seq")
+      o.seq = integer(2);
+    else if (arg == "--steps")
+      o.steps = integer(1);
+    else if (arg == "--warmup")
+      o.warmup = integer(0);
+    else if (arg == "--device")
+      o.device = value();
+    else if (arg == "--dtype")
+      o.dtype = value();
+    else if (arg == "--lr")
+      o.lr = std::atof(value().c_str());
+    else if (arg == "--seed")
+      o.seed = integer(0);
+    else if (arg == "--json")
+      o.json = value();
+    else if (arg == "--init")
+      o.init = value();
+    else if (arg == "--write-config")
+      o.write_config = value();
+    else {
+      std::fprintf(stderr, "bench_train_cuda: unknown argument %s (see the file header)\n",
+                   arg.c_str());
+      std::exit(2);
+    }
+  }
+  if (o.device != "cuda" && o.device != "cpu") {
+    std::fprintf(stderr, "bench_train_cuda: --device %s: cuda or cpu\n", o.device.c_str());
+    std::exit(2);
+  }
+  if (o.init != "fast" && o.init != "normal") {
+    std::fprintf(stderr, "bench_train_cuda: --init %s: fast or normal\n", o.init.c_str());
+    std::exit(2);
+  }
+  if (o.dtype.empty()) o.dtype = o.device == "cuda" ? "bf16" : "f32";
+  if (o.dtype != "bf16" && o.dtype != "f32") {
+    std::fprintf(stderr, "bench_train_cuda: --dtype %s: bf16 or f32\n", o.dtype.c_str());
+    std::exit(2);
+  }
+  return o;
+}
+
+// Every tensor of the layout as TrainModel::init_params lays it out (same names, trainable and
+// decay flags; the shape has no MTP modules and no noaux_tc bias), values from the fast fill.
+void fill_params(const ModelConfig& config, uint64_t seed, ParamSet& params) {
+  DSEEK_CHECK(config.num_nextn_predict_layers == 0,
+              "[bench] the benchmark shapes have no MTP modules");
+  const std::vector<WeightSpec> layout = checkpoint_layout(config);
+  std::vector<Tensor> values;
+  std::vector<FillTarget> targets;
+  for (const WeightSpec& spec : layout) {
+    values.push_back(Tensor::empty(spec.shape, DType::F32));
+    targets.push_back({values.back().raw(), DType::F32, values.back().numel(),
+                       seed ^ fnv1a64(spec.name), spec.init == WeightSpec::Init::Ones});
+  }
+  fill_random(targets, 0.02);
+  for (size_t i = 0; i < layout.size(); ++i) {
+    params.add(layout[i].name, values[i], true, decays(layout[i].name));
+    values[i] = Tensor();  // ParamSet::add copied it
+  }
+}
+
+// ParamSet::to(Device) comes with the GPU optimizer work of issue 10. A build without it cannot
+// move a ParamSet (its CPU-only zero_grad would write device memory from the host), so the GPU
+// row reports that instead of failing to compile.
+template <class Params>
+void move_params(Params& params, Device device) {
+  if constexpr (requires { params.to(device); }) {
+    params.to(device);
+  } else {
+    fail("[bench] ParamSet::to(Device) is not in this build (issue 10's GPU optimizer)");
+  }
+}
+
+void sync(Device device) {
+  if (device == Device::CUDA) cuda::synchronize();
+}
+
+// dseek's bf16 GEMM peak: median TFLOP/s of ops::linear on [n, n]·[n, n]ᵀ over 10 runs.
+double linear_peak_tflops(int64_t n) {
+  Tensor x = Tensor::empty({n, n}, DType::F32), w = Tensor::empty({n, n}, DType::F32);
+  fill_random({{x.raw(), DType::F32, x.numel(), 1, false}}, 1.0);
+  fill_random({{w.raw(), DType::F32, w.numel(), 2, false}}, 0.02);
+  const Tensor xd = x.to(DType::BF16).to(Device::CUDA), wd = w.to(DType::BF16).to(Device::CUDA);
+  for (int r = 0; r < 3; ++r) (void)ops::linear(xd, wd);
+  cuda::synchronize();
+  std::vector<double> t;
+  for (int r = 0; r < 10; ++r) {
+    const auto t0 = Clock::now();
+    (void)ops::linear(xd, wd);
+    cuda::synchronize();
+    t.push_back(seconds_since(t0));
+  }
+  return 2.0 * double(n) * double(n) * double(n) / median(t) / 1e12;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options o = parse(argc, argv);
+  const Device device = o.device == "cuda" ? Device::CUDA : Device::CPU;
+  Results results(o.json);
+  try {
+    const ModelConfig config = shape_config(o.shape, o.layers);
+    if (!o.write_config.empty()) {
+      std::ofstream out(o.write_config);
+      out << model_config_to_json(config);
+      DSEEK_CHECK(out.good(), "[bench] {}: cannot write", o.write_config);
+      std::printf("%s\n", o.write_config.c_str());
+      return 0;
+    }
+    if (device == Device::CUDA) cuda::require("bench_train_cuda --device cuda");
+    const ParamCount count = count_params(config);
+    const int64_t B = o.batch, T = o.seq, tokens = B * T;
+    const double attn_flops = 6.0 * double(config.num_hidden_layers) * double(T) *
+                              double(config.num_attention_heads) *
+                              double(config.qk_head_dim() + config.v_head_dim);
+    const double flops_per_token = 6.0 * double(count.active) + attn_flops;
+
+    std::printf("# dseek training step, %s shape, %lld layers\n", o.shape.c_str(),
+                (long long)o.layers);
+    std::printf("device: %s\n",
+                device == Device::CUDA ? cuda::describe().c_str() : "cpu (OpenMP threads)");
+    std::printf(
+        "%.3fB parameters, %.3fB active per token (non-embedding, head included); "
+        "batch %lld x %lld tokens, %s compute, f32 masters, AdamW, clip 1.0\n",
+        double(count.total) / 1e9, double(count.active) / 1e9, (long long)B, (long long)T,
+        o.dtype.c_str());
+    std::printf("model FLOPs per token %.3f GFLOP (6 x active %.3f + attention %.3f)\n",
+                flops_per_token / 1e9, 6.0 * double(count.active) / 1e9, attn_flops / 1e9);
+    std::fflush(stdout);
+
+    nlohmann::json row = {{"bench", "train"},
+                          {"impl", "dseek"},
+                          {"shape", o.shape},
+                          {"layers", o.layers},
+                          {"batch", B},
+                          {"seq", T},
+                          {"dtype", o.dtype},
+                          {"device", o.device},
+                          {"params", count.total},
+                          {"active_params", count.active},
+                          {"flops_per_token", flops_per_token}};
+
+    double peak = 0;  // dseek's own bf16 GEMM TFLOP/s (0: not measured)
+    if (device == Device::CUDA) {
+      try {
+        peak = linear_peak_tflops(8192);
+        std::printf("dseek ops::linear bf16 8192^3: %.1f TFLOP/s\n", peak);
+        results.add({{"bench", "gemm_peak"}, {"impl", "dseek"}, {"tflops", peak}});
+      } catch (const Error& e) {
+        std::printf("dseek ops::linear bf16 8192^3: n/a (%s)\n", e.what());
+      }
+    }
+
+    const size_t pending = results.begin(row);
+    auto t0 = Clock::now();
+    ParamSet params;
+    if (o.init == "fast")
+      fill_params(config, uint64_t(o.seed), params);
+    else
+      TrainModel::init_params(config, uint64_t(o.seed), 0.02, params);
+    const double init_s = seconds_since(t0);
+    std::printf("init (%s): %.1f s on the host\n", o.init.c_str(), init_s);
+    row["init_s"] = init_s;
+    std::fflush(stdout);
+    try {
+      t0 = Clock::now();
+      if (device == Device::CUDA) move_params(params, device);
+      if (o.dtype == "bf16") params.set_compute_dtype(DType::BF16);
+      sync(device);
+      const double move_s = seconds_since(t0);
+      std::printf("to the device and compute copies: %.1f s\n", move_s);
+      row["move_s"] = move_s;
+
+      TrainModel model(config, params);
+      AdamW optimizer(params, AdamWConfig{});
+      LossOptions loss;  // no balance loss: transformers' DeepseekV2 trains without one
+      Rng rng(uint64_t(o.seed) + 1);
+      std::vector<double> step_s, fwd_bwd_s, optim_s;
+      double last_loss = 0;
+      for (int64_t s = 0; s < o.warmup + o.steps; ++s) {
+        // Targets are the inputs shifted by one, as the loader's [T+1] windows give them.
+        std::vector<int32_t> inputs, targets;
+        for (int64_t b = 0; b < B; ++b) {
+          const std::vector<int32_t> w = random_ids(size_t(T + 1), config.vocab_size, rng);
+          inputs.insert(inputs.end(), w.begin(), w.end() - 1);
+          targets.insert(targets.end(), w.begin() + 1, w.end());
+        }
+        sync(device);
+        const auto a = Clock::now();
+        last_loss = model.forward_backward(inputs, targets, loss, 1.0f, T).main_ce;
+        sync(device);
+        const auto b = Clock::now();
+        clip_grad_norm(params, 1.0);
+        optimizer.step(o.lr);
+        params.refresh_compute();
+        params.zero_grad();
+        sync(device);
+        const auto c = Clock::now();
+        std::fprintf(stderr, "step %lld: loss %.4f, %.1f ms\n", (long long)s, last_loss,
+                     std::chrono::duration<double>(c - a).count() * 1e3);
+        if (s < o.warmup) continue;
+        fwd_bwd_s.push_back(std::chrono::duration<double>(b - a).count());
+        optim_s.push_back(std::chrono::duration<double>(c - b).count());
+        step_s.push_back(std::chrono::duration<double>(c - a).count());
+      }
+      const double step = median(step_s);
+      const double tps = double(tokens) / step;
+      row.update({{"step_ms", step * 1e3},
+                  {"fwd_bwd_ms", median(fwd_bwd_s) * 1e3},
+                  {"optim_ms", median(optim_s) * 1e3},
+                  {"tokens_per_s", tps},
+                  {"tflops", tps * flops_per_token / 1e12},
+                  {"loss", last_loss},
+                  {"steps", o.steps}});
+      std::printf("\n| impl | ms/step (fwd+bwd + optim) | tokens/s | model TFLOP/s | loss |\n");
+      std::printf("| --- | --- | --- | --- | --- |\n");
+      std::printf("| dseek %s | %.1f (%.1f + %.1f) | %.0f | %.1f | %.3f |\n", o.dtype.c_str(),
+                  step * 1e3, median(fwd_bwd_s) * 1e3, median(optim_s) * 1e3, tps,
+                  tps * flops_per_token / 1e12, last_loss);
+      std::printf("medians of %lld steps after %lld warm-up; ln(vocab) = %.3f\n",
+                  (long long)o.steps, (long long)o.warmup, std::log(double(config.vocab_size)));
+      if (peak > 0)
+        std::printf("MFU against dseek's own bf16 GEMM (8192^3): %.1f%%\n",
+                    100.0 * tps * flops_per_token / 1e12 / peak);
+    } catch (const Error& e) {
+      std::printf("\n| dseek %s | n/a (%s) |\n", o.dtype.c_str(), e.what());
+      row["error"] = e.what();
+    }
+    results.end(pending, row);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "bench_train_cuda: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
