@@ -173,7 +173,7 @@ Tensor moe_route_backward(const Tensor& scores, const Tensor& ids, const Tensor&
   const Tensor& g = contiguous_or(dweights, gh);
   const float* extra = nullptr;
   if (extra_dscores.defined()) extra = contiguous_or(extra_dscores, xh).data<float>();
-  const float factor = p.scale ? p.routed_scaling_factor : 1.0f;
+  [[maybe_unused]] const float factor = p.scale ? p.routed_scaling_factor : 1.0f;
   if (device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
     DSEEK_CHECK(E <= 1024, "[moe_route_backward] the CUDA kernel takes at most 1024 experts, got {}",
