@@ -131,7 +131,7 @@ void PreTokenizer::add(const nlohmann::json& json, const std::string& field,
     DSEEK_CHECK(pattern != json.end() && pattern->is_object() && pattern->size() == 1,
                 "[tokenizer] {}.pattern: must be {{\"Regex\": ...}} or {{\"String\": ...}}", at);
     const std::string kind = pattern->begin().key();
-    const nlohmann::json& value = pattern->begin().value();
+    const nlohmann::json value = pattern->begin().value();  // a copy: GCC 13 flags a reference through the temporary iterator
     DSEEK_CHECK((kind == "Regex" || kind == "String") && value.is_string(),
                 "[tokenizer] {}.pattern: must be {{\"Regex\": ...}} or {{\"String\": ...}}", at);
     const auto behavior = json.find("behavior");
