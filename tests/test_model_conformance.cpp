@@ -26,6 +26,7 @@
 #include "model/config.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
+#include "model_fixtures.h"
 
 using namespace dseek;
 namespace fs = std::filesystem;
@@ -34,19 +35,8 @@ static_assert(std::endian::native == std::endian::little, "fixtures are little-e
 
 namespace {
 
-fs::path fixtures_root() {
-  return fs::path(DSEEK_SOURCE_DIR) / "tests" / "fixtures" / "models";
-}
-
-std::vector<std::string> fixture_names() {
-  std::vector<std::string> names;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(fixtures_root(), ec)) {
-    if (fs::exists(entry.path() / "reference.json")) names.push_back(entry.path().filename());
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
+using dseek::testing::fixture_names;
+using dseek::testing::fixtures_root;
 
 std::vector<float> read_f32(const fs::path& path, int64_t count) {
   std::ifstream in(path, std::ios::binary);

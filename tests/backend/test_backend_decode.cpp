@@ -37,6 +37,7 @@
 #include "model/paged_kv_cache.h"
 #include "ops/attention.h"
 #include "ops/mla_decode.h"
+#include "model_fixtures.h"
 
 namespace dseek::backend_test {
 namespace {
@@ -137,19 +138,8 @@ TEST(BackendDecode, HeadMatmul) {
 
 constexpr double kBf16RelRms = 0.05;
 
-fs::path fixtures_root() {
-  return fs::path(DSEEK_SOURCE_DIR) / "tests" / "fixtures" / "models";
-}
-
-std::vector<std::string> fixture_names() {
-  std::vector<std::string> names;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(fixtures_root(), ec)) {
-    if (fs::exists(entry.path() / "reference.json")) names.push_back(entry.path().filename());
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
+using dseek::testing::fixture_names;
+using dseek::testing::fixtures_root;
 
 std::vector<int32_t> fixture_ids(const fs::path& dir) {
   std::ifstream in(dir / "reference.json");

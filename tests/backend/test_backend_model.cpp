@@ -37,25 +37,15 @@
 #include "core/tensor.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
+#include "model_fixtures.h"
 
 namespace dseek::backend_test {
 namespace {
 
 namespace fs = std::filesystem;
 
-fs::path fixtures_root() {
-  return fs::path(DSEEK_SOURCE_DIR) / "tests" / "fixtures" / "models";
-}
-
-std::vector<std::string> fixture_names() {
-  std::vector<std::string> names;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(fixtures_root(), ec)) {
-    if (fs::exists(entry.path() / "reference.json")) names.push_back(entry.path().filename());
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
+using dseek::testing::fixture_names;
+using dseek::testing::fixtures_root;
 
 struct Reference {
   fs::path dir;

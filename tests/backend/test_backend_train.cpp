@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "backend/backend_harness.h"
+#include "model_fixtures.h"
 #include "model/config.h"
 #include "ops/cross_entropy.h"
 #include "train/param.h"
@@ -63,9 +64,7 @@ const TrainCase kCases[] = {
 };
 
 ModelConfig fixture_config(const std::string& name) {
-  return load_model_config(
-      (fs::path(DSEEK_SOURCE_DIR) / "tests" / "fixtures" / "models" / name / "config.json")
-          .string());
+  return load_model_config((dseek::testing::fixtures_root() / name / "config.json").string());
 }
 
 LossOptions loss_options(const TrainCase& c) {
