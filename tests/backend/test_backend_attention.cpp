@@ -186,25 +186,33 @@ std::vector<Case> tc_cases() {
 // every term of a sum; a row's terms are of the size of the row (random directions do not
 // cancel in its norm), but they can be much larger than the tensor's typical row: dq of a query
 // that sees a few keys is a sum of a few large dS·k, that of a late query one of many small ones.
-// So the bound scales per row, not per tensor or per element (an element near zero keeps the
-// absolute error of its row's terms). The 1e-4 floor covers rows that are exactly zero (dq and
-// dk of a query seeing a single key: dS = p·(dP − D) = 0 up to f32 rounding). Prints one line:
-// the worst |got − want| / rms(row) and the number of elements out of bounds.
+// So the bound scales per row, not per element (an element near zero keeps the absolute error of
+// its row's terms). But a row can also be much smaller than its terms: dS = P·(dP − D) cancels
+// when a query's dP values are close to their mean D (a query seeing two or three keys), and D
+// comes from the forward's O, whose P·V product used bf16 probabilities, so D carries an error
+// of 2^-9 of the tensor's typical dP. The row scale is therefore floored at a quarter of the
+// tensor's RMS (measured on the H200: such rows of dq erred by ~2e-3 of the tensor RMS while
+// their own RMS was ~1e-3 of it). The 1e-4 absolute floor covers tensors that are exactly zero
+// (dq and dk of a query seeing a single key). Prints one line: the worst |got − want| /
+// rms(row) and the number of elements out of bounds.
 void expect_close_rows(const std::string& op, const Tensor& want, const Tensor& got, double abs_rms,
                        double rel) {
   ASSERT_EQ(got.shape(), want.shape()) << op;
   const std::vector<float> w = want.to_vector(), g = got.to_vector();
   const size_t n = size_t(want.size(want.dim() - 1));
-  double worst = 0, total = 0;
+  double total = 0;
+  for (float x : w) total += double(x) * double(x);
+  const double rms_floor = 0.25 * std::sqrt(total / double(std::max<size_t>(w.size(), 1)));
+  double worst = 0;
   size_t bad = 0, worst_at = 0;
   for (size_t r0 = 0; r0 < w.size(); r0 += n) {
     double ss = 0;
     for (size_t i = r0; i < r0 + n; ++i) ss += double(w[i]) * double(w[i]);
-    total += ss;
     const double rms_row = std::sqrt(ss / double(n));
+    const double row_scale = std::max(rms_row, rms_floor);
     for (size_t i = r0; i < r0 + n; ++i) {
       const double d = std::isfinite(g[i]) ? std::abs(double(g[i]) - double(w[i])) : INFINITY;
-      if (!(d <= abs_rms * rms_row + rel * std::abs(double(w[i])) + 1e-4)) ++bad;
+      if (!(d <= abs_rms * row_scale + rel * std::abs(double(w[i])) + 1e-4)) ++bad;
       const double ratio = d / std::max(rms_row, 1e-4);
       if (!(ratio <= worst)) {
         worst = ratio;

@@ -14,8 +14,10 @@
 //    greedy generation through the Generator against the CPU model's tokens.
 //    f32: max |got − want| ≤ 1e-4 · max(1, max |want|) (the GPU differs from the CPU only in
 //    summation order; |logits| < 40). bf16: relative RMS error
-//    ‖got − want‖₂ / ‖want‖₂ ≤ kBf16RelRms (5% until an H200 run sets it; the no-cache bf16 forward
-//    measured 1.2–3.2%, 14.6% on v2_group whose routing flips, see test_backend_model.cpp). A
+//    ‖got − want‖₂ / ‖want‖₂ ≤ 5% (measured on an H200: 1.2–3.3% on ten fixtures), and ≤ 20% on
+//    v2_group (measured 11–17%), whose group-limited routing flips under a bf16 router input and
+//    whose routed_scaling_factor of 16 magnifies each flip (the no-cache forward shows the same,
+//    14.6%, and has the same 20% bound; see test_backend_model.cpp). A
 //    truncated and re-decoded cache runs the same kernels on the same shapes as the fresh run, so
 //    it must match it to 1e-5 relative in either dtype.
 // Every comparison prints one table line. Without a GPU the GPU tests skip.
@@ -35,9 +37,9 @@
 #include "model/kv_cache.h"
 #include "model/model.h"
 #include "model/paged_kv_cache.h"
+#include "model_fixtures.h"
 #include "ops/attention.h"
 #include "ops/mla_decode.h"
-#include "model_fixtures.h"
 
 namespace dseek::backend_test {
 namespace {
@@ -51,10 +53,9 @@ struct DecodeShape {
 };
 
 const std::vector<DecodeShape> kDecodeShapes = {
-    {1, 1, 1, 5, 3},         {1, 37, 16, 5, 3},       {3, 70, 16, 33, 7},
-    {1, 1000, 16, 512, 64},  {1, 3000, 128, 512, 64}, {5, 600, 128, 512, 64},
-    {16, 300, 1, 512, 64},   {1, 4000, 1, 19, 5},     {40, 40, 3, 64, 16},
-    {2, 2049, 128, 512, 64}, {1, 129, 7, 100, 28}};
+    {1, 1, 1, 5, 3},         {1, 37, 16, 5, 3},       {3, 70, 16, 33, 7},    {1, 1000, 16, 512, 64},
+    {1, 3000, 128, 512, 64}, {5, 600, 128, 512, 64},  {16, 300, 1, 512, 64}, {1, 4000, 1, 19, 5},
+    {40, 40, 3, 64, 16},     {2, 2049, 128, 512, 64}, {1, 129, 7, 100, 28}};
 
 // A [rows, cols] view at column 1 of a [rows, cols + 3] f32 buffer whose other columns are NaN.
 Tensor nan_framed(const Tensor& x) {
@@ -115,16 +116,15 @@ TEST(BackendDecode, HeadMatmul) {
   struct Case {
     int64_t T, H, K, N;
   };
-  const std::vector<Case> cases = {{1, 1, 1, 1},     {1, 16, 128, 512}, {3, 128, 128, 512},
-                                   {37, 16, 512, 128}, {1, 7, 19, 33},  {100, 3, 70, 65},
+  const std::vector<Case> cases = {{1, 1, 1, 1},       {1, 16, 128, 512}, {3, 128, 128, 512},
+                                   {37, 16, 512, 128}, {1, 7, 19, 33},    {100, 3, 70, 65},
                                    {1, 128, 512, 128}};
   for (DType act : kActDtypes)
     for (const Case& c : cases) {
       // x as the first K columns of rows of K + 5 (MLA's q_nope inside q).
       const Tensor x_wide = rand({c.T, c.H, c.K + 5}, rng);
       const Tensor w = rand({c.H, c.K, c.N}, rng);
-      const Tensor want =
-          ops::head_matmul(rounded(x_wide, act).slice(2, 0, c.K), rounded(w, act));
+      const Tensor want = ops::head_matmul(rounded(x_wide, act).slice(2, 0, c.K), rounded(w, act));
       const Tensor got = ops::head_matmul(on_gpu(x_wide, act).slice(2, 0, c.K), on_gpu(w, act));
       EXPECT_EQ(got.dtype(), act);
       // Sums of K products of magnitude ≤ 1: the f32 bound scales with √K.
@@ -136,7 +136,10 @@ TEST(BackendDecode, HeadMatmul) {
 
 // ---- the model ----------------------------------------------------------------------------------
 
-constexpr double kBf16RelRms = 0.05;
+// The bf16 bound of a fixture (see the header comment for the measured figures).
+double bf16_rel_rms(const std::string& fixture) {
+  return fixture == "v2_group" ? 0.20 : 0.05;
+}
 
 using dseek::testing::fixture_names;
 using dseek::testing::fixtures_root;
@@ -208,9 +211,8 @@ void expect_match(const std::string& fixture, DType act, const char* what,
   const Errors e = compare(got, want);
   const double bound = rel * std::max(1.0, e.max_want);
   const bool ok = act == DType::F32 ? e.max_abs <= bound : e.rel_rms <= bf16_rms;
-  std::printf("[backend] decode %-12s %-4s %-28s max_abs %.2e rel_rms %.2e %s\n",
-              fixture.c_str(), std::string(dtype_name(act)).c_str(), what, e.max_abs, e.rel_rms,
-              ok ? "ok" : "FAIL");
+  std::printf("[backend] decode %-12s %-4s %-28s max_abs %.2e rel_rms %.2e %s\n", fixture.c_str(),
+              std::string(dtype_name(act)).c_str(), what, e.max_abs, e.rel_rms, ok ? "ok" : "FAIL");
   if (act == DType::F32) {
     EXPECT_LE(e.max_abs, bound) << fixture << " " << what;
   } else {
@@ -239,11 +241,14 @@ TEST_P(BackendDecodeModel, CachedDecodeMatchesCpuAndNoCache) {
     const std::vector<float> decode = cached_run(*gpu, Device::CUDA, ids_, prompt, 1);
     const std::vector<float> chunks = cached_run(*gpu, Device::CUDA, ids_, 3, 3);
     const std::vector<float> full = gpu->forward(ids_).to_vector();  // host f32
-    expect_match(GetParam(), act, "decode vs cpu decode", decode, cpu_decode, 1e-4, kBf16RelRms);
+    expect_match(GetParam(), act, "decode vs cpu decode", decode, cpu_decode, 1e-4,
+                 bf16_rel_rms(GetParam()));
     expect_match(GetParam(), act, "chunks of 3 vs cpu chunks", chunks, cpu_chunks, 1e-4,
-                 kBf16RelRms);
-    expect_match(GetParam(), act, "decode vs gpu no-cache", decode, full, 1e-4, kBf16RelRms);
-    expect_match(GetParam(), act, "chunks vs gpu no-cache", chunks, full, 1e-4, kBf16RelRms);
+                 bf16_rel_rms(GetParam()));
+    expect_match(GetParam(), act, "decode vs gpu no-cache", decode, full, 1e-4,
+                 bf16_rel_rms(GetParam()));
+    expect_match(GetParam(), act, "chunks vs gpu no-cache", chunks, full, 1e-4,
+                 bf16_rel_rms(GetParam()));
   }
 }
 
@@ -296,8 +301,8 @@ std::vector<float> batched_run(Model& model, Device device, const std::vector<in
       std::vector<int32_t>(ids.begin() + 3, ids.begin() + std::ptrdiff_t(n))};
   std::vector<PagedSequence> seqs(streams.size());
   // Per batch: tokens per sequence (0: not in the batch) and whether all rows' logits come back.
-  const std::vector<std::vector<int64_t>> schedule = {
-      {5, 9, 4}, {1, 6, 1}, {1, 1, 1}, {0, 1, 1}, {1, 1, 1}, {2, 1, 1}};
+  const std::vector<std::vector<int64_t>> schedule = {{5, 9, 4}, {1, 6, 1}, {1, 1, 1},
+                                                      {0, 1, 1}, {1, 1, 1}, {2, 1, 1}};
   std::vector<float> rows;
   for (size_t b = 0; b < schedule.size(); ++b) {
     std::vector<BatchSequence> batch;
@@ -307,8 +312,8 @@ std::vector<float> batched_run(Model& model, Device device, const std::vector<in
       if (T == 0) continue;
       EXPECT_TRUE(cache->reserve(seqs[i], seqs[i].length + T));
       const bool all_logits = (b + i) % 2 == 0;
-      batch.push_back({std::span(streams[i]).subspan(size_t(seqs[i].length), size_t(T)),
-                       &seqs[i], all_logits});
+      batch.push_back(
+          {std::span(streams[i]).subspan(size_t(seqs[i].length), size_t(T)), &seqs[i], all_logits});
       want_rows += all_logits ? T : 1;
     }
     const BatchOutput out = model.forward_batch(batch, *cache);
@@ -325,7 +330,7 @@ TEST_P(BackendDecodeModel, BatchedForwardOverPagesMatchesCpu) {
   for (DType act : kActDtypes) {
     const std::unique_ptr<Model> gpu = Model::load(dir_.string(), Placement{Device::CUDA, act});
     expect_match(GetParam(), act, "forward_batch vs cpu", batched_run(*gpu, Device::CUDA, ids_),
-                 want, 1e-4, kBf16RelRms);
+                 want, 1e-4, bf16_rel_rms(GetParam()));
   }
 }
 
@@ -352,9 +357,8 @@ TEST_P(BackendDecodeModel, GreedyGenerationMatchesCpu) {
     const GenerationResult got = gpu_gen.generate(*p, options);
     EXPECT_EQ(got.ids, want.ids) << GetParam() << " prompt of " << p->size();
     EXPECT_EQ(got.reused_tokens, want.reused_tokens);
-    std::printf("[backend] decode %-12s f32  greedy %zu tokens after %zu: %s\n",
-                GetParam().c_str(), want.ids.size(), p->size(),
-                got.ids == want.ids ? "ok" : "FAIL");
+    std::printf("[backend] decode %-12s f32  greedy %zu tokens after %zu: %s\n", GetParam().c_str(),
+                want.ids.size(), p->size(), got.ids == want.ids ? "ok" : "FAIL");
   }
 }
 

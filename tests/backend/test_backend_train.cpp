@@ -34,8 +34,8 @@
 #include <vector>
 
 #include "backend/backend_harness.h"
-#include "model_fixtures.h"
 #include "model/config.h"
+#include "model_fixtures.h"
 #include "ops/cross_entropy.h"
 #include "train/param.h"
 #include "train/train_model.h"
@@ -100,13 +100,14 @@ void init_cpu(const ModelConfig& config, ParamSet& params) {
   }
 }
 
-// The same parameters (values and grads) on the GPU: until ParamSet::to(Device) exists, the copy
-// is made here.
+// The same parameters (values and grads) on the GPU, through ParamSet::to(Device) as training
+// does (the set then reports cuda, so the model puts its activations there too).
 void copy_to_gpu(const ParamSet& cpu, ParamSet& gpu) {
   for (const train::Param& p : cpu.all()) {
-    train::Param& q = gpu.add(p.name, p.value.to(Device::CUDA), p.trainable, p.decay);
-    if (p.grad.defined()) q.grad = p.grad.to(Device::CUDA);
+    train::Param& q = gpu.add(p.name, p.value.clone(), p.trainable, p.decay);
+    if (p.grad.defined()) q.grad = p.grad.clone();
   }
+  gpu.to(Device::CUDA);
 }
 
 double rel(double got, double want) {
