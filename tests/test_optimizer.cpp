@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <random>
@@ -164,6 +165,50 @@ TEST(Optimizer, ClipGradNorm) {
   EXPECT_NEAR(clip_grad_norm(ps, 1.0), 1.0, 1e-6);  // now at the limit
 }
 
+// The trainer's fused step: clip_factor as AdamW::step's grad_scale, the bf16 compute copies
+// re-rounded by the step, gives the same bits as clip_grad_norm + step + refresh_compute.
+TEST(Optimizer, FusedClipAndComputeCopiesEqualTheUnfusedStep) {
+  std::mt19937 rng(21);
+  ParamSet a = make_params(rng);
+  std::mt19937 rng2(21);
+  ParamSet b = make_params(rng2);
+  a.set_compute_dtype(DType::BF16);
+  b.set_compute_dtype(DType::BF16);
+  AdamW opt_a(a, AdamWConfig{}), opt_b(b, AdamWConfig{});
+  std::mt19937 grads(22);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (int t = 0; t < 3; ++t) {
+    for (Param& p : a.all()) {
+      if (!p.trainable) continue;
+      std::vector<float> g(size_t(p.value.numel()));
+      for (float& x : g) x = normal(grads);
+      set_grad(p, g);
+      set_grad(b.at(p.name), g);
+    }
+    const double norm = clip_grad_norm(a, 0.5);
+    opt_a.step(1e-2);
+    a.refresh_compute();
+    EXPECT_EQ(train::grad_norm(b), norm);
+    const float factor = train::clip_factor(norm, 0.5);
+    ASSERT_LT(factor, 1.0f);
+    opt_b.step(1e-2, factor);
+    int copies = 0;
+    for (const Param& p : a.all()) {
+      EXPECT_EQ(b.value(p.name).to_vector(), p.value.to_vector()) << p.name;
+      ASSERT_EQ(b.at(p.name).compute.defined(), p.compute.defined()) << p.name;
+      if (!p.compute.defined()) continue;
+      ++copies;
+      const Tensor& got = b.at(p.name).compute;
+      ASSERT_EQ(got.nbytes(), p.compute.nbytes());
+      EXPECT_EQ(std::memcmp(got.raw(), p.compute.raw(), got.nbytes()), 0) << p.name;
+    }
+    EXPECT_GT(copies, 0);
+  }
+  EXPECT_EQ(train::clip_factor(0.4, 0.5), 1.0f);
+  EXPECT_EQ(train::clip_factor(7.0, 0.0), 1.0f);
+  EXPECT_EQ(train::clip_factor(INFINITY, 0.5), 1.0f);
+}
+
 TEST(Optimizer, ClipGradNormLargeParamDoubleAccumulation) {
   // 2^20 gradients of 1e-3: an f32 running sum would drift; the norm is exactly √(2^20)·1e-3.
   ParamSet ps;
@@ -274,8 +319,11 @@ TEST(Optimizer, FusedOpChecksItsTensors) {
                "[adamw] exp_avg 0: must be a defined f32 contiguous tensor, got bf16 [2, 3]");
   expect_error([&] { ops::adamw_tensors({a}, {a}, {a}, {b.transpose(0, 1)}, {0}); },
                "[adamw] exp_avg_sq 0: must be a defined f32 contiguous tensor");
-  expect_error([&] { ops::sum_of_squares({a, Tensor()}); },
-               "[sum_of_squares] tensor 1: must be a defined f32 contiguous tensor, got undefined");
+  expect_error(
+      [&] {
+        ops::sum_of_squares({a, Tensor()});
+      },
+      "[sum_of_squares] tensor 1: must be a defined f32 contiguous tensor, got undefined");
   expect_error([&] { ops::scale_inplace({a.to(DType::BF16)}, 2.0f); }, "[scale_inplace] tensor 0");
 }
 
@@ -317,8 +365,11 @@ TEST(Optimizer, CopyValuesConvertsAndChecks) {
   EXPECT_EQ(dst.to_vector(), (std::vector<float>{1, 3, 2, 4}));
   expect_error([&] { copy_values(dst, Tensor::zeros({4}), "model.norm.weight"); },
                "[train] model.norm.weight: source [4], expected [2, 2]");
-  expect_error([&] { copy_values(dst.to(DType::BF16), Tensor::zeros({2, 2}), "m"); },
-               "[train] m: the destination must be f32 contiguous");
+  expect_error(
+      [&] {
+        copy_values(dst.to(DType::BF16), Tensor::zeros({2, 2}), "m");
+      },
+      "[train] m: the destination must be f32 contiguous");
 }
 
 TEST(Optimizer, ParamSetStartsOnTheCpu) {

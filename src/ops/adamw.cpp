@@ -1,6 +1,7 @@
 #include "ops/adamw.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "core/cuda.h"
 #include "core/error.h"
@@ -57,7 +58,7 @@ std::vector<cuda::MultiTensorEntry> grad_entries(const std::vector<Tensor>& tens
   std::vector<cuda::MultiTensorEntry> host;
   for (const Tensor& t : tensors)
     if (t.numel() > 0)
-      host.push_back({nullptr, t.data<float>(), nullptr, nullptr, t.numel(), 0, 0});
+      host.push_back({nullptr, t.data<float>(), nullptr, nullptr, t.numel(), 0, 0, nullptr});
   return host;
 }
 
@@ -68,8 +69,8 @@ const cuda::MultiTensorEntry* entries_of(const Tensor& words) {
 
 }  // namespace
 
-AdamWStep adamw_step_scalars(double beta1, double beta2, double eps, double weight_decay,
-                             double lr, int64_t step) {
+AdamWStep adamw_step_scalars(double beta1, double beta2, double eps, double weight_decay, double lr,
+                             int64_t step) {
   const double t = double(step);
   AdamWStep s;
   s.beta1 = float(beta1);
@@ -86,12 +87,14 @@ AdamWStep adamw_step_scalars(double beta1, double beta2, double eps, double weig
 
 AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads,
                            std::vector<Tensor> exp_avgs, std::vector<Tensor> exp_avg_sqs,
-                           std::vector<uint8_t> decay) {
+                           std::vector<uint8_t> decay, std::vector<Tensor> computes) {
   const size_t n = values.size();
   DSEEK_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n &&
-                  decay.size() == n,
-              "[adamw] {} values, {} grads, {} exp_avgs, {} exp_avg_sqs, {} decay flags: one each",
-              n, grads.size(), exp_avgs.size(), exp_avg_sqs.size(), decay.size());
+                  decay.size() == n && (computes.empty() || computes.size() == n),
+              "[adamw] {} values, {} grads, {} exp_avgs, {} exp_avg_sqs, {} decay flags, {} "
+              "compute copies: one each (no compute copies at all is fine too)",
+              n, grads.size(), exp_avgs.size(), exp_avg_sqs.size(), decay.size(), computes.size());
+  if (computes.empty()) computes.resize(n);
   AdamWTensors t;
   t.device = list_device("adamw", values);
   for (size_t i = 0; i < n; ++i) {
@@ -106,14 +109,24 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
                 shape_str(shape), shape_str(grads[i].shape()), shape_str(exp_avgs[i].shape()),
                 shape_str(exp_avg_sqs[i].shape()));
     op_device("adamw", {&values[i], &grads[i], &exp_avgs[i], &exp_avg_sqs[i]});
+    if (computes[i].defined()) {
+      DSEEK_CHECK(computes[i].dtype() == DType::BF16 && computes[i].is_contiguous() &&
+                      computes[i].shape() == shape,
+                  "[adamw] compute copy {}: must be bf16 contiguous {}, got {} {}", i,
+                  shape_str(shape), dtype_name(computes[i].dtype()),
+                  shape_str(computes[i].shape()));
+      op_device("adamw", {&values[i], &computes[i]});
+    }
   }
   if (t.device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
     std::vector<cuda::MultiTensorEntry> host;
     for (size_t i = 0; i < n; ++i)
       if (values[i].numel() > 0)
-        host.push_back({values[i].data<float>(), grads[i].data<float>(), exp_avgs[i].data<float>(),
-                        exp_avg_sqs[i].data<float>(), values[i].numel(), 0, decay[i] ? 1 : 0});
+        host.push_back(
+            {values[i].data<float>(), grads[i].data<float>(), exp_avgs[i].data<float>(),
+             exp_avg_sqs[i].data<float>(), values[i].numel(), 0, decay[i] ? 1 : 0,
+             computes[i].defined() ? static_cast<uint16_t*>(computes[i].raw()) : nullptr});
     const MultiTensorTable table = device_table(host);
     t.table = table.words;
     t.entries = table.entries;
@@ -127,26 +140,37 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
   t.exp_avgs = std::move(exp_avgs);
   t.exp_avg_sqs = std::move(exp_avg_sqs);
   t.decay = std::move(decay);
+  t.computes = std::move(computes);
   return t;
 }
 
-void adamw_step(const AdamWTensors& t, const AdamWStep& s) {
+void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale) {
   if (t.device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
-    const cuda::AdamWScalars scalars{s.beta1,     s.beta2,
-                                     s.one_minus_beta1, s.one_minus_beta2,
-                                     s.step_size, s.bias_correction2_sqrt,
-                                     s.eps,       s.decay_factor(true)};
+    const cuda::AdamWScalars scalars{s.beta1,
+                                     s.beta2,
+                                     s.one_minus_beta1,
+                                     s.one_minus_beta2,
+                                     s.step_size,
+                                     s.bias_correction2_sqrt,
+                                     s.eps,
+                                     s.decay_factor(true),
+                                     grad_scale};
     cuda::adamw_multi_tensor(entries_of(t.table), t.entries, t.chunks, scalars);
     return;
 #else
     cuda_not_built("adamw");
 #endif
   }
-  for (size_t i = 0; i < t.values.size(); ++i)
+  for (size_t i = 0; i < t.values.size(); ++i) {
     cpu::adamw_update(s, s.decay_factor(t.decay[i] != 0), t.values[i].data<float>(),
                       t.grads[i].data<float>(), t.exp_avgs[i].data<float>(),
-                      t.exp_avg_sqs[i].data<float>(), t.values[i].numel());
+                      t.exp_avg_sqs[i].data<float>(), t.values[i].numel(), grad_scale);
+    if (t.computes[i].defined() && t.computes[i].numel() > 0) {
+      const Tensor rounded = t.values[i].to(DType::BF16);
+      std::memcpy(t.computes[i].raw(), rounded.raw(), rounded.nbytes());
+    }
+  }
 }
 
 double sum_of_squares(const std::vector<Tensor>& tensors) {

@@ -24,6 +24,11 @@
 //   fixed tree inside one block) goes to a partial, and one block adds the partials in a fixed
 //   order. Deterministic (no atomics); the result is copied to the host (one synchronisation).
 // Scale: g ← g · scale in f32 (clipping's max_norm / (n + 1e-6)).
+//
+// Fusions of the training step: adamw_step takes the clipping factor as grad_scale (each g read
+// as g · grad_scale, one f32 multiply: the bits scale_inplace would have left, without a pass over
+// the gradients), and re-rounds each tensor's bf16 compute copy, where given, from its new value
+// (round to nearest even, the bits of Tensor::to(BF16)), without a pass over the masters.
 #pragma once
 
 #include <cstdint>
@@ -39,15 +44,17 @@ struct AdamWStep {
   double lr, weight_decay;
   float decay_factor(bool decay) const { return decay ? float(1.0 - lr * weight_decay) : 1.0f; }
 };
-AdamWStep adamw_step_scalars(double beta1, double beta2, double eps, double weight_decay,
-                             double lr, int64_t t);
+AdamWStep adamw_step_scalars(double beta1, double beta2, double eps, double weight_decay, double lr,
+                             int64_t t);
 
 // The tensors one AdamW step updates, checked once and kept with the table of their addresses that
 // the GPU kernel reads (one launch for all of them). values, grads, exp_avgs, exp_avg_sqs: f32
-// contiguous, entry i of the four of one shape, everything on one device. The table stays valid
-// while the tensors keep their storage (it holds references to them).
+// contiguous, entry i of the four of one shape, everything on one device. computes: empty, or one
+// per tensor, each undefined or a bf16 contiguous tensor of the value's shape and device (the
+// compute copy the step re-rounds). The table stays valid while the tensors keep their storage
+// (it holds references to them).
 struct AdamWTensors {
-  std::vector<Tensor> values, grads, exp_avgs, exp_avg_sqs;
+  std::vector<Tensor> values, grads, exp_avgs, exp_avg_sqs, computes;
   std::vector<uint8_t> decay;  // per tensor: decoupled weight decay applies
   Tensor table;                // GPU: cuda::MultiTensorEntry per non-empty tensor (as i64 words)
   int64_t entries = 0, chunks = 0;
@@ -55,9 +62,10 @@ struct AdamWTensors {
 };
 AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads,
                            std::vector<Tensor> exp_avgs, std::vector<Tensor> exp_avg_sqs,
-                           std::vector<uint8_t> decay);
-// One step of every tensor of `t` (values and moments updated in place, grads read).
-void adamw_step(const AdamWTensors& t, const AdamWStep& s);
+                           std::vector<uint8_t> decay, std::vector<Tensor> computes = {});
+// One step of every tensor of `t` (values, moments and compute copies updated in place, grads read
+// and multiplied by grad_scale).
+void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale = 1.0f);
 
 // Σ g² over every element of `tensors` (f32 contiguous, one device), accumulated in double.
 double sum_of_squares(const std::vector<Tensor>& tensors);

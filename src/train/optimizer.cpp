@@ -60,20 +60,22 @@ bool AdamW::fused_current() const {
     if (k >= fused_.values.size() || fused_.values[k].raw() != p.value.raw() ||
         fused_.grads[k].raw() != p.grad.raw() ||
         fused_.exp_avgs[k].raw() != exp_avg_[index].raw() ||
-        fused_.exp_avg_sqs[k].raw() != exp_avg_sq_[index].raw())
+        fused_.exp_avg_sqs[k].raw() != exp_avg_sq_[index].raw() ||
+        fused_.computes[k].defined() != p.compute.defined() ||
+        (p.compute.defined() && fused_.computes[k].raw() != p.compute.raw()))
       return false;
     ++k;
   }
   return k == fused_.values.size();
 }
 
-void AdamW::step(double lr) {
+void AdamW::step(double lr, float grad_scale) {
   DSEEK_CHECK(std::isfinite(lr) && lr >= 0.0, "[optim] AdamW: learning rate {} must be >= 0", lr);
   DSEEK_CHECK(params_->size() == exp_avg_.size(),
               "[optim] AdamW: the ParamSet has {} parameters, the optimizer was built for {}",
               params_->size(), exp_avg_.size());
   if (!fused_current()) {
-    std::vector<Tensor> values, grads, ms, vs;
+    std::vector<Tensor> values, grads, ms, vs, computes;
     std::vector<uint8_t> decay;
     size_t i = 0;
     for (const Param& p : params_->all()) {
@@ -88,12 +90,13 @@ void AdamW::step(double lr) {
       ms.push_back(exp_avg_[index]);
       vs.push_back(exp_avg_sq_[index]);
       decay.push_back(p.decay ? 1 : 0);
+      computes.push_back(p.compute);
     }
     fused_ = ops::adamw_tensors(std::move(values), std::move(grads), std::move(ms), std::move(vs),
-                                std::move(decay));
+                                std::move(decay), std::move(computes));
   }
   ++step_count_;
-  ops::adamw_step(fused_, adamw_step_scalars(config_, lr, step_count_));
+  ops::adamw_step(fused_, adamw_step_scalars(config_, lr, step_count_), grad_scale);
 }
 
 AdamWStep adamw_step_scalars(const AdamWConfig& config, double lr, int64_t step) {
@@ -136,13 +139,27 @@ void AdamW::load_state(const std::map<std::string, Tensor>& tensors, int64_t ste
   step_count_ = step_count;
 }
 
-double clip_grad_norm(ParamSet& params, double max_norm) {
+double grad_norm(const ParamSet& params) {
   std::vector<Tensor> grads;
   for (const Param& p : params.all())
     if (p.trainable) grads.push_back(p.grad);
-  const double norm = std::sqrt(ops::sum_of_squares(grads));
-  if (max_norm > 0.0 && std::isfinite(norm) && norm > max_norm)
-    ops::scale_inplace(grads, float(max_norm / (norm + 1e-6)));
+  return std::sqrt(ops::sum_of_squares(grads));
+}
+
+float clip_factor(double norm, double max_norm) {
+  return max_norm > 0.0 && std::isfinite(norm) && norm > max_norm ? float(max_norm / (norm + 1e-6))
+                                                                  : 1.0f;
+}
+
+double clip_grad_norm(ParamSet& params, double max_norm) {
+  const double norm = grad_norm(params);
+  const float factor = clip_factor(norm, max_norm);
+  if (factor != 1.0f) {
+    std::vector<Tensor> grads;
+    for (const Param& p : params.all())
+      if (p.trainable) grads.push_back(p.grad);
+    ops::scale_inplace(grads, factor);
+  }
   return norm;
 }
 

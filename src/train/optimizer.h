@@ -39,7 +39,10 @@ class AdamW {
   // One update with learning rate lr (finite, ≥ 0) on every trainable param using its grad: one
   // multi-tensor launch on the GPU. Throws when a parameter and its moments are on different
   // devices (AdamW::to after ParamSet::to fixes that).
-  void step(double lr);
+  // grad_scale multiplies every gradient as it is read (clip_factor's result: clipping without a
+  // pass over the gradients). The bf16 compute copies of the updated parameters are re-rounded
+  // from their new values in the same pass, so no ParamSet::refresh_compute is needed after it.
+  void step(double lr, float grad_scale = 1.0f);
   // Moves the moments to `device` (keeping their values).
   void to(Device device);
   int64_t step_count() const { return step_count_; }
@@ -76,6 +79,11 @@ using ops::cpu::adamw_update;
 // Global L2 norm over all trainable grads; scales them to max_norm when it is exceeded (and
 // max_norm > 0). Returns the pre-clip norm.
 double clip_grad_norm(ParamSet& params, double max_norm);
+// Its two halves, for a fused step: the global L2 norm of the trainable gradients, and the factor
+// clipping to max_norm multiplies them by (1 when max_norm ≤ 0, the norm is not finite or within
+// max_norm).
+double grad_norm(const ParamSet& params);
+float clip_factor(double norm, double max_norm);
 
 // Decay rule used when building ParamSets: false for norms (*norm.weight, which covers
 // *layernorm.weight, enorm/hnorm of MTP) and biases (*.bias, *e_score_correction_bias); true for

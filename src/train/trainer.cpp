@@ -38,7 +38,9 @@ namespace fs = std::filesystem;
 namespace {
 
 std::atomic<int> g_stop_signal{0};
-extern "C" void on_stop_signal(int sig) { g_stop_signal.store(sig); }
+extern "C" void on_stop_signal(int sig) {
+  g_stop_signal.store(sig);
+}
 
 // Installs SIGINT/SIGTERM handlers for the lifetime of a run and restores the old ones after.
 class StopSignals {
@@ -113,7 +115,9 @@ double mean_max_violation(const std::vector<std::vector<int64_t>>& load,
   return active > 0 ? sum / double(active) : 0.0;
 }
 
-std::string fmt_lr(double lr) { return fmt::format("{:.2e}", lr); }
+std::string fmt_lr(double lr) {
+  return fmt::format("{:.2e}", lr);
+}
 
 // Data parallelism's per-step exchange: every rank's losses, stop request and expert loads summed
 // in one f64 all-reduce (loads are integer counts, exact in f64).
@@ -143,7 +147,8 @@ void all_reduce_totals(dist::ProcessGroup& group, StepTotals& t, size_t mtp_dept
 
 TrainSummary run_training(TrainConfig cfg, bool resume) {
   DSEEK_CHECK(!cfg.out.empty(), "[train] run.out: a run directory is required (--out)");
-  DSEEK_CHECK(!cfg.data.empty(), "[train] data.dir: a prepared data directory is required (--data)");
+  DSEEK_CHECK(!cfg.data.empty(),
+              "[train] data.dir: a prepared data directory is required (--data)");
   if (cfg.threads > 0) omp_set_num_threads(int(cfg.threads));
   // Every step allocates and frees the same large activations; keeping freed memory in the heap
   // (instead of mmap/munmap per tensor) saves a page fault per page per step.
@@ -161,7 +166,8 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   if (resume) {
     latest = find_latest_checkpoint(run_dir.string());
     if (latest.empty() && lead)
-      fmt::print(stderr, "[train] {}: no checkpoint to resume from; starting fresh\n", run_dir.string());
+      fmt::print(stderr, "[train] {}: no checkpoint to resume from; starting fresh\n",
+                 run_dir.string());
   } else {
     DSEEK_CHECK(!fs::exists(ckpt_root) || fs::is_empty(ckpt_root),
                 "[train] {}: the run directory already has checkpoints; pass --resume to continue "
@@ -246,8 +252,9 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   std::unique_ptr<AdamW> optimizer;
   std::unique_ptr<DataParallel> dp;
   if (ranks > 1) {
-    dp = std::make_unique<DataParallel>(group, params, adamw_config, model_config.num_hidden_layers,
-                                        std::max<int64_t>(1, int64_t(cfg.dist_bucket_mb * 262144.0)));
+    dp = std::make_unique<DataParallel>(
+        group, params, adamw_config, model_config.num_hidden_layers,
+        std::max<int64_t>(1, int64_t(cfg.dist_bucket_mb * 262144.0)));
   } else {
     optimizer = std::make_unique<AdamW>(params, adamw_config);
   }
@@ -273,8 +280,10 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     std::map<std::string, Tensor> opt_state(ck.optimizer.begin(), ck.optimizer.end());
     step = ck.state.at("step").get<int64_t>();
     const int64_t optimizer_steps = ck.state.at("optimizer_steps").get<int64_t>();
-    if (dp) dp->load_state(opt_state, optimizer_steps);
-    else optimizer->load_state(opt_state, optimizer_steps);
+    if (dp)
+      dp->load_state(opt_state, optimizer_steps);
+    else
+      optimizer->load_state(opt_state, optimizer_steps);
     batches.seek(ck.state.at("loader"));
     tokens_seen = ck.state.value("tokens", int64_t(0));
     params.refresh_compute();
@@ -314,11 +323,11 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     write_file_atomic((run_dir / "run.json").string(), info.dump(2) + "\n");
   }
   if (lead)
-    fmt::print(stderr,
-               "[train] {} ({} parameters), {} training tokens, unigram entropy {:.3f} nats/token\n",
-               model_config.model_type, human_count(double(params.numel(true))),
-               human_count(double(data_info["train_tokens"].get<int64_t>())),
-               summary.unigram_entropy);
+    fmt::print(
+        stderr,
+        "[train] {} ({} parameters), {} training tokens, unigram entropy {:.3f} nats/token\n",
+        model_config.model_type, human_count(double(params.numel(true))),
+        human_count(double(data_info["train_tokens"].get<int64_t>())), summary.unigram_entropy);
   if (lead && ranks > 1)
     fmt::print(stderr,
                "[train] data parallel: {} ranks ({}), {} sequences each per micro-batch, ZeRO-1 "
@@ -463,11 +472,12 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       dp->reduce_gradients();
       grad_norm = dp->clip_grad_norm(cfg.grad_clip);
       dp->step(lr);
+      params.refresh_compute();
     } else {
-      grad_norm = clip_grad_norm(params, cfg.grad_clip);
-      optimizer->step(lr);
+      // Clipping folded into the step; the step also re-rounds the bf16 compute copies.
+      grad_norm = train::grad_norm(params);
+      optimizer->step(lr, clip_factor(grad_norm, cfg.grad_clip));
     }
-    params.refresh_compute();
     params.zero_grad();
     const double g = gamma.at(s);
     if (loss_free && g > 0.0) {
@@ -536,10 +546,12 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
         val_options.token_weights = nullptr;
         const SequenceLosses l = model.forward(vb.inputs, vb.targets, val_options, vb.segments);
         val += l.main_ce * double(nb);
-        if (val_load.empty()) val_load = l.expert_load;
+        if (val_load.empty())
+          val_load = l.expert_load;
         else
           for (size_t i = 0; i < l.expert_load.size(); ++i)
-            for (size_t e = 0; e < l.expert_load[i].size(); ++e) val_load[i][e] += l.expert_load[i][e];
+            for (size_t e = 0; e < l.expert_load[i].size(); ++e)
+              val_load[i][e] += l.expert_load[i][e];
       }
       if (ranks > 1) {
         StepTotals t;
@@ -568,7 +580,8 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     summary.last_step = step;
 
     std::string suffix = fmt::format("loss {:.3f} lr {}", ce / n, fmt_lr(lr));
-    if (line.contains("max_vio")) suffix += fmt::format(" vio {:.2f}", line["max_vio"].get<double>());
+    if (line.contains("max_vio"))
+      suffix += fmt::format(" vio {:.2f}", line["max_vio"].get<double>());
     if (summary.last_val_loss >= 0) suffix += fmt::format(" val {:.3f}", summary.last_val_loss);
     suffix += fmt::format(" {} tok/s", human_count(line["tokens_per_s"].get<double>()));
     if (progress) {

@@ -180,9 +180,9 @@ TEST(BackendOps, MoeRouteBackward) {
         const Tensor want =
             ops::moe_route_backward(r.scores, r.ids, dweights, p, with_extra ? extra : Tensor());
         poison_pool({T * c.E});
-        const Tensor got = ops::moe_route_backward(on_gpu(r.scores), r.ids.to(Device::CUDA),
-                                                   on_gpu(dweights), p,
-                                                   with_extra ? on_gpu(extra) : Tensor());
+        const Tensor got =
+            ops::moe_route_backward(on_gpu(r.scores), r.ids.to(Device::CUDA), on_gpu(dweights), p,
+                                    with_extra ? on_gpu(extra) : Tensor());
         EXPECT_TRUE(got.is_cuda());
         expect_close(std::string("moe_route_backward ") + c.name + (with_extra ? " +ds" : ""),
                      {T, c.E}, DType::F32, want, got, {1e-6, 1e-5});
@@ -245,13 +245,17 @@ TEST(BackendOps, MoeDispatchLeavesInvalidIdsUnplaced) {
 
 // ---- permute, grouped_linear, combine ----------------------------------------------------------
 
+// Few rows per expert (T·K ≤ 8·E: the first, the fifth and the last case) take the forward's
+// weight-streaming kernel (grouped_gemv.cu; the last with experts of more than 8 rows, so several
+// passes, and bf16 rows of 136 = 17 vectors of 8; the fifth in = 7, the scalar loads); the others
+// the tiled kernel.
 struct GemmCase {
   int64_t T, E, K, in, out;
   bool hot;
 };
 const GemmCase kGemmCases[] = {
     {1, 64, 6, 128, 96, false},  {257, 64, 6, 72, 40, false}, {257, 256, 8, 64, 48, true},
-    {300, 8, 2, 200, 130, true}, {33, 16, 3, 7, 5, false},
+    {300, 8, 2, 200, 130, true}, {33, 16, 3, 7, 5, false},    {40, 16, 3, 136, 72, true},
 };
 
 TEST(BackendOps, MoePermute) {

@@ -159,6 +159,48 @@ TEST(BackendOptim, FusedAdamWLargeTensorLoopsOverChunks) {
   }
 }
 
+// The fused step of training (trainer.cpp): clipping as AdamW::step's grad_scale and the bf16
+// compute copies re-rounded inside the step, on the GPU, against the unfused CPU sequence
+// (clip_grad_norm scaling the gradients, step, refresh_compute): every master, moment and copy
+// bit for bit, over three steps with clipping active.
+TEST(BackendOptim, FusedClipAndComputeCopiesMatchUnfusedCpu) {
+  DSEEK_REQUIRE_CUDA();
+  ParamSet cpu = make_params(kSpecs, 81), gpu = make_params(kSpecs, 81);
+  cpu.set_compute_dtype(DType::BF16);
+  gpu.set_compute_dtype(DType::BF16);
+  gpu.to(Device::CUDA);
+  const AdamWConfig config{0.9, 0.95, 1e-8, 0.1};
+  AdamW opt_cpu(cpu, config), opt_gpu(gpu, config);
+  std::mt19937 rng(82);
+  for (int t = 0; t < 3; ++t) {
+    set_same_grads(cpu, gpu, kSpecs, rng);
+    const double n_cpu = train::clip_grad_norm(cpu, 0.5);
+    opt_cpu.step(1e-2);
+    cpu.refresh_compute();
+    const double n_gpu = train::grad_norm(gpu);
+    const float factor = train::clip_factor(n_gpu, 0.5);
+    ASSERT_LT(factor, 1.0f);  // clipping is active
+    EXPECT_EQ(factor, train::clip_factor(n_cpu, 0.5));
+    opt_gpu.step(1e-2, factor);
+    size_t copies = 0;
+    for (const Param& p : cpu.all()) {
+      const Param& q = gpu.at(p.name);
+      EXPECT_TRUE(bytes_of(q.value) == bytes_of(p.value)) << "step " << t + 1 << " " << p.name;
+      ASSERT_EQ(q.compute.defined(), p.compute.defined()) << p.name;
+      if (!p.compute.defined()) continue;
+      EXPECT_TRUE(bytes_of(q.compute) == bytes_of(p.compute))
+          << "step " << t + 1 << " compute copy of " << p.name;
+      ++copies;
+    }
+    EXPECT_GT(copies, 3u);
+    const auto state_cpu = opt_cpu.state_tensors(), state_gpu = opt_gpu.state_tensors();
+    for (size_t i = 0; i < state_cpu.size(); ++i)
+      EXPECT_TRUE(bytes_of(state_gpu[i].second) == bytes_of(state_cpu[i].second))
+          << "step " << t + 1 << " " << state_cpu[i].first;
+  }
+  std::printf("[backend] adamw fused clip + bf16 copies: 3 steps bit-identical to the CPU\n");
+}
+
 // The clipping norm and the scaled gradients: clipping off, a limit above the norm (gradients
 // untouched) and one below it (scaled on the GPU).
 TEST(BackendOptim, ClipGradNormMatchesCpu) {

@@ -11,10 +11,10 @@ constexpr int64_t kParallelMin = 1 << 15;  // below this a tensor is handled on 
 }  // namespace
 
 void adamw_update(const AdamWStep& s, float decay_factor, float* value, const float* grad, float* m,
-                  float* v, int64_t n) {
+                  float* v, int64_t n, float grad_scale) {
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (int64_t k = 0; k < n; ++k) {
-    const float g = grad[k];
+    const float g = grad[k] * grad_scale;
     m[k] = s.beta1 * m[k] + s.one_minus_beta1 * g;
     v[k] = s.beta2 * v[k] + s.one_minus_beta2 * g * g;
     const float denom = std::sqrt(v[k]) / s.bias_correction2_sqrt + s.eps;

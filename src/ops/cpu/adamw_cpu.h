@@ -9,9 +9,10 @@
 
 namespace dseek::ops::cpu {
 
-// One AdamW step of n elements with the step's scalars and this tensor's decay factor.
+// One AdamW step of n elements with the step's scalars and this tensor's decay factor, on the
+// gradient times grad_scale (one f32 multiply, as scale_inplace would have done; 1 is exact).
 void adamw_update(const AdamWStep& s, float decay_factor, float* value, const float* grad, float* m,
-                  float* v, int64_t n);
+                  float* v, int64_t n, float grad_scale = 1.0f);
 // Σ x[k]² in double.
 double sum_of_squares(const float* x, int64_t n);
 void scale_inplace(float* x, int64_t n, float scale);

@@ -3,6 +3,8 @@
 // finds its tensor by a binary search over the table's chunk_begin, as apex's multi_tensor_apply
 // does with its chunk lists. The AdamW arithmetic uses round-to-nearest intrinsics so that nvcc
 // cannot contract it into fused multiply-adds: the same f32 operations as cpu::adamw_update.
+#include <cuda_bf16.h>
+
 #include <algorithm>
 
 #include "core/cuda.h"
@@ -18,7 +20,9 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 4096;  // enough to fill an H200 several times; chunks loop beyond
 
-unsigned blocks_for(int64_t chunks) { return unsigned(std::min(chunks, kMaxBlocks)); }
+unsigned blocks_for(int64_t chunks) {
+  return unsigned(std::min(chunks, kMaxBlocks));
+}
 
 // The entry whose chunks contain `chunk`: the last with chunk_begin ≤ chunk (entries ascend and
 // have n > 0, so that entry owns it).
@@ -27,8 +31,10 @@ __device__ __forceinline__ MultiTensorEntry entry_of(const MultiTensorEntry* ent
   int64_t lo = 0, hi = count - 1;
   while (lo < hi) {
     const int64_t mid = (lo + hi + 1) / 2;
-    if (entries[mid].chunk_begin <= chunk) lo = mid;
-    else hi = mid - 1;
+    if (entries[mid].chunk_begin <= chunk)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   return entries[lo];
 }
@@ -58,15 +64,17 @@ __global__ void adamw_kernel(const MultiTensorEntry* entries, int64_t count, int
     const int64_t end = min(e.n, begin + kMultiTensorChunk);
     const float decay = e.decay ? s.decay_factor : 1.0f;
     for (int64_t k = begin + threadIdx.x; k < end; k += blockDim.x) {
-      const float g = e.grad[k];
+      const float g = __fmul_rn(e.grad[k], s.grad_scale);
       const float m = __fadd_rn(__fmul_rn(s.beta1, e.exp_avg[k]), __fmul_rn(s.one_minus_beta1, g));
       const float v = __fadd_rn(__fmul_rn(s.beta2, e.exp_avg_sq[k]),
                                 __fmul_rn(__fmul_rn(s.one_minus_beta2, g), g));
       const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), s.bias_correction2_sqrt), s.eps);
       e.exp_avg[k] = m;
       e.exp_avg_sq[k] = v;
-      e.value[k] =
+      const float p =
           __fsub_rn(__fmul_rn(e.value[k], decay), __fdiv_rn(__fmul_rn(s.step_size, m), denom));
+      e.value[k] = p;
+      if (e.compute) e.compute[k] = __bfloat16_as_ushort(__float2bfloat16_rn(p));
     }
   }
 }
@@ -126,7 +134,7 @@ void sum_of_squares_multi_tensor(const MultiTensorEntry* entries, int64_t count,
   }
   double* partial = static_cast<double*>(dseek::cuda::alloc(size_t(chunks) * sizeof(double)));
   sum_of_squares_kernel<<<blocks_for(chunks), kThreads, 0, stream()>>>(entries, count, chunks,
-                                                                        partial);
+                                                                       partial);
   DSEEK_CUDA_CHECK_LAUNCH("sum_of_squares_kernel");
   sum_partials_kernel<<<1, 1024, 0, stream()>>>(partial, chunks, out);
   DSEEK_CUDA_CHECK_LAUNCH("sum_partials_kernel");

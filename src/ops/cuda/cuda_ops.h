@@ -89,9 +89,9 @@ void cross_entropy_backward(const void* logits, int64_t T, int64_t V, int64_t ld
                             DType act);
 // loss_sum[0] (f64, device) = Σ over counted rows of row_weights[t]·(lse[t] − logit[target]):
 // the per-token weighted loss (ops/cross_entropy.h) from a forward's lse; row_weights f32 [T].
-void cross_entropy_weighted_loss(const void* logits, int64_t T, int64_t ld,
-                                 const int32_t* targets, int32_t ignore_index, const float* lse,
-                                 const float* row_weights, double* loss_sum, DType act);
+void cross_entropy_weighted_loss(const void* logits, int64_t T, int64_t ld, const int32_t* targets,
+                                 int32_t ignore_index, const float* lse, const float* row_weights,
+                                 double* loss_sum, DType act);
 
 // ---- attention.cu ----------------------------------------------------------------------------
 // Causal attention of one sequence, flash-style (online softmax, no [T, S] matrix in memory):
@@ -155,8 +155,8 @@ struct MoeRouteArgs {
 };
 // logits [T, E] f32 rows ld apart; bias f32 [E] or nullptr. One warp per token; E ≤ 1024,
 // n_group ≤ 32. Writes ids/weights [T, K] and scores [T, E].
-void moe_route(const float* logits, int64_t T, int64_t ld, const float* bias,
-               const MoeRouteArgs& a, int32_t* ids, float* weights, float* scores);
+void moe_route(const float* logits, int64_t T, int64_t ld, const float* bias, const MoeRouteArgs& a,
+               int32_t* ids, float* weights, float* scores);
 // ops::moe_route_backward: scores/extra [T, E], ids/dweights [T, K] contiguous, extra nullable;
 // writes dz [T, E] f32. One warp per token; ids outside [0, E) are skipped.
 void moe_route_backward(const float* scores, const int32_t* ids, const float* dweights,
@@ -168,8 +168,8 @@ void moe_route_backward(const float* scores, const int32_t* ids, const float* dw
 void moe_dispatch(const int32_t* ids, int64_t N, int64_t E, int64_t* offsets, int32_t* order,
                   int32_t* position);
 // x_perm[i] = x[order[i] / K] (rows of D, act); a row with order −1 becomes zeros.
-void moe_permute(const void* x, const int32_t* order, int64_t N, int64_t K, int64_t D,
-                 void* x_perm, DType act);
+void moe_permute(const void* x, const int32_t* order, int64_t N, int64_t K, int64_t D, void* x_perm,
+                 DType act);
 // dx[t] = Σ_k dx_perm[position[t·K + k]] in k order (−1 positions skipped).
 void moe_permute_backward(const void* dx_perm, const int32_t* position, int64_t T, int64_t K,
                           int64_t D, void* dx, DType act);
@@ -208,12 +208,13 @@ struct MultiTensorEntry {
   float* exp_avg_sq;
   int64_t n;
   int64_t chunk_begin;
-  int64_t decay;  // 1: the step's decay factor applies, 0: factor 1
+  int64_t decay;      // 1: the step's decay factor applies, 0: factor 1
+  uint16_t* compute;  // AdamW: the bf16 compute copy to re-round from the new value, or nullptr
 };
 // The AdamW step's f32 scalars (ops::AdamWStep) and the decay factor of decaying tensors.
 struct AdamWScalars {
   float beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, bias_correction2_sqrt, eps,
-      decay_factor;
+      decay_factor, grad_scale;
 };
 // One AdamW step of every entry: value, exp_avg, exp_avg_sq updated in place from grad.
 void adamw_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,

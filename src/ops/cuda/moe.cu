@@ -21,6 +21,7 @@
 #include "core/cuda/cuda_check.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/element.cuh"
+#include "ops/cuda/grouped_gemv.h"
 #include "ops/cuda/reduce.cuh"
 
 namespace dseek::ops::cuda {
@@ -558,6 +559,10 @@ void moe_permute_backward(const void* dx_perm, const int32_t* position, int64_t 
 void grouped_linear(const void* x, const int64_t* offsets, int64_t E, int64_t N, int64_t in,
                     const void* const* w, int64_t ldw, int64_t out, void* y, DType act) {
   if (N == 0 || out == 0) return;
+  if (grouped_gemv_takes(N, E)) {
+    grouped_gemv(x, offsets, E, in, w, ldw, out, y, act);
+    return;
+  }
   const dim3 grid = row_tile_grid("grouped_linear", N, E, out);
   int64_t* tiles = tile_schedule(offsets, E);
   // A = x [N, in]; B(k = i, n = o) = W_e[o·ldw + i].

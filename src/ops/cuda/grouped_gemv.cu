@@ -1,0 +1,152 @@
+// grouped_linear's forward for few rows per expert (decode: one to a few tokens per expert), where
+// the tiled GEMM kernels leave most of the GPU idle: with 6 of 64 experts hit by one token, a tile
+// per (expert, 64 outputs) gives ~130 blocks, each walking k serially. Here every warp owns
+// kOutputsPerWarp output features of one expert and streams their weight rows once per chunk of
+// kChunk expert rows, 16 bytes a lane, so the weights are read at memory speed by thousands of
+// warps. Deterministic: each output is one warp's fixed-order sum and one butterfly reduction.
+#include <cuda_bf16.h>
+
+#include <climits>
+#include <cstdint>
+
+#include "core/cuda.h"
+#include "core/cuda/cuda_check.h"
+#include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/element.cuh"
+#include "ops/cuda/grouped_gemv.h"
+
+namespace dseek::ops::cuda {
+
+using dseek::cuda::ceil_div;
+using dseek::cuda::stream;
+
+namespace {
+
+constexpr int kWarps = 8;           // warps per block
+constexpr int kOutputsPerWarp = 2;  // output features per warp
+constexpr int kChunk = 8;           // expert rows per pass over the weight rows
+constexpr int kOutputsPerBlock = kWarps * kOutputsPerWarp;
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// acc[j][r] += Σ_k W[n_j, k]·x[r, k] for this lane's share of k: 8 consecutive bf16 per load.
+__device__ __forceinline__ void dot_vec8(const __nv_bfloat16* W, int64_t ldw, int64_t n0,
+                                         int n_count, const __nv_bfloat16* x, int64_t in, int rows,
+                                         int lane, float (&acc)[kOutputsPerWarp][kChunk]) {
+  for (int64_t k = int64_t(lane) * 8; k < in; k += 32 * 8) {
+    float w[kOutputsPerWarp][8];
+#pragma unroll
+    for (int j = 0; j < kOutputsPerWarp; ++j) {
+      uint4 raw = make_uint4(0, 0, 0, 0);
+      if (j < n_count) raw = *reinterpret_cast<const uint4*>(W + (n0 + j) * ldw + k);
+      const __nv_bfloat16* h = reinterpret_cast<const __nv_bfloat16*>(&raw);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) w[j][i] = __bfloat162float(h[i]);
+    }
+#pragma unroll
+    for (int r = 0; r < kChunk; ++r) {
+      if (r >= rows) break;
+      const uint4 raw = *reinterpret_cast<const uint4*>(x + int64_t(r) * in + k);
+      const __nv_bfloat16* h = reinterpret_cast<const __nv_bfloat16*>(&raw);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const float xv = __bfloat162float(h[i]);
+#pragma unroll
+        for (int j = 0; j < kOutputsPerWarp; ++j) acc[j][r] += w[j][i] * xv;
+      }
+    }
+  }
+}
+
+// The same, one element a lane per step: any dtype, size and alignment.
+template <typename T>
+__device__ __forceinline__ void dot_scalar(const T* W, int64_t ldw, int64_t n0, int n_count,
+                                           const T* x, int64_t in, int rows, int lane,
+                                           float (&acc)[kOutputsPerWarp][kChunk]) {
+  for (int64_t k = lane; k < in; k += 32) {
+    float w[kOutputsPerWarp];
+#pragma unroll
+    for (int j = 0; j < kOutputsPerWarp; ++j)
+      w[j] = j < n_count ? to_f32(W[(n0 + j) * ldw + k]) : 0.0f;
+#pragma unroll
+    for (int r = 0; r < kChunk; ++r) {
+      if (r >= rows) break;
+      const float xv = to_f32(x[int64_t(r) * in + k]);
+#pragma unroll
+      for (int j = 0; j < kOutputsPerWarp; ++j) acc[j][r] += w[j] * xv;
+    }
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ bool vector_ok(const T* W, int64_t ldw, const T* x, int64_t in) {
+  if constexpr (sizeof(T) != 2) {
+    return false;
+  } else {
+    return in % 8 == 0 && ldw % 8 == 0 && (reinterpret_cast<uintptr_t>(W) & 15) == 0 &&
+           (reinterpret_cast<uintptr_t>(x) & 15) == 0;
+  }
+}
+
+// Block (output block, expert): y[r, n] = Σ_k x[r, k]·W_e[n, k] for the rows r of expert e.
+template <typename T>
+__global__ void __launch_bounds__(kWarps * 32)
+    grouped_gemv_kernel(const T* x, int64_t in, const int64_t* offsets, const void* const* w,
+                        int64_t ldw, int64_t out, T* y) {
+  const int64_t e = blockIdx.y;
+  const int64_t r_begin = offsets[e], r_end = offsets[e + 1];
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int64_t n0 = (int64_t(blockIdx.x) * kWarps + warp) * kOutputsPerWarp;
+  if (r_begin >= r_end || n0 >= out) return;  // warp-uniform
+  const int n_count = int(out - n0 < kOutputsPerWarp ? out - n0 : kOutputsPerWarp);
+  const T* W = static_cast<const T*>(w[e]);
+  for (int64_t r0 = r_begin; r0 < r_end; r0 += kChunk) {
+    const int rows = int(r_end - r0 < kChunk ? r_end - r0 : kChunk);
+    const T* xr = x + r0 * in;
+    float acc[kOutputsPerWarp][kChunk] = {};
+    if constexpr (sizeof(T) == 2) {
+      if (vector_ok(W, ldw, xr, in)) {
+        dot_vec8(reinterpret_cast<const __nv_bfloat16*>(W), ldw, n0, n_count,
+                 reinterpret_cast<const __nv_bfloat16*>(xr), in, rows, lane, acc);
+      } else {
+        dot_scalar(W, ldw, n0, n_count, xr, in, rows, lane, acc);
+      }
+    } else {
+      dot_scalar(W, ldw, n0, n_count, xr, in, rows, lane, acc);
+    }
+#pragma unroll
+    for (int j = 0; j < kOutputsPerWarp; ++j) {
+#pragma unroll
+      for (int r = 0; r < kChunk; ++r) {
+        const float v = warp_sum(acc[j][r]);
+        if (lane == 0 && j < n_count && r < rows) y[(r0 + r) * out + n0 + j] = from_f32<T>(v);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool grouped_gemv_takes(int64_t N, int64_t E) {
+  return N <= kGemvRowsPerExpert * E;
+}
+
+void grouped_gemv(const void* x, const int64_t* offsets, int64_t E, int64_t in,
+                  const void* const* w, int64_t ldw, int64_t out, void* y, DType act) {
+  const int64_t blocks = ceil_div<int64_t>(out, kOutputsPerBlock);
+  DSEEK_CHECK(blocks <= INT_MAX && E <= 65535,
+              "[grouped_linear] {} experts × {} outputs exceed "
+              "the grid",
+              E, out);
+  const dim3 grid{unsigned(blocks), unsigned(E)};
+  DSEEK_DISPATCH_ACT(act, T,
+                     grouped_gemv_kernel<T><<<grid, kWarps * 32, 0, stream()>>>(
+                         static_cast<const T*>(x), in, offsets, w, ldw, out, static_cast<T*>(y)));
+  DSEEK_CUDA_CHECK_LAUNCH("grouped_gemv_kernel");
+}
+
+}  // namespace dseek::ops::cuda

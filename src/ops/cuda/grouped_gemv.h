@@ -1,0 +1,22 @@
+// grouped_linear's forward for few rows per expert (decode), see grouped_gemv.cu. Raw device
+// pointers as in cuda_ops.h; grouped_linear (moe.cu) picks it by grouped_gemv_takes.
+#pragma once
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace dseek::ops::cuda {
+
+// Up to this many rows per expert on average, the weight-streaming kernel beats the tiled GEMM
+// (it reads each expert's weights once per 8 of its rows; a decode step routes a few tokens).
+constexpr int64_t kGemvRowsPerExpert = 8;
+
+// Whether grouped_linear's forward over N rows and E experts takes grouped_gemv.
+bool grouped_gemv_takes(int64_t N, int64_t E);
+
+// y[r] = x[r] · W_eᵀ for the rows r of each expert e (offsets on the device), as grouped_linear.
+void grouped_gemv(const void* x, const int64_t* offsets, int64_t E, int64_t in,
+                  const void* const* w, int64_t ldw, int64_t out, void* y, DType act);
+
+}  // namespace dseek::ops::cuda
