@@ -31,6 +31,7 @@
 #include "core/error.h"
 #include "ops/cuda/element.cuh"
 #include "ops/cuda/reduce.cuh"
+#include "ops/cuda/split_combine.cuh"
 
 namespace dseek::ops::cuda::attention_detail {
 
@@ -254,25 +255,15 @@ __global__ void __launch_bounds__(256) attention_combine_kernel(const ForwardPar
   const int64_t items = p.rows_total * p.H;
   const int64_t item = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (item >= items) return;  // the whole warp; this kernel has no barrier
-  float M = -INFINITY;
-  for (int i = 0; i < p.n_splits; ++i) M = fmaxf(M, p.part_ml[2 * (i * items + item)]);
-  float L = 0.0f;
-  for (int i = 0; i < p.n_splits; ++i) {
-    const float* ml = p.part_ml + 2 * (i * items + item);
-    L += ml[0] == -INFINITY ? 0.0f : ml[1] * expf(ml[0] - M);
-  }
-  const float inv = 1.0f / L;
+  const SplitTotals s = split_totals(p.part_ml, p.n_splits, items, item);
+  const float M = s.max, L = s.sum, inv = 1.0f / L;
   T* out = static_cast<T*>(p.out);
   const T* dout = static_cast<const T*>(p.dout);
   const int64_t o = item * p.dv + p.c0;
   float dsum = 0.0f;
   for (int64_t d = lane; d < p.dvc; d += 32) {
-    float y = 0.0f;
-    for (int i = 0; i < p.n_splits; ++i) {
-      const float mi = p.part_ml[2 * (i * items + item)];
-      if (mi != -INFINITY) y += p.part_acc[(i * items + item) * p.dvc + d] * expf(mi - M);
-    }
-    y *= inv;
+    const float y =
+        split_weighted_sum(p.part_ml, p.part_acc, p.n_splits, items, item, p.dvc, d, M) * inv;
     if (out) out[o + d] = from_f32<T>(y);
     if (dout) dsum += y * to_f32(dout[o + d]);
   }

@@ -24,6 +24,7 @@
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/element.cuh"
 #include "ops/cuda/reduce.cuh"
+#include "ops/cuda/split_combine.cuh"
 
 namespace dseek::ops::cuda {
 namespace {
@@ -81,14 +82,14 @@ __global__ void __launch_bounds__(kWarps * 32) mla_decode_kernel(const DecodePar
   int64_t row_end[kRowsPerWarp];
   float m[kRowsPerWarp], l[kRowsPerWarp], acc[kRowsPerWarp][NV];
   int64_t warp_end = 0;
-  #pragma unroll
+#pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int64_t row = r0 + warp * kRowsPerWarp + r;
     row_end[r] = row < rows ? min(k_end, pos0 + row / a.H + 1) : 0;
     warp_end = max(warp_end, row_end[r]);
     m[r] = -INFINITY;
     l[r] = 0.0f;
-    #pragma unroll
+#pragma unroll
     for (int c = 0; c < NV; ++c) acc[r][c] = 0.0f;
   }
 
@@ -110,17 +111,17 @@ __global__ void __launch_bounds__(kWarps * 32) mla_decode_kernel(const DecodePar
     if (warp_end <= s0) continue;  // the same for the whole warp; no barrier until the loop top
 
     float dot[kRowsPerWarp];
-    #pragma unroll
+#pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) dot[r] = 0.0f;
     const float* kj = ks + lane * kst;
     const float* qw = qs + int64_t(warp) * kRowsPerWarp * dk;
     for (int64_t i = 0; i < dk; ++i) {
       const float kv_i = kj[i];
-      #pragma unroll
+#pragma unroll
       for (int r = 0; r < kRowsPerWarp; ++r) dot[r] += qw[r * dk + i] * kv_i;
     }
     const int n_tile = int(min(int64_t(kTile), warp_end - s0));
-    #pragma unroll
+#pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
       if (row_end[r] <= s0) continue;  // uniform over the warp: the shuffles below see all lanes
       const float sc = s0 + lane < row_end[r] ? dot[r] * a.scale : -INFINITY;
@@ -130,12 +131,12 @@ __global__ void __launch_bounds__(kWarps * 32) mla_decode_kernel(const DecodePar
       const float corr = expf(m[r] - m_new);
       l[r] = l[r] * corr + warp_sum(pj);
       m[r] = m_new;
-      #pragma unroll
+#pragma unroll
       for (int c = 0; c < NV; ++c) acc[r][c] *= corr;
       for (int j = 0; j < n_tile; ++j) {
         const float pv = __shfl_sync(0xffffffffu, pj, j);
         const float* vj = ks + j * kst;  // the value: the row's first rank columns
-        #pragma unroll
+#pragma unroll
         for (int c = 0; c < NV; ++c)
           if (lane + 32 * c < a.rank) acc[r][c] += pv * vj[lane + 32 * c];
       }
@@ -143,7 +144,7 @@ __global__ void __launch_bounds__(kWarps * 32) mla_decode_kernel(const DecodePar
   }
 
   if (p.n_splits > 1) {  // partials for the combine kernel, every row
-    #pragma unroll
+#pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
       const int64_t row = r0 + warp * kRowsPerWarp + r;
       if (row >= rows) continue;
@@ -153,19 +154,19 @@ __global__ void __launch_bounds__(kWarps * 32) mla_decode_kernel(const DecodePar
         p.part_ml[2 * item + 1] = l[r];
       }
       float* dst = p.part_acc + item * a.rank;
-      #pragma unroll
+#pragma unroll
       for (int c = 0; c < NV; ++c)
         if (lane + 32 * c < a.rank) dst[lane + 32 * c] = acc[r][c];
     }
     return;
   }
   T* out = static_cast<T*>(a.out);
-  #pragma unroll
+#pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     if (row_end[r] == 0) continue;  // past the last row
     const int64_t row = r0 + warp * kRowsPerWarp + r;
     const float inv = 1.0f / l[r];
-    #pragma unroll
+#pragma unroll
     for (int c = 0; c < NV; ++c) {
       const int64_t d = lane + 32 * c;
       if (d < a.rank) out[row * a.rank + d] = from_f32<T>(acc[r][c] * inv);
@@ -183,21 +184,12 @@ __global__ void __launch_bounds__(256) mla_decode_combine_kernel(const DecodePar
   const int64_t rows = a.T * a.H;
   const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (row >= rows) return;  // the whole warp; this kernel has no barrier
-  float M = -INFINITY;
-  for (int i = 0; i < p.n_splits; ++i) M = fmaxf(M, p.part_ml[2 * (i * rows + row)]);
-  float L = 0.0f;
-  for (int i = 0; i < p.n_splits; ++i) {
-    const float* ml = p.part_ml + 2 * (i * rows + row);
-    L += ml[0] == -INFINITY ? 0.0f : ml[1] * expf(ml[0] - M);
-  }
-  const float inv = 1.0f / L;
+  const SplitTotals s = split_totals(p.part_ml, p.n_splits, rows, row);
+  const float inv = 1.0f / s.sum;
   T* out = static_cast<T*>(a.out);
   for (int64_t d = lane; d < a.rank; d += 32) {
-    float y = 0.0f;
-    for (int i = 0; i < p.n_splits; ++i) {
-      const float mi = p.part_ml[2 * (i * rows + row)];
-      if (mi != -INFINITY) y += p.part_acc[(i * rows + row) * a.rank + d] * expf(mi - M);
-    }
+    const float y =
+        split_weighted_sum(p.part_ml, p.part_acc, p.n_splits, rows, row, a.rank, d, s.max);
     out[row * a.rank + d] = from_f32<T>(y * inv);
   }
 }
@@ -282,8 +274,8 @@ void mla_decode(const MlaDecodeArgs& a, DType act) {
   DSEEK_CHECK(row_blocks <= int64_t(0x7fffffff), "[mla_decode] {} rows are too many", rows);
   // Enough splits for two blocks per multiprocessor, each at least kMinSplitKeys rows long.
   const int64_t want = dseek::cuda::ceil_div<int64_t>(2 * int64_t(sms), row_blocks);
-  const int64_t splits = std::clamp<int64_t>(
-      std::min(want, std::max<int64_t>(1, a.S / kMinSplitKeys)), 1, 65535);
+  const int64_t splits =
+      std::clamp<int64_t>(std::min(want, std::max<int64_t>(1, a.S / kMinSplitKeys)), 1, 65535);
   p.split_keys =
       dseek::cuda::ceil_div<int64_t>(dseek::cuda::ceil_div<int64_t>(a.S, splits), kTile) * kTile;
   p.n_splits = int(dseek::cuda::ceil_div<int64_t>(a.S, p.split_keys));
@@ -318,8 +310,8 @@ void head_matmul(const void* x, int64_t x_t, int64_t x_h, const void* w, void* o
                   unsigned(H));
   DSEEK_DISPATCH_ACT(act, E, {
     head_matmul_kernel<E><<<grid, 256, 0, dseek::cuda::stream()>>>(
-        static_cast<const E*>(x), x_t, x_h, static_cast<const E*>(w), static_cast<E*>(out), T,
-        H, K, N);
+        static_cast<const E*>(x), x_t, x_h, static_cast<const E*>(w), static_cast<E*>(out), T, H, K,
+        N);
   });
   DSEEK_CUDA_CHECK_LAUNCH("head_matmul_kernel");
 }
