@@ -628,6 +628,20 @@ TEST_F(DistTrain, ExpertParallelBalanceLossIsTheGlobalOne) {
   expect_same_training(one, ep);
 }
 
+// 4 ranks in 2 expert-parallel groups of 2 (data parallel across the groups: each expert has 2
+// replicas whose gradients are summed) train like one process too.
+TEST_F(DistTrain, ExpertParallelGroupsWithDataParallelAcrossTrainLikeOneProcess) {
+  TempDir dir;
+  const fs::path run_dir = dir.path / "ep2x2";
+  const ProcRun r = run(mpirun_, mpirun_args(4, train_args(run_dir, kSteps, {"--expert-parallel", "2"})));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("over 2 ranks (4 each), each token's experts on at most 2 ranks; 2 such "
+                       "groups, data-parallel across them"),
+            std::string::npos)
+      << r.err;
+  expect_same_training(single_run(), run_dir);
+}
+
 // An expert-parallel checkpoint resumes on one process, and one process's on 2 expert-parallel
 // ranks, each continuing within float tolerance of the run it came from.
 TEST_F(DistTrain, ExpertParallelCheckpointsResumeEitherWay) {
@@ -671,7 +685,8 @@ TEST_F(DistTrain, ExpertParallelSettingsAreClearErrors) {
       {2, {"--expert-parallel", "2", "--set", "dist.ep_max_ranks=1"},
        "dist.ep_max_ranks 1: the gate (noaux_tc with n_group 4, topk_group 2) can send a token to 2 "
        "of the 2 ranks"},
-      {4, {"--expert-parallel", "2"}, "expert-parallel groups smaller than the 4 ranks"},
+      {4, {"--expert-parallel", "3", "--set", "train.batch_size=4"},
+       "dist.expert_parallel 3: must divide the number of MPI ranks (4)"},
   };
   int i = 0;
   for (const Case& c : cases) {
@@ -855,7 +870,7 @@ void expert_parallel_on_this_rank() {
   const Tensor ref_out = train::moe_forward(ref_ctx, prefix, x, {T}, balance, ref_cache);
   const Tensor ref_dx = train::moe_backward(ref_ctx, prefix, ref_cache, dy, 1.0f);
 
-  const train::ExpertParallel ep = train::make_expert_parallel(w, cfg);
+  const train::ExpertParallel ep = train::make_expert_parallel(w, cfg, N);
   const train::LayerContext ep_ctx{cfg, rope, ep_params, &ep};
   train::MoeCache ep_cache;
   const Tensor x_mine = x.slice(0, first[size_t(me)], first[size_t(me + 1)]).contiguous();

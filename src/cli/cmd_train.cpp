@@ -161,8 +161,8 @@ void add_train_command(CLI::App& app) {
       ->check(CLI::Range(int64_t(1), int64_t(4096)));
   auto* expert_parallel =
       cmd->add_option("--expert-parallel", f->expert_parallel,
-                      "expert parallelism: spread the routed experts over N ranks, N = --nproc "
-                      "(dist.expert_parallel)")
+                      "expert parallelism: spread the routed experts over groups of N ranks (N "
+                      "divides --nproc; dist.expert_parallel)")
           ->check(CLI::Range(int64_t(1), int64_t(4096)));
   auto* deterministic = cmd->add_flag(
       "--deterministic", f->deterministic,

@@ -138,7 +138,8 @@ void DataParallel::reduce_gradients() {
   armed_ = false;
 }
 
-double DataParallel::clip_grad_norm(double max_norm, const std::vector<std::span<float>>& extra) {
+double DataParallel::clip_grad_norm(double max_norm, const std::vector<std::span<float>>& extra,
+                                    bool count_extra) {
   // Per parameter, then summed, as clip_grad_norm groups it (one rank: the same bits).
   double sum = 0.0;
   const int64_t lo = shard_.first, hi = shard_.first + shard_.count;
@@ -154,6 +155,7 @@ double DataParallel::clip_grad_norm(double max_norm, const std::vector<std::span
     sum += part;
   }
   for (const std::span<float> g : extra) {
+    if (!count_extra) break;
     double part = 0.0;
     for (const float x : g) part += double(x) * double(x);
     sum += part;

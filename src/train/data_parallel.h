@@ -59,9 +59,10 @@ class DataParallel {
   // Issues the buckets not yet issued and waits for all: the shard then holds Σ_ranks gradients.
   void reduce_gradients();
   // Global L2 norm of the reduced gradient; clips the shard as clip_grad_norm does. `extra`:
-  // gradients outside the flat space held by this rank alone (expert parallelism's owned
-  // experts), counted in the norm and clipped with the shard.
-  double clip_grad_norm(double max_norm, const std::vector<std::span<float>>& extra = {});
+  // gradients outside the flat space (expert parallelism's owned experts), clipped with the shard
+  // and counted in the norm where count_extra (once per copy: replicas pass false).
+  double clip_grad_norm(double max_norm, const std::vector<std::span<float>>& extra = {},
+                        bool count_extra = true);
   // AdamW on this rank's shard, then every parameter all-gathered from the shards.
   void step(double lr);
   int64_t step_count() const { return step_count_; }

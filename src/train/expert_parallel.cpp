@@ -8,15 +8,18 @@
 
 namespace dseek::train {
 
-ExpertParallel make_expert_parallel(dist::ProcessGroup& group, const ModelConfig& config) {
+ExpertParallel make_expert_parallel(dist::ProcessGroup& group, const ModelConfig& config, int size) {
   DSEEK_CHECK(config.n_routed_experts > 0,
               "[train] expert parallel: model type {} has no routed experts to spread over ranks",
               config.model_type);
-  DSEEK_CHECK(config.n_routed_experts % group.size() == 0,
+  DSEEK_CHECK(size >= 1 && group.size() % size == 0,
+              "[train] expert parallel {}: must divide the number of MPI ranks ({})", size,
+              group.size());
+  DSEEK_CHECK(config.n_routed_experts % size == 0,
               "[train] expert parallel {}: must divide the {} routed experts (each rank owns an "
               "equal slice)",
-              group.size(), config.n_routed_experts);
-  return ExpertParallel{&group, config.n_routed_experts};
+              size, config.n_routed_experts);
+  return ExpertParallel{&group, config.n_routed_experts, size};
 }
 
 int64_t node_limit(const ModelConfig& config, int64_t ranks) {
@@ -62,6 +65,28 @@ ExpertShard::ExpertShard(const ExpertParallel& ep, ParamSet& params, AdamWConfig
       s.v.assign(size_t(p.value.numel()), 0.0f);
     }
     slots_.push_back(std::move(s));
+  }
+}
+
+void ExpertShard::reduce_grads() {
+  if (ep_.replicas() == 1) return;
+  int64_t total = 0;
+  for (const Slot& s : slots_) total += s.param->value.numel();
+  std::vector<float> all(size_t(total), 0.0f);
+  int64_t at = 0;
+  for (const Slot& s : slots_) {
+    const int64_t n = s.param->grad.numel();
+    if (s.owner == ep_.rank())
+      std::memcpy(all.data() + at, s.param->grad.data<float>(), size_t(n) * sizeof(float));
+    at += n;
+  }
+  ep_.group->all_reduce(std::span<float>(all));
+  at = 0;
+  for (Slot& s : slots_) {
+    const int64_t n = s.param->grad.numel();
+    if (s.owner == ep_.rank())
+      std::memcpy(s.param->grad.data<float>(), all.data() + at, size_t(n) * sizeof(float));
+    at += n;
   }
 }
 
@@ -117,7 +142,8 @@ std::vector<std::pair<std::string, Tensor>> ExpertShard::gather_state() {
         if (g.rank() == 0) std::memcpy(into->data<float>(), moment->data(), size_t(n) * sizeof(float));
         continue;
       }
-      const std::span<const float> mine(moment->data(), moment->size());
+      // From the owner in group 0 (world rank = owner); its replicas send nothing.
+      const std::span<const float> mine(moment->data(), g.rank() == s.owner ? moment->size() : 0);
       const std::span<float> all(g.rank() == 0 ? into->data<float>() : nullptr,
                                  size_t(g.rank() == 0 ? n : 0));
       g.gather(mine, all, counts, 0);

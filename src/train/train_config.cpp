@@ -107,7 +107,7 @@ const std::vector<Binding>& bindings() {
       field("checkpoint.keep_last", "complete checkpoints kept (older ones are deleted)", &TrainConfig::keep_last),
       field("dist.deterministic", "1: data-parallel reductions in a fixed rank order, bit-reproducible for a given number of ranks; 0: MPI's own algorithms", &TrainConfig::dist_deterministic),
       field("dist.bucket_mb", "data parallelism: MiB of f32 gradients per reduce-scatter bucket", &TrainConfig::dist_bucket_mb),
-      field("dist.expert_parallel", "expert parallelism: ranks the routed experts are spread over (1: every rank holds every expert; N > 1: the world size)", &TrainConfig::expert_parallel),
+      field("dist.expert_parallel", "expert parallelism: ranks per group the routed experts are spread over (1: every rank holds every expert; N > 1 divides the world size, data parallel across the groups)", &TrainConfig::expert_parallel),
       field("dist.ep_max_ranks", "node-limited routing: refuse a gate whose groups could send a token to more than this many expert-parallel ranks (0: no requirement)", &TrainConfig::ep_max_ranks),
       field("run.out", "run directory: metrics.jsonl, checkpoints/, plots", &TrainConfig::out),
       field("run.threads", "OpenMP threads (0: the default)", &TrainConfig::threads),

@@ -221,19 +221,15 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     DSEEK_CHECK(ranks % cfg.expert_parallel == 0,
                 "[train] dist.expert_parallel {}: must divide the number of MPI ranks ({})",
                 cfg.expert_parallel, ranks);
-    DSEEK_CHECK(cfg.expert_parallel == ranks,
-                "[train] dist.expert_parallel {}: expert-parallel groups smaller than the {} ranks "
-                "(data parallelism across them) are not supported yet; use {} (every rank) or 1",
-                cfg.expert_parallel, ranks, ranks);
-    ep = make_expert_parallel(group, model_config);
-    const int64_t limit = node_limit(model_config, ranks);
+    ep = make_expert_parallel(group, model_config, int(cfg.expert_parallel));
+    const int64_t limit = node_limit(model_config, ep.ranks());
     DSEEK_CHECK(cfg.ep_max_ranks == 0 || limit <= cfg.ep_max_ranks,
                 "[train] dist.ep_max_ranks {}: the gate ({} with n_group {}, topk_group {}) can "
                 "send a token to {} of the {} ranks; node-limited routing needs a group-limited "
                 "gate whose topk_group groups lie on at most {} ranks (n_group a multiple of the "
                 "ranks, topk_group <= {})",
                 cfg.ep_max_ranks, model_config.topk_method, model_config.n_group,
-                model_config.topk_group, limit, ranks, cfg.ep_max_ranks, cfg.ep_max_ranks);
+                model_config.topk_group, limit, ep.ranks(), cfg.ep_max_ranks, cfg.ep_max_ranks);
   }
 
   // train.device cuda: parameters, gradients, AdamW and the layers on the GPU, one process.
@@ -363,8 +359,11 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   if (lead && expert_parallel)
     fmt::print(stderr,
                "[train] expert parallel: {} routed experts per MoE layer over {} ranks ({} each), "
-               "each token's experts on at most {} ranks\n",
-               ep.experts, ranks, ep.per_rank(), node_limit(model_config, ranks));
+               "each token's experts on at most {} ranks{}\n",
+               ep.experts, ep.ranks(), ep.per_rank(), node_limit(model_config, ep.ranks()),
+               ep.replicas() > 1
+                   ? fmt::format("; {} such groups, data-parallel across them", ep.replicas())
+                   : "");
   if (step >= cfg.steps) {
     if (lead) fmt::print(stderr, "[train] already at step {} of {}\n", step, cfg.steps);
     return summary;
@@ -515,8 +514,10 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       }
       load = t.load;
       dp->reduce_gradients();
+      if (experts) experts->reduce_grads();
       grad_norm = dp->clip_grad_norm(cfg.grad_clip,
-                                     experts ? experts->grads() : std::vector<std::span<float>>{});
+                                     experts ? experts->grads() : std::vector<std::span<float>>{},
+                                     !experts || ep.base() == 0);
       dp->step(lr);
       if (experts) experts->step(lr);
     } else {
