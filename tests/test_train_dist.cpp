@@ -41,10 +41,10 @@
 #include "train/data_parallel.h"
 #include "train/expert_parallel.h"
 #include "train/layers.h"
-#include "train/train_config.h"
-#include "train/train_model.h"
 #include "train/optimizer.h"
 #include "train/param.h"
+#include "train/train_config.h"
+#include "train/train_model.h"
 
 extern char** environ;
 
@@ -633,7 +633,8 @@ TEST_F(DistTrain, ExpertParallelBalanceLossIsTheGlobalOne) {
 TEST_F(DistTrain, ExpertParallelGroupsWithDataParallelAcrossTrainLikeOneProcess) {
   TempDir dir;
   const fs::path run_dir = dir.path / "ep2x2";
-  const ProcRun r = run(mpirun_, mpirun_args(4, train_args(run_dir, kSteps, {"--expert-parallel", "2"})));
+  const ProcRun r =
+      run(mpirun_, mpirun_args(4, train_args(run_dir, kSteps, {"--expert-parallel", "2"})));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("over 2 ranks (4 each), each token's experts on at most 2 ranks; 2 such "
                        "groups, data-parallel across them"),
@@ -677,22 +678,28 @@ TEST_F(DistTrain, ExpertParallelSettingsAreClearErrors) {
     std::string message;
   };
   const std::vector<Case> cases = {
-      {2, {"--expert-parallel", "3"}, "dist.expert_parallel 3: must divide the number of MPI ranks (2)"},
-      {3, {"--expert-parallel", "3", "--set", "train.batch_size=3"},
+      {2,
+       {"--expert-parallel", "3"},
+       "dist.expert_parallel 3: must divide the number of MPI ranks (2)"},
+      {3,
+       {"--expert-parallel", "3", "--set", "train.batch_size=3"},
        "expert parallel 3: must divide the 8 routed experts"},
-      {2, {"--expert-parallel", "2", "--device", "cuda"},
+      {2,
+       {"--expert-parallel", "2", "--device", "cuda"},
        "expert parallelism runs on CPU ranks only"},
-      {2, {"--expert-parallel", "2", "--set", "dist.ep_max_ranks=1"},
-       "dist.ep_max_ranks 1: the gate (noaux_tc with n_group 4, topk_group 2) can send a token to 2 "
-       "of the 2 ranks"},
-      {4, {"--expert-parallel", "3", "--set", "train.batch_size=4"},
+      {2,
+       {"--expert-parallel", "2", "--set", "dist.ep_max_ranks=1"},
+       "dist.ep_max_ranks 1: the gate (noaux_tc with n_group 4, topk_group 2) can send a token to "
+       "2 of the 2 ranks"},
+      {4,
+       {"--expert-parallel", "3", "--set", "train.batch_size=4"},
        "dist.expert_parallel 3: must divide the number of MPI ranks (4)"},
   };
   int i = 0;
   for (const Case& c : cases) {
     SCOPED_TRACE(c.message);
-    const ProcRun r = run(mpirun_, mpirun_args(c.ranks, train_args(dir.path / std::to_string(i++),
-                                                                    2, c.extra)));
+    const ProcRun r =
+        run(mpirun_, mpirun_args(c.ranks, train_args(dir.path / std::to_string(i++), 2, c.extra)));
     EXPECT_NE(r.exit_code, 0);
     EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
   }
@@ -800,7 +807,8 @@ void expect_rows_close(const float* a, const float* b, int64_t n, const std::str
   ASSERT_GT(scale, 0.0) << what << ": all zero";
   int64_t bad = 0;
   for (int64_t i = 0; i < n; ++i)
-    bad += !(std::fabs(double(a[i]) - double(b[i])) <= 1e-5 * std::fabs(double(b[i])) + 1e-6 * scale);
+    bad +=
+        !(std::fabs(double(a[i]) - double(b[i])) <= 1e-5 * std::fabs(double(b[i])) + 1e-6 * scale);
   EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << n << " elements differ";
 }
 
@@ -859,7 +867,8 @@ void expert_parallel_on_this_rank() {
                        bias.reshape({cfg.n_routed_experts}), "bias");
   std::vector<int64_t> first(size_t(N + 1), 0);
   for (int q = 0; q < N; ++q) first[size_t(q + 1)] = first[size_t(q)] + 13 + 8 * q;
-  const int64_t T = first.back(), D = cfg.hidden_size, mine = first[size_t(me + 1)] - first[size_t(me)];
+  const int64_t T = first.back(), D = cfg.hidden_size,
+                mine = first[size_t(me + 1)] - first[size_t(me)];
   const Tensor x = random_rows(T, D, 3), dy = random_rows(T, D, 4);
   train::BalanceOptions balance;
   balance.aux_loss = "expert";

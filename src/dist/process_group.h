@@ -1,9 +1,9 @@
 // ProcessGroup: the ranks of a multi-process job and the collectives dseek needs between them, on
 // f32 buffers (gradients, parameters, optimizer shards) and f64 buffers (metrics, expert loads).
 // all_to_all_v moves variable-sized blocks between every pair of ranks (expert parallelism's token
-// dispatch and combine). Implementations: MPI (mpi_process_group.cpp, CPU buffers through OpenMPI) and a trivial
-// single-process group; an NCCL group (device buffers, bootstrapped through MPI) is meant to fit
-// the same interface later.
+// dispatch and combine). Implementations: MPI (mpi_process_group.cpp, CPU buffers through OpenMPI)
+// and a trivial single-process group; an NCCL group (device buffers, bootstrapped through MPI) is
+// meant to fit the same interface later.
 //
 // Collectives are collective: every rank calls the same ones, in the same order, with matching
 // sizes. Nonblocking variants return a Work handle; the buffers must stay alive and untouched until

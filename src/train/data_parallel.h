@@ -26,9 +26,9 @@
 
 #include <cstdint>
 #include <functional>
-#include <span>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>

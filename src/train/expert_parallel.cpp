@@ -8,7 +8,8 @@
 
 namespace dseek::train {
 
-ExpertParallel make_expert_parallel(dist::ProcessGroup& group, const ModelConfig& config, int size) {
+ExpertParallel make_expert_parallel(dist::ProcessGroup& group, const ModelConfig& config,
+                                    int size) {
   DSEEK_CHECK(config.n_routed_experts > 0,
               "[train] expert parallel: model type {} has no routed experts to spread over ranks",
               config.model_type);
@@ -25,14 +26,14 @@ ExpertParallel make_expert_parallel(dist::ProcessGroup& group, const ModelConfig
 int64_t node_limit(const ModelConfig& config, int64_t ranks) {
   const int64_t E = config.n_routed_experts, K = config.num_experts_per_tok;
   int64_t limit = std::min(ranks, K);
-  const bool grouped = config.topk_method == "group_limited_greedy" ||
-                       config.topk_method == "noaux_tc";
+  const bool grouped =
+      config.topk_method == "group_limited_greedy" || config.topk_method == "noaux_tc";
   if (grouped && config.n_group > 1 && ranks > 0 && E % ranks == 0) {
     // A group of E/n_group experts spans this many rank slices of E/ranks at most (groups and
     // slices both contiguous): ⌈group / slice⌉, plus one when a group can straddle a boundary.
     const int64_t group = E / config.n_group, slice = E / ranks;
-    const int64_t spans = group % slice == 0 || slice % group == 0 ? (group + slice - 1) / slice
-                                                                   : group / slice + 2;
+    const int64_t spans =
+        group % slice == 0 || slice % group == 0 ? (group + slice - 1) / slice : group / slice + 2;
     limit = std::min(limit, config.topk_group * spans);
   }
   return limit;
@@ -139,7 +140,8 @@ std::vector<std::pair<std::string, Tensor>> ExpertShard::gather_state() {
     }
     for (auto [moment, into] : {std::pair{&s.m, &tm}, std::pair{&s.v, &tv}}) {
       if (s.owner == 0) {  // rank 0's own: no exchange
-        if (g.rank() == 0) std::memcpy(into->data<float>(), moment->data(), size_t(n) * sizeof(float));
+        if (g.rank() == 0)
+          std::memcpy(into->data<float>(), moment->data(), size_t(n) * sizeof(float));
         continue;
       }
       // From the owner in group 0 (world rank = owner); its replicas send nothing.

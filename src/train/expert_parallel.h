@@ -55,9 +55,9 @@ struct ExpertParallel {
   int size = 1;                         // N, ranks per expert-parallel group
 
   int ranks() const { return size; }
-  int rank() const { return group->rank() % size; }         // within its expert-parallel group
-  int base() const { return group->rank() - rank(); }       // world rank of its group's rank 0
-  int replicas() const { return group->size() / size; }     // W/N groups
+  int rank() const { return group->rank() % size; }      // within its expert-parallel group
+  int base() const { return group->rank() - rank(); }    // world rank of its group's rank 0
+  int replicas() const { return group->size() / size; }  // W/N groups
   int64_t per_rank() const { return experts / ranks(); }
   // The rank (within a group; in the world, that of group 0) owning an expert.
   int owner(int64_t expert) const { return int(expert / per_rank()); }
@@ -90,8 +90,8 @@ class ExpertShard {
  public:
   ExpertShard(const ExpertParallel& ep, ParamSet& params, AdamWConfig config);
 
-  // Collective: with several expert-parallel groups, each owned expert's gradient summed over its
-  // replicas (an all-reduce of every expert's slot, zeros where a rank owns none). One group: no-op.
+  // Collective: with several expert-parallel groups, each owned expert's gradient summed over
+  // its replicas (an all-reduce of every expert's slot, zeros where a rank owns none).
   void reduce_grads();
   // The owned experts' gradients (clipped in place with the global norm by the caller; in the
   // norm once, from group 0).
@@ -99,8 +99,8 @@ class ExpertShard {
   void step(double lr);
   int64_t step_count() const { return step_count_; }
 
-  // Collective: every expert's current value copied from its owner in group 0 into rank 0's ParamSet (other
-  // ranks' copies of experts they do not own stay stale; nothing reads them).
+  // Collective: every expert's current value copied from its owner in group 0 into rank 0's
+  // ParamSet (other ranks' copies of experts they do not own stay stale; nothing reads them).
   void gather_values();
   // Collective: on rank 0, "exp_avg.<name>" / "exp_avg_sq.<name>" of every routed expert in
   // ParamSet order; empty elsewhere.

@@ -156,9 +156,9 @@ Tensor moe_forward(const LayerContext& ctx, const std::string& prefix, const Ten
       b = sequence_balance_loss(routing, segments, balance.alpha, cfg.scoring_func == "sigmoid");
     } else if (balance.aux_loss == "expert") {
       // Expert parallelism: the statistics of the global batch, as one process computes them.
-      b = ctx.expert_parallel
-              ? global_balance_loss(*ctx.expert_parallel, routing, cfg.n_routed_experts, balance.alpha)
-              : expert_balance_loss(routing, balance.alpha);
+      b = ctx.expert_parallel ? global_balance_loss(*ctx.expert_parallel, routing,
+                                                    cfg.n_routed_experts, balance.alpha)
+                              : expert_balance_loss(routing, balance.alpha);
     } else if (balance.aux_loss == "device") {
       b = ctx.expert_parallel
               ? global_balance_loss(*ctx.expert_parallel, routing, balance.devices, balance.alpha)

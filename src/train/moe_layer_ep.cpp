@@ -28,7 +28,7 @@ std::string expert_prefix(const std::string& prefix, int64_t e) {
 // and the received per-(rank, local expert) row counts.
 struct Counts {
   std::vector<int64_t> send, recv;  // per world rank
-  std::vector<int64_t> recv_row;  // row offset of (q, j) in the receive buffer, q-major
+  std::vector<int64_t> recv_row;    // row offset of (q, j) in the receive buffer, q-major
   int64_t recv_rows = 0;
 };
 
@@ -59,7 +59,8 @@ Tensor gather_expert_rows(const ExpertParallel& ep, const MoeHostCache& c, const
   int64_t at = 0;
   for (int q = 0; q < ep.ranks(); ++q) {
     const int64_t n = c.ep_recv[size_t(q * ep.per_rank() + j)];
-    std::memcpy(out.data<float>() + at * D, buffer.data() + k.recv_row[size_t(q * ep.per_rank() + j)] * D,
+    std::memcpy(out.data<float>() + at * D,
+                buffer.data() + k.recv_row[size_t(q * ep.per_rank() + j)] * D,
                 size_t(n * D) * sizeof(float));
     at += n;
   }
@@ -152,8 +153,8 @@ void moe_experts_backward_ep(const LayerContext& ctx, const std::string& prefix,
   const ExpertParallel& ep = *ctx.expert_parallel;
   dist::ProcessGroup& group = *ep.group;
   const MoeHostCache& c = cache.host;
-  const int64_t T = cache.x.size(0), D = ctx.config.hidden_size,
-                K = ctx.config.num_experts_per_tok, P = ep.per_rank();
+  const int64_t T = cache.x.size(0), D = ctx.config.hidden_size, K = ctx.config.num_experts_per_tok,
+                P = ep.per_rank();
   const Counts k = exchange_counts(ep, c, D);
 
   // The gradient of each slot's unweighted output: its token's dy times its routing weight.

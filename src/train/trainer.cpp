@@ -273,9 +273,9 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   if (ranks > 1) {
     std::function<bool(const Param&)> exclude;
     if (expert_parallel) exclude = [](const Param& p) { return routed_expert_of(p.name) >= 0; };
-    dp = std::make_unique<DataParallel>(group, params, adamw_config, model_config.num_hidden_layers,
-                                        std::max<int64_t>(1, int64_t(cfg.dist_bucket_mb * 262144.0)),
-                                        exclude);
+    dp = std::make_unique<DataParallel>(
+        group, params, adamw_config, model_config.num_hidden_layers,
+        std::max<int64_t>(1, int64_t(cfg.dist_bucket_mb * 262144.0)), exclude);
     if (expert_parallel) experts = std::make_unique<ExpertShard>(ep, params, adamw_config);
   } else {
     optimizer = std::make_unique<AdamW>(params, adamw_config);
