@@ -6,6 +6,11 @@
 // losses of an uninterrupted run. ZeRO-1 on 3 ranks (this binary relaunched under mpirun) equals
 // AdamW on the summed gradients bit for bit; in process, with one rank it equals AdamW exactly
 // (flat space, buckets cutting through parameters) and even_share partitions exactly.
+// Expert parallelism: 2 ranks with the routed experts split between them train like one process
+// (losses, loads, weights, moments; also with the global expert-level balance loss), their
+// checkpoint resumes on one process and one process's resumes on 2 expert-parallel ranks, and on
+// 2 real ranks all_to_all_v moves its blocks and the MoE layer's forward, backward and balance
+// loss equal one process's on the concatenated batch.
 //
 // The suite skips when this dseek was built without MPI or mpirun is missing (scripts/setup.sh
 // installs OpenMPI). As root (CI) mpirun needs OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM), set here.
@@ -15,6 +20,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -33,8 +39,12 @@
 #include "dist/process_group.h"
 #include "train/checkpoint.h"
 #include "train/data_parallel.h"
+#include "train/expert_parallel.h"
+#include "train/layers.h"
 #include "train/optimizer.h"
 #include "train/param.h"
+#include "train/train_config.h"
+#include "train/train_model.h"
 
 extern char** environ;
 
@@ -309,6 +319,20 @@ class DistTrain : public ::testing::Test {
     return r;
   }
 
+  // Two ranks with the routed experts split between them (--expert-parallel 2), made once.
+  static fs::path expert_parallel_run() {
+    const fs::path r = root() / "ep2";
+    if (!fs::exists(r / "checkpoints" / "latest")) {
+      const ProcRun res =
+          run(mpirun_, mpirun_args(2, train_args(r, kSteps, {"--expert-parallel", "2"})));
+      EXPECT_EQ(res.exit_code, 0) << res.err;
+      EXPECT_NE(res.err.find("expert parallel: 8 routed experts per MoE layer over 2 ranks"),
+                std::string::npos)
+          << res.err;
+    }
+    return r;
+  }
+
   static std::string mpirun_;
 
  private:
@@ -579,6 +603,108 @@ TEST_F(DistTrain, UnevenBatchIsAClearError) {
   EXPECT_NE(n.err.find("must be divisible by the 2 ranks"), std::string::npos) << n.err;
 }
 
+// Expert parallelism over 2 ranks (each owning 4 of the tiny preset's 8 routed experts per MoE
+// layer, tokens dispatched and combined through all-to-all) trains like one process on the same
+// global batch: losses, validation losses, gradient norms and MaxVio within float tolerance, the
+// expert loads (global counts) exactly, and the checkpoint (every expert gathered on rank 0, the
+// moments in parameter order) is the one a single process writes, within float tolerance.
+TEST_F(DistTrain, ExpertParallelTrainsLikeOneProcess) {
+  expect_same_training(single_run(), expert_parallel_run());
+}
+
+// The expert-level balance loss sees the global batch's counts and mean scores under expert
+// parallelism, so the logged aux loss and the training match one process's too.
+TEST_F(DistTrain, ExpertParallelBalanceLossIsTheGlobalOne) {
+  const Args aux = {"--set", "moe.aux_loss=expert", "--set", "moe.aux_alpha=0.05"};
+  TempDir dir;
+  const fs::path one = dir.path / "one", ep = dir.path / "ep";
+  const ProcRun a = run(DSEEK_BINARY, train_args(one, 4, aux));
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  Args ep_args = aux;
+  ep_args.insert(ep_args.end(), {"--expert-parallel", "2"});
+  const ProcRun b = run(mpirun_, mpirun_args(2, train_args(ep, 4, ep_args)));
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  ASSERT_GT(read_metrics(one)[0]["aux_loss"].get<double>(), 0.0);
+  expect_same_training(one, ep);
+}
+
+// 4 ranks in 2 expert-parallel groups of 2 (data parallel across the groups: each expert has 2
+// replicas whose gradients are summed) train like one process too.
+TEST_F(DistTrain, ExpertParallelGroupsWithDataParallelAcrossTrainLikeOneProcess) {
+  TempDir dir;
+  const fs::path run_dir = dir.path / "ep2x2";
+  const ProcRun r =
+      run(mpirun_, mpirun_args(4, train_args(run_dir, kSteps, {"--expert-parallel", "2"})));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("over 2 ranks (4 each), each token's experts on at most 2 ranks; 2 such "
+                       "groups, data-parallel across them"),
+            std::string::npos)
+      << r.err;
+  expect_same_training(single_run(), run_dir);
+}
+
+// An expert-parallel checkpoint resumes on one process, and one process's on 2 expert-parallel
+// ranks, each continuing within float tolerance of the run it came from.
+TEST_F(DistTrain, ExpertParallelCheckpointsResumeEitherWay) {
+  for (const bool from_ep : {true, false}) {
+    SCOPED_TRACE(from_ep ? "expert-parallel checkpoint, one process" : "one process, EP ranks");
+    const fs::path reference = from_ep ? expert_parallel_run() : single_run();
+    TempDir dir;
+    const fs::path run_dir = dir.path / "run";
+    fs::create_directories(run_dir / "checkpoints");
+    fs::copy(reference / "config.json", run_dir / "config.json");
+    fs::copy(reference / "checkpoints" / train::checkpoint_dir_name(2),
+             run_dir / "checkpoints" / train::checkpoint_dir_name(2), fs::copy_options::recursive);
+    {
+      std::ofstream metrics(run_dir / "metrics.jsonl");
+      const std::vector<json> m = read_metrics(reference);
+      for (size_t i = 0; i < 2; ++i) metrics << m[i].dump() << "\n";
+    }
+    const ProcRun r =
+        from_ep ? run(DSEEK_BINARY, train_args(run_dir, kSteps, {"--resume"}))
+                : run(mpirun_, mpirun_args(2, train_args(run_dir, kSteps,
+                                                         {"--resume", "--expert-parallel", "2"})));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    expect_same_training(reference, run_dir);
+  }
+}
+
+// Settings expert parallelism cannot honour are errors naming them.
+TEST_F(DistTrain, ExpertParallelSettingsAreClearErrors) {
+  TempDir dir;
+  struct Case {
+    int ranks;
+    Args extra;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {2,
+       {"--expert-parallel", "3"},
+       "dist.expert_parallel 3: must divide the number of MPI ranks (2)"},
+      {3,
+       {"--expert-parallel", "3", "--set", "train.batch_size=3"},
+       "expert parallel 3: must divide the 8 routed experts"},
+      {2,
+       {"--expert-parallel", "2", "--device", "cuda"},
+       "expert parallelism runs on CPU ranks only"},
+      {2,
+       {"--expert-parallel", "2", "--set", "dist.ep_max_ranks=1"},
+       "dist.ep_max_ranks 1: the gate (noaux_tc with n_group 4, topk_group 2) can send a token to "
+       "2 of the 2 ranks"},
+      {4,
+       {"--expert-parallel", "3", "--set", "train.batch_size=4"},
+       "dist.expert_parallel 3: must divide the number of MPI ranks (4)"},
+  };
+  int i = 0;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.message);
+    const ProcRun r =
+        run(mpirun_, mpirun_args(c.ranks, train_args(dir.path / std::to_string(i++), 2, c.extra)));
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
+  }
+}
+
 namespace {
 
 // A small ParamSet: matrices, norms, a buffer, main blocks 0–1 and an "MTP" block 2.
@@ -668,7 +794,177 @@ void zero_one_on_this_rank() {
   dist::finalize_world();
 }
 
+// |a − b| ≤ 1e-5·|b| + 1e-6·max|b| elementwise (different GEMM row blocks may round differently);
+// b all zero only where `may_be_zero` (an expert no token chose), and then a too.
+void expect_rows_close(const float* a, const float* b, int64_t n, const std::string& what,
+                       bool may_be_zero = false) {
+  double scale = 0;
+  for (int64_t i = 0; i < n; ++i) scale = std::max(scale, std::fabs(double(b[i])));
+  if (scale == 0.0 && may_be_zero) {
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(a[i], 0.0f) << what << "[" << i << "]";
+    return;
+  }
+  ASSERT_GT(scale, 0.0) << what << ": all zero";
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i)
+    bad +=
+        !(std::fabs(double(a[i]) - double(b[i])) <= 1e-5 * std::fabs(double(b[i])) + 1e-6 * scale);
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << n << " elements differ";
+}
+
+Tensor random_rows(int64_t rows, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> v(size_t(rows * cols));
+  for (float& x : v) x = normal(rng);
+  return Tensor::from_vector(v, {rows, cols});
+}
+
+// One rank's part of DistRanks.ExpertParallelMoeEqualsOneProcess (run under mpirun).
+void expert_parallel_on_this_rank() {
+  dist::init_world(nullptr, nullptr);
+  dist::ProcessGroup& w = dist::world();
+  const int N = w.size(), me = w.rank();
+  ASSERT_GT(N, 1);
+  {
+    // all_to_all_v: rank p sends (p + 2q) % 3 elements (some blocks empty) to rank q.
+    std::vector<int64_t> sc(static_cast<size_t>(N)), rc(static_cast<size_t>(N));
+    std::vector<float> send, recv;
+    for (int q = 0; q < N; ++q) {
+      sc[size_t(q)] = (me + 2 * q) % 3;
+      rc[size_t(q)] = (q + 2 * me) % 3;
+      for (int64_t i = 0; i < sc[size_t(q)]; ++i) send.push_back(float(1000 * me + 100 * q + i));
+    }
+    int64_t total = 0;
+    for (int64_t c : rc) total += c;
+    recv.assign(size_t(total), std::nanf(""));
+    w.all_to_all_v(send, sc, recv, rc);
+    size_t at = 0;
+    for (int q = 0; q < N; ++q)
+      for (int64_t i = 0; i < rc[size_t(q)]; ++i)
+        EXPECT_EQ(recv[at++], float(1000 * q + 100 * me + i)) << "from rank " << q;
+    std::vector<int64_t> s2, r2(size_t(2 * N), -1);
+    for (int q = 0; q < N; ++q)
+      for (int i = 0; i < 2; ++i) s2.push_back(int64_t(1) << 40 | (10 * me + q + 100 * i));
+    w.all_to_all(s2, r2);
+    for (int q = 0; q < N; ++q)
+      for (int i = 0; i < 2; ++i)
+        EXPECT_EQ(r2[size_t(2 * q + i)], int64_t(1) << 40 | (10 * q + me + 100 * i));
+  }
+
+  // The tiny preset's first MoE layer; rank r holds 13 + 8r of the batch's tokens. topk_group 1
+  // (of 4 groups of 2 experts, 2 groups per rank): node-limited to one rank per token.
+  for (const int64_t topk_group : {2, 1}) {
+    SCOPED_TRACE("topk_group " + std::to_string(topk_group));
+    ModelConfig cfg = train::preset_model_config("tiny", 300);
+    cfg.topk_group = topk_group;
+    const std::string prefix = "model.layers.1.mlp";
+    ASSERT_TRUE(cfg.is_moe_layer(1));
+    const RopeParams rope = rope_params(cfg);
+    train::ParamSet ref_params, ep_params;
+    train::TrainModel::init_params(cfg, 21, 0.1, ref_params);
+    train::TrainModel::init_params(cfg, 21, 0.1, ep_params);
+    // A non-zero selection bias, so the noaux_tc groups differ from the plain top-k.
+    // (Small next to the sigmoid scores, so the groups still vary from token to token.)
+    std::vector<float> bias_values = random_rows(1, cfg.n_routed_experts, 9).to_vector();
+    for (float& b : bias_values) b *= 0.02f;
+    const Tensor bias = Tensor::from_vector(bias_values, {1, cfg.n_routed_experts});
+    for (train::ParamSet* ps : {&ref_params, &ep_params})
+      train::copy_values(ps->at(prefix + ".gate.e_score_correction_bias").value,
+                         bias.reshape({cfg.n_routed_experts}), "bias");
+    std::vector<int64_t> first(size_t(N + 1), 0);
+    for (int q = 0; q < N; ++q) first[size_t(q + 1)] = first[size_t(q)] + 13 + 8 * q;
+    const int64_t T = first.back(), D = cfg.hidden_size,
+                  mine = first[size_t(me + 1)] - first[size_t(me)];
+    const Tensor x = random_rows(T, D, 3), dy = random_rows(T, D, 4);
+    train::BalanceOptions balance;
+    balance.aux_loss = "expert";
+    balance.alpha = 0.1;
+
+    const train::LayerContext ref_ctx{cfg, rope, ref_params};
+    train::MoeCache ref_cache;
+    const Tensor ref_out = train::moe_forward(ref_ctx, prefix, x, {T}, balance, ref_cache);
+    const Tensor ref_dx = train::moe_backward(ref_ctx, prefix, ref_cache, dy, 1.0f);
+
+    const train::ExpertParallel ep = train::make_expert_parallel(w, cfg, N);
+    const train::LayerContext ep_ctx{cfg, rope, ep_params, &ep};
+    train::MoeCache ep_cache;
+    const Tensor x_mine = x.slice(0, first[size_t(me)], first[size_t(me + 1)]).contiguous();
+    const Tensor dy_mine = dy.slice(0, first[size_t(me)], first[size_t(me + 1)]).contiguous();
+    const Tensor out = train::moe_forward(ep_ctx, prefix, x_mine, {mine}, balance, ep_cache);
+    // Every rank's loss is scaled by 1/N in training; the balance gradient compensates.
+    const Tensor dx = train::moe_backward(ep_ctx, prefix, ep_cache, dy_mine, 1.0f / float(N));
+
+    const int64_t off = first[size_t(me)] * D;
+    expect_rows_close(out.data<float>(), ref_out.data<float>() + off, mine * D, "output");
+    expect_rows_close(dx.data<float>(), ref_dx.data<float>() + off, mine * D, "input gradient");
+    EXPECT_NEAR(ep_cache.aux_loss, ref_cache.aux_loss, 1e-6 * ref_cache.aux_loss);
+    EXPECT_GT(ref_cache.aux_loss, 0.0);
+    EXPECT_GE(ep_cache.host.ep_max_ranks, 1);
+    EXPECT_LE(ep_cache.host.ep_max_ranks, train::node_limit(cfg, N));
+    if (topk_group == 1) {
+      EXPECT_EQ(train::node_limit(cfg, N), 1);
+      EXPECT_EQ(ep_cache.host.ep_max_ranks, 1);
+    }
+
+    // Gradients: the replicated ones summed over the ranks, each routed expert's on its owner
+    // alone (the others never touched).
+    const std::vector<int64_t> load = ref_cache.host.routing.expert_load();
+    EXPECT_GE(std::count_if(load.begin(), load.end(), [](int64_t n) { return n > 0; }),
+              int64_t(load.size()) / 2)
+        << "too few experts chosen to test much";
+    for (train::Param& p : ep_params.all()) {
+      if (!p.trainable || p.name.rfind(prefix + ".", 0) != 0) continue;
+      const train::Param& r = ref_params.at(p.name);
+      const int64_t e = train::routed_expert_of(p.name);
+      if (e < 0) {
+        w.all_reduce(std::span<float>(p.grad.data<float>(), size_t(p.grad.numel())));
+        expect_rows_close(p.grad.data<float>(), r.grad.data<float>(), p.grad.numel(), p.name);
+      } else if (ep.owns(e)) {
+        expect_rows_close(p.grad.data<float>(), r.grad.data<float>(), p.grad.numel(), p.name,
+                          load[size_t(e)] == 0);
+      } else {
+        // (EXPECT, not ASSERT: a rank leaving early would leave the other waiting in all_reduce.)
+        int64_t touched = 0;
+        for (int64_t i = 0; i < p.grad.numel(); ++i) touched += p.grad.data<float>()[i] != 0.0f;
+        EXPECT_EQ(touched, 0) << p.name << " on a rank that does not own it";
+      }
+    }
+  }
+  dist::finalize_world();
+}
+
 }  // namespace
+
+// Expert parallelism's pieces on 2 real MPI ranks (this binary relaunched under mpirun):
+// all_to_all_v and the int64 all_to_all deliver every block (empty ones included) to the right
+// rank and place; the MoE layer with its routed experts split over the ranks gives, for each
+// rank's 13 or 21 tokens, the outputs and input gradients one process computes on all 34, the same
+// global expert-level balance loss, the summed gradients of the replicated gate and shared expert,
+// and each expert's full gradient on its owner; no token reaches more ranks than node_limit, one
+// rank with topk_group 1 (node-limited routing with M = 1).
+TEST(DistRanks, ExpertParallelMoeEqualsOneProcess) {
+  if (dist::launcher_world_size() > 1) {
+    expert_parallel_on_this_rank();
+    return;
+  }
+  if (!dist::mpi_available()) GTEST_SKIP() << "this dseek was built without MPI";
+  const std::string mpirun = find_mpirun();
+  if (mpirun.empty()) GTEST_SKIP() << "mpirun not found (scripts/setup.sh installs OpenMPI)";
+  char self[4096];
+  const ssize_t len = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  ASSERT_GT(len, 0);
+  self[len] = '\0';
+  const ProcRun r = run(
+      mpirun, {"-np", "2", "--bind-to", "none", "--oversubscribe", self,
+               "--gtest_filter=DistRanks.ExpertParallelMoeEqualsOneProcess", "--gtest_color=no"});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  size_t passed = 0;
+  for (size_t at = r.out.find("[  PASSED  ] 1 test"); at != std::string::npos;
+       at = r.out.find("[  PASSED  ] 1 test", at + 1))
+    ++passed;
+  EXPECT_EQ(passed, 2u) << r.out;  // both ranks ran and passed it
+}
 
 // ZeRO-1 over 3 real MPI ranks (this test binary relaunched under mpirun, each rank running only
 // this test): after every step each rank's parameters equal, bit for bit, one AdamW step on the

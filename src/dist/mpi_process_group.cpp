@@ -177,6 +177,28 @@ class MpiProcessGroup final : public ProcessGroup {
 
   void barrier() override { MPI_Barrier(MPI_COMM_WORLD); }
 
+  void all_to_all_v(std::span<const float> send, const std::vector<int64_t>& send_counts,
+                    std::span<float> recv, const std::vector<int64_t>& recv_counts) override {
+    const std::vector<int> sc = int_counts(send_counts, "all_to_all_v");
+    const std::vector<int> rc = int_counts(recv_counts, "all_to_all_v");
+    const std::vector<int> sd = offsets(sc, "all_to_all_v"), rd = offsets(rc, "all_to_all_v");
+    DSEEK_CHECK(int64_t(send.size()) == int64_t(sd.back()) + sc.back() &&
+                    int64_t(recv.size()) == int64_t(rd.back()) + rc.back(),
+                "[dist] all_to_all_v: send {} / recv {} elements for counts summing to {} / {}",
+                send.size(), recv.size(), int64_t(sd.back()) + sc.back(),
+                int64_t(rd.back()) + rc.back());
+    MPI_Alltoallv(send.data(), sc.data(), sd.data(), MPI_FLOAT, recv.data(), rc.data(), rd.data(),
+                  MPI_FLOAT, MPI_COMM_WORLD);
+  }
+
+  void all_to_all(std::span<const int64_t> send, std::span<int64_t> recv) override {
+    DSEEK_CHECK(send.size() == recv.size() && send.size() % size_t(size_) == 0,
+                "[dist] all_to_all: send {} / recv {} elements for {} ranks", send.size(),
+                recv.size(), size_);
+    const int block = as_int(int64_t(send.size()) / size_, "all_to_all");
+    MPI_Alltoall(send.data(), block, MPI_INT64_T, recv.data(), block, MPI_INT64_T, MPI_COMM_WORLD);
+  }
+
  private:
   std::vector<int> int_counts(const std::vector<int64_t>& counts, const char* op) const {
     DSEEK_CHECK(int64_t(counts.size()) == size_, "[dist] {}: {} counts for {} ranks", op,

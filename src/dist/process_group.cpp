@@ -60,6 +60,21 @@ class SingleProcessGroup final : public ProcessGroup {
     all_gather(mine, all, counts);
   }
   void barrier() override {}
+  void all_to_all_v(std::span<const float> send, const std::vector<int64_t>& send_counts,
+                    std::span<float> recv, const std::vector<int64_t>& recv_counts) override {
+    check_counts(send_counts, 1, "all_to_all_v");
+    check_counts(recv_counts, 1, "all_to_all_v");
+    DSEEK_CHECK(send_counts[0] == recv_counts[0] && int64_t(send.size()) == send_counts[0] &&
+                    int64_t(recv.size()) == recv_counts[0],
+                "[dist] all_to_all_v: send {} / recv {} elements for counts {} / {}", send.size(),
+                recv.size(), send_counts[0], recv_counts[0]);
+    if (!send.empty()) std::memmove(recv.data(), send.data(), send.size_bytes());
+  }
+  void all_to_all(std::span<const int64_t> send, std::span<int64_t> recv) override {
+    DSEEK_CHECK(send.size() == recv.size(), "[dist] all_to_all: send {} / recv {} elements",
+                send.size(), recv.size());
+    if (!send.empty()) std::memmove(recv.data(), send.data(), send.size_bytes());
+  }
 };
 
 int env_int(const char* name) {

@@ -1,8 +1,9 @@
 // ProcessGroup: the ranks of a multi-process job and the collectives dseek needs between them, on
 // f32 buffers (gradients, parameters, optimizer shards) and f64 buffers (metrics, expert loads).
-// Implementations: MPI (mpi_process_group.cpp, CPU buffers through OpenMPI) and a trivial
-// single-process group; an NCCL group (device buffers, bootstrapped through MPI) is meant to fit
-// the same interface later.
+// all_to_all_v moves variable-sized blocks between every pair of ranks (expert parallelism's token
+// dispatch and combine). Implementations: MPI (mpi_process_group.cpp, CPU buffers through OpenMPI)
+// and a trivial single-process group; an NCCL group (device buffers, bootstrapped through MPI) is
+// meant to fit the same interface later.
 //
 // Collectives are collective: every rank calls the same ones, in the same order, with matching
 // sizes. Nonblocking variants return a Work handle; the buffers must stay alive and untouched until
@@ -61,6 +62,15 @@ class ProcessGroup {
   virtual void gather(std::span<const float> mine, std::span<float> all,
                       const std::vector<int64_t>& counts, int root) = 0;
   virtual void barrier() = 0;
+  // Personalised exchange: send holds Σ send_counts elements, the block for rank q at offset
+  // Σ_{p<q} send_counts[p]; recv receives rank q's block for this rank at offset Σ_{p<q}
+  // recv_counts[p]. Every rank's send_counts[q] must equal rank q's recv_counts[rank] (exchange
+  // the counts first with the int64 variant); blocks of 0 elements are allowed.
+  virtual void all_to_all_v(std::span<const float> send, const std::vector<int64_t>& send_counts,
+                            std::span<float> recv, const std::vector<int64_t>& recv_counts) = 0;
+  // Equal blocks of int64 (counts): send and recv hold size()·block elements, block q of send goes
+  // to rank q and block q of recv came from rank q.
+  virtual void all_to_all(std::span<const int64_t> send, std::span<int64_t> recv) = 0;
 
   // Blocking shorthands.
   void all_reduce(std::span<float> data) { all_reduce_async(data)->wait(); }

@@ -37,11 +37,12 @@ int64_t overlap(int64_t a0, int64_t a1, int64_t b0, int64_t b1) {
 }  // namespace
 
 DataParallel::DataParallel(dist::ProcessGroup& group, ParamSet& params, AdamWConfig config,
-                           int64_t num_hidden_layers, int64_t bucket_elements)
+                           int64_t num_hidden_layers, int64_t bucket_elements,
+                           const std::function<bool(const Param&)>& exclude)
     : group_(group), config_(config), num_hidden_layers_(num_hidden_layers) {
   DSEEK_CHECK(bucket_elements > 0, "[dist] bucket of {} elements", bucket_elements);
   for (Param& p : params.all()) {
-    if (!p.trainable) continue;
+    if (!p.trainable || (exclude && exclude(p))) continue;
     slots_.push_back(
         {&p, flat_size_, block_layer_of(p.name), p.name == "model.embed_tokens.weight"});
     flat_size_ += p.value.numel();
@@ -137,7 +138,8 @@ void DataParallel::reduce_gradients() {
   armed_ = false;
 }
 
-double DataParallel::clip_grad_norm(double max_norm) {
+double DataParallel::clip_grad_norm(double max_norm, const std::vector<std::span<float>>& extra,
+                                    bool count_extra) {
   // Per parameter, then summed, as clip_grad_norm groups it (one rank: the same bits).
   double sum = 0.0;
   const int64_t lo = shard_.first, hi = shard_.first + shard_.count;
@@ -152,12 +154,20 @@ double DataParallel::clip_grad_norm(double max_norm) {
     for (int64_t k = 0; k < n; ++k) part += double(g[k]) * double(g[k]);
     sum += part;
   }
+  for (const std::span<float> g : extra) {
+    if (!count_extra) break;
+    double part = 0.0;
+    for (const float x : g) part += double(x) * double(x);
+    sum += part;
+  }
   double total[1] = {sum};
   group_.all_reduce(std::span<double>(total, 1));
   const double norm = std::sqrt(total[0]);
   if (max_norm > 0.0 && std::isfinite(norm) && norm > max_norm) {
     const float scale = float(max_norm / (norm + 1e-6));
     for (float& x : grad_) x *= scale;
+    for (const std::span<float> g : extra)
+      for (float& x : g) x *= scale;
   }
   return norm;
 }

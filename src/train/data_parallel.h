@@ -25,8 +25,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -40,8 +42,11 @@ namespace dseek::train {
 class DataParallel {
  public:
   // num_hidden_layers: the main layers (blocks at or above it are MTP blocks). bucket_elements > 0.
+  // `exclude` (optional) leaves parameters out of the flat space: expert parallelism's routed
+  // experts, which their owner updates alone (train/expert_parallel.h).
   DataParallel(dist::ProcessGroup& group, ParamSet& params, AdamWConfig config,
-               int64_t num_hidden_layers, int64_t bucket_elements);
+               int64_t num_hidden_layers, int64_t bucket_elements,
+               const std::function<bool(const Param&)>& exclude = nullptr);
 
   // Starts a step's last backward: from now on on_block_backward issues reductions. (Earlier
   // micro-batches of a step still accumulate into the gradients, so nothing is final before.)
@@ -53,8 +58,11 @@ class DataParallel {
   void on_block_backward(int64_t layer);
   // Issues the buckets not yet issued and waits for all: the shard then holds Σ_ranks gradients.
   void reduce_gradients();
-  // Global L2 norm of the reduced gradient; clips the shard as clip_grad_norm does.
-  double clip_grad_norm(double max_norm);
+  // Global L2 norm of the reduced gradient; clips the shard as clip_grad_norm does. `extra`:
+  // gradients outside the flat space (expert parallelism's owned experts), clipped with the shard
+  // and counted in the norm where count_extra (once per copy: replicas pass false).
+  double clip_grad_norm(double max_norm, const std::vector<std::span<float>>& extra = {},
+                        bool count_extra = true);
   // AdamW on this rank's shard, then every parameter all-gathered from the shards.
   void step(double lr);
   int64_t step_count() const { return step_count_; }

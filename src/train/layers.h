@@ -34,10 +34,14 @@ Segments equal_segments(int64_t tokens, int64_t seq_len);
 // Throws unless `segments` are non-negative lengths summing to `tokens` (`where` names the caller).
 void check_segments(const Segments& segments, int64_t tokens, const std::string& where);
 
+struct ExpertParallel;  // train/expert_parallel.h
+
 struct LayerContext {
   const ModelConfig& config;
   const RopeParams& rope;
   ParamSet& params;
+  // Set: the MoE layers' routed experts are spread over ranks and exchanged (CPU only).
+  const ExpertParallel* expert_parallel = nullptr;
 };
 
 // y = x·Wᵀ with W = params[name]: the backward adds dW to the param's grad, returns dx.
@@ -94,6 +98,10 @@ struct MoeHostCache {
   std::vector<int64_t> offsets, slots;  // slots grouped by expert (counting sort)
   std::vector<MlpCache> experts;        // per expert, rows = its slots in order
   Tensor expert_out;                    // [T·K, D] unweighted expert outputs per slot
+  // Expert parallelism: rows received from rank q for local expert j at [q·P + j] (experts then
+  // holds the P local experts' caches), and the most ranks one token was dispatched to.
+  std::vector<int64_t> ep_recv;
+  int64_t ep_max_ranks = 0;
 };
 struct MoeCache {
   Tensor x;  // [T, D] activations
@@ -129,6 +137,15 @@ Tensor moe_routed_forward_host(const LayerContext& ctx, const std::string& prefi
 Tensor moe_routed_backward_host(const LayerContext& ctx, const std::string& prefix,
                                 const MoeCache& cache, const Tensor& dy, float loss_scale,
                                 Tensor& dx);
+
+// Expert parallelism (moe_layer_ep.cpp, train/expert_parallel.h), called by the host path when
+// ctx.expert_parallel is set: the forward exchanges the sorted slots' rows with their experts'
+// owners, runs the local experts and fills cache.host.expert_out; the backward sends the
+// weighted output gradients the same way and adds the returned input gradients into dx in the
+// order one process adds them.
+void moe_experts_forward_ep(const LayerContext& ctx, const std::string& prefix, MoeCache& cache);
+void moe_experts_backward_ep(const LayerContext& ctx, const std::string& prefix,
+                             const MoeCache& cache, const Tensor& dy, Tensor& dx);
 
 // Decoder layer: h = x + attn(norm1(x)); out = h + ffn(norm2(h)).
 struct BlockCache {

@@ -27,6 +27,7 @@
 #include "model/moe_balance.h"
 #include "ops/activation.h"
 #include "ops/linear.h"
+#include "train/expert_parallel.h"
 #include "train/layers.h"
 
 namespace dseek::train {
@@ -132,6 +133,8 @@ Tensor moe_forward(const LayerContext& ctx, const std::string& prefix, const Ten
   // compute copy, and bf16 activations are widened.
   c.x_router = c.x.dtype() == DType::F32 ? c.x : c.x.to(DType::F32);
   const Tensor logits = linear_forward(ctx.params, prefix + ".gate.weight", c.x_router);
+  DSEEK_CHECK(!(c.on_device && ctx.expert_parallel),
+              "[train] expert parallelism runs on the CPU only (NCCL is not built yet)");
   Tensor out;
   if (c.on_device) {
     const Tensor shared = c.has_shared
@@ -152,9 +155,14 @@ Tensor moe_forward(const LayerContext& ctx, const std::string& prefix, const Ten
     if (balance.aux_loss == "sequence") {
       b = sequence_balance_loss(routing, segments, balance.alpha, cfg.scoring_func == "sigmoid");
     } else if (balance.aux_loss == "expert") {
-      b = expert_balance_loss(routing, balance.alpha);
+      // Expert parallelism: the statistics of the global batch, as one process computes them.
+      b = ctx.expert_parallel ? global_balance_loss(*ctx.expert_parallel, routing,
+                                                    cfg.n_routed_experts, balance.alpha)
+                              : expert_balance_loss(routing, balance.alpha);
     } else if (balance.aux_loss == "device") {
-      b = device_balance_loss(routing, balance.devices, balance.alpha);
+      b = ctx.expert_parallel
+              ? global_balance_loss(*ctx.expert_parallel, routing, balance.devices, balance.alpha)
+              : device_balance_loss(routing, balance.devices, balance.alpha);
     } else {
       fail("[train] aux_loss '{}': expected none, sequence, expert or device", balance.aux_loss);
     }

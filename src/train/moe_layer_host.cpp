@@ -14,6 +14,30 @@ std::string expert_prefix(const std::string& prefix, int64_t e) {
   return prefix + ".experts." + std::to_string(e);
 }
 
+// Every expert on this process: each expert's MLP once on its gathered rows.
+void local_experts_forward(const LayerContext& ctx, const std::string& prefix, MoeCache& cache) {
+  MoeHostCache& c = cache.host;
+  const int64_t T = cache.x.size(0), D = ctx.config.hidden_size, E = ctx.config.n_routed_experts,
+                K = ctx.config.num_experts_per_tok;
+  c.experts.assign(size_t(E), MlpCache{});
+  c.expert_out = Tensor::empty({T * K, D});
+  const float* xp = cache.x.data<float>();
+  float* yo = c.expert_out.data<float>();
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t begin = c.offsets[size_t(e)], rows = c.offsets[size_t(e) + 1] - begin;
+    if (rows == 0) continue;
+    Tensor gathered = Tensor::empty({rows, D});
+    for (int64_t i = 0; i < rows; ++i)
+      std::memcpy(gathered.data<float>() + i * D, xp + (c.slots[size_t(begin + i)] / K) * D,
+                  size_t(D) * sizeof(float));
+    const Tensor y =
+        mlp_forward(ctx.params, expert_prefix(prefix, e), gathered, c.experts[size_t(e)]);
+    for (int64_t i = 0; i < rows; ++i)
+      std::memcpy(yo + c.slots[size_t(begin + i)] * D, y.data<float>() + i * D,
+                  size_t(D) * sizeof(float));
+  }
+}
+
 }  // namespace
 
 Tensor moe_routed_forward_host(const LayerContext& ctx, const std::string& prefix,
@@ -36,23 +60,11 @@ Tensor moe_routed_forward_host(const LayerContext& ctx, const std::string& prefi
   for (int64_t s = 0; s < T * K; ++s)
     c.slots[size_t(next[size_t(c.routing.expert_ids[size_t(s)])]++)] = s;
 
-  c.experts.assign(size_t(E), MlpCache{});
-  c.expert_out = Tensor::empty({T * K, D});
-  const float* xp = cache.x.data<float>();
-  float* yo = c.expert_out.data<float>();
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t begin = c.offsets[size_t(e)], rows = c.offsets[size_t(e) + 1] - begin;
-    if (rows == 0) continue;
-    Tensor gathered = Tensor::empty({rows, D});
-    for (int64_t i = 0; i < rows; ++i)
-      std::memcpy(gathered.data<float>() + i * D, xp + (c.slots[size_t(begin + i)] / K) * D,
-                  size_t(D) * sizeof(float));
-    const Tensor y =
-        mlp_forward(ctx.params, expert_prefix(prefix, e), gathered, c.experts[size_t(e)]);
-    for (int64_t i = 0; i < rows; ++i)
-      std::memcpy(yo + c.slots[size_t(begin + i)] * D, y.data<float>() + i * D,
-                  size_t(D) * sizeof(float));
-  }
+  if (ctx.expert_parallel)
+    moe_experts_forward_ep(ctx, prefix, cache);  // the experts on their owners (moe_layer_ep.cpp)
+  else
+    local_experts_forward(ctx, prefix, cache);
+  const float* yo = c.expert_out.data<float>();
 
   // out[t] = Σ_k w·y in ascending expert order (the inference MoE's summation order).
   Tensor out = Tensor::empty({T, D});
@@ -87,7 +99,9 @@ Tensor moe_routed_backward_host(const LayerContext& ctx, const std::string& pref
   float* dxp = dx.data<float>();
 
   // Routed experts: each expert's output rows were scaled by their routing weight.
-  for (int64_t e = 0; e < E; ++e) {
+  if (ctx.expert_parallel) moe_experts_backward_ep(ctx, prefix, cache, dy, dx);
+  const int64_t local_experts = ctx.expert_parallel ? 0 : E;  // expert parallel: done above
+  for (int64_t e = 0; e < local_experts; ++e) {
     const int64_t begin = c.offsets[size_t(e)], rows = c.offsets[size_t(e) + 1] - begin;
     if (rows == 0) continue;
     Tensor d_rows = Tensor::empty({rows, D});

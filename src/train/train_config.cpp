@@ -107,6 +107,8 @@ const std::vector<Binding>& bindings() {
       field("checkpoint.keep_last", "complete checkpoints kept (older ones are deleted)", &TrainConfig::keep_last),
       field("dist.deterministic", "1: data-parallel reductions in a fixed rank order, bit-reproducible for a given number of ranks; 0: MPI's own algorithms", &TrainConfig::dist_deterministic),
       field("dist.bucket_mb", "data parallelism: MiB of f32 gradients per reduce-scatter bucket", &TrainConfig::dist_bucket_mb),
+      field("dist.expert_parallel", "expert parallelism: ranks per group the routed experts are spread over (1: every rank holds every expert; N > 1 divides the world size, data parallel across the groups)", &TrainConfig::expert_parallel),
+      field("dist.ep_max_ranks", "node-limited routing: refuse a gate whose groups could send a token to more than this many expert-parallel ranks (0: no requirement)", &TrainConfig::ep_max_ranks),
       field("run.out", "run directory: metrics.jsonl, checkpoints/, plots", &TrainConfig::out),
       field("run.threads", "OpenMP threads (0: the default)", &TrainConfig::threads),
   };
@@ -270,6 +272,10 @@ void validate_train_config(const TrainConfig& c) {
               "[train] dist.deterministic: must be 0 or 1, got {}", c.dist_deterministic);
   DSEEK_CHECK(c.dist_bucket_mb > 0 && c.dist_bucket_mb <= 1024,
               "[train] dist.bucket_mb: must be in (0, 1024], got {}", c.dist_bucket_mb);
+  DSEEK_CHECK(c.expert_parallel >= 1, "[train] dist.expert_parallel: must be >= 1, got {}",
+              c.expert_parallel);
+  DSEEK_CHECK(c.ep_max_ranks >= 0, "[train] dist.ep_max_ranks: must be >= 0, got {}",
+              c.ep_max_ranks);
   DSEEK_CHECK(c.seed >= 0, "[train] train.seed: must be >= 0");
   DSEEK_CHECK(c.val_fraction > 0 && c.val_fraction < 1,
               "[train] data.val_fraction: must be in (0, 1), got {}", c.val_fraction);

@@ -165,7 +165,7 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
     DSEEK_CHECK(inputs[i] >= 0 && inputs[i] < c.vocab_size,
                 "[train] token id {} at position {} is outside the vocabulary [0, {})", inputs[i],
                 i, c.vocab_size);
-  const LayerContext ctx{c, rope_, params_};
+  const LayerContext ctx{c, rope_, params_, options.expert_parallel};
   const std::string head = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
   const Tensor& embed = params_.value("model.embed_tokens.weight");
   const double eps = c.rms_norm_eps;

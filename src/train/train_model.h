@@ -40,6 +40,9 @@ struct LossOptions {
   // post_attention_layernorm; not an MTP module's enorm/hnorm/eh_proj/shared_head): data
   // parallelism starts reducing those gradients while the rest of backward runs.
   std::function<void(int64_t layer)> on_block_backward;
+  // Expert parallelism (train/expert_parallel.h): set, the MoE layers exchange their routed slots
+  // with the experts' owners, so every rank must run the same forwards and backwards in step.
+  const ExpertParallel* expert_parallel = nullptr;
 };
 
 struct SequenceLosses {

@@ -25,6 +25,7 @@
 #include "train/data_parallel.h"
 #include "train/dpo.h"
 #include "train/dpo_reference.h"
+#include "train/expert_parallel.h"
 #include "train/init_from.h"
 #include "train/model_overrides.h"
 #include "train/optimizer.h"
@@ -215,6 +216,28 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     cfg.steps = choice.steps;
   }
   validate_train_config(cfg);
+  // Expert parallelism (train/expert_parallel.h): the routed experts spread over every rank.
+  ExpertParallel ep;
+  const bool expert_parallel = cfg.expert_parallel > 1;
+  if (expert_parallel) {
+    DSEEK_CHECK(cfg.device != "cuda",
+                "[train] dist.expert_parallel {}: expert parallelism runs on CPU ranks only "
+                "(multi-GPU exchanges need NCCL, not built yet); use train.device cpu",
+                cfg.expert_parallel);
+    DSEEK_CHECK(ranks % cfg.expert_parallel == 0,
+                "[train] dist.expert_parallel {}: must divide the number of MPI ranks ({})",
+                cfg.expert_parallel, ranks);
+    ep = make_expert_parallel(group, model_config, int(cfg.expert_parallel));
+    const int64_t limit = node_limit(model_config, ep.ranks());
+    DSEEK_CHECK(cfg.ep_max_ranks == 0 || limit <= cfg.ep_max_ranks,
+                "[train] dist.ep_max_ranks {}: the gate ({} with n_group {}, topk_group {}) can "
+                "send a token to {} of the {} ranks; node-limited routing needs a group-limited "
+                "gate whose topk_group groups lie on at most {} ranks (n_group a multiple of the "
+                "ranks, topk_group <= {})",
+                cfg.ep_max_ranks, model_config.topk_method, model_config.n_group,
+                model_config.topk_group, limit, ep.ranks(), cfg.ep_max_ranks, cfg.ep_max_ranks);
+  }
+
   // train.device cuda: parameters, gradients, AdamW and the layers on the GPU, one process.
   const Device device = cfg.device == "cuda" ? Device::CUDA : Device::CPU;
   if (device == Device::CUDA) {
@@ -251,10 +274,15 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   // One process: AdamW over every parameter. N ranks: ZeRO-1, each rank the moments of its shard.
   std::unique_ptr<AdamW> optimizer;
   std::unique_ptr<DataParallel> dp;
+  // Expert parallelism: the owned routed experts' AdamW; DataParallel leaves all experts out.
+  std::unique_ptr<ExpertShard> experts;
   if (ranks > 1) {
+    std::function<bool(const Param&)> exclude;
+    if (expert_parallel) exclude = [](const Param& p) { return routed_expert_of(p.name) >= 0; };
     dp = std::make_unique<DataParallel>(
         group, params, adamw_config, model_config.num_hidden_layers,
-        std::max<int64_t>(1, int64_t(cfg.dist_bucket_mb * 262144.0)));
+        std::max<int64_t>(1, int64_t(cfg.dist_bucket_mb * 262144.0)), exclude);
+    if (expert_parallel) experts = std::make_unique<ExpertShard>(ep, params, adamw_config);
   } else {
     optimizer = std::make_unique<AdamW>(params, adamw_config);
   }
@@ -284,6 +312,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       dp->load_state(opt_state, optimizer_steps);
     else
       optimizer->load_state(opt_state, optimizer_steps);
+    if (experts) experts->load_state(opt_state, optimizer_steps);
     batches.seek(ck.state.at("loader"));
     tokens_seen = ck.state.value("tokens", int64_t(0));
     params.refresh_compute();
@@ -335,6 +364,14 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
                ranks, group.backend(), cfg.batch_size / ranks,
                human_count(double(dp->flat_size()) / ranks), dp->num_buckets(),
                group.deterministic() ? "deterministic" : "MPI-ordered");
+  if (lead && expert_parallel)
+    fmt::print(stderr,
+               "[train] expert parallel: {} routed experts per MoE layer over {} ranks ({} each), "
+               "each token's experts on at most {} ranks{}\n",
+               ep.experts, ep.ranks(), ep.per_rank(), node_limit(model_config, ep.ranks()),
+               ep.replicas() > 1
+                   ? fmt::format("; {} such groups, data-parallel across them", ep.replicas())
+                   : "");
   if (step >= cfg.steps) {
     if (lead) fmt::print(stderr, "[train] already at step {} of {}\n", step, cfg.steps);
     return summary;
@@ -361,6 +398,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   loss_options.balance.aux_loss = cfg.aux_loss;
   loss_options.balance.alpha = cfg.aux_alpha;
   loss_options.balance.devices = cfg.aux_devices;
+  if (expert_parallel) loss_options.expert_parallel = &ep;
 
   // DPO: the reference is the model as it starts (model.init_from), scored once and cached.
   const bool dpo = cfg.task == "dpo";
@@ -395,11 +433,25 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   auto save = [&](int64_t at_step) {
     CheckpointData ck;
     ck.step = at_step;
+    // Expert parallelism: every expert's value from its owner into rank 0's copy (collective).
+    if (experts) experts->gather_values();
     for (const Param& p : params.all()) ck.model.emplace_back(p.name, p.value);
     // N ranks: the moment shards gathered on rank 0 (collective), which alone writes; the
     // barrier returns once the checkpoint is committed (its rename) or rank 0 has failed (then
     // MPI_Abort ends every rank).
     ck.optimizer = dp ? dp->gather_state() : optimizer->state_tensors();
+    if (experts) {
+      // The experts' moments too, all in parameter order: the checkpoint one process writes.
+      std::map<std::string, Tensor> by_name;
+      for (auto& [name, t] : ck.optimizer) by_name[name] = std::move(t);
+      for (auto& [name, t] : experts->gather_state()) by_name[name] = std::move(t);
+      ck.optimizer.clear();
+      if (lead)
+        for (const Param& p : params.all())
+          if (p.trainable)
+            for (const std::string kind : {"exp_avg.", "exp_avg_sq."})
+              ck.optimizer.emplace_back(kind + p.name, std::move(by_name.at(kind + p.name)));
+    }
     ck.state = {{"step", at_step},
                 {"optimizer_steps", dp ? dp->step_count() : optimizer->step_count()},
                 {"loader", batches.position()},
@@ -470,8 +522,12 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       }
       load = t.load;
       dp->reduce_gradients();
-      grad_norm = dp->clip_grad_norm(cfg.grad_clip);
+      if (experts) experts->reduce_grads();
+      grad_norm = dp->clip_grad_norm(cfg.grad_clip,
+                                     experts ? experts->grads() : std::vector<std::span<float>>{},
+                                     !experts || ep.base() == 0);
       dp->step(lr);
+      if (experts) experts->step(lr);
       params.refresh_compute();
     } else {
       // Clipping folded into the step; the step also re-rounds the bf16 compute copies.
@@ -538,13 +594,25 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       std::vector<std::vector<int64_t>> val_load;
       // Validation in batches of B sequences (the same math, larger GEMMs); N ranks take the
       // batches in turn and sum.
+      // Expert parallelism: every rank takes part in every batch's exchanges, so the ranks split
+      // each batch instead; a rank left without a sequence runs the batch's first one as a
+      // stand-in and counts nothing of it.
       for (int64_t k0 = 0, chunk = 0; k0 < val_count; k0 += B, ++chunk) {
-        if (chunk % ranks != group.rank()) continue;
-        const int64_t nb = std::min(B, val_count - k0);
-        const MicroBatch vb = batches.validation(k0, nb);
+        if (!expert_parallel && chunk % ranks != group.rank()) continue;
+        int64_t first = k0, nb = std::min(B, val_count - k0);
+        bool stand_in = false;
+        if (expert_parallel) {
+          const dist::Range share = dist::even_share(nb, ranks, group.rank());
+          first = k0 + share.first;
+          nb = share.count;
+          stand_in = nb == 0;
+          if (stand_in) first = k0;
+        }
+        const MicroBatch vb = batches.validation(first, stand_in ? 1 : nb);
         LossOptions val_options = loss_options;
         val_options.token_weights = nullptr;
         const SequenceLosses l = model.forward(vb.inputs, vb.targets, val_options, vb.segments);
+        if (stand_in) continue;
         val += l.main_ce * double(nb);
         if (val_load.empty())
           val_load = l.expert_load;

@@ -1,0 +1,184 @@
+#include "train/expert_parallel.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+
+namespace dseek::train {
+
+ExpertParallel make_expert_parallel(dist::ProcessGroup& group, const ModelConfig& config,
+                                    int size) {
+  DSEEK_CHECK(config.n_routed_experts > 0,
+              "[train] expert parallel: model type {} has no routed experts to spread over ranks",
+              config.model_type);
+  DSEEK_CHECK(size >= 1 && group.size() % size == 0,
+              "[train] expert parallel {}: must divide the number of MPI ranks ({})", size,
+              group.size());
+  DSEEK_CHECK(config.n_routed_experts % size == 0,
+              "[train] expert parallel {}: must divide the {} routed experts (each rank owns an "
+              "equal slice)",
+              size, config.n_routed_experts);
+  return ExpertParallel{&group, config.n_routed_experts, size};
+}
+
+int64_t node_limit(const ModelConfig& config, int64_t ranks) {
+  const int64_t E = config.n_routed_experts, K = config.num_experts_per_tok;
+  int64_t limit = std::min(ranks, K);
+  const bool grouped =
+      config.topk_method == "group_limited_greedy" || config.topk_method == "noaux_tc";
+  if (grouped && config.n_group > 1 && ranks > 0 && E % ranks == 0) {
+    // A group of E/n_group experts spans this many rank slices of E/ranks at most (groups and
+    // slices both contiguous): ⌈group / slice⌉, plus one when a group can straddle a boundary.
+    const int64_t group = E / config.n_group, slice = E / ranks;
+    const int64_t spans =
+        group % slice == 0 || slice % group == 0 ? (group + slice - 1) / slice : group / slice + 2;
+    limit = std::min(limit, config.topk_group * spans);
+  }
+  return limit;
+}
+
+int64_t routed_expert_of(const std::string& name) {
+  const std::string key = ".mlp.experts.";
+  const size_t at = name.find(key);
+  if (at == std::string::npos) return -1;
+  size_t i = at + key.size();
+  int64_t e = 0;
+  bool digits = false;
+  while (i < name.size() && name[i] >= '0' && name[i] <= '9') {
+    e = e * 10 + (name[i++] - '0');
+    digits = true;
+  }
+  return digits && i < name.size() && name[i] == '.' ? e : -1;
+}
+
+ExpertShard::ExpertShard(const ExpertParallel& ep, ParamSet& params, AdamWConfig config)
+    : ep_(ep), config_(config) {
+  for (Param& p : params.all()) {
+    const int64_t e = routed_expert_of(p.name);
+    if (e < 0 || !p.trainable) continue;
+    DSEEK_CHECK(e < ep.experts, "[train] expert parallel: parameter {} names expert {} of {}",
+                p.name, e, ep.experts);
+    Slot s{&p, ep.owner(e), {}, {}};
+    if (s.owner == ep.rank()) {
+      s.m.assign(size_t(p.value.numel()), 0.0f);
+      s.v.assign(size_t(p.value.numel()), 0.0f);
+    }
+    slots_.push_back(std::move(s));
+  }
+}
+
+void ExpertShard::reduce_grads() {
+  if (ep_.replicas() == 1) return;
+  int64_t total = 0;
+  for (const Slot& s : slots_) total += s.param->value.numel();
+  std::vector<float> all(size_t(total), 0.0f);
+  int64_t at = 0;
+  for (const Slot& s : slots_) {
+    const int64_t n = s.param->grad.numel();
+    if (s.owner == ep_.rank())
+      std::memcpy(all.data() + at, s.param->grad.data<float>(), size_t(n) * sizeof(float));
+    at += n;
+  }
+  ep_.group->all_reduce(std::span<float>(all));
+  at = 0;
+  for (Slot& s : slots_) {
+    const int64_t n = s.param->grad.numel();
+    if (s.owner == ep_.rank())
+      std::memcpy(s.param->grad.data<float>(), all.data() + at, size_t(n) * sizeof(float));
+    at += n;
+  }
+}
+
+std::vector<std::span<float>> ExpertShard::grads() {
+  std::vector<std::span<float>> out;
+  for (Slot& s : slots_)
+    if (s.owner == ep_.rank())
+      out.emplace_back(s.param->grad.data<float>(), size_t(s.param->grad.numel()));
+  return out;
+}
+
+void ExpertShard::step(double lr) {
+  DSEEK_CHECK(std::isfinite(lr) && lr >= 0.0, "[optim] AdamW: learning rate {} must be >= 0", lr);
+  ++step_count_;
+  const AdamWStep s = adamw_step_scalars(config_, lr, step_count_);
+  for (Slot& slot : slots_) {
+    if (slot.owner != ep_.rank()) continue;
+    Param& p = *slot.param;
+    adamw_update(s, s.decay_factor(p.decay), p.value.data<float>(), p.grad.data<float>(),
+                 slot.m.data(), slot.v.data(), p.value.numel());
+  }
+}
+
+void ExpertShard::gather_values() {
+  dist::ProcessGroup& g = *ep_.group;
+  for (Slot& s : slots_) {
+    if (s.owner == 0) continue;  // rank 0's own copy is current
+    const int64_t n = s.param->value.numel();
+    std::vector<int64_t> counts(size_t(g.size()), 0);
+    counts[size_t(s.owner)] = n;
+    float* value = s.param->value.data<float>();
+    const std::span<const float> mine(value, size_t(s.owner == g.rank() ? n : 0));
+    const std::span<float> all(value, size_t(g.rank() == 0 ? n : 0));
+    g.gather(mine, all, counts, 0);
+  }
+}
+
+std::vector<std::pair<std::string, Tensor>> ExpertShard::gather_state() {
+  dist::ProcessGroup& g = *ep_.group;
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (Slot& s : slots_) {
+    const Param& p = *s.param;
+    const int64_t n = p.value.numel();
+    std::vector<int64_t> counts(size_t(g.size()), 0);
+    counts[size_t(s.owner)] = n;
+    Tensor tm, tv;
+    if (g.rank() == 0) {
+      tm = Tensor::empty(p.value.shape());
+      tv = Tensor::empty(p.value.shape());
+    }
+    for (auto [moment, into] : {std::pair{&s.m, &tm}, std::pair{&s.v, &tv}}) {
+      if (s.owner == 0) {  // rank 0's own: no exchange
+        if (g.rank() == 0)
+          std::memcpy(into->data<float>(), moment->data(), size_t(n) * sizeof(float));
+        continue;
+      }
+      // From the owner in group 0 (world rank = owner); its replicas send nothing.
+      const std::span<const float> mine(moment->data(), g.rank() == s.owner ? moment->size() : 0);
+      const std::span<float> all(g.rank() == 0 ? into->data<float>() : nullptr,
+                                 size_t(g.rank() == 0 ? n : 0));
+      g.gather(mine, all, counts, 0);
+    }
+    if (g.rank() == 0) {
+      out.emplace_back("exp_avg." + p.name, std::move(tm));
+      out.emplace_back("exp_avg_sq." + p.name, std::move(tv));
+    }
+  }
+  return out;
+}
+
+void ExpertShard::load_state(const std::map<std::string, Tensor>& tensors, int64_t step_count) {
+  DSEEK_CHECK(step_count >= 0, "[optim] optimizer state: step count {} is negative", step_count);
+  for (const Slot& s : slots_)
+    for (const std::string kind : {"exp_avg.", "exp_avg_sq."}) {
+      auto it = tensors.find(kind + s.param->name);
+      DSEEK_CHECK(it != tensors.end(), "[optim] optimizer state: missing tensor '{}'",
+                  kind + s.param->name);
+      DSEEK_CHECK(it->second.defined() && it->second.shape() == s.param->value.shape(),
+                  "[optim] optimizer state: tensor '{}' has shape {}, the parameter has {}",
+                  kind + s.param->name,
+                  it->second.defined() ? shape_str(it->second.shape()) : "(undefined)",
+                  shape_str(s.param->value.shape()));
+    }
+  for (Slot& s : slots_) {
+    if (s.owner != ep_.rank()) continue;
+    const Tensor tm = tensors.at("exp_avg." + s.param->name).to(DType::F32).contiguous();
+    const Tensor tv = tensors.at("exp_avg_sq." + s.param->name).to(DType::F32).contiguous();
+    std::memcpy(s.m.data(), tm.data<float>(), s.m.size() * sizeof(float));
+    std::memcpy(s.v.data(), tv.data<float>(), s.v.size() * sizeof(float));
+  }
+  step_count_ = step_count;
+}
+
+}  // namespace dseek::train
