@@ -45,7 +45,8 @@ Shape fp8_scale_shape(int64_t rows, int64_t cols, Fp8Layout layout) {
 Fp8Tensor quantize_fp8(const Tensor& x, Fp8Layout layout, bool pow2_scale, std::string_view name) {
   DSEEK_CHECK(x.defined(), "[quantize_fp8] '{}': undefined input", name);
   const Device device = op_device("quantize_fp8", {&x});
-  const DType act = activation_dtype("quantize_fp8", x);
+  const DType act = activation_dtype("quantize_fp8", x);  // checks: f32, or bf16 on the GPU
+  (void)act;  // read by the CUDA branch only
   DSEEK_CHECK(layout == Fp8Layout::Tile1x128 ? x.dim() >= 1 : x.dim() == 2,
               "[quantize_fp8] '{}': {} need a {} tensor, got {}", name, layout_name(layout),
               layout == Fp8Layout::Tile1x128 ? "[..., cols]" : "2-D [rows, cols]",
