@@ -60,6 +60,14 @@ class WeightStore {
   // A weight ready for compute: F32/BF16/F16 as stored; an F8_E4M3 weight with a sibling
   // '<name minus .weight>.weight_scale_inv' is dequantised (128×128 blocks) into BF16.
   Tensor get_weight(const std::string& name, const Shape& expected_shape) const;
+  // An F8_E4M3 weight kept as stored (memory-mapped, never dequantised) with its block scales as
+  // f32 [ceil(rows/128), ceil(cols/128)] (converted when stored as BF16): the operands of
+  // ops::linear_fp8. Errors name the tensor and its file: not F8_E4M3, wrong shape, a missing or
+  // misshaped '<name>_scale_inv', or a block size other than 128×128 (the FP8 GEMM's).
+  struct Fp8Weight {
+    Tensor weight, scale_inv;
+  };
+  Fp8Weight get_fp8_weight(const std::string& name, const Shape& expected_shape) const;
   // Which file holds a tensor (for error messages).
   std::string file_of(const std::string& name) const;
   const std::string& dir() const { return dir_; }

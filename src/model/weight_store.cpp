@@ -144,6 +144,31 @@ Tensor WeightStore::get_weight(const std::string& name, const Shape& expected_sh
   return dequantize_fp8_blocks(t, get(scale_name), block_rows_, block_cols_, DType::BF16, name);
 }
 
+WeightStore::Fp8Weight WeightStore::get_fp8_weight(const std::string& name,
+                                                   const Shape& expected_shape) const {
+  Tensor t = get(name, expected_shape);
+  DSEEK_CHECK(t.dtype() == DType::F8_E4M3 && t.dim() == 2,
+              "[weights] {}: tensor '{}' is {} {}, expected a 2-D F8_E4M3 weight", file_of(name),
+              name, dtype_name(t.dtype()), shape_str(t.shape()));
+  DSEEK_CHECK(block_rows_ == 128 && block_cols_ == 128,
+              "[weights] {}: FP8 tensor '{}': the FP8 GEMM needs 128x128 scale blocks, the "
+              "checkpoint has {}x{}",
+              file_of(name), name, block_rows_, block_cols_);
+  const std::string suffix = ".weight";
+  const bool has_suffix = name.size() >= suffix.size() &&
+                          name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  const std::string scale_name = has_suffix ? name + "_scale_inv" : name + ".weight_scale_inv";
+  DSEEK_CHECK(has(scale_name), "[weights] {}: FP8 tensor '{}' has no scale tensor '{}'",
+              file_of(name), name, scale_name);
+  Tensor s = get(scale_name);
+  const Shape want = {(t.size(0) + 127) / 128, (t.size(1) + 127) / 128};
+  DSEEK_CHECK(s.shape() == want && (s.dtype() == DType::F32 || s.dtype() == DType::BF16),
+              "[weights] {}: scale tensor '{}' is {} {}, expected F32 {} for the {} FP8 weight '{}'",
+              file_of(scale_name), scale_name, dtype_name(s.dtype()), shape_str(s.shape()),
+              shape_str(want), shape_str(t.shape()), name);
+  return {t, s.dtype() == DType::F32 ? s : s.to(DType::F32)};
+}
+
 std::string WeightStore::file_of(const std::string& name) const {
   auto it = by_name_.find(name);
   return it == by_name_.end() ? dir_ : it->second->path();

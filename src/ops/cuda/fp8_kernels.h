@@ -1,0 +1,27 @@
+// Raw-pointer CUDA kernels of the FP8 ops (ops/fp8.h has the maths; ops/cpu/fp8_cpu.h the CPU
+// twins). Kept beside cuda_ops.h, in the same style, so the FP8 work stays in its own files.
+// Row-major contiguous device arrays; `tile_rows` is 1 (1×128 tiles) or 128 (128×128 blocks);
+// scales f32 [ceil(rows/tile_rows), ceil(cols/128)]. Launches go on dseek::cuda::stream().
+#pragma once
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace dseek::ops::cuda {
+
+// Codes and scales of x [rows, cols] (act f32 or bf16), bit-identical to cpu::quantize_fp8. A
+// non-finite x sets *bad (a device int the caller zeroed) to 1; that tile's outputs are then
+// unspecified. Does not synchronise.
+void quantize_fp8(const void* x, DType act, int64_t rows, int64_t cols, int64_t tile_rows,
+                  bool pow2, uint8_t* q, float* scale, int* bad);
+// y = q · s in `out` (f32 or bf16).
+void dequantize_fp8(const uint8_t* q, const float* scale, int64_t rows, int64_t cols,
+                    int64_t tile_rows, void* y, DType out);
+// y [M, N] (in `out`, f32 or bf16, overwritten) = Σ_b sa[m, b]·sw[n/128, b]·(Σ_{k in b} a·w)
+// (+ bias[n], dtype bias_dtype, when bias is not null). a [M, K] in 1×128 tiles, w [N, K] in
+// 128×128 blocks. f32 accumulation of each 128-wide k-block, promoted into an f32 total.
+void fp8_gemm(const uint8_t* a, const float* sa, int64_t M, int64_t K, const uint8_t* w,
+              const float* sw, int64_t N, const void* bias, DType bias_dtype, void* y, DType out);
+
+}  // namespace dseek::ops::cuda

@@ -1,0 +1,200 @@
+// FP8 on CUDA against the CPU twins: quantisation codes and scales bit for bit (both layouts, both
+// scale rules, f32 and bf16 inputs), dequantisation, the block-scaled GEMM (with bias, f32 and bf16
+// outputs) and linear_fp8; a NaN input is an error naming the tensor on the GPU too.
+#include <array>
+#include <cstring>
+
+#include "backend/backend_harness.h"
+#include "ops/fp8.h"
+
+namespace dseek::backend_test {
+namespace {
+
+using ops::Fp8Layout;
+using ops::Fp8Tensor;
+
+// Uniform [-1, 1] with rare ×1000 outliers and rows scaled 2^-9..2^9: scales far apart.
+Tensor fp8_data(int64_t rows, int64_t cols, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> pick(0, 199);
+  std::vector<float> v(size_t(rows * cols));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      float x = u(rng) * std::ldexp(1.0f, int(r % 7) * 3 - 9);
+      if (pick(rng) == 0) x *= 1000.0f;
+      v[size_t(r * cols + c)] = x;
+    }
+  return Tensor::from_vector(v, {rows, cols});
+}
+
+const std::vector<std::pair<int64_t, int64_t>> kQuantShapes = {
+    {1, 7}, {3, 128}, {5, 300}, {130, 257}, {257, 1000}};
+
+// Byte-identical codes and bit-identical scales; prints one table line.
+void expect_same_fp8(const std::string& what, const Shape& shape, DType act, const Fp8Tensor& want,
+                     const Fp8Tensor& got) {
+  const Tensor gd = got.data.to(Device::CPU), gs = got.scale.to(Device::CPU);
+  ASSERT_EQ(gd.shape(), want.data.shape()) << what;
+  ASSERT_EQ(gs.shape(), want.scale.shape()) << what;
+  size_t bad_codes = 0, bad_scales = 0;
+  for (int64_t i = 0; i < gd.numel(); ++i)
+    bad_codes += gd.data<uint8_t>()[i] != want.data.data<uint8_t>()[i];
+  for (int64_t i = 0; i < gs.numel(); ++i)
+    bad_scales += std::memcmp(&gs.data<float>()[i], &want.scale.data<float>()[i], 4) != 0;
+  std::printf("[backend] %-28s %-22s %-4s codes differ %zu/%lld scales differ %zu/%lld %s\n",
+              what.c_str(), describe_shape(shape).c_str(), std::string(dtype_name(act)).c_str(),
+              bad_codes, (long long)gd.numel(), bad_scales, (long long)gs.numel(),
+              bad_codes + bad_scales ? "FAIL" : "ok");
+  EXPECT_EQ(bad_codes, 0u) << what << " " << describe_shape(shape);
+  EXPECT_EQ(bad_scales, 0u) << what << " " << describe_shape(shape);
+}
+
+TEST(BackendOps, QuantizeFp8BitExact) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(51);
+  for (DType act : kActDtypes)
+    for (Fp8Layout layout : {Fp8Layout::Tile1x128, Fp8Layout::Block128x128})
+      for (bool pow2 : {false, true})
+        for (auto [rows, cols] : kQuantShapes) {
+          const Shape shape{rows, cols};
+          const Tensor x = fp8_data(rows, cols, rng);
+          const Fp8Tensor want = ops::quantize_fp8(rounded(x, act), layout, pow2, "x");
+          const Fp8Tensor got = ops::quantize_fp8(on_gpu(x, act), layout, pow2, "x");
+          EXPECT_TRUE(got.data.is_cuda() && got.scale.is_cuda());
+          const std::string what = std::string("quantize_fp8 ") +
+                                   (layout == Fp8Layout::Tile1x128 ? "1x128" : "128x128") +
+                                   (pow2 ? " pow2" : "");
+          expect_same_fp8(what, shape, act, want, got);
+        }
+}
+
+TEST(BackendOps, QuantizeFp8ZeroTilesAndNonFinite) {
+  DSEEK_REQUIRE_CUDA();
+  // A zero tile gets scale 1 on the GPU as on the CPU.
+  std::vector<float> v(2 * 200, 0.0f);
+  for (int c = 130; c < 200; ++c) v[size_t(c)] = -0.75f;
+  const Tensor x = Tensor::from_vector(v, {2, 200});
+  expect_same_fp8("quantize_fp8 zero tiles", x.shape(), DType::F32,
+                  ops::quantize_fp8(x, Fp8Layout::Tile1x128, false, "x"),
+                  ops::quantize_fp8(on_gpu(x), Fp8Layout::Tile1x128, false, "x"));
+  for (float bad : {std::nanf(""), INFINITY, -INFINITY}) {
+    v[333] = bad;
+    for (Fp8Layout layout : {Fp8Layout::Tile1x128, Fp8Layout::Block128x128}) {
+      try {
+        ops::quantize_fp8(on_gpu(Tensor::from_vector(v, {2, 200})), layout, false, "h.attn_in");
+        FAIL() << "no error for " << bad;
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("[quantize_fp8] 'h.attn_in'"), std::string::npos)
+            << e.what();
+      }
+    }
+  }
+  // The stream is still usable after the error.
+  expect_same_fp8("quantize_fp8 after an error", x.shape(), DType::F32,
+                  ops::quantize_fp8(x, Fp8Layout::Block128x128, true, "x"),
+                  ops::quantize_fp8(on_gpu(x), Fp8Layout::Block128x128, true, "x"));
+}
+
+TEST(BackendOps, DequantizeFp8) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(52);
+  for (DType out : kActDtypes)
+    for (Fp8Layout layout : {Fp8Layout::Tile1x128, Fp8Layout::Block128x128})
+      for (auto [rows, cols] : kQuantShapes) {
+        const Fp8Tensor q = ops::quantize_fp8(fp8_data(rows, cols, rng), layout, false, "x");
+        const Tensor want = ops::dequantize_fp8(q);
+        const Fp8Tensor qg{q.data.to(Device::CUDA), q.scale.to(Device::CUDA), layout};
+        const Tensor got = ops::dequantize_fp8(qg, out);
+        EXPECT_EQ(got.dtype(), out);
+        // f32: one product on both sides, bit-identical; bf16: one rounding of it.
+        const Tolerance tol = out == DType::F32 ? Tolerance{0, 0} : Tolerance{0, 1.0 / 256};
+        expect_close(layout == Fp8Layout::Tile1x128 ? "dequantize_fp8 1x128" : "dequantize_fp8 128x128",
+                     {rows, cols}, out, want, got, tol);
+      }
+}
+
+const std::vector<std::array<int64_t, 3>> kGemmShapes = {
+    {1, 7, 5}, {3, 128, 64}, {17, 300, 130}, {65, 1024, 257}, {130, 2048, 300}, {256, 512, 1024}};
+
+// GPU vs CPU GEMM: the two sum each 128-wide k-block in different orders, so they differ by at
+// most ~K·2^-24·Σ_k|a·w| per element (f32), plus the bias's rounding and one bf16 rounding of
+// the result (bf16 out).
+// The bound is per element (Σ|a·w| from the dequantised operands): W's rows differ in size by 2^18,
+// and a bound from the largest output would let errors in the small rows through.
+void expect_gemm_close(const std::string& op, const Shape& shape, DType out, const Tensor& a,
+                       const Tensor& w, const Tensor& want, const Tensor& got) {
+  ASSERT_EQ(got.shape(), want.shape()) << op;
+  const int64_t M = a.size(0), K = a.size(1), N = w.size(0);
+  const std::vector<float> av = a.to_vector(), wv = w.to_vector(), r = want.to_vector(),
+                           g = got.to_vector();
+  size_t bad = 0, worst = 0;
+  double worst_ratio = 0;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double abs_sum = 0;
+      for (int64_t k = 0; k < K; ++k)
+        abs_sum += std::abs(double(av[size_t(m * K + k)]) * wv[size_t(n * K + k)]);
+      const size_t i = size_t(m * N + n);
+      // (+ one f32 rounding of the bias sum: |bias| ≤ 1)
+      const double tol = double(K + 8) * std::ldexp(abs_sum, -24) +
+                         std::ldexp(std::abs(double(r[i])) + 1.0, -23) +
+                         (out == DType::BF16 ? std::ldexp(std::abs(double(r[i])), -8) : 0.0);
+      const double d = std::abs(double(g[i]) - r[i]);
+      const bool ok = std::isfinite(g[i]) && d <= tol;
+      bad += !ok;
+      const double ratio = std::isfinite(g[i]) ? d / tol : INFINITY;
+      if (ratio > worst_ratio) worst_ratio = ratio, worst = i;
+    }
+  std::printf("[backend] %-28s %-22s %-4s max error/bound %.2e %s\n", op.c_str(),
+              describe_shape(shape).c_str(), std::string(dtype_name(out)).c_str(), worst_ratio,
+              bad ? "FAIL" : "ok");
+  EXPECT_EQ(bad, 0u) << op << " " << describe_shape(shape) << ": worst at " << worst << " got "
+                     << (g.empty() ? 0.f : g[worst]) << ", want " << (r.empty() ? 0.f : r[worst]);
+}
+
+TEST(BackendOps, Fp8Gemm) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(53);
+  for (DType out : kActDtypes)
+    for (bool with_bias : {false, true})
+      for (auto [M, K, N] : kGemmShapes) {
+        const Fp8Tensor qa =
+            ops::quantize_fp8(rand({M, K}, rng), Fp8Layout::Tile1x128, false, "a");
+        const Fp8Tensor qw =
+            ops::quantize_fp8(fp8_data(N, K, rng), Fp8Layout::Block128x128, false, "w");
+        const Tensor bias = rand({N}, rng).to(DType::BF16);
+        const Tensor want = ops::fp8_gemm(qa, qw, with_bias ? &bias : nullptr);
+        const Fp8Tensor qag{qa.data.to(Device::CUDA), qa.scale.to(Device::CUDA), qa.layout};
+        const Fp8Tensor qwg{qw.data.to(Device::CUDA), qw.scale.to(Device::CUDA), qw.layout};
+        const Tensor bias_g = bias.to(Device::CUDA);
+        const Tensor got = ops::fp8_gemm(qag, qwg, with_bias ? &bias_g : nullptr, out);
+        EXPECT_EQ(got.dtype(), out);
+        expect_gemm_close(with_bias ? "fp8_gemm +bias" : "fp8_gemm", {M, K, N}, out,
+                          ops::dequantize_fp8(qa), ops::dequantize_fp8(qw), want, got);
+      }
+}
+
+TEST(BackendOps, LinearFp8) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(54);
+  for (DType act : kActDtypes)
+    for (auto [T, in, out] : std::vector<std::array<int64_t, 3>>{{1, 64, 48}, {7, 300, 200}, {64, 1024, 512}}) {
+      const Fp8Tensor qw =
+          ops::quantize_fp8(rand({out, in}, rng, 0.1f), Fp8Layout::Block128x128, false, "w");
+      const Tensor x = rand({1, T, in}, rng, 2.0f), b = rand({out}, rng);
+      const Tensor want = ops::linear_fp8(rounded(x, act), qw.data, qw.scale, &b);
+      const Tensor bg = b.to(Device::CUDA);
+      const Tensor got = ops::linear_fp8(on_gpu(x, act), qw.data.to(Device::CUDA),
+                                         qw.scale.to(Device::CUDA), &bg);
+      EXPECT_EQ(got.dtype(), act);
+      EXPECT_EQ(got.shape(), Shape({1, T, out}));
+      double scale = 0;
+      for (float f : want.to_vector()) scale = std::max(scale, double(std::abs(f)));
+      const Tolerance tol = act == DType::F32 ? Tolerance{1e-5 * scale, 1e-4}
+                                              : Tolerance{1e-3 * scale, 1.6e-2};
+      expect_close("linear_fp8", {T, in, out}, act, want, got, tol);
+    }
+}
+
+}  // namespace
+}  // namespace dseek::backend_test
