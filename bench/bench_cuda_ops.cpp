@@ -23,6 +23,7 @@
 #include "ops/cross_entropy.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
+#include "ops/moe.h"
 #include "ops/norm.h"
 #include "ops/rope.h"
 #include "ops/softmax.h"
@@ -131,6 +132,39 @@ int main(int argc, char** argv) {
     const double flops = 4.0 * double(T) * double(in) * double(out);
     row("linear backward dx+dW", dims({T, in, out}), flops, 0,
         [&] { ops::linear_backward_into(x, w, dy, &dx, &dw, nullptr, false); });
+  }
+  {  // Grouped expert GEMMs of a V2-Lite MoE layer (issue 10): 4096 tokens × top-6 of 64 experts
+     // (≈ 384 rows each, random routing), gate/up [1408, 2048] and down [2048, 1408]; forward,
+     // dx and dW (f32, overwritten), on the tensor-core kernels (grouped_gemm_tc_kernels.cuh).
+    const int64_t T = 4096, E = 64, K = 6, N = T * K;
+    std::vector<int32_t> ids;
+    std::vector<int32_t> pool(static_cast<size_t>(E));
+    for (int32_t e = 0; e < int32_t(E); ++e) pool[size_t(e)] = e;
+    for (int64_t t = 0; t < T; ++t) {
+      std::shuffle(pool.begin(), pool.end(), rng);
+      ids.insert(ids.end(), pool.begin(), pool.begin() + K);
+    }
+    const ops::MoeDispatch d =
+        ops::moe_dispatch(Tensor::from_ids(ids).reshape({T, K}).to(Device::CUDA), E);
+    struct Grouped {
+      const char* what;
+      int64_t in, out;
+    };
+    for (const Grouped& g : {Grouped{"gate/up", 2048, 1408}, Grouped{"down", 1408, 2048}}) {
+      const ops::ExpertMatrices w =
+          ops::expert_matrices(rand_gpu({E, g.out, g.in}, bf, rng, 0.05f));
+      const ops::ExpertMatrices dw =
+          ops::expert_matrices(Tensor::empty({E, g.out, g.in}, DType::F32, Device::CUDA));
+      const Tensor x = rand_gpu({N, g.in}, bf, rng), dy = rand_gpu({N, g.out}, bf, rng);
+      const double flops = 2.0 * double(N) * double(g.in) * double(g.out);
+      const std::string shape = dims({N, E, g.in, g.out});
+      row(std::string("grouped_linear ") + g.what, shape, flops, 0,
+          [&] { ops::grouped_linear(x, w, d.offsets); });
+      row(std::string("grouped_linear dx ") + g.what, shape, flops, 0,
+          [&] { ops::grouped_linear_backward_dx(dy, w, d.offsets); });
+      row(std::string("grouped_linear dW ") + g.what, shape, flops, 0,
+          [&] { ops::grouped_linear_backward_dw(x, dy, d.offsets, dw, false); });
+    }
   }
   {
     const int64_t T = 4096, D = 2048;

@@ -1,8 +1,6 @@
 // Host emulation of the bf16 tensor-core attention kernels (src/ops/cuda/attention_tc_kernels.cuh)
-// for machines without a GPU: the kernels' own source runs with one std::thread per CUDA thread,
-// and the warp-level primitives (mma.m16n8k16, ldmatrix, shuffles) are re-implemented from their
-// PTX ISA definitions, exchanging fragments through per-warp buffers between barriers. cp.async
-// copies at once; dynamic shared memory starts as NaN, so a read of a never-written element shows.
+// for machines without a GPU: the kernels' own source runs on host threads with the warp-level
+// primitives re-implemented from their PTX definitions (tc_emulation.h).
 // It checks the fragment and tile indexing, masks and tails against a double-precision reference
 // (forward, lse and D, dq/dk/dv), not timing or asynchrony. Slow (a barrier per warp step): small
 // shapes only. Build and run by hand (from the repository root):
@@ -10,189 +8,25 @@
 //       bench/kernels/attention_tc_emulate.cpp -o /tmp/attention_tc_emulate
 //   /tmp/attention_tc_emulate            (the fixed cases)
 //   /tmp/attention_tc_emulate T S H Hk   (one case with MLA's head dims 192 / 128)
-#include <cuda_bf16.h>
+#include "tc_emulation.h"
+// clang-format off: the emulation must come first
+#include "ops/cuda/attention_tc_kernels.cuh"
+// clang-format on
 
-#include <algorithm>
-#include <barrier>
-#include <cmath>
-#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <random>
-#include <thread>
-#include <vector>
-
-#define __launch_bounds__(...)
-#define DSEEK_ATTENTION_EMULATION 1
-
-using std::max;
-using std::min;
-
-// ---- the CUDA execution model on host threads --------------------------------------------------
-constexpr int kEmuThreads = 128;
-thread_local uint3 threadIdx;
-uint3 blockIdx, gridDim;
-
-struct EmuWarp {
-  std::barrier<> bar{32};
-  uintptr_t addr[32];
-  uint32_t a[32][4], b[32][2];
-  float val[32];
-};
-EmuWarp* g_warps = nullptr;
-std::barrier<>* g_block = nullptr;
-alignas(16) unsigned char g_smem[232448];
-
-inline EmuWarp& my_warp() {
-  return g_warps[threadIdx.x / 32];
-}
-inline int my_lane() {
-  return int(threadIdx.x % 32);
-}
-
-void __syncthreads() {
-  g_block->arrive_and_wait();
-}
-
-float __shfl_xor_sync(unsigned, float v, int mask) {
-  EmuWarp& w = my_warp();
-  const int lane = my_lane();
-  w.val[lane] = v;
-  w.bar.arrive_and_wait();
-  const float r = w.val[lane ^ mask];
-  w.bar.arrive_and_wait();
-  return r;
-}
-
-namespace dseek::ops::cuda::attention_tc {
-
-using bf16 = __nv_bfloat16;
-
-unsigned char* dynamic_smem() {
-  return g_smem;
-}
-
-inline uint16_t bits(bf16 x) {
-  uint16_t u;
-  std::memcpy(&u, &x, 2);
-  return u;
-}
-inline uint32_t pack_raw(bf16 lo, bf16 hi) {
-  return uint32_t(bits(lo)) | (uint32_t(bits(hi)) << 16);
-}
-inline float lo_f(uint32_t r) {
-  const uint32_t u = r << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-inline float hi_f(uint32_t r) {
-  const uint32_t u = r & 0xffff0000u;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-// ldmatrix.x4: lanes 8i .. 8i+7 address the rows of matrix i; lane l receives
-// M_i[l/4][2(l%4)], M_i[l/4][2(l%4)+1] (with .trans: M_i[2(l%4)][l/4], M_i[2(l%4)+1][l/4]).
-void ldsm_any(uint32_t (&r)[4], const bf16* p, bool trans) {
-  EmuWarp& w = my_warp();
-  const int lane = my_lane();
-  w.addr[lane] = reinterpret_cast<uintptr_t>(p);
-  w.bar.arrive_and_wait();
-  for (int i = 0; i < 4; ++i) {
-    if (!trans) {
-      const bf16* row = reinterpret_cast<const bf16*>(w.addr[8 * i + lane / 4]);
-      r[i] = pack_raw(row[2 * (lane % 4)], row[2 * (lane % 4) + 1]);
-    } else {
-      const bf16* r0 = reinterpret_cast<const bf16*>(w.addr[8 * i + 2 * (lane % 4)]);
-      const bf16* r1 = reinterpret_cast<const bf16*>(w.addr[8 * i + 2 * (lane % 4) + 1]);
-      r[i] = pack_raw(r0[lane / 4], r1[lane / 4]);
-    }
-  }
-  w.bar.arrive_and_wait();
-}
-void ldsm_x4(uint32_t (&r)[4], const bf16* p) {
-  ldsm_any(r, p, false);
-}
-void ldsm_x4_trans(uint32_t (&r)[4], const bf16* p) {
-  ldsm_any(r, p, true);
-}
-
-// mma.m16n8k16.row.col f32.bf16: fragments as the PTX ISA lays them out (g = l/4, c = l%4):
-// A a0a1 (g, 2c..), a2a3 (g+8, 2c..), a4a5 (g, 2c+8..), a6a7 (g+8, 2c+8..); B b0b1 (k 2c.., n g),
-// b2b3 (k 2c+8.., n g); C c0c1 (g, 2c..), c2c3 (g+8, 2c..).
-void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  EmuWarp& w = my_warp();
-  const int lane = my_lane();
-  for (int i = 0; i < 4; ++i) w.a[lane][i] = a[i];
-  w.b[lane][0] = b0;
-  w.b[lane][1] = b1;
-  w.bar.arrive_and_wait();
-  float A[16][16], B[16][8];
-  for (int l = 0; l < 32; ++l) {
-    const int g = l / 4, cc = l % 4;
-    const uint32_t* af = w.a[l];
-    A[g][2 * cc] = lo_f(af[0]);
-    A[g][2 * cc + 1] = hi_f(af[0]);
-    A[g + 8][2 * cc] = lo_f(af[1]);
-    A[g + 8][2 * cc + 1] = hi_f(af[1]);
-    A[g][2 * cc + 8] = lo_f(af[2]);
-    A[g][2 * cc + 9] = hi_f(af[2]);
-    A[g + 8][2 * cc + 8] = lo_f(af[3]);
-    A[g + 8][2 * cc + 9] = hi_f(af[3]);
-    B[2 * cc][g] = lo_f(w.b[l][0]);
-    B[2 * cc + 1][g] = hi_f(w.b[l][0]);
-    B[2 * cc + 8][g] = lo_f(w.b[l][1]);
-    B[2 * cc + 9][g] = hi_f(w.b[l][1]);
-  }
-  w.bar.arrive_and_wait();
-  const int g = lane / 4, cc = lane % 4;
-  for (int e = 0; e < 4; ++e) {
-    const int row = g + (e / 2) * 8, col = 2 * cc + (e & 1);
-    float sum = c[e];
-    for (int k = 0; k < 16; ++k) sum += A[row][k] * B[k][col];
-    c[e] = sum;
-  }
-}
-
-void cp_async_16(bf16* dst, const bf16* src, bool valid) {
-  if (valid)
-    std::memcpy(dst, src, 16);
-  else
-    std::memset(dst, 0, 16);
-}
-void cp_async_commit() {}
-template <int N>
-void cp_async_wait() {}
-
-}  // namespace dseek::ops::cuda::attention_tc
-
-#include "ops/cuda/attention_tc_kernels.cuh"
 
 using namespace dseek::ops::cuda::attention_tc;
+
+constexpr int kEmuThreads = 128;
 
 // Runs kernel over grid (x, y), one block after another, kEmuThreads threads each.
 template <typename Kernel>
 void run_grid(Kernel kernel, unsigned gx, unsigned gy, const TcParams& p) {
   gridDim = uint3{gx, gy, 1};
   for (unsigned y = 0; y < gy; ++y)
-    for (unsigned x = 0; x < gx; ++x) {
-      blockIdx = uint3{x, y, 0};
-      std::memset(g_smem, 0xff, sizeof(g_smem));  // bf16 and f32 NaN
-      std::vector<EmuWarp> warps(kEmuThreads / 32);
-      std::barrier<> block(kEmuThreads);
-      g_warps = warps.data();
-      g_block = &block;
-      std::vector<std::thread> threads;
-      for (unsigned t = 0; t < kEmuThreads; ++t)
-        threads.emplace_back([&, t] {
-          threadIdx = uint3{t, 0, 0};
-          kernel(p);
-        });
-      for (auto& th : threads) th.join();
-    }
+    for (unsigned x = 0; x < gx; ++x) run_block(uint3{x, y, 0}, kEmuThreads, [&] { kernel(p); });
 }
 
 struct Case {

@@ -137,7 +137,8 @@ Tensor grouped_linear_backward_dx(const Tensor& dy_perm, const ExpertMatrices& w
                                   const Tensor& offsets);
 // dW_e (+)= Σ_r dy[r]ᵀ x[r] over the rows of expert e, into dw (f32 [out, in], ld = in, on the
 // op's device); `accumulate` adds, else overwrites (experts without rows get zeros).
-// Deterministic: every dW element is one thread's sum in row order.
+// Deterministic: every dW element is summed by one thread (one block's tensor-core tile for bf16)
+// in a fixed row order.
 void grouped_linear_backward_dw(const Tensor& x_perm, const Tensor& dy_perm, const Tensor& offsets,
                                 const ExpertMatrices& dw, bool accumulate);
 

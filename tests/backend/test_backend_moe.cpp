@@ -10,6 +10,7 @@
 // to write reads as NaN rather than as a stale correct value. grouped_linear_backward_dw writes
 // into caller buffers, which are poisoned directly.
 #include <algorithm>
+#include <cstring>
 #include <tuple>
 
 #include "backend/backend_harness.h"
@@ -245,17 +246,25 @@ TEST(BackendOps, MoeDispatchLeavesInvalidIdsUnplaced) {
 
 // ---- permute, grouped_linear, combine ----------------------------------------------------------
 
-// Few rows per expert (T·K ≤ 8·E: the first, the fifth and the last case) take the forward's
-// weight-streaming kernel (grouped_gemv.cu; the last with experts of more than 8 rows, so several
-// passes, and bf16 rows of 136 = 17 vectors of 8; the fifth in = 7, the scalar loads); the others
-// the tiled kernel.
+// The forward of few rows per expert (T·K ≤ 8·E) takes the weight-streaming kernel
+// (grouped_gemv.cu): the first case (6 rows), the last (bf16 rows of 136 = 17 vectors of 8,
+// experts of more than 8 rows so several passes) and the 7×5 one (scalar loads). Otherwise bf16
+// activations whose row lengths (in, out) are multiples of 8 take the tensor-core kernels
+// (grouped_gemm_tc_kernels.cuh: 128 × 128 tiles, k steps of 32), the others and f32 the SIMT
+// ones; dx and dW never take the weight-streaming kernel. ragged_ids leaves experts E/2 .. E − 1
+// empty; hot sends most tokens to expert 0.
 struct GemmCase {
   int64_t T, E, K, in, out;
   bool hot;
 };
 const GemmCase kGemmCases[] = {
-    {1, 64, 6, 128, 96, false},  {257, 64, 6, 72, 40, false}, {257, 256, 8, 64, 48, true},
-    {300, 8, 2, 200, 130, true}, {33, 16, 3, 7, 5, false},    {40, 16, 3, 136, 72, true},
+    {1, 64, 6, 128, 96, false},    // forward: weight streaming; dx, dW: tensor cores
+    {257, 64, 6, 72, 40, false},   // tensor cores: k and n tails inside one tile
+    {257, 256, 8, 64, 48, true},   // tensor cores: 200+ empty experts, one hot expert
+    {683, 32, 6, 256, 384, true},  // tensor cores: N = 4098, several full tiles per expert
+    {300, 8, 2, 200, 130, true},   // SIMT fallback: out not a multiple of 8
+    {33, 16, 3, 7, 5, false},      // forward: weight streaming, scalar loads; else SIMT
+    {40, 16, 3, 136, 72, true},    // forward: weight streaming, several passes; else tensor cores
 };
 
 TEST(BackendOps, MoePermute) {
@@ -329,6 +338,23 @@ TEST(BackendOps, GroupedLinear) {
       const Shape dw_shape{c.E, c.out, c.in};
       expect_close("grouped_linear dW", shape, act, Tensor::from_vector(want_all, dw_shape),
                    Tensor::from_vector(got_all, dw_shape), {1e-3, 1e-3});
+      // Deterministic: a second run into fresh poisoned buffers gives the same bits.
+      std::vector<Tensor> dw_again;
+      for (int64_t e = 0; e < c.E; ++e)
+        dw_again.push_back(Tensor::poisoned({c.out, c.in}, DType::F32, Device::CUDA));
+      ops::grouped_linear_backward_dw(on_gpu(x, act), on_gpu(dy, act), offsets,
+                                      ops::expert_matrices(dw_again), false);
+      int64_t differ = 0;
+      for (int64_t e = 0; e < c.E; ++e) {
+        const std::vector<float> a = dw_gpu[size_t(e)].to_vector(),
+                                 b = dw_again[size_t(e)].to_vector();
+        if (std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) != 0) ++differ;
+      }
+      std::printf("[backend] %-28s %-22s %-4s %lld experts differ between runs %s\n",
+                  "grouped_linear dW repeat", describe_shape(shape).c_str(),
+                  std::string(dtype_name(act)).c_str(), (long long)differ, differ ? "FAIL" : "ok");
+      EXPECT_EQ(differ, 0) << "grouped_linear dW not deterministic, " << describe_shape(shape)
+                           << " " << dtype_name(act);
       const Tensor base = rand(dw_shape, rng);
       const Tensor acc_cpu = base.clone(), acc_gpu = base.to(Device::CUDA);
       ops::grouped_linear_backward_dw(rounded(x, act), rounded(dy, act), dc.offsets,
@@ -336,6 +362,36 @@ TEST(BackendOps, GroupedLinear) {
       ops::grouped_linear_backward_dw(on_gpu(x, act), on_gpu(dy, act), offsets,
                                       ops::expert_matrices(acc_gpu), true);
       expect_close("grouped_linear dW (+=)", shape, act, acc_cpu, acc_gpu, {1e-3, 1e-3});
+    }
+  }
+}
+
+// Expert matrices as column slices of a stacked [E, out, in + 8] tensor: row stride in + 8, and
+// with offset 1 every matrix starts 2 bytes past a 16-byte boundary (bf16: the tensor-core
+// kernels read such weights with plain loads instead of cp.async).
+TEST(BackendOps, GroupedLinearStridedWeights) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(25);
+  const int64_t T = 200, E = 8, K = 2, in = 64, out = 96, N = T * K;
+  for (DType act : kActDtypes) {
+    for (int64_t offset : {0, 1}) {
+      const Shape shape{N, E, in, out, offset};
+      const Tensor ids = ids_tensor(ragged_ids(T, E, K, true, rng), T, K);
+      const ops::MoeDispatch dc = ops::moe_dispatch(ids, E);
+      const Tensor offsets = dc.offsets.to(Device::CUDA);
+      const Tensor full = rounded(rand({E, out, in + 8}, rng, 0.125f), act);
+      const ops::ExpertMatrices wc = ops::expert_matrices(full.slice(2, offset, offset + in));
+      const ops::ExpertMatrices wg =
+          ops::expert_matrices(on_gpu(full, act).slice(2, offset, offset + in));
+      const Tensor x = rand({N, in}, rng), dy = rand({N, out}, rng);
+      poison_pool({N * out});
+      expect_close("grouped_linear strided W", shape, act,
+                   ops::grouped_linear(rounded(x, act), wc, dc.offsets),
+                   ops::grouped_linear(on_gpu(x, act), wg, offsets));
+      poison_pool({N * in});
+      expect_close("grouped_linear dx strided W", shape, act,
+                   ops::grouped_linear_backward_dx(rounded(dy, act), wc, dc.offsets),
+                   ops::grouped_linear_backward_dx(on_gpu(dy, act), wg, offsets));
     }
   }
 }

@@ -12,16 +12,21 @@
 //   schedule (tiles of 64 rows per expert); each block binary-searches its expert and runs a
 //   64×64×16 shared-memory tile with f32 accumulation. The weight gradient gives each expert's
 //   [out, in] matrix its own blocks, each summing its expert's rows in order (deterministic).
+//   bf16 activations whose row lengths are multiples of 8 take the tensor-core kernels of
+//   grouped_gemm_tc_kernels.cuh instead (same contracts, 128-row tiles); the kernels here
+//   serve f32 and the shapes those do not take.
 // - moe_combine: one block per token; its K rows are summed in ascending permuted position
 //   (= ascending expert, the CPU's order), products rounded before the sum like the CPU's.
 #include <algorithm>
 #include <climits>
+#include <memory>
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/element.cuh"
 #include "ops/cuda/grouped_gemv.h"
+#include "ops/cuda/grouped_gemm_tc.h"
 #include "ops/cuda/reduce.cuh"
 
 namespace dseek::ops::cuda {
@@ -204,10 +209,11 @@ __global__ void histogram_kernel(const int32_t* ids, int64_t N, int64_t E, unsig
 constexpr int kBM = 64, kBN = 64, kBK = 16, kGemmThreads = 256;
 
 // One block of 1024 threads: out[0] = 0, out[e + 1] = out[e] + value(e) for e < E, where value is
-// counts[e] or (TILES) the number of kBM-row tiles of expert e, ceil((o[e+1] − o[e]) / kBM).
+// counts[e] or (TILES) the number of tile_rows-row tiles of expert e,
+// ceil((o[e+1] − o[e]) / tile_rows).
 template <bool TILES>
 __global__ void scan_kernel(const unsigned* counts, const int64_t* offsets, int64_t E,
-                            int64_t* out) {
+                            int64_t tile_rows, int64_t* out) {
   __shared__ int64_t warp_totals[32];
   __shared__ int64_t carry;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
@@ -219,7 +225,9 @@ __global__ void scan_kernel(const unsigned* counts, const int64_t* offsets, int6
   for (int64_t base = 0; base < E; base += blockDim.x) {
     const int64_t e = base + threadIdx.x;
     int64_t v = 0;
-    if (e < E) v = TILES ? (offsets[e + 1] - offsets[e] + kBM - 1) / kBM : int64_t(counts[e]);
+    if (e < E) {
+      v = TILES ? (offsets[e + 1] - offsets[e] + tile_rows - 1) / tile_rows : int64_t(counts[e]);
+    }
     for (int d = 1; d < 32; d *= 2) {
       const int64_t u = __shfl_up_sync(kFull, v, d);
       if (lane >= d) v += u;
@@ -488,10 +496,11 @@ int row_threads(int64_t D) {
   return int(std::min<int64_t>(256, std::max<int64_t>(32, ceil_div<int64_t>(D, 32) * 32)));
 }
 
-// tile_start [E + 1] for the row-tiled grouped GEMMs (device memory; the caller frees it).
-int64_t* tile_schedule(const int64_t* offsets, int64_t E) {
+// tile_start [E + 1] for the row-tiled grouped GEMMs, tiles of `rows` rows (device memory; the
+// caller frees it).
+int64_t* tile_schedule(const int64_t* offsets, int64_t E, int64_t rows) {
   int64_t* tiles = static_cast<int64_t*>(dseek::cuda::alloc(size_t(E + 1) * sizeof(int64_t)));
-  scan_kernel<true><<<1, 1024, 0, stream()>>>(nullptr, offsets, E, tiles);
+  scan_kernel<true><<<1, 1024, 0, stream()>>>(nullptr, offsets, E, rows, tiles);
   DSEEK_CUDA_CHECK_LAUNCH("scan_kernel<tiles>");
   return tiles;
 }
@@ -530,7 +539,7 @@ void moe_dispatch(const int32_t* ids, int64_t N, int64_t E, int64_t* offsets, in
   const size_t smem = E <= kSharedHistogram ? size_t(E) * sizeof(unsigned) : 0;
   histogram_kernel<<<blocks, 256, smem, stream()>>>(ids, N, E, counts);
   DSEEK_CUDA_CHECK_LAUNCH("histogram_kernel");
-  scan_kernel<false><<<1, 1024, 0, stream()>>>(counts, nullptr, E, offsets);
+  scan_kernel<false><<<1, 1024, 0, stream()>>>(counts, nullptr, E, 0, offsets);
   DSEEK_CUDA_CHECK_LAUNCH("scan_kernel<counts>");
   place_kernel<<<unsigned(E), kPlaceThreads, 0, stream()>>>(ids, N, offsets, order, position);
   DSEEK_CUDA_CHECK_LAUNCH("place_kernel");
@@ -563,8 +572,16 @@ void grouped_linear(const void* x, const int64_t* offsets, int64_t E, int64_t N,
     grouped_gemv(x, offsets, E, in, w, ldw, out, y, act);
     return;
   }
+  if (act == DType::BF16 && grouped_tc_takes(x, y, in, out, ldw)) {
+    // The most tiles any routing can need: one partial tile per expert beyond ceil(N / rows).
+    const std::unique_ptr<int64_t, void (*)(void*)> tiles(
+        tile_schedule(offsets, E, kTcTileRows), dseek::cuda::free);
+    grouped_tc_rows(false, x, offsets, tiles.get(), E, ceil_div<int64_t>(N, kTcTileRows) + E, w,
+                    ldw, out, in, y);
+    return;
+  }
   const dim3 grid = row_tile_grid("grouped_linear", N, E, out);
-  int64_t* tiles = tile_schedule(offsets, E);
+  int64_t* tiles = tile_schedule(offsets, E, kBM);
   // A = x [N, in]; B(k = i, n = o) = W_e[o·ldw + i].
   DSEEK_DISPATCH_ACT(
       act, T,
@@ -578,8 +595,15 @@ void grouped_linear_backward_dx(const void* dy, const int64_t* offsets, int64_t 
                                 int64_t out, const void* const* w, int64_t ldw, int64_t in,
                                 void* dx, DType act) {
   if (N == 0 || in == 0) return;
+  if (act == DType::BF16 && grouped_tc_takes(dy, dx, out, in, ldw)) {
+    const std::unique_ptr<int64_t, void (*)(void*)> tiles(
+        tile_schedule(offsets, E, kTcTileRows), dseek::cuda::free);
+    grouped_tc_rows(true, dy, offsets, tiles.get(), E, ceil_div<int64_t>(N, kTcTileRows) + E, w,
+                    ldw, in, out, dx);
+    return;
+  }
   const dim3 grid = row_tile_grid("grouped_linear", N, E, in);
-  int64_t* tiles = tile_schedule(offsets, E);
+  int64_t* tiles = tile_schedule(offsets, E, kBM);
   // A = dy [N, out]; B(k = o, n = i) = W_e[o·ldw + i].
   DSEEK_DISPATCH_ACT(act, T,
                      grouped_rows_kernel<T, false><<<grid, kGemmThreads, 0, stream()>>>(
@@ -592,6 +616,10 @@ void grouped_linear_backward_dx(const void* dy, const int64_t* offsets, int64_t 
 void grouped_linear_backward_dw(const void* x, const void* dy, const int64_t* offsets, int64_t E,
                                 int64_t out, int64_t in, float* const* dw, float beta, DType act) {
   if (out == 0 || in == 0) return;
+  if (act == DType::BF16 && grouped_tc_takes(x, dy, in, out, 8)) {
+    grouped_tc_dw(x, dy, offsets, E, out, in, dw, beta);
+    return;
+  }
   const int64_t cols = ceil_div<int64_t>(in, kBN), rows = ceil_div<int64_t>(out, kBM);
   DSEEK_CHECK(cols <= INT_MAX && rows <= 65535 && E <= 65535,
               "[grouped_linear] dW of {} experts × [{}, {}] exceeds the grid", E, out, in);

@@ -1,0 +1,33 @@
+// bf16 tensor-core grouped expert GEMMs (kernels in grouped_gemm_tc_kernels.cuh), called by the
+// grouped_linear entry points of moe.cu when the activations are bf16 and the shapes fit
+// (grouped_tc_takes); those keep the SIMT kernels for everything else. Same argument meanings as
+// cuda_ops.h's grouped_linear*.
+#pragma once
+
+#include <cstdint>
+
+namespace dseek::ops::cuda {
+
+// Rows per tile of the tensor-core row kernels: the schedule tile_start handed to
+// grouped_tc_rows counts tiles of this many rows.
+constexpr int64_t kTcTileRows = 128;
+constexpr int64_t kTcTileCols = 128;
+
+// Whether the tensor-core kernels take a GEMM whose contiguous extents are k and n (x/dy row
+// lengths, ldw) and whose activation buffers are a and c: all multiples of 8 bf16, buffers
+// 16-byte aligned (weights that are not aligned are read without cp.async, per expert).
+bool grouped_tc_takes(const void* a, const void* c, int64_t k, int64_t n, int64_t ldw);
+
+// C[m, :n_total] = A[m, :k_total] · B_e for every row m of expert e (rows offsets[e] ..
+// offsets[e + 1]); forward (dx false): B(k, n) = W_e[n·ldw + k]; dx: B(k, n) = W_e[k·ldw + n].
+// tile_start: the device schedule of kTcTileRows-row tiles (E + 1 entries); tiles: the grid's
+// tile count, at least the most any routing of N rows can need.
+void grouped_tc_rows(bool dx, const void* A, const int64_t* offsets, const int64_t* tile_start,
+                     int64_t E, int64_t tiles, const void* const* w, int64_t ldw, int64_t n_total,
+                     int64_t k_total, void* C);
+
+// dw[e][o, i] (+)= Σ_{rows r of e} dy[r, o]·x[r, i] (beta as grouped_linear_backward_dw).
+void grouped_tc_dw(const void* x, const void* dy, const int64_t* offsets, int64_t E, int64_t out,
+                   int64_t in, float* const* dw, float beta);
+
+}  // namespace dseek::ops::cuda
