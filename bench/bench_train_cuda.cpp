@@ -277,9 +277,9 @@ int main(int argc, char** argv) {
         last_loss = model.forward_backward(inputs, targets, loss, 1.0f, T).main_ce;
         sync(device);
         const auto b = Clock::now();
-        clip_grad_norm(params, 1.0);
-        optimizer.step(o.lr);
-        params.refresh_compute();
+        // As `dseek train` steps: the clip factor folded into AdamW, which also re-rounds the
+        // bf16 compute copies (no refresh_compute pass).
+        optimizer.step(o.lr, clip_factor(grad_norm(params), 1.0));
         params.zero_grad();
         sync(device);
         const auto c = Clock::now();

@@ -175,6 +175,22 @@ Tensor Mla::latent_output_gpu(const Tensor& o_lat) const {
   return linear_b(out.reshape({T, n_heads_ * v_dim_}), o_proj_, o_bias_);
 }
 
+Tensor Mla::prefill_expanded_gpu(const Tensor& q, const Tensor& latent) const {
+  const int64_t T = q.size(0), S = latent.size(0), H = n_heads_, r = kv_lora_rank_;
+  const int64_t qk = nope_dim_ + rope_dim_;
+  // Per-head keys and values of every cached token, as Mla::forward computes them for a fresh
+  // sequence; the causal attention aligns the T queries with the last T keys.
+  const Tensor kv = ops::linear(latent.slice(1, 0, r).contiguous(), kv_b_proj_)
+                        .reshape({S, H, nope_dim_ + v_dim_});
+  Tensor k = Tensor::empty({S, H, qk}, kv.dtype(), kv.device());
+  k.slice(2, 0, nope_dim_).copy_from(kv.slice(2, 0, nope_dim_));
+  k.slice(2, nope_dim_, qk)
+      .copy_from(latent.slice(1, r, r + rope_dim_).reshape({S, 1, rope_dim_}).expand(1, H));
+  const Tensor v = kv.slice(2, nope_dim_, nope_dim_ + v_dim_);
+  const Tensor attn = ops::causal_attention(q, k, v, scale_);  // [T, H, v]
+  return linear_b(attn.reshape({T, H * v_dim_}), o_proj_, o_bias_);
+}
+
 Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const {
   const int64_t T = x.size(0), r = kv_lora_rank_, width = r + rope_dim_;
   const int64_t pos0 = cache.size(), S = pos0 + T;
@@ -188,6 +204,7 @@ Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const
     const Tensor fresh = rows.slice(0, pos0, S);
     fresh.slice(1, 0, r).copy_from(p.c_kv);
     fresh.slice(1, r, width).copy_from(p.k_pe.reshape({T, rope_dim_}));
+    if (T >= kExpandedPrefillRows) return prefill_expanded_gpu(p.q, rows.slice(0, 0, S));
     const Tensor o_lat = ops::mla_decode(absorb_query_gpu(p.q), rows.slice(0, 0, S), r, scale_);
     return latent_output_gpu(o_lat);
   }
@@ -220,16 +237,15 @@ Tensor Mla::forward_paged(const Tensor& x, std::span<const ops::PagedAttentionSe
   for (const ops::PagedAttentionSeq& s : seqs) {
     rope_rows(p, row0, s.T, s.pos0);
     write_paged_rows(rows.slice(1, 0, r), p.c_kv.slice(0, row0, row0 + s.T), s.pages, pt, s.pos0);
-    write_paged_rows(rows.slice(1, r, width), k_pe.slice(0, row0, row0 + s.T), s.pages, pt,
-                     s.pos0);
+    write_paged_rows(rows.slice(1, r, width), k_pe.slice(0, row0, row0 + s.T), s.pages, pt, s.pos0);
     row0 += s.T;
   }
   if (x.is_cuda()) {
-    return latent_output_gpu(ops::paged_attention(absorb_query_gpu(p.q), rows,
-                                                  rows.slice(1, 0, r), 1, pt, seqs, scale_));
+    return latent_output_gpu(ops::paged_attention(absorb_query_gpu(p.q), rows, rows.slice(1, 0, r),
+                                                  1, pt, seqs, scale_));
   }
-  return latent_output(ops::paged_attention(absorb_query(p.q), rows, rows.slice(1, 0, r), 1, pt,
-                                            seqs, scale_));
+  return latent_output(
+      ops::paged_attention(absorb_query(p.q), rows, rows.slice(1, 0, r), 1, pt, seqs, scale_));
 }
 
 }  // namespace dseek

@@ -252,6 +252,29 @@ TEST_P(BackendDecodeModel, CachedDecodeMatchesCpuAndNoCache) {
   }
 }
 
+// Long chunks: a GPU chunk of at least Mla::kExpandedPrefillRows (64) tokens expands the latent
+// cache into per-head keys and values and runs the flash attention instead of the absorbed
+// kernel (mla.h). A 137-token sequence (the fixture's ids repeated) in chunks of 70 (an empty
+// cache), 66 (after a 70-row prefix: T < S) and 1 (absorbed again, over rows the expanded chunks
+// wrote) against the CPU's cached run of the same chunks (always absorbed) and the GPU's no-cache
+// forward. For MHA/GQA fixtures the same chunks exercise the long cached path of the flash kernel.
+TEST_P(BackendDecodeModel, LongPrefillChunksMatchCpu) {
+  DSEEK_REQUIRE_CUDA();
+  std::vector<int32_t> ids;
+  while (ids.size() < 137) ids.push_back(ids_[ids.size() % ids_.size()]);
+  const std::unique_ptr<Model> cpu = Model::load(dir_.string());
+  const std::vector<float> want = cached_run(*cpu, Device::CPU, ids, 70, 66);
+  for (DType act : kActDtypes) {
+    const std::unique_ptr<Model> gpu = Model::load(dir_.string(), Placement{Device::CUDA, act});
+    const std::vector<float> got = cached_run(*gpu, Device::CUDA, ids, 70, 66);
+    const std::vector<float> full = gpu->forward(ids).to_vector();
+    expect_match(GetParam(), act, "long chunks vs cpu chunks", got, want, 1e-4,
+                 bf16_rel_rms(GetParam()));
+    expect_match(GetParam(), act, "long chunks vs gpu no-cache", got, full, 1e-4,
+                 bf16_rel_rms(GetParam()));
+  }
+}
+
 TEST_P(BackendDecodeModel, TruncateThenRedecodeEqualsFreshRun) {
   DSEEK_REQUIRE_CUDA();
   const size_t keep = ids_.size() / 2;
