@@ -114,16 +114,14 @@ TEST(SynthEnumerate, LinearSearchFindsDenseAndLowRank) {
   // Canonicalisation shrinks the counts: never more canonical than raw, strictly fewer deeper.
   uint64_t raw = 0, canonical = 0;
   for (const auto& d : e.depths) {
-    EXPECT_LE(d.canonical_states, d.ordered_states);
-    EXPECT_LE(d.ordered_states, d.raw_states);
-    EXPECT_LE(d.canonical_complete, d.ordered_complete);
-    EXPECT_LE(d.ordered_complete, d.raw_complete);
+    EXPECT_LE(d.distinct_states, d.raw_states);
+    EXPECT_LE(d.distinct_complete, d.raw_complete);
     raw += d.raw_complete;
-    canonical += d.canonical_complete;
+    canonical += d.distinct_complete;
   }
   EXPECT_EQ(canonical, e.operators.size());
   EXPECT_LT(canonical * 2, raw);
-  EXPECT_LT(e.depths.back().canonical_states, e.depths.back().raw_states);
+  EXPECT_LT(e.depths.back().distinct_states, e.depths.back().raw_states);
 }
 
 TEST(SynthEnumerate, CountTable) {
@@ -134,19 +132,24 @@ TEST(SynthEnumerate, CountTable) {
   const Spec spec = linear_spec(p, env ? std::atoi(env) : 6, true);
   const auto start = std::chrono::steady_clock::now();
   const Enumeration e = enumerate(spec);
+  const Enumeration by_order = enumerate(spec, {.view_rules = false});
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("[T,d_in] -> [T,d_out], reduce {d_in, r}, merge {g}, shift, <= 2 weights, "
-              "depth <= %d (%.1f s):\n%s", spec.max_primitives, seconds, depth_table(e).c_str());
+              "depth <= %d (%.1f s):\n%s", spec.max_primitives, seconds,
+              depth_table(by_order, e).c_str());
   EXPECT_TRUE(contains(e, canonical_key(dense_linear(p), p.vars)));
+  ASSERT_EQ(e.depths.size(), by_order.depths.size());
   uint64_t ordered = 0, canonical = 0;
-  for (const auto& d : e.depths) {
-    EXPECT_LE(d.canonical_states, d.ordered_states);
-    EXPECT_LE(d.ordered_states, d.raw_states);
-    ordered += d.ordered_states;
-    canonical += d.canonical_states;
+  for (size_t i = 0; i < e.depths.size(); ++i) {
+    EXPECT_LE(e.depths[i].distinct_states, by_order.depths[i].distinct_states);
+    EXPECT_LE(by_order.depths[i].distinct_states, by_order.depths[i].raw_states);
+    EXPECT_LE(by_order.depths[i].distinct_complete, by_order.depths[i].raw_complete);
+    ordered += by_order.depths[i].distinct_states;
+    canonical += e.depths[i].distinct_states;
   }
   EXPECT_LT(canonical, ordered) << "the view rules must merge some states (merge/split pairs)";
+  EXPECT_LT(e.operators.size(), by_order.operators.size());
   // Every operator found computes what its simplified form computes (spot check, 50 of them).
   Rng rng(7);
   const Valuation& v = spec.valuations[0];

@@ -7,6 +7,7 @@
 #include <map>
 #include <set>
 
+#include "core/error.h"
 #include "synth/canonical.h"
 #include "synth/cost.h"
 
@@ -138,62 +139,96 @@ std::vector<Action> legal_actions(const Operator& op, const Spec& spec) {
   return legal;
 }
 
-Enumeration enumerate(const Spec& spec) {
+namespace {
+
+void validate(const Spec& spec) {
+  auto check = [&](const std::vector<Size>& sizes, const char* what) {
+    for (const auto& s : sizes)
+      DSEEK_CHECK(is_legal(s, spec.vars, spec.valuations),
+                  "[synth] spec: {} size {} is not a positive integer under every valuation", what,
+                  s.str(spec.vars));
+  };
+  DSEEK_CHECK(!spec.valuations.empty(), "[synth] spec: no valuation");
+  for (const auto& v : spec.valuations)
+    DSEEK_CHECK(int(v.size()) == spec.vars.count(), "[synth] spec: valuation has {} values for {} "
+                "variables", v.size(), spec.vars.count());
+  check(spec.input, "input");
+  check(spec.output, "output");
+  check(spec.reduce_sizes, "reduce");
+  check(spec.merge_blocks, "merge block");
+  check(spec.strides, "stride");
+  DSEEK_CHECK(spec.max_primitives >= 0 && spec.max_weights >= 0,
+              "[synth] spec: negative budget ({} primitives, {} weights)", spec.max_primitives,
+              spec.max_weights);
+}
+
+}  // namespace
+
+Enumeration enumerate(const Spec& spec, KeyOptions key_options) {
+  validate(spec);
   struct Entry {
     Operator op;
     uint64_t paths = 0;
   };
-  const KeyOptions ordered_only{.view_rules = false};
   Enumeration result;
-  std::set<std::string> seen, seen_ordered;
+  std::set<std::string> seen;
   std::map<std::string, Entry> level;
   const Operator root = make_operator(spec.output);
-  level.emplace(canonical_key(root, spec.vars), Entry{root, 1});
-  uint64_t ordered_count = 1;
+  level.emplace(canonical_key(root, spec.vars, key_options), Entry{root, 1});
   for (int depth = 0; depth <= spec.max_primitives && !level.empty(); ++depth) {
     DepthCount dc;
     dc.depth = depth;
-    dc.canonical_states = level.size();
-    dc.ordered_states = ordered_count;
+    dc.distinct_states = level.size();
     std::map<std::string, Entry> next;
-    std::set<std::string> next_ordered;
     for (const auto& [key, entry] : level) {
       dc.raw_states += entry.paths;
       for (const auto& a : legal_actions(entry.op, spec)) {
         Operator child = entry.op;
         apply(child, a);
-        const std::string ck = canonical_key(child, spec.vars);
-        const std::string ok = canonical_key(child, spec.vars, ordered_only);
+        const std::string ck = canonical_key(child, spec.vars, key_options);
         if (child.complete) {
           dc.raw_complete += entry.paths;
-          if (seen_ordered.insert(ok).second) ++dc.ordered_complete;
           if (seen.insert(ck).second) {
-            ++dc.canonical_complete;
+            ++dc.distinct_complete;
             result.operators.push_back(child);
             result.keys.push_back(ck);
           }
           continue;
         }
-        next_ordered.insert(ok);
-        auto [it, fresh] = next.try_emplace(ck, Entry{child, 0});
+        auto it = next.find(ck);
+        if (it == next.end()) {
+          // Under the view rules the representative is the simplified state, so the legality
+          // rules (which look at expressions) see the same state for every sequence of this key.
+          it = next.emplace(ck, Entry{key_options.view_rules ? simplify(child) : child, 0}).first;
+        }
         it->second.paths += entry.paths;
       }
     }
     result.depths.push_back(dc);
     level = std::move(next);
-    ordered_count = next_ordered.size();
   }
   return result;
 }
 
 std::string depth_table(const Enumeration& e) {
+  std::string s = fmt::format("{:>5} | {:>12} {:>10} | {:>12} {:>10}\n", "depth", "raw states",
+                              "distinct", "raw ops", "distinct");
+  for (const auto& d : e.depths)
+    s += fmt::format("{:>5} | {:>12} {:>10} | {:>12} {:>10}\n", d.depth, d.raw_states,
+                     d.distinct_states, d.raw_complete, d.distinct_complete);
+  return s;
+}
+
+std::string depth_table(const Enumeration& ordered, const Enumeration& canonical) {
   std::string s = fmt::format("{:>5} | {:>12} {:>10} {:>10} | {:>12} {:>10} {:>10}\n", "depth",
                               "raw states", "ordered", "canonical", "raw ops", "ordered",
                               "canonical");
-  for (const auto& d : e.depths)
-    s += fmt::format("{:>5} | {:>12} {:>10} {:>10} | {:>12} {:>10} {:>10}\n", d.depth,
-                     d.raw_states, d.ordered_states, d.canonical_states, d.raw_complete,
-                     d.ordered_complete, d.canonical_complete);
+  for (size_t i = 0; i < ordered.depths.size() && i < canonical.depths.size(); ++i) {
+    const auto &o = ordered.depths[i], &c = canonical.depths[i];
+    s += fmt::format("{:>5} | {:>12} {:>10} {:>10} | {:>12} {:>10} {:>10}\n", o.depth,
+                     o.raw_states, o.distinct_states, c.distinct_states, o.raw_complete,
+                     o.distinct_complete, c.distinct_complete);
+  }
   return s;
 }
 

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "synth/canonical.h"
 #include "synth/operator.h"
 
 namespace dseek::synth {
@@ -43,27 +44,28 @@ int shape_distance(const Operator& op, const Spec& spec);
 std::vector<Action> legal_actions(const Operator& op, const Spec& spec);
 
 // Per-depth counts (depth = primitives applied). Raw counts are action sequences (every order
-// counted, as a naive enumeration would visit them); `ordered` merges states equal under the
-// ordering rules only, `canonical` under all rules (canonical.h).
+// counted, as a naive enumeration visits them); distinct counts are keys under the enumeration's
+// KeyOptions (view_rules = false: ordering rules only; true: every rule of canonical.h).
 struct DepthCount {
   int depth = 0;
-  uint64_t raw_states = 0;        // partial sequences of this length
-  uint64_t ordered_states = 0;    // distinct ordering-rule keys among them
-  uint64_t canonical_states = 0;  // distinct canonical keys among them
-  uint64_t raw_complete = 0;      // complete operators with this many primitives (sequences)
-  uint64_t ordered_complete = 0;  // new distinct ordering-rule keys
-  uint64_t canonical_complete = 0;  // new distinct canonical keys (not seen at a smaller depth)
+  uint64_t raw_states = 0;       // incomplete sequences of this length
+  uint64_t distinct_states = 0;  // distinct keys among them
+  uint64_t raw_complete = 0;     // complete operators with this many primitives (sequences)
+  uint64_t distinct_complete = 0;  // new distinct keys (not seen at a smaller depth)
 };
 
 struct Enumeration {
-  std::vector<Operator> operators;  // one per canonical key, in discovery order
-  std::vector<std::string> keys;    // their canonical keys
+  std::vector<Operator> operators;  // one per key, in discovery order
+  std::vector<std::string> keys;    // their keys
   std::vector<DepthCount> depths;
 };
 
-Enumeration enumerate(const Spec& spec);
+// Breadth-first over depths; states with equal keys are expanded once (their sequence counts
+// add up), so the work grows with the distinct states, not the raw sequences.
+Enumeration enumerate(const Spec& spec, KeyOptions key = {});
 
-// A printable table of the per-depth counts (docs/SYNTH.md).
+// Printable per-depth tables (docs/SYNTH.md): one run, or raw vs ordering rules vs all rules.
 std::string depth_table(const Enumeration& e);
+std::string depth_table(const Enumeration& ordered, const Enumeration& canonical);
 
 }  // namespace dseek::synth

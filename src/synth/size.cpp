@@ -122,7 +122,7 @@ std::string Size::str(const Vars& vars) const {
     std::string& side = e > 0 ? up : down;
     side += (side.empty() ? "" : "*") + factor;
   }
-  if (up.empty()) up = "1";
+  if (up.empty()) up.push_back('1');
   if (down.empty()) return up;
   // "a/b*c" would read as (a/b)*c; parenthesise a compound denominator.
   return down.find('*') == std::string::npos ? up + "/" + down : up + "/(" + down + ")";
