@@ -173,3 +173,53 @@ TEST(SynthEnumerate, CountTable) {
     for (size_t j = 0; j < a.size(); ++j) ASSERT_NEAR(a[j], b[j], 1e-9) << history_str(op, p.vars);
   }
 }
+
+namespace {
+
+// Replays op's history from the root, requiring each action to be among the legal ones.
+void expect_reachable(const Operator& op, const Spec& spec, const char* name) {
+  Operator state = make_operator(spec.output);
+  for (const auto& a : op.history) {
+    const auto legal = legal_actions(state, spec);
+    const std::string want = action_str(a, spec.vars);
+    const bool found = std::any_of(legal.begin(), legal.end(), [&](const Action& b) {
+      return action_str(b, spec.vars) == want;
+    });
+    ASSERT_TRUE(found) << name << ": " << want << " not legal after "
+                       << history_str(state, spec.vars);
+    apply(state, a);
+  }
+  EXPECT_TRUE(is_complete(state)) << name;
+  EXPECT_EQ(canonical_key(state, spec.vars), canonical_key(op, spec.vars)) << name;
+}
+
+}  // namespace
+
+TEST(SynthEnumerate, HandBuiltLayersAreReachable) {
+  // The shape-guided rules never cut the classic layers off: every step of their construction is
+  // a legal action of the spec with their own sizes and depth.
+  LinearProblem p;
+  Spec lin = linear_spec(p, 8);
+  expect_reachable(dense_linear(p), lin, "dense");
+  expect_reachable(low_rank(p), lin, "low rank");
+  lin.reduce_sizes = {p.sdin / p.sg};
+  lin.merge_blocks = {p.sdout / p.sg};
+  lin.max_weights = 1;
+  expect_reachable(grouped_linear(p), lin, "grouped");
+
+  ConvProblem c;
+  Spec conv;
+  conv.vars = c.vars;
+  conv.valuations = {{2, 4, 6, 8, 8, 3}};
+  conv.input = {c.sN, c.sC, c.sH, c.sW};
+  conv.output = {c.sN, c.sCout, c.sH, c.sW};
+  conv.reduce_sizes = {c.sC, c.sk};
+  conv.max_primitives = 10;
+  conv.max_weights = 1;
+  conv.max_reductions = 3;
+  conv.max_frontier = 5;
+  expect_reachable(conv2d(c), conv, "conv");
+  conv.output = {c.sN, c.sC, c.sH, c.sW};
+  conv.max_primitives = 7;
+  expect_reachable(depthwise_conv2d(c), conv, "depthwise");
+}
