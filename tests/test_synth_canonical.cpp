@@ -38,7 +38,8 @@ Data draw_data(const Operator& op, const Valuation& v, Rng& rng) {
 double max_diff(const std::vector<double>& a, const std::vector<double>& b) {
   EXPECT_EQ(a.size(), b.size());
   double worst = 0.0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i)
+    worst = std::max(worst, std::abs(a[i] - b[i]));
   return worst;
 }
 
@@ -60,14 +61,14 @@ TEST(SynthCanonical, InverseViewPairsAndStrideFusionVanish) {
   const std::string key = canonical_key(dense, p.vars);
   // V2: merge the reduced dim into (d_in/r, r) and split it back.
   const Operator merge_split =
-      build({p.sT, p.sdout}, {share_action(1, 0), expand_action(1), reduce_action(p.sdin),
-                              merge_action(1, p.sr), split_action(1, 2), share_action(1, 0),
-                              finalize_action({0, 1})});
+      build({p.sT, p.sdout},
+            {share_action(1, 0), expand_action(1), reduce_action(p.sdin), merge_action(1, p.sr),
+             split_action(1, 2), share_action(1, 0), finalize_action({0, 1})});
   // V1: split (t, i) into one dim of T·d_in, then merge it back.
   const Operator split_merge =
-      build({p.sT, p.sdout}, {share_action(1, 0), expand_action(1), reduce_action(p.sdin),
-                              share_action(1, 0), split_action(0, 1), merge_action(0, p.sdin),
-                              finalize_action({0, 1})});
+      build({p.sT, p.sdout},
+            {share_action(1, 0), expand_action(1), reduce_action(p.sdin), share_action(1, 0),
+             split_action(0, 1), merge_action(0, p.sdin), finalize_action({0, 1})});
   for (const Operator* op : {&merge_split, &split_merge}) {
     EXPECT_EQ(canonical_key(*op, p.vars), key) << history_str(*op, p.vars);
     EXPECT_NE(canonical_key(*op, p.vars, {.view_rules = false}), key);  // the rule did it
@@ -75,9 +76,9 @@ TEST(SynthCanonical, InverseViewPairsAndStrideFusionVanish) {
     expect_same_function(*op, simplify(*op), kLinear, 12);
   }
   // V3: stride 2 then stride 3 is stride 6.
-  const Operator twice = build({p.sT, p.sdin}, {stride_action(1, Size::constant(2)),
-                                                stride_action(1, Size::constant(3)),
-                                                finalize_action({0, 1})});
+  const Operator twice =
+      build({p.sT, p.sdin}, {stride_action(1, Size::constant(2)),
+                             stride_action(1, Size::constant(3)), finalize_action({0, 1})});
   const Operator once =
       build({p.sT, p.sdin}, {stride_action(1, Size::constant(6)), finalize_action({0, 1})});
   EXPECT_EQ(canonical_key(twice, p.vars), canonical_key(once, p.vars));
@@ -88,11 +89,10 @@ TEST(SynthCanonical, ReductionsCommute) {
   LinearProblem p;
   const Operator a = low_rank(p);  // reduces r, then d_in
   // Reduce d_in first, then r; weights laid out as in low_rank (w0 [d_out, r], w1 [r, d_in]).
-  const Operator b = build(
-      {p.sT, p.sdout},
-      {reduce_action(p.sdin), reduce_action(p.sr), share_action(1, 0), share_action(3, 0),
-       share_action(3, 1), share_action(2, 1), expand_action(3), expand_action(1),
-       finalize_action({0, 1})});
+  const Operator b =
+      build({p.sT, p.sdout}, {reduce_action(p.sdin), reduce_action(p.sr), share_action(1, 0),
+                              share_action(3, 0), share_action(3, 1), share_action(2, 1),
+                              expand_action(3), expand_action(1), finalize_action({0, 1})});
   EXPECT_EQ(b.reduce[0], p.sdin);
   EXPECT_EQ(canonical_key(a, p.vars), canonical_key(b, p.vars));
   expect_same_function(a, b, kLinear, 21);
@@ -112,16 +112,17 @@ TEST(SynthCanonical, SiblingAndWeightOrderDoNotMatter) {
     const int64_t din = 6, dout = 5;
     std::vector<double> wt(d.weights[0].size());
     for (int64_t o = 0; o < dout; ++o)
-      for (int64_t i = 0; i < din; ++i) wt[size_t(i * dout + o)] = d.weights[0][size_t(o * din + i)];
+      for (int64_t i = 0; i < din; ++i)
+        wt[size_t(i * dout + o)] = d.weights[0][size_t(o * din + i)];
     EXPECT_LT(max_diff(interpret(dense, kLinear, d.input, d.weights),
-                       interpret(transposed, kLinear, d.input, {wt})), 1e-9);
+                       interpret(transposed, kLinear, d.input, {wt})),
+              1e-9);
   }
   // Low rank with its two weights created in the other order.
-  const Operator swapped = build(
-      {p.sT, p.sdout},
-      {reduce_action(p.sr), share_action(2, 0), share_action(1, 1), share_action(2, 1),
-       expand_action(1), expand_action(1), reduce_action(p.sdin), share_action(1, 0),
-       finalize_action({0, 1})});
+  const Operator swapped =
+      build({p.sT, p.sdout}, {reduce_action(p.sr), share_action(2, 0), share_action(1, 1),
+                              share_action(2, 1), expand_action(1), expand_action(1),
+                              reduce_action(p.sdin), share_action(1, 0), finalize_action({0, 1})});
   EXPECT_EQ(canonical_key(swapped, p.vars), canonical_key(low_rank(p), p.vars));
   EXPECT_NE(canonical_hash(swapped, p.vars), 0u);
   EXPECT_EQ(canonical_hash(swapped, p.vars), canonical_hash(low_rank(p), p.vars));
@@ -133,8 +134,8 @@ TEST(SynthCanonical, DifferentOperatorsKeepDifferentKeys) {
       build({p.sT, p.sdout}, {share_action(1, 0), expand_action(1), reduce_action(p.sdin),
                               share_action(1, 0), shift_action(0), finalize_action({0, 1})});
   const Operator unshared =  // y[t,o] = Σ_i x[t,i] W[i]: the weight does not see o
-      build({p.sT, p.sdout}, {expand_action(1), reduce_action(p.sdin), share_action(1, 0),
-                              finalize_action({0, 1})});
+      build({p.sT, p.sdout},
+            {expand_action(1), reduce_action(p.sdin), share_action(1, 0), finalize_action({0, 1})});
   std::vector<std::string> keys{canonical_key(dense_linear(p), p.vars),
                                 canonical_key(low_rank(p), p.vars),
                                 canonical_key(grouped_linear(p), p.vars),
@@ -182,7 +183,8 @@ TEST(SynthCanonical, RulesPreserveSemanticsOnRandomOperators) {
     Rng data_rng(static_cast<uint64_t>(checked));
     const Data d = draw_data(op, spec.valuations[0], data_rng);
     EXPECT_LT(max_diff(interpret(op, spec.valuations[0], d.input, d.weights),
-                       interpret(s, spec.valuations[0], d.input, d.weights)), 1e-9)
+                       interpret(s, spec.valuations[0], d.input, d.weights)),
+              1e-9)
         << history_str(op, spec.vars);
     ++checked;
   }

@@ -141,9 +141,10 @@ TEST(SynthEnumerate, CountTable) {
   const Enumeration by_order = enumerate(spec, {.view_rules = false});
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("[T,d_in] -> [T,d_out], reduce {d_in, r}, merge {g}, shift, <= 2 weights, "
-              "depth <= %d (%.1f s):\n%s", spec.max_primitives, seconds,
-              depth_table(by_order, e).c_str());
+  std::printf(
+      "[T,d_in] -> [T,d_out], reduce {d_in, r}, merge {g}, shift, <= 2 weights, "
+      "depth <= %d (%.1f s):\n%s",
+      spec.max_primitives, seconds, depth_table(by_order, e).c_str());
   EXPECT_TRUE(contains(e, canonical_key(dense_linear(p), p.vars)));
   ASSERT_EQ(e.depths.size(), by_order.depths.size());
   uint64_t ordered = 0, canonical = 0;

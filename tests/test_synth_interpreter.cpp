@@ -23,7 +23,9 @@ void expect_close(const std::vector<double>& got, const std::vector<double>& wan
 }
 
 // Output filled with NaN first, so an entry the interpreter never writes cannot pass.
-std::vector<double> poisoned(size_t n) { return std::vector<double>(n, std::nan("")); }
+std::vector<double> poisoned(size_t n) {
+  return std::vector<double>(n, std::nan(""));
+}
 
 }  // namespace
 
@@ -55,7 +57,8 @@ TEST(SynthInterpreter, LowRankIsTwoMatmuls) {
   std::vector<double> h(size_t(T * r), 0.0);  // h = x Bᵀ, y = h Aᵀ
   for (int64_t t = 0; t < T; ++t)
     for (int64_t j = 0; j < r; ++j)
-      for (int64_t i = 0; i < din; ++i) h[size_t(t * r + j)] += x[size_t(t * din + i)] * b[size_t(j * din + i)];
+      for (int64_t i = 0; i < din; ++i)
+        h[size_t(t * r + j)] += x[size_t(t * din + i)] * b[size_t(j * din + i)];
   auto want = poisoned(size_t(T * dout));
   for (int64_t t = 0; t < T; ++t)
     for (int64_t o = 0; o < dout; ++o) {
@@ -88,8 +91,8 @@ TEST(SynthInterpreter, GroupedLinearIsBlockDiagonal) {
 namespace {
 
 // Direct zero-padded "same" convolution; depthwise when Cout == 0 (weight [C, k, k]).
-std::vector<double> conv_loop(const std::vector<double>& x, const std::vector<double>& w,
-                              int64_t N, int64_t C, int64_t Cout, int64_t H, int64_t W, int64_t k) {
+std::vector<double> conv_loop(const std::vector<double>& x, const std::vector<double>& w, int64_t N,
+                              int64_t C, int64_t Cout, int64_t H, int64_t W, int64_t k) {
   const bool depthwise = Cout == 0;
   const int64_t CO = depthwise ? C : Cout;
   auto y = poisoned(size_t(N * CO * H * W));
@@ -158,8 +161,8 @@ TEST(SynthInterpreter, SingleViews) {
     expect_close(interpret(op, v, x5, {}), want);
   }
   {  // stride 2: y[t,l] = x[t, 2l] with x of length 2L
-    const Operator op = build({p.sT, p.sdin},
-                              {stride_action(1, Size::constant(2)), finalize_action({0, 1})});
+    const Operator op =
+        build({p.sT, p.sdin}, {stride_action(1, Size::constant(2)), finalize_action({0, 1})});
     auto want = poisoned(size_t(T * L));
     for (int64_t t = 0; t < T; ++t)
       for (int64_t l = 0; l < L; ++l) want[size_t(t * L + l)] = at(x10, 2 * L, t, 2 * l);
@@ -191,7 +194,8 @@ TEST(SynthInterpreter, RejectsIncompleteOrMisshapenData) {
   Operator op = make_operator({p.sT, p.sdout});
   EXPECT_THROW(interpret(op, v, {}, {}), Error);
   op = dense_linear(p);
-  EXPECT_THROW(interpret(op, v, std::vector<double>(5, 1.0), {std::vector<double>(12, 1.0)}), Error);
+  EXPECT_THROW(interpret(op, v, std::vector<double>(5, 1.0), {std::vector<double>(12, 1.0)}),
+               Error);
   EXPECT_THROW(interpret(op, v, std::vector<double>(6, 1.0), {}), Error);
   EXPECT_THROW(apply(op, shift_action(0)), Error);  // complete
   Operator bad = make_operator({p.sT});

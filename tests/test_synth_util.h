@@ -56,10 +56,9 @@ inline Operator low_rank(const LinearProblem& p) {
 
 // y[t, G·(d_out/g) + o] = Σ_i x[t, G·(d_in/g) + i] W[G, o, i]   (W = w0 [g, d_out/g, d_in/g])
 inline Operator grouped_linear(const LinearProblem& p) {
-  return build({p.sT, p.sdout},
-               {merge_action(1, p.sdout / p.sg), share_action(1, 0), share_action(2, 0),
-                expand_action(2), reduce_action(p.sdin / p.sg), share_action(2, 0),
-                split_action(1, 2), finalize_action({0, 1})});
+  return build({p.sT, p.sdout}, {merge_action(1, p.sdout / p.sg), share_action(1, 0),
+                                 share_action(2, 0), expand_action(2), reduce_action(p.sdin / p.sg),
+                                 share_action(2, 0), split_action(1, 2), finalize_action({0, 1})});
 }
 
 // y[n,o,h,w] = Σ_c Σ_a Σ_b x[n, c, h+a-k/2, w+b-k/2] W[o,c,a,b]   (zero padding)

@@ -91,8 +91,8 @@ std::string canonical_key(const Operator& raw, const Vars& vars, KeyOptions opti
   // Pass 1: print with every reduce iterator anonymous ("r:<size>") to order the free parts.
   std::vector<std::string> names(static_cast<size_t>(n_iter));
   for (int i = 0; i < n_iter; ++i)
-    names[size_t(i)] = i < n_out ? fmt::format("o{}", i)
-                                 : "r:" + op.reduce[size_t(i - n_out)].str(vars);
+    names[size_t(i)] =
+        i < n_out ? fmt::format("o{}", i) : "r:" + op.reduce[size_t(i - n_out)].str(vars);
   auto dim_str = [&](const Dim& d) { return expr_str(op.exprs, d.expr, vars, names); };
   auto sorted_dims = [&](const std::vector<Dim>& dims) {  // O2: indices sorted by printed form
     std::vector<std::pair<std::string, int>> v;
@@ -123,7 +123,8 @@ std::string canonical_key(const Operator& raw, const Vars& vars, KeyOptions opti
       for (int i : sorted_dims(op.frontier)) l.push_back(&op.frontier[size_t(i)]);
     }
     for (int w : weight_order())
-      for (int i : sorted_dims(op.weights[size_t(w)])) l.push_back(&op.weights[size_t(w)][size_t(i)]);
+      for (int i : sorted_dims(op.weights[size_t(w)]))
+        l.push_back(&op.weights[size_t(w)][size_t(i)]);
     return l;
   };
 

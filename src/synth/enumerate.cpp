@@ -150,8 +150,10 @@ void validate(const Spec& spec) {
   };
   DSEEK_CHECK(!spec.valuations.empty(), "[synth] spec: no valuation");
   for (const auto& v : spec.valuations)
-    DSEEK_CHECK(int(v.size()) == spec.vars.count(), "[synth] spec: valuation has {} values for {} "
-                "variables", v.size(), spec.vars.count());
+    DSEEK_CHECK(int(v.size()) == spec.vars.count(),
+                "[synth] spec: valuation has {} values for {} "
+                "variables",
+                v.size(), spec.vars.count());
   check(spec.input, "input");
   check(spec.output, "output");
   check(spec.reduce_sizes, "reduce");
@@ -220,14 +222,14 @@ std::string depth_table(const Enumeration& e) {
 }
 
 std::string depth_table(const Enumeration& ordered, const Enumeration& canonical) {
-  std::string s = fmt::format("{:>5} | {:>12} {:>10} {:>10} | {:>12} {:>10} {:>10}\n", "depth",
-                              "raw states", "ordered", "canonical", "raw ops", "ordered",
-                              "canonical");
+  std::string s =
+      fmt::format("{:>5} | {:>12} {:>10} {:>10} | {:>12} {:>10} {:>10}\n", "depth", "raw states",
+                  "ordered", "canonical", "raw ops", "ordered", "canonical");
   for (size_t i = 0; i < ordered.depths.size() && i < canonical.depths.size(); ++i) {
     const auto &o = ordered.depths[i], &c = canonical.depths[i];
-    s += fmt::format("{:>5} | {:>12} {:>10} {:>10} | {:>12} {:>10} {:>10}\n", o.depth,
-                     o.raw_states, o.distinct_states, c.distinct_states, o.raw_complete,
-                     o.distinct_complete, c.distinct_complete);
+    s += fmt::format("{:>5} | {:>12} {:>10} {:>10} | {:>12} {:>10} {:>10}\n", o.depth, o.raw_states,
+                     o.distinct_states, c.distinct_states, o.raw_complete, o.distinct_complete,
+                     c.distinct_complete);
   }
   return s;
 }

@@ -19,15 +19,15 @@ struct Spec {
   std::vector<Valuation> valuations;  // every size must be a positive integer under each
   std::vector<Size> input, output;    // target shapes (input dims in order)
   // The sizes primitives may introduce (Syno restricts them to variables and coefficients).
-  std::vector<Size> reduce_sizes;     // Reduce extents (also the windows Unfold uses)
-  std::vector<Size> merge_blocks;     // Merge block sizes
-  std::vector<Size> strides;          // Stride factors
+  std::vector<Size> reduce_sizes;  // Reduce extents (also the windows Unfold uses)
+  std::vector<Size> merge_blocks;  // Merge block sizes
+  std::vector<Size> strides;       // Stride factors
   bool allow_shift = true;
   bool allow_unfold = true;
-  int max_primitives = 6;             // Finalize not counted
+  int max_primitives = 6;  // Finalize not counted
   int max_weights = 2;
   int max_reductions = 3;
-  int max_frontier = 4;               // dims on the frontier at any time
+  int max_frontier = 4;                                      // dims on the frontier at any time
   int64_t max_params = std::numeric_limits<int64_t>::max();  // under every valuation
   int64_t max_flops = std::numeric_limits<int64_t>::max();   // naive FLOPs, every valuation
 };
@@ -48,9 +48,9 @@ std::vector<Action> legal_actions(const Operator& op, const Spec& spec);
 // KeyOptions (view_rules = false: ordering rules only; true: every rule of canonical.h).
 struct DepthCount {
   int depth = 0;
-  uint64_t raw_states = 0;       // incomplete sequences of this length
-  uint64_t distinct_states = 0;  // distinct keys among them
-  uint64_t raw_complete = 0;     // complete operators with this many primitives (sequences)
+  uint64_t raw_states = 0;         // incomplete sequences of this length
+  uint64_t distinct_states = 0;    // distinct keys among them
+  uint64_t raw_complete = 0;       // complete operators with this many primitives (sequences)
   uint64_t distinct_complete = 0;  // new distinct keys (not seen at a smaller depth)
 };
 

@@ -20,7 +20,8 @@ std::string expr_str(const std::vector<Expr>& arena, int id, const Vars& vars,
   auto sub = [&](int child) { return expr_str(arena, child, vars, iter_names); };
   switch (e.kind) {
     case ExprKind::iter: return iter_names[size_t(e.iter)];
-    case ExprKind::split: return fmt::format("split({},{};{})", sub(e.a), sub(e.b), e.size.str(vars));
+    case ExprKind::split:
+      return fmt::format("split({},{};{})", sub(e.a), sub(e.b), e.size.str(vars));
     case ExprKind::div: return fmt::format("div({};{})", sub(e.a), e.size.str(vars));
     case ExprKind::mod: return fmt::format("mod({};{})", sub(e.a), e.size.str(vars));
     case ExprKind::shift: return fmt::format("shift({};{})", sub(e.a), e.size.str(vars));

@@ -27,8 +27,8 @@ struct Expr {
   int iter = -1;  // for iter
   int a = -1;     // operand nodes (arena indices)
   int b = -1;
-  Size size;      // see ExprKind
-  Size size2;     // unfold: the window K
+  Size size;   // see ExprKind
+  Size size2;  // unfold: the window K
   bool operator==(const Expr&) const = default;
 };
 

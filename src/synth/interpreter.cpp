@@ -12,8 +12,9 @@ namespace {
 
 int64_t eval_size(const Size& s, const Valuation& values) {
   const auto v = s.eval(values);
-  DSEEK_CHECK(v.has_value(), "[synth] interpret: size {}/{} with exponents is not a positive integer",
-              s.num, s.den);
+  DSEEK_CHECK(v.has_value(),
+              "[synth] interpret: size {}/{} with exponents is not a positive integer", s.num,
+              s.den);
   return *v;
 }
 
@@ -55,8 +56,10 @@ std::vector<double> interpret(const Operator& op, const Valuation& values,
                               const std::vector<std::vector<double>>& weights) {
   DSEEK_CHECK(op.complete, "[synth] interpret: operator is not complete");
   const auto in_shape = concrete_shape(op.input, values);
-  DSEEK_CHECK(int64_t(input.size()) == product(in_shape), "[synth] interpret: input has {} values, "
-              "want {}", input.size(), product(in_shape));
+  DSEEK_CHECK(int64_t(input.size()) == product(in_shape),
+              "[synth] interpret: input has {} values, "
+              "want {}",
+              input.size(), product(in_shape));
   DSEEK_CHECK(weights.size() == op.weights.size(), "[synth] interpret: {} weights, want {}",
               weights.size(), op.weights.size());
   std::vector<std::vector<int64_t>> w_shapes;

@@ -25,7 +25,9 @@ const char* primitive_name(Primitive p) {
   return "?";
 }
 
-int Operator::primitives() const { return int(history.size()) - (complete ? 1 : 0); }
+int Operator::primitives() const {
+  return int(history.size()) - (complete ? 1 : 0);
+}
 
 const Size& Operator::iterator_size(int i) const {
   return i < int(output.size()) ? output[size_t(i)] : reduce[size_t(i) - output.size()];
@@ -46,8 +48,8 @@ Operator make_operator(const std::vector<Size>& output) {
 namespace {
 
 void check_dim(const Operator& op, int d, const char* what) {
-  DSEEK_CHECK(d >= 0 && d < int(op.frontier.size()), "[synth] {}: frontier position {} of {}",
-              what, d, op.frontier.size());
+  DSEEK_CHECK(d >= 0 && d < int(op.frontier.size()), "[synth] {}: frontier position {} of {}", what,
+              d, op.frontier.size());
 }
 
 Expr node(ExprKind kind, int a, int b, const Size& size) {
@@ -134,8 +136,9 @@ void apply(Operator& op, const Action& act) {
       break;
     }
     case Primitive::finalize: {
-      DSEEK_CHECK(act.perm.size() == f.size(), "[synth] finalize: {} input dims for {} frontier dims",
-                  act.perm.size(), f.size());
+      DSEEK_CHECK(act.perm.size() == f.size(),
+                  "[synth] finalize: {} input dims for {} frontier dims", act.perm.size(),
+                  f.size());
       std::vector<bool> seen(f.size(), false);
       for (int p : act.perm) {
         check_dim(op, p, "finalize");
@@ -151,7 +154,9 @@ void apply(Operator& op, const Action& act) {
   op.history.push_back(act);
 }
 
-bool is_complete(const Operator& op) { return op.complete; }
+bool is_complete(const Operator& op) {
+  return op.complete;
+}
 
 std::string action_str(const Action& act, const Vars& vars) {
   switch (act.kind) {
@@ -174,16 +179,30 @@ std::string history_str(const Operator& op, const Vars& vars) {
   return s;
 }
 
-Action split_action(int major, int minor) { return {Primitive::split, major, minor, {}, {}}; }
-Action merge_action(int dim, const Size& block) { return {Primitive::merge, dim, -1, block, {}}; }
-Action shift_action(int dim) { return {Primitive::shift, dim, -1, {}, {}}; }
+Action split_action(int major, int minor) {
+  return {Primitive::split, major, minor, {}, {}};
+}
+Action merge_action(int dim, const Size& block) {
+  return {Primitive::merge, dim, -1, block, {}};
+}
+Action shift_action(int dim) {
+  return {Primitive::shift, dim, -1, {}, {}};
+}
 Action stride_action(int dim, const Size& factor) {
   return {Primitive::stride, dim, -1, factor, {}};
 }
-Action unfold_action(int dim, int window) { return {Primitive::unfold, dim, window, {}, {}}; }
-Action expand_action(int dim) { return {Primitive::expand, dim, -1, {}, {}}; }
-Action reduce_action(const Size& extent) { return {Primitive::reduce, -1, -1, extent, {}}; }
-Action share_action(int dim, int weight) { return {Primitive::share, dim, weight, {}, {}}; }
+Action unfold_action(int dim, int window) {
+  return {Primitive::unfold, dim, window, {}, {}};
+}
+Action expand_action(int dim) {
+  return {Primitive::expand, dim, -1, {}, {}};
+}
+Action reduce_action(const Size& extent) {
+  return {Primitive::reduce, -1, -1, extent, {}};
+}
+Action share_action(int dim, int weight) {
+  return {Primitive::share, dim, weight, {}, {}};
+}
 Action finalize_action(std::vector<int> perm) {
   return {Primitive::finalize, -1, -1, {}, std::move(perm)};
 }

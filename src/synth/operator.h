@@ -40,12 +40,12 @@ struct Dim {
 };
 
 struct Operator {
-  std::vector<Size> output;   // output dims (iterators 0..n-1)
-  std::vector<Size> reduce;   // reduce iterators (iterator output.size() + i)
-  std::vector<Expr> exprs;    // expression arena
-  std::vector<Dim> frontier;  // input-side dims still being built
+  std::vector<Size> output;               // output dims (iterators 0..n-1)
+  std::vector<Size> reduce;               // reduce iterators (iterator output.size() + i)
+  std::vector<Expr> exprs;                // expression arena
+  std::vector<Dim> frontier;              // input-side dims still being built
   std::vector<std::vector<Dim>> weights;  // each weight's dims, in Share order
-  std::vector<Dim> input;     // after Finalize: the input's dims in order
+  std::vector<Dim> input;                 // after Finalize: the input's dims in order
   std::vector<Action> history;
   bool complete = false;
 

@@ -21,7 +21,8 @@ int Vars::add(const std::string& name, VarKind kind) {
 namespace {
 
 Size normalised(Size s) {
-  DSEEK_CHECK(s.den != 0 && s.num != 0, "[synth] size constant {}/{} is not positive", s.num, s.den);
+  DSEEK_CHECK(s.den != 0 && s.num != 0, "[synth] size constant {}/{} is not positive", s.num,
+              s.den);
   if (s.den < 0) {
     s.num = -s.num;
     s.den = -s.den;
@@ -57,7 +58,8 @@ Size Size::var(int index) {
 
 Size Size::operator*(const Size& other) const {
   Size s;
-  for (int i = 0; i < kMaxVars; ++i) s.exp[size_t(i)] = add_exp(exp[size_t(i)], other.exp[size_t(i)]);
+  for (int i = 0; i < kMaxVars; ++i)
+    s.exp[size_t(i)] = add_exp(exp[size_t(i)], other.exp[size_t(i)]);
   s.num = num * other.num;
   s.den = den * other.den;
   return normalised(s);
@@ -78,7 +80,9 @@ std::strong_ordering Size::operator<=>(const Size& other) const {
   return den <=> other.den;
 }
 
-bool Size::is_one() const { return *this == Size{}; }
+bool Size::is_one() const {
+  return *this == Size{};
+}
 
 bool Size::is_coefficient_only(const Vars& vars) const {
   for (int i = 0; i < vars.count(); ++i)
@@ -118,7 +122,8 @@ std::string Size::str(const Vars& vars) const {
     const int e = exp[size_t(i)];
     if (e == 0) continue;
     const std::string name = i < vars.count() ? vars.names[size_t(i)] : fmt::format("v{}", i);
-    const std::string factor = (e == 1 || e == -1) ? name : fmt::format("{}^{}", name, e > 0 ? e : -e);
+    const std::string factor =
+        (e == 1 || e == -1) ? name : fmt::format("{}^{}", name, e > 0 ? e : -e);
     std::string& side = e > 0 ? up : down;
     side += (side.empty() ? "" : "*") + factor;
   }
