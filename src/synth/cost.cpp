@@ -10,21 +10,6 @@ namespace dseek::synth {
 
 namespace {
 
-using Mask = uint32_t;  // a set of iterators (an operator has far fewer than 32)
-
-struct Operand {
-  Mask iters = 0;
-};
-
-Mask iters_of(const Operator& op, const std::vector<Dim>& dims) {
-  std::vector<bool> used(size_t(op.iterator_count()), false);
-  for (const auto& d : dims) expr_iters(op.exprs, d.expr, used);
-  Mask m = 0;
-  for (size_t i = 0; i < used.size(); ++i)
-    if (used[i]) m |= Mask(1) << i;
-  return m;
-}
-
 int64_t extent(Mask m, const std::vector<int64_t>& iter_size) {
   int64_t n = 1;
   for (size_t i = 0; i < iter_size.size(); ++i)
@@ -32,31 +17,47 @@ int64_t extent(Mask m, const std::vector<int64_t>& iter_size) {
   return n;
 }
 
-// Cheapest cost of contracting `ops` down to one operand and summing its leftover reductions.
-// Exhaustive over pair orders: operators have at most a few weights.
-int64_t best_cost(const std::vector<Operand>& ops, Mask output_iters,
-                  const std::vector<int64_t>& iter_size) {
-  if (ops.size() == 1) {
-    const Mask summed = ops[0].iters & ~output_iters;
-    return summed ? extent(ops[0].iters, iter_size) : 0;
+}  // namespace
+
+ContractionPath contraction_path(const std::vector<Mask>& operands, Mask output_iters,
+                                 const std::vector<int64_t>& iter_size) {
+  ContractionPath best;
+  if (operands.size() <= 1) {
+    const Mask summed = operands.empty() ? 0 : operands[0] & ~output_iters;
+    best.flops = summed ? extent(operands[0], iter_size) : 0;
+    return best;
   }
-  int64_t best = std::numeric_limits<int64_t>::max();
-  for (size_t i = 0; i < ops.size(); ++i)
-    for (size_t j = i + 1; j < ops.size(); ++j) {
+  best.flops = std::numeric_limits<int64_t>::max();
+  for (size_t i = 0; i < operands.size(); ++i)
+    for (size_t j = i + 1; j < operands.size(); ++j) {
       Mask later = output_iters;  // iterators still needed after this contraction
-      for (size_t k = 0; k < ops.size(); ++k)
-        if (k != i && k != j) later |= ops[k].iters;
-      const Mask both = ops[i].iters | ops[j].iters;
-      std::vector<Operand> rest;
-      for (size_t k = 0; k < ops.size(); ++k)
-        if (k != i && k != j) rest.push_back(ops[k]);
-      rest.push_back({both & later});
-      best = std::min(best, 2 * extent(both, iter_size) + best_cost(rest, output_iters, iter_size));
+      std::vector<Mask> rest;
+      for (size_t k = 0; k < operands.size(); ++k)
+        if (k != i && k != j) {
+          later |= operands[k];
+          rest.push_back(operands[k]);
+        }
+      const Mask both = operands[i] | operands[j];
+      rest.push_back(both & later);
+      ContractionPath sub = contraction_path(rest, output_iters, iter_size);
+      const int64_t cost = 2 * extent(both, iter_size) + sub.flops;
+      if (cost < best.flops) {
+        best.flops = cost;
+        best.pairs = {{int(i), int(j)}};
+        best.pairs.insert(best.pairs.end(), sub.pairs.begin(), sub.pairs.end());
+      }
     }
   return best;
 }
 
-}  // namespace
+Mask iterator_mask(const Operator& op, const std::vector<Dim>& dims) {
+  std::vector<bool> used(size_t(op.iterator_count()), false);
+  for (const auto& d : dims) expr_iters(op.exprs, d.expr, used);
+  Mask m = 0;
+  for (size_t i = 0; i < used.size(); ++i)
+    if (used[i]) m |= Mask(1) << i;
+  return m;
+}
 
 int64_t param_count(const Operator& op, const Valuation& values) {
   int64_t n = 0;
@@ -85,10 +86,10 @@ int64_t flops(const Operator& op, const Valuation& values) {
     DSEEK_CHECK(v.has_value(), "[synth] flops: iterator {} has no integer extent", i);
     iter_size.push_back(*v);
   }
-  std::vector<Operand> ops{{iters_of(op, op.input)}};
-  for (const auto& w : op.weights) ops.push_back({iters_of(op, w)});
+  std::vector<Mask> operands{iterator_mask(op, op.input)};
+  for (const auto& w : op.weights) operands.push_back(iterator_mask(op, w));
   const Mask output_iters = (Mask(1) << op.output.size()) - 1;
-  return best_cost(ops, output_iters, iter_size);
+  return contraction_path(operands, output_iters, iter_size).flops;
 }
 
 }  // namespace dseek::synth

@@ -11,6 +11,8 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 #include "synth/operator.h"
 
@@ -19,5 +21,22 @@ namespace dseek::synth {
 int64_t param_count(const Operator& op, const Valuation& values);
 int64_t naive_flops(const Operator& op, const Valuation& values);
 int64_t flops(const Operator& op, const Valuation& values);
+
+// A set of iterators as bits (an operator has far fewer than 32).
+using Mask = uint32_t;
+
+// The iterators the coordinates of `dims` mention (an operand of the einsum).
+Mask iterator_mask(const Operator& op, const std::vector<Dim>& dims);
+
+// The cheapest order of pairwise contractions of `operands` (iterator masks) down to one operand
+// over `output_iters`, found exhaustively. Each step contracts positions (i, j), i < j, of the
+// current list: both are removed and their result — the iterators still needed later — is
+// appended. `flops` counts as flops() does (the lowering executes this path, lower.h).
+struct ContractionPath {
+  int64_t flops = 0;
+  std::vector<std::pair<int, int>> pairs;
+};
+ContractionPath contraction_path(const std::vector<Mask>& operands, Mask output_iters,
+                                 const std::vector<int64_t>& iter_size);
 
 }  // namespace dseek::synth

@@ -1,0 +1,487 @@
+// Lowering an operator into dseek ops and running the plan forward and backward (see lower.h).
+#include "synth/lower.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <limits>
+#include <numeric>
+
+#include "core/error.h"
+#include "ops/embedding.h"
+#include "ops/linear.h"
+#include "ops/moe.h"
+#include "synth/cost.h"
+#include "synth/interpreter.h"
+
+namespace dseek::synth {
+
+namespace {
+
+// ---- building the plan ----
+
+// An operand while the plan is built: its register and the iterators of its dims, in order.
+struct Live {
+  int reg = -1;
+  std::vector<int> iters;
+};
+
+Mask mask_of(const std::vector<int>& iters) {
+  Mask m = 0;
+  for (int i : iters) m |= Mask(1) << i;
+  return m;
+}
+
+bool has(Mask m, int iter) {
+  return (m >> iter) & 1;
+}
+
+// An operand with no iterators left (a weight summed on its own) is held as [1].
+Shape extents(const std::vector<int>& iters, const std::vector<int64_t>& iter_size) {
+  Shape s;
+  for (int i : iters) s.push_back(iter_size[size_t(i)]);
+  if (s.empty()) s.push_back(1);
+  return s;
+}
+
+int64_t extent(const std::vector<int>& iters, const std::vector<int64_t>& iter_size) {
+  return shape_numel(extents(iters, iter_size));
+}
+
+// Iterators of node `id` in order of first appearance, the major operand first: a source whose
+// dims are bare iterators then gets the operand layout of the source itself (no gather).
+void collect_iters(const std::vector<Expr>& arena, int id, std::vector<int>& order) {
+  const Expr& e = arena[size_t(id)];
+  if (e.kind == ExprKind::iter) {
+    if (std::find(order.begin(), order.end(), e.iter) == order.end()) order.push_back(e.iter);
+    return;
+  }
+  collect_iters(arena, e.a, order);
+  if (e.b >= 0) collect_iters(arena, e.b, order);
+}
+
+// Row-major offset of the coordinates of `dims`, or -1 if one is padding.
+int64_t offset_of(const std::vector<Dim>& dims, const Shape& shape,
+                  const std::vector<int64_t>& node_values) {
+  int64_t off = 0;
+  for (size_t i = 0; i < dims.size(); ++i) {
+    const int64_t c = node_values[size_t(dims[i].expr)];
+    if (c < 0) return -1;
+    off = off * shape[i] + c;
+  }
+  return off;
+}
+
+// Every D consecutive offsets are one aligned run of the source (or all padding).
+bool rows_of(const std::vector<int64_t>& offset, int64_t D, int64_t source_numel) {
+  if (source_numel % D != 0) return false;
+  for (size_t r = 0; r < offset.size(); r += size_t(D)) {
+    const int64_t base = offset[r];
+    if (base >= 0 && base % D != 0) return false;
+    for (int64_t j = 1; j < D; ++j)
+      if (offset[r + size_t(j)] != (base < 0 ? -1 : base + j)) return false;
+  }
+  return true;
+}
+
+struct Builder {
+  const Operator& op;
+  const Valuation& values;
+  std::vector<int64_t> iter_size, sizes, sizes2;  // per iterator; per expression node
+  LoweredPlan plan;
+  std::vector<std::string> iter_names;
+
+  std::string iters_str(const std::vector<int>& iters) const {
+    std::vector<std::string> names;
+    for (int i : iters) names.push_back(iter_names[size_t(i)]);
+    return fmt::format("({})", fmt::join(names, ","));
+  }
+
+  int new_register() { return plan.registers++; }
+
+  // Step 1: the operand of one source (input: source -1), read through its dims' coordinates.
+  Live gather(const std::vector<Dim>& dims, int source) {
+    Live live;
+    for (const auto& d : dims) collect_iters(op.exprs, d.expr, live.iters);
+    Step s;
+    s.kind = StepKind::gather;
+    s.source = source;
+    s.source_shape = concrete_shape(dims, values);
+    s.out_shape = extents(live.iters, iter_size);
+    const int64_t n = shape_numel(s.out_shape), source_numel = shape_numel(s.source_shape);
+    std::vector<int64_t> offset(static_cast<size_t>(n)), node;
+    std::vector<int64_t> it(static_cast<size_t>(op.iterator_count()), 0);
+    for (int64_t e = 0; e < n; ++e) {
+      for (int64_t rem = e, i = int64_t(live.iters.size()) - 1; i >= 0; --i) {
+        it[size_t(live.iters[size_t(i)])] = rem % s.out_shape[size_t(i)];
+        rem /= s.out_shape[size_t(i)];
+      }
+      eval_exprs(op.exprs, sizes, sizes2, it, node);
+      offset[size_t(e)] = offset_of(dims, s.source_shape, node);
+    }
+    // The longest trailing run of the operand's dims that is a contiguous row of the source.
+    for (size_t j = s.out_shape.size(); j-- > 0;) {
+      const int64_t D = s.D * s.out_shape[j];
+      if (!rows_of(offset, D, source_numel)) break;
+      s.D = D;
+    }
+    s.rows = source_numel / s.D;
+    DSEEK_CHECK(s.rows < std::numeric_limits<int32_t>::max(),
+                "[synth] lower: {} source rows do not fit 32-bit gather ids", s.rows);
+    s.identity = n == source_numel;
+    for (size_t r = 0; r < offset.size(); r += size_t(s.D)) {
+      const int64_t base = offset[r];
+      s.padded = s.padded || base < 0;
+      s.ids.push_back(int32_t(base < 0 ? s.rows : base / s.D));
+      s.identity = s.identity && base == int64_t(r);
+    }
+    if (s.identity) s.ids.clear();
+    s.out = live.reg = new_register();
+    plan.description +=
+        fmt::format("r{} = gather {} -> {} {}\n", s.out, source < 0 ? "in" : fmt::format("w{}", source),
+                    iters_str(live.iters),
+                    s.identity ? std::string("(the tensor itself)")
+                               : fmt::format("({} rows of {}{})", s.ids.size(), s.D,
+                                             s.padded ? ", zero padding" : ""));
+    plan.steps.push_back(std::move(s));
+    return live;
+  }
+
+  // Step 3: sums out the iterators of x not in `keep`.
+  Live sum(const Live& x, Mask keep) {
+    std::vector<int> kept, summed, perm;
+    for (size_t i = 0; i < x.iters.size(); ++i)
+      (has(keep, x.iters[i]) ? kept : summed).push_back(x.iters[i]);
+    if (summed.empty()) return x;
+    for (const auto& group : {kept, summed})
+      for (int it : group)
+        perm.push_back(int(std::find(x.iters.begin(), x.iters.end(), it) - x.iters.begin()));
+    Step s;
+    s.kind = StepKind::sum;
+    s.in0 = x.reg;
+    s.perm_a = perm;
+    s.m = extent(kept, iter_size);
+    s.k = extent(summed, iter_size);
+    s.out_shape = extents(kept, iter_size);
+    s.out = new_register();
+    plan.description += fmt::format("r{} = sum r{} over {} -> {}\n", s.out, x.reg, iters_str(summed),
+                                    iters_str(kept));
+    plan.steps.push_back(s);
+    return {s.out, kept};
+  }
+
+  // Step 2: C[batch, m, n] = Σ_k A[batch, m, k] · B[batch, n, k]; `later` = iterators needed after.
+  Live contract(Live a, Live b, Mask later) {
+    const Mask ma = mask_of(a.iters), mb = mask_of(b.iters);
+    a = sum(a, later | mb);  // what only one side has and nobody needs is summed first
+    b = sum(b, later | ma);
+    std::vector<int> batch, rows_a, red, rows_b;
+    for (int it : a.iters) {
+      if (!has(mb, it)) rows_a.push_back(it);
+      else if (has(later, it)) batch.push_back(it);
+      else red.push_back(it);
+    }
+    for (int it : b.iters)
+      if (!has(ma, it)) rows_b.push_back(it);
+    auto positions = [](const Live& x, std::initializer_list<const std::vector<int>*> groups) {
+      std::vector<int> perm;
+      for (const auto* g : groups)
+        for (int it : *g)
+          perm.push_back(int(std::find(x.iters.begin(), x.iters.end(), it) - x.iters.begin()));
+      return perm;
+    };
+    Step s;
+    s.kind = StepKind::contract;
+    s.in0 = a.reg;
+    s.in1 = b.reg;
+    s.perm_a = positions(a, {&batch, &rows_a, &red});
+    s.perm_b = positions(b, {&batch, &rows_b, &red});
+    s.batch = extent(batch, iter_size);
+    s.m = extent(rows_a, iter_size);
+    s.n = extent(rows_b, iter_size);
+    s.k = extent(red, iter_size);
+    Live c{new_register(), batch};
+    c.iters.insert(c.iters.end(), rows_a.begin(), rows_a.end());
+    c.iters.insert(c.iters.end(), rows_b.begin(), rows_b.end());
+    s.out = c.reg;
+    s.out_shape = extents(c.iters, iter_size);
+    plan.description += fmt::format(
+        "r{} = contract r{} {} . r{} {} -> {} (batch {}, m {}, n {}, k {})\n", s.out, a.reg,
+        iters_str(a.iters), b.reg, iters_str(b.iters), iters_str(c.iters), s.batch, s.m, s.n, s.k);
+    plan.steps.push_back(s);
+    return c;
+  }
+
+  // Step 4: the output, from the last operand.
+  void finish(Live x, Mask used) {
+    const int n_out = int(op.output.size());
+    x = sum(x, (Mask(1) << n_out) - 1);
+    Step s;
+    s.kind = StepKind::finish;
+    s.in0 = x.reg;
+    std::vector<int> sorted = x.iters;
+    std::sort(sorted.begin(), sorted.end());
+    for (int it : sorted)
+      s.perm_a.push_back(int(std::find(x.iters.begin(), x.iters.end(), it) - x.iters.begin()));
+    for (int o = 0; o < n_out; ++o)
+      if (!has(mask_of(x.iters), o)) s.broadcast.push_back(o);
+    double scale = 1.0;
+    for (int r = n_out; r < op.iterator_count(); ++r)
+      if (!has(used, r)) scale *= double(iter_size[size_t(r)]);
+    s.scale = float(scale);
+    s.out_shape = plan.output_shape;
+    s.out = plan.output_register = new_register();
+    plan.description += fmt::format("r{} = output from r{} (broadcast {}, scale {})\n", s.out,
+                                    x.reg, fmt::join(s.broadcast, ","), s.scale);
+    plan.steps.push_back(s);
+  }
+};
+
+// ---- running it ----
+
+// out dim i = t's dim perm[i], contiguous (t itself when perm is the identity).
+Tensor permute(const Tensor& t, const std::vector<int>& perm) {
+  std::vector<int> cur(perm.size());
+  std::iota(cur.begin(), cur.end(), 0);
+  if (cur == perm) return t;
+  Tensor v = t;
+  for (size_t i = 0; i < perm.size(); ++i) {
+    const size_t j = size_t(std::find(cur.begin(), cur.end(), perm[i]) - cur.begin());
+    if (j == i) continue;
+    v = v.transpose(int(i), int(j));
+    std::swap(cur[i], cur[j]);
+  }
+  return v.contiguous();
+}
+
+std::vector<int> inverse(const std::vector<int>& perm) {
+  std::vector<int> inv(perm.size());
+  for (size_t i = 0; i < perm.size(); ++i) inv[size_t(perm[i])] = int(i);
+  return inv;
+}
+
+Shape permuted(const Shape& shape, const std::vector<int>& perm) {
+  if (perm.empty()) return shape;  // a [1] operand without iterators
+  Shape s;
+  for (int p : perm) s.push_back(shape[size_t(p)]);
+  return s;
+}
+
+// A constant f32 tensor on `device` (ones for sums, the scale of unused reductions).
+Tensor filled(const Shape& shape, float value, Device device) {
+  return Tensor::from_vector(std::vector<float>(size_t(shape_numel(shape)), value), shape)
+      .to(device);
+}
+
+// grouped_linear's offsets for `batch` groups of m rows.
+Tensor batch_offsets(int64_t batch, int64_t m, Device device) {
+  Tensor t = Tensor::empty({batch + 1}, DType::I64);
+  for (int64_t b = 0; b <= batch; ++b) t.data<int64_t>()[b] = b * m;
+  return t.to(device);
+}
+
+Tensor f32_contiguous(const Tensor& t, int64_t numel, const char* what) {
+  DSEEK_CHECK(t.defined() && t.dtype() == DType::F32 && t.numel() == numel,
+              "[synth] lowered {}: want f32 with {} elements, got {} {}", what, numel,
+              t.defined() ? dtype_name(t.dtype()) : "undefined",
+              t.defined() ? shape_str(t.shape()) : "");
+  return t.is_contiguous() ? t : t.contiguous();
+}
+
+}  // namespace
+
+LoweredPlan lower(const Operator& op, const Valuation& values) {
+  DSEEK_CHECK(op.complete, "[synth] lower: operator is not complete");
+  DSEEK_CHECK(op.iterator_count() <= 32, "[synth] lower: {} iterators (at most 32)",
+              op.iterator_count());
+  Builder b{op, values, {}, {}, {}, {}, {}};
+  for (int i = 0; i < op.iterator_count(); ++i) {
+    b.iter_size.push_back(concrete_shape(std::vector<Size>{op.iterator_size(i)}, values)[0]);
+    b.iter_names.push_back(i < int(op.output.size()) ? fmt::format("o{}", i)
+                                                     : fmt::format("r{}", i - int(op.output.size())));
+  }
+  b.sizes.assign(op.exprs.size(), 0);
+  b.sizes2.assign(op.exprs.size(), 0);
+  for (size_t i = 0; i < op.exprs.size(); ++i) {
+    const Expr& e = op.exprs[i];
+    if (e.kind == ExprKind::iter) continue;
+    b.sizes[i] = concrete_shape(std::vector<Size>{e.size}, values)[0];
+    if (e.kind == ExprKind::unfold) b.sizes2[i] = concrete_shape(std::vector<Size>{e.size2}, values)[0];
+  }
+  b.plan.input_shape = concrete_shape(op.input, values);
+  b.plan.output_shape = concrete_shape(op.output, values);
+  for (const auto& w : op.weights) b.plan.weight_shapes.push_back(concrete_shape(w, values));
+
+  std::vector<Live> live{b.gather(op.input, -1)};
+  for (size_t w = 0; w < op.weights.size(); ++w) live.push_back(b.gather(op.weights[w], int(w)));
+  std::vector<Mask> masks;
+  Mask used = 0;
+  for (const auto& l : live) {
+    masks.push_back(mask_of(l.iters));
+    used |= masks.back();
+  }
+  const Mask output_iters = (Mask(1) << op.output.size()) - 1;
+  const ContractionPath path = contraction_path(masks, output_iters, b.iter_size);
+  for (const auto& [i, j] : path.pairs) {
+    Mask later = output_iters;
+    for (size_t k = 0; k < live.size(); ++k)
+      if (int(k) != i && int(k) != j) later |= mask_of(live[k].iters);
+    const Live c = b.contract(live[size_t(i)], live[size_t(j)], later);
+    live.erase(live.begin() + j);  // j > i
+    live.erase(live.begin() + i);
+    live.push_back(c);
+  }
+  b.finish(live[0], used);
+  return std::move(b.plan);
+}
+
+Tensor lowered_forward(const LoweredPlan& plan, const Tensor& input_any,
+                       const std::vector<Tensor>& weights_any, LoweredCache* cache) {
+  DSEEK_CHECK(weights_any.size() == plan.weight_shapes.size(),
+              "[synth] lowered forward: {} weights, want {}", weights_any.size(),
+              plan.weight_shapes.size());
+  const Tensor input = f32_contiguous(input_any, shape_numel(plan.input_shape), "input");
+  std::vector<Tensor> weights;
+  for (size_t w = 0; w < weights_any.size(); ++w)
+    weights.push_back(f32_contiguous(weights_any[w], shape_numel(plan.weight_shapes[w]), "weight"));
+  const Device device = input.device();
+  std::vector<Tensor> regs(size_t(plan.registers));
+  for (const Step& s : plan.steps) {
+    Tensor& out = regs[size_t(s.out)];
+    switch (s.kind) {
+      case StepKind::gather: {
+        const Tensor& src = s.source < 0 ? input : weights[size_t(s.source)];
+        if (s.identity) {
+          out = src.reshape(s.out_shape);
+          break;
+        }
+        Tensor table = src.reshape({s.rows, s.D});
+        if (s.padded) {
+          Tensor t = Tensor::zeros({s.rows + 1, s.D}, DType::F32, device);
+          t.slice(0, 0, s.rows).copy_from(table);
+          table = t;
+        }
+        out = ops::embedding(table, s.ids).reshape(s.out_shape);
+        break;
+      }
+      case StepKind::contract: {
+        const Tensor a = permute(regs[size_t(s.in0)], s.perm_a).reshape({s.batch * s.m, s.k});
+        const Tensor b = permute(regs[size_t(s.in1)], s.perm_b);
+        out = (s.batch == 1 ? ops::linear(a, b.reshape({s.n, s.k}))
+                            : ops::grouped_linear(a, ops::expert_matrices(b.reshape({s.batch, s.n, s.k})),
+                                                  batch_offsets(s.batch, s.m, device)))
+                  .reshape(s.out_shape);
+        break;
+      }
+      case StepKind::sum: {
+        const Tensor x = permute(regs[size_t(s.in0)], s.perm_a).reshape({s.m, s.k});
+        out = ops::linear(x, filled({1, s.k}, 1.0f, device)).reshape(s.out_shape);
+        break;
+      }
+      case StepKind::finish: {
+        Tensor x = permute(regs[size_t(s.in0)], s.perm_a);
+        Shape with_ones = s.out_shape;
+        for (int d : s.broadcast) with_ones[size_t(d)] = 1;
+        x = x.reshape(with_ones);
+        for (int d : s.broadcast) x = x.expand(d, s.out_shape[size_t(d)]);
+        x = x.contiguous();
+        if (s.scale != 1.0f)
+          x = ops::linear(x.reshape({x.numel(), 1}), filled({1, 1}, s.scale, device))
+                  .reshape(s.out_shape);
+        out = x;
+        break;
+      }
+    }
+  }
+  Tensor y = regs[size_t(plan.output_register)];
+  if (cache) cache->registers = std::move(regs);
+  return y;
+}
+
+LoweredGrads lowered_backward(const LoweredPlan& plan, const LoweredCache& cache,
+                              const Tensor& dy_any) {
+  DSEEK_CHECK(int(cache.registers.size()) == plan.registers,
+              "[synth] lowered backward: the cache holds {} registers, the plan {}",
+              cache.registers.size(), plan.registers);
+  const auto& regs = cache.registers;
+  const Tensor dy = f32_contiguous(dy_any, shape_numel(plan.output_shape), "dy");
+  const Device device = dy.device();
+  LoweredGrads grads;
+  grads.dweights.resize(plan.weight_shapes.size());
+  std::vector<Tensor> d(size_t(plan.registers));
+  d[size_t(plan.output_register)] = dy.reshape(plan.output_shape);
+  for (auto step = plan.steps.rbegin(); step != plan.steps.rend(); ++step) {
+    const Step& s = *step;
+    const Tensor g = d[size_t(s.out)];
+    DSEEK_CHECK(g.defined(), "[synth] lowered backward: register r{} has no gradient", s.out);
+    switch (s.kind) {
+      case StepKind::finish: {
+        Tensor x = g;
+        if (s.scale != 1.0f)
+          x = ops::linear(x.reshape({x.numel(), 1}), filled({1, 1}, s.scale, device));
+        const Shape inner = permuted(regs[size_t(s.in0)].shape(), s.perm_a);
+        if (!s.broadcast.empty()) {  // sum over the broadcast dims
+          std::vector<int> perm;
+          for (int o = 0; o < int(s.out_shape.size()); ++o)
+            if (std::find(s.broadcast.begin(), s.broadcast.end(), o) == s.broadcast.end())
+              perm.push_back(o);
+          perm.insert(perm.end(), s.broadcast.begin(), s.broadcast.end());
+          const int64_t kept = shape_numel(inner);
+          const int64_t n = shape_numel(s.out_shape) / kept;
+          x = ops::linear(permute(x.reshape(s.out_shape), perm).reshape({kept, n}),
+                          filled({1, n}, 1.0f, device));
+        }
+        d[size_t(s.in0)] = permute(x.reshape(inner), inverse(s.perm_a));
+        break;
+      }
+      case StepKind::sum: {
+        const Shape inner = permuted(regs[size_t(s.in0)].shape(), s.perm_a);
+        const Tensor x = g.reshape({s.m, 1}).expand(1, s.k).contiguous();
+        d[size_t(s.in0)] = permute(x.reshape(inner), inverse(s.perm_a));
+        break;
+      }
+      case StepKind::contract: {
+        const Tensor& ra = regs[size_t(s.in0)];
+        const Tensor& rb = regs[size_t(s.in1)];
+        const Tensor a = permute(ra, s.perm_a).reshape({s.batch * s.m, s.k});
+        const Tensor b = permute(rb, s.perm_b);
+        const Tensor dc = g.reshape({s.batch * s.m, s.n});
+        Tensor da, db;
+        if (s.batch == 1) {
+          ops::LinearGrads lg = ops::linear_backward(a, b.reshape({s.n, s.k}), dc);
+          da = lg.dx;
+          db = lg.dweight;
+        } else {
+          const Tensor offsets = batch_offsets(s.batch, s.m, device);
+          da = ops::grouped_linear_backward_dx(
+              dc, ops::expert_matrices(b.reshape({s.batch, s.n, s.k})), offsets);
+          db = Tensor::empty({s.batch, s.n, s.k}, DType::F32, device);
+          ops::grouped_linear_backward_dw(a, dc, offsets, ops::expert_matrices(db), false);
+        }
+        d[size_t(s.in0)] =
+            permute(da.reshape(permuted(ra.shape(), s.perm_a)), inverse(s.perm_a));
+        d[size_t(s.in1)] =
+            permute(db.reshape(permuted(rb.shape(), s.perm_b)), inverse(s.perm_b));
+        break;
+      }
+      case StepKind::gather: {
+        Tensor src_grad;
+        if (s.identity) {
+          src_grad = g.reshape(s.source_shape);
+        } else {
+          const int64_t table_rows = s.rows + (s.padded ? 1 : 0);
+          Tensor table = ops::embedding_backward(s.ids, g.reshape({int64_t(s.ids.size()), s.D}),
+                                                 table_rows);
+          if (s.padded) table = table.slice(0, 0, s.rows).contiguous();
+          src_grad = table.reshape(s.source_shape);
+        }
+        (s.source < 0 ? grads.dinput : grads.dweights[size_t(s.source)]) = src_grad;
+        break;
+      }
+    }
+  }
+  return grads;
+}
+
+}  // namespace dseek::synth
