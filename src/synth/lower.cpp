@@ -85,16 +85,111 @@ bool rows_of(const std::vector<int64_t>& offset, int64_t D, int64_t source_numel
   return true;
 }
 
+// The loop nest at concrete sizes. An iterator read only through ⌊i/B⌋ and i mod B (a Merge of
+// an output or reduce dim that no coordinate sees whole) is refined into two iterators of extents
+// n/B and B, so the einsum sees the structure: a grouped linear's group index becomes the batch of
+// its GEMMs instead of one GEMM per output channel. Output iterators stay first and in output
+// order (a refined output dim [n] is the row-major [n/B, B]).
+struct Nest {
+  std::vector<Expr> exprs;             // the operator's arena, refined div/mod nodes now iterators
+  std::vector<int64_t> sizes, sizes2;  // per node: its size and unfold window
+  std::vector<int64_t> iter_size;
+  std::vector<std::string> names;  // o0, r1, o1h / o1l for the parts of a refined o1
+  int n_out = 0;
+  int count() const { return int(iter_size.size()); }
+};
+
+int64_t concrete(const Size& s, const Valuation& values) {
+  return concrete_shape(std::vector<Size>{s}, values)[0];
+}
+
+Nest refine(const Operator& op, const Valuation& values) {
+  Nest n;
+  n.exprs = op.exprs;
+  n.sizes.assign(n.exprs.size(), 0);
+  n.sizes2.assign(n.exprs.size(), 0);
+  for (size_t i = 0; i < n.exprs.size(); ++i) {
+    const Expr& e = n.exprs[i];
+    if (e.kind == ExprKind::iter) continue;
+    n.sizes[i] = concrete(e.size, values);
+    if (e.kind == ExprKind::unfold) n.sizes2[i] = concrete(e.size2, values);
+  }
+  const int n_o = int(op.output.size());
+  std::vector<int> out_order, red_order;  // iterator ids in their final order
+  for (int i = 0; i < op.iterator_count(); ++i) {
+    n.iter_size.push_back(concrete(op.iterator_size(i), values));
+    n.names.push_back(i < n_o ? fmt::format("o{}", i) : fmt::format("r{}", i - n_o));
+    (i < n_o ? out_order : red_order).push_back(i);
+  }
+  std::vector<bool> coordinate(n.exprs.size(), false);  // nodes that are a dim's coordinate
+  for (const auto& d : op.input) coordinate[size_t(d.expr)] = true;
+  for (const auto& w : op.weights)
+    for (const auto& d : w) coordinate[size_t(d.expr)] = true;
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (size_t v = 0; v < n.exprs.size() && !changed; ++v) {
+      if (n.exprs[v].kind != ExprKind::iter || coordinate[v]) continue;
+      const int it = n.exprs[v].iter;
+      bool ok = true;
+      int64_t B = 0;
+      std::vector<size_t> parents;
+      for (size_t p = 0; p < n.exprs.size() && ok; ++p) {
+        const Expr& e = n.exprs[p];
+        if (p != v && e.kind == ExprKind::iter && e.iter == it) ok = false;  // another node
+        if (e.kind == ExprKind::iter || (e.a != int(v) && e.b != int(v))) continue;
+        ok = (e.kind == ExprKind::div || e.kind == ExprKind::mod) && (B == 0 || n.sizes[p] == B);
+        B = n.sizes[p];
+        parents.push_back(p);
+      }
+      const int64_t extent = n.iter_size[size_t(it)];
+      if (!ok || parents.empty() || B <= 1 || B >= extent || extent % B != 0) continue;
+      const int hi = n.count(), lo = hi + 1;
+      n.iter_size.push_back(extent / B);
+      n.iter_size.push_back(B);
+      n.names.push_back(n.names[size_t(it)] + "h");
+      n.names.push_back(n.names[size_t(it)] + "l");
+      for (auto* order : {&out_order, &red_order}) {
+        const auto pos = std::find(order->begin(), order->end(), it);
+        if (pos == order->end()) continue;
+        order->insert(order->erase(pos), {hi, lo});
+      }
+      for (size_t p : parents) {
+        const bool major = n.exprs[p].kind == ExprKind::div;
+        n.exprs[p] = Expr{};
+        n.exprs[p].iter = major ? hi : lo;
+        n.sizes[p] = 0;
+      }
+      n.exprs[v].iter = hi;  // the old node is read by nobody now; keep its index valid
+      changed = true;
+    }
+  }
+  // Renumber: output iterators, then reduce iterators.
+  std::vector<int> order = out_order, id(n.iter_size.size(), -1);
+  order.insert(order.end(), red_order.begin(), red_order.end());
+  Nest r = n;
+  r.iter_size.clear();
+  r.names.clear();
+  for (size_t k = 0; k < order.size(); ++k) {
+    id[size_t(order[k])] = int(k);
+    r.iter_size.push_back(n.iter_size[size_t(order[k])]);
+    r.names.push_back(n.names[size_t(order[k])]);
+  }
+  for (auto& e : r.exprs)
+    if (e.kind == ExprKind::iter) e.iter = id[size_t(e.iter)];
+  r.n_out = int(out_order.size());
+  DSEEK_CHECK(r.count() <= 32, "[synth] lower: {} iterators (at most 32)", r.count());
+  return r;
+}
+
 struct Builder {
-  const Operator& op;
+  const Nest& nest;
   const Valuation& values;
-  std::vector<int64_t> iter_size, sizes, sizes2;  // per iterator; per expression node
+  const std::vector<int64_t>& iter_size;
   LoweredPlan plan;
-  std::vector<std::string> iter_names;
 
   std::string iters_str(const std::vector<int>& iters) const {
     std::vector<std::string> names;
-    for (int i : iters) names.push_back(iter_names[size_t(i)]);
+    for (int i : iters) names.push_back(nest.names[size_t(i)]);
     return fmt::format("({})", fmt::join(names, ","));
   }
 
@@ -103,7 +198,7 @@ struct Builder {
   // Step 1: the operand of one source (input: source -1), read through its dims' coordinates.
   Live gather(const std::vector<Dim>& dims, int source) {
     Live live;
-    for (const auto& d : dims) collect_iters(op.exprs, d.expr, live.iters);
+    for (const auto& d : dims) collect_iters(nest.exprs, d.expr, live.iters);
     Step s;
     s.kind = StepKind::gather;
     s.source = source;
@@ -111,13 +206,13 @@ struct Builder {
     s.out_shape = extents(live.iters, iter_size);
     const int64_t n = shape_numel(s.out_shape), source_numel = shape_numel(s.source_shape);
     std::vector<int64_t> offset(static_cast<size_t>(n)), node;
-    std::vector<int64_t> it(static_cast<size_t>(op.iterator_count()), 0);
+    std::vector<int64_t> it(static_cast<size_t>(nest.count()), 0);
     for (int64_t e = 0; e < n; ++e) {
       for (int64_t rem = e, i = int64_t(live.iters.size()) - 1; i >= 0; --i) {
         it[size_t(live.iters[size_t(i)])] = rem % s.out_shape[size_t(i)];
         rem /= s.out_shape[size_t(i)];
       }
-      eval_exprs(op.exprs, sizes, sizes2, it, node);
+      eval_exprs(nest.exprs, nest.sizes, nest.sizes2, it, node);
       offset[size_t(e)] = offset_of(dims, s.source_shape, node);
     }
     // The longest trailing run of the operand's dims that is a contiguous row of the source.
@@ -215,7 +310,7 @@ struct Builder {
 
   // Step 4: the output, from the last operand.
   void finish(Live x, Mask used) {
-    const int n_out = int(op.output.size());
+    const int n_out = nest.n_out;
     x = sum(x, (Mask(1) << n_out) - 1);
     Step s;
     s.kind = StepKind::finish;
@@ -227,10 +322,10 @@ struct Builder {
     for (int o = 0; o < n_out; ++o)
       if (!has(mask_of(x.iters), o)) s.broadcast.push_back(o);
     double scale = 1.0;
-    for (int r = n_out; r < op.iterator_count(); ++r)
+    for (int r = n_out; r < nest.count(); ++r)
       if (!has(used, r)) scale *= double(iter_size[size_t(r)]);
     s.scale = float(scale);
-    s.out_shape = plan.output_shape;
+    s.out_shape = Shape(iter_size.begin(), iter_size.begin() + n_out);  // refined output dims
     s.out = plan.output_register = new_register();
     plan.description += fmt::format("r{} = output from r{} (broadcast {}, scale {})\n", s.out,
                                     x.reg, fmt::join(s.broadcast, ","), s.scale);
@@ -293,22 +388,8 @@ Tensor f32_contiguous(const Tensor& t, int64_t numel, const char* what) {
 
 LoweredPlan lower(const Operator& op, const Valuation& values) {
   DSEEK_CHECK(op.complete, "[synth] lower: operator is not complete");
-  DSEEK_CHECK(op.iterator_count() <= 32, "[synth] lower: {} iterators (at most 32)",
-              op.iterator_count());
-  Builder b{op, values, {}, {}, {}, {}, {}};
-  for (int i = 0; i < op.iterator_count(); ++i) {
-    b.iter_size.push_back(concrete_shape(std::vector<Size>{op.iterator_size(i)}, values)[0]);
-    b.iter_names.push_back(i < int(op.output.size()) ? fmt::format("o{}", i)
-                                                     : fmt::format("r{}", i - int(op.output.size())));
-  }
-  b.sizes.assign(op.exprs.size(), 0);
-  b.sizes2.assign(op.exprs.size(), 0);
-  for (size_t i = 0; i < op.exprs.size(); ++i) {
-    const Expr& e = op.exprs[i];
-    if (e.kind == ExprKind::iter) continue;
-    b.sizes[i] = concrete_shape(std::vector<Size>{e.size}, values)[0];
-    if (e.kind == ExprKind::unfold) b.sizes2[i] = concrete_shape(std::vector<Size>{e.size2}, values)[0];
-  }
+  const Nest nest = refine(op, values);
+  Builder b{nest, values, nest.iter_size, {}};
   b.plan.input_shape = concrete_shape(op.input, values);
   b.plan.output_shape = concrete_shape(op.output, values);
   for (const auto& w : op.weights) b.plan.weight_shapes.push_back(concrete_shape(w, values));
@@ -321,7 +402,7 @@ LoweredPlan lower(const Operator& op, const Valuation& values) {
     masks.push_back(mask_of(l.iters));
     used |= masks.back();
   }
-  const Mask output_iters = (Mask(1) << op.output.size()) - 1;
+  const Mask output_iters = (Mask(1) << nest.n_out) - 1;
   const ContractionPath path = contraction_path(masks, output_iters, b.iter_size);
   for (const auto& [i, j] : path.pairs) {
     Mask later = output_iters;
@@ -394,7 +475,7 @@ Tensor lowered_forward(const LoweredPlan& plan, const Tensor& input_any,
       }
     }
   }
-  Tensor y = regs[size_t(plan.output_register)];
+  Tensor y = regs[size_t(plan.output_register)].reshape(plan.output_shape);
   if (cache) cache->registers = std::move(regs);
   return y;
 }
@@ -410,7 +491,7 @@ LoweredGrads lowered_backward(const LoweredPlan& plan, const LoweredCache& cache
   LoweredGrads grads;
   grads.dweights.resize(plan.weight_shapes.size());
   std::vector<Tensor> d(size_t(plan.registers));
-  d[size_t(plan.output_register)] = dy.reshape(plan.output_shape);
+  d[size_t(plan.output_register)] = dy.reshape(plan.steps.back().out_shape);  // refined dims
   for (auto step = plan.steps.rbegin(); step != plan.steps.rend(); ++step) {
     const Step& s = *step;
     const Tensor g = d[size_t(s.out)];
