@@ -83,8 +83,8 @@ dseek::testing::GradReport backward_report(const LoweredPlan& plan, uint64_t see
   std::vector<dseek::testing::GradInput> inputs{{"input", d.input, g.dinput}};
   for (size_t w = 0; w < d.weights.size(); ++w)
     inputs.push_back({"w" + std::to_string(w), d.weights[w], g.dweights[w]});
-  return dseek::testing::check_gradients([&] { return lowered_forward(plan, d.input, d.weights); }, r,
-                                  inputs, 1e-2f, 64);
+  return dseek::testing::check_gradients([&] { return lowered_forward(plan, d.input, d.weights); },
+                                         r, inputs, 1e-2f, 64);
 }
 
 // The hand-built operators, each around one primitive or lowering path.
@@ -94,42 +94,43 @@ std::vector<Case> hand_built() {
   ConvProblem c;
   const Valuation conv{2, 3, 4, 5, 6, 3};  // N, C, C_out, H, W, k
   std::vector<Case> cases{
-      {"dense", dense_linear(p), lin},
-      {"low_rank", low_rank(p), lin},
-      {"grouped", grouped_linear(p), lin},
-      {"conv2d", conv2d(c), conv},
+      {"dense", dense_linear(p), lin},          {"low_rank", low_rank(p), lin},
+      {"grouped", grouped_linear(p), lin},      {"conv2d", conv2d(c), conv},
       {"depthwise", depthwise_conv2d(c), conv},
   };
   // y[t, o] = x[t, 2·o] · w[o]: a strided gather (odd columns never read).
-  cases.push_back({"stride", build({p.sT, p.sdout}, {share_action(1, 0),
-                                                     stride_action(1, Size::constant(2)),
-                                                     finalize_action({0, 1})}),
+  cases.push_back({"stride",
+                   build({p.sT, p.sdout}, {share_action(1, 0), stride_action(1, Size::constant(2)),
+                                           finalize_action({0, 1})}),
                    lin});
   // y[t, o] = Σ_i x[t, i] · w[(o + 1) mod d_out, i]: a shifted weight.
-  cases.push_back({"shift", build({p.sT, p.sdout}, {shift_action(1), share_action(1, 0),
-                                                    expand_action(1), reduce_action(p.sdin),
-                                                    share_action(1, 0), finalize_action({0, 1})}),
-                   lin});
+  cases.push_back(
+      {"shift",
+       build({p.sT, p.sdout}, {shift_action(1), share_action(1, 0), expand_action(1),
+                               reduce_action(p.sdin), share_action(1, 0), finalize_action({0, 1})}),
+       lin});
   // y[t, o] = Σ_i x[t, i]: broadcast over o, a lone sum, no weight.
-  cases.push_back({"broadcast_sum", build({p.sT, p.sdout}, {expand_action(1), reduce_action(p.sdin),
-                                                            finalize_action({0, 1})}),
-                   lin});
+  cases.push_back(
+      {"broadcast_sum",
+       build({p.sT, p.sdout}, {expand_action(1), reduce_action(p.sdin), finalize_action({0, 1})}),
+       lin});
   // y[t, i] = r · x[t, i] · w[i]: a reduction no operand reads only scales.
-  cases.push_back({"unused_reduce", build({p.sT, p.sdin}, {reduce_action(p.sr), expand_action(2),
-                                                           share_action(1, 0),
-                                                           finalize_action({0, 1})}),
+  cases.push_back({"unused_reduce",
+                   build({p.sT, p.sdin}, {reduce_action(p.sr), expand_action(2), share_action(1, 0),
+                                          finalize_action({0, 1})}),
                    lin});
   // y[t, o] = x[t, o mod g, ⌊o/g⌋] · w[o mod g]: an output dim merged into two input dims that
   // Finalize swaps (a transposing gather).
   cases.push_back({"merge_transposed",
-                   build({p.sT, p.sdout}, {merge_action(1, p.sg), share_action(2, 0),
-                                           finalize_action({0, 2, 1})}),
+                   build({p.sT, p.sdout},
+                         {merge_action(1, p.sg), share_action(2, 0), finalize_action({0, 2, 1})}),
                    lin});
   // y[t, o] = Σ_j w0[j] · x[t, o] · w1[o]: a reduction only one weight reads (summed alone).
-  cases.push_back({"weight_only_reduce",
-                   build({p.sT, p.sdout}, {reduce_action(p.sr), share_action(2, 0), expand_action(2),
-                                           share_action(1, 1), finalize_action({0, 1})}),
-                   lin});
+  cases.push_back(
+      {"weight_only_reduce",
+       build({p.sT, p.sdout}, {reduce_action(p.sr), share_action(2, 0), expand_action(2),
+                               share_action(1, 1), finalize_action({0, 1})}),
+       lin});
   return cases;
 }
 
@@ -193,8 +194,8 @@ TEST(SynthLower, RandomOperatorsMatchInterpreter) {
       batched += s.kind == StepKind::contract && s.batch > 1;
       summed += s.kind == StepKind::sum;
     }
-    EXPECT_LT(forward_error(c.op, c.values, uint64_t(checked), plan), 1e-5)
-        << c.name << "\n" << plan.description;
+    EXPECT_LT(forward_error(c.op, c.values, uint64_t(checked), plan), 1e-5) << c.name << "\n"
+                                                                            << plan.description;
     ++checked;
   }
   EXPECT_EQ(checked, 250);
@@ -203,9 +204,10 @@ TEST(SynthLower, RandomOperatorsMatchInterpreter) {
   EXPECT_GT(strided_rows, 0);
   EXPECT_GT(batched, 0);
   EXPECT_GT(summed, 0);
-  std::printf("random operators: %d, padded gathers %d, row gathers %d, batched GEMMs %d, "
-              "sums %d\n",
-              checked, padded, strided_rows, batched, summed);
+  std::printf(
+      "random operators: %d, padded gathers %d, row gathers %d, batched GEMMs %d, "
+      "sums %d\n",
+      checked, padded, strided_rows, batched, summed);
 }
 
 TEST(SynthLower, BackwardMatchesFiniteDifferences) {

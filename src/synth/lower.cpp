@@ -234,8 +234,8 @@ struct Builder {
     if (s.identity) s.ids.clear();
     s.out = live.reg = new_register();
     plan.description +=
-        fmt::format("r{} = gather {} -> {} {}\n", s.out, source < 0 ? "in" : fmt::format("w{}", source),
-                    iters_str(live.iters),
+        fmt::format("r{} = gather {} -> {} {}\n", s.out,
+                    source < 0 ? "in" : fmt::format("w{}", source), iters_str(live.iters),
                     s.identity ? std::string("(the tensor itself)")
                                : fmt::format("({} rows of {}{})", s.ids.size(), s.D,
                                              s.padded ? ", zero padding" : ""));
@@ -260,8 +260,8 @@ struct Builder {
     s.k = extent(summed, iter_size);
     s.out_shape = extents(kept, iter_size);
     s.out = new_register();
-    plan.description += fmt::format("r{} = sum r{} over {} -> {}\n", s.out, x.reg, iters_str(summed),
-                                    iters_str(kept));
+    plan.description += fmt::format("r{} = sum r{} over {} -> {}\n", s.out, x.reg,
+                                    iters_str(summed), iters_str(kept));
     plan.steps.push_back(s);
     return {s.out, kept};
   }
@@ -273,9 +273,12 @@ struct Builder {
     b = sum(b, later | ma);
     std::vector<int> batch, rows_a, red, rows_b;
     for (int it : a.iters) {
-      if (!has(mb, it)) rows_a.push_back(it);
-      else if (has(later, it)) batch.push_back(it);
-      else red.push_back(it);
+      if (!has(mb, it))
+        rows_a.push_back(it);
+      else if (has(later, it))
+        batch.push_back(it);
+      else
+        red.push_back(it);
     }
     for (int it : b.iters)
       if (!has(ma, it)) rows_b.push_back(it);
@@ -449,9 +452,10 @@ Tensor lowered_forward(const LoweredPlan& plan, const Tensor& input_any,
       case StepKind::contract: {
         const Tensor a = permute(regs[size_t(s.in0)], s.perm_a).reshape({s.batch * s.m, s.k});
         const Tensor b = permute(regs[size_t(s.in1)], s.perm_b);
-        out = (s.batch == 1 ? ops::linear(a, b.reshape({s.n, s.k}))
-                            : ops::grouped_linear(a, ops::expert_matrices(b.reshape({s.batch, s.n, s.k})),
-                                                  batch_offsets(s.batch, s.m, device)))
+        out = (s.batch == 1
+                   ? ops::linear(a, b.reshape({s.n, s.k}))
+                   : ops::grouped_linear(a, ops::expert_matrices(b.reshape({s.batch, s.n, s.k})),
+                                         batch_offsets(s.batch, s.m, device)))
                   .reshape(s.out_shape);
         break;
       }
@@ -540,10 +544,8 @@ LoweredGrads lowered_backward(const LoweredPlan& plan, const LoweredCache& cache
           db = Tensor::empty({s.batch, s.n, s.k}, DType::F32, device);
           ops::grouped_linear_backward_dw(a, dc, offsets, ops::expert_matrices(db), false);
         }
-        d[size_t(s.in0)] =
-            permute(da.reshape(permuted(ra.shape(), s.perm_a)), inverse(s.perm_a));
-        d[size_t(s.in1)] =
-            permute(db.reshape(permuted(rb.shape(), s.perm_b)), inverse(s.perm_b));
+        d[size_t(s.in0)] = permute(da.reshape(permuted(ra.shape(), s.perm_a)), inverse(s.perm_a));
+        d[size_t(s.in1)] = permute(db.reshape(permuted(rb.shape(), s.perm_b)), inverse(s.perm_b));
         break;
       }
       case StepKind::gather: {
@@ -552,8 +554,8 @@ LoweredGrads lowered_backward(const LoweredPlan& plan, const LoweredCache& cache
           src_grad = g.reshape(s.source_shape);
         } else {
           const int64_t table_rows = s.rows + (s.padded ? 1 : 0);
-          Tensor table = ops::embedding_backward(s.ids, g.reshape({int64_t(s.ids.size()), s.D}),
-                                                 table_rows);
+          Tensor table =
+              ops::embedding_backward(s.ids, g.reshape({int64_t(s.ids.size()), s.D}), table_rows);
           if (s.padded) table = table.slice(0, 0, s.rows).contiguous();
           src_grad = table.reshape(s.source_shape);
         }

@@ -81,11 +81,10 @@ Tensor lowered_forward(const LoweredPlan& plan, const Tensor& input,
                        const std::vector<Tensor>& weights, LoweredCache* cache = nullptr);
 
 struct LoweredGrads {
-  Tensor dinput;                  // [input_shape] f32
+  Tensor dinput;                 // [input_shape] f32
   std::vector<Tensor> dweights;  // [weight_shapes[w]] f32
 };
 // dy: f32 of the output's element count, on the forward's device.
-LoweredGrads lowered_backward(const LoweredPlan& plan, const LoweredCache& cache,
-                              const Tensor& dy);
+LoweredGrads lowered_backward(const LoweredPlan& plan, const LoweredCache& cache, const Tensor& dy);
 
 }  // namespace dseek::synth
