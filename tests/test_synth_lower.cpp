@@ -135,30 +135,12 @@ std::vector<Case> hand_built() {
 }
 
 // Random complete operators from walks through the legal actions (every view primitive).
-std::vector<Case> random_operators(int count, uint64_t seed) {
+std::vector<Case> random_cases(int count, uint64_t seed) {
   LinearProblem p;
-  Spec spec;
-  spec.vars = p.vars;
-  spec.valuations = {{3, 6, 6, 2, 3}};
-  spec.input = {p.sT, p.sdin};
-  spec.output = {p.sT, p.sdout};
-  spec.reduce_sizes = {p.sdin, p.sr, p.sg};
-  spec.merge_blocks = {p.sr, p.sg, p.sdin};
-  spec.strides = {Size::constant(2)};
-  spec.max_primitives = 8;
-  spec.max_frontier = 4;
-  Rng rng(seed);
+  const Spec spec = random_linear_spec(p, {3, 6, 6, 2, 3});
   std::vector<Case> out;
-  for (int attempt = 0; int(out.size()) < count && attempt < 20000; ++attempt) {
-    Operator op = make_operator(spec.output);
-    while (!op.complete) {
-      const auto actions = legal_actions(op, spec);
-      if (actions.empty()) break;
-      const bool fin = actions[0].kind == Primitive::finalize && rng.uniform() < 0.5;
-      apply(op, actions[fin ? 0 : size_t(rng.next_u64() % actions.size())]);
-    }
-    if (op.complete) out.push_back({history_str(op, spec.vars), op, spec.valuations[0]});
-  }
+  for (const Operator& op : test::random_operators(spec, count, seed))
+    out.push_back({history_str(op, spec.vars), op, spec.valuations[0]});
   return out;
 }
 
@@ -186,7 +168,7 @@ TEST(SynthLower, HandBuiltOperatorsMatchInterpreter) {
 
 TEST(SynthLower, RandomOperatorsMatchInterpreter) {
   int padded = 0, strided_rows = 0, batched = 0, summed = 0, checked = 0;
-  for (const Case& c : random_operators(250, 5)) {
+  for (const Case& c : random_cases(250, 5)) {
     const LoweredPlan plan = lower(c.op, c.values);
     for (const Step& s : plan.steps) {
       padded += s.kind == StepKind::gather && s.padded;
@@ -219,7 +201,7 @@ TEST(SynthLower, BackwardMatchesFiniteDifferences) {
     EXPECT_LT(rep.worst, 2e-3) << c.name << ": " << rep.where;
     EXPECT_GT(rep.checked, 0);
   }
-  for (const Case& c : random_operators(40, 9)) {
+  for (const Case& c : random_cases(40, 9)) {
     const LoweredPlan plan = lower(c.op, c.values);
     const dseek::testing::GradReport rep = backward_report(plan, seed++);
     EXPECT_LT(rep.worst, 2e-3) << c.name << ": " << rep.where << "\n" << plan.description;

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "synth/enumerate.h"
 #include "synth/operator.h"
 
 namespace dseek::synth::test {
@@ -82,6 +83,40 @@ inline std::vector<double> random_values(int64_t n, Rng& rng) {
   std::vector<double> v(static_cast<size_t>(n));
   for (auto& x : v) x = rng.normal();
   return v;
+}
+
+// `count` complete operators from random walks through the legal actions of `spec` (Finalize as
+// soon as it is legal half of the time, so short operators appear too); fewer if the walks fail.
+inline std::vector<Operator> random_operators(const Spec& spec, int count, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<Operator> out;
+  for (int attempt = 0; int(out.size()) < count && attempt < 20000; ++attempt) {
+    Operator op = make_operator(spec.output);
+    while (!op.complete) {
+      const auto actions = legal_actions(op, spec);
+      if (actions.empty()) break;
+      const bool fin = actions[0].kind == Primitive::finalize && rng.uniform() < 0.5;
+      apply(op, actions[fin ? 0 : size_t(rng.next_u64() % actions.size())]);
+    }
+    if (op.complete) out.push_back(op);
+  }
+  return out;
+}
+
+// A [T, d_in] -> [T, d_out] spec with every view primitive (Merge, Split, Shift, Stride, Unfold
+// over the coefficient windows r and g) at one small valuation.
+inline Spec random_linear_spec(const LinearProblem& p, const Valuation& values) {
+  Spec spec;
+  spec.vars = p.vars;
+  spec.valuations = {values};
+  spec.input = {p.sT, p.sdin};
+  spec.output = {p.sT, p.sdout};
+  spec.reduce_sizes = {p.sdin, p.sr, p.sg};
+  spec.merge_blocks = {p.sr, p.sg, p.sdin};
+  spec.strides = {Size::constant(2)};
+  spec.max_primitives = 8;
+  spec.max_frontier = 4;
+  return spec;
 }
 
 }  // namespace dseek::synth::test
