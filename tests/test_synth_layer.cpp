@@ -1,7 +1,7 @@
 // SynthLayer (synth/synth_layer.h): a synthesised operator as a [T, d_in] -> [T, d_out] layer —
 // forward equals the interpreter for several token counts, backward matches finite differences
 // and accumulates, the fan-in init keeps the output's scale, and operators that mix tokens or
-// have weights over T are refused.
+// have weights over T are refused; a layer loads from an operator file.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "gradcheck.h"
 #include "synth/interpreter.h"
+#include "synth/serialize.h"
 #include "synth/synth_layer.h"
 #include "test_synth_util.h"
 
@@ -131,4 +132,22 @@ TEST(SynthLayer, RefusesOperatorsThatMixTokens) {
   SynthLayer dense(dense_linear(p), p.vars, base, p.T, 1);
   SynthLayerCache cache;
   EXPECT_THROW(dense.forward(Tensor::zeros({3, 11}), cache), Error);
+}
+
+TEST(SynthLayer, LoadsFromAnOperatorFile) {
+  // The file's operator builds the same layer: same weights from the same seed, same outputs.
+  LinearProblem p;
+  Spec spec;
+  spec.vars = p.vars;
+  spec.valuations = {{4, 12, 8, 2, 4}};
+  spec.input = {p.sT, p.sdin};
+  spec.output = {p.sT, p.sdout};
+  const OperatorRecord rec = operator_from_json(operator_to_json(spec, grouped_linear(p)));
+  SynthLayer original(grouped_linear(p), p.vars, spec.valuations[0], p.T, 9);
+  SynthLayer loaded(rec.op, rec.spec.vars, rec.spec.valuations[0], p.T, 9);
+  std::mt19937 rng(10);
+  const Tensor x = dseek::testing::nonzero_tensor({5, 12}, rng);
+  SynthLayerCache a, b;
+  EXPECT_EQ(original.forward(x, a).to_vector(), loaded.forward(x, b).to_vector());
+  EXPECT_EQ(loaded.param_count(), 4 * 2 * 3);  // g · (d_out/g) · (d_in/g)
 }

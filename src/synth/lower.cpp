@@ -195,15 +195,18 @@ struct Builder {
 
   int new_register() { return plan.registers++; }
 
-  // Step 1: the operand of one source (input: source -1), read through its dims' coordinates.
-  Live gather(const std::vector<Dim>& dims, int source) {
-    Live live;
-    for (const auto& d : dims) collect_iters(nest.exprs, d.expr, live.iters);
-    Step s;
-    s.kind = StepKind::gather;
-    s.source = source;
-    s.source_shape = concrete_shape(dims, values);
-    s.out_shape = extents(live.iters, iter_size);
+  // True if node `id` is built from bare iterators by Split only: then it is the row-major
+  // index over its iterators (a Split's minor extent is its operand's range), and `leaves` counts
+  // them. A source whose dims all are, each iterator once, is its operand as it stands.
+  bool composition(int id, int& leaves) const {
+    const Expr& e = nest.exprs[size_t(id)];
+    if (e.kind == ExprKind::iter) return ++leaves, true;
+    return e.kind == ExprKind::split && composition(e.a, leaves) && composition(e.b, leaves);
+  }
+
+  // The gather index of step s: each operand element's offset in the source (−1: padding), then
+  // rows of the longest aligned contiguous run.
+  void index(Step& s, const std::vector<Dim>& dims, const Live& live) const {
     const int64_t n = shape_numel(s.out_shape), source_numel = shape_numel(s.source_shape);
     std::vector<int64_t> offset(static_cast<size_t>(n)), node;
     std::vector<int64_t> it(static_cast<size_t>(nest.count()), 0);
@@ -224,14 +227,30 @@ struct Builder {
     s.rows = source_numel / s.D;
     DSEEK_CHECK(s.rows < std::numeric_limits<int32_t>::max(),
                 "[synth] lower: {} source rows do not fit 32-bit gather ids", s.rows);
-    s.identity = n == source_numel;
     for (size_t r = 0; r < offset.size(); r += size_t(s.D)) {
       const int64_t base = offset[r];
       s.padded = s.padded || base < 0;
       s.ids.push_back(int32_t(base < 0 ? s.rows : base / s.D));
-      s.identity = s.identity && base == int64_t(r);
     }
+    // A view pair the refinement did not see through can still read the source in order.
+    s.identity = !s.padded && n == source_numel && s.ids == std::vector<int32_t>{0};
     if (s.identity) s.ids.clear();
+  }
+
+  // Step 1: the operand of one source (input: source -1), read through its dims' coordinates.
+  Live gather(const std::vector<Dim>& dims, int source) {
+    Live live;
+    for (const auto& d : dims) collect_iters(nest.exprs, d.expr, live.iters);
+    Step s;
+    s.kind = StepKind::gather;
+    s.source = source;
+    s.source_shape = concrete_shape(dims, values);
+    s.out_shape = extents(live.iters, iter_size);
+    int leaves = 0;
+    bool row_major = true;
+    for (const auto& d : dims) row_major = row_major && composition(d.expr, leaves);
+    s.identity = row_major && leaves == int(live.iters.size());
+    if (!s.identity) index(s, dims, live);
     s.out = live.reg = new_register();
     plan.description +=
         fmt::format("r{} = gather {} -> {} {}\n", s.out,

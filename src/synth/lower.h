@@ -9,7 +9,8 @@
 //   1. gather   one per operand: a precomputed row index into the tensor viewed as [rows, D]
 //               (D = the longest run of elements that stay contiguous, 1 in general), run as
 //               ops::embedding on a copy with one extra zero row when some coordinate is padding;
-//               no op at all when the operand is the tensor itself (bare iterators, in order).
+//               no op at all when the operand is the tensor itself (coordinates built from bare
+//               iterators by Split, each iterator once: decided symbolically, no index built).
 //   2. contract the operands pairwise in the cheapest order (cost.h contraction_path): iterators
 //               of both operands that are still needed are a batch, shared ones are summed (K),
 //               the rest are rows (M, N): C[b, m, n] = Σ_k A[b, m, k] · B[b, n, k], one
