@@ -1,7 +1,8 @@
 // Lowering (synth/lower.h): every lowered plan computes what the reference interpreter computes,
 // for the classic layers, for operators built around each primitive and for random operators from
-// the legal-action walks; its backward matches central finite differences; and the lowered forward
-// is timed against the interpreter on a medium shape (printed, not asserted).
+// the legal-action walks; its backward matches central finite differences; its GEMMs are the cost
+// model's FLOPs for the classic layers; and the lowered forward is timed against the interpreter
+// on medium shapes (printed, not asserted).
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -10,6 +11,7 @@
 #include <random>
 
 #include "gradcheck.h"
+#include "synth/cost.h"
 #include "synth/enumerate.h"
 #include "synth/interpreter.h"
 #include "synth/lower.h"
@@ -246,5 +248,25 @@ TEST(SynthLower, ForwardTimeVsInterpreter) {
     EXPECT_EQ(y.numel(), int64_t(want.size()));
     std::printf("%-26s interpreter %9.3f ms   lowered %8.3f ms   (%.0fx)\n", cs.name.c_str(),
                 interp_s * 1e3, lowered_s * 1e3, interp_s / lowered_s);
+  }
+}
+
+TEST(SynthLower, ClassicLayersRunTheCostModelsFlops) {
+  // The GEMMs the plan runs are the contractions flops() counts (2·b·m·n·k each), so the
+  // analytic cost is what the lowering executes (dense 2·T·d_in·d_out, grouped ÷ g, ...).
+  LinearProblem p;
+  ConvProblem c;
+  const std::vector<Case> cases{
+      {"dense", dense_linear(p), {8, 24, 12, 4, 3}},
+      {"low_rank", low_rank(p), {8, 24, 12, 4, 3}},
+      {"grouped", grouped_linear(p), {8, 24, 12, 4, 3}},
+      {"conv2d", conv2d(c), {2, 3, 4, 5, 6, 3}},
+      {"depthwise", depthwise_conv2d(c), {2, 3, 4, 5, 6, 3}},
+  };
+  for (const Case& cs : cases) {
+    int64_t executed = 0;
+    for (const Step& s : lower(cs.op, cs.values).steps)
+      if (s.kind == StepKind::contract) executed += 2 * s.batch * s.m * s.n * s.k;
+    EXPECT_EQ(executed, flops(cs.op, cs.values)) << cs.name;
   }
 }
