@@ -166,6 +166,16 @@ TEST(SynthLower, HandBuiltOperatorsMatchInterpreter) {
   const LoweredPlan grouped = lower(grouped_linear(p), {3, 6, 9, 2, 3});
   EXPECT_EQ(grouped.steps[2].kind, StepKind::contract);
   EXPECT_EQ(grouped.steps[2].batch, 3);  // one GEMM per group
+  // Merges of merges refine all the way: y[t, o] = x[t, o] · w[⌊⌊o/2⌋/3⌋]... read as
+  // w0[hi] over o = (hi·3 + mid)·2 + lo, the input untouched.
+  const Operator nested =
+      build({p.sT, p.sdout},
+            {merge_action(1, Size::constant(2)), merge_action(1, p.sg), share_action(1, 0),
+             split_action(1, 2), split_action(1, 2), finalize_action({0, 1})});
+  const LoweredPlan nested_plan = lower(nested, {3, 6, 12, 2, 3});
+  EXPECT_LT(forward_error(nested, {3, 6, 12, 2, 3}, 7, nested_plan), 1e-5);
+  EXPECT_TRUE(nested_plan.steps[0].identity && nested_plan.steps[1].identity)
+      << nested_plan.description;
   // At a model's sizes the classic layers still need no gather (found symbolically, not by
   // computing an index per element).
   for (const Operator& op : {dense_linear(p), low_rank(p), grouped_linear(p)}) {

@@ -116,20 +116,21 @@ Nest refine(const Operator& op, const Valuation& values) {
     (i < n_o ? out_order : red_order).push_back(i);
   }
   std::vector<bool> coordinate(n.exprs.size(), false);  // nodes that are a dim's coordinate
+  std::vector<bool> dead(n.exprs.size(), false);        // iterator nodes refined away
   for (const auto& d : op.input) coordinate[size_t(d.expr)] = true;
   for (const auto& w : op.weights)
     for (const auto& d : w) coordinate[size_t(d.expr)] = true;
   for (bool changed = true; changed;) {
     changed = false;
     for (size_t v = 0; v < n.exprs.size() && !changed; ++v) {
-      if (n.exprs[v].kind != ExprKind::iter || coordinate[v]) continue;
+      if (n.exprs[v].kind != ExprKind::iter || coordinate[v] || dead[v]) continue;
       const int it = n.exprs[v].iter;
       bool ok = true;
       int64_t B = 0;
       std::vector<size_t> parents;
       for (size_t p = 0; p < n.exprs.size() && ok; ++p) {
         const Expr& e = n.exprs[p];
-        if (p != v && e.kind == ExprKind::iter && e.iter == it) ok = false;  // another node
+        if (p != v && !dead[p] && e.kind == ExprKind::iter && e.iter == it) ok = false;
         if (e.kind == ExprKind::iter || (e.a != int(v) && e.b != int(v))) continue;
         ok = (e.kind == ExprKind::div || e.kind == ExprKind::mod) && (B == 0 || n.sizes[p] == B);
         B = n.sizes[p];
@@ -153,7 +154,8 @@ Nest refine(const Operator& op, const Valuation& values) {
         n.exprs[p].iter = major ? hi : lo;
         n.sizes[p] = 0;
       }
-      n.exprs[v].iter = hi;  // the old node is read by nobody now; keep its index valid
+      n.exprs[v].iter = hi;  // read by nobody now; keep its index valid
+      dead[v] = true;
       changed = true;
     }
   }
