@@ -1,0 +1,213 @@
+// Running a lowered plan forward and backward with dseek ops (see lower.h).
+#include <algorithm>
+#include <numeric>
+
+#include "core/error.h"
+#include "ops/embedding.h"
+#include "ops/linear.h"
+#include "ops/moe.h"
+#include "synth/lower.h"
+
+namespace dseek::synth {
+
+namespace {
+
+// out dim i = t's dim perm[i], contiguous (t itself when perm is the identity).
+Tensor permute(const Tensor& t, const std::vector<int>& perm) {
+  std::vector<int> cur(perm.size());
+  std::iota(cur.begin(), cur.end(), 0);
+  if (cur == perm) return t;
+  Tensor v = t;
+  for (size_t i = 0; i < perm.size(); ++i) {
+    const size_t j = size_t(std::find(cur.begin(), cur.end(), perm[i]) - cur.begin());
+    if (j == i) continue;
+    v = v.transpose(int(i), int(j));
+    std::swap(cur[i], cur[j]);
+  }
+  return v.contiguous();
+}
+
+std::vector<int> inverse(const std::vector<int>& perm) {
+  std::vector<int> inv(perm.size());
+  for (size_t i = 0; i < perm.size(); ++i) inv[size_t(perm[i])] = int(i);
+  return inv;
+}
+
+Shape permuted(const Shape& shape, const std::vector<int>& perm) {
+  if (perm.empty()) return shape;  // a [1] operand without iterators
+  Shape s;
+  for (int p : perm) s.push_back(shape[size_t(p)]);
+  return s;
+}
+
+// A constant f32 tensor on `device` (ones for sums, the scale of unused reductions).
+Tensor filled(const Shape& shape, float value, Device device) {
+  return Tensor::from_vector(std::vector<float>(size_t(shape_numel(shape)), value), shape)
+      .to(device);
+}
+
+// grouped_linear's offsets for `batch` groups of m rows.
+Tensor batch_offsets(int64_t batch, int64_t m, Device device) {
+  Tensor t = Tensor::empty({batch + 1}, DType::I64);
+  for (int64_t b = 0; b <= batch; ++b) t.data<int64_t>()[b] = b * m;
+  return t.to(device);
+}
+
+Tensor f32_contiguous(const Tensor& t, int64_t numel, const char* what) {
+  DSEEK_CHECK(t.defined() && t.dtype() == DType::F32 && t.numel() == numel,
+              "[synth] lowered {}: want f32 with {} elements, got {} {}", what, numel,
+              t.defined() ? dtype_name(t.dtype()) : "undefined",
+              t.defined() ? shape_str(t.shape()) : "");
+  return t.is_contiguous() ? t : t.contiguous();
+}
+
+}  // namespace
+
+Tensor lowered_forward(const LoweredPlan& plan, const Tensor& input_any,
+                       const std::vector<Tensor>& weights_any, LoweredCache* cache) {
+  DSEEK_CHECK(weights_any.size() == plan.weight_shapes.size(),
+              "[synth] lowered forward: {} weights, want {}", weights_any.size(),
+              plan.weight_shapes.size());
+  const Tensor input = f32_contiguous(input_any, shape_numel(plan.input_shape), "input");
+  std::vector<Tensor> weights;
+  for (size_t w = 0; w < weights_any.size(); ++w)
+    weights.push_back(f32_contiguous(weights_any[w], shape_numel(plan.weight_shapes[w]), "weight"));
+  const Device device = input.device();
+  std::vector<Tensor> regs(size_t(plan.registers));
+  for (const Step& s : plan.steps) {
+    Tensor& out = regs[size_t(s.out)];
+    switch (s.kind) {
+      case StepKind::gather: {
+        const Tensor& src = s.source < 0 ? input : weights[size_t(s.source)];
+        if (s.identity) {
+          out = src.reshape(s.out_shape);
+          break;
+        }
+        Tensor table = src.reshape({s.rows, s.D});
+        if (s.padded) {
+          Tensor t = Tensor::zeros({s.rows + 1, s.D}, DType::F32, device);
+          t.slice(0, 0, s.rows).copy_from(table);
+          table = t;
+        }
+        out = ops::embedding(table, s.ids).reshape(s.out_shape);
+        break;
+      }
+      case StepKind::contract: {
+        const Tensor a = permute(regs[size_t(s.in0)], s.perm_a).reshape({s.batch * s.m, s.k});
+        const Tensor b = permute(regs[size_t(s.in1)], s.perm_b);
+        out = (s.batch == 1
+                   ? ops::linear(a, b.reshape({s.n, s.k}))
+                   : ops::grouped_linear(a, ops::expert_matrices(b.reshape({s.batch, s.n, s.k})),
+                                         batch_offsets(s.batch, s.m, device)))
+                  .reshape(s.out_shape);
+        break;
+      }
+      case StepKind::sum: {
+        const Tensor x = permute(regs[size_t(s.in0)], s.perm_a).reshape({s.m, s.k});
+        out = ops::linear(x, filled({1, s.k}, 1.0f, device)).reshape(s.out_shape);
+        break;
+      }
+      case StepKind::finish: {
+        Tensor x = permute(regs[size_t(s.in0)], s.perm_a);
+        Shape with_ones = s.out_shape;
+        for (int d : s.broadcast) with_ones[size_t(d)] = 1;
+        x = x.reshape(with_ones);
+        for (int d : s.broadcast) x = x.expand(d, s.out_shape[size_t(d)]);
+        x = x.contiguous();
+        if (s.scale != 1.0f)
+          x = ops::linear(x.reshape({x.numel(), 1}), filled({1, 1}, s.scale, device))
+                  .reshape(s.out_shape);
+        out = x;
+        break;
+      }
+    }
+  }
+  Tensor y = regs[size_t(plan.output_register)].reshape(plan.output_shape);
+  if (cache) cache->registers = std::move(regs);
+  return y;
+}
+
+LoweredGrads lowered_backward(const LoweredPlan& plan, const LoweredCache& cache,
+                              const Tensor& dy_any) {
+  DSEEK_CHECK(int(cache.registers.size()) == plan.registers,
+              "[synth] lowered backward: the cache holds {} registers, the plan {}",
+              cache.registers.size(), plan.registers);
+  const auto& regs = cache.registers;
+  const Tensor dy = f32_contiguous(dy_any, shape_numel(plan.output_shape), "dy");
+  const Device device = dy.device();
+  LoweredGrads grads;
+  grads.dweights.resize(plan.weight_shapes.size());
+  std::vector<Tensor> d(size_t(plan.registers));
+  d[size_t(plan.output_register)] = dy.reshape(plan.steps.back().out_shape);  // refined dims
+  for (auto step = plan.steps.rbegin(); step != plan.steps.rend(); ++step) {
+    const Step& s = *step;
+    const Tensor g = d[size_t(s.out)];
+    DSEEK_CHECK(g.defined(), "[synth] lowered backward: register r{} has no gradient", s.out);
+    switch (s.kind) {
+      case StepKind::finish: {
+        Tensor x = g;
+        if (s.scale != 1.0f)
+          x = ops::linear(x.reshape({x.numel(), 1}), filled({1, 1}, s.scale, device));
+        const Shape inner = permuted(regs[size_t(s.in0)].shape(), s.perm_a);
+        if (!s.broadcast.empty()) {  // sum over the broadcast dims
+          std::vector<int> perm;
+          for (int o = 0; o < int(s.out_shape.size()); ++o)
+            if (std::find(s.broadcast.begin(), s.broadcast.end(), o) == s.broadcast.end())
+              perm.push_back(o);
+          perm.insert(perm.end(), s.broadcast.begin(), s.broadcast.end());
+          const int64_t kept = shape_numel(inner);
+          const int64_t n = shape_numel(s.out_shape) / kept;
+          x = ops::linear(permute(x.reshape(s.out_shape), perm).reshape({kept, n}),
+                          filled({1, n}, 1.0f, device));
+        }
+        d[size_t(s.in0)] = permute(x.reshape(inner), inverse(s.perm_a));
+        break;
+      }
+      case StepKind::sum: {
+        const Shape inner = permuted(regs[size_t(s.in0)].shape(), s.perm_a);
+        const Tensor x = g.reshape({s.m, 1}).expand(1, s.k).contiguous();
+        d[size_t(s.in0)] = permute(x.reshape(inner), inverse(s.perm_a));
+        break;
+      }
+      case StepKind::contract: {
+        const Tensor& ra = regs[size_t(s.in0)];
+        const Tensor& rb = regs[size_t(s.in1)];
+        const Tensor a = permute(ra, s.perm_a).reshape({s.batch * s.m, s.k});
+        const Tensor b = permute(rb, s.perm_b);
+        const Tensor dc = g.reshape({s.batch * s.m, s.n});
+        Tensor da, db;
+        if (s.batch == 1) {
+          ops::LinearGrads lg = ops::linear_backward(a, b.reshape({s.n, s.k}), dc);
+          da = lg.dx;
+          db = lg.dweight;
+        } else {
+          const Tensor offsets = batch_offsets(s.batch, s.m, device);
+          da = ops::grouped_linear_backward_dx(
+              dc, ops::expert_matrices(b.reshape({s.batch, s.n, s.k})), offsets);
+          db = Tensor::empty({s.batch, s.n, s.k}, DType::F32, device);
+          ops::grouped_linear_backward_dw(a, dc, offsets, ops::expert_matrices(db), false);
+        }
+        d[size_t(s.in0)] = permute(da.reshape(permuted(ra.shape(), s.perm_a)), inverse(s.perm_a));
+        d[size_t(s.in1)] = permute(db.reshape(permuted(rb.shape(), s.perm_b)), inverse(s.perm_b));
+        break;
+      }
+      case StepKind::gather: {
+        Tensor src_grad;
+        if (s.identity) {
+          src_grad = g.reshape(s.source_shape);
+        } else {
+          const int64_t table_rows = s.rows + (s.padded ? 1 : 0);
+          Tensor table =
+              ops::embedding_backward(s.ids, g.reshape({int64_t(s.ids.size()), s.D}), table_rows);
+          if (s.padded) table = table.slice(0, 0, s.rows).contiguous();
+          src_grad = table.reshape(s.source_shape);
+        }
+        (s.source < 0 ? grads.dinput : grads.dweights[size_t(s.source)]) = src_grad;
+        break;
+      }
+    }
+  }
+  return grads;
+}
+
+}  // namespace dseek::synth

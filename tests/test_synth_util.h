@@ -1,0 +1,122 @@
+// Hand-built operators for the synth tests: the classic layers written in the IR's primitives,
+// bottom-up from the output (see docs/SYNTH.md for the walk-through of each).
+#pragma once
+
+#include <vector>
+
+#include "core/rng.h"
+#include "synth/enumerate.h"
+#include "synth/operator.h"
+
+namespace dseek::synth::test {
+
+// [T, d_in] -> [T, d_out] layers; r is a rank, g a group count (coefficients).
+struct LinearProblem {
+  Vars vars;
+  int T = vars.add("T", VarKind::primary);
+  int din = vars.add("d_in", VarKind::primary);
+  int dout = vars.add("d_out", VarKind::primary);
+  int r = vars.add("r", VarKind::coefficient);
+  int g = vars.add("g", VarKind::coefficient);
+  Size sT = Size::var(T), sdin = Size::var(din), sdout = Size::var(dout), sr = Size::var(r),
+       sg = Size::var(g);
+};
+
+// [N, C, H, W] -> [N, C_out, H, W] layers; k is the (odd) kernel size.
+struct ConvProblem {
+  Vars vars;
+  int N = vars.add("N", VarKind::primary);
+  int C = vars.add("C", VarKind::primary);
+  int Cout = vars.add("C_out", VarKind::primary);
+  int H = vars.add("H", VarKind::primary);
+  int W = vars.add("W", VarKind::primary);
+  int k = vars.add("k", VarKind::coefficient);
+  Size sN = Size::var(N), sC = Size::var(C), sCout = Size::var(Cout), sH = Size::var(H),
+       sW = Size::var(W), sk = Size::var(k);
+};
+
+inline Operator build(const std::vector<Size>& output, const std::vector<Action>& actions) {
+  Operator op = make_operator(output);
+  for (const auto& a : actions) apply(op, a);
+  return op;
+}
+
+// y[t,o] = Σ_i x[t,i] W[o,i]
+inline Operator dense_linear(const LinearProblem& p) {
+  return build({p.sT, p.sdout}, {share_action(1, 0), expand_action(1), reduce_action(p.sdin),
+                                 share_action(1, 0), finalize_action({0, 1})});
+}
+
+// y[t,o] = Σ_j Σ_i x[t,i] B[j,i] A[o,j]   (A = w0 [d_out, r], B = w1 [r, d_in])
+inline Operator low_rank(const LinearProblem& p) {
+  return build({p.sT, p.sdout},
+               {share_action(1, 0), expand_action(1), reduce_action(p.sr), share_action(1, 0),
+                share_action(1, 1), expand_action(1), reduce_action(p.sdin), share_action(1, 1),
+                finalize_action({0, 1})});
+}
+
+// y[t, G·(d_out/g) + o] = Σ_i x[t, G·(d_in/g) + i] W[G, o, i]   (W = w0 [g, d_out/g, d_in/g])
+inline Operator grouped_linear(const LinearProblem& p) {
+  return build({p.sT, p.sdout}, {merge_action(1, p.sdout / p.sg), share_action(1, 0),
+                                 share_action(2, 0), expand_action(2), reduce_action(p.sdin / p.sg),
+                                 share_action(2, 0), split_action(1, 2), finalize_action({0, 1})});
+}
+
+// y[n,o,h,w] = Σ_c Σ_a Σ_b x[n, c, h+a-k/2, w+b-k/2] W[o,c,a,b]   (zero padding)
+inline Operator conv2d(const ConvProblem& p) {
+  return build({p.sN, p.sCout, p.sH, p.sW},
+               {share_action(1, 0), expand_action(1), reduce_action(p.sC), share_action(3, 0),
+                reduce_action(p.sk), share_action(4, 0), unfold_action(1, 4), reduce_action(p.sk),
+                share_action(4, 0), unfold_action(2, 4), finalize_action({0, 3, 1, 2})});
+}
+
+// y[n,c,h,w] = Σ_a Σ_b x[n, c, h+a-k/2, w+b-k/2] W[c,a,b]   (output channels == C)
+inline Operator depthwise_conv2d(const ConvProblem& p) {
+  return build({p.sN, p.sC, p.sH, p.sW},
+               {share_action(1, 0), reduce_action(p.sk), share_action(4, 0), unfold_action(2, 4),
+                reduce_action(p.sk), share_action(4, 0), unfold_action(3, 4),
+                finalize_action({0, 1, 2, 3})});
+}
+
+// Non-zero random values (normal, so no two are equal and none is 0).
+inline std::vector<double> random_values(int64_t n, Rng& rng) {
+  std::vector<double> v(static_cast<size_t>(n));
+  for (auto& x : v) x = rng.normal();
+  return v;
+}
+
+// `count` complete operators from random walks through the legal actions of `spec` (Finalize as
+// soon as it is legal half of the time, so short operators appear too); fewer if the walks fail.
+inline std::vector<Operator> random_operators(const Spec& spec, int count, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<Operator> out;
+  for (int attempt = 0; int(out.size()) < count && attempt < 20000; ++attempt) {
+    Operator op = make_operator(spec.output);
+    while (!op.complete) {
+      const auto actions = legal_actions(op, spec);
+      if (actions.empty()) break;
+      const bool fin = actions[0].kind == Primitive::finalize && rng.uniform() < 0.5;
+      apply(op, actions[fin ? 0 : size_t(rng.next_u64() % actions.size())]);
+    }
+    if (op.complete) out.push_back(op);
+  }
+  return out;
+}
+
+// A [T, d_in] -> [T, d_out] spec with every view primitive (Merge, Split, Shift, Stride, Unfold
+// over the coefficient windows r and g) at one small valuation.
+inline Spec random_linear_spec(const LinearProblem& p, const Valuation& values) {
+  Spec spec;
+  spec.vars = p.vars;
+  spec.valuations = {values};
+  spec.input = {p.sT, p.sdin};
+  spec.output = {p.sT, p.sdout};
+  spec.reduce_sizes = {p.sdin, p.sr, p.sg};
+  spec.merge_blocks = {p.sr, p.sg, p.sdin};
+  spec.strides = {Size::constant(2)};
+  spec.max_primitives = 8;
+  spec.max_frontier = 4;
+  return spec;
+}
+
+}  // namespace dseek::synth::test
