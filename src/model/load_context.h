@@ -10,6 +10,7 @@
 
 #include "core/tensor.h"
 #include "model/config.h"
+#include "model/linear_weight.h"
 #include "model/placement.h"
 #include "model/safetensors.h"
 
@@ -28,6 +29,8 @@ class LoadContext {
 
   // A weight for compute (FP8 dequantised, then placed), shape-checked; throws if missing.
   Tensor weight(const std::string& name, const Shape& shape);
+  // A projection's weight [out, in]: FP8 kept as FP8 when the placement says so (load_linear).
+  LinearWeight linear(const std::string& name, const Shape& shape);
   // As weight(), or an undefined tensor when the checkpoint does not have it.
   Tensor optional_weight(const std::string& name, const Shape& shape);
   // Marks every tensor under `prefix` (e.g. "model.layers.3.mlp.") as consumed by a part that
