@@ -1,7 +1,7 @@
 // Placement: where a loaded model's weights live and the dtype of its activations. On the CPU
-// (the default) weights stay as stored (bf16 memory-mapped in place, FP8 dequantised) and
-// activations are f32. On a GPU every weight is converted once at load to the activation dtype
-// (f32 or bf16) and copied to the device, because the CUDA linear needs W in the activation dtype;
+// (the default) weights stay as stored (bf16 memory-mapped in place) and activations are f32. On a GPU every weight is converted once at load to the activation dtype
+// (f32 or bf16) and copied to the device, because the CUDA linear needs W in the activation dtype
+// (FP8 projections excepted, below);
 // the MoE gate weight alone stays f32 there, since transformers computes the router in f32 and the
 // routing must not change with the activation dtype.
 // An FP8 checkpoint's dense projections (F8_E4M3 + weight_scale_inv) stay FP8 by default on both
