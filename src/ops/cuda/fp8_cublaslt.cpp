@@ -19,7 +19,10 @@
 //     [N/128, L] scale_inv with its rows padded;
 //   B, VEC128: outer-dimension major, M scales per k-block, the stride padded to 16 bytes:
 //     [L][M4], M4 = ceil(M/4)·4 — our [M, L] tile scales transposed.
-// Both are repacked per call by one small kernel (fp8_pack_scales) into a scratch buffer.
+// Both are repacked per call by one small kernel (fp8_pack_scales) into a scratch buffer. The
+// activations' layout is the one assumption the backend test (Fp8GemmCublasLtMatchesPlainKernel)
+// must confirm on the GPU; kActScalesOuterMajor = false switches to the K-major alternative
+// [M][L4] should this cuBLAS read VEC128 scales that way.
 //
 // Applies only when every requirement we could confirm holds (otherwise the caller runs the plain
 // kernel): an sm_90 device; K and N multiples of 128 (whole blocks: DeepSeek-V3's projections are,
@@ -47,6 +50,7 @@ namespace dseek::ops::cuda {
 namespace {
 
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;  // NVIDIA's recommendation for Hopper
+constexpr bool kActScalesOuterMajor = true;            // VEC128 scales [L][M4], else [M][L4]
 
 struct Key {
   int64_t m, n, k;
@@ -143,8 +147,9 @@ bool fp8_gemm_cublaslt(const uint8_t* a, const float* sa, int64_t M, int64_t K, 
   // Scales in cuBLASLt's layouts (see the header comment), in one scratch buffer: W's first (its
   // size is a multiple of 4 floats, so a's part stays 16-byte aligned).
   const int64_t L = K / 128, L4 = (L + 3) / 4 * 4, M4 = (M + 3) / 4 * 4, NB = N / 128;
+  const int64_t a_rows = kActScalesOuterMajor ? L : M, a_ld = kActScalesOuterMajor ? M4 : L4;
   float* scratch =
-      static_cast<float*>(dseek::cuda::alloc(size_t(NB * L4 + L * M4) * sizeof(float)));
+      static_cast<float*>(dseek::cuda::alloc(size_t(NB * L4 + a_rows * a_ld) * sizeof(float)));
   float* w_scales = scratch;
   float* a_scales = scratch + NB * L4;
 
@@ -179,7 +184,7 @@ bool fp8_gemm_cublaslt(const uint8_t* a, const float* sa, int64_t M, int64_t K, 
     return false;
   }
   fp8_pack_scales(sw, NB, L, /*transpose=*/false, w_scales, NB, L4);
-  fp8_pack_scales(sa, M, L, /*transpose=*/true, a_scales, L, M4);
+  fp8_pack_scales(sa, M, L, /*transpose=*/kActScalesOuterMajor, a_scales, a_rows, a_ld);
   const float alpha = 1.0f, beta = 0.0f;
   const cublasStatus_t status =
       cublasLtMatmul(l.handle, desc.op, &alpha, w, desc.a, a, desc.b, &beta, y, desc.d, y, desc.d,
