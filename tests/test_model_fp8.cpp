@@ -315,6 +315,54 @@ TEST(ModelFp8, BrokenScaleIsAnErrorNamingTheTensor) {
   }
 }
 
+// A checkpoint whose FP8 blocks are 64×64 (quantization_config.weight_block_size): the FP8 GEMM
+// takes 128×128 blocks only, so even the default placement dequantises it, with the config's
+// block size. The checkpoint is v3_fp8 with every 128×128 scale repeated over its four 64×64
+// sub-blocks: the same weights, so the same logits as v3_fp8 dequantised.
+TEST(ModelFp8, OtherBlockSizesAreDequantisedWithTheConfigBlockSize) {
+  const WeightStore store = WeightStore::open(kDir.string());
+  const fs::path dir = fs::temp_directory_path() / ("dseek_fp8_b64_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  {
+    std::ifstream in(kDir / "config.json");
+    nlohmann::json config = nlohmann::json::parse(in);
+    config["quantization_config"]["weight_block_size"] = {64, 64};
+    std::ofstream(dir / "config.json") << config.dump(2);
+  }
+  const std::string suffix = "_scale_inv";
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const std::string& name : store.names()) {
+    const Tensor t = store.get(name);
+    if (name.size() <= suffix.size() ||
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) {
+      tensors.emplace_back(name, t);
+      continue;
+    }
+    const Shape w = store.get(name.substr(0, name.size() - suffix.size())).shape();
+    const int64_t rows = (w[0] + 63) / 64, cols = (w[1] + 63) / 64;
+    const std::vector<float> s128 = t.to_vector();
+    std::vector<float> s64(size_t(rows * cols));
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j)
+        s64[size_t(i * cols + j)] = s128[size_t((i / 2) * t.size(1) + j / 2)];
+    tensors.emplace_back(name, Tensor::from_vector(s64, {rows, cols}));
+  }
+  save_safetensors((dir / "model.safetensors").string(), tensors);
+
+  const Reference ref = load_reference();
+  const std::unique_ptr<Model> model = Model::load(dir.string());  // Fp8Weights::Keep
+  const Transformer& t = as_transformer(*model);
+  EXPECT_FALSE(dynamic_cast<const Mla&>(t.block(0).attention()).o_proj().fp8());
+  ASSERT_NE(t.block(0).mlp(), nullptr);
+  EXPECT_FALSE(t.block(0).mlp()->fp8());
+  const std::vector<float> got = model->forward(ref.input_ids).to_vector();
+  const std::vector<float> want =
+      Model::load(kDir.string(), kDequantised)->forward(ref.input_ids).to_vector();
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_EQ(compare(got, want, ref.rows, ref.vocab).max_abs, 0.0);  // the same weights
+  fs::remove_all(dir);
+}
+
 namespace {
 
 struct CliRun {

@@ -8,7 +8,10 @@ namespace dseek {
 
 LinearWeight load_linear(const WeightStore& store, const std::string& name, const Shape& shape,
                          const Placement& placement) {
-  if (placement.fp8 == Fp8Weights::Keep && store.get(name).dtype() == DType::F8_E4M3) {
+  // A checkpoint with other block sizes (quantization_config.weight_block_size) is dequantised:
+  // the FP8 GEMM scales 128×128 blocks only.
+  if (placement.fp8 == Fp8Weights::Keep && store.fp8_blocks_128() &&
+      store.get(name).dtype() == DType::F8_E4M3) {
     WeightStore::Fp8Weight w = store.get_fp8_weight(name, shape);
     if (placement.device == Device::CPU) return {std::move(w.weight), std::move(w.scale_inv)};
     return {w.weight.to(placement.device), w.scale_inv.to(placement.device)};

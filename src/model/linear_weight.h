@@ -23,8 +23,9 @@ struct LinearWeight {
 };
 
 // Reads `name` ([out, in], shape-checked). An F8_E4M3 weight stays FP8 under Fp8Weights::Keep
-// (WeightStore::get_fp8_weight: errors name the tensor), and the pair is copied to the device as
-// is; anything else is WeightStore::get_weight (FP8 dequantised) then place_weight.
+// when the checkpoint's blocks are 128×128 (WeightStore::get_fp8_weight: errors name the tensor),
+// and the pair is copied to the device as is; anything else is WeightStore::get_weight (FP8
+// dequantised, whatever the block size) then place_weight.
 LinearWeight load_linear(const WeightStore& store, const std::string& name, const Shape& shape,
                          const Placement& placement);
 
