@@ -1,7 +1,8 @@
 // LoadContext: how the model's parts read their weights at load time. It wraps the WeightStore,
 // checks each tensor's shape (errors name the tensor and its file), and records which tensor names
 // were consumed so Model::load can report checkpoint tensors nothing read. Under a GPU placement
-// every weight it hands out is already converted and on the device (model/placement.h).
+// every weight it hands out is already converted and on the device (model/placement.h); linear()
+// hands out FP8 projections as stored (F8_E4M3 + scales) unless the placement dequantises them.
 #pragma once
 
 #include <set>
