@@ -9,8 +9,10 @@
 // round the other way, moving by one E4M3 ulp (2^-3 of the value): rare, so with f32 activations
 // the logits must agree to well inside one GEMM's E4M3 error (2^-4/√3 ≈ 0.036 relative RMS,
 // test_model_fp8.cpp), while a path that skipped FP8 (dequantised weights: ≈ 0.155) or broke it
-// fails. bf16 activations (2^-9 relative steps) move many more elements across boundaries, and
-// the quantised GEMMs amplify that, so bf16 gets test_backend_model.cpp's bf16 bound (0.2).
+// fails. bf16 activations (2^-9 relative steps) move about one element in 32 across an E4M3
+// boundary, ~0.013 relative RMS per GEMM, which the model amplifies about sixfold (0.026 per GEMM
+// became 0.155 in the logits on the CPU): ~0.1 expected, 0.3 allowed. That bound would not catch
+// a model that dequantised instead; the dtype checks on the device weights do.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -35,7 +37,7 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr double kF32RelRms = 0.0625 / 1.7320508075688772;  // one GEMM's E4M3 error
-constexpr double kBf16RelRms = 0.2;
+constexpr double kBf16RelRms = 0.3;
 
 const fs::path kDir = dseek::testing::fixtures_root() / "v3_fp8";
 
