@@ -341,7 +341,10 @@ TEST(MoE, LoadsEveryFixtureCheckpoint) {
   // The transformers-made fixtures (hub layout: per-expert names, F32 correction bias in a BF16
   // checkpoint, FP8 experts with weight_scale_inv, shards): every MLP/MoE layer loads and matches
   // the double reference on its own weights.
+  // FP8 weights dequantised (the reference reads the weights as plain values); the kept-FP8 path
+  // is tested in test_model_fp8.cpp.
   std::mt19937 rng(8);
+  const Placement dequantised{Device::CPU, DType::F32, Fp8Weights::Dequantise};
   const std::string root = std::string(DSEEK_SOURCE_DIR) + "/tests/fixtures/models/";
   for (const char* name : {"v3_noaux", "v3_bf16", "v3_fp8", "v3_yarn", "v2_group", "v2_lite",
                            "v2_sharded", "deepseekmoe"}) {
@@ -353,7 +356,7 @@ TEST(MoE, LoadsEveryFixtureCheckpoint) {
       const std::string p = "model.layers." + std::to_string(l) + ".mlp";
       const Tensor x = random_tensor({9, c.hidden_size}, rng);
       if (!c.is_moe_layer(l)) {
-        const Mlp dense(store, p, c.hidden_size, c.intermediate_size);
+        const Mlp dense(store, p, c.hidden_size, c.intermediate_size, dequantised);
         std::vector<double> expect;
         const std::vector<float> xv = x.to_vector();
         for (int t = 0; t < 9; ++t) {
@@ -364,7 +367,7 @@ TEST(MoE, LoadsEveryFixtureCheckpoint) {
         continue;
       }
       ++moe_layers;
-      const MoE moe(c, store, p);
+      const MoE moe(c, store, p, dequantised);
       EXPECT_EQ(moe.shared_experts() != nullptr, c.n_shared_experts > 0);
       const Routing r = moe.gate().route(x);
       EXPECT_LT(relative_error(moe.forward(x), reference_moe(moe, x, r, true)), 1e-5) << p;

@@ -59,7 +59,9 @@ void add_logits_command(CLI::App& app) {
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--dtype", *dtype, "Activation dtype: f32 (default) or bf16 (cuda only)")
       ->check(CLI::IsMember({"f32", "bf16"}));
-  cmd->callback([model_dir, ids_text, out_path, device, dtype] {
+  auto dequantize_fp8 = std::make_shared<bool>(false);
+  cmd->add_flag("--dequantize-fp8", *dequantize_fp8, "an FP8 checkpoint's weights are dequantised at load (default: its projections stay FP8 and run as FP8 GEMMs)");
+  cmd->callback([model_dir, ids_text, out_path, device, dtype, dequantize_fp8] {
     const std::vector<int32_t> ids = parse_ids(*ids_text);
     Placement placement;
     if (*device == "cuda") {
@@ -71,6 +73,7 @@ void add_logits_command(CLI::App& app) {
                   "[logits] --dtype bf16 needs --device cuda (the CPU computes in f32)");
       placement.act = DType::BF16;
     }
+    if (*dequantize_fp8) placement.fp8 = Fp8Weights::Dequantise;
     auto model = Model::load(*model_dir, placement);
     const Tensor logits = model->forward(ids);  // f32 on the host; checks ids against the vocab
     std::ofstream out(*out_path, std::ios::binary | std::ios::trunc);

@@ -87,6 +87,7 @@ void add_serve_command(CLI::App& app) {
     bool no_prefix_caching = false, no_speculative = false;
     int threads = 0;
     std::string device = "cpu", dtype = "f32";
+    bool dequantize_fp8 = false;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd =
@@ -149,6 +150,7 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--dtype", args->dtype, "activation dtype: f32 (default) or bf16 (cuda only)")
       ->check(CLI::IsMember({"f32", "bf16"}));
+  cmd->add_flag("--dequantize-fp8", args->dequantize_fp8, "an FP8 checkpoint's weights are dequantised at load (default: its projections stay FP8 and run as FP8 GEMMs)");
   cmd->callback([args] {
     // SIGINT/SIGTERM: a handler (whichever thread the kernel picks — OpenBLAS and OpenMP start
     // theirs before this runs, so masks cannot cover them) writes the signal number to a pipe; a
@@ -205,6 +207,7 @@ void add_serve_command(CLI::App& app) {
                   "[serve] --dtype bf16 needs --device cuda (the CPU computes in f32)");
       placement.act = DType::BF16;
     }
+    if (args->dequantize_fp8) placement.fp8 = Fp8Weights::Dequantise;
     const std::unique_ptr<Model> model = Model::load(args->model, placement);
 
     Engine engine(*model, tokenizer ? &*tokenizer : nullptr, args->engine);

@@ -43,6 +43,7 @@ void add_generation_flags(CLI::App* cmd, GenerationFlags& flags, int64_t default
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--dtype", flags.dtype, "activation dtype: f32 (default) or bf16 (cuda only)")
       ->check(CLI::IsMember({"f32", "bf16"}));
+  cmd->add_flag("--dequantize-fp8", flags.dequantize_fp8, "an FP8 checkpoint's weights are dequantised at load (default: its projections stay FP8 and run as FP8 GEMMs)");
 }
 
 Placement placement_from_flags(const GenerationFlags& flags) {
@@ -56,6 +57,7 @@ Placement placement_from_flags(const GenerationFlags& flags) {
                 "[generate] --dtype bf16 needs --device cuda (the CPU computes in f32)");
     placement.act = DType::BF16;
   }
+  if (flags.dequantize_fp8) placement.fp8 = Fp8Weights::Dequantise;
   validate(placement);
   return placement;
 }

@@ -23,13 +23,14 @@ struct GenerationFlags {
   std::string chat_format;  // when the tokenizer has no chat_template
   std::string device = "cpu";  // --device cpu|cuda
   std::string dtype = "f32";   // --dtype f32|bf16 (bf16 on cuda only)
+  bool dequantize_fp8 = false;  // --dequantize-fp8: FP8 checkpoint weights dequantised at load
 };
 
 // Adds --model, --tokenizer, -n, --greedy, --temperature, --top-p, --top-k, --min-p,
-// --repetition-penalty, --seed, --stop, --chat-format, --device, --dtype.
+// --repetition-penalty, --seed, --stop, --chat-format, --device, --dtype, --dequantize-fp8.
 void add_generation_flags(CLI::App* cmd, GenerationFlags& flags, int64_t default_max_tokens);
 
-// Where the model runs (--device, --dtype; as `dseek logits`): validated, and cuda::require'd for
+// Where the model runs (--device, --dtype, --dequantize-fp8; as `dseek logits`): validated, and cuda::require'd for
 // --device cuda.
 Placement placement_from_flags(const GenerationFlags& flags);
 

@@ -7,17 +7,8 @@
 #include "model/load_context.h"
 #include "model/paged_kv_cache.h"
 #include "ops/attention.h"
-#include "ops/linear.h"
 
 namespace dseek {
-namespace {
-
-Tensor linear_opt_bias(const Tensor& x, const Tensor& w, const Tensor& b) {
-  return ops::linear(x, w, b.defined() ? &b : nullptr);
-}
-
-}  // namespace
-
 Attention::Attention(const ModelConfig& config, const RopeParams& rope, LoadContext& ctx,
                      const std::string& prefix)
     : rope_(rope),
@@ -31,10 +22,10 @@ Attention::Attention(const ModelConfig& config, const RopeParams& rope, LoadCont
               prefix, H, Hk);
   // transformers' LlamaAttention: scaling = head_dim ** -0.5.
   scale_ = float(1.0 / std::sqrt(double(hd)));
-  q_proj_ = ctx.weight(prefix + ".q_proj.weight", {H * hd, D});
-  k_proj_ = ctx.weight(prefix + ".k_proj.weight", {Hk * hd, D});
-  v_proj_ = ctx.weight(prefix + ".v_proj.weight", {Hk * hd, D});
-  o_proj_ = ctx.weight(prefix + ".o_proj.weight", {D, H * hd});
+  q_proj_ = ctx.linear(prefix + ".q_proj.weight", {H * hd, D});
+  k_proj_ = ctx.linear(prefix + ".k_proj.weight", {Hk * hd, D});
+  v_proj_ = ctx.linear(prefix + ".v_proj.weight", {Hk * hd, D});
+  o_proj_ = ctx.linear(prefix + ".o_proj.weight", {D, H * hd});
   if (config.attention_bias) {
     q_bias_ = ctx.weight(prefix + ".q_proj.bias", {H * hd});
     k_bias_ = ctx.weight(prefix + ".k_proj.bias", {Hk * hd});
@@ -45,9 +36,9 @@ Attention::Attention(const ModelConfig& config, const RopeParams& rope, LoadCont
 
 void Attention::project_unroped(const Tensor& x, Tensor& q, Tensor& k, Tensor& v) const {
   const int64_t T = x.size(0);
-  q = linear_opt_bias(x, q_proj_, q_bias_).reshape({T, n_heads_, head_dim_});
-  k = linear_opt_bias(x, k_proj_, k_bias_).reshape({T, n_kv_heads_, head_dim_});
-  v = linear_opt_bias(x, v_proj_, v_bias_).reshape({T, n_kv_heads_, head_dim_});
+  q = apply_linear(x, q_proj_, q_bias_).reshape({T, n_heads_, head_dim_});
+  k = apply_linear(x, k_proj_, k_bias_).reshape({T, n_kv_heads_, head_dim_});
+  v = apply_linear(x, v_proj_, v_bias_).reshape({T, n_kv_heads_, head_dim_});
 }
 
 void Attention::project(const Tensor& x, int64_t pos0, Tensor& q, Tensor& k, Tensor& v) const {
@@ -58,7 +49,7 @@ void Attention::project(const Tensor& x, int64_t pos0, Tensor& q, Tensor& k, Ten
 
 Tensor Attention::output(const Tensor& attn) const {
   const int64_t T = attn.size(0);
-  return linear_opt_bias(attn.reshape({T, n_heads_ * head_dim_}), o_proj_, o_bias_);
+  return apply_linear(attn.reshape({T, n_heads_ * head_dim_}), o_proj_, o_bias_);
 }
 
 Tensor Attention::forward(const Tensor& x) const {

@@ -15,6 +15,7 @@
 #include "core/tensor.h"
 #include "model/config.h"
 #include "model/kv_cache.h"
+#include "model/linear_weight.h"
 #include "model/rope.h"
 #include "ops/paged_attention.h"
 
@@ -63,7 +64,7 @@ class Attention : public SelfAttention {
   const RopeParams& rope_;
   int64_t n_heads_, n_kv_heads_, head_dim_;
   float scale_;
-  Tensor q_proj_, k_proj_, v_proj_, o_proj_;
+  LinearWeight q_proj_, k_proj_, v_proj_, o_proj_;  // FP8 or not (model/linear_weight.h)
   Tensor q_bias_, k_bias_, v_bias_, o_bias_;  // undefined without attention_bias
 };
 

@@ -39,6 +39,8 @@ class Block {
 
   const SelfAttention& attention() const { return *attn_; }
   bool is_moe() const { return moe_.has_value(); }
+  const Mlp* mlp() const { return mlp_ ? &*mlp_ : nullptr; }  // dense layers
+  const MoE* moe() const { return moe_ ? &*moe_ : nullptr; }  // MoE layers
 
  private:
   Tensor feed_forward(const Tensor& h) const;  // h + mlp(post_attention_layernorm(h))

@@ -7,6 +7,11 @@ Tensor LoadContext::weight(const std::string& name, const Shape& shape) {
   return place_weight(store_.get_weight(name, shape), placement_);
 }
 
+LinearWeight LoadContext::linear(const std::string& name, const Shape& shape) {
+  used_.insert(name);
+  return load_linear(store_, name, shape, placement_);
+}
+
 Tensor LoadContext::optional_weight(const std::string& name, const Shape& shape) {
   if (!store_.has(name)) return Tensor();
   return weight(name, shape);

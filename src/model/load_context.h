@@ -1,7 +1,8 @@
 // LoadContext: how the model's parts read their weights at load time. It wraps the WeightStore,
 // checks each tensor's shape (errors name the tensor and its file), and records which tensor names
 // were consumed so Model::load can report checkpoint tensors nothing read. Under a GPU placement
-// every weight it hands out is already converted and on the device (model/placement.h).
+// every weight it hands out is already converted and on the device (model/placement.h); linear()
+// hands out FP8 projections as stored (F8_E4M3 + scales) unless the placement dequantises them.
 #pragma once
 
 #include <set>
@@ -10,6 +11,7 @@
 
 #include "core/tensor.h"
 #include "model/config.h"
+#include "model/linear_weight.h"
 #include "model/placement.h"
 #include "model/safetensors.h"
 
@@ -28,6 +30,8 @@ class LoadContext {
 
   // A weight for compute (FP8 dequantised, then placed), shape-checked; throws if missing.
   Tensor weight(const std::string& name, const Shape& shape);
+  // A projection's weight [out, in]: FP8 kept as FP8 when the placement says so (load_linear).
+  LinearWeight linear(const std::string& name, const Shape& shape);
   // As weight(), or an undefined tensor when the checkpoint does not have it.
   Tensor optional_weight(const std::string& name, const Shape& shape);
   // Marks every tensor under `prefix` (e.g. "model.layers.3.mlp.") as consumed by a part that

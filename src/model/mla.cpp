@@ -12,14 +12,6 @@
 #include "ops/norm.h"
 
 namespace dseek {
-namespace {
-
-Tensor linear_b(const Tensor& x, const Tensor& w, const Tensor& b) {
-  return ops::linear(x, w, b.defined() ? &b : nullptr);
-}
-
-}  // namespace
-
 Mla::Mla(const ModelConfig& config, const RopeParams& rope, LoadContext& ctx,
          const std::string& prefix)
     : rope_(rope),
@@ -36,21 +28,21 @@ Mla::Mla(const ModelConfig& config, const RopeParams& rope, LoadContext& ctx,
   // both modeling_deepseek_v2.py and modeling_deepseek_v3.py; V2-Lite's checkpoints rely on it).
   scale_ = float(config.softmax_scale());
   if (q_lora_rank_ > 0) {
-    q_a_proj_ = ctx.weight(prefix + ".q_a_proj.weight", {q_lora_rank_, D});
+    q_a_proj_ = ctx.linear(prefix + ".q_a_proj.weight", {q_lora_rank_, D});
     if (config.attention_bias)
       q_a_bias_ = ctx.optional_weight(prefix + ".q_a_proj.bias", {q_lora_rank_});
     q_a_layernorm_ = ctx.weight(prefix + ".q_a_layernorm.weight", {q_lora_rank_});
-    q_b_proj_ = ctx.weight(prefix + ".q_b_proj.weight", {H * qk, q_lora_rank_});
+    q_b_proj_ = ctx.linear(prefix + ".q_b_proj.weight", {H * qk, q_lora_rank_});
   } else {
-    q_proj_ = ctx.weight(prefix + ".q_proj.weight", {H * qk, D});
+    q_proj_ = ctx.linear(prefix + ".q_proj.weight", {H * qk, D});
   }
-  kv_a_proj_ = ctx.weight(prefix + ".kv_a_proj_with_mqa.weight", {kv_lora_rank_ + rope_dim_, D});
+  kv_a_proj_ = ctx.linear(prefix + ".kv_a_proj_with_mqa.weight", {kv_lora_rank_ + rope_dim_, D});
   if (config.attention_bias)
     kv_a_bias_ =
         ctx.optional_weight(prefix + ".kv_a_proj_with_mqa.bias", {kv_lora_rank_ + rope_dim_});
   kv_a_layernorm_ = ctx.weight(prefix + ".kv_a_layernorm.weight", {kv_lora_rank_});
   kv_b_proj_ = ctx.weight(prefix + ".kv_b_proj.weight", {H * (nope_dim_ + v_dim_), kv_lora_rank_});
-  o_proj_ = ctx.weight(prefix + ".o_proj.weight", {D, H * v_dim_});
+  o_proj_ = ctx.linear(prefix + ".o_proj.weight", {D, H * v_dim_});
   if (config.attention_bias) o_bias_ = ctx.optional_weight(prefix + ".o_proj.bias", {D});
   if (ctx.placement().device == Device::CUDA) {
     // The absorbed decode's per-head matrices, laid out for ops::head_matmul once, here.
@@ -65,15 +57,15 @@ Mla::Projected Mla::project_unroped(const Tensor& x) const {
   Projected p;
   Tensor q_flat;
   if (q_lora_rank_ > 0) {
-    const Tensor q_a = linear_b(x, q_a_proj_, q_a_bias_);
+    const Tensor q_a = apply_linear(x, q_a_proj_, q_a_bias_);
     const Tensor q_a_normed = ops::rms_norm(q_a, q_a_layernorm_, kLatentNormEps);
-    q_flat = ops::linear(q_a_normed, q_b_proj_);
+    q_flat = apply_linear(q_a_normed, q_b_proj_);
   } else {
-    q_flat = ops::linear(x, q_proj_);
+    q_flat = apply_linear(x, q_proj_);
   }
   p.q = q_flat.reshape({T, H, qk});
 
-  const Tensor kv_a = linear_b(x, kv_a_proj_, kv_a_bias_);  // [T, r + rope]
+  const Tensor kv_a = apply_linear(x, kv_a_proj_, kv_a_bias_);  // [T, r + rope]
   p.c_kv = ops::rms_norm(kv_a.slice(1, 0, kv_lora_rank_), kv_a_layernorm_, kLatentNormEps);
   p.k_pe = kv_a.slice(1, kv_lora_rank_, kv_lora_rank_ + rope_dim_)
                .contiguous()
@@ -105,7 +97,7 @@ Tensor Mla::forward(const Tensor& x) const {
   k.slice(2, nope_dim_, qk).copy_from(p.k_pe.expand(1, H));
   const Tensor v = kv.slice(2, nope_dim_, nope_dim_ + v_dim_);
   const Tensor attn = ops::causal_attention(p.q, k, v, scale_);  // [T, H, v]
-  return linear_b(attn.reshape({T, H * v_dim_}), o_proj_, o_bias_);
+  return apply_linear(attn.reshape({T, H * v_dim_}), o_proj_, o_bias_);
 }
 
 const Tensor& Mla::kv_b_f32() const {
@@ -157,7 +149,7 @@ Tensor Mla::latent_output(const Tensor& o_lat) const {
         op[(t * H + h) * v_dim_ + j] = acc;
       }
     }
-  return linear_b(out.reshape({T, H * v_dim_}), o_proj_, o_bias_);
+  return apply_linear(out.reshape({T, H * v_dim_}), o_proj_, o_bias_);
 }
 
 Tensor Mla::absorb_query_gpu(const Tensor& q) const {
@@ -172,7 +164,7 @@ Tensor Mla::absorb_query_gpu(const Tensor& q) const {
 Tensor Mla::latent_output_gpu(const Tensor& o_lat) const {
   const int64_t T = o_lat.size(0);
   const Tensor out = ops::head_matmul(o_lat, w_uv_t_);  // [T, H, v]
-  return linear_b(out.reshape({T, n_heads_ * v_dim_}), o_proj_, o_bias_);
+  return apply_linear(out.reshape({T, n_heads_ * v_dim_}), o_proj_, o_bias_);
 }
 
 Tensor Mla::prefill_expanded_gpu(const Tensor& q, const Tensor& latent) const {

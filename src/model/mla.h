@@ -26,6 +26,7 @@
 #include <string>
 
 #include "model/attention.h"
+#include "model/linear_weight.h"
 
 namespace dseek {
 
@@ -42,6 +43,10 @@ class Mla : public SelfAttention {
   KVCache::LayerSpec cache_spec() const override { return {kv_lora_rank_ + rope_dim_, 0}; }
 
   float scale() const { return scale_; }
+  // Weights as held (tests check which stay FP8).
+  const LinearWeight& kv_a_proj() const { return kv_a_proj_; }
+  const LinearWeight& o_proj() const { return o_proj_; }
+  const Tensor& kv_b_proj() const { return kv_b_proj_; }
 
  private:
   struct Projected {
@@ -74,10 +79,12 @@ class Mla : public SelfAttention {
   int64_t n_heads_, nope_dim_, rope_dim_, v_dim_, kv_lora_rank_, q_lora_rank_;
   float scale_;
   static constexpr double kLatentNormEps = 1e-6;
-  Tensor q_proj_, q_a_proj_, q_a_layernorm_, q_b_proj_;
-  Tensor q_a_bias_;  // attention_bias
-  Tensor kv_a_proj_, kv_a_bias_, kv_a_layernorm_, kv_b_proj_;
-  Tensor o_proj_, o_bias_;
+  // The dense projections may be FP8 (model/linear_weight.h); kv_b_proj is always dequantised at
+  // load: the absorbed paths slice it per head (W_UK, W_UV), which no FP8 GEMM here does yet.
+  LinearWeight q_proj_, q_a_proj_, q_b_proj_, kv_a_proj_, o_proj_;
+  Tensor q_a_layernorm_, q_a_bias_;  // q_a_bias_: attention_bias
+  Tensor kv_a_bias_, kv_a_layernorm_, kv_b_proj_;
+  Tensor o_bias_;
   Tensor w_uk_, w_uv_t_;  // GPU placement only: [H, nope, r] and [H, r, v_head_dim], in act
   mutable std::once_flag kv_b_once_;
   mutable Tensor kv_b_f32_;

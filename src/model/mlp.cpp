@@ -4,7 +4,6 @@
 #include "model/safetensors.h"
 #include "ops/activation.h"
 #include "ops/device.h"
-#include "ops/linear.h"
 
 namespace dseek {
 
@@ -16,10 +15,6 @@ Tensor optional_bias(const WeightStore& weights, const std::string& name, int64_
   return place_weight(weights.get(name, {size}), placement);
 }
 
-const Tensor* bias_or_null(const Tensor& bias) {
-  return bias.defined() ? &bias : nullptr;
-}
-
 }  // namespace
 
 Mlp::Mlp(const WeightStore& weights, const std::string& prefix, int64_t hidden,
@@ -29,7 +24,7 @@ Mlp::Mlp(const WeightStore& weights, const std::string& prefix, int64_t hidden,
               "[mlp] {}: hidden {} and intermediate {} must be positive", prefix, hidden,
               intermediate);
   auto weight = [&](const std::string& name, const Shape& shape) {
-    return place_weight(weights.get_weight(prefix + name, shape), placement);
+    return load_linear(weights, prefix + name, shape, placement);
   };
   gate_proj_ = weight(".gate_proj.weight", {intermediate, hidden});
   up_proj_ = weight(".up_proj.weight", {intermediate, hidden});
@@ -41,23 +36,23 @@ Mlp::Mlp(const WeightStore& weights, const std::string& prefix, int64_t hidden,
 
 Mlp::Mlp(Tensor gate_proj, Tensor up_proj, Tensor down_proj, const std::string& name)
     : name_(name),
-      gate_proj_(std::move(gate_proj)),
-      up_proj_(std::move(up_proj)),
-      down_proj_(std::move(down_proj)) {
-  DSEEK_CHECK(gate_proj_.dim() == 2,
-              "[mlp] {}.gate_proj.weight: expected 2 dimensions, got shape {}", name_,
-              shape_str(gate_proj_.shape()));
-  intermediate_ = gate_proj_.size(0);
-  hidden_ = gate_proj_.size(1);
+      gate_proj_{std::move(gate_proj), Tensor()},
+      up_proj_{std::move(up_proj), Tensor()},
+      down_proj_{std::move(down_proj), Tensor()} {
+  const Tensor& gate = gate_proj_.weight;
+  DSEEK_CHECK(gate.dim() == 2, "[mlp] {}.gate_proj.weight: expected 2 dimensions, got shape {}",
+              name_, shape_str(gate.shape()));
+  intermediate_ = gate.size(0);
+  hidden_ = gate.size(1);
   check_shapes();
 }
 
 void Mlp::check_shapes() const {
   const Shape in_shape{intermediate_, hidden_}, out_shape{hidden_, intermediate_};
-  DSEEK_CHECK(up_proj_.shape() == in_shape, "[mlp] {}.up_proj.weight: shape {}, expected {}", name_,
-              shape_str(up_proj_.shape()), shape_str(in_shape));
-  DSEEK_CHECK(down_proj_.shape() == out_shape, "[mlp] {}.down_proj.weight: shape {}, expected {}",
-              name_, shape_str(down_proj_.shape()), shape_str(out_shape));
+  DSEEK_CHECK(up_proj().shape() == in_shape, "[mlp] {}.up_proj.weight: shape {}, expected {}",
+              name_, shape_str(up_proj().shape()), shape_str(in_shape));
+  DSEEK_CHECK(down_proj().shape() == out_shape, "[mlp] {}.down_proj.weight: shape {}, expected {}",
+              name_, shape_str(down_proj().shape()), shape_str(out_shape));
 }
 
 Tensor Mlp::forward(const Tensor& x) const {
@@ -67,9 +62,9 @@ Tensor Mlp::forward(const Tensor& x) const {
               dtype_name(x.dtype()), hidden_);
   if (x.size(0) == 0) return Tensor::zeros({0, hidden_}, act, x.device());
   const Tensor input = x.contiguous();
-  const Tensor gate = ops::linear(input, gate_proj_, bias_or_null(gate_bias_));
-  const Tensor up = ops::linear(input, up_proj_, bias_or_null(up_bias_));
-  return ops::linear(ops::silu_mul(gate, up), down_proj_, bias_or_null(down_bias_));
+  const Tensor gate = apply_linear(input, gate_proj_, gate_bias_);
+  const Tensor up = apply_linear(input, up_proj_, up_bias_);
+  return apply_linear(ops::silu_mul(gate, up), down_proj_, down_bias_);
 }
 
 }  // namespace dseek

@@ -2,7 +2,8 @@
 // layers, as each routed expert and as the shared experts:
 //   y = down_proj(silu(gate_proj(x)) ⊙ up_proj(x))
 // Weights stay in their stored dtype (bf16 from a memory-mapped checkpoint is used in place); an
-// FP8 checkpoint weight is dequantised by WeightStore::get_weight. Optional biases
+// FP8 checkpoint weight stays FP8 under Fp8Weights::Keep (ops::linear_fp8) and is dequantised by
+// WeightStore::get_weight otherwise (MoE loads routed experts that way). Optional biases
 // (<prefix>.<proj>.bias, mlp_bias in DeepseekV2MLP) are used when the checkpoint has them.
 #pragma once
 
@@ -10,6 +11,7 @@
 #include <string>
 
 #include "core/tensor.h"
+#include "model/linear_weight.h"
 #include "model/placement.h"
 
 namespace dseek {
@@ -30,9 +32,14 @@ class Mlp {
 
   int64_t hidden() const { return hidden_; }
   int64_t intermediate() const { return intermediate_; }
-  const Tensor& gate_proj() const { return gate_proj_; }
-  const Tensor& up_proj() const { return up_proj_; }
-  const Tensor& down_proj() const { return down_proj_; }
+  // The weights as held: F8_E4M3 when fp8() (their scales are gate().scale_inv, ...).
+  const Tensor& gate_proj() const { return gate_proj_.weight; }
+  const Tensor& up_proj() const { return up_proj_.weight; }
+  const Tensor& down_proj() const { return down_proj_.weight; }
+  const LinearWeight& gate() const { return gate_proj_; }
+  const LinearWeight& up() const { return up_proj_; }
+  const LinearWeight& down() const { return down_proj_; }
+  bool fp8() const { return gate_proj_.fp8() || up_proj_.fp8() || down_proj_.fp8(); }
   bool has_bias() const {
     return gate_bias_.defined() || up_bias_.defined() || down_bias_.defined();
   }
@@ -42,7 +49,7 @@ class Mlp {
 
   std::string name_;
   int64_t hidden_ = 0, intermediate_ = 0;
-  Tensor gate_proj_, up_proj_, down_proj_;
+  LinearWeight gate_proj_, up_proj_, down_proj_;
   Tensor gate_bias_, up_bias_, down_bias_;  // undefined when absent
 };
 

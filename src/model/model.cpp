@@ -17,7 +17,9 @@ namespace dseek {
 std::unique_ptr<Model> Model::load(const std::string& dir, const Placement& placement) {
   validate(placement);
   const ModelConfig config = load_model_config(dir);
-  const WeightStore store = WeightStore::open(dir);
+  WeightStore store = WeightStore::open(dir);
+  // FP8 weights scale blocks of quantization_config.weight_block_size (128×128 unless it says).
+  store.set_fp8_block_size(config.quantization.block_rows, config.quantization.block_cols);
   auto model = std::make_unique<Transformer>(config, store, placement);
   const auto& unused = model->unused_tensors();
   if (!unused.empty()) {

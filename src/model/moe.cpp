@@ -56,10 +56,14 @@ MoE::MoE(const ModelConfig& config, const WeightStore& weights, const std::strin
               config.moe_intermediate_size);
   DSEEK_CHECK(config.n_shared_experts >= 0, "[moe] {}: n_shared_experts must be >= 0, got {}",
               prefix, config.n_shared_experts);
+  // Routed experts are dequantised at load even from an FP8 checkpoint: the grouped expert GEMMs
+  // (ops/moe.h) take one plain weight per expert; the shared experts, one dense Mlp, stay FP8.
+  Placement routed = placement;
+  routed.fp8 = Fp8Weights::Dequantise;
   experts_.reserve(size_t(config.n_routed_experts));
   for (int64_t e = 0; e < config.n_routed_experts; ++e) {
     experts_.emplace_back(weights, prefix + ".experts." + std::to_string(e), config.hidden_size,
-                          config.moe_intermediate_size, placement);
+                          config.moe_intermediate_size, routed);
   }
   if (config.n_shared_experts > 0) {
     shared_.emplace(weights, prefix + ".shared_experts", config.hidden_size,

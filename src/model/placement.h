@@ -1,18 +1,28 @@
 // Placement: where a loaded model's weights live and the dtype of its activations. On the CPU
-// (the default) weights stay as stored (bf16 memory-mapped in place, FP8 dequantised) and
-// activations are f32. On a GPU every weight is converted once at load to the activation dtype
-// (f32 or bf16) and copied to the device, because the CUDA linear needs W in the activation dtype;
+// (the default) weights stay as stored (bf16 memory-mapped in place) and activations are f32. On a GPU every weight is converted once at load to the activation dtype
+// (f32 or bf16) and copied to the device, because the CUDA linear needs W in the activation dtype
+// (FP8 projections excepted, below);
 // the MoE gate weight alone stays f32 there, since transformers computes the router in f32 and the
 // routing must not change with the activation dtype.
+// An FP8 checkpoint's dense projections (F8_E4M3 + weight_scale_inv) stay FP8 by default on both
+// devices (model/linear_weight.h: ops::linear_fp8 quantises the activations per 1×128 tile);
+// kv_b_proj, the routed experts and every FP8 weight under Fp8Weights::Dequantise are dequantised
+// at load (bf16, then placed like any other weight).
 #pragma once
 
 #include "core/tensor.h"
 
 namespace dseek {
 
+enum class Fp8Weights : uint8_t {
+  Keep,       // FP8 checkpoint projections stay FP8 (ops::linear_fp8)
+  Dequantise  // every FP8 weight is dequantised at load, as transformers does
+};
+
 struct Placement {
   Device device = Device::CPU;
   DType act = DType::F32;  // f32 anywhere; bf16 only on the GPU
+  Fp8Weights fp8 = Fp8Weights::Keep;
 };
 
 // Throws "[model] placement ..." for bf16 on the CPU, a dtype other than f32/bf16, or a GPU

@@ -73,6 +73,8 @@ class WeightStore {
   const std::string& dir() const { return dir_; }
   // FP8 block size used by get_weight (config.json quantization_config.weight_block_size).
   void set_fp8_block_size(int64_t block_rows, int64_t block_cols);
+  // Whether the FP8 blocks are 128×128, the only size get_fp8_weight (the FP8 GEMM) takes.
+  bool fp8_blocks_128() const { return block_rows_ == 128 && block_cols_ == 128; }
   // The distinct files of the checkpoint (one, or every shard).
   std::vector<std::shared_ptr<SafetensorsFile>> files() const;
 

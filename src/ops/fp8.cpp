@@ -110,7 +110,9 @@ Tensor dequantize_fp8(const Fp8Tensor& q, DType out) {
   return y;
 }
 
-Tensor fp8_gemm(const Fp8Tensor& a, const Fp8Tensor& w, const Tensor* bias, DType out) {
+Tensor fp8_gemm(const Fp8Tensor& a, const Fp8Tensor& w, const Tensor* bias, DType out,
+                Fp8GemmKernel kernel) {
+  (void)kernel;  // read by the CUDA branch only
   check_fp8_tensor("fp8_gemm", a, "a");
   check_fp8_tensor("fp8_gemm", w, "w");
   DSEEK_CHECK(a.layout == Fp8Layout::Tile1x128 && w.layout == Fp8Layout::Block128x128,
@@ -133,6 +135,11 @@ Tensor fp8_gemm(const Fp8Tensor& a, const Fp8Tensor& w, const Tensor* bias, DTyp
     DSEEK_CHECK(out == DType::F32 || out == DType::BF16,
                 "[fp8_gemm] output dtype must be f32 or bf16, got {}", dtype_name(out));
     Tensor y = Tensor::empty({M, N}, out, device);
+    if (kernel == Fp8GemmKernel::Best &&
+        cuda::fp8_gemm_cublaslt(a.data.data<uint8_t>(), a.scale.data<float>(), M, K,
+                                w.data.data<uint8_t>(), w.scale.data<float>(), N, bias, y.raw(),
+                                out))
+      return y;
     const Tensor bc = bias ? bias->contiguous() : Tensor();
     cuda::fp8_gemm(a.data.data<uint8_t>(), a.scale.data<float>(), M, K, w.data.data<uint8_t>(),
                    w.scale.data<float>(), N, bias ? bc.raw() : nullptr,

@@ -54,10 +54,15 @@ Fp8Tensor quantize_fp8(const Tensor& x, Fp8Layout layout, bool pow2_scale, std::
 // x ≈ q · s as f32 on the CPU, in `out` (f32 or bf16) on the GPU; shape [rows, cols].
 Tensor dequantize_fp8(const Fp8Tensor& q, DType out = DType::F32);
 
+// Which GPU kernel fp8_gemm runs: Best takes cuBLASLt's block-scaled FP8 GEMM on Hopper where it
+// applies (ops/cuda/fp8_cublaslt.cpp: K and N multiples of 128, no bias, ...) and the plain kernel
+// otherwise; Plain always the plain kernel (the reference the backend test holds cuBLASLt to).
+enum class Fp8GemmKernel : uint8_t { Best, Plain };
+
 // y [M, N] = a · wᵀ from a (Tile1x128, [M, K]) and w (Block128x128, [N, K]), plus bias [N] (f32,
 // bf16 or f16) when given. y is f32 on the CPU, `out` (f32 or bf16) on the GPU.
 Tensor fp8_gemm(const Fp8Tensor& a, const Fp8Tensor& w, const Tensor* bias = nullptr,
-                DType out = DType::F32);
+                DType out = DType::F32, Fp8GemmKernel kernel = Fp8GemmKernel::Best);
 
 // linear with a block-scaled FP8 weight, as a DeepSeek-V3 checkpoint stores it: W F8_E4M3
 // [out, in] and scale_inv F32 [ceil(out/128), ceil(in/128)]. x [..., in] (f32; bf16 too on the

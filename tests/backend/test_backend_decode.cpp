@@ -220,6 +220,14 @@ void expect_match(const std::string& fixture, DType act, const char* what,
   }
 }
 
+// FP8 checkpoint weights dequantised at load: these tests compare the GPU's float paths with the
+// CPU's to 1e-4, which per-tile FP8 activation rounding would not hold (test_backend_model_fp8.cpp
+// covers FP8 weights kept as FP8).
+Placement float_weights(Device device, DType act) {
+  return Placement{device, act, Fp8Weights::Dequantise};
+}
+const Placement kCpuFloat = float_weights(Device::CPU, DType::F32);
+
 class BackendDecodeModel : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -233,11 +241,11 @@ class BackendDecodeModel : public ::testing::TestWithParam<std::string> {
 TEST_P(BackendDecodeModel, CachedDecodeMatchesCpuAndNoCache) {
   DSEEK_REQUIRE_CUDA();
   const size_t prompt = ids_.size() / 2;
-  const std::unique_ptr<Model> cpu = Model::load(dir_.string());
+  const std::unique_ptr<Model> cpu = Model::load(dir_.string(), kCpuFloat);
   const std::vector<float> cpu_decode = cached_run(*cpu, Device::CPU, ids_, prompt, 1);
   const std::vector<float> cpu_chunks = cached_run(*cpu, Device::CPU, ids_, 3, 3);
   for (DType act : kActDtypes) {
-    const std::unique_ptr<Model> gpu = Model::load(dir_.string(), Placement{Device::CUDA, act});
+    const std::unique_ptr<Model> gpu = Model::load(dir_.string(), float_weights(Device::CUDA, act));
     const std::vector<float> decode = cached_run(*gpu, Device::CUDA, ids_, prompt, 1);
     const std::vector<float> chunks = cached_run(*gpu, Device::CUDA, ids_, 3, 3);
     const std::vector<float> full = gpu->forward(ids_).to_vector();  // host f32
@@ -281,7 +289,7 @@ TEST_P(BackendDecodeModel, TruncateThenRedecodeEqualsFreshRun) {
   const std::vector<int32_t> head(ids_.begin(), ids_.begin() + std::ptrdiff_t(keep));
   const std::vector<int32_t> tail(ids_.begin() + std::ptrdiff_t(keep), ids_.end());
   for (DType act : kActDtypes) {
-    const std::unique_ptr<Model> gpu = Model::load(dir_.string(), Placement{Device::CUDA, act});
+    const std::unique_ptr<Model> gpu = Model::load(dir_.string(), float_weights(Device::CUDA, act));
     const int64_t vocab = gpu->config().vocab_size;
     std::vector<float> fresh, redone;
     {
@@ -348,10 +356,10 @@ std::vector<float> batched_run(Model& model, Device device, const std::vector<in
 
 TEST_P(BackendDecodeModel, BatchedForwardOverPagesMatchesCpu) {
   DSEEK_REQUIRE_CUDA();
-  const std::unique_ptr<Model> cpu = Model::load(dir_.string());
+  const std::unique_ptr<Model> cpu = Model::load(dir_.string(), kCpuFloat);
   const std::vector<float> want = batched_run(*cpu, Device::CPU, ids_);
   for (DType act : kActDtypes) {
-    const std::unique_ptr<Model> gpu = Model::load(dir_.string(), Placement{Device::CUDA, act});
+    const std::unique_ptr<Model> gpu = Model::load(dir_.string(), float_weights(Device::CUDA, act));
     expect_match(GetParam(), act, "forward_batch vs cpu", batched_run(*gpu, Device::CUDA, ids_),
                  want, 1e-4, bf16_rel_rms(GetParam()));
   }
@@ -363,9 +371,9 @@ TEST_P(BackendDecodeModel, BatchedForwardOverPagesMatchesCpu) {
 // differences (≤ 1e-4), so a different token means a broken path, not a near tie.
 TEST_P(BackendDecodeModel, GreedyGenerationMatchesCpu) {
   DSEEK_REQUIRE_CUDA();
-  const std::unique_ptr<Model> cpu = Model::load(dir_.string());
+  const std::unique_ptr<Model> cpu = Model::load(dir_.string(), kCpuFloat);
   const std::unique_ptr<Model> gpu =
-      Model::load(dir_.string(), Placement{Device::CUDA, DType::F32});
+      Model::load(dir_.string(), float_weights(Device::CUDA, DType::F32));
   GenerationOptions options;
   options.max_new_tokens = 12;
   options.sampling.temperature = 0.0f;

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "backend/backend_harness.h"
+#include "ops/cuda/fp8_kernels.h"
 #include "ops/fp8.h"
 
 namespace dseek::backend_test {
@@ -167,11 +168,77 @@ TEST(BackendOps, Fp8Gemm) {
         const Fp8Tensor qag{qa.data.to(Device::CUDA), qa.scale.to(Device::CUDA), qa.layout};
         const Fp8Tensor qwg{qw.data.to(Device::CUDA), qw.scale.to(Device::CUDA), qw.layout};
         const Tensor bias_g = bias.to(Device::CUDA);
-        const Tensor got = ops::fp8_gemm(qag, qwg, with_bias ? &bias_g : nullptr, out);
+        const Tensor got = ops::fp8_gemm(qag, qwg, with_bias ? &bias_g : nullptr, out,
+                                         ops::Fp8GemmKernel::Plain);
         EXPECT_EQ(got.dtype(), out);
         expect_gemm_close(with_bias ? "fp8_gemm +bias" : "fp8_gemm", {M, K, N}, out,
                           ops::dequantize_fp8(qa), ops::dequantize_fp8(qw), want, got);
       }
+}
+
+// cuBLASLt's block-scaled FP8 GEMM (Hopper) against the plain kernel, on the shapes it takes (K
+// and N multiples of 128, no bias) and one it must refuse (N = 576, kv_a_proj's). The tensor cores
+// sum each 128-wide k-block in their own order and, per DeepSeek-V3 §3.3.2, keep only ~14 bits
+// while doing so, before the f32 promotion: with random signs that is ~2^-14·Σ_k|a·w| per
+// element; the bound allows 2^-10·Σ_k|a·w| (the plain kernel's f32 error is far below) plus one
+// rounding of the output (bf16: 2^-8 relative). Misplaced scales (a layout error) miss by O(1):
+// the operands' rows and blocks differ in scale by up to 2^18.
+TEST(BackendOps, Fp8GemmCublasLtMatchesPlainKernel) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(55);
+  const bool hopper = cuda::describe().find("sm_90") != std::string::npos;
+  const std::vector<std::array<int64_t, 3>> shapes = {
+      {1, 128, 128}, {5, 512, 256}, {64, 1024, 512}, {130, 2048, 384}, {257, 7168, 1024},
+      {8, 512, 576}};
+  for (DType out : kActDtypes)
+    for (auto [M, K, N] : shapes) {
+      const Fp8Tensor qa = ops::quantize_fp8(rand({M, K}, rng), Fp8Layout::Tile1x128, false, "a");
+      const Fp8Tensor qw =
+          ops::quantize_fp8(fp8_data(N, K, rng), Fp8Layout::Block128x128, false, "w");
+      const Fp8Tensor qag{qa.data.to(Device::CUDA), qa.scale.to(Device::CUDA), qa.layout};
+      const Fp8Tensor qwg{qw.data.to(Device::CUDA), qw.scale.to(Device::CUDA), qw.layout};
+      const Tensor want = ops::fp8_gemm(qag, qwg, nullptr, out, ops::Fp8GemmKernel::Plain);
+      Tensor got = Tensor::poisoned({M, N}, out, Device::CUDA);
+      const bool ran = ops::cuda::fp8_gemm_cublaslt(
+          qag.data.data<uint8_t>(), qag.scale.data<float>(), M, K, qwg.data.data<uint8_t>(),
+          qwg.scale.data<float>(), N, nullptr, got.raw(), out);
+      const bool eligible = N % 128 == 0;
+      std::printf("[backend] fp8_gemm cuBLASLt %-22s %-4s %s\n", describe_shape({M, K, N}).c_str(),
+                  std::string(dtype_name(out)).c_str(),
+                  ran ? "ran" : (eligible ? "REFUSED (plain kernel runs)" : "refused, as it must"));
+      if (!eligible) {
+        EXPECT_FALSE(ran) << "N = " << N << " is not whole 128-row blocks";
+        continue;
+      }
+      // On an H200 the path must really run: a refusal here means the scale modes, layouts or
+      // alignment are not what this cuBLAS accepts (see fp8_cublaslt.cpp).
+      if (hopper) {
+        EXPECT_TRUE(ran) << describe_shape({M, K, N});
+      }
+      if (!ran) continue;
+      const std::vector<float> av = ops::dequantize_fp8(qa).to_vector(),
+                               wv = ops::dequantize_fp8(qw).to_vector(), r = want.to_vector(),
+                               g = got.to_vector();
+      size_t bad = 0;
+      double worst = 0;
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) {
+          double abs_sum = 0;
+          for (int64_t k = 0; k < K; ++k)
+            abs_sum += std::abs(double(av[size_t(m * K + k)]) * wv[size_t(n * K + k)]);
+          const size_t i = size_t(m * N + n);
+          const double tol = std::ldexp(abs_sum, -10) +
+                             std::ldexp(std::abs(double(r[i])), out == DType::BF16 ? -8 : -22);
+          const double d = std::abs(double(g[i]) - r[i]);
+          const bool ok = std::isfinite(g[i]) && d <= tol;
+          bad += !ok;
+          worst = std::max(worst, std::isfinite(g[i]) ? d / tol : INFINITY);
+        }
+      std::printf("[backend] %-28s %-22s %-4s max error/bound %.2e %s\n", "fp8_gemm cuBLASLt",
+                  describe_shape({M, K, N}).c_str(), std::string(dtype_name(out)).c_str(), worst,
+                  bad ? "FAIL" : "ok");
+      EXPECT_EQ(bad, 0u) << describe_shape({M, K, N});
+    }
 }
 
 TEST(BackendOps, LinearFp8) {

@@ -143,7 +143,27 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+__global__ void pack_scales_kernel(const float* src, int64_t rows, int64_t cols, bool transpose,
+                                   float* dst, int64_t dst_rows, int64_t ld) {
+  const int64_t n = dst_rows * ld;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / ld, c = i % ld;  // dst coordinates
+    const int64_t sr = transpose ? c : r, sc = transpose ? r : c;
+    dst[i] = sr < rows && sc < cols ? src[sr * cols + sc] : 0.0f;
+  }
+}
+
 }  // namespace
+
+void fp8_pack_scales(const float* src, int64_t rows, int64_t cols, bool transpose, float* dst,
+                     int64_t dst_rows, int64_t ld) {
+  const int64_t n = dst_rows * ld;
+  if (n == 0) return;
+  const unsigned blocks = unsigned(std::min<int64_t>(ceil_div<int64_t>(n, 256), 4096));
+  pack_scales_kernel<<<blocks, 256, 0, stream()>>>(src, rows, cols, transpose, dst, dst_rows, ld);
+  DSEEK_CUDA_CHECK_LAUNCH("pack_scales_kernel");
+}
 
 void quantize_fp8(const void* x, DType act, int64_t rows, int64_t cols, int64_t tile_rows,
                   bool pow2, uint8_t* q, float* scale, int* bad) {

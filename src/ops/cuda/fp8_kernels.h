@@ -24,4 +24,19 @@ void dequantize_fp8(const uint8_t* q, const float* scale, int64_t rows, int64_t 
 void fp8_gemm(const uint8_t* a, const float* sa, int64_t M, int64_t K, const uint8_t* w,
               const float* sw, int64_t N, const void* bias, DType bias_dtype, void* y, DType out);
 
+// The same product through cuBLASLt's block-scaled FP8 GEMM (Hopper, cuBLAS >= 12.9: A scale mode
+// BLK128x128_32F for W, B scale mode VEC128_32F for a; fp8_cublaslt.cpp has the layouts). Returns
+// false, having done nothing, when that path does not apply: not an sm_90 device, K or N not a
+// multiple of 128, a bias, `out` not f32/bf16, an operand not 256-byte aligned, or no cuBLASLt
+// algorithm for the problem; the caller then runs fp8_gemm. Throws on a cuBLASLt error once an
+// algorithm was found.
+bool fp8_gemm_cublaslt(const uint8_t* a, const float* sa, int64_t M, int64_t K, const uint8_t* w,
+                       const float* sw, int64_t N, const void* bias, void* y, DType out);
+
+// Copies a row-major f32 [rows, cols] into `dst` [dst_rows, ld] (zero-padded), transposed when
+// `transpose` (then dst_rows >= cols and ld >= rows, else dst_rows >= rows and ld >= cols): the
+// scale layouts cuBLASLt's block-scaled GEMM reads.
+void fp8_pack_scales(const float* src, int64_t rows, int64_t cols, bool transpose, float* dst,
+                     int64_t dst_rows, int64_t ld);
+
 }  // namespace dseek::ops::cuda

@@ -1,0 +1,104 @@
+// An FP8 checkpoint on the GPU with its weights kept as FP8 (the default placement): the v3_fp8
+// fixture's dense projections must stay F8_E4M3 on the device (ops::linear_fp8 → the CUDA
+// quantize_fp8 + fp8_gemm), and the GPU model's logits must follow the CPU FP8 model's, full
+// forward and cached decode. The CPU FP8 model itself is held to the dequantised model and to
+// transformers in tests/test_model_fp8.cpp.
+//
+// Bounds. The GPU and CPU quantise nearly the same activations (f32 noise of a different
+// summation order, ~1e-6 relative), so only an element sitting on an E4M3 rounding boundary can
+// round the other way, moving by one E4M3 ulp (2^-3 of the value): rare, so with f32 activations
+// the logits must agree to well inside one GEMM's E4M3 error (2^-4/√3 ≈ 0.036 relative RMS,
+// test_model_fp8.cpp), while a path that skipped FP8 (dequantised weights: ≈ 0.155) or broke it
+// fails. bf16 activations (2^-9 relative steps) move about one element in 32 across an E4M3
+// boundary, ~0.013 relative RMS per GEMM, which the model amplifies about sixfold (0.026 per GEMM
+// became 0.155 in the logits on the CPU): ~0.1 expected, 0.3 allowed. That bound would not catch
+// a model that dequantised instead; the dtype checks on the device weights do.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "backend_harness.h"
+#include "model/kv_cache.h"
+#include "model/mla.h"
+#include "model/model.h"
+#include "model/transformer.h"
+#include "model_fixtures.h"
+
+namespace dseek::backend_test {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr double kF32RelRms = 0.0625 / 1.7320508075688772;  // one GEMM's E4M3 error
+constexpr double kBf16RelRms = 0.3;
+
+const fs::path kDir = dseek::testing::fixtures_root() / "v3_fp8";
+
+std::vector<int32_t> fixture_ids() {
+  std::ifstream in(kDir / "reference.json");
+  return nlohmann::json::parse(in).at("input_ids").get<std::vector<int32_t>>();
+}
+
+double rel_rms(const std::vector<float>& got, const std::vector<float>& want) {
+  double d2 = 0, w2 = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    double d = double(got[i]) - double(want[i]);
+    if (!std::isfinite(d)) d = std::numeric_limits<double>::infinity();
+    d2 += d * d;
+    w2 += double(want[i]) * double(want[i]);
+  }
+  return std::sqrt(d2 / std::max(w2, 1e-30));
+}
+
+void expect_rel(const char* what, DType act, const std::vector<float>& got,
+                const std::vector<float>& want) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  const double bound = act == DType::F32 ? kF32RelRms : kBf16RelRms;
+  const double e = rel_rms(got, want);
+  std::printf("[backend] model_fp8 v3_fp8 %-4s %-28s rel_rms %.2e bound %.2e %s\n",
+              act == DType::F32 ? "f32" : "bf16", what, e, bound, e <= bound ? "ok" : "FAIL");
+  EXPECT_LE(e, bound) << what << " " << dtype_name(act);
+}
+
+// Prefill half, then one token at a time; the logits rows as host f32.
+std::vector<float> cached_run(Model& model, const std::vector<int32_t>& ids) {
+  const std::unique_ptr<KVCache> cache = model.new_cache(int64_t(ids.size()));
+  std::vector<float> out;
+  const size_t prompt = ids.size() / 2;
+  for (float v : model.forward({ids.begin(), ids.begin() + long(prompt)}, *cache).to_vector())
+    out.push_back(v);
+  for (size_t i = prompt; i < ids.size(); ++i)
+    for (float v : model.forward({ids[i]}, *cache).to_vector()) out.push_back(v);
+  return out;
+}
+
+}  // namespace
+
+TEST(BackendModelFp8, GpuFp8ModelFollowsCpuFp8Model) {
+  DSEEK_REQUIRE_CUDA();
+  const std::vector<int32_t> ids = fixture_ids();
+  const std::unique_ptr<Model> cpu = Model::load(kDir.string());
+  const std::vector<float> cpu_full = cpu->forward(ids).to_vector();
+  for (DType act : kActDtypes) {
+    const std::unique_ptr<Model> gpu = Model::load(kDir.string(), Placement{Device::CUDA, act});
+    const auto& t = dynamic_cast<const Transformer&>(*gpu);
+    const auto& mla = dynamic_cast<const Mla&>(t.block(0).attention());
+    EXPECT_EQ(mla.o_proj().weight.dtype(), DType::F8_E4M3);
+    EXPECT_TRUE(mla.o_proj().weight.is_cuda());
+    EXPECT_TRUE(mla.o_proj().scale_inv.is_cuda());
+    ASSERT_NE(t.block(0).mlp(), nullptr);
+    EXPECT_TRUE(t.block(0).mlp()->fp8());
+    const std::vector<float> full = gpu->forward(ids).to_vector();
+    expect_rel("full vs cpu fp8 full", act, full, cpu_full);
+    expect_rel("cached decode vs gpu full", act, cached_run(*gpu, ids), full);
+  }
+}
+
+}  // namespace dseek::backend_test
