@@ -180,7 +180,7 @@ Tensor Mla::prefill_expanded_gpu(const Tensor& q, const Tensor& latent) const {
       .copy_from(latent.slice(1, r, r + rope_dim_).reshape({S, 1, rope_dim_}).expand(1, H));
   const Tensor v = kv.slice(2, nope_dim_, nope_dim_ + v_dim_);
   const Tensor attn = ops::causal_attention(q, k, v, scale_);  // [T, H, v]
-  return linear_b(attn.reshape({T, H * v_dim_}), o_proj_, o_bias_);
+  return apply_linear(attn.reshape({T, H * v_dim_}), o_proj_, o_bias_);
 }
 
 Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const {
