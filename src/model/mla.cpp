@@ -177,7 +177,8 @@ Tensor Mla::prefill_expanded_gpu(const Tensor& q, const Tensor& latent) const {
   Tensor k = Tensor::empty({S, H, qk}, kv.dtype(), kv.device());
   k.slice(2, 0, nope_dim_).copy_from(kv.slice(2, 0, nope_dim_));
   k.slice(2, nope_dim_, qk)
-      .copy_from(latent.slice(1, r, r + rope_dim_).reshape({S, 1, rope_dim_}).expand(1, H));
+      .copy_from(
+          latent.slice(1, r, r + rope_dim_).contiguous().reshape({S, 1, rope_dim_}).expand(1, H));
   const Tensor v = kv.slice(2, nope_dim_, nope_dim_ + v_dim_);
   const Tensor attn = ops::causal_attention(q, k, v, scale_);  // [T, H, v]
   return apply_linear(attn.reshape({T, H * v_dim_}), o_proj_, o_bias_);

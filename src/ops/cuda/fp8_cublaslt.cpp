@@ -50,7 +50,7 @@ namespace dseek::ops::cuda {
 namespace {
 
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;  // NVIDIA's recommendation for Hopper
-constexpr bool kActScalesOuterMajor = true;            // VEC128 scales [L][M4], else [M][L4]
+constexpr bool kActScalesOuterMajor = true;           // VEC128 scales [L][M4], else [M][L4]
 
 struct Key {
   int64_t m, n, k;
@@ -62,7 +62,7 @@ struct Lt {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
   bool hopper = false;
-  std::mutex mutex;                             // guards algos
+  std::mutex mutex;                                            // guards algos
   std::map<Key, std::pair<bool, cublasLtMatmulAlgo_t>> algos;  // false: refused
 };
 
@@ -104,7 +104,9 @@ struct Descriptors {
 // The heuristic assumes 256-byte aligned operands unless told otherwise; ours are whole
 // allocations (quantised activations, outputs, weights copied to the device), so anything less
 // aligned (a view) simply takes the plain kernel.
-bool aligned256(const void* p) { return reinterpret_cast<uintptr_t>(p) % 256 == 0; }
+bool aligned256(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 256 == 0;
+}
 
 // Descriptors for the problem, with the scale modes and the (already packed) scale pointers.
 // Returns false when cuBLASLt refuses an attribute (a library without the block-scaled modes).
@@ -138,7 +140,10 @@ bool describe(Descriptors& desc, int64_t M, int64_t K, int64_t N, cudaDataType_t
 bool fp8_gemm_cublaslt(const uint8_t* a, const float* sa, int64_t M, int64_t K, const uint8_t* w,
                        const float* sw, int64_t N, const void* bias, void* y, DType out) {
   if (M == 0 || N == 0 || K == 0 || K % 128 != 0 || N % 128 != 0 || bias) return false;
-  if (out != DType::F32 && out != DType::BF16) return false;
+  // Measured on an H200 (2026-12-03): with bf16 output the results missed the test's error bound
+  // by 1.5× (f32 output: within 0.88 of it), and the heuristic refused every M not a multiple of
+  // 4. Until both are understood, those take the plain kernel.
+  if (out != DType::F32 || M % 4 != 0) return false;
   if (!aligned256(a) || !aligned256(w) || !aligned256(y)) return false;
   Lt& l = lt();
   if (!l.hopper) return false;
@@ -171,8 +176,8 @@ bool fp8_gemm_cublaslt(const uint8_t* a, const float* sa, int64_t M, int64_t K, 
       // An unsupported combination comes back as an error status or as no result: both mean
       // "not here", so the plain kernel runs.
       usable = usable && cublasLtMatmulAlgoGetHeuristic(l.handle, desc.op, desc.a, desc.b, desc.d,
-                                                        desc.d, desc.pref, 1, &result, &found) ==
-                             CUBLAS_STATUS_SUCCESS;
+                                                        desc.d, desc.pref, 1, &result,
+                                                        &found) == CUBLAS_STATUS_SUCCESS;
       usable = usable && found > 0 && result.state == CUBLAS_STATUS_SUCCESS;
       it = l.algos.emplace(key, std::make_pair(usable, result.algo)).first;
     }
@@ -198,8 +203,8 @@ bool fp8_gemm_cublaslt(const uint8_t* a, const float* sa, int64_t M, int64_t K, 
 
 #else  // cuBLAS older than 12.9: no block-scaled FP8 modes
 
-bool fp8_gemm_cublaslt(const uint8_t*, const float*, int64_t, int64_t, const uint8_t*,
-                       const float*, int64_t, const void*, void*, DType) {
+bool fp8_gemm_cublaslt(const uint8_t*, const float*, int64_t, int64_t, const uint8_t*, const float*,
+                       int64_t, const void*, void*, DType) {
   return false;
 }
 
