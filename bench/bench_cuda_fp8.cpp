@@ -4,7 +4,8 @@
 // FP8 GEMM would see them; no grouped FP8 kernel exists yet). Also times the activation
 // quantisation that linear_fp8 adds. fp8_gemm runs as ops::fp8_gemm picks (cuBLASLt's
 // block-scaled FP8 GEMM on Hopper where it applies: K and N multiples of 128) and, for
-// comparison, forced onto the plain f32-FMA kernel. The last column is the fraction of the
+// comparison, forced onto the plain f32-FMA kernel, both with f32 output (cuBLASLt takes only f32
+// output for now: see fp8_cublaslt.cpp). The last column is the fraction of the
 // H100/H200 SXM dense FP8 tensor-core peak (1979 TFLOP/s) that the first reaches.
 //   bench_cuda_fp8 [reps]
 #include <algorithm>
@@ -64,11 +65,11 @@ void bench(const std::string& name, const std::vector<int64_t>& rows, int64_t K,
   const Tensor w_bf16 = rand_gpu({N, K}, DType::BF16, rng, 0.05f);
   const ops::Fp8Tensor w = ops::quantize_fp8(w_bf16, ops::Fp8Layout::Block128x128, false, "w");
   const double t_fp8 = time_op([&] {
-    for (const ops::Fp8Tensor& ai : a) ops::fp8_gemm(ai, w, nullptr, DType::BF16);
+    for (const ops::Fp8Tensor& ai : a) ops::fp8_gemm(ai, w, nullptr, DType::F32);
   });
   const double t_plain = time_op([&] {
     for (const ops::Fp8Tensor& ai : a)
-      ops::fp8_gemm(ai, w, nullptr, DType::BF16, ops::Fp8GemmKernel::Plain);
+      ops::fp8_gemm(ai, w, nullptr, DType::F32, ops::Fp8GemmKernel::Plain);
   });
   const double t_bf16 = time_op([&] {
     for (const Tensor& xi : x_bf16) ops::linear(xi, w_bf16);
