@@ -230,16 +230,8 @@ std::vector<std::pair<std::string, Tensor>> DataParallel::gather_state() {
 void DataParallel::load_state(const std::map<std::string, Tensor>& tensors, int64_t step_count) {
   DSEEK_CHECK(step_count >= 0, "[optim] optimizer state: step count {} is negative", step_count);
   for (const Slot& s : slots_)
-    for (const std::string kind : {"exp_avg.", "exp_avg_sq."}) {
-      auto it = tensors.find(kind + s.param->name);
-      DSEEK_CHECK(it != tensors.end(), "[optim] optimizer state: missing tensor '{}'",
-                  kind + s.param->name);
-      DSEEK_CHECK(it->second.defined() && it->second.shape() == s.param->value.shape(),
-                  "[optim] optimizer state: tensor '{}' has shape {}, the parameter has {}",
-                  kind + s.param->name,
-                  it->second.defined() ? shape_str(it->second.shape()) : "(undefined)",
-                  shape_str(s.param->value.shape()));
-    }
+    for (const std::string kind : {"exp_avg.", "exp_avg_sq."})
+      check_state_tensor(tensors, kind + s.param->name, s.param->value.shape());
   const int64_t lo = shard_.first, hi = shard_.first + shard_.count;
   for (const Slot& s : slots_) {
     const int64_t n = s.param->value.numel();

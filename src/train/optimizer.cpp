@@ -13,6 +13,8 @@ bool ends_with(const std::string& s, const std::string& suffix) {
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+}  // namespace
+
 void check_state_tensor(const std::map<std::string, Tensor>& tensors, const std::string& name,
                         const Shape& shape) {
   auto it = tensors.find(name);
@@ -22,8 +24,6 @@ void check_state_tensor(const std::map<std::string, Tensor>& tensors, const std:
               it->second.defined() ? shape_str(it->second.shape()) : "(undefined)",
               shape_str(shape));
 }
-
-}  // namespace
 
 AdamW::AdamW(ParamSet& params, AdamWConfig config) : params_(&params), config_(config) {
   DSEEK_CHECK(config.beta1 >= 0.0 && config.beta1 < 1.0, "[optim] AdamW: beta1 {} not in [0, 1)",

@@ -83,6 +83,10 @@ double clip_grad_norm(ParamSet& params, double max_norm);
 // clipping to max_norm multiplies them by (1 when max_norm ≤ 0, the norm is not finite or within
 // max_norm).
 double grad_norm(const ParamSet& params);
+// Throws naming `name` when `tensors` lacks it or holds it in another shape than `shape` (the
+// check every optimizer's load_state makes of its moments before changing anything).
+void check_state_tensor(const std::map<std::string, Tensor>& tensors, const std::string& name,
+                        const Shape& shape);
 float clip_factor(double norm, double max_norm);
 
 // Decay rule used when building ParamSets: false for norms (*norm.weight, which covers
