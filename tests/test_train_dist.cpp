@@ -937,6 +937,28 @@ void expert_parallel_on_this_rank() {
 }  // namespace
 
 // Expert parallelism's pieces on 2 real MPI ranks (this binary relaunched under mpirun):
+// Relaunches this test binary under mpirun with `ranks` ranks, each running only `test` (which
+// then takes its launcher_world_size() > 1 branch); expects every rank to pass it. Skips without
+// MPI or mpirun.
+void run_test_on_ranks(const std::string& test, int ranks) {
+  if (!dist::mpi_available()) GTEST_SKIP() << "this dseek was built without MPI";
+  const std::string mpirun = find_mpirun();
+  if (mpirun.empty()) GTEST_SKIP() << "mpirun not found (scripts/setup.sh installs OpenMPI)";
+  char self[4096];
+  const ssize_t len = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  ASSERT_GT(len, 0);
+  self[len] = '\0';
+  const ProcRun r =
+      run(mpirun, {"-np", std::to_string(ranks), "--bind-to", "none", "--oversubscribe", self,
+                   "--gtest_filter=" + test, "--gtest_color=no"});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  size_t passed = 0;
+  for (size_t at = r.out.find("[  PASSED  ] 1 test"); at != std::string::npos;
+       at = r.out.find("[  PASSED  ] 1 test", at + 1))
+    ++passed;
+  EXPECT_EQ(passed, size_t(ranks)) << r.out;  // every rank ran and passed it
+}
+
 // all_to_all_v and the int64 all_to_all deliver every block (empty ones included) to the right
 // rank and place; the MoE layer with its routed experts split over the ranks gives, for each
 // rank's 13 or 21 tokens, the outputs and input gradients one process computes on all 34, the same
@@ -948,22 +970,7 @@ TEST(DistRanks, ExpertParallelMoeEqualsOneProcess) {
     expert_parallel_on_this_rank();
     return;
   }
-  if (!dist::mpi_available()) GTEST_SKIP() << "this dseek was built without MPI";
-  const std::string mpirun = find_mpirun();
-  if (mpirun.empty()) GTEST_SKIP() << "mpirun not found (scripts/setup.sh installs OpenMPI)";
-  char self[4096];
-  const ssize_t len = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  ASSERT_GT(len, 0);
-  self[len] = '\0';
-  const ProcRun r = run(
-      mpirun, {"-np", "2", "--bind-to", "none", "--oversubscribe", self,
-               "--gtest_filter=DistRanks.ExpertParallelMoeEqualsOneProcess", "--gtest_color=no"});
-  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
-  size_t passed = 0;
-  for (size_t at = r.out.find("[  PASSED  ] 1 test"); at != std::string::npos;
-       at = r.out.find("[  PASSED  ] 1 test", at + 1))
-    ++passed;
-  EXPECT_EQ(passed, 2u) << r.out;  // both ranks ran and passed it
+  run_test_on_ranks("DistRanks.ExpertParallelMoeEqualsOneProcess", 2);
 }
 
 // ZeRO-1 over 3 real MPI ranks (this test binary relaunched under mpirun, each rank running only
@@ -976,20 +983,5 @@ TEST(DistRanks, ZeroOneEqualsAdamWOnSummedGradients) {
     zero_one_on_this_rank();
     return;
   }
-  if (!dist::mpi_available()) GTEST_SKIP() << "this dseek was built without MPI";
-  const std::string mpirun = find_mpirun();
-  if (mpirun.empty()) GTEST_SKIP() << "mpirun not found (scripts/setup.sh installs OpenMPI)";
-  char self[4096];
-  const ssize_t len = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  ASSERT_GT(len, 0);
-  self[len] = '\0';
-  const ProcRun r = run(
-      mpirun, {"-np", "3", "--bind-to", "none", "--oversubscribe", self,
-               "--gtest_filter=DistRanks.ZeroOneEqualsAdamWOnSummedGradients", "--gtest_color=no"});
-  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
-  size_t passed = 0;
-  for (size_t at = r.out.find("[  PASSED  ] 1 test"); at != std::string::npos;
-       at = r.out.find("[  PASSED  ] 1 test", at + 1))
-    ++passed;
-  EXPECT_EQ(passed, 3u) << r.out;  // every rank ran and passed it
+  run_test_on_ranks("DistRanks.ZeroOneEqualsAdamWOnSummedGradients", 3);
 }
