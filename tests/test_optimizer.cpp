@@ -319,6 +319,16 @@ TEST(Optimizer, FusedOpChecksItsTensors) {
                "[adamw] exp_avg 0: must be a defined f32 contiguous tensor, got bf16 [2, 3]");
   expect_error([&] { ops::adamw_tensors({a}, {a}, {a}, {b.transpose(0, 1)}, {0}); },
                "[adamw] exp_avg_sq 0: must be a defined f32 contiguous tensor");
+  // The optional bf16 compute copies: one per tensor, bf16, the value's shape.
+  expect_error(
+      [&] {
+        ops::adamw_tensors({a}, {a}, {a}, {a}, {1}, {Tensor(), Tensor()});
+      },
+      "2 compute copies: one each");
+  expect_error([&] { ops::adamw_tensors({a}, {a}, {a}, {a}, {1}, {a}); },
+               "[adamw] compute copy 0: must be bf16 contiguous [2, 3], got f32 [2, 3]");
+  expect_error([&] { ops::adamw_tensors({a}, {a}, {a}, {a}, {1}, {b.to(DType::BF16)}); },
+               "[adamw] compute copy 0: must be bf16 contiguous [2, 3], got bf16 [3, 2]");
   expect_error(
       [&] {
         ops::sum_of_squares({a, Tensor()});
