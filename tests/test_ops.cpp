@@ -12,6 +12,7 @@
 #include "ops/embedding.h"
 #include "ops/norm.h"
 #include "ops/rope.h"
+#include "ops/rows.h"
 #include "ops/softmax.h"
 #include "test_ops_util.h"
 
@@ -130,6 +131,51 @@ TEST(Ops, RopeMatchesReferenceBothLayouts) {
   }
   Tensor x = Tensor::zeros({1, 1, 6});
   EXPECT_THROW(ops::rope_inplace(x, 0, {1.0f, 1.0f}, 1.0f, false), Error);
+}
+
+// Per-row positions (continuous batching): the same as rotating each row alone at its position.
+TEST(Ops, RopeAtPerRowPositionsEqualsOneCallPerRow) {
+  std::mt19937 rng(14);
+  const int64_t T = 6, H = 2, d = 16;
+  std::vector<float> inv_freq(size_t(d / 2));
+  for (int64_t j = 0; j < d / 2; ++j) inv_freq[size_t(j)] = float(std::pow(500.0, -2.0 * j / d));
+  const std::vector<int64_t> pos = {0, 1, 2, 37, 38, 4095};  // two sequences' rows, unordered
+  for (bool interleaved : {false, true}) {
+    const Tensor x = random_tensor({T, H, d}, DType::F32, rng);
+    Tensor got = x.clone();
+    ops::rope_inplace(got, Tensor::from_i64(pos), inv_freq, 0.75f, interleaved);
+    Tensor want = x.clone();
+    for (int64_t t = 0; t < T; ++t)
+      ops::rope_inplace(want.slice(0, t, t + 1), pos[size_t(t)], inv_freq, 0.75f, interleaved);
+    EXPECT_EQ(got.to_vector(), want.to_vector()) << "interleaved=" << interleaved;
+  }
+  Tensor x = random_tensor({2, 1, 4}, DType::F32, rng);
+  EXPECT_THROW(ops::rope_inplace(x, Tensor::from_i64({0, -1}), {1.0f, 0.5f}, 1.0f, false), Error);
+  EXPECT_THROW(ops::rope_inplace(x, Tensor::from_i64({0}), {1.0f, 0.5f}, 1.0f, false), Error);
+}
+
+TEST(Ops, ScatterRowsWritesEachRowToItsSlot) {
+  std::mt19937 rng(15);
+  const Tensor pool = random_tensor({8, 10}, DType::F32, rng);
+  const std::vector<float> before = pool.to_vector();
+  const Tensor src = random_tensor({3, 4}, DType::F32, rng);
+  const std::vector<int64_t> slots = {5, 0, 7};
+  // A column view of the pool, as MLA writes the latent and the rope key into one row.
+  ops::scatter_rows(pool.slice(1, 3, 7), src, Tensor::from_i64(slots));
+  std::vector<float> want = before;
+  const std::vector<float> s = src.to_vector();
+  for (size_t i = 0; i < slots.size(); ++i)
+    for (size_t c = 0; c < 4; ++c) want[size_t(slots[i]) * 10 + 3 + c] = s[i * 4 + c];
+  EXPECT_EQ(pool.to_vector(), want);
+  EXPECT_THROW(
+      ops::scatter_rows(pool, random_tensor({2, 10}, DType::F32, rng), Tensor::from_i64({1, 8})),
+      Error);  // outside the pool
+  EXPECT_THROW(
+      ops::scatter_rows(pool, random_tensor({2, 10}, DType::F32, rng), Tensor::from_i64({4, 4})),
+      Error);  // one slot twice
+  EXPECT_THROW(
+      ops::scatter_rows(pool, random_tensor({2, 9}, DType::F32, rng), Tensor::from_i64({0, 1})),
+      Error);  // width
 }
 
 TEST(Ops, CausalAttentionMatchesReference) {

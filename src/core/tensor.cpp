@@ -35,10 +35,13 @@ Shape contiguous_strides(const Shape& shape) {
   return strides;
 }
 
-std::string_view device_name(Device device) { return device == Device::CUDA ? "cuda" : "cpu"; }
+std::string_view device_name(Device device) {
+  return device == Device::CUDA ? "cuda" : "cpu";
+}
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
-  for (int64_t d : shape) DSEEK_CHECK(d >= 0, "[tensor] negative dimension in shape {}", shape_str(shape));
+  for (int64_t d : shape)
+    DSEEK_CHECK(d >= 0, "[tensor] negative dimension in shape {}", shape_str(shape));
   size_t bytes = size_t(shape_numel(shape)) * dtype_size(dtype);
   Tensor t;
   t.storage_ = std::make_shared<Storage>();
@@ -49,7 +52,8 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   } else {
     size_t padded = (bytes + 63) / 64 * 64;
     void* p = std::aligned_alloc(64, padded ? padded : 64);
-    if (!p) fail("[tensor] out of memory allocating {} bytes for shape {}", bytes, shape_str(shape));
+    if (!p)
+      fail("[tensor] out of memory allocating {} bytes for shape {}", bytes, shape_str(shape));
     t.storage_->owner = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
     t.storage_->data = p;
   }
@@ -93,8 +97,8 @@ Tensor Tensor::poisoned(const Shape& shape, DType dtype, Device device) {
 }
 
 Tensor Tensor::from_vector(const std::vector<float>& values, const Shape& shape) {
-  DSEEK_CHECK(int64_t(values.size()) == shape_numel(shape), "[tensor] {} values do not fill shape {}",
-              values.size(), shape_str(shape));
+  DSEEK_CHECK(int64_t(values.size()) == shape_numel(shape),
+              "[tensor] {} values do not fill shape {}", values.size(), shape_str(shape));
   Tensor t = empty(shape, DType::F32);
   std::memcpy(t.raw(), values.data(), values.size() * 4);
   return t;
@@ -103,6 +107,12 @@ Tensor Tensor::from_vector(const std::vector<float>& values, const Shape& shape)
 Tensor Tensor::from_ids(const std::vector<int32_t>& ids) {
   Tensor t = empty({int64_t(ids.size())}, DType::I32);
   std::memcpy(t.raw(), ids.data(), ids.size() * 4);
+  return t;
+}
+
+Tensor Tensor::from_i64(const std::vector<int64_t>& values) {
+  Tensor t = empty({int64_t(values.size())}, DType::I64);
+  std::memcpy(t.raw(), values.data(), values.size() * sizeof(int64_t));
   return t;
 }
 
@@ -120,11 +130,14 @@ Tensor Tensor::borrow(void* data, const Shape& shape, DType dtype, std::shared_p
 
 int64_t Tensor::size(int d) const {
   if (d < 0) d += dim();
-  DSEEK_CHECK(d >= 0 && d < dim(), "[tensor] dimension {} out of range for shape {}", d, shape_str(shape_));
+  DSEEK_CHECK(d >= 0 && d < dim(), "[tensor] dimension {} out of range for shape {}", d,
+              shape_str(shape_));
   return shape_[d];
 }
 
-bool Tensor::is_contiguous() const { return strides_ == contiguous_strides(shape_) || numel() <= 1; }
+bool Tensor::is_contiguous() const {
+  return strides_ == contiguous_strides(shape_) || numel() <= 1;
+}
 
 void* Tensor::raw() const {
   if (!storage_) return nullptr;
@@ -145,8 +158,8 @@ Tensor Tensor::reshape(const Shape& shape) const {
     }
   }
   if (infer >= 0) {
-    DSEEK_CHECK(known > 0 && numel() % known == 0, "[tensor] cannot reshape {} to {}", shape_str(shape_),
-                shape_str(shape));
+    DSEEK_CHECK(known > 0 && numel() % known == 0, "[tensor] cannot reshape {} to {}",
+                shape_str(shape_), shape_str(shape));
     s[infer] = numel() / known;
   }
   DSEEK_CHECK(shape_numel(s) == numel(), "[tensor] cannot reshape {} to {}", shape_str(shape_),
@@ -160,7 +173,8 @@ Tensor Tensor::reshape(const Shape& shape) const {
 Tensor Tensor::slice(int d, int64_t start, int64_t end) const {
   if (d < 0) d += dim();
   DSEEK_CHECK(d >= 0 && d < dim() && 0 <= start && start <= end && end <= shape_[d],
-              "[tensor] slice [{}, {}) of dim {} out of range for shape {}", start, end, d, shape_str(shape_));
+              "[tensor] slice [{}, {}) of dim {} out of range for shape {}", start, end, d,
+              shape_str(shape_));
   Tensor t = *this;
   t.offset_ += size_t(start * strides_[d]);
   t.shape_[d] = end - start;
@@ -178,8 +192,8 @@ Tensor Tensor::select(int d, int64_t index) const {
 Tensor Tensor::transpose(int a, int b) const {
   if (a < 0) a += dim();
   if (b < 0) b += dim();
-  DSEEK_CHECK(a >= 0 && a < dim() && b >= 0 && b < dim(), "[tensor] transpose({}, {}) of shape {}", a, b,
-              shape_str(shape_));
+  DSEEK_CHECK(a >= 0 && a < dim() && b >= 0 && b < dim(), "[tensor] transpose({}, {}) of shape {}",
+              a, b, shape_str(shape_));
   Tensor t = *this;
   std::swap(t.shape_[a], t.shape_[b]);
   std::swap(t.strides_[a], t.strides_[b]);
@@ -200,7 +214,9 @@ Tensor Tensor::expand(int d, int64_t n) const {
 
 namespace {
 
-bool is_float_dtype(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
+bool is_float_dtype(DType t) {
+  return t == DType::F32 || t == DType::BF16 || t == DType::F16;
+}
 
 // Offsets (in elements) of a strided view's elements in logical order.
 template <typename Visit>
@@ -240,7 +256,8 @@ void Tensor::copy_from(const Tensor& src) const {
   const char* from = static_cast<const char*>(src.raw());
   if (src.dtype_ == dtype_) {
     std::vector<int64_t> src_offsets(static_cast<size_t>(numel()));
-    for_each_offset(shape_, src.strides_, [&](int64_t i, int64_t o) { src_offsets[size_t(i)] = o; });
+    for_each_offset(shape_, src.strides_,
+                    [&](int64_t i, int64_t o) { src_offsets[size_t(i)] = o; });
     for_each_offset(shape_, strides_, [&](int64_t i, int64_t o) {
       std::memcpy(dst + o * int64_t(esize), from + src_offsets[size_t(i)] * int64_t(esize), esize);
     });

@@ -42,6 +42,7 @@ class Tensor {
   static Tensor poisoned(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
   static Tensor from_vector(const std::vector<float>& values, const Shape& shape);
   static Tensor from_ids(const std::vector<int32_t>& ids);
+  static Tensor from_i64(const std::vector<int64_t>& values);  // i64 [n]
   // A view of memory owned by someone else; `owner` keeps it alive.
   static Tensor borrow(void* data, const Shape& shape, DType dtype, std::shared_ptr<void> owner);
 

@@ -7,6 +7,7 @@
 #include "model/load_context.h"
 #include "model/paged_kv_cache.h"
 #include "ops/attention.h"
+#include "ops/rows.h"
 
 namespace dseek {
 Attention::Attention(const ModelConfig& config, const RopeParams& rope, LoadContext& ctx,
@@ -81,7 +82,7 @@ Tensor Attention::forward_cached(const Tensor& x, KVCache& cache, int64_t layer)
 }
 
 Tensor Attention::forward_paged(const Tensor& x, std::span<const ops::PagedAttentionSeq> seqs,
-                               PagedKVCache& cache, int64_t layer) const {
+                                PagedKVCache& cache, int64_t layer) const {
   const int64_t width = n_kv_heads_ * head_dim_;
   DSEEK_CHECK(cache.spec(layer).key_width == width && cache.spec(layer).value_width == width,
               "[model] paged cache layer {} has widths {} / {}, attention needs {} / {}", layer,
@@ -89,18 +90,15 @@ Tensor Attention::forward_paged(const Tensor& x, std::span<const ops::PagedAtten
   Tensor q, k, v;
   project_unroped(x, q, k, v);
   const int64_t pt = cache.page_tokens(), N = x.size(0);
-  const Tensor k_rows = k.reshape({N, width}), v_rows = v.reshape({N, width});
-  int64_t row0 = 0;
-  for (const ops::PagedAttentionSeq& s : seqs) {
-    apply_rope(rope_, q.slice(0, row0, row0 + s.T), s.pos0);
-    apply_rope(rope_, k.slice(0, row0, row0 + s.T), s.pos0);
-    write_paged_rows(cache.keys(layer), k_rows.slice(0, row0, row0 + s.T), s.pages, pt, s.pos0);
-    write_paged_rows(cache.values(layer), v_rows.slice(0, row0, row0 + s.T), s.pages, pt,
-                     s.pos0);
-    row0 += s.T;
-  }
-  return output(
-      ops::paged_attention(q, cache.keys(layer), cache.values(layer), n_kv_heads_, pt, seqs, scale_));
+  // Every sequence's rows at once: rotate at their own positions, write to their own pool slots.
+  const Tensor index = paged_row_index(seqs, pt, x.device());
+  const Tensor positions = index.select(0, 0), slots = index.select(0, 1);
+  apply_rope(rope_, q, positions);
+  apply_rope(rope_, k, positions);
+  ops::scatter_rows(cache.keys(layer), k.reshape({N, width}), slots);
+  ops::scatter_rows(cache.values(layer), v.reshape({N, width}), slots);
+  return output(ops::paged_attention(q, cache.keys(layer), cache.values(layer), n_kv_heads_, pt,
+                                     seqs, scale_));
 }
 
 }  // namespace dseek

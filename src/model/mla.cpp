@@ -10,6 +10,7 @@
 #include "ops/linear.h"
 #include "ops/mla_decode.h"
 #include "ops/norm.h"
+#include "ops/rows.h"
 
 namespace dseek {
 Mla::Mla(const ModelConfig& config, const RopeParams& rope, LoadContext& ctx,
@@ -225,14 +226,14 @@ Tensor Mla::forward_paged(const Tensor& x, std::span<const ops::PagedAttentionSe
   const Projected p = project_unroped(x);
   const int64_t pt = cache.page_tokens(), N = x.size(0);
   const Tensor& rows = cache.keys(layer);
-  const Tensor k_pe = p.k_pe.reshape({N, rope_dim_});
-  int64_t row0 = 0;
-  for (const ops::PagedAttentionSeq& s : seqs) {
-    rope_rows(p, row0, s.T, s.pos0);
-    write_paged_rows(rows.slice(1, 0, r), p.c_kv.slice(0, row0, row0 + s.T), s.pages, pt, s.pos0);
-    write_paged_rows(rows.slice(1, r, width), k_pe.slice(0, row0, row0 + s.T), s.pages, pt, s.pos0);
-    row0 += s.T;
-  }
+  // Every sequence's rows at once: rotate at their own positions, write to their own pool slots.
+  const Tensor index = paged_row_index(seqs, pt, x.device());
+  const Tensor positions = index.select(0, 0), slots = index.select(0, 1);
+  const int64_t qk = nope_dim_ + rope_dim_;
+  apply_rope(rope_, p.q.slice(2, nope_dim_, qk), positions);
+  apply_rope(rope_, p.k_pe, positions);
+  ops::scatter_rows(rows.slice(1, 0, r), p.c_kv, slots);
+  ops::scatter_rows(rows.slice(1, r, width), p.k_pe.reshape({N, rope_dim_}), slots);
   if (x.is_cuda()) {
     return latent_output_gpu(ops::paged_attention(absorb_query_gpu(p.q), rows, rows.slice(1, 0, r),
                                                   1, pt, seqs, scale_));

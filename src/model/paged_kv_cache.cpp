@@ -14,7 +14,10 @@ namespace dseek {
 
 PagedKVCache::PagedKVCache(const std::vector<KVCache::LayerSpec>& layers, int64_t page_tokens,
                            int64_t num_pages, DType dtype, Device device)
-    : specs_(layers), page_tokens_(page_tokens), num_pages_(num_pages), dtype_(dtype),
+    : specs_(layers),
+      page_tokens_(page_tokens),
+      num_pages_(num_pages),
+      dtype_(dtype),
       device_(device) {
   DSEEK_CHECK(dtype == DType::F32 || (dtype == DType::BF16 && device == Device::CUDA),
               "[paged_kv_cache] rows must be f32, or bf16 on the GPU; got {} on the {}",
@@ -26,8 +29,8 @@ PagedKVCache::PagedKVCache(const std::vector<KVCache::LayerSpec>& layers, int64_
   DSEEK_CHECK(!layers.empty(), "[paged_kv_cache] no layers");
   const int64_t rows = page_tokens * num_pages;
   for (const KVCache::LayerSpec& l : layers) {
-    DSEEK_CHECK(l.key_width > 0 && l.value_width >= 0,
-                "[paged_kv_cache] bad layer widths {} / {}", l.key_width, l.value_width);
+    DSEEK_CHECK(l.key_width > 0 && l.value_width >= 0, "[paged_kv_cache] bad layer widths {} / {}",
+                l.key_width, l.value_width);
     keys_.push_back(Tensor::zeros({rows, l.key_width}, dtype, device));
     values_.push_back(l.value_width > 0 ? Tensor::zeros({rows, l.value_width}, dtype, device)
                                         : Tensor());
@@ -44,7 +47,9 @@ int64_t PagedKVCache::free_pages() const {
   return int64_t(never_used_.size() + evictable_.size());
 }
 
-int64_t PagedKVCache::cached_pages() const { return int64_t(page_of_hash_.size()); }
+int64_t PagedKVCache::cached_pages() const {
+  return int64_t(page_of_hash_.size());
+}
 
 size_t PagedKVCache::nbytes() const {
   size_t n = 0;
@@ -167,8 +172,8 @@ bool PagedKVCache::reserve(PagedSequence& seq, int64_t tokens) {
 
 void PagedKVCache::truncate(PagedSequence& seq, int64_t n) {
   const int64_t held = int64_t(seq.pages.size()) * page_tokens_;
-  DSEEK_CHECK(n >= 0 && n <= held, "[paged_kv_cache] truncate to {} positions: the sequence holds {}",
-              n, held);
+  DSEEK_CHECK(n >= 0 && n <= held,
+              "[paged_kv_cache] truncate to {} positions: the sequence holds {}", n, held);
   const size_t keep = size_t((n + page_tokens_ - 1) / page_tokens_);
   if (n % page_tokens_ != 0) {
     const int32_t last = seq.pages[keep - 1];
@@ -228,16 +233,26 @@ uint64_t prefix_page_hash(uint64_t previous, std::span<const int32_t> page_ids) 
   return mix64(h ^ uint64_t(page_ids.size()));
 }
 
-void write_paged_rows(const Tensor& pool, const Tensor& src, std::span<const int32_t> pages,
-                      int64_t page_tokens, int64_t pos0) {
-  const int64_t T = src.size(0);
-  for (int64_t t = 0; t < T;) {
-    const int64_t pos = pos0 + t, slot = pos % page_tokens;
-    const int64_t n = std::min(T - t, page_tokens - slot);  // the run inside this page
-    const int64_t row = int64_t(pages[size_t(pos / page_tokens)]) * page_tokens + slot;
-    pool.slice(0, row, row + n).copy_from(src.slice(0, t, t + n));
-    t += n;
+Tensor paged_row_index(std::span<const ops::PagedAttentionSeq> seqs, int64_t page_tokens,
+                       Device device) {
+  int64_t N = 0;
+  for (const ops::PagedAttentionSeq& s : seqs) N += s.T;
+  Tensor index = Tensor::empty({2, N}, DType::I64);
+  int64_t* positions = index.data<int64_t>();
+  int64_t* rows = positions + N;
+  int64_t i = 0;
+  for (size_t k = 0; k < seqs.size(); ++k) {
+    const ops::PagedAttentionSeq& s = seqs[k];
+    DSEEK_CHECK(int64_t(s.pages.size()) * page_tokens >= s.pos0 + s.T,
+                "[paged cache] sequence {}: {} pages do not cover positions up to {}", k,
+                s.pages.size(), s.pos0 + s.T);
+    for (int64_t t = 0; t < s.T; ++t, ++i) {
+      const int64_t pos = s.pos0 + t;
+      positions[i] = pos;
+      rows[i] = int64_t(s.pages[size_t(pos / page_tokens)]) * page_tokens + pos % page_tokens;
+    }
   }
+  return device == Device::CPU ? index : index.to(device);
 }
 
 }  // namespace dseek

@@ -23,6 +23,7 @@
 
 #include "core/tensor.h"
 #include "model/kv_cache.h"
+#include "ops/paged_attention.h"
 
 namespace dseek {
 
@@ -105,11 +106,13 @@ class PagedKVCache {
   void unregister(int32_t page);
 };
 
-// Writes src [T, width] — the rows of positions pos0 .. pos0 + T − 1 of a sequence — into `pool`
-// (a layer's keys() or values(), or a column view of them) through the sequence's page table,
-// which must cover them: one copy per page touched, on the pool's device, converting to its dtype.
-void write_paged_rows(const Tensor& pool, const Tensor& src, std::span<const int32_t> pages,
-                      int64_t page_tokens, int64_t pos0);
+// Where a batch's new rows go, for one batched write per layer: [2, ΣT] i64 on `device`, row 0 the
+// position of each new token (sequences in order, sequence i's T_i tokens at pos0_i ..), row 1 the
+// pool row that holds it (through the sequence's page table, which must cover it). Built once per
+// layer call, uploaded in one copy; the rotation (ops::rope_inplace) takes row 0 and the cache
+// writes (ops::scatter_rows) row 1.
+Tensor paged_row_index(std::span<const ops::PagedAttentionSeq> seqs, int64_t page_tokens,
+                       Device device);
 
 // The chained hash of page k of a token sequence: hash of (hash of page k − 1, the page's ids).
 // Page 0 chains from `seed` (0, or a per-model salt).

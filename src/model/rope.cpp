@@ -78,4 +78,8 @@ void apply_rope(const RopeParams& rope, const Tensor& x, int64_t pos0) {
   ops::rope_inplace(x, pos0, rope.inv_freq, rope.attention_scaling, rope.interleaved);
 }
 
+void apply_rope(const RopeParams& rope, const Tensor& x, const Tensor& positions) {
+  ops::rope_inplace(x, positions, rope.inv_freq, rope.attention_scaling, rope.interleaved);
+}
+
 }  // namespace dseek

@@ -29,5 +29,7 @@ RopeParams rope_params(const ModelConfig& config);
 
 // Rotates x [T, H, d] in place for positions pos0 .. pos0 + T − 1.
 void apply_rope(const RopeParams& rope, const Tensor& x, int64_t pos0);
+// Rotates x [T, H, d] in place, row t at position positions[t] (i64 [T] on x's device).
+void apply_rope(const RopeParams& rope, const Tensor& x, const Tensor& positions);
 
 }  // namespace dseek

@@ -1,6 +1,8 @@
 #include "ops/rope.h"
 
 #include <cmath>
+#include <mutex>
+#include <utility>
 
 #include "core/error.h"
 #include "ops/cpu/cpu_ops.h"
@@ -31,33 +33,70 @@ struct RopeTables {
   std::vector<float> cos, sin;  // [T, d/2]
 };
 
-// The cos/sin tables for positions pos0 .. pos0 + T − 1 (x already checked).
-RopeTables rope_tables(const Tensor& x, int64_t pos0, const std::vector<float>& inv_freq,
-                       float scaling) {
+// The cos/sin tables for the positions of x's T rows (x already checked): positions[t], or
+// pos0 + t when positions is null.
+RopeTables rope_tables(const Tensor& x, int64_t pos0, const int64_t* positions,
+                       const std::vector<float>& inv_freq, float scaling) {
   const int64_t T = x.size(0), d = x.size(2);
   const int64_t half = d / 2;
   RopeTables tab{std::vector<float>(size_t(T * half)), std::vector<float>(size_t(T * half))};
-  for (int64_t t = 0; t < T; ++t)
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t pos = positions ? positions[t] : pos0 + t;
     for (int64_t j = 0; j < half; ++j) {
       // As transformers: the angle is one f32 product, cos/sin in f32, then the scaling.
-      const float angle = inv_freq[size_t(j)] * float(pos0 + t);
+      const float angle = inv_freq[size_t(j)] * float(pos);
       tab.cos[size_t(t * half + j)] = float(std::cos(double(angle))) * scaling;
       tab.sin[size_t(t * half + j)] = float(std::sin(double(angle))) * scaling;
     }
+  }
   return tab;
 }
 
+// Checks a positions tensor for x [T, H, d]: i64 [T] contiguous on x's device; on the CPU also
+// that every position is ≥ 0.
+void check_positions(const Tensor& x, const Tensor& positions) {
+  DSEEK_CHECK(positions.defined() && positions.dtype() == DType::I64 && positions.dim() == 1 &&
+                  positions.size(0) == x.size(0) && positions.is_contiguous(),
+              "[rope] positions must be contiguous i64 [{}], got {}", x.size(0),
+              positions.defined() ? fmt::format("{} {}", dtype_name(positions.dtype()),
+                                                shape_str(positions.shape()))
+                                  : std::string("undefined"));
+  DSEEK_CHECK(positions.device() == x.device(), "[rope] positions on the {}, x on the {}",
+              device_name(positions.device()), device_name(x.device()));
+  if (positions.is_cuda()) return;
+  const int64_t* p = positions.data<int64_t>();
+  for (int64_t t = 0; t < positions.size(0); ++t)
+    DSEEK_CHECK(p[t] >= 0, "[rope] negative position {} at row {}", p[t], t);
+}
+
 #ifdef DSEEK_HAS_CUDA
-// The CUDA kernels compute cos/sin themselves (the same way as rope_tables); only the
-// frequencies travel, to a small device buffer per call.
-void rope_cuda(const Tensor& x, int64_t pos0, const std::vector<float>& inv_freq, float scaling,
-               bool interleaved, bool backward, DType act) {
+// The inverse frequencies on the device. A model has one or two sets, used by every layer of every
+// step, so they are uploaded once and kept (a copy per call was a synchronous host-to-device copy
+// per rotation: thousands per batched decode step). Keyed by value, a handful of entries; the
+// cache lives until exit on purpose (freeing device memory from a static destructor would run after
+// the CUDA runtime is torn down).
+const float* device_frequencies(const std::vector<float>& inv_freq) {
+  static std::mutex mutex;
+  static auto* cache = new std::vector<std::pair<std::vector<float>, Tensor>>();
+  std::lock_guard<std::mutex> lock(mutex);
+  for (const auto& [values, tensor] : *cache)
+    if (values == inv_freq) return tensor.data<float>();
+  constexpr size_t kMaxEntries = 16;  // a process with many models re-uploads, never grows
+  if (cache->size() == kMaxEntries) cache->erase(cache->begin());
+  const int64_t n = int64_t(inv_freq.size());
+  cache->emplace_back(inv_freq, Tensor::from_vector(inv_freq, {n}).to(Device::CUDA));
+  return cache->back().second.data<float>();
+}
+
+// The CUDA kernels compute cos/sin themselves (the same way as rope_tables).
+void rope_cuda(const Tensor& x, int64_t pos0, const int64_t* positions,
+               const std::vector<float>& inv_freq, float scaling, bool interleaved, bool backward,
+               DType act) {
   const int64_t T = x.size(0), H = x.size(1), d = x.size(2);
   if (T * H * d == 0) return;
-  const Tensor freq = Tensor::from_vector(inv_freq, {d / 2}).to(Device::CUDA);
   auto* kernel = backward ? cuda::rope_backward : cuda::rope;
-  kernel(x.raw(), T, H, d, x.strides()[0], x.strides()[1], pos0, freq.data<float>(), scaling,
-         interleaved, act);
+  kernel(x.raw(), T, H, d, x.strides()[0], x.strides()[1], pos0, positions,
+         device_frequencies(inv_freq), scaling, interleaved, act);
 }
 #endif
 
@@ -74,35 +113,45 @@ void for_each_row(const Tensor& x, const RopeTables& tab, bool interleaved, RowF
              interleaved);
 }
 
+// Both directions and both ways of giving positions: positions null means pos0 + t.
+void rope_any(const Tensor& x, int64_t pos0, const int64_t* positions,
+              const std::vector<float>& inv_freq, float scaling, bool interleaved, bool backward,
+              [[maybe_unused]] DType act) {
+  if (x.is_cuda()) {
+#ifdef DSEEK_HAS_CUDA
+    rope_cuda(x, pos0, positions, inv_freq, scaling, interleaved, backward, act);
+    return;
+#else
+    cuda_not_built("rope");
+#endif
+  }
+  const RopeTables tab = rope_tables(x, pos0, positions, inv_freq, scaling);
+  if (backward) {
+    for_each_row(x, tab, interleaved, cpu::rope_row_backward);
+  } else {
+    for_each_row(x, tab, interleaved, cpu::rope_row);
+  }
+}
+
 }  // namespace
 
 void rope_inplace(const Tensor& x, int64_t pos0, const std::vector<float>& inv_freq, float scaling,
                   bool interleaved) {
-  [[maybe_unused]] const DType act = check_rope(x, pos0, inv_freq);
-  if (x.is_cuda()) {
-#ifdef DSEEK_HAS_CUDA
-    rope_cuda(x, pos0, inv_freq, scaling, interleaved, false, act);
-    return;
-#else
-    cuda_not_built("rope");
-#endif
-  }
-  for_each_row(x, rope_tables(x, pos0, inv_freq, scaling), interleaved, cpu::rope_row);
+  const DType act = check_rope(x, pos0, inv_freq);
+  rope_any(x, pos0, nullptr, inv_freq, scaling, interleaved, false, act);
+}
+
+void rope_inplace(const Tensor& x, const Tensor& positions, const std::vector<float>& inv_freq,
+                  float scaling, bool interleaved) {
+  const DType act = check_rope(x, 0, inv_freq);
+  check_positions(x, positions);
+  rope_any(x, 0, positions.data<int64_t>(), inv_freq, scaling, interleaved, false, act);
 }
 
 void rope_backward_inplace(const Tensor& dy, int64_t pos0, const std::vector<float>& inv_freq,
                            float scaling, bool interleaved) {
-  [[maybe_unused]] const DType act = check_rope(dy, pos0, inv_freq);
-  if (dy.is_cuda()) {
-#ifdef DSEEK_HAS_CUDA
-    rope_cuda(dy, pos0, inv_freq, scaling, interleaved, true, act);
-    return;
-#else
-    cuda_not_built("rope");
-#endif
-  }
-  for_each_row(dy, rope_tables(dy, pos0, inv_freq, scaling), interleaved,
-               cpu::rope_row_backward);
+  const DType act = check_rope(dy, pos0, inv_freq);
+  rope_any(dy, pos0, nullptr, inv_freq, scaling, interleaved, true, act);
 }
 
 }  // namespace dseek::ops

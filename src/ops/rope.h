@@ -21,6 +21,13 @@ namespace dseek::ops {
 void rope_inplace(const Tensor& x, int64_t pos0, const std::vector<float>& inv_freq, float scaling,
                   bool interleaved);
 
+// The same rotation with token t at position positions[t]: positions i64 [T] contiguous on x's
+// device (continuous batching rotates the rows of many sequences, each at its own positions, in
+// one call). Positions are checked (≥ 0) on the CPU; on a GPU they come from the caller's own
+// bookkeeping, and reading them back would cost a synchronisation per call.
+void rope_inplace(const Tensor& x, const Tensor& positions, const std::vector<float>& inv_freq,
+                  float scaling, bool interleaved);
+
 // Backward, in place: turns dy (the gradient of the rotated output, de-interleaved layout) into dx
 // (the gradient of the input, in the input's layout). The forward is y = s·R(θ)·P·x with P the
 // de-interleaving permutation (identity unless `interleaved`) and R a rotation, so

@@ -2,10 +2,13 @@
 // interleaved), head dims from 2 to the largest supported (1024), positions near 0 and far out,
 // and strided views: x is a [T, H, d] window of a wider [T, H + 2, d + 5] buffer (as q_pe sits
 // inside q), whose other entries must come out untouched.
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include "backend/backend_harness.h"
 #include "ops/rope.h"
+#include "ops/rows.h"
 
 namespace dseek::backend_test {
 namespace {
@@ -84,6 +87,48 @@ TEST(BackendOps, RopeBackwardUndoesForward) {
     expect_close(interleaved ? "rope round trip interleaved" : "rope round trip half", {9, 4, 64},
                  DType::F32, Tensor::from_vector(want, {9, 4, 64}), y);
   }
+}
+
+// Per-row positions (continuous batching) on a strided window, both layouts and dtypes.
+TEST(BackendOps, RopeAtPerRowPositions) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(44);
+  const int64_t T = 37, H = 4, d = 64;
+  std::vector<int64_t> pos(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) pos[size_t(t)] = (t * 7919) % 5000;  // scattered, not sorted
+  const Tensor positions = Tensor::from_i64(pos);
+  for (DType act : kActDtypes)
+    for (bool interleaved : {false, true}) {
+      const Tensor wide = rand({T, H, d + 8}, rng, 2.0f);
+      Tensor want = rounded(wide, act);
+      Tensor got = on_gpu(wide, act);
+      ops::rope_inplace(want.slice(2, 8, d + 8), positions, inv_freq_for(d), 1.25f, interleaved);
+      ops::rope_inplace(got.slice(2, 8, d + 8), positions.to(Device::CUDA), inv_freq_for(d), 1.25f,
+                        interleaved);
+      expect_close(interleaved ? "rope positions interleaved" : "rope positions half",
+                   {T, H, d + 8}, act, want, got);
+    }
+}
+
+// The paged cache's batched write: rows to scattered slots of a column window of the pool, in the
+// pool's dtype, every other entry untouched.
+TEST(BackendOps, ScatterRows) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(45);
+  for (DType act : kActDtypes)
+    for (int64_t width : {1, 3, 64, 576}) {
+      const int64_t R = 300, N = 41, cols = width + 7;
+      std::vector<int64_t> slots(static_cast<size_t>(R));
+      std::iota(slots.begin(), slots.end(), 0);
+      std::shuffle(slots.begin(), slots.end(), rng);
+      slots.resize(size_t(N));
+      const Tensor rows = Tensor::from_i64(slots);
+      const Tensor pool = rand({R, cols}, rng), src = rand({N, width}, rng);
+      Tensor want = rounded(pool, act), got = on_gpu(pool, act);
+      ops::scatter_rows(want.slice(1, 5, 5 + width), rounded(src, act), rows);
+      ops::scatter_rows(got.slice(1, 5, 5 + width), on_gpu(src, act), rows.to(Device::CUDA));
+      expect_close("scatter_rows w=" + std::to_string(width), {R, cols}, act, want, got, {0, 0});
+    }
 }
 
 }  // namespace

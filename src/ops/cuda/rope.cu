@@ -21,13 +21,13 @@ namespace {
 
 constexpr int kWarps = 8;  // rows per block
 
-// cs[t, j] = (cos, sin) of θ = inv_freq[j]·(pos0 + t), × scaling.
+// cs[t, j] = (cos, sin) of θ = inv_freq[j]·pos(t), × scaling; pos(t) = positions[t], or pos0 + t.
 __global__ void rope_table_kernel(float2* cs, int64_t T, int64_t half, int64_t pos0,
-                                  const float* inv_freq, float scaling) {
+                                  const int64_t* positions, const float* inv_freq, float scaling) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < T * half;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / half, j = i % half;
-    const float angle = inv_freq[j] * float(pos0 + t);
+    const float angle = inv_freq[j] * float(positions ? positions[t] : pos0 + t);
     double sin_d, cos_d;
     sincos(double(angle), &sin_d, &cos_d);
     cs[i] = make_float2(float(cos_d) * scaling, float(sin_d) * scaling);
@@ -71,12 +71,13 @@ __global__ void rope_kernel(Act* x, int64_t T, int64_t H, int64_t d, int64_t x_t
 
 template <bool kBackward>
 void launch(void* x, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h, int64_t pos0,
-            const float* inv_freq, float scaling, bool interleaved, DType act) {
+            const int64_t* positions, const float* inv_freq, float scaling, bool interleaved,
+            DType act) {
   if (T <= 0 || H <= 0 || d <= 0) return;
   const int64_t half = d / 2, rows = T * H;
   auto* cs = static_cast<float2*>(dseek::cuda::alloc(size_t(T * half) * sizeof(float2)));
   rope_table_kernel<<<unsigned(std::min<int64_t>(ceil_div<int64_t>(T * half, 256), 1 << 16)), 256,
-                      0, stream()>>>(cs, T, half, pos0, inv_freq, scaling);
+                      0, stream()>>>(cs, T, half, pos0, positions, inv_freq, scaling);
   DSEEK_CUDA_CHECK_LAUNCH("rope_table_kernel");
   const unsigned blocks = unsigned(std::min<int64_t>(ceil_div<int64_t>(rows, kWarps), 1 << 20));
   const size_t smem = size_t(kWarps) * size_t(d) * sizeof(float);
@@ -90,14 +91,15 @@ void launch(void* x, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h, 
 }  // namespace
 
 void rope(void* x, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h, int64_t pos0,
-          const float* inv_freq, float scaling, bool interleaved, DType act) {
-  launch<false>(x, T, H, d, x_t, x_h, pos0, inv_freq, scaling, interleaved, act);
+          const int64_t* positions, const float* inv_freq, float scaling, bool interleaved,
+          DType act) {
+  launch<false>(x, T, H, d, x_t, x_h, pos0, positions, inv_freq, scaling, interleaved, act);
 }
 
 void rope_backward(void* dy, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h,
-                   int64_t pos0, const float* inv_freq, float scaling, bool interleaved,
-                   DType act) {
-  launch<true>(dy, T, H, d, x_t, x_h, pos0, inv_freq, scaling, interleaved, act);
+                   int64_t pos0, const int64_t* positions, const float* inv_freq, float scaling,
+                   bool interleaved, DType act) {
+  launch<true>(dy, T, H, d, x_t, x_h, pos0, positions, inv_freq, scaling, interleaved, act);
 }
 
 }  // namespace dseek::ops::cuda
