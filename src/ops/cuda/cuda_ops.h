@@ -42,11 +42,20 @@ void softmax_backward_rows(const void* y, const void* dy, void* dx, int64_t rows
 
 // ---- rope.cu ---------------------------------------------------------------------------------
 // x [T, H, d] with strides (x_t, x_h) in elements, last dimension contiguous; token t at position
-// pos0 + t; inv_freq [d/2] f32 on the device. Same maths and layout as cpu::rope_row (ops/rope.h).
+// positions[t] (device, T entries) or, with positions null, pos0 + t; inv_freq [d/2] f32 on the
+// device. Same maths and layout as cpu::rope_row (ops/rope.h).
 void rope(void* x, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h, int64_t pos0,
-          const float* inv_freq, float scaling, bool interleaved, DType act);
+          const int64_t* positions, const float* inv_freq, float scaling, bool interleaved,
+          DType act);
 void rope_backward(void* dy, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h,
-                   int64_t pos0, const float* inv_freq, float scaling, bool interleaved, DType act);
+                   int64_t pos0, const int64_t* positions, const float* inv_freq, float scaling,
+                   bool interleaved, DType act);
+
+// ---- rows.cu ---------------------------------------------------------------------------------
+// dst row rows[i] (byte stride dst_stride_bytes) = src row i (contiguous rows of row_bytes);
+// rows on the device, in range and distinct (checked by the caller).
+void scatter_rows(void* dst, size_t dst_stride_bytes, const void* src, const int64_t* rows,
+                  int64_t N, size_t row_bytes);
 
 // ---- embedding.cu ----------------------------------------------------------------------------
 // out[t] = table[ids[t]] (table rows contiguous, any float dtype incl. fp8 e4m3). ids are on the
@@ -241,7 +250,7 @@ struct MlaDecodeArgs {
 };
 void mla_decode(const MlaDecodeArgs& a, DType act);
 // out[t, h, :N] = x[t, h, :K] · w[h] (w [H, K, N] contiguous, out [T, H, N] contiguous), f32
-// accumulation, everything in act.
+// accumulation, everything in act: a strided-batched cuBLASLt GEMM over the heads (in linear.cpp).
 void head_matmul(const void* x, int64_t x_t, int64_t x_h, const void* w, void* out, int64_t T,
                  int64_t H, int64_t K, int64_t N, DType act);
 

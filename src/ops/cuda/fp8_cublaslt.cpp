@@ -28,12 +28,14 @@
 // kernel): an sm_90 device; K and N multiples of 128 (whole blocks: DeepSeek-V3's projections are,
 // bar kv_a_proj's N = 576); no bias (DeepSeek's projections have none, and the epilogue's support
 // with these modes is not documented for sm_90); D f32 or bf16; 256-byte aligned operands; and an
-// algorithm from cuBLASLt's heuristic. The heuristic's answer (or its refusal) is cached per
-// problem, so a refused shape costs the heuristic call once.
+// algorithm from cuBLASLt's heuristic. The descriptors and the heuristic's answer (or its refusal)
+// are cached per problem, so a refused shape costs the heuristic call once and an accepted one
+// only sets its two scale pointers per call. Handle and workspace: cublaslt_util.h.
 #include <cublasLt.h>
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <tuple>
@@ -41,6 +43,7 @@
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
 #include "core/error.h"
+#include "ops/cuda/cublaslt_util.h"
 #include "ops/cuda/fp8_kernels.h"
 
 namespace dseek::ops::cuda {
@@ -49,8 +52,7 @@ namespace dseek::ops::cuda {
 
 namespace {
 
-constexpr size_t kWorkspaceBytes = size_t(32) << 20;  // NVIDIA's recommendation for Hopper
-constexpr bool kActScalesOuterMajor = true;           // VEC128 scales [L][M4], else [M][L4]
+constexpr bool kActScalesOuterMajor = true;  // VEC128 scales [L][M4], else [M][L4]
 
 struct Key {
   int64_t m, n, k;
@@ -58,48 +60,30 @@ struct Key {
   auto operator<=>(const Key&) const = default;
 };
 
-struct Lt {
-  cublasLtHandle_t handle = nullptr;
-  void* workspace = nullptr;
+// One problem's descriptors and algorithm; null in the cache when cuBLASLt refused the problem.
+struct Plan {
+  LtDescriptors desc;
+  cublasLtMatmulAlgo_t algo{};
+};
+
+struct Plans {
   bool hopper = false;
-  std::mutex mutex;                                            // guards algos
-  std::map<Key, std::pair<bool, cublasLtMatmulAlgo_t>> algos;  // false: refused
+  std::mutex mutex;  // guards by_problem and each plan's scale pointers until its GEMM is enqueued
+  std::map<Key, std::unique_ptr<Plan>> by_problem;
 };
 
 // Created on first use and never destroyed (at exit the CUDA context may already be gone).
-Lt& lt() {
-  static Lt* instance = [] {
-    auto* l = new Lt;
+Plans& plans() {
+  static Plans* instance = [] {
+    auto* p = new Plans;
     int device = 0, major = 0;
     DSEEK_CUDA_CHECK(cudaGetDevice(&device));
     DSEEK_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    l->hopper = major == 9;
-    if (!l->hopper) return l;
-    const cublasStatus_t status = cublasLtCreate(&l->handle);
-    if (status != CUBLAS_STATUS_SUCCESS)
-      fail("[fp8_gemm] cublasLtCreate: {} ({})", cublasLtGetStatusName(status),
-           cublasLtGetStatusString(status));
-    l->workspace = dseek::cuda::alloc(kWorkspaceBytes);
-    return l;
+    p->hopper = major == 9;
+    return p;
   }();
   return *instance;
 }
-
-struct Descriptors {
-  cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
-  cublasLtMatmulPreference_t pref = nullptr;
-  Descriptors() = default;
-  Descriptors(const Descriptors&) = delete;
-  Descriptors& operator=(const Descriptors&) = delete;
-  ~Descriptors() {
-    if (pref) cublasLtMatmulPreferenceDestroy(pref);
-    if (d) cublasLtMatrixLayoutDestroy(d);
-    if (b) cublasLtMatrixLayoutDestroy(b);
-    if (a) cublasLtMatrixLayoutDestroy(a);
-    if (op) cublasLtMatmulDescDestroy(op);
-  }
-};
 
 // The heuristic assumes 256-byte aligned operands unless told otherwise; ours are whole
 // allocations (quantised activations, outputs, weights copied to the device), so anything less
@@ -108,10 +92,9 @@ bool aligned256(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % 256 == 0;
 }
 
-// Descriptors for the problem, with the scale modes and the (already packed) scale pointers.
-// Returns false when cuBLASLt refuses an attribute (a library without the block-scaled modes).
-bool describe(Descriptors& desc, int64_t M, int64_t K, int64_t N, cudaDataType_t d_type,
-              const float* w_scales, const float* a_scales) {
+// Descriptors for the problem with the scale modes (the scale pointers are set per call). Returns
+// false when cuBLASLt refuses an attribute (a library without the block-scaled modes).
+bool describe(LtDescriptors& desc, int64_t M, int64_t K, int64_t N, cudaDataType_t d_type) {
   if (cublasLtMatmulDescCreate(&desc.op, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS)
     return false;
   const cublasOperation_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
@@ -121,9 +104,7 @@ bool describe(Descriptors& desc, int64_t M, int64_t K, int64_t N, cudaDataType_t
       {CUBLASLT_MATMUL_DESC_TRANSA, &op_t, sizeof(op_t)},
       {CUBLASLT_MATMUL_DESC_TRANSB, &op_n, sizeof(op_n)},
       {CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &a_mode, sizeof(a_mode)},
-      {CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &b_mode, sizeof(b_mode)},
-      {CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scales, sizeof(w_scales)},
-      {CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scales, sizeof(a_scales)}};
+      {CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &b_mode, sizeof(b_mode)}};
   for (const auto& [attribute, value, size] : attributes)
     if (cublasLtMatmulDescSetAttribute(desc.op, attribute, value, size) != CUBLAS_STATUS_SUCCESS)
       return false;
@@ -133,6 +114,29 @@ bool describe(Descriptors& desc, int64_t M, int64_t K, int64_t N, cudaDataType_t
              CUBLAS_STATUS_SUCCESS &&
          cublasLtMatrixLayoutCreate(&desc.d, d_type, uint64_t(N), uint64_t(M), N) ==
              CUBLAS_STATUS_SUCCESS;
+}
+
+// The plan for a problem, or null when cuBLASLt cannot run it (an unsupported combination comes
+// back as an error status or as no result: both mean "not here", so the plain kernel runs).
+std::unique_ptr<Plan> make_plan(int64_t M, int64_t K, int64_t N, cudaDataType_t d_type) {
+  auto plan = std::make_unique<Plan>();
+  if (!describe(plan->desc, M, K, N, d_type)) return nullptr;
+  LtPreference pref;
+  const uint64_t workspace = kLtWorkspaceBytes;
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const bool usable =
+      cublasLtMatmulPreferenceCreate(&pref.pref) == CUBLAS_STATUS_SUCCESS &&
+      cublasLtMatmulPreferenceSetAttribute(pref.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                           &workspace,
+                                           sizeof(workspace)) == CUBLAS_STATUS_SUCCESS &&
+      cublasLtMatmulAlgoGetHeuristic(lt_context().handle, plan->desc.op, plan->desc.a, plan->desc.b,
+                                     plan->desc.d, plan->desc.d, pref.pref, 1, &result,
+                                     &found) == CUBLAS_STATUS_SUCCESS &&
+      found > 0 && result.state == CUBLAS_STATUS_SUCCESS;
+  if (!usable) return nullptr;
+  plan->algo = result.algo;
+  return plan;
 }
 
 }  // namespace
@@ -145,9 +149,16 @@ bool fp8_gemm_cublaslt(const uint8_t* a, const float* sa, int64_t M, int64_t K, 
   // 4. Until both are understood, those take the plain kernel.
   if (out != DType::F32 || M % 4 != 0) return false;
   if (!aligned256(a) || !aligned256(w) || !aligned256(y)) return false;
-  Lt& l = lt();
-  if (!l.hopper) return false;
+  Plans& all = plans();
+  if (!all.hopper) return false;
   const cudaDataType_t d_type = out == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
+  std::lock_guard<std::mutex> lock(all.mutex);
+  const Key key{N, M, K, int(d_type)};
+  auto it = all.by_problem.find(key);
+  if (it == all.by_problem.end())
+    it = all.by_problem.emplace(key, make_plan(M, K, N, d_type)).first;
+  Plan* plan = it->second.get();
+  if (!plan) return false;
 
   // Scales in cuBLASLt's layouts (see the header comment), in one scratch buffer: W's first (its
   // size is a multiple of 4 floats, so a's part stays 16-byte aligned).
@@ -155,45 +166,24 @@ bool fp8_gemm_cublaslt(const uint8_t* a, const float* sa, int64_t M, int64_t K, 
   const int64_t a_rows = kActScalesOuterMajor ? L : M, a_ld = kActScalesOuterMajor ? M4 : L4;
   float* scratch =
       static_cast<float*>(dseek::cuda::alloc(size_t(NB * L4 + a_rows * a_ld) * sizeof(float)));
-  float* w_scales = scratch;
-  float* a_scales = scratch + NB * L4;
-
-  Descriptors desc;
-  bool ok = describe(desc, M, K, N, d_type, w_scales, a_scales);
-  cublasLtMatmulAlgo_t algo{};
-  if (ok) {
-    const Key key{N, M, K, int(d_type)};
-    std::lock_guard<std::mutex> lock(l.mutex);
-    auto it = l.algos.find(key);
-    if (it == l.algos.end()) {
-      cublasLtMatmulHeuristicResult_t result{};
-      int found = 0;
-      bool usable = cublasLtMatmulPreferenceCreate(&desc.pref) == CUBLAS_STATUS_SUCCESS;
-      const uint64_t workspace = kWorkspaceBytes;
-      usable = usable && cublasLtMatmulPreferenceSetAttribute(
-                             desc.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
-                             sizeof(workspace)) == CUBLAS_STATUS_SUCCESS;
-      // An unsupported combination comes back as an error status or as no result: both mean
-      // "not here", so the plain kernel runs.
-      usable = usable && cublasLtMatmulAlgoGetHeuristic(l.handle, desc.op, desc.a, desc.b, desc.d,
-                                                        desc.d, desc.pref, 1, &result,
-                                                        &found) == CUBLAS_STATUS_SUCCESS;
-      usable = usable && found > 0 && result.state == CUBLAS_STATUS_SUCCESS;
-      it = l.algos.emplace(key, std::make_pair(usable, result.algo)).first;
-    }
-    ok = it->second.first;
-    algo = it->second.second;
-  }
-  if (!ok) {
+  const float* w_scales = scratch;
+  const float* a_scales = scratch + NB * L4;
+  const bool pointers_set =
+      cublasLtMatmulDescSetAttribute(plan->desc.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scales,
+                                     sizeof(w_scales)) == CUBLAS_STATUS_SUCCESS &&
+      cublasLtMatmulDescSetAttribute(plan->desc.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scales,
+                                     sizeof(a_scales)) == CUBLAS_STATUS_SUCCESS;
+  if (!pointers_set) {
     dseek::cuda::free(scratch);
     return false;
   }
-  fp8_pack_scales(sw, NB, L, /*transpose=*/false, w_scales, NB, L4);
-  fp8_pack_scales(sa, M, L, /*transpose=*/kActScalesOuterMajor, a_scales, a_rows, a_ld);
+  fp8_pack_scales(sw, NB, L, /*transpose=*/false, scratch, NB, L4);
+  fp8_pack_scales(sa, M, L, /*transpose=*/kActScalesOuterMajor, scratch + NB * L4, a_rows, a_ld);
   const float alpha = 1.0f, beta = 0.0f;
-  const cublasStatus_t status =
-      cublasLtMatmul(l.handle, desc.op, &alpha, w, desc.a, a, desc.b, &beta, y, desc.d, y, desc.d,
-                     &algo, l.workspace, kWorkspaceBytes, dseek::cuda::stream());
+  const LtContext& lt = lt_context();
+  const cublasStatus_t status = cublasLtMatmul(
+      lt.handle, plan->desc.op, &alpha, w, plan->desc.a, a, plan->desc.b, &beta, y, plan->desc.d, y,
+      plan->desc.d, &plan->algo, lt.workspace, kLtWorkspaceBytes, dseek::cuda::stream());
   dseek::cuda::free(scratch);  // stream-ordered: after the GEMM
   if (status != CUBLAS_STATUS_SUCCESS)
     fail("[fp8_gemm] cublasLtMatmul (block-scaled FP8, M={} N={} K={}): {} ({})", M, N, K,

@@ -14,15 +14,17 @@
 // matches the CPU to summation order. D is act (forward, dx) or f32 (dW: master gradients; and
 // the product an accumulating bf16 dx adds, see linear_backward_dx).
 //
-// One cuBLASLt handle and one 32 MiB workspace (NVIDIA's recommendation for Hopper) are created on
-// first use and kept for the process; the algorithm cuBLASLt's heuristic picks is cached per
-// problem (shapes, leading dimensions, types, transposes, epilogue and pointer alignments: all the
-// heuristic looks at), so a training step asks the heuristic only on its first pass.
+// The cuBLASLt handle and workspace are the process's one pair (cublaslt_util.h). A problem's
+// descriptors and the algorithm cuBLASLt's heuristic picks for it are cached per problem (shapes,
+// leading dimensions, types, transposes, epilogue and pointer alignments: all the descriptors and
+// the heuristic look at), so a training step or a decode step asks the heuristic and builds
+// descriptors only on its first pass; later calls set the bias pointer and enqueue the GEMM.
 #include <cublasLt.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -30,12 +32,11 @@
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
 #include "core/error.h"
+#include "ops/cuda/cublaslt_util.h"
 #include "ops/cuda/cuda_ops.h"
 
 namespace dseek::ops::cuda {
 namespace {
-
-constexpr size_t kWorkspaceBytes = size_t(32) << 20;
 
 // Column-major D[m, n] = op(A)·op(B) + beta·D (+ bias[m] broadcast over columns). op(A) is [m, k]:
 // A is stored [k, m] when trans_a, else [m, k]; op(B) is [k, n]: B is stored [n, k] when
@@ -53,13 +54,16 @@ struct Gemm {
   cudaDataType_t ab_type, d_type;
   const void* bias;  // nullable, d_type, m elements
   float beta;
+  // Strided batch (head_matmul): `batch` products, matrix i of A, B and D at the base pointer plus
+  // i times the stride (in elements).
+  int64_t batch = 1, stride_a = 0, stride_b = 0, stride_d = 0;
 };
 
 std::string describe(const Gemm& g) {
   auto name = [](cudaDataType_t t) { return t == CUDA_R_16BF ? "bf16" : "f32"; };
-  return fmt::format("{}: m={} n={} k={} op(A)={} lda={} ldb={} ldd={} {}→{}{} beta={}", g.what,
-                     g.m, g.n, g.k, g.trans_a ? "T" : "N", g.lda, g.ldb, g.ldd, name(g.ab_type),
-                     name(g.d_type), g.bias ? " +bias" : "", g.beta);
+  return fmt::format("{}: m={} n={} k={} op(A)={} lda={} ldb={} ldd={} {}→{}{} beta={} batch={}",
+                     g.what, g.m, g.n, g.k, g.trans_a ? "T" : "N", g.lda, g.ldb, g.ldd,
+                     name(g.ab_type), name(g.d_type), g.bias ? " +bias" : "", g.beta, g.batch);
 }
 
 void check(cublasStatus_t status, const char* call, const Gemm& g) {
@@ -68,12 +72,17 @@ void check(cublasStatus_t status, const char* call, const Gemm& g) {
          cublasLtGetStatusString(status));
 }
 
-// The largest power of two (at most 256) dividing the address: what the heuristic may assume.
-uint32_t alignment(const void* p) {
-  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+// The largest power of two (at most 256) dividing the address, and the batch stride in bytes if
+// any (every matrix of a batch must have it): what the heuristic may assume.
+uint32_t alignment(const void* p, int64_t stride_bytes = 0) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p) | uintptr_t(stride_bytes);
   uint32_t align = 256;
   while (align > 1 && a % align != 0) align /= 2;
   return align;
+}
+
+size_t type_bytes(cudaDataType_t t) {
+  return t == CUDA_R_16BF ? 2 : 4;
 }
 
 struct AlgoKey {
@@ -82,50 +91,54 @@ struct AlgoKey {
   int ab_type, d_type;
   bool bias;
   uint32_t align_a, align_b, align_d, align_bias;
+  int64_t batch, stride_a, stride_b, stride_d;
   auto operator<=>(const AlgoKey&) const = default;
 };
 
-struct Lt {
-  cublasLtHandle_t handle = nullptr;
-  void* workspace = nullptr;
-  std::mutex mutex;  // guards algos (the engine's and the trainer's threads may both run GEMMs)
-  std::map<AlgoKey, cublasLtMatmulAlgo_t> algos;
+// One problem's descriptors and algorithm.
+struct Plan {
+  LtDescriptors desc;
+  cublasLtMatmulAlgo_t algo{};
 };
 
-// Created on first use and never destroyed: at process exit the CUDA context may already be gone.
-Lt& lt() {
-  static Lt* instance = [] {
-    auto* l = new Lt;
-    const cublasStatus_t status = cublasLtCreate(&l->handle);
-    if (status != CUBLAS_STATUS_SUCCESS)
-      fail("[linear] cublasLtCreate: {} ({})", cublasLtGetStatusName(status),
-           cublasLtGetStatusString(status));
-    l->workspace = dseek::cuda::alloc(kWorkspaceBytes);
-    return l;
-  }();
+// The plans, guarded by one mutex (the engine's and the trainer's threads may both run GEMMs); a
+// call holds it while it sets its bias pointer on the shared descriptor and enqueues.
+struct Plans {
+  std::mutex mutex;
+  std::map<AlgoKey, std::unique_ptr<Plan>> by_problem;
+};
+
+Plans& plans() {
+  static auto* instance = new Plans;  // never destroyed, as the handle (cublaslt_util.h)
   return *instance;
 }
 
-// Owns the descriptors of one call.
-struct Descriptors {
-  cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
-  cublasLtMatmulPreference_t pref = nullptr;
-  Descriptors() = default;
-  Descriptors(const Descriptors&) = delete;
-  Descriptors& operator=(const Descriptors&) = delete;
-  ~Descriptors() {
-    if (pref) cublasLtMatmulPreferenceDestroy(pref);
-    if (d) cublasLtMatrixLayoutDestroy(d);
-    if (b) cublasLtMatrixLayoutDestroy(b);
-    if (a) cublasLtMatrixLayoutDestroy(a);
-    if (op) cublasLtMatmulDescDestroy(op);
-  }
-};
+AlgoKey key_of(const Gemm& g) {
+  return AlgoKey{g.trans_a,
+                 g.trans_b,
+                 g.m,
+                 g.n,
+                 g.k,
+                 g.lda,
+                 g.ldb,
+                 g.ldd,
+                 int(g.ab_type),
+                 int(g.d_type),
+                 g.bias != nullptr,
+                 alignment(g.a, g.stride_a * int64_t(type_bytes(g.ab_type))),
+                 alignment(g.b, g.stride_b * int64_t(type_bytes(g.ab_type))),
+                 alignment(g.d, g.stride_d * int64_t(type_bytes(g.d_type))),
+                 g.bias ? alignment(g.bias) : 0u,
+                 g.batch,
+                 g.stride_a,
+                 g.stride_b,
+                 g.stride_d};
+}
 
-void run(const Gemm& g) {
-  Lt& l = lt();
-  Descriptors desc;
+// Descriptors for the problem and the heuristic's algorithm for them.
+std::unique_ptr<Plan> make_plan(const Gemm& g, const AlgoKey& key) {
+  auto plan = std::make_unique<Plan>();
+  LtDescriptors& desc = plan->desc;
   check(cublasLtMatmulDescCreate(&desc.op, CUBLAS_COMPUTE_32F, CUDA_R_32F),
         "cublasLtMatmulDescCreate", g);
   const cublasOperation_t op_a = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -139,6 +152,7 @@ void run(const Gemm& g) {
     check(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
                                          sizeof(epilogue)),
           "cublasLtMatmulDescSetAttribute(EPILOGUE)", g);
+    // The pointer itself is set per call (run); the heuristic needs one to be there.
     check(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias,
                                          sizeof(g.bias)),
           "cublasLtMatmulDescSetAttribute(BIAS_POINTER)", g);
@@ -153,59 +167,64 @@ void run(const Gemm& g) {
         "cublasLtMatrixLayoutCreate(B)", g);
   check(cublasLtMatrixLayoutCreate(&desc.d, g.d_type, uint64_t(g.m), uint64_t(g.n), g.ldd),
         "cublasLtMatrixLayoutCreate(D)", g);
-
-  const AlgoKey key{g.trans_a,
-                    g.trans_b,
-                    g.m,
-                    g.n,
-                    g.k,
-                    g.lda,
-                    g.ldb,
-                    g.ldd,
-                    int(g.ab_type),
-                    int(g.d_type),
-                    g.bias != nullptr,
-                    alignment(g.a),
-                    alignment(g.b),
-                    alignment(g.d),
-                    g.bias ? alignment(g.bias) : 0u};
-  cublasLtMatmulAlgo_t algo;
-  {
-    std::lock_guard<std::mutex> lock(l.mutex);
-    auto it = l.algos.find(key);
-    if (it != l.algos.end()) {
-      algo = it->second;
-    } else {
-      check(cublasLtMatmulPreferenceCreate(&desc.pref), "cublasLtMatmulPreferenceCreate", g);
-      const uint64_t workspace = kWorkspaceBytes;
-      check(cublasLtMatmulPreferenceSetAttribute(
-                desc.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)),
-            "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)", g);
-      // The heuristic assumes 256-byte aligned buffers unless told otherwise; views (a slice of
-      // a weight, an offset into an activation) can be less aligned.
-      const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> aligns[] = {
-          {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align_a},
-          {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_b},
-          {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align_d},
-          {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_d}};
-      for (const auto& [attribute, value] : aligns)
-        check(cublasLtMatmulPreferenceSetAttribute(desc.pref, attribute, &value, sizeof(value)),
-              "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)", g);
-      cublasLtMatmulHeuristicResult_t result{};
-      int found = 0;
-      check(cublasLtMatmulAlgoGetHeuristic(l.handle, desc.op, desc.a, desc.b, desc.d, desc.d,
-                                           desc.pref, 1, &result, &found),
-            "cublasLtMatmulAlgoGetHeuristic", g);
-      if (found == 0 || result.state != CUBLAS_STATUS_SUCCESS)
-        fail("[linear] cublasLtMatmulAlgoGetHeuristic ({}): no algorithm for this problem",
-             describe(g));
-      algo = result.algo;
-      l.algos.emplace(key, algo);
+  if (g.batch > 1) {
+    const int32_t count = int32_t(g.batch);
+    const std::pair<cublasLtMatrixLayout_t, int64_t> strided[] = {
+        {desc.a, g.stride_a}, {desc.b, g.stride_b}, {desc.d, g.stride_d}};
+    for (const auto& [layout, stride] : strided) {
+      check(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count,
+                                             sizeof(count)),
+            "cublasLtMatrixLayoutSetAttribute(BATCH_COUNT)", g);
+      check(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                             &stride, sizeof(stride)),
+            "cublasLtMatrixLayoutSetAttribute(STRIDED_BATCH_OFFSET)", g);
     }
   }
+
+  LtPreference pref;
+  check(cublasLtMatmulPreferenceCreate(&pref.pref), "cublasLtMatmulPreferenceCreate", g);
+  const uint64_t workspace = kLtWorkspaceBytes;
+  check(cublasLtMatmulPreferenceSetAttribute(pref.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                             &workspace, sizeof(workspace)),
+        "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)", g);
+  // The heuristic assumes 256-byte aligned buffers unless told otherwise; views (a slice of a
+  // weight, an offset into an activation) can be less aligned.
+  const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> aligns[] = {
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align_a},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_b},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align_d},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_d}};
+  for (const auto& [attribute, value] : aligns)
+    check(cublasLtMatmulPreferenceSetAttribute(pref.pref, attribute, &value, sizeof(value)),
+          "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)", g);
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  check(cublasLtMatmulAlgoGetHeuristic(lt_context().handle, desc.op, desc.a, desc.b, desc.d, desc.d,
+                                       pref.pref, 1, &result, &found),
+        "cublasLtMatmulAlgoGetHeuristic", g);
+  if (found == 0 || result.state != CUBLAS_STATUS_SUCCESS)
+    fail("[linear] cublasLtMatmulAlgoGetHeuristic ({}): no algorithm for this problem",
+         describe(g));
+  plan->algo = result.algo;
+  return plan;
+}
+
+void run(const Gemm& g) {
+  const LtContext& lt = lt_context();
+  const AlgoKey key = key_of(g);
+  Plans& all = plans();
+  std::lock_guard<std::mutex> lock(all.mutex);
+  auto it = all.by_problem.find(key);
+  if (it == all.by_problem.end()) it = all.by_problem.emplace(key, make_plan(g, key)).first;
+  Plan& plan = *it->second;
+  if (g.bias)
+    check(cublasLtMatmulDescSetAttribute(plan.desc.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias,
+                                         sizeof(g.bias)),
+          "cublasLtMatmulDescSetAttribute(BIAS_POINTER)", g);
   const float alpha = 1.0f;
-  check(cublasLtMatmul(l.handle, desc.op, &alpha, g.a, desc.a, g.b, desc.b, &g.beta, g.d, desc.d,
-                       g.d, desc.d, &algo, l.workspace, kWorkspaceBytes, dseek::cuda::stream()),
+  check(cublasLtMatmul(lt.handle, plan.desc.op, &alpha, g.a, plan.desc.a, g.b, plan.desc.b, &g.beta,
+                       g.d, plan.desc.d, g.d, plan.desc.d, &plan.algo, lt.workspace,
+                       kLtWorkspaceBytes, dseek::cuda::stream()),
         "cublasLtMatmul", g);
 }
 
@@ -319,6 +338,26 @@ void linear_backward_dw(const void* dy, const void* x, int64_t T, int64_t out, i
   }
   run(Gemm{"dw", false, true, in, out, T, x, in, dy, out, dw, in, cuda_type(act), CUDA_R_32F,
            nullptr, beta});
+}
+
+// Per head h, row-major out_h [T, N] (rows H·N apart) = x_h [T, K] (rows x_t apart) · w_h [K, N]:
+// column-major, out_hᵀ [N, T] = w_hᵀ [N, K] · x_hᵀ [K, T], both read as stored; the heads are a
+// strided batch of one cuBLASLt call (A stride K·N, B stride x_h, D stride N).
+void head_matmul(const void* x, int64_t x_t, int64_t x_h, const void* w, void* out, int64_t T,
+                 int64_t H, int64_t K, int64_t N, DType act) {
+  if (T == 0 || H == 0 || N == 0) return;
+  DSEEK_CHECK(H <= INT32_MAX, "[head_matmul] {} heads: more than a cuBLASLt batch holds", H);
+  if (K == 0) {  // an empty sum
+    dseek::cuda::fill_bytes(out, 0, size_t(T * H * N) * dtype_size(act));
+    return;
+  }
+  const cudaDataType_t type = cuda_type(act);
+  Gemm g{"head_matmul", false, false, N, T, K, w, N, x, x_t, out, H * N, type, type, nullptr, 0.0f};
+  g.batch = H;
+  g.stride_a = K * N;
+  g.stride_b = x_h;
+  g.stride_d = N;
+  run(g);
 }
 
 }  // namespace dseek::ops::cuda

@@ -12,9 +12,8 @@
 // (flash-decoding): each leaves its partial (m, l, unnormalised accumulator) in a workspace and a
 // second kernel joins the splits, rescaling each by exp(m_split − M).
 //
-// head_matmul: out[t, h] = x[t, h] · w[h], a plain shared-memory tiled GEMM per head (16 rows × 64
-// columns per block, k in steps of 32, f32 accumulation). For a decode step (T = 1) it is bound by
-// reading w once, which it does with coalesced rows.
+// head_matmul (the absorbed projections around this kernel) is a strided-batched cuBLASLt GEMM, in
+// linear.cpp: the plain tiled kernel it replaced took 75 µs a call in batched decode.
 #include <algorithm>
 #include <memory>
 
@@ -216,45 +215,6 @@ void launch_decode(const DecodeParams& p, dim3 grid, size_t smem) {
   }
 }
 
-constexpr int kTM = 16, kTN = 64, kTK = 32;  // head_matmul tile: rows, columns, k step
-
-template <typename T>
-__global__ void __launch_bounds__(256)
-    head_matmul_kernel(const T* x, int64_t x_t, int64_t x_h, const T* w, T* out, int64_t rows,
-                       int64_t H, int64_t K, int64_t N) {
-  __shared__ float xs[kTM][kTK + 1];
-  __shared__ float ws[kTK][kTN];
-  const int64_t h = blockIdx.z, n0 = int64_t(blockIdx.x) * kTN, t0 = int64_t(blockIdx.y) * kTM;
-  const int tid = int(threadIdx.x);
-  const int tn = tid % kTN, tm = (tid / kTN) * 4;  // this thread: column tn, rows tm .. tm + 3
-  const T* wh = w + h * K * N;
-  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  for (int64_t k0 = 0; k0 < K; k0 += kTK) {
-    for (int e = tid; e < kTM * kTK; e += 256) {
-      const int i = e / kTK, kk = e % kTK;
-      const int64_t t = t0 + i, k = k0 + kk;
-      xs[i][kk] = t < rows && k < K ? to_f32(x[t * x_t + h * x_h + k]) : 0.0f;
-    }
-    for (int e = tid; e < kTK * kTN; e += 256) {
-      const int kk = e / kTN, nn = e % kTN;
-      const int64_t k = k0 + kk, n = n0 + nn;
-      ws[kk][nn] = k < K && n < N ? to_f32(wh[k * N + n]) : 0.0f;
-    }
-    __syncthreads();
-    for (int kk = 0; kk < kTK; ++kk) {
-      const float wv = ws[kk][tn];
-      for (int i = 0; i < 4; ++i) acc[i] += xs[tm + i][kk] * wv;
-    }
-    __syncthreads();
-  }
-  const int64_t n = n0 + tn;
-  if (n >= N) return;
-  for (int i = 0; i < 4; ++i) {
-    const int64_t t = t0 + tm + i;
-    if (t < rows) out[(t * H + h) * N + n] = from_f32<T>(acc[i]);
-  }
-}
-
 }  // namespace
 
 void mla_decode(const MlaDecodeArgs& a, DType act) {
@@ -297,23 +257,6 @@ void mla_decode(const MlaDecodeArgs& a, DType act) {
     else
       launch_decode<T, 16>(p, grid, smem);
   });
-}
-
-void head_matmul(const void* x, int64_t x_t, int64_t x_h, const void* w, void* out, int64_t T,
-                 int64_t H, int64_t K, int64_t N, DType act) {
-  if (T == 0 || H == 0 || N == 0) return;
-  const int64_t t_blocks = dseek::cuda::ceil_div<int64_t>(T, kTM);
-  DSEEK_CHECK(t_blocks <= 65535 && H <= 65535,
-              "[head_matmul] {} rows of {} heads: the kernel takes at most {} rows and 65535 heads",
-              T, H, 65535 * kTM);
-  const dim3 grid(unsigned(dseek::cuda::ceil_div<int64_t>(N, kTN)), unsigned(t_blocks),
-                  unsigned(H));
-  DSEEK_DISPATCH_ACT(act, E, {
-    head_matmul_kernel<E><<<grid, 256, 0, dseek::cuda::stream()>>>(
-        static_cast<const E*>(x), x_t, x_h, static_cast<const E*>(w), static_cast<E*>(out), T, H, K,
-        N);
-  });
-  DSEEK_CUDA_CHECK_LAUNCH("head_matmul_kernel");
 }
 
 }  // namespace dseek::ops::cuda

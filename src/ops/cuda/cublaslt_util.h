@@ -1,0 +1,55 @@
+// What the two cuBLASLt users (linear.cpp: bf16/f32 GEMMs; fp8_cublaslt.cpp: block-scaled FP8)
+// share: one handle and one workspace for the process, and the descriptors of a problem as one
+// owning object. Host code only.
+//
+// Both run on dseek's one stream (core/cuda.h), so their GEMMs never overlap and one workspace
+// serves them all. A problem's descriptors are built once and kept with the algorithm the
+// heuristic chose for it (the callers key them by everything the descriptors hold), so a call
+// only sets its pointers and enqueues the GEMM: building and destroying five descriptors per GEMM
+// was host time on every one of a decode step's few hundred GEMMs.
+#pragma once
+
+#include <cublasLt.h>
+
+#include <cstddef>
+
+namespace dseek::ops::cuda {
+
+inline constexpr size_t kLtWorkspaceBytes = size_t(32) << 20;  // NVIDIA's recommendation for Hopper
+
+struct LtContext {
+  cublasLtHandle_t handle = nullptr;
+  void* workspace = nullptr;  // kLtWorkspaceBytes on the device
+};
+
+// Created on first use and never destroyed: at process exit the CUDA context may already be gone.
+// Throws dseek::Error ("[cublasLt] ...") if the handle cannot be created.
+const LtContext& lt_context();
+
+// Owns the descriptors of one problem.
+struct LtDescriptors {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  LtDescriptors() = default;
+  LtDescriptors(const LtDescriptors&) = delete;
+  LtDescriptors& operator=(const LtDescriptors&) = delete;
+  ~LtDescriptors() {
+    if (d) cublasLtMatrixLayoutDestroy(d);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (op) cublasLtMatmulDescDestroy(op);
+  }
+};
+
+// Owns a heuristic query's preference.
+struct LtPreference {
+  cublasLtMatmulPreference_t pref = nullptr;
+  LtPreference() = default;
+  LtPreference(const LtPreference&) = delete;
+  LtPreference& operator=(const LtPreference&) = delete;
+  ~LtPreference() {
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+  }
+};
+
+}  // namespace dseek::ops::cuda
