@@ -136,9 +136,14 @@ TEST(BackendDecode, HeadMatmul) {
 
 // ---- the model ----------------------------------------------------------------------------------
 
-// The bf16 bound of a fixture (see the header comment for the measured figures).
-double bf16_rel_rms(const std::string& fixture) {
-  return fixture == "v2_group" ? 0.20 : 0.05;
+// The bf16 bound of a fixture (see the header comment for the measured figures). `long_run`: the
+// 137-token prefill, where the fixtures with group-limited routing (v2_group and the v3 ones: 4
+// groups, top 2) see more routing flips than in the short runs: 5.1–13.8% measured on an H200 for
+// v3_noaux, v3_yarn and v3_fp8 (1.6–3.1% on the short runs), while the GPU's long chunks match its
+// own no-cache forward to 0.1–0.6%.
+double bf16_rel_rms(const std::string& fixture, bool long_run = false) {
+  const bool group_limited = fixture == "v2_group" || fixture.starts_with("v3_");
+  return fixture == "v2_group" || (long_run && group_limited) ? 0.20 : 0.05;
 }
 
 using dseek::testing::fixture_names;
@@ -277,7 +282,7 @@ TEST_P(BackendDecodeModel, LongPrefillChunksMatchCpu) {
     const std::vector<float> got = cached_run(*gpu, Device::CUDA, ids, 70, 66);
     const std::vector<float> full = gpu->forward(ids).to_vector();
     expect_match(GetParam(), act, "long chunks vs cpu chunks", got, want, 1e-4,
-                 bf16_rel_rms(GetParam()));
+                 bf16_rel_rms(GetParam(), /*long_run=*/true));
     expect_match(GetParam(), act, "long chunks vs gpu no-cache", got, full, 1e-4,
                  bf16_rel_rms(GetParam()));
   }

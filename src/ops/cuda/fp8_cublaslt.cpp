@@ -121,6 +121,14 @@ bool describe(LtDescriptors& desc, int64_t M, int64_t K, int64_t N, cudaDataType
 std::unique_ptr<Plan> make_plan(int64_t M, int64_t K, int64_t N, cudaDataType_t d_type) {
   auto plan = std::make_unique<Plan>();
   if (!describe(plan->desc, M, K, N, d_type)) return nullptr;
+  // The heuristic refuses a block-scaled problem whose scale pointers are unset (seen on an H200,
+  // CUDA 13.0): it is shown the workspace, valid and 256-byte aligned, until a call sets its own.
+  const void* placeholder = lt_context().workspace;
+  for (const auto attribute :
+       {CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER})
+    if (cublasLtMatmulDescSetAttribute(plan->desc.op, attribute, &placeholder,
+                                       sizeof(placeholder)) != CUBLAS_STATUS_SUCCESS)
+      return nullptr;
   LtPreference pref;
   const uint64_t workspace = kLtWorkspaceBytes;
   cublasLtMatmulHeuristicResult_t result{};
