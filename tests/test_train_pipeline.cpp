@@ -161,8 +161,9 @@ TEST(Pipeline, PiecesEqualForwardBackward) {
     double norm = 0;
     for (int64_t k = 0; k < p.grad.numel(); ++k) norm += std::fabs(p.grad.data<float>()[k]);
     // (A routed expert may have been chosen by no token.)
-    if (p.name.find(".experts.") == std::string::npos)
+    if (p.name.find(".experts.") == std::string::npos) {
       EXPECT_GT(norm, 0.0) << p.name << ": no gradient reached it";
+    }
     EXPECT_EQ(std::memcmp(p.grad.data<float>(), q.grad.data<float>(), p.grad.nbytes()), 0)
         << p.name;
   }
