@@ -6,9 +6,9 @@
 // losses of an uninterrupted run. ZeRO-1 on 3 ranks (this binary relaunched under mpirun) equals
 // AdamW on the summed gradients bit for bit; in process, with one rank it equals AdamW exactly
 // (flat space, buckets cutting through parameters) and even_share partitions exactly.
-// Pipeline parallelism: 2 stages (and 4, one layer each) with the 1F1B schedule over 2 (4)
-// micro-batches per batch train like one process (losses, loads, weights, moments gathered from
-// the stages), a pipeline checkpoint resumes on one process and one process's on 2 stages, bad
+// Pipeline parallelism: 2 stages (and 4, one layer each, and 2 pipelines of 2 stages, data
+// parallel) with the 1F1B schedule over 2 (4) micro-batches per batch train like one process
+// (losses, loads, weights, moments gathered from the stages), a pipeline checkpoint resumes on one process and one process's on 2 stages, bad
 // settings are clear errors, and point-to-point send/recv deliver between 2 real ranks.
 // Expert parallelism: 2 ranks with the routed experts split between them train like one process
 // (losses, loads, weights, moments; also with the global expert-level balance loss), their
@@ -1034,6 +1034,21 @@ TEST_F(DistTrain, PipelineFourStagesTrainLikeOneProcess) {
   expect_same_training(one, pp);
 }
 
+// 4 ranks as 2 pipelines of 2 stages (ranks 0-1 and 2-3), data parallel across them: each
+// pipeline trains on 2 of every batch's 4 sequences as 2 micro-batches of one, the replicas of a
+// stage sum their gradients, and the run matches one process's.
+TEST_F(DistTrain, PipelineTimesDataParallelTrainsLikeOneProcess) {
+  TempDir dir;
+  const fs::path run_dir = dir.path / "pp2x2";
+  const ProcRun r = run(mpirun_, mpirun_args(4, train_args(run_dir, kSteps, pipeline_args(2, 2))));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("2 micro-batches of 1 sequences per batch, 1F1B schedule; 2 pipelines, "
+                       "data parallel across them"),
+            std::string::npos)
+      << r.err;
+  expect_same_training(single_run(), run_dir);
+}
+
 // A pipeline checkpoint (gathered on rank 0) resumes on one process, and one process's on 2
 // pipeline stages, each continuing within float tolerance of the run it came from.
 TEST_F(DistTrain, PipelineCheckpointsResumeEitherWay) {
@@ -1086,11 +1101,14 @@ TEST_F(DistTrain, PipelineSettingsAreClearErrors) {
        "dist.pipeline_parallel 2: runs on CPU ranks only"},
       {1,
        {"--pipeline-parallel", "2"},
-       "dist.pipeline_parallel 2: needs exactly 2 MPI ranks, one stage each, got 1"},
+       "dist.pipeline_parallel 2: must divide the number of MPI ranks (1)"},
       {3,
        {"--pipeline-parallel", "2", "--set", "train.batch_size=3"},
-       "needs exactly 2 MPI ranks, one stage each, got 3 (pipeline and data parallelism together "
-       "are not supported yet)"},
+       "dist.pipeline_parallel 2: must divide the number of MPI ranks (3): the ranks form "
+       "pipelines of 2 stages"},
+      {4,
+       {"--pipeline-parallel", "2", "--set", "dist.micro_batches=4"},
+       "train.batch_size 4: must be divisible by the 2 pipelines times dist.micro_batches 4"},
   };
   int i = 0;
   for (const Case& c : cases) {

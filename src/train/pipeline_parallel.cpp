@@ -15,6 +15,7 @@ namespace {
 // needs the tags of one direction to stay apart); then the embedding copy and validation.
 constexpr int kStepTags = 32000;
 constexpr int kEmbedGradTag = 32001, kEmbedValueTag = 32002, kValidationTag = 32003;
+constexpr int kReplicaGradTag = 32004, kReplicaSumTag = 32005;
 int forward_tag(int64_t i) { return int((2 * i) % kStepTags); }
 int backward_tag(int64_t i) { return int((2 * i + 1) % kStepTags); }
 
@@ -49,16 +50,20 @@ ModelPart PipelineLayout::held() const {
   return part;
 }
 
-PipelineLayout make_pipeline_layout(const ModelConfig& config, int stages, int stage) {
+PipelineLayout make_pipeline_layout(const ModelConfig& config, int stages, int stage,
+                                    int replicas, int replica) {
   const int64_t L = config.num_hidden_layers;
   DSEEK_CHECK(stages >= 1 && stages <= L,
               "[train] dist.pipeline_parallel {}: the model has {} layers, so at most {} stages "
               "(each stage needs one layer at least)",
               stages, L, L);
-  DSEEK_CHECK(stage >= 0 && stage < stages, "[pipeline] stage {} of {}", stage, stages);
+  DSEEK_CHECK(stage >= 0 && stage < stages && replica >= 0 && replica < replicas,
+              "[pipeline] stage {} of {}, replica {} of {}", stage, stages, replica, replicas);
   PipelineLayout layout;
   layout.stages = stages;
   layout.stage = stage;
+  layout.replicas = replicas;
+  layout.replica = replica;
   const dist::Range layers = dist::even_share(L, stages, stage);
   layout.first_layer = layers.first;
   layout.last_layer = layers.first + layers.count;
@@ -97,9 +102,10 @@ std::vector<MicroBatch> split_micro_batch(const MicroBatch& batch, int64_t parts
 PipelineStage::PipelineStage(dist::ProcessGroup& group, const PipelineLayout& layout,
                              TrainModel& model, ParamSet& params)
     : group_(group), layout_(layout), model_(model), params_(params) {
-  DSEEK_CHECK(group.size() == layout.stages && group.rank() == layout.stage,
-              "[pipeline] stage {} of {} on rank {} of {}: one stage per rank", layout.stage,
-              layout.stages, group.rank(), group.size());
+  DSEEK_CHECK(group.size() == layout.stages * layout.replicas &&
+                  group.rank() == layout.rank_of(layout.stage, layout.replica),
+              "[pipeline] stage {} of {} (replica {} of {}) on rank {} of {}", layout.stage,
+              layout.stages, layout.replica, layout.replicas, group.rank(), group.size());
   const int64_t L = model.config().num_hidden_layers;
   const std::vector<std::string>& moe = model.moe_layers();
   for (size_t j = 0; j < moe.size(); ++j) {
@@ -185,6 +191,8 @@ SequenceLosses PipelineStage::train_step(const std::vector<MicroBatch>& micro,
               "[pipeline] token weights (DPO) and expert parallelism are not pipelined");
   const int64_t M = int64_t(micro.size());
   const int s = layout_.stage, P = layout_.stages;
+  const int prev = layout_.rank_of(s - 1, layout_.replica);
+  const int next = layout_.rank_of(s + 1, layout_.replica);
   const int64_t first = layout_.first_layer, last = layout_.last_layer;
   std::vector<InFlight> state(static_cast<size_t>(M));
   SequenceLosses sum = empty_losses();
@@ -194,13 +202,13 @@ SequenceLosses PipelineStage::train_step(const std::vector<MicroBatch>& micro,
     InFlight& f = state[size_t(i)];
     model_.check_batch(b.inputs, b.targets, b.segments);
     Tensor x = layout_.first() ? model_.embed_forward(b.inputs)
-                               : receive(b.tokens(), s - 1, forward_tag(i));
+                               : receive(b.tokens(), prev, forward_tag(i));
     x = model_.blocks_forward(first, last, x, b.segments, options, f.blocks);
     SequenceLosses part;
     if (layout_.last())
       part = model_.head_forward(x, b.inputs, b.targets, options, b.segments, f.head);
     else
-      send(x, s + 1, forward_tag(i));
+      send(x, next, forward_tag(i));
     TrainModel::add_block_stats(f.blocks, part);
     if (layout_.last()) model_.add_mtp_stats(f.head, part);
     part.total += part.aux;
@@ -210,12 +218,12 @@ SequenceLosses PipelineStage::train_step(const std::vector<MicroBatch>& micro,
     const MicroBatch& b = micro[size_t(i)];
     InFlight& f = state[size_t(i)];
     Tensor dx = layout_.last() ? model_.head_backward(f.head, b.targets, options, loss_scale)
-                               : receive(b.tokens(), s + 1, backward_tag(i));
+                               : receive(b.tokens(), next, backward_tag(i));
     dx = model_.blocks_backward(first, last, f.blocks, dx, options, loss_scale);
     if (layout_.first())
       model_.embed_backward(b.inputs, dx);
     else
-      send(dx, s - 1, backward_tag(i));
+      send(dx, prev, backward_tag(i));
     f = InFlight();  // its activations are no longer needed
   };
 
@@ -233,9 +241,11 @@ SequenceLosses PipelineStage::train_step(const std::vector<MicroBatch>& micro,
 
 SequenceLosses PipelineStage::forward(const MicroBatch& b, const LossOptions& options) {
   const int s = layout_.stage;
+  const int prev = layout_.rank_of(s - 1, layout_.replica);
+  const int next = layout_.rank_of(s + 1, layout_.replica);
   model_.check_batch(b.inputs, b.targets, b.segments);
   Tensor x = layout_.first() ? model_.embed_forward(b.inputs)
-                             : receive(b.tokens(), s - 1, kValidationTag);
+                             : receive(b.tokens(), prev, kValidationTag);
   std::vector<BlockCache> blocks;
   HeadCache head;
   x = model_.blocks_forward(layout_.first_layer, layout_.last_layer, x, b.segments, options,
@@ -244,7 +254,7 @@ SequenceLosses PipelineStage::forward(const MicroBatch& b, const LossOptions& op
   if (layout_.last())
     part = model_.head_forward(x, b.inputs, b.targets, options, b.segments, head);
   else
-    send(x, s + 1, kValidationTag);
+    send(x, next, kValidationTag);
   TrainModel::add_block_stats(blocks, part);
   if (layout_.last()) model_.add_mtp_stats(head, part);
   part.total += part.aux;
@@ -255,11 +265,12 @@ SequenceLosses PipelineStage::forward(const MicroBatch& b, const LossOptions& op
 }
 
 double PipelineStage::optimizer_step(AdamW& optimizer, double lr, double max_norm) {
-  const int last_rank = layout_.stages - 1;
+  const int first_rank = layout_.rank_of(0, layout_.replica);
+  const int last_rank = layout_.rank_of(layout_.stages - 1, layout_.replica);
   if (layout_.shared_embedding) {
     // The copy's gradient (MTP modules, tied head) joins the first stage's.
     if (layout_.last()) {
-      group_.send(span_of(params_.grad(kEmbed)), 0, kEmbedGradTag);
+      group_.send(span_of(params_.grad(kEmbed)), first_rank, kEmbedGradTag);
     } else if (layout_.first()) {
       const Tensor& grad = params_.grad(kEmbed);
       const Tensor other = Tensor::empty(grad.shape());
@@ -269,8 +280,10 @@ double PipelineStage::optimizer_step(AdamW& optimizer, double lr, double max_nor
       for (int64_t i = 0; i < grad.numel(); ++i) g[i] += o[i];
     }
   }
-  // The global norm: every stage's trainable gradients once (the copy is not trainable).
-  const double local = grad_norm(params_);
+  sum_replica_grads();
+  // The global norm: every stage's trainable gradients once (the copy is not trainable; the
+  // replicas hold the same sums, replica 0 counts them).
+  const double local = layout_.replica == 0 ? grad_norm(params_) : 0.0;
   std::vector<double> squares = {local * local};
   group_.all_reduce(std::span<double>(squares));
   const double norm = std::sqrt(squares[0]);
@@ -279,9 +292,51 @@ double PipelineStage::optimizer_step(AdamW& optimizer, double lr, double max_nor
     if (layout_.first())
       group_.send(span_of(params_.value(kEmbed)), last_rank, kEmbedValueTag);
     else if (layout_.last())
-      group_.recv(span_of(params_.value(kEmbed)), 0, kEmbedValueTag);
+      group_.recv(span_of(params_.value(kEmbed)), first_rank, kEmbedValueTag);
   }
   return norm;
+}
+
+void PipelineStage::sum_replica_grads() {
+  if (layout_.replicas == 1) return;
+  std::vector<Param*> trainable;
+  int64_t n = 0;
+  for (Param& p : params_.all())
+    if (p.trainable) {
+      trainable.push_back(&p);
+      n += p.grad.numel();
+    }
+  // One flat message per replica; replica 0 adds them in replica order 1, 2, ...
+  std::vector<float> flat(static_cast<size_t>(n));
+  auto pack = [&] {
+    size_t at = 0;
+    for (const Param* p : trainable) {
+      std::copy_n(p->grad.data<float>(), p->grad.numel(), flat.begin() + std::ptrdiff_t(at));
+      at += size_t(p->grad.numel());
+    }
+  };
+  auto unpack = [&] {
+    size_t at = 0;
+    for (Param* p : trainable) {
+      std::copy_n(flat.begin() + std::ptrdiff_t(at), p->grad.numel(), p->grad.data<float>());
+      at += size_t(p->grad.numel());
+    }
+  };
+  const int leader = layout_.rank_of(layout_.stage, 0);
+  pack();
+  if (layout_.replica == 0) {
+    std::vector<float> other(static_cast<size_t>(n));
+    for (int d = 1; d < layout_.replicas; ++d) {
+      group_.recv(other, layout_.rank_of(layout_.stage, d), kReplicaGradTag);
+      for (size_t i = 0; i < flat.size(); ++i) flat[i] += other[i];
+    }
+    for (int d = 1; d < layout_.replicas; ++d)
+      group_.send(flat, layout_.rank_of(layout_.stage, d), kReplicaSumTag);
+  } else {
+    group_.send(flat, leader, kReplicaGradTag);
+    group_.recv(flat, leader, kReplicaSumTag);
+  }
+  unpack();
 }
 
 void PipelineStage::gather_checkpoint(const AdamW& optimizer, CheckpointData& ck) {
@@ -292,7 +347,8 @@ void PipelineStage::gather_checkpoint(const AdamW& optimizer, CheckpointData& ck
   auto floats_of = [](const WeightSpec& spec) {
     return numel_of(spec.shape) * (is_training_buffer(spec.name) ? 1 : 3);
   };
-  std::vector<int64_t> counts(size_t(P), 0);
+  // Replica 0's stages are ranks 0..P−1; the other replicas hold the same values and send none.
+  std::vector<int64_t> counts(size_t(P * layout_.replicas), 0);
   for (int q = 0; q < P; ++q) {
     const ModelPart part = make_pipeline_layout(c, P, q).owned();
     for (const WeightSpec& spec : specs)
@@ -301,14 +357,14 @@ void PipelineStage::gather_checkpoint(const AdamW& optimizer, CheckpointData& ck
   const auto state = optimizer.state_tensors();
   const std::map<std::string, Tensor> moments(state.begin(), state.end());
   std::vector<float> mine;
-  mine.reserve(size_t(counts[size_t(layout_.stage)]));
+  mine.reserve(size_t(counts[size_t(group_.rank())]));
   auto append = [&mine](const Tensor& t) {
     const Tensor h = t.contiguous();
     const float* p = h.data<float>();
     mine.insert(mine.end(), p, p + h.numel());
   };
   for (const WeightSpec& spec : specs) {
-    if (!in_part(c, layout_.owned(), spec.name)) continue;
+    if (layout_.replica != 0 || !in_part(c, layout_.owned(), spec.name)) continue;
     append(params_.value(spec.name));
     if (is_training_buffer(spec.name)) continue;
     append(moments.at("exp_avg." + spec.name));
@@ -316,11 +372,12 @@ void PipelineStage::gather_checkpoint(const AdamW& optimizer, CheckpointData& ck
   }
   int64_t total = 0;
   for (int64_t n : counts) total += n;
-  std::vector<float> all(layout_.first() ? size_t(total) : 0);
+  const bool root = group_.rank() == 0;
+  std::vector<float> all(root ? size_t(total) : 0);
   group_.gather(mine, all, counts, 0);
   ck.model.clear();
   ck.optimizer.clear();
-  if (!layout_.first()) return;
+  if (!root) return;
   // The stages' blocks follow one another in stage order, and within a block the tensors are in
   // the specs' order; stage q owns a contiguous run of the specs (embedding and its layers first,
   // the last stage's layers, final norm, head and MTP modules last), so one walk reads them all.

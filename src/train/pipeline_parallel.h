@@ -1,6 +1,9 @@
 // Pipeline parallelism (docs/DISTRIBUTED.md): the model's main layers split into P contiguous
 // stages, one MPI rank each; the embedding lives on the first stage, the final norm, the output
 // head and the MTP modules on the last. Each stage holds and updates only its own tensors.
+// With P·D ranks there are D such pipelines (replicas), data parallel: rank r is stage r mod P of
+// replica r / P (a pipeline's stages are consecutive ranks), each replica trains on its slice of
+// every batch, and the D replicas of a stage sum their gradients before the identical update.
 //
 // Split: stage s takes main layers even_share(L, P, s): L/P each, the first L mod P stages one
 // more (the last stage also runs the head and the MTP modules, so it gets no extra layer).
@@ -18,7 +21,10 @@
 // the first stage's, the first stage updates the embedding, and the new values go back to the
 // copy (Megatron-LM's word-embedding all-reduce, done as two messages).
 //
-// Gradient clipping uses the global norm: each stage's sum of squares, summed over the ranks.
+// Replicas: replica 0 of each stage receives the others' gradients (one flat message each), adds
+// them in replica order and sends the sum back, so every replica applies the same update to the
+// same values. Gradient clipping uses the global norm: each stage's sum of squares (replica 0's),
+// summed over the ranks.
 // Checkpoints gather every stage's values and AdamW moments on rank 0 in the order one process
 // writes them, so a pipeline checkpoint resumes on one process and the other way round.
 #pragma once
@@ -37,18 +43,23 @@ namespace dseek::train {
 
 struct PipelineLayout {
   int stages = 1, stage = 0;
+  int replicas = 1, replica = 0;  // data-parallel pipelines, and this rank's
   int64_t first_layer = 0, last_layer = 0;  // this stage's main layers [first, last)
   bool shared_embedding = false;  // the last stage keeps a copy of the embedding (P > 1)
   bool first() const { return stage == 0; }
   bool last() const { return stage == stages - 1; }
+  // The world rank of stage `s` of replica `d`.
+  int rank_of(int s, int d) const { return d * stages + s; }
   // The tensors the stage owns (and updates), and those it holds (the owned ones plus the
   // embedding copy on the last stage).
   ModelPart owned() const;
   ModelPart held() const;
 };
 
-// Stage `stage` of `stages` for `config`. Throws when there are more stages than main layers.
-PipelineLayout make_pipeline_layout(const ModelConfig& config, int stages, int stage);
+// Stage `stage` of `stages` (of replica `replica` of `replicas`) for `config`. Throws when there
+// are more stages than main layers.
+PipelineLayout make_pipeline_layout(const ModelConfig& config, int stages, int stage,
+                                    int replicas = 1, int replica = 0);
 
 // Splits a batch into `parts` micro-batches of equal token counts whose cuts fall between
 // sequences (segments); throws naming the batch when they cannot. DPO pairs are not split.
@@ -57,7 +68,7 @@ std::vector<MicroBatch> split_micro_batch(const MicroBatch& batch, int64_t parts
 class PipelineStage {
  public:
   // params holds the tensors of layout.held() (init_stage_params); the group is the world, one
-  // stage per rank (stage = rank).
+  // stage of one replica per rank (rank = layout.rank_of(stage, replica)).
   PipelineStage(dist::ProcessGroup& group, const PipelineLayout& layout, TrainModel& model,
                 ParamSet& params);
 
@@ -77,8 +88,9 @@ class PipelineStage {
   // Forward only (validation), the same parts.
   SequenceLosses forward(const MicroBatch& batch, const LossOptions& options);
 
-  // After train_step: brings the embedding copy's gradient to the first stage, clips with the
-  // global norm, steps AdamW and refreshes the copy. Returns the global gradient norm.
+  // After train_step: brings the embedding copy's gradient to the first stage, sums the
+  // replicas' gradients, clips with the global norm, steps AdamW and refreshes the copy. Returns
+  // the global gradient norm.
   double optimizer_step(AdamW& optimizer, double lr, double max_norm);
 
   // Collective: every stage's values and moments gathered on rank 0, in the order one process
@@ -97,6 +109,7 @@ class PipelineStage {
   Tensor receive(int64_t rows, int peer, int tag);
   void send(const Tensor& x, int peer, int tag);
   void finish_sends();
+  void sum_replica_grads();
   // Adds micro-batch losses `part` (expert loads in this stage's order) into `sum` (the model's).
   void accumulate(const SequenceLosses& part, SequenceLosses& sum) const;
   SequenceLosses empty_losses() const;

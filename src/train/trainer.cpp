@@ -240,11 +240,18 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
                 "bf16 are not pipelined (the last stage's copy of the embedding has no bf16 "
                 "compute copy); use compute_dtype f32",
                 P);
-    DSEEK_CHECK(P == ranks,
-                "[train] dist.pipeline_parallel {}: needs exactly {} MPI ranks, one stage each, "
-                "got {} (pipeline and data parallelism together are not supported yet)",
-                P, P, ranks);
-    stage_layout = make_pipeline_layout(model_config, int(P), group.rank());
+    DSEEK_CHECK(ranks % P == 0,
+                "[train] dist.pipeline_parallel {}: must divide the number of MPI ranks ({}): "
+                "the ranks form pipelines of {} stages, data parallel across them",
+                P, ranks, P);
+    const int64_t D = ranks / P;
+    DSEEK_CHECK(cfg.batch_size % (D * cfg.micro_batches) == 0,
+                "[train] train.batch_size {}: must be divisible by the {} pipelines times "
+                "dist.micro_batches {} (each pipeline splits its slice of every batch into "
+                "micro-batches)",
+                cfg.batch_size, D, cfg.micro_batches);
+    stage_layout = make_pipeline_layout(model_config, int(P), group.rank() % int(P), int(D),
+                                        group.rank() / int(P));
   } else {
     DSEEK_CHECK(cfg.micro_batches == 1,
                 "[train] dist.micro_batches {}: only pipeline parallelism splits batches into "
@@ -404,9 +411,14 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   if (lead && pipeline)
     fmt::print(stderr,
                "[train] pipeline parallel: {} stages of {} layers (stage 0: layers {}..{}), "
-               "{} micro-batches of {} sequences per batch, 1F1B schedule\n",
+               "{} micro-batches of {} sequences per batch, 1F1B schedule{}\n",
                stage_layout.stages, model_config.num_hidden_layers, stage_layout.first_layer,
-               stage_layout.last_layer - 1, cfg.micro_batches, cfg.batch_size / cfg.micro_batches);
+               stage_layout.last_layer - 1, cfg.micro_batches,
+               cfg.batch_size / (stage_layout.replicas * cfg.micro_batches),
+               stage_layout.replicas > 1
+                   ? fmt::format("; {} pipelines, data parallel across them",
+                                 stage_layout.replicas)
+                   : "");
   if (lead && ranks > 1 && !pipeline)
     fmt::print(stderr,
                "[train] data parallel: {} ranks ({}), {} sequences each per micro-batch, ZeRO-1 "
@@ -440,11 +452,14 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   const int64_t T = cfg.seq_len, B = cfg.batch_size;
   // N ranks: each rank's gradient is of its slice's mean, scaled by 1/N, so their sum is the
   // gradient of the global batch mean.
-  // Pipeline: one process's arithmetic, each of the M micro-batches of a batch scaled by 1/M.
+  // Pipeline: each pipeline's slice of a batch in M micro-batches, each scaled by 1/M and by
+  // 1/pipelines (summed over the pipelines: one process's gradient).
+  const int64_t replicas = pipeline ? stage_layout.replicas : ranks;
   const float scale =
-      pipeline ? float(1.0 / (double(cfg.grad_accum) * double(cfg.micro_batches)))
+      pipeline ? float(1.0 / (double(cfg.grad_accum) * double(cfg.micro_batches) *
+                              double(replicas)))
                : float(1.0 / (double(cfg.grad_accum) * double(ranks)));
-  const int64_t B_local = pipeline ? B : B / ranks;
+  const int64_t B_local = B / replicas;
   const int64_t val_count = std::min(cfg.eval_sequences, batches.num_validation_sequences());
 
   LossOptions loss_options;
@@ -530,11 +545,12 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     std::vector<std::vector<int64_t>> load;
     DpoStats dpo_stats;
     if (stage) {
-      // Every rank reads the whole batches (the first stage needs the inputs, the last the
-      // targets and, for MTP, the inputs) and splits each into the M micro-batches.
+      // Every stage reads its pipeline's slice of the batches (the first stage needs the inputs,
+      // the last the targets and, for MTP, the inputs) and splits each into the M micro-batches.
       std::vector<MicroBatch> micro;
       for (int64_t a = 0; a < cfg.grad_accum; ++a)
-        for (MicroBatch& m : split_micro_batch(batches.next(), cfg.micro_batches))
+        for (MicroBatch& m : split_micro_batch(batches.next(stage_layout.replica * B_local, B_local),
+                                               cfg.micro_batches))
           micro.push_back(std::move(m));
       const SequenceLosses l = stage->train_step(micro, loss_options, scale);
       // Each micro-batch's losses are means over 1/M of a batch: M of them make one batch mean.
@@ -582,14 +598,16 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     const double lr = lr_schedule.at(s);
     if (stage) {
       // Each stage holds its part of the losses and loads (the last stage the cross-entropies):
-      // their sum, on every rank.
+      // their sum, on every rank; losses are the mean over the pipelines' slices.
       StepTotals t{total, ce, aux, stop ? 1.0 : 0.0, mtp, load};
       all_reduce_totals(group, t, size_t(model_config.num_nextn_predict_layers));
-      total = t.total;
-      ce = t.ce;
-      aux = t.aux;
+      const double d = double(stage_layout.replicas);
+      total = t.total / d;
+      ce = t.ce / d;
+      aux = t.aux / d;
       stop = t.stop > 0;
       mtp = t.mtp;
+      for (double& v : mtp) v /= d;
       while (!mtp.empty() && mtp.back() == 0.0) mtp.pop_back();  // depths that did not run
       load = t.load;
       grad_norm = stage->optimizer_step(*optimizer, lr, cfg.grad_clip);
@@ -687,7 +705,9 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       // each batch instead; a rank left without a sequence runs the batch's first one as a
       // stand-in and counts nothing of it.
       for (int64_t k0 = 0, chunk = 0; k0 < val_count; k0 += B, ++chunk) {
-        // Pipeline: every stage takes part in every batch.
+        // Pipeline: every stage of a pipeline takes part in its batches (the pipelines take
+        // the batches in turn).
+        if (pipeline && chunk % stage_layout.replicas != stage_layout.replica) continue;
         if (!expert_parallel && !pipeline && chunk % ranks != group.rank()) continue;
         int64_t first = k0, nb = std::min(B, val_count - k0);
         bool stand_in = false;
