@@ -167,7 +167,7 @@ void add_train_command(CLI::App& app) {
   auto* pipeline_parallel =
       cmd->add_option("--pipeline-parallel", f->pipeline_parallel,
                       "pipeline parallelism: split the layers into N stages, one per rank, run "
-                      "with the 1F1B schedule (N equals --nproc; dist.pipeline_parallel)")
+                      "with the 1F1B schedule (N divides --nproc; dist.pipeline_parallel)")
           ->check(CLI::Range(int64_t(1), int64_t(4096)));
   auto* deterministic = cmd->add_flag(
       "--deterministic", f->deterministic,
