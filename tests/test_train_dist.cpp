@@ -1050,11 +1050,19 @@ TEST_F(DistTrain, PipelineTimesDataParallelTrainsLikeOneProcess) {
 }
 
 // A pipeline checkpoint (gathered on rank 0) resumes on one process, and one process's on 2
-// pipeline stages, each continuing within float tolerance of the run it came from.
+// pipeline stages and on 2 pipelines of 2 stages, each continuing within float tolerance of the
+// run it came from.
 TEST_F(DistTrain, PipelineCheckpointsResumeEitherWay) {
-  for (const bool from_pipeline : {true, false}) {
-    SCOPED_TRACE(from_pipeline ? "pipeline checkpoint, one process" : "one process, 2 stages");
-    const fs::path reference = from_pipeline ? pipeline_run() : single_run();
+  struct Case {
+    std::string what;
+    bool from_pipeline;
+    int ranks;  // of the resumed run
+  };
+  for (const Case& c : {Case{"pipeline checkpoint, one process", true, 1},
+                        Case{"one process, 2 stages", false, 2},
+                        Case{"one process, 2 pipelines of 2 stages", false, 4}}) {
+    SCOPED_TRACE(c.what);
+    const fs::path reference = c.from_pipeline ? pipeline_run() : single_run();
     TempDir dir;
     const fs::path run_dir = dir.path / "run";
     fs::create_directories(run_dir / "checkpoints");
@@ -1067,10 +1075,10 @@ TEST_F(DistTrain, PipelineCheckpointsResumeEitherWay) {
       for (size_t i = 0; i < 2; ++i) metrics << m[i].dump() << "\n";
     }
     Args resume = {"--resume"};
-    if (!from_pipeline) resume = pipeline_args(2, 2), resume.push_back("--resume");
-    const ProcRun r = from_pipeline
+    if (c.ranks > 1) resume = pipeline_args(2, 2), resume.push_back("--resume");
+    const ProcRun r = c.ranks == 1
                           ? run(DSEEK_BINARY, train_args(run_dir, kSteps, resume))
-                          : run(mpirun_, mpirun_args(2, train_args(run_dir, kSteps, resume)));
+                          : run(mpirun_, mpirun_args(c.ranks, train_args(run_dir, kSteps, resume)));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     expect_same_training(reference, run_dir);
   }
