@@ -8,13 +8,13 @@
 // (flat space, buckets cutting through parameters) and even_share partitions exactly.
 // Pipeline parallelism: 2 stages (and 4, one layer each, and 2 pipelines of 2 stages, data
 // parallel) with the 1F1B schedule over 2 (4) micro-batches per batch train like one process
-// (losses, loads, weights, moments gathered from the stages), a pipeline checkpoint resumes on one process and one process's on 2 stages, bad
-// settings are clear errors, and point-to-point send/recv deliver between 2 real ranks.
-// Expert parallelism: 2 ranks with the routed experts split between them train like one process
-// (losses, loads, weights, moments; also with the global expert-level balance loss), their
-// checkpoint resumes on one process and one process's resumes on 2 expert-parallel ranks, and on
-// 2 real ranks all_to_all_v moves its blocks and the MoE layer's forward, backward and balance
-// loss equal one process's on the concatenated batch.
+// (losses, loads, weights, moments gathered from the stages), a pipeline checkpoint resumes on one
+// process and one process's on 2 stages, bad settings are clear errors, and point-to-point
+// send/recv deliver between 2 real ranks. Expert parallelism: 2 ranks with the routed experts split
+// between them train like one process (losses, loads, weights, moments; also with the global
+// expert-level balance loss), their checkpoint resumes on one process and one process's resumes on
+// 2 expert-parallel ranks, and on 2 real ranks all_to_all_v moves its blocks and the MoE layer's
+// forward, backward and balance loss equal one process's on the concatenated batch.
 //
 // The suite skips when this dseek was built without MPI or mpirun is missing (scripts/setup.sh
 // installs OpenMPI). As root (CI) mpirun needs OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM), set here.
@@ -1058,9 +1058,9 @@ TEST_F(DistTrain, PipelineCheckpointsResumeEitherWay) {
     bool from_pipeline;
     int ranks;  // of the resumed run
   };
-  for (const Case& c : {Case{"pipeline checkpoint, one process", true, 1},
-                        Case{"one process, 2 stages", false, 2},
-                        Case{"one process, 2 pipelines of 2 stages", false, 4}}) {
+  for (const Case& c :
+       {Case{"pipeline checkpoint, one process", true, 1}, Case{"one process, 2 stages", false, 2},
+        Case{"one process, 2 pipelines of 2 stages", false, 4}}) {
     SCOPED_TRACE(c.what);
     const fs::path reference = c.from_pipeline ? pipeline_run() : single_run();
     TempDir dir;
@@ -1122,7 +1122,8 @@ TEST_F(DistTrain, PipelineSettingsAreClearErrors) {
   for (const Case& c : cases) {
     SCOPED_TRACE(c.message);
     const Args args = train_args(dir.path / std::to_string(i++), 2, c.extra);
-    const ProcRun r = c.ranks == 1 ? run(DSEEK_BINARY, args) : run(mpirun_, mpirun_args(c.ranks, args));
+    const ProcRun r =
+        c.ranks == 1 ? run(DSEEK_BINARY, args) : run(mpirun_, mpirun_args(c.ranks, args));
     EXPECT_NE(r.exit_code, 0);
     EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
   }
@@ -1176,7 +1177,7 @@ TEST(DistRanks, PointToPointSendAndReceive) {
           << e.what();
     }
   }
-  EXPECT_THROW(w.send(three, me, 1), Error);   // to itself
+  EXPECT_THROW(w.send(three, me, 1), Error);     // to itself
   EXPECT_THROW(w.send(three, peer, -1), Error);  // a tag below 0
   w.barrier();
   dist::finalize_world();

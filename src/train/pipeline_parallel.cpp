@@ -16,8 +16,12 @@ namespace {
 constexpr int kStepTags = 32000;
 constexpr int kEmbedGradTag = 32001, kEmbedValueTag = 32002, kValidationTag = 32003;
 constexpr int kReplicaGradTag = 32004, kReplicaSumTag = 32005;
-int forward_tag(int64_t i) { return int((2 * i) % kStepTags); }
-int backward_tag(int64_t i) { return int((2 * i + 1) % kStepTags); }
+int forward_tag(int64_t i) {
+  return int((2 * i) % kStepTags);
+}
+int backward_tag(int64_t i) {
+  return int((2 * i + 1) % kStepTags);
+}
 
 const char* const kEmbed = "model.embed_tokens.weight";
 
@@ -50,8 +54,8 @@ ModelPart PipelineLayout::held() const {
   return part;
 }
 
-PipelineLayout make_pipeline_layout(const ModelConfig& config, int stages, int stage,
-                                    int replicas, int replica) {
+PipelineLayout make_pipeline_layout(const ModelConfig& config, int stages, int stage, int replicas,
+                                    int replica) {
   const int64_t L = config.num_hidden_layers;
   DSEEK_CHECK(stages >= 1 && stages <= L,
               "[train] dist.pipeline_parallel {}: the model has {} layers, so at most {} stages "
@@ -244,8 +248,8 @@ SequenceLosses PipelineStage::forward(const MicroBatch& b, const LossOptions& op
   const int prev = layout_.rank_of(s - 1, layout_.replica);
   const int next = layout_.rank_of(s + 1, layout_.replica);
   model_.check_batch(b.inputs, b.targets, b.segments);
-  Tensor x = layout_.first() ? model_.embed_forward(b.inputs)
-                             : receive(b.tokens(), prev, kValidationTag);
+  Tensor x =
+      layout_.first() ? model_.embed_forward(b.inputs) : receive(b.tokens(), prev, kValidationTag);
   std::vector<BlockCache> blocks;
   HeadCache head;
   x = model_.blocks_forward(layout_.first_layer, layout_.last_layer, x, b.segments, options,

@@ -43,9 +43,9 @@ namespace dseek::train {
 
 struct PipelineLayout {
   int stages = 1, stage = 0;
-  int replicas = 1, replica = 0;  // data-parallel pipelines, and this rank's
+  int replicas = 1, replica = 0;            // data-parallel pipelines, and this rank's
   int64_t first_layer = 0, last_layer = 0;  // this stage's main layers [first, last)
-  bool shared_embedding = false;  // the last stage keeps a copy of the embedding (P > 1)
+  bool shared_embedding = false;            // the last stage keeps a copy of the embedding (P > 1)
   bool first() const { return stage == 0; }
   bool last() const { return stage == stages - 1; }
   // The world rank of stage `s` of replica `d`.

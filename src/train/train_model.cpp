@@ -404,10 +404,9 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
                                bool backward, float loss_scale, const Segments& segments) {
   check_batch(inputs, targets, segments);
   const int64_t L = config_.num_hidden_layers;
-  // Main model.
+  // Forward: embedding, main blocks, head (+ MTP); a pipeline stage runs a part of this.
   std::vector<BlockCache> blocks;
-  const Tensor x_final =
-      blocks_forward(0, L, embed_forward(inputs), segments, options, blocks);
+  const Tensor x_final = blocks_forward(0, L, embed_forward(inputs), segments, options, blocks);
   HeadCache hc;
   SequenceLosses out = head_forward(x_final, inputs, targets, options, segments, hc);
   // Balance losses and loads, main layers then MTP blocks.
@@ -415,8 +414,9 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
   add_mtp_stats(hc, out);
   out.total += out.aux;
   if (!backward) return out;
-  const Tensor dx = blocks_backward(0, L, blocks, head_backward(hc, targets, options, loss_scale),
-                                    options, loss_scale);
+  // Backward: MTP depths last to first and the main head (head_backward), then the main model.
+  const Tensor dh = head_backward(hc, targets, options, loss_scale);
+  const Tensor dx = blocks_backward(0, L, blocks, dh, options, loss_scale);
   embed_backward(inputs, dx);
   return out;
 }

@@ -416,8 +416,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
                stage_layout.last_layer - 1, cfg.micro_batches,
                cfg.batch_size / (stage_layout.replicas * cfg.micro_batches),
                stage_layout.replicas > 1
-                   ? fmt::format("; {} pipelines, data parallel across them",
-                                 stage_layout.replicas)
+                   ? fmt::format("; {} pipelines, data parallel across them", stage_layout.replicas)
                    : "");
   if (lead && ranks > 1 && !pipeline)
     fmt::print(stderr,
@@ -456,9 +455,9 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   // 1/pipelines (summed over the pipelines: one process's gradient).
   const int64_t replicas = pipeline ? stage_layout.replicas : ranks;
   const float scale =
-      pipeline ? float(1.0 / (double(cfg.grad_accum) * double(cfg.micro_batches) *
-                              double(replicas)))
-               : float(1.0 / (double(cfg.grad_accum) * double(ranks)));
+      pipeline
+          ? float(1.0 / (double(cfg.grad_accum) * double(cfg.micro_batches) * double(replicas)))
+          : float(1.0 / (double(cfg.grad_accum) * double(ranks)));
   const int64_t B_local = B / replicas;
   const int64_t val_count = std::min(cfg.eval_sequences, batches.num_validation_sequences());
 
@@ -549,8 +548,8 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       // the last the targets and, for MTP, the inputs) and splits each into the M micro-batches.
       std::vector<MicroBatch> micro;
       for (int64_t a = 0; a < cfg.grad_accum; ++a)
-        for (MicroBatch& m : split_micro_batch(batches.next(stage_layout.replica * B_local, B_local),
-                                               cfg.micro_batches))
+        for (MicroBatch& m : split_micro_batch(
+                 batches.next(stage_layout.replica * B_local, B_local), cfg.micro_batches))
           micro.push_back(std::move(m));
       const SequenceLosses l = stage->train_step(micro, loss_options, scale);
       // Each micro-batch's losses are means over 1/M of a batch: M of them make one batch mean.
@@ -721,9 +720,9 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
         const MicroBatch vb = batches.validation(first, stand_in ? 1 : nb);
         LossOptions val_options = loss_options;
         val_options.token_weights = nullptr;
-        const SequenceLosses l = stage ? stage->forward(vb, val_options)
-                                       : model.forward(vb.inputs, vb.targets, val_options,
-                                                       vb.segments);
+        const SequenceLosses l =
+            stage ? stage->forward(vb, val_options)
+                  : model.forward(vb.inputs, vb.targets, val_options, vb.segments);
         if (stand_in) continue;
         val += l.main_ce * double(nb);
         if (val_load.empty())
