@@ -6,11 +6,15 @@
 // losses of an uninterrupted run. ZeRO-1 on 3 ranks (this binary relaunched under mpirun) equals
 // AdamW on the summed gradients bit for bit; in process, with one rank it equals AdamW exactly
 // (flat space, buckets cutting through parameters) and even_share partitions exactly.
-// Expert parallelism: 2 ranks with the routed experts split between them train like one process
-// (losses, loads, weights, moments; also with the global expert-level balance loss), their
-// checkpoint resumes on one process and one process's resumes on 2 expert-parallel ranks, and on
-// 2 real ranks all_to_all_v moves its blocks and the MoE layer's forward, backward and balance
-// loss equal one process's on the concatenated batch.
+// Pipeline parallelism: 2 stages (and 4, one layer each, and 2 pipelines of 2 stages, data
+// parallel) with the 1F1B schedule over 2 (4) micro-batches per batch train like one process
+// (losses, loads, weights, moments gathered from the stages), a pipeline checkpoint resumes on one
+// process and one process's on 2 stages, bad settings are clear errors, and point-to-point
+// send/recv deliver between 2 real ranks. Expert parallelism: 2 ranks with the routed experts split
+// between them train like one process (losses, loads, weights, moments; also with the global
+// expert-level balance loss), their checkpoint resumes on one process and one process's resumes on
+// 2 expert-parallel ranks, and on 2 real ranks all_to_all_v moves its blocks and the MoE layer's
+// forward, backward and balance loss equal one process's on the concatenated batch.
 //
 // The suite skips when this dseek was built without MPI or mpirun is missing (scripts/setup.sh
 // installs OpenMPI). As root (CI) mpirun needs OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM), set here.
@@ -331,6 +335,25 @@ class DistTrain : public ::testing::Test {
           << res.err;
     }
     return r;
+  }
+
+  // Two pipeline stages (--pipeline-parallel 2, each batch of 4 sequences in 2 micro-batches),
+  // made once.
+  static fs::path pipeline_run() {
+    const fs::path r = root() / "pp2";
+    if (!fs::exists(r / "checkpoints" / "latest")) {
+      const ProcRun res = run(mpirun_, mpirun_args(2, train_args(r, kSteps, pipeline_args(2, 2))));
+      EXPECT_EQ(res.exit_code, 0) << res.err;
+      EXPECT_NE(res.err.find("pipeline parallel: 2 stages of 4 layers (stage 0: layers 0..1), 2 "
+                             "micro-batches of 2 sequences per batch, 1F1B schedule"),
+                std::string::npos)
+          << res.err;
+    }
+    return r;
+  }
+  static Args pipeline_args(int stages, int micro_batches) {
+    return {"--pipeline-parallel", std::to_string(stages), "--set",
+            "dist.micro_batches=" + std::to_string(micro_batches)};
   }
 
   static std::string mpirun_;
@@ -984,4 +1007,178 @@ TEST(DistRanks, ZeroOneEqualsAdamWOnSummedGradients) {
     return;
   }
   run_test_on_ranks("DistRanks.ZeroOneEqualsAdamWOnSummedGradients", 3);
+}
+
+// Pipeline parallelism over 2 stages (layers 0–1 with the embedding; layers 2–3, final norm, head
+// and the MTP module with a copy of the embedding), each batch of 4 sequences as 2 micro-batches of
+// 2 through the 1F1B schedule, trains like one process on the same global batch: the same
+// tolerances as data parallelism (the micro-batches' GEMMs and the stages' partial sums add in
+// another order, nothing else differs), expert loads exactly, and the checkpoint gathered on
+// rank 0 is the one a single process writes (parameter order, AdamW moments).
+TEST_F(DistTrain, PipelineTwoStagesTrainLikeOneProcess) {
+  expect_same_training(single_run(), pipeline_run());
+}
+
+// 4 stages of one layer each, 4 micro-batches of one sequence (warm-up of 3, 2, 1, 0 forwards on
+// stages 0..3), for 4 steps.
+TEST_F(DistTrain, PipelineFourStagesTrainLikeOneProcess) {
+  TempDir dir;
+  const fs::path one = dir.path / "one", pp = dir.path / "pp4";
+  const ProcRun a = run(DSEEK_BINARY, train_args(one, 4));
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  const ProcRun b = run(mpirun_, mpirun_args(4, train_args(pp, 4, pipeline_args(4, 4))));
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  EXPECT_NE(b.err.find("pipeline parallel: 4 stages of 4 layers (stage 0: layers 0..0)"),
+            std::string::npos)
+      << b.err;
+  expect_same_training(one, pp);
+}
+
+// 4 ranks as 2 pipelines of 2 stages (ranks 0-1 and 2-3), data parallel across them: each
+// pipeline trains on 2 of every batch's 4 sequences as 2 micro-batches of one, the replicas of a
+// stage sum their gradients, and the run matches one process's.
+TEST_F(DistTrain, PipelineTimesDataParallelTrainsLikeOneProcess) {
+  TempDir dir;
+  const fs::path run_dir = dir.path / "pp2x2";
+  const ProcRun r = run(mpirun_, mpirun_args(4, train_args(run_dir, kSteps, pipeline_args(2, 2))));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("2 micro-batches of 1 sequences per batch, 1F1B schedule; 2 pipelines, "
+                       "data parallel across them"),
+            std::string::npos)
+      << r.err;
+  expect_same_training(single_run(), run_dir);
+}
+
+// A pipeline checkpoint (gathered on rank 0) resumes on one process, and one process's on 2
+// pipeline stages and on 2 pipelines of 2 stages, each continuing within float tolerance of the
+// run it came from.
+TEST_F(DistTrain, PipelineCheckpointsResumeEitherWay) {
+  struct Case {
+    std::string what;
+    bool from_pipeline;
+    int ranks;  // of the resumed run
+  };
+  for (const Case& c :
+       {Case{"pipeline checkpoint, one process", true, 1}, Case{"one process, 2 stages", false, 2},
+        Case{"one process, 2 pipelines of 2 stages", false, 4}}) {
+    SCOPED_TRACE(c.what);
+    const fs::path reference = c.from_pipeline ? pipeline_run() : single_run();
+    TempDir dir;
+    const fs::path run_dir = dir.path / "run";
+    fs::create_directories(run_dir / "checkpoints");
+    fs::copy(reference / "config.json", run_dir / "config.json");
+    fs::copy(reference / "checkpoints" / train::checkpoint_dir_name(2),
+             run_dir / "checkpoints" / train::checkpoint_dir_name(2), fs::copy_options::recursive);
+    {
+      std::ofstream metrics(run_dir / "metrics.jsonl");
+      const std::vector<json> m = read_metrics(reference);
+      for (size_t i = 0; i < 2; ++i) metrics << m[i].dump() << "\n";
+    }
+    Args resume = {"--resume"};
+    if (c.ranks > 1) resume = pipeline_args(2, 2), resume.push_back("--resume");
+    const ProcRun r = c.ranks == 1
+                          ? run(DSEEK_BINARY, train_args(run_dir, kSteps, resume))
+                          : run(mpirun_, mpirun_args(c.ranks, train_args(run_dir, kSteps, resume)));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    expect_same_training(reference, run_dir);
+  }
+}
+
+// Settings pipeline parallelism cannot honour are errors naming them (one process: the checks
+// come before any rank waits for another).
+TEST_F(DistTrain, PipelineSettingsAreClearErrors) {
+  TempDir dir;
+  struct Case {
+    int ranks;
+    Args extra;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {1,
+       {"--pipeline-parallel", "5"},
+       "dist.pipeline_parallel 5: the model has 4 layers, so at most 4 stages"},
+      {1,
+       {"--pipeline-parallel", "2", "--set", "dist.micro_batches=3"},
+       "dist.micro_batches 3: train.batch_size 4 does not split into 3 equal micro-batches"},
+      {1, {"--set", "dist.micro_batches=2"}, "only pipeline parallelism splits batches"},
+      {1,
+       {"--pipeline-parallel", "2", "--expert-parallel", "2"},
+       "cannot be combined with dist.expert_parallel"},
+      {1,
+       {"--pipeline-parallel", "2", "--device", "cuda"},
+       "dist.pipeline_parallel 2: runs on CPU ranks only"},
+      {1,
+       {"--pipeline-parallel", "2"},
+       "dist.pipeline_parallel 2: must divide the number of MPI ranks (1)"},
+      {3,
+       {"--pipeline-parallel", "2", "--set", "train.batch_size=3"},
+       "dist.pipeline_parallel 2: must divide the number of MPI ranks (3): the ranks form "
+       "pipelines of 2 stages"},
+      {4,
+       {"--pipeline-parallel", "2", "--set", "dist.micro_batches=4"},
+       "train.batch_size 4: must be divisible by the 2 pipelines times dist.micro_batches 4"},
+  };
+  int i = 0;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.message);
+    const Args args = train_args(dir.path / std::to_string(i++), 2, c.extra);
+    const ProcRun r =
+        c.ranks == 1 ? run(DSEEK_BINARY, args) : run(mpirun_, mpirun_args(c.ranks, args));
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
+  }
+}
+
+// Point-to-point messages on 2 real ranks: both ranks post a large send to the other before
+// receiving (a blocking send would deadlock here once MPI waits for the receiver), every element
+// arrives, several messages with one tag arrive in order, a message of another size than the
+// receive is an error naming both sizes; the single-process group refuses send and recv.
+TEST(DistRanks, PointToPointSendAndReceive) {
+  if (dist::launcher_world_size() <= 1) {
+    const auto single = dist::make_single_process_group();
+    std::vector<float> x(3, 1.0f);
+    EXPECT_THROW(single->send(x, 0, 1), Error);
+    EXPECT_THROW(single->recv(x, 0, 1), Error);
+    run_test_on_ranks("DistRanks.PointToPointSendAndReceive", 2);
+    return;
+  }
+  dist::init_world(nullptr, nullptr);
+  dist::ProcessGroup& w = dist::world();
+  const int me = w.rank(), peer = 1 - me;
+  const size_t n = size_t(1) << 20;  // 4 MiB: far above any eager-send limit
+  auto value = [](int from, int message, size_t i) {
+    return float(from * 1000 + message) + float(i % 977) * 0.25f;
+  };
+  std::vector<std::vector<float>> out(3, std::vector<float>(n));
+  std::vector<std::unique_ptr<dist::Work>> sends;
+  for (int m = 0; m < 3; ++m) {
+    for (size_t i = 0; i < n; ++i) out[size_t(m)][i] = value(me, m, i);
+    sends.push_back(w.send_async(out[size_t(m)], peer, 7));
+  }
+  for (int m = 0; m < 3; ++m) {
+    std::vector<float> in(n, std::nanf(""));
+    w.recv(in, peer, 7);
+    size_t wrong = 0;
+    for (size_t i = 0; i < n; ++i) wrong += in[i] != value(peer, m, i);
+    EXPECT_EQ(wrong, 0u) << "message " << m << " from rank " << peer;
+  }
+  for (auto& s : sends) s->wait();
+  // 3 floats sent, 4 expected.
+  std::vector<float> three(3, 2.0f), four(4, std::nanf(""));
+  if (me == 0) {
+    w.send(three, 1, 9);
+  } else {
+    try {
+      w.recv(four, 0, 9);
+      ADD_FAILURE() << "a short message was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("3 elements from rank 0 (tag 9), expected 4"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  EXPECT_THROW(w.send(three, me, 1), Error);     // to itself
+  EXPECT_THROW(w.send(three, peer, -1), Error);  // a tag below 0
+  w.barrier();
+  dist::finalize_world();
 }

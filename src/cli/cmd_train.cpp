@@ -35,7 +35,7 @@ namespace {
 struct TrainFlags {
   std::string config_file, preset, model_config, tokenizer, data, out, schedule, device;
   int64_t steps = 0, seed = 0, batch_size = 0, seq_len = 0, threads = 0, nproc = 1,
-          expert_parallel = 1;
+          expert_parallel = 1, pipeline_parallel = 1;
   double lr = 0, compute_budget = 0;
   std::vector<std::string> sets;
   bool resume = false, deterministic = false;
@@ -164,6 +164,11 @@ void add_train_command(CLI::App& app) {
                       "expert parallelism: spread the routed experts over groups of N ranks (N "
                       "divides --nproc; dist.expert_parallel)")
           ->check(CLI::Range(int64_t(1), int64_t(4096)));
+  auto* pipeline_parallel =
+      cmd->add_option("--pipeline-parallel", f->pipeline_parallel,
+                      "pipeline parallelism: split the layers into N stages, one per rank, run "
+                      "with the 1F1B schedule (N divides --nproc; dist.pipeline_parallel)")
+          ->check(CLI::Range(int64_t(1), int64_t(4096)));
   auto* deterministic = cmd->add_flag(
       "--deterministic", f->deterministic,
       "data parallelism: fixed-order, bit-reproducible reductions (dist.deterministic = 1)");
@@ -202,6 +207,7 @@ void add_train_command(CLI::App& app) {
     if (device->count()) c.device = f->device;
     if (deterministic->count()) c.dist_deterministic = 1;
     if (expert_parallel->count()) c.expert_parallel = f->expert_parallel;
+    if (pipeline_parallel->count()) c.pipeline_parallel = f->pipeline_parallel;
     for (const std::string& s : f->sets) train::apply_train_config_override(s, c);
     const train::TrainSummary s = train::run_training(c, f->resume);
     if (s.last_step > s.first_step && dist::world().rank() == 0) {

@@ -39,18 +39,19 @@ class MpiWork final : public Work {
   }
   void wait() override {
     if (done_) return;
-    MPI_Wait(&request, MPI_STATUS_IGNORE);
+    MPI_Wait(&request, &status);
     complete();
   }
   bool test() override {
     if (done_) return true;
     int flag = 0;
-    MPI_Test(&request, &flag, MPI_STATUS_IGNORE);
+    MPI_Test(&request, &flag, &status);
     if (flag) complete();
     return done_;
   }
 
   MPI_Request request = MPI_REQUEST_NULL;
+  MPI_Status status{};  // of the completed operation (a receive's size)
   std::vector<float> scratch;
   std::function<void()> finish;
 
@@ -191,6 +192,30 @@ class MpiProcessGroup final : public ProcessGroup {
                   MPI_FLOAT, MPI_COMM_WORLD);
   }
 
+  std::unique_ptr<Work> send_async(std::span<const float> data, int peer, int tag) override {
+    check_peer(peer, tag, "send");
+    auto w = std::make_unique<MpiWork>();
+    MPI_Isend(data.data(), as_int(int64_t(data.size()), "send"), MPI_FLOAT, peer, tag,
+              MPI_COMM_WORLD, &w->request);
+    return w;
+  }
+
+  std::unique_ptr<Work> recv_async(std::span<float> data, int peer, int tag) override {
+    check_peer(peer, tag, "recv");
+    auto w = std::make_unique<MpiWork>();
+    const int n = as_int(int64_t(data.size()), "recv");
+    MPI_Irecv(data.data(), n, MPI_FLOAT, peer, tag, MPI_COMM_WORLD, &w->request);
+    // A larger message is MPI_ERR_TRUNCATE (fatal); a smaller one would leave stale elements.
+    MpiWork* raw = w.get();
+    w->finish = [raw, n, peer, tag] {
+      int got = 0;
+      MPI_Get_count(&raw->status, MPI_FLOAT, &got);
+      DSEEK_CHECK(got == n, "[dist] recv: {} elements from rank {} (tag {}), expected {}", got,
+                  peer, tag, n);
+    };
+    return w;
+  }
+
   void all_to_all(std::span<const int64_t> send, std::span<int64_t> recv) override {
     DSEEK_CHECK(send.size() == recv.size() && send.size() % size_t(size_) == 0,
                 "[dist] all_to_all: send {} / recv {} elements for {} ranks", send.size(),
@@ -206,6 +231,11 @@ class MpiProcessGroup final : public ProcessGroup {
     std::vector<int> c;
     for (int64_t n : counts) c.push_back(as_int(n, op));
     return c;
+  }
+  void check_peer(int peer, int tag, const char* op) const {
+    DSEEK_CHECK(peer >= 0 && peer < size_ && peer != rank_,
+                "[dist] {}: peer rank {} (this is rank {} of {})", op, peer, rank_, size_);
+    DSEEK_CHECK(tag >= 0 && tag <= kMaxTag, "[dist] {}: tag {} outside 0..{}", op, tag, kMaxTag);
   }
   static std::vector<int> offsets(const std::vector<int>& c, const char* op) {
     std::vector<int> displs(c.size());

@@ -70,6 +70,12 @@ class SingleProcessGroup final : public ProcessGroup {
                 recv.size(), send_counts[0], recv_counts[0]);
     if (!send.empty()) std::memmove(recv.data(), send.data(), send.size_bytes());
   }
+  std::unique_ptr<Work> send_async(std::span<const float>, int peer, int) override {
+    fail("[dist] send: a single-process group has no rank {} to send to", peer);
+  }
+  std::unique_ptr<Work> recv_async(std::span<float>, int peer, int) override {
+    fail("[dist] recv: a single-process group has no rank {} to receive from", peer);
+  }
   void all_to_all(std::span<const int64_t> send, std::span<int64_t> recv) override {
     DSEEK_CHECK(send.size() == recv.size(), "[dist] all_to_all: send {} / recv {} elements",
                 send.size(), recv.size());

@@ -72,6 +72,16 @@ class ProcessGroup {
   // to rank q and block q of recv came from rank q.
   virtual void all_to_all(std::span<const int64_t> send, std::span<int64_t> recv) = 0;
 
+  // Point-to-point, for pipeline parallelism's activations and gradients between neighbouring
+  // stages: send's data goes to rank `peer`, where the recv naming this rank and the same tag
+  // takes it (its size must equal the sent size, else an error). Not collective: only the two
+  // ranks take part. Messages from one rank to another with one tag arrive in the order sent.
+  // Tags are 0 ... kMaxTag (MPI guarantees at least that many). The single-process group has no
+  // peer and refuses both.
+  static constexpr int kMaxTag = 32767;
+  virtual std::unique_ptr<Work> send_async(std::span<const float> data, int peer, int tag) = 0;
+  virtual std::unique_ptr<Work> recv_async(std::span<float> data, int peer, int tag) = 0;
+
   // Blocking shorthands.
   void all_reduce(std::span<float> data) { all_reduce_async(data)->wait(); }
   void reduce_scatter(std::span<const float> send, std::span<float> recv,
@@ -83,6 +93,10 @@ class ProcessGroup {
     all_gather_async(mine, all, counts)->wait();
   }
   void broadcast(std::span<float> data, int root) { broadcast_async(data, root)->wait(); }
+  // A blocking send returns once `data` may be reused; for large messages MPI waits for the
+  // matching receive, so two ranks sending to each other first deadlock: send_async then.
+  void send(std::span<const float> data, int peer, int tag) { send_async(data, peer, tag)->wait(); }
+  void recv(std::span<float> data, int peer, int tag) { recv_async(data, peer, tag)->wait(); }
 
  protected:
   bool deterministic_ = false;

@@ -108,6 +108,8 @@ const std::vector<Binding>& bindings() {
       field("dist.deterministic", "1: data-parallel reductions in a fixed rank order, bit-reproducible for a given number of ranks; 0: MPI's own algorithms", &TrainConfig::dist_deterministic),
       field("dist.bucket_mb", "data parallelism: MiB of f32 gradients per reduce-scatter bucket", &TrainConfig::dist_bucket_mb),
       field("dist.expert_parallel", "expert parallelism: ranks per group the routed experts are spread over (1: every rank holds every expert; N > 1 divides the world size, data parallel across the groups)", &TrainConfig::expert_parallel),
+      field("dist.pipeline_parallel", "pipeline parallelism: stages the layers are split over, one rank each, run with the 1F1B schedule (1: none; P divides the number of MPI ranks, data parallel across the pipelines)", &TrainConfig::pipeline_parallel),
+      field("dist.micro_batches", "pipeline parallelism: micro-batches each pipeline's slice of a train.batch_size batch is split into (the batch size must be divisible by pipelines × micro-batches)", &TrainConfig::micro_batches),
       field("dist.ep_max_ranks", "node-limited routing: refuse a gate whose groups could send a token to more than this many expert-parallel ranks (0: no requirement)", &TrainConfig::ep_max_ranks),
       field("run.out", "run directory: metrics.jsonl, checkpoints/, plots", &TrainConfig::out),
       field("run.threads", "OpenMP threads (0: the default)", &TrainConfig::threads),
@@ -276,6 +278,14 @@ void validate_train_config(const TrainConfig& c) {
               c.expert_parallel);
   DSEEK_CHECK(c.ep_max_ranks >= 0, "[train] dist.ep_max_ranks: must be >= 0, got {}",
               c.ep_max_ranks);
+  DSEEK_CHECK(c.pipeline_parallel >= 1, "[train] dist.pipeline_parallel: must be >= 1, got {}",
+              c.pipeline_parallel);
+  DSEEK_CHECK(c.micro_batches >= 1, "[train] dist.micro_batches: must be >= 1, got {}",
+              c.micro_batches);
+  DSEEK_CHECK(c.batch_size % c.micro_batches == 0,
+              "[train] dist.micro_batches {}: train.batch_size {} does not split into {} equal "
+              "micro-batches",
+              c.micro_batches, c.batch_size, c.micro_batches);
   DSEEK_CHECK(c.seed >= 0, "[train] train.seed: must be >= 0");
   DSEEK_CHECK(c.val_fraction > 0 && c.val_fraction < 1,
               "[train] data.val_fraction: must be in (0, 1), got {}", c.val_fraction);

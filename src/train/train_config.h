@@ -70,6 +70,8 @@ struct TrainConfig {
   double dist_bucket_mb = 4.0;     // gradient bucket size (MiB of f32)
   int64_t expert_parallel = 1;     // ranks per group the routed experts are spread over (1: none)
   int64_t ep_max_ranks = 0;        // node-limited routing: most ranks per token (0: any)
+  int64_t pipeline_parallel = 1;   // pipeline stages the layers are split over (1: none)
+  int64_t micro_batches = 1;       // pipeline: micro-batches each train.batch_size batch splits into
   // [run]
   std::string out;
   int64_t threads = 0;  // 0: OpenMP's default

@@ -29,7 +29,6 @@ bool is_shared_mtp_tensor(const ModelConfig& c, const std::string& name) {
   return false;
 }
 
-bool is_buffer(const std::string& name) { return ends_with(name, ".e_score_correction_bias"); }
 
 // logits[t, targets[t]] of every row (0 at ignored targets), on the host. On the GPU the values are
 // gathered there (ops::embedding over the logits seen as a [rows·V, 1] table, in chunks of rows
@@ -60,26 +59,41 @@ std::vector<float> target_logits(const Tensor& logits, const std::vector<int32_t
   return out;
 }
 
-// Everything one MTP depth keeps for its backward.
-struct MtpCache {
-  std::vector<int32_t> ids, targets;
-  Tensor e_in, h_prev, cat, h, logits;
-  BlockCache block;
-  ops::CrossEntropyResult ce;
-};
-
 }  // namespace
 
+bool is_training_buffer(const std::string& name) {
+  return ends_with(name, ".e_score_correction_bias");
+}
+
+bool in_part(const ModelConfig& config, const ModelPart& part, const std::string& name) {
+  if (name == "model.embed_tokens.weight") return part.embedding;
+  if (name == "model.norm.weight" || name == "lm_head.weight") return part.head;
+  const std::string prefix = "model.layers.";
+  DSEEK_CHECK(name.compare(0, prefix.size(), prefix) == 0, "[train] tensor '{}' has no model part",
+              name);
+  const int64_t layer = std::stoll(name.substr(prefix.size()));
+  const int64_t last = part.last_layer < 0 ? config.num_hidden_layers : part.last_layer;
+  if (layer >= config.num_hidden_layers) return part.head;  // an MTP module
+  return layer >= part.first_layer && layer < last;
+}
+
+std::vector<WeightSpec> TrainModel::param_specs(const ModelConfig& config) {
+  std::vector<WeightSpec> specs;
+  for (const WeightSpec& spec : checkpoint_layout(config))
+    if (!is_shared_mtp_tensor(config, spec.name)) specs.push_back(spec);
+  return specs;
+}
+
 void TrainModel::init_params(const ModelConfig& config, uint64_t seed, double std,
-                             ParamSet& params) {
+                             ParamSet& params, const ModelPart& part) {
   DSEEK_CHECK(params.size() == 0, "[train] init_params needs an empty ParamSet");
   InitOptions options;
   options.dtype = DType::F32;
   options.seed = seed;
   options.std = std;
-  for (const WeightSpec& spec : checkpoint_layout(config)) {
-    if (is_shared_mtp_tensor(config, spec.name)) continue;
-    if (is_buffer(spec.name)) {
+  for (const WeightSpec& spec : param_specs(config)) {
+    if (!in_part(config, part, spec.name)) continue;
+    if (is_training_buffer(spec.name)) {
       params.add(spec.name, Tensor::zeros(spec.shape), false, false);
     } else {
       params.add(spec.name, init_tensor(spec, options), true, decays(spec.name));
@@ -95,19 +109,19 @@ void TrainModel::load_params(const ModelConfig& config, const std::string& dir,
     if (is_shared_mtp_tensor(config, spec.name)) continue;
     if (config.tie_word_embeddings && spec.name == "lm_head.weight") continue;
     const Tensor t = store.get_weight(spec.name, spec.shape);
-    params.add(spec.name, t, !is_buffer(spec.name), decays(spec.name));
+    params.add(spec.name, t, !is_training_buffer(spec.name), decays(spec.name));
   }
 }
 
-TrainModel::TrainModel(const ModelConfig& config, ParamSet& params)
+TrainModel::TrainModel(const ModelConfig& config, ParamSet& params, const ModelPart& part)
     : config_(config), rope_(rope_params(config)), params_(params) {
   validate_model_config(config_, "training model");
   DSEEK_CHECK(config_.hidden_act == "silu", "[train] hidden_act '{}': only silu is supported",
               config_.hidden_act);
   DSEEK_CHECK(!config_.mlp_bias && !config_.attention_bias,
               "[train] mlp_bias / attention_bias: training supports bias-free layers only");
-  for (const WeightSpec& spec : checkpoint_layout(config_)) {
-    if (is_shared_mtp_tensor(config_, spec.name)) continue;
+  for (const WeightSpec& spec : param_specs(config_)) {
+    if (!in_part(config_, part, spec.name)) continue;
     const Param& p = params_.at(spec.name);
     DSEEK_CHECK(p.value.shape() == spec.shape, "[train] parameter '{}' has shape {}, expected {}",
                 spec.name, shape_str(p.value.shape()), shape_str(spec.shape));
@@ -152,37 +166,93 @@ SequenceLosses TrainModel::forward(const std::vector<int32_t>& inputs,
   return run(inputs, targets, options, false, 0.0f, segments);
 }
 
-SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
-                               const std::vector<int32_t>& targets, const LossOptions& options,
-                               bool backward, float loss_scale, const Segments& segments) {
-  const ModelConfig& c = config_;
-  const int64_t T = int64_t(inputs.size()), D = c.hidden_size, L = c.num_hidden_layers;
+void TrainModel::check_batch(const std::vector<int32_t>& inputs,
+                             const std::vector<int32_t>& targets, const Segments& segments) const {
+  const int64_t T = int64_t(inputs.size());
   DSEEK_CHECK(T > 0 && targets.size() == inputs.size(),
               "[train] sequence: {} inputs and {} targets (need equal, non-zero)", inputs.size(),
               targets.size());
   check_segments(segments, T, "training batch");
   for (size_t i = 0; i < inputs.size(); ++i)
-    DSEEK_CHECK(inputs[i] >= 0 && inputs[i] < c.vocab_size,
+    DSEEK_CHECK(inputs[i] >= 0 && inputs[i] < config_.vocab_size,
                 "[train] token id {} at position {} is outside the vocabulary [0, {})", inputs[i],
-                i, c.vocab_size);
+                i, config_.vocab_size);
+}
+
+// Everything runs on the params' device; activations are bf16 there when the compute copies are
+// (the CUDA linear multiplies in one dtype), else f32 (the CPU widens bf16 weights itself).
+DType TrainModel::activation_dtype() const {
+  return params_.device() == Device::CUDA && params_.compute_dtype() == DType::BF16 ? DType::BF16
+                                                                                    : DType::F32;
+}
+
+Tensor TrainModel::embed_forward(const std::vector<int32_t>& inputs) {
+  return ops::embedding(params_.value("model.embed_tokens.weight"), inputs, activation_dtype());
+}
+
+void TrainModel::embed_backward(const std::vector<int32_t>& inputs, const Tensor& dx) {
+  ops::embedding_backward_accumulate(inputs, dx, params_.at("model.embed_tokens.weight").grad);
+}
+
+Tensor TrainModel::blocks_forward(int64_t first, int64_t last, Tensor x, const Segments& segments,
+                                  const LossOptions& options, std::vector<BlockCache>& blocks) {
+  const LayerContext ctx{config_, rope_, params_, options.expert_parallel};
+  blocks.assign(size_t(last - first), BlockCache());
+  for (int64_t l = first; l < last; ++l)
+    x = block_forward(ctx, l, x, segments, options.balance, blocks[size_t(l - first)]);
+  return x;
+}
+
+Tensor TrainModel::blocks_backward(int64_t first, int64_t last,
+                                   const std::vector<BlockCache>& blocks, Tensor dx,
+                                   const LossOptions& options, float loss_scale) {
+  const LayerContext ctx{config_, rope_, params_, options.expert_parallel};
+  for (int64_t l = last - 1; l >= first; --l) {
+    dx = block_backward(ctx, l, blocks[size_t(l - first)], dx, loss_scale);
+    if (options.on_block_backward) options.on_block_backward(l);
+  }
+  return dx;
+}
+
+void TrainModel::add_block_stats(const std::vector<BlockCache>& blocks, SequenceLosses& out) {
+  for (const BlockCache& b : blocks) {
+    if (!b.is_moe) continue;
+    out.aux += b.moe.aux_loss;
+    out.expert_load.push_back(moe_expert_load(b.moe));
+  }
+}
+
+void TrainModel::add_mtp_stats(const HeadCache& head, SequenceLosses& out) const {
+  const ModelConfig& c = config_;
+  for (const MtpCache& m : head.mtp)
+    if (m.block.is_moe) {
+      out.aux += m.block.moe.aux_loss;
+      out.expert_load.push_back(moe_expert_load(m.block.moe));
+    }
+  // MTP depths skipped (λ = 0 or a short sequence) report zero load so the layout stays fixed.
+  for (size_t k = head.mtp.size(); k < size_t(c.num_nextn_predict_layers); ++k)
+    if (c.is_moe_layer(c.num_hidden_layers + int64_t(k)))
+      out.expert_load.emplace_back(size_t(c.n_routed_experts), 0);
+}
+
+SequenceLosses TrainModel::head_forward(const Tensor& x_final, const std::vector<int32_t>& inputs,
+                                        const std::vector<int32_t>& targets,
+                                        const LossOptions& options, const Segments& segments,
+                                        HeadCache& hc) {
+  const ModelConfig& c = config_;
+  const int64_t T = int64_t(inputs.size()), D = c.hidden_size, L = c.num_hidden_layers;
   const LayerContext ctx{c, rope_, params_, options.expert_parallel};
   const std::string head = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-  const Tensor& embed = params_.value("model.embed_tokens.weight");
   const double eps = c.rms_norm_eps;
-  // Everything runs on the params' device; activations are bf16 there when the compute copies
-  // are (the CUDA linear multiplies in one dtype), else f32 (the CPU widens bf16 weights itself).
-  const Device device = embed.device();
-  const DType act =
-      device == Device::CUDA && params_.compute_dtype() == DType::BF16 ? DType::BF16 : DType::F32;
-
-  // Main model.
-  std::vector<BlockCache> blocks(static_cast<size_t>(L));
-  Tensor x = ops::embedding(embed, inputs, act);
-  for (int64_t l = 0; l < L; ++l) x = block_forward(ctx, l, x, segments, options.balance, blocks[size_t(l)]);
-  const Tensor x_final = x;
-  const Tensor h0 = norm_forward(params_, "model.norm.weight", x_final, eps);
-  Tensor logits = linear_forward(params_, head, h0);
-  const ops::CrossEntropyResult ce = ops::cross_entropy_forward(logits, targets);
+  const Device device = params_.device();
+  const DType act = activation_dtype();
+  hc.x_final = x_final;
+  hc.h0 = norm_forward(params_, "model.norm.weight", hc.x_final, eps);
+  const Tensor& h0 = hc.h0;
+  hc.logits = linear_forward(params_, head, h0);
+  Tensor& logits = hc.logits;
+  hc.ce = ops::cross_entropy_forward(logits, targets);
+  const ops::CrossEntropyResult& ce = hc.ce;
 
   SequenceLosses out;
   out.main_tokens = ce.count;
@@ -194,7 +264,8 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
       if (targets[size_t(t)] != ops::kIgnoreIndex)
         out.token_logp[size_t(t)] = double(picked[size_t(t)]) - double(lse[size_t(t)]);
   }
-  std::vector<float> weights;
+  std::vector<float>& weights = hc.weights;
+  weights.clear();
   if (options.token_weights) {
     weights = options.token_weights(out.token_logp);
     DSEEK_CHECK(int64_t(weights.size()) == T, "[train] token_weights gave {} weights for {} tokens",
@@ -207,11 +278,14 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
 
   // Multi-token prediction.
   const int64_t depths = options.mtp_lambda > 0.0 ? c.num_nextn_predict_layers : 0;
-  const double mtp_weight = depths > 0 ? options.mtp_lambda / double(depths) : 0.0;
-  std::vector<MtpCache> mtp;
+  hc.mtp_weight = depths > 0 ? options.mtp_lambda / double(depths) : 0.0;
+  const double mtp_weight = hc.mtp_weight;
+  std::vector<MtpCache>& mtp = hc.mtp;
+  mtp.clear();
   mtp.reserve(size_t(depths));
   // Segment lengths of h^{k−1} (k = 1: the main model's); depth k keeps rows i < n − k of each.
-  std::vector<Segments> mtp_segments{segments};
+  std::vector<Segments>& mtp_segments = hc.mtp_segments;
+  mtp_segments.assign(1, segments);
   for (int64_t k = 1; k <= depths; ++k) {
     // Per segment, rows i < n − k: the embedding of token i + k and h^{k−1}_i (whose segments
     // are n − k + 1 rows long), predicting target i + k.
@@ -241,7 +315,7 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
       dst += nk;
     }
     mtp_segments.push_back(seg_k);
-    m.e_in = ops::embedding(embed, m.ids, act);
+    m.e_in = ops::embedding(params_.value("model.embed_tokens.weight"), m.ids, act);
     const Tensor e = norm_forward(params_, p + ".enorm.weight", m.e_in, eps);
     const Tensor hn = norm_forward(params_, p + ".hnorm.weight", m.h_prev, eps);
     m.cat = Tensor::empty({N, 2 * D}, act, device);
@@ -256,24 +330,28 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
     out.total += mtp_weight * m.ce.loss;
   }
 
-  // Balance losses and loads, main layers then MTP blocks.
-  auto collect = [&](const BlockCache& b) {
-    if (!b.is_moe) return;
-    out.aux += b.moe.aux_loss;
-    out.expert_load.push_back(moe_expert_load(b.moe));
-  };
-  for (const BlockCache& b : blocks) collect(b);
-  for (const MtpCache& m : mtp) collect(m.block);
-  // MTP depths skipped (λ = 0 or a short sequence) report zero load so the layout stays fixed.
-  for (size_t k = mtp.size(); k < size_t(c.num_nextn_predict_layers); ++k)
-    if (c.is_moe_layer(L + int64_t(k)))
-      out.expert_load.emplace_back(size_t(c.n_routed_experts), 0);
-  out.total += out.aux;
-  if (!backward) return out;
+  return out;
+}
+
+Tensor TrainModel::head_backward(HeadCache& hc, const std::vector<int32_t>& targets,
+                                 const LossOptions& options, float loss_scale) {
+  const ModelConfig& c = config_;
+  const int64_t T = int64_t(targets.size()), D = c.hidden_size, L = c.num_hidden_layers;
+  const LayerContext ctx{c, rope_, params_, options.expert_parallel};
+  const std::string head = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+  const double eps = c.rms_norm_eps;
+  const Device device = params_.device();
+  const DType act = activation_dtype();
+  std::vector<MtpCache>& mtp = hc.mtp;
+  const std::vector<Segments>& mtp_segments = hc.mtp_segments;
+  const double mtp_weight = hc.mtp_weight;
+  Tensor& logits = hc.logits;
+  const Tensor& h0 = hc.h0;
+  const ops::CrossEntropyResult& ce = hc.ce;
+  std::vector<float>& weights = hc.weights;
 
   // Backward: MTP depths last to first (depth k+1 feeds the gradient of h^k), then the main model.
   std::vector<Tensor> d_hidden(mtp.size());  // gradient w.r.t. h^k from depth k+1, k ≥ 1
-  Tensor& embed_grad = params_.at("model.embed_tokens.weight").grad;
   Tensor dh0 = Tensor::zeros({T, D}, act, device);
   for (int64_t k = int64_t(mtp.size()); k >= 1; --k) {
     MtpCache& m = mtp[size_t(k - 1)];
@@ -290,7 +368,8 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
     const Tensor de = d_cat.slice(1, 0, D).contiguous();
     const Tensor dhn = d_cat.slice(1, D, 2 * D).contiguous();
     const Tensor d_e_in = norm_backward(params_, p + ".enorm.weight", m.e_in, eps, de);
-    ops::embedding_backward_accumulate(m.ids, d_e_in, embed_grad);
+    ops::embedding_backward_accumulate(m.ids, d_e_in,
+                                       params_.at("model.embed_tokens.weight").grad);
     const Tensor d_prev = norm_backward(params_, p + ".hnorm.weight", m.h_prev, eps, dhn);
     // Rows i < n − k of each segment of h^{k−1} received d_prev.
     const Segments& prev_segments = mtp_segments[size_t(k - 1)];
@@ -317,12 +396,28 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
     ops::cross_entropy_backward_inplace(logits, targets, ce, loss_scale);
   }
   ops::add_inplace(dh0, linear_backward(params_, head, h0, logits));
-  Tensor dx = norm_backward(params_, "model.norm.weight", x_final, eps, dh0);
-  for (int64_t l = L - 1; l >= 0; --l) {
-    dx = block_backward(ctx, l, blocks[size_t(l)], dx, loss_scale);
-    if (options.on_block_backward) options.on_block_backward(l);
-  }
-  ops::embedding_backward_accumulate(inputs, dx, embed_grad);
+  return norm_backward(params_, "model.norm.weight", hc.x_final, eps, dh0);
+}
+
+SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
+                               const std::vector<int32_t>& targets, const LossOptions& options,
+                               bool backward, float loss_scale, const Segments& segments) {
+  check_batch(inputs, targets, segments);
+  const int64_t L = config_.num_hidden_layers;
+  // Forward: embedding, main blocks, head (+ MTP); a pipeline stage runs a part of this.
+  std::vector<BlockCache> blocks;
+  const Tensor x_final = blocks_forward(0, L, embed_forward(inputs), segments, options, blocks);
+  HeadCache hc;
+  SequenceLosses out = head_forward(x_final, inputs, targets, options, segments, hc);
+  // Balance losses and loads, main layers then MTP blocks.
+  add_block_stats(blocks, out);
+  add_mtp_stats(hc, out);
+  out.total += out.aux;
+  if (!backward) return out;
+  // Backward: MTP depths last to first and the main head (head_backward), then the main model.
+  const Tensor dh = head_backward(hc, targets, options, loss_scale);
+  const Tensor dx = blocks_backward(0, L, blocks, dh, options, loss_scale);
+  embed_backward(inputs, dx);
   return out;
 }
 

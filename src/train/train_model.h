@@ -21,7 +21,9 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/init_weights.h"
 #include "model/rope.h"
+#include "ops/cross_entropy.h"
 #include "train/layers.h"
 #include "train/param.h"
 
@@ -56,15 +58,50 @@ struct SequenceLosses {
   std::vector<double> token_logp;   // log p(target_t) of the main head, 0 at ignored targets
 };
 
+// Everything one MTP depth keeps for its backward.
+struct MtpCache {
+  std::vector<int32_t> ids, targets;
+  Tensor e_in, h_prev, cat, h, logits;
+  BlockCache block;
+  ops::CrossEntropyResult ce;
+};
+
+// What the final norm, the head, the cross-entropy and the MTP modules keep for their backward.
+struct HeadCache {
+  Tensor x_final, h0, logits;
+  ops::CrossEntropyResult ce;
+  std::vector<float> weights;  // LossOptions::token_weights' result
+  std::vector<MtpCache> mtp;
+  std::vector<Segments> mtp_segments;
+  double mtp_weight = 0.0;
+};
+
+// The tensors one pipeline stage holds (train/pipeline_parallel.h): the main layers
+// [first_layer, last_layer), the embedding where `embedding` is set (the first stage; the last
+// one too when its head or MTP modules share it), the final norm, lm_head and MTP modules where
+// `head` is set. The default is the whole model.
+struct ModelPart {
+  int64_t first_layer = 0, last_layer = -1;  // -1: num_hidden_layers
+  bool embedding = true, head = true;
+};
+// Buffers among the tensors (e_score_correction_bias): in the ParamSet, not trained by AdamW.
+bool is_training_buffer(const std::string& name);
+// Whether tensor `name` (a checkpoint_layout name) belongs to `part`.
+bool in_part(const ModelConfig& config, const ModelPart& part, const std::string& name);
+
 class TrainModel {
  public:
-  // Checks that `params` holds every tensor the config needs, with the right shapes.
-  TrainModel(const ModelConfig& config, ParamSet& params);
+  // Checks that `params` holds every tensor of `part` of the config, with the right shapes.
+  TrainModel(const ModelConfig& config, ParamSet& params, const ModelPart& part = ModelPart());
 
-  // Fills an empty ParamSet for `config`: model/init_weights.h's layout and per-tensor streams
-  // (normal(0, std) matrices, unit norms), e_score_correction_bias as a zero buffer, no separate
-  // MTP embedding/head (shared with the main model). Weight decay: matrices only.
-  static void init_params(const ModelConfig& config, uint64_t seed, double std, ParamSet& params);
+  // Fills an empty ParamSet for `config` (the tensors of `part`): model/init_weights.h's layout
+  // and per-tensor streams (normal(0, std) matrices, unit norms), e_score_correction_bias as a
+  // zero buffer, no separate MTP embedding/head (shared with the main model). Weight decay:
+  // matrices only. A part gets exactly the values the whole model has for its tensors.
+  static void init_params(const ModelConfig& config, uint64_t seed, double std, ParamSet& params,
+                          const ModelPart& part = ModelPart());
+  // The tensors init_params adds for the whole model, in its order (the checkpoint's order).
+  static std::vector<WeightSpec> param_specs(const ModelConfig& config);
   // Loads every tensor of a checkpoint directory (f32 copies); MTP embed/head copies are dropped.
   static void load_params(const ModelConfig& config, const std::string& dir, ParamSet& params);
 
@@ -85,6 +122,28 @@ class TrainModel {
                          const LossOptions& options, int64_t seq_len = 0);
   SequenceLosses forward(const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets,
                          const LossOptions& options, const Segments& segments);
+
+  // The pieces forward_backward runs in sequence, for pipeline stages that run some of them
+  // (train/pipeline_parallel.h): embedding, main blocks [first, last), then the final norm, head,
+  // cross-entropy and MTP modules (head_forward returns the main and MTP losses without the
+  // balance losses, which add_block_stats / add_mtp_stats add with the loads). Each backward
+  // adds its parameters' gradients and returns the gradient of its input.
+  void check_batch(const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets,
+                   const Segments& segments) const;
+  DType activation_dtype() const;
+  Tensor embed_forward(const std::vector<int32_t>& inputs);
+  void embed_backward(const std::vector<int32_t>& inputs, const Tensor& dx);
+  Tensor blocks_forward(int64_t first, int64_t last, Tensor x, const Segments& segments,
+                        const LossOptions& options, std::vector<BlockCache>& blocks);
+  Tensor blocks_backward(int64_t first, int64_t last, const std::vector<BlockCache>& blocks,
+                         Tensor dx, const LossOptions& options, float loss_scale);
+  SequenceLosses head_forward(const Tensor& x_final, const std::vector<int32_t>& inputs,
+                              const std::vector<int32_t>& targets, const LossOptions& options,
+                              const Segments& segments, HeadCache& cache);
+  Tensor head_backward(HeadCache& cache, const std::vector<int32_t>& targets,
+                       const LossOptions& options, float loss_scale);
+  static void add_block_stats(const std::vector<BlockCache>& blocks, SequenceLosses& out);
+  void add_mtp_stats(const HeadCache& cache, SequenceLosses& out) const;
 
   // Prefixes ("model.layers.<i>.mlp") of the MoE layers, main layers then MTP blocks: the order
   // of SequenceLosses::expert_load.

@@ -29,6 +29,7 @@
 #include "train/init_from.h"
 #include "train/model_overrides.h"
 #include "train/optimizer.h"
+#include "train/pipeline_parallel.h"
 #include "train/scaling_law.h"
 #include "train/schedule.h"
 #include "train/train_batches.h"
@@ -216,6 +217,49 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     cfg.steps = choice.steps;
   }
   validate_train_config(cfg);
+  // Pipeline parallelism (train/pipeline_parallel.h): one stage of the layers per rank.
+  const bool pipeline = cfg.pipeline_parallel > 1;
+  PipelineLayout stage_layout;
+  if (pipeline) {
+    const int64_t P = cfg.pipeline_parallel;
+    make_pipeline_layout(model_config, int(P), 0);  // first of all: throws unless P <= layers
+    DSEEK_CHECK(cfg.expert_parallel == 1,
+                "[train] dist.pipeline_parallel {}: cannot be combined with dist.expert_parallel "
+                "yet",
+                P);
+    DSEEK_CHECK(cfg.device != "cuda",
+                "[train] dist.pipeline_parallel {}: runs on CPU ranks only (GPU stages need NCCL, "
+                "not built yet); use train.device cpu",
+                P);
+    DSEEK_CHECK(cfg.task != "dpo",
+                "[train] dist.pipeline_parallel {}: train.task dpo is not pipelined (pretrain and "
+                "sft are)",
+                P);
+    DSEEK_CHECK(!(model_config.tie_word_embeddings && cfg.compute_dtype == "bf16"),
+                "[train] dist.pipeline_parallel {}: tied embeddings with train.compute_dtype "
+                "bf16 are not pipelined (the last stage's copy of the embedding has no bf16 "
+                "compute copy); use compute_dtype f32",
+                P);
+    DSEEK_CHECK(ranks % P == 0,
+                "[train] dist.pipeline_parallel {}: must divide the number of MPI ranks ({}): "
+                "the ranks form pipelines of {} stages, data parallel across them",
+                P, ranks, P);
+    const int64_t D = ranks / P;
+    DSEEK_CHECK(cfg.batch_size % (D * cfg.micro_batches) == 0,
+                "[train] train.batch_size {}: must be divisible by the {} pipelines times "
+                "dist.micro_batches {} (each pipeline splits its slice of every batch into "
+                "micro-batches)",
+                cfg.batch_size, D, cfg.micro_batches);
+    stage_layout = make_pipeline_layout(model_config, int(P), group.rank() % int(P), int(D),
+                                        group.rank() / int(P));
+  } else {
+    DSEEK_CHECK(cfg.micro_batches == 1,
+                "[train] dist.micro_batches {}: only pipeline parallelism splits batches into "
+                "micro-batches (dist.pipeline_parallel > 1); use train.grad_accum to accumulate "
+                "gradients otherwise",
+                cfg.micro_batches);
+  }
+
   // Expert parallelism (train/expert_parallel.h): the routed experts spread over every rank.
   ExpertParallel ep;
   const bool expert_parallel = cfg.expert_parallel > 1;
@@ -247,7 +291,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
                 "({} ranks); train on one process, or with train.device cpu",
                 ranks);
   }
-  if (ranks > 1) {
+  if (ranks > 1 && !pipeline) {
     DSEEK_CHECK(cfg.task != "dpo",
                 "[train] train.task dpo: data-parallel training ({} ranks) supports pretrain and "
                 "sft only so far",
@@ -268,15 +312,21 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   }
 
   ParamSet params;
-  TrainModel::init_params(model_config, uint64_t(cfg.seed), cfg.init_std, params);
-  TrainModel model(model_config, params);
+  if (pipeline)
+    PipelineStage::init_stage_params(model_config, stage_layout, uint64_t(cfg.seed), cfg.init_std,
+                                     params);
+  else
+    TrainModel::init_params(model_config, uint64_t(cfg.seed), cfg.init_std, params);
+  TrainModel model(model_config, params, pipeline ? stage_layout.held() : ModelPart());
+  std::unique_ptr<PipelineStage> stage;
+  if (pipeline) stage = std::make_unique<PipelineStage>(group, stage_layout, model, params);
   const AdamWConfig adamw_config{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay};
   // One process: AdamW over every parameter. N ranks: ZeRO-1, each rank the moments of its shard.
   std::unique_ptr<AdamW> optimizer;
   std::unique_ptr<DataParallel> dp;
   // Expert parallelism: the owned routed experts' AdamW; DataParallel leaves all experts out.
   std::unique_ptr<ExpertShard> experts;
-  if (ranks > 1) {
+  if (ranks > 1 && !pipeline) {
     std::function<bool(const Param&)> exclude;
     if (expert_parallel) exclude = [](const Param& p) { return routed_expert_of(p.name) >= 0; };
     dp = std::make_unique<DataParallel>(
@@ -346,7 +396,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   if (lead) {
     nlohmann::ordered_json info;
     info["model_type"] = model_config.model_type;
-    info["parameters"] = params.numel(true);
+    info["parameters"] = stage ? stage->model_parameters() : params.numel(true);
     for (const auto& [key, value] : data_info.items()) info[key] = value;
     info["unigram_entropy"] = summary.unigram_entropy;
     write_file_atomic((run_dir / "run.json").string(), info.dump(2) + "\n");
@@ -355,9 +405,20 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     fmt::print(
         stderr,
         "[train] {} ({} parameters), {} training tokens, unigram entropy {:.3f} nats/token\n",
-        model_config.model_type, human_count(double(params.numel(true))),
+        model_config.model_type,
+        human_count(double(stage ? stage->model_parameters() : params.numel(true))),
         human_count(double(data_info["train_tokens"].get<int64_t>())), summary.unigram_entropy);
-  if (lead && ranks > 1)
+  if (lead && pipeline)
+    fmt::print(stderr,
+               "[train] pipeline parallel: {} stages of {} layers (stage 0: layers {}..{}), "
+               "{} micro-batches of {} sequences per batch, 1F1B schedule{}\n",
+               stage_layout.stages, model_config.num_hidden_layers, stage_layout.first_layer,
+               stage_layout.last_layer - 1, cfg.micro_batches,
+               cfg.batch_size / (stage_layout.replicas * cfg.micro_batches),
+               stage_layout.replicas > 1
+                   ? fmt::format("; {} pipelines, data parallel across them", stage_layout.replicas)
+                   : "");
+  if (lead && ranks > 1 && !pipeline)
     fmt::print(stderr,
                "[train] data parallel: {} ranks ({}), {} sequences each per micro-batch, ZeRO-1 "
                "shards of {} parameters, {} gradient buckets, {} reductions\n",
@@ -390,8 +451,14 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   const int64_t T = cfg.seq_len, B = cfg.batch_size;
   // N ranks: each rank's gradient is of its slice's mean, scaled by 1/N, so their sum is the
   // gradient of the global batch mean.
-  const float scale = float(1.0 / (double(cfg.grad_accum) * double(ranks)));
-  const int64_t B_local = B / ranks;
+  // Pipeline: each pipeline's slice of a batch in M micro-batches, each scaled by 1/M and by
+  // 1/pipelines (summed over the pipelines: one process's gradient).
+  const int64_t replicas = pipeline ? stage_layout.replicas : ranks;
+  const float scale =
+      pipeline
+          ? float(1.0 / (double(cfg.grad_accum) * double(cfg.micro_batches) * double(replicas)))
+          : float(1.0 / (double(cfg.grad_accum) * double(ranks)));
+  const int64_t B_local = B / replicas;
   const int64_t val_count = std::min(cfg.eval_sequences, batches.num_validation_sequences());
 
   LossOptions loss_options;
@@ -435,11 +502,16 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     ck.step = at_step;
     // Expert parallelism: every expert's value from its owner into rank 0's copy (collective).
     if (experts) experts->gather_values();
-    for (const Param& p : params.all()) ck.model.emplace_back(p.name, p.value);
+    if (stage) {
+      // Every stage's values and moments on rank 0 (collective), in one process's order.
+      stage->gather_checkpoint(*optimizer, ck);
+    } else {
+      for (const Param& p : params.all()) ck.model.emplace_back(p.name, p.value);
+    }
     // N ranks: the moment shards gathered on rank 0 (collective), which alone writes; the
     // barrier returns once the checkpoint is committed (its rename) or rank 0 has failed (then
     // MPI_Abort ends every rank).
-    ck.optimizer = dp ? dp->gather_state() : optimizer->state_tensors();
+    if (!stage) ck.optimizer = dp ? dp->gather_state() : optimizer->state_tensors();
     if (experts) {
       // The experts' moments too, all in parameter order: the checkpoint one process writes.
       std::map<std::string, Tensor> by_name;
@@ -471,7 +543,24 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     std::vector<double> mtp;
     std::vector<std::vector<int64_t>> load;
     DpoStats dpo_stats;
-    for (int64_t a = 0; a < cfg.grad_accum; ++a) {
+    if (stage) {
+      // Every stage reads its pipeline's slice of the batches (the first stage needs the inputs,
+      // the last the targets and, for MTP, the inputs) and splits each into the M micro-batches.
+      std::vector<MicroBatch> micro;
+      for (int64_t a = 0; a < cfg.grad_accum; ++a)
+        for (MicroBatch& m : split_micro_batch(
+                 batches.next(stage_layout.replica * B_local, B_local), cfg.micro_batches))
+          micro.push_back(std::move(m));
+      const SequenceLosses l = stage->train_step(micro, loss_options, scale);
+      // Each micro-batch's losses are means over 1/M of a batch: M of them make one batch mean.
+      const double m = double(cfg.micro_batches);
+      total = l.total / m;
+      ce = l.main_ce / m;
+      aux = l.aux / m;
+      for (double v : l.mtp_ce) mtp.push_back(v / m);
+      load = l.expert_load;
+    }
+    for (int64_t a = 0; a < (stage ? 0 : cfg.grad_accum); ++a) {
       const MicroBatch batch = batches.next(group.rank() * B_local, B_local);
       if (dp && a + 1 == cfg.grad_accum) {
         // The last backward of the step: its finished layers' gradients start reducing at once.
@@ -506,7 +595,22 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     bool stop = g_stop_signal.load() != 0;
     double grad_norm = 0;
     const double lr = lr_schedule.at(s);
-    if (dp) {
+    if (stage) {
+      // Each stage holds its part of the losses and loads (the last stage the cross-entropies):
+      // their sum, on every rank; losses are the mean over the pipelines' slices.
+      StepTotals t{total, ce, aux, stop ? 1.0 : 0.0, mtp, load};
+      all_reduce_totals(group, t, size_t(model_config.num_nextn_predict_layers));
+      const double d = double(stage_layout.replicas);
+      total = t.total / d;
+      ce = t.ce / d;
+      aux = t.aux / d;
+      stop = t.stop > 0;
+      mtp = t.mtp;
+      for (double& v : mtp) v /= d;
+      while (!mtp.empty() && mtp.back() == 0.0) mtp.pop_back();  // depths that did not run
+      load = t.load;
+      grad_norm = stage->optimizer_step(*optimizer, lr, cfg.grad_clip);
+    } else if (dp) {
       // Losses: the mean of the ranks' slice means (= the global batch mean when every sequence
       // counts equally); loads: summed; a stop signal on any rank stops every rank after this step.
       StepTotals t{total, ce, aux, stop ? 1.0 : 0.0, mtp, load};
@@ -542,7 +646,9 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
         int64_t routed = 0;
         for (int64_t c : load[i]) routed += c;
         if (routed == 0) continue;
-        Param& bias = params.at(model.moe_layers()[i] + ".gate.e_score_correction_bias");
+        const std::string bias_name = model.moe_layers()[i] + ".gate.e_score_correction_bias";
+        if (!params.has(bias_name)) continue;  // another pipeline stage's layer
+        Param& bias = params.at(bias_name);
         std::vector<float> b = bias.value.to_vector();
         update_correction_bias(b, load[i], g);
         copy_values(bias.value, Tensor::from_vector(b, bias.value.shape()), bias.name);
@@ -588,7 +694,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     if (!load.empty() && (step % cfg.expert_load_interval == 0 || step == cfg.steps))
       line["expert_load"] = load;
 
-    if (!dp) stop = g_stop_signal.load() != 0;  // (N ranks: agreed on above)
+    if (ranks == 1) stop = g_stop_signal.load() != 0;  // (N ranks: agreed on above)
     if ((step % cfg.eval_interval == 0 || step == cfg.steps) && val_count > 0) {
       double val = 0;
       std::vector<std::vector<int64_t>> val_load;
@@ -598,7 +704,10 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       // each batch instead; a rank left without a sequence runs the batch's first one as a
       // stand-in and counts nothing of it.
       for (int64_t k0 = 0, chunk = 0; k0 < val_count; k0 += B, ++chunk) {
-        if (!expert_parallel && chunk % ranks != group.rank()) continue;
+        // Pipeline: every stage of a pipeline takes part in its batches (the pipelines take
+        // the batches in turn).
+        if (pipeline && chunk % stage_layout.replicas != stage_layout.replica) continue;
+        if (!expert_parallel && !pipeline && chunk % ranks != group.rank()) continue;
         int64_t first = k0, nb = std::min(B, val_count - k0);
         bool stand_in = false;
         if (expert_parallel) {
@@ -611,7 +720,9 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
         const MicroBatch vb = batches.validation(first, stand_in ? 1 : nb);
         LossOptions val_options = loss_options;
         val_options.token_weights = nullptr;
-        const SequenceLosses l = model.forward(vb.inputs, vb.targets, val_options, vb.segments);
+        const SequenceLosses l =
+            stage ? stage->forward(vb, val_options)
+                  : model.forward(vb.inputs, vb.targets, val_options, vb.segments);
         if (stand_in) continue;
         val += l.main_ce * double(nb);
         if (val_load.empty())
