@@ -33,7 +33,12 @@ constexpr int kRowsPerWarp = 4;
 constexpr int kRows = kWarps * kRowsPerWarp;  // (query, head) rows per block
 constexpr int kTile = 32;                     // latent rows per shared tile: one per lane
 constexpr int64_t kMaxRank = 512;             // 16 accumulator registers per lane and row
-constexpr int64_t kMinSplitKeys = 128;
+// A split may be a single tile: at batch 1 a step has only 16 (query, head) rows, one block, so
+// without key splits the whole attention ran on one multiprocessor with one warp per scheduler
+// (151 µs a layer at 150 keys on an H200, a third of the decode step). Each split costs rank + 2
+// f32 partials per row and the combine kernel reads them back; the count stays capped at two
+// blocks per multiprocessor.
+constexpr int64_t kMinSplitKeys = kTile;
 
 struct DecodeParams {
   MlaDecodeArgs a;
