@@ -1,5 +1,6 @@
 #include "ops/fp8_train.h"
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -219,8 +220,22 @@ Tensor linear_fp8_train_forward(const Tensor& x, const Tensor& weight, Fp8Linear
   const Fp8Tensor qw =
       quantize_fp8(quantizable(weight), Fp8Layout::Block128x128, false, "linear_fp8_train weight");
   if (cache) *cache = Fp8LinearCache{qx, x.shape(), act};
-  if (device == Device::CUDA) return fp8_gemm(qx, qw, nullptr, act).reshape(y_shape);
+  if (device == Device::CUDA) {
+    // f32 out, then rounded to act: cuBLASLt's block-scaled path takes f32 output only (fp8.h),
+    // and rounding the f32 total once is what a bf16-output kernel does too.
+    const Tensor y = fp8_gemm(qx, qw, nullptr, DType::F32);
+    return (act == DType::F32 ? y : y.to(act)).reshape(y_shape);
+  }
   return linear(dequantize_fp8(qx), dequantize_fp8(qw)).reshape(y_shape);
+}
+
+Fp8LinearCache fp8_linear_cache(const Tensor& x) {
+  DSEEK_CHECK(x.defined() && x.dim() >= 1, "[linear_fp8_train] undefined or 0-d input");
+  const DType act = activation_dtype("linear_fp8_train", x);
+  const int64_t in = x.size(-1), T = x.numel() / std::max<int64_t>(in, 1);
+  return Fp8LinearCache{quantize_fp8(x.contiguous().reshape({T, in}), Fp8Layout::Tile1x128, false,
+                                     "linear_fp8_train x"),
+                        x.shape(), act};
 }
 
 void linear_fp8_train_backward(const Fp8LinearCache& cache, const Tensor& weight, const Tensor& dy,
@@ -253,8 +268,8 @@ void linear_fp8_train_backward(const Fp8LinearCache& cache, const Tensor& weight
       const Fp8Tensor qwt{wt.data.reshape({in, out}),
                           wt.scale.reshape({wt.scale.size(1), wt.scale.size(2)}),
                           Fp8Layout::Block128x128};
-      const Tensor r = fp8_gemm(qdy, qwt, nullptr, cache.act);
-      dseek::cuda::copy_on_device(dx->raw(), r.raw(), size_t(r.numel()) * dtype_size(r.dtype()));
+      const Tensor r = fp8_gemm(qdy, qwt, nullptr, DType::F32);  // f32 out: see the forward
+      dseek::cuda::convert(r.raw(), DType::F32, dx->raw(), cache.act, size_t(r.numel()));
 #else
       cuda_not_built("linear_fp8_train");
 #endif
@@ -273,6 +288,13 @@ void linear_fp8_train_backward(const Fp8LinearCache& cache, const Tensor& weight
     wgrad("linear_fp8_train", cache.x, dy2, one_group(T, device), expert_matrices(std::vector<Tensor>{*dweight}),
           accumulate);
   }
+}
+
+Fp8GroupedCache fp8_grouped_cache(const Tensor& x_perm) {
+  DSEEK_CHECK(x_perm.defined() && x_perm.dim() == 2, "[grouped_linear_fp8] x must be 2-D");
+  const DType act = activation_dtype("grouped_linear_fp8", x_perm);
+  return Fp8GroupedCache{quantize_fp8(x_perm, Fp8Layout::Tile1x128, false, "grouped_linear_fp8 x"),
+                         act};
 }
 
 Tensor grouped_linear_fp8_forward(const Tensor& x_perm, const ExpertMatrices& w,

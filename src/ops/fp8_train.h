@@ -71,6 +71,10 @@ struct Fp8LinearCache {
 Tensor linear_fp8_train_forward(const Tensor& x, const Tensor& weight,
                                 Fp8LinearCache* cache = nullptr);
 
+// The cache the forward fills, from x alone (the same codes: quantisation is deterministic). For
+// layers that keep x in the activation dtype and quantise it again for the backward.
+Fp8LinearCache fp8_linear_cache(const Tensor& x);
+
 // Backward from the forward's cache: dx (act, x's shape; written) = Q(dy)·Q(W) when dx is not
 // null, dW (f32 [out, in]; added when `accumulate`, else overwritten) = Q_col(dy)ᵀ·Q_col(x̂) when
 // dweight is not null. dy [..., out] in the cache's act dtype.
@@ -83,6 +87,9 @@ struct Fp8GroupedCache {
   Fp8Tensor x;  // x_perm in 1×128 tiles [N, in]
   DType act = DType::F32;
 };
+
+// The cache grouped_linear_fp8_forward fills, from x_perm alone (see fp8_linear_cache).
+Fp8GroupedCache fp8_grouped_cache(const Tensor& x_perm);
 
 // y_perm [N, out] = x_perm[r]·W_eᵀ for the rows r of expert e; w: the experts' f32 (or bf16)
 // matrices, contiguous [out, in]; offsets [E + 1] i64 on x's device. y in x's dtype.
