@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "core/dtype.h"
@@ -14,6 +15,15 @@ namespace dseek::ops::cpu {
 namespace {
 
 constexpr int64_t kTile = 128;
+
+const std::array<float, 256>& decode_table() {
+  static const std::array<float, 256> table = [] {
+    std::array<float, 256> t{};
+    for (int v = 0; v < 256; ++v) t[size_t(v)] = fp8_e4m3_to_f32(uint8_t(v));
+    return t;
+  }();
+  return table;
+}
 
 // Scale row of tile 0 of group g.
 int64_t tile_base(const int64_t* offsets, int64_t g) { return offsets[g] / kTile + g; }
@@ -47,11 +57,12 @@ int64_t quantize_fp8_cols(const float* x, int64_t rows, int64_t cols, const int6
 
 void dequantize_fp8_cols(const uint8_t* q, const float* scale, int64_t rows, int64_t cols,
                          const int64_t* offsets, int64_t groups, float* y) {
+  const auto& table = decode_table();
   std::fill_n(y, rows * cols, 0.0f);
   for (int64_t g = 0; g < groups; ++g) {
     for (int64_t r = offsets[g]; r < offsets[g + 1]; ++r) {
       const float* s = scale + (tile_base(offsets, g) + (r - offsets[g]) / kTile) * cols;
-      for (int64_t c = 0; c < cols; ++c) y[r * cols + c] = fp8_e4m3_to_f32(q[r * cols + c]) * s[c];
+      for (int64_t c = 0; c < cols; ++c) y[r * cols + c] = table[q[r * cols + c]] * s[c];
     }
   }
 }
