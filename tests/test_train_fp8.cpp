@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <random>
 #include <set>
 #include <string>
@@ -71,41 +72,62 @@ TEST(TrainFp8, MarksTheProjectionsOnly) {
   EXPECT_EQ(marked, 3 * 5 + 3 + 2 * 5 * 3);
 }
 
-// Same weights and tokens: the FP8 model's loss is within 2% of f32 (yet not equal: FP8 is really
-// used) and its gradients within 10% relative RMS — E4M3's 2^-4 relative rounding per operand,
-// averaged over the sums of the GEMMs. Masters stay f32 and untouched.
-TEST(TrainFp8, LossAndGradientsCloseToF32) {
+// Relative RMS difference of every trainable gradient of `other` from `base`.
+double grad_difference(const ParamSet& base, const ParamSet& other) {
+  double num = 0, den = 0;
+  for (const Param& p : base.all()) {
+    if (!p.trainable) continue;
+    const std::vector<float> x = p.grad.to_vector(), y = other.grad(p.name).to_vector();
+    for (size_t i = 0; i < x.size(); ++i) {
+      if (!std::isfinite(y[i])) return INFINITY;
+      num += (x[i] - y[i]) * double(x[i] - y[i]);
+      den += double(x[i]) * x[i];
+    }
+  }
+  return std::sqrt(num / den);
+}
+
+// Same weights and tokens in f32, bf16 (compute copies) and FP8. A perturbation of relative size ε
+// in every GEMM operand moves this small model's loss and gradients about in proportion to ε
+// (routing and attention make it sensitive: at init std 0.3 bf16 already moves the gradients by a
+// few percent). E4M3's unit roundoff is 2^-4 against bf16's 2^-8, so the FP8 deviation must stay
+// within 16× bf16's (24× allowed for the scales' rounding and the wgrad's double quantisation) —
+// far below what a misplaced tile or transposed operand does (the gradients become unrelated:
+// relative difference ≈ 1 or more). At a realistic init (std 0.02) FP8 stays within 5% of f32.
+// Masters stay f32.
+TEST(TrainFp8, LossAndGradientsTrackF32LikeBf16ScaledByTheirPrecision) {
   const ModelConfig c = v3_config();
-  ParamSet f32, fp8;
-  TrainModel::init_params(c, 8, 0.3, f32);
-  TrainModel::init_params(c, 8, 0.3, fp8);
-  mark_fp8_linears(fp8);
-  TrainModel m32(c, f32), m8(c, fp8);
   LossOptions o;
   o.mtp_lambda = 0.3;
   o.balance = {"sequence", 0.05, 1};
   const std::vector<int32_t> seq = random_ids(33, c.vocab_size, 5);
   const std::vector<int32_t> in(seq.begin(), seq.end() - 1), tg(seq.begin() + 1, seq.end());
-  const SequenceLosses a = m32.forward_backward(in, tg, o, 1.0f);
-  const SequenceLosses b = m8.forward_backward(in, tg, o, 1.0f);
-  EXPECT_NE(a.main_ce, b.main_ce);
-  EXPECT_NEAR(a.main_ce, b.main_ce, 0.02 * a.main_ce);
-  double num = 0, den = 0;
-  for (const Param& p : f32.all()) {
-    if (!p.trainable) continue;
-    EXPECT_EQ(fp8.at(p.name).value.dtype(), DType::F32);
-    const std::vector<float> x = p.grad.to_vector(), y = fp8.grad(p.name).to_vector();
-    for (size_t i = 0; i < x.size(); ++i) {
-      ASSERT_TRUE(std::isfinite(y[i])) << p.name;
-      num += (x[i] - y[i]) * double(x[i] - y[i]);
-      den += double(x[i]) * x[i];
+  for (double init_std : {0.3, 0.02}) {
+    ParamSet f32, bf16, fp8;
+    TrainModel::init_params(c, 8, init_std, f32);
+    TrainModel::init_params(c, 8, init_std, bf16);
+    TrainModel::init_params(c, 8, init_std, fp8);
+    bf16.set_compute_dtype(DType::BF16);
+    mark_fp8_linears(fp8);
+    TrainModel m32(c, f32), m16(c, bf16), m8(c, fp8);
+    const double ce32 = m32.forward_backward(in, tg, o, 1.0f).main_ce;
+    const double ce16 = m16.forward_backward(in, tg, o, 1.0f).main_ce;
+    const double ce8 = m8.forward_backward(in, tg, o, 1.0f).main_ce;
+    for (const Param& p : fp8.all()) EXPECT_EQ(p.value.dtype(), DType::F32) << p.name;
+    const double g16 = grad_difference(f32, bf16), g8 = grad_difference(f32, fp8);
+    const double l16 = std::abs(ce16 - ce32), l8 = std::abs(ce8 - ce32);
+    std::printf("init std %.2f: main CE f32 %.5f bf16 %.5f fp8 %.5f; relative gradient "
+                "difference bf16 %.4f fp8 %.4f (ratio %.1f)\n",
+                init_std, ce32, ce16, ce8, g16, g8, g8 / g16);
+    EXPECT_GT(l8, 0.0);  // FP8 is really used
+    EXPECT_GT(g8, 0.0);
+    EXPECT_LT(l8, 24 * l16 + 1e-4 * ce32) << init_std;
+    EXPECT_LT(g8, 24 * g16) << init_std;
+    if (init_std < 0.1) {
+      EXPECT_LT(l8, 0.01 * ce32);
+      EXPECT_LT(g8, 0.05);
     }
   }
-  const double rel = std::sqrt(num / den);
-  std::printf("fp8 vs f32: main CE %.5f vs %.5f, relative gradient RMS difference %.4f\n",
-              b.main_ce, a.main_ce, rel);
-  EXPECT_GT(rel, 0.0);
-  EXPECT_LT(rel, 0.1);
 }
 
 TEST(TrainFp8, ConfigAcceptsDefaultAndFp8Only) {
