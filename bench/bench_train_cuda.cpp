@@ -17,7 +17,10 @@
 //
 // Usage: bench_train_cuda [--shape v2-lite|tiny] [--layers 4] [--batch 2] [--seq 2048]
 //            [--steps 5] [--warmup 2] [--device cuda|cpu] [--dtype bf16|f32] [--lr 1e-4]
-//            [--seed 0] [--init fast|normal] [--json FILE] [--write-config FILE]
+//            [--seed 0] [--init fast|normal] [--precision default|fp8] [--json FILE]
+//            [--write-config FILE]
+// --precision fp8 runs the attention and MLP/expert projections as FP8 GEMMs (train.precision fp8:
+// mark_fp8_linears, ops/fp8_train.h, docs/FP8.md); the rest stays in --dtype.
 // --write-config writes the shape's config.json (for bench/issue10_torch.py) and exits.
 // Parameters are filled with uniform random values of std 0.02 by all host threads
 // (issue10_common.h), then moved to the device; --init normal uses TrainModel::init_params
@@ -51,6 +54,7 @@ namespace {
 
 struct Options {
   std::string shape = "v2-lite", device = "cuda", dtype, json, write_config, init = "fast";
+  std::string precision = "default";  // default | fp8
   int64_t layers = 4, batch = 2, seq = 2048, steps = 5, warmup = 2, seed = 0;
   double lr = 1e-4;
 };
@@ -101,6 +105,8 @@ Options parse(int argc, char** argv) {
       o.json = value();
     else if (arg == "--init")
       o.init = value();
+    else if (arg == "--precision")
+      o.precision = value();
     else if (arg == "--write-config")
       o.write_config = value();
     else {
@@ -115,6 +121,10 @@ Options parse(int argc, char** argv) {
   }
   if (o.init != "fast" && o.init != "normal") {
     std::fprintf(stderr, "bench_train_cuda: --init %s: fast or normal\n", o.init.c_str());
+    std::exit(2);
+  }
+  if (o.precision != "default" && o.precision != "fp8") {
+    std::fprintf(stderr, "bench_train_cuda: --precision %s: default or fp8\n", o.precision.c_str());
     std::exit(2);
   }
   if (o.dtype.empty()) o.dtype = o.device == "cuda" ? "bf16" : "f32";
@@ -222,6 +232,7 @@ int main(int argc, char** argv) {
                           {"batch", B},
                           {"seq", T},
                           {"dtype", o.dtype},
+                          {"precision", o.precision},
                           {"device", o.device},
                           {"params", count.total},
                           {"active_params", count.active},
@@ -253,6 +264,8 @@ int main(int argc, char** argv) {
       t0 = Clock::now();
       if (device == Device::CUDA) move_params(params, device);
       if (o.dtype == "bf16") params.set_compute_dtype(DType::BF16);
+      if (o.precision == "fp8")
+        std::printf("fp8: %lld projections run FP8 GEMMs\n", (long long)mark_fp8_linears(params));
       sync(device);
       const double move_s = seconds_since(t0);
       std::printf("to the device and compute copies: %.1f s\n", move_s);
@@ -301,7 +314,8 @@ int main(int argc, char** argv) {
                   {"steps", o.steps}});
       std::printf("\n| impl | ms/step (fwd+bwd + optim) | tokens/s | model TFLOP/s | loss |\n");
       std::printf("| --- | --- | --- | --- | --- |\n");
-      std::printf("| dseek %s | %.1f (%.1f + %.1f) | %.0f | %.1f | %.3f |\n", o.dtype.c_str(),
+      std::printf("| dseek %s%s | %.1f (%.1f + %.1f) | %.0f | %.1f | %.3f |\n", o.dtype.c_str(),
+                  o.precision == "fp8" ? "+fp8" : "",
                   step * 1e3, median(fwd_bwd_s) * 1e3, median(optim_s) * 1e3, tps,
                   tps * flops_per_token / 1e12, last_loss);
       std::printf("medians of %lld steps after %lld warm-up; ln(vocab) = %.3f\n",

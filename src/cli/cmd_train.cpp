@@ -38,7 +38,7 @@ struct TrainFlags {
           expert_parallel = 1, pipeline_parallel = 1;
   double lr = 0, compute_budget = 0;
   std::vector<std::string> sets;
-  bool resume = false, deterministic = false;
+  bool resume = false, deterministic = false, fp8 = false;
 };
 
 std::atomic<pid_t> g_launcher_child{-1};
@@ -172,6 +172,8 @@ void add_train_command(CLI::App& app) {
   auto* deterministic = cmd->add_flag(
       "--deterministic", f->deterministic,
       "data parallelism: fixed-order, bit-reproducible reductions (dist.deterministic = 1)");
+  auto* fp8 = cmd->add_flag("--fp8", f->fp8,
+                            "FP8 training the DeepSeek-V3 way (train.precision = fp8, docs/FP8.md)");
   cmd->add_option("--set", f->sets, "override any setting: section.key=value (repeatable)");
   cmd->add_flag("--resume", f->resume, "continue the run from its newest checkpoint");
   cmd->callback([=] {
@@ -208,6 +210,7 @@ void add_train_command(CLI::App& app) {
     if (deterministic->count()) c.dist_deterministic = 1;
     if (expert_parallel->count()) c.expert_parallel = f->expert_parallel;
     if (pipeline_parallel->count()) c.pipeline_parallel = f->pipeline_parallel;
+    if (fp8->count()) c.precision = "fp8";
     for (const std::string& s : f->sets) train::apply_train_config_override(s, c);
     const train::TrainSummary s = train::run_training(c, f->resume);
     if (s.last_step > s.first_step && dist::world().rank() == 0) {

@@ -1,6 +1,7 @@
 #include "core/dtype.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "core/error.h"
 
@@ -107,26 +108,26 @@ float fp8_e4m3_to_f32(uint8_t v) {
 }
 
 uint8_t f32_to_fp8_e4m3(float f) {
-  if (std::isnan(f)) return 0x7f;
-  uint8_t sign = std::signbit(f) ? 0x80 : 0x00;
-  float a = std::fabs(f);
-  if (a >= 448.0f) return sign | 0x7e;  // saturate to the largest finite value
-  // Find the representable neighbours by scanning the 126 finite magnitudes; the table is tiny
-  // and this path is not hot (weights are quantised once).
-  static float magnitudes[127];
-  static bool ready = [] {
-    for (int i = 0; i < 127; ++i) magnitudes[i] = fp8_e4m3_to_f32(uint8_t(i));
-    return true;
-  }();
-  (void)ready;
-  int lo = 0, hi = 126;
-  while (hi - lo > 1) {
-    int mid = (lo + hi) / 2;
-    if (magnitudes[mid] <= a) lo = mid; else hi = mid;
+  // Bit arithmetic (FP8 training quantises every activation with it, so it is hot): E4M3 has
+  // exponent bias 7 and 3 mantissa bits, no infinities; 0x7f is NaN, ±448 (0x7e) the largest
+  // finite magnitude.
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  const uint8_t sign = uint8_t((bits >> 24) & 0x80u);
+  const uint32_t a = bits & 0x7fffffffu;
+  if (a > 0x7f800000u) return 0x7f;              // NaN
+  if (a >= 0x43e00000u) return sign | 0x7e;      // ≥ 448 (and ±Inf): saturate
+  if (a >= 0x3c800000u) {                        // ≥ 2^-6: a normal E4M3 value
+    // Round the 23-bit mantissa to 3 bits, to nearest even (a carry moves into the exponent;
+    // below 448 it never passes 448), then rebias the exponent from 127 to 7.
+    const uint32_t r = (a + 0x7ffffu + ((a >> 20) & 1u)) >> 20;
+    return sign | uint8_t(r - (120u << 3));
   }
-  float dlo = a - magnitudes[lo], dhi = magnitudes[hi] - a;
-  int pick = (dlo < dhi) ? lo : (dhi < dlo) ? hi : ((lo & 1) ? hi : lo);
-  return sign | uint8_t(pick);
+  // Subnormal E4M3: m · 2^-9 with m in 0..7 (8 rounds up to the smallest normal, code 0x08).
+  // a · 2^9 is exact; nearbyint rounds to nearest even in the default rounding mode.
+  float m_f;
+  std::memcpy(&m_f, &a, 4);
+  return sign | uint8_t(std::nearbyint(m_f * 512.0f));
 }
 
 void convert_to_f32(const void* src, DType src_dtype, float* dst, size_t n) {

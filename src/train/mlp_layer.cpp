@@ -1,6 +1,7 @@
 // Linear, RMSNorm and the SwiGLU MLP for training (see layers.h).
 #include "core/error.h"
 #include "ops/activation.h"
+#include "ops/fp8_train.h"
 #include "ops/linear.h"
 #include "ops/norm.h"
 #include "train/layers.h"
@@ -8,15 +9,23 @@
 namespace dseek::train {
 
 Tensor linear_forward(ParamSet& params, const std::string& name, const Tensor& x) {
-  return ops::linear(x, params.at(name).weight());
+  const Param& p = params.at(name);
+  if (p.fp8) return ops::linear_fp8_train_forward(x, p.value);  // FP8 from the f32 master
+  return ops::linear(x, p.weight());
 }
 
 Tensor linear_backward(ParamSet& params, const std::string& name, const Tensor& x,
                        const Tensor& dy) {
   Param& p = params.at(name);
+  Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (p.fp8) {
+    // x is cached in the activation dtype and quantised again here (the forward's codes).
+    ops::linear_fp8_train_backward(ops::fp8_linear_cache(x), p.value, dy, &dx,
+                                   p.grad.defined() ? &p.grad : nullptr, true);
+    return dx;
+  }
   // Two calls, one GEMM each: dx is written (no zero-fill), dW is added to the accumulated grad.
   const Tensor xc = x.contiguous(), dyc = dy.contiguous();
-  Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
   ops::linear_backward_into(xc, p.weight(), dyc, &dx, nullptr, nullptr, false);
   ops::linear_backward_into(xc, p.weight(), dyc, nullptr, &p.grad, nullptr, true);
   return dx;

@@ -20,12 +20,15 @@
 //             (weights → scores → logits is ops::moe_route_backward)
 //   router:   dW_gate += dzᵀ·x,  dx += dz·W_gate
 // The selection itself (top-k, groups, bias) is piecewise constant: it has no gradient.
+// Under train.precision fp8 (mark_fp8_linears) the experts' grouped GEMMs run in FP8 from the f32
+// masters (ops/fp8_train.h); the router stays f32.
 #include <string>
 #include <vector>
 
 #include "core/error.h"
 #include "model/moe_balance.h"
 #include "ops/activation.h"
+#include "ops/fp8_train.h"
 #include "ops/linear.h"
 #include "train/expert_parallel.h"
 #include "train/layers.h"
@@ -38,16 +41,37 @@ std::string expert_prefix(const std::string& prefix, int64_t e) {
 }
 
 // One projection of every routed expert as ExpertMatrices: their compute weights (forward, input
-// gradient) or their f32 grads (weight gradient).
+// gradient; the f32 masters under FP8, which quantises them itself) or their f32 grads (weight
+// gradient).
 ops::ExpertMatrices expert_weights(ParamSet& params, const std::string& prefix, int64_t experts,
                                    const std::string& proj, bool grads) {
   std::vector<Tensor> m;
   m.reserve(size_t(experts));
   for (int64_t e = 0; e < experts; ++e) {
     Param& p = params.at(expert_prefix(prefix, e) + "." + proj + ".weight");
-    m.push_back(grads ? p.grad : p.weight());
+    m.push_back(grads ? p.grad : p.fp8 ? p.value : p.weight());
   }
   return ops::expert_matrices(std::move(m));
+}
+
+// FP8 training (train.precision fp8) marks the routed experts' projections (mark_fp8_linears).
+bool experts_fp8(ParamSet& params, const std::string& prefix) {
+  return params.at(expert_prefix(prefix, 0) + ".gate_proj.weight").fp8;
+}
+
+// The grouped GEMMs in FP8 or in the compute dtype. The FP8 weight gradient quantises its x_perm
+// again (the forward's codes; the layer keeps x_perm in the activation dtype).
+Tensor grouped_forward(bool fp8, const Tensor& x, const ops::ExpertMatrices& w, const Tensor& o) {
+  return fp8 ? ops::grouped_linear_fp8_forward(x, w, o) : ops::grouped_linear(x, w, o);
+}
+Tensor grouped_dx(bool fp8, const Tensor& dy, const ops::ExpertMatrices& w, const Tensor& o) {
+  return fp8 ? ops::grouped_linear_fp8_backward_dx(dy, w, o)
+             : ops::grouped_linear_backward_dx(dy, w, o);
+}
+void grouped_dw(bool fp8, const Tensor& x, const Tensor& dy, const Tensor& o,
+                const ops::ExpertMatrices& dw) {
+  if (fp8) ops::grouped_linear_fp8_backward_dw(ops::fp8_grouped_cache(x), dy, o, dw, true);
+  else ops::grouped_linear_backward_dw(x, dy, o, dw, true);
 }
 
 // The routing on the host, as model/moe_balance.h's losses take it. A host synchronisation (ids
@@ -80,10 +104,11 @@ Tensor routed_forward_device(const LayerContext& ctx, const std::string& prefix,
   c.up_w = expert_weights(ctx.params, prefix, E, "up_proj", false);
   c.down_w = expert_weights(ctx.params, prefix, E, "down_proj", false);
   c.x_perm = ops::moe_permute(c.x, c.dispatch);
-  c.gate = ops::grouped_linear(c.x_perm, c.gate_w, c.dispatch.offsets);
-  c.up = ops::grouped_linear(c.x_perm, c.up_w, c.dispatch.offsets);
+  const bool fp8 = experts_fp8(ctx.params, prefix);
+  c.gate = grouped_forward(fp8, c.x_perm, c.gate_w, c.dispatch.offsets);
+  c.up = grouped_forward(fp8, c.x_perm, c.up_w, c.dispatch.offsets);
   c.inner = ops::silu_mul(c.gate, c.up);
-  c.y_perm = ops::grouped_linear(c.inner, c.down_w, c.dispatch.offsets);
+  c.y_perm = grouped_forward(fp8, c.inner, c.down_w, c.dispatch.offsets);
   return ops::moe_combine(c.y_perm, c.routing.weights, c.dispatch, shared);
 }
 
@@ -95,16 +120,17 @@ Tensor routed_backward_device(const LayerContext& ctx, const std::string& prefix
   const Tensor& offsets = c.dispatch.offsets;
   const ops::MoeCombineGrads cg =
       ops::moe_combine_backward(c.y_perm, c.routing.weights, c.dispatch, dy);
-  const Tensor d_inner = ops::grouped_linear_backward_dx(cg.dy_perm, c.down_w, offsets);
-  ops::grouped_linear_backward_dw(c.inner, cg.dy_perm, offsets,
-                                  expert_weights(ctx.params, prefix, E, "down_proj", true), true);
+  const bool fp8 = experts_fp8(ctx.params, prefix);
+  const Tensor d_inner = grouped_dx(fp8, cg.dy_perm, c.down_w, offsets);
+  grouped_dw(fp8, c.inner, cg.dy_perm, offsets,
+             expert_weights(ctx.params, prefix, E, "down_proj", true));
   const ops::SiluMulGrads sg = ops::silu_mul_backward(c.gate, c.up, d_inner);
-  Tensor dx_perm = ops::grouped_linear_backward_dx(sg.dgate, c.gate_w, offsets);
-  ops::add_inplace(dx_perm, ops::grouped_linear_backward_dx(sg.dup, c.up_w, offsets));
-  ops::grouped_linear_backward_dw(c.x_perm, sg.dgate, offsets,
-                                  expert_weights(ctx.params, prefix, E, "gate_proj", true), true);
-  ops::grouped_linear_backward_dw(c.x_perm, sg.dup, offsets,
-                                  expert_weights(ctx.params, prefix, E, "up_proj", true), true);
+  Tensor dx_perm = grouped_dx(fp8, sg.dgate, c.gate_w, offsets);
+  ops::add_inplace(dx_perm, grouped_dx(fp8, sg.dup, c.up_w, offsets));
+  grouped_dw(fp8, c.x_perm, sg.dgate, offsets,
+             expert_weights(ctx.params, prefix, E, "gate_proj", true));
+  grouped_dw(fp8, c.x_perm, sg.dup, offsets,
+             expert_weights(ctx.params, prefix, E, "up_proj", true));
   Tensor dx = ops::moe_permute_backward(dx_perm, c.dispatch);
 
   // Router: combine weights (and the balance loss) → scores → logits → x.

@@ -43,6 +43,30 @@ void ParamSet::to(Device device) {
   device_ = device;
 }
 
+int64_t mark_fp8_linears(ParamSet& params) {
+  static const char* const kProjections[] = {
+      "q_proj",    "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "k_proj",
+      "v_proj",    "o_proj",   "gate_proj", "up_proj",           "down_proj"};
+  const std::string layers = "model.layers.", suffix = ".weight";
+  int64_t marked = 0;
+  for (Param& p : params.all()) {
+    const std::string& n = p.name;
+    if (!p.trainable || n.rfind(layers, 0) != 0 || n.size() <= suffix.size() ||
+        n.compare(n.size() - suffix.size(), suffix.size(), suffix) != 0)
+      continue;
+    if (n.find(".self_attn.") == std::string::npos && n.find(".mlp.") == std::string::npos)
+      continue;
+    const std::string stem = n.substr(0, n.size() - suffix.size());
+    const std::string proj = stem.substr(stem.rfind('.') + 1);
+    for (const char* k : kProjections)
+      if (proj == k) {
+        p.fp8 = true;
+        ++marked;
+      }
+  }
+  return marked;
+}
+
 void ParamSet::zero_grad() {
   for (Param& p : params_) {
     if (!p.grad.defined()) continue;

@@ -32,6 +32,7 @@ struct Param {
   bool trainable = true;   // false: a buffer (no gradient, not touched by the optimizer)
   bool decay = true;       // decoupled weight decay applies (false for norms, biases, buffers)
   Tensor compute;          // optional lower-precision copy of value for compute (mixed precision)
+  bool fp8 = false;        // its linear runs FP8 GEMMs from the master (ops/fp8_train.h)
 
   // What linear layers multiply with: the compute copy when there is one, else the master.
   const Tensor& weight() const { return compute.defined() ? compute : value; }
@@ -74,6 +75,14 @@ class ParamSet {
   DType compute_dtype_ = DType::F32;
   Device device_ = Device::CPU;
 };
+
+// FP8 training (train.precision fp8, DeepSeek-V3 §3.3): marks the projections of attention and
+// of the dense, shared and routed expert MLPs — model.layers.<i>.self_attn.{q_proj, q_a_proj,
+// q_b_proj, kv_a_proj_with_mqa, kv_b_proj, k_proj, v_proj, o_proj} and model.layers.<i>.mlp[...]
+// .{gate,up,down}_proj — so the training layers run their three GEMMs in FP8. The embedding, the
+// output head, the MoE routers, the MTP eh_proj, the norms and the attention core stay in higher
+// precision. Returns how many parameters were marked.
+int64_t mark_fp8_linears(ParamSet& params);
 
 // Writes src (any float dtype, any device, dst's shape) into dst (f32 contiguous, e.g. a Param's
 // value or an optimizer moment), copying across devices as needed. `what` names dst in errors.

@@ -82,6 +82,7 @@ const std::vector<Binding>& bindings() {
       field("train.seed", "seed of the initialisation and of the data order", &TrainConfig::seed),
       field("train.compute_budget", "FLOPs; when > 0, batch_size, lr and steps come from DeepSeek LLM's scaling laws", &TrainConfig::compute_budget),
       field("train.compute_dtype", "f32, or bf16: matmuls with bf16 copies of the weights, f32 master weights, gradients and optimizer", &TrainConfig::compute_dtype),
+      field("train.precision", "default (GEMMs in train.compute_dtype), or fp8: DeepSeek-V3's FP8 training — the attention and MLP/expert projections run forward, dgrad and wgrad as E4M3 GEMMs with 1x128/128x128 scales from the f32 masters; embedding, head, routers, norms and attention core stay as compute_dtype (docs/FP8.md)", &TrainConfig::precision),
       field("train.device", "cpu, or cuda: parameters, gradients, AdamW and every layer on the GPU (one process; activations in bf16 with train.compute_dtype bf16, else f32)", &TrainConfig::device),
       field("train.task", "pretrain (data from `dseek data prepare`), sft or dpo (data from `dseek data sft` / `dseek data dpo`; see Post-training)", &TrainConfig::task),
       field("dpo.beta", "β of the DPO loss −log σ(β[(log π_c − log ref_c) − (log π_r − log ref_r)])", &TrainConfig::dpo_beta),
@@ -319,6 +320,8 @@ void validate_train_config(const TrainConfig& c) {
               "[train] moe.aux_loss: '{}' is not one of none, sequence, expert, device", c.aux_loss);
   DSEEK_CHECK(c.compute_dtype == "f32" || c.compute_dtype == "bf16",
               "[train] train.compute_dtype: '{}' is not f32 or bf16", c.compute_dtype);
+  DSEEK_CHECK(c.precision == "default" || c.precision == "fp8",
+              "[train] train.precision: '{}' is not default or fp8", c.precision);
   DSEEK_CHECK(c.device == "cpu" || c.device == "cuda",
               "[train] train.device: '{}' is not cpu or cuda", c.device);
   DSEEK_CHECK(c.aux_alpha >= 0, "[train] moe.aux_alpha: must be >= 0");

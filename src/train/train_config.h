@@ -39,6 +39,7 @@ struct TrainConfig {
   int64_t seed = 0;
   double compute_budget = 0.0;  // FLOPs; > 0 picks batch_size, lr and steps by the scaling laws
   std::string compute_dtype = "f32";  // f32 | bf16 (bf16 matmuls, f32 master weights)
+  std::string precision = "default";  // default | fp8 (FP8 GEMMs in the linears, docs/FP8.md)
   std::string device = "cpu";         // cpu | cuda (parameters, optimizer and layers on the GPU)
   std::string task = "pretrain";      // pretrain | sft | dpo (the data directory's kind)
   // [dpo]

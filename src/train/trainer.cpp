@@ -337,6 +337,10 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     optimizer = std::make_unique<AdamW>(params, adamw_config);
   }
   params.set_compute_dtype(cfg.compute_dtype == "bf16" ? DType::BF16 : DType::F32);
+  if (cfg.precision == "fp8") {  // FP8 GEMMs in the attention and MLP projections (docs/FP8.md)
+    const int64_t fp8 = mark_fp8_linears(params);
+    if (lead) fmt::print(stderr, "[train] fp8: {} projections run FP8 GEMMs\n", fp8);
+  }
 
   if (cfg.compute_budget > 0)  // it chose the batch size
     batches = TrainBatches(cfg.task, cfg.data, cfg.seq_len, cfg.batch_size, uint64_t(cfg.seed),

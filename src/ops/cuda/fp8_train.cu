@@ -1,0 +1,312 @@
+// FP8 training kernels on the GPU (ops/fp8_train.h has the recipe and the tile layouts).
+//
+// quantize_fp8_cols: one block of 256 threads (8 rows × 32 columns) per column-tile slot and 32
+// columns; the slot's group is found by a binary search over the tile bases floor(o_g/128) + g
+// (strictly increasing in g), so no prefix sum or host copy of the offsets is needed. Each thread
+// holds 16 rows of its column in registers; the 8 row-partial maxima of a column meet in shared
+// memory. Loads and stores run along the columns (coalesced). Scale rule and conversion as
+// fp8.cu's quantize kernel, so the codes match cpu::quantize_fp8_cols bit for bit.
+//
+// fp8_grouped_gemm: fp8.cu's plain tiled GEMM (64×64 outputs per 256 threads, 4×4 per thread,
+// operands decoded to f32 in shared memory 32 columns of K at a time, each 128-long k-block summed
+// into `partial` and promoted with its two scales into `total`) with grid.z over the groups: the
+// blocks of group e cover its rows from offsets[e] in steps of 64 and leave at once past its end
+// (correctness first: no tile scheduler yet). A 64-row tile of w_e never straddles a 128-row
+// scale block.
+//
+// fp8_grouped_wgrad: the same 64×64 register tiling over dW_e [N, K], the reduction running over
+// the group's rows: 32 rows of dy and x at a time staged in shared memory (rows read along N and
+// K, coalesced), summed over each 128-row column tile into `partial`, then promoted with
+// sdy[tile, n]·sx[tile, k]. Every dW element is summed by one thread in a fixed order.
+#include <algorithm>
+#include <cuda_fp8.h>
+
+#include "core/cuda.h"
+#include "core/cuda/cuda_check.h"
+#include "ops/cuda/element.cuh"
+#include "ops/cuda/fp8_scale.h"
+#include "ops/cuda/fp8_train_kernels.h"
+
+namespace dseek::ops::cuda {
+
+using dseek::cuda::ceil_div;
+using dseek::cuda::stream;
+
+namespace {
+
+constexpr int kTile = 128;
+
+__device__ __forceinline__ uint8_t encode_e4m3(float v) {
+  return uint8_t(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
+}
+
+__device__ __forceinline__ float decode_e4m3(uint8_t b) {
+  __nv_fp8_e4m3 v;
+  v.__x = b;
+  return float(v);
+}
+
+// --- column tiles -------------------------------------------------------------------------------
+
+constexpr int kColWidth = 32, kColRowsPerPass = 8, kColThreads = kColWidth * kColRowsPerPass;
+constexpr int kColRowsPerThread = kTile / kColRowsPerPass;  // 16
+
+// grid (slots, ceil(cols/32)), block 256.
+template <typename T>
+__global__ void __launch_bounds__(kColThreads)
+    quantize_fp8_cols_kernel(const T* x, int64_t cols, const int64_t* offsets, int64_t groups,
+                             uint8_t* q, float* scale, int* bad) {
+  __shared__ float partial_max[kColRowsPerPass][kColWidth];
+  __shared__ int64_t range[2];
+  const int64_t slot = blockIdx.x;
+  if (threadIdx.x == 0) {
+    // The last group whose first tile's slot is ≤ this slot (bases strictly increase with g).
+    int64_t lo = 0, hi = groups - 1;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi + 1) / 2;
+      if (offsets[mid] / kTile + mid <= slot) lo = mid;
+      else hi = mid - 1;
+    }
+    const int64_t base = offsets[lo] / kTile + lo;
+    const int64_t r0 = offsets[lo] + (slot - base) * kTile, end = offsets[lo + 1];
+    const bool used = base <= slot && r0 < end;
+    range[0] = used ? r0 : 0;
+    range[1] = used ? min(end, r0 + kTile) : 0;
+  }
+  __syncthreads();
+  const int64_t r0 = range[0], r1 = range[1];
+  if (r0 >= r1) return;  // an unused slot: uniform over the block
+  const int tx = threadIdx.x % kColWidth, ty = threadIdx.x / kColWidth;
+  const int64_t c = int64_t(blockIdx.y) * kColWidth + tx;
+  const bool active = c < cols;
+  float v[kColRowsPerThread];
+  float amax = 0.0f;
+  int nonfinite = 0;
+#pragma unroll
+  for (int i = 0; i < kColRowsPerThread; ++i) {
+    const int64_t r = r0 + ty + kColRowsPerPass * i;
+    v[i] = active && r < r1 ? to_f32(x[r * cols + c]) : 0.0f;
+    nonfinite |= !isfinite(v[i]);
+    amax = fmaxf(amax, fabsf(v[i]));
+  }
+  if (__syncthreads_or(nonfinite)) {
+    if (threadIdx.x == 0) atomicExch(bad, 1);
+    return;  // uniform: every thread saw the same __syncthreads_or result
+  }
+  partial_max[ty][tx] = amax;
+  __syncthreads();
+  float m = partial_max[0][tx];
+  for (int j = 1; j < kColRowsPerPass; ++j) m = fmaxf(m, partial_max[j][tx]);
+  const float s = fp8_tile_scale(m, false);
+  if (!active) return;
+  if (ty == 0) scale[slot * cols + c] = s;
+#pragma unroll
+  for (int i = 0; i < kColRowsPerThread; ++i) {
+    const int64_t r = r0 + ty + kColRowsPerPass * i;
+    if (r < r1) q[r * cols + c] = encode_e4m3(v[i] / s);
+  }
+}
+
+// --- transposed weight blocks -------------------------------------------------------------------
+
+// grid (ceil(C/32), ceil(R/32), E), block (32, 8): a 32×32 tile through shared memory.
+__global__ void transpose_codes_kernel(const uint8_t* in, int64_t R, int64_t C, uint8_t* out) {
+  __shared__ uint8_t tile[32][33];
+  const int64_t e = blockIdx.z;
+  const uint8_t* src = in + e * R * C;
+  uint8_t* dst = out + e * R * C;
+  const int64_t c0 = int64_t(blockIdx.x) * 32, r0 = int64_t(blockIdx.y) * 32;
+  for (int i = threadIdx.y; i < 32; i += 8) {
+    const int64_t r = r0 + i, c = c0 + threadIdx.x;
+    if (r < R && c < C) tile[i][threadIdx.x] = src[r * C + c];
+  }
+  __syncthreads();
+  for (int i = threadIdx.y; i < 32; i += 8) {
+    const int64_t c = c0 + i, r = r0 + threadIdx.x;  // dst is [C, R]
+    if (c < C && r < R) dst[c * R + r] = tile[threadIdx.x][i];
+  }
+}
+
+// [E, rb, cb] -> [E, cb, rb], grid-stride over the destination.
+__global__ void transpose_scales_kernel(const float* in, int64_t E, int64_t rb, int64_t cb,
+                                        float* out) {
+  const int64_t n = E * rb * cb;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t e = i / (rb * cb), rem = i % (rb * cb);
+    const int64_t c = rem / rb, r = rem % rb;  // destination [c, r]
+    out[i] = in[e * rb * cb + r * cb + c];
+  }
+}
+
+// --- grouped GEMMs ------------------------------------------------------------------------------
+
+constexpr int kBM = 64, kBN = 64, kBK = 32, kThreads = 256;
+
+// grid (ceil(M/64), ceil(N/64), E), block 256.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    fp8_grouped_gemm_kernel(const uint8_t* a, const float* sa, int64_t K, const int64_t* offsets,
+                            const uint8_t* w, const float* sw, int64_t N, T* y) {
+  __shared__ float As[kBK][kBM + 1];  // +1: the transposed stores hit distinct banks
+  __shared__ float Ws[kBK][kBN + 1];
+  const int64_t e = blockIdx.z;
+  const int64_t end = offsets[e + 1];
+  const int64_t m0 = offsets[e] + int64_t(blockIdx.x) * kBM, n0 = int64_t(blockIdx.y) * kBN;
+  if (m0 >= end) return;  // past this group's rows: uniform over the block
+  const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
+  const int64_t k_blocks = (K + kTile - 1) / kTile, n_blocks = (N + kTile - 1) / kTile;
+  const uint8_t* we = w + e * N * K;
+  const float* sw_row = sw + (e * n_blocks + n0 / kTile) * k_blocks;
+  float total[4][4] = {}, partial[4][4];
+  for (int64_t kb = 0; kb < k_blocks; ++kb) {
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 4; ++j) partial[i][j] = 0.0f;
+    const int64_t k_end = min(K, (kb + 1) * kTile);
+    for (int64_t k0 = kb * kTile; k0 < k_end; k0 += kBK) {
+      for (int idx = tid; idx < kBM * kBK; idx += kThreads) {
+        const int r = idx / kBK, kk = idx % kBK;
+        const int64_t k = k0 + kk, m = m0 + r, n = n0 + r;
+        As[kk][r] = (m < end && k < k_end) ? decode_e4m3(a[m * K + k]) : 0.0f;
+        Ws[kk][r] = (n < N && k < k_end) ? decode_e4m3(we[n * K + k]) : 0.0f;
+      }
+      __syncthreads();
+#pragma unroll 8
+      for (int kk = 0; kk < kBK; ++kk) {
+        float av[4], wv[4];
+        for (int i = 0; i < 4; ++i) av[i] = As[kk][ty + 16 * i];
+        for (int j = 0; j < 4; ++j) wv[j] = Ws[kk][tx + 16 * j];
+        for (int i = 0; i < 4; ++i)
+          for (int j = 0; j < 4; ++j) partial[i][j] += av[i] * wv[j];
+      }
+      __syncthreads();
+    }
+    const float swb = sw_row[kb];
+    for (int i = 0; i < 4; ++i) {
+      const int64_t m = m0 + ty + 16 * i;
+      const float sam = m < end ? sa[m * k_blocks + kb] : 0.0f;
+      for (int j = 0; j < 4; ++j) total[i][j] += partial[i][j] * sam * swb;
+    }
+  }
+  for (int i = 0; i < 4; ++i) {
+    const int64_t m = m0 + ty + 16 * i;
+    if (m >= end) continue;
+    for (int j = 0; j < 4; ++j) {
+      const int64_t n = n0 + tx + 16 * j;
+      if (n < N) y[m * N + n] = from_f32<T>(total[i][j]);
+    }
+  }
+}
+
+// grid (ceil(K/64), ceil(N/64), E), block 256: thread (ty, tx) owns dW[n0 + ty + 16i, k0 + tx + 16j].
+__global__ void __launch_bounds__(kThreads)
+    fp8_grouped_wgrad_kernel(const uint8_t* dy, const float* sdy, const uint8_t* x,
+                             const float* sx, int64_t N, int64_t K, const int64_t* offsets,
+                             float* const* dw, float beta) {
+  __shared__ float Ds[kBK][kBN + 1];  // [row][n]
+  __shared__ float Xs[kBK][kBM + 1];  // [row][k]
+  const int64_t e = blockIdx.z;
+  const int64_t begin = offsets[e], end = offsets[e + 1];
+  const int64_t k0 = int64_t(blockIdx.x) * kBM, n0 = int64_t(blockIdx.y) * kBN;
+  const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
+  const int64_t base = begin / kTile + e;  // scale row of the group's first column tile
+  float total[4][4] = {}, partial[4][4];
+  for (int64_t t0 = begin; t0 < end; t0 += kTile) {  // one column tile; uniform over the block
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 4; ++j) partial[i][j] = 0.0f;
+    const int64_t t_end = min(end, t0 + kTile);
+    for (int64_t r0 = t0; r0 < t_end; r0 += kBK) {
+      for (int idx = tid; idx < kBK * kBN; idx += kThreads) {
+        const int rr = idx / kBN, cc = idx % kBN;
+        const int64_t t = r0 + rr, n = n0 + cc, k = k0 + cc;
+        Ds[rr][cc] = (t < t_end && n < N) ? decode_e4m3(dy[t * N + n]) : 0.0f;
+        Xs[rr][cc] = (t < t_end && k < K) ? decode_e4m3(x[t * K + k]) : 0.0f;
+      }
+      __syncthreads();
+#pragma unroll 8
+      for (int kk = 0; kk < kBK; ++kk) {
+        float dv[4], xv[4];
+        for (int i = 0; i < 4; ++i) dv[i] = Ds[kk][ty + 16 * i];
+        for (int j = 0; j < 4; ++j) xv[j] = Xs[kk][tx + 16 * j];
+        for (int i = 0; i < 4; ++i)
+          for (int j = 0; j < 4; ++j) partial[i][j] += dv[i] * xv[j];
+      }
+      __syncthreads();
+    }
+    const int64_t slot = base + (t0 - begin) / kTile;
+    for (int i = 0; i < 4; ++i) {
+      const int64_t n = n0 + ty + 16 * i;
+      const float sd = n < N ? sdy[slot * N + n] : 0.0f;
+      for (int j = 0; j < 4; ++j) {
+        const int64_t k = k0 + tx + 16 * j;
+        const float sk = k < K ? sx[slot * K + k] : 0.0f;
+        total[i][j] += partial[i][j] * sd * sk;
+      }
+    }
+  }
+  float* out = dw[e];
+  for (int i = 0; i < 4; ++i) {
+    const int64_t n = n0 + ty + 16 * i;
+    if (n >= N) continue;
+    for (int j = 0; j < 4; ++j) {
+      const int64_t k = k0 + tx + 16 * j;
+      if (k >= K) continue;
+      float* o = out + n * K + k;
+      *o = beta == 0.0f ? total[i][j] : beta * *o + total[i][j];  // never reads when overwriting
+    }
+  }
+}
+
+}  // namespace
+
+void quantize_fp8_cols(const void* x, DType act, int64_t rows, int64_t cols,
+                       const int64_t* offsets, int64_t groups, uint8_t* q, float* scale,
+                       int* bad) {
+  const int64_t slots = rows / kTile + groups;
+  dseek::cuda::fill_bytes(q, 0, size_t(rows * cols));
+  dseek::cuda::fill_bytes(scale, 0, size_t(slots * cols) * sizeof(float));
+  if (rows == 0 || cols == 0 || groups == 0) return;
+  const dim3 grid(unsigned(slots), unsigned(ceil_div<int64_t>(cols, kColWidth)));
+  DSEEK_DISPATCH_ACT(act, T,
+                     quantize_fp8_cols_kernel<T><<<grid, kColThreads, 0, stream()>>>(
+                         static_cast<const T*>(x), cols, offsets, groups, q, scale, bad));
+  DSEEK_CUDA_CHECK_LAUNCH("quantize_fp8_cols_kernel");
+}
+
+void fp8_transpose_blocks(const uint8_t* q, const float* scale, int64_t E, int64_t R, int64_t C,
+                          uint8_t* qt, float* scale_t) {
+  if (E == 0 || R == 0 || C == 0) return;
+  const dim3 grid(unsigned(ceil_div<int64_t>(C, 32)), unsigned(ceil_div<int64_t>(R, 32)),
+                  unsigned(E));
+  transpose_codes_kernel<<<grid, dim3(32, 8), 0, stream()>>>(q, R, C, qt);
+  DSEEK_CUDA_CHECK_LAUNCH("transpose_codes_kernel");
+  const int64_t rb = ceil_div<int64_t>(R, kTile), cb = ceil_div<int64_t>(C, kTile);
+  const unsigned blocks = unsigned(std::min<int64_t>(ceil_div<int64_t>(E * rb * cb, 256), 4096));
+  transpose_scales_kernel<<<blocks, 256, 0, stream()>>>(scale, E, rb, cb, scale_t);
+  DSEEK_CUDA_CHECK_LAUNCH("transpose_scales_kernel");
+}
+
+void fp8_grouped_gemm(const uint8_t* a, const float* sa, int64_t M, int64_t K,
+                      const int64_t* offsets, int64_t E, const uint8_t* w, const float* sw,
+                      int64_t N, void* y, DType out) {
+  if (M == 0 || N == 0 || E == 0) return;
+  const dim3 grid(unsigned(ceil_div<int64_t>(M, kBM)), unsigned(ceil_div<int64_t>(N, kBN)),
+                  unsigned(E));
+  DSEEK_DISPATCH_ACT(out, T,
+                     fp8_grouped_gemm_kernel<T><<<grid, kThreads, 0, stream()>>>(
+                         a, sa, K, offsets, w, sw, N, static_cast<T*>(y)));
+  DSEEK_CUDA_CHECK_LAUNCH("fp8_grouped_gemm_kernel");
+}
+
+void fp8_grouped_wgrad(const uint8_t* dy, const float* sdy, const uint8_t* x, const float* sx,
+                       int64_t N, int64_t K, const int64_t* offsets, int64_t E,
+                       float* const* dw, float beta) {
+  if (N == 0 || K == 0 || E == 0) return;
+  const dim3 grid(unsigned(ceil_div<int64_t>(K, kBM)), unsigned(ceil_div<int64_t>(N, kBN)),
+                  unsigned(E));
+  fp8_grouped_wgrad_kernel<<<grid, kThreads, 0, stream()>>>(dy, sdy, x, sx, N, K, offsets, dw,
+                                                            beta);
+  DSEEK_CUDA_CHECK_LAUNCH("fp8_grouped_wgrad_kernel");
+}
+
+}  // namespace dseek::ops::cuda

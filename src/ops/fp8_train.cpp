@@ -1,0 +1,386 @@
+#include "ops/fp8_train.h"
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "ops/cpu/cpu_ops.h"
+#include "ops/cpu/fp8_cpu.h"
+#include "ops/cpu/fp8_train_cpu.h"
+#include "ops/cuda/fp8_kernels.h"
+#include "ops/cuda/fp8_train_kernels.h"
+#include "ops/device.h"
+#include "ops/linear.h"
+
+#ifdef DSEEK_HAS_CUDA
+#include "core/cuda.h"
+#endif
+
+namespace dseek::ops {
+namespace {
+
+// offsets [groups + 1] i64 contiguous on `device`; on the CPU also 0 = o[0] ≤ … ≤ o[G] ≤ rows
+// (`exact`: o[G] = rows, as the CPU grouped GEMMs want).
+int64_t check_offsets(const char* op, const Tensor& offsets, int64_t rows, Device device,
+                      bool exact) {
+  DSEEK_CHECK(offsets.defined() && offsets.dtype() == DType::I64 && offsets.dim() == 1 &&
+                  offsets.numel() >= 2 && offsets.is_contiguous(),
+              "[{}] offsets must be contiguous i64 [groups + 1], got {} {}", op,
+              offsets.defined() ? dtype_name(offsets.dtype()) : "undefined",
+              offsets.defined() ? shape_str(offsets.shape()) : "");
+  DSEEK_CHECK(offsets.device() == device, "[{}] offsets on {}, the data on {}", op,
+              device_name(offsets.device()), device_name(device));
+  const int64_t G = offsets.numel() - 1;
+  if (device == Device::CPU) {
+    const int64_t* o = offsets.data<int64_t>();
+    DSEEK_CHECK(o[0] == 0 && (exact ? o[G] == rows : o[G] <= rows),
+                "[{}] offsets run from {} to {}, expected 0 to {}{}", op, o[0], o[G],
+                exact ? "" : "at most ", rows);
+    for (int64_t g = 0; g < G; ++g)
+      DSEEK_CHECK(o[g] <= o[g + 1], "[{}] offsets decrease at group {}: {} > {}", op, g, o[g],
+                  o[g + 1]);
+  }
+  return G;
+}
+
+// {0, rows} on `device`: one group of every row (the dense linear's wgrad).
+Tensor one_group(int64_t rows, Device device) {
+  Tensor o = Tensor::empty({2}, DType::I64);
+  o.data<int64_t>()[0] = 0;
+  o.data<int64_t>()[1] = rows;
+  return device == Device::CPU ? o : o.to(device);
+}
+
+// A weight as quantize_fp8 takes it on its device: f32 (bf16 kept on the GPU), contiguous.
+Tensor quantizable(const Tensor& w) {
+  if (w.is_cuda()) return w.dtype() == DType::F32 || w.dtype() == DType::BF16 ? w.contiguous()
+                                                                                : w.to(DType::F32);
+  return w.dtype() == DType::F32 ? w.contiguous() : w.to(DType::F32);
+}
+
+// The experts' matrices, each quantised per 128×128 block, stacked: data [E, rows, cols] F8,
+// scale [E, ceil(rows/128), ceil(cols/128)] F32.
+struct StackedFp8 {
+  Tensor data, scale;
+};
+
+StackedFp8 quantize_experts(const char* op, const ExpertMatrices& w) {
+  DSEEK_CHECK(w.ld == w.cols && (w.dtype == DType::F32 || w.dtype == DType::BF16),
+              "[{}] expert matrices must be contiguous f32 or bf16, got {} with row stride {} for "
+              "{} columns",
+              op, dtype_name(w.dtype), w.ld, w.cols);
+  const int64_t E = w.experts, R = w.rows, C = w.cols;
+  const Shape bs = fp8_scale_shape(R, C, Fp8Layout::Block128x128);
+  StackedFp8 s{Tensor::empty({E, R, C}, DType::F8_E4M3, w.device),
+               Tensor::empty({E, bs[0], bs[1]}, DType::F32, w.device)};
+  const int64_t codes = R * C, scales = bs[0] * bs[1];
+  if (codes == 0) return s;
+  if (w.device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    int* bad = static_cast<int*>(dseek::cuda::alloc(sizeof(int)));
+    dseek::cuda::fill_bytes(bad, 0, sizeof(int));
+    for (int64_t e = 0; e < E; ++e)
+      cuda::quantize_fp8(w.matrices[size_t(e)].raw(), w.dtype, R, C, kFp8Tile, false,
+                         s.data.data<uint8_t>() + e * codes, s.scale.data<float>() + e * scales,
+                         bad);
+    int flag = 0;
+    dseek::cuda::copy_to_host(&flag, bad, sizeof(int));  // one synchronisation for all experts
+    dseek::cuda::free(bad);
+    DSEEK_CHECK(flag == 0, "[{}] an expert weight [{}, {}] contains NaN or Inf", op, R, C);
+    return s;
+#else
+    cuda_not_built(op);
+#endif
+  }
+  for (int64_t e = 0; e < E; ++e) {
+    const Tensor m = quantizable(w.matrices[size_t(e)]);
+    const int64_t at = cpu::quantize_fp8(m.data<float>(), R, C, kFp8Tile, false,
+                                         s.data.data<uint8_t>() + e * codes,
+                                         s.scale.data<float>() + e * scales);
+    DSEEK_CHECK(at < 0, "[{}] expert {} weight [{}, {}] has {} at row {}, column {}", op, e, R, C,
+                m.data<float>()[at < 0 ? 0 : at], at / C, at % C);
+  }
+  return s;
+}
+
+// CPU: the stacked experts dequantised to f32 [E, rows, cols].
+Tensor dequantize_experts(const StackedFp8& s) {
+  const int64_t E = s.data.size(0), R = s.data.size(1), C = s.data.size(2);
+  Tensor out = Tensor::empty({E, R, C});
+  const int64_t codes = R * C, scales = s.scale.size(1) * s.scale.size(2);
+  for (int64_t e = 0; e < E && codes > 0; ++e)
+    cpu::dequantize_fp8(s.data.data<uint8_t>() + e * codes, s.scale.data<float>() + e * scales, R,
+                        C, kFp8Tile, out.data<float>() + e * codes);
+  return out;
+}
+
+#ifdef DSEEK_HAS_CUDA
+// GPU: Wᵀ's blocks from W's (exact, see the header).
+StackedFp8 transpose_experts(const StackedFp8& s) {
+  const int64_t E = s.data.size(0), R = s.data.size(1), C = s.data.size(2);
+  StackedFp8 t{Tensor::empty({E, C, R}, DType::F8_E4M3, Device::CUDA),
+               Tensor::empty({E, s.scale.size(2), s.scale.size(1)}, DType::F32, Device::CUDA)};
+  cuda::fp8_transpose_blocks(s.data.data<uint8_t>(), s.scale.data<float>(), E, R, C,
+                             t.data.data<uint8_t>(), t.scale.data<float>());
+  return t;
+}
+#endif
+
+// dW (+)= Q_col(dy)ᵀ·Q_col(x̂) per group, x̂ = the cached x dequantised (f32).
+void wgrad(const char* op, const Fp8Tensor& x_cache, const Tensor& dy2, const Tensor& offsets,
+           const ExpertMatrices& dw, bool accumulate) {
+  const Tensor x_hat = dequantize_fp8(x_cache, DType::F32);
+  const Fp8ColTiles qx = quantize_fp8_cols(x_hat, &offsets, std::string(op) + " x (column tiles)");
+  const Fp8ColTiles qdy = quantize_fp8_cols(dy2, &offsets, std::string(op) + " dy (column tiles)");
+  if (offsets.is_cuda()) {
+#ifdef DSEEK_HAS_CUDA
+    const int64_t E = offsets.numel() - 1, N = dw.rows, K = dw.cols;
+    cuda::fp8_grouped_wgrad(qdy.data.data<uint8_t>(), qdy.scale.data<float>(),
+                            qx.data.data<uint8_t>(), qx.scale.data<float>(), N, K,
+                            offsets.data<int64_t>(), E, static_cast<float* const*>(dw.table.raw()),
+                            accumulate ? 1.0f : 0.0f);
+    return;
+#else
+    cuda_not_built(op);
+#endif
+  }
+  grouped_linear_backward_dw(dequantize_fp8_cols(qx, offsets), dequantize_fp8_cols(qdy, offsets),
+                             offsets, dw, accumulate);
+}
+
+}  // namespace
+
+int64_t fp8_col_tile_rows(int64_t rows, int64_t groups) { return rows / kFp8Tile + groups; }
+
+Fp8ColTiles quantize_fp8_cols(const Tensor& x, const Tensor* offsets, std::string_view name) {
+  DSEEK_CHECK(x.defined() && x.dim() == 2, "[quantize_fp8_cols] '{}': expected a 2-D tensor, got {}",
+              name, x.defined() ? shape_str(x.shape()) : "undefined");
+  const Device device = op_device("quantize_fp8_cols", {&x, offsets});
+  const DType act = activation_dtype("quantize_fp8_cols", x);
+  (void)act;  // read by the CUDA branch only
+  const int64_t rows = x.size(0), cols = x.size(1);
+  const Tensor off = offsets ? *offsets : one_group(rows, device);
+  const int64_t G = check_offsets("quantize_fp8_cols", off, rows, device, false);
+  Fp8ColTiles out;
+  out.data = Tensor::empty({rows, cols}, DType::F8_E4M3, device);
+  out.scale = Tensor::empty({fp8_col_tile_rows(rows, G), cols}, DType::F32, device);
+  const Tensor xc = x.contiguous();
+  if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    int* bad = static_cast<int*>(dseek::cuda::alloc(sizeof(int)));
+    dseek::cuda::fill_bytes(bad, 0, sizeof(int));
+    cuda::quantize_fp8_cols(xc.raw(), act, rows, cols, off.data<int64_t>(), G,
+                            out.data.data<uint8_t>(), out.scale.data<float>(), bad);
+    int flag = 0;
+    dseek::cuda::copy_to_host(&flag, bad, sizeof(int));  // waits for the kernel
+    dseek::cuda::free(bad);
+    DSEEK_CHECK(flag == 0, "[quantize_fp8_cols] '{}': input {} contains NaN or Inf", name,
+                shape_str(x.shape()));
+    return out;
+#else
+    cuda_not_built("quantize_fp8_cols");
+#endif
+  }
+  const int64_t at = cpu::quantize_fp8_cols(xc.data<float>(), rows, cols, off.data<int64_t>(), G,
+                                            out.data.data<uint8_t>(), out.scale.data<float>());
+  DSEEK_CHECK(at < 0, "[quantize_fp8_cols] '{}': input {} has {} at row {}, column {}", name,
+              shape_str(x.shape()), xc.data<float>()[at < 0 ? 0 : at], at / cols, at % cols);
+  return out;
+}
+
+Tensor dequantize_fp8_cols(const Fp8ColTiles& q, const Tensor& offsets_cpu) {
+  DSEEK_CHECK(q.data.defined() && q.data.dtype() == DType::F8_E4M3 && q.data.dim() == 2 &&
+                  q.data.is_contiguous() && !q.data.is_cuda(),
+              "[dequantize_fp8_cols] data must be contiguous 2-D f8_e4m3 on the CPU");
+  const int64_t rows = q.data.size(0), cols = q.data.size(1);
+  const int64_t G = check_offsets("dequantize_fp8_cols", offsets_cpu, rows, Device::CPU, false);
+  DSEEK_CHECK(q.scale.defined() && q.scale.dtype() == DType::F32 && q.scale.is_contiguous() &&
+                  !q.scale.is_cuda() && (q.scale.shape() == Shape{fp8_col_tile_rows(rows, G), cols}),
+              "[dequantize_fp8_cols] scale must be contiguous f32 [{}, {}] on the CPU, got {}",
+              fp8_col_tile_rows(rows, G), cols, shape_str(q.scale.shape()));
+  Tensor y = Tensor::empty({rows, cols});
+  cpu::dequantize_fp8_cols(q.data.data<uint8_t>(), q.scale.data<float>(), rows, cols,
+                           offsets_cpu.data<int64_t>(), G, y.data<float>());
+  return y;
+}
+
+Tensor linear_fp8_train_forward(const Tensor& x, const Tensor& weight, Fp8LinearCache* cache) {
+  DSEEK_CHECK(x.defined() && weight.defined(), "[linear_fp8_train] undefined input or weight");
+  const Device device = op_device("linear_fp8_train", {&x, &weight});
+  const DType act = activation_dtype("linear_fp8_train", x);
+  DSEEK_CHECK(weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1),
+              "[linear_fp8_train] input {} does not match weight {}", shape_str(x.shape()),
+              shape_str(weight.shape()));
+  const int64_t in = weight.size(1), out = weight.size(0), T = x.numel() / std::max<int64_t>(in, 1);
+  Shape y_shape = x.shape();
+  y_shape.back() = out;
+  const Fp8Tensor qx = quantize_fp8(x.contiguous().reshape({T, in}), Fp8Layout::Tile1x128, false,
+                                    "linear_fp8_train x");
+  const Fp8Tensor qw =
+      quantize_fp8(quantizable(weight), Fp8Layout::Block128x128, false, "linear_fp8_train weight");
+  if (cache) *cache = Fp8LinearCache{qx, x.shape(), act};
+  if (device == Device::CUDA) {
+    // f32 out, then rounded to act: cuBLASLt's block-scaled path takes f32 output only (fp8.h),
+    // and rounding the f32 total once is what a bf16-output kernel does too.
+    const Tensor y = fp8_gemm(qx, qw, nullptr, DType::F32);
+    return (act == DType::F32 ? y : y.to(act)).reshape(y_shape);
+  }
+  return linear(dequantize_fp8(qx), dequantize_fp8(qw)).reshape(y_shape);
+}
+
+Fp8LinearCache fp8_linear_cache(const Tensor& x) {
+  DSEEK_CHECK(x.defined() && x.dim() >= 1, "[linear_fp8_train] undefined or 0-d input");
+  const DType act = activation_dtype("linear_fp8_train", x);
+  const int64_t in = x.size(-1), T = x.numel() / std::max<int64_t>(in, 1);
+  return Fp8LinearCache{quantize_fp8(x.contiguous().reshape({T, in}), Fp8Layout::Tile1x128, false,
+                                     "linear_fp8_train x"),
+                        x.shape(), act};
+}
+
+void linear_fp8_train_backward(const Fp8LinearCache& cache, const Tensor& weight, const Tensor& dy,
+                               Tensor* dx, Tensor* dweight, bool accumulate) {
+  DSEEK_CHECK(cache.x.data.defined() && weight.defined() && dy.defined(),
+              "[linear_fp8_train] undefined cache, weight or dy");
+  const Device device = op_device("linear_fp8_train", {&cache.x.data, &weight, &dy, dx, dweight});
+  const int64_t T = cache.x.data.size(0), in = cache.x.data.size(1);
+  DSEEK_CHECK(weight.dim() == 2 && weight.size(1) == in,
+              "[linear_fp8_train] weight {} does not match the cached input [{}, {}]",
+              shape_str(weight.shape()), T, in);
+  const int64_t out = weight.size(0);
+  DSEEK_CHECK(dy.dtype() == cache.act && dy.numel() == T * out && dy.size(-1) == out,
+              "[linear_fp8_train] dy {} {} does not match the output [{}, {}] {}",
+              dtype_name(dy.dtype()), shape_str(dy.shape()), T, out, dtype_name(cache.act));
+  const Tensor dy2 = dy.contiguous().reshape({T, out});
+  if (dx) {
+    DSEEK_CHECK(dx->defined() && dx->dtype() == cache.act && dx->numel() == T * in &&
+                    dx->is_contiguous(),
+                "[linear_fp8_train] dx must be contiguous {} with {} elements, got {} {}",
+                dtype_name(cache.act), T * in, dtype_name(dx->dtype()), shape_str(dx->shape()));
+    const Fp8Tensor qdy = quantize_fp8(dy2, Fp8Layout::Tile1x128, false, "linear_fp8_train dy");
+    const Fp8Tensor qw = quantize_fp8(quantizable(weight), Fp8Layout::Block128x128, false,
+                                      "linear_fp8_train weight");
+    if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+      const StackedFp8 wt = transpose_experts({qw.data.reshape({1, out, in}),
+                                               qw.scale.reshape({1, qw.scale.size(0),
+                                                                 qw.scale.size(1)})});
+      const Fp8Tensor qwt{wt.data.reshape({in, out}),
+                          wt.scale.reshape({wt.scale.size(1), wt.scale.size(2)}),
+                          Fp8Layout::Block128x128};
+      const Tensor r = fp8_gemm(qdy, qwt, nullptr, DType::F32);  // f32 out: see the forward
+      dseek::cuda::convert(r.raw(), DType::F32, dx->raw(), cache.act, size_t(r.numel()));
+#else
+      cuda_not_built("linear_fp8_train");
+#endif
+    } else {
+      const Tensor dyd = dequantize_fp8(qdy), wd = dequantize_fp8(qw);
+      cpu::linear_backward_dx(dyd.data<float>(), T, out, wd.data<float>(), DType::F32, in, in,
+                              dx->data<float>(), 0.0f);
+    }
+  }
+  if (dweight) {
+    DSEEK_CHECK(dweight->defined() && dweight->dtype() == DType::F32 &&
+                    dweight->shape() == weight.shape() && dweight->is_contiguous(),
+                "[linear_fp8_train] dweight must be contiguous f32 {}, got {} {}",
+                shape_str(weight.shape()), dtype_name(dweight->dtype()),
+                shape_str(dweight->shape()));
+    wgrad("linear_fp8_train", cache.x, dy2, one_group(T, device), expert_matrices(std::vector<Tensor>{*dweight}),
+          accumulate);
+  }
+}
+
+Fp8GroupedCache fp8_grouped_cache(const Tensor& x_perm) {
+  DSEEK_CHECK(x_perm.defined() && x_perm.dim() == 2, "[grouped_linear_fp8] x must be 2-D");
+  const DType act = activation_dtype("grouped_linear_fp8", x_perm);
+  return Fp8GroupedCache{quantize_fp8(x_perm, Fp8Layout::Tile1x128, false, "grouped_linear_fp8 x"),
+                         act};
+}
+
+Tensor grouped_linear_fp8_forward(const Tensor& x_perm, const ExpertMatrices& w,
+                                  const Tensor& offsets, Fp8GroupedCache* cache) {
+  DSEEK_CHECK(x_perm.defined() && x_perm.dim() == 2 && x_perm.size(1) == w.cols,
+              "[grouped_linear_fp8] x {}, expected [N, {}]",
+              x_perm.defined() ? shape_str(x_perm.shape()) : "undefined", w.cols);
+  const Device device = op_device("grouped_linear_fp8", {&x_perm, &offsets});
+  const DType act = activation_dtype("grouped_linear_fp8", x_perm);
+  DSEEK_CHECK(w.device == device, "[grouped_linear_fp8] expert matrices on {}, the data on {}",
+              device_name(w.device), device_name(device));
+  const int64_t N = x_perm.size(0);
+  const int64_t E = check_offsets("grouped_linear_fp8", offsets, N, device, true);
+  DSEEK_CHECK(E == w.experts, "[grouped_linear_fp8] offsets for {} experts, {} matrices", E,
+              w.experts);
+  const Fp8Tensor qx = quantize_fp8(x_perm, Fp8Layout::Tile1x128, false, "grouped_linear_fp8 x");
+  const StackedFp8 qw = quantize_experts("grouped_linear_fp8", w);
+  if (cache) *cache = Fp8GroupedCache{qx, act};
+  if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    const int64_t out = w.rows, in = w.cols;
+    Tensor y = Tensor::empty({N, out}, act, device);
+    cuda::fp8_grouped_gemm(qx.data.data<uint8_t>(), qx.scale.data<float>(), N, in,
+                           offsets.data<int64_t>(), E, qw.data.data<uint8_t>(),
+                           qw.scale.data<float>(), out, y.raw(), act);
+    return y;
+#else
+    cuda_not_built("grouped_linear_fp8");
+#endif
+  }
+  return grouped_linear(dequantize_fp8(qx), expert_matrices(dequantize_experts(qw)), offsets);
+}
+
+Tensor grouped_linear_fp8_backward_dx(const Tensor& dy_perm, const ExpertMatrices& w,
+                                      const Tensor& offsets) {
+  DSEEK_CHECK(dy_perm.defined() && dy_perm.dim() == 2 && dy_perm.size(1) == w.rows,
+              "[grouped_linear_fp8] dy {}, expected [N, {}]",
+              dy_perm.defined() ? shape_str(dy_perm.shape()) : "undefined", w.rows);
+  const Device device = op_device("grouped_linear_fp8", {&dy_perm, &offsets});
+  const DType act = activation_dtype("grouped_linear_fp8", dy_perm);
+  (void)act;  // read by the CUDA branch only
+  DSEEK_CHECK(w.device == device, "[grouped_linear_fp8] expert matrices on {}, the data on {}",
+              device_name(w.device), device_name(device));
+  const int64_t N = dy_perm.size(0);
+  const int64_t E = check_offsets("grouped_linear_fp8", offsets, N, device, true);
+  DSEEK_CHECK(E == w.experts, "[grouped_linear_fp8] offsets for {} experts, {} matrices", E,
+              w.experts);
+  const Fp8Tensor qdy =
+      quantize_fp8(dy_perm, Fp8Layout::Tile1x128, false, "grouped_linear_fp8 dy");
+  const StackedFp8 qw = quantize_experts("grouped_linear_fp8", w);
+  if (device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    const StackedFp8 qwt = transpose_experts(qw);
+    const int64_t out = w.rows, in = w.cols;
+    Tensor dx = Tensor::empty({N, in}, act, device);
+    cuda::fp8_grouped_gemm(qdy.data.data<uint8_t>(), qdy.scale.data<float>(), N, out,
+                           offsets.data<int64_t>(), E, qwt.data.data<uint8_t>(),
+                           qwt.scale.data<float>(), in, dx.raw(), act);
+    return dx;
+#else
+    cuda_not_built("grouped_linear_fp8");
+#endif
+  }
+  return grouped_linear_backward_dx(dequantize_fp8(qdy), expert_matrices(dequantize_experts(qw)),
+                                    offsets);
+}
+
+void grouped_linear_fp8_backward_dw(const Fp8GroupedCache& cache, const Tensor& dy_perm,
+                                    const Tensor& offsets, const ExpertMatrices& dw,
+                                    bool accumulate) {
+  DSEEK_CHECK(cache.x.data.defined() && dy_perm.defined() && dy_perm.dim() == 2,
+              "[grouped_linear_fp8] undefined cache or dy");
+  const Device device = op_device("grouped_linear_fp8", {&cache.x.data, &dy_perm, &offsets});
+  const int64_t N = dy_perm.size(0);
+  DSEEK_CHECK(cache.x.data.size(0) == N && cache.x.data.size(1) == dw.cols &&
+                  dy_perm.size(1) == dw.rows && dy_perm.dtype() == cache.act,
+              "[grouped_linear_fp8] cached x {} and dy {} {} do not match dW [{}, {}]",
+              shape_str(cache.x.data.shape()), dtype_name(dy_perm.dtype()),
+              shape_str(dy_perm.shape()), dw.rows, dw.cols);
+  DSEEK_CHECK(dw.dtype == DType::F32 && dw.ld == dw.cols && dw.device == device,
+              "[grouped_linear_fp8] dW must be contiguous f32 matrices on {}, got {} (ld {}) on {}",
+              device_name(device), dtype_name(dw.dtype), dw.ld, device_name(dw.device));
+  const int64_t E = check_offsets("grouped_linear_fp8", offsets, N, device, true);
+  DSEEK_CHECK(E == dw.experts, "[grouped_linear_fp8] offsets for {} experts, {} matrices", E,
+              dw.experts);
+  wgrad("grouped_linear_fp8", cache.x, dy_perm.contiguous(), offsets, dw, accumulate);
+}
+
+}  // namespace dseek::ops

@@ -1,0 +1,107 @@
+// FP8 training of linear layers the DeepSeek-V3 way (technical report §3.3, Fig. 6): all three
+// GEMMs of a linear y = x·Wᵀ (x [T, in], W [out, in]) take E4M3 inputs with fine-grained f32
+// scales, and each scale tile lies along the reduction dimension of its GEMM:
+//
+//   forward  y  = x · Wᵀ    reduction over in:  x in 1×128 tiles (per token, 128 channels),
+//                                               W in 128×128 blocks
+//   dgrad    dx = dy · W    reduction over out: dy in 1×128 tiles (per token, 128 outputs),
+//                                               W re-quantised blockwise in the transposed
+//                                               orientation (Wᵀ [in, out]: a 128×128 block of W
+//                                               is one of Wᵀ with the same amax, so Wᵀ's codes
+//                                               and scales are W's transposed, exactly)
+//   wgrad    dW = dyᵀ · x   reduction over T:   dyᵀ and xᵀ in 1×128 tiles along T, i.e. dy and x
+//                                               in 128×1 tiles ("column tiles": 128 consecutive
+//                                               tokens of one channel)
+//
+// The forward's quantised x is what the backward keeps (V3 caches the linears' inputs in FP8): the
+// wgrad dequantises it and re-quantises it in column tiles (V3's "dequantise, transpose,
+// re-quantise into 128×1 tiles" of its hardware notes, §3.5.2), so x̃ = Q_col(Q_row(x)).
+// Accumulation is f32: the CUDA kernels sum each 128-long stretch of the reduction in f32 and
+// promote it, scaled by the two tile scales, into an f32 total (V3's promotion every 128
+// elements); on the CUDA path the dense forward and dgrad take cuBLASLt's block-scaled FP8 GEMM
+// where it applies (ops/fp8.h's fp8_gemm). The CPU twin dequantises the E4M3 operands and runs the
+// f32 GEMMs of ops/linear.h: an exact model of the ideal FP8 GEMM with f32 accumulation (every
+// product of two dequantised values is what the tensor core multiplies), summed in another order.
+//
+// Grouped (MoE experts, rows of expert e = [offsets[e], offsets[e + 1]) of x_perm, W_e [out, in]):
+// the same recipe per expert. Row tiles never cross experts (they are per row); column tiles
+// restart at each expert's first row, so no tile mixes two experts' tokens: tile j of expert e is
+// scale row floor(offsets[e]/128) + e + j (no prefix sum needed: consecutive experts' ranges
+// cannot overlap), and the column-tile scale tensor has floor(N/128) + E rows (unused rows are 0).
+// Rows past offsets[E] (unplaced slots) belong to no expert: their codes are 0, their outputs are
+// left unwritten (as ops/moe.h's grouped_linear does).
+//
+// Non-finite input (x, W, dy) is an error naming the tensor, as quantize_fp8 reports it.
+#pragma once
+
+#include <string_view>
+
+#include "core/tensor.h"
+#include "ops/fp8.h"
+#include "ops/moe.h"
+
+namespace dseek::ops {
+
+// x [rows, cols] in 128×1 tiles (see above), codes in x's layout.
+struct Fp8ColTiles {
+  Tensor data;   // F8_E4M3 [rows, cols]
+  Tensor scale;  // F32 [fp8_col_tile_rows(rows, groups), cols]
+};
+
+// Scale rows of column tiles over `groups` groups of `rows` rows in all: floor(rows/128) + groups.
+int64_t fp8_col_tile_rows(int64_t rows, int64_t groups);
+
+// Column tiles of x [rows, cols] (f32; bf16 too on the GPU) restarting at each group start of
+// `offsets` (i64 [G + 1] on x's device, offsets[G] ≤ rows); null offsets: one group of all rows.
+Fp8ColTiles quantize_fp8_cols(const Tensor& x, const Tensor* offsets, std::string_view name);
+// x ≈ q · s as f32 [rows, cols] (rows outside every group are 0). CPU only (tests, the CPU path).
+Tensor dequantize_fp8_cols(const Fp8ColTiles& q, const Tensor& offsets_cpu);
+
+// --- dense linear -------------------------------------------------------------------------------
+
+// What the forward keeps for the backward: x in 1×128 tiles (the FP8 activation cache).
+struct Fp8LinearCache {
+  Fp8Tensor x;
+  Shape x_shape;   // x's shape as given ([..., in])
+  DType act = DType::F32;
+};
+
+// y [..., out] = x·Wᵀ with x [..., in] (f32; bf16 too on the GPU) and the f32 (or bf16) weight
+// W [out, in] quantised per 128×128 block; y in x's dtype. Fills `cache` when given.
+Tensor linear_fp8_train_forward(const Tensor& x, const Tensor& weight,
+                                Fp8LinearCache* cache = nullptr);
+
+// The cache the forward fills, from x alone (the same codes: quantisation is deterministic). For
+// layers that keep x in the activation dtype and quantise it again for the backward.
+Fp8LinearCache fp8_linear_cache(const Tensor& x);
+
+// Backward from the forward's cache: dx (act, x's shape; written) = Q(dy)·Q(W) when dx is not
+// null, dW (f32 [out, in]; added when `accumulate`, else overwritten) = Q_col(dy)ᵀ·Q_col(x̂) when
+// dweight is not null. dy [..., out] in the cache's act dtype.
+void linear_fp8_train_backward(const Fp8LinearCache& cache, const Tensor& weight, const Tensor& dy,
+                               Tensor* dx, Tensor* dweight, bool accumulate);
+
+// --- grouped expert GEMMs -----------------------------------------------------------------------
+
+struct Fp8GroupedCache {
+  Fp8Tensor x;  // x_perm in 1×128 tiles [N, in]
+  DType act = DType::F32;
+};
+
+// The cache grouped_linear_fp8_forward fills, from x_perm alone (see fp8_linear_cache).
+Fp8GroupedCache fp8_grouped_cache(const Tensor& x_perm);
+
+// y_perm [N, out] = x_perm[r]·W_eᵀ for the rows r of expert e; w: the experts' f32 (or bf16)
+// matrices, contiguous [out, in]; offsets [E + 1] i64 on x's device. y in x's dtype.
+Tensor grouped_linear_fp8_forward(const Tensor& x_perm, const ExpertMatrices& w,
+                                  const Tensor& offsets, Fp8GroupedCache* cache = nullptr);
+// dx_perm [N, in] = Q(dy)·Q(W_e) per expert (in act).
+Tensor grouped_linear_fp8_backward_dx(const Tensor& dy_perm, const ExpertMatrices& w,
+                                      const Tensor& offsets);
+// dW_e (+)= Q_col(dy)ᵀ·Q_col(x̂) over the rows of expert e, into dw (f32 contiguous [out, in],
+// experts without rows get zeros unless `accumulate`).
+void grouped_linear_fp8_backward_dw(const Fp8GroupedCache& cache, const Tensor& dy_perm,
+                                    const Tensor& offsets, const ExpertMatrices& dw,
+                                    bool accumulate);
+
+}  // namespace dseek::ops
