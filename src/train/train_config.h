@@ -41,6 +41,9 @@ struct TrainConfig {
   std::string compute_dtype = "f32";  // f32 | bf16 (bf16 matmuls, f32 master weights)
   std::string device = "cpu";         // cpu | cuda (parameters, optimizer and layers on the GPU)
   std::string task = "pretrain";      // pretrain | sft | dpo (the data directory's kind)
+  // train.synth_override = { file = "op.json", site = "mlp.up_proj" }: MLP projections replaced
+  // by a synthesised operator (train/synth_override.h); "" / "" = none.
+  std::string synth_file, synth_site;
   // [dpo]
   double dpo_beta = 0.1;  // β of the DPO loss (train/dpo.h)
   // [optim]

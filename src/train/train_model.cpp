@@ -12,6 +12,7 @@
 #include "ops/linear.h"
 #include "ops/norm.h"
 #include "train/optimizer.h"
+#include "train/synth_override.h"
 
 namespace dseek::train {
 namespace {
@@ -99,8 +100,8 @@ void TrainModel::load_params(const ModelConfig& config, const std::string& dir,
   }
 }
 
-TrainModel::TrainModel(const ModelConfig& config, ParamSet& params)
-    : config_(config), rope_(rope_params(config)), params_(params) {
+TrainModel::TrainModel(const ModelConfig& config, ParamSet& params, SynthOverride* synth)
+    : config_(config), rope_(rope_params(config)), params_(params), synth_(synth) {
   validate_model_config(config_, "training model");
   DSEEK_CHECK(config_.hidden_act == "silu", "[train] hidden_act '{}': only silu is supported",
               config_.hidden_act);
@@ -108,6 +109,19 @@ TrainModel::TrainModel(const ModelConfig& config, ParamSet& params)
               "[train] mlp_bias / attention_bias: training supports bias-free layers only");
   for (const WeightSpec& spec : checkpoint_layout(config_)) {
     if (is_shared_mtp_tensor(config_, spec.name)) continue;
+    if (synth_ && synth_->replaces(spec.name)) {
+      DSEEK_CHECK(!params_.has(spec.name),
+                  "[train] parameter '{}' is replaced by the synthesised operator {} but is still "
+                  "in the parameters (SynthOverride::replace_params)",
+                  spec.name, synth_->source());
+      const std::vector<std::string> names = synth_->param_names(spec.name);
+      const std::vector<Shape> shapes = synth_->param_shapes(spec.name);
+      for (size_t w = 0; w < names.size(); ++w)
+        DSEEK_CHECK(params_.at(names[w]).value.shape() == shapes[w],
+                    "[train] parameter '{}' has shape {}, expected {}", names[w],
+                    shape_str(params_.at(names[w]).value.shape()), shape_str(shapes[w]));
+      continue;
+    }
     const Param& p = params_.at(spec.name);
     DSEEK_CHECK(p.value.shape() == spec.shape, "[train] parameter '{}' has shape {}, expected {}",
                 spec.name, shape_str(p.value.shape()), shape_str(spec.shape));
@@ -165,7 +179,7 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
     DSEEK_CHECK(inputs[i] >= 0 && inputs[i] < c.vocab_size,
                 "[train] token id {} at position {} is outside the vocabulary [0, {})", inputs[i],
                 i, c.vocab_size);
-  const LayerContext ctx{c, rope_, params_, options.expert_parallel};
+  const LayerContext ctx{c, rope_, params_, options.expert_parallel, synth_};
   const std::string head = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
   const Tensor& embed = params_.value("model.embed_tokens.weight");
   const double eps = c.rms_norm_eps;

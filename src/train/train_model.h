@@ -58,8 +58,10 @@ struct SequenceLosses {
 
 class TrainModel {
  public:
-  // Checks that `params` holds every tensor the config needs, with the right shapes.
-  TrainModel(const ModelConfig& config, ParamSet& params);
+  // Checks that `params` holds every tensor the config needs, with the right shapes. With
+  // `synth` (kept by the caller, outliving the model), the projections it replaces are its
+  // operator's weights instead (SynthOverride::replace_params) and run through it.
+  TrainModel(const ModelConfig& config, ParamSet& params, SynthOverride* synth = nullptr);
 
   // Fills an empty ParamSet for `config`: model/init_weights.h's layout and per-tensor streams
   // (normal(0, std) matrices, unit norms), e_score_correction_bias as a zero buffer, no separate
@@ -91,6 +93,7 @@ class TrainModel {
   const std::vector<std::string>& moe_layers() const { return moe_layers_; }
   const ModelConfig& config() const { return config_; }
   ParamSet& params() { return params_; }
+  SynthOverride* synth() const { return synth_; }
 
  private:
   SequenceLosses run(const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets,
@@ -100,6 +103,7 @@ class TrainModel {
   ModelConfig config_;
   RopeParams rope_;
   ParamSet& params_;
+  SynthOverride* synth_ = nullptr;
   std::vector<std::string> moe_layers_;
 };
 
