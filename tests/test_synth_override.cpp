@@ -7,13 +7,12 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
 
@@ -89,7 +88,8 @@ struct TempDir {
   fs::path path;
   TempDir() {
     static int counter = 0;
-    path = fs::temp_directory_path() / fmt::format("dseek-synth-override-{}-{}", ::getpid(), counter++);
+    path = fs::temp_directory_path() /
+           fmt::format("dseek-synth-override-{}-{}", ::getpid(), counter++);
     fs::remove_all(path);
     fs::create_directories(path);
   }
@@ -143,7 +143,8 @@ TEST(SynthOverride, ParamsTakeTheReplacedWeightsPlace) {
     w.head_dim = 16;
     return w;
   }();
-  SynthOverride dense(record_of(synth::test::dense_linear(p), p), "dense.json", "mlp.up_proj", wide);
+  SynthOverride dense(record_of(synth::test::dense_linear(p), p), "dense.json", "mlp.up_proj",
+                      wide);
   ParamSet dp;
   TrainModel::init_params(wide, 5, 0.02, dp);
   dense.replace_params(dp, 5, 0.02);
@@ -299,16 +300,17 @@ TEST(SynthOverride, RefusesOperatorsThatDoNotFitAndUnknownSites) {
     same.spec.valuations = {{1, 8, 8, 2, 2}};
     same.spec.input = {q.sT, q.sdin};
     same.spec.output = {q.sT, q.sdin};
-    same.op = synth::test::build({q.sT, q.sdin}, {synth::share_action(1, 0), synth::expand_action(1),
-                                                  synth::reduce_action(q.sdin),
-                                                  synth::share_action(1, 0),
-                                                  synth::finalize_action({0, 1})});
+    same.op =
+        synth::test::build({q.sT, q.sdin}, {synth::share_action(1, 0), synth::expand_action(1),
+                                            synth::reduce_action(q.sdin), synth::share_action(1, 0),
+                                            synth::finalize_action({0, 1})});
     e = error_of([&] { SynthOverride(same, "square.json", "mlp.up_proj", c); });
     EXPECT_NE(e.find("square.json"), std::string::npos) << e;
     EXPECT_NE(e.find("[T, 32] -> [T, 40]"), std::string::npos) << e;
     EXPECT_NE(e.find("its valuations give [T, 8] -> [T, 8]"), std::string::npos) << e;
   }
-  e = error_of([&] { SynthOverride(record_of(synth::test::low_rank(p), p), "x", "mlp.o_proj", c); });
+  e = error_of(
+      [&] { SynthOverride(record_of(synth::test::low_rank(p), p), "x", "mlp.o_proj", c); });
   EXPECT_NE(e.find("train.synth_override.site: 'mlp.o_proj' is not one of mlp.gate_proj"),
             std::string::npos)
       << e;
@@ -368,8 +370,8 @@ TEST(SynthOverride, CliRunResumesBitIdentically) {
     return std::system(cmd.c_str());
   };
   const std::string d = dir.path.string();
-  ASSERT_EQ(sh("tokenizer train --input " + d + "/corpus.txt --separator % --vocab-size 300 --out " +
-               d + "/tok"),
+  ASSERT_EQ(sh("tokenizer train --input " + d +
+               "/corpus.txt --separator % --vocab-size 300 --out " + d + "/tok"),
             0)
       << slurp(dir.path / "log");
   ASSERT_EQ(sh("data prepare --tokenizer " + d + "/tok --input " + d +
@@ -385,12 +387,14 @@ TEST(SynthOverride, CliRunResumesBitIdentically) {
   std::ofstream(dir.path / "low_rank.json") << synth::operator_to_json(lr.spec, lr.op);
   std::ofstream(dir.path / "grouped.json") << synth::operator_to_json(gr.spec, gr.op);
 
-  auto train = [&](const std::string& run, int steps, const std::string& op, const std::string& extra) {
+  auto train = [&](const std::string& run, int steps, const std::string& op,
+                   const std::string& extra) {
     return sh("train --model-config " + d + "/config.json --data " + d + "/data --out " + d + "/" +
               run + " --steps " + std::to_string(steps) +
               " --seq-len 16 --batch-size 2 --threads 1 --set optim.schedule=constant"
               " --set optim.warmup_steps=2 --set eval.interval=1 --set checkpoint.interval=3" +
-              (op.empty() ? "" : " --synth-op " + d + "/" + op + " --synth-site mlp") + " " + extra);
+              (op.empty() ? "" : " --synth-op " + d + "/" + op + " --synth-site mlp") + " " +
+              extra);
   };
   ASSERT_EQ(train("a", 6, "low_rank.json", ""), 0) << slurp(dir.path / "log");
   ASSERT_EQ(train("b", 3, "low_rank.json", ""), 0) << slurp(dir.path / "log");

@@ -63,7 +63,8 @@ const Corpus& load_corpus(const std::string& path, const std::string& separator)
   while (reader.next(piece)) {
     doc += piece.text;
     if (!piece.document_end) continue;
-    std::vector<int32_t>& out = index++ % kHeldOutEvery == kHeldOutEvery - 1 ? corpus->val : corpus->train;
+    std::vector<int32_t>& out =
+        index++ % kHeldOutEvery == kHeldOutEvery - 1 ? corpus->val : corpus->train;
     for (unsigned char ch : doc) out.push_back(int32_t(ch));
     out.push_back(kEndOfDocument);
     doc.clear();
@@ -190,7 +191,9 @@ RunResult run_proxy(const ProxyTask& task, train::SynthOverride* synth) {
   return mean;
 }
 
-std::string site_of(const ProxyTask& task) { return task.kind == "lm-proj" ? "mlp.up_proj" : "mlp"; }
+std::string site_of(const ProxyTask& task) {
+  return task.kind == "lm-proj" ? "mlp.up_proj" : "mlp";
+}
 
 // The baseline of a task, once per process.
 RunResult cached_baseline(const ProxyTask& task, bool& computed) {
@@ -224,8 +227,8 @@ std::string ProxyTask::key() const {
   return fmt::format(
       "kind={} steps={} seed={} repeats={} d_model={} d_ff={} layers={} heads={} seq_len={} "
       "batch={} warmup={} lr={} val_sequences={} corpus={} separator={}",
-      kind, steps, seed, repeats, d_model, d_ff, layers, heads, seq_len, batch, warmup, lr, val_sequences,
-      corpus, separator);
+      kind, steps, seed, repeats, d_model, d_ff, layers, heads, seq_len, batch, warmup, lr,
+      val_sequences, corpus, separator);
 }
 
 ProxyResult proxy_baseline(const ProxyTask& task) {

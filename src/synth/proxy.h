@@ -70,9 +70,10 @@ struct ProxyResult {
   // multiply-add), and those of the dense projections they replace.
   int64_t params = 0, flops = 0;
   int64_t baseline_params = 0, baseline_flops = 0;
-  int64_t projections = 0;       // replaced projections
-  double seconds = 0.0;          // wall time of this candidate's training and validation
-  double baseline_seconds = 0.0; // of the baseline's (once per task; 0 when it came from the cache)
+  int64_t projections = 0;  // replaced projections
+  double seconds = 0.0;     // wall time of this candidate's training and validation
+  // The baseline's wall time when this call computed it; 0 when it came from the cache.
+  double baseline_seconds = 0.0;
 };
 
 // Trains the proxy with `op` (complete, token-wise, over `vars`) in task.kind's projections.

@@ -63,7 +63,8 @@ int bare_var(const synth::Size& s) {
 }
 
 // The first size of the operator that is not a positive integer under `v`, printed, or "".
-std::string bad_size(const synth::Operator& op, const synth::Vars& vars, const synth::Valuation& v) {
+std::string bad_size(const synth::Operator& op, const synth::Vars& vars,
+                     const synth::Valuation& v) {
   auto bad = [&](const synth::Size& s) { return !s.eval(v).has_value(); };
   for (const auto& s : op.output)
     if (bad(s)) return s.str(vars);
@@ -130,6 +131,10 @@ SynthOverride::SynthOverride(synth::OperatorRecord record, std::string source, s
               "variable such as T)",
               source_, op.output[0].str(vars));
   DSEEK_CHECK(!record_.spec.valuations.empty(), "[train] {}: the spec has no valuation", source_);
+  for (const synth::Valuation& v : record_.spec.valuations)
+    DSEEK_CHECK(int(v.size()) == vars.count(),
+                "[train] {}: a valuation of {} values for {} variables", source_, v.size(),
+                vars.count());
 
   // The valuation at one shape: the file's own, else the first one with the site's sizes put in.
   auto fit = [&](int64_t d_in, int64_t d_out, const std::string& where) {
@@ -159,12 +164,13 @@ SynthOverride::SynthOverride(synth::OperatorRecord record, std::string source, s
     } else {
       std::vector<synth::Size> input;
       for (const auto& d : op.input) input.push_back(d.size);
-      why += fmt::format("; the site's sizes cannot be put into its input {} and output {} (not "
-                         "[T, X] -> [T, Y] over primary variables X, Y that can take them)",
-                         dims_str(input, vars), dims_str(op.output, vars));
+      why += fmt::format(
+          "; the site's sizes cannot be put into its input {} and output {} (not "
+          "[T, X] -> [T, Y] over primary variables X, Y that can take them)",
+          dims_str(input, vars), dims_str(op.output, vars));
     }
-    fail("[train] {}: the operator does not fit {} ([T, {}] -> [T, {}]): {}", source_, where,
-         d_in, d_out, why);
+    fail("[train] {}: the operator does not fit {} ([T, {}] -> [T, {}]): {}", source_, where, d_in,
+         d_out, why);
   };
 
   for (const WeightSpec& spec : checkpoint_layout(config)) {
@@ -195,8 +201,7 @@ SynthOverride::SynthOverride(synth::OperatorRecord record, std::string source, s
               info->under == "mlp" ? "every MLP layer is MoE" : "no MoE layer with shared experts");
 }
 
-std::unique_ptr<SynthOverride> SynthOverride::load(const std::string& file,
-                                                   const std::string& site,
+std::unique_ptr<SynthOverride> SynthOverride::load(const std::string& file, const std::string& site,
                                                    const ModelConfig& config) {
   std::ifstream in(file, std::ios::binary);
   DSEEK_CHECK(in.good(), "[train] train.synth_override.file {}: cannot read", file);
@@ -224,7 +229,8 @@ const SynthOverride::Fit& SynthOverride::fit_of(const std::string& weight_name) 
 
 std::vector<std::string> SynthOverride::param_names(const std::string& weight_name) const {
   const Fit& f = fit_of(weight_name);
-  const std::string base = weight_name.substr(0, weight_name.size() - std::string(".weight").size());
+  const std::string base =
+      weight_name.substr(0, weight_name.size() - std::string(".weight").size());
   std::vector<std::string> out;
   for (size_t w = 0; w < f.layer->weights().size(); ++w)
     out.push_back(base + ".synth.w" + std::to_string(w));
@@ -253,8 +259,8 @@ void SynthOverride::replace_params(ParamSet& params, uint64_t seed, double init_
     synth::SynthLayer draw(record_.op, record_.spec.vars, f.values, token_var_,
                            seed ^ fnv1a64(p.name));
     const size_t W = draw.weights().size();
-    const float gain = W == 0 ? 1.0f
-                              : float(std::pow(init_std * std::sqrt(double(f.d_in)), 1.0 / double(W)));
+    const float gain =
+        W == 0 ? 1.0f : float(std::pow(init_std * std::sqrt(double(f.d_in)), 1.0 / double(W)));
     const std::vector<std::string> names = param_names(p.name);
     for (size_t w = 0; w < W; ++w) {
       std::vector<float> v = draw.weights()[w].to_vector();
@@ -268,8 +274,9 @@ void SynthOverride::replace_params(ParamSet& params, uint64_t seed, double init_
 Tensor SynthOverride::forward(ParamSet& params, const std::string& weight_name, const Tensor& x,
                               synth::SynthLayerCache& cache) {
   const Fit& f = fit_of(weight_name);
-  DSEEK_CHECK(x.dim() == 2 && x.size(1) == f.d_in, "[train] {} (synthesised): input {}, need [N, {}]",
-              weight_name, shape_str(x.shape()), f.d_in);
+  DSEEK_CHECK(x.dim() == 2 && x.size(1) == f.d_in,
+              "[train] {} (synthesised): input {}, need [N, {}]", weight_name, shape_str(x.shape()),
+              f.d_in);
   const Tensor xf = x.dtype() == DType::F32 ? x.contiguous() : x.to(DType::F32);
   std::vector<Tensor> weights;
   for (const std::string& n : param_names(weight_name)) weights.push_back(params.value(n));

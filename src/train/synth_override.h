@@ -2,8 +2,8 @@
 // train model's MLPs: `train.synth_override = { file = "op.json", site = "mlp.up_proj" }` or
 // `dseek train --synth-op op.json --synth-site mlp.up_proj`.
 //
-// Sites: mlp.gate_proj, mlp.up_proj, mlp.down_proj of every dense MLP layer, or `mlp` for all three;
-// shared_experts.gate_proj / up_proj / down_proj of every MoE layer's shared experts, or
+// Sites: mlp.gate_proj, mlp.up_proj, mlp.down_proj of every dense MLP layer, or `mlp` for all
+// three; shared_experts.gate_proj / up_proj / down_proj of every MoE layer's shared experts, or
 // `shared_experts` for all three. (The routed experts keep their linears.)
 //
 // Parameters: each replaced weight "model.layers.L.mlp.up_proj.weight" leaves the ParamSet and the
@@ -18,9 +18,9 @@
 // Sizes: the operator must be token-wise [T, ...] → [T, ...] (synth_layer.h) and fit each site's
 // [T, d_in] → [T, d_out]. Its valuation there is the first of the file's valuations under which
 // the per-token input and output sizes are d_in and d_out; failing that, when the input and output
-// are [T, X] and [T, Y] with X and Y primary variables, the file's first valuation with X = d_in and
-// Y = d_out (every size of the operator must then be a positive integer). Otherwise the error names
-// the file, the site and the mismatch.
+// are [T, X] and [T, Y] with X and Y primary variables, the file's first valuation with X = d_in
+// and Y = d_out (every size of the operator must then be a positive integer). Otherwise the error
+// names the file, the site and the mismatch.
 //
 // Compute: forward and backward run the operator's lowered plan (synth/lower.h) on the ParamSet's
 // f32 values, on the params' device; bf16 activations are widened to f32 for it and the results
