@@ -33,7 +33,8 @@ namespace dseek::cli {
 namespace {
 
 struct TrainFlags {
-  std::string config_file, preset, model_config, tokenizer, data, out, schedule, device;
+  std::string config_file, preset, model_config, tokenizer, data, out, schedule, device, synth_op,
+      synth_site;
   int64_t steps = 0, seed = 0, batch_size = 0, seq_len = 0, threads = 0, nproc = 1,
           expert_parallel = 1, pipeline_parallel = 1;
   double lr = 0, compute_budget = 0;
@@ -174,6 +175,13 @@ void add_train_command(CLI::App& app) {
       "data parallelism: fixed-order, bit-reproducible reductions (dist.deterministic = 1)");
   auto* fp8 = cmd->add_flag("--fp8", f->fp8,
                             "FP8 training the DeepSeek-V3 way (train.precision = fp8, docs/FP8.md)");
+  auto* synth_op = cmd->add_option(
+      "--synth-op", f->synth_op,
+      "operator file that replaces MLP projections (train.synth_override.file)");
+  auto* synth_site = cmd->add_option(
+      "--synth-site", f->synth_site,
+      "which projections: mlp.gate_proj, mlp.up_proj, mlp.down_proj, mlp, shared_experts.* "
+      "(train.synth_override.site)");
   cmd->add_option("--set", f->sets, "override any setting: section.key=value (repeatable)");
   cmd->add_flag("--resume", f->resume, "continue the run from its newest checkpoint");
   cmd->callback([=] {
@@ -211,6 +219,8 @@ void add_train_command(CLI::App& app) {
     if (expert_parallel->count()) c.expert_parallel = f->expert_parallel;
     if (pipeline_parallel->count()) c.pipeline_parallel = f->pipeline_parallel;
     if (fp8->count()) c.precision = "fp8";
+    if (synth_op->count()) c.synth_file = f->synth_op;
+    if (synth_site->count()) c.synth_site = f->synth_site;
     for (const std::string& s : f->sets) train::apply_train_config_override(s, c);
     const train::TrainSummary s = train::run_training(c, f->resume);
     if (s.last_step > s.first_step && dist::world().rank() == 0) {

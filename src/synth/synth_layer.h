@@ -48,8 +48,11 @@ class SynthLayer {
   // dy [T, d_out]: adds dW into grads(), returns dx [T, d_in].
   Tensor backward(const SynthLayerCache& cache, const Tensor& dy);
 
- private:
+  // The lowered plan for `tokens` tokens (built once, kept): what forward/backward run. Training
+  // (train/synth_override.h) runs it on weights held in a ParamSet instead of weights().
   const LoweredPlan& plan(int64_t tokens);
+
+ private:
 
   Operator op_;
   Valuation values_;

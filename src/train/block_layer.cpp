@@ -22,7 +22,7 @@ Tensor block_forward(const LayerContext& ctx, int64_t layer, const Tensor& x,
   c.n2 = norm_forward(ctx.params, p + ".post_attention_layernorm.weight", c.h, eps);
   c.is_moe = ctx.config.is_moe_layer(layer);
   Tensor out = c.is_moe ? moe_forward(ctx, p + ".mlp", c.n2, segments, balance, c.moe)
-                        : mlp_forward(ctx.params, p + ".mlp", c.n2, c.mlp);
+                        : mlp_forward(ctx.params, p + ".mlp", c.n2, c.mlp, ctx.synth);
   ops::add_inplace(out, c.h);
   return out;
 }
@@ -33,7 +33,7 @@ Tensor block_backward(const LayerContext& ctx, int64_t layer, const BlockCache& 
   const double eps = ctx.config.rms_norm_eps;
   const Tensor dy = dy_in.contiguous();
   const Tensor d_n2 = c.is_moe ? moe_backward(ctx, p + ".mlp", c.moe, dy, loss_scale)
-                               : mlp_backward(ctx.params, p + ".mlp", c.mlp, dy);
+                               : mlp_backward(ctx.params, p + ".mlp", c.mlp, dy, ctx.synth);
   Tensor dh = norm_backward(ctx.params, p + ".post_attention_layernorm.weight", c.h, eps, d_n2);
   ops::add_inplace(dh, dy);
   const Tensor d_n1 = attention_backward(ctx, p + ".self_attn", c.attn, dh);

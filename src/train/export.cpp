@@ -25,6 +25,11 @@ std::string export_run(const ExportOptions& o) {
   }
   ModelConfig config = load_model_config((run / "config.json").string());
   const CheckpointData data = load_checkpoint(ckpt);
+  for (const auto& [name, t] : data.model)
+    DSEEK_CHECK(name.find(".synth.") == std::string::npos,
+                "[export] {}: tensor '{}' belongs to a synthesised operator "
+                "(train.synth_override, {}); the inference model has no such layer",
+                ckpt, name, (run / "synth_operator.json").string());
 
   const fs::path out(o.out_dir);
   fs::create_directories(out);

@@ -24,6 +24,7 @@
 #include "model/gate.h"
 #include "model/rope.h"
 #include "ops/moe.h"
+#include "synth/synth_layer.h"
 #include "train/param.h"
 
 namespace dseek::train {
@@ -35,6 +36,7 @@ Segments equal_segments(int64_t tokens, int64_t seq_len);
 void check_segments(const Segments& segments, int64_t tokens, const std::string& where);
 
 struct ExpertParallel;  // train/expert_parallel.h
+class SynthOverride;    // train/synth_override.h
 
 struct LayerContext {
   const ModelConfig& config;
@@ -42,6 +44,8 @@ struct LayerContext {
   ParamSet& params;
   // Set: the MoE layers' routed experts are spread over ranks and exchanged (CPU only).
   const ExpertParallel* expert_parallel = nullptr;
+  // Set: MLP projections replaced by a synthesised operator (dense MLPs and shared experts).
+  SynthOverride* synth = nullptr;
 };
 
 // y = x·Wᵀ with W = params[name]: the backward adds dW to the param's grad, returns dx.
@@ -54,13 +58,16 @@ Tensor norm_forward(ParamSet& params, const std::string& name, const Tensor& x, 
 Tensor norm_backward(ParamSet& params, const std::string& name, const Tensor& x, double eps,
                      const Tensor& dy);
 
-// SwiGLU MLP: y = down(silu(gate(x)) ⊙ up(x)), weights <prefix>.{gate,up,down}_proj.weight.
+// SwiGLU MLP: y = down(silu(gate(x)) ⊙ up(x)), weights <prefix>.{gate,up,down}_proj.weight. With
+// `synth`, the projections it replaces run its operator instead (train/synth_override.h).
 struct MlpCache {
   Tensor x, gate, up, inner;  // inner = silu(gate) ⊙ up
+  synth::SynthLayerCache synth_gate, synth_up, synth_down;  // replaced projections only
 };
-Tensor mlp_forward(ParamSet& params, const std::string& prefix, const Tensor& x, MlpCache& cache);
+Tensor mlp_forward(ParamSet& params, const std::string& prefix, const Tensor& x, MlpCache& cache,
+                   SynthOverride* synth = nullptr);
 Tensor mlp_backward(ParamSet& params, const std::string& prefix, const MlpCache& cache,
-                    const Tensor& dy);
+                    const Tensor& dy, SynthOverride* synth = nullptr);
 
 // Self-attention of a decoder layer: MLA for deepseek_v2/v3 (q_lora optional, decoupled RoPE,
 // YaRN through the RopeParams and config.softmax_scale()), multi-head/grouped-query attention with

@@ -5,6 +5,7 @@
 #include "ops/linear.h"
 #include "ops/norm.h"
 #include "train/layers.h"
+#include "train/synth_override.h"
 
 namespace dseek::train {
 
@@ -43,20 +44,41 @@ Tensor norm_backward(ParamSet& params, const std::string& name, const Tensor& x,
   return dx;
 }
 
-Tensor mlp_forward(ParamSet& params, const std::string& prefix, const Tensor& x, MlpCache& c) {
+namespace {
+
+// One projection of the MLP: the linear, or the synthesised operator that replaces it.
+Tensor project(ParamSet& params, SynthOverride* synth, const std::string& name, const Tensor& x,
+               synth::SynthLayerCache& cache) {
+  if (synth && synth->replaces(name)) return synth->forward(params, name, x, cache);
+  return linear_forward(params, name, x);
+}
+
+Tensor project_backward(ParamSet& params, SynthOverride* synth, const std::string& name,
+                        const Tensor& x, const synth::SynthLayerCache& cache, const Tensor& dy) {
+  if (synth && synth->replaces(name)) return synth->backward(params, name, cache, dy);
+  return linear_backward(params, name, x, dy);
+}
+
+}  // namespace
+
+Tensor mlp_forward(ParamSet& params, const std::string& prefix, const Tensor& x, MlpCache& c,
+                   SynthOverride* synth) {
   c.x = x.contiguous();
-  c.gate = linear_forward(params, prefix + ".gate_proj.weight", c.x);
-  c.up = linear_forward(params, prefix + ".up_proj.weight", c.x);
+  c.gate = project(params, synth, prefix + ".gate_proj.weight", c.x, c.synth_gate);
+  c.up = project(params, synth, prefix + ".up_proj.weight", c.x, c.synth_up);
   c.inner = ops::silu_mul(c.gate, c.up);
-  return linear_forward(params, prefix + ".down_proj.weight", c.inner);
+  return project(params, synth, prefix + ".down_proj.weight", c.inner, c.synth_down);
 }
 
 Tensor mlp_backward(ParamSet& params, const std::string& prefix, const MlpCache& c,
-                    const Tensor& dy) {
-  const Tensor d_inner = linear_backward(params, prefix + ".down_proj.weight", c.inner, dy);
+                    const Tensor& dy, SynthOverride* synth) {
+  const Tensor d_inner =
+      project_backward(params, synth, prefix + ".down_proj.weight", c.inner, c.synth_down, dy);
   const ops::SiluMulGrads g = ops::silu_mul_backward(c.gate, c.up, d_inner);
-  Tensor dx = linear_backward(params, prefix + ".gate_proj.weight", c.x, g.dgate);
-  ops::add_inplace(dx, linear_backward(params, prefix + ".up_proj.weight", c.x, g.dup));
+  Tensor dx = project_backward(params, synth, prefix + ".gate_proj.weight", c.x, c.synth_gate,
+                               g.dgate);
+  ops::add_inplace(
+      dx, project_backward(params, synth, prefix + ".up_proj.weight", c.x, c.synth_up, g.dup));
   return dx;
 }
 

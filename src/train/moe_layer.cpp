@@ -163,14 +163,15 @@ Tensor moe_forward(const LayerContext& ctx, const std::string& prefix, const Ten
               "[train] expert parallelism runs on the CPU only (NCCL is not built yet)");
   Tensor out;
   if (c.on_device) {
-    const Tensor shared = c.has_shared
-                              ? mlp_forward(ctx.params, prefix + ".shared_experts", c.x, c.shared)
-                              : Tensor();
+    const Tensor shared =
+        c.has_shared ? mlp_forward(ctx.params, prefix + ".shared_experts", c.x, c.shared, ctx.synth)
+                     : Tensor();
     out = routed_forward_device(ctx, prefix, logits, shared, c);
   } else {
     out = moe_routed_forward_host(ctx, prefix, logits, c);
     if (c.has_shared)
-      ops::add_inplace(out, mlp_forward(ctx.params, prefix + ".shared_experts", c.x, c.shared));
+      ops::add_inplace(
+          out, mlp_forward(ctx.params, prefix + ".shared_experts", c.x, c.shared, ctx.synth));
   }
 
   c.aux_loss = 0.0;
@@ -215,13 +216,15 @@ Tensor moe_backward(const LayerContext& ctx, const std::string& prefix, const Mo
   if (c.on_device) {
     Tensor dx = routed_backward_device(ctx, prefix, c, dy, loss_scale);
     if (c.has_shared)
-      ops::add_inplace(dx, mlp_backward(ctx.params, prefix + ".shared_experts", c.shared, dy));
+      ops::add_inplace(
+          dx, mlp_backward(ctx.params, prefix + ".shared_experts", c.shared, dy, ctx.synth));
     return dx;
   }
   // CPU: the shared experts' gradient first, the routed rows added in expert order, the router
   // last (the order of the original CPU trainer).
-  Tensor dx = c.has_shared ? mlp_backward(ctx.params, prefix + ".shared_experts", c.shared, dy)
-                           : Tensor::zeros(c.x.shape());
+  Tensor dx = c.has_shared
+                  ? mlp_backward(ctx.params, prefix + ".shared_experts", c.shared, dy, ctx.synth)
+                  : Tensor::zeros(c.x.shape());
   const Tensor dz = moe_routed_backward_host(ctx, prefix, c, dy, loss_scale, dx);
   ops::add_inplace(dx, linear_backward(ctx.params, prefix + ".gate.weight", c.x, dz));
   return dx;

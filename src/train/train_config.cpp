@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "train/schedule.h"
+#include "train/synth_override.h"
 
 namespace dseek::train {
 namespace {
@@ -85,6 +86,8 @@ const std::vector<Binding>& bindings() {
       field("train.precision", "default (GEMMs in train.compute_dtype), or fp8: DeepSeek-V3's FP8 training — the attention and MLP/expert projections run forward, dgrad and wgrad as E4M3 GEMMs with 1x128/128x128 scales from the f32 masters; embedding, head, routers, norms and attention core stay as compute_dtype (docs/FP8.md)", &TrainConfig::precision),
       field("train.device", "cpu, or cuda: parameters, gradients, AdamW and every layer on the GPU (one process; activations in bf16 with train.compute_dtype bf16, else f32)", &TrainConfig::device),
       field("train.task", "pretrain (data from `dseek data prepare`), sft or dpo (data from `dseek data sft` / `dseek data dpo`; see Post-training)", &TrainConfig::task),
+      field("train.synth_override.file", "operator file (from `dseek synth search`, synth/serialize.h) that replaces the projections named by train.synth_override.site (see Synthesised operators)", &TrainConfig::synth_file),
+      field("train.synth_override.site", "which projections the operator replaces: mlp.gate_proj, mlp.up_proj, mlp.down_proj or mlp (all three) of every dense MLP; shared_experts.gate_proj, .up_proj, .down_proj or shared_experts of every MoE layer's shared experts", &TrainConfig::synth_site),
       field("dpo.beta", "β of the DPO loss −log σ(β[(log π_c − log ref_c) − (log π_r − log ref_r)])", &TrainConfig::dpo_beta),
       field("optim.lr", "peak learning rate", &TrainConfig::lr),
       field("optim.min_lr_ratio", "final learning rate of cosine/wsd as a fraction of the peak", &TrainConfig::min_lr_ratio),
@@ -293,6 +296,16 @@ void validate_train_config(const TrainConfig& c) {
   DSEEK_CHECK(c.init_std > 0, "[train] model.init_std: must be > 0, got {}", c.init_std);
   DSEEK_CHECK(c.task == "pretrain" || c.task == "sft" || c.task == "dpo",
               "[train] train.task: expected pretrain, sft or dpo, got '{}'", c.task);
+  if (!c.synth_file.empty() || !c.synth_site.empty()) {
+    DSEEK_CHECK(!c.synth_file.empty(),
+                "[train] train.synth_override.file: required with train.synth_override.site '{}' "
+                "(an operator file)",
+                c.synth_site);
+    const auto& sites = synth_override_sites();
+    DSEEK_CHECK(std::find(sites.begin(), sites.end(), c.synth_site) != sites.end(),
+                "[train] train.synth_override.site: '{}' is not one of {}", c.synth_site,
+                synth_override_sites_list());
+  }
   DSEEK_CHECK(c.dpo_beta > 0, "[train] dpo.beta: must be > 0, got {}", c.dpo_beta);
   DSEEK_CHECK(c.compute_budget >= 0, "[train] train.compute_budget: must be >= 0");
   DSEEK_CHECK(c.beta1 >= 0 && c.beta1 < 1, "[train] optim.beta1: must be in [0, 1)");

@@ -42,6 +42,9 @@ struct TrainConfig {
   std::string precision = "default";  // default | fp8 (FP8 GEMMs in the linears, docs/FP8.md)
   std::string device = "cpu";         // cpu | cuda (parameters, optimizer and layers on the GPU)
   std::string task = "pretrain";      // pretrain | sft | dpo (the data directory's kind)
+  // train.synth_override = { file = "op.json", site = "mlp.up_proj" }: MLP projections replaced
+  // by a synthesised operator (train/synth_override.h); "" / "" = none.
+  std::string synth_file, synth_site;
   // [dpo]
   double dpo_beta = 0.1;  // β of the DPO loss (train/dpo.h)
   // [optim]

@@ -12,6 +12,7 @@
 #include "ops/linear.h"
 #include "ops/norm.h"
 #include "train/optimizer.h"
+#include "train/synth_override.h"
 
 namespace dseek::train {
 namespace {
@@ -113,8 +114,9 @@ void TrainModel::load_params(const ModelConfig& config, const std::string& dir,
   }
 }
 
-TrainModel::TrainModel(const ModelConfig& config, ParamSet& params, const ModelPart& part)
-    : config_(config), rope_(rope_params(config)), params_(params) {
+TrainModel::TrainModel(const ModelConfig& config, ParamSet& params, const ModelPart& part,
+                       SynthOverride* synth)
+    : config_(config), rope_(rope_params(config)), params_(params), synth_(synth) {
   validate_model_config(config_, "training model");
   DSEEK_CHECK(config_.hidden_act == "silu", "[train] hidden_act '{}': only silu is supported",
               config_.hidden_act);
@@ -122,6 +124,19 @@ TrainModel::TrainModel(const ModelConfig& config, ParamSet& params, const ModelP
               "[train] mlp_bias / attention_bias: training supports bias-free layers only");
   for (const WeightSpec& spec : param_specs(config_)) {
     if (!in_part(config_, part, spec.name)) continue;
+    if (synth_ && synth_->replaces(spec.name)) {
+      DSEEK_CHECK(!params_.has(spec.name),
+                  "[train] parameter '{}' is replaced by the synthesised operator {} but is still "
+                  "in the parameters (SynthOverride::replace_params)",
+                  spec.name, synth_->source());
+      const std::vector<std::string> names = synth_->param_names(spec.name);
+      const std::vector<Shape> shapes = synth_->param_shapes(spec.name);
+      for (size_t w = 0; w < names.size(); ++w)
+        DSEEK_CHECK(params_.at(names[w]).value.shape() == shapes[w],
+                    "[train] parameter '{}' has shape {}, expected {}", names[w],
+                    shape_str(params_.at(names[w]).value.shape()), shape_str(shapes[w]));
+      continue;
+    }
     const Param& p = params_.at(spec.name);
     DSEEK_CHECK(p.value.shape() == spec.shape, "[train] parameter '{}' has shape {}, expected {}",
                 spec.name, shape_str(p.value.shape()), shape_str(spec.shape));
@@ -196,7 +211,7 @@ void TrainModel::embed_backward(const std::vector<int32_t>& inputs, const Tensor
 
 Tensor TrainModel::blocks_forward(int64_t first, int64_t last, Tensor x, const Segments& segments,
                                   const LossOptions& options, std::vector<BlockCache>& blocks) {
-  const LayerContext ctx{config_, rope_, params_, options.expert_parallel};
+  const LayerContext ctx{config_, rope_, params_, options.expert_parallel, synth_};
   blocks.assign(size_t(last - first), BlockCache());
   for (int64_t l = first; l < last; ++l)
     x = block_forward(ctx, l, x, segments, options.balance, blocks[size_t(l - first)]);
@@ -206,7 +221,7 @@ Tensor TrainModel::blocks_forward(int64_t first, int64_t last, Tensor x, const S
 Tensor TrainModel::blocks_backward(int64_t first, int64_t last,
                                    const std::vector<BlockCache>& blocks, Tensor dx,
                                    const LossOptions& options, float loss_scale) {
-  const LayerContext ctx{config_, rope_, params_, options.expert_parallel};
+  const LayerContext ctx{config_, rope_, params_, options.expert_parallel, synth_};
   for (int64_t l = last - 1; l >= first; --l) {
     dx = block_backward(ctx, l, blocks[size_t(l - first)], dx, loss_scale);
     if (options.on_block_backward) options.on_block_backward(l);
@@ -241,7 +256,7 @@ SequenceLosses TrainModel::head_forward(const Tensor& x_final, const std::vector
                                         HeadCache& hc) {
   const ModelConfig& c = config_;
   const int64_t T = int64_t(inputs.size()), D = c.hidden_size, L = c.num_hidden_layers;
-  const LayerContext ctx{c, rope_, params_, options.expert_parallel};
+  const LayerContext ctx{c, rope_, params_, options.expert_parallel, synth_};
   const std::string head = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
   const double eps = c.rms_norm_eps;
   const Device device = params_.device();
@@ -337,7 +352,7 @@ Tensor TrainModel::head_backward(HeadCache& hc, const std::vector<int32_t>& targ
                                  const LossOptions& options, float loss_scale) {
   const ModelConfig& c = config_;
   const int64_t T = int64_t(targets.size()), D = c.hidden_size, L = c.num_hidden_layers;
-  const LayerContext ctx{c, rope_, params_, options.expert_parallel};
+  const LayerContext ctx{c, rope_, params_, options.expert_parallel, synth_};
   const std::string head = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
   const double eps = c.rms_norm_eps;
   const Device device = params_.device();

@@ -91,8 +91,11 @@ bool in_part(const ModelConfig& config, const ModelPart& part, const std::string
 
 class TrainModel {
  public:
-  // Checks that `params` holds every tensor of `part` of the config, with the right shapes.
-  TrainModel(const ModelConfig& config, ParamSet& params, const ModelPart& part = ModelPart());
+  // Checks that `params` holds every tensor of `part` of the config, with the right shapes. With
+  // `synth` (kept by the caller, outliving the model), the projections it replaces are its
+  // operator's weights instead (SynthOverride::replace_params) and run through it.
+  TrainModel(const ModelConfig& config, ParamSet& params, const ModelPart& part = ModelPart(),
+             SynthOverride* synth = nullptr);
 
   // Fills an empty ParamSet for `config` (the tensors of `part`): model/init_weights.h's layout
   // and per-tensor streams (normal(0, std) matrices, unit norms), e_score_correction_bias as a
@@ -150,6 +153,7 @@ class TrainModel {
   const std::vector<std::string>& moe_layers() const { return moe_layers_; }
   const ModelConfig& config() const { return config_; }
   ParamSet& params() { return params_; }
+  SynthOverride* synth() const { return synth_; }
 
  private:
   SequenceLosses run(const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets,
@@ -159,6 +163,7 @@ class TrainModel {
   ModelConfig config_;
   RopeParams rope_;
   ParamSet& params_;
+  SynthOverride* synth_ = nullptr;
   std::vector<std::string> moe_layers_;
 };
 

@@ -32,6 +32,7 @@
 #include "train/pipeline_parallel.h"
 #include "train/scaling_law.h"
 #include "train/schedule.h"
+#include "train/synth_override.h"
 #include "train/train_batches.h"
 #include "train/train_model.h"
 
@@ -235,6 +236,10 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
                 "[train] dist.pipeline_parallel {}: train.task dpo is not pipelined (pretrain and "
                 "sft are)",
                 P);
+    DSEEK_CHECK(cfg.synth_file.empty(),
+                "[train] dist.pipeline_parallel {}: cannot be combined with train.synth_override "
+                "yet",
+                P);
     DSEEK_CHECK(!(model_config.tie_word_embeddings && cfg.compute_dtype == "bf16"),
                 "[train] dist.pipeline_parallel {}: tied embeddings with train.compute_dtype "
                 "bf16 are not pipelined (the last stage's copy of the embedding has no bf16 "
@@ -302,8 +307,31 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
                 cfg.batch_size, ranks);
   }
 
+  // Synthesised operator in place of MLP projections (train/synth_override.h). The run records it;
+  // a resumed run must bring the same one.
+  std::unique_ptr<SynthOverride> synth;
+  if (!cfg.synth_file.empty())
+    synth = SynthOverride::load(cfg.synth_file, cfg.synth_site, model_config);
+  const fs::path synth_record = run_dir / "synth_operator.json";
+  if (!latest.empty()) {
+    const bool recorded = fs::exists(synth_record);
+    DSEEK_CHECK(recorded || !synth,
+                "[train] {}: the run was trained without a synthesised operator; resume it without "
+                "train.synth_override",
+                run_dir.string());
+    DSEEK_CHECK(!recorded || synth,
+                "[train] {}: the run was trained with the synthesised operator in {}; resume it "
+                "with the same train.synth_override (file and site)",
+                run_dir.string(), synth_record.string());
+    DSEEK_CHECK(!recorded || read_text(synth_record) == synth->json(),
+                "[train] {}: train.synth_override.file {} is not the operator the run was "
+                "trained with ({})",
+                run_dir.string(), cfg.synth_file, synth_record.string());
+  }
+
   if (lead) {
     fs::create_directories(run_dir);
+    if (latest.empty() && synth) write_file_atomic(synth_record.string(), synth->json());
     if (latest.empty()) {
       write_file_atomic((run_dir / "config.json").string(), model_config_to_json(model_config));
       if (!cfg.tokenizer.empty()) copy_tokenizer(cfg.tokenizer, run_dir / "tokenizer");
@@ -317,7 +345,9 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
                                      params);
   else
     TrainModel::init_params(model_config, uint64_t(cfg.seed), cfg.init_std, params);
-  TrainModel model(model_config, params, pipeline ? stage_layout.held() : ModelPart());
+  if (synth) synth->replace_params(params, uint64_t(cfg.seed), cfg.init_std);
+  TrainModel model(model_config, params, pipeline ? stage_layout.held() : ModelPart(),
+                   synth.get());
   std::unique_ptr<PipelineStage> stage;
   if (pipeline) stage = std::make_unique<PipelineStage>(group, stage_layout, model, params);
   const AdamWConfig adamw_config{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay};
@@ -403,6 +433,16 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     info["parameters"] = stage ? stage->model_parameters() : params.numel(true);
     for (const auto& [key, value] : data_info.items()) info[key] = value;
     info["unigram_entropy"] = summary.unigram_entropy;
+    if (synth) {
+      const SynthOverride::Cost cost = synth->cost(synth->replaced().front());
+      info["synth_override"] = {{"file", cfg.synth_file},
+                                {"site", cfg.synth_site},
+                                {"projections", synth->replaced().size()},
+                                {"params_per_projection", cost.params},
+                                {"dense_params_per_projection", cost.dense_params},
+                                {"flops_per_token", cost.flops},
+                                {"dense_flops_per_token", cost.dense_flops}};
+    }
     write_file_atomic((run_dir / "run.json").string(), info.dump(2) + "\n");
   }
   if (lead)
