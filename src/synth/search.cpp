@@ -18,6 +18,10 @@ namespace dseek::synth {
 namespace {
 
 constexpr double kFailReward = -2.0;
+constexpr int kRolloutRetries = 3;
+// A leaf that repeats a known candidate brings nothing new: it backs up the candidate's reward
+// minus this, so UCT leaves subtrees whose rollouts only repeat.
+constexpr double kRepeatPenalty = 1.0;
 
 // The steered random walk from `start` to a complete operator (nullopt on a dead end: the shape
 // distance is a lower bound, so a state can run out of legal actions before it completes).
@@ -114,6 +118,12 @@ class Tree {
     }
   }
 
+  // Another rollout from node n (nullopt for a complete node or a dead end).
+  std::optional<Operator> rollout_from(int n, Rng& rng) const {
+    if (nodes_[size_t(n)].state.complete) return std::nullopt;
+    return rollout(nodes_[size_t(n)].state, spec_, options_, rng);
+  }
+
   void visit(const std::vector<int>& path) {
     for (int n : path) nodes_[size_t(n)].visits += 1.0;
   }
@@ -201,6 +211,7 @@ class Tree {
 struct Pending {
   size_t candidate = 0;
   std::vector<int> path;
+  bool repeat = false;  // the leaf repeated a candidate (kRepeatPenalty)
 };
 
 void check_options(const SearchOptions& o) {
@@ -223,7 +234,9 @@ void evaluate_round(std::vector<Candidate>& cands, const std::vector<size_t>& to
       Candidate& c = cands[todo[i]];
       try {
         const Valuation& v = spec.valuations[0];
-        const std::string mismatch = check_lowering(c.op, v, c.hash ^ options.seed);
+        const uint64_t seed = c.hash ^ options.seed;
+        const std::string mismatch =
+            options.check ? options.check(c.op, v, seed) : check_lowering(c.op, v, seed);
         if (!mismatch.empty()) {
           c.status = "mismatch";
           c.eval.error = mismatch;
@@ -336,7 +349,9 @@ SearchResult search(const Spec& spec, const Evaluator& evaluate, const SearchOpt
     }
     for (size_t i : round) resolved[i] = true;
     for (const Pending& p : pending)
-      if (tree) tree->reward(p.path, result.candidates[p.candidate].reward);
+      if (tree)
+        tree->reward(p.path,
+                     result.candidates[p.candidate].reward - (p.repeat ? kRepeatPenalty : 0.0));
     pending.clear();
     round.clear();
     if (hooks.progress) {
@@ -376,15 +391,24 @@ SearchResult search(const Spec& spec, const Evaluator& evaluate, const SearchOpt
       ++idle;
       continue;
     }
-    const uint64_t hash = canonical_hash(*op, spec.vars);
+    uint64_t hash = canonical_hash(*op, spec.vars);
     auto it = seen.find(hash);
+    // A rollout that lands on a known candidate is retried from the same leaf a few times:
+    // short operators are likely rollout ends, and repeats alone would keep UCT on them.
+    for (int retry = 0; tree && it != seen.end() && retry < kRolloutRetries; ++retry) {
+      std::optional<Operator> again = tree->rollout_from(path.back(), rng);
+      if (!again) break;
+      op = std::move(again);
+      hash = canonical_hash(*op, spec.vars);
+      it = seen.find(hash);
+    }
     if (tree) tree->visit(path);
     if (it != seen.end()) {
       ++idle;
       if (resolved[it->second]) {
-        if (tree) tree->reward(path, result.candidates[it->second].reward);
+        if (tree) tree->reward(path, result.candidates[it->second].reward - kRepeatPenalty);
       } else {
-        pending.push_back({it->second, path});
+        pending.push_back({it->second, path, true});
       }
       continue;
     }
@@ -396,7 +420,7 @@ SearchResult search(const Spec& spec, const Evaluator& evaluate, const SearchOpt
     c.index = int64_t(result.candidates.size());
     seen.emplace(hash, result.candidates.size());
     round.push_back(result.candidates.size());
-    pending.push_back({result.candidates.size(), path});
+    pending.push_back({result.candidates.size(), path, false});
     result.candidates.push_back(std::move(c));
     resolved.push_back(false);
     if (int64_t(round.size()) >= options.batch) run_round();

@@ -58,6 +58,9 @@ struct SearchOptions {
   // When set, only actions whose result it accepts are taken (expansion and rollouts): a task's
   // restriction of the space (task.h, e.g. token-wise operators for a projection).
   std::function<bool(const Operator&)> admissible;
+  // The check before evaluation; empty: check_lowering (evaluate.h). Tests replace it to see the
+  // mismatch path, which a correct lowering never takes.
+  std::function<std::string(const Operator&, const Valuation&, uint64_t)> check;
 };
 
 struct Candidate {

@@ -122,6 +122,7 @@ Task conv_task(const TaskOptions& o) {
   }
   dense.push_back(finalize_action({0, 3, 1, 2}));
   task.baseline = build({sN, sCout, sH, sW}, dense);
+  task.admissible = is_token_wise;  // per image: nothing mixes the batch dim N (output dim 0)
   return task;
 }
 
