@@ -41,7 +41,8 @@ const std::string kSearch =
 TEST(CliSynth, SearchResumesAndShowWritesTableAndPlots) {
   TempDir out, scratch;
   const std::string dir = (out.path / "run").string();
-  CliRun r = run_dseek(kSearch + "--seed 3 --budget 12 --max-evaluations 7 --out " + dir, scratch.path);
+  CliRun r =
+      run_dseek(kSearch + "--seed 3 --budget 12 --max-evaluations 7 --out " + dir, scratch.path);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("7 candidates (7 evaluated now, 0 from the store)"), std::string::npos)
       << r.out;
@@ -61,8 +62,8 @@ TEST(CliSynth, SearchResumesAndShowWritesTableAndPlots) {
   EXPECT_NE(r.out.find("quality"), std::string::npos) << r.out;
   // The front is marked, and its best-quality member is on both fronts.
   EXPECT_NE(r.out.find(" FL "), std::string::npos) << r.out;
-  for (const char* f : {"pareto_flops.svg", "pareto_flops.png", "pareto_latency.svg",
-                        "pareto_latency.png"}) {
+  for (const char* f :
+       {"pareto_flops.svg", "pareto_flops.png", "pareto_latency.svg", "pareto_latency.png"}) {
     EXPECT_TRUE(fs::exists(fs::path(dir) / f)) << f;
     EXPECT_NE(r.out.find(std::string("wrote ") + (fs::path(dir) / f).string()), std::string::npos);
   }
@@ -86,16 +87,14 @@ TEST(CliSynth, BadInputIsAClearErrorWithNonZeroExit) {
   fs::create_directories(out.path / "afile");
   { std::ofstream(out.path / "blocker") << "x"; }
   const std::vector<Case> cases = {
-      {"synth search --task lm-attn --quality teacher-fit --out " + dir,
-       "unknown task 'lm-attn'"},
+      {"synth search --task lm-attn --quality teacher-fit --out " + dir, "unknown task 'lm-attn'"},
       {"synth search --task lm-proj --coeffs k3 --quality teacher-fit --out " + dir,
        "--coeffs: 'k3' is not name=value"},
       {"synth search --task lm-proj --coeffs k=0 --quality teacher-fit --out " + dir,
        "--coeffs: k=0 is not an integer >= 1"},
       {"synth search --task lm-proj --coeffs T=2 --quality teacher-fit --out " + dir,
        "coefficient 'T' clashes"},
-      {"synth search --task lm-proj --quality lm --out " + dir,
-       "--quality lm: only teacher-fit"},
+      {"synth search --task lm-proj --quality lm --out " + dir, "--quality lm: only teacher-fit"},
       {"synth search --task lm-proj --method beam --quality teacher-fit --out " + dir,
        "unknown method 'beam'"},
       {"synth search --task lm-proj --quality teacher-fit --out " +

@@ -7,9 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
-#include <cstdlib>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <set>
 #include <string>
@@ -83,14 +83,14 @@ TEST(SynthSearch, TeacherFitRanksDenseLowRankGroupedAndAWeakOperator) {
   const double grouped = teacher_fit(task, grouped_linear(p), v, fit);
   // y[t,o] = Σ_i x[t,i] w[o]: one weight per output, blind to which input it is.
   const Operator sum_scale =
-      build({p.sT, p.sdout}, {share_action(1, 0), expand_action(1), reduce_action(p.sdin),
-                              finalize_action({0, 1})});
+      build({p.sT, p.sdout},
+            {share_action(1, 0), expand_action(1), reduce_action(p.sdin), finalize_action({0, 1})});
   const double weak = teacher_fit(task, sum_scale, v, fit);
   std::printf("teacher-fit error: dense %.4f  low-rank r=2 %.4f  grouped g=2 %.4f  sum %.4f\n",
               dense, rank2, grouped, weak);
-  EXPECT_LT(dense, 0.02);              // the teacher's own form fits it
-  EXPECT_GT(rank2, dense + 0.2);       // rank 2 of 8 keeps a fraction of the teacher
-  EXPECT_GT(grouped, dense + 0.2);     // half the weights, block-diagonal
+  EXPECT_LT(dense, 0.02);           // the teacher's own form fits it
+  EXPECT_GT(rank2, dense + 0.2);    // rank 2 of 8 keeps a fraction of the teacher
+  EXPECT_GT(grouped, dense + 0.2);  // half the weights, block-diagonal
   EXPECT_GT(weak, std::max(rank2, grouped));
   EXPECT_LT(std::max(rank2, grouped), 0.95);  // but they do learn something
 }
@@ -110,8 +110,8 @@ TEST(SynthSearch, EveryCandidateIsEvaluatedOnceAndIsComplete) {
     CountingEvaluator counter;
     const SearchResult r =
         search(task.spec, counter.fn(task.spec), options_for(task, method, 40, 3));
-    std::printf("%s: %zu candidates, %ld iterations\n", method_name(method),
-                r.candidates.size(), long(r.iterations));
+    std::printf("%s: %zu candidates, %ld iterations\n", method_name(method), r.candidates.size(),
+                long(r.iterations));
     ASSERT_EQ(r.candidates.size(), 40u);
     EXPECT_EQ(r.evaluated, 40);
     std::set<uint64_t> hashes;
@@ -149,8 +149,8 @@ TEST(SynthSearch, SameSeedSameRunForAnyJobs) {
     EXPECT_EQ(one.candidates[i].status, three.candidates[i].status) << i;
     EXPECT_EQ(one.candidates[i].eval.quality, three.candidates[i].eval.quality) << i;
     EXPECT_EQ(one.candidates[i].eval.flops, three.candidates[i].eval.flops) << i;
-    differs = differs || (i < other.candidates.size() &&
-                          other.candidates[i].hash != one.candidates[i].hash);
+    differs = differs ||
+              (i < other.candidates.size() && other.candidates[i].hash != one.candidates[i].hash);
   }
   EXPECT_TRUE(differs) << "another seed should take another path";
   EXPECT_EQ(one.iterations, three.iterations);
@@ -214,10 +214,10 @@ TEST(SynthSearch, MismatchesAndEvaluatorErrorsAreRecorded) {
 // The evidence of docs/SYNTH.md: a search that is not told them finds the dense linear, the
 // low-rank factorisation and the grouped (block-diagonal) linear of an lm-proj task (matched by
 // canonical key), and the best teacher-fit quality each method has found after n evaluations.
-// DSEEK_SYNTH_BUDGET, _DEPTH and _COEFFS change the run (default 240, 8, g=4; docs/SYNTH.md).
+// DSEEK_SYNTH_BUDGET, _DEPTH and _COEFFS change the run (default 100, 8, g=4; docs/SYNTH.md).
 TEST(SynthSearch, RediscoversDenseLowRankAndGrouped) {
   const char* env = std::getenv("DSEEK_SYNTH_BUDGET");
-  const int64_t budget = env ? std::atoll(env) : 240;
+  const int64_t budget = env ? std::atoll(env) : 100;
   const char* coeffs = std::getenv("DSEEK_SYNTH_COEFFS");
   TaskOptions to;
   to.d_in = 16;
@@ -238,12 +238,13 @@ TEST(SynthSearch, RediscoversDenseLowRankAndGrouped) {
   const Size sT = var("T"), sin = var("d_in"), sout = var("d_out"), sg = var("g");
   const Size sr = var("r").is_one() ? sg : var("r");
   ASSERT_FALSE(sg.is_one()) << "the test needs a coefficient g";
-  const Operator dense = build({sT, sout}, {share_action(1, 0), expand_action(1), reduce_action(sin),
-                                            share_action(1, 0), finalize_action({0, 1})});
-  const Operator rank = build(
-      {sT, sout}, {share_action(1, 0), expand_action(1), reduce_action(sr), share_action(1, 0),
-                   share_action(1, 1), expand_action(1), reduce_action(sin), share_action(1, 1),
-                   finalize_action({0, 1})});
+  const Operator dense =
+      build({sT, sout}, {share_action(1, 0), expand_action(1), reduce_action(sin),
+                         share_action(1, 0), finalize_action({0, 1})});
+  const Operator rank =
+      build({sT, sout}, {share_action(1, 0), expand_action(1), reduce_action(sr),
+                         share_action(1, 0), share_action(1, 1), expand_action(1),
+                         reduce_action(sin), share_action(1, 1), finalize_action({0, 1})});
   const Operator grouped =
       build({sT, sout}, {merge_action(1, sout / sg), share_action(1, 0), share_action(2, 0),
                          expand_action(2), reduce_action(sin / sg), share_action(2, 0),
@@ -256,34 +257,39 @@ TEST(SynthSearch, RediscoversDenseLowRankAndGrouped) {
   ao.fit.steps = 100;
   ao.latency_runs = 1;
   const Evaluator eval = make_analytic_evaluator(task, ao);
+  const char* seeds_env = std::getenv("DSEEK_SYNTH_SEEDS");
+  const int seeds = seeds_env ? std::atoi(seeds_env) : 1;
   std::map<std::string, int64_t> found_by_mcts;
-  std::printf("%-7s %8s %9s %9s | best quality after n candidates\n", "method", "dense",
+  std::printf("%-7s %4s %8s %9s %9s | best quality after n candidates\n", "method", "seed", "dense",
               "low-rank", "grouped");
-  for (SearchMethod method : {SearchMethod::mcts, SearchMethod::sample}) {
-    SearchOptions o = options_for(task, method, budget, 1);
-    o.batch = 8;
-    o.jobs = 2;
-    if (const char* w = std::getenv("DSEEK_SYNTH_COST_WEIGHT")) o.cost_weight = std::atof(w);
-    const SearchResult r = search(task.spec, eval, o);
-    std::map<std::string, int64_t> found;
-    for (const Candidate& c : r.candidates)
+  for (int seed = 1; seed <= seeds; ++seed) {
+    for (SearchMethod method : {SearchMethod::mcts, SearchMethod::sample}) {
+      SearchOptions o = options_for(task, method, budget, uint64_t(seed));
+      o.batch = 8;
+      o.jobs = 2;
+      if (const char* w = std::getenv("DSEEK_SYNTH_COST_WEIGHT")) o.cost_weight = std::atof(w);
+      const SearchResult r = search(task.spec, eval, o);
+      std::map<std::string, int64_t> found;
+      for (const Candidate& c : r.candidates)
+        for (const auto& [name, key] : designs)
+          if (c.key == key) found[name] = c.index;
+      std::string line = fmt::format("{:<7} {:>4}", method_name(method), seed);
       for (const auto& [name, key] : designs)
-        if (c.key == key) found[name] = c.index;
-    std::string line = fmt::format("{:<7}", method_name(method));
-    for (const auto& [name, key] : designs)
-      line += found.count(name) ? fmt::format(" {:>8}", found[name]) : fmt::format(" {:>8}", "-");
-    line += " |";
-    double best = INFINITY;
-    for (size_t i = 0; i < r.candidates.size(); ++i) {
-      if (r.candidates[i].status == "ok") best = std::min(best, r.candidates[i].eval.quality);
-      const size_t n = i + 1;
-      if ((n & (n - 1)) == 0 && n >= 8) line += fmt::format(" {}:{:.4f}", n, best);
+        line += found.count(name) ? fmt::format(" {:>8}", found[name]) : fmt::format(" {:>8}", "-");
+      line += " |";
+      double best = INFINITY;
+      for (size_t i = 0; i < r.candidates.size(); ++i) {
+        if (r.candidates[i].status == "ok") best = std::min(best, r.candidates[i].eval.quality);
+        const size_t n = i + 1;
+        if ((n & (n - 1)) == 0 && n >= 8) line += fmt::format(" {}:{:.4f}", n, best);
+      }
+      line +=
+          fmt::format(" ({} candidates{})", r.candidates.size(), r.exhausted ? ", exhausted" : "");
+      std::printf("%s\n", line.c_str());
+      if (method == SearchMethod::mcts && seed == 1) found_by_mcts = found;
     }
-    line += fmt::format(" ({} candidates{})", r.candidates.size(), r.exhausted ? ", exhausted" : "");
-    std::printf("%s\n", line.c_str());
-    if (method == SearchMethod::mcts) found_by_mcts = found;
   }
-  // The default run (depth 8, budget 240) finds these two; the grouped one needs about a
+  // The default run (depth 8, budget 100) finds these two; the grouped one needs about a
   // thousand candidates (docs/SYNTH.md).
   EXPECT_TRUE(found_by_mcts.count("dense"));
   EXPECT_TRUE(found_by_mcts.count("low-rank"));

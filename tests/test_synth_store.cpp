@@ -85,7 +85,8 @@ TEST(SynthStore, RoundTripsEveryField) {
   const Task task = small_task();
   Counting counting;
   Store store(dir.path.string());
-  const SearchResult r = run(store, task, counting.fn(task.spec), options(task, SearchMethod::sample));
+  const SearchResult r =
+      run(store, task, counting.fn(task.spec), options(task, SearchMethod::sample));
   ASSERT_EQ(r.candidates.size(), 30u);
   const std::vector<StoredCandidate> back = Store(dir.path.string()).load();
   ASSERT_EQ(back.size(), r.candidates.size());
@@ -158,7 +159,8 @@ TEST(SynthStore, AFailedRoundLeavesNothingBehind) {
   const Task task = small_task();
   Counting counting;
   Store store(dir.path.string());
-  const SearchResult r = run(store, task, counting.fn(task.spec), options(task, SearchMethod::sample));
+  const SearchResult r =
+      run(store, task, counting.fn(task.spec), options(task, SearchMethod::sample));
   ASSERT_EQ(store.load().size(), 30u);
   // A round whose last row collides with a stored hash: the whole round is rolled back.
   std::vector<Candidate> round = {r.candidates[0], r.candidates[1], r.candidates[2]};
@@ -177,9 +179,7 @@ TEST(SynthStore, AFailedRoundLeavesNothingBehind) {
 TEST(SynthStore, ForeignCorruptAndMismatchedFilesAreErrorsNamingTheFile) {
   TempDir dir;
   const std::string file = (dir.path / "synth.sqlite").string();
-  {
-    std::ofstream(file) << "this is not a database, it is a text file of some length .........";
-  }
+  { std::ofstream(file) << "this is not a database, it is a text file of some length ........."; }
   std::string err = error_of([&] { Store s(dir.path.string()); });
   EXPECT_NE(err.find("[synth store] " + file), std::string::npos) << err;
   EXPECT_NE(err.find("not a database"), std::string::npos) << err;

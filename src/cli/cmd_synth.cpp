@@ -46,7 +46,8 @@ void run_search(SearchArgs args) {
   args.task.coeffs = parse_coeffs(args.coeffs);
   const Task task = make_task(args.task);
   DSEEK_CHECK(args.quality == "teacher-fit",
-              "[synth search] --quality {}: only teacher-fit is available in this build", args.quality);
+              "[synth search] --quality {}: only teacher-fit is available in this build",
+              args.quality);
   const Device device = args.device == "cuda" ? Device::CUDA : Device::CPU;
   if (device == Device::CUDA) cuda::require("--device cuda");
   SearchOptions so;
@@ -67,13 +68,23 @@ void run_search(SearchArgs args) {
   ao.fit.lr = args.fit_lr;
 
   // What the run is a function of (search.h): a resumed run must match every field.
-  nlohmann::ordered_json settings = {
-      {"task", task.name},         {"d_in", args.task.d_in},    {"d_out", args.task.d_out},
-      {"tokens", args.task.tokens}, {"image", args.task.image}, {"coeffs", args.coeffs},
-      {"max_depth", args.task.max_depth}, {"method", method_name(so.method)},
-      {"seed", so.seed},           {"batch", so.batch},         {"exploration", so.exploration},
-      {"cost_weight", so.cost_weight}, {"quality", args.quality}, {"fit_steps", ao.fit.steps},
-      {"fit_lr", ao.fit.lr},       {"device", args.device},     {"latency_runs", ao.latency_runs}};
+  nlohmann::ordered_json settings = {{"task", task.name},
+                                     {"d_in", args.task.d_in},
+                                     {"d_out", args.task.d_out},
+                                     {"tokens", args.task.tokens},
+                                     {"image", args.task.image},
+                                     {"coeffs", args.coeffs},
+                                     {"max_depth", args.task.max_depth},
+                                     {"method", method_name(so.method)},
+                                     {"seed", so.seed},
+                                     {"batch", so.batch},
+                                     {"exploration", so.exploration},
+                                     {"cost_weight", so.cost_weight},
+                                     {"quality", args.quality},
+                                     {"fit_steps", ao.fit.steps},
+                                     {"fit_lr", ao.fit.lr},
+                                     {"device", args.device},
+                                     {"latency_runs", ao.latency_runs}};
   Store store(args.out);
   store.begin_run(settings.dump());
   const std::map<uint64_t, Candidate> known = store.load_known();
@@ -90,19 +101,18 @@ void run_search(SearchArgs args) {
                                     p.resumed, p.best_quality));
     progress.update(p.candidates);
   };
-  const SearchResult r =
-      search(task.spec, make_analytic_evaluator(task, ao), so, hooks);
+  const SearchResult r = search(task.spec, make_analytic_evaluator(task, ao), so, hooks);
   progress.finish();
 
   int ok = 0, mismatch = 0, error = 0;
   for (const Candidate& c : r.candidates)
     (c.status == "ok" ? ok : c.status == "mismatch" ? mismatch : error) += 1;
-  fmt::print("{} candidates ({} evaluated now, {} from the store): {} ok, {} lowering mismatches, "
-             "{} rejected by the evaluator; {} iterations{}{}\n",
-             r.candidates.size(), r.evaluated, r.candidates.size() - size_t(r.evaluated), ok,
-             mismatch, error, r.iterations,
-             r.exhausted ? "; the space is exhausted (no new candidate found)" : "",
-             r.interrupted ? "; stopped by --max-evaluations (run again to resume)" : "");
+  fmt::print(
+      "{} candidates ({} evaluated now, {} from the store): {} ok, {} lowering mismatches, "
+      "{} rejected by the evaluator; {} iterations{}{}\n",
+      r.candidates.size(), r.evaluated, r.candidates.size() - size_t(r.evaluated), ok, mismatch,
+      error, r.iterations, r.exhausted ? "; the space is exhausted (no new candidate found)" : "",
+      r.interrupted ? "; stopped by --max-evaluations (run again to resume)" : "");
   fmt::print("results in {}; see them with: dseek synth show {}\n", store.path(), args.out);
 }
 
@@ -157,7 +167,8 @@ void run_show(const std::string& dir, int top, const std::string& format) {
     q.push_back(r.c->eval.quality);
   }
   const std::vector<bool> ff = pareto_front(fl, q), lf = pareto_front(lat, q);
-  for (size_t i = 0; i < rows.size(); ++i) rows[i].front_flops = ff[i], rows[i].front_latency = lf[i];
+  for (size_t i = 0; i < rows.size(); ++i)
+    rows[i].front_flops = ff[i], rows[i].front_latency = lf[i];
   std::stable_sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
     return a.c->eval.quality < b.c->eval.quality;
   });
@@ -188,7 +199,8 @@ void run_show(const std::string& dir, int top, const std::string& format) {
   for (const Row& r : rows) {
     if (!r.front_flops && !r.front_latency) continue;
     const fs::path path = front_dir / fmt::format("{:016x}.json", r.c->hash);
-    write_file_atomic(path.string(), operator_to_json(all[size_t(r.c->index)].spec, r.c->op) + "\n");
+    write_file_atomic(path.string(),
+                      operator_to_json(all[size_t(r.c->index)].spec, r.c->op) + "\n");
     ++written;
   }
   fmt::print("\nwrote {} front operators to {}\n", written, front_dir.string());
@@ -197,7 +209,8 @@ void run_show(const std::string& dir, int top, const std::string& format) {
   for (double x : q) positive = positive && x > 0.0;
   for (const bool use_flops : {true, false}) {
     plot::Chart chart;
-    chart.title = fmt::format("synthesised operators: quality vs {}", use_flops ? "FLOPs" : "latency");
+    chart.title =
+        fmt::format("synthesised operators: quality vs {}", use_flops ? "FLOPs" : "latency");
     chart.x_label = use_flops ? "log10 FLOPs" : "latency (ms)";
     chart.y_label = "quality (lower is better)";
     chart.log_y = positive;
@@ -230,29 +243,36 @@ void run_show(const std::string& dir, int top, const std::string& format) {
 }  // namespace
 
 void add_synth_commands(CLI::App& app) {
-  auto* synth = app.add_subcommand("synth", "Operator synthesis: search for new layers, show results");
+  auto* synth =
+      app.add_subcommand("synth", "Operator synthesis: search for new layers, show results");
   synth->require_subcommand(1);
 
   auto args = std::make_shared<SearchArgs>();
   auto* s = synth->add_subcommand("search", "Search for operators that replace a layer");
   s->add_option("--task", args->task.task, "lm-proj, lm-ffn or conv")->required();
-  s->add_option("--d-in", args->task.d_in, "input features (conv: channels C)")->capture_default_str();
+  s->add_option("--d-in", args->task.d_in, "input features (conv: channels C)")
+      ->capture_default_str();
   s->add_option("--d-out", args->task.d_out, "output features (conv: C_out; lm-ffn: d_ff)")
       ->capture_default_str();
   s->add_option("--tokens", args->task.tokens, "T for lm tasks, the batch N for conv")
       ->capture_default_str();
   s->add_option("--image", args->task.image, "conv: H = W")->capture_default_str();
-  s->add_option("--coeffs", args->coeffs, "coefficients primitives may use, e.g. r=4,g=4 or k=3,g=4");
-  s->add_option("--max-depth", args->task.max_depth, "primitives per operator")->capture_default_str();
-  s->add_option("--method", args->method, "mcts or sample (Canvas's sampler)")->capture_default_str();
+  s->add_option("--coeffs", args->coeffs,
+                "coefficients primitives may use, e.g. r=4,g=4 or k=3,g=4");
+  s->add_option("--max-depth", args->task.max_depth, "primitives per operator")
+      ->capture_default_str();
+  s->add_option("--method", args->method, "mcts or sample (Canvas's sampler)")
+      ->capture_default_str();
   s->add_option("--budget", args->budget, "distinct candidates in the run")->capture_default_str();
   s->add_option("--max-evaluations", args->max_evaluations,
                 "stop after this many evaluations (resume later with the same --out)");
   s->add_option("--jobs", args->jobs, "evaluation threads")->capture_default_str();
-  s->add_option("--batch", args->batch, "new candidates per round (fixed, so results do not depend on --jobs)")
+  s->add_option("--batch", args->batch,
+                "new candidates per round (fixed, so results do not depend on --jobs)")
       ->capture_default_str();
   s->add_option("--seed", args->seed, "random seed")->capture_default_str();
-  s->add_option("--exploration", args->exploration, "UCB1 exploration constant")->capture_default_str();
+  s->add_option("--exploration", args->exploration, "UCB1 exploration constant")
+      ->capture_default_str();
   s->add_option("--cost-weight", args->cost_weight,
                 "reward = -quality - w*log2(FLOPs / dense FLOPs)")
       ->capture_default_str();

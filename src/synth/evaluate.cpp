@@ -74,8 +74,8 @@ double measure_latency(const Operator& op, const Valuation& values, Device devic
   for (int r = 0; r < std::max(runs, 1); ++r) {
     const auto t0 = std::chrono::steady_clock::now();
     run_once();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
-                     .count());
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
@@ -110,9 +110,10 @@ std::string check_lowering(const Operator& op, const Valuation& values, uint64_t
       worst = std::isnan(d) ? INFINITY : std::max(worst, d);
     }
     if (worst > 1e-4 * std::max(scale, 1e-30))
-      return fmt::format("lowered forward differs from the interpreter: max |diff| {:.3g} vs max "
-                         "|value| {:.3g}",
-                         worst, scale);
+      return fmt::format(
+          "lowered forward differs from the interpreter: max |diff| {:.3g} vs max "
+          "|value| {:.3g}",
+          worst, scale);
     return "";
   } catch (const Error& e) {
     return e.what();
@@ -133,8 +134,7 @@ double teacher_fit(const Task& task, const Operator& op, const Valuation& values
               shape_str(teacher.input_shape), shape_str(teacher.output_shape));
   const Tensor x_train = normal_tensor(teacher.input_shape, 1.0, data_rng);
   const Tensor x_val = normal_tensor(teacher.input_shape, 1.0, data_rng);
-  const std::vector<Tensor> tw =
-      init_weights(teacher, init_sigma(task.baseline, values), data_rng);
+  const std::vector<Tensor> tw = init_weights(teacher, init_sigma(task.baseline, values), data_rng);
   const std::vector<float> y_train = lowered_forward(teacher, x_train, tw).to_vector();
   const std::vector<float> y_val = lowered_forward(teacher, x_val, tw).to_vector();
   const double target_ms = mean_square(y_train);

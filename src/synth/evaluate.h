@@ -40,9 +40,9 @@ using Evaluator = std::function<Evaluation(const Operator&, const Valuation&)>;
 std::string check_lowering(const Operator& op, const Valuation& values, uint64_t seed);
 
 struct TeacherFitOptions {
-  int steps = 300;     // full-batch Adam steps
-  double lr = 1e-2;    // Adam, betas (0.9, 0.999)
-  uint64_t seed = 1;   // teacher weights and data (the same for every candidate)
+  int steps = 300;    // full-batch Adam steps
+  double lr = 1e-2;   // Adam, betas (0.9, 0.999)
+  uint64_t seed = 1;  // teacher weights and data (the same for every candidate)
 };
 
 struct AnalyticOptions {

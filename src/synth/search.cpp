@@ -268,7 +268,9 @@ void evaluate_round(std::vector<Candidate>& cands, const std::vector<size_t>& to
 
 }  // namespace
 
-const char* method_name(SearchMethod m) { return m == SearchMethod::mcts ? "mcts" : "sample"; }
+const char* method_name(SearchMethod m) {
+  return m == SearchMethod::mcts ? "mcts" : "sample";
+}
 
 SearchMethod parse_method(const std::string& name) {
   if (name == "mcts") return SearchMethod::mcts;
@@ -293,7 +295,7 @@ SearchResult search(const Spec& spec, const Evaluator& evaluate, const SearchOpt
   std::optional<Tree> tree;
   if (options.method == SearchMethod::mcts) tree.emplace(spec, options);
   std::map<uint64_t, size_t> seen;  // hash -> candidate
-  std::vector<bool> resolved;        // per candidate: its result is in
+  std::vector<bool> resolved;       // per candidate: its result is in
   std::vector<Pending> pending;
   std::vector<size_t> round;  // the candidates new in this round
   int64_t idle = 0, resumed = 0;

@@ -46,15 +46,15 @@ SearchMethod parse_method(const std::string& name);  // throws on anything but m
 
 struct SearchOptions {
   SearchMethod method = SearchMethod::mcts;
-  int64_t budget = 64;            // distinct candidates of the run (resumed ones included)
-  int64_t max_evaluations = -1;   // stop after this many evaluations in this call (-1: no limit)
-  int jobs = 1;                   // evaluation threads
-  int batch = 8;                  // new candidates per round
+  int64_t budget = 64;           // distinct candidates of the run (resumed ones included)
+  int64_t max_evaluations = -1;  // stop after this many evaluations in this call (-1: no limit)
+  int jobs = 1;                  // evaluation threads
+  int batch = 8;                 // new candidates per round
   uint64_t seed = 1;
-  double exploration = 0.5;       // UCB1's c (rewards are O(1))
-  double cost_weight = 0.1;       // the reward's FLOPs term
-  int64_t ref_flops = 1;          // the dense layer's FLOPs
-  int64_t max_idle = 2000;        // iterations without a new candidate: the space is exhausted
+  double exploration = 0.5;  // UCB1's c (rewards are O(1))
+  double cost_weight = 0.1;  // the reward's FLOPs term
+  int64_t ref_flops = 1;     // the dense layer's FLOPs
+  int64_t max_idle = 2000;   // iterations without a new candidate: the space is exhausted
   // When set, only actions whose result it accepts are taken (expansion and rollouts): a task's
   // restriction of the space (task.h, e.g. token-wise operators for a projection).
   std::function<bool(const Operator&)> admissible;
@@ -68,7 +68,7 @@ struct Candidate {
   std::string key;
   Operator op;
   Evaluation eval;
-  std::string status;    // "ok", "mismatch" (lowering vs interpreter) or "error" (evaluator)
+  std::string status;  // "ok", "mismatch" (lowering vs interpreter) or "error" (evaluator)
   double reward = 0.0;
   int64_t index = -1;    // discovery order in the run
   bool resumed = false;  // taken from SearchHooks::known, not evaluated by this call

@@ -67,7 +67,9 @@ class Statement {
   sqlite3_stmt* stmt_ = nullptr;
 };
 
-std::string hash_hex(uint64_t h) { return fmt::format("{:016x}", h); }
+std::string hash_hex(uint64_t h) {
+  return fmt::format("{:016x}", h);
+}
 
 uint64_t parse_hash(const std::string& text, const std::string& path) {
   DSEEK_CHECK(text.size() == 16 && text.find_first_not_of("0123456789abcdef") == std::string::npos,
@@ -80,8 +82,9 @@ uint64_t parse_hash(const std::string& text, const std::string& path) {
 Store::Store(const std::string& dir) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
-  DSEEK_CHECK(!ec && std::filesystem::is_directory(dir), "[synth store] cannot create directory {}: {}",
-              dir, ec ? ec.message() : "not a directory");
+  DSEEK_CHECK(!ec && std::filesystem::is_directory(dir),
+              "[synth store] cannot create directory {}: {}", dir,
+              ec ? ec.message() : "not a directory");
   path_ = (std::filesystem::path(dir) / "synth.sqlite").string();
   if (sqlite3_open_v2(path_.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) !=
       SQLITE_OK) {
@@ -130,7 +133,9 @@ Store::Store(const std::string& dir) {
   }
 }
 
-Store::~Store() { sqlite3_close(db_); }
+Store::~Store() {
+  sqlite3_close(db_);
+}
 
 void Store::exec(const std::string& sql) const {
   char* message = nullptr;
@@ -154,7 +159,9 @@ void Store::set_meta(const std::string& name, const std::string& value) {
   s.step();
 }
 
-std::string Store::settings() const { return meta("settings"); }
+std::string Store::settings() const {
+  return meta("settings");
+}
 
 void Store::begin_run(const std::string& settings_json) {
   const std::string stored = settings();
@@ -180,8 +187,9 @@ void Store::begin_run(const std::string& settings_json) {
                 path_, name, it == a.end() ? "none" : it->dump(), value.dump());
   }
   for (const auto& [name, value] : a.items())
-    DSEEK_CHECK(b.contains(name), "[synth store] {}: holds a run with setting {} = {}, not given now",
-                path_, name, value.dump());
+    DSEEK_CHECK(b.contains(name),
+                "[synth store] {}: holds a run with setting {} = {}, not given now", path_, name,
+                value.dump());
 }
 
 void Store::save(const Spec& spec, const std::vector<Candidate>& candidates) {

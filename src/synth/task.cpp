@@ -164,12 +164,13 @@ std::vector<std::pair<std::string, int64_t>> parse_coeffs(const std::string& tex
                 "[synth] --coeffs: '{}' is not name=value (e.g. k=3,g=4)", item);
     const std::string name = item.substr(0, eq), value = item.substr(eq + 1);
     bool ident = std::isalpha(static_cast<unsigned char>(name[0])) != 0;
-    for (char ch : name) ident = ident && (std::isalnum(static_cast<unsigned char>(ch)) || ch == '_');
+    for (char ch : name)
+      ident = ident && (std::isalnum(static_cast<unsigned char>(ch)) || ch == '_');
     DSEEK_CHECK(ident, "[synth] --coeffs: '{}' is not a name (letters, digits, _)", name);
     bool digits = value.size() <= 9;
     for (char ch : value) digits = digits && std::isdigit(static_cast<unsigned char>(ch));
-    DSEEK_CHECK(digits && std::stoll(value) >= 1,
-                "[synth] --coeffs: {}={} is not an integer >= 1", name, value);
+    DSEEK_CHECK(digits && std::stoll(value) >= 1, "[synth] --coeffs: {}={} is not an integer >= 1",
+                name, value);
     for (const auto& [n, x] : out)
       DSEEK_CHECK(n != name, "[synth] --coeffs: '{}' given twice", name);
     out.emplace_back(name, std::stoll(value));

@@ -36,17 +36,18 @@ struct TaskOptions {
 
 struct Task {
   std::string name;
-  Spec spec;          // one valuation: the sizes every candidate is evaluated at
-  Operator baseline;  // the dense layer, complete, over spec's variables
+  Spec spec;           // one valuation: the sizes every candidate is evaluated at
+  Operator baseline;   // the dense layer, complete, over spec's variables
   int token_var = -1;  // lm tasks: T (candidates must be token-wise to replace a projection)
   // The partial operators the search may build (SearchOptions::admissible): those that keep
   // output dim 0 (T, or conv's batch N) a bare copy (is_token_wise).
   std::function<bool(const Operator&)> admissible;
 };
 
-// True if the only coordinate that reads the token iterator (output dim 0: T, conv's N) is a bare copy of it
-// on the frontier or the input: no primitive has touched the token dim, no weight is indexed by
-// it. Every operator built from such states is a per-token layer (synth_layer.h's condition).
+// True if the only coordinate that reads the token iterator (output dim 0: T, conv's N) is a bare
+// copy of it on the frontier or the input: no primitive has touched the token dim, no weight is
+// indexed by it. Every operator built from such states is a per-token layer (synth_layer.h's
+// condition).
 bool is_token_wise(const Operator& op);
 
 // Throws dseek::Error ("[synth] task: ...") on an unknown task, a bad size or coefficient.
