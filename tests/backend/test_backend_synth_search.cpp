@@ -45,8 +45,8 @@ TEST(BackendSynthSearch, CudaLatencyEvaluatorMatchesTheCpuScores) {
     EXPECT_EQ(c.eval.params, want.params);
     EXPECT_EQ(c.eval.quality, want.quality);
     EXPECT_GT(c.eval.latency_ms, 0.0);
-    std::printf("%-90s cpu %8.4f ms  cuda %8.4f ms\n",
-                history_str(c.op, task.spec.vars).c_str(), want.latency_ms, c.eval.latency_ms);
+    std::printf("%-90s cpu %8.4f ms  cuda %8.4f ms\n", history_str(c.op, task.spec.vars).c_str(),
+                want.latency_ms, c.eval.latency_ms);
   }
 }
 
