@@ -243,6 +243,11 @@ void evaluate_round(std::vector<Candidate>& cands, const std::vector<size_t>& to
         } else {
           c.eval = evaluate(c.op, v);
           c.status = c.eval.ok ? "ok" : "error";
+          if (c.eval.ok && !std::isfinite(c.eval.quality)) {  // would poison UCT's means
+            c.status = "error";
+            c.eval.ok = false;
+            c.eval.error = "[synth] search: the evaluator returned a non-finite quality";
+          }
         }
       } catch (const Error& e) {
         c.status = "error";
