@@ -21,5 +21,6 @@ void add_train_command(CLI::App& app);       // train
 void add_export_command(CLI::App& app);      // export --run RUN_DIR --out MODEL_DIR
 void add_serve_command(CLI::App& app);       // serve --model DIR (OpenAI-compatible HTTP)
 void add_eval_commands(CLI::App& app);       // eval passkey, eval fim, eval passkey-plot
+void add_synth_commands(CLI::App& app);      // synth search, synth show (operator synthesis)
 
 }  // namespace dseek::cli

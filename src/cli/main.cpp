@@ -39,6 +39,7 @@ int run(int argc, char** argv, bool& failed) {
   dseek::cli::add_export_command(app);
   dseek::cli::add_serve_command(app);
   dseek::cli::add_eval_commands(app);
+  dseek::cli::add_synth_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,64 @@
+// Scoring a complete candidate: what the search (search.h) asks of an evaluator, the interpreter
+// check every candidate passes before it is evaluated, and the analytic + latency evaluator that
+// needs no proxy training:
+//
+//   flops, params  analytic (cost.h) at the valuation
+//   latency_ms     the median of a few timed runs of the lowered forward (lower.h) on the
+//                  evaluator's device (the tensors' device decides: CPU here, CUDA when asked);
+//                  timings of parallel jobs are serialised by a lock so they do not overlap
+//   quality        teacher-fit (lower is better): the validation error of fitting the task's dense
+//                  layer with random weights (a random dense teacher) by full-batch Adam on the
+//                  candidate, relative: mean((y − y*)²) / mean(y*²) on fresh inputs. 0 means the
+//                  candidate represents the teacher, ~1 that it learned nothing. A cheap, real
+//                  accuracy signal for projection layers — not a language-model loss (the proxy
+//                  training of a tiny model is the `lm` quality).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "core/tensor.h"
+#include "synth/operator.h"
+#include "synth/task.h"
+
+namespace dseek::synth {
+
+struct Evaluation {
+  int64_t flops = 0, params = 0;
+  double latency_ms = 0.0;
+  double quality = 0.0;  // lower is better
+  bool ok = false;
+  std::string error;  // why not ok
+};
+
+using Evaluator = std::function<Evaluation(const Operator&, const Valuation&)>;
+
+// Lowers `op` and compares its forward with the reference interpreter on random inputs and
+// weights (seeded by `seed`). Returns "" when they agree (max |diff| <= 1e-4 · max |reference|),
+// else what differs; a lowering that throws returns its message.
+std::string check_lowering(const Operator& op, const Valuation& values, uint64_t seed);
+
+struct TeacherFitOptions {
+  int steps = 300;    // full-batch Adam steps
+  double lr = 1e-2;   // Adam, betas (0.9, 0.999)
+  uint64_t seed = 1;  // teacher weights and data (the same for every candidate)
+};
+
+struct AnalyticOptions {
+  Device device = Device::CPU;  // where latency is measured
+  int latency_runs = 5;         // timed runs after one warm-up; the median is reported
+  bool teacher_fit = true;      // false: quality stays 0 (FLOPs/latency only)
+  TeacherFitOptions fit;
+};
+
+// The analytic + latency (+ teacher-fit) evaluator of `task`. Thread-safe: the search calls it
+// from several jobs at once. For lm tasks a candidate that mixes tokens (not usable as a
+// projection, synth_layer.h) is not ok.
+Evaluator make_analytic_evaluator(const Task& task, const AnalyticOptions& options);
+
+// The teacher-fit error of `op` against `task.baseline` at `values` (evaluate.h's header).
+double teacher_fit(const Task& task, const Operator& op, const Valuation& values,
+                   const TeacherFitOptions& options);
+
+}  // namespace dseek::synth
