@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <cmath>
 #include <cstdlib>
 
 #include "synth/serialize.h"
@@ -77,6 +78,23 @@ TEST(CliSynth, SearchResumesAndShowWritesTableAndPlots) {
   }
   EXPECT_GE(files, 1);
 }
+// --quality lm reaches the proxy: the dense model's run comes first, with the settings asked for
+// (the scoring itself: SynthSearch.LmQualityIsTheProxyValidationLossRelativeToTheDenseModel).
+TEST(CliSynth, LmQualityTrainsTheProxyBaselineFirst) {
+  if (!fs::exists("/usr/share/games/fortunes"))
+    GTEST_SKIP() << "the fortunes corpus is not installed";
+  TempDir out, scratch;
+  const std::string dir = (out.path / "run").string();
+  const CliRun r = run_dseek(
+      "synth search --task lm-proj --d-in 8 --d-out 8 --tokens 16 --coeffs r=2,g=2 --seed 3 "
+      "--budget 4 --max-evaluations 0 --quality lm --proxy-steps 12 --proxy-repeats 2 --out " +
+          dir,
+      scratch.path);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("proxy baseline (lm-proj, 12 steps × 2 repeats): validation loss"),
+            std::string::npos)
+      << r.err;
+}
 
 TEST(CliSynth, BadInputIsAClearErrorWithNonZeroExit) {
   TempDir out, scratch;
@@ -94,7 +112,10 @@ TEST(CliSynth, BadInputIsAClearErrorWithNonZeroExit) {
        "--coeffs: k=0 is not an integer >= 1"},
       {"synth search --task lm-proj --coeffs T=2 --quality teacher-fit --out " + dir,
        "coefficient 'T' clashes"},
-      {"synth search --task lm-proj --quality lm --out " + dir, "--quality lm: only teacher-fit"},
+      {"synth search --task lm-proj --quality bleu --out " + dir,
+       "--quality bleu: teacher-fit or lm"},
+      {"synth search --task conv --quality lm --out " + dir,
+       "--quality lm scores language-model projections"},
       {"synth search --task lm-proj --method beam --quality teacher-fit --out " + dir,
        "unknown method 'beam'"},
       {"synth search --task lm-proj --quality teacher-fit --out " +

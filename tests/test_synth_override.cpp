@@ -129,7 +129,7 @@ TEST(SynthOverride, ParamsTakeTheReplacedWeightsPlace) {
   EXPECT_EQ(params.value("model.layers.0.mlp.down_proj.synth.w0").shape(), Shape({32, 2}));
   EXPECT_EQ(params.value("model.layers.0.mlp.down_proj.synth.w1").shape(), Shape({2, 40}));
   EXPECT_TRUE(params.at("model.layers.0.mlp.up_proj.synth.w0").decay);
-  TrainModel model(c, params, &lr);  // accepts the replaced layout
+  TrainModel model(c, params, ModelPart(), &lr);  // accepts the replaced layout
   const SynthOverride::Cost cost = lr.cost("model.layers.0.mlp.up_proj.weight");
   EXPECT_EQ(cost.params, 2 * (32 + 40));
   EXPECT_EQ(cost.flops, 2 * 2 * (32 + 40));
@@ -172,7 +172,7 @@ TEST(SynthOverride, DenseOperatorTrainsLikeTheLinear) {
       ASSERT_EQ(w0.value.shape(), a.value(name).shape());
       w0.value.copy_from(a.value(name));
     }
-    TrainModel ma(c, a), mb(c, b, &dense);
+    TrainModel ma(c, a), mb(c, b, ModelPart(), &dense);
     AdamW oa(a, {0.9, 0.95, 1e-8, 0.1}), ob(b, {0.9, 0.95, 1e-8, 0.1});
     for (int step = 0; step < 4; ++step) {
       const std::vector<int32_t> seq = random_ids(2 * 9 + 1, c.vocab_size, 40 + step);
@@ -230,7 +230,7 @@ TEST(SynthOverride, GradientsMatchFiniteDifferencesThroughTheModel) {
     ParamSet params;
     TrainModel::init_params(tc.config, 3, 0.3, params);
     ov.replace_params(params, 3, 0.3);
-    TrainModel model(tc.config, params, &ov);
+    TrainModel model(tc.config, params, ModelPart(), &ov);
     const std::vector<int32_t> seq = random_ids(13, tc.config.vocab_size, 9);
     const std::vector<int32_t> in(seq.begin(), seq.end() - 1), tg(seq.begin() + 1, seq.end());
     const float scale = 0.75f;

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <mutex>
 #include <set>
 #include <string>
@@ -70,6 +71,36 @@ SearchOptions options_for(const Task& task, SearchMethod method, int64_t budget,
 }
 
 }  // namespace
+
+// --quality lm: the evaluator's quality is the proxy model's validation loss relative to the dense
+// model's (proxy.h), for any candidate: the same number as proxy_train gives (deterministic for a
+// seed). Which candidate is better is not asserted: at a short budget the proxy's init noise
+// (about ±2%, docs/SYNTH.md) is larger than the gaps.
+TEST(SynthSearch, LmQualityIsTheProxyValidationLossRelativeToTheDenseModel) {
+  if (!std::filesystem::exists("/usr/share/games/fortunes"))
+    GTEST_SKIP() << "the fortunes corpus is not installed";
+  const Task task = small_task();
+  LinearProblem p;
+  const Valuation& v = task.spec.valuations[0];
+  AnalyticOptions ao;
+  ao.quality = Quality::Lm;
+  ao.latency_runs = 1;
+  ao.proxy.kind = "lm-proj";
+  ao.proxy.steps = 40;
+  ao.proxy.warmup = 8;
+  ao.proxy.val_sequences = 32;
+  const Evaluator evaluate = make_analytic_evaluator(task, ao);
+  for (const Operator& op : {dense_linear(p), low_rank(p)}) {
+    const Evaluation e = evaluate(op, v);
+    ASSERT_TRUE(e.ok) << e.error;
+    const ProxyResult r = proxy_train(op, task.spec.vars, v, ao.proxy);
+    std::printf("lm quality %+.4f: validation loss %.4f, dense model %.4f\n", e.quality, r.val_loss,
+                r.baseline_val_loss);
+    EXPECT_DOUBLE_EQ(e.quality, r.val_loss / r.baseline_val_loss - 1.0);
+    EXPECT_LT(std::abs(e.quality), 0.5);  // relative, not nats
+    EXPECT_EQ(e.flops, flops(op, v));
+  }
+}
 
 TEST(SynthSearch, TeacherFitRanksDenseLowRankGroupedAndAWeakOperator) {
   const Task task = small_task();

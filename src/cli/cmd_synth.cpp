@@ -1,7 +1,7 @@
 // `dseek synth`: operator synthesis from the command line.
 //   dseek synth search --task lm-proj|lm-ffn|conv --d-in N --d-out N [--tokens T] [--image S]
 //                      --coeffs r=4,g=4 --method mcts|sample --budget N --jobs J --seed S
-//                      --max-depth D --quality teacher-fit --out DIR
+//                      --max-depth D --quality teacher-fit|lm --out DIR
 //     searches (synth/search.h), evaluating candidates with the analytic + latency + teacher-fit
 //     evaluator (synth/evaluate.h), storing every result in DIR/synth.sqlite (synth/store.h); the
 //     same command with the same DIR resumes. Progress on stderr.
@@ -38,6 +38,7 @@ struct SearchArgs {
   std::string coeffs, method = "mcts", quality, out, device = "cpu";
   int64_t budget = 64, max_evaluations = -1;
   int jobs = 1, batch = 8, fit_steps = 300, latency_runs = 5;
+  int64_t proxy_steps = 300, proxy_repeats = 1;
   uint64_t seed = 1;
   double cost_weight = 0.1, exploration = 0.5, fit_lr = 1e-2;
 };
@@ -45,9 +46,12 @@ struct SearchArgs {
 void run_search(SearchArgs args) {
   args.task.coeffs = parse_coeffs(args.coeffs);
   const Task task = make_task(args.task);
-  DSEEK_CHECK(args.quality == "teacher-fit",
-              "[synth search] --quality {}: only teacher-fit is available in this build",
-              args.quality);
+  DSEEK_CHECK(args.quality == "teacher-fit" || args.quality == "lm",
+              "[synth search] --quality {}: teacher-fit or lm", args.quality);
+  DSEEK_CHECK(args.quality != "lm" || task.name == "lm-proj" || task.name == "lm-ffn",
+              "[synth search] --quality lm scores language-model projections: --task lm-proj or "
+              "lm-ffn, not {}",
+              task.name);
   const Device device = args.device == "cuda" ? Device::CUDA : Device::CPU;
   if (device == Device::CUDA) cuda::require("--device cuda");
   SearchOptions so;
@@ -66,6 +70,21 @@ void run_search(SearchArgs args) {
   ao.latency_runs = args.latency_runs;
   ao.fit.steps = args.fit_steps;
   ao.fit.lr = args.fit_lr;
+  ao.quality = args.quality == "lm" ? Quality::Lm : Quality::TeacherFit;
+  ao.proxy.kind = task.name;
+  ao.proxy.steps = args.proxy_steps;
+  ao.proxy.repeats = args.proxy_repeats;
+  ao.proxy.seed = args.seed;
+  // The default warm-up (20 steps) is for the default 300 steps; short proxies warm up a fifth.
+  ao.proxy.warmup = std::min<int64_t>(ao.proxy.warmup, args.proxy_steps / 5);
+  if (ao.quality == Quality::Lm) {
+    // The dense model's run first: it checks the proxy settings and the corpus before any
+    // candidate (a bad setting would otherwise reject every candidate) and is cached for all.
+    const ProxyResult base = proxy_baseline(ao.proxy);
+    fmt::print(stderr,
+               "proxy baseline ({}, {} steps × {} repeats): validation loss {:.4f} ({:.1f} s)\n",
+               ao.proxy.kind, ao.proxy.steps, ao.proxy.repeats, base.val_loss, base.seconds);
+  }
 
   // What the run is a function of (search.h): a resumed run must match every field.
   nlohmann::ordered_json settings = {{"task", task.name},
@@ -83,6 +102,7 @@ void run_search(SearchArgs args) {
                                      {"quality", args.quality},
                                      {"fit_steps", ao.fit.steps},
                                      {"fit_lr", ao.fit.lr},
+                                     {"proxy", args.quality == "lm" ? ao.proxy.key() : ""},
                                      {"device", args.device},
                                      {"latency_runs", ao.latency_runs}};
   Store store(args.out);
@@ -277,8 +297,15 @@ void add_synth_commands(CLI::App& app) {
                 "reward = -quality - w*log2(FLOPs / dense FLOPs)")
       ->capture_default_str();
   s->add_option("--quality", args->quality,
-                "teacher-fit: validation error of fitting a random dense teacher layer")
+                "teacher-fit: validation error of fitting a random dense teacher layer; lm: "
+                "validation loss of a proxy language model with the candidate in its projections, "
+                "relative to the dense model's (seconds per candidate)")
       ->required();
+  s->add_option("--proxy-steps", args->proxy_steps, "lm: training steps of the proxy model")
+      ->capture_default_str();
+  s->add_option("--proxy-repeats", args->proxy_repeats,
+                "lm: seeds averaged per candidate (one run's loss moves by ~2% with the init)")
+      ->capture_default_str();
   s->add_option("--fit-steps", args->fit_steps, "teacher-fit Adam steps")->capture_default_str();
   s->add_option("--fit-lr", args->fit_lr, "teacher-fit Adam learning rate")->capture_default_str();
   s->add_option("--device", args->device, "where latency is measured: cpu or cuda")

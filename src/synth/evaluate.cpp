@@ -181,10 +181,17 @@ Evaluator make_analytic_evaluator(const Task& task, const AnalyticOptions& optio
       e.params = param_count(op, values);
       // A projection's replacement must not mix tokens: SynthLayer refuses such operators.
       if (task.token_var >= 0) SynthLayer(op, task.spec.vars, values, task.token_var, 0);
-      if (options.teacher_fit) {
+      if (options.quality == Quality::TeacherFit) {
         e.quality = teacher_fit(task, op, values, options.fit);
         if (!std::isfinite(e.quality)) {
           e.error = "[synth] teacher-fit diverged (non-finite validation error)";
+          return e;
+        }
+      } else if (options.quality == Quality::Lm) {
+        const ProxyResult r = proxy_train(op, task.spec.vars, values, options.proxy);
+        e.quality = r.val_loss / r.baseline_val_loss - 1.0;
+        if (!std::isfinite(e.quality)) {
+          e.error = "[synth] proxy training diverged (non-finite validation loss)";
           return e;
         }
       }

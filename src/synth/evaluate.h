@@ -10,8 +10,11 @@
 //                  layer with random weights (a random dense teacher) by full-batch Adam on the
 //                  candidate, relative: mean((y − y*)²) / mean(y*²) on fresh inputs. 0 means the
 //                  candidate represents the teacher, ~1 that it learned nothing. A cheap, real
-//                  accuracy signal for projection layers — not a language-model loss (the proxy
-//                  training of a tiny model is the `lm` quality).
+//                  accuracy signal for projection layers — not a language-model loss.
+//                  Or lm: proxy training (proxy.h) of a tiny language model with the candidate in
+//                  the task's projections, quality = val_loss / baseline_val_loss − 1 (0: as good
+//                  as the dense model, 0.01: 1% worse). Seconds per candidate rather than
+//                  milliseconds, and noisy (docs/SYNTH.md, Proxy training): set its repeats.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +23,7 @@
 
 #include "core/tensor.h"
 #include "synth/operator.h"
+#include "synth/proxy.h"
 #include "synth/task.h"
 
 namespace dseek::synth {
@@ -45,11 +49,14 @@ struct TeacherFitOptions {
   uint64_t seed = 1;  // teacher weights and data (the same for every candidate)
 };
 
+enum class Quality { None, TeacherFit, Lm };  // None: quality stays 0 (FLOPs/latency only)
+
 struct AnalyticOptions {
   Device device = Device::CPU;  // where latency is measured
   int latency_runs = 5;         // timed runs after one warm-up; the median is reported
-  bool teacher_fit = true;      // false: quality stays 0 (FLOPs/latency only)
+  Quality quality = Quality::TeacherFit;
   TeacherFitOptions fit;
+  ProxyTask proxy;  // Quality::Lm; its kind must be the task's (lm-proj or lm-ffn)
 };
 
 // The analytic + latency (+ teacher-fit) evaluator of `task`. Thread-safe: the search calls it

@@ -135,7 +135,7 @@ RunResult run_once(const ProxyTask& task, train::SynthOverride* synth) {
   train::ParamSet params;
   train::TrainModel::init_params(config, task.seed, init_std, params);
   if (synth) synth->replace_params(params, task.seed, init_std);
-  train::TrainModel model(config, params, synth);
+  train::TrainModel model(config, params, train::ModelPart(), synth);
   train::AdamW optimizer(params, {0.9, 0.95, 1e-8, 0.1});
   train::LrSchedule schedule;
   schedule.kind = "cosine";
