@@ -4,30 +4,21 @@
 // rows with segments; the on-disk round trip; JSONL errors that name file:line and the field.
 #include <gtest/gtest.h>
 
-#include <unistd.h>
-
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
 
+#include "cli_util.h"
 #include "core/error.h"
 #include "data/chat_rows.h"
 
 using namespace dseek;
+using namespace dseek::testing;
 namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 std::string llm_tokenizer_json() {
   return slurp(std::string(DSEEK_SOURCE_DIR) + "/../shared/tokenizers/deepseek-llm.tokenizer.json");
@@ -70,18 +61,6 @@ const std::vector<ChatMessage> kChat = {{"system", "Be brief."},
                                         {"user", "And of Italy?"},
                                         {"assistant", "Rome, of course."}};
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("dseek-chatdata-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
-
 // A tokenizer directory: the DeepSeek LLM tokenizer with a chat model's tokenizer_config.json.
 std::string write_tokenizer(const fs::path& dir, const std::string& format) {
   fs::create_directories(dir / "tok");
@@ -111,8 +90,9 @@ TEST(ChatMask, DeepSeekLlmMultiTurn) {
   const MaskedTokens m = renderer.sft_example(kChat, "test:1");
   EXPECT_EQ(tok.decode(m.tokens), renderer.render(kChat, false));
   EXPECT_EQ(m.tokens.front(), tok.bos_id());
-  EXPECT_EQ(trained_runs(tok, m), (std::vector<std::string>{" Paris.<｜end▁of▁sentence｜>",
-                                                            " Rome, of course.<｜end▁of▁sentence｜>"}));
+  EXPECT_EQ(trained_runs(tok, m),
+            (std::vector<std::string>{" Paris.<｜end▁of▁sentence｜>",
+                                      " Rome, of course.<｜end▁of▁sentence｜>"}));
 }
 
 // DeepSeek-V3 ("<｜User｜>...<｜Assistant｜>...<｜end▁of▁sentence｜>"): the content right after the
@@ -123,10 +103,12 @@ TEST(ChatMask, DeepSeekV3MultiTurn) {
   EXPECT_EQ(renderer.format_name(), "deepseek_v3");
   const MaskedTokens m = renderer.sft_example(kChat, "test:1");
   EXPECT_EQ(tok.decode(m.tokens), renderer.render(kChat, false));
-  EXPECT_EQ(trained_runs(tok, m), (std::vector<std::string>{"Paris.<｜end▁of▁sentence｜>",
-                                                            "Rome, of course.<｜end▁of▁sentence｜>"}));
+  EXPECT_EQ(trained_runs(tok, m),
+            (std::vector<std::string>{"Paris.<｜end▁of▁sentence｜>",
+                                      "Rome, of course.<｜end▁of▁sentence｜>"}));
   // DPO: only the response after the prompt's generation header.
-  const MaskedTokens r = renderer.response_example({{"user", "Capital of Spain?"}}, "Madrid.", "t:2");
+  const MaskedTokens r =
+      renderer.response_example({{"user", "Capital of Spain?"}}, "Madrid.", "t:2");
   EXPECT_EQ(trained_runs(tok, r), (std::vector<std::string>{"Madrid.<｜end▁of▁sentence｜>"}));
 }
 
@@ -135,7 +117,7 @@ TEST(ChatMask, DeepSeekV3MultiTurn) {
 TEST(ChatRows, PackAndRoundTrip) {
   TempDir tmp;
   ChatRowWriter w(10, 99);
-  const MaskedTokens a{{5, 6, 7, 8}, {0, 0, 1, 1}};             // 3 positions
+  const MaskedTokens a{{5, 6, 7, 8}, {0, 0, 1, 1}};              // 3 positions
   const MaskedTokens b{{1, 2, 3, 4, 5, 6}, {0, 1, 1, 0, 1, 1}};  // 5 positions
   const MaskedTokens c{{9, 8, 7, 6}, {0, 1, 1, 0}};              // 3 positions: a new row
   const MaskedTokens longer{std::vector<int32_t>(15, 3), std::vector<uint8_t>(15, 1)};
@@ -168,19 +150,25 @@ TEST(ChatData, BadLinesNameFileLineAndField) {
   TempDir tmp;
   const std::string tok = write_tokenizer(tmp.path, "deepseek_llm");
   const ChatRenderer renderer(Tokenizer::load(tok));  // loaded once: the 102K vocabulary is slow
-  const json good = {{"messages", {{{"role", "user"}, {"content", "hi"}},
-                                   {{"role", "assistant"}, {"content", "hello"}}}}};
+  const json good = {
+      {"messages",
+       {{{"role", "user"}, {"content", "hi"}}, {{"role", "assistant"}, {"content", "hello"}}}}};
   auto sft_error = [&](const std::string& bad_line) {
-    std::ofstream(tmp.path / "chats.jsonl") << good.dump() << "\n\n" << good.dump() << "\n" << bad_line << "\n";
+    std::ofstream(tmp.path / "chats.jsonl") << good.dump() << "\n\n"
+                                            << good.dump() << "\n"
+                                            << bad_line << "\n";
     ChatPrepareOptions o;
     o.input = (tmp.path / "chats.jsonl").string();
     o.out_dir = (tmp.path / "out").string();
     return error_of([&] { prepare_sft(o, renderer); });
   };
-  EXPECT_NE(sft_error(R"({"messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}]})")
-                .find("chats.jsonl:4: messages[1].role: expected one of system/user/assistant"),
-            std::string::npos);
-  EXPECT_NE(sft_error(R"({"messages": [{"role": "user"}]})").find("chats.jsonl:4: messages[0].content: missing"),
+  EXPECT_NE(
+      sft_error(
+          R"({"messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}]})")
+          .find("chats.jsonl:4: messages[1].role: expected one of system/user/assistant"),
+      std::string::npos);
+  EXPECT_NE(sft_error(R"({"messages": [{"role": "user"}]})")
+                .find("chats.jsonl:4: messages[0].content: missing"),
             std::string::npos);
   EXPECT_NE(sft_error(R"({"messages": [{"role": "user", "content": 3}]})")
                 .find("chats.jsonl:4: messages[0].content: expected a string"),
@@ -188,21 +176,32 @@ TEST(ChatData, BadLinesNameFileLineAndField) {
   EXPECT_NE(sft_error(R"({"messages": [{"role": "user", "content": "q"}]})")
                 .find("chats.jsonl:4: messages: no assistant message"),
             std::string::npos);
-  EXPECT_NE(sft_error(R"({"messages": [)").find("chats.jsonl:4: not valid JSON"), std::string::npos);
-  EXPECT_NE(sft_error(R"({"text": "x"})").find("chats.jsonl:4: messages: missing"), std::string::npos);
+  EXPECT_NE(sft_error(R"({"messages": [)").find("chats.jsonl:4: not valid JSON"),
+            std::string::npos);
+  EXPECT_NE(sft_error(R"({"text": "x"})").find("chats.jsonl:4: messages: missing"),
+            std::string::npos);
   EXPECT_FALSE(fs::exists(tmp.path / "out" / "index.json"));
 
-  std::ofstream(tmp.path / "pairs.jsonl") << R"({"prompt": "q", "chosen": "a", "rejected": "b"})" << "\n"
-                                          << R"({"prompt": "q", "chosen": "a"})" << "\n";
+  std::ofstream(tmp.path / "pairs.jsonl") << R"({"prompt": "q", "chosen": "a", "rejected": "b"})"
+                                          << "\n"
+                                          << R"({"prompt": "q", "chosen": "a"})"
+                                          << "\n";
   ChatPrepareOptions o;
   o.input = (tmp.path / "pairs.jsonl").string();
   o.out_dir = (tmp.path / "out").string();
-  EXPECT_NE(error_of([&] { prepare_dpo(o, renderer); }).find("pairs.jsonl:2: rejected: missing"), std::string::npos);
-  std::ofstream(tmp.path / "pairs.jsonl") << R"({"prompt": [{"role": "usr", "content": "q"}], "chosen": "a", "rejected": "b"})" << "\n";
-  EXPECT_NE(error_of([&] { prepare_dpo(o, renderer); }).find("pairs.jsonl:1: prompt[0].role: expected one of"),
+  EXPECT_NE(error_of([&] { prepare_dpo(o, renderer); }).find("pairs.jsonl:2: rejected: missing"),
+            std::string::npos);
+  std::ofstream(tmp.path / "pairs.jsonl")
+      << R"({"prompt": [{"role": "usr", "content": "q"}], "chosen": "a", "rejected": "b"})"
+      << "\n";
+  EXPECT_NE(error_of([&] {
+              prepare_dpo(o, renderer);
+            }).find("pairs.jsonl:1: prompt[0].role: expected one of"),
             std::string::npos);
   // A good file: pairs kept together as chosen, rejected segments.
-  std::ofstream(tmp.path / "pairs.jsonl") << R"({"prompt": "q", "chosen": "yes indeed", "rejected": "no"})" << "\n";
+  std::ofstream(tmp.path / "pairs.jsonl")
+      << R"({"prompt": "q", "chosen": "yes indeed", "rejected": "no"})"
+      << "\n";
   const ChatPrepareSummary s = prepare_dpo(o, renderer);
   EXPECT_EQ(s.examples, 1);
   const auto rows = ChatRows::open(o.out_dir);

@@ -16,6 +16,7 @@
 #include <limits>
 #include <thread>
 
+#include "cli_util.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "train/checkpoint.h"
@@ -23,20 +24,10 @@
 
 namespace fs = std::filesystem;
 using namespace dseek;
+using namespace dseek::testing;
 using namespace dseek::train;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() / fmt::format("dseek-ckpt-{}-{}", ::getpid(), counter++);
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
 
 // A checkpoint whose every value is derived from `step`, so a loaded one can be told apart.
 CheckpointData make_checkpoint(int64_t step, int64_t big = 1000) {

@@ -1,12 +1,11 @@
 // End-to-end tests of `dseek generate`, `dseek chat` and `dseek init` through the built binary.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
+#include "cli_util.h"
 #include "infer/generator.h"
 #include "model/model.h"
 #include "test_generate_util.h"
@@ -16,34 +15,6 @@ using namespace dseek::testing;
 namespace fs = std::filesystem;
 
 namespace {
-
-struct CliRun {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-std::string slurp(const fs::path& path) {
-  std::ifstream file(path, std::ios::binary);
-  std::stringstream ss;
-  ss << file.rdbuf();
-  return ss.str();
-}
-
-// Runs the dseek binary with `args` (shell-quoted by the caller) and optional stdin text.
-CliRun run_dseek(const std::string& args, const std::string& stdin_text = "") {
-  const fs::path dir = fs::temp_directory_path() / ("dseek_cli_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  std::ofstream(dir / "in") << stdin_text;
-  const std::string cmd = std::string(DSEEK_BINARY) + " " + args + " < " + (dir / "in").string() +
-                          " > " + (dir / "out").string() + " 2> " + (dir / "err").string();
-  const int status = std::system(cmd.c_str());
-  CliRun run;
-  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  run.out = slurp(dir / "out");
-  run.err = slurp(dir / "err");
-  fs::remove_all(dir);
-  return run;
-}
 
 std::vector<std::string> lines_of(const std::string& text) {
   std::vector<std::string> lines;
@@ -56,8 +27,8 @@ std::vector<std::string> lines_of(const std::string& text) {
 
 TEST(CliGenerate, IdsWithPrintIdsMatchesTheLibrary) {
   const std::string model = tiny_coder_model_dir();
-  const CliRun run =
-      run_dseek("generate --model " + model + " --ids 32013,1558,16600 -n 7 --greedy --print-ids");
+  const CliRun run = run_dseek_shell("generate --model " + model +
+                                     " --ids 32013,1558,16600 -n 7 --greedy --print-ids");
   ASSERT_EQ(run.exit_code, 0) << run.err;
   std::unique_ptr<Model> m = Model::load(model);
   GenerationOptions options;
@@ -76,14 +47,14 @@ TEST(CliGenerate, IdsWithPrintIdsMatchesTheLibrary) {
 TEST(CliGenerate, PromptStreamsTextAndStopsAtStopString) {
   const std::string model = tiny_coder_model_dir();
   const CliRun full =
-      run_dseek("generate --model " + model + " --prompt 'def fib(n):' -n 12 --greedy");
+      run_dseek_shell("generate --model " + model + " --prompt 'def fib(n):' -n 12 --greedy");
   ASSERT_EQ(full.exit_code, 0) << full.err;
   ASSERT_GT(full.out.size(), 4u);
   // Stop at the 3rd..4th bytes of the output: the text before it is printed, nothing after.
   const std::string stop = full.out.substr(2, 2);
   ASSERT_EQ(stop.find('\''), std::string::npos);
-  const CliRun cut = run_dseek("generate --model " + model +
-                               " --prompt 'def fib(n):' -n 12 --greedy --stop '" + stop + "'");
+  const CliRun cut = run_dseek_shell(
+      "generate --model " + model + " --prompt 'def fib(n):' -n 12 --greedy --stop '" + stop + "'");
   ASSERT_EQ(cut.exit_code, 0) << cut.err;
   EXPECT_EQ(cut.out, full.out.substr(0, full.out.find(stop)) + "\n");
   EXPECT_NE(cut.err.find("finish: stop"), std::string::npos) << cut.err;
@@ -91,9 +62,9 @@ TEST(CliGenerate, PromptStreamsTextAndStopsAtStopString) {
 
 TEST(CliChat, PipedTurnsResetAndExit) {
   const std::string model = tiny_coder_model_dir();
-  const CliRun run =
-      run_dseek("chat --model " + model + " --chat-format deepseek_coder -n 4 --greedy --timing",
-                "hello\n/reset\nwrite fib\n/exit\nnever read\n");
+  const CliRun run = run_dseek_shell(
+      "chat --model " + model + " --chat-format deepseek_coder -n 4 --greedy --timing",
+      "hello\n/reset\nwrite fib\n/exit\nnever read\n");
   ASSERT_EQ(run.exit_code, 0) << run.err;
   EXPECT_NE(run.err.find("(history cleared)"), std::string::npos) << run.err;
   // Two replies, each timed.
@@ -104,27 +75,27 @@ TEST(CliChat, PipedTurnsResetAndExit) {
   }
   EXPECT_EQ(timings, 2u) << run.err;
   // Without a template or --chat-format, chat explains what is missing.
-  const CliRun none = run_dseek("chat --model " + model, "hi\n");
+  const CliRun none = run_dseek_shell("chat --model " + model, "hi\n");
   EXPECT_EQ(none.exit_code, 1);
   EXPECT_NE(none.err.find("--chat-format"), std::string::npos) << none.err;
 }
 
 TEST(CliGenerate, BadFlagsFailWithAClearMessage) {
   const std::string model = tiny_coder_model_dir();
-  CliRun r = run_dseek("generate --model " + model + " --ids 1,2 --top-p 1.5");
+  CliRun r = run_dseek_shell("generate --model " + model + " --ids 1,2 --top-p 1.5");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("[sampler] top_p"), std::string::npos) << r.err;
-  r = run_dseek("generate --model " + model + " --ids 1,x");
+  r = run_dseek_shell("generate --model " + model + " --ids 1,x");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("[generate] --ids: 'x'"), std::string::npos) << r.err;
-  r = run_dseek("generate --model " + model + " --ids 1 --prompt hi");
+  r = run_dseek_shell("generate --model " + model + " --ids 1 --prompt hi");
   EXPECT_NE(r.exit_code, 0);
-  r = run_dseek("generate --model " + model + " --greedy --temperature 0.5 --ids 1");
+  r = run_dseek_shell("generate --model " + model + " --greedy --temperature 0.5 --ids 1");
   EXPECT_NE(r.exit_code, 0);
-  r = run_dseek("generate --ids 1");
+  r = run_dseek_shell("generate --ids 1");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("--model"), std::string::npos) << r.err;
-  r = run_dseek("generate --model /nonexistent/dir --ids 1");
+  r = run_dseek_shell("generate --model /nonexistent/dir --ids 1");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("/nonexistent/dir"), std::string::npos) << r.err;
 }
@@ -136,15 +107,15 @@ TEST(CliInit, WritesALoadableCheckpoint) {
       << R"({"model_type": "llama", "vocab_size": 64, "hidden_size": 16,
     "intermediate_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
     "max_position_embeddings": 32})";
-  const CliRun run = run_dseek("init --config " + (dir / "config.json").string() + " --out " +
-                               (dir / "ckpt").string() + " --dtype f32 --seed 4");
+  const CliRun run = run_dseek_shell("init --config " + (dir / "config.json").string() + " --out " +
+                                     (dir / "ckpt").string() + " --dtype f32 --seed 4");
   ASSERT_EQ(run.exit_code, 0) << run.err;
   std::unique_ptr<Model> m = Model::load((dir / "ckpt").string());
   EXPECT_EQ(m->config().num_key_value_heads, 1);
   const Tensor logits = m->forward({1, 2, 3});
   EXPECT_EQ(logits.shape(), (Shape{3, 64}));
-  const CliRun bad = run_dseek("init --config " + (dir / "missing.json").string() + " --out " +
-                               (dir / "x").string());
+  const CliRun bad = run_dseek_shell("init --config " + (dir / "missing.json").string() +
+                                     " --out " + (dir / "x").string());
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_NE(bad.err.find("missing.json"), std::string::npos) << bad.err;
   fs::remove_all(dir);

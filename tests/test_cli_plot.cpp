@@ -1,7 +1,6 @@
 // `dseek plot`: the metrics.jsonl reader (fields, null, a truncated last line skipped with a
 // warning, bad lines as errors naming file and line) and the command end to end through the binary.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <cmath>
 
@@ -12,6 +11,7 @@
 using namespace dseek;
 using namespace dseek::plot;
 using namespace dseek::plot_testing;
+using namespace dseek::testing;
 
 TEST(PlotMetrics, ReadsFieldsAndSkipsOnlyATruncatedLastLine) {
   TempDir dir;
@@ -76,28 +76,8 @@ TEST(PlotMetrics, BadLinesAreErrorsNamingFileAndLine) {
   EXPECT_NE(err.find("missing.jsonl: cannot open"), std::string::npos) << err;
 }
 
-namespace {
-
-struct CliRun {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-CliRun run_dseek(const std::string& args, const fs::path& scratch) {
-  const std::string cmd = std::string(DSEEK_BINARY) + " " + args + " > " +
-                          (scratch / "out").string() + " 2> " + (scratch / "err").string();
-  const int status = std::system(cmd.c_str());
-  CliRun run;
-  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  run.out = slurp(scratch / "out");
-  run.err = slurp(scratch / "err");
-  return run;
-}
-
-}  // namespace
-
 TEST(CliPlot, WritesEveryChartOfARun) {
-  TempDir run, scratch;
+  TempDir run;
   {
     std::ofstream metrics(run.path / "metrics.jsonl");
     for (int step = 1; step <= 60; ++step) {
@@ -115,7 +95,7 @@ TEST(CliPlot, WritesEveryChartOfARun) {
     }
     metrics << R"({"step": 61, "lo)";  // killed mid-write
   }
-  CliRun r = run_dseek("plot " + run.path.string(), scratch.path);
+  CliRun r = run_dseek_shell("plot " + run.path.string());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("warning: [plot]"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("metrics.jsonl:64: skipping the truncated last line"), std::string::npos)
@@ -138,26 +118,25 @@ TEST(CliPlot, WritesEveryChartOfARun) {
   EXPECT_NE(load_svg.find(">MoE layer 1</text>"), std::string::npos);
 
   // --out and --format svg: only SVGs, elsewhere.
-  r = run_dseek(
-      "plot " + run.path.string() + " --format svg --out " + (run.path / "charts").string(),
-      scratch.path);
+  r = run_dseek_shell("plot " + run.path.string() + " --format svg --out " +
+                      (run.path / "charts").string());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(fs::exists(run.path / "charts" / "loss.svg"));
   EXPECT_FALSE(fs::exists(run.path / "charts" / "loss.png"));
 }
 
 TEST(CliPlot, BadInputExitsWithTheFileAndLine) {
-  TempDir run, scratch;
+  TempDir run;
   std::ofstream(run.path / "metrics.jsonl")
       << "{\"step\": 1, \"loss\": 2}\n{\"step\": oops}\n{\"step\": 3}\n";
-  CliRun r = run_dseek("plot " + run.path.string(), scratch.path);
+  CliRun r = run_dseek_shell("plot " + run.path.string());
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("metrics.jsonl:2: invalid JSON"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(run.path / "loss.png"));
-  r = run_dseek("plot " + (run.path / "absent").string(), scratch.path);
+  r = run_dseek_shell("plot " + (run.path / "absent").string());
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("cannot open"), std::string::npos) << r.err;
-  r = run_dseek("plot " + run.path.string() + " --format gif", scratch.path);
+  r = run_dseek_shell("plot " + run.path.string() + " --format gif");
   EXPECT_NE(r.exit_code, 0);  // a usage error (CLI11's exit code)
   EXPECT_NE(r.err.find("--format"), std::string::npos) << r.err;
 }

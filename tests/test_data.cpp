@@ -7,6 +7,7 @@
 #include <map>
 #include <set>
 
+#include "cli_util.h"
 #include "core/error.h"
 #include "data/corpus_reader.h"
 #include "data/fim.h"
@@ -17,22 +18,9 @@
 
 namespace fs = std::filesystem;
 using namespace dseek;
+using namespace dseek::testing;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / fmt::format("dseek-data-{}-{}", ::getpid(), counter()++);
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  static int& counter() {
-    static int c = 0;
-    return c;
-  }
-};
 
 // Documents with distinct, recognisable tokens: doc d holds d*100+1 ... d*100+len.
 std::vector<std::vector<int32_t>> make_docs(int n) {
@@ -45,7 +33,8 @@ std::vector<std::vector<int32_t>> make_docs(int n) {
   return docs;
 }
 
-void write_docs(const fs::path& dir, const std::vector<std::vector<int32_t>>& docs, int64_t shard_tokens) {
+void write_docs(const fs::path& dir, const std::vector<std::vector<int32_t>>& docs,
+                int64_t shard_tokens) {
   ShardWriter writer(dir.string(), 10000, 0, 9999, shard_tokens);
   for (const auto& doc : docs) {
     writer.append(std::vector<int32_t>(doc.begin(), doc.begin() + long(doc.size() / 2)));
@@ -176,7 +165,8 @@ TEST(DataLoader, ResumeFromAPositionReplaysTheSameBatches) {
 
 TEST(CorpusReader, JsonlSeparatorsAndErrors) {
   TempDir tmp;
-  write_bytes(tmp.path / "a.jsonl", "{\"text\": \"first\"}\n\n{\"text\": \"second\"}\n{\"text\": 3}\n");
+  write_bytes(tmp.path / "a.jsonl",
+              "{\"text\": \"first\"}\n\n{\"text\": \"second\"}\n{\"text\": 3}\n");
   CorpusReader bad_field({(tmp.path / "a.jsonl").string()}, {});
   CorpusPiece p;
   ASSERT_TRUE(bad_field.next(p));
@@ -217,7 +207,8 @@ TEST(Fim, SplitKeepsTextAndCharacterBoundaries) {
 }
 
 TEST(Fim, PrepareWithCoderTokenizerWritesBothOrders) {
-  std::string tok = std::string(DSEEK_SOURCE_DIR) + "/../shared/tokenizers/deepseek-coder.tokenizer.json";
+  std::string tok =
+      std::string(DSEEK_SOURCE_DIR) + "/../shared/tokenizers/deepseek-coder.tokenizer.json";
   if (!fs::exists(tok)) GTEST_SKIP() << "shared tokenizers not present";
   Tokenizer tokenizer = Tokenizer::load(tok);
   FimTokens ft = FimTokens::from_tokenizer(tokenizer);
@@ -226,13 +217,16 @@ TEST(Fim, PrepareWithCoderTokenizerWritesBothOrders) {
   auto spm = fim_encode(tokenizer, split, ft, FimMode::SPM);
   EXPECT_EQ(psm.front(), ft.begin);
   EXPECT_EQ(spm.front(), ft.hole);
-  EXPECT_EQ(tokenizer.decode(psm), "<｜fim▁begin｜>def f(x):\n    <｜fim▁hole｜>\n<｜fim▁end｜>return x + 1");
-  EXPECT_EQ(tokenizer.decode(spm), "<｜fim▁hole｜>\n<｜fim▁begin｜>def f(x):\n    <｜fim▁end｜>return x + 1");
+  EXPECT_EQ(tokenizer.decode(psm),
+            "<｜fim▁begin｜>def f(x):\n    <｜fim▁hole｜>\n<｜fim▁end｜>return x + 1");
+  EXPECT_EQ(tokenizer.decode(spm),
+            "<｜fim▁hole｜>\n<｜fim▁begin｜>def f(x):\n    <｜fim▁end｜>return x + 1");
 
   TempDir tmp;
   fs::create_directories(tmp.path / "src");
   for (int i = 0; i < 20; ++i) {
-    write_bytes(tmp.path / "src" / fmt::format("f{}.py", i), fmt::format("def f{}(x):\n    return x * {}\n", i, i));
+    write_bytes(tmp.path / "src" / fmt::format("f{}.py", i),
+                fmt::format("def f{}(x):\n    return x * {}\n", i, i));
   }
   PrepareOptions opts;
   opts.tokenizer = tok;

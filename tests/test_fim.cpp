@@ -4,25 +4,18 @@
 // sentinels back to exactly its prefix, suffix and middle (multi-byte UTF-8 included); the
 // inference prompt is the training document minus its middle, equals DeepSeek-Coder's README
 // string tokenized with BOS, and is what the CLI feeds the model; bad flags are clear errors.
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
+#include "cli_util.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "data/fim.h"
 #include "test_generate_util.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/utf8.h"
-
-extern char** environ;
 
 using namespace dseek;
 using namespace dseek::testing;
@@ -62,47 +55,6 @@ Pieces cut_at(const std::vector<int32_t>& ids, int32_t first, int32_t second, in
   p.after_second = coder().decode(std::vector<int32_t>(b + 1, c));
   p.after_third = coder().decode(std::vector<int32_t>(c + 1, ids.end()));
   return p;
-}
-
-struct CliRun {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-std::string slurp(const fs::path& path) {
-  std::ifstream file(path, std::ios::binary);
-  std::stringstream ss;
-  ss << file.rdbuf();
-  return ss.str();
-}
-
-// Runs the dseek binary with `args` (no shell, so arguments hold newlines as they are).
-CliRun run_dseek(std::vector<std::string> args) {
-  const fs::path dir = fs::temp_directory_path() / ("dseek_fim_cli_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  args.insert(args.begin(), DSEEK_BINARY);
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, (dir / "out").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, 2, (dir / "err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid = -1;
-  CliRun run;
-  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  EXPECT_EQ(rc, 0);
-  if (rc == 0) {
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  }
-  run.out = slurp(dir / "out");
-  run.err = slurp(dir / "err");
-  fs::remove_all(dir);
-  return run;
 }
 
 std::string last_line(const std::string& text) {
@@ -170,8 +122,8 @@ TEST(FimPrompt, PsmEqualsTheCoderReadmeStringTokenizedWithBos) {
   const std::string suffix = "\n    return quick_sort(left) + [pivot] + quick_sort(right)";
   // DeepSeek-Coder's README: tokenizer("<｜fim▁begin｜>" + prefix + "<｜fim▁hole｜>" + suffix +
   // "<｜fim▁end｜>") with the BOS the tokenizer adds.
-  const std::vector<int32_t> readme =
-      coder().encode("<｜fim▁begin｜>" + prefix + "<｜fim▁hole｜>" + suffix + "<｜fim▁end｜>", true);
+  const std::vector<int32_t> readme = coder().encode(
+      "<｜fim▁begin｜>" + prefix + "<｜fim▁hole｜>" + suffix + "<｜fim▁end｜>", true);
   std::vector<int32_t> hand = {32013, 32016};
   for (int32_t id : coder().encode(prefix)) hand.push_back(id);
   hand.push_back(32015);
@@ -210,7 +162,8 @@ TEST(CliFim, InfillPromptIsTheHandBuiltSequence) {
   hand.push_back(32015);
   for (int32_t id : coder().encode(suffix)) hand.push_back(id);
   hand.push_back(32017);
-  const std::vector<std::string> common = {"generate", "--model", model, "-n", "6", "--greedy", "--print-ids"};
+  const std::vector<std::string> common = {"generate", "--model",  model,        "-n",
+                                           "6",        "--greedy", "--print-ids"};
   auto with = [&](std::vector<std::string> extra) {
     extra.insert(extra.begin(), common.begin(), common.end());
     return extra;

@@ -1,8 +1,6 @@
 // Parameter and KV-cache accounting, and the `dseek info` command.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -10,12 +8,14 @@
 #include <random>
 #include <set>
 
+#include "cli_util.h"
 #include "core/error.h"
 #include "model/config.h"
 #include "model/param_count.h"
 #include "model/safetensors.h"
 
 using namespace dseek;
+using namespace dseek::testing;
 namespace fs = std::filesystem;
 
 namespace {
@@ -44,18 +44,6 @@ ModelConfig v2_lite_config() {
                             "v2-lite");
 }
 
-struct TempDir {
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "dseek_info_XXXXXX").string();
-    path = ::mkdtemp(pattern.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  fs::path path;
-};
-
 // Writes config.json and a checkpoint with every tensor of the config, random values, plus an FP8
 // scale tensor that must not count as a parameter.
 void write_checkpoint(const fs::path& dir, const ModelConfig& c) {
@@ -71,19 +59,6 @@ void write_checkpoint(const fs::path& dir, const ModelConfig& c) {
   tensors.emplace_back("model.layers.0.mlp.down_proj.weight_scale_inv",
                        Tensor::from_vector({0.5f, 2.0f}, {1, 2}));
   save_safetensors((dir / "model.safetensors").string(), tensors);
-}
-
-// Runs the dseek binary; returns exit code and stdout+stderr.
-std::pair<int, std::string> run_dseek(const std::string& args) {
-  std::string command = std::string(DSEEK_BINARY) + " " + args + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  EXPECT_NE(pipe, nullptr);
-  std::string out;
-  std::array<char, 4096> buffer;
-  size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) out.append(buffer.data(), n);
-  int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
 }  // namespace
@@ -195,16 +170,18 @@ TEST(ParamCount, TransformersFixturesHaveExactlyTheExpectedTensors) {
 }
 
 TEST(Info, PrintsTextAndJsonForFixtures) {
-  auto [rc, out] = run_dseek("info --model " + (kFixtures / "v3_fp8").string());
-  ASSERT_EQ(rc, 0) << out;
+  const CliRun r = run_dseek_shell("info --model " + (kFixtures / "v3_fp8").string());
+  const std::string out = r.out + r.err;
+  ASSERT_EQ(r.exit_code, 0) << out;
   for (const char* expected :
        {"deepseek_v3: MLA", "sigmoid + noaux_tc gate", "+ 1 MTP", "f8_e4m3 (72 tensors)",
         "stored (", "from config.json", "active/token",
         "KV cache/token 672 bytes bf16, 1344 bytes f32", "context        256 tokens"}) {
     EXPECT_NE(out.find(expected), std::string::npos) << expected << "\n" << out;
   }
-  auto [jrc, jout] = run_dseek("info --json --model " + (kFixtures / "v2_sharded").string());
-  ASSERT_EQ(jrc, 0) << jout;
+  const CliRun jr = run_dseek_shell("info --json --model " + (kFixtures / "v2_sharded").string());
+  const std::string jout = jr.out + jr.err;
+  ASSERT_EQ(jr.exit_code, 0) << jout;
   nlohmann::json j = nlohmann::json::parse(jout);
   ModelConfig c = load_model_config((kFixtures / "v2_sharded").string());
   ParamCount p = count_params(c);
@@ -217,16 +194,18 @@ TEST(Info, PrintsTextAndJsonForFixtures) {
   EXPECT_EQ(j["kv_cache_bytes_per_token"]["bf16"], kv_cache_bytes_per_token(c, DType::BF16));
   EXPECT_EQ(j["stored_dtypes"]["f32"],
             int64_t(WeightStore::open((kFixtures / "v2_sharded").string()).names().size()));
-  auto [lrc, lout] = run_dseek("info --json --model " + (kFixtures / "llama_gqa").string());
-  ASSERT_EQ(lrc, 0) << lout;
+  const CliRun lr = run_dseek_shell("info --json --model " + (kFixtures / "llama_gqa").string());
+  const std::string lout = lr.out + lr.err;
+  ASSERT_EQ(lr.exit_code, 0) << lout;
   EXPECT_EQ(nlohmann::json::parse(lout)["attention"], "GQA");
 }
 
 TEST(Info, ConfigOnlyDirectoryGetsAnalyticFigures) {
   TempDir dir;
   std::ofstream(dir.path / "config.json") << model_config_to_json(v3_config());
-  auto [rc, out] = run_dseek("info --json --model " + dir.path.string());
-  ASSERT_EQ(rc, 0) << out;
+  const CliRun r = run_dseek_shell("info --json --model " + dir.path.string());
+  const std::string out = r.out + r.err;
+  ASSERT_EQ(r.exit_code, 0) << out;
   nlohmann::json j = nlohmann::json::parse(out);
   EXPECT_TRUE(j["params_stored"].is_null());
   EXPECT_EQ(j["params_analytic"]["total"], count_params(v3_config()).total);
@@ -234,16 +213,19 @@ TEST(Info, ConfigOnlyDirectoryGetsAnalyticFigures) {
 
 TEST(Info, BadDirectoryOrConfigExitsWithOne) {
   TempDir dir;
-  auto [rc, out] = run_dseek("info --model " + (dir.path / "missing").string());
-  EXPECT_EQ(rc, 1);
+  CliRun r = run_dseek_shell("info --model " + (dir.path / "missing").string());
+  std::string out = r.out + r.err;
+  EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(out.find("dseek: [info]"), std::string::npos) << out;
   std::ofstream(dir.path / "config.json") << R"({"model_type": "gpt2"})";
-  std::tie(rc, out) = run_dseek("info --model " + dir.path.string());
-  EXPECT_EQ(rc, 1);
+  r = run_dseek_shell("info --model " + dir.path.string());
+  out = r.out + r.err;
+  EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(out.find("unknown model_type 'gpt2'"), std::string::npos) << out;
   std::ofstream(dir.path / "config.json") << model_config_to_json(v2_lite_config());
   std::ofstream(dir.path / "model.safetensors") << "garbage!garbage!";
-  std::tie(rc, out) = run_dseek("info --model " + dir.path.string());
-  EXPECT_EQ(rc, 1);
+  r = run_dseek_shell("info --model " + dir.path.string());
+  out = r.out + r.err;
+  EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(out.find("[safetensors]"), std::string::npos) << out;
 }

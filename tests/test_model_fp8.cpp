@@ -1,12 +1,12 @@
-// An FP8 checkpoint run with its weights kept as FP8 (issue 4). The v3_fp8 fixture (docs/FIXTURES.md:
-// v3_noaux with every attention and MLP/expert projection F8_E4M3 + weight_scale_inv) is loaded
-// with the default placement, which keeps the dense projections FP8 in memory (ops::linear_fp8:
-// activations quantised per 1×128 tile) and dequantises kv_b_proj and the routed experts at load;
-// its logits must stay within the E4M3 activation-rounding bound of the same checkpoint with every
-// weight dequantised (Fp8Weights::Dequantise), and of transformers' reference, which was computed
-// from the dequantised weights. `dseek generate` runs on it, with and without --dequantize-fp8.
+// An FP8 checkpoint run with its weights kept as FP8 (issue 4). The v3_fp8 fixture
+// (docs/FIXTURES.md: v3_noaux with every attention and MLP/expert projection F8_E4M3 +
+// weight_scale_inv) is loaded with the default placement, which keeps the dense projections FP8 in
+// memory (ops::linear_fp8: activations quantised per 1×128 tile) and dequantises kv_b_proj and the
+// routed experts at load; its logits must stay within the E4M3 activation-rounding bound of the
+// same checkpoint with every weight dequantised (Fp8Weights::Dequantise), and of transformers'
+// reference, which was computed from the dequantised weights. `dseek generate` runs on it, with and
+// without --dequantize-fp8.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "cli_util.h"
 #include "core/error.h"
 #include "infer/generator.h"
 #include "model/mla.h"
@@ -32,6 +33,7 @@
 #include "ops/linear.h"
 
 using namespace dseek;
+using namespace dseek::testing;
 namespace fs = std::filesystem;
 
 namespace {
@@ -63,7 +65,8 @@ Reference load_reference() {
   ref.greedy_continuation = j.at("greedy_continuation").get<std::vector<int32_t>>();
   ref.rows = j.at("logits_shape").at(0);
   ref.vocab = j.at("logits_shape").at(1);
-  ref.logits = read_f32(kDir / j.at("logits_file").get<std::string>(), size_t(ref.rows * ref.vocab));
+  ref.logits =
+      read_f32(kDir / j.at("logits_file").get<std::string>(), size_t(ref.rows * ref.vocab));
   ref.mtp_logits = read_f32(kDir / j.at("mtp").at("logits_file").get<std::string>(),
                             size_t((ref.rows - 1) * ref.vocab));
   return ref;
@@ -208,8 +211,8 @@ TEST(ModelFp8, EachProjectionWithinOneGemmBound) {
     worst = std::max(worst, rel);
     ++checked;
   }
-  std::printf("[fp8] v3_fp8: %d FP8 projections, worst rel_rms %.4f (bound %.4f)\n", checked,
-              worst, kGemmRelRms);
+  std::printf("[fp8] v3_fp8: %d FP8 projections, worst rel_rms %.4f (bound %.4f)\n", checked, worst,
+              kGemmRelRms);
   EXPECT_GT(checked, 20);
 }
 
@@ -224,16 +227,17 @@ TEST(ModelFp8, LogitsWithinE4M3BoundOfDequantisedModelAndTransformers) {
   double sq = 0;
   for (float v : ref.logits) sq += double(v) * v;
   const double rms = std::sqrt(sq / double(ref.logits.size()));
-  const std::pair<const char*, const std::vector<float>*> refs[] = {
-      {"dequantised", &dequantised}, {"transformers", &ref.logits}};
+  const std::pair<const char*, const std::vector<float>*> refs[] = {{"dequantised", &dequantised},
+                                                                    {"transformers", &ref.logits}};
   for (const auto& [name, want] : refs) {
     const Errors e = compare(got, *want, ref.rows, ref.vocab);
     const double bound = kModelRelRms + (name == std::string("transformers") ? 1e-4 / rms : 0.0);
-    std::printf("[fp8] v3_fp8 FP8 weights vs %-12s max_abs %.3e rel_rms %.3e (bound %.4f) "
-                "argmax %lld/%lld\n",
-                name, e.max_abs, e.rel_rms, bound,
-                static_cast<long long>(e.decisive_rows - e.argmax_mismatches),
-                static_cast<long long>(e.decisive_rows));
+    std::printf(
+        "[fp8] v3_fp8 FP8 weights vs %-12s max_abs %.3e rel_rms %.3e (bound %.4f) "
+        "argmax %lld/%lld\n",
+        name, e.max_abs, e.rel_rms, bound,
+        static_cast<long long>(e.decisive_rows - e.argmax_mismatches),
+        static_cast<long long>(e.decisive_rows));
     EXPECT_LE(e.rel_rms, bound) << name;
     // Not a copy of the dequantised model: the activations really went through E4M3.
     EXPECT_GT(e.rel_rms, 1e-4) << name;
@@ -252,7 +256,8 @@ TEST(ModelFp8, LogitsWithinE4M3BoundOfDequantisedModelAndTransformers) {
       {"dequantised", &mtp_plain}, {"transformers", &ref.mtp_logits}};
   for (const auto& [name, want] : mtp_refs) {
     const Errors e = compare(mtp, *want, ref.rows - 1, ref.vocab);
-    const double bound = 15 * kGemmRelRms + (name == std::string("transformers") ? 1e-4 / rms : 0.0);
+    const double bound =
+        15 * kGemmRelRms + (name == std::string("transformers") ? 1e-4 / rms : 0.0);
     std::printf("[fp8] v3_fp8 FP8 MTP logits vs %-12s max_abs %.3e rel_rms %.3e (bound %.4f)\n",
                 name, e.max_abs, e.rel_rms, bound);
     EXPECT_LE(e.rel_rms, bound) << "MTP vs " << name;
@@ -365,32 +370,6 @@ TEST(ModelFp8, OtherBlockSizesAreDequantisedWithTheConfigBlockSize) {
 
 namespace {
 
-struct CliRun {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-std::string slurp(const fs::path& path) {
-  std::ifstream file(path, std::ios::binary);
-  std::stringstream ss;
-  ss << file.rdbuf();
-  return ss.str();
-}
-
-CliRun run_dseek(const std::string& args) {
-  const fs::path dir = fs::temp_directory_path() / ("dseek_fp8_cli_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  const std::string cmd = std::string(DSEEK_BINARY) + " " + args + " > " +
-                          (dir / "out").string() + " 2> " + (dir / "err").string();
-  const int status = std::system(cmd.c_str());
-  CliRun run;
-  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  run.out = slurp(dir / "out");
-  run.err = slurp(dir / "err");
-  fs::remove_all(dir);
-  return run;
-}
-
 std::string last_line(const std::string& text) {
   std::stringstream ss(text);
   std::string line, last;
@@ -415,7 +394,7 @@ TEST(ModelFp8, GenerateCliRunsOnFp8Checkpoint) {
   const std::string args = "generate --model " + kDir.string() + " --ids " +
                            join(ref.greedy_prompt, ",") + " -n " + std::to_string(n) +
                            " --greedy --print-ids";
-  const CliRun fp8_run = run_dseek(args);
+  const CliRun fp8_run = run_dseek_shell(args);
   ASSERT_EQ(fp8_run.exit_code, 0) << fp8_run.err;
   const std::unique_ptr<Model> model = Model::load(kDir.string());
   GenerationOptions options;
@@ -425,13 +404,14 @@ TEST(ModelFp8, GenerateCliRunsOnFp8Checkpoint) {
   ASSERT_FALSE(expected.ids.empty());
   EXPECT_EQ(last_line(fp8_run.out), join(expected.ids, " "));
 
-  const CliRun plain_run = run_dseek(args + " --dequantize-fp8");
+  const CliRun plain_run = run_dseek_shell(args + " --dequantize-fp8");
   ASSERT_EQ(plain_run.exit_code, 0) << plain_run.err;
   const std::vector<int32_t> want(ref.greedy_continuation.begin(),
                                   ref.greedy_continuation.begin() + n);
   EXPECT_EQ(last_line(plain_run.out), join(want, " "));
   int64_t same = 0;
-  for (size_t i = 0; i < expected.ids.size() && i < want.size(); ++i) same += expected.ids[i] == want[i];
+  for (size_t i = 0; i < expected.ids.size() && i < want.size(); ++i)
+    same += expected.ids[i] == want[i];
   std::printf("[fp8] v3_fp8 greedy: FP8 model agrees with transformers on %lld of %lld tokens\n",
               static_cast<long long>(same), static_cast<long long>(n));
 }

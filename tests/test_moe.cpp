@@ -3,7 +3,6 @@
 // loads (experts without tokens); chunked dispatch; decode vs prefill; the hub weight layout read
 // back from a safetensors file.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
@@ -12,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cli_util.h"
 #include "core/error.h"
 #include "core/tensor.h"
 #include "model/config.h"
@@ -21,6 +21,7 @@
 #include "model/safetensors.h"
 
 using namespace dseek;
+using namespace dseek::testing;
 namespace fs = std::filesystem;
 
 namespace {
@@ -144,18 +145,6 @@ const Variant kVariants[] = {
 };
 
 class MoEVariant : public ::testing::TestWithParam<Variant> {};
-
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag)
-      : path(fs::temp_directory_path() / ("dseek_moe_" + tag + "_" + std::to_string(::getpid()))) {
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 }  // namespace
 

@@ -3,7 +3,6 @@
 // answer extraction; the training documents (prompt + answer) within their length range; the
 // evaluator's table and JSON agree with its own trials on a tiny random model; clear errors.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,12 +12,13 @@
 #include <set>
 #include <sstream>
 
+#include "cli_util.h"
 #include "core/error.h"
-#include "ops/cross_entropy.h"
 #include "data/chat_rows.h"
 #include "data/passkey.h"
 #include "data/passkey_data.h"
 #include "data/token_shards.h"
+#include "ops/cross_entropy.h"
 #include "test_generate_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -34,32 +34,6 @@ const Tokenizer& coder() {
   return t;
 }
 
-std::string slurp(const fs::path& path) {
-  std::ifstream file(path, std::ios::binary);
-  std::stringstream ss;
-  ss << file.rdbuf();
-  return ss.str();
-}
-
-struct CliRun {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-CliRun run_dseek(const std::string& args) {
-  const fs::path dir = fs::temp_directory_path() / ("dseek_passkey_cli_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  const std::string cmd = std::string(DSEEK_BINARY) + " " + args + " < /dev/null > " +
-                          (dir / "out").string() + " 2> " + (dir / "err").string();
-  const int status = std::system(cmd.c_str());
-  CliRun run;
-  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  run.out = slurp(dir / "out");
-  run.err = slurp(dir / "err");
-  fs::remove_all(dir);
-  return run;
-}
-
 std::vector<int32_t> document(const TokenDataset& ds, int64_t d) {
   int64_t n = 0;
   const uint32_t* t = ds.document(d, &n);
@@ -67,7 +41,8 @@ std::vector<int32_t> document(const TokenDataset& ds, int64_t d) {
 }
 
 bool contains_at(const std::vector<int32_t>& ids, size_t pos, const std::vector<int32_t>& part) {
-  return pos + part.size() <= ids.size() && std::equal(part.begin(), part.end(), ids.begin() + long(pos));
+  return pos + part.size() <= ids.size() &&
+         std::equal(part.begin(), part.end(), ids.begin() + long(pos));
 }
 
 }  // namespace
@@ -125,7 +100,8 @@ TEST(Passkey, ShortLengthsAndBadDepthsAreErrors) {
 }
 
 TEST(PasskeyData, DocumentsArePromptPlusAnswerWithinTheLengthRangeMixedWithText) {
-  const fs::path dir = fs::temp_directory_path() / ("dseek_passkey_data_" + std::to_string(::getpid()));
+  const fs::path dir =
+      fs::temp_directory_path() / ("dseek_passkey_data_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
   std::ofstream(dir / "text.txt") << "first text document\n%\nsecond one\n%\n";
@@ -166,7 +142,8 @@ TEST(PasskeyData, DocumentsArePromptPlusAnswerWithinTheLengthRangeMixedWithText)
 }
 
 TEST(PasskeyData, RowsKeepEachDocumentInItsOwnSegmentAndAnswerOnlyTrainsTheKey) {
-  const fs::path dir = fs::temp_directory_path() / ("dseek_passkey_rows_" + std::to_string(::getpid()));
+  const fs::path dir =
+      fs::temp_directory_path() / ("dseek_passkey_rows_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
   std::ofstream(dir / "text.txt") << "first text document\n%\nsecond one\n%\n";
@@ -200,7 +177,8 @@ TEST(PasskeyData, RowsKeepEachDocumentInItsOwnSegmentAndAnswerOnlyTrainsTheKey) 
         const std::string text = coder().decode(std::vector<int32_t>(in.begin() + 1, in.end()));
         std::vector<int32_t> trained;
         for (int64_t i = at; i < at + n; ++i)
-          if (row.targets[size_t(i)] != ops::kIgnoreIndex) trained.push_back(row.targets[size_t(i)]);
+          if (row.targets[size_t(i)] != ops::kIgnoreIndex)
+            trained.push_back(row.targets[size_t(i)]);
         const size_t q = text.rfind(" What is the pass key? The pass key is");
         if (q != std::string::npos) {
           ++passkey_segments;
@@ -234,9 +212,11 @@ TEST(PasskeyData, RowsKeepEachDocumentInItsOwnSegmentAndAnswerOnlyTrainsTheKey) 
 
 TEST(CliEvalPasskey, TableAndJsonAgreeWithTheTrials) {
   const std::string model = tiny_coder_model_dir();
-  const fs::path json_path = fs::temp_directory_path() / ("dseek_passkey_" + std::to_string(::getpid()) + ".json");
-  const CliRun r = run_dseek("eval passkey --model " + model + " --lengths 40,72 --trials 3 --seed 5 --json " +
-                             json_path.string());
+  const fs::path json_path =
+      fs::temp_directory_path() / ("dseek_passkey_" + std::to_string(::getpid()) + ".json");
+  const CliRun r =
+      run_dseek_shell("eval passkey --model " + model +
+                      " --lengths 40,72 --trials 3 --seed 5 --json " + json_path.string());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("| length | accuracy | correct |"), std::string::npos) << r.out;
   const json report = json::parse(slurp(json_path));
@@ -246,7 +226,8 @@ TEST(CliEvalPasskey, TableAndJsonAgreeWithTheTrials) {
     int64_t correct = 0;
     ASSERT_EQ(row["trials"].size(), 3u);
     for (const json& t : row["trials"]) {
-      const bool ok = passkey_answer(t["continuation"].get<std::string>()) == t["key"].get<std::string>();
+      const bool ok =
+          passkey_answer(t["continuation"].get<std::string>()) == t["key"].get<std::string>();
       EXPECT_EQ(t["correct"].get<bool>(), ok);
       correct += ok;
     }
@@ -256,16 +237,20 @@ TEST(CliEvalPasskey, TableAndJsonAgreeWithTheTrials) {
     EXPECT_NE(r.out.find(line), std::string::npos) << r.out;
   }
   // The same seed gives the same keys and depths.
-  const CliRun again = run_dseek("eval passkey --model " + model + " --lengths 40,72 --trials 3 --seed 5");
+  const CliRun again =
+      run_dseek_shell("eval passkey --model " + model + " --lengths 40,72 --trials 3 --seed 5");
   EXPECT_EQ(again.out, r.out);
 }
 
 TEST(CliEvalPasskey, BadLengthsAreClearErrors) {
   const std::string model = tiny_coder_model_dir();
-  const CliRun shortr = run_dseek("eval passkey --model " + model + " --lengths 40,8 --trials 1");
+  const CliRun shortr =
+      run_dseek_shell("eval passkey --model " + model + " --lengths 40,8 --trials 1");
   EXPECT_EQ(shortr.exit_code, 1);
-  EXPECT_NE(shortr.err.find("dseek: [eval] --lengths: 8 is too short"), std::string::npos) << shortr.err;
-  const CliRun bad = run_dseek("eval passkey --model " + model + " --lengths 40,x --trials 1");
+  EXPECT_NE(shortr.err.find("dseek: [eval] --lengths: 8 is too short"), std::string::npos)
+      << shortr.err;
+  const CliRun bad =
+      run_dseek_shell("eval passkey --model " + model + " --lengths 40,x --trials 1");
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_NE(bad.err.find("[eval] --lengths: 'x' is not a positive token count"), std::string::npos)
       << bad.err;

@@ -1,42 +1,25 @@
 // Helpers shared by the chart tests (test_plot.cpp) and the `dseek plot` tests (test_cli_plot.cpp):
-// scratch directories, file contents, errors as text, PNG decoding through libpng.
+// scratch directories and file contents (cli_util.h's), errors as text, PNG decoding through
+// libpng.
 #pragma once
 
 #include <gtest/gtest.h>
 #include <png.h>
-#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <functional>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "cli_util.h"
 #include "core/error.h"
 
 namespace dseek::plot_testing {
 
 namespace fs = std::filesystem;
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() / fmt::format("dseek-plot-{}-{}", ::getpid(), counter++);
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
-
-inline std::string slurp(const fs::path& path) {
-  std::ifstream file(path, std::ios::binary);
-  std::stringstream ss;
-  ss << file.rdbuf();
-  return ss.str();
-}
+using dseek::testing::slurp;
+using dseek::testing::TempDir;
 
 inline std::string error_of(const std::function<void()>& f) {
   try {

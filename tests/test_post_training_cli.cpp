@@ -6,46 +6,33 @@
 // reference log-probs are reused).
 #include <gtest/gtest.h>
 
-#include <unistd.h>
-
 #include <cmath>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
+#include "cli_util.h"
 
 using nlohmann::json;
+using namespace dseek::testing;
 namespace fs = std::filesystem;
 
 namespace {
 
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
+// A scratch directory for one test's files, and dseek runs whose stderr stays readable.
 struct Env {
-  fs::path root;
-  Env() {
-    root = fs::temp_directory_path() / ("dseek-posttrain-" + std::to_string(::getpid()));
-    fs::remove_all(root);
-    fs::create_directories(root);
+  TempDir dir{"posttrain"};
+  CliRun last;
+  // Runs dseek with `args` (a shell command line); returns its exit code, its stderr kept for
+  // err().
+  int run(const std::string& args) {
+    last = run_dseek_shell(args);
+    return last.exit_code;
   }
-  ~Env() { fs::remove_all(root); }
-  // Runs dseek with `args`; returns its exit status, stderr kept in root/err.txt.
-  int run(const std::string& args) const {
-    const std::string cmd = "OMP_WAIT_POLICY=passive " + std::string(DSEEK_BINARY) + " " + args +
-                            " >" + (root / "out.txt").string() + " 2>" + (root / "err.txt").string();
-    const int status = std::system(cmd.c_str());
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  }
-  std::string err() const { return slurp(root / "err.txt"); }
-  std::string p(const std::string& name) const { return (root / name).string(); }
+  std::string err() const { return last.err; }
+  std::string p(const std::string& name) const { return (dir.path / name).string(); }
 };
 
 std::vector<json> metrics(const fs::path& run) {
@@ -71,7 +58,8 @@ TEST(PostTrainingCli, SftThenDpo) {
       const int a = digit(rng), b = digit(rng);
       const std::string c = kColors[color(rng)];
       const json m = {{"messages",
-                       {{{"role", "user"}, {"content", "add " + std::to_string(a) + " and " + std::to_string(b)}},
+                       {{{"role", "user"},
+                         {"content", "add " + std::to_string(a) + " and " + std::to_string(b)}},
                         {{"role", "assistant"}, {"content", std::to_string(a + b) + "."}},
                         {{"role", "user"}, {"content", "say " + c}},
                         {{"role", "assistant"}, {"content", c + " it is."}}}}};
@@ -92,30 +80,35 @@ TEST(PostTrainingCli, SftThenDpo) {
                     " --separator % --vocab-size 320 --out " + env.p("tok")),
             0)
       << env.err();
-  ASSERT_EQ(env.run("data sft --tokenizer " + env.p("tok") + " --chat-format deepseek_llm --input " +
-                    env.p("chats.jsonl") + " --max-len 64 --out " + env.p("sft")),
-            0)
+  ASSERT_EQ(
+      env.run("data sft --tokenizer " + env.p("tok") + " --chat-format deepseek_llm --input " +
+              env.p("chats.jsonl") + " --max-len 64 --out " + env.p("sft")),
+      0)
       << env.err();
-  ASSERT_EQ(env.run("data dpo --tokenizer " + env.p("tok") + " --chat-format deepseek_llm --input " +
-                    env.p("pairs.jsonl") + " --max-len 64 --out " + env.p("dpo")),
-            0)
+  ASSERT_EQ(
+      env.run("data dpo --tokenizer " + env.p("tok") + " --chat-format deepseek_llm --input " +
+              env.p("pairs.jsonl") + " --max-len 64 --out " + env.p("dpo")),
+      0)
       << env.err();
 
-  const std::string common = " --tokenizer " + env.p("tok") +
-                             " --set train.batch_size=4 --set optim.warmup_steps=2 --set run.threads=2";
-  ASSERT_EQ(env.run("train --preset tiny-dense --data " + env.p("sft") + " --out " + env.p("run_sft") +
-                    common + " --set train.task=sft --set train.steps=14 --set optim.lr=3e-3"),
-            0)
+  const std::string common =
+      " --tokenizer " + env.p("tok") +
+      " --set train.batch_size=4 --set optim.warmup_steps=2 --set run.threads=2";
+  ASSERT_EQ(
+      env.run("train --preset tiny-dense --data " + env.p("sft") + " --out " + env.p("run_sft") +
+              common + " --set train.task=sft --set train.steps=14 --set optim.lr=3e-3"),
+      0)
       << env.err();
   const std::vector<json> sft = metrics(env.p("run_sft"));
   ASSERT_EQ(sft.size(), 14u);
   EXPECT_LT(sft.back()["loss"].get<double>(), 0.6 * sft.front()["loss"].get<double>());
   EXPECT_EQ(json::parse(slurp(env.p("run_sft") + "/run.json"))["task"], "sft");
 
-  const std::string dpo_args = "train --data " + env.p("dpo") + common +
-                               " --set train.task=dpo --set dpo.beta=0.2 --set optim.lr=1e-3 --set optim.schedule=constant "
-                               "--set checkpoint.interval=4 --set model.init_from=" +
-                               env.p("run_sft");
+  const std::string dpo_args =
+      "train --data " + env.p("dpo") + common +
+      " --set train.task=dpo --set dpo.beta=0.2 --set optim.lr=1e-3 --set optim.schedule=constant "
+      "--set checkpoint.interval=4 --set model.init_from=" +
+      env.p("run_sft");
   ASSERT_EQ(env.run(dpo_args + " --set train.steps=10 --out " + env.p("run_dpo")), 0) << env.err();
   const std::vector<json> dpo = metrics(env.p("run_dpo"));
   ASSERT_EQ(dpo.size(), 10u);

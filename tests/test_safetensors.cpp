@@ -9,31 +9,15 @@
 #include <fstream>
 #include <random>
 
+#include "cli_util.h"
 #include "core/error.h"
 #include "model/safetensors.h"
 
 using namespace dseek;
+using namespace dseek::testing;
 namespace fs = std::filesystem;
 
 namespace {
-
-// A fresh temporary directory per test, removed afterwards.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "dseek_st_XXXXXX").string();
-    path_ = ::mkdtemp(pattern.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 std::string raw_file(const std::string& header, const std::string& data) {
   std::string out(8, '\0');
@@ -93,7 +77,7 @@ TEST(Safetensors, RoundTripsEveryDtypeInOrderWithPaddedHeader) {
       {"f.empty", Tensor::empty({0, 4}, DType::F32)},
       {"g.scalar", random_tensor({}, DType::F32, 8)},
   };
-  std::string path = dir / "model.safetensors";
+  std::string path = (dir.path / "model.safetensors").string();
   save_safetensors(path, tensors, {{"format", "pt"}});
   auto file = SafetensorsFile::open(path);
   EXPECT_EQ(file->metadata().at("format"), "pt");
@@ -122,7 +106,7 @@ TEST(Safetensors, RoundTripsEveryDtypeInOrderWithPaddedHeader) {
 
 TEST(Safetensors, BorrowedViewKeepsTheMappingAlive) {
   TempDir dir;
-  std::string path = dir / "m.safetensors";
+  std::string path = (dir.path / "m.safetensors").string();
   save_safetensors(path, {{"w", Tensor::from_vector({1.5f, -2.0f, 3.25f}, {3})}});
   Tensor t = SafetensorsFile::open(path)->get("w");  // the file object is gone after this line
   EXPECT_EQ(t.to_vector(), (std::vector<float>{1.5f, -2.0f, 3.25f}));
@@ -224,23 +208,23 @@ TEST(Safetensors, OpenReportsMissingAndTruncatedFiles) {
   EXPECT_THROW(
       {
         try {
-          SafetensorsFile::open(dir / "nope.safetensors");
+          SafetensorsFile::open((dir.path / "nope.safetensors").string());
         } catch (const Error& e) {
           EXPECT_NE(std::string(e.what()).find("nope.safetensors: cannot open"), std::string::npos);
           throw;
         }
       },
       Error);
-  write_file(dir / "short.safetensors", "abc");
-  EXPECT_THROW(SafetensorsFile::open(dir / "short.safetensors"), Error);
-  EXPECT_THROW(SafetensorsFile::open(dir.path().string()), Error);  // a directory
+  write_file((dir.path / "short.safetensors").string(), "abc");
+  EXPECT_THROW(SafetensorsFile::open((dir.path / "short.safetensors").string()), Error);
+  EXPECT_THROW(SafetensorsFile::open(dir.path.string()), Error);  // a directory
 }
 
 TEST(WeightStore, SingleFileShapesAndMissingTensors) {
   TempDir dir;
-  save_safetensors(dir / "model.safetensors",
+  save_safetensors((dir.path / "model.safetensors").string(),
                    {{"a.weight", random_tensor({2, 3}, DType::BF16, 9)}});
-  WeightStore store = WeightStore::open(dir.path().string());
+  WeightStore store = WeightStore::open(dir.path.string());
   EXPECT_TRUE(store.has("a.weight"));
   EXPECT_EQ(store.names(), std::vector<std::string>{"a.weight"});
   EXPECT_EQ(store.get("a.weight", {2, 3}).shape(), (Shape{2, 3}));
@@ -259,30 +243,31 @@ TEST(WeightStore, SingleFileShapesAndMissingTensors) {
     EXPECT_NE(std::string(e.what()).find("missing tensor 'b.weight'"), std::string::npos)
         << e.what();
   }
-  EXPECT_THROW(WeightStore::open(dir / "nothing_here"), Error);
+  EXPECT_THROW(WeightStore::open((dir.path / "nothing_here").string()), Error);
   TempDir empty;
-  EXPECT_THROW(WeightStore::open(empty.path().string()), Error);
+  EXPECT_THROW(WeightStore::open(empty.path.string()), Error);
 }
 
 TEST(WeightStore, ShardedIndexAndItsErrors) {
   TempDir dir;
   Tensor a = random_tensor({4}, DType::F32, 10), b = random_tensor({2, 2}, DType::F16, 11);
-  save_safetensors(dir / "model-00001-of-00002.safetensors", {{"a", a}});
-  save_safetensors(dir / "model-00002-of-00002.safetensors", {{"b", b}, {"extra", a}});
-  const std::string index_path = dir / "model.safetensors.index.json";
+  save_safetensors((dir.path / "model-00001-of-00002.safetensors").string(), {{"a", a}});
+  save_safetensors((dir.path / "model-00002-of-00002.safetensors").string(),
+                   {{"b", b}, {"extra", a}});
+  const std::string index_path = (dir.path / "model.safetensors.index.json").string();
   write_file(index_path, R"({"metadata": {"total_size": 24}, "weight_map": {
       "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})");
-  WeightStore store = WeightStore::open(dir.path().string());
+  WeightStore store = WeightStore::open(dir.path.string());
   EXPECT_EQ(store.names(), (std::vector<std::string>{"a", "b"}));
   EXPECT_TRUE(same_bytes(store.get("a"), a));
   EXPECT_TRUE(same_bytes(store.get("b"), b));
-  EXPECT_EQ(store.file_of("b"), dir / "model-00002-of-00002.safetensors");
+  EXPECT_EQ(store.file_of("b"), (dir.path / "model-00002-of-00002.safetensors").string());
   EXPECT_EQ(store.files().size(), 2u);
 
   auto expect_error = [&](const std::string& index, const std::string& expected) {
     write_file(index_path, index);
     try {
-      WeightStore::open(dir.path().string());
+      WeightStore::open(dir.path.string());
       ADD_FAILURE() << "accepted: " << index;
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
@@ -332,11 +317,12 @@ TEST(Fp8, WeightStoreDequantisesWithScaleSibling) {
   TempDir dir;
   Tensor w = random_tensor({130, 20}, DType::F8_E4M3, 13);
   Tensor s = Tensor::from_vector({0.25f, 3.0f}, {2, 1});
-  save_safetensors(dir / "model.safetensors", {{"l.weight", w},
-                                               {"l.weight_scale_inv", s},
-                                               {"bare.weight", w},
-                                               {"b.weight", random_tensor({3}, DType::BF16, 14)}});
-  WeightStore store = WeightStore::open(dir.path().string());
+  save_safetensors((dir.path / "model.safetensors").string(),
+                   {{"l.weight", w},
+                    {"l.weight_scale_inv", s},
+                    {"bare.weight", w},
+                    {"b.weight", random_tensor({3}, DType::BF16, 14)}});
+  WeightStore store = WeightStore::open(dir.path.string());
   Tensor d = store.get_weight("l.weight", {130, 20});
   EXPECT_EQ(d.dtype(), DType::BF16);
   EXPECT_EQ(d.data<uint16_t>()[0], f32_to_bf16(fp8_e4m3_to_f32(w.data<uint8_t>()[0]) * 0.25f));
@@ -350,7 +336,7 @@ TEST(Fp8, WeightStoreDequantisesWithScaleSibling) {
 
 TEST(Safetensors, FailedSaveLeavesThePreviousFileIntact) {
   TempDir dir;
-  const std::string path = dir / "model.safetensors";
+  const std::string path = (dir.path / "model.safetensors").string();
   save_safetensors(path, {{"old", Tensor::from_vector({1, 2, 3}, {3})}});
   const std::string before = read_file(path);
 
@@ -372,10 +358,10 @@ TEST(Safetensors, FailedSaveLeavesThePreviousFileIntact) {
   EXPECT_NE(message.find("[safetensors] " + path + ": write failed"), std::string::npos) << message;
   EXPECT_EQ(read_file(path), before);
   size_t entries = 0;
-  for (const auto& entry : fs::directory_iterator(dir.path())) entries += entry.exists();
+  for (const auto& entry : fs::directory_iterator(dir.path)) entries += entry.exists();
   EXPECT_EQ(entries, 1u);  // no temporary file left behind
 
-  EXPECT_THROW(save_safetensors(dir / "no_such_dir/model.safetensors", {}), Error);
+  EXPECT_THROW(save_safetensors((dir.path / "no_such_dir/model.safetensors").string(), {}), Error);
   EXPECT_THROW(save_safetensors(path, {{"a", Tensor::zeros({1})}, {"a", Tensor::zeros({1})}}),
                Error);
   EXPECT_EQ(read_file(path), before);

@@ -5,9 +5,7 @@
 // settings files agree and flags and --set win over them; the export holds the checkpoint's
 // tensors and loads for inference; the router bias moves by ±γ per step as the logged expert load
 // says; docs/TRAINING.md documents every setting with its type and default.
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -27,92 +25,20 @@
 #include <thread>
 #include <vector>
 
+#include "cli_util.h"
 #include "core/cuda.h"
 #include "model/safetensors.h"
 #include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
 #include "train/train_config.h"
 
-extern char** environ;
-
 using namespace dseek;
+using namespace dseek::testing;
 namespace fs = std::filesystem;
 using Args = std::vector<std::string>;
 using nlohmann::json;
 
 namespace {
-
-std::string slurp(const fs::path& path) {
-  std::ifstream file(path, std::ios::binary);
-  std::stringstream ss;
-  ss << file.rdbuf();
-  return ss.str();
-}
-
-// A fresh scratch directory per test, removed afterwards.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("dseek-traincli-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
-
-// Starts the dseek binary with `args`, stdin from /dev/null, stdout/stderr into files.
-pid_t spawn_dseek(const Args& args, const fs::path& out, const fs::path& err) {
-  std::vector<std::string> argv_text = {DSEEK_BINARY};
-  argv_text.insert(argv_text.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : argv_text) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  // Our environment, with OpenMP threads that sleep rather than spin while waiting: on a loaded
-  // 2-core machine spinning workers starve each other (a 2-thread run became 10× slower).
-  std::vector<std::string> env_text = {"OMP_WAIT_POLICY=passive"};
-  for (char** e = environ; *e; ++e)
-    if (std::strncmp(*e, "OMP_WAIT_POLICY=", 16) != 0) env_text.push_back(*e);
-  std::vector<char*> env;
-  for (std::string& e : env_text) env.push_back(e.data());
-  env.push_back(nullptr);
-  pid_t pid = -1;
-  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), env.data());
-  posix_spawn_file_actions_destroy(&actions);
-  EXPECT_EQ(rc, 0) << "posix_spawn " << argv[0] << ": " << std::strerror(rc);
-  return rc == 0 ? pid : -1;
-}
-
-// The exit code, or 128 + the signal that killed the process (the shell's convention).
-int exit_code_of(int status) {
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -1;
-}
-
-struct CliRun {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-CliRun run_dseek(const Args& args) {
-  TempDir io;
-  CliRun run;
-  const pid_t pid = spawn_dseek(args, io.path / "out", io.path / "err");
-  if (pid < 0) return run;
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  run.exit_code = exit_code_of(status);
-  run.out = slurp(io.path / "out");
-  run.err = slurp(io.path / "err");
-  return run;
-}
 
 std::string join(const Args& args) {
   std::string s;

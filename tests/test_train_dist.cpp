@@ -39,6 +39,7 @@
 #include <thread>
 #include <vector>
 
+#include "cli_util.h"
 #include "core/error.h"
 #include "dist/process_group.h"
 #include "train/checkpoint.h"
@@ -53,30 +54,12 @@
 extern char** environ;
 
 using namespace dseek;
+using namespace dseek::testing;
 namespace fs = std::filesystem;
 using Args = std::vector<std::string>;
 using nlohmann::json;
 
 namespace {
-
-std::string slurp(const fs::path& path) {
-  std::ifstream file(path, std::ios::binary);
-  std::stringstream ss;
-  ss << file.rdbuf();
-  return ss.str();
-}
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("dseek-traindist-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
 
 std::string find_mpirun() {
   const char* path = std::getenv("PATH");
@@ -124,20 +107,9 @@ pid_t spawn(const std::string& program, const Args& args, const fs::path& out,
   return rc == 0 ? pid : -1;
 }
 
-int exit_code_of(int status) {
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -1;
-}
-
-struct ProcRun {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-ProcRun run(const std::string& program, const Args& args) {
+CliRun run(const std::string& program, const Args& args) {
   TempDir io;
-  ProcRun r;
+  CliRun r;
   const pid_t pid = spawn(program, args, io.path / "out", io.path / "err");
   if (pid < 0) return r;
   int status = 0;
@@ -258,12 +230,11 @@ class DistTrain : public ::testing::Test {
     if (!dist::mpi_available() || mpirun_.empty()) return;
     root_ = new TempDir();
     std::ofstream(root_->path / "corpus.txt") << make_corpus();
-    const ProcRun tok = run(DSEEK_BINARY, {"tokenizer", "train", "--input", corpus(), "--separator",
-                                           "%", "--vocab-size", "300", "--out", tokenizer()});
+    const CliRun tok = run(DSEEK_BINARY, {"tokenizer", "train", "--input", corpus(), "--separator",
+                                          "%", "--vocab-size", "300", "--out", tokenizer()});
     ASSERT_EQ(tok.exit_code, 0) << tok.err;
-    const ProcRun data =
-        run(DSEEK_BINARY, {"data", "prepare", "--tokenizer", tokenizer(), "--input", corpus(),
-                           "--separator", "%", "--out", data_dir()});
+    const CliRun data = run(DSEEK_BINARY, {"data", "prepare", "--tokenizer", tokenizer(), "--input",
+                                           corpus(), "--separator", "%", "--out", data_dir()});
     ASSERT_EQ(data.exit_code, 0) << data.err;
   }
   static void TearDownTestSuite() {
@@ -305,7 +276,7 @@ class DistTrain : public ::testing::Test {
   static fs::path single_run() {
     const fs::path r = root() / "single";
     if (!fs::exists(r / "checkpoints" / "latest")) {
-      const ProcRun res = run(DSEEK_BINARY, train_args(r, kSteps));
+      const CliRun res = run(DSEEK_BINARY, train_args(r, kSteps));
       EXPECT_EQ(res.exit_code, 0) << res.err;
     }
     return r;
@@ -314,7 +285,7 @@ class DistTrain : public ::testing::Test {
   static fs::path deterministic_run() {
     const fs::path r = root() / "det2";
     if (!fs::exists(r / "checkpoints" / "latest")) {
-      const ProcRun res =
+      const CliRun res =
           run(DSEEK_BINARY, train_args(r, kSteps, {"--nproc", "2", "--deterministic"}));
       EXPECT_EQ(res.exit_code, 0) << res.err;
       EXPECT_NE(res.out.find("trained steps 1.." + std::to_string(kSteps)), std::string::npos)
@@ -327,7 +298,7 @@ class DistTrain : public ::testing::Test {
   static fs::path expert_parallel_run() {
     const fs::path r = root() / "ep2";
     if (!fs::exists(r / "checkpoints" / "latest")) {
-      const ProcRun res =
+      const CliRun res =
           run(mpirun_, mpirun_args(2, train_args(r, kSteps, {"--expert-parallel", "2"})));
       EXPECT_EQ(res.exit_code, 0) << res.err;
       EXPECT_NE(res.err.find("expert parallel: 8 routed experts per MoE layer over 2 ranks"),
@@ -342,7 +313,7 @@ class DistTrain : public ::testing::Test {
   static fs::path pipeline_run() {
     const fs::path r = root() / "pp2";
     if (!fs::exists(r / "checkpoints" / "latest")) {
-      const ProcRun res = run(mpirun_, mpirun_args(2, train_args(r, kSteps, pipeline_args(2, 2))));
+      const CliRun res = run(mpirun_, mpirun_args(2, train_args(r, kSteps, pipeline_args(2, 2))));
       EXPECT_EQ(res.exit_code, 0) << res.err;
       EXPECT_NE(res.err.find("pipeline parallel: 2 stages of 4 layers (stage 0: layers 0..1), 2 "
                              "micro-batches of 2 sequences per batch, 1F1B schedule"),
@@ -490,7 +461,7 @@ TEST(DistShare, ZeroOneStepOnOneRankEqualsAdamW) {
 TEST_F(DistTrain, TwoRanksTrainLikeOneProcess) {
   TempDir dir;
   const fs::path two = dir.path / "two";
-  const ProcRun r = run(mpirun_, mpirun_args(2, train_args(two, kSteps)));
+  const CliRun r = run(mpirun_, mpirun_args(2, train_args(two, kSteps)));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   // Rank 0 alone reports: one summary line, one data-parallel banner.
   EXPECT_NE(r.out.find("trained steps 1.." + std::to_string(kSteps)), std::string::npos) << r.out;
@@ -506,7 +477,7 @@ TEST_F(DistTrain, DeterministicRunsRepeatBitForBit) {
   const fs::path a = deterministic_run();
   TempDir dir;
   const fs::path b = dir.path / "det";
-  const ProcRun r =
+  const CliRun r =
       run(mpirun_, mpirun_args(2, train_args(b, kSteps, {"--set", "dist.deterministic=1"})));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("deterministic reductions"), std::string::npos) << r.err;
@@ -577,7 +548,7 @@ TEST_F(DistTrain, KilledRankFailsClearlyAndResumesIdentically) {
   ASSERT_GE(ck.step, 2);
   ASSERT_LT(ck.step, kSteps) << "the kill came too late to test a resume";
 
-  const ProcRun resumed = run(
+  const CliRun resumed = run(
       DSEEK_BINARY, train_args(killed, kSteps, {"--nproc", "2", "--deterministic", "--resume"}));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
   EXPECT_NE(resumed.err.find("resumed from"), std::string::npos) << resumed.err;
@@ -607,7 +578,7 @@ TEST_F(DistTrain, TwoRankCheckpointResumesOnOneProcess) {
     const std::vector<json> m = read_metrics(reference);
     for (size_t i = 0; i < 2; ++i) metrics << m[i].dump() << "\n";
   }
-  const ProcRun r = run(DSEEK_BINARY, train_args(run_dir, kSteps, {"--resume"}));
+  const CliRun r = run(DSEEK_BINARY, train_args(run_dir, kSteps, {"--resume"}));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   expect_same_training(reference, run_dir);
 }
@@ -615,13 +586,13 @@ TEST_F(DistTrain, TwoRankCheckpointResumesOnOneProcess) {
 // Settings data parallelism cannot honour are errors naming them, on every launch path.
 TEST_F(DistTrain, UnevenBatchIsAClearError) {
   TempDir dir;
-  const ProcRun r = run(
+  const CliRun r = run(
       mpirun_, mpirun_args(2, train_args(dir.path / "run", 2, {"--set", "train.batch_size=3"})));
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("train.batch_size 3: must be divisible by the 2 ranks"), std::string::npos)
       << r.err;
-  const ProcRun n = run(DSEEK_BINARY, train_args(dir.path / "run2", 2,
-                                                 {"--nproc", "2", "--set", "train.batch_size=3"}));
+  const CliRun n = run(DSEEK_BINARY, train_args(dir.path / "run2", 2,
+                                                {"--nproc", "2", "--set", "train.batch_size=3"}));
   EXPECT_EQ(n.exit_code, 1);
   EXPECT_NE(n.err.find("must be divisible by the 2 ranks"), std::string::npos) << n.err;
 }
@@ -641,11 +612,11 @@ TEST_F(DistTrain, ExpertParallelBalanceLossIsTheGlobalOne) {
   const Args aux = {"--set", "moe.aux_loss=expert", "--set", "moe.aux_alpha=0.05"};
   TempDir dir;
   const fs::path one = dir.path / "one", ep = dir.path / "ep";
-  const ProcRun a = run(DSEEK_BINARY, train_args(one, 4, aux));
+  const CliRun a = run(DSEEK_BINARY, train_args(one, 4, aux));
   ASSERT_EQ(a.exit_code, 0) << a.err;
   Args ep_args = aux;
   ep_args.insert(ep_args.end(), {"--expert-parallel", "2"});
-  const ProcRun b = run(mpirun_, mpirun_args(2, train_args(ep, 4, ep_args)));
+  const CliRun b = run(mpirun_, mpirun_args(2, train_args(ep, 4, ep_args)));
   ASSERT_EQ(b.exit_code, 0) << b.err;
   ASSERT_GT(read_metrics(one)[0]["aux_loss"].get<double>(), 0.0);
   expect_same_training(one, ep);
@@ -656,7 +627,7 @@ TEST_F(DistTrain, ExpertParallelBalanceLossIsTheGlobalOne) {
 TEST_F(DistTrain, ExpertParallelGroupsWithDataParallelAcrossTrainLikeOneProcess) {
   TempDir dir;
   const fs::path run_dir = dir.path / "ep2x2";
-  const ProcRun r =
+  const CliRun r =
       run(mpirun_, mpirun_args(4, train_args(run_dir, kSteps, {"--expert-parallel", "2"})));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("over 2 ranks (4 each), each token's experts on at most 2 ranks; 2 such "
@@ -683,7 +654,7 @@ TEST_F(DistTrain, ExpertParallelCheckpointsResumeEitherWay) {
       const std::vector<json> m = read_metrics(reference);
       for (size_t i = 0; i < 2; ++i) metrics << m[i].dump() << "\n";
     }
-    const ProcRun r =
+    const CliRun r =
         from_ep ? run(DSEEK_BINARY, train_args(run_dir, kSteps, {"--resume"}))
                 : run(mpirun_, mpirun_args(2, train_args(run_dir, kSteps,
                                                          {"--resume", "--expert-parallel", "2"})));
@@ -721,7 +692,7 @@ TEST_F(DistTrain, ExpertParallelSettingsAreClearErrors) {
   int i = 0;
   for (const Case& c : cases) {
     SCOPED_TRACE(c.message);
-    const ProcRun r =
+    const CliRun r =
         run(mpirun_, mpirun_args(c.ranks, train_args(dir.path / std::to_string(i++), 2, c.extra)));
     EXPECT_NE(r.exit_code, 0);
     EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
@@ -971,7 +942,7 @@ void run_test_on_ranks(const std::string& test, int ranks) {
   const ssize_t len = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
   ASSERT_GT(len, 0);
   self[len] = '\0';
-  const ProcRun r =
+  const CliRun r =
       run(mpirun, {"-np", std::to_string(ranks), "--bind-to", "none", "--oversubscribe", self,
                    "--gtest_filter=" + test, "--gtest_color=no"});
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
@@ -1024,9 +995,9 @@ TEST_F(DistTrain, PipelineTwoStagesTrainLikeOneProcess) {
 TEST_F(DistTrain, PipelineFourStagesTrainLikeOneProcess) {
   TempDir dir;
   const fs::path one = dir.path / "one", pp = dir.path / "pp4";
-  const ProcRun a = run(DSEEK_BINARY, train_args(one, 4));
+  const CliRun a = run(DSEEK_BINARY, train_args(one, 4));
   ASSERT_EQ(a.exit_code, 0) << a.err;
-  const ProcRun b = run(mpirun_, mpirun_args(4, train_args(pp, 4, pipeline_args(4, 4))));
+  const CliRun b = run(mpirun_, mpirun_args(4, train_args(pp, 4, pipeline_args(4, 4))));
   ASSERT_EQ(b.exit_code, 0) << b.err;
   EXPECT_NE(b.err.find("pipeline parallel: 4 stages of 4 layers (stage 0: layers 0..0)"),
             std::string::npos)
@@ -1040,7 +1011,7 @@ TEST_F(DistTrain, PipelineFourStagesTrainLikeOneProcess) {
 TEST_F(DistTrain, PipelineTimesDataParallelTrainsLikeOneProcess) {
   TempDir dir;
   const fs::path run_dir = dir.path / "pp2x2";
-  const ProcRun r = run(mpirun_, mpirun_args(4, train_args(run_dir, kSteps, pipeline_args(2, 2))));
+  const CliRun r = run(mpirun_, mpirun_args(4, train_args(run_dir, kSteps, pipeline_args(2, 2))));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("2 micro-batches of 1 sequences per batch, 1F1B schedule; 2 pipelines, "
                        "data parallel across them"),
@@ -1076,9 +1047,9 @@ TEST_F(DistTrain, PipelineCheckpointsResumeEitherWay) {
     }
     Args resume = {"--resume"};
     if (c.ranks > 1) resume = pipeline_args(2, 2), resume.push_back("--resume");
-    const ProcRun r = c.ranks == 1
-                          ? run(DSEEK_BINARY, train_args(run_dir, kSteps, resume))
-                          : run(mpirun_, mpirun_args(c.ranks, train_args(run_dir, kSteps, resume)));
+    const CliRun r = c.ranks == 1
+                         ? run(DSEEK_BINARY, train_args(run_dir, kSteps, resume))
+                         : run(mpirun_, mpirun_args(c.ranks, train_args(run_dir, kSteps, resume)));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     expect_same_training(reference, run_dir);
   }
@@ -1122,7 +1093,7 @@ TEST_F(DistTrain, PipelineSettingsAreClearErrors) {
   for (const Case& c : cases) {
     SCOPED_TRACE(c.message);
     const Args args = train_args(dir.path / std::to_string(i++), 2, c.extra);
-    const ProcRun r =
+    const CliRun r =
         c.ranks == 1 ? run(DSEEK_BINARY, args) : run(mpirun_, mpirun_args(c.ranks, args));
     EXPECT_NE(r.exit_code, 0);
     EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;

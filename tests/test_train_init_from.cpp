@@ -14,6 +14,7 @@
 #include <sstream>
 #include <string>
 
+#include "cli_util.h"
 #include "core/error.h"
 #include "data/prepare.h"
 #include "data/token_shards.h"
@@ -26,17 +27,11 @@
 #include "train/trainer.h"
 
 using namespace dseek;
+using namespace dseek::testing;
 namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-std::string slurp(const fs::path& path) {
-  std::ifstream file(path, std::ios::binary);
-  std::stringstream ss;
-  ss << file.rdbuf();
-  return ss.str();
-}
 
 template <typename F>
 std::string error_of(F&& f) {
@@ -163,7 +158,7 @@ TEST(ModelOverrides, YarnFromAnUnscaledModelKeepsItsContextAsTheOriginal) {
   const RopeParams scaled = rope_params(m);
   const RopeParams plain = rope_params(train::preset_model_config("tiny", 300));
   ASSERT_EQ(scaled.inv_freq.size(), plain.inv_freq.size());
-  EXPECT_FLOAT_EQ(scaled.inv_freq.front(), plain.inv_freq.front());  // extrapolated
+  EXPECT_FLOAT_EQ(scaled.inv_freq.front(), plain.inv_freq.front());      // extrapolated
   EXPECT_NEAR(scaled.inv_freq.back(), plain.inv_freq.back() / 8, 1e-9);  // interpolated
   // Explicit values win, and "none" removes the scaling.
   train::TrainConfig explicit_max;
@@ -187,31 +182,35 @@ TEST(ModelOverrides, BadValuesNameTheKey) {
     ModelConfig m = base;
     return error_of([&] { train::apply_model_overrides(c, m); });
   };
-  EXPECT_NE(apply([](train::TrainConfig& c) { c.rope_type = "ntk"; })
-                .find("[train] model.rope_scaling.type: 'ntk' is not one of none, yarn, linear"),
+  EXPECT_NE(apply([](train::TrainConfig& c) {
+              c.rope_type = "ntk";
+            }).find("[train] model.rope_scaling.type: 'ntk' is not one of none, yarn, linear"),
             std::string::npos);
-  EXPECT_NE(apply([](train::TrainConfig& c) { c.rope_factor = 4; })
-                .find("[train] model.rope_scaling.factor: the model has no rope scaling"),
+  EXPECT_NE(apply([](train::TrainConfig& c) {
+              c.rope_factor = 4;
+            }).find("[train] model.rope_scaling.factor: the model has no rope scaling"),
             std::string::npos);
   EXPECT_NE(apply([](train::TrainConfig& c) {
               c.rope_type = "yarn";
               c.rope_factor = 0.5;
             }).find("[train] model.rope_scaling.factor: must be >= 1, got 0.5"),
             std::string::npos);
-  EXPECT_NE(apply([](train::TrainConfig& c) {
-              c.rope_type = "linear";
-              c.rope_factor = 2;
-              c.rope_beta_fast = 8;
-            }).find("[train] model.rope_scaling.beta_fast: only yarn rope scaling has this setting"),
-            std::string::npos);
+  EXPECT_NE(
+      apply([](train::TrainConfig& c) {
+        c.rope_type = "linear";
+        c.rope_factor = 2;
+        c.rope_beta_fast = 8;
+      }).find("[train] model.rope_scaling.beta_fast: only yarn rope scaling has this setting"),
+      std::string::npos);
   EXPECT_NE(apply([](train::TrainConfig& c) {
               c.rope_type = "yarn";
               c.rope_factor = 2;
               c.rope_beta_fast = 0.5;
             }).find("need beta_fast > beta_slow > 0"),
             std::string::npos);
-  EXPECT_NE(apply([](train::TrainConfig& c) { c.max_position_embeddings = 0; })
-                .find("[train] model.max_position_embeddings: must be positive, got 0"),
+  EXPECT_NE(apply([](train::TrainConfig& c) {
+              c.max_position_embeddings = 0;
+            }).find("[train] model.max_position_embeddings: must be positive, got 0"),
             std::string::npos);
 }
 
@@ -226,7 +225,8 @@ TEST(ModelOverrides, SettingsParseFromOverridesAndFiles) {
   EXPECT_EQ(c.rope_original_max, 128);
   EXPECT_EQ(c.init_from, "/some/run");
   // The recorded train_config.json reads back to the same settings.
-  const fs::path file = fs::temp_directory_path() / ("dseek-overrides-" + std::to_string(::getpid()) + ".json");
+  const fs::path file =
+      fs::temp_directory_path() / ("dseek-overrides-" + std::to_string(::getpid()) + ".json");
   std::ofstream(file) << train::train_config_to_json(c);
   train::TrainConfig back;
   train::load_train_config_file(file.string(), back);
@@ -301,8 +301,9 @@ TEST_F(TrainInitFrom, ContinuedTrainingWithYarnLoadsTheSameTensors) {
 
 TEST_F(TrainInitFrom, BadSourcesAreClearErrors) {
   const std::string missing = (root_ / "no-such-run").string();
-  EXPECT_NE(error_of([&] { train::run_training(frozen(root_ / "bad1", missing), false); })
-                .find("[init_from] " + missing + ": not a directory"),
+  EXPECT_NE(error_of([&] {
+              train::run_training(frozen(root_ / "bad1", missing), false);
+            }).find("[init_from] " + missing + ": not a directory"),
             std::string::npos);
   fs::create_directories(root_ / "empty");
   EXPECT_NE(error_of([&] {
