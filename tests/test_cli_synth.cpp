@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "cli_util.h"
 #include "synth/serialize.h"
 #include "synth/store.h"
 #include "test_plot_util.h"
@@ -16,21 +17,8 @@ using namespace dseek::plot_testing;
 
 namespace {
 
-struct CliRun {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-CliRun run_dseek(const std::string& args, const fs::path& scratch) {
-  const std::string cmd = "OMP_NUM_THREADS=1 " + std::string(DSEEK_BINARY) + " " + args + " > " +
-                          (scratch / "out").string() + " 2> " + (scratch / "err").string();
-  const int status = std::system(cmd.c_str());
-  CliRun run;
-  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  run.out = slurp(scratch / "out");
-  run.err = slurp(scratch / "err");
-  return run;
-}
+using dseek::testing::CliRun;
+using dseek::testing::run_dseek_shell;
 
 const std::string kSearch =
     "synth search --task lm-proj --d-in 8 --d-out 8 --tokens 16 --coeffs r=2,g=2 --max-depth 6 "
@@ -40,24 +28,23 @@ const std::string kSearch =
 }  // namespace
 
 TEST(CliSynth, SearchResumesAndShowWritesTableAndPlots) {
-  TempDir out, scratch;
+  TempDir out;
   const std::string dir = (out.path / "run").string();
-  CliRun r =
-      run_dseek(kSearch + "--seed 3 --budget 12 --max-evaluations 7 --out " + dir, scratch.path);
+  CliRun r = run_dseek_shell(kSearch + "--seed 3 --budget 12 --max-evaluations 7 --out " + dir);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("7 candidates (7 evaluated now, 0 from the store)"), std::string::npos)
       << r.out;
   EXPECT_NE(r.out.find("stopped by --max-evaluations"), std::string::npos) << r.out;
   EXPECT_NE(r.err.find("synth lm-proj mcts"), std::string::npos) << r.err;  // progress (plain)
 
-  r = run_dseek(kSearch + "--seed 3 --budget 12 --out " + dir, scratch.path);
+  r = run_dseek_shell(kSearch + "--seed 3 --budget 12 --out " + dir);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("resuming: 7 candidates stored"), std::string::npos) << r.err;
   EXPECT_NE(r.out.find("12 candidates (5 evaluated now, 7 from the store)"), std::string::npos)
       << r.out;
   EXPECT_EQ(synth::Store(dir).load().size(), 12u);
 
-  r = run_dseek("synth show " + dir, scratch.path);
+  r = run_dseek_shell("synth show " + dir);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("12 candidates:"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("quality"), std::string::npos) << r.out;
@@ -83,13 +70,12 @@ TEST(CliSynth, SearchResumesAndShowWritesTableAndPlots) {
 TEST(CliSynth, LmQualityTrainsTheProxyBaselineFirst) {
   if (!fs::exists("/usr/share/games/fortunes"))
     GTEST_SKIP() << "the fortunes corpus is not installed";
-  TempDir out, scratch;
+  TempDir out;
   const std::string dir = (out.path / "run").string();
-  const CliRun r = run_dseek(
+  const CliRun r = run_dseek_shell(
       "synth search --task lm-proj --d-in 8 --d-out 8 --tokens 16 --coeffs r=2,g=2 --seed 3 "
       "--budget 4 --max-evaluations 0 --quality lm --proxy-steps 12 --proxy-repeats 2 --out " +
-          dir,
-      scratch.path);
+      dir);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("proxy baseline (lm-proj, 12 steps × 2 repeats): validation loss"),
             std::string::npos)
@@ -97,7 +83,7 @@ TEST(CliSynth, LmQualityTrainsTheProxyBaselineFirst) {
 }
 
 TEST(CliSynth, BadInputIsAClearErrorWithNonZeroExit) {
-  TempDir out, scratch;
+  TempDir out;
   const std::string dir = (out.path / "run").string();
   struct Case {
     std::string args, message;
@@ -124,14 +110,14 @@ TEST(CliSynth, BadInputIsAClearErrorWithNonZeroExit) {
       {"synth show " + (out.path / "afile").string(), "no results store here"},
   };
   for (const Case& c : cases) {
-    const CliRun r = run_dseek(c.args, scratch.path);
+    const CliRun r = run_dseek_shell(c.args);
     EXPECT_NE(r.exit_code, 0) << c.args;
     EXPECT_NE(r.err.find(c.message), std::string::npos) << c.args << "\n" << r.err;
   }
   // A resumed run with other settings names the store and the setting.
-  CliRun r = run_dseek(kSearch + "--seed 3 --budget 3 --out " + dir, scratch.path);
+  CliRun r = run_dseek_shell(kSearch + "--seed 3 --budget 3 --out " + dir);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  r = run_dseek(kSearch + "--seed 4 --budget 3 --out " + dir, scratch.path);
+  r = run_dseek_shell(kSearch + "--seed 4 --budget 3 --out " + dir);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("synth.sqlite: holds a run with other settings (seed: 3 stored, 4 now)"),
             std::string::npos)

@@ -16,6 +16,7 @@
 #include <random>
 #include <sstream>
 
+#include "cli_util.h"
 #include "core/error.h"
 #include "synth/serialize.h"
 #include "test_model_util.h"
@@ -32,6 +33,9 @@ using dseek::synth::OperatorRecord;
 using dseek::synth::Spec;
 using dseek::synth::test::LinearProblem;
 namespace fs = std::filesystem;
+
+using dseek::testing::slurp;
+using dseek::testing::TempDir;
 
 namespace {
 
@@ -76,25 +80,6 @@ std::string error_of(const std::function<void()>& f) {
   }
   return "";
 }
-
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           fmt::format("dseek-synth-override-{}-{}", ::getpid(), counter++);
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
 
 }  // namespace
 
@@ -318,7 +303,7 @@ TEST(SynthOverride, RefusesOperatorsThatDoNotFitAndUnknownSites) {
       [&] { SynthOverride(record_of(synth::test::low_rank(p), p), "x", "shared_experts", c); });
   EXPECT_NE(e.find("has no such projection"), std::string::npos) << e;
   // An operator file that does not parse names the file and the field.
-  TempDir dir;
+  TempDir dir("synth-override");
   std::ofstream(dir.path / "bad.json") << R"({"vars": 3})";
   e = error_of([&] { SynthOverride::load((dir.path / "bad.json").string(), "mlp", c); });
   EXPECT_NE(e.find("train.synth_override.file " + (dir.path / "bad.json").string()),
@@ -330,7 +315,7 @@ TEST(SynthOverride, RefusesOperatorsThatDoNotFitAndUnknownSites) {
 
 // train.synth_override in a TOML file (an inline table), --set, and the settings' checks.
 TEST(SynthOverride, ConfigSettings) {
-  TempDir dir;
+  TempDir dir("synth-override");
   std::ofstream(dir.path / "c.toml")
       << "[train]\nsynth_override = { file = \"op.json\", site = \"mlp.up_proj\" }\n";
   TrainConfig c;
@@ -358,7 +343,7 @@ TEST(SynthOverride, ConfigSettings) {
 // for bit (metrics, model and optimizer state, which hold the operator's weights); resuming with
 // another operator or without one is refused; export refuses the run.
 TEST(SynthOverride, CliRunResumesBitIdentically) {
-  TempDir dir;
+  TempDir dir("synth-override");
   {
     std::ofstream corpus(dir.path / "corpus.txt");
     for (int i = 0; i < 60; ++i)
