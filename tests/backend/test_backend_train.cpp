@@ -222,10 +222,13 @@ void run_case(const TrainCase& c, DType compute, bool fp8 = false) {
   }
   if (fp8) {
     // Both sides quantise to the same codes unless a value sits within f32 summation noise of an
-    // E4M3 rounding boundary (a code flips by 2^-4) or a routing decision flips: a starting bound,
-    // to be set from the figures an H200 run prints.
-    EXPECT_LT(rel(got.total, want.total), 1e-3) << what;
-    EXPECT_LT(g.overall, 2e-2) << what;
+    // E4M3 rounding boundary (a code flips by 2^-4) or a routing decision flips. Measured on an
+    // H200 (2026-12-03): loss within 3e-7 relative on all six fixtures; gradients within 1.2e-4
+    // relative RMS on five, and 2.5% on v2_group (worst tensor 3.4%), whose routed_scaling_factor
+    // of 16 multiplies the effect of each flipped code on the expert outputs' gradients (as its
+    // bf16 bounds elsewhere).
+    EXPECT_LT(rel(got.total, want.total), 1e-5) << what;
+    EXPECT_LT(g.overall, c.fixture == std::string("v2_group") ? 5e-2 : 1e-3) << what;
   } else if (compute == DType::F32) {
     EXPECT_LT(rel(got.total, want.total), 1e-5) << what;
     EXPECT_LT(rel(got.main_ce, want.main_ce), 1e-5) << what;
