@@ -6,7 +6,8 @@
 // a (sequence, key head) is query t = r / G at head hk·G + r % G (G = H / Hk), so the G heads that
 // share a key head share every key and value row the block reads: with MLA's absorbed decode (Hk =
 // 1, 128 heads, T = 1) a block of 32 rows reads each latent row once for 32 heads.
-// Keys stream through shared memory in tiles of 32 rows, converted to f32. Lane j of a warp scores
+// Keys stream through shared memory in tiles of 32 rows, converted to f32 (shared_rows.cuh: the
+// whole block loads a tile, many loads in flight). Lane j of a warp scores
 // key j of the tile against the warp's rows (each lane one whole dot product: no reduction per
 // key), then every row updates its online softmax: running max m, running sum l and an f32
 // accumulator over the value columns in registers (lane owns columns lane + 32c). No [T, S] matrix
@@ -31,6 +32,7 @@
 #include "core/error.h"
 #include "ops/cuda/element.cuh"
 #include "ops/cuda/reduce.cuh"
+#include "ops/cuda/shared_rows.cuh"
 #include "ops/cuda/split_combine.cuh"
 
 namespace dseek::ops::cuda::attention_detail {
@@ -130,16 +132,11 @@ __global__ void __launch_bounds__(512) attention_forward_kernel(const ForwardPar
   const T* k = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
 
-  for (int r = warp; r < R; r += warps) {
+  load_rows_f32<T>(qs, dk, R, int(dk), [&](int r) -> const T* {
     const int64_t row = r0 + r;
-    float* dst = qs + r * dk;
-    if (row < rows) {
-      const T* src = q + (sv.row0 + row / p.G) * p.q_t + (hk * p.G + row % p.G) * p.q_h;
-      for (int64_t i = lane; i < dk; i += 32) dst[i] = to_f32(src[i]);
-    } else {
-      for (int64_t i = lane; i < dk; i += 32) dst[i] = 0.0f;
-    }
-  }
+    return row < rows ? q + (sv.row0 + row / p.G) * p.q_t + (hk * p.G + row % p.G) * p.q_h
+                      : nullptr;
+  });
 
   // This warp's rows: the end of the keys each sees in this split (0 for rows past the end of
   // the sequence), online softmax state. A row with no key in the split keeps m = −inf, l = 0.
@@ -167,11 +164,10 @@ __global__ void __launch_bounds__(512) attention_forward_kernel(const ForwardPar
     __syncthreads();
     // Keys past the block's last visible one (or its split) are never read (a paged pool holds
     // other sequences' rows there, or nothing); their tile rows are zero and their scores masked.
-    for (int j = warp; j < kKeyTile; j += warps) {
-      const int64_t ko = k_off[j], vo = v_off[j];
-      for (int64_t i = lane; i < dk; i += 32) ks[j * kst + i] = ko >= 0 ? to_f32(k[ko + i]) : 0.0f;
-      for (int64_t d = lane; d < dvc; d += 32) vs[j * dvc + d] = vo >= 0 ? to_f32(v[vo + d]) : 0.0f;
-    }
+    load_rows_f32<T>(ks, kst, kKeyTile, int(dk),
+                     [&](int j) -> const T* { return k_off[j] >= 0 ? k + k_off[j] : nullptr; });
+    load_rows_f32<T>(vs, dvc, kKeyTile, int(dvc),
+                     [&](int j) -> const T* { return v_off[j] >= 0 ? v + v_off[j] : nullptr; });
     __syncthreads();
     if (warp_end <= s0) continue;  // the same for the whole warp; no barrier until the loop top
 
