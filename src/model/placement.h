@@ -51,7 +51,7 @@ struct Placement {
   Device device = Device::CPU;
   DType act = DType::F32;  // f32 anywhere; bf16 only on the GPU
   Fp8Weights fp8 = Fp8Weights::Keep;
-  ExpertShard experts;
+  ExpertShard experts{};  // default: every routed expert here
 };
 
 // Throws "[model] placement ..." for bf16 on the CPU, a dtype other than f32/bf16, a GPU
