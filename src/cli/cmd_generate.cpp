@@ -3,12 +3,16 @@
 // `--fim-prefix P --fim-suffix S [--fim-mode psm|spm]` infills code (DeepSeek-Coder FIM): the
 // prompt is BOS <｜fim▁begin｜>P<｜fim▁hole｜>S<｜fim▁end｜> (data/fim.h), and what is printed is
 // the middle the model writes, up to EOS.
+// `--expert-parallel` under `mpirun -np N` splits the routed experts over the N ranks
+// (cli/expert_parallel.h): every rank runs the same loop, rank 0's sampled token is broadcast
+// each step, and rank 0 alone prints.
 #include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/expert_parallel.h"
 #include "cli/generation_flags.h"
 #include "core/error.h"
 #include "data/fim.h"
@@ -49,7 +53,7 @@ void add_generate_command(CLI::App& app) {
   struct Args {
     GenerationFlags flags;
     std::string prompt, ids, fim_prefix, fim_suffix, fim_mode = "psm";
-    bool print_ids = false, chat = false;
+    bool print_ids = false, chat = false, expert_parallel = false;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("generate", "Generate a completion for a prompt");
@@ -66,6 +70,8 @@ void add_generate_command(CLI::App& app) {
                               ->capture_default_str();
   cmd->add_flag("--print-ids", args->print_ids, "print the generated ids as the last line");
   cmd->add_flag("--chat", args->chat, "wrap --prompt as a user turn in the chat template");
+  cmd->add_flag("--expert-parallel", args->expert_parallel,
+                "under mpirun -np N: each rank holds 1/N of every MoE layer's routed experts");
   cmd->callback([args, prompt, ids, fim_prefix, fim_suffix, fim_mode] {
     const GenerationFlags& flags = args->flags;
     const bool fim = fim_prefix->count() + fim_suffix->count() > 0;
@@ -126,15 +132,25 @@ void add_generate_command(CLI::App& app) {
     DSEEK_CHECK(options.stop.empty() || tokenizer.has_value(),
                 "[generate] --stop: stop strings need a tokenizer (none in {})", flags.model);
 
-    const std::unique_ptr<Model> model = Model::load(flags.model, placement_from_flags(flags));
+    Placement placement = placement_from_flags(flags);
+    if (args->expert_parallel) enable_expert_parallel(placement, "generate");
+    const std::unique_ptr<Model> model = Model::load(flags.model, placement);
+    log_expert_parallel(*model, placement);
+    if (placement.experts.sharded()) {
+      options.agree_token = [&placement](int32_t id) { return rank0_token(placement.experts, id); };
+    }
+    const bool prints = prints_output(placement);
     bool wrote_text = false, ends_with_newline = false;
-    options.on_text = [&](std::string_view text) {
-      std::fwrite(text.data(), 1, text.size(), stdout);
-      std::fflush(stdout);
-      wrote_text = true;
-      ends_with_newline = text.back() == '\n';
-    };
+    if (prints) {
+      options.on_text = [&](std::string_view text) {
+        std::fwrite(text.data(), 1, text.size(), stdout);
+        std::fflush(stdout);
+        wrote_text = true;
+        ends_with_newline = text.back() == '\n';
+      };
+    }
     const GenerationResult result = generate(*model, prompt_ids, options);
+    if (!prints) return;
     if (wrote_text && !ends_with_newline) std::fputc('\n', stdout);
     if (args->print_ids || !tokenizer) {
       std::string line;

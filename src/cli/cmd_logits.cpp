@@ -3,7 +3,8 @@
 // float32 [n_ids, vocab], row-major; prints the shape. Used to compare dseek with transformers
 // outside the test suite. --device cuda loads the model onto the GPU (weights converted once to
 // --dtype, the activation dtype; bf16 only there); the logits are converted to f32 and copied
-// back whatever the dtype.
+// back whatever the dtype. --expert-parallel under `mpirun -np N` splits the routed experts over
+// the N ranks (cli/expert_parallel.h); every rank runs the forward, rank 0 alone writes the file.
 #include <algorithm>
 #include <climits>
 #include <cstdio>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/expert_parallel.h"
 #include "core/cuda.h"
 #include "core/error.h"
 #include "model/model.h"
@@ -61,7 +63,10 @@ void add_logits_command(CLI::App& app) {
       ->check(CLI::IsMember({"f32", "bf16"}));
   auto dequantize_fp8 = std::make_shared<bool>(false);
   cmd->add_flag("--dequantize-fp8", *dequantize_fp8, "an FP8 checkpoint's weights are dequantised at load (default: its projections stay FP8 and run as FP8 GEMMs)");
-  cmd->callback([model_dir, ids_text, out_path, device, dtype, dequantize_fp8] {
+  auto expert_parallel = std::make_shared<bool>(false);
+  cmd->add_flag("--expert-parallel", *expert_parallel,
+                "under mpirun -np N: each rank holds 1/N of every MoE layer's routed experts");
+  cmd->callback([model_dir, ids_text, out_path, device, dtype, dequantize_fp8, expert_parallel] {
     const std::vector<int32_t> ids = parse_ids(*ids_text);
     Placement placement;
     if (*device == "cuda") {
@@ -74,8 +79,11 @@ void add_logits_command(CLI::App& app) {
       placement.act = DType::BF16;
     }
     if (*dequantize_fp8) placement.fp8 = Fp8Weights::Dequantise;
+    if (*expert_parallel) enable_expert_parallel(placement, "logits");
     auto model = Model::load(*model_dir, placement);
+    log_expert_parallel(*model, placement);
     const Tensor logits = model->forward(ids);  // f32 on the host; checks ids against the vocab
+    if (!prints_output(placement)) return;
     std::ofstream out(*out_path, std::ios::binary | std::ios::trunc);
     DSEEK_CHECK(out.good(), "[logits] {}: cannot open for writing", *out_path);
     out.write(static_cast<const char*>(logits.raw()), std::streamsize(logits.nbytes()));

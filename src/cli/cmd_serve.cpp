@@ -2,6 +2,8 @@
 // "dseek serve: listening on http://HOST:PORT" once the socket is bound (port 0 picks a free
 // port; tests read it from that line). SIGINT/SIGTERM shut down gracefully: new requests get 503,
 // in-flight ones finish within --shutdown-timeout (then are cancelled), and the command exits 0.
+// --expert-parallel under `mpirun -np N` splits the routed experts over the ranks: rank 0 serves,
+// the others mirror its batched forwards until it stops (cli/expert_parallel_serve.h).
 #include <omp.h>
 #include <signal.h>
 #include <unistd.h>
@@ -19,8 +21,11 @@
 #include <thread>
 
 #include "cli/commands.h"
+#include "cli/expert_parallel.h"
+#include "cli/expert_parallel_serve.h"
 #include "core/cuda.h"
 #include "core/error.h"
+#include "dist/process_group.h"
 #include "infer/engine.h"
 #include "model/model.h"
 #include "serve/server.h"
@@ -87,7 +92,7 @@ void add_serve_command(CLI::App& app) {
     bool no_prefix_caching = false, no_speculative = false;
     int threads = 0;
     std::string device = "cpu", dtype = "f32";
-    bool dequantize_fp8 = false;
+    bool dequantize_fp8 = false, expert_parallel = false;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd =
@@ -151,6 +156,9 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--dtype", args->dtype, "activation dtype: f32 (default) or bf16 (cuda only)")
       ->check(CLI::IsMember({"f32", "bf16"}));
   cmd->add_flag("--dequantize-fp8", args->dequantize_fp8, "an FP8 checkpoint's weights are dequantised at load (default: its projections stay FP8 and run as FP8 GEMMs)");
+  cmd->add_flag("--expert-parallel", args->expert_parallel,
+                "under mpirun -np N: each rank holds 1/N of every MoE layer's routed experts; "
+                "rank 0 serves (no MTP drafts)");
   cmd->callback([args] {
     // SIGINT/SIGTERM: a handler (whichever thread the kernel picks — OpenBLAS and OpenMP start
     // theirs before this runs, so masks cannot cover them) writes the signal number to a pipe; a
@@ -208,9 +216,28 @@ void add_serve_command(CLI::App& app) {
       placement.act = DType::BF16;
     }
     if (args->dequantize_fp8) placement.fp8 = Fp8Weights::Dequantise;
-    const std::unique_ptr<Model> model = Model::load(args->model, placement);
+    if (args->expert_parallel) {
+      enable_expert_parallel(placement, "serve");
+      DSEEK_CHECK(placement.experts.group->any_thread(),
+                  "[serve] --expert-parallel: the MPI library does not allow calls from the "
+                  "engine's thread (MPI_THREAD_SERIALIZED)");
+    }
+    const std::unique_ptr<Model> loaded = Model::load(args->model, placement);
+    log_expert_parallel(*loaded, placement);
+    std::optional<ExpertParallelLeader> leader;
+    if (placement.experts.sharded()) {
+      if (placement.experts.rank != 0) {
+        // A follower has no server: a signal must not end it before rank 0 says stop.
+        signals.set_serving(true);
+        follow_expert_parallel_leader(*loaded, *placement.experts.group);
+        std::fprintf(stderr, "dseek serve: rank %d stopped with rank 0\n", placement.experts.rank);
+        return;
+      }
+      leader.emplace(*loaded, *placement.experts.group);
+    }
+    Model& model = leader ? static_cast<Model&>(*leader) : *loaded;
 
-    Engine engine(*model, tokenizer ? &*tokenizer : nullptr, args->engine);
+    Engine engine(model, tokenizer ? &*tokenizer : nullptr, args->engine);
     serve::Server server(engine, tokenizer ? &*tokenizer : nullptr, args->server);
     const int port = server.bind();
     std::printf("dseek serve: listening on http://%s:%d (model %s)\n", args->server.host.c_str(),
@@ -228,6 +255,9 @@ void add_serve_command(CLI::App& app) {
       std::lock_guard<std::mutex> lock(server_mutex);
       running = nullptr;
     }
+    // The engine's thread has ended; then the followers may return.
+    engine.shutdown(false);
+    if (leader) leader->stop();
     std::fprintf(stderr, "dseek serve: stopped\n");
   });
 }

@@ -75,10 +75,11 @@ void sum_in_rank_order(const T* copies, int ranks, int64_t n, T* out) {
 
 class MpiProcessGroup final : public ProcessGroup {
  public:
-  MpiProcessGroup() {
+  explicit MpiProcessGroup(int thread_level) : any_thread_(thread_level >= MPI_THREAD_SERIALIZED) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &size_);
   }
+  bool any_thread() const override { return any_thread_; }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string backend() const override { return "mpi"; }
@@ -249,18 +250,21 @@ class MpiProcessGroup final : public ProcessGroup {
   }
 
   int rank_ = 0, size_ = 1;
+  bool any_thread_ = false;
 };
 
 }  // namespace
 
 std::unique_ptr<ProcessGroup> make_mpi_world(int* argc, char*** argv) {
   int provided = 0;
-  MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
+  // Serialized where the library offers it (expert-parallel serving sums MoE outputs on the
+  // engine's thread); training needs only funneled.
+  MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided);
   DSEEK_CHECK(provided >= MPI_THREAD_FUNNELED,
               "[dist] MPI_Init_thread: the MPI library gives thread level {}, dseek needs "
               "MPI_THREAD_FUNNELED",
               provided);
-  return std::make_unique<MpiProcessGroup>();
+  return std::make_unique<MpiProcessGroup>(provided);
 }
 
 void finalize_mpi() {

@@ -8,7 +8,7 @@
 
 namespace dseek::dist {
 
-// MPI_Init_thread (funneled) and the group over MPI_COMM_WORLD.
+// MPI_Init_thread (serialized if offered, at least funneled) and the group over MPI_COMM_WORLD.
 std::unique_ptr<ProcessGroup> make_mpi_world(int* argc, char*** argv);
 void finalize_mpi();
 [[noreturn]] void abort_mpi(int exit_code);

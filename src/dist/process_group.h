@@ -39,6 +39,9 @@ class ProcessGroup {
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual std::string backend() const = 0;  // "single", "mpi"
+  // Whether threads other than main may call the collectives, one thread at a time
+  // (MPI_THREAD_SERIALIZED or better); otherwise only the main thread may (funneled).
+  virtual bool any_thread() const { return true; }
   // Fixed-order reductions (see above); set before the collectives it should govern.
   bool deterministic() const { return deterministic_; }
   void set_deterministic(bool on) { deterministic_ = on; }
@@ -110,7 +113,7 @@ std::unique_ptr<ProcessGroup> make_single_process_group();
 int launcher_world_size();
 
 // The process-wide group. init_world() is called once from main: under a launcher announcing more
-// than one rank it initialises MPI (MPI_Init_thread, funneled: only the main thread calls MPI) and
+// than one rank it initialises MPI (MPI_Init_thread, serialized where offered, else funneled) and
 // the group is MPI_COMM_WORLD; otherwise it is the single-process group. Without MPI support a
 // launch with more than one rank is an error that says so. world() without init_world() (tests,
 // library use) is the single-process group.

@@ -129,7 +129,8 @@ GenerationResult Generator::generate(const std::vector<int32_t>& prompt,
       logits = model_.forward({result.ids.back()}, *cache_);
       cached_ids_.push_back(result.ids.back());
     }
-    const int32_t id = sampler.sample(last_row(logits, config.vocab_size).values(), history);
+    int32_t id = sampler.sample(last_row(logits, config.vocab_size).values(), history);
+    if (options.agree_token) id = options.agree_token(id);
     result.ids.push_back(id);
     history.push_back(id);
     if (options.on_token) options.on_token(id);

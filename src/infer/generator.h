@@ -28,6 +28,9 @@ struct GenerationOptions {
   bool ignore_eos = false;                   // generate exactly max_new_tokens (benchmarks)
   const Tokenizer* tokenizer = nullptr;      // decodes the text; optional without stop strings
   std::function<void(int32_t id)> on_token;  // each generated id, EOS included
+  // Replaces each sampled id before it is used (expert-parallel ranks: rank 0's id, broadcast,
+  // so the ranks' sequences can never diverge); none: the sampled id stands.
+  std::function<int32_t(int32_t id)> agree_token;
   std::function<void(std::string_view text)> on_text;  // printable text, in order
 };
 

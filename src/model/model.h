@@ -94,6 +94,9 @@ class Model {
   virtual std::unique_ptr<PagedKVCache> new_paged_cache(int64_t page_tokens,
                                                         int64_t num_pages) const = 0;
   virtual int64_t num_mtp_layers() const = 0;
+  // Bytes of routed-expert weights this process holds (under an expert shard, its block only;
+  // model/placement.h). 0 for a dense model.
+  virtual int64_t routed_expert_bytes() const { return 0; }
 };
 
 }  // namespace dseek

@@ -7,6 +7,7 @@
 #include <exception>
 
 #include "core/error.h"
+#include "dist/process_group.h"
 #include "model/safetensors.h"
 #include "ops/activation.h"
 #include "ops/device.h"
@@ -60,8 +61,14 @@ MoE::MoE(const ModelConfig& config, const WeightStore& weights, const std::strin
   // (ops/moe.h) take one plain weight per expert; the shared experts, one dense Mlp, stay FP8.
   Placement routed = placement;
   routed.fp8 = Fp8Weights::Dequantise;
-  experts_.reserve(size_t(config.n_routed_experts));
-  for (int64_t e = 0; e < config.n_routed_experts; ++e) {
+  // Under an expert shard only this rank's block is read: the other experts' tensors are never
+  // asked of the store (a memory-mapped checkpoint never pages them in).
+  const ExpertShard& shard = placement.experts;
+  const int64_t local = shard.count(config.n_routed_experts);
+  expert_first_ = shard.first(config.n_routed_experts);
+  if (shard.sharded()) group_ = shard.group;
+  experts_.reserve(size_t(local));
+  for (int64_t e = expert_first_; e < expert_first_ + local; ++e) {
     experts_.emplace_back(weights, prefix + ".experts." + std::to_string(e), config.hidden_size,
                           config.moe_intermediate_size, routed);
   }
@@ -85,13 +92,31 @@ void MoE::build_device_experts() {
   DSEEK_CHECK(gate_.weight().is_cuda(), "[moe] experts on the GPU but the gate weight on the {}",
               device_name(gate_.weight().device()));
   std::vector<Tensor> gate, up, down;
-  for (size_t e = 0; e < experts_.size(); ++e) {
+  // The grouped GEMMs index matrices by global expert id. Under an expert shard the other ranks'
+  // experts become one zero matrix per shape: their slots contribute exactly 0 (weight × 0), so
+  // a token's sum is its local experts' in ascending order (compute is not saved, memory is).
+  const int64_t E = gate_.config().n_routed_experts;
+  const Mlp& first = experts_[0];
+  const Tensor zero_in =
+      group_ ? Tensor::zeros(first.gate_proj().shape(), first.gate_proj().dtype(), Device::CUDA)
+             : Tensor();
+  const Tensor zero_out =
+      group_ ? Tensor::zeros(first.down_proj().shape(), first.down_proj().dtype(), Device::CUDA)
+             : Tensor();
+  for (int64_t g = 0; g < E; ++g) {
+    const int64_t e = g - expert_first_;
+    if (e < 0 || e >= int64_t(experts_.size())) {
+      gate.push_back(zero_in);
+      up.push_back(zero_in);
+      down.push_back(zero_out);
+      continue;
+    }
     // grouped_linear has no bias term; DeepSeek's routed experts have none.
-    DSEEK_CHECK(!experts_[e].has_bias(),
-                "[moe] expert {}: biases on routed experts are not supported on the GPU", e);
-    gate.push_back(experts_[e].gate_proj());
-    up.push_back(experts_[e].up_proj());
-    down.push_back(experts_[e].down_proj());
+    DSEEK_CHECK(!experts_[size_t(e)].has_bias(),
+                "[moe] expert {}: biases on routed experts are not supported on the GPU", g);
+    gate.push_back(experts_[size_t(e)].gate_proj());
+    up.push_back(experts_[size_t(e)].up_proj());
+    down.push_back(experts_[size_t(e)].down_proj());
   }
   // expert_matrices checks one shape, dtype and device for all.
   gate_mats_ = ops::expert_matrices(std::move(gate));
@@ -101,9 +126,10 @@ void MoE::build_device_experts() {
 
 void MoE::check_parts() const {
   const ModelConfig& c = gate_.config();
-  DSEEK_CHECK(int64_t(experts_.size()) == c.n_routed_experts,
-              "[moe] {} experts given, n_routed_experts is {}", experts_.size(),
-              c.n_routed_experts);
+  const int64_t expected = group_ ? c.n_routed_experts / group_->size() : c.n_routed_experts;
+  DSEEK_CHECK(int64_t(experts_.size()) == expected && expected > 0,
+              "[moe] {} experts given, expected {} (n_routed_experts {} over {} ranks)",
+              experts_.size(), expected, c.n_routed_experts, group_ ? group_->size() : 1);
   for (size_t e = 0; e < experts_.size(); ++e) {
     DSEEK_CHECK(experts_[e].hidden() == c.hidden_size, "[moe] expert {}: hidden {}, expected {}", e,
                 experts_[e].hidden(), c.hidden_size);
@@ -135,20 +161,42 @@ Tensor MoE::forward_device(const Tensor& x) const {
                                  ops::grouped_linear(x_perm, up_mats_, d.offsets));
   const Tensor y_perm = ops::grouped_linear(h, down_mats_, d.offsets);
   // transformers: routed output first, then `+ shared_experts(residuals)`; moe_combine adds it
-  // after the K products, in that order.
+  // after the K products, in that order. Under an expert shard the ranks' routed parts are summed
+  // first and the shared experts added to that sum.
   const Tensor shared = shared_ ? shared_->forward(input) : Tensor();
-  return ops::moe_combine(y_perm, r.weights, d, shared);
+  if (!group_) return ops::moe_combine(y_perm, r.weights, d, shared);
+  Tensor out = ops::moe_combine(y_perm, r.weights, d);
+  sum_over_ranks(out);
+  if (shared.defined()) ops::add_inplace(out, shared);
+  return out;
+}
+
+void MoE::sum_over_ranks(Tensor& out) const {
+  if (!group_) return;
+  // The process group sums f32 host buffers: a GPU (or bf16) partial sum goes through the host.
+  Tensor host = out.to(Device::CPU);  // contiguous
+  if (host.dtype() != DType::F32) host = host.to(DType::F32);
+  group_->all_reduce(std::span<float>(host.data<float>(), size_t(host.numel())));
+  out = out.is_cuda() ? host.to(out.dtype()).to(Device::CUDA) : host;
+}
+
+int64_t MoE::routed_expert_bytes() const {
+  int64_t bytes = 0;
+  for (const Mlp& e : experts_)
+    bytes += e.gate_proj().nbytes() + e.up_proj().nbytes() + e.down_proj().nbytes();
+  return bytes;
 }
 
 Tensor MoE::forward(const Tensor& x) const {
   if (x.is_cuda()) return forward_device(x);
   const int64_t D = gate_.config().hidden_size;
   if (x.dim() == 2 && x.size(0) == 0 && x.size(1) == D && x.dtype() == DType::F32) {
-    last_load_.assign(experts_.size(), 0);
+    last_load_.assign(size_t(gate_.config().n_routed_experts), 0);
     return Tensor::zeros({0, D});
   }
   const Routing routing = gate_.route(x);
   Tensor out = forward_experts(x, routing);
+  sum_over_ranks(out);
   last_load_ = routing.expert_load();
   if (shared_) {
     const Tensor shared = shared_->forward(x);
@@ -162,7 +210,10 @@ Tensor MoE::forward(const Tensor& x) const {
 }
 
 Tensor MoE::forward_experts(const Tensor& x, const Routing& routing, int64_t chunk_tokens) const {
-  const int64_t D = gate_.config().hidden_size, E = int64_t(experts_.size());
+  // E: every routed expert (routing ids are global); this rank holds [first, first + local).
+  const int64_t D = gate_.config().hidden_size, E = gate_.config().n_routed_experts;
+  const int64_t first = expert_first_, local = int64_t(experts_.size());
+  auto is_local = [&](int32_t e) { return e >= first && e < first + local; };
   DSEEK_CHECK(x.dim() == 2 && x.size(1) == D && x.dtype() == DType::F32,
               "[moe] input shape {} ({}), expected [T, {}] f32", shape_str(x.shape()),
               dtype_name(x.dtype()), D);
@@ -187,7 +238,8 @@ Tensor MoE::forward_experts(const Tensor& x, const Routing& routing, int64_t chu
     const int64_t n = std::min(chunk, T - t0);
     const int32_t* ids = routing.expert_ids.data() + t0 * K;
     const float* weights = routing.weights.data() + t0 * K;
-    const Dispatch d = group_by_expert(ids, n * K, E);
+    Dispatch d = group_by_expert(ids, n * K, E);
+    std::erase_if(d.active, [&](int32_t e) { return !is_local(e); });
     // contribution[s] = w[s] · expert(x[token of s]), one row per slot of the chunk.
 #ifndef NDEBUG
     // NaN until written: a slot that no expert fills shows up in the tests' outputs.
@@ -212,7 +264,7 @@ Tensor MoE::forward_experts(const Tensor& x, const Routing& routing, int64_t chu
           const int64_t token = t0 + d.slots[size_t(begin + r)] / K;
           std::memcpy(gp + r * D, xp + token * D, size_t(D) * sizeof(float));
         }
-        const Tensor y = experts_[size_t(e)].forward(gathered).contiguous();
+        const Tensor y = experts_[size_t(e - first)].forward(gathered).contiguous();
         const float* yp = y.data<float>();
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t slot = d.slots[size_t(begin + r)];
@@ -242,6 +294,7 @@ Tensor MoE::forward_experts(const Tensor& x, const Routing& routing, int64_t chu
       float* o = op + (t0 + t) * D;
       std::fill(o, o + D, 0.0f);
       for (int64_t i = 0; i < K; ++i) {
+        if (!is_local(ids[t * K + ks[i]])) continue;  // another rank's expert: in its sum
         const float* c = cp + (t * K + ks[i]) * D;
         for (int64_t j = 0; j < D; ++j) o[j] += c[j];
       }

@@ -15,6 +15,15 @@
 // for down, and moe_combine adding the shared experts' output. It sums each token's K products in
 // the same ascending expert order. The expert matrices' address tables are built once, at
 // construction.
+//
+// Expert-parallel inference (placement.experts over N > 1 ranks, model/placement.h): the layer
+// holds only its rank's block of routed experts and never reads the others' tensors. Every rank
+// routes every token, evaluates its local experts' weighted contributions (a token's local ones
+// summed in ascending expert order), and the ranks' [T, D] f32 partial sums are added through the
+// shard's deterministic process group (in rank order, so every rank gets the same bits); the
+// shared experts are added after that sum, as transformers adds them after the routed output. On
+// the GPU the partial sum makes a round trip through the host for the MPI sum (correct, not fast),
+// and the non-local experts' matrices all point at one zero matrix per shape.
 #pragma once
 
 #include <cstdint>
@@ -29,6 +38,10 @@
 #include "model/placement.h"
 #include "ops/moe.h"
 
+namespace dseek::dist {
+class ProcessGroup;
+}
+
 namespace dseek {
 
 class WeightStore;
@@ -36,7 +49,8 @@ class WeightStore;
 class MoE {
  public:
   // Reads <prefix>.gate, <prefix>.experts.{e}.{gate,up,down}_proj.weight (the hub layout) and
-  // <prefix>.shared_experts when n_shared_experts > 0, placed as `placement` says.
+  // <prefix>.shared_experts when n_shared_experts > 0, placed as `placement` says; only this
+  // rank's routed experts under an expert shard.
   MoE(const ModelConfig& config, const WeightStore& weights, const std::string& prefix,
       const Placement& placement = Placement());
   // From parts (tests, training). experts.size() must equal the gate's n_routed_experts.
@@ -48,7 +62,8 @@ class MoE {
   // layer, and last_expert_load() is left empty. Not safe to call concurrently on the same object
   // (the load record is shared).
   Tensor forward(const Tensor& x) const;
-  // The routed part only, for a given routing: Σ_k w[t,k] · expert[id[t,k]](x[t]). Tokens are
+  // The routed part only, for a given routing: Σ_k w[t,k] · expert[id[t,k]](x[t]) over this
+  // rank's experts (all of them without a shard; no sum across ranks here). Tokens are
   // dispatched in chunks of `chunk_tokens` (0: sized to bound the scratch memory).
   Tensor forward_experts(const Tensor& x, const Routing& routing, int64_t chunk_tokens = 0) const;
 
@@ -60,7 +75,12 @@ class MoE {
   const std::vector<int64_t>& last_expert_load() const { return last_load_; }
 
   const Gate& gate() const { return gate_; }
+  // The routed experts this rank holds: experts()[i] is expert expert_first() + i.
   const std::vector<Mlp>& experts() const { return experts_; }
+  int64_t expert_first() const { return expert_first_; }
+  // Bytes of the routed experts' weights this rank holds (as held: bf16 memory-mapped on the CPU,
+  // the activation dtype on the GPU).
+  int64_t routed_expert_bytes() const;
   const Mlp* shared_experts() const { return shared_ ? &*shared_ : nullptr; }
 
  private:
@@ -68,8 +88,13 @@ class MoE {
   void build_device_experts();
   Tensor forward_device(const Tensor& x) const;
 
+  // Adds the ranks' partial routed sums out [T, D] (on any device) in place; no-op unsharded.
+  void sum_over_ranks(Tensor& out) const;
+
   Gate gate_;
   std::vector<Mlp> experts_;
+  int64_t expert_first_ = 0;
+  dist::ProcessGroup* group_ = nullptr;  // the expert shard's group; null when unsharded
   std::optional<Mlp> shared_;
   // The routed experts' gate, up and down matrices as ops::ExpertMatrices; built only when the
   // experts live on the GPU.

@@ -2,6 +2,7 @@
 
 #include "core/cuda.h"
 #include "core/error.h"
+#include "dist/process_group.h"
 
 namespace dseek {
 namespace {
@@ -16,7 +17,34 @@ Tensor to_device(const Tensor& weight, DType dtype, Device device) {
 
 }  // namespace
 
+int64_t ExpertShard::count(int64_t experts) const {
+  DSEEK_CHECK(ranks >= 1 && experts >= 0 && experts % ranks == 0,
+              "[model] expert parallel: {} routed experts do not split evenly over {} ranks "
+              "(launch a number of ranks that divides {})",
+              experts, ranks, experts);
+  return experts / ranks;
+}
+
+ExpertShard expert_shard(dist::ProcessGroup& group) {
+  return ExpertShard{group.rank(), group.size(), &group};
+}
+
 void validate(const Placement& placement) {
+  const ExpertShard& shard = placement.experts;
+  if (shard.sharded()) {
+    DSEEK_CHECK(shard.group != nullptr && shard.group->size() == shard.ranks &&
+                    shard.group->rank() == shard.rank,
+                "[model] placement: expert shard rank {} of {} needs a process group of that "
+                "rank and size",
+                shard.rank, shard.ranks);
+    DSEEK_CHECK(shard.group->deterministic(),
+                "[model] placement: expert parallelism needs a deterministic process group (the "
+                "ranks must sum the routed outputs to the same bits)");
+  } else {
+    DSEEK_CHECK(shard.ranks == 1 && shard.rank == 0,
+                "[model] placement: expert shard rank {} of {} (ranks must be >= 1)", shard.rank,
+                shard.ranks);
+  }
   DSEEK_CHECK(placement.act == DType::F32 || placement.act == DType::BF16,
               "[model] placement: activations must be f32 or bf16, got {}",
               dtype_name(placement.act));

@@ -8,9 +8,20 @@
 // devices (model/linear_weight.h: ops::linear_fp8 quantises the activations per 1×128 tile);
 // kv_b_proj, the routed experts and every FP8 weight under Fp8Weights::Dequantise are dequantised
 // at load (bf16, then placed like any other weight).
+//
+// Expert-parallel inference (docs/DISTRIBUTED.md): with `experts` spanning N > 1 ranks, every rank
+// holds the whole model except the routed experts, of which it loads only its block (rank r:
+// experts [r·E/N, (r+1)·E/N) of every MoE layer); each MoE layer sums its ranks' routed outputs
+// through `experts.group` (model/moe.h).
 #pragma once
 
+#include <cstdint>
+
 #include "core/tensor.h"
+
+namespace dseek::dist {
+class ProcessGroup;
+}
 
 namespace dseek {
 
@@ -19,14 +30,33 @@ enum class Fp8Weights : uint8_t {
   Dequantise  // every FP8 weight is dequantised at load, as transformers does
 };
 
+// This process's share of the routed experts. The default (1 rank, no group) holds them all.
+struct ExpertShard {
+  int rank = 0, ranks = 1;
+  // Sums the routed outputs over the ranks: its rank and size must be rank and ranks, and it must
+  // be deterministic (fixed-order sums), so every rank gets the same bits and stays in lockstep.
+  dist::ProcessGroup* group = nullptr;
+
+  bool sharded() const { return ranks > 1; }
+  // This rank's routed experts [first, first + count) of `experts`; throws unless the ranks
+  // divide `experts` evenly.
+  int64_t count(int64_t experts) const;
+  int64_t first(int64_t experts) const { return int64_t(rank) * count(experts); }
+};
+
+// Expert parallelism over every rank of `group` (rank group.rank() of group.size()).
+ExpertShard expert_shard(dist::ProcessGroup& group);
+
 struct Placement {
   Device device = Device::CPU;
   DType act = DType::F32;  // f32 anywhere; bf16 only on the GPU
   Fp8Weights fp8 = Fp8Weights::Keep;
+  ExpertShard experts{};  // default: every routed expert here
 };
 
-// Throws "[model] placement ..." for bf16 on the CPU, a dtype other than f32/bf16, or a GPU
-// placement when no CUDA device is usable (cuda::require).
+// Throws "[model] placement ..." for bf16 on the CPU, a dtype other than f32/bf16, a GPU
+// placement when no CUDA device is usable (cuda::require), or an expert shard that is not
+// rank r of N > 1 over a deterministic group of that rank and size.
 void validate(const Placement& placement);
 
 // A weight as the model reads it under `placement`: unchanged on the CPU, else in act on the GPU.

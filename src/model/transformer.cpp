@@ -68,6 +68,13 @@ Transformer::Transformer(const ModelConfig& config, const WeightStore& store,
   DSEEK_CHECK(config.hidden_act == "silu", "[model] hidden_act '{}' not supported (silu)",
               config.hidden_act);
   validate(placement_);
+  if (placement_.experts.sharded()) {
+    DSEEK_CHECK(config_.n_routed_experts > 0,
+                "[model] expert parallel: this {} model has no routed experts to split over {} "
+                "ranks",
+                config_.model_type, placement_.experts.ranks);
+    (void)placement_.experts.count(config_.n_routed_experts);  // E divisible by the ranks
+  }
   LoadContext ctx(config_, store, placement_);
   const int64_t D = config_.hidden_size, V = config_.vocab_size, L = config_.num_hidden_layers;
   embed_tokens_ = ctx.weight("model.embed_tokens.weight", {V, D});
@@ -140,6 +147,15 @@ Tensor Transformer::forward(const std::vector<int32_t>& ids, KVCache& cache) {
   Tensor out = logits(ops::rms_norm(x, norm_, config_.rms_norm_eps));
   if (out.dtype() != DType::F32) out = out.to(DType::F32);  // bf16 logits of a GPU model
   return out;
+}
+
+int64_t Transformer::routed_expert_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& block : blocks_)
+    if (block->moe()) bytes += block->moe()->routed_expert_bytes();
+  for (const auto& mtp : mtp_)
+    if (mtp->block().moe()) bytes += mtp->block().moe()->routed_expert_bytes();
+  return bytes;
 }
 
 std::unique_ptr<KVCache> Transformer::new_cache(int64_t max_tokens) const {

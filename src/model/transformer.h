@@ -44,6 +44,7 @@ class Transformer : public Model {
   Tensor logits(const Tensor& hidden) const;  // lm_head: [T, D] → [T, V], on hidden's device
   const Placement& placement() const { return placement_; }
   int64_t num_mtp_layers() const override { return int64_t(mtp_.size()); }
+  int64_t routed_expert_bytes() const override;
   const std::vector<std::string>& unused_tensors() const { return unused_; }
   const Block& block(int64_t layer) const { return *blocks_[size_t(layer)]; }
 

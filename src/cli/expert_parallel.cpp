@@ -1,0 +1,71 @@
+#include "cli/expert_parallel.h"
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "dist/process_group.h"
+#include "model/model.h"
+
+namespace dseek::cli {
+
+namespace {
+
+std::string bytes_text(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (bytes >= 1024.0 && u < 4) {
+    bytes /= 1024.0;
+    ++u;
+  }
+  return u == 0 ? fmt::format("{:.0f} B", bytes) : fmt::format("{:.1f} {}", bytes, units[u]);
+}
+
+}  // namespace
+
+void enable_expert_parallel(Placement& placement, const char* command) {
+  dist::ProcessGroup& world = dist::world();
+  DSEEK_CHECK(world.size() > 1,
+              "[{}] --expert-parallel splits the routed experts over the ranks of an MPI job, but "
+              "this process runs alone: launch it as `mpirun -np N dseek {} ... "
+              "--expert-parallel` with N > 1",
+              command, command);
+  // Every rank must add the routed partial sums to the same bits (fixed rank order), or their
+  // residual streams, routings and sampled tokens could drift apart.
+  world.set_deterministic(true);
+  placement.experts = expert_shard(world);
+}
+
+void log_expert_parallel(const Model& model, const Placement& placement) {
+  const ExpertShard& shard = placement.experts;
+  if (!shard.sharded()) return;
+  std::vector<double> bytes(size_t(shard.ranks), 0.0);
+  bytes[size_t(shard.rank)] = double(model.routed_expert_bytes());
+  shard.group->all_reduce(std::span<double>(bytes));  // exact: integers below 2^53
+  if (shard.rank != 0) return;
+  const int64_t E = model.config().n_routed_experts;
+  std::string per_rank;
+  for (double b : bytes) per_rank += (per_rank.empty() ? "" : ", ") + bytes_text(b);
+  std::fprintf(stderr,
+               "expert parallel inference: %lld routed experts over %d ranks (%lld each; expert "
+               "weights per rank: %s)\n",
+               static_cast<long long>(E), shard.ranks, static_cast<long long>(shard.count(E)),
+               per_rank.c_str());
+}
+
+int32_t rank0_token(const ExpertShard& shard, int32_t id) {
+  // Token ids are below 2^24 (vocabularies are far smaller), so f32 carries them exactly.
+  DSEEK_CHECK(id >= 0 && id < (1 << 24), "[generate] token id {} does not fit the broadcast", id);
+  float value = float(id);
+  shard.group->broadcast(std::span<float>(&value, 1), 0);
+  return int32_t(value);
+}
+
+bool prints_output(const Placement& placement) {
+  return !placement.experts.sharded() || placement.experts.rank == 0;
+}
+
+}  // namespace dseek::cli
