@@ -6,12 +6,11 @@
 
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "cli_util.h"
-#include "core/error.h"
 #include "data/chat_rows.h"
+#include "test_util.h"
 
 using namespace dseek;
 using namespace dseek::testing;
@@ -67,15 +66,6 @@ std::string write_tokenizer(const fs::path& dir, const std::string& format) {
   std::ofstream(dir / "tok" / "tokenizer.json") << llm_tokenizer_json();
   std::ofstream(dir / "tok" / "tokenizer_config.json") << chat_config(format).dump();
   return (dir / "tok").string();
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 }  // namespace

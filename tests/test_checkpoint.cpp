@@ -12,13 +12,12 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <limits>
 #include <thread>
 
 #include "cli_util.h"
-#include "core/error.h"
 #include "core/rng.h"
+#include "test_util.h"
 #include "train/checkpoint.h"
 #include "train/checksum.h"
 
@@ -75,15 +74,6 @@ std::vector<std::string> entries(const fs::path& dir) {
   for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
   return names;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 void flip_byte(const fs::path& path, uint64_t offset) {

@@ -1,6 +1,6 @@
 // Helpers shared by the chart tests (test_plot.cpp) and the `dseek plot` tests (test_cli_plot.cpp):
-// scratch directories and file contents (cli_util.h's), errors as text, PNG decoding through
-// libpng.
+// scratch directories and file contents (cli_util.h's), errors as text (test_util.h's), PNG
+// decoding through libpng.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -8,27 +8,18 @@
 
 #include <cstring>
 #include <filesystem>
-#include <functional>
 #include <string>
 #include <vector>
 
 #include "cli_util.h"
-#include "core/error.h"
+#include "test_util.h"
 
 namespace dseek::plot_testing {
 
 namespace fs = std::filesystem;
+using dseek::testing::error_of;
 using dseek::testing::slurp;
 using dseek::testing::TempDir;
-
-inline std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 struct Image {
   int width = 0, height = 0;

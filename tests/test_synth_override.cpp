@@ -17,10 +17,10 @@
 #include <sstream>
 
 #include "cli_util.h"
-#include "core/error.h"
 #include "synth/serialize.h"
 #include "test_model_util.h"
 #include "test_synth_util.h"
+#include "test_util.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
 #include "train/synth_override.h"
@@ -34,6 +34,7 @@ using dseek::synth::Spec;
 using dseek::synth::test::LinearProblem;
 namespace fs = std::filesystem;
 
+using dseek::testing::error_of;
 using dseek::testing::slurp;
 using dseek::testing::TempDir;
 
@@ -70,15 +71,6 @@ std::vector<int32_t> random_ids(int64_t n, int64_t vocab, uint32_t seed) {
   std::vector<int32_t> ids(static_cast<size_t>(n));
   for (int32_t& v : ids) v = d(rng);
   return ids;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace

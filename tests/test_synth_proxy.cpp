@@ -13,14 +13,15 @@
 #include <fstream>
 #include <vector>
 
-#include "core/error.h"
 #include "synth/proxy.h"
 #include "test_synth_util.h"
+#include "test_util.h"
 
 using namespace dseek;
 using namespace dseek::synth;
 using namespace dseek::synth::test;
 namespace fs = std::filesystem;
+using dseek::testing::error_of;
 
 namespace {
 
@@ -60,15 +61,6 @@ ProxyTask small_task(const std::string& corpus) {
   t.val_sequences = 8;
   t.corpus = corpus;
   return t;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace

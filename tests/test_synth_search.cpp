@@ -27,38 +27,6 @@ using namespace dseek::synth::test;
 
 namespace {
 
-Task small_task(int max_depth = 8) {
-  TaskOptions o;
-  o.task = "lm-proj";
-  o.d_in = 8;
-  o.d_out = 8;
-  o.tokens = 16;
-  o.coeffs = {{"r", 2}, {"g", 2}};
-  o.max_depth = max_depth;
-  return make_task(o);
-}
-
-// A cheap evaluator for the search's own tests: FLOPs and params from cost.h, a quality that
-// depends on the operator (its key's hash) but is fixed per operator. Counts calls per hash.
-struct CountingEvaluator {
-  std::mutex mutex;
-  std::map<uint64_t, int> calls;
-  Evaluator fn(const Spec& spec) {
-    return [this, &spec](const Operator& op, const Valuation& v) {
-      Evaluation e;
-      e.flops = flops(op, v);
-      e.params = param_count(op, v);
-      const uint64_t h = canonical_hash(op, spec.vars);
-      e.quality = double(h % 1000) / 1000.0;
-      e.latency_ms = 1.0;
-      e.ok = true;
-      std::lock_guard<std::mutex> lock(mutex);
-      ++calls[h];
-      return e;
-    };
-  }
-};
-
 SearchOptions options_for(const Task& task, SearchMethod method, int64_t budget, uint64_t seed) {
   SearchOptions o;
   o.method = method;

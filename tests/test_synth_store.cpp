@@ -6,58 +6,26 @@
 #include <sqlite3.h>
 
 #include <cmath>
-#include <mutex>
+#include <filesystem>
+#include <fstream>
 #include <set>
 
+#include "cli_util.h"
 #include "synth/cost.h"
 #include "synth/search.h"
 #include "synth/store.h"
 #include "synth/task.h"
-#include "test_plot_util.h"
+#include "test_synth_util.h"
+#include "test_util.h"
 
 using namespace dseek;
 using namespace dseek::synth;
-using dseek::plot_testing::error_of;
-using dseek::plot_testing::TempDir;
+using dseek::synth::test::CountingEvaluator;
+using dseek::synth::test::small_task;
+using dseek::testing::error_of;
+using dseek::testing::TempDir;
 
 namespace {
-
-Task small_task() {
-  TaskOptions o;
-  o.d_in = 8;
-  o.d_out = 8;
-  o.tokens = 16;
-  o.coeffs = {{"r", 2}, {"g", 2}};
-  o.max_depth = 8;
-  return make_task(o);
-}
-
-// FLOPs from cost.h, a per-operator quality, every third operator (by hash) an evaluator error;
-// counts the calls per hash.
-struct Counting {
-  std::mutex mutex;
-  std::map<uint64_t, int> calls;
-  Evaluator fn(const Spec& spec) {
-    return [this, &spec](const Operator& op, const Valuation& v) {
-      Evaluation e;
-      e.flops = flops(op, v);
-      e.params = param_count(op, v);
-      const uint64_t h = canonical_hash(op, spec.vars);
-      {
-        std::lock_guard<std::mutex> lock(mutex);
-        ++calls[h];
-      }
-      if (h % 3 == 0) {
-        e.error = "[test] every third";
-        return e;
-      }
-      e.quality = double(h % 997) / 997.0;
-      e.latency_ms = 0.5 + double(h % 13);
-      e.ok = true;
-      return e;
-    };
-  }
-};
 
 SearchOptions options(const Task& task, SearchMethod m) {
   SearchOptions o;
@@ -83,7 +51,7 @@ SearchResult run(Store& store, const Task& task, const Evaluator& eval, const Se
 TEST(SynthStore, RoundTripsEveryField) {
   TempDir dir;
   const Task task = small_task();
-  Counting counting;
+  CountingEvaluator counting(3);
   Store store(dir.path.string());
   const SearchResult r =
       run(store, task, counting.fn(task.spec), options(task, SearchMethod::sample));
@@ -117,7 +85,7 @@ TEST(SynthStore, ResumeAfterInterruptEvaluatesTheUninterruptedSet) {
   for (SearchMethod m : {SearchMethod::mcts, SearchMethod::sample}) {
     const Task task = small_task();
     TempDir whole_dir, parts_dir;
-    Counting whole_count, parts_count;
+    CountingEvaluator whole_count(3), parts_count(3);
     Store whole(whole_dir.path.string());
     const SearchResult full = run(whole, task, whole_count.fn(task.spec), options(task, m));
     ASSERT_EQ(full.candidates.size(), 30u);
@@ -157,7 +125,7 @@ TEST(SynthStore, ResumeAfterInterruptEvaluatesTheUninterruptedSet) {
 TEST(SynthStore, AFailedRoundLeavesNothingBehind) {
   TempDir dir;
   const Task task = small_task();
-  Counting counting;
+  CountingEvaluator counting(3);
   Store store(dir.path.string());
   const SearchResult r =
       run(store, task, counting.fn(task.spec), options(task, SearchMethod::sample));

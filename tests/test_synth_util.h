@@ -1,12 +1,21 @@
 // Hand-built operators for the synth tests: the classic layers written in the IR's primitives,
-// bottom-up from the output (see docs/SYNTH.md for the walk-through of each).
+// bottom-up from the output (see docs/SYNTH.md for the walk-through of each); and, for the search
+// and store tests, a small task and a cheap counting evaluator.
 #pragma once
 
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
 #include <vector>
 
 #include "core/rng.h"
+#include "synth/canonical.h"
+#include "synth/cost.h"
 #include "synth/enumerate.h"
+#include "synth/evaluate.h"
 #include "synth/operator.h"
+#include "synth/task.h"
 
 namespace dseek::synth::test {
 
@@ -118,5 +127,49 @@ inline Spec random_linear_spec(const LinearProblem& p, const Valuation& values) 
   spec.max_frontier = 4;
   return spec;
 }
+
+// lm-proj at d_in = d_out = 8, 16 tokens, r = g = 2, at most 8 primitives: searches of a few
+// dozen candidates run in well under a second.
+inline Task small_task() {
+  TaskOptions o;
+  o.task = "lm-proj";
+  o.d_in = 8;
+  o.d_out = 8;
+  o.tokens = 16;
+  o.coeffs = {{"r", 2}, {"g", 2}};
+  o.max_depth = 8;
+  return make_task(o);
+}
+
+// A cheap evaluator for the search's and the store's own tests: FLOPs and params from cost.h, a
+// quality and a latency that depend on the operator (its canonical hash) but are fixed per
+// operator; with fail_every = n > 0 the operators whose hash is 0 mod n are evaluator errors.
+// Counts the calls per hash (under a lock: the search evaluates from several jobs).
+struct CountingEvaluator {
+  explicit CountingEvaluator(int fail_every = 0) : fail_every(fail_every) {}
+  int fail_every;
+  std::mutex mutex;
+  std::map<uint64_t, int> calls;
+  Evaluator fn(const Spec& spec) {
+    return [this, &spec](const Operator& op, const Valuation& v) {
+      Evaluation e;
+      e.flops = flops(op, v);
+      e.params = param_count(op, v);
+      const uint64_t h = canonical_hash(op, spec.vars);
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        ++calls[h];
+      }
+      if (fail_every > 0 && h % uint64_t(fail_every) == 0) {
+        e.error = "[test] an evaluator error (hash 0 mod " + std::to_string(fail_every) + ")";
+        return e;
+      }
+      e.quality = double(h % 997) / 997.0;
+      e.latency_ms = 0.5 + double(h % 13);
+      e.ok = true;
+      return e;
+    };
+  }
+};
 
 }  // namespace dseek::synth::test

@@ -15,11 +15,11 @@
 #include <string>
 
 #include "cli_util.h"
-#include "core/error.h"
 #include "data/prepare.h"
 #include "data/token_shards.h"
 #include "model/config.h"
 #include "model/rope.h"
+#include "test_util.h"
 #include "tokenizer/bpe_trainer.h"
 #include "train/checkpoint.h"
 #include "train/export.h"
@@ -32,16 +32,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 // Documents of short arithmetic-like facts, varied by an LCG so that the model has something to
 // learn and the validation loss depends on the weights.

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <memory>
 #include <mutex>
+#include <string>
 
 #include "core/cuda.h"
 #include "core/error.h"
@@ -15,6 +16,8 @@
 #include "synth/interpreter.h"
 #include "synth/lower.h"
 #include "synth/synth_layer.h"
+#include "train/optimizer.h"
+#include "train/param.h"
 
 namespace dseek::synth {
 
@@ -141,13 +144,19 @@ double teacher_fit(const Task& task, const Operator& op, const Valuation& values
   const Tensor xs = x_train.reshape(student.input_shape);
 
   Rng init_rng(o.seed ^ 0x7e4c8e2full);
-  std::vector<Tensor> w = init_weights(student, init_sigma(op, values), init_rng);
-  std::vector<std::vector<float>> m(w.size()), v(w.size());
-  for (size_t i = 0; i < w.size(); ++i) {
-    m[i].assign(size_t(w[i].numel()), 0.0f);
-    v[i].assign(size_t(w[i].numel()), 0.0f);
-  }
-  const double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  // The candidate's weights as trainable parameters without weight decay, so train::AdamW is
+  // plain Adam; w holds handles onto the parameters' values, which the optimizer updates in place.
+  train::ParamSet params;
+  for (const Tensor& t : init_weights(student, init_sigma(op, values), init_rng))
+    params.add("w" + std::to_string(params.size()), t, /*trainable=*/true, /*decay=*/false);
+  std::vector<Tensor> w;
+  for (const train::Param& p : params.all()) w.push_back(p.value);
+  train::AdamWConfig adam_config;
+  adam_config.beta1 = 0.9;
+  adam_config.beta2 = 0.999;
+  adam_config.eps = 1e-8;
+  adam_config.weight_decay = 0.0;
+  train::AdamW adam(params, adam_config);
   const double grad_scale = 2.0 / (double(y_train.size()) * target_ms);  // d(relative MSE)/dy
   for (int step = 1; step <= o.steps; ++step) {
     LoweredCache cache;
@@ -156,16 +165,8 @@ double teacher_fit(const Task& task, const Operator& op, const Valuation& values
     for (size_t i = 0; i < y.size(); ++i) dy[i] = float(grad_scale * (double(y[i]) - y_train[i]));
     const LoweredGrads g =
         lowered_backward(student, cache, Tensor::from_vector(dy, student.output_shape));
-    const double c1 = 1.0 - std::pow(beta1, step), c2 = 1.0 - std::pow(beta2, step);
-    for (size_t i = 0; i < w.size(); ++i) {
-      const std::vector<float> gi = g.dweights[i].to_vector();
-      float* wi = w[i].data<float>();
-      for (size_t j = 0; j < gi.size(); ++j) {
-        m[i][j] = float(beta1 * m[i][j] + (1.0 - beta1) * gi[j]);
-        v[i][j] = float(beta2 * v[i][j] + (1.0 - beta2) * double(gi[j]) * gi[j]);
-        wi[j] -= float(o.lr * (m[i][j] / c1) / (std::sqrt(v[i][j] / c2) + eps));
-      }
-    }
+    for (size_t i = 0; i < w.size(); ++i) params.all()[i].grad.copy_from(g.dweights[i]);
+    adam.step(o.lr);
   }
   const std::vector<float> y =
       lowered_forward(student, x_val.reshape(student.input_shape), w).to_vector();

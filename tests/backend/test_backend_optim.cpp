@@ -4,9 +4,6 @@
 // clipping norm and scaled gradients, ParamSet::to and back, bf16 compute copies rounded on the
 // GPU, zero_grad, AdamW state through a checkpoint; and `dseek train --device cuda` against
 // `--device cpu` on the same tiny corpus (loss curves, the GPU checkpoint resumed on the CPU).
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,17 +16,19 @@
 #include <sstream>
 
 #include "backend/backend_harness.h"
+#include "cli_util.h"
 #include "ops/adamw.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
 #include "train/param.h"
 
-extern char** environ;
-
 namespace dseek::backend_test {
 namespace {
 
 namespace fs = std::filesystem;
+using dseek::testing::CliRun;
+using dseek::testing::run_dseek;
+using dseek::testing::slurp;
 using train::AdamW;
 using train::AdamWConfig;
 using train::Param;
@@ -412,53 +411,6 @@ TEST(BackendOptim, AdamWTensorsOnTwoDevicesAreAnError) {
 
 // ---- `dseek train --device cuda` ----------------------------------------------------------------
 
-std::string slurp(const fs::path& path) {
-  std::ifstream file(path, std::ios::binary);
-  std::stringstream ss;
-  ss << file.rdbuf();
-  return ss.str();
-}
-
-struct CliRun {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-// Runs the dseek binary with `args` (stdin /dev/null, passive OpenMP waits) and waits for it.
-CliRun run_dseek(const std::vector<std::string>& args, const fs::path& scratch) {
-  std::vector<std::string> argv_text = {DSEEK_BINARY};
-  argv_text.insert(argv_text.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : argv_text) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const fs::path out = scratch / "stdout", err = scratch / "stderr";
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  std::vector<std::string> env_text = {"OMP_WAIT_POLICY=passive"};
-  for (char** e = environ; *e; ++e)
-    if (std::strncmp(*e, "OMP_WAIT_POLICY=", 16) != 0) env_text.push_back(*e);
-  std::vector<char*> env;
-  for (std::string& e : env_text) env.push_back(e.data());
-  env.push_back(nullptr);
-  pid_t pid = -1;
-  CliRun run;
-  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), env.data());
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) {
-    run.err = std::string("posix_spawn: ") + std::strerror(rc);
-    return run;
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  run.out = slurp(out);
-  run.err = slurp(err);
-  return run;
-}
-
 std::vector<nlohmann::json> read_metrics(const fs::path& run) {
   std::vector<nlohmann::json> lines;
   std::istringstream in(slurp(run / "metrics.jsonl"));
@@ -534,19 +486,17 @@ TEST(BackendTrainCli, GpuTrainingFollowsTheCpuAndItsCheckpointResumesOnTheCpu) {
   DSEEK_REQUIRE_CUDA();
   TinyData d;
   CliRun r = run_dseek({"tokenizer", "train", "--input", (d.root / "corpus.txt").string(),
-                        "--separator", "%", "--vocab-size", "384", "--out", d.tokenizer()},
-                       d.root);
+                        "--separator", "%", "--vocab-size", "384", "--out", d.tokenizer()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   r = run_dseek({"data", "prepare", "--tokenizer", d.tokenizer(), "--input",
-                 (d.root / "corpus.txt").string(), "--separator", "%", "--out", d.data()},
-                d.root);
+                 (d.root / "corpus.txt").string(), "--separator", "%", "--out", d.data()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
 
   constexpr int kSteps = 6;
   const fs::path cpu_run = d.root / "cpu", gpu_run = d.root / "gpu";
-  r = run_dseek(train_args(d, cpu_run, kSteps, "cpu"), d.root);
+  r = run_dseek(train_args(d, cpu_run, kSteps, "cpu"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  r = run_dseek(train_args(d, gpu_run, kSteps, "cuda"), d.root);
+  r = run_dseek(train_args(d, gpu_run, kSteps, "cuda"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("[train] on the GPU: "), std::string::npos) << r.err;
 
@@ -599,7 +549,7 @@ TEST(BackendTrainCli, GpuTrainingFollowsTheCpuAndItsCheckpointResumesOnTheCpu) {
   // ... which resumes on the CPU for two more steps.
   std::vector<std::string> resume = train_args(d, gpu_run, kSteps + 2, "cpu");
   resume.push_back("--resume");
-  r = run_dseek(resume, d.root);
+  r = run_dseek(resume);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("(step 6)"), std::string::npos) << r.err;
   const std::vector<nlohmann::json> after = read_metrics(gpu_run);
@@ -610,7 +560,7 @@ TEST(BackendTrainCli, GpuTrainingFollowsTheCpuAndItsCheckpointResumesOnTheCpu) {
   // Mixed precision on the GPU (bf16 activations and weight copies): the first step's loss is the
   // f32 one within bf16's rounding of the activations.
   const fs::path bf16_run = d.root / "bf16";
-  r = run_dseek(train_args(d, bf16_run, 2, "cuda", {"--set", "train.compute_dtype=bf16"}), d.root);
+  r = run_dseek(train_args(d, bf16_run, 2, "cuda", {"--set", "train.compute_dtype=bf16"}));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const std::vector<nlohmann::json> bf16 = read_metrics(bf16_run);
   ASSERT_EQ(bf16.size(), 2u);
@@ -622,7 +572,7 @@ TEST(BackendTrainCli, GpuTrainingFollowsTheCpuAndItsCheckpointResumesOnTheCpu) {
   // Data parallelism on the GPU is refused for now, naming the reason (where this dseek can start
   // ranks at all).
   std::vector<std::string> dp = train_args(d, d.root / "dp", 2, "cuda", {"--nproc", "2"});
-  r = run_dseek(dp, d.root);
+  r = run_dseek(dp);
   EXPECT_NE(r.exit_code, 0);
   if (r.err.find("built without MPI") != std::string::npos ||
       r.err.find("mpirun not found") != std::string::npos) {

@@ -7,19 +7,15 @@
 // codes and scales match cpu::quantize_fp8 bit for bit. Non-finite inputs are found with
 // __syncthreads_or and reported through a device flag.
 //
-// fp8_gemm: a plain tiled kernel, correctness first (no tensor cores yet). A 64×64 output tile per
-// block of 256 threads, each thread 4×4 outputs; A and W are staged through shared memory 32
-// columns of K at a time, decoded from E4M3 to f32 (exact). Products of two E4M3 values are exact
-// in f32, each 128-wide k-block is summed into `partial` and then promoted, scaled by the two
-// tile scales, into `total` — the same promotion interval as DeepSeek-V3's recipe. A 64-row tile
-// of W never straddles a 128-row scale block (tiles start at multiples of 64), so one w-scale per
-// k-block serves the whole tile.
+// fp8_gemm: a plain tiled kernel, correctness first (no tensor cores yet): fp8_gemm_tile.cuh's
+// tile loop (64×64 outputs per block of 256 threads, k-blocks of 128 promoted with their two
+// scales), then the bias and the store.
 #include <algorithm>
-#include <cuda_fp8.h>
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
 #include "ops/cuda/element.cuh"
+#include "ops/cuda/fp8_gemm_tile.cuh"
 #include "ops/cuda/fp8_kernels.h"
 #include "ops/cuda/fp8_scale.h"
 #include "ops/cuda/reduce.cuh"
@@ -31,17 +27,12 @@ using dseek::cuda::stream;
 
 namespace {
 
-constexpr int kTile = 128;
-
-__device__ __forceinline__ uint8_t encode_e4m3(float v) {
-  return uint8_t(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
-}
-
-__device__ __forceinline__ float decode_e4m3(uint8_t b) {
-  __nv_fp8_e4m3 v;
-  v.__x = b;
-  return float(v);
-}
+using fp8::decode_e4m3;
+using fp8::encode_e4m3;
+using fp8::kBM;
+using fp8::kBN;
+using fp8::kThreads;
+using fp8::kTile;
 
 // grid.x = tiles (row-tile major), block = 128 threads.
 template <typename T>
@@ -86,51 +77,17 @@ __global__ void dequantize_fp8_kernel(const uint8_t* q, const float* scale, int6
   }
 }
 
-constexpr int kBM = 64, kBN = 64, kBK = 32, kThreads = 256;
-
 // grid (ceil(M/64), ceil(N/64)), block 256.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     fp8_gemm_kernel(const uint8_t* a, const float* sa, int64_t M, int64_t K, const uint8_t* w,
                     const float* sw, int64_t N, const void* bias, DType bias_dtype, T* y) {
-  __shared__ float As[kBK][kBM + 1];  // +1: the transposed stores hit distinct banks
-  __shared__ float Ws[kBK][kBN + 1];
   const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
   const int64_t m0 = int64_t(blockIdx.x) * kBM, n0 = int64_t(blockIdx.y) * kBN;
   const int64_t k_blocks = (K + kTile - 1) / kTile;
   const float* sw_row = sw + (n0 / kTile) * k_blocks;
-  float total[4][4] = {}, partial[4][4];
-  for (int64_t kb = 0; kb < k_blocks; ++kb) {
-    for (int i = 0; i < 4; ++i)
-      for (int j = 0; j < 4; ++j) partial[i][j] = 0.0f;
-    const int64_t k_end = min(K, (kb + 1) * kTile);
-    for (int64_t k0 = kb * kTile; k0 < k_end; k0 += kBK) {
-      // 64×32 bytes of each operand: 8 per thread, consecutive threads along K (coalesced).
-      for (int e = tid; e < kBM * kBK; e += kThreads) {
-        const int r = e / kBK, kk = e % kBK;
-        const int64_t k = k0 + kk;
-        const int64_t m = m0 + r, n = n0 + r;
-        As[kk][r] = (m < M && k < k_end) ? decode_e4m3(a[m * K + k]) : 0.0f;
-        Ws[kk][r] = (n < N && k < k_end) ? decode_e4m3(w[n * K + k]) : 0.0f;
-      }
-      __syncthreads();
-#pragma unroll 8
-      for (int kk = 0; kk < kBK; ++kk) {
-        float av[4], wv[4];
-        for (int i = 0; i < 4; ++i) av[i] = As[kk][ty + 16 * i];
-        for (int j = 0; j < 4; ++j) wv[j] = Ws[kk][tx + 16 * j];
-        for (int i = 0; i < 4; ++i)
-          for (int j = 0; j < 4; ++j) partial[i][j] += av[i] * wv[j];
-      }
-      __syncthreads();
-    }
-    const float swb = sw_row[kb];
-    for (int i = 0; i < 4; ++i) {
-      const int64_t m = m0 + ty + 16 * i;
-      const float sam = m < M ? sa[m * k_blocks + kb] : 0.0f;
-      for (int j = 0; j < 4; ++j) total[i][j] += partial[i][j] * sam * swb;
-    }
-  }
+  float total[4][4];
+  fp8::gemm_tile(a, sa, m0, M, K, w, sw_row, n0, N, total);
   for (int i = 0; i < 4; ++i) {
     const int64_t m = m0 + ty + 16 * i;
     if (m >= M) continue;

@@ -7,11 +7,10 @@
 // memory. Loads and stores run along the columns (coalesced). Scale rule and conversion as
 // fp8.cu's quantize kernel, so the codes match cpu::quantize_fp8_cols bit for bit.
 //
-// fp8_grouped_gemm: fp8.cu's plain tiled GEMM (64×64 outputs per 256 threads, 4×4 per thread,
-// operands decoded to f32 in shared memory 32 columns of K at a time, each 128-long k-block summed
-// into `partial` and promoted with its two scales into `total`) with grid.z over the groups: the
-// blocks of group e cover its rows from offsets[e] in steps of 64 and leave at once past its end
-// (correctness first: no tile scheduler yet). A 64-row tile of w_e never straddles a 128-row
+// fp8_grouped_gemm: fp8.cu's plain tiled GEMM (fp8_gemm_tile.cuh's tile loop: 64×64 outputs per
+// 256 threads, each 128-long k-block promoted with its two scales) with grid.z over the groups:
+// the blocks of group e cover its rows from offsets[e] in steps of 64 and leave at once past its
+// end (correctness first: no tile scheduler yet). A 64-row tile of w_e never straddles a 128-row
 // scale block.
 //
 // fp8_grouped_wgrad: the same 64×64 register tiling over dW_e [N, K], the reduction running over
@@ -19,11 +18,11 @@
 // K, coalesced), summed over each 128-row column tile into `partial`, then promoted with
 // sdy[tile, n]·sx[tile, k]. Every dW element is summed by one thread in a fixed order.
 #include <algorithm>
-#include <cuda_fp8.h>
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
 #include "ops/cuda/element.cuh"
+#include "ops/cuda/fp8_gemm_tile.cuh"
 #include "ops/cuda/fp8_scale.h"
 #include "ops/cuda/fp8_train_kernels.h"
 
@@ -34,17 +33,13 @@ using dseek::cuda::stream;
 
 namespace {
 
-constexpr int kTile = 128;
-
-__device__ __forceinline__ uint8_t encode_e4m3(float v) {
-  return uint8_t(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
-}
-
-__device__ __forceinline__ float decode_e4m3(uint8_t b) {
-  __nv_fp8_e4m3 v;
-  v.__x = b;
-  return float(v);
-}
+using fp8::decode_e4m3;
+using fp8::encode_e4m3;
+using fp8::kBK;
+using fp8::kBM;
+using fp8::kBN;
+using fp8::kThreads;
+using fp8::kTile;
 
 // --- column tiles -------------------------------------------------------------------------------
 
@@ -141,15 +136,11 @@ __global__ void transpose_scales_kernel(const float* in, int64_t E, int64_t rb, 
 
 // --- grouped GEMMs ------------------------------------------------------------------------------
 
-constexpr int kBM = 64, kBN = 64, kBK = 32, kThreads = 256;
-
 // grid (ceil(M/64), ceil(N/64), E), block 256.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     fp8_grouped_gemm_kernel(const uint8_t* a, const float* sa, int64_t K, const int64_t* offsets,
                             const uint8_t* w, const float* sw, int64_t N, T* y) {
-  __shared__ float As[kBK][kBM + 1];  // +1: the transposed stores hit distinct banks
-  __shared__ float Ws[kBK][kBN + 1];
   const int64_t e = blockIdx.z;
   const int64_t end = offsets[e + 1];
   const int64_t m0 = offsets[e] + int64_t(blockIdx.x) * kBM, n0 = int64_t(blockIdx.y) * kBN;
@@ -158,36 +149,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t k_blocks = (K + kTile - 1) / kTile, n_blocks = (N + kTile - 1) / kTile;
   const uint8_t* we = w + e * N * K;
   const float* sw_row = sw + (e * n_blocks + n0 / kTile) * k_blocks;
-  float total[4][4] = {}, partial[4][4];
-  for (int64_t kb = 0; kb < k_blocks; ++kb) {
-    for (int i = 0; i < 4; ++i)
-      for (int j = 0; j < 4; ++j) partial[i][j] = 0.0f;
-    const int64_t k_end = min(K, (kb + 1) * kTile);
-    for (int64_t k0 = kb * kTile; k0 < k_end; k0 += kBK) {
-      for (int idx = tid; idx < kBM * kBK; idx += kThreads) {
-        const int r = idx / kBK, kk = idx % kBK;
-        const int64_t k = k0 + kk, m = m0 + r, n = n0 + r;
-        As[kk][r] = (m < end && k < k_end) ? decode_e4m3(a[m * K + k]) : 0.0f;
-        Ws[kk][r] = (n < N && k < k_end) ? decode_e4m3(we[n * K + k]) : 0.0f;
-      }
-      __syncthreads();
-#pragma unroll 8
-      for (int kk = 0; kk < kBK; ++kk) {
-        float av[4], wv[4];
-        for (int i = 0; i < 4; ++i) av[i] = As[kk][ty + 16 * i];
-        for (int j = 0; j < 4; ++j) wv[j] = Ws[kk][tx + 16 * j];
-        for (int i = 0; i < 4; ++i)
-          for (int j = 0; j < 4; ++j) partial[i][j] += av[i] * wv[j];
-      }
-      __syncthreads();
-    }
-    const float swb = sw_row[kb];
-    for (int i = 0; i < 4; ++i) {
-      const int64_t m = m0 + ty + 16 * i;
-      const float sam = m < end ? sa[m * k_blocks + kb] : 0.0f;
-      for (int j = 0; j < 4; ++j) total[i][j] += partial[i][j] * sam * swb;
-    }
-  }
+  float total[4][4];
+  fp8::gemm_tile(a, sa, m0, end, K, we, sw_row, n0, N, total);
   for (int i = 0; i < 4; ++i) {
     const int64_t m = m0 + ty + 16 * i;
     if (m >= end) continue;
