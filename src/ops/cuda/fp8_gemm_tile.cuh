@@ -30,10 +30,10 @@ __device__ __forceinline__ float decode_e4m3(uint8_t b) {
 }
 
 // total[i][j] (overwritten) = Σ_kb sa[m, kb]·sw_row[kb]·Σ_{k in kb} a[m, k]·w[n, k] for the output
-// (m, n) = (m0 + ty + 16i, n0 + tx + 16j) of thread (ty, tx) = (tid / 16, tid % 16): a [.., K]
-// codes whose rows m < m_end exist (others read as 0, and their sa is not read), sa [.., K/128]
-// the rows' tile scales, w [N, K] codes and sw_row [ceil(K/128)] the scales of the 128-row W block
-// holding n0. Called once by all 256 threads of the block (it synchronises, so never from
+// (m, n) = (m0 + ty + 16i, n0 + tx + 16j) of thread (ty, tx) = (tid / 16, tid % 16). a [.., K]:
+// codes, rows m < m_end exist (the others read as 0, their scales are not read); sa [.., kb]: the
+// rows' tile scales (kb = ceil(K/128)); w [N, K]: codes; sw_row [kb]: the scales of the 128-row W
+// block holding n0. Called once by all 256 threads of the block (it synchronises, so never from
 // divergent code); its two shared arrays are static, allocated in each kernel that calls it.
 __device__ __forceinline__ void gemm_tile(const uint8_t* a, const float* sa, int64_t m0,
                                           int64_t m_end, int64_t K, const uint8_t* w,
