@@ -6,6 +6,7 @@
 #include "dist/mpi_process_group.h"
 
 #include "core/error.h"
+#include "dist/hfreduce.h"
 
 #ifdef DSEEK_HAS_MPI
 // The C API only: OpenMPI's deprecated C++ bindings would need libmpi_cxx.
@@ -83,7 +84,21 @@ class MpiProcessGroup final : public ProcessGroup {
   int size() const override { return size_; }
   std::string backend() const override { return "mpi"; }
 
+  void set_all_reduce_algorithm(AllReduceAlgorithm algorithm) override {
+    if (algorithm == AllReduceAlgorithm::HfReduce && !hfreduce_)
+      hfreduce_ = std::make_unique<HfReduce>();
+    if (algorithm == AllReduceAlgorithm::Mpi) hfreduce_.reset();
+    algorithm_ = algorithm;
+  }
+  std::string all_reduce_description() const override {
+    if (!hfreduce_) return "MPI";
+    return fmt::format("HFReduce, {} node{} of {} rank{}", hfreduce_->nodes(),
+                       hfreduce_->nodes() == 1 ? "" : "s", hfreduce_->ranks_per_node(),
+                       hfreduce_->ranks_per_node() == 1 ? "" : "s");
+  }
+
   std::unique_ptr<Work> all_reduce_async(std::span<float> data) override {
+    if (hfreduce_) return hfreduce_->reduce_async(data, data, 0, deterministic_);
     auto w = std::make_unique<MpiWork>();
     const int n = as_int(int64_t(data.size()), "all_reduce");
     if (!deterministic_) {
@@ -109,6 +124,8 @@ class MpiProcessGroup final : public ProcessGroup {
                     int64_t(recv.size()) == c[size_t(rank_)],
                 "[dist] reduce_scatter: send {} / recv {} elements for counts summing to {}",
                 send.size(), recv.size(), int64_t(displs.back()) + c.back());
+    if (hfreduce_)
+      return hfreduce_->reduce_async(send, recv, displs[size_t(rank_)], deterministic_);
     auto w = std::make_unique<MpiWork>();
     if (!deterministic_) {
       MPI_Ireduce_scatter(send.data(), recv.data(), c.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
@@ -249,6 +266,7 @@ class MpiProcessGroup final : public ProcessGroup {
   }
 
   int rank_ = 0, size_ = 1;
+  std::unique_ptr<HfReduce> hfreduce_;  // when the all-reduce algorithm is HFReduce
 };
 
 }  // namespace
