@@ -1,7 +1,8 @@
 // ProcessGroup over MPI_COMM_WORLD (CPU buffers). Default reductions are MPI's own nonblocking
 // collectives; deterministic ones move every rank's contribution to its destination
 // (MPI_Ialltoallv / MPI_Iallgather) and add the N copies there in rank order when the work is
-// waited for. Errors inside MPI use its default handler (MPI_ERRORS_ARE_FATAL): a lost peer ends
+// waited for. With AllReduceAlgorithm::HfReduce the f32 all-reduce and reduce-scatter go through
+// dist/hfreduce.h instead. Errors inside MPI use its default handler (MPI_ERRORS_ARE_FATAL): a lost peer ends
 // the whole job rather than leaving a rank waiting forever.
 #include "dist/mpi_process_group.h"
 
