@@ -2,8 +2,8 @@
 // collectives; deterministic ones move every rank's contribution to its destination
 // (MPI_Ialltoallv / MPI_Iallgather) and add the N copies there in rank order when the work is
 // waited for. With AllReduceAlgorithm::HfReduce the f32 all-reduce and reduce-scatter go through
-// dist/hfreduce.h instead. Errors inside MPI use its default handler (MPI_ERRORS_ARE_FATAL): a lost peer ends
-// the whole job rather than leaving a rank waiting forever.
+// dist/hfreduce.h instead. Errors inside MPI use its default handler (MPI_ERRORS_ARE_FATAL): a lost
+// peer ends the whole job rather than leaving a rank waiting forever.
 #include "dist/mpi_process_group.h"
 
 #include "core/error.h"
