@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -41,6 +42,7 @@
 
 #include "cli_util.h"
 #include "core/error.h"
+#include "dist/hfreduce.h"
 #include "dist/process_group.h"
 #include "train/checkpoint.h"
 #include "train/data_parallel.h"
@@ -1156,4 +1158,222 @@ TEST(DistRanks, PointToPointSendAndReceive) {
   EXPECT_THROW(w.send(three, peer, -1), Error);  // a tag below 0
   w.barrier();
   dist::finalize_world();
+}
+
+// ---- HFReduce (dist/hfreduce.h) ----
+
+namespace {
+
+// Rank r's buffer of n elements: uniform in [−1, 1], none zero, seeded by (r, n).
+std::vector<float> hf_input(int rank, int64_t n) {
+  std::mt19937 rng(uint32_t(7919 * rank + n));
+  std::uniform_real_distribution<float> u(0.05f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = (i + size_t(rank)) % 3 == 0 ? -u(rng) : u(rng);
+  return v;
+}
+
+// Every rank's result equals rank 0's, bit for bit.
+bool same_on_every_rank(dist::ProcessGroup& w, const std::vector<float>& mine) {
+  std::vector<float> root = mine;
+  w.broadcast(root, 0);
+  double differs[1] = {std::memcmp(root.data(), mine.data(), mine.size() * sizeof(float)) ? 1.0
+                                                                                          : 0.0};
+  w.all_reduce(std::span<double>(differs, 1));
+  return differs[0] == 0.0;
+}
+
+// One rank's part of DistRanks.HfReduceEqualsReferenceSum (run under mpirun with 2 or 4 ranks).
+void hfreduce_on_this_rank() {
+  dist::init_world(nullptr, nullptr);
+  dist::ProcessGroup& w = dist::world();
+  const int N = w.size(), me = w.rank();
+  ASSERT_GT(N, 1);
+  for (const int per_node : {N, N / 2}) {  // one node; two emulated nodes
+    dist::HfReduce hf({.ranks_per_node = per_node, .chunk_elements = 65536});
+    dist::HfReduce tiny_chunks({.ranks_per_node = per_node, .chunk_elements = 3});
+    ASSERT_EQ(hf.nodes(), N / per_node);
+    ASSERT_EQ(hf.ranks_per_node(), per_node);
+    for (const int64_t n : {int64_t(1), int64_t(7), int64_t(1000003)}) {
+      // The double-precision sum, its bound, and the fixed-order float sum HFReduce's deterministic
+      // mode promises: inside each node in local-rank order, then the node partials in node order.
+      std::vector<double> ref(size_t(n), 0.0), mag(size_t(n), 0.0);
+      std::vector<float> fixed(static_cast<size_t>(n), 0.0f), node_sum(static_cast<size_t>(n));
+      for (int r = 0; r < N; ++r) {
+        const std::vector<float> x = hf_input(r, n);
+        for (int64_t i = 0; i < n; ++i) {
+          ref[size_t(i)] += double(x[size_t(i)]);
+          mag[size_t(i)] += std::fabs(double(x[size_t(i)]));
+          node_sum[size_t(i)] =
+              r % per_node == 0 ? x[size_t(i)] : node_sum[size_t(i)] + x[size_t(i)];
+          if (r % per_node == per_node - 1)
+            fixed[size_t(i)] =
+                r < per_node ? node_sum[size_t(i)] : fixed[size_t(i)] + node_sum[size_t(i)];
+        }
+      }
+      // This rank's block of an uneven split (rank 0 gets none when n > 1).
+      std::vector<int64_t> counts(size_t(N), 0);
+      for (int r = 1; r < N; ++r) counts[size_t(r)] = n / (N - 1) + (r == 1 ? n % (N - 1) : 0);
+      if (n == 1) {
+        counts.assign(size_t(N), 0);
+        counts[size_t(N - 1)] = 1;
+      }
+      int64_t first = 0;
+      for (int r = 0; r < me; ++r) first += counts[size_t(r)];
+      for (dist::HfReduce* h : {&hf, &tiny_chunks}) {
+        if (h == &tiny_chunks && n > 1000) continue;  // 333k rounds: too slow for the suite
+        for (const bool det : {false, true}) {
+          SCOPED_TRACE(fmt::format("{} ranks per node, n {}, chunk {}, deterministic {}", per_node,
+                                   n, h == &hf ? 65536 : 3, det));
+          std::vector<float> data = hf_input(me, n);
+          h->reduce_async(data, data, 0, det)->wait();
+          int64_t bad = 0, not_fixed = 0;
+          for (int64_t i = 0; i < n; ++i) {
+            bad += !(std::fabs(double(data[size_t(i)]) - ref[size_t(i)]) <=
+                     4.0 * FLT_EPSILON * mag[size_t(i)]);
+            not_fixed += data[size_t(i)] != fixed[size_t(i)];
+          }
+          EXPECT_EQ(bad, 0) << "elements off the double-precision sum";
+          // One node sums in local-rank order in either mode; across nodes only deterministic
+          // mode fixes the order.
+          if (det || per_node == N) {
+            EXPECT_EQ(not_fixed, 0) << "elements off the fixed-order sum";
+          }
+          EXPECT_TRUE(same_on_every_rank(w, data));
+          if (det) {  // a repeat gives the same bits
+            std::vector<float> again = hf_input(me, n);
+            h->reduce_async(again, again, 0, true)->wait();
+            EXPECT_EQ(std::memcmp(again.data(), data.data(), data.size() * sizeof(float)), 0);
+          }
+          // Reduce-scatter form: only this rank's block, out of a separate (poisoned) buffer.
+          const std::vector<float> in = hf_input(me, n);
+          std::vector<float> block(static_cast<size_t>(counts[size_t(me)]), std::nanf(""));
+          h->reduce_async(in, block, first, det)->wait();
+          for (size_t i = 0; i < block.size(); ++i)
+            ASSERT_EQ(block[i], data[size_t(first) + i]) << "block element " << i;
+        }
+      }
+    }
+    // Several operations in flight, tested and waited for out of order (they run in issue order).
+    std::vector<std::vector<float>> bufs;
+    for (int64_t n : {300001, 5, 70000}) bufs.push_back(hf_input(me, n));
+    std::vector<std::unique_ptr<dist::Work>> works;
+    for (auto& b : bufs) works.push_back(hf.reduce_async(b, b, 0, false));
+    for (int k = 2; k >= 0; --k) works[size_t(k)]->test();
+    for (int k = 2; k >= 0; --k) works[size_t(k)]->wait();
+    for (size_t k = 0; k < bufs.size(); ++k) {
+      const int64_t n = int64_t(bufs[k].size());
+      std::vector<double> ref(size_t(n), 0.0);
+      for (int r = 0; r < N; ++r) {
+        const std::vector<float> x = hf_input(r, n);
+        for (int64_t i = 0; i < n; ++i) ref[size_t(i)] += x[size_t(i)];
+      }
+      int64_t bad = 0;
+      for (int64_t i = 0; i < n; ++i)
+        bad += !(std::fabs(bufs[k][size_t(i)] - ref[size_t(i)]) <= 4.0 * FLT_EPSILON * N);
+      EXPECT_EQ(bad, 0) << "operation " << k << " of 3 in flight";
+    }
+  }
+  // Through the process group: the world's all-reduce and reduce-scatter with HFReduce selected,
+  // two emulated nodes from the environment.
+  ::setenv("DSEEK_HFREDUCE_RANKS_PER_NODE", std::to_string(N / 2).c_str(), 1);
+  w.set_all_reduce_algorithm(dist::AllReduceAlgorithm::HfReduce);
+  EXPECT_EQ(w.all_reduce_description(),
+            fmt::format("HFReduce, 2 nodes of {} rank{}", N / 2, N / 2 == 1 ? "" : "s"));
+  std::vector<float> data = hf_input(me, 4099);
+  w.all_reduce(std::span<float>(data));
+  std::vector<float> grads = hf_input(me, 4099), mine(4099 / size_t(N) + 1, std::nanf(""));
+  std::vector<int64_t> counts;
+  for (int r = 0; r < N; ++r) counts.push_back(dist::even_share(4099, N, r).count);
+  mine.resize(size_t(counts[size_t(me)]));
+  w.reduce_scatter(grads, mine, counts);
+  const dist::Range share = dist::even_share(4099, N, me);
+  for (int64_t i = 0; i < share.count; ++i) {
+    double ref = 0;
+    for (int r = 0; r < N; ++r) ref += hf_input(r, 4099)[size_t(share.first + i)];
+    ASSERT_NEAR(mine[size_t(i)], ref, 4.0 * FLT_EPSILON * N) << i;
+    ASSERT_EQ(mine[size_t(i)], data[size_t(share.first + i)]) << i;
+  }
+  w.set_all_reduce_algorithm(dist::AllReduceAlgorithm::Mpi);
+  EXPECT_EQ(w.all_reduce_description(), "MPI");
+  // Bad layouts are errors on every rank (so none is left waiting).
+  ::setenv("DSEEK_HFREDUCE_RANKS_PER_NODE", std::to_string(N + 1).c_str(), 1);
+  try {
+    w.set_all_reduce_algorithm(dist::AllReduceAlgorithm::HfReduce);
+    ADD_FAILURE() << "nodes of N+1 ranks accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(fmt::format(
+                  "DSEEK_HFREDUCE_RANKS_PER_NODE {}: must divide the {} ranks", N + 1, N)),
+              std::string::npos)
+        << e.what();
+  }
+  ::setenv("DSEEK_HFREDUCE_RANKS_PER_NODE", "two", 1);
+  EXPECT_THROW(w.set_all_reduce_algorithm(dist::AllReduceAlgorithm::HfReduce), Error);
+  ::unsetenv("DSEEK_HFREDUCE_RANKS_PER_NODE");
+  EXPECT_EQ(w.all_reduce_algorithm(), dist::AllReduceAlgorithm::Mpi);
+  w.barrier();
+  dist::finalize_world();
+}
+
+}  // namespace
+
+// HFReduce on real MPI ranks, 2 and 4 of them, as one node and as 2 emulated nodes: buffers of 1,
+// 7 and 1000003 elements (chunks of 65536 and of 3 elements, so sizes divide by neither the ranks
+// nor the chunk) equal the double-precision sum within 4 float epsilons of Σ|x|, and, inside one
+// node or in deterministic mode, the fixed-order float sum exactly; every rank holds the same bits;
+// deterministic repeats are identical; the reduce-scatter form delivers this rank's block (rank 0's
+// empty) into a poisoned buffer; three operations in flight complete when waited for out of order;
+// the world group's all-reduce and reduce-scatter run HFReduce once selected (nodes emulated
+// through DSEEK_HFREDUCE_RANKS_PER_NODE), and a node size that does not divide the ranks, or one
+// that is not a number, is an error.
+TEST(DistRanks, HfReduceEqualsReferenceSum) {
+  if (dist::launcher_world_size() > 1) {
+    hfreduce_on_this_rank();
+    return;
+  }
+  ::setenv("DSEEK_HFREDUCE_RANKS_PER_NODE", "x", 1);
+  EXPECT_THROW(dist::hfreduce_ranks_per_node_from_env(), Error);
+  ::setenv("DSEEK_HFREDUCE_RANKS_PER_NODE", "0", 1);
+  EXPECT_THROW(dist::hfreduce_ranks_per_node_from_env(), Error);
+  ::setenv("DSEEK_HFREDUCE_RANKS_PER_NODE", "2", 1);
+  EXPECT_EQ(dist::hfreduce_ranks_per_node_from_env(), 2);
+  ::unsetenv("DSEEK_HFREDUCE_RANKS_PER_NODE");
+  EXPECT_EQ(dist::hfreduce_ranks_per_node_from_env(), 0);
+  run_test_on_ranks("DistRanks.HfReduceEqualsReferenceSum", 2);
+  run_test_on_ranks("DistRanks.HfReduceEqualsReferenceSum", 4);
+}
+
+// 4 data-parallel ranks as 2 emulated nodes of 2 with dist.all_reduce=hfreduce (the ZeRO-1
+// gradient reduce-scatters run through HFReduce) train like one process; the banner names it.
+TEST_F(DistTrain, HfReduceFourRanksTrainLikeOneProcess) {
+  TempDir dir;
+  const fs::path run_dir = dir.path / "hf4";
+  ::setenv("DSEEK_HFREDUCE_RANKS_PER_NODE", "2", 1);
+  const CliRun r = run(
+      mpirun_, mpirun_args(4, train_args(run_dir, kSteps, {"--set", "dist.all_reduce=hfreduce"})));
+  ::unsetenv("DSEEK_HFREDUCE_RANKS_PER_NODE");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("MPI-ordered reductions (HFReduce, 2 nodes of 2 ranks)"), std::string::npos)
+      << r.err;
+  expect_same_training(single_run(), run_dir);
+}
+
+// dist.all_reduce other than mpi / hfreduce, and emulated nodes that do not divide the ranks.
+TEST_F(DistTrain, HfReduceSettingsAreClearErrors) {
+  TempDir dir;
+  const CliRun bad =
+      run(DSEEK_BINARY, train_args(dir.path / "a", 2, {"--set", "dist.all_reduce=ring"}));
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("dist.all_reduce: expected mpi or hfreduce, got 'ring'"),
+            std::string::npos)
+      << bad.err;
+  ::setenv("DSEEK_HFREDUCE_RANKS_PER_NODE", "3", 1);
+  const CliRun odd =
+      run(mpirun_,
+          mpirun_args(2, train_args(dir.path / "b", 2, {"--set", "dist.all_reduce=hfreduce"})));
+  ::unsetenv("DSEEK_HFREDUCE_RANKS_PER_NODE");
+  EXPECT_NE(odd.exit_code, 0);
+  EXPECT_NE(odd.err.find("DSEEK_HFREDUCE_RANKS_PER_NODE 3: must divide the 2 ranks"),
+            std::string::npos)
+      << odd.err;
 }

@@ -1,11 +1,13 @@
 // ProcessGroup over MPI_COMM_WORLD (CPU buffers). Default reductions are MPI's own nonblocking
 // collectives; deterministic ones move every rank's contribution to its destination
 // (MPI_Ialltoallv / MPI_Iallgather) and add the N copies there in rank order when the work is
-// waited for. Errors inside MPI use its default handler (MPI_ERRORS_ARE_FATAL): a lost peer ends
-// the whole job rather than leaving a rank waiting forever.
+// waited for. With AllReduceAlgorithm::HfReduce the f32 all-reduce and reduce-scatter go through
+// dist/hfreduce.h instead. Errors inside MPI use its default handler (MPI_ERRORS_ARE_FATAL): a lost
+// peer ends the whole job rather than leaving a rank waiting forever.
 #include "dist/mpi_process_group.h"
 
 #include "core/error.h"
+#include "dist/hfreduce.h"
 
 #ifdef DSEEK_HAS_MPI
 // The C API only: OpenMPI's deprecated C++ bindings would need libmpi_cxx.
@@ -84,7 +86,21 @@ class MpiProcessGroup final : public ProcessGroup {
   int size() const override { return size_; }
   std::string backend() const override { return "mpi"; }
 
+  void set_all_reduce_algorithm(AllReduceAlgorithm algorithm) override {
+    if (algorithm == AllReduceAlgorithm::HfReduce && !hfreduce_)
+      hfreduce_ = std::make_unique<HfReduce>();
+    if (algorithm == AllReduceAlgorithm::Mpi) hfreduce_.reset();
+    algorithm_ = algorithm;
+  }
+  std::string all_reduce_description() const override {
+    if (!hfreduce_) return "MPI";
+    return fmt::format("HFReduce, {} node{} of {} rank{}", hfreduce_->nodes(),
+                       hfreduce_->nodes() == 1 ? "" : "s", hfreduce_->ranks_per_node(),
+                       hfreduce_->ranks_per_node() == 1 ? "" : "s");
+  }
+
   std::unique_ptr<Work> all_reduce_async(std::span<float> data) override {
+    if (hfreduce_) return hfreduce_->reduce_async(data, data, 0, deterministic_);
     auto w = std::make_unique<MpiWork>();
     const int n = as_int(int64_t(data.size()), "all_reduce");
     if (!deterministic_) {
@@ -110,6 +126,8 @@ class MpiProcessGroup final : public ProcessGroup {
                     int64_t(recv.size()) == c[size_t(rank_)],
                 "[dist] reduce_scatter: send {} / recv {} elements for counts summing to {}",
                 send.size(), recv.size(), int64_t(displs.back()) + c.back());
+    if (hfreduce_)
+      return hfreduce_->reduce_async(send, recv, displs[size_t(rank_)], deterministic_);
     auto w = std::make_unique<MpiWork>();
     if (!deterministic_) {
       MPI_Ireduce_scatter(send.data(), recv.data(), c.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
@@ -251,6 +269,7 @@ class MpiProcessGroup final : public ProcessGroup {
 
   int rank_ = 0, size_ = 1;
   bool any_thread_ = false;
+  std::unique_ptr<HfReduce> hfreduce_;  // when the all-reduce algorithm is HFReduce
 };
 
 }  // namespace

@@ -130,7 +130,10 @@ ProcessGroup& world() {
 
 void finalize_world() {
   auto& slot = world_slot();
-  if (slot && slot->backend() == "mpi") finalize_mpi();
+  if (slot && slot->backend() == "mpi") {
+    slot->set_all_reduce_algorithm(AllReduceAlgorithm::Mpi);  // MPI_Win_free before MPI_Finalize
+    finalize_mpi();
+  }
 }
 
 void abort_world(int exit_code) {

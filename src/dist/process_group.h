@@ -14,6 +14,12 @@
 // set, every reduction instead moves all ranks' contributions to the rank(s) that need them and
 // adds them there in rank order 0, 1, ..., N−1, so a run is bit-reproducible for a given rank count
 // (at N× the receive traffic of a reduce-scatter).
+//
+// All-reduce algorithm. The f32 all_reduce_async and reduce_scatter_async use MPI's collectives by
+// default; with AllReduceAlgorithm::HfReduce the MPI group runs Fire-Flyer's HFReduce instead
+// (dist/hfreduce.h: intra-node reduction through shared memory, then inter-node all-reduce of each
+// node's slices, pipelined by chunk). A reduce-scatter then is an HFReduce all-reduce whose last
+// stage copies out only this rank's block. The single-process group accepts either (a sum of one).
 #pragma once
 
 #include <cstdint>
@@ -33,6 +39,8 @@ class Work {
   virtual bool test() = 0;
 };
 
+enum class AllReduceAlgorithm { Mpi, HfReduce };
+
 class ProcessGroup {
  public:
   virtual ~ProcessGroup() = default;
@@ -45,6 +53,14 @@ class ProcessGroup {
   // Fixed-order reductions (see above); set before the collectives it should govern.
   bool deterministic() const { return deterministic_; }
   void set_deterministic(bool on) { deterministic_ = on; }
+  // Collective: every rank sets the same algorithm at the same point (HFReduce builds its
+  // communicators and shared window here; errors in the node layout are thrown on every rank).
+  AllReduceAlgorithm all_reduce_algorithm() const { return algorithm_; }
+  virtual void set_all_reduce_algorithm(AllReduceAlgorithm algorithm) { algorithm_ = algorithm; }
+  // For the train log: "MPI", or "HFReduce, 2 nodes of 2 ranks".
+  virtual std::string all_reduce_description() const {
+    return algorithm_ == AllReduceAlgorithm::Mpi ? "MPI" : "HFReduce, 1 node";
+  }
 
   // data ← Σ_ranks data, in place, on every rank.
   virtual std::unique_ptr<Work> all_reduce_async(std::span<float> data) = 0;
@@ -103,6 +119,7 @@ class ProcessGroup {
 
  protected:
   bool deterministic_ = false;
+  AllReduceAlgorithm algorithm_ = AllReduceAlgorithm::Mpi;
 };
 
 // One process: collectives are copies (sums of one term).
@@ -119,7 +136,7 @@ int launcher_world_size();
 // library use) is the single-process group.
 void init_world(int* argc, char*** argv);
 ProcessGroup& world();
-// MPI_Finalize after a normal exit (from main).
+// MPI_Finalize after a normal exit (from main); frees HFReduce's window and communicators first.
 void finalize_world();
 // Ends every rank of the job after an error on this one (MPI_Abort); returns only when the group
 // is a single process.

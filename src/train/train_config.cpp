@@ -111,6 +111,7 @@ const std::vector<Binding>& bindings() {
       field("checkpoint.keep_last", "complete checkpoints kept (older ones are deleted)", &TrainConfig::keep_last),
       field("dist.deterministic", "1: data-parallel reductions in a fixed rank order, bit-reproducible for a given number of ranks; 0: MPI's own algorithms", &TrainConfig::dist_deterministic),
       field("dist.bucket_mb", "data parallelism: MiB of f32 gradients per reduce-scatter bucket", &TrainConfig::dist_bucket_mb),
+      field("dist.all_reduce", "gradient reduction algorithm: mpi (MPI's collectives) | hfreduce (Fire-Flyer's HFReduce: reduce inside each node through shared memory, then across nodes, pipelined by chunk; DSEEK_HFREDUCE_RANKS_PER_NODE=k emulates nodes of k ranks)", &TrainConfig::dist_all_reduce),
       field("dist.expert_parallel", "expert parallelism: ranks per group the routed experts are spread over (1: every rank holds every expert; N > 1 divides the world size, data parallel across the groups)", &TrainConfig::expert_parallel),
       field("dist.pipeline_parallel", "pipeline parallelism: stages the layers are split over, one rank each, run with the 1F1B schedule (1: none; P divides the number of MPI ranks, data parallel across the pipelines)", &TrainConfig::pipeline_parallel),
       field("dist.micro_batches", "pipeline parallelism: micro-batches each pipeline's slice of a train.batch_size batch is split into (the batch size must be divisible by pipelines × micro-batches)", &TrainConfig::micro_batches),
@@ -278,6 +279,8 @@ void validate_train_config(const TrainConfig& c) {
               "[train] dist.deterministic: must be 0 or 1, got {}", c.dist_deterministic);
   DSEEK_CHECK(c.dist_bucket_mb > 0 && c.dist_bucket_mb <= 1024,
               "[train] dist.bucket_mb: must be in (0, 1024], got {}", c.dist_bucket_mb);
+  DSEEK_CHECK(c.dist_all_reduce == "mpi" || c.dist_all_reduce == "hfreduce",
+              "[train] dist.all_reduce: expected mpi or hfreduce, got '{}'", c.dist_all_reduce);
   DSEEK_CHECK(c.expert_parallel >= 1, "[train] dist.expert_parallel: must be >= 1, got {}",
               c.expert_parallel);
   DSEEK_CHECK(c.ep_max_ranks >= 0, "[train] dist.ep_max_ranks: must be >= 0, got {}",

@@ -72,6 +72,7 @@ struct TrainConfig {
   // [dist] (data parallelism over MPI ranks, docs/DISTRIBUTED.md)
   int64_t dist_deterministic = 0;  // 1: fixed-order, bit-reproducible reductions
   double dist_bucket_mb = 4.0;     // gradient bucket size (MiB of f32)
+  std::string dist_all_reduce = "mpi";  // mpi | hfreduce (dist/hfreduce.h)
   int64_t expert_parallel = 1;     // ranks per group the routed experts are spread over (1: none)
   int64_t ep_max_ranks = 0;        // node-limited routing: most ranks per token (0: any)
   int64_t pipeline_parallel = 1;   // pipeline stages the layers are split over (1: none)

@@ -163,6 +163,9 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   const int ranks = group.size();
   const bool lead = group.rank() == 0;
   group.set_deterministic(cfg.dist_deterministic != 0);
+  group.set_all_reduce_algorithm(cfg.dist_all_reduce == "hfreduce"
+                                     ? dist::AllReduceAlgorithm::HfReduce
+                                     : dist::AllReduceAlgorithm::Mpi);
   const fs::path run_dir(cfg.out);
   const fs::path ckpt_root = run_dir / "checkpoints";
   std::string latest;
@@ -465,10 +468,11 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   if (lead && ranks > 1 && !pipeline)
     fmt::print(stderr,
                "[train] data parallel: {} ranks ({}), {} sequences each per micro-batch, ZeRO-1 "
-               "shards of {} parameters, {} gradient buckets, {} reductions\n",
+               "shards of {} parameters, {} gradient buckets, {} reductions ({})\n",
                ranks, group.backend(), cfg.batch_size / ranks,
                human_count(double(dp->flat_size()) / ranks), dp->num_buckets(),
-               group.deterministic() ? "deterministic" : "MPI-ordered");
+               group.deterministic() ? "deterministic" : "MPI-ordered",
+               group.all_reduce_description());
   if (lead && expert_parallel)
     fmt::print(stderr,
                "[train] expert parallel: {} routed experts per MoE layer over {} ranks ({} each), "
