@@ -10,11 +10,9 @@
 //
 // The mpirun tests skip when this dseek was built without MPI or mpirun is missing; as root (CI)
 // mpirun needs OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM), set here.
-#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -39,6 +37,7 @@
 #include "model/safetensors.h"
 #include "model/transformer.h"
 #include "model_fixtures.h"
+#include "mpi_run.h"
 
 extern char** environ;
 
@@ -68,8 +67,7 @@ class ClaimedGroup final : public dist::ProcessGroup {
   }
   std::unique_ptr<dist::Work> broadcast_async(std::span<float>, int) override { return none(); }
   void all_reduce(std::span<double>) override { none(); }
-  void gather(std::span<const float>, std::span<float>, const std::vector<int64_t>&,
-              int) override {
+  void gather(std::span<const float>, std::span<float>, const std::vector<int64_t>&, int) override {
     none();
   }
   void barrier() override { none(); }
@@ -245,63 +243,9 @@ TEST(ExpertShardLoad, ClearErrors) {
 
 // ---- real ranks --------------------------------------------------------------------------------
 
-std::string find_mpirun() {
-  const char* path = std::getenv("PATH");
-  std::istringstream dirs(path ? path : "");
-  for (std::string dir; std::getline(dirs, dir, ':');)
-    if (!dir.empty() && ::access((dir + "/mpirun").c_str(), X_OK) == 0) return dir + "/mpirun";
-  return "";
-}
-
-// Starts `program args` with stdout and stderr into files, one OpenMP thread per process, passive
-// waits and mpirun allowed as root (tests/test_train_dist.cpp's spawn, with its LSan settings for
-// ASan builds); the pid, or -1 (and a failure).
-pid_t spawn(const std::string& program, const Args& args, const fs::path& out,
-            const fs::path& err) {
-  std::vector<std::string> argv_text = {program};
-  argv_text.insert(argv_text.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : argv_text) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  const std::string lsan = std::string("LSAN_OPTIONS=suppressions=") + DSEEK_SOURCE_DIR +
-                           "/tests/lsan_mpi.supp:fast_unwind_on_malloc=0:intercept_tls_get_addr=0";
-  const std::vector<std::string> set = {"OMP_WAIT_POLICY=passive", "OMP_NUM_THREADS=1",
-                                        "OMPI_ALLOW_RUN_AS_ROOT=1",
-                                        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1", lsan};
-  std::vector<std::string> env_text = set;
-  for (char** e = environ; *e; ++e) {
-    bool replaced = false;
-    for (const std::string& s : set) replaced |= std::strncmp(*e, s.c_str(), s.find('=') + 1) == 0;
-    if (!replaced) env_text.push_back(*e);
-  }
-  std::vector<char*> env;
-  for (std::string& e : env_text) env.push_back(e.data());
-  env.push_back(nullptr);
-  pid_t pid = -1;
-  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), env.data());
-  posix_spawn_file_actions_destroy(&actions);
-  EXPECT_EQ(rc, 0) << "posix_spawn " << argv[0] << ": " << std::strerror(rc);
-  return rc == 0 ? pid : -1;
-}
-
-// Runs `program args` (as spawn) to its end.
+// The ranks run through tests/mpi_run.h.
 CliRun run(const std::string& program, const Args& args) {
-  TempDir io("ep-io");
-  const fs::path out = io.path / "out", err = io.path / "err";
-  CliRun r;
-  const pid_t pid = spawn(program, args, out, err);
-  if (pid < 0) return r;
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  r.exit_code = exit_code_of(status);
-  r.out = slurp(out);
-  r.err = slurp(err);
-  return r;
+  return mpi_run(program, args);
 }
 
 std::string join_ids(const std::vector<int32_t>& ids) {
@@ -364,8 +308,8 @@ class ExpertParallelInference : public ::testing::Test {
       std::ofstream(out, std::ios::binary)
           .write(reinterpret_cast<const char*>(nan.data()), std::streamsize(nan.size() * 4));
     }
-    const Args args = {"logits", "--model", f.dir.string(), "--ids", join_ids(f.input_ids),
-                       "--out", out.string()};
+    const Args args = {"logits", "--model",   f.dir.string(), "--ids", join_ids(f.input_ids),
+                       "--out",  out.string()};
     Args ep = args;
     ep.push_back("--expert-parallel");
     const CliRun r = ranks > 1 ? mpirun(ranks, ep) : run(DSEEK_BINARY, args);
@@ -409,9 +353,10 @@ TEST_F(ExpertParallelInference, LogitsEqualOneProcess) {
     // Relative to the logits' scale: the sums differ only in where one addition per rank
     // boundary rounds.
     const double rel = max_abs(ep, single) / max_abs(single, std::vector<float>(single.size()));
-    std::printf("  %-12s %d ranks: max |diff| / max |logit| vs one process %.3g, max abs diff vs "
-                "transformers %.3g\n",
-                name.c_str(), ranks, rel, max_abs(ep, f.logits));
+    std::printf(
+        "  %-12s %d ranks: max |diff| / max |logit| vs one process %.3g, max abs diff vs "
+        "transformers %.3g\n",
+        name.c_str(), ranks, rel, max_abs(ep, f.logits));
     EXPECT_LE(rel, 1e-5) << name << " on " << ranks << " ranks";
     EXPECT_LE(max_abs(ep, f.logits), f.tolerance) << name << " on " << ranks << " ranks";
     const std::string line = "expert parallel inference: 8 routed experts over " +
@@ -424,8 +369,14 @@ TEST_F(ExpertParallelInference, LogitsEqualOneProcess) {
 TEST_F(ExpertParallelInference, GreedyGenerateMatchesOneProcess) {
   // Token ids (no tokenizer): 2 ranks continue the fixture's greedy prompt as transformers does.
   const Fixture f = load_fixture("v3_bf16");
-  const Args ids = {"generate", "--model", f.dir.string(), "--ids", join_ids(f.greedy_prompt),
-                    "--greedy", "-n", std::to_string(f.greedy_continuation.size()),
+  const Args ids = {"generate",
+                    "--model",
+                    f.dir.string(),
+                    "--ids",
+                    join_ids(f.greedy_prompt),
+                    "--greedy",
+                    "-n",
+                    std::to_string(f.greedy_continuation.size()),
                     "--print-ids"};
   Args ep = ids;
   ep.push_back("--expert-parallel");
@@ -439,8 +390,8 @@ TEST_F(ExpertParallelInference, GreedyGenerateMatchesOneProcess) {
 
   // Text through the tokenizer of the exported V3 fixture, on 4 ranks.
   const fs::path v3 = fixtures_root() / "export_v3";
-  const Args text = {"generate", "--model", v3.string(), "--prompt", "The cat", "--greedy",
-                     "-n", "12", "--print-ids"};
+  const Args text = {"generate", "--model", v3.string(), "--prompt",   "The cat",
+                     "--greedy", "-n",      "12",        "--print-ids"};
   Args ep_text = text;
   ep_text.push_back("--expert-parallel");
   const CliRun one_text = run(DSEEK_BINARY, text), four_text = mpirun(4, ep_text);
@@ -456,8 +407,14 @@ TEST_F(ExpertParallelInference, GreedyGenerateMatchesOneProcess) {
 TEST_F(ExpertParallelInference, ClearErrors) {
   const Fixture f = load_fixture("v3_bf16");
   TempDir tmp("ep-errors");
-  const Args args = {"logits", "--model", f.dir.string(), "--ids", "1,2,3", "--out",
-                     (tmp.path / "l.bin").string(), "--expert-parallel"};
+  const Args args = {"logits",
+                     "--model",
+                     f.dir.string(),
+                     "--ids",
+                     "1,2,3",
+                     "--out",
+                     (tmp.path / "l.bin").string(),
+                     "--expert-parallel"};
   const CliRun three = mpirun(3, args);
   EXPECT_NE(three.exit_code, 0);
   EXPECT_NE(three.err.find("8 routed experts do not split evenly over 3 ranks"), std::string::npos)
@@ -468,8 +425,14 @@ TEST_F(ExpertParallelInference, ClearErrors) {
                            "job, but this process runs alone"),
             std::string::npos)
       << alone.err;
-  Args dense = {"generate", "--model", (fixtures_root() / "llama_gqa").string(), "--ids", "1,2",
-                "-n", "2", "--expert-parallel"};
+  Args dense = {"generate",
+                "--model",
+                (fixtures_root() / "llama_gqa").string(),
+                "--ids",
+                "1,2",
+                "-n",
+                "2",
+                "--expert-parallel"};
   const CliRun llama = mpirun(2, dense);
   EXPECT_NE(llama.exit_code, 0);
   EXPECT_NE(llama.err.find("has no routed experts to split over 2 ranks"), std::string::npos)
@@ -487,8 +450,7 @@ struct ServeProcess {
     Args args = {"serve"};
     args.insert(args.end(), serve_args.begin(), serve_args.end());
     if (ranks > 1) {
-      Args a = {"-np", std::to_string(ranks), "--bind-to", "none", "--oversubscribe",
-                DSEEK_BINARY};
+      Args a = {"-np", std::to_string(ranks), "--bind-to", "none", "--oversubscribe", DSEEK_BINARY};
       a.insert(a.end(), args.begin(), args.end());
       a.push_back("--expert-parallel");
       pid = spawn(mpirun, a, io.path / "out", io.path / "err");
@@ -537,8 +499,10 @@ std::vector<std::string> complete_all(int port, const std::vector<std::string>& 
     clients.emplace_back([&, i] {
       httplib::Client c("127.0.0.1", port);
       c.set_read_timeout(60, 0);
-      const nlohmann::json body = {{"model", "export_v3"}, {"prompt", prompts[i]},
-                                   {"max_tokens", 10 + 3 * int(i)}, {"temperature", 0}};
+      const nlohmann::json body = {{"model", "export_v3"},
+                                   {"prompt", prompts[i]},
+                                   {"max_tokens", 10 + 3 * int(i)},
+                                   {"temperature", 0}};
       const httplib::Result res = c.Post("/v1/completions", body.dump(), "application/json");
       if (!res) {
         texts[i] = "<no response>";
@@ -554,8 +518,8 @@ std::vector<std::string> complete_all(int port, const std::vector<std::string>& 
 }
 
 TEST_F(ExpertParallelInference, ServeAnswersAsOneProcess) {
-  const Args args = {"--model", (fixtures_root() / "export_v3").string(), "--port", "0",
-                     "--cache-tokens", "1024"};
+  const Args args = {
+      "--model", (fixtures_root() / "export_v3").string(), "--port", "0", "--cache-tokens", "1024"};
   const std::vector<std::string> prompts = {"The cat", "Once upon a time", "def f(x):"};
   std::vector<std::string> want;
   {

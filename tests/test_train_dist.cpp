@@ -44,6 +44,7 @@
 #include "core/error.h"
 #include "dist/hfreduce.h"
 #include "dist/process_group.h"
+#include "mpi_run.h"
 #include "train/checkpoint.h"
 #include "train/data_parallel.h"
 #include "train/expert_parallel.h"
@@ -63,67 +64,13 @@ using nlohmann::json;
 
 namespace {
 
-std::string find_mpirun() {
-  const char* path = std::getenv("PATH");
-  std::istringstream dirs(path ? path : "");
-  for (std::string dir; std::getline(dirs, dir, ':');)
-    if (!dir.empty() && ::access((dir + "/mpirun").c_str(), X_OK) == 0) return dir + "/mpirun";
-  return "";
-}
-
-// Starts `program args`, stdout/stderr into files, with one OpenMP thread per process, passive
-// waits and mpirun allowed as root.
+// The ranks run through tests/mpi_run.h (one OpenMP thread each, LSan settings for ASan builds).
 pid_t spawn(const std::string& program, const Args& args, const fs::path& out,
             const fs::path& err) {
-  std::vector<std::string> argv_text = {program};
-  argv_text.insert(argv_text.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : argv_text) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  // Under ASan (scripts/test.sh), OpenMPI's allocations that live until exit are suppressed by
-  // library (tests/lsan_mpi.supp); LSan's default fast unwinder stops at OpenMPI's frames without
-  // frame pointers, so the ranks unwind allocation stacks fully to reach the library names.
-  // intercept_tls_get_addr=0: with 4 ranks OpenMPI's dlopened components get dynamic TLS whose
-  // bounds GCC's LSan records wrongly (a "DTLS at 0x4030-0x400005132" range), and its exit-time
-  // scan then faults in the tracer ("Tracer caught signal 11", exit 134). Not scanning dynamic TLS
-  // loses nothing here: dseek's own thread_locals are static TLS, which LSan still scans.
-  const std::string lsan = std::string("LSAN_OPTIONS=suppressions=") + DSEEK_SOURCE_DIR +
-                           "/tests/lsan_mpi.supp:fast_unwind_on_malloc=0:intercept_tls_get_addr=0";
-  const std::vector<std::string> set = {"OMP_WAIT_POLICY=passive", "OMP_NUM_THREADS=1",
-                                        "OMPI_ALLOW_RUN_AS_ROOT=1",
-                                        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1", lsan};
-  std::vector<std::string> env_text = set;
-  for (char** e = environ; *e; ++e) {
-    bool replaced = false;
-    for (const std::string& s : set) replaced |= std::strncmp(*e, s.c_str(), s.find('=') + 1) == 0;
-    if (!replaced) env_text.push_back(*e);
-  }
-  std::vector<char*> env;
-  for (std::string& e : env_text) env.push_back(e.data());
-  env.push_back(nullptr);
-  pid_t pid = -1;
-  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), env.data());
-  posix_spawn_file_actions_destroy(&actions);
-  EXPECT_EQ(rc, 0) << "posix_spawn " << argv[0] << ": " << std::strerror(rc);
-  return rc == 0 ? pid : -1;
+  return mpi_spawn(program, args, out, err);
 }
-
 CliRun run(const std::string& program, const Args& args) {
-  TempDir io;
-  CliRun r;
-  const pid_t pid = spawn(program, args, io.path / "out", io.path / "err");
-  if (pid < 0) return r;
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  r.exit_code = exit_code_of(status);
-  r.out = slurp(io.path / "out");
-  r.err = slurp(io.path / "err");
-  return r;
+  return mpi_run(program, args);
 }
 
 // `mpirun -np N dseek args...` (not bound to cores; oversubscription allowed for small CI boxes).

@@ -5,9 +5,7 @@
 // logits' scale, and the transformers fixture within its tolerance; bf16: as close to
 // transformers as one bf16 GPU process must be), and greedy `dseek generate` prints the same
 // tokens. Skips without a CUDA device, MPI or mpirun.
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,6 +23,7 @@
 #include "cli_util.h"
 #include "dist/process_group.h"
 #include "model_fixtures.h"
+#include "mpi_run.h"
 
 extern char** environ;
 
@@ -36,54 +35,10 @@ using Args = std::vector<std::string>;
 using testing::CliRun;
 using testing::TempDir;
 
-std::string find_mpirun() {
-  const char* path = std::getenv("PATH");
-  std::istringstream dirs(path ? path : "");
-  for (std::string dir; std::getline(dirs, dir, ':');)
-    if (!dir.empty() && ::access((dir + "/mpirun").c_str(), X_OK) == 0) return dir + "/mpirun";
-  return "";
-}
-
-// `program args` to its end: one OpenMP thread per process, passive waits, mpirun allowed as root.
+using testing::find_mpirun;
+// The ranks run through tests/mpi_run.h.
 CliRun run(const std::string& program, const Args& args) {
-  TempDir io("ep-gpu");
-  std::vector<std::string> argv_text = {program};
-  argv_text.insert(argv_text.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : argv_text) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const fs::path out = io.path / "out", err = io.path / "err";
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  const std::vector<std::string> set = {"OMP_WAIT_POLICY=passive", "OMP_NUM_THREADS=1",
-                                        "OMPI_ALLOW_RUN_AS_ROOT=1",
-                                        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"};
-  std::vector<std::string> env_text = set;
-  for (char** e = environ; *e; ++e) {
-    bool replaced = false;
-    for (const std::string& s : set) replaced |= std::strncmp(*e, s.c_str(), s.find('=') + 1) == 0;
-    if (!replaced) env_text.push_back(*e);
-  }
-  std::vector<char*> env;
-  for (std::string& e : env_text) env.push_back(e.data());
-  env.push_back(nullptr);
-  CliRun r;
-  pid_t pid = -1;
-  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), env.data());
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) {
-    r.err = std::string("posix_spawn: ") + std::strerror(rc);
-    return r;
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  r.exit_code = testing::exit_code_of(status);
-  r.out = testing::slurp(out);
-  r.err = testing::slurp(err);
-  return r;
+  return testing::mpi_run(program, args);
 }
 
 std::vector<float> read_f32(const fs::path& path) {
@@ -147,8 +102,9 @@ class BackendExpertParallel : public ::testing::Test {
       std::ofstream(out, std::ios::binary)
           .write(reinterpret_cast<const char*>(nan.data()), std::streamsize(nan.size() * 4));
     }
-    Args args = {"logits", "--model", dir_.string(), "--ids", join_ids(ids_, ","), "--out",
-                 out.string(), "--device", "cuda", "--dtype", act};
+    Args args = {"logits", "--model",    dir_.string(), "--ids", join_ids(ids_, ","),
+                 "--out",  out.string(), "--device",    "cuda",  "--dtype",
+                 act};
     const CliRun r = ranks > 1 ? mpirun(ranks, args) : run(DSEEK_BINARY, args);
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return read_f32(out);
@@ -172,9 +128,10 @@ TEST_F(BackendExpertParallel, F32LogitsOnTwoRanksEqualOneGpu) {
   const std::vector<float> one = logits("f32", 1), two = logits("f32", 2);
   const double scale = max_abs_diff(one, std::vector<float>(one.size(), 0.0f));
   const double vs_one = max_abs_diff(two, one) / scale, vs_ref = max_abs_diff(two, reference_);
-  std::printf("[backend] expert parallel v3_bf16 f32 2 ranks: max|diff|/max|logit| vs one GPU "
-              "%.2e, max abs vs transformers %.2e\n",
-              vs_one, vs_ref);
+  std::printf(
+      "[backend] expert parallel v3_bf16 f32 2 ranks: max|diff|/max|logit| vs one GPU "
+      "%.2e, max abs vs transformers %.2e\n",
+      vs_one, vs_ref);
   EXPECT_LE(vs_one, 1e-5);
   EXPECT_LE(vs_ref, tolerance_);
 }
@@ -184,17 +141,26 @@ TEST_F(BackendExpertParallel, Bf16LogitsOnTwoRanksCloseToTransformers) {
   // is the bf16 model's own (test_backend_model.cpp), not one process's bits.
   const std::vector<float> one = logits("bf16", 1), two = logits("bf16", 2);
   const double vs_one = rel_rms(two, one), vs_ref = rel_rms(two, reference_);
-  std::printf("[backend] expert parallel v3_bf16 bf16 2 ranks: rel_rms vs one GPU %.2e, vs "
-              "transformers %.2e (one GPU vs transformers %.2e)\n",
-              vs_one, vs_ref, rel_rms(one, reference_));
+  std::printf(
+      "[backend] expert parallel v3_bf16 bf16 2 ranks: rel_rms vs one GPU %.2e, vs "
+      "transformers %.2e (one GPU vs transformers %.2e)\n",
+      vs_one, vs_ref, rel_rms(one, reference_));
   EXPECT_LE(vs_ref, 0.2);
   EXPECT_LE(vs_one, 0.05);
 }
 
 TEST_F(BackendExpertParallel, GreedyGenerateOnTwoRanksEqualsTransformers) {
-  const Args args = {"generate", "--model", dir_.string(), "--ids", join_ids(greedy_prompt_, ","),
-                     "--greedy", "-n", std::to_string(greedy_.size()), "--print-ids",
-                     "--device", "cuda"};
+  const Args args = {"generate",
+                     "--model",
+                     dir_.string(),
+                     "--ids",
+                     join_ids(greedy_prompt_, ","),
+                     "--greedy",
+                     "-n",
+                     std::to_string(greedy_.size()),
+                     "--print-ids",
+                     "--device",
+                     "cuda"};
   const CliRun one = run(DSEEK_BINARY, args), two = mpirun(2, args);
   ASSERT_EQ(one.exit_code, 0) << one.err;
   ASSERT_EQ(two.exit_code, 0) << two.err;
