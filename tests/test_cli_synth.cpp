@@ -1,16 +1,21 @@
 // `dseek synth` through the binary: a small search writes its store and resumes from it (the
 // resumed run evaluates only what is missing), `synth show` prints the Pareto table and writes
-// the plots and the front's operator files, and bad input is a clear message with a non-zero exit.
+// the plots and the front's operator files, `synth bench` tables operators at given shapes, and bad
+// input is a clear message with a non-zero exit.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
 #include <cmath>
 #include <cstdlib>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "cli_util.h"
 #include "synth/serialize.h"
 #include "synth/store.h"
 #include "test_plot_util.h"
+#include "test_synth_util.h"
 
 using namespace dseek;
 using namespace dseek::plot_testing;
@@ -122,4 +127,102 @@ TEST(CliSynth, BadInputIsAClearErrorWithNonZeroExit) {
   EXPECT_NE(r.err.find("synth.sqlite: holds a run with other settings (seed: 3 stored, 4 now)"),
             std::string::npos)
       << r.err;
+}
+
+// `synth bench` at small shapes on the CPU: every operator at every shape, dense at speed-up 1,
+// the analytic FLOPs of the known designs, an operator file re-solved at each shape (a group count
+// that does not divide is a row's note, not a failure), a search's best candidates, JSON and
+// markdown.
+TEST(CliSynth, BenchTablesKnownDesignsFilesAndSearchCandidates) {
+  TempDir out;
+  const std::string dir = (out.path / "run").string();
+  CliRun r = run_dseek_shell(kSearch + "--seed 3 --budget 6 --out " + dir);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // A grouped layer with g = 3, written at its own (search-sized) valuation.
+  synth::test::LinearProblem p;
+  synth::Spec spec;
+  spec.vars = p.vars;
+  spec.valuations = {{4, 6, 6, 1, 3}};
+  spec.input = {p.sT, p.sdin};
+  spec.output = {p.sT, p.sdout};
+  const std::string g3 = (out.path / "grouped3.json").string();
+  { std::ofstream(g3) << synth::operator_to_json(spec, synth::test::grouped_linear(p)); }
+  const std::string json = (out.path / "bench.json").string();
+  r = run_dseek_shell(
+      "synth bench --device cpu --tokens 8 --shapes a=64x96,b=48x48 --runs 3 "
+      "--warmup 1 --backward --ops " +
+      g3 + " --from " + dir + " --top 2 --json " + json);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("| fwd+bwd speed-up |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| a | 64→96 | dense |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("top1 "), std::string::npos) << r.out;  // the legend of the candidates
+  const nlohmann::json j = nlohmann::json::parse(slurp(json));
+  ASSERT_EQ(j["rows"].size(), 2u * (6 + 1 + 2));
+  std::map<std::string, nlohmann::json> row;
+  for (const auto& x : j["rows"])
+    row[x["shape"].get<std::string>() + "/" + x["operator"].get<std::string>()] = x;
+  const int64_t T = 8;
+  for (const auto& [shape, din, dout] :
+       {std::tuple<std::string, int64_t, int64_t>{"a", 64, 96}, {"b", 48, 48}}) {
+    const nlohmann::json& dense = row.at(shape + "/dense");
+    ASSERT_TRUE(dense["ok"].get<bool>()) << dense.dump();
+    EXPECT_EQ(dense["flops"].get<int64_t>(), 2 * T * din * dout);
+    EXPECT_EQ(dense["params"].get<int64_t>(), din * dout);
+    EXPECT_EQ(dense["speedup"].get<double>(), 1.0);
+    EXPECT_EQ(dense["train_speedup"].get<double>(), 1.0);
+    EXPECT_GT(dense["forward_ms"].get<double>(), 0.0);
+    EXPECT_GT(dense["train_ms"].get<double>(), 0.0);
+    const nlohmann::json& lr = row.at(shape + "/low rank r=d/4");
+    const int64_t rank = std::min(din, dout) / 4;
+    ASSERT_TRUE(lr["ok"].get<bool>()) << lr.dump();
+    EXPECT_EQ(lr["flops"].get<int64_t>(), 2 * T * rank * (din + dout));
+    EXPECT_LT(lr["flops"].get<int64_t>(), dense["flops"].get<int64_t>());
+    EXPECT_GT(lr["speedup"].get<double>(), 0.0);
+    for (const int g : {2, 4, 8}) {
+      const nlohmann::json& gr = row.at(shape + "/grouped g=" + std::to_string(g));
+      ASSERT_TRUE(gr["ok"].get<bool>()) << gr.dump();
+      EXPECT_EQ(gr["flops"].get<int64_t>(), 2 * T * din * dout / g);
+      EXPECT_DOUBLE_EQ(gr["flops_ratio"].get<double>(), 1.0 / g);
+    }
+    for (const char* top : {"top1 ", "top2 "}) {
+      bool found = false;
+      for (const auto& [key, x] : row)
+        if (key.rfind(shape + "/" + top, 0) == 0) found = x["ok"].get<bool>();
+      EXPECT_TRUE(found) << shape << " " << top;
+    }
+  }
+  const nlohmann::json& bad = row.at("a/grouped3.json");
+  EXPECT_FALSE(bad["ok"].get<bool>());
+  EXPECT_NE(bad["note"].get<std::string>().find(
+                "grouped3.json at a (64 -> 96): size d_in/g is not a positive integer with r = 1, "
+                "g = 3"),
+            std::string::npos)
+      << bad.dump();
+  const nlohmann::json& good = row.at("b/grouped3.json");  // 48 = 3 · 16
+  ASSERT_TRUE(good["ok"].get<bool>()) << good.dump();
+  EXPECT_EQ(good["flops"].get<int64_t>(), 2 * T * 48 * 48 / 3);
+}
+
+TEST(CliSynth, BenchBadArgumentsAreClearErrors) {
+  TempDir out;
+  fs::create_directories(out.path / "afile");
+  struct Case {
+    std::string args, message;
+  };
+  const std::vector<Case> cases = {
+      {"synth bench --device tpu", "--device"},
+      {"synth bench --dtype bf16", "--dtype bf16 runs on --device cuda only"},
+      {"synth bench --device cuda --dtype bf16 --backward", "--backward times the f32"},
+      {"synth bench --shapes 64x", "'64x' is not [NAME=]D_INxD_OUT"},
+      {"synth bench --shapes 64x64,", "'' is not [NAME=]D_INxD_OUT"},
+      {"synth bench --top 2", "--from DIR and --top K go together"},
+      {"synth bench --from " + (out.path / "afile").string() + " --top 1", "no results store here"},
+      {"synth bench --ops " + (out.path / "missing.json").string(), "cannot read"},
+      {"synth bench --tokens 0", "must be positive"},
+  };
+  for (const Case& c : cases) {
+    const CliRun r = run_dseek_shell(c.args);
+    EXPECT_NE(r.exit_code, 0) << c.args;
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << c.args << "\n" << r.err;
+  }
 }

@@ -105,6 +105,40 @@ TEST(SynthProxy, DeterministicCachedAndCosted) {
   EXPECT_EQ(grouped.flops * 4, grouped.baseline_flops);
 }
 
+// Repeats are paired by seed: the per-seed losses of a 2-repeat run are those of the two 1-repeat
+// runs (operator and baseline alike), and the quality is the mean of the per-seed relative
+// differences with its standard error.
+TEST(SynthProxy, RepeatsArePairedBySeedWithAStandardError) {
+  const PairedDiff d = paired_relative_diff({1.1, 0.9, 1.3}, {1.0, 1.0, 1.0});
+  EXPECT_NEAR(d.mean, 0.1, 1e-12);
+  EXPECT_NEAR(d.se, std::sqrt((0.0 + 0.04 + 0.04) / 2.0 / 3.0), 1e-12);
+  EXPECT_EQ(paired_relative_diff({2.0}, {1.6}).se, 0.0);
+  EXPECT_NE(error_of([] { paired_relative_diff({1.0}, {1.0, 2.0}); }), "");
+
+  SmallCorpus corpus;
+  LinearProblem p;
+  ProxyTask task = small_task((corpus.dir / "fortunes").string());
+  const Valuation values{1, 32, 64, 4, 4};
+  task.repeats = 2;
+  const ProxyResult both = proxy_train(low_rank(p), p.vars, values, task);
+  ASSERT_EQ(both.val_losses.size(), 2u);
+  ASSERT_EQ(both.baseline_val_losses.size(), 2u);
+  task.repeats = 1;
+  for (uint64_t s = 0; s < 2; ++s) {
+    task.seed = s;
+    const ProxyResult one = proxy_train(low_rank(p), p.vars, values, task);
+    EXPECT_EQ(one.val_loss, both.val_losses[s]);  // bit for bit
+    EXPECT_EQ(one.baseline_val_loss, both.baseline_val_losses[s]);
+    EXPECT_EQ(one.rel_diff, one.val_loss / one.baseline_val_loss - 1.0);
+    EXPECT_EQ(one.rel_diff_se, 0.0);
+  }
+  const double d0 = both.val_losses[0] / both.baseline_val_losses[0] - 1.0;
+  const double d1 = both.val_losses[1] / both.baseline_val_losses[1] - 1.0;
+  EXPECT_NEAR(both.rel_diff, (d0 + d1) / 2.0, 1e-15);
+  EXPECT_NEAR(both.rel_diff_se, std::abs(d0 - d1) / 2.0, 1e-12);  // sd/√2 with n = 2
+  EXPECT_GT(both.rel_diff_se, 0.0);
+}
+
 // lm-ffn: the operator in gate, up and down of every layer (two shapes from one valuation).
 TEST(SynthProxy, FfnTaskReplacesEveryProjection) {
   SmallCorpus corpus;

@@ -9,12 +9,24 @@
 //     the candidates by quality with the Pareto fronts of quality vs FLOPs and vs latency marked,
 //     plots of both (DIR/pareto_flops.*, DIR/pareto_latency.*) and the front's operator files
 //     (DIR/front/<hash>.json, loadable by synth/serialize.h).
+//   dseek synth bench --device cpu|cuda [--dtype f32|bf16] [--tokens 4096] [--backward]
+//                     [--ops FILE.json ...] [--from DIR --top K] [--shapes v2-lite|LIST]
+//                     [--runs N] [--warmup N] [--row-ms MS] [--json FILE]
+//     the known designs (dense, low rank, grouped), operator files and a search's best candidates
+//     at a real model's projection shapes: FLOPs, params, median latency, speed-up against dense
+//     (synth/bench.h), as a markdown table on stdout (and JSON).
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
 
 #include "cli/commands.h"
 #include "core/cuda.h"
@@ -22,8 +34,12 @@
 #include "core/progress.h"
 #include "data/token_shards.h"
 #include "plot/chart.h"
+#include "synth/bench.h"
 #include "synth/cost.h"
+#include "synth/evaluate.h"
+#include "synth/lower.h"
 #include "synth/pareto.h"
+#include "synth/proxy.h"
 #include "synth/serialize.h"
 #include "synth/store.h"
 #include "synth/task.h"
@@ -260,6 +276,294 @@ void run_show(const std::string& dir, int top, const std::string& format) {
   }
 }
 
+// Operator files and the `top` best candidates (by quality) of the search in `from`, appended to
+// `ops`; `legend` gets a line per candidate (its label, quality and primitives).
+void add_operators(const std::string& cmd, const std::vector<std::string>& files,
+                   const std::string& from, int top, std::vector<BenchOperator>& ops,
+                   std::vector<std::string>& legend) {
+  for (const std::string& file : files) {
+    BenchOperator b;
+    b.label = std::filesystem::path(file).filename().string();
+    std::ifstream in(file, std::ios::binary);
+    DSEEK_CHECK(in.good(), "[{}] --ops {}: cannot read", cmd, file);
+    std::stringstream text;
+    text << in.rdbuf();
+    try {
+      b.record = operator_from_json(text.str());
+    } catch (const Error& e) {
+      fail("[{}] --ops {}: {}", cmd, file, e.what());
+    }
+    ops.push_back(std::move(b));
+  }
+  if (!from.empty()) {
+    namespace fs = std::filesystem;
+    DSEEK_CHECK(fs::is_regular_file(fs::path(from) / "synth.sqlite"),
+                "[{}] --from {}: no results store here (dseek synth search --out {} writes one)",
+                cmd, from, from);
+    std::vector<StoredCandidate> all = Store(from).load();
+    std::vector<const StoredCandidate*> ok;
+    for (const StoredCandidate& sc : all)
+      if (sc.candidate.status == "ok") ok.push_back(&sc);
+    std::stable_sort(ok.begin(), ok.end(), [](const StoredCandidate* x, const StoredCandidate* y) {
+      return x->candidate.eval.quality < y->candidate.eval.quality;
+    });
+    DSEEK_CHECK(!ok.empty(), "[{}] --from {}: no candidate was evaluated successfully", cmd, from);
+    for (size_t i = 0; i < ok.size() && int(i) < top; ++i) {
+      BenchOperator b;
+      b.label = fmt::format("top{} {:08x}", i + 1, uint32_t(ok[i]->candidate.hash >> 32));
+      b.record.spec = ok[i]->spec;
+      b.record.op = ok[i]->candidate.op;
+      legend.push_back(fmt::format("{}: quality {:.4g}, {}", b.label, ok[i]->candidate.eval.quality,
+                                   history_str(b.record.op, b.record.spec.vars)));
+      ops.push_back(std::move(b));
+    }
+  }
+}
+
+struct BenchArgs {
+  std::string device = "cpu", dtype = "f32", shapes = "v2-lite", from, json, builtins = "default";
+  std::vector<std::string> ops;
+  int64_t tokens = 4096, max_elements = int64_t(1) << 28;
+  int top = 0, runs = 10, warmup = 2;
+  double row_ms = 3000.0;
+  bool backward = false;
+};
+
+void run_bench(const BenchArgs& a) {
+  BenchOptions o;
+  o.device = a.device == "cuda" ? Device::CUDA : Device::CPU;
+  o.dtype = a.dtype == "bf16" ? DType::BF16 : DType::F32;
+  DSEEK_CHECK(o.dtype == DType::F32 || o.device == Device::CUDA,
+              "[synth bench] --dtype bf16 runs on --device cuda only (the CPU ops compute in f32)");
+  DSEEK_CHECK(!a.backward || o.dtype == DType::F32,
+              "[synth bench] --backward times the f32 training path (the train override runs the "
+              "operator in f32): use --dtype f32");
+  DSEEK_CHECK(a.tokens > 0 && a.runs > 0 && a.warmup >= 0 && a.row_ms > 0 && a.max_elements > 0,
+              "[synth bench] --tokens {}, --runs {}, --warmup {}, --row-ms {}, --max-elements {}: "
+              "must be positive (--warmup may be 0)",
+              a.tokens, a.runs, a.warmup, a.row_ms, a.max_elements);
+  DSEEK_CHECK((a.top > 0) == !a.from.empty(),
+              "[synth bench] --from DIR and --top K go together (the K best candidates of the "
+              "search in DIR), got --from '{}' --top {}",
+              a.from, a.top);
+  o.tokens = a.tokens;
+  o.backward = a.backward;
+  o.runs = a.runs;
+  o.warmup = a.warmup;
+  o.row_ms = a.row_ms;
+  o.max_elements = a.max_elements;
+  const std::vector<BenchShape> shapes = parse_bench_shapes(a.shapes);
+  if (o.device == Device::CUDA) cuda::require("--device cuda");
+
+  std::vector<BenchOperator> ops = known_operators(a.builtins);
+  std::vector<std::string> legend;
+  add_operators("synth bench", a.ops, a.from, a.top, ops, legend);
+
+  fmt::print(stderr, "synth bench: {} operators x {} shapes on {} ({}), {} tokens\n", ops.size(),
+             shapes.size(), a.device, a.dtype, a.tokens);
+  const std::vector<BenchRow> rows = run_bench(ops, shapes, o, [](const BenchRow& r) {
+    fmt::print(stderr, "  {} {}: {}\n", r.shape, r.op,
+               r.ok ? fmt::format("{:.4f} ms", r.forward_ms) : r.note);
+  });
+  fmt::print("{}", bench_markdown(rows, o));
+  if (!legend.empty()) {
+    fmt::print("\n");
+    for (const std::string& l : legend) fmt::print("{}\n", l);
+  }
+  if (!a.json.empty()) {
+    write_file_atomic(a.json, bench_json(rows, o) + "\n");
+    fmt::print("\nwrote {}\n", a.json);
+  }
+}
+
+struct ProxyArgs {
+  std::string kind = "lm-proj", builtins = "dense,lowrank/2,lowrank/4,grouped/2,grouped/4", from,
+              json;
+  std::vector<std::string> ops;
+  int64_t steps = 300, seeds = 8, latency_runs = 20;
+  uint64_t seed = 0;
+  int jobs = 1, top = 0;
+};
+
+// f(i) for i in [0, n) on `jobs` threads; the first error is rethrown after all have finished
+// unless `errors` collects them (one message per i, "" when it succeeded).
+void parallel_for(int64_t n, int jobs, const std::function<void(int64_t)>& f,
+                  std::vector<std::string>* errors = nullptr) {
+  std::atomic<int64_t> next{0};
+  std::vector<std::string> err(static_cast<size_t>(n));
+  auto worker = [&] {
+    for (int64_t i = next++; i < n; i = next++) {
+      try {
+        f(i);
+      } catch (const Error& e) {
+        err[size_t(i)] = e.what();
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int j = 1; j < jobs; ++j) threads.emplace_back(worker);
+  worker();
+  for (std::thread& t : threads) t.join();
+  if (errors) {
+    *errors = std::move(err);
+    return;
+  }
+  for (const std::string& e : err)
+    if (!e.empty()) fail("{}", e);
+}
+
+// The proxy's quality of known designs and operator files, seed by seed: each seed's operator run
+// is paired with the dense model's run of that seed (same data order, same init of every weight
+// but the replaced ones), and the table reports the mean and standard error of the per-seed
+// relative differences, with FLOPs and the CPU latency at the proxy's projection shapes.
+void run_proxy_table(const ProxyArgs& a) {
+  DSEEK_CHECK(
+      a.seeds > 0 && a.jobs >= 1 && a.steps > 0 && a.latency_runs > 0,
+      "[synth proxy] --seeds {}, --jobs {}, --steps {}, --latency-runs {}: must be positive",
+      a.seeds, a.jobs, a.steps, a.latency_runs);
+  DSEEK_CHECK((a.top > 0) == !a.from.empty(),
+              "[synth proxy] --from DIR and --top K go together, got --from '{}' --top {}", a.from,
+              a.top);
+  ProxyTask task;
+  task.kind = a.kind;
+  task.steps = a.steps;
+  task.warmup = std::min<int64_t>(task.warmup, a.steps / 5);
+  std::vector<BenchOperator> ops = known_operators(a.builtins);
+  std::vector<std::string> legend;
+  add_operators("synth proxy", a.ops, a.from, a.top, ops, legend);
+  // Each operator's coefficients at the proxy's up_proj shape (the override fits the others).
+  const BenchShape up{"up_proj", task.d_model, task.d_ff};
+  std::vector<Valuation> values;
+  for (const BenchOperator& b : ops) values.push_back(bench_valuation(b, 1, up));
+
+  const int64_t S = a.seeds, n_ops = int64_t(ops.size());
+  fmt::print(stderr, "synth proxy: {} ({} steps), {} operators x {} seeds on {} jobs\n", task.kind,
+             task.steps, n_ops, S, a.jobs);
+  std::mutex print;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto elapsed = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  // The dense model per seed first (cached by proxy.cpp for the operators' runs).
+  std::vector<double> base(static_cast<size_t>(S));
+  parallel_for(S, a.jobs, [&](int64_t s) {
+    ProxyTask t = task;
+    t.seed = a.seed + uint64_t(s);
+    const ProxyResult r = proxy_baseline(t);
+    base[size_t(s)] = r.val_loss;
+    std::lock_guard<std::mutex> lock(print);
+    fmt::print(stderr, "  dense linear seed {}: {:.4f} ({:.1f} s; {:.0f} s in)\n", t.seed,
+               r.val_loss, r.seconds, elapsed());
+  });
+  std::vector<ProxyResult> runs(size_t(n_ops * S));
+  std::vector<std::string> errors;
+  parallel_for(
+      n_ops * S, a.jobs,
+      [&](int64_t i) {
+        const int64_t o = i / S, s = i % S;
+        ProxyTask t = task;
+        t.seed = a.seed + uint64_t(s);
+        const BenchOperator& b = ops[size_t(o)];
+        runs[size_t(i)] = proxy_train(b.record.op, b.record.spec.vars, values[size_t(o)], t);
+        std::lock_guard<std::mutex> lock(print);
+        fmt::print(stderr, "  {} seed {}: {:.4f} ({:+.2f}%, {:.1f} s; {:.0f} s in)\n", b.label,
+                   t.seed, runs[size_t(i)].val_loss, 100.0 * runs[size_t(i)].rel_diff,
+                   runs[size_t(i)].seconds, elapsed());
+      },
+      &errors);
+
+  // CPU latency of the replaced projections at the proxy's shapes (one step's tokens), summed.
+  const int64_t tokens = task.seq_len * task.batch;
+  std::vector<BenchShape> shapes = {up};
+  if (task.kind == "lm-ffn") shapes.push_back({"down_proj", task.d_ff, task.d_model});
+  auto latency = [&](const BenchOperator& b) {
+    double ms = 0.0;
+    for (const BenchShape& shape : shapes) {
+      const Valuation v = bench_valuation(b, tokens, shape);
+      const LoweredPlan plan = lower(b.record.op, v);
+      LatencyOptions lo;
+      lo.runs = int(a.latency_runs);
+      lo.warmup = 2;
+      ms += measure_latency(plan, random_plan_inputs(b.record.op, v, plan, 1), lo).forward_ms;
+    }
+    return ms;
+  };
+  const BenchOperator dense = known_operator("dense");
+  const double dense_ms = latency(dense);
+
+  const ProxyResult base_costs = proxy_baseline([&] {
+    ProxyTask t = task;
+    t.seed = a.seed;
+    return t;
+  }());
+  double base_mean = 0.0;
+  for (double v : base) base_mean += v / double(S);
+  fmt::print("proxy {}: {} steps, seeds {}..{}, paired by seed (docs/SYNTH.md)\n\n", task.kind,
+             task.steps, a.seed, a.seed + uint64_t(S) - 1);
+  fmt::print(
+      "| operator | params | FLOPs/token | FLOPs ratio | val loss | Δ val loss (paired) ± s.e. "
+      "| CPU latency ratio | s/run |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+  fmt::print("| dense linear (baseline) | {} | {} | 1 | {:.4f} | | 1 | |\n",
+             base_costs.baseline_params, base_costs.baseline_flops, base_mean);
+  nlohmann::ordered_json j;
+  j["kind"] = task.kind;
+  j["task"] = task.key();
+  j["seeds"] = S;
+  j["baseline_val_losses"] = base;
+  j["rows"] = nlohmann::ordered_json::array();
+  for (int64_t o = 0; o < n_ops; ++o) {
+    const BenchOperator& b = ops[size_t(o)];
+    std::string error;
+    std::vector<double> val;
+    double seconds = 0.0;
+    for (int64_t s = 0; s < S; ++s) {
+      const size_t i = size_t(o * S + s);
+      if (!errors[i].empty()) error = errors[i];
+      val.push_back(runs[i].val_loss);
+      seconds += runs[i].seconds / double(S);
+    }
+    if (!error.empty()) {
+      fmt::print("| {} | | | | | {} | | |\n", b.label, error);
+      j["rows"].push_back({{"operator", b.label}, {"error", error}});
+      continue;
+    }
+    const ProxyResult& r0 = runs[size_t(o * S)];
+    const PairedDiff d = paired_relative_diff(val, base);
+    double mean = 0.0;
+    for (double v : val) mean += v / double(S);
+    double ms = 0.0;
+    std::string lat;
+    try {
+      ms = latency(b);
+      lat = fmt::format("{:.2f}", ms / dense_ms);
+    } catch (const Error& e) {
+      lat = e.what();
+    }
+    fmt::print("| {} | {} | {} | {:.3f} | {:.4f} | {:+.2f}% ± {:.2f}% | {} | {:.1f} |\n", b.label,
+               r0.params, r0.flops, double(r0.flops) / double(r0.baseline_flops), mean,
+               100.0 * d.mean, 100.0 * d.se, lat, seconds);
+    j["rows"].push_back({{"operator", b.label},
+                         {"params", r0.params},
+                         {"flops", r0.flops},
+                         {"baseline_flops", r0.baseline_flops},
+                         {"val_losses", val},
+                         {"rel_diff", d.mean},
+                         {"rel_diff_se", d.se},
+                         {"latency_ms", ms},
+                         {"dense_latency_ms", dense_ms},
+                         {"seconds_per_run", seconds}});
+  }
+  if (!legend.empty()) {
+    fmt::print("\n");
+    for (const std::string& l : legend) fmt::print("{}\n", l);
+  }
+  fmt::print("\n{:.0f} s\n", elapsed());
+  if (!a.json.empty()) {
+    write_file_atomic(a.json, j.dump(2) + "\n");
+    fmt::print("wrote {}\n", a.json);
+  }
+}
+
 }  // namespace
 
 void add_synth_commands(CLI::App& app) {
@@ -328,6 +632,67 @@ void add_synth_commands(CLI::App& app) {
       ->check(CLI::IsMember({"png", "svg", "both"}))
       ->capture_default_str();
   show->callback([show_args] { run_show(show_args->dir, show_args->top, show_args->format); });
+
+  auto bench_args = std::make_shared<BenchArgs>();
+  auto* bench = synth->add_subcommand(
+      "bench", "Latency, FLOPs and speed-up of operators at a real model's projection shapes");
+  bench->add_option("--device", bench_args->device, "cpu or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  bench->add_option("--dtype", bench_args->dtype, "f32, or bf16 (cuda, forward only)")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
+  bench->add_option("--tokens", bench_args->tokens, "tokens T of every [T, d_in] -> [T, d_out]")
+      ->capture_default_str();
+  bench->add_flag("--backward", bench_args->backward, "also time forward + backward (f32)");
+  bench
+      ->add_option("--builtins", bench_args->builtins,
+                   "known designs, dense first: default (dense,lowrank/4,lowrank/8,grouped/2,"
+                   "grouped/4,grouped/8) or a list of dense, lowrank/N (r = d/N), grouped/N")
+      ->capture_default_str();
+  bench->add_option("--ops", bench_args->ops, "operator files (dseek synth show writes them)");
+  bench->add_option("--from", bench_args->from, "a search's --out directory");
+  bench->add_option("--top", bench_args->top, "with --from: its K best candidates by quality");
+  bench
+      ->add_option("--shapes", bench_args->shapes,
+                   "v2-lite (DeepSeek-V2-Lite's projections) or [NAME=]D_INxD_OUT,...")
+      ->capture_default_str();
+  bench->add_option("--runs", bench_args->runs, "timed runs per row (median)")
+      ->capture_default_str();
+  bench->add_option("--warmup", bench_args->warmup, "untimed runs first")->capture_default_str();
+  bench
+      ->add_option("--row-ms", bench_args->row_ms,
+                   "time cap of a row's timed runs (a slow lowering gets fewer runs)")
+      ->capture_default_str();
+  bench
+      ->add_option("--max-elements", bench_args->max_elements,
+                   "skip an operator whose lowered tensors would be larger")
+      ->capture_default_str();
+  bench->add_option("--json", bench_args->json, "also write the rows as JSON to this file");
+  bench->callback([bench_args] { run_bench(*bench_args); });
+
+  auto proxy_args = std::make_shared<ProxyArgs>();
+  auto* proxy = synth->add_subcommand(
+      "proxy", "Proxy-LM quality of known designs and operator files, paired by seed, with s.e.");
+  proxy->add_option("--kind", proxy_args->kind, "lm-proj (up_proj) or lm-ffn (every projection)")
+      ->check(CLI::IsMember({"lm-proj", "lm-ffn"}))
+      ->capture_default_str();
+  proxy->add_option("--steps", proxy_args->steps, "training steps per run")->capture_default_str();
+  proxy->add_option("--seeds", proxy_args->seeds, "runs per operator (seed, seed + 1, ...)")
+      ->capture_default_str();
+  proxy->add_option("--seed", proxy_args->seed, "first seed")->capture_default_str();
+  proxy->add_option("--jobs", proxy_args->jobs, "runs in parallel")->capture_default_str();
+  proxy
+      ->add_option("--builtins", proxy_args->builtins,
+                   "known designs, dense first: dense, lowrank/N (r = d_model/N), grouped/N")
+      ->capture_default_str();
+  proxy->add_option("--ops", proxy_args->ops, "operator files");
+  proxy->add_option("--from", proxy_args->from, "a search's --out directory");
+  proxy->add_option("--top", proxy_args->top, "with --from: its K best candidates by quality");
+  proxy->add_option("--latency-runs", proxy_args->latency_runs, "CPU latency: timed runs")
+      ->capture_default_str();
+  proxy->add_option("--json", proxy_args->json, "also write the per-seed losses as JSON");
+  proxy->callback([proxy_args] { run_proxy_table(*proxy_args); });
 }
 
 }  // namespace dseek::cli

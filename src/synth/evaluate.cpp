@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -62,29 +63,93 @@ double relative_error(const std::vector<float>& y, const std::vector<float>& tar
   return s / double(std::max<size_t>(y.size(), 1)) / mean_square(target);
 }
 
-double measure_latency(const Operator& op, const Valuation& values, Device device, int runs) {
-  const LoweredPlan plan = lower(op, values);
-  Rng rng(7);
-  const Tensor x = normal_tensor(plan.input_shape, 1.0, rng).to(device);
-  std::vector<Tensor> w = init_weights(plan, 0.1, rng);
-  for (Tensor& t : w) t = t.to(device);
-  auto run_once = [&] {
-    const Tensor y = lowered_forward(plan, x, w);
-    if (device == Device::CUDA) cuda::synchronize();
-  };
-  run_once();  // warm-up: first-touch allocations, BLAS/cuBLAS set-up
-  std::vector<double> ms;
-  for (int r = 0; r < std::max(runs, 1); ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    run_once();
-    ms.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+// splitmix64 of (seed, stream, element): uniform in [−√3·σ, √3·σ) (variance σ²); fast enough for
+// the tens of millions of elements of a real model's activations.
+Tensor uniform_tensor(const Shape& shape, double sigma, uint64_t seed, uint64_t stream) {
+  std::vector<float> v(size_t(shape_numel(shape)));
+  const double half = std::sqrt(3.0) * sigma;
+  for (size_t i = 0; i < v.size(); ++i) {
+    uint64_t z = seed * 0x9e3779b97f4a7c15ull + stream * 0xd1b54a32d192ed03ull + i;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    v[i] = float(half * (double(z >> 11) * 0x1.0p-52 - 1.0));
   }
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
+  return Tensor::from_vector(v, shape);
 }
 
 }  // namespace
+
+PlanInputs random_plan_inputs(const Operator& op, const Valuation& values, const LoweredPlan& plan,
+                              uint64_t seed) {
+  PlanInputs in;
+  in.input = uniform_tensor(plan.input_shape, 1.0, seed, 0);
+  const double sigma = init_sigma(op, values);
+  for (size_t w = 0; w < plan.weight_shapes.size(); ++w)
+    in.weights.push_back(uniform_tensor(plan.weight_shapes[w], sigma, seed, w + 1));
+  return in;
+}
+
+Latency measure_latency(const LoweredPlan& plan, const PlanInputs& inputs,
+                        const LatencyOptions& o) {
+  DSEEK_CHECK(o.dtype == DType::F32 || (o.dtype == DType::BF16 && !o.backward),
+              "[synth] latency: {} {}: the forward runs in f32 or bf16, the backward in f32",
+              dtype_name(o.dtype), o.backward ? "with backward" : "");
+  auto place = [&](const Tensor& t) {
+    return (o.dtype == t.dtype() ? t : t.to(o.dtype)).to(o.device);
+  };
+  const Tensor x = place(inputs.input);
+  std::vector<Tensor> w;
+  for (const Tensor& t : inputs.weights) w.push_back(place(t));
+  auto sync = [&] {
+    if (o.device == Device::CUDA) cuda::synchronize();
+  };
+  Tensor dy;
+  if (o.backward) dy = uniform_tensor(plan.output_shape, 1.0, 3, 0).to(o.device);
+  Tensor y;
+  auto forward = [&] {
+    y = lowered_forward(plan, x, w);
+    sync();
+  };
+  auto train = [&] {
+    LoweredCache cache;
+    y = lowered_forward(plan, x, w, &cache);
+    lowered_backward(plan, cache, dy);
+    sync();
+  };
+  using Clock = std::chrono::steady_clock;
+  auto ms_since = [](Clock::time_point t0) {
+    return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  };
+  // Timed runs until `runs`, or until the cap once one is in; the median of what was timed.
+  auto time = [&](const std::function<void()>& run, int& made) {
+    for (int r = 0; r < o.warmup; ++r) {  // one slow warm-up is enough warm-up
+      const auto t0 = Clock::now();
+      run();
+      if (o.max_ms > 0.0 && ms_since(t0) >= o.max_ms) break;
+    }
+    std::vector<double> ms;
+    double spent = 0.0;
+    while (int(ms.size()) < std::max(o.runs, 1) && !(o.max_ms > 0.0 && spent >= o.max_ms)) {
+      const auto t0 = Clock::now();
+      run();
+      ms.push_back(ms_since(t0));
+      spent += ms.back();
+    }
+    made = int(ms.size());
+    std::sort(ms.begin(), ms.end());
+    return ms[ms.size() / 2];
+  };
+  Latency out;
+  out.forward_ms = time(forward, out.runs);
+  if (o.keep_output) out.output = y.to(Device::CPU).to(DType::F32);
+  if (o.backward) {
+    int made = 0;
+    out.train_ms = time(train, made);
+    out.runs = std::min(out.runs, made);
+  }
+  return out;
+}
 
 std::string check_lowering(const Operator& op, const Valuation& values, uint64_t seed) {
   try {
@@ -190,7 +255,7 @@ Evaluator make_analytic_evaluator(const Task& task, const AnalyticOptions& optio
         }
       } else if (options.quality == Quality::Lm) {
         const ProxyResult r = proxy_train(op, task.spec.vars, values, options.proxy);
-        e.quality = r.val_loss / r.baseline_val_loss - 1.0;
+        e.quality = r.rel_diff;  // paired by seed (proxy.h)
         if (!std::isfinite(e.quality)) {
           e.error = "[synth] proxy training diverged (non-finite validation loss)";
           return e;
@@ -198,7 +263,11 @@ Evaluator make_analytic_evaluator(const Task& task, const AnalyticOptions& optio
       }
       // One timing at a time: parallel jobs would otherwise time each other's contention.
       std::lock_guard<std::mutex> lock(*timing);
-      e.latency_ms = measure_latency(op, values, options.device, options.latency_runs);
+      const LoweredPlan plan = lower(op, values);
+      LatencyOptions lo;
+      lo.device = options.device;
+      lo.runs = options.latency_runs;
+      e.latency_ms = measure_latency(plan, random_plan_inputs(op, values, plan, 7), lo).forward_ms;
       e.ok = true;
     } catch (const Error& err) {
       e.error = err.what();

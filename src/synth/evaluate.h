@@ -20,13 +20,47 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
+#include "synth/lower.h"
 #include "synth/operator.h"
 #include "synth/proxy.h"
 #include "synth/task.h"
 
 namespace dseek::synth {
+
+// Timing a lowered plan: the evaluator's latency and `dseek synth bench`'s table.
+struct PlanInputs {
+  Tensor input;                 // [plan.input_shape] f32 on the host
+  std::vector<Tensor> weights;  // [plan.weight_shapes[w]] f32 on the host
+};
+// Uniform random values of unit variance for the input and of the fan-in scale of SynthLayer's
+// init for the weights (so outputs stay of unit scale, also in bf16). A fast counter-based fill:
+// real-model shapes have tens of millions of elements.
+PlanInputs random_plan_inputs(const Operator& op, const Valuation& values, const LoweredPlan& plan,
+                              uint64_t seed);
+
+struct LatencyOptions {
+  Device device = Device::CPU;
+  DType dtype = DType::F32;  // bf16: input and weights in bf16 (a GPU, forward only; lower.h)
+  bool backward = false;     // also time forward + backward (f32)
+  int warmup = 1;            // untimed runs first (allocations, BLAS/cuBLAS set-up)
+  int runs = 5;              // timed runs; medians are reported
+  double max_ms = 0.0;       // > 0: stop once the timed runs took this long (after at least one)
+  bool keep_output = false;  // return the last forward's output (f32, on the host)
+};
+
+struct Latency {
+  double forward_ms = 0.0;  // median over the timed runs; each ends with a device synchronise
+  double train_ms = 0.0;    // forward + backward, median (options.backward)
+  int runs = 0;             // timed runs made (fewer than asked when max_ms cut them short)
+  Tensor output;            // options.keep_output
+};
+
+// Moves the inputs to options.device in options.dtype and times the plan there.
+Latency measure_latency(const LoweredPlan& plan, const PlanInputs& inputs,
+                        const LatencyOptions& options);
 
 struct Evaluation {
   int64_t flops = 0, params = 0;

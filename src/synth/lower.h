@@ -20,7 +20,9 @@
 //               scale by the extent of reduce iterators no operand has.
 //
 // Every operand is f32 and contiguous, so the same plan runs on the CPU and, through the CUDA
-// twins of linear, grouped_linear, embedding and Tensor's copies, on a GPU. The backward runs the
+// twins of linear, grouped_linear, embedding and Tensor's copies, on a GPU. On a GPU the forward
+// also runs with bf16 input and weights (every register bf16, GEMMs accumulating in f32), the
+// dtype of inference; the backward needs an f32 forward (the train override runs f32). The backward runs the
 // plan transposed: a gather's gradient is a scatter-add (ops::embedding_backward), a
 // contraction's the two GEMMs of linear_backward / grouped_linear_backward_*, a sum's a broadcast.
 // The reference interpreter (interpreter.h) is the check for every lowering (tests).
@@ -77,6 +79,7 @@ struct LoweredCache {
 
 // input: f32 with the input's element count (any shape, contiguous), weights: f32 of the weights'
 // element counts, all on one device. Returns the output [output_shape], f32, on that device.
+// With a bf16 input (a GPU), the weights are bf16 too and so is the output.
 // Fills `cache` when given.
 Tensor lowered_forward(const LoweredPlan& plan, const Tensor& input,
                        const std::vector<Tensor>& weights, LoweredCache* cache = nullptr);

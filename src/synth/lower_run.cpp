@@ -40,10 +40,10 @@ Shape permuted(const Shape& shape, const std::vector<int>& perm) {
   return s;
 }
 
-// A constant f32 tensor on `device` (ones for sums, the scale of unused reductions).
-Tensor filled(const Shape& shape, float value, Device device) {
-  return Tensor::from_vector(std::vector<float>(size_t(shape_numel(shape)), value), shape)
-      .to(device);
+// A constant tensor of `dtype` on `device` (ones for sums, the scale of unused reductions).
+Tensor filled(const Shape& shape, float value, Device device, DType dtype = DType::F32) {
+  Tensor t = Tensor::from_vector(std::vector<float>(size_t(shape_numel(shape)), value), shape);
+  return (dtype == DType::F32 ? t : t.to(dtype)).to(device);
 }
 
 // grouped_linear's offsets for `batch` groups of m rows.
@@ -53,12 +53,16 @@ Tensor batch_offsets(int64_t batch, int64_t m, Device device) {
   return t.to(device);
 }
 
-Tensor f32_contiguous(const Tensor& t, int64_t numel, const char* what) {
-  DSEEK_CHECK(t.defined() && t.dtype() == DType::F32 && t.numel() == numel,
-              "[synth] lowered {}: want f32 with {} elements, got {} {}", what, numel,
-              t.defined() ? dtype_name(t.dtype()) : "undefined",
+Tensor contiguous_as(const Tensor& t, DType dtype, int64_t numel, const char* what) {
+  DSEEK_CHECK(t.defined() && t.dtype() == dtype && t.numel() == numel,
+              "[synth] lowered {}: want {} with {} elements, got {} {}", what, dtype_name(dtype),
+              numel, t.defined() ? dtype_name(t.dtype()) : "undefined",
               t.defined() ? shape_str(t.shape()) : "");
   return t.is_contiguous() ? t : t.contiguous();
+}
+
+Tensor f32_contiguous(const Tensor& t, int64_t numel, const char* what) {
+  return contiguous_as(t, DType::F32, numel, what);
 }
 
 }  // namespace
@@ -68,10 +72,14 @@ Tensor lowered_forward(const LoweredPlan& plan, const Tensor& input_any,
   DSEEK_CHECK(weights_any.size() == plan.weight_shapes.size(),
               "[synth] lowered forward: {} weights, want {}", weights_any.size(),
               plan.weight_shapes.size());
-  const Tensor input = f32_contiguous(input_any, shape_numel(plan.input_shape), "input");
+  // The input's dtype is the plan's: f32, or bf16 on a GPU (lower.h); the weights must match.
+  const DType act =
+      input_any.defined() && input_any.dtype() == DType::BF16 ? DType::BF16 : DType::F32;
+  const Tensor input = contiguous_as(input_any, act, shape_numel(plan.input_shape), "input");
   std::vector<Tensor> weights;
   for (size_t w = 0; w < weights_any.size(); ++w)
-    weights.push_back(f32_contiguous(weights_any[w], shape_numel(plan.weight_shapes[w]), "weight"));
+    weights.push_back(
+        contiguous_as(weights_any[w], act, shape_numel(plan.weight_shapes[w]), "weight"));
   const Device device = input.device();
   std::vector<Tensor> regs(size_t(plan.registers));
   for (const Step& s : plan.steps) {
@@ -85,11 +93,11 @@ Tensor lowered_forward(const LoweredPlan& plan, const Tensor& input_any,
         }
         Tensor table = src.reshape({s.rows, s.D});
         if (s.padded) {
-          Tensor t = Tensor::zeros({s.rows + 1, s.D}, DType::F32, device);
+          Tensor t = Tensor::zeros({s.rows + 1, s.D}, act, device);
           t.slice(0, 0, s.rows).copy_from(table);
           table = t;
         }
-        out = ops::embedding(table, s.ids).reshape(s.out_shape);
+        out = ops::embedding(table, s.ids, act).reshape(s.out_shape);
         break;
       }
       case StepKind::contract: {
@@ -104,7 +112,7 @@ Tensor lowered_forward(const LoweredPlan& plan, const Tensor& input_any,
       }
       case StepKind::sum: {
         const Tensor x = permute(regs[size_t(s.in0)], s.perm_a).reshape({s.m, s.k});
-        out = ops::linear(x, filled({1, s.k}, 1.0f, device)).reshape(s.out_shape);
+        out = ops::linear(x, filled({1, s.k}, 1.0f, device, act)).reshape(s.out_shape);
         break;
       }
       case StepKind::finish: {
@@ -115,7 +123,7 @@ Tensor lowered_forward(const LoweredPlan& plan, const Tensor& input_any,
         for (int d : s.broadcast) x = x.expand(d, s.out_shape[size_t(d)]);
         x = x.contiguous();
         if (s.scale != 1.0f)
-          x = ops::linear(x.reshape({x.numel(), 1}), filled({1, 1}, s.scale, device))
+          x = ops::linear(x.reshape({x.numel(), 1}), filled({1, 1}, s.scale, device, act))
                   .reshape(s.out_shape);
         out = x;
         break;
@@ -133,6 +141,10 @@ LoweredGrads lowered_backward(const LoweredPlan& plan, const LoweredCache& cache
               "[synth] lowered backward: the cache holds {} registers, the plan {}",
               cache.registers.size(), plan.registers);
   const auto& regs = cache.registers;
+  const Tensor& y = regs[size_t(plan.output_register)];
+  DSEEK_CHECK(!y.defined() || y.dtype() == DType::F32,
+              "[synth] lowered backward: the forward ran in {}; the backward needs an f32 forward",
+              dtype_name(y.dtype()));
   const Tensor dy = f32_contiguous(dy_any, shape_numel(plan.output_shape), "dy");
   const Device device = dy.device();
   LoweredGrads grads;

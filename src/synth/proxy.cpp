@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -118,6 +119,7 @@ void check_task(const ProxyTask& t) {
 
 struct RunResult {
   double val_loss = 0, train_loss = 0, seconds = 0;
+  std::vector<double> val_losses;  // per seed (run_proxy)
 };
 
 // Trains the proxy model (with `synth` in its projections when given) and validates it: one seed.
@@ -185,6 +187,7 @@ RunResult run_proxy(const ProxyTask& task, train::SynthOverride* synth) {
     one.seed = task.seed + uint64_t(k);
     const RunResult r = run_once(one, synth);
     mean.val_loss += r.val_loss / double(task.repeats);
+    mean.val_losses.push_back(r.val_loss);
     mean.train_loss += r.train_loss / double(task.repeats);
     mean.seconds += r.seconds;
   }
@@ -223,6 +226,23 @@ void dense_costs(const ProxyTask& task, ProxyResult& out) {
 
 }  // namespace
 
+PairedDiff paired_relative_diff(const std::vector<double>& op, const std::vector<double>& base) {
+  DSEEK_CHECK(!op.empty() && op.size() == base.size(),
+              "[proxy] paired difference of {} and {} losses", op.size(), base.size());
+  const double n = double(op.size());
+  PairedDiff out;
+  for (size_t s = 0; s < op.size(); ++s) out.mean += (op[s] / base[s] - 1.0) / n;
+  if (op.size() > 1) {
+    double ss = 0.0;
+    for (size_t s = 0; s < op.size(); ++s) {
+      const double d = op[s] / base[s] - 1.0 - out.mean;
+      ss += d * d;
+    }
+    out.se = std::sqrt(ss / (n - 1.0) / n);
+  }
+  return out;
+}
+
 std::string ProxyTask::key() const {
   return fmt::format(
       "kind={} steps={} seed={} repeats={} d_model={} d_ff={} layers={} heads={} seq_len={} "
@@ -240,6 +260,7 @@ ProxyResult proxy_baseline(const ProxyTask& task) {
   out.params = out.baseline_params;
   out.flops = out.baseline_flops;
   out.val_loss = out.baseline_val_loss = base.val_loss;
+  out.val_losses = out.baseline_val_losses = base.val_losses;
   out.train_loss = base.train_loss;
   out.seconds = base.seconds;
   out.baseline_seconds = computed ? base.seconds : 0.0;
@@ -278,6 +299,11 @@ ProxyResult proxy_train(const Operator& op, const Vars& vars, const Valuation& v
   out.val_loss = r.val_loss;
   out.train_loss = r.train_loss;
   out.seconds = r.seconds;
+  out.val_losses = r.val_losses;
+  out.baseline_val_losses = base.val_losses;
+  const PairedDiff d = paired_relative_diff(r.val_losses, base.val_losses);
+  out.rel_diff = d.mean;
+  out.rel_diff_se = d.se;
   return out;
 }
 

@@ -32,6 +32,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "synth/operator.h"
 #include "synth/size.h"
@@ -74,7 +75,20 @@ struct ProxyResult {
   double seconds = 0.0;     // wall time of this candidate's training and validation
   // The baseline's wall time when this call computed it; 0 when it came from the cache.
   double baseline_seconds = 0.0;
+  // Per seed (seed, seed + 1, ...). Seed s's operator run and baseline run are paired: they share
+  // the data order and the init of every weight but the replaced ones, so the relative difference
+  // is taken per seed and averaged (paired_relative_diff) — the quality --quality lm reports.
+  std::vector<double> val_losses, baseline_val_losses;
+  double rel_diff = 0.0;     // mean over seeds of val_loss_s / baseline_val_loss_s − 1
+  double rel_diff_se = 0.0;  // its standard error (0 for one seed)
 };
+
+// The mean of d_s = op[s] / base[s] − 1 and its standard error sd(d) / √n (sample sd; 0 for
+// n = 1). Throws if the sizes differ or are 0.
+struct PairedDiff {
+  double mean = 0.0, se = 0.0;
+};
+PairedDiff paired_relative_diff(const std::vector<double>& op, const std::vector<double>& base);
 
 // Trains the proxy with `op` (complete, token-wise, over `vars`) in task.kind's projections.
 // Throws dseek::Error when the operator does not fit the proxy's shapes, the task is invalid or

@@ -74,5 +74,32 @@ TEST(BackendOps, SynthLoweredForwardBackward) {
   }
 }
 
+// The forward in bf16 (input and weights bf16, every register bf16, GEMMs accumulating in f32: the
+// dtype `dseek synth bench --dtype bf16` times) against the CPU's f32 forward on the same
+// bf16-rounded values. Each step rounds its output to bf16, and a plan chains up to a few steps,
+// so the tolerance is relative to the output's largest magnitude.
+TEST(BackendOps, SynthLoweredForwardBf16) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(78);
+  for (const SynthCase& c : cases()) {
+    const LoweredPlan plan = lower(c.op, c.values);
+    const Tensor x = rand(plan.input_shape, rng);
+    std::vector<Tensor> w, wg;
+    for (const Shape& s : plan.weight_shapes) {
+      const Tensor t = rand(s, rng);
+      w.push_back(rounded(t, DType::BF16));
+      wg.push_back(on_gpu(t, DType::BF16));
+    }
+    const Tensor want = lowered_forward(plan, rounded(x, DType::BF16), w);
+    const Tensor got = lowered_forward(plan, on_gpu(x, DType::BF16), wg);
+    EXPECT_TRUE(got.is_cuda());
+    EXPECT_EQ(got.dtype(), DType::BF16) << c.name;
+    double scale = 0.0;
+    for (float v : want.to_vector()) scale = std::max(scale, double(std::abs(v)));
+    expect_close("synth bf16 " + c.name, plan.output_shape, DType::BF16, want, got,
+                 Tolerance{3e-2 * scale, 1.6e-2});
+  }
+}
+
 }  // namespace
 }  // namespace dseek::backend_test
