@@ -453,9 +453,9 @@ struct ServeProcess {
       Args a = {"-np", std::to_string(ranks), "--bind-to", "none", "--oversubscribe", DSEEK_BINARY};
       a.insert(a.end(), args.begin(), args.end());
       a.push_back("--expert-parallel");
-      pid = spawn(mpirun, a, io.path / "out", io.path / "err");
+      pid = mpi_spawn(mpirun, a, io.path / "out", io.path / "err");
     } else {
-      pid = spawn(DSEEK_BINARY, args, io.path / "out", io.path / "err");
+      pid = mpi_spawn(DSEEK_BINARY, args, io.path / "out", io.path / "err");
     }
     const std::string key = "listening on http://127.0.0.1:";
     for (int i = 0; i < 1200 && pid > 0 && port == 0; ++i) {  // up to 60 s (a loaded CI box)
