@@ -226,3 +226,47 @@ TEST(CliSynth, BenchBadArgumentsAreClearErrors) {
     EXPECT_NE(r.err.find(c.message), std::string::npos) << c.args << "\n" << r.err;
   }
 }
+
+// `synth proxy`: each operator's runs are paired with the dense model's of the same seed, and the
+// table's Δ is the mean of the per-seed relative differences (the JSON keeps every loss).
+TEST(CliSynth, ProxyTablePairsRunsBySeed) {
+  if (!fs::exists("/usr/share/games/fortunes"))
+    GTEST_SKIP() << "the fortunes corpus is not installed";
+  TempDir out;
+  const std::string json = (out.path / "proxy.json").string();
+  const CliRun r = run_dseek_shell(
+      "synth proxy --steps 4 --seeds 3 --jobs 2 --builtins dense,grouped/4 --latency-runs 2 "
+      "--json " +
+      json);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("| dense linear (baseline) |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| grouped g=4 |"), std::string::npos) << r.out;
+  const nlohmann::json j = nlohmann::json::parse(slurp(json));
+  const std::vector<double> base = j["baseline_val_losses"].get<std::vector<double>>();
+  ASSERT_EQ(base.size(), 3u);
+  ASSERT_EQ(j["rows"].size(), 2u);
+  for (const auto& row : j["rows"]) {
+    const std::vector<double> val = row["val_losses"].get<std::vector<double>>();
+    ASSERT_EQ(val.size(), 3u) << row.dump();
+    double mean = 0.0;
+    for (size_t s = 0; s < 3; ++s) {
+      EXPECT_TRUE(std::isfinite(val[s]));
+      EXPECT_NE(val[s], base[s]);  // the replaced weights are drawn again
+      mean += (val[s] / base[s] - 1.0) / 3.0;
+    }
+    EXPECT_NEAR(row["rel_diff"].get<double>(), mean, 1e-12) << row.dump();
+    EXPECT_GT(row["rel_diff_se"].get<double>(), 0.0);
+  }
+  EXPECT_EQ(j["rows"][1]["flops"].get<int64_t>() * 4,
+            j["rows"][1]["baseline_flops"].get<int64_t>());
+
+  for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
+           {"synth proxy --seeds 0", "must be positive"},
+           {"synth proxy --top 2", "--from DIR and --top K go together"},
+           {"synth proxy --builtins grouped/2", "dense must come first"},
+           {"synth proxy --builtins dense,conv/3", "known operator 'conv/3'"}}) {
+    const CliRun bad = run_dseek_shell(args);
+    EXPECT_NE(bad.exit_code, 0) << args;
+    EXPECT_NE(bad.err.find(message), std::string::npos) << args << "\n" << bad.err;
+  }
+}

@@ -12,8 +12,9 @@
 //                  candidate represents the teacher, ~1 that it learned nothing. A cheap, real
 //                  accuracy signal for projection layers — not a language-model loss.
 //                  Or lm: proxy training (proxy.h) of a tiny language model with the candidate in
-//                  the task's projections, quality = val_loss / baseline_val_loss − 1 (0: as good
-//                  as the dense model, 0.01: 1% worse). Seconds per candidate rather than
+//                  the task's projections, quality = the mean over seeds of val_loss_s /
+//                  baseline_val_loss_s − 1, paired by seed (0: as good as the dense model, 0.01:
+//                  1% worse). Seconds per candidate rather than
 //                  milliseconds, and noisy (docs/SYNTH.md, Proxy training): set its repeats.
 #pragma once
 
