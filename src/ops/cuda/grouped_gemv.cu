@@ -34,45 +34,29 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 // acc[j][r] += Σ_k W[n_j, k]·x[r, k] for this lane's share of k: 8 consecutive bf16 per load.
-// Each pass issues the weight loads of kSteps k-steps before using the first: one step's two
-// 16-byte loads a lane left the weight stream latency-bound (18.4 µs a call at batch 1 on an
-// H200, about half the HBM rate).
-constexpr int kSteps = 2;
 __device__ __forceinline__ void dot_vec8(const __nv_bfloat16* W, int64_t ldw, int64_t n0,
                                          int n_count, const __nv_bfloat16* x, int64_t in, int rows,
                                          int lane, float (&acc)[kOutputsPerWarp][kChunk]) {
-  for (int64_t k0 = int64_t(lane) * 8; k0 < in; k0 += kSteps * 32 * 8) {
-    uint4 raw[kSteps][kOutputsPerWarp];
+  for (int64_t k = int64_t(lane) * 8; k < in; k += 32 * 8) {
+    float w[kOutputsPerWarp][8];
 #pragma unroll
-    for (int s = 0; s < kSteps; ++s) {
-      const int64_t k = k0 + int64_t(s) * 32 * 8;
+    for (int j = 0; j < kOutputsPerWarp; ++j) {
+      uint4 raw = make_uint4(0, 0, 0, 0);
+      if (j < n_count) raw = *reinterpret_cast<const uint4*>(W + (n0 + j) * ldw + k);
+      const __nv_bfloat16* h = reinterpret_cast<const __nv_bfloat16*>(&raw);
 #pragma unroll
-      for (int j = 0; j < kOutputsPerWarp; ++j)
-        raw[s][j] = j < n_count && k < in ? *reinterpret_cast<const uint4*>(W + (n0 + j) * ldw + k)
-                                          : make_uint4(0, 0, 0, 0);
+      for (int i = 0; i < 8; ++i) w[j][i] = __bfloat162float(h[i]);
     }
 #pragma unroll
-    for (int s = 0; s < kSteps; ++s) {
-      const int64_t k = k0 + int64_t(s) * 32 * 8;
-      if (k >= in) break;  // this lane's later steps are past the end too
-      float w[kOutputsPerWarp][8];
+    for (int r = 0; r < kChunk; ++r) {
+      if (r >= rows) break;
+      const uint4 raw = *reinterpret_cast<const uint4*>(x + int64_t(r) * in + k);
+      const __nv_bfloat16* h = reinterpret_cast<const __nv_bfloat16*>(&raw);
 #pragma unroll
-      for (int j = 0; j < kOutputsPerWarp; ++j) {
-        const __nv_bfloat16* h = reinterpret_cast<const __nv_bfloat16*>(&raw[s][j]);
+      for (int i = 0; i < 8; ++i) {
+        const float xv = __bfloat162float(h[i]);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) w[j][i] = __bfloat162float(h[i]);
-      }
-#pragma unroll
-      for (int r = 0; r < kChunk; ++r) {
-        if (r >= rows) break;
-        const uint4 xraw = *reinterpret_cast<const uint4*>(x + int64_t(r) * in + k);
-        const __nv_bfloat16* h = reinterpret_cast<const __nv_bfloat16*>(&xraw);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          const float xv = __bfloat162float(h[i]);
-#pragma unroll
-          for (int j = 0; j < kOutputsPerWarp; ++j) acc[j][r] += w[j][i] * xv;
-        }
+        for (int j = 0; j < kOutputsPerWarp; ++j) acc[j][r] += w[j][i] * xv;
       }
     }
   }
