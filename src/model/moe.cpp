@@ -155,7 +155,8 @@ Tensor MoE::forward_device(const Tensor& x) const {
   const Tensor input = x.contiguous();
   const ops::MoeRouting r = ops::moe_route(gate_.logits(input), route_params(gate_.config()),
                                            gate_.correction_bias_tensor());
-  const ops::MoeDispatch d = ops::moe_dispatch(r.ids, int64_t(experts_.size()));
+  // Global expert ids: under an expert shard the other ranks' slots are the zero matrices.
+  const ops::MoeDispatch d = ops::moe_dispatch(r.ids, gate_.config().n_routed_experts);
   const Tensor x_perm = ops::moe_permute(input, d);
   const Tensor h = ops::silu_mul(ops::grouped_linear(x_perm, gate_mats_, d.offsets),
                                  ops::grouped_linear(x_perm, up_mats_, d.offsets));
