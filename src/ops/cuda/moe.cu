@@ -430,8 +430,8 @@ constexpr int kMaxCombineK = 64;
 // Block (t, c): token t's output columns c·blockDim.x, ... (a decode step has a few tokens, so
 // their columns are spread over blocks, one per thread; a prefill's many tokens take a block each,
 // which walks the row). The K (position, weight) pairs are read by K threads at once and sorted in
-// shared memory: read one by one by thread 0, they cost a dozen serial global loads, most of the
-// 12.1 µs a call this kernel took at batch 1.
+// shared memory: read one by one by thread 0 they were a dozen serial global loads (the kernel
+// took 12.1 µs a call at batch 1 in run D's profile).
 template <typename T>
 __global__ void combine_kernel(const T* y, const float* weights, const int32_t* position, int64_t K,
                                int64_t D, const T* add, T* out) {

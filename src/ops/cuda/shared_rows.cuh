@@ -2,13 +2,12 @@
 // (attention_forward.cuh, mla_decode.cu) that stream query, key and latent rows through shared
 // memory.
 //
-// Why not one lane per column, one row after another: each lane then waits for one 2-byte load
-// at a time (a few hundred cycles from L2 or HBM, 18 of them for a 576-wide row, 4 rows per warp
-// per tile), and on an H200 that latency, not bandwidth, was most of mla_decode's 71.6 µs a call
-// at batch 1 and of the paged attention's 374 µs a layer at batch 128. Here the whole block shares
-// the tile: the rows are cut into 16-byte chunks, consecutive threads take consecutive chunks
-// (coalesced), and each thread issues kLoadsInFlight chunk loads before it converts and stores the
-// first, so a tile arrives in a few round trips.
+// Why not one lane per column, one row after another (the loops this replaced): each lane then
+// waits for one 2-byte load at a time, a few hundred cycles each from L2 or HBM. Here the whole
+// block shares the tile: the rows are cut into 16-byte chunks, consecutive threads take
+// consecutive chunks (coalesced), and each thread issues kLoadsInFlight chunk loads before it
+// converts and stores the first. (On an H200, run F of docs/BENCHMARKS.md, this did not change
+// end-to-end decode speed: the loads were not what limited those kernels there.)
 #pragma once
 
 #include <cstdint>
