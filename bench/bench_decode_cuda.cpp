@@ -3,10 +3,12 @@
 //   decode     batch 1, greedy: a 128-token prompt through the latent KV cache
 //              (Transformer::forward(ids, KVCache&)), then 64 tokens one at a time, each the
 //              argmax of the previous logits (copied to the host, as the generator does);
-//              tokens/s over the 64 steps, against the HBM roofline = copy bandwidth / bytes one
-//              token must read (the active weights in bf16 — every matrix a token is multiplied
-//              by, head included, routed experts at top-k; not the embedding table, of which it
-//              reads one row — plus its share of the latent cache);
+//              tokens/s over the 64 steps (on the GPU twice: steps replayed as CUDA graphs, the
+//              default, and op by op; the same prompt, so the same tokens), against the HBM
+//              roofline = copy bandwidth / bytes one token must read (the active weights in bf16 —
+//              every matrix a token is multiplied by, head included, routed experts at top-k; not
+//              the embedding table, of which it reads one row — plus its share of the latent
+//              cache);
 //   prefill    4096 tokens into an empty cache, tokens/s (logits for every row, as dseek computes
 //              them; bench/issue10_torch.py asks transformers for all rows too);
 //   batched    B = 32/64/128 sequences decoding together through the paged cache
@@ -345,16 +347,24 @@ int main(int argc, char** argv) {
                            {"active_params", count.active}};
 
     std::printf("| what | figure | detail |\n| --- | --- | --- |\n");
-    // Batch-1 greedy decode after a prompt: one short run to warm up, then the measured one.
-    {
+    // Batch-1 greedy decode after a prompt: one short run to warm up, then the measured one; on
+    // the GPU with the steps replayed as CUDA graphs (the default) and op by op, the same prompt.
+    const std::vector<int32_t> prompt = random_ids(size_t(o.prompt), V, rng);
+    std::vector<int32_t> graph_tokens;
+    for (const bool graphs :
+         device == Device::CUDA ? std::vector<bool>{true, false} : std::vector<bool>{false}) {
+      model->set_cuda_graphs(graphs);
+      const char* label = device == Device::CUDA && !graphs ? "decode b1, no graphs" : "decode b1";
       nlohmann::json row = base;
-      row.update(
-          {{"bench", "decode"}, {"batch", 1}, {"prompt", o.prompt}, {"new_tokens", o.new_tokens}});
+      row.update({{"bench", "decode"},
+                  {"batch", 1},
+                  {"prompt", o.prompt},
+                  {"new_tokens", o.new_tokens},
+                  {"cuda_graphs", graphs && model->cuda_graphs_active()}});
       const size_t pending = results.begin(row);
       try {
         (void)greedy_decode(*model, random_ids(16, V, rng), 4, device);
-        const DecodeRun run =
-            greedy_decode(*model, random_ids(size_t(o.prompt), V, rng), o.new_tokens, device);
+        const DecodeRun run = greedy_decode(*model, prompt, o.new_tokens, device);
         double total = 0;
         for (double s : run.step_s) total += s;
         const double tps = double(run.step_s.size()) / total;
@@ -369,7 +379,7 @@ int main(int argc, char** argv) {
                     {"median_step_ms", median(run.step_s) * 1e3},
                     {"prompt_ms", run.prefill_s * 1e3},
                     {"bytes_per_token", bytes}});
-        std::printf("| decode b1 | %.1f tokens/s | median step %.2f ms, %lld-token prompt %.1f ms",
+        std::printf("| %s | %.1f tokens/s | median step %.2f ms, %lld-token prompt %.1f ms", label,
                     tps, median(run.step_s) * 1e3, (long long)o.prompt, run.prefill_s * 1e3);
         if (gbs > 0) {
           const double roofline = gbs * 1e9 / bytes;
@@ -377,18 +387,23 @@ int main(int argc, char** argv) {
           std::printf("; roofline %.0f tokens/s (%.2f GB/token), %.1f%% of it", roofline,
                       bytes / 1e9, 100.0 * tps / roofline);
         }
+        if (graphs) graph_tokens = run.tokens;
+        if (!graphs && !graph_tokens.empty())
+          std::printf("; tokens %s the graphed run's",
+                      run.tokens == graph_tokens ? "=" : "DIFFER from");
         std::printf(" |\n");
         std::string head;
         for (size_t i = 0; i < run.tokens.size() && i < 8; ++i)
           head += std::to_string(run.tokens[i]) + " ";
         std::fprintf(stderr, "decode: first tokens %s\n", head.c_str());
       } catch (const Error& e) {
-        std::printf("| decode b1 | n/a (%s) | |\n", e.what());
+        std::printf("| %s | n/a (%s) | |\n", label, e.what());
         row["error"] = e.what();
       }
       results.end(pending, row);
       std::fflush(stdout);
     }
+    model->set_cuda_graphs(true);
     // Prefill of a long prompt into an empty cache: one warm-up, then the median of two.
     if (o.prefill > 0) {
       nlohmann::json row = base;

@@ -48,6 +48,33 @@ void strided_convert(const void* src, DType from, const int64_t* src_strides, vo
 
 void synchronize();  // waits for the stream; raises any asynchronous kernel error
 
+// A CUDA graph: the stream's work between begin_capture() and end_capture(), recorded once and
+// replayed by launch() as one submission (a decode step is ~1000 small kernels, and launching
+// them one by one from the host costs more than running them). Capture records and runs nothing;
+// every kernel's arguments and every address it touches are frozen, so inputs that change between
+// replays must be read from device memory the caller rewrites before each launch(). Memory
+// allocated during capture must be freed during capture (the graph then owns it). A call that
+// cannot be recorded (a copy to the host, a synchronisation) throws and spoils the capture: the
+// caller then calls discard_capture(). Only the capturing thread is restricted meanwhile.
+class Graph {
+ public:
+  Graph() = default;
+  ~Graph();
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+
+  void begin_capture();
+  void end_capture();               // instantiates the recorded work
+  void discard_capture() noexcept;  // ends a capture that failed; the graph stays empty
+  void launch() const;              // enqueues one replay on the stream
+  bool ready() const { return exec_ != nullptr; }
+
+ private:
+  void* graph_ = nullptr;  // cudaGraph_t
+  void* exec_ = nullptr;   // cudaGraphExec_t
+  bool capturing_ = false;
+};
+
 // Bytes the pool holds and the device's free/total memory (for diagnostics and benchmarks).
 struct MemoryInfo {
   size_t pool_reserved = 0, pool_used = 0, device_free = 0, device_total = 0;

@@ -11,26 +11,64 @@ namespace {
 }
 }  // namespace
 
-bool available() { return false; }
-bool compiled() { return false; }
-std::string describe() { return "built without CUDA"; }
+bool available() {
+  return false;
+}
+bool compiled() {
+  return false;
+}
+std::string describe() {
+  return "built without CUDA";
+}
 void require(const std::string& what) {
   fail("[cuda] {} needs CUDA, but dseek was built without it (cmake -DDSEEK_CUDA=ON)", what);
 }
-void* alloc(size_t) { not_built(); }
-void free(void*) { not_built(); }
-void copy_to_device(void*, const void*, size_t) { not_built(); }
-void copy_to_host(void*, const void*, size_t) { not_built(); }
-void copy_on_device(void*, const void*, size_t) { not_built(); }
-void fill_bytes(void*, int, size_t) { not_built(); }
-void convert(const void*, DType, void*, DType, size_t) { not_built(); }
-void strided_copy(const void*, void*, size_t, const int64_t*, const int64_t*, int) { not_built(); }
+void* alloc(size_t) {
+  not_built();
+}
+void free(void*) {
+  not_built();
+}
+void copy_to_device(void*, const void*, size_t) {
+  not_built();
+}
+void copy_to_host(void*, const void*, size_t) {
+  not_built();
+}
+void copy_on_device(void*, const void*, size_t) {
+  not_built();
+}
+void fill_bytes(void*, int, size_t) {
+  not_built();
+}
+void convert(const void*, DType, void*, DType, size_t) {
+  not_built();
+}
+void strided_copy(const void*, void*, size_t, const int64_t*, const int64_t*, int) {
+  not_built();
+}
 void strided_convert(const void*, DType, const int64_t*, void*, DType, const int64_t*,
                      const int64_t*, int) {
   not_built();
 }
-void synchronize() { not_built(); }
-MemoryInfo memory_info() { return {}; }
+void synchronize() {
+  not_built();
+}
+
+Graph::~Graph() = default;
+void Graph::begin_capture() {
+  not_built();
+}
+void Graph::end_capture() {
+  not_built();
+}
+void Graph::discard_capture() noexcept {}
+void Graph::launch() const {
+  not_built();
+}
+MemoryInfo memory_info() {
+  return {};
+}
 
 }  // namespace dseek::cuda
 #endif

@@ -1,5 +1,8 @@
 #include "model/kv_cache.h"
 
+#include <vector>
+
+#include "core/cuda.h"
 #include "core/error.h"
 
 namespace dseek {
@@ -18,6 +21,22 @@ KVCache::KVCache(const std::vector<LayerSpec>& layers, int64_t max_tokens, DType
     values_.push_back(l.value_width > 0 ? Tensor::zeros({max_tokens, l.value_width}, dtype, device)
                                         : Tensor());
   }
+  if (device == Device::CUDA) positions_ = Tensor::zeros({max_tokens}, DType::I64, device);
+}
+
+Tensor KVCache::device_positions(int64_t T) {
+  DSEEK_CHECK(device_ == Device::CUDA, "[kv_cache] device positions are for a cache on the GPU");
+  check_room(T);
+  if (T == 0) return positions_.slice(0, 0, 0);
+  if (staged_from_ != size_ || staged_T_ != T) {
+    std::vector<int64_t> host(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t) host[size_t(t)] = size_ + t;
+    // Ordered on the stream after the kernels that read the previous positions.
+    dseek::cuda::copy_to_device(positions_.raw(), host.data(), host.size() * sizeof(int64_t));
+    staged_from_ = size_;
+    staged_T_ = T;
+  }
+  return positions_.slice(0, 0, T);
 }
 
 void KVCache::truncate(int64_t n) {

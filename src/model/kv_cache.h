@@ -44,11 +44,20 @@ class KVCache {
   void check_room(int64_t tokens) const;
   void advance(int64_t tokens);
 
+  // On a GPU: the positions size() .. size() + T − 1 of the rows a forward appends, i64 [T] on
+  // the device (so the step's kernels read them there: a CUDA graph captured at one length then
+  // replays at every other). Uploaded when the cache's length or T changed since the last call,
+  // so the layers of one forward share one upload — and a caller that replays a graph calls it
+  // before the launch. Throws unless T more tokens fit.
+  Tensor device_positions(int64_t T);
+
   // Bytes held (all layers).
   size_t nbytes() const;
 
  private:
   std::vector<Tensor> keys_, values_;
+  Tensor positions_;  // i64 [capacity] on the GPU; its first staged_T_ hold staged_from_ + t
+  int64_t staged_from_ = -1, staged_T_ = 0;
   int64_t size_ = 0, capacity_ = 0;
   DType dtype_ = DType::F32;
   Device device_ = Device::CPU;

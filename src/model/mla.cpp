@@ -192,16 +192,20 @@ Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const
   const Tensor& rows = cache.keys(layer);
   DSEEK_CHECK(rows.size(1) == width, "[model] cache layer {} has width {}, MLA needs {}", layer,
               rows.size(1), width);
-  const Projected p = project(x, pos0);
   if (x.is_cuda()) {
-    // Append [c_kv; k_pe] of the new tokens (device copies, in the activation dtype).
-    const Tensor fresh = rows.slice(0, pos0, S);
-    fresh.slice(1, 0, r).copy_from(p.c_kv);
-    fresh.slice(1, r, width).copy_from(p.k_pe.reshape({T, rope_dim_}));
+    // Positions, cache rows written and keys read all come from the device-side positions, so
+    // the step has no host-side length in any kernel argument (a CUDA graph replays it).
+    const Tensor positions = cache.device_positions(T);
+    const Projected p = project_unroped(x);
+    apply_rope(rope_, p.q.slice(2, nope_dim_, nope_dim_ + rope_dim_), positions);
+    apply_rope(rope_, p.k_pe, positions);
+    // Append [c_kv; k_pe] of the new tokens at their positions (in the activation dtype).
+    ops::scatter_rows(rows.slice(1, 0, r), p.c_kv, positions);
+    ops::scatter_rows(rows.slice(1, r, width), p.k_pe.reshape({T, rope_dim_}), positions);
     if (T >= kExpandedPrefillRows) return prefill_expanded_gpu(p.q, rows.slice(0, 0, S));
-    const Tensor o_lat = ops::mla_decode(absorb_query_gpu(p.q), rows.slice(0, 0, S), r, scale_);
-    return latent_output_gpu(o_lat);
+    return latent_output_gpu(ops::mla_decode(absorb_query_gpu(p.q), rows, r, scale_, positions));
   }
+  const Projected p = project(x, pos0);
 
   // Append [c_kv; k_pe] of the new tokens.
   float* cache_rows = rows.data<float>();

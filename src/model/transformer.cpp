@@ -1,9 +1,11 @@
 #include "model/transformer.h"
 
-#include "core/error.h"
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
+#include "core/error.h"
 #include "model/kv_cache.h"
 #include "model/load_context.h"
 #include "model/paged_kv_cache.h"
@@ -75,6 +77,7 @@ Transformer::Transformer(const ModelConfig& config, const WeightStore& store,
                 config_.model_type, placement_.experts.ranks);
     (void)placement_.experts.count(config_.n_routed_experts);  // E divisible by the ranks
   }
+  fp8_linears_ = placement_.fp8 == Fp8Weights::Keep && store.fp8_blocks_128();
   LoadContext ctx(config_, store, placement_);
   const int64_t D = config_.hidden_size, V = config_.vocab_size, L = config_.num_hidden_layers;
   embed_tokens_ = ctx.weight("model.embed_tokens.weight", {V, D});
@@ -141,12 +144,37 @@ Tensor Transformer::forward(const std::vector<int32_t>& ids, KVCache& cache) {
               device_name(placement_.device));
   const int64_t T = int64_t(ids.size());
   cache.check_room(T);
-  Tensor x = ops::embedding(embed_tokens_, ids, placement_.act);
-  for (size_t l = 0; l < blocks_.size(); ++l) x = blocks_[l]->forward(x, cache, int64_t(l));
+  Tensor out;
+  if (T == 1 && cuda_graphs_active()) {
+    if (!decode_graph_) decode_graph_ = std::make_unique<DecodeGraph>();
+    out = decode_graph_->step(ids[0], cache, [&](const Tensor& device_ids) {
+      return cached_step(ops::embedding_device_ids(embed_tokens_, device_ids, placement_.act),
+                         cache);
+    });
+  } else {
+    out = cached_step(ops::embedding(embed_tokens_, ids, placement_.act), cache);
+  }
   cache.advance(T);
-  Tensor out = logits(ops::rms_norm(x, norm_, config_.rms_norm_eps));
   if (out.dtype() != DType::F32) out = out.to(DType::F32);  // bf16 logits of a GPU model
   return out;
+}
+
+Tensor Transformer::cached_step(const Tensor& x_in, KVCache& cache) {
+  Tensor x = x_in;
+  for (size_t l = 0; l < blocks_.size(); ++l) x = blocks_[l]->forward(x, cache, int64_t(l));
+  return logits(ops::rms_norm(x, norm_, config_.rms_norm_eps));
+}
+
+bool Transformer::cuda_graphs_active() const {
+  static const bool env_off = [] {
+    const char* v = std::getenv("DSEEK_CUDA_GRAPHS");
+    return v != nullptr && std::string(v) == "0";
+  }();
+  // MLA layers read their positions on the device (Mla::forward_cached); other attention kinds
+  // and expert-parallel MoE (an MPI all-reduce per layer) would bake host values into a graph,
+  // and FP8 projections read a NaN check back to the host.
+  return cuda_graphs_ && !env_off && placement_.device == Device::CUDA && config_.is_mla() &&
+         !placement_.experts.sharded() && !fp8_linears_;
 }
 
 int64_t Transformer::routed_expert_bytes() const {
@@ -186,8 +214,10 @@ Tensor Transformer::forward_mtp(const std::vector<int32_t>& ids, int depth) {
 BatchOutput Transformer::forward_batch(const std::vector<BatchSequence>& batch,
                                        PagedKVCache& cache) {
   const int64_t L = int64_t(blocks_.size());
-  DSEEK_CHECK(cache.num_layers() >= L, "[model] forward_batch: the paged cache has {} layers, the "
-              "model {}", cache.num_layers(), L);
+  DSEEK_CHECK(cache.num_layers() >= L,
+              "[model] forward_batch: the paged cache has {} layers, the "
+              "model {}",
+              cache.num_layers(), L);
   DSEEK_CHECK(cache.device() == placement_.device && cache.dtype() == placement_.act,
               "[model] forward_batch: the paged cache holds {} rows on the {}, the model runs {} "
               "on the {} (make it with new_paged_cache)",
@@ -257,10 +287,10 @@ Tensor Transformer::forward_mtp_batch(const std::vector<MtpBatchSequence>& batch
                 "[model] forward_mtp_batch: sequence {} asks for MTP positions up to {} but the "
                 "main model has run {}",
                 i, b.seq->mtp_length + N, b.seq->length);
-    DSEEK_CHECK(b.h_prev.defined() && b.h_prev.dtype() == DType::F32 &&
-                    b.h_prev.shape() == Shape({N, D}),
-                "[model] forward_mtp_batch: sequence {} h_prev must be f32 [{}, {}], got {}", i, N,
-                D, b.h_prev.defined() ? shape_str(b.h_prev.shape()) : std::string("undefined"));
+    DSEEK_CHECK(
+        b.h_prev.defined() && b.h_prev.dtype() == DType::F32 && b.h_prev.shape() == Shape({N, D}),
+        "[model] forward_mtp_batch: sequence {} h_prev must be f32 [{}, {}], got {}", i, N, D,
+        b.h_prev.defined() ? shape_str(b.h_prev.shape()) : std::string("undefined"));
     check_ids(b.next_ids);
     next_ids.insert(next_ids.end(), b.next_ids.begin(), b.next_ids.end());
     seqs.push_back({N, b.seq->mtp_length, b.seq->pages});
@@ -274,7 +304,8 @@ Tensor Transformer::forward_mtp_batch(const std::vector<MtpBatchSequence>& batch
   int64_t row0 = 0;
   for (const MtpBatchSequence& b : batch) {
     const Tensor h = b.h_prev.contiguous();
-    std::memcpy(h_prev.data<float>() + row0 * D, h.data<float>(), size_t(h.numel()) * sizeof(float));
+    std::memcpy(h_prev.data<float>() + row0 * D, h.data<float>(),
+                size_t(h.numel()) * sizeof(float));
     row0 += h.size(0);
   }
   const Tensor h = mtp_[0]->forward_paged(next_ids, h_prev, seqs, cache, layer);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "model/block.h"
+#include "model/decode_graph.h"
 #include "model/model.h"
 #include "model/mtp.h"
 #include "model/placement.h"
@@ -31,8 +32,7 @@ class Transformer : public Model {
   Tensor forward(const std::vector<int32_t>& ids, KVCache& cache) override;
   std::unique_ptr<KVCache> new_cache(int64_t max_tokens) const override;
   Tensor forward_mtp(const std::vector<int32_t>& ids, int depth) override;
-  BatchOutput forward_batch(const std::vector<BatchSequence>& batch,
-                            PagedKVCache& cache) override;
+  BatchOutput forward_batch(const std::vector<BatchSequence>& batch, PagedKVCache& cache) override;
   Tensor forward_mtp_batch(const std::vector<MtpBatchSequence>& batch,
                            PagedKVCache& cache) override;
   std::unique_ptr<PagedKVCache> new_paged_cache(int64_t page_tokens,
@@ -48,9 +48,18 @@ class Transformer : public Model {
   const std::vector<std::string>& unused_tensors() const { return unused_; }
   const Block& block(int64_t layer) const { return *blocks_[size_t(layer)]; }
 
+  // Batch-1 decode steps (forward(ids, cache) with one id) of an MLA model on a GPU run as a
+  // replayed CUDA graph (model/decode_graph.h); on by default, off with DSEEK_CUDA_GRAPHS=0 or
+  // here (benchmarks compare both). decode_graph_replays() counts the steps that were replays.
+  void set_cuda_graphs(bool on) { cuda_graphs_ = on; }
+  bool cuda_graphs_active() const;
+  int64_t decode_graph_replays() const { return decode_graph_ ? decode_graph_->replays() : 0; }
+
  private:
   void check_ids(std::span<const int32_t> ids) const;
   void require_cpu(const char* what) const;
+  // The cached forward's work after the ids are on the device: layers, norm, lm_head.
+  Tensor cached_step(const Tensor& x, KVCache& cache);
 
   ModelConfig config_;
   Placement placement_;
@@ -59,6 +68,9 @@ class Transformer : public Model {
   std::vector<std::unique_ptr<Block>> blocks_;
   std::vector<std::unique_ptr<MtpLayer>> mtp_;
   std::vector<std::string> unused_;
+  bool cuda_graphs_ = true;
+  bool fp8_linears_ = false;  // FP8 projections: their activation checks synchronise (no graphs)
+  std::unique_ptr<DecodeGraph> decode_graph_;
 };
 
 }  // namespace dseek

@@ -14,6 +14,9 @@ namespace dseek::ops {
 // `act` is the output dtype: f32 (the default, and the only choice on the CPU) or, for a table on
 // a GPU, bf16 — so a bf16 model's residual stream starts in bf16 without a conversion pass.
 Tensor embedding(const Tensor& table, const std::vector<int32_t>& ids, DType act = DType::F32);
+// The same with the ids already on the table's GPU (i32 [T], contiguous), for work replayed from
+// a CUDA graph: they cannot be checked there, so the caller checks them before uploading.
+Tensor embedding_device_ids(const Tensor& table, const Tensor& device_ids, DType act);
 
 // Backward for dy [T, D] (f32; on a GPU f32 or bf16): a scatter-add, dtable[ids[t], :] += dy[t, :];
 // ids that repeat accumulate, rows never looked up get 0. Returns dtable [V, D] f32 on dy's

@@ -15,7 +15,10 @@ bool last_dim_contiguous(const Tensor& t) {
 
 }  // namespace
 
-Tensor mla_decode(const Tensor& q_abs, const Tensor& latent, int64_t rank, float scale) {
+namespace {
+
+Tensor mla_decode_any(const Tensor& q_abs, const Tensor& latent, int64_t rank, float scale,
+                      const int64_t* device_positions) {
   DSEEK_CHECK(q_abs.defined() && latent.defined(), "[mla_decode] undefined input");
   const Device device = op_device("mla_decode", {&q_abs, &latent});
   const DType act = activation_dtype("mla_decode", q_abs);
@@ -36,8 +39,8 @@ Tensor mla_decode(const Tensor& q_abs, const Tensor& latent, int64_t rank, float
   if (device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
     cuda::mla_decode(cuda::MlaDecodeArgs{q_abs.raw(), q_abs.strides()[0], q_abs.strides()[1],
-                                         latent.raw(), latent.strides()[0], out.raw(), T, S, H,
-                                         dk, rank, scale},
+                                         latent.raw(), latent.strides()[0], out.raw(), T, S, H, dk,
+                                         rank, scale, device_positions},
                      act);
     return out;
 #else
@@ -50,6 +53,32 @@ Tensor mla_decode(const Tensor& q_abs, const Tensor& latent, int64_t rank, float
   return out;
 }
 
+}  // namespace
+
+Tensor mla_decode(const Tensor& q_abs, const Tensor& latent, int64_t rank, float scale) {
+  return mla_decode_any(q_abs, latent, rank, scale, nullptr);
+}
+
+Tensor mla_decode(const Tensor& q_abs, const Tensor& latent, int64_t rank, float scale,
+                  const Tensor& positions) {
+  DSEEK_CHECK(q_abs.defined() && latent.defined() && positions.defined(),
+              "[mla_decode] undefined input");
+  const int64_t T = q_abs.dim() == 3 ? q_abs.size(0) : -1;
+  DSEEK_CHECK(positions.dtype() == DType::I64 && positions.dim() == 1 && positions.size(0) == T &&
+                  positions.is_contiguous() && positions.device() == latent.device(),
+              "[mla_decode] positions must be contiguous i64 [{}] on the {}, got {} {} on the {}",
+              T, device_name(latent.device()), dtype_name(positions.dtype()),
+              shape_str(positions.shape()), device_name(positions.device()));
+  if (T == 0) return mla_decode_any(q_abs, latent.slice(0, 0, 0), rank, scale, nullptr);
+  if (positions.is_cuda())
+    return mla_decode_any(q_abs, latent, rank, scale, static_cast<const int64_t*>(positions.raw()));
+  const int64_t S = positions.data<int64_t>()[T - 1] + 1;
+  DSEEK_CHECK(S >= T && S <= latent.size(0),
+              "[mla_decode] the last query's position {} needs {} keys; the latent holds {} rows",
+              S - 1, S, latent.size(0));
+  return mla_decode_any(q_abs, latent.slice(0, 0, S), rank, scale, nullptr);
+}
+
 Tensor head_matmul(const Tensor& x, const Tensor& w) {
   DSEEK_CHECK(x.defined() && w.defined(), "[head_matmul] undefined input");
   const Device device = op_device("head_matmul", {&x, &w});
@@ -57,8 +86,8 @@ Tensor head_matmul(const Tensor& x, const Tensor& w) {
   DSEEK_CHECK(w.dtype() == act, "[head_matmul] x is {}, w {}", dtype_name(act),
               dtype_name(w.dtype()));
   DSEEK_CHECK(x.dim() == 3 && w.dim() == 3 && w.size(0) == x.size(1) && w.size(1) == x.size(2),
-              "[head_matmul] x must be [T, H, K] and w [H, K, N], got {}, {}",
-              shape_str(x.shape()), shape_str(w.shape()));
+              "[head_matmul] x must be [T, H, K] and w [H, K, N], got {}, {}", shape_str(x.shape()),
+              shape_str(w.shape()));
   DSEEK_CHECK(last_dim_contiguous(x) && w.is_contiguous(),
               "[head_matmul] x needs a contiguous last dimension and w must be contiguous");
   const int64_t T = x.size(0), H = x.size(1), K = x.size(2), N = w.size(2);
@@ -66,8 +95,7 @@ Tensor head_matmul(const Tensor& x, const Tensor& w) {
   if (out.numel() == 0) return out;
   if (device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
-    cuda::head_matmul(x.raw(), x.strides()[0], x.strides()[1], w.raw(), out.raw(), T, H, K, N,
-                      act);
+    cuda::head_matmul(x.raw(), x.strides()[0], x.strides()[1], w.raw(), out.raw(), T, H, K, N, act);
     return out;
 #else
     cuda_not_built("head_matmul");

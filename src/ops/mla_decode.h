@@ -23,6 +23,13 @@
 namespace dseek::ops {
 
 Tensor mla_decode(const Tensor& q_abs, const Tensor& latent, int64_t rank, float scale);
+// The same over a cache's storage: latent [capacity, r + rope] and positions i64 [T] (on
+// latent's device; consecutive, as a cache writes them) of the T queries; the keys are rows
+// 0 .. positions[T − 1]. On the GPU that count is read on the device (the launch depends on the
+// capacity only, so a CUDA graph replays it at every length); the caller guarantees it lies in
+// [T, capacity] (KVCache::device_positions does).
+Tensor mla_decode(const Tensor& q_abs, const Tensor& latent, int64_t rank, float scale,
+                  const Tensor& positions);
 
 Tensor head_matmul(const Tensor& x, const Tensor& w);
 

@@ -37,6 +37,7 @@
 #include "model/kv_cache.h"
 #include "model/model.h"
 #include "model/paged_kv_cache.h"
+#include "model/transformer.h"
 #include "model_fixtures.h"
 #include "ops/attention.h"
 #include "ops/mla_decode.h"
@@ -108,6 +109,44 @@ TEST(BackendDecode, MlaDecode) {
       EXPECT_EQ(got.dtype(), act);
       expect_close("mla_decode", {s.T, s.S, s.H, s.r, s.rope}, act, want, got);
     }
+}
+
+// The cache-storage form (KVCache::device_positions feeds it): the latent is the whole capacity,
+// rows past the last query's position are NaN and must not be read, and the key count comes from
+// the positions — on the GPU read on the device, with the grid sized for the capacity (so most
+// splits of a short cache in a long capacity find no keys and the combine skips them).
+TEST(BackendDecode, MlaDecodeOverCapacityWithPositions) {
+  std::mt19937 rng(17);
+  struct Case {
+    int64_t T, S, capacity, H, r, rope;
+  };
+  const std::vector<Case> cases = {{1, 1, 1, 16, 5, 3},          {1, 37, 4000, 16, 512, 64},
+                                   {1, 1000, 3000, 16, 512, 64}, {3, 70, 71, 16, 33, 7},
+                                   {1, 129, 192, 16, 512, 64},   {5, 600, 8192, 128, 512, 64}};
+  for (DType act : kActDtypes)
+    for (const Case& c : cases) {
+      const int64_t dk = c.r + c.rope;
+      const Tensor q = rand({c.T, c.H, dk}, rng, 2.0f);
+      const Tensor lat = rand({c.S, dk}, rng);
+      Tensor storage = Tensor::poisoned({c.capacity, dk});  // NaN past row S
+      storage.slice(0, 0, c.S).copy_from(lat);
+      std::vector<int64_t> pos;
+      for (int64_t t = 0; t < c.T; ++t) pos.push_back(c.S - c.T + t);
+      const float scale = 1.0f / std::sqrt(float(dk));
+      const Tensor want = ops::mla_decode(rounded(q, act), rounded(lat, act), c.r, scale);
+      if (act == DType::F32) {  // the CPU form of the overload: the same rows
+        const Tensor cpu = ops::mla_decode(q, storage, c.r, scale, Tensor::from_i64(pos));
+        expect_close("mla_decode positions cpu", {c.T, c.S, c.capacity, c.H}, act, want, cpu);
+      }
+      if (!cuda::available()) continue;
+      const Tensor got = ops::mla_decode(on_gpu(q, act), storage.to(act).to(Device::CUDA), c.r,
+                                         scale, Tensor::from_i64(pos).to(Device::CUDA));
+      expect_close("mla_decode positions", {c.T, c.S, c.capacity, c.H}, act, want, got);
+    }
+  std::vector<int64_t> too_far = {5};
+  EXPECT_THROW(
+      ops::mla_decode(rand({1, 2, 8}, rng), rand({4, 8}, rng), 4, 1.0f, Tensor::from_i64(too_far)),
+      Error);
 }
 
 TEST(BackendDecode, HeadMatmul) {
@@ -395,6 +434,57 @@ TEST_P(BackendDecodeModel, GreedyGenerationMatchesCpu) {
     EXPECT_EQ(got.reused_tokens, want.reused_tokens);
     std::printf("[backend] decode %-12s f32  greedy %zu tokens after %zu: %s\n", GetParam().c_str(),
                 want.ids.size(), p->size(), got.ids == want.ids ? "ok" : "FAIL");
+  }
+}
+
+// Batch-1 decode replayed from a CUDA graph (model/decode_graph.h) gives the very logits of the
+// same steps run op by op: the same kernels with the same arguments, so bitwise equal. Covers the
+// warm-up step, capture, replays, a truncate (positions restaged), a second cache (a new graph)
+// and the way back to the first (its graph again recaptured). For MLA fixtures the replays must
+// happen (a silent fallback would hide a broken capture); other attention kinds run eagerly.
+TEST_P(BackendDecodeModel, GraphReplayEqualsEagerDecode) {
+  DSEEK_REQUIRE_CUDA();
+  for (DType act : kActDtypes) {
+    const std::unique_ptr<Model> model =
+        Model::load(dir_.string(), float_weights(Device::CUDA, act));
+    auto* transformer = dynamic_cast<Transformer*>(model.get());
+    ASSERT_NE(transformer, nullptr);
+    const int64_t V = model->config().vocab_size;
+    const size_t prompt = ids_.size() / 2;
+    auto run = [&](bool graphs) {
+      transformer->set_cuda_graphs(graphs);
+      std::vector<float> rows;
+      const std::unique_ptr<KVCache> a = model->new_cache(int64_t(ids_.size()) + 8);
+      const std::unique_ptr<KVCache> b = model->new_cache(int64_t(ids_.size()) + 8);
+      const std::vector<int32_t> head(ids_.begin(), ids_.begin() + std::ptrdiff_t(prompt));
+      append_rows(model->forward(head, *a), Device::CUDA, int64_t(prompt), V, rows);
+      for (size_t i = prompt; i < ids_.size(); ++i) {
+        append_rows(model->forward({ids_[i]}, *a), Device::CUDA, 1, V, rows);
+        if (i == prompt + 3) {  // rewind two tokens and redo them
+          a->truncate(a->size() - 2);
+          for (size_t j = i - 1; j <= i; ++j)
+            append_rows(model->forward({ids_[j]}, *a), Device::CUDA, 1, V, rows);
+        }
+      }
+      for (size_t i = 0; i < 4; ++i)  // another cache, then the first again
+        append_rows(model->forward({ids_[i]}, *b), Device::CUDA, 1, V, rows);
+      for (size_t i = 0; i < 3; ++i)
+        append_rows(model->forward({ids_[i]}, *a), Device::CUDA, 1, V, rows);
+      return rows;
+    };
+    const std::vector<float> eager = run(false);
+    const int64_t before = transformer->decode_graph_replays();
+    const std::vector<float> graphed = run(true);
+    const int64_t replays = transformer->decode_graph_replays() - before;
+    const bool mla = model->config().is_mla();
+    std::printf("[backend] decode %-12s %-4s graph replays %lld: %s\n", GetParam().c_str(),
+                std::string(dtype_name(act)).c_str(), (long long)replays,
+                graphed == eager ? "bitwise equal" : "DIFFERENT");
+    EXPECT_TRUE(graphed == eager) << GetParam();
+    if (mla)
+      EXPECT_GE(replays, int64_t(ids_.size() - prompt)) << GetParam();
+    else
+      EXPECT_EQ(replays, 0) << GetParam();
   }
 }
 

@@ -19,7 +19,9 @@ struct Runtime {
   cudaStream_t stream = nullptr;
 };
 
-std::string gib(size_t bytes) { return fmt::format("{:.1f} GiB", double(bytes) / double(1ull << 30)); }
+std::string gib(size_t bytes) {
+  return fmt::format("{:.1f} GiB", double(bytes) / double(1ull << 30));
+}
 
 Runtime& runtime() {
   static Runtime rt = [] {
@@ -38,14 +40,15 @@ Runtime& runtime() {
     DSEEK_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     int runtime_version = 0;
     DSEEK_CUDA_CHECK(cudaRuntimeGetVersion(&runtime_version));
-    r.description = fmt::format("{} (sm_{}{}, {}, CUDA runtime {}.{}{})", prop.name, prop.major,
-                                prop.minor, gib(prop.totalGlobalMem), runtime_version / 1000,
-                                (runtime_version % 1000) / 10,
-                                count > 1 ? fmt::format(", {} devices", count) : "");
+    r.description =
+        fmt::format("{} (sm_{}{}, {}, CUDA runtime {}.{}{})", prop.name, prop.major, prop.minor,
+                    gib(prop.totalGlobalMem), runtime_version / 1000, (runtime_version % 1000) / 10,
+                    count > 1 ? fmt::format(", {} devices", count) : "");
     cudaMemPool_t pool;
     DSEEK_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, 0));
     uint64_t keep_everything = UINT64_MAX;
-    DSEEK_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_everything));
+    DSEEK_CUDA_CHECK(
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_everything));
     DSEEK_CUDA_CHECK(cudaStreamCreateWithFlags(&r.stream, cudaStreamNonBlocking));
     r.present = true;
     return r;
@@ -65,11 +68,19 @@ void raise_error(cudaError_t status, const char* call, const char* file, int lin
   fail("[cuda] {}: {} ({}:{})", call, cudaGetErrorString(status), file, line);
 }
 
-cudaStream_t stream() { return ready().stream; }
+cudaStream_t stream() {
+  return ready().stream;
+}
 
-bool available() { return runtime().present; }
-bool compiled() { return true; }
-std::string describe() { return runtime().description; }
+bool available() {
+  return runtime().present;
+}
+bool compiled() {
+  return true;
+}
+std::string describe() {
+  return runtime().description;
+}
 
 void require(const std::string& what) {
   if (!available()) fail("[cuda] {} needs a CUDA device: {}", what, runtime().description);
@@ -89,7 +100,16 @@ void* alloc(size_t bytes) {
 }
 
 void free(void* ptr) {
-  if (ptr) DSEEK_CUDA_CHECK(cudaFreeAsync(ptr, stream()));
+  if (!ptr) return;
+  const cudaError_t status = cudaFreeAsync(ptr, stream());
+  // Tensors destroyed while a failed graph capture unwinds: their memory was the spoiled graph's
+  // (nothing to give back), and throwing from a destructor would end the process.
+  if (status == cudaErrorStreamCaptureInvalidated || status == cudaErrorStreamCaptureUnsupported) {
+    cudaGetLastError();
+    return;
+  }
+  if (status != cudaSuccess)
+    raise_error(status, "cudaFreeAsync(ptr, stream())", __FILE__, __LINE__);
 }
 
 void copy_to_device(void* dst, const void* src, size_t bytes) {
@@ -115,7 +135,52 @@ void fill_bytes(void* dst, int byte, size_t bytes) {
   DSEEK_CUDA_CHECK(cudaMemsetAsync(dst, byte, bytes, stream()));
 }
 
-void synchronize() { DSEEK_CUDA_CHECK(cudaStreamSynchronize(stream())); }
+void synchronize() {
+  DSEEK_CUDA_CHECK(cudaStreamSynchronize(stream()));
+}
+
+Graph::~Graph() {
+  discard_capture();
+  // A replay may still be running: destroy after it (errors here have nowhere to go).
+  if (exec_) {
+    cudaStreamSynchronize(stream());
+    cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_));
+  }
+  if (graph_) cudaGraphDestroy(static_cast<cudaGraph_t>(graph_));
+}
+
+void Graph::begin_capture() {
+  DSEEK_CHECK(!capturing_ && !exec_ && !graph_, "[cuda] a graph is captured once");
+  // Thread-local mode: only this thread's calls are checked for capture safety, so other
+  // threads (a server's HTTP workers) are unaffected.
+  DSEEK_CUDA_CHECK(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeThreadLocal));
+  capturing_ = true;
+}
+
+void Graph::end_capture() {
+  DSEEK_CHECK(capturing_, "[cuda] end_capture without begin_capture");
+  capturing_ = false;
+  cudaGraph_t graph = nullptr;
+  DSEEK_CUDA_CHECK(cudaStreamEndCapture(stream(), &graph));
+  graph_ = graph;
+  cudaGraphExec_t exec = nullptr;
+  DSEEK_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  exec_ = exec;
+}
+
+void Graph::discard_capture() noexcept {
+  if (!capturing_) return;
+  capturing_ = false;
+  cudaGraph_t graph = nullptr;
+  cudaStreamEndCapture(stream(), &graph);  // fails for an invalidated capture; graph stays null
+  if (graph) cudaGraphDestroy(graph);
+  cudaGetLastError();  // the capture's failure is not a device error: clear it
+}
+
+void Graph::launch() const {
+  DSEEK_CHECK(exec_, "[cuda] launch of a graph that was not captured");
+  DSEEK_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), stream()));
+}
 
 MemoryInfo memory_info() {
   MemoryInfo m;

@@ -239,6 +239,9 @@ void scale_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t 
 // (query, head) rows and reads each latent row once for all of them, as key and as value; long
 // caches are split over blocks (flash-decoding) and combined. rank ≤ 512; dk ≤ ~900 (the q rows
 // and one tile of latent rows, f32, must fit in a block's shared memory: 256·dk bytes).
+// With `positions` (i64 [T] on the device, the queries' positions): kv holds S rows of capacity and
+// the keys are rows 0 .. positions[T − 1], a count read on the device (clamped to [T, S]), so
+// the launch depends on the capacity only and a CUDA graph can replay it as the cache grows.
 struct MlaDecodeArgs {
   const void* q;
   int64_t q_t, q_h;
@@ -247,6 +250,7 @@ struct MlaDecodeArgs {
   void* out;
   int64_t T, S, H, dk, rank;
   float scale;
+  const int64_t* positions;  // null: all S rows are keys
 };
 void mla_decode(const MlaDecodeArgs& a, DType act);
 // out[t, h, :N] = x[t, h, :K] · w[h] (w [H, K, N] contiguous, out [T, H, N] contiguous), f32

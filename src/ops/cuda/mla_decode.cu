@@ -11,7 +11,10 @@
 // the r value columns in registers (lane owns columns lane + 32c). When the blocks are too few to
 // fill the GPU (a decode step has H / 32 of them), the key range is split over blocks
 // (flash-decoding): each leaves its partial (m, l, unnormalised accumulator) in a workspace and a
-// second kernel joins the splits, rescaling each by exp(m_split − M).
+// second kernel joins the splits, rescaling each by exp(m_split − M). With device-side positions
+// (a cache's storage, MlaDecodeArgs::positions) the grid is sized for the whole capacity and both
+// kernels work out from the key count they read how many splits hold keys; the others return at
+// once, so a CUDA graph captured at one cache length replays at any other.
 //
 // head_matmul (the absorbed projections around this kernel) is a strided-batched cuBLASLt GEMM, in
 // linear.cpp: the plain tiled kernel it replaced took 75 µs a call in batched decode.
@@ -44,11 +47,32 @@ constexpr int64_t kMinSplitKeys = kTile;
 
 struct DecodeParams {
   MlaDecodeArgs a;
-  int64_t split_keys;  // split i covers latent rows i·split_keys .. (i+1)·split_keys
-  int n_splits;
+  int n_splits;     // the grid's key splits (for a.S keys; fewer are used when fewer are keys)
   float* part_ml;   // [n_splits][T·H][2] (m, l), with n_splits > 1
   float* part_acc;  // [n_splits][T·H][rank]
 };
+
+__host__ __device__ int64_t div_up(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+// S keys over at most `splits` blocks: split i covers keys i·keys .. (i+1)·keys, whole tiles;
+// `used` of them hold keys. The host sizes the grid with it for the most keys (a.S), the kernels
+// recompute it for the actual count, so a graph captured at one length replays at any other.
+struct SplitPlan {
+  int64_t keys;
+  int used;
+};
+__host__ __device__ SplitPlan split_plan(int64_t S, int64_t splits) {
+  const int64_t keys = div_up(div_up(S, splits), kTile) * kTile;
+  return {keys, int(div_up(S, keys))};
+}
+
+// The keys: all S rows, or with positions rows 0 .. positions[T − 1] (clamped to [T, S]).
+__device__ int64_t key_count(const MlaDecodeArgs& a) {
+  if (!a.positions) return a.S;
+  return min(max(a.positions[a.T - 1] + 1, a.T), a.S);
+}
 
 // q rows [kRows][dk], latent tile [kTile][dk | 1] (odd stride: lane j reads row j, so the 32
 // lanes hit 32 banks), all f32.
@@ -61,12 +85,15 @@ __global__ void __launch_bounds__(kWarps * 32) mla_decode_kernel(const DecodePar
   extern __shared__ float smem[];
   const MlaDecodeArgs& a = p.a;
   const int lane = int(threadIdx.x % 32), warp = int(threadIdx.x / 32);
+  const int64_t S = key_count(a);
+  const SplitPlan plan = split_plan(S, p.n_splits);
+  if (int(blockIdx.y) >= plan.used) return;  // no keys here (uniform over the block: no barrier)
   const int64_t rows = a.T * a.H, r0 = int64_t(blockIdx.x) * kRows;
-  const int64_t pos0 = a.S - a.T, dk = a.dk, kst = dk | 1;
+  const int64_t pos0 = S - a.T, dk = a.dk, kst = dk | 1;
   // The block's last row belongs to its latest query, which sees the most latent rows.
   const int64_t block_keys = pos0 + (min(rows, r0 + kRows) - 1) / a.H + 1;
-  const int64_t k_begin = int64_t(blockIdx.y) * p.split_keys;
-  const int64_t k_end = min(block_keys, k_begin + p.split_keys);
+  const int64_t k_begin = int64_t(blockIdx.y) * plan.keys;
+  const int64_t k_end = min(block_keys, k_begin + plan.keys);
   float* qs = smem;
   float* ks = qs + kRows * dk;
   const T* q = static_cast<const T*>(a.q);
@@ -180,9 +207,9 @@ __global__ void __launch_bounds__(kCombineThreads) mla_decode_combine_kernel(con
   const int64_t rows = a.T * a.H, row = blockIdx.x;
   const int64_t d = int64_t(blockIdx.y) * kCombineThreads + threadIdx.x;
   if (d >= a.rank) return;  // this kernel has no barrier
-  const SplitTotals s = split_totals(p.part_ml, p.n_splits, rows, row);
-  const float y =
-      split_weighted_sum(p.part_ml, p.part_acc, p.n_splits, rows, row, a.rank, d, s.max);
+  const int used = split_plan(key_count(a), p.n_splits).used;
+  const SplitTotals s = split_totals(p.part_ml, used, rows, row);
+  const float y = split_weighted_sum(p.part_ml, p.part_acc, used, rows, row, a.rank, d, s.max);
   static_cast<T*>(a.out)[row * a.rank + d] = from_f32<T>(y / s.sum);
 }
 
@@ -196,8 +223,13 @@ int device_attribute(cudaDeviceAttr attr) {
 template <typename T, int NV>
 void launch_decode(const DecodeParams& p, dim3 grid, size_t smem) {
   auto kernel = mla_decode_kernel<T, NV>;
-  DSEEK_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  // Raised once per size (not per call: decode steps are captured into CUDA graphs).
+  static size_t smem_allowed = 0;
+  if (smem > smem_allowed) {
+    DSEEK_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    smem_allowed = smem;
+  }
   kernel<<<grid, kWarps * 32, smem, dseek::cuda::stream()>>>(p);
   DSEEK_CUDA_CHECK_LAUNCH("mla_decode_kernel");
   if (p.n_splits > 1) {
@@ -230,9 +262,7 @@ void mla_decode(const MlaDecodeArgs& a, DType act) {
   const int64_t want = dseek::cuda::ceil_div<int64_t>(2 * int64_t(sms), row_blocks);
   const int64_t splits =
       std::clamp<int64_t>(std::min(want, std::max<int64_t>(1, a.S / kMinSplitKeys)), 1, 65535);
-  p.split_keys =
-      dseek::cuda::ceil_div<int64_t>(dseek::cuda::ceil_div<int64_t>(a.S, splits), kTile) * kTile;
-  p.n_splits = int(dseek::cuda::ceil_div<int64_t>(a.S, p.split_keys));
+  p.n_splits = split_plan(a.S, splits).used;
   std::unique_ptr<void, void (*)(void*)> workspace(nullptr, dseek::cuda::free);
   if (p.n_splits > 1) {
     const size_t n = size_t(p.n_splits) * size_t(rows);
