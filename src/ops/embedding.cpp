@@ -86,7 +86,7 @@ void embedding_backward_accumulate(const std::vector<int32_t>& ids, const Tensor
   }
 }
 
-Tensor embedding(const Tensor& table, const Tensor& ids, DType act) {
+Tensor embedding_device_ids(const Tensor& table, const Tensor& ids, DType act) {
   DSEEK_CHECK(ids.defined() && ids.dtype() == DType::I32 && ids.dim() == 1 &&
                   ids.device() == table.device(),
               "[embedding] ids must be i32 [T] on the table's device, got {} {} on {}",

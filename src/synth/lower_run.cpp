@@ -144,7 +144,7 @@ Tensor lowered_forward(const LoweredPlan& plan, const Tensor& input_any,
         const Tensor ids = constant(plan, si, device, DType::I32, [&] {
           return Tensor::from_ids(s.ids);
         });
-        out = ops::embedding(table, ids, act).reshape(s.out_shape);
+        out = ops::embedding_device_ids(table, ids, act).reshape(s.out_shape);
         break;
       }
       case StepKind::contract: {
