@@ -62,6 +62,11 @@ inline std::vector<ViewCase> view_cases() {
       {5, 9, 1, 6, {0, 1, 2}, {0, 2, 1}, {0, 1, 2}},      // n = 1
       {2, 9, 6, 1, {0, 1, 2}, {0, 1, 2}, {0, 2, 1}},      // k = 1 (outer products)
       {1, 300, 130, 70, {0, 2, 1}, {0, 1, 2}, {0, 1, 2}},
+      // k > 16 (cuBLASLt on a GPU, the cases above with k <= 16 take the direct kernel):
+      {5, 40, 24, 40, {0, 1, 2}, {0, 1, 2}, {0, 1, 2}, true, false},  // A shared
+      {7, 24, 40, 33, {0, 1, 2}, {0, 2, 1}, {1, 0, 2}, false, true},  // B shared
+      {3, 40, 36, 20, {0, 2, 1}, {0, 2, 1}, {0, 2, 1}},                // column-major
+      {4, 64, 48, 64, {1, 0, 2}, {0, 1, 2}, {1, 0, 2}},                // grouped layout
   };
 }
 
