@@ -115,42 +115,53 @@ TEST(SynthLowerStrided, KnownDesignsAndFilesAreOneGemmPerContraction) {
 
 TEST(SynthLowerStrided, PlansMatchInterpreterAndFiniteDifferences) {
   uint64_t seed = 300;
+  // The small shape, and the one tests/backend/test_backend_synth.cpp runs on the GPU.
   for (const BenchOperator& b : operators()) {
-    const Valuation v = bench_valuation(b, 6, {"small", 32, 48});
-    const LoweredPlan plan = lower(b.record.op, v);
-    expect_fast(plan, b.label);
-    Rng rng(seed);
-    std::vector<double> x = test::random_values(shape_numel(plan.input_shape), rng);
-    std::vector<std::vector<double>> w;
-    std::vector<Tensor> wt;
-    for (const Shape& s : plan.weight_shapes) {
-      w.push_back(test::random_values(shape_numel(s), rng));
-      wt.push_back(Tensor::from_vector(std::vector<float>(w.back().begin(), w.back().end()), s));
-    }
-    const Tensor xt = Tensor::from_vector(std::vector<float>(x.begin(), x.end()), plan.input_shape);
-    const std::vector<double> want = interpret(b.record.op, v, x, w);
-    const std::vector<float> got = lowered_forward(plan, xt, wt).to_vector();
-    ASSERT_EQ(got.size(), want.size()) << b.label;
-    double scale = 1.0, worst = 0.0;
-    for (double y : want) scale = std::max(scale, std::abs(y));
-    for (size_t i = 0; i < got.size(); ++i)
-      worst = std::isfinite(got[i]) ? std::max(worst, std::abs(double(got[i]) - want[i])) : INFINITY;
-    EXPECT_LT(worst / scale, 1e-5) << b.label << "\n" << plan.description;
+    for (const Shape2& sh : {Shape2{6, {"small", 32, 48}}, Shape2{67, {"s", 96, 136}}}) {
+      const Valuation v = bench_valuation(b, sh.tokens, sh.shape);
+      const LoweredPlan plan = lower(b.record.op, v);
+      expect_fast(plan, b.label);
+      Rng rng(seed);
+      std::vector<double> x = test::random_values(shape_numel(plan.input_shape), rng);
+      std::vector<std::vector<double>> w;
+      std::vector<Tensor> wt;
+      for (const Shape& s : plan.weight_shapes) {
+        w.push_back(test::random_values(shape_numel(s), rng));
+        wt.push_back(
+            Tensor::from_vector(std::vector<float>(w.back().begin(), w.back().end()), s));
+      }
+      const Tensor xt =
+          Tensor::from_vector(std::vector<float>(x.begin(), x.end()), plan.input_shape);
+      const std::vector<double> want = interpret(b.record.op, v, x, w);
+      const std::vector<float> got = lowered_forward(plan, xt, wt).to_vector();
+      ASSERT_EQ(got.size(), want.size()) << b.label;
+      double scale = 1.0, worst = 0.0;
+      for (double y : want) scale = std::max(scale, std::abs(y));
+      for (size_t i = 0; i < got.size(); ++i)
+        worst = std::isfinite(got[i]) ? std::max(worst, std::abs(double(got[i]) - want[i]))
+                                      : INFINITY;
+      EXPECT_LT(worst / scale, 1e-5) << b.label << "\n" << plan.description;
 
-    std::mt19937 grng(uint32_t(seed) + 1);
-    const Tensor r = dseek::testing::nonzero_tensor(plan.output_shape, grng);
-    LoweredCache cache;
-    lowered_forward(plan, xt, wt, &cache);
-    const LoweredGrads g = lowered_backward(plan, cache, r);
-    std::vector<dseek::testing::GradInput> inputs{{"input", xt, g.dinput}};
-    for (size_t i = 0; i < wt.size(); ++i)
-      inputs.push_back({"w" + std::to_string(i), wt[i], g.dweights[i]});
-    const dseek::testing::GradReport rep = dseek::testing::check_gradients(
-        [&] { return lowered_forward(plan, xt, wt); }, r, inputs, 1e-2f, 64);
-    std::printf("%-28s forward %.1e  backward checked %lld worst %.2e\n", b.label.c_str(),
-                worst / scale, (long long)rep.checked, rep.worst);
-    EXPECT_LT(rep.worst, 2e-3) << b.label << ": " << rep.where << "\n" << plan.description;
-    EXPECT_GT(rep.checked, 0) << b.label;
-    ++seed;
+      std::mt19937 grng(uint32_t(seed) + 1);
+      const Tensor r = dseek::testing::nonzero_tensor(plan.output_shape, grng);
+      LoweredCache cache;
+      lowered_forward(plan, xt, wt, &cache);
+      const LoweredGrads g = lowered_backward(plan, cache, r);
+      std::vector<dseek::testing::GradInput> inputs{{"input", xt, g.dinput}};
+      for (size_t i = 0; i < wt.size(); ++i)
+        inputs.push_back({"w" + std::to_string(i), wt[i], g.dweights[i]});
+      const dseek::testing::GradReport rep = dseek::testing::check_gradients(
+          [&] { return lowered_forward(plan, xt, wt); }, r, inputs, 1e-2f, 64);
+      std::printf("%-28s T=%-3lld forward %.1e  backward checked %lld worst %.2e\n",
+                  b.label.c_str(), (long long)sh.tokens, worst / scale, (long long)rep.checked,
+                  rep.worst);
+      // The differences are taken of L = Σ r·y in double from an f32 forward: at 67 tokens the
+      // sum has 9k terms and its rounding noise, divided by 2·eps, reaches ~2e-3 of a gradient
+      // (a wrong gradient is off by O(1)).
+      EXPECT_LT(rep.worst, sh.tokens > 6 ? 1e-2 : 2e-3)
+          << b.label << ": " << rep.where << "\n" << plan.description;
+      EXPECT_GT(rep.checked, 0) << b.label;
+      ++seed;
+    }
   }
 }
