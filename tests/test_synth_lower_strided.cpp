@@ -1,8 +1,9 @@
 // The lowering's strided contractions (synth/lower.h step 2): the known designs and the operator
 // files of docs/synth-ops lower to plans that copy no activation — the input read as it stands,
 // one batched_matmul per contraction over strided views of the registers, the last one written in
-// the output's layout, gathers and sums only of weights — at a real model's shapes, and those plans compute what the interpreter computes, with a
-// backward that matches finite differences (on the CPU; tests/backend runs them on a GPU).
+// the output's layout, gathers and sums only of weights — at a real model's shapes; and those
+// plans compute what the interpreter computes, with a backward that matches finite differences
+// (on the CPU; tests/backend runs them on a GPU).
 #include <gtest/gtest.h>
 
 #include <cstdio>
