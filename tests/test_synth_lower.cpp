@@ -189,7 +189,7 @@ TEST(SynthLower, HandBuiltOperatorsMatchInterpreter) {
 }
 
 TEST(SynthLower, RandomOperatorsMatchInterpreter) {
-  int padded = 0, strided_rows = 0, batched = 0, summed = 0, checked = 0;
+  int padded = 0, strided_rows = 0, batched = 0, summed = 0, checked = 0, strided = 0, copied = 0;
   for (const Case& c : random_cases(250, 5)) {
     const LoweredPlan plan = lower(c.op, c.values);
     for (const Step& s : plan.steps) {
@@ -197,6 +197,8 @@ TEST(SynthLower, RandomOperatorsMatchInterpreter) {
       strided_rows += s.kind == StepKind::gather && !s.identity && s.D > 1;
       batched += s.kind == StepKind::contract && s.batch > 1;
       summed += s.kind == StepKind::sum;
+      strided += s.kind == StepKind::contract && s.strided;
+      copied += s.kind == StepKind::contract && !s.strided;
     }
     EXPECT_LT(forward_error(c.op, c.values, uint64_t(checked), plan), 1e-5) << c.name << "\n"
                                                                             << plan.description;
@@ -208,10 +210,12 @@ TEST(SynthLower, RandomOperatorsMatchInterpreter) {
   EXPECT_GT(strided_rows, 0);
   EXPECT_GT(batched, 0);
   EXPECT_GT(summed, 0);
+  EXPECT_GT(strided, 0);  // contractions over strided views (one batched_matmul)
+  EXPECT_GT(copied, 0);   // and ones whose operands are permuted copies first
   std::printf(
       "random operators: %d, padded gathers %d, row gathers %d, batched GEMMs %d, "
-      "sums %d\n",
-      checked, padded, strided_rows, batched, summed);
+      "sums %d, strided contractions %d, copied %d\n",
+      checked, padded, strided_rows, batched, summed, strided, copied);
 }
 
 TEST(SynthLower, BackwardMatchesFiniteDifferences) {

@@ -114,6 +114,36 @@ void embedding_backward_accumulate(const std::vector<int32_t>& ids, const Tensor
   }
 }
 
+Tensor embedding_device_ids(const Tensor& table, const Tensor& ids, DType act) {
+  DSEEK_CHECK(ids.defined() && ids.dtype() == DType::I32 && ids.dim() == 1 &&
+                  ids.device() == table.device(),
+              "[embedding] ids must be i32 [T] on the table's device, got {} {} on {}",
+              ids.defined() ? dtype_name(ids.dtype()) : "undefined",
+              ids.defined() ? shape_str(ids.shape()) : "", device_name(ids.device()));
+  if (!table.is_cuda()) {
+    const int32_t* p = ids.contiguous().data<int32_t>();
+    return embedding(table, std::vector<int32_t>(p, p + ids.numel()), act);
+  }
+#ifdef DSEEK_HAS_CUDA
+  DSEEK_CHECK(table.defined() && table.dim() == 2, "[embedding] table must be [V, D], got {}",
+              table.defined() ? shape_str(table.shape()) : std::string("undefined"));
+  const DType dt = table.dtype();
+  DSEEK_CHECK(dt == DType::F32 || dt == DType::BF16 || dt == DType::F16 || dt == DType::F8_E4M3,
+              "[embedding] table dtype {} not supported", dtype_name(dt));
+  DSEEK_CHECK(act == DType::F32 || act == DType::BF16,
+              "[embedding] output dtype {} not supported on cuda (f32 or bf16)", dtype_name(act));
+  const Tensor tc = table.is_contiguous() ? table : table.contiguous();
+  const Tensor ic = ids.is_contiguous() ? ids : ids.contiguous();
+  const int64_t T = ids.numel(), D = table.size(1);
+  Tensor out = Tensor::empty({T, D}, act, table.device());
+  if (out.numel() == 0) return out;
+  cuda::embedding(tc.raw(), dt, ic.data<int32_t>(), T, D, out.raw(), act);
+  return out;
+#else
+  cuda_not_built("embedding");
+#endif
+}
+
 Tensor embedding_backward(const std::vector<int32_t>& ids, const Tensor& dy, int64_t vocab) {
   DSEEK_CHECK(vocab >= 0 && dy.defined() && dy.dim() == 2,
               "[embedding] dy must be [T, D] and the vocabulary size non-negative");

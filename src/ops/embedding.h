@@ -18,6 +18,12 @@ Tensor embedding(const Tensor& table, const std::vector<int32_t>& ids, DType act
 // a CUDA graph: they cannot be checked there, so the caller checks them before uploading.
 Tensor embedding_device_ids(const Tensor& table, const Tensor& device_ids, DType act);
 
+// The same with the ids an I32 [T] tensor on the table's device: for callers whose ids are
+// constants kept on the GPU (a synthesised operator's gather index, synth/lower.h), so a call
+// uploads nothing. On a GPU the ids are not checked (that would read them back): the caller
+// guarantees them in [0, V); on the CPU they are checked as above.
+Tensor embedding_device_ids(const Tensor& table, const Tensor& ids, DType act = DType::F32);
+
 // Backward for dy [T, D] (f32; on a GPU f32 or bf16): a scatter-add, dtable[ids[t], :] += dy[t, :];
 // ids that repeat accumulate, rows never looked up get 0. Returns dtable [V, D] f32 on dy's
 // device whatever the table's dtype. Deterministic on both devices (rows added in token order).

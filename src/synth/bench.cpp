@@ -94,8 +94,9 @@ std::string plan_summary(const LoweredPlan& plan) {
                           s.padded ? " (padded)" : ""));
         break;
       case StepKind::contract:
-        add(s.batch == 1 ? fmt::format("gemm {}x{}x{}", s.m, s.n, s.k)
-                         : fmt::format("{} gemms {}x{}x{}", s.batch, s.m, s.n, s.k));
+        add((s.batch == 1 ? fmt::format("gemm {}x{}x{}", s.m, s.n, s.k)
+                          : fmt::format("{} gemms {}x{}x{}", s.batch, s.m, s.n, s.k)) +
+            (s.strided ? "" : " (operands copied)"));
         break;
       case StepKind::sum: add(fmt::format("sum {}x{}", s.m, s.k)); break;
       case StepKind::finish:

@@ -281,6 +281,120 @@ struct Builder {
     return {s.out, kept};
   }
 
+  // Row-major strides of x's iterators by iterator id (0: an iterator x does not have).
+  std::vector<int64_t> strides_of(const Live& x) const {
+    std::vector<int64_t> st(size_t(nest.count()), 0);
+    int64_t s = 1;
+    for (size_t i = x.iters.size(); i-- > 0;) {
+      st[size_t(x.iters[i])] = s;
+      s *= iter_size[size_t(x.iters[i])];
+    }
+    return st;
+  }
+
+  // The iterators of `group` as one index of a register with strides `st`: those of extent > 1
+  // ordered outermost first, each stride the next one's times its extent. Returns the index's
+  // stride (0 for an empty group, or one the register lacks entirely: broadcast) and its order in
+  // *order, or −1 when the group is not one strided index.
+  int64_t flatten(std::vector<int> group, const std::vector<int64_t>& st,
+                  std::vector<int>& order) const {
+    std::erase_if(group, [&](int it) { return iter_size[size_t(it)] == 1; });
+    order = group;
+    const auto missing = std::count_if(group.begin(), group.end(),
+                                       [&](int it) { return st[size_t(it)] == 0; });
+    if (group.empty() || missing == int64_t(group.size())) return 0;
+    if (missing > 0) return -1;
+    std::sort(order.begin(), order.end(),
+              [&](int x, int y) { return st[size_t(x)] > st[size_t(y)]; });
+    for (size_t i = 0; i + 1 < order.size(); ++i)
+      if (st[size_t(order[i])] != st[size_t(order[i + 1])] * iter_size[size_t(order[i + 1])])
+        return -1;
+    return st[size_t(order.back())];
+  }
+
+  // A group both operands index (batch, k): one strided index of each, in one order.
+  bool flatten2(const std::vector<int>& group, const std::vector<int64_t>& st_a,
+                const std::vector<int64_t>& st_b, std::vector<int>& order, int64_t& stride_a,
+                int64_t& stride_b) const {
+    std::vector<int> order_a, order_b;
+    stride_a = flatten(group, st_a, order_a);
+    stride_b = flatten(group, st_b, order_b);
+    if (stride_a < 0 || stride_b < 0) return false;
+    if (stride_a == 0 && stride_b == 0 && !order_a.empty()) return false;  // neither has it
+    order = stride_a > 0 ? order_a : order_b;
+    return stride_a == 0 || stride_b == 0 || order_a == order_b;
+  }
+
+  // Plans s (a contraction of a and b with its iterator groups) as one batched_matmul over
+  // strided views: fills s.sa/sb/sc, the extents and the result's layout *c_iters, or returns
+  // false. `extra` (row iterators of one operand, only when there is no shared batch) joins the
+  // batch, the other operand broadcast over it.
+  bool plan_strided(Step& s, const Live& a, const Live& b, std::vector<int> batch,
+                    std::vector<int> rows_a, std::vector<int> rows_b, const std::vector<int>& red,
+                    const std::vector<int>& extra, std::vector<int>& c_iters) const {
+    for (auto* rows : {&rows_a, &rows_b})
+      std::erase_if(*rows, [&](int it) {
+        return std::find(extra.begin(), extra.end(), it) != extra.end();
+      });
+    batch.insert(batch.end(), extra.begin(), extra.end());
+    const std::vector<int64_t> st_a = strides_of(a), st_b = strides_of(b);
+    std::vector<int> o_batch, o_m, o_n, o_k;
+    int64_t ab = 0, bb = 0, ak = 0, bk = 0;
+    if (!flatten2(batch, st_a, st_b, o_batch, ab, bb) || !flatten2(red, st_a, st_b, o_k, ak, bk))
+      return false;
+    const int64_t am = flatten(rows_a, st_a, o_m), bn = flatten(rows_b, st_b, o_n);
+    if (am < 0 || bn < 0) return false;
+    s.batch = extent(batch, iter_size);
+    s.m = extent(rows_a, iter_size);
+    s.n = extent(rows_b, iter_size);
+    s.k = extent(red, iter_size);
+    s.sa = {ab, am, ak};
+    s.sb = {bb, bn, bk};
+    if (!ops::gemm_view(s.sa, s.batch, s.m, s.k) || !ops::gemm_view(s.sb, s.batch, s.n, s.k))
+      return false;
+    // The result: its three groups as blocks in some order, the output's own (sorted) order
+    // when that is one, else batch, m, n. Iterators of extent 1 go anywhere (never stepped).
+    std::vector<int> all = batch, sorted;
+    all.insert(all.end(), rows_a.begin(), rows_a.end());
+    all.insert(all.end(), rows_b.begin(), rows_b.end());
+    for (int it : all)
+      if (iter_size[size_t(it)] > 1) sorted.push_back(it);
+    std::sort(sorted.begin(), sorted.end());
+    const std::vector<int>* blocks[3] = {&o_batch, &o_m, &o_n};
+    int order[3] = {0, 1, 2};
+    bool found = false;
+    ops::MatrixStrides first{};
+    std::vector<int> first_layout;
+    do {
+      std::vector<int> layout;
+      for (int i : order) layout.insert(layout.end(), blocks[i]->begin(), blocks[i]->end());
+      int64_t stride[3] = {0, 0, 0}, step = 1;
+      for (int j = 2; j >= 0; --j) {
+        stride[order[j]] = step;
+        step *= extent(*blocks[order[j]], iter_size);
+      }
+      ops::MatrixStrides sc{stride[0], stride[1], stride[2]};
+      if (!ops::gemm_view(sc, s.batch, s.m, s.n)) continue;
+      if (layout == sorted) {
+        s.sc = sc;
+        c_iters = all;
+        std::sort(c_iters.begin(), c_iters.end());
+        return true;
+      }
+      if (!found) {
+        found = true;
+        first = sc;
+        first_layout = layout;
+      }
+    } while (std::next_permutation(order, order + 3));
+    if (!found) return false;
+    s.sc = first;
+    c_iters = first_layout;
+    for (int it : all)
+      if (iter_size[size_t(it)] == 1) c_iters.push_back(it);
+    return true;
+  }
+
   // Step 2: C[batch, m, n] = Σ_k A[batch, m, k] · B[batch, n, k]; `later` = iterators needed after.
   Live contract(Live a, Live b, Mask later) {
     const Mask ma = mask_of(a.iters), mb = mask_of(b.iters);
@@ -308,20 +422,56 @@ struct Builder {
     s.kind = StepKind::contract;
     s.in0 = a.reg;
     s.in1 = b.reg;
-    s.perm_a = positions(a, {&batch, &rows_a, &red});
-    s.perm_b = positions(b, {&batch, &rows_b, &red});
-    s.batch = extent(batch, iter_size);
-    s.m = extent(rows_a, iter_size);
-    s.n = extent(rows_b, iter_size);
-    s.k = extent(red, iter_size);
-    Live c{new_register(), batch};
-    c.iters.insert(c.iters.end(), rows_a.begin(), rows_a.end());
-    c.iters.insert(c.iters.end(), rows_b.begin(), rows_b.end());
+    Live c{new_register(), {}};
+    // One batched_matmul over strided views if the groups allow it: as they are, else (no shared
+    // batch) with row iterators of one operand as the batch — the subset giving the fewest,
+    // largest matrices.
+    s.strided = plan_strided(s, a, b, batch, rows_a, rows_b, red, {}, c.iters);
+    if (!s.strided && std::none_of(batch.begin(), batch.end(),
+                                   [&](int it) { return iter_size[size_t(it)] > 1; })) {
+      Step best;
+      std::vector<int> best_iters;
+      for (const auto* rows : {&rows_a, &rows_b}) {
+        if (rows->size() > 16) continue;
+        for (uint32_t pick = 1; pick < (uint32_t(1) << rows->size()); ++pick) {
+          std::vector<int> extra;
+          for (size_t i = 0; i < rows->size(); ++i)
+            if ((pick >> i) & 1) extra.push_back((*rows)[i]);
+          Step t = s;
+          std::vector<int> t_iters;
+          if (plan_strided(t, a, b, batch, rows_a, rows_b, red, extra, t_iters) &&
+              (!best.strided || t.batch < best.batch)) {
+            best = t;
+            best.strided = true;
+            best_iters = t_iters;
+          }
+        }
+      }
+      if (best.strided) {
+        s = best;
+        c.iters = best_iters;
+      }
+    }
+    if (!s.strided) {
+      s.perm_a = positions(a, {&batch, &rows_a, &red});
+      s.perm_b = positions(b, {&batch, &rows_b, &red});
+      s.batch = extent(batch, iter_size);
+      s.m = extent(rows_a, iter_size);
+      s.n = extent(rows_b, iter_size);
+      s.k = extent(red, iter_size);
+      c.iters = batch;
+      c.iters.insert(c.iters.end(), rows_a.begin(), rows_a.end());
+      c.iters.insert(c.iters.end(), rows_b.begin(), rows_b.end());
+    }
     s.out = c.reg;
     s.out_shape = extents(c.iters, iter_size);
     plan.description += fmt::format(
-        "r{} = contract r{} {} . r{} {} -> {} (batch {}, m {}, n {}, k {})\n", s.out, a.reg,
-        iters_str(a.iters), b.reg, iters_str(b.iters), iters_str(c.iters), s.batch, s.m, s.n, s.k);
+        "r{} = contract r{} {} . r{} {} -> {} (batch {}, m {}, n {}, k {}{})\n", s.out, a.reg,
+        iters_str(a.iters), b.reg, iters_str(b.iters), iters_str(c.iters), s.batch, s.m, s.n, s.k,
+        s.strided ? fmt::format(", strided a {}/{}/{} b {}/{}/{} c {}/{}/{}", s.sa.batch, s.sa.row,
+                                s.sa.col, s.sb.batch, s.sb.row, s.sb.col, s.sc.batch, s.sc.row,
+                                s.sc.col)
+                  : std::string(", copied"));
     plan.steps.push_back(s);
     return c;
   }

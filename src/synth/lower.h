@@ -13,14 +13,23 @@
 //               iterators by Split, each iterator once: decided symbolically, no index built).
 //   2. contract the operands pairwise in the cheapest order (cost.h contraction_path): iterators
 //               of both operands that are still needed are a batch, shared ones are summed (K),
-//               the rest are rows (M, N): C[b, m, n] = Σ_k A[b, m, k] · B[b, n, k], one
-//               ops::linear for one batch, else one ops::grouped_linear with a matrix per batch.
+//               the rest are rows (M, N): C[b, m, n] = Σ_k A[b, m, k] · B[b, n, k]. When each
+//               of these groups is one strided index of both registers as they are laid out
+//               (the iterators adjacent, in one order; a grouped linear's x [T, g, d/g] is
+//               batch g, rows T, k d/g with strides d/g, d, 1), the contraction is one
+//               ops::batched_matmul over strided views, its result written in the layout the
+//               next step wants (the output's own order when it can: `finish` is then a
+//               reshape). With no shared batch, one operand's row iterators may become the
+//               batch with the other operand broadcast (stride 0): the Kronecker layer's
+//               per-token product with its small factor. Otherwise (operands that need a
+//               transpose) the operands are permuted into [batch, m, k] copies and multiplied
+//               by ops::linear for one batch, else ops::grouped_linear with a matrix per batch.
 //   3. sum      iterators only one operand has and nothing later needs: ops::linear with ones.
 //   4. finish   permute to the output's dims, broadcast output iterators no operand has, and
 //               scale by the extent of reduce iterators no operand has.
 //
 // Every operand is f32 and contiguous, so the same plan runs on the CPU and, through the CUDA
-// twins of linear, grouped_linear, embedding and Tensor's copies, on a GPU. On a GPU the forward
+// twins of batched_matmul, linear, grouped_linear, embedding and Tensor's copies, on a GPU. On a GPU the forward
 // also runs with bf16 input and weights (every register bf16, GEMMs accumulating in f32), the
 // dtype of inference; the backward needs an f32 forward (the train override runs f32). The backward runs the
 // plan transposed: a gather's gradient is a scatter-add (ops::embedding_backward), a
@@ -29,10 +38,14 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "core/tensor.h"
+#include "ops/batched_matmul.h"
 #include "synth/operator.h"
 
 namespace dseek::synth {
@@ -54,12 +67,27 @@ struct Step {
   // contract (perm_a, perm_b) / sum and finish (perm_a): out dim i = input dim perm[i]
   std::vector<int> perm_a, perm_b;
   int64_t batch = 1, m = 1, n = 1, k = 1;  // contract: [batch, m, k] · [batch, n, k]; sum: [m, k]
+  // contract: `strided` when both operands are strided views of their registers as they stand
+  // and the result is written in its register's layout through sc: one ops::batched_matmul,
+  // nothing permuted or copied (perm_a / perm_b unused). Batch stride 0: the operand is shared by
+  // the whole batch (a weight applied per token).
+  bool strided = false;
+  ops::MatrixStrides sa, sb, sc;
   // finish: output dims no operand has (broadcast) and the scale of unused reductions
   std::vector<int> broadcast;
   float scale = 1.0f;
 };
 
+// What a plan's runs on a GPU need that depends on the plan alone (gather ids, the ones of sums,
+// the scale of a finish), uploaded on the first run there and kept: a run uploads nothing.
+// Shared by copies of a plan, which hold the same steps.
+struct PlanConstants {
+  std::mutex mutex;
+  std::map<std::pair<size_t, DType>, Tensor> by_step;  // (step index, dtype) -> device tensor
+};
+
 struct LoweredPlan {
+  std::shared_ptr<PlanConstants> constants = std::make_shared<PlanConstants>();
   Shape input_shape, output_shape;
   std::vector<Shape> weight_shapes;
   std::vector<Step> steps;

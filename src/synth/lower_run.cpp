@@ -1,14 +1,18 @@
 // Running a lowered plan forward and backward with dseek ops (see lower.h).
 #include <algorithm>
+#include <functional>
 #include <numeric>
 
 #include "core/error.h"
+#include "ops/batched_matmul.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
 #include "ops/moe.h"
 #include "synth/lower.h"
 
 namespace dseek::synth {
+
+using ops::MatrixStrides;
 
 namespace {
 
@@ -46,6 +50,20 @@ Tensor filled(const Shape& shape, float value, Device device, DType dtype = DTyp
   return (dtype == DType::F32 ? t : t.to(dtype)).to(device);
 }
 
+// The constant of step `step` in `dtype` on `device`: made by `make` on the CPU (f32) and, on a
+// GPU, uploaded once per plan (lower.h, PlanConstants).
+Tensor constant(const LoweredPlan& plan, size_t step, Device device, DType dtype,
+                const std::function<Tensor()>& make) {
+  if (device == Device::CPU) return make();
+  std::lock_guard<std::mutex> lock(plan.constants->mutex);
+  Tensor& t = plan.constants->by_step[{step, dtype}];
+  if (!t.defined()) {
+    Tensor host = make();
+    t = (host.dtype() == dtype ? host : host.to(dtype)).to(device);
+  }
+  return t;
+}
+
 // grouped_linear's offsets for `batch` groups of m rows.
 Tensor batch_offsets(int64_t batch, int64_t m, Device device) {
   Tensor t = Tensor::empty({batch + 1}, DType::I64);
@@ -65,6 +83,27 @@ Tensor f32_contiguous(const Tensor& t, int64_t numel, const char* what) {
   return contiguous_as(t, DType::F32, numel, what);
 }
 
+// The gradient of a strided contraction's operand X ([batch, rows, cols] through `sx` in a
+// register of `shape`): dX[b, i, κ] = Σ_j P[b, i, j] · Q[b, κ, j], in X's layout. An operand
+// broadcast over the batch (stride 0) sums the per-batch products: they go to a [batch, X]
+// buffer in X's layout and a GEMM with ones adds its rows.
+Tensor strided_grad(const Tensor& p, MatrixStrides sp, const Tensor& q, MatrixStrides sq,
+                    const Shape& shape, MatrixStrides sx, int64_t batch, int64_t rows,
+                    int64_t cols, int64_t inner) {
+  const Device device = p.device();
+  Tensor dx = Tensor::empty(shape, DType::F32, device);
+  if (batch == 1 || sx.batch != 0) {
+    ops::batched_matmul(p, sp, q, sq, dx, sx, batch, rows, cols, inner);
+    return dx;
+  }
+  const int64_t n = dx.numel();
+  Tensor per_batch = Tensor::empty({batch, n}, DType::F32, device);
+  ops::batched_matmul(p, sp, q, sq, per_batch, {n, sx.row, sx.col}, batch, rows, cols, inner);
+  ops::batched_matmul(filled({1, batch}, 1.0f, device), {0, batch, 1}, per_batch, {0, 1, n}, dx,
+                      {0, n, 1}, 1, 1, n, batch);
+  return dx;
+}
+
 }  // namespace
 
 Tensor lowered_forward(const LoweredPlan& plan, const Tensor& input_any,
@@ -82,7 +121,8 @@ Tensor lowered_forward(const LoweredPlan& plan, const Tensor& input_any,
         contiguous_as(weights_any[w], act, shape_numel(plan.weight_shapes[w]), "weight"));
   const Device device = input.device();
   std::vector<Tensor> regs(size_t(plan.registers));
-  for (const Step& s : plan.steps) {
+  for (size_t si = 0; si < plan.steps.size(); ++si) {
+    const Step& s = plan.steps[si];
     Tensor& out = regs[size_t(s.out)];
     switch (s.kind) {
       case StepKind::gather: {
@@ -97,10 +137,23 @@ Tensor lowered_forward(const LoweredPlan& plan, const Tensor& input_any,
           t.slice(0, 0, s.rows).copy_from(table);
           table = t;
         }
-        out = ops::embedding(table, s.ids, act).reshape(s.out_shape);
+        if (device == Device::CPU) {
+          out = ops::embedding(table, s.ids, act).reshape(s.out_shape);
+          break;
+        }
+        const Tensor ids = constant(plan, si, device, DType::I32, [&] {
+          return Tensor::from_ids(s.ids);
+        });
+        out = ops::embedding_device_ids(table, ids, act).reshape(s.out_shape);
         break;
       }
       case StepKind::contract: {
+        if (s.strided) {
+          out = Tensor::empty(s.out_shape, act, device);
+          ops::batched_matmul(regs[size_t(s.in0)], s.sa, regs[size_t(s.in1)], s.sb, out, s.sc,
+                              s.batch, s.m, s.n, s.k);
+          break;
+        }
         const Tensor a = permute(regs[size_t(s.in0)], s.perm_a).reshape({s.batch * s.m, s.k});
         const Tensor b = permute(regs[size_t(s.in1)], s.perm_b);
         out = (s.batch == 1
@@ -112,7 +165,9 @@ Tensor lowered_forward(const LoweredPlan& plan, const Tensor& input_any,
       }
       case StepKind::sum: {
         const Tensor x = permute(regs[size_t(s.in0)], s.perm_a).reshape({s.m, s.k});
-        out = ops::linear(x, filled({1, s.k}, 1.0f, device, act)).reshape(s.out_shape);
+        const Tensor ones =
+            constant(plan, si, device, act, [&] { return filled({1, s.k}, 1.0f, Device::CPU); });
+        out = ops::linear(x, ones).reshape(s.out_shape);
         break;
       }
       case StepKind::finish: {
@@ -122,9 +177,11 @@ Tensor lowered_forward(const LoweredPlan& plan, const Tensor& input_any,
         x = x.reshape(with_ones);
         for (int d : s.broadcast) x = x.expand(d, s.out_shape[size_t(d)]);
         x = x.contiguous();
-        if (s.scale != 1.0f)
-          x = ops::linear(x.reshape({x.numel(), 1}), filled({1, 1}, s.scale, device, act))
-                  .reshape(s.out_shape);
+        if (s.scale != 1.0f) {
+          const Tensor scale = constant(plan, si, device, act,
+                                        [&] { return filled({1, 1}, s.scale, Device::CPU); });
+          x = ops::linear(x.reshape({x.numel(), 1}), scale).reshape(s.out_shape);
+        }
         out = x;
         break;
       }
@@ -184,6 +241,18 @@ LoweredGrads lowered_backward(const LoweredPlan& plan, const LoweredCache& cache
       case StepKind::contract: {
         const Tensor& ra = regs[size_t(s.in0)];
         const Tensor& rb = regs[size_t(s.in1)];
+        if (s.strided) {
+          // dA[b, i, κ] = Σ_j dC[b, i, j] · B[b, j, κ] and dB[b, j, κ] = Σ_i dC[b, i, j] ·
+          // A[b, i, κ]: the same views, transposed, each gradient written in its register's
+          // layout.
+          const MatrixStrides dc_a{s.sc.batch, s.sc.row, s.sc.col};
+          const MatrixStrides dc_b{s.sc.batch, s.sc.col, s.sc.row};
+          d[size_t(s.in0)] = strided_grad(g, dc_a, rb, {s.sb.batch, s.sb.col, s.sb.row}, ra.shape(),
+                                          s.sa, s.batch, s.m, s.k, s.n);
+          d[size_t(s.in1)] = strided_grad(g, dc_b, ra, {s.sa.batch, s.sa.col, s.sa.row}, rb.shape(),
+                                          s.sb, s.batch, s.n, s.k, s.m);
+          break;
+        }
         const Tensor a = permute(ra, s.perm_a).reshape({s.batch * s.m, s.k});
         const Tensor b = permute(rb, s.perm_b);
         const Tensor dc = g.reshape({s.batch * s.m, s.n});

@@ -1,10 +1,16 @@
 // Lowered synthesised operators (synth/lower.h) on CUDA against the same plan on the CPU: the
-// plan is device-agnostic (gathers through embedding, contractions through linear and
-// grouped_linear, sums, broadcasts and permutes through Tensor copies), so the forward and every
-// gradient of the backward must agree within f32 GEMM rounding — for the classic layers, for the
-// operators around each lowering path, at awkward and larger sizes, and for random operators.
+// plan is device-agnostic (gathers through embedding, contractions through batched_matmul over
+// strided views or linear and grouped_linear on copies, sums, broadcasts and permutes through
+// Tensor copies), so the forward and every gradient of the backward must agree within f32 GEMM
+// rounding — for the classic layers, for the operators around each lowering path, at awkward and
+// larger sizes, for the operator files of docs/synth-ops, and for random operators.
+#include <fstream>
+#include <sstream>
+
 #include "backend/backend_harness.h"
+#include "synth/bench.h"
 #include "synth/lower.h"
+#include "synth/serialize.h"
 #include "test_synth_util.h"
 
 namespace dseek::backend_test {
@@ -40,6 +46,19 @@ std::vector<SynthCase> cases() {
              {reduce_action(p.sr), expand_action(2), share_action(1, 0), finalize_action({0, 1})}),
        {33, 19, 5, 3, 3}},
   };
+  // The operator files of docs/synth-ops (a per-token broadcast product, rank-1 and rank-4
+  // factorisations, a weight gathered transposed, a weight summed alone) at a shape where their
+  // contractions take both of batched_matmul's GPU paths (k <= 16 and longer).
+  for (const char* name : {"kron-g-48c8ebd6", "lowrank-r=din_g-5fb44bd6", "lowrank-r=g-e1a5d649",
+                           "rank1-63a5697c"}) {
+    std::ifstream in(std::string(DSEEK_SOURCE_DIR) + "/docs/synth-ops/" + name + ".json");
+    std::stringstream text;
+    text << in.rdbuf();
+    BenchOperator b;
+    b.label = name;
+    b.record = operator_from_json(text.str());
+    out.push_back({name, b.record.op, bench_valuation(b, 67, {"s", 96, 136})});
+  }
   const Spec spec = random_linear_spec(p, {5, 6, 6, 2, 3});
   int i = 0;
   for (const Operator& op : random_operators(spec, 30, 23))

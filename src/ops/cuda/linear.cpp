@@ -22,6 +22,7 @@
 #include <cublasLt.h>
 
 #include <algorithm>
+#include <limits>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -32,6 +33,8 @@
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
 #include "core/error.h"
+#include "ops/cuda/batched_matmul.h"
+#include "ops/cuda/batched_matmul_small.h"
 #include "ops/cuda/cublaslt_util.h"
 #include "ops/cuda/cuda_ops.h"
 
@@ -135,8 +138,10 @@ AlgoKey key_of(const Gemm& g) {
                  g.stride_d};
 }
 
-// Descriptors for the problem and the heuristic's algorithm for them.
-std::unique_ptr<Plan> make_plan(const Gemm& g, const AlgoKey& key) {
+// Descriptors for the problem and the heuristic's algorithm for them; with `candidates` > 1 the
+// heuristic's first `candidates` algorithms (best first) are left in *all for the caller to time.
+std::unique_ptr<Plan> make_plan(const Gemm& g, const AlgoKey& key, int candidates = 1,
+                                std::vector<cublasLtMatmulAlgo_t>* all = nullptr) {
   auto plan = std::make_unique<Plan>();
   LtDescriptors& desc = plan->desc;
   check(cublasLtMatmulDescCreate(&desc.op, CUBLAS_COMPUTE_32F, CUDA_R_32F),
@@ -197,15 +202,18 @@ std::unique_ptr<Plan> make_plan(const Gemm& g, const AlgoKey& key) {
   for (const auto& [attribute, value] : aligns)
     check(cublasLtMatmulPreferenceSetAttribute(pref.pref, attribute, &value, sizeof(value)),
           "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)", g);
-  cublasLtMatmulHeuristicResult_t result{};
+  std::vector<cublasLtMatmulHeuristicResult_t> results(size_t(std::max(candidates, 1)));
   int found = 0;
   check(cublasLtMatmulAlgoGetHeuristic(lt_context().handle, desc.op, desc.a, desc.b, desc.d, desc.d,
-                                       pref.pref, 1, &result, &found),
+                                       pref.pref, int(results.size()), results.data(), &found),
         "cublasLtMatmulAlgoGetHeuristic", g);
-  if (found == 0 || result.state != CUBLAS_STATUS_SUCCESS)
+  if (found == 0 || results[0].state != CUBLAS_STATUS_SUCCESS)
     fail("[linear] cublasLtMatmulAlgoGetHeuristic ({}): no algorithm for this problem",
          describe(g));
-  plan->algo = result.algo;
+  plan->algo = results[0].algo;
+  if (all)
+    for (int i = 0; i < found; ++i)
+      if (results[size_t(i)].state == CUBLAS_STATUS_SUCCESS) all->push_back(results[size_t(i)].algo);
   return plan;
 }
 
@@ -221,6 +229,75 @@ void run(const Gemm& g) {
     check(cublasLtMatmulDescSetAttribute(plan.desc.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g.bias,
                                          sizeof(g.bias)),
           "cublasLtMatmulDescSetAttribute(BIAS_POINTER)", g);
+  const float alpha = 1.0f;
+  check(cublasLtMatmul(lt.handle, plan.desc.op, &alpha, g.a, plan.desc.a, g.b, plan.desc.b, &g.beta,
+                       g.d, plan.desc.d, g.d, plan.desc.d, &plan.algo, lt.workspace,
+                       kLtWorkspaceBytes, dseek::cuda::stream()),
+        "cublasLtMatmul", g);
+}
+
+// The plans batched_matmul tunes (kept apart from linear's: a linear call keeps the heuristic's
+// first choice, whatever batched_matmul found for the same problem).
+Plans& tuned_plans() {
+  static auto* instance = new Plans;
+  return *instance;
+}
+
+// Milliseconds of one run of `algo` on the stream, or a negative number if it fails to launch.
+float time_algo(const Gemm& g, Plan& plan, const cublasLtMatmulAlgo_t& algo, cudaEvent_t start,
+                cudaEvent_t stop) {
+  const LtContext& lt = lt_context();
+  const float alpha = 1.0f;
+  DSEEK_CUDA_CHECK(cudaEventRecord(start, dseek::cuda::stream()));
+  const cublasStatus_t status =
+      cublasLtMatmul(lt.handle, plan.desc.op, &alpha, g.a, plan.desc.a, g.b, plan.desc.b, &g.beta,
+                     g.d, plan.desc.d, g.d, plan.desc.d, &algo, lt.workspace, kLtWorkspaceBytes,
+                     dseek::cuda::stream());
+  DSEEK_CUDA_CHECK(cudaEventRecord(stop, dseek::cuda::stream()));
+  DSEEK_CUDA_CHECK(cudaEventSynchronize(stop));
+  if (status != CUBLAS_STATUS_SUCCESS) return -1.0f;
+  float ms = 0.0f;
+  DSEEK_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  return ms;
+}
+
+// run() with the algorithm chosen by timing on the problem's first call (cuda/batched_matmul.h).
+// Only for beta 0: every timed run overwrites D with the same product.
+void run_tuned(const Gemm& g) {
+  DSEEK_CHECK(g.beta == 0.0f && !g.bias, "[batched_matmul] tuned GEMMs overwrite D, no bias");
+  const LtContext& lt = lt_context();
+  const AlgoKey key = key_of(g);
+  Plans& all = tuned_plans();
+  std::lock_guard<std::mutex> lock(all.mutex);
+  auto it = all.by_problem.find(key);
+  if (it == all.by_problem.end()) {
+    std::vector<cublasLtMatmulAlgo_t> candidates;
+    std::unique_ptr<Plan> plan = make_plan(g, key, 8, &candidates);
+    if (candidates.size() > 1) {
+      cudaEvent_t start = nullptr, stop = nullptr;
+      DSEEK_CUDA_CHECK(cudaEventCreate(&start));
+      DSEEK_CUDA_CHECK(cudaEventCreate(&stop));
+      float best = std::numeric_limits<float>::infinity();
+      try {
+        for (const cublasLtMatmulAlgo_t& algo : candidates) {
+          time_algo(g, *plan, algo, start, stop);  // the first launch loads the kernel
+          const float ms = time_algo(g, *plan, algo, start, stop);
+          if (ms >= 0.0f && ms < best) {
+            best = ms;
+            plan->algo = algo;
+          }
+        }
+      } catch (...) {
+        cudaEventDestroy(start);
+        cudaEventDestroy(stop);
+        throw;
+      }
+      cudaEventDestroy(start);
+      cudaEventDestroy(stop);
+    }
+    it = all.by_problem.emplace(key, std::move(plan)).first;
+  }
+  Plan& plan = *it->second;
   const float alpha = 1.0f;
   check(cublasLtMatmul(lt.handle, plan.desc.op, &alpha, g.a, plan.desc.a, g.b, plan.desc.b, &g.beta,
                        g.d, plan.desc.d, g.d, plan.desc.d, &plan.algo, lt.workspace,
@@ -358,6 +435,48 @@ void head_matmul(const void* x, int64_t x_t, int64_t x_h, const void* w, void* o
   g.stride_b = x_h;
   g.stride_d = N;
   run(g);
+}
+
+// Row-major C_b [m, n] with unit column stride is, column-major, D = C_bᵀ [n, m] (ld sc.row)
+// = B_b [n, k] · A_bᵀ [k, m]: cuBLASLt's A is our B (column-major [n, k] when its rows are the unit
+// stride, else stored [k, n] and read transposed), its B is our Aᵀ (column-major [k, m] when A's
+// columns are the unit stride, else stored [m, k] and read transposed). C with unit row stride is
+// the same problem for Cᵀ = B·Aᵀ with the operands swapped.
+void batched_matmul(const void* a, MatrixStrides sa, const void* b, MatrixStrides sb, void* c,
+                    MatrixStrides sc, int64_t batch, int64_t m, int64_t n, int64_t k, DType act) {
+  if (k <= kSmallK) {
+    batched_matmul_small_k(a, sa.batch, sa.row, sa.col, b, sb.batch, sb.row, sb.col, c, sc.batch,
+                           sc.row, sc.col, batch, m, n, k, act);
+    return;
+  }
+  if (sc.col != 1) {
+    batched_matmul(b, sb, a, sa, c, MatrixStrides{sc.batch, sc.col, sc.row}, batch, n, m, k, act);
+    return;
+  }
+  const cudaDataType_t type = cuda_type(act);
+  const bool lt_trans_a = sb.row != 1;  // B stored [n, k] row-major = [k, n] column-major
+  const bool lt_trans_b = sa.col != 1;  // A stored [k, m] row-major = [m, k] column-major
+  Gemm g{"batched_matmul",
+         lt_trans_a,
+         lt_trans_b,
+         n,
+         m,
+         k,
+         b,
+         lt_trans_a ? sb.row : sb.col,
+         a,
+         lt_trans_b ? sa.col : sa.row,
+         c,
+         sc.row,
+         type,
+         type,
+         nullptr,
+         0.0f};
+  g.batch = batch;
+  g.stride_a = sb.batch;
+  g.stride_b = sa.batch;
+  g.stride_d = sc.batch;
+  run_tuned(g);
 }
 
 }  // namespace dseek::ops::cuda
