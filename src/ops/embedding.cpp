@@ -51,34 +51,6 @@ Tensor embedding(const Tensor& table, const std::vector<int32_t>& ids, DType act
   return out;
 }
 
-Tensor embedding_device_ids(const Tensor& table, const Tensor& device_ids, DType act) {
-  DSEEK_CHECK(table.defined() && table.dim() == 2 && table.is_cuda(),
-              "[embedding] device ids need a [V, D] table on the GPU, got {} on the {}",
-              table.defined() ? shape_str(table.shape()) : std::string("undefined"),
-              table.defined() ? device_name(table.device()) : "-");
-  DSEEK_CHECK(device_ids.defined() && device_ids.dtype() == DType::I32 && device_ids.dim() == 1 &&
-                  device_ids.is_contiguous() && device_ids.is_cuda(),
-              "[embedding] device ids must be contiguous i32 [T] on the GPU, got {} {}",
-              device_ids.defined() ? dtype_name(device_ids.dtype()) : "undefined",
-              device_ids.defined() ? shape_str(device_ids.shape()) : std::string());
-  const DType dt = table.dtype();
-  DSEEK_CHECK(dt == DType::F32 || dt == DType::BF16 || dt == DType::F16 || dt == DType::F8_E4M3,
-              "[embedding] table dtype {} not supported", dtype_name(dt));
-  DSEEK_CHECK(act == DType::F32 || act == DType::BF16,
-              "[embedding] output dtype {} not supported on the GPU (f32 or bf16)",
-              dtype_name(act));
-  const int64_t T = device_ids.size(0), D = table.size(1);
-  Tensor out = Tensor::empty({T, D}, act, table.device());
-#ifdef DSEEK_HAS_CUDA
-  if (out.numel() == 0) return out;
-  const Tensor tc = table.is_contiguous() ? table : table.contiguous();
-  cuda::embedding(tc.raw(), dt, device_ids.data<int32_t>(), T, D, out.raw(), act);
-  return out;
-#else
-  cuda_not_built("embedding");
-#endif
-}
-
 void embedding_backward_accumulate(const std::vector<int32_t>& ids, const Tensor& dy,
                                    Tensor& dtable) {
   DSEEK_CHECK(dtable.defined() && dtable.dtype() == DType::F32 && dtable.dim() == 2 &&

@@ -14,13 +14,9 @@ namespace dseek::ops {
 // `act` is the output dtype: f32 (the default, and the only choice on the CPU) or, for a table on
 // a GPU, bf16 — so a bf16 model's residual stream starts in bf16 without a conversion pass.
 Tensor embedding(const Tensor& table, const std::vector<int32_t>& ids, DType act = DType::F32);
-// The same with the ids already on the table's GPU (i32 [T], contiguous), for work replayed from
-// a CUDA graph: they cannot be checked there, so the caller checks them before uploading.
-Tensor embedding_device_ids(const Tensor& table, const Tensor& device_ids, DType act);
-
 // The same with the ids an I32 [T] tensor on the table's device: for callers whose ids are
-// constants kept on the GPU (a synthesised operator's gather index, synth/lower.h), so a call
-// uploads nothing. On a GPU the ids are not checked (that would read them back): the caller
+// constants kept on the GPU (a synthesised operator's gather index, synth/lower.h) or rewritten
+// before each replay of a CUDA graph (model/decode_graph.h), so a call uploads nothing. On a GPU the ids are not checked (that would read them back): the caller
 // guarantees them in [0, V); on the CPU they are checked as above.
 Tensor embedding_device_ids(const Tensor& table, const Tensor& ids, DType act = DType::F32);
 
