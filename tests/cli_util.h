@@ -17,6 +17,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 extern char** environ;
@@ -65,14 +66,14 @@ inline int exit_code_of(int status) {
   return -1;
 }
 
-// Starts the dseek binary with `args` (no shell, so arguments hold spaces, quotes and newlines as
-// they are), stdin from /dev/null, stdout and stderr into the files `out` and `err`; returns the
-// pid to wait for, or -1 (and a test failure) when it cannot start. Tests that signal the process
-// or run several at once use this; the others use run_dseek.
-inline pid_t spawn_dseek(const std::vector<std::string>& args, const std::filesystem::path& out,
-                         const std::filesystem::path& err) {
-  std::vector<std::string> argv_text = {DSEEK_BINARY};
-  argv_text.insert(argv_text.end(), args.begin(), args.end());
+// Starts `argv_text` (the program's path first; no shell, so arguments hold spaces, quotes and
+// newlines as they are) with stdin from /dev/null, stdout and stderr into the files `out` and
+// `err`, and our environment with each "NAME=value" of `env_overrides` replacing any inherited
+// NAME; returns the pid to wait for, or -1 (and a test failure) when it cannot start. spawn_dseek
+// and mpi_spawn (mpi_run.h) are this with their own overrides.
+inline pid_t spawn_with_env(std::vector<std::string> argv_text,
+                            const std::vector<std::string>& env_overrides,
+                            const std::filesystem::path& out, const std::filesystem::path& err) {
   std::vector<char*> argv;
   for (std::string& a : argv_text) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -81,11 +82,13 @@ inline pid_t spawn_dseek(const std::vector<std::string>& args, const std::filesy
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  // Our environment, with OpenMP threads that sleep rather than spin while waiting: on a loaded
-  // 2-core machine spinning workers starve each other (a 2-thread run became 10× slower).
-  std::vector<std::string> env_text = {"OMP_WAIT_POLICY=passive"};
-  for (char** e = environ; *e; ++e)
-    if (std::strncmp(*e, "OMP_WAIT_POLICY=", 16) != 0) env_text.push_back(*e);
+  std::vector<std::string> env_text = env_overrides;
+  for (char** e = environ; *e; ++e) {
+    bool replaced = false;
+    for (const std::string& s : env_overrides)
+      replaced |= std::strncmp(*e, s.c_str(), s.find('=') + 1) == 0;
+    if (!replaced) env_text.push_back(*e);
+  }
   std::vector<char*> env;
   for (std::string& e : env_text) env.push_back(e.data());
   env.push_back(nullptr);
@@ -94,6 +97,17 @@ inline pid_t spawn_dseek(const std::vector<std::string>& args, const std::filesy
   posix_spawn_file_actions_destroy(&actions);
   EXPECT_EQ(rc, 0) << "posix_spawn " << argv[0] << ": " << std::strerror(rc);
   return rc == 0 ? pid : -1;
+}
+
+// Starts the dseek binary with `args` as spawn_with_env does; returns the pid to wait for, or -1.
+// Tests that signal the process or run several at once use this; the others use run_dseek.
+inline pid_t spawn_dseek(const std::vector<std::string>& args, const std::filesystem::path& out,
+                         const std::filesystem::path& err) {
+  std::vector<std::string> argv_text = {DSEEK_BINARY};
+  argv_text.insert(argv_text.end(), args.begin(), args.end());
+  // OpenMP threads that sleep rather than spin while waiting: on a loaded 2-core machine spinning
+  // workers starve each other (a 2-thread run became 10× slower).
+  return spawn_with_env(std::move(argv_text), {"OMP_WAIT_POLICY=passive"}, out, err);
 }
 
 // Runs the dseek binary with `args` (no shell) to its end, stdin from /dev/null; returns its exit

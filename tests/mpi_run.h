@@ -3,22 +3,18 @@
 // tests/backend/test_backend_ep.cpp.
 #pragma once
 
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cli_util.h"
-
-extern char** environ;
 
 namespace dseek::testing {
 
@@ -37,14 +33,6 @@ inline pid_t mpi_spawn(const std::string& program, const std::vector<std::string
                        const std::filesystem::path& out, const std::filesystem::path& err) {
   std::vector<std::string> argv_text = {program};
   argv_text.insert(argv_text.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : argv_text) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   // Under ASan (scripts/test.sh), OpenMPI's allocations that live until exit are suppressed by
   // library (tests/lsan_mpi.supp); LSan's default fast unwinder stops at OpenMPI's frames without
   // frame pointers, so the ranks unwind allocation stacks fully to reach the library names.
@@ -54,23 +42,10 @@ inline pid_t mpi_spawn(const std::string& program, const std::vector<std::string
   // loses nothing here: dseek's own thread_locals are static TLS, which LSan still scans.
   const std::string lsan = std::string("LSAN_OPTIONS=suppressions=") + DSEEK_SOURCE_DIR +
                            "/tests/lsan_mpi.supp:fast_unwind_on_malloc=0:intercept_tls_get_addr=0";
-  const std::vector<std::string> set = {"OMP_WAIT_POLICY=passive", "OMP_NUM_THREADS=1",
-                                        "OMPI_ALLOW_RUN_AS_ROOT=1",
-                                        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1", lsan};
-  std::vector<std::string> env_text = set;
-  for (char** e = environ; *e; ++e) {
-    bool replaced = false;
-    for (const std::string& s : set) replaced |= std::strncmp(*e, s.c_str(), s.find('=') + 1) == 0;
-    if (!replaced) env_text.push_back(*e);
-  }
-  std::vector<char*> env;
-  for (std::string& e : env_text) env.push_back(e.data());
-  env.push_back(nullptr);
-  pid_t pid = -1;
-  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), env.data());
-  posix_spawn_file_actions_destroy(&actions);
-  EXPECT_EQ(rc, 0) << "posix_spawn " << argv[0] << ": " << std::strerror(rc);
-  return rc == 0 ? pid : -1;
+  return spawn_with_env(std::move(argv_text),
+                        {"OMP_WAIT_POLICY=passive", "OMP_NUM_THREADS=1", "OMPI_ALLOW_RUN_AS_ROOT=1",
+                         "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1", lsan},
+                        out, err);
 }
 
 // Runs `program args` (as mpi_spawn) to its end.

@@ -18,7 +18,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -38,6 +37,7 @@
 #include "model/transformer.h"
 #include "model_fixtures.h"
 #include "mpi_run.h"
+#include "test_ops_util.h"
 
 extern char** environ;
 
@@ -248,41 +248,6 @@ CliRun run(const std::string& program, const Args& args) {
   return mpi_run(program, args);
 }
 
-std::string join_ids(const std::vector<int32_t>& ids) {
-  std::string s;
-  for (int32_t id : ids) s += (s.empty() ? "" : ",") + std::to_string(id);
-  return s;
-}
-
-struct Fixture {
-  fs::path dir;
-  std::vector<int32_t> input_ids, greedy_prompt, greedy_continuation;
-  int64_t rows = 0, vocab = 0;
-  double tolerance = 0;
-  std::vector<float> logits;
-};
-
-std::vector<float> read_f32(const fs::path& path) {
-  const std::string bytes = slurp(path);
-  std::vector<float> values(bytes.size() / sizeof(float));
-  std::memcpy(values.data(), bytes.data(), values.size() * sizeof(float));
-  return values;
-}
-
-Fixture load_fixture(const std::string& name) {
-  Fixture f;
-  f.dir = fixtures_root() / name;
-  const nlohmann::json j = nlohmann::json::parse(slurp(f.dir / "reference.json"));
-  f.input_ids = j.at("input_ids").get<std::vector<int32_t>>();
-  f.greedy_prompt = j.at("greedy_prompt").get<std::vector<int32_t>>();
-  f.greedy_continuation = j.at("greedy_continuation").get<std::vector<int32_t>>();
-  f.rows = j.at("logits_shape").at(0);
-  f.vocab = j.at("logits_shape").at(1);
-  f.tolerance = j.at("tolerance");
-  f.logits = read_f32(f.dir / j.at("logits_file").get<std::string>());
-  return f;
-}
-
 class ExpertParallelInference : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -300,7 +265,7 @@ class ExpertParallelInference : public ::testing::Test {
 
   // `dseek logits` of the fixture's input ids into a file pre-filled with NaN (a run that writes
   // nothing cannot pass); on `ranks` > 1 expert-parallel ranks under mpirun, else one process.
-  std::vector<float> logits(const Fixture& f, int ranks, std::string* err = nullptr) const {
+  std::vector<float> logits(const ModelFixture& f, int ranks, std::string* err = nullptr) const {
     TempDir tmp("ep-logits");
     const fs::path out = tmp.path / "logits.bin";
     {
@@ -326,16 +291,6 @@ class ExpertParallelInference : public ::testing::Test {
   std::string mpirun_;
 };
 
-double max_abs(const std::vector<float>& a, const std::vector<float>& b) {
-  double worst = a.size() == b.size() ? 0 : std::numeric_limits<double>::infinity();
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    double d = std::fabs(double(a[i]) - double(b[i]));
-    if (std::isnan(d)) d = std::numeric_limits<double>::infinity();
-    worst = std::max(worst, d);
-  }
-  return worst;
-}
-
 TEST_F(ExpertParallelInference, LogitsEqualOneProcess) {
   // (fixture, ranks): sigmoid noaux_tc routing on 2 and 4 ranks (2 experts each), softmax greedy
   // (V2-Lite) and DeepSeekMoE (multi-head attention, 2 shared experts) on 2.
@@ -344,7 +299,7 @@ TEST_F(ExpertParallelInference, LogitsEqualOneProcess) {
   std::string last_fixture;
   std::vector<float> single;
   for (const auto& [name, ranks] : cases) {
-    const Fixture f = load_fixture(name);
+    const ModelFixture f = load_model_fixture(name);
     if (name != last_fixture) single = logits(f, 1);
     last_fixture = name;
     std::string err;
@@ -352,13 +307,14 @@ TEST_F(ExpertParallelInference, LogitsEqualOneProcess) {
     ASSERT_EQ(ep.size(), size_t(f.rows * f.vocab)) << name;
     // Relative to the logits' scale: the sums differ only in where one addition per rank
     // boundary rounds.
-    const double rel = max_abs(ep, single) / max_abs(single, std::vector<float>(single.size()));
+    const double rel =
+        max_abs_diff(ep, single) / max_abs_diff(single, std::vector<float>(single.size()));
     std::printf(
         "  %-12s %d ranks: max |diff| / max |logit| vs one process %.3g, max abs diff vs "
         "transformers %.3g\n",
-        name.c_str(), ranks, rel, max_abs(ep, f.logits));
+        name.c_str(), ranks, rel, max_abs_diff(ep, f.logits));
     EXPECT_LE(rel, 1e-5) << name << " on " << ranks << " ranks";
-    EXPECT_LE(max_abs(ep, f.logits), f.tolerance) << name << " on " << ranks << " ranks";
+    EXPECT_LE(max_abs_diff(ep, f.logits), f.tolerance) << name << " on " << ranks << " ranks";
     const std::string line = "expert parallel inference: 8 routed experts over " +
                              std::to_string(ranks) + " ranks (" + std::to_string(8 / ranks) +
                              " each; expert weights per rank: ";
@@ -368,7 +324,7 @@ TEST_F(ExpertParallelInference, LogitsEqualOneProcess) {
 
 TEST_F(ExpertParallelInference, GreedyGenerateMatchesOneProcess) {
   // Token ids (no tokenizer): 2 ranks continue the fixture's greedy prompt as transformers does.
-  const Fixture f = load_fixture("v3_bf16");
+  const ModelFixture f = load_model_fixture("v3_bf16");
   const Args ids = {"generate",
                     "--model",
                     f.dir.string(),
@@ -383,9 +339,7 @@ TEST_F(ExpertParallelInference, GreedyGenerateMatchesOneProcess) {
   const CliRun one = run(DSEEK_BINARY, ids), two = mpirun(2, ep);
   ASSERT_EQ(one.exit_code, 0) << one.err;
   ASSERT_EQ(two.exit_code, 0) << two.err;
-  std::string want;
-  for (int32_t id : f.greedy_continuation) want += (want.empty() ? "" : " ") + std::to_string(id);
-  EXPECT_EQ(one.out, want + "\n");
+  EXPECT_EQ(one.out, join_ids(f.greedy_continuation, " ") + "\n");
   EXPECT_EQ(two.out, one.out);  // rank 1 printed nothing
 
   // Text through the tokenizer of the exported V3 fixture, on 4 ranks.
@@ -405,7 +359,7 @@ TEST_F(ExpertParallelInference, GreedyGenerateMatchesOneProcess) {
 }
 
 TEST_F(ExpertParallelInference, ClearErrors) {
-  const Fixture f = load_fixture("v3_bf16");
+  const ModelFixture f = load_model_fixture("v3_bf16");
   TempDir tmp("ep-errors");
   const Args args = {"logits",
                      "--model",

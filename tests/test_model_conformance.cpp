@@ -37,6 +37,7 @@ namespace {
 
 using dseek::testing::fixture_names;
 using dseek::testing::fixtures_root;
+using dseek::testing::join_ids;
 
 std::vector<float> read_f32(const fs::path& path, int64_t count) {
   std::ifstream in(path, std::ios::binary);
@@ -130,12 +131,6 @@ std::vector<float> logits_values(const Tensor& logits, int64_t rows, int64_t voc
 int32_t argmax_row(const std::vector<float>& values, int64_t row, int64_t vocab) {
   const float* p = values.data() + row * vocab;
   return int32_t(std::max_element(p, p + vocab) - p);
-}
-
-std::string join_ids(const std::vector<int32_t>& ids) {
-  std::string s;
-  for (size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
-  return s;
 }
 
 std::vector<int32_t> slice_ids(const std::vector<int32_t>& ids, int64_t begin, int64_t end) {

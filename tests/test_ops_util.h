@@ -39,4 +39,17 @@ inline double max_abs_diff(const Tensor& a, const Tensor& b) {
   return max_abs_diff(a, std::vector<double>(bv.begin(), bv.end()));
 }
 
+// The same over host values (logits read from files); empty counts as missing (+inf), so a run
+// that wrote nothing cannot pass.
+inline double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size() || a.empty()) return std::numeric_limits<double>::infinity();
+  double m = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = std::abs(double(a[i]) - double(b[i]));
+    if (std::isnan(d)) return std::numeric_limits<double>::infinity();
+    m = std::max(m, d);
+  }
+  return m;
+}
+
 }  // namespace dseek::testing

@@ -14,22 +14,19 @@
 #include "synth/cost.h"
 #include "synth/enumerate.h"
 #include "synth/evaluate.h"
+#include "synth/linear_problem.h"
 #include "synth/operator.h"
 #include "synth/task.h"
 
 namespace dseek::synth::test {
 
-// [T, d_in] -> [T, d_out] layers; r is a rank, g a group count (coefficients).
-struct LinearProblem {
-  Vars vars;
-  int T = vars.add("T", VarKind::primary);
-  int din = vars.add("d_in", VarKind::primary);
-  int dout = vars.add("d_out", VarKind::primary);
-  int r = vars.add("r", VarKind::coefficient);
-  int g = vars.add("g", VarKind::coefficient);
-  Size sT = Size::var(T), sdin = Size::var(din), sdout = Size::var(dout), sr = Size::var(r),
-       sg = Size::var(g);
-};
+// The [T, d_in] -> [T, d_out] problem and its classic layers are the bench's
+// (synth/linear_problem.h); named here too so the tests spell them synth::test:: like the rest of
+// this file.
+using dseek::synth::dense_linear;
+using dseek::synth::grouped_linear;
+using dseek::synth::LinearProblem;
+using dseek::synth::low_rank;
 
 // [N, C, H, W] -> [N, C_out, H, W] layers; k is the (odd) kernel size.
 struct ConvProblem {
@@ -44,31 +41,9 @@ struct ConvProblem {
        sW = Size::var(W), sk = Size::var(k);
 };
 
+// The tests' short name for build_operator (synth/linear_problem.h).
 inline Operator build(const std::vector<Size>& output, const std::vector<Action>& actions) {
-  Operator op = make_operator(output);
-  for (const auto& a : actions) apply(op, a);
-  return op;
-}
-
-// y[t,o] = Σ_i x[t,i] W[o,i]
-inline Operator dense_linear(const LinearProblem& p) {
-  return build({p.sT, p.sdout}, {share_action(1, 0), expand_action(1), reduce_action(p.sdin),
-                                 share_action(1, 0), finalize_action({0, 1})});
-}
-
-// y[t,o] = Σ_j Σ_i x[t,i] B[j,i] A[o,j]   (A = w0 [d_out, r], B = w1 [r, d_in])
-inline Operator low_rank(const LinearProblem& p) {
-  return build({p.sT, p.sdout},
-               {share_action(1, 0), expand_action(1), reduce_action(p.sr), share_action(1, 0),
-                share_action(1, 1), expand_action(1), reduce_action(p.sdin), share_action(1, 1),
-                finalize_action({0, 1})});
-}
-
-// y[t, G·(d_out/g) + o] = Σ_i x[t, G·(d_in/g) + i] W[G, o, i]   (W = w0 [g, d_out/g, d_in/g])
-inline Operator grouped_linear(const LinearProblem& p) {
-  return build({p.sT, p.sdout}, {merge_action(1, p.sdout / p.sg), share_action(1, 0),
-                                 share_action(2, 0), expand_action(2), reduce_action(p.sdin / p.sg),
-                                 share_action(2, 0), split_action(1, 2), finalize_action({0, 1})});
+  return build_operator(output, actions);
 }
 
 // y[n,o,h,w] = Σ_c Σ_a Σ_b x[n, c, h+a-k/2, w+b-k/2] W[o,c,a,b]   (zero padding)

@@ -6,11 +6,13 @@
 #include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
+#include <utility>
 
 #include "core/error.h"
 #include "synth/cost.h"
 #include "synth/evaluate.h"
 #include "synth/interpreter.h"
+#include "synth/linear_problem.h"
 #include "synth/lower.h"
 
 namespace dseek::synth {
@@ -54,34 +56,22 @@ std::string coefficients_str(const Vars& vars, const Valuation& v) {
   return out.empty() ? "no coefficients" : out;
 }
 
-// [T, d_in] → [T, d_out] with coefficients r (rank) and g (groups): the classic layers of
-// docs/SYNTH.md ("The IR"), the same action lists the tests check against direct loops.
-struct Linear {
-  Vars vars;
-  int T = vars.add("T", VarKind::primary);
-  int din = vars.add("d_in", VarKind::primary);
-  int dout = vars.add("d_out", VarKind::primary);
-  int r = vars.add("r", VarKind::coefficient);
-  int g = vars.add("g", VarKind::coefficient);
-  Size sT = Size::var(T), sdin = Size::var(din), sdout = Size::var(dout), sr = Size::var(r),
-       sg = Size::var(g);
-
-  BenchOperator make(const std::string& label, const std::vector<Action>& actions,
-                     int64_t groups) const {
-    BenchOperator b;
-    b.label = label;
-    b.record.spec.vars = vars;
-    Valuation v(size_t(vars.count()), 1);
-    v[size_t(g)] = groups;
-    b.record.spec.valuations = {v};
-    b.record.spec.input = {sT, sdin};
-    b.record.spec.output = {sT, sdout};
-    b.record.op = make_operator({sT, sdout});
-    for (const Action& a : actions) apply(b.record.op, a);
-    DSEEK_CHECK(b.record.op.complete, "[synth bench] built-in {}: not complete", label);
-    return b;
-  }
-};
+// A built-in design of `p` (synth/linear_problem.h) as a bench operator: `op` with g = `groups`
+// and every other variable 1 in its one valuation (the rank is set per shape).
+BenchOperator built_in(const LinearProblem& p, const std::string& label, Operator op,
+                       int64_t groups) {
+  BenchOperator b;
+  b.label = label;
+  b.record.spec.vars = p.vars;
+  Valuation v(size_t(p.vars.count()), 1);
+  v[size_t(p.g)] = groups;
+  b.record.spec.valuations = {v};
+  b.record.spec.input = {p.sT, p.sdin};
+  b.record.spec.output = {p.sT, p.sdout};
+  b.record.op = std::move(op);
+  DSEEK_CHECK(b.record.op.complete, "[synth bench] built-in {}: not complete", label);
+  return b;
+}
 
 std::string plan_summary(const LoweredPlan& plan) {
   std::string out;
@@ -172,7 +162,7 @@ std::vector<BenchShape> parse_bench_shapes(const std::string& text) {
 }
 
 BenchOperator known_operator(const std::string& name) {
-  const Linear p;
+  const LinearProblem p;
   const size_t slash = name.find('/');
   const std::string kind = name.substr(0, slash);
   int64_t n = 0;
@@ -182,26 +172,15 @@ BenchOperator known_operator(const std::string& name) {
       n = std::stoll(num);
   }
   if (kind == "dense" && slash == std::string::npos)
-    return p.make("dense",
-                  {share_action(1, 0), expand_action(1), reduce_action(p.sdin), share_action(1, 0),
-                   finalize_action({0, 1})},
-                  1);
+    return built_in(p, "dense", dense_linear(p), 1);
   if (kind == "lowrank" && n >= 1) {
-    BenchOperator b = p.make(fmt::format("low rank r=d/{}", n),
-                             {share_action(1, 0), expand_action(1), reduce_action(p.sr),
-                              share_action(1, 0), share_action(1, 1), expand_action(1),
-                              reduce_action(p.sdin), share_action(1, 1), finalize_action({0, 1})},
-                             1);
+    BenchOperator b = built_in(p, fmt::format("low rank r=d/{}", n), low_rank(p), 1);
     b.rank_var = p.r;
     b.rank_div = n;
     return b;
   }
   if (kind == "grouped" && n >= 1)
-    return p.make(fmt::format("grouped g={}", n),
-                  {merge_action(1, p.sdout / p.sg), share_action(1, 0), share_action(2, 0),
-                   expand_action(2), reduce_action(p.sdin / p.sg), share_action(2, 0),
-                   split_action(1, 2), finalize_action({0, 1})},
-                  n);
+    return built_in(p, fmt::format("grouped g={}", n), grouped_linear(p), n);
   fail(
       "[synth] known operator '{}': dense, lowrank/N (rank min(d_in, d_out)/N) or grouped/N "
       "(N groups), N >= 1",

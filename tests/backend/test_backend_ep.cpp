@@ -10,11 +10,9 @@
 #include <unistd.h>
 
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
-#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -24,6 +22,7 @@
 #include "dist/process_group.h"
 #include "model_fixtures.h"
 #include "mpi_run.h"
+#include "test_ops_util.h"
 
 extern char** environ;
 
@@ -36,32 +35,12 @@ using testing::CliRun;
 using testing::TempDir;
 
 using testing::find_mpirun;
+using testing::join_ids;
+using testing::max_abs_diff;
+using testing::read_f32;
 // The ranks run through tests/mpi_run.h.
 CliRun run(const std::string& program, const Args& args) {
   return testing::mpi_run(program, args);
-}
-
-std::vector<float> read_f32(const fs::path& path) {
-  const std::string bytes = testing::slurp(path);
-  std::vector<float> values(bytes.size() / sizeof(float));
-  std::memcpy(values.data(), bytes.data(), values.size() * sizeof(float));
-  return values;
-}
-
-std::string join_ids(const std::vector<int32_t>& ids, const char* sep) {
-  std::string s;
-  for (int32_t id : ids) s += (s.empty() ? "" : sep) + std::to_string(id);
-  return s;
-}
-
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  double worst = a.size() == b.size() && !a.empty() ? 0 : std::numeric_limits<double>::infinity();
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    double d = std::fabs(double(a[i]) - double(b[i]));
-    if (std::isnan(d)) d = std::numeric_limits<double>::infinity();
-    worst = std::max(worst, d);
-  }
-  return worst;
 }
 
 double rel_rms(const std::vector<float>& got, const std::vector<float>& want) {
@@ -83,13 +62,7 @@ class BackendExpertParallel : public ::testing::Test {
     if (!dist::mpi_available()) GTEST_SKIP() << "this dseek was built without MPI";
     mpirun_ = find_mpirun();
     if (mpirun_.empty()) GTEST_SKIP() << "mpirun not found (scripts/setup.sh installs OpenMPI)";
-    dir_ = testing::fixtures_root() / "v3_bf16";
-    const nlohmann::json j = nlohmann::json::parse(testing::slurp(dir_ / "reference.json"));
-    ids_ = j.at("input_ids").get<std::vector<int32_t>>();
-    greedy_prompt_ = j.at("greedy_prompt").get<std::vector<int32_t>>();
-    greedy_ = j.at("greedy_continuation").get<std::vector<int32_t>>();
-    tolerance_ = j.at("tolerance");
-    reference_ = read_f32(dir_ / j.at("logits_file").get<std::string>());
+    f_ = testing::load_model_fixture("v3_bf16");
   }
 
   // `dseek logits --device cuda --dtype act` into a NaN-filled file; on 2 expert-parallel ranks
@@ -98,12 +71,12 @@ class BackendExpertParallel : public ::testing::Test {
     TempDir tmp("ep-gpu-logits");
     const fs::path out = tmp.path / "logits.bin";
     {
-      std::vector<float> nan(reference_.size(), std::numeric_limits<float>::quiet_NaN());
+      std::vector<float> nan(f_.logits.size(), std::numeric_limits<float>::quiet_NaN());
       std::ofstream(out, std::ios::binary)
           .write(reinterpret_cast<const char*>(nan.data()), std::streamsize(nan.size() * 4));
     }
-    Args args = {"logits", "--model",    dir_.string(), "--ids", join_ids(ids_, ","),
-                 "--out",  out.string(), "--device",    "cuda",  "--dtype",
+    Args args = {"logits", "--model",    f_.dir.string(), "--ids", join_ids(f_.input_ids),
+                 "--out",  out.string(), "--device",      "cuda",  "--dtype",
                  act};
     const CliRun r = ranks > 1 ? mpirun(ranks, args) : run(DSEEK_BINARY, args);
     EXPECT_EQ(r.exit_code, 0) << r.err;
@@ -118,33 +91,30 @@ class BackendExpertParallel : public ::testing::Test {
   }
 
   std::string mpirun_;
-  fs::path dir_;
-  std::vector<int32_t> ids_, greedy_prompt_, greedy_;
-  double tolerance_ = 0;
-  std::vector<float> reference_;
+  testing::ModelFixture f_;  // v3_bf16
 };
 
 TEST_F(BackendExpertParallel, F32LogitsOnTwoRanksEqualOneGpu) {
   const std::vector<float> one = logits("f32", 1), two = logits("f32", 2);
   const double scale = max_abs_diff(one, std::vector<float>(one.size(), 0.0f));
-  const double vs_one = max_abs_diff(two, one) / scale, vs_ref = max_abs_diff(two, reference_);
+  const double vs_one = max_abs_diff(two, one) / scale, vs_ref = max_abs_diff(two, f_.logits);
   std::printf(
       "[backend] expert parallel v3_bf16 f32 2 ranks: max|diff|/max|logit| vs one GPU "
       "%.2e, max abs vs transformers %.2e\n",
       vs_one, vs_ref);
   EXPECT_LE(vs_one, 1e-5);
-  EXPECT_LE(vs_ref, tolerance_);
+  EXPECT_LE(vs_ref, f_.tolerance);
 }
 
 TEST_F(BackendExpertParallel, Bf16LogitsOnTwoRanksCloseToTransformers) {
   // The partial sums are rounded to bf16 before the sum (one process rounds once), so the bound
   // is the bf16 model's own (test_backend_model.cpp), not one process's bits.
   const std::vector<float> one = logits("bf16", 1), two = logits("bf16", 2);
-  const double vs_one = rel_rms(two, one), vs_ref = rel_rms(two, reference_);
+  const double vs_one = rel_rms(two, one), vs_ref = rel_rms(two, f_.logits);
   std::printf(
       "[backend] expert parallel v3_bf16 bf16 2 ranks: rel_rms vs one GPU %.2e, vs "
       "transformers %.2e (one GPU vs transformers %.2e)\n",
-      vs_one, vs_ref, rel_rms(one, reference_));
+      vs_one, vs_ref, rel_rms(one, f_.logits));
   EXPECT_LE(vs_ref, 0.2);
   EXPECT_LE(vs_one, 0.05);
 }
@@ -152,19 +122,19 @@ TEST_F(BackendExpertParallel, Bf16LogitsOnTwoRanksCloseToTransformers) {
 TEST_F(BackendExpertParallel, GreedyGenerateOnTwoRanksEqualsTransformers) {
   const Args args = {"generate",
                      "--model",
-                     dir_.string(),
+                     f_.dir.string(),
                      "--ids",
-                     join_ids(greedy_prompt_, ","),
+                     join_ids(f_.greedy_prompt),
                      "--greedy",
                      "-n",
-                     std::to_string(greedy_.size()),
+                     std::to_string(f_.greedy_continuation.size()),
                      "--print-ids",
                      "--device",
                      "cuda"};
   const CliRun one = run(DSEEK_BINARY, args), two = mpirun(2, args);
   ASSERT_EQ(one.exit_code, 0) << one.err;
   ASSERT_EQ(two.exit_code, 0) << two.err;
-  EXPECT_EQ(two.out, join_ids(greedy_, " ") + "\n");
+  EXPECT_EQ(two.out, join_ids(f_.greedy_continuation, " ") + "\n");
   EXPECT_EQ(two.out, one.out);
 }
 

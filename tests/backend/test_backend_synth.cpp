@@ -66,28 +66,45 @@ std::vector<SynthCase> cases() {
   return out;
 }
 
+// A case lowered, with fresh random input and weights (drawn in that order) as the CPU reference
+// sees them (rounded to `act`, in f32) and as the GPU gets them (in `act`).
+struct LoweredInputs {
+  LoweredPlan plan;
+  Tensor x, x_gpu;
+  std::vector<Tensor> w, w_gpu;
+};
+
+LoweredInputs lowered_inputs(const SynthCase& c, DType act, std::mt19937& rng) {
+  LoweredInputs in;
+  in.plan = lower(c.op, c.values);
+  const Tensor x = rand(in.plan.input_shape, rng);
+  in.x = rounded(x, act);
+  in.x_gpu = on_gpu(x, act);
+  for (const Shape& s : in.plan.weight_shapes) {
+    const Tensor t = rand(s, rng);
+    in.w.push_back(rounded(t, act));
+    in.w_gpu.push_back(on_gpu(t, act));
+  }
+  return in;
+}
+
 TEST(BackendOps, SynthLoweredForwardBackward) {
   DSEEK_REQUIRE_CUDA();
   std::mt19937 rng(77);
   for (const SynthCase& c : cases()) {
-    const LoweredPlan plan = lower(c.op, c.values);
-    const Tensor x = rand(plan.input_shape, rng);
-    std::vector<Tensor> w, wg;
-    for (const Shape& s : plan.weight_shapes) {
-      w.push_back(rand(s, rng));
-      wg.push_back(w.back().to(Device::CUDA));
-    }
+    const LoweredInputs in = lowered_inputs(c, DType::F32, rng);
+    const LoweredPlan& plan = in.plan;
     const Tensor dy = rand(plan.output_shape, rng);
     LoweredCache cpu_cache, gpu_cache;
-    const Tensor want = lowered_forward(plan, x, w, &cpu_cache);
-    const Tensor got = lowered_forward(plan, x.to(Device::CUDA), wg, &gpu_cache);
+    const Tensor want = lowered_forward(plan, in.x, in.w, &cpu_cache);
+    const Tensor got = lowered_forward(plan, in.x_gpu, in.w_gpu, &gpu_cache);
     EXPECT_TRUE(got.is_cuda());
     expect_close("synth " + c.name, plan.output_shape, DType::F32, want, got);
     const LoweredGrads gw = lowered_backward(plan, cpu_cache, dy);
     const LoweredGrads gg = lowered_backward(plan, gpu_cache, dy.to(Device::CUDA));
     EXPECT_TRUE(gg.dinput.is_cuda());
     expect_close("synth " + c.name + " dx", plan.input_shape, DType::F32, gw.dinput, gg.dinput);
-    for (size_t k = 0; k < w.size(); ++k)
+    for (size_t k = 0; k < in.w.size(); ++k)
       expect_close("synth " + c.name + " dw" + std::to_string(k), plan.weight_shapes[k], DType::F32,
                    gw.dweights[k], gg.dweights[k]);
   }
@@ -101,21 +118,14 @@ TEST(BackendOps, SynthLoweredForwardBf16) {
   DSEEK_REQUIRE_CUDA();
   std::mt19937 rng(78);
   for (const SynthCase& c : cases()) {
-    const LoweredPlan plan = lower(c.op, c.values);
-    const Tensor x = rand(plan.input_shape, rng);
-    std::vector<Tensor> w, wg;
-    for (const Shape& s : plan.weight_shapes) {
-      const Tensor t = rand(s, rng);
-      w.push_back(rounded(t, DType::BF16));
-      wg.push_back(on_gpu(t, DType::BF16));
-    }
-    const Tensor want = lowered_forward(plan, rounded(x, DType::BF16), w);
-    const Tensor got = lowered_forward(plan, on_gpu(x, DType::BF16), wg);
+    const LoweredInputs in = lowered_inputs(c, DType::BF16, rng);
+    const Tensor want = lowered_forward(in.plan, in.x, in.w);
+    const Tensor got = lowered_forward(in.plan, in.x_gpu, in.w_gpu);
     EXPECT_TRUE(got.is_cuda());
     EXPECT_EQ(got.dtype(), DType::BF16) << c.name;
     double scale = 0.0;
     for (float v : want.to_vector()) scale = std::max(scale, double(std::abs(v)));
-    expect_close("synth bf16 " + c.name, plan.output_shape, DType::BF16, want, got,
+    expect_close("synth bf16 " + c.name, in.plan.output_shape, DType::BF16, want, got,
                  Tolerance{3e-2 * scale, 1.6e-2});
   }
 }
