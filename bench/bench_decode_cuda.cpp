@@ -354,7 +354,10 @@ int main(int argc, char** argv) {
     for (const bool graphs :
          device == Device::CUDA ? std::vector<bool>{true, false} : std::vector<bool>{false}) {
       model->set_cuda_graphs(graphs);
-      const char* label = device == Device::CUDA && !graphs ? "decode b1, no graphs" : "decode b1";
+      const char* label = device != Device::CUDA        ? "decode b1"
+                          : !graphs                     ? "decode b1, no graphs"
+                          : model->cuda_graphs_active() ? "decode b1, CUDA graphs"
+                                                        : "decode b1 (CUDA graphs not applicable)";
       nlohmann::json row = base;
       row.update({{"bench", "decode"},
                   {"batch", 1},

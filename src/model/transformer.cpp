@@ -77,7 +77,10 @@ Transformer::Transformer(const ModelConfig& config, const WeightStore& store,
                 config_.model_type, placement_.experts.ranks);
     (void)placement_.experts.count(config_.n_routed_experts);  // E divisible by the ranks
   }
-  fp8_linears_ = placement_.fp8 == Fp8Weights::Keep && store.fp8_blocks_128();
+  // As load_linear decides (model/linear_weight.cpp); block sizes alone default to 128, so the
+  // checkpoint's own quantization_config says whether there are FP8 weights at all.
+  fp8_linears_ = placement_.fp8 == Fp8Weights::Keep && config_.quantization.quant_method == "fp8" &&
+                 store.fp8_blocks_128();
   LoadContext ctx(config_, store, placement_);
   const int64_t D = config_.hidden_size, V = config_.vocab_size, L = config_.num_hidden_layers;
   embed_tokens_ = ctx.weight("model.embed_tokens.weight", {V, D});

@@ -6,6 +6,7 @@
 // warps. Deterministic: each output is one warp's fixed-order sum and one butterfly reduction.
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 
@@ -92,12 +93,33 @@ __device__ __forceinline__ bool vector_ok(const T* W, int64_t ldw, const T* x, i
   }
 }
 
-// Block (output block, expert): y[r, n] = Σ_k x[r, k]·W_e[n, k] for the rows r of expert e.
+// The n-th expert (from 0) that has rows, or −1: every warp works it out for itself, 32 experts
+// a step (a ballot of the non-empty ones, then the n-th set bit).
+__device__ __forceinline__ int64_t nth_busy_expert(const int64_t* offsets, int64_t E, int n) {
+  const int lane = int(threadIdx.x) % 32;
+  for (int64_t base = 0; base < E; base += 32) {
+    const int64_t i = base + lane;
+    const unsigned busy = __ballot_sync(0xffffffffu, i < E && offsets[i + 1] > offsets[i]);
+    const int count = __popc(busy);
+    if (n < count) {
+      unsigned rest = busy;
+      for (int j = 0; j < n; ++j) rest &= rest - 1;  // drop the n lowest busy experts
+      return base + int64_t(__ffs(int(rest)) - 1);
+    }
+    n -= count;
+  }
+  return -1;
+}
+
+// Block (output block, y): y[r, n] = Σ_k x[r, k]·W_e[n, k] for the rows r of expert e, the y-th
+// expert with rows. The grid has min(E, N) block rows, not E: a decode step routes one token to
+// 6 of 64 experts, and 58 rows of blocks that only found no rows were most of the launch.
 template <typename T>
 __global__ void __launch_bounds__(kWarps * 32)
-    grouped_gemv_kernel(const T* x, int64_t in, const int64_t* offsets, const void* const* w,
-                        int64_t ldw, int64_t out, T* y) {
-  const int64_t e = blockIdx.y;
+    grouped_gemv_kernel(const T* x, int64_t in, const int64_t* offsets, int64_t E,
+                        const void* const* w, int64_t ldw, int64_t out, T* y) {
+  const int64_t e = nth_busy_expert(offsets, E, int(blockIdx.y));
+  if (e < 0) return;  // fewer busy experts than block rows (uniform over the block)
   const int64_t r_begin = offsets[e], r_end = offsets[e + 1];
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int64_t n0 = (int64_t(blockIdx.x) * kWarps + warp) * kOutputsPerWarp;
@@ -135,17 +157,18 @@ bool grouped_gemv_takes(int64_t N, int64_t E) {
   return N <= kGemvRowsPerExpert * E;
 }
 
-void grouped_gemv(const void* x, const int64_t* offsets, int64_t E, int64_t in,
+void grouped_gemv(const void* x, const int64_t* offsets, int64_t E, int64_t N, int64_t in,
                   const void* const* w, int64_t ldw, int64_t out, void* y, DType act) {
   const int64_t blocks = ceil_div<int64_t>(out, kOutputsPerBlock);
   DSEEK_CHECK(blocks <= INT_MAX && E <= 65535,
               "[grouped_linear] {} experts × {} outputs exceed "
               "the grid",
               E, out);
-  const dim3 grid{unsigned(blocks), unsigned(E)};
+  const dim3 grid{unsigned(blocks), unsigned(std::min(E, N))};
   DSEEK_DISPATCH_ACT(act, T,
-                     grouped_gemv_kernel<T><<<grid, kWarps * 32, 0, stream()>>>(
-                         static_cast<const T*>(x), in, offsets, w, ldw, out, static_cast<T*>(y)));
+                     grouped_gemv_kernel<T>
+                     <<<grid, kWarps * 32, 0, stream()>>>(static_cast<const T*>(x), in, offsets, E,
+                                                          w, ldw, out, static_cast<T*>(y)));
   DSEEK_CUDA_CHECK_LAUNCH("grouped_gemv_kernel");
 }
 

@@ -15,8 +15,9 @@ constexpr int64_t kGemvRowsPerExpert = 8;
 // Whether grouped_linear's forward over N rows and E experts takes grouped_gemv.
 bool grouped_gemv_takes(int64_t N, int64_t E);
 
-// y[r] = x[r] · W_eᵀ for the rows r of each expert e (offsets on the device), as grouped_linear.
-void grouped_gemv(const void* x, const int64_t* offsets, int64_t E, int64_t in,
+// y[r] = x[r] · W_eᵀ for the rows r of each expert e (offsets on the device), as grouped_linear;
+// N rows in all.
+void grouped_gemv(const void* x, const int64_t* offsets, int64_t E, int64_t N, int64_t in,
                   const void* const* w, int64_t ldw, int64_t out, void* y, DType act);
 
 }  // namespace dseek::ops::cuda

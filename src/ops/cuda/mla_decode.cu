@@ -1,20 +1,20 @@
 // MLA's absorbed decode on the GPU (ops/mla_decode.h; CPU twins in ops/cpu/mla_decode.cpp).
 //
 // mla_decode: FlashMLA-style attention over one sequence's latent rows [c_kv; k_pe]. A block
-// serves kRows = 32 (query, head) rows (row = t·H + h: for a decode step the 32 heads of one
-// token, all sharing every latent row) and streams the latent rows through shared memory in tiles
-// of 32 (shared_rows.cuh: the whole block loads a tile, many loads in flight), converted to f32
-// once: each row is read from global memory once per block and serves as
-// key (all dk = r + rope values) and as value (its first r) for all 32 heads. Lane j of a warp
-// scores tile row j against the warp's 4 query rows (a whole dot product per lane, no reduction
-// per key); each row keeps an online softmax (running max m, sum l) and an f32 accumulator over
-// the r value columns in registers (lane owns columns lane + 32c). When the blocks are too few to
-// fill the GPU (a decode step has H / 32 of them), the key range is split over blocks
-// (flash-decoding): each leaves its partial (m, l, unnormalised accumulator) in a workspace and a
-// second kernel joins the splits, rescaling each by exp(m_split − M). With device-side positions
-// (a cache's storage, MlaDecodeArgs::positions) the grid is sized for the whole capacity and both
-// kernels work out from the key count they read how many splits hold keys; the others return at
-// once, so a CUDA graph captured at one cache length replays at any other.
+// serves 32 (query, head) rows, 16 when there are few (row = t·H + h: for a decode step the heads
+// of one token, all sharing every latent row) and streams the latent rows through shared memory in
+// tiles of 32 (shared_rows.cuh: the whole block loads a tile, many loads in flight), converted to
+// f32 once: each row is read from global memory once per block and serves as key (all dk = r + rope
+// values) and as value (its first r) for all 32 heads. Lane j of a warp scores tile row j against
+// the warp's 4 query rows (a whole dot product per lane, no reduction per key); each row keeps an
+// online softmax (running max m, sum l) and an f32 accumulator over the r value columns in
+// registers (lane owns columns lane + 32c). When the blocks are too few to fill the GPU (a decode
+// step has H / 32 of them), the key range is split over blocks (flash-decoding): each leaves its
+// partial (m, l, unnormalised accumulator) in a workspace and a second kernel joins the splits,
+// rescaling each by exp(m_split − M). With device-side positions (a cache's storage,
+// MlaDecodeArgs::positions) the grid is sized for the whole capacity and both kernels work out from
+// the key count they read how many splits hold keys; the others return at once, so a CUDA graph
+// captured at one cache length replays at any other.
 //
 // head_matmul (the absorbed projections around this kernel) is a strided-batched cuBLASLt GEMM, in
 // linear.cpp: the plain tiled kernel it replaced took 75 µs a call in batched decode.
@@ -34,10 +34,13 @@ namespace dseek::ops::cuda {
 namespace {
 
 constexpr int kWarps = 8;
-constexpr int kRowsPerWarp = 4;
-constexpr int kRows = kWarps * kRowsPerWarp;  // (query, head) rows per block
-constexpr int kTile = 32;                     // latent rows per shared tile: one per lane
-constexpr int64_t kMaxRank = 512;             // 16 accumulator registers per lane and row
+// (query, head) rows per warp: 4 (32 a block, each latent tile serves 32 rows), or 2 for a few
+// rows (16 a block) — a batch-1 step of 16 heads then keeps all 8 warps busy instead of 4, which
+// matters because the kernel is latency-bound there (41.8 µs a call in run G's profile).
+constexpr int kRowsPerWarpMany = 4, kRowsPerWarpFew = 2;
+constexpr int64_t kFewRows = 256;  // up to here (16 tokens of 16 heads) 2 rows a warp
+constexpr int kTile = 32;          // latent rows per shared tile: one per lane
+constexpr int64_t kMaxRank = 512;  // 16 accumulator registers per lane and row
 // A split may be a single tile: at batch 1 a step has only 16 (query, head) rows, one block, so
 // without key splits the whole attention ran on one multiprocessor with one warp per scheduler
 // (151 µs a layer at 150 keys on an H200, a third of the decode step). Each split costs rank + 2
@@ -76,12 +79,13 @@ __device__ int64_t key_count(const MlaDecodeArgs& a) {
 
 // q rows [kRows][dk], latent tile [kTile][dk | 1] (odd stride: lane j reads row j, so the 32
 // lanes hit 32 banks), all f32.
-size_t decode_shared_bytes(int64_t dk) {
-  return size_t(int64_t(kRows) * dk + int64_t(kTile) * (dk | 1)) * sizeof(float);
+size_t decode_shared_bytes(int64_t dk, int rows_per_warp) {
+  return size_t(int64_t(kWarps * rows_per_warp) * dk + int64_t(kTile) * (dk | 1)) * sizeof(float);
 }
 
-template <typename T, int NV>
+template <typename T, int NV, int kRowsPerWarp>
 __global__ void __launch_bounds__(kWarps * 32) mla_decode_kernel(const DecodeParams p) {
+  constexpr int kRows = kWarps * kRowsPerWarp;
   extern __shared__ float smem[];
   const MlaDecodeArgs& a = p.a;
   const int lane = int(threadIdx.x % 32), warp = int(threadIdx.x / 32);
@@ -220,9 +224,9 @@ int device_attribute(cudaDeviceAttr attr) {
   return v;
 }
 
-template <typename T, int NV>
+template <typename T, int NV, int kRowsPerWarp>
 void launch_decode(const DecodeParams& p, dim3 grid, size_t smem) {
-  auto kernel = mla_decode_kernel<T, NV>;
+  auto kernel = mla_decode_kernel<T, NV, kRowsPerWarp>;
   // Raised once per size (not per call: decode steps are captured into CUDA graphs).
   static size_t smem_allowed = 0;
   if (smem > smem_allowed) {
@@ -240,6 +244,19 @@ void launch_decode(const DecodeParams& p, dim3 grid, size_t smem) {
   }
 }
 
+// The accumulator width (registers per lane and row) for the rank.
+template <typename T, int kRowsPerWarp>
+void launch_rank(const DecodeParams& p, dim3 grid, size_t smem) {
+  if (p.a.rank <= 64)
+    launch_decode<T, 2, kRowsPerWarp>(p, grid, smem);
+  else if (p.a.rank <= 128)
+    launch_decode<T, 4, kRowsPerWarp>(p, grid, smem);
+  else if (p.a.rank <= 256)
+    launch_decode<T, 8, kRowsPerWarp>(p, grid, smem);
+  else
+    launch_decode<T, 16, kRowsPerWarp>(p, grid, smem);
+}
+
 }  // namespace
 
 void mla_decode(const MlaDecodeArgs& a, DType act) {
@@ -247,15 +264,16 @@ void mla_decode(const MlaDecodeArgs& a, DType act) {
   DSEEK_CHECK(a.rank <= kMaxRank, "[mla_decode] rank {} above the kernel's {}", a.rank, kMaxRank);
   static const int max_smem = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
   static const int sms = device_attribute(cudaDevAttrMultiProcessorCount);
-  const size_t smem = decode_shared_bytes(a.dk);
+  const int64_t rows = a.T * a.H;
+  const int rows_per_warp = rows <= kFewRows ? kRowsPerWarpFew : kRowsPerWarpMany;
+  const size_t smem = decode_shared_bytes(a.dk, kRowsPerWarpMany);  // checked for the larger
   DSEEK_CHECK(smem + 1024 <= size_t(max_smem),
               "[mla_decode] rows of {} values need {} bytes of shared memory, the GPU gives a "
               "block {}",
               a.dk, smem, max_smem);
   DecodeParams p{};
   p.a = a;
-  const int64_t rows = a.T * a.H;
-  const int64_t row_blocks = dseek::cuda::ceil_div<int64_t>(rows, kRows);
+  const int64_t row_blocks = dseek::cuda::ceil_div<int64_t>(rows, kWarps * rows_per_warp);
   // The combine kernel's grid has a block column per row.
   DSEEK_CHECK(rows <= int64_t(0x7fffffff), "[mla_decode] {} rows are too many", rows);
   // Enough splits for two blocks per multiprocessor, each at least kMinSplitKeys rows long.
@@ -271,15 +289,12 @@ void mla_decode(const MlaDecodeArgs& a, DType act) {
     p.part_acc = p.part_ml + 2 * n;
   }
   const dim3 grid(unsigned(row_blocks), unsigned(p.n_splits));
+  const size_t used_smem = decode_shared_bytes(a.dk, rows_per_warp);
   DSEEK_DISPATCH_ACT(act, T, {
-    if (a.rank <= 64)
-      launch_decode<T, 2>(p, grid, smem);
-    else if (a.rank <= 128)
-      launch_decode<T, 4>(p, grid, smem);
-    else if (a.rank <= 256)
-      launch_decode<T, 8>(p, grid, smem);
+    if (rows_per_warp == kRowsPerWarpFew)
+      launch_rank<T, kRowsPerWarpFew>(p, grid, used_smem);
     else
-      launch_decode<T, 16>(p, grid, smem);
+      launch_rank<T, kRowsPerWarpMany>(p, grid, used_smem);
   });
 }
 

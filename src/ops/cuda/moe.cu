@@ -581,7 +581,7 @@ void grouped_linear(const void* x, const int64_t* offsets, int64_t E, int64_t N,
                     const void* const* w, int64_t ldw, int64_t out, void* y, DType act) {
   if (N == 0 || out == 0) return;
   if (grouped_gemv_takes(N, E)) {
-    grouped_gemv(x, offsets, E, in, w, ldw, out, y, act);
+    grouped_gemv(x, offsets, E, N, in, w, ldw, out, y, act);
     return;
   }
   if (act == DType::BF16 && grouped_tc_takes(x, y, in, out, ldw)) {
