@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 
@@ -381,4 +382,56 @@ TEST(SynthVision, DenseBaselineLearnsTheRealDigits) {
   EXPECT_LT(r.val_loss, 1.3);
   std::printf("dense 3x3, C = 12, 150 steps of 16: val loss %.4f, accuracy %.2f%% (%.1f s)\n",
               r.val_loss, 100.0 * r.val_accuracy, r.seconds);
+}
+
+// Through the binary, on the fixture: `synth proxy --kind conv` tables the known designs against
+// the dense convolution (itself +0.00% at latency ratio 1), `synth search --quality vision` trains
+// the baseline first and scores candidates, and misuse is a clear error.
+TEST(SynthVision, CliProxyTableAndSearch) {
+  TempDir out("vision-cli");
+  const std::string json = (out.path / "vision.json").string();
+  dseek::testing::CliRun r = dseek::testing::run_dseek_shell(
+      "synth proxy --task conv --digits " + kFixture +
+      " --channels 4 --steps 4 --seeds 2 --jobs 2 --latency-runs 1 --builtins "
+      "dense,separable,grouped/2 --json " +
+      json);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("| dense 3x3 | 288 | 36864 | 1.000 |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| +0.00% ± 0.00% | +0.00 ± 0.00 pts | 1.00 |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| separable 3x3 | 104 | 13312 | 0.361 |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("| grouped 3x3 g=2 | 144 | 18432 | 0.500 |"), std::string::npos) << r.out;
+  const nlohmann::json j = nlohmann::json::parse(slurp(json));
+  ASSERT_EQ(j["rows"].size(), 3u);
+  for (const auto& row : j["rows"]) {
+    const auto val = row["val_losses"].get<std::vector<double>>();
+    const auto base = row["baseline_val_losses"].get<std::vector<double>>();
+    ASSERT_EQ(val.size(), 2u);
+    const double mean = (val[0] / base[0] + val[1] / base[1]) / 2.0 - 1.0;
+    EXPECT_NEAR(row["rel_diff"].get<double>(), mean, 1e-12) << row.dump();
+  }
+
+  const std::string search =
+      "synth search --task conv --d-in 4 --d-out 4 --tokens 2 --coeffs k=3 --max-depth 10 "
+      "--budget 4 --batch 4 --jobs 1 --latency-runs 1 --quality vision --proxy-steps 3 --digits " +
+      kFixture;
+  r = dseek::testing::run_dseek_shell(search + " --out " + (out.path / "run").string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("vision proxy baseline (dense 3x3, 3 steps x 1 repeats)"), std::string::npos)
+      << r.err;
+  EXPECT_NE(r.out.find("4 candidates (4 evaluated now"), std::string::npos) << r.out;
+
+  for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
+           {"synth search --task conv --d-in 4 --d-out 8 --coeffs k=3 --quality vision --out " +
+                (out.path / "x").string(),
+            "--quality vision trains a CNN on 8x8 digit images"},
+           {"synth search --task lm-proj --quality vision --out " + (out.path / "y").string(),
+            "--task conv --image 8 and --d-in = --d-out, got --task lm-proj"},
+           {"synth proxy --kind conv --digits /nonexistent.csv",
+            "--digits /nonexistent.csv: no "
+            "such file"},
+           {"synth proxy --kind conv --builtins depthwise", "dense must come first"}}) {
+    const dseek::testing::CliRun bad = dseek::testing::run_dseek_shell(args);
+    EXPECT_NE(bad.exit_code, 0) << args;
+    EXPECT_NE(bad.err.find(message), std::string::npos) << args << "\n" << bad.err;
+  }
 }
