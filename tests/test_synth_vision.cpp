@@ -435,3 +435,45 @@ TEST(SynthVision, CliProxyTableAndSearch) {
     EXPECT_NE(bad.err.find(message), std::string::npos) << args << "\n" << bad.err;
   }
 }
+
+// --translation-equivariant: the conv task admits convolutions (their weights read channels and
+// window offsets only) and refuses a layer with a weight per position, also as a partial state.
+TEST(SynthVision, TranslationEquivariantConvTaskRefusesPositionWeights) {
+  TaskOptions o;
+  o.task = "conv";
+  o.d_in = o.d_out = 4;
+  o.tokens = 2;
+  o.coeffs = {{"k", 3}};
+  o.max_depth = 12;
+  const Task plain = make_task(o);
+  o.translation_equivariant = true;
+  const Task eq = make_task(o);
+  const Vars& v = eq.spec.vars;
+  auto file_op = [&](const std::string& name) {
+    return known_conv_operator(name, 4, 8, 3).record.op;
+  };
+  for (const char* name : {"dense", "separable", "grouped/2", "lowrank/2", "pointwise"}) {
+    EXPECT_TRUE(eq.admissible(file_op(name))) << name;
+    EXPECT_TRUE(plain.admissible(file_op(name))) << name;
+  }
+  EXPECT_TRUE(eq.admissible(eq.baseline));
+  // y[n,o,h,w] = Σ_c x[n,c,h,w] · W[o,c] · A[h] (a weight per row): admissible only without the
+  // constraint, and its partial state is refused as soon as A reads h.
+  Operator op = make_operator(eq.spec.output);
+  apply(op, share_action(2, 0));
+  EXPECT_FALSE(eq.admissible(op));
+  EXPECT_TRUE(plain.admissible(op));
+  for (const Action& a : {share_action(1, 1), expand_action(1), reduce_action(Size::var(1)),
+                          share_action(3, 1), finalize_action({0, 3, 1, 2})})
+    apply(op, a);
+  ASSERT_TRUE(op.complete) << history_str(op, v);
+  EXPECT_FALSE(eq.admissible(op));
+  EXPECT_TRUE(plain.admissible(op));
+  EXPECT_TRUE(weights_read(op, {2}));
+  EXPECT_FALSE(weights_read(op, {3}));
+  o.task = "lm-proj";
+  const std::string e = error_of([&] { make_task(o); });
+  EXPECT_NE(e.find("[synth] task: translation equivariance is a conv constraint, not lm-proj's"),
+            std::string::npos)
+      << e;
+}

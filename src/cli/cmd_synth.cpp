@@ -154,8 +154,9 @@ void run_search(SearchArgs args) {
                                      {"proxy", args.quality == "lm" ? ao.proxy.key() : ""},
                                      {"device", args.device},
                                      {"latency_runs", ao.latency_runs}};
-  // Only in vision runs, so the stores of earlier runs keep their settings and resume.
+  // Only in vision / equivariant runs, so the stores of earlier runs keep their settings.
   if (ao.quality == Quality::Vision) settings["vision"] = ao.vision.key();
+  if (args.task.translation_equivariant) settings["translation_equivariant"] = true;
   Store store(args.out);
   store.begin_run(settings.dump());
   const std::map<uint64_t, Candidate> known = store.load_known();
@@ -799,6 +800,8 @@ void add_synth_commands(CLI::App& app) {
                 "coefficients primitives may use, e.g. r=4,g=4 or k=3,g=4");
   s->add_option("--max-depth", args->task.max_depth, "primitives per operator")
       ->capture_default_str();
+  s->add_flag("--translation-equivariant", args->task.translation_equivariant,
+              "conv: no weight indexed by H or W (convolutions, not locally connected layers)");
   s->add_option("--method", args->method, "mcts or sample (Canvas's sampler)")
       ->capture_default_str();
   s->add_option("--budget", args->budget, "distinct candidates in the run")->capture_default_str();
