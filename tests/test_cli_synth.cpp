@@ -104,7 +104,7 @@ TEST(CliSynth, BadInputIsAClearErrorWithNonZeroExit) {
       {"synth search --task lm-proj --coeffs T=2 --quality teacher-fit --out " + dir,
        "coefficient 'T' clashes"},
       {"synth search --task lm-proj --quality bleu --out " + dir,
-       "--quality bleu: teacher-fit or lm"},
+       "--quality bleu: teacher-fit, lm or vision"},
       {"synth search --task conv --quality lm --out " + dir,
        "--quality lm scores language-model projections"},
       {"synth search --task lm-proj --method beam --quality teacher-fit --out " + dir,

@@ -1,7 +1,7 @@
 // `dseek synth`: operator synthesis from the command line.
 //   dseek synth search --task lm-proj|lm-ffn|conv --d-in N --d-out N [--tokens T] [--image S]
 //                      --coeffs r=4,g=4 --method mcts|sample --budget N --jobs J --seed S
-//                      --max-depth D --quality teacher-fit|lm --out DIR
+//                      --max-depth D --quality teacher-fit|lm|vision --out DIR
 //     searches (synth/search.h), evaluating candidates with the analytic + latency + teacher-fit
 //     evaluator (synth/evaluate.h), storing every result in DIR/synth.sqlite (synth/store.h); the
 //     same command with the same DIR resumes. Progress on stderr.
@@ -15,6 +15,9 @@
 //     the known designs (dense, low rank, grouped), operator files and a search's best candidates
 //     at a real model's projection shapes: FLOPs, params, median latency, speed-up against dense
 //     (synth/bench.h), as a markdown table on stdout (and JSON).
+//   dseek synth proxy --kind lm-proj|lm-ffn|conv ... (alias --task)
+//     known designs and operator files on the proxy LM (lm-*) or the digits CNN (conv), paired
+//     by seed, with standard errors.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -32,9 +35,11 @@
 #include "core/cuda.h"
 #include "core/error.h"
 #include "core/progress.h"
+#include "data/digits.h"
 #include "data/token_shards.h"
 #include "plot/chart.h"
 #include "synth/bench.h"
+#include "synth/conv_designs.h"
 #include "synth/cost.h"
 #include "synth/evaluate.h"
 #include "synth/lower.h"
@@ -43,6 +48,7 @@
 #include "synth/serialize.h"
 #include "synth/store.h"
 #include "synth/task.h"
+#include "synth/vision_proxy.h"
 
 namespace dseek::cli {
 namespace {
@@ -51,7 +57,7 @@ using namespace dseek::synth;
 
 struct SearchArgs {
   TaskOptions task;
-  std::string coeffs, method = "mcts", quality, out, device = "cpu";
+  std::string coeffs, method = "mcts", quality, out, device = "cpu", digits;
   int64_t budget = 64, max_evaluations = -1;
   int jobs = 1, batch = 8, fit_steps = 300, latency_runs = 5;
   int64_t proxy_steps = 300, proxy_repeats = 1;
@@ -62,12 +68,19 @@ struct SearchArgs {
 void run_search(SearchArgs args) {
   args.task.coeffs = parse_coeffs(args.coeffs);
   const Task task = make_task(args.task);
-  DSEEK_CHECK(args.quality == "teacher-fit" || args.quality == "lm",
-              "[synth search] --quality {}: teacher-fit or lm", args.quality);
+  DSEEK_CHECK(args.quality == "teacher-fit" || args.quality == "lm" || args.quality == "vision",
+              "[synth search] --quality {}: teacher-fit, lm or vision", args.quality);
   DSEEK_CHECK(args.quality != "lm" || task.name == "lm-proj" || task.name == "lm-ffn",
               "[synth search] --quality lm scores language-model projections: --task lm-proj or "
               "lm-ffn, not {}",
               task.name);
+  DSEEK_CHECK(
+      args.quality != "vision" || (task.name == "conv" && args.task.d_in == args.task.d_out &&
+                                   args.task.image == kDigitsSide),
+      "[synth search] --quality vision trains a CNN on 8x8 digit images with the candidate "
+      "in its C -> C convolutions: --task conv --image 8 and --d-in = --d-out, got --task "
+      "{} --image {} --d-in {} --d-out {}",
+      task.name, args.task.image, args.task.d_in, args.task.d_out);
   const Device device = args.device == "cuda" ? Device::CUDA : Device::CPU;
   if (device == Device::CUDA) cuda::require("--device cuda");
   SearchOptions so;
@@ -86,7 +99,9 @@ void run_search(SearchArgs args) {
   ao.latency_runs = args.latency_runs;
   ao.fit.steps = args.fit_steps;
   ao.fit.lr = args.fit_lr;
-  ao.quality = args.quality == "lm" ? Quality::Lm : Quality::TeacherFit;
+  ao.quality = args.quality == "lm"       ? Quality::Lm
+               : args.quality == "vision" ? Quality::Vision
+                                          : Quality::TeacherFit;
   ao.proxy.kind = task.name;
   ao.proxy.steps = args.proxy_steps;
   ao.proxy.repeats = args.proxy_repeats;
@@ -100,6 +115,24 @@ void run_search(SearchArgs args) {
     fmt::print(stderr,
                "proxy baseline ({}, {} steps × {} repeats): validation loss {:.4f} ({:.1f} s)\n",
                ao.proxy.kind, ao.proxy.steps, ao.proxy.repeats, base.val_loss, base.seconds);
+  }
+  if (ao.quality == Quality::Vision) {
+    // The conv task's baseline is k×k for a coefficient k, else 1×1 (task.h): so is the proxy's.
+    ao.vision.kernel = 1;
+    for (const auto& [name, value] : args.task.coeffs)
+      if (name == "k") ao.vision.kernel = value;
+    ao.vision.channels = args.task.d_in;
+    ao.vision.steps = args.proxy_steps;
+    ao.vision.warmup = std::min<int64_t>(ao.vision.warmup, args.proxy_steps / 5);
+    ao.vision.repeats = args.proxy_repeats;
+    ao.vision.seed = args.seed;
+    ao.vision.digits = args.digits;
+    const VisionResult base = vision_baseline(ao.vision);
+    fmt::print(stderr,
+               "vision proxy baseline (dense {}x{}, {} steps x {} repeats): validation loss "
+               "{:.4f}, accuracy {:.2f}% ({:.1f} s)\n",
+               ao.vision.kernel, ao.vision.kernel, ao.vision.steps, ao.vision.repeats,
+               base.val_loss, 100.0 * base.val_accuracy, base.seconds);
   }
 
   // What the run is a function of (search.h): a resumed run must match every field.
@@ -121,6 +154,9 @@ void run_search(SearchArgs args) {
                                      {"proxy", args.quality == "lm" ? ao.proxy.key() : ""},
                                      {"device", args.device},
                                      {"latency_runs", ao.latency_runs}};
+  // Only in vision / equivariant runs, so the stores of earlier runs keep their settings.
+  if (ao.quality == Quality::Vision) settings["vision"] = ao.vision.key();
+  if (args.task.translation_equivariant) settings["translation_equivariant"] = true;
   Store store(args.out);
   store.begin_run(settings.dump());
   const std::map<uint64_t, Candidate> known = store.load_known();
@@ -377,10 +413,9 @@ void run_bench(const BenchArgs& a) {
 }
 
 struct ProxyArgs {
-  std::string kind = "lm-proj", builtins = "dense,lowrank/2,lowrank/4,grouped/2,grouped/4", from,
-              json;
+  std::string kind = "lm-proj", builtins, from, json, digits;  // builtins "": the kind's defaults
   std::vector<std::string> ops;
-  int64_t steps = 300, seeds = 8, latency_runs = 20;
+  int64_t steps = 300, seeds = 8, latency_runs = 20, channels = 16;
   uint64_t seed = 0;
   int jobs = 1, top = 0;
 };
@@ -428,7 +463,8 @@ void run_proxy_table(const ProxyArgs& a) {
   task.kind = a.kind;
   task.steps = a.steps;
   task.warmup = std::min<int64_t>(task.warmup, a.steps / 5);
-  std::vector<BenchOperator> ops = known_operators(a.builtins);
+  std::vector<BenchOperator> ops = known_operators(
+      a.builtins.empty() ? "dense,lowrank/2,lowrank/4,grouped/2,grouped/4" : a.builtins);
   std::vector<std::string> legend;
   add_operators("synth proxy", a.ops, a.from, a.top, ops, legend);
   // Each operator's coefficients at the proxy's up_proj shape (the override fits the others).
@@ -564,6 +600,185 @@ void run_proxy_table(const ProxyArgs& a) {
   }
 }
 
+// The same table for the conv task on the vision proxy (synth/vision_proxy.h): known convolution
+// designs (synth/conv_designs.h) and operator files in the digits CNN, paired by seed with the
+// dense k×k convolution, with the change of accuracy and the CPU latency of one training batch's
+// convolution ([batch, C, 8, 8]).
+void run_vision_table(const ProxyArgs& a) {
+  DSEEK_CHECK(a.seeds > 0 && a.jobs >= 1 && a.steps > 0 && a.latency_runs > 0 && a.channels > 0,
+              "[synth proxy] --seeds {}, --jobs {}, --steps {}, --latency-runs {}, --channels {}: "
+              "must be positive",
+              a.seeds, a.jobs, a.steps, a.latency_runs, a.channels);
+  DSEEK_CHECK((a.top > 0) == !a.from.empty(),
+              "[synth proxy] --from DIR and --top K go together, got --from '{}' --top {}", a.from,
+              a.top);
+  VisionTask task;
+  task.channels = a.channels;
+  task.steps = a.steps;
+  task.warmup = std::min<int64_t>(task.warmup, a.steps / 5);
+  task.digits = a.digits;
+  std::vector<BenchOperator> ops = known_conv_operators(
+      a.builtins.empty() ? "dense,separable,depthwise,grouped/2,grouped/4,lowrank/2,lowrank/4,"
+                           "pointwise"
+                         : a.builtins,
+      task.channels, kDigitsSide, task.kernel);
+  std::vector<std::string> legend;
+  add_operators("synth proxy", a.ops, a.from, a.top, ops, legend);
+  std::vector<Valuation> values;
+  for (const BenchOperator& b : ops) {
+    DSEEK_CHECK(!b.record.spec.valuations.empty(), "[synth proxy] {}: no valuation", b.label);
+    try {
+      values.push_back(
+          vision_valuation(b.record.op, b.record.spec.vars, b.record.spec.valuations[0], task));
+    } catch (const Error& e) {
+      fail("[synth proxy] {}: {}", b.label, e.what());
+    }
+  }
+
+  const int64_t S = a.seeds, n_ops = int64_t(ops.size());
+  fmt::print(stderr,
+             "synth proxy: conv on the digits ({} steps, C = {}), {} operators x {} seeds "
+             "on {} jobs\n",
+             task.steps, task.channels, n_ops, S, a.jobs);
+  std::mutex print;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto elapsed = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  std::vector<VisionResult> base(static_cast<size_t>(S));
+  parallel_for(S, a.jobs, [&](int64_t s) {
+    VisionTask t = task;
+    t.seed = a.seed + uint64_t(s);
+    base[size_t(s)] = vision_baseline(t);
+    std::lock_guard<std::mutex> lock(print);
+    fmt::print(stderr,
+               "  {} (baseline) seed {}: loss {:.4f}, accuracy {:.2f}% ({:.1f} s; {:.0f} s "
+               "in)\n",
+               ops[0].label, t.seed, base[size_t(s)].val_loss, 100.0 * base[size_t(s)].val_accuracy,
+               base[size_t(s)].seconds, elapsed());
+  });
+  std::vector<VisionResult> runs(size_t(n_ops * S));
+  std::vector<std::string> errors;
+  parallel_for(
+      n_ops * S, a.jobs,
+      [&](int64_t i) {
+        const int64_t o = i / S, s = i % S;
+        VisionTask t = task;
+        t.seed = a.seed + uint64_t(s);
+        const BenchOperator& b = ops[size_t(o)];
+        runs[size_t(i)] = vision_train(b.record.op, b.record.spec.vars, values[size_t(o)], t);
+        const VisionResult& r = runs[size_t(i)];
+        std::lock_guard<std::mutex> lock(print);
+        fmt::print(stderr,
+                   "  {} seed {}: loss {:.4f} ({:+.2f}%), accuracy {:.2f}% ({:.1f} s; "
+                   "{:.0f} s in)\n",
+                   b.label, t.seed, r.val_loss, 100.0 * r.rel_diff, 100.0 * r.val_accuracy,
+                   r.seconds, elapsed());
+      },
+      &errors);
+
+  // CPU latency of one convolution at a training batch's shape.
+  auto latency = [&](size_t o) {
+    Valuation v = values[o];
+    const Operator& op = ops[o].record.op;
+    for (int x = 0; x < ops[o].record.spec.vars.count(); ++x)
+      if (op.output[0].exp[size_t(x)] != 0) v[size_t(x)] = task.batch;  // N, a bare variable
+    const LoweredPlan plan = lower(op, v);
+    LatencyOptions lo;
+    lo.runs = int(a.latency_runs);
+    lo.warmup = 2;
+    return measure_latency(plan, random_plan_inputs(op, v, plan, 1), lo).forward_ms;
+  };
+  // Timed once each, after the training, dense first: the ratio's reference is row 0 itself.
+  std::vector<double> ms(static_cast<size_t>(n_ops), 0.0);
+  std::vector<std::string> lat(static_cast<size_t>(n_ops));
+  for (int64_t o = 0; o < n_ops; ++o) {
+    try {
+      ms[size_t(o)] = latency(size_t(o));
+    } catch (const Error& e) {
+      lat[size_t(o)] = e.what();
+    }
+  }
+  const double dense_ms = ms[0];
+  fmt::print(
+      "vision proxy: {} conv layers of C = {} on the UCI digits (8x8, every 5th image held out), "
+      "{} steps of {} images, seeds {}..{}, paired by seed (docs/SYNTH.md)\n\n",
+      task.layers, task.channels, task.steps, task.batch, a.seed, a.seed + uint64_t(S) - 1);
+  fmt::print(
+      "| operator | params | FLOPs/image | FLOPs ratio | val loss | val accuracy | Δ val loss "
+      "(paired) ± s.e. | Δ accuracy ± s.e. | CPU latency ratio | s/run |\n"
+      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+  nlohmann::ordered_json j;
+  j["kind"] = "conv";
+  j["task"] = task.key();
+  j["seeds"] = S;
+  j["rows"] = nlohmann::ordered_json::array();
+  for (int64_t o = 0; o < n_ops; ++o) {
+    const BenchOperator& b = ops[size_t(o)];
+    std::string error;
+    std::vector<double> loss, acc;
+    double seconds = 0.0;
+    for (int64_t s = 0; s < S; ++s) {
+      const size_t i = size_t(o * S + s);
+      if (!errors[i].empty()) error = errors[i];
+      loss.push_back(runs[i].val_loss);
+      acc.push_back(runs[i].val_accuracy);
+      seconds += runs[i].seconds / double(S);
+    }
+    if (!error.empty()) {
+      fmt::print("| {} | | | | | | {} | | | |\n", b.label, error);
+      j["rows"].push_back({{"operator", b.label}, {"error", error}});
+      continue;
+    }
+    std::vector<double> base_loss, acc_diff;
+    for (int64_t s = 0; s < S; ++s) {
+      base_loss.push_back(base[size_t(s)].val_loss);
+      acc_diff.push_back(acc[size_t(s)] - base[size_t(s)].val_accuracy);
+    }
+    const PairedDiff d = paired_relative_diff(loss, base_loss);
+    double mean_loss = 0.0, mean_acc = 0.0, acc_mean = 0.0, acc_ss = 0.0;
+    for (int64_t s = 0; s < S; ++s) {
+      mean_loss += loss[size_t(s)] / double(S);
+      mean_acc += acc[size_t(s)] / double(S);
+      acc_mean += acc_diff[size_t(s)] / double(S);
+    }
+    for (double x : acc_diff) acc_ss += (x - acc_mean) * (x - acc_mean);
+    const double acc_se = S > 1 ? std::sqrt(acc_ss / double(S - 1) / double(S)) : 0.0;
+    if (lat[size_t(o)].empty() && dense_ms > 0.0)
+      lat[size_t(o)] = fmt::format("{:.2f}", ms[size_t(o)] / dense_ms);
+    const VisionResult& r0 = runs[size_t(o * S)];
+    fmt::print(
+        "| {} | {} | {} | {:.3f} | {:.4f} | {:.2f}% | {:+.2f}% ± {:.2f}% | {:+.2f} ± {:.2f} pts | "
+        "{} | {:.1f} |\n",
+        b.label, r0.params, r0.flops, double(r0.flops) / double(r0.baseline_flops), mean_loss,
+        100.0 * mean_acc, 100.0 * d.mean, 100.0 * d.se, 100.0 * acc_mean, 100.0 * acc_se,
+        lat[size_t(o)], seconds);
+    j["rows"].push_back({{"operator", b.label},
+                         {"params", r0.params},
+                         {"flops", r0.flops},
+                         {"baseline_flops", r0.baseline_flops},
+                         {"val_losses", loss},
+                         {"val_accuracies", acc},
+                         {"baseline_val_losses", base_loss},
+                         {"rel_diff", d.mean},
+                         {"rel_diff_se", d.se},
+                         {"acc_diff", acc_mean},
+                         {"acc_diff_se", acc_se},
+                         {"latency_ms", ms[size_t(o)]},
+                         {"dense_latency_ms", dense_ms},
+                         {"seconds_per_run", seconds}});
+  }
+  if (!legend.empty()) {
+    fmt::print("\n");
+    for (const std::string& l : legend) fmt::print("{}\n", l);
+  }
+  fmt::print("\n{:.0f} s\n", elapsed());
+  if (!a.json.empty()) {
+    write_file_atomic(a.json, j.dump(2) + "\n");
+    fmt::print("wrote {}\n", a.json);
+  }
+}
+
 }  // namespace
 
 void add_synth_commands(CLI::App& app) {
@@ -585,6 +800,8 @@ void add_synth_commands(CLI::App& app) {
                 "coefficients primitives may use, e.g. r=4,g=4 or k=3,g=4");
   s->add_option("--max-depth", args->task.max_depth, "primitives per operator")
       ->capture_default_str();
+  s->add_flag("--translation-equivariant", args->task.translation_equivariant,
+              "conv: no weight indexed by H or W (convolutions, not locally connected layers)");
   s->add_option("--method", args->method, "mcts or sample (Canvas's sampler)")
       ->capture_default_str();
   s->add_option("--budget", args->budget, "distinct candidates in the run")->capture_default_str();
@@ -603,13 +820,18 @@ void add_synth_commands(CLI::App& app) {
   s->add_option("--quality", args->quality,
                 "teacher-fit: validation error of fitting a random dense teacher layer; lm: "
                 "validation loss of a proxy language model with the candidate in its projections, "
-                "relative to the dense model's (seconds per candidate)")
+                "relative to the dense model's (seconds per candidate); vision (conv): the same "
+                "for a small CNN on the UCI digits with the candidate in its convolutions")
       ->required();
-  s->add_option("--proxy-steps", args->proxy_steps, "lm: training steps of the proxy model")
+  s->add_option("--proxy-steps", args->proxy_steps, "lm, vision: training steps of the proxy model")
       ->capture_default_str();
   s->add_option("--proxy-repeats", args->proxy_repeats,
-                "lm: seeds averaged per candidate (one run's loss moves by ~2% with the init)")
+                "lm, vision: seeds averaged per candidate (one run's loss moves by ~2% with the "
+                "init)")
       ->capture_default_str();
+  s->add_option("--digits", args->digits,
+                "vision: the digits file (default: $DSEEK_DIGITS, python3-sklearn's, the copy "
+                "scripts/setup.sh caches)");
   s->add_option("--fit-steps", args->fit_steps, "teacher-fit Adam steps")->capture_default_str();
   s->add_option("--fit-lr", args->fit_lr, "teacher-fit Adam learning rate")->capture_default_str();
   s->add_option("--device", args->device, "where latency is measured: cpu or cuda")
@@ -674,25 +896,39 @@ void add_synth_commands(CLI::App& app) {
   auto proxy_args = std::make_shared<ProxyArgs>();
   auto* proxy = synth->add_subcommand(
       "proxy", "Proxy-LM quality of known designs and operator files, paired by seed, with s.e.");
-  proxy->add_option("--kind", proxy_args->kind, "lm-proj (up_proj) or lm-ffn (every projection)")
-      ->check(CLI::IsMember({"lm-proj", "lm-ffn"}))
+  proxy
+      ->add_option("--kind,--task", proxy_args->kind,
+                   "lm-proj (up_proj), lm-ffn (every projection) or conv (the digits CNN's "
+                   "convolutions)")
+      ->check(CLI::IsMember({"lm-proj", "lm-ffn", "conv"}))
       ->capture_default_str();
   proxy->add_option("--steps", proxy_args->steps, "training steps per run")->capture_default_str();
   proxy->add_option("--seeds", proxy_args->seeds, "runs per operator (seed, seed + 1, ...)")
       ->capture_default_str();
   proxy->add_option("--seed", proxy_args->seed, "first seed")->capture_default_str();
   proxy->add_option("--jobs", proxy_args->jobs, "runs in parallel")->capture_default_str();
-  proxy
-      ->add_option("--builtins", proxy_args->builtins,
-                   "known designs, dense first: dense, lowrank/N (r = d_model/N), grouped/N")
-      ->capture_default_str();
+  proxy->add_option("--builtins", proxy_args->builtins,
+                    "known designs, dense first. lm: dense, lowrank/N (r = d_model/N), grouped/N "
+                    "(default dense,lowrank/2,lowrank/4,grouped/2,grouped/4); conv: dense, "
+                    "separable, depthwise, pointwise, grouped/N, lowrank/N (r = C/N) (default "
+                    "all, with N = 2, 4)");
   proxy->add_option("--ops", proxy_args->ops, "operator files");
   proxy->add_option("--from", proxy_args->from, "a search's --out directory");
   proxy->add_option("--top", proxy_args->top, "with --from: its K best candidates by quality");
   proxy->add_option("--latency-runs", proxy_args->latency_runs, "CPU latency: timed runs")
       ->capture_default_str();
   proxy->add_option("--json", proxy_args->json, "also write the per-seed losses as JSON");
-  proxy->callback([proxy_args] { run_proxy_table(*proxy_args); });
+  proxy->add_option("--channels", proxy_args->channels, "conv: C of the CNN's convolutions")
+      ->capture_default_str();
+  proxy->add_option("--digits", proxy_args->digits,
+                    "conv: the digits file (default: $DSEEK_DIGITS, python3-sklearn's, the copy "
+                    "scripts/setup.sh caches)");
+  proxy->callback([proxy_args] {
+    if (proxy_args->kind == "conv")
+      run_vision_table(*proxy_args);
+    else
+      run_proxy_table(*proxy_args);
+  });
 }
 
 }  // namespace dseek::cli

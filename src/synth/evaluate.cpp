@@ -260,6 +260,12 @@ Evaluator make_analytic_evaluator(const Task& task, const AnalyticOptions& optio
           e.error = "[synth] proxy training diverged (non-finite validation loss)";
           return e;
         }
+      } else if (options.quality == Quality::Vision) {
+        e.quality = vision_train(op, task.spec.vars, values, options.vision).rel_diff;
+        if (!std::isfinite(e.quality)) {
+          e.error = "[synth] vision proxy training diverged (non-finite validation loss)";
+          return e;
+        }
       }
       // One timing at a time: parallel jobs would otherwise time each other's contention.
       std::lock_guard<std::mutex> lock(*timing);

@@ -16,6 +16,9 @@
 //                  baseline_val_loss_s − 1, paired by seed (0: as good as the dense model, 0.01:
 //                  1% worse). Seconds per candidate rather than
 //                  milliseconds, and noisy (docs/SYNTH.md, Proxy training): set its repeats.
+//                  Or vision (conv): a small CNN on the UCI digits (vision_proxy.h) with the
+//                  candidate in its convolutions, quality = the same paired relative change of
+//                  validation loss against the dense k×k convolution.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +31,7 @@
 #include "synth/operator.h"
 #include "synth/proxy.h"
 #include "synth/task.h"
+#include "synth/vision_proxy.h"
 
 namespace dseek::synth {
 
@@ -84,14 +88,16 @@ struct TeacherFitOptions {
   uint64_t seed = 1;  // teacher weights and data (the same for every candidate)
 };
 
-enum class Quality { None, TeacherFit, Lm };  // None: quality stays 0 (FLOPs/latency only)
+// None: quality stays 0 (FLOPs/latency only).
+enum class Quality { None, TeacherFit, Lm, Vision };
 
 struct AnalyticOptions {
   Device device = Device::CPU;  // where latency is measured
   int latency_runs = 5;         // timed runs after one warm-up; the median is reported
   Quality quality = Quality::TeacherFit;
   TeacherFitOptions fit;
-  ProxyTask proxy;  // Quality::Lm; its kind must be the task's (lm-proj or lm-ffn)
+  ProxyTask proxy;    // Quality::Lm; its kind must be the task's (lm-proj or lm-ffn)
+  VisionTask vision;  // Quality::Vision (the conv task)
 };
 
 // The analytic + latency (+ teacher-fit) evaluator of `task`. Thread-safe: the search calls it

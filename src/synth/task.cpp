@@ -123,10 +123,25 @@ Task conv_task(const TaskOptions& o) {
   dense.push_back(finalize_action({0, 3, 1, 2}));
   task.baseline = build({sN, sCout, sH, sW}, dense);
   task.admissible = is_token_wise;  // per image: nothing mixes the batch dim N (output dim 0)
+  if (o.translation_equivariant)
+    task.admissible = [](const Operator& op) {
+      return is_token_wise(op) && !weights_read(op, {2, 3});  // shares only add: prunes early
+    };
   return task;
 }
 
 }  // namespace
+
+bool weights_read(const Operator& op, const std::vector<int>& iters) {
+  for (const auto& w : op.weights)
+    for (const Dim& d : w) {
+      std::vector<bool> used(size_t(op.iterator_count()), false);
+      expr_iters(op.exprs, d.expr, used);
+      for (int i : iters)
+        if (i < op.iterator_count() && used[size_t(i)]) return true;
+    }
+  return false;
+}
 
 bool is_token_wise(const Operator& op) {
   auto reads_token = [&](const Dim& d) {
@@ -184,6 +199,8 @@ Task make_task(const TaskOptions& o) {
               o.d_out, o.tokens, o.image);
   DSEEK_CHECK(o.max_depth >= 1 && o.max_depth <= 16, "[synth] task: max depth {} not in [1, 16]",
               o.max_depth);
+  DSEEK_CHECK(!o.translation_equivariant || o.task == "conv",
+              "[synth] task: translation equivariance is a conv constraint, not {}'s", o.task);
   if (o.task == "lm-proj") return linear_task(o, "d_in", "d_out");
   if (o.task == "lm-ffn") return linear_task(o, "d_model", "d_ff");
   if (o.task == "conv") return conv_task(o);

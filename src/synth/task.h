@@ -32,6 +32,9 @@ struct TaskOptions {
   int64_t image = 8;              // conv: H = W
   std::vector<std::pair<std::string, int64_t>> coeffs;
   int max_depth = 8;  // primitives (Spec::max_primitives)
+  // conv: only translation-equivariant candidates — no weight indexed by an output position
+  // (H or W: output dims 2, 3), so a candidate is a convolution, not a locally connected layer.
+  bool translation_equivariant = false;
 };
 
 struct Task {
@@ -43,6 +46,9 @@ struct Task {
   // output dim 0 (T, or conv's batch N) a bare copy (is_token_wise).
   std::function<bool(const Operator&)> admissible;
 };
+
+// True if some weight dim of `op` reads one of the output iterators `iters`.
+bool weights_read(const Operator& op, const std::vector<int>& iters);
 
 // True if the only coordinate that reads the token iterator (output dim 0: T, conv's N) is a bare
 // copy of it on the frontier or the input: no primitive has touched the token dim, no weight is
