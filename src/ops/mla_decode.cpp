@@ -18,7 +18,7 @@ bool last_dim_contiguous(const Tensor& t) {
 namespace {
 
 Tensor mla_decode_any(const Tensor& q_abs, const Tensor& latent, int64_t rank, float scale,
-                      const int64_t* device_positions) {
+                      [[maybe_unused]] const int64_t* device_positions) {
   DSEEK_CHECK(q_abs.defined() && latent.defined(), "[mla_decode] undefined input");
   const Device device = op_device("mla_decode", {&q_abs, &latent});
   const DType act = activation_dtype("mla_decode", q_abs);
