@@ -2,9 +2,11 @@
 // maths and the layouts). One warp per [t, h] row: the warp first copies its row into shared
 // memory, then writes the rotated values back. The copy is what makes the in-place update safe:
 // with `interleaved`, the lane that writes x[j] is not the one that reads it.
-// cos/sin come from a [T, d/2] table built first, as the CPU's rope_tables builds it (the angle one
-// f32 product, cos and sin in double, rounded to f32, then × scaling), so only the rotation's own
-// rounding differs; the table costs T·d/2 double-precision sincos instead of T·H·d/2.
+// cos/sin are computed as the CPU's rope_tables computes them (the angle one f32 product, cos and
+// sin in double, rounded to f32, then × scaling), so only the rotation's own rounding differs. For
+// many rows they come from a [T, d/2] table built first (T·d/2 double-precision sincos instead of
+// T·H·d/2); for a few rows (a decode step: 16 heads of one token) the rotation computes them
+// itself — one launch instead of a table allocation, two launches and a free per call.
 #include <algorithm>
 
 #include "core/cuda.h"
@@ -21,22 +23,35 @@ namespace {
 
 constexpr int kWarps = 8;  // rows per block
 
-// cs[t, j] = (cos, sin) of θ = inv_freq[j]·pos(t), × scaling; pos(t) = positions[t], or pos0 + t.
-__global__ void rope_table_kernel(float2* cs, int64_t T, int64_t half, int64_t pos0,
-                                  const int64_t* positions, const float* inv_freq, float scaling) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < T * half;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t t = i / half, j = i % half;
-    const float angle = inv_freq[j] * float(positions ? positions[t] : pos0 + t);
-    double sin_d, cos_d;
-    sincos(double(angle), &sin_d, &cos_d);
-    cs[i] = make_float2(float(cos_d) * scaling, float(sin_d) * scaling);
-  }
+constexpr int64_t kInlineRows = 64;  // up to this many [t, h] rows: cos/sin without a table
+
+// Where a position's angles come from: pos(t) = positions[t], or pos0 + t.
+struct Angles {
+  int64_t pos0;
+  const int64_t* positions;
+  const float* inv_freq;
+  float scaling;
+};
+
+// (cos, sin) of θ = inv_freq[j]·pos(t), × scaling.
+__device__ __forceinline__ float2 cos_sin(const Angles& a, int64_t t, int64_t j) {
+  const float angle = a.inv_freq[j] * float(a.positions ? a.positions[t] : a.pos0 + t);
+  double sin_d, cos_d;
+  sincos(double(angle), &sin_d, &cos_d);
+  return make_float2(float(cos_d) * a.scaling, float(sin_d) * a.scaling);
 }
 
+// cs[t, j] = cos_sin(t, j).
+__global__ void rope_table_kernel(float2* cs, int64_t T, int64_t half, const Angles a) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < T * half;
+       i += int64_t(gridDim.x) * blockDim.x)
+    cs[i] = cos_sin(a, i / half, i % half);
+}
+
+// cs: the table, or null to compute each (cos, sin) from `a`.
 template <typename Act, bool kBackward>
 __global__ void rope_kernel(Act* x, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h,
-                            const float2* cs, bool interleaved) {
+                            const float2* cs, const Angles a, bool interleaved) {
   extern __shared__ float rows_buf[];  // [kWarps, d]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float* buf = rows_buf + warp * d;
@@ -49,7 +64,7 @@ __global__ void rope_kernel(Act* x, int64_t T, int64_t H, int64_t d, int64_t x_t
     for (int64_t i = lane; i < d; i += 32) buf[i] = to_f32(row[i]);
     __syncwarp();
     for (int64_t j = lane; j < half; j += 32) {
-      const float2 c_s = cs[t * half + j];
+      const float2 c_s = cs ? cs[t * half + j] : cos_sin(a, t, j);
       const float c = c_s.x, s = c_s.y;
       if (!kBackward) {
         // y = R(θ)·P·x: gather the pair (de-interleaving if asked), rotate, write the halves.
@@ -75,17 +90,21 @@ void launch(void* x, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h, 
             DType act) {
   if (T <= 0 || H <= 0 || d <= 0) return;
   const int64_t half = d / 2, rows = T * H;
-  auto* cs = static_cast<float2*>(dseek::cuda::alloc(size_t(T * half) * sizeof(float2)));
-  rope_table_kernel<<<unsigned(std::min<int64_t>(ceil_div<int64_t>(T * half, 256), 1 << 16)), 256,
-                      0, stream()>>>(cs, T, half, pos0, positions, inv_freq, scaling);
-  DSEEK_CUDA_CHECK_LAUNCH("rope_table_kernel");
+  const Angles a{pos0, positions, inv_freq, scaling};
+  float2* cs = nullptr;
+  if (rows > kInlineRows) {
+    cs = static_cast<float2*>(dseek::cuda::alloc(size_t(T * half) * sizeof(float2)));
+    rope_table_kernel<<<unsigned(std::min<int64_t>(ceil_div<int64_t>(T * half, 256), 1 << 16)), 256,
+                        0, stream()>>>(cs, T, half, a);
+    DSEEK_CUDA_CHECK_LAUNCH("rope_table_kernel");
+  }
   const unsigned blocks = unsigned(std::min<int64_t>(ceil_div<int64_t>(rows, kWarps), 1 << 20));
   const size_t smem = size_t(kWarps) * size_t(d) * sizeof(float);
   DSEEK_DISPATCH_ACT(act, Act,
                      rope_kernel<Act, kBackward><<<blocks, kWarps * 32, smem, stream()>>>(
-                         static_cast<Act*>(x), T, H, d, x_t, x_h, cs, interleaved));
+                         static_cast<Act*>(x), T, H, d, x_t, x_h, cs, a, interleaved));
   DSEEK_CUDA_CHECK_LAUNCH(kBackward ? "rope_backward_kernel" : "rope_kernel");
-  dseek::cuda::free(cs);
+  if (cs) dseek::cuda::free(cs);
 }
 
 }  // namespace
