@@ -19,17 +19,6 @@ namespace dseek::synth {
 
 namespace {
 
-// The variable of a size that is exactly one variable (exponent 1, constant 1), else −1.
-int bare_var(const Size& s) {
-  int found = -1;
-  for (int i = 0; i < kMaxVars; ++i) {
-    if (s.exp[size_t(i)] == 0) continue;
-    if (s.exp[size_t(i)] != 1 || found >= 0) return -1;
-    found = i;
-  }
-  return found >= 0 && s.num == 1 && s.den == 1 ? found : -1;
-}
-
 // The first size of `op` that is not a positive integer under `v`, printed; "" when all are.
 std::string bad_size(const Operator& op, const Vars& vars, const Valuation& v) {
   auto bad = [&](const Size& s) { return !s.eval(v).has_value(); };
@@ -208,12 +197,12 @@ Valuation bench_valuation(const BenchOperator& b, int64_t tokens, const BenchSha
   const std::string where = fmt::format("[synth bench] {} at {} ({} -> {})", b.label, shape.name,
                                         shape.d_in, shape.d_out);
   DSEEK_CHECK(!b.record.spec.valuations.empty(), "{}: the operator's spec has no valuation", where);
-  const int T = op.output.size() == 2 ? bare_var(op.output[0]) : -1;
-  const int X = op.input.size() == 2 ? bare_var(op.input[1].size) : -1;
-  const int Y = op.output.size() == 2 ? bare_var(op.output[1]) : -1;
+  const int T = op.output.size() == 2 ? op.output[0].bare_var() : -1;
+  const int X = op.input.size() == 2 ? op.input[1].size.bare_var() : -1;
+  const int Y = op.output.size() == 2 ? op.output[1].bare_var() : -1;
   auto primary = [&](int v) { return v >= 0 && vars.kinds[size_t(v)] == VarKind::primary; };
   DSEEK_CHECK(primary(T) && primary(X) && primary(Y) && X != T && Y != T && op.input.size() == 2 &&
-                  bare_var(op.input[0].size) == T,
+                  op.input[0].size.bare_var() == T,
               "{}: not a projection [T, X] -> [T, Y] over primary variables (input dims {}, "
               "output dims {})",
               where, op.input.size(), op.output.size());
@@ -257,7 +246,7 @@ std::vector<BenchRow> run_bench(const std::vector<BenchOperator>& ops,
         // Every tensor of a token-wise plan is constant or linear in T: size it from T = 1 and
         // 2 before building the real plan (whose gather indexes alone could be huge).
         Valuation v1 = v, v2 = v;
-        const int T = bare_var(b.record.op.output[0]);
+        const int T = b.record.op.output[0].bare_var();
         v1[size_t(T)] = 1;
         v2[size_t(T)] = 2;
         const int64_t n1 = largest(lower(b.record.op, v1)), n2 = largest(lower(b.record.op, v2));

@@ -84,6 +84,16 @@ bool Size::is_one() const {
   return *this == Size{};
 }
 
+int Size::bare_var() const {
+  int found = -1;
+  for (int i = 0; i < kMaxVars; ++i) {
+    if (exp[size_t(i)] == 0) continue;
+    if (exp[size_t(i)] != 1 || found >= 0) return -1;
+    found = i;
+  }
+  return found >= 0 && num == 1 && den == 1 ? found : -1;
+}
+
 bool Size::is_coefficient_only(const Vars& vars) const {
   for (int i = 0; i < vars.count(); ++i)
     if (vars.kinds[size_t(i)] == VarKind::primary && exp[size_t(i)] != 0) return false;

@@ -46,6 +46,8 @@ struct Size {
   std::strong_ordering operator<=>(const Size& other) const;
 
   bool is_one() const;
+  // The variable this size is exactly (one variable, exponent 1, constant 1), else −1.
+  int bare_var() const;
   // True if the size contains only coefficients and constants (no primary variable).
   bool is_coefficient_only(const Vars& vars) const;
   // True if no primary variable has a negative exponent (C/g is fine, g/C is not a size).

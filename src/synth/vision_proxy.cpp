@@ -88,16 +88,6 @@ void check_task(const VisionTask& t) {
   DSEEK_CHECK(t.lr > 0 && std::isfinite(t.lr), "[vision_proxy] task.lr: must be > 0, got {}", t.lr);
 }
 
-int bare_var(const Size& s) {
-  int found = -1;
-  for (int i = 0; i < kMaxVars; ++i) {
-    if (s.exp[size_t(i)] == 0) continue;
-    if (s.exp[size_t(i)] != 1 || found >= 0) return -1;
-    found = i;
-  }
-  return found >= 0 && s.num == 1 && s.den == 1 ? found : -1;
-}
-
 std::string dims_str(const std::vector<Size>& sizes, const Vars& vars) {
   std::string out = "[";
   for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + sizes[i].str(vars);
@@ -150,7 +140,7 @@ using Model = VisionNet::Model;
 
 void init_model(Model& m, const Operator& op, const Vars& vars, const Valuation& values,
                 const VisionTask& t) {
-  const int token_var = bare_var(op.output.at(0));
+  const int token_var = op.output.at(0).bare_var();
   const int64_t C = m.C = t.channels;
   Rng rng(t.seed ^ 0x766973696f6eULL);  // "vision": every weight but the operator's
   m.params.add("lift.weight", Tensor::from_vector(normal_values(C, 1.0, rng), {C}), true, false);
@@ -422,9 +412,9 @@ Valuation vision_valuation(const Operator& op, const Vars& vars, const Valuation
               vars.count());
   const std::vector<Size> in = input_sizes(op);
   const std::string shapes = fmt::format("{} -> {}", dims_str(in, vars), dims_str(op.output, vars));
-  const int N = op.output.empty() ? -1 : bare_var(op.output[0]);
+  const int N = op.output.empty() ? -1 : op.output[0].bare_var();
   DSEEK_CHECK(in.size() == 4 && op.output.size() == 4 && N >= 0 &&
-                  vars.kinds[size_t(N)] == VarKind::primary && bare_var(in[0]) == N,
+                  vars.kinds[size_t(N)] == VarKind::primary && in[0].bare_var() == N,
               "[vision_proxy] the operator {} is not a convolution [N, C, H, W] -> [N, C_out, H, "
               "W] over a batch variable N",
               shapes);
@@ -432,7 +422,7 @@ Valuation vision_valuation(const Operator& op, const Vars& vars, const Valuation
   Valuation v = values;
   std::vector<bool> set(values.size(), false);
   auto assign = [&](const Size& s, int64_t value) {
-    const int x = bare_var(s);
+    const int x = s.bare_var();
     if (x < 0 || vars.kinds[size_t(x)] != VarKind::primary) return;
     DSEEK_CHECK(!set[size_t(x)] || v[size_t(x)] == value,
                 "[vision_proxy] the operator {}: {} would be both {} and {}", shapes,
@@ -488,7 +478,7 @@ VisionResult vision_train(const Operator& op, const Vars& vars, const Valuation&
                           const VisionTask& task) {
   check_task(task);
   const Valuation v = vision_valuation(op, vars, values, task);
-  const int N = bare_var(op.output[0]);
+  const int N = op.output[0].bare_var();
   VisionResult out;
   baseline_costs(task, out);
   out.params = param_count(op, v) * task.layers;

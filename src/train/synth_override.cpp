@@ -51,17 +51,6 @@ bool matches(const SiteInfo& s, const std::string& name) {
   return false;
 }
 
-// The variable index of a bare variable size (exponent 1, constant 1), or -1.
-int bare_var(const synth::Size& s) {
-  int found = -1;
-  for (size_t i = 0; i < s.exp.size(); ++i) {
-    if (s.exp[i] == 0) continue;
-    if (s.exp[i] != 1 || found >= 0) return -1;
-    found = int(i);
-  }
-  return found >= 0 && s.num == 1 && s.den == 1 ? found : -1;
-}
-
 // The first size of the operator that is not a positive integer under `v`, printed, or "".
 std::string bad_size(const synth::Operator& op, const synth::Vars& vars,
                      const synth::Valuation& v) {
@@ -125,7 +114,7 @@ SynthOverride::SynthOverride(synth::OperatorRecord record, std::string source, s
   const synth::Vars& vars = record_.spec.vars;
   DSEEK_CHECK(op.complete && !op.output.empty() && !op.input.empty(),
               "[train] {}: the operator is not complete", source_);
-  token_var_ = bare_var(op.output[0]);
+  token_var_ = op.output[0].bare_var();
   DSEEK_CHECK(token_var_ >= 0 && vars.kinds[size_t(token_var_)] == synth::VarKind::primary,
               "[train] {}: the operator's first output dim {} is not a token count (a primary "
               "variable such as T)",
@@ -148,8 +137,8 @@ SynthOverride::SynthOverride(synth::OperatorRecord record, std::string source, s
       seen += fmt::format("{}[T, {}] -> [T, {}]", seen.empty() ? "" : ", ", in, out);
     }
     std::string why = fmt::format("its valuations give {}", seen.empty() ? "no legal size" : seen);
-    const int x = op.input.size() == 2 ? bare_var(op.input[1].size) : -1;
-    const int y = op.output.size() == 2 ? bare_var(op.output[1]) : -1;
+    const int x = op.input.size() == 2 ? op.input[1].size.bare_var() : -1;
+    const int y = op.output.size() == 2 ? op.output[1].bare_var() : -1;
     if (x >= 0 && y >= 0 && x != token_var_ && y != token_var_ &&
         vars.kinds[size_t(x)] == synth::VarKind::primary &&
         vars.kinds[size_t(y)] == synth::VarKind::primary && (x != y || d_in == d_out)) {
