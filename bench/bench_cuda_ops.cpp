@@ -21,6 +21,7 @@
 #include "ops/activation.h"
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
+#include "ops/cuda/grouped_gemm_tc.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
 #include "ops/moe.h"
@@ -65,15 +66,15 @@ void row(const std::string& op, const std::string& shape, double flops, double b
   try {
     s = time_op(fn);
   } catch (const Error& e) {
-    std::printf("| %-26s | %-30s | n/a: %s |\n", op.c_str(), shape.c_str(), e.what());
+    std::printf("| %-36s | %-30s | n/a: %s |\n", op.c_str(), shape.c_str(), e.what());
     return;
   }
   const double us = s * 1e6, tflops = flops / s / 1e12, gbs = bytes / s / 1e9;
   if (flops > 0) {
-    std::printf("| %-26s | %-30s | %9.1f | %7.1f TFLOP/s | %7.0f GB/s |\n", op.c_str(),
+    std::printf("| %-36s | %-30s | %9.1f | %7.1f TFLOP/s | %7.0f GB/s |\n", op.c_str(),
                 shape.c_str(), us, tflops, gbs);
   } else {
-    std::printf("| %-26s | %-30s | %9.1f | %15s | %7.0f GB/s (%3.0f%% of copy) |\n", op.c_str(),
+    std::printf("| %-36s | %-30s | %9.1f | %15s | %7.0f GB/s (%3.0f%% of copy) |\n", op.c_str(),
                 shape.c_str(), us, "-", gbs, 100 * gbs / g_copy_gbs);
   }
 }
@@ -135,7 +136,9 @@ int main(int argc, char** argv) {
   }
   {  // Grouped expert GEMMs of a V2-Lite MoE layer (issue 10): 4096 tokens × top-6 of 64 experts
      // (≈ 384 rows each, random routing), gate/up [1408, 2048] and down [2048, 1408]; forward,
-     // dx and dW (f32, overwritten), on the tensor-core kernels (grouped_gemm_tc_kernels.cuh).
+     // dx and dW (f32, overwritten), on each tensor-core kernel family this GPU runs (wgmma with
+     // 5 and 3 stages on Hopper, mma.sync; ops/cuda/grouped_gemm_tc.h), beside one dense GEMM of
+     // the same FLOPs (all rows through one weight: the cuBLASLt ceiling for this shape).
     const int64_t T = 4096, E = 64, K = 6, N = T * K;
     std::vector<int32_t> ids;
     std::vector<int32_t> pool(static_cast<size_t>(E));
@@ -150,6 +153,16 @@ int main(int argc, char** argv) {
       const char* what;
       int64_t in, out;
     };
+    struct Family {
+      int wgmma_stages;
+      const char* label;
+    };
+    std::vector<Family> families{{0, "mma.sync"}};
+#ifdef DSEEK_HAS_CUDA
+    const int default_kernel = ops::cuda::grouped_gemm_kernel();
+    if (ops::cuda::grouped_wgmma_available())
+      families = {{5, "wgmma5"}, {3, "wgmma3"}, {0, "mma.sync"}};
+#endif
     for (const Grouped& g : {Grouped{"gate/up", 2048, 1408}, Grouped{"down", 1408, 2048}}) {
       const ops::ExpertMatrices w =
           ops::expert_matrices(rand_gpu({E, g.out, g.in}, bf, rng, 0.05f));
@@ -158,12 +171,25 @@ int main(int argc, char** argv) {
       const Tensor x = rand_gpu({N, g.in}, bf, rng), dy = rand_gpu({N, g.out}, bf, rng);
       const double flops = 2.0 * double(N) * double(g.in) * double(g.out);
       const std::string shape = dims({N, E, g.in, g.out});
-      row(std::string("grouped_linear ") + g.what, shape, flops, 0,
-          [&] { ops::grouped_linear(x, w, d.offsets); });
-      row(std::string("grouped_linear dx ") + g.what, shape, flops, 0,
-          [&] { ops::grouped_linear_backward_dx(dy, w, d.offsets); });
-      row(std::string("grouped_linear dW ") + g.what, shape, flops, 0,
-          [&] { ops::grouped_linear_backward_dw(x, dy, d.offsets, dw, false); });
+      {
+        const Tensor w1 = rand_gpu({g.out, g.in}, bf, rng, 0.05f);
+        row(std::string("dense linear, same FLOPs ") + g.what, dims({N, g.in, g.out}), flops, 0,
+            [&] { ops::linear(x, w1); });
+      }
+      for (const Family& f : families) {
+#ifdef DSEEK_HAS_CUDA
+        ops::cuda::set_grouped_gemm_kernel(f.wgmma_stages);
+#endif
+        const std::string tag = std::string(" ") + g.what + " [" + f.label + "]";
+        row("grouped_linear" + tag, shape, flops, 0, [&] { ops::grouped_linear(x, w, d.offsets); });
+        row("grouped_linear dx" + tag, shape, flops, 0,
+            [&] { ops::grouped_linear_backward_dx(dy, w, d.offsets); });
+        row("grouped_linear dW" + tag, shape, flops, 0,
+            [&] { ops::grouped_linear_backward_dw(x, dy, d.offsets, dw, false); });
+      }
+#ifdef DSEEK_HAS_CUDA
+      ops::cuda::set_grouped_gemm_kernel(default_kernel);
+#endif
     }
   }
   {
@@ -172,7 +198,8 @@ int main(int argc, char** argv) {
     row("rms_norm", dims({T, D}), 0, double(2 * T * D * int64_t(bf_bytes)),
         [&] { ops::rms_norm(x, w, 1e-6); });
     const Tensor dy = rand_gpu({T, D}, bf, rng);
-    Tensor dx = Tensor::empty({T, D}, bf, Device::CUDA), dw = Tensor::empty({D}, DType::F32, Device::CUDA);
+    Tensor dx = Tensor::empty({T, D}, bf, Device::CUDA),
+           dw = Tensor::empty({D}, DType::F32, Device::CUDA);
     row("rms_norm backward", dims({T, D}), 0, double(3 * T * D * int64_t(bf_bytes)),
         [&] { ops::rms_norm_backward_into(x, w, 1e-6, dy, dx, &dw, false); });
   }
@@ -186,7 +213,8 @@ int main(int argc, char** argv) {
     const int64_t T = 4096, H = 16, d = 64;
     Tensor q = rand_gpu({T, H, d}, bf, rng);
     std::vector<float> inv_freq(size_t(d / 2));
-    for (size_t j = 0; j < inv_freq.size(); ++j) inv_freq[j] = std::pow(10000.0f, -2.0f * float(j) / float(d));
+    for (size_t j = 0; j < inv_freq.size(); ++j)
+      inv_freq[j] = std::pow(10000.0f, -2.0f * float(j) / float(d));
     row("rope (in place)", dims({T, H, d}), 0, double(2 * T * H * d * int64_t(bf_bytes)),
         [&] { ops::rope_inplace(q, 0, inv_freq, 1.0f, true); });
   }

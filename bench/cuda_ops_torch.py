@@ -54,6 +54,23 @@ for what, T, i, o in [("linear q_proj (prefill)", 4096, 2048, 3072), ("linear de
 T, i, o = 4096, 2048, 10944
 x, w, dy = r(T, i), r(o, i, scale=0.05), r(T, o)
 row("linear backward dx+dW", dims(T, i, o), 4 * T * i * o, 0, lambda: (dy @ w, dy.t() @ x))
+# Grouped expert GEMMs as bench_cuda_ops: 4096 tokens × top-6 of 64 experts, random routing, through
+# torch._grouped_mm (what transformers' grouped_mm experts call): forward x·W_eᵀ, dx dy·W_e, dW
+# dy_eᵀ·x_e (bf16 out, where dseek writes f32).
+T, E, K = 4096, 64, 6
+N = T * K
+ids = torch.stack([torch.randperm(E, device=dev)[:K] for _ in range(T)]).flatten()
+offs = torch.bincount(ids, minlength=E).cumsum(0).to(torch.int32)
+for what, i, o in [("gate/up", 2048, 1408), ("down", 1408, 2048)]:
+    w, x, dy = r(E, o, i, scale=0.05), r(N, i), r(N, o)
+    fl = 2 * N * i * o
+    for op, fn in [(f"grouped_linear {what} [torch]", lambda: torch._grouped_mm(x, w.transpose(-2, -1), offs=offs)),
+                   (f"grouped_linear dx {what} [torch]", lambda: torch._grouped_mm(dy, w, offs=offs)),
+                   (f"grouped_linear dW {what} [torch]", lambda: torch._grouped_mm(dy.t(), x, offs=offs))]:
+        try:
+            row(op, dims(N, E, i, o), fl, 0, fn)
+        except Exception as e:  # an op this torch build lacks
+            print(f"| {op:26} | {dims(N, E, i, o):30} | n/a: {str(e).splitlines()[0][:80]} |")
 T, D = 4096, 2048
 x, w, dy = r(T, D), r(D), r(T, D)
 row("rms_norm", dims(T, D), 0, 2 * T * D * 2, lambda: F.rms_norm(x, (D,), w, 1e-6))

@@ -1,6 +1,8 @@
-// Host emulation of the bf16 tensor-core grouped expert GEMMs
-// (src/ops/cuda/grouped_gemm_tc_kernels.cuh) for machines without a GPU: the kernels' own source
-// runs on host threads (tc_emulation.h) and forward, dx and dW (overwrite and accumulate) are
+// Host emulation of the bf16 tensor-core grouped expert GEMMs, both families: mma.sync
+// (src/ops/cuda/grouped_gemm_tc_kernels.cuh) and Hopper wgmma (grouped_gemm_wgmma_kernels.cuh),
+// for machines without a GPU: the kernels' own source runs on host threads (tc_emulation.h, which
+// also reads wgmma's operands through their descriptors) and forward, dx and dW (overwrite and
+// accumulate) are
 // checked against a double reference on ragged expert loads with empty experts, tails in every
 // dimension, a padded weight row stride, an unaligned weight (the plain-load path) and the idle
 // blocks past the real tile count. It checks indexing, masks and tails, not timing or asynchrony.
@@ -11,15 +13,47 @@
 #include "tc_emulation.h"
 // clang-format off: the emulation must come first
 #include "ops/cuda/grouped_gemm_tc_kernels.cuh"
+#include "ops/cuda/grouped_gemm_wgmma_kernels.cuh"
 // clang-format on
 
 #include <cmath>
 #include <cstdio>
 #include <random>
 
-using namespace dseek::ops::cuda::grouped_tc;
+using dseek::ops::cuda::attention_tc::bf16;
 
 namespace {
+
+// The two kernel families behind one interface: their tile shape, block size and launches.
+struct MmaSync {
+  static constexpr const char* kName = "mma.sync";
+  static constexpr int kBM = dseek::ops::cuda::grouped_tc::kBM,
+                       kBN = dseek::ops::cuda::grouped_tc::kBN;
+  static constexpr unsigned kThreads = dseek::ops::cuda::grouped_tc::kThreads;
+  template <bool B_KN, typename... Args>
+  static void rows(Args... args) {
+    dseek::ops::cuda::grouped_tc::grouped_rows_tc_kernel<B_KN>(args...);
+  }
+  template <typename... Args>
+  static void dw(Args... args) {
+    dseek::ops::cuda::grouped_tc::grouped_dw_tc_kernel(args...);
+  }
+};
+template <int STAGES>
+struct Wgmma {
+  static constexpr const char* kName = STAGES == 3 ? "wgmma, 3 stages" : "wgmma, 5 stages";
+  static constexpr int kBM = dseek::ops::cuda::grouped_wgmma::kBM,
+                       kBN = dseek::ops::cuda::grouped_wgmma::kBN;
+  static constexpr unsigned kThreads = dseek::ops::cuda::grouped_wgmma::kThreads;
+  template <bool B_KN, typename... Args>
+  static void rows(Args... args) {
+    dseek::ops::cuda::grouped_wgmma::grouped_rows_wgmma_kernel<STAGES, B_KN>(args...);
+  }
+  template <typename... Args>
+  static void dw(Args... args) {
+    dseek::ops::cuda::grouped_wgmma::grouped_dw_wgmma_kernel<STAGES>(args...);
+  }
+};
 
 std::vector<bf16> random_bf16(size_t n, std::mt19937& rng) {
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
@@ -46,7 +80,9 @@ struct Case {
   bool unaligned_w;           // expert 1's matrix starts 2 bytes past a 16-byte boundary
 };
 
+template <typename K>
 bool run_case(const Case& c, std::mt19937& rng) {
+  constexpr int kBM = K::kBM, kBN = K::kBN;
   const int64_t E = int64_t(c.rows.size()), in = c.in, out = c.out, ldw = in + c.ldw_pad;
   std::vector<int64_t> offsets{0}, tile_start{0};
   for (int64_t r : c.rows) {
@@ -86,27 +122,25 @@ bool run_case(const Case& c, std::mt19937& rng) {
     dwp1[size_t(e)] = dw1.data() + e * out * in;
   }
 
-  const unsigned threads = unsigned(kThreads);
+  const unsigned threads = K::kThreads;
   for (int64_t b = 0; b < grid_tiles * ((out + kBN - 1) / kBN); ++b)
     run_block(uint3{unsigned(b), 0, 0}, threads, [&] {
-      grouped_rows_tc_kernel<false>(x.data(), offsets.data(), tile_start.data(), E, w.data(), ldw,
-                                    out, in, y.data());
+      K::template rows<false>(x.data(), offsets.data(), tile_start.data(), E, w.data(), ldw, out,
+                              in, y.data());
     });
   for (int64_t b = 0; b < grid_tiles * ((in + kBN - 1) / kBN); ++b)
     run_block(uint3{unsigned(b), 0, 0}, threads, [&] {
-      grouped_rows_tc_kernel<true>(dy.data(), offsets.data(), tile_start.data(), E, w.data(), ldw,
-                                   in, out, dx.data());
+      K::template rows<true>(dy.data(), offsets.data(), tile_start.data(), E, w.data(), ldw, in,
+                             out, dx.data());
     });
   for (int64_t e = 0; e < E; ++e)
     for (int64_t m = 0; m < (out + kBM - 1) / kBM; ++m)
       for (int64_t n = 0; n < (in + kBN - 1) / kBN; ++n) {
         const uint3 b{unsigned(n), unsigned(m), unsigned(e)};
-        run_block(b, threads, [&] {
-          grouped_dw_tc_kernel(x.data(), dy.data(), offsets.data(), out, in, dwp0.data(), 0.0f);
-        });
-        run_block(b, threads, [&] {
-          grouped_dw_tc_kernel(x.data(), dy.data(), offsets.data(), out, in, dwp1.data(), 1.0f);
-        });
+        run_block(b, threads,
+                  [&] { K::dw(x.data(), dy.data(), offsets.data(), out, in, dwp0.data(), 0.0f); });
+        run_block(b, threads,
+                  [&] { K::dw(x.data(), dy.data(), offsets.data(), out, in, dwp1.data(), 1.0f); });
       }
 
   // Bounds: bf16 outputs round once (at most 2^-8 relative; the bound allows 2^-7) plus f32
@@ -148,10 +182,26 @@ bool run_case(const Case& c, std::mt19937& rng) {
       }
   const bool ok = ey.ratio <= 1 && edx.ratio <= 1 && edw0.ratio <= 1 && edw1.ratio <= 1;
   std::printf(
-      "E %2ld N %4ld in %3ld out %3ld ldw %3ld%s: y %.2e  dx %.2e  dW %.2e  dW+= %.2e"
+      "%-16s E %2ld N %4ld in %3ld out %3ld ldw %3ld%s: y %.2e  dx %.2e  dW %.2e  dW+= %.2e"
       "  (err / bound)  %s\n",
-      long(E), long(N), long(in), long(out), long(ldw), c.unaligned_w ? " unaligned W" : "",
-      ey.ratio, edx.ratio, edw0.ratio, edw1.ratio, ok ? "ok" : "FAIL");
+      K::kName, long(E), long(N), long(in), long(out), long(ldw),
+      c.unaligned_w ? " unaligned W" : "", ey.ratio, edx.ratio, edw0.ratio, edw1.ratio,
+      ok ? "ok" : "FAIL");
+  return ok;
+}
+
+template <typename K>
+bool run_all(std::mt19937& rng) {
+  bool ok = true;
+  // One expert, one full tile.
+  ok &= run_case<K>({{128}, 128, 128, 0, false}, rng);
+  // Ragged rows with empty experts (first, middle, last), tails in k (72 = 1 or 2 steps + 8) and n.
+  ok &= run_case<K>({{0, 130, 7, 0, 257, 0}, 72, 136, 0, false}, rng);
+  // Padded row stride, unaligned expert 1 (plain loads), k a multiple of 8 only.
+  ok &= run_case<K>({{33, 140, 1}, 40, 24, 8, true}, rng);
+  // Several k steps through the stage ring (wgmma: 264 = 4 steps + 8, rows 200 = 3 + 8), out
+  // tile tail, idle tail blocks.
+  ok &= run_case<K>({{5, 0, 200}, 168, 264, 0, false}, rng);
   return ok;
 }
 
@@ -159,15 +209,9 @@ bool run_case(const Case& c, std::mt19937& rng) {
 
 int main() {
   std::mt19937 rng(7);
-  bool ok = true;
-  // One expert, one full tile.
-  ok &= run_case({{128}, 128, 128, 0, false}, rng);
-  // Ragged rows with empty experts (first, middle, last), tails in k (72 = 2 steps + 8) and n.
-  ok &= run_case({{0, 130, 7, 0, 257, 0}, 72, 136, 0, false}, rng);
-  // Padded row stride, unaligned expert 1 (plain loads), k a multiple of 8 only.
-  ok &= run_case({{33, 140, 1}, 40, 24, 8, true}, rng);
-  // Several k steps through the 3-stage ring, out tile tail, idle tail blocks.
-  ok &= run_case({{5, 0, 200}, 168, 264, 0, false}, rng);
+  bool ok = run_all<MmaSync>(rng);
+  ok &= run_all<Wgmma<3>>(rng);
+  ok &= run_all<Wgmma<5>>(rng);
   std::printf("%s\n", ok ? "all ok" : "FAILURES");
   return ok ? 0 : 1;
 }

@@ -184,3 +184,60 @@ template <int N>
 void cp_async_wait() {}
 
 }  // namespace dseek::ops::cuda::attention_tc
+
+// Hopper warpgroup primitives (src/ops/cuda/wgmma.cuh). Shared-memory addresses are offsets into
+// g_smem. The product is synchronous here (fences, commit and wait do nothing); each thread
+// computes its own accumulators from the operands in shared memory, read through the descriptors
+// as the PTX ISA's canonical 128-byte-swizzled layouts (K-major: line = m or n, k along it;
+// MN-major: line = k, 64 m or n along it, the next 64 LBO bytes further), so a tile stored in any
+// other arrangement than the one the descriptor describes gives wrong products here too.
+namespace dseek::ops::cuda::wgmma {
+
+inline uint32_t smem_address(const void* p) {
+  return uint32_t(static_cast<const unsigned char*>(p) - g_smem);
+}
+inline void fence_proxy_async() {}
+inline void fence() {}
+inline void commit() {}
+template <int N>
+void wait() {}
+inline void fence_operand(float&) {}
+
+// The bf16 at canonical (line-relative) byte address a, after the 128-byte swizzle.
+inline float emu_smem_bf16(uint32_t a) {
+  a ^= ((a >> 7) & 7) << 4;
+  if (a + 2 > sizeof(g_smem)) std::abort();
+  return __bfloat162float(*reinterpret_cast<const __nv_bfloat16*>(g_smem + a));
+}
+
+struct EmuDesc {
+  uint32_t start, lbo, sbo;
+  explicit EmuDesc(uint64_t d)
+      : start(uint32_t(d & 0x3FFF) << 4),
+        lbo(uint32_t((d >> 16) & 0x3FFF) << 4),
+        sbo(uint32_t((d >> 32) & 0x3FFF) << 4) {
+    if ((d >> 62) != 1 || ((d >> 49) & 7) != 0) std::abort();  // 128-byte swizzle, base offset 0
+  }
+  // Element (mn, k) of a K-major or MN-major operand.
+  float at(int mn, int k, bool mn_major) const {
+    if (mn_major)
+      return emu_smem_bf16(start + uint32_t(mn / 64) * lbo + uint32_t(k / 8) * sbo +
+                           uint32_t(k % 8) * 128 + uint32_t(mn % 64) * 2);
+    return emu_smem_bf16(start + uint32_t(mn / 8) * sbo + uint32_t(mn % 8) * 128 + uint32_t(k) * 2);
+  }
+};
+
+template <int TRANS_A, int TRANS_B>
+void mma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
+  const EmuDesc a(desc_a), b(desc_b);
+  const int t = int(threadIdx.x % 128);
+  for (int v = 0; v < 64; ++v) {
+    const int row = 16 * (t / 32) + (t % 32) / 4 + 8 * ((v >> 1) & 1);
+    const int col = 8 * (v >> 2) + 2 * (t % 4) + (v & 1);
+    float s = d[v];
+    for (int k = 0; k < 16; ++k) s += a.at(row, k, TRANS_A) * b.at(col, k, TRANS_B);
+    d[v] = s;
+  }
+}
+
+}  // namespace dseek::ops::cuda::wgmma

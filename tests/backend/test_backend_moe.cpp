@@ -15,6 +15,7 @@
 
 #include "backend/backend_harness.h"
 #include "ops/activation.h"
+#include "ops/cuda/grouped_gemm_tc.h"
 #include "ops/moe.h"
 
 namespace dseek::backend_test {
@@ -250,7 +251,8 @@ TEST(BackendOps, MoeDispatchLeavesInvalidIdsUnplaced) {
 // (grouped_gemv.cu): the first case (6 rows), the last (bf16 rows of 136 = 17 vectors of 8,
 // experts of more than 8 rows so several passes) and the 7×5 one (scalar loads). Otherwise bf16
 // activations whose row lengths (in, out) are multiples of 8 take the tensor-core kernels
-// (grouped_gemm_tc_kernels.cuh: 128 × 128 tiles, k steps of 32), the others and f32 the SIMT
+// (128 × 128 tiles: wgmma with k steps of 64 on Hopper, mma.sync with steps of 32; every family
+// this machine has is checked), the others and f32 the SIMT
 // ones; dx and dW never take the weight-streaming kernel. ragged_ids leaves experts E/2 .. E − 1
 // empty; hot sends most tokens to expert 0.
 struct GemmCase {
@@ -288,6 +290,49 @@ TEST(BackendOps, MoePermute) {
   }
 }
 
+// The tensor-core kernel families the grouped GEMMs can run here, each checked on the same
+// inputs: mma.sync everywhere, and Hopper's wgmma with 3 and 5 pipeline stages where this build and
+// GPU have them (ops/cuda/grouped_gemm_tc.h). The label goes into the op names of the table.
+struct GroupedKernel {
+  int wgmma_stages;
+  const char* label;
+};
+std::vector<GroupedKernel> grouped_kernels() {
+  std::vector<GroupedKernel> kernels{{0, "mma.sync"}};
+#ifdef DSEEK_HAS_CUDA
+  if (ops::cuda::grouped_wgmma_available()) {
+    kernels.push_back({3, "wgmma3"});
+    kernels.push_back({5, "wgmma5"});
+  }
+#endif
+  return kernels;
+}
+
+// Runs the grouped GEMMs on one kernel family while alive, the default again after.
+class UseGroupedKernel {
+ public:
+  explicit UseGroupedKernel([[maybe_unused]] int wgmma_stages) {
+#ifdef DSEEK_HAS_CUDA
+    before_ = ops::cuda::grouped_gemm_kernel();
+    ops::cuda::set_grouped_gemm_kernel(wgmma_stages);
+#endif
+  }
+  ~UseGroupedKernel() {
+#ifdef DSEEK_HAS_CUDA
+    ops::cuda::set_grouped_gemm_kernel(before_);
+#endif
+  }
+  UseGroupedKernel(const UseGroupedKernel&) = delete;
+  UseGroupedKernel& operator=(const UseGroupedKernel&) = delete;
+
+ private:
+  [[maybe_unused]] int before_ = 0;
+};
+
+std::string labelled(const char* op, const GroupedKernel& k) {
+  return std::string(op) + " [" + k.label + "]";
+}
+
 TEST(BackendOps, GroupedLinear) {
   DSEEK_REQUIRE_CUDA();
   std::mt19937 rng(24);
@@ -306,62 +351,72 @@ TEST(BackendOps, GroupedLinear) {
       }
       const ops::ExpertMatrices wc = ops::expert_matrices(w_cpu), wg = ops::expert_matrices(w_gpu);
       const Tensor x = rand({N, c.in}, rng), dy = rand({N, c.out}, rng);
+      const Shape dw_shape{c.E, c.out, c.in};
+      const Tensor base = rand(dw_shape, rng);
 
-      poison_pool({N * c.out});
-      const Tensor y = ops::grouped_linear(on_gpu(x, act), wg, offsets);
-      expect_close("grouped_linear", shape, act,
-                   ops::grouped_linear(rounded(x, act), wc, dc.offsets), y);
-
-      poison_pool({N * c.in});
-      const Tensor dx = ops::grouped_linear_backward_dx(on_gpu(dy, act), wg, offsets);
-      expect_close("grouped_linear dx", shape, act,
-                   ops::grouped_linear_backward_dx(rounded(dy, act), wc, dc.offsets), dx);
-
-      // dW: overwritten (poisoned buffers; empty experts must become zeros), then accumulated into
-      // a stacked f32 gradient.
-      std::vector<Tensor> dw_cpu, dw_gpu;
-      for (int64_t e = 0; e < c.E; ++e) {
-        dw_cpu.push_back(Tensor::poisoned({c.out, c.in}));
-        dw_gpu.push_back(Tensor::poisoned({c.out, c.in}, DType::F32, Device::CUDA));
-      }
+      // The CPU side once: y, dx, dW overwritten (into poisoned buffers: empty experts must
+      // become zeros) and dW accumulated into a stacked f32 gradient.
+      const Tensor y_want = ops::grouped_linear(rounded(x, act), wc, dc.offsets);
+      const Tensor dx_want = ops::grouped_linear_backward_dx(rounded(dy, act), wc, dc.offsets);
+      std::vector<Tensor> dw_cpu;
+      for (int64_t e = 0; e < c.E; ++e) dw_cpu.push_back(Tensor::poisoned({c.out, c.in}));
       ops::grouped_linear_backward_dw(rounded(x, act), rounded(dy, act), dc.offsets,
                                       ops::expert_matrices(dw_cpu), false);
-      ops::grouped_linear_backward_dw(on_gpu(x, act), on_gpu(dy, act), offsets,
-                                      ops::expert_matrices(dw_gpu), false);
-      std::vector<float> want_all, got_all;
-      for (int64_t e = 0; e < c.E; ++e) {
-        const std::vector<float> a = dw_cpu[size_t(e)].to_vector(),
-                                 b = dw_gpu[size_t(e)].to_vector();
+      std::vector<float> want_all;
+      for (const Tensor& t : dw_cpu) {
+        const std::vector<float> a = t.to_vector();
         want_all.insert(want_all.end(), a.begin(), a.end());
-        got_all.insert(got_all.end(), b.begin(), b.end());
       }
-      const Shape dw_shape{c.E, c.out, c.in};
-      expect_close("grouped_linear dW", shape, act, Tensor::from_vector(want_all, dw_shape),
-                   Tensor::from_vector(got_all, dw_shape), {1e-3, 1e-3});
-      // Deterministic: a second run into fresh poisoned buffers gives the same bits.
-      std::vector<Tensor> dw_again;
-      for (int64_t e = 0; e < c.E; ++e)
-        dw_again.push_back(Tensor::poisoned({c.out, c.in}, DType::F32, Device::CUDA));
-      ops::grouped_linear_backward_dw(on_gpu(x, act), on_gpu(dy, act), offsets,
-                                      ops::expert_matrices(dw_again), false);
-      int64_t differ = 0;
-      for (int64_t e = 0; e < c.E; ++e) {
-        const std::vector<float> a = dw_gpu[size_t(e)].to_vector(),
-                                 b = dw_again[size_t(e)].to_vector();
-        if (std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) != 0) ++differ;
-      }
-      std::printf("[backend] %-28s %-22s %-4s %lld experts differ between runs %s\n",
-                  "grouped_linear dW repeat", describe_shape(shape).c_str(),
-                  std::string(dtype_name(act)).c_str(), (long long)differ, differ ? "FAIL" : "ok");
-      EXPECT_EQ(differ, 0) << "grouped_linear dW not deterministic, " << describe_shape(shape)
-                           << " " << dtype_name(act);
-      const Tensor base = rand(dw_shape, rng);
-      const Tensor acc_cpu = base.clone(), acc_gpu = base.to(Device::CUDA);
+      const Tensor acc_cpu = base.clone();
       ops::grouped_linear_backward_dw(rounded(x, act), rounded(dy, act), dc.offsets,
                                       ops::expert_matrices(acc_cpu), true);
-      ops::grouped_linear_backward_dw(on_gpu(x, act), on_gpu(dy, act), offsets,
-                                      ops::expert_matrices(acc_gpu), true);
-      expect_close("grouped_linear dW (+=)", shape, act, acc_cpu, acc_gpu, {1e-3, 1e-3});
+
+      for (const GroupedKernel& k : grouped_kernels()) {
+        if (act != DType::BF16 && k.wgmma_stages != 0) continue;  // f32 runs the SIMT kernels
+        const UseGroupedKernel use(k.wgmma_stages);
+        poison_pool({N * c.out});
+        expect_close(labelled("grouped_linear", k), shape, act, y_want,
+                     ops::grouped_linear(on_gpu(x, act), wg, offsets));
+        poison_pool({N * c.in});
+        expect_close(labelled("grouped_linear dx", k), shape, act, dx_want,
+                     ops::grouped_linear_backward_dx(on_gpu(dy, act), wg, offsets));
+
+        std::vector<Tensor> dw_gpu, dw_again;
+        for (int64_t e = 0; e < c.E; ++e) {
+          dw_gpu.push_back(Tensor::poisoned({c.out, c.in}, DType::F32, Device::CUDA));
+          dw_again.push_back(Tensor::poisoned({c.out, c.in}, DType::F32, Device::CUDA));
+        }
+        ops::grouped_linear_backward_dw(on_gpu(x, act), on_gpu(dy, act), offsets,
+                                        ops::expert_matrices(dw_gpu), false);
+        std::vector<float> got_all;
+        for (const Tensor& t : dw_gpu) {
+          const std::vector<float> b = t.to_vector();
+          got_all.insert(got_all.end(), b.begin(), b.end());
+        }
+        expect_close(labelled("grouped_linear dW", k), shape, act,
+                     Tensor::from_vector(want_all, dw_shape),
+                     Tensor::from_vector(got_all, dw_shape), {1e-3, 1e-3});
+        // Deterministic: a second run into fresh poisoned buffers gives the same bits.
+        ops::grouped_linear_backward_dw(on_gpu(x, act), on_gpu(dy, act), offsets,
+                                        ops::expert_matrices(dw_again), false);
+        int64_t differ = 0;
+        for (int64_t e = 0; e < c.E; ++e) {
+          const std::vector<float> a = dw_gpu[size_t(e)].to_vector(),
+                                   b = dw_again[size_t(e)].to_vector();
+          if (std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) != 0) ++differ;
+        }
+        std::printf("[backend] %-28s %-22s %-4s %lld experts differ between runs %s\n",
+                    labelled("grouped_linear dW repeat", k).c_str(), describe_shape(shape).c_str(),
+                    std::string(dtype_name(act)).c_str(), (long long)differ,
+                    differ ? "FAIL" : "ok");
+        EXPECT_EQ(differ, 0) << "grouped_linear dW not deterministic, " << describe_shape(shape)
+                             << " " << dtype_name(act) << " " << k.label;
+        const Tensor acc_gpu = base.to(Device::CUDA);
+        ops::grouped_linear_backward_dw(on_gpu(x, act), on_gpu(dy, act), offsets,
+                                        ops::expert_matrices(acc_gpu), true);
+        expect_close(labelled("grouped_linear dW (+=)", k), shape, act, acc_cpu, acc_gpu,
+                     {1e-3, 1e-3});
+      }
     }
   }
 }
@@ -384,14 +439,18 @@ TEST(BackendOps, GroupedLinearStridedWeights) {
       const ops::ExpertMatrices wg =
           ops::expert_matrices(on_gpu(full, act).slice(2, offset, offset + in));
       const Tensor x = rand({N, in}, rng), dy = rand({N, out}, rng);
-      poison_pool({N * out});
-      expect_close("grouped_linear strided W", shape, act,
-                   ops::grouped_linear(rounded(x, act), wc, dc.offsets),
-                   ops::grouped_linear(on_gpu(x, act), wg, offsets));
-      poison_pool({N * in});
-      expect_close("grouped_linear dx strided W", shape, act,
-                   ops::grouped_linear_backward_dx(rounded(dy, act), wc, dc.offsets),
-                   ops::grouped_linear_backward_dx(on_gpu(dy, act), wg, offsets));
+      const Tensor y_want = ops::grouped_linear(rounded(x, act), wc, dc.offsets);
+      const Tensor dx_want = ops::grouped_linear_backward_dx(rounded(dy, act), wc, dc.offsets);
+      for (const GroupedKernel& k : grouped_kernels()) {
+        if (act != DType::BF16 && k.wgmma_stages != 0) continue;
+        const UseGroupedKernel use(k.wgmma_stages);
+        poison_pool({N * out});
+        expect_close(labelled("grouped_linear strided W", k), shape, act, y_want,
+                     ops::grouped_linear(on_gpu(x, act), wg, offsets));
+        poison_pool({N * in});
+        expect_close(labelled("grouped_linear dx strided W", k), shape, act, dx_want,
+                     ops::grouped_linear_backward_dx(on_gpu(dy, act), wg, offsets));
+      }
     }
   }
 }

@@ -1,12 +1,18 @@
-// Launchers of the bf16 tensor-core grouped expert GEMMs (kernels and design in
-// grouped_gemm_tc_kernels.cuh). Checked without a GPU by bench/kernels/grouped_gemm_tc_emulate.cpp.
+// Launchers of the bf16 tensor-core grouped expert GEMMs: Hopper's wgmma kernels
+// (grouped_gemm_wgmma_kernels.cuh) where the build has sm_90a code and the GPU is a Hopper, the
+// mma.sync kernels (grouped_gemm_tc_kernels.cuh) elsewhere. Both are checked without a GPU by
+// bench/kernels/grouped_gemm_tc_emulate.cpp and against the CPU by the backend tests.
+#include <atomic>
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
 #include "core/error.h"
 #include "ops/cuda/grouped_gemm_tc.h"
 #include "ops/cuda/grouped_gemm_tc_kernels.cuh"
+#include "ops/cuda/grouped_gemm_wgmma_kernels.cuh"
 
 namespace dseek::ops::cuda {
 
@@ -16,6 +22,54 @@ using grouped_tc::bf16;
 
 static_assert(kTcTileRows == grouped_tc::kBM && kTcTileCols == grouped_tc::kBN);
 
+namespace {
+
+// -1: not decided yet (the environment's DSEEK_GROUPED_GEMM, else the machine's best).
+std::atomic<int> g_wgmma_stages{-1};
+
+// Whether the wgmma kernels can run here: sm_90a machine code in this build (a kernel built
+// only from the portable compute_80 PTX reports PTX version 80) on a compute capability 9.x GPU.
+bool wgmma_runs_here() {
+  int device = 0, major = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      major != 9)
+    return false;
+  cudaFuncAttributes attr{};
+  if (cudaFuncGetAttributes(&attr, grouped_wgmma::grouped_rows_wgmma_kernel<5, false>) !=
+      cudaSuccess)
+    return false;
+  return attr.ptxVersion >= 90;
+}
+
+int wgmma_stages() {
+  int stages = g_wgmma_stages.load();
+  if (stages >= 0) return stages;
+  stages = wgmma_runs_here() ? kGroupedWgmmaDefaultStages : 0;
+  if (const char* env = std::getenv("DSEEK_GROUPED_GEMM"); env && std::strcmp(env, "mma") == 0)
+    stages = 0;
+  g_wgmma_stages.store(stages);
+  return stages;
+}
+
+}  // namespace
+
+bool grouped_wgmma_available() {
+  return wgmma_runs_here();
+}
+
+void set_grouped_gemm_kernel(int wgmma_stages) {
+  DSEEK_CHECK(wgmma_stages == 0 || wgmma_stages == 3 || wgmma_stages == 5,
+              "[grouped_linear] wgmma kernels come with 3 or 5 stages, not {}", wgmma_stages);
+  DSEEK_CHECK(wgmma_stages == 0 || wgmma_runs_here(),
+              "[grouped_linear] the wgmma kernels need sm_90a code and a Hopper GPU");
+  g_wgmma_stages.store(wgmma_stages);
+}
+
+int grouped_gemm_kernel() {
+  return wgmma_stages();
+}
+
 bool grouped_tc_takes(const void* a, const void* c, int64_t k, int64_t n, int64_t ldw) {
   const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   return aligned(a) && aligned(c) && k % 8 == 0 && n % 8 == 0 && ldw % 8 == 0;
@@ -24,24 +78,47 @@ bool grouped_tc_takes(const void* a, const void* c, int64_t k, int64_t n, int64_
 void grouped_tc_rows(bool dx, const void* A, const int64_t* offsets, const int64_t* tile_start,
                      int64_t E, int64_t tiles, const void* const* w, int64_t ldw, int64_t n_total,
                      int64_t k_total, void* C) {
+  static_assert(grouped_tc::kBM == grouped_wgmma::kBM && grouped_tc::kBN == grouped_wgmma::kBN,
+                "one tile schedule serves both kernel families");
   const int64_t cols = ceil_div<int64_t>(n_total, grouped_tc::kBN);
   DSEEK_CHECK(tiles <= INT_MAX / cols, "[grouped_linear] {} row tiles × {} columns exceed the grid",
               tiles, n_total);
   const dim3 grid{unsigned(tiles * cols)};
-  const auto launch = [&](auto kernel, size_t smem, const char* name) {
+  const auto launch = [&](auto kernel, unsigned threads, size_t smem, const char* name) {
     DSEEK_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kernel<<<grid, grouped_tc::kThreads, smem, stream()>>>(static_cast<const bf16*>(A), offsets,
-                                                           tile_start, E, w, ldw, n_total, k_total,
-                                                           static_cast<bf16*>(C));
+    kernel<<<grid, threads, smem, stream()>>>(static_cast<const bf16*>(A), offsets, tile_start, E,
+                                              w, ldw, n_total, k_total, static_cast<bf16*>(C));
     DSEEK_CUDA_CHECK_LAUNCH(name);
   };
+  namespace wg = grouped_wgmma;
+  switch (wgmma_stages()) {
+    case 3:
+      if (dx) {
+        launch(wg::grouped_rows_wgmma_kernel<3, true>, wg::kThreads, wg::smem_bytes<3>(),
+               "grouped_rows_wgmma_kernel<3, dx>");
+      } else {
+        launch(wg::grouped_rows_wgmma_kernel<3, false>, wg::kThreads, wg::smem_bytes<3>(),
+               "grouped_rows_wgmma_kernel<3, forward>");
+      }
+      return;
+    case 5:
+      if (dx) {
+        launch(wg::grouped_rows_wgmma_kernel<5, true>, wg::kThreads, wg::smem_bytes<5>(),
+               "grouped_rows_wgmma_kernel<5, dx>");
+      } else {
+        launch(wg::grouped_rows_wgmma_kernel<5, false>, wg::kThreads, wg::smem_bytes<5>(),
+               "grouped_rows_wgmma_kernel<5, forward>");
+      }
+      return;
+    default: break;
+  }
   if (dx) {
-    launch(grouped_tc::grouped_rows_tc_kernel<true>, grouped_tc::smem_bytes<false, true>(),
-           "grouped_rows_tc_kernel<dx>");
+    launch(grouped_tc::grouped_rows_tc_kernel<true>, grouped_tc::kThreads,
+           grouped_tc::smem_bytes<false, true>(), "grouped_rows_tc_kernel<dx>");
   } else {
-    launch(grouped_tc::grouped_rows_tc_kernel<false>, grouped_tc::smem_bytes<false, false>(),
-           "grouped_rows_tc_kernel<forward>");
+    launch(grouped_tc::grouped_rows_tc_kernel<false>, grouped_tc::kThreads,
+           grouped_tc::smem_bytes<false, false>(), "grouped_rows_tc_kernel<forward>");
   }
 }
 
@@ -52,12 +129,27 @@ void grouped_tc_dw(const void* x, const void* dy, const int64_t* offsets, int64_
   DSEEK_CHECK(cols <= INT_MAX && rows <= 65535 && E <= 65535,
               "[grouped_linear] dW of {} experts × [{}, {}] exceeds the grid", E, out, in);
   const dim3 grid{unsigned(cols), unsigned(rows), unsigned(E)};
-  constexpr size_t smem = grouped_tc::smem_bytes<true, true>();
-  DSEEK_CUDA_CHECK(cudaFuncSetAttribute(grouped_tc::grouped_dw_tc_kernel,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  grouped_tc::grouped_dw_tc_kernel<<<grid, grouped_tc::kThreads, smem, stream()>>>(
-      static_cast<const bf16*>(x), static_cast<const bf16*>(dy), offsets, out, in, dw, beta);
-  DSEEK_CUDA_CHECK_LAUNCH("grouped_dw_tc_kernel");
+  const auto launch = [&](auto kernel, unsigned threads, size_t smem, const char* name) {
+    DSEEK_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    kernel<<<grid, threads, smem, stream()>>>(
+        static_cast<const bf16*>(x), static_cast<const bf16*>(dy), offsets, out, in, dw, beta);
+    DSEEK_CUDA_CHECK_LAUNCH(name);
+  };
+  namespace wg = grouped_wgmma;
+  switch (wgmma_stages()) {
+    case 3:
+      launch(wg::grouped_dw_wgmma_kernel<3>, wg::kThreads, wg::smem_bytes<3>(),
+             "grouped_dw_wgmma_kernel<3>");
+      return;
+    case 5:
+      launch(wg::grouped_dw_wgmma_kernel<5>, wg::kThreads, wg::smem_bytes<5>(),
+             "grouped_dw_wgmma_kernel<5>");
+      return;
+    default:
+      launch(grouped_tc::grouped_dw_tc_kernel, grouped_tc::kThreads,
+             grouped_tc::smem_bytes<true, true>(), "grouped_dw_tc_kernel");
+  }
 }
 
 }  // namespace dseek::ops::cuda

@@ -1,4 +1,5 @@
-// bf16 tensor-core grouped expert GEMMs (kernels in grouped_gemm_tc_kernels.cuh), called by the
+// bf16 tensor-core grouped expert GEMMs (kernels in grouped_gemm_wgmma_kernels.cuh for Hopper and
+// grouped_gemm_tc_kernels.cuh for the rest), called by the
 // grouped_linear entry points of moe.cu when the activations are bf16 and the shapes fit
 // (grouped_tc_takes); those keep the SIMT kernels for everything else. Same argument meanings as
 // cuda_ops.h's grouped_linear*.
@@ -12,6 +13,16 @@ namespace dseek::ops::cuda {
 // grouped_tc_rows counts tiles of this many rows.
 constexpr int64_t kTcTileRows = 128;
 constexpr int64_t kTcTileCols = 128;
+
+// Which kernels the grouped GEMMs below run: the wgmma ones with this many pipeline stages
+// (3 or 5), or 0 for the mma.sync ones. The default is kGroupedWgmmaDefaultStages where
+// grouped_wgmma_available(), else 0; DSEEK_GROUPED_GEMM=mma in the environment picks mma.sync.
+// set_grouped_gemm_kernel (tests and benchmarks comparing the two) throws for wgmma where it
+// cannot run.
+constexpr int kGroupedWgmmaDefaultStages = 5;
+bool grouped_wgmma_available();
+void set_grouped_gemm_kernel(int wgmma_stages);
+int grouped_gemm_kernel();
 
 // Whether the tensor-core kernels take a GEMM whose contiguous extents are k and n (x/dy row
 // lengths, ldw) and whose activation buffers are a and c: all multiples of 8 bf16, buffers

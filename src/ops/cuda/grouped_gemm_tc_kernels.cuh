@@ -207,6 +207,22 @@ __device__ __forceinline__ void for_each_pair(const float (&acc)[kMT][kNT][4], i
   }
 }
 
+// The expert whose row tiles contain `tile` (< tile_start[E]): the first e with
+// tile_start[e + 1] > tile.
+__device__ __forceinline__ int64_t expert_of_tile(const int64_t* tile_start, int64_t E,
+                                                  int64_t tile) {
+  int64_t lo = 0, hi = E - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (tile_start[mid + 1] > tile) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  return lo;
+}
+
 // C[m, :n_total] = A[m, :k_total] · B_e for the rows of one expert tile of kBM rows and kBN
 // columns. The grid is 1-D, columns fastest: block b takes row tile b / cols of the schedule
 // tile_start (E + 1 entries) and column tile b % cols, so the blocks running at once share a few
@@ -221,17 +237,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int64_t cols = (n_total + kBN - 1) / kBN;
   const int64_t tile = int64_t(blockIdx.x) / cols, n0 = (int64_t(blockIdx.x) % cols) * kBN;
   if (tile >= tile_start[E]) return;  // the grid covers the most tiles any routing can need
-  // The expert whose tiles contain this one: the first e with tile_start[e + 1] > tile.
-  int64_t lo = 0, hi = E - 1;
-  while (lo < hi) {
-    const int64_t mid = (lo + hi) / 2;
-    if (tile_start[mid + 1] > tile) {
-      hi = mid;
-    } else {
-      lo = mid + 1;
-    }
-  }
-  const int64_t e = lo;
+  const int64_t e = expert_of_tile(tile_start, E, tile);
   const int64_t m0 = offsets[e] + (tile - tile_start[e]) * kBM, m_end = offsets[e + 1];
   const bf16* W = static_cast<const bf16*>(w[e]);
   const Operand a{A, k_total, m0, m_end, true};

@@ -12,8 +12,9 @@
 //   schedule (tiles of 64 rows per expert); each block binary-searches its expert and runs a
 //   64×64×16 shared-memory tile with f32 accumulation. The weight gradient gives each expert's
 //   [out, in] matrix its own blocks, each summing its expert's rows in order (deterministic).
-//   bf16 activations whose row lengths are multiples of 8 take the tensor-core kernels of
-//   grouped_gemm_tc_kernels.cuh instead (same contracts, 128-row tiles); the kernels here
+//   bf16 activations whose row lengths are multiples of 8 take the tensor-core kernels
+//   (grouped_gemm_tc.h: wgmma on Hopper, mma.sync elsewhere; same contracts, 128-row tiles)
+//   instead; the kernels here
 //   serve f32 and the shapes those do not take.
 // - moe_combine: one block per token; its K rows are summed in ascending permuted position
 //   (= ascending expert, the CPU's order), products rounded before the sum like the CPU's.
