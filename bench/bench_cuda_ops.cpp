@@ -136,8 +136,8 @@ int main(int argc, char** argv) {
   }
   {  // Grouped expert GEMMs of a V2-Lite MoE layer (issue 10): 4096 tokens × top-6 of 64 experts
      // (≈ 384 rows each, random routing), gate/up [1408, 2048] and down [2048, 1408]; forward,
-     // dx and dW (f32, overwritten), on each tensor-core kernel family this GPU runs (wgmma with
-     // 5 and 3 stages on Hopper, mma.sync; ops/cuda/grouped_gemm_tc.h), beside one dense GEMM of
+     // dx and dW (f32, overwritten), on each tensor-core kernel family this GPU runs (wgmma on
+     // Hopper, mma.sync; ops/cuda/grouped_gemm_tc.h), beside one dense GEMM of
      // the same FLOPs (all rows through one weight: the cuBLASLt ceiling for this shape).
     const int64_t T = 4096, E = 64, K = 6, N = T * K;
     std::vector<int32_t> ids;
@@ -154,14 +154,13 @@ int main(int argc, char** argv) {
       int64_t in, out;
     };
     struct Family {
-      int wgmma_stages;
+      bool wgmma;
       const char* label;
     };
-    std::vector<Family> families{{0, "mma.sync"}};
+    std::vector<Family> families{{false, "mma.sync"}};
 #ifdef DSEEK_HAS_CUDA
-    const int default_kernel = ops::cuda::grouped_gemm_kernel();
-    if (ops::cuda::grouped_wgmma_available())
-      families = {{5, "wgmma5"}, {3, "wgmma3"}, {0, "mma.sync"}};
+    const bool default_kernel = ops::cuda::grouped_gemm_wgmma();
+    if (ops::cuda::grouped_wgmma_available()) families = {{true, "wgmma"}, {false, "mma.sync"}};
 #endif
     for (const Grouped& g : {Grouped{"gate/up", 2048, 1408}, Grouped{"down", 1408, 2048}}) {
       const ops::ExpertMatrices w =
@@ -178,7 +177,7 @@ int main(int argc, char** argv) {
       }
       for (const Family& f : families) {
 #ifdef DSEEK_HAS_CUDA
-        ops::cuda::set_grouped_gemm_kernel(f.wgmma_stages);
+        ops::cuda::set_grouped_gemm_wgmma(f.wgmma);
 #endif
         const std::string tag = std::string(" ") + g.what + " [" + f.label + "]";
         row("grouped_linear" + tag, shape, flops, 0, [&] { ops::grouped_linear(x, w, d.offsets); });
@@ -188,7 +187,7 @@ int main(int argc, char** argv) {
             [&] { ops::grouped_linear_backward_dw(x, dy, d.offsets, dw, false); });
       }
 #ifdef DSEEK_HAS_CUDA
-      ops::cuda::set_grouped_gemm_kernel(default_kernel);
+      ops::cuda::set_grouped_gemm_wgmma(default_kernel);
 #endif
     }
   }

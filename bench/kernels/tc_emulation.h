@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -34,6 +36,12 @@ struct EmuWarp {
   float val[32];
 };
 inline EmuWarp* g_warps = nullptr;
+// wgmma.wait_group is warpgroup-collective: when it returns in one thread, the products of all
+// 128 threads are done (a barrier here, where each thread computes its own share at issue).
+struct EmuWarpgroup {
+  std::barrier<> bar{128};
+};
+inline EmuWarpgroup* g_warpgroups = nullptr;
 inline std::barrier<>* g_block = nullptr;
 alignas(16) inline unsigned char g_smem[232448];
 
@@ -64,8 +72,10 @@ void run_block(uint3 block, unsigned threads, Body body) {
   blockIdx = block;
   std::memset(g_smem, 0xff, sizeof(g_smem));  // bf16 and f32 NaN
   std::vector<EmuWarp> warps(threads / 32);
+  std::vector<EmuWarpgroup> warpgroups(threads / 128);
   std::barrier<> barrier(threads);
   g_warps = warps.data();
+  g_warpgroups = warpgroups.data();
   g_block = &barrier;
   std::vector<std::thread> pool;
   for (unsigned t = 0; t < threads; ++t)
@@ -200,8 +210,39 @@ inline void fence_proxy_async() {}
 inline void fence() {}
 inline void commit() {}
 template <int N>
-void wait() {}
+void wait() {
+  g_warpgroups[threadIdx.x / 128].bar.arrive_and_wait();
+}
 inline void fence_operand(float&) {}
+
+// mbarriers: the state lives beside the 8 bytes of shared memory that name it.
+struct EmuBarrier {
+  int count = 0, pending = 0, parity = 0;
+};
+inline std::mutex g_barrier_mutex;
+inline std::map<const void*, EmuBarrier> g_barriers;
+inline void mbar_init(uint64_t* bar, int count) {
+  std::lock_guard<std::mutex> lock(g_barrier_mutex);
+  g_barriers[bar] = EmuBarrier{count, count, 0};
+}
+inline void mbar_arrive(uint64_t* bar) {
+  std::lock_guard<std::mutex> lock(g_barrier_mutex);
+  EmuBarrier& b = g_barriers.at(bar);
+  if (--b.pending == 0) {
+    b.pending = b.count;
+    b.parity ^= 1;
+  }
+}
+// Returns once the phase of this parity has completed (the barrier's current phase differs).
+inline void mbar_wait(uint64_t* bar, int parity) {
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(g_barrier_mutex);
+      if (g_barriers.at(bar).parity != parity) return;
+    }
+    std::this_thread::yield();
+  }
+}
 
 // The bf16 at canonical (line-relative) byte address a, after the 128-byte swizzle.
 inline float emu_smem_bf16(uint32_t a) {

@@ -251,8 +251,8 @@ TEST(BackendOps, MoeDispatchLeavesInvalidIdsUnplaced) {
 // (grouped_gemv.cu): the first case (6 rows), the last (bf16 rows of 136 = 17 vectors of 8,
 // experts of more than 8 rows so several passes) and the 7×5 one (scalar loads). Otherwise bf16
 // activations whose row lengths (in, out) are multiples of 8 take the tensor-core kernels
-// (128 × 128 tiles: wgmma with k steps of 64 on Hopper, mma.sync with steps of 32; every family
-// this machine has is checked), the others and f32 the SIMT
+// (128 × 128 tiles: persistent warp-specialised wgmma with k steps of 64 on Hopper, mma.sync with
+// steps of 32; every family this machine has is checked), the others and f32 the SIMT
 // ones; dx and dW never take the weight-streaming kernel. ragged_ids leaves experts E/2 .. E − 1
 // empty; hot sends most tokens to expert 0.
 struct GemmCase {
@@ -291,19 +291,16 @@ TEST(BackendOps, MoePermute) {
 }
 
 // The tensor-core kernel families the grouped GEMMs can run here, each checked on the same
-// inputs: mma.sync everywhere, and Hopper's wgmma with 3 and 5 pipeline stages where this build and
-// GPU have them (ops/cuda/grouped_gemm_tc.h). The label goes into the op names of the table.
+// inputs: mma.sync everywhere, and Hopper's wgmma where this build and GPU have it
+// (ops/cuda/grouped_gemm_tc.h). The label goes into the op names of the table.
 struct GroupedKernel {
-  int wgmma_stages;
+  bool wgmma;
   const char* label;
 };
 std::vector<GroupedKernel> grouped_kernels() {
-  std::vector<GroupedKernel> kernels{{0, "mma.sync"}};
+  std::vector<GroupedKernel> kernels{{false, "mma.sync"}};
 #ifdef DSEEK_HAS_CUDA
-  if (ops::cuda::grouped_wgmma_available()) {
-    kernels.push_back({3, "wgmma3"});
-    kernels.push_back({5, "wgmma5"});
-  }
+  if (ops::cuda::grouped_wgmma_available()) kernels.push_back({true, "wgmma"});
 #endif
   return kernels;
 }
@@ -311,22 +308,22 @@ std::vector<GroupedKernel> grouped_kernels() {
 // Runs the grouped GEMMs on one kernel family while alive, the default again after.
 class UseGroupedKernel {
  public:
-  explicit UseGroupedKernel([[maybe_unused]] int wgmma_stages) {
+  explicit UseGroupedKernel([[maybe_unused]] bool wgmma) {
 #ifdef DSEEK_HAS_CUDA
-    before_ = ops::cuda::grouped_gemm_kernel();
-    ops::cuda::set_grouped_gemm_kernel(wgmma_stages);
+    before_ = ops::cuda::grouped_gemm_wgmma();
+    ops::cuda::set_grouped_gemm_wgmma(wgmma);
 #endif
   }
   ~UseGroupedKernel() {
 #ifdef DSEEK_HAS_CUDA
-    ops::cuda::set_grouped_gemm_kernel(before_);
+    ops::cuda::set_grouped_gemm_wgmma(before_);
 #endif
   }
   UseGroupedKernel(const UseGroupedKernel&) = delete;
   UseGroupedKernel& operator=(const UseGroupedKernel&) = delete;
 
  private:
-  [[maybe_unused]] int before_ = 0;
+  [[maybe_unused]] bool before_ = false;
 };
 
 std::string labelled(const char* op, const GroupedKernel& k) {
@@ -372,8 +369,8 @@ TEST(BackendOps, GroupedLinear) {
                                       ops::expert_matrices(acc_cpu), true);
 
       for (const GroupedKernel& k : grouped_kernels()) {
-        if (act != DType::BF16 && k.wgmma_stages != 0) continue;  // f32 runs the SIMT kernels
-        const UseGroupedKernel use(k.wgmma_stages);
+        if (act != DType::BF16 && k.wgmma) continue;  // f32 runs the SIMT kernels
+        const UseGroupedKernel use(k.wgmma);
         poison_pool({N * c.out});
         expect_close(labelled("grouped_linear", k), shape, act, y_want,
                      ops::grouped_linear(on_gpu(x, act), wg, offsets));
@@ -442,8 +439,8 @@ TEST(BackendOps, GroupedLinearStridedWeights) {
       const Tensor y_want = ops::grouped_linear(rounded(x, act), wc, dc.offsets);
       const Tensor dx_want = ops::grouped_linear_backward_dx(rounded(dy, act), wc, dc.offsets);
       for (const GroupedKernel& k : grouped_kernels()) {
-        if (act != DType::BF16 && k.wgmma_stages != 0) continue;
-        const UseGroupedKernel use(k.wgmma_stages);
+        if (act != DType::BF16 && k.wgmma) continue;
+        const UseGroupedKernel use(k.wgmma);
         poison_pool({N * out});
         expect_close(labelled("grouped_linear strided W", k), shape, act, y_want,
                      ops::grouped_linear(on_gpu(x, act), wg, offsets));

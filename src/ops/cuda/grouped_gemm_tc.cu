@@ -2,6 +2,7 @@
 // (grouped_gemm_wgmma_kernels.cuh) where the build has sm_90a code and the GPU is a Hopper, the
 // mma.sync kernels (grouped_gemm_tc_kernels.cuh) elsewhere. Both are checked without a GPU by
 // bench/kernels/grouped_gemm_tc_emulate.cpp and against the CPU by the backend tests.
+#include <algorithm>
 #include <atomic>
 #include <climits>
 #include <cstdlib>
@@ -24,8 +25,8 @@ static_assert(kTcTileRows == grouped_tc::kBM && kTcTileCols == grouped_tc::kBN);
 
 namespace {
 
-// -1: not decided yet (the environment's DSEEK_GROUPED_GEMM, else the machine's best).
-std::atomic<int> g_wgmma_stages{-1};
+// -1: not decided yet (the environment's DSEEK_GROUPED_GEMM, else the machine's best); 0 / 1.
+std::atomic<int> g_use_wgmma{-1};
 
 // Whether the wgmma kernels can run here: sm_90a machine code in this build (a kernel built
 // only from the portable compute_80 PTX reports PTX version 80) on a compute capability 9.x GPU.
@@ -36,20 +37,26 @@ bool wgmma_runs_here() {
       major != 9)
     return false;
   cudaFuncAttributes attr{};
-  if (cudaFuncGetAttributes(&attr, grouped_wgmma::grouped_rows_wgmma_kernel<5, false>) !=
-      cudaSuccess)
+  if (cudaFuncGetAttributes(&attr, grouped_wgmma::grouped_rows_wgmma_kernel<false>) != cudaSuccess)
     return false;
   return attr.ptxVersion >= 90;
 }
 
-int wgmma_stages() {
-  int stages = g_wgmma_stages.load();
-  if (stages >= 0) return stages;
-  stages = wgmma_runs_here() ? kGroupedWgmmaDefaultStages : 0;
-  if (const char* env = std::getenv("DSEEK_GROUPED_GEMM"); env && std::strcmp(env, "mma") == 0)
-    stages = 0;
-  g_wgmma_stages.store(stages);
-  return stages;
+bool use_wgmma() {
+  int use = g_use_wgmma.load();
+  if (use >= 0) return use == 1;
+  const char* env = std::getenv("DSEEK_GROUPED_GEMM");
+  use = wgmma_runs_here() && !(env && std::strcmp(env, "mma") == 0) ? 1 : 0;
+  g_use_wgmma.store(use);
+  return use == 1;
+}
+
+// The persistent wgmma kernels' grid: one block per SM, fewer when there is less work.
+unsigned persistent_blocks(int64_t work) {
+  int device = 0, sms = 0;
+  DSEEK_CUDA_CHECK(cudaGetDevice(&device));
+  DSEEK_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return unsigned(std::max<int64_t>(1, std::min<int64_t>(work, sms)));
 }
 
 }  // namespace
@@ -58,16 +65,14 @@ bool grouped_wgmma_available() {
   return wgmma_runs_here();
 }
 
-void set_grouped_gemm_kernel(int wgmma_stages) {
-  DSEEK_CHECK(wgmma_stages == 0 || wgmma_stages == 3 || wgmma_stages == 5,
-              "[grouped_linear] wgmma kernels come with 3 or 5 stages, not {}", wgmma_stages);
-  DSEEK_CHECK(wgmma_stages == 0 || wgmma_runs_here(),
+void set_grouped_gemm_wgmma(bool wgmma) {
+  DSEEK_CHECK(!wgmma || wgmma_runs_here(),
               "[grouped_linear] the wgmma kernels need sm_90a code and a Hopper GPU");
-  g_wgmma_stages.store(wgmma_stages);
+  g_use_wgmma.store(wgmma ? 1 : 0);
 }
 
-int grouped_gemm_kernel() {
-  return wgmma_stages();
+bool grouped_gemm_wgmma() {
+  return use_wgmma();
 }
 
 bool grouped_tc_takes(const void* a, const void* c, int64_t k, int64_t n, int64_t ldw) {
@@ -83,43 +88,30 @@ void grouped_tc_rows(bool dx, const void* A, const int64_t* offsets, const int64
   const int64_t cols = ceil_div<int64_t>(n_total, grouped_tc::kBN);
   DSEEK_CHECK(tiles <= INT_MAX / cols, "[grouped_linear] {} row tiles × {} columns exceed the grid",
               tiles, n_total);
+  if (use_wgmma()) {
+    namespace wg = grouped_wgmma;
+    const auto kernel =
+        dx ? wg::grouped_rows_wgmma_kernel<true> : wg::grouped_rows_wgmma_kernel<false>;
+    DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          int(wg::kSmemBytes)));
+    kernel<<<persistent_blocks(tiles * cols), wg::kThreads, wg::kSmemBytes, stream()>>>(
+        static_cast<const bf16*>(A), offsets, tile_start, E, w, ldw, n_total, k_total,
+        static_cast<bf16*>(C));
+    DSEEK_CUDA_CHECK_LAUNCH(dx ? "grouped_rows_wgmma_kernel<dx>"
+                               : "grouped_rows_wgmma_kernel<forward>");
+    return;
+  }
   const dim3 grid{unsigned(tiles * cols)};
-  const auto launch = [&](auto kernel, unsigned threads, size_t smem, const char* name) {
-    DSEEK_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kernel<<<grid, threads, smem, stream()>>>(static_cast<const bf16*>(A), offsets, tile_start, E,
-                                              w, ldw, n_total, k_total, static_cast<bf16*>(C));
-    DSEEK_CUDA_CHECK_LAUNCH(name);
-  };
-  namespace wg = grouped_wgmma;
-  switch (wgmma_stages()) {
-    case 3:
-      if (dx) {
-        launch(wg::grouped_rows_wgmma_kernel<3, true>, wg::kThreads, wg::smem_bytes<3>(),
-               "grouped_rows_wgmma_kernel<3, dx>");
-      } else {
-        launch(wg::grouped_rows_wgmma_kernel<3, false>, wg::kThreads, wg::smem_bytes<3>(),
-               "grouped_rows_wgmma_kernel<3, forward>");
-      }
-      return;
-    case 5:
-      if (dx) {
-        launch(wg::grouped_rows_wgmma_kernel<5, true>, wg::kThreads, wg::smem_bytes<5>(),
-               "grouped_rows_wgmma_kernel<5, dx>");
-      } else {
-        launch(wg::grouped_rows_wgmma_kernel<5, false>, wg::kThreads, wg::smem_bytes<5>(),
-               "grouped_rows_wgmma_kernel<5, forward>");
-      }
-      return;
-    default: break;
-  }
-  if (dx) {
-    launch(grouped_tc::grouped_rows_tc_kernel<true>, grouped_tc::kThreads,
-           grouped_tc::smem_bytes<false, true>(), "grouped_rows_tc_kernel<dx>");
-  } else {
-    launch(grouped_tc::grouped_rows_tc_kernel<false>, grouped_tc::kThreads,
-           grouped_tc::smem_bytes<false, false>(), "grouped_rows_tc_kernel<forward>");
-  }
+  const auto kernel =
+      dx ? grouped_tc::grouped_rows_tc_kernel<true> : grouped_tc::grouped_rows_tc_kernel<false>;
+  const size_t smem =
+      dx ? grouped_tc::smem_bytes<false, true>() : grouped_tc::smem_bytes<false, false>();
+  DSEEK_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  kernel<<<grid, grouped_tc::kThreads, smem, stream()>>>(static_cast<const bf16*>(A), offsets,
+                                                         tile_start, E, w, ldw, n_total, k_total,
+                                                         static_cast<bf16*>(C));
+  DSEEK_CUDA_CHECK_LAUNCH(dx ? "grouped_rows_tc_kernel<dx>" : "grouped_rows_tc_kernel<forward>");
 }
 
 void grouped_tc_dw(const void* x, const void* dy, const int64_t* offsets, int64_t E, int64_t out,
@@ -128,28 +120,24 @@ void grouped_tc_dw(const void* x, const void* dy, const int64_t* offsets, int64_
                 rows = ceil_div<int64_t>(out, grouped_tc::kBM);
   DSEEK_CHECK(cols <= INT_MAX && rows <= 65535 && E <= 65535,
               "[grouped_linear] dW of {} experts × [{}, {}] exceeds the grid", E, out, in);
-  const dim3 grid{unsigned(cols), unsigned(rows), unsigned(E)};
-  const auto launch = [&](auto kernel, unsigned threads, size_t smem, const char* name) {
-    DSEEK_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kernel<<<grid, threads, smem, stream()>>>(
-        static_cast<const bf16*>(x), static_cast<const bf16*>(dy), offsets, out, in, dw, beta);
-    DSEEK_CUDA_CHECK_LAUNCH(name);
-  };
-  namespace wg = grouped_wgmma;
-  switch (wgmma_stages()) {
-    case 3:
-      launch(wg::grouped_dw_wgmma_kernel<3>, wg::kThreads, wg::smem_bytes<3>(),
-             "grouped_dw_wgmma_kernel<3>");
-      return;
-    case 5:
-      launch(wg::grouped_dw_wgmma_kernel<5>, wg::kThreads, wg::smem_bytes<5>(),
-             "grouped_dw_wgmma_kernel<5>");
-      return;
-    default:
-      launch(grouped_tc::grouped_dw_tc_kernel, grouped_tc::kThreads,
-             grouped_tc::smem_bytes<true, true>(), "grouped_dw_tc_kernel");
+  if (use_wgmma()) {
+    namespace wg = grouped_wgmma;
+    DSEEK_CUDA_CHECK(cudaFuncSetAttribute(wg::grouped_dw_wgmma_kernel,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          int(wg::kSmemBytes)));
+    wg::grouped_dw_wgmma_kernel<<<persistent_blocks(cols * rows * E), wg::kThreads, wg::kSmemBytes,
+                                  stream()>>>(
+        static_cast<const bf16*>(x), static_cast<const bf16*>(dy), offsets, E, out, in, dw, beta);
+    DSEEK_CUDA_CHECK_LAUNCH("grouped_dw_wgmma_kernel");
+    return;
   }
+  const dim3 grid{unsigned(cols), unsigned(rows), unsigned(E)};
+  constexpr size_t smem = grouped_tc::smem_bytes<true, true>();
+  DSEEK_CUDA_CHECK(cudaFuncSetAttribute(grouped_tc::grouped_dw_tc_kernel,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  grouped_tc::grouped_dw_tc_kernel<<<grid, grouped_tc::kThreads, smem, stream()>>>(
+      static_cast<const bf16*>(x), static_cast<const bf16*>(dy), offsets, out, in, dw, beta);
+  DSEEK_CUDA_CHECK_LAUNCH("grouped_dw_tc_kernel");
 }
 
 }  // namespace dseek::ops::cuda

@@ -14,15 +14,14 @@ namespace dseek::ops::cuda {
 constexpr int64_t kTcTileRows = 128;
 constexpr int64_t kTcTileCols = 128;
 
-// Which kernels the grouped GEMMs below run: the wgmma ones with this many pipeline stages
-// (3 or 5), or 0 for the mma.sync ones. The default is kGroupedWgmmaDefaultStages where
-// grouped_wgmma_available(), else 0; DSEEK_GROUPED_GEMM=mma in the environment picks mma.sync.
-// set_grouped_gemm_kernel (tests and benchmarks comparing the two) throws for wgmma where it
+// Which kernels the grouped GEMMs below run: Hopper's wgmma ones (true) or the mma.sync ones.
+// The default is wgmma where grouped_wgmma_available() (sm_90a code in this build, a compute
+// capability 9.x GPU), unless DSEEK_GROUPED_GEMM=mma is set in the environment.
+// set_grouped_gemm_wgmma (tests and benchmarks comparing the two) throws for wgmma where it
 // cannot run.
-constexpr int kGroupedWgmmaDefaultStages = 5;
 bool grouped_wgmma_available();
-void set_grouped_gemm_kernel(int wgmma_stages);
-int grouped_gemm_kernel();
+void set_grouped_gemm_wgmma(bool wgmma);
+bool grouped_gemm_wgmma();
 
 // Whether the tensor-core kernels take a GEMM whose contiguous extents are k and n (x/dy row
 // lengths, ldw) and whose activation buffers are a and c: all multiples of 8 bf16, buffers
