@@ -15,8 +15,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <map>
-#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -214,35 +212,6 @@ void wait() {
   g_warpgroups[threadIdx.x / 128].bar.arrive_and_wait();
 }
 inline void fence_operand(float&) {}
-
-// mbarriers: the state lives beside the 8 bytes of shared memory that name it.
-struct EmuBarrier {
-  int count = 0, pending = 0, parity = 0;
-};
-inline std::mutex g_barrier_mutex;
-inline std::map<const void*, EmuBarrier> g_barriers;
-inline void mbar_init(uint64_t* bar, int count) {
-  std::lock_guard<std::mutex> lock(g_barrier_mutex);
-  g_barriers[bar] = EmuBarrier{count, count, 0};
-}
-inline void mbar_arrive(uint64_t* bar) {
-  std::lock_guard<std::mutex> lock(g_barrier_mutex);
-  EmuBarrier& b = g_barriers.at(bar);
-  if (--b.pending == 0) {
-    b.pending = b.count;
-    b.parity ^= 1;
-  }
-}
-// Returns once the phase of this parity has completed (the barrier's current phase differs).
-inline void mbar_wait(uint64_t* bar, int parity) {
-  for (;;) {
-    {
-      std::lock_guard<std::mutex> lock(g_barrier_mutex);
-      if (g_barriers.at(bar).parity != parity) return;
-    }
-    std::this_thread::yield();
-  }
-}
 
 // The bf16 at canonical (line-relative) byte address a, after the 128-byte swizzle.
 inline float emu_smem_bf16(uint32_t a) {

@@ -2,7 +2,6 @@
 // (grouped_gemm_wgmma_kernels.cuh) where the build has sm_90a code and the GPU is a Hopper, the
 // mma.sync kernels (grouped_gemm_tc_kernels.cuh) elsewhere. Both are checked without a GPU by
 // bench/kernels/grouped_gemm_tc_emulate.cpp and against the CPU by the backend tests.
-#include <algorithm>
 #include <atomic>
 #include <climits>
 #include <cstdlib>
@@ -51,14 +50,6 @@ bool use_wgmma() {
   return use == 1;
 }
 
-// The persistent wgmma kernels' grid: one block per SM, fewer when there is less work.
-unsigned persistent_blocks(int64_t work) {
-  int device = 0, sms = 0;
-  DSEEK_CUDA_CHECK(cudaGetDevice(&device));
-  DSEEK_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return unsigned(std::max<int64_t>(1, std::min<int64_t>(work, sms)));
-}
-
 }  // namespace
 
 bool grouped_wgmma_available() {
@@ -88,30 +79,21 @@ void grouped_tc_rows(bool dx, const void* A, const int64_t* offsets, const int64
   const int64_t cols = ceil_div<int64_t>(n_total, grouped_tc::kBN);
   DSEEK_CHECK(tiles <= INT_MAX / cols, "[grouped_linear] {} row tiles × {} columns exceed the grid",
               tiles, n_total);
-  if (use_wgmma()) {
-    namespace wg = grouped_wgmma;
-    const auto kernel =
-        dx ? wg::grouped_rows_wgmma_kernel<true> : wg::grouped_rows_wgmma_kernel<false>;
-    DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          int(wg::kSmemBytes)));
-    kernel<<<persistent_blocks(tiles * cols), wg::kThreads, wg::kSmemBytes, stream()>>>(
-        static_cast<const bf16*>(A), offsets, tile_start, E, w, ldw, n_total, k_total,
-        static_cast<bf16*>(C));
-    DSEEK_CUDA_CHECK_LAUNCH(dx ? "grouped_rows_wgmma_kernel<dx>"
-                               : "grouped_rows_wgmma_kernel<forward>");
-    return;
-  }
   const dim3 grid{unsigned(tiles * cols)};
-  const auto kernel =
-      dx ? grouped_tc::grouped_rows_tc_kernel<true> : grouped_tc::grouped_rows_tc_kernel<false>;
+  const bool wgmma = use_wgmma();
+  const auto kernel = wgmma ? (dx ? grouped_wgmma::grouped_rows_wgmma_kernel<true>
+                                  : grouped_wgmma::grouped_rows_wgmma_kernel<false>)
+                            : (dx ? grouped_tc::grouped_rows_tc_kernel<true>
+                                  : grouped_tc::grouped_rows_tc_kernel<false>);
+  const unsigned threads = wgmma ? grouped_wgmma::kThreads : grouped_tc::kThreads;
   const size_t smem =
-      dx ? grouped_tc::smem_bytes<false, true>() : grouped_tc::smem_bytes<false, false>();
+      wgmma ? grouped_wgmma::kSmemBytes
+            : (dx ? grouped_tc::smem_bytes<false, true>() : grouped_tc::smem_bytes<false, false>());
   DSEEK_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<grid, grouped_tc::kThreads, smem, stream()>>>(static_cast<const bf16*>(A), offsets,
-                                                         tile_start, E, w, ldw, n_total, k_total,
-                                                         static_cast<bf16*>(C));
-  DSEEK_CUDA_CHECK_LAUNCH(dx ? "grouped_rows_tc_kernel<dx>" : "grouped_rows_tc_kernel<forward>");
+  kernel<<<grid, threads, smem, stream()>>>(static_cast<const bf16*>(A), offsets, tile_start, E, w,
+                                            ldw, n_total, k_total, static_cast<bf16*>(C));
+  DSEEK_CUDA_CHECK_LAUNCH(wgmma ? "grouped_rows_wgmma_kernel" : "grouped_rows_tc_kernel");
 }
 
 void grouped_tc_dw(const void* x, const void* dy, const int64_t* offsets, int64_t E, int64_t out,
@@ -120,24 +102,17 @@ void grouped_tc_dw(const void* x, const void* dy, const int64_t* offsets, int64_
                 rows = ceil_div<int64_t>(out, grouped_tc::kBM);
   DSEEK_CHECK(cols <= INT_MAX && rows <= 65535 && E <= 65535,
               "[grouped_linear] dW of {} experts × [{}, {}] exceeds the grid", E, out, in);
-  if (use_wgmma()) {
-    namespace wg = grouped_wgmma;
-    DSEEK_CUDA_CHECK(cudaFuncSetAttribute(wg::grouped_dw_wgmma_kernel,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          int(wg::kSmemBytes)));
-    wg::grouped_dw_wgmma_kernel<<<persistent_blocks(cols * rows * E), wg::kThreads, wg::kSmemBytes,
-                                  stream()>>>(
-        static_cast<const bf16*>(x), static_cast<const bf16*>(dy), offsets, E, out, in, dw, beta);
-    DSEEK_CUDA_CHECK_LAUNCH("grouped_dw_wgmma_kernel");
-    return;
-  }
   const dim3 grid{unsigned(cols), unsigned(rows), unsigned(E)};
-  constexpr size_t smem = grouped_tc::smem_bytes<true, true>();
-  DSEEK_CUDA_CHECK(cudaFuncSetAttribute(grouped_tc::grouped_dw_tc_kernel,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  grouped_tc::grouped_dw_tc_kernel<<<grid, grouped_tc::kThreads, smem, stream()>>>(
+  const bool wgmma = use_wgmma();
+  const auto kernel =
+      wgmma ? grouped_wgmma::grouped_dw_wgmma_kernel : grouped_tc::grouped_dw_tc_kernel;
+  const unsigned threads = wgmma ? grouped_wgmma::kThreads : grouped_tc::kThreads;
+  const size_t smem = wgmma ? grouped_wgmma::kSmemBytes : grouped_tc::smem_bytes<true, true>();
+  DSEEK_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  kernel<<<grid, threads, smem, stream()>>>(
       static_cast<const bf16*>(x), static_cast<const bf16*>(dy), offsets, out, in, dw, beta);
-  DSEEK_CUDA_CHECK_LAUNCH("grouped_dw_tc_kernel");
+  DSEEK_CUDA_CHECK_LAUNCH(wgmma ? "grouped_dw_wgmma_kernel" : "grouped_dw_tc_kernel");
 }
 
 }  // namespace dseek::ops::cuda

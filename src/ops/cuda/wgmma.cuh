@@ -85,31 +85,6 @@ __device__ __forceinline__ void fence_operand(float& r) {
   asm volatile("" : "+f"(r)::"memory");
 }
 
-// mbarrier in shared memory (PTX "mbarrier"): a phase completes when `count` threads have
-// arrived; waiting on a parity returns once the phase of that parity has completed. Arrive
-// releases and wait acquires this thread's (generic-proxy) memory operations at CTA scope.
-__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_address(bar)), "r"(count)
-               : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_address(bar)) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, int parity) {
-  uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n"
-        "}\n"
-        : "=r"(done)
-        : "r"(smem_address(bar)), "r"(parity)
-        : "memory");
-  } while (!done);
-}
-
 // d += A · B, m64n128k16, bf16 operands from shared memory, f32 accumulators; TRANS_A / TRANS_B:
 // the operand is MN-major (1) rather than K-major (0).
 template <int TRANS_A, int TRANS_B>
@@ -144,8 +119,8 @@ __device__ __forceinline__ void mma_m64n128k16(float (&d)[64], uint64_t desc_a, 
 #endif
 }
 #else
-// A host build (bench/kernels/tc_emulation.h) defines smem_address, the fences, commit, wait, the
-// mbarrier functions and mma_m64n128k16 with the semantics above before including this header.
+// A host build (bench/kernels/tc_emulation.h) defines smem_address, the fences, commit, wait and
+// mma_m64n128k16 with the semantics above before including this header.
 #endif
 
 }  // namespace dseek::ops::cuda::wgmma
