@@ -11,6 +11,7 @@
 
 #include "core/rng.h"
 #include "synth/canonical.h"
+#include "synth/conv_problem.h"
 #include "synth/cost.h"
 #include "synth/enumerate.h"
 #include "synth/evaluate.h"
@@ -23,23 +24,11 @@ namespace dseek::synth::test {
 // The [T, d_in] -> [T, d_out] problem and its classic layers are the bench's
 // (synth/linear_problem.h); named here too so the tests spell them synth::test:: like the rest of
 // this file.
+using dseek::synth::ConvProblem;  // [N, C, H, W] -> [N, C_out, H, W]; k the (odd) kernel size
 using dseek::synth::dense_linear;
 using dseek::synth::grouped_linear;
 using dseek::synth::LinearProblem;
 using dseek::synth::low_rank;
-
-// [N, C, H, W] -> [N, C_out, H, W] layers; k is the (odd) kernel size.
-struct ConvProblem {
-  Vars vars;
-  int N = vars.add("N", VarKind::primary);
-  int C = vars.add("C", VarKind::primary);
-  int Cout = vars.add("C_out", VarKind::primary);
-  int H = vars.add("H", VarKind::primary);
-  int W = vars.add("W", VarKind::primary);
-  int k = vars.add("k", VarKind::coefficient);
-  Size sN = Size::var(N), sC = Size::var(C), sCout = Size::var(Cout), sH = Size::var(H),
-       sW = Size::var(W), sk = Size::var(k);
-};
 
 // The tests' short name for build_operator (synth/linear_problem.h).
 inline Operator build(const std::vector<Size>& output, const std::vector<Action>& actions) {

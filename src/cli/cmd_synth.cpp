@@ -412,6 +412,20 @@ void run_bench(const BenchArgs& a) {
   }
 }
 
+// The end of both proxy tables: the candidates' legend, the time taken and the JSON file.
+void finish_proxy_table(const std::vector<std::string>& legend, double seconds,
+                        const std::string& json_path, const nlohmann::ordered_json& rows) {
+  if (!legend.empty()) {
+    fmt::print("\n");
+    for (const std::string& l : legend) fmt::print("{}\n", l);
+  }
+  fmt::print("\n{:.0f} s\n", seconds);
+  if (!json_path.empty()) {
+    write_file_atomic(json_path, rows.dump(2) + "\n");
+    fmt::print("wrote {}\n", json_path);
+  }
+}
+
 struct ProxyArgs {
   std::string kind = "lm-proj", builtins, from, json, digits;  // builtins "": the kind's defaults
   std::vector<std::string> ops;
@@ -589,15 +603,7 @@ void run_proxy_table(const ProxyArgs& a) {
                          {"dense_latency_ms", dense_ms},
                          {"seconds_per_run", seconds}});
   }
-  if (!legend.empty()) {
-    fmt::print("\n");
-    for (const std::string& l : legend) fmt::print("{}\n", l);
-  }
-  fmt::print("\n{:.0f} s\n", elapsed());
-  if (!a.json.empty()) {
-    write_file_atomic(a.json, j.dump(2) + "\n");
-    fmt::print("wrote {}\n", a.json);
-  }
+  finish_proxy_table(legend, elapsed(), a.json, j);
 }
 
 // The same table for the conv task on the vision proxy (synth/vision_proxy.h): known convolution
@@ -735,15 +741,13 @@ void run_vision_table(const ProxyArgs& a) {
       base_loss.push_back(base[size_t(s)].val_loss);
       acc_diff.push_back(acc[size_t(s)] - base[size_t(s)].val_accuracy);
     }
-    const PairedDiff d = paired_relative_diff(loss, base_loss);
-    double mean_loss = 0.0, mean_acc = 0.0, acc_mean = 0.0, acc_ss = 0.0;
+    const PairedDiff d = paired_relative_diff(loss, base_loss), ad = mean_and_se(acc_diff);
+    const double acc_mean = ad.mean, acc_se = ad.se;
+    double mean_loss = 0.0, mean_acc = 0.0;
     for (int64_t s = 0; s < S; ++s) {
       mean_loss += loss[size_t(s)] / double(S);
       mean_acc += acc[size_t(s)] / double(S);
-      acc_mean += acc_diff[size_t(s)] / double(S);
     }
-    for (double x : acc_diff) acc_ss += (x - acc_mean) * (x - acc_mean);
-    const double acc_se = S > 1 ? std::sqrt(acc_ss / double(S - 1) / double(S)) : 0.0;
     if (lat[size_t(o)].empty() && dense_ms > 0.0)
       lat[size_t(o)] = fmt::format("{:.2f}", ms[size_t(o)] / dense_ms);
     const VisionResult& r0 = runs[size_t(o * S)];
@@ -768,15 +772,7 @@ void run_vision_table(const ProxyArgs& a) {
                          {"dense_latency_ms", dense_ms},
                          {"seconds_per_run", seconds}});
   }
-  if (!legend.empty()) {
-    fmt::print("\n");
-    for (const std::string& l : legend) fmt::print("{}\n", l);
-  }
-  fmt::print("\n{:.0f} s\n", elapsed());
-  if (!a.json.empty()) {
-    write_file_atomic(a.json, j.dump(2) + "\n");
-    fmt::print("wrote {}\n", a.json);
-  }
+  finish_proxy_table(legend, elapsed(), a.json, j);
 }
 
 }  // namespace

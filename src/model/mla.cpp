@@ -185,6 +185,18 @@ Tensor Mla::prefill_expanded_gpu(const Tensor& q, const Tensor& latent) const {
   return apply_linear(attn.reshape({T, H * v_dim_}), o_proj_, o_bias_);
 }
 
+Mla::Projected Mla::project_into_cache(const Tensor& x, const Tensor& rows,
+                                       const Tensor& positions, const Tensor& slots) const {
+  const int64_t T = x.size(0), r = kv_lora_rank_, width = r + rope_dim_;
+  const Projected p = project_unroped(x);
+  apply_rope(rope_, p.q.slice(2, nope_dim_, nope_dim_ + rope_dim_), positions);
+  apply_rope(rope_, p.k_pe, positions);
+  // [c_kv; k_pe] of the new tokens into their cache rows (in the cache's dtype).
+  ops::scatter_rows(rows.slice(1, 0, r), p.c_kv, slots);
+  ops::scatter_rows(rows.slice(1, r, width), p.k_pe.reshape({T, rope_dim_}), slots);
+  return p;
+}
+
 Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const {
   const int64_t T = x.size(0), r = kv_lora_rank_, width = r + rope_dim_;
   const int64_t pos0 = cache.size(), S = pos0 + T;
@@ -196,12 +208,7 @@ Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const
     // Positions, cache rows written and keys read all come from the device-side positions, so
     // the step has no host-side length in any kernel argument (a CUDA graph replays it).
     const Tensor positions = cache.device_positions(T);
-    const Projected p = project_unroped(x);
-    apply_rope(rope_, p.q.slice(2, nope_dim_, nope_dim_ + rope_dim_), positions);
-    apply_rope(rope_, p.k_pe, positions);
-    // Append [c_kv; k_pe] of the new tokens at their positions (in the activation dtype).
-    ops::scatter_rows(rows.slice(1, 0, r), p.c_kv, positions);
-    ops::scatter_rows(rows.slice(1, r, width), p.k_pe.reshape({T, rope_dim_}), positions);
+    const Projected p = project_into_cache(x, rows, positions, positions);
     if (T >= kExpandedPrefillRows) return prefill_expanded_gpu(p.q, rows.slice(0, 0, S));
     return latent_output_gpu(ops::mla_decode(absorb_query_gpu(p.q), rows, r, scale_, positions));
   }
@@ -227,17 +234,11 @@ Tensor Mla::forward_paged(const Tensor& x, std::span<const ops::PagedAttentionSe
   DSEEK_CHECK(cache.spec(layer).key_width == width,
               "[model] paged cache layer {} has width {}, MLA needs {}", layer,
               cache.spec(layer).key_width, width);
-  const Projected p = project_unroped(x);
-  const int64_t pt = cache.page_tokens(), N = x.size(0);
+  const int64_t pt = cache.page_tokens();
   const Tensor& rows = cache.keys(layer);
   // Every sequence's rows at once: rotate at their own positions, write to their own pool slots.
   const Tensor index = paged_row_index(seqs, pt, x.device());
-  const Tensor positions = index.select(0, 0), slots = index.select(0, 1);
-  const int64_t qk = nope_dim_ + rope_dim_;
-  apply_rope(rope_, p.q.slice(2, nope_dim_, qk), positions);
-  apply_rope(rope_, p.k_pe, positions);
-  ops::scatter_rows(rows.slice(1, 0, r), p.c_kv, slots);
-  ops::scatter_rows(rows.slice(1, r, width), p.k_pe.reshape({N, rope_dim_}), slots);
+  const Projected p = project_into_cache(x, rows, index.select(0, 0), index.select(0, 1));
   if (x.is_cuda()) {
     return latent_output_gpu(ops::paged_attention(absorb_query_gpu(p.q), rows, rows.slice(1, 0, r),
                                                   1, pt, seqs, scale_));

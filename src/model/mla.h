@@ -57,6 +57,10 @@ class Mla : public SelfAttention {
   Projected project(const Tensor& x, int64_t pos0) const;
   Projected project_unroped(const Tensor& x) const;
   void rope_rows(const Projected& p, int64_t row0, int64_t T, int64_t pos0) const;
+  // The cached paths' projection: x projected, q and k_pe roped at `positions` (i64 [T] on x's
+  // device) and the new tokens' [c_kv; k_pe] written to rows `slots` of the cache layer `rows`.
+  Projected project_into_cache(const Tensor& x, const Tensor& rows, const Tensor& positions,
+                               const Tensor& slots) const;
   // q [T, H, nope + rope] → q_abs [T, H, r + rope] = [q_nope · W_UK[h]; q_pe].
   Tensor absorb_query(const Tensor& q) const;
   // o_lat [T, H, r] → W_UV[h] per head → o_proj → [T, D].

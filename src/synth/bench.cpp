@@ -150,26 +150,40 @@ std::vector<BenchShape> parse_bench_shapes(const std::string& text) {
   return out;
 }
 
-BenchOperator known_operator(const std::string& name) {
-  const LinearProblem p;
+KnownName parse_known_name(const std::string& name) {
   const size_t slash = name.find('/');
-  const std::string kind = name.substr(0, slash);
-  int64_t n = 0;
-  if (slash != std::string::npos) {
+  KnownName k{name.substr(0, slash), 0, slash == std::string::npos};
+  if (!k.plain) {
     const std::string num = name.substr(slash + 1);
     if (!num.empty() && num.size() < 7 && num.find_first_not_of("0123456789") == std::string::npos)
-      n = std::stoll(num);
+      k.n = std::stoll(num);
   }
-  if (kind == "dense" && slash == std::string::npos)
-    return built_in(p, "dense", dense_linear(p), 1);
-  if (kind == "lowrank" && n >= 1) {
-    BenchOperator b = built_in(p, fmt::format("low rank r=d/{}", n), low_rank(p), 1);
+  return k;
+}
+
+std::vector<std::string> split_known_names(const std::string& list) {
+  std::vector<std::string> names;
+  size_t pos = 0;
+  while (pos <= list.size()) {
+    const size_t comma = std::min(list.find(',', pos), list.size());
+    names.push_back(list.substr(pos, comma - pos));
+    pos = comma + 1;
+  }
+  return names;
+}
+
+BenchOperator known_operator(const std::string& name) {
+  const LinearProblem p;
+  const KnownName k = parse_known_name(name);
+  if (k.kind == "dense" && k.plain) return built_in(p, "dense", dense_linear(p), 1);
+  if (k.kind == "lowrank" && k.n >= 1) {
+    BenchOperator b = built_in(p, fmt::format("low rank r=d/{}", k.n), low_rank(p), 1);
     b.rank_var = p.r;
-    b.rank_div = n;
+    b.rank_div = k.n;
     return b;
   }
-  if (kind == "grouped" && n >= 1)
-    return built_in(p, fmt::format("grouped g={}", n), grouped_linear(p), n);
+  if (k.kind == "grouped" && k.n >= 1)
+    return built_in(p, fmt::format("grouped g={}", k.n), grouped_linear(p), k.n);
   fail(
       "[synth] known operator '{}': dense, lowrank/N (rank min(d_in, d_out)/N) or grouped/N "
       "(N groups), N >= 1",
@@ -180,12 +194,7 @@ std::vector<BenchOperator> known_operators(const std::string& list) {
   const std::string text =
       list == "default" ? "dense,lowrank/4,lowrank/8,grouped/2,grouped/4,grouped/8" : list;
   std::vector<BenchOperator> ops;
-  size_t pos = 0;
-  while (pos <= text.size()) {
-    const size_t comma = std::min(text.find(',', pos), text.size());
-    ops.push_back(known_operator(text.substr(pos, comma - pos)));
-    pos = comma + 1;
-  }
+  for (const std::string& name : split_known_names(text)) ops.push_back(known_operator(name));
   DSEEK_CHECK(ops[0].label == "dense",
               "[synth] known operators '{}': dense must come first (the reference)", list);
   return ops;

@@ -44,6 +44,19 @@ struct BenchOperator {
   int64_t rank_div = 0;
 };
 
+// A known design's name, "kind" or "kind/N" (known_operator, known_conv_operator): the kind, N
+// (0 unless a positive number of at most 6 digits follows the slash) and whether there is no
+// slash at all.
+struct KnownName {
+  std::string kind;
+  int64_t n = 0;
+  bool plain = true;
+};
+KnownName parse_known_name(const std::string& name);
+// The names of a comma-separated list ("a,b/2" → {"a", "b/2"}; an empty item stays, and fails
+// as a name).
+std::vector<std::string> split_known_names(const std::string& list);
+
 // A known design by name: "dense", "lowrank/N" (r = min(d_in, d_out) / N at each shape) or
 // "grouped/N" (g = N), built through the IR (the action lists of docs/SYNTH.md, "The IR").
 // Throws on another name.

@@ -2,38 +2,23 @@
 #include "synth/conv_designs.h"
 
 #include "core/error.h"
+#include "synth/conv_problem.h"
 
 namespace dseek::synth {
 
 namespace {
 
-// The conv task's variables (task.cpp's order) and, when `coeff` is not empty, one more
-// coefficient (g or r).
-struct Conv {
-  Vars vars;
-  int N = vars.add("N", VarKind::primary);
-  int C = vars.add("C", VarKind::primary);
-  int Cout = vars.add("C_out", VarKind::primary);
-  int H = vars.add("H", VarKind::primary);
-  int W = vars.add("W", VarKind::primary);
-  int k = vars.add("k", VarKind::coefficient);
+// A design's problem: the conv task's variables (ConvProblem, task.cpp's order) plus, for grouped
+// and low-rank designs, one more coefficient (g or r).
+struct Conv : ConvProblem {
   int extra = -1;
-  Size sN = Size::var(N), sC = Size::var(C), sCout = Size::var(Cout), sH = Size::var(H),
-       sW = Size::var(W), sk = Size::var(k), sx;
+  Size sx;
 
   explicit Conv(const std::string& coeff) {
     if (!coeff.empty()) {
       extra = vars.add(coeff, VarKind::coefficient);
       sx = Size::var(extra);
     }
-  }
-
-  // The k×k window over H and W: frontier dims `h` and `h + 1` (H, W) unfolded with two new
-  // reductions of extent k shared into weight `w`; the window dims land at the frontier's end
-  // (position `end`) before each Unfold takes them.
-  std::vector<Action> window(int h, int end, int w) const {
-    return {reduce_action(sk), share_action(end, w), unfold_action(h, end),
-            reduce_action(sk), share_action(end, w), unfold_action(h + 1, end)};
   }
 
   BenchOperator make(const std::string& label, const std::vector<Size>& output,
@@ -66,15 +51,10 @@ BenchOperator known_conv_operator(const std::string& name, int64_t channels, int
   DSEEK_CHECK(channels >= 1 && image >= 1 && kernel >= 1,
               "[synth] known conv {}: channels {}, image {}, kernel {} must be >= 1", name,
               channels, image, kernel);
-  const size_t slash = name.find('/');
-  const std::string kind = name.substr(0, slash);
-  int64_t n = 0;
-  if (slash != std::string::npos) {
-    const std::string num = name.substr(slash + 1);
-    if (!num.empty() && num.size() < 7 && num.find_first_not_of("0123456789") == std::string::npos)
-      n = std::stoll(num);
-  }
-  const bool plain = slash == std::string::npos;
+  const KnownName known = parse_known_name(name);
+  const std::string& kind = known.kind;
+  const int64_t n = known.n;
+  const bool plain = known.plain;
   if (kind == "dense" && plain) {
     const Conv p("");
     return p.make(
@@ -137,12 +117,8 @@ BenchOperator known_conv_operator(const std::string& name, int64_t channels, int
 std::vector<BenchOperator> known_conv_operators(const std::string& list, int64_t channels,
                                                 int64_t image, int64_t kernel) {
   std::vector<BenchOperator> ops;
-  size_t pos = 0;
-  while (pos <= list.size()) {
-    const size_t comma = std::min(list.find(',', pos), list.size());
-    ops.push_back(known_conv_operator(list.substr(pos, comma - pos), channels, image, kernel));
-    pos = comma + 1;
-  }
+  for (const std::string& n : split_known_names(list))
+    ops.push_back(known_conv_operator(n, channels, image, kernel));
   DSEEK_CHECK(ops[0].label.rfind("dense", 0) == 0,
               "[synth] known conv operators '{}': dense must come first (the reference)", list);
   return ops;

@@ -226,21 +226,25 @@ void dense_costs(const ProxyTask& task, ProxyResult& out) {
 
 }  // namespace
 
-PairedDiff paired_relative_diff(const std::vector<double>& op, const std::vector<double>& base) {
-  DSEEK_CHECK(!op.empty() && op.size() == base.size(),
-              "[proxy] paired difference of {} and {} losses", op.size(), base.size());
-  const double n = double(op.size());
+PairedDiff mean_and_se(const std::vector<double>& d) {
+  DSEEK_CHECK(!d.empty(), "[proxy] mean of no paired differences");
+  const double n = double(d.size());
   PairedDiff out;
-  for (size_t s = 0; s < op.size(); ++s) out.mean += (op[s] / base[s] - 1.0) / n;
-  if (op.size() > 1) {
+  for (double x : d) out.mean += x / n;
+  if (d.size() > 1) {
     double ss = 0.0;
-    for (size_t s = 0; s < op.size(); ++s) {
-      const double d = op[s] / base[s] - 1.0 - out.mean;
-      ss += d * d;
-    }
+    for (double x : d) ss += (x - out.mean) * (x - out.mean);
     out.se = std::sqrt(ss / (n - 1.0) / n);
   }
   return out;
+}
+
+PairedDiff paired_relative_diff(const std::vector<double>& op, const std::vector<double>& base) {
+  DSEEK_CHECK(!op.empty() && op.size() == base.size(),
+              "[proxy] paired difference of {} and {} losses", op.size(), base.size());
+  std::vector<double> d;
+  for (size_t s = 0; s < op.size(); ++s) d.push_back(op[s] / base[s] - 1.0);
+  return mean_and_se(d);
 }
 
 std::string ProxyTask::key() const {

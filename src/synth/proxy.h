@@ -83,11 +83,13 @@ struct ProxyResult {
   double rel_diff_se = 0.0;  // its standard error (0 for one seed)
 };
 
-// The mean of d_s = op[s] / base[s] − 1 and its standard error sd(d) / √n (sample sd; 0 for
-// n = 1). Throws if the sizes differ or are 0.
+// The mean of d_s and its standard error sd(d) / √n (sample sd; 0 for n = 1). Throws if d is
+// empty.
 struct PairedDiff {
   double mean = 0.0, se = 0.0;
 };
+PairedDiff mean_and_se(const std::vector<double>& d);
+// mean_and_se of d_s = op[s] / base[s] − 1. Throws if the sizes differ or are 0.
 PairedDiff paired_relative_diff(const std::vector<double>& op, const std::vector<double>& base);
 
 // Trains the proxy with `op` (complete, token-wise, over `vars`) in task.kind's projections.

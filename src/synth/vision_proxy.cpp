@@ -18,6 +18,7 @@
 #include "synth/cost.h"
 #include "synth/interpreter.h"
 #include "synth/lower.h"
+#include "synth/proxy.h"
 #include "synth/synth_layer.h"
 #include "synth/task.h"
 #include "train/optimizer.h"
@@ -346,16 +347,6 @@ RunResult cached_baseline(const VisionTask& t, bool& computed) {
   return r;
 }
 
-// Mean and standard error (sample sd / √n; 0 for one value) of d_s.
-void mean_se(const std::vector<double>& d, double& mean, double& se) {
-  const double n = double(d.size());
-  mean = 0.0;
-  for (double x : d) mean += x / n;
-  double ss = 0.0;
-  for (double x : d) ss += (x - mean) * (x - mean);
-  se = d.size() > 1 ? std::sqrt(ss / (n - 1.0) / n) : 0.0;
-}
-
 void baseline_costs(const VisionTask& t, VisionResult& out) {
   const Baseline b = dense_baseline(t);
   out.baseline_params = param_count(b.op, b.values) * t.layers;
@@ -504,8 +495,11 @@ VisionResult vision_train(const Operator& op, const Vars& vars, const Valuation&
     rel.push_back(r.val_losses[s] / base.val_losses[s] - 1.0);
     acc.push_back(r.val_accuracies[s] - base.val_accuracies[s]);
   }
-  mean_se(rel, out.rel_diff, out.rel_diff_se);
-  mean_se(acc, out.acc_diff, out.acc_diff_se);
+  const PairedDiff rd = mean_and_se(rel), ad = mean_and_se(acc);
+  out.rel_diff = rd.mean;
+  out.rel_diff_se = rd.se;
+  out.acc_diff = ad.mean;
+  out.acc_diff_se = ad.se;
   return out;
 }
 
