@@ -53,11 +53,8 @@ struct MmaSync {
           });
   }
 };
-// DW_STEP: the dW kernel's ring, 3 stages of 64 rows or 6 of 32.
-template <int DW_STEP>
 struct Wgmma {
-  static constexpr const char* kName = DW_STEP == 64 ? "wgmma" : "wgmma, dW 32";
-  using DwRing = dseek::ops::cuda::grouped_wgmma::Ring<true, true, DW_STEP, DW_STEP == 64 ? 3 : 6>;
+  static constexpr const char* kName = "wgmma";
   static constexpr int kBM = dseek::ops::cuda::grouped_wgmma::kBM,
                        kBN = dseek::ops::cuda::grouped_wgmma::kBN;
   static constexpr unsigned kThreads = dseek::ops::cuda::grouped_wgmma::kThreads;
@@ -78,8 +75,8 @@ struct Wgmma {
       for (int64_t m = 0; m < (out + kBM - 1) / kBM; ++m)
         for (int64_t n = 0; n < (in + kBN - 1) / kBN; ++n)
           run_block(uint3{unsigned(n), unsigned(m), unsigned(e)}, kThreads, [&] {
-            dseek::ops::cuda::grouped_wgmma::grouped_dw_wgmma_kernel<DwRing>(x, dy, offsets, out,
-                                                                             in, dw, beta);
+            dseek::ops::cuda::grouped_wgmma::grouped_dw_wgmma_kernel(x, dy, offsets, out, in, dw,
+                                                                     beta);
           });
   }
 };
@@ -225,8 +222,7 @@ bool run_all(std::mt19937& rng) {
 int main() {
   std::mt19937 rng(7);
   bool ok = run_all<MmaSync>(rng);
-  ok &= run_all<Wgmma<64>>(rng);
-  ok &= run_all<Wgmma<32>>(rng);
+  ok &= run_all<Wgmma>(rng);
   std::printf("%s\n", ok ? "all ok" : "FAILURES");
   return ok ? 0 : 1;
 }

@@ -87,8 +87,7 @@ void grouped_tc_rows(bool dx, const void* A, const int64_t* offsets, const int64
                                   : grouped_tc::grouped_rows_tc_kernel<false>);
   const unsigned threads = wgmma ? grouped_wgmma::kThreads : grouped_tc::kThreads;
   const size_t smem =
-      wgmma ? (dx ? grouped_wgmma::RowsRing<true>::kSmemBytes
-                  : grouped_wgmma::RowsRing<false>::kSmemBytes)
+      wgmma ? grouped_wgmma::kSmemBytes
             : (dx ? grouped_tc::smem_bytes<false, true>() : grouped_tc::smem_bytes<false, false>());
   DSEEK_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
@@ -105,21 +104,10 @@ void grouped_tc_dw(const void* x, const void* dy, const int64_t* offsets, int64_
               "[grouped_linear] dW of {} experts × [{}, {}] exceeds the grid", E, out, in);
   const dim3 grid{unsigned(cols), unsigned(rows), unsigned(E)};
   const bool wgmma = use_wgmma();
-  // dW's ring: 3 stages of 64 rows, or with DSEEK_GROUPED_DW_STEP=32 6 stages of 32 (the same
-  // shared memory, loads further ahead of the short per-expert sums).
-  using Dw64 = grouped_wgmma::Ring<true, true, 64, 3>;
-  using Dw32 = grouped_wgmma::Ring<true, true, 32, 6>;
-  static const bool dw32 = [] {
-    const char* env = std::getenv("DSEEK_GROUPED_DW_STEP");
-    return env && std::strcmp(env, "32") == 0;
-  }();
-  const auto kernel = !wgmma ? grouped_tc::grouped_dw_tc_kernel
-                      : dw32 ? grouped_wgmma::grouped_dw_wgmma_kernel<Dw32>
-                             : grouped_wgmma::grouped_dw_wgmma_kernel<Dw64>;
+  const auto kernel =
+      wgmma ? grouped_wgmma::grouped_dw_wgmma_kernel : grouped_tc::grouped_dw_tc_kernel;
   const unsigned threads = wgmma ? grouped_wgmma::kThreads : grouped_tc::kThreads;
-  const size_t smem = !wgmma ? grouped_tc::smem_bytes<true, true>()
-                      : dw32 ? Dw32::kSmemBytes
-                             : Dw64::kSmemBytes;
+  const size_t smem = wgmma ? grouped_wgmma::kSmemBytes : grouped_tc::smem_bytes<true, true>();
   DSEEK_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   kernel<<<grid, threads, smem, stream()>>>(

@@ -37,39 +37,24 @@ namespace dseek::ops::cuda::grouped_wgmma {
 using attention_tc::bf16;
 using grouped_tc::Operand;
 
-constexpr int kBM = 128, kBN = 128, kThreads = 256;
+constexpr int kBM = 128, kBN = 128, kBK = 64, kThreads = 256, kStages = 3;
+constexpr int kTileBytes = 128 * kBK * 2;  // one operand tile of a stage: 16 KiB
+constexpr int kStageBytes = 2 * kTileBytes;
+static_assert(kBK * 2 == wgmma::kLineBytes, "a K-major line holds one step's k");
 
-// The shared-memory ring of one kernel: STAGES stages of BK k each. A K-major tile is 128 lines
-// of one step's 64 k (so BK = 64 there); an MN-major tile is BK lines (k) in two 64-column
-// regions of BK · 128 bytes, so an all-MN-major product (dW) can take shorter steps and more of
-// them for the same shared memory. Each tile starts on a 1024-byte boundary.
-template <bool A_MN, bool B_MN, int BK, int STAGES>
-struct Ring {
-  static_assert((A_MN && B_MN) || BK == 64, "a K-major line holds 64 k");
-  static_assert(BK % 16 == 0 && STAGES >= 3,
-                "k16 slices; a stage each multiplied, refilled, landing");
-  static constexpr int kBK = BK, kStages = STAGES;
-  static constexpr int kATileBytes = A_MN ? BK * 2 * wgmma::kLineBytes : kBM * wgmma::kLineBytes;
-  static constexpr int kBTileBytes = B_MN ? BK * 2 * wgmma::kLineBytes : kBN * wgmma::kLineBytes;
-  static constexpr int kStageBytes = kATileBytes + kBTileBytes;
-  // Dynamic shared memory of the ring, with room to align it to 1024 bytes.
-  static constexpr size_t kSmemBytes = size_t(STAGES) * kStageBytes + wgmma::kAtomBytes;
-};
-// The row kernels' ring (forward, dx): 3 stages of 64 k, 97 KiB, two blocks an SM.
-template <bool B_KN>
-using RowsRing = Ring<false, B_KN, 64, 3>;
+// Dynamic shared memory of the ring, with room to align it to 1024 bytes.
+constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + wgmma::kAtomBytes;
 
-// One step's k range [k0, min(k0 + BK, k_end)) of an operand into its swizzled tile (the base
-// 1024-aligned). K-major (BK = 64): 128 lines (rows mn0 + line), 8 chunks of 8 k each. MN-major:
-// BK lines (k0 + line), 16 chunks of 8 mn each, chunks 0–7 in the first 64-column region and
-// 8–15 in the second, BK · 128 bytes further. Called by all kThreads threads; cp.async chunks
-// join the caller's next commit group.
-template <bool MN_MAJOR, int BK>
+// One step's k range [k0, min(k0 + kBK, k_end)) of an operand into its swizzled tile (the base
+// 1024-aligned). K-major: 128 lines (rows mn0 + line), 8 chunks of 8 k each. MN-major: 64 lines
+// (k0 + line), 16 chunks of 8 mn each, chunks 0–7 in the first 64-column region and 8–15 in the
+// second, 8 KiB further. Called by all kThreads threads; cp.async chunks join the caller's next
+// commit group.
+template <bool MN_MAJOR>
 __device__ __forceinline__ void load_tile(unsigned char* tile, const Operand& op, int64_t k0,
                                           int64_t k_end) {
   constexpr int kChunksPerLine = MN_MAJOR ? 16 : 8;
-  constexpr int kLines = MN_MAJOR ? BK : kBM;
-  static_assert(kLines * kChunksPerLine % kThreads == 0, "every thread moves as many chunks");
+  constexpr int kLines = MN_MAJOR ? kBK : kBM;
 #pragma unroll
   for (int j = 0; j < kLines * kChunksPerLine / kThreads; ++j) {
     const int i = int(threadIdx.x) + j * kThreads;
@@ -80,7 +65,7 @@ __device__ __forceinline__ void load_tile(unsigned char* tile, const Operand& op
       row = k0 + line;
       col = op.mn0 + chunk * 8;
       offset =
-          uint32_t(chunk / 8) * (BK * wgmma::kLineBytes) + wgmma::swizzled_chunk(line, chunk % 8);
+          uint32_t(chunk / 8) * (kBK * wgmma::kLineBytes) + wgmma::swizzled_chunk(line, chunk % 8);
     } else {
       row = op.mn0 + line;
       col = k0 + chunk * 8;
@@ -99,27 +84,25 @@ __device__ __forceinline__ void load_tile(unsigned char* tile, const Operand& op
   }
 }
 
-// Descriptor of the k16 slice kk of a tile for one warpgroup's m64 (A: its 64 rows, `half` = the
-// warpgroup) or n128 (B, half 0) operand.
-template <bool MN_MAJOR, int BK>
+// Descriptor of the k16 slice kk (0..3) of a tile for one warpgroup's m64 (A: its 64 rows,
+// `half` = the warpgroup) or n128 (B, half 0) operand.
+template <bool MN_MAJOR>
 __device__ __forceinline__ uint64_t slice_desc(uint32_t tile, int half, int kk) {
   if (MN_MAJOR) {
     // Region `half` (its 64 m) for A; both regions (LBO apart) for B's 128 n.
     return wgmma::make_desc(
-        tile + uint32_t(half) * (BK * wgmma::kLineBytes) + uint32_t(kk) * 16 * wgmma::kLineBytes,
-        BK * wgmma::kLineBytes, wgmma::kAtomBytes);
+        tile + uint32_t(half) * (kBK * wgmma::kLineBytes) + uint32_t(kk) * 16 * wgmma::kLineBytes,
+        kBK * wgmma::kLineBytes, wgmma::kAtomBytes);
   }
   return wgmma::make_desc(tile + uint32_t(half) * 64 * wgmma::kLineBytes + uint32_t(kk) * 32, 16,
                           wgmma::kAtomBytes);
 }
 
 // acc += Σ_{k_begin ≤ k < k_end} A(m, k)·B(k, n) for this warpgroup's 64 rows of the block tile,
-// k in steps of R::kBK in a fixed order, loads R::kStages − 2 steps ahead. Every thread of the
-// block calls it (it holds barriers).
-template <bool A_MN, bool B_MN, typename R>
+// k in steps of kBK in a fixed order. Every thread of the block calls it (it holds barriers).
+template <bool A_MN, bool B_MN>
 __device__ __forceinline__ void gemm_mainloop(float (&acc)[64], const Operand& A, const Operand& B,
                                               int64_t k_begin, int64_t k_end) {
-  constexpr int kBK = R::kBK, kStages = R::kStages;
   unsigned char* raw = attention_tc::dynamic_smem();
   const uint32_t raw_address = wgmma::smem_address(raw);
   const uint32_t pad = (wgmma::kAtomBytes - (raw_address % wgmma::kAtomBytes)) % wgmma::kAtomBytes;
@@ -128,10 +111,10 @@ __device__ __forceinline__ void gemm_mainloop(float (&acc)[64], const Operand& A
   const int half = int(threadIdx.x) / 128;  // this warpgroup's 64 rows of the tile
   const int64_t steps = (k_end - k_begin + kBK - 1) / kBK;
   auto load = [&](int64_t step) {
-    unsigned char* stage = smem + int(step % kStages) * R::kStageBytes;
+    unsigned char* stage = smem + int(step % kStages) * kStageBytes;
     const int64_t k0 = k_begin + step * kBK;
-    load_tile<A_MN, kBK>(stage, A, k0, k_end);
-    load_tile<B_MN, kBK>(stage + R::kATileBytes, B, k0, k_end);
+    load_tile<A_MN>(stage, A, k0, k_end);
+    load_tile<B_MN>(stage + kTileBytes, B, k0, k_end);
   };
   // Every thread commits one group per step (empty ones too), so wait<kStages − 3> at step s
   // means the groups of steps ≤ s have landed.
@@ -146,15 +129,14 @@ __device__ __forceinline__ void gemm_mainloop(float (&acc)[64], const Operand& A
     __syncthreads();
     if (s + kStages - 2 < steps) load(s + kStages - 2);
     attention_tc::cp_async_commit();
-    const uint32_t stage = smem_addr + uint32_t(s % kStages) * R::kStageBytes;
+    const uint32_t stage = smem_addr + uint32_t(s % kStages) * kStageBytes;
 #pragma unroll
     for (int i = 0; i < 64; ++i) wgmma::fence_operand(acc[i]);
     wgmma::fence();
 #pragma unroll
     for (int kk = 0; kk < kBK / 16; ++kk)
       wgmma::mma_m64n128k16<A_MN ? 1 : 0, B_MN ? 1 : 0>(
-          acc, slice_desc<A_MN, kBK>(stage, half, kk),
-          slice_desc<B_MN, kBK>(stage + R::kATileBytes, 0, kk));
+          acc, slice_desc<A_MN>(stage, half, kk), slice_desc<B_MN>(stage + kTileBytes, 0, kk));
     wgmma::commit();
     wgmma::wait<1>();
 #pragma unroll
@@ -200,7 +182,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   float acc[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
-  gemm_mainloop<false, B_KN, RowsRing<B_KN> >(acc, a, b, 0, k_total);
+  gemm_mainloop<false, B_KN>(acc, a, b, 0, k_total);
   for_each_pair(acc, m0, n0, [&](int64_t m, int64_t n, float c0, float c1) {
     // n is even and n_total a multiple of 8: n < n_total covers n + 1.
     if (m < m_end && n < n_total) attention_tc::store_bf16x2(C + m * n_total + n, c0, c1);
@@ -208,9 +190,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 #endif
 }
 
-// As grouped_tc::grouped_dw_tc_kernel (same arguments and grid), on the ring R (Ring<true, true,
-// BK, STAGES>; its shared memory must leave room for two blocks an SM).
-template <typename R>
+// As grouped_tc::grouped_dw_tc_kernel (same arguments and grid).
 __global__ void __launch_bounds__(kThreads, 2)
     grouped_dw_wgmma_kernel(const bf16* x, const bf16* dy, const int64_t* offsets, int64_t out,
                             int64_t in, float* const* dw, float beta) {
@@ -225,7 +205,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   float acc[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
-  gemm_mainloop<true, true, R>(acc, a, b, offsets[e], offsets[e + 1]);
+  gemm_mainloop<true, true>(acc, a, b, offsets[e], offsets[e + 1]);
   float* d = dw[e];
   for_each_pair(acc, m0, n0, [&](int64_t m, int64_t n, float c0, float c1) {
     if (m >= out || n >= in) return;
