@@ -1,15 +1,20 @@
 // The FP8 activation cache of the training layers (layers.h's LinearInput, docs/FP8.md): the FP8
 // projections' inputs are cached as the forward's E4M3 codes, not in the activation dtype. The
 // training steps are bit-identical to the layers' earlier way (the inputs kept in the activation
-// dtype and quantised again in the backward, ParamSet::set_fp8_input_cache(false)).
+// dtype and quantised again in the backward, ParamSet::set_fp8_input_cache(false)), and the block
+// caches shrink by exactly the bytes the moved tensors save.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "test_model_util.h"
+#include "train/cache_bytes.h"
 #include "train/optimizer.h"
+#include "train/train_config.h"
 #include "train/train_model.h"
 
 using namespace dseek;
@@ -104,4 +109,74 @@ TEST(TrainFp8Cache, StepsBitIdenticalToQuantisingTheInputsAgain) {
     for (const Param& p : cached.all())
       EXPECT_TRUE(same_bits(p.value, again.value(p.name))) << p.name;
   }
+}
+
+// Bytes counted once per memory: aliases and views of one tensor add nothing, FP8 codes add their
+// codes and scales.
+TEST(TrainFp8Cache, CacheBytesCountSharedMemoryOnce) {
+  const Tensor x = Tensor::from_vector(std::vector<float>(6 * 200, 0.5f), {6, 200});
+  BlockCache b;
+  b.x = x;
+  b.h = x.slice(0, 2, 4);
+  b.mlp.x.x = x.reshape({1200});
+  EXPECT_EQ(cache_bytes(b), int64_t(x.nbytes()));
+  b.mlp.inner.fp8 = ops::fp8_linear_cache(x);  // 1 byte a value, an f32 scale per 1×128 tile
+  EXPECT_EQ(cache_bytes(b), int64_t(x.nbytes()) + 6 * 200 + 6 * 2 * 4);
+  b.mlp.gate = Tensor::from_vector(std::vector<float>(3, 1.0f), {3});
+  EXPECT_EQ(cache_bytes(b), int64_t(x.nbytes()) + 6 * 200 + 6 * 2 * 4 + 12);
+}
+
+// The memory the block caches hold after the forward of one batch of the `tiny` preset (the model
+// of docs/FP8.md's evidence runs: DeepSeek-V3-style, D = 128, 4 layers, 1 dense; 8 routed experts,
+// top-2, 1 shared; batch 8 × 128 tokens), f32 against FP8 on the CPU.
+//
+// What moves to FP8 (DeepSeek-V3 §3.3.3: the linears' inputs cached in FP8) — the inputs that
+// only FP8 projections read, each [rows, cols] f32 (4 bytes a value) becoming E4M3 codes (1 byte)
+// and an f32 scale per 1×128 tile (4·⌈cols/128⌉ bytes a row), i.e. ~3.9× smaller:
+//   attention: x (q_a_proj, kv_a_proj_with_mqa) [T, D], q_a_layernorm's output [T, q_lora],
+//              kv_a_layernorm's output c_kv [T, kv_lora], the attention output [T, H·v_head]
+//   dense MLP: x [T, D], silu(gate) ⊙ up [T, I]
+//   MoE:       the routed experts' inputs [T·K, D] and silu(gate) ⊙ up [T·K, I_moe]; the shared
+//              experts' silu(gate) ⊙ up [T, I_moe·shared]
+// What stays: the norms' inputs (block x and h, q_a, kv_a), the attention core's q, k, v, SwiGLU's
+// gate and up, the MoE input (the f32 router's, which the shared experts read as it is), the
+// experts' outputs and the routing. The FP8 cache must be smaller by exactly the sum of the moved
+// tensors' savings; quantising the inputs again (set_fp8_input_cache(false)) holds what f32 holds.
+TEST(TrainFp8Cache, BlockCachesShrinkByTheMovedInputs) {
+  const ModelConfig c = preset_model_config("tiny", 2048);
+  const int64_t B = 8, S = 128, T = B * S, D = c.hidden_size, K = c.num_experts_per_tok;
+  std::mt19937 rng(3);
+  const std::vector<int32_t> ids = random_ids(T, c.vocab_size, rng);
+  LossOptions o;
+  o.balance = {"sequence", 1e-4, 1};
+  auto bytes = [&](bool fp8, bool input_cache) {
+    ParamSet params;
+    TrainModel::init_params(c, 0, 0.02, params);
+    if (fp8) mark_fp8_linears(params);
+    params.set_fp8_input_cache(input_cache);
+    TrainModel m(c, params);
+    std::vector<BlockCache> blocks;
+    m.blocks_forward(0, c.num_hidden_layers, m.embed_forward(ids), equal_segments(T, S), o, blocks);
+    return cache_bytes(blocks);
+  };
+  const int64_t f32 = bytes(false, true), fp8 = bytes(true, true), again = bytes(true, false);
+
+  auto saved = [](int64_t rows, int64_t cols) {
+    return rows * cols * 4 - (rows * cols + rows * ((cols + 127) / 128) * 4);
+  };
+  const int64_t moe_layers = c.num_hidden_layers - c.first_k_dense_replace;
+  const int64_t attention = saved(T, D) + saved(T, c.q_lora_rank) + saved(T, c.kv_lora_rank) +
+                            saved(T, c.num_attention_heads * c.v_head_dim);
+  const int64_t dense = saved(T, D) + saved(T, c.intermediate_size);
+  const int64_t moe = saved(T * K, D) + saved(T * K, c.moe_intermediate_size) +
+                      saved(T, c.moe_intermediate_size * c.n_shared_experts);
+  const int64_t predicted =
+      c.num_hidden_layers * attention + c.first_k_dense_replace * dense + moe_layers * moe;
+  std::printf(
+      "tiny preset, %lld tokens: block caches f32 %lld bytes, FP8 %lld (%.3f of f32; "
+      "%lld saved, %.1f%%), FP8 quantising again %lld\n",
+      (long long)T, (long long)f32, (long long)fp8, double(fp8) / double(f32),
+      (long long)(f32 - fp8), 100.0 * double(f32 - fp8) / double(f32), (long long)again);
+  EXPECT_EQ(again, f32);
+  EXPECT_EQ(f32 - fp8, predicted);
 }
