@@ -91,39 +91,40 @@ Tensor mla_forward(const LayerContext& ctx, const std::string& p, const Tensor& 
   const int64_t T = x.size(0), H = cfg.num_attention_heads, nope = cfg.qk_nope_head_dim,
                 rope = cfg.qk_rope_head_dim, vd = cfg.v_head_dim, r = cfg.kv_lora_rank,
                 qk = nope + rope;
-  c.x = x.contiguous();
+  const Tensor xc = x.contiguous();
   Tensor q_flat;
   if (cfg.q_lora_rank > 0) {
-    c.q_a = linear_forward(ctx.params, p + ".q_a_proj.weight", c.x);
-    c.q_a_normed = norm_forward(ctx.params, p + ".q_a_layernorm.weight", c.q_a, kLatentNormEps);
-    q_flat = linear_forward(ctx.params, p + ".q_b_proj.weight", c.q_a_normed);
+    c.q_a = linear_forward(ctx.params, p + ".q_a_proj.weight", xc, c.x);
+    const Tensor q_a_normed =
+        norm_forward(ctx.params, p + ".q_a_layernorm.weight", c.q_a, kLatentNormEps);
+    q_flat = linear_forward(ctx.params, p + ".q_b_proj.weight", q_a_normed, c.q_a_normed);
   } else {
-    q_flat = linear_forward(ctx.params, p + ".q_proj.weight", c.x);
+    q_flat = linear_forward(ctx.params, p + ".q_proj.weight", xc, c.x);
   }
   c.q = q_flat.reshape({T, H, qk});
   rope_batched(ctx.rope, c.q.slice(2, nope, qk), segments);
 
-  c.kv_a = linear_forward(ctx.params, p + ".kv_a_proj_with_mqa.weight", c.x);  // [T, r + rope]
-  c.c_kv =
+  c.kv_a = linear_forward(ctx.params, p + ".kv_a_proj_with_mqa.weight", xc, c.x);  // [T, r + rope]
+  const Tensor c_kv =
       norm_forward(ctx.params, p + ".kv_a_layernorm.weight", c.kv_a.slice(1, 0, r), kLatentNormEps);
   Tensor k_pe = c.kv_a.slice(1, r, r + rope).contiguous().reshape({T, 1, rope});
   rope_batched(ctx.rope, k_pe, segments);
 
   const Tensor kv =
-      linear_forward(ctx.params, p + ".kv_b_proj.weight", c.c_kv).reshape({T, H, nope + vd});
+      linear_forward(ctx.params, p + ".kv_b_proj.weight", c_kv, c.c_kv).reshape({T, H, nope + vd});
   // k = [k_nope per head; the shared k_pe broadcast to every head], v per head.
   c.k = Tensor::empty({T, H, qk}, kv.dtype(), kv.device());
   c.k.slice(2, 0, nope).copy_from(kv.slice(2, 0, nope));
   c.k.slice(2, nope, qk).copy_from(k_pe.expand(1, H));
   c.v = kv.slice(2, nope, nope + vd).contiguous();
-  c.attn = attention_batched(c.q, c.k, c.v, float(cfg.softmax_scale()), segments);
-  return linear_forward(ctx.params, p + ".o_proj.weight", c.attn);
+  const Tensor attn = attention_batched(c.q, c.k, c.v, float(cfg.softmax_scale()), segments);
+  return linear_forward(ctx.params, p + ".o_proj.weight", attn, c.attn);
 }
 
 Tensor mla_backward(const LayerContext& ctx, const std::string& p, const AttentionCache& c,
                     const Tensor& dy) {
   const ModelConfig& cfg = ctx.config;
-  const int64_t T = c.x.size(0), H = cfg.num_attention_heads, nope = cfg.qk_nope_head_dim,
+  const int64_t T = c.q.size(0), H = cfg.num_attention_heads, nope = cfg.qk_nope_head_dim,
                 rope = cfg.qk_rope_head_dim, vd = cfg.v_head_dim, r = cfg.kv_lora_rank,
                 qk = nope + rope;
   const Tensor d_attn = linear_backward(ctx.params, p + ".o_proj.weight", c.attn, dy);
@@ -187,21 +188,21 @@ Tensor mha_forward(const LayerContext& ctx, const std::string& p, const Tensor& 
   const ModelConfig& cfg = ctx.config;
   const int64_t T = x.size(0), H = cfg.num_attention_heads, Hk = mha_kv_heads(cfg),
                 hd = mha_head_dim(cfg);
-  c.x = x.contiguous();
-  c.q = linear_forward(ctx.params, p + ".q_proj.weight", c.x).reshape({T, H, hd});
-  c.k = linear_forward(ctx.params, p + ".k_proj.weight", c.x).reshape({T, Hk, hd});
-  c.v = linear_forward(ctx.params, p + ".v_proj.weight", c.x).reshape({T, Hk, hd});
+  const Tensor xc = x.contiguous();
+  c.q = linear_forward(ctx.params, p + ".q_proj.weight", xc, c.x).reshape({T, H, hd});
+  c.k = linear_forward(ctx.params, p + ".k_proj.weight", xc, c.x).reshape({T, Hk, hd});
+  c.v = linear_forward(ctx.params, p + ".v_proj.weight", xc, c.x).reshape({T, Hk, hd});
   rope_batched(ctx.rope, c.q, segments);
   rope_batched(ctx.rope, c.k, segments);
   const float scale = float(1.0 / std::sqrt(double(hd)));
-  c.attn = attention_batched(c.q, c.k, c.v, scale, segments);
-  return linear_forward(ctx.params, p + ".o_proj.weight", c.attn);
+  const Tensor attn = attention_batched(c.q, c.k, c.v, scale, segments);
+  return linear_forward(ctx.params, p + ".o_proj.weight", attn, c.attn);
 }
 
 Tensor mha_backward(const LayerContext& ctx, const std::string& p, const AttentionCache& c,
                     const Tensor& dy) {
   const ModelConfig& cfg = ctx.config;
-  const int64_t T = c.x.size(0), H = cfg.num_attention_heads, Hk = mha_kv_heads(cfg),
+  const int64_t T = c.q.size(0), H = cfg.num_attention_heads, Hk = mha_kv_heads(cfg),
                 hd = mha_head_dim(cfg);
   const Tensor d_attn = linear_backward(ctx.params, p + ".o_proj.weight", c.attn, dy);
   const float scale = float(1.0 / std::sqrt(double(hd)));
@@ -224,6 +225,7 @@ Tensor attention_forward(const LayerContext& ctx, const std::string& prefix, con
   DSEEK_CHECK(!ctx.config.attention_bias,
               "[train] attention_bias: training supports attention without biases");
   check_segments(segments, x.size(0), prefix);
+  cache = AttentionCache{};  // filled afresh: no codes of an earlier batch
   cache.segments = segments;
   return ctx.config.is_mla() ? mla_forward(ctx, prefix, x, segments, cache)
                              : mha_forward(ctx, prefix, x, segments, cache);

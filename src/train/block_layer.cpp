@@ -16,13 +16,13 @@ Tensor block_forward(const LayerContext& ctx, int64_t layer, const Tensor& x,
   const std::string p = layer_prefix(layer);
   const double eps = ctx.config.rms_norm_eps;
   c.x = x.contiguous();
-  c.n1 = norm_forward(ctx.params, p + ".input_layernorm.weight", c.x, eps);
-  c.h = attention_forward(ctx, p + ".self_attn", c.n1, segments, c.attn);
+  const Tensor n1 = norm_forward(ctx.params, p + ".input_layernorm.weight", c.x, eps);
+  c.h = attention_forward(ctx, p + ".self_attn", n1, segments, c.attn);
   ops::add_inplace(c.h, c.x);
-  c.n2 = norm_forward(ctx.params, p + ".post_attention_layernorm.weight", c.h, eps);
+  const Tensor n2 = norm_forward(ctx.params, p + ".post_attention_layernorm.weight", c.h, eps);
   c.is_moe = ctx.config.is_moe_layer(layer);
-  Tensor out = c.is_moe ? moe_forward(ctx, p + ".mlp", c.n2, segments, balance, c.moe)
-                        : mlp_forward(ctx.params, p + ".mlp", c.n2, c.mlp, ctx.synth);
+  Tensor out = c.is_moe ? moe_forward(ctx, p + ".mlp", n2, segments, balance, c.moe)
+                        : mlp_forward(ctx.params, p + ".mlp", n2, c.mlp, ctx.synth);
   ops::add_inplace(out, c.h);
   return out;
 }

@@ -23,6 +23,7 @@
 #include "model/config.h"
 #include "model/gate.h"
 #include "model/rope.h"
+#include "ops/fp8_train.h"
 #include "ops/moe.h"
 #include "synth/synth_layer.h"
 #include "train/param.h"
@@ -53,32 +54,58 @@ Tensor linear_forward(ParamSet& params, const std::string& name, const Tensor& x
 Tensor linear_backward(ParamSet& params, const std::string& name, const Tensor& x,
                        const Tensor& dy);
 
+// The input of linear layers as their backward needs it. A plain linear's backward multiplies by
+// x itself; an FP8 linear's needs only x as its forward quantised it (ops::Fp8LinearCache: one
+// E4M3 byte per element and an f32 scale per 1×128 tile). So where FP8 linears are x's only
+// readers the cache holds the codes and not x, and x's memory is freed once the caller drops it
+// (DeepSeek-V3 caches the linears' inputs in FP8, §3.3.3). The codes are the forward's, so the
+// backward is bit for bit what quantising x again would give (quantisation is deterministic).
+struct LinearInput {
+  Tensor x;                 // set where a non-FP8 linear reads it, or with keep_x
+  ops::Fp8LinearCache fp8;  // set where an FP8 linear reads it
+  // Set by the owner before the forward: x stays alive for another reader anyway (the MoE's input
+  // is the router's), so it is held as it is (no memory) rather than as codes (more memory) and
+  // the FP8 backward quantises it again.
+  bool keep_x = false;
+};
+// The same linear, recording its input in `in` (one LinearInput can serve several linears of the
+// same x: q_a_proj and kv_a_proj_with_mqa, gate_proj and up_proj).
+Tensor linear_forward(ParamSet& params, const std::string& name, const Tensor& x, LinearInput& in);
+Tensor linear_backward(ParamSet& params, const std::string& name, const LinearInput& in,
+                       const Tensor& dy);
+
 // y = rms_norm(x; w = params[name], eps).
 Tensor norm_forward(ParamSet& params, const std::string& name, const Tensor& x, double eps);
 Tensor norm_backward(ParamSet& params, const std::string& name, const Tensor& x, double eps,
                      const Tensor& dy);
 
 // SwiGLU MLP: y = down(silu(gate(x)) ⊙ up(x)), weights <prefix>.{gate,up,down}_proj.weight. With
-// `synth`, the projections it replaces run its operator instead (train/synth_override.h).
+// `synth`, the projections it replaces run its operator instead (train/synth_override.h). With
+// `keep_x`, x is held as it is (LinearInput::keep_x: the caller keeps it anyway).
 struct MlpCache {
-  Tensor x, gate, up, inner;  // inner = silu(gate) ⊙ up
+  LinearInput x;      // gate_proj's and up_proj's input
+  Tensor gate, up;    // silu_mul's backward reads both: kept in the activation dtype
+  LinearInput inner;  // silu(gate) ⊙ up, down_proj's input
   synth::SynthLayerCache synth_gate, synth_up, synth_down;  // replaced projections only
 };
 Tensor mlp_forward(ParamSet& params, const std::string& prefix, const Tensor& x, MlpCache& cache,
-                   SynthOverride* synth = nullptr);
+                   SynthOverride* synth = nullptr, bool keep_x = false);
 Tensor mlp_backward(ParamSet& params, const std::string& prefix, const MlpCache& cache,
                     const Tensor& dy, SynthOverride* synth = nullptr);
 
 // Self-attention of a decoder layer: MLA for deepseek_v2/v3 (q_lora optional, decoupled RoPE,
 // YaRN through the RopeParams and config.softmax_scale()), multi-head/grouped-query attention with
 // RoPE for llama and deepseek. Weights under <prefix> = "model.layers.<i>.self_attn".
+// The tensors the RMSNorms and the attention core read in their backward stay in the activation
+// dtype; the projections' inputs are LinearInputs (FP8 codes under FP8 training).
 struct AttentionCache {
-  Tensor x;
-  Tensor q_a, q_a_normed;  // MLA with q_lora_rank > 0
-  Tensor kv_a;             // MLA: kv_a_proj_with_mqa(x) [T, r + rope]
-  Tensor c_kv;             // MLA: kv_a_layernorm(kv_a[:, :r]) [T, r]
+  LinearInput x;           // the q and kv projections' input
+  Tensor q_a;              // MLA with q_lora_rank > 0: q_a_layernorm's input
+  LinearInput q_a_normed;  // its output, q_b_proj's input
+  Tensor kv_a;             // MLA: kv_a_proj_with_mqa(x) [T, r + rope]; kv_a_layernorm reads [:, :r]
+  LinearInput c_kv;        // MLA: kv_a_layernorm(kv_a[:, :r]) [T, r], kv_b_proj's input
   Tensor q, k, v;          // what attention saw (roped q, k)
-  Tensor attn;             // attention output [T, H·v]
+  LinearInput attn;        // attention output [T, H·v], o_proj's input
   Segments segments;
 };
 Tensor attention_forward(const LayerContext& ctx, const std::string& prefix, const Tensor& x,
@@ -110,8 +137,16 @@ struct MoeHostCache {
   std::vector<int64_t> ep_recv;
   int64_t ep_max_ranks = 0;
 };
+// A grouped GEMM's input as its backward needs it (LinearInput's rule, for the routed experts'
+// GEMMs of the GPU path): the FP8 codes where FP8 GEMMs read it, else x itself.
+struct GroupedInput {
+  Tensor x;
+  ops::Fp8GroupedCache fp8;
+};
 struct MoeCache {
-  Tensor x;  // [T, D] activations
+  // The layer's input [T, D]. Kept where it is f32 (it is then x_router); bf16 (the GPU) is
+  // released after the forward, its readers keeping what they need (x_router its f32 copy).
+  Tensor x;
   bool on_device = false;
   MoeHostCache host;  // CPU path
   // GPU path (ops/moe.h):
@@ -120,8 +155,12 @@ struct MoeCache {
   ops::MoeRouting routing;  // ids [T, K], weights [T, K], scores [T, E] on the device
   ops::MoeDispatch dispatch;
   ops::ExpertMatrices gate_w, up_w, down_w;  // the experts' compute weights
-  Tensor x_perm, gate, up, inner;            // per slot, grouped by expert
-  Tensor y_perm;                             // [T·K, D] unweighted expert outputs
+  // Per slot, grouped by expert: gate_proj's and up_proj's input, their outputs (silu_mul's
+  // backward reads both: kept in the activation dtype), and down_proj's input silu(gate) ⊙ up.
+  GroupedInput x_perm;
+  Tensor gate, up;
+  GroupedInput inner;
+  Tensor y_perm;  // [T·K, D] unweighted expert outputs
   MlpCache shared;
   bool has_shared = false;
   double aux_loss = 0.0;               // balance loss value (α included)
@@ -154,9 +193,11 @@ void moe_experts_forward_ep(const LayerContext& ctx, const std::string& prefix, 
 void moe_experts_backward_ep(const LayerContext& ctx, const std::string& prefix,
                              const MoeCache& cache, const Tensor& dy, Tensor& dx);
 
-// Decoder layer: h = x + attn(norm1(x)); out = h + ffn(norm2(h)).
+// Decoder layer: h = x + attn(norm1(x)); out = h + ffn(norm2(h)). x and h are the norms' inputs
+// (their backward reads them); norm1(x) and norm2(h) are held by the attention and the MLP or MoE
+// caches, as those keep them (FP8 codes where FP8 projections are their only readers).
 struct BlockCache {
-  Tensor x, n1, h, n2;
+  Tensor x, h;
   AttentionCache attn;
   bool is_moe = false;
   MlpCache mlp;

@@ -15,21 +15,44 @@ Tensor linear_forward(ParamSet& params, const std::string& name, const Tensor& x
   return ops::linear(x, p.weight());
 }
 
+namespace {
+
+// dx of an FP8 linear from its input's codes; dW added to the grad.
+Tensor fp8_linear_backward(Param& p, const ops::Fp8LinearCache& x, const Tensor& dy) {
+  Tensor dx = Tensor::empty(x.x_shape, x.act, x.x.data.device());
+  ops::linear_fp8_train_backward(x, p.value, dy, &dx, p.grad.defined() ? &p.grad : nullptr, true);
+  return dx;
+}
+
+}  // namespace
+
 Tensor linear_backward(ParamSet& params, const std::string& name, const Tensor& x,
                        const Tensor& dy) {
   Param& p = params.at(name);
+  // x held in the activation dtype: quantised again here (the forward's codes).
+  if (p.fp8) return fp8_linear_backward(p, ops::fp8_linear_cache(x), dy);
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
-  if (p.fp8) {
-    // x is cached in the activation dtype and quantised again here (the forward's codes).
-    ops::linear_fp8_train_backward(ops::fp8_linear_cache(x), p.value, dy, &dx,
-                                   p.grad.defined() ? &p.grad : nullptr, true);
-    return dx;
-  }
   // Two calls, one GEMM each: dx is written (no zero-fill), dW is added to the accumulated grad.
   const Tensor xc = x.contiguous(), dyc = dy.contiguous();
   ops::linear_backward_into(xc, p.weight(), dyc, &dx, nullptr, nullptr, false);
   ops::linear_backward_into(xc, p.weight(), dyc, nullptr, &p.grad, nullptr, true);
   return dx;
+}
+
+Tensor linear_forward(ParamSet& params, const std::string& name, const Tensor& x, LinearInput& in) {
+  const Param& p = params.at(name);
+  const bool codes = p.fp8 && !in.keep_x && params.fp8_input_cache();
+  if (!codes) in.x = x;
+  if (!p.fp8) return ops::linear(x, p.weight());
+  // Every FP8 reader of x quantises it (to the same codes) and the last one's codes stay.
+  return ops::linear_fp8_train_forward(x, p.value, codes ? &in.fp8 : nullptr);
+}
+
+Tensor linear_backward(ParamSet& params, const std::string& name, const LinearInput& in,
+                       const Tensor& dy) {
+  Param& p = params.at(name);
+  if (p.fp8 && in.fp8.x.data.defined()) return fp8_linear_backward(p, in.fp8, dy);
+  return linear_backward(params, name, in.x, dy);
 }
 
 Tensor norm_forward(ParamSet& params, const std::string& name, const Tensor& x, double eps) {
@@ -46,28 +69,32 @@ Tensor norm_backward(ParamSet& params, const std::string& name, const Tensor& x,
 
 namespace {
 
-// One projection of the MLP: the linear, or the synthesised operator that replaces it.
+// One projection of the MLP: the linear, or the synthesised operator that replaces it (which
+// keeps what its backward needs in its own cache).
 Tensor project(ParamSet& params, SynthOverride* synth, const std::string& name, const Tensor& x,
-               synth::SynthLayerCache& cache) {
+               LinearInput& in, synth::SynthLayerCache& cache) {
   if (synth && synth->replaces(name)) return synth->forward(params, name, x, cache);
-  return linear_forward(params, name, x);
+  return linear_forward(params, name, x, in);
 }
 
 Tensor project_backward(ParamSet& params, SynthOverride* synth, const std::string& name,
-                        const Tensor& x, const synth::SynthLayerCache& cache, const Tensor& dy) {
+                        const LinearInput& in, const synth::SynthLayerCache& cache,
+                        const Tensor& dy) {
   if (synth && synth->replaces(name)) return synth->backward(params, name, cache, dy);
-  return linear_backward(params, name, x, dy);
+  return linear_backward(params, name, in, dy);
 }
 
 }  // namespace
 
 Tensor mlp_forward(ParamSet& params, const std::string& prefix, const Tensor& x, MlpCache& c,
-                   SynthOverride* synth) {
-  c.x = x.contiguous();
-  c.gate = project(params, synth, prefix + ".gate_proj.weight", c.x, c.synth_gate);
-  c.up = project(params, synth, prefix + ".up_proj.weight", c.x, c.synth_up);
-  c.inner = ops::silu_mul(c.gate, c.up);
-  return project(params, synth, prefix + ".down_proj.weight", c.inner, c.synth_down);
+                   SynthOverride* synth, bool keep_x) {
+  const Tensor xc = x.contiguous();
+  c = MlpCache{};  // filled afresh: no codes of an earlier batch
+  c.x.keep_x = keep_x;
+  c.gate = project(params, synth, prefix + ".gate_proj.weight", xc, c.x, c.synth_gate);
+  c.up = project(params, synth, prefix + ".up_proj.weight", xc, c.x, c.synth_up);
+  const Tensor inner = ops::silu_mul(c.gate, c.up);
+  return project(params, synth, prefix + ".down_proj.weight", inner, c.inner, c.synth_down);
 }
 
 Tensor mlp_backward(ParamSet& params, const std::string& prefix, const MlpCache& c,

@@ -21,7 +21,8 @@
 //   router:   dW_gate += dzᵀ·x,  dx += dz·W_gate
 // The selection itself (top-k, groups, bias) is piecewise constant: it has no gradient.
 // Under train.precision fp8 (mark_fp8_linears) the experts' grouped GEMMs run in FP8 from the f32
-// masters (ops/fp8_train.h); the router stays f32.
+// masters (ops/fp8_train.h), their inputs cached as the forward's FP8 codes (GroupedInput, the
+// shared experts' LinearInputs); the router stays f32.
 #include <string>
 #include <vector>
 
@@ -59,19 +60,27 @@ bool experts_fp8(ParamSet& params, const std::string& prefix) {
   return params.at(expert_prefix(prefix, 0) + ".gate_proj.weight").fp8;
 }
 
-// The grouped GEMMs in FP8 or in the compute dtype. The FP8 weight gradient quantises its x_perm
-// again (the forward's codes; the layer keeps x_perm in the activation dtype).
-Tensor grouped_forward(bool fp8, const Tensor& x, const ops::ExpertMatrices& w, const Tensor& o) {
-  return fp8 ? ops::grouped_linear_fp8_forward(x, w, o) : ops::grouped_linear(x, w, o);
+// The grouped GEMMs in FP8 or in the compute dtype. The forward records its input in `in` as the
+// weight gradient needs it (layers.h's LinearInput rule; gate_proj and up_proj share x_perm's).
+Tensor grouped_forward(const ParamSet& params, bool fp8, const Tensor& x,
+                       const ops::ExpertMatrices& w, const Tensor& o, GroupedInput& in) {
+  const bool codes = fp8 && params.fp8_input_cache();
+  if (!codes) in.x = x;
+  if (!fp8) return ops::grouped_linear(x, w, o);
+  return ops::grouped_linear_fp8_forward(x, w, o, codes ? &in.fp8 : nullptr);
 }
 Tensor grouped_dx(bool fp8, const Tensor& dy, const ops::ExpertMatrices& w, const Tensor& o) {
   return fp8 ? ops::grouped_linear_fp8_backward_dx(dy, w, o)
              : ops::grouped_linear_backward_dx(dy, w, o);
 }
-void grouped_dw(bool fp8, const Tensor& x, const Tensor& dy, const Tensor& o,
+void grouped_dw(bool fp8, const GroupedInput& in, const Tensor& dy, const Tensor& o,
                 const ops::ExpertMatrices& dw) {
-  if (fp8) ops::grouped_linear_fp8_backward_dw(ops::fp8_grouped_cache(x), dy, o, dw, true);
-  else ops::grouped_linear_backward_dw(x, dy, o, dw, true);
+  if (!fp8)
+    ops::grouped_linear_backward_dw(in.x, dy, o, dw, true);
+  else if (in.fp8.x.data.defined())
+    ops::grouped_linear_fp8_backward_dw(in.fp8, dy, o, dw, true);
+  else
+    ops::grouped_linear_fp8_backward_dw(ops::fp8_grouped_cache(in.x), dy, o, dw, true);
 }
 
 // The routing on the host, as model/moe_balance.h's losses take it. A host synchronisation (ids
@@ -103,12 +112,12 @@ Tensor routed_forward_device(const LayerContext& ctx, const std::string& prefix,
   c.gate_w = expert_weights(ctx.params, prefix, E, "gate_proj", false);
   c.up_w = expert_weights(ctx.params, prefix, E, "up_proj", false);
   c.down_w = expert_weights(ctx.params, prefix, E, "down_proj", false);
-  c.x_perm = ops::moe_permute(c.x, c.dispatch);
+  const Tensor x_perm = ops::moe_permute(c.x, c.dispatch);
   const bool fp8 = experts_fp8(ctx.params, prefix);
-  c.gate = grouped_forward(fp8, c.x_perm, c.gate_w, c.dispatch.offsets);
-  c.up = grouped_forward(fp8, c.x_perm, c.up_w, c.dispatch.offsets);
-  c.inner = ops::silu_mul(c.gate, c.up);
-  c.y_perm = grouped_forward(fp8, c.inner, c.down_w, c.dispatch.offsets);
+  c.gate = grouped_forward(ctx.params, fp8, x_perm, c.gate_w, c.dispatch.offsets, c.x_perm);
+  c.up = grouped_forward(ctx.params, fp8, x_perm, c.up_w, c.dispatch.offsets, c.x_perm);
+  const Tensor inner = ops::silu_mul(c.gate, c.up);
+  c.y_perm = grouped_forward(ctx.params, fp8, inner, c.down_w, c.dispatch.offsets, c.inner);
   return ops::moe_combine(c.y_perm, c.routing.weights, c.dispatch, shared);
 }
 
@@ -116,7 +125,7 @@ Tensor routed_forward_device(const LayerContext& ctx, const std::string& prefix,
 // plus the router (the caller adds the shared experts').
 Tensor routed_backward_device(const LayerContext& ctx, const std::string& prefix, const MoeCache& c,
                               const Tensor& dy, float loss_scale) {
-  const int64_t T = c.x.size(0), E = ctx.config.n_routed_experts;
+  const int64_t T = c.x_router.size(0), E = ctx.config.n_routed_experts;
   const Tensor& offsets = c.dispatch.offsets;
   const ops::MoeCombineGrads cg =
       ops::moe_combine_backward(c.y_perm, c.routing.weights, c.dispatch, dy);
@@ -152,26 +161,33 @@ Tensor routed_backward_device(const LayerContext& ctx, const std::string& prefix
 Tensor moe_forward(const LayerContext& ctx, const std::string& prefix, const Tensor& x,
                    const Segments& segments, const BalanceOptions& balance, MoeCache& c) {
   const ModelConfig& cfg = ctx.config;
+  c = MoeCache{};  // filled afresh: no codes of an earlier batch
   c.x = x.contiguous();
   c.on_device = c.x.is_cuda();
   c.has_shared = cfg.n_shared_experts > 0;
   // The router runs in f32 whatever the activation dtype (model/gate.h): its weight has no
   // compute copy, and bf16 activations are widened.
-  c.x_router = c.x.dtype() == DType::F32 ? c.x : c.x.to(DType::F32);
+  const bool x_is_router_input = c.x.dtype() == DType::F32;
+  c.x_router = x_is_router_input ? c.x : c.x.to(DType::F32);
   const Tensor logits = linear_forward(ctx.params, prefix + ".gate.weight", c.x_router);
   DSEEK_CHECK(!(c.on_device && ctx.expert_parallel),
               "[train] expert parallelism runs on the CPU only (NCCL is not built yet)");
+  // The shared experts read x too. Where the router's backward keeps it (f32), they hold it as it
+  // is: FP8 codes of it would add memory, not free it (V3 too runs its gating modules in BF16/FP32,
+  // §3.3.1, so their input stays in that precision).
   Tensor out;
   if (c.on_device) {
-    const Tensor shared =
-        c.has_shared ? mlp_forward(ctx.params, prefix + ".shared_experts", c.x, c.shared, ctx.synth)
-                     : Tensor();
+    const Tensor shared = c.has_shared ? mlp_forward(ctx.params, prefix + ".shared_experts", c.x,
+                                                     c.shared, ctx.synth, x_is_router_input)
+                                       : Tensor();
     out = routed_forward_device(ctx, prefix, logits, shared, c);
+    // bf16: x_router is an f32 copy; every other reader of x keeps what its backward needs.
+    if (!x_is_router_input) c.x = Tensor();
   } else {
     out = moe_routed_forward_host(ctx, prefix, logits, c);
     if (c.has_shared)
-      ops::add_inplace(
-          out, mlp_forward(ctx.params, prefix + ".shared_experts", c.x, c.shared, ctx.synth));
+      ops::add_inplace(out, mlp_forward(ctx.params, prefix + ".shared_experts", c.x, c.shared,
+                                        ctx.synth, x_is_router_input));
   }
 
   c.aux_loss = 0.0;

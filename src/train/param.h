@@ -67,6 +67,12 @@ class ParamSet {
   void set_compute_dtype(DType dtype);
   DType compute_dtype() const { return compute_dtype_; }
   void refresh_compute();  // re-round the copies from the masters (after an optimizer step)
+  // On (the default), FP8 linears cache their inputs as their forward quantised them (layers.h's
+  // LinearInput); off, they keep them in the activation dtype and quantise them again in the
+  // backward, as the training layers did before: the same numerics with more memory, the
+  // reference the tests hold the caches to.
+  void set_fp8_input_cache(bool on) { fp8_input_cache_ = on; }
+  bool fp8_input_cache() const { return fp8_input_cache_; }
   int64_t numel(bool trainable_only = true) const;
 
  private:
@@ -74,6 +80,7 @@ class ParamSet {
   std::map<std::string, size_t> index_;
   DType compute_dtype_ = DType::F32;
   Device device_ = Device::CPU;
+  bool fp8_input_cache_ = true;
 };
 
 // FP8 training (train.precision fp8, DeepSeek-V3 §3.3): marks the projections of attention and
