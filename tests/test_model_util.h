@@ -55,6 +55,18 @@ inline void add_moe(ModelConfig& c) {
   c.first_k_dense_replace = 1;
 }
 
+// DeepSeek-V3's router on top of add_moe: sigmoid scores, the noaux_tc top-k with 2 groups
+// (1 kept), normalised weights scaled by 2.5, and one MTP layer.
+inline void add_v3_routing(ModelConfig& c) {
+  c.scoring_func = "sigmoid";
+  c.topk_method = "noaux_tc";
+  c.n_group = 2;
+  c.topk_group = 1;
+  c.norm_topk_prob = true;
+  c.routed_scaling_factor = 2.5;
+  c.num_nextn_predict_layers = 1;
+}
+
 class TinyCheckpoint {
  public:
   TinyCheckpoint(const ModelConfig& config, uint32_t seed) : config_(config), rng_(seed) {

@@ -23,13 +23,7 @@ namespace {
 ModelConfig v3_config() {
   ModelConfig c = dseek::testing::tiny_config("deepseek_v3");
   dseek::testing::add_moe(c);
-  c.scoring_func = "sigmoid";
-  c.topk_method = "noaux_tc";
-  c.n_group = 2;
-  c.topk_group = 1;
-  c.norm_topk_prob = true;
-  c.routed_scaling_factor = 2.5;
-  c.num_nextn_predict_layers = 1;
+  dseek::testing::add_v3_routing(c);
   return c;
 }
 

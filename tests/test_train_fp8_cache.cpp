@@ -47,13 +47,7 @@ std::vector<ModelConfig> moe_configs() {
     c.moe_intermediate_size = 144;
     c.max_position_embeddings = 256;
     if (c.model_type == "deepseek_v3") {
-      c.scoring_func = "sigmoid";
-      c.topk_method = "noaux_tc";
-      c.n_group = 2;
-      c.topk_group = 1;
-      c.norm_topk_prob = true;
-      c.routed_scaling_factor = 2.5;
-      c.num_nextn_predict_layers = 1;
+      dseek::testing::add_v3_routing(c);
     } else if (c.model_type == "deepseek_v2") {
       c.q_lora_rank = 0;
     }

@@ -19,6 +19,7 @@
 using namespace dseek;
 using namespace dseek::train;
 using dseek::testing::add_moe;
+using dseek::testing::add_v3_routing;
 using dseek::testing::tiny_config;
 using dseek::testing::TinyCheckpoint;
 
@@ -27,13 +28,7 @@ namespace {
 ModelConfig v3_config() {
   ModelConfig c = tiny_config("deepseek_v3");
   add_moe(c);
-  c.scoring_func = "sigmoid";
-  c.topk_method = "noaux_tc";
-  c.n_group = 2;
-  c.topk_group = 1;
-  c.norm_topk_prob = true;
-  c.routed_scaling_factor = 2.5;
-  c.num_nextn_predict_layers = 1;
+  add_v3_routing(c);
   return c;
 }
 
