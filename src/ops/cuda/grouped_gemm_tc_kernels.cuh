@@ -32,6 +32,7 @@
 #include <cstdint>
 
 #include "ops/cuda/attention_mma.cuh"
+#include "ops/cuda/expert_tiles.cuh"
 
 namespace dseek::ops::cuda::grouped_tc {
 
@@ -205,22 +206,6 @@ __device__ __forceinline__ void for_each_pair(const float (&acc)[kMT][kNT][4], i
       }
     }
   }
-}
-
-// The expert whose row tiles contain `tile` (< tile_start[E]): the first e with
-// tile_start[e + 1] > tile.
-__device__ __forceinline__ int64_t expert_of_tile(const int64_t* tile_start, int64_t E,
-                                                  int64_t tile) {
-  int64_t lo = 0, hi = E - 1;
-  while (lo < hi) {
-    const int64_t mid = (lo + hi) / 2;
-    if (tile_start[mid + 1] > tile) {
-      hi = mid;
-    } else {
-      lo = mid + 1;
-    }
-  }
-  return lo;
 }
 
 // C[m, :n_total] = A[m, :k_total] · B_e for the rows of one expert tile of kBM rows and kBN

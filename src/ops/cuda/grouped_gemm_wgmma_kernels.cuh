@@ -174,7 +174,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int64_t cols = (n_total + kBN - 1) / kBN;
   const int64_t tile = int64_t(blockIdx.x) / cols, n0 = (int64_t(blockIdx.x) % cols) * kBN;
   if (tile >= tile_start[E]) return;  // the grid covers the most tiles any routing can need
-  const int64_t e = grouped_tc::expert_of_tile(tile_start, E, tile);
+  const int64_t e = expert_of_tile(tile_start, E, tile);
   const int64_t m0 = offsets[e] + (tile - tile_start[e]) * kBM, m_end = offsets[e + 1];
   const bf16* W = static_cast<const bf16*>(w[e]);
   const Operand a{A, k_total, m0, m_end, true};

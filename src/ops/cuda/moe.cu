@@ -26,6 +26,7 @@
 #include "core/cuda/cuda_check.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/element.cuh"
+#include "ops/cuda/expert_tiles.cuh"
 #include "ops/cuda/grouped_gemm_tc.h"
 #include "ops/cuda/grouped_gemv.h"
 #include "ops/cuda/reduce.cuh"
@@ -369,17 +370,7 @@ __global__ void __launch_bounds__(kGemmThreads)
   __shared__ GemmTiles tiles;
   const int64_t tile = blockIdx.x;
   if (tile >= tile_start[E]) return;  // the grid covers the most tiles any routing can need
-  // The expert whose tiles contain this one: the first e with tile_start[e + 1] > tile.
-  int64_t lo = 0, hi = E - 1;
-  while (lo < hi) {
-    const int64_t mid = (lo + hi) / 2;
-    if (tile_start[mid + 1] > tile) {
-      hi = mid;
-    } else {
-      lo = mid + 1;
-    }
-  }
-  const int64_t e = lo;
+  const int64_t e = expert_of_tile(tile_start, E, tile);
   const int64_t m0 = offsets[e] + (tile - tile_start[e]) * kBM, m_end = offsets[e + 1];
   const int64_t n0 = int64_t(blockIdx.y) * kBN;
   float acc[4][4] = {};
