@@ -1,8 +1,10 @@
 // FP8 GEMM benchmark (issue 4): ops::fp8_gemm (1×128 activation tiles × 128×128 weight blocks)
 // against the bf16 cuBLASLt linear on the same shapes, dense (DeepSeek-V3 projections) and
-// MoE-shaped (one expert's gate/up and down GEMM per call over ragged token counts, as a grouped
-// FP8 GEMM would see them; no grouped FP8 kernel exists yet). Also times the activation
-// quantisation that linear_fp8 adds. fp8_gemm runs as ops::fp8_gemm picks (cuBLASLt's
+// MoE-shaped (one expert's gate/up and down GEMM per call over ragged token counts). Also times
+// the activation quantisation that linear_fp8 adds. A second table times the grouped FP8 GEMMs of
+// training (ops/fp8_train.h) on a V2-Lite MoE layer — one launch for all 64 experts over ragged
+// loads — on each kernel family this GPU runs (wgmma on Hopper, the CUDA-core kernels), beside
+// the bf16 grouped GEMMs on the same shape. fp8_gemm runs as ops::fp8_gemm picks (cuBLASLt's
 // block-scaled FP8 GEMM on Hopper where it applies: K and N multiples of 128) and, for
 // comparison, forced onto the plain f32-FMA kernel, both with f32 output (cuBLASLt takes only f32
 // output for now: see fp8_cublaslt.cpp). The last column is the fraction of the
@@ -15,12 +17,17 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/cuda.h"
 #include "core/tensor.h"
+#include "ops/cuda/fp8_train_kernels.h"
+#include "ops/cuda/grouped_gemm_tc.h"
 #include "ops/fp8.h"
+#include "ops/fp8_train.h"
 #include "ops/linear.h"
+#include "ops/moe.h"
 
 using namespace dseek;
 
@@ -88,6 +95,96 @@ void bench(const std::string& name, const std::vector<int64_t>& rows, int64_t K,
       100.0 * fp8_tf / kFp8PeakTflops);
 }
 
+// The grouped GEMMs of one V2-Lite MoE layer in training: 4096 tokens × top-6 of 64 experts
+// (random routing, ≈ 384 rows an expert), gate/up [1408, 2048] and down [2048, 1408]. Kernel
+// rows time the GEMM on operands quantised beforehand (the wgrad's includes its transposition of
+// the column tiles); op rows time the whole training op (quantising x or dy, and every expert's
+// f32 master weight, on each call).
+// (The kernel entry points exist only in CUDA builds; the others print no second table.)
+void bench_grouped([[maybe_unused]] std::mt19937& rng) {
+#ifdef DSEEK_HAS_CUDA
+  const int64_t T = 4096, E = 64, top_k = 6, N = T * top_k;
+  std::vector<int32_t> ids;
+  std::vector<int32_t> pool(static_cast<size_t>(E));
+  for (int32_t e = 0; e < int32_t(E); ++e) pool[size_t(e)] = e;
+  for (int64_t t = 0; t < T; ++t) {
+    std::shuffle(pool.begin(), pool.end(), rng);
+    ids.insert(ids.end(), pool.begin(), pool.begin() + top_k);
+  }
+  const ops::MoeDispatch d =
+      ops::moe_dispatch(Tensor::from_ids(ids).reshape({T, top_k}).to(Device::CUDA), E);
+  const int64_t* offsets = d.offsets.data<int64_t>();
+  struct Family {
+    bool wgmma;
+    const char* label;
+  };
+  const bool default_kernel = ops::cuda::grouped_gemm_wgmma();
+  std::vector<Family> families{{false, "CUDA cores"}};
+  if (ops::cuda::grouped_wgmma_available()) families.insert(families.begin(), {true, "wgmma"});
+  std::printf("\n| %-34s | %-26s | %10s | %12s | %6s |\n", "grouped GEMM (V2-Lite MoE layer)",
+              "shape N,E,in,out", "us", "TFLOP/s", "% peak");
+  std::printf("|---|---|---|---|---|\n");
+  auto row = [&](const std::string& what, const std::string& shape, double flops,
+                 const std::function<void()>& fn) {
+    const double t = time_op(fn), tf = flops / t / 1e12;
+    std::printf("| %-34s | %-26s | %10.1f | %12.1f | %5.1f%% |\n", what.c_str(), shape.c_str(),
+                t * 1e6, tf, 100.0 * tf / kFp8PeakTflops);
+  };
+  for (auto [what, in, out] : {std::tuple<const char*, int64_t, int64_t>{"gate/up", 2048, 1408},
+                               std::tuple<const char*, int64_t, int64_t>{"down", 1408, 2048}}) {
+    const std::string shape = std::to_string(N) + "," + std::to_string(E) + "," +
+                              std::to_string(in) + "," + std::to_string(out);
+    const double flops = 2.0 * double(N) * double(in) * double(out);
+    const Tensor x = rand_gpu({N, in}, DType::BF16, rng), dy = rand_gpu({N, out}, DType::BF16, rng);
+    const Tensor w_f32 = rand_gpu({E, out, in}, DType::F32, rng, 0.05f);
+    const ops::ExpertMatrices w = ops::expert_matrices(w_f32);
+    const ops::ExpertMatrices w_bf16 = ops::expert_matrices(w_f32.to(DType::BF16));
+    const ops::ExpertMatrices dw =
+        ops::expert_matrices(Tensor::empty({E, out, in}, DType::F32, Device::CUDA));
+    // Operands as the training ops make them: x and dy in 1×128 tiles, W in 128×128 blocks
+    // (the stacked [E·out, in] matrix: out is a multiple of 128, so its blocks are the experts'),
+    // Wᵀ's blocks, and the column tiles of the wgrad.
+    const ops::Fp8Tensor qx = ops::quantize_fp8(x, ops::Fp8Layout::Tile1x128, false, "x");
+    const ops::Fp8Tensor qdy = ops::quantize_fp8(dy, ops::Fp8Layout::Tile1x128, false, "dy");
+    const ops::Fp8Tensor qw =
+        ops::quantize_fp8(w_f32.reshape({E * out, in}), ops::Fp8Layout::Block128x128, false, "w");
+    const ops::Fp8Tensor qwt =
+        ops::quantize_fp8(w_f32.transpose(1, 2).contiguous().reshape({E * in, out}),
+                          ops::Fp8Layout::Block128x128, false, "wt");
+    const ops::Fp8ColTiles cx = ops::quantize_fp8_cols(x, &d.offsets, "x");
+    const ops::Fp8ColTiles cdy = ops::quantize_fp8_cols(dy, &d.offsets, "dy");
+    Tensor y = Tensor::empty({N, out}, DType::BF16, Device::CUDA);
+    Tensor dx = Tensor::empty({N, in}, DType::BF16, Device::CUDA);
+    row(std::string("bf16 grouped_linear ") + what, shape, flops,
+        [&] { ops::grouped_linear(x, w_bf16, d.offsets); });
+    row(std::string("bf16 grouped_linear dW ") + what, shape, flops,
+        [&] { ops::grouped_linear_backward_dw(x, dy, d.offsets, dw, false); });
+    for (const Family& f : families) {
+      ops::cuda::set_grouped_gemm_wgmma(f.wgmma);
+      const std::string tag = std::string(" ") + what + " [" + f.label + "]";
+      row("fp8 forward" + tag, shape, flops, [&] {
+        ops::cuda::fp8_grouped_gemm(qx.data.data<uint8_t>(), qx.scale.data<float>(), N, in, offsets,
+                                    E, qw.data.data<uint8_t>(), qw.scale.data<float>(), out,
+                                    y.raw(), DType::BF16);
+      });
+      row("fp8 dgrad" + tag, shape, flops, [&] {
+        ops::cuda::fp8_grouped_gemm(qdy.data.data<uint8_t>(), qdy.scale.data<float>(), N, out,
+                                    offsets, E, qwt.data.data<uint8_t>(), qwt.scale.data<float>(),
+                                    in, dx.raw(), DType::BF16);
+      });
+      row("fp8 wgrad" + tag, shape, flops, [&] {
+        ops::cuda::fp8_grouped_wgrad(cdy.data.data<uint8_t>(), cdy.scale.data<float>(),
+                                     cx.data.data<uint8_t>(), cx.scale.data<float>(), N, out, in,
+                                     offsets, E, static_cast<float* const*>(dw.table.raw()), 0.0f);
+      });
+      row("fp8 forward op" + tag, shape, flops,
+          [&] { ops::grouped_linear_fp8_forward(x, w, d.offsets, nullptr); });
+    }
+    ops::cuda::set_grouped_gemm_wgmma(default_kernel);
+  }
+#endif
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -109,5 +206,6 @@ int main(int argc, char** argv) {
   const std::vector<int64_t> ragged = {1, 17, 64, 128, 129, 200, 384, 1000};
   bench("MoE gate/up (ragged)", ragged, 7168, 2 * 2048, rng);
   bench("MoE down (ragged)", ragged, 2048, 7168, rng);
+  bench_grouped(rng);
   return 0;
 }

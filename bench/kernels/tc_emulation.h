@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 
 #include <algorithm>
 #include <barrier>
@@ -237,6 +238,16 @@ struct EmuDesc {
   }
 };
 
+// The E4M3 code at canonical byte address a, after the 128-byte swizzle (K-major: line = m or n,
+// one byte a k).
+inline float emu_smem_e4m3(uint32_t a) {
+  a ^= ((a >> 7) & 7) << 4;
+  if (a + 1 > sizeof(g_smem)) std::abort();
+  __nv_fp8_e4m3 v;
+  v.__x = g_smem[a];
+  return float(v);
+}
+
 template <int TRANS_A, int TRANS_B>
 void mma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
   const EmuDesc a(desc_a), b(desc_b);
@@ -246,6 +257,23 @@ void mma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
     const int col = 8 * (v >> 2) + 2 * (t % 4) + (v & 1);
     float s = d[v];
     for (int k = 0; k < 16; ++k) s += a.at(row, k, TRANS_A) * b.at(col, k, TRANS_B);
+    d[v] = s;
+  }
+}
+
+// m64n128k32, E4M3, both operands K-major; accumulate = 0 starts from zero (wgmma's scale-d).
+inline void mma_m64n128k32_e4m3(float (&d)[64], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  const EmuDesc a(desc_a), b(desc_b);
+  const int t = int(threadIdx.x % 128);
+  for (int v = 0; v < 64; ++v) {
+    const int row = 16 * (t / 32) + (t % 32) / 4 + 8 * ((v >> 1) & 1);
+    const int col = 8 * (v >> 2) + 2 * (t % 4) + (v & 1);
+    float s = accumulate ? d[v] : 0.0f;
+    for (int k = 0; k < 32; ++k)
+      s += emu_smem_e4m3(a.start + uint32_t(row / 8) * a.sbo + uint32_t(row % 8) * 128 +
+                         uint32_t(k)) *
+           emu_smem_e4m3(b.start + uint32_t(col / 8) * b.sbo + uint32_t(col % 8) * 128 +
+                         uint32_t(k));
     d[v] = s;
   }
 }

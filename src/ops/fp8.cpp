@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "ops/cpu/fp8_cpu.h"
 #include "ops/cuda/fp8_kernels.h"
+#include "ops/cuda/fp8_train_kernels.h"
 #include "ops/device.h"
 
 #ifdef DSEEK_HAS_CUDA
@@ -140,6 +141,11 @@ Tensor fp8_gemm(const Fp8Tensor& a, const Fp8Tensor& w, const Tensor* bias, DTyp
                                 w.data.data<uint8_t>(), w.scale.data<float>(), N, bias, y.raw(),
                                 out))
       return y;
+    if (kernel == Fp8GemmKernel::Best && !bias && cuda::fp8_wgmma_takes(K, N)) {
+      cuda::fp8_gemm_wgmma(a.data.data<uint8_t>(), a.scale.data<float>(), M, K,
+                           w.data.data<uint8_t>(), w.scale.data<float>(), N, y.raw(), out);
+      return y;
+    }
     const Tensor bc = bias ? bias->contiguous() : Tensor();
     cuda::fp8_gemm(a.data.data<uint8_t>(), a.scale.data<float>(), M, K, w.data.data<uint8_t>(),
                    w.scale.data<float>(), N, bias ? bc.raw() : nullptr,

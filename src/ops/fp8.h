@@ -55,8 +55,10 @@ Fp8Tensor quantize_fp8(const Tensor& x, Fp8Layout layout, bool pow2_scale, std::
 Tensor dequantize_fp8(const Fp8Tensor& q, DType out = DType::F32);
 
 // Which GPU kernel fp8_gemm runs: Best takes cuBLASLt's block-scaled FP8 GEMM on Hopper where it
-// applies (ops/cuda/fp8_cublaslt.cpp: K and N multiples of 128, no bias, ...) and the plain kernel
-// otherwise; Plain always the plain kernel (the reference the backend test holds cuBLASLt to).
+// applies (ops/cuda/fp8_cublaslt.cpp: K and N multiples of 128, no bias, ...), else the wgmma
+// kernel of ops/cuda/fp8_wgmma_kernels.cuh on Hopper (K and N multiples of 16, no bias), else
+// the plain kernel; Plain always the plain kernel (the reference the backend tests hold the
+// tensor-core paths to).
 enum class Fp8GemmKernel : uint8_t { Best, Plain };
 
 // y [M, N] = a · wᵀ from a (Tile1x128, [M, K]) and w (Block128x128, [N, K]), plus bias [N] (f32,

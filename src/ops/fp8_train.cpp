@@ -65,25 +65,52 @@ struct StackedFp8 {
   Tensor data, scale;
 };
 
-StackedFp8 quantize_experts(const char* op, const ExpertMatrices& w) {
+#ifdef DSEEK_HAS_CUDA
+StackedFp8 transpose_experts(const StackedFp8& s);
+#endif
+
+#ifdef DSEEK_HAS_CUDA
+// Whether quantize_fp8_stack takes the experts in one launch (their addresses are in w.table).
+bool stack_quantizable(const ExpertMatrices& w) {
+  bool ok = w.device == Device::CUDA && cuda::quantize_fp8_stack_takes(w.rows, w.cols) &&
+            w.experts <= 65535;
+  for (const Tensor& m : w.matrices) ok = ok && reinterpret_cast<uintptr_t>(m.raw()) % 16 == 0;
+  return ok;
+}
+#endif
+
+// transposed: Wᵀ's blocks instead ([E, cols, rows]: W's codes and scales transposed; GPU only),
+// in the same pass where quantize_fp8_stack applies, else by transpose_experts after.
+StackedFp8 quantize_experts(const char* op, const ExpertMatrices& w, bool transposed = false) {
   DSEEK_CHECK(w.ld == w.cols && (w.dtype == DType::F32 || w.dtype == DType::BF16),
               "[{}] expert matrices must be contiguous f32 or bf16, got {} with row stride {} for "
               "{} columns",
               op, dtype_name(w.dtype), w.ld, w.cols);
   const int64_t E = w.experts, R = w.rows, C = w.cols;
   const Shape bs = fp8_scale_shape(R, C, Fp8Layout::Block128x128);
-  StackedFp8 s{Tensor::empty({E, R, C}, DType::F8_E4M3, w.device),
-               Tensor::empty({E, bs[0], bs[1]}, DType::F32, w.device)};
   const int64_t codes = R * C, scales = bs[0] * bs[1];
-  if (codes == 0) return s;
   if (w.device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
+    const bool stack = codes > 0 && stack_quantizable(w);
+    if (transposed && !stack) return transpose_experts(quantize_experts(op, w, false));
+    StackedFp8 s{Tensor::empty(transposed ? Shape{E, C, R} : Shape{E, R, C}, DType::F8_E4M3,
+                               w.device),
+                 Tensor::empty(transposed ? Shape{E, bs[1], bs[0]} : Shape{E, bs[0], bs[1]},
+                               DType::F32, w.device)};
+    if (codes == 0) return s;
     int* bad = static_cast<int*>(dseek::cuda::alloc(sizeof(int)));
     dseek::cuda::fill_bytes(bad, 0, sizeof(int));
-    for (int64_t e = 0; e < E; ++e)
-      cuda::quantize_fp8(w.matrices[size_t(e)].raw(), w.dtype, R, C, kFp8Tile, false,
-                         s.data.data<uint8_t>() + e * codes, s.scale.data<float>() + e * scales,
-                         bad);
+    uint8_t* q = s.data.data<uint8_t>();
+    float* sc = s.scale.data<float>();
+    if (stack) {  // every expert in one launch
+      cuda::quantize_fp8_stack(static_cast<const void* const*>(w.table.raw()), w.dtype, E, R, C,
+                               false, transposed ? nullptr : q, transposed ? nullptr : sc,
+                               transposed ? q : nullptr, transposed ? sc : nullptr, bad);
+    } else {
+      for (int64_t e = 0; e < E; ++e)
+        cuda::quantize_fp8(w.matrices[size_t(e)].raw(), w.dtype, R, C, kFp8Tile, false,
+                           q + e * codes, sc + e * scales, bad);
+    }
     int flag = 0;
     dseek::cuda::copy_to_host(&flag, bad, sizeof(int));  // one synchronisation for all experts
     dseek::cuda::free(bad);
@@ -93,7 +120,10 @@ StackedFp8 quantize_experts(const char* op, const ExpertMatrices& w) {
     cuda_not_built(op);
 #endif
   }
-  for (int64_t e = 0; e < E; ++e) {
+  DSEEK_CHECK(!transposed, "[{}] transposed expert blocks are a GPU path", op);
+  StackedFp8 s{Tensor::empty({E, R, C}, DType::F8_E4M3, w.device),
+               Tensor::empty({E, bs[0], bs[1]}, DType::F32, w.device)};
+  for (int64_t e = 0; e < E && codes > 0; ++e) {
     const Tensor m = quantizable(w.matrices[size_t(e)]);
     const int64_t at = cpu::quantize_fp8(m.data<float>(), R, C, kFp8Tile, false,
                                          s.data.data<uint8_t>() + e * codes,
@@ -137,7 +167,7 @@ void wgrad(const char* op, const Fp8Tensor& x_cache, const Tensor& dy2, const Te
 #ifdef DSEEK_HAS_CUDA
     const int64_t E = offsets.numel() - 1, N = dw.rows, K = dw.cols;
     cuda::fp8_grouped_wgrad(qdy.data.data<uint8_t>(), qdy.scale.data<float>(),
-                            qx.data.data<uint8_t>(), qx.scale.data<float>(), N, K,
+                            qx.data.data<uint8_t>(), qx.scale.data<float>(), qdy.data.size(0), N, K,
                             offsets.data<int64_t>(), E, static_cast<float* const*>(dw.table.raw()),
                             accumulate ? 1.0f : 0.0f);
     return;
@@ -344,10 +374,9 @@ Tensor grouped_linear_fp8_backward_dx(const Tensor& dy_perm, const ExpertMatrice
               w.experts);
   const Fp8Tensor qdy =
       quantize_fp8(dy_perm, Fp8Layout::Tile1x128, false, "grouped_linear_fp8 dy");
-  const StackedFp8 qw = quantize_experts("grouped_linear_fp8", w);
   if (device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
-    const StackedFp8 qwt = transpose_experts(qw);
+    const StackedFp8 qwt = quantize_experts("grouped_linear_fp8", w, /*transposed=*/true);
     const int64_t out = w.rows, in = w.cols;
     Tensor dx = Tensor::empty({N, in}, act, device);
     cuda::fp8_grouped_gemm(qdy.data.data<uint8_t>(), qdy.scale.data<float>(), N, out,
@@ -358,6 +387,7 @@ Tensor grouped_linear_fp8_backward_dx(const Tensor& dy_perm, const ExpertMatrice
     cuda_not_built("grouped_linear_fp8");
 #endif
   }
+  const StackedFp8 qw = quantize_experts("grouped_linear_fp8", w);
   return grouped_linear_backward_dx(dequantize_fp8(qdy), expert_matrices(dequantize_experts(qw)),
                                     offsets);
 }

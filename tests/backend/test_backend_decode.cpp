@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "backend/backend_harness.h"
+#include "backend/grouped_kernels.h"
 #include "infer/generator.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
@@ -310,20 +311,41 @@ TEST_P(BackendDecodeModel, CachedDecodeMatchesCpuAndNoCache) {
 // cache), 66 (after a 70-row prefix: T < S) and 1 (absorbed again, over rows the expanded chunks
 // wrote) against the CPU's cached run of the same chunks (always absorbed) and the GPU's no-cache
 // forward. For MHA/GQA fixtures the same chunks exercise the long cached path of the flash kernel.
+//
+// The FP8 fixture keeps its weights as FP8 here (the default placement), so its GEMMs run on the
+// FP8 tensor cores on a Hopper (cuBLASLt or the wgmma kernel), whose ~14-bit accumulation moves
+// the outputs by ~1e-4 and flips a few activation codes downstream: against the CPU's FP8 model
+// (f32 sums) that family is held to two GEMMs' E4M3 error (2·2^-4/√3 relative RMS); the plain
+// kernels, which quantise exactly as the CPU does, to 1e-4 of the logits' scale as every fixture.
 TEST_P(BackendDecodeModel, LongPrefillChunksMatchCpu) {
   DSEEK_REQUIRE_CUDA();
   std::vector<int32_t> ids;
   while (ids.size() < 137) ids.push_back(ids_[ids.size() % ids_.size()]);
   const std::unique_ptr<Model> cpu = Model::load(dir_.string());
   const std::vector<float> want = cached_run(*cpu, Device::CPU, ids, 70, 66);
-  for (DType act : kActDtypes) {
-    const std::unique_ptr<Model> gpu = Model::load(dir_.string(), Placement{Device::CUDA, act});
-    const std::vector<float> got = cached_run(*gpu, Device::CUDA, ids, 70, 66);
-    const std::vector<float> full = gpu->forward(ids).to_vector();
-    expect_match(GetParam(), act, "long chunks vs cpu chunks", got, want, 1e-4,
-                 bf16_rel_rms(GetParam(), /*long_run=*/true));
-    expect_match(GetParam(), act, "long chunks vs gpu no-cache", got, full, 1e-4,
-                 bf16_rel_rms(GetParam()));
+  const bool fp8 = GetParam() == "v3_fp8";
+  for (const GroupedKernel& k : grouped_kernels()) {
+    if (!fp8 && k.wgmma != grouped_kernels().back().wgmma) continue;  // one family for the others
+    const UseGroupedKernel use(k.wgmma);
+    for (DType act : kActDtypes) {
+      const std::unique_ptr<Model> gpu = Model::load(dir_.string(), Placement{Device::CUDA, act});
+      const std::vector<float> got = cached_run(*gpu, Device::CUDA, ids, 70, 66);
+      const std::vector<float> full = gpu->forward(ids).to_vector();
+      const std::string vs_cpu = labelled("long chunks vs cpu chunks", k);
+      if (fp8 && k.wgmma && act == DType::F32) {
+        const Errors e = compare(got, want);
+        const double bound = 2 * 0.0625 / std::sqrt(3.0);
+        std::printf("[backend] decode %-12s f32  %-28s max_abs %.2e rel_rms %.2e (bound %.2e) %s\n",
+                    GetParam().c_str(), vs_cpu.c_str(), e.max_abs, e.rel_rms, bound,
+                    e.rel_rms <= bound ? "ok" : "FAIL");
+        EXPECT_LE(e.rel_rms, bound) << vs_cpu;
+      } else {
+        expect_match(GetParam(), act, vs_cpu.c_str(), got, want, 1e-4,
+                     bf16_rel_rms(GetParam(), /*long_run=*/true));
+      }
+      expect_match(GetParam(), act, labelled("long chunks vs gpu no-cache", k).c_str(), got, full,
+                   1e-4, bf16_rel_rms(GetParam()));
+    }
   }
 }
 

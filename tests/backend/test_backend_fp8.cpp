@@ -6,6 +6,8 @@
 
 #include "backend/backend_harness.h"
 #include "ops/cuda/fp8_kernels.h"
+#include "ops/cuda/fp8_train_kernels.h"
+#include "ops/cuda/grouped_gemm_tc.h"
 #include "ops/fp8.h"
 
 namespace dseek::backend_test {
@@ -96,6 +98,64 @@ TEST(BackendOps, QuantizeFp8ZeroTilesAndNonFinite) {
                   ops::quantize_fp8(on_gpu(x), Fp8Layout::Block128x128, true, "x"));
 }
 
+// The experts' stacked quantisation (one launch for all, ops/cuda/fp8_kernels.h) against
+// quantize_fp8 of each matrix, bit for bit, and its transposed output against those codes and
+// scales transposed; tails in both dimensions (260 = 2·128 + 4 rows, 388 columns), both dtypes.
+TEST(BackendOps, QuantizeFp8StackMatchesEachMatrix) {
+  DSEEK_REQUIRE_CUDA();
+#ifdef DSEEK_HAS_CUDA
+  std::mt19937 rng(57);
+  const int64_t E = 3, R = 260, C = 388, rb = 3, cb = 4;
+  for (DType act : kActDtypes) {
+    std::vector<Tensor> xs;
+    std::vector<int64_t> table;
+    for (int64_t e = 0; e < E; ++e) {
+      xs.push_back(on_gpu(fp8_data(R, C, rng), act));
+      table.push_back(int64_t(reinterpret_cast<uintptr_t>(xs.back().raw())));
+    }
+    Tensor table_host = Tensor::empty({E}, DType::I64);
+    std::copy(table.begin(), table.end(), table_host.data<int64_t>());
+    const Tensor t = table_host.to(Device::CUDA);
+    Tensor q = Tensor::poisoned({E, R, C}, DType::U8, Device::CUDA);
+    Tensor s = Tensor::poisoned({E, rb, cb}, DType::F32, Device::CUDA);
+    Tensor qt = Tensor::poisoned({E, C, R}, DType::U8, Device::CUDA);
+    Tensor st = Tensor::poisoned({E, cb, rb}, DType::F32, Device::CUDA);
+    Tensor bad_host = Tensor::empty({1}, DType::I32);
+    bad_host.data<int32_t>()[0] = 0;
+    Tensor bad = bad_host.to(Device::CUDA);
+    ops::cuda::quantize_fp8_stack(static_cast<const void* const*>(t.raw()), act, E, R, C, false,
+                                  q.data<uint8_t>(), s.data<float>(), qt.data<uint8_t>(),
+                                  st.data<float>(), bad.data<int32_t>());
+    const Tensor qc = q.to(Device::CPU), qtc = qt.to(Device::CPU);
+    const uint8_t *qh = qc.data<uint8_t>(), *qth = qtc.data<uint8_t>();
+    const std::vector<float> sh = s.to_vector(), sth = st.to_vector();
+    size_t bad_codes = 0, bad_scales = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      const Fp8Tensor want = ops::quantize_fp8(xs[size_t(e)], Fp8Layout::Block128x128, false, "w");
+      const Tensor wd = want.data.to(Device::CPU), ws = want.scale.to(Device::CPU);
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t c = 0; c < C; ++c) {
+          const uint8_t w = wd.data<uint8_t>()[r * C + c];
+          bad_codes += qh[(e * R + r) * C + c] != w;
+          bad_codes += qth[(e * C + c) * R + r] != w;
+        }
+      for (int64_t i = 0; i < rb; ++i)
+        for (int64_t j = 0; j < cb; ++j) {
+          const float w = ws.data<float>()[i * cb + j];
+          bad_scales += std::memcmp(&sh[size_t((e * rb + i) * cb + j)], &w, 4) != 0;
+          bad_scales += std::memcmp(&sth[size_t((e * cb + j) * rb + i)], &w, 4) != 0;
+        }
+    }
+    std::printf("[backend] %-28s %-22s %-4s codes differ %zu scales differ %zu %s\n",
+                "quantize_fp8_stack (+ᵀ)", describe_shape({E, R, C}).c_str(),
+                std::string(dtype_name(act)).c_str(), bad_codes, bad_scales,
+                bad_codes + bad_scales ? "FAIL" : "ok");
+    EXPECT_EQ(bad_codes, 0u);
+    EXPECT_EQ(bad_scales, 0u);
+  }
+#endif
+}
+
 TEST(BackendOps, DequantizeFp8) {
   DSEEK_REQUIRE_CUDA();
   std::mt19937 rng(52);
@@ -176,13 +236,49 @@ TEST(BackendOps, Fp8Gemm) {
       }
 }
 
+// A tensor-core FP8 GEMM's output `got` against the plain kernel's `want` on the same codes. The
+// tensor cores sum each 128-wide k-block in their own order and, per DeepSeek-V3 §3.3.2, keep only
+// ~14 bits while doing so, before the f32 promotion. The alignment truncates each of the 32
+// products of a k32 step, in one direction for terms of one sign, so an element can be off by
+// 32·2^-14 = 2^-9 of its largest term: measured on an H200 up to 1.5·2^-10·Σ_k|a·w| (the wgmma
+// kernel) and 0.9·2^-10 (cuBLASLt). The bound allows 2^-8·Σ_k|a·w| (the plain kernel's f32 error
+// is far below) plus one rounding of the output (bf16: 2^-8 relative). Misplaced scales (a layout
+// error) miss by O(1): the operands' rows and blocks differ in scale by up to 2^18. Returns the
+// relative RMS difference (printed).
+[[maybe_unused]] double expect_near_plain(const char* op, const Shape& shape, DType out,
+                                          const Fp8Tensor& qa, const Fp8Tensor& qw,
+                                          const Tensor& want, const Tensor& got) {
+  const int64_t M = shape[0], K = shape[1], N = shape[2];
+  const std::vector<float> av = ops::dequantize_fp8(qa).to_vector(),
+                           wv = ops::dequantize_fp8(qw).to_vector(), r = want.to_vector(),
+                           g = got.to_vector();
+  size_t bad = 0;
+  double worst = 0, diff2 = 0, want2 = 0;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double abs_sum = 0;
+      for (int64_t k = 0; k < K; ++k)
+        abs_sum += std::abs(double(av[size_t(m * K + k)]) * wv[size_t(n * K + k)]);
+      const size_t i = size_t(m * N + n);
+      const double tol = std::ldexp(abs_sum, -8) +
+                         std::ldexp(std::abs(double(r[i])), out == DType::BF16 ? -8 : -22);
+      const double d = std::abs(double(g[i]) - r[i]);
+      const bool ok = std::isfinite(g[i]) && d <= tol;
+      bad += !ok;
+      worst = std::max(worst, std::isfinite(g[i]) ? d / tol : INFINITY);
+      diff2 += std::isfinite(d) ? d * d : INFINITY;
+      want2 += double(r[i]) * double(r[i]);
+    }
+  const double rel_rms = std::sqrt(diff2 / std::max(want2, 1e-30));
+  std::printf("[backend] %-28s %-22s %-4s max error/bound %.2e rel_rms %.2e %s\n", op,
+              describe_shape(shape).c_str(), std::string(dtype_name(out)).c_str(), worst, rel_rms,
+              bad ? "FAIL" : "ok");
+  EXPECT_EQ(bad, 0u) << op << " " << describe_shape(shape);
+  return rel_rms;
+}
+
 // cuBLASLt's block-scaled FP8 GEMM (Hopper) against the plain kernel, on the shapes it takes (K
-// and N multiples of 128, no bias) and one it must refuse (N = 576, kv_a_proj's). The tensor cores
-// sum each 128-wide k-block in their own order and, per DeepSeek-V3 §3.3.2, keep only ~14 bits
-// while doing so, before the f32 promotion: with random signs that is ~2^-14·Σ_k|a·w| per
-// element; the bound allows 2^-10·Σ_k|a·w| (the plain kernel's f32 error is far below) plus one
-// rounding of the output (bf16: 2^-8 relative). Misplaced scales (a layout error) miss by O(1):
-// the operands' rows and blocks differ in scale by up to 2^18.
+// and N multiples of 128, no bias) and one it must refuse (N = 576, kv_a_proj's).
 TEST(BackendOps, Fp8GemmCublasLtMatchesPlainKernel) {
   DSEEK_REQUIRE_CUDA();
 #ifdef DSEEK_HAS_CUDA  // calls the raw CUDA entry point, which a CPU-only build does not have
@@ -219,28 +315,47 @@ TEST(BackendOps, Fp8GemmCublasLtMatchesPlainKernel) {
         EXPECT_TRUE(ran) << describe_shape({M, K, N});
       }
       if (!ran) continue;
-      const std::vector<float> av = ops::dequantize_fp8(qa).to_vector(),
-                               wv = ops::dequantize_fp8(qw).to_vector(), r = want.to_vector(),
-                               g = got.to_vector();
-      size_t bad = 0;
-      double worst = 0;
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t n = 0; n < N; ++n) {
-          double abs_sum = 0;
-          for (int64_t k = 0; k < K; ++k)
-            abs_sum += std::abs(double(av[size_t(m * K + k)]) * wv[size_t(n * K + k)]);
-          const size_t i = size_t(m * N + n);
-          const double tol = std::ldexp(abs_sum, -10) +
-                             std::ldexp(std::abs(double(r[i])), out == DType::BF16 ? -8 : -22);
-          const double d = std::abs(double(g[i]) - r[i]);
-          const bool ok = std::isfinite(g[i]) && d <= tol;
-          bad += !ok;
-          worst = std::max(worst, std::isfinite(g[i]) ? d / tol : INFINITY);
-        }
-      std::printf("[backend] %-28s %-22s %-4s max error/bound %.2e %s\n", "fp8_gemm cuBLASLt",
-                  describe_shape({M, K, N}).c_str(), std::string(dtype_name(out)).c_str(), worst,
-                  bad ? "FAIL" : "ok");
-      EXPECT_EQ(bad, 0u) << describe_shape({M, K, N});
+      expect_near_plain("fp8_gemm cuBLASLt", {M, K, N}, out, qa, qw, want, got);
+    }
+#endif
+}
+
+// The wgmma kernel (ops/cuda/fp8_wgmma_kernels.cuh, dense form) against the plain kernel, where
+// it runs (a Hopper with sm_90a code): one row, k and n tails of 16 (272, 144), kv_a_proj's
+// N = 576 that cuBLASLt refuses, several row and column tiles, both output dtypes. Where cuBLASLt
+// takes the shape too, the same inputs through it: the wgmma kernel's relative RMS error must
+// stay within twice cuBLASLt's (the library's FP8 accumulation is the yardstick).
+TEST(BackendOps, Fp8GemmWgmmaMatchesPlainKernel) {
+  DSEEK_REQUIRE_CUDA();
+#ifdef DSEEK_HAS_CUDA
+  if (!ops::cuda::grouped_wgmma_available())
+    GTEST_SKIP() << "no wgmma here (not an sm_90a build on a Hopper)";
+  std::mt19937 rng(56);
+  const std::vector<std::array<int64_t, 3>> shapes = {{1, 128, 128},    {5, 272, 144},
+                                                      {130, 1024, 576}, {257, 640, 400},
+                                                      {64, 1024, 512},  {256, 2048, 384}};
+  for (DType out : kActDtypes)
+    for (auto [M, K, N] : shapes) {
+      const Fp8Tensor qa = ops::quantize_fp8(rand({M, K}, rng), Fp8Layout::Tile1x128, false, "a");
+      const Fp8Tensor qw =
+          ops::quantize_fp8(fp8_data(N, K, rng), Fp8Layout::Block128x128, false, "w");
+      const Fp8Tensor qag{qa.data.to(Device::CUDA), qa.scale.to(Device::CUDA), qa.layout};
+      const Fp8Tensor qwg{qw.data.to(Device::CUDA), qw.scale.to(Device::CUDA), qw.layout};
+      const Tensor want = ops::fp8_gemm(qag, qwg, nullptr, out, ops::Fp8GemmKernel::Plain);
+      Tensor got = Tensor::poisoned({M, N}, out, Device::CUDA);
+      ops::cuda::fp8_gemm_wgmma(qag.data.data<uint8_t>(), qag.scale.data<float>(), M, K,
+                                qwg.data.data<uint8_t>(), qwg.scale.data<float>(), N, got.raw(),
+                                out);
+      const double wgmma_rms =
+          expect_near_plain("fp8_gemm wgmma", {M, K, N}, out, qa, qw, want, got);
+      Tensor lt = Tensor::poisoned({M, N}, out, Device::CUDA);
+      if (ops::cuda::fp8_gemm_cublaslt(qag.data.data<uint8_t>(), qag.scale.data<float>(), M, K,
+                                       qwg.data.data<uint8_t>(), qwg.scale.data<float>(), N,
+                                       nullptr, lt.raw(), out)) {
+        const double lt_rms =
+            expect_near_plain("fp8_gemm cuBLASLt (same)", {M, K, N}, out, qa, qw, want, lt);
+        EXPECT_LE(wgmma_rms, 2.0 * lt_rms + 1e-7) << describe_shape({M, K, N});
+      }
     }
 #endif
 }

@@ -10,7 +10,11 @@
 #include <cstring>
 
 #include "backend/backend_harness.h"
+#include "backend/grouped_kernels.h"
 #include "ops/fp8_train.h"
+#ifdef DSEEK_HAS_CUDA
+#include "ops/cuda/fp8_train_kernels.h"
+#endif
 
 namespace dseek::backend_test {
 namespace {
@@ -37,11 +41,22 @@ double max_abs_sum(const Tensor& a, const Tensor& b) {
 }
 
 // Both sides multiply the same E4M3 codes; they differ by accumulation: f32 sums in other orders
-// (2^-16 of the largest Σ|a·b| covers K ≤ 2^8 roundings of 2^-24 with margin), or cuBLASLt's FP8
-// tensor-core accumulation within each 128-block (held to 2^-10 of Σ|a·b| by
-// Fp8GemmCublasLtMatchesPlainKernel); a bf16 output adds one rounding.
-Tolerance sum_tolerance(DType out, double abs_sum, bool cublaslt) {
-  return {std::ldexp(abs_sum, cublaslt ? -10 : -16), out == DType::BF16 ? 1.0 / 256 : 1e-6};
+// (2^-16 of the largest Σ|a·b| covers K ≤ 2^8 roundings of 2^-24 with margin), or the FP8 tensor
+// cores' accumulation within each 128-block — cuBLASLt's or the wgmma kernels'
+// (fp8_wgmma_kernels.cuh), both held to 2^-8 of Σ|a·b| by test_backend_fp8.cpp, which says why;
+// a bf16 output adds one rounding.
+Tolerance sum_tolerance(DType out, double abs_sum, bool tensor_cores) {
+  return {std::ldexp(abs_sum, tensor_cores ? -8 : -16), out == DType::BF16 ? 1.0 / 256 : 1e-6};
+}
+
+// Whether the grouped FP8 GEMM with reduction K and output width N (or the wgrad of dW [N, K])
+// runs on the wgmma kernels under the current kernel choice.
+bool fp8_on_wgmma([[maybe_unused]] int64_t K, [[maybe_unused]] int64_t N) {
+#ifdef DSEEK_HAS_CUDA
+  return ops::cuda::fp8_wgmma_takes(K, N);
+#else
+  return false;
+#endif
 }
 
 Tensor dequant_rows(const Tensor& x) {
@@ -86,9 +101,11 @@ TEST(BackendOps, LinearFp8TrainMatchesCpu) {
   std::mt19937 rng(62);
   // {T, in, out}: odd sizes (plain kernel), and multiples of 128 with T % 4 = 0 (cuBLASLt's
   // block-scaled path for the forward and the dgrad).
+  for (const GroupedKernel& k : grouped_kernels())
   for (DType act : kActDtypes)
     for (auto [T, in, out] : std::vector<std::array<int64_t, 3>>{
-             {5, 130, 7}, {64, 256, 384}, {130, 64, 129}, {257, 300, 200}}) {
+             {5, 130, 7}, {64, 256, 384}, {130, 64, 129}, {257, 300, 200}, {300, 272, 144}}) {
+      const UseGroupedKernel use(k.wgmma);
       const Shape shape{T, in, out};
       const Tensor x = rand({T, in}, rng), w = rand({out, in}, rng), dy = rand({T, out}, rng);
       const Tensor init = rand({out, in}, rng);
@@ -109,65 +126,82 @@ TEST(BackendOps, LinearFp8TrainMatchesCpu) {
       Tensor acc = on_gpu(init);
       ops::linear_fp8_train_backward(gc, wg, on_gpu(dy, act), nullptr, &acc, true);
       EXPECT_EQ(y.dtype(), act);
-      // cuBLASLt takes the forward and dgrad when K and N are multiples of 128 and T of 4.
+      // cuBLASLt takes the forward and dgrad when K and N are multiples of 128 and T of 4, else
+      // the wgmma kernel where both are multiples of 16 (on a Hopper): the tensor cores either way.
       const bool lt = T % 4 == 0 && in % 128 == 0 && out % 128 == 0;
+      const bool tc_y = lt || fp8_on_wgmma(in, out), tc_dx = lt || fp8_on_wgmma(out, in);
       const Tensor w_hat =
           ops::dequantize_fp8(ops::quantize_fp8(w, ops::Fp8Layout::Block128x128, false, "w"));
       const double y_sum = max_abs_sum(dequant_rows(rounded(x, act)), w_hat);
       const double dx_sum =
           max_abs_sum(dequant_rows(rounded(dy, act)), w_hat.transpose(0, 1).contiguous());
-      // The wgrad (plain kernel) sums T products of column-tile values, each ≤ 1.07·max|v|.
+      // The wgrad sums T products of column-tile values, each ≤ 1.07·max|v|; it runs on the wgmma
+      // kernel where out and in are multiples of 16 on a Hopper.
       const double dw_sum = double(T) * 1.07 * 1.07 * 1.07;  // |x|, |dy| ≤ 1; x̃ quantised twice
-      expect_close("linear_fp8_train y", shape, act, y_want, y, sum_tolerance(act, y_sum, lt));
-      expect_close("linear_fp8_train dx", shape, act, dx_want, dx, sum_tolerance(act, dx_sum, lt));
-      expect_close("linear_fp8_train dW", shape, act, dw_want, dw,
-                   sum_tolerance(DType::F32, dw_sum, false));
-      expect_close("linear_fp8_train dW (accumulate)", shape, act, acc_want, acc,
-                   sum_tolerance(DType::F32, dw_sum + 1.0, false));
+      const bool tc_dw = fp8_on_wgmma(in, out);
+      expect_close(labelled("linear_fp8_train y", k), shape, act, y_want, y,
+                   sum_tolerance(act, y_sum, tc_y));
+      expect_close(labelled("linear_fp8_train dx", k), shape, act, dx_want, dx,
+                   sum_tolerance(act, dx_sum, tc_dx));
+      expect_close(labelled("linear_fp8_train dW", k), shape, act, dw_want, dw,
+                   sum_tolerance(DType::F32, dw_sum, tc_dw));
+      expect_close(labelled("linear_fp8_train dW (accumulate)", k), shape, act, acc_want, acc,
+                   sum_tolerance(DType::F32, dw_sum + 1.0, tc_dw));
     }
 }
 
 TEST(BackendOps, GroupedLinearFp8MatchesCpu) {
   DSEEK_REQUIRE_CUDA();
   std::mt19937 rng(63);
-  const int64_t in = 136, out = 130;
-  // An empty expert, one of one row, one over 128 rows, offsets off the 128 grid.
-  const std::vector<int64_t> o = {0, 130, 130, 131, 200, 333};
-  const int64_t E = int64_t(o.size()) - 1, N = o.back();
-  const Shape shape{N, in, out};
-  for (DType act : kActDtypes) {
-    const Tensor x = rand({N, in}, rng), dy = rand({N, out}, rng);
-    std::vector<Tensor> ws, ws_gpu, gw, gw_gpu;
-    for (int64_t e = 0; e < E; ++e) {
-      ws.push_back(rand({out, in}, rng));
-      ws_gpu.push_back(on_gpu(ws.back()));  // f32 masters, whatever the activations
-      gw.push_back(Tensor::poisoned({out, in}));
-      gw_gpu.push_back(Tensor::poisoned({out, in}, DType::F32, Device::CUDA));
-    }
-    const Tensor off_cpu = offsets_of(o, Device::CPU), off_gpu = offsets_of(o, Device::CUDA);
-    ops::Fp8GroupedCache cc, gc;
-    const Tensor y_want =
-        ops::grouped_linear_fp8_forward(rounded(x, act), ops::expert_matrices(ws), off_cpu, &cc);
-    const Tensor dx_want =
-        ops::grouped_linear_fp8_backward_dx(rounded(dy, act), ops::expert_matrices(ws), off_cpu);
-    ops::grouped_linear_fp8_backward_dw(cc, rounded(dy, act), off_cpu, ops::expert_matrices(gw),
-                                        false);
-    const Tensor y =
-        ops::grouped_linear_fp8_forward(on_gpu(x, act), ops::expert_matrices(ws_gpu), off_gpu, &gc);
-    const Tensor dx =
-        ops::grouped_linear_fp8_backward_dx(on_gpu(dy, act), ops::expert_matrices(ws_gpu), off_gpu);
-    ops::grouped_linear_fp8_backward_dw(gc, on_gpu(dy, act), off_gpu, ops::expert_matrices(gw_gpu),
-                                        false);
-    // Plain kernels only; |x|, |dy|, |W| ≤ 1, quantised values ≤ 1.07 of that.
-    const double q = 1.07 * 1.07;
-    expect_close("grouped_linear_fp8 y", shape, act, y_want, y,
-                 sum_tolerance(act, double(in) * q, false));
-    expect_close("grouped_linear_fp8 dx", shape, act, dx_want, dx,
-                 sum_tolerance(act, double(out) * q, false));
-    for (int64_t e = 0; e < E; ++e)
-      expect_close("grouped_linear_fp8 dW_" + std::to_string(e), shape, act, gw[size_t(e)],
-                   gw_gpu[size_t(e)], sum_tolerance(DType::F32, double(N) * q * 1.07, false));
-  }
+  struct Case {
+    int64_t in, out;
+    std::vector<int64_t> offsets;
+  };
+  const std::vector<Case> cases = {
+      // Widths off the multiples of 16 (the CUDA-core kernels on every GPU). An empty expert, one
+      // of one row, one over 128 rows, offsets off the 128 grid.
+      {136, 130, {0, 130, 130, 131, 200, 333}},
+      // Multiples of 16 (the wgmma kernels on a Hopper) with tails in k (272 = 2·128 + 16) and n
+      // (144), empty experts first and last, an expert over several row tiles and column tiles.
+      {272, 144, {0, 0, 130, 131, 400, 533, 533}},
+  };
+  for (const GroupedKernel& k : grouped_kernels())
+    for (const Case& c : cases)
+      for (DType act : kActDtypes) {
+        const UseGroupedKernel use(k.wgmma);
+        const std::vector<int64_t>& o = c.offsets;
+        const int64_t in = c.in, out = c.out, E = int64_t(o.size()) - 1, N = o.back();
+        const Shape shape{N, in, out};
+        const Tensor x = rand({N, in}, rng), dy = rand({N, out}, rng);
+        std::vector<Tensor> ws, ws_gpu, gw, gw_gpu;
+        for (int64_t e = 0; e < E; ++e) {
+          ws.push_back(rand({out, in}, rng));
+          ws_gpu.push_back(on_gpu(ws.back()));  // f32 masters, whatever the activations
+          gw.push_back(Tensor::poisoned({out, in}));
+          gw_gpu.push_back(Tensor::poisoned({out, in}, DType::F32, Device::CUDA));
+        }
+        const Tensor off_cpu = offsets_of(o, Device::CPU), off_gpu = offsets_of(o, Device::CUDA);
+        ops::Fp8GroupedCache cc, gc;
+        const ops::ExpertMatrices wc = ops::expert_matrices(ws), wg = ops::expert_matrices(ws_gpu);
+        const Tensor y_want = ops::grouped_linear_fp8_forward(rounded(x, act), wc, off_cpu, &cc);
+        const Tensor dx_want = ops::grouped_linear_fp8_backward_dx(rounded(dy, act), wc, off_cpu);
+        ops::grouped_linear_fp8_backward_dw(cc, rounded(dy, act), off_cpu, ops::expert_matrices(gw),
+                                            false);
+        const Tensor y = ops::grouped_linear_fp8_forward(on_gpu(x, act), wg, off_gpu, &gc);
+        const Tensor dx = ops::grouped_linear_fp8_backward_dx(on_gpu(dy, act), wg, off_gpu);
+        ops::grouped_linear_fp8_backward_dw(gc, on_gpu(dy, act), off_gpu,
+                                            ops::expert_matrices(gw_gpu), false);
+        // |x|, |dy|, |W| ≤ 1, quantised values ≤ 1.07 of that.
+        const double q = 1.07 * 1.07;
+        expect_close(labelled("grouped_linear_fp8 y", k), shape, act, y_want, y,
+                     sum_tolerance(act, double(in) * q, fp8_on_wgmma(in, out)));
+        expect_close(labelled("grouped_linear_fp8 dx", k), shape, act, dx_want, dx,
+                     sum_tolerance(act, double(out) * q, fp8_on_wgmma(out, in)));
+        for (int64_t e = 0; e < E; ++e)
+          expect_close(labelled(("grouped_linear_fp8 dW_" + std::to_string(e)).c_str(), k), shape,
+                       act, gw[size_t(e)], gw_gpu[size_t(e)],
+                       sum_tolerance(DType::F32, double(N) * q * 1.07, fp8_on_wgmma(in, out)));
+      }
 }
 
 TEST(BackendOps, LinearFp8TrainNanIsAnErrorNamingTheTensor) {

@@ -14,8 +14,8 @@
 #include <tuple>
 
 #include "backend/backend_harness.h"
+#include "backend/grouped_kernels.h"
 #include "ops/activation.h"
-#include "ops/cuda/grouped_gemm_tc.h"
 #include "ops/moe.h"
 
 namespace dseek::backend_test {
@@ -288,46 +288,6 @@ TEST(BackendOps, MoePermute) {
                    ops::moe_permute_backward(rounded(g, act), dc), dx);
     }
   }
-}
-
-// The tensor-core kernel families the grouped GEMMs can run here, each checked on the same
-// inputs: mma.sync everywhere, and Hopper's wgmma where this build and GPU have it
-// (ops/cuda/grouped_gemm_tc.h). The label goes into the op names of the table.
-struct GroupedKernel {
-  bool wgmma;
-  const char* label;
-};
-std::vector<GroupedKernel> grouped_kernels() {
-  std::vector<GroupedKernel> kernels{{false, "mma.sync"}};
-#ifdef DSEEK_HAS_CUDA
-  if (ops::cuda::grouped_wgmma_available()) kernels.push_back({true, "wgmma"});
-#endif
-  return kernels;
-}
-
-// Runs the grouped GEMMs on one kernel family while alive, the default again after.
-class UseGroupedKernel {
- public:
-  explicit UseGroupedKernel([[maybe_unused]] bool wgmma) {
-#ifdef DSEEK_HAS_CUDA
-    before_ = ops::cuda::grouped_gemm_wgmma();
-    ops::cuda::set_grouped_gemm_wgmma(wgmma);
-#endif
-  }
-  ~UseGroupedKernel() {
-#ifdef DSEEK_HAS_CUDA
-    ops::cuda::set_grouped_gemm_wgmma(before_);
-#endif
-  }
-  UseGroupedKernel(const UseGroupedKernel&) = delete;
-  UseGroupedKernel& operator=(const UseGroupedKernel&) = delete;
-
- private:
-  [[maybe_unused]] bool before_ = false;
-};
-
-std::string labelled(const char* op, const GroupedKernel& k) {
-  return std::string(op) + " [" + k.label + "]";
 }
 
 TEST(BackendOps, GroupedLinear) {

@@ -1,19 +1,24 @@
 // FP8 quantisation and the block-scaled FP8 GEMM on the GPU (maths in ops/fp8.h).
 //
-// quantize: one block of 128 threads per tile; thread c owns column c of the tile and walks its
-// rows (1 for activation tiles, up to 128 for weight blocks), so loads are coalesced. The tile's
+// quantize: where cols is a multiple of 4 (and x aligned), quantize_fp8_rows_kernel (a warp per
+// 1×128 tile) or quantize_fp8_blocks_kernel (256 threads per 128×128 block, one pass, the block in
+// registers), 4 columns a thread; otherwise one block of 128 threads per tile, thread c owning
+// column c of the tile and walking its rows, so loads are coalesced. The tile's
 // amax is a block max (exact, as on the CPU), the scale comes from the shared fp8_tile_scale and
 // the codes from the hardware's round-to-nearest-even, saturating conversion (__NV_SATFINITE), so
 // codes and scales match cpu::quantize_fp8 bit for bit. Non-finite inputs are found with
-// __syncthreads_or and reported through a device flag.
+// __syncthreads_or (__all_sync) and reported through a device flag.
 //
 // fp8_gemm: a plain tiled kernel, correctness first (no tensor cores yet): fp8_gemm_tile.cuh's
 // tile loop (64×64 outputs per block of 256 threads, k-blocks of 128 promoted with their two
 // scales), then the bias and the store.
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
+#include "core/error.h"
 #include "ops/cuda/element.cuh"
 #include "ops/cuda/fp8_gemm_tile.cuh"
 #include "ops/cuda/fp8_kernels.h"
@@ -63,6 +68,136 @@ __global__ void quantize_fp8_kernel(const T* x, int64_t rows, int64_t cols, int6
   if (threadIdx.x == 0) scale[t] = s;
   if (active)
     for (int64_t r = r0; r < r1; ++r) q[r * cols + c] = encode_e4m3(to_f32(x[r * cols + c]) / s);
+}
+
+// The vectorised quantisers (where cols is a multiple of 4 and x 16-byte aligned): each thread
+// holds 4 consecutive columns, loaded in one access, and writes their 4 codes in one 32-bit store.
+// Same amax, scale and codes as quantize_fp8_kernel (the max is exact in any order).
+template <typename T>
+__device__ __forceinline__ void load4(const T* p, float (&v)[4]);
+template <>
+__device__ __forceinline__ void load4<float>(const float* p, float (&v)[4]) {
+  const float4 f = *reinterpret_cast<const float4*>(p);
+  v[0] = f.x;
+  v[1] = f.y;
+  v[2] = f.z;
+  v[3] = f.w;
+}
+template <>
+__device__ __forceinline__ void load4<__nv_bfloat16>(const __nv_bfloat16* p, float (&v)[4]) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  __nv_bfloat162 lo, hi;
+  memcpy(&lo, &u.x, 4);
+  memcpy(&hi, &u.y, 4);
+  const float2 a = __bfloat1622float2(lo), b = __bfloat1622float2(hi);
+  v[0] = a.x;
+  v[1] = a.y;
+  v[2] = b.x;
+  v[3] = b.y;
+}
+__device__ __forceinline__ uint32_t encode4(const float (&v)[4], float s) {
+  return uint32_t(encode_e4m3(v[0] / s)) | (uint32_t(encode_e4m3(v[1] / s)) << 8) |
+         (uint32_t(encode_e4m3(v[2] / s)) << 16) | (uint32_t(encode_e4m3(v[3] / s)) << 24);
+}
+
+constexpr int kRowTileWarps = 8;
+
+// 1×128 tiles: one warp per tile (lane l: columns 4l … 4l + 3), grid-stride over the tiles,
+// kRowTileWarps warps a block. A tile with a non-finite value sets *bad and is not written.
+template <typename T>
+__global__ void __launch_bounds__(kRowTileWarps * 32)
+    quantize_fp8_rows_kernel(const T* x, int64_t rows, int64_t cols, int64_t tiles_per_row,
+                             bool pow2, uint8_t* q, float* scale, int* bad) {
+  const int lane = threadIdx.x % 32;
+  const int64_t tiles = rows * tiles_per_row;
+  for (int64_t t = int64_t(blockIdx.x) * kRowTileWarps + threadIdx.x / 32; t < tiles;
+       t += int64_t(gridDim.x) * kRowTileWarps) {
+    const int64_t r = t / tiles_per_row, c = (t % tiles_per_row) * kTile + 4 * lane;
+    const bool active = c < cols;  // cols % 4 == 0: all four columns or none
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (active) load4(x + r * cols + c, v);
+    const bool finite = isfinite(v[0]) && isfinite(v[1]) && isfinite(v[2]) && isfinite(v[3]);
+    if (!__all_sync(0xffffffffu, finite)) {
+      if (lane == 0) atomicExch(bad, 1);
+      continue;  // uniform over the warp
+    }
+    const float amax =
+        warp_max(fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3]))));
+    const float s = fp8_tile_scale(amax, pow2);
+    if (lane == 0) scale[t] = s;
+    if (active) *reinterpret_cast<uint32_t*>(q + r * cols + c) = encode4(v, s);
+  }
+}
+
+// 128×128 blocks: one block of 256 threads per block tile; thread (ty, tx) = (tid / 32, tid % 32)
+// holds columns 4tx … 4tx + 3 of rows ty, ty + 8, …, ty + 120 in registers (one pass over x).
+// blockIdx.y picks the matrix: x, or table[blockIdx.y] when table is given (a stack of experts),
+// written at q + y·rows·cols and scale + y·(its scale count). qt, where given, also receives the
+// codes transposed ([cols, rows] a matrix: Wᵀ's 128×128 blocks, whose scales are W's transposed,
+// into scale_t), staged through shared memory so that its rows are written whole; q may then be
+// null (only the transpose is wanted).
+template <typename T>
+__global__ void __launch_bounds__(256)
+    quantize_fp8_blocks_kernel(const T* x, const void* const* table, int64_t rows, int64_t cols,
+                               int64_t tiles_per_row, bool pow2, uint8_t* q, float* scale,
+                               uint8_t* qt, float* scale_t, int* bad) {
+  __shared__ float scratch[32];
+  __shared__ uint8_t codes[kTile][kTile + 4];  // the transposed copy's staging
+  constexpr int kRowsPerThread = kTile / 8;
+  const int64_t matrix = blockIdx.y, row_tiles = (rows + kTile - 1) / kTile;
+  if (table) x = static_cast<const T*>(table[matrix]);
+  const int64_t t = blockIdx.x, tr = t / tiles_per_row, tc = t % tiles_per_row;
+  const int64_t r0 = tr * kTile, c0 = tc * kTile, c = c0 + 4 * (threadIdx.x % 32);
+  const int ty = threadIdx.x / 32;
+  const bool active = c < cols;
+  float v[kRowsPerThread][4];
+  float amax = 0.0f;
+  int nonfinite = 0;
+#pragma unroll
+  for (int i = 0; i < kRowsPerThread; ++i) {
+    const int64_t r = r0 + ty + 8 * i;
+    if (active && r < rows) {
+      load4(x + r * cols + c, v[i]);
+    } else {
+      v[i][0] = v[i][1] = v[i][2] = v[i][3] = 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      nonfinite |= !isfinite(v[i][j]);
+      amax = fmaxf(amax, fabsf(v[i][j]));
+    }
+  }
+  if (__syncthreads_or(nonfinite)) {
+    if (threadIdx.x == 0) atomicExch(bad, 1);
+    return;  // uniform: every thread saw the same __syncthreads_or result
+  }
+  amax = block_max(amax, scratch);
+  const float s = fp8_tile_scale(amax, pow2);
+  const int64_t codes_per_matrix = rows * cols, scales_per_matrix = row_tiles * tiles_per_row;
+  if (threadIdx.x == 0) {
+    if (q) scale[matrix * scales_per_matrix + t] = s;
+    if (qt) scale_t[matrix * scales_per_matrix + tc * row_tiles + tr] = s;
+  }
+#pragma unroll
+  for (int i = 0; i < kRowsPerThread; ++i) {
+    const int64_t r = r0 + ty + 8 * i;
+    const uint32_t word = encode4(v[i], s);
+    if (q && active && r < rows)
+      *reinterpret_cast<uint32_t*>(q + matrix * codes_per_matrix + r * cols + c) = word;
+    if (qt) *reinterpret_cast<uint32_t*>(&codes[ty + 8 * i][4 * (threadIdx.x % 32)]) = word;
+  }
+  if (!qt) return;
+  __syncthreads();
+  // Row j of the transposed tile is column c0 + j: 128 codes, rows r0 …, as 32 words of 4 rows
+  // (rows % 4 == 0, so a word is all inside or all past the end).
+  uint8_t* out = qt + matrix * codes_per_matrix;
+  for (int idx = threadIdx.x; idx < kTile * kTile / 4; idx += 256) {
+    const int j = idx / 32, i = 4 * (idx % 32);
+    if (c0 + j >= cols || r0 + i >= rows) continue;
+    const uint32_t word = uint32_t(codes[i][j]) | (uint32_t(codes[i + 1][j]) << 8) |
+                          (uint32_t(codes[i + 2][j]) << 16) | (uint32_t(codes[i + 3][j]) << 24);
+    *reinterpret_cast<uint32_t*>(out + (c0 + j) * rows + r0 + i) = word;
+  }
 }
 
 template <typename T>
@@ -127,11 +262,53 @@ void quantize_fp8(const void* x, DType act, int64_t rows, int64_t cols, int64_t 
   if (rows == 0 || cols == 0) return;
   const int64_t tiles_per_row = ceil_div<int64_t>(cols, kTile);
   const int64_t tiles = ceil_div(rows, tile_rows) * tiles_per_row;
+  // The vectorised kernels: 4 columns a thread (16-byte loads of f32, 8-byte of bf16; the codes'
+  // rows then start on 4-byte boundaries).
+  const bool vec = cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(q) % 4 == 0;
+  if (vec && tile_rows == 1) {
+    const unsigned blocks =
+        unsigned(std::min<int64_t>(ceil_div<int64_t>(tiles, kRowTileWarps), 65536));
+    DSEEK_DISPATCH_ACT(act, T,
+                       quantize_fp8_rows_kernel<T><<<blocks, kRowTileWarps * 32, 0, stream()>>>(
+                           static_cast<const T*>(x), rows, cols, tiles_per_row, pow2, q, scale,
+                           bad));
+    DSEEK_CUDA_CHECK_LAUNCH("quantize_fp8_rows_kernel");
+    return;
+  }
+  if (vec && tile_rows == kTile) {
+    DSEEK_DISPATCH_ACT(act, T,
+                       quantize_fp8_blocks_kernel<T><<<unsigned(tiles), 256, 0, stream()>>>(
+                           static_cast<const T*>(x), nullptr, rows, cols, tiles_per_row, pow2, q,
+                           scale, nullptr, nullptr, bad));
+    DSEEK_CUDA_CHECK_LAUNCH("quantize_fp8_blocks_kernel");
+    return;
+  }
   DSEEK_DISPATCH_ACT(act, T,
                      quantize_fp8_kernel<T><<<unsigned(tiles), kTile, 0, stream()>>>(
                          static_cast<const T*>(x), rows, cols, tile_rows, tiles_per_row, pow2, q,
                          scale, bad));
   DSEEK_CUDA_CHECK_LAUNCH("quantize_fp8_kernel");
+}
+
+bool quantize_fp8_stack_takes(int64_t rows, int64_t cols) {
+  return rows % 4 == 0 && cols % 4 == 0;
+}
+
+void quantize_fp8_stack(const void* const* table, DType act, int64_t E, int64_t rows,
+                        int64_t cols, bool pow2, uint8_t* q, float* scale, uint8_t* qt,
+                        float* scale_t, int* bad) {
+  if (E == 0 || rows == 0 || cols == 0) return;
+  DSEEK_CHECK(quantize_fp8_stack_takes(rows, cols) && E <= 65535,
+              "[quantize_fp8_stack] {} matrices [{}, {}]: rows and cols must be multiples of 4",
+              E, rows, cols);
+  const int64_t tiles_per_row = ceil_div<int64_t>(cols, kTile);
+  const dim3 grid(unsigned(ceil_div<int64_t>(rows, kTile) * tiles_per_row), unsigned(E));
+  DSEEK_DISPATCH_ACT(act, T,
+                     quantize_fp8_blocks_kernel<T><<<grid, 256, 0, stream()>>>(
+                         nullptr, table, rows, cols, tiles_per_row, pow2, q, scale, qt, scale_t,
+                         bad));
+  DSEEK_CUDA_CHECK_LAUNCH("quantize_fp8_blocks_kernel<stack>");
 }
 
 void dequantize_fp8(const uint8_t* q, const float* scale, int64_t rows, int64_t cols,

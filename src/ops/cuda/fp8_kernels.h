@@ -15,6 +15,16 @@ namespace dseek::ops::cuda {
 // unspecified. Does not synchronise.
 void quantize_fp8(const void* x, DType act, int64_t rows, int64_t cols, int64_t tile_rows,
                   bool pow2, uint8_t* q, float* scale, int* bad);
+// 128×128 blocks of E matrices in one launch (a stack of expert weights): table [E] device
+// pointers to [rows, cols] (act f32 or bf16, contiguous, 16-byte aligned), where rows and cols
+// are multiples of 4 (quantize_fp8_stack_takes). Codes q [E, rows, cols] and scales [E,
+// ceil(rows/128), ceil(cols/128)] bit-identical to quantize_fp8 of each matrix; where qt is given
+// also (q may be null: instead) Wᵀ's blocks, qt [E, cols, rows] and scale_t [E, ceil(cols/128),
+// ceil(rows/128)] — the codes and scales transposed, which is Wᵀ quantised blockwise. Non-finite
+// values set *bad.
+bool quantize_fp8_stack_takes(int64_t rows, int64_t cols);
+void quantize_fp8_stack(const void* const* table, DType act, int64_t E, int64_t rows, int64_t cols,
+                        bool pow2, uint8_t* q, float* scale, uint8_t* qt, float* scale_t, int* bad);
 // y = q · s in `out` (f32 or bf16).
 void dequantize_fp8(const uint8_t* q, const float* scale, int64_t rows, int64_t cols,
                     int64_t tile_rows, void* y, DType out);

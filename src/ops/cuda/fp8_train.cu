@@ -13,18 +13,29 @@
 // end (correctness first: no tile scheduler yet). A 64-row tile of w_e never straddles a 128-row
 // scale block.
 //
+// On a Hopper with sm_90a code the two grouped GEMMs run on the tensor cores instead
+// (fp8_wgmma_kernels.cuh, where K and N are multiples of 16): the wgrad first transposes the
+// column tiles of dy and x into K-major lines of 128 tokens (transpose_col_tiles_kernel). The
+// kernels below are the portable path and the reference the backend tests hold those to.
+//
 // fp8_grouped_wgrad: the same 64×64 register tiling over dW_e [N, K], the reduction running over
 // the group's rows: 32 rows of dy and x at a time staged in shared memory (rows read along N and
 // K, coalesced), summed over each 128-row column tile into `partial`, then promoted with
 // sdy[tile, n]·sx[tile, k]. Every dW element is summed by one thread in a fixed order.
 #include <algorithm>
+#include <climits>
+#include <memory>
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
+#include "core/error.h"
 #include "ops/cuda/element.cuh"
+#include "ops/cuda/expert_tiles.cuh"
 #include "ops/cuda/fp8_gemm_tile.cuh"
 #include "ops/cuda/fp8_scale.h"
 #include "ops/cuda/fp8_train_kernels.h"
+#include "ops/cuda/fp8_wgmma_kernels.cuh"
+#include "ops/cuda/grouped_gemm_tc.h"
 
 namespace dseek::ops::cuda {
 
@@ -131,6 +142,46 @@ __global__ void transpose_scales_kernel(const float* in, int64_t E, int64_t rb, 
     const int64_t e = i / (rb * cb), rem = i % (rb * cb);
     const int64_t c = rem / rb, r = rem % rb;  // destination [c, r]
     out[i] = in[e * rb * cb + r * cb + c];
+  }
+}
+
+// --- column tiles transposed for the wgmma wgrad -------------------------------------------------
+
+constexpr int kTrCols = 64;
+
+// grid (slots, ceil(C/64)), block 256: slot s's 128 rows × 64 columns of q [rows, C] through
+// shared memory into qt [C, P] (P = 128 × slots), row r0 + i at column 128·s + i; zeros past the
+// slot's rows and in unused slots. The slot's rows as in quantize_fp8_cols_kernel.
+__global__ void __launch_bounds__(256)
+    transpose_col_tiles_kernel(const uint8_t* q, int64_t C, const int64_t* offsets, int64_t groups,
+                               uint8_t* qt, int64_t P) {
+  __shared__ uint8_t tile[kTile][kTrCols + 4];
+  __shared__ int64_t range[2];
+  const int64_t slot = blockIdx.x;
+  if (threadIdx.x == 0) {
+    int64_t lo = 0, hi = groups - 1;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi + 1) / 2;
+      if (offsets[mid] / kTile + mid <= slot) lo = mid;
+      else hi = mid - 1;
+    }
+    const int64_t base = offsets[lo] / kTile + lo;
+    const int64_t r0 = offsets[lo] + (slot - base) * kTile, end = offsets[lo + 1];
+    const bool used = base <= slot && r0 < end;
+    range[0] = used ? r0 : 0;
+    range[1] = used ? min(end, r0 + kTile) : 0;
+  }
+  __syncthreads();
+  const int64_t r0 = range[0], n = range[1] - range[0];
+  const int64_t c0 = int64_t(blockIdx.y) * kTrCols;
+  for (int i = threadIdx.x; i < kTile * kTrCols; i += blockDim.x) {
+    const int r = i / kTrCols, c = i % kTrCols;
+    tile[r][c] = r < n && c0 + c < C ? q[(r0 + r) * C + c0 + c] : uint8_t(0);
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kTile * kTrCols; i += blockDim.x) {
+    const int c = i / kTile, r = i % kTile;
+    if (c0 + c < C) qt[(c0 + c) * P + slot * kTile + r] = tile[r][c];
   }
 }
 
@@ -249,10 +300,32 @@ void fp8_transpose_blocks(const uint8_t* q, const float* scale, int64_t E, int64
   DSEEK_CUDA_CHECK_LAUNCH("transpose_scales_kernel");
 }
 
+bool fp8_wgmma_takes(int64_t K, int64_t N) {
+  return grouped_gemm_wgmma() && K > 0 && K % 16 == 0 && N % 16 == 0;
+}
+
 void fp8_grouped_gemm(const uint8_t* a, const float* sa, int64_t M, int64_t K,
                       const int64_t* offsets, int64_t E, const uint8_t* w, const float* sw,
                       int64_t N, void* y, DType out) {
   if (M == 0 || N == 0 || E == 0) return;
+  if (fp8_wgmma_takes(K, N)) {
+    // The most tiles any routing can need: one partial tile per expert beyond ceil(M / 128).
+    const int64_t tiles = ceil_div<int64_t>(M, fp8_wgmma::kBM) + E,
+                  cols = ceil_div<int64_t>(N, fp8_wgmma::kBN);
+    DSEEK_CHECK(tiles <= INT_MAX / cols,
+                "[fp8_grouped_gemm] {} row tiles × {} columns exceed the grid", tiles, N);
+    const std::unique_ptr<int64_t, void (*)(void*)> tile_start(
+        tile_schedule(offsets, E, fp8_wgmma::kBM), dseek::cuda::free);
+    DSEEK_DISPATCH_ACT(out, T, {
+      const auto kernel = fp8_wgmma::fp8_rows_wgmma_kernel<T>;
+      DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            int(fp8_wgmma::kSmemBytes)));
+      kernel<<<unsigned(tiles * cols), fp8_wgmma::kThreads, fp8_wgmma::kSmemBytes, stream()>>>(
+          a, sa, M, offsets, tile_start.get(), E, w, sw, N, K, static_cast<T*>(y));
+    });
+    DSEEK_CUDA_CHECK_LAUNCH("fp8_rows_wgmma_kernel");
+    return;
+  }
   const dim3 grid(unsigned(ceil_div<int64_t>(M, kBM)), unsigned(ceil_div<int64_t>(N, kBN)),
                   unsigned(E));
   DSEEK_DISPATCH_ACT(out, T,
@@ -261,10 +334,51 @@ void fp8_grouped_gemm(const uint8_t* a, const float* sa, int64_t M, int64_t K,
   DSEEK_CUDA_CHECK_LAUNCH("fp8_grouped_gemm_kernel");
 }
 
+void fp8_gemm_wgmma(const uint8_t* a, const float* sa, int64_t M, int64_t K, const uint8_t* w,
+                    const float* sw, int64_t N, void* y, DType out) {
+  if (M == 0 || N == 0) return;
+  const int64_t tiles = ceil_div<int64_t>(M, fp8_wgmma::kBM),
+                cols = ceil_div<int64_t>(N, fp8_wgmma::kBN);
+  DSEEK_CHECK(tiles <= INT_MAX / cols, "[fp8_gemm] {} × {} output exceeds the grid", M, N);
+  DSEEK_DISPATCH_ACT(out, T, {
+    const auto kernel = fp8_wgmma::fp8_rows_wgmma_kernel<T>;
+    DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          int(fp8_wgmma::kSmemBytes)));
+    kernel<<<unsigned(tiles * cols), fp8_wgmma::kThreads, fp8_wgmma::kSmemBytes, stream()>>>(
+        a, sa, M, nullptr, nullptr, 1, w, sw, N, K, static_cast<T*>(y));
+  });
+  DSEEK_CUDA_CHECK_LAUNCH("fp8_rows_wgmma_kernel<dense>");
+}
+
 void fp8_grouped_wgrad(const uint8_t* dy, const float* sdy, const uint8_t* x, const float* sx,
-                       int64_t N, int64_t K, const int64_t* offsets, int64_t E,
+                       int64_t rows, int64_t N, int64_t K, const int64_t* offsets, int64_t E,
                        float* const* dw, float beta) {
   if (N == 0 || K == 0 || E == 0) return;
+  if (fp8_wgmma_takes(K, N)) {
+    DSEEK_CHECK(E <= 65535 && ceil_div<int64_t>(N, fp8_wgmma::kBM) <= 65535,
+                "[fp8_grouped_wgrad] dW of {} experts × [{}, {}] exceeds the grid", E, N, K);
+    // wgmma reads 8-bit operands K-major only: dyᵀ and xᵀ, each column tile a 128-byte stretch.
+    const int64_t slots = rows / kTile + E, P = slots * kTile;
+    const std::unique_ptr<uint8_t, void (*)(void*)> dyt(
+        static_cast<uint8_t*>(dseek::cuda::alloc(size_t(N * P))), dseek::cuda::free);
+    const std::unique_ptr<uint8_t, void (*)(void*)> xt(
+        static_cast<uint8_t*>(dseek::cuda::alloc(size_t(K * P))), dseek::cuda::free);
+    transpose_col_tiles_kernel<<<dim3(unsigned(slots), unsigned(ceil_div<int64_t>(N, kTrCols))),
+                                 256, 0, stream()>>>(dy, N, offsets, E, dyt.get(), P);
+    DSEEK_CUDA_CHECK_LAUNCH("transpose_col_tiles_kernel");
+    transpose_col_tiles_kernel<<<dim3(unsigned(slots), unsigned(ceil_div<int64_t>(K, kTrCols))),
+                                 256, 0, stream()>>>(x, K, offsets, E, xt.get(), P);
+    DSEEK_CUDA_CHECK_LAUNCH("transpose_col_tiles_kernel");
+    const auto kernel = fp8_wgmma::fp8_wgrad_wgmma_kernel;
+    DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          int(fp8_wgmma::kSmemBytes)));
+    const dim3 grid(unsigned(ceil_div<int64_t>(K, fp8_wgmma::kBN)),
+                    unsigned(ceil_div<int64_t>(N, fp8_wgmma::kBM)), unsigned(E));
+    kernel<<<grid, fp8_wgmma::kThreads, fp8_wgmma::kSmemBytes, stream()>>>(
+        dyt.get(), sdy, xt.get(), sx, N, K, P, offsets, dw, beta);
+    DSEEK_CUDA_CHECK_LAUNCH("fp8_wgrad_wgmma_kernel");
+    return;
+  }
   const dim3 grid(unsigned(ceil_div<int64_t>(K, kBM)), unsigned(ceil_div<int64_t>(N, kBN)),
                   unsigned(E));
   fp8_grouped_wgrad_kernel<<<grid, kThreads, 0, stream()>>>(dy, sdy, x, sx, N, K, offsets, dw,

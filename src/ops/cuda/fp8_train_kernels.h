@@ -34,7 +34,17 @@ void fp8_grouped_gemm(const uint8_t* a, const float* sa, int64_t M, int64_t K,
 // with dy [rows, N] and x [rows, K] in column tiles (scales [rows/128 + E, N] and [.., K]); the
 // offsets bound every group's rows.
 void fp8_grouped_wgrad(const uint8_t* dy, const float* sdy, const uint8_t* x, const float* sx,
-                       int64_t N, int64_t K, const int64_t* offsets, int64_t E,
+                       int64_t rows, int64_t N, int64_t K, const int64_t* offsets, int64_t E,
                        float* const* dw, float beta);
+
+// The dense block-scaled GEMM of ops::fp8_gemm (a [M, K] in 1×128 tiles, w [N, K] in 128×128
+// blocks, y [M, N] f32 or bf16, no bias) on the wgmma kernel; only where fp8_wgmma_takes(K, N).
+void fp8_gemm_wgmma(const uint8_t* a, const float* sa, int64_t M, int64_t K, const uint8_t* w,
+                    const float* sw, int64_t N, void* y, DType out);
+
+// Whether fp8_grouped_gemm (reduction K, output width N) and fp8_grouped_wgrad (dW [N, K]) run on
+// the wgmma kernels of fp8_wgmma_kernels.cuh here: grouped_gemm_wgmma() (a Hopper with sm_90a
+// code, DSEEK_GROUPED_GEMM not "mma") and K, N multiples of 16; else the CUDA-core kernels.
+bool fp8_wgmma_takes(int64_t K, int64_t N);
 
 }  // namespace dseek::ops::cuda

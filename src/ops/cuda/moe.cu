@@ -500,15 +500,6 @@ int row_threads(int64_t D) {
   return int(std::min<int64_t>(256, std::max<int64_t>(32, ceil_div<int64_t>(D, 32) * 32)));
 }
 
-// tile_start [E + 1] for the row-tiled grouped GEMMs, tiles of `rows` rows (device memory; the
-// caller frees it).
-int64_t* tile_schedule(const int64_t* offsets, int64_t E, int64_t rows) {
-  int64_t* tiles = static_cast<int64_t*>(dseek::cuda::alloc(size_t(E + 1) * sizeof(int64_t)));
-  scan_kernel<true><<<1, 1024, 0, stream()>>>(nullptr, offsets, E, rows, tiles);
-  DSEEK_CUDA_CHECK_LAUNCH("scan_kernel<tiles>");
-  return tiles;
-}
-
 dim3 row_tile_grid(const char* op, int64_t N, int64_t E, int64_t n_total) {
   const int64_t tiles = ceil_div<int64_t>(N, kBM) + E, cols = ceil_div<int64_t>(n_total, kBN);
   DSEEK_CHECK(tiles <= INT_MAX && cols <= 65535, "[{}] {} rows × {} columns exceed the grid", op, N,
@@ -517,6 +508,13 @@ dim3 row_tile_grid(const char* op, int64_t N, int64_t E, int64_t n_total) {
 }
 
 }  // namespace
+
+int64_t* tile_schedule(const int64_t* offsets, int64_t E, int64_t rows) {
+  int64_t* tiles = static_cast<int64_t*>(dseek::cuda::alloc(size_t(E + 1) * sizeof(int64_t)));
+  scan_kernel<true><<<1, 1024, 0, stream()>>>(nullptr, offsets, E, rows, tiles);
+  DSEEK_CUDA_CHECK_LAUNCH("scan_kernel<tiles>");
+  return tiles;
+}
 
 void moe_route(const float* logits, int64_t T, int64_t ld, const float* bias, const MoeRouteArgs& a,
                int32_t* ids, float* weights, float* scores) {

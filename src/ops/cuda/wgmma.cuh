@@ -1,6 +1,7 @@
 // Hopper warpgroup tensor-core building blocks (wgmma.mma_async, PTX ISA 8.0, sm_90a): the
 // shared-memory matrix descriptor, the 128-byte swizzled tile layout it describes, and the
-// fences and waits around the asynchronous product. Used by grouped_gemm_wgmma_kernels.cuh.
+// fences and waits around the asynchronous product. Used by grouped_gemm_wgmma_kernels.cuh (bf16)
+// and fp8_wgmma_kernels.cuh (E4M3).
 //
 // A warpgroup is 4 consecutive warps (128 threads). wgmma.m64nNk16 computes D[64×N] += A[64×16] ·
 // B[16×N] with both operands read from shared memory through 64-bit descriptors, and D in the
@@ -118,9 +119,45 @@ __device__ __forceinline__ void mma_m64n128k16(float (&d)[64], uint64_t desc_a, 
   (void)desc_b;
 #endif
 }
+
+// d = (accumulate ? d : 0) + A · B, m64n128k32, E4M3 operands from shared memory (both K-major:
+// 8-bit types have no transpose), f32 accumulators. A K-major line of 128 bytes holds 128 k, and
+// one k32 slice starts 32 bytes further along it (the same offsets as a bf16 k16 slice).
+__device__ __forceinline__ void mma_m64n128k32_e4m3(float (&d)[64], uint64_t desc_a,
+                                                    uint64_t desc_b, int accumulate) {
+#ifdef DSEEK_WGMMA_PTX
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "%64, %65, p, 1, 1;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
+        "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 #else
-// A host build (bench/kernels/tc_emulation.h) defines smem_address, the fences, commit, wait and
-// mma_m64n128k16 with the semantics above before including this header.
+  (void)d;
+  (void)desc_a;
+  (void)desc_b;
+  (void)accumulate;
+#endif
+}
+#else
+// A host build (bench/kernels/tc_emulation.h) defines smem_address, the fences, commit, wait,
+// mma_m64n128k16 and mma_m64n128k32_e4m3 with the semantics above before including this header.
 #endif
 
 }  // namespace dseek::ops::cuda::wgmma
