@@ -17,8 +17,9 @@
 //
 // Usage: bench_train_cuda [--shape v2-lite|tiny] [--layers 4] [--batch 2] [--seq 2048]
 //            [--steps 5] [--warmup 2] [--device cuda|cpu] [--dtype bf16|f32] [--lr 1e-4]
-//            [--seed 0] [--init fast|normal] [--precision default|fp8] [--json FILE]
-//            [--write-config FILE]
+//            [--seed 0] [--init fast|normal] [--precision default|fp8] [--moments f32|bf16]
+//            [--json FILE] [--write-config FILE]
+// --moments bf16 keeps AdamW's moments in bf16 (optim.moment_dtype bf16).
 // --precision fp8 runs the attention and MLP/expert projections as FP8 GEMMs (train.precision fp8:
 // mark_fp8_linears, ops/fp8_train.h, docs/FP8.md); the rest stays in --dtype.
 // --write-config writes the shape's config.json (for bench/issue10_torch.py) and exits.
@@ -55,6 +56,7 @@ namespace {
 struct Options {
   std::string shape = "v2-lite", device = "cuda", dtype, json, write_config, init = "fast";
   std::string precision = "default";  // default | fp8
+  std::string moments = "f32";        // f32 | bf16: AdamW's moment dtype (optim.moment_dtype)
   int64_t layers = 4, batch = 2, seq = 2048, steps = 5, warmup = 2, seed = 0;
   double lr = 1e-4;
 };
@@ -107,6 +109,8 @@ Options parse(int argc, char** argv) {
       o.init = value();
     else if (arg == "--precision")
       o.precision = value();
+    else if (arg == "--moments")
+      o.moments = value();
     else if (arg == "--write-config")
       o.write_config = value();
     else {
@@ -125,6 +129,10 @@ Options parse(int argc, char** argv) {
   }
   if (o.precision != "default" && o.precision != "fp8") {
     std::fprintf(stderr, "bench_train_cuda: --precision %s: default or fp8\n", o.precision.c_str());
+    std::exit(2);
+  }
+  if (o.moments != "f32" && o.moments != "bf16") {
+    std::fprintf(stderr, "bench_train_cuda: --moments %s: f32 or bf16\n", o.moments.c_str());
     std::exit(2);
   }
   if (o.dtype.empty()) o.dtype = o.device == "cuda" ? "bf16" : "f32";
@@ -218,9 +226,9 @@ int main(int argc, char** argv) {
                 device == Device::CUDA ? cuda::describe().c_str() : "cpu (OpenMP threads)");
     std::printf(
         "%.3fB parameters, %.3fB active per token (non-embedding, head included); "
-        "batch %lld x %lld tokens, %s compute, f32 masters, AdamW, clip 1.0\n",
+        "batch %lld x %lld tokens, %s compute, f32 masters, AdamW (%s moments), clip 1.0\n",
         double(count.total) / 1e9, double(count.active) / 1e9, (long long)B, (long long)T,
-        o.dtype.c_str());
+        o.dtype.c_str(), o.moments.c_str());
     std::printf("model FLOPs per token %.3f GFLOP (6 x active %.3f + attention %.3f)\n",
                 flops_per_token / 1e9, 6.0 * double(count.active) / 1e9, attn_flops / 1e9);
     std::fflush(stdout);
@@ -233,6 +241,7 @@ int main(int argc, char** argv) {
                           {"seq", T},
                           {"dtype", o.dtype},
                           {"precision", o.precision},
+                          {"moments", o.moments},
                           {"device", o.device},
                           {"params", count.total},
                           {"active_params", count.active},
@@ -272,7 +281,9 @@ int main(int argc, char** argv) {
       row["move_s"] = move_s;
 
       TrainModel model(config, params);
-      AdamW optimizer(params, AdamWConfig{});
+      AdamWConfig adamw;
+      adamw.moment_dtype = o.moments == "bf16" ? DType::BF16 : DType::F32;
+      AdamW optimizer(params, adamw);
       LossOptions loss;  // no balance loss: transformers' DeepseekV2 trains without one
       Rng rng(uint64_t(o.seed) + 1);
       std::vector<double> step_s, fwd_bwd_s, optim_s;

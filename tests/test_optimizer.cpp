@@ -99,6 +99,102 @@ TEST(Optimizer, AdamWMatchesScalarTorchFormula) {
   EXPECT_EQ(ps.value("model.layers.0.mlp.gate.e_score_correction_bias").to_vector(), buffer_before);
 }
 
+// optim.moment_dtype bf16: the moments are bf16 tensors, each step reads them as f32, updates
+// them and the value in f32 (the value from the unrounded moments) and stores them rounded to
+// nearest even — checked bit for bit against that recipe written out here, and within the bf16
+// moments' error (each moment 2^-9 relative per step) of torch's f32 AdamW.
+TEST(Optimizer, AdamWBf16MomentsRoundEachStep) {
+  std::mt19937 rng(17);
+  ParamSet ps = make_params(rng);
+  AdamWConfig config{0.9, 0.95, 1e-8, 0.1};
+  config.moment_dtype = DType::BF16;
+  AdamW opt(ps, config);
+  struct Ref {
+    std::vector<float> p;
+    std::vector<uint16_t> m, v;
+    std::vector<ScalarAdamW> f32;
+  };
+  std::map<std::string, Ref> ref;
+  for (const Param& p : ps.all()) {
+    if (!p.trainable) continue;
+    Ref& r = ref[p.name];
+    r.p = p.value.to_vector();
+    r.m.assign(r.p.size(), 0);
+    r.v.assign(r.p.size(), 0);
+    for (float x : r.p) r.f32.push_back(ScalarAdamW{x});
+  }
+  const double lrs[] = {1e-2, 3e-2, 2e-2, 5e-3, 1e-2};
+  for (int64_t t = 1; t <= 5; ++t) {
+    const ops::AdamWStep s = adamw_step_scalars(config, lrs[t - 1], t);
+    for (Param& p : ps.all()) {
+      if (!p.trainable) continue;
+      const std::vector<float> g = random_values(size_t(p.value.numel()), rng, 0.5f);
+      set_grad(p, g);
+      Ref& r = ref[p.name];
+      const float decay = s.decay_factor(p.decay);
+      for (size_t k = 0; k < g.size(); ++k) {
+        const float gk = g[k] * 1.0f;
+        const float m = s.beta1 * bf16_to_f32(r.m[k]) + s.one_minus_beta1 * gk;
+        const float v = s.beta2 * bf16_to_f32(r.v[k]) + s.one_minus_beta2 * gk * gk;
+        const float denom = std::sqrt(v) / s.bias_correction2_sqrt + s.eps;
+        r.p[k] = r.p[k] * decay - s.step_size * m / denom;
+        r.m[k] = f32_to_bf16(m);
+        r.v[k] = f32_to_bf16(v);
+        r.f32[k].step(g[k], lrs[t - 1], config, p.decay, t);
+      }
+    }
+    opt.step(lrs[t - 1]);
+  }
+  for (const auto& [name, t] : opt.state_tensors()) {  // f32 copies of bf16 values
+    EXPECT_EQ(t.dtype(), DType::F32) << name;
+    EXPECT_EQ(t.to_vector(), t.to(DType::BF16).to_vector()) << name;
+  }
+  for (const Param& p : ps.all()) {
+    if (!p.trainable) continue;
+    const Ref& r = ref.at(p.name);
+    const std::vector<float> got = p.value.to_vector();
+    for (size_t k = 0; k < got.size(); ++k) {
+      ASSERT_EQ(f32_to_bits(got[k]), f32_to_bits(r.p[k])) << p.name << " [" << k << "]";
+      // Five steps of at most lr each, every one off by the moments' rounding (≤ ~2^-8).
+      ASSERT_NEAR(got[k], r.f32[k].p, 5 * 3e-2 * 0.01) << p.name << " [" << k << "]";
+    }
+  }
+}
+
+// Moments saved in one dtype load into an optimizer of the other: bf16 → f32 exactly, f32 → bf16
+// rounded to nearest even.
+TEST(Optimizer, StateLoadsAcrossMomentDtypes) {
+  std::mt19937 rng(19);
+  ParamSet a = make_params(rng);
+  AdamWConfig bf16_config;
+  bf16_config.moment_dtype = DType::BF16;
+  AdamW opt_a(a, bf16_config);
+  for (Param& p : a.all())
+    if (p.trainable) set_grad(p, random_values(size_t(p.value.numel()), rng));
+  opt_a.step(1e-2);
+  std::map<std::string, Tensor> saved;
+  for (const auto& [name, t] : opt_a.state_tensors()) saved[name] = t.clone();
+
+  ParamSet b;
+  for (const Param& p : a.all()) b.add(p.name, p.value.clone(), p.trainable, p.decay);
+  AdamW opt_b(b, AdamWConfig{});  // f32 moments
+  opt_b.load_state(saved, 1);
+  for (const auto& [name, t] : opt_b.state_tensors())
+    EXPECT_EQ(t.to_vector(), saved.at(name).to_vector()) << name;
+  ParamSet c;
+  for (const Param& p : a.all()) c.add(p.name, p.value.clone(), p.trainable, p.decay);
+  AdamW opt_c(c, bf16_config);
+  std::map<std::string, Tensor> f32_state;
+  for (const auto& [name, t] : opt_b.state_tensors()) {
+    std::vector<float> v = t.to_vector();
+    for (float& x : v) x *= 1.0009765625f;  // off the bf16 grid: the load must round
+    f32_state[name] = Tensor::from_vector(v, t.shape());
+  }
+  opt_c.load_state(f32_state, 1);
+  for (const auto& [name, t] : opt_c.state_tensors())
+    EXPECT_EQ(t.to_vector(), f32_state.at(name).to(DType::BF16).to_vector()) << name;
+}
+
 TEST(Optimizer, AdamWDecayOnlyWhereFlagged) {
   // Zero gradient: the Adam update vanishes (m = v = 0 → 0/(0+ε)), so only decay moves values.
   ParamSet ps;
@@ -315,8 +411,12 @@ TEST(Optimizer, FusedOpChecksItsTensors) {
                "[adamw] 1 values, 1 grads, 1 exp_avgs, 0 exp_avg_sqs, 1 decay flags");
   expect_error([&] { ops::adamw_tensors({a}, {b}, {a}, {a}, {1}); },
                "[adamw] tensor 0: value [2, 3], grad [3, 2]");
+  // The moments share one dtype (the first exp_avg's), f32 or bf16.
   expect_error([&] { ops::adamw_tensors({a}, {a}, {a.to(DType::BF16)}, {a}, {1}); },
-               "[adamw] exp_avg 0: must be a defined f32 contiguous tensor, got bf16 [2, 3]");
+               "[adamw] exp_avg_sq 0: must be a defined bf16 contiguous tensor (the moments share "
+               "one dtype, f32 or bf16), got f32 [2, 3]");
+  expect_error([&] { ops::adamw_tensors({a}, {a}, {a.to(DType::F16)}, {a.to(DType::F16)}, {1}); },
+               "[adamw] moments must be f32 or bf16, got f16");
   expect_error([&] { ops::adamw_tensors({a}, {a}, {a}, {b.transpose(0, 1)}, {0}); },
                "[adamw] exp_avg_sq 0: must be a defined f32 contiguous tensor");
   // The optional bf16 compute copies: one per tensor, bf16, the value's shape.

@@ -367,8 +367,9 @@ TEST_F(TrainCli, ResumedRunIsBitIdenticalToAnUninterruptedOne) {
 // shorter.)
 TEST_F(TrainCli, ResumeIsBitIdenticalWithBf16ComputeAndAccumulation) {
   TempDir dir;
+  // bf16 AdamW moments too: the checkpoint keeps them as bf16 and the resume restores them.
   const Args extra = {"--set", "train.compute_dtype=bf16", "--set", "train.grad_accum=2",
-                      "--set", "train.batch_size=2"};
+                      "--set", "train.batch_size=2", "--set", "optim.moment_dtype=bf16"};
   const fs::path a = dir.path / "a", run = dir.path / "run";
   CliRun r = run_dseek(resume_args(a, 6, extra));
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -423,6 +424,8 @@ TEST_F(TrainCli, ErrorsNameTheSettingFileOrDirectory) {
   expect_error(train_args(run, 2, {"--set", "train.batch_size=four"}),
                "--set train.batch_size: 'four' is not a valid int");
   expect_error(train_args(run, 2, {"--set", "optim.schedule=linear"}), "linear");
+  expect_error(train_args(run, 2, {"--set", "optim.moment_dtype=fp16"}),
+               "optim.moment_dtype: expected f32 or bf16, got 'fp16'");
   const fs::path toml = dir.path / "bad.toml";
   std::ofstream(toml) << "[optim]\nlr = 3e-3\nschedule = \"cosine\n[train]\nsteps = 2\n";
   expect_error(train_args(run, 2, {"--config", toml.string()}), toml.string() + ":3:");

@@ -97,11 +97,19 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
   if (computes.empty()) computes.resize(n);
   AdamWTensors t;
   t.device = list_device("adamw", values);
+  if (!exp_avgs.empty() && exp_avgs.front().defined()) t.moments = exp_avgs.front().dtype();
+  DSEEK_CHECK(t.moments == DType::F32 || t.moments == DType::BF16,
+              "[adamw] moments must be f32 or bf16, got {}", dtype_name(t.moments));
   for (size_t i = 0; i < n; ++i) {
     check_f32_contiguous("adamw", "value", i, values[i]);
     check_f32_contiguous("adamw", "grad", i, grads[i]);
-    check_f32_contiguous("adamw", "exp_avg", i, exp_avgs[i]);
-    check_f32_contiguous("adamw", "exp_avg_sq", i, exp_avg_sqs[i]);
+    for (const Tensor* moment : {&exp_avgs[i], &exp_avg_sqs[i]})
+      DSEEK_CHECK(moment->defined() && moment->dtype() == t.moments && moment->is_contiguous(),
+                  "[adamw] {} {}: must be a defined {} contiguous tensor (the moments share one "
+                  "dtype, f32 or bf16), got {} {}",
+                  moment == &exp_avgs[i] ? "exp_avg" : "exp_avg_sq", i, dtype_name(t.moments),
+                  moment->defined() ? dtype_name(moment->dtype()) : "undefined",
+                  moment->defined() ? shape_str(moment->shape()) : "");
     const Shape& shape = values[i].shape();
     DSEEK_CHECK(grads[i].shape() == shape && exp_avgs[i].shape() == shape &&
                     exp_avg_sqs[i].shape() == shape,
@@ -124,8 +132,9 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
     for (size_t i = 0; i < n; ++i)
       if (values[i].numel() > 0)
         host.push_back(
-            {values[i].data<float>(), grads[i].data<float>(), exp_avgs[i].data<float>(),
-             exp_avg_sqs[i].data<float>(), values[i].numel(), 0, decay[i] ? 1 : 0,
+            {values[i].data<float>(), grads[i].data<float>(),
+             static_cast<float*>(exp_avgs[i].raw()),  // bf16 moments: read as such (t.moments)
+             static_cast<float*>(exp_avg_sqs[i].raw()), values[i].numel(), 0, decay[i] ? 1 : 0,
              computes[i].defined() ? static_cast<uint16_t*>(computes[i].raw()) : nullptr});
     const MultiTensorTable table = device_table(host);
     t.table = table.words;
@@ -156,16 +165,24 @@ void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale) {
                                      s.eps,
                                      s.decay_factor(true),
                                      grad_scale};
-    cuda::adamw_multi_tensor(entries_of(t.table), t.entries, t.chunks, scalars);
+    cuda::adamw_multi_tensor(entries_of(t.table), t.entries, t.chunks, scalars,
+                             t.moments == DType::BF16);
     return;
 #else
     cuda_not_built("adamw");
 #endif
   }
   for (size_t i = 0; i < t.values.size(); ++i) {
-    cpu::adamw_update(s, s.decay_factor(t.decay[i] != 0), t.values[i].data<float>(),
-                      t.grads[i].data<float>(), t.exp_avgs[i].data<float>(),
-                      t.exp_avg_sqs[i].data<float>(), t.values[i].numel(), grad_scale);
+    if (t.moments == DType::BF16)
+      cpu::adamw_update_bf16_moments(s, s.decay_factor(t.decay[i] != 0), t.values[i].data<float>(),
+                                     t.grads[i].data<float>(),
+                                     static_cast<uint16_t*>(t.exp_avgs[i].raw()),
+                                     static_cast<uint16_t*>(t.exp_avg_sqs[i].raw()),
+                                     t.values[i].numel(), grad_scale);
+    else
+      cpu::adamw_update(s, s.decay_factor(t.decay[i] != 0), t.values[i].data<float>(),
+                        t.grads[i].data<float>(), t.exp_avgs[i].data<float>(),
+                        t.exp_avg_sqs[i].data<float>(), t.values[i].numel(), grad_scale);
     if (t.computes[i].defined() && t.computes[i].numel() > 0) {
       const Tensor rounded = t.values[i].to(DType::BF16);
       std::memcpy(t.computes[i].raw(), rounded.raw(), rounded.nbytes());

@@ -48,8 +48,10 @@ AdamWStep adamw_step_scalars(double beta1, double beta2, double eps, double weig
                              int64_t t);
 
 // The tensors one AdamW step updates, checked once and kept with the table of their addresses that
-// the GPU kernel reads (one launch for all of them). values, grads, exp_avgs, exp_avg_sqs: f32
-// contiguous, entry i of the four of one shape, everything on one device. computes: empty, or one
+// the GPU kernel reads (one launch for all of them). values, grads: f32 contiguous; exp_avgs,
+// exp_avg_sqs: contiguous, all f32 or all bf16 (the moments' dtype: bf16 halves their memory and
+// traffic, read and written as cpu::adamw_update_bf16_moments says); entry i of the four of one
+// shape, everything on one device. computes: empty, or one
 // per tensor, each undefined or a bf16 contiguous tensor of the value's shape and device (the
 // compute copy the step re-rounds). The table stays valid while the tensors keep their storage
 // (it holds references to them).
@@ -59,6 +61,7 @@ struct AdamWTensors {
   Tensor table;                // GPU: cuda::MultiTensorEntry per non-empty tensor (as i64 words)
   int64_t entries = 0, chunks = 0;
   Device device = Device::CPU;
+  DType moments = DType::F32;
 };
 AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads,
                            std::vector<Tensor> exp_avgs, std::vector<Tensor> exp_avg_sqs,

@@ -40,6 +40,9 @@ DataParallel::DataParallel(dist::ProcessGroup& group, ParamSet& params, AdamWCon
                            int64_t num_hidden_layers, int64_t bucket_elements,
                            const std::function<bool(const Param&)>& exclude)
     : group_(group), config_(config), num_hidden_layers_(num_hidden_layers) {
+  DSEEK_CHECK(config.moment_dtype == DType::F32,
+              "[dist] this sharded optimizer keeps f32 moments (optim.moment_dtype bf16 is for one "
+              "process)");
   DSEEK_CHECK(bucket_elements > 0, "[dist] bucket of {} elements", bucket_elements);
   for (Param& p : params.all()) {
     if (!p.trainable || (exclude && exclude(p))) continue;

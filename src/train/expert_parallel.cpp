@@ -55,6 +55,9 @@ int64_t routed_expert_of(const std::string& name) {
 
 ExpertShard::ExpertShard(const ExpertParallel& ep, ParamSet& params, AdamWConfig config)
     : ep_(ep), config_(config) {
+  DSEEK_CHECK(config.moment_dtype == DType::F32,
+              "[dist] this sharded optimizer keeps f32 moments (optim.moment_dtype bf16 is for one "
+              "process)");
   for (Param& p : params.all()) {
     const int64_t e = routed_expert_of(p.name);
     if (e < 0 || !p.trainable) continue;

@@ -1,7 +1,9 @@
 #include "train/optimizer.h"
 
 #include <cmath>
+#include <cstring>
 
+#include "core/cuda.h"
 #include "core/error.h"
 
 namespace dseek::train {
@@ -34,10 +36,14 @@ AdamW::AdamW(ParamSet& params, AdamWConfig config) : params_(&params), config_(c
               config.eps);
   DSEEK_CHECK(config.weight_decay >= 0.0 && std::isfinite(config.weight_decay),
               "[optim] AdamW: weight_decay {} must be >= 0", config.weight_decay);
+  DSEEK_CHECK(config.moment_dtype == DType::F32 || config.moment_dtype == DType::BF16,
+              "[optim] AdamW: moments must be f32 or bf16, got {}",
+              dtype_name(config.moment_dtype));
+  const DType md = config.moment_dtype;
   for (const Param& p : params.all()) {
     const Device d = p.value.device();
-    exp_avg_.push_back(p.trainable ? Tensor::zeros(p.value.shape(), DType::F32, d) : Tensor());
-    exp_avg_sq_.push_back(p.trainable ? Tensor::zeros(p.value.shape(), DType::F32, d) : Tensor());
+    exp_avg_.push_back(p.trainable ? Tensor::zeros(p.value.shape(), md, d) : Tensor());
+    exp_avg_sq_.push_back(p.trainable ? Tensor::zeros(p.value.shape(), md, d) : Tensor());
   }
 }
 
@@ -109,8 +115,12 @@ std::vector<std::pair<std::string, Tensor>> AdamW::state_tensors() const {
   size_t i = 0;
   for (const Param& p : params_->all()) {
     if (p.trainable && i < exp_avg_.size()) {
-      out.emplace_back("exp_avg." + p.name, exp_avg_[i]);
-      out.emplace_back("exp_avg_sq." + p.name, exp_avg_sq_[i]);
+      // bf16 moments as f32 copies (exact): checkpoints hold f32 tensors.
+      const auto f32 = [](const Tensor& t) {
+        return t.dtype() == DType::F32 ? t : t.to(DType::F32);
+      };
+      out.emplace_back("exp_avg." + p.name, f32(exp_avg_[i]));
+      out.emplace_back("exp_avg_sq." + p.name, f32(exp_avg_sq_[i]));
     }
     ++i;
   }
@@ -128,11 +138,29 @@ void AdamW::load_state(const std::map<std::string, Tensor>& tensors, int64_t ste
     check_state_tensor(tensors, "exp_avg." + p.name, p.value.shape());
     check_state_tensor(tensors, "exp_avg_sq." + p.name, p.value.shape());
   }
+  // A moment of the other dtype is converted first (its own device), then copied across.
+  const auto load = [&](Tensor& dst, const std::string& name) {
+    const Tensor& src = tensors.at(name);
+    if (dst.dtype() == DType::F32) {
+      copy_values(dst, src, name);
+      return;
+    }
+    const Tensor c = (src.dtype() == dst.dtype() ? src : src.to(dst.dtype())).contiguous();
+    if (dst.nbytes() == 0) return;
+    if (!dst.is_cuda() && !c.is_cuda())
+      std::memcpy(dst.raw(), c.raw(), dst.nbytes());
+    else if (dst.is_cuda() && c.is_cuda())
+      cuda::copy_on_device(dst.raw(), c.raw(), dst.nbytes());
+    else if (dst.is_cuda())
+      cuda::copy_to_device(dst.raw(), c.raw(), dst.nbytes());
+    else
+      cuda::copy_to_host(dst.raw(), c.raw(), dst.nbytes());
+  };
   size_t i = 0;
   for (const Param& p : params_->all()) {
     if (p.trainable) {
-      copy_values(exp_avg_[i], tensors.at("exp_avg." + p.name), "exp_avg." + p.name);
-      copy_values(exp_avg_sq_[i], tensors.at("exp_avg_sq." + p.name), "exp_avg_sq." + p.name);
+      load(exp_avg_[i], "exp_avg." + p.name);
+      load(exp_avg_sq_[i], "exp_avg_sq." + p.name);
     }
     ++i;
   }

@@ -3,8 +3,9 @@
 // elementwise work is ops/adamw.h's (the formula is written out there): one fused multi-tensor
 // step on the device the parameters live on, the same f32 arithmetic on the CPU and the GPU.
 //
-// Buffers (trainable == false) are never touched. The moments are f32 tensors on the parameters'
-// device: the constructor makes them there, and AdamW::to moves them after ParamSet::to.
+// Buffers (trainable == false) are never touched. The moments are tensors of
+// AdamWConfig::moment_dtype (f32, or bf16 as DeepSeek-V3 keeps them) on the parameters' device:
+// the constructor makes them there, and AdamW::to moves them after ParamSet::to.
 //
 // Clipping: n = √(Σ g²) over every trainable gradient (accumulated in double; on the GPU one
 // device-side reduction and one synchronisation to read n); if n > max_norm all gradients are
@@ -27,6 +28,7 @@ namespace dseek::train {
 
 struct AdamWConfig {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+  DType moment_dtype = DType::F32;  // or BF16 (AdamW only; the sharded optimizers keep f32)
 };
 
 class AdamW {
@@ -49,12 +51,13 @@ class AdamW {
   const AdamWConfig& config() const { return config_; }
 
   // Checkpoint state: "exp_avg.<param name>" and "exp_avg_sq.<param name>" (f32, the parameter's
-  // shape) for every trainable parameter, in parameter order. The tensors share the live state
-  // (on the moments' device; save_checkpoint copies GPU tensors to the host).
+  // shape) for every trainable parameter, in parameter order. f32 moments are the live state
+  // itself, bf16 ones f32 copies of it (exact; checkpoints hold f32 tensors); on the moments'
+  // device (save_checkpoint copies GPU tensors to the host).
   std::vector<std::pair<std::string, Tensor>> state_tensors() const;
-  // Copies the moments back (converted to f32, from any device onto the moments' device) and sets
-  // the step count; throws naming a missing tensor or a shape mismatch, and changes nothing unless
-  // every tensor is valid.
+  // Copies the moments back (converted to the moments' dtype, from any device onto the moments'
+  // device: a checkpoint of either moment dtype loads) and sets the step count; throws naming a
+  // missing tensor or a shape mismatch, and changes nothing unless every tensor is valid.
   void load_state(const std::map<std::string, Tensor>& tensors, int64_t step_count);
 
  private:

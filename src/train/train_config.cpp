@@ -99,6 +99,7 @@ const std::vector<Binding>& bindings() {
       field("optim.eps", "AdamW ε", &TrainConfig::eps),
       field("optim.weight_decay", "decoupled weight decay (matrices and embeddings only)", &TrainConfig::weight_decay),
       field("optim.grad_clip", "global gradient-norm clip (0: off)", &TrainConfig::grad_clip),
+      field("optim.moment_dtype", "f32, or bf16: AdamW's first and second moments stored in bf16 (DeepSeek-V3's choice; half their memory and optimizer traffic; one process only)", &TrainConfig::moment_dtype),
       field("moe.bias_update_speed", "γ of auxiliary-loss-free balancing, a schedule (\"0.001\", \"0.001,0@900\"); 0 freezes the bias", &TrainConfig::bias_update_speed),
       field("moe.aux_loss", "auxiliary balance loss: none | sequence (V3) | expert | device (DeepSeekMoE)", &TrainConfig::aux_loss),
       field("moe.aux_alpha", "weight α of the auxiliary balance loss", &TrainConfig::aux_alpha),
@@ -316,6 +317,8 @@ void validate_train_config(const TrainConfig& c) {
   DSEEK_CHECK(c.eps > 0, "[train] optim.eps: must be > 0");
   DSEEK_CHECK(c.weight_decay >= 0, "[train] optim.weight_decay: must be >= 0");
   DSEEK_CHECK(c.grad_clip >= 0, "[train] optim.grad_clip: must be >= 0");
+  DSEEK_CHECK(c.moment_dtype == "f32" || c.moment_dtype == "bf16",
+              "[train] optim.moment_dtype: expected f32 or bf16, got '{}'", c.moment_dtype);
   DSEEK_CHECK(c.min_lr_ratio >= 0 && c.min_lr_ratio <= 1,
               "[train] optim.min_lr_ratio: must be in [0, 1], got {}", c.min_lr_ratio);
   LrSchedule lr;

@@ -353,7 +353,12 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
                    synth.get());
   std::unique_ptr<PipelineStage> stage;
   if (pipeline) stage = std::make_unique<PipelineStage>(group, stage_layout, model, params);
-  const AdamWConfig adamw_config{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay};
+  const AdamWConfig adamw_config{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay,
+                                 cfg.moment_dtype == "bf16" ? DType::BF16 : DType::F32};
+  DSEEK_CHECK(adamw_config.moment_dtype == DType::F32 || ranks == 1,
+              "[train] optim.moment_dtype bf16: one process only (the ZeRO-1, expert-parallel "
+              "and pipeline optimizers keep and gather f32 moments); got {} MPI ranks",
+              ranks);
   // One process: AdamW over every parameter. N ranks: ZeRO-1, each rank the moments of its shard.
   std::unique_ptr<AdamW> optimizer;
   std::unique_ptr<DataParallel> dp;

@@ -95,44 +95,56 @@ const Tolerance kMasterTolerance{1e-7, 1e-6};  // the brief's bound: 1e-6 relati
 // Both optimizers from the same start over six steps of fresh gradients and changing learning
 // rates; masters and moments compared after every step. The GPU runs the CPU's f32 operations in
 // the same order (ops/adamw.h), so beyond the 1e-6 bound they are expected to agree bit for bit.
+// Both moment dtypes (optim.moment_dtype f32 and bf16).
 TEST(BackendOptim, FusedAdamWMatchesCpu) {
   DSEEK_REQUIRE_CUDA();
-  ParamSet cpu = make_params(kSpecs, 31), gpu = make_params(kSpecs, 31);
-  gpu.to(Device::CUDA);
-  const AdamWConfig config{0.9, 0.95, 1e-8, 0.1};
-  AdamW opt_cpu(cpu, config), opt_gpu(gpu, config);
-  const std::vector<float> buffer = cpu.value(kSpecs[3].name).to_vector();
-  std::mt19937 rng(32);
-  const double lrs[] = {1e-2, 3e-2, 2e-2, 0.0, 5e-3, 1e-2};
-  for (int t = 0; t < 6; ++t) {
-    set_same_grads(cpu, gpu, kSpecs, rng);
-    opt_cpu.step(lrs[t]);
-    opt_gpu.step(lrs[t]);
-    const auto state_cpu = opt_cpu.state_tensors(), state_gpu = opt_gpu.state_tensors();
-    ASSERT_EQ(state_cpu.size(), state_gpu.size());
-    size_t same = 0, total = 0;
-    for (const Param& p : cpu.all()) {
-      const Tensor& got = gpu.at(p.name).value;
-      ASSERT_TRUE(got.is_cuda()) << p.name;
-      expect_close("adamw value " + p.name, p.value.shape(), DType::F32, p.value, got,
-                   kMasterTolerance);
-      same += bit_identical(p.value, got);
-      total += size_t(p.value.numel());
+  for (DType moments : {DType::F32, DType::BF16}) {
+    SCOPED_TRACE(dtype_name(moments));
+    ParamSet cpu = make_params(kSpecs, 31), gpu = make_params(kSpecs, 31);
+    gpu.to(Device::CUDA);
+    AdamWConfig config{0.9, 0.95, 1e-8, 0.1};
+    config.moment_dtype = moments;
+    AdamW opt_cpu(cpu, config), opt_gpu(gpu, config);
+    const std::vector<float> buffer = cpu.value(kSpecs[3].name).to_vector();
+    std::mt19937 rng(32);
+    const double lrs[] = {1e-2, 3e-2, 2e-2, 0.0, 5e-3, 1e-2};
+    for (int t = 0; t < 6; ++t) {
+      set_same_grads(cpu, gpu, kSpecs, rng);
+      opt_cpu.step(lrs[t]);
+      opt_gpu.step(lrs[t]);
+      const auto state_cpu = opt_cpu.state_tensors(), state_gpu = opt_gpu.state_tensors();
+      ASSERT_EQ(state_cpu.size(), state_gpu.size());
+      size_t same = 0, total = 0;
+      for (const Param& p : cpu.all()) {
+        const Tensor& got = gpu.at(p.name).value;
+        ASSERT_TRUE(got.is_cuda()) << p.name;
+        expect_close("adamw value " + p.name, p.value.shape(), DType::F32, p.value, got,
+                     kMasterTolerance);
+        same += bit_identical(p.value, got);
+        total += size_t(p.value.numel());
+      }
+      for (size_t i = 0; i < state_cpu.size(); ++i) {
+        ASSERT_EQ(state_cpu[i].first, state_gpu[i].first);
+        ASSERT_TRUE(state_gpu[i].second.is_cuda()) << state_gpu[i].first;
+        expect_close("adamw " + state_cpu[i].first, state_cpu[i].second.shape(), DType::F32,
+                     state_cpu[i].second, state_gpu[i].second, kMasterTolerance);
+        same += bit_identical(state_cpu[i].second, state_gpu[i].second);
+        total += size_t(state_cpu[i].second.numel());
+      }
+      std::printf(
+          "[backend] adamw (%s moments) step %d: %zu of %zu master and moment elements "
+          "bit-identical\n",
+          std::string(dtype_name(moments)).c_str(), t + 1, same, total);
+      EXPECT_EQ(same, total) << "step " << t + 1 << ": the GPU no longer runs the CPU's operations";
+      if (moments == DType::BF16) {  // the state's f32 copies hold bf16 values
+        for (const auto& [name, m] : state_gpu) {
+          EXPECT_TRUE(bytes_of(m) == bytes_of(m.to(DType::BF16).to(DType::F32))) << name;
+        }
+      }
     }
-    for (size_t i = 0; i < state_cpu.size(); ++i) {
-      ASSERT_EQ(state_cpu[i].first, state_gpu[i].first);
-      ASSERT_TRUE(state_gpu[i].second.is_cuda()) << state_gpu[i].first;
-      expect_close("adamw " + state_cpu[i].first, state_cpu[i].second.shape(), DType::F32,
-                   state_cpu[i].second, state_gpu[i].second, kMasterTolerance);
-      same += bit_identical(state_cpu[i].second, state_gpu[i].second);
-      total += size_t(state_cpu[i].second.numel());
-    }
-    std::printf("[backend] adamw step %d: %zu of %zu master and moment elements bit-identical\n",
-                t + 1, same, total);
-    EXPECT_EQ(same, total) << "step " << t + 1 << ": the GPU no longer runs the CPU's operations";
+    EXPECT_EQ(opt_gpu.step_count(), 6);
+    EXPECT_EQ(gpu.value(kSpecs[3].name).to_vector(), buffer);  // the buffer is never touched
   }
-  EXPECT_EQ(opt_gpu.step_count(), 6);
-  EXPECT_EQ(gpu.value(kSpecs[3].name).to_vector(), buffer);  // the buffer is never touched
 }
 
 // One tensor larger than the kernels' grid (4096 blocks × 16384 elements), so blocks loop over

@@ -2,6 +2,7 @@
 // ran before the op existed, unchanged, so CPU training keeps its exact results.
 #include <cmath>
 
+#include "core/dtype.h"
 #include "ops/cpu/adamw_cpu.h"
 
 namespace dseek::ops::cpu {
@@ -19,6 +20,21 @@ void adamw_update(const AdamWStep& s, float decay_factor, float* value, const fl
     v[k] = s.beta2 * v[k] + s.one_minus_beta2 * g * g;
     const float denom = std::sqrt(v[k]) / s.bias_correction2_sqrt + s.eps;
     value[k] = value[k] * decay_factor - s.step_size * m[k] / denom;
+  }
+}
+
+void adamw_update_bf16_moments(const AdamWStep& s, float decay_factor, float* value,
+                               const float* grad, uint16_t* m, uint16_t* v, int64_t n,
+                               float grad_scale) {
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t k = 0; k < n; ++k) {
+    const float g = grad[k] * grad_scale;
+    const float mk = s.beta1 * bf16_to_f32(m[k]) + s.one_minus_beta1 * g;
+    const float vk = s.beta2 * bf16_to_f32(v[k]) + s.one_minus_beta2 * g * g;
+    const float denom = std::sqrt(vk) / s.bias_correction2_sqrt + s.eps;
+    value[k] = value[k] * decay_factor - s.step_size * mk / denom;
+    m[k] = f32_to_bf16(mk);
+    v[k] = f32_to_bf16(vk);
   }
 }
 

@@ -70,9 +70,44 @@ __device__ __forceinline__ uint16_t bf16_bits(float x) {
   return __bfloat16_as_ushort(__float2bfloat16_rn(x));
 }
 
-// The step is memory-bound (16 bytes read and 12–14 written per element), so where a tensor's
-// arrays are aligned its elements move four at a time (16-byte loads and stores; chunks start at
-// multiples of 4); the arithmetic per element is the same.
+// A moment array: f32, or bf16 (BF16 = true: the f32 pointer of the table holds bf16 bits), read
+// as f32 and stored rounded to nearest even — cpu::adamw_update_bf16_moments's conversions.
+template <bool BF16>
+struct MomentArray {
+  float* p;
+  __device__ __forceinline__ float load(int64_t k) const {
+    if constexpr (BF16) return __uint_as_float(uint32_t(reinterpret_cast<const uint16_t*>(p)[k]) << 16);
+    else return p[k];
+  }
+  __device__ __forceinline__ void store(int64_t k, float x) const {
+    if constexpr (BF16) reinterpret_cast<uint16_t*>(p)[k] = bf16_bits(x);
+    else p[k] = x;
+  }
+  __device__ __forceinline__ float4 load4(int64_t k) const {
+    if constexpr (BF16) {
+      const uint2 u = *reinterpret_cast<const uint2*>(reinterpret_cast<const uint16_t*>(p) + k);
+      return {__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
+              __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u)};
+    } else {
+      return *reinterpret_cast<const float4*>(p + k);
+    }
+  }
+  __device__ __forceinline__ void store4(int64_t k, float4 x) const {
+    if constexpr (BF16) {
+      const uint2 u{uint32_t(bf16_bits(x.x)) | uint32_t(bf16_bits(x.y)) << 16,
+                    uint32_t(bf16_bits(x.z)) | uint32_t(bf16_bits(x.w)) << 16};
+      *reinterpret_cast<uint2*>(reinterpret_cast<uint16_t*>(p) + k) = u;
+    } else {
+      *reinterpret_cast<float4*>(p + k) = x;
+    }
+  }
+};
+
+// The step is memory-bound (16 bytes read and 12–14 written per element with f32 moments, 12 and
+// 10 with bf16 ones), so where a tensor's arrays are aligned its elements move four at a time
+// (16-byte loads and stores of the f32 arrays; chunks start at multiples of 4); the arithmetic
+// per element is the same.
+template <bool BF16_MOMENTS>
 __global__ void adamw_kernel(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
                              AdamWScalars s) {
   for (int64_t c = blockIdx.x; c < chunks; c += gridDim.x) {
@@ -80,26 +115,29 @@ __global__ void adamw_kernel(const MultiTensorEntry* entries, int64_t count, int
     const int64_t begin = (c - e.chunk_begin) * kMultiTensorChunk;
     const int64_t end = min(e.n, begin + kMultiTensorChunk);
     const float decay = e.decay ? s.decay_factor : 1.0f;
-    const uintptr_t f32_addresses =
-        reinterpret_cast<uintptr_t>(e.value) | reinterpret_cast<uintptr_t>(e.grad) |
+    const MomentArray<BF16_MOMENTS> m_of{e.exp_avg}, v_of{e.exp_avg_sq};
+    const uintptr_t moment_addresses =
         reinterpret_cast<uintptr_t>(e.exp_avg) | reinterpret_cast<uintptr_t>(e.exp_avg_sq);
-    const bool vec = (f32_addresses & 15) == 0 && (reinterpret_cast<uintptr_t>(e.compute) & 7) == 0;
+    const bool vec = ((reinterpret_cast<uintptr_t>(e.value) | reinterpret_cast<uintptr_t>(e.grad)) &
+                      15) == 0 &&
+                     (moment_addresses & (BF16_MOMENTS ? 7 : 15)) == 0 &&
+                     (reinterpret_cast<uintptr_t>(e.compute) & 7) == 0;
     int64_t tail = begin;
     if (vec) {
       const int64_t quads = (end - begin) / 4;
       for (int64_t q = threadIdx.x; q < quads; q += blockDim.x) {
         const int64_t k = begin + 4 * q;
         float4 p = *reinterpret_cast<const float4*>(e.value + k);
-        float4 m = *reinterpret_cast<const float4*>(e.exp_avg + k);
-        float4 v = *reinterpret_cast<const float4*>(e.exp_avg_sq + k);
+        float4 m = m_of.load4(k);
+        float4 v = v_of.load4(k);
         const float4 g = *reinterpret_cast<const float4*>(e.grad + k);
         adamw_element(p.x, m.x, v.x, g.x, s, decay);
         adamw_element(p.y, m.y, v.y, g.y, s, decay);
         adamw_element(p.z, m.z, v.z, g.z, s, decay);
         adamw_element(p.w, m.w, v.w, g.w, s, decay);
         *reinterpret_cast<float4*>(e.value + k) = p;
-        *reinterpret_cast<float4*>(e.exp_avg + k) = m;
-        *reinterpret_cast<float4*>(e.exp_avg_sq + k) = v;
+        m_of.store4(k, m);
+        v_of.store4(k, v);
         if (e.compute) {
           const uint2 bits{uint32_t(bf16_bits(p.x)) | uint32_t(bf16_bits(p.y)) << 16,
                            uint32_t(bf16_bits(p.z)) | uint32_t(bf16_bits(p.w)) << 16};
@@ -109,10 +147,10 @@ __global__ void adamw_kernel(const MultiTensorEntry* entries, int64_t count, int
       tail = begin + 4 * quads;
     }
     for (int64_t k = tail + threadIdx.x; k < end; k += blockDim.x) {
-      float p = e.value[k], m = e.exp_avg[k], v = e.exp_avg_sq[k];
+      float p = e.value[k], m = m_of.load(k), v = v_of.load(k);
       adamw_element(p, m, v, e.grad[k], s, decay);
-      e.exp_avg[k] = m;
-      e.exp_avg_sq[k] = v;
+      m_of.store(k, m);
+      v_of.store(k, v);
       e.value[k] = p;
       if (e.compute) e.compute[k] = bf16_bits(p);
     }
@@ -160,9 +198,12 @@ __global__ void scale_kernel(const MultiTensorEntry* entries, int64_t count, int
 }  // namespace
 
 void adamw_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
-                        const AdamWScalars& s) {
+                        const AdamWScalars& s, bool bf16_moments) {
   if (count == 0 || chunks == 0) return;
-  adamw_kernel<<<blocks_for(chunks), kThreads, 0, stream()>>>(entries, count, chunks, s);
+  if (bf16_moments)
+    adamw_kernel<true><<<blocks_for(chunks), kThreads, 0, stream()>>>(entries, count, chunks, s);
+  else
+    adamw_kernel<false><<<blocks_for(chunks), kThreads, 0, stream()>>>(entries, count, chunks, s);
   DSEEK_CUDA_CHECK_LAUNCH("adamw_kernel");
 }
 

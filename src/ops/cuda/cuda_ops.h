@@ -226,8 +226,9 @@ struct AdamWScalars {
       decay_factor, grad_scale;
 };
 // One AdamW step of every entry: value, exp_avg, exp_avg_sq updated in place from grad.
+// bf16_moments: exp_avg and exp_avg_sq point at bf16 arrays (ops/adamw.h).
 void adamw_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
-                        const AdamWScalars& s);
+                        const AdamWScalars& s, bool bf16_moments = false);
 // out[0] (f64, device) = Σ grad² over every entry (per-chunk partials, then a fixed-order sum).
 void sum_of_squares_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
                                  double* out);
