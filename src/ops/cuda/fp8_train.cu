@@ -355,7 +355,7 @@ void fp8_grouped_wgrad(const uint8_t* dy, const float* sdy, const uint8_t* x, co
                        float* const* dw, float beta) {
   if (N == 0 || K == 0 || E == 0) return;
   if (fp8_wgmma_takes(K, N)) {
-    DSEEK_CHECK(E <= 65535 && ceil_div<int64_t>(N, fp8_wgmma::kBM) <= 65535,
+    DSEEK_CHECK(E <= 65535 && ceil_div<int64_t>(N, 64) <= 65535,
                 "[fp8_grouped_wgrad] dW of {} experts × [{}, {}] exceeds the grid", E, N, K);
     // wgmma reads 8-bit operands K-major only: dyᵀ and xᵀ, each column tile a 128-byte stretch.
     const int64_t slots = rows / kTile + E, P = slots * kTile;
@@ -369,13 +369,15 @@ void fp8_grouped_wgrad(const uint8_t* dy, const float* sdy, const uint8_t* x, co
     transpose_col_tiles_kernel<<<dim3(unsigned(slots), unsigned(ceil_div<int64_t>(K, kTrCols))),
                                  256, 0, stream()>>>(x, K, offsets, E, xt.get(), P);
     DSEEK_CUDA_CHECK_LAUNCH("transpose_col_tiles_kernel");
-    const auto kernel = fp8_wgmma::fp8_wgrad_wgmma_kernel;
-    DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          int(fp8_wgmma::kSmemBytes)));
+    constexpr int wg = fp8_wgmma::kWgradWarpgroups;
+    const auto kernel = fp8_wgmma::fp8_wgrad_wgmma_kernel<wg>;
+    const size_t smem = fp8_wgmma::smem_bytes(wg);
+    DSEEK_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     const dim3 grid(unsigned(ceil_div<int64_t>(K, fp8_wgmma::kBN)),
-                    unsigned(ceil_div<int64_t>(N, fp8_wgmma::kBM)), unsigned(E));
-    kernel<<<grid, fp8_wgmma::kThreads, fp8_wgmma::kSmemBytes, stream()>>>(
-        dyt.get(), sdy, xt.get(), sx, N, K, P, offsets, dw, beta);
+                    unsigned(ceil_div<int64_t>(N, 64 * wg)), unsigned(E));
+    kernel<<<grid, fp8_wgmma::threads(wg), smem, stream()>>>(dyt.get(), sdy, xt.get(), sx, N, K, P,
+                                                             offsets, dw, beta);
     DSEEK_CUDA_CHECK_LAUNCH("fp8_wgrad_wgmma_kernel");
     return;
   }

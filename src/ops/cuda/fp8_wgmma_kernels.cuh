@@ -17,13 +17,13 @@
 // run along the reduction. A 128-byte line of a tile is then exactly one scale tile's 128 codes,
 // and one step of the main loop is one promotion interval.
 //
-// A block is two warpgroups (256 threads) on a 128 × 128 output tile, each one m64n128 product
-// into a 64-register partial sum, promoted into 64 f32 totals after every step. Steps go through
-// a ring of kStages shared-memory stages (A and B tiles of 16 KiB in the 128-byte swizzled layout
-// of wgmma.cuh, plus the wgrad's 256 scales), loaded with cp.async kStages − 1 steps ahead by all
-// threads. Per step s:
+// A block is WG warpgroups (the row kernel two, 256 threads on a 128 × 128 output tile; the wgrad
+// one, on 64 × 128), each one m64n128 product into a 64-register partial sum, promoted into 64
+// f32 totals after every step. Steps go through a ring of kStages shared-memory stages (an A tile
+// of 64·WG lines and a B tile of 128, in the 128-byte swizzled layout of wgmma.cuh, plus the
+// wgrad's scales), loaded with cp.async kStages − 1 steps ahead by all threads. Per step s:
 //   wait for this thread's loads of s; fence.proxy.async; barrier (every thread's loads of s are
-//   in place, and both warpgroups are done with step s − 1, whose buffer the next load refills);
+//   in place, and every warpgroup is done with step s − 1, whose buffer the next load refills);
 //   issue the loads of s + kStages − 1; issue s's four k32 products, the first overwriting the
 //   partial sum; commit; read s's scales; wait for the products; promote.
 // Operands: 16-byte chunks, the reduction extent a multiple of 16 and bases 16-byte aligned (the
@@ -39,29 +39,47 @@
 
 namespace dseek::ops::cuda::fp8_wgmma {
 
-constexpr int kBM = 128, kBN = 128, kBK = 128, kThreads = 256, kStages = 4;
-constexpr int kTileBytes = 128 * kBK;     // one operand tile of a stage: 16 KiB of codes
-constexpr int kScaleBytes = 2 * 128 * 4;  // the wgrad's 128 + 128 f32 scales of a stage
-constexpr int kStageBytes = 2 * kTileBytes + wgmma::kAtomBytes;  // tiles, scales, 1024-aligned
+// WG warpgroups a block (the row kernel 2; the wgrad 1, see its comment): an A tile of 64·WG
+// lines, a B tile of 128, 128·WG threads.
+constexpr int kBN = 128, kBK = 128, kStages = 4;
+constexpr int threads(int wg) {
+  return 128 * wg;
+}
+constexpr int a_tile_bytes(int wg) {
+  return 64 * wg * kBK;
+}
+constexpr int kBTileBytes = 128 * kBK;    // 16 KiB of codes
+constexpr int kScaleBytes = 2 * 128 * 4;  // the wgrad's ≤ 128 + 128 f32 scales of a stage
+// A tile, B tile, scales; every tile 1024-aligned.
+constexpr int stage_bytes(int wg) {
+  return a_tile_bytes(wg) + kBTileBytes + wgmma::kAtomBytes;
+}
+// Dynamic shared memory of the ring, with room to align it to 1024 bytes.
+constexpr size_t smem_bytes(int wg) {
+  return size_t(kStages) * stage_bytes(wg) + wgmma::kAtomBytes;
+}
+// The row kernel's shape.
+constexpr int kBM = 128, kThreads = threads(2);
+constexpr size_t kSmemBytes = smem_bytes(2);
 static_assert(kBK == wgmma::kLineBytes, "a K-major line holds one step's 128 codes");
 static_assert(kScaleBytes <= wgmma::kAtomBytes, "the scales fit the stage's last atom");
 
-// Dynamic shared memory of the ring, with room to align it to 1024 bytes.
-constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + wgmma::kAtomBytes;
-
-// A K-major operand: lines mn0 … mn0 + 127 (rows of g, `ld` codes apart) that exist below mn_end.
+// A K-major operand: lines mn0 … (rows of g, `ld` codes apart) that exist below mn_end.
 struct Operand {
   const uint8_t* g;
   int64_t ld, mn0, mn_end;
 };
 
-// Codes [k0, min(k0 + 128, k_end)) of the operand's 128 lines into a swizzled tile (1024-aligned):
-// 8 chunks of 16 codes a line, 4 chunks a thread. Chunks join the caller's next commit group.
+// Codes [k0, min(k0 + 128, k_end)) of the operand's LINES lines into a swizzled tile
+// (1024-aligned): 8 chunks of 16 codes a line, spread over the block's THREADS threads. Chunks join
+// the caller's next commit group.
+template <int LINES, int THREADS>
 __device__ __forceinline__ void load_tile(unsigned char* tile, const Operand& op, int64_t k0,
                                           int64_t k_end) {
+  static_assert(LINES * 8 % THREADS == 0);
 #pragma unroll
-  for (int j = 0; j < 128 * 8 / kThreads; ++j) {
-    const int i = int(threadIdx.x) + j * kThreads;
+  for (int j = 0; j < LINES * 8 / THREADS; ++j) {
+    const int i = int(threadIdx.x) + j * THREADS;
     const int line = i / 8, chunk = i % 8;
     const int64_t row = op.mn0 + line, col = k0 + chunk * 16;
     const bool valid = row < op.mn_end && col < k_end;
@@ -91,10 +109,11 @@ __device__ __forceinline__ unsigned char* ring_base() {
 // load_scales(stage_scales, s) issues the cp.asyncs of step s's scales (or nothing);
 // promote(total, partial, stage_scales, s) folds the partial sum in. Every thread of the block
 // calls it (it holds barriers).
-template <typename LoadScales, typename Promote>
+template <int WG, typename LoadScales, typename Promote>
 __device__ __forceinline__ void mainloop(float (&total)[64], const Operand& A, const Operand& B,
                                          int64_t k_begin, int64_t k_end, int64_t steps,
                                          LoadScales load_scales, Promote promote) {
+  constexpr int kA = a_tile_bytes(WG), kStage = stage_bytes(WG);
   unsigned char* smem = ring_base();
   const uint32_t smem_addr = wgmma::smem_address(smem);
   const int half = int(threadIdx.x) / 128;
@@ -102,11 +121,11 @@ __device__ __forceinline__ void mainloop(float (&total)[64], const Operand& A, c
 #pragma unroll
   for (int i = 0; i < 64; ++i) partial[i] = 0.0f;
   auto load = [&](int64_t step) {
-    unsigned char* stage = smem + int(step % kStages) * kStageBytes;
+    unsigned char* stage = smem + int(step % kStages) * kStage;
     const int64_t k0 = k_begin + step * kBK;
-    load_tile(stage, A, k0, k_end);
-    load_tile(stage + kTileBytes, B, k0, k_end);
-    load_scales(reinterpret_cast<float*>(stage + 2 * kTileBytes), step);
+    load_tile<64 * WG, threads(WG)>(stage, A, k0, k_end);
+    load_tile<128, threads(WG)>(stage + kA, B, k0, k_end);
+    load_scales(reinterpret_cast<float*>(stage + kA + kBTileBytes), step);
   };
   // One commit group per step, empty ones too, so wait<kStages − 2> at step s means the groups of
   // steps ≤ s have landed.
@@ -121,20 +140,20 @@ __device__ __forceinline__ void mainloop(float (&total)[64], const Operand& A, c
     __syncthreads();
     if (s + kStages - 1 < steps) load(s + kStages - 1);
     attention_tc::cp_async_commit();
-    unsigned char* stage = smem + int(s % kStages) * kStageBytes;
-    const uint32_t stage_addr = smem_addr + uint32_t(s % kStages) * kStageBytes;
+    unsigned char* stage = smem + int(s % kStages) * kStage;
+    const uint32_t stage_addr = smem_addr + uint32_t(s % kStages) * kStage;
 #pragma unroll
     for (int i = 0; i < 64; ++i) wgmma::fence_operand(partial[i]);
     wgmma::fence();
 #pragma unroll
     for (int kk = 0; kk < kBK / 32; ++kk)
       wgmma::mma_m64n128k32_e4m3(partial, slice_desc(stage_addr, half, kk),
-                                 slice_desc(stage_addr + kTileBytes, 0, kk), kk > 0 ? 1 : 0);
+                                 slice_desc(stage_addr + kA, 0, kk), kk > 0 ? 1 : 0);
     wgmma::commit();
     wgmma::wait<0>();
 #pragma unroll
     for (int i = 0; i < 64; ++i) wgmma::fence_operand(partial[i]);
-    promote(total, partial, reinterpret_cast<const float*>(stage + 2 * kTileBytes), s);
+    promote(total, partial, reinterpret_cast<const float*>(stage + kA + kBTileBytes), s);
   }
   attention_tc::cp_async_wait<0>();
 }
@@ -198,7 +217,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int i = 0; i < 64; ++i) total[i] = 0.0f;
   // Step s's scales are read during step s − 1, so their loads overlap a step's products.
   float q0 = sa0[0], q1 = sa1[0], qw = sw_row[0];
-  mainloop(
+  mainloop<2>(
       total, A, B, 0, K, kb, [](float*, int64_t) {},
       [&](float(&t)[64], const float(&p)[64], const float*, int64_t s) {
         const float s0 = q0 * qw, s1 = q1 * qw;
@@ -222,11 +241,17 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-// Grid (ceil(K/128), ceil(N/128), E). dyt [N, P] and xt [K, P]: the padded transposed column
-// tiles (P = 128 × slots; expert e's tiles are slots floor(offsets[e]/128) + e + j); sdy
-// [slots, N], sx [slots, K]; dw[e] [N, K] f32, beta 0 overwrites (an empty expert's dW becomes 0),
-// 1 adds. Each dW element is summed by one thread in a fixed order: deterministic.
-__global__ void __launch_bounds__(kThreads, 1)
+// Grid (ceil(K/128), ceil(N/(64·WG)), E), 128·WG threads. WG = 1 (kWgradWarpgroups): an expert's
+// reduction is short (its tokens, ~3 steps of 128 for 64 experts of 4096 × 6 rows) and each
+// block ends with a 64·WG × 128 f32 store, so two one-warpgroup blocks an SM — one storing while
+// the other multiplies — beat one of two (180 registers a thread hold the totals and the partial
+// sums, so two 256-thread blocks do not fit): 985 against 1,096 µs for the V2-Lite layer's
+// gate/up wgrad on an H200. The emulator checks both. dyt [N, P] and xt [K, P]: the padded
+// transposed column tiles (P = 128 × slots; expert e's tiles are slots floor(offsets[e]/128) + e +
+// j); sdy [slots, N], sx [slots, K]; dw[e] [N, K] f32, beta 0 overwrites (an empty expert's dW
+// becomes 0), 1 adds. Each dW element is summed by one thread in a fixed order: deterministic.
+template <int WG>
+__global__ void __launch_bounds__(threads(WG), WG == 1 ? 2 : 1)
     fp8_wgrad_wgmma_kernel(const uint8_t* dyt, const float* sdy, const uint8_t* xt, const float* sx,
                            int64_t N, int64_t K, int64_t P, const int64_t* offsets,
                            float* const* dw, float beta) {
@@ -234,38 +259,41 @@ __global__ void __launch_bounds__(kThreads, 1)
   __trap();
 #else
   const int64_t e = blockIdx.z;
-  const int64_t k0 = int64_t(blockIdx.x) * kBN, n0 = int64_t(blockIdx.y) * kBM;
+  const int64_t k0 = int64_t(blockIdx.x) * kBN, n0 = int64_t(blockIdx.y) * (64 * WG);
   const int64_t base = offsets[e] / 128 + e;  // the expert's first column tile
   const int64_t steps = (offsets[e + 1] - offsets[e] + 127) / 128;
   const Operand A{dyt, P, n0, N};
   const Operand B{xt, P, k0, K};
-  // Step s's scales: sdy[base + s, n0 …] then sx[base + s, k0 …], 32 chunks each (N and K are
-  // multiples of 16, so a chunk is wholly inside or past the end).
+  // Step s's scales: sdy[base + s, n0 …] (16·WG chunks, at dst[0 …]) and sx[base + s, k0 …]
+  // (32 chunks, at dst[128 …]); N and K are multiples of 16, so a chunk is wholly inside or past
+  // the end.
   auto load_scales = [&](float* dst, int64_t s) {
+    constexpr int kDy = 16 * WG;
     const int i = int(threadIdx.x);
-    if (i >= 64) return;
-    const bool is_x = i >= 32;
-    const int64_t c = (is_x ? k0 : n0) + 4 * (i % 32);
+    if (i >= kDy + 32) return;
+    const bool is_x = i >= kDy;
+    const int j = is_x ? i - kDy : i;
+    const int64_t c = (is_x ? k0 : n0) + 4 * j;
     const bool valid = c < (is_x ? K : N);
     const float* src = (is_x ? sx + (base + s) * K : sdy + (base + s) * N) + (valid ? c : 0);
-    attention_tc::cp_async_16(reinterpret_cast<attention_tc::bf16*>(dst + 4 * i),
+    attention_tc::cp_async_16(reinterpret_cast<attention_tc::bf16*>(dst + (is_x ? 128 : 0) + 4 * j),
                               reinterpret_cast<const attention_tc::bf16*>(src), valid);
   };
   float total[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) total[i] = 0.0f;
-  mainloop(total, A, B, base * 128, (base + steps) * 128, steps, load_scales,
-           [&](float(&t)[64], const float(&p)[64], const float* scales, int64_t) {
-             const float s0 = scales[acc_row(0)], s1 = scales[acc_row(1)];
+  mainloop<WG>(total, A, B, base * 128, (base + steps) * 128, steps, load_scales,
+               [&](float(&t)[64], const float(&p)[64], const float* scales, int64_t) {
+                 const float s0 = scales[acc_row(0)], s1 = scales[acc_row(1)];
 #pragma unroll
-             for (int j = 0; j < 16; ++j) {
-               const float x0 = scales[128 + acc_col(j)], x1 = scales[128 + acc_col(j) + 1];
-               t[4 * j + 0] += p[4 * j + 0] * (s0 * x0);
-               t[4 * j + 1] += p[4 * j + 1] * (s0 * x1);
-               t[4 * j + 2] += p[4 * j + 2] * (s1 * x0);
-               t[4 * j + 3] += p[4 * j + 3] * (s1 * x1);
-             }
-           });
+                 for (int j = 0; j < 16; ++j) {
+                   const float x0 = scales[128 + acc_col(j)], x1 = scales[128 + acc_col(j) + 1];
+                   t[4 * j + 0] += p[4 * j + 0] * (s0 * x0);
+                   t[4 * j + 1] += p[4 * j + 1] * (s0 * x1);
+                   t[4 * j + 2] += p[4 * j + 2] * (s1 * x0);
+                   t[4 * j + 3] += p[4 * j + 3] * (s1 * x1);
+                 }
+               });
   float* d = dw[e];
 #pragma unroll
   for (int j = 0; j < 16; ++j)
@@ -285,5 +313,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
 #endif
 }
+
+constexpr int kWgradWarpgroups = 1;
 
 }  // namespace dseek::ops::cuda::fp8_wgmma
