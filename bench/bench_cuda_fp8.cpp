@@ -28,6 +28,7 @@
 #include "ops/fp8_train.h"
 #include "ops/linear.h"
 #include "ops/moe.h"
+#include "random_routing.h"
 
 using namespace dseek;
 
@@ -58,8 +59,8 @@ double time_op(const std::function<void()>& fn) {
 }
 
 // rows: token counts of the GEMMs timed together (one for a dense layer, one per expert for MoE).
-void bench(const std::string& name, const std::vector<int64_t>& rows, int64_t K, int64_t N,
-           std::mt19937& rng) {
+void bench_gemm(const std::string& name, const std::vector<int64_t>& rows, int64_t K, int64_t N,
+                std::mt19937& rng) {
   std::vector<ops::Fp8Tensor> a;
   std::vector<Tensor> x_bf16;
   double flops = 0;
@@ -104,15 +105,7 @@ void bench(const std::string& name, const std::vector<int64_t>& rows, int64_t K,
 void bench_grouped([[maybe_unused]] std::mt19937& rng) {
 #ifdef DSEEK_HAS_CUDA
   const int64_t T = 4096, E = 64, top_k = 6, N = T * top_k;
-  std::vector<int32_t> ids;
-  std::vector<int32_t> pool(static_cast<size_t>(E));
-  for (int32_t e = 0; e < int32_t(E); ++e) pool[size_t(e)] = e;
-  for (int64_t t = 0; t < T; ++t) {
-    std::shuffle(pool.begin(), pool.end(), rng);
-    ids.insert(ids.end(), pool.begin(), pool.begin() + top_k);
-  }
-  const ops::MoeDispatch d =
-      ops::moe_dispatch(Tensor::from_ids(ids).reshape({T, top_k}).to(Device::CUDA), E);
+  const ops::MoeDispatch d = bench::random_topk_dispatch(T, E, top_k, rng);
   const int64_t* offsets = d.offsets.data<int64_t>();
   struct Family {
     bool wgmma;
@@ -198,14 +191,14 @@ int main(int argc, char** argv) {
               "fp8_gemm", "fp8_gemm plain", "bf16 linear", "quant x", "% peak");
   std::printf("|---|---|---|---|---|---|---|\n");
   // DeepSeek-V3: hidden 7168, q_lora 1536, kv_lora 512, MLA o_proj in 16384, experts of 2048.
-  bench("dense q_a_proj", {4096}, 7168, 1536, rng);
-  bench("dense o_proj", {4096}, 16384, 7168, rng);
-  bench("decode o_proj", {1}, 16384, 7168, rng);
+  bench_gemm("dense q_a_proj", {4096}, 7168, 1536, rng);
+  bench_gemm("dense o_proj", {4096}, 16384, 7168, rng);
+  bench_gemm("decode o_proj", {1}, 16384, 7168, rng);
   // Ragged expert loads (tokens per expert after top-8 routing of 4096 tokens over 256 experts
   // are ~128 on average with a long tail).
   const std::vector<int64_t> ragged = {1, 17, 64, 128, 129, 200, 384, 1000};
-  bench("MoE gate/up (ragged)", ragged, 7168, 2 * 2048, rng);
-  bench("MoE down (ragged)", ragged, 2048, 7168, rng);
+  bench_gemm("MoE gate/up (ragged)", ragged, 7168, 2 * 2048, rng);
+  bench_gemm("MoE down (ragged)", ragged, 2048, 7168, rng);
   bench_grouped(rng);
   return 0;
 }

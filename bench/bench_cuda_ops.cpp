@@ -28,6 +28,7 @@
 #include "ops/norm.h"
 #include "ops/rope.h"
 #include "ops/softmax.h"
+#include "random_routing.h"
 
 using namespace dseek;
 
@@ -140,15 +141,7 @@ int main(int argc, char** argv) {
      // Hopper, mma.sync; ops/cuda/grouped_gemm_tc.h), beside one dense GEMM of
      // the same FLOPs (all rows through one weight: the cuBLASLt ceiling for this shape).
     const int64_t T = 4096, E = 64, K = 6, N = T * K;
-    std::vector<int32_t> ids;
-    std::vector<int32_t> pool(static_cast<size_t>(E));
-    for (int32_t e = 0; e < int32_t(E); ++e) pool[size_t(e)] = e;
-    for (int64_t t = 0; t < T; ++t) {
-      std::shuffle(pool.begin(), pool.end(), rng);
-      ids.insert(ids.end(), pool.begin(), pool.begin() + K);
-    }
-    const ops::MoeDispatch d =
-        ops::moe_dispatch(Tensor::from_ids(ids).reshape({T, K}).to(Device::CUDA), E);
+    const ops::MoeDispatch d = bench::random_topk_dispatch(T, E, K, rng);
     struct Grouped {
       const char* what;
       int64_t in, out;

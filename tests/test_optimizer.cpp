@@ -475,11 +475,14 @@ TEST(Optimizer, CopyValuesConvertsAndChecks) {
   EXPECT_EQ(dst.to_vector(), (std::vector<float>{1, 3, 2, 4}));
   expect_error([&] { copy_values(dst, Tensor::zeros({4}), "model.norm.weight"); },
                "[train] model.norm.weight: source [4], expected [2, 2]");
+  const Tensor bf16 = Tensor::poisoned({2, 2}, DType::BF16);  // rounded to nearest even
+  copy_values(bf16, Tensor::from_vector({1.0f, 2.5f, -3.0f, 1.01171875f}, {2, 2}), "m");
+  EXPECT_EQ(bf16.to_vector(), (std::vector<float>{1.0f, 2.5f, -3.0f, 1.015625f}));
   expect_error(
       [&] {
-        copy_values(dst.to(DType::BF16), Tensor::zeros({2, 2}), "m");
+        copy_values(dst.to(DType::F16), Tensor::zeros({2, 2}), "m");
       },
-      "[train] m: the destination must be f32 contiguous");
+      "[train] m: the destination must be f32 or bf16 contiguous");
 }
 
 TEST(Optimizer, ParamSetStartsOnTheCpu) {

@@ -1,9 +1,7 @@
 #include "train/optimizer.h"
 
 #include <cmath>
-#include <cstring>
 
-#include "core/cuda.h"
 #include "core/error.h"
 
 namespace dseek::train {
@@ -138,29 +136,12 @@ void AdamW::load_state(const std::map<std::string, Tensor>& tensors, int64_t ste
     check_state_tensor(tensors, "exp_avg." + p.name, p.value.shape());
     check_state_tensor(tensors, "exp_avg_sq." + p.name, p.value.shape());
   }
-  // A moment of the other dtype is converted first (its own device), then copied across.
-  const auto load = [&](Tensor& dst, const std::string& name) {
-    const Tensor& src = tensors.at(name);
-    if (dst.dtype() == DType::F32) {
-      copy_values(dst, src, name);
-      return;
-    }
-    const Tensor c = (src.dtype() == dst.dtype() ? src : src.to(dst.dtype())).contiguous();
-    if (dst.nbytes() == 0) return;
-    if (!dst.is_cuda() && !c.is_cuda())
-      std::memcpy(dst.raw(), c.raw(), dst.nbytes());
-    else if (dst.is_cuda() && c.is_cuda())
-      cuda::copy_on_device(dst.raw(), c.raw(), dst.nbytes());
-    else if (dst.is_cuda())
-      cuda::copy_to_device(dst.raw(), c.raw(), dst.nbytes());
-    else
-      cuda::copy_to_host(dst.raw(), c.raw(), dst.nbytes());
-  };
   size_t i = 0;
   for (const Param& p : params_->all()) {
     if (p.trainable) {
-      load(exp_avg_[i], "exp_avg." + p.name);
-      load(exp_avg_sq_[i], "exp_avg_sq." + p.name);
+      // (converted to the moments' dtype: a checkpoint of either loads)
+      copy_values(exp_avg_[i], tensors.at("exp_avg." + p.name), "exp_avg." + p.name);
+      copy_values(exp_avg_sq_[i], tensors.at("exp_avg_sq." + p.name), "exp_avg_sq." + p.name);
     }
     ++i;
   }

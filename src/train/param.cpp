@@ -95,12 +95,14 @@ void ParamSet::refresh_compute() {
 }
 
 void copy_values(const Tensor& dst, const Tensor& src, const std::string& what) {
-  DSEEK_CHECK(dst.defined() && dst.dtype() == DType::F32 && dst.is_contiguous(),
-              "[train] {}: the destination must be f32 contiguous", what);
+  DSEEK_CHECK(dst.defined() && (dst.dtype() == DType::F32 || dst.dtype() == DType::BF16) &&
+                  dst.is_contiguous(),
+              "[train] {}: the destination must be f32 or bf16 contiguous", what);
   DSEEK_CHECK(src.defined() && src.shape() == dst.shape(), "[train] {}: source {}, expected {}",
               what, src.defined() ? shape_str(src.shape()) : "undefined", shape_str(dst.shape()));
-  // f32 contiguous on its own device first (a no-op when it already is), then one plain copy.
-  const Tensor f = src.dtype() == DType::F32 && src.is_contiguous() ? src : src.to(DType::F32);
+  // dst's dtype, contiguous, on src's own device first (a no-op when it already is), then one
+  // plain copy.
+  const Tensor f = src.dtype() == dst.dtype() && src.is_contiguous() ? src : src.to(dst.dtype());
   if (dst.nbytes() == 0) return;
   if (!dst.is_cuda() && !f.is_cuda()) std::memcpy(dst.raw(), f.raw(), dst.nbytes());
   else if (dst.is_cuda() && f.is_cuda()) cuda::copy_on_device(dst.raw(), f.raw(), dst.nbytes());

@@ -91,8 +91,9 @@ class ParamSet {
 // precision. Returns how many parameters were marked.
 int64_t mark_fp8_linears(ParamSet& params);
 
-// Writes src (any float dtype, any device, dst's shape) into dst (f32 contiguous, e.g. a Param's
-// value or an optimizer moment), copying across devices as needed. `what` names dst in errors.
+// Writes src (any float dtype, any device, dst's shape) into dst (f32 or bf16 contiguous, e.g. a
+// Param's value or an optimizer moment; converted, bf16 rounding to nearest even), copying across
+// devices as needed. `what` names dst in errors.
 void copy_values(const Tensor& dst, const Tensor& src, const std::string& what);
 
 }  // namespace dseek::train

@@ -57,6 +57,23 @@ using fp8::kTile;
 constexpr int kColWidth = 32, kColRowsPerPass = 8, kColThreads = kColWidth * kColRowsPerPass;
 constexpr int kColRowsPerThread = kTile / kColRowsPerPass;  // 16
 
+// The rows [range[0], range[1]) of column-tile slot `slot`: the last group whose first tile's slot
+// is ≤ this slot (bases floor(o_g/128) + g strictly increase with g), found by a binary search;
+// an empty range for an unused slot.
+__device__ void slot_rows(const int64_t* offsets, int64_t groups, int64_t slot, int64_t* range) {
+  int64_t lo = 0, hi = groups - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (offsets[mid] / kTile + mid <= slot) lo = mid;
+    else hi = mid - 1;
+  }
+  const int64_t base = offsets[lo] / kTile + lo;
+  const int64_t r0 = offsets[lo] + (slot - base) * kTile, end = offsets[lo + 1];
+  const bool used = base <= slot && r0 < end;
+  range[0] = used ? r0 : 0;
+  range[1] = used ? min(end, r0 + kTile) : 0;
+}
+
 // grid (slots, ceil(cols/32)), block 256.
 template <typename T>
 __global__ void __launch_bounds__(kColThreads)
@@ -65,20 +82,7 @@ __global__ void __launch_bounds__(kColThreads)
   __shared__ float partial_max[kColRowsPerPass][kColWidth];
   __shared__ int64_t range[2];
   const int64_t slot = blockIdx.x;
-  if (threadIdx.x == 0) {
-    // The last group whose first tile's slot is ≤ this slot (bases strictly increase with g).
-    int64_t lo = 0, hi = groups - 1;
-    while (lo < hi) {
-      const int64_t mid = (lo + hi + 1) / 2;
-      if (offsets[mid] / kTile + mid <= slot) lo = mid;
-      else hi = mid - 1;
-    }
-    const int64_t base = offsets[lo] / kTile + lo;
-    const int64_t r0 = offsets[lo] + (slot - base) * kTile, end = offsets[lo + 1];
-    const bool used = base <= slot && r0 < end;
-    range[0] = used ? r0 : 0;
-    range[1] = used ? min(end, r0 + kTile) : 0;
-  }
+  if (threadIdx.x == 0) slot_rows(offsets, groups, slot, range);
   __syncthreads();
   const int64_t r0 = range[0], r1 = range[1];
   if (r0 >= r1) return;  // an unused slot: uniform over the block
@@ -151,26 +155,14 @@ constexpr int kTrCols = 64;
 
 // grid (slots, ceil(C/64)), block 256: slot s's 128 rows × 64 columns of q [rows, C] through
 // shared memory into qt [C, P] (P = 128 × slots), row r0 + i at column 128·s + i; zeros past the
-// slot's rows and in unused slots. The slot's rows as in quantize_fp8_cols_kernel.
+// slot's rows and in unused slots.
 __global__ void __launch_bounds__(256)
     transpose_col_tiles_kernel(const uint8_t* q, int64_t C, const int64_t* offsets, int64_t groups,
                                uint8_t* qt, int64_t P) {
   __shared__ uint8_t tile[kTile][kTrCols + 4];
   __shared__ int64_t range[2];
   const int64_t slot = blockIdx.x;
-  if (threadIdx.x == 0) {
-    int64_t lo = 0, hi = groups - 1;
-    while (lo < hi) {
-      const int64_t mid = (lo + hi + 1) / 2;
-      if (offsets[mid] / kTile + mid <= slot) lo = mid;
-      else hi = mid - 1;
-    }
-    const int64_t base = offsets[lo] / kTile + lo;
-    const int64_t r0 = offsets[lo] + (slot - base) * kTile, end = offsets[lo + 1];
-    const bool used = base <= slot && r0 < end;
-    range[0] = used ? r0 : 0;
-    range[1] = used ? min(end, r0 + kTile) : 0;
-  }
+  if (threadIdx.x == 0) slot_rows(offsets, groups, slot, range);
   __syncthreads();
   const int64_t r0 = range[0], n = range[1] - range[0];
   const int64_t c0 = int64_t(blockIdx.y) * kTrCols;
@@ -300,6 +292,25 @@ void fp8_transpose_blocks(const uint8_t* q, const float* scale, int64_t E, int64
   DSEEK_CUDA_CHECK_LAUNCH("transpose_scales_kernel");
 }
 
+namespace {
+
+// fp8_wgmma::fp8_rows_wgmma_kernel over `blocks` blocks (its arguments; offsets null: dense).
+void launch_rows_wgmma(int64_t blocks, const uint8_t* a, const float* sa, int64_t M,
+                       const int64_t* offsets, const int64_t* tile_start, int64_t E,
+                       const uint8_t* w, const float* sw, int64_t N, int64_t K, void* y,
+                       DType out) {
+  DSEEK_DISPATCH_ACT(out, T, {
+    const auto kernel = fp8_wgmma::fp8_rows_wgmma_kernel<T>;
+    DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          int(fp8_wgmma::kSmemBytes)));
+    kernel<<<unsigned(blocks), fp8_wgmma::kThreads, fp8_wgmma::kSmemBytes, stream()>>>(
+        a, sa, M, offsets, tile_start, E, w, sw, N, K, static_cast<T*>(y));
+  });
+  DSEEK_CUDA_CHECK_LAUNCH("fp8_rows_wgmma_kernel");
+}
+
+}  // namespace
+
 bool fp8_wgmma_takes(int64_t K, int64_t N) {
   return grouped_gemm_wgmma() && K > 0 && K % 16 == 0 && N % 16 == 0;
 }
@@ -316,14 +327,7 @@ void fp8_grouped_gemm(const uint8_t* a, const float* sa, int64_t M, int64_t K,
                 "[fp8_grouped_gemm] {} row tiles × {} columns exceed the grid", tiles, N);
     const std::unique_ptr<int64_t, void (*)(void*)> tile_start(
         tile_schedule(offsets, E, fp8_wgmma::kBM), dseek::cuda::free);
-    DSEEK_DISPATCH_ACT(out, T, {
-      const auto kernel = fp8_wgmma::fp8_rows_wgmma_kernel<T>;
-      DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            int(fp8_wgmma::kSmemBytes)));
-      kernel<<<unsigned(tiles * cols), fp8_wgmma::kThreads, fp8_wgmma::kSmemBytes, stream()>>>(
-          a, sa, M, offsets, tile_start.get(), E, w, sw, N, K, static_cast<T*>(y));
-    });
-    DSEEK_CUDA_CHECK_LAUNCH("fp8_rows_wgmma_kernel");
+    launch_rows_wgmma(tiles * cols, a, sa, M, offsets, tile_start.get(), E, w, sw, N, K, y, out);
     return;
   }
   const dim3 grid(unsigned(ceil_div<int64_t>(M, kBM)), unsigned(ceil_div<int64_t>(N, kBN)),
@@ -340,14 +344,7 @@ void fp8_gemm_wgmma(const uint8_t* a, const float* sa, int64_t M, int64_t K, con
   const int64_t tiles = ceil_div<int64_t>(M, fp8_wgmma::kBM),
                 cols = ceil_div<int64_t>(N, fp8_wgmma::kBN);
   DSEEK_CHECK(tiles <= INT_MAX / cols, "[fp8_gemm] {} × {} output exceeds the grid", M, N);
-  DSEEK_DISPATCH_ACT(out, T, {
-    const auto kernel = fp8_wgmma::fp8_rows_wgmma_kernel<T>;
-    DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          int(fp8_wgmma::kSmemBytes)));
-    kernel<<<unsigned(tiles * cols), fp8_wgmma::kThreads, fp8_wgmma::kSmemBytes, stream()>>>(
-        a, sa, M, nullptr, nullptr, 1, w, sw, N, K, static_cast<T*>(y));
-  });
-  DSEEK_CUDA_CHECK_LAUNCH("fp8_rows_wgmma_kernel<dense>");
+  launch_rows_wgmma(tiles * cols, a, sa, M, nullptr, nullptr, 1, w, sw, N, K, y, out);
 }
 
 void fp8_grouped_wgrad(const uint8_t* dy, const float* sdy, const uint8_t* x, const float* sx,
