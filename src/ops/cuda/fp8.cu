@@ -9,9 +9,10 @@
 // codes and scales match cpu::quantize_fp8 bit for bit. Non-finite inputs are found with
 // __syncthreads_or (__all_sync) and reported through a device flag.
 //
-// fp8_gemm: a plain tiled kernel, correctness first (no tensor cores yet): fp8_gemm_tile.cuh's
-// tile loop (64×64 outputs per block of 256 threads, k-blocks of 128 promoted with their two
-// scales), then the bias and the store.
+// fp8_gemm: the plain tiled kernel (CUDA cores; the reference the tensor-core paths — cuBLASLt's
+// block-scaled GEMM, fp8_wgmma_kernels.cuh — are tested against, and the path on other GPUs):
+// fp8_gemm_tile.cuh's tile loop (64×64 outputs per block of 256 threads, k-blocks of 128
+// promoted with their two scales), then the bias and the store.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
