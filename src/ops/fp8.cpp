@@ -9,6 +9,7 @@
 #include "ops/cuda/fp8_kernels.h"
 #include "ops/cuda/fp8_train_kernels.h"
 #include "ops/device.h"
+#include "ops/fp8_nan_check.h"
 
 #ifdef DSEEK_HAS_CUDA
 #include "core/cuda.h"
@@ -64,15 +65,11 @@ Fp8Tensor quantize_fp8(const Tensor& x, Fp8Layout layout, bool pow2_scale, std::
   const int64_t tr = tile_rows_of(layout);
   if (device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
-    int* bad = static_cast<int*>(dseek::cuda::alloc(sizeof(int)));
-    dseek::cuda::fill_bytes(bad, 0, sizeof(int));
+    Fp8NanCheck nan(fmt::format("[quantize_fp8] '{}': input {} contains NaN or Inf", name,
+                                shape_str(x.shape())));
     cuda::quantize_fp8(xc.raw(), act, rows, cols, tr, pow2_scale, out.data.data<uint8_t>(),
-                       out.scale.data<float>(), bad);
-    int flag = 0;
-    dseek::cuda::copy_to_host(&flag, bad, sizeof(int));  // waits for the kernel
-    dseek::cuda::free(bad);
-    DSEEK_CHECK(flag == 0, "[quantize_fp8] '{}': input {} contains NaN or Inf", name,
-                shape_str(x.shape()));
+                       out.scale.data<float>(), nan.flag());
+    nan.done();
     return out;
 #else
     cuda_not_built("quantize_fp8");

@@ -12,7 +12,8 @@
 //   - a tile whose amax/448 is below FLT_MIN gets s = FLT_MIN (2^-126), so x / s stays finite and
 //     the scale is a normal number (such tiles keep few significant bits: they are ~0 anyway);
 //   - a NaN or ±Inf input is an error naming the tensor (CUDA: a flag set by the kernel and read
-//     after it, so quantize_fp8 synchronises the stream).
+//     after it, so quantize_fp8 synchronises the stream — or, inside a DeferredFp8Checks scope,
+//     read with all the scope's others at its check(): ops/fp8_nan_check.h).
 // The scale tensors are f32 [rows, ceil(cols/128)] (tiles) or [ceil(rows/128), ceil(cols/128)]
 // (blocks); ragged edges form smaller tiles with their own amax.
 //
