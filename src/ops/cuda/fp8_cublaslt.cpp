@@ -19,7 +19,11 @@
 //     [N/128, L] scale_inv with its rows padded;
 //   B, VEC128: outer-dimension major, M scales per k-block, the stride padded to 16 bytes:
 //     [L][M4], M4 = ceil(M/4)·4 — our [M, L] tile scales transposed.
-// Both are repacked per call by one small kernel (fp8_pack_scales) into a scratch buffer. The
+// Both are repacked per call by one small kernel (fp8_pack_scales) into a scratch buffer.
+// The dense wgrad (fp8_wgrad_cublaslt) takes both operands in 1×128 tiles along K = the tokens
+// (VEC128 for A and B, the combination DeepGEMM's wgrad also runs): the transposed column tiles of
+// ops/fp8_train.h, whose [slots, channels] scales are that layout already, and dW accumulated in
+// place (beta 1). The
 // activations' layout is the one assumption the backend test (Fp8GemmCublasLtMatchesPlainKernel)
 // must confirm on the GPU; kActScalesOuterMajor = false switches to the K-major alternative
 // [M][L4] should this cuBLAS read VEC128 scales that way.
@@ -57,6 +61,8 @@ constexpr bool kActScalesOuterMajor = true;  // VEC128 scales [L][M4], else [M][
 struct Key {
   int64_t m, n, k;
   int d_type;
+  int64_t ld = 0;      // the operands' row stride (the forward's: K)
+  bool wgrad = false;  // both operands VEC128 (fp8_wgrad_cublaslt)
   auto operator<=>(const Key&) const = default;
 };
 
@@ -94,11 +100,14 @@ bool aligned256(const void* p) {
 
 // Descriptors for the problem with the scale modes (the scale pointers are set per call). Returns
 // false when cuBLASLt refuses an attribute (a library without the block-scaled modes).
-bool describe(LtDescriptors& desc, int64_t M, int64_t K, int64_t N, cudaDataType_t d_type) {
+// ld: both operands' row stride; wgrad: A's scales VEC128 too (fp8_wgrad_cublaslt).
+bool describe(LtDescriptors& desc, int64_t M, int64_t K, int64_t N, cudaDataType_t d_type,
+              int64_t ld, bool wgrad) {
   if (cublasLtMatmulDescCreate(&desc.op, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS)
     return false;
   const cublasOperation_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
-  const cublasLtMatmulMatrixScale_t a_mode = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
+  const cublasLtMatmulMatrixScale_t a_mode =
+      wgrad ? CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F : CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
   const cublasLtMatmulMatrixScale_t b_mode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
   const std::tuple<cublasLtMatmulDescAttributes_t, const void*, size_t> attributes[] = {
       {CUBLASLT_MATMUL_DESC_TRANSA, &op_t, sizeof(op_t)},
@@ -108,9 +117,9 @@ bool describe(LtDescriptors& desc, int64_t M, int64_t K, int64_t N, cudaDataType
   for (const auto& [attribute, value, size] : attributes)
     if (cublasLtMatmulDescSetAttribute(desc.op, attribute, value, size) != CUBLAS_STATUS_SUCCESS)
       return false;
-  return cublasLtMatrixLayoutCreate(&desc.a, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(N), K) ==
+  return cublasLtMatrixLayoutCreate(&desc.a, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(N), ld) ==
              CUBLAS_STATUS_SUCCESS &&
-         cublasLtMatrixLayoutCreate(&desc.b, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(M), K) ==
+         cublasLtMatrixLayoutCreate(&desc.b, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(M), ld) ==
              CUBLAS_STATUS_SUCCESS &&
          cublasLtMatrixLayoutCreate(&desc.d, d_type, uint64_t(N), uint64_t(M), N) ==
              CUBLAS_STATUS_SUCCESS;
@@ -118,9 +127,10 @@ bool describe(LtDescriptors& desc, int64_t M, int64_t K, int64_t N, cudaDataType
 
 // The plan for a problem, or null when cuBLASLt cannot run it (an unsupported combination comes
 // back as an error status or as no result: both mean "not here", so the plain kernel runs).
-std::unique_ptr<Plan> make_plan(int64_t M, int64_t K, int64_t N, cudaDataType_t d_type) {
+std::unique_ptr<Plan> make_plan(int64_t M, int64_t K, int64_t N, cudaDataType_t d_type, int64_t ld,
+                                bool wgrad) {
   auto plan = std::make_unique<Plan>();
-  if (!describe(plan->desc, M, K, N, d_type)) return nullptr;
+  if (!describe(plan->desc, M, K, N, d_type, ld, wgrad)) return nullptr;
   // The heuristic refuses a block-scaled problem whose scale pointers are unset (seen on an H200,
   // CUDA 13.0): it is shown the workspace, valid and 256-byte aligned, until a call sets its own.
   const void* placeholder = lt_context().workspace;
@@ -161,10 +171,10 @@ bool fp8_gemm_cublaslt(const uint8_t* a, const float* sa, int64_t M, int64_t K, 
   if (!all.hopper) return false;
   const cudaDataType_t d_type = out == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
   std::lock_guard<std::mutex> lock(all.mutex);
-  const Key key{N, M, K, int(d_type)};
+  const Key key{N, M, K, int(d_type), K, false};
   auto it = all.by_problem.find(key);
   if (it == all.by_problem.end())
-    it = all.by_problem.emplace(key, make_plan(M, K, N, d_type)).first;
+    it = all.by_problem.emplace(key, make_plan(M, K, N, d_type, K, false)).first;
   Plan* plan = it->second.get();
   if (!plan) return false;
 
@@ -199,7 +209,49 @@ bool fp8_gemm_cublaslt(const uint8_t* a, const float* sa, int64_t M, int64_t K, 
   return true;
 }
 
+bool fp8_wgrad_cublaslt(const uint8_t* dyt, const float* sdy, int64_t M, const uint8_t* xt,
+                        const float* sx, int64_t N, int64_t K, int64_t ld, float* dw, float beta) {
+  // The roles of fp8_gemm_cublaslt with a = dyt [M, ld], w = xt [N, ld], both in 1×128 tiles
+  // along K, whose scales [K/128, M] and [K/128, N] are already VEC128's outer-major layout
+  // ([L][M4]) where M and N are multiples of 4.
+  if (M == 0 || N == 0 || K == 0 || K % 128 != 0 || M % 4 != 0 || N % 4 != 0) return false;
+  if (!aligned256(dyt) || !aligned256(xt) || !aligned256(dw) || ld % 16 != 0) return false;
+  if (reinterpret_cast<uintptr_t>(sdy) % 16 != 0 || reinterpret_cast<uintptr_t>(sx) % 16 != 0)
+    return false;
+  Plans& all = plans();
+  if (!all.hopper) return false;
+  std::lock_guard<std::mutex> lock(all.mutex);
+  const Key key{N, M, K, int(CUDA_R_32F), ld, true};
+  auto it = all.by_problem.find(key);
+  if (it == all.by_problem.end())
+    it = all.by_problem.emplace(key, make_plan(M, K, N, CUDA_R_32F, ld, true)).first;
+  Plan* plan = it->second.get();
+  if (!plan) return false;
+  const float* a_scales = sx;  // cuBLASLt's A is xt (see the header's layout note)
+  const float* b_scales = sdy;
+  if (cublasLtMatmulDescSetAttribute(plan->desc.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scales,
+                                     sizeof(a_scales)) != CUBLAS_STATUS_SUCCESS ||
+      cublasLtMatmulDescSetAttribute(plan->desc.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scales,
+                                     sizeof(b_scales)) != CUBLAS_STATUS_SUCCESS)
+    return false;
+  const float alpha = 1.0f;
+  const LtContext& lt = lt_context();
+  const cublasStatus_t status =
+      cublasLtMatmul(lt.handle, plan->desc.op, &alpha, xt, plan->desc.a, dyt, plan->desc.b, &beta,
+                     dw, plan->desc.d, dw, plan->desc.d, &plan->algo, lt.workspace,
+                     kLtWorkspaceBytes, dseek::cuda::stream());
+  if (status != CUBLAS_STATUS_SUCCESS)
+    fail("[fp8_wgrad] cublasLtMatmul (1x128 x 1x128 FP8, M={} N={} K={}): {} ({})", M, N, K,
+         cublasLtGetStatusName(status), cublasLtGetStatusString(status));
+  return true;
+}
+
 #else  // cuBLAS older than 12.9: no block-scaled FP8 modes
+
+bool fp8_wgrad_cublaslt(const uint8_t*, const float*, int64_t, const uint8_t*, const float*,
+                        int64_t, int64_t, int64_t, float*, float) {
+  return false;
+}
 
 bool fp8_gemm_cublaslt(const uint8_t*, const float*, int64_t, int64_t, const uint8_t*, const float*,
                        int64_t, const void*, void*, DType) {

@@ -42,6 +42,11 @@ void fp8_gemm(const uint8_t* a, const float* sa, int64_t M, int64_t K, const uin
 // algorithm was found.
 bool fp8_gemm_cublaslt(const uint8_t* a, const float* sa, int64_t M, int64_t K, const uint8_t* w,
                        const float* sw, int64_t N, const void* bias, void* y, DType out);
+// dW [M, N] = beta·dW + dyt[M, :K]·xt[N, :K]ᵀ (f32) with both operands in 1×128 tiles along K
+// (row stride ld; scales sdy [K/128, M], sx [K/128, N]), on cuBLASLt's block-scaled FP8 GEMM: the
+// dense wgrad of ops/fp8_train.h. Returns false (nothing enqueued) where it does not apply.
+bool fp8_wgrad_cublaslt(const uint8_t* dyt, const float* sdy, int64_t M, const uint8_t* xt,
+                        const float* sx, int64_t N, int64_t K, int64_t ld, float* dw, float beta);
 
 // Copies a row-major f32 [rows, cols] into `dst` [dst_rows, ld] (zero-padded), transposed when
 // `transpose` (then dst_rows >= cols and ld >= rows, else dst_rows >= rows and ld >= cols): the

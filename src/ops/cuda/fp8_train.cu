@@ -14,9 +14,11 @@
 // scale block.
 //
 // On a Hopper with sm_90a code the two grouped GEMMs run on the tensor cores instead
-// (fp8_wgmma_kernels.cuh, where K and N are multiples of 16): the wgrad first transposes the
-// column tiles of dy and x into K-major lines of 128 tokens (transpose_col_tiles_kernel). The
-// kernels below are the portable path and the reference the backend tests hold those to.
+// (fp8_wgmma_kernels.cuh, where K and N are multiples of 16): the wgrad reads dy's and x's column
+// tiles as K-major lines of 128 tokens, which col_tiles_t_kernel writes in one pass from the
+// activations (or from x's cached 1×128 row tiles), quantising and transposing together through a
+// 128×64 tile in shared memory. The plain kernels below are the portable path and the reference
+// the backend tests hold those to.
 //
 // fp8_grouped_wgrad: the same 64×64 register tiling over dW_e [N, K], the reduction running over
 // the group's rows: 32 rows of dy and x at a time staged in shared memory (rows read along N and
@@ -24,7 +26,9 @@
 // sdy[tile, n]·sx[tile, k]. Every dW element is summed by one thread in a fixed order.
 #include <algorithm>
 #include <climits>
+#include <cstdint>
 #include <memory>
+#include <type_traits>
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
@@ -177,6 +181,126 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+// --- column tiles, quantised and transposed in one pass ------------------------------------------
+
+// The sources of col_tiles_t_kernel: element (r, c) as f32.
+template <typename T>
+// load4(r, c): elements (r, c … c + 3) in one load (c a multiple of 4, cols too, the base 16-byte
+// aligned: the launcher checks), the same values as four operator() calls.
+struct ActivationRows {  // x [rows, cols] in f32 or bf16
+  const T* x;
+  int64_t cols;
+  __device__ float operator()(int64_t r, int64_t c) const { return to_f32(x[r * cols + c]); }
+  bool aligned16() const { return reinterpret_cast<uintptr_t>(x) % 16 == 0; }
+  __device__ float4 load4(int64_t r, int64_t c) const {
+    if constexpr (std::is_same_v<T, float>) {
+      return *reinterpret_cast<const float4*>(x + r * cols + c);
+    } else {
+      const uint2 u = *reinterpret_cast<const uint2*>(x + r * cols + c);
+      const __nv_bfloat162 a = *reinterpret_cast<const __nv_bfloat162*>(&u.x);
+      const __nv_bfloat162 b = *reinterpret_cast<const __nv_bfloat162*>(&u.y);
+      return make_float4(__low2float(a), __high2float(a), __low2float(b), __high2float(b));
+    }
+  }
+};
+
+struct Fp8Rows {  // x̂ = codes · 1×128 row-tile scales, as dequantize_fp8_kernel computes it
+  const uint8_t* q;
+  const float* s;
+  int64_t cols, tiles_per_row;
+  __device__ float operator()(int64_t r, int64_t c) const {
+    return decode_e4m3(q[r * cols + c]) * s[r * tiles_per_row + c / kTile];
+  }
+  bool aligned16() const { return reinterpret_cast<uintptr_t>(q) % 16 == 0; }
+  __device__ float4 load4(int64_t r, int64_t c) const {
+    const uint32_t codes = *reinterpret_cast<const uint32_t*>(q + r * cols + c);
+    const float sc = s[r * tiles_per_row + c / kTile];  // c … c + 3 share a 128-tile
+    return make_float4(decode_e4m3(uint8_t(codes)) * sc, decode_e4m3(uint8_t(codes >> 8)) * sc,
+                       decode_e4m3(uint8_t(codes >> 16)) * sc, decode_e4m3(uint8_t(codes >> 24)) * sc);
+  }
+};
+
+// grid (slots, ceil(C/64)), block 256: slot s's rows (at most 128) × 64 columns of the source into
+// shared memory as f32, each thread keeping the maxima of its columns (VEC: thread t loads
+// columns 4(t % 16) … + 3 of every 16th row in one load; else column t % 64 of every fourth
+// row), each column's scale from those partial maxima, then the codes written transposed, 16 rows
+// of one column a thread as one 16-byte store. Values, scale rule and rounding are those of
+// quantize_fp8_cols_kernel, so the codes are the ones it and transpose_col_tiles_kernel give.
+template <typename Source, bool VEC>
+__global__ void __launch_bounds__(256)
+    col_tiles_t_kernel(Source src, int64_t C, const int64_t* offsets, int64_t groups,
+                       uint8_t* qt, int64_t P, float* scale, int* bad) {
+  constexpr int kQuads = kTrCols / 4;
+  constexpr int kPhases = VEC ? 256 / kQuads : 256 / kTrCols;  // rows loaded at a time
+  __shared__ float tile[kTile][kTrCols + 1];
+  __shared__ float partial_max[kPhases][kTrCols];
+  __shared__ float col_scale[kTrCols];
+  __shared__ int64_t range[2];
+  const int64_t slot = blockIdx.x;
+  if (threadIdx.x == 0) slot_rows(offsets, groups, slot, range);
+  __syncthreads();
+  const int64_t r0 = range[0], n = range[1] - range[0];
+  const int64_t c0 = int64_t(blockIdx.y) * kTrCols;
+  int nonfinite = 0;
+  if constexpr (VEC) {
+    const int q = threadIdx.x % kQuads, phase = threadIdx.x / kQuads;
+    const bool active = c0 + 4 * q < C;  // C is a multiple of 4: the quad is wholly in or out
+    float amax[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int r = phase; r < kTile; r += kPhases) {
+      const float4 v4 = active && r < n ? src.load4(r0 + r, c0 + 4 * q) : float4{0, 0, 0, 0};
+      const float v[4] = {v4.x, v4.y, v4.z, v4.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        nonfinite |= !isfinite(v[j]);
+        amax[j] = fmaxf(amax[j], fabsf(v[j]));
+        tile[r][4 * q + j] = v[j];
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) partial_max[phase][4 * q + j] = amax[j];
+  } else {
+    const int c = threadIdx.x % kTrCols, phase = threadIdx.x / kTrCols;
+    const bool active = c0 + c < C;
+    float amax = 0.0f;
+    for (int r = phase; r < kTile; r += kPhases) {
+      const float v = active && r < n ? src(r0 + r, c0 + c) : 0.0f;
+      nonfinite |= !isfinite(v);
+      amax = fmaxf(amax, fabsf(v));
+      tile[r][c] = v;
+    }
+    partial_max[phase][c] = amax;
+  }
+  if (__syncthreads_or(nonfinite) && threadIdx.x == 0 && bad) atomicExch(bad, 1);
+  if (threadIdx.x < kTrCols) {
+    const int c = threadIdx.x;
+    const bool active = c0 + c < C;
+    float m = partial_max[0][c];
+    for (int j = 1; j < kPhases; ++j) m = fmaxf(m, partial_max[j][c]);
+    const float s = fp8_tile_scale(m, false);
+    col_scale[c] = s;
+    if (active) scale[slot * C + c0 + c] = n > 0 ? s : 0.0f;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kTrCols * (kTile / 16); i += blockDim.x) {
+    const int cc = i % kTrCols, chunk = i / kTrCols;  // lanes on consecutive columns: no conflicts
+    if (c0 + cc >= C) continue;
+    const float s = col_scale[cc];
+    uint32_t word[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      word[j] = 0;
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const int r = chunk * 16 + j * 4 + b;
+        const uint32_t code = r < n ? encode_e4m3(tile[r][cc] / s) : 0u;
+        word[j] |= code << (8 * b);
+      }
+    }
+    *reinterpret_cast<uint4*>(qt + (c0 + cc) * P + slot * kTile + chunk * 16) =
+        make_uint4(word[0], word[1], word[2], word[3]);
+  }
+}
+
 // --- grouped GEMMs ------------------------------------------------------------------------------
 
 // grid (ceil(M/64), ceil(N/64), E), block 256.
@@ -279,6 +403,41 @@ void quantize_fp8_cols(const void* x, DType act, int64_t rows, int64_t cols,
   DSEEK_CUDA_CHECK_LAUNCH("quantize_fp8_cols_kernel");
 }
 
+namespace {
+
+template <typename Source>
+void launch_col_tiles_t(Source src, int64_t rows, int64_t cols, const int64_t* offsets,
+                        int64_t groups, uint8_t* qt, float* scale, int* bad) {
+  const int64_t slots = rows / kTile + groups;
+  if (cols == 0 || groups == 0) return;
+  // P·cols bytes of codes, each column's stretch 16-byte aligned (P is a multiple of 128)
+  const dim3 grid(unsigned(slots), unsigned(ceil_div<int64_t>(cols, kTrCols)));
+  if (cols % 4 == 0 && src.aligned16()) {  // the vector loads' rows stay aligned
+    col_tiles_t_kernel<Source, true><<<grid, 256, 0, stream()>>>(src, cols, offsets, groups, qt,
+                                                                 slots * kTile, scale, bad);
+  } else {
+    col_tiles_t_kernel<Source, false><<<grid, 256, 0, stream()>>>(src, cols, offsets, groups, qt,
+                                                                  slots * kTile, scale, bad);
+  }
+  DSEEK_CUDA_CHECK_LAUNCH("col_tiles_t_kernel");
+}
+
+}  // namespace
+
+void fp8_col_tiles_t(const void* x, DType act, int64_t rows, int64_t cols, const int64_t* offsets,
+                     int64_t groups, uint8_t* qt, float* scale, int* bad) {
+  DSEEK_DISPATCH_ACT(act, T,
+                     launch_col_tiles_t(ActivationRows<T>{static_cast<const T*>(x), cols}, rows,
+                                        cols, offsets, groups, qt, scale, bad));
+}
+
+void fp8_col_tiles_t_from_rows(const uint8_t* q_rows, const float* s_rows, int64_t rows,
+                               int64_t cols, const int64_t* offsets, int64_t groups, uint8_t* qt,
+                               float* scale, int* bad) {
+  launch_col_tiles_t(Fp8Rows{q_rows, s_rows, cols, ceil_div<int64_t>(cols, kTile)}, rows, cols,
+                     offsets, groups, qt, scale, bad);
+}
+
 void fp8_transpose_blocks(const uint8_t* q, const float* scale, int64_t E, int64_t R, int64_t C,
                           uint8_t* qt, float* scale_t) {
   if (E == 0 || R == 0 || C == 0) return;
@@ -352,8 +511,6 @@ void fp8_grouped_wgrad(const uint8_t* dy, const float* sdy, const uint8_t* x, co
                        float* const* dw, float beta) {
   if (N == 0 || K == 0 || E == 0) return;
   if (fp8_wgmma_takes(K, N)) {
-    DSEEK_CHECK(E <= 65535 && ceil_div<int64_t>(N, 64) <= 65535,
-                "[fp8_grouped_wgrad] dW of {} experts × [{}, {}] exceeds the grid", E, N, K);
     // wgmma reads 8-bit operands K-major only: dyᵀ and xᵀ, each column tile a 128-byte stretch.
     const int64_t slots = rows / kTile + E, P = slots * kTile;
     const std::unique_ptr<uint8_t, void (*)(void*)> dyt(
@@ -366,16 +523,7 @@ void fp8_grouped_wgrad(const uint8_t* dy, const float* sdy, const uint8_t* x, co
     transpose_col_tiles_kernel<<<dim3(unsigned(slots), unsigned(ceil_div<int64_t>(K, kTrCols))),
                                  256, 0, stream()>>>(x, K, offsets, E, xt.get(), P);
     DSEEK_CUDA_CHECK_LAUNCH("transpose_col_tiles_kernel");
-    constexpr int wg = fp8_wgmma::kWgradWarpgroups;
-    const auto kernel = fp8_wgmma::fp8_wgrad_wgmma_kernel<wg>;
-    const size_t smem = fp8_wgmma::smem_bytes(wg);
-    DSEEK_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    const dim3 grid(unsigned(ceil_div<int64_t>(K, fp8_wgmma::kBN)),
-                    unsigned(ceil_div<int64_t>(N, 64 * wg)), unsigned(E));
-    kernel<<<grid, fp8_wgmma::threads(wg), smem, stream()>>>(dyt.get(), sdy, xt.get(), sx, N, K, P,
-                                                             offsets, dw, beta);
-    DSEEK_CUDA_CHECK_LAUNCH("fp8_wgrad_wgmma_kernel");
+    fp8_grouped_wgrad_t(dyt.get(), sdy, xt.get(), sx, rows, N, K, offsets, E, dw, beta);
     return;
   }
   const dim3 grid(unsigned(ceil_div<int64_t>(K, kBM)), unsigned(ceil_div<int64_t>(N, kBN)),
@@ -383,6 +531,26 @@ void fp8_grouped_wgrad(const uint8_t* dy, const float* sdy, const uint8_t* x, co
   fp8_grouped_wgrad_kernel<<<grid, kThreads, 0, stream()>>>(dy, sdy, x, sx, N, K, offsets, dw,
                                                             beta);
   DSEEK_CUDA_CHECK_LAUNCH("fp8_grouped_wgrad_kernel");
+}
+
+void fp8_grouped_wgrad_t(const uint8_t* dyt, const float* sdy, const uint8_t* xt, const float* sx,
+                         int64_t rows, int64_t N, int64_t K, const int64_t* offsets, int64_t E,
+                         float* const* dw, float beta) {
+  if (N == 0 || K == 0 || E == 0) return;
+  DSEEK_CHECK(fp8_wgmma_takes(K, N) && E <= 65535 && ceil_div<int64_t>(N, 64) <= 65535,
+              "[fp8_grouped_wgrad] dW of {} experts × [{}, {}]: not a tensor-core shape here", E,
+              N, K);
+  const int64_t P = (rows / kTile + E) * kTile;
+  constexpr int wg = fp8_wgmma::kWgradWarpgroups;
+  const auto kernel = fp8_wgmma::fp8_wgrad_wgmma_kernel<wg>;
+  const size_t smem = fp8_wgmma::smem_bytes(wg);
+  DSEEK_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  const dim3 grid(unsigned(ceil_div<int64_t>(K, fp8_wgmma::kBN)),
+                  unsigned(ceil_div<int64_t>(N, 64 * wg)), unsigned(E));
+  kernel<<<grid, fp8_wgmma::threads(wg), smem, stream()>>>(dyt, sdy, xt, sx, N, K, P, offsets,
+                                                           dw, beta);
+  DSEEK_CUDA_CHECK_LAUNCH("fp8_wgrad_wgmma_kernel");
 }
 
 }  // namespace dseek::ops::cuda

@@ -15,6 +15,17 @@ namespace dseek::ops::cuda {
 void quantize_fp8_cols(const void* x, DType act, int64_t rows, int64_t cols,
                        const int64_t* offsets, int64_t groups, uint8_t* q, float* scale, int* bad);
 
+// The column tiles of quantize_fp8_cols transposed for the wgmma wgrad, in one pass: qt [cols, P]
+// (P = 128·(rows/128 + groups); column c's tile in slot j at qt[c·P + 128·j …], zeros past its
+// rows and in unused slots), scale as quantize_fp8_cols's. The source is x [rows, cols] (act f32
+// or bf16), or x̂ = codes q_rows [rows, cols] times their 1×128 row-tile scales s_rows [rows,
+// ceil(cols/128)] (fp8_col_tiles_t_from_rows). bad: as quantize_fp8_cols (may be null for x̂).
+void fp8_col_tiles_t(const void* x, DType act, int64_t rows, int64_t cols, const int64_t* offsets,
+                     int64_t groups, uint8_t* qt, float* scale, int* bad);
+void fp8_col_tiles_t_from_rows(const uint8_t* q_rows, const float* s_rows, int64_t rows,
+                               int64_t cols, const int64_t* offsets, int64_t groups, uint8_t* qt,
+                               float* scale, int* bad);
+
 // E matrices of codes [E, R, C] in 128×128 blocks (scales [E, ceil(R/128), ceil(C/128)]) to their
 // transposes [E, C, R] (scales [E, ceil(C/128), ceil(R/128)]): exactly W's blocks re-quantised in
 // the transposed orientation.
@@ -36,6 +47,12 @@ void fp8_grouped_gemm(const uint8_t* a, const float* sa, int64_t M, int64_t K,
 void fp8_grouped_wgrad(const uint8_t* dy, const float* sdy, const uint8_t* x, const float* sx,
                        int64_t rows, int64_t N, int64_t K, const int64_t* offsets, int64_t E,
                        float* const* dw, float beta);
+
+// fp8_grouped_wgrad on column tiles already transposed by fp8_col_tiles_t (dyt [N, P], xt [K, P]);
+// only where fp8_wgmma_takes(K, N).
+void fp8_grouped_wgrad_t(const uint8_t* dyt, const float* sdy, const uint8_t* xt, const float* sx,
+                         int64_t rows, int64_t N, int64_t K, const int64_t* offsets, int64_t E,
+                         float* const* dw, float beta);
 
 // The dense block-scaled GEMM of ops::fp8_gemm (a [M, K] in 1×128 tiles, w [N, K] in 128×128
 // blocks, y [M, N] f32 or bf16, no bias) on the wgmma kernel; only where fp8_wgmma_takes(K, N).
