@@ -146,6 +146,9 @@ void bench_grouped([[maybe_unused]] std::mt19937& rng) {
                           ops::Fp8Layout::Block128x128, false, "wt");
     const ops::Fp8ColTiles cx = ops::quantize_fp8_cols(x, &d.offsets, "x");
     const ops::Fp8ColTiles cdy = ops::quantize_fp8_cols(dy, &d.offsets, "dy");
+    // As the training op makes them for the tensor cores: quantised and transposed in one pass.
+    const ops::Fp8ColTiles tx = ops::quantize_fp8_cols_transposed(x, d.offsets, "x");
+    const ops::Fp8ColTiles tdy = ops::quantize_fp8_cols_transposed(dy, d.offsets, "dy");
     Tensor y = Tensor::empty({N, out}, DType::BF16, Device::CUDA);
     Tensor dx = Tensor::empty({N, in}, DType::BF16, Device::CUDA);
     row(std::string("bf16 grouped_linear ") + what, shape, flops,
@@ -170,6 +173,22 @@ void bench_grouped([[maybe_unused]] std::mt19937& rng) {
                                      cx.data.data<uint8_t>(), cx.scale.data<float>(), N, out, in,
                                      offsets, E, static_cast<float* const*>(dw.table.raw()), 0.0f);
       });
+      if (f.wgmma) {
+        // The training op's: operands transposed beforehand, dW written (the step's first
+        // contribution) or added to.
+        for (float beta : {0.0f, 1.0f})
+          row(std::string("fp8 wgrad, pre-transposed") + (beta != 0 ? " (+=)" : "") + tag, shape,
+              flops, [&] {
+                ops::cuda::fp8_grouped_wgrad_t(tdy.data.data<uint8_t>(), tdy.scale.data<float>(),
+                                               tx.data.data<uint8_t>(), tx.scale.data<float>(), N,
+                                               out, in, offsets, E,
+                                               static_cast<float* const*>(dw.table.raw()), beta);
+              });
+        row("fp8 column tiles, transposed (x, dy)" + tag, shape, 0.0, [&] {
+          ops::quantize_fp8_cols_transposed(x, d.offsets, "x");
+          ops::quantize_fp8_cols_transposed(dy, d.offsets, "dy");
+        });
+      }
       row("fp8 forward op" + tag, shape, flops,
           [&] { ops::grouped_linear_fp8_forward(x, w, d.offsets, nullptr); });
     }

@@ -9,6 +9,7 @@
 #include <array>
 #include <cfloat>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <random>
@@ -390,6 +391,28 @@ Tensor offsets_tensor(const std::vector<int64_t>& o) {
 
 // The grouped GEMMs equal the dense FP8 linear run on each expert's rows (row tiles are per row,
 // column tiles restart at each expert), up to f32 summation order.
+// Fp8WeightCacheScope: the weight's blocks quantised once and reused give the same bits as
+// quantising them on every call (the CPU keeps W's blocks only).
+TEST(Fp8LinearTrain, WeightCacheScopeGivesTheSameResults) {
+  std::mt19937 rng(16);
+  const Tensor x = data(6, 300, rng), w = data(130, 300, rng), dy = data(6, 130, rng);
+  auto run = [&] {
+    ops::Fp8LinearCache cache;
+    std::vector<Tensor> out{ops::linear_fp8_train_forward(x, w, &cache), Tensor::poisoned({6, 300}),
+                            Tensor::poisoned({130, 300})};
+    ops::linear_fp8_train_backward(cache, w, dy, &out[1], &out[2], false);
+    return out;
+  };
+  const std::vector<Tensor> want = run();
+  ops::Fp8WeightCacheScope scope;
+  for (int pass = 0; pass < 2; ++pass) {  // filling the cache, then reading it
+    const std::vector<Tensor> got = run();
+    for (size_t i = 0; i < want.size(); ++i)
+      EXPECT_EQ(std::memcmp(want[i].raw(), got[i].raw(), want[i].nbytes()), 0)
+          << "output " << i << " pass " << pass;
+  }
+}
+
 TEST(Fp8GroupedLinear, EqualsTheDenseOpPerExpert) {
   std::mt19937 rng(16);
   const int64_t in = 136, out = 130;

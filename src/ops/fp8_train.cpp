@@ -1,7 +1,9 @@
 #include "ops/fp8_train.h"
 
 #include <algorithm>
+#include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -11,6 +13,7 @@
 #include "ops/cuda/fp8_kernels.h"
 #include "ops/cuda/fp8_train_kernels.h"
 #include "ops/device.h"
+#include "ops/fp8_nan_check.h"
 #include "ops/linear.h"
 
 #ifdef DSEEK_HAS_CUDA
@@ -79,9 +82,11 @@ bool stack_quantizable(const ExpertMatrices& w) {
 }
 #endif
 
-// transposed: Wᵀ's blocks instead ([E, cols, rows]: W's codes and scales transposed; GPU only),
-// in the same pass where quantize_fp8_stack applies, else by transpose_experts after.
-StackedFp8 quantize_experts(const char* op, const ExpertMatrices& w, bool transposed = false) {
+// W's blocks (`forward`) and/or Wᵀ's (`transposed`: W's codes and scales transposed; GPU only),
+// both in one pass where quantize_fp8_stack applies, else Wᵀ's by transpose_experts after.
+// `what` names the matrices in errors (NaN or Inf in a weight).
+Fp8ExpertWeights quantize_experts(const char* op, const ExpertMatrices& w, bool forward,
+                                  bool transposed, const char* what = "an expert weight") {
   DSEEK_CHECK(w.ld == w.cols && (w.dtype == DType::F32 || w.dtype == DType::BF16),
               "[{}] expert matrices must be contiguous f32 or bf16, got {} with row stride {} for "
               "{} columns",
@@ -89,47 +94,55 @@ StackedFp8 quantize_experts(const char* op, const ExpertMatrices& w, bool transp
   const int64_t E = w.experts, R = w.rows, C = w.cols;
   const Shape bs = fp8_scale_shape(R, C, Fp8Layout::Block128x128);
   const int64_t codes = R * C, scales = bs[0] * bs[1];
+  Fp8ExpertWeights s{E, R, C, {}, {}, {}, {}};
   if (w.device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
     const bool stack = codes > 0 && stack_quantizable(w);
-    if (transposed && !stack) return transpose_experts(quantize_experts(op, w, false));
-    StackedFp8 s{Tensor::empty(transposed ? Shape{E, C, R} : Shape{E, R, C}, DType::F8_E4M3,
-                               w.device),
-                 Tensor::empty(transposed ? Shape{E, bs[1], bs[0]} : Shape{E, bs[0], bs[1]},
-                               DType::F32, w.device)};
+    if (transposed && !stack) {
+      s = quantize_experts(op, w, true, false, what);
+      const StackedFp8 t = transpose_experts({s.data, s.scale});
+      s.data_t = t.data;
+      s.scale_t = t.scale;
+      if (!forward) s.data = s.scale = Tensor();
+      return s;
+    }
+    if (forward) {
+      s.data = Tensor::empty({E, R, C}, DType::F8_E4M3, w.device);
+      s.scale = Tensor::empty({E, bs[0], bs[1]}, DType::F32, w.device);
+    }
+    if (transposed) {
+      s.data_t = Tensor::empty({E, C, R}, DType::F8_E4M3, w.device);
+      s.scale_t = Tensor::empty({E, bs[1], bs[0]}, DType::F32, w.device);
+    }
     if (codes == 0) return s;
-    int* bad = static_cast<int*>(dseek::cuda::alloc(sizeof(int)));
-    dseek::cuda::fill_bytes(bad, 0, sizeof(int));
-    uint8_t* q = s.data.data<uint8_t>();
-    float* sc = s.scale.data<float>();
-    if (stack) {  // every expert in one launch
+    Fp8NanCheck nan(fmt::format("[{}] {} [{}, {}] contains NaN or Inf", op, what, R, C));
+    uint8_t* q = forward ? s.data.data<uint8_t>() : nullptr;
+    float* sc = forward ? s.scale.data<float>() : nullptr;
+    if (stack) {  // every expert in one launch, W's and Wᵀ's blocks together
       cuda::quantize_fp8_stack(static_cast<const void* const*>(w.table.raw()), w.dtype, E, R, C,
-                               false, transposed ? nullptr : q, transposed ? nullptr : sc,
-                               transposed ? q : nullptr, transposed ? sc : nullptr, bad);
+                               false, q, sc, transposed ? s.data_t.data<uint8_t>() : nullptr,
+                               transposed ? s.scale_t.data<float>() : nullptr, nan.flag());
     } else {
       for (int64_t e = 0; e < E; ++e)
         cuda::quantize_fp8(w.matrices[size_t(e)].raw(), w.dtype, R, C, kFp8Tile, false,
-                           q + e * codes, sc + e * scales, bad);
+                           q + e * codes, sc + e * scales, nan.flag());
     }
-    int flag = 0;
-    dseek::cuda::copy_to_host(&flag, bad, sizeof(int));  // one synchronisation for all experts
-    dseek::cuda::free(bad);
-    DSEEK_CHECK(flag == 0, "[{}] an expert weight [{}, {}] contains NaN or Inf", op, R, C);
+    nan.done();  // one flag for all experts
     return s;
 #else
     cuda_not_built(op);
 #endif
   }
   DSEEK_CHECK(!transposed, "[{}] transposed expert blocks are a GPU path", op);
-  StackedFp8 s{Tensor::empty({E, R, C}, DType::F8_E4M3, w.device),
-               Tensor::empty({E, bs[0], bs[1]}, DType::F32, w.device)};
+  s.data = Tensor::empty({E, R, C}, DType::F8_E4M3, w.device);
+  s.scale = Tensor::empty({E, bs[0], bs[1]}, DType::F32, w.device);
   for (int64_t e = 0; e < E && codes > 0; ++e) {
     const Tensor m = quantizable(w.matrices[size_t(e)]);
     const int64_t at = cpu::quantize_fp8(m.data<float>(), R, C, kFp8Tile, false,
                                          s.data.data<uint8_t>() + e * codes,
                                          s.scale.data<float>() + e * scales);
-    DSEEK_CHECK(at < 0, "[{}] expert {} weight [{}, {}] has {} at row {}, column {}", op, e, R, C,
-                m.data<float>()[at < 0 ? 0 : at], at / C, at % C);
+    DSEEK_CHECK(at < 0, "[{}] {} [{}, {}] (matrix {}) has {} at row {}, column {}", op, what, R,
+                C, e, m.data<float>()[at < 0 ? 0 : at], at / C, at % C);
   }
   return s;
 }
@@ -157,9 +170,33 @@ StackedFp8 transpose_experts(const StackedFp8& s) {
 }
 #endif
 
-// dW (+)= Q_col(dy)ᵀ·Q_col(x̂) per group, x̂ = the cached x dequantised (f32).
+// dW (+)= Q_col(dy)ᵀ·Q_col(x̂) per group, x̂ = the cached x dequantised (f32). dense: one group of
+// every row (offsets {0, rows}).
 void wgrad(const char* op, const Fp8Tensor& x_cache, const Tensor& dy2, const Tensor& offsets,
-           const ExpertMatrices& dw, bool accumulate) {
+           const ExpertMatrices& dw, bool accumulate, bool dense) {
+#ifdef DSEEK_HAS_CUDA
+  if (offsets.is_cuda() && cuda::fp8_wgmma_takes(dw.cols, dw.rows)) {
+    // The tensor cores read both operands transposed: quantised and transposed in one pass each.
+    const Fp8ColTiles qx = quantize_fp8_cols_transposed(x_cache, offsets);
+    const Fp8ColTiles qdy =
+        quantize_fp8_cols_transposed(dy2, offsets, std::string(op) + " dy (column tiles)");
+    // One group: cuBLASLt's GEMM with both operands in 1×128 tiles where it runs (the group's
+    // tiles are the first ⌈rows/128⌉ slots).
+    const int64_t tokens = (dy2.size(0) + kFp8Tile - 1) / kFp8Tile * kFp8Tile;
+    if (dense && cuda::fp8_wgrad_cublaslt(qdy.data.data<uint8_t>(), qdy.scale.data<float>(),
+                                          dw.rows, qx.data.data<uint8_t>(),
+                                          qx.scale.data<float>(), dw.cols, tokens,
+                                          qx.data.size(1), dw.matrices[0].data<float>(),
+                                          accumulate ? 1.0f : 0.0f))
+      return;
+    cuda::fp8_grouped_wgrad_t(qdy.data.data<uint8_t>(), qdy.scale.data<float>(),
+                              qx.data.data<uint8_t>(), qx.scale.data<float>(), dy2.size(0),
+                              dw.rows, dw.cols, offsets.data<int64_t>(), offsets.numel() - 1,
+                              static_cast<float* const*>(dw.table.raw()),
+                              accumulate ? 1.0f : 0.0f);
+    return;
+  }
+#endif
   const Tensor x_hat = dequantize_fp8(x_cache, DType::F32);
   const Fp8ColTiles qx = quantize_fp8_cols(x_hat, &offsets, std::string(op) + " x (column tiles)");
   const Fp8ColTiles qdy = quantize_fp8_cols(dy2, &offsets, std::string(op) + " dy (column tiles)");
@@ -198,15 +235,11 @@ Fp8ColTiles quantize_fp8_cols(const Tensor& x, const Tensor* offsets, std::strin
   const Tensor xc = x.contiguous();
   if (device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
-    int* bad = static_cast<int*>(dseek::cuda::alloc(sizeof(int)));
-    dseek::cuda::fill_bytes(bad, 0, sizeof(int));
+    Fp8NanCheck nan(fmt::format("[quantize_fp8_cols] '{}': input {} contains NaN or Inf", name,
+                                shape_str(x.shape())));
     cuda::quantize_fp8_cols(xc.raw(), act, rows, cols, off.data<int64_t>(), G,
-                            out.data.data<uint8_t>(), out.scale.data<float>(), bad);
-    int flag = 0;
-    dseek::cuda::copy_to_host(&flag, bad, sizeof(int));  // waits for the kernel
-    dseek::cuda::free(bad);
-    DSEEK_CHECK(flag == 0, "[quantize_fp8_cols] '{}': input {} contains NaN or Inf", name,
-                shape_str(x.shape()));
+                            out.data.data<uint8_t>(), out.scale.data<float>(), nan.flag());
+    nan.done();
     return out;
 #else
     cuda_not_built("quantize_fp8_cols");
@@ -216,6 +249,65 @@ Fp8ColTiles quantize_fp8_cols(const Tensor& x, const Tensor* offsets, std::strin
                                             out.data.data<uint8_t>(), out.scale.data<float>());
   DSEEK_CHECK(at < 0, "[quantize_fp8_cols] '{}': input {} has {} at row {}, column {}", name,
               shape_str(x.shape()), xc.data<float>()[at < 0 ? 0 : at], at / cols, at % cols);
+  return out;
+}
+
+namespace {
+
+// The transposed column tiles' tensors for `rows` rows of `cols` columns in G groups (GPU).
+Fp8ColTiles empty_cols_transposed(int64_t rows, int64_t cols, int64_t G) {
+  const int64_t slots = fp8_col_tile_rows(rows, G);
+  return {Tensor::empty({cols, slots * kFp8Tile}, DType::F8_E4M3, Device::CUDA),
+          Tensor::empty({slots, cols}, DType::F32, Device::CUDA)};
+}
+
+}  // namespace
+
+Fp8ColTiles quantize_fp8_cols_transposed(const Tensor& x, const Tensor& offsets,
+                                         std::string_view name) {
+  DSEEK_CHECK(x.defined() && x.dim() == 2 && x.is_cuda(),
+              "[quantize_fp8_cols_transposed] '{}': expected a 2-D tensor on the GPU, got {}", name,
+              x.defined() ? shape_str(x.shape()) + " on " + std::string(device_name(x.device()))
+                          : std::string("undefined"));
+  const DType act = activation_dtype("quantize_fp8_cols_transposed", x);
+  const int64_t rows = x.size(0), cols = x.size(1);
+  const int64_t G = check_offsets("quantize_fp8_cols_transposed", offsets, rows, Device::CUDA,
+                                  false);
+  Fp8ColTiles out = empty_cols_transposed(rows, cols, G);
+#ifdef DSEEK_HAS_CUDA
+  const Tensor xc = x.contiguous();
+  Fp8NanCheck nan(fmt::format("[quantize_fp8_cols] '{}': input {} contains NaN or Inf", name,
+                              shape_str(x.shape())));
+  cuda::fp8_col_tiles_t(xc.raw(), act, rows, cols, offsets.data<int64_t>(), G,
+                        out.data.data<uint8_t>(), out.scale.data<float>(), nan.flag());
+  nan.done();
+#else
+  (void)act;
+  cuda_not_built("quantize_fp8_cols_transposed");
+#endif
+  return out;
+}
+
+Fp8ColTiles quantize_fp8_cols_transposed(const Fp8Tensor& x_rows, const Tensor& offsets) {
+  DSEEK_CHECK(x_rows.data.defined() && x_rows.data.is_cuda() && x_rows.data.dim() == 2 &&
+                  x_rows.data.is_contiguous() && x_rows.layout == Fp8Layout::Tile1x128 &&
+                  x_rows.scale.is_contiguous() &&
+                  x_rows.scale.shape() ==
+                      fp8_scale_shape(x_rows.data.size(0), x_rows.data.size(1),
+                                      Fp8Layout::Tile1x128),
+              "[quantize_fp8_cols_transposed] expected contiguous 1x128 row tiles on the GPU");
+  const int64_t rows = x_rows.data.size(0), cols = x_rows.data.size(1);
+  const int64_t G = check_offsets("quantize_fp8_cols_transposed", offsets, rows, Device::CUDA,
+                                  false);
+  Fp8ColTiles out = empty_cols_transposed(rows, cols, G);
+#ifdef DSEEK_HAS_CUDA
+  // x̂ is finite: codes decode to finite values and the scales are finite by construction.
+  cuda::fp8_col_tiles_t_from_rows(x_rows.data.data<uint8_t>(), x_rows.scale.data<float>(), rows,
+                                  cols, offsets.data<int64_t>(), G, out.data.data<uint8_t>(),
+                                  out.scale.data<float>(), nullptr);
+#else
+  cuda_not_built("quantize_fp8_cols_transposed");
+#endif
   return out;
 }
 
@@ -235,6 +327,70 @@ Tensor dequantize_fp8_cols(const Fp8ColTiles& q, const Tensor& offsets_cpu) {
   return y;
 }
 
+// The scope's blocks by weight address: the weight (kept alive) and its 128×128 blocks, W's and on
+// the GPU Wᵀ's, as one "expert".
+struct Fp8WeightCacheScope::Entries {
+  std::map<const void*, std::pair<Tensor, Fp8ExpertWeights>> by_weight;
+};
+
+namespace {
+
+thread_local Fp8WeightCacheScope::Entries* active_weight_cache = nullptr;
+
+// W [out, in]'s blocks: from the active scope's cache (filled on the first call), else quantised
+// now (Wᵀ's only where `transposed` and on the GPU).
+Fp8ExpertWeights weight_blocks(const Tensor& weight, bool transposed) {
+  const bool gpu = weight.is_cuda();
+  Fp8WeightCacheScope::Entries* cache = active_weight_cache;
+  if (cache) {
+    const auto it = cache->by_weight.find(weight.raw());
+    if (it != cache->by_weight.end() && it->second.first.shape() == weight.shape() &&
+        it->second.first.dtype() == weight.dtype())
+      return it->second.second;
+  }
+  const Tensor w = quantizable(weight);
+  Fp8ExpertWeights q =
+      quantize_experts("linear_fp8_train", expert_matrices(std::vector<Tensor>{w}), true,
+                       gpu && (transposed || cache), "'linear_fp8_train weight'");
+  if (cache) cache->by_weight[weight.raw()] = {weight, q};
+  return q;
+}
+
+// One matrix's blocks of `q` as an Fp8Tensor: W's [out, in], or Wᵀ's [in, out].
+Fp8Tensor blocks_of(const Fp8ExpertWeights& q, bool transposed) {
+  const Tensor& d = transposed ? q.data_t : q.data;
+  const Tensor& s = transposed ? q.scale_t : q.scale;
+  return {d.reshape({d.size(1), d.size(2)}), s.reshape({s.size(1), s.size(2)}),
+          Fp8Layout::Block128x128};
+}
+
+}  // namespace
+
+Fp8WeightCacheScope::Fp8WeightCacheScope() {
+  if (!active_weight_cache) {
+    entries_ = std::make_unique<Entries>();
+    active_weight_cache = entries_.get();
+  }
+}
+
+Fp8WeightCacheScope::~Fp8WeightCacheScope() {
+  if (entries_) active_weight_cache = nullptr;
+}
+
+namespace {
+
+// y = qa·qwᵀ in act on the GPU. cuBLASLt's block-scaled GEMM writes f32 only (fp8_cublaslt.cpp
+// says why), so where it may take the shape the f32 total is rounded to act after it; elsewhere
+// the kernels round it to act themselves (the same single rounding).
+Tensor fp8_gemm_act(const Fp8Tensor& qa, const Fp8Tensor& qw, DType act) {
+  const int64_t M = qa.data.size(0), K = qa.data.size(1), N = qw.data.size(0);
+  const bool cublaslt_shape = M % 4 == 0 && K % kFp8Tile == 0 && N % kFp8Tile == 0;
+  if (act == DType::F32 || !cublaslt_shape) return fp8_gemm(qa, qw, nullptr, act);
+  return fp8_gemm(qa, qw, nullptr, DType::F32).to(act);
+}
+
+}  // namespace
+
 Tensor linear_fp8_train_forward(const Tensor& x, const Tensor& weight, Fp8LinearCache* cache) {
   DSEEK_CHECK(x.defined() && weight.defined(), "[linear_fp8_train] undefined input or weight");
   const Device device = op_device("linear_fp8_train", {&x, &weight});
@@ -247,15 +403,9 @@ Tensor linear_fp8_train_forward(const Tensor& x, const Tensor& weight, Fp8Linear
   y_shape.back() = out;
   const Fp8Tensor qx = quantize_fp8(x.contiguous().reshape({T, in}), Fp8Layout::Tile1x128, false,
                                     "linear_fp8_train x");
-  const Fp8Tensor qw =
-      quantize_fp8(quantizable(weight), Fp8Layout::Block128x128, false, "linear_fp8_train weight");
+  const Fp8Tensor qw = blocks_of(weight_blocks(weight, false), false);
   if (cache) *cache = Fp8LinearCache{qx, x.shape(), act};
-  if (device == Device::CUDA) {
-    // f32 out, then rounded to act: cuBLASLt's block-scaled path takes f32 output only (fp8.h),
-    // and rounding the f32 total once is what a bf16-output kernel does too.
-    const Tensor y = fp8_gemm(qx, qw, nullptr, DType::F32);
-    return (act == DType::F32 ? y : y.to(act)).reshape(y_shape);
-  }
+  if (device == Device::CUDA) return fp8_gemm_act(qx, qw, act).reshape(y_shape);
   return linear(dequantize_fp8(qx), dequantize_fp8(qw)).reshape(y_shape);
 }
 
@@ -288,23 +438,16 @@ void linear_fp8_train_backward(const Fp8LinearCache& cache, const Tensor& weight
                 "[linear_fp8_train] dx must be contiguous {} with {} elements, got {} {}",
                 dtype_name(cache.act), T * in, dtype_name(dx->dtype()), shape_str(dx->shape()));
     const Fp8Tensor qdy = quantize_fp8(dy2, Fp8Layout::Tile1x128, false, "linear_fp8_train dy");
-    const Fp8Tensor qw = quantize_fp8(quantizable(weight), Fp8Layout::Block128x128, false,
-                                      "linear_fp8_train weight");
+    const Fp8ExpertWeights qw = weight_blocks(weight, true);
     if (device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
-      const StackedFp8 wt = transpose_experts({qw.data.reshape({1, out, in}),
-                                               qw.scale.reshape({1, qw.scale.size(0),
-                                                                 qw.scale.size(1)})});
-      const Fp8Tensor qwt{wt.data.reshape({in, out}),
-                          wt.scale.reshape({wt.scale.size(1), wt.scale.size(2)}),
-                          Fp8Layout::Block128x128};
-      const Tensor r = fp8_gemm(qdy, qwt, nullptr, DType::F32);  // f32 out: see the forward
-      dseek::cuda::convert(r.raw(), DType::F32, dx->raw(), cache.act, size_t(r.numel()));
+      const Tensor r = fp8_gemm_act(qdy, blocks_of(qw, true), cache.act);
+      dseek::cuda::convert(r.raw(), r.dtype(), dx->raw(), cache.act, size_t(r.numel()));
 #else
       cuda_not_built("linear_fp8_train");
 #endif
     } else {
-      const Tensor dyd = dequantize_fp8(qdy), wd = dequantize_fp8(qw);
+      const Tensor dyd = dequantize_fp8(qdy), wd = dequantize_fp8(blocks_of(qw, false));
       cpu::linear_backward_dx(dyd.data<float>(), T, out, wd.data<float>(), DType::F32, in, in,
                               dx->data<float>(), 0.0f);
     }
@@ -315,8 +458,8 @@ void linear_fp8_train_backward(const Fp8LinearCache& cache, const Tensor& weight
                 "[linear_fp8_train] dweight must be contiguous f32 {}, got {} {}",
                 shape_str(weight.shape()), dtype_name(dweight->dtype()),
                 shape_str(dweight->shape()));
-    wgrad("linear_fp8_train", cache.x, dy2, one_group(T, device), expert_matrices(std::vector<Tensor>{*dweight}),
-          accumulate);
+    wgrad("linear_fp8_train", cache.x, dy2, one_group(T, device),
+          expert_matrices(std::vector<Tensor>{*dweight}), accumulate, /*dense=*/true);
   }
 }
 
@@ -327,38 +470,54 @@ Fp8GroupedCache fp8_grouped_cache(const Tensor& x_perm) {
                          act};
 }
 
+Fp8ExpertWeights quantize_fp8_expert_weights(const ExpertMatrices& w) {
+  return quantize_experts("quantize_fp8_expert_weights", w, true, w.device == Device::CUDA);
+}
+
 Tensor grouped_linear_fp8_forward(const Tensor& x_perm, const ExpertMatrices& w,
+                                  const Tensor& offsets, Fp8GroupedCache* cache) {
+  return grouped_linear_fp8_forward(x_perm, quantize_experts("grouped_linear_fp8", w, true, false),
+                                    offsets, cache);
+}
+
+Tensor grouped_linear_fp8_forward(const Tensor& x_perm, const Fp8ExpertWeights& w,
                                   const Tensor& offsets, Fp8GroupedCache* cache) {
   DSEEK_CHECK(x_perm.defined() && x_perm.dim() == 2 && x_perm.size(1) == w.cols,
               "[grouped_linear_fp8] x {}, expected [N, {}]",
               x_perm.defined() ? shape_str(x_perm.shape()) : "undefined", w.cols);
-  const Device device = op_device("grouped_linear_fp8", {&x_perm, &offsets});
+  DSEEK_CHECK(w.data.defined(), "[grouped_linear_fp8] the experts' forward blocks are missing");
+  const Device device = op_device("grouped_linear_fp8", {&x_perm, &offsets, &w.data});
   const DType act = activation_dtype("grouped_linear_fp8", x_perm);
-  DSEEK_CHECK(w.device == device, "[grouped_linear_fp8] expert matrices on {}, the data on {}",
-              device_name(w.device), device_name(device));
   const int64_t N = x_perm.size(0);
   const int64_t E = check_offsets("grouped_linear_fp8", offsets, N, device, true);
   DSEEK_CHECK(E == w.experts, "[grouped_linear_fp8] offsets for {} experts, {} matrices", E,
               w.experts);
   const Fp8Tensor qx = quantize_fp8(x_perm, Fp8Layout::Tile1x128, false, "grouped_linear_fp8 x");
-  const StackedFp8 qw = quantize_experts("grouped_linear_fp8", w);
   if (cache) *cache = Fp8GroupedCache{qx, act};
   if (device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
     const int64_t out = w.rows, in = w.cols;
     Tensor y = Tensor::empty({N, out}, act, device);
     cuda::fp8_grouped_gemm(qx.data.data<uint8_t>(), qx.scale.data<float>(), N, in,
-                           offsets.data<int64_t>(), E, qw.data.data<uint8_t>(),
-                           qw.scale.data<float>(), out, y.raw(), act);
+                           offsets.data<int64_t>(), E, w.data.data<uint8_t>(),
+                           w.scale.data<float>(), out, y.raw(), act);
     return y;
 #else
     cuda_not_built("grouped_linear_fp8");
 #endif
   }
-  return grouped_linear(dequantize_fp8(qx), expert_matrices(dequantize_experts(qw)), offsets);
+  return grouped_linear(dequantize_fp8(qx),
+                        expert_matrices(dequantize_experts({w.data, w.scale})), offsets);
 }
 
 Tensor grouped_linear_fp8_backward_dx(const Tensor& dy_perm, const ExpertMatrices& w,
+                                      const Tensor& offsets) {
+  const bool gpu = w.device == Device::CUDA;
+  return grouped_linear_fp8_backward_dx(
+      dy_perm, quantize_experts("grouped_linear_fp8", w, !gpu, gpu), offsets);
+}
+
+Tensor grouped_linear_fp8_backward_dx(const Tensor& dy_perm, const Fp8ExpertWeights& w,
                                       const Tensor& offsets) {
   DSEEK_CHECK(dy_perm.defined() && dy_perm.dim() == 2 && dy_perm.size(1) == w.rows,
               "[grouped_linear_fp8] dy {}, expected [N, {}]",
@@ -366,8 +525,6 @@ Tensor grouped_linear_fp8_backward_dx(const Tensor& dy_perm, const ExpertMatrice
   const Device device = op_device("grouped_linear_fp8", {&dy_perm, &offsets});
   const DType act = activation_dtype("grouped_linear_fp8", dy_perm);
   (void)act;  // read by the CUDA branch only
-  DSEEK_CHECK(w.device == device, "[grouped_linear_fp8] expert matrices on {}, the data on {}",
-              device_name(w.device), device_name(device));
   const int64_t N = dy_perm.size(0);
   const int64_t E = check_offsets("grouped_linear_fp8", offsets, N, device, true);
   DSEEK_CHECK(E == w.experts, "[grouped_linear_fp8] offsets for {} experts, {} matrices", E,
@@ -376,19 +533,22 @@ Tensor grouped_linear_fp8_backward_dx(const Tensor& dy_perm, const ExpertMatrice
       quantize_fp8(dy_perm, Fp8Layout::Tile1x128, false, "grouped_linear_fp8 dy");
   if (device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
-    const StackedFp8 qwt = quantize_experts("grouped_linear_fp8", w, /*transposed=*/true);
+    DSEEK_CHECK(w.data_t.defined() && w.data_t.is_cuda(),
+                "[grouped_linear_fp8] the experts' transposed blocks (the dgrad's) are missing");
     const int64_t out = w.rows, in = w.cols;
     Tensor dx = Tensor::empty({N, in}, act, device);
     cuda::fp8_grouped_gemm(qdy.data.data<uint8_t>(), qdy.scale.data<float>(), N, out,
-                           offsets.data<int64_t>(), E, qwt.data.data<uint8_t>(),
-                           qwt.scale.data<float>(), in, dx.raw(), act);
+                           offsets.data<int64_t>(), E, w.data_t.data<uint8_t>(),
+                           w.scale_t.data<float>(), in, dx.raw(), act);
     return dx;
 #else
     cuda_not_built("grouped_linear_fp8");
 #endif
   }
-  const StackedFp8 qw = quantize_experts("grouped_linear_fp8", w);
-  return grouped_linear_backward_dx(dequantize_fp8(qdy), expert_matrices(dequantize_experts(qw)),
+  DSEEK_CHECK(w.data.defined() && !w.data.is_cuda(),
+              "[grouped_linear_fp8] the experts' blocks are missing or not on the CPU");
+  return grouped_linear_backward_dx(dequantize_fp8(qdy),
+                                    expert_matrices(dequantize_experts({w.data, w.scale})),
                                     offsets);
 }
 
@@ -410,7 +570,8 @@ void grouped_linear_fp8_backward_dw(const Fp8GroupedCache& cache, const Tensor& 
   const int64_t E = check_offsets("grouped_linear_fp8", offsets, N, device, true);
   DSEEK_CHECK(E == dw.experts, "[grouped_linear_fp8] offsets for {} experts, {} matrices", E,
               dw.experts);
-  wgrad("grouped_linear_fp8", cache.x, dy_perm.contiguous(), offsets, dw, accumulate);
+  wgrad("grouped_linear_fp8", cache.x, dy_perm.contiguous(), offsets, dw, accumulate,
+        /*dense=*/false);
 }
 
 }  // namespace dseek::ops

@@ -34,6 +34,7 @@
 // Non-finite input (x, W, dy) is an error naming the tensor, as quantize_fp8 reports it.
 #pragma once
 
+#include <memory>
 #include <string_view>
 
 #include "core/tensor.h"
@@ -57,7 +58,36 @@ Fp8ColTiles quantize_fp8_cols(const Tensor& x, const Tensor* offsets, std::strin
 // x ≈ q · s as f32 [rows, cols] (rows outside every group are 0). CPU only (tests, the CPU path).
 Tensor dequantize_fp8_cols(const Fp8ColTiles& q, const Tensor& offsets_cpu);
 
+// GPU: the column tiles transposed, as the tensor-core wgrad reads them (8-bit wgmma takes both
+// operands K-major, K being the tokens here): data F8_E4M3 [cols, P], P = 128·slots with slots =
+// fp8_col_tile_rows(rows, G), column c's tile in slot j at data[c, 128·j …] (zeros past the
+// tile's rows and in unused slots); scale as quantize_fp8_cols's. One pass from x (f32 or bf16),
+// or from x's 1×128 row tiles (x̂ = their codes times their scales, the wgrad's double
+// quantisation): the same codes as quantize_fp8_cols of x or x̂, transposed.
+Fp8ColTiles quantize_fp8_cols_transposed(const Tensor& x, const Tensor& offsets,
+                                         std::string_view name);
+Fp8ColTiles quantize_fp8_cols_transposed(const Fp8Tensor& x_rows, const Tensor& offsets);
+
 // --- dense linear -------------------------------------------------------------------------------
+
+// Within a scope (TrainModel::run holds one over its forward and backward, during which no weight
+// changes) the dense FP8 linear quantises each weight once a scope instead of once a GEMM: the
+// forward writes W's and Wᵀ's blocks in one pass (GPU) and the dgrad finds Wᵀ's by the weight's
+// address. The scope holds each weight it quantised, so no other tensor can take that address
+// while the blocks are kept. Scopes nest (an inner one joins the outer) and are per thread;
+// without one every call quantises its own.
+class Fp8WeightCacheScope {
+ public:
+  Fp8WeightCacheScope();
+  ~Fp8WeightCacheScope();
+  Fp8WeightCacheScope(const Fp8WeightCacheScope&) = delete;
+  Fp8WeightCacheScope& operator=(const Fp8WeightCacheScope&) = delete;
+  struct Entries;
+
+ private:
+  Fp8WeightCacheScope* outer_ = nullptr;
+  std::unique_ptr<Entries> entries_;  // null for a scope nested in another
+};
 
 // What the forward keeps for the backward: x in 1×128 tiles (the FP8 activation cache).
 struct Fp8LinearCache {
@@ -91,12 +121,29 @@ struct Fp8GroupedCache {
 // The cache grouped_linear_fp8_forward fills, from x_perm alone (see fp8_linear_cache).
 Fp8GroupedCache fp8_grouped_cache(const Tensor& x_perm);
 
+// The experts' weights quantised per 128×128 block once for the two GEMMs of a step that read
+// them: W's blocks for the forward and Wᵀ's for the dgrad, both from one pass over the masters on
+// the GPU (Wᵀ's codes and scales are W's transposed, see above). On the CPU only W's (its dgrad
+// dequantises them). Holding them from the forward to the backward costs 2 bytes a parameter.
+struct Fp8ExpertWeights {
+  int64_t experts = 0, rows = 0, cols = 0;  // E matrices [out = rows, in = cols]
+  Tensor data, scale;      // W's blocks: F8 [E, out, in], F32 [E, ⌈out/128⌉, ⌈in/128⌉]
+  Tensor data_t, scale_t;  // Wᵀ's (GPU): F8 [E, in, out], F32 [E, ⌈in/128⌉, ⌈out/128⌉]
+};
+// w: the experts' f32 (or bf16) matrices, contiguous [out, in]. NaN/Inf is an error.
+Fp8ExpertWeights quantize_fp8_expert_weights(const ExpertMatrices& w);
+
 // y_perm [N, out] = x_perm[r]·W_eᵀ for the rows r of expert e; w: the experts' f32 (or bf16)
-// matrices, contiguous [out, in]; offsets [E + 1] i64 on x's device. y in x's dtype.
+// matrices, contiguous [out, in], or their blocks; offsets [E + 1] i64 on x's device. y in x's
+// dtype.
 Tensor grouped_linear_fp8_forward(const Tensor& x_perm, const ExpertMatrices& w,
+                                  const Tensor& offsets, Fp8GroupedCache* cache = nullptr);
+Tensor grouped_linear_fp8_forward(const Tensor& x_perm, const Fp8ExpertWeights& w,
                                   const Tensor& offsets, Fp8GroupedCache* cache = nullptr);
 // dx_perm [N, in] = Q(dy)·Q(W_e) per expert (in act).
 Tensor grouped_linear_fp8_backward_dx(const Tensor& dy_perm, const ExpertMatrices& w,
+                                      const Tensor& offsets);
+Tensor grouped_linear_fp8_backward_dx(const Tensor& dy_perm, const Fp8ExpertWeights& w,
                                       const Tensor& offsets);
 // dW_e (+)= Q_col(dy)ᵀ·Q_col(x̂) over the rows of expert e, into dw (f32 contiguous [out, in],
 // experts without rows get zeros unless `accumulate`).

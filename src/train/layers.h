@@ -155,6 +155,7 @@ struct MoeCache {
   ops::MoeRouting routing;  // ids [T, K], weights [T, K], scores [T, E] on the device
   ops::MoeDispatch dispatch;
   ops::ExpertMatrices gate_w, up_w, down_w;  // the experts' compute weights
+  ops::Fp8ExpertWeights gate_q, up_q, down_q;  // under FP8: their blocks, W's and Wᵀ's
   // Per slot, grouped by expert: gate_proj's and up_proj's input, their outputs (silu_mul's
   // backward reads both: kept in the activation dtype), and down_proj's input silu(gate) ⊙ up.
   GroupedInput x_perm;

@@ -21,8 +21,9 @@
 //   router:   dW_gate += dzᵀ·x,  dx += dz·W_gate
 // The selection itself (top-k, groups, bias) is piecewise constant: it has no gradient.
 // Under train.precision fp8 (mark_fp8_linears) the experts' grouped GEMMs run in FP8 from the f32
-// masters (ops/fp8_train.h), their inputs cached as the forward's FP8 codes (GroupedInput, the
-// shared experts' LinearInputs); the router stays f32.
+// masters (ops/fp8_train.h), the masters quantised once a step into W's and Wᵀ's blocks (MoeCache's
+// gate_q, up_q, down_q: one pass for the forward's and the dgrad's), their inputs cached as the
+// forward's FP8 codes (GroupedInput, the shared experts' LinearInputs); the router stays f32.
 #include <string>
 #include <vector>
 
@@ -62,25 +63,39 @@ bool experts_fp8(ParamSet& params, const std::string& prefix) {
 
 // The grouped GEMMs in FP8 or in the compute dtype. The forward records its input in `in` as the
 // weight gradient needs it (layers.h's LinearInput rule; gate_proj and up_proj share x_perm's).
+// Under FP8 `q` holds the experts' blocks (quantised once a step for the forward and the dgrad).
 Tensor grouped_forward(const ParamSet& params, bool fp8, const Tensor& x,
-                       const ops::ExpertMatrices& w, const Tensor& o, GroupedInput& in) {
+                       const ops::ExpertMatrices& w, const ops::Fp8ExpertWeights& q,
+                       const Tensor& o, GroupedInput& in) {
   const bool codes = fp8 && params.fp8_input_cache();
   if (!codes) in.x = x;
   if (!fp8) return ops::grouped_linear(x, w, o);
-  return ops::grouped_linear_fp8_forward(x, w, o, codes ? &in.fp8 : nullptr);
+  return ops::grouped_linear_fp8_forward(x, q, o, codes ? &in.fp8 : nullptr);
 }
-Tensor grouped_dx(bool fp8, const Tensor& dy, const ops::ExpertMatrices& w, const Tensor& o) {
-  return fp8 ? ops::grouped_linear_fp8_backward_dx(dy, w, o)
+Tensor grouped_dx(bool fp8, const Tensor& dy, const ops::ExpertMatrices& w,
+                  const ops::Fp8ExpertWeights& q, const Tensor& o) {
+  return fp8 ? ops::grouped_linear_fp8_backward_dx(dy, q, o)
              : ops::grouped_linear_backward_dx(dy, w, o);
 }
-void grouped_dw(bool fp8, const GroupedInput& in, const Tensor& dy, const Tensor& o,
-                const ops::ExpertMatrices& dw) {
+// dW of projection `proj` of every expert: written over the grads when they are all still
+// zero_grad's zeros (Param::grad_zero: the same values without reading dW), else added.
+void grouped_dw(ParamSet& params, const std::string& prefix, int64_t experts,
+                const std::string& proj, bool fp8, const GroupedInput& in, const Tensor& dy,
+                const Tensor& o) {
+  const ops::ExpertMatrices dw = expert_weights(params, prefix, experts, proj, true);
+  bool zero = true;
+  for (int64_t e = 0; e < experts; ++e) {
+    Param& p = params.at(expert_prefix(prefix, e) + "." + proj + ".weight");
+    zero = zero && p.grad_zero;
+    p.grad_zero = false;
+  }
+  const bool accumulate = !zero;
   if (!fp8)
-    ops::grouped_linear_backward_dw(in.x, dy, o, dw, true);
+    ops::grouped_linear_backward_dw(in.x, dy, o, dw, accumulate);
   else if (in.fp8.x.data.defined())
-    ops::grouped_linear_fp8_backward_dw(in.fp8, dy, o, dw, true);
+    ops::grouped_linear_fp8_backward_dw(in.fp8, dy, o, dw, accumulate);
   else
-    ops::grouped_linear_fp8_backward_dw(ops::fp8_grouped_cache(in.x), dy, o, dw, true);
+    ops::grouped_linear_fp8_backward_dw(ops::fp8_grouped_cache(in.x), dy, o, dw, accumulate);
 }
 
 // The routing on the host, as model/moe_balance.h's losses take it. A host synchronisation (ids
@@ -114,10 +129,16 @@ Tensor routed_forward_device(const LayerContext& ctx, const std::string& prefix,
   c.down_w = expert_weights(ctx.params, prefix, E, "down_proj", false);
   const Tensor x_perm = ops::moe_permute(c.x, c.dispatch);
   const bool fp8 = experts_fp8(ctx.params, prefix);
-  c.gate = grouped_forward(ctx.params, fp8, x_perm, c.gate_w, c.dispatch.offsets, c.x_perm);
-  c.up = grouped_forward(ctx.params, fp8, x_perm, c.up_w, c.dispatch.offsets, c.x_perm);
+  if (fp8) {
+    c.gate_q = ops::quantize_fp8_expert_weights(c.gate_w);
+    c.up_q = ops::quantize_fp8_expert_weights(c.up_w);
+    c.down_q = ops::quantize_fp8_expert_weights(c.down_w);
+  }
+  const Tensor& o = c.dispatch.offsets;
+  c.gate = grouped_forward(ctx.params, fp8, x_perm, c.gate_w, c.gate_q, o, c.x_perm);
+  c.up = grouped_forward(ctx.params, fp8, x_perm, c.up_w, c.up_q, o, c.x_perm);
   const Tensor inner = ops::silu_mul(c.gate, c.up);
-  c.y_perm = grouped_forward(ctx.params, fp8, inner, c.down_w, c.dispatch.offsets, c.inner);
+  c.y_perm = grouped_forward(ctx.params, fp8, inner, c.down_w, c.down_q, o, c.inner);
   return ops::moe_combine(c.y_perm, c.routing.weights, c.dispatch, shared);
 }
 
@@ -130,16 +151,13 @@ Tensor routed_backward_device(const LayerContext& ctx, const std::string& prefix
   const ops::MoeCombineGrads cg =
       ops::moe_combine_backward(c.y_perm, c.routing.weights, c.dispatch, dy);
   const bool fp8 = experts_fp8(ctx.params, prefix);
-  const Tensor d_inner = grouped_dx(fp8, cg.dy_perm, c.down_w, offsets);
-  grouped_dw(fp8, c.inner, cg.dy_perm, offsets,
-             expert_weights(ctx.params, prefix, E, "down_proj", true));
+  const Tensor d_inner = grouped_dx(fp8, cg.dy_perm, c.down_w, c.down_q, offsets);
+  grouped_dw(ctx.params, prefix, E, "down_proj", fp8, c.inner, cg.dy_perm, offsets);
   const ops::SiluMulGrads sg = ops::silu_mul_backward(c.gate, c.up, d_inner);
-  Tensor dx_perm = grouped_dx(fp8, sg.dgate, c.gate_w, offsets);
-  ops::add_inplace(dx_perm, grouped_dx(fp8, sg.dup, c.up_w, offsets));
-  grouped_dw(fp8, c.x_perm, sg.dgate, offsets,
-             expert_weights(ctx.params, prefix, E, "gate_proj", true));
-  grouped_dw(fp8, c.x_perm, sg.dup, offsets,
-             expert_weights(ctx.params, prefix, E, "up_proj", true));
+  Tensor dx_perm = grouped_dx(fp8, sg.dgate, c.gate_w, c.gate_q, offsets);
+  ops::add_inplace(dx_perm, grouped_dx(fp8, sg.dup, c.up_w, c.up_q, offsets));
+  grouped_dw(ctx.params, prefix, E, "gate_proj", fp8, c.x_perm, sg.dgate, offsets);
+  grouped_dw(ctx.params, prefix, E, "up_proj", fp8, c.x_perm, sg.dup, offsets);
   Tensor dx = ops::moe_permute_backward(dx_perm, c.dispatch);
 
   // Router: combine weights (and the balance loss) → scores → logits → x.

@@ -72,6 +72,7 @@ void ParamSet::zero_grad() {
     if (!p.grad.defined()) continue;
     if (p.grad.is_cuda()) cuda::fill_bytes(p.grad.raw(), 0, p.grad.nbytes());  // +0.0f is all zeros
     else std::memset(p.grad.data<float>(), 0, p.grad.nbytes());
+    p.grad_zero = true;
   }
 }
 

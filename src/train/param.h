@@ -33,6 +33,11 @@ struct Param {
   bool decay = true;       // decoupled weight decay applies (false for norms, biases, buffers)
   Tensor compute;          // optional lower-precision copy of value for compute (mixed precision)
   bool fp8 = false;        // its linear runs FP8 GEMMs from the master (ops/fp8_train.h)
+  // grad holds zero_grad's zeros and nothing was added since: set by zero_grad, read and cleared
+  // by the writers that then overwrite grad instead of adding to it (the MoE experts' weight
+  // gradients: the same values without reading dW). Other writers add and leave it alone, so a
+  // parameter is written by one kind of writer only.
+  bool grad_zero = false;
 
   // What linear layers multiply with: the compute copy when there is one, else the master.
   const Tensor& weight() const { return compute.defined() ? compute : value; }
@@ -61,7 +66,7 @@ class ParamSet {
   void to(Device device);
   Device device() const { return device_; }
 
-  void zero_grad();
+  void zero_grad();  // zeros every grad and sets grad_zero
   // F32: no compute copies. BF16: copies of every trainable 2-D parameter except the MoE routers,
   // rounded to nearest even.
   void set_compute_dtype(DType dtype);

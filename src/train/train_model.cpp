@@ -9,6 +9,8 @@
 #include "ops/activation.h"
 #include "ops/cross_entropy.h"
 #include "ops/embedding.h"
+#include "ops/fp8_nan_check.h"
+#include "ops/fp8_train.h"
 #include "ops/linear.h"
 #include "ops/norm.h"
 #include "train/optimizer.h"
@@ -418,6 +420,11 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
                                const std::vector<int32_t>& targets, const LossOptions& options,
                                bool backward, float loss_scale, const Segments& segments) {
   check_batch(inputs, targets, segments);
+  // The GPU's FP8 quantisations report NaN/Inf input in one read at the end instead of a
+  // synchronisation each (ops/fp8_nan_check.h).
+  ops::DeferredFp8Checks fp8_checks;
+  // The weights do not change until the optimizer step: the FP8 linears quantise each once.
+  ops::Fp8WeightCacheScope fp8_weights;
   const int64_t L = config_.num_hidden_layers;
   // Forward: embedding, main blocks, head (+ MTP); a pipeline stage runs a part of this.
   std::vector<BlockCache> blocks;
@@ -428,11 +435,15 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
   add_block_stats(blocks, out);
   add_mtp_stats(hc, out);
   out.total += out.aux;
-  if (!backward) return out;
+  if (!backward) {
+    fp8_checks.check();
+    return out;
+  }
   // Backward: MTP depths last to first and the main head (head_backward), then the main model.
   const Tensor dh = head_backward(hc, targets, options, loss_scale);
   const Tensor dx = blocks_backward(0, L, blocks, dh, options, loss_scale);
   embed_backward(inputs, dx);
+  fp8_checks.check();
   return out;
 }
 

@@ -1,5 +1,6 @@
 // FP8 training on CUDA against the CPU twins (ops/fp8_train.h): column-tile quantisation bit for
-// bit (ragged groups, f32 and bf16 inputs), the FP8 linear's forward, dgrad and wgrad (shapes on
+// bit (ragged groups, f32 and bf16 inputs; the transposed tiles the tensor-core wgrad reads, from
+// the activations and from the cached row tiles), deferred NaN checks, the FP8 linear's forward, dgrad and wgrad (shapes on
 // and off cuBLASLt's block-scaled path, poisoned outputs, accumulation), the grouped expert GEMMs
 // over ragged offsets, and NaN inputs as errors naming the tensor. Both sides quantise the same
 // act-rounded inputs to the same codes, so outputs differ only by f32 summation order (and the
@@ -11,6 +12,7 @@
 
 #include "backend/backend_harness.h"
 #include "backend/grouped_kernels.h"
+#include "ops/fp8_nan_check.h"
 #include "ops/fp8_train.h"
 #ifdef DSEEK_HAS_CUDA
 #include "ops/cuda/fp8_train_kernels.h"
@@ -59,6 +61,13 @@ bool fp8_on_wgmma([[maybe_unused]] int64_t K, [[maybe_unused]] int64_t N) {
 #endif
 }
 
+// Whether two tensors hold the same bytes (copied to the CPU).
+bool same_bits(const Tensor& a, const Tensor& b) {
+  const Tensor ac = a.to(Device::CPU), bc = b.to(Device::CPU);
+  return ac.shape() == bc.shape() && ac.dtype() == bc.dtype() &&
+         std::memcmp(ac.raw(), bc.raw(), ac.nbytes()) == 0;
+}
+
 Tensor dequant_rows(const Tensor& x) {
   return ops::dequantize_fp8(ops::quantize_fp8(x, ops::Fp8Layout::Tile1x128, false, "x"));
 }
@@ -94,6 +103,217 @@ TEST(BackendOps, QuantizeFp8ColsBitExact) {
       EXPECT_EQ(bad_codes, 0u) << describe_shape(shape);
       EXPECT_EQ(bad_scales, 0u) << describe_shape(shape);
     }
+}
+
+// The CPU's column tiles (codes in x's layout [rows, cols]) in the transposed layout of
+// quantize_fp8_cols_transposed: [cols, 128·slots], tile j of group e in slot floor(o[e]/128) + e + j,
+// zeros elsewhere.
+std::vector<uint8_t> transposed_tiles(const Tensor& codes, const std::vector<int64_t>& o) {
+  const int64_t rows = codes.size(0), cols = codes.size(1), G = int64_t(o.size()) - 1;
+  const int64_t P = ops::fp8_col_tile_rows(rows, G) * 128;
+  std::vector<uint8_t> t(size_t(cols * P), 0);
+  for (int64_t e = 0; e < G; ++e)
+    for (int64_t r = o[size_t(e)]; r < o[size_t(e) + 1]; ++r) {
+      const int64_t j = (r - o[size_t(e)]) / 128, slot = o[size_t(e)] / 128 + e + j;
+      const int64_t at = slot * 128 + (r - o[size_t(e)]) % 128;
+      for (int64_t c = 0; c < cols; ++c)
+        t[size_t(c * P + at)] = codes.data<uint8_t>()[r * cols + c];
+    }
+  return t;
+}
+
+// Leaves freed blocks of the outputs' sizes full of 0xAB in the stream-ordered pool, which hands
+// them to the next allocations of those sizes: padding the kernel fails to zero then shows.
+void poison_pool(int64_t rows, int64_t cols, int64_t G) {
+  const int64_t slots = ops::fp8_col_tile_rows(rows, G);
+  Tensor::poisoned({cols, slots * 128}, DType::U8, Device::CUDA);
+  Tensor::poisoned({slots, cols}, DType::I32, Device::CUDA);
+}
+
+// quantize_fp8_cols_transposed against the CPU's quantize_fp8_cols, code for code and scale for
+// scale: from x (f32, bf16) and from x's 1×128 row tiles (the wgrad's x̂ = Q_col(Q_row(x))).
+TEST(BackendOps, QuantizeFp8ColsTransposedBitExact) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(65);
+  const std::vector<std::pair<Shape, std::vector<int64_t>>> cases = {
+      {{1, 7}, {0, 1}},
+      {{300, 33}, {0, 300}},
+      {{420, 37}, {0, 0, 1, 129, 258, 410}},  // empty group, 1 row, 128, 129, rows past the end
+      {{1000, 130}, {0, 500, 501, 1000}},
+      {{777, 256}, {0, 0, 128, 256, 257, 640, 700, 700}}};  // 128-aligned groups, empty last
+  for (bool from_rows : {false, true})
+    for (DType act : kActDtypes)
+      for (const auto& [shape, o] : cases) {
+        if (from_rows && act == DType::BF16) continue;  // row tiles hold codes: one case suffices
+        const Tensor x = rand(shape, rng, 3.0f);
+        const Tensor off_cpu = offsets_of(o, Device::CPU), off_gpu = offsets_of(o, Device::CUDA);
+        const int64_t G = int64_t(o.size()) - 1;
+        ops::Fp8ColTiles want, got;
+        if (from_rows) {
+          const ops::Fp8Tensor rows = ops::quantize_fp8(x, ops::Fp8Layout::Tile1x128, false, "x");
+          want = ops::quantize_fp8_cols(ops::dequantize_fp8(rows, DType::F32), &off_cpu, "x");
+          ops::Fp8Tensor rows_gpu = rows;
+          rows_gpu.data = rows.data.to(Device::CUDA);
+          rows_gpu.scale = rows.scale.to(Device::CUDA);
+          poison_pool(shape[0], shape[1], G);
+          got = ops::quantize_fp8_cols_transposed(rows_gpu, off_gpu);
+        } else {
+          want = ops::quantize_fp8_cols(rounded(x, act), &off_cpu, "x");
+          poison_pool(shape[0], shape[1], G);
+          got = ops::quantize_fp8_cols_transposed(on_gpu(x, act), off_gpu, "x");
+        }
+        const std::vector<uint8_t> want_t = transposed_tiles(want.data, o);
+        const Tensor gd = got.data.to(Device::CPU), gs = got.scale.to(Device::CPU);
+        ASSERT_EQ(gd.numel(), int64_t(want_t.size()));
+        ASSERT_EQ(gs.shape(), want.scale.shape());
+        size_t bad_codes = 0, bad_scales = 0;
+        for (int64_t i = 0; i < gd.numel(); ++i) bad_codes += gd.data<uint8_t>()[i] != want_t[size_t(i)];
+        for (int64_t i = 0; i < gs.numel(); ++i)
+          bad_scales += std::memcmp(&gs.data<float>()[i], &want.scale.data<float>()[i], 4) != 0;
+        std::printf("[backend] %-28s %-22s %-4s codes differ %zu/%lld scales differ %zu/%lld %s\n",
+                    from_rows ? "quantize_fp8_cols_t (rows)" : "quantize_fp8_cols_t",
+                    describe_shape(shape).c_str(), std::string(dtype_name(act)).c_str(), bad_codes,
+                    (long long)gd.numel(), bad_scales, (long long)gs.numel(),
+                    bad_codes + bad_scales ? "FAIL" : "ok");
+        EXPECT_EQ(bad_codes, 0u) << describe_shape(shape) << " from rows " << from_rows;
+        EXPECT_EQ(bad_scales, 0u) << describe_shape(shape) << " from rows " << from_rows;
+      }
+}
+
+// quantize_fp8_expert_weights: W's blocks as the CPU quantises them, Wᵀ's their exact transpose,
+// in one pass (rows and columns multiples of 4) or by a transposition after it (otherwise).
+TEST(BackendOps, QuantizeFp8ExpertWeightsBothOrientations) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(67);
+  for (auto [E, R, C] : std::vector<std::array<int64_t, 3>>{{3, 256, 136}, {2, 130, 7}, {5, 4, 300}})
+    for (DType wt : kActDtypes) {
+      std::vector<Tensor> ws, ws_gpu;
+      for (int64_t e = 0; e < E; ++e) {
+        ws.push_back(rounded(rand({R, C}, rng, 5.0f), wt));
+        ws_gpu.push_back(on_gpu(ws.back(), wt));
+      }
+      const ops::Fp8ExpertWeights want = ops::quantize_fp8_expert_weights(ops::expert_matrices(ws));
+      Tensor::poisoned({E, R, C}, DType::U8, Device::CUDA);  // freed blocks the outputs reuse
+      Tensor::poisoned({E, C, R}, DType::U8, Device::CUDA);
+      const ops::Fp8ExpertWeights got =
+          ops::quantize_fp8_expert_weights(ops::expert_matrices(ws_gpu));
+      const Tensor d = got.data.to(Device::CPU), s = got.scale.to(Device::CPU);
+      const Tensor dt = got.data_t.to(Device::CPU), st = got.scale_t.to(Device::CPU);
+      ASSERT_EQ(d.shape(), want.data.shape());
+      ASSERT_EQ(s.shape(), want.scale.shape());
+      ASSERT_EQ(dt.shape(), (Shape{E, C, R}));
+      ASSERT_EQ(st.shape(), (Shape{E, s.size(2), s.size(1)}));
+      const uint8_t* wd = want.data.data<uint8_t>();
+      const float* ws_ = want.scale.data<float>();
+      size_t bad = 0;
+      for (int64_t e = 0; e < E; ++e)
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t c = 0; c < C; ++c) {
+            const uint8_t code = wd[(e * R + r) * C + c];
+            bad += d.data<uint8_t>()[(e * R + r) * C + c] != code;
+            bad += dt.data<uint8_t>()[(e * C + c) * R + r] != code;
+          }
+      const int64_t SR = s.size(1), SC = s.size(2);
+      for (int64_t e = 0; e < E; ++e)
+        for (int64_t i = 0; i < SR; ++i)
+          for (int64_t j = 0; j < SC; ++j) {
+            const float v = ws_[(e * SR + i) * SC + j];
+            bad += std::memcmp(&s.data<float>()[(e * SR + i) * SC + j], &v, 4) != 0;
+            bad += std::memcmp(&st.data<float>()[(e * SC + j) * SR + i], &v, 4) != 0;
+          }
+      const Shape shape{E, R, C};
+      std::printf("[backend] %-28s %-22s %-4s codes and scales differ %zu %s\n",
+                  "quantize_fp8_expert_weights", describe_shape(shape).c_str(),
+                  std::string(dtype_name(wt)).c_str(), bad, bad ? "FAIL" : "ok");
+      EXPECT_EQ(bad, 0u) << describe_shape(shape);
+    }
+}
+
+// Inside a Fp8WeightCacheScope the dense FP8 linear quantises its weight once (W's and Wᵀ's blocks
+// in the forward) and the backward reuses them: the same codes, so the same results bit for bit as
+// without the scope; a weight of another shape at the same address is not confused with it.
+TEST(BackendOps, LinearFp8TrainWeightCacheScopeGivesTheSameResults) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(68);
+  for (auto [T, in, out] : std::vector<std::array<int64_t, 3>>{{64, 256, 384}, {5, 130, 7}}) {
+    const Tensor x = on_gpu(rand({T, in}, rng), DType::BF16), w = on_gpu(rand({out, in}, rng));
+    const Tensor dy = on_gpu(rand({T, out}, rng), DType::BF16);
+    auto run = [&](Tensor& y, Tensor& dx, Tensor& dw) {
+      ops::Fp8LinearCache cache;
+      y = ops::linear_fp8_train_forward(x, w, &cache);
+      dx = Tensor::poisoned({T, in}, DType::BF16, Device::CUDA);
+      dw = Tensor::poisoned({out, in}, DType::F32, Device::CUDA);
+      ops::linear_fp8_train_backward(cache, w, dy, &dx, &dw, false);
+    };
+    Tensor y0, dx0, dw0, y1, dx1, dw1;
+    run(y0, dx0, dw0);
+    const Tensor wv = w.reshape({in, out}), xv = on_gpu(rand({T, out}, rng), DType::BF16);
+    const Tensor yv_want = ops::linear_fp8_train_forward(xv, wv);
+    {
+      ops::Fp8WeightCacheScope scope;
+      run(y1, dx1, dw1);
+      Tensor y2, dx2, dw2;
+      run(y2, dx2, dw2);  // from the cache
+      EXPECT_TRUE(same_bits(y1, y2) && same_bits(dx1, dx2) && same_bits(dw1, dw2));
+      // A view of the same storage in another shape gets blocks of its own.
+      EXPECT_TRUE(same_bits(yv_want, ops::linear_fp8_train_forward(xv, wv))) << "view";
+    }
+    const bool same = same_bits(y0, y1) && same_bits(dx0, dx1) && same_bits(dw0, dw1);
+    std::printf("[backend] %-28s %-22s bf16 scope vs none: %s\n", "linear_fp8_train cache",
+                describe_shape({T, in, out}).c_str(), same ? "same bits ok" : "differ FAIL");
+    EXPECT_TRUE(same) << describe_shape({T, in, out});
+  }
+}
+
+// Inside a DeferredFp8Checks scope a NaN input does not stop the quantisation: check() reports the
+// first offending tensor by name, once, and a nested scope defers to the outer one's check.
+TEST(BackendOps, DeferredFp8ChecksReportTheFirstNanAtCheck) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(66);
+  const Tensor good = on_gpu(rand({4, 200}, rng));
+  std::vector<float> v = rand({4, 200}, rng).to_vector();
+  v[333] = std::nanf("");
+  const Tensor nan = on_gpu(Tensor::from_vector(v, {4, 200}));
+  v[333] = 1.0f;
+  v[5] = INFINITY;
+  const Tensor inf = on_gpu(Tensor::from_vector(v, {4, 200}));
+  const Tensor off = offsets_of({0, 4}, Device::CUDA);
+  const auto expect_error = [](auto&& f, const std::string& want) {
+    try {
+      f();
+      ADD_FAILURE() << "no error, expected one naming " << want;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+  };
+  {
+    ops::DeferredFp8Checks checks;
+    ops::quantize_fp8(good, ops::Fp8Layout::Tile1x128, false, "good");
+    ops::quantize_fp8(nan, ops::Fp8Layout::Tile1x128, false, "first bad");  // no throw yet
+    {
+      ops::DeferredFp8Checks inner;  // joins the outer scope
+      ops::quantize_fp8_cols(inf, &off, "second bad");
+      ops::quantize_fp8_cols_transposed(inf, off, "third bad");
+      inner.check();  // a no-op: the outer scope reads the flags
+    }
+    expect_error([&] { checks.check(); }, "'first bad'");
+    checks.check();  // the flags were read and cleared: nothing to report
+    ops::quantize_fp8_cols_transposed(nan, off, "after the check");
+    expect_error([&] { checks.check(); }, "'after the check'");
+  }
+  {
+    // More quantisations than the scope has flags: it checks the full set on the way.
+    ops::DeferredFp8Checks checks;
+    ops::quantize_fp8(nan, ops::Fp8Layout::Tile1x128, false, "early");
+    expect_error(
+        [&] {
+          for (int i = 0; i < 1100; ++i)
+            ops::quantize_fp8(good, ops::Fp8Layout::Tile1x128, false, "good");
+        },
+        "'early'");
+  }
+  // Outside a scope the check is immediate.
+  expect_error([&] { ops::quantize_fp8(nan, ops::Fp8Layout::Tile1x128, false, "now"); }, "'now'");
 }
 
 TEST(BackendOps, LinearFp8TrainMatchesCpu) {
