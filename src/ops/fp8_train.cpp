@@ -85,8 +85,9 @@ bool stack_quantizable(const ExpertMatrices& w) {
 // W's blocks (`forward`) and/or Wᵀ's (`transposed`: W's codes and scales transposed; GPU only),
 // both in one pass where quantize_fp8_stack applies, else Wᵀ's by transpose_experts after.
 // `what` names the matrices in errors (NaN or Inf in a weight).
-Fp8ExpertWeights quantize_experts(const char* op, const ExpertMatrices& w, bool forward,
-                                  bool transposed, const char* what = "an expert weight") {
+Fp8ExpertWeights quantize_experts(const char* op, const ExpertMatrices& w,
+                                  [[maybe_unused]] bool forward, bool transposed,
+                                  const char* what = "an expert weight") {
   DSEEK_CHECK(w.ld == w.cols && (w.dtype == DType::F32 || w.dtype == DType::BF16),
               "[{}] expert matrices must be contiguous f32 or bf16, got {} with row stride {} for "
               "{} columns",
@@ -173,7 +174,7 @@ StackedFp8 transpose_experts(const StackedFp8& s) {
 // dW (+)= Q_col(dy)ᵀ·Q_col(x̂) per group, x̂ = the cached x dequantised (f32). dense: one group of
 // every row (offsets {0, rows}).
 void wgrad(const char* op, const Fp8Tensor& x_cache, const Tensor& dy2, const Tensor& offsets,
-           const ExpertMatrices& dw, bool accumulate, bool dense) {
+           const ExpertMatrices& dw, bool accumulate, [[maybe_unused]] bool dense) {
 #ifdef DSEEK_HAS_CUDA
   if (offsets.is_cuda() && cuda::fp8_wgmma_takes(dw.cols, dw.rows)) {
     // The tensor cores read both operands transposed: quantised and transposed in one pass each.
