@@ -206,6 +206,8 @@ int main() {
   ok &= run_case({{0, 130, 7, 0, 257, 0}, 272, 144, 5}, rng);
   // More promotion steps than ring stages (5 > 4) in both kernels (wgrad: 600 rows = 5 tiles).
   ok &= run_case({{600, 3}, 640, 32, 0}, rng);
+  // An even number of steps (4: the overlapped row loop's last step in the second partial sum).
+  ok &= run_case({{200, 77}, 512, 48, 0}, rng);
   // The tiny fixtures' expert widths: a reduction of 16 (one chunk a line) and outputs of 16.
   ok &= run_case({{3, 0, 40, 9}, 16, 64, 2}, rng);
   ok &= run_case({{3, 0, 40, 9}, 64, 16, 0}, rng);
