@@ -471,8 +471,10 @@ Fp8GroupedCache fp8_grouped_cache(const Tensor& x_perm) {
                          act};
 }
 
-Fp8ExpertWeights quantize_fp8_expert_weights(const ExpertMatrices& w) {
-  return quantize_experts("quantize_fp8_expert_weights", w, true, w.device == Device::CUDA);
+Fp8ExpertWeights quantize_fp8_expert_weights(const ExpertMatrices& w, std::string_view name) {
+  const std::string what = "'" + std::string(name) + "'";
+  return quantize_experts("quantize_fp8_expert_weights", w, true, w.device == Device::CUDA,
+                          what.c_str());
 }
 
 Tensor grouped_linear_fp8_forward(const Tensor& x_perm, const ExpertMatrices& w,

@@ -130,8 +130,10 @@ struct Fp8ExpertWeights {
   Tensor data, scale;      // W's blocks: F8 [E, out, in], F32 [E, ⌈out/128⌉, ⌈in/128⌉]
   Tensor data_t, scale_t;  // Wᵀ's (GPU): F8 [E, in, out], F32 [E, ⌈in/128⌉, ⌈out/128⌉]
 };
-// w: the experts' f32 (or bf16) matrices, contiguous [out, in]. NaN/Inf is an error.
-Fp8ExpertWeights quantize_fp8_expert_weights(const ExpertMatrices& w);
+// w: the experts' f32 (or bf16) matrices, contiguous [out, in]. NaN/Inf is an error naming them
+// as `name` (e.g. "model.layers.1.mlp.experts.*.gate_proj.weight").
+Fp8ExpertWeights quantize_fp8_expert_weights(const ExpertMatrices& w,
+                                             std::string_view name = "expert weights");
 
 // y_perm [N, out] = x_perm[r]·W_eᵀ for the rows r of expert e; w: the experts' f32 (or bf16)
 // matrices, contiguous [out, in], or their blocks; offsets [E + 1] i64 on x's device. y in x's

@@ -130,9 +130,10 @@ Tensor routed_forward_device(const LayerContext& ctx, const std::string& prefix,
   const Tensor x_perm = ops::moe_permute(c.x, c.dispatch);
   const bool fp8 = experts_fp8(ctx.params, prefix);
   if (fp8) {
-    c.gate_q = ops::quantize_fp8_expert_weights(c.gate_w);
-    c.up_q = ops::quantize_fp8_expert_weights(c.up_w);
-    c.down_q = ops::quantize_fp8_expert_weights(c.down_w);
+    const std::string experts = prefix + ".experts.*.";
+    c.gate_q = ops::quantize_fp8_expert_weights(c.gate_w, experts + "gate_proj.weight");
+    c.up_q = ops::quantize_fp8_expert_weights(c.up_w, experts + "up_proj.weight");
+    c.down_q = ops::quantize_fp8_expert_weights(c.down_w, experts + "down_proj.weight");
   }
   const Tensor& o = c.dispatch.offsets;
   c.gate = grouped_forward(ctx.params, fp8, x_perm, c.gate_w, c.gate_q, o, c.x_perm);

@@ -311,5 +311,81 @@ TEST(BackendTrain, ForwardBackwardBf16ComputeNearCpu) {
   }
 }
 
+// After zero_grad the GPU's expert wgrads write dW instead of adding to the zeros
+// (Param::grad_zero); a second micro-batch must then add. Two forward_backward calls from zeroed
+// grads on both sides, f32: the GPU's grads match the CPU's sums.
+TEST(BackendTrain, ZeroGradThenTwoMicroBatchesMatchCpu) {
+  DSEEK_REQUIRE_CUDA();
+  for (const char* fixture : {"v2_lite", "deepseekmoe"}) {
+    SCOPED_TRACE(fixture);
+    const ModelConfig config = fixture_config(fixture);
+    ParamSet start, cpu, gpu;
+    init_cpu(config, start);
+    init_cpu(config, cpu);
+    copy_to_gpu(start, gpu);
+    start.zero_grad();
+    cpu.zero_grad();
+    gpu.zero_grad();
+    const LossOptions o = loss_options({fixture, 0.0, "none", false});
+    const Batch b = make_batch(config.vocab_size);
+    TrainModel cpu_model(config, cpu), gpu_model(config, gpu);
+    for (int micro = 0; micro < 2; ++micro) {
+      cpu_model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
+      gpu_model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
+      const GradStats g = compare_grads(cpu, gpu, start);
+      std::printf("[backend] %-28s %-22s micro-batch %d grads rel-RMS all %.2e, worst %.2e (%s)\n",
+                  "train zero_grad + accumulate", fixture, micro, g.overall, g.worst,
+                  g.worst_name.c_str());
+      EXPECT_LE(g.overall, 1e-4) << "micro-batch " << micro;
+      EXPECT_LE(g.worst, 1e-4) << "micro-batch " << micro << ": " << g.worst_name;
+      EXPECT_EQ(g.untouched_differ, 0) << "micro-batch " << micro;
+    }
+  }
+}
+
+// A NaN reaching the FP8 projections in GPU training (here: in the embedding row of the batch's
+// first token) is an error naming the first tensor that held it, reported once after the backward
+// (ops/fp8_nan_check.h), and the model trains on once the weights are finite again. Non-finite
+// expert weights are reported by name too.
+TEST(BackendTrain, Fp8NanIsAnErrorNamingTheTensor) {
+  DSEEK_REQUIRE_CUDA();
+  const ModelConfig config = fixture_config("v2_lite");
+  ParamSet start, gpu;
+  init_cpu(config, start);
+  copy_to_gpu(start, gpu);
+  mark_fp8_linears(gpu);
+  const LossOptions o = loss_options({"v2_lite", 0.0, "none", false});
+  const Batch b = make_batch(config.vocab_size);
+  TrainModel model(config, gpu);
+  auto expect_error = [&](const std::string& want) {
+    try {
+      model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
+      ADD_FAILURE() << "no error, expected one naming " << want;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("NaN or Inf"), std::string::npos) << e.what();
+    }
+  };
+  auto poke = [&](const std::string& name, int64_t at, float v) {
+    train::Param& p = gpu.at(name);
+    std::vector<float> host = p.value.to_vector();
+    const float old = host[size_t(at)];
+    host[size_t(at)] = v;
+    p.value = Tensor::from_vector(host, p.value.shape()).to(Device::CUDA);
+    return old;
+  };
+  const int64_t D = config.hidden_size;
+  const float e0 = poke("model.embed_tokens.weight", int64_t(b.inputs[0]) * D + 1, std::nanf(""));
+  expect_error("'linear_fp8_train x'");
+  poke("model.embed_tokens.weight", int64_t(b.inputs[0]) * D + 1, e0);
+  const std::string expert = "model.layers.1.mlp.experts.3.up_proj.weight";
+  ASSERT_TRUE(gpu.has(expert));
+  const float w0 = poke(expert, 5, INFINITY);
+  expect_error("'model.layers.1.mlp.experts.*.up_proj.weight'");
+  poke(expert, 5, w0);
+  const SequenceLosses ok = model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
+  EXPECT_TRUE(std::isfinite(ok.total));
+}
+
 }  // namespace
 }  // namespace dseek::backend_test
