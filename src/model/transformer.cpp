@@ -10,6 +10,7 @@
 #include "model/load_context.h"
 #include "model/paged_kv_cache.h"
 #include "ops/embedding.h"
+#include "ops/fp8_nan_check.h"
 #include "ops/linear.h"
 #include "ops/norm.h"
 
@@ -131,7 +132,12 @@ Tensor Transformer::logits(const Tensor& hidden) const {
 }
 
 Tensor Transformer::forward(const std::vector<int32_t>& ids) {
-  Tensor out = logits(hidden(ids));
+  // FP8 projections on the GPU report NaN/Inf input once a forward rather than with a
+  // synchronisation per projection (ops/fp8_nan_check.h); the error still names the tensor.
+  ops::DeferredFp8Checks fp8_checks;
+  const Tensor h = hidden(ids);
+  fp8_checks.check();
+  Tensor out = logits(h);
   if (out.dtype() != DType::F32) out = out.to(DType::F32);  // bf16 logits of a GPU model
   return out.to(Device::CPU);
 }
@@ -147,6 +153,7 @@ Tensor Transformer::forward(const std::vector<int32_t>& ids, KVCache& cache) {
               device_name(placement_.device));
   const int64_t T = int64_t(ids.size());
   cache.check_room(T);
+  ops::DeferredFp8Checks fp8_checks;  // see forward(ids); read before the cache advances
   Tensor out;
   if (T == 1 && cuda_graphs_active()) {
     if (!decode_graph_) decode_graph_ = std::make_unique<DecodeGraph>();
@@ -157,6 +164,7 @@ Tensor Transformer::forward(const std::vector<int32_t>& ids, KVCache& cache) {
   } else {
     out = cached_step(ops::embedding(embed_tokens_, ids, placement_.act), cache);
   }
+  fp8_checks.check();
   cache.advance(T);
   if (out.dtype() != DType::F32) out = out.to(DType::F32);  // bf16 logits of a GPU model
   return out;
@@ -175,7 +183,8 @@ bool Transformer::cuda_graphs_active() const {
   }();
   // MLA layers read their positions on the device (Mla::forward_cached); other attention kinds
   // and expert-parallel MoE (an MPI all-reduce per layer) would bake host values into a graph,
-  // and FP8 projections read a NaN check back to the host.
+  // and FP8 projections take their NaN flags from a scope each forward (ops/fp8_nan_check.h),
+  // which a replayed graph would not renew.
   return cuda_graphs_ && !env_off && placement_.device == Device::CUDA && config_.is_mla() &&
          !placement_.experts.sharded() && !fp8_linears_;
 }
@@ -246,8 +255,10 @@ BatchOutput Transformer::forward_batch(const std::vector<BatchSequence>& batch,
     out.hidden = Tensor::empty({0, config_.hidden_size});
     return out;
   }
+  ops::DeferredFp8Checks fp8_checks;  // see forward(ids); read before the sequences advance
   Tensor x = ops::embedding(embed_tokens_, ids, placement_.act);
   for (int64_t l = 0; l < L; ++l) x = blocks_[size_t(l)]->forward_paged(x, seqs, cache, l);
+  fp8_checks.check();
 
   // Only the rows whose logits were asked for go through the final norm and lm_head: with long
   // prefills in the batch, lm_head over every row would dominate.

@@ -18,10 +18,12 @@
 // noise does (measured 0.031 relative RMS on an H200, f32): still inside one GEMM's E4M3 error.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -32,6 +34,7 @@
 #include "model/kv_cache.h"
 #include "model/mla.h"
 #include "model/model.h"
+#include "model/safetensors.h"
 #include "model/transformer.h"
 #include "model_fixtures.h"
 
@@ -107,6 +110,54 @@ TEST(BackendModelFp8, GpuFp8ModelFollowsCpuFp8Model) {
       expect_rel("cached decode vs gpu full", act, cached_run(*gpu, ids), full);
     }
   }
+}
+
+// A NaN reaching an FP8 projection at inference on the GPU (here: in the embedding row of the
+// first token, in a copy of the fixture) is an error naming the activation, reported once the
+// forward is done (ops/fp8_nan_check.h) and before a cached forward advances the cache.
+TEST(BackendModelFp8, NanActivationIsAnErrorNamingTheTensor) {
+  DSEEK_REQUIRE_CUDA();
+  const std::vector<int32_t> ids = fixture_ids();
+  const fs::path dir = fs::temp_directory_path() / "dseek_fp8_nan_fixture";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  fs::copy_file(kDir / "config.json", dir / "config.json");
+  const std::shared_ptr<SafetensorsFile> file =
+      SafetensorsFile::open((kDir / "model.safetensors").string());
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const auto& [name, info] : file->tensors()) {
+    Tensor t = file->get(name).clone();
+    if (name == "model.embed_tokens.weight") {
+      std::vector<float> v = t.to_vector();
+      v[size_t(int64_t(ids[0]) * t.size(1) + 2)] = std::nanf("");
+      t = Tensor::from_vector(v, t.shape()).to(t.dtype());
+    }
+    tensors.emplace_back(name, t);
+  }
+  save_safetensors((dir / "model.safetensors").string(), tensors);
+  const std::unique_ptr<Model> gpu = Model::load(dir.string(), Placement{Device::CUDA, DType::F32});
+  auto expect_error = [](const std::function<void()>& f) {
+    try {
+      f();
+      ADD_FAILURE() << "no error for a NaN activation";
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("'linear_fp8 input'"), std::string::npos) << what;
+      EXPECT_NE(what.find("NaN or Inf"), std::string::npos) << what;
+    }
+  };
+  expect_error([&] { gpu->forward(ids); });
+  const std::unique_ptr<KVCache> cache = gpu->new_cache(int64_t(ids.size()));
+  expect_error([&] { gpu->forward(ids, *cache); });
+  EXPECT_EQ(cache->size(), 0) << "the cache advanced past a failed forward";
+  // Tokens whose rows are finite still run.
+  const std::vector<int32_t> clean(ids.begin() + 1, ids.end());
+  if (std::find(clean.begin(), clean.end(), ids[0]) == clean.end()) {
+    const std::vector<float> logits = gpu->forward(clean).to_vector();
+    EXPECT_TRUE(
+        std::all_of(logits.begin(), logits.end(), [](float v) { return std::isfinite(v); }));
+  }
+  fs::remove_all(dir);
 }
 
 }  // namespace dseek::backend_test
