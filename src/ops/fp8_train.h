@@ -85,7 +85,6 @@ class Fp8WeightCacheScope {
   struct Entries;
 
  private:
-  Fp8WeightCacheScope* outer_ = nullptr;
   std::unique_ptr<Entries> entries_;  // null for a scope nested in another
 };
 

@@ -235,7 +235,9 @@ TEST(BackendOps, QuantizeFp8ExpertWeightsBothOrientations) {
 TEST(BackendOps, LinearFp8TrainWeightCacheScopeGivesTheSameResults) {
   DSEEK_REQUIRE_CUDA();
   std::mt19937 rng(68);
-  for (auto [T, in, out] : std::vector<std::array<int64_t, 3>>{{64, 256, 384}, {5, 130, 7}}) {
+  const std::vector<std::array<int64_t, 3>> shapes = {{64, 256, 384}, {5, 130, 7}};
+  for (const std::array<int64_t, 3>& tio : shapes) {
+    const int64_t T = tio[0], in = tio[1], out = tio[2];  // named copies: the lambda captures them
     const Tensor x = on_gpu(rand({T, in}, rng), DType::BF16), w = on_gpu(rand({out, in}, rng));
     const Tensor dy = on_gpu(rand({T, out}, rng), DType::BF16);
     auto run = [&](Tensor& y, Tensor& dx, Tensor& dw) {
