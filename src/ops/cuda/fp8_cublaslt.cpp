@@ -59,7 +59,7 @@ namespace {
 constexpr bool kActScalesOuterMajor = true;  // VEC128 scales [L][M4], else [M][L4]
 
 struct Key {
-  int64_t m, n, k;
+  int64_t m, n, k;  // y [M, N] = a [M, K] · w [N, K]^T, as the callers name them
   int d_type;
   int64_t ld = 0;      // the operands' row stride (the forward's: K)
   bool wgrad = false;  // both operands VEC128 (fp8_wgrad_cublaslt)
@@ -157,6 +157,27 @@ std::unique_ptr<Plan> make_plan(int64_t M, int64_t K, int64_t N, cudaDataType_t 
   return plan;
 }
 
+// The cached plan for a problem (made on first use), or null when cuBLASLt cannot run it. The
+// caller holds plans().mutex until its GEMM is enqueued (the plan's scale pointers are per call).
+Plan* plan_for(Plans& all, const Key& key) {
+  auto it = all.by_problem.find(key);
+  if (it == all.by_problem.end())
+    it = all.by_problem
+             .emplace(key,
+                      make_plan(key.m, key.k, key.n, cudaDataType_t(key.d_type), key.ld, key.wgrad))
+             .first;
+  return it->second.get();
+}
+
+// Points the plan's A and B scales (cuBLASLt's roles: A is our weight-side operand) at this
+// call's scales; false when cuBLASLt refuses.
+bool set_scale_pointers(Plan& plan, const float* a_scales, const float* b_scales) {
+  return cublasLtMatmulDescSetAttribute(plan.desc.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                                        &a_scales, sizeof(a_scales)) == CUBLAS_STATUS_SUCCESS &&
+         cublasLtMatmulDescSetAttribute(plan.desc.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                                        &b_scales, sizeof(b_scales)) == CUBLAS_STATUS_SUCCESS;
+}
+
 }  // namespace
 
 bool fp8_gemm_cublaslt(const uint8_t* a, const float* sa, int64_t M, int64_t K, const uint8_t* w,
@@ -171,11 +192,7 @@ bool fp8_gemm_cublaslt(const uint8_t* a, const float* sa, int64_t M, int64_t K, 
   if (!all.hopper) return false;
   const cudaDataType_t d_type = out == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
   std::lock_guard<std::mutex> lock(all.mutex);
-  const Key key{N, M, K, int(d_type), K, false};
-  auto it = all.by_problem.find(key);
-  if (it == all.by_problem.end())
-    it = all.by_problem.emplace(key, make_plan(M, K, N, d_type, K, false)).first;
-  Plan* plan = it->second.get();
+  Plan* plan = plan_for(all, Key{M, N, K, int(d_type), K, false});
   if (!plan) return false;
 
   // Scales in cuBLASLt's layouts (see the header comment), in one scratch buffer: W's first (its
@@ -186,12 +203,7 @@ bool fp8_gemm_cublaslt(const uint8_t* a, const float* sa, int64_t M, int64_t K, 
       static_cast<float*>(dseek::cuda::alloc(size_t(NB * L4 + a_rows * a_ld) * sizeof(float)));
   const float* w_scales = scratch;
   const float* a_scales = scratch + NB * L4;
-  const bool pointers_set =
-      cublasLtMatmulDescSetAttribute(plan->desc.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scales,
-                                     sizeof(w_scales)) == CUBLAS_STATUS_SUCCESS &&
-      cublasLtMatmulDescSetAttribute(plan->desc.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scales,
-                                     sizeof(a_scales)) == CUBLAS_STATUS_SUCCESS;
-  if (!pointers_set) {
+  if (!set_scale_pointers(*plan, w_scales, a_scales)) {
     dseek::cuda::free(scratch);
     return false;
   }
@@ -221,19 +233,9 @@ bool fp8_wgrad_cublaslt(const uint8_t* dyt, const float* sdy, int64_t M, const u
   Plans& all = plans();
   if (!all.hopper) return false;
   std::lock_guard<std::mutex> lock(all.mutex);
-  const Key key{N, M, K, int(CUDA_R_32F), ld, true};
-  auto it = all.by_problem.find(key);
-  if (it == all.by_problem.end())
-    it = all.by_problem.emplace(key, make_plan(M, K, N, CUDA_R_32F, ld, true)).first;
-  Plan* plan = it->second.get();
-  if (!plan) return false;
-  const float* a_scales = sx;  // cuBLASLt's A is xt (see the header's layout note)
-  const float* b_scales = sdy;
-  if (cublasLtMatmulDescSetAttribute(plan->desc.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scales,
-                                     sizeof(a_scales)) != CUBLAS_STATUS_SUCCESS ||
-      cublasLtMatmulDescSetAttribute(plan->desc.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scales,
-                                     sizeof(b_scales)) != CUBLAS_STATUS_SUCCESS)
-    return false;
+  Plan* plan = plan_for(all, Key{M, N, K, int(CUDA_R_32F), ld, true});
+  // cuBLASLt's A is xt (see the header's layout note).
+  if (!plan || !set_scale_pointers(*plan, sx, sdy)) return false;
   const float alpha = 1.0f;
   const LtContext& lt = lt_context();
   const cublasStatus_t status =
