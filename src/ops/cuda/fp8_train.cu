@@ -68,8 +68,10 @@ __device__ void slot_rows(const int64_t* offsets, int64_t groups, int64_t slot, 
   int64_t lo = 0, hi = groups - 1;
   while (lo < hi) {
     const int64_t mid = (lo + hi + 1) / 2;
-    if (offsets[mid] / kTile + mid <= slot) lo = mid;
-    else hi = mid - 1;
+    if (offsets[mid] / kTile + mid <= slot)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   const int64_t base = offsets[lo] / kTile + lo;
   const int64_t r0 = offsets[lo] + (slot - base) * kTile, end = offsets[lo + 1];
@@ -78,17 +80,26 @@ __device__ void slot_rows(const int64_t* offsets, int64_t groups, int64_t slot, 
   range[1] = used ? min(end, r0 + kTile) : 0;
 }
 
+// This block's slot (blockIdx.x) rows [r0, r1), found by thread 0 and shared: every thread of the
+// block calls it (it synchronises the block).
+struct SlotRange {
+  int64_t r0, r1;
+};
+__device__ SlotRange block_slot_rows(const int64_t* offsets, int64_t groups) {
+  __shared__ int64_t range[2];
+  if (threadIdx.x == 0) slot_rows(offsets, groups, blockIdx.x, range);
+  __syncthreads();
+  return {range[0], range[1]};
+}
+
 // grid (slots, ceil(cols/32)), block 256.
 template <typename T>
 __global__ void __launch_bounds__(kColThreads)
     quantize_fp8_cols_kernel(const T* x, int64_t cols, const int64_t* offsets, int64_t groups,
                              uint8_t* q, float* scale, int* bad) {
   __shared__ float partial_max[kColRowsPerPass][kColWidth];
-  __shared__ int64_t range[2];
   const int64_t slot = blockIdx.x;
-  if (threadIdx.x == 0) slot_rows(offsets, groups, slot, range);
-  __syncthreads();
-  const int64_t r0 = range[0], r1 = range[1];
+  const auto [r0, r1] = block_slot_rows(offsets, groups);
   if (r0 >= r1) return;  // an unused slot: uniform over the block
   const int tx = threadIdx.x % kColWidth, ty = threadIdx.x / kColWidth;
   const int64_t c = int64_t(blockIdx.y) * kColWidth + tx;
@@ -164,11 +175,9 @@ __global__ void __launch_bounds__(256)
     transpose_col_tiles_kernel(const uint8_t* q, int64_t C, const int64_t* offsets, int64_t groups,
                                uint8_t* qt, int64_t P) {
   __shared__ uint8_t tile[kTile][kTrCols + 4];
-  __shared__ int64_t range[2];
   const int64_t slot = blockIdx.x;
-  if (threadIdx.x == 0) slot_rows(offsets, groups, slot, range);
-  __syncthreads();
-  const int64_t r0 = range[0], n = range[1] - range[0];
+  const SlotRange rows = block_slot_rows(offsets, groups);
+  const int64_t r0 = rows.r0, n = rows.r1 - rows.r0;
   const int64_t c0 = int64_t(blockIdx.y) * kTrCols;
   for (int i = threadIdx.x; i < kTile * kTrCols; i += blockDim.x) {
     const int r = i / kTrCols, c = i % kTrCols;
@@ -216,7 +225,8 @@ struct Fp8Rows {  // x̂ = codes · 1×128 row-tile scales, as dequantize_fp8_ke
     const uint32_t codes = *reinterpret_cast<const uint32_t*>(q + r * cols + c);
     const float sc = s[r * tiles_per_row + c / kTile];  // c … c + 3 share a 128-tile
     return make_float4(decode_e4m3(uint8_t(codes)) * sc, decode_e4m3(uint8_t(codes >> 8)) * sc,
-                       decode_e4m3(uint8_t(codes >> 16)) * sc, decode_e4m3(uint8_t(codes >> 24)) * sc);
+                       decode_e4m3(uint8_t(codes >> 16)) * sc,
+                       decode_e4m3(uint8_t(codes >> 24)) * sc);
   }
 };
 
@@ -228,18 +238,16 @@ struct Fp8Rows {  // x̂ = codes · 1×128 row-tile scales, as dequantize_fp8_ke
 // quantize_fp8_cols_kernel, so the codes are the ones it and transpose_col_tiles_kernel give.
 template <typename Source, bool VEC>
 __global__ void __launch_bounds__(256)
-    col_tiles_t_kernel(Source src, int64_t C, const int64_t* offsets, int64_t groups,
-                       uint8_t* qt, int64_t P, float* scale, int* bad) {
+    col_tiles_t_kernel(Source src, int64_t C, const int64_t* offsets, int64_t groups, uint8_t* qt,
+                       int64_t P, float* scale, int* bad) {
   constexpr int kQuads = kTrCols / 4;
   constexpr int kPhases = VEC ? 256 / kQuads : 256 / kTrCols;  // rows loaded at a time
   __shared__ float tile[kTile][kTrCols + 1];
   __shared__ float partial_max[kPhases][kTrCols];
   __shared__ float col_scale[kTrCols];
-  __shared__ int64_t range[2];
   const int64_t slot = blockIdx.x;
-  if (threadIdx.x == 0) slot_rows(offsets, groups, slot, range);
-  __syncthreads();
-  const int64_t r0 = range[0], n = range[1] - range[0];
+  const SlotRange rows = block_slot_rows(offsets, groups);
+  const int64_t r0 = rows.r0, n = rows.r1 - rows.r0;
   const int64_t c0 = int64_t(blockIdx.y) * kTrCols;
   int nonfinite = 0;
   if constexpr (VEC) {
@@ -328,11 +336,12 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// grid (ceil(K/64), ceil(N/64), E), block 256: thread (ty, tx) owns dW[n0 + ty + 16i, k0 + tx + 16j].
+// grid (ceil(K/64), ceil(N/64), E), block 256: thread (ty, tx) owns dW[n0 + ty + 16i, k0 + tx +
+// 16j].
 __global__ void __launch_bounds__(kThreads)
-    fp8_grouped_wgrad_kernel(const uint8_t* dy, const float* sdy, const uint8_t* x,
-                             const float* sx, int64_t N, int64_t K, const int64_t* offsets,
-                             float* const* dw, float beta) {
+    fp8_grouped_wgrad_kernel(const uint8_t* dy, const float* sdy, const uint8_t* x, const float* sx,
+                             int64_t N, int64_t K, const int64_t* offsets, float* const* dw,
+                             float beta) {
   __shared__ float Ds[kBK][kBN + 1];  // [row][n]
   __shared__ float Xs[kBK][kBM + 1];  // [row][k]
   const int64_t e = blockIdx.z;
@@ -389,9 +398,8 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-void quantize_fp8_cols(const void* x, DType act, int64_t rows, int64_t cols,
-                       const int64_t* offsets, int64_t groups, uint8_t* q, float* scale,
-                       int* bad) {
+void quantize_fp8_cols(const void* x, DType act, int64_t rows, int64_t cols, const int64_t* offsets,
+                       int64_t groups, uint8_t* q, float* scale, int* bad) {
   const int64_t slots = rows / kTile + groups;
   dseek::cuda::fill_bytes(q, 0, size_t(rows * cols));
   dseek::cuda::fill_bytes(scale, 0, size_t(slots * cols) * sizeof(float));
@@ -413,11 +421,11 @@ void launch_col_tiles_t(Source src, int64_t rows, int64_t cols, const int64_t* o
   // P·cols bytes of codes, each column's stretch 16-byte aligned (P is a multiple of 128)
   const dim3 grid(unsigned(slots), unsigned(ceil_div<int64_t>(cols, kTrCols)));
   if (cols % 4 == 0 && src.aligned16()) {  // the vector loads' rows stay aligned
-    col_tiles_t_kernel<Source, true><<<grid, 256, 0, stream()>>>(src, cols, offsets, groups, qt,
-                                                                 slots * kTile, scale, bad);
+    col_tiles_t_kernel<Source, true>
+        <<<grid, 256, 0, stream()>>>(src, cols, offsets, groups, qt, slots * kTile, scale, bad);
   } else {
-    col_tiles_t_kernel<Source, false><<<grid, 256, 0, stream()>>>(src, cols, offsets, groups, qt,
-                                                                  slots * kTile, scale, bad);
+    col_tiles_t_kernel<Source, false>
+        <<<grid, 256, 0, stream()>>>(src, cols, offsets, groups, qt, slots * kTile, scale, bad);
   }
   DSEEK_CUDA_CHECK_LAUNCH("col_tiles_t_kernel");
 }
@@ -538,8 +546,8 @@ void fp8_grouped_wgrad_t(const uint8_t* dyt, const float* sdy, const uint8_t* xt
                          float* const* dw, float beta) {
   if (N == 0 || K == 0 || E == 0) return;
   DSEEK_CHECK(fp8_wgmma_takes(K, N) && E <= 65535 && ceil_div<int64_t>(N, 64) <= 65535,
-              "[fp8_grouped_wgrad] dW of {} experts × [{}, {}]: not a tensor-core shape here", E,
-              N, K);
+              "[fp8_grouped_wgrad] dW of {} experts × [{}, {}]: not a tensor-core shape here", E, N,
+              K);
   const int64_t P = (rows / kTile + E) * kTile;
   constexpr int wg = fp8_wgmma::kWgradWarpgroups;
   const auto kernel = fp8_wgmma::fp8_wgrad_wgmma_kernel<wg>;
@@ -548,8 +556,8 @@ void fp8_grouped_wgrad_t(const uint8_t* dyt, const float* sdy, const uint8_t* xt
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const dim3 grid(unsigned(ceil_div<int64_t>(K, fp8_wgmma::kBN)),
                   unsigned(ceil_div<int64_t>(N, 64 * wg)), unsigned(E));
-  kernel<<<grid, fp8_wgmma::threads(wg), smem, stream()>>>(dyt, sdy, xt, sx, N, K, P, offsets,
-                                                           dw, beta);
+  kernel<<<grid, fp8_wgmma::threads(wg), smem, stream()>>>(dyt, sdy, xt, sx, N, K, P, offsets, dw,
+                                                           beta);
   DSEEK_CUDA_CHECK_LAUNCH("fp8_wgrad_wgmma_kernel");
 }
 
