@@ -8,16 +8,9 @@
 # their shared libraries in BIN_DIR/lib). parts: a comma list of tests, train, gemm, profile
 # (default: all). About two minutes on an H200.
 set -uo pipefail
-BIN=${1:?usage: bench_fp8.sh BIN_DIR OUT [tests,train,gemm,profile]}
-OUT=${2:?usage: bench_fp8.sh BIN_DIR OUT [tests,train,gemm,profile]}
-PARTS=${3:-tests,train,gemm,profile}
-BIN=$(cd "$BIN" && pwd)
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-export LD_LIBRARY_PATH=$BIN/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
-has() { [[ ",$PARTS," == *",$1,"* ]]; }
-status=0
+USAGE="bench_fp8.sh BIN_DIR OUT [tests,train,gemm,profile]"
+DEFAULT_PARTS=tests,train,gemm,profile
+source "$(dirname "$0")/common.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 
 if has tests; then

@@ -10,19 +10,10 @@
 # leaves "n/a" in its rows and its exit status in OUT/status.txt. Takes about 3-5 minutes in all
 # on an H200 (torch.compile of 4 layers is a minute of it).
 set -uo pipefail
-BIN=${1:?usage: bench_issue10.sh BIN_DIR OUT [train,decode,torch]}
-OUT=${2:?usage: bench_issue10.sh BIN_DIR OUT [train,decode,torch]}
-PARTS=${3:-train,decode,torch}
+USAGE="bench_issue10.sh BIN_DIR OUT [train,decode,torch]"
+DEFAULT_PARTS=train,decode,torch
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
-BIN=$(cd "$BIN" && pwd)
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-export LD_LIBRARY_PATH=$BIN/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-# All cores for the host-side random fill of the weights; passive waits so that idle OpenMP
-# workers do not spin beside the thread that drives the GPU.
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
-has() { [[ ",$PARTS," == *",$1,"* ]]; }
-status=0
+source "$(dirname "$0")/common.sh"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv \
   >"$OUT/gpu.txt" 2>&1
