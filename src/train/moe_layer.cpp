@@ -42,16 +42,15 @@ std::string expert_prefix(const std::string& prefix, int64_t e) {
   return prefix + ".experts." + std::to_string(e);
 }
 
-// One projection of every routed expert as ExpertMatrices: their compute weights (forward, input
-// gradient; the f32 masters under FP8, which quantises them itself) or their f32 grads (weight
-// gradient).
+// One projection of every routed expert as ExpertMatrices: their compute weights for the forward
+// and the input gradient (the f32 masters under FP8, which quantises them itself).
 ops::ExpertMatrices expert_weights(ParamSet& params, const std::string& prefix, int64_t experts,
-                                   const std::string& proj, bool grads) {
+                                   const std::string& proj) {
   std::vector<Tensor> m;
   m.reserve(size_t(experts));
   for (int64_t e = 0; e < experts; ++e) {
     Param& p = params.at(expert_prefix(prefix, e) + "." + proj + ".weight");
-    m.push_back(grads ? p.grad : p.fp8 ? p.value : p.weight());
+    m.push_back(p.fp8 ? p.value : p.weight());
   }
   return ops::expert_matrices(std::move(m));
 }
@@ -82,13 +81,16 @@ Tensor grouped_dx(bool fp8, const Tensor& dy, const ops::ExpertMatrices& w,
 void grouped_dw(ParamSet& params, const std::string& prefix, int64_t experts,
                 const std::string& proj, bool fp8, const GroupedInput& in, const Tensor& dy,
                 const Tensor& o) {
-  const ops::ExpertMatrices dw = expert_weights(params, prefix, experts, proj, true);
+  std::vector<Tensor> grads;
+  grads.reserve(size_t(experts));
   bool zero = true;
   for (int64_t e = 0; e < experts; ++e) {
     Param& p = params.at(expert_prefix(prefix, e) + "." + proj + ".weight");
+    grads.push_back(p.grad);
     zero = zero && p.grad_zero;
     p.grad_zero = false;
   }
+  const ops::ExpertMatrices dw = ops::expert_matrices(std::move(grads));
   const bool accumulate = !zero;
   if (!fp8)
     ops::grouped_linear_backward_dw(in.x, dy, o, dw, accumulate);
@@ -124,9 +126,9 @@ Tensor routed_forward_device(const LayerContext& ctx, const std::string& prefix,
     bias = ctx.params.value(prefix + ".gate.e_score_correction_bias");
   c.routing = ops::moe_route(logits, c.route, bias);
   c.dispatch = ops::moe_dispatch(c.routing.ids, E);
-  c.gate_w = expert_weights(ctx.params, prefix, E, "gate_proj", false);
-  c.up_w = expert_weights(ctx.params, prefix, E, "up_proj", false);
-  c.down_w = expert_weights(ctx.params, prefix, E, "down_proj", false);
+  c.gate_w = expert_weights(ctx.params, prefix, E, "gate_proj");
+  c.up_w = expert_weights(ctx.params, prefix, E, "up_proj");
+  c.down_w = expert_weights(ctx.params, prefix, E, "down_proj");
   const Tensor x_perm = ops::moe_permute(c.x, c.dispatch);
   const bool fp8 = experts_fp8(ctx.params, prefix);
   if (fp8) {
