@@ -18,7 +18,9 @@
 namespace dseek::ops {
 namespace {
 
-int64_t tile_rows_of(Fp8Layout layout) { return layout == Fp8Layout::Tile1x128 ? 1 : kFp8Tile; }
+int64_t tile_rows_of(Fp8Layout layout) {
+  return layout == Fp8Layout::Tile1x128 ? 1 : kFp8Tile;
+}
 
 const char* layout_name(Fp8Layout layout) {
   return layout == Fp8Layout::Tile1x128 ? "1x128 tiles" : "128x128 blocks";
@@ -48,7 +50,7 @@ Fp8Tensor quantize_fp8(const Tensor& x, Fp8Layout layout, bool pow2_scale, std::
   DSEEK_CHECK(x.defined(), "[quantize_fp8] '{}': undefined input", name);
   const Device device = op_device("quantize_fp8", {&x});
   const DType act = activation_dtype("quantize_fp8", x);  // checks: f32, or bf16 on the GPU
-  (void)act;  // read by the CUDA branch only
+  (void)act;                                              // read by the CUDA branch only
   DSEEK_CHECK(layout == Fp8Layout::Tile1x128 ? x.dim() >= 1 : x.dim() == 2,
               "[quantize_fp8] '{}': {} need a {} tensor, got {}", name, layout_name(layout),
               layout == Fp8Layout::Tile1x128 ? "[..., cols]" : "2-D [rows, cols]",
@@ -109,7 +111,7 @@ Tensor dequantize_fp8(const Fp8Tensor& q, DType out) {
 }
 
 Tensor fp8_gemm(const Fp8Tensor& a, const Fp8Tensor& w, const Tensor* bias, DType out,
-                Fp8GemmKernel kernel) {
+                Fp8GemmKernel kernel, Tensor* into) {
   (void)kernel;  // read by the CUDA branch only
   check_fp8_tensor("fp8_gemm", a, "a");
   check_fp8_tensor("fp8_gemm", w, "w");
@@ -118,21 +120,27 @@ Tensor fp8_gemm(const Fp8Tensor& a, const Fp8Tensor& w, const Tensor* bias, DTyp
               layout_name(a.layout), layout_name(w.layout));
   const Device device = op_device("fp8_gemm", {&a.data, &a.scale, &w.data, &w.scale, bias});
   const int64_t M = a.data.size(0), K = a.data.size(1), N = w.data.size(0);
-  DSEEK_CHECK(w.data.size(1) == K, "[fp8_gemm] a {} and w {} differ in K", shape_str(a.data.shape()),
-              shape_str(w.data.shape()));
+  DSEEK_CHECK(w.data.size(1) == K, "[fp8_gemm] a {} and w {} differ in K",
+              shape_str(a.data.shape()), shape_str(w.data.shape()));
   if (bias)
     DSEEK_CHECK(bias->defined() && bias->dim() == 1 && bias->size(0) == N &&
                     (bias->dtype() == DType::F32 || bias->dtype() == DType::BF16 ||
                      bias->dtype() == DType::F16),
                 "[fp8_gemm] bias must be [{}] f32, bf16 or f16, got {}", N,
-                bias->defined() ? std::string(dtype_name(bias->dtype())) + " " +
-                                      shape_str(bias->shape())
-                                : std::string("undefined"));
+                bias->defined()
+                    ? std::string(dtype_name(bias->dtype())) + " " + shape_str(bias->shape())
+                    : std::string("undefined"));
   if (device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
     DSEEK_CHECK(out == DType::F32 || out == DType::BF16,
                 "[fp8_gemm] output dtype must be f32 or bf16, got {}", dtype_name(out));
-    Tensor y = Tensor::empty({M, N}, out, device);
+    if (into)
+      DSEEK_CHECK(into->defined() && into->is_cuda() && into->dtype() == out &&
+                      into->numel() == M * N && into->is_contiguous(),
+                  "[fp8_gemm] the output must be contiguous {} on the GPU with {} elements, got "
+                  "{} {}",
+                  dtype_name(out), M * N, dtype_name(into->dtype()), shape_str(into->shape()));
+    Tensor y = into ? *into : Tensor::empty({M, N}, out, device);
     if (kernel == Fp8GemmKernel::Best &&
         cuda::fp8_gemm_cublaslt(a.data.data<uint8_t>(), a.scale.data<float>(), M, K,
                                 w.data.data<uint8_t>(), w.scale.data<float>(), N, bias, y.raw(),
@@ -152,7 +160,8 @@ Tensor fp8_gemm(const Fp8Tensor& a, const Fp8Tensor& w, const Tensor* bias, DTyp
     cuda_not_built("fp8_gemm");
 #endif
   }
-  DSEEK_CHECK(out == DType::F32, "[fp8_gemm] output dtype must be f32 on the CPU, got {}",
+  DSEEK_CHECK(out == DType::F32 && !into,
+              "[fp8_gemm] output dtype must be f32 on the CPU (and no output tensor), got {}",
               dtype_name(out));
   Tensor y = Tensor::empty({M, N}, DType::F32, device);
   if (y.numel() == 0) return y;
@@ -173,8 +182,8 @@ Tensor linear_fp8(const Tensor& x, const Tensor& weight, const Tensor& scale_inv
               "[linear_fp8] undefined input, weight or scale_inv");
   const DType act = activation_dtype("linear_fp8", x);
   DSEEK_CHECK(weight.dim() == 2 && weight.dtype() == DType::F8_E4M3,
-              "[linear_fp8] weight must be f8_e4m3 [out, in], got {} {}", dtype_name(weight.dtype()),
-              shape_str(weight.shape()));
+              "[linear_fp8] weight must be f8_e4m3 [out, in], got {} {}",
+              dtype_name(weight.dtype()), shape_str(weight.shape()));
   DSEEK_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1),
               "[linear_fp8] input {} does not match weight {}", shape_str(x.shape()),
               shape_str(weight.shape()));

@@ -31,7 +31,7 @@
 
 namespace dseek::ops {
 
-inline constexpr int64_t kFp8Tile = 128;       // tile width (and block height for weights)
+inline constexpr int64_t kFp8Tile = 128;  // tile width (and block height for weights)
 inline constexpr float kFp8E4M3Max = 448.0f;
 
 enum class Fp8Layout : uint8_t {
@@ -63,9 +63,11 @@ Tensor dequantize_fp8(const Fp8Tensor& q, DType out = DType::F32);
 enum class Fp8GemmKernel : uint8_t { Best, Plain };
 
 // y [M, N] = a · wᵀ from a (Tile1x128, [M, K]) and w (Block128x128, [N, K]), plus bias [N] (f32,
-// bf16 or f16) when given. y is f32 on the CPU, `out` (f32 or bf16) on the GPU.
+// bf16 or f16) when given. y is f32 on the CPU, `out` (f32 or bf16) on the GPU. On the GPU `into`
+// (contiguous, M·N elements of `out`) receives y instead of a new tensor, and is returned.
 Tensor fp8_gemm(const Fp8Tensor& a, const Fp8Tensor& w, const Tensor* bias = nullptr,
-                DType out = DType::F32, Fp8GemmKernel kernel = Fp8GemmKernel::Best);
+                DType out = DType::F32, Fp8GemmKernel kernel = Fp8GemmKernel::Best,
+                Tensor* into = nullptr);
 
 // linear with a block-scaled FP8 weight, as a DeepSeek-V3 checkpoint stores it: W F8_E4M3
 // [out, in] and scale_inv F32 [ceil(out/128), ceil(in/128)]. x [..., in] (f32; bf16 too on the

@@ -57,19 +57,13 @@ Tensor one_group(int64_t rows, Device device) {
 
 // A weight as quantize_fp8 takes it on its device: f32 (bf16 kept on the GPU), contiguous.
 Tensor quantizable(const Tensor& w) {
-  if (w.is_cuda()) return w.dtype() == DType::F32 || w.dtype() == DType::BF16 ? w.contiguous()
-                                                                                : w.to(DType::F32);
+  if (w.is_cuda())
+    return w.dtype() == DType::F32 || w.dtype() == DType::BF16 ? w.contiguous() : w.to(DType::F32);
   return w.dtype() == DType::F32 ? w.contiguous() : w.to(DType::F32);
 }
 
-// The experts' matrices, each quantised per 128×128 block, stacked: data [E, rows, cols] F8,
-// scale [E, ceil(rows/128), ceil(cols/128)] F32.
-struct StackedFp8 {
-  Tensor data, scale;
-};
-
 #ifdef DSEEK_HAS_CUDA
-StackedFp8 transpose_experts(const StackedFp8& s);
+void transpose_experts(Fp8ExpertWeights& w);
 #endif
 
 #ifdef DSEEK_HAS_CUDA
@@ -101,9 +95,7 @@ Fp8ExpertWeights quantize_experts(const char* op, const ExpertMatrices& w,
     const bool stack = codes > 0 && stack_quantizable(w);
     if (transposed && !stack) {
       s = quantize_experts(op, w, true, false, what);
-      const StackedFp8 t = transpose_experts({s.data, s.scale});
-      s.data_t = t.data;
-      s.scale_t = t.scale;
+      transpose_experts(s);
       if (!forward) s.data = s.scale = Tensor();
       return s;
     }
@@ -139,18 +131,18 @@ Fp8ExpertWeights quantize_experts(const char* op, const ExpertMatrices& w,
   s.scale = Tensor::empty({E, bs[0], bs[1]}, DType::F32, w.device);
   for (int64_t e = 0; e < E && codes > 0; ++e) {
     const Tensor m = quantizable(w.matrices[size_t(e)]);
-    const int64_t at = cpu::quantize_fp8(m.data<float>(), R, C, kFp8Tile, false,
-                                         s.data.data<uint8_t>() + e * codes,
-                                         s.scale.data<float>() + e * scales);
-    DSEEK_CHECK(at < 0, "[{}] {} [{}, {}] (matrix {}) has {} at row {}, column {}", op, what, R,
-                C, e, m.data<float>()[at < 0 ? 0 : at], at / C, at % C);
+    const int64_t at =
+        cpu::quantize_fp8(m.data<float>(), R, C, kFp8Tile, false,
+                          s.data.data<uint8_t>() + e * codes, s.scale.data<float>() + e * scales);
+    DSEEK_CHECK(at < 0, "[{}] {} [{}, {}] (matrix {}) has {} at row {}, column {}", op, what, R, C,
+                e, m.data<float>()[at < 0 ? 0 : at], at / C, at % C);
   }
   return s;
 }
 
-// CPU: the stacked experts dequantised to f32 [E, rows, cols].
-Tensor dequantize_experts(const StackedFp8& s) {
-  const int64_t E = s.data.size(0), R = s.data.size(1), C = s.data.size(2);
+// CPU: W's blocks dequantised to f32 [E, rows, cols].
+Tensor dequantize_experts(const Fp8ExpertWeights& s) {
+  const int64_t E = s.experts, R = s.rows, C = s.cols;
   Tensor out = Tensor::empty({E, R, C});
   const int64_t codes = R * C, scales = s.scale.size(1) * s.scale.size(2);
   for (int64_t e = 0; e < E && codes > 0; ++e)
@@ -160,14 +152,13 @@ Tensor dequantize_experts(const StackedFp8& s) {
 }
 
 #ifdef DSEEK_HAS_CUDA
-// GPU: Wᵀ's blocks from W's (exact, see the header).
-StackedFp8 transpose_experts(const StackedFp8& s) {
-  const int64_t E = s.data.size(0), R = s.data.size(1), C = s.data.size(2);
-  StackedFp8 t{Tensor::empty({E, C, R}, DType::F8_E4M3, Device::CUDA),
-               Tensor::empty({E, s.scale.size(2), s.scale.size(1)}, DType::F32, Device::CUDA)};
-  cuda::fp8_transpose_blocks(s.data.data<uint8_t>(), s.scale.data<float>(), E, R, C,
-                             t.data.data<uint8_t>(), t.scale.data<float>());
-  return t;
+// GPU: Wᵀ's blocks (w.data_t, w.scale_t) from W's (exact, see the header).
+void transpose_experts(Fp8ExpertWeights& w) {
+  const int64_t E = w.experts, R = w.rows, C = w.cols;
+  w.data_t = Tensor::empty({E, C, R}, DType::F8_E4M3, Device::CUDA);
+  w.scale_t = Tensor::empty({E, w.scale.size(2), w.scale.size(1)}, DType::F32, Device::CUDA);
+  cuda::fp8_transpose_blocks(w.data.data<uint8_t>(), w.scale.data<float>(), E, R, C,
+                             w.data_t.data<uint8_t>(), w.scale_t.data<float>());
 }
 #endif
 
@@ -185,16 +176,14 @@ void wgrad(const char* op, const Fp8Tensor& x_cache, const Tensor& dy2, const Te
     // tiles are the first ⌈rows/128⌉ slots).
     const int64_t tokens = (dy2.size(0) + kFp8Tile - 1) / kFp8Tile * kFp8Tile;
     if (dense && cuda::fp8_wgrad_cublaslt(qdy.data.data<uint8_t>(), qdy.scale.data<float>(),
-                                          dw.rows, qx.data.data<uint8_t>(),
-                                          qx.scale.data<float>(), dw.cols, tokens,
-                                          qx.data.size(1), dw.matrices[0].data<float>(),
-                                          accumulate ? 1.0f : 0.0f))
+                                          dw.rows, qx.data.data<uint8_t>(), qx.scale.data<float>(),
+                                          dw.cols, tokens, qx.data.size(1),
+                                          dw.matrices[0].data<float>(), accumulate ? 1.0f : 0.0f))
       return;
     cuda::fp8_grouped_wgrad_t(qdy.data.data<uint8_t>(), qdy.scale.data<float>(),
-                              qx.data.data<uint8_t>(), qx.scale.data<float>(), dy2.size(0),
-                              dw.rows, dw.cols, offsets.data<int64_t>(), offsets.numel() - 1,
-                              static_cast<float* const*>(dw.table.raw()),
-                              accumulate ? 1.0f : 0.0f);
+                              qx.data.data<uint8_t>(), qx.scale.data<float>(), dy2.size(0), dw.rows,
+                              dw.cols, offsets.data<int64_t>(), offsets.numel() - 1,
+                              static_cast<float* const*>(dw.table.raw()), accumulate ? 1.0f : 0.0f);
     return;
   }
 #endif
@@ -219,11 +208,14 @@ void wgrad(const char* op, const Fp8Tensor& x_cache, const Tensor& dy2, const Te
 
 }  // namespace
 
-int64_t fp8_col_tile_rows(int64_t rows, int64_t groups) { return rows / kFp8Tile + groups; }
+int64_t fp8_col_tile_rows(int64_t rows, int64_t groups) {
+  return rows / kFp8Tile + groups;
+}
 
 Fp8ColTiles quantize_fp8_cols(const Tensor& x, const Tensor* offsets, std::string_view name) {
-  DSEEK_CHECK(x.defined() && x.dim() == 2, "[quantize_fp8_cols] '{}': expected a 2-D tensor, got {}",
-              name, x.defined() ? shape_str(x.shape()) : "undefined");
+  DSEEK_CHECK(x.defined() && x.dim() == 2,
+              "[quantize_fp8_cols] '{}': expected a 2-D tensor, got {}", name,
+              x.defined() ? shape_str(x.shape()) : "undefined");
   const Device device = op_device("quantize_fp8_cols", {&x, offsets});
   const DType act = activation_dtype("quantize_fp8_cols", x);
   (void)act;  // read by the CUDA branch only
@@ -272,8 +264,8 @@ Fp8ColTiles quantize_fp8_cols_transposed(const Tensor& x, const Tensor& offsets,
                           : std::string("undefined"));
   const DType act = activation_dtype("quantize_fp8_cols_transposed", x);
   const int64_t rows = x.size(0), cols = x.size(1);
-  const int64_t G = check_offsets("quantize_fp8_cols_transposed", offsets, rows, Device::CUDA,
-                                  false);
+  const int64_t G =
+      check_offsets("quantize_fp8_cols_transposed", offsets, rows, Device::CUDA, false);
   Fp8ColTiles out = empty_cols_transposed(rows, cols, G);
 #ifdef DSEEK_HAS_CUDA
   const Tensor xc = x.contiguous();
@@ -293,13 +285,12 @@ Fp8ColTiles quantize_fp8_cols_transposed(const Fp8Tensor& x_rows, const Tensor& 
   DSEEK_CHECK(x_rows.data.defined() && x_rows.data.is_cuda() && x_rows.data.dim() == 2 &&
                   x_rows.data.is_contiguous() && x_rows.layout == Fp8Layout::Tile1x128 &&
                   x_rows.scale.is_contiguous() &&
-                  x_rows.scale.shape() ==
-                      fp8_scale_shape(x_rows.data.size(0), x_rows.data.size(1),
-                                      Fp8Layout::Tile1x128),
+                  x_rows.scale.shape() == fp8_scale_shape(x_rows.data.size(0), x_rows.data.size(1),
+                                                          Fp8Layout::Tile1x128),
               "[quantize_fp8_cols_transposed] expected contiguous 1x128 row tiles on the GPU");
   const int64_t rows = x_rows.data.size(0), cols = x_rows.data.size(1);
-  const int64_t G = check_offsets("quantize_fp8_cols_transposed", offsets, rows, Device::CUDA,
-                                  false);
+  const int64_t G =
+      check_offsets("quantize_fp8_cols_transposed", offsets, rows, Device::CUDA, false);
   Fp8ColTiles out = empty_cols_transposed(rows, cols, G);
 #ifdef DSEEK_HAS_CUDA
   // x̂ is finite: codes decode to finite values and the scales are finite by construction.
@@ -319,7 +310,8 @@ Tensor dequantize_fp8_cols(const Fp8ColTiles& q, const Tensor& offsets_cpu) {
   const int64_t rows = q.data.size(0), cols = q.data.size(1);
   const int64_t G = check_offsets("dequantize_fp8_cols", offsets_cpu, rows, Device::CPU, false);
   DSEEK_CHECK(q.scale.defined() && q.scale.dtype() == DType::F32 && q.scale.is_contiguous() &&
-                  !q.scale.is_cuda() && (q.scale.shape() == Shape{fp8_col_tile_rows(rows, G), cols}),
+                  !q.scale.is_cuda() &&
+                  (q.scale.shape() == Shape{fp8_col_tile_rows(rows, G), cols}),
               "[dequantize_fp8_cols] scale must be contiguous f32 [{}, {}] on the CPU, got {}",
               fp8_col_tile_rows(rows, G), cols, shape_str(q.scale.shape()));
   Tensor y = Tensor::empty({rows, cols});
@@ -380,14 +372,21 @@ Fp8WeightCacheScope::~Fp8WeightCacheScope() {
 
 namespace {
 
-// y = qa·qwᵀ in act on the GPU. cuBLASLt's block-scaled GEMM writes f32 only (fp8_cublaslt.cpp
-// says why), so where it may take the shape the f32 total is rounded to act after it; elsewhere
-// the kernels round it to act themselves (the same single rounding).
-Tensor fp8_gemm_act(const Fp8Tensor& qa, const Fp8Tensor& qw, DType act) {
+// y = qa·qwᵀ in act on the GPU, into `into` when given (contiguous act). cuBLASLt's block-scaled
+// GEMM writes f32 only (fp8_cublaslt.cpp says why), so where it may take the shape the f32 total
+// is rounded to act after it; elsewhere the kernels round it to act themselves (the same single
+// rounding).
+Tensor fp8_gemm_act(const Fp8Tensor& qa, const Fp8Tensor& qw, DType act, Tensor* into = nullptr) {
   const int64_t M = qa.data.size(0), K = qa.data.size(1), N = qw.data.size(0);
   const bool cublaslt_shape = M % 4 == 0 && K % kFp8Tile == 0 && N % kFp8Tile == 0;
-  if (act == DType::F32 || !cublaslt_shape) return fp8_gemm(qa, qw, nullptr, act);
-  return fp8_gemm(qa, qw, nullptr, DType::F32).to(act);
+  if (act == DType::F32 || !cublaslt_shape)
+    return fp8_gemm(qa, qw, nullptr, act, Fp8GemmKernel::Best, into);
+  const Tensor y = fp8_gemm(qa, qw, nullptr, DType::F32);
+  if (!into) return y.to(act);
+#ifdef DSEEK_HAS_CUDA
+  dseek::cuda::convert(y.raw(), DType::F32, into->raw(), act, size_t(y.numel()));
+#endif
+  return *into;
 }
 
 }  // namespace
@@ -434,16 +433,15 @@ void linear_fp8_train_backward(const Fp8LinearCache& cache, const Tensor& weight
               dtype_name(dy.dtype()), shape_str(dy.shape()), T, out, dtype_name(cache.act));
   const Tensor dy2 = dy.contiguous().reshape({T, out});
   if (dx) {
-    DSEEK_CHECK(dx->defined() && dx->dtype() == cache.act && dx->numel() == T * in &&
-                    dx->is_contiguous(),
-                "[linear_fp8_train] dx must be contiguous {} with {} elements, got {} {}",
-                dtype_name(cache.act), T * in, dtype_name(dx->dtype()), shape_str(dx->shape()));
+    DSEEK_CHECK(
+        dx->defined() && dx->dtype() == cache.act && dx->numel() == T * in && dx->is_contiguous(),
+        "[linear_fp8_train] dx must be contiguous {} with {} elements, got {} {}",
+        dtype_name(cache.act), T * in, dtype_name(dx->dtype()), shape_str(dx->shape()));
     const Fp8Tensor qdy = quantize_fp8(dy2, Fp8Layout::Tile1x128, false, "linear_fp8_train dy");
     const Fp8ExpertWeights qw = weight_blocks(weight, true);
     if (device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
-      const Tensor r = fp8_gemm_act(qdy, blocks_of(qw, true), cache.act);
-      dseek::cuda::convert(r.raw(), r.dtype(), dx->raw(), cache.act, size_t(r.numel()));
+      fp8_gemm_act(qdy, blocks_of(qw, true), cache.act, dx);
 #else
       cuda_not_built("linear_fp8_train");
 #endif
@@ -509,8 +507,7 @@ Tensor grouped_linear_fp8_forward(const Tensor& x_perm, const Fp8ExpertWeights& 
     cuda_not_built("grouped_linear_fp8");
 #endif
   }
-  return grouped_linear(dequantize_fp8(qx),
-                        expert_matrices(dequantize_experts({w.data, w.scale})), offsets);
+  return grouped_linear(dequantize_fp8(qx), expert_matrices(dequantize_experts(w)), offsets);
 }
 
 Tensor grouped_linear_fp8_backward_dx(const Tensor& dy_perm, const ExpertMatrices& w,
@@ -532,8 +529,7 @@ Tensor grouped_linear_fp8_backward_dx(const Tensor& dy_perm, const Fp8ExpertWeig
   const int64_t E = check_offsets("grouped_linear_fp8", offsets, N, device, true);
   DSEEK_CHECK(E == w.experts, "[grouped_linear_fp8] offsets for {} experts, {} matrices", E,
               w.experts);
-  const Fp8Tensor qdy =
-      quantize_fp8(dy_perm, Fp8Layout::Tile1x128, false, "grouped_linear_fp8 dy");
+  const Fp8Tensor qdy = quantize_fp8(dy_perm, Fp8Layout::Tile1x128, false, "grouped_linear_fp8 dy");
   if (device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
     DSEEK_CHECK(w.data_t.defined() && w.data_t.is_cuda(),
@@ -550,8 +546,7 @@ Tensor grouped_linear_fp8_backward_dx(const Tensor& dy_perm, const Fp8ExpertWeig
   }
   DSEEK_CHECK(w.data.defined() && !w.data.is_cuda(),
               "[grouped_linear_fp8] the experts' blocks are missing or not on the CPU");
-  return grouped_linear_backward_dx(dequantize_fp8(qdy),
-                                    expert_matrices(dequantize_experts({w.data, w.scale})),
+  return grouped_linear_backward_dx(dequantize_fp8(qdy), expert_matrices(dequantize_experts(w)),
                                     offsets);
 }
 
