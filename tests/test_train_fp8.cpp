@@ -66,6 +66,31 @@ TEST(TrainFp8, MarksTheProjectionsOnly) {
   EXPECT_EQ(marked, 3 * 5 + 3 + 2 * 5 * 3);
 }
 
+// FP8 linears quantise their f32 masters, so under bf16 compute they hold no bf16 copy (the
+// optimizer would write it every step for nothing), before or after a refresh; the other
+// matrices keep theirs.
+TEST(TrainFp8, MarkedProjectionsDropTheirComputeCopies) {
+  const ModelConfig c = v3_config();
+  ParamSet params;
+  TrainModel::init_params(c, 8, 0.3, params);
+  params.set_compute_dtype(DType::BF16);
+  const Param& o_proj = params.at("model.layers.0.self_attn.o_proj.weight");
+  const Param& head = params.at("lm_head.weight");
+  ASSERT_TRUE(o_proj.compute.defined());
+  mark_fp8_linears(params);
+  for (int refresh = 0; refresh < 2; ++refresh) {
+    for (const Param& p : params.all()) {
+      if (p.fp8) {
+        EXPECT_FALSE(p.compute.defined()) << p.name << " refresh " << refresh;
+      }
+    }
+    EXPECT_EQ(&o_proj.weight(), &o_proj.value);
+    ASSERT_TRUE(head.compute.defined());
+    EXPECT_EQ(head.compute.dtype(), DType::BF16);
+    params.refresh_compute();
+  }
+}
+
 // Relative RMS difference of every trainable gradient of `other` from `base`.
 double grad_difference(const ParamSet& base, const ParamSet& other) {
   double num = 0, den = 0;

@@ -61,6 +61,9 @@ int64_t mark_fp8_linears(ParamSet& params) {
     for (const char* k : kProjections)
       if (proj == k) {
         p.fp8 = true;
+        // Its GEMMs quantise the master: a compute copy would only cost the optimizer a write
+        // and the GPU 2 bytes a parameter.
+        p.compute = Tensor();
         ++marked;
       }
   }
@@ -90,8 +93,8 @@ void ParamSet::refresh_compute() {
   auto is_router = [](const std::string& n) {
     return n.size() >= 12 && n.compare(n.size() - 12, 12, ".gate.weight") == 0;
   };
-  for (Param& p : params_)
-    if (p.trainable && p.value.dim() == 2 && !is_router(p.name))
+  for (Param& p : params_)  // FP8 linears (mark_fp8_linears) multiply from the master
+    if (p.trainable && p.value.dim() == 2 && !is_router(p.name) && !p.fp8)
       p.compute = p.value.to(compute_dtype_);
 }
 

@@ -67,8 +67,8 @@ class ParamSet {
   Device device() const { return device_; }
 
   void zero_grad();  // zeros every grad and sets grad_zero
-  // F32: no compute copies. BF16: copies of every trainable 2-D parameter except the MoE routers,
-  // rounded to nearest even.
+  // F32: no compute copies. BF16: copies of every trainable 2-D parameter except the MoE routers
+  // and the FP8 linears (which quantise their masters), rounded to nearest even.
   void set_compute_dtype(DType dtype);
   DType compute_dtype() const { return compute_dtype_; }
   void refresh_compute();  // re-round the copies from the masters (after an optimizer step)
@@ -93,7 +93,7 @@ class ParamSet {
 // q_b_proj, kv_a_proj_with_mqa, kv_b_proj, k_proj, v_proj, o_proj} and model.layers.<i>.mlp[...]
 // .{gate,up,down}_proj — so the training layers run their three GEMMs in FP8. The embedding, the
 // output head, the MoE routers, the MTP eh_proj, the norms and the attention core stay in higher
-// precision. Returns how many parameters were marked.
+// precision. Drops the marked parameters' compute copies. Returns how many were marked.
 int64_t mark_fp8_linears(ParamSet& params);
 
 // Writes src (any float dtype, any device, dst's shape) into dst (f32 or bf16 contiguous, e.g. a
