@@ -107,13 +107,19 @@ void bench_grouped([[maybe_unused]] std::mt19937& rng) {
   const int64_t T = 4096, E = 64, top_k = 6, N = T * top_k;
   const ops::MoeDispatch d = bench::random_topk_dispatch(T, E, top_k, rng);
   const int64_t* offsets = d.offsets.data<int64_t>();
+  // tma: the row GEMMs' wgmma kernel loads through the tensor memory accelerator (warp-
+  // specialised, fp8_tma_kernels.cuh) rather than cp.async; the wgrad is the same either way, so
+  // the cp.async family times the forward and the dgrad only.
   struct Family {
     bool wgmma;
     const char* label;
+    bool tma = true;
   };
   const bool default_kernel = ops::cuda::grouped_gemm_wgmma();
+  const bool default_tma = ops::cuda::fp8_rows_tma();
   std::vector<Family> families{{false, "CUDA cores"}};
-  if (ops::cuda::grouped_wgmma_available()) families.insert(families.begin(), {true, "wgmma"});
+  if (ops::cuda::grouped_wgmma_available())
+    families.insert(families.begin(), {{true, "wgmma TMA", true}, {true, "wgmma cp.async", false}});
   std::printf("\n| %-34s | %-26s | %10s | %12s | %6s |\n", "grouped GEMM (V2-Lite MoE layer)",
               "shape N,E,in,out", "us", "TFLOP/s", "% peak");
   std::printf("|---|---|---|---|---|\n");
@@ -157,6 +163,7 @@ void bench_grouped([[maybe_unused]] std::mt19937& rng) {
         [&] { ops::grouped_linear_backward_dw(x, dy, d.offsets, dw, false); });
     for (const Family& f : families) {
       ops::cuda::set_grouped_gemm_wgmma(f.wgmma);
+      ops::cuda::set_fp8_rows_tma(f.tma);
       const std::string tag = std::string(" ") + what + " [" + f.label + "]";
       row("fp8 forward" + tag, shape, flops, [&] {
         ops::cuda::fp8_grouped_gemm(qx.data.data<uint8_t>(), qx.scale.data<float>(), N, in, offsets,
@@ -168,6 +175,7 @@ void bench_grouped([[maybe_unused]] std::mt19937& rng) {
                                     offsets, E, qwt.data.data<uint8_t>(), qwt.scale.data<float>(),
                                     in, dx.raw(), DType::BF16);
       });
+      if (f.wgmma && !f.tma) continue;
       row("fp8 wgrad" + tag, shape, flops, [&] {
         ops::cuda::fp8_grouped_wgrad(cdy.data.data<uint8_t>(), cdy.scale.data<float>(),
                                      cx.data.data<uint8_t>(), cx.scale.data<float>(), N, out, in,
@@ -193,6 +201,7 @@ void bench_grouped([[maybe_unused]] std::mt19937& rng) {
           [&] { ops::grouped_linear_fp8_forward(x, w, d.offsets, nullptr); });
     }
     ops::cuda::set_grouped_gemm_wgmma(default_kernel);
+    ops::cuda::set_fp8_rows_tma(default_tma);
   }
 #endif
 }

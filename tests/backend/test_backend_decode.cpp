@@ -326,7 +326,7 @@ TEST_P(BackendDecodeModel, LongPrefillChunksMatchCpu) {
   const bool fp8 = GetParam() == "v3_fp8";
   for (const GroupedKernel& k : grouped_kernels()) {
     if (!fp8 && k.wgmma != grouped_kernels().back().wgmma) continue;  // one family for the others
-    const UseGroupedKernel use(k.wgmma);
+    const UseGroupedKernel use(k);
     for (DType act : kActDtypes) {
       const std::unique_ptr<Model> gpu = Model::load(dir_.string(), Placement{Device::CUDA, act});
       const std::vector<float> got = cached_run(*gpu, Device::CUDA, ids, 70, 66);

@@ -2,6 +2,7 @@
 // scale rules, f32 and bf16 inputs), dequantisation, the block-scaled GEMM (with bias, f32 and bf16
 // outputs) and linear_fp8; a NaN input is an error naming the tensor on the GPU too.
 #include <array>
+#include <cmath>
 #include <cstring>
 
 #include "backend/backend_harness.h"
@@ -357,6 +358,87 @@ TEST(BackendOps, Fp8GemmWgmmaMatchesPlainKernel) {
         EXPECT_LE(wgmma_rms, 2.0 * lt_rms + 1e-7) << describe_shape({M, K, N});
       }
     }
+#endif
+}
+
+#ifdef DSEEK_HAS_CUDA
+// Codes [n] on the GPU: random bytes, E4M3's NaN codes (0x7F, 0xFF) replaced by zero.
+Tensor random_codes(int64_t n, std::mt19937& rng) {
+  Tensor t = Tensor::empty({n}, DType::F8_E4M3);
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (int64_t i = 0; i < n; ++i) {
+    const int b = byte(rng);
+    t.data<uint8_t>()[i] = uint8_t((b & 0x7F) == 0x7F ? 0 : b);
+  }
+  return t.to(Device::CUDA);
+}
+#endif
+
+// The FP8 row GEMM's two Hopper kernels — the warp-specialised one loading through the tensor
+// memory accelerator (fp8_tma_kernels.cuh) and the one loading through cp.async — run the same
+// products in the same order, so they must agree bit for bit, dense and grouped: one row, k and
+// n tails of 16, several row and column tiles, experts that are empty, of one row, or span tiles
+// at offsets off the 128 grid (their tiles' boxes read the next expert's rows), both output
+// dtypes, outputs poisoned.
+TEST(BackendOps, Fp8RowsTmaKernelEqualsCpAsyncKernel) {
+  DSEEK_REQUIRE_CUDA();
+#ifdef DSEEK_HAS_CUDA
+  if (!ops::cuda::grouped_wgmma_available())
+    GTEST_SKIP() << "no wgmma here (not an sm_90a build on a Hopper)";
+  std::mt19937 rng(57);
+  const bool before = ops::cuda::fp8_rows_tma();
+  auto run_both = [&](const std::string& what, const Shape& y_shape, DType out, auto&& gemm) {
+    Tensor by_tma = Tensor::poisoned(y_shape, out, Device::CUDA);
+    Tensor by_cp_async = Tensor::poisoned(y_shape, out, Device::CUDA);
+    ops::cuda::set_fp8_rows_tma(true);
+    gemm(by_tma.raw());
+    ops::cuda::set_fp8_rows_tma(false);
+    gemm(by_cp_async.raw());
+    ops::cuda::set_fp8_rows_tma(before);
+    const Tensor a = by_tma.to(Device::CPU), b = by_cp_async.to(Device::CPU);
+    ASSERT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0)
+        << what << " " << dtype_name(out) << " " << shape_str(y_shape);
+    // Not a pair of poisoned arrays: every output written.
+    const Tensor f = a.to(DType::F32);
+    for (int64_t i = 0; i < f.numel(); ++i)
+      ASSERT_TRUE(std::isfinite(f.data<float>()[i])) << what << " element " << i;
+  };
+  auto random_scales = [&](int64_t n) {
+    std::uniform_real_distribution<float> d(0.25f, 2.0f);
+    std::vector<float> v(static_cast<size_t>(n));
+    for (float& x : v) x = d(rng) / 448.0f;
+    return Tensor::from_vector(v, {n}).to(Device::CUDA);
+  };
+  for (DType out : kActDtypes) {
+    for (auto [M, K, N] : std::vector<std::array<int64_t, 3>>{
+             {1, 128, 128}, {5, 272, 144}, {130, 1024, 576}, {257, 640, 400}, {300, 2048, 1408}}) {
+      const int64_t kb = (K + 127) / 128, nb = (N + 127) / 128;
+      const Tensor a = random_codes(M * K, rng), sa = random_scales(M * kb);
+      const Tensor w = random_codes(N * K, rng), sw = random_scales(nb * kb);
+      run_both("fp8_gemm_wgmma", {M, N}, out, [&](void* y) {
+        ops::cuda::fp8_gemm_wgmma(a.data<uint8_t>(), sa.data<float>(), M, K, w.data<uint8_t>(),
+                                  sw.data<float>(), N, y, out);
+      });
+    }
+    struct Grouped {
+      int64_t K, N;
+      std::vector<int64_t> offsets;
+    };
+    for (const Grouped& g : std::vector<Grouped>{{272, 144, {0, 0, 130, 131, 400, 533, 533}},
+                                                 {2048, 1408, {0, 300, 301, 301, 700}},
+                                                 {1408, 2048, {0, 1, 129, 500}}}) {
+      const int64_t E = int64_t(g.offsets.size()) - 1, M = g.offsets.back(), K = g.K, N = g.N;
+      const int64_t kb = (K + 127) / 128, nb = (N + 127) / 128;
+      const Tensor a = random_codes(M * K, rng), sa = random_scales(M * kb);
+      const Tensor w = random_codes(E * N * K, rng), sw = random_scales(E * nb * kb);
+      const Tensor offsets = Tensor::from_i64(g.offsets).to(Device::CUDA);
+      run_both("fp8_grouped_gemm", {M, N}, out, [&](void* y) {
+        ops::cuda::fp8_grouped_gemm(a.data<uint8_t>(), sa.data<float>(), M, K,
+                                    offsets.data<int64_t>(), E, w.data<uint8_t>(), sw.data<float>(),
+                                    N, y, out);
+      });
+    }
+  }
 #endif
 }
 

@@ -327,7 +327,7 @@ TEST(BackendOps, LinearFp8TrainMatchesCpu) {
   for (DType act : kActDtypes)
     for (auto [T, in, out] : std::vector<std::array<int64_t, 3>>{
              {5, 130, 7}, {64, 256, 384}, {130, 64, 129}, {257, 300, 200}, {300, 272, 144}}) {
-      const UseGroupedKernel use(k.wgmma);
+      const UseGroupedKernel use(k);
       const Shape shape{T, in, out};
       const Tensor x = rand({T, in}, rng), w = rand({out, in}, rng), dy = rand({T, out}, rng);
       const Tensor init = rand({out, in}, rng);
@@ -390,7 +390,7 @@ TEST(BackendOps, GroupedLinearFp8MatchesCpu) {
   for (const GroupedKernel& k : grouped_kernels())
     for (const Case& c : cases)
       for (DType act : kActDtypes) {
-        const UseGroupedKernel use(k.wgmma);
+        const UseGroupedKernel use(k);
         const std::vector<int64_t>& o = c.offsets;
         const int64_t in = c.in, out = c.out, E = int64_t(o.size()) - 1, N = o.back();
         const Shape shape{N, in, out};

@@ -94,7 +94,7 @@ TEST(BackendModelFp8, GpuFp8ModelFollowsCpuFp8Model) {
   const std::unique_ptr<Model> cpu = Model::load(kDir.string());
   const std::vector<float> cpu_full = cpu->forward(ids).to_vector();
   for (const GroupedKernel& k : grouped_kernels()) {
-    const UseGroupedKernel use(k.wgmma);
+    const UseGroupedKernel use(k);
     std::printf("[backend] model_fp8 kernels: %s\n", k.label);
     for (DType act : kActDtypes) {
       const std::unique_ptr<Model> gpu = Model::load(kDir.string(), Placement{Device::CUDA, act});

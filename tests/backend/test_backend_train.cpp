@@ -295,7 +295,7 @@ TEST(BackendTrain, ForwardBackwardF32MatchesCpu) {
 TEST(BackendTrain, ForwardBackwardFp8NearCpu) {
   DSEEK_REQUIRE_CUDA();
   for (const GroupedKernel& k : grouped_kernels()) {
-    const UseGroupedKernel use(k.wgmma);
+    const UseGroupedKernel use(k);
     for (const TrainCase& c : kCases) {
       SCOPED_TRACE(std::string(c.fixture) + " [" + k.label + "]");
       run_case(c, DType::F32, true, k.wgmma);

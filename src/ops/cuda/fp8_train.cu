@@ -25,7 +25,10 @@
 // K, coalesced), summed over each 128-row column tile into `partial`, then promoted with
 // sdy[tile, n]·sx[tile, k]. Every dW element is summed by one thread in a fixed order.
 #include <algorithm>
+#include <atomic>
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 #include <cstdint>
 #include <memory>
 #include <type_traits>
@@ -38,8 +41,10 @@
 #include "ops/cuda/fp8_gemm_tile.cuh"
 #include "ops/cuda/fp8_scale.h"
 #include "ops/cuda/fp8_train_kernels.h"
+#include "ops/cuda/fp8_tma_kernels.cuh"
 #include "ops/cuda/fp8_wgmma_kernels.cuh"
 #include "ops/cuda/grouped_gemm_tc.h"
+#include "ops/cuda/tma_map.h"
 
 namespace dseek::ops::cuda {
 
@@ -461,11 +466,28 @@ void fp8_transpose_blocks(const uint8_t* q, const float* scale, int64_t E, int64
 
 namespace {
 
-// fp8_wgmma::fp8_rows_wgmma_kernel over `blocks` blocks (its arguments; offsets null: dense).
+// -1: not decided yet (DSEEK_FP8_ROWS read on first use), 0: cp.async, 1: TMA.
+std::atomic<int> g_rows_tma{-1};
+
+// fp8_wgmma::fp8_rows_wgmma_kernel, or fp8_tma::fp8_rows_tma_kernel where chosen and the
+// operands suit tensor maps, over `blocks` blocks (its arguments; offsets null: dense).
 void launch_rows_wgmma(int64_t blocks, const uint8_t* a, const float* sa, int64_t M,
                        const int64_t* offsets, const int64_t* tile_start, int64_t E,
                        const uint8_t* w, const float* sw, int64_t N, int64_t K, void* y,
                        DType out) {
+  if (fp8_rows_tma() && tma_codes_map_takes(a, M, K, K) && tma_codes_map_takes(w, E * N, K, K)) {
+    const CUtensorMap map_a = tma_codes_map(a, M, K, K, fp8_tma::kBM, "fp8 GEMM activations");
+    const CUtensorMap map_w = tma_codes_map(w, E * N, K, K, fp8_tma::kBN, "fp8 GEMM weights");
+    DSEEK_DISPATCH_ACT(out, T, {
+      const auto kernel = fp8_tma::fp8_rows_tma_kernel<T>;
+      DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            int(fp8_tma::kSmemBytes)));
+      kernel<<<unsigned(blocks), fp8_tma::kThreads, fp8_tma::kSmemBytes, stream()>>>(
+          map_a, sa, M, offsets, tile_start, E, map_w, sw, N, K, static_cast<T*>(y));
+    });
+    DSEEK_CUDA_CHECK_LAUNCH("fp8_rows_tma_kernel");
+    return;
+  }
   DSEEK_DISPATCH_ACT(out, T, {
     const auto kernel = fp8_wgmma::fp8_rows_wgmma_kernel<T>;
     DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -480,6 +502,20 @@ void launch_rows_wgmma(int64_t blocks, const uint8_t* a, const float* sa, int64_
 
 bool fp8_wgmma_takes(int64_t K, int64_t N) {
   return grouped_gemm_wgmma() && K > 0 && K % 16 == 0 && N % 16 == 0;
+}
+
+bool fp8_rows_tma() {
+  int tma = g_rows_tma.load();
+  if (tma < 0) {
+    const char* env = std::getenv("DSEEK_FP8_ROWS");
+    tma = env && std::strcmp(env, "cp_async") == 0 ? 0 : 1;
+    g_rows_tma.store(tma);
+  }
+  return tma == 1;
+}
+
+void set_fp8_rows_tma(bool tma) {
+  g_rows_tma.store(tma ? 1 : 0);
 }
 
 void fp8_grouped_gemm(const uint8_t* a, const float* sa, int64_t M, int64_t K,

@@ -1,0 +1,153 @@
+// The block-scaled FP8 row GEMM of fp8_wgmma_kernels.cuh (the forward and the dgrad of the
+// grouped expert GEMMs and of the dense projections cuBLASLt does not take) as a warp-specialised
+// kernel, after DeepGEMM: one thread loads the tiles with the tensor memory accelerator
+// (tma.cuh) and two warpgroups only multiply and promote. Same maths, tile (128 × 128 outputs,
+// 128-long steps = one promotion interval), scales and stores as fp8_rows_wgmma_kernel, so the
+// two give the same values; what changes is who waits for what:
+//   - fp8_rows_wgmma_kernel's 256 threads load each stage with cp.async and meet at a barrier
+//     every step, so the tensor cores idle while both warpgroups promote and while the barrier
+//     gathers them;
+//   - here the loading warpgroup (its registers lowered to 40) keeps kStages steps in flight
+//     through a ring of "full" / "empty" mbarriers, and each multiplying warpgroup (registers
+//     raised to 232) waits only for its own step's tiles: one warpgroup's products run while the
+//     other promotes.
+// Per step s (stage s mod kStages, round r = s / kStages): the loader waits until both
+// multipliers released the stage (empty, parity of r − 1; the first round passes), announces the
+// 32 KiB and starts the two box copies (A: 128 rows of a at (128·s, m0); B: 128 rows of the
+// expert's w at (128·s, e·N + n0)); a multiplier waits for the stage's bytes (full, parity r),
+// issues its four k32 products into the partial sum, waits for them, releases the stage and
+// promotes. Rows of a box past the expert's (or the array's) end are another expert's codes or
+// zeros: their products land in rows the store skips.
+#pragma once
+
+#include <cuda.h>
+
+#include <cstdint>
+
+#include "ops/cuda/fp8_wgmma_kernels.cuh"
+#include "ops/cuda/tma.cuh"
+
+namespace dseek::ops::cuda::fp8_tma {
+
+using fp8_wgmma::kBK;
+using fp8_wgmma::kBM;
+using fp8_wgmma::kBN;
+
+constexpr int kStages = 6;
+constexpr int kMultipliers = 2;                     // warpgroups, 64 rows of the tile each
+constexpr int kThreads = 128 * (1 + kMultipliers);  // the loader first
+constexpr int kTileBytes = 128 * kBK;               // A or B: 128 lines of 128 codes
+constexpr int kStageBytes = 2 * kTileBytes;
+constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + wgmma::kAtomBytes;  // + alignment
+// 40 + 2 × 232 registers a thread over 128 threads each: 64,512 of the SM's 65,536.
+constexpr int kLoaderRegisters = 40, kMultiplierRegisters = 232;
+
+// Grid and arguments as fp8_rows_wgmma_kernel's, with the operands as tensor maps: map_a over a
+// [M, K] (boxes of 128 rows), map_w over w as [E·N, K] (boxes of 128 rows).
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1)
+    fp8_rows_tma_kernel(const __grid_constant__ CUtensorMap map_a, const float* sa, int64_t M,
+                        const int64_t* offsets, const int64_t* tile_start, int64_t E,
+                        const __grid_constant__ CUtensorMap map_w, const float* sw, int64_t N,
+                        int64_t K, T* y) {
+#if defined(__CUDA_ARCH__) && !defined(DSEEK_WGMMA_PTX)
+  __trap();  // not launched on builds without sm_90a code (grouped_wgmma_available)
+#else
+  const int64_t cols = (N + kBN - 1) / kBN;
+  const int64_t tile = int64_t(blockIdx.x) / cols, n0 = (int64_t(blockIdx.x) % cols) * kBN;
+  int64_t e = 0, m0 = tile * kBM, m_end = M;
+  if (offsets) {
+    if (tile >= tile_start[E]) return;  // the grid covers the most tiles any routing can need
+    e = expert_of_tile(tile_start, E, tile);
+    m0 = offsets[e] + (tile - tile_start[e]) * kBM;
+    m_end = offsets[e + 1];
+  } else if (m0 >= M) {
+    return;
+  }
+  const int64_t steps = (K + kBK - 1) / kBK;
+  __shared__ uint64_t full[kStages], empty[kStages];
+  unsigned char* ring = fp8_wgmma::ring_base();
+  const int warpgroup = int(threadIdx.x) / 128;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < kStages; ++i) {
+      tma::barrier_init(&full[i], 1);
+      tma::barrier_init(&empty[i], kMultipliers);
+    }
+    tma::fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (warpgroup == 0) {  // the loader
+    tma::lower_registers<kLoaderRegisters>();
+    if (threadIdx.x == 0) {
+      tma::prefetch_map(&map_a);
+      tma::prefetch_map(&map_w);
+      const int32_t a_row = int32_t(m0), w_row = int32_t(e * N + n0);
+      for (int64_t s = 0; s < steps; ++s) {
+        const int stage = int(s % kStages);
+        const uint32_t round = uint32_t(s / kStages);
+        tma::wait(&empty[stage], (round & 1) ^ 1);
+        unsigned char* dst = ring + stage * kStageBytes;
+        tma::arrive_expect_bytes(&full[stage], kStageBytes);
+        tma::load_2d(dst, &map_a, int32_t(s * kBK), a_row, &full[stage]);
+        tma::load_2d(dst + kTileBytes, &map_w, int32_t(s * kBK), w_row, &full[stage]);
+      }
+    }
+    return;
+  }
+
+  tma::raise_registers<kMultiplierRegisters>();
+  const int half = warpgroup - 1;  // this multiplier's 64 rows of the tile
+  const int t = int(threadIdx.x) % 128;
+  // This thread's accumulator i = 4j + 2h + c sits at tile row 64·half + 16·warp + lane/4 + 8h,
+  // column 8j + 2(lane % 4) + c (wgmma.cuh's register layout).
+  const int row0 = half * 64 + (t / 32) * 16 + (t % 32) / 4;
+  const int col0 = 2 * (t % 4);
+  // Its two rows' scales (a row past the expert's end reads its last row's: finite, and never
+  // stored) and the weight block row's; step s's are read during step s − 1.
+  const float* sa0 = sa + min(m0 + row0, m_end - 1) * steps;
+  const float* sa1 = sa + min(m0 + row0 + 8, m_end - 1) * steps;
+  const float* sw_row = sw + (e * cols + n0 / kBN) * steps;
+  float q0 = sa0[0], q1 = sa1[0], qw = sw_row[0];
+  const uint32_t ring_address = wgmma::smem_address(ring);
+  float total[64], partial[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) total[i] = 0.0f;
+  for (int64_t s = 0; s < steps; ++s) {
+    const int stage = int(s % kStages);
+    tma::wait(&full[stage], uint32_t(s / kStages) & 1);
+    const uint32_t a_tile = ring_address + uint32_t(stage * kStageBytes);
+#pragma unroll
+    for (int i = 0; i < 64; ++i) wgmma::fence_operand(partial[i]);
+    wgmma::fence();
+#pragma unroll
+    for (int kk = 0; kk < kBK / 32; ++kk)
+      wgmma::mma_m64n128k32_e4m3(partial, fp8_wgmma::slice_desc(a_tile, half, kk),
+                                 fp8_wgmma::slice_desc(a_tile + kTileBytes, 0, kk), kk > 0 ? 1 : 0);
+    wgmma::commit();
+    wgmma::wait<0>();
+#pragma unroll
+    for (int i = 0; i < 64; ++i) wgmma::fence_operand(partial[i]);
+    if (t == 0) tma::arrive(&empty[stage]);  // this warpgroup's products have read the stage
+    const float s0 = q0 * qw, s1 = q1 * qw;
+    if (s + 1 < steps) {
+      q0 = sa0[s + 1];
+      q1 = sa1[s + 1];
+      qw = sw_row[s + 1];
+    }
+#pragma unroll
+    for (int i = 0; i < 64; ++i) total[i] += partial[i] * ((i & 2) ? s1 : s0);
+  }
+#pragma unroll
+  for (int j = 0; j < 16; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t m = m0 + row0 + 8 * h, n = n0 + 8 * j + col0;
+      // n is even and N too: n < N covers n + 1.
+      if (m < m_end && n < N)
+        fp8_wgmma::store_pair(y + m * N + n, total[4 * j + 2 * h], total[4 * j + 2 * h + 1]);
+    }
+#endif
+}
+
+}  // namespace dseek::ops::cuda::fp8_tma

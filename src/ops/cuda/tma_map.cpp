@@ -1,0 +1,54 @@
+// Tensor maps through the driver's cuTensorMapEncodeTiled (tma_map.h).
+#include "ops/cuda/tma_map.h"
+
+#include <cudaTypedefs.h>
+#include <cuda_runtime_api.h>
+
+#include "core/cuda/cuda_check.h"
+#include "core/error.h"
+
+namespace dseek::ops::cuda {
+namespace {
+
+PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    DSEEK_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000,
+                                                      cudaEnableDefault, &found));
+    DSEEK_CHECK(found == cudaDriverEntryPointSuccess && p,
+                "[tma] the driver has no cuTensorMapEncodeTiled (a driver older than CUDA 12)");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+}  // namespace
+
+bool tma_codes_map_takes(const void* base, int64_t rows, int64_t cols, int64_t row_stride) {
+  return reinterpret_cast<uintptr_t>(base) % 16 == 0 && row_stride % 16 == 0 &&
+         row_stride >= cols && row_stride < (int64_t(1) << 40) && rows > 0 && cols > 0 &&
+         rows < (int64_t(1) << 31) && cols < (int64_t(1) << 31);
+}
+
+CUtensorMap tma_codes_map(const void* base, int64_t rows, int64_t cols, int64_t row_stride,
+                          int box_rows, const char* what) {
+  DSEEK_CHECK(tma_codes_map_takes(base, rows, cols, row_stride) && box_rows > 0 && box_rows <= 256,
+              "[tma] {}: [{}, {}] codes {} bytes apart (base {}) in boxes of {} rows: not a "
+              "tensor-map shape",
+              what, rows, cols, row_stride, base, box_rows);
+  CUtensorMap map{};
+  const cuuint64_t dims[2] = {cuuint64_t(cols), cuuint64_t(rows)};
+  const cuuint64_t strides[1] = {cuuint64_t(row_stride)};  // bytes, of dimension 1
+  const cuuint32_t box[2] = {128, cuuint32_t(box_rows)};   // 128 codes: one swizzled line
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult status = encode_tiled()(
+      &map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(base), dims, strides, box,
+      element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  DSEEK_CHECK(status == CUDA_SUCCESS, "[tma] {}: cuTensorMapEncodeTiled failed (CUresult {})", what,
+              int(status));
+  return map;
+}
+
+}  // namespace dseek::ops::cuda
