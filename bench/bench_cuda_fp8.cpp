@@ -107,16 +107,15 @@ void bench_grouped([[maybe_unused]] std::mt19937& rng) {
   const int64_t T = 4096, E = 64, top_k = 6, N = T * top_k;
   const ops::MoeDispatch d = bench::random_topk_dispatch(T, E, top_k, rng);
   const int64_t* offsets = d.offsets.data<int64_t>();
-  // tma: the row GEMMs' wgmma kernel loads through the tensor memory accelerator (warp-
-  // specialised, fp8_tma_kernels.cuh) rather than cp.async; the wgrad is the same either way, so
-  // the cp.async family times the forward and the dgrad only.
+  // tma: the wgmma kernels load through the tensor memory accelerator (warp-specialised,
+  // fp8_tma_kernels.cuh) rather than cp.async.
   struct Family {
     bool wgmma;
     const char* label;
     bool tma = true;
   };
   const bool default_kernel = ops::cuda::grouped_gemm_wgmma();
-  const bool default_tma = ops::cuda::fp8_rows_tma();
+  const bool default_tma = ops::cuda::fp8_tma_loads();
   std::vector<Family> families{{false, "CUDA cores"}};
   if (ops::cuda::grouped_wgmma_available())
     families.insert(families.begin(), {{true, "wgmma TMA", true}, {true, "wgmma cp.async", false}});
@@ -163,7 +162,7 @@ void bench_grouped([[maybe_unused]] std::mt19937& rng) {
         [&] { ops::grouped_linear_backward_dw(x, dy, d.offsets, dw, false); });
     for (const Family& f : families) {
       ops::cuda::set_grouped_gemm_wgmma(f.wgmma);
-      ops::cuda::set_fp8_rows_tma(f.tma);
+      ops::cuda::set_fp8_tma_loads(f.tma);
       const std::string tag = std::string(" ") + what + " [" + f.label + "]";
       row("fp8 forward" + tag, shape, flops, [&] {
         ops::cuda::fp8_grouped_gemm(qx.data.data<uint8_t>(), qx.scale.data<float>(), N, in, offsets,
@@ -175,7 +174,6 @@ void bench_grouped([[maybe_unused]] std::mt19937& rng) {
                                     offsets, E, qwt.data.data<uint8_t>(), qwt.scale.data<float>(),
                                     in, dx.raw(), DType::BF16);
       });
-      if (f.wgmma && !f.tma) continue;
       row("fp8 wgrad" + tag, shape, flops, [&] {
         ops::cuda::fp8_grouped_wgrad(cdy.data.data<uint8_t>(), cdy.scale.data<float>(),
                                      cx.data.data<uint8_t>(), cx.scale.data<float>(), N, out, in,
@@ -192,6 +190,7 @@ void bench_grouped([[maybe_unused]] std::mt19937& rng) {
                                                out, in, offsets, E,
                                                static_cast<float* const*>(dw.table.raw()), beta);
               });
+        if (!f.tma) continue;  // the rest does not depend on the loads
         row("fp8 column tiles, transposed (x, dy)" + tag, shape, 0.0, [&] {
           ops::quantize_fp8_cols_transposed(x, d.offsets, "x");
           ops::quantize_fp8_cols_transposed(dy, d.offsets, "dy");
@@ -201,7 +200,7 @@ void bench_grouped([[maybe_unused]] std::mt19937& rng) {
           [&] { ops::grouped_linear_fp8_forward(x, w, d.offsets, nullptr); });
     }
     ops::cuda::set_grouped_gemm_wgmma(default_kernel);
-    ops::cuda::set_fp8_rows_tma(default_tma);
+    ops::cuda::set_fp8_tma_loads(default_tma);
   }
 #endif
 }

@@ -374,27 +374,28 @@ Tensor random_codes(int64_t n, std::mt19937& rng) {
 }
 #endif
 
-// The FP8 row GEMM's two Hopper kernels — the warp-specialised one loading through the tensor
-// memory accelerator (fp8_tma_kernels.cuh) and the one loading through cp.async — run the same
-// products in the same order, so they must agree bit for bit, dense and grouped: one row, k and
-// n tails of 16, several row and column tiles, experts that are empty, of one row, or span tiles
-// at offsets off the 128 grid (their tiles' boxes read the next expert's rows), both output
-// dtypes, outputs poisoned.
-TEST(BackendOps, Fp8RowsTmaKernelEqualsCpAsyncKernel) {
+// The FP8 GEMMs' two kinds of Hopper kernels — the warp-specialised ones loading through the
+// tensor memory accelerator (fp8_tma_kernels.cuh) and the ones loading through cp.async — run the
+// same products in the same order, so they must agree bit for bit. Row GEMMs dense and grouped:
+// one row, k and n tails of 16, several row and column tiles, experts that are empty, of one row,
+// or span tiles at offsets off the 128 grid (their tiles' boxes read the next expert's rows), both
+// output dtypes. The grouped wgrad: empty experts (dW written as zeros, or kept when adding), one
+// of one row, several column tiles, n and k tails, written and added. Outputs poisoned.
+TEST(BackendOps, Fp8TmaKernelsEqualCpAsyncKernels) {
   DSEEK_REQUIRE_CUDA();
 #ifdef DSEEK_HAS_CUDA
   if (!ops::cuda::grouped_wgmma_available())
     GTEST_SKIP() << "no wgmma here (not an sm_90a build on a Hopper)";
   std::mt19937 rng(57);
-  const bool before = ops::cuda::fp8_rows_tma();
+  const bool before = ops::cuda::fp8_tma_loads();
   auto run_both = [&](const std::string& what, const Shape& y_shape, DType out, auto&& gemm) {
     Tensor by_tma = Tensor::poisoned(y_shape, out, Device::CUDA);
     Tensor by_cp_async = Tensor::poisoned(y_shape, out, Device::CUDA);
-    ops::cuda::set_fp8_rows_tma(true);
+    ops::cuda::set_fp8_tma_loads(true);
     gemm(by_tma.raw());
-    ops::cuda::set_fp8_rows_tma(false);
+    ops::cuda::set_fp8_tma_loads(false);
     gemm(by_cp_async.raw());
-    ops::cuda::set_fp8_rows_tma(before);
+    ops::cuda::set_fp8_tma_loads(before);
     const Tensor a = by_tma.to(Device::CPU), b = by_cp_async.to(Device::CPU);
     ASSERT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0)
         << what << " " << dtype_name(out) << " " << shape_str(y_shape);
@@ -438,6 +439,39 @@ TEST(BackendOps, Fp8RowsTmaKernelEqualsCpAsyncKernel) {
                                     N, y, out);
       });
     }
+  }
+  struct Wgrad {
+    int64_t N, K;
+    std::vector<int64_t> offsets;
+  };
+  for (const Wgrad& g : std::vector<Wgrad>{{144, 272, {0, 0, 130, 131, 400, 533, 533}},
+                                           {1408, 2048, {0, 300, 301, 301, 700}},
+                                           {2048, 1408, {0, 1, 129, 500}}}) {
+    const int64_t E = int64_t(g.offsets.size()) - 1, rows = g.offsets.back(), N = g.N, K = g.K;
+    const int64_t slots = rows / 128 + E, P = slots * 128;
+    // Operands in the padded transposed layout (random codes everywhere: the kernels read only
+    // their experts' tiles), scales [slots, N] and [slots, K].
+    const Tensor dyt = random_codes(N * P, rng), xt = random_codes(K * P, rng);
+    const Tensor sdy = random_scales(slots * N), sx = random_scales(slots * K);
+    const Tensor offsets = Tensor::from_i64(g.offsets).to(Device::CUDA);
+    const Tensor init =
+        Tensor::from_vector(std::vector<float>(size_t(E * N * K), 0.75f), {E * N * K})
+            .to(Device::CUDA);
+    for (float beta : {0.0f, 1.0f})
+      run_both(beta == 0 ? "fp8_grouped_wgrad_t" : "fp8_grouped_wgrad_t (+=)", {E * N * K},
+               DType::F32, [&](void* dw) {
+                 if (beta != 0) dseek::cuda::copy_on_device(dw, init.raw(), init.nbytes());
+                 std::vector<int64_t> table(static_cast<size_t>(E));
+                 for (int64_t e = 0; e < E; ++e)
+                   table[size_t(e)] =
+                       int64_t(reinterpret_cast<uintptr_t>(static_cast<float*>(dw) + e * N * K));
+                 const Tensor t = Tensor::from_i64(table).to(Device::CUDA);
+                 ops::cuda::fp8_grouped_wgrad_t(dyt.data<uint8_t>(), sdy.data<float>(),
+                                                xt.data<uint8_t>(), sx.data<float>(), rows, N, K,
+                                                offsets.data<int64_t>(), E,
+                                                static_cast<float* const*>(t.raw()), beta);
+                 dseek::cuda::synchronize();  // before t's table is freed
+               });
   }
 #endif
 }

@@ -150,4 +150,166 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
+// --- the grouped weight gradient ----------------------------------------------------------------
+
+// fp8_wgrad_wgmma_kernel's product (dW_e [N, K] (+)= Σ over the expert's column tiles j of
+// sdy[j, n]·sx[j, k]·Σ_{t in j} dyᵀ[n, t]·xᵀ[k, t], the same 64 × 128 tiles, products, promotion
+// and stores, so the same values) as a persistent warp-specialised kernel: an expert's reduction
+// is short (~3 steps of 128 tokens for 64 experts of 4096 × 6 rows) and each tile ends in a 32 KiB
+// f32 store, so the one-tile-a-block kernel spends most of its time starting tiles (the first
+// stage's loads) and storing them. Here one block an SM walks tiles blockIdx.x, + gridDim.x, …;
+// the loader streams every tile's steps through the ring without waiting for stores, and the two
+// multiplying warpgroups take alternate tiles, so one stores while the other multiplies. Both
+// multipliers count the ring's steps over all of the block's tiles (their own and the other's) to
+// know which stage and parity each of their steps has. Scales are read from global memory by the
+// multipliers while their step's products run.
+constexpr int kWgradStages = 8;
+constexpr int kWgradATile = 64 * kBK;   // 64 channels of dyᵀ
+constexpr int kWgradBTile = 128 * kBK;  // 128 channels of xᵀ
+constexpr int kWgradStageBytes = kWgradATile + kWgradBTile;
+constexpr size_t kWgradSmemBytes = size_t(kWgradStages) * kWgradStageBytes + wgmma::kAtomBytes;
+
+struct WgradTile {
+  int64_t e, n0, k0;
+  int64_t base, steps;  // the expert's first column tile and how many it has
+};
+
+// Tile t of E × ⌈N/64⌉ × ⌈K/128⌉ (k fastest, experts slowest: the blocks at work at one time share
+// an expert's columns in L2).
+__device__ __forceinline__ WgradTile wgrad_tile(int64_t t, int64_t n_tiles, int64_t k_tiles,
+                                                const int64_t* offsets) {
+  WgradTile w;
+  w.e = t / (n_tiles * k_tiles);
+  const int64_t r = t % (n_tiles * k_tiles);
+  w.n0 = (r / k_tiles) * 64;
+  w.k0 = (r % k_tiles) * kBN;
+  w.base = offsets[w.e] / 128 + w.e;
+  w.steps = (offsets[w.e + 1] - offsets[w.e] + 127) / 128;
+  return w;
+}
+
+// Grid: min(tiles, SMs) blocks of kThreads. map_dyt over dyt [N, P], boxes of 64 rows; map_xt
+// over xt [K, P], boxes of 128 rows; the rest as fp8_wgrad_wgmma_kernel's.
+__global__ void __launch_bounds__(kThreads, 1)
+    fp8_wgrad_tma_kernel(const __grid_constant__ CUtensorMap map_dyt, const float* sdy,
+                         const __grid_constant__ CUtensorMap map_xt, const float* sx, int64_t N,
+                         int64_t K, const int64_t* offsets, int64_t E, float* const* dw,
+                         float beta) {
+#if defined(__CUDA_ARCH__) && !defined(DSEEK_WGMMA_PTX)
+  __trap();
+#else
+  const int64_t n_tiles = (N + 63) / 64, k_tiles = (K + kBN - 1) / kBN;
+  const int64_t tiles = E * n_tiles * k_tiles;
+  __shared__ uint64_t full[kWgradStages], empty[kWgradStages];
+  unsigned char* ring = fp8_wgmma::ring_base();
+  const int warpgroup = int(threadIdx.x) / 128;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < kWgradStages; ++i) {
+      tma::barrier_init(&full[i], 1);
+      tma::barrier_init(&empty[i], 1);  // one multiplier reads a stage
+    }
+    tma::fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (warpgroup == 0) {  // the loader
+    tma::lower_registers<kLoaderRegisters>();
+    if (threadIdx.x == 0) {
+      tma::prefetch_map(&map_dyt);
+      tma::prefetch_map(&map_xt);
+      int64_t step = 0;  // over all of this block's tiles
+      for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+        const WgradTile w = wgrad_tile(t, n_tiles, k_tiles, offsets);
+        for (int64_t s = 0; s < w.steps; ++s, ++step) {
+          const int stage = int(step % kWgradStages);
+          tma::wait(&empty[stage], (uint32_t(step / kWgradStages) & 1) ^ 1);
+          unsigned char* dst = ring + stage * kWgradStageBytes;
+          const int32_t column = int32_t((w.base + s) * 128);
+          tma::arrive_expect_bytes(&full[stage], kWgradStageBytes);
+          tma::load_2d(dst, &map_dyt, column, int32_t(w.n0), &full[stage]);
+          tma::load_2d(dst + kWgradATile, &map_xt, column, int32_t(w.k0), &full[stage]);
+        }
+      }
+    }
+    return;
+  }
+
+  tma::raise_registers<kMultiplierRegisters>();
+  const int mine = warpgroup - 1;  // this multiplier's tiles: the block's j-th with j % 2 == mine
+  const int t128 = int(threadIdx.x) % 128;
+  // This thread's accumulator i = 4j + 2h + c: tile row 16·warp + lane/4 + 8h, column
+  // 8j + 2(lane % 4) + c (wgmma.cuh's register layout).
+  const int row0 = (t128 / 32) * 16 + (t128 % 32) / 4, col0 = 2 * (t128 % 4);
+  const uint32_t ring_address = wgmma::smem_address(ring);
+  int64_t step = 0;
+  int64_t j = 0;
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x, ++j) {
+    const WgradTile w = wgrad_tile(t, n_tiles, k_tiles, offsets);
+    if (j % 2 != mine) {
+      step += w.steps;  // the other multiplier's stages
+      continue;
+    }
+    float total[64], partial[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) total[i] = 0.0f;
+    // Rows and columns past N and K read the last one's scales (finite, never stored).
+    const int64_t n_a = min(w.n0 + row0, N - 1), n_b = min(w.n0 + row0 + 8, N - 1);
+    for (int64_t s = 0; s < w.steps; ++s, ++step) {
+      const int stage = int(step % kWgradStages);
+      tma::wait(&full[stage], uint32_t(step / kWgradStages) & 1);
+      const uint32_t a_tile = ring_address + uint32_t(stage * kWgradStageBytes);
+#pragma unroll
+      for (int i = 0; i < 64; ++i) wgmma::fence_operand(partial[i]);
+      wgmma::fence();
+#pragma unroll
+      for (int kk = 0; kk < kBK / 32; ++kk)
+        wgmma::mma_m64n128k32_e4m3(partial, fp8_wgmma::slice_desc(a_tile, 0, kk),
+                                   fp8_wgmma::slice_desc(a_tile + kWgradATile, 0, kk),
+                                   kk > 0 ? 1 : 0);
+      wgmma::commit();
+      // The step's scales, loaded while its products run.
+      const float* sdy_row = sdy + (w.base + s) * N;
+      const float* sx_row = sx + (w.base + s) * K;
+      const float s0 = sdy_row[n_a], s1 = sdy_row[n_b];
+      float xs[32];
+#pragma unroll
+      for (int q = 0; q < 16; ++q) {
+        const int64_t k = w.k0 + 8 * q + col0;
+        xs[2 * q] = sx_row[min(k, K - 1)];
+        xs[2 * q + 1] = sx_row[min(k + 1, K - 1)];
+      }
+      wgmma::wait<0>();
+#pragma unroll
+      for (int i = 0; i < 64; ++i) wgmma::fence_operand(partial[i]);
+      if (t128 == 0) tma::arrive(&empty[stage]);
+#pragma unroll
+      for (int q = 0; q < 16; ++q) {
+        const float x0 = xs[2 * q], x1 = xs[2 * q + 1];
+        total[4 * q + 0] += partial[4 * q + 0] * (s0 * x0);
+        total[4 * q + 1] += partial[4 * q + 1] * (s0 * x1);
+        total[4 * q + 2] += partial[4 * q + 2] * (s1 * x0);
+        total[4 * q + 3] += partial[4 * q + 3] * (s1 * x1);
+      }
+    }
+    float* d = dw[w.e];
+#pragma unroll
+    for (int q = 0; q < 16; ++q)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t n = w.n0 + row0 + 8 * h, k = w.k0 + 8 * q + col0;
+        if (n >= N || k >= K) continue;
+        // k is even and K a multiple of 16: one 8-byte store of the pair.
+        float2* p = reinterpret_cast<float2*>(d + n * K + k);
+        const float c0 = total[4 * q + 2 * h], c1 = total[4 * q + 2 * h + 1];
+        if (beta == 0.0f) {
+          *p = make_float2(c0, c1);
+        } else {
+          const float2 old = *p;
+          *p = make_float2(beta * old.x + c0, beta * old.y + c1);
+        }
+      }
+  }
+#endif
+}
+
 }  // namespace dseek::ops::cuda::fp8_tma

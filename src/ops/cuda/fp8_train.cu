@@ -466,8 +466,19 @@ void fp8_transpose_blocks(const uint8_t* q, const float* scale, int64_t E, int64
 
 namespace {
 
-// -1: not decided yet (DSEEK_FP8_ROWS read on first use), 0: cp.async, 1: TMA.
-std::atomic<int> g_rows_tma{-1};
+// The device's streaming multiprocessors (the persistent kernels' grid).
+int multiprocessors() {
+  static const int sms = [] {
+    int device = 0, count = 0;
+    DSEEK_CUDA_CHECK(cudaGetDevice(&device));
+    DSEEK_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    return count;
+  }();
+  return sms;
+}
+
+// -1: not decided yet (DSEEK_FP8_LOADS read on first use), 0: cp.async, 1: TMA.
+std::atomic<int> g_fp8_tma{-1};
 
 // fp8_wgmma::fp8_rows_wgmma_kernel, or fp8_tma::fp8_rows_tma_kernel where chosen and the
 // operands suit tensor maps, over `blocks` blocks (its arguments; offsets null: dense).
@@ -475,7 +486,7 @@ void launch_rows_wgmma(int64_t blocks, const uint8_t* a, const float* sa, int64_
                        const int64_t* offsets, const int64_t* tile_start, int64_t E,
                        const uint8_t* w, const float* sw, int64_t N, int64_t K, void* y,
                        DType out) {
-  if (fp8_rows_tma() && tma_codes_map_takes(a, M, K, K) && tma_codes_map_takes(w, E * N, K, K)) {
+  if (fp8_tma_loads() && tma_codes_map_takes(a, M, K, K) && tma_codes_map_takes(w, E * N, K, K)) {
     const CUtensorMap map_a = tma_codes_map(a, M, K, K, fp8_tma::kBM, "fp8 GEMM activations");
     const CUtensorMap map_w = tma_codes_map(w, E * N, K, K, fp8_tma::kBN, "fp8 GEMM weights");
     DSEEK_DISPATCH_ACT(out, T, {
@@ -504,18 +515,18 @@ bool fp8_wgmma_takes(int64_t K, int64_t N) {
   return grouped_gemm_wgmma() && K > 0 && K % 16 == 0 && N % 16 == 0;
 }
 
-bool fp8_rows_tma() {
-  int tma = g_rows_tma.load();
+bool fp8_tma_loads() {
+  int tma = g_fp8_tma.load();
   if (tma < 0) {
-    const char* env = std::getenv("DSEEK_FP8_ROWS");
+    const char* env = std::getenv("DSEEK_FP8_LOADS");
     tma = env && std::strcmp(env, "cp_async") == 0 ? 0 : 1;
-    g_rows_tma.store(tma);
+    g_fp8_tma.store(tma);
   }
   return tma == 1;
 }
 
-void set_fp8_rows_tma(bool tma) {
-  g_rows_tma.store(tma ? 1 : 0);
+void set_fp8_tma_loads(bool tma) {
+  g_fp8_tma.store(tma ? 1 : 0);
 }
 
 void fp8_grouped_gemm(const uint8_t* a, const float* sa, int64_t M, int64_t K,
@@ -585,6 +596,19 @@ void fp8_grouped_wgrad_t(const uint8_t* dyt, const float* sdy, const uint8_t* xt
               "[fp8_grouped_wgrad] dW of {} experts × [{}, {}]: not a tensor-core shape here", E, N,
               K);
   const int64_t P = (rows / kTile + E) * kTile;
+  if (fp8_tma_loads() && tma_codes_map_takes(dyt, N, P, P) && tma_codes_map_takes(xt, K, P, P)) {
+    const CUtensorMap map_dyt = tma_codes_map(dyt, N, P, P, 64, "fp8 wgrad dy (column tiles)");
+    const CUtensorMap map_xt = tma_codes_map(xt, K, P, P, 128, "fp8 wgrad x (column tiles)");
+    const auto kernel = fp8_tma::fp8_wgrad_tma_kernel;
+    DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          int(fp8_tma::kWgradSmemBytes)));
+    const int64_t tiles = E * ceil_div<int64_t>(N, 64) * ceil_div<int64_t>(K, fp8_wgmma::kBN);
+    const unsigned blocks = unsigned(std::min<int64_t>(tiles, multiprocessors()));
+    kernel<<<blocks, fp8_tma::kThreads, fp8_tma::kWgradSmemBytes, stream()>>>(
+        map_dyt, sdy, map_xt, sx, N, K, offsets, E, dw, beta);
+    DSEEK_CUDA_CHECK_LAUNCH("fp8_wgrad_tma_kernel");
+    return;
+  }
   constexpr int wg = fp8_wgmma::kWgradWarpgroups;
   const auto kernel = fp8_wgmma::fp8_wgrad_wgmma_kernel<wg>;
   const size_t smem = fp8_wgmma::smem_bytes(wg);
