@@ -153,20 +153,18 @@ __global__ void __launch_bounds__(kThreads, 1)
 // --- the grouped weight gradient ----------------------------------------------------------------
 
 // fp8_wgrad_wgmma_kernel's product (dW_e [N, K] (+)= Σ over the expert's column tiles j of
-// sdy[j, n]·sx[j, k]·Σ_{t in j} dyᵀ[n, t]·xᵀ[k, t], the same 64 × 128 tiles, products, promotion
-// and stores, so the same values) as a persistent warp-specialised kernel: an expert's reduction
-// is short (~3 steps of 128 tokens for 64 experts of 4096 × 6 rows) and each tile ends in a 32 KiB
-// f32 store, so the one-tile-a-block kernel spends most of its time starting tiles (the first
-// stage's loads) and storing them. Here one block an SM walks tiles blockIdx.x, + gridDim.x, …;
-// the loader streams every tile's steps through the ring without waiting for stores, and the two
-// multiplying warpgroups take alternate tiles, so one stores while the other multiplies. Both
-// multipliers count the ring's steps over all of the block's tiles (their own and the other's) to
-// know which stage and parity each of their steps has. Scales are read from global memory by the
-// multipliers while their step's products run.
-constexpr int kWgradStages = 8;
-constexpr int kWgradATile = 64 * kBK;   // 64 channels of dyᵀ
-constexpr int kWgradBTile = 128 * kBK;  // 128 channels of xᵀ
-constexpr int kWgradStageBytes = kWgradATile + kWgradBTile;
+// sdy[j, n]·sx[j, k]·Σ_{t in j} dyᵀ[n, t]·xᵀ[k, t]: the same 64 × 128 products, promotion and
+// stores, so the same values) as a persistent warp-specialised kernel. An expert's reduction is
+// short (~3 steps of 128 tokens for 64 experts of 4096 × 6 rows) and each tile ends in an f32
+// store, so the one-tile-a-block kernel spends most of its time starting tiles (the first stage's
+// loads) and storing them. Here one block an SM walks the 128 × 128 tiles blockIdx.x,
+// + gridDim.x, …: the loader streams every tile's steps through the ring without waiting for the
+// stores (the next tile's loads run while the multipliers store), and the two multiplying
+// warpgroups take the tile's two halves of 64 rows of dW (64 channels of dy each), sharing the
+// 128 channels of x a stage holds. Scales are read from global memory while a step's products
+// run.
+constexpr int kWgradStages = 6;
+constexpr int kWgradStageBytes = 2 * kTileBytes;  // 128 channels of dyᵀ, 128 of xᵀ
 constexpr size_t kWgradSmemBytes = size_t(kWgradStages) * kWgradStageBytes + wgmma::kAtomBytes;
 
 struct WgradTile {
@@ -174,22 +172,22 @@ struct WgradTile {
   int64_t base, steps;  // the expert's first column tile and how many it has
 };
 
-// Tile t of E × ⌈N/64⌉ × ⌈K/128⌉ (k fastest, experts slowest: the blocks at work at one time share
-// an expert's columns in L2).
+// Tile t of E × ⌈N/128⌉ × ⌈K/128⌉ (k fastest, experts slowest: the blocks at work at one time
+// share an expert's columns in L2).
 __device__ __forceinline__ WgradTile wgrad_tile(int64_t t, int64_t n_tiles, int64_t k_tiles,
                                                 const int64_t* offsets) {
   WgradTile w;
   w.e = t / (n_tiles * k_tiles);
   const int64_t r = t % (n_tiles * k_tiles);
-  w.n0 = (r / k_tiles) * 64;
+  w.n0 = (r / k_tiles) * kBM;
   w.k0 = (r % k_tiles) * kBN;
   w.base = offsets[w.e] / 128 + w.e;
   w.steps = (offsets[w.e + 1] - offsets[w.e] + 127) / 128;
   return w;
 }
 
-// Grid: min(tiles, SMs) blocks of kThreads. map_dyt over dyt [N, P], boxes of 64 rows; map_xt
-// over xt [K, P], boxes of 128 rows; the rest as fp8_wgrad_wgmma_kernel's.
+// Grid: min(tiles, SMs) blocks of kThreads. map_dyt over dyt [N, P] and map_xt over xt [K, P],
+// boxes of 128 rows; the rest as fp8_wgrad_wgmma_kernel's.
 __global__ void __launch_bounds__(kThreads, 1)
     fp8_wgrad_tma_kernel(const __grid_constant__ CUtensorMap map_dyt, const float* sdy,
                          const __grid_constant__ CUtensorMap map_xt, const float* sx, int64_t N,
@@ -198,7 +196,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if defined(__CUDA_ARCH__) && !defined(DSEEK_WGMMA_PTX)
   __trap();
 #else
-  const int64_t n_tiles = (N + 63) / 64, k_tiles = (K + kBN - 1) / kBN;
+  const int64_t n_tiles = (N + kBM - 1) / kBM, k_tiles = (K + kBN - 1) / kBN;
   const int64_t tiles = E * n_tiles * k_tiles;
   __shared__ uint64_t full[kWgradStages], empty[kWgradStages];
   unsigned char* ring = fp8_wgmma::ring_base();
@@ -206,7 +204,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) {
     for (int i = 0; i < kWgradStages; ++i) {
       tma::barrier_init(&full[i], 1);
-      tma::barrier_init(&empty[i], 1);  // one multiplier reads a stage
+      tma::barrier_init(&empty[i], kMultipliers);
     }
     tma::fence_barrier_init();
   }
@@ -227,7 +225,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           const int32_t column = int32_t((w.base + s) * 128);
           tma::arrive_expect_bytes(&full[stage], kWgradStageBytes);
           tma::load_2d(dst, &map_dyt, column, int32_t(w.n0), &full[stage]);
-          tma::load_2d(dst + kWgradATile, &map_xt, column, int32_t(w.k0), &full[stage]);
+          tma::load_2d(dst + kTileBytes, &map_xt, column, int32_t(w.k0), &full[stage]);
         }
       }
     }
@@ -235,20 +233,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 
   tma::raise_registers<kMultiplierRegisters>();
-  const int mine = warpgroup - 1;  // this multiplier's tiles: the block's j-th with j % 2 == mine
+  const int half = warpgroup - 1;  // this multiplier's 64 rows of each tile
   const int t128 = int(threadIdx.x) % 128;
-  // This thread's accumulator i = 4j + 2h + c: tile row 16·warp + lane/4 + 8h, column
+  // This thread's accumulator i = 4j + 2h + c: tile row 64·half + 16·warp + lane/4 + 8h, column
   // 8j + 2(lane % 4) + c (wgmma.cuh's register layout).
-  const int row0 = (t128 / 32) * 16 + (t128 % 32) / 4, col0 = 2 * (t128 % 4);
+  const int row0 = half * 64 + (t128 / 32) * 16 + (t128 % 32) / 4, col0 = 2 * (t128 % 4);
   const uint32_t ring_address = wgmma::smem_address(ring);
   int64_t step = 0;
-  int64_t j = 0;
-  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x, ++j) {
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
     const WgradTile w = wgrad_tile(t, n_tiles, k_tiles, offsets);
-    if (j % 2 != mine) {
-      step += w.steps;  // the other multiplier's stages
-      continue;
-    }
     float total[64], partial[64];
 #pragma unroll
     for (int i = 0; i < 64; ++i) total[i] = 0.0f;
@@ -263,8 +256,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       wgmma::fence();
 #pragma unroll
       for (int kk = 0; kk < kBK / 32; ++kk)
-        wgmma::mma_m64n128k32_e4m3(partial, fp8_wgmma::slice_desc(a_tile, 0, kk),
-                                   fp8_wgmma::slice_desc(a_tile + kWgradATile, 0, kk),
+        wgmma::mma_m64n128k32_e4m3(partial, fp8_wgmma::slice_desc(a_tile, half, kk),
+                                   fp8_wgmma::slice_desc(a_tile + kTileBytes, 0, kk),
                                    kk > 0 ? 1 : 0);
       wgmma::commit();
       // The step's scales, loaded while its products run.

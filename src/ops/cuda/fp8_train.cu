@@ -27,9 +27,9 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <cstdint>
 #include <memory>
 #include <type_traits>
 
@@ -40,8 +40,8 @@
 #include "ops/cuda/expert_tiles.cuh"
 #include "ops/cuda/fp8_gemm_tile.cuh"
 #include "ops/cuda/fp8_scale.h"
-#include "ops/cuda/fp8_train_kernels.h"
 #include "ops/cuda/fp8_tma_kernels.cuh"
+#include "ops/cuda/fp8_train_kernels.h"
 #include "ops/cuda/fp8_wgmma_kernels.cuh"
 #include "ops/cuda/grouped_gemm_tc.h"
 #include "ops/cuda/tma_map.h"
@@ -597,12 +597,13 @@ void fp8_grouped_wgrad_t(const uint8_t* dyt, const float* sdy, const uint8_t* xt
               K);
   const int64_t P = (rows / kTile + E) * kTile;
   if (fp8_tma_loads() && tma_codes_map_takes(dyt, N, P, P) && tma_codes_map_takes(xt, K, P, P)) {
-    const CUtensorMap map_dyt = tma_codes_map(dyt, N, P, P, 64, "fp8 wgrad dy (column tiles)");
+    const CUtensorMap map_dyt = tma_codes_map(dyt, N, P, P, 128, "fp8 wgrad dy (column tiles)");
     const CUtensorMap map_xt = tma_codes_map(xt, K, P, P, 128, "fp8 wgrad x (column tiles)");
     const auto kernel = fp8_tma::fp8_wgrad_tma_kernel;
     DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           int(fp8_tma::kWgradSmemBytes)));
-    const int64_t tiles = E * ceil_div<int64_t>(N, 64) * ceil_div<int64_t>(K, fp8_wgmma::kBN);
+    const int64_t tiles =
+        E * ceil_div<int64_t>(N, fp8_tma::kBM) * ceil_div<int64_t>(K, fp8_tma::kBN);
     const unsigned blocks = unsigned(std::min<int64_t>(tiles, multiprocessors()));
     kernel<<<blocks, fp8_tma::kThreads, fp8_tma::kWgradSmemBytes, stream()>>>(
         map_dyt, sdy, map_xt, sx, N, K, offsets, E, dw, beta);
