@@ -17,8 +17,11 @@
 // (fp8_wgmma_kernels.cuh, where K and N are multiples of 16): the wgrad reads dy's and x's column
 // tiles as K-major lines of 128 tokens, which col_tiles_t_kernel writes in one pass from the
 // activations (or from x's cached 1×128 row tiles), quantising and transposing together through a
-// 128×64 tile in shared memory. The plain kernels below are the portable path and the reference
-// the backend tests hold those to.
+// 128×64 tile in shared memory. Their default forms are warp-specialised (fp8_tma_kernels.cuh:
+// one thread loads the tiles with the tensor memory accelerator, two warpgroups multiply; the
+// wgrad persistent over its tiles); DSEEK_FP8_LOADS=cp_async (set_fp8_tma_loads) runs the
+// cp.async forms of fp8_wgmma_kernels.cuh, which give the same bits. The plain kernels below are
+// the portable path and the reference the backend tests hold those to.
 //
 // fp8_grouped_wgrad: the same 64×64 register tiling over dW_e [N, K], the reduction running over
 // the group's rows: 32 rows of dy and x at a time staged in shared memory (rows read along N and
