@@ -128,8 +128,11 @@ void bench_grouped([[maybe_unused]] std::mt19937& rng) {
     std::printf("| %-34s | %-26s | %10.1f | %12.1f | %5.1f%% |\n", what.c_str(), shape.c_str(),
                 t * 1e6, tf, 100.0 * tf / kFp8PeakTflops);
   };
-  for (auto [what, in, out] : {std::tuple<const char*, int64_t, int64_t>{"gate/up", 2048, 1408},
-                               std::tuple<const char*, int64_t, int64_t>{"down", 1408, 2048}}) {
+  for (const auto& projection : {std::tuple<const char*, int64_t, int64_t>{"gate/up", 2048, 1408},
+                                 std::tuple<const char*, int64_t, int64_t>{"down", 1408, 2048}}) {
+    // Named (not bound): the rows' lambdas capture them.
+    const char* what = std::get<0>(projection);
+    const int64_t in = std::get<1>(projection), out = std::get<2>(projection);
     const std::string shape = std::to_string(N) + "," + std::to_string(E) + "," +
                               std::to_string(in) + "," + std::to_string(out);
     const double flops = 2.0 * double(N) * double(in) * double(out);

@@ -411,8 +411,9 @@ TEST(BackendOps, Fp8TmaKernelsEqualCpAsyncKernels) {
     return Tensor::from_vector(v, {n}).to(Device::CUDA);
   };
   for (DType out : kActDtypes) {
-    for (auto [M, K, N] : std::vector<std::array<int64_t, 3>>{
+    for (const auto& shape : std::vector<std::array<int64_t, 3>>{
              {1, 128, 128}, {5, 272, 144}, {130, 1024, 576}, {257, 640, 400}, {300, 2048, 1408}}) {
+      const int64_t M = shape[0], K = shape[1], N = shape[2];  // named: lambdas capture them
       const int64_t kb = (K + 127) / 128, nb = (N + 127) / 128;
       const Tensor a = random_codes(M * K, rng), sa = random_scales(M * kb);
       const Tensor w = random_codes(N * K, rng), sw = random_scales(nb * kb);
