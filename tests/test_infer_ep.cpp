@@ -66,6 +66,7 @@ class ClaimedGroup final : public dist::ProcessGroup {
     return none();
   }
   std::unique_ptr<dist::Work> broadcast_async(std::span<float>, int) override { return none(); }
+  void broadcast_bytes(std::span<std::byte>, int) override { none(); }
   void all_reduce(std::span<double>) override { none(); }
   void gather(std::span<const float>, std::span<float>, const std::vector<int64_t>&, int) override {
     none();

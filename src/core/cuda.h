@@ -25,6 +25,15 @@ bool compiled();
 std::string describe();
 // Throws dseek::Error naming `what` when !available() (e.g. "--device cuda").
 void require(const std::string& what);
+// CUDA devices on this machine (0 without a driver, or in a build without CUDA); does not start
+// the runtime.
+int device_count();
+// The device dseek runs on: 0 unless select_device chose another before the runtime started
+// (the first available(), describe(), alloc(), ...). A multi-rank job on one node maps each rank
+// to its own GPU this way (dist::select_rank_gpu) before anything touches the device. Throws for
+// an ordinal outside [0, device_count()) or once the runtime has started on another device.
+void select_device(int ordinal);
+int device_ordinal();
 
 void* alloc(size_t bytes);  // stream-ordered, 256-byte aligned; bytes 0 gives a valid pointer
 void free(void* ptr);       // stream-ordered: safe while kernels that use ptr are still queued

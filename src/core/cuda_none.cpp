@@ -23,6 +23,15 @@ std::string describe() {
 void require(const std::string& what) {
   fail("[cuda] {} needs CUDA, but dseek was built without it (cmake -DDSEEK_CUDA=ON)", what);
 }
+int device_count() {
+  return 0;
+}
+void select_device(int ordinal) {
+  fail("[cuda] device {}: dseek was built without CUDA (cmake -DDSEEK_CUDA=ON)", ordinal);
+}
+int device_ordinal() {
+  return 0;
+}
 void* alloc(size_t) {
   not_built();
 }

@@ -80,10 +80,18 @@ class MpiProcessGroup final : public ProcessGroup {
   explicit MpiProcessGroup(int thread_level) : any_thread_(thread_level >= MPI_THREAD_SERIALIZED) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &size_);
+    // The node: the ranks that share memory with this one (which GPU a rank takes).
+    MPI_Comm node;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node);
+    MPI_Comm_rank(node, &local_rank_);
+    MPI_Comm_size(node, &local_size_);
+    MPI_Comm_free(&node);
   }
   bool any_thread() const override { return any_thread_; }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
+  int local_rank() const override { return local_rank_; }
+  int local_size() const override { return local_size_; }
   std::string backend() const override { return "mpi"; }
 
   void set_all_reduce_algorithm(AllReduceAlgorithm algorithm) override {
@@ -170,6 +178,12 @@ class MpiProcessGroup final : public ProcessGroup {
     MPI_Ibcast(data.data(), as_int(int64_t(data.size()), "broadcast"), MPI_FLOAT, root,
                MPI_COMM_WORLD, &w->request);
     return w;
+  }
+
+  void broadcast_bytes(std::span<std::byte> data, int root) override {
+    DSEEK_CHECK(root >= 0 && root < size_, "[dist] broadcast: root {} of {} ranks", root, size_);
+    MPI_Bcast(data.data(), as_int(int64_t(data.size()), "broadcast"), MPI_BYTE, root,
+              MPI_COMM_WORLD);
   }
 
   void all_reduce(std::span<double> data) override {
@@ -267,7 +281,7 @@ class MpiProcessGroup final : public ProcessGroup {
     return displs;
   }
 
-  int rank_ = 0, size_ = 1;
+  int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
   bool any_thread_ = false;
   std::unique_ptr<HfReduce> hfreduce_;  // when the all-reduce algorithm is HFReduce
 };

@@ -53,6 +53,9 @@ class SingleProcessGroup final : public ProcessGroup {
     DSEEK_CHECK(root == 0, "[dist] broadcast: root {} in a group of 1", root);
     return std::make_unique<DoneWork>();
   }
+  void broadcast_bytes(std::span<std::byte>, int root) override {
+    DSEEK_CHECK(root == 0, "[dist] broadcast: root {} in a group of 1", root);
+  }
   void all_reduce(std::span<double>) override {}
   void gather(std::span<const float> mine, std::span<float> all, const std::vector<int64_t>& counts,
               int root) override {

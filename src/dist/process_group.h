@@ -1,9 +1,13 @@
 // ProcessGroup: the ranks of a multi-process job and the collectives dseek needs between them, on
 // f32 buffers (gradients, parameters, optimizer shards) and f64 buffers (metrics, expert loads).
 // all_to_all_v moves variable-sized blocks between every pair of ranks (expert parallelism's token
-// dispatch and combine). Implementations: MPI (mpi_process_group.cpp, CPU buffers through OpenMPI)
-// and a trivial single-process group; an NCCL group (device buffers, bootstrapped through MPI) is
-// meant to fit the same interface later.
+// dispatch and combine). Implementations: MPI (mpi_process_group.cpp, CPU buffers through OpenMPI),
+// a trivial single-process group, and NCCL (nccl_process_group.h: the f32 buffers are GPU memory,
+// bootstrapped through MPI, whose host group it uses for everything else).
+//
+// Where the buffers live: device() says where the f32 collectives' buffers are (CPU for MPI and
+// the single-process group, CUDA for NCCL). The f64 all-reduce, the int64 all-to-all,
+// broadcast_bytes and barrier always take host memory.
 //
 // Collectives are collective: every rank calls the same ones, in the same order, with matching
 // sizes. Nonblocking variants return a Work handle; the buffers must stay alive and untouched until
@@ -22,11 +26,14 @@
 // stage copies out only this rank's block. The single-process group accepts either (a sum of one).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
 #include <vector>
+
+#include "core/tensor.h"
 
 namespace dseek::dist {
 
@@ -46,7 +53,13 @@ class ProcessGroup {
   virtual ~ProcessGroup() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  virtual std::string backend() const = 0;  // "single", "mpi"
+  virtual std::string backend() const = 0;  // "single", "mpi", "nccl"
+  // Where the f32 buffers of the collectives below live.
+  virtual Device device() const { return Device::CPU; }
+  // This rank among the ranks of its node (the processes sharing its memory: MPI_COMM_TYPE_SHARED)
+  // and their number; which GPU a rank takes.
+  virtual int local_rank() const { return 0; }
+  virtual int local_size() const { return 1; }
   // Whether threads other than main may call the collectives, one thread at a time
   // (MPI_THREAD_SERIALIZED or better); otherwise only the main thread may (funneled).
   virtual bool any_thread() const { return true; }
@@ -74,6 +87,8 @@ class ProcessGroup {
                                                  const std::vector<int64_t>& counts) = 0;
   // data ← root's data on every rank.
   virtual std::unique_ptr<Work> broadcast_async(std::span<float> data, int root) = 0;
+  // Host bytes ← root's bytes on every rank (blocking): NCCL's bootstrap identifier.
+  virtual void broadcast_bytes(std::span<std::byte> data, int root) = 0;
 
   // Blocking f64 sum (metrics, expert loads as exact integers below 2^53).
   virtual void all_reduce(std::span<double> data) = 0;

@@ -1,8 +1,10 @@
-// dseek's CUDA runtime (see core/cuda.h): device 0, one non-blocking stream, and allocation from
+// dseek's CUDA runtime (see core/cuda.h): one device (0 unless select_device chose another), one
+// non-blocking stream, and allocation from
 // the device's default memory pool with an unlimited release threshold, so memory freed by one op
 // is reused by the next without going back to the driver.
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 
@@ -23,8 +25,14 @@ std::string gib(size_t bytes) {
   return fmt::format("{:.1f} GiB", double(bytes) / double(1ull << 30));
 }
 
+// The device select_device chose; read once, when the runtime starts.
+std::atomic<int> g_ordinal{0};
+std::atomic<bool> g_started{false};
+
 Runtime& runtime() {
   static Runtime rt = [] {
+    g_started = true;
+    const int ordinal = g_ordinal.load();
     Runtime r;
     int count = 0;
     cudaError_t status = cudaGetDeviceCount(&count);
@@ -35,17 +43,21 @@ Runtime& runtime() {
       cudaGetLastError();  // clear the sticky-free error so later queries start clean
       return r;
     }
-    DSEEK_CUDA_CHECK(cudaSetDevice(0));
+    if (ordinal >= count) {
+      r.description = fmt::format("no CUDA device {} ({} present)", ordinal, count);
+      return r;
+    }
+    DSEEK_CUDA_CHECK(cudaSetDevice(ordinal));
     cudaDeviceProp prop{};
-    DSEEK_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    DSEEK_CUDA_CHECK(cudaGetDeviceProperties(&prop, ordinal));
     int runtime_version = 0;
     DSEEK_CUDA_CHECK(cudaRuntimeGetVersion(&runtime_version));
     r.description =
         fmt::format("{} (sm_{}{}, {}, CUDA runtime {}.{}{})", prop.name, prop.major, prop.minor,
                     gib(prop.totalGlobalMem), runtime_version / 1000, (runtime_version % 1000) / 10,
-                    count > 1 ? fmt::format(", {} devices", count) : "");
+                    count > 1 ? fmt::format(", device {} of {}", ordinal, count) : "");
     cudaMemPool_t pool;
-    DSEEK_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, 0));
+    DSEEK_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, ordinal));
     uint64_t keep_everything = UINT64_MAX;
     DSEEK_CUDA_CHECK(
         cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_everything));
@@ -84,6 +96,30 @@ std::string describe() {
 
 void require(const std::string& what) {
   if (!available()) fail("[cuda] {} needs a CUDA device: {}", what, runtime().description);
+}
+
+int device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+void select_device(int ordinal) {
+  const int count = device_count();
+  DSEEK_CHECK(ordinal >= 0 && ordinal < count,
+              "[cuda] device {}: this machine has {} CUDA device{}", ordinal, count,
+              count == 1 ? "" : "s");
+  DSEEK_CHECK(!g_started.load() || ordinal == g_ordinal.load(),
+              "[cuda] device {}: the CUDA runtime has already started on device {}", ordinal,
+              g_ordinal.load());
+  g_ordinal = ordinal;
+}
+
+int device_ordinal() {
+  return g_ordinal.load();
 }
 
 void* alloc(size_t bytes) {
@@ -186,7 +222,7 @@ MemoryInfo memory_info() {
   MemoryInfo m;
   if (!available()) return m;
   cudaMemPool_t pool;
-  DSEEK_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, 0));
+  DSEEK_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device_ordinal()));
   uint64_t value = 0;
   DSEEK_CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &value));
   m.pool_reserved = size_t(value);
