@@ -1,0 +1,356 @@
+// The NCCL process group (see dist/nccl_process_group.h for the design).
+#ifdef DSEEK_HAS_NCCL
+#include "dist/nccl_process_group.h"
+
+#include <nccl.h>
+
+#include <cstring>
+#include <functional>
+
+#include "core/cuda.h"
+#include "core/cuda/cuda_check.h"
+#include "dist/cuda/rank_order_sum.h"
+
+// DSEEK_NCCL_CHECK(ncclAllReduce(...)): a failure throws dseek::Error("[nccl] call: reason").
+#define DSEEK_NCCL_CHECK(call)                                                    \
+  do {                                                                            \
+    const ncclResult_t dseek_nccl_ = (call);                                      \
+    if (dseek_nccl_ != ncclSuccess)                                               \
+      ::dseek::fail("[nccl] {}: {} ({})", #call, ncclGetErrorString(dseek_nccl_), \
+                    ncclGetLastError(nullptr));                                   \
+  } while (0)
+
+namespace dseek::dist {
+namespace {
+
+cudaEvent_t new_event() {
+  cudaEvent_t e = nullptr;
+  DSEEK_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  return e;
+}
+
+// An operation queued on the group's stream: `done` is recorded after it.
+class NcclWork final : public Work {
+ public:
+  explicit NcclWork(cudaEvent_t done) : done_(done) {}
+  NcclWork(const NcclWork&) = delete;
+  NcclWork& operator=(const NcclWork&) = delete;
+  ~NcclWork() override { cudaEventDestroy(done_); }  // released once the event has completed
+  void wait() override { DSEEK_CUDA_CHECK(cudaStreamWaitEvent(cuda::stream(), done_, 0)); }
+  bool test() override {
+    const cudaError_t status = cudaEventQuery(done_);
+    if (status == cudaErrorNotReady) return false;
+    DSEEK_CUDA_CHECK(status);
+    return true;
+  }
+
+ private:
+  cudaEvent_t done_;
+};
+
+// Finished when issued (HFReduce's synchronous staging).
+class DoneWork final : public Work {
+ public:
+  void wait() override {}
+  bool test() override { return true; }
+};
+
+std::vector<int64_t> offsets_of(const std::vector<int64_t>& counts) {
+  std::vector<int64_t> at(counts.size() + 1, 0);
+  for (size_t q = 0; q < counts.size(); ++q) at[q + 1] = at[q] + counts[q];
+  return at;
+}
+
+bool all_equal(const std::vector<int64_t>& counts) {
+  for (int64_t c : counts)
+    if (c != counts[0]) return false;
+  return true;
+}
+
+class NcclProcessGroup final : public ProcessGroup {
+ public:
+  explicit NcclProcessGroup(ProcessGroup& host) : host_(host) {
+    rank_ = host.rank();
+    size_ = host.size();
+    cuda::require("the NCCL process group");
+    ncclUniqueId id;
+    std::memset(&id, 0, sizeof(id));
+    if (rank_ == 0) DSEEK_NCCL_CHECK(ncclGetUniqueId(&id));
+    host.broadcast_bytes(std::span<std::byte>(reinterpret_cast<std::byte*>(&id), sizeof(id)), 0);
+    DSEEK_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    DSEEK_NCCL_CHECK(ncclCommInitRank(&comm_, size_, id, rank_));
+  }
+  NcclProcessGroup(const NcclProcessGroup&) = delete;
+  NcclProcessGroup& operator=(const NcclProcessGroup&) = delete;
+  ~NcclProcessGroup() override {
+    cudaStreamSynchronize(stream_);
+    ncclCommDestroy(comm_);
+    cudaStreamDestroy(stream_);
+    if (pinned_) cudaFreeHost(pinned_);
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string backend() const override { return "nccl"; }
+  Device device() const override { return Device::CUDA; }
+  int local_rank() const override { return host_.local_rank(); }
+  int local_size() const override { return host_.local_size(); }
+
+  void set_all_reduce_algorithm(AllReduceAlgorithm algorithm) override {
+    host_.set_all_reduce_algorithm(algorithm);
+    algorithm_ = algorithm;
+  }
+  std::string all_reduce_description() const override {
+    return algorithm_ == AllReduceAlgorithm::Mpi
+               ? std::string("NCCL")
+               : host_.all_reduce_description() + " through pinned host memory";
+  }
+
+  std::unique_ptr<Work> all_reduce_async(std::span<float> data) override {
+    if (algorithm_ == AllReduceAlgorithm::HfReduce)
+      return staged(data, data, [&](std::span<float> host) { host_.all_reduce(host); });
+    const size_t n = data.size();
+    return enqueue([&](cudaStream_t s) {
+      if (!deterministic_) {
+        DSEEK_NCCL_CHECK(ncclAllReduce(data.data(), data.data(), n, ncclFloat, ncclSum, comm_, s));
+        return;
+      }
+      float* copies = scratch(n * size_t(size_), s);
+      DSEEK_NCCL_CHECK(ncclAllGather(data.data(), copies, n, ncclFloat, comm_, s));
+      sum_in_rank_order_gpu(copies, size_, int64_t(n), data.data(), s);
+      DSEEK_CUDA_CHECK(cudaFreeAsync(copies, s));
+    });
+  }
+
+  std::unique_ptr<Work> reduce_scatter_async(std::span<const float> send, std::span<float> recv,
+                                             const std::vector<int64_t>& counts) override {
+    check_counts(counts, "reduce_scatter");
+    const std::vector<int64_t> at = offsets_of(counts);
+    const int64_t mine = counts[size_t(rank_)];
+    DSEEK_CHECK(int64_t(send.size()) == at.back() && int64_t(recv.size()) == mine,
+                "[dist] reduce_scatter: send {} / recv {} elements for counts summing to {}",
+                send.size(), recv.size(), at.back());
+    // (HFReduce's reduce-scatter is its all-reduce with a partial copy-out: the same here.)
+    if (algorithm_ == AllReduceAlgorithm::HfReduce)
+      return staged(
+          send, recv, [&](std::span<float> host) { host_.all_reduce(host); }, at[size_t(rank_)]);
+    return enqueue([&](cudaStream_t s) {
+      if (deterministic_) {
+        // Every rank sends block q to rank q; this rank receives N copies of its own block.
+        float* copies = scratch(size_t(mine) * size_t(size_), s);
+        DSEEK_NCCL_CHECK(ncclGroupStart());
+        for (int q = 0; q < size_; ++q) {
+          if (counts[size_t(q)] > 0)
+            DSEEK_NCCL_CHECK(ncclSend(send.data() + at[size_t(q)], size_t(counts[size_t(q)]),
+                                      ncclFloat, q, comm_, s));
+          if (mine > 0)
+            DSEEK_NCCL_CHECK(
+                ncclRecv(copies + int64_t(q) * mine, size_t(mine), ncclFloat, q, comm_, s));
+        }
+        DSEEK_NCCL_CHECK(ncclGroupEnd());
+        sum_in_rank_order_gpu(copies, size_, mine, recv.data(), s);
+        DSEEK_CUDA_CHECK(cudaFreeAsync(copies, s));
+      } else if (all_equal(counts)) {
+        DSEEK_NCCL_CHECK(ncclReduceScatter(send.data(), recv.data(), size_t(mine), ncclFloat,
+                                           ncclSum, comm_, s));
+      } else {
+        DSEEK_NCCL_CHECK(ncclGroupStart());
+        for (int q = 0; q < size_; ++q)
+          if (counts[size_t(q)] > 0)
+            DSEEK_NCCL_CHECK(
+                ncclReduce(send.data() + at[size_t(q)], q == rank_ ? recv.data() : nullptr,
+                           size_t(counts[size_t(q)]), ncclFloat, ncclSum, q, comm_, s));
+        DSEEK_NCCL_CHECK(ncclGroupEnd());
+      }
+    });
+  }
+
+  std::unique_ptr<Work> all_gather_async(std::span<const float> mine, std::span<float> all,
+                                         const std::vector<int64_t>& counts) override {
+    check_counts(counts, "all_gather");
+    const std::vector<int64_t> at = offsets_of(counts);
+    DSEEK_CHECK(int64_t(mine.size()) == counts[size_t(rank_)] && int64_t(all.size()) == at.back(),
+                "[dist] all_gather: {} / {} elements for this rank's count {}", mine.size(),
+                all.size(), counts[size_t(rank_)]);
+    return enqueue([&](cudaStream_t s) {
+      if (all_equal(counts)) {
+        DSEEK_NCCL_CHECK(ncclAllGather(mine.data(), all.data(), mine.size(), ncclFloat, comm_, s));
+        return;
+      }
+      DSEEK_NCCL_CHECK(ncclGroupStart());
+      for (int q = 0; q < size_; ++q)
+        if (counts[size_t(q)] > 0)
+          DSEEK_NCCL_CHECK(ncclBroadcast(q == rank_ ? mine.data() : nullptr,
+                                         all.data() + at[size_t(q)], size_t(counts[size_t(q)]),
+                                         ncclFloat, q, comm_, s));
+      DSEEK_NCCL_CHECK(ncclGroupEnd());
+    });
+  }
+
+  std::unique_ptr<Work> broadcast_async(std::span<float> data, int root) override {
+    DSEEK_CHECK(root >= 0 && root < size_, "[dist] broadcast: root {} of {} ranks", root, size_);
+    return enqueue([&](cudaStream_t s) {
+      DSEEK_NCCL_CHECK(
+          ncclBroadcast(data.data(), data.data(), data.size(), ncclFloat, root, comm_, s));
+    });
+  }
+
+  void broadcast_bytes(std::span<std::byte> data, int root) override {
+    host_.broadcast_bytes(data, root);
+  }
+  void all_reduce(std::span<double> data) override { host_.all_reduce(data); }
+  void barrier() override {
+    DSEEK_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    host_.barrier();
+  }
+  void all_to_all(std::span<const int64_t> send, std::span<int64_t> recv) override {
+    host_.all_to_all(send, recv);
+  }
+
+  void gather(std::span<const float> mine, std::span<float> all, const std::vector<int64_t>& counts,
+              int root) override {
+    check_counts(counts, "gather");
+    DSEEK_CHECK(root >= 0 && root < size_, "[dist] gather: root {} of {} ranks", root, size_);
+    const std::vector<int64_t> at = offsets_of(counts);
+    DSEEK_CHECK(int64_t(mine.size()) == counts[size_t(rank_)] &&
+                    (rank_ != root || int64_t(all.size()) == at.back()),
+                "[dist] gather: {} / {} elements for this rank's count {}", mine.size(), all.size(),
+                counts[size_t(rank_)]);
+    enqueue([&](cudaStream_t s) {
+      if (rank_ != root) {
+        if (!mine.empty())
+          DSEEK_NCCL_CHECK(ncclSend(mine.data(), mine.size(), ncclFloat, root, comm_, s));
+        return;
+      }
+      if (!mine.empty())
+        DSEEK_CUDA_CHECK(cudaMemcpyAsync(all.data() + at[size_t(root)], mine.data(),
+                                         mine.size_bytes(), cudaMemcpyDeviceToDevice, s));
+      DSEEK_NCCL_CHECK(ncclGroupStart());
+      for (int q = 0; q < size_; ++q)
+        if (q != root && counts[size_t(q)] > 0)
+          DSEEK_NCCL_CHECK(ncclRecv(all.data() + at[size_t(q)], size_t(counts[size_t(q)]),
+                                    ncclFloat, q, comm_, s));
+      DSEEK_NCCL_CHECK(ncclGroupEnd());
+    })->wait();
+  }
+
+  void all_to_all_v(std::span<const float> send, const std::vector<int64_t>& send_counts,
+                    std::span<float> recv, const std::vector<int64_t>& recv_counts) override {
+    check_counts(send_counts, "all_to_all_v");
+    check_counts(recv_counts, "all_to_all_v");
+    const std::vector<int64_t> sd = offsets_of(send_counts), rd = offsets_of(recv_counts);
+    DSEEK_CHECK(int64_t(send.size()) == sd.back() && int64_t(recv.size()) == rd.back() &&
+                    send_counts[size_t(rank_)] == recv_counts[size_t(rank_)],
+                "[dist] all_to_all_v: send {} / recv {} elements for counts summing to {} / {}",
+                send.size(), recv.size(), sd.back(), rd.back());
+    enqueue([&](cudaStream_t s) {
+      const size_t self = size_t(rank_);
+      if (send_counts[self] > 0)
+        DSEEK_CUDA_CHECK(cudaMemcpyAsync(recv.data() + rd[self], send.data() + sd[self],
+                                         size_t(send_counts[self]) * sizeof(float),
+                                         cudaMemcpyDeviceToDevice, s));
+      DSEEK_NCCL_CHECK(ncclGroupStart());
+      for (int q = 0; q < size_; ++q) {
+        if (q == rank_) continue;
+        if (send_counts[size_t(q)] > 0)
+          DSEEK_NCCL_CHECK(ncclSend(send.data() + sd[size_t(q)], size_t(send_counts[size_t(q)]),
+                                    ncclFloat, q, comm_, s));
+        if (recv_counts[size_t(q)] > 0)
+          DSEEK_NCCL_CHECK(ncclRecv(recv.data() + rd[size_t(q)], size_t(recv_counts[size_t(q)]),
+                                    ncclFloat, q, comm_, s));
+      }
+      DSEEK_NCCL_CHECK(ncclGroupEnd());
+    })->wait();
+  }
+
+  std::unique_ptr<Work> send_async(std::span<const float> data, int peer, int tag) override {
+    check_peer(peer, tag, "send");
+    return enqueue([&](cudaStream_t s) {
+      DSEEK_NCCL_CHECK(ncclSend(data.data(), data.size(), ncclFloat, peer, comm_, s));
+    });
+  }
+  std::unique_ptr<Work> recv_async(std::span<float> data, int peer, int tag) override {
+    check_peer(peer, tag, "recv");
+    return enqueue([&](cudaStream_t s) {
+      DSEEK_NCCL_CHECK(ncclRecv(data.data(), data.size(), ncclFloat, peer, comm_, s));
+    });
+  }
+
+ private:
+  // Queues `issue` on the group's stream after the compute stream's work so far; the returned
+  // work's event follows it.
+  std::unique_ptr<Work> enqueue(const std::function<void(cudaStream_t)>& issue) {
+    cudaEvent_t ready = new_event();
+    DSEEK_CUDA_CHECK(cudaEventRecord(ready, cuda::stream()));
+    DSEEK_CUDA_CHECK(cudaStreamWaitEvent(stream_, ready, 0));
+    DSEEK_CUDA_CHECK(cudaEventDestroy(ready));
+    issue(stream_);
+    cudaEvent_t done = new_event();
+    DSEEK_CUDA_CHECK(cudaEventRecord(done, stream_));
+    return std::make_unique<NcclWork>(done);
+  }
+
+  // HFReduce: `send` (n elements, device) copied to pinned host memory, reduced there by `reduce`,
+  // and elements [from, from + recv.size()) of the result copied into recv (device).
+  std::unique_ptr<Work> staged(std::span<const float> send, std::span<float> recv,
+                               const std::function<void(std::span<float>)>& reduce,
+                               int64_t from = 0) {
+    const size_t bytes = send.size_bytes();
+    if (bytes > pinned_bytes_) {
+      if (pinned_) DSEEK_CUDA_CHECK(cudaFreeHost(pinned_));
+      pinned_ = nullptr;
+      DSEEK_CUDA_CHECK(cudaMallocHost(&pinned_, bytes));
+      pinned_bytes_ = bytes;
+    }
+    float* host = static_cast<float*>(pinned_);
+    if (bytes > 0) cuda::copy_to_host(host, send.data(), bytes);  // waits for the compute stream
+    reduce(std::span<float>(host, send.size()));
+    if (!recv.empty()) {
+      DSEEK_CUDA_CHECK(cudaMemcpyAsync(recv.data(), host + from, recv.size_bytes(),
+                                       cudaMemcpyHostToDevice, cuda::stream()));
+      DSEEK_CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));  // before the next reuse of host
+    }
+    return std::make_unique<DoneWork>();
+  }
+
+  // Stream-ordered scratch on the group's stream (freed there by the caller).
+  float* scratch(size_t elements, cudaStream_t s) {
+    void* p = nullptr;
+    DSEEK_CUDA_CHECK(cudaMallocAsync(&p, std::max<size_t>(elements, 1) * sizeof(float), s));
+    return static_cast<float*>(p);
+  }
+
+  void check_counts(const std::vector<int64_t>& counts, const char* op) const {
+    DSEEK_CHECK(int64_t(counts.size()) == size_, "[dist] {}: {} counts for {} ranks", op,
+                counts.size(), size_);
+    for (int64_t c : counts) DSEEK_CHECK(c >= 0, "[dist] {}: a count of {}", op, c);
+  }
+  void check_peer(int peer, int tag, const char* op) const {
+    DSEEK_CHECK(peer >= 0 && peer < size_ && peer != rank_,
+                "[dist] {}: peer rank {} (this is rank {} of {})", op, peer, rank_, size_);
+    DSEEK_CHECK(tag >= 0 && tag <= kMaxTag, "[dist] {}: tag {} outside 0..{}", op, tag, kMaxTag);
+  }
+
+  ProcessGroup& host_;
+  int rank_ = 0, size_ = 1;
+  ncclComm_t comm_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  void* pinned_ = nullptr;  // HFReduce's staging buffer
+  size_t pinned_bytes_ = 0;
+};
+
+}  // namespace
+
+bool nccl_available() {
+  return true;
+}
+
+std::unique_ptr<ProcessGroup> make_nccl_group(ProcessGroup& host) {
+  DSEEK_CHECK(host.device() == Device::CPU && host.backend() == "mpi",
+              "[dist] the NCCL group is bootstrapped through an MPI group, got '{}'",
+              host.backend());
+  return std::make_unique<NcclProcessGroup>(host);
+}
+
+}  // namespace dseek::dist
+#endif
