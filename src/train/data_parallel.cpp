@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/cuda.h"
 #include "core/error.h"
 
 namespace dseek::train {
@@ -34,12 +35,33 @@ int64_t overlap(int64_t a0, int64_t a1, int64_t b0, int64_t b1) {
   return std::max<int64_t>(0, std::min(a1, b1) - std::max(a0, b0));
 }
 
+// n floats from src to dst, both on `device` (a stream-ordered copy on the GPU).
+void copy_floats(float* dst, const float* src, int64_t n, Device device) {
+  if (n <= 0) return;
+  if (device == Device::CUDA)
+    cuda::copy_on_device(dst, src, size_t(n) * sizeof(float));
+  else
+    std::memcpy(dst, src, size_t(n) * sizeof(float));
+}
+
+// Elements [from, from + n) of a contiguous tensor as a 1-D view.
+Tensor piece(const Tensor& t, int64_t from, int64_t n) {
+  return t.reshape({-1}).slice(0, from, from + n);
+}
+
+std::span<float> span_of(const Tensor& t) {
+  return {t.data<float>(), size_t(t.numel())};
+}
+
 }  // namespace
 
 DataParallel::DataParallel(dist::ProcessGroup& group, ParamSet& params, AdamWConfig config,
                            int64_t num_hidden_layers, int64_t bucket_elements,
                            const std::function<bool(const Param&)>& exclude)
-    : group_(group), config_(config), num_hidden_layers_(num_hidden_layers) {
+    : group_(group),
+      config_(config),
+      num_hidden_layers_(num_hidden_layers),
+      device_(group.device()) {
   DSEEK_CHECK(config.moment_dtype == DType::F32,
               "[dist] this sharded optimizer keeps f32 moments (optim.moment_dtype bf16 is for one "
               "process)");
@@ -52,10 +74,10 @@ DataParallel::DataParallel(dist::ProcessGroup& group, ParamSet& params, AdamWCon
   }
   ready_.assign(slots_.size(), 0);
   shard_ = dist::even_share(flat_size_, group.size(), group.rank());
-  grad_.assign(size_t(shard_.count), 0.0f);
-  m_.assign(size_t(shard_.count), 0.0f);
-  v_.assign(size_t(shard_.count), 0.0f);
-  value_.assign(size_t(shard_.count), 0.0f);
+  grad_ = Tensor::zeros({shard_.count}, DType::F32, device_);
+  m_ = Tensor::zeros({shard_.count}, DType::F32, device_);
+  v_ = Tensor::zeros({shard_.count}, DType::F32, device_);
+  value_ = Tensor::zeros({shard_.count}, DType::F32, device_);
 
   size_t slot = 0;
   for (int64_t first = 0; first < flat_size_; first += bucket_elements) {
@@ -73,12 +95,22 @@ DataParallel::DataParallel(dist::ProcessGroup& group, ParamSet& params, AdamWCon
     size_t end = slot;
     while (end < slots_.size() && slots_[end].offset < b.last) ++end;
     b.slot_end = end;
-    b.buffer.assign(size_t(b.last - b.first), 0.0f);
+    b.buffer = Tensor::zeros({b.last - b.first}, DType::F32, device_);
     buckets_.push_back(std::move(b));
   }
 }
 
+void DataParallel::check_devices() const {
+  for (const Slot& s : slots_)
+    DSEEK_CHECK(s.param->value.device() == device_ && s.param->grad.device() == device_,
+                "[dist] parameter '{}' is on {}, the {} group's buffers on {} (move the "
+                "parameters before the first step)",
+                s.param->name, device_name(s.param->value.device()), group_.backend(),
+                device_name(device_));
+}
+
 void DataParallel::arm() {
+  check_devices();
   for (const Bucket& b : buckets_)
     DSEEK_CHECK(!b.issued, "[dist] arm: a bucket of the previous step is still in flight");
   std::fill(ready_.begin(), ready_.end(), 0);
@@ -119,13 +151,13 @@ void DataParallel::issue(Bucket& b) {
     const Slot& s = slots_[i];
     const int64_t n = s.param->value.numel();
     const int64_t a = std::max(b.first, s.offset), e = std::min(b.last, s.offset + n);
-    std::memcpy(b.buffer.data() + (a - b.first), s.param->grad.data<float>() + (a - s.offset),
-                size_t(e - a) * sizeof(float));
+    copy_floats(b.buffer.data<float>() + (a - b.first),
+                s.param->grad.data<float>() + (a - s.offset), e - a, device_);
   }
   const int64_t mine = b.counts[size_t(group_.rank())];
   const int64_t at = mine > 0 ? std::max(b.first, shard_.first) - shard_.first : 0;
-  b.work = group_.reduce_scatter_async(b.buffer, std::span<float>(grad_.data() + at, size_t(mine)),
-                                       b.counts);
+  b.work = group_.reduce_scatter_async(
+      span_of(b.buffer), std::span<float>(grad_.data<float>() + at, size_t(mine)), b.counts);
   b.issued = true;
 }
 
@@ -141,23 +173,40 @@ void DataParallel::reduce_gradients() {
   armed_ = false;
 }
 
-double DataParallel::clip_grad_norm(double max_norm, const std::vector<std::span<float>>& extra,
-                                    bool count_extra) {
-  // Per parameter, then summed, as clip_grad_norm groups it (one rank: the same bits).
-  double sum = 0.0;
+const ops::AdamWTensors& DataParallel::shard_tensors() {
+  // Rebuilt when a parameter has new storage (ParamSet::to after the first step).
+  bool current = !shard_tensor_values_.empty() || slots_.empty();
+  for (size_t i = 0; i < shard_tensor_values_.size() && current; ++i)
+    current = shard_tensor_values_[i] == slots_[i].param->value.raw();
+  if (current) return shard_tensors_;
+  shard_tensor_values_.clear();
+  for (const Slot& slot : slots_) shard_tensor_values_.push_back(slot.param->value.raw());
+  std::vector<Tensor> values, grads, ms, vs;
+  std::vector<uint8_t> decay;
   const int64_t lo = shard_.first, hi = shard_.first + shard_.count;
   for (const Slot& slot : slots_) {
     const int64_t a = std::max(lo, slot.offset),
                   e = std::min(hi, slot.offset + slot.param->value.numel());
     if (a >= e) continue;
-    const float* g = grad_.data() + (a - lo);
-    const int64_t n = e - a;
-    double part = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : part) if (n >= (1 << 15))
-    for (int64_t k = 0; k < n; ++k) part += double(g[k]) * double(g[k]);
-    sum += part;
+    values.push_back(piece(slot.param->value, a - slot.offset, e - a));
+    grads.push_back(piece(grad_, a - lo, e - a));
+    ms.push_back(piece(m_, a - lo, e - a));
+    vs.push_back(piece(v_, a - lo, e - a));
+    decay.push_back(slot.param->decay ? 1 : 0);
   }
+  shard_tensors_ = ops::adamw_tensors(std::move(values), std::move(grads), std::move(ms),
+                                      std::move(vs), std::move(decay));
+  return shard_tensors_;
+}
+
+double DataParallel::clip_grad_norm(double max_norm, const std::vector<std::span<float>>& extra,
+                                    bool count_extra) {
+  check_devices();
+  // Per parameter, then summed, as clip_grad_norm groups it (one rank: the same bits).
+  double sum = ops::sum_of_squares(shard_tensors().grads);
   for (const std::span<float> g : extra) {
+    DSEEK_CHECK(device_ == Device::CPU,
+                "[dist] gradients outside the flat space (expert parallelism) are on the host");
     if (!count_extra) break;
     double part = 0.0;
     for (const float x : g) part += double(x) * double(x);
@@ -168,7 +217,7 @@ double DataParallel::clip_grad_norm(double max_norm, const std::vector<std::span
   const double norm = std::sqrt(total[0]);
   if (max_norm > 0.0 && std::isfinite(norm) && norm > max_norm) {
     const float scale = float(max_norm / (norm + 1e-6));
-    for (float& x : grad_) x *= scale;
+    ops::scale_inplace({grad_}, scale);
     for (const std::span<float> g : extra)
       for (float& x : g) x *= scale;
   }
@@ -177,24 +226,24 @@ double DataParallel::clip_grad_norm(double max_norm, const std::vector<std::span
 
 void DataParallel::step(double lr) {
   DSEEK_CHECK(std::isfinite(lr) && lr >= 0.0, "[optim] AdamW: learning rate {} must be >= 0", lr);
+  check_devices();
   ++step_count_;
-  const AdamWStep s = adamw_step_scalars(config_, lr, step_count_);
+  ops::adamw_step(shard_tensors(), adamw_step_scalars(config_, lr, step_count_));
   const int64_t lo = shard_.first, hi = shard_.first + shard_.count;
   for (const Slot& slot : slots_) {
     const int64_t n = slot.param->value.numel();
     const int64_t a = std::max(lo, slot.offset), e = std::min(hi, slot.offset + n);
     if (a >= e) continue;
-    float* value = slot.param->value.data<float>() + (a - slot.offset);
-    adamw_update(s, s.decay_factor(slot.param->decay), value, grad_.data() + (a - lo),
-                 m_.data() + (a - lo), v_.data() + (a - lo), e - a);
-    std::memcpy(value_.data() + (a - lo), value, size_t(e - a) * sizeof(float));
+    copy_floats(value_.data<float>() + (a - lo),
+                slot.param->value.data<float>() + (a - slot.offset), e - a, device_);
   }
   // Every bucket's all-gather in flight at once, then each copied back into the parameters.
   for (Bucket& b : buckets_) {
     const int64_t mine = b.counts[size_t(group_.rank())];
     const int64_t at = mine > 0 ? std::max(b.first, lo) - lo : 0;
-    b.work = group_.all_gather_async(std::span<const float>(value_.data() + at, size_t(mine)),
-                                     b.buffer, b.counts);
+    b.work =
+        group_.all_gather_async(std::span<const float>(value_.data<float>() + at, size_t(mine)),
+                                span_of(b.buffer), b.counts);
   }
   for (Bucket& b : buckets_) {
     b.work->wait();
@@ -203,8 +252,8 @@ void DataParallel::step(double lr) {
       const Slot& sl = slots_[i];
       const int64_t n = sl.param->value.numel();
       const int64_t a = std::max(b.first, sl.offset), e = std::min(b.last, sl.offset + n);
-      std::memcpy(sl.param->value.data<float>() + (a - sl.offset), b.buffer.data() + (a - b.first),
-                  size_t(e - a) * sizeof(float));
+      copy_floats(sl.param->value.data<float>() + (a - sl.offset),
+                  b.buffer.data<float>() + (a - b.first), e - a, device_);
     }
   }
 }
@@ -214,19 +263,27 @@ std::vector<std::pair<std::string, Tensor>> DataParallel::gather_state() {
   for (int r = 0; r < group_.size(); ++r)
     counts.push_back(dist::even_share(flat_size_, group_.size(), r).count);
   const bool root = group_.rank() == 0;
-  std::vector<float> m(root ? size_t(flat_size_) : 0), v(root ? size_t(flat_size_) : 0);
-  group_.gather(m_, m, counts, 0);
-  group_.gather(v_, v, counts, 0);
   std::vector<std::pair<std::string, Tensor>> out;
-  if (!root) return out;
-  for (const Slot& s : slots_) {
-    const Param& p = *s.param;
-    Tensor tm = Tensor::empty(p.value.shape()), tv = Tensor::empty(p.value.shape());
-    std::memcpy(tm.data<float>(), m.data() + s.offset, tm.nbytes());
-    std::memcpy(tv.data<float>(), v.data() + s.offset, tv.nbytes());
-    out.emplace_back("exp_avg." + p.name, std::move(tm));
-    out.emplace_back("exp_avg_sq." + p.name, std::move(tv));
+  // One moment at a time through a flat buffer on the group's device (rank 0 only), cut into the
+  // parameters' host tensors.
+  std::map<std::string, Tensor> moments;
+  for (const auto& [kind, shard] : {std::pair<std::string, const Tensor*>{"exp_avg.", &m_},
+                                    std::pair<std::string, const Tensor*>{"exp_avg_sq.", &v_}}) {
+    const Tensor all = Tensor::empty({root ? flat_size_ : 0}, DType::F32, device_);
+    group_.gather(span_of(*shard), span_of(all), counts, 0);
+    if (!root) continue;
+    const Tensor host = all.to(Device::CPU);
+    for (const Slot& s : slots_) {
+      const Param& p = *s.param;
+      Tensor t = Tensor::empty(p.value.shape());
+      std::memcpy(t.data<float>(), host.data<float>() + s.offset, t.nbytes());
+      moments[kind + p.name] = std::move(t);
+    }
   }
+  if (!root) return out;
+  for (const Slot& s : slots_)
+    for (const std::string kind : {"exp_avg.", "exp_avg_sq."})
+      out.emplace_back(kind + s.param->name, std::move(moments.at(kind + s.param->name)));
   return out;
 }
 
@@ -240,12 +297,12 @@ void DataParallel::load_state(const std::map<std::string, Tensor>& tensors, int6
     const int64_t n = s.param->value.numel();
     const int64_t a = std::max(lo, s.offset), e = std::min(hi, s.offset + n);
     if (a >= e) continue;
-    const Tensor tm = tensors.at("exp_avg." + s.param->name).to(DType::F32);
-    const Tensor tv = tensors.at("exp_avg_sq." + s.param->name).to(DType::F32);
-    std::memcpy(m_.data() + (a - lo), tm.data<float>() + (a - s.offset),
-                size_t(e - a) * sizeof(float));
-    std::memcpy(v_.data() + (a - lo), tv.data<float>() + (a - s.offset),
-                size_t(e - a) * sizeof(float));
+    copy_values(piece(m_, a - lo, e - a),
+                piece(tensors.at("exp_avg." + s.param->name), a - s.offset, e - a),
+                "exp_avg." + s.param->name);
+    copy_values(piece(v_, a - lo, e - a),
+                piece(tensors.at("exp_avg_sq." + s.param->name), a - s.offset, e - a),
+                "exp_avg_sq." + s.param->name);
   }
   step_count_ = step_count;
 }

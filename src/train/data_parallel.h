@@ -18,6 +18,13 @@
 //   all-gather: every rank's updated shard, bucket by bucket, into every rank's parameters.
 // With one rank this is AdamW with extra copies; the trainer uses plain AdamW then.
 //
+// Devices. The shard, the moments and the bucket buffers live where the group's f32 buffers do
+// (group.device()): host memory for MPI, the GPU for NCCL (dist/nccl_process_group.h), where the
+// copies are stream-ordered device copies, the AdamW update is ops::adamw_step's multi-tensor
+// kernel over the shard's pieces and the norm ops::sum_of_squares; the same arithmetic element by
+// element as on the CPU. The parameters may still be on the host while the optimizer is built and
+// its state loaded; from the first step on they must be on the group's device (else an error).
+//
 // Checkpoints. gather_state() collects the moment shards on rank 0 as the full per-parameter
 // tensors AdamW::state_tensors() names ("exp_avg.<name>", "exp_avg_sq.<name>"), so a checkpoint
 // written by N ranks is the one a single process would write and resumes on any rank count;
@@ -76,9 +83,9 @@ class DataParallel {
   int64_t flat_size() const { return flat_size_; }
   dist::Range shard() const { return shard_; }
   int64_t num_buckets() const { return int64_t(buckets_.size()); }
-  // This rank's moments of its shard (tests).
-  const std::vector<float>& exp_avg_shard() const { return m_; }
-  const std::vector<float>& exp_avg_sq_shard() const { return v_; }
+  // This rank's moments of its shard, copied to the host (tests).
+  std::vector<float> exp_avg_shard() const { return m_.to_vector(); }
+  std::vector<float> exp_avg_sq_shard() const { return v_.to_vector(); }
 
  private:
   struct Slot {  // one trainable parameter in the flat space
@@ -91,13 +98,17 @@ class DataParallel {
     int64_t first, last;          // flat [first, last)
     std::vector<int64_t> counts;  // elements of each rank's shard inside the bucket
     size_t slot_begin, slot_end;  // slots overlapping it
-    std::vector<float> buffer;
+    Tensor buffer;                // [last − first] f32 on the group's device
     std::unique_ptr<dist::Work> work;
     bool issued = false;
   };
 
   void issue_ready();
   void issue(Bucket& b);
+  // Throws unless every parameter's value and gradient are on the group's device.
+  void check_devices() const;
+  // The shard's pieces, one per parameter it overlaps, as AdamW tensors (built at the first step).
+  const ops::AdamWTensors& shard_tensors();
 
   dist::ProcessGroup& group_;
   AdamWConfig config_;
@@ -109,7 +120,10 @@ class DataParallel {
   bool armed_ = false;
   int64_t flat_size_ = 0;
   dist::Range shard_;
-  std::vector<float> grad_, m_, v_, value_;  // this rank's shard
+  Device device_;
+  Tensor grad_, m_, v_, value_;  // this rank's shard: [shard_.count] f32 on device_
+  ops::AdamWTensors shard_tensors_;
+  std::vector<const void*> shard_tensor_values_;  // the parameters' storage it was built for
   int64_t step_count_ = 0;
 };
 
