@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cli_util.h"
+#include "dist/process_group.h"
 
 namespace dseek::testing {
 
@@ -61,6 +62,28 @@ inline CliRun mpi_run(const std::string& program, const std::vector<std::string>
   r.out = slurp(out);
   r.err = slurp(err);
   return r;
+}
+
+// Relaunches this test binary under `mpirun -np ranks`, each rank running only `test` (whose body,
+// seeing a launcher's world size above 1, does its rank's part): every rank must pass it. Skips
+// without MPI or mpirun.
+inline void run_test_on_ranks(const std::string& test, int ranks) {
+  if (!dist::mpi_available()) GTEST_SKIP() << "this dseek was built without MPI";
+  const std::string mpirun = find_mpirun();
+  if (mpirun.empty()) GTEST_SKIP() << "mpirun not found (scripts/setup.sh installs OpenMPI)";
+  char self[4096];
+  const ssize_t len = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  ASSERT_GT(len, 0);
+  self[len] = '\0';
+  const CliRun r =
+      mpi_run(mpirun, {"-np", std::to_string(ranks), "--bind-to", "none", "--oversubscribe", self,
+                       "--gtest_filter=" + test, "--gtest_color=no"});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  size_t passed = 0;
+  for (size_t at = r.out.find("[  PASSED  ] 1 test"); at != std::string::npos;
+       at = r.out.find("[  PASSED  ] 1 test", at + 1))
+    ++passed;
+  EXPECT_EQ(passed, size_t(ranks)) << r.out;  // every rank ran and passed it
 }
 
 }  // namespace dseek::testing

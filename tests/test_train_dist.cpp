@@ -41,9 +41,12 @@
 #include <vector>
 
 #include "cli_util.h"
+#include "core/cuda.h"
 #include "core/error.h"
 #include "dist/hfreduce.h"
+#include "dist/nccl_process_group.h"
 #include "dist/process_group.h"
+#include "dist_params.h"
 #include "mpi_run.h"
 #include "train/checkpoint.h"
 #include "train/data_parallel.h"
@@ -161,19 +164,6 @@ void expect_tensors_close(const std::vector<std::pair<std::string, Tensor>>& a,
       "[ dist     ] %s: %lld elements, %lld beyond the tight bound, largest difference "
       "%.3g (%s)\n",
       what.c_str(), (long long)total, (long long)outside, worst, worst_name.c_str());
-}
-
-void expect_tensors_identical(const std::vector<std::pair<std::string, Tensor>>& a,
-                              const std::vector<std::pair<std::string, Tensor>>& b,
-                              const std::string& what) {
-  ASSERT_EQ(a.size(), b.size()) << what;
-  for (size_t i = 0; i < a.size(); ++i) {
-    ASSERT_EQ(a[i].first, b[i].first) << what;
-    ASSERT_EQ(a[i].second.nbytes(), b[i].second.nbytes()) << a[i].first;
-    EXPECT_EQ(
-        std::memcmp(a[i].second.data<float>(), b[i].second.data<float>(), a[i].second.nbytes()), 0)
-        << what << ": " << a[i].first << " differs";
-  }
 }
 
 class DistTrain : public ::testing::Test {
@@ -616,6 +606,20 @@ TEST_F(DistTrain, ExpertParallelCheckpointsResumeEitherWay) {
   }
 }
 
+// Data parallelism on GPUs where it cannot run is an error that says why: this dseek has no NCCL,
+// or this machine has fewer GPUs than the node's 2 ranks (CI: none). tests/backend runs it on GPUs.
+TEST_F(DistTrain, GpuRanksWithoutGpusOrNcclAreClearErrors) {
+  if (dist::nccl_available() && cuda::device_count() >= 2)
+    GTEST_SKIP() << "this machine can run 2 GPU ranks (tests/backend/test_backend_optim.cpp)";
+  TempDir dir;
+  const CliRun r =
+      run(mpirun_, mpirun_args(2, train_args(dir.path / "gpu", 2, {"--device", "cuda"})));
+  EXPECT_NE(r.exit_code, 0);
+  const std::string message = dist::nccl_available() ? "NCCL needs one GPU per rank"
+                                                     : "train.device cuda on 2 ranks needs NCCL";
+  EXPECT_NE(r.err.find(message), std::string::npos) << r.err;
+}
+
 // Settings expert parallelism cannot honour are errors naming them.
 TEST_F(DistTrain, ExpertParallelSettingsAreClearErrors) {
   TempDir dir;
@@ -653,34 +657,6 @@ TEST_F(DistTrain, ExpertParallelSettingsAreClearErrors) {
 }
 
 namespace {
-
-// A small ParamSet: matrices, norms, a buffer, main blocks 0–1 and an "MTP" block 2.
-void make_params(train::ParamSet& ps) {
-  std::mt19937 rng(5);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  auto add = [&](const char* name, Shape shape, bool trainable, bool decay) {
-    Tensor t = Tensor::empty(shape);
-    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = normal(rng);
-    ps.add(name, t, trainable, decay);
-  };
-  add("model.embed_tokens.weight", {37, 5}, true, true);
-  add("model.layers.0.input_layernorm.weight", {5}, true, false);
-  add("model.layers.0.mlp.gate.e_score_correction_bias", {4}, false, false);
-  add("model.layers.0.mlp.gate_proj.weight", {11, 5}, true, true);
-  add("model.layers.1.self_attn.o_proj.weight", {5, 13}, true, true);
-  add("model.layers.2.mlp.up_proj.weight", {7, 5}, true, true);
-  add("model.norm.weight", {5}, true, false);
-  add("lm_head.weight", {37, 5}, true, true);
-}
-
-// Rank r's gradients at a step: normal, seeded by (step, r).
-void rank_gradients(train::ParamSet& ps, int rank, int step) {
-  std::mt19937 rng(uint32_t(100 * step + rank));
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (train::Param& p : ps.all())
-    if (p.trainable)
-      for (int64_t i = 0; i < p.grad.numel(); ++i) p.grad.data<float>()[i] = normal(rng);
-}
 
 // One rank's part of DistRanks.ZeroOneEqualsAdamWOnSummedGradients (run under mpirun).
 void zero_one_on_this_rank() {
@@ -887,25 +863,6 @@ void expert_parallel_on_this_rank() {
 // Relaunches this test binary under mpirun with `ranks` ranks, each running only `test` (which
 // then takes its launcher_world_size() > 1 branch); expects every rank to pass it. Skips without
 // MPI or mpirun.
-void run_test_on_ranks(const std::string& test, int ranks) {
-  if (!dist::mpi_available()) GTEST_SKIP() << "this dseek was built without MPI";
-  const std::string mpirun = find_mpirun();
-  if (mpirun.empty()) GTEST_SKIP() << "mpirun not found (scripts/setup.sh installs OpenMPI)";
-  char self[4096];
-  const ssize_t len = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  ASSERT_GT(len, 0);
-  self[len] = '\0';
-  const CliRun r =
-      run(mpirun, {"-np", std::to_string(ranks), "--bind-to", "none", "--oversubscribe", self,
-                   "--gtest_filter=" + test, "--gtest_color=no"});
-  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
-  size_t passed = 0;
-  for (size_t at = r.out.find("[  PASSED  ] 1 test"); at != std::string::npos;
-       at = r.out.find("[  PASSED  ] 1 test", at + 1))
-    ++passed;
-  EXPECT_EQ(passed, size_t(ranks)) << r.out;  // every rank ran and passed it
-}
-
 // all_to_all_v and the int64 all_to_all deliver every block (empty ones included) to the right
 // rank and place; the MoE layer with its routed experts split over the ranks gives, for each
 // rank's 13 or 21 tokens, the outputs and input gradients one process computes on all 34, the same

@@ -18,6 +18,7 @@
 #include "core/progress.h"
 #include "data/loader.h"
 #include "data/token_shards.h"
+#include "dist/nccl_process_group.h"
 #include "dist/process_group.h"
 #include "model/moe_balance.h"
 #include "tokenizer/tokenizer.h"
@@ -232,8 +233,8 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
                 "yet",
                 P);
     DSEEK_CHECK(cfg.device != "cuda",
-                "[train] dist.pipeline_parallel {}: runs on CPU ranks only (GPU stages need NCCL, "
-                "not built yet); use train.device cpu",
+                "[train] dist.pipeline_parallel {}: runs on CPU ranks only (GPU stages are not "
+                "built yet; data parallelism is); use train.device cpu",
                 P);
     DSEEK_CHECK(cfg.task != "dpo",
                 "[train] dist.pipeline_parallel {}: train.task dpo is not pipelined (pretrain and "
@@ -274,7 +275,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   if (expert_parallel) {
     DSEEK_CHECK(cfg.device != "cuda",
                 "[train] dist.expert_parallel {}: expert parallelism runs on CPU ranks only "
-                "(multi-GPU exchanges need NCCL, not built yet); use train.device cpu",
+                "(its GPU exchanges are not built yet; data parallelism is); use train.device cpu",
                 cfg.expert_parallel);
     DSEEK_CHECK(ranks % cfg.expert_parallel == 0,
                 "[train] dist.expert_parallel {}: must divide the number of MPI ranks ({})",
@@ -290,14 +291,25 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
                 model_config.topk_group, limit, ep.ranks(), cfg.ep_max_ranks, cfg.ep_max_ranks);
   }
 
-  // train.device cuda: parameters, gradients, AdamW and the layers on the GPU, one process.
+  // train.device cuda: parameters, gradients, AdamW and the layers on the GPU. N ranks: one GPU
+  // each (local rank l of a node takes device l), data parallel through NCCL.
   const Device device = cfg.device == "cuda" ? Device::CUDA : Device::CPU;
+  std::unique_ptr<dist::ProcessGroup> nccl;  // outlives the DataParallel that uses it
   if (device == Device::CUDA) {
+    if (ranks > 1) {
+      DSEEK_CHECK(dist::nccl_available(),
+                  "[train] train.device cuda on {} ranks needs NCCL, and this dseek was built "
+                  "without it (cmake finds it in the CUDA toolkit, NCCL_ROOT or the nvidia-nccl "
+                  "Python package)",
+                  ranks);
+      dist::select_rank_gpu(group);  // before anything starts the CUDA runtime
+    }
     cuda::require("train.device cuda");
-    DSEEK_CHECK(ranks == 1,
-                "[train] train.device cuda: multi-process GPU training needs NCCL, not built yet "
-                "({} ranks); train on one process, or with train.device cpu",
-                ranks);
+    if (ranks > 1) {
+      nccl = dist::make_nccl_group(group);
+      nccl->set_deterministic(group.deterministic());
+      nccl->set_all_reduce_algorithm(group.all_reduce_algorithm());
+    }
   }
   if (ranks > 1 && !pipeline) {
     DSEEK_CHECK(cfg.task != "dpo",
@@ -368,7 +380,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     std::function<bool(const Param&)> exclude;
     if (expert_parallel) exclude = [](const Param& p) { return routed_expert_of(p.name) >= 0; };
     dp = std::make_unique<DataParallel>(
-        group, params, adamw_config, model_config.num_hidden_layers,
+        nccl ? *nccl : group, params, adamw_config, model_config.num_hidden_layers,
         std::max<int64_t>(1, int64_t(cfg.dist_bucket_mb * 262144.0)), exclude);
     if (expert_parallel) experts = std::make_unique<ExpertShard>(ep, params, adamw_config);
   } else {
@@ -426,7 +438,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     // Built, loaded and rounded on the host as on the CPU; from here on everything stays on the
     // GPU (checkpoints copy to the host as they are written).
     params.to(device);
-    optimizer->to(device);
+    if (optimizer) optimizer->to(device);
     if (lead) fmt::print(stderr, "[train] on the GPU: {}\n", cuda::describe());
   }
 
@@ -474,10 +486,12 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     fmt::print(stderr,
                "[train] data parallel: {} ranks ({}), {} sequences each per micro-batch, ZeRO-1 "
                "shards of {} parameters, {} gradient buckets, {} reductions ({})\n",
-               ranks, group.backend(), cfg.batch_size / ranks,
+               ranks, nccl ? "nccl, one GPU each" : group.backend(), cfg.batch_size / ranks,
                human_count(double(dp->flat_size()) / ranks), dp->num_buckets(),
-               group.deterministic() ? "deterministic" : "MPI-ordered",
-               group.all_reduce_description());
+               group.deterministic() ? "deterministic"
+               : nccl                ? "NCCL-ordered"
+                                     : "MPI-ordered",
+               nccl ? nccl->all_reduce_description() : group.all_reduce_description());
   if (lead && expert_parallel)
     fmt::print(stderr,
                "[train] expert parallel: {} routed experts per MoE layer over {} ranks ({} each), "

@@ -1,0 +1,337 @@
+// The NCCL process group (dist/nccl_process_group.h) on real ranks, one GPU each: this binary
+// relaunched under `mpirun -np 2`, each rank taking GPU `local rank`. Every collective against a
+// reference computed on the host from every rank's inputs (outputs poisoned with NaN first), in
+// NCCL's order and in the deterministic rank order, with equal and unequal blocks, empty blocks and
+// HFReduce's staging through pinned host memory; and ZeRO-1 (train/data_parallel.h) over NCCL
+// against AdamW on the summed gradients. Skips without 2 GPUs, NCCL, MPI or mpirun.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend_harness.h"
+#include "core/cuda.h"
+#include "dist/nccl_process_group.h"
+#include "dist/process_group.h"
+#include "dist_params.h"
+#include "mpi_run.h"
+#include "train/data_parallel.h"
+#include "train/optimizer.h"
+
+namespace dseek::backend_test {
+namespace {
+
+using testing::expect_tensors_identical;
+using testing::make_params;
+using testing::rank_gradients;
+
+constexpr int kRanks = 2;
+
+// Relaunches `test` on kRanks ranks, or says why it cannot run here.
+void run_on_gpu_ranks(const std::string& test) {
+  if (!dist::nccl_available()) GTEST_SKIP() << "this dseek was built without NCCL";
+  if (cuda::device_count() < kRanks)
+    GTEST_SKIP() << "needs " << kRanks << " GPUs, this machine has " << cuda::device_count();
+  testing::run_test_on_ranks(test, kRanks);
+}
+
+// Rank r's input element i: distinct per rank and element, not integers (so the summation order
+// shows in the bits).
+float input(int r, int64_t i, int salt) {
+  return std::sin(float(i + 1) * 0.37f + float(r) * 1.91f + float(salt)) * float(1 + r + i % 5);
+}
+std::vector<float> inputs(int r, int64_t n, int salt) {
+  std::vector<float> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) v[size_t(i)] = input(r, i, salt);
+  return v;
+}
+// Σ_r input(r, i) in rank order, f32 (what the deterministic mode must give bit for bit).
+std::vector<float> rank_order_sum(int ranks, int64_t n, int salt) {
+  std::vector<float> s = inputs(0, n, salt);
+  for (int r = 1; r < ranks; ++r)
+    for (int64_t i = 0; i < n; ++i) s[size_t(i)] += input(r, i, salt);
+  return s;
+}
+
+Tensor on_gpu(const std::vector<float>& v) {
+  return Tensor::from_vector(v, {int64_t(v.size())}).to(Device::CUDA);
+}
+Tensor poisoned_gpu(int64_t n) {
+  return on_gpu(std::vector<float>(size_t(n), std::numeric_limits<float>::quiet_NaN()));
+}
+std::span<float> span_of(const Tensor& t) {
+  return {t.data<float>(), size_t(t.numel())};
+}
+
+// Bitwise when `exact`, else within 1e-6 relative to the values' scale (NCCL's order).
+void expect_sums(const std::vector<float>& got, const std::vector<float>& want, bool exact,
+                 const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  float scale = 0;
+  for (float x : want) scale = std::max(scale, std::fabs(x));
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (exact) {
+      ASSERT_EQ(std::memcmp(&got[i], &want[i], sizeof(float)), 0)
+          << what << "[" << i << "]: " << got[i] << " vs " << want[i];
+    } else {
+      ASSERT_LE(std::fabs(got[i] - want[i]), 1e-6f * scale + 1e-30f)
+          << what << "[" << i << "]: " << got[i] << " vs " << want[i];
+    }
+  }
+}
+
+std::unique_ptr<dist::ProcessGroup> nccl_on_this_rank() {
+  dist::init_world(nullptr, nullptr);
+  dist::ProcessGroup& w = dist::world();
+  dist::select_rank_gpu(w);  // before anything starts the CUDA runtime
+  return dist::make_nccl_group(w);
+}
+
+void collectives_on_this_rank() {
+  std::unique_ptr<dist::ProcessGroup> g = nccl_on_this_rank();
+  const int rank = g->rank(), N = g->size();
+  ASSERT_EQ(N, kRanks);
+  EXPECT_EQ(g->backend(), "nccl");
+  EXPECT_EQ(g->device(), Device::CUDA);
+  EXPECT_EQ(cuda::device_ordinal(), g->local_rank());
+
+  for (int det = 0; det < 2; ++det) {
+    SCOPED_TRACE(det ? "deterministic" : "NCCL order");
+    g->set_deterministic(det != 0);
+    const bool exact = det != 0;
+    // all-reduce in place: 1, 7 and 100003 elements.
+    for (int64_t n : {1, 7, 100003}) {
+      const Tensor t = on_gpu(inputs(rank, n, 1));
+      g->all_reduce_async(span_of(t))->wait();
+      expect_sums(t.to_vector(), rank_order_sum(N, n, 1), exact, "all_reduce " + std::to_string(n));
+    }
+    // reduce-scatter, equal and unequal blocks (an empty one included).
+    for (const std::vector<int64_t>& counts :
+         {std::vector<int64_t>{5, 5}, {3, 8}, {0, 6}, {70001, 3}}) {
+      const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t(0));
+      int64_t from = 0;
+      for (int q = 0; q < rank; ++q) from += counts[size_t(q)];
+      const Tensor send = on_gpu(inputs(rank, total, 2));
+      const Tensor recv = poisoned_gpu(counts[size_t(rank)]);
+      auto work = g->reduce_scatter_async(span_of(send), span_of(recv), counts);
+      while (!work->test()) {
+      }
+      work->wait();
+      const std::vector<float> all = rank_order_sum(N, total, 2);
+      expect_sums(recv.to_vector(),
+                  std::vector<float>(all.begin() + from, all.begin() + from + counts[size_t(rank)]),
+                  exact, "reduce_scatter " + std::to_string(counts[0]));
+    }
+  }
+  g->set_deterministic(false);
+
+  // all-gather, equal and unequal blocks.
+  for (const std::vector<int64_t>& counts :
+       {std::vector<int64_t>{4, 4}, {2, 9}, {6, 0}, {3, 65537}}) {
+    const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t(0));
+    const Tensor mine = on_gpu(inputs(rank, counts[size_t(rank)], 3));
+    const Tensor all = poisoned_gpu(total);
+    g->all_gather_async(span_of(mine), span_of(all), counts)->wait();
+    std::vector<float> want;
+    for (int q = 0; q < N; ++q) {
+      const std::vector<float> b = inputs(q, counts[size_t(q)], 3);
+      want.insert(want.end(), b.begin(), b.end());
+    }
+    expect_sums(all.to_vector(), want, true, "all_gather " + std::to_string(counts[0]));
+    // ... and gathered on rank 1 only.
+    const Tensor at_root = poisoned_gpu(rank == 1 ? total : 0);
+    g->gather(span_of(mine), span_of(at_root), counts, 1);
+    if (rank == 1) expect_sums(at_root.to_vector(), want, true, "gather");
+  }
+
+  // Broadcast from rank 1.
+  {
+    const Tensor t = on_gpu(inputs(rank, 1000, 4));
+    g->broadcast_async(span_of(t), 1)->wait();
+    expect_sums(t.to_vector(), inputs(1, 1000, 4), true, "broadcast");
+  }
+
+  // All-to-all with an empty block: rank r sends (r + 2q + 1) % 4 elements to rank q, the block
+  // for q holding input(r, ·, 10 + q).
+  {
+    auto count = [](int from, int to) { return int64_t((from + 2 * to + 1) % 4); };
+    std::vector<int64_t> sc, rc;
+    std::vector<float> send, want;
+    for (int q = 0; q < N; ++q) {
+      sc.push_back(count(rank, q));
+      rc.push_back(count(q, rank));
+      const std::vector<float> out = inputs(rank, sc.back(), 10 + q);
+      send.insert(send.end(), out.begin(), out.end());
+      const std::vector<float> in = inputs(q, rc.back(), 10 + rank);
+      want.insert(want.end(), in.begin(), in.end());
+    }
+    const Tensor s = on_gpu(send);
+    const Tensor r = poisoned_gpu(int64_t(want.size()));
+    g->all_to_all_v(span_of(s), sc, span_of(r), rc);
+    expect_sums(r.to_vector(), want, true, "all_to_all_v");
+  }
+
+  // Point to point, both directions at once.
+  {
+    const int peer = 1 - rank;
+    const Tensor out = on_gpu(inputs(rank, 4099, 5));
+    const Tensor in = poisoned_gpu(4099);
+    auto s = g->send_async(span_of(out), peer, 7);
+    auto r = g->recv_async(span_of(in), peer, 7);
+    s->wait();
+    r->wait();
+    expect_sums(in.to_vector(), inputs(peer, 4099, 5), true, "send/recv");
+  }
+
+  // HFReduce through pinned host memory: the same sums (2 ranks: one node of 2).
+  g->set_all_reduce_algorithm(dist::AllReduceAlgorithm::HfReduce);
+  EXPECT_NE(g->all_reduce_description().find("through pinned host memory"), std::string::npos);
+  for (int det = 0; det < 2; ++det) {
+    dist::world().set_deterministic(det != 0);
+    g->set_deterministic(det != 0);
+    const Tensor t = on_gpu(inputs(rank, 30011, 6));
+    g->all_reduce_async(span_of(t))->wait();
+    expect_sums(t.to_vector(), rank_order_sum(N, 30011, 6), det != 0, "hfreduce all_reduce");
+    const std::vector<int64_t> counts = {7, 30004};
+    const Tensor send = on_gpu(inputs(rank, 30011, 7));
+    const Tensor recv = poisoned_gpu(counts[size_t(rank)]);
+    g->reduce_scatter_async(span_of(send), span_of(recv), counts)->wait();
+    const std::vector<float> all = rank_order_sum(N, 30011, 7);
+    const int64_t from = rank == 0 ? 0 : 7;
+    expect_sums(recv.to_vector(),
+                std::vector<float>(all.begin() + from, all.begin() + from + counts[size_t(rank)]),
+                det != 0, "hfreduce reduce_scatter");
+  }
+  g->set_all_reduce_algorithm(dist::AllReduceAlgorithm::Mpi);
+
+  // Bad calls are errors naming the operation.
+  const Tensor small = on_gpu({1, 2, 3});
+  EXPECT_THROW(g->reduce_scatter_async(span_of(small), span_of(small), {1, 1}), Error);
+  EXPECT_THROW(g->send_async(span_of(small), rank, 0), Error);
+  g.reset();
+  dist::finalize_world();
+}
+
+void zero_one_on_this_rank() {
+  std::unique_ptr<dist::ProcessGroup> g = nccl_on_this_rank();
+  const train::AdamWConfig config{0.9, 0.95, 1e-8, 0.1};
+  for (int det = 0; det < 2; ++det)
+    for (int64_t bucket : {7, 64, 100000}) {
+      SCOPED_TRACE("deterministic " + std::to_string(det) + ", bucket " + std::to_string(bucket));
+      g->set_deterministic(det != 0);
+      train::ParamSet a, b, scratch, mine;
+      make_params(a);
+      make_params(b);
+      make_params(scratch);
+      make_params(mine);
+      train::AdamW reference(a, config);
+      train::DataParallel dp(*g, b, config, 2, bucket);
+      b.to(Device::CUDA);
+      for (int step = 0; step < 3; ++step) {
+        // The reference on the host: every rank's gradients summed in rank order, one AdamW step.
+        // Unclipped here (max_norm 0: the GPU's double norm may differ from the host's in the
+        // last bit, and so the clip factor); clipping is checked with a tolerance below.
+        for (int r = 0; r < g->size(); ++r) {
+          rank_gradients(scratch, r, step);
+          for (size_t i = 0; i < a.size(); ++i) {
+            if (!a.all()[i].trainable) continue;
+            float* ga = a.all()[i].grad.data<float>();
+            const float* t = scratch.all()[i].grad.data<float>();
+            for (int64_t k = 0; k < a.all()[i].grad.numel(); ++k)
+              ga[k] = r == 0 ? t[k] : ga[k] + t[k];
+          }
+        }
+        const double norm = train::clip_grad_norm(a, 0.0);
+        reference.step(1e-2);
+        // ZeRO-1 over NCCL: this rank's gradients on its GPU, reduced as backward would announce
+        // its blocks.
+        rank_gradients(mine, g->rank(), step);
+        for (size_t i = 0; i < b.size(); ++i)
+          if (b.all()[i].trainable)
+            train::copy_values(b.all()[i].grad, mine.all()[i].grad, b.all()[i].name);
+        dp.arm();
+        for (int64_t layer : {2, 1, 0}) dp.on_block_backward(layer);
+        dp.reduce_gradients();
+        EXPECT_NEAR(dp.clip_grad_norm(0.0), norm, 1e-12 * norm);
+        dp.step(1e-2);
+        for (size_t i = 0; i < a.size(); ++i) {
+          const std::vector<float> want = a.all()[i].value.to_vector();
+          const std::vector<float> got = b.all()[i].value.to_vector();
+          EXPECT_EQ(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)), 0)
+              << "rank " << g->rank() << " step " << step << ": " << a.all()[i].name;
+        }
+      }
+      const auto gathered = dp.gather_state();
+      if (g->rank() == 0) {
+        expect_tensors_identical(gathered, reference.state_tensors(), "gathered moments");
+      } else {
+        EXPECT_TRUE(gathered.empty());
+      }
+      const auto full = reference.state_tensors();
+      train::DataParallel again(*g, b, config, 2, bucket + 3);
+      again.load_state(std::map<std::string, Tensor>(full.begin(), full.end()), 3);
+      EXPECT_EQ(again.exp_avg_shard(), dp.exp_avg_shard());
+      EXPECT_EQ(again.exp_avg_sq_shard(), dp.exp_avg_sq_shard());
+
+      // Clipping: the norm of the summed gradients and the clipped step, within rounding.
+      rank_gradients(mine, g->rank(), 9);
+      for (size_t i = 0; i < b.size(); ++i)
+        if (b.all()[i].trainable)
+          train::copy_values(b.all()[i].grad, mine.all()[i].grad, b.all()[i].name);
+      for (int r = 0; r < g->size(); ++r) {
+        rank_gradients(scratch, r, 9);
+        for (size_t i = 0; i < a.size(); ++i) {
+          if (!a.all()[i].trainable) continue;
+          float* ga = a.all()[i].grad.data<float>();
+          const float* t = scratch.all()[i].grad.data<float>();
+          for (int64_t k = 0; k < a.all()[i].grad.numel(); ++k)
+            ga[k] = r == 0 ? t[k] : ga[k] + t[k];
+        }
+      }
+      const double clipped = train::clip_grad_norm(a, 3.0);
+      reference.step(1e-2);
+      dp.reduce_gradients();
+      EXPECT_NEAR(dp.clip_grad_norm(3.0), clipped, 1e-12 * clipped);
+      dp.step(1e-2);
+      for (size_t i = 0; i < a.size(); ++i) {
+        const std::vector<float> want = a.all()[i].value.to_vector();
+        const std::vector<float> got = b.all()[i].value.to_vector();
+        for (size_t k = 0; k < want.size(); ++k)
+          EXPECT_NEAR(got[k], want[k], 1e-6f * (1 + std::fabs(want[k]))) << a.all()[i].name;
+      }
+    }
+  g.reset();
+  dist::finalize_world();
+}
+
+// Every collective of the NCCL group on 2 ranks, each on its own GPU, equals the host's sums of
+// every rank's inputs: bitwise for the deterministic mode, the data movements and HFReduce's
+// deterministic mode; within 1e-6 of the values' scale for NCCL's own reductions.
+TEST(BackendNccl, CollectivesMatchHostReferences) {
+  if (dist::launcher_world_size() > 1) {
+    collectives_on_this_rank();
+    return;
+  }
+  run_on_gpu_ranks("BackendNccl.CollectivesMatchHostReferences");
+}
+
+// ZeRO-1 over NCCL, the parameters on each rank's GPU: after each step every rank's parameters
+// equal, bit for bit, one host AdamW step on the sum of both ranks' gradients (buckets of 7, 64
+// and all elements; NCCL's order and the deterministic one); the moments gathered on rank 0 are
+// AdamW's and load back into each shard; a clipped step agrees within rounding.
+TEST(BackendNccl, ZeroOneEqualsAdamWOnSummedGradients) {
+  if (dist::launcher_world_size() > 1) {
+    zero_one_on_this_rank();
+    return;
+  }
+  run_on_gpu_ranks("BackendNccl.ZeroOneEqualsAdamWOnSummedGradients");
+}
+
+}  // namespace
+}  // namespace dseek::backend_test
