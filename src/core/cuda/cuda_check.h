@@ -13,6 +13,11 @@ cudaStream_t stream();
 
 [[noreturn]] void raise_error(cudaError_t status, const char* call, const char* file, int line);
 
+// An attribute of the device dseek runs on (cudaDeviceGetAttribute on the current device): the
+// multiprocessor count for persistent grids, the opt-in shared memory per block, ... Callers that
+// ask often keep the value (it does not change while the process runs).
+int device_attribute(cudaDeviceAttr attr);
+
 // Ceil-divide for grid sizes.
 template <typename T>
 constexpr T ceil_div(T a, T b) {

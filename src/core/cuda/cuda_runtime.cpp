@@ -80,6 +80,13 @@ void raise_error(cudaError_t status, const char* call, const char* file, int lin
   fail("[cuda] {}: {} ({}:{})", call, cudaGetErrorString(status), file, line);
 }
 
+int device_attribute(cudaDeviceAttr attr) {
+  int device = 0, v = 0;
+  DSEEK_CUDA_CHECK(cudaGetDevice(&device));
+  DSEEK_CUDA_CHECK(cudaDeviceGetAttribute(&v, attr, device));
+  return v;
+}
+
 cudaStream_t stream() {
   return ready().stream;
 }

@@ -272,23 +272,13 @@ __global__ void __launch_bounds__(256) attention_combine_kernel(const ForwardPar
 
 // The largest dynamic shared memory a block may opt into on the current device.
 inline int max_shared_bytes() {
-  static const int bytes = [] {
-    int device = 0, v = 0;
-    DSEEK_CUDA_CHECK(cudaGetDevice(&device));
-    DSEEK_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    return v;
-  }();
+  static const int bytes = dseek::cuda::device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
   return bytes;
 }
 
 // Multiprocessors of the current device.
 inline int multiprocessors() {
-  static const int n = [] {
-    int device = 0, v = 0;
-    DSEEK_CUDA_CHECK(cudaGetDevice(&device));
-    DSEEK_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
-    return v;
-  }();
+  static const int n = dseek::cuda::device_attribute(cudaDevAttrMultiProcessorCount);
   return n;
 }
 

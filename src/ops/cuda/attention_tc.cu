@@ -108,12 +108,8 @@ bool aligned16(const void* ptr) {
 
 // The largest dynamic shared memory a block may opt into on the current device.
 size_t shared_optin() {
-  static const size_t bytes = [] {
-    int device = 0, v = 0;
-    DSEEK_CUDA_CHECK(cudaGetDevice(&device));
-    DSEEK_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    return size_t(v);
-  }();
+  static const size_t bytes =
+      size_t(dseek::cuda::device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
   return bytes;
 }
 

@@ -82,10 +82,7 @@ struct Plans {
 Plans& plans() {
   static Plans* instance = [] {
     auto* p = new Plans;
-    int device = 0, major = 0;
-    DSEEK_CUDA_CHECK(cudaGetDevice(&device));
-    DSEEK_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    p->hopper = major == 9;
+    p->hopper = dseek::cuda::device_attribute(cudaDevAttrComputeCapabilityMajor) == 9;
     return p;
   }();
   return *instance;

@@ -471,12 +471,7 @@ namespace {
 
 // The device's streaming multiprocessors (the persistent kernels' grid).
 int multiprocessors() {
-  static const int sms = [] {
-    int device = 0, count = 0;
-    DSEEK_CUDA_CHECK(cudaGetDevice(&device));
-    DSEEK_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-    return count;
-  }();
+  static const int sms = dseek::cuda::device_attribute(cudaDevAttrMultiProcessorCount);
   return sms;
 }
 

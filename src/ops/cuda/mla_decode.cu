@@ -217,13 +217,6 @@ __global__ void __launch_bounds__(kCombineThreads) mla_decode_combine_kernel(con
   static_cast<T*>(a.out)[row * a.rank + d] = from_f32<T>(y / s.sum);
 }
 
-int device_attribute(cudaDeviceAttr attr) {
-  int device = 0, v = 0;
-  DSEEK_CUDA_CHECK(cudaGetDevice(&device));
-  DSEEK_CUDA_CHECK(cudaDeviceGetAttribute(&v, attr, device));
-  return v;
-}
-
 template <typename T, int NV, int kRowsPerWarp>
 void launch_decode(const DecodeParams& p, dim3 grid, size_t smem) {
   auto kernel = mla_decode_kernel<T, NV, kRowsPerWarp>;
@@ -262,8 +255,9 @@ void launch_rank(const DecodeParams& p, dim3 grid, size_t smem) {
 void mla_decode(const MlaDecodeArgs& a, DType act) {
   if (a.T == 0 || a.H == 0 || a.rank == 0) return;
   DSEEK_CHECK(a.rank <= kMaxRank, "[mla_decode] rank {} above the kernel's {}", a.rank, kMaxRank);
-  static const int max_smem = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
-  static const int sms = device_attribute(cudaDevAttrMultiProcessorCount);
+  static const int max_smem =
+      dseek::cuda::device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+  static const int sms = dseek::cuda::device_attribute(cudaDevAttrMultiProcessorCount);
   const int64_t rows = a.T * a.H;
   const int rows_per_warp = rows <= kFewRows ? kRowsPerWarpFew : kRowsPerWarpMany;
   const size_t smem = decode_shared_bytes(a.dk, kRowsPerWarpMany);  // checked for the larger
