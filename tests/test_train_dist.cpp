@@ -281,8 +281,13 @@ TempDir* DistTrain::root_ = nullptr;
 // Steps logged by two data-parallel runs agree with those of one process: every loss and
 // validation loss within 1e-5 relative, the gradient norm within 1e-4 (a norm over every element,
 // after a few AdamW steps that each pass on the last bits of the previous ones), expert loads and
-// data positions exactly; weights and moments as expect_tensors_close says.
-void expect_same_training(const fs::path& a, const fs::path& b) {
+// data positions exactly; weights and moments as expect_tensors_close says. `floor`: an absolute
+// tolerance beside the relative ones, for metrics that are zero in exact arithmetic (DPO's rewards
+// at the first step are differences of equal log-probs, left with their rounding).
+// `noise_at_first`: keys not compared at the first step (DPO's accuracy there is the sign of that
+// rounding).
+void expect_same_training(const fs::path& a, const fs::path& b, double floor = 1e-12,
+                          const std::string& noise_at_first = "") {
   const double rel = 1e-5;
   const std::vector<json> ma = read_metrics(a), mb = read_metrics(b);
   ASSERT_EQ(ma.size(), mb.size());
@@ -293,15 +298,16 @@ void expect_same_training(const fs::path& a, const fs::path& b) {
     ASSERT_EQ(x.size(), y.size()) << x << "\n" << y;
     for (const auto& [key, value] : x.items()) {
       ASSERT_TRUE(y.contains(key)) << key;
+      if (i == 0 && key == noise_at_first) continue;
       if (value.is_number_float()) {
         const double u = value.get<double>(), v = y[key].get<double>();
         const double r = key == "grad_norm" ? 1e-4 : rel;
-        EXPECT_LE(std::fabs(u - v), r * std::max(std::fabs(u), std::fabs(v)) + 1e-12)
+        EXPECT_LE(std::fabs(u - v), r * std::max(std::fabs(u), std::fabs(v)) + floor)
             << key << ": " << u << " vs " << v;
       } else if (value.is_array() && !value.empty() && value[0].is_number_float()) {
         for (size_t k = 0; k < value.size(); ++k)
           EXPECT_NEAR(value[k].get<double>(), y[key][k].get<double>(),
-                      rel * std::fabs(value[k].get<double>()) + 1e-12)
+                      rel * std::fabs(value[k].get<double>()) + floor)
               << key << "[" << k << "]";
       } else {
         EXPECT_EQ(value, y[key]) << key;
@@ -604,6 +610,60 @@ TEST_F(DistTrain, ExpertParallelCheckpointsResumeEitherWay) {
     ASSERT_EQ(r.exit_code, 0) << r.err;
     expect_same_training(reference, run_dir);
   }
+}
+
+// DPO, data parallel: 2 ranks train like one process on the same global batches (rows pack
+// different numbers of pairs, and each rank's pairs are weighted for the mean over all of them:
+// the same loss, rewards, norms and weights within the data-parallel tolerances); the reference
+// log-probs, split over the ranks and all-reduced, are the single process's exactly.
+TEST_F(DistTrain, DpoTwoRanksTrainLikeOneProcess) {
+  TempDir dir;
+  {
+    std::ofstream pairs(dir.path / "pairs.jsonl");
+    const char* const things[] = {"the red ball", "a green tree", "some bread", "the blue sea"};
+    const int repeats[] = {1, 6, 2, 9, 1, 3};
+    for (int i = 0; i < 24; ++i) {
+      const std::string thing = things[i % 4];
+      // Answers of different lengths, so rows of 160 tokens pack one or two pairs (15 rows).
+      std::string chosen;
+      for (int k = 0; k < repeats[i % 6]; ++k) chosen += thing + " ";
+      pairs << json({{"prompt", "where is " + thing + "?"},
+                     {"chosen", chosen + "is here."},
+                     {"rejected", "no."}})
+                   .dump()
+            << "\n";
+    }
+  }
+  const fs::path dpo_data = dir.path / "dpo";
+  CliRun r = run(DSEEK_BINARY, {"data", "dpo", "--tokenizer", tokenizer(), "--chat-format",
+                                "deepseek_llm", "--input", (dir.path / "pairs.jsonl").string(),
+                                "--max-len", "160", "--out", dpo_data.string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto dpo_args = [&](const fs::path& out) {
+    Args a = {"train",  "--preset",        "tiny",  "--tokenizer", tokenizer(),
+              "--data", dpo_data.string(), "--out", out.string(),  "--steps",
+              "4",      "--threads",       "1"};
+    for (const char* set : {"train.task=dpo", "dpo.beta=0.2", "train.batch_size=4", "optim.lr=1e-3",
+                            "optim.schedule=constant", "optim.warmup_steps=1",
+                            "checkpoint.interval=4", "eval.interval=100", "dist.bucket_mb=0.01"}) {
+      a.push_back("--set");
+      a.push_back(set);
+    }
+    return a;
+  };
+  const fs::path one = dir.path / "one", two = dir.path / "two";
+  r = run(DSEEK_BINARY, dpo_args(one));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run(mpirun_, mpirun_args(2, dpo_args(two)));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("reference log-probs of 24 pairs over 2 ranks"), std::string::npos) << r.err;
+  EXPECT_EQ(json::parse(slurp(one / "reference_logps.json")),
+            json::parse(slurp(two / "reference_logps.json")));
+  const std::vector<json> m = read_metrics(two);
+  ASSERT_FALSE(m.empty());
+  EXPECT_TRUE(m[0].contains("rewards/margins")) << m[0];
+  // Rewards are β·(log π − ref) of log-probs of tens of nats: 1e-6 is their rounding.
+  expect_same_training(one, two, 1e-6, "rewards/accuracies");
 }
 
 // Data parallelism on GPUs where it cannot run is an error that says why: this dseek has no NCCL,

@@ -11,19 +11,26 @@
 namespace dseek::train {
 
 ReferenceLogps compute_reference_logps(TrainModel& model, const TrainBatches& batches,
-                                       const LossOptions& options) {
-  ReferenceLogps ref(size_t(batches.num_pairs()), {0.0, 0.0});
+                                       const LossOptions& options, dist::ProcessGroup& group) {
+  // (chosen, rejected) of pair k at 2k, 2k + 1.
+  std::vector<double> flat(2 * size_t(batches.num_pairs()), 0.0);
   LossOptions forward_only = options;
   forward_only.token_weights = nullptr;
   forward_only.mtp_lambda = 0.0;
-  for (const MicroBatch& b : batches.all_rows()) {
+  const std::vector<MicroBatch> rows = batches.all_rows();
+  for (size_t k = size_t(group.rank()); k < rows.size(); k += size_t(group.size())) {
+    const MicroBatch& b = rows[k];
     const SequenceLosses l = model.forward(b.inputs, b.targets, forward_only, b.segments);
     for (size_t i = 0; i < b.pairs.size(); ++i) {
       const DpoPair& p = b.pairs[i];
-      ref[size_t(b.pair_ids[i])] = {sequence_logp(l.token_logp, p.chosen_begin, p.chosen_end),
-                                    sequence_logp(l.token_logp, p.rejected_begin, p.rejected_end)};
+      const size_t at = 2 * size_t(b.pair_ids[i]);
+      flat[at] = sequence_logp(l.token_logp, p.chosen_begin, p.chosen_end);
+      flat[at + 1] = sequence_logp(l.token_logp, p.rejected_begin, p.rejected_end);
     }
   }
+  if (group.size() > 1) group.all_reduce(std::span<double>(flat));
+  ReferenceLogps ref;
+  for (size_t k = 0; k < flat.size(); k += 2) ref.emplace_back(flat[k], flat[k + 1]);
   return ref;
 }
 

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "dist/process_group.h"
 #include "train/train_batches.h"
 #include "train/train_model.h"
 
@@ -15,9 +16,11 @@ namespace dseek::train {
 
 using ReferenceLogps = std::vector<std::pair<double, double>>;  // (chosen, rejected) by pair id
 
-// Forward passes over every row of the data set (no gradients).
+// Forward passes over every row of the data set (no gradients). Collective over `group`: rank r
+// of N runs the batches i with i mod N = r, and an f64 all-reduce gives every rank all pairs
+// (each filled by one rank, zeros elsewhere: the sum is exact).
 ReferenceLogps compute_reference_logps(TrainModel& model, const TrainBatches& batches,
-                                       const LossOptions& options);
+                                       const LossOptions& options, dist::ProcessGroup& group);
 void save_reference_logps(const std::string& path, const ReferenceLogps& ref);
 // Throws naming the file unless it holds exactly `pairs` pairs.
 ReferenceLogps load_reference_logps(const std::string& path, int64_t pairs);

@@ -147,6 +147,14 @@ void all_reduce_totals(dist::ProcessGroup& group, StepTotals& t, size_t mtp_dept
     for (int64_t& c : l) c = int64_t(std::llround(buf[at++]));
 }
 
+// DPO's step metrics are sums over pairs: summed over the ranks, they are the global batch's.
+void all_reduce_dpo(dist::ProcessGroup& group, DpoStats& d) {
+  double buf[8] = {d.loss,     d.reward_chosen, d.reward_rejected, d.margin,
+                   d.accuracy, d.logp_chosen,   d.logp_rejected,   double(d.pairs)};
+  group.all_reduce(std::span<double>(buf, 8));
+  d = {buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], int64_t(std::llround(buf[7]))};
+}
+
 }  // namespace
 
 TrainSummary run_training(TrainConfig cfg, bool resume) {
@@ -312,10 +320,9 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     }
   }
   if (ranks > 1 && !pipeline) {
-    DSEEK_CHECK(cfg.task != "dpo",
-                "[train] train.task dpo: data-parallel training ({} ranks) supports pretrain and "
-                "sft only so far",
-                ranks);
+    DSEEK_CHECK(cfg.task != "dpo" || !expert_parallel,
+                "[train] train.task dpo: not with dist.expert_parallel yet (data parallelism "
+                "trains DPO)");
     DSEEK_CHECK(cfg.batch_size % ranks == 0,
                 "[train] train.batch_size {}: must be divisible by the {} ranks (each rank takes "
                 "an equal slice of every micro-batch)",
@@ -544,9 +551,12 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     } else {
       DSEEK_CHECK(step == 0, "[train] {}: resuming a DPO run needs its reference_logps.json",
                   run_dir.string());
-      fmt::print(stderr, "[train] dpo: reference log-probs of {} pairs\n", batches.num_pairs());
-      reference = compute_reference_logps(model, batches, loss_options);
-      save_reference_logps(ref_path, reference);  // dpo runs on one process only (checked above)
+      if (lead)
+        fmt::print(stderr, "[train] dpo: reference log-probs of {} pairs{}\n", batches.num_pairs(),
+                   ranks > 1 ? fmt::format(" over {} ranks", ranks) : "");
+      reference = compute_reference_logps(model, batches, loss_options, group);
+      if (lead) save_reference_logps(ref_path, reference);
+      group.barrier();  // written before any rank could need it (a resume)
     }
   }
 
@@ -637,9 +647,18 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       std::vector<std::pair<double, double>> ref;  // outlives the forward_backward below
       if (dpo) {
         for (int64_t id : batch.pair_ids) ref.push_back(reference[size_t(id)]);
-        loss_options.token_weights = [&](const std::vector<double>& logp) {
+        // dpo_loss weighs this rank's pairs for their own mean; data parallel, the step wants
+        // the mean over every rank's pairs (rows pack different numbers of pairs), and the loss
+        // scale already divides by the ranks: rescale by local·N / global pairs.
+        double pairs[1] = {double(batch.pairs.size())};
+        const double local = pairs[0];
+        if (ranks > 1) group.all_reduce(std::span<double>(pairs, 1));
+        const float share = pairs[0] > 0 ? float(local * ranks / pairs[0]) : 0.0f;
+        loss_options.token_weights = [&, share](const std::vector<double>& logp) {
           std::vector<float> weights;
           dpo_stats.add(dpo_loss(logp, batch.pairs, ref, cfg.dpo_beta, weights));
+          if (share != 1.0f)
+            for (float& w : weights) w *= share;
           return weights;
         };
       }
@@ -692,6 +711,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
         while (!mtp.empty() && mtp.back() == 0.0) mtp.pop_back();  // depths no rank ran
       }
       load = t.load;
+      if (dpo) all_reduce_dpo(group, dpo_stats);
       dp->reduce_gradients();
       if (experts) experts->reduce_grads();
       grad_norm = dp->clip_grad_norm(cfg.grad_clip,
