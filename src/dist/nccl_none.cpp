@@ -9,6 +9,10 @@ bool nccl_available() {
   return false;
 }
 
+std::string nccl_version() {
+  fail("[dist] this dseek was built without NCCL");
+}
+
 std::unique_ptr<ProcessGroup> make_nccl_group(ProcessGroup&) {
   fail(
       "[dist] this dseek was built without NCCL (configure with CUDA, cmake -DDSEEK_CUDA=ON, where "

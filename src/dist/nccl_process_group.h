@@ -38,6 +38,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "dist/process_group.h"
 
@@ -45,11 +46,14 @@ namespace dseek::dist {
 
 // True when this dseek was built with NCCL.
 bool nccl_available();
+// Loads NCCL's library (it is opened at run time, not linked) and returns its version
+// ("2.28.9"); throws saying where it looked when it cannot. Needs no GPU.
+std::string nccl_version();
 // Makes GPU `host.local_rank()` this process's device (cuda::select_device); throws when the node
 // has more ranks than GPUs (NCCL takes one GPU per rank) or the runtime already runs on another.
 void select_rank_gpu(const ProcessGroup& host);
-// Collective over `host` (an MPI group), which must outlive the result. Every rank must have
-// selected its GPU first.
+// Collective over `host` (an MPI group, or the single-process group: one rank), which must outlive
+// the result. Every rank must have selected its GPU first.
 std::unique_ptr<ProcessGroup> make_nccl_group(ProcessGroup& host);
 
 }  // namespace dseek::dist

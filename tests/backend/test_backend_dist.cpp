@@ -1,13 +1,15 @@
 // The NCCL process group (dist/nccl_process_group.h) on real ranks, one GPU each: this binary
-// relaunched under `mpirun -np 2`, each rank taking GPU `local rank`. Every collective against a
-// reference computed on the host from every rank's inputs (outputs poisoned with NaN first), in
-// NCCL's order and in the deterministic rank order, with equal and unequal blocks, empty blocks and
-// HFReduce's staging through pinned host memory; and ZeRO-1 (train/data_parallel.h) over NCCL
-// against AdamW on the summed gradients. Skips without 2 GPUs, NCCL, MPI or mpirun.
+// relaunched under `mpirun -np 2`, each rank taking GPU `local rank` (on a machine with one GPU:
+// one rank in this process, a communicator of one). Every collective against a reference computed
+// on the host from every rank's inputs (outputs poisoned with NaN first), in NCCL's order and in
+// the deterministic rank order, with equal and unequal blocks, empty blocks and HFReduce's staging
+// through pinned host memory; and ZeRO-1 (train/data_parallel.h) over NCCL against AdamW on the
+// summed gradients. Skips without a GPU or NCCL (and, for 2 ranks, MPI and mpirun).
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <map>
 #include <numeric>
@@ -31,14 +33,31 @@ using testing::expect_tensors_identical;
 using testing::make_params;
 using testing::rank_gradients;
 
-constexpr int kRanks = 2;
-
-// Relaunches `test` on kRanks ranks, or says why it cannot run here.
-void run_on_gpu_ranks(const std::string& test) {
+// Runs `body` on min(2, GPUs) ranks: this test relaunched under mpirun on 2 GPUs, in this process
+// (a group of one) on 1; skips without a GPU or NCCL. Under mpirun (launcher_world_size() > 1)
+// it is the rank's part.
+void on_gpu_ranks(const std::string& test, const std::function<void(bool under_mpi)>& body) {
+  if (dist::launcher_world_size() > 1) {
+    body(true);
+    return;
+  }
   if (!dist::nccl_available()) GTEST_SKIP() << "this dseek was built without NCCL";
-  if (cuda::device_count() < kRanks)
-    GTEST_SKIP() << "needs " << kRanks << " GPUs, this machine has " << cuda::device_count();
-  testing::run_test_on_ranks(test, kRanks);
+  const int gpus = cuda::device_count();
+  if (gpus == 0) GTEST_SKIP() << "no CUDA device here";
+  if (gpus >= 2 && dist::mpi_available() && !testing::find_mpirun().empty()) {
+    testing::run_test_on_ranks(test, 2);
+    return;
+  }
+  std::printf("[backend] %d GPU%s: NCCL with one rank in this process\n", gpus,
+              gpus == 1 ? "" : "s (no MPI)");
+  body(false);
+}
+
+// Block sizes for N ranks from a two-rank pattern {a, b}: rank 0 gets a, the others b.
+std::vector<int64_t> blocks(int N, int64_t a, int64_t b) {
+  std::vector<int64_t> c(size_t(N), b);
+  c[0] = a;
+  return c;
 }
 
 // Rank r's input element i: distinct per rank and element, not integers (so the summation order
@@ -86,17 +105,18 @@ void expect_sums(const std::vector<float>& got, const std::vector<float>& want, 
   }
 }
 
-std::unique_ptr<dist::ProcessGroup> nccl_on_this_rank() {
-  dist::init_world(nullptr, nullptr);
+// The NCCL group over the MPI world (under mpirun) or over this process alone.
+std::unique_ptr<dist::ProcessGroup> nccl_on_this_rank(bool under_mpi) {
+  if (under_mpi) dist::init_world(nullptr, nullptr);
   dist::ProcessGroup& w = dist::world();
   dist::select_rank_gpu(w);  // before anything starts the CUDA runtime
   return dist::make_nccl_group(w);
 }
 
-void collectives_on_this_rank() {
-  std::unique_ptr<dist::ProcessGroup> g = nccl_on_this_rank();
+void collectives_on_this_rank(bool under_mpi) {
+  std::unique_ptr<dist::ProcessGroup> g = nccl_on_this_rank(under_mpi);
   const int rank = g->rank(), N = g->size();
-  ASSERT_EQ(N, kRanks);
+  ASSERT_EQ(N, under_mpi ? 2 : 1);
   EXPECT_EQ(g->backend(), "nccl");
   EXPECT_EQ(g->device(), Device::CUDA);
   EXPECT_EQ(cuda::device_ordinal(), g->local_rank());
@@ -113,7 +133,7 @@ void collectives_on_this_rank() {
     }
     // reduce-scatter, equal and unequal blocks (an empty one included).
     for (const std::vector<int64_t>& counts :
-         {std::vector<int64_t>{5, 5}, {3, 8}, {0, 6}, {70001, 3}}) {
+         {blocks(N, 5, 5), blocks(N, 3, 8), blocks(N, 0, 6), blocks(N, 70001, 3)}) {
       const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t(0));
       int64_t from = 0;
       for (int q = 0; q < rank; ++q) from += counts[size_t(q)];
@@ -133,7 +153,7 @@ void collectives_on_this_rank() {
 
   // all-gather, equal and unequal blocks.
   for (const std::vector<int64_t>& counts :
-       {std::vector<int64_t>{4, 4}, {2, 9}, {6, 0}, {3, 65537}}) {
+       {blocks(N, 4, 4), blocks(N, 2, 9), blocks(N, 6, 0), blocks(N, 3, 65537)}) {
     const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t(0));
     const Tensor mine = on_gpu(inputs(rank, counts[size_t(rank)], 3));
     const Tensor all = poisoned_gpu(total);
@@ -144,17 +164,18 @@ void collectives_on_this_rank() {
       want.insert(want.end(), b.begin(), b.end());
     }
     expect_sums(all.to_vector(), want, true, "all_gather " + std::to_string(counts[0]));
-    // ... and gathered on rank 1 only.
-    const Tensor at_root = poisoned_gpu(rank == 1 ? total : 0);
-    g->gather(span_of(mine), span_of(at_root), counts, 1);
-    if (rank == 1) expect_sums(at_root.to_vector(), want, true, "gather");
+    // ... and gathered on the last rank only.
+    const int root = N - 1;
+    const Tensor at_root = poisoned_gpu(rank == root ? total : 0);
+    g->gather(span_of(mine), span_of(at_root), counts, root);
+    if (rank == root) expect_sums(at_root.to_vector(), want, true, "gather");
   }
 
-  // Broadcast from rank 1.
+  // Broadcast from the last rank.
   {
     const Tensor t = on_gpu(inputs(rank, 1000, 4));
-    g->broadcast_async(span_of(t), 1)->wait();
-    expect_sums(t.to_vector(), inputs(1, 1000, 4), true, "broadcast");
+    g->broadcast_async(span_of(t), N - 1)->wait();
+    expect_sums(t.to_vector(), inputs(N - 1, 1000, 4), true, "broadcast");
   }
 
   // All-to-all with an empty block: rank r sends (r + 2q + 1) % 4 elements to rank q, the block
@@ -177,8 +198,8 @@ void collectives_on_this_rank() {
     expect_sums(r.to_vector(), want, true, "all_to_all_v");
   }
 
-  // Point to point, both directions at once.
-  {
+  // Point to point, both directions at once (2 ranks).
+  if (N == 2) {
     const int peer = 1 - rank;
     const Tensor out = on_gpu(inputs(rank, 4099, 5));
     const Tensor in = poisoned_gpu(4099);
@@ -189,7 +210,7 @@ void collectives_on_this_rank() {
     expect_sums(in.to_vector(), inputs(peer, 4099, 5), true, "send/recv");
   }
 
-  // HFReduce through pinned host memory: the same sums (2 ranks: one node of 2).
+  // HFReduce through pinned host memory: the same sums (one node of N ranks).
   g->set_all_reduce_algorithm(dist::AllReduceAlgorithm::HfReduce);
   EXPECT_NE(g->all_reduce_description().find("through pinned host memory"), std::string::npos);
   for (int det = 0; det < 2; ++det) {
@@ -198,12 +219,13 @@ void collectives_on_this_rank() {
     const Tensor t = on_gpu(inputs(rank, 30011, 6));
     g->all_reduce_async(span_of(t))->wait();
     expect_sums(t.to_vector(), rank_order_sum(N, 30011, 6), det != 0, "hfreduce all_reduce");
-    const std::vector<int64_t> counts = {7, 30004};
-    const Tensor send = on_gpu(inputs(rank, 30011, 7));
+    const std::vector<int64_t> counts = blocks(N, 7, 30004);
+    const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t(0));
+    const Tensor send = on_gpu(inputs(rank, total, 7));
     const Tensor recv = poisoned_gpu(counts[size_t(rank)]);
     g->reduce_scatter_async(span_of(send), span_of(recv), counts)->wait();
-    const std::vector<float> all = rank_order_sum(N, 30011, 7);
-    const int64_t from = rank == 0 ? 0 : 7;
+    const std::vector<float> all = rank_order_sum(N, total, 7);
+    const int64_t from = rank == 0 ? 0 : 7 + 30004 * (rank - 1);
     expect_sums(recv.to_vector(),
                 std::vector<float>(all.begin() + from, all.begin() + from + counts[size_t(rank)]),
                 det != 0, "hfreduce reduce_scatter");
@@ -212,14 +234,14 @@ void collectives_on_this_rank() {
 
   // Bad calls are errors naming the operation.
   const Tensor small = on_gpu({1, 2, 3});
-  EXPECT_THROW(g->reduce_scatter_async(span_of(small), span_of(small), {1, 1}), Error);
+  EXPECT_THROW(g->reduce_scatter_async(span_of(small), span_of(small), blocks(N, 1, 1)), Error);
   EXPECT_THROW(g->send_async(span_of(small), rank, 0), Error);
   g.reset();
-  dist::finalize_world();
+  if (under_mpi) dist::finalize_world();
 }
 
-void zero_one_on_this_rank() {
-  std::unique_ptr<dist::ProcessGroup> g = nccl_on_this_rank();
+void zero_one_on_this_rank(bool under_mpi) {
+  std::unique_ptr<dist::ProcessGroup> g = nccl_on_this_rank(under_mpi);
   const train::AdamWConfig config{0.9, 0.95, 1e-8, 0.1};
   for (int det = 0; det < 2; ++det)
     for (int64_t bucket : {7, 64, 100000}) {
@@ -307,30 +329,40 @@ void zero_one_on_this_rank() {
       }
     }
   g.reset();
-  dist::finalize_world();
+  if (under_mpi) dist::finalize_world();
 }
 
-// Every collective of the NCCL group on 2 ranks, each on its own GPU, equals the host's sums of
-// every rank's inputs: bitwise for the deterministic mode, the data movements and HFReduce's
-// deterministic mode; within 1e-6 of the values' scale for NCCL's own reductions.
-TEST(BackendNccl, CollectivesMatchHostReferences) {
-  if (dist::launcher_world_size() > 1) {
-    collectives_on_this_rank();
-    return;
+// NCCL's library loads at run time (no GPU needed) and has every function the group calls. Skips
+// in a build without NCCL, or where no NCCL library is installed (the error then names where it
+// looked: the multi-GPU tests below fail with it).
+TEST(BackendNccl, LibraryLoadsAtRunTime) {
+  if (!dist::nccl_available()) GTEST_SKIP() << "this dseek was built without NCCL";
+  std::string version;
+  try {
+    version = dist::nccl_version();
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    if (what.find("cannot load NCCL's library") == std::string::npos) throw;
+    GTEST_SKIP() << what;
   }
-  run_on_gpu_ranks("BackendNccl.CollectivesMatchHostReferences");
+  std::printf("[backend] NCCL %s loaded at run time\n", version.c_str());
+  EXPECT_EQ(version.rfind("2.", 0), 0u) << version;
+}
+
+// Every collective of the NCCL group on 2 ranks, each on its own GPU (or one rank on a machine
+// with one GPU), equals the host's sums of every rank's inputs: bitwise for the deterministic mode,
+// the data movements and HFReduce's deterministic mode; within 1e-6 of the values' scale for
+// NCCL's own reductions.
+TEST(BackendNccl, CollectivesMatchHostReferences) {
+  on_gpu_ranks("BackendNccl.CollectivesMatchHostReferences", collectives_on_this_rank);
 }
 
 // ZeRO-1 over NCCL, the parameters on each rank's GPU: after each step every rank's parameters
-// equal, bit for bit, one host AdamW step on the sum of both ranks' gradients (buckets of 7, 64
+// equal, bit for bit, one host AdamW step on the sum of the ranks' gradients (buckets of 7, 64
 // and all elements; NCCL's order and the deterministic one); the moments gathered on rank 0 are
 // AdamW's and load back into each shard; a clipped step agrees within rounding.
 TEST(BackendNccl, ZeroOneEqualsAdamWOnSummedGradients) {
-  if (dist::launcher_world_size() > 1) {
-    zero_one_on_this_rank();
-    return;
-  }
-  run_on_gpu_ranks("BackendNccl.ZeroOneEqualsAdamWOnSummedGradients");
+  on_gpu_ranks("BackendNccl.ZeroOneEqualsAdamWOnSummedGradients", zero_one_on_this_rank);
 }
 
 }  // namespace

@@ -2,26 +2,105 @@
 #ifdef DSEEK_HAS_NCCL
 #include "dist/nccl_process_group.h"
 
+#include <dlfcn.h>
+#include <fmt/ranges.h>
 #include <nccl.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <string>
+#include <type_traits>
+#include <vector>
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
 #include "dist/cuda/rank_order_sum.h"
 
-// DSEEK_NCCL_CHECK(ncclAllReduce(...)): a failure throws dseek::Error("[nccl] call: reason").
-#define DSEEK_NCCL_CHECK(call)                                                    \
-  do {                                                                            \
-    const ncclResult_t dseek_nccl_ = (call);                                      \
-    if (dseek_nccl_ != ncclSuccess)                                               \
-      ::dseek::fail("[nccl] {}: {} ({})", #call, ncclGetErrorString(dseek_nccl_), \
-                    ncclGetLastError(nullptr));                                   \
+// DSEEK_NCCL_CHECK(api().AllReduce(...)): a failure throws dseek::Error("[nccl] call: reason").
+#define DSEEK_NCCL_CHECK(call)                                                      \
+  do {                                                                              \
+    const ncclResult_t dseek_nccl_ = (call);                                        \
+    if (dseek_nccl_ != ncclSuccess)                                                 \
+      ::dseek::fail("[nccl] {}: {} ({})", #call, api().GetErrorString(dseek_nccl_), \
+                    api().GetLastError(nullptr));                                   \
   } while (0)
 
 namespace dseek::dist {
 namespace {
+
+// NCCL is loaded at run time (dlopen), not linked: a CUDA build of dseek then starts on machines
+// without NCCL's library (one GPU, CPUs), and only the multi-GPU group needs it. Looked for as
+// libnccl.so.2 on the loader's path (LD_LIBRARY_PATH, this program's RUNPATH), then at
+// $DSEEK_NCCL_LIBRARY, then where CMake found it when dseek was built.
+struct NcclApi {
+#define DSEEK_NCCL_FN(name) decltype(&::nccl##name) name = nullptr;
+  DSEEK_NCCL_FN(GetVersion)
+  DSEEK_NCCL_FN(GetErrorString)
+  DSEEK_NCCL_FN(GetLastError)
+  DSEEK_NCCL_FN(GetUniqueId)
+  DSEEK_NCCL_FN(CommInitRank)
+  DSEEK_NCCL_FN(CommDestroy)
+  DSEEK_NCCL_FN(GroupStart)
+  DSEEK_NCCL_FN(GroupEnd)
+  DSEEK_NCCL_FN(AllReduce)
+  DSEEK_NCCL_FN(ReduceScatter)
+  DSEEK_NCCL_FN(AllGather)
+  DSEEK_NCCL_FN(Reduce)
+  DSEEK_NCCL_FN(Broadcast)
+  DSEEK_NCCL_FN(Send)
+  DSEEK_NCCL_FN(Recv)
+#undef DSEEK_NCCL_FN
+};
+
+const NcclApi& api() {
+  static const NcclApi loaded = [] {
+    std::vector<std::string> tried;
+    void* lib = nullptr;
+    std::vector<std::string> names = {"libnccl.so.2"};
+    if (const char* env = std::getenv("DSEEK_NCCL_LIBRARY"); env && *env) names.push_back(env);
+#ifdef DSEEK_NCCL_LIBRARY_PATH
+    names.push_back(DSEEK_NCCL_LIBRARY_PATH);
+#endif
+    for (const std::string& name : names) {
+      lib = dlopen(name.c_str(), RTLD_NOW | RTLD_GLOBAL);
+      if (lib) break;
+      const char* why = dlerror();
+      tried.push_back(why ? why : name);
+    }
+    if (!lib)
+      fail(
+          "[nccl] cannot load NCCL's library ({}); put its directory on LD_LIBRARY_PATH (PyTorch "
+          "installs it: python3 -c \"import nvidia.nccl as n; print(list(n.__path__)[0] + "
+          "'/lib')\") "
+          "or name the file in DSEEK_NCCL_LIBRARY",
+          fmt::join(tried, "; "));
+    NcclApi a;
+    auto bind = [lib](auto& fn, const char* symbol) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, symbol));
+      if (!fn) fail("[nccl] NCCL's library has no {}", symbol);
+    };
+#define DSEEK_NCCL_BIND(name) bind(a.name, "nccl" #name);
+    DSEEK_NCCL_BIND(GetVersion)
+    DSEEK_NCCL_BIND(GetErrorString)
+    DSEEK_NCCL_BIND(GetLastError)
+    DSEEK_NCCL_BIND(GetUniqueId)
+    DSEEK_NCCL_BIND(CommInitRank)
+    DSEEK_NCCL_BIND(CommDestroy)
+    DSEEK_NCCL_BIND(GroupStart)
+    DSEEK_NCCL_BIND(GroupEnd)
+    DSEEK_NCCL_BIND(AllReduce)
+    DSEEK_NCCL_BIND(ReduceScatter)
+    DSEEK_NCCL_BIND(AllGather)
+    DSEEK_NCCL_BIND(Reduce)
+    DSEEK_NCCL_BIND(Broadcast)
+    DSEEK_NCCL_BIND(Send)
+    DSEEK_NCCL_BIND(Recv)
+#undef DSEEK_NCCL_BIND
+    return a;
+  }();
+  return loaded;
+}
 
 cudaEvent_t new_event() {
   cudaEvent_t e = nullptr;
@@ -75,16 +154,16 @@ class NcclProcessGroup final : public ProcessGroup {
     cuda::require("the NCCL process group");
     ncclUniqueId id;
     std::memset(&id, 0, sizeof(id));
-    if (rank_ == 0) DSEEK_NCCL_CHECK(ncclGetUniqueId(&id));
+    if (rank_ == 0) DSEEK_NCCL_CHECK(api().GetUniqueId(&id));
     host.broadcast_bytes(std::span<std::byte>(reinterpret_cast<std::byte*>(&id), sizeof(id)), 0);
     DSEEK_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    DSEEK_NCCL_CHECK(ncclCommInitRank(&comm_, size_, id, rank_));
+    DSEEK_NCCL_CHECK(api().CommInitRank(&comm_, size_, id, rank_));
   }
   NcclProcessGroup(const NcclProcessGroup&) = delete;
   NcclProcessGroup& operator=(const NcclProcessGroup&) = delete;
   ~NcclProcessGroup() override {
     cudaStreamSynchronize(stream_);
-    ncclCommDestroy(comm_);
+    api().CommDestroy(comm_);
     cudaStreamDestroy(stream_);
     if (pinned_) cudaFreeHost(pinned_);
   }
@@ -112,11 +191,12 @@ class NcclProcessGroup final : public ProcessGroup {
     const size_t n = data.size();
     return enqueue([&](cudaStream_t s) {
       if (!deterministic_) {
-        DSEEK_NCCL_CHECK(ncclAllReduce(data.data(), data.data(), n, ncclFloat, ncclSum, comm_, s));
+        DSEEK_NCCL_CHECK(
+            api().AllReduce(data.data(), data.data(), n, ncclFloat, ncclSum, comm_, s));
         return;
       }
       float* copies = scratch(n * size_t(size_), s);
-      DSEEK_NCCL_CHECK(ncclAllGather(data.data(), copies, n, ncclFloat, comm_, s));
+      DSEEK_NCCL_CHECK(api().AllGather(data.data(), copies, n, ncclFloat, comm_, s));
       sum_in_rank_order_gpu(copies, size_, int64_t(n), data.data(), s);
       DSEEK_CUDA_CHECK(cudaFreeAsync(copies, s));
     });
@@ -138,29 +218,29 @@ class NcclProcessGroup final : public ProcessGroup {
       if (deterministic_) {
         // Every rank sends block q to rank q; this rank receives N copies of its own block.
         float* copies = scratch(size_t(mine) * size_t(size_), s);
-        DSEEK_NCCL_CHECK(ncclGroupStart());
+        DSEEK_NCCL_CHECK(api().GroupStart());
         for (int q = 0; q < size_; ++q) {
           if (counts[size_t(q)] > 0)
-            DSEEK_NCCL_CHECK(ncclSend(send.data() + at[size_t(q)], size_t(counts[size_t(q)]),
-                                      ncclFloat, q, comm_, s));
+            DSEEK_NCCL_CHECK(api().Send(send.data() + at[size_t(q)], size_t(counts[size_t(q)]),
+                                        ncclFloat, q, comm_, s));
           if (mine > 0)
             DSEEK_NCCL_CHECK(
-                ncclRecv(copies + int64_t(q) * mine, size_t(mine), ncclFloat, q, comm_, s));
+                api().Recv(copies + int64_t(q) * mine, size_t(mine), ncclFloat, q, comm_, s));
         }
-        DSEEK_NCCL_CHECK(ncclGroupEnd());
+        DSEEK_NCCL_CHECK(api().GroupEnd());
         sum_in_rank_order_gpu(copies, size_, mine, recv.data(), s);
         DSEEK_CUDA_CHECK(cudaFreeAsync(copies, s));
       } else if (all_equal(counts)) {
-        DSEEK_NCCL_CHECK(ncclReduceScatter(send.data(), recv.data(), size_t(mine), ncclFloat,
-                                           ncclSum, comm_, s));
+        DSEEK_NCCL_CHECK(api().ReduceScatter(send.data(), recv.data(), size_t(mine), ncclFloat,
+                                             ncclSum, comm_, s));
       } else {
-        DSEEK_NCCL_CHECK(ncclGroupStart());
+        DSEEK_NCCL_CHECK(api().GroupStart());
         for (int q = 0; q < size_; ++q)
           if (counts[size_t(q)] > 0)
             DSEEK_NCCL_CHECK(
-                ncclReduce(send.data() + at[size_t(q)], q == rank_ ? recv.data() : nullptr,
-                           size_t(counts[size_t(q)]), ncclFloat, ncclSum, q, comm_, s));
-        DSEEK_NCCL_CHECK(ncclGroupEnd());
+                api().Reduce(send.data() + at[size_t(q)], q == rank_ ? recv.data() : nullptr,
+                             size_t(counts[size_t(q)]), ncclFloat, ncclSum, q, comm_, s));
+        DSEEK_NCCL_CHECK(api().GroupEnd());
       }
     });
   }
@@ -174,16 +254,17 @@ class NcclProcessGroup final : public ProcessGroup {
                 all.size(), counts[size_t(rank_)]);
     return enqueue([&](cudaStream_t s) {
       if (all_equal(counts)) {
-        DSEEK_NCCL_CHECK(ncclAllGather(mine.data(), all.data(), mine.size(), ncclFloat, comm_, s));
+        DSEEK_NCCL_CHECK(
+            api().AllGather(mine.data(), all.data(), mine.size(), ncclFloat, comm_, s));
         return;
       }
-      DSEEK_NCCL_CHECK(ncclGroupStart());
+      DSEEK_NCCL_CHECK(api().GroupStart());
       for (int q = 0; q < size_; ++q)
         if (counts[size_t(q)] > 0)
-          DSEEK_NCCL_CHECK(ncclBroadcast(q == rank_ ? mine.data() : nullptr,
-                                         all.data() + at[size_t(q)], size_t(counts[size_t(q)]),
-                                         ncclFloat, q, comm_, s));
-      DSEEK_NCCL_CHECK(ncclGroupEnd());
+          DSEEK_NCCL_CHECK(api().Broadcast(q == rank_ ? mine.data() : nullptr,
+                                           all.data() + at[size_t(q)], size_t(counts[size_t(q)]),
+                                           ncclFloat, q, comm_, s));
+      DSEEK_NCCL_CHECK(api().GroupEnd());
     });
   }
 
@@ -191,7 +272,7 @@ class NcclProcessGroup final : public ProcessGroup {
     DSEEK_CHECK(root >= 0 && root < size_, "[dist] broadcast: root {} of {} ranks", root, size_);
     return enqueue([&](cudaStream_t s) {
       DSEEK_NCCL_CHECK(
-          ncclBroadcast(data.data(), data.data(), data.size(), ncclFloat, root, comm_, s));
+          api().Broadcast(data.data(), data.data(), data.size(), ncclFloat, root, comm_, s));
     });
   }
 
@@ -219,18 +300,18 @@ class NcclProcessGroup final : public ProcessGroup {
     enqueue([&](cudaStream_t s) {
       if (rank_ != root) {
         if (!mine.empty())
-          DSEEK_NCCL_CHECK(ncclSend(mine.data(), mine.size(), ncclFloat, root, comm_, s));
+          DSEEK_NCCL_CHECK(api().Send(mine.data(), mine.size(), ncclFloat, root, comm_, s));
         return;
       }
       if (!mine.empty())
         DSEEK_CUDA_CHECK(cudaMemcpyAsync(all.data() + at[size_t(root)], mine.data(),
                                          mine.size_bytes(), cudaMemcpyDeviceToDevice, s));
-      DSEEK_NCCL_CHECK(ncclGroupStart());
+      DSEEK_NCCL_CHECK(api().GroupStart());
       for (int q = 0; q < size_; ++q)
         if (q != root && counts[size_t(q)] > 0)
-          DSEEK_NCCL_CHECK(ncclRecv(all.data() + at[size_t(q)], size_t(counts[size_t(q)]),
-                                    ncclFloat, q, comm_, s));
-      DSEEK_NCCL_CHECK(ncclGroupEnd());
+          DSEEK_NCCL_CHECK(api().Recv(all.data() + at[size_t(q)], size_t(counts[size_t(q)]),
+                                      ncclFloat, q, comm_, s));
+      DSEEK_NCCL_CHECK(api().GroupEnd());
     })->wait();
   }
 
@@ -249,30 +330,30 @@ class NcclProcessGroup final : public ProcessGroup {
         DSEEK_CUDA_CHECK(cudaMemcpyAsync(recv.data() + rd[self], send.data() + sd[self],
                                          size_t(send_counts[self]) * sizeof(float),
                                          cudaMemcpyDeviceToDevice, s));
-      DSEEK_NCCL_CHECK(ncclGroupStart());
+      DSEEK_NCCL_CHECK(api().GroupStart());
       for (int q = 0; q < size_; ++q) {
         if (q == rank_) continue;
         if (send_counts[size_t(q)] > 0)
-          DSEEK_NCCL_CHECK(ncclSend(send.data() + sd[size_t(q)], size_t(send_counts[size_t(q)]),
-                                    ncclFloat, q, comm_, s));
+          DSEEK_NCCL_CHECK(api().Send(send.data() + sd[size_t(q)], size_t(send_counts[size_t(q)]),
+                                      ncclFloat, q, comm_, s));
         if (recv_counts[size_t(q)] > 0)
-          DSEEK_NCCL_CHECK(ncclRecv(recv.data() + rd[size_t(q)], size_t(recv_counts[size_t(q)]),
-                                    ncclFloat, q, comm_, s));
+          DSEEK_NCCL_CHECK(api().Recv(recv.data() + rd[size_t(q)], size_t(recv_counts[size_t(q)]),
+                                      ncclFloat, q, comm_, s));
       }
-      DSEEK_NCCL_CHECK(ncclGroupEnd());
+      DSEEK_NCCL_CHECK(api().GroupEnd());
     })->wait();
   }
 
   std::unique_ptr<Work> send_async(std::span<const float> data, int peer, int tag) override {
     check_peer(peer, tag, "send");
     return enqueue([&](cudaStream_t s) {
-      DSEEK_NCCL_CHECK(ncclSend(data.data(), data.size(), ncclFloat, peer, comm_, s));
+      DSEEK_NCCL_CHECK(api().Send(data.data(), data.size(), ncclFloat, peer, comm_, s));
     });
   }
   std::unique_ptr<Work> recv_async(std::span<float> data, int peer, int tag) override {
     check_peer(peer, tag, "recv");
     return enqueue([&](cudaStream_t s) {
-      DSEEK_NCCL_CHECK(ncclRecv(data.data(), data.size(), ncclFloat, peer, comm_, s));
+      DSEEK_NCCL_CHECK(api().Recv(data.data(), data.size(), ncclFloat, peer, comm_, s));
     });
   }
 
@@ -345,8 +426,16 @@ bool nccl_available() {
   return true;
 }
 
+std::string nccl_version() {
+  int v = 0;
+  DSEEK_NCCL_CHECK(api().GetVersion(&v));
+  // NCCL_VERSION(X, Y, Z) = X·10000 + Y·100 + Z since 2.9.
+  return fmt::format("{}.{}.{}", v / 10000, (v / 100) % 100, v % 100);
+}
+
 std::unique_ptr<ProcessGroup> make_nccl_group(ProcessGroup& host) {
-  DSEEK_CHECK(host.device() == Device::CPU && host.backend() == "mpi",
+  // One process needs no bootstrap messages: a group of one rank (tests on a machine with one GPU).
+  DSEEK_CHECK(host.device() == Device::CPU && (host.backend() == "mpi" || host.size() == 1),
               "[dist] the NCCL group is bootstrapped through an MPI group, got '{}'",
               host.backend());
   return std::make_unique<NcclProcessGroup>(host);
