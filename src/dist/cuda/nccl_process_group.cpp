@@ -237,9 +237,12 @@ class NcclProcessGroup final : public ProcessGroup {
         DSEEK_NCCL_CHECK(api().GroupStart());
         for (int q = 0; q < size_; ++q)
           if (counts[size_t(q)] > 0)
-            DSEEK_NCCL_CHECK(
-                api().Reduce(send.data() + at[size_t(q)], q == rank_ ? recv.data() : nullptr,
-                             size_t(counts[size_t(q)]), ncclFloat, ncclSum, q, comm_, s));
+            // (recvbuff is written only on the root; elsewhere the block itself, as PyTorch
+            // passes)
+            DSEEK_NCCL_CHECK(api().Reduce(
+                send.data() + at[size_t(q)],
+                q == rank_ ? recv.data() : const_cast<float*>(send.data() + at[size_t(q)]),
+                size_t(counts[size_t(q)]), ncclFloat, ncclSum, q, comm_, s));
         DSEEK_NCCL_CHECK(api().GroupEnd());
       }
     });
@@ -261,7 +264,8 @@ class NcclProcessGroup final : public ProcessGroup {
       DSEEK_NCCL_CHECK(api().GroupStart());
       for (int q = 0; q < size_; ++q)
         if (counts[size_t(q)] > 0)
-          DSEEK_NCCL_CHECK(api().Broadcast(q == rank_ ? mine.data() : nullptr,
+          // (sendbuff is read only on the root; elsewhere the destination, as PyTorch passes)
+          DSEEK_NCCL_CHECK(api().Broadcast(q == rank_ ? mine.data() : all.data() + at[size_t(q)],
                                            all.data() + at[size_t(q)], size_t(counts[size_t(q)]),
                                            ncclFloat, q, comm_, s));
       DSEEK_NCCL_CHECK(api().GroupEnd());
