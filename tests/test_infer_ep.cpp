@@ -67,6 +67,7 @@ class ClaimedGroup final : public dist::ProcessGroup {
   }
   std::unique_ptr<dist::Work> broadcast_async(std::span<float>, int) override { return none(); }
   void broadcast_bytes(std::span<std::byte>, int) override { none(); }
+  std::unique_ptr<dist::ProcessGroup> split(int) override { return none_group(); }
   void all_reduce(std::span<double>) override { none(); }
   void gather(std::span<const float>, std::span<float>, const std::vector<int64_t>&, int) override {
     none();
@@ -84,6 +85,9 @@ class ClaimedGroup final : public dist::ProcessGroup {
 
  private:
   static std::unique_ptr<dist::Work> none() { fail("[test] ClaimedGroup has no collectives"); }
+  static std::unique_ptr<dist::ProcessGroup> none_group() {
+    fail("[test] ClaimedGroup has no collectives");
+  }
   int r_, n_;
 };
 

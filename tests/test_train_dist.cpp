@@ -1070,6 +1070,52 @@ TEST_F(DistTrain, PipelineSettingsAreClearErrors) {
   }
 }
 
+// Subgroups on 4 real ranks: split by rank / 2 (the expert-parallel groups {0, 1}, {2, 3}) and by
+// rank % 2 (the replicas {0, 2}, {1, 3}); each new group ranks its members in world order and sums
+// only over them, keeps the parent's deterministic setting, exchanges blocks among its members,
+// refuses HFReduce; the single-process group splits into another single-process group.
+TEST(DistRanks, SplitGroupsReduceWithinThemselves) {
+  if (dist::launcher_world_size() <= 1) {
+    auto single = dist::make_single_process_group();
+    single->set_deterministic(true);
+    auto sub = single->split(3);
+    EXPECT_EQ(sub->size(), 1);
+    EXPECT_TRUE(sub->deterministic());
+    run_test_on_ranks("DistRanks.SplitGroupsReduceWithinThemselves", 4);
+    return;
+  }
+  dist::init_world(nullptr, nullptr);
+  dist::ProcessGroup& w = dist::world();
+  ASSERT_EQ(w.size(), 4);
+  const int r = w.rank();
+  w.set_deterministic(true);
+  for (const bool by_pair : {true, false}) {
+    SCOPED_TRACE(by_pair ? "rank / 2" : "rank % 2");
+    std::unique_ptr<dist::ProcessGroup> g = w.split(by_pair ? r / 2 : r % 2);
+    ASSERT_EQ(g->size(), 2);
+    EXPECT_EQ(g->rank(), by_pair ? r % 2 : r / 2);
+    EXPECT_TRUE(g->deterministic());
+    const int peer = by_pair ? (r ^ 1) : (r ^ 2);  // the other member's world rank
+    std::vector<float> x = {float(r + 1), float(10 * (r + 1))};
+    g->all_reduce(std::span<float>(x));
+    EXPECT_EQ(x, (std::vector<float>{float(r + peer + 2), float(10 * (r + peer + 2))}));
+    std::vector<double> d = {double(r)};
+    g->all_reduce(std::span<double>(d));
+    EXPECT_EQ(d[0], double(r + peer));
+    // Every member sends its world rank to every member (2 to itself, 1 to the other).
+    const std::vector<int64_t> counts = {g->rank() == 0 ? 2 : 1, g->rank() == 0 ? 1 : 2};
+    std::vector<float> send(3, float(r)), recv(3, -1.0f);
+    g->all_to_all_v(send, counts, recv, counts);
+    const int first = std::min(r, peer), second = std::max(r, peer);
+    if (g->rank() == 0)
+      EXPECT_EQ(recv, (std::vector<float>{float(first), float(first), float(second)}));
+    else
+      EXPECT_EQ(recv, (std::vector<float>{float(first), float(second), float(second)}));
+    EXPECT_THROW(g->set_all_reduce_algorithm(dist::AllReduceAlgorithm::HfReduce), Error);
+  }
+  dist::finalize_world();
+}
+
 // Point-to-point messages on 2 real ranks: both ranks post a large send to the other before
 // receiving (a blocking send would deadlock here once MPI waits for the receiver), every element
 // arrives, several messages with one tag arrive in order, a message of another size than the

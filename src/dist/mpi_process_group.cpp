@@ -1,9 +1,10 @@
-// ProcessGroup over MPI_COMM_WORLD (CPU buffers). Default reductions are MPI's own nonblocking
-// collectives; deterministic ones move every rank's contribution to its destination
-// (MPI_Ialltoallv / MPI_Iallgather) and add the N copies there in rank order when the work is
-// waited for. With AllReduceAlgorithm::HfReduce the f32 all-reduce and reduce-scatter go through
-// dist/hfreduce.h instead. Errors inside MPI use its default handler (MPI_ERRORS_ARE_FATAL): a lost
-// peer ends the whole job rather than leaving a rank waiting forever.
+// ProcessGroup over MPI_COMM_WORLD or a communicator split from it (CPU buffers). Default
+// reductions are MPI's own nonblocking collectives; deterministic ones move every rank's
+// contribution to its destination (MPI_Ialltoallv / MPI_Iallgather) and add the N copies there in
+// rank order when the work is waited for. With AllReduceAlgorithm::HfReduce the f32 all-reduce and
+// reduce-scatter go through dist/hfreduce.h instead. Errors inside MPI use its default handler
+// (MPI_ERRORS_ARE_FATAL): a lost peer ends the whole job rather than leaving a rank waiting
+// forever.
 #include "dist/mpi_process_group.h"
 
 #include "core/error.h"
@@ -77,15 +78,22 @@ void sum_in_rank_order(const T* copies, int ranks, int64_t n, T* out) {
 
 class MpiProcessGroup final : public ProcessGroup {
  public:
-  explicit MpiProcessGroup(int thread_level) : any_thread_(thread_level >= MPI_THREAD_SERIALIZED) {
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
-    MPI_Comm_size(MPI_COMM_WORLD, &size_);
+  // Over `comm` (comm_, or a communicator split from one, which this group then frees).
+  MpiProcessGroup(MPI_Comm comm, bool any_thread) : comm_(comm), any_thread_(any_thread) {
+    MPI_Comm_rank(comm_, &rank_);
+    MPI_Comm_size(comm_, &size_);
     // The node: the ranks that share memory with this one (which GPU a rank takes).
     MPI_Comm node;
-    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node);
+    MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node);
     MPI_Comm_rank(node, &local_rank_);
     MPI_Comm_size(node, &local_size_);
     MPI_Comm_free(&node);
+  }
+  MpiProcessGroup(const MpiProcessGroup&) = delete;
+  MpiProcessGroup& operator=(const MpiProcessGroup&) = delete;
+  ~MpiProcessGroup() override {
+    hfreduce_.reset();
+    if (comm_ != MPI_COMM_WORLD) MPI_Comm_free(&comm_);
   }
   bool any_thread() const override { return any_thread_; }
   int rank() const override { return rank_; }
@@ -94,7 +102,18 @@ class MpiProcessGroup final : public ProcessGroup {
   int local_size() const override { return local_size_; }
   std::string backend() const override { return "mpi"; }
 
+  std::unique_ptr<ProcessGroup> split(int color) override {
+    DSEEK_CHECK(color >= 0, "[dist] split: color {} must be >= 0", color);
+    MPI_Comm sub;
+    MPI_Comm_split(comm_, color, rank_, &sub);
+    auto group = std::make_unique<MpiProcessGroup>(sub, any_thread_);
+    group->set_deterministic(deterministic_);
+    return group;
+  }
+
   void set_all_reduce_algorithm(AllReduceAlgorithm algorithm) override {
+    DSEEK_CHECK(algorithm == AllReduceAlgorithm::Mpi || comm_ == MPI_COMM_WORLD,
+                "[dist] HFReduce runs on the world group only, not on a split group");
     if (algorithm == AllReduceAlgorithm::HfReduce && !hfreduce_)
       hfreduce_ = std::make_unique<HfReduce>();
     if (algorithm == AllReduceAlgorithm::Mpi) hfreduce_.reset();
@@ -112,12 +131,11 @@ class MpiProcessGroup final : public ProcessGroup {
     auto w = std::make_unique<MpiWork>();
     const int n = as_int(int64_t(data.size()), "all_reduce");
     if (!deterministic_) {
-      MPI_Iallreduce(MPI_IN_PLACE, data.data(), n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &w->request);
+      MPI_Iallreduce(MPI_IN_PLACE, data.data(), n, MPI_FLOAT, MPI_SUM, comm_, &w->request);
       return w;
     }
     w->scratch.resize(size_t(n) * size_t(size_));
-    MPI_Iallgather(data.data(), n, MPI_FLOAT, w->scratch.data(), n, MPI_FLOAT, MPI_COMM_WORLD,
-                   &w->request);
+    MPI_Iallgather(data.data(), n, MPI_FLOAT, w->scratch.data(), n, MPI_FLOAT, comm_, &w->request);
     MpiWork* raw = w.get();
     const int ranks = size_;
     w->finish = [raw, data, ranks] {
@@ -138,7 +156,7 @@ class MpiProcessGroup final : public ProcessGroup {
       return hfreduce_->reduce_async(send, recv, displs[size_t(rank_)], deterministic_);
     auto w = std::make_unique<MpiWork>();
     if (!deterministic_) {
-      MPI_Ireduce_scatter(send.data(), recv.data(), c.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
+      MPI_Ireduce_scatter(send.data(), recv.data(), c.data(), MPI_FLOAT, MPI_SUM, comm_,
                           &w->request);
       return w;
     }
@@ -149,7 +167,7 @@ class MpiProcessGroup final : public ProcessGroup {
     std::vector<int> recv_displs(size_t(size_), 0);
     for (int q = 0; q < size_; ++q) recv_displs[size_t(q)] = q * mine;
     MPI_Ialltoallv(send.data(), c.data(), displs.data(), MPI_FLOAT, w->scratch.data(),
-                   recv_counts.data(), recv_displs.data(), MPI_FLOAT, MPI_COMM_WORLD, &w->request);
+                   recv_counts.data(), recv_displs.data(), MPI_FLOAT, comm_, &w->request);
     MpiWork* raw = w.get();
     const int ranks = size_;
     w->finish = [raw, recv, ranks] {
@@ -168,32 +186,31 @@ class MpiProcessGroup final : public ProcessGroup {
                 all.size(), c[size_t(rank_)]);
     auto w = std::make_unique<MpiWork>();
     MPI_Iallgatherv(mine.data(), c[size_t(rank_)], MPI_FLOAT, all.data(), c.data(), displs.data(),
-                    MPI_FLOAT, MPI_COMM_WORLD, &w->request);
+                    MPI_FLOAT, comm_, &w->request);
     return w;
   }
 
   std::unique_ptr<Work> broadcast_async(std::span<float> data, int root) override {
     DSEEK_CHECK(root >= 0 && root < size_, "[dist] broadcast: root {} of {} ranks", root, size_);
     auto w = std::make_unique<MpiWork>();
-    MPI_Ibcast(data.data(), as_int(int64_t(data.size()), "broadcast"), MPI_FLOAT, root,
-               MPI_COMM_WORLD, &w->request);
+    MPI_Ibcast(data.data(), as_int(int64_t(data.size()), "broadcast"), MPI_FLOAT, root, comm_,
+               &w->request);
     return w;
   }
 
   void broadcast_bytes(std::span<std::byte> data, int root) override {
     DSEEK_CHECK(root >= 0 && root < size_, "[dist] broadcast: root {} of {} ranks", root, size_);
-    MPI_Bcast(data.data(), as_int(int64_t(data.size()), "broadcast"), MPI_BYTE, root,
-              MPI_COMM_WORLD);
+    MPI_Bcast(data.data(), as_int(int64_t(data.size()), "broadcast"), MPI_BYTE, root, comm_);
   }
 
   void all_reduce(std::span<double> data) override {
     const int n = as_int(int64_t(data.size()), "all_reduce");
     if (!deterministic_) {
-      MPI_Allreduce(MPI_IN_PLACE, data.data(), n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+      MPI_Allreduce(MPI_IN_PLACE, data.data(), n, MPI_DOUBLE, MPI_SUM, comm_);
       return;
     }
     std::vector<double> copies(size_t(n) * size_t(size_));
-    MPI_Allgather(data.data(), n, MPI_DOUBLE, copies.data(), n, MPI_DOUBLE, MPI_COMM_WORLD);
+    MPI_Allgather(data.data(), n, MPI_DOUBLE, copies.data(), n, MPI_DOUBLE, comm_);
     sum_in_rank_order(copies.data(), size_, int64_t(n), data.data());
   }
 
@@ -206,10 +223,10 @@ class MpiProcessGroup final : public ProcessGroup {
                 "[dist] gather: {} / {} elements for this rank's count {}", mine.size(), all.size(),
                 c[size_t(rank_)]);
     MPI_Gatherv(mine.data(), c[size_t(rank_)], MPI_FLOAT, all.data(), c.data(), displs.data(),
-                MPI_FLOAT, root, MPI_COMM_WORLD);
+                MPI_FLOAT, root, comm_);
   }
 
-  void barrier() override { MPI_Barrier(MPI_COMM_WORLD); }
+  void barrier() override { MPI_Barrier(comm_); }
 
   void all_to_all_v(std::span<const float> send, const std::vector<int64_t>& send_counts,
                     std::span<float> recv, const std::vector<int64_t>& recv_counts) override {
@@ -222,14 +239,14 @@ class MpiProcessGroup final : public ProcessGroup {
                 send.size(), recv.size(), int64_t(sd.back()) + sc.back(),
                 int64_t(rd.back()) + rc.back());
     MPI_Alltoallv(send.data(), sc.data(), sd.data(), MPI_FLOAT, recv.data(), rc.data(), rd.data(),
-                  MPI_FLOAT, MPI_COMM_WORLD);
+                  MPI_FLOAT, comm_);
   }
 
   std::unique_ptr<Work> send_async(std::span<const float> data, int peer, int tag) override {
     check_peer(peer, tag, "send");
     auto w = std::make_unique<MpiWork>();
-    MPI_Isend(data.data(), as_int(int64_t(data.size()), "send"), MPI_FLOAT, peer, tag,
-              MPI_COMM_WORLD, &w->request);
+    MPI_Isend(data.data(), as_int(int64_t(data.size()), "send"), MPI_FLOAT, peer, tag, comm_,
+              &w->request);
     return w;
   }
 
@@ -237,7 +254,7 @@ class MpiProcessGroup final : public ProcessGroup {
     check_peer(peer, tag, "recv");
     auto w = std::make_unique<MpiWork>();
     const int n = as_int(int64_t(data.size()), "recv");
-    MPI_Irecv(data.data(), n, MPI_FLOAT, peer, tag, MPI_COMM_WORLD, &w->request);
+    MPI_Irecv(data.data(), n, MPI_FLOAT, peer, tag, comm_, &w->request);
     // A larger message is MPI_ERR_TRUNCATE (fatal); a smaller one would leave stale elements.
     MpiWork* raw = w.get();
     w->finish = [raw, n, peer, tag] {
@@ -254,7 +271,7 @@ class MpiProcessGroup final : public ProcessGroup {
                 "[dist] all_to_all: send {} / recv {} elements for {} ranks", send.size(),
                 recv.size(), size_);
     const int block = as_int(int64_t(send.size()) / size_, "all_to_all");
-    MPI_Alltoall(send.data(), block, MPI_INT64_T, recv.data(), block, MPI_INT64_T, MPI_COMM_WORLD);
+    MPI_Alltoall(send.data(), block, MPI_INT64_T, recv.data(), block, MPI_INT64_T, comm_);
   }
 
  private:
@@ -281,6 +298,7 @@ class MpiProcessGroup final : public ProcessGroup {
     return displs;
   }
 
+  MPI_Comm comm_;
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
   bool any_thread_ = false;
   std::unique_ptr<HfReduce> hfreduce_;  // when the all-reduce algorithm is HFReduce
@@ -297,7 +315,7 @@ std::unique_ptr<ProcessGroup> make_mpi_world(int* argc, char*** argv) {
               "[dist] MPI_Init_thread: the MPI library gives thread level {}, dseek needs "
               "MPI_THREAD_FUNNELED",
               provided);
-  return std::make_unique<MpiProcessGroup>(provided);
+  return std::make_unique<MpiProcessGroup>(MPI_COMM_WORLD, provided >= MPI_THREAD_SERIALIZED);
 }
 
 void finalize_mpi() {

@@ -53,6 +53,11 @@ class SingleProcessGroup final : public ProcessGroup {
     DSEEK_CHECK(root == 0, "[dist] broadcast: root {} in a group of 1", root);
     return std::make_unique<DoneWork>();
   }
+  std::unique_ptr<ProcessGroup> split(int) override {
+    auto group = std::make_unique<SingleProcessGroup>();
+    group->set_deterministic(deterministic_);
+    return group;
+  }
   void broadcast_bytes(std::span<std::byte>, int root) override {
     DSEEK_CHECK(root == 0, "[dist] broadcast: root {} in a group of 1", root);
   }

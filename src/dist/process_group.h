@@ -87,6 +87,11 @@ class ProcessGroup {
                                                  const std::vector<int64_t>& counts) = 0;
   // data ← root's data on every rank.
   virtual std::unique_ptr<Work> broadcast_async(std::span<float> data, int root) = 0;
+  // Collective: the ranks passing the same color (>= 0) form a new group, ranked in this group's
+  // order (MPI_Comm_split), with this group's deterministic setting. The subgroups of expert
+  // parallelism (the ranks exchanging tokens; the replicas of one expert slice). MPI only: the
+  // single-process group returns another single-process group, NCCL refuses.
+  virtual std::unique_ptr<ProcessGroup> split(int color) = 0;
   // Host bytes ← root's bytes on every rank (blocking): NCCL's bootstrap identifier.
   virtual void broadcast_bytes(std::span<std::byte> data, int root) = 0;
 

@@ -20,7 +20,13 @@ ExpertParallel make_expert_parallel(dist::ProcessGroup& group, const ModelConfig
               "[train] expert parallel {}: must divide the {} routed experts (each rank owns an "
               "equal slice)",
               size, config.n_routed_experts);
-  return ExpertParallel{&group, config.n_routed_experts, size};
+  ExpertParallel ep;
+  ep.group = &group;
+  ep.experts = config.n_routed_experts;
+  ep.size = size;
+  ep.exchange = group.split(group.rank() / size);
+  ep.replica = group.split(group.rank() % size);
+  return ep;
 }
 
 int64_t node_limit(const ModelConfig& config, int64_t ranks) {
@@ -74,22 +80,24 @@ ExpertShard::ExpertShard(const ExpertParallel& ep, ParamSet& params, AdamWConfig
 
 void ExpertShard::reduce_grads() {
   if (ep_.replicas() == 1) return;
+  // The owned experts' gradients, one flat buffer, summed over the replicas of this slice.
   int64_t total = 0;
-  for (const Slot& s : slots_) total += s.param->value.numel();
-  std::vector<float> all(size_t(total), 0.0f);
+  for (const Slot& s : slots_)
+    if (s.owner == ep_.rank()) total += s.param->grad.numel();
+  std::vector<float> owned(static_cast<size_t>(total));
   int64_t at = 0;
   for (const Slot& s : slots_) {
+    if (s.owner != ep_.rank()) continue;
     const int64_t n = s.param->grad.numel();
-    if (s.owner == ep_.rank())
-      std::memcpy(all.data() + at, s.param->grad.data<float>(), size_t(n) * sizeof(float));
+    std::memcpy(owned.data() + at, s.param->grad.data<float>(), size_t(n) * sizeof(float));
     at += n;
   }
-  ep_.group->all_reduce(std::span<float>(all));
+  ep_.replica->all_reduce(std::span<float>(owned));
   at = 0;
   for (Slot& s : slots_) {
+    if (s.owner != ep_.rank()) continue;
     const int64_t n = s.param->grad.numel();
-    if (s.owner == ep_.rank())
-      std::memcpy(s.param->grad.data<float>(), all.data() + at, size_t(n) * sizeof(float));
+    std::memcpy(s.param->grad.data<float>(), owned.data() + at, size_t(n) * sizeof(float));
     at += n;
   }
 }

@@ -2,9 +2,11 @@
 // MoE layer are spread over groups of N consecutive ranks of a dist::ProcessGroup of W ranks (N
 // divides W; W/N groups, data-parallel across them), rank r of a group owning the contiguous slice
 // [r·E/N, (r+1)·E/N); everything else (attention, norms, gates, shared experts, embedding, head)
-// stays replicated and data-parallel (train/data_parallel.h). The exchanges run on the whole
-// group with empty blocks for ranks outside one's own expert-parallel group (no sub-communicators
-// needed), so every rank of the world must run the same MoE layers in the same order.
+// stays replicated and data-parallel (train/data_parallel.h). The token exchanges run on the
+// expert-parallel group's own communicator (ProcessGroup::split: the N ranks of one group), the
+// replicas of an expert slice reduce its gradients on theirs (the W/N ranks of the same position),
+// and the routing statistics are summed over the world; so every rank of the world must run the
+// same MoE layers in the same order.
 //
 // A step on N ranks (rank r holds its slice of the global batch, as in data parallelism):
 //   dispatch: each MoE layer routes its own tokens, sorts the (token, k) slots by expert (so they
@@ -36,6 +38,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <span>
 #include <string>
 #include <utility>
@@ -50,7 +53,10 @@
 namespace dseek::train {
 
 struct ExpertParallel {
-  dist::ProcessGroup* group = nullptr;  // the world (W ranks) the exchanges run on
+  dist::ProcessGroup* group = nullptr;  // the world (W ranks): statistics, checkpoints
+  // Subgroups of the world (shared: LossOptions and ExpertShard hold copies of this struct).
+  std::shared_ptr<dist::ProcessGroup> exchange;  // this rank's expert-parallel group (N ranks)
+  std::shared_ptr<dist::ProcessGroup> replica;   // the W/N ranks holding the same expert slice
   int64_t experts = 0;                  // E, routed experts per MoE layer
   int size = 1;                         // N, ranks per expert-parallel group
 
@@ -66,7 +72,7 @@ struct ExpertParallel {
 };
 
 // Expert parallelism in groups of `size` ranks of `group` for `config` (checks: MoE layers exist,
-// size divides the world and E).
+// size divides the world and E). Collective: it splits the two subgroups off `group`.
 ExpertParallel make_expert_parallel(dist::ProcessGroup& group, const ModelConfig& config, int size);
 
 // The most ranks one token's experts can be on under `config`'s gate with E experts over `ranks`

@@ -8,8 +8,8 @@
 // rank q are the contiguous run of its experts [q·P, (q+1)·P). Owner side: the rows received from
 // rank q for local expert j sit at row offset Σ of the counts before (q, j) in q-major order;
 // expert j's input is the rows of (0, j), (1, j), …, (N−1, j) stacked — the group's batch order.
-// q is a rank within the expert-parallel group; on the world communicator it is rank base + q, and
-// the blocks of ranks outside the group are empty.
+// q is a rank within the expert-parallel group, whose own communicator (ExpertParallel::exchange)
+// the exchanges run on.
 #include <algorithm>
 #include <cstring>
 
@@ -24,10 +24,10 @@ std::string expert_prefix(const std::string& prefix, int64_t e) {
   return prefix + ".experts." + std::to_string(e);
 }
 
-// Elements sent to / received from each world rank (rows · D), from the slot offsets by expert
-// and the received per-(rank, local expert) row counts.
+// Elements sent to / received from each rank of the group (rows · D), from the slot offsets by
+// expert and the received per-(rank, local expert) row counts.
 struct Counts {
-  std::vector<int64_t> send, recv;  // per world rank
+  std::vector<int64_t> send, recv;  // per rank of the expert-parallel group
   std::vector<int64_t> recv_row;    // row offset of (q, j) in the receive buffer, q-major
   int64_t recv_rows = 0;
 };
@@ -36,17 +36,16 @@ Counts exchange_counts(const ExpertParallel& ep, const MoeHostCache& c, int64_t 
   const int N = ep.ranks();
   const int64_t P = ep.per_rank();
   Counts k;
-  k.send.assign(size_t(ep.group->size()), 0);
-  k.recv.assign(size_t(ep.group->size()), 0);
+  k.send.assign(size_t(N), 0);
+  k.recv.assign(size_t(N), 0);
   k.recv_row.assign(size_t(N * P), 0);
   for (int q = 0; q < N; ++q) {
-    const size_t world = size_t(ep.base() + q);
-    k.send[world] = (c.offsets[size_t((q + 1) * P)] - c.offsets[size_t(q * P)]) * D;
+    k.send[size_t(q)] = (c.offsets[size_t((q + 1) * P)] - c.offsets[size_t(q * P)]) * D;
     for (int64_t j = 0; j < P; ++j) {
       const int64_t rows = c.ep_recv[size_t(q * P + j)];
       k.recv_row[size_t(q * P + j)] = k.recv_rows;
       k.recv_rows += rows;
-      k.recv[world] += rows * D;
+      k.recv[size_t(q)] += rows * D;
     }
   }
   return k;
@@ -89,7 +88,7 @@ int64_t expert_rows(const ExpertParallel& ep, const MoeHostCache& c, int64_t j) 
 
 void moe_experts_forward_ep(const LayerContext& ctx, const std::string& prefix, MoeCache& cache) {
   const ExpertParallel& ep = *ctx.expert_parallel;
-  dist::ProcessGroup& group = *ep.group;
+  dist::ProcessGroup& group = *ep.exchange;
   MoeHostCache& c = cache.host;
   const int64_t T = cache.x.size(0), D = ctx.config.hidden_size, E = ctx.config.n_routed_experts,
                 K = ctx.config.num_experts_per_tok, P = ep.per_rank();
@@ -98,13 +97,12 @@ void moe_experts_forward_ep(const LayerContext& ctx, const std::string& prefix, 
               ep.ranks(), E);
 
   // Rows per expert out, rows per (source rank, local expert) in: the capacity-free count
-  // exchange (the block for group rank q: the counts of its P experts; zeros outside the group).
-  const size_t base = size_t(ep.base()) * size_t(P);
-  std::vector<int64_t> send_rows(size_t(group.size()) * size_t(P), 0), recv_rows(send_rows.size());
+  // exchange (the block for group rank q: the counts of its P experts).
+  std::vector<int64_t> send_rows(static_cast<size_t>(E)), recv_rows(static_cast<size_t>(E));
   for (int64_t e = 0; e < E; ++e)
-    send_rows[base + size_t(e)] = c.offsets[size_t(e + 1)] - c.offsets[size_t(e)];
+    send_rows[size_t(e)] = c.offsets[size_t(e + 1)] - c.offsets[size_t(e)];
   group.all_to_all(send_rows, recv_rows);
-  c.ep_recv.assign(recv_rows.begin() + ptrdiff_t(base), recv_rows.begin() + ptrdiff_t(base) + E);
+  c.ep_recv = recv_rows;
   const Counts k = exchange_counts(ep, c, D);
 
   // Dispatch: slot i's token row, in slot (= destination) order.
@@ -151,7 +149,7 @@ void moe_experts_forward_ep(const LayerContext& ctx, const std::string& prefix, 
 void moe_experts_backward_ep(const LayerContext& ctx, const std::string& prefix,
                              const MoeCache& cache, const Tensor& dy, Tensor& dx) {
   const ExpertParallel& ep = *ctx.expert_parallel;
-  dist::ProcessGroup& group = *ep.group;
+  dist::ProcessGroup& group = *ep.exchange;
   const MoeHostCache& c = cache.host;
   const int64_t T = cache.x.size(0), D = ctx.config.hidden_size, K = ctx.config.num_experts_per_tok,
                 P = ep.per_rank();

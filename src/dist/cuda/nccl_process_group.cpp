@@ -280,6 +280,9 @@ class NcclProcessGroup final : public ProcessGroup {
     });
   }
 
+  std::unique_ptr<ProcessGroup> split(int) override {
+    fail("[dist] split: the NCCL group has no subgroups yet");
+  }
   void broadcast_bytes(std::span<std::byte> data, int root) override {
     host_.broadcast_bytes(data, root);
   }
