@@ -977,14 +977,15 @@ TEST_F(DistTrain, PipelineFourStagesTrainLikeOneProcess) {
 
 // 4 ranks as 2 pipelines of 2 stages (ranks 0-1 and 2-3), data parallel across them: each
 // pipeline trains on 2 of every batch's 4 sequences as 2 micro-batches of one, the replicas of a
-// stage sum their gradients, and the run matches one process's.
+// stage train it with ZeRO-1 (reduce-scattered buckets, sharded moments, all-gathered values), and
+// the run matches one process's; the moments gathered from the shards are one process's.
 TEST_F(DistTrain, PipelineTimesDataParallelTrainsLikeOneProcess) {
   TempDir dir;
   const fs::path run_dir = dir.path / "pp2x2";
   const CliRun r = run(mpirun_, mpirun_args(4, train_args(run_dir, kSteps, pipeline_args(2, 2))));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("2 micro-batches of 1 sequences per batch, 1F1B schedule; 2 pipelines, "
-                       "data parallel across them"),
+                       "data parallel across them (ZeRO-1 over each stage's replicas"),
             std::string::npos)
       << r.err;
   expect_same_training(single_run(), run_dir);

@@ -199,6 +199,17 @@ const ops::AdamWTensors& DataParallel::shard_tensors() {
   return shard_tensors_;
 }
 
+double DataParallel::grad_sum_of_squares() {
+  check_devices();
+  double total[1] = {ops::sum_of_squares(shard_tensors().grads)};
+  group_.all_reduce(std::span<double>(total, 1));
+  return total[0];
+}
+
+void DataParallel::scale_gradients(float factor) {
+  if (factor != 1.0f) ops::scale_inplace({grad_}, factor);
+}
+
 double DataParallel::clip_grad_norm(double max_norm, const std::vector<std::span<float>>& extra,
                                     bool count_extra) {
   check_devices();
@@ -217,7 +228,7 @@ double DataParallel::clip_grad_norm(double max_norm, const std::vector<std::span
   const double norm = std::sqrt(total[0]);
   if (max_norm > 0.0 && std::isfinite(norm) && norm > max_norm) {
     const float scale = float(max_norm / (norm + 1e-6));
-    ops::scale_inplace({grad_}, scale);
+    scale_gradients(scale);
     for (const std::span<float> g : extra)
       for (float& x : g) x *= scale;
   }

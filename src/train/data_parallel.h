@@ -70,6 +70,11 @@ class DataParallel {
   // and counted in the norm where count_extra (once per copy: replicas pass false).
   double clip_grad_norm(double max_norm, const std::vector<std::span<float>>& extra = {},
                         bool count_extra = true);
+  // Its two halves, for callers that combine norms over several groups (pipeline stages): Σ g² of
+  // the reduced gradient over the group (the shards' sums all-reduced; the same on every rank),
+  // and g ← g·factor on this rank's shard.
+  double grad_sum_of_squares();
+  void scale_gradients(float factor);
   // AdamW on this rank's shard, then every parameter all-gathered from the shards.
   void step(double lr);
   int64_t step_count() const { return step_count_; }

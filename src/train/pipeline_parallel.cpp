@@ -15,7 +15,6 @@ namespace {
 // needs the tags of one direction to stay apart); then the embedding copy and validation.
 constexpr int kStepTags = 32000;
 constexpr int kEmbedGradTag = 32001, kEmbedValueTag = 32002, kValidationTag = 32003;
-constexpr int kReplicaGradTag = 32004, kReplicaSumTag = 32005;
 int forward_tag(int64_t i) {
   return int((2 * i) % kStepTags);
 }
@@ -110,6 +109,8 @@ PipelineStage::PipelineStage(dist::ProcessGroup& group, const PipelineLayout& la
                   group.rank() == layout.rank_of(layout.stage, layout.replica),
               "[pipeline] stage {} of {} (replica {} of {}) on rank {} of {}", layout.stage,
               layout.stages, layout.replica, layout.replicas, group.rank(), group.size());
+  // (collective over the world: every rank builds its stage)
+  if (layout.replicas > 1) replicas_ = group.split(layout.stage);
   const int64_t L = model.config().num_hidden_layers;
   const std::vector<std::string>& moe = model.moe_layers();
   for (size_t j = 0; j < moe.size(); ++j) {
@@ -268,82 +269,66 @@ SequenceLosses PipelineStage::forward(const MicroBatch& b, const LossOptions& op
   return sum;
 }
 
-double PipelineStage::optimizer_step(AdamW& optimizer, double lr, double max_norm) {
+void PipelineStage::gather_embedding_grad() {
+  if (!layout_.shared_embedding) return;
+  // The copy's gradient (MTP modules, tied head) joins the first stage's.
   const int first_rank = layout_.rank_of(0, layout_.replica);
   const int last_rank = layout_.rank_of(layout_.stages - 1, layout_.replica);
-  if (layout_.shared_embedding) {
-    // The copy's gradient (MTP modules, tied head) joins the first stage's.
-    if (layout_.last()) {
-      group_.send(span_of(params_.grad(kEmbed)), first_rank, kEmbedGradTag);
-    } else if (layout_.first()) {
-      const Tensor& grad = params_.grad(kEmbed);
-      const Tensor other = Tensor::empty(grad.shape());
-      group_.recv(span_of(other), last_rank, kEmbedGradTag);
-      float* g = grad.data<float>();
-      const float* o = other.data<float>();
-      for (int64_t i = 0; i < grad.numel(); ++i) g[i] += o[i];
-    }
+  if (layout_.last()) {
+    group_.send(span_of(params_.grad(kEmbed)), first_rank, kEmbedGradTag);
+  } else if (layout_.first()) {
+    const Tensor& grad = params_.grad(kEmbed);
+    const Tensor other = Tensor::empty(grad.shape());
+    group_.recv(span_of(other), last_rank, kEmbedGradTag);
+    float* g = grad.data<float>();
+    const float* o = other.data<float>();
+    for (int64_t i = 0; i < grad.numel(); ++i) g[i] += o[i];
   }
-  sum_replica_grads();
-  // The global norm: every stage's trainable gradients once (the copy is not trainable; the
-  // replicas hold the same sums, replica 0 counts them).
-  const double local = layout_.replica == 0 ? grad_norm(params_) : 0.0;
+}
+
+void PipelineStage::send_embedding_values() {
+  if (!layout_.shared_embedding) return;
+  const int first_rank = layout_.rank_of(0, layout_.replica);
+  const int last_rank = layout_.rank_of(layout_.stages - 1, layout_.replica);
+  if (layout_.first())
+    group_.send(span_of(params_.value(kEmbed)), last_rank, kEmbedValueTag);
+  else if (layout_.last())
+    group_.recv(span_of(params_.value(kEmbed)), first_rank, kEmbedValueTag);
+}
+
+double PipelineStage::optimizer_step(AdamW& optimizer, double lr, double max_norm) {
+  DSEEK_CHECK(layout_.replicas == 1,
+              "[pipeline] {} pipelines: their stages step with DataParallel over the replicas",
+              layout_.replicas);
+  gather_embedding_grad();
+  // The global norm: every stage's trainable gradients once (the copy is not trainable).
+  const double local = grad_norm(params_);
   std::vector<double> squares = {local * local};
   group_.all_reduce(std::span<double>(squares));
   const double norm = std::sqrt(squares[0]);
   optimizer.step(lr, clip_factor(norm, max_norm));
-  if (layout_.shared_embedding) {
-    if (layout_.first())
-      group_.send(span_of(params_.value(kEmbed)), last_rank, kEmbedValueTag);
-    else if (layout_.last())
-      group_.recv(span_of(params_.value(kEmbed)), first_rank, kEmbedValueTag);
-  }
+  send_embedding_values();
   return norm;
 }
 
-void PipelineStage::sum_replica_grads() {
-  if (layout_.replicas == 1) return;
-  std::vector<Param*> trainable;
-  int64_t n = 0;
-  for (Param& p : params_.all())
-    if (p.trainable) {
-      trainable.push_back(&p);
-      n += p.grad.numel();
-    }
-  // One flat message per replica; replica 0 adds them in replica order 1, 2, ...
-  std::vector<float> flat(static_cast<size_t>(n));
-  auto pack = [&] {
-    size_t at = 0;
-    for (const Param* p : trainable) {
-      std::copy_n(p->grad.data<float>(), p->grad.numel(), flat.begin() + std::ptrdiff_t(at));
-      at += size_t(p->grad.numel());
-    }
-  };
-  auto unpack = [&] {
-    size_t at = 0;
-    for (Param* p : trainable) {
-      std::copy_n(flat.begin() + std::ptrdiff_t(at), p->grad.numel(), p->grad.data<float>());
-      at += size_t(p->grad.numel());
-    }
-  };
-  const int leader = layout_.rank_of(layout_.stage, 0);
-  pack();
-  if (layout_.replica == 0) {
-    std::vector<float> other(static_cast<size_t>(n));
-    for (int d = 1; d < layout_.replicas; ++d) {
-      group_.recv(other, layout_.rank_of(layout_.stage, d), kReplicaGradTag);
-      for (size_t i = 0; i < flat.size(); ++i) flat[i] += other[i];
-    }
-    for (int d = 1; d < layout_.replicas; ++d)
-      group_.send(flat, layout_.rank_of(layout_.stage, d), kReplicaSumTag);
-  } else {
-    group_.send(flat, leader, kReplicaGradTag);
-    group_.recv(flat, leader, kReplicaSumTag);
-  }
-  unpack();
+double PipelineStage::optimizer_step(DataParallel& optimizer, double lr, double max_norm) {
+  gather_embedding_grad();
+  optimizer.reduce_gradients();
+  // The stage's Σ g² over its replicas' shards (the same on each replica; replica 0 counts it),
+  // summed over the stages.
+  const double stage = optimizer.grad_sum_of_squares();
+  std::vector<double> squares = {layout_.replica == 0 ? stage : 0.0};
+  group_.all_reduce(std::span<double>(squares));
+  const double norm = std::sqrt(squares[0]);
+  optimizer.scale_gradients(clip_factor(norm, max_norm));
+  optimizer.step(lr);
+  params_.refresh_compute();
+  send_embedding_values();
+  return norm;
 }
 
-void PipelineStage::gather_checkpoint(const AdamW& optimizer, CheckpointData& ck) {
+void PipelineStage::gather_checkpoint(const std::vector<std::pair<std::string, Tensor>>& state,
+                                      CheckpointData& ck) {
   const ModelConfig& c = model_.config();
   const std::vector<WeightSpec> specs = TrainModel::param_specs(c);
   const int P = layout_.stages;
@@ -358,7 +343,6 @@ void PipelineStage::gather_checkpoint(const AdamW& optimizer, CheckpointData& ck
     for (const WeightSpec& spec : specs)
       if (in_part(c, part, spec.name)) counts[size_t(q)] += floats_of(spec);
   }
-  const auto state = optimizer.state_tensors();
   const std::map<std::string, Tensor> moments(state.begin(), state.end());
   std::vector<float> mine;
   mine.reserve(size_t(counts[size_t(group_.rank())]));

@@ -21,10 +21,14 @@
 // the first stage's, the first stage updates the embedding, and the new values go back to the
 // copy (Megatron-LM's word-embedding all-reduce, done as two messages).
 //
-// Replicas: replica 0 of each stage receives the others' gradients (one flat message each), adds
-// them in replica order and sends the sum back, so every replica applies the same update to the
-// same values. Gradient clipping uses the global norm: each stage's sum of squares (replica 0's),
-// summed over the ranks.
+// Replicas: the D replicas of a stage form a group of their own (ProcessGroup::split) and train
+// their stage data-parallel with ZeRO-1 (train/data_parallel.h, the trainer's DataParallel over
+// replica_group()): each bucket of the stage's gradients is reduce-scattered after the step's
+// backwards, each replica updates its shard of the stage's parameters and keeps only that shard's
+// AdamW moments, and the updated values are all-gathered, so every replica holds the same stage.
+// With one pipeline the stage keeps plain AdamW. Gradient clipping uses the global norm: each
+// stage's sum of squares (over its replicas' shards; replica 0 contributes it), summed over the
+// ranks.
 // Checkpoints gather every stage's values and AdamW moments on rank 0 in the order one process
 // writes them, so a pipeline checkpoint resumes on one process and the other way round.
 #pragma once
@@ -35,6 +39,7 @@
 
 #include "dist/process_group.h"
 #include "train/checkpoint.h"
+#include "train/data_parallel.h"
 #include "train/optimizer.h"
 #include "train/train_batches.h"
 #include "train/train_model.h"
@@ -88,14 +93,20 @@ class PipelineStage {
   // Forward only (validation), the same parts.
   SequenceLosses forward(const MicroBatch& batch, const LossOptions& options);
 
-  // After train_step: brings the embedding copy's gradient to the first stage, sums the
-  // replicas' gradients, clips with the global norm, steps AdamW and refreshes the copy. Returns
-  // the global gradient norm.
+  // After train_step: brings the embedding copy's gradient to the first stage, clips with the
+  // global norm, steps the stage's optimizer and refreshes the copy. Returns the global gradient
+  // norm. AdamW: one pipeline; DataParallel (over replica_group()): several, ZeRO-1 across them.
   double optimizer_step(AdamW& optimizer, double lr, double max_norm);
+  double optimizer_step(DataParallel& optimizer, double lr, double max_norm);
+  // The replicas of this stage (D ranks; null with one pipeline). Made by the constructor.
+  dist::ProcessGroup* replica_group() const { return replicas_.get(); }
 
   // Collective: every stage's values and moments gathered on rank 0, in the order one process
-  // writes them (ck.model, ck.optimizer; empty on the other ranks).
-  void gather_checkpoint(const AdamW& optimizer, CheckpointData& ck);
+  // writes them (ck.model, ck.optimizer; empty on the other ranks). `moments`: the stage's
+  // "exp_avg.<name>" / "exp_avg_sq.<name>" tensors, needed on replica 0 (AdamW::state_tensors,
+  // or DataParallel::gather_state, which gives them to the group's rank 0).
+  void gather_checkpoint(const std::vector<std::pair<std::string, Tensor>>& moments,
+                         CheckpointData& ck);
 
   // The whole model's trainable parameter count (for run.json).
   int64_t model_parameters() const;
@@ -109,12 +120,15 @@ class PipelineStage {
   Tensor receive(int64_t rows, int peer, int tag);
   void send(const Tensor& x, int peer, int tag);
   void finish_sends();
-  void sum_replica_grads();
+  // The shared embedding's two messages around the update (see the header).
+  void gather_embedding_grad();
+  void send_embedding_values();
   // Adds micro-batch losses `part` (expert loads in this stage's order) into `sum` (the model's).
   void accumulate(const SequenceLosses& part, SequenceLosses& sum) const;
   SequenceLosses empty_losses() const;
 
   dist::ProcessGroup& group_;
+  std::unique_ptr<dist::ProcessGroup> replicas_;  // this stage's replicas (D > 1)
   PipelineLayout layout_;
   TrainModel& model_;
   ParamSet& params_;

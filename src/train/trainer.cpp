@@ -379,6 +379,8 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
               "and pipeline optimizers keep and gather f32 moments); got {} MPI ranks",
               ranks);
   // One process: AdamW over every parameter. N ranks: ZeRO-1, each rank the moments of its shard.
+  // Pipelines: each stage's own parameters, AdamW with one pipeline, ZeRO-1 over the stage's
+  // replicas with several.
   std::unique_ptr<AdamW> optimizer;
   std::unique_ptr<DataParallel> dp;
   // Expert parallelism: the owned routed experts' AdamW; DataParallel leaves all experts out.
@@ -390,6 +392,10 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
         nccl ? *nccl : group, params, adamw_config, model_config.num_hidden_layers,
         std::max<int64_t>(1, int64_t(cfg.dist_bucket_mb * 262144.0)), exclude);
     if (expert_parallel) experts = std::make_unique<ExpertShard>(ep, params, adamw_config);
+  } else if (stage && stage->replica_group()) {
+    dp = std::make_unique<DataParallel>(
+        *stage->replica_group(), params, adamw_config, model_config.num_hidden_layers,
+        std::max<int64_t>(1, int64_t(cfg.dist_bucket_mb * 262144.0)));
   } else {
     optimizer = std::make_unique<AdamW>(params, adamw_config);
   }
@@ -487,7 +493,9 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
                stage_layout.last_layer - 1, cfg.micro_batches,
                cfg.batch_size / (stage_layout.replicas * cfg.micro_batches),
                stage_layout.replicas > 1
-                   ? fmt::format("; {} pipelines, data parallel across them", stage_layout.replicas)
+                   ? fmt::format("; {} pipelines, data parallel across them (ZeRO-1 over each "
+                                 "stage's replicas, {} gradient buckets on stage 0)",
+                                 stage_layout.replicas, dp->num_buckets())
                    : "");
   if (lead && ranks > 1 && !pipeline)
     fmt::print(stderr,
@@ -581,7 +589,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     if (experts) experts->gather_values();
     if (stage) {
       // Every stage's values and moments on rank 0 (collective), in one process's order.
-      stage->gather_checkpoint(*optimizer, ck);
+      stage->gather_checkpoint(dp ? dp->gather_state() : optimizer->state_tensors(), ck);
     } else {
       for (const Param& p : params.all()) ck.model.emplace_back(p.name, p.value);
     }
@@ -695,7 +703,8 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       for (double& v : mtp) v /= d;
       while (!mtp.empty() && mtp.back() == 0.0) mtp.pop_back();  // depths that did not run
       load = t.load;
-      grad_norm = stage->optimizer_step(*optimizer, lr, cfg.grad_clip);
+      grad_norm = dp ? stage->optimizer_step(*dp, lr, cfg.grad_clip)
+                     : stage->optimizer_step(*optimizer, lr, cfg.grad_clip);
     } else if (dp) {
       // Losses: the mean of the ranks' slice means (= the global batch mean when every sequence
       // counts equally); loads: summed; a stop signal on any rank stops every rank after this step.
