@@ -191,7 +191,8 @@ void PipelineStage::accumulate(const SequenceLosses& part, SequenceLosses& sum) 
 }
 
 SequenceLosses PipelineStage::train_step(const std::vector<MicroBatch>& micro,
-                                         const LossOptions& options, float loss_scale) {
+                                         const LossOptions& options, float loss_scale,
+                                         DataParallel* replicas) {
   DSEEK_CHECK(!options.token_weights && !options.expert_parallel,
               "[pipeline] token weights (DPO) and expert parallelism are not pipelined");
   const int64_t M = int64_t(micro.size());
@@ -219,12 +220,22 @@ SequenceLosses PipelineStage::train_step(const std::vector<MicroBatch>& micro,
     part.total += part.aux;
     accumulate(part, sum);
   };
+  // The step's last backward announces its finished blocks to the replicas' reductions (the
+  // stage's parameters follow DataParallel::on_block_backward's rule: the head and MTP modules
+  // before the main layers, last to first; the embedding at the end).
+  LossOptions last_options = options;
+  if (replicas)
+    last_options.on_block_backward = [replicas](int64_t layer) {
+      replicas->on_block_backward(layer);
+    };
   auto backward = [&](int64_t i) {
     const MicroBatch& b = micro[size_t(i)];
     InFlight& f = state[size_t(i)];
-    Tensor dx = layout_.last() ? model_.head_backward(f.head, b.targets, options, loss_scale)
+    if (replicas && i == M - 1) replicas->arm();
+    const LossOptions& o = replicas && i == M - 1 ? last_options : options;
+    Tensor dx = layout_.last() ? model_.head_backward(f.head, b.targets, o, loss_scale)
                                : receive(b.tokens(), next, backward_tag(i));
-    dx = model_.blocks_backward(first, last, f.blocks, dx, options, loss_scale);
+    dx = model_.blocks_backward(first, last, f.blocks, dx, o, loss_scale);
     if (layout_.first())
       model_.embed_backward(b.inputs, dx);
     else

@@ -87,9 +87,11 @@ class PipelineStage {
   // of the summed losses: main and MTP cross-entropies (last stage), the balance losses of its
   // MoE layers in total and aux, and the expert loads in the whole model's layout
   // (TrainModel::moe_layers()), zero for other stages' layers. Summed over the ranks, these are
-  // one process's sums over the micro-batches.
+  // one process's sums over the micro-batches. `replicas` (the DataParallel over
+  // replica_group(), or null): armed before the step's last backward, whose finished layers'
+  // buckets then reduce while the earlier layers' backward runs.
   SequenceLosses train_step(const std::vector<MicroBatch>& micro, const LossOptions& options,
-                            float loss_scale);
+                            float loss_scale, DataParallel* replicas = nullptr);
   // Forward only (validation), the same parts.
   SequenceLosses forward(const MicroBatch& batch, const LossOptions& options);
 

@@ -636,7 +636,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
         for (MicroBatch& m : split_micro_batch(
                  batches.next(stage_layout.replica * B_local, B_local), cfg.micro_batches))
           micro.push_back(std::move(m));
-      const SequenceLosses l = stage->train_step(micro, loss_options, scale);
+      const SequenceLosses l = stage->train_step(micro, loss_options, scale, dp.get());
       // Each micro-batch's losses are means over 1/M of a batch: M of them make one batch mean.
       const double m = double(cfg.micro_batches);
       total = l.total / m;
