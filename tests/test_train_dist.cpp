@@ -666,6 +666,51 @@ TEST_F(DistTrain, DpoTwoRanksTrainLikeOneProcess) {
   expect_same_training(one, two, 1e-6, "rewards/accuracies");
 }
 
+// SFT, data parallel: rows hold different numbers of trained (assistant) targets, and the main
+// loss is the mean over every rank's targets (each weighs N / all targets), so 2 ranks train like
+// one process within the data-parallel tolerances (the mean of the ranks' means would not).
+TEST_F(DistTrain, SftTwoRanksTrainLikeOneProcess) {
+  TempDir dir;
+  {
+    std::ofstream chats(dir.path / "chats.jsonl");
+    const char* const things[] = {"the red ball", "a green tree", "some bread", "the blue sea"};
+    const int repeats[] = {1, 5, 2, 8, 1, 3, 6};
+    for (int i = 0; i < 28; ++i) {
+      const std::string thing = things[i % 4];
+      std::string answer;
+      for (int k = 0; k < repeats[i % 7]; ++k) answer += thing + " ";
+      chats << json({{"messages",
+                      {{{"role", "user"}, {"content", "where is " + thing + "?"}},
+                       {{"role", "assistant"}, {"content", answer + "is here."}}}}})
+                   .dump()
+            << "\n";
+    }
+  }
+  const fs::path sft_data = dir.path / "sft";
+  CliRun r = run(DSEEK_BINARY, {"data", "sft", "--tokenizer", tokenizer(), "--chat-format",
+                                "deepseek_llm", "--input", (dir.path / "chats.jsonl").string(),
+                                "--max-len", "96", "--out", sft_data.string()});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto sft_args = [&](const fs::path& out) {
+    Args a = {"train",  "--preset",        "tiny",  "--tokenizer", tokenizer(),
+              "--data", sft_data.string(), "--out", out.string(),  "--steps",
+              "4",      "--threads",       "1"};
+    for (const char* set : {"train.task=sft", "train.batch_size=4", "optim.lr=1e-3",
+                            "optim.schedule=constant", "optim.warmup_steps=1",
+                            "checkpoint.interval=4", "eval.interval=100", "dist.bucket_mb=0.01"}) {
+      a.push_back("--set");
+      a.push_back(set);
+    }
+    return a;
+  };
+  const fs::path one = dir.path / "one", two = dir.path / "two";
+  r = run(DSEEK_BINARY, sft_args(one));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run(mpirun_, mpirun_args(2, sft_args(two)));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  expect_same_training(one, two);
+}
+
 // Data parallelism on GPUs where it cannot run is an error that says why: this dseek has no NCCL,
 // or this machine has fewer GPUs than the node's 2 ranks (CI: none). tests/backend runs it on GPUs.
 TEST_F(DistTrain, GpuRanksWithoutGpusOrNcclAreClearErrors) {

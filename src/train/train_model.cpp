@@ -283,13 +283,15 @@ SequenceLosses TrainModel::head_forward(const Tensor& x_final, const std::vector
   }
   std::vector<float>& weights = hc.weights;
   weights.clear();
+  hc.main_share = 1.0;
   if (options.token_weights) {
     weights = options.token_weights(out.token_logp);
     DSEEK_CHECK(int64_t(weights.size()) == T, "[train] token_weights gave {} weights for {} tokens",
                 weights.size(), T);
     out.main_ce = ops::weighted_cross_entropy_loss(logits, targets, ce, weights);
   } else {
-    out.main_ce = ce.loss;
+    if (!options.ce_shares.empty()) hc.main_share = options.ce_shares[0];
+    out.main_ce = ce.loss * hc.main_share;
   }
   out.total = out.main_ce;
 
@@ -343,8 +345,9 @@ SequenceLosses TrainModel::head_forward(const Tensor& x_final, const std::vector
     m.logits = linear_forward(params_, head,
                               norm_forward(params_, p + ".shared_head.norm.weight", m.h, eps));
     m.ce = ops::cross_entropy_forward(m.logits, m.targets);
-    out.mtp_ce.push_back(m.ce.loss);
-    out.total += mtp_weight * m.ce.loss;
+    m.share = size_t(k) < options.ce_shares.size() ? options.ce_shares[size_t(k)] : 1.0;
+    out.mtp_ce.push_back(m.ce.loss * m.share);
+    out.total += mtp_weight * m.ce.loss * m.share;
   }
 
   return out;
@@ -375,7 +378,8 @@ Tensor TrainModel::head_backward(HeadCache& hc, const std::vector<int32_t>& targ
     const int64_t layer = L + k - 1;
     const std::string p = "model.layers." + std::to_string(layer);
     const Tensor hn2 = norm_forward(params_, p + ".shared_head.norm.weight", m.h, eps);
-    ops::cross_entropy_backward_inplace(m.logits, m.targets, m.ce, float(loss_scale * mtp_weight));
+    ops::cross_entropy_backward_inplace(m.logits, m.targets, m.ce,
+                                        float(loss_scale * mtp_weight * m.share));
     const Tensor d_hn2 = linear_backward(params_, head, hn2, m.logits);
     Tensor dh = norm_backward(params_, p + ".shared_head.norm.weight", m.h, eps, d_hn2);
     if (d_hidden[size_t(k - 1)].defined()) ops::add_inplace(dh, d_hidden[size_t(k - 1)]);
@@ -410,7 +414,7 @@ Tensor TrainModel::head_backward(HeadCache& hc, const std::vector<int32_t>& targ
     for (float& w : weights) w *= loss_scale;
     ops::weighted_cross_entropy_backward_inplace(logits, targets, ce, weights);
   } else {
-    ops::cross_entropy_backward_inplace(logits, targets, ce, loss_scale);
+    ops::cross_entropy_backward_inplace(logits, targets, ce, float(loss_scale * hc.main_share));
   }
   ops::add_inplace(dh0, linear_backward(params_, head, h0, logits));
   return norm_backward(params_, "model.norm.weight", hc.x_final, eps, dh0);

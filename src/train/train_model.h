@@ -37,6 +37,11 @@ struct LossOptions {
   // position, and the main loss becomes Σ_t w_t·CE_t (a weighted sum, not a mean) with gradient
   // Σ_t w_t·∂CE_t. Unset: the mean cross-entropy over counted targets.
   std::function<std::vector<float>(const std::vector<double>& token_logp)> token_weights;
+  // Data parallelism's exact means (SFT, trainer.cpp): factors the cross-entropy means are
+  // multiplied by, loss and gradient: [0] the main head's (unless token_weights is set), [k] MTP
+  // depth k's. The trainer's are count·N / Σ_ranks count, so the ranks' summed gradients are of
+  // the mean over every rank's targets. Missing entries are 1.
+  std::vector<double> ce_shares;
   // Called in backward right after block `layer` (main layers L−1..0, MTP blocks L+k−1) has added
   // its gradients to its own parameters (self_attn.*, mlp.*, input_layernorm,
   // post_attention_layernorm; not an MTP module's enorm/hnorm/eh_proj/shared_head): data
@@ -64,6 +69,7 @@ struct MtpCache {
   Tensor e_in, h_prev, cat, h, logits;
   BlockCache block;
   ops::CrossEntropyResult ce;
+  double share = 1.0;  // LossOptions::ce_shares[k]
 };
 
 // What the final norm, the head, the cross-entropy and the MTP modules keep for their backward.
@@ -71,6 +77,7 @@ struct HeadCache {
   Tensor x_final, h0, logits;
   ops::CrossEntropyResult ce;
   std::vector<float> weights;  // LossOptions::token_weights' result
+  double main_share = 1.0;     // LossOptions::ce_shares[0] (without token weights)
   std::vector<MtpCache> mtp;
   std::vector<Segments> mtp_segments;
   double mtp_weight = 0.0;

@@ -653,6 +653,25 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
         loss_options.on_block_backward = [&dp](int64_t layer) { dp->on_block_backward(layer); };
       }
       std::vector<std::pair<double, double>> ref;  // outlives the forward_backward below
+      if (cfg.task == "sft" && ranks > 1) {
+        // The cross-entropies as means over every rank's counted targets (one process's), not
+        // the mean of the ranks' means: the main head's and each MTP depth's (depth k counts
+        // the targets from the k-th of each sequence on) scaled by count·N / Σ_ranks count.
+        const size_t depths = size_t(model_config.num_nextn_predict_layers);
+        std::vector<double> counts(depths + 1, 0.0);
+        int64_t tok = 0;
+        for (const int64_t n : batch.segments) {
+          for (int64_t j = 0; j < n; ++j)
+            if (batch.targets[size_t(tok + j)] != ops::kIgnoreIndex)
+              for (size_t k = 0; k <= depths && int64_t(k) <= j; ++k) counts[k] += 1.0;
+          tok += n;
+        }
+        std::vector<double> global = counts;
+        group.all_reduce(std::span<double>(global));
+        loss_options.ce_shares.assign(depths + 1, 0.0);
+        for (size_t k = 0; k <= depths; ++k)
+          if (global[k] > 0) loss_options.ce_shares[k] = counts[k] * ranks / global[k];
+      }
       if (dpo) {
         for (int64_t id : batch.pair_ids) ref.push_back(reference[size_t(id)]);
         // dpo_loss weighs this rank's pairs for their own mean; data parallel, the step wants
@@ -673,6 +692,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       const SequenceLosses l =
           model.forward_backward(batch.inputs, batch.targets, loss_options, scale, batch.segments);
       loss_options.token_weights = nullptr;  // it refers to this micro-batch's locals
+      loss_options.ce_shares.clear();
       loss_options.on_block_backward = nullptr;
       total += l.total;
       ce += l.main_ce;
@@ -816,6 +836,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
         const MicroBatch vb = batches.validation(first, stand_in ? 1 : nb);
         LossOptions val_options = loss_options;
         val_options.token_weights = nullptr;
+        val_options.ce_shares.clear();
         const SequenceLosses l =
             stage ? stage->forward(vb, val_options)
                   : model.forward(vb.inputs, vb.targets, val_options, vb.segments);
