@@ -44,6 +44,20 @@ inline void rank_gradients(train::ParamSet& ps, int rank, int step) {
       for (int64_t i = 0; i < p.grad.numel(); ++i) p.grad.data<float>()[i] = normal(rng);
 }
 
+// Into `sum`'s gradients: every rank's rank_gradients at `step` added in rank order 0..ranks−1
+// (the reference the data-parallel reductions must give); `scratch` is a make_params set.
+inline void summed_gradients(train::ParamSet& sum, train::ParamSet& scratch, int ranks, int step) {
+  for (int r = 0; r < ranks; ++r) {
+    rank_gradients(scratch, r, step);
+    for (size_t i = 0; i < sum.size(); ++i) {
+      if (!sum.all()[i].trainable) continue;
+      float* g = sum.all()[i].grad.data<float>();
+      const float* t = scratch.all()[i].grad.data<float>();
+      for (int64_t k = 0; k < sum.all()[i].grad.numel(); ++k) g[k] = r == 0 ? t[k] : g[k] + t[k];
+    }
+  }
+}
+
 inline void expect_tensors_identical(const std::vector<std::pair<std::string, Tensor>>& a,
                                      const std::vector<std::pair<std::string, Tensor>>& b,
                                      const std::string& what) {

@@ -199,6 +199,22 @@ class DistTrain : public ::testing::Test {
   // depend on --steps), validation every 2 steps, checkpoints every 2 steps, expert load every
   // step, and gradient buckets of ~2600 floats that cut through parameters.
   static constexpr int kSteps = 6;
+  // Four steps of the tiny preset on chat data (`dseek data sft` / `dseek data dpo`), 4 rows a
+  // step, small buckets; `extra` names the task.
+  static Args chat_train_args(const fs::path& data, const fs::path& run_dir, const Args& extra) {
+    Args a = {"train",  "--preset",    "tiny",  "--tokenizer",    tokenizer(),
+              "--data", data.string(), "--out", run_dir.string(), "--steps",
+              "4",      "--threads",   "1"};
+    for (const char* set :
+         {"train.batch_size=4", "optim.lr=1e-3", "optim.schedule=constant", "optim.warmup_steps=1",
+          "checkpoint.interval=4", "eval.interval=100", "dist.bucket_mb=0.01"}) {
+      a.push_back("--set");
+      a.push_back(set);
+    }
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  }
+
   static Args train_args(const fs::path& run_dir, int steps, const Args& extra = {}) {
     Args a = {
         "train",    "--preset", "tiny",           "--tokenizer", tokenizer(),           "--data",
@@ -639,22 +655,11 @@ TEST_F(DistTrain, DpoTwoRanksTrainLikeOneProcess) {
                                 "deepseek_llm", "--input", (dir.path / "pairs.jsonl").string(),
                                 "--max-len", "160", "--out", dpo_data.string()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  auto dpo_args = [&](const fs::path& out) {
-    Args a = {"train",  "--preset",        "tiny",  "--tokenizer", tokenizer(),
-              "--data", dpo_data.string(), "--out", out.string(),  "--steps",
-              "4",      "--threads",       "1"};
-    for (const char* set : {"train.task=dpo", "dpo.beta=0.2", "train.batch_size=4", "optim.lr=1e-3",
-                            "optim.schedule=constant", "optim.warmup_steps=1",
-                            "checkpoint.interval=4", "eval.interval=100", "dist.bucket_mb=0.01"}) {
-      a.push_back("--set");
-      a.push_back(set);
-    }
-    return a;
-  };
   const fs::path one = dir.path / "one", two = dir.path / "two";
-  r = run(DSEEK_BINARY, dpo_args(one));
+  const Args dpo = {"--set", "train.task=dpo", "--set", "dpo.beta=0.2"};
+  r = run(DSEEK_BINARY, chat_train_args(dpo_data, one, dpo));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  r = run(mpirun_, mpirun_args(2, dpo_args(two)));
+  r = run(mpirun_, mpirun_args(2, chat_train_args(dpo_data, two, dpo)));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("reference log-probs of 24 pairs over 2 ranks"), std::string::npos) << r.err;
   EXPECT_EQ(json::parse(slurp(one / "reference_logps.json")),
@@ -691,22 +696,11 @@ TEST_F(DistTrain, SftTwoRanksTrainLikeOneProcess) {
                                 "deepseek_llm", "--input", (dir.path / "chats.jsonl").string(),
                                 "--max-len", "96", "--out", sft_data.string()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  auto sft_args = [&](const fs::path& out) {
-    Args a = {"train",  "--preset",        "tiny",  "--tokenizer", tokenizer(),
-              "--data", sft_data.string(), "--out", out.string(),  "--steps",
-              "4",      "--threads",       "1"};
-    for (const char* set : {"train.task=sft", "train.batch_size=4", "optim.lr=1e-3",
-                            "optim.schedule=constant", "optim.warmup_steps=1",
-                            "checkpoint.interval=4", "eval.interval=100", "dist.bucket_mb=0.01"}) {
-      a.push_back("--set");
-      a.push_back(set);
-    }
-    return a;
-  };
   const fs::path one = dir.path / "one", two = dir.path / "two";
-  r = run(DSEEK_BINARY, sft_args(one));
+  const Args sft = {"--set", "train.task=sft"};
+  r = run(DSEEK_BINARY, chat_train_args(sft_data, one, sft));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  r = run(mpirun_, mpirun_args(2, sft_args(two)));
+  r = run(mpirun_, mpirun_args(2, chat_train_args(sft_data, two, sft)));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   expect_same_training(one, two);
 }
@@ -781,16 +775,7 @@ void zero_one_on_this_rank() {
       train::DataParallel dp(w, b, config, 2, bucket);
       for (int step = 0; step < 3; ++step) {
         // The reference: every rank's gradients summed in rank order, clipped, one AdamW step.
-        for (int r = 0; r < w.size(); ++r) {
-          rank_gradients(scratch, r, step);
-          for (size_t i = 0; i < a.size(); ++i) {
-            if (!a.all()[i].trainable) continue;
-            float* g = a.all()[i].grad.data<float>();
-            const float* t = scratch.all()[i].grad.data<float>();
-            for (int64_t k = 0; k < a.all()[i].grad.numel(); ++k)
-              g[k] = r == 0 ? t[k] : g[k] + t[k];
-          }
-        }
+        summed_gradients(a, scratch, w.size(), step);
         const double norm = train::clip_grad_norm(a, 3.0);
         reference.step(1e-2);
         // ZeRO-1: this rank's gradients, reduced as backward would announce its blocks.

@@ -32,6 +32,7 @@ namespace {
 using testing::expect_tensors_identical;
 using testing::make_params;
 using testing::rank_gradients;
+using testing::summed_gradients;
 
 // Runs `body` on min(2, GPUs) ranks: this test relaunched under mpirun on 2 GPUs, in this process
 // (a group of one) on 1; skips without a GPU or NCCL. Under mpirun (launcher_world_size() > 1)
@@ -240,6 +241,14 @@ void collectives_on_this_rank(bool under_mpi) {
   if (under_mpi) dist::finalize_world();
 }
 
+// This rank's rank_gradients at `step` into the GPU set `gpu` (made on the host in `host`).
+void gpu_rank_gradients(train::ParamSet& gpu, train::ParamSet& host, int rank, int step) {
+  rank_gradients(host, rank, step);
+  for (size_t i = 0; i < gpu.size(); ++i)
+    if (gpu.all()[i].trainable)
+      train::copy_values(gpu.all()[i].grad, host.all()[i].grad, gpu.all()[i].name);
+}
+
 void zero_one_on_this_rank(bool under_mpi) {
   std::unique_ptr<dist::ProcessGroup> g = nccl_on_this_rank(under_mpi);
   const train::AdamWConfig config{0.9, 0.95, 1e-8, 0.1};
@@ -259,24 +268,12 @@ void zero_one_on_this_rank(bool under_mpi) {
         // The reference on the host: every rank's gradients summed in rank order, one AdamW step.
         // Unclipped here (max_norm 0: the GPU's double norm may differ from the host's in the
         // last bit, and so the clip factor); clipping is checked with a tolerance below.
-        for (int r = 0; r < g->size(); ++r) {
-          rank_gradients(scratch, r, step);
-          for (size_t i = 0; i < a.size(); ++i) {
-            if (!a.all()[i].trainable) continue;
-            float* ga = a.all()[i].grad.data<float>();
-            const float* t = scratch.all()[i].grad.data<float>();
-            for (int64_t k = 0; k < a.all()[i].grad.numel(); ++k)
-              ga[k] = r == 0 ? t[k] : ga[k] + t[k];
-          }
-        }
+        summed_gradients(a, scratch, g->size(), step);
         const double norm = train::clip_grad_norm(a, 0.0);
         reference.step(1e-2);
         // ZeRO-1 over NCCL: this rank's gradients on its GPU, reduced as backward would announce
         // its blocks.
-        rank_gradients(mine, g->rank(), step);
-        for (size_t i = 0; i < b.size(); ++i)
-          if (b.all()[i].trainable)
-            train::copy_values(b.all()[i].grad, mine.all()[i].grad, b.all()[i].name);
+        gpu_rank_gradients(b, mine, g->rank(), step);
         dp.arm();
         for (int64_t layer : {2, 1, 0}) dp.on_block_backward(layer);
         dp.reduce_gradients();
@@ -302,20 +299,8 @@ void zero_one_on_this_rank(bool under_mpi) {
       EXPECT_EQ(again.exp_avg_sq_shard(), dp.exp_avg_sq_shard());
 
       // Clipping: the norm of the summed gradients and the clipped step, within rounding.
-      rank_gradients(mine, g->rank(), 9);
-      for (size_t i = 0; i < b.size(); ++i)
-        if (b.all()[i].trainable)
-          train::copy_values(b.all()[i].grad, mine.all()[i].grad, b.all()[i].name);
-      for (int r = 0; r < g->size(); ++r) {
-        rank_gradients(scratch, r, 9);
-        for (size_t i = 0; i < a.size(); ++i) {
-          if (!a.all()[i].trainable) continue;
-          float* ga = a.all()[i].grad.data<float>();
-          const float* t = scratch.all()[i].grad.data<float>();
-          for (int64_t k = 0; k < a.all()[i].grad.numel(); ++k)
-            ga[k] = r == 0 ? t[k] : ga[k] + t[k];
-        }
-      }
+      gpu_rank_gradients(b, mine, g->rank(), 9);
+      summed_gradients(a, scratch, g->size(), 9);
       const double clipped = train::clip_grad_norm(a, 3.0);
       reference.step(1e-2);
       dp.reduce_gradients();
