@@ -25,6 +25,7 @@
 #include "dist/hfreduce.h"
 #include "dist/nccl_process_group.h"
 #include "dist/process_group.h"
+#include "dist/rank_gpu.h"
 
 #ifdef DSEEK_HAS_MPI
 #define OMPI_SKIP_MPICXX 1

@@ -17,6 +17,8 @@
 #include "cli/expert_parallel.h"
 #include "core/cuda.h"
 #include "core/error.h"
+#include "dist/process_group.h"
+#include "dist/rank_gpu.h"
 #include "model/model.h"
 
 namespace dseek::cli {
@@ -70,6 +72,7 @@ void add_logits_command(CLI::App& app) {
     const std::vector<int32_t> ids = parse_ids(*ids_text);
     Placement placement;
     if (*device == "cuda") {
+      dist::spread_ranks_over_gpus(dist::world());  // expert-parallel ranks: a GPU each if any
       cuda::require("--device cuda");
       placement.device = Device::CUDA;
     }

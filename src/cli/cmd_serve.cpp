@@ -11,8 +11,8 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <mutex>
@@ -26,6 +26,7 @@
 #include "core/cuda.h"
 #include "core/error.h"
 #include "dist/process_group.h"
+#include "dist/rank_gpu.h"
 #include "infer/engine.h"
 #include "model/model.h"
 #include "serve/server.h"
@@ -207,6 +208,7 @@ void add_serve_command(CLI::App& app) {
     }
     Placement placement;
     if (args->device == "cuda") {
+      dist::spread_ranks_over_gpus(dist::world());  // expert-parallel ranks: a GPU each if any
       cuda::require("--device cuda");
       placement.device = Device::CUDA;
     }

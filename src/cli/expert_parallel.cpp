@@ -1,11 +1,12 @@
 #include "cli/expert_parallel.h"
 
+#include <fmt/format.h>
+
 #include <cstdio>
 #include <string>
 #include <vector>
 
-#include <fmt/format.h>
-
+#include "core/cuda.h"
 #include "core/error.h"
 #include "dist/process_group.h"
 #include "model/model.h"
@@ -49,11 +50,16 @@ void log_expert_parallel(const Model& model, const Placement& placement) {
   const int64_t E = model.config().n_routed_experts;
   std::string per_rank;
   for (double b : bytes) per_rank += (per_rank.empty() ? "" : ", ") + bytes_text(b);
+  std::string where;
+  if (placement.device == Device::CUDA)
+    where = cuda::device_ordinal() != 0 || cuda::device_count() >= shard.group->local_size()
+                ? "; a GPU per rank"
+                : "; the ranks share GPU 0";
   std::fprintf(stderr,
                "expert parallel inference: %lld routed experts over %d ranks (%lld each; expert "
-               "weights per rank: %s)\n",
+               "weights per rank: %s%s)\n",
                static_cast<long long>(E), shard.ranks, static_cast<long long>(shard.count(E)),
-               per_rank.c_str());
+               per_rank.c_str(), where.c_str());
 }
 
 int32_t rank0_token(const ExpertShard& shard, int32_t id) {

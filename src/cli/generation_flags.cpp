@@ -5,6 +5,8 @@
 
 #include "core/cuda.h"
 #include "core/error.h"
+#include "dist/process_group.h"
+#include "dist/rank_gpu.h"
 
 namespace dseek::cli {
 
@@ -49,6 +51,8 @@ void add_generation_flags(CLI::App* cmd, GenerationFlags& flags, int64_t default
 Placement placement_from_flags(const GenerationFlags& flags) {
   Placement placement;
   if (flags.device == "cuda") {
+    // Ranks of an MPI job (expert-parallel inference): a GPU each where the node has enough.
+    dist::spread_ranks_over_gpus(dist::world());
     cuda::require("--device cuda");
     placement.device = Device::CUDA;
   }

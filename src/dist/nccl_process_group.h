@@ -1,10 +1,10 @@
 // The NCCL process group: the f32 collectives of ProcessGroup on GPU buffers, through NCCL, over
 // the ranks of an MPI job; one GPU per rank.
 //
-// Bootstrap. Every rank first takes its GPU (select_rank_gpu: local rank l of its node uses device
-// l, before anything starts the CUDA runtime); then make_nccl_group, collective over the MPI
-// group: rank 0 draws the NCCL unique id, the MPI group broadcasts it, and every rank joins the
-// communicator with ncclCommInitRank.
+// Bootstrap. Every rank first takes its GPU (dist/rank_gpu.h's select_rank_gpu: local rank l of
+// its node uses device l, before anything starts the CUDA runtime); then make_nccl_group,
+// collective over the MPI group: rank 0 draws the NCCL unique id, the MPI group broadcasts it, and
+// every rank joins the communicator with ncclCommInitRank.
 //
 // Streams. The operations run on the group's own stream, after the work already queued on dseek's
 // compute stream (cuda::stream(); an event orders them), so a reduction issued during backward
@@ -49,9 +49,6 @@ bool nccl_available();
 // Loads NCCL's library (it is opened at run time, not linked) and returns its version
 // ("2.28.9"); throws saying where it looked when it cannot. Needs no GPU.
 std::string nccl_version();
-// Makes GPU `host.local_rank()` this process's device (cuda::select_device); throws when the node
-// has more ranks than GPUs (NCCL takes one GPU per rank) or the runtime already runs on another.
-void select_rank_gpu(const ProcessGroup& host);
 // Collective over `host` (an MPI group, or the single-process group: one rank), which must outlive
 // the result. Every rank must have selected its GPU first.
 std::unique_ptr<ProcessGroup> make_nccl_group(ProcessGroup& host);

@@ -1,7 +1,8 @@
-// select_rank_gpu (dist/nccl_process_group.h): one GPU per rank, by the rank's place on its node.
+// dist/rank_gpu.h: a rank's GPU by its place on its node.
+#include "dist/rank_gpu.h"
+
 #include "core/cuda.h"
 #include "core/error.h"
-#include "dist/nccl_process_group.h"
 
 namespace dseek::dist {
 
@@ -12,6 +13,12 @@ void select_rank_gpu(const ProcessGroup& host) {
               "NCCL needs one GPU per rank",
               host.local_size(), host.rank(), host.local_rank(), gpus, gpus == 1 ? "" : "s");
   cuda::select_device(host.local_rank());
+}
+
+bool spread_ranks_over_gpus(const ProcessGroup& host) {
+  if (host.size() == 1 || cuda::device_count() < host.local_size()) return false;
+  cuda::select_device(host.local_rank());
+  return true;
 }
 
 }  // namespace dseek::dist

@@ -20,6 +20,7 @@
 #include "data/token_shards.h"
 #include "dist/nccl_process_group.h"
 #include "dist/process_group.h"
+#include "dist/rank_gpu.h"
 #include "model/moe_balance.h"
 #include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"

@@ -21,6 +21,7 @@
 #include "core/cuda.h"
 #include "dist/nccl_process_group.h"
 #include "dist/process_group.h"
+#include "dist/rank_gpu.h"
 #include "dist_params.h"
 #include "mpi_run.h"
 #include "train/data_parallel.h"
