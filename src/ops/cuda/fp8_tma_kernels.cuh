@@ -53,17 +53,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if defined(__CUDA_ARCH__) && !defined(DSEEK_WGMMA_PTX)
   __trap();  // not launched on builds without sm_90a code (grouped_wgmma_available)
 #else
-  const int64_t cols = (N + kBN - 1) / kBN;
-  const int64_t tile = int64_t(blockIdx.x) / cols, n0 = (int64_t(blockIdx.x) % cols) * kBN;
-  int64_t e = 0, m0 = tile * kBM, m_end = M;
-  if (offsets) {
-    if (tile >= tile_start[E]) return;  // the grid covers the most tiles any routing can need
-    e = expert_of_tile(tile_start, E, tile);
-    m0 = offsets[e] + (tile - tile_start[e]) * kBM;
-    m_end = offsets[e + 1];
-  } else if (m0 >= M) {
-    return;
-  }
+  fp8_wgmma::RowTile r;
+  if (!fp8_wgmma::row_tile(M, offsets, tile_start, E, N, r)) return;
+  const int64_t e = r.e, m0 = r.m0, m_end = r.m_end, n0 = r.n0, cols = r.cols;
   const int64_t steps = (K + kBK - 1) / kBK;
   __shared__ uint64_t full[kStages], empty[kStages];
   unsigned char* ring = fp8_wgmma::ring_base();
@@ -138,15 +130,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int i = 0; i < 64; ++i) total[i] += partial[i] * ((i & 2) ? s1 : s0);
   }
-#pragma unroll
-  for (int j = 0; j < 16; ++j)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t m = m0 + row0 + 8 * h, n = n0 + 8 * j + col0;
-      // n is even and N too: n < N covers n + 1.
-      if (m < m_end && n < N)
-        fp8_wgmma::store_pair(y + m * N + n, total[4 * j + 2 * h], total[4 * j + 2 * h + 1]);
-    }
+  fp8_wgmma::store_tile(total, y, N, m0 + row0, n0 + col0, m_end);
 #endif
 }
 

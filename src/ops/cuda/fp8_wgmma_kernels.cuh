@@ -181,6 +181,48 @@ __device__ __forceinline__ void store_pair<attention_tc::bf16>(attention_tc::bf1
   attention_tc::store_bf16x2(p, c0, c1);
 }
 
+// A row-GEMM block's tile: block b covers output columns [n0, n0 + 128) of row tile b / cols;
+// grouped (offsets set), the row tile is one of expert e's, rows [m0, m_end) of the expert's
+// (tile_start from grouped tiling); dense, rows [128·tile, M). False when the block has no tile
+// (the grid covers the most tiles any routing can need, or M ends before it).
+struct RowTile {
+  int64_t e = 0, m0 = 0, m_end = 0, n0 = 0, cols = 0;
+};
+__device__ __forceinline__ bool row_tile(int64_t M, const int64_t* offsets,
+                                         const int64_t* tile_start, int64_t E, int64_t N,
+                                         RowTile& r) {
+  r.cols = (N + kBN - 1) / kBN;
+  const int64_t tile = int64_t(blockIdx.x) / r.cols;
+  r.n0 = (int64_t(blockIdx.x) % r.cols) * kBN;
+  r.e = 0;
+  r.m0 = tile * kBM;
+  r.m_end = M;
+  if (offsets) {
+    if (tile >= tile_start[E]) return false;
+    r.e = expert_of_tile(tile_start, E, tile);
+    r.m0 = offsets[r.e] + (tile - tile_start[r.e]) * kBM;
+    r.m_end = offsets[r.e + 1];
+    return true;
+  }
+  return r.m0 < M;
+}
+
+// Stores a thread's 64 accumulators (wgmma.cuh's layout: accumulator 4j + 2h + c at row
+// row + 8h, column col + 8j + c) into y [·, N], rows below m_end only.
+template <typename T>
+__device__ __forceinline__ void store_tile(const float (&total)[64], T* y, int64_t N, int64_t row,
+                                           int64_t col, int64_t m_end) {
+#pragma unroll
+  for (int j = 0; j < 16; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t m = row + 8 * h, n = col + 8 * j;
+      // n is even and N too: n < N covers n + 1.
+      if (m < m_end && n < N)
+        store_pair(y + m * N + n, total[4 * j + 2 * h], total[4 * j + 2 * h + 1]);
+    }
+}
+
 // Grid: 1-D, (row tiles of the schedule, including idle ones) × ceil(N/128), column tiles fastest.
 // a [M, K] codes with sa [M, ceil(K/128)]; w [E, N, K] codes with sw [E, ceil(N/128),
 // ceil(K/128)]; y [M, N] (T = f32 or bf16), rows of the experts only. offsets == nullptr: one
@@ -193,17 +235,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if defined(__CUDA_ARCH__) && !defined(DSEEK_WGMMA_PTX)
   __trap();  // not launched on builds without sm_90a code (grouped_wgmma_available)
 #else
-  const int64_t cols = (N + kBN - 1) / kBN;
-  const int64_t tile = int64_t(blockIdx.x) / cols, n0 = (int64_t(blockIdx.x) % cols) * kBN;
-  int64_t e = 0, m0 = tile * kBM, m_end = M;
-  if (offsets) {
-    if (tile >= tile_start[E]) return;  // the grid covers the most tiles any routing can need
-    e = expert_of_tile(tile_start, E, tile);
-    m0 = offsets[e] + (tile - tile_start[e]) * kBM;
-    m_end = offsets[e + 1];
-  } else if (m0 >= M) {
-    return;
-  }
+  RowTile r;
+  if (!row_tile(M, offsets, tile_start, E, N, r)) return;
+  const int64_t e = r.e, m0 = r.m0, m_end = r.m_end, n0 = r.n0, cols = r.cols;
   const int64_t kb = (K + kBK - 1) / kBK;
   const Operand A{a, K, m0, m_end};
   const Operand B{w + e * N * K, K, n0, N};
@@ -229,15 +263,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int i = 0; i < 64; ++i) t[i] += p[i] * ((i & 2) ? s1 : s0);
       });
-#pragma unroll
-  for (int j = 0; j < 16; ++j)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t m = m0 + acc_row(h), n = n0 + acc_col(j);
-      // n is even and N too: n < N covers n + 1.
-      if (m < m_end && n < N)
-        store_pair(y + m * N + n, total[4 * j + 2 * h], total[4 * j + 2 * h + 1]);
-    }
+  store_tile(total, y, N, m0 + acc_row(0), n0 + acc_col(0), m_end);
 #endif
 }
 
