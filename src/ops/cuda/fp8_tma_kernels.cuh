@@ -42,6 +42,71 @@ constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + wgmma::kAtomBytes;
 // 40 + 2 × 232 registers a thread over 128 threads each: 64,512 of the SM's 65,536.
 constexpr int kLoaderRegisters = 40, kMultiplierRegisters = 232;
 
+// The ring of both kernels: STAGES stages of two 128 × 128 code tiles (A at the stage's start,
+// B after it) from `base`, a "full" mbarrier per stage (the loader's arrival and the stage's
+// bytes) and an "empty" one (each multiplier's arrival once its products have read the stage).
+// Step s of a block's walk uses stage s mod STAGES in round s / STAGES; the barriers' phases
+// alternate per round, so a wait names the round's parity (the loader's first round passes).
+template <int STAGES>
+struct Ring {
+  uint64_t* full;   // [STAGES] in shared memory
+  uint64_t* empty;  // [STAGES]
+  unsigned char* base;
+
+  // Every thread: thread 0 initialises the barriers, then the block meets.
+  __device__ __forceinline__ void init() const {
+    if (threadIdx.x == 0) {
+      for (int i = 0; i < STAGES; ++i) {
+        tma::barrier_init(&full[i], 1);
+        tma::barrier_init(&empty[i], kMultipliers);
+      }
+      tma::fence_barrier_init();
+    }
+    __syncthreads();
+  }
+  __device__ __forceinline__ int stage(int64_t s) const { return int(s % STAGES); }
+  __device__ __forceinline__ uint32_t parity(int64_t s) const { return uint32_t(s / STAGES) & 1; }
+  // The loader: waits until step s's stage is free, announces its bytes and copies the A box at
+  // (inner, a_row) of map_a and the B box at (inner, b_row) of map_b into it.
+  __device__ __forceinline__ void load(int64_t s, const CUtensorMap* map_a, int32_t a_row,
+                                       const CUtensorMap* map_b, int32_t b_row,
+                                       int32_t inner) const {
+    const int i = stage(s);
+    tma::wait(&empty[i], parity(s) ^ 1);
+    unsigned char* dst = base + i * kStageBytes;
+    tma::arrive_expect_bytes(&full[i], kStageBytes);
+    tma::load_2d(dst, map_a, inner, a_row, &full[i]);
+    tma::load_2d(dst + kTileBytes, map_b, inner, b_row, &full[i]);
+  }
+  // A multiplier: waits for step s's bytes; the shared address of its stage (the A tile).
+  __device__ __forceinline__ uint32_t acquire(int64_t s) const {
+    tma::wait(&full[stage(s)], parity(s));
+    return wgmma::smem_address(base) + uint32_t(stage(s) * kStageBytes);
+  }
+  // A multiplier's products of step s have read the stage (one arrival per warpgroup).
+  __device__ __forceinline__ void release(int64_t s, int thread_in_warpgroup) const {
+    if (thread_in_warpgroup == 0) tma::arrive(&empty[stage(s)]);
+  }
+};
+
+// A multiplier's 64 × 128 × 128 product of a stage: its half of A (rows 64·half ...) times B, four
+// k32 wgmma into `partial`, committed; finish_product waits for them (work may run in between).
+__device__ __forceinline__ void start_product(float (&partial)[64], uint32_t a_tile, int half) {
+#pragma unroll
+  for (int i = 0; i < 64; ++i) wgmma::fence_operand(partial[i]);
+  wgmma::fence();
+#pragma unroll
+  for (int kk = 0; kk < kBK / 32; ++kk)
+    wgmma::mma_m64n128k32_e4m3(partial, fp8_wgmma::slice_desc(a_tile, half, kk),
+                               fp8_wgmma::slice_desc(a_tile + kTileBytes, 0, kk), kk > 0 ? 1 : 0);
+  wgmma::commit();
+}
+__device__ __forceinline__ void finish_product(float (&partial)[64]) {
+  wgmma::wait<0>();
+#pragma unroll
+  for (int i = 0; i < 64; ++i) wgmma::fence_operand(partial[i]);
+}
+
 // Grid and arguments as fp8_rows_wgmma_kernel's, with the operands as tensor maps: map_a over a
 // [M, K] (boxes of 128 rows), map_w over w as [E·N, K] (boxes of 128 rows).
 template <typename T>
@@ -58,16 +123,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int64_t e = r.e, m0 = r.m0, m_end = r.m_end, n0 = r.n0, cols = r.cols;
   const int64_t steps = (K + kBK - 1) / kBK;
   __shared__ uint64_t full[kStages], empty[kStages];
-  unsigned char* ring = fp8_wgmma::ring_base();
+  const Ring<kStages> ring{full, empty, fp8_wgmma::ring_base()};
   const int warpgroup = int(threadIdx.x) / 128;
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < kStages; ++i) {
-      tma::barrier_init(&full[i], 1);
-      tma::barrier_init(&empty[i], kMultipliers);
-    }
-    tma::fence_barrier_init();
-  }
-  __syncthreads();
+  ring.init();
 
   if (warpgroup == 0) {  // the loader
     tma::lower_registers<kLoaderRegisters>();
@@ -75,15 +133,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       tma::prefetch_map(&map_a);
       tma::prefetch_map(&map_w);
       const int32_t a_row = int32_t(m0), w_row = int32_t(e * N + n0);
-      for (int64_t s = 0; s < steps; ++s) {
-        const int stage = int(s % kStages);
-        const uint32_t round = uint32_t(s / kStages);
-        tma::wait(&empty[stage], (round & 1) ^ 1);
-        unsigned char* dst = ring + stage * kStageBytes;
-        tma::arrive_expect_bytes(&full[stage], kStageBytes);
-        tma::load_2d(dst, &map_a, int32_t(s * kBK), a_row, &full[stage]);
-        tma::load_2d(dst + kTileBytes, &map_w, int32_t(s * kBK), w_row, &full[stage]);
-      }
+      for (int64_t s = 0; s < steps; ++s)
+        ring.load(s, &map_a, a_row, &map_w, w_row, int32_t(s * kBK));
     }
     return;
   }
@@ -101,26 +152,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   const float* sa1 = sa + min(m0 + row0 + 8, m_end - 1) * steps;
   const float* sw_row = sw + (e * cols + n0 / kBN) * steps;
   float q0 = sa0[0], q1 = sa1[0], qw = sw_row[0];
-  const uint32_t ring_address = wgmma::smem_address(ring);
   float total[64], partial[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) total[i] = 0.0f;
   for (int64_t s = 0; s < steps; ++s) {
-    const int stage = int(s % kStages);
-    tma::wait(&full[stage], uint32_t(s / kStages) & 1);
-    const uint32_t a_tile = ring_address + uint32_t(stage * kStageBytes);
-#pragma unroll
-    for (int i = 0; i < 64; ++i) wgmma::fence_operand(partial[i]);
-    wgmma::fence();
-#pragma unroll
-    for (int kk = 0; kk < kBK / 32; ++kk)
-      wgmma::mma_m64n128k32_e4m3(partial, fp8_wgmma::slice_desc(a_tile, half, kk),
-                                 fp8_wgmma::slice_desc(a_tile + kTileBytes, 0, kk), kk > 0 ? 1 : 0);
-    wgmma::commit();
-    wgmma::wait<0>();
-#pragma unroll
-    for (int i = 0; i < 64; ++i) wgmma::fence_operand(partial[i]);
-    if (t == 0) tma::arrive(&empty[stage]);  // this warpgroup's products have read the stage
+    start_product(partial, ring.acquire(s), half);
+    finish_product(partial);
+    ring.release(s, t);
     const float s0 = q0 * qw, s1 = q1 * qw;
     if (s + 1 < steps) {
       q0 = sa0[s + 1];
@@ -183,16 +221,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int64_t n_tiles = (N + kBM - 1) / kBM, k_tiles = (K + kBN - 1) / kBN;
   const int64_t tiles = E * n_tiles * k_tiles;
   __shared__ uint64_t full[kWgradStages], empty[kWgradStages];
-  unsigned char* ring = fp8_wgmma::ring_base();
+  const Ring<kWgradStages> ring{full, empty, fp8_wgmma::ring_base()};
   const int warpgroup = int(threadIdx.x) / 128;
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < kWgradStages; ++i) {
-      tma::barrier_init(&full[i], 1);
-      tma::barrier_init(&empty[i], kMultipliers);
-    }
-    tma::fence_barrier_init();
-  }
-  __syncthreads();
+  ring.init();
 
   if (warpgroup == 0) {  // the loader
     tma::lower_registers<kLoaderRegisters>();
@@ -202,15 +233,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       int64_t step = 0;  // over all of this block's tiles
       for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
         const WgradTile w = wgrad_tile(t, n_tiles, k_tiles, offsets);
-        for (int64_t s = 0; s < w.steps; ++s, ++step) {
-          const int stage = int(step % kWgradStages);
-          tma::wait(&empty[stage], (uint32_t(step / kWgradStages) & 1) ^ 1);
-          unsigned char* dst = ring + stage * kWgradStageBytes;
-          const int32_t column = int32_t((w.base + s) * 128);
-          tma::arrive_expect_bytes(&full[stage], kWgradStageBytes);
-          tma::load_2d(dst, &map_dyt, column, int32_t(w.n0), &full[stage]);
-          tma::load_2d(dst + kTileBytes, &map_xt, column, int32_t(w.k0), &full[stage]);
-        }
+        for (int64_t s = 0; s < w.steps; ++s, ++step)
+          ring.load(step, &map_dyt, int32_t(w.n0), &map_xt, int32_t(w.k0),
+                    int32_t((w.base + s) * 128));
       }
     }
     return;
@@ -222,7 +247,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   // This thread's accumulator i = 4j + 2h + c: tile row 64·half + 16·warp + lane/4 + 8h, column
   // 8j + 2(lane % 4) + c (wgmma.cuh's register layout).
   const int row0 = half * 64 + (t128 / 32) * 16 + (t128 % 32) / 4, col0 = 2 * (t128 % 4);
-  const uint32_t ring_address = wgmma::smem_address(ring);
   int64_t step = 0;
   for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
     const WgradTile w = wgrad_tile(t, n_tiles, k_tiles, offsets);
@@ -232,18 +256,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Rows and columns past N and K read the last one's scales (finite, never stored).
     const int64_t n_a = min(w.n0 + row0, N - 1), n_b = min(w.n0 + row0 + 8, N - 1);
     for (int64_t s = 0; s < w.steps; ++s, ++step) {
-      const int stage = int(step % kWgradStages);
-      tma::wait(&full[stage], uint32_t(step / kWgradStages) & 1);
-      const uint32_t a_tile = ring_address + uint32_t(stage * kWgradStageBytes);
-#pragma unroll
-      for (int i = 0; i < 64; ++i) wgmma::fence_operand(partial[i]);
-      wgmma::fence();
-#pragma unroll
-      for (int kk = 0; kk < kBK / 32; ++kk)
-        wgmma::mma_m64n128k32_e4m3(partial, fp8_wgmma::slice_desc(a_tile, half, kk),
-                                   fp8_wgmma::slice_desc(a_tile + kTileBytes, 0, kk),
-                                   kk > 0 ? 1 : 0);
-      wgmma::commit();
+      start_product(partial, ring.acquire(step), half);
       // The step's scales, loaded while its products run.
       const float* sdy_row = sdy + (w.base + s) * N;
       const float* sx_row = sx + (w.base + s) * K;
@@ -255,10 +268,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         xs[2 * q] = sx_row[min(k, K - 1)];
         xs[2 * q + 1] = sx_row[min(k + 1, K - 1)];
       }
-      wgmma::wait<0>();
-#pragma unroll
-      for (int i = 0; i < 64; ++i) wgmma::fence_operand(partial[i]);
-      if (t128 == 0) tma::arrive(&empty[stage]);
+      finish_product(partial);
+      ring.release(step, t128);
 #pragma unroll
       for (int q = 0; q < 16; ++q) {
         const float x0 = xs[2 * q], x1 = xs[2 * q + 1];
