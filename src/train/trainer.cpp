@@ -386,17 +386,16 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   std::unique_ptr<DataParallel> dp;
   // Expert parallelism: the owned routed experts' AdamW; DataParallel leaves all experts out.
   std::unique_ptr<ExpertShard> experts;
+  const int64_t bucket_elements = std::max<int64_t>(1, int64_t(cfg.dist_bucket_mb * 262144.0));
   if (ranks > 1 && !pipeline) {
     std::function<bool(const Param&)> exclude;
     if (expert_parallel) exclude = [](const Param& p) { return routed_expert_of(p.name) >= 0; };
-    dp = std::make_unique<DataParallel>(
-        nccl ? *nccl : group, params, adamw_config, model_config.num_hidden_layers,
-        std::max<int64_t>(1, int64_t(cfg.dist_bucket_mb * 262144.0)), exclude);
+    dp = std::make_unique<DataParallel>(nccl ? *nccl : group, params, adamw_config,
+                                        model_config.num_hidden_layers, bucket_elements, exclude);
     if (expert_parallel) experts = std::make_unique<ExpertShard>(ep, params, adamw_config);
   } else if (stage && stage->replica_group()) {
-    dp = std::make_unique<DataParallel>(
-        *stage->replica_group(), params, adamw_config, model_config.num_hidden_layers,
-        std::max<int64_t>(1, int64_t(cfg.dist_bucket_mb * 262144.0)));
+    dp = std::make_unique<DataParallel>(*stage->replica_group(), params, adamw_config,
+                                        model_config.num_hidden_layers, bucket_elements);
   } else {
     optimizer = std::make_unique<AdamW>(params, adamw_config);
   }
@@ -588,16 +587,17 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     ck.step = at_step;
     // Expert parallelism: every expert's value from its owner into rank 0's copy (collective).
     if (experts) experts->gather_values();
+    // N ranks: the moment shards gathered on rank 0 (pipelines: on each stage's replica 0;
+    // collective), which alone writes; the barrier returns once the checkpoint is committed (its
+    // rename) or rank 0 has failed (then MPI_Abort ends every rank).
+    auto moments = dp ? dp->gather_state() : optimizer->state_tensors();
     if (stage) {
       // Every stage's values and moments on rank 0 (collective), in one process's order.
-      stage->gather_checkpoint(dp ? dp->gather_state() : optimizer->state_tensors(), ck);
+      stage->gather_checkpoint(moments, ck);
     } else {
       for (const Param& p : params.all()) ck.model.emplace_back(p.name, p.value);
+      ck.optimizer = std::move(moments);
     }
-    // N ranks: the moment shards gathered on rank 0 (collective), which alone writes; the
-    // barrier returns once the checkpoint is committed (its rename) or rank 0 has failed (then
-    // MPI_Abort ends every rank).
-    if (!stage) ck.optimizer = dp ? dp->gather_state() : optimizer->state_tensors();
     if (experts) {
       // The experts' moments too, all in parameter order: the checkpoint one process writes.
       std::map<std::string, Tensor> by_name;
