@@ -42,6 +42,17 @@ if [[ -n $nvcc ]]; then
     -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES=90a-real -DDSEEK_BENCH=OFF >/dev/null
   cmake --build build-cuda -j "$jobs" --target dseek_backend_tests
   build-cuda/dseek_backend_tests 2>&1 | tail -n 3
+  # The tensor-core kernels' own source on host threads (bench/kernels/tc_emulation.h re-implements
+  # mma/ldmatrix/wgmma from the PTX ISA): their indexing, masks and splits checked against double
+  # references without a GPU. About a minute in all.
+  echo "== tensor-core kernel emulators"
+  cuda_include=$(dirname "$(dirname "$(readlink -f "$nvcc")")")/include
+  for emulator in bench/kernels/*_emulate.cpp; do
+    name=$(basename "$emulator" .cpp)
+    g++ -std=c++20 -O1 -pthread -Wall -Wextra -Werror -Wno-unknown-pragmas -I src \
+      -I "$cuda_include" "$emulator" -o "build-cuda/$name"
+    "build-cuda/$name" | tail -n 1 | sed "s/^/$name: /"
+  done
 else
   echo "== CUDA build skipped: no nvcc on this machine"
 fi

@@ -19,13 +19,16 @@
 // head_matmul (the absorbed projections around this kernel) is a strided-batched cuBLASLt GEMM, in
 // linear.cpp: the plain tiled kernel it replaced took 75 µs a call in batched decode.
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
+#include <string>
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
 #include "core/error.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/element.cuh"
+#include "ops/cuda/mla_decode_tc_kernels.cuh"
 #include "ops/cuda/reduce.cuh"
 #include "ops/cuda/shared_rows.cuh"
 #include "ops/cuda/split_combine.cuh"
@@ -51,30 +54,19 @@ constexpr int64_t kMinSplitKeys = kTile;
 struct DecodeParams {
   MlaDecodeArgs a;
   int n_splits;     // the grid's key splits (for a.S keys; fewer are used when fewer are keys)
+  int tile;         // keys per tile: a split is whole tiles (kTile, or mla_tc::kKeys)
   float* part_ml;   // [n_splits][T·H][2] (m, l), with n_splits > 1
   float* part_acc;  // [n_splits][T·H][rank]
 };
 
-__host__ __device__ int64_t div_up(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
-
-// S keys over at most `splits` blocks: split i covers keys i·keys .. (i+1)·keys, whole tiles;
-// `used` of them hold keys. The host sizes the grid with it for the most keys (a.S), the kernels
-// recompute it for the actual count, so a graph captured at one length replays at any other.
-struct SplitPlan {
-  int64_t keys;
-  int used;
-};
-__host__ __device__ SplitPlan split_plan(int64_t S, int64_t splits) {
-  const int64_t keys = div_up(div_up(S, splits), kTile) * kTile;
-  return {keys, int(div_up(S, keys))};
-}
+// S keys over at most `splits` blocks of whole tiles (mla_tc::split_plan): the host sizes the
+// grid with it for the most keys (a.S), the kernels recompute it for the actual count, so a graph
+// captured at one length replays at any other.
+using mla_tc::split_plan;
 
 // The keys: all S rows, or with positions rows 0 .. positions[T − 1] (clamped to [T, S]).
 __device__ int64_t key_count(const MlaDecodeArgs& a) {
-  if (!a.positions) return a.S;
-  return min(max(a.positions[a.T - 1] + 1, a.T), a.S);
+  return mla_tc::key_count(a.positions, a.T, a.S);
 }
 
 // q rows [kRows][dk], latent tile [kTile][dk | 1] (odd stride: lane j reads row j, so the 32
@@ -90,7 +82,7 @@ __global__ void __launch_bounds__(kWarps * 32) mla_decode_kernel(const DecodePar
   const MlaDecodeArgs& a = p.a;
   const int lane = int(threadIdx.x % 32), warp = int(threadIdx.x / 32);
   const int64_t S = key_count(a);
-  const SplitPlan plan = split_plan(S, p.n_splits);
+  const mla_tc::SplitPlan plan = split_plan(S, p.n_splits, kTile);
   if (int(blockIdx.y) >= plan.used) return;  // no keys here (uniform over the block: no barrier)
   const int64_t rows = a.T * a.H, r0 = int64_t(blockIdx.x) * kRows;
   const int64_t pos0 = S - a.T, dk = a.dk, kst = dk | 1;
@@ -211,10 +203,19 @@ __global__ void __launch_bounds__(kCombineThreads) mla_decode_combine_kernel(con
   const int64_t rows = a.T * a.H, row = blockIdx.x;
   const int64_t d = int64_t(blockIdx.y) * kCombineThreads + threadIdx.x;
   if (d >= a.rank) return;  // this kernel has no barrier
-  const int used = split_plan(key_count(a), p.n_splits).used;
+  const int used = split_plan(key_count(a), p.n_splits, p.tile).used;
   const SplitTotals s = split_totals(p.part_ml, used, rows, row);
   const float y = split_weighted_sum(p.part_ml, p.part_acc, used, rows, row, a.rank, d, s.max);
   static_cast<T*>(a.out)[row * a.rank + d] = from_f32<T>(y / s.sum);
+}
+
+// The join of the key splits' partials (either decode kernel's).
+template <typename T>
+void launch_combine_kernel(const DecodeParams& p) {
+  const dim3 grid(unsigned(p.a.T * p.a.H),
+                  unsigned(dseek::cuda::ceil_div<int64_t>(p.a.rank, kCombineThreads)));
+  mla_decode_combine_kernel<T><<<grid, kCombineThreads, 0, dseek::cuda::stream()>>>(p);
+  DSEEK_CUDA_CHECK_LAUNCH("mla_decode_combine_kernel");
 }
 
 template <typename T, int NV, int kRowsPerWarp>
@@ -229,12 +230,7 @@ void launch_decode(const DecodeParams& p, dim3 grid, size_t smem) {
   }
   kernel<<<grid, kWarps * 32, smem, dseek::cuda::stream()>>>(p);
   DSEEK_CUDA_CHECK_LAUNCH("mla_decode_kernel");
-  if (p.n_splits > 1) {
-    const dim3 combine_grid(unsigned(p.a.T * p.a.H),
-                            unsigned(dseek::cuda::ceil_div<int64_t>(p.a.rank, kCombineThreads)));
-    mla_decode_combine_kernel<T><<<combine_grid, kCombineThreads, 0, dseek::cuda::stream()>>>(p);
-    DSEEK_CUDA_CHECK_LAUNCH("mla_decode_combine_kernel");
-  }
+  if (p.n_splits > 1) launch_combine_kernel<T>(p);
 }
 
 // The accumulator width (registers per lane and row) for the rank.
@@ -250,38 +246,100 @@ void launch_rank(const DecodeParams& p, dim3 grid, size_t smem) {
     launch_decode<T, 16, kRowsPerWarp>(p, grid, smem);
 }
 
+// The tensor-core kernel's shapes: DeepSeek's latent (kv_lora_rank 512 + rope 64) in bf16, heads
+// in groups of 16 (one token's rows fill an mma tile), 16-byte aligned rows for cp.async.
+// DSEEK_MLA_DECODE=simt keeps the SIMT kernel (for comparisons).
+constexpr int64_t kTcDk = 576, kTcRank = 512;
+bool use_tensor_cores(const MlaDecodeArgs& a, DType act) {
+  static const bool simt = [] {
+    const char* v = std::getenv("DSEEK_MLA_DECODE");
+    return v && std::string(v) == "simt";
+  }();
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  return !simt && act == DType::BF16 && a.dk == kTcDk && a.rank == kTcRank &&
+         a.H % mla_tc::kRows == 0 && aligned(a.q) && aligned(a.kv) && aligned(a.out) &&
+         a.q_t % 8 == 0 && a.q_h % 8 == 0 && a.kv_s % 8 == 0;
+}
+
+// Splits for `blocks_per_sm` blocks a multiprocessor over `row_blocks` rows of blocks, each split
+// at least `min_keys` keys; the used count of that plan for a.S keys.
+int choose_splits(const MlaDecodeArgs& a, int64_t row_blocks, int blocks_per_sm, int64_t min_keys,
+                  int64_t tile) {
+  static const int sms = dseek::cuda::device_attribute(cudaDevAttrMultiProcessorCount);
+  const int64_t want = dseek::cuda::ceil_div<int64_t>(blocks_per_sm * int64_t(sms), row_blocks);
+  const int64_t splits =
+      std::clamp<int64_t>(std::min(want, std::max<int64_t>(1, a.S / min_keys)), 1, 65535);
+  return split_plan(a.S, splits, tile).used;
+}
+
 }  // namespace
 
 void mla_decode(const MlaDecodeArgs& a, DType act) {
   if (a.T == 0 || a.H == 0 || a.rank == 0) return;
   DSEEK_CHECK(a.rank <= kMaxRank, "[mla_decode] rank {} above the kernel's {}", a.rank, kMaxRank);
+  const int64_t rows = a.T * a.H;
+  // The combine kernel's grid has a block column per row.
+  DSEEK_CHECK(rows <= int64_t(0x7fffffff), "[mla_decode] {} rows are too many", rows);
+  DecodeParams p{};
+  p.a = a;
+  std::unique_ptr<void, void (*)(void*)> workspace(nullptr, dseek::cuda::free);
+  const auto make_workspace = [&] {
+    if (p.n_splits <= 1) return;
+    const size_t n = size_t(p.n_splits) * size_t(rows);
+    workspace.reset(dseek::cuda::alloc(n * size_t(2 + a.rank) * sizeof(float)));
+    p.part_ml = static_cast<float*>(workspace.get());
+    p.part_acc = p.part_ml + 2 * n;
+  };
+
+  if (use_tensor_cores(a, act)) {
+    using Shape = mla_tc::Shape<kTcDk, kTcRank>;
+    const int64_t row_blocks = rows / mla_tc::kRows;
+    // One block a multiprocessor (its ~170 KB of shared memory), a tile at least per split.
+    p.tile = mla_tc::kKeys;
+    p.n_splits = choose_splits(a, row_blocks, 1, mla_tc::kKeys, mla_tc::kKeys);
+    make_workspace();
+    mla_tc::Params tp{};
+    tp.q = static_cast<const mla_tc::bf16*>(a.q);
+    tp.q_t = a.q_t;
+    tp.q_h = a.q_h;
+    tp.kv = static_cast<const mla_tc::bf16*>(a.kv);
+    tp.kv_s = a.kv_s;
+    tp.out = static_cast<mla_tc::bf16*>(a.out);
+    tp.part_ml = p.part_ml;
+    tp.part_acc = p.part_acc;
+    tp.T = a.T;
+    tp.S = a.S;
+    tp.H = a.H;
+    tp.positions = a.positions;
+    tp.scale_log2 = a.scale * 1.4426950408889634f;
+    tp.n_splits = p.n_splits;
+    auto kernel = mla_tc::mla_decode_tc_kernel<kTcDk, kTcRank>;
+    static const bool smem_raised = [&] {
+      DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            int(Shape::kSmem)));
+      return true;
+    }();
+    (void)smem_raised;
+    const dim3 grid(unsigned(row_blocks), unsigned(p.n_splits));
+    kernel<<<grid, mla_tc::kThreads, Shape::kSmem, dseek::cuda::stream()>>>(tp);
+    DSEEK_CUDA_CHECK_LAUNCH("mla_decode_tc_kernel");
+    if (p.n_splits > 1) launch_combine_kernel<mla_tc::bf16>(p);
+    return;
+  }
+
   static const int max_smem =
       dseek::cuda::device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
-  static const int sms = dseek::cuda::device_attribute(cudaDevAttrMultiProcessorCount);
-  const int64_t rows = a.T * a.H;
   const int rows_per_warp = rows <= kFewRows ? kRowsPerWarpFew : kRowsPerWarpMany;
   const size_t smem = decode_shared_bytes(a.dk, kRowsPerWarpMany);  // checked for the larger
   DSEEK_CHECK(smem + 1024 <= size_t(max_smem),
               "[mla_decode] rows of {} values need {} bytes of shared memory, the GPU gives a "
               "block {}",
               a.dk, smem, max_smem);
-  DecodeParams p{};
-  p.a = a;
   const int64_t row_blocks = dseek::cuda::ceil_div<int64_t>(rows, kWarps * rows_per_warp);
-  // The combine kernel's grid has a block column per row.
-  DSEEK_CHECK(rows <= int64_t(0x7fffffff), "[mla_decode] {} rows are too many", rows);
   // Enough splits for two blocks per multiprocessor, each at least kMinSplitKeys rows long.
-  const int64_t want = dseek::cuda::ceil_div<int64_t>(2 * int64_t(sms), row_blocks);
-  const int64_t splits =
-      std::clamp<int64_t>(std::min(want, std::max<int64_t>(1, a.S / kMinSplitKeys)), 1, 65535);
-  p.n_splits = split_plan(a.S, splits).used;
-  std::unique_ptr<void, void (*)(void*)> workspace(nullptr, dseek::cuda::free);
-  if (p.n_splits > 1) {
-    const size_t n = size_t(p.n_splits) * size_t(rows);
-    workspace.reset(dseek::cuda::alloc(n * size_t(2 + a.rank) * sizeof(float)));
-    p.part_ml = static_cast<float*>(workspace.get());
-    p.part_acc = p.part_ml + 2 * n;
-  }
+  p.tile = kTile;
+  p.n_splits = choose_splits(a, row_blocks, 2, kMinSplitKeys, kTile);
+  make_workspace();
   const dim3 grid(unsigned(row_blocks), unsigned(p.n_splits));
   const size_t used_smem = decode_shared_bytes(a.dk, rows_per_warp);
   DSEEK_DISPATCH_ACT(act, T, {
