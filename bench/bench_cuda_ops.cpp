@@ -24,6 +24,7 @@
 #include "ops/cuda/grouped_gemm_tc.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
+#include "ops/mla_decode.h"
 #include "ops/moe.h"
 #include "ops/norm.h"
 #include "ops/rope.h"
@@ -243,6 +244,31 @@ int main(int argc, char** argv) {
       const Tensor dout = rand_gpu({T, H, dv}, bf, rng);
       row(std::string("causal attention bwd (") + a.name + ")", dims({T, H, dk, dv}), 2.5 * flops,
           0, [&] { ops::causal_attention_backward(q, k, v, 0.07f, dout); });
+    }
+  }
+  {  // MLA's absorbed decode over the latent cache (rank 512 + rope 64): batch 1 of V2-Lite (16
+     // heads) and V3 (128) at several cache lengths, the tensor-core kernel beside the SIMT one
+     // (DSEEK_MLA_DECODE=simt). A decode call is a few µs, so each timing is 20 calls back to
+     // back, synchronised once (the other rows' one synchronisation a call would dominate).
+     // Bytes: the latent rows read once, the minimum.
+    struct Case {
+      int64_t T, H, S;
+    };
+    for (const Case& c : {Case{1, 16, 190}, Case{1, 16, 1024}, Case{1, 16, 4096},
+                          Case{1, 16, 32768}, Case{2, 16, 4096}, Case{1, 128, 4096}}) {
+      const Tensor q = rand_gpu({c.T, c.H, 576}, bf, rng), latent = rand_gpu({c.S, 576}, bf, rng);
+      const double bytes = double(c.S * 576 * int64_t(bf_bytes));
+      for (const char* kernel : {"tensor cores", "simt"}) {
+        if (std::string(kernel) == "simt")
+          setenv("DSEEK_MLA_DECODE", "simt", 1);
+        else
+          unsetenv("DSEEK_MLA_DECODE");
+        row(std::string("mla_decode x20 (") + kernel + ")", dims({c.T, c.H, c.S}), 0, 20 * bytes,
+            [&] {
+              for (int i = 0; i < 20; ++i) ops::mla_decode(q, latent, 512, 0.07f);
+            });
+      }
+      unsetenv("DSEEK_MLA_DECODE");
     }
   }
   return 0;

@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -148,6 +149,35 @@ TEST(BackendDecode, MlaDecodeOverCapacityWithPositions) {
   EXPECT_THROW(
       ops::mla_decode(rand({1, 2, 8}, rng), rand({4, 8}, rng), 4, 1.0f, Tensor::from_i64(too_far)),
       Error);
+}
+
+// DeepSeek's latent (r 512 + rope 64) in bf16 with heads in 16s runs on the tensor-core kernel
+// (mla_decode_tc_kernels.cuh); the same inputs through the SIMT kernel (DSEEK_MLA_DECODE=simt) and
+// the CPU reference: both GPU kernels within the bf16 bound of the CPU, with a strided q (head
+// stride 2·dk), T > 1 (rows of earlier tokens see fewer keys), 128 heads and long caches (splits).
+TEST(BackendDecode, MlaDecodeTensorCoresMatchSimtAndCpu) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(23);
+  struct Case {
+    int64_t T, S, H;
+  };
+  for (const Case& c :
+       {Case{1, 1, 16}, Case{1, 190, 16}, Case{3, 67, 32}, Case{1, 5000, 16}, Case{2, 700, 128}}) {
+    const int64_t r = 512, dk = 576;
+    const Tensor q_wide = rand({c.T, 2 * c.H, dk}, rng, 2.0f);
+    const Tensor q_cpu = rounded(q_wide, DType::BF16).reshape({c.T, c.H, 2 * dk}).slice(2, 0, dk);
+    const Tensor q_gpu = on_gpu(q_wide, DType::BF16).reshape({c.T, c.H, 2 * dk}).slice(2, 0, dk);
+    const Tensor lat = rand({c.S, dk}, rng);
+    const float scale = 1.0f / std::sqrt(float(dk));
+    const Tensor want = ops::mla_decode(q_cpu, rounded(lat, DType::BF16), r, scale);
+    const Tensor lat_gpu = on_gpu(lat, DType::BF16);
+    const Tensor tc = ops::mla_decode(q_gpu, lat_gpu, r, scale);
+    setenv("DSEEK_MLA_DECODE", "simt", 1);
+    const Tensor simt = ops::mla_decode(q_gpu, lat_gpu, r, scale);
+    unsetenv("DSEEK_MLA_DECODE");
+    expect_close("mla_decode tensor cores", {c.T, c.S, c.H}, DType::BF16, want, tc);
+    expect_close("mla_decode simt", {c.T, c.S, c.H}, DType::BF16, want, simt);
+  }
 }
 
 TEST(BackendDecode, HeadMatmul) {

@@ -251,10 +251,8 @@ void launch_rank(const DecodeParams& p, dim3 grid, size_t smem) {
 // DSEEK_MLA_DECODE=simt keeps the SIMT kernel (for comparisons).
 constexpr int64_t kTcDk = 576, kTcRank = 512;
 bool use_tensor_cores(const MlaDecodeArgs& a, DType act) {
-  static const bool simt = [] {
-    const char* v = std::getenv("DSEEK_MLA_DECODE");
-    return v && std::string(v) == "simt";
-  }();
+  const char* v = std::getenv("DSEEK_MLA_DECODE");  // read each call: the bench switches it
+  const bool simt = v && std::string(v) == "simt";
   const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   return !simt && act == DType::BF16 && a.dk == kTcDk && a.rank == kTcRank &&
          a.H % mla_tc::kRows == 0 && aligned(a.q) && aligned(a.kv) && aligned(a.out) &&
