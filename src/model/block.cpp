@@ -39,18 +39,38 @@ Tensor Block::forward(const Tensor& x) const {
   return feed_forward(h);
 }
 
-Tensor Block::forward(const Tensor& x, KVCache& cache, int64_t cache_layer) const {
-  Tensor h = attn_->forward_cached(ops::rms_norm(x, input_layernorm_, eps_), cache, cache_layer);
-  ops::add_inplace(h, x);
-  return feed_forward(h);
-}
-
 Tensor Block::forward_paged(const Tensor& x, std::span<const ops::PagedAttentionSeq> seqs,
                            PagedKVCache& cache, int64_t cache_layer) const {
   Tensor h = attn_->forward_paged(ops::rms_norm(x, input_layernorm_, eps_), seqs, cache,
                                   cache_layer);
   ops::add_inplace(h, x);
   return feed_forward(h);
+}
+
+Block::Stream Block::begin(const Tensor& x) const {
+  return {x, ops::rms_norm(x, input_layernorm_, eps_)};
+}
+
+Block::Stream Block::finish(Tensor h, const Tensor& x, const Tensor& next_norm) const {
+  const Tensor normed = ops::add_rms_norm(h, x, post_attention_layernorm_, eps_);  // h += x
+  Tensor out = moe_ ? moe_->forward(normed) : mlp_->forward(normed);
+  if (!next_norm.defined()) {
+    ops::add_inplace(out, h);
+    return {out, Tensor()};
+  }
+  const Tensor next = ops::add_rms_norm(out, h, next_norm, eps_);  // out += h
+  return {out, next};
+}
+
+Block::Stream Block::forward(const Stream& in, KVCache& cache, int64_t cache_layer,
+                             const Tensor& next_norm) const {
+  return finish(attn_->forward_cached(in.normed, cache, cache_layer), in.x, next_norm);
+}
+
+Block::Stream Block::forward_paged(const Stream& in, std::span<const ops::PagedAttentionSeq> seqs,
+                                   PagedKVCache& cache, int64_t cache_layer,
+                                   const Tensor& next_norm) const {
+  return finish(attn_->forward_paged(in.normed, seqs, cache, cache_layer), in.x, next_norm);
 }
 
 }  // namespace dseek

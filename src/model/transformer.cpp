@@ -171,9 +171,14 @@ Tensor Transformer::forward(const std::vector<int32_t>& ids, KVCache& cache) {
 }
 
 Tensor Transformer::cached_step(const Tensor& x_in, KVCache& cache) {
-  Tensor x = x_in;
-  for (size_t l = 0; l < blocks_.size(); ++l) x = blocks_[l]->forward(x, cache, int64_t(l));
-  return logits(ops::rms_norm(x, norm_, config_.rms_norm_eps));
+  // Each layer hands the next its input already normed (Block::Stream): the last one with the
+  // model's final norm.
+  Block::Stream stream = blocks_.front()->begin(x_in);
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    const Tensor& next = l + 1 < blocks_.size() ? blocks_[l + 1]->input_layernorm() : norm_;
+    stream = blocks_[l]->forward(stream, cache, int64_t(l), next);
+  }
+  return logits(stream.normed);
 }
 
 bool Transformer::cuda_graphs_active() const {
@@ -256,8 +261,14 @@ BatchOutput Transformer::forward_batch(const std::vector<BatchSequence>& batch,
     return out;
   }
   ops::DeferredFp8Checks fp8_checks;  // see forward(ids); read before the sequences advance
-  Tensor x = ops::embedding(embed_tokens_, ids, placement_.act);
-  for (int64_t l = 0; l < L; ++l) x = blocks_[size_t(l)]->forward_paged(x, seqs, cache, l);
+  // The layers hand each other their inputs normed (Block::Stream); the final norm waits for the
+  // rows that want logits (below).
+  Block::Stream stream = blocks_.front()->begin(ops::embedding(embed_tokens_, ids, placement_.act));
+  for (int64_t l = 0; l < L; ++l) {
+    const Tensor next = l + 1 < L ? blocks_[size_t(l + 1)]->input_layernorm() : Tensor();
+    stream = blocks_[size_t(l)]->forward_paged(stream, seqs, cache, l, next);
+  }
+  const Tensor x = stream.x;
   fp8_checks.check();
 
   // Only the rows whose logits were asked for go through the final norm and lm_head: with long

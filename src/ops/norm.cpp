@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "ops/activation.h"
 #include "ops/cpu/cpu_ops.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/device.h"
@@ -33,6 +34,35 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   }
   const std::vector<float> w = weight.to_vector();
   cpu::rms_norm(xc.data<float>(), w.data(), y.data<float>(), x.numel() / D, D, float(eps));
+  return y;
+}
+
+Tensor add_rms_norm(Tensor& h, const Tensor& x, const Tensor& weight, double eps) {
+  DSEEK_CHECK(h.defined() && x.defined() && weight.defined(), "[add_rms_norm] undefined input");
+  const Device device = op_device("add_rms_norm", {&h, &x, &weight});
+  if (device != Device::CUDA) {  // the composition is the reference (and the CPU's fast enough)
+    add_inplace(h, x);
+    return rms_norm(h, weight, eps);
+  }
+  const DType act = activation_dtype("add_rms_norm", h);
+  DSEEK_CHECK(x.dtype() == act && x.shape() == h.shape(), "[add_rms_norm] h is {} {}, x {} {}",
+              dtype_name(act), shape_str(h.shape()), dtype_name(x.dtype()), shape_str(x.shape()));
+  DSEEK_CHECK(h.is_contiguous(), "[add_rms_norm] h {} must be contiguous", shape_str(h.shape()));
+  DSEEK_CHECK(h.dim() >= 1 && weight.dim() == 1 && weight.size(0) == h.size(-1),
+              "[add_rms_norm] weight {} does not match input {}", shape_str(weight.shape()),
+              shape_str(h.shape()));
+  DSEEK_CHECK(eps >= 0, "[add_rms_norm] negative eps {}", eps);
+  Tensor y = Tensor::empty(h.shape(), act, device);
+  const int64_t D = h.size(-1);
+  if (y.numel() == 0) return y;
+#ifdef DSEEK_HAS_CUDA
+  const Tensor xc = x.is_contiguous() ? x : x.contiguous();
+  const Tensor wc = weight.contiguous();
+  cuda::add_rms_norm(h.raw(), xc.raw(), wc.raw(), wc.dtype(), y.raw(), h.numel() / D, D, float(eps),
+                     act);
+#else
+  cuda_not_built("add_rms_norm");
+#endif
   return y;
 }
 

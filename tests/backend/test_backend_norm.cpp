@@ -1,5 +1,8 @@
-// RMSNorm on CUDA against the CPU op: forward, dx, and dw (overwritten and accumulated).
+// RMSNorm on CUDA against the CPU op: forward, dx, and dw (overwritten and accumulated); the fused
+// residual add + norm (add_rms_norm) against the CPU composition and, bit for bit, against the
+// GPU's own add_inplace then rms_norm (the decode path switched to it without changing a logit).
 #include "backend/backend_harness.h"
+#include "ops/activation.h"
 #include "ops/norm.h"
 
 namespace dseek::backend_test {
@@ -21,6 +24,33 @@ TEST(BackendOps, RmsNorm) {
       expect_close("rms_norm", shape, act, want, got);
     }
   }
+}
+
+TEST(BackendOps, AddRmsNorm) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(14);
+  for (DType act : kActDtypes) {
+    for (auto [rows, D] : kShapes) {
+      const Shape shape{rows, D};
+      const Tensor h = rand(shape, rng, 2.0f), x = rand(shape, rng, 2.0f);
+      const Tensor w = rand({D}, rng).to(DType::BF16);
+      Tensor h_cpu = rounded(h, act);
+      const Tensor want = ops::add_rms_norm(h_cpu, rounded(x, act), w, 1e-6);
+      Tensor h_gpu = on_gpu(h, act);
+      const Tensor got = ops::add_rms_norm(h_gpu, on_gpu(x, act), on_gpu(w, DType::BF16), 1e-6);
+      EXPECT_EQ(got.dtype(), act);
+      expect_close("add_rms_norm", shape, act, want, got);
+      expect_close("add_rms_norm h += x", shape, act, h_cpu, h_gpu);
+      // The unfused GPU ops on the same inputs: the same bits in both outputs.
+      Tensor h_two = on_gpu(h, act);
+      ops::add_inplace(h_two, on_gpu(x, act));
+      const Tensor two = ops::rms_norm(h_two, on_gpu(w, DType::BF16), 1e-6);
+      EXPECT_EQ(h_two.to(DType::F32).to_vector(), h_gpu.to(DType::F32).to_vector());
+      EXPECT_EQ(two.to(DType::F32).to_vector(), got.to(DType::F32).to_vector());
+    }
+  }
+  Tensor h = rand({2, 8}, rng);
+  EXPECT_THROW(ops::add_rms_norm(h, rand({2, 7}, rng), rand({8}, rng), 1e-6), Error);
 }
 
 TEST(BackendOps, RmsNormBackward) {

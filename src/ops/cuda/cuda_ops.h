@@ -22,6 +22,9 @@ namespace dseek::ops::cuda {
 // y[r] = w ⊙ x[r] / sqrt(mean(x[r]²) + eps) for rows of D (contiguous).
 void rms_norm(const void* x, const void* w, DType w_dtype, void* y, int64_t rows, int64_t D,
               float eps, DType act);
+// h += x (rounded to act), then y = rms_norm(h): one block a row, the same reduction as rms_norm.
+void add_rms_norm(void* h, const void* x, const void* w, DType w_dtype, void* y, int64_t rows,
+                  int64_t D, float eps, DType act);
 // dx = r·g − (r³/D)·(g·x)·x with g = w ⊙ dy (dx in act, overwritten); dw (f32, nullable)
 // (+)= Σ_rows dy ⊙ x·r, dw_beta 0 overwrites, 1 accumulates. Deterministic (no float atomics).
 void rms_norm_backward(const void* x, const void* w, DType w_dtype, const void* dy, void* dx,

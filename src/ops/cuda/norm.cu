@@ -33,6 +33,27 @@ __global__ void rms_norm_kernel(const T* x, const void* w, DType w_dtype, T* y, 
     yr[j] = from_f32<T>(load_weight(w, w_dtype, j) * (to_f32(xr[j]) * r));
 }
 
+// rms_norm_kernel over h + x: each thread stores the rounded sum and squares that value, then
+// reads back its own elements (the same loops, so the same bits as add_inplace then rms_norm).
+template <typename T>
+__global__ void add_rms_norm_kernel(T* h, const T* x, const void* w, DType w_dtype, T* y, int64_t D,
+                                    float eps) {
+  __shared__ float scratch[32];
+  T* hr = h + blockIdx.x * D;
+  const T* xr = x + blockIdx.x * D;
+  T* yr = y + blockIdx.x * D;
+  float ss = 0;
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+    const T sum = from_f32<T>(to_f32(hr[j]) + to_f32(xr[j]));
+    hr[j] = sum;
+    const float v = to_f32(sum);
+    ss += v * v;
+  }
+  const float r = rsqrtf(block_sum(ss, scratch) / float(D) + eps);
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
+    yr[j] = from_f32<T>(load_weight(w, w_dtype, j) * (to_f32(hr[j]) * r));
+}
+
 // dx per row; also stores r per row for the weight gradient.
 template <typename T>
 __global__ void rms_norm_backward_dx_kernel(const T* x, const void* w, DType w_dtype, const T* dy,
@@ -90,6 +111,16 @@ void rms_norm(const void* x, const void* w, DType w_dtype, void* y, int64_t rows
                      rms_norm_kernel<T><<<unsigned(rows), threads_for(D), 0, stream()>>>(
                          static_cast<const T*>(x), w, w_dtype, static_cast<T*>(y), D, eps));
   DSEEK_CUDA_CHECK_LAUNCH("rms_norm_kernel");
+}
+
+void add_rms_norm(void* h, const void* x, const void* w, DType w_dtype, void* y, int64_t rows,
+                  int64_t D, float eps, DType act) {
+  if (rows == 0 || D == 0) return;
+  DSEEK_DISPATCH_ACT(
+      act, T,
+      add_rms_norm_kernel<T><<<unsigned(rows), threads_for(D), 0, stream()>>>(
+          static_cast<T*>(h), static_cast<const T*>(x), w, w_dtype, static_cast<T*>(y), D, eps));
+  DSEEK_CUDA_CHECK_LAUNCH("add_rms_norm_kernel");
 }
 
 void rms_norm_backward(const void* x, const void* w, DType w_dtype, const void* dy, void* dx,
