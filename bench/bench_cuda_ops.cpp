@@ -246,6 +246,36 @@ int main(int argc, char** argv) {
           0, [&] { ops::causal_attention_backward(q, k, v, 0.07f, dout); });
     }
   }
+  {  // The routed experts of one decode step (one token, 6 of 64 V2-Lite experts): the grouped
+     // GEMVs of gate and up as two launches (before) and as one over the stacked [gate; up]
+     // matrices (model/mlp.h's gate_up), and down. x20 back to back, synchronised once; bytes:
+     // the six experts' weights read once per call (the roofline of a decode step's experts).
+    const int64_t E = 64, K = 6, I = 1408, D = 2048;
+    const ops::MoeDispatch d = bench::random_topk_dispatch(1, E, K, rng);
+    const Tensor x = rand_gpu({K, D}, bf, rng), h = rand_gpu({K, I}, bf, rng);
+    const Tensor gate_up = rand_gpu({E, 2 * I, D}, bf, rng, 0.05f);
+    const ops::ExpertMatrices stacked = ops::expert_matrices(gate_up);
+    std::vector<Tensor> gates, ups;
+    for (int64_t e = 0; e < E; ++e) {
+      gates.push_back(gate_up.select(0, e).slice(0, 0, I));
+      ups.push_back(gate_up.select(0, e).slice(0, I, 2 * I));
+    }
+    const ops::ExpertMatrices gate = ops::expert_matrices(gates), up = ops::expert_matrices(ups);
+    const ops::ExpertMatrices down = ops::expert_matrices(rand_gpu({E, D, I}, bf, rng, 0.05f));
+    const double half = double(K * I * D * int64_t(bf_bytes));
+    row("grouped gemv x20 gate, up (2 launches)", dims({1, K, D, I}), 0, 20 * 2 * half, [&] {
+      for (int i = 0; i < 20; ++i) {
+        ops::grouped_linear(x, gate, d.offsets);
+        ops::grouped_linear(x, up, d.offsets);
+      }
+    });
+    row("grouped gemv x20 gate_up (stacked)", dims({1, K, D, 2 * I}), 0, 20 * 2 * half, [&] {
+      for (int i = 0; i < 20; ++i) ops::grouped_linear(x, stacked, d.offsets);
+    });
+    row("grouped gemv x20 down", dims({1, K, I, D}), 0, 20 * half, [&] {
+      for (int i = 0; i < 20; ++i) ops::grouped_linear(h, down, d.offsets);
+    });
+  }
   {  // MLA's absorbed decode over the latent cache (rank 512 + rope 64): batch 1 of V2-Lite (16
      // heads) and V3 (128) at several cache lengths, the tensor-core kernel beside the SIMT one
      // (DSEEK_MLA_DECODE=simt). A decode call is a few µs, so each timing is 20 calls back to

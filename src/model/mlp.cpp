@@ -32,6 +32,13 @@ Mlp::Mlp(const WeightStore& weights, const std::string& prefix, int64_t hidden,
   gate_bias_ = optional_bias(weights, prefix + ".gate_proj.bias", intermediate, placement);
   up_bias_ = optional_bias(weights, prefix + ".up_proj.bias", intermediate, placement);
   down_bias_ = optional_bias(weights, prefix + ".down_proj.bias", hidden, placement);
+  if (placement.device == Device::CUDA && !fp8() && !has_bias()) {
+    gate_up_ = Tensor::empty({2 * intermediate, hidden}, gate_proj_.weight.dtype(), Device::CUDA);
+    gate_up_.slice(0, 0, intermediate).copy_from(gate_proj_.weight);
+    gate_up_.slice(0, intermediate, 2 * intermediate).copy_from(up_proj_.weight);
+    gate_proj_.weight = gate_up_.slice(0, 0, intermediate);  // the separate copies are freed
+    up_proj_.weight = gate_up_.slice(0, intermediate, 2 * intermediate);
+  }
 }
 
 Mlp::Mlp(Tensor gate_proj, Tensor up_proj, Tensor down_proj, const std::string& name)
@@ -62,6 +69,12 @@ Tensor Mlp::forward(const Tensor& x) const {
               dtype_name(x.dtype()), hidden_);
   if (x.size(0) == 0) return Tensor::zeros({0, hidden_}, act, x.device());
   const Tensor input = x.contiguous();
+  if (gate_up_.defined()) {
+    const Tensor gu = apply_linear(input, LinearWeight{gate_up_, Tensor()});  // [T, 2I]
+    const Tensor h =
+        ops::silu_mul(gu.slice(1, 0, intermediate_), gu.slice(1, intermediate_, 2 * intermediate_));
+    return apply_linear(h, down_proj_, down_bias_);
+  }
   const Tensor gate = apply_linear(input, gate_proj_, gate_bias_);
   const Tensor up = apply_linear(input, up_proj_, up_bias_);
   return apply_linear(ops::silu_mul(gate, up), down_proj_, down_bias_);

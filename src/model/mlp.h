@@ -43,6 +43,10 @@ class Mlp {
   bool has_bias() const {
     return gate_bias_.defined() || up_bias_.defined() || down_bias_.defined();
   }
+  // On a GPU (plain weights, no biases): gate_proj and up_proj stacked [2I, D] in one allocation,
+  // gate_proj() and up_proj() being its two row halves, so the two projections are one product
+  // (one GEMV launch when decoding) and silu_mul reads its halves in place. Undefined otherwise.
+  const Tensor& gate_up() const { return gate_up_; }
 
  private:
   void check_shapes() const;
@@ -51,6 +55,7 @@ class Mlp {
   int64_t hidden_ = 0, intermediate_ = 0;
   LinearWeight gate_proj_, up_proj_, down_proj_;
   Tensor gate_bias_, up_bias_, down_bias_;  // undefined when absent
+  Tensor gate_up_;                          // see gate_up()
 };
 
 }  // namespace dseek

@@ -91,36 +91,35 @@ void MoE::build_device_experts() {
   if (!on_device_) return;
   DSEEK_CHECK(gate_.weight().is_cuda(), "[moe] experts on the GPU but the gate weight on the {}",
               device_name(gate_.weight().device()));
-  std::vector<Tensor> gate, up, down;
+  std::vector<Tensor> gate_up, down;
   // The grouped GEMMs index matrices by global expert id. Under an expert shard the other ranks'
   // experts become one zero matrix per shape: their slots contribute exactly 0 (weight × 0), so
   // a token's sum is its local experts' in ascending order (compute is not saved, memory is).
   const int64_t E = gate_.config().n_routed_experts;
   const Mlp& first = experts_[0];
-  const Tensor zero_in =
-      group_ ? Tensor::zeros(first.gate_proj().shape(), first.gate_proj().dtype(), Device::CUDA)
-             : Tensor();
+  const Tensor zero_in = group_ ? Tensor::zeros({2 * first.intermediate(), first.hidden()},
+                                                first.down_proj().dtype(), Device::CUDA)
+                                : Tensor();
   const Tensor zero_out =
       group_ ? Tensor::zeros(first.down_proj().shape(), first.down_proj().dtype(), Device::CUDA)
              : Tensor();
   for (int64_t g = 0; g < E; ++g) {
     const int64_t e = g - expert_first_;
     if (e < 0 || e >= int64_t(experts_.size())) {
-      gate.push_back(zero_in);
-      up.push_back(zero_in);
+      gate_up.push_back(zero_in);
       down.push_back(zero_out);
       continue;
     }
     // grouped_linear has no bias term; DeepSeek's routed experts have none.
     DSEEK_CHECK(!experts_[size_t(e)].has_bias(),
                 "[moe] expert {}: biases on routed experts are not supported on the GPU", g);
-    gate.push_back(experts_[size_t(e)].gate_proj());
-    up.push_back(experts_[size_t(e)].up_proj());
+    DSEEK_CHECK(experts_[size_t(e)].gate_up().defined(),
+                "[moe] expert {}: routed experts on the GPU need plain (not FP8) weights", g);
+    gate_up.push_back(experts_[size_t(e)].gate_up());
     down.push_back(experts_[size_t(e)].down_proj());
   }
   // expert_matrices checks one shape, dtype and device for all.
-  gate_mats_ = ops::expert_matrices(std::move(gate));
-  up_mats_ = ops::expert_matrices(std::move(up));
+  gate_up_mats_ = ops::expert_matrices(std::move(gate_up));
   down_mats_ = ops::expert_matrices(std::move(down));
 }
 
@@ -148,8 +147,8 @@ Tensor MoE::forward_device(const Tensor& x) const {
               "a GPU placement");
   DSEEK_CHECK(x.dim() == 2 && x.size(1) == D, "[moe] input shape {} ({}), expected [T, {}]",
               shape_str(x.shape()), dtype_name(x.dtype()), D);
-  DSEEK_CHECK(act == gate_mats_.dtype, "[moe] input is {}, the experts are {}", dtype_name(act),
-              dtype_name(gate_mats_.dtype));
+  DSEEK_CHECK(act == gate_up_mats_.dtype, "[moe] input is {}, the experts are {}", dtype_name(act),
+              dtype_name(gate_up_mats_.dtype));
   last_load_.clear();
   if (x.size(0) == 0) return Tensor::zeros({0, D}, act, x.device());
   const Tensor input = x.contiguous();
@@ -158,8 +157,10 @@ Tensor MoE::forward_device(const Tensor& x) const {
   // Global expert ids: under an expert shard the other ranks' slots are the zero matrices.
   const ops::MoeDispatch d = ops::moe_dispatch(r.ids, gate_.config().n_routed_experts);
   const Tensor x_perm = ops::moe_permute(input, d);
-  const Tensor h = ops::silu_mul(ops::grouped_linear(x_perm, gate_mats_, d.offsets),
-                                 ops::grouped_linear(x_perm, up_mats_, d.offsets));
+  // gate and up in one grouped product [N, 2I] (one launch), silu_mul over its halves in place.
+  const int64_t I = gate_up_mats_.rows / 2;
+  const Tensor gu = ops::grouped_linear(x_perm, gate_up_mats_, d.offsets);
+  const Tensor h = ops::silu_mul(gu.slice(1, 0, I), gu.slice(1, I, 2 * I));
   const Tensor y_perm = ops::grouped_linear(h, down_mats_, d.offsets);
   // transformers: routed output first, then `+ shared_experts(residuals)`; moe_combine adds it
   // after the K products, in that order. Under an expert shard the ranks' routed parts are summed

@@ -98,7 +98,8 @@ class MoE {
   std::optional<Mlp> shared_;
   // The routed experts' gate, up and down matrices as ops::ExpertMatrices; built only when the
   // experts live on the GPU.
-  ops::ExpertMatrices gate_mats_, up_mats_, down_mats_;
+  // On the GPU: every expert's stacked [gate_proj; up_proj] (Mlp::gate_up) and down_proj.
+  ops::ExpertMatrices gate_up_mats_, down_mats_;
   bool on_device_ = false;
   bool parallel_experts_ = true;
   mutable std::vector<int64_t> last_load_;

@@ -15,17 +15,27 @@ Tensor silu_mul(const Tensor& gate, const Tensor& up) {
               dtype_name(up.dtype()));
   DSEEK_CHECK(gate.shape() == up.shape(), "[silu_mul] gate {} and up {} differ in shape",
               shape_str(gate.shape()), shape_str(up.shape()));
-  const Tensor g = gate.is_contiguous() ? gate : gate.contiguous();
-  const Tensor u = up.is_contiguous() ? up : up.contiguous();
   Tensor out = Tensor::empty(gate.shape(), act, device);
   if (device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
+    // Two halves of one [T, 2I] product (the fused gate_up projection, model/mlp.h) are read in
+    // place: rows of contiguous values at a common row stride.
+    if (gate.dim() == 2 && gate.strides()[1] == 1 && up.strides()[1] == 1 &&
+        gate.strides()[0] == up.strides()[0]) {
+      cuda::silu_mul_rows(gate.raw(), up.raw(), gate.strides()[0], out.raw(), gate.size(0),
+                          gate.size(1), act);
+      return out;
+    }
+    const Tensor g = gate.is_contiguous() ? gate : gate.contiguous();
+    const Tensor u = up.is_contiguous() ? up : up.contiguous();
     cuda::silu_mul(g.raw(), u.raw(), out.raw(), out.numel(), act);
     return out;
 #else
     cuda_not_built("silu_mul");
 #endif
   }
+  const Tensor g = gate.is_contiguous() ? gate : gate.contiguous();
+  const Tensor u = up.is_contiguous() ? up : up.contiguous();
   cpu::silu_mul(g.data<float>(), u.data<float>(), out.data<float>(), out.numel());
   return out;
 }

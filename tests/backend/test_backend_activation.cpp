@@ -31,6 +31,26 @@ TEST(BackendOps, SiluMul) {
   }
 }
 
+// The halves of one [T, 2I] product read in place (the GPU Mlp's stacked gate_up projection):
+// rows at a stride of 2I, the same bits as the contiguous op on copies of the halves.
+TEST(BackendOps, SiluMulOnRowStridedHalves) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(24);
+  for (DType act : kActDtypes) {
+    for (auto [T, I] : {std::pair<int64_t, int64_t>{1, 1408}, {3, 7}, {37, 2048}, {1, 1}}) {
+      const Tensor gu = rand({T, 2 * I}, rng, 6.0f);
+      const Tensor want = ops::silu_mul(rounded(gu, act).slice(1, 0, I).contiguous(),
+                                        rounded(gu, act).slice(1, I, 2 * I).contiguous());
+      const Tensor g = on_gpu(gu, act);
+      const Tensor got = ops::silu_mul(g.slice(1, 0, I), g.slice(1, I, 2 * I));
+      expect_close("silu_mul (row-strided halves)", {T, I}, act, want, got);
+      const Tensor copies =
+          ops::silu_mul(g.slice(1, 0, I).contiguous(), g.slice(1, I, 2 * I).contiguous());
+      EXPECT_EQ(copies.to(DType::F32).to_vector(), got.to(DType::F32).to_vector());
+    }
+  }
+}
+
 TEST(BackendOps, SiluMulBackward) {
   DSEEK_REQUIRE_CUDA();
   std::mt19937 rng(22);

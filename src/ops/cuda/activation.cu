@@ -33,6 +33,17 @@ __global__ void silu_mul_kernel(const T* gate, const T* up, T* out, int64_t n) {
 }
 
 template <typename T>
+__global__ void silu_mul_rows_kernel(const T* gate, const T* up, int64_t ld, T* out, int64_t cols,
+                                     int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t at = (i / cols) * ld + i % cols;
+    const float g = to_f32(gate[at]);
+    out[i] = from_f32<T>(g / (1.0f + expf(-g)) * to_f32(up[at]));
+  }
+}
+
+template <typename T>
 __global__ void silu_mul_backward_kernel(const T* gate, const T* up, const T* dout, T* dgate,
                                          T* dup, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
@@ -71,6 +82,17 @@ void silu_mul_backward(const void* gate, const void* up, const void* dout, void*
           static_cast<const T*>(gate), static_cast<const T*>(up), static_cast<const T*>(dout),
           static_cast<T*>(dgate), static_cast<T*>(dup), n));
   DSEEK_CUDA_CHECK_LAUNCH("silu_mul_backward_kernel");
+}
+
+void silu_mul_rows(const void* gate, const void* up, int64_t ld, void* out, int64_t rows,
+                   int64_t cols, DType act) {
+  const int64_t n = rows * cols;
+  if (n <= 0) return;
+  DSEEK_DISPATCH_ACT(act, T,
+                     silu_mul_rows_kernel<T><<<blocks_for(n), kThreads, 0, stream()>>>(
+                         static_cast<const T*>(gate), static_cast<const T*>(up), ld,
+                         static_cast<T*>(out), cols, n));
+  DSEEK_CUDA_CHECK_LAUNCH("silu_mul_rows_kernel");
 }
 
 void add_inplace(void* y, const void* x, int64_t n, DType act) {

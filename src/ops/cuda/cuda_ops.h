@@ -32,6 +32,9 @@ void rms_norm_backward(const void* x, const void* w, DType w_dtype, const void* 
 
 // ---- activation.cu ---------------------------------------------------------------------------
 void silu_mul(const void* gate, const void* up, void* out, int64_t n, DType act);
+// The same over [rows, cols] views whose rows start ld elements apart (out contiguous).
+void silu_mul_rows(const void* gate, const void* up, int64_t ld, void* out, int64_t rows,
+                   int64_t cols, DType act);
 void silu_mul_backward(const void* gate, const void* up, const void* dout, void* dgate, void* dup,
                        int64_t n, DType act);
 // y += x elementwise (n elements): residual connections and gradient sums.
