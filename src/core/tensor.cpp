@@ -247,6 +247,10 @@ void Tensor::copy_from(const Tensor& src) const {
               "[tensor] copy_from: {} into {}", dtype_name(src.dtype_), dtype_name(dtype_));
   if (numel() == 0) return;
   if (device() == Device::CUDA) {
+    if (src.dtype_ == dtype_ && src.is_contiguous() && is_contiguous()) {  // a plain copy
+      cuda::copy_on_device(raw(), src.raw(), nbytes());
+      return;
+    }
     cuda::strided_convert(src.raw(), src.dtype_, src.strides_.data(), raw(), dtype_,
                           strides_.data(), shape_.data(), dim());
     return;
