@@ -53,9 +53,9 @@ Tensor add_rms_norm(Tensor& h, const Tensor& x, const Tensor& weight, double eps
               shape_str(h.shape()));
   DSEEK_CHECK(eps >= 0, "[add_rms_norm] negative eps {}", eps);
   Tensor y = Tensor::empty(h.shape(), act, device);
-  const int64_t D = h.size(-1);
   if (y.numel() == 0) return y;
 #ifdef DSEEK_HAS_CUDA
+  const int64_t D = h.size(-1);
   const Tensor xc = x.is_contiguous() ? x : x.contiguous();
   const Tensor wc = weight.contiguous();
   cuda::add_rms_norm(h.raw(), xc.raw(), wc.raw(), wc.dtype(), y.raw(), h.numel() / D, D, float(eps),
