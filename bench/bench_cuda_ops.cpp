@@ -275,19 +275,6 @@ int main(int argc, char** argv) {
     row("grouped gemv x20 down", dims({1, K, I, D}), 0, 20 * half, [&] {
       for (int i = 0; i < 20; ++i) ops::grouped_linear(h, down, d.offsets);
     });
-    // The kernel's other shapes (outputs a warp × k-steps of loads in flight, grouped_gemv.cu).
-    for (const char* shape : {"4x1", "2x2", "4x2"}) {
-      setenv("DSEEK_GROUPED_GEMV", shape, 1);
-      row(std::string("grouped gemv x20 gate_up [") + shape + "]", dims({1, K, D, 2 * I}), 0,
-          20 * 2 * half, [&] {
-            for (int i = 0; i < 20; ++i) ops::grouped_linear(x, stacked, d.offsets);
-          });
-      row(std::string("grouped gemv x20 down [") + shape + "]", dims({1, K, I, D}), 0, 20 * half,
-          [&] {
-            for (int i = 0; i < 20; ++i) ops::grouped_linear(h, down, d.offsets);
-          });
-    }
-    unsetenv("DSEEK_GROUPED_GEMV");
   }
   {  // MLA's absorbed decode over the latent cache (rank 512 + rope 64): batch 1 of V2-Lite (16
      // heads) and V3 (128) at several cache lengths, the tensor-core kernel beside the SIMT one

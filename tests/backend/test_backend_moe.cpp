@@ -10,7 +10,6 @@
 // to write reads as NaN rather than as a stale correct value. grouped_linear_backward_dw writes
 // into caller buffers, which are poisoned directly.
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <tuple>
 
@@ -328,16 +327,6 @@ TEST(BackendOps, GroupedLinear) {
       const Tensor acc_cpu = base.clone();
       ops::grouped_linear_backward_dw(rounded(x, act), rounded(dy, act), dc.offsets,
                                       ops::expert_matrices(acc_cpu), true);
-
-      // The weight-streaming kernel's other shapes (outputs a warp × k-steps of loads in flight,
-      // DSEEK_GROUPED_GEMV; the cases it does not take run the tiled kernels either way).
-      for (const char* gemv : {"4x1", "2x2", "4x2"}) {
-        setenv("DSEEK_GROUPED_GEMV", gemv, 1);
-        poison_pool({N * c.out});
-        expect_close(std::string("grouped_linear [gemv ") + gemv + "]", shape, act, y_want,
-                     ops::grouped_linear(on_gpu(x, act), wg, offsets));
-        unsetenv("DSEEK_GROUPED_GEMV");
-      }
 
       for (const GroupedKernel& k : grouped_kernels()) {
         if (act != DType::BF16 && k.wgmma) continue;  // f32 runs the SIMT kernels
