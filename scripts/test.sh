@@ -46,11 +46,26 @@ if [[ -n $nvcc ]]; then
   # mma/ldmatrix/wgmma from the PTX ISA): their indexing, masks and splits checked against double
   # references without a GPU. About a minute in all.
   echo "== tensor-core kernel emulators"
-  cuda_include=$(dirname "$(dirname "$(readlink -f "$nvcc")")")/include
+  # The CUDA headers (cuda_bf16.h) from where nvcc itself looks: its dry run prints its include
+  # flags, which hold wherever this toolkit keeps them (targets/<arch>/include, cccl).
+  cuda_includes=()
+  while read -r line; do
+    eval "cuda_includes+=(${line#*=})"
+  done < <("$nvcc" --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | grep -E '^#\$ (SYSTEM_)?INCLUDES=')
+  cuda_root=$(dirname "$(dirname "$(readlink -f "$nvcc")")")
+  if ! printf '%s\n' "${cuda_includes[@]}" | sed 's/^-I//' | while read -r dir; do
+    [[ -f $dir/cuda_bf16.h ]] && echo found
+  done | grep -q found; then
+    # Not where nvcc says: look through the toolkit (and the usual system places) for it.
+    bf16_header=$(find "$cuda_root" /usr/local/cuda* /usr/include /usr/lib/cuda -name cuda_bf16.h \
+      -print -quit 2>/dev/null || true)
+    [[ -n $bf16_header ]] || { echo "no cuda_bf16.h beside $nvcc" >&2; exit 1; }
+    cuda_includes+=(-I "$(dirname "$bf16_header")")
+  fi
   for emulator in bench/kernels/*_emulate.cpp; do
     name=$(basename "$emulator" .cpp)
     g++ -std=c++20 -O1 -pthread -Wall -Wextra -Werror -Wno-unknown-pragmas -I src \
-      -I "$cuda_include" "$emulator" -o "build-cuda/$name"
+      "${cuda_includes[@]}" "$emulator" -o "build-cuda/$name"
     "build-cuda/$name" | tail -n 1 | sed "s/^/$name: /"
   done
 else
