@@ -77,6 +77,10 @@ class ClaimedGroup final : public dist::ProcessGroup {
                     const std::vector<int64_t>&) override {
     none();
   }
+  void all_to_all_v_bytes(const std::byte*, const std::vector<int64_t>&, std::byte*,
+                          const std::vector<int64_t>&) override {
+    none();
+  }
   void all_to_all(std::span<const int64_t>, std::span<int64_t>) override { none(); }
   std::unique_ptr<dist::Work> send_async(std::span<const float>, int, int) override {
     return none();

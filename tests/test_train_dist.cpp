@@ -863,87 +863,116 @@ void expert_parallel_on_this_rank() {
     for (int q = 0; q < N; ++q)
       for (int i = 0; i < 2; ++i)
         EXPECT_EQ(r2[size_t(2 * q + i)], int64_t(1) << 40 | (10 * q + me + 100 * i));
+
+    // all_to_all_v_rows: the same blocks as rows of 3 columns; the receive buffer poisoned.
+    const int64_t cols = 3;
+    Tensor send_rows = Tensor::empty({int64_t(send.size()), cols});
+    for (size_t r = 0; r < send.size(); ++r)
+      for (int64_t j = 0; j < cols; ++j)
+        send_rows.data<float>()[r * cols + j] = send[r] + 0.25f * j;
+    Tensor recv_rows =
+        Tensor::from_vector(std::vector<float>(size_t(total * cols), std::nanf("")), {total, cols});
+    w.all_to_all_v_rows(send_rows, sc, recv_rows, rc);
+    at = 0;
+    for (int q = 0; q < N; ++q)
+      for (int64_t i = 0; i < rc[size_t(q)]; ++i, ++at)
+        for (int64_t j = 0; j < cols; ++j)
+          EXPECT_EQ(recv_rows.data<float>()[at * cols + j],
+                    float(1000 * q + 100 * me + i) + 0.25f * j)
+              << "row " << i << " from rank " << q;
+    // Counts that do not add up to the tensors' rows are refused before anything is sent.
+    std::vector<int64_t> wrong = sc;
+    wrong[0] += 1;
+    EXPECT_THROW(w.all_to_all_v_rows(send_rows, wrong, recv_rows, rc), Error);
   }
 
   // The tiny preset's first MoE layer; rank r holds 13 + 8r of the batch's tokens. topk_group 1
   // (of 4 groups of 2 experts, 2 groups per rank): node-limited to one rank per token.
-  for (const int64_t topk_group : {2, 1}) {
-    SCOPED_TRACE("topk_group " + std::to_string(topk_group));
-    ModelConfig cfg = train::preset_model_config("tiny", 300);
-    cfg.topk_group = topk_group;
-    const std::string prefix = "model.layers.1.mlp";
-    ASSERT_TRUE(cfg.is_moe_layer(1));
-    const RopeParams rope = rope_params(cfg);
-    train::ParamSet ref_params, ep_params;
-    train::TrainModel::init_params(cfg, 21, 0.1, ref_params);
-    train::TrainModel::init_params(cfg, 21, 0.1, ep_params);
-    // A non-zero selection bias, so the noaux_tc groups differ from the plain top-k.
-    // (Small next to the sigmoid scores, so the groups still vary from token to token.)
-    std::vector<float> bias_values = random_rows(1, cfg.n_routed_experts, 9).to_vector();
-    for (float& b : bias_values) b *= 0.02f;
-    const Tensor bias = Tensor::from_vector(bias_values, {1, cfg.n_routed_experts});
-    for (train::ParamSet* ps : {&ref_params, &ep_params})
-      train::copy_values(ps->at(prefix + ".gate.e_score_correction_bias").value,
-                         bias.reshape({cfg.n_routed_experts}), "bias");
-    std::vector<int64_t> first(size_t(N + 1), 0);
-    for (int q = 0; q < N; ++q) first[size_t(q + 1)] = first[size_t(q)] + 13 + 8 * q;
-    const int64_t T = first.back(), D = cfg.hidden_size,
-                  mine = first[size_t(me + 1)] - first[size_t(me)];
-    const Tensor x = random_rows(T, D, 3), dy = random_rows(T, D, 4);
-    train::BalanceOptions balance;
-    balance.aux_loss = "expert";
-    balance.alpha = 0.1;
+  // Both paths: the CPU's host loops (moe_layer_ep.cpp), and the GPU's ops path on CPU tensors
+  // (the exchange of train/expert_exchange.h that NCCL runs on GPUs, here through MPI).
+  for (const bool ops_path : {false, true})
+    for (const int64_t topk_group : {2, 1}) {
+      SCOPED_TRACE(std::string(ops_path ? "ops path" : "host path") + ", topk_group " +
+                   std::to_string(topk_group));
+      ModelConfig cfg = train::preset_model_config("tiny", 300);
+      cfg.topk_group = topk_group;
+      const std::string prefix = "model.layers.1.mlp";
+      ASSERT_TRUE(cfg.is_moe_layer(1));
+      const RopeParams rope = rope_params(cfg);
+      train::ParamSet ref_params, ep_params;
+      train::TrainModel::init_params(cfg, 21, 0.1, ref_params);
+      train::TrainModel::init_params(cfg, 21, 0.1, ep_params);
+      // A non-zero selection bias, so the noaux_tc groups differ from the plain top-k.
+      // (Small next to the sigmoid scores, so the groups still vary from token to token.)
+      std::vector<float> bias_values = random_rows(1, cfg.n_routed_experts, 9).to_vector();
+      for (float& b : bias_values) b *= 0.02f;
+      const Tensor bias = Tensor::from_vector(bias_values, {1, cfg.n_routed_experts});
+      for (train::ParamSet* ps : {&ref_params, &ep_params})
+        train::copy_values(ps->at(prefix + ".gate.e_score_correction_bias").value,
+                           bias.reshape({cfg.n_routed_experts}), "bias");
+      std::vector<int64_t> first(size_t(N + 1), 0);
+      for (int q = 0; q < N; ++q) first[size_t(q + 1)] = first[size_t(q)] + 13 + 8 * q;
+      const int64_t T = first.back(), D = cfg.hidden_size,
+                    mine = first[size_t(me + 1)] - first[size_t(me)];
+      const Tensor x = random_rows(T, D, 3), dy = random_rows(T, D, 4);
+      train::BalanceOptions balance;
+      balance.aux_loss = "expert";
+      balance.alpha = 0.1;
 
-    const train::LayerContext ref_ctx{cfg, rope, ref_params};
-    train::MoeCache ref_cache;
-    const Tensor ref_out = train::moe_forward(ref_ctx, prefix, x, {T}, balance, ref_cache);
-    const Tensor ref_dx = train::moe_backward(ref_ctx, prefix, ref_cache, dy, 1.0f);
+      train::LayerContext ref_ctx{cfg, rope, ref_params};
+      ref_ctx.moe_ops_on_cpu = ops_path;
+      train::MoeCache ref_cache;
+      const Tensor ref_out = train::moe_forward(ref_ctx, prefix, x, {T}, balance, ref_cache);
+      const Tensor ref_dx = train::moe_backward(ref_ctx, prefix, ref_cache, dy, 1.0f);
 
-    const train::ExpertParallel ep = train::make_expert_parallel(w, cfg, N);
-    const train::LayerContext ep_ctx{cfg, rope, ep_params, &ep};
-    train::MoeCache ep_cache;
-    const Tensor x_mine = x.slice(0, first[size_t(me)], first[size_t(me + 1)]).contiguous();
-    const Tensor dy_mine = dy.slice(0, first[size_t(me)], first[size_t(me + 1)]).contiguous();
-    const Tensor out = train::moe_forward(ep_ctx, prefix, x_mine, {mine}, balance, ep_cache);
-    // Every rank's loss is scaled by 1/N in training; the balance gradient compensates.
-    const Tensor dx = train::moe_backward(ep_ctx, prefix, ep_cache, dy_mine, 1.0f / float(N));
+      const train::ExpertParallel ep = train::make_expert_parallel(w, cfg, N);
+      train::LayerContext ep_ctx{cfg, rope, ep_params, &ep};
+      ep_ctx.moe_ops_on_cpu = ops_path;
+      train::MoeCache ep_cache;
+      const Tensor x_mine = x.slice(0, first[size_t(me)], first[size_t(me + 1)]).contiguous();
+      const Tensor dy_mine = dy.slice(0, first[size_t(me)], first[size_t(me + 1)]).contiguous();
+      const Tensor out = train::moe_forward(ep_ctx, prefix, x_mine, {mine}, balance, ep_cache);
+      // Every rank's loss is scaled by 1/N in training; the balance gradient compensates.
+      const Tensor dx = train::moe_backward(ep_ctx, prefix, ep_cache, dy_mine, 1.0f / float(N));
 
-    const int64_t off = first[size_t(me)] * D;
-    expect_rows_close(out.data<float>(), ref_out.data<float>() + off, mine * D, "output");
-    expect_rows_close(dx.data<float>(), ref_dx.data<float>() + off, mine * D, "input gradient");
-    EXPECT_NEAR(ep_cache.aux_loss, ref_cache.aux_loss, 1e-6 * ref_cache.aux_loss);
-    EXPECT_GT(ref_cache.aux_loss, 0.0);
-    EXPECT_GE(ep_cache.host.ep_max_ranks, 1);
-    EXPECT_LE(ep_cache.host.ep_max_ranks, train::node_limit(cfg, N));
-    if (topk_group == 1) {
-      EXPECT_EQ(train::node_limit(cfg, N), 1);
-      EXPECT_EQ(ep_cache.host.ep_max_ranks, 1);
-    }
+      const int64_t off = first[size_t(me)] * D;
+      expect_rows_close(out.data<float>(), ref_out.data<float>() + off, mine * D, "output");
+      expect_rows_close(dx.data<float>(), ref_dx.data<float>() + off, mine * D, "input gradient");
+      EXPECT_NEAR(ep_cache.aux_loss, ref_cache.aux_loss, 1e-6 * ref_cache.aux_loss);
+      EXPECT_GT(ref_cache.aux_loss, 0.0);
+      EXPECT_EQ(ep_cache.ops_path, ops_path);
+      const int64_t max_ranks = ops_path ? ep_cache.exchange.max_ranks : ep_cache.host.ep_max_ranks;
+      EXPECT_GE(max_ranks, 1);
+      EXPECT_LE(max_ranks, train::node_limit(cfg, N));
+      if (topk_group == 1) {
+        EXPECT_EQ(train::node_limit(cfg, N), 1);
+        EXPECT_EQ(max_ranks, 1);
+      }
 
-    // Gradients: the replicated ones summed over the ranks, each routed expert's on its owner
-    // alone (the others never touched).
-    const std::vector<int64_t> load = ref_cache.host.routing.expert_load();
-    EXPECT_GE(std::count_if(load.begin(), load.end(), [](int64_t n) { return n > 0; }),
-              int64_t(load.size()) / 2)
-        << "too few experts chosen to test much";
-    for (train::Param& p : ep_params.all()) {
-      if (!p.trainable || p.name.rfind(prefix + ".", 0) != 0) continue;
-      const train::Param& r = ref_params.at(p.name);
-      const int64_t e = train::routed_expert_of(p.name);
-      if (e < 0) {
-        w.all_reduce(std::span<float>(p.grad.data<float>(), size_t(p.grad.numel())));
-        expect_rows_close(p.grad.data<float>(), r.grad.data<float>(), p.grad.numel(), p.name);
-      } else if (ep.owns(e)) {
-        expect_rows_close(p.grad.data<float>(), r.grad.data<float>(), p.grad.numel(), p.name,
-                          load[size_t(e)] == 0);
-      } else {
-        // (EXPECT, not ASSERT: a rank leaving early would leave the other waiting in all_reduce.)
-        int64_t touched = 0;
-        for (int64_t i = 0; i < p.grad.numel(); ++i) touched += p.grad.data<float>()[i] != 0.0f;
-        EXPECT_EQ(touched, 0) << p.name << " on a rank that does not own it";
+      // Gradients: the replicated ones summed over the ranks, each routed expert's on its owner
+      // alone (the others never touched).
+      const std::vector<int64_t> load = train::moe_expert_load(ref_cache);
+      EXPECT_GE(std::count_if(load.begin(), load.end(), [](int64_t n) { return n > 0; }),
+                int64_t(load.size()) / 2)
+          << "too few experts chosen to test much";
+      for (train::Param& p : ep_params.all()) {
+        if (!p.trainable || p.name.rfind(prefix + ".", 0) != 0) continue;
+        const train::Param& r = ref_params.at(p.name);
+        const int64_t e = train::routed_expert_of(p.name);
+        if (e < 0) {
+          w.all_reduce(std::span<float>(p.grad.data<float>(), size_t(p.grad.numel())));
+          expect_rows_close(p.grad.data<float>(), r.grad.data<float>(), p.grad.numel(), p.name);
+        } else if (ep.owns(e)) {
+          expect_rows_close(p.grad.data<float>(), r.grad.data<float>(), p.grad.numel(), p.name,
+                            load[size_t(e)] == 0);
+        } else {
+          // (EXPECT, not ASSERT: a rank leaving early would leave the other waiting in all_reduce.)
+          int64_t touched = 0;
+          for (int64_t i = 0; i < p.grad.numel(); ++i) touched += p.grad.data<float>()[i] != 0.0f;
+          EXPECT_EQ(touched, 0) << p.name << " on a rank that does not own it";
+        }
       }
     }
-  }
   dist::finalize_world();
 }
 

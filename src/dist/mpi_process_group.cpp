@@ -242,6 +242,15 @@ class MpiProcessGroup final : public ProcessGroup {
                   MPI_FLOAT, comm_);
   }
 
+  void all_to_all_v_bytes(const std::byte* send, const std::vector<int64_t>& send_bytes,
+                          std::byte* recv, const std::vector<int64_t>& recv_bytes) override {
+    const std::vector<int> sc = int_counts(send_bytes, "all_to_all_v");
+    const std::vector<int> rc = int_counts(recv_bytes, "all_to_all_v");
+    const std::vector<int> sd = offsets(sc, "all_to_all_v"), rd = offsets(rc, "all_to_all_v");
+    MPI_Alltoallv(send, sc.data(), sd.data(), MPI_BYTE, recv, rc.data(), rd.data(), MPI_BYTE,
+                  comm_);
+  }
+
   std::unique_ptr<Work> send_async(std::span<const float> data, int peer, int tag) override {
     check_peer(peer, tag, "send");
     auto w = std::make_unique<MpiWork>();

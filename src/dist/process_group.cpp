@@ -78,6 +78,15 @@ class SingleProcessGroup final : public ProcessGroup {
                 recv.size(), send_counts[0], recv_counts[0]);
     if (!send.empty()) std::memmove(recv.data(), send.data(), send.size_bytes());
   }
+  void all_to_all_v_bytes(const std::byte* send, const std::vector<int64_t>& send_bytes,
+                          std::byte* recv, const std::vector<int64_t>& recv_bytes) override {
+    check_counts(send_bytes, 1, "all_to_all_v");
+    check_counts(recv_bytes, 1, "all_to_all_v");
+    DSEEK_CHECK(send_bytes[0] == recv_bytes[0],
+                "[dist] all_to_all_v: {} bytes sent to this rank, {} expected", send_bytes[0],
+                recv_bytes[0]);
+    if (send_bytes[0] > 0) std::memmove(recv, send, size_t(send_bytes[0]));
+  }
   std::unique_ptr<Work> send_async(std::span<const float>, int peer, int) override {
     fail("[dist] send: a single-process group has no rank {} to send to", peer);
   }
@@ -147,6 +156,39 @@ void finalize_world() {
 void abort_world(int exit_code) {
   auto& slot = world_slot();
   if (slot && slot->backend() == "mpi" && slot->size() > 1) abort_mpi(exit_code);
+}
+
+void ProcessGroup::all_to_all_v_rows(const Tensor& send, const std::vector<int64_t>& send_rows,
+                                     Tensor& recv, const std::vector<int64_t>& recv_rows) {
+  DSEEK_CHECK(send.dim() >= 1 && recv.dim() >= 1 && send.dtype() == recv.dtype() &&
+                  send.is_contiguous() && recv.is_contiguous(),
+              "[dist] all_to_all_v: rows of contiguous tensors of one dtype, got {} {} and {} {}",
+              dtype_name(send.dtype()), shape_str(send.shape()), dtype_name(recv.dtype()),
+              shape_str(recv.shape()));
+  DSEEK_CHECK(send.device() == device() && recv.device() == device(),
+              "[dist] all_to_all_v: the {} group's buffers live on {}", backend(),
+              device_name(device()));
+  const int64_t send_row = send.size(0) ? int64_t(send.nbytes()) / send.size(0) : 0,
+                recv_row = recv.size(0) ? int64_t(recv.nbytes()) / recv.size(0) : 0;
+  auto bytes = [](const std::vector<int64_t>& rows, int64_t row_bytes, int64_t total,
+                  const char* which) {
+    std::vector<int64_t> out(rows.size());
+    int64_t sum = 0;
+    for (size_t q = 0; q < rows.size(); ++q) {
+      DSEEK_CHECK(rows[q] >= 0, "[dist] all_to_all_v: {} rows {} for rank {}", which, rows[q], q);
+      out[q] = rows[q] * row_bytes;
+      sum += rows[q];
+    }
+    DSEEK_CHECK(sum == total, "[dist] all_to_all_v: {} counts sum to {} rows, the tensor has {}",
+                which, sum, total);
+    return out;
+  };
+  DSEEK_CHECK(send.size(0) == 0 || recv.size(0) == 0 || send_row == recv_row,
+              "[dist] all_to_all_v: send rows of {} bytes, receive rows of {}", send_row, recv_row);
+  all_to_all_v_bytes(static_cast<const std::byte*>(send.raw()),
+                     bytes(send_rows, send_row, send.size(0), "send"),
+                     static_cast<std::byte*>(recv.raw()),
+                     bytes(recv_rows, recv_row ? recv_row : send_row, recv.size(0), "receive"));
 }
 
 Range even_share(int64_t n, int ranks, int r) {

@@ -89,8 +89,9 @@ class ProcessGroup {
   virtual std::unique_ptr<Work> broadcast_async(std::span<float> data, int root) = 0;
   // Collective: the ranks passing the same color (>= 0) form a new group, ranked in this group's
   // order (MPI_Comm_split), with this group's deterministic setting. The subgroups of expert
-  // parallelism (the ranks exchanging tokens; the replicas of one expert slice). MPI only: the
-  // single-process group returns another single-process group, NCCL refuses.
+  // parallelism (the ranks exchanging tokens; the replicas of one expert slice). The
+  // single-process group returns another single-process group; NCCL splits its MPI group and
+  // bootstraps a communicator over each part.
   virtual std::unique_ptr<ProcessGroup> split(int color) = 0;
   // Host bytes ← root's bytes on every rank (blocking): NCCL's bootstrap identifier.
   virtual void broadcast_bytes(std::span<std::byte> data, int root) = 0;
@@ -107,6 +108,15 @@ class ProcessGroup {
   // the counts first with the int64 variant); blocks of 0 elements are allowed.
   virtual void all_to_all_v(std::span<const float> send, const std::vector<int64_t>& send_counts,
                             std::span<float> recv, const std::vector<int64_t>& recv_counts) = 0;
+  // The same exchange for rows of any dtype (expert parallelism's tokens: bf16 activations on
+  // GPUs): send [Σ send_rows, …] and recv [Σ recv_rows, …] contiguous, of one dtype and one row
+  // shape, on device(); the blocks counted in rows. Checks the tensors, then moves their bytes with
+  // all_to_all_v_bytes.
+  void all_to_all_v_rows(const Tensor& send, const std::vector<int64_t>& send_rows, Tensor& recv,
+                         const std::vector<int64_t>& recv_rows);
+  // all_to_all_v of bytes, the buffers on device().
+  virtual void all_to_all_v_bytes(const std::byte* send, const std::vector<int64_t>& send_bytes,
+                                  std::byte* recv, const std::vector<int64_t>& recv_bytes) = 0;
   // Equal blocks of int64 (counts): send and recv hold size()·block elements, block q of send goes
   // to rank q and block q of recv came from rank q.
   virtual void all_to_all(std::span<const int64_t> send, std::span<int64_t> recv) = 0;

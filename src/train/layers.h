@@ -26,6 +26,7 @@
 #include "ops/fp8_train.h"
 #include "ops/moe.h"
 #include "synth/synth_layer.h"
+#include "train/expert_exchange.h"
 #include "train/param.h"
 
 namespace dseek::train {
@@ -43,10 +44,14 @@ struct LayerContext {
   const ModelConfig& config;
   const RopeParams& rope;
   ParamSet& params;
-  // Set: the MoE layers' routed experts are spread over ranks and exchanged (CPU only).
+  // Set: the MoE layers' routed experts are spread over ranks and exchanged (on the CPU by
+  // moe_layer_ep.cpp's host loops; on the ops path by train/expert_exchange.h).
   const ExpertParallel* expert_parallel = nullptr;
   // Set: MLP projections replaced by a synthesised operator (dense MLPs and shared experts).
   SynthOverride* synth = nullptr;
+  // The MoE layer on CPU tensors through the GPU's path (ops/moe.h's ops) instead of the host
+  // loops: the GPU's expert-parallel exchange checked on CPU ranks (tests).
+  bool moe_ops_on_cpu = false;
 };
 
 // y = x·Wᵀ with W = params[name]: the backward adds dW to the param's grad, returns dx.
@@ -147,9 +152,11 @@ struct MoeCache {
   // The layer's input [T, D]. Kept where it is f32 (it is then x_router); bf16 (the GPU) is
   // released after the forward, its readers keeping what they need (x_router its f32 copy).
   Tensor x;
-  bool on_device = false;
-  MoeHostCache host;  // CPU path
-  // GPU path (ops/moe.h):
+  bool ops_path = false;  // the GPU's path (on a GPU, or on the CPU with moe_ops_on_cpu)
+  MoeHostCache host;      // CPU path
+  // Ops path (ops/moe.h); under expert parallelism the grouped GEMMs' tensors (x_perm … inner)
+  // hold this rank's experts' rows, expert-major (train/expert_exchange.h), y_perm the results
+  // back in the dispatch's layout.
   Tensor x_router;  // x in f32: the router's input (x itself when already f32)
   ops::MoeRouteParams route;
   ops::MoeRouting routing;  // ids [T, K], weights [T, K], scores [T, E] on the device
@@ -162,6 +169,7 @@ struct MoeCache {
   Tensor gate, up;
   GroupedInput inner;
   Tensor y_perm;  // [T·K, D] unweighted expert outputs
+  ExpertExchange exchange;  // under expert parallelism
   MlpCache shared;
   bool has_shared = false;
   double aux_loss = 0.0;               // balance loss value (α included)

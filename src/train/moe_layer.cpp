@@ -42,13 +42,22 @@ std::string expert_prefix(const std::string& prefix, int64_t e) {
   return prefix + ".experts." + std::to_string(e);
 }
 
-// One projection of every routed expert as ExpertMatrices: their compute weights for the forward
-// and the input gradient (the f32 masters under FP8, which quantises them itself).
-ops::ExpertMatrices expert_weights(ParamSet& params, const std::string& prefix, int64_t experts,
+// The routed experts this rank computes: all E, or under expert parallelism its P = E/N.
+struct LocalExperts {
+  int64_t first = 0, count = 0;
+};
+LocalExperts local_experts(const LayerContext& ctx) {
+  if (const ExpertParallel* ep = ctx.expert_parallel) return {ep->first(), ep->per_rank()};
+  return {0, ctx.config.n_routed_experts};
+}
+
+// One projection of this rank's routed experts as ExpertMatrices: their compute weights for the
+// forward and the input gradient (the f32 masters under FP8, which quantises them itself).
+ops::ExpertMatrices expert_weights(ParamSet& params, const std::string& prefix, LocalExperts local,
                                    const std::string& proj) {
   std::vector<Tensor> m;
-  m.reserve(size_t(experts));
-  for (int64_t e = 0; e < experts; ++e) {
+  m.reserve(size_t(local.count));
+  for (int64_t e = local.first; e < local.first + local.count; ++e) {
     Param& p = params.at(expert_prefix(prefix, e) + "." + proj + ".weight");
     m.push_back(p.fp8 ? p.value : p.weight());
   }
@@ -76,15 +85,15 @@ Tensor grouped_dx(bool fp8, const Tensor& dy, const ops::ExpertMatrices& w,
   return fp8 ? ops::grouped_linear_fp8_backward_dx(dy, q, o)
              : ops::grouped_linear_backward_dx(dy, w, o);
 }
-// dW of projection `proj` of every expert: written over the grads when they are all still
+// dW of projection `proj` of this rank's experts: written over the grads when they are all still
 // zero_grad's zeros (Param::grad_zero: the same values without reading dW), else added.
-void grouped_dw(ParamSet& params, const std::string& prefix, int64_t experts,
+void grouped_dw(ParamSet& params, const std::string& prefix, LocalExperts local,
                 const std::string& proj, bool fp8, const GroupedInput& in, const Tensor& dy,
                 const Tensor& o) {
   std::vector<Tensor> grads;
-  grads.reserve(size_t(experts));
+  grads.reserve(size_t(local.count));
   bool zero = true;
-  for (int64_t e = 0; e < experts; ++e) {
+  for (int64_t e = local.first; e < local.first + local.count; ++e) {
     Param& p = params.at(expert_prefix(prefix, e) + "." + proj + ".weight");
     grads.push_back(p.grad);
     zero = zero && p.grad_zero;
@@ -115,21 +124,31 @@ Routing host_routing(const ops::MoeRouting& r) {
 }
 
 // The GPU path's routed experts: route, dispatch, grouped GEMMs; returns the routed output with
-// the shared experts' `shared` added by moe_combine (in the inference MoE's order).
+// the shared experts' `shared` added by moe_combine (in the inference MoE's order). Under expert
+// parallelism the permuted rows travel to their experts' owners and the results back between the
+// permute and the combine (train/expert_exchange.h); everything else is one process's.
 Tensor routed_forward_device(const LayerContext& ctx, const std::string& prefix,
                              const Tensor& logits, const Tensor& shared, MoeCache& c) {
   const ModelConfig& cfg = ctx.config;
-  const int64_t E = cfg.n_routed_experts;
+  const int64_t E = cfg.n_routed_experts, D = cfg.hidden_size;
+  const ExpertParallel* ep = ctx.expert_parallel;
+  const LocalExperts local = local_experts(ctx);
   c.route = route_params(cfg);
   Tensor bias;
   if (cfg.topk_method == "noaux_tc")
     bias = ctx.params.value(prefix + ".gate.e_score_correction_bias");
   c.routing = ops::moe_route(logits, c.route, bias);
   c.dispatch = ops::moe_dispatch(c.routing.ids, E);
-  c.gate_w = expert_weights(ctx.params, prefix, E, "gate_proj");
-  c.up_w = expert_weights(ctx.params, prefix, E, "up_proj");
-  c.down_w = expert_weights(ctx.params, prefix, E, "down_proj");
-  const Tensor x_perm = ops::moe_permute(c.x, c.dispatch);
+  c.gate_w = expert_weights(ctx.params, prefix, local, "gate_proj");
+  c.up_w = expert_weights(ctx.params, prefix, local, "up_proj");
+  c.down_w = expert_weights(ctx.params, prefix, local, "down_proj");
+  Tensor x_perm = ops::moe_permute(c.x, c.dispatch);
+  Tensor o = c.dispatch.offsets;
+  if (ep) {
+    c.exchange = plan_expert_exchange(*ep, c.dispatch, c.routing.ids);
+    x_perm = send_to_owners(*ep, c.exchange, x_perm);
+    o = c.exchange.offsets;
+  }
   const bool fp8 = experts_fp8(ctx.params, prefix);
   if (fp8) {
     const std::string experts = prefix + ".experts.*.";
@@ -137,11 +156,16 @@ Tensor routed_forward_device(const LayerContext& ctx, const std::string& prefix,
     c.up_q = ops::quantize_fp8_expert_weights(c.up_w, experts + "up_proj.weight");
     c.down_q = ops::quantize_fp8_expert_weights(c.down_w, experts + "down_proj.weight");
   }
-  const Tensor& o = c.dispatch.offsets;
-  c.gate = grouped_forward(ctx.params, fp8, x_perm, c.gate_w, c.gate_q, o, c.x_perm);
-  c.up = grouped_forward(ctx.params, fp8, x_perm, c.up_w, c.up_q, o, c.x_perm);
-  const Tensor inner = ops::silu_mul(c.gate, c.up);
-  c.y_perm = grouped_forward(ctx.params, fp8, inner, c.down_w, c.down_q, o, c.inner);
+  Tensor y_perm;
+  if (x_perm.size(0) > 0) {
+    c.gate = grouped_forward(ctx.params, fp8, x_perm, c.gate_w, c.gate_q, o, c.x_perm);
+    c.up = grouped_forward(ctx.params, fp8, x_perm, c.up_w, c.up_q, o, c.x_perm);
+    const Tensor inner = ops::silu_mul(c.gate, c.up);
+    y_perm = grouped_forward(ctx.params, fp8, inner, c.down_w, c.down_q, o, c.inner);
+  } else {  // no rows for this rank's experts (expert parallelism)
+    y_perm = Tensor::empty({0, D}, x_perm.dtype(), x_perm.device());
+  }
+  c.y_perm = ep ? return_to_sources(*ep, c.exchange, y_perm) : y_perm;
   return ops::moe_combine(c.y_perm, c.routing.weights, c.dispatch, shared);
 }
 
@@ -150,17 +174,28 @@ Tensor routed_forward_device(const LayerContext& ctx, const std::string& prefix,
 Tensor routed_backward_device(const LayerContext& ctx, const std::string& prefix, const MoeCache& c,
                               const Tensor& dy, float loss_scale) {
   const int64_t T = c.x_router.size(0), E = ctx.config.n_routed_experts;
-  const Tensor& offsets = c.dispatch.offsets;
+  const ExpertParallel* ep = ctx.expert_parallel;
+  const LocalExperts local = local_experts(ctx);
+  const Tensor& offsets = ep ? c.exchange.offsets : c.dispatch.offsets;
   const ops::MoeCombineGrads cg =
       ops::moe_combine_backward(c.y_perm, c.routing.weights, c.dispatch, dy);
+  // Under expert parallelism the output gradients travel the forward's way to the experts' owners
+  // and the input gradients come back: each owner's dW then covers every rank's rows.
+  const Tensor dy_perm = ep ? send_to_owners(*ep, c.exchange, cg.dy_perm) : cg.dy_perm;
   const bool fp8 = experts_fp8(ctx.params, prefix);
-  const Tensor d_inner = grouped_dx(fp8, cg.dy_perm, c.down_w, c.down_q, offsets);
-  grouped_dw(ctx.params, prefix, E, "down_proj", fp8, c.inner, cg.dy_perm, offsets);
-  const ops::SiluMulGrads sg = ops::silu_mul_backward(c.gate, c.up, d_inner);
-  Tensor dx_perm = grouped_dx(fp8, sg.dgate, c.gate_w, c.gate_q, offsets);
-  ops::add_inplace(dx_perm, grouped_dx(fp8, sg.dup, c.up_w, c.up_q, offsets));
-  grouped_dw(ctx.params, prefix, E, "gate_proj", fp8, c.x_perm, sg.dgate, offsets);
-  grouped_dw(ctx.params, prefix, E, "up_proj", fp8, c.x_perm, sg.dup, offsets);
+  Tensor dx_perm;
+  if (dy_perm.size(0) > 0) {
+    const Tensor d_inner = grouped_dx(fp8, dy_perm, c.down_w, c.down_q, offsets);
+    grouped_dw(ctx.params, prefix, local, "down_proj", fp8, c.inner, dy_perm, offsets);
+    const ops::SiluMulGrads sg = ops::silu_mul_backward(c.gate, c.up, d_inner);
+    dx_perm = grouped_dx(fp8, sg.dgate, c.gate_w, c.gate_q, offsets);
+    ops::add_inplace(dx_perm, grouped_dx(fp8, sg.dup, c.up_w, c.up_q, offsets));
+    grouped_dw(ctx.params, prefix, local, "gate_proj", fp8, c.x_perm, sg.dgate, offsets);
+    grouped_dw(ctx.params, prefix, local, "up_proj", fp8, c.x_perm, sg.dup, offsets);
+  } else {  // no rows for this rank's experts: their gradients stay as they are
+    dx_perm = Tensor::empty({0, dy_perm.size(1)}, dy_perm.dtype(), dy_perm.device());
+  }
+  if (ep) dx_perm = return_to_sources(*ep, c.exchange, dx_perm);
   Tensor dx = ops::moe_permute_backward(dx_perm, c.dispatch);
 
   // Router: combine weights (and the balance loss) → scores → logits → x.
@@ -184,20 +219,23 @@ Tensor moe_forward(const LayerContext& ctx, const std::string& prefix, const Ten
   const ModelConfig& cfg = ctx.config;
   c = MoeCache{};  // filled afresh: no codes of an earlier batch
   c.x = x.contiguous();
-  c.on_device = c.x.is_cuda();
+  c.ops_path = c.x.is_cuda() || ctx.moe_ops_on_cpu;
   c.has_shared = cfg.n_shared_experts > 0;
   // The router runs in f32 whatever the activation dtype (model/gate.h): its weight has no
   // compute copy, and bf16 activations are widened.
   const bool x_is_router_input = c.x.dtype() == DType::F32;
   c.x_router = x_is_router_input ? c.x : c.x.to(DType::F32);
   const Tensor logits = linear_forward(ctx.params, prefix + ".gate.weight", c.x_router);
-  DSEEK_CHECK(!(c.on_device && ctx.expert_parallel),
-              "[train] expert parallelism runs on the CPU only (NCCL is not built yet)");
+  DSEEK_CHECK(!ctx.expert_parallel || !c.ops_path ||
+                  ctx.expert_parallel->exchange->device() == c.x.device(),
+              "[train] expert parallelism: the {} group's buffers live on {}, the layer runs on {}",
+              ctx.expert_parallel->exchange->backend(),
+              device_name(ctx.expert_parallel->exchange->device()), device_name(c.x.device()));
   // The shared experts read x too. Where the router's backward keeps it (f32), they hold it as it
   // is: FP8 codes of it would add memory, not free it (V3 too runs its gating modules in BF16/FP32,
   // §3.3.1, so their input stays in that precision).
   Tensor out;
-  if (c.on_device) {
+  if (c.ops_path) {
     const Tensor shared = c.has_shared ? mlp_forward(ctx.params, prefix + ".shared_experts", c.x,
                                                      c.shared, ctx.synth, x_is_router_input)
                                        : Tensor();
@@ -214,7 +252,7 @@ Tensor moe_forward(const LayerContext& ctx, const std::string& prefix, const Ten
   c.aux_loss = 0.0;
   c.aux_grad_scores.clear();
   if (balance.aux_loss != "none" && balance.alpha > 0.0) {
-    const Routing routing = c.on_device ? host_routing(c.routing) : c.host.routing;
+    const Routing routing = c.ops_path ? host_routing(c.routing) : c.host.routing;
     BalanceLoss b;
     if (balance.aux_loss == "sequence") {
       b = sequence_balance_loss(routing, segments, balance.alpha, cfg.scoring_func == "sigmoid");
@@ -237,7 +275,7 @@ Tensor moe_forward(const LayerContext& ctx, const std::string& prefix, const Ten
 }
 
 std::vector<int64_t> moe_expert_load(const MoeCache& c) {
-  if (!c.on_device) return c.host.routing.expert_load();
+  if (!c.ops_path) return c.host.routing.expert_load();
   // Tokens per expert = the dispatch's group sizes (E + 1 offsets copied back: a host
   // synchronisation, taken once per layer after the forward has been queued).
   const Tensor o = c.dispatch.offsets.to(Device::CPU);
@@ -250,7 +288,7 @@ std::vector<int64_t> moe_expert_load(const MoeCache& c) {
 Tensor moe_backward(const LayerContext& ctx, const std::string& prefix, const MoeCache& c,
                     const Tensor& dy_in, float loss_scale) {
   const Tensor dy = dy_in.contiguous();
-  if (c.on_device) {
+  if (c.ops_path) {
     Tensor dx = routed_backward_device(ctx, prefix, c, dy, loss_scale);
     if (c.has_shared)
       ops::add_inplace(

@@ -148,7 +148,9 @@ bool all_equal(const std::vector<int64_t>& counts) {
 
 class NcclProcessGroup final : public ProcessGroup {
  public:
-  explicit NcclProcessGroup(ProcessGroup& host) : host_(host) {
+  // Over `host`'s ranks; `owned` is host itself when this group owns it (a split's part).
+  explicit NcclProcessGroup(ProcessGroup& host, std::unique_ptr<ProcessGroup> owned = nullptr)
+      : owned_host_(std::move(owned)), host_(host) {
     rank_ = host.rank();
     size_ = host.size();
     cuda::require("the NCCL process group");
@@ -280,8 +282,16 @@ class NcclProcessGroup final : public ProcessGroup {
     });
   }
 
-  std::unique_ptr<ProcessGroup> split(int) override {
-    fail("[dist] split: the NCCL group has no subgroups yet");
+  // The MPI group split, then a communicator of its own bootstrapped over each part (collective
+  // over this group's ranks: every part's ncclCommInitRank runs at once, each with its own id).
+  // Not ncclCommSplit: that needs NCCL 2.18, and this keeps one bootstrap path.
+  std::unique_ptr<ProcessGroup> split(int color) override {
+    DSEEK_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    std::unique_ptr<ProcessGroup> part = host_.split(color);
+    ProcessGroup& part_host = *part;
+    auto group = std::make_unique<NcclProcessGroup>(part_host, std::move(part));
+    group->set_deterministic(deterministic_);
+    return group;
   }
   void broadcast_bytes(std::span<std::byte> data, int root) override {
     host_.broadcast_bytes(data, root);
@@ -346,6 +356,33 @@ class NcclProcessGroup final : public ProcessGroup {
         if (recv_counts[size_t(q)] > 0)
           DSEEK_NCCL_CHECK(api().Recv(recv.data() + rd[size_t(q)], size_t(recv_counts[size_t(q)]),
                                       ncclFloat, q, comm_, s));
+      }
+      DSEEK_NCCL_CHECK(api().GroupEnd());
+    })->wait();
+  }
+
+  void all_to_all_v_bytes(const std::byte* send, const std::vector<int64_t>& send_bytes,
+                          std::byte* recv, const std::vector<int64_t>& recv_bytes) override {
+    check_counts(send_bytes, "all_to_all_v");
+    check_counts(recv_bytes, "all_to_all_v");
+    const std::vector<int64_t> sd = offsets_of(send_bytes), rd = offsets_of(recv_bytes);
+    const size_t self = size_t(rank_);
+    DSEEK_CHECK(send_bytes[self] == recv_bytes[self],
+                "[dist] all_to_all_v: {} bytes sent to this rank, {} expected", send_bytes[self],
+                recv_bytes[self]);
+    enqueue([&](cudaStream_t s) {
+      if (send_bytes[self] > 0)
+        DSEEK_CUDA_CHECK(cudaMemcpyAsync(recv + rd[self], send + sd[self], size_t(send_bytes[self]),
+                                         cudaMemcpyDeviceToDevice, s));
+      DSEEK_NCCL_CHECK(api().GroupStart());
+      for (int q = 0; q < size_; ++q) {
+        if (q == rank_) continue;
+        if (send_bytes[size_t(q)] > 0)
+          DSEEK_NCCL_CHECK(api().Send(send + sd[size_t(q)], size_t(send_bytes[size_t(q)]),
+                                      ncclUint8, q, comm_, s));
+        if (recv_bytes[size_t(q)] > 0)
+          DSEEK_NCCL_CHECK(api().Recv(recv + rd[size_t(q)], size_t(recv_bytes[size_t(q)]),
+                                      ncclUint8, q, comm_, s));
       }
       DSEEK_NCCL_CHECK(api().GroupEnd());
     })->wait();
@@ -419,6 +456,7 @@ class NcclProcessGroup final : public ProcessGroup {
     DSEEK_CHECK(tag >= 0 && tag <= kMaxTag, "[dist] {}: tag {} outside 0..{}", op, tag, kMaxTag);
   }
 
+  std::unique_ptr<ProcessGroup> owned_host_;  // a split's MPI part (destroyed after comm_)
   ProcessGroup& host_;
   int rank_ = 0, size_ = 1;
   ncclComm_t comm_ = nullptr;
