@@ -705,18 +705,24 @@ TEST_F(DistTrain, SftTwoRanksTrainLikeOneProcess) {
   expect_same_training(one, two);
 }
 
-// Data parallelism on GPUs where it cannot run is an error that says why: this dseek has no NCCL,
-// or this machine has fewer GPUs than the node's 2 ranks (CI: none). tests/backend runs it on GPUs.
+// Data (and expert) parallelism on GPUs where it cannot run is an error that says why: this dseek
+// has no NCCL, or this machine has fewer GPUs than the node's 2 ranks (CI: none). tests/backend
+// runs it on GPUs.
 TEST_F(DistTrain, GpuRanksWithoutGpusOrNcclAreClearErrors) {
   if (dist::nccl_available() && cuda::device_count() >= 2)
     GTEST_SKIP() << "this machine can run 2 GPU ranks (tests/backend/test_backend_optim.cpp)";
   TempDir dir;
-  const CliRun r =
-      run(mpirun_, mpirun_args(2, train_args(dir.path / "gpu", 2, {"--device", "cuda"})));
-  EXPECT_NE(r.exit_code, 0);
   const std::string message = dist::nccl_available() ? "NCCL needs one GPU per rank"
                                                      : "train.device cuda on 2 ranks needs NCCL";
-  EXPECT_NE(r.err.find(message), std::string::npos) << r.err;
+  // Data parallel, and expert parallel (whose exchanges run on NCCL subgroups).
+  for (const bool ep : {false, true}) {
+    Args extra = {"--device", "cuda"};
+    if (ep) extra.insert(extra.end(), {"--expert-parallel", "2"});
+    const CliRun r =
+        run(mpirun_, mpirun_args(2, train_args(dir.path / (ep ? "ep" : "dp"), 2, extra)));
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.err.find(message), std::string::npos) << r.err;
+  }
 }
 
 // Settings expert parallelism cannot honour are errors naming them.
@@ -734,9 +740,6 @@ TEST_F(DistTrain, ExpertParallelSettingsAreClearErrors) {
       {3,
        {"--expert-parallel", "3", "--set", "train.batch_size=3"},
        "expert parallel 3: must divide the 8 routed experts"},
-      {2,
-       {"--expert-parallel", "2", "--device", "cuda"},
-       "expert parallelism runs on CPU ranks only"},
       {2,
        {"--expert-parallel", "2", "--set", "dist.ep_max_ranks=1"},
        "dist.ep_max_ranks 1: the gate (noaux_tc with n_group 4, topk_group 2) can send a token to "

@@ -210,18 +210,17 @@ void DataParallel::scale_gradients(float factor) {
   if (factor != 1.0f) ops::scale_inplace({grad_}, factor);
 }
 
-double DataParallel::clip_grad_norm(double max_norm, const std::vector<std::span<float>>& extra,
+double DataParallel::clip_grad_norm(double max_norm, const std::vector<Tensor>& extra,
                                     bool count_extra) {
   check_devices();
   // Per parameter, then summed, as clip_grad_norm groups it (one rank: the same bits).
   double sum = ops::sum_of_squares(shard_tensors().grads);
-  for (const std::span<float> g : extra) {
-    DSEEK_CHECK(device_ == Device::CPU,
-                "[dist] gradients outside the flat space (expert parallelism) are on the host");
-    if (!count_extra) break;
-    double part = 0.0;
-    for (const float x : g) part += double(x) * double(x);
-    sum += part;
+  for (const Tensor& g : extra) {
+    DSEEK_CHECK(g.device() == device_,
+                "[dist] gradients outside the flat space (expert parallelism) live on {}, the "
+                "shard on {}",
+                device_name(g.device()), device_name(device_));
+    if (count_extra) sum += ops::sum_of_squares({g});
   }
   double total[1] = {sum};
   group_.all_reduce(std::span<double>(total, 1));
@@ -229,8 +228,7 @@ double DataParallel::clip_grad_norm(double max_norm, const std::vector<std::span
   if (max_norm > 0.0 && std::isfinite(norm) && norm > max_norm) {
     const float scale = float(max_norm / (norm + 1e-6));
     scale_gradients(scale);
-    for (const std::span<float> g : extra)
-      for (float& x : g) x *= scale;
+    if (!extra.empty()) ops::scale_inplace(extra, scale);
   }
   return norm;
 }

@@ -68,7 +68,7 @@ class DataParallel {
   // Global L2 norm of the reduced gradient; clips the shard as clip_grad_norm does. `extra`:
   // gradients outside the flat space (expert parallelism's owned experts), clipped with the shard
   // and counted in the norm where count_extra (once per copy: replicas pass false).
-  double clip_grad_norm(double max_norm, const std::vector<std::span<float>>& extra = {},
+  double clip_grad_norm(double max_norm, const std::vector<Tensor>& extra = {},
                         bool count_extra = true);
   // Its two halves, for callers that combine norms over several groups (pipeline stages): Σ g² of
   // the reduced gradient over the group (the shards' sums all-reduced; the same on every rank),

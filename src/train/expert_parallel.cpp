@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "ops/adamw.h"
 
 namespace dseek::train {
 
@@ -71,55 +72,69 @@ ExpertShard::ExpertShard(const ExpertParallel& ep, ParamSet& params, AdamWConfig
                 p.name, e, ep.experts);
     Slot s{&p, ep.owner(e), {}, {}};
     if (s.owner == ep.rank()) {
-      s.m.assign(size_t(p.value.numel()), 0.0f);
-      s.v.assign(size_t(p.value.numel()), 0.0f);
+      s.m = Tensor::zeros(p.value.shape(), DType::F32, p.value.device());
+      s.v = Tensor::zeros(p.value.shape(), DType::F32, p.value.device());
     }
     slots_.push_back(std::move(s));
   }
 }
 
-void ExpertShard::reduce_grads() {
-  if (ep_.replicas() == 1) return;
-  // The owned experts' gradients, one flat buffer, summed over the replicas of this slice.
-  int64_t total = 0;
-  for (const Slot& s : slots_)
-    if (s.owner == ep_.rank()) total += s.param->grad.numel();
-  std::vector<float> owned(static_cast<size_t>(total));
-  int64_t at = 0;
-  for (const Slot& s : slots_) {
-    if (s.owner != ep_.rank()) continue;
-    const int64_t n = s.param->grad.numel();
-    std::memcpy(owned.data() + at, s.param->grad.data<float>(), size_t(n) * sizeof(float));
-    at += n;
-  }
-  ep_.replica->all_reduce(std::span<float>(owned));
-  at = 0;
+void ExpertShard::follow_params() {
   for (Slot& s : slots_) {
-    if (s.owner != ep_.rank()) continue;
-    const int64_t n = s.param->grad.numel();
-    std::memcpy(s.param->grad.data<float>(), owned.data() + at, size_t(n) * sizeof(float));
-    at += n;
+    if (s.owner != ep_.rank() || s.m.device() == s.param->value.device()) continue;
+    s.m = s.m.to(s.param->value.device());
+    s.v = s.v.to(s.param->value.device());
   }
 }
 
-std::vector<std::span<float>> ExpertShard::grads() {
-  std::vector<std::span<float>> out;
+void ExpertShard::reduce_grads() {
+  if (ep_.replicas() == 1) return;
+  // The owned experts' gradients, one flat buffer on their device, summed over the replicas of
+  // this slice.
+  std::vector<Tensor> owned = grads();
+  if (owned.empty()) return;
+  int64_t total = 0;
+  for (const Tensor& g : owned) total += g.numel();
+  const Tensor flat = Tensor::empty({total}, DType::F32, owned[0].device());
+  int64_t at = 0;
+  for (const Tensor& g : owned) {
+    flat.slice(0, at, at + g.numel()).copy_from(g.reshape({g.numel()}));
+    at += g.numel();
+  }
+  ep_.replica->all_reduce(std::span<float>(flat.data<float>(), size_t(total)));
+  at = 0;
+  for (const Tensor& g : owned) {
+    g.reshape({g.numel()}).copy_from(flat.slice(0, at, at + g.numel()));
+    at += g.numel();
+  }
+}
+
+std::vector<Tensor> ExpertShard::grads() {
+  std::vector<Tensor> out;
   for (Slot& s : slots_)
-    if (s.owner == ep_.rank())
-      out.emplace_back(s.param->grad.data<float>(), size_t(s.param->grad.numel()));
+    if (s.owner == ep_.rank()) out.push_back(s.param->grad);
   return out;
 }
 
 void ExpertShard::step(double lr) {
   DSEEK_CHECK(std::isfinite(lr) && lr >= 0.0, "[optim] AdamW: learning rate {} must be >= 0", lr);
+  follow_params();
   ++step_count_;
-  const AdamWStep s = adamw_step_scalars(config_, lr, step_count_);
+  std::vector<Tensor> values, grads, ms, vs;
+  std::vector<uint8_t> decay;
   for (Slot& slot : slots_) {
     if (slot.owner != ep_.rank()) continue;
-    Param& p = *slot.param;
-    adamw_update(s, s.decay_factor(p.decay), p.value.data<float>(), p.grad.data<float>(),
-                 slot.m.data(), slot.v.data(), p.value.numel());
+    values.push_back(slot.param->value);
+    grads.push_back(slot.param->grad);
+    ms.push_back(slot.m);
+    vs.push_back(slot.v);
+    decay.push_back(slot.param->decay ? 1 : 0);
   }
+  if (values.empty()) return;
+  // The fused multi-tensor step (ops/adamw.h: the per-element arithmetic of AdamW::step).
+  ops::adamw_step(ops::adamw_tensors(std::move(values), std::move(grads), std::move(ms),
+                                     std::move(vs), std::move(decay)),
+                  adamw_step_scalars(config_, lr, step_count_));
 }
 
 void ExpertShard::gather_values() {
@@ -137,6 +152,7 @@ void ExpertShard::gather_values() {
 }
 
 std::vector<std::pair<std::string, Tensor>> ExpertShard::gather_state() {
+  follow_params();
   dist::ProcessGroup& g = *ep_.group;
   std::vector<std::pair<std::string, Tensor>> out;
   for (Slot& s : slots_) {
@@ -144,26 +160,28 @@ std::vector<std::pair<std::string, Tensor>> ExpertShard::gather_state() {
     const int64_t n = p.value.numel();
     std::vector<int64_t> counts(size_t(g.size()), 0);
     counts[size_t(s.owner)] = n;
+    // Received where the group's buffers live (the GPU under NCCL), handed over on the host.
     Tensor tm, tv;
     if (g.rank() == 0) {
-      tm = Tensor::empty(p.value.shape());
-      tv = Tensor::empty(p.value.shape());
+      tm = Tensor::empty(p.value.shape(), DType::F32, p.value.device());
+      tv = Tensor::empty(p.value.shape(), DType::F32, p.value.device());
     }
     for (auto [moment, into] : {std::pair{&s.m, &tm}, std::pair{&s.v, &tv}}) {
       if (s.owner == 0) {  // rank 0's own: no exchange
-        if (g.rank() == 0)
-          std::memcpy(into->data<float>(), moment->data(), size_t(n) * sizeof(float));
+        if (g.rank() == 0) into->copy_from(*moment);
         continue;
       }
       // From the owner in group 0 (world rank = owner); its replicas send nothing.
-      const std::span<const float> mine(moment->data(), g.rank() == s.owner ? moment->size() : 0);
+      const bool sends = g.rank() == s.owner;
+      const std::span<const float> mine(sends ? moment->data<float>() : nullptr,
+                                        size_t(sends ? n : 0));
       const std::span<float> all(g.rank() == 0 ? into->data<float>() : nullptr,
                                  size_t(g.rank() == 0 ? n : 0));
       g.gather(mine, all, counts, 0);
     }
     if (g.rank() == 0) {
-      out.emplace_back("exp_avg." + p.name, std::move(tm));
-      out.emplace_back("exp_avg_sq." + p.name, std::move(tv));
+      out.emplace_back("exp_avg." + p.name, tm.to(Device::CPU));
+      out.emplace_back("exp_avg_sq." + p.name, tv.to(Device::CPU));
     }
   }
   return out;
@@ -176,10 +194,8 @@ void ExpertShard::load_state(const std::map<std::string, Tensor>& tensors, int64
       check_state_tensor(tensors, kind + s.param->name, s.param->value.shape());
   for (Slot& s : slots_) {
     if (s.owner != ep_.rank()) continue;
-    const Tensor tm = tensors.at("exp_avg." + s.param->name).to(DType::F32).contiguous();
-    const Tensor tv = tensors.at("exp_avg_sq." + s.param->name).to(DType::F32).contiguous();
-    std::memcpy(s.m.data(), tm.data<float>(), s.m.size() * sizeof(float));
-    std::memcpy(s.v.data(), tv.data<float>(), s.v.size() * sizeof(float));
+    s.m.copy_from(tensors.at("exp_avg." + s.param->name).to(DType::F32).contiguous());
+    s.v.copy_from(tensors.at("exp_avg_sq." + s.param->name).to(DType::F32).contiguous());
   }
   step_count_ = step_count;
 }

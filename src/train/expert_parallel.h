@@ -90,8 +90,9 @@ int64_t routed_expert_of(const std::string& name);
 BalanceLoss global_balance_loss(const ExpertParallel& ep, const Routing& routing, int64_t devices,
                                 double alpha);
 
-// AdamW over this rank's routed experts (the same per-element arithmetic as AdamW::step), and the
-// gathers a checkpoint needs.
+// AdamW over this rank's routed experts (ops::adamw_step, the arithmetic of AdamW::step, on the
+// parameters' device), and the gathers a checkpoint needs (through ExpertParallel::group: on GPUs
+// the NCCL group, whose gathers move device memory).
 class ExpertShard {
  public:
   ExpertShard(const ExpertParallel& ep, ParamSet& params, AdamWConfig config);
@@ -100,8 +101,8 @@ class ExpertShard {
   // its replicas (an all-reduce of every expert's slot, zeros where a rank owns none).
   void reduce_grads();
   // The owned experts' gradients (clipped in place with the global norm by the caller; in the
-  // norm once, from group 0).
-  std::vector<std::span<float>> grads();
+  // norm once, from group 0), where the parameters live.
+  std::vector<Tensor> grads();
   void step(double lr);
   int64_t step_count() const { return step_count_; }
 
@@ -118,8 +119,11 @@ class ExpertShard {
   struct Slot {
     Param* param;
     int owner;
-    std::vector<float> m, v;  // owned experts only
+    Tensor m, v;  // owned experts only: f32 moments on the parameter's device
   };
+  // Moves the moments to where the parameters now are (the trainer moves the ParamSet to the GPU
+  // after building the optimizers).
+  void follow_params();
   const ExpertParallel& ep_;
   AdamWConfig config_;
   std::vector<Slot> slots_;  // every routed expert parameter, in ParamSet order

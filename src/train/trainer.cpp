@@ -278,28 +278,6 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
                 cfg.micro_batches);
   }
 
-  // Expert parallelism (train/expert_parallel.h): the routed experts spread over every rank.
-  ExpertParallel ep;
-  const bool expert_parallel = cfg.expert_parallel > 1;
-  if (expert_parallel) {
-    DSEEK_CHECK(cfg.device != "cuda",
-                "[train] dist.expert_parallel {}: expert parallelism runs on CPU ranks only "
-                "(its GPU exchanges are not built yet; data parallelism is); use train.device cpu",
-                cfg.expert_parallel);
-    DSEEK_CHECK(ranks % cfg.expert_parallel == 0,
-                "[train] dist.expert_parallel {}: must divide the number of MPI ranks ({})",
-                cfg.expert_parallel, ranks);
-    ep = make_expert_parallel(group, model_config, int(cfg.expert_parallel));
-    const int64_t limit = node_limit(model_config, ep.ranks());
-    DSEEK_CHECK(cfg.ep_max_ranks == 0 || limit <= cfg.ep_max_ranks,
-                "[train] dist.ep_max_ranks {}: the gate ({} with n_group {}, topk_group {}) can "
-                "send a token to {} of the {} ranks; node-limited routing needs a group-limited "
-                "gate whose topk_group groups lie on at most {} ranks (n_group a multiple of the "
-                "ranks, topk_group <= {})",
-                cfg.ep_max_ranks, model_config.topk_method, model_config.n_group,
-                model_config.topk_group, limit, ep.ranks(), cfg.ep_max_ranks, cfg.ep_max_ranks);
-  }
-
   // train.device cuda: parameters, gradients, AdamW and the layers on the GPU. N ranks: one GPU
   // each (local rank l of a node takes device l), data parallel through NCCL.
   const Device device = cfg.device == "cuda" ? Device::CUDA : Device::CPU;
@@ -320,6 +298,25 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       nccl->set_all_reduce_algorithm(group.all_reduce_algorithm());
     }
   }
+  // Expert parallelism (train/expert_parallel.h): the routed experts spread over every rank.
+  ExpertParallel ep;  // after nccl: its subgroups go first
+  const bool expert_parallel = cfg.expert_parallel > 1;
+  if (expert_parallel) {
+    DSEEK_CHECK(ranks % cfg.expert_parallel == 0,
+                "[train] dist.expert_parallel {}: must divide the number of MPI ranks ({})",
+                cfg.expert_parallel, ranks);
+    // On GPUs the token exchanges and the experts' replicas run on NCCL subgroups.
+    ep = make_expert_parallel(nccl ? *nccl : group, model_config, int(cfg.expert_parallel));
+    const int64_t limit = node_limit(model_config, ep.ranks());
+    DSEEK_CHECK(cfg.ep_max_ranks == 0 || limit <= cfg.ep_max_ranks,
+                "[train] dist.ep_max_ranks {}: the gate ({} with n_group {}, topk_group {}) can "
+                "send a token to {} of the {} ranks; node-limited routing needs a group-limited "
+                "gate whose topk_group groups lie on at most {} ranks (n_group a multiple of the "
+                "ranks, topk_group <= {})",
+                cfg.ep_max_ranks, model_config.topk_method, model_config.n_group,
+                model_config.topk_group, limit, ep.ranks(), cfg.ep_max_ranks, cfg.ep_max_ranks);
+  }
+
   if (ranks > 1 && !pipeline) {
     DSEEK_CHECK(cfg.task != "dpo" || !expert_parallel,
                 "[train] train.task dpo: not with dist.expert_parallel yet (data parallelism "
@@ -744,9 +741,9 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       if (dpo) all_reduce_dpo(group, dpo_stats);
       dp->reduce_gradients();
       if (experts) experts->reduce_grads();
-      grad_norm = dp->clip_grad_norm(cfg.grad_clip,
-                                     experts ? experts->grads() : std::vector<std::span<float>>{},
-                                     !experts || ep.base() == 0);
+      grad_norm =
+          dp->clip_grad_norm(cfg.grad_clip, experts ? experts->grads() : std::vector<Tensor>{},
+                             !experts || ep.base() == 0);
       dp->step(lr);
       if (experts) experts->step(lr);
       params.refresh_compute();

@@ -4,7 +4,9 @@
 // on the host from every rank's inputs (outputs poisoned with NaN first), in NCCL's order and in
 // the deterministic rank order, with equal and unequal blocks, empty blocks and HFReduce's staging
 // through pinned host memory; and ZeRO-1 (train/data_parallel.h) over NCCL against AdamW on the
-// summed gradients. Skips without a GPU or NCCL (and, for 2 ranks, MPI and mpirun).
+// summed gradients; and expert parallelism's MoE layer with its token exchange over NCCL
+// (train/expert_exchange.h) against one GPU. Skips without a GPU or NCCL (and, for 2 ranks, MPI
+// and mpirun).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -25,7 +27,11 @@
 #include "dist_params.h"
 #include "mpi_run.h"
 #include "train/data_parallel.h"
+#include "train/expert_parallel.h"
+#include "train/layers.h"
 #include "train/optimizer.h"
+#include "train/train_config.h"
+#include "train/train_model.h"
 
 namespace dseek::backend_test {
 namespace {
@@ -316,6 +322,191 @@ void zero_one_on_this_rank(bool under_mpi) {
     }
   g.reset();
   if (under_mpi) dist::finalize_world();
+}
+
+// |a − b| ≤ rel·|b| + abs·max|b| elementwise, on host copies.
+void expect_close(const Tensor& got, const Tensor& want, double rel, double abs,
+                  const std::string& what) {
+  const std::vector<float> a = got.to(DType::F32).to_vector(), b = want.to(DType::F32).to_vector();
+  ASSERT_EQ(a.size(), b.size()) << what;
+  double scale = 0;
+  for (float x : b) scale = std::max(scale, double(std::fabs(x)));
+  int64_t bad = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    bad += !(std::fabs(double(a[i]) - double(b[i])) <= rel * std::fabs(double(b[i])) + abs * scale);
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << a.size() << " differ (scale " << scale
+                    << ")";
+}
+
+Tensor random_rows(int64_t rows, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> v(size_t(rows * cols));
+  for (float& x : v) x = normal(rng);
+  return Tensor::from_vector(v, {rows, cols});
+}
+
+void expert_parallel_on_this_rank(bool under_mpi) {
+  std::unique_ptr<dist::ProcessGroup> g = nccl_on_this_rank(under_mpi);
+  const int N = g->size(), me = g->rank();
+
+  // The group's parts (split: every rank together, then each alone), and bf16 rows through each:
+  // rank p sends (p + 2q) % 3 + 1 rows to rank q, into a NaN-poisoned buffer. Values are small
+  // integers and halves, exact in bf16.
+  for (const bool alone : {false, true}) {
+    SCOPED_TRACE(alone ? "split: each rank alone" : "split: all ranks");
+    std::unique_ptr<dist::ProcessGroup> part = g->split(alone ? me : 0);
+    const int n = part->size(), r = part->rank();
+    EXPECT_EQ(part->backend(), "nccl");
+    EXPECT_EQ(n, alone ? 1 : N);
+    EXPECT_EQ(r, alone ? 0 : me);
+    const int64_t cols = 3;
+    std::vector<int64_t> sc(static_cast<size_t>(n)), rc(static_cast<size_t>(n));
+    std::vector<float> send;
+    for (int q = 0; q < n; ++q) {
+      sc[size_t(q)] = (r + 2 * q) % 3 + 1;
+      rc[size_t(q)] = (q + 2 * r) % 3 + 1;
+      for (int64_t i = 0; i < sc[size_t(q)]; ++i)
+        for (int64_t j = 0; j < cols; ++j)
+          send.push_back(float(64 * r + 16 * q + 2 * i) + 0.5f * j);
+    }
+    int64_t total = 0;
+    for (int64_t c : rc) total += c;
+    const Tensor send_rows = Tensor::from_vector(send, {int64_t(send.size()) / cols, cols})
+                                 .to(DType::BF16)
+                                 .to(Device::CUDA);
+    Tensor recv_rows =
+        Tensor::from_vector(std::vector<float>(size_t(total * cols), std::nanf("")), {total, cols})
+            .to(DType::BF16)
+            .to(Device::CUDA);
+    part->all_to_all_v_rows(send_rows, sc, recv_rows, rc);
+    const std::vector<float> got = recv_rows.to(DType::F32).to_vector();
+    size_t at = 0;
+    for (int q = 0; q < n; ++q)
+      for (int64_t i = 0; i < rc[size_t(q)]; ++i)
+        for (int64_t j = 0; j < cols; ++j)
+          EXPECT_EQ(got[at++], float(64 * q + 16 * r + 2 * i) + 0.5f * j) << "from rank " << q;
+    // Host tensors are refused by a GPU group.
+    EXPECT_THROW(part->all_to_all_v_rows(send_rows.to(Device::CPU), sc, recv_rows, rc), Error);
+  }
+
+  // The tiny preset's first MoE layer; rank r holds 13 + 8r of the batch's tokens, the reference
+  // one GPU process all of them.
+  for (const DType act : {DType::F32, DType::BF16}) {
+    SCOPED_TRACE(act == DType::F32 ? "f32" : "bf16");
+    const ModelConfig cfg = train::preset_model_config("tiny", 300);
+    const std::string prefix = "model.layers.1.mlp";
+    ASSERT_TRUE(cfg.is_moe_layer(1));
+    const RopeParams rope = rope_params(cfg);
+    train::ParamSet ref_params, ep_params;
+    train::TrainModel::init_params(cfg, 21, 0.1, ref_params);
+    train::TrainModel::init_params(cfg, 21, 0.1, ep_params);
+    for (train::ParamSet* ps : {&ref_params, &ep_params}) {
+      ps->to(Device::CUDA);
+      ps->set_compute_dtype(act);
+    }
+    std::vector<int64_t> first(size_t(N + 1), 0);
+    for (int q = 0; q < N; ++q) first[size_t(q + 1)] = first[size_t(q)] + 13 + 8 * q;
+    const int64_t T = first.back(), D = cfg.hidden_size;
+    const Tensor x = random_rows(T, D, 3).to(act).to(Device::CUDA);
+    const Tensor dy = random_rows(T, D, 4).to(act).to(Device::CUDA);
+    train::BalanceOptions balance;
+    balance.aux_loss = "expert";
+    balance.alpha = 0.1;
+
+    const train::LayerContext ref_ctx{cfg, rope, ref_params};
+    train::MoeCache ref_cache;
+    const Tensor ref_out = train::moe_forward(ref_ctx, prefix, x, {T}, balance, ref_cache);
+    const Tensor ref_dx = train::moe_backward(ref_ctx, prefix, ref_cache, dy, 1.0f);
+
+    const train::ExpertParallel ep = train::make_expert_parallel(*g, cfg, N);
+    const train::LayerContext ep_ctx{cfg, rope, ep_params, &ep};
+    train::MoeCache ep_cache;
+    const int64_t lo = first[size_t(me)], hi = first[size_t(me + 1)];
+    const Tensor x_mine = x.slice(0, lo, hi).contiguous();
+    const Tensor dy_mine = dy.slice(0, lo, hi).contiguous();
+    const Tensor out = train::moe_forward(ep_ctx, prefix, x_mine, {hi - lo}, balance, ep_cache);
+    const Tensor dx = train::moe_backward(ep_ctx, prefix, ep_cache, dy_mine, 1.0f / float(N));
+    EXPECT_TRUE(ep_cache.ops_path);
+    EXPECT_EQ(ep_cache.exchange.recv_rows.size(), size_t(N));
+    EXPECT_LE(ep_cache.exchange.max_ranks, train::node_limit(cfg, N));
+
+    // Row for row the same GEMMs: f32 within summation order, bf16 within its rounding.
+    const double rel = act == DType::F32 ? 1e-5 : 2e-2, abs = act == DType::F32 ? 1e-6 : 1e-2;
+    expect_close(out, ref_out.slice(0, lo, hi), rel, abs, "output");
+    expect_close(dx, ref_dx.slice(0, lo, hi), rel, abs, "input gradient");
+    EXPECT_NEAR(ep_cache.aux_loss, ref_cache.aux_loss, 1e-6 * ref_cache.aux_loss);
+    if (act != DType::F32) continue;
+
+    // Gradients: the replicated ones summed over the ranks, each routed expert's on its owner
+    // alone, the others untouched.
+    const std::vector<int64_t> load = train::moe_expert_load(ref_cache);
+    for (train::Param& p : ep_params.all()) {
+      if (!p.trainable || p.name.rfind(prefix + ".", 0) != 0) continue;
+      const train::Param& r = ref_params.at(p.name);
+      const int64_t e = train::routed_expert_of(p.name);
+      if (e < 0) {
+        g->all_reduce(span_of(p.grad));
+        expect_close(p.grad, r.grad, 1e-5, 1e-6, p.name);
+      } else if (ep.owns(e)) {
+        if (load[size_t(e)] > 0) expect_close(p.grad, r.grad, 1e-5, 1e-6, p.name);
+      } else {
+        const std::vector<float> v = p.grad.to_vector();
+        EXPECT_EQ(std::count(v.begin(), v.end(), 0.0f), int64_t(v.size()))
+            << p.name << " on a rank that does not own it";
+      }
+    }
+
+    // The owned experts' AdamW on the GPU (ExpertShard) against AdamW over one GPU's parameters.
+    const train::AdamWConfig config{0.9, 0.95, 1e-8, 0.1};
+    train::AdamW reference(ref_params, config);
+    reference.to(Device::CUDA);
+    reference.step(1e-2);
+    train::ExpertShard shard(ep, ep_params, config);
+    shard.reduce_grads();
+    int64_t owned = 0;
+    for (const train::Param& p : ep_params.all()) {
+      const int64_t e = train::routed_expert_of(p.name);
+      owned += p.trainable && e >= 0 && ep.owns(e);
+    }
+    EXPECT_EQ(int64_t(shard.grads().size()), owned);
+    EXPECT_GT(owned, 0);
+    shard.step(1e-2);
+    for (train::Param& p : ep_params.all()) {
+      const int64_t e = train::routed_expert_of(p.name);
+      if (e < 0 || !ep.owns(e) || p.name.rfind(prefix + ".", 0) != 0) continue;
+      expect_close(p.value, ref_params.at(p.name).value, 0.0, 1e-5, p.name + " after a step");
+    }
+    // Its moments gathered on rank 0 (through NCCL) are AdamW's for the layer's experts.
+    const auto state = shard.gather_state();
+    if (me == 0) {
+      std::map<std::string, Tensor> want;
+      for (auto& [name, t] : reference.state_tensors()) want[name] = t;
+      int64_t checked = 0;
+      for (const auto& [name, t] : state) {
+        if (name.find(prefix + ".experts.") == std::string::npos) continue;
+        ASSERT_TRUE(want.count(name)) << name;
+        expect_close(t, want.at(name), 1e-4, 1e-6, name);
+        ++checked;
+      }
+      EXPECT_EQ(checked, 2 * 3 * cfg.n_routed_experts);
+    } else {
+      EXPECT_TRUE(state.empty());
+    }
+  }
+  g.reset();
+  if (under_mpi) dist::finalize_world();
+}
+
+// Expert parallelism over NCCL (2 ranks on 2 GPUs, or one rank in this process): the group's
+// split parts move bf16 rows between the right ranks and places; the MoE layer with its routed
+// experts spread over the ranks gives, for each rank's tokens, one GPU's outputs and input
+// gradients (f32 within summation order, bf16 within its rounding) and balance loss, the
+// replicated gradients summed, each expert's full gradient on its owner and none elsewhere; the
+// owners' AdamW (ExpertShard, on the GPU) steps like AdamW over one GPU's parameters, and its
+// moments gather on rank 0.
+TEST(BackendNccl, ExpertParallelMoeEqualsOneGpu) {
+  on_gpu_ranks("BackendNccl.ExpertParallelMoeEqualsOneGpu", expert_parallel_on_this_rank);
 }
 
 // NCCL's library loads at run time (no GPU needed) and has every function the group calls. Skips

@@ -683,5 +683,79 @@ TEST(BackendTrainCli, TwoGpuDataParallelTrainsLikeOneGpu) {
   EXPECT_EQ(read_metrics(two_run).size(), size_t(kSteps + 2));
 }
 
+// Expert parallelism on 2 GPUs (`dseek train --nproc 2 --expert-parallel 2 --device cuda`): each
+// rank owns half of every MoE layer's routed experts, the permuted rows travel between the GPUs
+// through NCCL (train/expert_exchange.h) and the experts' AdamW runs on the device; against one
+// GPU on the same global batches, the losses, gradient norms and validation loss within the
+// data-parallel tolerances; the checkpoint (every expert and its moments gathered on rank 0
+// through NCCL) resumes on one GPU. Skips without 2 GPUs, NCCL or MPI.
+TEST(BackendTrainCli, TwoGpuExpertParallelTrainsLikeOneGpu) {
+  DSEEK_REQUIRE_CUDA();
+  if (cuda::device_count() < 2) GTEST_SKIP() << "needs 2 GPUs";
+  if (!dist::nccl_available()) GTEST_SKIP() << "this dseek was built without NCCL";
+  if (!dist::mpi_available()) GTEST_SKIP() << "this dseek was built without MPI";
+  TinyData d;
+  ASSERT_NO_FATAL_FAILURE(d.prepare());
+  constexpr int kSteps = 6;
+  const fs::path one_run = d.root / "one", ep_run = d.root / "ep";
+  CliRun r = run_dseek(train_args(d, one_run, kSteps, "cuda"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run_dseek(train_args(d, ep_run, kSteps, "cuda", {"--nproc", "2", "--expert-parallel", "2"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("expert parallel: 8 routed experts per MoE layer over 2 ranks"),
+            std::string::npos)
+      << r.err;
+  const std::vector<nlohmann::json> one = read_metrics(one_run), ep = read_metrics(ep_run);
+  ASSERT_EQ(one.size(), size_t(kSteps));
+  ASSERT_EQ(ep.size(), size_t(kSteps));
+  for (int s = 0; s < kSteps; ++s) {
+    const double want = one[s].at("loss").get<double>(), got = ep[s].at("loss").get<double>();
+    const double gn_want = one[s].at("grad_norm").get<double>();
+    const double gn_got = ep[s].at("grad_norm").get<double>();
+    std::printf(
+        "[backend] step %d: loss 1 GPU %.6f, 2 GPUs EP %.6f (rel %.1e), grad_norm %.5f / %.5f\n",
+        s + 1, want, got, std::abs(got - want) / want, gn_want, gn_got);
+    const double tol = s == 0 ? 1e-4 : 2e-3;
+    EXPECT_LE(std::abs(got - want), tol * want) << "step " << s + 1;
+    EXPECT_LE(std::abs(gn_got - gn_want), 10 * tol * gn_want) << "step " << s + 1;
+  }
+  const double val_one = one.back().at("val_loss").get<double>();
+  EXPECT_NEAR(ep.back().at("val_loss").get<double>(), val_one, 2e-3 * val_one);
+
+  // The checkpoint holds every expert and its moments; it resumes on one GPU.
+  const train::CheckpointData a =
+      train::load_checkpoint(train::find_latest_checkpoint(one_run.string()));
+  const train::CheckpointData b =
+      train::load_checkpoint(train::find_latest_checkpoint(ep_run.string()));
+  // Relative RMS differences over all weights, and over all moments (the experts' from their
+  // owners): the same trajectory within the rounding the losses allow.
+  auto rel_rms = [](const std::vector<std::pair<std::string, Tensor>>& x,
+                    const std::vector<std::pair<std::string, Tensor>>& y) {
+    EXPECT_EQ(x.size(), y.size());
+    double diff2 = 0, norm2 = 0;
+    for (size_t i = 0; i < std::min(x.size(), y.size()); ++i) {
+      EXPECT_EQ(x[i].first, y[i].first);
+      const std::vector<float> u = x[i].second.to_vector(), v = y[i].second.to_vector();
+      EXPECT_EQ(u.size(), v.size()) << x[i].first;
+      for (size_t k = 0; k < std::min(u.size(), v.size()); ++k) {
+        diff2 += (double(u[k]) - v[k]) * (double(u[k]) - v[k]);
+        norm2 += double(v[k]) * v[k];
+      }
+    }
+    return std::sqrt(diff2 / norm2);
+  };
+  const double weights = rel_rms(b.model, a.model), moments = rel_rms(b.optimizer, a.optimizer);
+  std::printf("[backend] after %d steps, EP on 2 GPUs vs 1 GPU: weights %.2e, moments %.2e\n",
+              kSteps, weights, moments);
+  EXPECT_LE(weights, 1e-3);
+  EXPECT_LE(moments, 1e-2);
+  std::vector<std::string> resume = train_args(d, ep_run, kSteps + 2, "cuda");
+  resume.push_back("--resume");
+  r = run_dseek(resume);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("(step 6)"), std::string::npos) << r.err;
+  EXPECT_EQ(read_metrics(ep_run).size(), size_t(kSteps + 2));
+}
+
 }  // namespace
 }  // namespace dseek::backend_test
