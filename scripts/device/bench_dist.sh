@@ -34,7 +34,7 @@ run() {
 
 if has tests; then
   run nccl_tests 400 "$BIN/dseek_backend_tests" \
-    --gtest_filter='BackendNccl.*:BackendTrainCli.TwoGpuDataParallelTrainsLikeOneGpu'
+    --gtest_filter='BackendNccl.*:BackendTrainCli.TwoGpu*'
 fi
 
 if has allreduce; then
@@ -60,6 +60,9 @@ if has scaling; then
   run scaling_1gpu 400 "$BIN/dseek" "${common[@]}" --out "$work/run1" --set train.batch_size=2
   run scaling_2gpu 400 "$BIN/dseek" "${common[@]}" --out "$work/run2" --set train.batch_size=4 \
     --nproc 2
+  # Expert parallel: each GPU owns 32 of the 64 routed experts; the rest data parallel.
+  run scaling_2gpu_ep 400 "$BIN/dseek" "${common[@]}" --out "$work/run2ep" \
+    --set train.batch_size=4 --nproc 2 --expert-parallel 2
   python3 - "$work" >"$OUT/scaling.md" <<'EOF'
 import json, statistics, sys
 work = sys.argv[1]
@@ -70,14 +73,15 @@ def rate(run):
         return None
     steps = [l["tokens_per_s"] for l in lines[3:]]
     return statistics.median(steps) if steps else None
-one, two = rate("run1"), rate("run2")
+one, two, two_ep = rate("run1"), rate("run2"), rate("run2ep")
 print("| GPUs | tokens/s (median of steps 4-10) | scaling efficiency |")
 print("| --- | --- | --- |")
 print(f"| 1 | {one:,.0f} | - |" if one else "| 1 | n/a | - |")
-if one and two:
-    print(f"| 2 | {two:,.0f} | {two / (2 * one):.1%} |")
-else:
-    print("| 2 | n/a | - |")
+for name, r in (("2, data parallel", two), ("2, expert parallel 2", two_ep)):
+    if one and r:
+        print(f"| {name} | {r:,.0f} | {r / (2 * one):.1%} |")
+    else:
+        print(f"| {name} | n/a | - |")
 EOF
   cat "$OUT/scaling.md"
 fi
