@@ -21,6 +21,7 @@
 #include "ops/activation.h"
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
+#include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/grouped_gemm_tc.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
@@ -278,7 +279,7 @@ int main(int argc, char** argv) {
   }
   {  // MLA's absorbed decode over the latent cache (rank 512 + rope 64): batch 1 of V2-Lite (16
      // heads) and V3 (128) at several cache lengths, the tensor-core kernel beside the SIMT one
-     // (DSEEK_MLA_DECODE=simt). A decode call is a few µs, so each timing is 20 calls back to
+     // (set_mla_decode_tensor_cores). A decode call is a few µs, so each timing is 20 calls back to
      // back, synchronised once (the other rows' one synchronisation a call would dominate).
      // Bytes: the latent rows read once, the minimum.
     struct Case {
@@ -289,16 +290,13 @@ int main(int argc, char** argv) {
       const Tensor q = rand_gpu({c.T, c.H, 576}, bf, rng), latent = rand_gpu({c.S, 576}, bf, rng);
       const double bytes = double(c.S * 576 * int64_t(bf_bytes));
       for (const char* kernel : {"tensor cores", "simt"}) {
-        if (std::string(kernel) == "simt")
-          setenv("DSEEK_MLA_DECODE", "simt", 1);
-        else
-          unsetenv("DSEEK_MLA_DECODE");
+        ops::cuda::set_mla_decode_tensor_cores(std::string(kernel) != "simt");
         row(std::string("mla_decode x20 (") + kernel + ")", dims({c.T, c.H, c.S}), 0, 20 * bytes,
             [&] {
               for (int i = 0; i < 20; ++i) ops::mla_decode(q, latent, 512, 0.07f);
             });
       }
-      unsetenv("DSEEK_MLA_DECODE");
+      ops::cuda::set_mla_decode_tensor_cores(true);
     }
   }
   return 0;

@@ -42,6 +42,9 @@
 #include "model/transformer.h"
 #include "model_fixtures.h"
 #include "ops/attention.h"
+#ifdef DSEEK_HAS_CUDA
+#include "ops/cuda/cuda_ops.h"
+#endif
 #include "ops/mla_decode.h"
 
 namespace dseek::backend_test {
@@ -152,9 +155,10 @@ TEST(BackendDecode, MlaDecodeOverCapacityWithPositions) {
 }
 
 // DeepSeek's latent (r 512 + rope 64) in bf16 with heads in 16s runs on the tensor-core kernel
-// (mla_decode_tc_kernels.cuh); the same inputs through the SIMT kernel (DSEEK_MLA_DECODE=simt) and
-// the CPU reference: both GPU kernels within the bf16 bound of the CPU, with a strided q (head
-// stride 2·dk), T > 1 (rows of earlier tokens see fewer keys), 128 heads and long caches (splits).
+// (mla_decode_tc_kernels.cuh); the same inputs through the SIMT kernel
+// (set_mla_decode_tensor_cores) and the CPU reference: both GPU kernels within the bf16 bound of
+// the CPU, with a strided q (head stride 2·dk), T > 1 (rows of earlier tokens see fewer keys), 128
+// heads and long caches (splits).
 TEST(BackendDecode, MlaDecodeTensorCoresMatchSimtAndCpu) {
   DSEEK_REQUIRE_CUDA();
   std::mt19937 rng(23);
@@ -172,9 +176,13 @@ TEST(BackendDecode, MlaDecodeTensorCoresMatchSimtAndCpu) {
     const Tensor want = ops::mla_decode(q_cpu, rounded(lat, DType::BF16), r, scale);
     const Tensor lat_gpu = on_gpu(lat, DType::BF16);
     const Tensor tc = ops::mla_decode(q_gpu, lat_gpu, r, scale);
-    setenv("DSEEK_MLA_DECODE", "simt", 1);
+#ifdef DSEEK_HAS_CUDA
+    ops::cuda::set_mla_decode_tensor_cores(false);
     const Tensor simt = ops::mla_decode(q_gpu, lat_gpu, r, scale);
-    unsetenv("DSEEK_MLA_DECODE");
+    ops::cuda::set_mla_decode_tensor_cores(true);
+#else
+    const Tensor simt = tc;  // not reached: DSEEK_REQUIRE_CUDA skips
+#endif
     expect_close("mla_decode tensor cores", {c.T, c.S, c.H}, DType::BF16, want, tc);
     expect_close("mla_decode simt", {c.T, c.S, c.H}, DType::BF16, want, simt);
   }

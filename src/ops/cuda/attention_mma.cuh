@@ -29,6 +29,11 @@ using bf16 = __nv_bfloat16;
 
 constexpr int kPad = 8;  // bf16 elements of padding per shared-memory row
 
+// ⌈a / b⌉, for tile counts on the host and the device.
+__host__ __device__ constexpr int64_t div_up(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
 #ifndef DSEEK_ATTENTION_EMULATION
 // The block's dynamic shared memory (16-byte aligned).
 __device__ __forceinline__ unsigned char* dynamic_smem() {

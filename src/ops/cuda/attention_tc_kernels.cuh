@@ -11,10 +11,6 @@
 
 namespace dseek::ops::cuda::attention_tc {
 
-__host__ __device__ constexpr int64_t div_up(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
-
 constexpr int kThreads = 128;  // 4 warps
 constexpr int kRows = 64;      // rows a block owns: 16 per warp
 

@@ -260,6 +260,11 @@ struct MlaDecodeArgs {
   const int64_t* positions;  // null: all S rows are keys
 };
 void mla_decode(const MlaDecodeArgs& a, DType act);
+// Whether bf16 DeepSeek-latent shapes take the tensor-core kernel (mla_decode_tc_kernels.cuh; the
+// default, unless DSEEK_MLA_DECODE=simt was set when the process started) or the SIMT one: for
+// tests and benchmarks comparing the two.
+void set_mla_decode_tensor_cores(bool on);
+bool mla_decode_tensor_cores();
 // out[t, h, :N] = x[t, h, :K] · w[h] (w [H, K, N] contiguous, out [T, H, N] contiguous), f32
 // accumulation, everything in act: a strided-batched cuBLASLt GEMM over the heads (in linear.cpp).
 void head_matmul(const void* x, int64_t x_t, int64_t x_h, const void* w, void* out, int64_t T,

@@ -19,6 +19,7 @@
 // head_matmul (the absorbed projections around this kernel) is a strided-batched cuBLASLt GEMM, in
 // linear.cpp: the plain tiled kernel it replaced took 75 µs a call in batched decode.
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -248,15 +249,20 @@ void launch_rank(const DecodeParams& p, dim3 grid, size_t smem) {
 
 // The tensor-core kernel's shapes: DeepSeek's latent (kv_lora_rank 512 + rope 64) in bf16, heads
 // in groups of 16 (one token's rows fill an mma tile), 16-byte aligned rows for cp.async.
-// DSEEK_MLA_DECODE=simt keeps the SIMT kernel (for comparisons).
+// set_mla_decode_tensor_cores(false) (or DSEEK_MLA_DECODE=simt at start-up) keeps the SIMT kernel.
 constexpr int64_t kTcDk = 576, kTcRank = 512;
+std::atomic<bool>& tensor_cores_on() {
+  static std::atomic<bool> on = [] {
+    const char* v = std::getenv("DSEEK_MLA_DECODE");
+    return !(v && std::string(v) == "simt");
+  }();
+  return on;
+}
 bool use_tensor_cores(const MlaDecodeArgs& a, DType act) {
-  const char* v = std::getenv("DSEEK_MLA_DECODE");  // read each call: the bench switches it
-  const bool simt = v && std::string(v) == "simt";
   const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  return !simt && act == DType::BF16 && a.dk == kTcDk && a.rank == kTcRank &&
-         a.H % mla_tc::kRows == 0 && aligned(a.q) && aligned(a.kv) && aligned(a.out) &&
-         a.q_t % 8 == 0 && a.q_h % 8 == 0 && a.kv_s % 8 == 0;
+  return tensor_cores_on().load(std::memory_order_relaxed) && act == DType::BF16 && a.dk == kTcDk &&
+         a.rank == kTcRank && a.H % mla_tc::kRows == 0 && aligned(a.q) && aligned(a.kv) &&
+         aligned(a.out) && a.q_t % 8 == 0 && a.q_h % 8 == 0 && a.kv_s % 8 == 0;
 }
 
 // Splits for `blocks_per_sm` blocks a multiprocessor over `row_blocks` rows of blocks, each split
@@ -271,6 +277,13 @@ int choose_splits(const MlaDecodeArgs& a, int64_t row_blocks, int blocks_per_sm,
 }
 
 }  // namespace
+
+void set_mla_decode_tensor_cores(bool on) {
+  tensor_cores_on().store(on);
+}
+bool mla_decode_tensor_cores() {
+  return tensor_cores_on().load();
+}
 
 void mla_decode(const MlaDecodeArgs& a, DType act) {
   if (a.T == 0 || a.H == 0 || a.rank == 0) return;

@@ -26,6 +26,7 @@
 namespace dseek::ops::cuda::mla_tc {
 
 using attention_tc::bf16;
+using attention_tc::div_up;
 using attention_tc::kPad;
 
 constexpr int kThreads = 128;  // 4 warps
@@ -46,10 +47,6 @@ struct Params {
   float scale_log2;          // the scores' scale · log2(e)
   int n_splits;
 };
-
-__host__ __device__ constexpr int64_t div_up(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
 
 // S keys over at most `splits` blocks, whole tiles of `tile` keys each: split i covers keys
 // i·keys .. (i+1)·keys; `used` of them hold keys. The host sizes the grid for the most keys, the
