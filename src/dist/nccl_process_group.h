@@ -30,8 +30,10 @@
 //
 // HFReduce. With AllReduceAlgorithm::HfReduce, all_reduce and reduce_scatter stage the buffer in
 // pinned host memory, reduce it with the MPI group's HFReduce (dist/hfreduce.h) and copy the
-// result back, as Fire-Flyer does (its GPUs reach the host over PCIe). The staging here is
-// synchronous: the paper overlaps the copies with the reduction chunk by chunk.
+// result back, as Fire-Flyer does (its GPUs reach the host over PCIe), pipelined by chunks of 1M
+// elements: all device→host copies are queued at once, the host reduces each chunk as soon as it
+// has landed, and its copy back runs while the next chunk is reduced. The call returns when the
+// host has reduced the last chunk; Work::wait() orders the compute stream after the last copy back.
 //
 // Built only with CUDA and NCCL (CMake finds nccl.h in the CUDA toolkit, NCCL_ROOT, or the
 // nvidia-nccl Python package); otherwise nccl_available() is false and make_nccl_group throws.

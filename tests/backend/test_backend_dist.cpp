@@ -218,26 +218,33 @@ void collectives_on_this_rank(bool under_mpi) {
     expect_sums(in.to_vector(), inputs(peer, 4099, 5), true, "send/recv");
   }
 
-  // HFReduce through pinned host memory: the same sums (one node of N ranks).
+  // HFReduce through pinned host memory: the same sums (one node of N ranks). Small buffers, and
+  // buffers of several staging chunks (1M elements) whose blocks start inside a chunk.
   g->set_all_reduce_algorithm(dist::AllReduceAlgorithm::HfReduce);
   EXPECT_NE(g->all_reduce_description().find("through pinned host memory"), std::string::npos);
-  for (int det = 0; det < 2; ++det) {
-    dist::world().set_deterministic(det != 0);
-    g->set_deterministic(det != 0);
-    const Tensor t = on_gpu(inputs(rank, 30011, 6));
-    g->all_reduce_async(span_of(t))->wait();
-    expect_sums(t.to_vector(), rank_order_sum(N, 30011, 6), det != 0, "hfreduce all_reduce");
-    const std::vector<int64_t> counts = blocks(N, 7, 30004);
-    const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t(0));
-    const Tensor send = on_gpu(inputs(rank, total, 7));
-    const Tensor recv = poisoned_gpu(counts[size_t(rank)]);
-    g->reduce_scatter_async(span_of(send), span_of(recv), counts)->wait();
-    const std::vector<float> all = rank_order_sum(N, total, 7);
-    const int64_t from = rank == 0 ? 0 : 7 + 30004 * (rank - 1);
-    expect_sums(recv.to_vector(),
-                std::vector<float>(all.begin() + from, all.begin() + from + counts[size_t(rank)]),
-                det != 0, "hfreduce reduce_scatter");
-  }
+  struct Sizes {
+    int64_t n, a, b;  // all-reduce elements; reduce-scatter blocks (rank 0: a, the others: b)
+  };
+  for (const Sizes z : {Sizes{30011, 7, 30004}, Sizes{2500007, 1500001, 1300000}})
+    for (int det = 0; det < 2; ++det) {
+      SCOPED_TRACE("hfreduce, " + std::to_string(z.n) + " elements, deterministic " +
+                   std::to_string(det));
+      dist::world().set_deterministic(det != 0);
+      g->set_deterministic(det != 0);
+      const Tensor t = on_gpu(inputs(rank, z.n, 6));
+      g->all_reduce_async(span_of(t))->wait();
+      expect_sums(t.to_vector(), rank_order_sum(N, z.n, 6), det != 0, "hfreduce all_reduce");
+      const std::vector<int64_t> counts = blocks(N, z.a, z.b);
+      const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t(0));
+      const Tensor send = on_gpu(inputs(rank, total, 7));
+      const Tensor recv = poisoned_gpu(counts[size_t(rank)]);
+      g->reduce_scatter_async(span_of(send), span_of(recv), counts)->wait();
+      const std::vector<float> all = rank_order_sum(N, total, 7);
+      const int64_t from = rank == 0 ? 0 : z.a + z.b * (rank - 1);
+      expect_sums(recv.to_vector(),
+                  std::vector<float>(all.begin() + from, all.begin() + from + counts[size_t(rank)]),
+                  det != 0, "hfreduce reduce_scatter");
+    }
   g->set_all_reduce_algorithm(dist::AllReduceAlgorithm::Mpi);
 
   // Bad calls are errors naming the operation.

@@ -127,7 +127,7 @@ class NcclWork final : public Work {
   cudaEvent_t done_;
 };
 
-// Finished when issued (HFReduce's synchronous staging).
+// Finished when issued (an HFReduce of nothing).
 class DoneWork final : public Work {
  public:
   void wait() override {}
@@ -416,26 +416,58 @@ class NcclProcessGroup final : public ProcessGroup {
   }
 
   // HFReduce: `send` (n elements, device) copied to pinned host memory, reduced there by `reduce`,
-  // and elements [from, from + recv.size()) of the result copied into recv (device).
+  // and elements [from, from + recv.size()) of the result copied into recv (device). Pipelined by
+  // chunk, as Fire-Flyer overlaps its PCIe copies with the reduction: every chunk's device→host
+  // copy is queued at once on the group's stream, the host reduces chunk i as soon as its copy has
+  // landed (while later chunks are still in flight), and queues its host→device copy behind them
+  // (so it runs while chunk i + 1 is reduced). Every rank reduces the same chunks in the same order
+  // (n is the same on all ranks), which the host group's collectives need. Returns once the last
+  // chunk is reduced; the work's event follows the last copy back.
+  static constexpr int64_t kStageChunk = int64_t(1) << 20;  // elements (4 MB)
   std::unique_ptr<Work> staged(std::span<const float> send, std::span<float> recv,
                                const std::function<void(std::span<float>)>& reduce,
                                int64_t from = 0) {
+    const int64_t n = int64_t(send.size());
+    if (n == 0) return std::make_unique<DoneWork>();
     const size_t bytes = send.size_bytes();
     if (bytes > pinned_bytes_) {
+      DSEEK_CUDA_CHECK(cudaStreamSynchronize(stream_));  // earlier copies out of the old buffer
       if (pinned_) DSEEK_CUDA_CHECK(cudaFreeHost(pinned_));
       pinned_ = nullptr;
       DSEEK_CUDA_CHECK(cudaMallocHost(&pinned_, bytes));
       pinned_bytes_ = bytes;
     }
     float* host = static_cast<float*>(pinned_);
-    if (bytes > 0) cuda::copy_to_host(host, send.data(), bytes);  // waits for the compute stream
-    reduce(std::span<float>(host, send.size()));
-    if (!recv.empty()) {
-      DSEEK_CUDA_CHECK(cudaMemcpyAsync(recv.data(), host + from, recv.size_bytes(),
-                                       cudaMemcpyHostToDevice, cuda::stream()));
-      DSEEK_CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));  // before the next reuse of host
+    // The copies follow the compute stream's work so far (the gradients are final there).
+    cudaEvent_t ready = new_event();
+    DSEEK_CUDA_CHECK(cudaEventRecord(ready, cuda::stream()));
+    DSEEK_CUDA_CHECK(cudaStreamWaitEvent(stream_, ready, 0));
+    DSEEK_CUDA_CHECK(cudaEventDestroy(ready));
+    const int64_t chunks = (n + kStageChunk - 1) / kStageChunk;
+    std::vector<cudaEvent_t> landed(size_t(chunks), nullptr);
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t lo = c * kStageChunk, len = std::min(kStageChunk, n - lo);
+      DSEEK_CUDA_CHECK(cudaMemcpyAsync(host + lo, send.data() + lo, size_t(len) * sizeof(float),
+                                       cudaMemcpyDeviceToHost, stream_));
+      landed[size_t(c)] = new_event();
+      DSEEK_CUDA_CHECK(cudaEventRecord(landed[size_t(c)], stream_));
     }
-    return std::make_unique<DoneWork>();
+    const int64_t keep_lo = from, keep_hi = from + int64_t(recv.size());
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t lo = c * kStageChunk, len = std::min(kStageChunk, n - lo);
+      DSEEK_CUDA_CHECK(cudaEventSynchronize(landed[size_t(c)]));
+      DSEEK_CUDA_CHECK(cudaEventDestroy(landed[size_t(c)]));
+      reduce(std::span<float>(host + lo, size_t(len)));
+      // The part of this chunk that recv keeps, back to the device behind the copies in flight.
+      const int64_t a = std::max(lo, keep_lo), b = std::min(lo + len, keep_hi);
+      if (a < b)
+        DSEEK_CUDA_CHECK(cudaMemcpyAsync(recv.data() + (a - keep_lo), host + a,
+                                         size_t(b - a) * sizeof(float), cudaMemcpyHostToDevice,
+                                         stream_));
+    }
+    cudaEvent_t done = new_event();
+    DSEEK_CUDA_CHECK(cudaEventRecord(done, stream_));
+    return std::make_unique<NcclWork>(done);
   }
 
   // Stream-ordered scratch on the group's stream (freed there by the caller).
