@@ -258,6 +258,10 @@ void Tensor::copy_from(const Tensor& src) const {
   const size_t esize = dtype_size(dtype_);
   char* dst = static_cast<char*>(raw());
   const char* from = static_cast<const char*>(src.raw());
+  if (src.dtype_ == dtype_ && src.is_contiguous() && is_contiguous()) {  // a plain copy
+    std::memmove(dst, from, nbytes());
+    return;
+  }
   if (src.dtype_ == dtype_) {
     std::vector<int64_t> src_offsets(static_cast<size_t>(numel()));
     for_each_offset(shape_, src.strides_,

@@ -194,8 +194,8 @@ void ExpertShard::load_state(const std::map<std::string, Tensor>& tensors, int64
       check_state_tensor(tensors, kind + s.param->name, s.param->value.shape());
   for (Slot& s : slots_) {
     if (s.owner != ep_.rank()) continue;
-    s.m.copy_from(tensors.at("exp_avg." + s.param->name).to(DType::F32).contiguous());
-    s.v.copy_from(tensors.at("exp_avg_sq." + s.param->name).to(DType::F32).contiguous());
+    s.m.copy_from(tensors.at("exp_avg." + s.param->name).to(DType::F32).to(s.m.device()));
+    s.v.copy_from(tensors.at("exp_avg_sq." + s.param->name).to(DType::F32).to(s.v.device()));
   }
   step_count_ = step_count;
 }
