@@ -8,6 +8,7 @@
 
 #include "core/cuda.h"
 #include "core/error.h"
+#include "dist/nccl_process_group.h"
 #include "dist/process_group.h"
 #include "model/model.h"
 
@@ -25,6 +26,32 @@ std::string bytes_text(double bytes) {
   return u == 0 ? fmt::format("{:.0f} B", bytes) : fmt::format("{:.1f} {}", bytes, units[u]);
 }
 
+// With a GPU per rank and NCCL loadable on every rank: a deterministic NCCL group over the world
+// that sums the MoE partial sums on the devices (model/placement.h); else null (through the host).
+// Collective. The group lives as long as the process and is never destroyed: at exit the CUDA
+// runtime may already be gone when static destructors run.
+dist::ProcessGroup* gpu_sum_group(const Placement& placement, dist::ProcessGroup& world) {
+  if (placement.device != Device::CUDA || !dist::nccl_available()) return nullptr;
+  // Every rank decides alike: a GPU each on every node, and the library loads everywhere.
+  const bool gpu_each =
+      cuda::device_count() >= world.local_size() && cuda::device_ordinal() == world.local_rank();
+  bool loads = true;
+  try {
+    (void)dist::nccl_version();
+  } catch (const Error&) {
+    loads = false;
+  }
+  double ready[1] = {gpu_each && loads ? 1.0 : 0.0};
+  world.all_reduce(std::span<double>(ready, 1));
+  if (ready[0] != double(world.size())) return nullptr;
+  static dist::ProcessGroup* group = [&world] {
+    dist::ProcessGroup* g = dist::make_nccl_group(world).release();
+    g->set_deterministic(true);
+    return g;
+  }();
+  return group;
+}
+
 }  // namespace
 
 void enable_expert_parallel(Placement& placement, const char* command) {
@@ -38,6 +65,7 @@ void enable_expert_parallel(Placement& placement, const char* command) {
   // residual streams, routings and sampled tokens could drift apart.
   world.set_deterministic(true);
   placement.experts = expert_shard(world);
+  placement.experts.device_group = gpu_sum_group(placement, world);
 }
 
 void log_expert_parallel(const Model& model, const Placement& placement) {
@@ -52,8 +80,9 @@ void log_expert_parallel(const Model& model, const Placement& placement) {
   for (double b : bytes) per_rank += (per_rank.empty() ? "" : ", ") + bytes_text(b);
   std::string where;
   if (placement.device == Device::CUDA)
-    where = cuda::device_ordinal() != 0 || cuda::device_count() >= shard.group->local_size()
-                ? "; a GPU per rank"
+    where = shard.device_group ? "; a GPU per rank, partial sums through NCCL"
+            : cuda::device_ordinal() != 0 || cuda::device_count() >= shard.group->local_size()
+                ? "; a GPU per rank, partial sums through the host"
                 : "; the ranks share GPU 0";
   std::fprintf(stderr,
                "expert parallel inference: %lld routed experts over %d ranks (%lld each; expert "

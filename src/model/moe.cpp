@@ -66,7 +66,10 @@ MoE::MoE(const ModelConfig& config, const WeightStore& weights, const std::strin
   const ExpertShard& shard = placement.experts;
   const int64_t local = shard.count(config.n_routed_experts);
   expert_first_ = shard.first(config.n_routed_experts);
-  if (shard.sharded()) group_ = shard.group;
+  if (shard.sharded()) {
+    group_ = shard.group;
+    device_group_ = shard.device_group;
+  }
   experts_.reserve(size_t(local));
   for (int64_t e = expert_first_; e < expert_first_ + local; ++e) {
     experts_.emplace_back(weights, prefix + ".experts." + std::to_string(e), config.hidden_size,
@@ -175,6 +178,14 @@ Tensor MoE::forward_device(const Tensor& x) const {
 
 void MoE::sum_over_ranks(Tensor& out) const {
   if (!group_) return;
+  if (device_group_ && out.is_cuda()) {
+    // NCCL on the device, in f32 and in rank order (deterministic): every rank the same bits,
+    // no host copy; the compute stream waits for the sum.
+    Tensor sum = out.dtype() == DType::F32 ? out.contiguous() : out.to(DType::F32);
+    device_group_->all_reduce(std::span<float>(sum.data<float>(), size_t(sum.numel())));
+    out = out.dtype() == DType::F32 ? sum : sum.to(out.dtype());
+    return;
+  }
   // The process group sums f32 host buffers: a GPU (or bf16) partial sum goes through the host.
   Tensor host = out.to(Device::CPU);  // contiguous
   if (host.dtype() != DType::F32) host = host.to(DType::F32);

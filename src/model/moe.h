@@ -95,6 +95,7 @@ class MoE {
   std::vector<Mlp> experts_;
   int64_t expert_first_ = 0;
   dist::ProcessGroup* group_ = nullptr;  // the expert shard's group; null when unsharded
+  dist::ProcessGroup* device_group_ = nullptr;  // its GPU group (NCCL), where there is one
   std::optional<Mlp> shared_;
   // The routed experts' gate, up and down matrices as ops::ExpertMatrices; built only when the
   // experts live on the GPU.

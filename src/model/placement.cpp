@@ -40,6 +40,12 @@ void validate(const Placement& placement) {
     DSEEK_CHECK(shard.group->deterministic(),
                 "[model] placement: expert parallelism needs a deterministic process group (the "
                 "ranks must sum the routed outputs to the same bits)");
+    if (const dist::ProcessGroup* d = shard.device_group)
+      DSEEK_CHECK(d->size() == shard.ranks && d->rank() == shard.rank && d->deterministic() &&
+                      d->device() == Device::CUDA && placement.device == Device::CUDA,
+                  "[model] placement: the expert shard's device group must be a deterministic GPU "
+                  "group of rank {} of {}, for a model on the GPU",
+                  shard.rank, shard.ranks);
   } else {
     DSEEK_CHECK(shard.ranks == 1 && shard.rank == 0,
                 "[model] placement: expert shard rank {} of {} (ranks must be >= 1)", shard.rank,

@@ -36,6 +36,10 @@ struct ExpertShard {
   // Sums the routed outputs over the ranks: its rank and size must be rank and ranks, and it must
   // be deterministic (fixed-order sums), so every rank gets the same bits and stays in lockstep.
   dist::ProcessGroup* group = nullptr;
+  // Optional, on GPUs with a GPU per rank: a group over the same ranks whose buffers are device
+  // memory (NCCL), deterministic too; the partial sums are then summed where they are, with no
+  // host round trip. Null: they go through the host for `group`.
+  dist::ProcessGroup* device_group = nullptr;
 
   bool sharded() const { return ranks > 1; }
   // This rank's routed experts [first, first + count) of `experts`; throws unless the ranks

@@ -1,6 +1,7 @@
-// Expert-parallel inference on the GPU (docs/DISTRIBUTED.md): 2 `mpirun` ranks sharing the GPU,
-// each with half of every MoE layer's routed experts on the device (the others' slots point at
-// zero matrices) and the [T, D] partial sums going through the host for the MPI all-reduce.
+// Expert-parallel inference on the GPU (docs/DISTRIBUTED.md): 2 `mpirun` ranks sharing the GPU
+// (or a GPU each, where there are 2), each with half of every MoE layer's routed experts on the
+// device (the others' slots point at zero matrices) and the [T, D] partial sums going through the
+// host for the MPI all-reduce (with a GPU each: NCCL's deterministic all-reduce on the devices).
 // `dseek logits --device cuda --expert-parallel` equals one GPU process (f32: within 1e-5 of the
 // logits' scale, and the transformers fixture within its tolerance; bf16: as close to
 // transformers as one bf16 GPU process must be), and greedy `dseek generate` prints the same
@@ -80,6 +81,7 @@ class BackendExpertParallel : public ::testing::Test {
                  act};
     const CliRun r = ranks > 1 ? mpirun(ranks, args) : run(DSEEK_BINARY, args);
     EXPECT_EQ(r.exit_code, 0) << r.err;
+    last_err_ = r.err;
     return read_f32(out);
   }
 
@@ -92,10 +94,20 @@ class BackendExpertParallel : public ::testing::Test {
 
   std::string mpirun_;
   testing::ModelFixture f_;  // v3_bf16
+  mutable std::string last_err_;  // stderr of the last logits() run
 };
 
 TEST_F(BackendExpertParallel, F32LogitsOnTwoRanksEqualOneGpu) {
   const std::vector<float> one = logits("f32", 1), two = logits("f32", 2);
+  // Where the ranks ran and how their partial sums met: one GPU shared (through the host), or a
+  // GPU each (through NCCL on the devices where its library loads).
+  const size_t at = last_err_.find("expert parallel inference:");
+  ASSERT_NE(at, std::string::npos) << last_err_;
+  const std::string line = last_err_.substr(at, last_err_.find('\n', at) - at);
+  std::printf("[backend] %s\n", line.c_str());
+  EXPECT_NE(line.find(cuda::device_count() >= 2 ? "a GPU per rank" : "the ranks share GPU 0"),
+            std::string::npos)
+      << line;
   const double scale = max_abs_diff(one, std::vector<float>(one.size(), 0.0f));
   const double vs_one = max_abs_diff(two, one) / scale, vs_ref = max_abs_diff(two, f_.logits);
   std::printf(
