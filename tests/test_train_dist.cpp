@@ -631,7 +631,8 @@ TEST_F(DistTrain, ExpertParallelCheckpointsResumeEitherWay) {
 // DPO, data parallel: 2 ranks train like one process on the same global batches (rows pack
 // different numbers of pairs, and each rank's pairs are weighted for the mean over all of them:
 // the same loss, rewards, norms and weights within the data-parallel tolerances); the reference
-// log-probs, split over the ranks and all-reduced, are the single process's exactly.
+// log-probs, split over the ranks and all-reduced, are the single process's exactly. And with
+// expert parallelism over the 2 ranks, within the expert-parallel tolerances.
 TEST_F(DistTrain, DpoTwoRanksTrainLikeOneProcess) {
   TempDir dir;
   {
@@ -669,6 +670,27 @@ TEST_F(DistTrain, DpoTwoRanksTrainLikeOneProcess) {
   EXPECT_TRUE(m[0].contains("rewards/margins")) << m[0];
   // Rewards are β·(log π − ref) of log-probs of tens of nats: 1e-6 is their rounding.
   expect_same_training(one, two, 1e-6, "rewards/accuracies");
+
+  // Expert parallel: the routed experts split over the 2 ranks. Every forward is then collective,
+  // so the reference pass runs a stand-in row on the rank left without one (15 rows over 2
+  // ranks); its log-probs are one process's within the experts' summation order.
+  const fs::path ep = dir.path / "ep";
+  Args ep_args = chat_train_args(dpo_data, ep, dpo);
+  ep_args.insert(ep_args.end(), {"--expert-parallel", "2"});
+  r = run(mpirun_, mpirun_args(2, ep_args));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("expert parallel: 8 routed experts per MoE layer over 2 ranks"),
+            std::string::npos)
+      << r.err;
+  const json ref_one = json::parse(slurp(one / "reference_logps.json"));
+  const json ref_ep = json::parse(slurp(ep / "reference_logps.json"));
+  ASSERT_EQ(ref_one.at("pairs"), ref_ep.at("pairs"));
+  for (const char* side : {"chosen", "rejected"})
+    for (size_t k = 0; k < ref_one.at(side).size(); ++k) {
+      const double want = ref_one[side][k].get<double>(), got = ref_ep[side][k].get<double>();
+      EXPECT_NEAR(got, want, 1e-6 * std::fabs(want)) << side << " " << k;
+    }
+  expect_same_training(one, ep, 1e-6, "rewards/accuracies");
 }
 
 // SFT, data parallel: rows hold different numbers of trained (assistant) targets, and the main

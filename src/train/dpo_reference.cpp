@@ -18,9 +18,18 @@ ReferenceLogps compute_reference_logps(TrainModel& model, const TrainBatches& ba
   forward_only.token_weights = nullptr;
   forward_only.mtp_lambda = 0.0;
   const std::vector<MicroBatch> rows = batches.all_rows();
-  for (size_t k = size_t(group.rank()); k < rows.size(); k += size_t(group.size())) {
-    const MicroBatch& b = rows[k];
+  // The ranks take the rows in turn. Under expert parallelism every forward is collective (the
+  // MoE layers exchange tokens), so every rank runs the same number of them: a rank past the last
+  // row runs row 0 as a stand-in and keeps nothing of it.
+  const size_t N = size_t(group.size()), rounds = (rows.size() + N - 1) / N;
+  const bool lockstep = options.expert_parallel != nullptr;
+  for (size_t round = 0; round < rounds; ++round) {
+    const size_t k = round * N + size_t(group.rank());
+    const bool stand_in = k >= rows.size();
+    if (stand_in && !lockstep) break;
+    const MicroBatch& b = rows[stand_in ? 0 : k];
     const SequenceLosses l = model.forward(b.inputs, b.targets, forward_only, b.segments);
+    if (stand_in) continue;
     for (size_t i = 0; i < b.pairs.size(); ++i) {
       const DpoPair& p = b.pairs[i];
       const size_t at = 2 * size_t(b.pair_ids[i]);

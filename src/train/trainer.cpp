@@ -318,9 +318,6 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
   }
 
   if (ranks > 1 && !pipeline) {
-    DSEEK_CHECK(cfg.task != "dpo" || !expert_parallel,
-                "[train] train.task dpo: not with dist.expert_parallel yet (data parallelism "
-                "trains DPO)");
     DSEEK_CHECK(cfg.batch_size % ranks == 0,
                 "[train] train.batch_size {}: must be divisible by the {} ranks (each rank takes "
                 "an equal slice of every micro-batch)",
