@@ -695,7 +695,8 @@ TEST_F(DistTrain, DpoTwoRanksTrainLikeOneProcess) {
 
 // SFT, data parallel: rows hold different numbers of trained (assistant) targets, and the main
 // loss is the mean over every rank's targets (each weighs N / all targets), so 2 ranks train like
-// one process within the data-parallel tolerances (the mean of the ranks' means would not).
+// one process within the data-parallel tolerances (the mean of the ranks' means would not); and
+// so do pipelines, whose micro-batches weigh their share of the batch's targets.
 TEST_F(DistTrain, SftTwoRanksTrainLikeOneProcess) {
   TempDir dir;
   {
@@ -725,6 +726,19 @@ TEST_F(DistTrain, SftTwoRanksTrainLikeOneProcess) {
   r = run(mpirun_, mpirun_args(2, chat_train_args(sft_data, two, sft)));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   expect_same_training(one, two);
+
+  // Pipelines: 2 stages with 2 micro-batches of 2 rows, and 2 pipelines of 2 stages with 2
+  // micro-batches of 1 row: each micro-batch's cross-entropy weighs its share of the batch's
+  // targets over every micro-batch and pipeline, so the step's loss is one process's mean.
+  for (const int pipelines : {1, 2}) {
+    SCOPED_TRACE(std::to_string(pipelines) + " pipeline(s) of 2 stages");
+    const fs::path pp = dir.path / ("pp" + std::to_string(pipelines));
+    Args args = chat_train_args(sft_data, pp, sft);
+    for (const std::string& a : pipeline_args(2, 2)) args.push_back(a);
+    r = run(mpirun_, mpirun_args(2 * pipelines, args));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    expect_same_training(one, pp);
+  }
 }
 
 // Data (and expert) parallelism on GPUs where it cannot run is an error that says why: this dseek

@@ -192,10 +192,13 @@ void PipelineStage::accumulate(const SequenceLosses& part, SequenceLosses& sum) 
 
 SequenceLosses PipelineStage::train_step(const std::vector<MicroBatch>& micro,
                                          const LossOptions& options, float loss_scale,
-                                         DataParallel* replicas) {
+                                         DataParallel* replicas,
+                                         const std::vector<std::vector<double>>& ce_shares) {
   DSEEK_CHECK(!options.token_weights && !options.expert_parallel,
               "[pipeline] token weights (DPO) and expert parallelism are not pipelined");
   const int64_t M = int64_t(micro.size());
+  DSEEK_CHECK(ce_shares.empty() || int64_t(ce_shares.size()) == M,
+              "[pipeline] {} cross-entropy shares for {} micro-batches", ce_shares.size(), M);
   const int s = layout_.stage, P = layout_.stages;
   const int prev = layout_.rank_of(s - 1, layout_.replica);
   const int next = layout_.rank_of(s + 1, layout_.replica);
@@ -211,9 +214,15 @@ SequenceLosses PipelineStage::train_step(const std::vector<MicroBatch>& micro,
                                : receive(b.tokens(), prev, forward_tag(i));
     x = model_.blocks_forward(first, last, x, b.segments, options, f.blocks);
     SequenceLosses part;
-    if (layout_.last())
-      part = model_.head_forward(x, b.inputs, b.targets, options, b.segments, f.head);
-    else
+    if (layout_.last()) {
+      if (ce_shares.empty()) {
+        part = model_.head_forward(x, b.inputs, b.targets, options, b.segments, f.head);
+      } else {  // the head keeps its share for the backward
+        LossOptions shared = options;
+        shared.ce_shares = ce_shares[size_t(i)];
+        part = model_.head_forward(x, b.inputs, b.targets, shared, b.segments, f.head);
+      }
+    } else
       send(x, next, forward_tag(i));
     TrainModel::add_block_stats(f.blocks, part);
     if (layout_.last()) model_.add_mtp_stats(f.head, part);

@@ -89,9 +89,11 @@ class PipelineStage {
   // (TrainModel::moe_layers()), zero for other stages' layers. Summed over the ranks, these are
   // one process's sums over the micro-batches. `replicas` (the DataParallel over
   // replica_group(), or null): armed before the step's last backward, whose finished layers'
-  // buckets then reduce while the earlier layers' backward runs.
+  // buckets then reduce while the earlier layers' backward runs. `ce_shares`: empty, or per
+  // micro-batch the LossOptions::ce_shares its forward takes (SFT's exact means, trainer.cpp).
   SequenceLosses train_step(const std::vector<MicroBatch>& micro, const LossOptions& options,
-                            float loss_scale, DataParallel* replicas = nullptr);
+                            float loss_scale, DataParallel* replicas = nullptr,
+                            const std::vector<std::vector<double>>& ce_shares = {});
   // Forward only (validation), the same parts.
   SequenceLosses forward(const MicroBatch& batch, const LossOptions& options);
 

@@ -149,6 +149,20 @@ void all_reduce_totals(dist::ProcessGroup& group, StepTotals& t, size_t mtp_dept
 }
 
 // DPO's step metrics are sums over pairs: summed over the ranks, they are the global batch's.
+// Counted (not ignored) targets of a micro-batch for the main head ([0]) and each MTP depth k
+// ([k]: the targets from the k-th of each sequence on), SFT's exact means' weights.
+std::vector<double> ce_target_counts(const MicroBatch& batch, size_t depths) {
+  std::vector<double> counts(depths + 1, 0.0);
+  int64_t tok = 0;
+  for (const int64_t n : batch.segments) {
+    for (int64_t j = 0; j < n; ++j)
+      if (batch.targets[size_t(tok + j)] != ops::kIgnoreIndex)
+        for (size_t k = 0; k <= depths && int64_t(k) <= j; ++k) counts[k] += 1.0;
+    tok += n;
+  }
+  return counts;
+}
+
 void all_reduce_dpo(dist::ProcessGroup& group, DpoStats& d) {
   double buf[8] = {d.loss,     d.reward_chosen, d.reward_rejected, d.margin,
                    d.accuracy, d.logp_chosen,   d.logp_rejected,   double(d.pairs)};
@@ -631,7 +645,27 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
         for (MicroBatch& m : split_micro_batch(
                  batches.next(stage_layout.replica * B_local, B_local), cfg.micro_batches))
           micro.push_back(std::move(m));
-      const SequenceLosses l = stage->train_step(micro, loss_options, scale, dp.get());
+      // SFT: each batch's cross-entropies as means over all its counted targets, whichever
+      // micro-batch and pipeline holds them (one process's), not the mean of the micro-batches'
+      // means: micro-batch m of batch a scaled by count_m·M·R / Σ_{a's micro-batches, pipelines}.
+      std::vector<std::vector<double>> shares;
+      if (cfg.task == "sft") {
+        const size_t depths = size_t(model_config.num_nextn_predict_layers);
+        const int64_t M = cfg.micro_batches, R = stage_layout.replicas;
+        for (const MicroBatch& m : micro) shares.push_back(ce_target_counts(m, depths));
+        for (int64_t a = 0; a < cfg.grad_accum; ++a) {
+          std::vector<double> global(depths + 1, 0.0);
+          for (int64_t m = a * M; m < (a + 1) * M; ++m)
+            for (size_t k = 0; k <= depths; ++k) global[k] += shares[size_t(m)][k];
+          if (stage->replica_group()) stage->replica_group()->all_reduce(std::span<double>(global));
+          for (int64_t m = a * M; m < (a + 1) * M; ++m)
+            for (size_t k = 0; k <= depths; ++k) {
+              double& share = shares[size_t(m)][k];
+              share = global[k] > 0 ? share * double(M * R) / global[k] : 0.0;
+            }
+        }
+      }
+      const SequenceLosses l = stage->train_step(micro, loss_options, scale, dp.get(), shares);
       // Each micro-batch's losses are means over 1/M of a batch: M of them make one batch mean.
       const double m = double(cfg.micro_batches);
       total = l.total / m;
@@ -650,17 +684,10 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       std::vector<std::pair<double, double>> ref;  // outlives the forward_backward below
       if (cfg.task == "sft" && ranks > 1) {
         // The cross-entropies as means over every rank's counted targets (one process's), not
-        // the mean of the ranks' means: the main head's and each MTP depth's (depth k counts
-        // the targets from the k-th of each sequence on) scaled by count·N / Σ_ranks count.
+        // the mean of the ranks' means: the main head's and each MTP depth's scaled by
+        // count·N / Σ_ranks count.
         const size_t depths = size_t(model_config.num_nextn_predict_layers);
-        std::vector<double> counts(depths + 1, 0.0);
-        int64_t tok = 0;
-        for (const int64_t n : batch.segments) {
-          for (int64_t j = 0; j < n; ++j)
-            if (batch.targets[size_t(tok + j)] != ops::kIgnoreIndex)
-              for (size_t k = 0; k <= depths && int64_t(k) <= j; ++k) counts[k] += 1.0;
-          tok += n;
-        }
+        const std::vector<double> counts = ce_target_counts(batch, depths);
         std::vector<double> global = counts;
         group.all_reduce(std::span<double>(global));
         loss_options.ce_shares.assign(depths + 1, 0.0);
