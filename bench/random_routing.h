@@ -13,7 +13,9 @@
 
 namespace dseek::bench {
 
-inline ops::MoeDispatch random_topk_dispatch(int64_t T, int64_t E, int64_t K, std::mt19937& rng) {
+// ids [T, K] i32 on `device`: each token's K distinct experts of E.
+inline Tensor random_topk_ids(int64_t T, int64_t E, int64_t K, std::mt19937& rng,
+                              Device device = Device::CUDA) {
   std::vector<int32_t> ids;
   std::vector<int32_t> pool(static_cast<size_t>(E));
   for (int32_t e = 0; e < int32_t(E); ++e) pool[size_t(e)] = e;
@@ -21,7 +23,11 @@ inline ops::MoeDispatch random_topk_dispatch(int64_t T, int64_t E, int64_t K, st
     std::shuffle(pool.begin(), pool.end(), rng);
     ids.insert(ids.end(), pool.begin(), pool.begin() + K);
   }
-  return ops::moe_dispatch(Tensor::from_ids(ids).reshape({T, K}).to(Device::CUDA), E);
+  return Tensor::from_ids(ids).reshape({T, K}).to(device);
+}
+
+inline ops::MoeDispatch random_topk_dispatch(int64_t T, int64_t E, int64_t K, std::mt19937& rng) {
+  return ops::moe_dispatch(random_topk_ids(T, E, K, rng), E);
 }
 
 }  // namespace dseek::bench

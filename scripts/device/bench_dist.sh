@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Issue 5's GPU checks and measurements, on a machine with 2 (or more) GPUs: the NCCL group's
-# tests, all-reduce algorithms on GPU buffers, and the scaling of data-parallel training (tokens/s
-# on 2 GPUs against 1, the same per-GPU batch) on the V2-Lite-shaped 4-layer model.
+# tests, all-reduce algorithms on GPU buffers, expert parallelism's token exchange against the
+# link, and the scaling of data- and expert-parallel training (tokens/s on 2 GPUs against 1, the
+# same per-GPU batch) on the V2-Lite-shaped 4-layer model.
 #   scripts/device/bench_dist.sh BIN_DIR OUT [parts]
-# BIN_DIR holds dseek, dseek_backend_tests, bench_allreduce and bench_train_cuda from a
-# -DDSEEK_CUDA=ON -DDSEEK_BENCH=ON build with NCCL (CMake's "NCCL: ..." line). parts: a comma list
-# of tests, allreduce, scaling (default: all). Logs and tables into OUT; exit statuses into
-# OUT/status.txt.
+# BIN_DIR holds dseek, dseek_backend_tests, bench_allreduce, bench_alltoall and bench_train_cuda
+# from a -DDSEEK_CUDA=ON -DDSEEK_BENCH=ON build with NCCL (CMake's "NCCL: ..." line). parts: a
+# comma list of tests, allreduce, alltoall, scaling (default: all). Logs and tables into OUT; exit
+# statuses into OUT/status.txt.
 set -uo pipefail
-USAGE="bench_dist.sh BIN_DIR OUT [tests,allreduce,scaling]"
-DEFAULT_PARTS=tests,allreduce,scaling
+USAGE="bench_dist.sh BIN_DIR OUT [tests,allreduce,alltoall,scaling]"
+DEFAULT_PARTS=tests,allreduce,alltoall,scaling
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
 source "$(dirname "$0")/common.sh"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -39,6 +40,13 @@ fi
 
 if has allreduce; then
   run allreduce 300 mpirun -np 2 --bind-to none "$BIN/bench_allreduce" --gpu 1024 10
+fi
+
+if has alltoall; then
+  # Expert parallelism's token exchange on GPU buffers: V2-Lite's shape (2 × 2048 tokens a rank,
+  # hidden 2048, top-6 of 64) and V3's (hidden 7168, top-8 of 256), beside the pair swap (the link).
+  run alltoall_v2lite 300 mpirun -np 2 --bind-to none "$BIN/bench_alltoall" --gpu 4096 2048 64 6 10
+  run alltoall_v3 300 mpirun -np 2 --bind-to none "$BIN/bench_alltoall" --gpu 4096 7168 256 8 10
 fi
 
 if has scaling; then
