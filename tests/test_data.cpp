@@ -163,6 +163,35 @@ TEST(DataLoader, ResumeFromAPositionReplaysTheSameBatches) {
   EXPECT_THROW(b.seek({.epoch = 0, .doc_cursor = 1000, .token_offset = 0}), Error);
 }
 
+// A data-parallel rank's slice of a batch is those rows of the whole batch, and the position
+// moves past the whole batch either way (windows crossing documents and epochs).
+TEST(DataLoader, SlicesOfABatchAreItsRows) {
+  TempDir tmp;
+  write_docs(tmp.path, make_docs(9), 1000);
+  auto ds = TokenDataset::open(tmp.path.string());
+  const LoaderOptions opts{.seq_len = 6, .batch_size = 5, .seed = 3, .val_fraction = 0.1};
+  DataLoader whole(ds, opts), sliced(ds, opts);
+  const int64_t T1 = opts.seq_len + 1;
+  struct Slice {
+    int64_t first, count;
+  };
+  int epochs_crossed = 0;
+  for (int step = 0; step < 40; ++step) {
+    const std::vector<int32_t> all = whole.next_batch();
+    const Slice cut[] = {{0, 5}, {0, 2}, {2, 3}, {4, 1}, {1, 0}, {3, 2}};
+    const Slice c = cut[step % 6];
+    const std::vector<int32_t> part = sliced.next_batch(c.first, c.count);
+    ASSERT_EQ(int64_t(part.size()), c.count * T1) << "step " << step;
+    EXPECT_TRUE(std::equal(part.begin(), part.end(), all.begin() + c.first * T1))
+        << "step " << step << ", rows [" << c.first << ", " << c.first + c.count << ")";
+    EXPECT_EQ(sliced.position(), whole.position()) << "step " << step;
+    epochs_crossed = int(whole.position().epoch);
+  }
+  EXPECT_GE(epochs_crossed, 2);  // the windows crossed epochs (and so documents)
+  EXPECT_THROW(sliced.next_batch(4, 2), Error);
+  EXPECT_THROW(sliced.next_batch(-1, 1), Error);
+}
+
 TEST(CorpusReader, JsonlSeparatorsAndErrors) {
   TempDir tmp;
   write_bytes(tmp.path / "a.jsonl",

@@ -86,36 +86,42 @@ void DataLoader::seek(const LoaderPosition& position) {
   position_ = position;
 }
 
-std::vector<int32_t> DataLoader::next_batch() {
+void DataLoader::advance(LoaderPosition& position, int64_t tokens) {
+  // A position never rests at the end of a document: it moves on to the next one (and epoch).
+  while (tokens > 0) {
+    make_permutation(position.epoch);
+    const int64_t doc = permutation_[size_t(position.doc_cursor)];
+    const int64_t left = doc_stream_length(doc) - position.token_offset;
+    if (tokens < left) {
+      position.token_offset += tokens;
+      return;
+    }
+    tokens -= left;
+    position.token_offset = 0;
+    if (++position.doc_cursor == train_documents()) {
+      position.doc_cursor = 0;
+      ++position.epoch;
+    }
+  }
+}
+
+std::vector<int32_t> DataLoader::next_batch(int64_t first, int64_t count) {
   const int64_t T = options_.seq_len, B = options_.batch_size;
-  std::vector<int32_t> batch(size_t(B * (T + 1)));
+  DSEEK_CHECK(first >= 0 && count >= 0 && first + count <= B,
+              "[data] batch rows [{}, {}) outside the batch of {}", first, first + count, B);
+  std::vector<int32_t> batch(size_t(count * (T + 1)));
   for (int64_t b = 0; b < B; ++b) {
-    // Read T+1 tokens from a copy of the position, then advance the real one by T.
-    LoaderPosition read = position_;
-    for (int64_t t = 0; t <= T; ++t) {
-      make_permutation(read.epoch);
-      int64_t doc = permutation_[size_t(read.doc_cursor)];
-      batch[size_t(b * (T + 1) + t)] = doc_stream_token(doc, read.token_offset);
-      if (t == T - 1) {
-        // Position after T tokens: where the next window starts (after this token).
-        LoaderPosition next = read;
-        if (++next.token_offset == doc_stream_length(doc)) {
-          next.token_offset = 0;
-          if (++next.doc_cursor == train_documents()) {
-            next.doc_cursor = 0;
-            ++next.epoch;
-          }
-        }
-        position_ = next;
-      }
-      if (++read.token_offset == doc_stream_length(doc)) {
-        read.token_offset = 0;
-        if (++read.doc_cursor == train_documents()) {
-          read.doc_cursor = 0;
-          ++read.epoch;
-        }
+    if (b >= first && b < first + count) {
+      // T+1 tokens from a copy of the position (the last one is the next window's first input).
+      LoaderPosition read = position_;
+      int32_t* row = batch.data() + (b - first) * (T + 1);
+      for (int64_t t = 0; t <= T; ++t) {
+        make_permutation(read.epoch);
+        row[t] = doc_stream_token(permutation_[size_t(read.doc_cursor)], read.token_offset);
+        advance(read, 1);
       }
     }
+    advance(position_, T);  // windows advance by T: every token is a target once
   }
   make_permutation(position_.epoch);
   return batch;

@@ -41,7 +41,11 @@ class DataLoader {
   DataLoader(std::shared_ptr<TokenDataset> dataset, LoaderOptions options);
 
   // Next training batch, row-major [B, T+1] token ids: inputs are [:, :T], targets [:, 1:].
-  std::vector<int32_t> next_batch();
+  std::vector<int32_t> next_batch() { return next_batch(0, options_.batch_size); }
+  // Rows [first, first + count) of the next batch, [count, T+1] (a data-parallel rank's slice);
+  // the position moves past all B rows, as next_batch() does, skipping the others' windows without
+  // reading their tokens.
+  std::vector<int32_t> next_batch(int64_t first, int64_t count);
   LoaderPosition position() const { return position_; }
   void seek(const LoaderPosition& position);
 
@@ -56,6 +60,8 @@ class DataLoader {
 
  private:
   void make_permutation(int64_t epoch);
+  // `position` moved `tokens` tokens on through the training stream (documents, epochs).
+  void advance(LoaderPosition& position, int64_t tokens);
   int64_t doc_stream_length(int64_t doc) const;  // tokens + EOS
   int32_t doc_stream_token(int64_t doc, int64_t offset) const;
 

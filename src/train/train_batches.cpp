@@ -78,11 +78,12 @@ MicroBatch TrainBatches::next(int64_t first, int64_t count) {
               "[train] micro-batch slice [{}, {}) outside the batch of {}", first, first + count,
               batch_size_);
   if (loader_) {
-    // [B, T+1] windows → B sequences of T inputs and their T targets.
-    const std::vector<int32_t> batch = loader_->next_batch();
+    // This slice's [count, T+1] windows → sequences of T inputs and their T targets (the loader
+    // skips the other rows' windows without reading them).
+    const std::vector<int32_t> batch = loader_->next_batch(first, count);
     MicroBatch b;
     const int64_t T = seq_len_;
-    for (int64_t r = first; r < first + count; ++r) {
+    for (int64_t r = 0; r < count; ++r) {
       const auto row = batch.begin() + r * (T + 1);
       b.inputs.insert(b.inputs.end(), row, row + T);
       b.targets.insert(b.targets.end(), row + 1, row + T + 1);
