@@ -632,7 +632,8 @@ TEST_F(DistTrain, ExpertParallelCheckpointsResumeEitherWay) {
 // different numbers of pairs, and each rank's pairs are weighted for the mean over all of them:
 // the same loss, rewards, norms and weights within the data-parallel tolerances); the reference
 // log-probs, split over the ranks and all-reduced, are the single process's exactly. And with
-// expert parallelism over the 2 ranks, within the expert-parallel tolerances.
+// expert parallelism over the 2 ranks, within the expert-parallel tolerances, and with 1 and 2
+// pipelines of 2 stages.
 TEST_F(DistTrain, DpoTwoRanksTrainLikeOneProcess) {
   TempDir dir;
   {
@@ -691,6 +692,21 @@ TEST_F(DistTrain, DpoTwoRanksTrainLikeOneProcess) {
       EXPECT_NEAR(got, want, 1e-6 * std::fabs(want)) << side << " " << k;
     }
   expect_same_training(one, ep, 1e-6, "rewards/accuracies");
+
+  // Pipelines: 1 and 2 pipelines of 2 stages, 2 micro-batches a batch. The reference pass runs
+  // each row through a pipeline's stages; each micro-batch's pairs weigh their share of the
+  // batch's pairs over every micro-batch and pipeline.
+  for (const int pipelines : {1, 2}) {
+    SCOPED_TRACE(std::to_string(pipelines) + " pipeline(s) of 2 stages");
+    const fs::path pp = dir.path / ("pp" + std::to_string(pipelines));
+    Args args = chat_train_args(dpo_data, pp, dpo);
+    for (const std::string& a : pipeline_args(2, 2)) args.push_back(a);
+    r = run(mpirun_, mpirun_args(2 * pipelines, args));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(json::parse(slurp(one / "reference_logps.json")),
+              json::parse(slurp(pp / "reference_logps.json")));
+    expect_same_training(one, pp, 1e-6, "rewards/accuracies");
+  }
 }
 
 // SFT, data parallel: rows hold different numbers of trained (assistant) targets, and the main

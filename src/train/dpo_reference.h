@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "dist/process_group.h"
+#include "train/pipeline_parallel.h"
 #include "train/train_batches.h"
 #include "train/train_model.h"
 
@@ -19,8 +20,16 @@ using ReferenceLogps = std::vector<std::pair<double, double>>;  // (chosen, reje
 // Forward passes over every row of the data set (no gradients). Collective over `group`: rank r
 // of N runs the batches i with i mod N = r, and an f64 all-reduce gives every rank all pairs
 // (each filled by one rank, zeros elsewhere: the sum is exact).
+// Under expert parallelism (options.expert_parallel) every rank runs the same number of forwards,
+// which are collective (a rank past the last row runs a stand-in).
 ReferenceLogps compute_reference_logps(TrainModel& model, const TrainBatches& batches,
                                        const LossOptions& options, dist::ProcessGroup& group);
+// Pipeline parallelism: the rows go to the pipelines in turn (row i to pipeline i mod R), each
+// through its stages; the last stages fill their rows' pairs and the all-reduce over `group` (the
+// world) gives every rank all of them. Collective over the world.
+ReferenceLogps compute_reference_logps(PipelineStage& stage, const PipelineLayout& layout,
+                                       const TrainBatches& batches, const LossOptions& options,
+                                       dist::ProcessGroup& group);
 void save_reference_logps(const std::string& path, const ReferenceLogps& ref);
 // Throws naming the file unless it holds exactly `pairs` pairs.
 ReferenceLogps load_reference_logps(const std::string& path, int64_t pairs);

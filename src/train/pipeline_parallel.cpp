@@ -81,7 +81,6 @@ std::vector<MicroBatch> split_micro_batch(const MicroBatch& batch, int64_t parts
               "[train] dist.micro_batches {}: a batch of {} tokens does not split into {} equal "
               "micro-batches",
               parts, N, parts);
-  DSEEK_CHECK(batch.pairs.empty(), "[train] pipeline parallelism does not split DPO pairs");
   const int64_t n = N / parts;
   std::vector<MicroBatch> out(static_cast<size_t>(parts));
   int64_t at = 0;  // token offset of the current segment
@@ -98,6 +97,19 @@ std::vector<MicroBatch> split_micro_batch(const MicroBatch& batch, int64_t parts
                 "[train] dist.micro_batches {}: micro-batch {} would end inside a sequence "
                 "(token {}); the batch's sequences must split into equal micro-batches",
                 parts, p, (p + 1) * n);
+  }
+  // DPO: each pair lies in one row (one sequence), so in one micro-batch; its token ranges move
+  // to that micro-batch's positions.
+  for (size_t i = 0; i < batch.pairs.size(); ++i) {
+    DpoPair q = batch.pairs[i];
+    const int64_t p = q.chosen_begin / n;
+    DSEEK_CHECK(p < parts && q.rejected_end <= (p + 1) * n,
+                "[train] DPO pair {} (tokens {}..{}) crosses micro-batches", i, q.chosen_begin,
+                q.rejected_end);
+    for (int64_t* t : {&q.chosen_begin, &q.chosen_end, &q.rejected_begin, &q.rejected_end})
+      *t -= p * n;
+    out[size_t(p)].pairs.push_back(q);
+    if (i < batch.pair_ids.size()) out[size_t(p)].pair_ids.push_back(batch.pair_ids[i]);
   }
   return out;
 }
@@ -192,13 +204,11 @@ void PipelineStage::accumulate(const SequenceLosses& part, SequenceLosses& sum) 
 
 SequenceLosses PipelineStage::train_step(const std::vector<MicroBatch>& micro,
                                          const LossOptions& options, float loss_scale,
-                                         DataParallel* replicas,
-                                         const std::vector<std::vector<double>>& ce_shares) {
+                                         DataParallel* replicas, const HeadOptions& head_options) {
   DSEEK_CHECK(!options.token_weights && !options.expert_parallel,
-              "[pipeline] token weights (DPO) and expert parallelism are not pipelined");
+              "[pipeline] shared token weights and expert parallelism are not pipelined (DPO's "
+              "are per micro-batch: head_options)");
   const int64_t M = int64_t(micro.size());
-  DSEEK_CHECK(ce_shares.empty() || int64_t(ce_shares.size()) == M,
-              "[pipeline] {} cross-entropy shares for {} micro-batches", ce_shares.size(), M);
   const int s = layout_.stage, P = layout_.stages;
   const int prev = layout_.rank_of(s - 1, layout_.replica);
   const int next = layout_.rank_of(s + 1, layout_.replica);
@@ -215,12 +225,12 @@ SequenceLosses PipelineStage::train_step(const std::vector<MicroBatch>& micro,
     x = model_.blocks_forward(first, last, x, b.segments, options, f.blocks);
     SequenceLosses part;
     if (layout_.last()) {
-      if (ce_shares.empty()) {
+      if (!head_options) {
         part = model_.head_forward(x, b.inputs, b.targets, options, b.segments, f.head);
-      } else {  // the head keeps its share for the backward
-        LossOptions shared = options;
-        shared.ce_shares = ce_shares[size_t(i)];
-        part = model_.head_forward(x, b.inputs, b.targets, shared, b.segments, f.head);
+      } else {  // (the head keeps what its backward needs: shares, weights)
+        LossOptions own = options;
+        head_options(i, own);
+        part = model_.head_forward(x, b.inputs, b.targets, own, b.segments, f.head);
       }
     } else
       send(x, next, forward_tag(i));
@@ -285,6 +295,7 @@ SequenceLosses PipelineStage::forward(const MicroBatch& b, const LossOptions& op
   part.total += part.aux;
   SequenceLosses sum = empty_losses();
   accumulate(part, sum);
+  sum.token_logp = std::move(part.token_logp);  // the last stage's (DPO's reference pass)
   finish_sends();
   return sum;
 }

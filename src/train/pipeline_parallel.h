@@ -34,6 +34,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -89,12 +90,15 @@ class PipelineStage {
   // (TrainModel::moe_layers()), zero for other stages' layers. Summed over the ranks, these are
   // one process's sums over the micro-batches. `replicas` (the DataParallel over
   // replica_group(), or null): armed before the step's last backward, whose finished layers'
-  // buckets then reduce while the earlier layers' backward runs. `ce_shares`: empty, or per
-  // micro-batch the LossOptions::ce_shares its forward takes (SFT's exact means, trainer.cpp).
+  // buckets then reduce while the earlier layers' backward runs. `head_options`, where set, adjusts
+  // a copy of `options` for micro-batch i's head on the last stage (trainer.cpp: SFT's exact
+  // means' ce_shares, DPO's token weights for that micro-batch's pairs).
+  using HeadOptions = std::function<void(int64_t i, LossOptions& options)>;
   SequenceLosses train_step(const std::vector<MicroBatch>& micro, const LossOptions& options,
                             float loss_scale, DataParallel* replicas = nullptr,
-                            const std::vector<std::vector<double>>& ce_shares = {});
-  // Forward only (validation), the same parts.
+                            const HeadOptions& head_options = {});
+  // Forward only (validation, DPO's reference pass), the same parts; on the last stage also the
+  // main head's token_logp.
   SequenceLosses forward(const MicroBatch& batch, const LossOptions& options);
 
   // After train_step: brings the embedding copy's gradient to the first stage, clips with the

@@ -284,6 +284,7 @@ SequenceLosses TrainModel::head_forward(const Tensor& x_final, const std::vector
   std::vector<float>& weights = hc.weights;
   weights.clear();
   hc.main_share = 1.0;
+  hc.weighted = bool(options.token_weights);
   if (options.token_weights) {
     weights = options.token_weights(out.token_logp);
     DSEEK_CHECK(int64_t(weights.size()) == T, "[train] token_weights gave {} weights for {} tokens",
@@ -410,7 +411,9 @@ Tensor TrainModel::head_backward(HeadCache& hc, const std::vector<int32_t>& targ
     }
   }
 
-  if (options.token_weights) {
+  // (As the forward chose: the backward's options may not carry the forward's token weights, a
+  // pipeline's last stage setting them per micro-batch.)
+  if (hc.weighted) {
     for (float& w : weights) w *= loss_scale;
     ops::weighted_cross_entropy_backward_inplace(logits, targets, ce, weights);
   } else {

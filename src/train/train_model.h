@@ -77,6 +77,7 @@ struct HeadCache {
   Tensor x_final, h0, logits;
   ops::CrossEntropyResult ce;
   std::vector<float> weights;  // LossOptions::token_weights' result
+  bool weighted = false;       // the main loss is the weighted sum (token_weights was set)
   double main_share = 1.0;     // LossOptions::ce_shares[0] (without token weights)
   std::vector<MtpCache> mtp;
   std::vector<Segments> mtp_segments;

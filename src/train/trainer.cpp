@@ -148,7 +148,6 @@ void all_reduce_totals(dist::ProcessGroup& group, StepTotals& t, size_t mtp_dept
     for (int64_t& c : l) c = int64_t(std::llround(buf[at++]));
 }
 
-// DPO's step metrics are sums over pairs: summed over the ranks, they are the global batch's.
 // Counted (not ignored) targets of a micro-batch for the main head ([0]) and each MTP depth k
 // ([k]: the targets from the k-th of each sequence on), SFT's exact means' weights.
 std::vector<double> ce_target_counts(const MicroBatch& batch, size_t depths) {
@@ -163,6 +162,7 @@ std::vector<double> ce_target_counts(const MicroBatch& batch, size_t depths) {
   return counts;
 }
 
+// DPO's step metrics are sums over pairs: summed over the ranks, they are the global batch's.
 void all_reduce_dpo(dist::ProcessGroup& group, DpoStats& d) {
   double buf[8] = {d.loss,     d.reward_chosen, d.reward_rejected, d.margin,
                    d.accuracy, d.logp_chosen,   d.logp_rejected,   double(d.pairs)};
@@ -258,10 +258,6 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     DSEEK_CHECK(cfg.device != "cuda",
                 "[train] dist.pipeline_parallel {}: runs on CPU ranks only (GPU stages are not "
                 "built yet; data parallelism is); use train.device cpu",
-                P);
-    DSEEK_CHECK(cfg.task != "dpo",
-                "[train] dist.pipeline_parallel {}: train.task dpo is not pipelined (pretrain and "
-                "sft are)",
                 P);
     DSEEK_CHECK(cfg.synth_file.empty(),
                 "[train] dist.pipeline_parallel {}: cannot be combined with train.synth_override "
@@ -570,7 +566,9 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       if (lead)
         fmt::print(stderr, "[train] dpo: reference log-probs of {} pairs{}\n", batches.num_pairs(),
                    ranks > 1 ? fmt::format(" over {} ranks", ranks) : "");
-      reference = compute_reference_logps(model, batches, loss_options, group);
+      reference = stage
+                      ? compute_reference_logps(*stage, stage_layout, batches, loss_options, group)
+                      : compute_reference_logps(model, batches, loss_options, group);
       if (lead) save_reference_logps(ref_path, reference);
       group.barrier();  // written before any rank could need it (a resume)
     }
@@ -645,28 +643,54 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
         for (MicroBatch& m : split_micro_batch(
                  batches.next(stage_layout.replica * B_local, B_local), cfg.micro_batches))
           micro.push_back(std::move(m));
-      // SFT: each batch's cross-entropies as means over all its counted targets, whichever
-      // micro-batch and pipeline holds them (one process's), not the mean of the micro-batches'
-      // means: micro-batch m of batch a scaled by count_m·M·R / Σ_{a's micro-batches, pipelines}.
-      std::vector<std::vector<double>> shares;
-      if (cfg.task == "sft") {
-        const size_t depths = size_t(model_config.num_nextn_predict_layers);
-        const int64_t M = cfg.micro_batches, R = stage_layout.replicas;
-        for (const MicroBatch& m : micro) shares.push_back(ce_target_counts(m, depths));
+      // The exact means over each batch (one process's), whichever micro-batch and pipeline
+      // holds what: micro-batch m of batch a weighs count_m·M·R / Σ over a's micro-batches and
+      // the pipelines — SFT's counted targets (the cross-entropies' ce_shares), DPO's pairs (its
+      // token weights, as data parallelism rescales them).
+      const int64_t M = cfg.micro_batches, R = stage_layout.replicas;
+      const auto shares_of = [&](std::vector<std::vector<double>> counts) {
         for (int64_t a = 0; a < cfg.grad_accum; ++a) {
-          std::vector<double> global(depths + 1, 0.0);
+          std::vector<double> global(counts.front().size(), 0.0);
           for (int64_t m = a * M; m < (a + 1) * M; ++m)
-            for (size_t k = 0; k <= depths; ++k) global[k] += shares[size_t(m)][k];
+            for (size_t k = 0; k < global.size(); ++k) global[k] += counts[size_t(m)][k];
           if (stage->replica_group()) stage->replica_group()->all_reduce(std::span<double>(global));
           for (int64_t m = a * M; m < (a + 1) * M; ++m)
-            for (size_t k = 0; k <= depths; ++k) {
-              double& share = shares[size_t(m)][k];
-              share = global[k] > 0 ? share * double(M * R) / global[k] : 0.0;
+            for (size_t k = 0; k < global.size(); ++k) {
+              double& c = counts[size_t(m)][k];
+              c = global[k] > 0 ? c * double(M * R) / global[k] : 0.0;
             }
         }
+        return counts;
+      };
+      PipelineStage::HeadOptions head_options;
+      std::vector<std::vector<double>> shares;
+      std::vector<std::vector<std::pair<double, double>>> refs(micro.size());
+      if (cfg.task == "sft") {
+        const size_t depths = size_t(model_config.num_nextn_predict_layers);
+        for (const MicroBatch& m : micro) shares.push_back(ce_target_counts(m, depths));
+        shares = shares_of(std::move(shares));
+        head_options = [&shares](int64_t i, LossOptions& o) { o.ce_shares = shares[size_t(i)]; };
+      } else if (dpo) {
+        for (size_t i = 0; i < micro.size(); ++i) {
+          shares.push_back({double(micro[i].pairs.size())});
+          for (int64_t id : micro[i].pair_ids) refs[i].push_back(reference[size_t(id)]);
+        }
+        shares = shares_of(std::move(shares));
+        head_options = [&](int64_t i, LossOptions& o) {
+          const float share = float(shares[size_t(i)][0]);
+          o.token_weights = [&, i, share](const std::vector<double>& logp) {
+            std::vector<float> weights;
+            dpo_stats.add(
+                dpo_loss(logp, micro[size_t(i)].pairs, refs[size_t(i)], cfg.dpo_beta, weights));
+            for (float& w : weights) w *= share;
+            return weights;
+          };
+        };
       }
-      const SequenceLosses l = stage->train_step(micro, loss_options, scale, dp.get(), shares);
+      const SequenceLosses l =
+          stage->train_step(micro, loss_options, scale, dp.get(), head_options);
       // Each micro-batch's losses are means over 1/M of a batch: M of them make one batch mean.
+      if (dpo) all_reduce_dpo(group, dpo_stats);  // the last stages' pairs, over the world
       const double m = double(cfg.micro_batches);
       total = l.total / m;
       ce = l.main_ce / m;
