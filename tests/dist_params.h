@@ -1,6 +1,6 @@
 // The small ParamSet and per-rank gradients of the ZeRO-1 tests (tests/test_train_dist.cpp on MPI
 // ranks, tests/backend/test_backend_dist.cpp on NCCL ranks), and a bitwise comparison of
-// checkpoint tensor lists.
+// checkpoint tensor lists; the MoE tests' random rows.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -15,6 +15,15 @@
 #include "train/param.h"
 
 namespace dseek::testing {
+
+// [rows, cols] f32 of standard normals from `seed` (the expert-parallel MoE tests' inputs).
+inline Tensor random_rows(int64_t rows, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> v(size_t(rows * cols));
+  for (float& x : v) x = normal(rng);
+  return Tensor::from_vector(v, {rows, cols});
+}
 
 // A small ParamSet: matrices, norms, a buffer, main blocks 0–1 and an "MTP" block 2.
 inline void make_params(train::ParamSet& ps) {

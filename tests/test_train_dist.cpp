@@ -215,6 +215,15 @@ class DistTrain : public ::testing::Test {
     return a;
   }
 
+  // chat_train_args on `pipelines` pipelines of 2 stages, 2 micro-batches a batch.
+  static void chat_pipeline_run(const fs::path& data, const fs::path& run_dir, const Args& task,
+                                int pipelines) {
+    Args args = chat_train_args(data, run_dir, task);
+    for (const std::string& a : pipeline_args(2, 2)) args.push_back(a);
+    const CliRun r = run(mpirun_, mpirun_args(2 * pipelines, args));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+
   static Args train_args(const fs::path& run_dir, int steps, const Args& extra = {}) {
     Args a = {
         "train",    "--preset", "tiny",           "--tokenizer", tokenizer(),           "--data",
@@ -699,10 +708,7 @@ TEST_F(DistTrain, DpoTwoRanksTrainLikeOneProcess) {
   for (const int pipelines : {1, 2}) {
     SCOPED_TRACE(std::to_string(pipelines) + " pipeline(s) of 2 stages");
     const fs::path pp = dir.path / ("pp" + std::to_string(pipelines));
-    Args args = chat_train_args(dpo_data, pp, dpo);
-    for (const std::string& a : pipeline_args(2, 2)) args.push_back(a);
-    r = run(mpirun_, mpirun_args(2 * pipelines, args));
-    ASSERT_EQ(r.exit_code, 0) << r.err;
+    ASSERT_NO_FATAL_FAILURE(chat_pipeline_run(dpo_data, pp, dpo, pipelines));
     EXPECT_EQ(json::parse(slurp(one / "reference_logps.json")),
               json::parse(slurp(pp / "reference_logps.json")));
     expect_same_training(one, pp, 1e-6, "rewards/accuracies");
@@ -749,10 +755,7 @@ TEST_F(DistTrain, SftTwoRanksTrainLikeOneProcess) {
   for (const int pipelines : {1, 2}) {
     SCOPED_TRACE(std::to_string(pipelines) + " pipeline(s) of 2 stages");
     const fs::path pp = dir.path / ("pp" + std::to_string(pipelines));
-    Args args = chat_train_args(sft_data, pp, sft);
-    for (const std::string& a : pipeline_args(2, 2)) args.push_back(a);
-    r = run(mpirun_, mpirun_args(2 * pipelines, args));
-    ASSERT_EQ(r.exit_code, 0) << r.err;
+    ASSERT_NO_FATAL_FAILURE(chat_pipeline_run(sft_data, pp, sft, pipelines));
     expect_same_training(one, pp);
   }
 }
@@ -878,14 +881,6 @@ void expect_rows_close(const float* a, const float* b, int64_t n, const std::str
     bad +=
         !(std::fabs(double(a[i]) - double(b[i])) <= 1e-5 * std::fabs(double(b[i])) + 1e-6 * scale);
   EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << n << " elements differ";
-}
-
-Tensor random_rows(int64_t rows, int64_t cols, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> v(size_t(rows * cols));
-  for (float& x : v) x = normal(rng);
-  return Tensor::from_vector(v, {rows, cols});
 }
 
 // One rank's part of DistRanks.ExpertParallelMoeEqualsOneProcess (run under mpirun).

@@ -38,6 +38,7 @@ namespace {
 
 using testing::expect_tensors_identical;
 using testing::make_params;
+using testing::random_rows;
 using testing::rank_gradients;
 using testing::summed_gradients;
 
@@ -343,14 +344,6 @@ void expect_close(const Tensor& got, const Tensor& want, double rel, double abs,
     bad += !(std::fabs(double(a[i]) - double(b[i])) <= rel * std::fabs(double(b[i])) + abs * scale);
   EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << a.size() << " differ (scale " << scale
                     << ")";
-}
-
-Tensor random_rows(int64_t rows, int64_t cols, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> v(size_t(rows * cols));
-  for (float& x : v) x = normal(rng);
-  return Tensor::from_vector(v, {rows, cols});
 }
 
 void expert_parallel_on_this_rank(bool under_mpi) {

@@ -501,6 +501,46 @@ std::vector<std::string> train_args(const TinyData& d, const fs::path& run, int 
   return a;
 }
 
+// sqrt(Σ (x − y)² / Σ y²) over every element of two checkpoints' tensor lists (the same names,
+// shapes and order expected).
+double checkpoint_rel_rms(const std::vector<std::pair<std::string, Tensor>>& x,
+                          const std::vector<std::pair<std::string, Tensor>>& y) {
+  EXPECT_EQ(x.size(), y.size());
+  double diff2 = 0, norm2 = 0;
+  for (size_t i = 0; i < std::min(x.size(), y.size()); ++i) {
+    EXPECT_EQ(x[i].first, y[i].first);
+    EXPECT_EQ(x[i].second.shape(), y[i].second.shape()) << x[i].first;
+    const std::vector<float> u = x[i].second.to_vector(), v = y[i].second.to_vector();
+    for (size_t k = 0; k < std::min(u.size(), v.size()); ++k) {
+      diff2 += (double(u[k]) - v[k]) * (double(u[k]) - v[k]);
+      norm2 += double(v[k]) * v[k];
+    }
+  }
+  return std::sqrt(diff2 / norm2);
+}
+
+// A multi-GPU run's metrics against one GPU's on the same global batches: each step's loss within
+// 1e-4 relative (the first) or 2e-3 (later steps carry the first updates' differences), the
+// gradient norm within 10× that, the same tokens, and the last validation loss within 2e-3.
+void expect_trains_like(const std::vector<nlohmann::json>& one,
+                        const std::vector<nlohmann::json>& other, int steps, const char* label) {
+  ASSERT_EQ(one.size(), size_t(steps));
+  ASSERT_EQ(other.size(), size_t(steps));
+  for (int s = 0; s < steps; ++s) {
+    const double want = one[s].at("loss").get<double>(), got = other[s].at("loss").get<double>();
+    const double gn_want = one[s].at("grad_norm").get<double>();
+    const double gn_got = other[s].at("grad_norm").get<double>();
+    std::printf("[backend] step %d: loss 1 GPU %.6f, %s %.6f (rel %.1e), grad_norm %.5f / %.5f\n",
+                s + 1, want, label, got, std::abs(got - want) / want, gn_want, gn_got);
+    const double tol = s == 0 ? 1e-4 : 2e-3;
+    EXPECT_LE(std::abs(got - want), tol * want) << "step " << s + 1;
+    EXPECT_LE(std::abs(gn_got - gn_want), 10 * tol * gn_want) << "step " << s + 1;
+    EXPECT_EQ(other[s].at("tokens"), one[s].at("tokens"));
+  }
+  const double val_one = one.back().at("val_loss").get<double>();
+  EXPECT_NEAR(other.back().at("val_loss").get<double>(), val_one, 2e-3 * val_one);
+}
+
 // Six f32 steps on the GPU and on the CPU from the same initialisation and batches. The first
 // step's loss differs only by summation order (GEMMs, attention, reductions): within 1e-4
 // relative. Later steps carry the first updates' differences (AdamW's first step is about
@@ -547,19 +587,9 @@ TEST(BackendTrainCli, GpuTrainingFollowsTheCpuAndItsCheckpointResumesOnTheCpu) {
       train::load_checkpoint(train::find_latest_checkpoint(cpu_run.string()));
   ASSERT_EQ(g.model.size(), c.model.size());
   ASSERT_EQ(g.optimizer.size(), c.optimizer.size());
-  double diff2 = 0, norm2 = 0;
-  for (size_t i = 0; i < g.model.size(); ++i) {
-    EXPECT_EQ(g.model[i].first, c.model[i].first);
-    ASSERT_EQ(g.model[i].second.shape(), c.model[i].second.shape()) << g.model[i].first;
-    const std::vector<float> x = g.model[i].second.to_vector(), y = c.model[i].second.to_vector();
-    for (size_t k = 0; k < x.size(); ++k) {
-      diff2 += (double(x[k]) - y[k]) * (double(x[k]) - y[k]);
-      norm2 += double(y[k]) * y[k];
-    }
-  }
   // Relative RMS difference of all weights after six steps: the differences above, not another
   // trajectory.
-  const double rel_rms = std::sqrt(diff2 / norm2);
+  const double rel_rms = checkpoint_rel_rms(g.model, c.model);
   std::printf("[backend] weights after %d steps, gpu vs cpu: relative RMS difference %.2e\n",
               kSteps, rel_rms);
   EXPECT_LE(rel_rms, 1e-3);
@@ -623,23 +653,8 @@ TEST(BackendTrainCli, TwoGpuDataParallelTrainsLikeOneGpu) {
   r = run_dseek(train_args(d, two_run, kSteps, "cuda", {"--nproc", "2"}));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("data parallel: 2 ranks (nccl, one GPU each)"), std::string::npos) << r.err;
-  const std::vector<nlohmann::json> one = read_metrics(one_run), two = read_metrics(two_run);
-  ASSERT_EQ(one.size(), size_t(kSteps));
-  ASSERT_EQ(two.size(), size_t(kSteps));
-  for (int s = 0; s < kSteps; ++s) {
-    const double want = one[s].at("loss").get<double>(), got = two[s].at("loss").get<double>();
-    const double gn_want = one[s].at("grad_norm").get<double>();
-    const double gn_got = two[s].at("grad_norm").get<double>();
-    std::printf(
-        "[backend] step %d: loss 1 GPU %.6f, 2 GPUs %.6f (rel %.1e), grad_norm %.5f / %.5f\n",
-        s + 1, want, got, std::abs(got - want) / want, gn_want, gn_got);
-    const double tol = s == 0 ? 1e-4 : 2e-3;
-    EXPECT_LE(std::abs(got - want), tol * want) << "step " << s + 1;
-    EXPECT_LE(std::abs(gn_got - gn_want), 10 * tol * gn_want) << "step " << s + 1;
-    EXPECT_EQ(two[s].at("tokens"), one[s].at("tokens"));
-  }
-  const double val_one = one.back().at("val_loss").get<double>();
-  EXPECT_NEAR(two.back().at("val_loss").get<double>(), val_one, 2e-3 * val_one);
+  const std::vector<nlohmann::json> two = read_metrics(two_run);
+  ASSERT_NO_FATAL_FAILURE(expect_trains_like(read_metrics(one_run), two, kSteps, "2 GPUs"));
 
   // Deterministic reductions: two runs, the same bits.
   std::vector<std::vector<nlohmann::json>> repeats;
@@ -705,22 +720,8 @@ TEST(BackendTrainCli, TwoGpuExpertParallelTrainsLikeOneGpu) {
   EXPECT_NE(r.err.find("expert parallel: 8 routed experts per MoE layer over 2 ranks"),
             std::string::npos)
       << r.err;
-  const std::vector<nlohmann::json> one = read_metrics(one_run), ep = read_metrics(ep_run);
-  ASSERT_EQ(one.size(), size_t(kSteps));
-  ASSERT_EQ(ep.size(), size_t(kSteps));
-  for (int s = 0; s < kSteps; ++s) {
-    const double want = one[s].at("loss").get<double>(), got = ep[s].at("loss").get<double>();
-    const double gn_want = one[s].at("grad_norm").get<double>();
-    const double gn_got = ep[s].at("grad_norm").get<double>();
-    std::printf(
-        "[backend] step %d: loss 1 GPU %.6f, 2 GPUs EP %.6f (rel %.1e), grad_norm %.5f / %.5f\n",
-        s + 1, want, got, std::abs(got - want) / want, gn_want, gn_got);
-    const double tol = s == 0 ? 1e-4 : 2e-3;
-    EXPECT_LE(std::abs(got - want), tol * want) << "step " << s + 1;
-    EXPECT_LE(std::abs(gn_got - gn_want), 10 * tol * gn_want) << "step " << s + 1;
-  }
-  const double val_one = one.back().at("val_loss").get<double>();
-  EXPECT_NEAR(ep.back().at("val_loss").get<double>(), val_one, 2e-3 * val_one);
+  ASSERT_NO_FATAL_FAILURE(
+      expect_trains_like(read_metrics(one_run), read_metrics(ep_run), kSteps, "2 GPUs EP"));
 
   // The checkpoint holds every expert and its moments; it resumes on one GPU.
   const train::CheckpointData a =
@@ -729,22 +730,8 @@ TEST(BackendTrainCli, TwoGpuExpertParallelTrainsLikeOneGpu) {
       train::load_checkpoint(train::find_latest_checkpoint(ep_run.string()));
   // Relative RMS differences over all weights, and over all moments (the experts' from their
   // owners): the same trajectory within the rounding the losses allow.
-  auto rel_rms = [](const std::vector<std::pair<std::string, Tensor>>& x,
-                    const std::vector<std::pair<std::string, Tensor>>& y) {
-    EXPECT_EQ(x.size(), y.size());
-    double diff2 = 0, norm2 = 0;
-    for (size_t i = 0; i < std::min(x.size(), y.size()); ++i) {
-      EXPECT_EQ(x[i].first, y[i].first);
-      const std::vector<float> u = x[i].second.to_vector(), v = y[i].second.to_vector();
-      EXPECT_EQ(u.size(), v.size()) << x[i].first;
-      for (size_t k = 0; k < std::min(u.size(), v.size()); ++k) {
-        diff2 += (double(u[k]) - v[k]) * (double(u[k]) - v[k]);
-        norm2 += double(v[k]) * v[k];
-      }
-    }
-    return std::sqrt(diff2 / norm2);
-  };
-  const double weights = rel_rms(b.model, a.model), moments = rel_rms(b.optimizer, a.optimizer);
+  const double weights = checkpoint_rel_rms(b.model, a.model);
+  const double moments = checkpoint_rel_rms(b.optimizer, a.optimizer);
   std::printf("[backend] after %d steps, EP on 2 GPUs vs 1 GPU: weights %.2e, moments %.2e\n",
               kSteps, weights, moments);
   EXPECT_LE(weights, 1e-3);
