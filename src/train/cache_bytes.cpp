@@ -86,6 +86,11 @@ void add(Bytes& b, const AttentionCache& c) {
   b.add(c.segments);
 }
 
+void add(Bytes& b, const ExchangeCounts& c) {
+  for (const std::vector<int64_t>* v : {&c.send_rows, &c.recv_rows, &c.recv_per_expert, &c.recv_at})
+    b.add(*v);
+}
+
 void add(Bytes& b, const MoeCache& c) {
   b.add(c.x);
   const MoeHostCache& h = c.host;
@@ -96,7 +101,7 @@ void add(Bytes& b, const MoeCache& c) {
   b.add(h.slots);
   for (const MlpCache& e : h.experts) add(b, e);
   b.add(h.expert_out);
-  b.add(h.ep_recv);
+  add(b, h.ep_counts);
   b.add(c.x_router);
   for (const Tensor* t : {&c.routing.ids, &c.routing.weights, &c.routing.scores,
                           &c.dispatch.offsets, &c.dispatch.order, &c.dispatch.position})
@@ -108,6 +113,10 @@ void add(Bytes& b, const MoeCache& c) {
   b.add(c.y_perm);
   add(b, c.shared);
   b.add(c.aux_grad_scores);
+  add(b, c.exchange);
+  b.add(c.exchange.owner_order);
+  b.add(c.exchange.source_order);
+  b.add(c.exchange.offsets);
 }
 
 void add(Bytes& b, const BlockCache& c) {

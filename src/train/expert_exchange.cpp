@@ -20,6 +20,41 @@ Tensor gather_rows(const Tensor& table, const std::vector<int32_t>& index) {
 
 }  // namespace
 
+ExchangeCounts exchange_counts(const ExpertParallel& ep,
+                               const std::vector<int64_t>& send_per_expert) {
+  const int N = ep.ranks();
+  const int64_t P = ep.per_rank();
+  DSEEK_CHECK(int64_t(send_per_expert.size()) == int64_t(N) * P,
+              "[train] expert parallel: {} expert counts for {} ranks of {} experts",
+              send_per_expert.size(), N, P);
+  ExchangeCounts x;
+  x.recv_per_expert.assign(send_per_expert.size(), 0);
+  ep.exchange->all_to_all(send_per_expert, x.recv_per_expert);
+  x.send_rows.assign(size_t(N), 0);
+  x.recv_rows.assign(size_t(N), 0);
+  x.recv_at.assign(size_t(N * P) + 1, 0);
+  for (int q = 0; q < N; ++q)
+    for (int64_t j = 0; j < P; ++j) {
+      const size_t b = size_t(q * P + j);
+      x.send_rows[size_t(q)] += send_per_expert[b];
+      x.recv_rows[size_t(q)] += x.recv_per_expert[b];
+      x.recv_at[b + 1] = x.recv_at[b] + x.recv_per_expert[b];
+    }
+  x.local_rows = x.recv_at.back();
+  return x;
+}
+
+int64_t max_owner_ranks(const ExpertParallel& ep, const int32_t* ids, int64_t T, int64_t K) {
+  int64_t most = 0;
+  std::vector<int32_t> owners(static_cast<size_t>(K));
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t k = 0; k < K; ++k) owners[size_t(k)] = int32_t(ep.owner(ids[t * K + k]));
+    std::sort(owners.begin(), owners.end());
+    most = std::max<int64_t>(most, std::unique(owners.begin(), owners.end()) - owners.begin());
+  }
+  return most;
+}
+
 ExpertExchange plan_expert_exchange(const ExpertParallel& ep, const ops::MoeDispatch& d,
                                     const Tensor& ids) {
   const int N = ep.ranks();
@@ -27,37 +62,23 @@ ExpertExchange plan_expert_exchange(const ExpertParallel& ep, const ops::MoeDisp
   DSEEK_CHECK(E == ep.experts && E == int64_t(N) * P,
               "[train] expert parallel: {} experts over {} ranks, the layer has {}", ep.experts, N,
               E);
-  ExpertExchange x;
-  // Rows per expert out (the dispatch's group sizes), rows per (source rank, local expert) in.
+  // Rows per expert out: the dispatch's group sizes.
   const Tensor offsets = d.offsets.to(Device::CPU);
   const int64_t* o = offsets.data<int64_t>();
   std::vector<int64_t> send_per_expert(static_cast<size_t>(E));
   for (int64_t e = 0; e < E; ++e) send_per_expert[size_t(e)] = o[e + 1] - o[e];
-  x.recv_per_expert.assign(size_t(E), 0);
-  ep.exchange->all_to_all(send_per_expert, x.recv_per_expert);
-
-  x.send_rows.assign(size_t(N), 0);
-  x.recv_rows.assign(size_t(N), 0);
-  for (int q = 0; q < N; ++q)
-    for (int64_t j = 0; j < P; ++j) {
-      x.send_rows[size_t(q)] += send_per_expert[size_t(q * P + j)];
-      x.recv_rows[size_t(q)] += x.recv_per_expert[size_t(q * P + j)];
-    }
-  // Received row offset of (q, j), q-major; then the expert-major order over them.
-  std::vector<int64_t> at(size_t(N * P) + 1, 0);
-  for (int64_t b = 0; b < N * P; ++b)
-    at[size_t(b + 1)] = at[size_t(b)] + x.recv_per_expert[size_t(b)];
-  x.local_rows = at.back();
+  ExpertExchange x;
+  static_cast<ExchangeCounts&>(x) = exchange_counts(ep, send_per_expert);
   DSEEK_CHECK(x.local_rows < (int64_t(1) << 31),
               "[train] expert parallel: {} rows for one rank's experts (at most 2^31 - 1)",
               x.local_rows);
+  // The expert-major order over the received rows.
   x.owner_order.reserve(size_t(x.local_rows));
   std::vector<int64_t> local(size_t(P) + 1, 0);
   for (int64_t j = 0; j < P; ++j) {
     for (int q = 0; q < N; ++q) {
-      const int64_t b = q * P + j;
-      for (int64_t r = at[size_t(b)]; r < at[size_t(b + 1)]; ++r)
-        x.owner_order.push_back(int32_t(r));
+      const size_t b = size_t(q * P + j);
+      for (int64_t r = x.recv_at[b]; r < x.recv_at[b + 1]; ++r) x.owner_order.push_back(int32_t(r));
     }
     local[size_t(j + 1)] = int64_t(x.owner_order.size());
   }
@@ -68,17 +89,8 @@ ExpertExchange plan_expert_exchange(const ExpertParallel& ep, const ops::MoeDisp
   std::copy(local.begin(), local.end(), host_offsets.data<int64_t>());
   x.offsets = host_offsets.to(d.offsets.device());
 
-  // Node-limited routing, checked: the distinct owners of each token's K experts.
   const Tensor host_ids = ids.to(Device::CPU).contiguous();
-  const int64_t T = host_ids.size(0), K = host_ids.size(1);
-  const int32_t* id = host_ids.data<int32_t>();
-  std::vector<int32_t> owners(static_cast<size_t>(K));
-  for (int64_t t = 0; t < T; ++t) {
-    for (int64_t k = 0; k < K; ++k) owners[size_t(k)] = int32_t(ep.owner(id[t * K + k]));
-    std::sort(owners.begin(), owners.end());
-    x.max_ranks =
-        std::max<int64_t>(x.max_ranks, std::unique(owners.begin(), owners.end()) - owners.begin());
-  }
+  x.max_ranks = max_owner_ranks(ep, host_ids.data<int32_t>(), host_ids.size(0), host_ids.size(1));
   return x;
 }
 

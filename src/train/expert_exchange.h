@@ -26,14 +26,30 @@ namespace dseek::train {
 
 struct ExpertParallel;
 
-struct ExpertExchange {
+// The capacity-free count exchange both expert-parallel paths start from (the ops path here, the
+// CPU host loops in moe_layer_ep.cpp): each expert's rows out, each (source rank, local expert)'s
+// rows in, and the receive buffer's layout.
+struct ExchangeCounts {
   std::vector<int64_t> send_rows, recv_rows;  // per rank of the exchange group
   std::vector<int64_t> recv_per_expert;       // [N·P]: rows from rank q for local expert j
-  std::vector<int32_t> owner_order;           // expert-major row i = received row owner_order[i]
-  std::vector<int32_t> source_order;          // received row r = expert-major row source_order[r]
-  Tensor offsets;          // [P + 1] i64 on the rows' device: the local experts' rows
-  int64_t local_rows = 0;  // rows this rank's experts compute
-  int64_t max_ranks = 0;   // the most ranks any token of this batch was sent to
+  std::vector<int64_t> recv_at;  // [N·P + 1]: row offset of (q, j) in the receive buffer, q-major
+  int64_t local_rows = 0;        // rows this rank's experts compute (recv_at's last)
+};
+
+// Collective over ep.exchange: send_per_expert [E] is this rank's rows for each expert (grouped
+// by expert, so the rows for rank q are the run of its experts [q·P, (q+1)·P)).
+ExchangeCounts exchange_counts(const ExpertParallel& ep,
+                               const std::vector<int64_t>& send_per_expert);
+
+// Node-limited routing, checked: the most distinct owner ranks among any token's K experts
+// (ids [T·K], row-major).
+int64_t max_owner_ranks(const ExpertParallel& ep, const int32_t* ids, int64_t T, int64_t K);
+
+struct ExpertExchange : ExchangeCounts {
+  std::vector<int32_t> owner_order;   // expert-major row i = received row owner_order[i]
+  std::vector<int32_t> source_order;  // received row r = expert-major row source_order[r]
+  Tensor offsets;                     // [P + 1] i64 on the rows' device: the local experts' rows
+  int64_t max_ranks = 0;              // the most ranks any token of this batch was sent to
 };
 
 // Collective over ep.exchange: exchanges the per-expert row counts of dispatch `d` (ids [T, K],

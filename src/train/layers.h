@@ -137,9 +137,9 @@ struct MoeHostCache {
   std::vector<int64_t> offsets, slots;  // slots grouped by expert (counting sort)
   std::vector<MlpCache> experts;        // per expert, rows = its slots in order
   Tensor expert_out;                    // [T·K, D] unweighted expert outputs per slot
-  // Expert parallelism: rows received from rank q for local expert j at [q·P + j] (experts then
-  // holds the P local experts' caches), and the most ranks one token was dispatched to.
-  std::vector<int64_t> ep_recv;
+  // Expert parallelism: the count exchange (experts then holds the P local experts' caches), and
+  // the most ranks one token was dispatched to.
+  ExchangeCounts ep_counts;
   int64_t ep_max_ranks = 0;
 };
 // A grouped GEMM's input as its backward needs it (LinearInput's rule, for the routed experts'

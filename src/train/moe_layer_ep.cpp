@@ -24,42 +24,22 @@ std::string expert_prefix(const std::string& prefix, int64_t e) {
   return prefix + ".experts." + std::to_string(e);
 }
 
-// Elements sent to / received from each rank of the group (rows · D), from the slot offsets by
-// expert and the received per-(rank, local expert) row counts.
-struct Counts {
-  std::vector<int64_t> send, recv;  // per rank of the expert-parallel group
-  std::vector<int64_t> recv_row;    // row offset of (q, j) in the receive buffer, q-major
-  int64_t recv_rows = 0;
-};
-
-Counts exchange_counts(const ExpertParallel& ep, const MoeHostCache& c, int64_t D) {
-  const int N = ep.ranks();
-  const int64_t P = ep.per_rank();
-  Counts k;
-  k.send.assign(size_t(N), 0);
-  k.recv.assign(size_t(N), 0);
-  k.recv_row.assign(size_t(N * P), 0);
-  for (int q = 0; q < N; ++q) {
-    k.send[size_t(q)] = (c.offsets[size_t((q + 1) * P)] - c.offsets[size_t(q * P)]) * D;
-    for (int64_t j = 0; j < P; ++j) {
-      const int64_t rows = c.ep_recv[size_t(q * P + j)];
-      k.recv_row[size_t(q * P + j)] = k.recv_rows;
-      k.recv_rows += rows;
-      k.recv[size_t(q)] += rows * D;
-    }
-  }
-  return k;
+// Elements (rows · D) per rank, all_to_all_v's counts.
+std::vector<int64_t> elements(const std::vector<int64_t>& rows, int64_t D) {
+  std::vector<int64_t> out(rows);
+  for (int64_t& n : out) n *= D;
+  return out;
 }
 
 // Local expert j's rows out of the receive buffer, stacked in source-rank order.
-Tensor gather_expert_rows(const ExpertParallel& ep, const MoeHostCache& c, const Counts& k,
+Tensor gather_expert_rows(const ExpertParallel& ep, const ExchangeCounts& k,
                           const std::vector<float>& buffer, int64_t j, int64_t rows, int64_t D) {
   Tensor out = Tensor::empty({rows, D});
   int64_t at = 0;
   for (int q = 0; q < ep.ranks(); ++q) {
-    const int64_t n = c.ep_recv[size_t(q * ep.per_rank() + j)];
-    std::memcpy(out.data<float>() + at * D,
-                buffer.data() + k.recv_row[size_t(q * ep.per_rank() + j)] * D,
+    const size_t b = size_t(q * ep.per_rank() + j);
+    const int64_t n = k.recv_per_expert[b];
+    std::memcpy(out.data<float>() + at * D, buffer.data() + k.recv_at[b] * D,
                 size_t(n * D) * sizeof(float));
     at += n;
   }
@@ -67,20 +47,21 @@ Tensor gather_expert_rows(const ExpertParallel& ep, const MoeHostCache& c, const
 }
 
 // The inverse: expert j's result rows back to their places in a buffer of the receive layout.
-void scatter_expert_rows(const ExpertParallel& ep, const MoeHostCache& c, const Counts& k,
-                         const Tensor& rows, int64_t j, int64_t D, std::vector<float>& buffer) {
+void scatter_expert_rows(const ExpertParallel& ep, const ExchangeCounts& k, const Tensor& rows,
+                         int64_t j, int64_t D, std::vector<float>& buffer) {
   int64_t at = 0;
   for (int q = 0; q < ep.ranks(); ++q) {
-    const int64_t n = c.ep_recv[size_t(q * ep.per_rank() + j)];
-    std::memcpy(buffer.data() + k.recv_row[size_t(q * ep.per_rank() + j)] * D,
-                rows.data<float>() + at * D, size_t(n * D) * sizeof(float));
+    const size_t b = size_t(q * ep.per_rank() + j);
+    const int64_t n = k.recv_per_expert[b];
+    std::memcpy(buffer.data() + k.recv_at[b] * D, rows.data<float>() + at * D,
+                size_t(n * D) * sizeof(float));
     at += n;
   }
 }
 
-int64_t expert_rows(const ExpertParallel& ep, const MoeHostCache& c, int64_t j) {
+int64_t expert_rows(const ExpertParallel& ep, const ExchangeCounts& k, int64_t j) {
   int64_t rows = 0;
-  for (int q = 0; q < ep.ranks(); ++q) rows += c.ep_recv[size_t(q * ep.per_rank() + j)];
+  for (int q = 0; q < ep.ranks(); ++q) rows += k.recv_per_expert[size_t(q * ep.per_rank() + j)];
   return rows;
 }
 
@@ -98,52 +79,42 @@ void moe_experts_forward_ep(const LayerContext& ctx, const std::string& prefix, 
 
   // Rows per expert out, rows per (source rank, local expert) in: the capacity-free count
   // exchange (the block for group rank q: the counts of its P experts).
-  std::vector<int64_t> send_rows(static_cast<size_t>(E)), recv_rows(static_cast<size_t>(E));
+  std::vector<int64_t> send_per_expert(static_cast<size_t>(E));
   for (int64_t e = 0; e < E; ++e)
-    send_rows[size_t(e)] = c.offsets[size_t(e + 1)] - c.offsets[size_t(e)];
-  group.all_to_all(send_rows, recv_rows);
-  c.ep_recv = recv_rows;
-  const Counts k = exchange_counts(ep, c, D);
+    send_per_expert[size_t(e)] = c.offsets[size_t(e + 1)] - c.offsets[size_t(e)];
+  c.ep_counts = exchange_counts(ep, send_per_expert);
+  const ExchangeCounts& k = c.ep_counts;
+  const std::vector<int64_t> send_elements = elements(k.send_rows, D),
+                             recv_elements = elements(k.recv_rows, D);
 
   // Dispatch: slot i's token row, in slot (= destination) order.
   const float* xp = cache.x.data<float>();
-  std::vector<float> send(size_t(T * K * D)), recv(size_t(k.recv_rows * D));
+  std::vector<float> send(size_t(T * K * D)), recv(size_t(k.local_rows * D));
   for (int64_t i = 0; i < T * K; ++i)
     std::memcpy(send.data() + i * D, xp + (c.slots[size_t(i)] / K) * D, size_t(D) * sizeof(float));
-  group.all_to_all_v(send, k.send, recv, k.recv);
+  group.all_to_all_v(send, send_elements, recv, recv_elements);
 
   // The local experts, each once over its rows from every rank.
   c.experts.assign(size_t(P), MlpCache{});
   std::vector<float> result(recv.size());
   for (int64_t j = 0; j < P; ++j) {
-    const int64_t rows = expert_rows(ep, c, j);
+    const int64_t rows = expert_rows(ep, k, j);
     if (rows == 0) continue;
-    const Tensor in = gather_expert_rows(ep, c, k, recv, j, rows, D);
+    const Tensor in = gather_expert_rows(ep, k, recv, j, rows, D);
     const Tensor y =
         mlp_forward(ctx.params, expert_prefix(prefix, ep.first() + j), in, c.experts[size_t(j)]);
-    scatter_expert_rows(ep, c, k, y, j, D, result);
+    scatter_expert_rows(ep, k, y, j, D, result);
   }
 
   // Combine: the outputs return in slot order.
-  group.all_to_all_v(result, k.recv, send, k.send);
+  group.all_to_all_v(result, recv_elements, send, send_elements);
   c.expert_out = Tensor::empty({T * K, D});
   float* yo = c.expert_out.data<float>();
   for (int64_t i = 0; i < T * K; ++i)
     std::memcpy(yo + c.slots[size_t(i)] * D, send.data() + i * D, size_t(D) * sizeof(float));
 
   // Node-limited routing: the most ranks any token of this batch was sent to.
-  c.ep_max_ranks = 0;
-  std::vector<char> seen(size_t(ep.ranks()));
-  for (int64_t t = 0; t < T; ++t) {
-    std::fill(seen.begin(), seen.end(), 0);
-    int64_t n = 0;
-    for (int64_t kk = 0; kk < K; ++kk) {
-      char& s = seen[size_t(ep.owner(c.routing.expert(t, kk)))];
-      n += s == 0;
-      s = 1;
-    }
-    c.ep_max_ranks = std::max(c.ep_max_ranks, n);
-  }
+  c.ep_max_ranks = max_owner_ranks(ep, c.routing.expert_ids.data(), T, K);
 }
 
 void moe_experts_backward_ep(const LayerContext& ctx, const std::string& prefix,
@@ -153,11 +124,13 @@ void moe_experts_backward_ep(const LayerContext& ctx, const std::string& prefix,
   const MoeHostCache& c = cache.host;
   const int64_t T = cache.x.size(0), D = ctx.config.hidden_size, K = ctx.config.num_experts_per_tok,
                 P = ep.per_rank();
-  const Counts k = exchange_counts(ep, c, D);
+  const ExchangeCounts& k = c.ep_counts;
+  const std::vector<int64_t> send_elements = elements(k.send_rows, D),
+                             recv_elements = elements(k.recv_rows, D);
 
   // The gradient of each slot's unweighted output: its token's dy times its routing weight.
   const float* dyp = dy.data<float>();
-  std::vector<float> send(size_t(T * K * D)), recv(size_t(k.recv_rows * D));
+  std::vector<float> send(size_t(T * K * D)), recv(size_t(k.local_rows * D));
   for (int64_t i = 0; i < T * K; ++i) {
     const int64_t slot = c.slots[size_t(i)];
     const float w = c.routing.weights[size_t(slot)];
@@ -165,18 +138,18 @@ void moe_experts_backward_ep(const LayerContext& ctx, const std::string& prefix,
     float* dst = send.data() + i * D;
     for (int64_t j = 0; j < D; ++j) dst[j] = src[j] * w;
   }
-  group.all_to_all_v(send, k.send, recv, k.recv);
+  group.all_to_all_v(send, send_elements, recv, recv_elements);
 
   std::vector<float> result(recv.size());
   for (int64_t j = 0; j < P; ++j) {
-    const int64_t rows = expert_rows(ep, c, j);
+    const int64_t rows = expert_rows(ep, k, j);
     if (rows == 0) continue;
-    const Tensor d_rows = gather_expert_rows(ep, c, k, recv, j, rows, D);
+    const Tensor d_rows = gather_expert_rows(ep, k, recv, j, rows, D);
     const Tensor d_in = mlp_backward(ctx.params, expert_prefix(prefix, ep.first() + j),
                                      c.experts[size_t(j)], d_rows);
-    scatter_expert_rows(ep, c, k, d_in, j, D, result);
+    scatter_expert_rows(ep, k, d_in, j, D, result);
   }
-  group.all_to_all_v(result, k.recv, send, k.send);
+  group.all_to_all_v(result, recv_elements, send, send_elements);
 
   // Added in slot order = ascending expert, rows in token order: one process's order.
   float* dxp = dx.data<float>();

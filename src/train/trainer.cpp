@@ -11,6 +11,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <sstream>
 
 #include "core/cuda.h"
@@ -160,6 +161,35 @@ std::vector<double> ce_target_counts(const MicroBatch& batch, size_t depths) {
     tok += n;
   }
   return counts;
+}
+
+// The exact mean over a batch split into parts (ranks' rows, micro-batches, pipelines): each
+// part's loss is its own mean, so part i weighs count_i·n / Σ count, where n is the number of
+// parts (the loss scale already divides by it) and Σ runs over `counts` and then over `group`
+// (nullptr: `counts` is the whole batch). One entry per head: SFT's counted targets per depth,
+// DPO's pairs.
+void counts_to_shares(std::span<std::vector<double>> counts, dist::ProcessGroup* group, double n) {
+  std::vector<double> global(counts.front().size(), 0.0);
+  for (const std::vector<double>& c : counts)
+    for (size_t k = 0; k < global.size(); ++k) global[k] += c[k];
+  if (group) group->all_reduce(std::span<double>(global));
+  for (std::vector<double>& c : counts)
+    for (size_t k = 0; k < global.size(); ++k) c[k] = global[k] > 0 ? c[k] * n / global[k] : 0.0;
+}
+
+// DPO's per-token weights for LossOptions::token_weights: dpo_loss weighs the pairs for their
+// own mean, scaled by `share` (counts_to_shares of the pairs) for the batch's mean. Adds the
+// pairs' metrics to `stats`; pairs, refs and stats must outlive the forward.
+std::function<std::vector<float>(const std::vector<double>&)> dpo_token_weights(
+    const std::vector<DpoPair>& pairs, const std::vector<std::pair<double, double>>& refs,
+    double beta, double share, DpoStats& stats) {
+  return [&pairs, &refs, beta, share = float(share), &stats](const std::vector<double>& logp) {
+    std::vector<float> weights;
+    stats.add(dpo_loss(logp, pairs, refs, beta, weights));
+    if (share != 1.0f)
+      for (float& w : weights) w *= share;
+    return weights;
+  };
 }
 
 // DPO's step metrics are sums over pairs: summed over the ranks, they are the global batch's.
@@ -649,17 +679,9 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       // token weights, as data parallelism rescales them).
       const int64_t M = cfg.micro_batches, R = stage_layout.replicas;
       const auto shares_of = [&](std::vector<std::vector<double>> counts) {
-        for (int64_t a = 0; a < cfg.grad_accum; ++a) {
-          std::vector<double> global(counts.front().size(), 0.0);
-          for (int64_t m = a * M; m < (a + 1) * M; ++m)
-            for (size_t k = 0; k < global.size(); ++k) global[k] += counts[size_t(m)][k];
-          if (stage->replica_group()) stage->replica_group()->all_reduce(std::span<double>(global));
-          for (int64_t m = a * M; m < (a + 1) * M; ++m)
-            for (size_t k = 0; k < global.size(); ++k) {
-              double& c = counts[size_t(m)][k];
-              c = global[k] > 0 ? c * double(M * R) / global[k] : 0.0;
-            }
-        }
+        for (int64_t a = 0; a < cfg.grad_accum; ++a)
+          counts_to_shares(std::span(counts).subspan(size_t(a * M), size_t(M)),
+                           stage->replica_group(), double(M * R));
         return counts;
       };
       PipelineStage::HeadOptions head_options;
@@ -677,14 +699,8 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
         }
         shares = shares_of(std::move(shares));
         head_options = [&](int64_t i, LossOptions& o) {
-          const float share = float(shares[size_t(i)][0]);
-          o.token_weights = [&, i, share](const std::vector<double>& logp) {
-            std::vector<float> weights;
-            dpo_stats.add(
-                dpo_loss(logp, micro[size_t(i)].pairs, refs[size_t(i)], cfg.dpo_beta, weights));
-            for (float& w : weights) w *= share;
-            return weights;
-          };
+          o.token_weights = dpo_token_weights(micro[size_t(i)].pairs, refs[size_t(i)], cfg.dpo_beta,
+                                              shares[size_t(i)][0], dpo_stats);
         };
       }
       const SequenceLosses l =
@@ -706,34 +722,21 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
         loss_options.on_block_backward = [&dp](int64_t layer) { dp->on_block_backward(layer); };
       }
       std::vector<std::pair<double, double>> ref;  // outlives the forward_backward below
+      // The step's losses are means over every rank's counted targets or pairs (one process's),
+      // not the mean of the ranks' means.
+      dist::ProcessGroup* over_ranks = ranks > 1 ? &group : nullptr;
       if (cfg.task == "sft" && ranks > 1) {
-        // The cross-entropies as means over every rank's counted targets (one process's), not
-        // the mean of the ranks' means: the main head's and each MTP depth's scaled by
-        // count·N / Σ_ranks count.
-        const size_t depths = size_t(model_config.num_nextn_predict_layers);
-        const std::vector<double> counts = ce_target_counts(batch, depths);
-        std::vector<double> global = counts;
-        group.all_reduce(std::span<double>(global));
-        loss_options.ce_shares.assign(depths + 1, 0.0);
-        for (size_t k = 0; k <= depths; ++k)
-          if (global[k] > 0) loss_options.ce_shares[k] = counts[k] * ranks / global[k];
+        std::vector<double> counts[1] = {
+            ce_target_counts(batch, size_t(model_config.num_nextn_predict_layers))};
+        counts_to_shares(counts, over_ranks, double(ranks));
+        loss_options.ce_shares = counts[0];
       }
       if (dpo) {
         for (int64_t id : batch.pair_ids) ref.push_back(reference[size_t(id)]);
-        // dpo_loss weighs this rank's pairs for their own mean; data parallel, the step wants
-        // the mean over every rank's pairs (rows pack different numbers of pairs), and the loss
-        // scale already divides by the ranks: rescale by local·N / global pairs.
-        double pairs[1] = {double(batch.pairs.size())};
-        const double local = pairs[0];
-        if (ranks > 1) group.all_reduce(std::span<double>(pairs, 1));
-        const float share = pairs[0] > 0 ? float(local * ranks / pairs[0]) : 0.0f;
-        loss_options.token_weights = [&, share](const std::vector<double>& logp) {
-          std::vector<float> weights;
-          dpo_stats.add(dpo_loss(logp, batch.pairs, ref, cfg.dpo_beta, weights));
-          if (share != 1.0f)
-            for (float& w : weights) w *= share;
-          return weights;
-        };
+        std::vector<double> pairs[1] = {{double(batch.pairs.size())}};
+        counts_to_shares(pairs, over_ranks, double(ranks));
+        loss_options.token_weights =
+            dpo_token_weights(batch.pairs, ref, cfg.dpo_beta, pairs[0][0], dpo_stats);
       }
       const SequenceLosses l =
           model.forward_backward(batch.inputs, batch.targets, loss_options, scale, batch.segments);
