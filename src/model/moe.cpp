@@ -263,11 +263,12 @@ Tensor MoE::forward_experts(const Tensor& x, const Routing& routing, int64_t chu
     float* cp = contribution.data<float>();
 
     // One token (decode): the few experts run one after another, each linear using all threads.
+    // Not inside a parallel region with if(false): libgomp starts fresh threads for every nested
+    // region under a one-thread team, which made each expert GEMV slower on 2 threads than on 1.
     const bool across_experts =
         parallel_experts_ && n > 1 && d.active.size() > 1 && omp_get_max_threads() > 1;
     std::exception_ptr error;
-#pragma omp parallel for schedule(dynamic, 1) if (across_experts)
-    for (size_t i = 0; i < d.active.size(); ++i) {
+    const auto run_expert = [&](size_t i) {
       try {
         const int32_t e = d.active[i];
         const int64_t begin = d.offsets[size_t(e)], rows = d.offsets[size_t(e) + 1] - begin;
@@ -289,6 +290,12 @@ Tensor MoE::forward_experts(const Tensor& x, const Routing& routing, int64_t chu
 #pragma omp critical(dseek_moe_error)
         if (!error) error = std::current_exception();
       }
+    };
+    if (across_experts) {
+#pragma omp parallel for schedule(dynamic, 1)
+      for (size_t i = 0; i < d.active.size(); ++i) run_expert(i);
+    } else {
+      for (size_t i = 0; i < d.active.size(); ++i) run_expert(i);
     }
     if (error) std::rethrow_exception(error);
 
