@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "model/kv_cache.h"
+#include "model/mla.h"
 #include "model/model.h"
 #include "test_model_util.h"
 
@@ -113,6 +114,37 @@ TEST(ModelCache, CachedDecodeEqualsFullForward) {
     for (size_t i = 0; i < again.size(); ++i)
       err2 = std::max(err2, double(std::abs(again[i] - full[9 * V + i])));
     EXPECT_LE(err2, 1e-4);
+    std::filesystem::remove_all(dir);
+  }
+}
+
+// A prompt chunk of at least Mla::kExpandedPrefillRows tokens attends with per-head keys and values
+// expanded from the latent cache (fewer multiply-adds per pair), a shorter one absorbed: chunks of
+// both kinds, the expanded ones with and without history, give the full forward's logits.
+TEST(ModelCache, ExpandedAndAbsorbedPrefillChunksEqualFullForward) {
+  const int64_t E = Mla::kExpandedPrefillRows;
+  uint32_t seed = 300;
+  for (const Case& tc : cases()) {
+    if (tc.config.kv_lora_rank == 0) continue;  // MHA/GQA: no latent cache
+    SCOPED_TRACE(tc.name);
+    ModelConfig config = tc.config;
+    config.max_position_embeddings = std::max<int64_t>(config.max_position_embeddings, 4 * E);
+    TinyCheckpoint ckpt(config, seed++);
+    const std::string dir = ckpt.write(tc.name + "_expanded");
+    auto model = Model::load(dir);
+    const std::vector<int32_t> ids = random_ids(2 * E + 9, config.vocab_size, seed++);
+    const std::vector<float> full = model->forward(ids).to_vector();
+    auto cache = model->new_cache(2 * E + 9);
+    // E (expanded, empty cache), 3 (absorbed), E + 2 (expanded after history), then one by one.
+    const std::vector<float> got = cached_logits(*model, *cache, ids, {E, 3, E + 2});
+    ASSERT_EQ(got.size(), full.size());
+    double err = 0, scale = 0;
+    for (size_t i = 0; i < full.size(); ++i) {
+      err = std::max(err, double(std::abs(got[i] - full[i])));
+      scale = std::max(scale, double(std::abs(full[i])));
+    }
+    EXPECT_LE(err, 1e-4) << "max |logit| " << scale;
+    EXPECT_GT(scale, 0.5);
     std::filesystem::remove_all(dir);
   }
 }

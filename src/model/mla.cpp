@@ -7,6 +7,7 @@
 #include "model/load_context.h"
 #include "model/paged_kv_cache.h"
 #include "ops/attention.h"
+#include "ops/cpu/batched_matmul_cpu.h"
 #include "ops/linear.h"
 #include "ops/mla_decode.h"
 #include "ops/norm.h"
@@ -107,49 +108,30 @@ const Tensor& Mla::kv_b_f32() const {
 }
 
 Tensor Mla::absorb_query(const Tensor& q) const {
-  // q_abs[t, h, :] = Σ_i q_nope[t, h, i] · W_UK[h][i, :].
+  // q_abs[t, h, :r] = Σ_i q_nope[t, h, i] · W_UK[h][i, :]: per head h one GEMM over the tokens,
+  // straight from and into the strided [T, H, ·] layouts (ops::cpu::batched_matmul's views).
   const int64_t T = q.size(0), H = n_heads_, r = kv_lora_rank_, width = r + rope_dim_;
-  const Tensor& kvb = kv_b_f32();  // [H · (nope + v), r]
-  const float* w = kvb.data<float>();
   const int64_t head_rows = nope_dim_ + v_dim_, qk = nope_dim_ + rope_dim_;
   Tensor q_abs = Tensor::empty({T, H, width});
   const float* qp = q.data<float>();
   float* qa = q_abs.data<float>();
-#pragma omp parallel for collapse(2) schedule(static) if (H * T * nope_dim_ * r >= (1 << 16))
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t h = 0; h < H; ++h) {
-      const float* qn = qp + (t * H + h) * qk;
-      float* dst = qa + (t * H + h) * width;
-      for (int64_t c = 0; c < r; ++c) dst[c] = 0.0f;
-      for (int64_t i = 0; i < nope_dim_; ++i) {
-        const float qi = qn[i];
-        const float* wrow = w + (h * head_rows + i) * r;
-        for (int64_t c = 0; c < r; ++c) dst[c] += qi * wrow[c];
-      }
-      std::memcpy(dst + r, qn + nope_dim_, size_t(rope_dim_) * sizeof(float));
-    }
+  // A[h][t, i] = q_nope[t, h, i]; B[h][c, i] = W_UK[h][i, c] = kv_b[h·head_rows + i, c].
+  ops::cpu::batched_matmul(qp, {qk, H * qk, 1}, kv_b_f32().data<float>(), {head_rows * r, 1, r}, qa,
+                           {width, H * width, 1}, H, T, r, nope_dim_);
+  for (int64_t row = 0; row < T * H; ++row)
+    std::memcpy(qa + row * width + r, qp + row * qk + nope_dim_, size_t(rope_dim_) * sizeof(float));
   return q_abs;
 }
 
 Tensor Mla::latent_output(const Tensor& o_lat) const {
-  // Un-absorb W_UV: out[t, h, j] = W_UV[h][j, :] · o_lat[t, h, :].
+  // Un-absorb W_UV: out[t, h, j] = W_UV[h][j, :] · o_lat[t, h, :], per head one GEMM.
   const int64_t T = o_lat.size(0), H = n_heads_, r = kv_lora_rank_;
   const int64_t head_rows = nope_dim_ + v_dim_;
-  const float* w = kv_b_f32().data<float>();
   Tensor out = Tensor::empty({T, H, v_dim_});
-  const float* ol = o_lat.data<float>();
-  float* op = out.data<float>();
-#pragma omp parallel for collapse(2) schedule(static) if (H * T * v_dim_ * r >= (1 << 16))
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t h = 0; h < H; ++h) {
-      const float* lat = ol + (t * H + h) * r;
-      for (int64_t j = 0; j < v_dim_; ++j) {
-        const float* wrow = w + (h * head_rows + nope_dim_ + j) * r;
-        float acc = 0.0f;
-        for (int64_t c = 0; c < r; ++c) acc += wrow[c] * lat[c];
-        op[(t * H + h) * v_dim_ + j] = acc;
-      }
-    }
+  // A[h][t, c] = o_lat[t, h, c]; B[h][j, c] = W_UV[h][j, c] = kv_b[h·head_rows + nope + j, c].
+  ops::cpu::batched_matmul(o_lat.contiguous().data<float>(), {r, H * r, 1},
+                           kv_b_f32().data<float>() + nope_dim_ * r, {head_rows * r, r, 1},
+                           out.data<float>(), {v_dim_, H * v_dim_, 1}, H, T, v_dim_, r);
   return apply_linear(out.reshape({T, H * v_dim_}), o_proj_, o_bias_);
 }
 
@@ -168,7 +150,7 @@ Tensor Mla::latent_output_gpu(const Tensor& o_lat) const {
   return apply_linear(out.reshape({T, n_heads_ * v_dim_}), o_proj_, o_bias_);
 }
 
-Tensor Mla::prefill_expanded_gpu(const Tensor& q, const Tensor& latent) const {
+Tensor Mla::prefill_expanded(const Tensor& q, const Tensor& latent) const {
   const int64_t T = q.size(0), S = latent.size(0), H = n_heads_, r = kv_lora_rank_;
   const int64_t qk = nope_dim_ + rope_dim_;
   // Per-head keys and values of every cached token, as Mla::forward computes them for a fresh
@@ -209,7 +191,7 @@ Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const
     // the step has no host-side length in any kernel argument (a CUDA graph replays it).
     const Tensor positions = cache.device_positions(T);
     const Projected p = project_into_cache(x, rows, positions, positions);
-    if (T >= kExpandedPrefillRows) return prefill_expanded_gpu(p.q, rows.slice(0, 0, S));
+    if (T >= kExpandedPrefillRows) return prefill_expanded(p.q, rows.slice(0, 0, S));
     return latent_output_gpu(ops::mla_decode(absorb_query_gpu(p.q), rows, r, scale_, positions));
   }
   const Projected p = project(x, pos0);
@@ -222,6 +204,7 @@ Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const
     std::memcpy(dst + r, p.k_pe.data<float>() + t * rope_dim_, size_t(rope_dim_) * sizeof(float));
   }
 
+  if (T >= kExpandedPrefillRows) return prefill_expanded(p.q, rows.slice(0, 0, S));
   // One shared latent key/value head over all cached tokens.
   const Tensor keys = rows.slice(0, 0, S).reshape({S, 1, width});
   const Tensor values = keys.slice(2, 0, r);

@@ -48,6 +48,14 @@ class Mla : public SelfAttention {
   const LinearWeight& o_proj() const { return o_proj_; }
   const Tensor& kv_b_proj() const { return kv_b_proj_; }
 
+  // A chunk of at least kExpandedPrefillRows tokens (a prompt) does not attend absorbed: it
+  // expands the latent rows of the whole cache into per-head keys and values (kv_b_proj) and runs
+  // the ordinary causal attention (the tensor-core flash kernel on a GPU), as DeepSeek's inference
+  // code does for prefill. Absorbed, every (query, key) pair costs H·(r + rope + r) multiply-adds
+  // instead of H·(qk + v): the right trade for a few new tokens (no expansion), far slower for
+  // thousands. Same maths (absorption is exact).
+  static constexpr int64_t kExpandedPrefillRows = 64;
+
  private:
   struct Projected {
     Tensor q;     // [T, H, nope + rope], q_pe roped
@@ -69,15 +77,9 @@ class Mla : public SelfAttention {
   // GPU twins of absorb_query and latent_output (ops::head_matmul with w_uk_ / w_uv_t_).
   Tensor absorb_query_gpu(const Tensor& q) const;
   Tensor latent_output_gpu(const Tensor& o_lat) const;
-  // A GPU chunk of at least kExpandedPrefillRows tokens (a prompt) does not decode absorbed: it
-  // expands the latent rows of the whole cache into per-head keys and values (kv_b_proj) and runs
-  // the tensor-core flash attention, as DeepSeek's inference code does for prefill. The absorbed
-  // kernel reads each latent row once for 32 query rows at a time with scalar FMAs, the right
-  // trade for a few new tokens and far slower for thousands. Same maths (absorption is exact).
-  static constexpr int64_t kExpandedPrefillRows = 64;
   // q [T, H, nope + rope] roped, latent [S, r + rope] (the cache's rows, this chunk's last) →
   // [T, D].
-  Tensor prefill_expanded_gpu(const Tensor& q, const Tensor& latent) const;
+  Tensor prefill_expanded(const Tensor& q, const Tensor& latent) const;
 
   const RopeParams& rope_;
   int64_t n_heads_, nope_dim_, rope_dim_, v_dim_, kv_lora_rank_, q_lora_rank_;
