@@ -185,7 +185,9 @@ TEST(Ops, CausalAttentionMatchesReference) {
   };
   for (const Shape5& s :
        {Shape5{1, 1, 1, 1, 7, 7}, Shape5{7, 7, 4, 2, 19, 5}, Shape5{3, 19, 6, 1, 8, 111},
-        Shape5{19, 19, 2, 2, 16, 16}, Shape5{1, 111, 4, 4, 9, 3}}) {
+        Shape5{19, 19, 2, 2, 16, 16}, Shape5{1, 111, 4, 4, 9, 3},
+        // Several query tiles and key blocks of the CPU kernel (64 × 256), ragged ends.
+        Shape5{150, 300, 2, 1, 24, 20}, Shape5{70, 600, 3, 3, 40, 33}}) {
     Tensor q = random_tensor({s.T, s.H, s.dk}, DType::F32, rng, 2.0f);
     Tensor k = random_tensor({s.S, s.Hk, s.dk}, DType::F32, rng, 2.0f);
     // Values as a strided view (part of a wider row), as MLA's latent values are.

@@ -65,9 +65,19 @@ cpu::AttentionArgs cpu_args(const cuda::AttentionArgs& a) {
                             a.scale};
 }
 
+// A [rows, heads, d] view whose rows overlap (row stride < d, e.g. an expanded dim): the CPU
+// forward's sgemms read rows ld >= d apart (BLAS's rule), so it gets a contiguous copy.
+bool rows_overlap(const Tensor& t) {
+  return t.defined() && t.dim() == 3 && t.size(0) > 1 && t.strides()[0] < t.size(2);
+}
+
 }  // namespace
 
 Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale) {
+  if (q.defined() && !q.is_cuda() && (rows_overlap(q) || rows_overlap(k) || rows_overlap(v)))
+    return causal_attention(rows_overlap(q) ? q.contiguous() : q,
+                            rows_overlap(k) ? k.contiguous() : k,
+                            rows_overlap(v) ? v.contiguous() : v, scale);
   Checked c = attention_args(q, k, v, scale);
   cuda::AttentionArgs& a = c.a;
   Tensor out = Tensor::empty({a.T, a.H, a.dv}, c.act, c.device);

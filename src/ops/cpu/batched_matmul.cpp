@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "ops/cpu/batched_matmul_cpu.h"
+#include "ops/cpu/cpu_ops.h"
 
 namespace dseek::ops::cpu {
 
@@ -26,6 +27,7 @@ void batched_matmul(const float* a, MatrixStrides sa, const float* b, MatrixStri
   const bool b_trans = sb.col == 1;  // B stored [n, k]: op(B) = its transpose
   const int ldb = int(b_trans ? sb.row : sb.col);
   const int64_t a_step = a_trans ? 1 : sa.row;  // a row of C is a row (or column) of A
+  use_single_threaded_blas();
   const int64_t threads = std::max(1, omp_get_max_threads());
   const int64_t blocks = std::clamp<int64_t>((threads + batch - 1) / batch, 1,
                                              std::max<int64_t>(1, m / 16));

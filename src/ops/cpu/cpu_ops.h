@@ -9,6 +9,10 @@
 
 namespace dseek::ops::cpu {
 
+// OpenBLAS's own (pthread) workers would fight the OpenMP team for the same cores: every kernel
+// that calls sgemm from inside an OpenMP team calls this first (once per process).
+void use_single_threaded_blas();
+
 // y[t, o] = sum_i x[t, i] * w[o * ldw + i], for t < T, o < out. w in F32, BF16 or F16.
 void linear_gemv(const float* x, int64_t T, int64_t in, const void* w, DType w_dtype, int64_t ldw,
                  int64_t out, float* y);

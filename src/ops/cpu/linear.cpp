@@ -171,15 +171,18 @@ void linear_gemv(const float* x, int64_t T, int64_t in, const void* w, DType w_d
   }
 }
 
-void linear_gemm(const float* x, int64_t T, int64_t in, const void* w, DType w_dtype, int64_t ldw,
-                 int64_t out, float* y) {
-  // OpenBLAS's own (pthread) workers would fight the OpenMP team for the same cores; instead each
-  // OpenMP thread runs single-threaded sgemm on its own blocks of W rows.
-  static const bool single_threaded_blas = [] {
+void use_single_threaded_blas() {
+  static const bool done = [] {
     openblas_set_num_threads(1);
     return true;
   }();
-  (void)single_threaded_blas;
+  (void)done;
+}
+
+void linear_gemm(const float* x, int64_t T, int64_t in, const void* w, DType w_dtype, int64_t ldw,
+                 int64_t out, float* y) {
+  // Each OpenMP thread runs single-threaded sgemm on its own blocks of W rows.
+  use_single_threaded_blas();
   const int n_threads = omp_get_max_threads();
   // Rows per block: ~1 MiB of f32 weights (stays in L2 alongside sgemm's packing), at least 16,
   // and small enough that every thread gets a block.

@@ -43,6 +43,7 @@ void linear_backward_dx(const float* dy, int64_t T, int64_t out, const void* w, 
   // OpenBLAS's small-matrix kernels compute beta·C literally, so a NaN-poisoned C would survive
   // beta = 0: clear it instead.
   if (beta == 0.0f) std::fill_n(dx, T * in, 0.0f);
+  use_single_threaded_blas();
   if (w_dtype == DType::F32) {
     dx_f32(dy, out, T, out, static_cast<const float*>(w), ldw, in, dx, beta);
     return;
@@ -65,6 +66,7 @@ void linear_backward_dx(const float* dy, int64_t T, int64_t out, const void* w, 
 void linear_backward_dw(const float* dy, const float* x, int64_t T, int64_t out, int64_t in,
                         float* dw, float beta) {
   if (beta == 0.0f) std::fill_n(dw, out * in, 0.0f);  // see linear_backward_dx
+  use_single_threaded_blas();
   // dW[o0:o1] = dy[:, o0:o1]ᵀ · x, in blocks of output rows.
   const int64_t rows = block_size(out, 16);
   const int64_t n_blocks = (out + rows - 1) / rows;
