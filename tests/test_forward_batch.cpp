@@ -14,6 +14,7 @@
 
 #include "core/error.h"
 #include "model/kv_cache.h"
+#include "model/mla.h"
 #include "model/model.h"
 #include "model/paged_kv_cache.h"
 #include "model/transformer.h"
@@ -133,6 +134,29 @@ TEST(ForwardBatch, MixedPrefillChunkAndDecodesEqualSingleSequenceForward) {
     EXPECT_EQ(e.seq.length, 16);
     for (Live* l : {&a, &b, &c, &d, &e}) cache->release_all(l->seq);
     EXPECT_EQ(cache->free_pages(), 40);
+  }
+}
+
+// Prompt chunks of Mla::kExpandedPrefillRows+ tokens attend expanded over their rows gathered out
+// of the pages (the CPU path), beside absorbed chunks and decodes in the same batch.
+TEST(ForwardBatch, LongPromptChunksBesideDecodesEqualSingleSequenceForward) {
+  std::mt19937 rng(6);
+  const int64_t E = Mla::kExpandedPrefillRows;
+  for (const std::string& name : kArchitectures) {
+    SCOPED_TRACE(name);
+    auto model = Model::load(kFixtures + name);
+    const int64_t V = model->config().vocab_size;
+    auto cache = scrambled_cache(*model, 4, 80, rng);
+    Live a{{}, reference(*model, random_ids(E + 3, V, rng))};  // a fresh prompt of E + 2
+    Live b{{}, reference(*model, random_ids(E + 9, V, rng))};  // 6, then E from mid-page
+    Live c{{}, reference(*model, random_ids(12, V, rng))};     // 9, then decodes
+    Live d{{}, reference(*model, random_ids(E + 2, V, rng))};  // E + 1 alone in a batch
+    step(*model, *cache, {&b, &c}, {6, 9}, {true, false});
+    step(*model, *cache, {&c, &a, &b}, {1, E + 2, E}, {true, true, false});
+    step(*model, *cache, {&d}, {E + 1}, {true});  // only a long chunk: nothing absorbed
+    step(*model, *cache, {&a, &b, &c, &d}, {1, 1, 1, 1}, {true, true, true, true});
+    for (Live* l : {&a, &b, &c, &d}) cache->release_all(l->seq);
+    EXPECT_EQ(cache->free_pages(), 80);
   }
 }
 

@@ -8,6 +8,7 @@
 #include "model/paged_kv_cache.h"
 #include "ops/attention.h"
 #include "ops/cpu/batched_matmul_cpu.h"
+#include "ops/embedding.h"
 #include "ops/linear.h"
 #include "ops/mla_decode.h"
 #include "ops/norm.h"
@@ -226,8 +227,44 @@ Tensor Mla::forward_paged(const Tensor& x, std::span<const ops::PagedAttentionSe
     return latent_output_gpu(ops::paged_attention(absorb_query_gpu(p.q), rows, rows.slice(1, 0, r),
                                                   1, pt, seqs, scale_));
   }
-  return latent_output(
-      ops::paged_attention(absorb_query(p.q), rows, rows.slice(1, 0, r), 1, pt, seqs, scale_));
+  // CPU: a sequence with a prompt chunk of kExpandedPrefillRows+ tokens attends expanded over its
+  // rows gathered out of its pages, as forward_cached does; the rest absorbed, in one call.
+  const int64_t N = x.size(0);
+  std::vector<ops::PagedAttentionSeq> absorbed;
+  std::vector<int64_t> absorbed_rows;  // the absorbed sequences' first rows in x
+  Tensor out;
+  int64_t row = 0;
+  for (const ops::PagedAttentionSeq& s : seqs) {
+    if (s.T >= kExpandedPrefillRows) {
+      if (!out.defined()) out = Tensor::empty({N, o_proj_.weight.size(0)});
+      std::vector<int32_t> slots(static_cast<size_t>(s.pos0 + s.T));
+      for (int64_t pos = 0; pos < s.pos0 + s.T; ++pos)
+        slots[size_t(pos)] = int32_t(s.pages[size_t(pos / pt)] * pt + pos % pt);
+      const Tensor latent = ops::embedding(rows, slots);  // [pos0 + T, r + rope]
+      out.slice(0, row, row + s.T)
+          .copy_from(prefill_expanded(p.q.slice(0, row, row + s.T), latent));
+    } else {
+      absorbed.push_back(s);
+      absorbed_rows.push_back(row);
+    }
+    row += s.T;
+  }
+  if (!out.defined())
+    return latent_output(
+        ops::paged_attention(absorb_query(p.q), rows, rows.slice(1, 0, r), 1, pt, seqs, scale_));
+  if (absorbed.empty()) return out;
+  int64_t n = 0;
+  for (const ops::PagedAttentionSeq& s : absorbed) n += s.T;
+  Tensor q = Tensor::empty({n, p.q.size(1), p.q.size(2)});
+  for (size_t i = 0, at = 0; i < absorbed.size(); at += size_t(absorbed[i++].T))
+    q.slice(0, int64_t(at), int64_t(at) + absorbed[i].T)
+        .copy_from(p.q.slice(0, absorbed_rows[i], absorbed_rows[i] + absorbed[i].T));
+  const Tensor y = latent_output(
+      ops::paged_attention(absorb_query(q), rows, rows.slice(1, 0, r), 1, pt, absorbed, scale_));
+  for (size_t i = 0, at = 0; i < absorbed.size(); at += size_t(absorbed[i++].T))
+    out.slice(0, absorbed_rows[i], absorbed_rows[i] + absorbed[i].T)
+        .copy_from(y.slice(0, int64_t(at), int64_t(at) + absorbed[i].T));
+  return out;
 }
 
 }  // namespace dseek
