@@ -200,18 +200,10 @@ const ops::AdamWTensors& DataParallel::shard_tensors() {
 }
 
 double DataParallel::grad_sum_of_squares() {
-  check_devices();
-  double total[1] = {ops::sum_of_squares(shard_tensors().grads)};
-  group_.all_reduce(std::span<double>(total, 1));
-  return total[0];
+  return global_sum_of_squares({}, false);
 }
 
-void DataParallel::scale_gradients(float factor) {
-  if (factor != 1.0f) ops::scale_inplace({grad_}, factor);
-}
-
-double DataParallel::clip_grad_norm(double max_norm, const std::vector<Tensor>& extra,
-                                    bool count_extra) {
+double DataParallel::global_sum_of_squares(const std::vector<Tensor>& extra, bool count_extra) {
   check_devices();
   // Per parameter, then summed, as clip_grad_norm groups it (one rank: the same bits).
   double sum = ops::sum_of_squares(shard_tensors().grads);
@@ -224,7 +216,16 @@ double DataParallel::clip_grad_norm(double max_norm, const std::vector<Tensor>& 
   }
   double total[1] = {sum};
   group_.all_reduce(std::span<double>(total, 1));
-  const double norm = std::sqrt(total[0]);
+  return total[0];
+}
+
+void DataParallel::scale_gradients(float factor) {
+  if (factor != 1.0f) ops::scale_inplace({grad_}, factor);
+}
+
+double DataParallel::clip_grad_norm(double max_norm, const std::vector<Tensor>& extra,
+                                    bool count_extra) {
+  const double norm = std::sqrt(global_sum_of_squares(extra, count_extra));
   if (max_norm > 0.0 && std::isfinite(norm) && norm > max_norm) {
     const float scale = float(max_norm / (norm + 1e-6));
     scale_gradients(scale);

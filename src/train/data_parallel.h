@@ -112,6 +112,8 @@ class DataParallel {
   void issue(Bucket& b);
   // Throws unless every parameter's value and gradient are on the group's device.
   void check_devices() const;
+  // Σ g² over every rank's shard (and `extra`'s gradients when count_extra), all-reduced.
+  double global_sum_of_squares(const std::vector<Tensor>& extra, bool count_extra);
   // The shard's pieces, one per parameter it overlaps, as AdamW tensors (built at the first step).
   const ops::AdamWTensors& shard_tensors();
 
