@@ -40,6 +40,7 @@ struct Layout {
   const AttentionArgs& a;
   int ldq, ldk, ldv;
   int64_t group, tiles, blocks;
+  int64_t kb;  // the scores' row stride: a key block, or all the keys when fewer
   explicit Layout(const AttentionArgs& args)
       : a(args),
         ldq(int(std::max(args.q_t, args.dk))),
@@ -47,7 +48,8 @@ struct Layout {
         ldv(int(std::max(args.v_s, args.dv))),
         group(args.H / args.Hk),
         tiles((args.T + kQueryTile - 1) / kQueryTile),
-        blocks((args.S + kKeyBlock - 1) / kKeyBlock) {}
+        blocks((args.S + kKeyBlock - 1) / kKeyBlock),
+        kb(std::min(kKeyBlock, args.S)) {}
   int64_t first_pos(int64_t tile) const { return a.S - a.T + tile * kQueryTile; }
   int64_t rows(int64_t tile) const { return std::min(kQueryTile, a.T - tile * kQueryTile); }
   int64_t keys(int64_t block) const { return std::min(kKeyBlock, a.S - block * kKeyBlock); }
@@ -61,23 +63,26 @@ struct Layout {
   const float* k(int64_t s0, int64_t h) const { return a.k + s0 * a.k_s + (h / group) * a.k_h; }
   const float* v(int64_t s0, int64_t h) const { return a.v + s0 * a.v_s + (h / group) * a.v_h; }
 
-  // scores [nq, nk] (row stride kKeyBlock) = scale · q_tile · k_blockᵀ, query head h.
+  // scores [nq, nk] (row stride kb) = scale · q_tile · k_blockᵀ, query head h.
   void scores(int64_t tile, int64_t h, int64_t s0, int64_t nk, float* out) const {
     const int64_t nq = rows(tile);
-    std::fill_n(out, nq * kKeyBlock, 0.0f);  // OpenBLAS's small kernels read C even at beta 0
+    std::fill_n(out, nq * kb, 0.0f);  // OpenBLAS's small kernels read C even at beta 0
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(nq), int(nk), int(a.dk), a.scale,
-                q(tile, h), ldq, k(s0, h), ldk, 0.0f, out, int(kKeyBlock));
+                q(tile, h), ldq, k(s0, h), ldk, 0.0f, out, int(kb));
   }
 };
 
+// One thread's buffers, sized to the call (a decode step's are a row of scores, not a tile).
 struct Scratch {
   std::vector<float> scores, dp, acc, row_max, row_sum;
-  explicit Scratch(int64_t dv)
-      : scores(size_t(kQueryTile * kKeyBlock)),
-        dp(size_t(kQueryTile * kKeyBlock)),
-        acc(size_t(kQueryTile * dv)),
-        row_max(size_t(kQueryTile)),
-        row_sum(size_t(kQueryTile)) {}
+  Scratch(const Layout& L, bool backward) {
+    const size_t rows = size_t(std::min(kQueryTile, L.a.T));
+    scores.resize(rows * size_t(L.kb));
+    if (backward) dp.resize(rows * size_t(L.kb));
+    acc.resize(rows * size_t(L.a.dv));
+    row_max.resize(rows);
+    row_sum.resize(rows);
+  }
 };
 
 // The forward of one (head, query tile) with the online softmax: if out is set, its rows at
@@ -93,7 +98,7 @@ void forward_tile(const Layout& L, int64_t h, int64_t tile, Scratch& w, float* o
     const int64_t nk = std::min(kKeyBlock, n_keys - s0);
     L.scores(tile, h, s0, nk, w.scores.data());
     for (int64_t i = 0; i < nq; ++i) {
-      float* row = w.scores.data() + i * kKeyBlock;
+      float* row = w.scores.data() + i * L.kb;
       const int64_t visible = L.visible(tile, i, s0, nk);
       float m = w.row_max[size_t(i)];
       for (int64_t j = 0; j < visible; ++j) m = std::max(m, row[j]);
@@ -109,8 +114,7 @@ void forward_tile(const Layout& L, int64_t h, int64_t tile, Scratch& w, float* o
     }
     if (out)
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(nq), int(a.dv), int(nk), 1.0f,
-                  w.scores.data(), int(kKeyBlock), L.v(s0, h), L.ldv, 1.0f, w.acc.data(),
-                  int(a.dv));
+                  w.scores.data(), int(L.kb), L.v(s0, h), L.ldv, 1.0f, w.acc.data(), int(a.dv));
   }
   for (int64_t i = 0; i < nq; ++i) {
     if (out) {
@@ -123,23 +127,23 @@ void forward_tile(const Layout& L, int64_t h, int64_t tile, Scratch& w, float* o
 }
 
 // For one (head h, query tile, key block s0 of nk): P in w.scores and dP in w.dp, both [nq, nk]
-// with row stride kKeyBlock, zero where the query does not see the key.
+// with row stride L.kb, zero where the query does not see the key.
 void probabilities(const Layout& L, const AttentionGradArgs& g, const float* lse, int64_t h,
                    int64_t tile, int64_t s0, int64_t nk, Scratch& w) {
   const AttentionArgs& a = L.a;
   const int64_t nq = L.rows(tile), t0 = tile * kQueryTile;
   L.scores(tile, h, s0, nk, w.scores.data());
-  std::fill_n(w.dp.data(), nq * kKeyBlock, 0.0f);
+  std::fill_n(w.dp.data(), nq * L.kb, 0.0f);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(nq), int(nk), int(a.dv), 1.0f,
               g.dout + (t0 * a.H + h) * a.dv, int(a.H * a.dv), L.v(s0, h), L.ldv, 0.0f, w.dp.data(),
-              int(kKeyBlock));
+              int(L.kb));
   for (int64_t i = 0; i < nq; ++i) {
-    float* p = w.scores.data() + i * kKeyBlock;
+    float* p = w.scores.data() + i * L.kb;
     const int64_t visible = L.visible(tile, i, s0, nk);
     const float row_lse = lse[(t0 + i) * a.H + h];
     for (int64_t j = 0; j < visible; ++j) p[j] = std::exp(p[j] - row_lse);
     std::fill(p + visible, p + nk, 0.0f);
-    std::fill(w.dp.data() + i * kKeyBlock + visible, w.dp.data() + i * kKeyBlock + nk, 0.0f);
+    std::fill(w.dp.data() + i * L.kb + visible, w.dp.data() + i * L.kb + nk, 0.0f);
   }
 }
 
@@ -150,8 +154,8 @@ void probabilities_and_dscores(const Layout& L, const AttentionGradArgs& g, cons
   probabilities(L, g, lse, h, tile, s0, nk, w);
   const int64_t t0 = tile * kQueryTile;
   for (int64_t i = 0; i < L.rows(tile); ++i) {
-    const float* p = w.scores.data() + i * kKeyBlock;
-    float* ds = w.dp.data() + i * kKeyBlock;
+    const float* p = w.scores.data() + i * L.kb;
+    float* ds = w.dp.data() + i * L.kb;
     const float row_d = D[(t0 + i) * L.a.H + h];
     for (int64_t j = 0; j < nk; ++j) ds[j] = p[j] * (ds[j] - row_d);
   }
@@ -165,7 +169,7 @@ void causal_attention(const AttentionArgs& a) {
   const int64_t items = a.H * L.tiles;
 #pragma omp parallel if (a.H * a.T * a.S * (a.dk + a.dv) >= (1 << 15))
   {
-    Scratch w(a.dv);
+    Scratch w(L, false);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       // Tiles in descending order of work (the last tiles see the most keys) balance the team.
@@ -185,7 +189,7 @@ void causal_attention_backward(const AttentionGradArgs& g) {
   const bool parallel = a.H * a.T * a.S * (a.dk + a.dv) >= (1 << 15);
 #pragma omp parallel if (parallel)
   {
-    Scratch w(a.dv);
+    Scratch w(L, true);
     // (1) The row log-sum-exps.
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < a.H * L.tiles; ++item)
@@ -201,8 +205,8 @@ void causal_attention_backward(const AttentionGradArgs& g) {
         const int64_t nk = std::min(kKeyBlock, n_keys - s0);
         probabilities(L, g, lse.data(), h, tile, s0, nk, w);
         for (int64_t i = 0; i < nq; ++i) {
-          const float* p = w.scores.data() + i * kKeyBlock;
-          const float* dp = w.dp.data() + i * kKeyBlock;
+          const float* p = w.scores.data() + i * L.kb;
+          const float* dp = w.dp.data() + i * L.kb;
           float sum = 0;
           for (int64_t j = 0; j < nk; ++j) sum += p[j] * dp[j];
           row_d[size_t(i)] += sum;
@@ -214,7 +218,7 @@ void causal_attention_backward(const AttentionGradArgs& g) {
         const int64_t nk = std::min(kKeyBlock, n_keys - s0);
         probabilities_and_dscores(L, g, lse.data(), D.data(), h, tile, s0, nk, w);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(nq), int(a.dk), int(nk), a.scale,
-                    w.dp.data(), int(kKeyBlock), L.k(s0, h), L.ldk, 1.0f, dq, int(a.H * a.dk));
+                    w.dp.data(), int(L.kb), L.k(s0, h), L.ldk, 1.0f, dq, int(a.H * a.dk));
       }
     }  // the loop's implicit barrier: every D is ready
     // (3) dv = Pᵀ dout and dk = scale · dSᵀ q of each key block, summed over its key head's query
@@ -231,11 +235,10 @@ void causal_attention_backward(const AttentionGradArgs& g) {
           const int64_t nq = L.rows(tile);
           probabilities_and_dscores(L, g, lse.data(), D.data(), h, tile, s0, nk, w);
           cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(nk), int(a.dv), int(nq), 1.0f,
-                      w.scores.data(), int(kKeyBlock),
-                      g.dout + (tile * kQueryTile * a.H + h) * a.dv, int(a.H * a.dv), 1.0f, dv,
-                      int(a.Hk * a.dv));
+                      w.scores.data(), int(L.kb), g.dout + (tile * kQueryTile * a.H + h) * a.dv,
+                      int(a.H * a.dv), 1.0f, dv, int(a.Hk * a.dv));
           cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(nk), int(a.dk), int(nq), a.scale,
-                      w.dp.data(), int(kKeyBlock), L.q(tile, h), L.ldq, 1.0f, dk, int(a.Hk * a.dk));
+                      w.dp.data(), int(L.kb), L.q(tile, h), L.ldq, 1.0f, dk, int(a.Hk * a.dk));
         }
     }
   }
