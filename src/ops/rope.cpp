@@ -40,6 +40,8 @@ RopeTables rope_tables(const Tensor& x, int64_t pos0, const int64_t* positions,
   const int64_t T = x.size(0), d = x.size(2);
   const int64_t half = d / 2;
   RopeTables tab{std::vector<float>(size_t(T * half)), std::vector<float>(size_t(T * half))};
+  // Each entry on its own (double cos and sin): rows split over the team give the same tables.
+#pragma omp parallel for schedule(static) if (T * half >= (1 << 13))
   for (int64_t t = 0; t < T; ++t) {
     const int64_t pos = positions ? positions[t] : pos0 + t;
     for (int64_t j = 0; j < half; ++j) {
