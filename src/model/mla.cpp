@@ -253,17 +253,24 @@ Tensor Mla::forward_paged(const Tensor& x, std::span<const ops::PagedAttentionSe
     return latent_output(
         ops::paged_attention(absorb_query(p.q), rows, rows.slice(1, 0, r), 1, pt, seqs, scale_));
   if (absorbed.empty()) return out;
+  // The absorbed sequences' query rows stacked, attended in one call, their outputs put back.
   int64_t n = 0;
   for (const ops::PagedAttentionSeq& s : absorbed) n += s.T;
   Tensor q = Tensor::empty({n, p.q.size(1), p.q.size(2)});
-  for (size_t i = 0, at = 0; i < absorbed.size(); at += size_t(absorbed[i++].T))
-    q.slice(0, int64_t(at), int64_t(at) + absorbed[i].T)
-        .copy_from(p.q.slice(0, absorbed_rows[i], absorbed_rows[i] + absorbed[i].T));
+  int64_t at = 0;
+  for (size_t i = 0; i < absorbed.size(); ++i) {
+    const int64_t first = absorbed_rows[i], T = absorbed[i].T;
+    q.slice(0, at, at + T).copy_from(p.q.slice(0, first, first + T));
+    at += T;
+  }
   const Tensor y = latent_output(
       ops::paged_attention(absorb_query(q), rows, rows.slice(1, 0, r), 1, pt, absorbed, scale_));
-  for (size_t i = 0, at = 0; i < absorbed.size(); at += size_t(absorbed[i++].T))
-    out.slice(0, absorbed_rows[i], absorbed_rows[i] + absorbed[i].T)
-        .copy_from(y.slice(0, int64_t(at), int64_t(at) + absorbed[i].T));
+  at = 0;
+  for (size_t i = 0; i < absorbed.size(); ++i) {
+    const int64_t first = absorbed_rows[i], T = absorbed[i].T;
+    out.slice(0, first, first + T).copy_from(y.slice(0, at, at + T));
+    at += T;
+  }
   return out;
 }
 
