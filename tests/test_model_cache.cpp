@@ -45,6 +45,19 @@ std::vector<float> cached_logits(Model& model, KVCache& cache, const std::vector
   return out;
 }
 
+// Cached logits against the full forward's: max abs error ≤ 1e-4, on logits that are not
+// trivially small.
+void expect_equals_full_forward(const std::vector<float>& got, const std::vector<float>& full) {
+  ASSERT_EQ(got.size(), full.size());
+  double err = 0, scale = 0;
+  for (size_t i = 0; i < full.size(); ++i) {
+    err = std::max(err, double(std::abs(got[i] - full[i])));
+    scale = std::max(scale, double(std::abs(full[i])));
+  }
+  EXPECT_LE(err, 1e-4) << "max |logit| " << scale;
+  EXPECT_GT(scale, 0.5);
+}
+
 struct Case {
   std::string name;
   ModelConfig config;
@@ -96,14 +109,7 @@ TEST(ModelCache, CachedDecodeEqualsFullForward) {
 
     auto cache = model->new_cache(40);
     const std::vector<float> got = cached_logits(*model, *cache, ids, {5, 1, 7, 2});
-    ASSERT_EQ(got.size(), full.size());
-    double err = 0, scale = 0;
-    for (size_t i = 0; i < full.size(); ++i) {
-      err = std::max(err, double(std::abs(got[i] - full[i])));
-      scale = std::max(scale, double(std::abs(full[i])));
-    }
-    EXPECT_LE(err, 1e-4) << "max |logit| " << scale;
-    EXPECT_GT(scale, 0.5);  // the logits are not trivially small
+    expect_equals_full_forward(got, full);
 
     // Rewind: truncating to 9 tokens and re-running the rest gives the same rows again.
     cache->truncate(9);
@@ -137,14 +143,7 @@ TEST(ModelCache, ExpandedAndAbsorbedPrefillChunksEqualFullForward) {
     auto cache = model->new_cache(2 * E + 9);
     // E (expanded, empty cache), 3 (absorbed), E + 2 (expanded after history), then one by one.
     const std::vector<float> got = cached_logits(*model, *cache, ids, {E, 3, E + 2});
-    ASSERT_EQ(got.size(), full.size());
-    double err = 0, scale = 0;
-    for (size_t i = 0; i < full.size(); ++i) {
-      err = std::max(err, double(std::abs(got[i] - full[i])));
-      scale = std::max(scale, double(std::abs(full[i])));
-    }
-    EXPECT_LE(err, 1e-4) << "max |logit| " << scale;
-    EXPECT_GT(scale, 0.5);
+    expect_equals_full_forward(got, full);
     std::filesystem::remove_all(dir);
   }
 }
