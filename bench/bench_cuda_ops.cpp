@@ -22,6 +22,7 @@
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/gemv.h"
 #include "ops/cuda/grouped_gemm_tc.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
@@ -276,6 +277,28 @@ int main(int argc, char** argv) {
     row("grouped gemv x20 down", dims({1, K, I, D}), 0, 20 * half, [&] {
       for (int i = 0; i < 20; ++i) ops::grouped_linear(h, down, d.offsets);
     });
+  }
+  {  // The dense projections of one decode step (one token) and the head: the weight-streaming GEMV
+     // (ops/cuda/gemv.h) beside cuBLASLt on the same call. x20 back to back, synchronised once;
+     // bytes: the weight read once per call.
+    struct Dense {
+      const char* name;
+      int64_t in, out;
+    };
+    for (const Dense& c : {Dense{"q_proj", 2048, 3072}, Dense{"kv_a_proj", 2048, 576},
+                           Dense{"o_proj", 2048, 2048}, Dense{"shared gate_up", 2048, 5632},
+                           Dense{"shared down", 2816, 2048}, Dense{"lm_head", 2048, 102400}}) {
+      const Tensor x = rand_gpu({1, c.in}, bf, rng), w = rand_gpu({c.out, c.in}, bf, rng, 0.05f);
+      const double bytes = double(c.in * c.out * int64_t(bf_bytes));
+      for (bool gemv : {true, false}) {
+        ops::cuda::set_linear_gemv(gemv);
+        row(std::string("linear x20 ") + c.name + (gemv ? " (gemv)" : " (cuBLASLt)"),
+            dims({1, c.in, c.out}), 0, 20 * bytes, [&] {
+              for (int i = 0; i < 20; ++i) ops::linear(x, w);
+            });
+      }
+      ops::cuda::set_linear_gemv(true);
+    }
   }
   {  // MLA's absorbed decode over the latent cache (rank 512 + rope 64): batch 1 of V2-Lite (16
      // heads) and V3 (128) at several cache lengths, the tensor-core kernel beside the SIMT one

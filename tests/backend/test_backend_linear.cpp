@@ -1,5 +1,6 @@
 // linear on CUDA (cuBLASLt) against the CPU op: forward with and without bias, dx / dW / dbias
-// overwritten and accumulated, strided weights, decode (T = 1) and odd shapes.
+// overwritten and accumulated, strided weights, decode (T = 1 to 8: the weight-streaming GEMV for
+// bf16, gemv.cu) and odd shapes.
 //
 // Tolerance of a GEMM over K terms. The CPU reference gets the same act-rounded inputs, so what
 // differs is (1) the order of the f32 accumulation and (2) the rounding of a bf16 output.
@@ -30,6 +31,9 @@ const std::vector<Case> kCases = {
     {3, 64, 33, 64, false},            // T = 3, odd out
     {3, 37, 19, 40, true},             // odd sizes, strided weight rows
     {1, 2048, 1408, 2048, true},       // decode through a real projection
+    {8, 2048, 576, 2048, false},       // the most rows the decode GEMV takes (gemv.h)
+    {5, 1032, 37, 1032 + 8, true},     // GEMV: a partial k-pass, odd out, strided rows
+    {9, 512, 64, 512, false},          // one row too many for the GEMV: cuBLASLt
     {257, 2048, 1408, 2048, false},    // prefill / training shape
     {64, 7168, 2048, 7168 + 64, true}  // V3 hidden size, weight rows ldw > in apart
 };

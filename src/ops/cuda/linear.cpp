@@ -1,5 +1,6 @@
 // linear on the GPU through cuBLASLt (maths in ops/linear.h). Host code only: cuBLASLt runs the
-// GEMMs; the bias gradient and the bf16 accumulation of dx are kernels in linear_kernels.cu.
+// GEMMs, except a bf16 forward of a few rows (a decode step), which gemv.cu's weight-streaming
+// kernel runs; the bias gradient and the bf16 accumulation of dx are kernels in linear_kernels.cu.
 //
 // Layout: dseek's matrices are row-major, cuBLASLt's column-major. A row-major [r, c] matrix with
 // rows ld apart is, read column-major, the [c, r] matrix with leading dimension ld: its transpose.
@@ -22,8 +23,8 @@
 #include <cublasLt.h>
 
 #include <algorithm>
-#include <limits>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -37,6 +38,7 @@
 #include "ops/cuda/batched_matmul_small.h"
 #include "ops/cuda/cublaslt_util.h"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/gemv.h"
 
 namespace dseek::ops::cuda {
 namespace {
@@ -346,6 +348,11 @@ void linear(const void* x, int64_t T, int64_t in, const void* w, int64_t ldw, in
   if (bias && bias_dtype != act) {
     converted = dseek::cuda::alloc(size_t(out) * dtype_size(act));
     dseek::cuda::convert(bias, bias_dtype, converted, act, size_t(out));
+  }
+  if (gemv_takes(T, in, x, w, ldw, act)) {  // a decode step's few rows: weight streaming
+    gemv(x, T, in, w, ldw, out, converted ? converted : bias, y, act);
+    dseek::cuda::free(converted);
+    return;
   }
   const Gemm g{"forward",
                /*trans_a=*/true,

@@ -1,0 +1,137 @@
+// linear's forward for a decode step: one to kGemvMaxRows token rows against a bf16 weight. A
+// GEMM library tiles this as a GEMM of N = 1 and runs it far below the memory speed that bounds
+// it (a decode step is nothing but weight reads: ~2 GB of dense projections and the head per
+// token at V2-Lite's size). Here each warp owns kOutputsPerWarp weight rows and streams them with
+// kSteps 16-byte loads a lane in flight per row, so thousands of warps keep HBM busy; the token
+// rows (a few KB) come from L1/L2. Deterministic: each output is one warp's fixed-order f32 sum
+// and one butterfly reduction, rounded once.
+#include <cuda_bf16.h>
+
+#include <atomic>
+#include <climits>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "core/cuda.h"
+#include "core/cuda/cuda_check.h"
+#include "core/error.h"
+#include "ops/cuda/gemv.h"
+#include "ops/cuda/reduce.cuh"
+
+namespace dseek::ops::cuda {
+
+using dseek::cuda::ceil_div;
+using dseek::cuda::stream;
+
+namespace {
+
+constexpr int kWarps = 8;           // warps per block
+constexpr int kOutputsPerWarp = 2;  // weight rows per warp
+constexpr int kSteps = 4;           // 16-byte loads in flight per lane and weight row
+constexpr int kOutputsPerBlock = kWarps * kOutputsPerWarp;
+constexpr int kStride = 32 * 8;  // elements a warp covers with one load a lane
+
+__device__ __forceinline__ void add_products(const uint4& w_raw, const uint4& x_raw, float& acc) {
+  const __nv_bfloat162* w = reinterpret_cast<const __nv_bfloat162*>(&w_raw);
+  const __nv_bfloat162* x = reinterpret_cast<const __nv_bfloat162*>(&x_raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 wf = __bfloat1622float2(w[i]), xf = __bfloat1622float2(x[i]);
+    acc = fmaf(wf.x, xf.x, acc);
+    acc = fmaf(wf.y, xf.y, acc);
+  }
+}
+
+// Block b, warp w: outputs n0 = (b·kWarps + w)·kOutputsPerWarp and the next, for kRows token rows
+// (rows ≤ kRows of them real). in % 8 == 0 and 16-byte aligned rows (gemv_takes).
+template <int kRows>
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_kernel(const __nv_bfloat16* __restrict__ x, int rows, int64_t in,
+                const __nv_bfloat16* __restrict__ W, int64_t ldw, int64_t out,
+                const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ y) {
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int64_t n0 = (int64_t(blockIdx.x) * kWarps + warp) * kOutputsPerWarp;
+  if (n0 >= out) return;  // warp-uniform
+  const int n_count = int(out - n0 < kOutputsPerWarp ? out - n0 : kOutputsPerWarp);
+  float acc[kOutputsPerWarp][kRows] = {};
+  for (int64_t k0 = int64_t(lane) * 8; k0 < in; k0 += int64_t(kSteps) * kStride) {
+    uint4 w[kOutputsPerWarp][kSteps];
+#pragma unroll
+    for (int j = 0; j < kOutputsPerWarp; ++j) {
+#pragma unroll
+      for (int s = 0; s < kSteps; ++s) {
+        const int64_t k = k0 + int64_t(s) * kStride;
+        w[j][s] = make_uint4(0, 0, 0, 0);
+        if (j < n_count && k < in)
+          w[j][s] = __ldcs(reinterpret_cast<const uint4*>(W + (n0 + j) * ldw + k));
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      if (r >= rows) break;
+#pragma unroll
+      for (int s = 0; s < kSteps; ++s) {
+        const int64_t k = k0 + int64_t(s) * kStride;
+        if (k >= in) break;
+        const uint4 xr = *reinterpret_cast<const uint4*>(x + int64_t(r) * in + k);
+#pragma unroll
+        for (int j = 0; j < kOutputsPerWarp; ++j) add_products(w[j][s], xr, acc[j][r]);
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kOutputsPerWarp; ++j) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      float v = warp_sum(acc[j][r]);
+      if (lane == 0 && j < n_count && r < rows) {
+        if (bias) v += __bfloat162float(bias[n0 + j]);
+        y[int64_t(r) * out + n0 + j] = __float2bfloat16(v);
+      }
+    }
+  }
+}
+
+std::atomic<bool>& gemv_enabled() {
+  static std::atomic<bool> enabled = [] {
+    const char* env = std::getenv("DSEEK_LINEAR_GEMV");
+    return !(env && std::strcmp(env, "0") == 0);
+  }();
+  return enabled;
+}
+
+bool aligned16(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+}  // namespace
+
+bool gemv_takes(int64_t T, int64_t in, const void* x, const void* w, int64_t ldw, DType act) {
+  return act == DType::BF16 && T >= 1 && T <= kGemvMaxRows && in % 8 == 0 && ldw % 8 == 0 &&
+         aligned16(x) && aligned16(w) && gemv_enabled().load();
+}
+
+void set_linear_gemv(bool on) {
+  gemv_enabled().store(on);
+}
+
+void gemv(const void* x, int64_t T, int64_t in, const void* w, int64_t ldw, int64_t out,
+          const void* bias, void* y, DType act) {
+  DSEEK_CHECK(act == DType::BF16 && T >= 1 && T <= kGemvMaxRows, "[linear] gemv: {} rows of {}", T,
+              dtype_name(act));
+  const int64_t blocks = ceil_div<int64_t>(out, kOutputsPerBlock);
+  DSEEK_CHECK(blocks <= INT_MAX, "[linear] gemv: {} outputs exceed the grid", out);
+  const auto* xb = static_cast<const __nv_bfloat16*>(x);
+  const auto* wb = static_cast<const __nv_bfloat16*>(w);
+  const auto* bb = static_cast<const __nv_bfloat16*>(bias);
+  auto* yb = static_cast<__nv_bfloat16*>(y);
+  if (T == 1)
+    gemv_kernel<1><<<unsigned(blocks), kWarps * 32, 0, stream()>>>(xb, 1, in, wb, ldw, out, bb, yb);
+  else
+    gemv_kernel<kGemvMaxRows>
+        <<<unsigned(blocks), kWarps * 32, 0, stream()>>>(xb, int(T), in, wb, ldw, out, bb, yb);
+  DSEEK_CUDA_CHECK_LAUNCH("gemv_kernel");
+}
+
+}  // namespace dseek::ops::cuda

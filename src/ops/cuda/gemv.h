@@ -1,0 +1,25 @@
+// linear's forward for a few rows (a decode step's dense projections), see gemv.cu. Raw device
+// pointers as in cuda_ops.h; linear (linear.cpp) picks it by gemv_takes.
+#pragma once
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace dseek::ops::cuda {
+
+// At most this many rows: each pass of the kernel reads the weight once for all of them.
+constexpr int64_t kGemvMaxRows = 8;
+
+// Whether y = x·Wᵀ (+ bias) over T rows takes the weight-streaming kernel instead of cuBLASLt:
+// bf16, T ≤ kGemvMaxRows, rows of 8-element multiples on 16-byte boundaries (its vector loads).
+// Off (DSEEK_LINEAR_GEMV=0 in the environment, or set_linear_gemv(false)), everything goes to
+// cuBLASLt: for comparisons.
+bool gemv_takes(int64_t T, int64_t in, const void* x, const void* w, int64_t ldw, DType act);
+void set_linear_gemv(bool on);
+
+// y[t, n] = Σ_k x[t, k]·W[n, k] (+ bias[n]) in f32, rounded once to act. bias in act, nullable.
+void gemv(const void* x, int64_t T, int64_t in, const void* w, int64_t ldw, int64_t out,
+          const void* bias, void* y, DType act);
+
+}  // namespace dseek::ops::cuda
