@@ -88,6 +88,20 @@ TEST(OpsLinear, RejectsBadInput) {
   }
 }
 
+// A router's logits: bf16 activations widened to f32 before the product, with an f32 or a bf16
+// weight; the same bits as widening first, and f32 out. Bad shapes name the op.
+TEST(OpsLinear, WidenedEqualsLinearOfWidenedInput) {
+  std::mt19937 rng(12);
+  const Tensor x = random_tensor({3, 40}, DType::F32, rng).to(DType::BF16);
+  for (DType wt : {DType::F32, DType::BF16}) {
+    const Tensor w = random_tensor({6, 40}, wt, rng);
+    const Tensor got = ops::linear_widened(x, w);
+    EXPECT_EQ(got.dtype(), DType::F32);
+    EXPECT_EQ(got.to_vector(), ops::linear(x.to(DType::F32), w).to_vector());
+  }
+  EXPECT_THROW(ops::linear_widened(x, random_tensor({6, 41}, DType::F32, rng)), Error);
+}
+
 TEST(OpsActivation, SiluMulMatchesReference) {
   std::mt19937 rng(11);
   for (int64_t n : {1, 7, 19, 111, 70000}) {

@@ -241,13 +241,13 @@ Gate::Gate(const ModelConfig& config, Tensor weight, std::vector<float> correcti
 }
 
 Tensor Gate::logits(const Tensor& x) const {
-  const DType act = ops::activation_dtype("moe gate", x);
+  ops::activation_dtype("moe gate", x);  // checks x's dtype
   DSEEK_CHECK(x.dim() == 2 && x.size(1) == config_.hidden_size,
               "[moe] {}: input shape {} ({}), expected [T, {}]", name_, shape_str(x.shape()),
               dtype_name(x.dtype()), config_.hidden_size);
   // transformers computes the router in f32 whatever the weight and activation dtypes: on the CPU
   // linear widens W to f32; on the GPU the placed weight is f32 and bf16 activations are widened.
-  return ops::linear(act == DType::F32 ? x.contiguous() : x.to(DType::F32), weight_);
+  return ops::linear_widened(x, weight_);
 }
 
 Routing Gate::route(const Tensor& x) const {

@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "ops/cpu/cpu_ops.h"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/gemv.h"
 #include "ops/device.h"
 
 namespace dseek::ops {
@@ -83,6 +84,28 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias) {
       for (int64_t o = 0; o < out; ++o) yp[t * out + o] += b[size_t(o)];
   }
   return y;
+}
+
+Tensor linear_widened(const Tensor& x, const Tensor& weight) {
+  DSEEK_CHECK(x.defined() && weight.defined(), "[linear_widened] undefined input or weight");
+#ifdef DSEEK_HAS_CUDA
+  if (x.is_cuda() && weight.is_cuda() && weight.dtype() == DType::F32 && weight.dim() == 2 &&
+      x.dim() >= 1 && x.size(-1) == weight.size(1) && weight.strides()[1] == 1) {
+    const Tensor xc = x.contiguous();
+    const int64_t in = weight.size(1), out = weight.size(0),
+                  T = xc.numel() / std::max<int64_t>(in, 1);
+    const int64_t ldw = out > 1 ? weight.strides()[0] : in;
+    if (in > 0 && out > 0 &&
+        cuda::gemv_widened_takes(T, in, xc.raw(), weight.raw(), ldw, x.dtype())) {
+      Shape out_shape = x.shape();
+      out_shape.back() = out;
+      Tensor y = Tensor::empty(out_shape, DType::F32, Device::CUDA);
+      cuda::gemv_widened(xc.raw(), T, in, weight.data<float>(), ldw, out, y.data<float>());
+      return y;
+    }
+  }
+#endif
+  return linear(x.dtype() == DType::F32 ? x : x.to(DType::F32), weight);
 }
 
 namespace {

@@ -13,6 +13,12 @@ namespace dseek::ops {
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias = nullptr);
 
+// y = f32(x)·Wᵀ in f32 for x [..., in] in any activation dtype, W as linear takes it beside f32
+// activations (widening is exact, so this is linear(x.to(F32), W)): a MoE router's logits, which
+// transformers computes in f32 whatever the model's dtype. On CUDA (W f32) a few bf16 rows (a
+// decode step) run one kernel that widens x as it reads it instead of a conversion and a GEMM.
+Tensor linear_widened(const Tensor& x, const Tensor& weight);
+
 // Backward of y = x·Wᵀ + b for an upstream gradient dy [..., out] (f32, x's leading shape):
 //   dx = dy·W [..., in],   dW = dyᵀ·x [out, in],   db = Σ_t dy[t] [out]
 // (OpenBLAS sgemm, f32 accumulation; a bf16/f16 W is converted in row blocks). Gradients are f32

@@ -104,6 +104,30 @@ TEST(BackendOps, LinearBiasInAnotherDtype) {
   }
 }
 
+// A router's logits: f32 out of activations in act and an f32 weight. Few bf16 rows take the
+// widening kernel (gemv.h: T ≤ 8, in a multiple of 4), the rest a conversion and cuBLASLt;
+// V2-Lite's (2048 → 64) and V3's (7168 → 256) routers, an in of 4k + 2 (no kernel), T = 9.
+TEST(BackendOps, LinearWidened) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(24);
+  struct WidenedCase {
+    int64_t T, in, out;
+  };
+  for (DType act : kActDtypes) {
+    for (const WidenedCase& c :
+         {WidenedCase{1, 2048, 64}, WidenedCase{8, 7168, 256}, WidenedCase{3, 100, 5},
+          WidenedCase{2, 102, 7}, WidenedCase{9, 2048, 64}}) {
+      const Tensor x = rand({c.T, c.in}, rng), w = rand({c.out, c.in}, rng);
+      const Tensor want = ops::linear(rounded(x, act), w);
+      poison_pool({c.T, c.out}, DType::F32);
+      const Tensor got = ops::linear_widened(on_gpu(x, act), on_gpu(w));
+      EXPECT_EQ(got.dtype(), DType::F32);
+      expect_close("linear_widened", {c.T, c.in, c.out}, act, want, got,
+                   gemm_tolerance(c.in, kProductRms, DType::F32));
+    }
+  }
+}
+
 TEST(BackendOps, LinearBackward) {
   DSEEK_REQUIRE_CUDA();
   std::mt19937 rng(23);

@@ -209,8 +209,11 @@ std::vector<int32_t> ragged_ids(int64_t T, int64_t E, int64_t K, bool hot, std::
   return ids;
 }
 
+// Up to 2048 slots over up to 1024 experts take the one-block kernel (a decode step's dispatch),
+// the rest histogram, scan and place kernels: both sides of both limits.
 const std::tuple<int64_t, int64_t, int64_t> kDispatchShapes[] = {
-    {1, 64, 6}, {257, 64, 6}, {257, 256, 8}, {4099, 256, 8}, {300, 8, 2}};
+    {1, 64, 6},    {257, 64, 6},  {257, 256, 8}, {4099, 256, 8}, {300, 8, 2},
+    {341, 160, 6}, {342, 160, 6}, {3, 1024, 8},  {3, 1025, 8},   {128, 64, 16}};
 
 TEST(BackendOps, MoeDispatch) {
   DSEEK_REQUIRE_CUDA();
@@ -243,6 +246,36 @@ TEST(BackendOps, MoeDispatchLeavesInvalidIdsUnplaced) {
   const Tensor x = Tensor::from_vector({1, 2, 3, 4}, {2, 2});
   EXPECT_EQ(ops::moe_permute(x.to(Device::CUDA), d).to_vector(),
             (std::vector<float>{1, 2, 3, 4, 0, 0, 0, 0}));
+}
+
+// The same on both dispatch kernels (one block up to 2048 slots, three kernels above): every 7th
+// slot names an expert out of range; the valid ones are placed stably by expert, the rest −1.
+TEST(BackendOps, MoeDispatchLeavesInvalidIdsUnplacedAtAnySize) {
+  DSEEK_REQUIRE_CUDA();
+  for (int64_t N : {int64_t(700), int64_t(4100)}) {
+    const int64_t E = 16;
+    std::vector<int32_t> ids(static_cast<size_t>(N));
+    for (int64_t s = 0; s < N; ++s)
+      ids[size_t(s)] = s % 7 == 3 ? (s % 2 ? int32_t(E) : -1) : int32_t((s * 5) % E);
+    std::vector<int64_t> offsets(size_t(E + 1), 0);
+    for (int32_t id : ids)
+      if (id >= 0 && id < E) ++offsets[size_t(id) + 1];
+    for (int64_t e = 0; e < E; ++e) offsets[size_t(e) + 1] += offsets[size_t(e)];
+    std::vector<int32_t> order(size_t(N), -1), position(size_t(N), -1);
+    std::vector<int64_t> next(offsets.begin(), offsets.end() - 1);
+    for (int64_t s = 0; s < N; ++s) {
+      const int32_t id = ids[size_t(s)];
+      if (id < 0 || id >= E) continue;
+      const int64_t i = next[size_t(id)]++;
+      order[size_t(i)] = int32_t(s);
+      position[size_t(s)] = int32_t(i);
+    }
+    poison_pool({E + 1, N, N});
+    const ops::MoeDispatch d = ops::moe_dispatch(ids_tensor(ids, N, 1).to(Device::CUDA), E);
+    EXPECT_EQ(longs(d.offsets), offsets) << N << " slots";
+    EXPECT_EQ(ints(d.order), order) << N << " slots";
+    EXPECT_EQ(ints(d.position), position) << N << " slots";
+  }
 }
 
 // ---- permute, grouped_linear, combine ----------------------------------------------------------

@@ -93,6 +93,49 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// Block n: output n for every row; thread i reads 4 weights (16 bytes) at k = 4i, 4(i + 256), ...
+// and the 4 bf16 of each row beside them; warp sums, then one thread a row adds the warps' sums
+// in order (deterministic).
+constexpr int kWidenedThreads = 256;
+
+template <int kRows>
+__global__ void __launch_bounds__(kWidenedThreads)
+    gemv_widened_kernel(const __nv_bfloat16* __restrict__ x, int rows, int64_t in,
+                        const float* __restrict__ W, int64_t ldw, int64_t out,
+                        float* __restrict__ y) {
+  __shared__ float partial[kWidenedThreads / 32][kRows];
+  const int64_t n = blockIdx.x;
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  float acc[kRows] = {};
+  for (int64_t k = int64_t(threadIdx.x) * 4; k < in; k += int64_t(kWidenedThreads) * 4) {
+    const float4 w = __ldcs(reinterpret_cast<const float4*>(W + n * ldw + k));
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      if (r >= rows) break;
+      const uint2 raw = *reinterpret_cast<const uint2*>(x + int64_t(r) * in + k);
+      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+      const float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
+      acc[r] = fmaf(w.x, a.x, acc[r]);
+      acc[r] = fmaf(w.y, a.y, acc[r]);
+      acc[r] = fmaf(w.z, b.x, acc[r]);
+      acc[r] = fmaf(w.w, b.y, acc[r]);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const float v = warp_sum(acc[r]);
+    if (lane == 0) partial[warp][r] = v;
+  }
+  __syncthreads();
+  if (int(threadIdx.x) < rows) {
+    const int r = int(threadIdx.x);
+    float sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWidenedThreads / 32; ++w) sum += partial[w][r];
+    y[int64_t(r) * out + n] = sum;
+  }
+}
+
 std::atomic<bool>& gemv_enabled() {
   static std::atomic<bool> enabled = [] {
     const char* env = std::getenv("DSEEK_LINEAR_GEMV");
@@ -132,6 +175,26 @@ void gemv(const void* x, int64_t T, int64_t in, const void* w, int64_t ldw, int6
     gemv_kernel<kGemvMaxRows>
         <<<unsigned(blocks), kWarps * 32, 0, stream()>>>(xb, int(T), in, wb, ldw, out, bb, yb);
   DSEEK_CUDA_CHECK_LAUNCH("gemv_kernel");
+}
+
+bool gemv_widened_takes(int64_t T, int64_t in, const void* x, const void* w, int64_t ldw,
+                        DType x_dtype) {
+  return x_dtype == DType::BF16 && T >= 1 && T <= kGemvMaxRows && in % 4 == 0 && ldw % 4 == 0 &&
+         reinterpret_cast<uintptr_t>(x) % 8 == 0 && aligned16(w) && gemv_enabled().load();
+}
+
+void gemv_widened(const void* x, int64_t T, int64_t in, const float* w, int64_t ldw, int64_t out,
+                  float* y) {
+  DSEEK_CHECK(T >= 1 && T <= kGemvMaxRows && out <= INT_MAX, "[linear_widened] {} rows, {} outputs",
+              T, out);
+  const auto* xb = static_cast<const __nv_bfloat16*>(x);
+  if (T == 1)
+    gemv_widened_kernel<1>
+        <<<unsigned(out), kWidenedThreads, 0, stream()>>>(xb, 1, in, w, ldw, out, y);
+  else
+    gemv_widened_kernel<kGemvMaxRows>
+        <<<unsigned(out), kWidenedThreads, 0, stream()>>>(xb, int(T), in, w, ldw, out, y);
+  DSEEK_CUDA_CHECK_LAUNCH("gemv_widened_kernel");
 }
 
 }  // namespace dseek::ops::cuda

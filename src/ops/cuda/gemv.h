@@ -22,4 +22,12 @@ void set_linear_gemv(bool on);
 void gemv(const void* x, int64_t T, int64_t in, const void* w, int64_t ldw, int64_t out,
           const void* bias, void* y, DType act);
 
+// linear_widened's kernel (ops/linear.h): f32 y[t, n] = Σ_k f32(x[t, k])·W[n, k] for bf16 x and
+// an f32 W, T ≤ kGemvMaxRows; one block per output, its warps splitting k (a router has few
+// outputs, 64 to 256, so one warp per output would leave the GPU idle). Whether it applies:
+bool gemv_widened_takes(int64_t T, int64_t in, const void* x, const void* w, int64_t ldw,
+                        DType x_dtype);
+void gemv_widened(const void* x, int64_t T, int64_t in, const float* w, int64_t ldw, int64_t out,
+                  float* y);
+
 }  // namespace dseek::ops::cuda

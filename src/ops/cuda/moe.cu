@@ -285,6 +285,60 @@ __global__ void place_kernel(const int32_t* ids, int64_t N, const int64_t* offse
   }
 }
 
+// A decode step's dispatch (a few tokens' slots) in one block instead of three kernels and three
+// fills, which in a decode step cost more in launches than in work: every slot's order/position
+// set to −1, the counts in shared memory, one warp's scan into the offsets, then each warp places
+// the slots of experts warp, warp + 32, ... in slot order with ballots (the same stable order as
+// place_kernel).
+constexpr int64_t kSmallDispatchSlots = 2048, kSmallDispatchExperts = 1024;
+constexpr int kSmallDispatchThreads = 1024;
+
+__global__ void __launch_bounds__(kSmallDispatchThreads)
+    small_dispatch_kernel(const int32_t* ids, int N, int E, int64_t* offsets, int32_t* order,
+                          int32_t* position) {
+  __shared__ unsigned counts[kSmallDispatchExperts];
+  __shared__ int64_t starts[kSmallDispatchExperts + 1];
+  const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
+  for (int i = int(threadIdx.x); i < N; i += blockDim.x) order[i] = position[i] = -1;
+  for (int e = int(threadIdx.x); e < E; e += blockDim.x) counts[e] = 0;
+  __syncthreads();
+  for (int s = int(threadIdx.x); s < N; s += blockDim.x) {
+    const int32_t id = ids[s];
+    if (id >= 0 && id < E) atomicAdd(&counts[id], 1u);
+  }
+  __syncthreads();
+  if (warp == 0) {
+    int64_t carry = 0;
+    if (lane == 0) starts[0] = offsets[0] = 0;
+    for (int base = 0; base < E; base += 32) {
+      int64_t v = base + lane < E ? int64_t(counts[base + lane]) : 0;
+      for (int d = 1; d < 32; d *= 2) {
+        const int64_t u = __shfl_up_sync(kFull, v, d);
+        if (lane >= d) v += u;
+      }
+      if (base + lane < E) starts[base + lane + 1] = offsets[base + lane + 1] = carry + v;
+      carry += __shfl_sync(kFull, v, 31);
+    }
+  }
+  __syncthreads();
+  const int warps = int(blockDim.x) / 32;
+  for (int e = warp; e < E; e += warps) {
+    const int64_t begin = starts[e], count = starts[e + 1] - begin;
+    int64_t placed = 0;  // the same in every lane: the loop condition is warp-uniform
+    for (int base = 0; base < N && placed < count; base += 32) {
+      const int s = base + lane;
+      const bool mine = s < N && ids[s] == e;
+      const unsigned ballot = __ballot_sync(kFull, mine);
+      if (mine) {
+        const int64_t i = begin + placed + __popc(ballot & ((1u << lane) - 1u));
+        order[i] = int32_t(s);
+        position[s] = int32_t(i);
+      }
+      placed += __popc(ballot);
+    }
+  }
+}
+
 // ---- permute ---------------------------------------------------------------------------------
 
 template <typename T>
@@ -532,6 +586,12 @@ void moe_dispatch(const int32_t* ids, int64_t N, int64_t E, int64_t* offsets, in
     return;
   }
   DSEEK_CHECK(E <= INT_MAX, "[moe_dispatch] {} experts exceed the grid", E);
+  if (N <= kSmallDispatchSlots && E <= kSmallDispatchExperts) {
+    small_dispatch_kernel<<<1, kSmallDispatchThreads, 0, stream()>>>(ids, int(N), int(E), offsets,
+                                                                     order, position);
+    DSEEK_CUDA_CHECK_LAUNCH("small_dispatch_kernel");
+    return;
+  }
   // Unplaced slots (ids out of range) keep −1.
   dseek::cuda::fill_bytes(order, 0xff, size_t(N) * sizeof(int32_t));
   dseek::cuda::fill_bytes(position, 0xff, size_t(N) * sizeof(int32_t));
