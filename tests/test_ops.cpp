@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "ops/attention.h"
 #include "ops/embedding.h"
+#include "ops/mla_decode.h"
 #include "ops/norm.h"
 #include "ops/rope.h"
 #include "ops/rows.h"
@@ -176,6 +177,29 @@ TEST(Ops, ScatterRowsWritesEachRowToItsSlot) {
   EXPECT_THROW(
       ops::scatter_rows(pool, random_tensor({2, 9}, DType::F32, rng), Tensor::from_i64({0, 1})),
       Error);  // width
+}
+
+// Per-head products out[t, h] = x[t, h] · w[h], from a strided x (MLA's q_nope inside q) into a
+// fresh tensor and into the first N columns of a wider one (whose other columns keep their NaN).
+TEST(Ops, HeadMatmulMatchesReferenceIntoViews) {
+  std::mt19937 rng(31);
+  const int64_t T = 3, H = 4, K = 5, N = 6;
+  const Tensor x_wide = random_tensor({T, H, K + 2}, DType::F32, rng);
+  const Tensor x = x_wide.slice(2, 0, K), w = random_tensor({H, K, N}, DType::F32, rng);
+  const std::vector<float> xv = x.contiguous().to_vector(), wv = w.to_vector();
+  std::vector<double> want(size_t(T * H * N), 0.0);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k)
+          want[size_t((t * H + h) * N + n)] +=
+              double(xv[size_t((t * H + h) * K + k)]) * wv[size_t((h * K + k) * N + n)];
+  EXPECT_LE(max_abs_diff(ops::head_matmul(x, w), want), 1e-5);
+  const Tensor wide = Tensor::poisoned({T, H, N + 3});
+  ops::head_matmul_into(x, w, wide.slice(2, 0, N));
+  EXPECT_LE(max_abs_diff(wide.slice(2, 0, N).contiguous(), want), 1e-5);
+  for (float v : wide.slice(2, N, N + 3).contiguous().to_vector()) EXPECT_TRUE(std::isnan(v));
+  EXPECT_THROW(ops::head_matmul_into(x, w, wide.slice(2, 0, N - 1)), Error);
 }
 
 TEST(Ops, CausalAttentionMatchesReference) {

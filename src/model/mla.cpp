@@ -140,7 +140,7 @@ Tensor Mla::absorb_query_gpu(const Tensor& q) const {
   const int64_t T = q.size(0), r = kv_lora_rank_, width = r + rope_dim_;
   const int64_t qk = nope_dim_ + rope_dim_;
   const Tensor q_abs = Tensor::empty({T, n_heads_, width}, q.dtype(), q.device());
-  q_abs.slice(2, 0, r).copy_from(ops::head_matmul(q.slice(2, 0, nope_dim_), w_uk_));
+  ops::head_matmul_into(q.slice(2, 0, nope_dim_), w_uk_, q_abs.slice(2, 0, r));
   q_abs.slice(2, r, width).copy_from(q.slice(2, nope_dim_, qk));
   return q_abs;
 }

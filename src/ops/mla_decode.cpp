@@ -79,7 +79,10 @@ Tensor mla_decode(const Tensor& q_abs, const Tensor& latent, int64_t rank, float
   return mla_decode_any(q_abs, latent.slice(0, 0, S), rank, scale, nullptr);
 }
 
-Tensor head_matmul(const Tensor& x, const Tensor& w) {
+namespace {
+
+// x [T, H, K] and w [H, K, N] as head_matmul takes them; returns the device.
+Device check_head_matmul(const Tensor& x, const Tensor& w) {
   DSEEK_CHECK(x.defined() && w.defined(), "[head_matmul] undefined input");
   const Device device = op_device("head_matmul", {&x, &w});
   const DType act = activation_dtype("head_matmul", x);
@@ -90,19 +93,43 @@ Tensor head_matmul(const Tensor& x, const Tensor& w) {
               shape_str(w.shape()));
   DSEEK_CHECK(last_dim_contiguous(x) && w.is_contiguous(),
               "[head_matmul] x needs a contiguous last dimension and w must be contiguous");
+  return device;
+}
+
+}  // namespace
+
+void head_matmul_into(const Tensor& x, const Tensor& w, const Tensor& out) {
+  const Device device = check_head_matmul(x, w);
   const int64_t T = x.size(0), H = x.size(1), K = x.size(2), N = w.size(2);
-  Tensor out = Tensor::empty({T, H, N}, act, device);
-  if (out.numel() == 0) return out;
+  DSEEK_CHECK(out.defined() && out.dtype() == x.dtype() && out.device() == device &&
+                  out.shape() == Shape({T, H, N}) && last_dim_contiguous(out),
+              "[head_matmul] out must be a [{}, {}, {}] {} view with a contiguous last "
+              "dimension, got {} {}",
+              T, H, N, dtype_name(x.dtype()), out.defined() ? shape_str(out.shape()) : "undefined",
+              out.defined() ? dtype_name(out.dtype()) : "");
+  if (out.numel() == 0) return;
+  if (K == 0) {  // an empty sum
+    out.copy_from(Tensor::zeros({T, H, N}, x.dtype(), device));
+    return;
+  }
+  const int64_t out_t = out.strides()[0], out_h = out.strides()[1];
   if (device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
-    cuda::head_matmul(x.raw(), x.strides()[0], x.strides()[1], w.raw(), out.raw(), T, H, K, N, act);
-    return out;
+    cuda::head_matmul(x.raw(), x.strides()[0], x.strides()[1], w.raw(), out.raw(), out_t, out_h, T,
+                      H, K, N, x.dtype());
+    return;
 #else
     cuda_not_built("head_matmul");
 #endif
   }
   cpu::head_matmul(x.data<float>(), x.strides()[0], x.strides()[1], w.data<float>(),
-                   out.data<float>(), T, H, K, N);
+                   out.data<float>(), out_t, out_h, T, H, K, N);
+}
+
+Tensor head_matmul(const Tensor& x, const Tensor& w) {
+  check_head_matmul(x, w);
+  Tensor out = Tensor::empty({x.size(0), x.size(1), w.size(2)}, x.dtype(), x.device());
+  head_matmul_into(x, w, out);
   return out;
 }
 

@@ -11,7 +11,8 @@
 //    and uses it as key and value alike.
 //  - head_matmul: the absorbed projections, one matrix per head:
 //      out[t, h, :] = x[t, h, :] · w[h]   for x [T, H, K] (any strides, last dim contiguous) and
-//    w [H, K, N] contiguous; returns out [T, H, N] contiguous in x's dtype (f32 accumulation).
+//    w [H, K, N] contiguous; returns out [T, H, N] contiguous in x's dtype (f32 accumulation),
+//    or writes it into a given view (head_matmul_into).
 //    MLA uses it for q_abs = q_nope · W_UK[h] and for W_UV[h]ᵀ applied to the latent output.
 // On the CPU everything is f32; on the GPU f32 or bf16 (act), w in act too.
 #pragma once
@@ -32,5 +33,8 @@ Tensor mla_decode(const Tensor& q_abs, const Tensor& latent, int64_t rank, float
                   const Tensor& positions);
 
 Tensor head_matmul(const Tensor& x, const Tensor& w);
+// The same into out, a [T, H, N] view of x's dtype and device with a contiguous last dimension
+// (e.g. the first N columns of a wider [T, H, ·] tensor: MLA's absorbed query, written in place).
+void head_matmul_into(const Tensor& x, const Tensor& w, const Tensor& out);
 
 }  // namespace dseek::ops

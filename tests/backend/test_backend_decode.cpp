@@ -209,6 +209,15 @@ TEST(BackendDecode, HeadMatmul) {
       Tolerance tol = default_tolerance(act);
       if (act == DType::F32) tol.abs *= std::max(1.0, std::sqrt(double(c.K)) / 8);
       expect_close("head_matmul", {c.T, c.H, c.K, c.N}, act, want, got, tol);
+      // Into the first N columns of a wider NaN tensor (MLA's absorbed query): the view gets the
+      // product, the other columns stay NaN.
+      const Tensor wide = Tensor::poisoned({c.T, c.H, c.N + 7}, act, Device::CUDA);
+      ops::head_matmul_into(on_gpu(x_wide, act).slice(2, 0, c.K), on_gpu(w, act),
+                            wide.slice(2, 0, c.N));
+      expect_close("head_matmul_into", {c.T, c.H, c.K, c.N}, act, want,
+                   wide.slice(2, 0, c.N).contiguous(), tol);
+      for (float v : wide.slice(2, c.N, c.N + 7).contiguous().to_vector())
+        ASSERT_TRUE(std::isnan(v)) << "head_matmul_into wrote outside its view";
     }
 }
 

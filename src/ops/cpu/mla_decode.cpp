@@ -39,14 +39,14 @@ void mla_decode(const MlaDecodeArgs& a) {
     }
 }
 
-void head_matmul(const float* x, int64_t x_t, int64_t x_h, const float* w, float* out, int64_t T,
-                 int64_t H, int64_t K, int64_t N) {
+void head_matmul(const float* x, int64_t x_t, int64_t x_h, const float* w, float* out,
+                 int64_t out_t, int64_t out_h, int64_t T, int64_t H, int64_t K, int64_t N) {
 #pragma omp parallel for collapse(2) schedule(static) if (T * H * K * N >= (1 << 16))
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < H; ++h) {
       const float* xr = x + t * x_t + h * x_h;
       const float* wh = w + h * K * N;
-      float* dst = out + (t * H + h) * N;
+      float* dst = out + t * out_t + h * out_h;
       std::fill(dst, dst + N, 0.0f);
       for (int64_t k = 0; k < K; ++k) {
         const float xk = xr[k];

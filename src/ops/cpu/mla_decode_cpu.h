@@ -18,8 +18,9 @@ struct MlaDecodeArgs {
 };
 void mla_decode(const MlaDecodeArgs& a);
 
-// out[t, h, :N] = x[t, h, :K] · w[h] (w [H, K, N] contiguous, out [T, H, N] contiguous).
-void head_matmul(const float* x, int64_t x_t, int64_t x_h, const float* w, float* out, int64_t T,
-                 int64_t H, int64_t K, int64_t N);
+// out[t, h, :N] = x[t, h, :K] · w[h] (w [H, K, N] contiguous; out's rows out_t apart, its heads
+// out_h apart).
+void head_matmul(const float* x, int64_t x_t, int64_t x_h, const float* w, float* out,
+                 int64_t out_t, int64_t out_h, int64_t T, int64_t H, int64_t K, int64_t N);
 
 }  // namespace dseek::ops::cpu

@@ -265,9 +265,10 @@ void mla_decode(const MlaDecodeArgs& a, DType act);
 // tests and benchmarks comparing the two.
 void set_mla_decode_tensor_cores(bool on);
 bool mla_decode_tensor_cores();
-// out[t, h, :N] = x[t, h, :K] · w[h] (w [H, K, N] contiguous, out [T, H, N] contiguous), f32
-// accumulation, everything in act: a strided-batched cuBLASLt GEMM over the heads (in linear.cpp).
-void head_matmul(const void* x, int64_t x_t, int64_t x_h, const void* w, void* out, int64_t T,
-                 int64_t H, int64_t K, int64_t N, DType act);
+// out[t, h, :N] = x[t, h, :K] · w[h] (w [H, K, N] contiguous; out's rows out_t apart, its heads
+// out_h apart), f32 accumulation, everything in act: a strided-batched cuBLASLt GEMM over the
+// heads (in linear.cpp).
+void head_matmul(const void* x, int64_t x_t, int64_t x_h, const void* w, void* out, int64_t out_t,
+                 int64_t out_h, int64_t T, int64_t H, int64_t K, int64_t N, DType act);
 
 }  // namespace dseek::ops::cuda

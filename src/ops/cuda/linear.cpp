@@ -424,23 +424,20 @@ void linear_backward_dw(const void* dy, const void* x, int64_t T, int64_t out, i
            nullptr, beta});
 }
 
-// Per head h, row-major out_h [T, N] (rows H·N apart) = x_h [T, K] (rows x_t apart) · w_h [K, N]:
+// Per head h, row-major out_h [T, N] (rows out_t apart) = x_h [T, K] (rows x_t apart) · w_h [K, N]:
 // column-major, out_hᵀ [N, T] = w_hᵀ [N, K] · x_hᵀ [K, T], both read as stored; the heads are a
-// strided batch of one cuBLASLt call (A stride K·N, B stride x_h, D stride N).
-void head_matmul(const void* x, int64_t x_t, int64_t x_h, const void* w, void* out, int64_t T,
-                 int64_t H, int64_t K, int64_t N, DType act) {
+// strided batch of one cuBLASLt call (A stride K·N, B stride x_h, D stride out_h).
+void head_matmul(const void* x, int64_t x_t, int64_t x_h, const void* w, void* out, int64_t out_t,
+                 int64_t out_h, int64_t T, int64_t H, int64_t K, int64_t N, DType act) {
   if (T == 0 || H == 0 || N == 0) return;
   DSEEK_CHECK(H <= INT32_MAX, "[head_matmul] {} heads: more than a cuBLASLt batch holds", H);
-  if (K == 0) {  // an empty sum
-    dseek::cuda::fill_bytes(out, 0, size_t(T * H * N) * dtype_size(act));
-    return;
-  }
+  DSEEK_CHECK(K > 0, "[head_matmul] an empty sum (K = 0)");
   const cudaDataType_t type = cuda_type(act);
-  Gemm g{"head_matmul", false, false, N, T, K, w, N, x, x_t, out, H * N, type, type, nullptr, 0.0f};
+  Gemm g{"head_matmul", false, false, N, T, K, w, N, x, x_t, out, out_t, type, type, nullptr, 0.0f};
   g.batch = H;
   g.stride_a = K * N;
   g.stride_b = x_h;
-  g.stride_d = N;
+  g.stride_d = out_h;
   run(g);
 }
 
