@@ -24,6 +24,7 @@
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/grouped_gemm_tc.h"
+#include "ops/cuda/grouped_gemv.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
 #include "ops/mla_decode.h"
@@ -271,12 +272,18 @@ int main(int argc, char** argv) {
         ops::grouped_linear(x, up, d.offsets);
       }
     });
-    row("grouped gemv x20 gate_up (stacked)", dims({1, K, D, 2 * I}), 0, 20 * 2 * half, [&] {
-      for (int i = 0; i < 20; ++i) ops::grouped_linear(x, stacked, d.offsets);
-    });
-    row("grouped gemv x20 down", dims({1, K, I, D}), 0, 20 * half, [&] {
-      for (int i = 0; i < 20; ++i) ops::grouped_linear(h, down, d.offsets);
-    });
+    for (bool streaming : {true, false}) {
+      // One row per expert: gemv_dot.cuh's loads in flight, or the chunk loop (before).
+      ops::cuda::set_grouped_gemv_one_row_streaming(streaming);
+      const std::string how = streaming ? " (one-row streaming)" : " (chunk loop)";
+      row("grouped gemv x20 gate_up" + how, dims({1, K, D, 2 * I}), 0, 20 * 2 * half, [&] {
+        for (int i = 0; i < 20; ++i) ops::grouped_linear(x, stacked, d.offsets);
+      });
+      row("grouped gemv x20 down" + how, dims({1, K, I, D}), 0, 20 * half, [&] {
+        for (int i = 0; i < 20; ++i) ops::grouped_linear(h, down, d.offsets);
+      });
+    }
+    ops::cuda::set_grouped_gemv_one_row_streaming(true);
   }
   {  // The dense projections of one decode step (one token) and the head: the weight-streaming GEMV
      // (ops/cuda/gemv.h) beside cuBLASLt on the same call. x20 back to back, synchronised once;

@@ -300,6 +300,8 @@ const GemmCase kGemmCases[] = {
     {300, 8, 2, 200, 130, true},   // SIMT fallback: out not a multiple of 8
     {33, 16, 3, 7, 5, false},      // forward: weight streaming, scalar loads; else SIMT
     {40, 16, 3, 136, 72, true},    // forward: weight streaming, several passes; else tensor cores
+    {2, 16, 4, 1032, 64, false},   // forward: experts of one row (several loads in flight a lane,
+                                   // a partial k pass) beside experts of two (the chunk loop)
 };
 
 TEST(BackendOps, MoePermute) {

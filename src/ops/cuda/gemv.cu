@@ -17,6 +17,7 @@
 #include "core/cuda/cuda_check.h"
 #include "core/error.h"
 #include "ops/cuda/gemv.h"
+#include "ops/cuda/gemv_dot.cuh"
 #include "ops/cuda/reduce.cuh"
 
 namespace dseek::ops::cuda {
@@ -30,18 +31,6 @@ constexpr int kWarps = 8;           // warps per block
 constexpr int kOutputsPerWarp = 2;  // weight rows per warp
 constexpr int kSteps = 4;           // 16-byte loads in flight per lane and weight row
 constexpr int kOutputsPerBlock = kWarps * kOutputsPerWarp;
-constexpr int kStride = 32 * 8;  // elements a warp covers with one load a lane
-
-__device__ __forceinline__ void add_products(const uint4& w_raw, const uint4& x_raw, float& acc) {
-  const __nv_bfloat162* w = reinterpret_cast<const __nv_bfloat162*>(&w_raw);
-  const __nv_bfloat162* x = reinterpret_cast<const __nv_bfloat162*>(&x_raw);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 wf = __bfloat1622float2(w[i]), xf = __bfloat1622float2(x[i]);
-    acc = fmaf(wf.x, xf.x, acc);
-    acc = fmaf(wf.y, xf.y, acc);
-  }
-}
 
 // Block b, warp w: outputs n0 = (b·kWarps + w)·kOutputsPerWarp and the next, for kRows token rows
 // (rows ≤ kRows of them real). in % 8 == 0 and 16-byte aligned rows (gemv_takes).
@@ -55,31 +44,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (n0 >= out) return;  // warp-uniform
   const int n_count = int(out - n0 < kOutputsPerWarp ? out - n0 : kOutputsPerWarp);
   float acc[kOutputsPerWarp][kRows] = {};
-  for (int64_t k0 = int64_t(lane) * 8; k0 < in; k0 += int64_t(kSteps) * kStride) {
-    uint4 w[kOutputsPerWarp][kSteps];
-#pragma unroll
-    for (int j = 0; j < kOutputsPerWarp; ++j) {
-#pragma unroll
-      for (int s = 0; s < kSteps; ++s) {
-        const int64_t k = k0 + int64_t(s) * kStride;
-        w[j][s] = make_uint4(0, 0, 0, 0);
-        if (j < n_count && k < in)
-          w[j][s] = __ldcs(reinterpret_cast<const uint4*>(W + (n0 + j) * ldw + k));
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      if (r >= rows) break;
-#pragma unroll
-      for (int s = 0; s < kSteps; ++s) {
-        const int64_t k = k0 + int64_t(s) * kStride;
-        if (k >= in) break;
-        const uint4 xr = *reinterpret_cast<const uint4*>(x + int64_t(r) * in + k);
-#pragma unroll
-        for (int j = 0; j < kOutputsPerWarp; ++j) add_products(w[j][s], xr, acc[j][r]);
-      }
-    }
-  }
+  stream_dot<kOutputsPerWarp, kRows, kSteps>(W, ldw, n0, n_count, x, in, rows, lane, acc);
 #pragma unroll
   for (int j = 0; j < kOutputsPerWarp; ++j) {
 #pragma unroll

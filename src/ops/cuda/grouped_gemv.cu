@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdint>
 
@@ -14,6 +15,7 @@
 #include "core/cuda/cuda_check.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/element.cuh"
+#include "ops/cuda/gemv_dot.cuh"
 #include "ops/cuda/grouped_gemv.h"
 
 namespace dseek::ops::cuda {
@@ -27,6 +29,7 @@ constexpr int kWarps = 8;           // warps per block
 constexpr int kOutputsPerWarp = 2;  // output features per warp
 constexpr int kChunk = 8;           // expert rows per pass over the weight rows
 constexpr int kOutputsPerBlock = kWarps * kOutputsPerWarp;
+constexpr int kOneRowSteps = 4;  // weight loads in flight a lane for an expert of one row
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -117,7 +120,8 @@ __device__ __forceinline__ int64_t nth_busy_expert(const int64_t* offsets, int64
 template <typename T>
 __global__ void __launch_bounds__(kWarps * 32)
     grouped_gemv_kernel(const T* x, int64_t in, const int64_t* offsets, int64_t E,
-                        const void* const* w, int64_t ldw, int64_t out, T* y) {
+                        const void* const* w, int64_t ldw, int64_t out, T* y,
+                        bool one_row_streaming) {
   const int64_t e = nth_busy_expert(offsets, E, int(blockIdx.y));
   if (e < 0) return;  // fewer busy experts than block rows (uniform over the block)
   const int64_t r_begin = offsets[e], r_end = offsets[e + 1];
@@ -126,6 +130,22 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (r_begin >= r_end || n0 >= out) return;  // warp-uniform
   const int n_count = int(out - n0 < kOutputsPerWarp ? out - n0 : kOutputsPerWarp);
   const T* W = static_cast<const T*>(w[e]);
+  if constexpr (sizeof(T) == 2) {
+    // One row for this expert (every expert of a batch-1 decode step): the dense GEMV's dot with
+    // several weight loads in flight a lane (gemv_dot.cuh) instead of the chunk loop's one.
+    if (one_row_streaming && r_end - r_begin == 1 && vector_ok(W, ldw, x + r_begin * in, in)) {
+      float acc[kOutputsPerWarp][1] = {};
+      stream_dot<kOutputsPerWarp, 1, kOneRowSteps>(
+          reinterpret_cast<const __nv_bfloat16*>(W), ldw, n0, n_count,
+          reinterpret_cast<const __nv_bfloat16*>(x + r_begin * in), in, 1, lane, acc);
+#pragma unroll
+      for (int j = 0; j < kOutputsPerWarp; ++j) {
+        const float v = warp_sum(acc[j][0]);
+        if (lane == 0 && j < n_count) y[r_begin * out + n0 + j] = from_f32<T>(v);
+      }
+      return;
+    }
+  }
   for (int64_t r0 = r_begin; r0 < r_end; r0 += kChunk) {
     const int rows = int(r_end - r0 < kChunk ? r_end - r0 : kChunk);
     const T* xr = x + r0 * in;
@@ -151,7 +171,16 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+std::atomic<bool>& one_row_streaming() {
+  static std::atomic<bool> on{true};
+  return on;
+}
+
 }  // namespace
+
+void set_grouped_gemv_one_row_streaming(bool on) {
+  one_row_streaming().store(on);
+}
 
 bool grouped_gemv_takes(int64_t N, int64_t E) {
   return N <= kGemvRowsPerExpert * E;
@@ -166,9 +195,9 @@ void grouped_gemv(const void* x, const int64_t* offsets, int64_t E, int64_t N, i
               E, out);
   const dim3 grid{unsigned(blocks), unsigned(std::min(E, N))};
   DSEEK_DISPATCH_ACT(act, T,
-                     grouped_gemv_kernel<T>
-                     <<<grid, kWarps * 32, 0, stream()>>>(static_cast<const T*>(x), in, offsets, E,
-                                                          w, ldw, out, static_cast<T*>(y)));
+                     grouped_gemv_kernel<T><<<grid, kWarps * 32, 0, stream()>>>(
+                         static_cast<const T*>(x), in, offsets, E, w, ldw, out, static_cast<T*>(y),
+                         one_row_streaming().load()));
   DSEEK_CUDA_CHECK_LAUNCH("grouped_gemv_kernel");
 }
 

@@ -20,4 +20,8 @@ bool grouped_gemv_takes(int64_t N, int64_t E);
 void grouped_gemv(const void* x, const int64_t* offsets, int64_t E, int64_t N, int64_t in,
                   const void* const* w, int64_t ldw, int64_t out, void* y, DType act);
 
+// Experts with one row (a batch-1 decode step) take gemv_dot.cuh's dot with several loads in
+// flight (default on); off, they run the chunk loop like the others: for comparisons.
+void set_grouped_gemv_one_row_streaming(bool on);
+
 }  // namespace dseek::ops::cuda
