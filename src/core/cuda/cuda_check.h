@@ -18,6 +18,11 @@ cudaStream_t stream();
 // ask often keep the value (it does not change while the process runs).
 int device_attribute(cudaDeviceAttr attr);
 
+// Whether launch_pdl (core/cuda/pdl.cuh) lets kernels start early: a Hopper or later GPU and
+// DSEEK_PDL not 0 in the environment; the switch is for comparisons.
+bool pdl_enabled();
+void set_pdl_enabled(bool on);
+
 // Ceil-divide for grid sizes.
 template <typename T>
 constexpr T ceil_div(T a, T b) {

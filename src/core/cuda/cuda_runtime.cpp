@@ -6,7 +6,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
+#include <string_view>
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
@@ -89,6 +91,27 @@ int device_attribute(cudaDeviceAttr attr) {
 
 cudaStream_t stream() {
   return ready().stream;
+}
+
+namespace {
+
+std::atomic<bool>& pdl_switch() {
+  static std::atomic<bool> on = [] {
+    const char* env = std::getenv("DSEEK_PDL");
+    return !(env && std::string_view(env) == "0") &&
+           device_attribute(cudaDevAttrComputeCapabilityMajor) >= 9;
+  }();
+  return on;
+}
+
+}  // namespace
+
+bool pdl_enabled() {
+  return pdl_switch().load();
+}
+
+void set_pdl_enabled(bool on) {
+  pdl_switch().store(on && device_attribute(cudaDevAttrComputeCapabilityMajor) >= 9);
 }
 
 bool available() {

@@ -6,6 +6,7 @@
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
+#include "core/cuda/pdl.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/element.cuh"
 
@@ -35,6 +36,7 @@ __global__ void silu_mul_kernel(const T* gate, const T* up, T* out, int64_t n) {
 template <typename T>
 __global__ void silu_mul_rows_kernel(const T* gate, const T* up, int64_t ld, T* out, int64_t cols,
                                      int64_t n) {
+  dseek::cuda::pdl_trigger();  // the down projection after it may start loading (pdl.cuh)
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t at = (i / cols) * ld + i % cols;

@@ -15,6 +15,7 @@
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
+#include "core/cuda/pdl.cuh"
 #include "core/error.h"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/gemv_dot.cuh"
@@ -43,6 +44,10 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int64_t n0 = (int64_t(blockIdx.x) * kWarps + warp) * kOutputsPerWarp;
   if (n0 >= out) return;  // warp-uniform
   const int n_count = int(out - n0 < kOutputsPerWarp ? out - n0 : kOutputsPerWarp);
+  // The weights are constants: on their way to L2 while the kernel before finishes (pdl.cuh).
+  for (int j = 0; j < n_count; ++j) prefetch_row_l2(W + (n0 + j) * ldw, in, lane);
+  dseek::cuda::pdl_wait();
+  dseek::cuda::pdl_trigger();
   float acc[kOutputsPerWarp][kRows] = {};
   stream_dot<kOutputsPerWarp, kRows, kSteps>(W, ldw, n0, n_count, x, in, rows, lane, acc);
 #pragma unroll
@@ -71,6 +76,11 @@ __global__ void __launch_bounds__(kWidenedThreads)
   __shared__ float partial[kWidenedThreads / 32][kRows];
   const int64_t n = blockIdx.x;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  // The weight row is constant: on its way to L2 while the kernel before finishes (pdl.cuh).
+  for (int64_t k = int64_t(threadIdx.x) * 32; k < in; k += int64_t(kWidenedThreads) * 32)
+    prefetch_l2(W + n * ldw + k);
+  dseek::cuda::pdl_wait();
+  dseek::cuda::pdl_trigger();
   float acc[kRows] = {};
   for (int64_t k = int64_t(threadIdx.x) * 4; k < in; k += int64_t(kWidenedThreads) * 4) {
     const float4 w = __ldcs(reinterpret_cast<const float4*>(W + n * ldw + k));
@@ -135,10 +145,11 @@ void gemv(const void* x, int64_t T, int64_t in, const void* w, int64_t ldw, int6
   const auto* bb = static_cast<const __nv_bfloat16*>(bias);
   auto* yb = static_cast<__nv_bfloat16*>(y);
   if (T == 1)
-    gemv_kernel<1><<<unsigned(blocks), kWarps * 32, 0, stream()>>>(xb, 1, in, wb, ldw, out, bb, yb);
+    dseek::cuda::launch_pdl(gemv_kernel<1>, dim3(unsigned(blocks)), dim3(kWarps * 32), 0, xb, 1, in,
+                            wb, ldw, out, bb, yb);
   else
-    gemv_kernel<kGemvMaxRows>
-        <<<unsigned(blocks), kWarps * 32, 0, stream()>>>(xb, int(T), in, wb, ldw, out, bb, yb);
+    dseek::cuda::launch_pdl(gemv_kernel<kGemvMaxRows>, dim3(unsigned(blocks)), dim3(kWarps * 32), 0,
+                            xb, int(T), in, wb, ldw, out, bb, yb);
   DSEEK_CUDA_CHECK_LAUNCH("gemv_kernel");
 }
 
@@ -154,11 +165,11 @@ void gemv_widened(const void* x, int64_t T, int64_t in, const float* w, int64_t 
               T, out);
   const auto* xb = static_cast<const __nv_bfloat16*>(x);
   if (T == 1)
-    gemv_widened_kernel<1>
-        <<<unsigned(out), kWidenedThreads, 0, stream()>>>(xb, 1, in, w, ldw, out, y);
+    dseek::cuda::launch_pdl(gemv_widened_kernel<1>, dim3(unsigned(out)), dim3(kWidenedThreads), 0,
+                            xb, 1, in, w, ldw, out, y);
   else
-    gemv_widened_kernel<kGemvMaxRows>
-        <<<unsigned(out), kWidenedThreads, 0, stream()>>>(xb, int(T), in, w, ldw, out, y);
+    dseek::cuda::launch_pdl(gemv_widened_kernel<kGemvMaxRows>, dim3(unsigned(out)),
+                            dim3(kWidenedThreads), 0, xb, int(T), in, w, ldw, out, y);
   DSEEK_CUDA_CHECK_LAUNCH("gemv_widened_kernel");
 }
 

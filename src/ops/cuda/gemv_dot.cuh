@@ -11,6 +11,16 @@
 
 namespace dseek::ops::cuda {
 
+// Asks for the 128-byte line at p to be brought into L2 (no register, no wait).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
+// A warp's prefetch of one weight row of `in` bf16: a line a lane, 32 lines (4 KB) a step.
+__device__ __forceinline__ void prefetch_row_l2(const __nv_bfloat16* row, int64_t in, int lane) {
+  for (int64_t k = int64_t(lane) * 64; k < in; k += 32 * 64) prefetch_l2(row + k);
+}
+
 // acc += Σ over 8 products of the bf16 pairs in w_raw and x_raw, in order.
 __device__ __forceinline__ void add_products8(const uint4& w_raw, const uint4& x_raw, float& acc) {
   const __nv_bfloat162* w = reinterpret_cast<const __nv_bfloat162*>(&w_raw);

@@ -13,6 +13,7 @@
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
+#include "core/cuda/pdl.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/element.cuh"
 #include "ops/cuda/gemv_dot.cuh"
@@ -122,6 +123,9 @@ __global__ void __launch_bounds__(kWarps * 32)
     grouped_gemv_kernel(const T* x, int64_t in, const int64_t* offsets, int64_t E,
                         const void* const* w, int64_t ldw, int64_t out, T* y,
                         bool one_row_streaming) {
+  // Which experts and rows come from the dispatch before: nothing to fetch ahead (pdl.cuh).
+  dseek::cuda::pdl_wait();
+  dseek::cuda::pdl_trigger();
   const int64_t e = nth_busy_expert(offsets, E, int(blockIdx.y));
   if (e < 0) return;  // fewer busy experts than block rows (uniform over the block)
   const int64_t r_begin = offsets[e], r_end = offsets[e + 1];
@@ -195,9 +199,9 @@ void grouped_gemv(const void* x, const int64_t* offsets, int64_t E, int64_t N, i
               E, out);
   const dim3 grid{unsigned(blocks), unsigned(std::min(E, N))};
   DSEEK_DISPATCH_ACT(act, T,
-                     grouped_gemv_kernel<T><<<grid, kWarps * 32, 0, stream()>>>(
-                         static_cast<const T*>(x), in, offsets, E, w, ldw, out, static_cast<T*>(y),
-                         one_row_streaming().load()));
+                     dseek::cuda::launch_pdl(grouped_gemv_kernel<T>, grid, dim3(kWarps * 32), 0,
+                                             static_cast<const T*>(x), in, offsets, E, w, ldw, out,
+                                             static_cast<T*>(y), one_row_streaming().load()));
   DSEEK_CUDA_CHECK_LAUNCH("grouped_gemv_kernel");
 }
 

@@ -5,6 +5,7 @@
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
+#include "core/cuda/pdl.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/element.cuh"
 #include "ops/cuda/reduce.cuh"
@@ -21,6 +22,7 @@ int threads_for(int64_t D) { return int(std::min<int64_t>(1024, std::max<int64_t
 template <typename T>
 __global__ void rms_norm_kernel(const T* x, const void* w, DType w_dtype, T* y, int64_t D, float eps) {
   __shared__ float scratch[32];
+  dseek::cuda::pdl_trigger();  // a projection after it may start loading its weights (pdl.cuh)
   const T* xr = x + blockIdx.x * D;
   T* yr = y + blockIdx.x * D;
   float ss = 0;
@@ -39,6 +41,7 @@ template <typename T>
 __global__ void add_rms_norm_kernel(T* h, const T* x, const void* w, DType w_dtype, T* y, int64_t D,
                                     float eps) {
   __shared__ float scratch[32];
+  dseek::cuda::pdl_trigger();  // a projection after it may start loading its weights (pdl.cuh)
   T* hr = h + blockIdx.x * D;
   const T* xr = x + blockIdx.x * D;
   T* yr = y + blockIdx.x * D;
