@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "ops/activation.h"
 #include "ops/linear.h"
+#include "ops/swiglu.h"
 #include "test_ops_util.h"
 
 using namespace dseek;
@@ -100,6 +101,22 @@ TEST(OpsLinear, WidenedEqualsLinearOfWidenedInput) {
     EXPECT_EQ(got.to_vector(), ops::linear(x.to(DType::F32), w).to_vector());
   }
   EXPECT_THROW(ops::linear_widened(x, random_tensor({6, 41}, DType::F32, rng)), Error);
+}
+
+// linear_swiglu on the CPU is silu_mul of gu's halves, then linear: the same bits; a gate_up of
+// the wrong width names the op.
+TEST(OpsLinear, SwigluEqualsSiluMulThenLinear) {
+  std::mt19937 rng(13);
+  const Tensor gu = random_tensor({3, 2 * 24}, DType::F32, rng, 3.0f);
+  const Tensor w = random_tensor({5, 24}, DType::F32, rng), b = random_tensor({5}, DType::F32, rng);
+  const Tensor h = ops::silu_mul(gu.slice(1, 0, 24), gu.slice(1, 24, 48));
+  EXPECT_EQ(ops::linear_swiglu(gu, w, &b).to_vector(), ops::linear(h, w, &b).to_vector());
+  try {
+    ops::linear_swiglu(random_tensor({3, 47}, DType::F32, rng), w);
+    FAIL() << "a gate_up of 47 columns for 24 weight columns was taken";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[linear_swiglu]"), std::string::npos) << e.what();
+  }
 }
 
 TEST(OpsActivation, SiluMulMatchesReference) {

@@ -4,6 +4,7 @@
 #include "model/safetensors.h"
 #include "ops/activation.h"
 #include "ops/device.h"
+#include "ops/swiglu.h"
 
 namespace dseek {
 
@@ -71,6 +72,10 @@ Tensor Mlp::forward(const Tensor& x) const {
   const Tensor input = x.contiguous();
   if (gate_up_.defined()) {
     const Tensor gu = apply_linear(input, LinearWeight{gate_up_, Tensor()});  // [T, 2I]
+    if (!down_proj_.fp8()) {  // silu_mul inside the down projection's kernel where it can be
+      return ops::linear_swiglu(gu, down_proj_.weight,
+                                down_bias_.defined() ? &down_bias_ : nullptr);
+    }
     const Tensor h =
         ops::silu_mul(gu.slice(1, 0, intermediate_), gu.slice(1, intermediate_, 2 * intermediate_));
     return apply_linear(h, down_proj_, down_bias_);

@@ -11,6 +11,7 @@
 #include "model/safetensors.h"
 #include "ops/activation.h"
 #include "ops/device.h"
+#include "ops/swiglu.h"
 
 namespace dseek {
 
@@ -160,11 +161,10 @@ Tensor MoE::forward_device(const Tensor& x) const {
   // Global expert ids: under an expert shard the other ranks' slots are the zero matrices.
   const ops::MoeDispatch d = ops::moe_dispatch(r.ids, gate_.config().n_routed_experts);
   const Tensor x_perm = ops::moe_permute(input, d);
-  // gate and up in one grouped product [N, 2I] (one launch), silu_mul over its halves in place.
-  const int64_t I = gate_up_mats_.rows / 2;
+  // gate and up in one grouped product [N, 2I] (one launch); silu_mul over its halves inside the
+  // down projection (a decode step's one kernel) or as its own op (ops/swiglu.h).
   const Tensor gu = ops::grouped_linear(x_perm, gate_up_mats_, d.offsets);
-  const Tensor h = ops::silu_mul(gu.slice(1, 0, I), gu.slice(1, I, 2 * I));
-  const Tensor y_perm = ops::grouped_linear(h, down_mats_, d.offsets);
+  const Tensor y_perm = ops::grouped_linear_swiglu(gu, down_mats_, d.offsets);
   // transformers: routed output first, then `+ shared_experts(residuals)`; moe_combine adds it
   // after the K products, in that order. Under an expert shard the ranks' routed parts are summed
   // first and the shared experts added to that sum.

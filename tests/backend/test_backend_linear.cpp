@@ -16,7 +16,9 @@
 #include <cmath>
 
 #include "backend/backend_harness.h"
+#include "ops/activation.h"
 #include "ops/linear.h"
+#include "ops/swiglu.h"
 
 namespace dseek::backend_test {
 namespace {
@@ -124,6 +126,39 @@ TEST(BackendOps, LinearWidened) {
       EXPECT_EQ(got.dtype(), DType::F32);
       expect_close("linear_widened", {c.T, c.in, c.out}, act, want, got,
                    gemm_tolerance(c.in, kProductRms, DType::F32));
+    }
+  }
+}
+
+// The down projection over a stacked gate_up product [T, 2I]: the CPU's silu_mul then linear
+// against the GPU's one kernel (bf16, T ≤ 8, aligned rows: h computed as the kernel reads it) or
+// its two ops; on the GPU the fused kernel gives the same bits as its silu_mul then linear (the
+// same rounding of h, then the same GEMV for T ≤ 8).
+TEST(BackendOps, LinearSwiglu) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(25);
+  struct SwigluCase {
+    int64_t T, I, out;
+    bool bias;
+  };
+  for (DType act : kActDtypes) {
+    for (const SwigluCase& c : {SwigluCase{1, 2816, 2048, false}, SwigluCase{8, 1408, 100, true},
+                                SwigluCase{3, 1028, 17, false}, SwigluCase{9, 256, 64, true},
+                                SwigluCase{2, 20, 8, false}}) {
+      const Tensor gu = rand({c.T, 2 * c.I}, rng, 3.0f);
+      const Tensor w = rounded(rand({c.out, c.I}, rng, 1.0f / std::sqrt(float(c.I))), act);
+      const Tensor b = rounded(rand({c.out}, rng), act);
+      const Tensor gu_c = rounded(gu, act);
+      const Tensor want = ops::linear_swiglu(gu_c, w, c.bias ? &b : nullptr);
+      const Tensor gu_g = on_gpu(gu, act), w_g = on_gpu(w, act), b_g = on_gpu(b, act);
+      poison_pool({c.T, c.out}, act);
+      const Tensor got = ops::linear_swiglu(gu_g, w_g, c.bias ? &b_g : nullptr);
+      expect_close("linear_swiglu", {c.T, c.I, c.out}, act, want, got);
+      const Tensor two_ops =
+          ops::linear(ops::silu_mul(gu_g.slice(1, 0, c.I), gu_g.slice(1, c.I, 2 * c.I)), w_g,
+                      c.bias ? &b_g : nullptr);
+      EXPECT_EQ(got.to_vector(), two_ops.to_vector())
+          << "fused and two-op GPU results differ at T " << c.T << " I " << c.I;
     }
   }
 }

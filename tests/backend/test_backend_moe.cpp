@@ -17,6 +17,7 @@
 #include "backend/grouped_kernels.h"
 #include "ops/activation.h"
 #include "ops/moe.h"
+#include "ops/swiglu.h"
 
 namespace dseek::backend_test {
 namespace {
@@ -303,6 +304,46 @@ const GemmCase kGemmCases[] = {
     {2, 16, 4, 1032, 64, false},   // forward: experts of one row (several loads in flight a lane,
                                    // a partial k pass) beside experts of two (the chunk loop)
 };
+
+// The down projection over a stacked gate_up product: the CPU's silu_mul then grouped_linear
+// against the GPU's one kernel (few rows per expert in bf16 with aligned rows: h computed as the
+// kernel reads it) or its two ops (the rest); and on the GPU, the fused kernel must give the
+// same bits as its own silu_mul followed by grouped_linear (the same rounding of h, the same
+// GEMV). Rows of I = in (the cases' input width) in each half.
+TEST(BackendOps, GroupedLinearSwiglu) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(26);
+  for (DType act : kActDtypes) {
+    for (const GemmCase& c : kGemmCases) {
+      const int64_t N = c.T * c.K, I = c.in;
+      const Tensor ids = ids_tensor(ragged_ids(c.T, c.E, c.K, c.hot, rng), c.T, c.K);
+      const ops::MoeDispatch dc = ops::moe_dispatch(ids, c.E);
+      const Tensor offsets = dc.offsets.to(Device::CUDA);
+      std::vector<Tensor> w_cpu, w_gpu;
+      for (int64_t e = 0; e < c.E; ++e) {
+        const Tensor w = rounded(rand({c.out, I}, rng, 1.0f / std::sqrt(float(I))), act);
+        w_cpu.push_back(w);
+        w_gpu.push_back(on_gpu(w, act));
+      }
+      const ops::ExpertMatrices wc = ops::expert_matrices(w_cpu), wg = ops::expert_matrices(w_gpu);
+      const Tensor gu = rand({N, 2 * I}, rng, 3.0f);
+      const Tensor gu_c = rounded(gu, act);
+      const Tensor want = ops::grouped_linear_swiglu(gu_c, wc, dc.offsets);
+      EXPECT_EQ(want.to_vector(),
+                ops::grouped_linear(ops::silu_mul(gu_c.slice(1, 0, I), gu_c.slice(1, I, 2 * I)), wc,
+                                    dc.offsets)
+                    .to_vector());
+      const Tensor gu_g = on_gpu(gu, act);
+      poison_pool({N * c.out});
+      const Tensor got = ops::grouped_linear_swiglu(gu_g, wg, offsets);
+      expect_close("grouped_linear_swiglu", {N, c.E, I, c.out}, act, want, got);
+      const Tensor two_ops = ops::grouped_linear(
+          ops::silu_mul(gu_g.slice(1, 0, I), gu_g.slice(1, I, 2 * I)), wg, offsets);
+      EXPECT_EQ(got.to_vector(), two_ops.to_vector())
+          << "fused and two-op GPU results differ at N " << N << " in " << I;
+    }
+  }
+}
 
 TEST(BackendOps, MoePermute) {
   DSEEK_REQUIRE_CUDA();

@@ -34,12 +34,13 @@ constexpr int kSteps = 4;           // 16-byte loads in flight per lane and weig
 constexpr int kOutputsPerBlock = kWarps * kOutputsPerWarp;
 
 // Block b, warp w: outputs n0 = (b·kWarps + w)·kOutputsPerWarp and the next, for kRows token rows
-// (rows ≤ kRows of them real). in % 8 == 0 and 16-byte aligned rows (gemv_takes).
-template <int kRows>
+// (rows ≤ kRows of them real) read through x (PlainRows or SwigluRows, gemv_dot.cuh). in % 8 == 0
+// and 16-byte aligned rows (gemv_takes).
+template <int kRows, typename Rows>
 __global__ void __launch_bounds__(kWarps * 32)
-    gemv_kernel(const __nv_bfloat16* __restrict__ x, int rows, int64_t in,
-                const __nv_bfloat16* __restrict__ W, int64_t ldw, int64_t out,
-                const __nv_bfloat16* __restrict__ bias, __nv_bfloat16* __restrict__ y) {
+    gemv_kernel(Rows x, int rows, int64_t in, const __nv_bfloat16* __restrict__ W, int64_t ldw,
+                int64_t out, const __nv_bfloat16* __restrict__ bias,
+                __nv_bfloat16* __restrict__ y) {
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int64_t n0 = (int64_t(blockIdx.x) * kWarps + warp) * kOutputsPerWarp;
   if (n0 >= out) return;  // warp-uniform
@@ -123,6 +124,24 @@ bool aligned16(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
+template <typename Rows>
+void launch_gemv(const Rows& x, int64_t T, int64_t in, const void* w, int64_t ldw, int64_t out,
+                 const void* bias, void* y) {
+  DSEEK_CHECK(T >= 1 && T <= kGemvMaxRows, "[linear] gemv: {} rows", T);
+  const int64_t blocks = ceil_div<int64_t>(out, kOutputsPerBlock);
+  DSEEK_CHECK(blocks <= INT_MAX, "[linear] gemv: {} outputs exceed the grid", out);
+  const auto* wb = static_cast<const __nv_bfloat16*>(w);
+  const auto* bb = static_cast<const __nv_bfloat16*>(bias);
+  auto* yb = static_cast<__nv_bfloat16*>(y);
+  if (T == 1)
+    dseek::cuda::launch_pdl(gemv_kernel<1, Rows>, dim3(unsigned(blocks)), dim3(kWarps * 32), 0, x,
+                            1, in, wb, ldw, out, bb, yb);
+  else
+    dseek::cuda::launch_pdl(gemv_kernel<kGemvMaxRows, Rows>, dim3(unsigned(blocks)),
+                            dim3(kWarps * 32), 0, x, int(T), in, wb, ldw, out, bb, yb);
+  DSEEK_CUDA_CHECK_LAUNCH("gemv_kernel");
+}
+
 }  // namespace
 
 bool gemv_takes(int64_t T, int64_t in, const void* x, const void* w, int64_t ldw, DType act) {
@@ -136,21 +155,20 @@ void set_linear_gemv(bool on) {
 
 void gemv(const void* x, int64_t T, int64_t in, const void* w, int64_t ldw, int64_t out,
           const void* bias, void* y, DType act) {
-  DSEEK_CHECK(act == DType::BF16 && T >= 1 && T <= kGemvMaxRows, "[linear] gemv: {} rows of {}", T,
-              dtype_name(act));
-  const int64_t blocks = ceil_div<int64_t>(out, kOutputsPerBlock);
-  DSEEK_CHECK(blocks <= INT_MAX, "[linear] gemv: {} outputs exceed the grid", out);
-  const auto* xb = static_cast<const __nv_bfloat16*>(x);
-  const auto* wb = static_cast<const __nv_bfloat16*>(w);
-  const auto* bb = static_cast<const __nv_bfloat16*>(bias);
-  auto* yb = static_cast<__nv_bfloat16*>(y);
-  if (T == 1)
-    dseek::cuda::launch_pdl(gemv_kernel<1>, dim3(unsigned(blocks)), dim3(kWarps * 32), 0, xb, 1, in,
-                            wb, ldw, out, bb, yb);
-  else
-    dseek::cuda::launch_pdl(gemv_kernel<kGemvMaxRows>, dim3(unsigned(blocks)), dim3(kWarps * 32), 0,
-                            xb, int(T), in, wb, ldw, out, bb, yb);
-  DSEEK_CUDA_CHECK_LAUNCH("gemv_kernel");
+  DSEEK_CHECK(act == DType::BF16, "[linear] gemv of {}", dtype_name(act));
+  launch_gemv(PlainRows{static_cast<const __nv_bfloat16*>(x), in}, T, in, w, ldw, out, bias, y);
+}
+
+bool gemv_swiglu_takes(int64_t T, int64_t I, const void* gu, const void* w, int64_t ldw,
+                       DType act) {
+  return gemv_takes(T, I, gu, w, ldw, act);  // rows 2I apart, up at I: 16-byte aligned as well
+}
+
+void gemv_swiglu(const void* gu, int64_t T, int64_t I, const void* w, int64_t ldw, int64_t out,
+                 const void* bias, void* y, DType act) {
+  DSEEK_CHECK(act == DType::BF16, "[linear_swiglu] gemv of {}", dtype_name(act));
+  launch_gemv(SwigluRows{static_cast<const __nv_bfloat16*>(gu), 2 * I, I}, T, I, w, ldw, out, bias,
+              y);
 }
 
 bool gemv_widened_takes(int64_t T, int64_t in, const void* x, const void* w, int64_t ldw,

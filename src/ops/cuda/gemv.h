@@ -22,6 +22,13 @@ void set_linear_gemv(bool on);
 void gemv(const void* x, int64_t T, int64_t in, const void* w, int64_t ldw, int64_t out,
           const void* bias, void* y, DType act);
 
+// linear_swiglu's kernel (ops/linear.h): y = silu_mul(gu[:, :I], gu[:, I:])·Wᵀ (+ bias) for the
+// [T, 2I] rows of a stacked gate_up product, h computed as the kernel reads it (the same bits as
+// silu_mul, then gemv). Takes what gemv takes with in = I.
+bool gemv_swiglu_takes(int64_t T, int64_t I, const void* gu, const void* w, int64_t ldw, DType act);
+void gemv_swiglu(const void* gu, int64_t T, int64_t I, const void* w, int64_t ldw, int64_t out,
+                 const void* bias, void* y, DType act);
+
 // linear_widened's kernel (ops/linear.h): f32 y[t, n] = Σ_k f32(x[t, k])·W[n, k] for bf16 x and
 // an f32 W, T ≤ kGemvMaxRows; one block per output, its warps splitting k (a router has few
 // outputs, 64 to 256, so one warp per output would leave the GPU idle). Whether it applies:

@@ -33,14 +33,47 @@ __device__ __forceinline__ void add_products8(const uint4& w_raw, const uint4& x
   }
 }
 
+// Token rows as stream_dot reads them: 8 consecutive bf16 of row r at column k.
+struct PlainRows {
+  const __nv_bfloat16* x;
+  int64_t ld;  // elements between rows
+  __device__ __forceinline__ uint4 load(int r, int64_t k) const {
+    return *reinterpret_cast<const uint4*>(x + int64_t(r) * ld + k);
+  }
+};
+
+// The rows of h = silu_mul(gate, up) for the [gate | up] rows of a stacked gate_up product (rows
+// ld apart, up at column offset `up`), computed as they are read: each value is the silu_mul
+// kernel's (activation.cu) f32 expression rounded once to bf16, so the product is the same as
+// silu_mul followed by the GEMV, without h in memory or a kernel for it.
+struct SwigluRows {
+  const __nv_bfloat16* gu;
+  int64_t ld, up;
+  __device__ __forceinline__ uint4 load(int r, int64_t k) const {
+    const __nv_bfloat16* row = gu + int64_t(r) * ld + k;
+    const uint4 g_raw = *reinterpret_cast<const uint4*>(row);
+    const uint4 u_raw = *reinterpret_cast<const uint4*>(row + up);
+    const __nv_bfloat16* g = reinterpret_cast<const __nv_bfloat16*>(&g_raw);
+    const __nv_bfloat16* u = reinterpret_cast<const __nv_bfloat16*>(&u_raw);
+    uint4 out;
+    __nv_bfloat16* h = reinterpret_cast<__nv_bfloat16*>(&out);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float gv = __bfloat162float(g[i]);
+      h[i] = __float2bfloat16(gv / (1.0f + expf(-gv)) * __bfloat162float(u[i]));
+    }
+    return out;
+  }
+};
+
 // acc[j][r] += Σ_k W[n0 + j, k]·x[r, k] over this lane's k (8 consecutive elements at lane·8 +
-// s·256 + i·kSteps·256), for j < n_count and r < rows (≤ kRows). Needs in % 8 == 0 and 16-byte
-// aligned rows (ldw and in multiples of 8, aligned bases). Weights are read streaming (__ldcs:
-// each is read once per step, keeping L2 for the token rows and the next kernels' inputs).
-template <int kOutputs, int kRows, int kSteps>
+// s·256 + i·kSteps·256), for j < n_count and r < rows (≤ kRows); x[r, k] from rows.load. Needs
+// in % 8 == 0 and 16-byte aligned rows (ldw, the rows' strides and offsets multiples of 8,
+// aligned bases). Weights are read streaming (__ldcs: each is read once; L2 is left to the token
+// rows and the next kernels' inputs).
+template <int kOutputs, int kRows, int kSteps, typename Rows>
 __device__ __forceinline__ void stream_dot(const __nv_bfloat16* __restrict__ W, int64_t ldw,
-                                           int64_t n0, int n_count,
-                                           const __nv_bfloat16* __restrict__ x, int64_t in,
+                                           int64_t n0, int n_count, const Rows& rows_in, int64_t in,
                                            int rows, int lane, float (&acc)[kOutputs][kRows]) {
   constexpr int kStride = 32 * 8;  // elements a warp covers with one load a lane
   for (int64_t k0 = int64_t(lane) * 8; k0 < in; k0 += int64_t(kSteps) * kStride) {
@@ -62,7 +95,7 @@ __device__ __forceinline__ void stream_dot(const __nv_bfloat16* __restrict__ W, 
       for (int s = 0; s < kSteps; ++s) {
         const int64_t k = k0 + int64_t(s) * kStride;
         if (k >= in) break;
-        const uint4 xr = *reinterpret_cast<const uint4*>(x + int64_t(r) * in + k);
+        const uint4 xr = rows_in.load(r, k);
 #pragma unroll
         for (int j = 0; j < kOutputs; ++j) add_products8(w[j][s], xr, acc[j][r]);
       }

@@ -139,9 +139,9 @@ __global__ void __launch_bounds__(kWarps * 32)
     // several weight loads in flight a lane (gemv_dot.cuh) instead of the chunk loop's one.
     if (one_row_streaming && r_end - r_begin == 1 && vector_ok(W, ldw, x + r_begin * in, in)) {
       float acc[kOutputsPerWarp][1] = {};
-      stream_dot<kOutputsPerWarp, 1, kOneRowSteps>(
-          reinterpret_cast<const __nv_bfloat16*>(W), ldw, n0, n_count,
-          reinterpret_cast<const __nv_bfloat16*>(x + r_begin * in), in, 1, lane, acc);
+      const PlainRows row{reinterpret_cast<const __nv_bfloat16*>(x + r_begin * in), in};
+      stream_dot<kOutputsPerWarp, 1, kOneRowSteps>(reinterpret_cast<const __nv_bfloat16*>(W), ldw,
+                                                   n0, n_count, row, in, 1, lane, acc);
 #pragma unroll
       for (int j = 0; j < kOutputsPerWarp; ++j) {
         const float v = warp_sum(acc[j][0]);
@@ -175,6 +175,50 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// grouped_gemv_kernel for bf16 rows of h = silu_mul(gate, up) read out of the stacked gate_up
+// product (gemv_dot.cuh's SwigluRows, rows 2I apart): experts of one row stream with several
+// loads in flight, the others in chunks of kChunk rows, one load a step, as the kernel above.
+__global__ void __launch_bounds__(kWarps * 32)
+    grouped_gemv_swiglu_kernel(const __nv_bfloat16* gu, int64_t I, const int64_t* offsets,
+                               int64_t E, const void* const* w, int64_t ldw, int64_t out,
+                               __nv_bfloat16* y) {
+  dseek::cuda::pdl_wait();
+  dseek::cuda::pdl_trigger();
+  const int64_t e = nth_busy_expert(offsets, E, int(blockIdx.y));
+  if (e < 0) return;
+  const int64_t r_begin = offsets[e], r_end = offsets[e + 1];
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int64_t n0 = (int64_t(blockIdx.x) * kWarps + warp) * kOutputsPerWarp;
+  if (r_begin >= r_end || n0 >= out) return;  // warp-uniform
+  const int n_count = int(out - n0 < kOutputsPerWarp ? out - n0 : kOutputsPerWarp);
+  const auto* W = static_cast<const __nv_bfloat16*>(w[e]);
+  if (r_end - r_begin == 1) {
+    float acc[kOutputsPerWarp][1] = {};
+    stream_dot<kOutputsPerWarp, 1, kOneRowSteps>(
+        W, ldw, n0, n_count, SwigluRows{gu + r_begin * 2 * I, 2 * I, I}, I, 1, lane, acc);
+#pragma unroll
+    for (int j = 0; j < kOutputsPerWarp; ++j) {
+      const float v = warp_sum(acc[j][0]);
+      if (lane == 0 && j < n_count) y[r_begin * out + n0 + j] = __float2bfloat16(v);
+    }
+    return;
+  }
+  for (int64_t r0 = r_begin; r0 < r_end; r0 += kChunk) {
+    const int rows = int(r_end - r0 < kChunk ? r_end - r0 : kChunk);
+    float acc[kOutputsPerWarp][kChunk] = {};
+    stream_dot<kOutputsPerWarp, kChunk, 1>(
+        W, ldw, n0, n_count, SwigluRows{gu + r0 * 2 * I, 2 * I, I}, I, rows, lane, acc);
+#pragma unroll
+    for (int j = 0; j < kOutputsPerWarp; ++j) {
+#pragma unroll
+      for (int r = 0; r < kChunk; ++r) {
+        const float v = warp_sum(acc[j][r]);
+        if (lane == 0 && j < n_count && r < rows) y[(r0 + r) * out + n0 + j] = __float2bfloat16(v);
+      }
+    }
+  }
+}
+
 std::atomic<bool>& one_row_streaming() {
   static std::atomic<bool> on{true};
   return on;
@@ -203,6 +247,24 @@ void grouped_gemv(const void* x, const int64_t* offsets, int64_t E, int64_t N, i
                                              static_cast<const T*>(x), in, offsets, E, w, ldw, out,
                                              static_cast<T*>(y), one_row_streaming().load()));
   DSEEK_CUDA_CHECK_LAUNCH("grouped_gemv_kernel");
+}
+
+bool grouped_gemv_swiglu_takes(int64_t N, int64_t E, const void* gu, int64_t I, int64_t ldw,
+                               DType act) {
+  return act == DType::BF16 && grouped_gemv_takes(N, E) && I % 8 == 0 && ldw % 8 == 0 &&
+         reinterpret_cast<uintptr_t>(gu) % 16 == 0;
+}
+
+void grouped_gemv_swiglu(const void* gu, const int64_t* offsets, int64_t E, int64_t N, int64_t I,
+                         const void* const* w, int64_t ldw, int64_t out, void* y) {
+  const int64_t blocks = ceil_div<int64_t>(out, kOutputsPerBlock);
+  DSEEK_CHECK(blocks <= INT_MAX && E <= 65535,
+              "[grouped_linear_swiglu] {} experts × {} outputs exceed the grid", E, out);
+  const dim3 grid{unsigned(blocks), unsigned(std::min(E, N))};
+  dseek::cuda::launch_pdl(grouped_gemv_swiglu_kernel, grid, dim3(kWarps * 32), 0,
+                          static_cast<const __nv_bfloat16*>(gu), I, offsets, E, w, ldw, out,
+                          static_cast<__nv_bfloat16*>(y));
+  DSEEK_CUDA_CHECK_LAUNCH("grouped_gemv_swiglu_kernel");
 }
 
 }  // namespace dseek::ops::cuda

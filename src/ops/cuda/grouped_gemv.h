@@ -20,6 +20,15 @@ bool grouped_gemv_takes(int64_t N, int64_t E);
 void grouped_gemv(const void* x, const int64_t* offsets, int64_t E, int64_t N, int64_t in,
                   const void* const* w, int64_t ldw, int64_t out, void* y, DType act);
 
+// grouped_linear_swiglu's forward (ops/moe.h): the rows of h = silu_mul(gate, up) computed as the
+// kernel reads them out of the [N, 2I] stacked gate_up product gu (gemv_dot.cuh's SwigluRows):
+// bf16, few rows per expert (grouped_gemv_takes), I and ldw multiples of 8, gu 16-byte aligned (the
+// expert matrices' 16-byte alignment is the caller's: expert_matrices allocations are).
+bool grouped_gemv_swiglu_takes(int64_t N, int64_t E, const void* gu, int64_t I, int64_t ldw,
+                               DType act);
+void grouped_gemv_swiglu(const void* gu, const int64_t* offsets, int64_t E, int64_t N, int64_t I,
+                         const void* const* w, int64_t ldw, int64_t out, void* y);
+
 // Experts with one row (a batch-1 decode step) take gemv_dot.cuh's dot with several loads in
 // flight (default on); off, they run the chunk loop like the others: for comparisons.
 void set_grouped_gemv_one_row_streaming(bool on);
