@@ -274,7 +274,7 @@ int main(int argc, char** argv) {
     });
     for (bool streaming : {true, false}) {
       // One row per expert: gemv_dot.cuh's loads in flight, or the chunk loop (before).
-      ops::cuda::set_grouped_gemv_one_row_streaming(streaming);
+      ops::cuda::set_grouped_gemv_streaming(streaming);
       const std::string how = streaming ? " (one-row streaming)" : " (chunk loop)";
       row("grouped gemv x20 gate_up" + how, dims({1, K, D, 2 * I}), 0, 20 * 2 * half, [&] {
         for (int i = 0; i < 20; ++i) ops::grouped_linear(x, stacked, d.offsets);
@@ -283,7 +283,7 @@ int main(int argc, char** argv) {
         for (int i = 0; i < 20; ++i) ops::grouped_linear(h, down, d.offsets);
       });
     }
-    ops::cuda::set_grouped_gemv_one_row_streaming(true);
+    ops::cuda::set_grouped_gemv_streaming(true);
   }
   {  // The dense projections of one decode step (one token) and the head: the weight-streaming GEMV
      // (ops/cuda/gemv.h) beside cuBLASLt on the same call. x20 back to back, synchronised once;

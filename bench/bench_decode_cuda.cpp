@@ -40,6 +40,11 @@
 #include <vector>
 
 #include "core/cuda.h"
+#ifdef DSEEK_HAS_CUDA
+#include "core/cuda/cuda_check.h"
+#include "ops/cuda/gemv.h"
+#include "ops/cuda/grouped_gemv.h"
+#endif
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/tensor.h"
@@ -351,13 +356,26 @@ int main(int argc, char** argv) {
     // the GPU with the steps replayed as CUDA graphs (the default) and op by op, the same prompt.
     const std::vector<int32_t> prompt = random_ids(size_t(o.prompt), V, rng);
     std::vector<int32_t> graph_tokens;
-    for (const bool graphs :
-         device == Device::CUDA ? std::vector<bool>{true, false} : std::vector<bool>{false}) {
+    // On the GPU a third run, graphed, with the decode kernels of 2026-12-05 switched off (the
+    // dense and router GEMVs, one-row expert streaming, the fused SwiGLU down projections and
+    // programmatic dependent launch; their switches in ops/cuda/gemv.h, grouped_gemv.h and
+    // core/cuda/pdl.cuh): the baseline in the same process, on the same weights and prompt.
+    for (const int run_kind :
+         device == Device::CUDA ? std::vector<int>{0, 1, 2} : std::vector<int>{1}) {
+      const bool graphs = run_kind != 1 && device == Device::CUDA, before = run_kind == 2;
       model->set_cuda_graphs(graphs);
-      const char* label = device != Device::CUDA        ? "decode b1"
-                          : !graphs                     ? "decode b1, no graphs"
-                          : model->cuda_graphs_active() ? "decode b1, CUDA graphs"
-                                                        : "decode b1 (CUDA graphs not applicable)";
+#ifdef DSEEK_HAS_CUDA
+      if (device == Device::CUDA) {
+        ops::cuda::set_linear_gemv(!before);
+        ops::cuda::set_grouped_gemv_streaming(!before);
+        cuda::set_pdl_enabled(!before);
+      }
+#endif
+      const char* label = device != Device::CUDA         ? "decode b1"
+                          : !graphs                      ? "decode b1, no graphs"
+                          : !model->cuda_graphs_active() ? "decode b1 (CUDA graphs not applicable)"
+                          : before ? "decode b1, CUDA graphs, without the decode GEMVs and PDL"
+                                   : "decode b1, CUDA graphs";
       nlohmann::json row = base;
       row.update({{"bench", "decode"},
                   {"batch", 1},
@@ -390,8 +408,8 @@ int main(int argc, char** argv) {
           std::printf("; roofline %.0f tokens/s (%.2f GB/token), %.1f%% of it", roofline,
                       bytes / 1e9, 100.0 * tps / roofline);
         }
-        if (graphs) graph_tokens = run.tokens;
-        if (!graphs && !graph_tokens.empty())
+        if (graphs && !before) graph_tokens = run.tokens;
+        if ((!graphs || before) && !graph_tokens.empty())
           std::printf("; tokens %s the graphed run's",
                       run.tokens == graph_tokens ? "=" : "DIFFER from");
         std::printf(" |\n");
@@ -407,6 +425,13 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
     model->set_cuda_graphs(true);
+#ifdef DSEEK_HAS_CUDA
+    if (device == Device::CUDA) {
+      ops::cuda::set_linear_gemv(true);
+      ops::cuda::set_grouped_gemv_streaming(true);
+      cuda::set_pdl_enabled(true);
+    }
+#endif
     // Prefill of a long prompt into an empty cache: one warm-up, then the median of two.
     if (o.prefill > 0) {
       nlohmann::json row = base;

@@ -226,7 +226,7 @@ std::atomic<bool>& one_row_streaming() {
 
 }  // namespace
 
-void set_grouped_gemv_one_row_streaming(bool on) {
+void set_grouped_gemv_streaming(bool on) {
   one_row_streaming().store(on);
 }
 
@@ -252,7 +252,7 @@ void grouped_gemv(const void* x, const int64_t* offsets, int64_t E, int64_t N, i
 bool grouped_gemv_swiglu_takes(int64_t N, int64_t E, const void* gu, int64_t I, int64_t ldw,
                                DType act) {
   return act == DType::BF16 && grouped_gemv_takes(N, E) && I % 8 == 0 && ldw % 8 == 0 &&
-         reinterpret_cast<uintptr_t>(gu) % 16 == 0;
+         reinterpret_cast<uintptr_t>(gu) % 16 == 0 && one_row_streaming().load();
 }
 
 void grouped_gemv_swiglu(const void* gu, const int64_t* offsets, int64_t E, int64_t N, int64_t I,

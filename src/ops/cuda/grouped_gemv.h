@@ -29,8 +29,10 @@ bool grouped_gemv_swiglu_takes(int64_t N, int64_t E, const void* gu, int64_t I, 
 void grouped_gemv_swiglu(const void* gu, const int64_t* offsets, int64_t E, int64_t N, int64_t I,
                          const void* const* w, int64_t ldw, int64_t out, void* y);
 
-// Experts with one row (a batch-1 decode step) take gemv_dot.cuh's dot with several loads in
-// flight (default on); off, they run the chunk loop like the others: for comparisons.
-void set_grouped_gemv_one_row_streaming(bool on);
+// The decode forms, on by default: experts with one row (a batch-1 decode step) take gemv_dot.cuh's
+// dot with several loads in flight, and grouped_gemv_swiglu applies. Off, experts of one row run
+// the chunk loop like the others and grouped_linear_swiglu runs silu_mul and grouped_linear: for
+// comparisons.
+void set_grouped_gemv_streaming(bool on);
 
 }  // namespace dseek::ops::cuda
