@@ -50,8 +50,13 @@ class Transformer : public Model {
 
   // Batch-1 decode steps (forward(ids, cache) with one id) of an MLA model on a GPU run as a
   // replayed CUDA graph (model/decode_graph.h); on by default, off with DSEEK_CUDA_GRAPHS=0 or
-  // here (benchmarks compare both). decode_graph_replays() counts the steps that were replays.
-  void set_cuda_graphs(bool on) { cuda_graphs_ = on; }
+  // here (benchmarks compare both; a graph captured before is dropped, so the next steps capture
+  // what the ops' current settings launch). decode_graph_replays() counts the steps that were
+  // replays.
+  void set_cuda_graphs(bool on) {
+    cuda_graphs_ = on;
+    decode_graph_.reset();
+  }
   bool cuda_graphs_active() const;
   int64_t decode_graph_replays() const { return decode_graph_ ? decode_graph_->replays() : 0; }
 
