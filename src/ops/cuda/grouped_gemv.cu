@@ -38,6 +38,21 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Lane 0 of the warp writes its sums: y[(row0 + r)·out + n0 + j] for j < n_count and r < rows.
+template <typename T, int kRows>
+__device__ __forceinline__ void write_outputs(float (&acc)[kOutputsPerWarp][kRows], int rows, T* y,
+                                              int64_t row0, int64_t out, int64_t n0, int n_count,
+                                              int lane) {
+#pragma unroll
+  for (int j = 0; j < kOutputsPerWarp; ++j) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const float v = warp_sum(acc[j][r]);
+      if (lane == 0 && j < n_count && r < rows) y[(row0 + r) * out + n0 + j] = from_f32<T>(v);
+    }
+  }
+}
+
 // acc[j][r] += Σ_k W[n_j, k]·x[r, k] for this lane's share of k: 8 consecutive bf16 per load.
 __device__ __forceinline__ void dot_vec8(const __nv_bfloat16* W, int64_t ldw, int64_t n0,
                                          int n_count, const __nv_bfloat16* x, int64_t in, int rows,
@@ -142,11 +157,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       const PlainRows row{reinterpret_cast<const __nv_bfloat16*>(x + r_begin * in), in};
       stream_dot<kOutputsPerWarp, 1, kOneRowSteps>(reinterpret_cast<const __nv_bfloat16*>(W), ldw,
                                                    n0, n_count, row, in, 1, lane, acc);
-#pragma unroll
-      for (int j = 0; j < kOutputsPerWarp; ++j) {
-        const float v = warp_sum(acc[j][0]);
-        if (lane == 0 && j < n_count) y[r_begin * out + n0 + j] = from_f32<T>(v);
-      }
+      write_outputs(acc, 1, y, r_begin, out, n0, n_count, lane);
       return;
     }
   }
@@ -164,14 +175,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     } else {
       dot_scalar(W, ldw, n0, n_count, xr, in, rows, lane, acc);
     }
-#pragma unroll
-    for (int j = 0; j < kOutputsPerWarp; ++j) {
-#pragma unroll
-      for (int r = 0; r < kChunk; ++r) {
-        const float v = warp_sum(acc[j][r]);
-        if (lane == 0 && j < n_count && r < rows) y[(r0 + r) * out + n0 + j] = from_f32<T>(v);
-      }
-    }
+    write_outputs(acc, rows, y, r0, out, n0, n_count, lane);
   }
 }
 
@@ -196,11 +200,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     float acc[kOutputsPerWarp][1] = {};
     stream_dot<kOutputsPerWarp, 1, kOneRowSteps>(
         W, ldw, n0, n_count, SwigluRows{gu + r_begin * 2 * I, 2 * I, I}, I, 1, lane, acc);
-#pragma unroll
-    for (int j = 0; j < kOutputsPerWarp; ++j) {
-      const float v = warp_sum(acc[j][0]);
-      if (lane == 0 && j < n_count) y[r_begin * out + n0 + j] = __float2bfloat16(v);
-    }
+    write_outputs(acc, 1, y, r_begin, out, n0, n_count, lane);
     return;
   }
   for (int64_t r0 = r_begin; r0 < r_end; r0 += kChunk) {
@@ -208,14 +208,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     float acc[kOutputsPerWarp][kChunk] = {};
     stream_dot<kOutputsPerWarp, kChunk, 1>(
         W, ldw, n0, n_count, SwigluRows{gu + r0 * 2 * I, 2 * I, I}, I, rows, lane, acc);
-#pragma unroll
-    for (int j = 0; j < kOutputsPerWarp; ++j) {
-#pragma unroll
-      for (int r = 0; r < kChunk; ++r) {
-        const float v = warp_sum(acc[j][r]);
-        if (lane == 0 && j < n_count && r < rows) y[(r0 + r) * out + n0 + j] = __float2bfloat16(v);
-      }
-    }
+    write_outputs(acc, rows, y, r0, out, n0, n_count, lane);
   }
 }
 
