@@ -56,6 +56,7 @@
 #include "model/param_count.h"
 #include "model/safetensors.h"
 #include "model/transformer.h"
+#include "ops/mla_cache.h"
 
 using namespace dseek;
 using namespace dseek::bench;
@@ -356,26 +357,35 @@ int main(int argc, char** argv) {
     // the GPU with the steps replayed as CUDA graphs (the default) and op by op, the same prompt.
     const std::vector<int32_t> prompt = random_ids(size_t(o.prompt), V, rng);
     std::vector<int32_t> graph_tokens;
-    // On the GPU a third run, graphed, with the decode kernels of 2026-12-05 switched off (the
-    // dense and router GEMVs, one-row expert streaming, the fused SwiGLU down projections and
-    // programmatic dependent launch; their switches in ops/cuda/gemv.h, grouped_gemv.h and
-    // core/cuda/pdl.cuh): the baseline in the same process, on the same weights and prompt.
-    for (const int run_kind :
-         device == Device::CUDA ? std::vector<int>{0, 1, 2} : std::vector<int>{1}) {
-      const bool graphs = run_kind != 1 && device == Device::CUDA, before = run_kind == 2;
-      model->set_cuda_graphs(graphs);
+    // On the GPU two more graphed runs, the baselines in the same process on the same weights and
+    // prompt: (2) without the second stream (core/cuda.h Fork: an MLA layer's latent projection
+    // beside its query's, the shared experts beside the routing), and (3) without that, the fused
+    // MLA cache append (ops/mla_cache.h) and the decode kernels of 2026-12-05 (the dense and router
+    // GEMVs, one-row expert streaming, the fused SwiGLU down projections and programmatic
+    // dependent launch; their switches in ops/cuda/gemv.h, grouped_gemv.h and core/cuda/pdl.cuh).
+    auto set_decode_kernels = [&]([[maybe_unused]] bool branches, [[maybe_unused]] bool kernels) {
 #ifdef DSEEK_HAS_CUDA
-      if (device == Device::CUDA) {
-        ops::cuda::set_linear_gemv(!before);
-        ops::cuda::set_grouped_gemv_streaming(!before);
-        cuda::set_pdl_enabled(!before);
-      }
+      if (device != Device::CUDA) return;
+      cuda::set_branches_enabled(branches);
+      ops::set_mla_cache_append_fused(kernels);
+      ops::cuda::set_linear_gemv(kernels);
+      ops::cuda::set_grouped_gemv_streaming(kernels);
+      cuda::set_pdl_enabled(kernels);
 #endif
-      const char* label = device != Device::CUDA         ? "decode b1"
-                          : !graphs                      ? "decode b1, no graphs"
-                          : !model->cuda_graphs_active() ? "decode b1 (CUDA graphs not applicable)"
-                          : before ? "decode b1, CUDA graphs, without the decode GEMVs and PDL"
-                                   : "decode b1, CUDA graphs";
+    };
+    for (const int run_kind :
+         device == Device::CUDA ? std::vector<int>{0, 1, 2, 3} : std::vector<int>{1}) {
+      const bool graphs = run_kind != 1 && device == Device::CUDA, before = run_kind >= 2;
+      model->set_cuda_graphs(graphs);
+      set_decode_kernels(run_kind < 2, run_kind < 3);
+      const char* label =
+          device != Device::CUDA         ? "decode b1"
+          : !graphs                      ? "decode b1, no graphs"
+          : !model->cuda_graphs_active() ? "decode b1 (CUDA graphs not applicable)"
+          : run_kind == 2                ? "decode b1, CUDA graphs, one stream"
+          : run_kind == 3 ? "decode b1, CUDA graphs, one stream, without the fused cache append, "
+                            "the decode GEMVs and PDL"
+                          : "decode b1, CUDA graphs";
       nlohmann::json row = base;
       row.update({{"bench", "decode"},
                   {"batch", 1},
@@ -425,13 +435,7 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
     model->set_cuda_graphs(true);
-#ifdef DSEEK_HAS_CUDA
-    if (device == Device::CUDA) {
-      ops::cuda::set_linear_gemv(true);
-      ops::cuda::set_grouped_gemv_streaming(true);
-      cuda::set_pdl_enabled(true);
-    }
-#endif
+    set_decode_kernels(true, true);
     // Prefill of a long prompt into an empty cache: one warm-up, then the median of two.
     if (o.prefill > 0) {
       nlohmann::json row = base;

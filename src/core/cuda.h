@@ -84,6 +84,57 @@ class Graph {
   bool capturing_ = false;
 };
 
+// Fork: independent parts of a step on a second stream beside the main one (an MLA layer's latent
+// projection beside its query's, the shared experts beside the routing chain). A decode step's
+// kernels are small and mostly wait on one another; two chains in flight fill the gaps.
+//
+//   cuda::Fork fork(cuda::branches_enabled());  // the side stream waits for the main's work so far
+//   {
+//     cuda::Fork::Side side(fork);   // this thread's kernels, copies and allocations go to the
+//     side
+//     ...                            // stream until `side` goes out of scope
+//   }
+//   ...                              // main-stream work, running beside the side's
+//   fork.join();                     // the main stream waits for the side's work
+//
+// A tensor the side work reads must stay alive until join(): freed on the main stream earlier, its
+// memory could go to a main-stream allocation while the side still reads it. Tensors made on the
+// side may be used and freed on the main stream after join(). A graph captured over a fork gets
+// two parallel branches. Forks do not nest. Disabled (or in a build without CUDA) nothing changes
+// streams: the same work runs on the main stream in program order.
+class Fork {
+ public:
+  explicit Fork(bool enabled);
+  ~Fork();      // joins, if join() was not called
+  void join();  // the main stream waits for the side's work; later Side scopes are an error
+  bool enabled() const { return active_; }
+  Fork(const Fork&) = delete;
+  Fork& operator=(const Fork&) = delete;
+
+  class Side {
+   public:
+    explicit Side(Fork& fork);
+    ~Side();
+    Side(const Side&) = delete;
+    Side& operator=(const Side&) = delete;
+
+   private:
+    bool switched_ = false;
+  };
+
+ private:
+  bool active_ = false;  // forked and not yet joined
+};
+
+// True inside a Fork::Side scope of this thread: state that kernels use as scratch (cuBLASLt's
+// workspace) needs one copy per stream.
+bool on_side_stream();
+
+// Whether model code forks independent work onto a second stream (Fork): on unless DSEEK_BRANCHES=0
+// in the environment; the switch is for comparisons (bench_decode_cuda times both).
+bool branches_enabled();
+void set_branches_enabled(bool on);
+
 // Bytes the pool holds and the device's free/total memory (for diagnostics and benchmarks).
 struct MemoryInfo {
   size_t pool_reserved = 0, pool_used = 0, device_free = 0, device_total = 0;

@@ -75,6 +75,19 @@ void Graph::discard_capture() noexcept {}
 void Graph::launch() const {
   not_built();
 }
+Fork::Fork(bool) {}
+Fork::~Fork() = default;
+void Fork::join() {}
+Fork::Side::Side(Fork&) {}
+Fork::Side::~Side() = default;
+bool branches_enabled() {
+  return false;
+}
+bool on_side_stream() {
+  return false;
+}
+void set_branches_enabled(bool) {}
+
 MemoryInfo memory_info() {
   return {};
 }

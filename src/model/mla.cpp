@@ -10,8 +10,10 @@
 #include "ops/cpu/batched_matmul_cpu.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
+#include "ops/mla_cache.h"
 #include "ops/mla_decode.h"
 #include "ops/norm.h"
+#include "ops/rope.h"
 #include "ops/rows.h"
 
 namespace dseek {
@@ -55,9 +57,8 @@ Mla::Mla(const ModelConfig& config, const RopeParams& rope, LoadContext& ctx,
   }
 }
 
-Mla::Projected Mla::project_unroped(const Tensor& x) const {
+Tensor Mla::project_query(const Tensor& x) const {
   const int64_t T = x.size(0), H = n_heads_, qk = nope_dim_ + rope_dim_;
-  Projected p;
   Tensor q_flat;
   if (q_lora_rank_ > 0) {
     const Tensor q_a = apply_linear(x, q_a_proj_, q_a_bias_);
@@ -66,7 +67,13 @@ Mla::Projected Mla::project_unroped(const Tensor& x) const {
   } else {
     q_flat = apply_linear(x, q_proj_);
   }
-  p.q = q_flat.reshape({T, H, qk});
+  return q_flat.reshape({T, H, qk});
+}
+
+Mla::Projected Mla::project_unroped(const Tensor& x) const {
+  const int64_t T = x.size(0);
+  Projected p;
+  p.q = project_query(x);
 
   const Tensor kv_a = apply_linear(x, kv_a_proj_, kv_a_bias_);  // [T, r + rope]
   p.c_kv = ops::rms_norm(kv_a.slice(1, 0, kv_lora_rank_), kv_a_layernorm_, kLatentNormEps);
@@ -136,12 +143,13 @@ Tensor Mla::latent_output(const Tensor& o_lat) const {
   return apply_linear(out.reshape({T, H * v_dim_}), o_proj_, o_bias_);
 }
 
-Tensor Mla::absorb_query_gpu(const Tensor& q) const {
+Tensor Mla::absorb_query_gpu(const Tensor& q, const Tensor& positions) const {
   const int64_t T = q.size(0), r = kv_lora_rank_, width = r + rope_dim_;
   const int64_t qk = nope_dim_ + rope_dim_;
   const Tensor q_abs = Tensor::empty({T, n_heads_, width}, q.dtype(), q.device());
   ops::head_matmul_into(q.slice(2, 0, nope_dim_), w_uk_, q_abs.slice(2, 0, r));
-  q_abs.slice(2, r, width).copy_from(q.slice(2, nope_dim_, qk));
+  ops::rope_copy(q.slice(2, nope_dim_, qk), q_abs.slice(2, r, width), positions, rope_.inv_freq,
+                 rope_.attention_scaling, rope_.interleaved);
   return q_abs;
 }
 
@@ -180,6 +188,19 @@ Mla::Projected Mla::project_into_cache(const Tensor& x, const Tensor& rows,
   return p;
 }
 
+Tensor Mla::project_query_into_cache_gpu(const Tensor& x, const Tensor& rows,
+                                         const Tensor& positions, const Tensor& slots,
+                                         cuda::Fork& fork) const {
+  {
+    cuda::Fork::Side side(fork);
+    const Tensor kv_a =
+        apply_linear(x, kv_a_proj_, kv_a_bias_);  // [T, r + rope], freed on the side
+    ops::mla_cache_append(kv_a, kv_a_layernorm_, kLatentNormEps, positions, rope_.inv_freq,
+                          rope_.attention_scaling, rope_.interleaved, rows, slots);
+  }
+  return project_query(x);
+}
+
 Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const {
   const int64_t T = x.size(0), r = kv_lora_rank_, width = r + rope_dim_;
   const int64_t pos0 = cache.size(), S = pos0 + T;
@@ -191,9 +212,16 @@ Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const
     // Positions, cache rows written and keys read all come from the device-side positions, so
     // the step has no host-side length in any kernel argument (a CUDA graph replays it).
     const Tensor positions = cache.device_positions(T);
-    const Projected p = project_into_cache(x, rows, positions, positions);
-    if (T >= kExpandedPrefillRows) return prefill_expanded(p.q, rows.slice(0, 0, S));
-    return latent_output_gpu(ops::mla_decode(absorb_query_gpu(p.q), rows, r, scale_, positions));
+    cuda::Fork fork(cuda::branches_enabled());  // x and positions live past the join
+    const Tensor q = project_query_into_cache_gpu(x, rows, positions, positions, fork);
+    if (T >= kExpandedPrefillRows) {
+      apply_rope(rope_, q.slice(2, nope_dim_, nope_dim_ + rope_dim_), positions);
+      fork.join();
+      return prefill_expanded(q, rows.slice(0, 0, S));
+    }
+    const Tensor q_abs = absorb_query_gpu(q, positions);
+    fork.join();
+    return latent_output_gpu(ops::mla_decode(q_abs, rows, r, scale_, positions));
   }
   const Projected p = project(x, pos0);
 
@@ -222,11 +250,16 @@ Tensor Mla::forward_paged(const Tensor& x, std::span<const ops::PagedAttentionSe
   const Tensor& rows = cache.keys(layer);
   // Every sequence's rows at once: rotate at their own positions, write to their own pool slots.
   const Tensor index = paged_row_index(seqs, pt, x.device());
-  const Projected p = project_into_cache(x, rows, index.select(0, 0), index.select(0, 1));
+  const Tensor positions = index.select(0, 0), slots = index.select(0, 1);
   if (x.is_cuda()) {
-    return latent_output_gpu(ops::paged_attention(absorb_query_gpu(p.q), rows, rows.slice(1, 0, r),
-                                                  1, pt, seqs, scale_));
+    cuda::Fork fork(cuda::branches_enabled());  // x, positions and slots live past the join
+    const Tensor q_abs =
+        absorb_query_gpu(project_query_into_cache_gpu(x, rows, positions, slots, fork), positions);
+    fork.join();
+    return latent_output_gpu(
+        ops::paged_attention(q_abs, rows, rows.slice(1, 0, r), 1, pt, seqs, scale_));
   }
+  const Projected p = project_into_cache(x, rows, positions, slots);
   // CPU: a sequence with a prompt chunk of kExpandedPrefillRows+ tokens attends expanded over its
   // rows gathered out of its pages, as forward_cached does; the rest absorbed, in one call.
   const int64_t N = x.size(0);

@@ -25,6 +25,7 @@
 #include <mutex>
 #include <string>
 
+#include "core/cuda.h"
 #include "model/attention.h"
 #include "model/linear_weight.h"
 
@@ -69,13 +70,21 @@ class Mla : public SelfAttention {
   // device) and the new tokens' [c_kv; k_pe] written to rows `slots` of the cache layer `rows`.
   Projected project_into_cache(const Tensor& x, const Tensor& rows, const Tensor& positions,
                                const Tensor& slots) const;
+  // The GPU's cached paths: q [T, H, nope + rope] of x, unroped, and (on the side stream of
+  // `fork`, core/cuda.h, beside the query's projection) the new tokens' [c_kv; k_pe] written to
+  // rows `slots` of the cache layer `rows`, k_pe roped at `positions` (ops::mla_cache_append: one
+  // kernel after the projection). The caller joins the fork before reading the rows.
+  Tensor project_query_into_cache_gpu(const Tensor& x, const Tensor& rows, const Tensor& positions,
+                                      const Tensor& slots, cuda::Fork& fork) const;
+  Tensor project_query(const Tensor& x) const;  // [T, H, nope + rope], unroped
   // q [T, H, nope + rope] → q_abs [T, H, r + rope] = [q_nope · W_UK[h]; q_pe].
   Tensor absorb_query(const Tensor& q) const;
   // o_lat [T, H, r] → W_UV[h] per head → o_proj → [T, D].
   Tensor latent_output(const Tensor& o_lat) const;
   const Tensor& kv_b_f32() const;  // kv_b_proj in f32, made on first cached use
-  // GPU twins of absorb_query and latent_output (ops::head_matmul with w_uk_ / w_uv_t_).
-  Tensor absorb_query_gpu(const Tensor& q) const;
+  // GPU twins of absorb_query and latent_output (ops::head_matmul with w_uk_ / w_uv_t_). The
+  // query comes unroped: q_pe is rotated at `positions` straight into its place in q_abs.
+  Tensor absorb_query_gpu(const Tensor& q, const Tensor& positions) const;
   Tensor latent_output_gpu(const Tensor& o_lat) const;
   // q [T, H, nope + rope] roped, latent [S, r + rope] (the cache's rows, this chunk's last) →
   // [T, D].

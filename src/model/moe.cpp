@@ -6,6 +6,7 @@
 #include <cstring>
 #include <exception>
 
+#include "core/cuda.h"
 #include "core/error.h"
 #include "dist/process_group.h"
 #include "model/safetensors.h"
@@ -156,6 +157,14 @@ Tensor MoE::forward_device(const Tensor& x) const {
   last_load_.clear();
   if (x.size(0) == 0) return Tensor::zeros({0, D}, act, x.device());
   const Tensor input = x.contiguous();
+  // The shared experts do not depend on the routing: on a second stream they run beside the
+  // routing chain's small kernels (core/cuda.h Fork). `input` lives until the join below.
+  cuda::Fork fork(shared_.has_value() && cuda::branches_enabled());
+  Tensor shared;
+  if (shared_) {
+    cuda::Fork::Side side(fork);
+    shared = shared_->forward(input);
+  }
   const ops::MoeRouting r = ops::moe_route(gate_.logits(input), route_params(gate_.config()),
                                            gate_.correction_bias_tensor());
   // Global expert ids: under an expert shard the other ranks' slots are the zero matrices.
@@ -168,7 +177,7 @@ Tensor MoE::forward_device(const Tensor& x) const {
   // transformers: routed output first, then `+ shared_experts(residuals)`; moe_combine adds it
   // after the K products, in that order. Under an expert shard the ranks' routed parts are summed
   // first and the shared experts added to that sum.
-  const Tensor shared = shared_ ? shared_->forward(input) : Tensor();
+  fork.join();
   if (!group_) return ops::moe_combine(y_perm, r.weights, d, shared);
   Tensor out = ops::moe_combine(y_perm, r.weights, d);
   sum_over_ranks(out);

@@ -77,7 +77,7 @@ void check_positions(const Tensor& x, const Tensor& positions) {
 // per rotation: thousands per batched decode step). Keyed by value, a handful of entries; the
 // cache lives until exit on purpose (freeing device memory from a static destructor would run after
 // the CUDA runtime is torn down).
-const float* device_frequencies(const std::vector<float>& inv_freq) {
+const float* device_frequencies_impl(const std::vector<float>& inv_freq) {
   static std::mutex mutex;
   static auto* cache = new std::vector<std::pair<std::vector<float>, Tensor>>();
   std::lock_guard<std::mutex> lock(mutex);
@@ -98,7 +98,7 @@ void rope_cuda(const Tensor& x, int64_t pos0, const int64_t* positions,
   if (T * H * d == 0) return;
   auto* kernel = backward ? cuda::rope_backward : cuda::rope;
   kernel(x.raw(), T, H, d, x.strides()[0], x.strides()[1], pos0, positions,
-         device_frequencies(inv_freq), scaling, interleaved, act);
+         device_frequencies_impl(inv_freq), scaling, interleaved, act);
 }
 #endif
 
@@ -148,6 +148,42 @@ void rope_inplace(const Tensor& x, const Tensor& positions, const std::vector<fl
   const DType act = check_rope(x, 0, inv_freq);
   check_positions(x, positions);
   rope_any(x, 0, positions.data<int64_t>(), inv_freq, scaling, interleaved, false, act);
+}
+
+void rope_copy(const Tensor& src, const Tensor& dst, const Tensor& positions,
+               const std::vector<float>& inv_freq, float scaling, bool interleaved) {
+  const DType act = check_rope(dst, 0, inv_freq);
+  check_positions(dst, positions);
+  DSEEK_CHECK(src.defined(), "[rope_copy] undefined src");
+  DSEEK_CHECK(
+      src.shape() == dst.shape() && src.dtype() == dst.dtype() && src.device() == dst.device(),
+      "[rope_copy] src {} {} on the {} does not match dst {} {} on the {}", dtype_name(src.dtype()),
+      shape_str(src.shape()), device_name(src.device()), dtype_name(dst.dtype()),
+      shape_str(dst.shape()), device_name(dst.device()));
+  DSEEK_CHECK(src.strides()[2] == 1 || src.size(2) <= 1,
+              "[rope_copy] src's last dimension must be contiguous");
+  if (dst.is_cuda()) {
+#ifdef DSEEK_HAS_CUDA
+    const int64_t T = dst.size(0), H = dst.size(1), d = dst.size(2);
+    if (T * H * d == 0) return;
+    cuda::rope_copy(src.raw(), src.strides()[0], src.strides()[1], dst.raw(), dst.strides()[0],
+                    dst.strides()[1], T, H, d, positions.data<int64_t>(),
+                    device_frequencies_impl(inv_freq), scaling, interleaved, act);
+    return;
+#else
+    cuda_not_built("rope_copy");
+#endif
+  }
+  dst.copy_from(src);
+  rope_any(dst, 0, positions.data<int64_t>(), inv_freq, scaling, interleaved, false, act);
+}
+
+const float* rope_device_frequencies([[maybe_unused]] const std::vector<float>& inv_freq) {
+#ifdef DSEEK_HAS_CUDA
+  return device_frequencies_impl(inv_freq);
+#else
+  cuda_not_built("rope");
+#endif
 }
 
 void rope_backward_inplace(const Tensor& dy, int64_t pos0, const std::vector<float>& inv_freq,

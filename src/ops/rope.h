@@ -28,6 +28,17 @@ void rope_inplace(const Tensor& x, int64_t pos0, const std::vector<float>& inv_f
 void rope_inplace(const Tensor& x, const Tensor& positions, const std::vector<float>& inv_freq,
                   float scaling, bool interleaved);
 
+// dst = RoPE(src) with token t at positions[t]: the rotation of rope_inplace written elsewhere (the
+// absorbed decode's query rotates q_pe straight into its place in q_abs). src and dst [T, H, d] of
+// one dtype and device, last dimension contiguous, any other strides, not overlapping; src is left
+// as it was. The same bits as dst.copy_from(src) then rope_inplace(dst, positions, ...).
+void rope_copy(const Tensor& src, const Tensor& dst, const Tensor& positions,
+               const std::vector<float>& inv_freq, float scaling, bool interleaved);
+
+// The inverse frequencies uploaded to the GPU once per distinct set and kept (a GPU build only):
+// for other ops whose kernels rotate (ops/mla_cache.h).
+const float* rope_device_frequencies(const std::vector<float>& inv_freq);
+
 // Backward, in place: turns dy (the gradient of the rotated output, de-interleaved layout) into dx
 // (the gradient of the input, in the input's layout). The forward is y = s·R(θ)·P·x with P the
 // de-interleaving permutation (identity unless `interleaved`) and R a rotation, so

@@ -42,6 +42,7 @@
 #include "model/transformer.h"
 #include "model_fixtures.h"
 #include "ops/attention.h"
+#include "ops/mla_cache.h"
 #ifdef DSEEK_HAS_CUDA
 #include "ops/cuda/cuda_ops.h"
 #endif
@@ -543,6 +544,17 @@ TEST_P(BackendDecodeModel, GraphReplayEqualsEagerDecode) {
       return rows;
     };
     const std::vector<float> eager = run(false);
+    // One stream and the separate cache-append ops: the same bits (the second stream only
+    // reorders independent work; the fused append computes as the ops do).
+    cuda::set_branches_enabled(false);
+    ops::set_mla_cache_append_fused(false);
+    const std::vector<float> plain = run(false);
+    cuda::set_branches_enabled(true);
+    ops::set_mla_cache_append_fused(true);
+    std::printf("[backend] decode %-12s %-4s one stream, separate ops: %s\n", GetParam().c_str(),
+                std::string(dtype_name(act)).c_str(),
+                plain == eager ? "bitwise equal" : "DIFFERENT");
+    EXPECT_TRUE(plain == eager) << GetParam();
     const int64_t before = transformer->decode_graph_replays();
     const std::vector<float> graphed = run(true);
     const int64_t replays = transformer->decode_graph_replays() - before;

@@ -89,8 +89,93 @@ int device_attribute(cudaDeviceAttr attr) {
   return v;
 }
 
+namespace {
+
+// A thread's second stream and the two events that order it against the main one (Fork). Reusing
+// the events is safe: a wait takes the event's state at the time it is enqueued (or, under graph
+// capture, becomes an edge), and forks do not nest.
+struct SideStream {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t forked = nullptr, joined = nullptr;
+  SideStream() {
+    DSEEK_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    DSEEK_CUDA_CHECK(cudaEventCreateWithFlags(&forked, cudaEventDisableTiming));
+    DSEEK_CUDA_CHECK(cudaEventCreateWithFlags(&joined, cudaEventDisableTiming));
+  }
+  // Kept until exit on purpose: destroying streams from a thread-exit destructor could run after
+  // the runtime's teardown.
+};
+
+SideStream& side_stream() {
+  thread_local SideStream* side = new SideStream();
+  return *side;
+}
+
+thread_local bool t_forked = false;             // a Fork of this thread is active
+thread_local cudaStream_t t_current = nullptr;  // inside a Fork::Side scope: the side stream
+
+std::atomic<bool>& branches_switch() {
+  static std::atomic<bool> on = [] {
+    const char* env = std::getenv("DSEEK_BRANCHES");
+    return !(env && std::string_view(env) == "0");
+  }();
+  return on;
+}
+
+}  // namespace
+
 cudaStream_t stream() {
-  return ready().stream;
+  return t_current ? t_current : ready().stream;
+}
+
+bool branches_enabled() {
+  return branches_switch().load();
+}
+bool on_side_stream() {
+  return t_current != nullptr;
+}
+void set_branches_enabled(bool on) {
+  branches_switch().store(on);
+}
+
+Fork::Fork(bool enabled) {
+  if (!enabled || !available()) return;
+  DSEEK_CHECK(!t_forked, "[cuda] forks do not nest");
+  SideStream& side = side_stream();
+  DSEEK_CUDA_CHECK(cudaEventRecord(side.forked, ready().stream));
+  DSEEK_CUDA_CHECK(cudaStreamWaitEvent(side.stream, side.forked, 0));
+  t_forked = active_ = true;
+}
+
+Fork::~Fork() {
+  if (!active_) return;
+  // An exception unwinding through the fork: the main stream still waits for the side, so no
+  // later work overtakes it (a failure here has nothing better to do than to stop).
+  t_current = nullptr;
+  SideStream& side = side_stream();
+  cudaEventRecord(side.joined, side.stream);
+  cudaStreamWaitEvent(ready().stream, side.joined, 0);
+  t_forked = false;
+}
+
+void Fork::join() {
+  if (!active_) return;
+  DSEEK_CHECK(!t_current, "[cuda] Fork::join inside a Side scope");
+  SideStream& side = side_stream();
+  DSEEK_CUDA_CHECK(cudaEventRecord(side.joined, side.stream));
+  DSEEK_CUDA_CHECK(cudaStreamWaitEvent(ready().stream, side.joined, 0));
+  t_forked = active_ = false;
+}
+
+Fork::Side::Side(Fork& fork) {
+  if (!fork.enabled()) return;
+  DSEEK_CHECK(!t_current, "[cuda] Fork::Side scopes do not nest");
+  t_current = side_stream().stream;
+  switched_ = true;
+}
+
+Fork::Side::~Side() {
+  if (switched_) t_current = nullptr;
 }
 
 namespace {

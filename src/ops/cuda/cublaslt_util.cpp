@@ -15,7 +15,13 @@ const LtContext& lt_context() {
     c->workspace = dseek::cuda::alloc(kLtWorkspaceBytes);
     return c;
   }();
-  return *instance;
+  if (!dseek::cuda::on_side_stream()) return *instance;
+  // A GEMM on the side stream (core/cuda.h Fork) may run while one on the main stream does: it gets
+  // a workspace of its own (the handle is not tied to a stream). Made at its first use, which is a
+  // graph's eager warm-up step rather than the capture.
+  static const LtContext* side =
+      new LtContext{instance->handle, dseek::cuda::alloc(kLtWorkspaceBytes)};
+  return *side;
 }
 
 }  // namespace dseek::ops::cuda

@@ -2,11 +2,12 @@
 // share: one handle and one workspace for the process, and the descriptors of a problem as one
 // owning object. Host code only.
 //
-// Both run on dseek's one stream (core/cuda.h), so their GEMMs never overlap and one workspace
-// serves them all. A problem's descriptors are built once and kept with the algorithm the
-// heuristic chose for it (the callers key them by everything the descriptors hold), so a call
-// only sets its pointers and enqueues the GEMM: building and destroying five descriptors per GEMM
-// was host time on every one of a decode step's few hundred GEMMs.
+// GEMMs on dseek's main stream never overlap, so one workspace serves them all; a GEMM on the
+// side stream of a core/cuda.h Fork gets the side's own workspace. A problem's descriptors are
+// built once and kept with the algorithm the heuristic chose for it (the callers key them by
+// everything the descriptors hold), so a call only sets its pointers and enqueues the GEMM:
+// building and destroying five descriptors per GEMM was host time on every one of a decode step's
+// few hundred GEMMs.
 #pragma once
 
 #include <cublasLt.h>
@@ -22,7 +23,8 @@ struct LtContext {
   void* workspace = nullptr;  // kLtWorkspaceBytes on the device
 };
 
-// Created on first use and never destroyed: at process exit the CUDA context may already be gone.
+// The handle and the current stream's workspace (the main stream's, or a Fork side's). Created on
+// first use and never destroyed: at process exit the CUDA context may already be gone.
 // Throws dseek::Error ("[cublasLt] ...") if the handle cannot be created.
 const LtContext& lt_context();
 

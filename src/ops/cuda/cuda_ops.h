@@ -56,6 +56,19 @@ void rope(void* x, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h, in
 void rope_backward(void* dy, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h,
                    int64_t pos0, const int64_t* positions, const float* inv_freq, float scaling,
                    bool interleaved, DType act);
+// dst = rope(src) at positions: both [T, H, d] with their own strides (elements), the same dtype.
+void rope_copy(const void* src, int64_t s_t, int64_t s_h, void* dst, int64_t d_t, int64_t d_h,
+               int64_t T, int64_t H, int64_t d, const int64_t* positions, const float* inv_freq,
+               float scaling, bool interleaved, DType act);
+
+// ---- mla_cache.cu ----------------------------------------------------------------------------
+// ops::mla_cache_append on the GPU (ops/mla_cache.h): kv_a [T, r + d] (row stride kv_t, act),
+// weight [r] (w_dtype), rows [R, r + d] (row stride rows_t, rows_dtype f32 or bf16), positions and
+// slots i64 [T] on the device, inv_freq [d/2] f32 on the device.
+void mla_cache_append(const void* kv_a, int64_t kv_t, const void* weight, DType w_dtype, float eps,
+                      const int64_t* positions, const float* inv_freq, float scaling,
+                      bool interleaved, void* rows, int64_t rows_t, DType rows_dtype,
+                      const int64_t* slots, int64_t T, int64_t r, int64_t d, DType act);
 
 // ---- rows.cu ---------------------------------------------------------------------------------
 // dst row rows[i] (byte stride dst_stride_bytes) = src row i (contiguous rows of row_bytes);

@@ -13,6 +13,7 @@
 #include "core/cuda/cuda_check.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/element.cuh"
+#include "ops/cuda/rope.cuh"
 
 namespace dseek::ops::cuda {
 
@@ -25,33 +26,19 @@ constexpr int kWarps = 8;  // rows per block
 
 constexpr int64_t kInlineRows = 64;  // up to this many [t, h] rows: cos/sin without a table
 
-// Where a position's angles come from: pos(t) = positions[t], or pos0 + t.
-struct Angles {
-  int64_t pos0;
-  const int64_t* positions;
-  const float* inv_freq;
-  float scaling;
-};
-
-// (cos, sin) of θ = inv_freq[j]·pos(t), × scaling.
-__device__ __forceinline__ float2 cos_sin(const Angles& a, int64_t t, int64_t j) {
-  const float angle = a.inv_freq[j] * float(a.positions ? a.positions[t] : a.pos0 + t);
-  double sin_d, cos_d;
-  sincos(double(angle), &sin_d, &cos_d);
-  return make_float2(float(cos_d) * a.scaling, float(sin_d) * a.scaling);
-}
-
 // cs[t, j] = cos_sin(t, j).
-__global__ void rope_table_kernel(float2* cs, int64_t T, int64_t half, const Angles a) {
+__global__ void rope_table_kernel(float2* cs, int64_t T, int64_t half, const RopeAngles a) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < T * half;
        i += int64_t(gridDim.x) * blockDim.x)
-    cs[i] = cos_sin(a, i / half, i % half);
+    cs[i] = rope_cos_sin(a, i / half, i % half);
 }
 
-// cs: the table, or null to compute each (cos, sin) from `a`.
+// cs: the table, or null to compute each (cos, sin) from `a`. Rows are read from `src` and written
+// to `dst` (the same memory for the in-place ops).
 template <typename Act, bool kBackward>
-__global__ void rope_kernel(Act* x, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h,
-                            const float2* cs, const Angles a, bool interleaved) {
+__global__ void rope_kernel(const Act* src, int64_t s_t, int64_t s_h, Act* dst, int64_t d_t,
+                            int64_t d_h, int64_t T, int64_t H, int64_t d, const float2* cs,
+                            const RopeAngles a, bool interleaved) {
   extern __shared__ float rows_buf[];  // [kWarps, d]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float* buf = rows_buf + warp * d;
@@ -60,20 +47,20 @@ __global__ void rope_kernel(Act* x, int64_t T, int64_t H, int64_t d, int64_t x_t
   for (int64_t r = blockIdx.x * int64_t(kWarps) + warp; r < rows;
        r += int64_t(gridDim.x) * kWarps) {
     const int64_t t = r / H, h = r % H;
-    Act* row = x + t * x_t + h * x_h;
-    for (int64_t i = lane; i < d; i += 32) buf[i] = to_f32(row[i]);
+    const Act* in = src + t * s_t + h * s_h;
+    Act* row = dst + t * d_t + h * d_h;
+    for (int64_t i = lane; i < d; i += 32) buf[i] = to_f32(in[i]);
     __syncwarp();
     for (int64_t j = lane; j < half; j += 32) {
-      const float2 c_s = cs ? cs[t * half + j] : cos_sin(a, t, j);
-      const float c = c_s.x, s = c_s.y;
+      const float2 c_s = cs ? cs[t * half + j] : rope_cos_sin(a, t, j);
       if (!kBackward) {
         // y = R(θ)·P·x: gather the pair (de-interleaving if asked), rotate, write the halves.
-        const float a = interleaved ? buf[2 * j] : buf[j];
-        const float b = interleaved ? buf[2 * j + 1] : buf[half + j];
-        row[j] = from_f32<Act>(a * c - b * s);
-        row[half + j] = from_f32<Act>(b * c + a * s);
+        const float2 y = rope_pair(buf, j, half, c_s, interleaved);
+        row[j] = from_f32<Act>(y.x);
+        row[half + j] = from_f32<Act>(y.y);
       } else {
         // dx = Pᵀ·R(−θ)·dy: rotate the halves back, then re-interleave if asked.
+        const float c = c_s.x, s = c_s.y;
         const float a = buf[j], b = buf[half + j];
         const float z0 = a * c + b * s, z1 = b * c - a * s;
         row[interleaved ? 2 * j : j] = from_f32<Act>(z0);
@@ -85,12 +72,12 @@ __global__ void rope_kernel(Act* x, int64_t T, int64_t H, int64_t d, int64_t x_t
 }
 
 template <bool kBackward>
-void launch(void* x, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h, int64_t pos0,
-            const int64_t* positions, const float* inv_freq, float scaling, bool interleaved,
-            DType act) {
+void launch(const void* src, int64_t s_t, int64_t s_h, void* dst, int64_t d_t, int64_t d_h,
+            int64_t T, int64_t H, int64_t d, int64_t pos0, const int64_t* positions,
+            const float* inv_freq, float scaling, bool interleaved, DType act) {
   if (T <= 0 || H <= 0 || d <= 0) return;
   const int64_t half = d / 2, rows = T * H;
-  const Angles a{pos0, positions, inv_freq, scaling};
+  const RopeAngles a{pos0, positions, inv_freq, scaling};
   float2* cs = nullptr;
   if (rows > kInlineRows) {
     cs = static_cast<float2*>(dseek::cuda::alloc(size_t(T * half) * sizeof(float2)));
@@ -102,7 +89,8 @@ void launch(void* x, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h, 
   const size_t smem = size_t(kWarps) * size_t(d) * sizeof(float);
   DSEEK_DISPATCH_ACT(act, Act,
                      rope_kernel<Act, kBackward><<<blocks, kWarps * 32, smem, stream()>>>(
-                         static_cast<Act*>(x), T, H, d, x_t, x_h, cs, a, interleaved));
+                         static_cast<const Act*>(src), s_t, s_h, static_cast<Act*>(dst), d_t, d_h,
+                         T, H, d, cs, a, interleaved));
   DSEEK_CUDA_CHECK_LAUNCH(kBackward ? "rope_backward_kernel" : "rope_kernel");
   if (cs) dseek::cuda::free(cs);
 }
@@ -112,13 +100,22 @@ void launch(void* x, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h, 
 void rope(void* x, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h, int64_t pos0,
           const int64_t* positions, const float* inv_freq, float scaling, bool interleaved,
           DType act) {
-  launch<false>(x, T, H, d, x_t, x_h, pos0, positions, inv_freq, scaling, interleaved, act);
+  launch<false>(x, x_t, x_h, x, x_t, x_h, T, H, d, pos0, positions, inv_freq, scaling, interleaved,
+                act);
+}
+
+void rope_copy(const void* src, int64_t s_t, int64_t s_h, void* dst, int64_t d_t, int64_t d_h,
+               int64_t T, int64_t H, int64_t d, const int64_t* positions, const float* inv_freq,
+               float scaling, bool interleaved, DType act) {
+  launch<false>(src, s_t, s_h, dst, d_t, d_h, T, H, d, 0, positions, inv_freq, scaling, interleaved,
+                act);
 }
 
 void rope_backward(void* dy, int64_t T, int64_t H, int64_t d, int64_t x_t, int64_t x_h,
                    int64_t pos0, const int64_t* positions, const float* inv_freq, float scaling,
                    bool interleaved, DType act) {
-  launch<true>(dy, T, H, d, x_t, x_h, pos0, positions, inv_freq, scaling, interleaved, act);
+  launch<true>(dy, x_t, x_h, dy, x_t, x_h, T, H, d, pos0, positions, inv_freq, scaling, interleaved,
+               act);
 }
 
 }  // namespace dseek::ops::cuda
