@@ -57,6 +57,7 @@
 #include "model/safetensors.h"
 #include "model/transformer.h"
 #include "ops/mla_cache.h"
+#include "ops/moe.h"
 
 using namespace dseek;
 using namespace dseek::bench;
@@ -360,7 +361,8 @@ int main(int argc, char** argv) {
     // On the GPU two more graphed runs, the baselines in the same process on the same weights and
     // prompt: (2) without the second stream (core/cuda.h Fork: an MLA layer's latent projection
     // beside its query's, the shared experts beside the routing), and (3) without that, the fused
-    // MLA cache append (ops/mla_cache.h) and the decode kernels of 2026-12-05 (the dense and router
+    // MLA cache append (ops/mla_cache.h), the one-kernel routing (ops::moe_route_permute) and the
+    // decode kernels of 2026-12-05 (the dense and router
     // GEMVs, one-row expert streaming, the fused SwiGLU down projections and programmatic
     // dependent launch; their switches in ops/cuda/gemv.h, grouped_gemv.h and core/cuda/pdl.cuh).
     auto set_decode_kernels = [&]([[maybe_unused]] bool branches, [[maybe_unused]] bool kernels) {
@@ -368,6 +370,7 @@ int main(int argc, char** argv) {
       if (device != Device::CUDA) return;
       cuda::set_branches_enabled(branches);
       ops::set_mla_cache_append_fused(kernels);
+      ops::set_moe_small_route(kernels);
       ops::cuda::set_linear_gemv(kernels);
       ops::cuda::set_grouped_gemv_streaming(kernels);
       cuda::set_pdl_enabled(kernels);
@@ -383,8 +386,8 @@ int main(int argc, char** argv) {
           : !graphs                      ? "decode b1, no graphs"
           : !model->cuda_graphs_active() ? "decode b1 (CUDA graphs not applicable)"
           : run_kind == 2                ? "decode b1, CUDA graphs, one stream"
-          : run_kind == 3 ? "decode b1, CUDA graphs, one stream, without the fused cache append, "
-                            "the decode GEMVs and PDL"
+          : run_kind == 3 ? "decode b1, CUDA graphs, one stream, without the fused cache append "
+                            "and routing, the decode GEMVs and PDL"
                           : "decode b1, CUDA graphs";
       nlohmann::json row = base;
       row.update({{"bench", "decode"},

@@ -165,11 +165,13 @@ Tensor MoE::forward_device(const Tensor& x) const {
     cuda::Fork::Side side(fork);
     shared = shared_->forward(input);
   }
-  const ops::MoeRouting r = ops::moe_route(gate_.logits(input), route_params(gate_.config()),
-                                           gate_.correction_bias_tensor());
-  // Global expert ids: under an expert shard the other ranks' slots are the zero matrices.
-  const ops::MoeDispatch d = ops::moe_dispatch(r.ids, gate_.config().n_routed_experts);
-  const Tensor x_perm = ops::moe_permute(input, d);
+  // Route, dispatch and permute (one kernel for a decode step's tokens). Global expert ids: under
+  // an expert shard the other ranks' slots are the zero matrices.
+  const ops::MoeRouted routed = ops::moe_route_permute(
+      input, gate_.logits(input), route_params(gate_.config()), gate_.correction_bias_tensor());
+  const ops::MoeRouting& r = routed.routing;
+  const ops::MoeDispatch& d = routed.dispatch;
+  const Tensor& x_perm = routed.x_perm;
   // gate and up in one grouped product [N, 2I] (one launch); silu_mul over its halves inside the
   // down projection (a decode step's one kernel) or as its own op (ops/swiglu.h).
   const Tensor gu = ops::grouped_linear(x_perm, gate_up_mats_, d.offsets);

@@ -1,7 +1,9 @@
 #include "ops/moe.h"
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "core/cuda.h"
@@ -93,20 +95,52 @@ void validate(const MoeRouteParams& p) {
   }
 }
 
-MoeRouting moe_route(const Tensor& logits, const MoeRouteParams& p, const Tensor& correction_bias) {
+namespace {
+
+// moe_route's checks; returns the device and whether the correction bias is used.
+std::pair<Device, bool> check_route(const Tensor& logits, const MoeRouteParams& p,
+                                    const Tensor& correction_bias) {
   validate(p);
-  const int64_t E = p.experts, K = p.top_k;
+  const int64_t E = p.experts;
   DSEEK_CHECK(
       logits.defined() && logits.dim() == 2 && logits.size(1) == E && logits.dtype() == DType::F32,
       "[moe_route] logits: {} {}, expected [T, {}] f32", shape_str(logits.shape()),
       dtype_name(logits.dtype()), E);
   const Device device = op_device("moe_route", {&logits, &correction_bias});
-  const bool use_bias = p.method == MoeTopK::NoauxTc && correction_bias.defined();
   if (correction_bias.defined()) {
     DSEEK_CHECK(correction_bias.dtype() == DType::F32 && correction_bias.shape() == Shape{E},
                 "[moe_route] correction_bias: {} {}, expected [{}] f32",
                 shape_str(correction_bias.shape()), dtype_name(correction_bias.dtype()), E);
   }
+  if (device == Device::CUDA)
+    DSEEK_CHECK(E <= 1024 && (p.method == MoeTopK::Greedy || p.n_group <= 32),
+                "[moe_route] the CUDA kernel takes at most 1024 experts and 32 groups, got {} "
+                "and {}",
+                E, p.n_group);
+  return {device, p.method == MoeTopK::NoauxTc && correction_bias.defined()};
+}
+
+#ifdef DSEEK_HAS_CUDA
+cuda::MoeRouteArgs route_args(const MoeRouteParams& p) {
+  return cuda::MoeRouteArgs{p.experts,
+                            p.top_k,
+                            p.scoring == MoeScoring::Sigmoid,
+                            int(p.method),
+                            p.method == MoeTopK::Greedy ? 1 : p.n_group,
+                            p.method == MoeTopK::Greedy ? 1 : p.topk_group,
+                            p.normalise,
+                            p.scale,
+                            p.routed_scaling_factor};
+}
+#endif
+
+std::atomic<bool> g_small_route{true};
+
+}  // namespace
+
+MoeRouting moe_route(const Tensor& logits, const MoeRouteParams& p, const Tensor& correction_bias) {
+  const auto [device, use_bias] = check_route(logits, p, correction_bias);
+  const int64_t E = p.experts, K = p.top_k;
   const int64_t T = logits.size(0);
   MoeRouting r{Tensor::empty({T, K}, DType::I32, device), Tensor::empty({T, K}, DType::F32, device),
                Tensor::empty({T, E}, DType::F32, device)};
@@ -116,20 +150,7 @@ MoeRouting moe_route(const Tensor& logits, const MoeRouteParams& p, const Tensor
   const Tensor& bias = use_bias ? contiguous_or(correction_bias, bh) : correction_bias;
   if (device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
-    DSEEK_CHECK(E <= 1024 && (p.method == MoeTopK::Greedy || p.n_group <= 32),
-                "[moe_route] the CUDA kernel takes at most 1024 experts and 32 groups, got {} "
-                "and {}",
-                E, p.n_group);
-    const cuda::MoeRouteArgs a{E,
-                               K,
-                               p.scoring == MoeScoring::Sigmoid,
-                               int(p.method),
-                               p.method == MoeTopK::Greedy ? 1 : p.n_group,
-                               p.method == MoeTopK::Greedy ? 1 : p.topk_group,
-                               p.normalise,
-                               p.scale,
-                               p.routed_scaling_factor};
-    cuda::moe_route(z.data<float>(), T, E, use_bias ? bias.data<float>() : nullptr, a,
+    cuda::moe_route(z.data<float>(), T, E, use_bias ? bias.data<float>() : nullptr, route_args(p),
                     r.ids.data<int32_t>(), r.weights.data<float>(), r.scores.data<float>());
     return r;
 #else
@@ -253,6 +274,46 @@ Tensor moe_permute(const Tensor& x, const MoeDispatch& d) {
 #endif
   }
   cpu::moe_permute(xc.data<float>(), d.order.data<int32_t>(), N, d.top_k, D, out.data<float>());
+  return out;
+}
+
+void set_moe_small_route(bool on) {
+  g_small_route = on;
+}
+
+MoeRouted moe_route_permute(const Tensor& x, const Tensor& logits, const MoeRouteParams& p,
+                            const Tensor& correction_bias) {
+#ifdef DSEEK_HAS_CUDA
+  const int64_t T = logits.defined() && logits.dim() == 2 ? logits.size(0) : 0;
+  if (g_small_route.load() && x.defined() && x.is_cuda() && logits.is_cuda() &&
+      cuda::small_route_fits(T, route_args(p))) {
+    const auto [device, use_bias] = check_route(logits, p, correction_bias);
+    DSEEK_CHECK(x.dim() == 2 && x.size(0) == T, "[moe_permute] x {}, expected [{}, D]",
+                shape_str(x.shape()), T);
+    const DType act = activation_dtype("moe_permute", x);
+    const int64_t E = p.experts, K = p.top_k, D = x.size(1);
+    MoeRouted out{
+        {Tensor::empty({T, K}, DType::I32, device), Tensor::empty({T, K}, DType::F32, device),
+         Tensor::empty({T, E}, DType::F32, device)},
+        {Tensor::empty({E + 1}, DType::I64, device), Tensor::empty({T * K}, DType::I32, device),
+         Tensor::empty({T * K}, DType::I32, device), T, K, E},
+        Tensor::empty({T * K, D}, act, device)};
+    Tensor lh, bh, xh;
+    const Tensor& z = contiguous_or(logits, lh);
+    const Tensor& bias = use_bias ? contiguous_or(correction_bias, bh) : correction_bias;
+    const Tensor& xc = contiguous_or(x, xh);
+    cuda::small_route(z.data<float>(), T, E, use_bias ? bias.data<float>() : nullptr, route_args(p),
+                      out.routing.ids.data<int32_t>(), out.routing.weights.data<float>(),
+                      out.routing.scores.data<float>(), out.dispatch.offsets.data<int64_t>(),
+                      out.dispatch.order.data<int32_t>(), out.dispatch.position.data<int32_t>(),
+                      xc.raw(), D, out.x_perm.raw(), act);
+    return out;
+  }
+#endif
+  MoeRouted out;
+  out.routing = moe_route(logits, p, correction_bias);
+  out.dispatch = moe_dispatch(out.routing.ids, p.experts);
+  out.x_perm = moe_permute(x, out.dispatch);
   return out;
 }
 

@@ -113,6 +113,19 @@ MoeDispatch moe_dispatch(const Tensor& ids, int64_t experts);
 
 // x [T, D] -> x_perm [T·K, D] in x's dtype.
 Tensor moe_permute(const Tensor& x, const MoeDispatch& d);
+
+// moe_route, moe_dispatch (over params.experts) and moe_permute(x) in one call: the routed half's
+// first three steps. On the GPU a decode step's few tokens (T ≤ 8, E ≤ 256) take one kernel
+// instead of three, with the same bits; otherwise (and on the CPU) it runs the three ops.
+// set_moe_small_route(false) makes the GPU run the three ops too (for comparisons).
+struct MoeRouted {
+  MoeRouting routing;
+  MoeDispatch dispatch;
+  Tensor x_perm;  // [T·K, D]
+};
+MoeRouted moe_route_permute(const Tensor& x, const Tensor& logits, const MoeRouteParams& params,
+                            const Tensor& correction_bias = Tensor());
+void set_moe_small_route(bool on);
 // dx_perm [T·K, D] -> dx [T, D]: each token's K rows summed in k order.
 Tensor moe_permute_backward(const Tensor& dx_perm, const MoeDispatch& d);
 

@@ -47,6 +47,7 @@
 #include "ops/cuda/cuda_ops.h"
 #endif
 #include "ops/mla_decode.h"
+#include "ops/moe.h"
 
 namespace dseek::backend_test {
 namespace {
@@ -544,13 +545,15 @@ TEST_P(BackendDecodeModel, GraphReplayEqualsEagerDecode) {
       return rows;
     };
     const std::vector<float> eager = run(false);
-    // One stream and the separate cache-append ops: the same bits (the second stream only
-    // reorders independent work; the fused append computes as the ops do).
+    // One stream, the separate cache-append ops and the three routing ops: the same bits (the
+    // second stream only reorders independent work; the fused kernels compute as the ops do).
     cuda::set_branches_enabled(false);
     ops::set_mla_cache_append_fused(false);
+    ops::set_moe_small_route(false);
     const std::vector<float> plain = run(false);
     cuda::set_branches_enabled(true);
     ops::set_mla_cache_append_fused(true);
+    ops::set_moe_small_route(true);
     std::printf("[backend] decode %-12s %-4s one stream, separate ops: %s\n", GetParam().c_str(),
                 std::string(dtype_name(act)).c_str(),
                 plain == eager ? "bitwise equal" : "DIFFERENT");

@@ -167,6 +167,50 @@ TEST(BackendOps, MoeRoute) {
   }
 }
 
+// A decode step's routing, dispatch and permutation in one kernel (ops::moe_route_permute): bit
+// for bit the three ops on the GPU (every output: ids, weights, scores, offsets, order, position,
+// x_perm), and through them the CPU's routing; every routing rule, 1 to 8 tokens, with ties.
+TEST(BackendOps, MoeRoutePermuteSmall) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(25);
+  for (const RouteCase& c : kRouteCases) {
+    if (c.E > 256) continue;  // the one-block kernel's limit; larger runs the three ops
+    for (int64_t T : {1, 3, 8}) {
+      for (bool ties : {false, true}) {
+        std::vector<float> z = rand({T, c.E}, rng, 4.0f).to_vector();
+        std::vector<float> bias = rand({c.E}, rng, 0.3f).to_vector();
+        if (ties) {
+          for (float& v : z) v = std::round(v * 2) / 2;
+          for (float& v : bias) v = std::round(v * 20) / 20;
+        }
+        const Tensor logits = on_gpu(Tensor::from_vector(z, {T, c.E}));
+        const Tensor b = c.bias ? on_gpu(Tensor::from_vector(bias, {c.E})) : Tensor();
+        for (DType act : kActDtypes) {
+          const Tensor x = on_gpu(rand({T, 2048 + 8}, rng), act).slice(1, 0, 2048);  // strided
+          poison_pool({T * c.K, T * c.K, T * c.E, c.E + 1, T * c.K * 2048});
+          const ops::MoeRouted fused = ops::moe_route_permute(x, logits, params_of(c), b);
+          ops::set_moe_small_route(false);
+          const ops::MoeRouted apart = ops::moe_route_permute(x, logits, params_of(c), b);
+          ops::set_moe_small_route(true);
+          const std::string what =
+              fmt::format("{} T{}{} {}", c.name, T, ties ? " ties" : "", dtype_name(act));
+          EXPECT_EQ(ints(fused.routing.ids), ints(apart.routing.ids)) << what;
+          EXPECT_EQ(fused.routing.weights.to_vector(), apart.routing.weights.to_vector()) << what;
+          EXPECT_EQ(fused.routing.scores.to_vector(), apart.routing.scores.to_vector()) << what;
+          EXPECT_EQ(longs(fused.dispatch.offsets), longs(apart.dispatch.offsets)) << what;
+          EXPECT_EQ(ints(fused.dispatch.order), ints(apart.dispatch.order)) << what;
+          EXPECT_EQ(ints(fused.dispatch.position), ints(apart.dispatch.position)) << what;
+          expect_close("moe_route_permute x_perm " + what, {T * c.K, 2048}, act,
+                       apart.x_perm.to(Device::CPU), fused.x_perm, {0, 0});
+          const ops::MoeRouting want = ops::moe_route(logits.to(Device::CPU), params_of(c),
+                                                      c.bias ? b.to(Device::CPU) : Tensor());
+          expect_same_routing("fused " + what, c, T, want, fused.routing, bias);
+        }
+      }
+    }
+  }
+}
+
 // The router backward: the CPU op's routing (ids, scores) fed to both sides, so the comparison
 // sees only the kernel's own rounding (double sums in another order); with and without the extra
 // score gradient, T = 1, 257 and 4099 (many blocks).

@@ -195,6 +195,13 @@ void moe_route_backward(const float* scores, const int32_t* ids, const float* dw
 // unplaced (their order/position entries stay −1).
 void moe_dispatch(const int32_t* ids, int64_t N, int64_t E, int64_t* offsets, int32_t* order,
                   int32_t* position);
+// moe_route, moe_dispatch (over a.experts) and moe_permute of x [T, D] in one block, for a decode
+// step's few tokens: small_route_fits(T, a) must hold (T ≤ 8, E ≤ 256). The same bits as the three.
+bool small_route_fits(int64_t T, const MoeRouteArgs& a);
+void small_route(const float* logits, int64_t T, int64_t ld, const float* bias,
+                 const MoeRouteArgs& a, int32_t* ids, float* weights, float* scores,
+                 int64_t* offsets, int32_t* order, int32_t* position, const void* x, int64_t D,
+                 void* x_perm, DType act);
 // x_perm[i] = x[order[i] / K] (rows of D, act); a row with order −1 becomes zeros.
 void moe_permute(const void* x, const int32_t* order, int64_t N, int64_t K, int64_t D, void* x_perm,
                  DType act);

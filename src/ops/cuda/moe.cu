@@ -70,16 +70,15 @@ __device__ __forceinline__ double warp_sum_double(double v) {
 
 constexpr int kRouteWarps = 4;  // tokens per block
 
-__global__ void moe_route_kernel(const float* logits, int64_t T, int64_t ld, const float* bias,
-                                 MoeRouteArgs a, int32_t* ids, float* weights, float* scores) {
-  extern __shared__ float route_smem[];  // per warp: s[E], c[E]
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t t = int64_t(blockIdx.x) * kRouteWarps + warp;
-  if (t >= T) return;  // whole warps leave; only __syncwarp below
+// Token t's routing by one warp (every lane calls it; only __syncwarp inside), with s and c the
+// warp's own E floats each of shared memory. Shared by moe_route_kernel and the decode step's
+// small_route_kernel, so both give the same bits.
+__device__ void route_token(const float* logits, int64_t t, int64_t ld, const float* bias,
+                            const MoeRouteArgs& a, float* s, float* c, int32_t* ids, float* weights,
+                            float* scores) {
+  const int lane = threadIdx.x % 32;
   const int E = int(a.experts), K = int(a.top_k);
   const bool noaux = a.method == 2;
-  float* s = route_smem + size_t(warp) * 2 * size_t(E);
-  float* c = s + E;
   const float* z = logits + t * ld;
 
   // Scores, as cpu::moe_route: softmax with the sum in double, or sigmoid.
@@ -181,6 +180,16 @@ __global__ void moe_route_kernel(const float* logits, int64_t T, int64_t ld, con
       for (int k = 0; k < K; ++k) w[k] *= a.routed_scaling_factor;
     }
   }
+}
+
+__global__ void moe_route_kernel(const float* logits, int64_t T, int64_t ld, const float* bias,
+                                 MoeRouteArgs a, int32_t* ids, float* weights, float* scores) {
+  extern __shared__ float route_smem[];  // per warp: s[E], c[E]
+  const int warp = threadIdx.x / 32;
+  const int64_t t = int64_t(blockIdx.x) * kRouteWarps + warp;
+  if (t >= T) return;  // whole warps leave; only __syncwarp below
+  float* s = route_smem + size_t(warp) * 2 * size_t(a.experts);
+  route_token(logits, t, ld, bias, a, s, s + a.experts, ids, weights, scores);
 }
 
 // ---- dispatch --------------------------------------------------------------------------------
@@ -293,11 +302,11 @@ __global__ void place_kernel(const int32_t* ids, int64_t N, const int64_t* offse
 constexpr int64_t kSmallDispatchSlots = 2048, kSmallDispatchExperts = 1024;
 constexpr int kSmallDispatchThreads = 1024;
 
-__global__ void __launch_bounds__(kSmallDispatchThreads)
-    small_dispatch_kernel(const int32_t* ids, int N, int E, int64_t* offsets, int32_t* order,
-                          int32_t* position) {
-  __shared__ unsigned counts[kSmallDispatchExperts];
-  __shared__ int64_t starts[kSmallDispatchExperts + 1];
+// The block's dispatch of N slots over E experts (every thread of the block calls it);
+// counts[E] and starts[E + 1] in shared memory.
+__device__ void dispatch_in_block(const int32_t* ids, int N, int E, int64_t* offsets,
+                                  int32_t* order, int32_t* position, unsigned* counts,
+                                  int64_t* starts) {
   const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
   for (int i = int(threadIdx.x); i < N; i += blockDim.x) order[i] = position[i] = -1;
   for (int e = int(threadIdx.x); e < E; e += blockDim.x) counts[e] = 0;
@@ -336,6 +345,47 @@ __global__ void __launch_bounds__(kSmallDispatchThreads)
       }
       placed += __popc(ballot);
     }
+  }
+}
+
+__global__ void __launch_bounds__(kSmallDispatchThreads)
+    small_dispatch_kernel(const int32_t* ids, int N, int E, int64_t* offsets, int32_t* order,
+                          int32_t* position) {
+  __shared__ unsigned counts[kSmallDispatchExperts];
+  __shared__ int64_t starts[kSmallDispatchExperts + 1];
+  dispatch_in_block(ids, N, E, offsets, order, position, counts, starts);
+}
+
+// A decode step's routing, dispatch and permutation in one block (three launches before, for a
+// few tokens' work): warp t routes token t (route_token, its scores in shared memory), the block
+// then places the T·K slots (dispatch_in_block) and copies each permuted row. The global writes
+// of one phase are read by the next after __syncthreads, which makes them visible to the block.
+constexpr int64_t kSmallRouteTokens = 8, kSmallRouteExperts = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kSmallDispatchThreads)
+    small_route_kernel(const float* logits, int64_t tokens, int64_t ld, const float* bias,
+                       MoeRouteArgs a, int32_t* ids, float* weights, float* scores,
+                       int64_t* offsets, int32_t* order, int32_t* position, const T* x, int64_t D,
+                       T* x_perm) {
+  __shared__ unsigned counts[kSmallDispatchExperts];
+  __shared__ int64_t starts[kSmallDispatchExperts + 1];
+  __shared__ float route_smem[kSmallRouteTokens * 2 * kSmallRouteExperts];
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int E = int(a.experts), K = int(a.top_k), N = int(tokens) * K;
+  if (warp < tokens) {
+    float* s = route_smem + size_t(warp) * 2 * size_t(E);
+    route_token(logits, warp, ld, bias, a, s, s + E, ids, weights, scores);
+  }
+  __syncthreads();
+  dispatch_in_block(ids, N, E, offsets, order, position, counts, starts);
+  __syncthreads();
+  const int warps = int(blockDim.x) / 32;
+  for (int i = warp; i < N; i += warps) {
+    const int32_t slot = order[i];
+    T* dst = x_perm + int64_t(i) * D;
+    const T* src = x + int64_t(slot < 0 ? 0 : slot / K) * D;
+    for (int64_t j = lane; j < D; j += 32) dst[j] = slot < 0 ? from_f32<T>(0.0f) : src[j];
   }
 }
 
@@ -577,6 +627,26 @@ void moe_route(const float* logits, int64_t T, int64_t ld, const float* bias, co
   moe_route_kernel<<<unsigned(ceil_div<int64_t>(T, kRouteWarps)), kRouteWarps * 32, smem,
                      stream()>>>(logits, T, ld, bias, a, ids, weights, scores);
   DSEEK_CUDA_CHECK_LAUNCH("moe_route_kernel");
+}
+
+bool small_route_fits(int64_t T, const MoeRouteArgs& a) {
+  return T >= 1 && T <= kSmallRouteTokens && a.experts <= kSmallRouteExperts &&
+         T * a.top_k <= kSmallDispatchSlots;
+}
+
+void small_route(const float* logits, int64_t T, int64_t ld, const float* bias,
+                 const MoeRouteArgs& a, int32_t* ids, float* weights, float* scores,
+                 int64_t* offsets, int32_t* order, int32_t* position, const void* x, int64_t D,
+                 void* x_perm, DType act) {
+  DSEEK_CHECK(small_route_fits(T, a),
+              "[moe_route] {} tokens over {} experts exceed the one-block "
+              "routing",
+              T, a.experts);
+  DSEEK_DISPATCH_ACT(act, X,
+                     small_route_kernel<X><<<1, kSmallDispatchThreads, 0, stream()>>>(
+                         logits, T, ld, bias, a, ids, weights, scores, offsets, order, position,
+                         static_cast<const X*>(x), D, static_cast<X*>(x_perm)));
+  DSEEK_CUDA_CHECK_LAUNCH("small_route_kernel");
 }
 
 void moe_dispatch(const int32_t* ids, int64_t N, int64_t E, int64_t* offsets, int32_t* order,
