@@ -40,7 +40,7 @@ void mla_cache_append(const Tensor& kv_a, const Tensor& weight, double eps, cons
   DSEEK_CHECK(kv_a.defined() && weight.defined() && rows.defined(),
               "[mla_cache_append] undefined kv_a, weight or rows");
   const Device device = op_device("mla_cache_append", {&kv_a, &weight, &rows});
-  const DType act = activation_dtype("mla_cache_append", kv_a);
+  [[maybe_unused]] const DType act = activation_dtype("mla_cache_append", kv_a);
   const int64_t d = 2 * int64_t(inv_freq.size());
   DSEEK_CHECK(weight.dim() == 1 && weight.size(0) > 0,
               "[mla_cache_append] weight must be [r], got {}", shape_str(weight.shape()));
