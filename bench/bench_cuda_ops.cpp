@@ -27,6 +27,7 @@
 #include "ops/cuda/grouped_gemv.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
+#include "ops/mla_cache.h"
 #include "ops/mla_decode.h"
 #include "ops/moe.h"
 #include "ops/norm.h"
@@ -328,6 +329,39 @@ int main(int argc, char** argv) {
       }
       ops::cuda::set_mla_decode_tensor_cores(true);
     }
+  }
+  {  // A decode step's small fused kernels beside the separate ops they replace (one token of
+     // V2-Lite, x20 back to back, synchronised once): the latent cache append (rms_norm, k_pe
+     // copy and rotation, two row scatters) and the MoE routing (route, dispatch, permute).
+     // Bytes: the rows read and written once.
+    const Tensor kv_a = rand_gpu({1, 576}, bf, rng), w = rand_gpu({512}, bf, rng);
+    const Tensor rows = rand_gpu({4096, 576}, bf, rng);
+    const Tensor pos = Tensor::from_i64({190}).to(Device::CUDA);
+    std::vector<float> inv_freq(32);
+    for (int j = 0; j < 32; ++j) inv_freq[size_t(j)] = float(std::pow(10000.0, -2.0 * j / 64));
+    for (bool fused : {true, false}) {
+      ops::set_mla_cache_append_fused(fused);
+      row(std::string("mla_cache_append x20 (") + (fused ? "one kernel)" : "five ops)"),
+          dims({1, 512, 64}), 0, 20 * 2 * 576 * 2.0, [&] {
+            for (int i = 0; i < 20; ++i)
+              ops::mla_cache_append(kv_a, w, 1e-6, pos, inv_freq, 1.0f, true, rows, pos);
+          });
+    }
+    ops::set_mla_cache_append_fused(true);
+    ops::MoeRouteParams p;
+    p.experts = 64;
+    p.top_k = 6;
+    p.scale = true;
+    const Tensor logits = rand_gpu({1, 64}, DType::F32, rng, 3.0f);
+    const Tensor x = rand_gpu({1, 2048}, bf, rng);
+    for (bool fused : {true, false}) {
+      ops::set_moe_small_route(fused);
+      row(std::string("moe_route_permute x20 (") + (fused ? "one kernel)" : "three ops)"),
+          dims({1, 64, 6, 2048}), 0, 20 * 7 * 2048 * 2.0, [&] {
+            for (int i = 0; i < 20; ++i) (void)ops::moe_route_permute(x, logits, p);
+          });
+    }
+    ops::set_moe_small_route(true);
   }
   return 0;
 }
