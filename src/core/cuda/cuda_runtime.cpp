@@ -98,6 +98,8 @@ struct SideStream {
   cudaStream_t stream = nullptr;
   cudaEvent_t forked = nullptr, joined = nullptr;
   SideStream() {
+    // On dseek's device, whichever thread forks first (a thread starts on device 0).
+    DSEEK_CUDA_CHECK(cudaSetDevice(g_ordinal.load()));
     DSEEK_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     DSEEK_CUDA_CHECK(cudaEventCreateWithFlags(&forked, cudaEventDisableTiming));
     DSEEK_CUDA_CHECK(cudaEventCreateWithFlags(&joined, cudaEventDisableTiming));
