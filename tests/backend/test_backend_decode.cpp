@@ -196,9 +196,12 @@ TEST(BackendDecode, HeadMatmul) {
   struct Case {
     int64_t T, H, K, N;
   };
+  // bf16 with T ≤ 4 and N a multiple of 32 runs the per-head GEMV (ops/cuda/head_gemv.cu):
+  // V2-Lite's two products, V3's heads, odd K, 32-column blocks (96 columns, few heads), four rows.
   const std::vector<Case> cases = {{1, 1, 1, 1},       {1, 16, 128, 512}, {3, 128, 128, 512},
                                    {37, 16, 512, 128}, {1, 7, 19, 33},    {100, 3, 70, 65},
-                                   {1, 128, 512, 128}};
+                                   {1, 128, 512, 128}, {1, 16, 512, 128}, {2, 3, 19, 96},
+                                   {4, 16, 512, 128}};
   for (DType act : kActDtypes)
     for (const Case& c : cases) {
       // x as the first K columns of rows of K + 5 (MLA's q_nope inside q).

@@ -153,6 +153,10 @@ void set_linear_gemv(bool on) {
   gemv_enabled().store(on);
 }
 
+bool linear_gemv_enabled() {
+  return gemv_enabled().load();
+}
+
 void gemv(const void* x, int64_t T, int64_t in, const void* w, int64_t ldw, int64_t out,
           const void* bias, void* y, DType act) {
   DSEEK_CHECK(act == DType::BF16, "[linear] gemv of {}", dtype_name(act));

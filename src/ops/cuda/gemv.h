@@ -37,4 +37,17 @@ bool gemv_widened_takes(int64_t T, int64_t in, const void* x, const void* w, int
 void gemv_widened(const void* x, int64_t T, int64_t in, const float* w, int64_t ldw, int64_t out,
                   float* y);
 
+// head_matmul's kernel for a decode step (head_gemv.cu): out[t, h, n] = Σ_k x[t, h, k]·w[h, k, n]
+// for bf16, T ≤ kHeadGemvMaxRows, N a multiple of 32, w and out 16-byte aligned with out's strides
+// multiples of 8, x's rows and K small enough for shared memory (T·K + 2048·T floats ≤ 48 KB).
+// Off with the other GEMVs (set_linear_gemv(false)): head_matmul goes to cuBLASLt.
+constexpr int64_t kHeadGemvMaxRows = 4;
+bool head_gemv_takes(int64_t T, int64_t H, int64_t K, int64_t N, const void* w, const void* out,
+                     int64_t out_t, int64_t out_h, DType act);
+void head_gemv(const void* x, int64_t x_t, int64_t x_h, const void* w, void* out, int64_t out_t,
+               int64_t out_h, int64_t T, int64_t H, int64_t K, int64_t N);
+
+// Whether the decode GEMVs are on (set_linear_gemv, DSEEK_LINEAR_GEMV).
+bool linear_gemv_enabled();
+
 }  // namespace dseek::ops::cuda

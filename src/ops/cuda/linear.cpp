@@ -432,6 +432,10 @@ void head_matmul(const void* x, int64_t x_t, int64_t x_h, const void* w, void* o
   if (T == 0 || H == 0 || N == 0) return;
   DSEEK_CHECK(H <= INT32_MAX, "[head_matmul] {} heads: more than a cuBLASLt batch holds", H);
   DSEEK_CHECK(K > 0, "[head_matmul] an empty sum (K = 0)");
+  if (head_gemv_takes(T, H, K, N, w, out, out_t, out_h, act)) {
+    head_gemv(x, x_t, x_h, w, out, out_t, out_h, T, H, K, N);
+    return;
+  }
   const cudaDataType_t type = cuda_type(act);
   Gemm g{"head_matmul", false, false, N, T, K, w, N, x, x_t, out, out_t, type, type, nullptr, 0.0f};
   g.batch = H;
