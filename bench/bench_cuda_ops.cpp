@@ -362,6 +362,24 @@ int main(int argc, char** argv) {
           });
     }
     ops::set_moe_small_route(true);
+    // The absorbed MLA's per-head products of one token (16 heads): the per-head GEMV beside
+    // cuBLASLt's strided batch. Bytes: the per-head matrices read once.
+    struct Heads {
+      const char* name;
+      int64_t K, N;
+    };
+    for (const Heads& c :
+         {Heads{"absorb q (W_UK)", 128, 512}, Heads{"un-absorb (W_UV)", 512, 128}}) {
+      const Tensor hx = rand_gpu({1, 16, c.K}, bf, rng), hw = rand_gpu({16, c.K, c.N}, bf, rng);
+      for (bool gemv : {true, false}) {
+        ops::cuda::set_linear_gemv(gemv);
+        row(std::string("head_matmul x20 ") + c.name + (gemv ? " (gemv)" : " (cuBLASLt)"),
+            dims({1, 16, c.K, c.N}), 0, 20 * 16 * c.K * c.N * 2.0, [&] {
+              for (int i = 0; i < 20; ++i) (void)ops::head_matmul(hx, hw);
+            });
+      }
+      ops::cuda::set_linear_gemv(true);
+    }
   }
   return 0;
 }
