@@ -33,6 +33,7 @@
 #include "ops/norm.h"
 #include "ops/rope.h"
 #include "ops/softmax.h"
+#include "ops/swiglu.h"
 #include "random_routing.h"
 
 using namespace dseek;
@@ -380,6 +381,29 @@ int main(int argc, char** argv) {
       }
       ops::cuda::set_linear_gemv(true);
     }
+  }
+  {  // The down projections of one decode step with silu_mul computed inside the GEMV
+     // (ops/swiglu.h) beside silu_mul and the GEMV as two kernels: the shared experts (2 × 1408
+     // wide) and the routed ones (6 of 64, 1408 wide). x20 back to back; bytes: the weights read
+     // once.
+    const int64_t E = 64, K = 6, I = 1408, D = 2048;
+    const ops::MoeDispatch d = bench::random_topk_dispatch(1, E, K, rng);
+    const Tensor gu_shared = rand_gpu({1, 4 * I}, bf, rng),
+                 w_shared = rand_gpu({D, 2 * I}, bf, rng);
+    const Tensor gu = rand_gpu({K, 2 * I}, bf, rng);
+    const ops::ExpertMatrices down = ops::expert_matrices(rand_gpu({E, D, I}, bf, rng, 0.05f));
+    for (bool fused : {true, false}) {
+      ops::set_swiglu_fused(fused);
+      const std::string how = fused ? " (fused)" : " (two kernels)";
+      row("linear_swiglu x20 shared down" + how, dims({1, 2 * I, D}), 0, 20 * 2.0 * I * D * 2, [&] {
+        for (int i = 0; i < 20; ++i) (void)ops::linear_swiglu(gu_shared, w_shared);
+      });
+      row("grouped_linear_swiglu x20 down" + how, dims({1, K, I, D}), 0, 20 * double(K) * I * D * 2,
+          [&] {
+            for (int i = 0; i < 20; ++i) (void)ops::grouped_linear_swiglu(gu, down, d.offsets);
+          });
+    }
+    ops::set_swiglu_fused(true);
   }
   return 0;
 }

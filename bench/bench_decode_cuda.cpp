@@ -58,6 +58,7 @@
 #include "model/transformer.h"
 #include "ops/mla_cache.h"
 #include "ops/moe.h"
+#include "ops/swiglu.h"
 
 using namespace dseek;
 using namespace dseek::bench;
@@ -358,37 +359,52 @@ int main(int argc, char** argv) {
     // the GPU with the steps replayed as CUDA graphs (the default) and op by op, the same prompt.
     const std::vector<int32_t> prompt = random_ids(size_t(o.prompt), V, rng);
     std::vector<int32_t> graph_tokens;
-    // On the GPU two more graphed runs, the baselines in the same process on the same weights and
-    // prompt: (2) without the second stream (core/cuda.h Fork: an MLA layer's latent projection
-    // beside its query's, the shared experts beside the routing), and (3) without that, the fused
-    // MLA cache append (ops/mla_cache.h), the one-kernel routing (ops::moe_route_permute) and the
-    // decode kernels of 2026-12-05 (the dense and router
-    // GEMVs, one-row expert streaming, the fused SwiGLU down projections and programmatic
-    // dependent launch; their switches in ops/cuda/gemv.h, grouped_gemv.h and core/cuda/pdl.cuh).
-    auto set_decode_kernels = [&]([[maybe_unused]] bool branches, [[maybe_unused]] bool kernels) {
+    // On the GPU the graphed step again with one part switched off at a time, then with all of
+    // them off: each part's share and the baseline, in the same process on the same weights and
+    // prompt. The parts: the second stream (core/cuda.h Fork), the fused SwiGLU down projections
+    // (ops/swiglu.h), programmatic dependent launch (core/cuda/pdl.cuh), the fused MLA cache
+    // append and one-block routing (ops/mla_cache.h, ops::moe_route_permute), and the decode
+    // GEMVs (dense, router, per-head and one-row expert streaming: ops/cuda/gemv.h,
+    // grouped_gemv.h) against cuBLASLt and the chunk loop.
+    struct Variant {
+      const char* label;
+      bool graphs = true, branches = true, swiglu = true, pdl = true, fused = true, gemv = true;
+    };
+    const std::vector<Variant> variants =
+        device != Device::CUDA
+            ? std::vector<Variant>{{"decode b1", false}}
+            : std::vector<Variant>{
+                  {"decode b1, CUDA graphs"},
+                  {"decode b1, no graphs", false},
+                  {"decode b1, CUDA graphs, one stream", true, false},
+                  {"decode b1, CUDA graphs, SwiGLU as two kernels", true, true, false},
+                  {"decode b1, CUDA graphs, no PDL", true, true, true, false},
+                  {"decode b1, CUDA graphs, cache append and routing unfused", true, true, true,
+                   true, false},
+                  {"decode b1, CUDA graphs, cuBLASLt instead of the GEMVs", true, true, true, true,
+                   true, false},
+                  {"decode b1, CUDA graphs, all of these off", true, false, false, false, false,
+                   false}};
+    auto set_decode_kernels = [&]([[maybe_unused]] const Variant& v) {
 #ifdef DSEEK_HAS_CUDA
       if (device != Device::CUDA) return;
-      cuda::set_branches_enabled(branches);
-      ops::set_mla_cache_append_fused(kernels);
-      ops::set_moe_small_route(kernels);
-      ops::cuda::set_linear_gemv(kernels);
-      ops::cuda::set_grouped_gemv_streaming(kernels);
-      cuda::set_pdl_enabled(kernels);
+      cuda::set_branches_enabled(v.branches);
+      ops::set_swiglu_fused(v.swiglu);
+      cuda::set_pdl_enabled(v.pdl);
+      ops::set_mla_cache_append_fused(v.fused);
+      ops::set_moe_small_route(v.fused);
+      ops::cuda::set_linear_gemv(v.gemv);
+      ops::cuda::set_grouped_gemv_streaming(v.gemv);
 #endif
     };
-    for (const int run_kind :
-         device == Device::CUDA ? std::vector<int>{0, 1, 2, 3} : std::vector<int>{1}) {
-      const bool graphs = run_kind != 1 && device == Device::CUDA, before = run_kind >= 2;
+    for (size_t run_kind = 0; run_kind < variants.size(); ++run_kind) {
+      const Variant& v = variants[run_kind];
+      const bool graphs = v.graphs && device == Device::CUDA, before = run_kind >= 2;
       model->set_cuda_graphs(graphs);
-      set_decode_kernels(run_kind < 2, run_kind < 3);
-      const char* label =
-          device != Device::CUDA         ? "decode b1"
-          : !graphs                      ? "decode b1, no graphs"
-          : !model->cuda_graphs_active() ? "decode b1 (CUDA graphs not applicable)"
-          : run_kind == 2                ? "decode b1, CUDA graphs, one stream"
-          : run_kind == 3 ? "decode b1, CUDA graphs, one stream, without the fused cache append "
-                            "and routing, the decode GEMVs and PDL"
-                          : "decode b1, CUDA graphs";
+      set_decode_kernels(v);
+      const char* label = graphs && !model->cuda_graphs_active()
+                              ? "decode b1 (CUDA graphs not applicable)"
+                              : v.label;
       nlohmann::json row = base;
       row.update({{"bench", "decode"},
                   {"batch", 1},
@@ -438,7 +454,7 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
     model->set_cuda_graphs(true);
-    set_decode_kernels(true, true);
+    set_decode_kernels(Variant{"default"});
     // Prefill of a long prompt into an empty cache: one warm-up, then the median of two.
     if (o.prefill > 0) {
       nlohmann::json row = base;

@@ -1,5 +1,6 @@
 #include "ops/swiglu.h"
 
+#include <atomic>
 #include <cstdint>
 
 #include "core/error.h"
@@ -20,6 +21,8 @@ std::pair<Tensor, Tensor> halves(const char* op, const Tensor& gu, int64_t I) {
   return {gu.slice(1, 0, I), gu.slice(1, I, 2 * I)};
 }
 
+std::atomic<bool> g_fused{true};
+
 #ifdef DSEEK_HAS_CUDA
 bool aligned16(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0;
@@ -28,6 +31,10 @@ bool aligned16(const void* p) {
 
 }  // namespace
 
+void set_swiglu_fused(bool on) {
+  g_fused = on;
+}
+
 Tensor linear_swiglu(const Tensor& gu, const Tensor& weight, const Tensor* bias) {
   DSEEK_CHECK(weight.defined() && weight.dim() == 2, "[linear_swiglu] weight must be [out, I]");
   const int64_t I = weight.size(1);
@@ -35,8 +42,8 @@ Tensor linear_swiglu(const Tensor& gu, const Tensor& weight, const Tensor* bias)
 #ifdef DSEEK_HAS_CUDA
   const int64_t T = gu.size(0), out = weight.size(0);
   const int64_t ldw = out > 1 ? weight.strides()[0] : I;
-  if (gu.is_cuda() && weight.is_cuda() && weight.dtype() == gu.dtype() && gu.is_contiguous() &&
-      weight.strides()[1] == 1 && out > 0 && I > 0 &&
+  if (g_fused.load() && gu.is_cuda() && weight.is_cuda() && weight.dtype() == gu.dtype() &&
+      gu.is_contiguous() && weight.strides()[1] == 1 && out > 0 && I > 0 &&
       (!bias || (bias->is_cuda() && bias->dtype() == gu.dtype() && bias->dim() == 1 &&
                  bias->size(0) == out && bias->is_contiguous())) &&
       cuda::gemv_swiglu_takes(T, I, gu.raw(), weight.raw(), ldw, gu.dtype())) {
@@ -56,9 +63,10 @@ Tensor grouped_linear_swiglu(const Tensor& gu, const ExpertMatrices& w, const Te
   const int64_t N = gu.size(0);
   bool matrices_aligned = w.ld % 8 == 0;
   for (const Tensor& m : w.matrices) matrices_aligned = matrices_aligned && aligned16(m.raw());
-  if (gu.is_cuda() && w.device == Device::CUDA && w.dtype == gu.dtype() && gu.is_contiguous() &&
-      offsets.is_cuda() && offsets.dtype() == DType::I64 && offsets.is_contiguous() &&
-      offsets.numel() == w.experts + 1 && N > 0 && I > 0 && w.rows > 0 && matrices_aligned &&
+  if (g_fused.load() && gu.is_cuda() && w.device == Device::CUDA && w.dtype == gu.dtype() &&
+      gu.is_contiguous() && offsets.is_cuda() && offsets.dtype() == DType::I64 &&
+      offsets.is_contiguous() && offsets.numel() == w.experts + 1 && N > 0 && I > 0 && w.rows > 0 &&
+      matrices_aligned &&
       cuda::grouped_gemv_swiglu_takes(N, w.experts, gu.raw(), I, w.ld, gu.dtype())) {
     Tensor y = Tensor::empty({N, w.rows}, gu.dtype(), Device::CUDA);
     cuda::grouped_gemv_swiglu(gu.raw(), offsets.data<int64_t>(), w.experts, N, I,

@@ -17,4 +17,8 @@ namespace dseek::ops {
 Tensor linear_swiglu(const Tensor& gu, const Tensor& weight, const Tensor* bias = nullptr);
 Tensor grouped_linear_swiglu(const Tensor& gu, const ExpertMatrices& w, const Tensor& offsets);
 
+// Whether the GPU computes silu_mul inside the down projection's GEMV (default) or runs silu_mul
+// and the projection as two kernels (for comparisons; the same bits either way).
+void set_swiglu_fused(bool on);
+
 }  // namespace dseek::ops
