@@ -32,6 +32,14 @@ constexpr int kChunk = 8;           // expert rows per pass over the weight rows
 constexpr int kOutputsPerBlock = kWarps * kOutputsPerWarp;
 constexpr int kOneRowSteps = 4;  // weight loads in flight a lane for an expert of one row
 
+// Whether an expert's one row streams with kOneRowSteps loads in flight: only where its length
+// fills whole passes. A V2-Lite down projection (1408 columns: 5.5 warp-wide loads) would leave
+// the second pass mostly idle, and measured 18% slower than the one-load loop on an H100 (2,248
+// against 2,659 GB/s, bench_cuda_ops). Either way each lane sums its k in the same order.
+__device__ __forceinline__ bool streams_whole_passes(int64_t in) {
+  return in % (int64_t(kOneRowSteps) * 32 * 8) == 0;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -152,7 +160,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   if constexpr (sizeof(T) == 2) {
     // One row for this expert (every expert of a batch-1 decode step): the dense GEMV's dot with
     // several weight loads in flight a lane (gemv_dot.cuh) instead of the chunk loop's one.
-    if (one_row_streaming && r_end - r_begin == 1 && vector_ok(W, ldw, x + r_begin * in, in)) {
+    if (one_row_streaming && r_end - r_begin == 1 && streams_whole_passes(in) &&
+        vector_ok(W, ldw, x + r_begin * in, in)) {
       float acc[kOutputsPerWarp][1] = {};
       const PlainRows row{reinterpret_cast<const __nv_bfloat16*>(x + r_begin * in), in};
       stream_dot<kOutputsPerWarp, 1, kOneRowSteps>(reinterpret_cast<const __nv_bfloat16*>(W), ldw,
@@ -196,7 +205,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (r_begin >= r_end || n0 >= out) return;  // warp-uniform
   const int n_count = int(out - n0 < kOutputsPerWarp ? out - n0 : kOutputsPerWarp);
   const auto* W = static_cast<const __nv_bfloat16*>(w[e]);
-  if (r_end - r_begin == 1) {
+  if (r_end - r_begin == 1 && streams_whole_passes(I)) {
     float acc[kOutputsPerWarp][1] = {};
     stream_dot<kOutputsPerWarp, 1, kOneRowSteps>(
         W, ldw, n0, n_count, SwigluRows{gu + r_begin * 2 * I, 2 * I, I}, I, 1, lane, acc);
