@@ -55,7 +55,7 @@ void strided_copy(const void* src, void* dst, size_t element_bytes, const int64_
 void strided_convert(const void* src, DType from, const int64_t* src_strides, void* dst, DType to,
                      const int64_t* dst_strides, const int64_t* shape, int dims);
 
-void synchronize();  // waits for the stream; raises any asynchronous kernel error
+void synchronize();  // waits for the current stream; raises any asynchronous kernel error
 
 // A CUDA graph: the stream's work between begin_capture() and end_capture(), recorded once and
 // replayed by launch() as one submission (a decode step is ~1000 small kernels, and launching

@@ -4,6 +4,7 @@
 #include <mutex>
 #include <utility>
 
+#include "core/cuda.h"
 #include "core/error.h"
 #include "ops/cpu/cpu_ops.h"
 #include "ops/cuda/cuda_ops.h"
@@ -87,6 +88,10 @@ const float* device_frequencies_impl(const std::vector<float>& inv_freq) {
   if (cache->size() == kMaxEntries) cache->erase(cache->begin());
   const int64_t n = int64_t(inv_freq.size());
   cache->emplace_back(inv_freq, Tensor::from_vector(inv_freq, {n}).to(Device::CUDA));
+  // The copy is ordered on the current stream, which may be a fork's side stream (core/cuda.h):
+  // wait for it, so a kernel on another stream that finds the entry reads uploaded values. Once
+  // per set of frequencies, in a step that runs eagerly (a decode graph's warm-up).
+  dseek::cuda::synchronize();
   return cache->back().second.data<float>();
 }
 

@@ -384,9 +384,15 @@ TEST_P(BackendDecodeModel, LongPrefillChunksMatchCpu) {
       const std::vector<float> got = cached_run(*gpu, Device::CUDA, ids, 70, 66);
       const std::vector<float> full = gpu->forward(ids).to_vector();
       const std::string vs_cpu = labelled("long chunks vs cpu chunks", k);
-      if (fp8 && k.wgmma && act == DType::F32) {
+      if (fp8 && act == DType::F32) {
+        // The CPU's FP8 forward quantises activations to E4M3: a value on a rounding boundary
+        // goes one way or the other with the CPU's BLAS summation order, which OpenBLAS picks by
+        // host CPU. One flipped code moves a logit by ~0.1 (seen once on an H100 host: max 0.119,
+        // relative RMS 2.0e-3, where other hosts give 4e-6). So a relative RMS bound: one E4M3
+        // step (1/16) per pair of roundings for the wgmma kernels, whose FP8 products differ
+        // from the CPU's; a hundredth for mma.sync, which follows the CPU's arithmetic.
         const Errors e = compare(got, want);
-        const double bound = 2 * 0.0625 / std::sqrt(3.0);
+        const double bound = k.wgmma ? 2 * 0.0625 / std::sqrt(3.0) : 1e-2;
         std::printf("[backend] decode %-12s f32  %-28s max_abs %.2e rel_rms %.2e (bound %.2e) %s\n",
                     GetParam().c_str(), vs_cpu.c_str(), e.max_abs, e.rel_rms, bound,
                     e.rel_rms <= bound ? "ok" : "FAIL");

@@ -13,6 +13,9 @@ const LtContext& lt_context() {
       fail("[cublasLt] cublasLtCreate: {} ({})", cublasLtGetStatusName(status),
            cublasLtGetStatusString(status));
     c->workspace = dseek::cuda::alloc(kLtWorkspaceBytes);
+    // Allocated on the current stream, which may be a fork's side stream: ready before any
+    // stream uses it.
+    dseek::cuda::synchronize();
     return c;
   }();
   if (!dseek::cuda::on_side_stream()) return *instance;
