@@ -176,21 +176,8 @@ Tensor Mla::prefill_expanded(const Tensor& q, const Tensor& latent) const {
   return apply_linear(attn.reshape({T, H * v_dim_}), o_proj_, o_bias_);
 }
 
-Mla::Projected Mla::project_into_cache(const Tensor& x, const Tensor& rows,
-                                       const Tensor& positions, const Tensor& slots) const {
-  const int64_t T = x.size(0), r = kv_lora_rank_, width = r + rope_dim_;
-  const Projected p = project_unroped(x);
-  apply_rope(rope_, p.q.slice(2, nope_dim_, nope_dim_ + rope_dim_), positions);
-  apply_rope(rope_, p.k_pe, positions);
-  // [c_kv; k_pe] of the new tokens into their cache rows (in the cache's dtype).
-  ops::scatter_rows(rows.slice(1, 0, r), p.c_kv, slots);
-  ops::scatter_rows(rows.slice(1, r, width), p.k_pe.reshape({T, rope_dim_}), slots);
-  return p;
-}
-
-Tensor Mla::project_query_into_cache_gpu(const Tensor& x, const Tensor& rows,
-                                         const Tensor& positions, const Tensor& slots,
-                                         cuda::Fork& fork) const {
+Tensor Mla::project_query_into_cache(const Tensor& x, const Tensor& rows, const Tensor& positions,
+                                     const Tensor& slots, cuda::Fork& fork) const {
   {
     cuda::Fork::Side side(fork);
     const Tensor kv_a =
@@ -213,7 +200,7 @@ Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const
     // the step has no host-side length in any kernel argument (a CUDA graph replays it).
     const Tensor positions = cache.device_positions(T);
     cuda::Fork fork(cuda::branches_enabled());  // x and positions live past the join
-    const Tensor q = project_query_into_cache_gpu(x, rows, positions, positions, fork);
+    const Tensor q = project_query_into_cache(x, rows, positions, positions, fork);
     if (T >= kExpandedPrefillRows) {
       apply_rope(rope_, q.slice(2, nope_dim_, nope_dim_ + rope_dim_), positions);
       fork.join();
@@ -251,15 +238,16 @@ Tensor Mla::forward_paged(const Tensor& x, std::span<const ops::PagedAttentionSe
   // Every sequence's rows at once: rotate at their own positions, write to their own pool slots.
   const Tensor index = paged_row_index(seqs, pt, x.device());
   const Tensor positions = index.select(0, 0), slots = index.select(0, 1);
+  // x, positions and slots live past the join.
+  cuda::Fork fork(x.is_cuda() && cuda::branches_enabled());
+  const Tensor q = project_query_into_cache(x, rows, positions, slots, fork);
   if (x.is_cuda()) {
-    cuda::Fork fork(cuda::branches_enabled());  // x, positions and slots live past the join
-    const Tensor q_abs =
-        absorb_query_gpu(project_query_into_cache_gpu(x, rows, positions, slots, fork), positions);
+    const Tensor q_abs = absorb_query_gpu(q, positions);
     fork.join();
     return latent_output_gpu(
         ops::paged_attention(q_abs, rows, rows.slice(1, 0, r), 1, pt, seqs, scale_));
   }
-  const Projected p = project_into_cache(x, rows, positions, slots);
+  apply_rope(rope_, q.slice(2, nope_dim_, nope_dim_ + rope_dim_), positions);
   // CPU: a sequence with a prompt chunk of kExpandedPrefillRows+ tokens attends expanded over its
   // rows gathered out of its pages, as forward_cached does; the rest absorbed, in one call.
   const int64_t N = x.size(0);
@@ -274,8 +262,7 @@ Tensor Mla::forward_paged(const Tensor& x, std::span<const ops::PagedAttentionSe
       for (int64_t pos = 0; pos < s.pos0 + s.T; ++pos)
         slots[size_t(pos)] = int32_t(s.pages[size_t(pos / pt)] * pt + pos % pt);
       const Tensor latent = ops::embedding(rows, slots);  // [pos0 + T, r + rope]
-      out.slice(0, row, row + s.T)
-          .copy_from(prefill_expanded(p.q.slice(0, row, row + s.T), latent));
+      out.slice(0, row, row + s.T).copy_from(prefill_expanded(q.slice(0, row, row + s.T), latent));
     } else {
       absorbed.push_back(s);
       absorbed_rows.push_back(row);
@@ -284,20 +271,20 @@ Tensor Mla::forward_paged(const Tensor& x, std::span<const ops::PagedAttentionSe
   }
   if (!out.defined())
     return latent_output(
-        ops::paged_attention(absorb_query(p.q), rows, rows.slice(1, 0, r), 1, pt, seqs, scale_));
+        ops::paged_attention(absorb_query(q), rows, rows.slice(1, 0, r), 1, pt, seqs, scale_));
   if (absorbed.empty()) return out;
   // The absorbed sequences' query rows stacked, attended in one call, their outputs put back.
   int64_t n = 0;
   for (const ops::PagedAttentionSeq& s : absorbed) n += s.T;
-  Tensor q = Tensor::empty({n, p.q.size(1), p.q.size(2)});
+  Tensor q_absorbed = Tensor::empty({n, q.size(1), q.size(2)});
   int64_t at = 0;
   for (size_t i = 0; i < absorbed.size(); ++i) {
     const int64_t first = absorbed_rows[i], T = absorbed[i].T;
-    q.slice(0, at, at + T).copy_from(p.q.slice(0, first, first + T));
+    q_absorbed.slice(0, at, at + T).copy_from(q.slice(0, first, first + T));
     at += T;
   }
-  const Tensor y = latent_output(
-      ops::paged_attention(absorb_query(q), rows, rows.slice(1, 0, r), 1, pt, absorbed, scale_));
+  const Tensor y = latent_output(ops::paged_attention(
+      absorb_query(q_absorbed), rows, rows.slice(1, 0, r), 1, pt, absorbed, scale_));
   at = 0;
   for (size_t i = 0; i < absorbed.size(); ++i) {
     const int64_t first = absorbed_rows[i], T = absorbed[i].T;

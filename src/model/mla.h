@@ -66,16 +66,13 @@ class Mla : public SelfAttention {
   Projected project(const Tensor& x, int64_t pos0) const;
   Projected project_unroped(const Tensor& x) const;
   void rope_rows(const Projected& p, int64_t row0, int64_t T, int64_t pos0) const;
-  // The cached paths' projection: x projected, q and k_pe roped at `positions` (i64 [T] on x's
-  // device) and the new tokens' [c_kv; k_pe] written to rows `slots` of the cache layer `rows`.
-  Projected project_into_cache(const Tensor& x, const Tensor& rows, const Tensor& positions,
-                               const Tensor& slots) const;
-  // The GPU's cached paths: q [T, H, nope + rope] of x, unroped, and (on the side stream of
-  // `fork`, core/cuda.h, beside the query's projection) the new tokens' [c_kv; k_pe] written to
-  // rows `slots` of the cache layer `rows`, k_pe roped at `positions` (ops::mla_cache_append: one
-  // kernel after the projection). The caller joins the fork before reading the rows.
-  Tensor project_query_into_cache_gpu(const Tensor& x, const Tensor& rows, const Tensor& positions,
-                                      const Tensor& slots, cuda::Fork& fork) const;
+  // The cached paths' projection: q [T, H, nope + rope] of x, unroped, and the new tokens'
+  // [c_kv; k_pe] written to rows `slots` of the cache layer `rows`, k_pe roped at `positions` (i64
+  // [T] on x's device; ops::mla_cache_append, one kernel on a GPU). On a GPU with `fork` enabled
+  // (core/cuda.h) the latent half runs on the side stream beside the query's projection; the
+  // caller joins the fork before reading the rows.
+  Tensor project_query_into_cache(const Tensor& x, const Tensor& rows, const Tensor& positions,
+                                  const Tensor& slots, cuda::Fork& fork) const;
   Tensor project_query(const Tensor& x) const;  // [T, H, nope + rope], unroped
   // q [T, H, nope + rope] → q_abs [T, H, r + rope] = [q_nope · W_UK[h]; q_pe].
   Tensor absorb_query(const Tensor& q) const;
