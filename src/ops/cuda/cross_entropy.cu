@@ -32,10 +32,6 @@ constexpr int kLossThreads = 1024;
 constexpr int kBackwardThreads = 256;
 constexpr int64_t kBackwardCols = 2048;  // vocabulary entries per backward block
 
-int threads_for(int64_t V) {
-  return int(std::min<int64_t>(1024, std::max<int64_t>(32, ceil_div<int64_t>(V, 32) * 32)));
-}
-
 template <typename T>
 __global__ void lse_kernel(const T* logits, int64_t V, int64_t ld, float* lse) {
   __shared__ float scratch[32];
@@ -132,7 +128,7 @@ void cross_entropy_forward(const void* logits, int64_t T, int64_t V, int64_t ld,
     return;
   }
   DSEEK_DISPATCH_ACT(act, E,
-                     lse_kernel<E><<<unsigned(T), threads_for(V), 0, stream()>>>(
+                     lse_kernel<E><<<unsigned(T), row_block_threads(V), 0, stream()>>>(
                          static_cast<const E*>(logits), V, ld, lse));
   DSEEK_CUDA_CHECK_LAUNCH("cross_entropy lse_kernel");
   DSEEK_DISPATCH_ACT(act, E,

@@ -18,15 +18,9 @@
 
 namespace dseek::ops::cuda {
 
-using dseek::cuda::ceil_div;
 using dseek::cuda::stream;
 
 namespace {
-
-// rms_norm's block size for a row of r (norm.cu threads_for): the reduction's bits depend on it.
-int threads_for(int64_t r) {
-  return int(std::min<int64_t>(1024, std::max<int64_t>(32, ceil_div<int64_t>(r, 32) * 32)));
-}
 
 constexpr int64_t kMaxRopeDim = 1024;  // as ops/cpu (checked by the op)
 
@@ -71,7 +65,7 @@ void mla_cache_append(const void* kv_a, int64_t kv_t, const void* weight, DType 
   // The rotation's t is the token's index into positions, as rope_copy's.
   DSEEK_DISPATCH_ACT(act, Act, DSEEK_DISPATCH_ACT(rows_dtype, Row, {
                        mla_cache_append_kernel<Act, Row>
-                           <<<unsigned(T), threads_for(r), 0, stream()>>>(
+                           <<<unsigned(T), row_block_threads(r), 0, stream()>>>(
                                static_cast<const Act*>(kv_a), kv_t, weight, w_dtype, eps, angles,
                                interleaved, static_cast<Row*>(rows), rows_t, slots, r, d);
                      }));

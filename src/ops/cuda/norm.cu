@@ -17,8 +17,6 @@ using dseek::cuda::stream;
 
 namespace {
 
-int threads_for(int64_t D) { return int(std::min<int64_t>(1024, std::max<int64_t>(32, ceil_div<int64_t>(D, 32) * 32))); }
-
 template <typename T>
 __global__ void rms_norm_kernel(const T* x, const void* w, DType w_dtype, T* y, int64_t D, float eps) {
   __shared__ float scratch[32];
@@ -111,7 +109,7 @@ void rms_norm(const void* x, const void* w, DType w_dtype, void* y, int64_t rows
               float eps, DType act) {
   if (rows == 0 || D == 0) return;
   DSEEK_DISPATCH_ACT(act, T,
-                     rms_norm_kernel<T><<<unsigned(rows), threads_for(D), 0, stream()>>>(
+                     rms_norm_kernel<T><<<unsigned(rows), row_block_threads(D), 0, stream()>>>(
                          static_cast<const T*>(x), w, w_dtype, static_cast<T*>(y), D, eps));
   DSEEK_CUDA_CHECK_LAUNCH("rms_norm_kernel");
 }
@@ -121,7 +119,7 @@ void add_rms_norm(void* h, const void* x, const void* w, DType w_dtype, void* y,
   if (rows == 0 || D == 0) return;
   DSEEK_DISPATCH_ACT(
       act, T,
-      add_rms_norm_kernel<T><<<unsigned(rows), threads_for(D), 0, stream()>>>(
+      add_rms_norm_kernel<T><<<unsigned(rows), row_block_threads(D), 0, stream()>>>(
           static_cast<T*>(h), static_cast<const T*>(x), w, w_dtype, static_cast<T*>(y), D, eps));
   DSEEK_CUDA_CHECK_LAUNCH("add_rms_norm_kernel");
 }
@@ -135,7 +133,8 @@ void rms_norm_backward(const void* x, const void* w, DType w_dtype, const void* 
   }
   float* r = static_cast<float*>(dseek::cuda::alloc(size_t(rows) * sizeof(float)));
   DSEEK_DISPATCH_ACT(act, T,
-                     rms_norm_backward_dx_kernel<T><<<unsigned(rows), threads_for(D), 0, stream()>>>(
+                     rms_norm_backward_dx_kernel<T>
+                     <<<unsigned(rows), row_block_threads(D), 0, stream()>>>(
                          static_cast<const T*>(x), w, w_dtype, static_cast<const T*>(dy),
                          static_cast<T*>(dx), r, D, eps));
   DSEEK_CUDA_CHECK_LAUNCH("rms_norm_backward_dx_kernel");

@@ -4,7 +4,17 @@
 
 #include <cuda_bf16.h>
 
+#include <cstdint>
+
 namespace dseek::ops::cuda {
+
+// Threads for a block that reduces one row of n values (a thread per value, whole warps, at most
+// 1024). The kernels whose results must match bit for bit (rms_norm and the MLA cache append) take
+// it from here: a block_sum's bits depend on the block size.
+inline int row_block_threads(int64_t n) {
+  const int64_t warps = (n + 31) / 32;
+  return int(warps < 1 ? 32 : warps > 32 ? 1024 : warps * 32);
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);

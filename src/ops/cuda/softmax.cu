@@ -12,14 +12,10 @@
 
 namespace dseek::ops::cuda {
 
-using dseek::cuda::ceil_div;
 using dseek::cuda::stream;
 
 namespace {
 
-int threads_for(int64_t n) {
-  return int(std::min<int64_t>(1024, std::max<int64_t>(32, ceil_div<int64_t>(n, 32) * 32)));
-}
 // Rows beyond the grid are strided over (every thread of a block takes the same rows, so the
 // __syncthreads inside block_sum/block_max are reached by all of them).
 unsigned blocks_for(int64_t rows) {
@@ -63,9 +59,10 @@ __global__ void softmax_backward_rows_kernel(const T* y, const T* dy, T* dx, int
 
 void softmax_rows(void* x, int64_t rows, int64_t n, int64_t ld, DType act) {
   if (rows <= 0 || n <= 0) return;
-  DSEEK_DISPATCH_ACT(act, T,
-                     softmax_rows_kernel<T><<<blocks_for(rows), threads_for(n), 0, stream()>>>(
-                         static_cast<T*>(x), rows, n, ld));
+  DSEEK_DISPATCH_ACT(
+      act, T,
+      softmax_rows_kernel<T>
+      <<<blocks_for(rows), row_block_threads(n), 0, stream()>>>(static_cast<T*>(x), rows, n, ld));
   DSEEK_CUDA_CHECK_LAUNCH("softmax_rows_kernel");
 }
 
@@ -74,7 +71,7 @@ void softmax_backward_rows(const void* y, const void* dy, void* dx, int64_t rows
   if (rows <= 0 || n <= 0) return;
   DSEEK_DISPATCH_ACT(
       act, T,
-      softmax_backward_rows_kernel<T><<<blocks_for(rows), threads_for(n), 0, stream()>>>(
+      softmax_backward_rows_kernel<T><<<blocks_for(rows), row_block_threads(n), 0, stream()>>>(
           static_cast<const T*>(y), static_cast<const T*>(dy), static_cast<T*>(dx), rows, n));
   DSEEK_CUDA_CHECK_LAUNCH("softmax_backward_rows_kernel");
 }
