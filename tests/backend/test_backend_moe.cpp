@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstring>
 #include <tuple>
+#include <utility>
 
 #include "backend/backend_harness.h"
 #include "backend/grouped_kernels.h"
@@ -138,20 +139,26 @@ void expect_same_routing(const std::string& what, const RouteCase& c, int64_t T,
                {1e-7, 1e-5});
 }
 
+// Router logits [T, E] in [-4, 4] and a correction bias [E] in [-0.3, 0.3]; with `ties`, on grids
+// of 0.5 and 0.05: many exact ties, which every routing must break toward the lower index.
+std::pair<std::vector<float>, std::vector<float>> route_inputs(int64_t T, int64_t E, bool ties,
+                                                               std::mt19937& rng) {
+  std::vector<float> z = rand({T, E}, rng, 4.0f).to_vector();
+  std::vector<float> bias = rand({E}, rng, 0.3f).to_vector();
+  if (ties) {
+    for (float& v : z) v = std::round(v * 2) / 2;
+    for (float& v : bias) v = std::round(v * 20) / 20;
+  }
+  return {z, bias};
+}
+
 TEST(BackendOps, MoeRoute) {
   DSEEK_REQUIRE_CUDA();
   std::mt19937 rng(21);
   for (const RouteCase& c : kRouteCases) {
     for (int64_t T : {1, 257}) {
       for (bool ties : {false, true}) {
-        // With `ties`, logits on a grid of 0.5 (and a bias on a grid of 0.05): many exact ties,
-        // which both sides must break toward the lower index.
-        std::vector<float> z = rand({T, c.E}, rng, 4.0f).to_vector();
-        std::vector<float> bias = rand({c.E}, rng, 0.3f).to_vector();
-        if (ties) {
-          for (float& v : z) v = std::round(v * 2) / 2;
-          for (float& v : bias) v = std::round(v * 20) / 20;
-        }
+        const auto [z, bias] = route_inputs(T, c.E, ties, rng);
         const Tensor logits = Tensor::from_vector(z, {T, c.E}),
                      b = Tensor::from_vector(bias, {c.E});
         const ops::MoeRouting want = ops::moe_route(logits, params_of(c), c.bias ? b : Tensor());
@@ -177,12 +184,7 @@ TEST(BackendOps, MoeRoutePermuteSmall) {
     if (c.E > 256) continue;  // the one-block kernel's limit; larger runs the three ops
     for (int64_t T : {1, 3, 8}) {
       for (bool ties : {false, true}) {
-        std::vector<float> z = rand({T, c.E}, rng, 4.0f).to_vector();
-        std::vector<float> bias = rand({c.E}, rng, 0.3f).to_vector();
-        if (ties) {
-          for (float& v : z) v = std::round(v * 2) / 2;
-          for (float& v : bias) v = std::round(v * 20) / 20;
-        }
+        const auto [z, bias] = route_inputs(T, c.E, ties, rng);
         const Tensor logits = on_gpu(Tensor::from_vector(z, {T, c.E}));
         const Tensor b = c.bias ? on_gpu(Tensor::from_vector(bias, {c.E})) : Tensor();
         for (DType act : kActDtypes) {
