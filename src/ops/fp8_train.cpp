@@ -1,6 +1,9 @@
 #include "ops/fp8_train.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <string>
 #include <utility>
@@ -357,7 +360,24 @@ Fp8Tensor blocks_of(const Fp8ExpertWeights& q, bool transposed) {
           Fp8Layout::Block128x128};
 }
 
+// -1: not decided yet (DSEEK_FP8_CUBLASLT read on first use), 0: off, 1: on.
+std::atomic<int> g_dense_cublaslt{-1};
+
 }  // namespace
+
+bool fp8_dense_cublaslt() {
+  int on = g_dense_cublaslt.load();
+  if (on < 0) {
+    const char* env = std::getenv("DSEEK_FP8_CUBLASLT");
+    on = env && std::strcmp(env, "0") == 0 ? 0 : 1;
+    g_dense_cublaslt.store(on);
+  }
+  return on == 1;
+}
+
+void set_fp8_dense_cublaslt(bool on) {
+  g_dense_cublaslt.store(on ? 1 : 0);
+}
 
 Fp8WeightCacheScope::Fp8WeightCacheScope() {
   if (!active_weight_cache) {
@@ -373,13 +393,13 @@ Fp8WeightCacheScope::~Fp8WeightCacheScope() {
 namespace {
 
 // y = qa·qwᵀ in act on the GPU, into `into` when given (contiguous act). cuBLASLt's block-scaled
-// GEMM writes f32 only (fp8_cublaslt.cpp says why), so where it may take the shape the f32 total
-// is rounded to act after it; elsewhere the kernels round it to act themselves (the same single
-// rounding).
+// GEMM writes f32 only (fp8_cublaslt.cpp says why), so where it may take the shape (and
+// fp8_dense_cublaslt() allows it) the f32 total is rounded to act after it; elsewhere the kernels
+// round it to act themselves (the same single rounding).
 Tensor fp8_gemm_act(const Fp8Tensor& qa, const Fp8Tensor& qw, DType act, Tensor* into = nullptr) {
   const int64_t M = qa.data.size(0), K = qa.data.size(1), N = qw.data.size(0);
   const bool cublaslt_shape = M % 4 == 0 && K % kFp8Tile == 0 && N % kFp8Tile == 0;
-  if (act == DType::F32 || !cublaslt_shape)
+  if (act == DType::F32 || !cublaslt_shape || !fp8_dense_cublaslt())
     return fp8_gemm(qa, qw, nullptr, act, Fp8GemmKernel::Best, into);
   const Tensor y = fp8_gemm(qa, qw, nullptr, DType::F32);
   if (!into) return y.to(act);

@@ -88,6 +88,13 @@ class Fp8WeightCacheScope {
   std::unique_ptr<Entries> entries_;  // null for a scope nested in another
 };
 
+// Whether the dense FP8 forward and dgrad with bf16 activations take cuBLASLt's block-scaled GEMM
+// (f32 output, then rounded to bf16 by a second pass) where it applies; off, they take the wgmma
+// kernels, which write bf16 themselves (the same single rounding of a differently summed total).
+// On by default; DSEEK_FP8_CUBLASLT=0 turns it off.
+bool fp8_dense_cublaslt();
+void set_fp8_dense_cublaslt(bool on);
+
 // What the forward keeps for the backward: x in 1×128 tiles (the FP8 activation cache).
 struct Fp8LinearCache {
   Fp8Tensor x;
