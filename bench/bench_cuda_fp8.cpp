@@ -4,7 +4,8 @@
 // the activation quantisation that linear_fp8 adds. A second table times the grouped FP8 GEMMs of
 // training (ops/fp8_train.h) on a V2-Lite MoE layer — one launch for all 64 experts over ragged
 // loads — on each kernel family this GPU runs (wgmma on Hopper, the CUDA-core kernels), beside
-// the bf16 grouped GEMMs on the same shape. fp8_gemm runs as ops::fp8_gemm picks (cuBLASLt's
+// the bf16 grouped GEMMs on the same shape. A third times the activation quantisations of that
+// layer against the copy bandwidth. fp8_gemm runs as ops::fp8_gemm picks (cuBLASLt's
 // block-scaled FP8 GEMM on Hopper where it applies: K and N multiples of 128) and, for
 // comparison, forced onto the plain f32-FMA kernel, both with f32 output (cuBLASLt takes only f32
 // output for now: see fp8_cublaslt.cpp). The last column is the fraction of the
@@ -22,6 +23,7 @@
 
 #include "core/cuda.h"
 #include "core/tensor.h"
+#include "ops/cuda/fp8_kernels.h"
 #include "ops/cuda/fp8_train_kernels.h"
 #include "ops/cuda/grouped_gemm_tc.h"
 #include "ops/fp8.h"
@@ -208,6 +210,49 @@ void bench_grouped([[maybe_unused]] std::mt19937& rng) {
 #endif
 }
 
+// The activation quantisations of FP8 training on the V2-Lite MoE layer's shapes (24,576 permuted
+// rows; x 2048 wide, the expert's inner 1408): µs and achieved GB/s (bytes read + codes and
+// scales written), beside a device-to-device copy of the input (the bandwidth such a pass can
+// reach). Row tiles on both kernels (ops/cuda/fp8.cu: 8 columns a lane, 4 columns a lane); the
+// wgrad's column tiles quantised and transposed in one pass, from bf16 activations and from the
+// forward's row tiles (x̂).
+void bench_quantisation(std::mt19937& rng) {
+  constexpr int64_t T = 4096, E = 64, top_k = 6, N = T * top_k;
+  const ops::MoeDispatch d = bench::random_topk_dispatch(T, E, top_k, rng);
+  std::printf("\n| %-40s | %-14s | %10s | %10s | %14s |\n", "activation quantisation", "shape",
+              "us", "GB/s", "copy GB/s");
+  std::printf("|---|---|---|---|---|\n");
+  for (int64_t cols : {int64_t(2048), int64_t(1408)}) {
+    const Tensor x = rand_gpu({N, cols}, DType::BF16, rng);
+    const std::string shape = std::to_string(N) + "x" + std::to_string(cols);
+    const double in_bytes = double(N) * double(cols) * 2.0;
+    const double t_copy = time_op([&] { x.clone(); });
+    const double copy_gbs = 2.0 * in_bytes / t_copy / 1e9;
+    auto line = [&](const std::string& what, double bytes, const std::function<void()>& fn) {
+      const double t = time_op(fn);
+      std::printf("| %-40s | %-14s | %10.1f | %10.1f | %14.1f |\n", what.c_str(), shape.c_str(),
+                  t * 1e6, bytes / t / 1e9, copy_gbs);
+    };
+    // Codes (1 byte a value) and one f32 scale a 128-value tile.
+    const double row_bytes = in_bytes + double(N) * double(cols) * (1.0 + 4.0 / 128.0);
+#ifdef DSEEK_HAS_CUDA
+    for (bool wide : {true, false}) {
+      ops::cuda::set_quantize_fp8_rows_wide(wide);
+      line(std::string("row tiles, bf16 (") + (wide ? "8" : "4") + " columns a lane)", row_bytes,
+           [&] { ops::quantize_fp8(x, ops::Fp8Layout::Tile1x128, false, "x"); });
+    }
+    ops::cuda::set_quantize_fp8_rows_wide(true);
+#endif
+    const ops::Fp8Tensor rows = ops::quantize_fp8(x, ops::Fp8Layout::Tile1x128, false, "x");
+    const double slots = double(ops::fp8_col_tile_rows(N, E));
+    const double col_out = double(cols) * slots * (128.0 + 4.0);
+    line("column tiles transposed, from bf16", in_bytes + col_out,
+         [&] { ops::quantize_fp8_cols_transposed(x, d.offsets, "x"); });
+    line("column tiles transposed, from row tiles", row_bytes - in_bytes + col_out,
+         [&] { ops::quantize_fp8_cols_transposed(rows, d.offsets); });
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -230,5 +275,6 @@ int main(int argc, char** argv) {
   bench_gemm("MoE gate/up (ragged)", ragged, 7168, 2 * 2048, rng);
   bench_gemm("MoE down (ragged)", ragged, 2048, 7168, rng);
   bench_grouped(rng);
+  bench_quantisation(rng);
   return 0;
 }

@@ -72,6 +72,46 @@ TEST(BackendOps, QuantizeFp8BitExact) {
         }
 }
 
+// The 1×128 row tiles take one of two kernels by width (ops/cuda/fp8.cu): cols % 8 == 0 the wide
+// one (half a warp a tile, four tiles a warp in flight), else four columns a lane. Both against
+// the CPU on widths of both kinds and tile counts not a multiple of four, and the wide one over
+// more tiles than its grid covers in one pass (24576 × 1408: 270,336 tiles); a NaN or Inf in
+// either half-warp's tile is the error, whichever half holds it.
+TEST(BackendOps, QuantizeFp8RowTileKernels) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(52);
+  struct Restore {
+    ~Restore() { ops::cuda::set_quantize_fp8_rows_wide(true); }
+  } restore;
+  for (bool wide : {true, false}) {
+    ops::cuda::set_quantize_fp8_rows_wide(wide);
+    for (DType act : kActDtypes)
+      for (auto [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{
+               {1, 8}, {3, 136}, {7, 1408}, {33, 1000}, {300, 2048}, {5, 300}}) {
+        const Tensor x = fp8_data(rows, cols, rng);
+        expect_same_fp8(std::string("quantize_fp8 1x128 ") + (wide ? "wide" : "narrow"), x.shape(),
+                        act, ops::quantize_fp8(rounded(x, act), Fp8Layout::Tile1x128, false, "x"),
+                        ops::quantize_fp8(on_gpu(x, act), Fp8Layout::Tile1x128, false, "x"));
+      }
+    for (int64_t at : {int64_t(3), int64_t(130), int64_t(2 * 256 + 200)}) {
+      std::vector<float> v(4 * 256, 0.5f);
+      v[size_t(at)] = std::nanf("");
+      try {
+        ops::quantize_fp8(on_gpu(Tensor::from_vector(v, {4, 256}), DType::BF16),
+                          Fp8Layout::Tile1x128, false, "h.mlp_in");
+        FAIL() << "no error for a NaN at " << at << (wide ? " (wide)" : " (narrow)");
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("'h.mlp_in'"), std::string::npos) << e.what();
+      }
+    }
+  }
+  ops::cuda::set_quantize_fp8_rows_wide(true);
+  const Tensor big = fp8_data(24576, 1408, rng);
+  expect_same_fp8("quantize_fp8 1x128 wide, big", big.shape(), DType::BF16,
+                  ops::quantize_fp8(rounded(big, DType::BF16), Fp8Layout::Tile1x128, false, "x"),
+                  ops::quantize_fp8(on_gpu(big, DType::BF16), Fp8Layout::Tile1x128, false, "x"));
+}
+
 TEST(BackendOps, QuantizeFp8ZeroTilesAndNonFinite) {
   DSEEK_REQUIRE_CUDA();
   // A zero tile gets scale 1 on the GPU as on the CPU.

@@ -1,12 +1,14 @@
 // FP8 quantisation and the block-scaled FP8 GEMM on the GPU (maths in ops/fp8.h).
 //
-// quantize: where cols is a multiple of 4 (and x aligned), quantize_fp8_rows_kernel (a warp per
-// 1×128 tile) or quantize_fp8_blocks_kernel (256 threads per 128×128 block, one pass, the block in
-// registers), 4 columns a thread; otherwise one block of 128 threads per tile, thread c owning
-// column c of the tile and walking its rows, so loads are coalesced. The tile's
-// amax is a block max (exact, as on the CPU), the scale comes from the shared fp8_tile_scale and
-// the codes from the hardware's round-to-nearest-even, saturating conversion (__NV_SATFINITE), so
-// codes and scales match cpu::quantize_fp8 bit for bit. Non-finite inputs are found with
+// quantize: where cols is a multiple of 8 (and x aligned), quantize_fp8_rows_wide_kernel (half a
+// warp per 1×128 tile, two passes' loads in flight); where it is a multiple of 4,
+// quantize_fp8_rows_kernel (a warp per 1×128 tile) or quantize_fp8_blocks_kernel (256 threads per
+// 128×128 block, one pass, the block in registers), 4 columns a thread; otherwise one block of 128
+// threads per tile, thread c owning column c of the tile and walking its rows, so loads are
+// coalesced. The tile's amax is a block max (exact, as on the CPU), the scale comes from the shared
+// fp8_tile_scale and the codes from the hardware's round-to-nearest-even, saturating conversion
+// (__NV_SATFINITE), so codes and scales match cpu::quantize_fp8 bit for bit. Non-finite inputs are
+// found with
 // __syncthreads_or (__all_sync) and reported through a device flag.
 //
 // fp8_gemm: the plain tiled kernel (CUDA cores; the reference the tensor-core paths — cuBLASLt's
@@ -129,6 +131,98 @@ __global__ void __launch_bounds__(kRowTileWarps * 32)
     if (active) *reinterpret_cast<uint32_t*>(q + r * cols + c) = encode4(v, s);
   }
 }
+
+// The same tiles with more bytes in flight (where cols is a multiple of 8 and x 16-byte aligned):
+// 16 lanes a tile (lane l of a half-warp: columns 8l … 8l + 7, one 16-byte load of bf16, two of
+// f32), so a warp holds two tiles a pass and kRowWidePasses passes' loads are issued before any
+// is reduced — 4 tiles, 1 KiB of bf16, in flight a warp where quantize_fp8_rows_kernel has one
+// (256 bytes), which left the row quantisation at about half the copy bandwidth. Same amax, scale
+// and codes (the max is exact in any order); a tile with a non-finite value sets *bad and is not
+// written, as there.
+constexpr int kRowWidePasses = 2;
+
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float (&v)[8]);
+template <>
+__device__ __forceinline__ void load8<float>(const float* p, float (&v)[8]) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+  v[0] = a.x;
+  v[1] = a.y;
+  v[2] = a.z;
+  v[3] = a.w;
+  v[4] = b.x;
+  v[5] = b.y;
+  v[6] = b.z;
+  v[7] = b.w;
+}
+template <>
+__device__ __forceinline__ void load8<__nv_bfloat16>(const __nv_bfloat16* p, float (&v)[8]) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    __nv_bfloat162 h;
+    memcpy(&h, &w[i], 4);
+    const float2 f = __bfloat1622float2(h);
+    v[2 * i] = f.x;
+    v[2 * i + 1] = f.y;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kRowTileWarps * 32)
+    quantize_fp8_rows_wide_kernel(const T* x, int64_t rows, int64_t cols, int64_t tiles_per_row,
+                                  bool pow2, uint8_t* q, float* scale, int* bad) {
+  constexpr int kTilesPerPass = 2, kTilesPerWarp = kTilesPerPass * kRowWidePasses;
+  const int lane = threadIdx.x % 32, half = lane / 16, hl = lane % 16;
+  const int64_t tiles = rows * tiles_per_row;
+  const int64_t warp = int64_t(blockIdx.x) * kRowTileWarps + threadIdx.x / 32;
+  const int64_t warps = int64_t(gridDim.x) * kRowTileWarps;
+  for (int64_t first = warp * kTilesPerWarp; first < tiles; first += warps * kTilesPerWarp) {
+    float v[kRowWidePasses][8];
+    int64_t at[kRowWidePasses];  // the lane's first element, -1 where it holds none
+#pragma unroll
+    for (int p = 0; p < kRowWidePasses; ++p) {
+      const int64_t t = first + kTilesPerPass * p + half;
+      const int64_t r = t / tiles_per_row, c = (t % tiles_per_row) * kTile + 8 * hl;
+      at[p] = t < tiles && c < cols ? r * cols + c : -1;  // cols % 8 == 0: all 8 or none
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[p][j] = 0.0f;
+      if (at[p] >= 0) load8(x + at[p], v[p]);
+    }
+#pragma unroll
+    for (int p = 0; p < kRowWidePasses; ++p) {
+      const int64_t t = first + kTilesPerPass * p + half;
+      bool finite = true;
+      float amax = 0.0f;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        finite = finite && isfinite(v[p][j]);
+        amax = fmaxf(amax, fabsf(v[p][j]));
+      }
+      // The half-warp's tile: its 16 lanes' ballot bits, and a max over xor offsets below 16.
+      const unsigned ok = __ballot_sync(0xffffffffu, finite);
+#pragma unroll
+      for (int offset = 8; offset > 0; offset /= 2)
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+      if (t >= tiles) continue;
+      if (((ok >> (16 * half)) & 0xffffu) != 0xffffu) {
+        if (hl == 0) atomicExch(bad, 1);
+        continue;
+      }
+      const float s = fp8_tile_scale(amax, pow2);
+      if (hl == 0) scale[t] = s;
+      if (at[p] >= 0) {
+        const float lo[4] = {v[p][0], v[p][1], v[p][2], v[p][3]};
+        const float hi[4] = {v[p][4], v[p][5], v[p][6], v[p][7]};
+        *reinterpret_cast<uint2*>(q + at[p]) = make_uint2(encode4(lo, s), encode4(hi, s));
+      }
+    }
+  }
+}
+
+// 0: quantize_fp8_rows_kernel, 1: quantize_fp8_rows_wide_kernel where it applies.
+int g_rows_wide = 1;
 
 // 128×128 blocks: one block of 256 threads per block tile; thread (ty, tx) = (tid / 32, tid % 32)
 // holds columns 4tx … 4tx + 3 of rows ty, ty + 8, …, ty + 120 in registers (one pass over x).
@@ -267,6 +361,19 @@ void quantize_fp8(const void* x, DType act, int64_t rows, int64_t cols, int64_t 
   // rows then start on 4-byte boundaries).
   const bool vec = cols % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
                    reinterpret_cast<uintptr_t>(q) % 4 == 0;
+  const bool wide = g_rows_wide && cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+                    reinterpret_cast<uintptr_t>(q) % 8 == 0;
+  if (wide && tile_rows == 1) {
+    // Enough warps to fill the GPU a few times over; each walks its tiles kTilesPerWarp at a time.
+    const int64_t per_block = int64_t(kRowTileWarps) * 2 * kRowWidePasses;
+    const unsigned blocks = unsigned(std::min<int64_t>(ceil_div<int64_t>(tiles, per_block), 8192));
+    DSEEK_DISPATCH_ACT(
+        act, T,
+        quantize_fp8_rows_wide_kernel<T><<<blocks, kRowTileWarps * 32, 0, stream()>>>(
+            static_cast<const T*>(x), rows, cols, tiles_per_row, pow2, q, scale, bad));
+    DSEEK_CUDA_CHECK_LAUNCH("quantize_fp8_rows_wide_kernel");
+    return;
+  }
   if (vec && tile_rows == 1) {
     const unsigned blocks =
         unsigned(std::min<int64_t>(ceil_div<int64_t>(tiles, kRowTileWarps), 65536));
@@ -290,6 +397,10 @@ void quantize_fp8(const void* x, DType act, int64_t rows, int64_t cols, int64_t 
                          static_cast<const T*>(x), rows, cols, tile_rows, tiles_per_row, pow2, q,
                          scale, bad));
   DSEEK_CUDA_CHECK_LAUNCH("quantize_fp8_kernel");
+}
+
+void set_quantize_fp8_rows_wide(bool wide) {
+  g_rows_wide = wide ? 1 : 0;
 }
 
 bool quantize_fp8_stack_takes(int64_t rows, int64_t cols) {

@@ -15,6 +15,9 @@ namespace dseek::ops::cuda {
 // unspecified. Does not synchronise.
 void quantize_fp8(const void* x, DType act, int64_t rows, int64_t cols, int64_t tile_rows,
                   bool pow2, uint8_t* q, float* scale, int* bad);
+// 1×128 tiles where cols % 8 == 0 take a kernel with more loads in flight (the same codes); off,
+// the four-columns-a-lane kernel (for benchmarks: bench_cuda_fp8's quantisation rows).
+void set_quantize_fp8_rows_wide(bool wide);
 // 128×128 blocks of E matrices in one launch (a stack of expert weights): table [E] device
 // pointers to [rows, cols] (act f32 or bf16, contiguous, 16-byte aligned), where rows and cols
 // are multiples of 4 (quantize_fp8_stack_takes). Codes q [E, rows, cols] and scales [E,
