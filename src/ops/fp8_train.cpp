@@ -165,14 +165,32 @@ void transpose_experts(Fp8ExpertWeights& w) {
 }
 #endif
 
+// x̂'s column tiles in the form a wgrad wants (`transposed` or not): `shared`'s where it holds that
+// form, else `make()`'s, which then go into `shared` for the next wgrad (when given).
+template <typename Make>
+Fp8ColTiles wgrad_x_cols(Fp8WgradInput* shared, bool transposed, int64_t cols, Make make) {
+  if (shared && shared->cols.data.defined() && shared->transposed == transposed) {
+    const Tensor& d = shared->cols.data;
+    DSEEK_CHECK(d.dim() == 2 && d.size(transposed ? 0 : 1) == cols,
+                "[linear_fp8_train] shared column tiles {} are not of an input {} wide",
+                shape_str(d.shape()), cols);
+    return shared->cols;
+  }
+  Fp8ColTiles q = make();
+  if (shared) *shared = Fp8WgradInput{q, transposed};
+  return q;
+}
+
 // dW (+)= Q_col(dy)ᵀ·Q_col(x̂) per group, x̂ = the cached x dequantised (f32). dense: one group of
-// every row (offsets {0, rows}).
+// every row (offsets {0, rows}). x̂'s column tiles from (and into) `shared` when given.
 void wgrad(const char* op, const Fp8Tensor& x_cache, const Tensor& dy2, const Tensor& offsets,
-           const ExpertMatrices& dw, bool accumulate, [[maybe_unused]] bool dense) {
+           const ExpertMatrices& dw, bool accumulate, [[maybe_unused]] bool dense,
+           Fp8WgradInput* shared) {
 #ifdef DSEEK_HAS_CUDA
   if (offsets.is_cuda() && cuda::fp8_wgmma_takes(dw.cols, dw.rows)) {
     // The tensor cores read both operands transposed: quantised and transposed in one pass each.
-    const Fp8ColTiles qx = quantize_fp8_cols_transposed(x_cache, offsets);
+    const Fp8ColTiles qx = wgrad_x_cols(
+        shared, true, dw.cols, [&] { return quantize_fp8_cols_transposed(x_cache, offsets); });
     const Fp8ColTiles qdy =
         quantize_fp8_cols_transposed(dy2, offsets, std::string(op) + " dy (column tiles)");
     // One group: cuBLASLt's GEMM with both operands in 1×128 tiles where it runs (the group's
@@ -190,8 +208,10 @@ void wgrad(const char* op, const Fp8Tensor& x_cache, const Tensor& dy2, const Te
     return;
   }
 #endif
-  const Tensor x_hat = dequantize_fp8(x_cache, DType::F32);
-  const Fp8ColTiles qx = quantize_fp8_cols(x_hat, &offsets, std::string(op) + " x (column tiles)");
+  const Fp8ColTiles qx = wgrad_x_cols(shared, false, dw.cols, [&] {
+    return quantize_fp8_cols(dequantize_fp8(x_cache, DType::F32), &offsets,
+                             std::string(op) + " x (column tiles)");
+  });
   const Fp8ColTiles qdy = quantize_fp8_cols(dy2, &offsets, std::string(op) + " dy (column tiles)");
   if (offsets.is_cuda()) {
 #ifdef DSEEK_HAS_CUDA
@@ -429,6 +449,20 @@ Tensor linear_fp8_train_forward(const Tensor& x, const Tensor& weight, Fp8Linear
   return linear(dequantize_fp8(qx), dequantize_fp8(qw)).reshape(y_shape);
 }
 
+Tensor linear_fp8_train_forward(const Fp8LinearCache& x, const Tensor& weight) {
+  DSEEK_CHECK(x.x.data.defined() && weight.defined(),
+              "[linear_fp8_train] undefined codes or weight");
+  const Device device = op_device("linear_fp8_train", {&x.x.data, &weight});
+  DSEEK_CHECK(weight.dim() == 2 && x.x.data.dim() == 2 && x.x.data.size(1) == weight.size(1),
+              "[linear_fp8_train] input codes {} do not match weight {}",
+              shape_str(x.x.data.shape()), shape_str(weight.shape()));
+  Shape y_shape = x.x_shape;
+  y_shape.back() = weight.size(0);
+  const Fp8Tensor qw = blocks_of(weight_blocks(weight, false), false);
+  if (device == Device::CUDA) return fp8_gemm_act(x.x, qw, x.act).reshape(y_shape);
+  return linear(dequantize_fp8(x.x), dequantize_fp8(qw)).reshape(y_shape);
+}
+
 Fp8LinearCache fp8_linear_cache(const Tensor& x) {
   DSEEK_CHECK(x.defined() && x.dim() >= 1, "[linear_fp8_train] undefined or 0-d input");
   const DType act = activation_dtype("linear_fp8_train", x);
@@ -439,7 +473,8 @@ Fp8LinearCache fp8_linear_cache(const Tensor& x) {
 }
 
 void linear_fp8_train_backward(const Fp8LinearCache& cache, const Tensor& weight, const Tensor& dy,
-                               Tensor* dx, Tensor* dweight, bool accumulate) {
+                               Tensor* dx, Tensor* dweight, bool accumulate,
+                               Fp8WgradInput* shared_x) {
   DSEEK_CHECK(cache.x.data.defined() && weight.defined() && dy.defined(),
               "[linear_fp8_train] undefined cache, weight or dy");
   const Device device = op_device("linear_fp8_train", {&cache.x.data, &weight, &dy, dx, dweight});
@@ -478,9 +513,32 @@ void linear_fp8_train_backward(const Fp8LinearCache& cache, const Tensor& weight
                 shape_str(weight.shape()), dtype_name(dweight->dtype()),
                 shape_str(dweight->shape()));
     wgrad("linear_fp8_train", cache.x, dy2, one_group(T, device),
-          expert_matrices(std::vector<Tensor>{*dweight}), accumulate, /*dense=*/true);
+          expert_matrices(std::vector<Tensor>{*dweight}), accumulate, /*dense=*/true, shared_x);
   }
 }
+
+namespace {
+
+// y_perm [N, out] (act) = the experts' products of x_perm's codes (checked by the callers).
+Tensor grouped_fp8_product(const Fp8GroupedCache& qx, const Fp8ExpertWeights& w,
+                           const Tensor& offsets, [[maybe_unused]] int64_t E) {
+  const int64_t N = qx.x.data.size(0);
+  if (qx.x.data.is_cuda()) {
+#ifdef DSEEK_HAS_CUDA
+    const int64_t out = w.rows, in = w.cols;
+    Tensor y = Tensor::empty({N, out}, qx.act, Device::CUDA);
+    cuda::fp8_grouped_gemm(qx.x.data.data<uint8_t>(), qx.x.scale.data<float>(), N, in,
+                           offsets.data<int64_t>(), E, w.data.data<uint8_t>(),
+                           w.scale.data<float>(), out, y.raw(), qx.act);
+    return y;
+#else
+    cuda_not_built("grouped_linear_fp8");
+#endif
+  }
+  return grouped_linear(dequantize_fp8(qx.x), expert_matrices(dequantize_experts(w)), offsets);
+}
+
+}  // namespace
 
 Fp8GroupedCache fp8_grouped_cache(const Tensor& x_perm) {
   DSEEK_CHECK(x_perm.defined() && x_perm.dim() == 2, "[grouped_linear_fp8] x must be 2-D");
@@ -513,21 +571,25 @@ Tensor grouped_linear_fp8_forward(const Tensor& x_perm, const Fp8ExpertWeights& 
   const int64_t E = check_offsets("grouped_linear_fp8", offsets, N, device, true);
   DSEEK_CHECK(E == w.experts, "[grouped_linear_fp8] offsets for {} experts, {} matrices", E,
               w.experts);
-  const Fp8Tensor qx = quantize_fp8(x_perm, Fp8Layout::Tile1x128, false, "grouped_linear_fp8 x");
-  if (cache) *cache = Fp8GroupedCache{qx, act};
-  if (device == Device::CUDA) {
-#ifdef DSEEK_HAS_CUDA
-    const int64_t out = w.rows, in = w.cols;
-    Tensor y = Tensor::empty({N, out}, act, device);
-    cuda::fp8_grouped_gemm(qx.data.data<uint8_t>(), qx.scale.data<float>(), N, in,
-                           offsets.data<int64_t>(), E, w.data.data<uint8_t>(),
-                           w.scale.data<float>(), out, y.raw(), act);
-    return y;
-#else
-    cuda_not_built("grouped_linear_fp8");
-#endif
-  }
-  return grouped_linear(dequantize_fp8(qx), expert_matrices(dequantize_experts(w)), offsets);
+  const Fp8GroupedCache qx{
+      quantize_fp8(x_perm, Fp8Layout::Tile1x128, false, "grouped_linear_fp8 x"), act};
+  if (cache) *cache = qx;
+  return grouped_fp8_product(qx, w, offsets, E);
+}
+
+Tensor grouped_linear_fp8_forward(const Fp8GroupedCache& x_perm, const Fp8ExpertWeights& w,
+                                  const Tensor& offsets) {
+  const Tensor& q = x_perm.x.data;
+  DSEEK_CHECK(q.defined() && q.dim() == 2 && q.size(1) == w.cols,
+              "[grouped_linear_fp8] x codes {}, expected [N, {}]",
+              q.defined() ? shape_str(q.shape()) : "undefined", w.cols);
+  DSEEK_CHECK(w.data.defined(), "[grouped_linear_fp8] the experts' forward blocks are missing");
+  const Device device = op_device("grouped_linear_fp8", {&q, &offsets, &w.data});
+  const int64_t N = q.size(0);
+  const int64_t E = check_offsets("grouped_linear_fp8", offsets, N, device, true);
+  DSEEK_CHECK(E == w.experts, "[grouped_linear_fp8] offsets for {} experts, {} matrices", E,
+              w.experts);
+  return grouped_fp8_product(x_perm, w, offsets, E);
 }
 
 Tensor grouped_linear_fp8_backward_dx(const Tensor& dy_perm, const ExpertMatrices& w,
@@ -572,7 +634,7 @@ Tensor grouped_linear_fp8_backward_dx(const Tensor& dy_perm, const Fp8ExpertWeig
 
 void grouped_linear_fp8_backward_dw(const Fp8GroupedCache& cache, const Tensor& dy_perm,
                                     const Tensor& offsets, const ExpertMatrices& dw,
-                                    bool accumulate) {
+                                    bool accumulate, Fp8WgradInput* shared_x) {
   DSEEK_CHECK(cache.x.data.defined() && dy_perm.defined() && dy_perm.dim() == 2,
               "[grouped_linear_fp8] undefined cache or dy");
   const Device device = op_device("grouped_linear_fp8", {&cache.x.data, &dy_perm, &offsets});
@@ -589,7 +651,7 @@ void grouped_linear_fp8_backward_dw(const Fp8GroupedCache& cache, const Tensor& 
   DSEEK_CHECK(E == dw.experts, "[grouped_linear_fp8] offsets for {} experts, {} matrices", E,
               dw.experts);
   wgrad("grouped_linear_fp8", cache.x, dy_perm.contiguous(), offsets, dw, accumulate,
-        /*dense=*/false);
+        /*dense=*/false, shared_x);
 }
 
 }  // namespace dseek::ops

@@ -106,6 +106,18 @@ struct Fp8LinearCache {
 // W [out, in] quantised per 128×128 block; y in x's dtype. Fills `cache` when given.
 Tensor linear_fp8_train_forward(const Tensor& x, const Tensor& weight,
                                 Fp8LinearCache* cache = nullptr);
+// The same from x's codes made by an earlier forward (another linear reading the same x: q_a_proj
+// and kv_a_proj_with_mqa, gate_proj and up_proj): x is quantised once, the same bits.
+Tensor linear_fp8_train_forward(const Fp8LinearCache& x, const Tensor& weight);
+
+// x̂'s column tiles as an FP8 wgrad reads them, kept for the next backward of a linear with the
+// same input (and, grouped, the same offsets): the first wgrad given an empty one fills it, the
+// others reuse it (`transposed`: the tensor cores' layout of quantize_fp8_cols_transposed, else
+// quantize_fp8_cols's; a wgrad that wants the other form makes its own).
+struct Fp8WgradInput {
+  Fp8ColTiles cols;
+  bool transposed = false;
+};
 
 // The cache the forward fills, from x alone (the same codes: quantisation is deterministic). For
 // layers that keep x in the activation dtype and quantise it again for the backward.
@@ -113,9 +125,11 @@ Fp8LinearCache fp8_linear_cache(const Tensor& x);
 
 // Backward from the forward's cache: dx (act, x's shape; written) = Q(dy)·Q(W) when dx is not
 // null, dW (f32 [out, in]; added when `accumulate`, else overwritten) = Q_col(dy)ᵀ·Q_col(x̂) when
-// dweight is not null. dy [..., out] in the cache's act dtype.
+// dweight is not null. dy [..., out] in the cache's act dtype. `shared_x`: x̂'s column tiles for
+// several backwards of one input (Fp8WgradInput).
 void linear_fp8_train_backward(const Fp8LinearCache& cache, const Tensor& weight, const Tensor& dy,
-                               Tensor* dx, Tensor* dweight, bool accumulate);
+                               Tensor* dx, Tensor* dweight, bool accumulate,
+                               Fp8WgradInput* shared_x = nullptr);
 
 // --- grouped expert GEMMs -----------------------------------------------------------------------
 
@@ -148,6 +162,9 @@ Tensor grouped_linear_fp8_forward(const Tensor& x_perm, const ExpertMatrices& w,
                                   const Tensor& offsets, Fp8GroupedCache* cache = nullptr);
 Tensor grouped_linear_fp8_forward(const Tensor& x_perm, const Fp8ExpertWeights& w,
                                   const Tensor& offsets, Fp8GroupedCache* cache = nullptr);
+// The same from x_perm's codes made by an earlier forward (gate_proj's for up_proj's).
+Tensor grouped_linear_fp8_forward(const Fp8GroupedCache& x_perm, const Fp8ExpertWeights& w,
+                                  const Tensor& offsets);
 // dx_perm [N, in] = Q(dy)·Q(W_e) per expert (in act).
 Tensor grouped_linear_fp8_backward_dx(const Tensor& dy_perm, const ExpertMatrices& w,
                                       const Tensor& offsets);
@@ -155,8 +172,9 @@ Tensor grouped_linear_fp8_backward_dx(const Tensor& dy_perm, const Fp8ExpertWeig
                                       const Tensor& offsets);
 // dW_e (+)= Q_col(dy)ᵀ·Q_col(x̂) over the rows of expert e, into dw (f32 contiguous [out, in],
 // experts without rows get zeros unless `accumulate`).
+// `shared_x` as in linear_fp8_train_backward (gate_proj's and up_proj's wgrads).
 void grouped_linear_fp8_backward_dw(const Fp8GroupedCache& cache, const Tensor& dy_perm,
                                     const Tensor& offsets, const ExpertMatrices& dw,
-                                    bool accumulate);
+                                    bool accumulate, Fp8WgradInput* shared_x = nullptr);
 
 }  // namespace dseek::ops

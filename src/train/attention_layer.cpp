@@ -161,7 +161,8 @@ Tensor mla_backward(const LayerContext& ctx, const std::string& p, const Attenti
   const Tensor d_kv_a = Tensor::empty({T, r + rope}, d_latent.dtype(), d_latent.device());
   d_kv_a.slice(1, 0, r).copy_from(d_latent);
   d_kv_a.slice(1, r, r + rope).copy_from(d_k_pe.reshape({T, rope}));
-  Tensor dx = linear_backward(ctx.params, p + ".kv_a_proj_with_mqa.weight", c.x, d_kv_a);
+  ops::Fp8WgradInput x_cols;  // x̂'s column tiles, for the FP8 wgrads of the projections of x
+  Tensor dx = linear_backward(ctx.params, p + ".kv_a_proj_with_mqa.weight", c.x, d_kv_a, &x_cols);
 
   rope_backward(ctx.rope, g.dq.slice(2, nope, qk), c.segments);
   const Tensor dq_flat = g.dq.reshape({T, H * qk});
@@ -169,9 +170,9 @@ Tensor mla_backward(const LayerContext& ctx, const std::string& p, const Attenti
     const Tensor d_qan = linear_backward(ctx.params, p + ".q_b_proj.weight", c.q_a_normed, dq_flat);
     const Tensor d_qa =
         norm_backward(ctx.params, p + ".q_a_layernorm.weight", c.q_a, kLatentNormEps, d_qan);
-    ops::add_inplace(dx, linear_backward(ctx.params, p + ".q_a_proj.weight", c.x, d_qa));
+    ops::add_inplace(dx, linear_backward(ctx.params, p + ".q_a_proj.weight", c.x, d_qa, &x_cols));
   } else {
-    ops::add_inplace(dx, linear_backward(ctx.params, p + ".q_proj.weight", c.x, dq_flat));
+    ops::add_inplace(dx, linear_backward(ctx.params, p + ".q_proj.weight", c.x, dq_flat, &x_cols));
   }
   return dx;
 }
@@ -210,11 +211,13 @@ Tensor mha_backward(const LayerContext& ctx, const std::string& p, const Attenti
       attention_backward_batched(c.q, c.k, c.v, scale, d_attn.reshape({T, H, hd}), c.segments);
   rope_backward(ctx.rope, g.dq, c.segments);
   rope_backward(ctx.rope, g.dk, c.segments);
-  Tensor dx = linear_backward(ctx.params, p + ".q_proj.weight", c.x, g.dq.reshape({T, H * hd}));
-  ops::add_inplace(
-      dx, linear_backward(ctx.params, p + ".k_proj.weight", c.x, g.dk.reshape({T, Hk * hd})));
-  ops::add_inplace(
-      dx, linear_backward(ctx.params, p + ".v_proj.weight", c.x, g.dv.reshape({T, Hk * hd})));
+  ops::Fp8WgradInput x_cols;  // x̂'s column tiles, for the FP8 wgrads of the projections of x
+  Tensor dx =
+      linear_backward(ctx.params, p + ".q_proj.weight", c.x, g.dq.reshape({T, H * hd}), &x_cols);
+  ops::add_inplace(dx, linear_backward(ctx.params, p + ".k_proj.weight", c.x,
+                                       g.dk.reshape({T, Hk * hd}), &x_cols));
+  ops::add_inplace(dx, linear_backward(ctx.params, p + ".v_proj.weight", c.x,
+                                       g.dv.reshape({T, Hk * hd}), &x_cols));
   return dx;
 }
 

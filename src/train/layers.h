@@ -68,6 +68,9 @@ Tensor linear_backward(ParamSet& params, const std::string& name, const Tensor& 
 struct LinearInput {
   Tensor x;                 // set where a non-FP8 linear reads it, or with keep_x
   ops::Fp8LinearCache fp8;  // set where an FP8 linear reads it
+  // x's data address while fp8 holds its codes: the next FP8 reader of the same x multiplies
+  // those rather than quantising x again.
+  const void* codes_of = nullptr;
   // Set by the owner before the forward: x stays alive for another reader anyway (the MoE's input
   // is the router's), so it is held as it is (no memory) rather than as codes (more memory) and
   // the FP8 backward quantises it again.
@@ -76,8 +79,10 @@ struct LinearInput {
 // The same linear, recording its input in `in` (one LinearInput can serve several linears of the
 // same x: q_a_proj and kv_a_proj_with_mqa, gate_proj and up_proj).
 Tensor linear_forward(ParamSet& params, const std::string& name, const Tensor& x, LinearInput& in);
+// `shared_x`: x̂'s column tiles for the FP8 wgrads of several linears of one input (made by the
+// first, reused by the next: ops::Fp8WgradInput); ignored by the other linears.
 Tensor linear_backward(ParamSet& params, const std::string& name, const LinearInput& in,
-                       const Tensor& dy);
+                       const Tensor& dy, ops::Fp8WgradInput* shared_x = nullptr);
 
 // y = rms_norm(x; w = params[name], eps).
 Tensor norm_forward(ParamSet& params, const std::string& name, const Tensor& x, double eps);
@@ -147,6 +152,7 @@ struct MoeHostCache {
 struct GroupedInput {
   Tensor x;
   ops::Fp8GroupedCache fp8;
+  const void* codes_of = nullptr;  // as LinearInput's
 };
 struct MoeCache {
   // The layer's input [T, D]. Kept where it is f32 (it is then x_router); bf16 (the GPU) is

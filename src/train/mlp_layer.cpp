@@ -18,9 +18,11 @@ Tensor linear_forward(ParamSet& params, const std::string& name, const Tensor& x
 namespace {
 
 // dx of an FP8 linear from its input's codes; dW added to the grad.
-Tensor fp8_linear_backward(Param& p, const ops::Fp8LinearCache& x, const Tensor& dy) {
+Tensor fp8_linear_backward(Param& p, const ops::Fp8LinearCache& x, const Tensor& dy,
+                           ops::Fp8WgradInput* shared_x = nullptr) {
   Tensor dx = Tensor::empty(x.x_shape, x.act, x.x.data.device());
-  ops::linear_fp8_train_backward(x, p.value, dy, &dx, p.grad.defined() ? &p.grad : nullptr, true);
+  ops::linear_fp8_train_backward(x, p.value, dy, &dx, p.grad.defined() ? &p.grad : nullptr, true,
+                                 shared_x);
   return dx;
 }
 
@@ -44,14 +46,20 @@ Tensor linear_forward(ParamSet& params, const std::string& name, const Tensor& x
   const bool codes = p.fp8 && !in.keep_x && params.fp8_input_cache();
   if (!codes) in.x = x;
   if (!p.fp8) return ops::linear(x, p.weight());
-  // Every FP8 reader of x quantises it (to the same codes) and the last one's codes stay.
-  return ops::linear_fp8_train_forward(x, p.value, codes ? &in.fp8 : nullptr);
+  // The first FP8 reader of x quantises it; the next ones multiply its codes.
+  if (codes && in.codes_of == x.raw() && in.fp8.x.data.defined() && in.fp8.x_shape == x.shape())
+    return ops::linear_fp8_train_forward(in.fp8, p.value);
+  Tensor y = ops::linear_fp8_train_forward(x, p.value, codes ? &in.fp8 : nullptr);
+  if (codes) in.codes_of = x.raw();
+  return y;
 }
 
 Tensor linear_backward(ParamSet& params, const std::string& name, const LinearInput& in,
-                       const Tensor& dy) {
+                       const Tensor& dy, ops::Fp8WgradInput* shared_x) {
   Param& p = params.at(name);
-  if (p.fp8 && in.fp8.x.data.defined()) return fp8_linear_backward(p, in.fp8, dy);
+  if (p.fp8 && in.fp8.x.data.defined()) return fp8_linear_backward(p, in.fp8, dy, shared_x);
+  // x held in the activation dtype (keep_x): its codes again, the same x̂.
+  if (p.fp8) return fp8_linear_backward(p, ops::fp8_linear_cache(in.x), dy, shared_x);
   return linear_backward(params, name, in.x, dy);
 }
 
@@ -79,9 +87,9 @@ Tensor project(ParamSet& params, SynthOverride* synth, const std::string& name, 
 
 Tensor project_backward(ParamSet& params, SynthOverride* synth, const std::string& name,
                         const LinearInput& in, const synth::SynthLayerCache& cache,
-                        const Tensor& dy) {
+                        const Tensor& dy, ops::Fp8WgradInput* shared_x = nullptr) {
   if (synth && synth->replaces(name)) return synth->backward(params, name, cache, dy);
-  return linear_backward(params, name, in, dy);
+  return linear_backward(params, name, in, dy, shared_x);
 }
 
 }  // namespace
@@ -102,10 +110,11 @@ Tensor mlp_backward(ParamSet& params, const std::string& prefix, const MlpCache&
   const Tensor d_inner =
       project_backward(params, synth, prefix + ".down_proj.weight", c.inner, c.synth_down, dy);
   const ops::SiluMulGrads g = ops::silu_mul_backward(c.gate, c.up, d_inner);
+  ops::Fp8WgradInput x_cols;  // x̂'s column tiles, for gate_proj's and up_proj's FP8 wgrads
   Tensor dx = project_backward(params, synth, prefix + ".gate_proj.weight", c.x, c.synth_gate,
-                               g.dgate);
-  ops::add_inplace(
-      dx, project_backward(params, synth, prefix + ".up_proj.weight", c.x, c.synth_up, g.dup));
+                               g.dgate, &x_cols);
+  ops::add_inplace(dx, project_backward(params, synth, prefix + ".up_proj.weight", c.x, c.synth_up,
+                                        g.dup, &x_cols));
   return dx;
 }
 

@@ -78,7 +78,13 @@ Tensor grouped_forward(const ParamSet& params, bool fp8, const Tensor& x,
   const bool codes = fp8 && params.fp8_input_cache();
   if (!codes) in.x = x;
   if (!fp8) return ops::grouped_linear(x, w, o);
-  return ops::grouped_linear_fp8_forward(x, q, o, codes ? &in.fp8 : nullptr);
+  // The first reader of x quantises it; the next (up_proj after gate_proj) multiplies its codes.
+  if (codes && in.codes_of == x.raw() && in.fp8.x.data.defined() &&
+      in.fp8.x.data.shape() == x.shape())
+    return ops::grouped_linear_fp8_forward(in.fp8, q, o);
+  Tensor y = ops::grouped_linear_fp8_forward(x, q, o, codes ? &in.fp8 : nullptr);
+  if (codes) in.codes_of = x.raw();
+  return y;
 }
 Tensor grouped_dx(bool fp8, const Tensor& dy, const ops::ExpertMatrices& w,
                   const ops::Fp8ExpertWeights& q, const Tensor& o) {
@@ -87,9 +93,10 @@ Tensor grouped_dx(bool fp8, const Tensor& dy, const ops::ExpertMatrices& w,
 }
 // dW of projection `proj` of this rank's experts: written over the grads when they are all still
 // zero_grad's zeros (Param::grad_zero: the same values without reading dW), else added.
+// `shared_x`: x̂'s column tiles for gate_proj's and up_proj's FP8 wgrads (ops::Fp8WgradInput).
 void grouped_dw(ParamSet& params, const std::string& prefix, LocalExperts local,
                 const std::string& proj, bool fp8, const GroupedInput& in, const Tensor& dy,
-                const Tensor& o) {
+                const Tensor& o, ops::Fp8WgradInput* shared_x = nullptr) {
   std::vector<Tensor> grads;
   grads.reserve(size_t(local.count));
   bool zero = true;
@@ -104,9 +111,10 @@ void grouped_dw(ParamSet& params, const std::string& prefix, LocalExperts local,
   if (!fp8)
     ops::grouped_linear_backward_dw(in.x, dy, o, dw, accumulate);
   else if (in.fp8.x.data.defined())
-    ops::grouped_linear_fp8_backward_dw(in.fp8, dy, o, dw, accumulate);
+    ops::grouped_linear_fp8_backward_dw(in.fp8, dy, o, dw, accumulate, shared_x);
   else
-    ops::grouped_linear_fp8_backward_dw(ops::fp8_grouped_cache(in.x), dy, o, dw, accumulate);
+    ops::grouped_linear_fp8_backward_dw(ops::fp8_grouped_cache(in.x), dy, o, dw, accumulate,
+                                        shared_x);
 }
 
 // The routing on the host, as model/moe_balance.h's losses take it. A host synchronisation (ids
@@ -190,8 +198,9 @@ Tensor routed_backward_device(const LayerContext& ctx, const std::string& prefix
     const ops::SiluMulGrads sg = ops::silu_mul_backward(c.gate, c.up, d_inner);
     dx_perm = grouped_dx(fp8, sg.dgate, c.gate_w, c.gate_q, offsets);
     ops::add_inplace(dx_perm, grouped_dx(fp8, sg.dup, c.up_w, c.up_q, offsets));
-    grouped_dw(ctx.params, prefix, local, "gate_proj", fp8, c.x_perm, sg.dgate, offsets);
-    grouped_dw(ctx.params, prefix, local, "up_proj", fp8, c.x_perm, sg.dup, offsets);
+    ops::Fp8WgradInput x_cols;  // x̂_perm's column tiles, for both wgrads
+    grouped_dw(ctx.params, prefix, local, "gate_proj", fp8, c.x_perm, sg.dgate, offsets, &x_cols);
+    grouped_dw(ctx.params, prefix, local, "up_proj", fp8, c.x_perm, sg.dup, offsets, &x_cols);
   } else {  // no rows for this rank's experts: their gradients stay as they are
     dx_perm = Tensor::empty({0, dy_perm.size(1)}, dy_perm.dtype(), dy_perm.device());
   }
