@@ -304,7 +304,7 @@ int main(int argc, char** argv) {
         // As `dseek train` steps: the clip factor folded into AdamW, which also re-rounds the
         // bf16 compute copies (no refresh_compute pass).
         optimizer.step(o.lr, clip_factor(grad_norm(params), 1.0));
-        params.zero_grad();
+        params.zero_grad(/*defer_overwritten=*/true);  // as `dseek train` on one process
         sync(device);
         const auto c = Clock::now();
         std::fprintf(stderr, "step %lld: loss %.4f, %.1f ms\n", (long long)s, last_loss,

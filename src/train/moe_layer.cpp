@@ -92,7 +92,9 @@ Tensor grouped_dx(bool fp8, const Tensor& dy, const ops::ExpertMatrices& w,
              : ops::grouped_linear_backward_dx(dy, w, o);
 }
 // dW of projection `proj` of this rank's experts: written over the grads when they are all still
-// zero_grad's zeros (Param::grad_zero: the same values without reading dW), else added.
+// zero_grad's zeros (Param::grad_zero: the same values without reading dW, and without zero_grad
+// writing them next time: Param::grad_overwritten), else added (to zeros written now where
+// zero_grad left them: Param::grad_stale).
 // `shared_x`: x̂'s column tiles for gate_proj's and up_proj's FP8 wgrads (ops::Fp8WgradInput).
 void grouped_dw(ParamSet& params, const std::string& prefix, LocalExperts local,
                 const std::string& proj, bool fp8, const GroupedInput& in, const Tensor& dy,
@@ -100,11 +102,21 @@ void grouped_dw(ParamSet& params, const std::string& prefix, LocalExperts local,
   std::vector<Tensor> grads;
   grads.reserve(size_t(local.count));
   bool zero = true;
+  std::vector<Param*> ps;
   for (int64_t e = local.first; e < local.first + local.count; ++e) {
     Param& p = params.at(expert_prefix(prefix, e) + "." + proj + ".weight");
     grads.push_back(p.grad);
+    ps.push_back(&p);
     zero = zero && p.grad_zero;
-    p.grad_zero = false;
+  }
+  for (Param* p : ps) {
+    p->grad_zero = false;
+    if (zero) {
+      p->grad_overwritten = true;
+      p->grad_stale = false;
+    } else {
+      settle_grad(*p);
+    }
   }
   const ops::ExpertMatrices dw = ops::expert_matrices(std::move(grads));
   const bool accumulate = !zero;
@@ -203,6 +215,9 @@ Tensor routed_backward_device(const LayerContext& ctx, const std::string& prefix
     grouped_dw(ctx.params, prefix, local, "up_proj", fp8, c.x_perm, sg.dup, offsets, &x_cols);
   } else {  // no rows for this rank's experts: their gradients stay as they are
     dx_perm = Tensor::empty({0, dy_perm.size(1)}, dy_perm.dtype(), dy_perm.device());
+    for (int64_t e = local.first; e < local.first + local.count; ++e)
+      for (const char* proj : {"gate_proj", "up_proj", "down_proj"})
+        settle_grad(ctx.params.at(expert_prefix(prefix, e) + "." + proj + ".weight"));
   }
   if (ep) dx_perm = return_to_sources(*ep, c.exchange, dx_perm);
   Tensor dx = ops::moe_permute_backward(dx_perm, c.dispatch);

@@ -70,13 +70,34 @@ int64_t mark_fp8_linears(ParamSet& params) {
   return marked;
 }
 
-void ParamSet::zero_grad() {
+namespace {
+
+void zero_bytes(Tensor& grad) {
+  if (grad.is_cuda())
+    cuda::fill_bytes(grad.raw(), 0, grad.nbytes());  // +0.0f is all zeros
+  else
+    std::memset(grad.data<float>(), 0, grad.nbytes());
+}
+
+}  // namespace
+
+void ParamSet::zero_grad(bool defer_overwritten) {
   for (Param& p : params_) {
     if (!p.grad.defined()) continue;
-    if (p.grad.is_cuda()) cuda::fill_bytes(p.grad.raw(), 0, p.grad.nbytes());  // +0.0f is all zeros
-    else std::memset(p.grad.data<float>(), 0, p.grad.nbytes());
     p.grad_zero = true;
+    p.grad_stale = defer_overwritten && p.grad_overwritten;
+    if (!p.grad_stale) zero_bytes(p.grad);
   }
+}
+
+void settle_grad(Param& p) {
+  if (!p.grad_stale) return;
+  zero_bytes(p.grad);
+  p.grad_stale = false;
+}
+
+void ParamSet::settle_grads() {
+  for (Param& p : params_) settle_grad(p);
 }
 
 void ParamSet::set_compute_dtype(DType dtype) {

@@ -38,6 +38,13 @@ struct Param {
   // gradients: the same values without reading dW). Other writers add and leave it alone, so a
   // parameter is written by one kind of writer only.
   bool grad_zero = false;
+  // Set by a writer that overwrote grad on grad_zero (the MoE experts' wgrads): zero_grad(true)
+  // may then leave the zeros to it (grad_stale) instead of writing them, 4 bytes a parameter.
+  bool grad_overwritten = false;
+  // grad's memory was not zeroed (zero_grad(true) left it to the writer): its values are
+  // grad_zero's zeros, not what the memory holds, until a writer overwrites it or settle_grad
+  // zeros it. forward_backward ends with no stale gradient (ParamSet::settle_grads).
+  bool grad_stale = false;
 
   // What linear layers multiply with: the compute copy when there is one, else the master.
   const Tensor& weight() const { return compute.defined() ? compute : value; }
@@ -66,7 +73,11 @@ class ParamSet {
   void to(Device device);
   Device device() const { return device_; }
 
-  void zero_grad();  // zeros every grad and sets grad_zero
+  // Zeros every grad and sets grad_zero. `defer_overwritten`: the grads whose writer overwrites
+  // them (Param::grad_overwritten) are marked stale instead of written — the training step's
+  // zeroing, followed by a forward_backward, which settles what its writers did not overwrite.
+  void zero_grad(bool defer_overwritten = false);
+  void settle_grads();  // zeros every stale grad (settle_grad)
   // F32: no compute copies. BF16: copies of every trainable 2-D parameter except the MoE routers
   // and the FP8 linears (which quantise their masters), rounded to nearest even.
   void set_compute_dtype(DType dtype);
@@ -87,6 +98,9 @@ class ParamSet {
   Device device_ = Device::CPU;
   bool fp8_input_cache_ = true;
 };
+
+// Writes the zeros zero_grad(true) deferred, if p's grad is stale (then no longer).
+void settle_grad(Param& p);
 
 // FP8 training (train.precision fp8, DeepSeek-V3 §3.3): marks the projections of attention and
 // of the dense, shared and routed expert MLPs — model.layers.<i>.self_attn.{q_proj, q_a_proj,

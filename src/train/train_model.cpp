@@ -450,6 +450,9 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
   const Tensor dh = head_backward(hc, targets, options, loss_scale);
   const Tensor dx = blocks_backward(0, L, blocks, dh, options, loss_scale);
   embed_backward(inputs, dx);
+  // Gradients zero_grad(true) left to writers that did not run (an expert-parallel rank without
+  // rows for its experts) are zeros from here on, for every reader.
+  params_.settle_grads();
   fp8_checks.check();
   return out;
 }

@@ -803,7 +803,10 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       grad_norm = train::grad_norm(params);
       optimizer->step(lr, clip_factor(grad_norm, cfg.grad_clip));
     }
-    params.zero_grad();
+    // One process: the experts' wgrads overwrite their zeros, so those are not written here
+    // (forward_backward settles any left over). Pipeline stages and data-parallel ranks read
+    // gradients outside forward_backward: every zero written.
+    params.zero_grad(/*defer_overwritten=*/!stage && !dp);
     const double g = gamma.at(s);
     if (loss_free && g > 0.0) {
       for (size_t i = 0; i < load.size(); ++i) {

@@ -313,7 +313,8 @@ TEST(BackendTrain, ForwardBackwardBf16ComputeNearCpu) {
 
 // After zero_grad the GPU's expert wgrads write dW instead of adding to the zeros
 // (Param::grad_zero); a second micro-batch must then add. Two forward_backward calls from zeroed
-// grads on both sides, f32: the GPU's grads match the CPU's sums.
+// grads on both sides, f32: the GPU's grads match the CPU's sums; then again after the deferred
+// zeroing of the training step (zero_grad(true)) over poisoned GPU gradients.
 TEST(BackendTrain, ZeroGradThenTwoMicroBatchesMatchCpu) {
   DSEEK_REQUIRE_CUDA();
   for (const char* fixture : {"v2_lite", "deepseekmoe"}) {
@@ -339,6 +340,28 @@ TEST(BackendTrain, ZeroGradThenTwoMicroBatchesMatchCpu) {
       EXPECT_LE(g.overall, 1e-4) << "micro-batch " << micro;
       EXPECT_LE(g.worst, 1e-4) << "micro-batch " << micro << ": " << g.worst_name;
       EXPECT_EQ(g.untouched_differ, 0) << "micro-batch " << micro;
+    }
+    // The training step's zeroing (zero_grad(true)): the expert wgrads overwrote their zeros
+    // above, so their gradients are left to them — here over poisoned memory — and the same two
+    // micro-batches give the same sums.
+    for (train::Param& p : gpu.all())
+      if (p.grad.defined())
+        p.grad.copy_from(Tensor::poisoned(p.grad.shape(), DType::F32, Device::CUDA));
+    gpu.zero_grad(/*defer_overwritten=*/true);
+    cpu.zero_grad();
+    int64_t stale = 0;
+    for (const train::Param& p : gpu.all()) stale += p.grad_stale;
+    EXPECT_GT(stale, 0) << "no expert gradient was left to its writer";
+    for (int micro = 0; micro < 2; ++micro) {
+      cpu_model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
+      gpu_model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
+      const GradStats g = compare_grads(cpu, gpu, start);
+      std::printf("[backend] %-28s %-22s micro-batch %d grads rel-RMS all %.2e, worst %.2e (%s)\n",
+                  "train deferred zero_grad", fixture, micro, g.overall, g.worst,
+                  g.worst_name.c_str());
+      EXPECT_LE(g.overall, 1e-4) << "deferred, micro-batch " << micro;
+      EXPECT_LE(g.worst, 1e-4) << "deferred, micro-batch " << micro << ": " << g.worst_name;
+      EXPECT_EQ(g.untouched_differ, 0) << "deferred, micro-batch " << micro;
     }
   }
 }
