@@ -18,8 +18,10 @@
 // Usage: bench_train_cuda [--shape v2-lite|tiny] [--layers 4] [--batch 2] [--seq 2048]
 //            [--steps 5] [--warmup 2] [--device cuda|cpu] [--dtype bf16|f32] [--lr 1e-4]
 //            [--seed 0] [--init fast|normal] [--precision default|fp8] [--moments f32|bf16]
-//            [--json FILE] [--write-config FILE]
+//            [--zero defer|all] [--json FILE] [--write-config FILE]
 // --moments bf16 keeps AdamW's moments in bf16 (optim.moment_dtype bf16).
+// --zero all writes every gradient's zeros after the step (zero_grad()); the default leaves the
+// routed experts' to their wgrads, which overwrite them, as `dseek train` does (Param::grad_stale).
 // --precision fp8 runs the attention and MLP/expert projections as FP8 GEMMs (train.precision fp8:
 // mark_fp8_linears, ops/fp8_train.h, docs/FP8.md); the rest stays in --dtype.
 // --write-config writes the shape's config.json (for bench/issue10_torch.py) and exits.
@@ -57,6 +59,7 @@ struct Options {
   std::string shape = "v2-lite", device = "cuda", dtype, json, write_config, init = "fast";
   std::string precision = "default";  // default | fp8
   std::string moments = "f32";        // f32 | bf16: AdamW's moment dtype (optim.moment_dtype)
+  std::string zero = "defer";         // defer | all: zero_grad(true) or zero_grad()
   int64_t layers = 4, batch = 2, seq = 2048, steps = 5, warmup = 2, seed = 0;
   double lr = 1e-4;
 };
@@ -111,6 +114,8 @@ Options parse(int argc, char** argv) {
       o.precision = value();
     else if (arg == "--moments")
       o.moments = value();
+    else if (arg == "--zero")
+      o.zero = value();
     else if (arg == "--write-config")
       o.write_config = value();
     else {
@@ -133,6 +138,10 @@ Options parse(int argc, char** argv) {
   }
   if (o.moments != "f32" && o.moments != "bf16") {
     std::fprintf(stderr, "bench_train_cuda: --moments %s: f32 or bf16\n", o.moments.c_str());
+    std::exit(2);
+  }
+  if (o.zero != "defer" && o.zero != "all") {
+    std::fprintf(stderr, "bench_train_cuda: --zero %s: defer or all\n", o.zero.c_str());
     std::exit(2);
   }
   if (o.dtype.empty()) o.dtype = o.device == "cuda" ? "bf16" : "f32";
@@ -304,7 +313,8 @@ int main(int argc, char** argv) {
         // As `dseek train` steps: the clip factor folded into AdamW, which also re-rounds the
         // bf16 compute copies (no refresh_compute pass).
         optimizer.step(o.lr, clip_factor(grad_norm(params), 1.0));
-        params.zero_grad(/*defer_overwritten=*/true);  // as `dseek train` on one process
+        // As `dseek train` on one process: the experts' zeros left to their wgrads.
+        params.zero_grad(/*defer_overwritten=*/o.zero == "defer");
         sync(device);
         const auto c = Clock::now();
         std::fprintf(stderr, "step %lld: loss %.4f, %.1f ms\n", (long long)s, last_loss,
