@@ -216,7 +216,8 @@ void bench_grouped([[maybe_unused]] std::mt19937& rng) {
 // reach). Row tiles on both kernels (ops/cuda/fp8.cu: 8 columns a lane, 4 columns a lane); the
 // wgrad's column tiles quantised and transposed in one pass, from bf16 activations and from the
 // forward's row tiles (x̂).
-void bench_quantisation(std::mt19937& rng) {
+void bench_quantisation([[maybe_unused]] std::mt19937& rng) {
+#ifdef DSEEK_HAS_CUDA
   constexpr int64_t T = 4096, E = 64, top_k = 6, N = T * top_k;
   const ops::MoeDispatch d = bench::random_topk_dispatch(T, E, top_k, rng);
   std::printf("\n| %-40s | %-14s | %10s | %10s | %14s |\n", "activation quantisation", "shape",
@@ -235,22 +236,26 @@ void bench_quantisation(std::mt19937& rng) {
     };
     // Codes (1 byte a value) and one f32 scale a 128-value tile.
     const double row_bytes = in_bytes + double(N) * double(cols) * (1.0 + 4.0 / 128.0);
-#ifdef DSEEK_HAS_CUDA
     for (bool wide : {true, false}) {
       ops::cuda::set_quantize_fp8_rows_wide(wide);
       line(std::string("row tiles, bf16 (") + (wide ? "8" : "4") + " columns a lane)", row_bytes,
            [&] { ops::quantize_fp8(x, ops::Fp8Layout::Tile1x128, false, "x"); });
     }
     ops::cuda::set_quantize_fp8_rows_wide(true);
-#endif
     const ops::Fp8Tensor rows = ops::quantize_fp8(x, ops::Fp8Layout::Tile1x128, false, "x");
     const double slots = double(ops::fp8_col_tile_rows(N, E));
     const double col_out = double(cols) * slots * (128.0 + 4.0);
-    line("column tiles transposed, from bf16", in_bytes + col_out,
-         [&] { ops::quantize_fp8_cols_transposed(x, d.offsets, "x"); });
-    line("column tiles transposed, from row tiles", row_bytes - in_bytes + col_out,
-         [&] { ops::quantize_fp8_cols_transposed(rows, d.offsets); });
+    for (bool wide : {true, false}) {
+      ops::cuda::set_fp8_col_tiles_wide(wide);
+      const std::string kernel = wide ? " (128-column chunks)" : " (64 columns)";
+      line("column tiles transposed, from bf16" + kernel, in_bytes + col_out,
+           [&] { ops::quantize_fp8_cols_transposed(x, d.offsets, "x"); });
+      line("column tiles transposed, from row tiles" + kernel, row_bytes - in_bytes + col_out,
+           [&] { ops::quantize_fp8_cols_transposed(rows, d.offsets); });
+    }
+    ops::cuda::set_fp8_col_tiles_wide(true);
   }
+#endif
 }
 
 }  // namespace
