@@ -392,9 +392,13 @@ int main(int argc, char** argv) {
                  w_shared = rand_gpu({D, 2 * I}, bf, rng);
     const Tensor gu = rand_gpu({K, 2 * I}, bf, rng);
     const ops::ExpertMatrices down = ops::expert_matrices(rand_gpu({E, D, I}, bf, rng, 0.05f));
-    for (bool fused : {true, false}) {
+    for (int variant = 0; variant < 3; ++variant) {
+      const bool fused = variant < 2;
       ops::set_swiglu_fused(fused);
-      const std::string how = fused ? " (fused)" : " (two kernels)";
+      ops::cuda::set_gemv_swiglu_shared(variant == 0);
+      const std::string how = variant == 0   ? " (fused, h in shared memory)"
+                              : variant == 1 ? " (fused, h recomputed a warp)"
+                                             : " (two kernels)";
       row("linear_swiglu x20 shared down" + how, dims({1, 2 * I, D}), 0, 20 * 2.0 * I * D * 2, [&] {
         for (int i = 0; i < 20; ++i) (void)ops::linear_swiglu(gu_shared, w_shared);
       });
@@ -404,6 +408,7 @@ int main(int argc, char** argv) {
           });
     }
     ops::set_swiglu_fused(true);
+    ops::cuda::set_gemv_swiglu_shared(true);
   }
   return 0;
 }

@@ -145,16 +145,22 @@ TEST(BackendOps, QuantizeFp8ColsTransposedBitExact) {
       {{777, 256}, {0, 0, 128, 256, 257, 640, 700, 700}},  // 128-aligned groups, empty last
       {{420, 136}, {0, 0, 1, 129, 258, 410}},
       {{530, 1408}, {0, 3, 200, 200, 331, 530}}};
+#ifdef DSEEK_HAS_CUDA
   struct Restore {
     ~Restore() { ops::cuda::set_fp8_col_tiles_wide(true); }
   } restore;
   for (bool wide : {true, false})
+#else
+  for (bool wide : {true})
+#endif
     for (bool from_rows : {false, true})
       for (DType act : kActDtypes)
         for (const auto& [shape, o] : cases) {
           if (from_rows && act == DType::BF16) continue;  // row tiles hold codes: one case suffices
           if (!wide && shape[1] % 8 != 0) continue;       // the same kernel as the wide pass's
-          ops::cuda::set_fp8_col_tiles_wide(wide);
+  #ifdef DSEEK_HAS_CUDA
+        ops::cuda::set_fp8_col_tiles_wide(wide);
+#endif
           const Tensor x = rand(shape, rng, 3.0f);
           const Tensor off_cpu = offsets_of(o, Device::CPU), off_gpu = offsets_of(o, Device::CUDA);
           const int64_t G = int64_t(o.size()) - 1;

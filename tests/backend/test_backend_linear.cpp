@@ -19,6 +19,9 @@
 #include "ops/activation.h"
 #include "ops/linear.h"
 #include "ops/swiglu.h"
+#ifdef DSEEK_HAS_CUDA
+#include "ops/cuda/gemv.h"
+#endif
 
 namespace dseek::backend_test {
 namespace {
@@ -133,7 +136,8 @@ TEST(BackendOps, LinearWidened) {
 // The down projection over a stacked gate_up product [T, 2I]: the CPU's silu_mul then linear
 // against the GPU's one kernel (bf16, T ≤ 8, aligned rows: h computed as the kernel reads it) or
 // its two ops; on the GPU the fused kernel gives the same bits as its silu_mul then linear (the
-// same rounding of h, then the same GEMV for T ≤ 8).
+// same rounding of h, then the same GEMV for T ≤ 8), with h made once a block in shared memory
+// (where it fits) or recomputed by every warp.
 TEST(BackendOps, LinearSwiglu) {
   DSEEK_REQUIRE_CUDA();
   std::mt19937 rng(25);
@@ -159,6 +163,14 @@ TEST(BackendOps, LinearSwiglu) {
                       c.bias ? &b_g : nullptr);
       EXPECT_EQ(got.to_vector(), two_ops.to_vector())
           << "fused and two-op GPU results differ at T " << c.T << " I " << c.I;
+#ifdef DSEEK_HAS_CUDA
+      // The kernel that recomputes h in every warp (h not made once a block): the same bits.
+      ops::cuda::set_gemv_swiglu_shared(false);
+      const Tensor recomputed = ops::linear_swiglu(gu_g, w_g, c.bias ? &b_g : nullptr);
+      ops::cuda::set_gemv_swiglu_shared(true);
+      EXPECT_EQ(got.to_vector(), recomputed.to_vector())
+          << "h in shared memory and recomputed differ at T " << c.T << " I " << c.I;
+#endif
     }
   }
 }

@@ -19,6 +19,9 @@
 #include "ops/activation.h"
 #include "ops/moe.h"
 #include "ops/swiglu.h"
+#ifdef DSEEK_HAS_CUDA
+#include "ops/cuda/gemv.h"
+#endif
 
 namespace dseek::backend_test {
 namespace {
@@ -387,6 +390,13 @@ TEST(BackendOps, GroupedLinearSwiglu) {
           ops::silu_mul(gu_g.slice(1, 0, I), gu_g.slice(1, I, 2 * I)), wg, offsets);
       EXPECT_EQ(got.to_vector(), two_ops.to_vector())
           << "fused and two-op GPU results differ at N " << N << " in " << I;
+#ifdef DSEEK_HAS_CUDA
+      ops::cuda::set_gemv_swiglu_shared(false);  // h recomputed by every warp: the same bits
+      const Tensor recomputed = ops::grouped_linear_swiglu(gu_g, wg, offsets);
+      ops::cuda::set_gemv_swiglu_shared(true);
+      EXPECT_EQ(got.to_vector(), recomputed.to_vector())
+          << "h in shared memory and recomputed differ at N " << N << " in " << I;
+#endif
     }
   }
 }

@@ -36,6 +36,25 @@ constexpr int kOutputsPerBlock = kWarps * kOutputsPerWarp;
 // Block b, warp w: outputs n0 = (b·kWarps + w)·kOutputsPerWarp and the next, for kRows token rows
 // (rows ≤ kRows of them real) read through x (PlainRows or SwigluRows, gemv_dot.cuh). in % 8 == 0
 // and 16-byte aligned rows (gemv_takes).
+// A warp's outputs: y[r, n0 + j] = its lanes' sums (+ bias), rounded once.
+template <int kRows>
+__device__ __forceinline__ void store_outputs(float (&acc)[kOutputsPerWarp][kRows], int rows,
+                                              int64_t n0, int n_count, int lane, int64_t out,
+                                              const __nv_bfloat16* __restrict__ bias,
+                                              __nv_bfloat16* __restrict__ y) {
+#pragma unroll
+  for (int j = 0; j < kOutputsPerWarp; ++j) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      float v = warp_sum(acc[j][r]);
+      if (lane == 0 && j < n_count && r < rows) {
+        if (bias) v += __bfloat162float(bias[n0 + j]);
+        y[int64_t(r) * out + n0 + j] = __float2bfloat16(v);
+      }
+    }
+  }
+}
+
 template <int kRows, typename Rows>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(Rows x, int rows, int64_t in, const __nv_bfloat16* __restrict__ W, int64_t ldw,
@@ -51,17 +70,40 @@ __global__ void __launch_bounds__(kWarps * 32)
   dseek::cuda::pdl_trigger();
   float acc[kOutputsPerWarp][kRows] = {};
   stream_dot<kOutputsPerWarp, kRows, kSteps>(W, ldw, n0, n_count, x, in, rows, lane, acc);
-#pragma unroll
-  for (int j = 0; j < kOutputsPerWarp; ++j) {
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      float v = warp_sum(acc[j][r]);
-      if (lane == 0 && j < n_count && r < rows) {
-        if (bias) v += __bfloat162float(bias[n0 + j]);
-        y[int64_t(r) * out + n0 + j] = __float2bfloat16(v);
-      }
-    }
-  }
+  store_outputs(acc, rows, n0, n_count, lane, out, bias, y);
+}
+
+// gemv_kernel over h = silu_mul(gate, up) of the stacked gu [rows, 2I], h made once a block into
+// shared memory (swiglu_rows_to_shared, rows·I bf16 of dynamic shared memory) before the warps
+// stream their weights against it: the same sums as gemv_kernel<SwigluRows>.
+template <int kRows>
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_swiglu_shared_kernel(SwigluRows gu, int rows, int64_t I,
+                              const __nv_bfloat16* __restrict__ W, int64_t ldw, int64_t out,
+                              const __nv_bfloat16* __restrict__ bias,
+                              __nv_bfloat16* __restrict__ y) {
+  extern __shared__ uint4 h_raw[];
+  __nv_bfloat16* h = reinterpret_cast<__nv_bfloat16*>(h_raw);
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int64_t n0 = (int64_t(blockIdx.x) * kWarps + warp) * kOutputsPerWarp;
+  const int n_count = n0 >= out ? 0 : int(out - n0 < kOutputsPerWarp ? out - n0 : kOutputsPerWarp);
+  for (int j = 0; j < n_count; ++j) prefetch_row_l2(W + (n0 + j) * ldw, I, lane);
+  dseek::cuda::pdl_wait();
+  dseek::cuda::pdl_trigger();
+  // Every warp helps make h, so none returns before the barrier.
+  swiglu_rows_to_shared(gu, rows, I, h);
+  __syncthreads();
+  if (n_count == 0) return;
+  float acc[kOutputsPerWarp][kRows] = {};
+  stream_dot<kOutputsPerWarp, kRows, kSteps>(W, ldw, n0, n_count, PlainRows{h, I}, I, rows, lane,
+                                              acc);
+  store_outputs(acc, rows, n0, n_count, lane, out, bias, y);
+}
+
+// Whether the SwiGLU GEMVs make h once a block in shared memory (set_gemv_swiglu_shared).
+std::atomic<bool>& swiglu_shared() {
+  static std::atomic<bool> on{true};
+  return on;
 }
 
 // Block n: output n for every row; thread i reads 4 weights (16 bytes) at k = 4i, 4(i + 256), ...
@@ -171,8 +213,33 @@ bool gemv_swiglu_takes(int64_t T, int64_t I, const void* gu, const void* w, int6
 void gemv_swiglu(const void* gu, int64_t T, int64_t I, const void* w, int64_t ldw, int64_t out,
                  const void* bias, void* y, DType act) {
   DSEEK_CHECK(act == DType::BF16, "[linear_swiglu] gemv of {}", dtype_name(act));
-  launch_gemv(SwigluRows{static_cast<const __nv_bfloat16*>(gu), 2 * I, I}, T, I, w, ldw, out, bias,
-              y);
+  const SwigluRows rows{static_cast<const __nv_bfloat16*>(gu), 2 * I, I};
+  const size_t h_bytes = size_t(T * I) * sizeof(__nv_bfloat16);
+  if (!swiglu_shared().load() || h_bytes > kSwigluSharedMaxBytes) {
+    launch_gemv(rows, T, I, w, ldw, out, bias, y);
+    return;
+  }
+  DSEEK_CHECK(T >= 1 && T <= kGemvMaxRows, "[linear_swiglu] gemv: {} rows", T);
+  const int64_t blocks = ceil_div<int64_t>(out, kOutputsPerBlock);
+  DSEEK_CHECK(blocks <= INT_MAX, "[linear_swiglu] gemv: {} outputs exceed the grid", out);
+  const auto* wb = static_cast<const __nv_bfloat16*>(w);
+  const auto* bb = static_cast<const __nv_bfloat16*>(bias);
+  auto* yb = static_cast<__nv_bfloat16*>(y);
+  if (T == 1)
+    dseek::cuda::launch_pdl(gemv_swiglu_shared_kernel<1>, dim3(unsigned(blocks)),
+                            dim3(kWarps * 32), h_bytes, rows, 1, I, wb, ldw, out, bb, yb);
+  else
+    dseek::cuda::launch_pdl(gemv_swiglu_shared_kernel<kGemvMaxRows>, dim3(unsigned(blocks)),
+                            dim3(kWarps * 32), h_bytes, rows, int(T), I, wb, ldw, out, bb, yb);
+  DSEEK_CUDA_CHECK_LAUNCH("gemv_swiglu_shared_kernel");
+}
+
+void set_gemv_swiglu_shared(bool on) {
+  swiglu_shared().store(on);
+}
+
+bool gemv_swiglu_shared() {
+  return swiglu_shared().load();
 }
 
 bool gemv_widened_takes(int64_t T, int64_t in, const void* x, const void* w, int64_t ldw,

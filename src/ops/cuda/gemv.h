@@ -2,6 +2,7 @@
 // pointers as in cuda_ops.h; linear (linear.cpp) picks it by gemv_takes.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "core/dtype.h"
@@ -26,6 +27,13 @@ void gemv(const void* x, int64_t T, int64_t in, const void* w, int64_t ldw, int6
 // [T, 2I] rows of a stacked gate_up product, h computed as the kernel reads it (the same bits as
 // silu_mul, then gemv). Takes what gemv takes with in = I.
 bool gemv_swiglu_takes(int64_t T, int64_t I, const void* gu, const void* w, int64_t ldw, DType act);
+// h = silu_mul(gate, up) is made once a block in shared memory where its rows·I bf16 fit in
+// kSwigluSharedMaxBytes (the default shared memory of a block), else recomputed by each warp as it
+// reads it; both the same sums. set_gemv_swiglu_shared(false) keeps the recomputing kernels
+// (grouped_gemv_swiglu's too), for benchmarks.
+constexpr size_t kSwigluSharedMaxBytes = 48 * 1024;
+void set_gemv_swiglu_shared(bool on);
+bool gemv_swiglu_shared();
 void gemv_swiglu(const void* gu, int64_t T, int64_t I, const void* w, int64_t ldw, int64_t out,
                  const void* bias, void* y, DType act);
 

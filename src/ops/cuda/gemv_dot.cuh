@@ -66,6 +66,19 @@ struct SwigluRows {
   }
 };
 
+// h = silu_mul(gate, up) for `rows` rows of a stacked gate_up product (SwigluRows's layout) into
+// h [rows, I] in shared memory, by every thread of the block, once: the values SwigluRows::load
+// gives, so a GEMV over h (PlainRows) sums what one over SwigluRows sums, where each warp would
+// recompute every value of h (an expf each) on its loads' critical path. I % 8 == 0.
+__device__ __forceinline__ void swiglu_rows_to_shared(const SwigluRows& gu, int rows, int64_t I,
+                                                      __nv_bfloat16* h) {
+  const int64_t per_row = I / 8;
+  for (int64_t i = threadIdx.x; i < int64_t(rows) * per_row; i += blockDim.x) {
+    const int64_t r = i / per_row, k = (i % per_row) * 8;
+    *reinterpret_cast<uint4*>(h + r * I + k) = gu.load(int(r), k);
+  }
+}
+
 // acc[j][r] += Σ_k W[n0 + j, k]·x[r, k] over this lane's k (8 consecutive elements at lane·8 +
 // s·256 + i·kSteps·256), for j < n_count and r < rows (≤ kRows); x[r, k] from rows.load. Needs
 // in % 8 == 0 and 16-byte aligned rows (ldw, the rows' strides and offsets multiples of 8,

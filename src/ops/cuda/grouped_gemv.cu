@@ -16,6 +16,7 @@
 #include "core/cuda/pdl.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/element.cuh"
+#include "ops/cuda/gemv.h"
 #include "ops/cuda/gemv_dot.cuh"
 #include "ops/cuda/grouped_gemv.h"
 
@@ -221,6 +222,48 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// grouped_gemv_swiglu_kernel with h made once a block: each chunk's rows of h = silu_mul(gate, up)
+// into shared memory (swiglu_rows_to_shared, kChunk·I bf16 of dynamic shared memory, or I for an
+// expert of one row) by every thread, then the warps' dots against it — the same sums. Every warp
+// takes part in making h and in the barriers, so none leaves before its dots.
+__global__ void __launch_bounds__(kWarps * 32)
+    grouped_gemv_swiglu_shared_kernel(const __nv_bfloat16* gu, int64_t I, const int64_t* offsets,
+                                      int64_t E, const void* const* w, int64_t ldw, int64_t out,
+                                      __nv_bfloat16* y) {
+  extern __shared__ uint4 h_raw[];
+  __nv_bfloat16* h = reinterpret_cast<__nv_bfloat16*>(h_raw);
+  dseek::cuda::pdl_wait();
+  dseek::cuda::pdl_trigger();
+  const int64_t e = nth_busy_expert(offsets, E, int(blockIdx.y));
+  if (e < 0) return;  // uniform over the block
+  const int64_t r_begin = offsets[e], r_end = offsets[e + 1];
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int64_t n0 = (int64_t(blockIdx.x) * kWarps + warp) * kOutputsPerWarp;
+  const int n_count = n0 >= out ? 0 : int(out - n0 < kOutputsPerWarp ? out - n0 : kOutputsPerWarp);
+  const auto* W = static_cast<const __nv_bfloat16*>(w[e]);
+  if (r_end - r_begin == 1 && streams_whole_passes(I)) {  // uniform over the block
+    swiglu_rows_to_shared(SwigluRows{gu + r_begin * 2 * I, 2 * I, I}, 1, I, h);
+    __syncthreads();
+    if (n_count == 0) return;
+    float acc[kOutputsPerWarp][1] = {};
+    stream_dot<kOutputsPerWarp, 1, kOneRowSteps>(W, ldw, n0, n_count, PlainRows{h, I}, I, 1, lane,
+                                                 acc);
+    write_outputs(acc, 1, y, r_begin, out, n0, n_count, lane);
+    return;
+  }
+  for (int64_t r0 = r_begin; r0 < r_end; r0 += kChunk) {
+    const int rows = int(r_end - r0 < kChunk ? r_end - r0 : kChunk);
+    if (r0 > r_begin) __syncthreads();  // the last chunk's dots are done with h
+    swiglu_rows_to_shared(SwigluRows{gu + r0 * 2 * I, 2 * I, I}, rows, I, h);
+    __syncthreads();
+    if (n_count == 0) continue;
+    float acc[kOutputsPerWarp][kChunk] = {};
+    stream_dot<kOutputsPerWarp, kChunk, 1>(W, ldw, n0, n_count, PlainRows{h, I}, I, rows, lane,
+                                           acc);
+    write_outputs(acc, rows, y, r0, out, n0, n_count, lane);
+  }
+}
+
 std::atomic<bool>& one_row_streaming() {
   static std::atomic<bool> on{true};
   return on;
@@ -263,6 +306,14 @@ void grouped_gemv_swiglu(const void* gu, const int64_t* offsets, int64_t E, int6
   DSEEK_CHECK(blocks <= INT_MAX && E <= 65535,
               "[grouped_linear_swiglu] {} experts × {} outputs exceed the grid", E, out);
   const dim3 grid{unsigned(blocks), unsigned(std::min(E, N))};
+  const size_t h_bytes = size_t(kChunk * I) * sizeof(__nv_bfloat16);
+  if (gemv_swiglu_shared() && h_bytes <= kSwigluSharedMaxBytes) {
+    dseek::cuda::launch_pdl(grouped_gemv_swiglu_shared_kernel, grid, dim3(kWarps * 32), h_bytes,
+                            static_cast<const __nv_bfloat16*>(gu), I, offsets, E, w, ldw, out,
+                            static_cast<__nv_bfloat16*>(y));
+    DSEEK_CUDA_CHECK_LAUNCH("grouped_gemv_swiglu_shared_kernel");
+    return;
+  }
   dseek::cuda::launch_pdl(grouped_gemv_swiglu_kernel, grid, dim3(kWarps * 32), 0,
                           static_cast<const __nv_bfloat16*>(gu), I, offsets, E, w, ldw, out,
                           static_cast<__nv_bfloat16*>(y));
