@@ -522,10 +522,9 @@ namespace {
 // y_perm [N, out] (act) = the experts' products of x_perm's codes (checked by the callers).
 Tensor grouped_fp8_product(const Fp8GroupedCache& qx, const Fp8ExpertWeights& w,
                            const Tensor& offsets, [[maybe_unused]] int64_t E) {
-  const int64_t N = qx.x.data.size(0);
   if (qx.x.data.is_cuda()) {
 #ifdef DSEEK_HAS_CUDA
-    const int64_t out = w.rows, in = w.cols;
+    const int64_t N = qx.x.data.size(0), out = w.rows, in = w.cols;
     Tensor y = Tensor::empty({N, out}, qx.act, Device::CUDA);
     cuda::fp8_grouped_gemm(qx.x.data.data<uint8_t>(), qx.x.scale.data<float>(), N, in,
                            offsets.data<int64_t>(), E, w.data.data<uint8_t>(),
