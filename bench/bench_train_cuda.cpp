@@ -18,8 +18,10 @@
 // Usage: bench_train_cuda [--shape v2-lite|tiny] [--layers 4] [--batch 2] [--seq 2048]
 //            [--steps 5] [--warmup 2] [--device cuda|cpu] [--dtype bf16|f32] [--lr 1e-4]
 //            [--seed 0] [--init fast|normal] [--precision default|fp8] [--moments f32|bf16]
-//            [--zero defer|all] [--json FILE] [--write-config FILE]
+//            [--zero defer|all] [--micro-batches 1] [--json FILE] [--write-config FILE]
 // --moments bf16 keeps AdamW's moments in bf16 (optim.moment_dtype bf16).
+// --micro-batches M accumulates M forward + backward passes of B × T tokens before each optimizer
+// step, as train.grad_accum does (the FP8 weights quantised once a step: Fp8WeightCacheScope).
 // --zero all writes every gradient's zeros after the step (zero_grad()); the default leaves the
 // routed experts' to their wgrads, which overwrite them, as `dseek train` does (Param::grad_stale).
 // --precision fp8 runs the attention and MLP/expert projections as FP8 GEMMs (train.precision fp8:
@@ -44,6 +46,7 @@
 #include "model/config.h"
 #include "model/init_weights.h"
 #include "model/param_count.h"
+#include "ops/fp8_train.h"
 #include "ops/linear.h"
 #include "train/optimizer.h"
 #include "train/param.h"
@@ -61,6 +64,7 @@ struct Options {
   std::string moments = "f32";        // f32 | bf16: AdamW's moment dtype (optim.moment_dtype)
   std::string zero = "defer";         // defer | all: zero_grad(true) or zero_grad()
   int64_t layers = 4, batch = 2, seq = 2048, steps = 5, warmup = 2, seed = 0;
+  int64_t micro_batches = 1;  // forward_backward calls a step (train.grad_accum)
   double lr = 1e-4;
 };
 
@@ -116,6 +120,8 @@ Options parse(int argc, char** argv) {
       o.moments = value();
     else if (arg == "--zero")
       o.zero = value();
+    else if (arg == "--micro-batches")
+      o.micro_batches = integer(1);
     else if (arg == "--write-config")
       o.write_config = value();
     else {
@@ -223,7 +229,7 @@ int main(int argc, char** argv) {
     }
     if (device == Device::CUDA) cuda::require("bench_train_cuda --device cuda");
     const ParamCount count = count_params(config);
-    const int64_t B = o.batch, T = o.seq, tokens = B * T;
+    const int64_t B = o.batch, T = o.seq, M = o.micro_batches, tokens = M * B * T;
     const double attn_flops = 6.0 * double(config.num_hidden_layers) * double(T) *
                               double(config.num_attention_heads) *
                               double(config.qk_head_dim() + config.v_head_dim);
@@ -235,9 +241,10 @@ int main(int argc, char** argv) {
                 device == Device::CUDA ? cuda::describe().c_str() : "cpu (OpenMP threads)");
     std::printf(
         "%.3fB parameters, %.3fB active per token (non-embedding, head included); "
-        "batch %lld x %lld tokens, %s compute, f32 masters, AdamW (%s moments), clip 1.0\n",
+        "batch %lld x %lld tokens x %lld micro-batches, %s compute, f32 masters, AdamW (%s "
+        "moments), clip 1.0\n",
         double(count.total) / 1e9, double(count.active) / 1e9, (long long)B, (long long)T,
-        o.dtype.c_str(), o.moments.c_str());
+        (long long)M, o.dtype.c_str(), o.moments.c_str());
     std::printf("model FLOPs per token %.3f GFLOP (6 x active %.3f + attention %.3f)\n",
                 flops_per_token / 1e9, 6.0 * double(count.active) / 1e9, attn_flops / 1e9);
     std::fflush(stdout);
@@ -248,6 +255,7 @@ int main(int argc, char** argv) {
                           {"layers", o.layers},
                           {"batch", B},
                           {"seq", T},
+                          {"micro_batches", M},
                           {"dtype", o.dtype},
                           {"precision", o.precision},
                           {"moments", o.moments},
@@ -299,15 +307,26 @@ int main(int argc, char** argv) {
       double last_loss = 0;
       for (int64_t s = 0; s < o.warmup + o.steps; ++s) {
         // Targets are the inputs shifted by one, as the loader's [T+1] windows give them.
-        std::vector<int32_t> inputs, targets;
-        for (int64_t b = 0; b < B; ++b) {
-          const std::vector<int32_t> w = random_ids(size_t(T + 1), config.vocab_size, rng);
-          inputs.insert(inputs.end(), w.begin(), w.end() - 1);
-          targets.insert(targets.end(), w.begin() + 1, w.end());
-        }
+        std::vector<std::vector<int32_t>> inputs(static_cast<size_t>(M)), targets(inputs);
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t b = 0; b < B; ++b) {
+            const std::vector<int32_t> w = random_ids(size_t(T + 1), config.vocab_size, rng);
+            inputs[size_t(m)].insert(inputs[size_t(m)].end(), w.begin(), w.end() - 1);
+            targets[size_t(m)].insert(targets[size_t(m)].end(), w.begin() + 1, w.end());
+          }
         sync(device);
         const auto a = Clock::now();
-        last_loss = model.forward_backward(inputs, targets, loss, 1.0f, T).main_ce;
+        {
+          // As the trainer accumulates: the FP8 weights quantised once for the M passes.
+          ops::Fp8WeightCacheScope fp8_weights;
+          last_loss = 0;
+          for (int64_t m = 0; m < M; ++m)
+            last_loss += model
+                             .forward_backward(inputs[size_t(m)], targets[size_t(m)], loss,
+                                               float(1.0 / double(M)), T)
+                             .main_ce /
+                         double(M);
+        }
         sync(device);
         const auto b = Clock::now();
         // As `dseek train` steps: the clip factor folded into AdamW, which also re-rounds the

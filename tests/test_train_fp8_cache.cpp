@@ -11,8 +11,11 @@
 #include <string>
 #include <vector>
 
+#include "model/rope.h"
+#include "ops/fp8_train.h"
 #include "test_model_util.h"
 #include "train/cache_bytes.h"
+#include "train/layers.h"
 #include "train/optimizer.h"
 #include "train/train_config.h"
 #include "train/train_model.h"
@@ -102,6 +105,68 @@ TEST(TrainFp8Cache, StepsBitIdenticalToQuantisingTheInputsAgain) {
     }
     for (const Param& p : cached.all())
       EXPECT_TRUE(same_bits(p.value, again.value(p.name))) << p.name;
+  }
+}
+
+// A weight cache scope held over two micro-batches (as the trainer holds one over a step's
+// train.grad_accum passes): the second pass quantises no weight — the dense projections' blocks
+// and, on the GPU's MoE path (here on CPU tensors, LayerContext::moe_ops_on_cpu), the routed
+// experts' — and the accumulated gradients are bit for bit those of two passes that each quantise
+// their own.
+TEST(TrainFp8Cache, WeightsQuantisedOnceOverMicroBatches) {
+  for (const ModelConfig& c : moe_configs()) {
+    SCOPED_TRACE(c.model_type);
+    ParamSet once, each;
+    for (ParamSet* p : {&once, &each}) {
+      TrainModel::init_params(c, 9, 0.05, *p);
+      mark_fp8_linears(*p);
+      p->zero_grad();
+    }
+    TrainModel m_once(c, once), m_each(c, each);
+    LossOptions o;
+    o.mtp_lambda = c.num_nextn_predict_layers > 0 ? 0.3 : 0.0;
+    std::mt19937 rng(6);
+    std::vector<std::vector<int32_t>> in, tg;
+    for (int m = 0; m < 2; ++m) {
+      const std::vector<int32_t> seq = random_ids(201, c.vocab_size, rng);
+      in.emplace_back(seq.begin(), seq.end() - 1);
+      tg.emplace_back(seq.begin() + 1, seq.end());
+    }
+    {
+      ops::Fp8WeightCacheScope step;
+      m_once.forward_backward(in[0], tg[0], o, 0.5f, 100);
+      const int64_t first = step.quantised();
+      EXPECT_GT(first, 0);
+      m_once.forward_backward(in[1], tg[1], o, 0.5f, 100);
+      EXPECT_EQ(step.quantised(), first) << "the second micro-batch quantised weights again";
+    }
+    for (int m = 0; m < 2; ++m) m_each.forward_backward(in[size_t(m)], tg[size_t(m)], o, 0.5f, 100);
+    for (const Param& p : once.all()) {
+      if (p.grad.defined()) {
+        EXPECT_TRUE(same_bits(p.grad, each.grad(p.name))) << p.name;
+      }
+    }
+
+    // The routed experts on the ops path: quantize_fp8_expert_weights once for both passes.
+    const std::string prefix = "model.layers.1.mlp";
+    if (!c.is_moe_layer(1)) continue;
+    const RopeParams rope = rope_params(c);
+    LayerContext ctx{c, rope, once};
+    ctx.moe_ops_on_cpu = true;
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> xv(size_t(40 * c.hidden_size));
+    for (float& v : xv) v = normal(rng);
+    const Tensor x = Tensor::from_vector(xv, {40, c.hidden_size});
+    ops::Fp8WeightCacheScope step;
+    MoeCache cache;
+    moe_forward(ctx, prefix, x, {40}, BalanceOptions{}, cache);
+    const int64_t first = step.quantised();
+    EXPECT_GE(first, 3);  // gate, up and down of the experts (and the shared experts' matrices)
+    MoeCache again;
+    moe_forward(ctx, prefix, x, {40}, BalanceOptions{}, again);
+    EXPECT_EQ(step.quantised(), first);
+    EXPECT_TRUE(same_bits(cache.gate_q.data, again.gate_q.data));
+    EXPECT_EQ(cache.gate_q.data.raw(), again.gate_q.data.raw()) << "not the kept blocks";
   }
 }
 

@@ -347,6 +347,9 @@ Tensor dequantize_fp8_cols(const Fp8ColTiles& q, const Tensor& offsets_cpu) {
 // the GPU Wᵀ's, as one "expert".
 struct Fp8WeightCacheScope::Entries {
   std::map<const void*, std::pair<Tensor, Fp8ExpertWeights>> by_weight;
+  // The experts' blocks by their matrices' addresses, the matrices kept alive beside them.
+  std::map<std::vector<const void*>, std::pair<std::vector<Tensor>, Fp8ExpertWeights>> by_experts;
+  int64_t quantised = 0;
 };
 
 namespace {
@@ -368,7 +371,10 @@ Fp8ExpertWeights weight_blocks(const Tensor& weight, bool transposed) {
   Fp8ExpertWeights q =
       quantize_experts("linear_fp8_train", expert_matrices(std::vector<Tensor>{w}), true,
                        gpu && (transposed || cache), "'linear_fp8_train weight'");
-  if (cache) cache->by_weight[weight.raw()] = {weight, q};
+  if (cache) {
+    cache->by_weight[weight.raw()] = {weight, q};
+    ++cache->quantised;
+  }
   return q;
 }
 
@@ -408,6 +414,10 @@ Fp8WeightCacheScope::Fp8WeightCacheScope() {
 
 Fp8WeightCacheScope::~Fp8WeightCacheScope() {
   if (entries_) active_weight_cache = nullptr;
+}
+
+int64_t Fp8WeightCacheScope::quantised() const {
+  return active_weight_cache ? active_weight_cache->quantised : 0;
 }
 
 namespace {
@@ -547,9 +557,28 @@ Fp8GroupedCache fp8_grouped_cache(const Tensor& x_perm) {
 }
 
 Fp8ExpertWeights quantize_fp8_expert_weights(const ExpertMatrices& w, std::string_view name) {
+  Fp8WeightCacheScope::Entries* cache = active_weight_cache;
+  std::vector<const void*> key;
+  if (cache) {
+    for (const Tensor& m : w.matrices) key.push_back(m.raw());
+    const auto it = cache->by_experts.find(key);
+    if (it != cache->by_experts.end()) {
+      const Fp8ExpertWeights& q = it->second.second;
+      const std::vector<Tensor>& kept = it->second.first;
+      bool same = q.experts == w.experts && q.rows == w.rows && q.cols == w.cols;
+      for (size_t e = 0; same && e < kept.size(); ++e)
+        same = kept[e].dtype() == w.matrices[e].dtype() && kept[e].shape() == w.matrices[e].shape();
+      if (same) return q;
+    }
+  }
   const std::string what = "'" + std::string(name) + "'";
-  return quantize_experts("quantize_fp8_expert_weights", w, true, w.device == Device::CUDA,
-                          what.c_str());
+  Fp8ExpertWeights q = quantize_experts("quantize_fp8_expert_weights", w, true,
+                                        w.device == Device::CUDA, what.c_str());
+  if (cache) {
+    cache->by_experts[key] = {w.matrices, q};
+    ++cache->quantised;
+  }
+  return q;
 }
 
 Tensor grouped_linear_fp8_forward(const Tensor& x_perm, const ExpertMatrices& w,

@@ -74,14 +74,19 @@ Fp8ColTiles quantize_fp8_cols_transposed(const Fp8Tensor& x_rows, const Tensor& 
 // changes) the dense FP8 linear quantises each weight once a scope instead of once a GEMM: the
 // forward writes W's and Wᵀ's blocks in one pass (GPU) and the dgrad finds Wᵀ's by the weight's
 // address. The scope holds each weight it quantised, so no other tensor can take that address
-// while the blocks are kept. Scopes nest (an inner one joins the outer) and are per thread;
-// without one every call quantises its own.
+// while the blocks are kept. The routed experts' blocks (quantize_fp8_expert_weights) are kept the
+// same way, by the addresses of all their matrices. Scopes nest (an inner one joins the outer)
+// and are per thread; without one every call quantises its own. The trainer holds one over the
+// micro-batches of a step (train.grad_accum), so the weights are quantised once a step, not once a
+// micro-batch, as DeepSeek-V3 casts its weights once for all of a step's micro-batches.
 class Fp8WeightCacheScope {
  public:
   Fp8WeightCacheScope();
   ~Fp8WeightCacheScope();
   Fp8WeightCacheScope(const Fp8WeightCacheScope&) = delete;
   Fp8WeightCacheScope& operator=(const Fp8WeightCacheScope&) = delete;
+  // Weights (dense matrices and sets of experts) quantised so far under the outermost scope.
+  int64_t quantised() const;
   struct Entries;
 
  private:

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <span>
 #include <sstream>
 
@@ -23,6 +24,7 @@
 #include "dist/process_group.h"
 #include "dist/rank_gpu.h"
 #include "model/moe_balance.h"
+#include "ops/fp8_train.h"
 #include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
 #include "train/data_parallel.h"
@@ -714,6 +716,10 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       for (double v : l.mtp_ce) mtp.push_back(v / m);
       load = l.expert_load;
     }
+    // FP8 projections: their weights quantised once for all the step's micro-batches (no weight
+    // changes before the optimizer step below).
+    std::optional<ops::Fp8WeightCacheScope> fp8_weights;
+    if (!stage) fp8_weights.emplace();
     for (int64_t a = 0; a < (stage ? 0 : cfg.grad_accum); ++a) {
       const MicroBatch batch = batches.next(group.rank() * B_local, B_local);
       if (dp && a + 1 == cfg.grad_accum) {
@@ -754,6 +760,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
         for (size_t e = 0; e < l.expert_load[i].size(); ++e) load[i][e] += l.expert_load[i][e];
       }
     }
+    fp8_weights.reset();                      // before the weights change
     const double n = double(cfg.grad_accum);  // each micro-batch's losses are batch means
     bool stop = g_stop_signal.load() != 0;
     double grad_norm = 0;
