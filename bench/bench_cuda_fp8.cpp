@@ -245,15 +245,10 @@ void bench_quantisation([[maybe_unused]] std::mt19937& rng) {
     const ops::Fp8Tensor rows = ops::quantize_fp8(x, ops::Fp8Layout::Tile1x128, false, "x");
     const double slots = double(ops::fp8_col_tile_rows(N, E));
     const double col_out = double(cols) * slots * (128.0 + 4.0);
-    for (bool wide : {true, false}) {
-      ops::cuda::set_fp8_col_tiles_wide(wide);
-      const std::string kernel = wide ? " (128-column chunks)" : " (64 columns)";
-      line("column tiles transposed, from bf16" + kernel, in_bytes + col_out,
-           [&] { ops::quantize_fp8_cols_transposed(x, d.offsets, "x"); });
-      line("column tiles transposed, from row tiles" + kernel, row_bytes - in_bytes + col_out,
-           [&] { ops::quantize_fp8_cols_transposed(rows, d.offsets); });
-    }
-    ops::cuda::set_fp8_col_tiles_wide(true);
+    line("column tiles transposed, from bf16", in_bytes + col_out,
+         [&] { ops::quantize_fp8_cols_transposed(x, d.offsets, "x"); });
+    line("column tiles transposed, from row tiles", row_bytes - in_bytes + col_out,
+         [&] { ops::quantize_fp8_cols_transposed(rows, d.offsets); });
   }
 #endif
 }

@@ -131,9 +131,8 @@ void poison_pool(int64_t rows, int64_t cols, int64_t G) {
 }
 
 // quantize_fp8_cols_transposed against the CPU's quantize_fp8_cols, code for code and scale for
-// scale: from x (f32, bf16) and from x's 1×128 row tiles (the wgrad's x̂ = Q_col(Q_row(x))), on
-// both kernels (widths that are multiples of 8 take the wide one unless it is switched off:
-// 136 = a partial 128-column chunk, 1408 = 11 chunks, the last block walking three).
+// scale: from x (f32, bf16) and from x's 1×128 row tiles (the wgrad's x̂ = Q_col(Q_row(x))); 136
+// columns end in a partial 64-column tile, 1408 are 22 whole ones.
 TEST(BackendOps, QuantizeFp8ColsTransposedBitExact) {
   DSEEK_REQUIRE_CUDA();
   std::mt19937 rng(65);
@@ -145,61 +144,44 @@ TEST(BackendOps, QuantizeFp8ColsTransposedBitExact) {
       {{777, 256}, {0, 0, 128, 256, 257, 640, 700, 700}},  // 128-aligned groups, empty last
       {{420, 136}, {0, 0, 1, 129, 258, 410}},
       {{530, 1408}, {0, 3, 200, 200, 331, 530}}};
-#ifdef DSEEK_HAS_CUDA
-  struct Restore {
-    ~Restore() { ops::cuda::set_fp8_col_tiles_wide(true); }
-  } restore;
-  for (bool wide : {true, false})
-#else
-  for (bool wide : {true})
-#endif
-    for (bool from_rows : {false, true})
-      for (DType act : kActDtypes)
-        for (const auto& [shape, o] : cases) {
-          if (from_rows && act == DType::BF16) continue;  // row tiles hold codes: one case suffices
-          if (!wide && shape[1] % 8 != 0) continue;       // the same kernel as the wide pass's
-  #ifdef DSEEK_HAS_CUDA
-        ops::cuda::set_fp8_col_tiles_wide(wide);
-#endif
-          const Tensor x = rand(shape, rng, 3.0f);
-          const Tensor off_cpu = offsets_of(o, Device::CPU), off_gpu = offsets_of(o, Device::CUDA);
-          const int64_t G = int64_t(o.size()) - 1;
-          ops::Fp8ColTiles want, got;
-          if (from_rows) {
-            const ops::Fp8Tensor rows = ops::quantize_fp8(x, ops::Fp8Layout::Tile1x128, false, "x");
-            want = ops::quantize_fp8_cols(ops::dequantize_fp8(rows, DType::F32), &off_cpu, "x");
-            ops::Fp8Tensor rows_gpu = rows;
-            rows_gpu.data = rows.data.to(Device::CUDA);
-            rows_gpu.scale = rows.scale.to(Device::CUDA);
-            poison_pool(shape[0], shape[1], G);
-            got = ops::quantize_fp8_cols_transposed(rows_gpu, off_gpu);
-          } else {
-            want = ops::quantize_fp8_cols(rounded(x, act), &off_cpu, "x");
-            poison_pool(shape[0], shape[1], G);
-            got = ops::quantize_fp8_cols_transposed(on_gpu(x, act), off_gpu, "x");
-          }
-          const std::vector<uint8_t> want_t = transposed_tiles(want.data, o);
-          const Tensor gd = got.data.to(Device::CPU), gs = got.scale.to(Device::CPU);
-          ASSERT_EQ(gd.numel(), int64_t(want_t.size()));
-          ASSERT_EQ(gs.shape(), want.scale.shape());
-          size_t bad_codes = 0, bad_scales = 0;
-          for (int64_t i = 0; i < gd.numel(); ++i)
-            bad_codes += gd.data<uint8_t>()[i] != want_t[size_t(i)];
-          for (int64_t i = 0; i < gs.numel(); ++i)
-            bad_scales += std::memcmp(&gs.data<float>()[i], &want.scale.data<float>()[i], 4) != 0;
-          std::printf(
-              "[backend] %-28s %-22s %-4s codes differ %zu/%lld scales differ %zu/%lld %s\n",
-              (std::string(from_rows ? "quantize_fp8_cols_t (rows)" : "quantize_fp8_cols_t") +
-               (wide ? "" : " 64"))
-                  .c_str(),
-              describe_shape(shape).c_str(), std::string(dtype_name(act)).c_str(), bad_codes,
-              (long long)gd.numel(), bad_scales, (long long)gs.numel(),
-              bad_codes + bad_scales ? "FAIL" : "ok");
-          EXPECT_EQ(bad_codes, 0u)
-              << describe_shape(shape) << " from rows " << from_rows << " wide " << wide;
-          EXPECT_EQ(bad_scales, 0u)
-              << describe_shape(shape) << " from rows " << from_rows << " wide " << wide;
+  for (bool from_rows : {false, true})
+    for (DType act : kActDtypes)
+      for (const auto& [shape, o] : cases) {
+        if (from_rows && act == DType::BF16) continue;  // row tiles hold codes: one case suffices
+        const Tensor x = rand(shape, rng, 3.0f);
+        const Tensor off_cpu = offsets_of(o, Device::CPU), off_gpu = offsets_of(o, Device::CUDA);
+        const int64_t G = int64_t(o.size()) - 1;
+        ops::Fp8ColTiles want, got;
+        if (from_rows) {
+          const ops::Fp8Tensor rows = ops::quantize_fp8(x, ops::Fp8Layout::Tile1x128, false, "x");
+          want = ops::quantize_fp8_cols(ops::dequantize_fp8(rows, DType::F32), &off_cpu, "x");
+          ops::Fp8Tensor rows_gpu = rows;
+          rows_gpu.data = rows.data.to(Device::CUDA);
+          rows_gpu.scale = rows.scale.to(Device::CUDA);
+          poison_pool(shape[0], shape[1], G);
+          got = ops::quantize_fp8_cols_transposed(rows_gpu, off_gpu);
+        } else {
+          want = ops::quantize_fp8_cols(rounded(x, act), &off_cpu, "x");
+          poison_pool(shape[0], shape[1], G);
+          got = ops::quantize_fp8_cols_transposed(on_gpu(x, act), off_gpu, "x");
         }
+        const std::vector<uint8_t> want_t = transposed_tiles(want.data, o);
+        const Tensor gd = got.data.to(Device::CPU), gs = got.scale.to(Device::CPU);
+        ASSERT_EQ(gd.numel(), int64_t(want_t.size()));
+        ASSERT_EQ(gs.shape(), want.scale.shape());
+        size_t bad_codes = 0, bad_scales = 0;
+        for (int64_t i = 0; i < gd.numel(); ++i)
+          bad_codes += gd.data<uint8_t>()[i] != want_t[size_t(i)];
+        for (int64_t i = 0; i < gs.numel(); ++i)
+          bad_scales += std::memcmp(&gs.data<float>()[i], &want.scale.data<float>()[i], 4) != 0;
+        std::printf("[backend] %-28s %-22s %-4s codes differ %zu/%lld scales differ %zu/%lld %s\n",
+                    from_rows ? "quantize_fp8_cols_t (rows)" : "quantize_fp8_cols_t",
+                    describe_shape(shape).c_str(), std::string(dtype_name(act)).c_str(), bad_codes,
+                    (long long)gd.numel(), bad_scales, (long long)gs.numel(),
+                    bad_codes + bad_scales ? "FAIL" : "ok");
+        EXPECT_EQ(bad_codes, 0u) << describe_shape(shape) << " from rows " << from_rows;
+        EXPECT_EQ(bad_scales, 0u) << describe_shape(shape) << " from rows " << from_rows;
+      }
 }
 
 // quantize_fp8_expert_weights: W's blocks as the CPU quantises them, Wᵀ's their exact transpose,

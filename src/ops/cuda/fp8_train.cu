@@ -209,24 +209,6 @@ struct ActivationRows {  // x [rows, cols] in f32 or bf16
   int64_t cols;
   __device__ float operator()(int64_t r, int64_t c) const { return to_f32(x[r * cols + c]); }
   bool aligned16() const { return reinterpret_cast<uintptr_t>(x) % 16 == 0; }
-  // Elements (r, c … c + 7) (c a multiple of 8, cols too, the base 16-byte aligned).
-  __device__ void load8(int64_t r, int64_t c, float (&v)[8]) const {
-    if constexpr (std::is_same_v<T, float>) {
-      const float4* p = reinterpret_cast<const float4*>(x + r * cols + c);
-      const float4 a = p[0], b = p[1];
-      v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z,
-      v[7] = b.w;
-    } else {
-      const uint4 u = *reinterpret_cast<const uint4*>(x + r * cols + c);
-      const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const __nv_bfloat162 h = *reinterpret_cast<const __nv_bfloat162*>(&w[i]);
-        v[2 * i] = __low2float(h);
-        v[2 * i + 1] = __high2float(h);
-      }
-    }
-  }
   __device__ float4 load4(int64_t r, int64_t c) const {
     if constexpr (std::is_same_v<T, float>) {
       return *reinterpret_cast<const float4*>(x + r * cols + c);
@@ -247,15 +229,6 @@ struct Fp8Rows {  // x̂ = codes · 1×128 row-tile scales, as dequantize_fp8_ke
     return decode_e4m3(q[r * cols + c]) * s[r * tiles_per_row + c / kTile];
   }
   bool aligned16() const { return reinterpret_cast<uintptr_t>(q) % 16 == 0; }
-  __device__ void load8(int64_t r, int64_t c, float (&v)[8]) const {
-    const uint2 codes = *reinterpret_cast<const uint2*>(q + r * cols + c);
-    const float sc = s[r * tiles_per_row + c / kTile];  // c … c + 7 share a 128-tile
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      v[i] = decode_e4m3(uint8_t(codes.x >> (8 * i))) * sc;
-      v[4 + i] = decode_e4m3(uint8_t(codes.y >> (8 * i))) * sc;
-    }
-  }
   __device__ float4 load4(int64_t r, int64_t c) const {
     const uint32_t codes = *reinterpret_cast<const uint32_t*>(q + r * cols + c);
     const float sc = s[r * tiles_per_row + c / kTile];  // c … c + 3 share a 128-tile
@@ -343,91 +316,6 @@ __global__ void __launch_bounds__(256)
         make_uint4(word[0], word[1], word[2], word[3]);
   }
 }
-
-// The same tiles with more bytes in flight and whole-line stores (cols a multiple of 8, the source
-// 16-byte aligned): grid (slots, ceil(C / (128·kWideChunks))), block 256, each block walking
-// kWideChunks chunks of 128 columns of its slot (the slot's rows found once). Thread t holds
-// rows 8·(t % 16) … + 7 of columns 8·(t / 16) … + 7 of a chunk — eight 16-byte loads of bf16 in
-// flight, where col_tiles_t_kernel has eight of 8 bytes — takes its columns' maxima over its
-// rows, which meet in shared memory; it then writes its 8 × 8 codes as 4-row words into a
-// transposed staging tile, from which each warp stores whole 128-byte lines (one column's 128
-// rows a store), where col_tiles_t_kernel's lanes each write 16 bytes of a different line. Same
-// values, scale rule, rounding and zeros as col_tiles_t_kernel, so the same codes.
-constexpr int kWideChunks = 4;
-
-template <typename Source>
-__global__ void __launch_bounds__(256)
-    col_tiles_t_wide_kernel(Source src, int64_t C, const int64_t* offsets, int64_t groups,
-                            uint8_t* qt, int64_t P, float* scale, int* bad) {
-  constexpr int kWords = kTile / 4 + 1;  // a column's 32 four-row words, padded
-  __shared__ float partial_max[16][kTile];
-  __shared__ float col_scale[kTile];
-  __shared__ uint32_t codes_t[kTile * kWords];
-  const int64_t slot = blockIdx.x;
-  const SlotRange rows = block_slot_rows(offsets, groups);
-  const int64_t r0 = rows.r0, n = rows.r1 - rows.r0;
-  const int rg = threadIdx.x % 16, cg = threadIdx.x / 16;  // rows 8·rg …, columns 8·cg …
-  for (int chunk = 0; chunk < kWideChunks; ++chunk) {
-    const int64_t c0 = (int64_t(blockIdx.y) * kWideChunks + chunk) * kTile;
-    if (c0 >= C) break;                   // uniform over the block
-    const bool active = c0 + 8 * cg < C;  // C % 8 == 0: all eight columns or none
-    float v[8][8];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const int r = 8 * rg + i;
-      if (active && r < n) {
-        src.load8(r0 + r, c0 + 8 * cg, v[i]);
-      } else {
-#pragma unroll
-        for (int k = 0; k < 8; ++k) v[i][k] = 0.0f;
-      }
-    }
-    int nonfinite = 0;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      float m = 0.0f;
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        nonfinite |= !isfinite(v[i][k]);
-        m = fmaxf(m, fabsf(v[i][k]));
-      }
-      partial_max[rg][8 * cg + k] = m;
-    }
-    if (__syncthreads_or(nonfinite) && threadIdx.x == 0 && bad) atomicExch(bad, 1);
-    if (threadIdx.x < kTile) {
-      const int c = threadIdx.x;
-      float m = partial_max[0][c];
-      for (int j = 1; j < 16; ++j) m = fmaxf(m, partial_max[j][c]);
-      const float sc = fp8_tile_scale(m, false);
-      col_scale[c] = sc;
-      if (c0 + c < C) scale[slot * C + c0 + c] = n > 0 ? sc : 0.0f;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const int c = 8 * cg + k;
-      const float sc = col_scale[c];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        uint32_t word = 0;
-#pragma unroll
-        for (int b = 0; b < 4; ++b)  // rows past n hold 0.0f: code 0
-          word |= uint32_t(encode_e4m3(v[4 * h + b][k] / sc)) << (8 * b);
-        codes_t[c * kWords + 2 * rg + h] = word;
-      }
-    }
-    __syncthreads();
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    for (int c = warp; c < kTile; c += 8)
-      if (c0 + c < C)
-        *reinterpret_cast<uint32_t*>(qt + (c0 + c) * P + slot * kTile + 4 * lane) =
-            codes_t[c * kWords + lane];
-    __syncthreads();  // the staging tiles are the next chunk's
-  }
-}
-
-// 1: col_tiles_t_wide_kernel where it applies, 0: col_tiles_t_kernel.
-int g_col_tiles_wide = 1;
 
 // --- grouped GEMMs ------------------------------------------------------------------------------
 
@@ -539,13 +427,6 @@ void launch_col_tiles_t(Source src, int64_t rows, int64_t cols, const int64_t* o
   const int64_t slots = rows / kTile + groups;
   if (cols == 0 || groups == 0) return;
   // P·cols bytes of codes, each column's stretch 16-byte aligned (P is a multiple of 128)
-  if (g_col_tiles_wide && cols % 8 == 0 && src.aligned16()) {
-    const dim3 wide(unsigned(slots), unsigned(ceil_div<int64_t>(cols, kTile * kWideChunks)));
-    col_tiles_t_wide_kernel<Source>
-        <<<wide, 256, 0, stream()>>>(src, cols, offsets, groups, qt, slots * kTile, scale, bad);
-    DSEEK_CUDA_CHECK_LAUNCH("col_tiles_t_wide_kernel");
-    return;
-  }
   const dim3 grid(unsigned(slots), unsigned(ceil_div<int64_t>(cols, kTrCols)));
   if (cols % 4 == 0 && src.aligned16()) {  // the vector loads' rows stay aligned
     col_tiles_t_kernel<Source, true>
@@ -564,10 +445,6 @@ void fp8_col_tiles_t(const void* x, DType act, int64_t rows, int64_t cols, const
   DSEEK_DISPATCH_ACT(act, T,
                      launch_col_tiles_t(ActivationRows<T>{static_cast<const T*>(x), cols}, rows,
                                         cols, offsets, groups, qt, scale, bad));
-}
-
-void set_fp8_col_tiles_wide(bool wide) {
-  g_col_tiles_wide = wide ? 1 : 0;
 }
 
 void fp8_col_tiles_t_from_rows(const uint8_t* q_rows, const float* s_rows, int64_t rows,

@@ -25,9 +25,6 @@ void fp8_col_tiles_t(const void* x, DType act, int64_t rows, int64_t cols, const
 void fp8_col_tiles_t_from_rows(const uint8_t* q_rows, const float* s_rows, int64_t rows,
                                int64_t cols, const int64_t* offsets, int64_t groups, uint8_t* qt,
                                float* scale, int* bad);
-// Where cols % 8 == 0 (and the source is 16-byte aligned) a kernel with wider loads and whole-line
-// stores makes them (the same codes); off, the 64-column kernel (benchmarks, tests).
-void set_fp8_col_tiles_wide(bool wide);
 
 // E matrices of codes [E, R, C] in 128×128 blocks (scales [E, ceil(R/128), ceil(C/128)]) to their
 // transposes [E, C, R] (scales [E, ceil(C/128), ceil(R/128)]): exactly W's blocks re-quantised in
