@@ -443,20 +443,14 @@ Tensor fp8_gemm_act(const Fp8Tensor& qa, const Fp8Tensor& qw, DType act, Tensor*
 
 Tensor linear_fp8_train_forward(const Tensor& x, const Tensor& weight, Fp8LinearCache* cache) {
   DSEEK_CHECK(x.defined() && weight.defined(), "[linear_fp8_train] undefined input or weight");
-  const Device device = op_device("linear_fp8_train", {&x, &weight});
-  const DType act = activation_dtype("linear_fp8_train", x);
+  op_device("linear_fp8_train", {&x, &weight});
+  activation_dtype("linear_fp8_train", x);
   DSEEK_CHECK(weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1),
               "[linear_fp8_train] input {} does not match weight {}", shape_str(x.shape()),
               shape_str(weight.shape()));
-  const int64_t in = weight.size(1), out = weight.size(0), T = x.numel() / std::max<int64_t>(in, 1);
-  Shape y_shape = x.shape();
-  y_shape.back() = out;
-  const Fp8Tensor qx = quantize_fp8(x.contiguous().reshape({T, in}), Fp8Layout::Tile1x128, false,
-                                    "linear_fp8_train x");
-  const Fp8Tensor qw = blocks_of(weight_blocks(weight, false), false);
-  if (cache) *cache = Fp8LinearCache{qx, x.shape(), act};
-  if (device == Device::CUDA) return fp8_gemm_act(qx, qw, act).reshape(y_shape);
-  return linear(dequantize_fp8(qx), dequantize_fp8(qw)).reshape(y_shape);
+  const Fp8LinearCache qx = fp8_linear_cache(x);
+  if (cache) *cache = qx;
+  return linear_fp8_train_forward(qx, weight);
 }
 
 Tensor linear_fp8_train_forward(const Fp8LinearCache& x, const Tensor& weight) {
@@ -529,6 +523,21 @@ void linear_fp8_train_backward(const Fp8LinearCache& cache, const Tensor& weight
 
 namespace {
 
+// The grouped forward's checks of its input x_perm (f32/bf16 or its codes, named `what` in the
+// errors) against the experts' blocks and the offsets; returns the number of experts.
+int64_t grouped_forward_experts(const Tensor& x, const char* what, const Fp8ExpertWeights& w,
+                                const Tensor& offsets) {
+  DSEEK_CHECK(x.defined() && x.dim() == 2 && x.size(1) == w.cols,
+              "[grouped_linear_fp8] {} {}, expected [N, {}]", what,
+              x.defined() ? shape_str(x.shape()) : "undefined", w.cols);
+  DSEEK_CHECK(w.data.defined(), "[grouped_linear_fp8] the experts' forward blocks are missing");
+  const Device device = op_device("grouped_linear_fp8", {&x, &offsets, &w.data});
+  const int64_t E = check_offsets("grouped_linear_fp8", offsets, x.size(0), device, true);
+  DSEEK_CHECK(E == w.experts, "[grouped_linear_fp8] offsets for {} experts, {} matrices", E,
+              w.experts);
+  return E;
+}
+
 // y_perm [N, out] (act) = the experts' products of x_perm's codes (checked by the callers).
 Tensor grouped_fp8_product(const Fp8GroupedCache& qx, const Fp8ExpertWeights& w,
                            const Tensor& offsets, [[maybe_unused]] int64_t E) {
@@ -589,34 +598,15 @@ Tensor grouped_linear_fp8_forward(const Tensor& x_perm, const ExpertMatrices& w,
 
 Tensor grouped_linear_fp8_forward(const Tensor& x_perm, const Fp8ExpertWeights& w,
                                   const Tensor& offsets, Fp8GroupedCache* cache) {
-  DSEEK_CHECK(x_perm.defined() && x_perm.dim() == 2 && x_perm.size(1) == w.cols,
-              "[grouped_linear_fp8] x {}, expected [N, {}]",
-              x_perm.defined() ? shape_str(x_perm.shape()) : "undefined", w.cols);
-  DSEEK_CHECK(w.data.defined(), "[grouped_linear_fp8] the experts' forward blocks are missing");
-  const Device device = op_device("grouped_linear_fp8", {&x_perm, &offsets, &w.data});
-  const DType act = activation_dtype("grouped_linear_fp8", x_perm);
-  const int64_t N = x_perm.size(0);
-  const int64_t E = check_offsets("grouped_linear_fp8", offsets, N, device, true);
-  DSEEK_CHECK(E == w.experts, "[grouped_linear_fp8] offsets for {} experts, {} matrices", E,
-              w.experts);
-  const Fp8GroupedCache qx{
-      quantize_fp8(x_perm, Fp8Layout::Tile1x128, false, "grouped_linear_fp8 x"), act};
+  const int64_t E = grouped_forward_experts(x_perm, "x", w, offsets);
+  const Fp8GroupedCache qx = fp8_grouped_cache(x_perm);
   if (cache) *cache = qx;
   return grouped_fp8_product(qx, w, offsets, E);
 }
 
 Tensor grouped_linear_fp8_forward(const Fp8GroupedCache& x_perm, const Fp8ExpertWeights& w,
                                   const Tensor& offsets) {
-  const Tensor& q = x_perm.x.data;
-  DSEEK_CHECK(q.defined() && q.dim() == 2 && q.size(1) == w.cols,
-              "[grouped_linear_fp8] x codes {}, expected [N, {}]",
-              q.defined() ? shape_str(q.shape()) : "undefined", w.cols);
-  DSEEK_CHECK(w.data.defined(), "[grouped_linear_fp8] the experts' forward blocks are missing");
-  const Device device = op_device("grouped_linear_fp8", {&q, &offsets, &w.data});
-  const int64_t N = q.size(0);
-  const int64_t E = check_offsets("grouped_linear_fp8", offsets, N, device, true);
-  DSEEK_CHECK(E == w.experts, "[grouped_linear_fp8] offsets for {} experts, {} matrices", E,
-              w.experts);
+  const int64_t E = grouped_forward_experts(x_perm.x.data, "x codes", w, offsets);
   return grouped_fp8_product(x_perm, w, offsets, E);
 }
 

@@ -330,17 +330,21 @@ TEST(BackendTrain, ZeroGradThenTwoMicroBatchesMatchCpu) {
     const LossOptions o = loss_options({fixture, 0.0, "none", false});
     const Batch b = make_batch(config.vocab_size);
     TrainModel cpu_model(config, cpu), gpu_model(config, gpu);
-    for (int micro = 0; micro < 2; ++micro) {
-      cpu_model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
-      gpu_model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
-      const GradStats g = compare_grads(cpu, gpu, start);
-      std::printf("[backend] %-28s %-22s micro-batch %d grads rel-RMS all %.2e, worst %.2e (%s)\n",
-                  "train zero_grad + accumulate", fixture, micro, g.overall, g.worst,
-                  g.worst_name.c_str());
-      EXPECT_LE(g.overall, 1e-4) << "micro-batch " << micro;
-      EXPECT_LE(g.worst, 1e-4) << "micro-batch " << micro << ": " << g.worst_name;
-      EXPECT_EQ(g.untouched_differ, 0) << "micro-batch " << micro;
-    }
+    // Two micro-batches on both sides, the GPU's grads against the CPU's after each.
+    const auto two_micro_batches = [&](const char* what) {
+      for (int micro = 0; micro < 2; ++micro) {
+        cpu_model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
+        gpu_model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
+        const GradStats g = compare_grads(cpu, gpu, start);
+        std::printf(
+            "[backend] %-28s %-22s micro-batch %d grads rel-RMS all %.2e, worst %.2e (%s)\n", what,
+            fixture, micro, g.overall, g.worst, g.worst_name.c_str());
+        EXPECT_LE(g.overall, 1e-4) << what << ", micro-batch " << micro;
+        EXPECT_LE(g.worst, 1e-4) << what << ", micro-batch " << micro << ": " << g.worst_name;
+        EXPECT_EQ(g.untouched_differ, 0) << what << ", micro-batch " << micro;
+      }
+    };
+    two_micro_batches("train zero_grad + accumulate");
     // The training step's zeroing (zero_grad(true)): the expert wgrads overwrote their zeros
     // above, so their gradients are left to them — here over poisoned memory — and the same two
     // micro-batches give the same sums.
@@ -352,17 +356,7 @@ TEST(BackendTrain, ZeroGradThenTwoMicroBatchesMatchCpu) {
     int64_t stale = 0;
     for (const train::Param& p : gpu.all()) stale += p.grad_stale;
     EXPECT_GT(stale, 0) << "no expert gradient was left to its writer";
-    for (int micro = 0; micro < 2; ++micro) {
-      cpu_model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
-      gpu_model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
-      const GradStats g = compare_grads(cpu, gpu, start);
-      std::printf("[backend] %-28s %-22s micro-batch %d grads rel-RMS all %.2e, worst %.2e (%s)\n",
-                  "train deferred zero_grad", fixture, micro, g.overall, g.worst,
-                  g.worst_name.c_str());
-      EXPECT_LE(g.overall, 1e-4) << "deferred, micro-batch " << micro;
-      EXPECT_LE(g.worst, 1e-4) << "deferred, micro-batch " << micro << ": " << g.worst_name;
-      EXPECT_EQ(g.untouched_differ, 0) << "deferred, micro-batch " << micro;
-    }
+    two_micro_batches("train deferred zero_grad");
   }
 }
 

@@ -33,9 +33,6 @@ constexpr int kOutputsPerWarp = 2;  // weight rows per warp
 constexpr int kSteps = 4;           // 16-byte loads in flight per lane and weight row
 constexpr int kOutputsPerBlock = kWarps * kOutputsPerWarp;
 
-// Block b, warp w: outputs n0 = (b·kWarps + w)·kOutputsPerWarp and the next, for kRows token rows
-// (rows ≤ kRows of them real) read through x (PlainRows or SwigluRows, gemv_dot.cuh). in % 8 == 0
-// and 16-byte aligned rows (gemv_takes).
 // A warp's outputs: y[r, n0 + j] = its lanes' sums (+ bias), rounded once.
 template <int kRows>
 __device__ __forceinline__ void store_outputs(float (&acc)[kOutputsPerWarp][kRows], int rows,
@@ -55,6 +52,9 @@ __device__ __forceinline__ void store_outputs(float (&acc)[kOutputsPerWarp][kRow
   }
 }
 
+// Block b, warp w: outputs n0 = (b·kWarps + w)·kOutputsPerWarp and the next, for kRows token rows
+// (rows ≤ kRows of them real) read through x (PlainRows or SwigluRows, gemv_dot.cuh). in % 8 == 0
+// and 16-byte aligned rows (gemv_takes).
 template <int kRows, typename Rows>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(Rows x, int rows, int64_t in, const __nv_bfloat16* __restrict__ W, int64_t ldw,
@@ -166,22 +166,27 @@ bool aligned16(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
+// One of the row-count instantiations of a GEMV kernel (one_row for T = 1, else max_rows) over
+// ceil(out / kOutputsPerBlock) blocks, with `smem` bytes of dynamic shared memory; `op` names the
+// op in errors.
+template <typename Kernel, typename Rows>
+void launch_gemv_kernel(Kernel one_row, Kernel max_rows, const char* op, const char* name,
+                        const Rows& x, int64_t T, int64_t in, const void* w, int64_t ldw,
+                        int64_t out, const void* bias, void* y, size_t smem) {
+  DSEEK_CHECK(T >= 1 && T <= kGemvMaxRows, "[{}] gemv: {} rows", op, T);
+  const int64_t blocks = ceil_div<int64_t>(out, kOutputsPerBlock);
+  DSEEK_CHECK(blocks <= INT_MAX, "[{}] gemv: {} outputs exceed the grid", op, out);
+  dseek::cuda::launch_pdl(T == 1 ? one_row : max_rows, dim3(unsigned(blocks)), dim3(kWarps * 32),
+                          smem, x, int(T), in, static_cast<const __nv_bfloat16*>(w), ldw, out,
+                          static_cast<const __nv_bfloat16*>(bias), static_cast<__nv_bfloat16*>(y));
+  DSEEK_CUDA_CHECK_LAUNCH(name);
+}
+
 template <typename Rows>
 void launch_gemv(const Rows& x, int64_t T, int64_t in, const void* w, int64_t ldw, int64_t out,
                  const void* bias, void* y) {
-  DSEEK_CHECK(T >= 1 && T <= kGemvMaxRows, "[linear] gemv: {} rows", T);
-  const int64_t blocks = ceil_div<int64_t>(out, kOutputsPerBlock);
-  DSEEK_CHECK(blocks <= INT_MAX, "[linear] gemv: {} outputs exceed the grid", out);
-  const auto* wb = static_cast<const __nv_bfloat16*>(w);
-  const auto* bb = static_cast<const __nv_bfloat16*>(bias);
-  auto* yb = static_cast<__nv_bfloat16*>(y);
-  if (T == 1)
-    dseek::cuda::launch_pdl(gemv_kernel<1, Rows>, dim3(unsigned(blocks)), dim3(kWarps * 32), 0, x,
-                            1, in, wb, ldw, out, bb, yb);
-  else
-    dseek::cuda::launch_pdl(gemv_kernel<kGemvMaxRows, Rows>, dim3(unsigned(blocks)),
-                            dim3(kWarps * 32), 0, x, int(T), in, wb, ldw, out, bb, yb);
-  DSEEK_CUDA_CHECK_LAUNCH("gemv_kernel");
+  launch_gemv_kernel(gemv_kernel<1, Rows>, gemv_kernel<kGemvMaxRows, Rows>, "linear", "gemv_kernel",
+                     x, T, in, w, ldw, out, bias, y, 0);
 }
 
 }  // namespace
@@ -219,19 +224,9 @@ void gemv_swiglu(const void* gu, int64_t T, int64_t I, const void* w, int64_t ld
     launch_gemv(rows, T, I, w, ldw, out, bias, y);
     return;
   }
-  DSEEK_CHECK(T >= 1 && T <= kGemvMaxRows, "[linear_swiglu] gemv: {} rows", T);
-  const int64_t blocks = ceil_div<int64_t>(out, kOutputsPerBlock);
-  DSEEK_CHECK(blocks <= INT_MAX, "[linear_swiglu] gemv: {} outputs exceed the grid", out);
-  const auto* wb = static_cast<const __nv_bfloat16*>(w);
-  const auto* bb = static_cast<const __nv_bfloat16*>(bias);
-  auto* yb = static_cast<__nv_bfloat16*>(y);
-  if (T == 1)
-    dseek::cuda::launch_pdl(gemv_swiglu_shared_kernel<1>, dim3(unsigned(blocks)),
-                            dim3(kWarps * 32), h_bytes, rows, 1, I, wb, ldw, out, bb, yb);
-  else
-    dseek::cuda::launch_pdl(gemv_swiglu_shared_kernel<kGemvMaxRows>, dim3(unsigned(blocks)),
-                            dim3(kWarps * 32), h_bytes, rows, int(T), I, wb, ldw, out, bb, yb);
-  DSEEK_CUDA_CHECK_LAUNCH("gemv_swiglu_shared_kernel");
+  launch_gemv_kernel(gemv_swiglu_shared_kernel<1>, gemv_swiglu_shared_kernel<kGemvMaxRows>,
+                     "linear_swiglu", "gemv_swiglu_shared_kernel", rows, T, I, w, ldw, out, bias, y,
+                     h_bytes);
 }
 
 void set_gemv_swiglu_shared(bool on) {
