@@ -15,15 +15,21 @@
 // dseek's own linear (ops::linear, cuBLASLt) on 8192³; the wrapper divides by the peak PyTorch's
 // matmul reaches in the same run, as issue 10 asks.
 //
-// Usage: bench_train_cuda [--shape v2-lite|tiny] [--layers 4] [--batch 2] [--seq 2048]
+// Usage: bench_train_cuda [--shape v2-lite|v3-width|tiny] [--layers 4] [--batch 2] [--seq 2048]
 //            [--steps 5] [--warmup 2] [--device cuda|cpu] [--dtype bf16|f32] [--lr 1e-4]
 //            [--seed 0] [--init fast|normal] [--precision default|fp8] [--moments f32|bf16]
-//            [--zero defer|all] [--micro-batches 1] [--json FILE] [--write-config FILE]
+//            [--zero defer|all] [--update async|sync] [--micro-batches 1] [--json FILE]
+//            [--write-config FILE]
 // --moments bf16 keeps AdamW's moments in bf16 (optim.moment_dtype bf16).
 // --micro-batches M accumulates M forward + backward passes of B × T tokens before each optimizer
 // step, as train.grad_accum does (the FP8 weights quantised once a step: Fp8WeightCacheScope).
 // --zero all writes every gradient's zeros after the step (zero_grad()); the default leaves the
 // routed experts' to their wgrads, which overwrite them, as `dseek train` does (Param::grad_stale).
+// --update async (the default, as `dseek train` on one GPU) queues AdamW and the zeros on the
+// background stream a layer at a time (AdamW::step_async), so they run beside the next step's
+// forward, which waits for each layer's update where it reads that layer; the fwd+bwd column then
+// includes what of the update the forward waited for, and the optimizer column is the gradient
+// norm and the queueing. --update sync: AdamW::step then zero_grad, one after the other.
 // --precision fp8 runs the attention and MLP/expert projections as FP8 GEMMs (train.precision fp8:
 // mark_fp8_linears, ops/fp8_train.h, docs/FP8.md); the rest stays in --dtype.
 // --write-config writes the shape's config.json (for bench/issue10_torch.py) and exits.
@@ -63,6 +69,7 @@ struct Options {
   std::string precision = "default";  // default | fp8
   std::string moments = "f32";        // f32 | bf16: AdamW's moment dtype (optim.moment_dtype)
   std::string zero = "defer";         // defer | all: zero_grad(true) or zero_grad()
+  std::string update = "async";       // async | sync: AdamW::step_async or step
   int64_t layers = 4, batch = 2, seq = 2048, steps = 5, warmup = 2, seed = 0;
   int64_t micro_batches = 1;  // forward_backward calls a step (train.grad_accum)
   double lr = 1e-4;
@@ -120,6 +127,8 @@ Options parse(int argc, char** argv) {
       o.moments = value();
     else if (arg == "--zero")
       o.zero = value();
+    else if (arg == "--update")
+      o.update = value();
     else if (arg == "--micro-batches")
       o.micro_batches = integer(1);
     else if (arg == "--write-config")
@@ -144,6 +153,10 @@ Options parse(int argc, char** argv) {
   }
   if (o.moments != "f32" && o.moments != "bf16") {
     std::fprintf(stderr, "bench_train_cuda: --moments %s: f32 or bf16\n", o.moments.c_str());
+    std::exit(2);
+  }
+  if (o.update != "async" && o.update != "sync") {
+    std::fprintf(stderr, "bench_train_cuda: --update %s: async or sync\n", o.update.c_str());
     std::exit(2);
   }
   if (o.zero != "defer" && o.zero != "all") {
@@ -259,6 +272,7 @@ int main(int argc, char** argv) {
                           {"dtype", o.dtype},
                           {"precision", o.precision},
                           {"moments", o.moments},
+                          {"update", o.update},
                           {"device", o.device},
                           {"params", count.total},
                           {"active_params", count.active},
@@ -331,9 +345,15 @@ int main(int argc, char** argv) {
         const auto b = Clock::now();
         // As `dseek train` steps: the clip factor folded into AdamW, which also re-rounds the
         // bf16 compute copies (no refresh_compute pass).
-        optimizer.step(o.lr, clip_factor(grad_norm(params), 1.0));
-        // As `dseek train` on one process: the experts' zeros left to their wgrads.
-        params.zero_grad(/*defer_overwritten=*/o.zero == "defer");
+        // As `dseek train` on one process: the experts' zeros left to their wgrads, and on the GPU
+        // the update queued on the background stream beside the next forward (--update async).
+        const float factor = clip_factor(grad_norm(params), 1.0);
+        if (o.update == "async") {
+          optimizer.step_async(o.lr, factor, /*defer_overwritten=*/o.zero == "defer");
+        } else {
+          optimizer.step(o.lr, factor);
+          params.zero_grad(/*defer_overwritten=*/o.zero == "defer");
+        }
         sync(device);
         const auto c = Clock::now();
         std::fprintf(stderr, "step %lld: loss %.4f, %.1f ms\n", (long long)s, last_loss,
@@ -358,8 +378,9 @@ int main(int argc, char** argv) {
                   o.precision == "fp8" ? "+fp8" : "",
                   step * 1e3, median(fwd_bwd_s) * 1e3, median(optim_s) * 1e3, tps,
                   tps * flops_per_token / 1e12, last_loss);
-      std::printf("medians of %lld steps after %lld warm-up; ln(vocab) = %.3f\n",
-                  (long long)o.steps, (long long)o.warmup, std::log(double(config.vocab_size)));
+      std::printf("medians of %lld steps after %lld warm-up; ln(vocab) = %.3f; update %s\n",
+                  (long long)o.steps, (long long)o.warmup, std::log(double(config.vocab_size)),
+                  o.update == "async" ? "async (overlapped with the next forward)" : "sync");
       if (peak > 0)
         std::printf("MFU against dseek's own bf16 GEMM (8192^3): %.1f%%\n",
                     100.0 * tps * flops_per_token / 1e12 / peak);

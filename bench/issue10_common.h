@@ -87,6 +87,28 @@ inline std::string shape_config_json(const std::string& shape, int64_t layers) {
               {"num_experts_per_tok", 6},
               {"bos_token_id", 100000},
               {"eos_token_id", 100001}});
+  } else if (shape == "v3-width") {
+    // DeepSeek-V3's matrices (hidden 7168, 128 heads, q_lora 1536, kv_lora 512, expert width
+    // 2048, dense width 18432, vocab 129280) with 16 routed experts top-4 and softmax routing
+    // instead of V3's 256 top-8 sigmoid: a few layers of it fit one GPU's memory with f32 masters,
+    // gradients and bf16 moments, and each expert still gets 1024 of 4096 tokens' rows. For the
+    // FP8 step time where the GEMMs are as wide as the paper's (docs/FP8.md).
+    j.update({{"vocab_size", 129280},
+              {"hidden_size", 7168},
+              {"intermediate_size", 18432},
+              {"moe_intermediate_size", 2048},
+              {"num_attention_heads", 128},
+              {"num_key_value_heads", 128},
+              {"q_lora_rank", 1536},
+              {"kv_lora_rank", 512},
+              {"qk_nope_head_dim", 128},
+              {"qk_rope_head_dim", 64},
+              {"v_head_dim", 128},
+              {"n_routed_experts", 16},
+              {"n_shared_experts", 1},
+              {"num_experts_per_tok", 4},
+              {"bos_token_id", 0},
+              {"eos_token_id", 1}});
   } else if (shape == "tiny") {
     j.update({{"vocab_size", 512},
               {"hidden_size", 64},
@@ -104,7 +126,7 @@ inline std::string shape_config_json(const std::string& shape, int64_t layers) {
               {"bos_token_id", 0},
               {"eos_token_id", 1}});
   } else {
-    fail("[bench] shape '{}': expected v2-lite or tiny", shape);
+    fail("[bench] shape '{}': expected v2-lite, v3-width or tiny", shape);
   }
   return j.dump(2);
 }

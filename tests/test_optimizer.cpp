@@ -305,6 +305,50 @@ TEST(Optimizer, FusedClipAndComputeCopiesEqualTheUnfusedStep) {
   EXPECT_EQ(train::clip_factor(INFINITY, 0.5), 1.0f);
 }
 
+// AdamW::step_async's groups (a layer's update is what its forward waits for) and its CPU form:
+// step() then zero_grad(), with zero_grad's flags. The GPU's background form is tested against
+// both in tests/backend (BackendOptim.StepAsyncMatchesStepAndWaitsForReaders).
+TEST(Optimizer, UpdateGroupsAreLayersAndModules) {
+  EXPECT_EQ(update_group("model.layers.12.mlp.experts.3.up_proj.weight"), "model.layers.12");
+  EXPECT_EQ(update_group("model.layers.0.input_layernorm.weight"), "model.layers.0");
+  EXPECT_EQ(update_group("model.embed_tokens.weight"), "model.embed_tokens");
+  EXPECT_EQ(update_group("model.norm.weight"), "model.norm");
+  EXPECT_EQ(update_group("lm_head.weight"), "lm_head");
+  EXPECT_EQ(update_group("bias"), "bias");
+}
+
+TEST(Optimizer, StepAsyncOnTheCpuIsStepThenZeroGrad) {
+  std::mt19937 rng(61), rng2(61);
+  ParamSet a = make_params(rng), b = make_params(rng2);
+  AdamW opt_a(a, AdamWConfig{}), opt_b(b, AdamWConfig{});
+  std::mt19937 grads(62);
+  for (int t = 0; t < 2; ++t) {
+    for (Param& p : a.all()) {
+      if (!p.trainable) continue;
+      const std::vector<float> g = random_values(size_t(p.value.numel()), grads);
+      set_grad(p, g);
+      set_grad(b.at(p.name), g);
+    }
+    b.at("model.embed_tokens.weight").grad_overwritten = true;  // its zeros may be deferred
+    opt_a.step(1e-2, 0.5f);
+    a.zero_grad(/*defer_overwritten=*/false);
+    opt_b.step_async(1e-2, 0.5f, /*defer_overwritten=*/false);
+    EXPECT_FALSE(b.pending());  // nothing in flight on the CPU
+    for (const Param& p : a.all()) {
+      EXPECT_EQ(b.value(p.name).to_vector(), p.value.to_vector()) << p.name;
+      if (!p.grad.defined()) continue;
+      EXPECT_EQ(b.grad(p.name).to_vector(), std::vector<float>(size_t(p.grad.numel()), 0.0f));
+      EXPECT_TRUE(b.at(p.name).grad_zero) << p.name;
+      EXPECT_FALSE(b.at(p.name).grad_stale) << p.name;
+    }
+  }
+  // Deferred: the overwritten gradient is left stale (its memory unwritten), as zero_grad(true).
+  opt_b.step_async(1e-2, 1.0f, /*defer_overwritten=*/true);
+  EXPECT_TRUE(b.at("model.embed_tokens.weight").grad_stale);
+  EXPECT_FALSE(b.at("model.layers.0.mlp.up_proj.weight").grad_stale);
+  EXPECT_EQ(opt_b.step_count(), 3);
+}
+
 TEST(Optimizer, ClipGradNormLargeParamDoubleAccumulation) {
   // 2^20 gradients of 1e-3: an f32 running sum would drift; the norm is exactly √(2^20)·1e-3.
   ParamSet ps;

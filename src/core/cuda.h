@@ -135,6 +135,34 @@ bool on_side_stream();
 bool branches_enabled();
 void set_branches_enabled(bool on);
 
+// Background: work whose results the main stream needs only later, on a third stream of lower
+// priority (AdamW::step_async: each layer's update beside the next step's forward, which waits for
+// a layer's update only where it reads that layer's weights). The main stream's kernels get the
+// SMs first; the background's fill what they leave.
+//
+//   {
+//     cuda::Background bg;          // waits for the main stream's work so far; this thread's
+//     ...                           // kernels and copies go to the background stream
+//     const uint64_t m = bg.mark(); // a point on the background stream
+//   }                               // back on the main stream, which does not wait
+//   ...
+//   cuda::wait_background(m);       // the current stream waits until the background passes m
+//
+// Allocating inside a Background scope is an error (its memory could be handed to the main stream
+// while the background still uses it). Marks share a small pool of events: waiting for an old mark
+// may wait for a later point of the background stream, never an earlier one. Not inside a Fork.
+class Background {
+ public:
+  Background();
+  ~Background();
+  Background(const Background&) = delete;
+  Background& operator=(const Background&) = delete;
+  uint64_t mark();
+};
+void wait_background(uint64_t mark);
+// True inside a Background scope of this thread.
+bool in_background();
+
 // Bytes the pool holds and the device's free/total memory (for diagnostics and benchmarks).
 struct MemoryInfo {
   size_t pool_reserved = 0, pool_used = 0, device_free = 0, device_total = 0;

@@ -87,6 +87,19 @@ bool on_side_stream() {
   return false;
 }
 void set_branches_enabled(bool) {}
+Background::Background() {
+  not_built();
+}
+Background::~Background() = default;
+uint64_t Background::mark() {
+  not_built();
+}
+void wait_background(uint64_t) {
+  not_built();
+}
+bool in_background() {
+  return false;
+}
 
 MemoryInfo memory_info() {
   return {};

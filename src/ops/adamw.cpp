@@ -153,7 +153,7 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
   return t;
 }
 
-void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale) {
+void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale, bool short_blocks) {
   if (t.device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
     const cuda::AdamWScalars scalars{s.beta1,
@@ -166,9 +166,10 @@ void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale) {
                                      s.decay_factor(true),
                                      grad_scale};
     cuda::adamw_multi_tensor(entries_of(t.table), t.entries, t.chunks, scalars,
-                             t.moments == DType::BF16);
+                             t.moments == DType::BF16, short_blocks);
     return;
 #else
+    (void)short_blocks;
     cuda_not_built("adamw");
 #endif
   }

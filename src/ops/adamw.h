@@ -68,7 +68,10 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
                            std::vector<uint8_t> decay, std::vector<Tensor> computes = {});
 // One step of every tensor of `t` (values, moments and compute copies updated in place, grads read
 // and multiplied by grad_scale).
-void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale = 1.0f);
+// `short_blocks` (GPU): one chunk a block, so that the blocks of a launch on a low-priority stream
+// give their SMs back often (AdamW::step_async); else a bounded grid loops over the chunks.
+void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale = 1.0f,
+                bool short_blocks = false);
 
 // Σ g² over every element of `tensors` (f32 contiguous, one device), accumulated in double.
 double sum_of_squares(const std::vector<Tensor>& tensors);

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "core/cuda.h"
 #include "core/error.h"
 
 namespace dseek::train {
@@ -45,50 +46,85 @@ AdamW::AdamW(ParamSet& params, AdamWConfig config) : params_(&params), config_(c
   }
 }
 
+AdamW::~AdamW() {
+  try {
+    await_updates();  // the moments are freed on the main stream after this
+  } catch (...) {
+  }
+}
+
+void AdamW::await_updates() const {
+  if (last_mark_ != 0) cuda::wait_background(last_mark_);
+}
+
 void AdamW::to(Device device) {
+  await_updates();
   for (size_t i = 0; i < exp_avg_.size(); ++i) {
     if (!exp_avg_[i].defined()) continue;
     exp_avg_[i] = exp_avg_[i].to(device);
     exp_avg_sq_[i] = exp_avg_sq_[i].to(device);
   }
-  fused_ = ops::AdamWTensors();  // its table names the old storage
+  groups_.clear();  // their tables name the old storage
 }
 
-// Whether fused_ still names every trainable parameter's current value, grad and moments (a
+std::string update_group(const std::string& name) {
+  const std::string layers = "model.layers.";
+  if (name.rfind(layers, 0) == 0) {
+    const size_t dot = name.find('.', layers.size());
+    return name.substr(0, dot);
+  }
+  const size_t dot = name.rfind('.');
+  return dot == std::string::npos ? name : name.substr(0, dot);
+}
+
+// Whether groups_ still name every trainable parameter's current value, grad and moments (a
 // ParamSet::to or a replaced tensor gives them new storage).
-bool AdamW::fused_current() const {
-  size_t k = 0, i = 0;
+bool AdamW::groups_current() const {
+  const std::deque<Param>& all = params_->all_in_flight();
+  size_t trainable = 0, listed = 0;
+  for (const Param& p : all) trainable += p.trainable ? 1 : 0;
+  for (const Group& g : groups_) {
+    const ops::AdamWTensors& t = g.tensors;
+    for (size_t k = 0; k < g.params.size(); ++k) {
+      const size_t index = g.params[k];
+      if (index >= all.size()) return false;
+      const Param& p = all[index];
+      if (!p.trainable || t.values[k].raw() != p.value.raw() || t.grads[k].raw() != p.grad.raw() ||
+          t.exp_avgs[k].raw() != exp_avg_[index].raw() ||
+          t.exp_avg_sqs[k].raw() != exp_avg_sq_[index].raw() ||
+          t.computes[k].defined() != p.compute.defined() ||
+          (p.compute.defined() && t.computes[k].raw() != p.compute.raw()))
+        return false;
+      ++listed;
+    }
+  }
+  return listed == trainable;
+}
+
+void AdamW::build_groups() {
+  groups_.clear();
+  std::vector<std::string> keys;
+  std::vector<std::vector<size_t>> members;
+  size_t i = 0;
   for (const Param& p : params_->all()) {
     const size_t index = i++;
     if (!p.trainable) continue;
-    if (k >= fused_.values.size() || fused_.values[k].raw() != p.value.raw() ||
-        fused_.grads[k].raw() != p.grad.raw() ||
-        fused_.exp_avgs[k].raw() != exp_avg_[index].raw() ||
-        fused_.exp_avg_sqs[k].raw() != exp_avg_sq_[index].raw() ||
-        fused_.computes[k].defined() != p.compute.defined() ||
-        (p.compute.defined() && fused_.computes[k].raw() != p.compute.raw()))
-      return false;
-    ++k;
+    DSEEK_CHECK(exp_avg_[index].device() == p.value.device(),
+                "[optim] AdamW: parameter '{}' is on {}, its moments on {} (call AdamW::to after "
+                "ParamSet::to)",
+                p.name, device_name(p.value.device()), device_name(exp_avg_[index].device()));
+    const std::string key = update_group(p.name);
+    if (keys.empty() || keys.back() != key) {  // a group is a run of one key in parameter order
+      keys.push_back(key);
+      members.emplace_back();
+    }
+    members.back().push_back(index);
   }
-  return k == fused_.values.size();
-}
-
-void AdamW::step(double lr, float grad_scale) {
-  DSEEK_CHECK(std::isfinite(lr) && lr >= 0.0, "[optim] AdamW: learning rate {} must be >= 0", lr);
-  DSEEK_CHECK(params_->size() == exp_avg_.size(),
-              "[optim] AdamW: the ParamSet has {} parameters, the optimizer was built for {}",
-              params_->size(), exp_avg_.size());
-  if (!fused_current()) {
+  for (std::vector<size_t>& m : members) {
     std::vector<Tensor> values, grads, ms, vs, computes;
     std::vector<uint8_t> decay;
-    size_t i = 0;
-    for (const Param& p : params_->all()) {
-      const size_t index = i++;
-      if (!p.trainable) continue;
-      DSEEK_CHECK(exp_avg_[index].device() == p.value.device(),
-                  "[optim] AdamW: parameter '{}' is on {}, its moments on {} (call AdamW::to after "
-                  "ParamSet::to)",
-                  p.name, device_name(p.value.device()), device_name(exp_avg_[index].device()));
+    for (size_t index : m) {
+      const Param& p = params_->all_in_flight()[index];
       values.push_back(p.value);
       grads.push_back(p.grad);
       ms.push_back(exp_avg_[index]);
@@ -96,11 +132,62 @@ void AdamW::step(double lr, float grad_scale) {
       decay.push_back(p.decay ? 1 : 0);
       computes.push_back(p.compute);
     }
-    fused_ = ops::adamw_tensors(std::move(values), std::move(grads), std::move(ms), std::move(vs),
-                                std::move(decay), std::move(computes));
+    groups_.push_back({ops::adamw_tensors(std::move(values), std::move(grads), std::move(ms),
+                                          std::move(vs), std::move(decay), std::move(computes)),
+                       std::move(m)});
   }
+}
+
+void AdamW::check_step(double lr) const {
+  DSEEK_CHECK(std::isfinite(lr) && lr >= 0.0, "[optim] AdamW: learning rate {} must be >= 0", lr);
+  DSEEK_CHECK(params_->size() == exp_avg_.size(),
+              "[optim] AdamW: the ParamSet has {} parameters, the optimizer was built for {}",
+              params_->size(), exp_avg_.size());
+}
+
+void AdamW::step(double lr, float grad_scale) {
+  check_step(lr);
+  params_->await_all();  // an earlier step_async's update, before this one reads its results
+  if (!groups_current()) build_groups();
   ++step_count_;
-  ops::adamw_step(fused_, adamw_step_scalars(config_, lr, step_count_), grad_scale);
+  const AdamWStep s = adamw_step_scalars(config_, lr, step_count_);
+  for (const Group& g : groups_) ops::adamw_step(g.tensors, s, grad_scale);
+}
+
+void AdamW::step_async(double lr, float grad_scale, bool defer_overwritten) {
+  if (params_->device() != Device::CUDA) {
+    step(lr, grad_scale);
+    params_->zero_grad(defer_overwritten);
+    return;
+  }
+  check_step(lr);
+  params_->await_all();  // the order of two updates of one parameter (the background is in order,
+                         // this only matters after a step() between them)
+  if (!groups_current()) build_groups();  // allocates: before the background scope
+  ++step_count_;
+  const AdamWStep s = adamw_step_scalars(config_, lr, step_count_);
+  std::deque<Param>& all = params_->all_in_flight();
+  // zero_grad's flags for every gradient, as zero_grad would set them (host state, read by the
+  // next step's writers in program order); the zeros themselves follow each group's update.
+  std::vector<uint8_t> write_zeros(all.size(), 0);
+  for (size_t i = 0; i < all.size(); ++i) {
+    Param& p = all[i];
+    if (!p.grad.defined()) continue;
+    p.grad_zero = true;
+    p.grad_stale = defer_overwritten && p.grad_overwritten;
+    write_zeros[i] = p.grad_stale ? 0 : 1;
+  }
+  for (size_t i = 0; i < all.size(); ++i)  // a gradient nothing updates: zeroed here, in order
+    if (write_zeros[i] && !all[i].trainable)
+      cuda::fill_bytes(all[i].grad.raw(), 0, all[i].grad.nbytes());
+  cuda::Background background;
+  for (const Group& g : groups_) {
+    ops::adamw_step(g.tensors, s, grad_scale, /*short_blocks=*/true);
+    for (size_t index : g.params)
+      if (write_zeros[index]) cuda::fill_bytes(all[index].grad.raw(), 0, all[index].grad.nbytes());
+    last_mark_ = background.mark();
+    for (size_t index : g.params) params_->set_pending(index, last_mark_);
+  }
 }
 
 AdamWStep adamw_step_scalars(const AdamWConfig& config, double lr, int64_t step) {
@@ -109,6 +196,7 @@ AdamWStep adamw_step_scalars(const AdamWConfig& config, double lr, int64_t step)
 }
 
 std::vector<std::pair<std::string, Tensor>> AdamW::state_tensors() const {
+  await_updates();  // the moments of an update in flight
   std::vector<std::pair<std::string, Tensor>> out;
   size_t i = 0;
   for (const Param& p : params_->all()) {
@@ -130,6 +218,7 @@ void AdamW::load_state(const std::map<std::string, Tensor>& tensors, int64_t ste
   DSEEK_CHECK(params_->size() == exp_avg_.size(),
               "[optim] AdamW: the ParamSet has {} parameters, the optimizer was built for {}",
               params_->size(), exp_avg_.size());
+  await_updates();
   // Validate everything first so a bad checkpoint leaves the optimizer as it was.
   for (const Param& p : params_->all()) {
     if (!p.trainable) continue;

@@ -37,6 +37,9 @@ class AdamW {
   // optimizer and gain no parameters afterwards. Throws on betas outside [0, 1), eps ≤ 0 or
   // weight_decay < 0.
   AdamW(ParamSet& params, AdamWConfig config);
+  ~AdamW();  // waits (on the GPU's main stream) for an update still in flight
+  AdamW(const AdamW&) = delete;
+  AdamW& operator=(const AdamW&) = delete;
 
   // One update with learning rate lr (finite, ≥ 0) on every trainable param using its grad: one
   // multi-tensor launch on the GPU. Throws when a parameter and its moments are on different
@@ -45,6 +48,12 @@ class AdamW {
   // pass over the gradients). The bf16 compute copies of the updated parameters are re-rounded
   // from their new values in the same pass, so no ParamSet::refresh_compute is needed after it.
   void step(double lr, float grad_scale = 1.0f);
+  // The same update followed by params.zero_grad(defer_overwritten), queued on the GPU's
+  // background stream (cuda::Background) one layer at a time, so that the next step's forward
+  // runs beside it: ParamSet::at makes each reader wait for its own layer's update, and the
+  // forward of layer 0 starts while layers 1… are still being updated. The same bits as step()
+  // then zero_grad(). Returns at once. On the CPU: step(), then zero_grad().
+  void step_async(double lr, float grad_scale, bool defer_overwritten);
   // Moves the moments to `device` (keeping their values).
   void to(Device device);
   int64_t step_count() const { return step_count_; }
@@ -66,10 +75,24 @@ class AdamW {
   int64_t step_count_ = 0;
   std::vector<Tensor> exp_avg_;  // per parameter (same index); undefined for buffers
   std::vector<Tensor> exp_avg_sq_;
-  // The multi-tensor table of the last step; rebuilt when a tensor's storage has changed.
-  ops::AdamWTensors fused_;
-  bool fused_current() const;
+  // The multi-tensor tables of the last step, one per update group (update_group: a layer, or
+  // the embedding, the final norm, the head), in parameter order; rebuilt when a tensor's storage
+  // has changed. step() runs them back to back, step_async() marks each as it is queued.
+  struct Group {
+    ops::AdamWTensors tensors;
+    std::vector<size_t> params;  // indices into the ParamSet
+  };
+  std::vector<Group> groups_;
+  uint64_t last_mark_ = 0;  // the last step_async's end on the background stream
+  bool groups_current() const;
+  void build_groups();
+  void check_step(double lr) const;
+  void await_updates() const;  // the current stream waits for the last step_async
 };
+
+// The update group of parameter `name`: its layer ("model.layers.3"), or outside the layers the
+// module it belongs to ("model.embed_tokens", "model.norm", "lm_head").
+std::string update_group(const std::string& name);
 
 // The per-step scalars of the update (t: the step count after the increment), rounded to f32 once
 // like torch's per-tensor Python floats, and the elementwise update of n elements on the CPU

@@ -1,5 +1,6 @@
 #include "train/param.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/cuda.h"
@@ -24,17 +25,55 @@ Param& ParamSet::add(const std::string& name, const Tensor& value, bool trainabl
 Param& ParamSet::at(const std::string& name) {
   auto it = index_.find(name);
   DSEEK_CHECK(it != index_.end(), "[train] no parameter '{}'", name);
+  await(it->second);
   return params_[it->second];
 }
 
 const Param& ParamSet::at(const std::string& name) const {
   auto it = index_.find(name);
   DSEEK_CHECK(it != index_.end(), "[train] no parameter '{}'", name);
+  await(it->second);
   return params_[it->second];
+}
+
+void ParamSet::set_pending(size_t index, uint64_t mark) {
+  DSEEK_CHECK(index < params_.size(), "[train] set_pending: parameter {} of {}", index,
+              params_.size());
+  if (pending_.size() < params_.size()) pending_.resize(params_.size(), 0);
+  if (pending_[index] == 0 && mark != 0) ++pending_count_;
+  if (pending_[index] != 0 && mark == 0) --pending_count_;
+  pending_[index] = mark;
+}
+
+void ParamSet::await(size_t index) const {
+  if (pending_count_ == 0 || index >= pending_.size() || pending_[index] == 0) return;
+  // The main stream has waited through waited_main_ already (marks ascend and the background
+  // stream runs in order): the 192 matrices of a layer's experts cost one wait, not 192.
+  const bool main = !cuda::on_side_stream();
+  if (!main || pending_[index] > waited_main_) {
+    cuda::wait_background(pending_[index]);
+    if (main) waited_main_ = pending_[index];
+  }
+  pending_[index] = 0;
+  --pending_count_;
+}
+
+void ParamSet::await_all() const {
+  if (pending_count_ == 0) return;
+  // One wait for the latest mark covers every earlier one (the background stream is in order).
+  uint64_t latest = 0;
+  for (uint64_t& m : pending_) {
+    latest = std::max(latest, m);
+    m = 0;
+  }
+  pending_count_ = 0;
+  cuda::wait_background(latest);
+  if (!cuda::on_side_stream()) waited_main_ = std::max(waited_main_, latest);
 }
 
 void ParamSet::to(Device device) {
   if (device == Device::CUDA) cuda::require("ParamSet::to(cuda)");
+  await_all();
   for (Param& p : params_) {
     p.value = p.value.to(device);
     if (p.grad.defined()) p.grad = p.grad.to(device);
@@ -82,6 +121,7 @@ void zero_bytes(Tensor& grad) {
 }  // namespace
 
 void ParamSet::zero_grad(bool defer_overwritten) {
+  await_all();
   for (Param& p : params_) {
     if (!p.grad.defined()) continue;
     p.grad_zero = true;
@@ -97,6 +137,7 @@ void settle_grad(Param& p) {
 }
 
 void ParamSet::settle_grads() {
+  await_all();
   for (Param& p : params_) settle_grad(p);
 }
 
@@ -104,12 +145,14 @@ void ParamSet::set_compute_dtype(DType dtype) {
   DSEEK_CHECK(dtype == DType::F32 || dtype == DType::BF16,
               "[train] compute dtype: f32 or bf16, got {}", dtype_name(dtype));
   compute_dtype_ = dtype;
+  await_all();
   for (Param& p : params_) p.compute = Tensor();
   refresh_compute();
 }
 
 void ParamSet::refresh_compute() {
   if (compute_dtype_ == DType::F32) return;
+  await_all();
   // Router weights stay f32, as DeepSeek-V3 keeps its gates in higher precision.
   auto is_router = [](const std::string& n) {
     return n.size() >= 12 && n.compare(n.size() - 12, 12, ".gate.weight") == 0;

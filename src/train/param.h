@@ -56,7 +56,8 @@ class ParamSet {
   Param& add(const std::string& name, const Tensor& value, bool trainable, bool decay);
 
   bool has(const std::string& name) const { return index_.count(name) != 0; }
-  // Throws "[train] no parameter '<name>'" when missing.
+  // Throws "[train] no parameter '<name>'" when missing. Waits for the parameter's update if it
+  // is still in flight (see set_pending).
   Param& at(const std::string& name);
   const Param& at(const std::string& name) const;
   // The value tensor of a parameter (shorthand for at(name).value).
@@ -64,8 +65,15 @@ class ParamSet {
   const Tensor& grad(const std::string& name) const { return at(name).grad; }
 
   // In insertion order (checkpoint_layout's order); references stay valid as parameters are added.
-  std::deque<Param>& all() { return params_; }
-  const std::deque<Param>& all() const { return params_; }
+  // Both wait for every update still in flight (see set_pending).
+  std::deque<Param>& all() {
+    await_all();
+    return params_;
+  }
+  const std::deque<Param>& all() const {
+    await_all();
+    return params_;
+  }
   size_t size() const { return params_.size(); }
 
   // Moves every tensor to `device` (a no-op for tensors already there). References to Params stay
@@ -91,7 +99,22 @@ class ParamSet {
   bool fp8_input_cache() const { return fp8_input_cache_; }
   int64_t numel(bool trainable_only = true) const;
 
+  // Updates in flight (AdamW::step_async): parameter `index` (insertion order) is being written on
+  // the background stream until `mark` (cuda::Background::mark). at(), value(), grad(), all() and
+  // the set's own methods first make the calling stream wait for it (cuda::wait_background), so
+  // the next step's forward waits for a layer's update only when it reaches that layer. Holders of
+  // a Tensor or Param& taken before the update must not use it without going through the set.
+  void set_pending(size_t index, uint64_t mark);
+  void await_all() const;  // waits for every update in flight
+  bool pending() const { return pending_count_ > 0; }
+  // Parameters without waiting, for the optimizer queueing the updates themselves.
+  std::deque<Param>& all_in_flight() { return params_; }
+
  private:
+  void await(size_t index) const;
+  mutable std::vector<uint64_t> pending_;  // per parameter: its update's mark, 0 when none
+  mutable size_t pending_count_ = 0;
+  mutable uint64_t waited_main_ = 0;  // the main stream has waited for marks up to this one
   std::deque<Param> params_;
   std::map<std::string, size_t> index_;
   DType compute_dtype_ = DType::F32;

@@ -806,14 +806,17 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       if (experts) experts->step(lr);
       params.refresh_compute();
     } else {
-      // Clipping folded into the step; the step also re-rounds the bf16 compute copies.
+      // Clipping folded into the step; the step also re-rounds the bf16 compute copies. On a GPU
+      // the update and the zeros run on the background stream a layer at a time, beside the next
+      // step's forward (AdamW::step_async). One process: the experts' wgrads overwrite their
+      // zeros, so those are not written (forward_backward settles any left over).
       grad_norm = train::grad_norm(params);
-      optimizer->step(lr, clip_factor(grad_norm, cfg.grad_clip));
+      optimizer->step_async(lr, clip_factor(grad_norm, cfg.grad_clip),
+                            /*defer_overwritten=*/true);
     }
-    // One process: the experts' wgrads overwrite their zeros, so those are not written here
-    // (forward_backward settles any left over). Pipeline stages and data-parallel ranks read
-    // gradients outside forward_backward: every zero written.
-    params.zero_grad(/*defer_overwritten=*/!stage && !dp);
+    // Pipeline stages and data-parallel ranks read gradients outside forward_backward: every zero
+    // written.
+    if (stage || dp) params.zero_grad();
     const double g = gamma.at(s);
     if (loss_free && g > 0.0) {
       for (size_t i = 0; i < load.size(); ++i) {

@@ -40,6 +40,7 @@
 #include "model/config.h"
 #include "model_fixtures.h"
 #include "ops/cross_entropy.h"
+#include "train/optimizer.h"
 #include "train/param.h"
 #include "train/train_model.h"
 
@@ -358,6 +359,65 @@ TEST(BackendTrain, ZeroGradThenTwoMicroBatchesMatchCpu) {
     EXPECT_GT(stale, 0) << "no expert gradient was left to its writer";
     two_micro_batches("train deferred zero_grad");
   }
+}
+
+// The trainer's step on one GPU: AdamW::step_async queues each layer's update and zeros on the
+// background stream, and the next forward reads a layer's weights as soon as its update is done.
+// Four steps of two fixtures (bf16 compute; v2_lite also with FP8 projections, whose forward
+// quantises the masters) against the same steps with AdamW::step then zero_grad(true): the same
+// losses and every master, moment and compute copy bit for bit — a forward that read a weight
+// before its update finished would differ from the second step on.
+TEST(BackendTrain, StepAsyncTrainsLikeStep) {
+  DSEEK_REQUIRE_CUDA();
+  for (const char* fixture : {"v2_lite", "v3_noaux"})
+    for (bool fp8 : {false, true}) {
+      if (fp8 && std::string(fixture) != "v2_lite") continue;
+      SCOPED_TRACE(std::string(fixture) + (fp8 ? " fp8" : " bf16"));
+      const ModelConfig config = fixture_config(fixture);
+      ParamSet start, sync_set, async_set;
+      init_cpu(config, start);
+      copy_to_gpu(start, sync_set);
+      copy_to_gpu(start, async_set);
+      for (ParamSet* ps : {&sync_set, &async_set}) {
+        ps->set_compute_dtype(DType::BF16);
+        if (fp8) mark_fp8_linears(*ps);
+        ps->zero_grad();
+      }
+      const LossOptions o = loss_options({fixture, 0.0, "sequence", false});
+      const Batch b = make_batch(config.vocab_size);
+      TrainModel sync_model(config, sync_set), async_model(config, async_set);
+      train::AdamWConfig adamw;
+      adamw.moment_dtype = DType::BF16;
+      train::AdamW sync_opt(sync_set, adamw), async_opt(async_set, adamw);
+      for (int step = 0; step < 4; ++step) {
+        const SequenceLosses want =
+            sync_model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
+        const SequenceLosses got =
+            async_model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
+        EXPECT_EQ(got.total, want.total) << "step " << step;
+        const float f_sync = train::clip_factor(train::grad_norm(sync_set), 0.5);
+        const float f_async = train::clip_factor(train::grad_norm(async_set), 0.5);
+        EXPECT_EQ(f_async, f_sync) << "step " << step;
+        sync_opt.step(3e-3, f_sync);
+        sync_set.zero_grad(/*defer_overwritten=*/true);
+        async_opt.step_async(3e-3, f_async, /*defer_overwritten=*/true);
+      }
+      int64_t differ = 0;
+      for (const train::Param& p : sync_set.all()) {
+        const train::Param& q = async_set.at(p.name);
+        const bool same = p.value.to_vector() == q.value.to_vector() &&
+                          p.compute.defined() == q.compute.defined() &&
+                          (!p.compute.defined() || p.compute.to(DType::F32).to_vector() ==
+                                                       q.compute.to(DType::F32).to_vector());
+        differ += same ? 0 : 1;
+        EXPECT_TRUE(same) << p.name;
+      }
+      const auto ms = sync_opt.state_tensors(), ma = async_opt.state_tensors();
+      for (size_t i = 0; i < ms.size(); ++i)
+        EXPECT_EQ(ms[i].second.to_vector(), ma[i].second.to_vector()) << ms[i].first;
+      std::printf("[backend] %s%s: 4 steps with step_async, %lld parameters differ from step()\n",
+                  fixture, fp8 ? " fp8" : "", (long long)differ);
+    }
 }
 
 // A NaN reaching the FP8 projections in GPU training (here: in the embedding row of the batch's

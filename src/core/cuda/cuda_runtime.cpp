@@ -27,6 +27,14 @@ std::string gib(size_t bytes) {
   return fmt::format("{:.1f} GiB", double(bytes) / double(1ull << 30));
 }
 
+// The main stream's priority (and a Fork's side stream's): one above the lowest, which the
+// background stream has. Lower numbers are higher priorities; a device with one level gives both 0.
+int main_stream_priority() {
+  int least = 0, greatest = 0;
+  DSEEK_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  return least > greatest ? least - 1 : least;
+}
+
 // The device select_device chose; read once, when the runtime starts.
 std::atomic<int> g_ordinal{0};
 std::atomic<bool> g_started{false};
@@ -63,7 +71,10 @@ Runtime& runtime() {
     uint64_t keep_everything = UINT64_MAX;
     DSEEK_CUDA_CHECK(
         cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_everything));
-    DSEEK_CUDA_CHECK(cudaStreamCreateWithFlags(&r.stream, cudaStreamNonBlocking));
+    // One step above the lowest priority, so that background work (cuda::Background, on a
+    // stream of the lowest) only takes the SMs the main stream's kernels leave.
+    DSEEK_CUDA_CHECK(
+        cudaStreamCreateWithPriority(&r.stream, cudaStreamNonBlocking, main_stream_priority()));
     r.present = true;
     return r;
   }();
@@ -100,7 +111,8 @@ struct SideStream {
   SideStream() {
     // On dseek's device, whichever thread forks first (a thread starts on device 0).
     DSEEK_CUDA_CHECK(cudaSetDevice(g_ordinal.load()));
-    DSEEK_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    DSEEK_CUDA_CHECK(
+        cudaStreamCreateWithPriority(&stream, cudaStreamNonBlocking, main_stream_priority()));
     DSEEK_CUDA_CHECK(cudaEventCreateWithFlags(&forked, cudaEventDisableTiming));
     DSEEK_CUDA_CHECK(cudaEventCreateWithFlags(&joined, cudaEventDisableTiming));
   }
@@ -182,6 +194,79 @@ Fork::Side::~Side() {
 
 namespace {
 
+// The background stream (lowest priority) and its marks' events, one set for the process (the
+// main stream is one for the process too). A mark's event is reused kMarkEvents marks later.
+constexpr uint64_t kMarkEvents = 64;
+struct BackgroundStream {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t started = nullptr;
+  cudaEvent_t marks[kMarkEvents] = {};
+  uint64_t next_mark = 1;  // 0 is "no mark"
+  std::mutex mutex;
+  BackgroundStream() {
+    ready();
+    DSEEK_CUDA_CHECK(cudaSetDevice(g_ordinal.load()));
+    int least = 0, greatest = 0;
+    DSEEK_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    // DSEEK_BACKGROUND_PRIORITY=high (for comparisons): above the main stream instead of below.
+    const char* env = std::getenv("DSEEK_BACKGROUND_PRIORITY");
+    const bool high = env && std::string_view(env) == "high";
+    DSEEK_CUDA_CHECK(
+        cudaStreamCreateWithPriority(&stream, cudaStreamNonBlocking, high ? greatest : least));
+    DSEEK_CUDA_CHECK(cudaEventCreateWithFlags(&started, cudaEventDisableTiming));
+    for (cudaEvent_t& e : marks)
+      DSEEK_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  }
+  // Kept until exit, as the side streams are.
+};
+
+BackgroundStream& background_stream() {
+  static BackgroundStream* bg = new BackgroundStream();
+  return *bg;
+}
+
+thread_local bool t_background = false;
+
+}  // namespace
+
+Background::Background() {
+  DSEEK_CHECK(!t_current, "[cuda] a Background scope inside a Fork::Side or another Background");
+  BackgroundStream& bg = background_stream();
+  DSEEK_CUDA_CHECK(cudaEventRecord(bg.started, ready().stream));
+  DSEEK_CUDA_CHECK(cudaStreamWaitEvent(bg.stream, bg.started, 0));
+  t_current = bg.stream;
+  t_background = true;
+}
+
+Background::~Background() {
+  t_current = nullptr;
+  t_background = false;
+}
+
+uint64_t Background::mark() {
+  BackgroundStream& bg = background_stream();
+  std::lock_guard<std::mutex> lock(bg.mutex);
+  const uint64_t m = bg.next_mark++;
+  DSEEK_CUDA_CHECK(cudaEventRecord(bg.marks[m % kMarkEvents], bg.stream));
+  return m;
+}
+
+void wait_background(uint64_t mark) {
+  if (mark == 0) return;
+  BackgroundStream& bg = background_stream();
+  std::lock_guard<std::mutex> lock(bg.mutex);
+  DSEEK_CHECK(mark < bg.next_mark, "[cuda] wait_background: mark {} was never made", mark);
+  // An event re-recorded by a later mark marks a later point of the same stream: waiting for it
+  // also waits past this mark.
+  DSEEK_CUDA_CHECK(cudaStreamWaitEvent(stream(), bg.marks[mark % kMarkEvents], 0));
+}
+
+bool in_background() {
+  return t_background;
+}
+
+namespace {
+
 std::atomic<bool>& pdl_switch() {
   static std::atomic<bool> on = [] {
     const char* env = std::getenv("DSEEK_PDL");
@@ -240,6 +325,7 @@ int device_ordinal() {
 }
 
 void* alloc(size_t bytes) {
+  DSEEK_CHECK(!t_background, "[cuda] allocating {} inside a Background scope", gib(bytes));
   void* ptr = nullptr;
   cudaError_t status = cudaMallocAsync(&ptr, bytes ? bytes : 1, stream());
   if (status != cudaSuccess) {

@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
@@ -214,12 +215,16 @@ __global__ void scale_kernel(const MultiTensorEntry* entries, int64_t count, int
 }  // namespace
 
 void adamw_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
-                        const AdamWScalars& s, bool bf16_moments) {
+                        const AdamWScalars& s, bool bf16_moments, bool short_blocks) {
   if (count == 0 || chunks == 0) return;
+  // Short blocks (a chunk each, ~16 µs of HBM traffic): on the low-priority background stream the
+  // main stream's kernels then get each SM back within microseconds.
+  const unsigned blocks =
+      short_blocks ? unsigned(std::min<int64_t>(chunks, INT32_MAX)) : blocks_for(chunks);
   if (bf16_moments)
-    adamw_kernel<true><<<blocks_for(chunks), kThreads, 0, stream()>>>(entries, count, chunks, s);
+    adamw_kernel<true><<<blocks, kThreads, 0, stream()>>>(entries, count, chunks, s);
   else
-    adamw_kernel<false><<<blocks_for(chunks), kThreads, 0, stream()>>>(entries, count, chunks, s);
+    adamw_kernel<false><<<blocks, kThreads, 0, stream()>>>(entries, count, chunks, s);
   DSEEK_CUDA_CHECK_LAUNCH("adamw_kernel");
 }
 

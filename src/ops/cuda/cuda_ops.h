@@ -252,9 +252,11 @@ struct AdamWScalars {
       decay_factor, grad_scale;
 };
 // One AdamW step of every entry: value, exp_avg, exp_avg_sq updated in place from grad.
-// bf16_moments: exp_avg and exp_avg_sq point at bf16 arrays (ops/adamw.h).
+// bf16_moments: exp_avg and exp_avg_sq point at bf16 arrays (ops/adamw.h). short_blocks: a block
+// per chunk (ops::adamw_step's short_blocks) instead of a bounded grid looping over them.
 void adamw_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
-                        const AdamWScalars& s, bool bf16_moments = false);
+                        const AdamWScalars& s, bool bf16_moments = false,
+                        bool short_blocks = false);
 // out[0] (f64, device) = Σ grad² over every entry (per-chunk partials, then a fixed-order sum).
 void sum_of_squares_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
                                  double* out);
