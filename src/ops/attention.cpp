@@ -73,7 +73,9 @@ bool rows_overlap(const Tensor& t) {
 
 }  // namespace
 
-Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale) {
+Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                        AttentionSaved* saved) {
+  if (saved) *saved = AttentionSaved();
   if (q.defined() && !q.is_cuda() && (rows_overlap(q) || rows_overlap(k) || rows_overlap(v)))
     return causal_attention(rows_overlap(q) ? q.contiguous() : q,
                             rows_overlap(k) ? k.contiguous() : k,
@@ -85,7 +87,11 @@ Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, float
   a.out = out.raw();
   if (c.device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
-    cuda::causal_attention(a, c.act);
+    Tensor lse2;
+    if (saved && cuda::causal_attention_saves_stats(a, c.act))
+      lse2 = Tensor::empty({a.T, a.H}, DType::F32, c.device);
+    cuda::causal_attention(a, c.act, lse2.defined() ? lse2.data<float>() : nullptr);
+    if (lse2.defined()) *saved = AttentionSaved{out, lse2};
     return out;
 #else
     cuda_not_built("attention");
@@ -96,7 +102,8 @@ Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, float
 }
 
 AttentionGrads causal_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                         float scale, const Tensor& dout) {
+                                         float scale, const Tensor& dout,
+                                         const AttentionSaved* saved) {
   const Checked c = attention_args(q, k, v, scale);
   const cuda::AttentionArgs& a = c.a;
   DSEEK_CHECK(dout.defined() && dout.dtype() == c.act && dout.device() == c.device &&
@@ -112,13 +119,26 @@ AttentionGrads causal_attention_backward(const Tensor& q, const Tensor& k, const
     AttentionGrads g{Tensor::empty(q.shape(), c.act, c.device),
                      Tensor::empty(k.shape(), c.act, c.device),
                      Tensor::empty(v.shape(), c.act, c.device)};
+    const bool kept = saved && saved->lse2.defined();
+    if (kept)
+      DSEEK_CHECK(saved->out.defined() && saved->out.dtype() == c.act &&
+                      saved->out.is_contiguous() && saved->out.shape() == dout.shape() &&
+                      saved->out.device() == c.device && saved->lse2.dtype() == DType::F32 &&
+                      saved->lse2.is_contiguous() && saved->lse2.shape() == Shape({a.T, a.H}),
+                  "[attention] the saved forward does not match: out {} {}, lse2 {} (want {} "
+                  "{} and f32 [{}, {}])",
+                  dtype_name(saved->out.dtype()), shape_str(saved->out.shape()),
+                  shape_str(saved->lse2.shape()), dtype_name(c.act), shape_str(dout.shape()), a.T,
+                  a.H);
     cuda::causal_attention_backward(
-        cuda::AttentionGradArgs{a, dc.raw(), g.dq.raw(), g.dk.raw(), g.dv.raw()}, c.act);
+        cuda::AttentionGradArgs{a, dc.raw(), g.dq.raw(), g.dk.raw(), g.dv.raw()}, c.act,
+        kept ? saved->out.raw() : nullptr, kept ? saved->lse2.data<float>() : nullptr);
     return g;
 #else
     cuda_not_built("attention");
 #endif
   }
+  (void)saved;  // the CPU recomputes what it needs
   AttentionGrads g{Tensor::zeros(q.shape()), Tensor::zeros(k.shape()), Tensor::zeros(v.shape())};
   if (a.T == 0 || a.H == 0) return g;
   cpu::causal_attention_backward(cpu::AttentionGradArgs{

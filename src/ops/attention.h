@@ -10,7 +10,16 @@
 
 namespace dseek::ops {
 
-Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale);
+// What a forward can keep for its backward (FlashAttention-2's way): its output and each row's
+// log-sum-exp, as the GPU's tensor-core kernels make them (lse2 = m + log2 l, f32 [T, H]). Given
+// them, the backward computes D = rowsum(dout ⊙ out) from the kept bf16 output instead of running
+// the forward again. Left empty where the forward's path keeps nothing (the CPU, f32, the scalar
+// GPU kernels); the backward then recomputes them.
+struct AttentionSaved {
+  Tensor out, lse2;
+};
+Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                        AttentionSaved* saved = nullptr);
 
 // Backward for dout [T, H, dv] (f32), recomputing the probabilities p (nothing saved):
 //   dP = dout·vᵀ,  dS = p ⊙ (dP − rowsum(p ⊙ dP)),  dq = scale·dS·k,  dk = scale·dSᵀ·q,  dv =
@@ -20,7 +29,9 @@ Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, float
 struct AttentionGrads {
   Tensor dq, dk, dv;
 };
+// `saved`: the forward's (see AttentionSaved), or null.
 AttentionGrads causal_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
-                                         float scale, const Tensor& dout);
+                                         float scale, const Tensor& dout,
+                                         const AttentionSaved* saved = nullptr);
 
 }  // namespace dseek::ops

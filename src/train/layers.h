@@ -23,6 +23,7 @@
 #include "model/config.h"
 #include "model/gate.h"
 #include "model/rope.h"
+#include "ops/attention.h"
 #include "ops/fp8_train.h"
 #include "ops/moe.h"
 #include "synth/synth_layer.h"
@@ -117,6 +118,7 @@ struct AttentionCache {
   Tensor q, k, v;          // what attention saw (roped q, k)
   LinearInput attn;        // attention output [T, H·v], o_proj's input
   Segments segments;
+  std::vector<ops::AttentionSaved> saved;  // per segment: what the backward need not recompute
 };
 Tensor attention_forward(const LayerContext& ctx, const std::string& prefix, const Tensor& x,
                          const Segments& segments, AttentionCache& cache);

@@ -305,6 +305,58 @@ TEST(BackendOps, CausalAttentionTensorCoreBf16Backward) {
   }
 }
 
+// The backward from the forward's kept output and row statistics (ops::AttentionSaved: no second
+// forward pass, D = dout · out from the bf16 output): against the CPU with the same bounds as the
+// recomputing backward, and against that backward itself (D differs only by the output's bf16
+// rounding). The forward with `saved` gives the same output bits as without.
+TEST(BackendOps, CausalAttentionTensorCoreBf16BackwardFromSaved) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(34);
+  for (const Case& c : tc_cases()) {
+    const Inputs in = make_inputs(c, DType::BF16, rng);
+    const float scale = scale_for(c.dims.dk);
+    const std::string name = describe(c);
+    ops::AttentionSaved saved;
+    saved.out = Tensor::poisoned({1}, DType::F32, Device::CUDA);  // replaced, not appended to
+    const Tensor out = ops::causal_attention(in.gq, in.gk, in.gv, scale, &saved);
+    ASSERT_TRUE(saved.lse2.defined()) << name << ": the tensor-core forward kept no statistics";
+    EXPECT_EQ(saved.out.raw(), out.raw()) << name;
+    EXPECT_EQ(saved.lse2.shape(), Shape({c.len.T, c.heads.H})) << name;
+    EXPECT_EQ(out.to_vector(), ops::causal_attention(in.gq, in.gk, in.gv, scale).to_vector())
+        << name;
+    const Tensor dout = rounded(rand({c.len.T, c.heads.H, c.dims.dv}, rng), DType::BF16);
+    const ops::AttentionGrads want = ops::causal_attention_backward(in.q, in.k, in.v, scale, dout);
+    const Tensor gdout = on_gpu(dout, DType::BF16);
+    prime_pool(want.dk.numel(), DType::BF16);
+    const ops::AttentionGrads got =
+        ops::causal_attention_backward(in.gq, in.gk, in.gv, scale, gdout, &saved);
+    expect_close_rows("attention tc saved dq " + name, want.dq, got.dq, 3e-2, 1.6e-2);
+    expect_close_rows("attention tc saved dk " + name, want.dk, got.dk, 3e-2, 1.6e-2);
+    expect_close_rows("attention tc saved dv " + name, want.dv, got.dv, 3e-2, 1.6e-2);
+    const ops::AttentionGrads again =
+        ops::causal_attention_backward(in.gq, in.gk, in.gv, scale, gdout);
+    expect_close_rows("attention tc saved vs recomputed dq " + name, again.dq, got.dq, 2e-2, 1e-2);
+    expect_close_rows("attention tc saved vs recomputed dk " + name, again.dk, got.dk, 2e-2, 1e-2);
+    // dV does not read D: the same bits.
+    EXPECT_EQ(again.dv.to_vector(), got.dv.to_vector()) << name;
+  }
+  // A kept forward of another shape is an error naming what it holds.
+  std::mt19937 rng2(35);
+  const Case c = tc_cases().front();
+  const Inputs in = make_inputs(c, DType::BF16, rng2);
+  ops::AttentionSaved wrong{
+      Tensor::zeros({c.len.T + 1, c.heads.H, c.dims.dv}, DType::BF16, Device::CUDA),
+      Tensor::zeros({c.len.T + 1, c.heads.H}, DType::F32, Device::CUDA)};
+  const Tensor gdout = on_gpu(rand({c.len.T, c.heads.H, c.dims.dv}, rng2), DType::BF16);
+  try {
+    ops::causal_attention_backward(in.gq, in.gk, in.gv, 0.1f, gdout, &wrong);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("saved forward does not match"), std::string::npos)
+        << e.what();
+  }
+}
+
 // The tensor-core backward sums every gradient element in one thread in a fixed order (no
 // atomics): two runs give the same bits, GQA included.
 TEST(BackendOps, CausalAttentionTensorCoreBf16BackwardIsDeterministic) {

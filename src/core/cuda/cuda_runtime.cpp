@@ -208,11 +208,9 @@ struct BackgroundStream {
     DSEEK_CUDA_CHECK(cudaSetDevice(g_ordinal.load()));
     int least = 0, greatest = 0;
     DSEEK_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-    // DSEEK_BACKGROUND_PRIORITY=high (for comparisons): above the main stream instead of below.
-    const char* env = std::getenv("DSEEK_BACKGROUND_PRIORITY");
-    const bool high = env && std::string_view(env) == "high";
-    DSEEK_CUDA_CHECK(
-        cudaStreamCreateWithPriority(&stream, cudaStreamNonBlocking, high ? greatest : least));
+    // The lowest: with the background above the main stream instead, a V2-Lite training step
+    // took 67.2 against 66.1 ms (docs/BENCHMARKS.md, run S).
+    DSEEK_CUDA_CHECK(cudaStreamCreateWithPriority(&stream, cudaStreamNonBlocking, least));
     DSEEK_CUDA_CHECK(cudaEventCreateWithFlags(&started, cudaEventDisableTiming));
     for (cudaEvent_t& e : marks)
       DSEEK_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));

@@ -311,13 +311,18 @@ void launch_dkdv(const GradParams& p, size_t smem) {
 
 }  // namespace
 
-void causal_attention(const AttentionArgs& a, DType act) {
+bool causal_attention_saves_stats(const AttentionArgs& a, DType act) {
+  return act == DType::BF16 && attention_tc::tc_supported(a);
+}
+
+void causal_attention(const AttentionArgs& a, DType act, float* lse2) {
   if (a.T == 0 || a.H == 0 || a.dv == 0) return;
-  if (act == DType::BF16 && attention_tc::tc_supported(a)) return attention_tc::tc_forward(a);
+  if (causal_attention_saves_stats(a, act)) return attention_tc::tc_forward(a, lse2);
   attention_forward<false>(dense_forward_params(a), 1, a.T, a.S, a.T, a.Hk, act, "attention");
 }
 
-void causal_attention_backward(const AttentionGradArgs& g, DType act) {
+void causal_attention_backward(const AttentionGradArgs& g, DType act, const void* out,
+                               const float* lse2) {
   const AttentionArgs& a = g.fwd;
   const size_t esize = act == DType::BF16 ? 2 : 4;
   if (a.T == 0 || a.H == 0 || a.dv == 0) {  // no query sees any key, or out is empty
@@ -328,7 +333,7 @@ void causal_attention_backward(const AttentionGradArgs& g, DType act) {
   }
   if (act == DType::BF16 && attention_tc::tc_supported(a) &&
       reinterpret_cast<uintptr_t>(g.dout) % 16 == 0)
-    return attention_tc::tc_backward(g);
+    return attention_tc::tc_backward(g, out, lse2);
   DSEEK_CHECK(a.Hk <= 65535, "[attention] {} key heads: the kernels take at most 65535", a.Hk);
   const int64_t rows = a.T * (a.H / a.Hk);
   // The shared memory both kernels need, checked before any work is queued.

@@ -12,7 +12,8 @@
 // values per 8 keys sit in one quad of lanes), P rounded to bf16 and reused as the A fragments of
 // O += P·V. The output is O / l; optionally lse2 = m + log2 l and D = dout · O per row (f32).
 // Backward, deterministic (each output element summed by one thread in a fixed order):
-//   1. the forward kernel without output: lse2 and D per (query, head);
+//   1. the forward kernel without output: lse2 and D per (query, head) — or, given the forward's
+//      output and lse2 (ops::AttentionSaved), row_dot_kernel's D = dout · out alone;
 //   2. tc_dkdv_kernel: a block = 64 keys of one key head; it walks the query tiles (64 rows, 32
 //      when dk + dv ≥ 256 to keep the dK, dV accumulators in registers) that see them, for every
 //      head of the group (GQA sums inside the block): Sᵀ = K·Qᵀ, Pᵀ = 2^(Sᵀ − lse2),
@@ -53,8 +54,8 @@ void forward(const TcParams& p) {
 }
 
 template <int DK, int DV>
-void backward(const TcParams& p) {
-  forward<DK, DV>(p);  // lse2 and dsum (p.out is null)
+void backward(const TcParams& p, bool row_stats) {
+  if (row_stats) forward<DK, DV>(p);  // lse2 and dsum (p.out is null)
   launch(tc_dkdv_kernel<DK, DV>, dim3(unsigned(ceil_div<int64_t>(p.S, kRows)), unsigned(p.Hk)),
          DkdvShape<DK, DV>::kSmem, p, "tc_dkdv_kernel");
   launch(tc_dq_kernel<DK, DV>, dim3(unsigned(ceil_div<int64_t>(p.T, kRows)), unsigned(p.H)),
@@ -78,8 +79,31 @@ struct Forward {
 };
 template <int DK, int DV>
 struct Backward {
-  static void run(const TcParams& p) { backward<DK, DV>(p); }
+  static void run(const TcParams& p) { backward<DK, DV>(p, true); }
 };
+template <int DK, int DV>
+struct BackwardFromSaved {  // lse2 and dsum already made
+  static void run(const TcParams& p) { backward<DK, DV>(p, false); }
+};
+
+// D = dout · out per (query, head) row of the kept forward output, f32 [T·H]: a warp a row, each
+// lane two bf16 pairs apart by 64, then the warp's fixed xor tree (deterministic).
+__global__ void row_dot_kernel(const bf16* out, const bf16* dout, int64_t rows, int dv,
+                               float* dsum) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  if (row >= rows) return;  // uniform over the warp
+  const __nv_bfloat162* o = reinterpret_cast<const __nv_bfloat162*>(out + row * dv);
+  const __nv_bfloat162* d = reinterpret_cast<const __nv_bfloat162*>(dout + row * dv);
+  float sum = 0.0f;
+  for (int j = lane; j < dv / 2; j += 32) {
+    const float2 a = __bfloat1622float2(o[j]), b = __bfloat1622float2(d[j]);
+    sum += a.x * b.x + a.y * b.y;
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  if (lane == 0) dsum[row] = sum;
+}
 
 TcParams params(const AttentionArgs& a) {
   TcParams p{};
@@ -125,26 +149,34 @@ bool tc_supported(const AttentionArgs& a) {
          FwdShape<192, 128>::kSmem <= shared_optin();
 }
 
-void tc_forward(const AttentionArgs& a) {
+void tc_forward(const AttentionArgs& a, float* lse2) {
   TcParams p = params(a);
   p.out = static_cast<bf16*>(a.out);
+  p.lse2 = lse2;
   dispatch<Forward>(a.dk, a.dv, p);
 }
 
-void tc_backward(const AttentionGradArgs& g) {
+void tc_backward(const AttentionGradArgs& g, const void* out, const float* lse2) {
   const AttentionArgs& a = g.fwd;
   TcParams p = params(a);
   // Row statistics of the forward pass: lse2 and D = dout · out, f32 [T, H] each.
   const size_t n = size_t(a.T * a.H);
-  std::unique_ptr<void, void (*)(void*)> stats(dseek::cuda::alloc(2 * n * sizeof(float)),
-                                               dseek::cuda::free);
-  p.lse2 = static_cast<float*>(stats.get());
-  p.dsum = p.lse2 + n;
+  const bool saved = out && lse2;
+  std::unique_ptr<void, void (*)(void*)> stats(
+      dseek::cuda::alloc((saved ? 1 : 2) * n * sizeof(float)), dseek::cuda::free);
+  p.lse2 = saved ? const_cast<float*>(lse2) : static_cast<float*>(stats.get());  // only read
+  p.dsum = saved ? static_cast<float*>(stats.get()) : p.lse2 + n;
   p.dout = static_cast<const bf16*>(g.dout);
   p.dq = static_cast<bf16*>(g.dq);
   p.dk = static_cast<bf16*>(g.dk);
   p.dv = static_cast<bf16*>(g.dv);
-  dispatch<Backward>(a.dk, a.dv, p);
+  if (!saved) return dispatch<Backward>(a.dk, a.dv, p);
+  constexpr int kRowsPerBlock = 8;  // warps of a 256-thread block
+  row_dot_kernel<<<unsigned(ceil_div<int64_t>(int64_t(n), kRowsPerBlock)), 32 * kRowsPerBlock, 0,
+                   dseek::cuda::stream()>>>(static_cast<const bf16*>(out), p.dout, int64_t(n),
+                                            int(a.dv), p.dsum);
+  DSEEK_CUDA_CHECK_LAUNCH("row_dot_kernel");
+  dispatch<BackwardFromSaved>(a.dk, a.dv, p);
 }
 
 }  // namespace dseek::ops::cuda::attention_tc

@@ -136,7 +136,10 @@ struct AttentionArgs {
   int64_t T, S, H, Hk, dk, dv;
   float scale;
 };
-void causal_attention(const AttentionArgs& a, DType act);
+// lse2 (f32 [T, H], or null): each row's m + log2 l as well, where the forward's path keeps it
+// (causal_attention_saves_stats: the tensor-core kernels; elsewhere lse2 is left alone).
+void causal_attention(const AttentionArgs& a, DType act, float* lse2 = nullptr);
+bool causal_attention_saves_stats(const AttentionArgs& a, DType act);
 // dq [T, H, dk], dk [S, Hk, dk], dv [S, Hk, dv] contiguous, overwritten (act); dout [T, H, dv].
 struct AttentionGradArgs {
   AttentionArgs fwd;
@@ -145,7 +148,10 @@ struct AttentionGradArgs {
   void* dk;
   void* dv;
 };
-void causal_attention_backward(const AttentionGradArgs& a, DType act);
+// out (act [T, H, dv] contiguous) and lse2: the forward's (ops::AttentionSaved), or null; used
+// where the tensor-core backward runs, which then skips the forward pass for its row statistics.
+void causal_attention_backward(const AttentionGradArgs& a, DType act, const void* out = nullptr,
+                               const float* lse2 = nullptr);
 
 // ---- paged_attention.cu ----------------------------------------------------------------------
 // As cpu::PagedAttentionArgs; every pointer (including q_start, pos0, page_table, page_start) on
