@@ -118,7 +118,9 @@ struct AttentionCache {
   Tensor q, k, v;          // what attention saw (roped q, k)
   LinearInput attn;        // attention output [T, H·v], o_proj's input
   Segments segments;
-  std::vector<ops::AttentionSaved> saved;  // per segment: what the backward need not recompute
+  // Per segment: the attention output and its rows' statistics (T·H·dv in the activation dtype,
+  // T·H f32), so that the backward need not run the forward again (ops::AttentionSaved).
+  std::vector<ops::AttentionSaved> saved;
 };
 Tensor attention_forward(const LayerContext& ctx, const std::string& prefix, const Tensor& x,
                          const Segments& segments, AttentionCache& cache);

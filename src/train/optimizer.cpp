@@ -167,24 +167,18 @@ void AdamW::step_async(double lr, float grad_scale, bool defer_overwritten) {
   ++step_count_;
   const AdamWStep s = adamw_step_scalars(config_, lr, step_count_);
   std::deque<Param>& all = params_->all_in_flight();
-  // zero_grad's flags for every gradient, as zero_grad would set them (host state, read by the
-  // next step's writers in program order); the zeros themselves follow each group's update.
+  // zero_grad's flags for every gradient now (host state, read by the next step's writers in
+  // program order); the zeros themselves follow each group's update.
   std::vector<uint8_t> write_zeros(all.size(), 0);
-  for (size_t i = 0; i < all.size(); ++i) {
-    Param& p = all[i];
-    if (!p.grad.defined()) continue;
-    p.grad_zero = true;
-    p.grad_stale = defer_overwritten && p.grad_overwritten;
-    write_zeros[i] = p.grad_stale ? 0 : 1;
-  }
+  for (size_t i = 0; i < all.size(); ++i)
+    if (all[i].grad.defined()) write_zeros[i] = mark_grad_zero(all[i], defer_overwritten);
   for (size_t i = 0; i < all.size(); ++i)  // a gradient nothing updates: zeroed here, in order
-    if (write_zeros[i] && !all[i].trainable)
-      cuda::fill_bytes(all[i].grad.raw(), 0, all[i].grad.nbytes());
+    if (write_zeros[i] && !all[i].trainable) write_grad_zeros(all[i]);
   cuda::Background background;
   for (const Group& g : groups_) {
     ops::adamw_step(g.tensors, s, grad_scale, /*short_blocks=*/true);
     for (size_t index : g.params)
-      if (write_zeros[index]) cuda::fill_bytes(all[index].grad.raw(), 0, all[index].grad.nbytes());
+      if (write_zeros[index]) write_grad_zeros(all[index]);
     last_mark_ = background.mark();
     for (size_t index : g.params) params_->set_pending(index, last_mark_);
   }

@@ -120,14 +120,20 @@ void zero_bytes(Tensor& grad) {
 
 }  // namespace
 
+bool mark_grad_zero(Param& p, bool defer_overwritten) {
+  p.grad_zero = true;
+  p.grad_stale = defer_overwritten && p.grad_overwritten;
+  return !p.grad_stale;
+}
+
+void write_grad_zeros(Param& p) {
+  zero_bytes(p.grad);
+}
+
 void ParamSet::zero_grad(bool defer_overwritten) {
   await_all();
-  for (Param& p : params_) {
-    if (!p.grad.defined()) continue;
-    p.grad_zero = true;
-    p.grad_stale = defer_overwritten && p.grad_overwritten;
-    if (!p.grad_stale) zero_bytes(p.grad);
-  }
+  for (Param& p : params_)
+    if (p.grad.defined() && mark_grad_zero(p, defer_overwritten)) write_grad_zeros(p);
 }
 
 void settle_grad(Param& p) {

@@ -124,6 +124,12 @@ class ParamSet {
 
 // Writes the zeros zero_grad(true) deferred, if p's grad is stale (then no longer).
 void settle_grad(Param& p);
+// zero_grad's work on one parameter with a gradient, in its two halves (AdamW::step_async writes
+// the zeros on the background stream after the parameter's update): the flags — grad_zero, and
+// grad_stale where `defer_overwritten` leaves the zeros to the gradient's writer — returning
+// whether the memory must be written; then the writing.
+bool mark_grad_zero(Param& p, bool defer_overwritten);
+void write_grad_zeros(Param& p);
 
 // FP8 training (train.precision fp8, DeepSeek-V3 §3.3): marks the projections of attention and
 // of the dense, shared and routed expert MLPs — model.layers.<i>.self_attn.{q_proj, q_a_proj,
