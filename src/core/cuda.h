@@ -160,8 +160,6 @@ class Background {
   uint64_t mark();
 };
 void wait_background(uint64_t mark);
-// True inside a Background scope of this thread.
-bool in_background();
 
 // Bytes the pool holds and the device's free/total memory (for diagnostics and benchmarks).
 struct MemoryInfo {

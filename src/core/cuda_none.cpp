@@ -97,9 +97,6 @@ uint64_t Background::mark() {
 void wait_background(uint64_t) {
   not_built();
 }
-bool in_background() {
-  return false;
-}
 
 MemoryInfo memory_info() {
   return {};

@@ -27,12 +27,17 @@ std::string gib(size_t bytes) {
   return fmt::format("{:.1f} GiB", double(bytes) / double(1ull << 30));
 }
 
-// The main stream's priority (and a Fork's side stream's): one above the lowest, which the
-// background stream has. Lower numbers are higher priorities; a device with one level gives both 0.
-int main_stream_priority() {
+// The streams' priorities: the background stream has the lowest (with it above the main stream
+// instead, a V2-Lite training step took 67.2 against 66.1 ms: docs/BENCHMARKS.md, run S), the
+// main stream and a Fork's side stream the one above it. Lower numbers are higher priorities; a
+// device with one level gives both 0.
+struct StreamPriorities {
+  int main, background;
+};
+StreamPriorities stream_priorities() {
   int least = 0, greatest = 0;
   DSEEK_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-  return least > greatest ? least - 1 : least;
+  return {least > greatest ? least - 1 : least, least};
 }
 
 // The device select_device chose; read once, when the runtime starts.
@@ -74,7 +79,7 @@ Runtime& runtime() {
     // One step above the lowest priority, so that background work (cuda::Background, on a
     // stream of the lowest) only takes the SMs the main stream's kernels leave.
     DSEEK_CUDA_CHECK(
-        cudaStreamCreateWithPriority(&r.stream, cudaStreamNonBlocking, main_stream_priority()));
+        cudaStreamCreateWithPriority(&r.stream, cudaStreamNonBlocking, stream_priorities().main));
     r.present = true;
     return r;
   }();
@@ -112,7 +117,7 @@ struct SideStream {
     // On dseek's device, whichever thread forks first (a thread starts on device 0).
     DSEEK_CUDA_CHECK(cudaSetDevice(g_ordinal.load()));
     DSEEK_CUDA_CHECK(
-        cudaStreamCreateWithPriority(&stream, cudaStreamNonBlocking, main_stream_priority()));
+        cudaStreamCreateWithPriority(&stream, cudaStreamNonBlocking, stream_priorities().main));
     DSEEK_CUDA_CHECK(cudaEventCreateWithFlags(&forked, cudaEventDisableTiming));
     DSEEK_CUDA_CHECK(cudaEventCreateWithFlags(&joined, cudaEventDisableTiming));
   }
@@ -206,11 +211,8 @@ struct BackgroundStream {
   BackgroundStream() {
     ready();
     DSEEK_CUDA_CHECK(cudaSetDevice(g_ordinal.load()));
-    int least = 0, greatest = 0;
-    DSEEK_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-    // The lowest: with the background above the main stream instead, a V2-Lite training step
-    // took 67.2 against 66.1 ms (docs/BENCHMARKS.md, run S).
-    DSEEK_CUDA_CHECK(cudaStreamCreateWithPriority(&stream, cudaStreamNonBlocking, least));
+    DSEEK_CUDA_CHECK(cudaStreamCreateWithPriority(&stream, cudaStreamNonBlocking,
+                                                  stream_priorities().background));
     DSEEK_CUDA_CHECK(cudaEventCreateWithFlags(&started, cudaEventDisableTiming));
     for (cudaEvent_t& e : marks)
       DSEEK_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
@@ -257,10 +259,6 @@ void wait_background(uint64_t mark) {
   // An event re-recorded by a later mark marks a later point of the same stream: waiting for it
   // also waits past this mark.
   DSEEK_CUDA_CHECK(cudaStreamWaitEvent(stream(), bg.marks[mark % kMarkEvents], 0));
-}
-
-bool in_background() {
-  return t_background;
 }
 
 namespace {

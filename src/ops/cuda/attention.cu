@@ -331,8 +331,7 @@ void causal_attention_backward(const AttentionGradArgs& g, DType act, const void
     dseek::cuda::fill_bytes(g.dv, 0, size_t(a.S * a.Hk * a.dv) * esize);
     return;
   }
-  if (act == DType::BF16 && attention_tc::tc_supported(a) &&
-      reinterpret_cast<uintptr_t>(g.dout) % 16 == 0)
+  if (causal_attention_saves_stats(a, act) && reinterpret_cast<uintptr_t>(g.dout) % 16 == 0)
     return attention_tc::tc_backward(g, out, lse2);
   DSEEK_CHECK(a.Hk <= 65535, "[attention] {} key heads: the kernels take at most 65535", a.Hk);
   const int64_t rows = a.T * (a.H / a.Hk);
