@@ -1,6 +1,7 @@
 // Tensor on CUDA: uploads and downloads, dtype conversion, strided clones and copy_from into views
 // (with broadcasting) give exactly what the CPU gives.
 #include "backend/backend_harness.h"
+#include "core/cuda.h"
 
 namespace dseek::backend_test {
 namespace {
@@ -42,6 +43,36 @@ TEST(BackendOps, TensorCopiesAndConversions) {
   const Tensor back = ids.to(Device::CUDA).to(Device::CPU);
   EXPECT_EQ(std::vector<int32_t>(back.data<int32_t>(), back.data<int32_t>() + 4),
             (std::vector<int32_t>{3, -1, 7, 1 << 30}));
+}
+
+// cuda::Background's misuse is an error, not a race: allocating inside the scope (the memory could
+// go to the main stream while the background still uses it) and waiting for a mark never made.
+// A copy queued in the scope is seen by the main stream once it waits for the scope's mark.
+TEST(BackendOps, BackgroundStreamMisuseIsAnError) {
+  DSEEK_REQUIRE_CUDA();
+  const Tensor src = Tensor::from_vector(std::vector<float>{1, 2, 3, 4}, {4}).to(Device::CUDA);
+  const Tensor dst = Tensor::poisoned({4}, DType::F32, Device::CUDA);
+  uint64_t mark = 0;
+  {
+    cuda::Background bg;
+    try {
+      Tensor::empty({4}, DType::F32, Device::CUDA);
+      FAIL() << "no error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("inside a Background scope"), std::string::npos)
+          << e.what();
+    }
+    dst.copy_from(src);
+    mark = bg.mark();
+  }
+  cuda::wait_background(mark);
+  EXPECT_EQ(dst.to_vector(), (std::vector<float>{1, 2, 3, 4}));
+  try {
+    cuda::wait_background(mark + (uint64_t(1) << 40));  // far past every mark made
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("was never made"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
