@@ -146,7 +146,7 @@ Tensor fp8_gemm(const Fp8Tensor& a, const Fp8Tensor& w, const Tensor* bias, DTyp
                                 w.data.data<uint8_t>(), w.scale.data<float>(), N, bias, y.raw(),
                                 out))
       return y;
-    if (kernel == Fp8GemmKernel::Best && !bias && cuda::fp8_wgmma_takes(K, N)) {
+    if (kernel != Fp8GemmKernel::Plain && !bias && cuda::fp8_wgmma_takes(K, N)) {
       cuda::fp8_gemm_wgmma(a.data.data<uint8_t>(), a.scale.data<float>(), M, K,
                            w.data.data<uint8_t>(), w.scale.data<float>(), N, y.raw(), out);
       return y;

@@ -56,11 +56,11 @@ Fp8Tensor quantize_fp8(const Tensor& x, Fp8Layout layout, bool pow2_scale, std::
 Tensor dequantize_fp8(const Fp8Tensor& q, DType out = DType::F32);
 
 // Which GPU kernel fp8_gemm runs: Best takes cuBLASLt's block-scaled FP8 GEMM on Hopper where it
-// applies (ops/cuda/fp8_cublaslt.cpp: K and N multiples of 128, no bias, ...), else the wgmma
-// kernel of ops/cuda/fp8_wgmma_kernels.cuh on Hopper (K and N multiples of 16, no bias), else
-// the plain kernel; Plain always the plain kernel (the reference the backend tests hold the
-// tensor-core paths to).
-enum class Fp8GemmKernel : uint8_t { Best, Plain };
+// applies (ops/cuda/fp8_cublaslt.cpp: K and N multiples of 128, M of 4, no bias, ...), else the
+// wgmma kernel of ops/cuda/fp8_wgmma_kernels.cuh on Hopper (K and N multiples of 16, no bias),
+// else the plain kernel; Own the same without cuBLASLt; Plain always the plain kernel (the
+// reference the backend tests hold the tensor-core paths to).
+enum class Fp8GemmKernel : uint8_t { Best, Own, Plain };
 
 // y [M, N] = a · wᵀ from a (Tile1x128, [M, K]) and w (Block128x128, [N, K]), plus bias [N] (f32,
 // bf16 or f16) when given. y is f32 on the CPU, `out` (f32 or bf16) on the GPU. On the GPU `into`

@@ -422,21 +422,12 @@ int64_t Fp8WeightCacheScope::quantised() const {
 
 namespace {
 
-// y = qa·qwᵀ in act on the GPU, into `into` when given (contiguous act). cuBLASLt's block-scaled
-// GEMM writes f32 only (fp8_cublaslt.cpp says why), so where it may take the shape (and
-// fp8_dense_cublaslt() allows it) the f32 total is rounded to act after it; elsewhere the kernels
-// round it to act themselves (the same single rounding).
+// y = qa·qwᵀ in act on the GPU, into `into` when given (contiguous act): cuBLASLt's block-scaled
+// GEMM where it takes the shape and fp8_dense_cublaslt() allows it, else the wgmma or plain kernel;
+// every path rounds its f32 total to act once.
 Tensor fp8_gemm_act(const Fp8Tensor& qa, const Fp8Tensor& qw, DType act, Tensor* into = nullptr) {
-  const int64_t M = qa.data.size(0), K = qa.data.size(1), N = qw.data.size(0);
-  const bool cublaslt_shape = M % 4 == 0 && K % kFp8Tile == 0 && N % kFp8Tile == 0;
-  if (act == DType::F32 || !cublaslt_shape || !fp8_dense_cublaslt())
-    return fp8_gemm(qa, qw, nullptr, act, Fp8GemmKernel::Best, into);
-  const Tensor y = fp8_gemm(qa, qw, nullptr, DType::F32);
-  if (!into) return y.to(act);
-#ifdef DSEEK_HAS_CUDA
-  dseek::cuda::convert(y.raw(), DType::F32, into->raw(), act, size_t(y.numel()));
-#endif
-  return *into;
+  return fp8_gemm(qa, qw, nullptr, act,
+                  fp8_dense_cublaslt() ? Fp8GemmKernel::Best : Fp8GemmKernel::Own, into);
 }
 
 }  // namespace

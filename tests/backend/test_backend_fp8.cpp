@@ -287,7 +287,8 @@ TEST(BackendOps, Fp8Gemm) {
 // products of a k32 step, in one direction for terms of one sign, so an element can be off by
 // 32·2^-14 = 2^-9 of its largest term: measured on an H200 up to 1.5·2^-10·Σ_k|a·w| (the wgmma
 // kernel) and 0.9·2^-10 (cuBLASLt). The bound allows 2^-8·Σ_k|a·w| (the plain kernel's f32 error
-// is far below) plus one rounding of the output (bf16: 2^-8 relative). Misplaced scales (a layout
+// is far below) plus the output's rounding: bf16 outputs of `want` and `got`, each rounded once
+// from its own f32 total, can differ by one bf16 ulp (2^-7 relative). Misplaced scales (a layout
 // error) miss by O(1): the operands' rows and blocks differ in scale by up to 2^18. Returns the
 // relative RMS difference (printed).
 [[maybe_unused]] double expect_near_plain(const char* op, const Shape& shape, DType out,
@@ -306,7 +307,7 @@ TEST(BackendOps, Fp8Gemm) {
         abs_sum += std::abs(double(av[size_t(m * K + k)]) * wv[size_t(n * K + k)]);
       const size_t i = size_t(m * N + n);
       const double tol = std::ldexp(abs_sum, -8) +
-                         std::ldexp(std::abs(double(r[i])), out == DType::BF16 ? -8 : -22);
+                         std::ldexp(std::abs(double(r[i])), out == DType::BF16 ? -7 : -22);
       const double d = std::abs(double(g[i]) - r[i]);
       const bool ok = std::isfinite(g[i]) && d <= tol;
       bad += !ok;
@@ -344,8 +345,8 @@ TEST(BackendOps, Fp8GemmCublasLtMatchesPlainKernel) {
       const bool ran = ops::cuda::fp8_gemm_cublaslt(
           qag.data.data<uint8_t>(), qag.scale.data<float>(), M, K, qwg.data.data<uint8_t>(),
           qwg.scale.data<float>(), N, nullptr, got.raw(), out);
-      // f32 output and M a multiple of 4 only (fp8_cublaslt.cpp says why).
-      const bool eligible = N % 128 == 0 && M % 4 == 0 && out == DType::F32;
+      // M a multiple of 4 only (fp8_cublaslt.cpp says why).
+      const bool eligible = N % 128 == 0 && M % 4 == 0;
       std::printf("[backend] fp8_gemm cuBLASLt %-22s %-4s %s\n", describe_shape({M, K, N}).c_str(),
                   std::string(dtype_name(out)).c_str(),
                   ran ? "ran" : (eligible ? "REFUSED (plain kernel runs)" : "refused, as it must"));
