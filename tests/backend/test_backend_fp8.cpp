@@ -330,9 +330,10 @@ TEST(BackendOps, Fp8GemmCublasLtMatchesPlainKernel) {
 #ifdef DSEEK_HAS_CUDA  // calls the raw CUDA entry point, which a CPU-only build does not have
   std::mt19937 rng(55);
   const bool hopper = cuda::describe().find("sm_90") != std::string::npos;
-  const std::vector<std::array<int64_t, 3>> shapes = {{1, 128, 128},     {5, 512, 256},
-                                                      {64, 1024, 512},   {130, 2048, 384},
-                                                      {257, 7168, 1024}, {8, 512, 576}};
+  // M multiples of 4 (taken) beside ones that are not (refused), V3's widths among them.
+  const std::vector<std::array<int64_t, 3>> shapes = {
+      {1, 128, 128}, {5, 512, 256}, {64, 1024, 512},   {130, 2048, 384},  {257, 7168, 1024},
+      {8, 512, 576}, {4, 128, 256}, {256, 7168, 1536}, {132, 2048, 1024}, {1024, 1536, 3072}};
   for (DType out : kActDtypes)
     for (auto [M, K, N] : shapes) {
       const Fp8Tensor qa = ops::quantize_fp8(rand({M, K}, rng), Fp8Layout::Tile1x128, false, "a");
