@@ -332,7 +332,7 @@ int main(int argc, char** argv) {
         const auto a = Clock::now();
         {
           // As the trainer accumulates: the FP8 weights quantised once for the M passes.
-          ops::Fp8WeightCacheScope fp8_weights;
+          ops::Fp8WeightCacheScope fp8_weights(&params.fp8_images());
           last_loss = 0;
           for (int64_t m = 0; m < M; ++m)
             last_loss += model

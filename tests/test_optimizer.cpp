@@ -17,6 +17,7 @@
 #include "core/cuda.h"
 #include "core/error.h"
 #include "ops/adamw.h"
+#include "ops/fp8.h"
 #include "train/optimizer.h"
 
 using namespace dseek;
@@ -347,6 +348,87 @@ TEST(Optimizer, StepAsyncOnTheCpuIsStepThenZeroGrad) {
   EXPECT_TRUE(b.at("model.embed_tokens.weight").grad_stale);
   EXPECT_FALSE(b.at("model.layers.0.mlp.up_proj.weight").grad_stale);
   EXPECT_EQ(opt_b.step_count(), 3);
+}
+
+// The CPU side of the step with FP8 images (ops/adamw.h's AdamWImage; the GPU kernel is compared
+// with it in tests/backend/test_backend_optim.cpp): the masters and moments of the plain step bit
+// for bit, and images — written into poisoned buffers — that are quantize_fp8's 128×128 blocks of
+// the new masters (partial blocks at the edges), Wᵀ's codes and scales the same transposed. The
+// images' checks name the tensor at fault; a NaN master is an error naming it.
+TEST(Optimizer, AdamWImagesAreTheNewMastersBlocks) {
+  std::mt19937 rng(81);
+  const std::vector<Shape> shapes = {{132, 200}, {4, 8}, {37}};
+  std::vector<Tensor> v1, v2, g, m1, m2, s1, s2;
+  std::vector<ops::AdamWImage> images;
+  for (const Shape& sh : shapes) {
+    int64_t n = 1;
+    for (int64_t d : sh) n *= d;
+    const Tensor start = Tensor::from_vector(random_values(size_t(n), rng), sh);
+    v1.push_back(start.clone());
+    v2.push_back(start.clone());
+    g.push_back(Tensor::from_vector(random_values(size_t(n), rng), sh));
+    for (auto* list : {&m1, &m2, &s1, &s2}) list->push_back(Tensor::zeros(sh));
+    ops::AdamWImage im;
+    if (sh.size() == 2) {
+      const int64_t R = sh[0], C = sh[1], RB = (R + 127) / 128, CB = (C + 127) / 128;
+      im = {Tensor::poisoned({R, C}, DType::F8_E4M3), Tensor::poisoned({RB, CB}),
+            Tensor::poisoned({C, R}, DType::F8_E4M3), Tensor::poisoned({CB, RB})};
+    }
+    images.push_back(im);
+  }
+  const std::vector<uint8_t> decay = {1, 0, 1};
+  const ops::AdamWTensors plain = ops::adamw_tensors(v1, g, m1, s1, decay);
+  const ops::AdamWTensors with = ops::adamw_tensors(v2, g, m2, s2, decay, {}, images, Tensor());
+  for (int64_t t = 1; t <= 2; ++t) {
+    const ops::AdamWStep s = ops::adamw_step_scalars(0.9, 0.95, 1e-8, 0.1, 1e-2, t);
+    ops::adamw_step(plain, s, 0.5f);
+    ops::adamw_step(with, s, 0.5f);
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      EXPECT_EQ(v2[i].to_vector(), v1[i].to_vector()) << i;
+      EXPECT_EQ(m2[i].to_vector(), m1[i].to_vector()) << i;
+      if (shapes[i].size() != 2) continue;
+      const ops::Fp8Tensor want =
+          ops::quantize_fp8(v2[i], ops::Fp8Layout::Block128x128, false, "w");
+      const ops::AdamWImage& im = images[i];
+      EXPECT_EQ(0, std::memcmp(im.q.raw(), want.data.raw(), want.data.nbytes())) << i;
+      EXPECT_EQ(im.scale.to_vector(), want.scale.to_vector()) << i;
+      EXPECT_EQ(im.scale_t.to_vector(), want.scale.transpose(0, 1).contiguous().to_vector()) << i;
+      const int64_t R = shapes[i][0], C = shapes[i][1];
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t c = 0; c < C; ++c)
+          ASSERT_EQ(im.q_t.data<uint8_t>()[c * R + r], want.data.data<uint8_t>()[r * C + c]);
+    }
+  }
+  auto error_of = [](const std::function<void()>& f) -> std::string {
+    try {
+      f();
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  // Wrong image layouts and images of a vector are errors naming the tensor.
+  ops::AdamWImage bad = images[0];
+  bad.scale = Tensor::zeros({1, 1});
+  std::vector<ops::AdamWImage> bad_images = images;
+  bad_images[0] = bad;
+  EXPECT_NE(error_of([&] {
+              ops::adamw_tensors(v2, g, m2, s2, decay, {}, bad_images, Tensor());
+            }).find("tensor 0: image scales must be contiguous f32 [2, 2]"),
+            std::string::npos);
+  bad_images = images;
+  bad_images[2] = images[0];
+  EXPECT_NE(error_of([&] {
+              ops::adamw_tensors(v2, g, m2, s2, decay, {}, bad_images, Tensor());
+            }).find("tensor 2: an FP8 image needs a matrix"),
+            std::string::npos);
+  // A NaN master with an image: an error naming it; its image is not written.
+  std::vector<float> host = v2[0].to_vector();
+  host[7] = std::nanf("");
+  std::memcpy(v2[0].raw(), host.data(), host.size() * sizeof(float));
+  const std::string e = error_of(
+      [&] { ops::adamw_step(with, ops::adamw_step_scalars(0.9, 0.95, 1e-8, 0.1, 1e-2, 3), 0.5f); });
+  EXPECT_NE(e.find("tensor 0 [132, 200]: element 7 is NaN or Inf"), std::string::npos) << e;
 }
 
 TEST(Optimizer, ClipGradNormLargeParamDoubleAccumulation) {

@@ -6,6 +6,7 @@
 #include "core/cuda.h"
 #include "core/error.h"
 #include "ops/cpu/adamw_cpu.h"
+#include "ops/cpu/fp8_cpu.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/device.h"
 
@@ -88,7 +89,47 @@ AdamWStep adamw_step_scalars(double beta1, double beta2, double eps, double weig
 AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads,
                            std::vector<Tensor> exp_avgs, std::vector<Tensor> exp_avg_sqs,
                            std::vector<uint8_t> decay, std::vector<Tensor> computes) {
+  return adamw_tensors(std::move(values), std::move(grads), std::move(exp_avgs),
+                       std::move(exp_avg_sqs), std::move(decay), std::move(computes), {}, {});
+}
+
+namespace {
+
+// images[i] against value i (the layouts AdamWImage names), on `device`.
+void check_image(const AdamWImage& im, const Tensor& value, const Tensor& compute, size_t i) {
+  DSEEK_CHECK(value.dim() == 2 && value.size(0) % 4 == 0 && value.size(1) % 4 == 0,
+              "[adamw] tensor {}: an FP8 image needs a matrix with rows and columns multiples of "
+              "4, got {}",
+              i, shape_str(value.shape()));
+  DSEEK_CHECK(!compute.defined(), "[adamw] tensor {}: an FP8 image and a compute copy", i);
+  const int64_t R = value.size(0), C = value.size(1), RB = (R + 127) / 128, CB = (C + 127) / 128;
+  auto check = [&](const Tensor& t, const char* what, DType dtype, const Shape& shape) {
+    DSEEK_CHECK(t.defined() && t.dtype() == dtype && t.shape() == shape && t.is_contiguous() &&
+                    t.device() == value.device(),
+                "[adamw] tensor {}: image {} must be contiguous {} {} on {}, got {}", i, what,
+                dtype_name(dtype), shape_str(shape), device_name(value.device()),
+                t.defined() ? std::string(dtype_name(t.dtype())) + " " + shape_str(t.shape()) +
+                                  " on " + std::string(device_name(t.device()))
+                            : std::string("undefined"));
+  };
+  check(im.q, "codes", DType::F8_E4M3, {R, C});
+  check(im.scale, "scales", DType::F32, {RB, CB});
+  if (im.q_t.defined()) {
+    check(im.q_t, "transposed codes", DType::F8_E4M3, {C, R});
+    check(im.scale_t, "transposed scales", DType::F32, {CB, RB});
+  }
+}
+
+}  // namespace
+
+AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads,
+                           std::vector<Tensor> exp_avgs, std::vector<Tensor> exp_avg_sqs,
+                           std::vector<uint8_t> decay, std::vector<Tensor> computes,
+                           std::vector<AdamWImage> images, Tensor bad) {
   const size_t n = values.size();
+  DSEEK_CHECK(images.empty() || images.size() == n,
+              "[adamw] {} values and {} FP8 images: one each, or none", n, images.size());
+  if (images.empty()) images.resize(n);
   DSEEK_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n &&
                   decay.size() == n && (computes.empty() || computes.size() == n),
               "[adamw] {} values, {} grads, {} exp_avgs, {} exp_avg_sqs, {} decay flags, {} "
@@ -126,11 +167,51 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
       op_device("adamw", {&values[i], &computes[i]});
     }
   }
+  bool any_image = false;
+  for (size_t i = 0; i < n; ++i)
+    if (images[i].q.defined()) {
+      check_image(images[i], values[i], computes[i], i);
+      any_image = true;
+    }
+  if (any_image && t.device == Device::CUDA)
+    DSEEK_CHECK(bad.defined() && bad.dtype() == DType::I32 && bad.numel() == 1 && bad.is_cuda(),
+                "[adamw] FP8 images on the GPU need a device i32 flag for non-finite values");
   if (t.device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
+    std::vector<cuda::AdamWImageEntry> with_image;
+    for (size_t i = 0; i < n; ++i) {
+      const AdamWImage& im = images[i];
+      if (!im.q.defined() || values[i].numel() == 0) continue;
+      const int64_t R = values[i].size(0), C = values[i].size(1);
+      const auto aligned = [](const Tensor& x, uintptr_t a) {
+        return reinterpret_cast<uintptr_t>(x.raw()) % a == 0;
+      };
+      DSEEK_CHECK(aligned(values[i], 16) && aligned(grads[i], 16) &&
+                      aligned(exp_avgs[i], t.moments == DType::BF16 ? 8 : 16) &&
+                      aligned(exp_avg_sqs[i], t.moments == DType::BF16 ? 8 : 16) &&
+                      aligned(im.q, 4) && (!im.q_t.defined() || aligned(im.q_t, 4)),
+                  "[adamw] tensor {}: an FP8 image's update needs 16-byte aligned values and "
+                  "gradients (8 for bf16 moments) and 4-byte aligned codes",
+                  i);
+      with_image.push_back(
+          {values[i].data<float>(), grads[i].data<float>(), static_cast<float*>(exp_avgs[i].raw()),
+           static_cast<float*>(exp_avg_sqs[i].raw()), im.q.data<uint8_t>(), im.scale.data<float>(),
+           im.q_t.defined() ? im.q_t.data<uint8_t>() : nullptr,
+           im.q_t.defined() ? im.scale_t.data<float>() : nullptr, R, C, t.image_tiles,
+           decay[i] ? 1 : 0});
+      t.image_tiles += ((R + 127) / 128) * ((C + 127) / 128);
+    }
+    if (!with_image.empty()) {
+      static_assert(sizeof(cuda::AdamWImageEntry) % sizeof(int64_t) == 0);
+      t.image_entries = int64_t(with_image.size());
+      t.image_table = Tensor::empty({t.image_entries * int64_t(sizeof(cuda::AdamWImageEntry) / 8)},
+                                    DType::I64, Device::CUDA);
+      dseek::cuda::copy_to_device(t.image_table.raw(), with_image.data(),
+                                  with_image.size() * sizeof(cuda::AdamWImageEntry));
+    }
     std::vector<cuda::MultiTensorEntry> host;
     for (size_t i = 0; i < n; ++i)
-      if (values[i].numel() > 0)
+      if (values[i].numel() > 0 && !images[i].q.defined())
         host.push_back(
             {values[i].data<float>(), grads[i].data<float>(),
              static_cast<float*>(exp_avgs[i].raw()),  // bf16 moments: read as such (t.moments)
@@ -150,6 +231,8 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
   t.exp_avg_sqs = std::move(exp_avg_sqs);
   t.decay = std::move(decay);
   t.computes = std::move(computes);
+  t.images = std::move(images);
+  t.bad = std::move(bad);
   return t;
 }
 
@@ -167,6 +250,10 @@ void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale, boo
                                      grad_scale};
     cuda::adamw_multi_tensor(entries_of(t.table), t.entries, t.chunks, scalars,
                              t.moments == DType::BF16, short_blocks);
+    if (t.image_entries > 0)
+      cuda::adamw_image_multi_tensor(static_cast<const cuda::AdamWImageEntry*>(t.image_table.raw()),
+                                     t.image_entries, t.image_tiles, scalars,
+                                     t.moments == DType::BF16, t.bad.data<int32_t>());
     return;
 #else
     (void)short_blocks;
@@ -187,6 +274,27 @@ void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale, boo
     if (t.computes[i].defined() && t.computes[i].numel() > 0) {
       const Tensor rounded = t.values[i].to(DType::BF16);
       std::memcpy(t.computes[i].raw(), rounded.raw(), rounded.nbytes());
+    }
+    const AdamWImage& im = t.images.empty() ? AdamWImage{} : t.images[i];
+    if (im.q.defined() && t.values[i].numel() > 0) {
+      const int64_t R = t.values[i].size(0), C = t.values[i].size(1);
+      const int64_t bad = cpu::quantize_fp8(t.values[i].data<float>(), R, C, 128, false,
+                                            im.q.data<uint8_t>(), im.scale.data<float>());
+      DSEEK_CHECK(bad < 0,
+                  "[adamw] tensor {} [{}, {}]: element {} is NaN or Inf after the update "
+                  "(its FP8 image is not written)",
+                  i, R, C, bad);
+      if (im.q_t.defined()) {  // Wᵀ's blocks: W's codes transposed, the scales too
+        const uint8_t* q = im.q.data<uint8_t>();
+        uint8_t* qt = im.q_t.data<uint8_t>();
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t c = 0; c < C; ++c) qt[c * R + r] = q[r * C + c];
+        const int64_t RB = im.scale.size(0), CB = im.scale.size(1);
+        const float* sc = im.scale.data<float>();
+        float* st = im.scale_t.data<float>();
+        for (int64_t a = 0; a < RB; ++a)
+          for (int64_t b = 0; b < CB; ++b) st[b * RB + a] = sc[a * CB + b];
+      }
     }
   }
 }

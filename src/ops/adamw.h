@@ -47,6 +47,16 @@ struct AdamWStep {
 AdamWStep adamw_step_scalars(double beta1, double beta2, double eps, double weight_decay, double lr,
                              int64_t t);
 
+// A matrix's FP8 image that the step writes beside its update: the 128×128 blocks of the new
+// master (ops/fp8_train.h, pow2 off; the bits quantize_fp8 would give): codes q F8 [rows, cols]
+// and scale F32 [⌈rows/128⌉, ⌈cols/128⌉], and where q_t is defined Wᵀ's, q_t [cols, rows] and
+// scale_t [⌈cols/128⌉, ⌈rows/128⌉], all contiguous on the value's device. For FP8 training, the
+// next forward then multiplies the image instead of quantising the master again (a read of 4
+// bytes a parameter and a write of 2 less a step; the update writes the 2 bytes of codes). The
+// value must be 2-D with rows and cols multiples of 4 and no compute copy.
+struct AdamWImage {
+  Tensor q, scale, q_t, scale_t;
+};
 // The tensors one AdamW step updates, checked once and kept with the table of their addresses that
 // the GPU kernel reads (one launch for all of them). values, grads: f32 contiguous; exp_avgs,
 // exp_avg_sqs: contiguous, all f32 or all bf16 (the moments' dtype: bf16 halves their memory and
@@ -58,14 +68,26 @@ AdamWStep adamw_step_scalars(double beta1, double beta2, double eps, double weig
 struct AdamWTensors {
   std::vector<Tensor> values, grads, exp_avgs, exp_avg_sqs, computes;
   std::vector<uint8_t> decay;  // per tensor: decoupled weight decay applies
-  Tensor table;                // GPU: cuda::MultiTensorEntry per non-empty tensor (as i64 words)
-  int64_t entries = 0, chunks = 0;
+  std::vector<AdamWImage> images;  // per tensor, or empty (see below)
+  Tensor bad;                      // the images' non-finite flag (device i32), or undefined
+  // GPU: cuda::MultiTensorEntry per non-empty tensor without an image, cuda::AdamWImageEntry per
+  // one with (as i64 words).
+  Tensor table, image_table;
+  int64_t entries = 0, chunks = 0, image_entries = 0, image_tiles = 0;
   Device device = Device::CPU;
   DType moments = DType::F32;
 };
 AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads,
                            std::vector<Tensor> exp_avgs, std::vector<Tensor> exp_avg_sqs,
                            std::vector<uint8_t> decay, std::vector<Tensor> computes = {});
+
+// adamw_tensors with images: images[i] is tensor i's (q undefined: none). `bad`: a device i32
+// that the GPU step sets when an updated value with an image is NaN or Inf (that tile's codes are
+// then not written); the CPU step throws naming the tensor instead.
+AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads,
+                           std::vector<Tensor> exp_avgs, std::vector<Tensor> exp_avg_sqs,
+                           std::vector<uint8_t> decay, std::vector<Tensor> computes,
+                           std::vector<AdamWImage> images, Tensor bad);
 // One step of every tensor of `t` (values, moments and compute copies updated in place, grads read
 // and multiplied by grad_scale).
 // `short_blocks` (GPU): one chunk a block, so that the blocks of a launch on a low-priority stream

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -350,6 +351,8 @@ struct Fp8WeightCacheScope::Entries {
   // The experts' blocks by their matrices' addresses, the matrices kept alive beside them.
   std::map<std::vector<const void*>, std::pair<std::vector<Tensor>, Fp8ExpertWeights>> by_experts;
   int64_t quantised = 0;
+  Fp8WeightImages* images = nullptr;  // the outermost scope's (see the constructor)
+  bool unchecked_images = false;      // images taken whose update's NaN flag is not read yet
 };
 
 namespace {
@@ -405,15 +408,69 @@ void set_fp8_dense_cublaslt(bool on) {
   g_dense_cublaslt.store(on ? 1 : 0);
 }
 
-Fp8WeightCacheScope::Fp8WeightCacheScope() {
-  if (!active_weight_cache) {
-    entries_ = std::make_unique<Entries>();
-    active_weight_cache = entries_.get();
+Fp8WeightCacheScope::Fp8WeightCacheScope(Fp8WeightImages* images) {
+  if (active_weight_cache) return;
+  entries_ = std::make_unique<Entries>();
+  active_weight_cache = entries_.get();
+  entries_->images = images;
+  if (!images) return;
+  for (Fp8WeightImages::Image& im : images->images) {
+    if (!im.current) continue;
+    im.current = false;  // taken: the next update makes it current again
+    if (im.masters.size() == 1 && im.blocks.experts == 1)
+      entries_->by_weight[im.masters[0].raw()] = {im.masters[0], im.blocks};
+    std::vector<const void*> key;
+    for (const Tensor& m : im.masters) key.push_back(m.raw());
+    entries_->by_experts[key] = {im.masters, im.blocks};
+    entries_->unchecked_images = true;
   }
 }
 
 Fp8WeightCacheScope::~Fp8WeightCacheScope() {
-  if (entries_) active_weight_cache = nullptr;
+  if (!entries_) return;
+  active_weight_cache = nullptr;
+  Fp8WeightImages* images = entries_->images;
+  if (!images) return;
+  // Keep the f32 GPU matrices' blocks (W's and Wᵀ's): what the optimizer can rewrite.
+  std::vector<Fp8WeightImages::Image> kept;
+  const auto keepable = [](const std::vector<Tensor>& masters, const Fp8ExpertWeights& q) {
+    if (!q.data.defined() || !q.data_t.defined() || q.rows % 4 != 0 || q.cols % 4 != 0 ||
+        q.experts != int64_t(masters.size()))
+      return false;
+    for (const Tensor& m : masters)
+      if (!m.is_cuda() || m.dtype() != DType::F32 || !m.is_contiguous()) return false;
+    return true;
+  };
+  std::set<const void*> seen;  // a dense weight is in both maps when it came from an image
+  for (const auto& [key, entry] : entries_->by_experts)
+    if (keepable(entry.first, entry.second)) {
+      kept.push_back({entry.first, entry.second, false});
+      if (entry.first.size() == 1) seen.insert(entry.first[0].raw());
+    }
+  for (const auto& [key, entry] : entries_->by_weight)
+    if (!seen.count(key) && keepable({entry.first}, entry.second))
+      kept.push_back({{entry.first}, entry.second, false});
+  bool same = kept.size() == images->images.size();
+  for (size_t i = 0; same && i < kept.size(); ++i)
+    same = kept[i].blocks.data.raw() == images->images[i].blocks.data.raw();
+  if (!same) ++images->version;
+  images->images = std::move(kept);
+  if (!images->images.empty() && !images->bad.defined())
+    images->bad = Tensor::zeros({1}, DType::I32, Device::CUDA);
+}
+
+void check_fp8_image_updates() {
+  Fp8WeightCacheScope::Entries* cache = active_weight_cache;
+  if (!cache || !cache->unchecked_images) return;
+  cache->unchecked_images = false;
+#ifdef DSEEK_HAS_CUDA
+  if (!cache->images || !cache->images->bad.defined()) return;
+  Fp8NanCheck nan(
+      "[adamw] an update left NaN or Inf in an FP8-trained weight (its FP8 image, "
+      "which this step multiplied, was not written)");
+  dseek::cuda::copy_on_device(nan.flag(), cache->images->bad.raw(), sizeof(int));
+  nan.done();
+#endif
 }
 
 int64_t Fp8WeightCacheScope::quantised() const {

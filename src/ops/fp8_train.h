@@ -79,9 +79,14 @@ Fp8ColTiles quantize_fp8_cols_transposed(const Fp8Tensor& x_rows, const Tensor& 
 // and are per thread; without one every call quantises its own. The trainer holds one over the
 // micro-batches of a step (train.grad_accum), so the weights are quantised once a step, not once a
 // micro-batch, as DeepSeek-V3 casts its weights once for all of a step's micro-batches.
+//
+// Given `images` (a ParamSet's, see Fp8WeightImages), the outermost scope starts from the images
+// that are current (the optimizer rewrote them with the masters) and, as it ends, keeps what it
+// quantised there (f32 matrices on the GPU, W's and Wᵀ's blocks) for the optimizer to rewrite.
+struct Fp8WeightImages;
 class Fp8WeightCacheScope {
  public:
-  Fp8WeightCacheScope();
+  explicit Fp8WeightCacheScope(Fp8WeightImages* images = nullptr);
   ~Fp8WeightCacheScope();
   Fp8WeightCacheScope(const Fp8WeightCacheScope&) = delete;
   Fp8WeightCacheScope& operator=(const Fp8WeightCacheScope&) = delete;
@@ -93,10 +98,15 @@ class Fp8WeightCacheScope {
   std::unique_ptr<Entries> entries_;  // null for a scope nested in another
 };
 
+// Reads the NaN/Inf flag of the updates that wrote the images the active scope took (deferred
+// inside a DeferredFp8Checks scope, ops/fp8_nan_check.h): a master an update left non-finite is
+// the error quantising it would have raised. Call once the stream has waited for those updates
+// (TrainModel::run: at its end, after ParamSet::await_all). A no-op without such images.
+void check_fp8_image_updates();
+
 // Whether the dense FP8 forward and dgrad with bf16 activations take cuBLASLt's block-scaled GEMM
-// (f32 output, then rounded to bf16 by a second pass) where it applies; off, they take the wgmma
-// kernels, which write bf16 themselves (the same single rounding of a differently summed total).
-// On by default; DSEEK_FP8_CUBLASLT=0 turns it off.
+// where it applies (bf16 straight from it); off, they take the wgmma kernels. Both round the
+// f32 total once. On by default; DSEEK_FP8_CUBLASLT=0 turns it off.
 bool fp8_dense_cublaslt();
 void set_fp8_dense_cublaslt(bool on);
 
@@ -155,6 +165,28 @@ struct Fp8ExpertWeights {
   Tensor data, scale;      // W's blocks: F8 [E, out, in], F32 [E, ⌈out/128⌉, ⌈in/128⌉]
   Tensor data_t, scale_t;  // Wᵀ's (GPU): F8 [E, in, out], F32 [E, ⌈in/128⌉, ⌈out/128⌉]
 };
+
+// The FP8 images of a model's weights, kept from one training step to the next: the blocks of
+// each dense FP8 weight and of each layer's experts (f32 masters on the GPU), which the optimizer
+// rewrites from the new masters as it updates them (ops::AdamWImage, AdamW's step), so that the
+// next step's forward multiplies them instead of quantising every master again. An image is
+// `current` from the update that rewrote it until the next Fp8WeightCacheScope takes it; any other
+// write of a master in between must drop the images (ParamSet::drop_fp8_images does).
+struct Fp8WeightImages {
+  struct Image {
+    std::vector<Tensor> masters;  // the f32 matrices, in the blocks' order (kept alive)
+    Fp8ExpertWeights blocks;      // W's and Wᵀ's blocks, [E, ...]
+    bool current = false;
+  };
+  std::vector<Image> images;
+  uint64_t version = 0;  // changes when `images` holds other buffers (the optimizer's tables)
+  Tensor bad;            // device i32: an update left a NaN or Inf in a master with an image
+  void drop() {
+    if (!images.empty()) ++version;
+    images.clear();
+  }
+};
+
 // w: the experts' f32 (or bf16) matrices, contiguous [out, in]. NaN/Inf is an error naming them
 // as `name` (e.g. "model.layers.1.mlp.experts.*.gate_proj.weight").
 Fp8ExpertWeights quantize_fp8_expert_weights(const ExpertMatrices& w,

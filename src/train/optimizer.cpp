@@ -1,6 +1,7 @@
 #include "train/optimizer.h"
 
 #include <cmath>
+#include <cstdlib>
 
 #include "core/cuda.h"
 #include "core/error.h"
@@ -80,6 +81,7 @@ std::string update_group(const std::string& name) {
 // Whether groups_ still name every trainable parameter's current value, grad and moments (a
 // ParamSet::to or a replaced tensor gives them new storage).
 bool AdamW::groups_current() const {
+  if (images_version_ != params_->fp8_images().version) return false;
   const std::deque<Param>& all = params_->all_in_flight();
   size_t trainable = 0, listed = 0;
   for (const Param& p : all) trainable += p.trainable ? 1 : 0;
@@ -103,6 +105,25 @@ bool AdamW::groups_current() const {
 
 void AdamW::build_groups() {
   groups_.clear();
+  // The FP8 images by master address: expert e's slices of an image's blocks.
+  ops::Fp8WeightImages& fp8 = params_->fp8_images();
+  images_version_ = fp8.version;
+  std::map<const void*, std::pair<size_t, ops::AdamWImage>> image_of;
+  static const bool images_on = [] {  // DSEEK_FP8_IMAGES=0: the update writes no images
+    const char* env = std::getenv("DSEEK_FP8_IMAGES");
+    return !(env && std::string(env) == "0");
+  }();
+  for (size_t i = 0; images_on && i < fp8.images.size(); ++i) {
+    const ops::Fp8ExpertWeights& b = fp8.images[i].blocks;
+    for (int64_t e = 0; e < b.experts; ++e) {
+      const auto slice = [e](const Tensor& t) {
+        return t.slice(0, e, e + 1).reshape({t.size(1), t.size(2)});
+      };
+      image_of[fp8.images[i].masters[size_t(e)].raw()] = {
+          i, {slice(b.data), slice(b.scale), slice(b.data_t), slice(b.scale_t)}};
+    }
+  }
+  std::vector<int64_t> covered(fp8.images.size(), 0);
   std::vector<std::string> keys;
   std::vector<std::vector<size_t>> members;
   size_t i = 0;
@@ -123,6 +144,7 @@ void AdamW::build_groups() {
   for (std::vector<size_t>& m : members) {
     std::vector<Tensor> values, grads, ms, vs, computes;
     std::vector<uint8_t> decay;
+    std::vector<ops::AdamWImage> images;
     for (size_t index : m) {
       const Param& p = params_->all_in_flight()[index];
       values.push_back(p.value);
@@ -131,11 +153,25 @@ void AdamW::build_groups() {
       vs.push_back(exp_avg_sq_[index]);
       decay.push_back(p.decay ? 1 : 0);
       computes.push_back(p.compute);
+      const auto it = image_of.find(p.value.raw());
+      const bool with_image = it != image_of.end() && !p.compute.defined() && p.value.is_cuda();
+      images.push_back(with_image ? it->second.second : ops::AdamWImage{});
+      if (with_image) ++covered[it->second.first];
     }
-    groups_.push_back({ops::adamw_tensors(std::move(values), std::move(grads), std::move(ms),
-                                          std::move(vs), std::move(decay), std::move(computes)),
-                       std::move(m)});
+    groups_.push_back(
+        {ops::adamw_tensors(std::move(values), std::move(grads), std::move(ms), std::move(vs),
+                            std::move(decay), std::move(computes), std::move(images), fp8.bad),
+         std::move(m)});
   }
+  image_covered_.assign(fp8.images.size(), 0);
+  for (size_t i = 0; i < fp8.images.size(); ++i)
+    image_covered_[i] = covered[i] == fp8.images[i].blocks.experts ? 1 : 0;
+}
+
+void AdamW::mark_images_current() {
+  ops::Fp8WeightImages& fp8 = params_->fp8_images();
+  for (size_t i = 0; i < fp8.images.size(); ++i)
+    fp8.images[i].current = i < image_covered_.size() && image_covered_[i] != 0;
 }
 
 void AdamW::check_step(double lr) const {
@@ -152,6 +188,7 @@ void AdamW::step(double lr, float grad_scale) {
   ++step_count_;
   const AdamWStep s = adamw_step_scalars(config_, lr, step_count_);
   for (const Group& g : groups_) ops::adamw_step(g.tensors, s, grad_scale);
+  mark_images_current();
 }
 
 void AdamW::step_async(double lr, float grad_scale, bool defer_overwritten) {
@@ -182,6 +219,7 @@ void AdamW::step_async(double lr, float grad_scale, bool defer_overwritten) {
     last_mark_ = background.mark();
     for (size_t index : g.params) params_->set_pending(index, last_mark_);
   }
+  mark_images_current();
 }
 
 AdamWStep adamw_step_scalars(const AdamWConfig& config, double lr, int64_t step) {

@@ -46,7 +46,10 @@ class AdamW {
   // devices (AdamW::to after ParamSet::to fixes that).
   // grad_scale multiplies every gradient as it is read (clip_factor's result: clipping without a
   // pass over the gradients). The bf16 compute copies of the updated parameters are re-rounded
-  // from their new values in the same pass, so no ParamSet::refresh_compute is needed after it.
+  // from their new values in the same pass, so no ParamSet::refresh_compute is needed after it,
+  // and on the GPU the FP8 linears' weight images the ParamSet keeps (ParamSet::fp8_images) are
+  // rewritten from them too (ops::AdamWImage), so the next forward does not quantise the masters.
+  // (Both step and step_async.)
   void step(double lr, float grad_scale = 1.0f);
   // The same update followed by params.zero_grad(defer_overwritten), queued on the GPU's
   // background stream (cuda::Background) one layer at a time, so that the next step's forward
@@ -83,6 +86,11 @@ class AdamW {
     std::vector<size_t> params;  // indices into the ParamSet
   };
   std::vector<Group> groups_;
+  // The ParamSet's FP8 images the groups write (Fp8WeightImages::version when built), and per
+  // image whether the groups cover all its masters (then the update makes it current).
+  uint64_t images_version_ = 0;
+  std::vector<uint8_t> image_covered_;
+  void mark_images_current();
   uint64_t last_mark_ = 0;  // the last step_async's end on the background stream
   bool groups_current() const;
   void build_groups();

@@ -74,6 +74,7 @@ void ParamSet::await_all() const {
 void ParamSet::to(Device device) {
   if (device == Device::CUDA) cuda::require("ParamSet::to(cuda)");
   await_all();
+  drop_fp8_images();  // they name the old storage
   for (Param& p : params_) {
     p.value = p.value.to(device);
     if (p.grad.defined()) p.grad = p.grad.to(device);

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "ops/fp8_train.h"
 
 namespace dseek::train {
 
@@ -110,6 +111,13 @@ class ParamSet {
   // Parameters without waiting, for the optimizer queueing the updates themselves.
   std::deque<Param>& all_in_flight() { return params_; }
 
+  // The FP8 linears' weight images kept between steps (ops::Fp8WeightImages): TrainModel::run's
+  // scope keeps them, AdamW rewrites them as it updates the masters, the next run takes them.
+  // Whoever writes a master otherwise (a checkpoint's values, a test) must drop them first; to()
+  // drops them.
+  ops::Fp8WeightImages& fp8_images() { return fp8_images_; }
+  void drop_fp8_images() { fp8_images_.drop(); }
+
  private:
   void await(size_t index) const;
   mutable std::vector<uint64_t> pending_;  // per parameter: its update's mark, 0 when none
@@ -120,6 +128,7 @@ class ParamSet {
   DType compute_dtype_ = DType::F32;
   Device device_ = Device::CPU;
   bool fp8_input_cache_ = true;
+  ops::Fp8WeightImages fp8_images_;
 };
 
 // Writes the zeros zero_grad(true) deferred, if p's grad is stale (then no longer).

@@ -431,7 +431,7 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
   // synchronisation each (ops/fp8_nan_check.h).
   ops::DeferredFp8Checks fp8_checks;
   // The weights do not change until the optimizer step: the FP8 linears quantise each once.
-  ops::Fp8WeightCacheScope fp8_weights;
+  ops::Fp8WeightCacheScope fp8_weights(&params_.fp8_images());
   const int64_t L = config_.num_hidden_layers;
   // Forward: embedding, main blocks, head (+ MTP); a pipeline stage runs a part of this.
   std::vector<BlockCache> blocks;
@@ -443,6 +443,8 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
   add_mtp_stats(hc, out);
   out.total += out.aux;
   if (!backward) {
+    params_.await_all();  // (the stream waits; the forward has waited for most of it already)
+    ops::check_fp8_image_updates();
     fp8_checks.check();
     return out;
   }
@@ -453,6 +455,8 @@ SequenceLosses TrainModel::run(const std::vector<int32_t>& inputs,
   // Gradients zero_grad(true) left to writers that did not run (an expert-parallel rank without
   // rows for its experts) are zeros from here on, for every reader.
   params_.settle_grads();
+  params_.await_all();  // (the stream waits; the forward has waited for most of it already)
+  ops::check_fp8_image_updates();
   fp8_checks.check();
   return out;
 }

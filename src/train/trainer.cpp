@@ -450,6 +450,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     const CheckpointData ck = load_checkpoint(latest);
     std::map<std::string, const Tensor*> by_name;
     for (const auto& [name, t] : ck.model) by_name[name] = &t;
+    params.drop_fp8_images();  // the masters change below
     for (Param& p : params.all()) {
       auto it = by_name.find(p.name);
       DSEEK_CHECK(it != by_name.end(), "[train] {}: checkpoint lacks tensor '{}'", latest, p.name);
@@ -719,7 +720,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     // FP8 projections: their weights quantised once for all the step's micro-batches (no weight
     // changes before the optimizer step below).
     std::optional<ops::Fp8WeightCacheScope> fp8_weights;
-    if (!stage) fp8_weights.emplace();
+    if (!stage) fp8_weights.emplace(&params.fp8_images());
     for (int64_t a = 0; a < (stage ? 0 : cfg.grad_accum); ++a) {
       const MicroBatch batch = batches.next(group.rank() * B_local, B_local);
       if (dp && a + 1 == cfg.grad_accum) {

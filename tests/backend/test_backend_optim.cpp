@@ -21,6 +21,7 @@
 #include "dist/nccl_process_group.h"
 #include "dist/process_group.h"
 #include "ops/adamw.h"
+#include "ops/fp8.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
 #include "train/param.h"
@@ -270,6 +271,105 @@ TEST(BackendOptim, StepAsyncMatchesStepAndWaitsForReaders) {
   EXPECT_TRUE(bytes_of(state_gpu.back().second) == bytes_of(state_cpu.back().second))
       << state_cpu.back().first;
   std::printf("[backend] adamw step_async: 4 steps bit-identical to the CPU's step + zero_grad\n");
+}
+
+// ops::adamw_step with FP8 images (ops/adamw.h's AdamWImage) over three steps, on the GPU and on
+// the CPU, f32 and bf16 moments: matrices whose sides end in partial 128-blocks, kv_a_proj's 576
+// rows, the smallest matrix allowed, beside a tensor without an image. The masters and moments are
+// the plain step's bit for bit; the images, written into poisoned buffers, are the 128×128 blocks
+// quantize_fp8 makes of the new masters (W's codes and scales, Wᵀ's the same transposed), the same
+// on both devices. A NaN master sets the GPU's flag and is an error naming the tensor on the CPU.
+TEST(BackendOptim, AdamWWritesFp8ImagesOfTheNewMasters) {
+  DSEEK_REQUIRE_CUDA();
+  const std::vector<Shape> shapes = {{256, 384}, {132, 200}, {4, 4}, {576, 256}, {37}};
+  const auto blocks = [](int64_t n) { return (n + 127) / 128; };
+  for (DType md : {DType::F32, DType::BF16}) {
+    SCOPED_TRACE(std::string("moments ") + std::string(dtype_name(md)));
+    std::mt19937 rng(71);
+    struct Set {
+      Device device;
+      bool with_images;
+      std::vector<Tensor> values, grads, ms, vs;
+      std::vector<ops::AdamWImage> images;
+      Tensor bad;
+      ops::AdamWTensors tensors;
+    };
+    std::vector<Set> sets = {{Device::CUDA, false, {}, {}, {}, {}, {}, {}, {}},
+                             {Device::CUDA, true, {}, {}, {}, {}, {}, {}, {}},
+                             {Device::CPU, true, {}, {}, {}, {}, {}, {}, {}}};
+    std::vector<Tensor> start;
+    for (const Shape& sh : shapes) start.push_back(rand(sh, rng));
+    for (Set& set : sets) {
+      std::vector<uint8_t> decay;
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        set.values.push_back(start[i].to(set.device));
+        set.grads.push_back(Tensor::zeros(shapes[i], DType::F32, set.device));
+        set.ms.push_back(Tensor::zeros(shapes[i], md, set.device));
+        set.vs.push_back(Tensor::zeros(shapes[i], md, set.device));
+        decay.push_back(i % 2 == 0 ? 1 : 0);
+        ops::AdamWImage im;
+        if (set.with_images && shapes[i].size() == 2) {
+          const int64_t R = shapes[i][0], C = shapes[i][1];
+          im = {Tensor::poisoned({R, C}, DType::F8_E4M3, set.device),
+                Tensor::poisoned({blocks(R), blocks(C)}, DType::F32, set.device),
+                Tensor::poisoned({C, R}, DType::F8_E4M3, set.device),
+                Tensor::poisoned({blocks(C), blocks(R)}, DType::F32, set.device)};
+        }
+        set.images.push_back(im);
+      }
+      if (set.device == Device::CUDA) set.bad = Tensor::zeros({1}, DType::I32, Device::CUDA);
+      set.tensors = ops::adamw_tensors(
+          set.values, set.grads, set.ms, set.vs, decay, {},
+          set.with_images ? set.images : std::vector<ops::AdamWImage>{}, set.bad);
+    }
+    for (int step = 1; step <= 3; ++step) {
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        const Tensor g = rand(shapes[i], rng, 0.3f);
+        for (Set& set : sets) train::copy_values(set.grads[i], g, "grad");
+      }
+      const ops::AdamWStep s = ops::adamw_step_scalars(0.9, 0.95, 1e-8, 0.1, 1e-2, step);
+      for (Set& set : sets) ops::adamw_step(set.tensors, s, 0.75f, /*short_blocks=*/step == 2);
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        const std::string what = "step " + std::to_string(step) + " " + shape_str(shapes[i]);
+        for (size_t k = 1; k < sets.size(); ++k) {
+          EXPECT_TRUE(bytes_of(sets[k].values[i]) == bytes_of(sets[0].values[i])) << what;
+          EXPECT_TRUE(bytes_of(sets[k].ms[i]) == bytes_of(sets[0].ms[i])) << what;
+          EXPECT_TRUE(bytes_of(sets[k].vs[i]) == bytes_of(sets[0].vs[i])) << what;
+        }
+        if (shapes[i].size() != 2) continue;
+        // The images: quantize_fp8's blocks of the new master, on each device; the GPU's and the
+        // CPU's the same bits, Wᵀ's included.
+        for (size_t k = 1; k < sets.size(); ++k) {
+          const ops::Fp8Tensor want =
+              ops::quantize_fp8(sets[k].values[i], ops::Fp8Layout::Block128x128, false, "master");
+          EXPECT_TRUE(bytes_of(sets[k].images[i].q) == bytes_of(want.data)) << what;
+          EXPECT_TRUE(bytes_of(sets[k].images[i].scale) == bytes_of(want.scale)) << what;
+        }
+        const ops::AdamWImage &g = sets[1].images[i], &c = sets[2].images[i];
+        EXPECT_TRUE(bytes_of(g.q_t) == bytes_of(c.q_t)) << what;
+        EXPECT_TRUE(bytes_of(g.scale_t) == bytes_of(c.scale_t)) << what;
+        const Tensor qt = c.q.to(Device::CPU).transpose(0, 1).contiguous();
+        EXPECT_TRUE(bytes_of(c.q_t) == bytes_of(qt)) << what;
+      }
+    }
+    EXPECT_EQ(sets[1].bad.to(Device::CPU).data<int32_t>()[0], 0);
+    // A NaN master: the GPU flags it, the CPU names the tensor.
+    std::vector<float> v = start[0].to_vector();
+    v[5] = std::nanf("");
+    const Tensor nan_value = Tensor::from_vector(v, shapes[0]);
+    train::copy_values(sets[1].values[0], nan_value, "value");
+    train::copy_values(sets[2].values[0], nan_value, "value");
+    const ops::AdamWStep s = ops::adamw_step_scalars(0.9, 0.95, 1e-8, 0.1, 1e-2, 4);
+    ops::adamw_step(sets[1].tensors, s);
+    EXPECT_EQ(sets[1].bad.to(Device::CPU).data<int32_t>()[0], 1);
+    try {
+      ops::adamw_step(sets[2].tensors, s);
+      ADD_FAILURE() << "no error for a NaN master with an FP8 image";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("tensor 0 [256, 384]"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("NaN or Inf"), std::string::npos) << e.what();
+    }
+  }
 }
 
 // The clipping norm and the scaled gradients: clipping off, a limit above the norm (gradients

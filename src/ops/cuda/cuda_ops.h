@@ -263,6 +263,28 @@ struct AdamWScalars {
 void adamw_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
                         const AdamWScalars& s, bool bf16_moments = false,
                         bool short_blocks = false);
+// One AdamW step of a matrix that also writes its FP8 image: W's 128×128 blocks (codes q
+// [rows, cols], scales [⌈rows/128⌉, ⌈cols/128⌉]) and, where qt is given, Wᵀ's (qt [cols, rows],
+// scale_t transposed) — ops/fp8_train.h's blocks of the updated master, pow2 off. rows and cols
+// multiples of 4, value and grad 16-byte aligned, the moments 8 (bf16) or 16 (f32). The matrix
+// covers tiles [tile_begin, tile_begin + ⌈rows/128⌉·⌈cols/128⌉) of the launch.
+struct AdamWImageEntry {
+  float* value;
+  float* grad;
+  float* exp_avg;
+  float* exp_avg_sq;
+  uint8_t* q;
+  float* scale;
+  uint8_t* qt;
+  float* scale_t;
+  int64_t rows, cols;
+  int64_t tile_begin;
+  int64_t decay;  // 1: the step's decay factor applies
+};
+// The step of every entry (fp8.cu); a non-finite updated value sets *bad, and its tile's codes
+// are not written.
+void adamw_image_multi_tensor(const AdamWImageEntry* entries, int64_t count, int64_t tiles,
+                              const AdamWScalars& s, bool bf16_moments, int* bad);
 // out[0] (f64, device) = Σ grad² over every entry (per-chunk partials, then a fixed-order sum).
 void sum_of_squares_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
                                  double* out);

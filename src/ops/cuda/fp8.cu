@@ -22,6 +22,7 @@
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
 #include "core/error.h"
+#include "ops/cuda/adamw_element.cuh"
 #include "ops/cuda/element.cuh"
 #include "ops/cuda/fp8_gemm_tile.cuh"
 #include "ops/cuda/fp8_kernels.h"
@@ -224,32 +225,85 @@ __global__ void __launch_bounds__(kRowTileWarps * 32)
 // 0: quantize_fp8_rows_kernel, 1: quantize_fp8_rows_wide_kernel where it applies.
 int g_rows_wide = 1;
 
-// 128×128 blocks: one block of 256 threads per block tile; thread (ty, tx) = (tid / 32, tid % 32)
-// holds columns 4tx … 4tx + 3 of rows ty, ty + 8, …, ty + 120 in registers (one pass over x).
-// blockIdx.y picks the matrix: x, or table[blockIdx.y] when table is given (a stack of experts),
-// written at q + y·rows·cols and scale + y·(its scale count). qt, where given, also receives the
-// codes transposed ([cols, rows] a matrix: Wᵀ's 128×128 blocks, whose scales are W's transposed,
-// into scale_t), staged through shared memory so that its rows are written whole; q may then be
-// null (only the transpose is wanted).
+// A 128×128 block held in registers by a block of 256 threads: thread (ty, tx) = (tid / 32,
+// tid % 32) holds columns c0 + 4tx … + 3 of rows r0 + ty, ty + 8, …, ty + 120 (zeros outside the
+// matrix). Their amax gives the scale; W's codes go to q (the matrix's [rows, cols], where given)
+// and Wᵀ's, where qt is given, to qt ([cols, rows]) through shared memory so that its rows are
+// written whole, the scale to scale[tr·tiles_per_row + tc] and scale_t[tc·row_tiles + tr]. A
+// non-finite value sets *bad and writes nothing (uniform per block). quantize_fp8_blocks_kernel
+// and the AdamW step that writes the weights' images (adamw_image_kernel) both end here, so their
+// codes are the same bits.
+// With kThreads = 512 (the AdamW step's), warp ty holds rows ty + 16·i.
+constexpr int kBlockRowsPerThread = kTile / 8;
+struct BlockShared {
+  float scratch[32];
+  uint8_t codes[kTile][kTile + 4];  // the transposed copy's staging
+};
+template <int kThreads = 256>
+__device__ __forceinline__ void store_block_codes(float (&v)[kTile / (kThreads / 32)][4],
+                                                  float amax, int nonfinite, int64_t rows,
+                                                  int64_t cols, int64_t tr, int64_t tc, bool pow2,
+                                                  uint8_t* q, float* scale, uint8_t* qt,
+                                                  float* scale_t, int* bad, BlockShared& sh) {
+  constexpr int kWarps = kThreads / 32, kRows = kTile / kWarps;
+  const int64_t row_tiles = (rows + kTile - 1) / kTile, tiles_per_row = (cols + kTile - 1) / kTile;
+  const int64_t r0 = tr * kTile, c0 = tc * kTile, c = c0 + 4 * (threadIdx.x % 32);
+  const int ty = threadIdx.x / 32;
+  const bool active = c < cols;
+  if (__syncthreads_or(nonfinite)) {
+    if (threadIdx.x == 0) atomicExch(bad, 1);
+    return;  // uniform: every thread saw the same __syncthreads_or result
+  }
+  amax = block_max(amax, sh.scratch);
+  const float s = fp8_tile_scale(amax, pow2);
+  if (threadIdx.x == 0) {
+    if (q) scale[tr * tiles_per_row + tc] = s;
+    if (qt) scale_t[tc * row_tiles + tr] = s;
+  }
+#pragma unroll
+  for (int i = 0; i < kRows; ++i) {
+    const int64_t r = r0 + ty + kWarps * i;
+    const uint32_t word = encode4(v[i], s);
+    if (q && active && r < rows) *reinterpret_cast<uint32_t*>(q + r * cols + c) = word;
+    if (qt) *reinterpret_cast<uint32_t*>(&sh.codes[ty + kWarps * i][4 * (threadIdx.x % 32)]) = word;
+  }
+  if (!qt) return;
+  __syncthreads();
+  // Row j of the transposed tile is column c0 + j: 128 codes, rows r0 …, as 32 words of 4 rows
+  // (rows % 4 == 0, so a word is all inside or all past the end).
+  for (int idx = threadIdx.x; idx < kTile * kTile / 4; idx += kThreads) {
+    const int j = idx / 32, i = 4 * (idx % 32);
+    if (c0 + j >= cols || r0 + i >= rows) continue;
+    const uint32_t word = uint32_t(sh.codes[i][j]) | (uint32_t(sh.codes[i + 1][j]) << 8) |
+                          (uint32_t(sh.codes[i + 2][j]) << 16) |
+                          (uint32_t(sh.codes[i + 3][j]) << 24);
+    *reinterpret_cast<uint32_t*>(qt + (c0 + j) * rows + r0 + i) = word;
+  }
+}
+
+// 128×128 blocks: one block of 256 threads per block tile, the block in registers (one pass over
+// x, store_block_codes's layout). blockIdx.y picks the matrix: x, or table[blockIdx.y] when table
+// is given (a stack of experts), written at q + y·rows·cols and scale + y·(its scale count). qt,
+// where given, also receives the codes transposed ([cols, rows] a matrix: Wᵀ's 128×128 blocks,
+// whose scales are W's transposed, into scale_t); q may then be null (only the transpose is
+// wanted).
 template <typename T>
 __global__ void __launch_bounds__(256)
     quantize_fp8_blocks_kernel(const T* x, const void* const* table, int64_t rows, int64_t cols,
                                int64_t tiles_per_row, bool pow2, uint8_t* q, float* scale,
                                uint8_t* qt, float* scale_t, int* bad) {
-  __shared__ float scratch[32];
-  __shared__ uint8_t codes[kTile][kTile + 4];  // the transposed copy's staging
-  constexpr int kRowsPerThread = kTile / 8;
+  __shared__ BlockShared sh;
   const int64_t matrix = blockIdx.y, row_tiles = (rows + kTile - 1) / kTile;
   if (table) x = static_cast<const T*>(table[matrix]);
   const int64_t t = blockIdx.x, tr = t / tiles_per_row, tc = t % tiles_per_row;
-  const int64_t r0 = tr * kTile, c0 = tc * kTile, c = c0 + 4 * (threadIdx.x % 32);
+  const int64_t r0 = tr * kTile, c = tc * kTile + 4 * (threadIdx.x % 32);
   const int ty = threadIdx.x / 32;
   const bool active = c < cols;
-  float v[kRowsPerThread][4];
+  float v[kBlockRowsPerThread][4];
   float amax = 0.0f;
   int nonfinite = 0;
 #pragma unroll
-  for (int i = 0; i < kRowsPerThread; ++i) {
+  for (int i = 0; i < kBlockRowsPerThread; ++i) {
     const int64_t r = r0 + ty + 8 * i;
     if (active && r < rows) {
       load4(x + r * cols + c, v[i]);
@@ -262,37 +316,75 @@ __global__ void __launch_bounds__(256)
       amax = fmaxf(amax, fabsf(v[i][j]));
     }
   }
-  if (__syncthreads_or(nonfinite)) {
-    if (threadIdx.x == 0) atomicExch(bad, 1);
-    return;  // uniform: every thread saw the same __syncthreads_or result
-  }
-  amax = block_max(amax, scratch);
-  const float s = fp8_tile_scale(amax, pow2);
   const int64_t codes_per_matrix = rows * cols, scales_per_matrix = row_tiles * tiles_per_row;
-  if (threadIdx.x == 0) {
-    if (q) scale[matrix * scales_per_matrix + t] = s;
-    if (qt) scale_t[matrix * scales_per_matrix + tc * row_tiles + tr] = s;
+  store_block_codes(v, amax, nonfinite, rows, cols, tr, tc, pow2,
+                    q ? q + matrix * codes_per_matrix : nullptr,
+                    q ? scale + matrix * scales_per_matrix : nullptr,
+                    qt ? qt + matrix * codes_per_matrix : nullptr,
+                    qt ? scale_t + matrix * scales_per_matrix : nullptr, bad, sh);
+}
+
+// One AdamW step of a matrix and its FP8 image in one pass (ops/adamw.h, AdamWImageEntry): a
+// block of 256 threads per 128×128 tile of the launch (the entries' tiles one after another),
+// each thread updating its 64 elements four at a time — value, moments, the same f32 operations
+// as adamw_kernel — and keeping the new values in registers for store_block_codes: the codes
+// quantize_fp8_blocks_kernel would make from the updated master, without reading it again.
+template <bool BF16_MOMENTS, int kThreads>
+__global__ void __launch_bounds__(kThreads, 1024 / kThreads)  // two blocks of 512 an SM
+    adamw_image_kernel(const AdamWImageEntry* entries, int64_t count, AdamWScalars s, int* bad) {
+  constexpr int kWarps = kThreads / 32, kRows = kTile / kWarps;
+  __shared__ BlockShared sh;
+  const int64_t tile = blockIdx.x;
+  int64_t lo = 0, hi = count - 1;  // the last entry with tile_begin ≤ tile
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (entries[mid].tile_begin <= tile)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
+  const AdamWImageEntry e = entries[lo];
+  const int64_t tiles_per_row = (e.cols + kTile - 1) / kTile, t = tile - e.tile_begin;
+  const int64_t tr = t / tiles_per_row, tc = t % tiles_per_row;
+  const int64_t r0 = tr * kTile, c = tc * kTile + 4 * (threadIdx.x % 32);
+  const int ty = threadIdx.x / 32;
+  const bool active = c < e.cols;
+  const float decay = e.decay ? s.decay_factor : 1.0f;
+  const MomentArray<BF16_MOMENTS> m_of{e.exp_avg}, v_of{e.exp_avg_sq};
+  float v[kRows][4];
+  float amax = 0.0f;
+  int nonfinite = 0;
 #pragma unroll
-  for (int i = 0; i < kRowsPerThread; ++i) {
-    const int64_t r = r0 + ty + 8 * i;
-    const uint32_t word = encode4(v[i], s);
-    if (q && active && r < rows)
-      *reinterpret_cast<uint32_t*>(q + matrix * codes_per_matrix + r * cols + c) = word;
-    if (qt) *reinterpret_cast<uint32_t*>(&codes[ty + 8 * i][4 * (threadIdx.x % 32)]) = word;
+  for (int i = 0; i < kRows; ++i) {
+    const int64_t r = r0 + ty + kWarps * i;
+    if (active && r < e.rows) {
+      const int64_t k = r * e.cols + c;
+      float4 p = *reinterpret_cast<const float4*>(e.value + k);
+      float4 m = m_of.load4(k);
+      float4 w = v_of.load4(k);
+      const float4 g = *reinterpret_cast<const float4*>(e.grad + k);
+      adamw_element(p.x, m.x, w.x, g.x, s, decay);
+      adamw_element(p.y, m.y, w.y, g.y, s, decay);
+      adamw_element(p.z, m.z, w.z, g.z, s, decay);
+      adamw_element(p.w, m.w, w.w, g.w, s, decay);
+      *reinterpret_cast<float4*>(e.value + k) = p;
+      m_of.store4(k, m);
+      v_of.store4(k, w);
+      v[i][0] = p.x;
+      v[i][1] = p.y;
+      v[i][2] = p.z;
+      v[i][3] = p.w;
+    } else {
+      v[i][0] = v[i][1] = v[i][2] = v[i][3] = 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      nonfinite |= !isfinite(v[i][j]);
+      amax = fmaxf(amax, fabsf(v[i][j]));
+    }
   }
-  if (!qt) return;
-  __syncthreads();
-  // Row j of the transposed tile is column c0 + j: 128 codes, rows r0 …, as 32 words of 4 rows
-  // (rows % 4 == 0, so a word is all inside or all past the end).
-  uint8_t* out = qt + matrix * codes_per_matrix;
-  for (int idx = threadIdx.x; idx < kTile * kTile / 4; idx += 256) {
-    const int j = idx / 32, i = 4 * (idx % 32);
-    if (c0 + j >= cols || r0 + i >= rows) continue;
-    const uint32_t word = uint32_t(codes[i][j]) | (uint32_t(codes[i + 1][j]) << 8) |
-                          (uint32_t(codes[i + 2][j]) << 16) | (uint32_t(codes[i + 3][j]) << 24);
-    *reinterpret_cast<uint32_t*>(out + (c0 + j) * rows + r0 + i) = word;
-  }
+  store_block_codes<kThreads>(v, amax, nonfinite, e.rows, e.cols, tr, tc, /*pow2=*/false, e.q,
+                              e.scale, e.qt, e.scale_t, bad, sh);
 }
 
 template <typename T>
@@ -421,6 +513,21 @@ void quantize_fp8_stack(const void* const* table, DType act, int64_t E, int64_t 
                          nullptr, table, rows, cols, tiles_per_row, pow2, q, scale, qt, scale_t,
                          bad));
   DSEEK_CUDA_CHECK_LAUNCH("quantize_fp8_blocks_kernel<stack>");
+}
+
+void adamw_image_multi_tensor(const AdamWImageEntry* entries, int64_t count, int64_t tiles,
+                              const AdamWScalars& s, bool bf16_moments, int* bad) {
+  if (count == 0 || tiles == 0) return;
+  DSEEK_CHECK(tiles <= INT32_MAX, "[adamw] {} tiles of FP8 images in one launch", tiles);
+  // 512 threads (8 rows each, two blocks an SM): 21.9 ms of optimizer a V2-Lite step against 23.5
+  // with 256 (16 rows each, 124 registers) and 21.6 with 1024 (H100, docs/FP8.md).
+  constexpr int kThreads = 512;
+  const unsigned grid = unsigned(tiles);
+  if (bf16_moments)
+    adamw_image_kernel<true, kThreads><<<grid, kThreads, 0, stream()>>>(entries, count, s, bad);
+  else
+    adamw_image_kernel<false, kThreads><<<grid, kThreads, 0, stream()>>>(entries, count, s, bad);
+  DSEEK_CUDA_CHECK_LAUNCH("adamw_image_kernel");
 }
 
 void dequantize_fp8(const uint8_t* q, const float* scale, int64_t rows, int64_t cols,
