@@ -31,6 +31,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -362,6 +363,53 @@ TEST(BackendTrain, ZeroGradThenTwoMicroBatchesMatchCpu) {
   }
 }
 
+// One fixture's initial weights as two GPU ParamSets (bf16 compute, the FP8 projections marked
+// where asked, gradients zeroed), each with its TrainModel and AdamW (bf16 moments): for tests
+// that train the two ways and compare them bit for bit.
+struct TwinTraining {
+  ModelConfig config;
+  ParamSet a, b;
+  std::optional<TrainModel> model_a, model_b;
+  std::optional<train::AdamW> opt_a, opt_b;
+  TwinTraining(const char* fixture, bool fp8) : config(fixture_config(fixture)) {
+    ParamSet start;
+    init_cpu(config, start);
+    for (ParamSet* ps : {&a, &b}) {
+      copy_to_gpu(start, *ps);
+      ps->set_compute_dtype(DType::BF16);
+      if (fp8) mark_fp8_linears(*ps);
+      ps->zero_grad();
+    }
+    model_a.emplace(config, a);
+    model_b.emplace(config, b);
+    train::AdamWConfig adamw;
+    adamw.moment_dtype = DType::BF16;
+    opt_a.emplace(a, adamw);
+    opt_b.emplace(b, adamw);
+  }
+  TwinTraining(const TwinTraining&) = delete;
+  TwinTraining& operator=(const TwinTraining&) = delete;
+
+  // Every master, compute copy and moment of a against b's (EXPECTs naming each that differs);
+  // returns how many parameters differ.
+  int64_t expect_same_state() {
+    int64_t differ = 0;
+    for (const train::Param& p : a.all()) {
+      const train::Param& q = b.at(p.name);
+      const bool same = p.value.to_vector() == q.value.to_vector() &&
+                        p.compute.defined() == q.compute.defined() &&
+                        (!p.compute.defined() || p.compute.to(DType::F32).to_vector() ==
+                                                     q.compute.to(DType::F32).to_vector());
+      differ += same ? 0 : 1;
+      EXPECT_TRUE(same) << p.name;
+    }
+    const auto ma = opt_a->state_tensors(), mb = opt_b->state_tensors();
+    for (size_t i = 0; i < ma.size(); ++i)
+      EXPECT_EQ(ma[i].second.to_vector(), mb[i].second.to_vector()) << ma[i].first;
+    return differ;
+  }
+};
+
 // The trainer's step on one GPU: AdamW::step_async queues each layer's update and zeros on the
 // background stream, and the next forward reads a layer's weights as soon as its update is done.
 // Four steps of two fixtures (bf16 compute; v2_lite also with FP8 projections, whose forward
@@ -374,48 +422,23 @@ TEST(BackendTrain, StepAsyncTrainsLikeStep) {
     for (bool fp8 : {false, true}) {
       if (fp8 && std::string(fixture) != "v2_lite") continue;
       SCOPED_TRACE(std::string(fixture) + (fp8 ? " fp8" : " bf16"));
-      const ModelConfig config = fixture_config(fixture);
-      ParamSet start, sync_set, async_set;
-      init_cpu(config, start);
-      copy_to_gpu(start, sync_set);
-      copy_to_gpu(start, async_set);
-      for (ParamSet* ps : {&sync_set, &async_set}) {
-        ps->set_compute_dtype(DType::BF16);
-        if (fp8) mark_fp8_linears(*ps);
-        ps->zero_grad();
-      }
+      TwinTraining t(fixture, fp8);  // a: step() then zero_grad(true); b: step_async
       const LossOptions o = loss_options({fixture, 0.0, "sequence", false});
-      const Batch b = make_batch(config.vocab_size);
-      TrainModel sync_model(config, sync_set), async_model(config, async_set);
-      train::AdamWConfig adamw;
-      adamw.moment_dtype = DType::BF16;
-      train::AdamW sync_opt(sync_set, adamw), async_opt(async_set, adamw);
+      const Batch b = make_batch(t.config.vocab_size);
       for (int step = 0; step < 4; ++step) {
         const SequenceLosses want =
-            sync_model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
+            t.model_a->forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
         const SequenceLosses got =
-            async_model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
+            t.model_b->forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
         EXPECT_EQ(got.total, want.total) << "step " << step;
-        const float f_sync = train::clip_factor(train::grad_norm(sync_set), 0.5);
-        const float f_async = train::clip_factor(train::grad_norm(async_set), 0.5);
+        const float f_sync = train::clip_factor(train::grad_norm(t.a), 0.5);
+        const float f_async = train::clip_factor(train::grad_norm(t.b), 0.5);
         EXPECT_EQ(f_async, f_sync) << "step " << step;
-        sync_opt.step(3e-3, f_sync);
-        sync_set.zero_grad(/*defer_overwritten=*/true);
-        async_opt.step_async(3e-3, f_async, /*defer_overwritten=*/true);
+        t.opt_a->step(3e-3, f_sync);
+        t.a.zero_grad(/*defer_overwritten=*/true);
+        t.opt_b->step_async(3e-3, f_async, /*defer_overwritten=*/true);
       }
-      int64_t differ = 0;
-      for (const train::Param& p : sync_set.all()) {
-        const train::Param& q = async_set.at(p.name);
-        const bool same = p.value.to_vector() == q.value.to_vector() &&
-                          p.compute.defined() == q.compute.defined() &&
-                          (!p.compute.defined() || p.compute.to(DType::F32).to_vector() ==
-                                                       q.compute.to(DType::F32).to_vector());
-        differ += same ? 0 : 1;
-        EXPECT_TRUE(same) << p.name;
-      }
-      const auto ms = sync_opt.state_tensors(), ma = async_opt.state_tensors();
-      for (size_t i = 0; i < ms.size(); ++i)
-        EXPECT_EQ(ms[i].second.to_vector(), ma[i].second.to_vector()) << ms[i].first;
+      const int64_t differ = t.expect_same_state();
       std::printf("[backend] %s%s: 4 steps with step_async, %lld parameters differ from step()\n",
                   fixture, fp8 ? " fp8" : "", (long long)differ);
     }
@@ -429,34 +452,21 @@ TEST(BackendTrain, Fp8ImagesTrainLikeQuantisingTheMasters) {
   DSEEK_REQUIRE_CUDA();
   for (const char* fixture : {"v2_lite", "v3_noaux"}) {
     SCOPED_TRACE(fixture);
-    const ModelConfig config = fixture_config(fixture);
-    ParamSet start, fresh_set, image_set;
-    init_cpu(config, start);
-    copy_to_gpu(start, fresh_set);
-    copy_to_gpu(start, image_set);
-    for (ParamSet* ps : {&fresh_set, &image_set}) {
-      ps->set_compute_dtype(DType::BF16);
-      mark_fp8_linears(*ps);
-      ps->zero_grad();
-    }
+    TwinTraining t(fixture, true);  // a: the images dropped before every forward; b: kept
     const LossOptions o = loss_options({fixture, 0.0, "sequence", false});
-    const Batch b = make_batch(config.vocab_size);
-    TrainModel fresh_model(config, fresh_set), image_model(config, image_set);
-    train::AdamWConfig adamw;
-    adamw.moment_dtype = DType::BF16;
-    train::AdamW fresh_opt(fresh_set, adamw), image_opt(image_set, adamw);
+    const Batch b = make_batch(t.config.vocab_size);
     for (int step = 0; step < 4; ++step) {
-      fresh_set.drop_fp8_images();
+      t.a.drop_fp8_images();
       int64_t fresh_quantised = 0, image_quantised = 0;
       SequenceLosses want, got;
       {
-        ops::Fp8WeightCacheScope scope(&fresh_set.fp8_images());
-        want = fresh_model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
+        ops::Fp8WeightCacheScope scope(&t.a.fp8_images());
+        want = t.model_a->forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
         fresh_quantised = scope.quantised();
       }
       {
-        ops::Fp8WeightCacheScope scope(&image_set.fp8_images());
-        got = image_model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
+        ops::Fp8WeightCacheScope scope(&t.b.fp8_images());
+        got = t.model_b->forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
         image_quantised = scope.quantised();
       }
       EXPECT_EQ(got.total, want.total) << "step " << step;
@@ -465,28 +475,20 @@ TEST(BackendTrain, Fp8ImagesTrainLikeQuantisingTheMasters) {
         EXPECT_EQ(image_quantised, fresh_quantised);
       else
         EXPECT_EQ(image_quantised, 0) << "step " << step << ": the images were not taken";
-      const float f_fresh = train::clip_factor(train::grad_norm(fresh_set), 0.5);
-      const float f_image = train::clip_factor(train::grad_norm(image_set), 0.5);
+      const float f_fresh = train::clip_factor(train::grad_norm(t.a), 0.5);
+      const float f_image = train::clip_factor(train::grad_norm(t.b), 0.5);
       EXPECT_EQ(f_image, f_fresh) << "step " << step;
-      fresh_opt.step_async(3e-3, f_fresh, /*defer_overwritten=*/true);
-      image_opt.step_async(3e-3, f_image, /*defer_overwritten=*/true);
-      ASSERT_FALSE(image_set.fp8_images().images.empty());
-      for (const ops::Fp8WeightImages::Image& im : image_set.fp8_images().images)
+      t.opt_a->step_async(3e-3, f_fresh, /*defer_overwritten=*/true);
+      t.opt_b->step_async(3e-3, f_image, /*defer_overwritten=*/true);
+      ASSERT_FALSE(t.b.fp8_images().images.empty());
+      for (const ops::Fp8WeightImages::Image& im : t.b.fp8_images().images)
         EXPECT_TRUE(im.current) << "an image the update did not rewrite";
     }
-    int64_t differ = 0;
-    for (const train::Param& p : fresh_set.all()) {
-      const bool same = p.value.to_vector() == image_set.at(p.name).value.to_vector();
-      differ += same ? 0 : 1;
-      EXPECT_TRUE(same) << p.name;
-    }
-    const auto mf = fresh_opt.state_tensors(), mi = image_opt.state_tensors();
-    for (size_t i = 0; i < mf.size(); ++i)
-      EXPECT_EQ(mf[i].second.to_vector(), mi[i].second.to_vector()) << mf[i].first;
+    const int64_t differ = t.expect_same_state();
     std::printf(
         "[backend] %s fp8: 4 steps on the optimizer's FP8 images, %zu images, %lld "
         "parameters differ from quantising the masters\n",
-        fixture, image_set.fp8_images().images.size(), (long long)differ);
+        fixture, t.b.fp8_images().images.size(), (long long)differ);
   }
 }
 

@@ -26,21 +26,6 @@ unsigned blocks_for(int64_t chunks) {
   return unsigned(std::min(chunks, kMaxBlocks));
 }
 
-// The entry whose chunks contain `chunk`: the last with chunk_begin ≤ chunk (entries ascend and
-// have n > 0, so that entry owns it).
-__device__ __forceinline__ MultiTensorEntry entry_of(const MultiTensorEntry* entries, int64_t count,
-                                                     int64_t chunk) {
-  int64_t lo = 0, hi = count - 1;
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) / 2;
-    if (entries[mid].chunk_begin <= chunk)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  return entries[lo];
-}
-
 __device__ __forceinline__ double warp_sum_f64(double v) {
   for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
@@ -66,7 +51,7 @@ template <bool BF16_MOMENTS>
 __global__ void adamw_kernel(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
                              AdamWScalars s) {
   for (int64_t c = blockIdx.x; c < chunks; c += gridDim.x) {
-    const MultiTensorEntry e = entry_of(entries, count, c);
+    const MultiTensorEntry e = entry_at(entries, count, c, &MultiTensorEntry::chunk_begin);
     const int64_t begin = (c - e.chunk_begin) * kMultiTensorChunk;
     const int64_t end = min(e.n, begin + kMultiTensorChunk);
     const float decay = e.decay ? s.decay_factor : 1.0f;
@@ -82,17 +67,7 @@ __global__ void adamw_kernel(const MultiTensorEntry* entries, int64_t count, int
       const int64_t quads = (end - begin) / 4;
       for (int64_t q = threadIdx.x; q < quads; q += blockDim.x) {
         const int64_t k = begin + 4 * q;
-        float4 p = *reinterpret_cast<const float4*>(e.value + k);
-        float4 m = m_of.load4(k);
-        float4 v = v_of.load4(k);
-        const float4 g = *reinterpret_cast<const float4*>(e.grad + k);
-        adamw_element(p.x, m.x, v.x, g.x, s, decay);
-        adamw_element(p.y, m.y, v.y, g.y, s, decay);
-        adamw_element(p.z, m.z, v.z, g.z, s, decay);
-        adamw_element(p.w, m.w, v.w, g.w, s, decay);
-        *reinterpret_cast<float4*>(e.value + k) = p;
-        m_of.store4(k, m);
-        v_of.store4(k, v);
+        const float4 p = adamw_quad(e.value, e.grad, m_of, v_of, k, s, decay);
         if (e.compute) {
           const uint2 bits{uint32_t(bf16_bits(p.x)) | uint32_t(bf16_bits(p.y)) << 16,
                            uint32_t(bf16_bits(p.z)) | uint32_t(bf16_bits(p.w)) << 16};
@@ -117,7 +92,7 @@ __global__ void sum_of_squares_kernel(const MultiTensorEntry* entries, int64_t c
                                       int64_t chunks, double* partial) {
   __shared__ double scratch[32];
   for (int64_t c = blockIdx.x; c < chunks; c += gridDim.x) {  // uniform per block: syncs are safe
-    const MultiTensorEntry e = entry_of(entries, count, c);
+    const MultiTensorEntry e = entry_at(entries, count, c, &MultiTensorEntry::chunk_begin);
     const int64_t begin = (c - e.chunk_begin) * kMultiTensorChunk;
     const int64_t end = min(e.n, begin + kMultiTensorChunk);
     double sum = 0.0;
@@ -158,7 +133,7 @@ __global__ void sum_partials_kernel(const double* partial, int64_t n, double* ou
 __global__ void scale_kernel(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
                              float scale) {
   for (int64_t c = blockIdx.x; c < chunks; c += gridDim.x) {
-    const MultiTensorEntry e = entry_of(entries, count, c);
+    const MultiTensorEntry e = entry_at(entries, count, c, &MultiTensorEntry::chunk_begin);
     const int64_t begin = (c - e.chunk_begin) * kMultiTensorChunk;
     const int64_t end = min(e.n, begin + kMultiTensorChunk);
     for (int64_t k = begin + threadIdx.x; k < end; k += blockDim.x)

@@ -62,4 +62,41 @@ struct MomentArray {
   }
 };
 
+// Four elements k … k + 3 of a tensor stepped at once (value and gradient 16-byte aligned there):
+// value and moments loaded, adamw_element on each, stored back; returns the new values.
+template <bool BF16>
+__device__ __forceinline__ float4 adamw_quad(float* value, const float* grad,
+                                             const MomentArray<BF16>& m_of,
+                                             const MomentArray<BF16>& v_of, int64_t k,
+                                             const AdamWScalars& s, float decay) {
+  float4 p = *reinterpret_cast<const float4*>(value + k);
+  float4 m = m_of.load4(k);
+  float4 v = v_of.load4(k);
+  const float4 g = *reinterpret_cast<const float4*>(grad + k);
+  adamw_element(p.x, m.x, v.x, g.x, s, decay);
+  adamw_element(p.y, m.y, v.y, g.y, s, decay);
+  adamw_element(p.z, m.z, v.z, g.z, s, decay);
+  adamw_element(p.w, m.w, v.w, g.w, s, decay);
+  *reinterpret_cast<float4*>(value + k) = p;
+  m_of.store4(k, m);
+  v_of.store4(k, v);
+  return p;
+}
+
+// The entry of a multi-tensor table that holds unit `index` (a chunk, a tile): the last whose
+// `begin` member is ≤ index (entries ascend by it and none is empty, so that entry owns it).
+template <typename Entry>
+__device__ __forceinline__ Entry entry_at(const Entry* entries, int64_t count, int64_t index,
+                                          int64_t Entry::*begin) {
+  int64_t lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (entries[mid].*begin <= index)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return entries[lo];
+}
+
 }  // namespace dseek::ops::cuda

@@ -241,11 +241,20 @@ struct BlockShared {
 };
 template <int kThreads = 256>
 __device__ __forceinline__ void store_block_codes(float (&v)[kTile / (kThreads / 32)][4],
-                                                  float amax, int nonfinite, int64_t rows,
-                                                  int64_t cols, int64_t tr, int64_t tc, bool pow2,
-                                                  uint8_t* q, float* scale, uint8_t* qt,
-                                                  float* scale_t, int* bad, BlockShared& sh) {
+                                                  int64_t rows, int64_t cols, int64_t tr,
+                                                  int64_t tc, bool pow2, uint8_t* q, float* scale,
+                                                  uint8_t* qt, float* scale_t, int* bad,
+                                                  BlockShared& sh) {
   constexpr int kWarps = kThreads / 32, kRows = kTile / kWarps;
+  float amax = 0.0f;
+  int nonfinite = 0;
+#pragma unroll
+  for (int i = 0; i < kRows; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      nonfinite |= !isfinite(v[i][j]);
+      amax = fmaxf(amax, fabsf(v[i][j]));
+    }
   const int64_t row_tiles = (rows + kTile - 1) / kTile, tiles_per_row = (cols + kTile - 1) / kTile;
   const int64_t r0 = tr * kTile, c0 = tc * kTile, c = c0 + 4 * (threadIdx.x % 32);
   const int ty = threadIdx.x / 32;
@@ -300,8 +309,6 @@ __global__ void __launch_bounds__(256)
   const int ty = threadIdx.x / 32;
   const bool active = c < cols;
   float v[kBlockRowsPerThread][4];
-  float amax = 0.0f;
-  int nonfinite = 0;
 #pragma unroll
   for (int i = 0; i < kBlockRowsPerThread; ++i) {
     const int64_t r = r0 + ty + 8 * i;
@@ -310,24 +317,18 @@ __global__ void __launch_bounds__(256)
     } else {
       v[i][0] = v[i][1] = v[i][2] = v[i][3] = 0.0f;
     }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      nonfinite |= !isfinite(v[i][j]);
-      amax = fmaxf(amax, fabsf(v[i][j]));
-    }
   }
   const int64_t codes_per_matrix = rows * cols, scales_per_matrix = row_tiles * tiles_per_row;
-  store_block_codes(v, amax, nonfinite, rows, cols, tr, tc, pow2,
-                    q ? q + matrix * codes_per_matrix : nullptr,
+  store_block_codes(v, rows, cols, tr, tc, pow2, q ? q + matrix * codes_per_matrix : nullptr,
                     q ? scale + matrix * scales_per_matrix : nullptr,
                     qt ? qt + matrix * codes_per_matrix : nullptr,
                     qt ? scale_t + matrix * scales_per_matrix : nullptr, bad, sh);
 }
 
 // One AdamW step of a matrix and its FP8 image in one pass (ops/adamw.h, AdamWImageEntry): a
-// block of 256 threads per 128×128 tile of the launch (the entries' tiles one after another),
-// each thread updating its 64 elements four at a time — value, moments, the same f32 operations
-// as adamw_kernel — and keeping the new values in registers for store_block_codes: the codes
+// block of kThreads = 512 threads per 128×128 tile of the launch (the entries' tiles one after
+// another), each thread updating its 8 rows × 4 columns four at a time with adamw_kernel's
+// operations (adamw_quad) and keeping the new values in registers for store_block_codes: the codes
 // quantize_fp8_blocks_kernel would make from the updated master, without reading it again.
 template <bool BF16_MOMENTS, int kThreads>
 __global__ void __launch_bounds__(kThreads, 1024 / kThreads)  // two blocks of 512 an SM
@@ -335,15 +336,7 @@ __global__ void __launch_bounds__(kThreads, 1024 / kThreads)  // two blocks of 5
   constexpr int kWarps = kThreads / 32, kRows = kTile / kWarps;
   __shared__ BlockShared sh;
   const int64_t tile = blockIdx.x;
-  int64_t lo = 0, hi = count - 1;  // the last entry with tile_begin ≤ tile
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) / 2;
-    if (entries[mid].tile_begin <= tile)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  const AdamWImageEntry e = entries[lo];
+  const AdamWImageEntry e = entry_at(entries, count, tile, &AdamWImageEntry::tile_begin);
   const int64_t tiles_per_row = (e.cols + kTile - 1) / kTile, t = tile - e.tile_begin;
   const int64_t tr = t / tiles_per_row, tc = t % tiles_per_row;
   const int64_t r0 = tr * kTile, c = tc * kTile + 4 * (threadIdx.x % 32);
@@ -352,24 +345,11 @@ __global__ void __launch_bounds__(kThreads, 1024 / kThreads)  // two blocks of 5
   const float decay = e.decay ? s.decay_factor : 1.0f;
   const MomentArray<BF16_MOMENTS> m_of{e.exp_avg}, v_of{e.exp_avg_sq};
   float v[kRows][4];
-  float amax = 0.0f;
-  int nonfinite = 0;
 #pragma unroll
   for (int i = 0; i < kRows; ++i) {
     const int64_t r = r0 + ty + kWarps * i;
     if (active && r < e.rows) {
-      const int64_t k = r * e.cols + c;
-      float4 p = *reinterpret_cast<const float4*>(e.value + k);
-      float4 m = m_of.load4(k);
-      float4 w = v_of.load4(k);
-      const float4 g = *reinterpret_cast<const float4*>(e.grad + k);
-      adamw_element(p.x, m.x, w.x, g.x, s, decay);
-      adamw_element(p.y, m.y, w.y, g.y, s, decay);
-      adamw_element(p.z, m.z, w.z, g.z, s, decay);
-      adamw_element(p.w, m.w, w.w, g.w, s, decay);
-      *reinterpret_cast<float4*>(e.value + k) = p;
-      m_of.store4(k, m);
-      v_of.store4(k, w);
+      const float4 p = adamw_quad(e.value, e.grad, m_of, v_of, r * e.cols + c, s, decay);
       v[i][0] = p.x;
       v[i][1] = p.y;
       v[i][2] = p.z;
@@ -377,14 +357,9 @@ __global__ void __launch_bounds__(kThreads, 1024 / kThreads)  // two blocks of 5
     } else {
       v[i][0] = v[i][1] = v[i][2] = v[i][3] = 0.0f;
     }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      nonfinite |= !isfinite(v[i][j]);
-      amax = fmaxf(amax, fabsf(v[i][j]));
-    }
   }
-  store_block_codes<kThreads>(v, amax, nonfinite, e.rows, e.cols, tr, tc, /*pow2=*/false, e.q,
-                              e.scale, e.qt, e.scale_t, bad, sh);
+  store_block_codes<kThreads>(v, e.rows, e.cols, tr, tc, /*pow2=*/false, e.q, e.scale, e.qt,
+                              e.scale_t, bad, sh);
 }
 
 template <typename T>
