@@ -18,8 +18,8 @@
 // Usage: bench_train_cuda [--shape v2-lite|v3-width|tiny] [--layers 4] [--batch 2] [--seq 2048]
 //            [--steps 5] [--warmup 2] [--device cuda|cpu] [--dtype bf16|f32] [--lr 1e-4]
 //            [--seed 0] [--init fast|normal] [--precision default|fp8] [--moments f32|bf16]
-//            [--zero defer|all] [--update async|sync] [--micro-batches 1] [--json FILE]
-//            [--write-config FILE]
+//            [--zero defer|all] [--update async|sync] [--norm backward|after]
+//            [--micro-batches 1] [--json FILE] [--write-config FILE]
 // --moments bf16 keeps AdamW's moments in bf16 (optim.moment_dtype bf16).
 // --micro-batches M accumulates M forward + backward passes of B × T tokens before each optimizer
 // step, as train.grad_accum does (the FP8 weights quantised once a step: Fp8WeightCacheScope).
@@ -30,6 +30,8 @@
 // forward, which waits for each layer's update where it reads that layer; the fwd+bwd column then
 // includes what of the update the forward waited for, and the optimizer column is the gradient
 // norm and the queueing. --update sync: AdamW::step then zero_grad, one after the other.
+// --norm backward (the default, as `dseek train` on one process) sums the gradients' squares
+// layer by layer during the last backward (BackwardGradNorm); --norm after: grad_norm after it.
 // --precision fp8 runs the attention and MLP/expert projections as FP8 GEMMs (train.precision fp8:
 // mark_fp8_linears, ops/fp8_train.h, docs/FP8.md); the rest stays in --dtype.
 // --write-config writes the shape's config.json (for bench/issue10_torch.py) and exits.
@@ -41,6 +43,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -70,6 +73,7 @@ struct Options {
   std::string moments = "f32";        // f32 | bf16: AdamW's moment dtype (optim.moment_dtype)
   std::string zero = "defer";         // defer | all: zero_grad(true) or zero_grad()
   std::string update = "async";       // async | sync: AdamW::step_async or step
+  std::string norm = "backward";      // backward | after: BackwardGradNorm or grad_norm
   int64_t layers = 4, batch = 2, seq = 2048, steps = 5, warmup = 2, seed = 0;
   int64_t micro_batches = 1;  // forward_backward calls a step (train.grad_accum)
   double lr = 1e-4;
@@ -129,6 +133,8 @@ Options parse(int argc, char** argv) {
       o.zero = value();
     else if (arg == "--update")
       o.update = value();
+    else if (arg == "--norm")
+      o.norm = value();
     else if (arg == "--micro-batches")
       o.micro_batches = integer(1);
     else if (arg == "--write-config")
@@ -153,6 +159,10 @@ Options parse(int argc, char** argv) {
   }
   if (o.moments != "f32" && o.moments != "bf16") {
     std::fprintf(stderr, "bench_train_cuda: --moments %s: f32 or bf16\n", o.moments.c_str());
+    std::exit(2);
+  }
+  if (o.norm != "backward" && o.norm != "after") {
+    std::fprintf(stderr, "bench_train_cuda: --norm %s: backward or after\n", o.norm.c_str());
     std::exit(2);
   }
   if (o.update != "async" && o.update != "sync") {
@@ -273,6 +283,7 @@ int main(int argc, char** argv) {
                           {"precision", o.precision},
                           {"moments", o.moments},
                           {"update", o.update},
+                          {"norm", o.norm},
                           {"device", o.device},
                           {"params", count.total},
                           {"active_params", count.active},
@@ -330,16 +341,26 @@ int main(int argc, char** argv) {
           }
         sync(device);
         const auto a = Clock::now();
+        std::optional<BackwardGradNorm> backward_norm;
         {
           // As the trainer accumulates: the FP8 weights quantised once for the M passes.
           ops::Fp8WeightCacheScope fp8_weights(&params.fp8_images());
           last_loss = 0;
-          for (int64_t m = 0; m < M; ++m)
+          for (int64_t m = 0; m < M; ++m) {
+            // As `dseek train`: the last backward sums the gradients' squares layer by layer.
+            if (m + 1 == M && o.norm == "backward") {
+              backward_norm.emplace(params, config.num_hidden_layers);
+              loss.on_block_backward = [&backward_norm](int64_t layer) {
+                backward_norm->on_block_backward(layer);
+              };
+            }
             last_loss += model
                              .forward_backward(inputs[size_t(m)], targets[size_t(m)], loss,
                                                float(1.0 / double(M)), T)
                              .main_ce /
                          double(M);
+            loss.on_block_backward = nullptr;
+          }
         }
         sync(device);
         const auto b = Clock::now();
@@ -347,7 +368,9 @@ int main(int argc, char** argv) {
         // bf16 compute copies (no refresh_compute pass).
         // As `dseek train` on one process: the experts' zeros left to their wgrads, and on the GPU
         // the update queued on the background stream beside the next forward (--update async).
-        const float factor = clip_factor(grad_norm(params), 1.0);
+        const float factor =
+            clip_factor(backward_norm ? backward_norm->norm() : grad_norm(params), 1.0);
+        backward_norm.reset();
         if (o.update == "async") {
           optimizer.step_async(o.lr, factor, /*defer_overwritten=*/o.zero == "defer");
         } else {

@@ -15,6 +15,7 @@
 #include "dist_params.h"
 #include "model/rope.h"
 #include "train/layers.h"
+#include "train/optimizer.h"
 #include "train/param.h"
 #include "train/train_config.h"
 #include "train/train_model.h"
@@ -178,6 +179,37 @@ TEST(TrainZeroGrad, ForwardBackwardSettlesWhatWasNotOverwritten) {
   model.forward_backward(in, tg, o, 1.0f);
   EXPECT_FALSE(untouched->grad_stale);
   EXPECT_EQ(untouched->grad.to_vector(), std::vector<float>(size_t(untouched->grad.numel())));
+}
+
+// train::BackwardGradNorm on the CPU (the trainer's one-process path): the sums of squares taken
+// layer by layer through TrainModel's on_block_backward give grad_norm's bits after the backward,
+// with every gradient zeroed and with the experts' zeros deferred (stale gradients are zeroed
+// before they are read). The GPU twin: BackendTrain.BackwardGradNormIsGradNorm.
+TEST(TrainZeroGrad, BackwardGradNormIsGradNorm) {
+  const ModelConfig cfg = preset_model_config("tiny", 300);
+  ParamSet params;
+  TrainModel::init_params(cfg, 21, 0.1, params);
+  TrainModel model(cfg, params);
+  std::vector<int32_t> inputs, targets;
+  for (int32_t i = 0; i < 64; ++i) {
+    inputs.push_back(i * 7 % 300);
+    targets.push_back(i * 11 % 300);
+  }
+  for (bool defer : {false, true}) {
+    params.zero_grad(defer);
+    BackwardGradNorm parts(params, cfg.num_hidden_layers);
+    LossOptions o;
+    int64_t calls = 0;
+    o.on_block_backward = [&](int64_t layer) {
+      ++calls;
+      parts.on_block_backward(layer);
+    };
+    model.forward_backward(inputs, targets, o, 1.0f, 32);
+    const double got = parts.norm(), want = grad_norm(params);
+    EXPECT_GE(calls, cfg.num_hidden_layers);
+    EXPECT_GT(want, 0.0);
+    EXPECT_EQ(std::memcmp(&got, &want, sizeof(double)), 0) << got << " vs " << want;
+  }
 }
 
 }  // namespace

@@ -321,6 +321,73 @@ double sum_of_squares(const std::vector<Tensor>& tensors) {
   return sum;
 }
 
+SumOfSquaresParts::SumOfSquaresParts(std::vector<Tensor> tensors) : tensors_(std::move(tensors)) {
+  for (size_t i = 0; i < tensors_.size(); ++i)
+    check_f32_contiguous("sum_of_squares", "tensor", i, tensors_[i]);
+  added_.assign(tensors_.size(), 0);
+  sums_.assign(tensors_.size(), 0.0);
+  if (list_device("sum_of_squares", tensors_) != Device::CUDA) return;
+#ifdef DSEEK_HAS_CUDA
+  std::vector<cuda::MultiTensorEntry> host = grad_entries(tensors_);
+  const MultiTensorTable table = device_table(host);
+  table_ = table.words;
+  entries_ = table.entries;
+  chunks_ = table.chunks;
+  // Tensor i covers chunks [chunk_of_[i], chunk_of_[i + 1]) (none when empty), as device_table
+  // numbered them.
+  chunk_of_.assign(tensors_.size() + 1, 0);
+  for (size_t i = 0; i < tensors_.size(); ++i)
+    chunk_of_[i + 1] = chunk_of_[i] + (tensors_[i].numel() + cuda::kMultiTensorChunk - 1) /
+                                          cuda::kMultiTensorChunk;
+  DSEEK_CHECK(chunk_of_.back() == chunks_, "[sum_of_squares] chunk count {} against {}",
+              chunk_of_.back(), chunks_);
+  partial_ = Tensor::empty({std::max<int64_t>(chunks_, 1)}, DType::I64, Device::CUDA);  // doubles
+  out_ = Tensor::empty({1}, DType::I64, Device::CUDA);
+#else
+  cuda_not_built("sum_of_squares");
+#endif
+}
+
+void SumOfSquaresParts::add(size_t first, size_t last) {
+  DSEEK_CHECK(first <= last && last <= tensors_.size(),
+              "[sum_of_squares] parts [{}, {}) of {} tensors", first, last, tensors_.size());
+  for (size_t i = first; i < last; ++i)
+    DSEEK_CHECK(!added_[i], "[sum_of_squares] tensor {} added twice", i);
+  for (size_t i = first; i < last; ++i) added_[i] = 1;
+  if (table_.defined()) {
+#ifdef DSEEK_HAS_CUDA
+    cuda::sum_of_squares_chunks(entries_of(table_), entries_, chunk_of_[first], chunk_of_[last],
+                                static_cast<double*>(partial_.raw()));
+#endif
+    return;
+  }
+  for (size_t i = first; i < last; ++i)
+    sums_[i] = cpu::sum_of_squares(tensors_[i].data<float>(), tensors_[i].numel());
+}
+
+double SumOfSquaresParts::finish([[maybe_unused]] uint64_t after) {
+  for (size_t i = 0; i < tensors_.size();) {  // the rest, a run of tensors at a time
+    size_t j = i;
+    while (j < tensors_.size() && !added_[j]) ++j;
+    if (j > i) add(i, j);
+    i = j + (j < tensors_.size() ? 1 : 0);
+  }
+  if (table_.defined()) {
+#ifdef DSEEK_HAS_CUDA
+    if (after != 0) dseek::cuda::wait_background(after);
+    if (chunks_ == 0) return 0.0;
+    cuda::sum_partials(static_cast<const double*>(partial_.raw()), chunks_,
+                       static_cast<double*>(out_.raw()));
+    double sum = 0.0;
+    dseek::cuda::copy_to_host(&sum, out_.raw(), sizeof(double));  // waits for the stream
+    return sum;
+#endif
+  }
+  double sum = 0.0;
+  for (double v : sums_) sum += v;
+  return sum;
+}
+
 void scale_inplace(const std::vector<Tensor>& tensors, float scale) {
   for (size_t i = 0; i < tensors.size(); ++i)
     check_f32_contiguous("scale_inplace", "tensor", i, tensors[i]);

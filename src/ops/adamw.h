@@ -100,4 +100,28 @@ double sum_of_squares(const std::vector<Tensor>& tensors);
 // g ← g · scale for every element of `tensors` (f32 contiguous, one device).
 void scale_inplace(const std::vector<Tensor>& tensors, float scale);
 
+// sum_of_squares(tensors) computed in parts as the tensors become final — a backward's layers,
+// each on the GPU's background stream beside the layers still running (TrainModel's
+// on_block_backward) — then finished: the same chunks, per-chunk sums and fixed-order total, so
+// the same bits. add() takes each tensor at most once, in any order, on the current stream (the
+// background stream inside a cuda::Background scope: the tensors are read once the main stream's
+// work so far is done); finish() adds the rest on the current stream after waiting for `after`
+// (a background mark, or 0) and returns the total (one synchronisation). On the CPU add() sums
+// at once and finish() adds the tensors' sums in order, as sum_of_squares does.
+class SumOfSquaresParts {
+ public:
+  explicit SumOfSquaresParts(std::vector<Tensor> tensors);
+  void add(size_t first, size_t last);  // tensors [first, last)
+  double finish(uint64_t after = 0);
+  size_t size() const { return tensors_.size(); }
+
+ private:
+  std::vector<Tensor> tensors_;
+  std::vector<uint8_t> added_;
+  std::vector<double> sums_;       // CPU: per tensor
+  std::vector<int64_t> chunk_of_;  // GPU: tensor i's chunks start at chunk_of_[i] (end: i + 1)
+  Tensor table_, partial_, out_;   // GPU: the table, the per-chunk sums, the total
+  int64_t entries_ = 0, chunks_ = 0;
+};
+
 }  // namespace dseek::ops

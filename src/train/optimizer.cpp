@@ -276,6 +276,75 @@ double grad_norm(const ParamSet& params) {
   return std::sqrt(ops::sum_of_squares(grads));
 }
 
+namespace {
+
+std::vector<Param*> trainable(ParamSet& params) {
+  std::vector<Param*> out;
+  // Without waiting for updates in flight: only the gradients' addresses are taken here (their
+  // readers are queued after those updates anyway).
+  for (Param& p : params.all_in_flight())
+    if (p.trainable) out.push_back(&p);
+  return out;
+}
+
+std::vector<Tensor> grads_of(const std::vector<Param*>& ps) {
+  std::vector<Tensor> out;
+  for (const Param* p : ps) out.push_back(p->grad);
+  return out;
+}
+
+}  // namespace
+
+BackwardGradNorm::BackwardGradNorm(ParamSet& params, int64_t num_hidden_layers)
+    : params_(&params),
+      layers_(num_hidden_layers),
+      grads_(trainable(params)),
+      parts_(grads_of(grads_)) {
+  const std::string layers = "model.layers.";
+  for (const Param* p : grads_) {
+    const std::string group = update_group(p->name);
+    int64_t layer = group == "model.embed_tokens" ? -2 : -1;
+    if (group.rfind(layers, 0) == 0) layer = std::stoll(group.substr(layers.size()));
+    layer_of_.push_back(layer);
+  }
+}
+
+void BackwardGradNorm::add_where(const std::function<bool(int64_t layer)>& take) {
+  std::vector<std::pair<size_t, size_t>> runs;
+  for (size_t i = 0; i < grads_.size();) {
+    if (!take(layer_of_[i])) {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < grads_.size() && take(layer_of_[j])) settle_grad(*grads_[j++]);  // stale zeros
+    runs.emplace_back(i, j);
+    i = j;
+  }
+  if (runs.empty()) return;
+  if (params_->device() != Device::CUDA) {
+    for (auto [a, b] : runs) parts_.add(a, b);
+    return;
+  }
+  cuda::Background background;  // after the main stream's work so far: the layer's backward
+  for (auto [a, b] : runs) parts_.add(a, b);
+  last_mark_ = background.mark();
+}
+
+void BackwardGradNorm::on_block_backward(int64_t layer) {
+  if (layer < 0 || layer >= layers_) return;  // an MTP block: added with the head, below
+  if (!head_added_) {  // the head, the final norm and the MTP modules ran before the main layers
+    head_added_ = true;
+    add_where([this](int64_t l) { return l == -1 || l >= layers_; });
+  }
+  add_where([layer](int64_t l) { return l == layer; });
+}
+
+double BackwardGradNorm::norm() {
+  for (Param* p : grads_) settle_grad(*p);
+  return std::sqrt(parts_.finish(last_mark_));
+}
+
 float clip_factor(double norm, double max_norm) {
   return max_norm > 0.0 && std::isfinite(norm) && norm > max_norm ? float(max_norm / (norm + 1e-6))
                                                                   : 1.0f;

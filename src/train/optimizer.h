@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -122,6 +123,28 @@ double grad_norm(const ParamSet& params);
 void check_state_tensor(const std::map<std::string, Tensor>& tensors, const std::string& name,
                         const Shape& shape);
 float clip_factor(double norm, double max_norm);
+
+// grad_norm taken during a step's last backward: after main layer l's block backward (TrainModel's
+// LossOptions::on_block_backward) that layer's gradients — and, at the first layer, the head's,
+// the final norm's and the MTP modules' — are final, and their sums of squares go to the GPU's
+// background stream, beside the layers still running (ops::SumOfSquaresParts); norm() adds the
+// embedding's and returns grad_norm's bits. One object a step; on the CPU the same sums at once.
+class BackwardGradNorm {
+ public:
+  BackwardGradNorm(ParamSet& params, int64_t num_hidden_layers);
+  void on_block_backward(int64_t layer);
+  double norm();
+
+ private:
+  ParamSet* params_;
+  int64_t layers_;
+  std::vector<Param*> grads_;      // trainable parameters, grad_norm's order
+  std::vector<int64_t> layer_of_;  // main layer index, -1 elsewhere, -2 for the embedding
+  ops::SumOfSquaresParts parts_;
+  bool head_added_ = false;
+  uint64_t last_mark_ = 0;
+  void add_where(const std::function<bool(int64_t layer)>& take);
+};
 
 // Decay rule used when building ParamSets: false for norms (*norm.weight, which covers
 // *layernorm.weight, enorm/hnorm of MTP) and biases (*.bias, *e_score_correction_bias); true for

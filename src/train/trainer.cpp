@@ -721,12 +721,20 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     // changes before the optimizer step below).
     std::optional<ops::Fp8WeightCacheScope> fp8_weights;
     if (!stage) fp8_weights.emplace(&params.fp8_images());
+    // One process: the gradient norm's sums of squares taken layer by layer during the last
+    // backward (on the GPU beside the layers still running).
+    std::optional<BackwardGradNorm> backward_norm;
     for (int64_t a = 0; a < (stage ? 0 : cfg.grad_accum); ++a) {
       const MicroBatch batch = batches.next(group.rank() * B_local, B_local);
       if (dp && a + 1 == cfg.grad_accum) {
         // The last backward of the step: its finished layers' gradients start reducing at once.
         dp->arm();
         loss_options.on_block_backward = [&dp](int64_t layer) { dp->on_block_backward(layer); };
+      } else if (!dp && a + 1 == cfg.grad_accum) {
+        backward_norm.emplace(params, model_config.num_hidden_layers);
+        loss_options.on_block_backward = [&backward_norm](int64_t layer) {
+          backward_norm->on_block_backward(layer);
+        };
       }
       std::vector<std::pair<double, double>> ref;  // outlives the forward_backward below
       // The step's losses are means over every rank's counted targets or pairs (one process's),
@@ -811,7 +819,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       // the update and the zeros run on the background stream a layer at a time, beside the next
       // step's forward (AdamW::step_async). One process: the experts' wgrads overwrite their
       // zeros, so those are not written (forward_backward settles any left over).
-      grad_norm = train::grad_norm(params);
+      grad_norm = backward_norm ? backward_norm->norm() : train::grad_norm(params);
       optimizer->step_async(lr, clip_factor(grad_norm, cfg.grad_clip),
                             /*defer_overwritten=*/true);
     }

@@ -430,6 +430,42 @@ TEST(BackendOptim, SumOfSquaresOverManyChunks) {
   EXPECT_EQ(ops::sum_of_squares({}), 0.0);
 }
 
+// ops::SumOfSquaresParts: the tensors' sums of squares added in parts, in scattered order, some on
+// the background stream, then finished: sum_of_squares's bits on the GPU and on the CPU. Tensors
+// across chunk boundaries, an empty one, a single element; a tensor added twice is an error.
+TEST(BackendOptim, SumOfSquaresInPartsIsSumOfSquares) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(62);
+  const std::vector<Shape> shapes = {{16384}, {3, 5461}, {0}, {1}, {40000}, {7, 9}, {16385}, {2}};
+  for (Device device : {Device::CUDA, Device::CPU}) {
+    std::vector<Tensor> tensors;
+    for (const Shape& sh : shapes) tensors.push_back(rand(sh, rng, 0.5f).to(device));
+    const double want = ops::sum_of_squares(tensors);
+    ops::SumOfSquaresParts parts(tensors);
+    parts.add(4, 6);  // a middle run first
+    uint64_t mark = 0;
+    if (device == Device::CUDA) {
+      cuda::Background background;
+      parts.add(0, 1);
+      parts.add(7, 8);
+      mark = background.mark();
+    } else {
+      parts.add(0, 1);
+      parts.add(7, 8);
+    }
+    try {
+      parts.add(5, 7);
+      ADD_FAILURE() << "no error for a tensor added twice";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("tensor 5 added twice"), std::string::npos) << e.what();
+    }
+    const double got = parts.finish(mark);  // adds 1..3 and 6
+    std::printf("[backend] sum_of_squares in parts (%s) %.17g, whole %.17g\n",
+                std::string(device_name(device)).c_str(), got, want);
+    EXPECT_EQ(std::memcmp(&got, &want, sizeof(double)), 0) << got << " vs " << want;
+  }
+}
+
 // ParamSet::to(cuda) and back keeps every value; the bf16 compute copies exist for the same
 // tensors and hold the CPU's rounding, also after refresh_compute on the GPU; zero_grad clears
 // on the device.

@@ -30,6 +30,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <optional>
 #include <random>
@@ -409,6 +410,51 @@ struct TwinTraining {
     return differ;
   }
 };
+
+// train::BackwardGradNorm: the gradients' squares summed layer by layer during the backward (on the
+// background stream, through TrainModel's on_block_backward) give grad_norm's bits afterwards —
+// with every gradient zeroed first, and with the routed experts' zeros left to their writers over
+// poisoned memory (zero_grad(true): an expert no token reached is zeroed before it is read), for
+// bf16 and FP8 training.
+TEST(BackendTrain, BackwardGradNormIsGradNorm) {
+  DSEEK_REQUIRE_CUDA();
+  for (const char* fixture : {"v2_lite", "v3_noaux"})
+    for (bool fp8 : {false, true}) {
+      SCOPED_TRACE(std::string(fixture) + (fp8 ? " fp8" : " bf16"));
+      const ModelConfig config = fixture_config(fixture);
+      ParamSet start, gpu;
+      init_cpu(config, start);
+      copy_to_gpu(start, gpu);
+      gpu.set_compute_dtype(DType::BF16);
+      if (fp8) mark_fp8_linears(gpu);
+      const LossOptions base = loss_options({fixture, 0.0, "sequence", false});
+      const Batch b = make_batch(config.vocab_size);
+      TrainModel model(config, gpu);
+      for (bool defer : {false, true}) {
+        if (defer) {
+          for (train::Param& p : gpu.all())
+            if (p.grad.defined())
+              p.grad.copy_from(Tensor::poisoned(p.grad.shape(), DType::F32, Device::CUDA));
+        }
+        gpu.zero_grad(defer);
+        train::BackwardGradNorm parts(gpu, config.num_hidden_layers);
+        LossOptions o = base;
+        int64_t calls = 0;
+        o.on_block_backward = [&](int64_t layer) {
+          ++calls;
+          parts.on_block_backward(layer);
+        };
+        model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
+        const double got = parts.norm(), want = train::grad_norm(gpu);
+        EXPECT_GE(calls, config.num_hidden_layers);
+        EXPECT_TRUE(std::isfinite(got)) << got;
+        EXPECT_EQ(std::memcmp(&got, &want, sizeof(double)), 0)
+            << (defer ? "deferred zeros: " : "") << got << " vs " << want;
+        std::printf("[backend] %s%s%s: norm from the backward %.17g, after it %.17g\n", fixture,
+                    fp8 ? " fp8" : "", defer ? " (deferred zeros)" : "", got, want);
+      }
+    }
+}
 
 // The trainer's step on one GPU: AdamW::step_async queues each layer's update and zeros on the
 // background stream, and the next forward reads a layer's weights as soon as its update is done.

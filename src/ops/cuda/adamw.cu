@@ -88,10 +88,12 @@ __global__ void adamw_kernel(const MultiTensorEntry* entries, int64_t count, int
 }
 
 // partial[c] = Σ grad² over chunk c, in double.
-__global__ void sum_of_squares_kernel(const MultiTensorEntry* entries, int64_t count,
-                                      int64_t chunks, double* partial) {
+// Chunks [first, last) of the table.
+__global__ void sum_of_squares_kernel(const MultiTensorEntry* entries, int64_t count, int64_t first,
+                                      int64_t last, double* partial) {
   __shared__ double scratch[32];
-  for (int64_t c = blockIdx.x; c < chunks; c += gridDim.x) {  // uniform per block: syncs are safe
+  for (int64_t c = first + blockIdx.x; c < last;
+       c += gridDim.x) {  // uniform per block: syncs are safe
     const MultiTensorEntry e = entry_at(entries, count, c, &MultiTensorEntry::chunk_begin);
     const int64_t begin = (c - e.chunk_begin) * kMultiTensorChunk;
     const int64_t end = min(e.n, begin + kMultiTensorChunk);
@@ -164,12 +166,22 @@ void sum_of_squares_multi_tensor(const MultiTensorEntry* entries, int64_t count,
     return;
   }
   double* partial = static_cast<double*>(dseek::cuda::alloc(size_t(chunks) * sizeof(double)));
-  sum_of_squares_kernel<<<blocks_for(chunks), kThreads, 0, stream()>>>(entries, count, chunks,
-                                                                       partial);
+  sum_of_squares_chunks(entries, count, 0, chunks, partial);
+  sum_partials(partial, chunks, out);
+  dseek::cuda::free(partial);
+}
+
+void sum_of_squares_chunks(const MultiTensorEntry* entries, int64_t count, int64_t first,
+                           int64_t last, double* partial) {
+  if (last <= first) return;
+  sum_of_squares_kernel<<<blocks_for(last - first), kThreads, 0, stream()>>>(entries, count, first,
+                                                                             last, partial);
   DSEEK_CUDA_CHECK_LAUNCH("sum_of_squares_kernel");
+}
+
+void sum_partials(const double* partial, int64_t chunks, double* out) {
   sum_partials_kernel<<<1, 1024, 0, stream()>>>(partial, chunks, out);
   DSEEK_CUDA_CHECK_LAUNCH("sum_partials_kernel");
-  dseek::cuda::free(partial);
 }
 
 void scale_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,

@@ -288,6 +288,11 @@ void adamw_image_multi_tensor(const AdamWImageEntry* entries, int64_t count, int
 // out[0] (f64, device) = Σ grad² over every entry (per-chunk partials, then a fixed-order sum).
 void sum_of_squares_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
                                  double* out);
+// Its two halves: partial[c] for the chunks c in [first, last), then out[0] = Σ partial[0 ..
+// chunks) in a fixed order (the same bits however the chunks were split between calls and streams).
+void sum_of_squares_chunks(const MultiTensorEntry* entries, int64_t count, int64_t first,
+                           int64_t last, double* partial);
+void sum_partials(const double* partial, int64_t chunks, double* out);
 // grad ← grad · scale for every entry.
 void scale_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
                         float scale);
