@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "ops/adamw.h"
 #include "ops/fp8.h"
+#include "ops/moe.h"
 #include "train/optimizer.h"
 
 using namespace dseek;
@@ -561,6 +562,43 @@ TEST(Optimizer, FusedOpChecksItsTensors) {
       },
       "[sum_of_squares] tensor 1: must be a defined f32 contiguous tensor, got undefined");
   expect_error([&] { ops::scale_inplace({a.to(DType::BF16)}, 2.0f); }, "[scale_inplace] tensor 0");
+}
+
+// SumOfSquaresParts::external: the sum of some tensors comes from their writer (here: the grouped
+// wgrad's squares, an expert group written by ops::grouped_linear_backward_dw), the rest are
+// added in parts or at finish; the total is sum_of_squares's up to the order of the sums. A
+// tensor given to a writer cannot be added again. (The GPU twin: BackendOptim.
+// SumOfSquaresInPartsIsSumOfSquares.)
+TEST(Optimizer, SumOfSquaresPartsTakesWritersSums) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 0.5f);
+  auto random = [&](Shape shape) {
+    Tensor t = Tensor::empty(shape);
+    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = normal(rng);
+    return t;
+  };
+  const int64_t T = 9, in = 6, out = 5;
+  std::vector<Tensor> tensors = {random({4, 3}), Tensor::poisoned({out, in}), random({7}),
+                                 Tensor::poisoned({out, in}), random({2, 2})};
+  const Tensor x = random({T, in}), dy = random({T, out});
+  const Tensor offsets = Tensor::from_i64({0, 4, 9});
+  ops::SumOfSquaresParts parts(tensors);
+  parts.add(0, 1);
+  double* slot = parts.external({1, 3});  // the two experts, written below
+  ops::grouped_linear_backward_dw(x, dy, offsets, ops::expert_matrices({tensors[1], tensors[3]}),
+                                  false, slot);
+  EXPECT_TRUE(std::isfinite(*slot));
+  EXPECT_GT(*slot, 0.0);
+  expect_error([&] { parts.add(3, 5); }, "[sum_of_squares] tensor 3 added twice");
+  expect_error([&] { parts.external({0}); }, "[sum_of_squares] tensor 0 added twice");
+  expect_error([&] { parts.external({5}); }, "[sum_of_squares] tensor 5 of 5");
+  const double got = parts.finish(), want = ops::sum_of_squares(tensors);
+  EXPECT_NEAR(got, want, 1e-13 * want);
+  // matrices_sum_of_squares, the ops' second pass: the experts' share alone.
+  double experts = NAN;
+  ops::matrices_sum_of_squares(ops::expert_matrices({tensors[1], tensors[3]}), &experts);
+  EXPECT_NEAR(experts, ops::sum_of_squares({tensors[1], tensors[3]}), 1e-13 * experts);
+  EXPECT_NEAR(*slot, experts, 1e-13 * experts);
 }
 
 // A parameter whose tensors are replaced between steps (as ParamSet::to does) is updated in its

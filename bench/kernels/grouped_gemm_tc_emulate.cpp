@@ -2,10 +2,10 @@
 // (src/ops/cuda/grouped_gemm_tc_kernels.cuh) and Hopper wgmma (grouped_gemm_wgmma_kernels.cuh),
 // for machines without a GPU: the kernels' own source runs on host threads (tc_emulation.h, which
 // also reads wgmma's operands through their descriptors) and forward, dx and dW (overwrite and
-// accumulate) are
-// checked against a double reference on ragged expert loads with empty experts, tails in every
-// dimension, a padded weight row stride, an unaligned weight (the plain-load path) and the idle
-// blocks past the real tile count. It checks indexing, masks and tails, not timing or asynchrony.
+// accumulate) are checked against a double reference on ragged expert loads with empty experts,
+// tails in every dimension, a padded weight row stride, an unaligned weight (the plain-load path)
+// and the idle blocks past the real tile count; so are the sums of squares the wgmma dW kernel
+// takes of what it stores. It checks indexing, masks and tails, not timing or asynchrony.
 // Slow (a barrier per warp step): small shapes only. Build and run by hand (repository root):
 //   g++ -std=c++20 -O1 -pthread -Wno-unknown-pragmas -I src -I /usr/local/cuda/include
 //       bench/kernels/grouped_gemm_tc_emulate.cpp -o /tmp/grouped_gemm_tc_emulate
@@ -43,8 +43,9 @@ struct MmaSync {
                                                                    ldw, n_total, k_total, C);
       });
   }
+  static constexpr bool kSquares = false;  // the launcher sums the squares in another kernel
   static void dw(int64_t E, const bf16* x, const bf16* dy, const int64_t* offsets, int64_t out,
-                 int64_t in, float* const* dw, float beta) {
+                 int64_t in, float* const* dw, float beta, std::vector<double>*) {
     for (int64_t e = 0; e < E; ++e)
       for (int64_t m = 0; m < (out + kBM - 1) / kBM; ++m)
         for (int64_t n = 0; n < (in + kBN - 1) / kBN; ++n)
@@ -69,14 +70,18 @@ struct Wgmma {
             A, offsets, tile_start, E, w, ldw, n_total, k_total, C);
       });
   }
+  static constexpr bool kSquares = true;  // each block's Σ dW² into its slot of `squares`
   static void dw(int64_t E, const bf16* x, const bf16* dy, const int64_t* offsets, int64_t out,
-                 int64_t in, float* const* dw, float beta) {
+                 int64_t in, float* const* dw, float beta, std::vector<double>* squares) {
+    const int64_t rows = (out + kBM - 1) / kBM, cols = (in + kBN - 1) / kBN;
+    gridDim = uint3{unsigned(cols), unsigned(rows), unsigned(E)};
+    squares->assign(size_t(E * rows * cols), NAN);
     for (int64_t e = 0; e < E; ++e)
-      for (int64_t m = 0; m < (out + kBM - 1) / kBM; ++m)
-        for (int64_t n = 0; n < (in + kBN - 1) / kBN; ++n)
+      for (int64_t m = 0; m < rows; ++m)
+        for (int64_t n = 0; n < cols; ++n)
           run_block(uint3{unsigned(n), unsigned(m), unsigned(e)}, kThreads, [&] {
             dseek::ops::cuda::grouped_wgmma::grouped_dw_wgmma_kernel(x, dy, offsets, out, in, dw,
-                                                                     beta);
+                                                                     beta, squares->data());
           });
   }
 };
@@ -152,8 +157,19 @@ bool run_case(const Case& c, std::mt19937& rng) {
                           out, in, y.data());
   K::template rows<true>(grid_tiles, dy.data(), offsets.data(), tile_start.data(), E, w.data(), ldw,
                          in, out, dx.data());
-  K::dw(E, x.data(), dy.data(), offsets.data(), out, in, dwp0.data(), 0.0f);
-  K::dw(E, x.data(), dy.data(), offsets.data(), out, in, dwp1.data(), 1.0f);
+  std::vector<double> squares0, squares1;
+  K::dw(E, x.data(), dy.data(), offsets.data(), out, in, dwp0.data(), 0.0f, &squares0);
+  K::dw(E, x.data(), dy.data(), offsets.data(), out, in, dwp1.data(), 1.0f, &squares1);
+  // The blocks' sums of squares add up to Σ dW² of what they stored (each square is exact in
+  // double; only the order of the sums differs).
+  auto squares_error = [](const std::vector<double>& slots, const std::vector<float>& dw) {
+    if (!K::kSquares) return 0.0;
+    double got = 0, want = 0;
+    for (double v : slots) got += v;
+    for (float v : dw) want += double(v) * double(v);
+    return std::isfinite(got) ? std::abs(got - want) / (1e-12 * want + 1e-300) : INFINITY;
+  };
+  const double sq0 = squares_error(squares0, dw0), sq1 = squares_error(squares1, dw1);
 
   // Bounds: bf16 outputs round once (at most 2^-8 relative; the bound allows 2^-7) plus f32
   // accumulation error, ≤ 1e-5 of the sum of |terms|; f32 dW only the latter.
@@ -192,12 +208,13 @@ bool run_case(const Case& c, std::mt19937& rng) {
         edw0.add(dw0[j], s, 1e-5 * a + 1e-30);
         edw1.add(dw1[j], dw1_before[j] + s, 1e-5 * (a + 1) + 1e-30);
       }
-  const bool ok = ey.ratio <= 1 && edx.ratio <= 1 && edw0.ratio <= 1 && edw1.ratio <= 1;
+  const bool ok =
+      ey.ratio <= 1 && edx.ratio <= 1 && edw0.ratio <= 1 && edw1.ratio <= 1 && sq0 <= 1 && sq1 <= 1;
   std::printf(
       "%-16s E %2ld N %4ld in %3ld out %3ld ldw %3ld%s: y %.2e  dx %.2e  dW %.2e  dW+= %.2e"
-      "  (err / bound)  %s\n",
+      "  ΣdW² %.2e %.2e  (err / bound)  %s\n",
       K::kName, long(E), long(N), long(in), long(out), long(ldw),
-      c.unaligned_w ? " unaligned W" : "", ey.ratio, edx.ratio, edw0.ratio, edw1.ratio,
+      c.unaligned_w ? " unaligned W" : "", ey.ratio, edx.ratio, edw0.ratio, edw1.ratio, sq0, sq1,
       ok ? "ok" : "FAIL");
   return ok;
 }

@@ -7,6 +7,9 @@
 // source (it defines DSEEK_ATTENTION_EMULATION, which makes attention_mma.cuh skip its PTX).
 #pragma once
 
+// A kernel's __shared__ variables: one for all of a block's threads (blocks run one at a time).
+#define __shared__ static
+
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
@@ -26,13 +29,14 @@ using std::max;
 using std::min;
 
 thread_local uint3 threadIdx;
-inline uint3 blockIdx, gridDim;
+inline uint3 blockIdx, blockDim, gridDim;
 
 struct EmuWarp {
   std::barrier<> bar{32};
   uintptr_t addr[32];
   uint32_t a[32][4], b[32][2];
   float val[32];
+  double dval[32];
 };
 inline EmuWarp* g_warps = nullptr;
 // wgmma.wait_group is warpgroup-collective: when it returns in one thread, the products of all
@@ -65,10 +69,21 @@ inline float __shfl_xor_sync(unsigned, float v, int mask) {
   return r;
 }
 
+inline double __shfl_xor_sync(unsigned, double v, int mask) {
+  EmuWarp& w = my_warp();
+  const int lane = my_lane();
+  w.dval[lane] = v;
+  w.bar.arrive_and_wait();
+  const double r = w.dval[lane ^ mask];
+  w.bar.arrive_and_wait();
+  return r;
+}
+
 // Runs body() as block (x, y, z) of `threads` threads (a multiple of 32), shared memory NaN.
 template <typename Body>
 void run_block(uint3 block, unsigned threads, Body body) {
   blockIdx = block;
+  blockDim = uint3{threads, 1, 1};
   std::memset(g_smem, 0xff, sizeof(g_smem));  // bf16 and f32 NaN
   std::vector<EmuWarp> warps(threads / 32);
   std::vector<EmuWarpgroup> warpgroups(threads / 128);

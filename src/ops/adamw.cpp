@@ -341,7 +341,10 @@ SumOfSquaresParts::SumOfSquaresParts(std::vector<Tensor> tensors) : tensors_(std
                                           cuda::kMultiTensorChunk;
   DSEEK_CHECK(chunk_of_.back() == chunks_, "[sum_of_squares] chunk count {} against {}",
               chunk_of_.back(), chunks_);
-  partial_ = Tensor::empty({std::max<int64_t>(chunks_, 1)}, DType::I64, Device::CUDA);  // doubles
+  // Doubles: a chunk's slot is written by add(), a tensor's external one by its writer; zeros
+  // (all-zero bytes are +0.0) stand for the chunks of external tensors and unused slots.
+  partial_ = Tensor::empty({chunks_ + int64_t(tensors_.size())}, DType::I64, Device::CUDA);
+  dseek::cuda::fill_bytes(partial_.raw(), 0, size_t(partial_.numel()) * sizeof(double));
   out_ = Tensor::empty({1}, DType::I64, Device::CUDA);
 #else
   cuda_not_built("sum_of_squares");
@@ -365,6 +368,17 @@ void SumOfSquaresParts::add(size_t first, size_t last) {
     sums_[i] = cpu::sum_of_squares(tensors_[i].data<float>(), tensors_[i].numel());
 }
 
+double* SumOfSquaresParts::external(const std::vector<size_t>& tensors) {
+  DSEEK_CHECK(!tensors.empty(), "[sum_of_squares] an external sum of no tensors");
+  for (size_t i : tensors) {
+    DSEEK_CHECK(i < tensors_.size(), "[sum_of_squares] tensor {} of {}", i, tensors_.size());
+    DSEEK_CHECK(!added_[i], "[sum_of_squares] tensor {} added twice", i);
+  }
+  for (size_t i : tensors) added_[i] = 1;
+  if (table_.defined()) return static_cast<double*>(partial_.raw()) + chunks_ + tensors[0];
+  return &sums_[tensors[0]];  // the others' sums stay 0
+}
+
 double SumOfSquaresParts::finish([[maybe_unused]] uint64_t after) {
   for (size_t i = 0; i < tensors_.size();) {  // the rest, a run of tensors at a time
     size_t j = i;
@@ -375,8 +389,7 @@ double SumOfSquaresParts::finish([[maybe_unused]] uint64_t after) {
   if (table_.defined()) {
 #ifdef DSEEK_HAS_CUDA
     if (after != 0) dseek::cuda::wait_background(after);
-    if (chunks_ == 0) return 0.0;
-    cuda::sum_partials(static_cast<const double*>(partial_.raw()), chunks_,
+    cuda::sum_partials(static_cast<const double*>(partial_.raw()), partial_.numel(),
                        static_cast<double*>(out_.raw()));
     double sum = 0.0;
     dseek::cuda::copy_to_host(&sum, out_.raw(), sizeof(double));  // waits for the stream

@@ -108,10 +108,14 @@ void scale_inplace(const std::vector<Tensor>& tensors, float scale);
 // work so far is done); finish() adds the rest on the current stream after waiting for `after`
 // (a background mark, or 0) and returns the total (one synchronisation). On the CPU add() sums
 // at once and finish() adds the tensors' sums in order, as sum_of_squares does.
+// external() hands the sum of some tensors to their writer instead: it returns a slot (a double
+// on the tensors' device, zero until written) for Σ g² of all of them, which finish() adds to
+// the chunks' sums in a fixed place (the same value as sum_of_squares up to the order of sums).
 class SumOfSquaresParts {
  public:
   explicit SumOfSquaresParts(std::vector<Tensor> tensors);
   void add(size_t first, size_t last);  // tensors [first, last)
+  double* external(const std::vector<size_t>& tensors);
   double finish(uint64_t after = 0);
   size_t size() const { return tensors_.size(); }
 
@@ -120,7 +124,9 @@ class SumOfSquaresParts {
   std::vector<uint8_t> added_;
   std::vector<double> sums_;       // CPU: per tensor
   std::vector<int64_t> chunk_of_;  // GPU: tensor i's chunks start at chunk_of_[i] (end: i + 1)
-  Tensor table_, partial_, out_;   // GPU: the table, the per-chunk sums, the total
+  // GPU: the table, the per-chunk sums (then a slot per tensor for external sums: all zeros
+  // until written), the total.
+  Tensor table_, partial_, out_;
   int64_t entries_ = 0, chunks_ = 0;
 };
 

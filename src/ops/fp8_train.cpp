@@ -186,7 +186,7 @@ Fp8ColTiles wgrad_x_cols(Fp8WgradInput* shared, bool transposed, int64_t cols, M
 // every row (offsets {0, rows}). x̂'s column tiles from (and into) `shared` when given.
 void wgrad(const char* op, const Fp8Tensor& x_cache, const Tensor& dy2, const Tensor& offsets,
            const ExpertMatrices& dw, bool accumulate, [[maybe_unused]] bool dense,
-           Fp8WgradInput* shared) {
+           Fp8WgradInput* shared, double* squares = nullptr) {
 #ifdef DSEEK_HAS_CUDA
   if (offsets.is_cuda() && cuda::fp8_wgmma_takes(dw.cols, dw.rows)) {
     // The tensor cores read both operands transposed: quantised and transposed in one pass each.
@@ -200,12 +200,15 @@ void wgrad(const char* op, const Fp8Tensor& x_cache, const Tensor& dy2, const Te
     if (dense && cuda::fp8_wgrad_cublaslt(qdy.data.data<uint8_t>(), qdy.scale.data<float>(),
                                           dw.rows, qx.data.data<uint8_t>(), qx.scale.data<float>(),
                                           dw.cols, tokens, qx.data.size(1),
-                                          dw.matrices[0].data<float>(), accumulate ? 1.0f : 0.0f))
+                                          dw.matrices[0].data<float>(), accumulate ? 1.0f : 0.0f)) {
+      if (squares) matrices_sum_of_squares(dw, squares);
       return;
+    }
     cuda::fp8_grouped_wgrad_t(qdy.data.data<uint8_t>(), qdy.scale.data<float>(),
                               qx.data.data<uint8_t>(), qx.scale.data<float>(), dy2.size(0), dw.rows,
                               dw.cols, offsets.data<int64_t>(), offsets.numel() - 1,
-                              static_cast<float* const*>(dw.table.raw()), accumulate ? 1.0f : 0.0f);
+                              static_cast<float* const*>(dw.table.raw()), accumulate ? 1.0f : 0.0f,
+                              squares);
     return;
   }
 #endif
@@ -220,14 +223,14 @@ void wgrad(const char* op, const Fp8Tensor& x_cache, const Tensor& dy2, const Te
     cuda::fp8_grouped_wgrad(qdy.data.data<uint8_t>(), qdy.scale.data<float>(),
                             qx.data.data<uint8_t>(), qx.scale.data<float>(), qdy.data.size(0), N, K,
                             offsets.data<int64_t>(), E, static_cast<float* const*>(dw.table.raw()),
-                            accumulate ? 1.0f : 0.0f);
+                            accumulate ? 1.0f : 0.0f, squares);
     return;
 #else
     cuda_not_built(op);
 #endif
   }
   grouped_linear_backward_dw(dequantize_fp8_cols(qx, offsets), dequantize_fp8_cols(qdy, offsets),
-                             offsets, dw, accumulate);
+                             offsets, dw, accumulate, squares);
 }
 
 }  // namespace
@@ -700,7 +703,7 @@ Tensor grouped_linear_fp8_backward_dx(const Tensor& dy_perm, const Fp8ExpertWeig
 
 void grouped_linear_fp8_backward_dw(const Fp8GroupedCache& cache, const Tensor& dy_perm,
                                     const Tensor& offsets, const ExpertMatrices& dw,
-                                    bool accumulate, Fp8WgradInput* shared_x) {
+                                    bool accumulate, Fp8WgradInput* shared_x, double* squares) {
   DSEEK_CHECK(cache.x.data.defined() && dy_perm.defined() && dy_perm.dim() == 2,
               "[grouped_linear_fp8] undefined cache or dy");
   const Device device = op_device("grouped_linear_fp8", {&cache.x.data, &dy_perm, &offsets});
@@ -717,7 +720,7 @@ void grouped_linear_fp8_backward_dw(const Fp8GroupedCache& cache, const Tensor& 
   DSEEK_CHECK(E == dw.experts, "[grouped_linear_fp8] offsets for {} experts, {} matrices", E,
               dw.experts);
   wgrad("grouped_linear_fp8", cache.x, dy_perm.contiguous(), offsets, dw, accumulate,
-        /*dense=*/false, shared_x);
+        /*dense=*/false, shared_x, squares);
 }
 
 }  // namespace dseek::ops

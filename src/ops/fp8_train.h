@@ -209,9 +209,11 @@ Tensor grouped_linear_fp8_backward_dx(const Tensor& dy_perm, const Fp8ExpertWeig
                                       const Tensor& offsets);
 // dW_e (+)= Q_col(dy)ᵀ·Q_col(x̂) over the rows of expert e, into dw (f32 contiguous [out, in],
 // experts without rows get zeros unless `accumulate`).
-// `shared_x` as in linear_fp8_train_backward (gate_proj's and up_proj's wgrads).
+// `shared_x` as in linear_fp8_train_backward (gate_proj's and up_proj's wgrads); `squares` as in
+// grouped_linear_backward_dw (summed as they are stored by the TMA kernel).
 void grouped_linear_fp8_backward_dw(const Fp8GroupedCache& cache, const Tensor& dy_perm,
                                     const Tensor& offsets, const ExpertMatrices& dw,
-                                    bool accumulate, Fp8WgradInput* shared_x = nullptr);
+                                    bool accumulate, Fp8WgradInput* shared_x = nullptr,
+                                    double* squares = nullptr);
 
 }  // namespace dseek::ops

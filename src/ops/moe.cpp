@@ -456,8 +456,27 @@ Tensor grouped_linear_backward_dx(const Tensor& dy_perm, const ExpertMatrices& w
   return dx;
 }
 
+void matrices_sum_of_squares(const ExpertMatrices& m, double* squares) {
+  DSEEK_CHECK(m.dtype == DType::F32 && m.ld == m.cols,
+              "[sum_of_squares] expert matrices must be contiguous f32, got {} (ld {})",
+              dtype_name(m.dtype), m.ld);
+  if (m.device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    cuda::matrices_sum_of_squares(static_cast<float* const*>(m.table.raw()), m.experts, m.rows,
+                                  m.cols, squares);
+    return;
+#else
+    cuda_not_built("sum_of_squares");
+#endif
+  }
+  double sum = 0.0;
+  for (float* a : pointers<float*>(m))
+    for (int64_t i = 0; i < m.rows * m.cols; ++i) sum += double(a[i]) * double(a[i]);
+  *squares = sum;
+}
+
 void grouped_linear_backward_dw(const Tensor& x_perm, const Tensor& dy_perm, const Tensor& offsets,
-                                const ExpertMatrices& dw, bool accumulate) {
+                                const ExpertMatrices& dw, bool accumulate, double* squares) {
   DSEEK_CHECK(x_perm.defined() && dy_perm.defined() && x_perm.dim() == 2 && dy_perm.dim() == 2 &&
                   x_perm.size(0) == dy_perm.size(0) && x_perm.size(1) == dw.cols &&
                   dy_perm.size(1) == dw.rows,
@@ -472,7 +491,10 @@ void grouped_linear_backward_dw(const Tensor& x_perm, const Tensor& dy_perm, con
               device_name(device), dtype_name(dw.dtype), dw.ld, device_name(dw.device));
   const int64_t N = x_perm.size(0), in = dw.cols, out = dw.rows;
   check_offsets("grouped_linear", offsets, dw.experts, N, device);
-  if (in == 0 || out == 0) return;
+  if (in == 0 || out == 0) {
+    if (squares) matrices_sum_of_squares(dw, squares);
+    return;
+  }
   Tensor xh, dyh;
   const Tensor& x = contiguous_or(x_perm, xh);
   const Tensor& dy = contiguous_or(dy_perm, dyh);
@@ -480,7 +502,7 @@ void grouped_linear_backward_dw(const Tensor& x_perm, const Tensor& dy_perm, con
 #ifdef DSEEK_HAS_CUDA
     cuda::grouped_linear_backward_dw(x.raw(), dy.raw(), offsets.data<int64_t>(), dw.experts, out,
                                      in, static_cast<float* const*>(dw.table.raw()),
-                                     accumulate ? 1.0f : 0.0f, act);
+                                     accumulate ? 1.0f : 0.0f, act, squares);
     return;
 #else
     cuda_not_built("grouped_linear");
@@ -489,6 +511,7 @@ void grouped_linear_backward_dw(const Tensor& x_perm, const Tensor& dy_perm, con
   const std::vector<float*> p = pointers<float*>(dw);
   cpu::grouped_linear_backward_dw(x.data<float>(), dy.data<float>(), offsets.data<int64_t>(),
                                   dw.experts, out, in, p.data(), accumulate ? 1.0f : 0.0f);
+  if (squares) matrices_sum_of_squares(dw, squares);
 }
 
 Tensor moe_combine(const Tensor& y_perm, const Tensor& weights, const MoeDispatch& d,

@@ -151,9 +151,16 @@ Tensor grouped_linear_backward_dx(const Tensor& dy_perm, const ExpertMatrices& w
 // dW_e (+)= Σ_r dy[r]ᵀ x[r] over the rows of expert e, into dw (f32 [out, in], ld = in, on the
 // op's device); `accumulate` adds, else overwrites (experts without rows get zeros).
 // Deterministic: every dW element is summed by one thread (one block's tensor-core tile for bf16)
-// in a fixed row order.
+// in a fixed row order. `squares` (nullable; a double on the op's device) receives Σ v² over every
+// dW after the write, in double: the gradient norm's share of these matrices. The Hopper kernels
+// add up the squares of the values as they store them; elsewhere the matrices are read again.
+// The same bits for the same inputs on one device; across devices, the same value up to the
+// order of the sums.
 void grouped_linear_backward_dw(const Tensor& x_perm, const Tensor& dy_perm, const Tensor& offsets,
-                                const ExpertMatrices& dw, bool accumulate);
+                                const ExpertMatrices& dw, bool accumulate,
+                                double* squares = nullptr);
+// *squares (a double on the matrices' device) = Σ v² over every matrix of m (f32, contiguous).
+void matrices_sum_of_squares(const ExpertMatrices& m, double* squares);
 
 // y_perm [T·K, D], weights [T, K] f32, add undefined or [T, D] (y_perm's dtype) -> out [T, D].
 Tensor moe_combine(const Tensor& y_perm, const Tensor& weights, const MoeDispatch& d,

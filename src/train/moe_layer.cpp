@@ -96,6 +96,7 @@ Tensor grouped_dx(bool fp8, const Tensor& dy, const ops::ExpertMatrices& w,
 // writing them next time: Param::grad_overwritten), else added (to zeros written now where
 // zero_grad left them: Param::grad_stale).
 // `shared_x`: x̂'s column tiles for gate_proj's and up_proj's FP8 wgrads (ops::Fp8WgradInput).
+// Where BackwardGradNorm gave the experts a slot (Param::grad_squares), the wgrad puts Σ dW² there.
 void grouped_dw(ParamSet& params, const std::string& prefix, LocalExperts local,
                 const std::string& proj, bool fp8, const GroupedInput& in, const Tensor& dy,
                 const Tensor& o, ops::Fp8WgradInput* shared_x = nullptr) {
@@ -103,11 +104,16 @@ void grouped_dw(ParamSet& params, const std::string& prefix, LocalExperts local,
   grads.reserve(size_t(local.count));
   bool zero = true;
   std::vector<Param*> ps;
+  double* squares = nullptr;  // Param::grad_squares: one slot for all of them, or none
   for (int64_t e = local.first; e < local.first + local.count; ++e) {
     Param& p = params.at(expert_prefix(prefix, e) + "." + proj + ".weight");
     grads.push_back(p.grad);
     ps.push_back(&p);
     zero = zero && p.grad_zero;
+    if (e == local.first) squares = p.grad_squares;
+    DSEEK_CHECK(p.grad_squares == squares,
+                "[moe] the experts of {}.{} do not share one sum-of-squares slot", prefix, proj);
+    p.grad_squares = nullptr;
   }
   for (Param* p : ps) {
     p->grad_zero = false;
@@ -121,12 +127,12 @@ void grouped_dw(ParamSet& params, const std::string& prefix, LocalExperts local,
   const ops::ExpertMatrices dw = ops::expert_matrices(std::move(grads));
   const bool accumulate = !zero;
   if (!fp8)
-    ops::grouped_linear_backward_dw(in.x, dy, o, dw, accumulate);
+    ops::grouped_linear_backward_dw(in.x, dy, o, dw, accumulate, squares);
   else if (in.fp8.x.data.defined())
-    ops::grouped_linear_fp8_backward_dw(in.fp8, dy, o, dw, accumulate, shared_x);
+    ops::grouped_linear_fp8_backward_dw(in.fp8, dy, o, dw, accumulate, shared_x, squares);
   else
     ops::grouped_linear_fp8_backward_dw(ops::fp8_grouped_cache(in.x), dy, o, dw, accumulate,
-                                        shared_x);
+                                        shared_x, squares);
 }
 
 // The routing on the host, as model/moe_balance.h's losses take it. A host synchronisation (ids

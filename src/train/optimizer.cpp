@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <map>
 
 #include "core/cuda.h"
 #include "core/error.h"
@@ -307,17 +308,50 @@ BackwardGradNorm::BackwardGradNorm(ParamSet& params, int64_t num_hidden_layers)
     if (group.rfind(layers, 0) == 0) layer = std::stoll(group.substr(layers.size()));
     layer_of_.push_back(layer);
   }
+  // The routed experts' weights, grouped by layer and projection: "<prefix>.experts.<e>.<proj>".
+  // On the GPU only, where one grouped wgrad writes each group (the CPU's experts run one by one,
+  // moe_layer_host.cpp).
+  by_writer_.assign(grads_.size(), 0);
+  if (params.device() != Device::CUDA) return;
+  std::map<std::string, std::vector<size_t>> groups;
+  const std::string experts = ".experts.";
+  for (size_t i = 0; i < grads_.size(); ++i) {
+    const std::string& name = grads_[i]->name;
+    const size_t at = name.find(experts);
+    if (at == std::string::npos || !ends_with(name, "_proj.weight")) continue;
+    const size_t digits = at + experts.size(), dot = name.find('.', digits);
+    if (dot == std::string::npos || dot == digits ||
+        name.find_first_not_of("0123456789", digits) != dot)
+      continue;
+    groups[name.substr(0, digits) + "*" + name.substr(dot)].push_back(i);
+  }
+  for (const auto& [group, members] : groups) {
+    double* slot = parts_.external(members);
+    for (size_t i : members) {
+      by_writer_[i] = 1;
+      grads_[i]->grad_squares = slot;
+    }
+  }
+}
+
+BackwardGradNorm::~BackwardGradNorm() {
+  release_slots();
+}
+
+void BackwardGradNorm::release_slots() {
+  for (Param* p : grads_) p->grad_squares = nullptr;
 }
 
 void BackwardGradNorm::add_where(const std::function<bool(int64_t layer)>& take) {
   std::vector<std::pair<size_t, size_t>> runs;
+  auto here = [&](size_t i) { return !by_writer_[i] && take(layer_of_[i]); };
   for (size_t i = 0; i < grads_.size();) {
-    if (!take(layer_of_[i])) {
+    if (!here(i)) {
       ++i;
       continue;
     }
     size_t j = i;
-    while (j < grads_.size() && take(layer_of_[j])) settle_grad(*grads_[j++]);  // stale zeros
+    while (j < grads_.size() && here(j)) settle_grad(*grads_[j++]);  // stale zeros
     runs.emplace_back(i, j);
     i = j;
   }
@@ -341,6 +375,9 @@ void BackwardGradNorm::on_block_backward(int64_t layer) {
 }
 
 double BackwardGradNorm::norm() {
+  // A slot no wgrad took (an MTP module the loss leaves out) is still zero, as are the gradients
+  // nothing wrote (settle_grad writes the zeros zero_grad left to their writer).
+  release_slots();
   for (Param* p : grads_) settle_grad(*p);
   return std::sqrt(parts_.finish(last_mark_));
 }

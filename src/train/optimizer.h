@@ -129,9 +129,15 @@ float clip_factor(double norm, double max_norm);
 // the final norm's and the MTP modules' — are final, and their sums of squares go to the GPU's
 // background stream, beside the layers still running (ops::SumOfSquaresParts); norm() adds the
 // embedding's and returns grad_norm's bits. One object a step; on the CPU the same sums at once.
+// The routed experts' weight gradients are summed by their writer instead (Param::grad_squares:
+// a slot for each projection's experts of a layer), so the norm does not read them again; their
+// sums add to the others' in a fixed place: the same norm as grad_norm up to the order of sums.
 class BackwardGradNorm {
  public:
   BackwardGradNorm(ParamSet& params, int64_t num_hidden_layers);
+  ~BackwardGradNorm();
+  BackwardGradNorm(const BackwardGradNorm&) = delete;
+  BackwardGradNorm& operator=(const BackwardGradNorm&) = delete;
   void on_block_backward(int64_t layer);
   double norm();
 
@@ -140,7 +146,9 @@ class BackwardGradNorm {
   int64_t layers_;
   std::vector<Param*> grads_;      // trainable parameters, grad_norm's order
   std::vector<int64_t> layer_of_;  // main layer index, -1 elsewhere, -2 for the embedding
+  std::vector<uint8_t> by_writer_;  // summed by its writer (Param::grad_squares)
   ops::SumOfSquaresParts parts_;
+  void release_slots();
   bool head_added_ = false;
   uint64_t last_mark_ = 0;
   void add_where(const std::function<bool(int64_t layer)>& take);

@@ -46,6 +46,11 @@ struct Param {
   // grad_zero's zeros, not what the memory holds, until a writer overwrites it or settle_grad
   // zeros it. forward_backward ends with no stale gradient (ParamSet::settle_grads).
   bool grad_stale = false;
+  // Where the grad's writer puts Σ grad² of what it wrote (a double on the grad's device), or
+  // null: set by BackwardGradNorm for the routed experts' weights of a step's last backward (one
+  // slot for all experts of a projection), taken and cleared by their grouped wgrad (moe_layer),
+  // whose kernels add up the squares as they store dW instead of the norm reading it again.
+  double* grad_squares = nullptr;
 
   // What linear layers multiply with: the compute copy when there is one, else the master.
   const Tensor& weight() const { return compute.defined() ? compute : value; }

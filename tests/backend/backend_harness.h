@@ -22,6 +22,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -99,6 +100,35 @@ inline void expect_close(const std::string& op, const Shape& shape, DType act, c
 inline void expect_close(const std::string& op, const Shape& shape, DType act, const Tensor& want,
                          const Tensor& got) {
   expect_close(op, shape, act, want, got, default_tolerance(act));
+}
+
+// A double on the device holding NaN (all-ones bytes), for an op that writes one
+// (ops::grouped_linear_backward_dw's squares); double_of reads it back.
+inline Tensor nan_double_on_gpu() {
+  Tensor t = Tensor::empty({1}, DType::I64, Device::CUDA);
+  dseek::cuda::fill_bytes(t.raw(), 0xff, sizeof(double));
+  return t;
+}
+inline double double_of(const Tensor& t) {
+  const Tensor h = t.to(Device::CPU);
+  double d = 0.0;
+  std::memcpy(&d, h.raw(), sizeof(double));
+  return d;
+}
+// Σ v² in double over every element of the tensors (f32).
+inline double squares_of(const std::vector<Tensor>& ts) {
+  double sum = 0.0;
+  for (const Tensor& t : ts)
+    for (float v : t.to_vector()) sum += double(v) * double(v);
+  return sum;
+}
+// |got − want| ≤ rel · |want|, with the values in the message.
+inline void expect_relative(const std::string& what, double got, double want, double rel) {
+  const bool ok = std::isfinite(got) && std::abs(got - want) <= rel * std::abs(want);
+  std::printf("[backend] %-44s %.17g vs %.17g (rel %.2e) %s\n", what.c_str(), got, want,
+              want != 0.0 ? std::abs(got - want) / std::abs(want) : std::abs(got),
+              ok ? "ok" : "FAIL");
+  EXPECT_TRUE(ok) << what << ": " << got << " vs " << want << " (relative bound " << rel << ")";
 }
 
 }  // namespace dseek::backend_test

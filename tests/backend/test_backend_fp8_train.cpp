@@ -415,8 +415,21 @@ TEST(BackendOps, GroupedLinearFp8MatchesCpu) {
                                             false);
         const Tensor y = ops::grouped_linear_fp8_forward(on_gpu(x, act), wg, off_gpu, &gc);
         const Tensor dx = ops::grouped_linear_fp8_backward_dx(on_gpu(dy, act), wg, off_gpu);
+        const Tensor squares = nan_double_on_gpu();
         ops::grouped_linear_fp8_backward_dw(gc, on_gpu(dy, act), off_gpu,
-                                            ops::expert_matrices(gw_gpu), false);
+                                            ops::expert_matrices(gw_gpu), false, nullptr,
+                                            static_cast<double*>(squares.raw()));
+        // The squares of what was written (the TMA kernel sums them as it stores): Σ dW² of the
+        // GPU's dW up to the order of the sums. Then the adding form over those dW.
+        expect_relative(labelled("grouped_linear_fp8 dW squares", k), double_of(squares),
+                        squares_of(gw_gpu), 1e-12);
+        std::vector<Tensor> twice;
+        for (const Tensor& g : gw_gpu) twice.push_back(g.clone());
+        ops::grouped_linear_fp8_backward_dw(gc, on_gpu(dy, act), off_gpu,
+                                            ops::expert_matrices(twice), true, nullptr,
+                                            static_cast<double*>(squares.raw()));
+        expect_relative(labelled("grouped_linear_fp8 dW (+=) squares", k), double_of(squares),
+                        squares_of(twice), 1e-12);
         // |x|, |dy|, |W| ≤ 1, quantised values ≤ 1.07 of that.
         const double q = 1.07 * 1.07;
         expect_close(labelled("grouped_linear_fp8 y", k), shape, act, y_want, y,

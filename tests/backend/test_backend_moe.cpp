@@ -449,8 +449,10 @@ TEST(BackendOps, GroupedLinear) {
       const Tensor dx_want = ops::grouped_linear_backward_dx(rounded(dy, act), wc, dc.offsets);
       std::vector<Tensor> dw_cpu;
       for (int64_t e = 0; e < c.E; ++e) dw_cpu.push_back(Tensor::poisoned({c.out, c.in}));
+      double squares_cpu = NAN;
       ops::grouped_linear_backward_dw(rounded(x, act), rounded(dy, act), dc.offsets,
-                                      ops::expert_matrices(dw_cpu), false);
+                                      ops::expert_matrices(dw_cpu), false, &squares_cpu);
+      expect_relative("grouped_linear dW squares (CPU)", squares_cpu, squares_of(dw_cpu), 1e-12);
       std::vector<float> want_all;
       for (const Tensor& t : dw_cpu) {
         const std::vector<float> a = t.to_vector();
@@ -476,8 +478,17 @@ TEST(BackendOps, GroupedLinear) {
           dw_gpu.push_back(Tensor::poisoned({c.out, c.in}, DType::F32, Device::CUDA));
           dw_again.push_back(Tensor::poisoned({c.out, c.in}, DType::F32, Device::CUDA));
         }
+        // With the squares of what is written (fused into the wgmma kernel, a second pass
+        // elsewhere): Σ dW² of the GPU's own dW up to the order of the sums, and the CPU's up
+        // to the GEMMs' rounding.
+        const Tensor squares = nan_double_on_gpu();
         ops::grouped_linear_backward_dw(on_gpu(x, act), on_gpu(dy, act), offsets,
-                                        ops::expert_matrices(dw_gpu), false);
+                                        ops::expert_matrices(dw_gpu), false,
+                                        static_cast<double*>(squares.raw()));
+        expect_relative(labelled("grouped_linear dW squares", k), double_of(squares),
+                        squares_of(dw_gpu), 1e-12);
+        expect_relative(labelled("grouped_linear dW squares vs CPU", k), double_of(squares),
+                        squares_cpu, 2e-3);
         std::vector<float> got_all;
         for (const Tensor& t : dw_gpu) {
           const std::vector<float> b = t.to_vector();
@@ -502,10 +513,14 @@ TEST(BackendOps, GroupedLinear) {
         EXPECT_EQ(differ, 0) << "grouped_linear dW not deterministic, " << describe_shape(shape)
                              << " " << dtype_name(act) << " " << k.label;
         const Tensor acc_gpu = base.to(Device::CUDA);
+        const Tensor acc_squares = nan_double_on_gpu();
         ops::grouped_linear_backward_dw(on_gpu(x, act), on_gpu(dy, act), offsets,
-                                        ops::expert_matrices(acc_gpu), true);
+                                        ops::expert_matrices(acc_gpu), true,
+                                        static_cast<double*>(acc_squares.raw()));
         expect_close(labelled("grouped_linear dW (+=)", k), shape, act, acc_cpu, acc_gpu,
                      {1e-3, 1e-3});
+        expect_relative(labelled("grouped_linear dW (+=) squares", k), double_of(acc_squares),
+                        squares_of({acc_gpu}), 1e-12);
       }
     }
   }

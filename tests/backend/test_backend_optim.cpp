@@ -463,6 +463,21 @@ TEST(BackendOptim, SumOfSquaresInPartsIsSumOfSquares) {
     std::printf("[backend] sum_of_squares in parts (%s) %.17g, whole %.17g\n",
                 std::string(device_name(device)).c_str(), got, want);
     EXPECT_EQ(std::memcmp(&got, &want, sizeof(double)), 0) << got << " vs " << want;
+
+    // Two tensors' sum from their writer (a slot on the device, written on the main stream):
+    // the same total up to the order of the sums.
+    ops::SumOfSquaresParts with_writer(tensors);
+    double* slot = with_writer.external({6, 0});
+    const double written = ops::sum_of_squares({tensors[6], tensors[0]});
+    if (device == Device::CUDA)
+      cuda::copy_to_device(slot, &written, sizeof(double));
+    else
+      *slot = written;
+    with_writer.add(1, 3);
+    const double total = with_writer.finish();
+    std::printf("[backend] sum_of_squares with a writer's sum (%s) %.17g, whole %.17g\n",
+                std::string(device_name(device)).c_str(), total, want);
+    EXPECT_NEAR(total, want, 1e-13 * want);
   }
 }
 

@@ -1,6 +1,9 @@
 // The optimizer ops on the CPU (maths in ops/adamw.h). These loops are the ones train/optimizer.cpp
-// ran before the op existed, unchanged, so CPU training keeps its exact results.
+// ran before the op existed, unchanged, so CPU training keeps its exact results (but for
+// sum_of_squares, now the same bits on any number of threads).
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/dtype.h"
 #include "ops/cpu/adamw_cpu.h"
@@ -39,9 +42,20 @@ void adamw_update_bf16_moments(const AdamWStep& s, float decay_factor, float* va
 }
 
 double sum_of_squares(const float* x, int64_t n) {
+  // Per-chunk sums added in chunk order: the same bits for any thread count and every run (an
+  // OpenMP reduction adds the threads' sums in the order they arrive).
+  constexpr int64_t kChunk = 16384;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<double> partial(size_t(std::max<int64_t>(chunks, 0)), 0.0);
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
+  for (int64_t c = 0; c < chunks; ++c) {
+    double sum = 0.0;
+    for (int64_t k = c * kChunk; k < std::min(n, (c + 1) * kChunk); ++k)
+      sum += double(x[k]) * double(x[k]);
+    partial[size_t(c)] = sum;
+  }
   double sum = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : sum) if (n >= kParallelMin)
-  for (int64_t k = 0; k < n; ++k) sum += double(x[k]) * double(x[k]);
+  for (double p : partial) sum += p;
   return sum;
 }
 

@@ -12,6 +12,7 @@
 #include "core/cuda/cuda_check.h"
 #include "ops/cuda/adamw_element.cuh"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/reduce.cuh"
 
 namespace dseek::ops::cuda {
 
@@ -24,23 +25,6 @@ constexpr int64_t kMaxBlocks = 4096;  // enough to fill an H200 several times; c
 
 unsigned blocks_for(int64_t chunks) {
   return unsigned(std::min(chunks, kMaxBlocks));
-}
-
-__device__ __forceinline__ double warp_sum_f64(double v) {
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-// Every thread gets the block's sum; the tree is fixed, so the result does not depend on timing.
-// blockDim.x a multiple of 32; `scratch` holds 32 doubles; safe to call repeatedly.
-__device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  v = warp_sum_f64(v);
-  __syncthreads();  // scratch may still be read by a previous call
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < warps ? scratch[lane] : 0.0;
-  return warp_sum_f64(v);
 }
 
 // The step is memory-bound (16 bytes read and 12–14 written per element with f32 moments, 12 and

@@ -224,9 +224,12 @@ void grouped_linear_backward_dx(const void* dy, const int64_t* offsets, int64_t 
                                 int64_t out, const void* const* w, int64_t ldw, int64_t in,
                                 void* dx, DType act);
 // dw[e] (f32 [out, in] contiguous; device array of E pointers) (+)= Σ_rows dy[r]ᵀ x[r]; beta 0
-// overwrites (zeros for an expert without rows), 1 accumulates. Deterministic.
+// overwrites (zeros for an expert without rows), 1 accumulates. Deterministic. `squares`
+// (nullable, f64 on the device) gets Σ v² over every written dW (summed as they are stored where
+// the kernel can, else by matrices_sum_of_squares).
 void grouped_linear_backward_dw(const void* x, const void* dy, const int64_t* offsets, int64_t E,
-                                int64_t out, int64_t in, float* const* dw, float beta, DType act);
+                                int64_t out, int64_t in, float* const* dw, float beta, DType act,
+                                double* squares = nullptr);
 // out[t] = Σ_k w[t,k]·y_perm[position[t·K+k]] in ascending position (+ add[t], nullable); K ≤ 64.
 void moe_combine(const void* y_perm, const float* weights, const int32_t* position, int64_t T,
                  int64_t K, int64_t D, const void* add, void* out, DType act);
@@ -293,6 +296,25 @@ void sum_of_squares_multi_tensor(const MultiTensorEntry* entries, int64_t count,
 void sum_of_squares_chunks(const MultiTensorEntry* entries, int64_t count, int64_t first,
                            int64_t last, double* partial);
 void sum_partials(const double* partial, int64_t chunks, double* out);
+// ---- matrix_squares.cu -----------------------------------------------------------------------
+// out[0] (f64, device) = Σ v² over the E matrices m[e] (f32 [rows, cols] contiguous; a device
+// array of E pointers); the same bits for the same matrices.
+void matrices_sum_of_squares(float* const* m, int64_t E, int64_t rows, int64_t cols, double* out);
+// Slots for the partial sums of squares a kernel writes (one each, every slot written), added in
+// a fixed order into out[0] by finish(): the wgrad kernels that sum the squares of what they store.
+class SquarePartials {
+ public:
+  explicit SquarePartials(int64_t slots);
+  ~SquarePartials();
+  SquarePartials(const SquarePartials&) = delete;
+  SquarePartials& operator=(const SquarePartials&) = delete;
+  double* data() const { return data_; }
+  void finish(double* out);
+
+ private:
+  int64_t slots_;
+  double* data_;
+};
 // grad ← grad · scale for every entry.
 void scale_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
                         float scale);

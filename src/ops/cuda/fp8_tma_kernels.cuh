@@ -25,6 +25,7 @@
 #include <cstdint>
 
 #include "ops/cuda/fp8_wgmma_kernels.cuh"
+#include "ops/cuda/reduce.cuh"
 #include "ops/cuda/tma.cuh"
 
 namespace dseek::ops::cuda::fp8_tma {
@@ -36,6 +37,7 @@ using fp8_wgmma::kBN;
 constexpr int kStages = 6;
 constexpr int kMultipliers = 2;                     // warpgroups, 64 rows of the tile each
 constexpr int kThreads = 128 * (1 + kMultipliers);  // the loader first
+constexpr int kMultiplierWarps = 4 * kMultipliers;
 constexpr int kTileBytes = 128 * kBK;               // A or B: 128 lines of 128 codes
 constexpr int kStageBytes = 2 * kTileBytes;
 constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + wgmma::kAtomBytes;  // + alignment
@@ -209,12 +211,15 @@ __device__ __forceinline__ WgradTile wgrad_tile(int64_t t, int64_t n_tiles, int6
 }
 
 // Grid: min(tiles, SMs) blocks of kThreads. map_dyt over dyt [N, P] and map_xt over xt [K, P],
-// boxes of 128 rows; the rest as fp8_wgrad_wgmma_kernel's.
+// boxes of 128 rows; the rest as fp8_wgrad_wgmma_kernel's. `squares`, where not null, gets each
+// multiplier warp's Σ v² (in double) of the dW values it stored over all of the block's tiles, at
+// blockIdx.x · kMultiplierWarps + its warp among the multipliers (a block's tiles are fixed by
+// its index, so the slots' values do not depend on timing).
 __global__ void __launch_bounds__(kThreads, 1)
     fp8_wgrad_tma_kernel(const __grid_constant__ CUtensorMap map_dyt, const float* sdy,
                          const __grid_constant__ CUtensorMap map_xt, const float* sx, int64_t N,
-                         int64_t K, const int64_t* offsets, int64_t E, float* const* dw,
-                         float beta) {
+                         int64_t K, const int64_t* offsets, int64_t E, float* const* dw, float beta,
+                         double* squares) {
 #if defined(__CUDA_ARCH__) && !defined(DSEEK_WGMMA_PTX)
   __trap();
 #else
@@ -248,6 +253,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // 8j + 2(lane % 4) + c (wgmma.cuh's register layout).
   const int row0 = half * 64 + (t128 / 32) * 16 + (t128 % 32) / 4, col0 = 2 * (t128 % 4);
   int64_t step = 0;
+  double sum = 0.0;  // of the squares this thread stores
   for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
     const WgradTile w = wgrad_tile(t, n_tiles, k_tiles, offsets);
     float total[64], partial[64];
@@ -288,14 +294,20 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (n >= N || k >= K) continue;
         // k is even and K a multiple of 16: one 8-byte store of the pair.
         float2* p = reinterpret_cast<float2*>(d + n * K + k);
-        const float c0 = total[4 * q + 2 * h], c1 = total[4 * q + 2 * h + 1];
-        if (beta == 0.0f) {
-          *p = make_float2(c0, c1);
-        } else {
+        float c0 = total[4 * q + 2 * h], c1 = total[4 * q + 2 * h + 1];
+        if (beta != 0.0f) {
           const float2 old = *p;
-          *p = make_float2(beta * old.x + c0, beta * old.y + c1);
+          c0 = beta * old.x + c0;
+          c1 = beta * old.y + c1;
         }
+        *p = make_float2(c0, c1);
+        sum += double(c0) * double(c0) + double(c1) * double(c1);
       }
+  }
+  if (squares) {
+    sum = warp_sum_f64(sum);
+    if (t128 % 32 == 0)
+      squares[int64_t(blockIdx.x) * kMultiplierWarps + (int(threadIdx.x) - 128) / 32] = sum;
   }
 #endif
 }

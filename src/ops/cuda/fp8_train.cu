@@ -34,11 +34,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <type_traits>
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
 #include "core/error.h"
+#include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/element.cuh"
 #include "ops/cuda/expert_tiles.cuh"
 #include "ops/cuda/fp8_gemm_tile.cuh"
@@ -561,8 +563,11 @@ void fp8_gemm_wgmma(const uint8_t* a, const float* sa, int64_t M, int64_t K, con
 
 void fp8_grouped_wgrad(const uint8_t* dy, const float* sdy, const uint8_t* x, const float* sx,
                        int64_t rows, int64_t N, int64_t K, const int64_t* offsets, int64_t E,
-                       float* const* dw, float beta) {
-  if (N == 0 || K == 0 || E == 0) return;
+                       float* const* dw, float beta, double* squares) {
+  if (N == 0 || K == 0 || E == 0) {
+    if (squares) matrices_sum_of_squares(dw, E, N, K, squares);  // zero
+    return;
+  }
   if (fp8_wgmma_takes(K, N)) {
     // wgmma reads 8-bit operands K-major only: dyᵀ and xᵀ, each column tile a 128-byte stretch.
     const int64_t slots = rows / kTile + E, P = slots * kTile;
@@ -576,7 +581,7 @@ void fp8_grouped_wgrad(const uint8_t* dy, const float* sdy, const uint8_t* x, co
     transpose_col_tiles_kernel<<<dim3(unsigned(slots), unsigned(ceil_div<int64_t>(K, kTrCols))),
                                  256, 0, stream()>>>(x, K, offsets, E, xt.get(), P);
     DSEEK_CUDA_CHECK_LAUNCH("transpose_col_tiles_kernel");
-    fp8_grouped_wgrad_t(dyt.get(), sdy, xt.get(), sx, rows, N, K, offsets, E, dw, beta);
+    fp8_grouped_wgrad_t(dyt.get(), sdy, xt.get(), sx, rows, N, K, offsets, E, dw, beta, squares);
     return;
   }
   const dim3 grid(unsigned(ceil_div<int64_t>(K, kBM)), unsigned(ceil_div<int64_t>(N, kBN)),
@@ -584,12 +589,16 @@ void fp8_grouped_wgrad(const uint8_t* dy, const float* sdy, const uint8_t* x, co
   fp8_grouped_wgrad_kernel<<<grid, kThreads, 0, stream()>>>(dy, sdy, x, sx, N, K, offsets, dw,
                                                             beta);
   DSEEK_CUDA_CHECK_LAUNCH("fp8_grouped_wgrad_kernel");
+  if (squares) matrices_sum_of_squares(dw, E, N, K, squares);
 }
 
 void fp8_grouped_wgrad_t(const uint8_t* dyt, const float* sdy, const uint8_t* xt, const float* sx,
                          int64_t rows, int64_t N, int64_t K, const int64_t* offsets, int64_t E,
-                         float* const* dw, float beta) {
-  if (N == 0 || K == 0 || E == 0) return;
+                         float* const* dw, float beta, double* squares) {
+  if (N == 0 || K == 0 || E == 0) {
+    if (squares) matrices_sum_of_squares(dw, E, N, K, squares);  // zero
+    return;
+  }
   DSEEK_CHECK(fp8_wgmma_takes(K, N) && E <= 65535 && ceil_div<int64_t>(N, 64) <= 65535,
               "[fp8_grouped_wgrad] dW of {} experts × [{}, {}]: not a tensor-core shape here", E, N,
               K);
@@ -603,9 +612,12 @@ void fp8_grouped_wgrad_t(const uint8_t* dyt, const float* sdy, const uint8_t* xt
     const int64_t tiles =
         E * ceil_div<int64_t>(N, fp8_tma::kBM) * ceil_div<int64_t>(K, fp8_tma::kBN);
     const unsigned blocks = unsigned(std::min<int64_t>(tiles, multiprocessors()));
+    std::optional<SquarePartials> partial;
+    if (squares) partial.emplace(int64_t(blocks) * fp8_tma::kMultiplierWarps);
     kernel<<<blocks, fp8_tma::kThreads, fp8_tma::kWgradSmemBytes, stream()>>>(
-        map_dyt, sdy, map_xt, sx, N, K, offsets, E, dw, beta);
+        map_dyt, sdy, map_xt, sx, N, K, offsets, E, dw, beta, partial ? partial->data() : nullptr);
     DSEEK_CUDA_CHECK_LAUNCH("fp8_wgrad_tma_kernel");
+    if (partial) partial->finish(squares);
     return;
   }
   constexpr int wg = fp8_wgmma::kWgradWarpgroups;
@@ -618,6 +630,7 @@ void fp8_grouped_wgrad_t(const uint8_t* dyt, const float* sdy, const uint8_t* xt
   kernel<<<grid, fp8_wgmma::threads(wg), smem, stream()>>>(dyt, sdy, xt, sx, N, K, P, offsets, dw,
                                                            beta);
   DSEEK_CUDA_CHECK_LAUNCH("fp8_wgrad_wgmma_kernel");
+  if (squares) matrices_sum_of_squares(dw, E, N, K, squares);
 }
 
 }  // namespace dseek::ops::cuda

@@ -43,16 +43,17 @@ void fp8_grouped_gemm(const uint8_t* a, const float* sa, int64_t M, int64_t K,
 // Grouped weight gradient from column tiles: dw[e] [N, K] (f32, contiguous; beta 0 overwrites,
 // 1 adds) += Σ over the column tiles j of group e of sdy[j, n]·sx[j, k]·Σ_{t in j} dy[t, n]·x[t, k]
 // with dy [rows, N] and x [rows, K] in column tiles (scales [rows/128 + E, N] and [.., K]); the
-// offsets bound every group's rows.
+// offsets bound every group's rows. `squares` (nullable, f64 on the device) gets Σ v² over every
+// written dW (cuda_ops.h's grouped_linear_backward_dw).
 void fp8_grouped_wgrad(const uint8_t* dy, const float* sdy, const uint8_t* x, const float* sx,
                        int64_t rows, int64_t N, int64_t K, const int64_t* offsets, int64_t E,
-                       float* const* dw, float beta);
+                       float* const* dw, float beta, double* squares = nullptr);
 
 // fp8_grouped_wgrad on column tiles already transposed by fp8_col_tiles_t (dyt [N, P], xt [K, P]);
 // only where fp8_wgmma_takes(K, N).
 void fp8_grouped_wgrad_t(const uint8_t* dyt, const float* sdy, const uint8_t* xt, const float* sx,
                          int64_t rows, int64_t N, int64_t K, const int64_t* offsets, int64_t E,
-                         float* const* dw, float beta);
+                         float* const* dw, float beta, double* squares = nullptr);
 
 // The dense block-scaled GEMM of ops::fp8_gemm (a [M, K] in 1×128 tiles, w [N, K] in 128×128
 // blocks, y [M, N] f32 or bf16, no bias) on the wgmma kernel; only where fp8_wgmma_takes(K, N).

@@ -6,10 +6,12 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
 #include "core/error.h"
+#include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/grouped_gemm_tc.h"
 #include "ops/cuda/grouped_gemm_tc_kernels.cuh"
 #include "ops/cuda/grouped_gemm_wgmma_kernels.cuh"
@@ -97,22 +99,34 @@ void grouped_tc_rows(bool dx, const void* A, const int64_t* offsets, const int64
 }
 
 void grouped_tc_dw(const void* x, const void* dy, const int64_t* offsets, int64_t E, int64_t out,
-                   int64_t in, float* const* dw, float beta) {
+                   int64_t in, float* const* dw, float beta, double* squares) {
   const int64_t cols = ceil_div<int64_t>(in, grouped_tc::kBN),
                 rows = ceil_div<int64_t>(out, grouped_tc::kBM);
   DSEEK_CHECK(cols <= INT_MAX && rows <= 65535 && E <= 65535,
               "[grouped_linear] dW of {} experts × [{}, {}] exceeds the grid", E, out, in);
   const dim3 grid{unsigned(cols), unsigned(rows), unsigned(E)};
   const bool wgmma = use_wgmma();
-  const auto kernel =
-      wgmma ? grouped_wgmma::grouped_dw_wgmma_kernel : grouped_tc::grouped_dw_tc_kernel;
-  const unsigned threads = wgmma ? grouped_wgmma::kThreads : grouped_tc::kThreads;
-  const size_t smem = wgmma ? grouped_wgmma::kSmemBytes : grouped_tc::smem_bytes<true, true>();
+  if (wgmma) {
+    const auto kernel = grouped_wgmma::grouped_dw_wgmma_kernel;
+    DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          int(grouped_wgmma::kSmemBytes)));
+    std::optional<SquarePartials> partial;
+    if (squares) partial.emplace(int64_t(grid.x) * grid.y * grid.z);
+    kernel<<<grid, grouped_wgmma::kThreads, grouped_wgmma::kSmemBytes, stream()>>>(
+        static_cast<const bf16*>(x), static_cast<const bf16*>(dy), offsets, out, in, dw, beta,
+        partial ? partial->data() : nullptr);
+    DSEEK_CUDA_CHECK_LAUNCH("grouped_dw_wgmma_kernel");
+    if (partial) partial->finish(squares);
+    return;
+  }
+  const auto kernel = grouped_tc::grouped_dw_tc_kernel;
+  const size_t smem = grouped_tc::smem_bytes<true, true>();
   DSEEK_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<grid, threads, smem, stream()>>>(
+  kernel<<<grid, grouped_tc::kThreads, smem, stream()>>>(
       static_cast<const bf16*>(x), static_cast<const bf16*>(dy), offsets, out, in, dw, beta);
-  DSEEK_CUDA_CHECK_LAUNCH(wgmma ? "grouped_dw_wgmma_kernel" : "grouped_dw_tc_kernel");
+  DSEEK_CUDA_CHECK_LAUNCH("grouped_dw_tc_kernel");
+  if (squares) matrices_sum_of_squares(dw, E, out, in, squares);
 }
 
 }  // namespace dseek::ops::cuda

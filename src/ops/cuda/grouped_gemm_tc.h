@@ -36,8 +36,9 @@ void grouped_tc_rows(bool dx, const void* A, const int64_t* offsets, const int64
                      int64_t E, int64_t tiles, const void* const* w, int64_t ldw, int64_t n_total,
                      int64_t k_total, void* C);
 
-// dw[e][o, i] (+)= Σ_{rows r of e} dy[r, o]·x[r, i] (beta as grouped_linear_backward_dw).
+// dw[e][o, i] (+)= Σ_{rows r of e} dy[r, o]·x[r, i] (beta and squares as
+// grouped_linear_backward_dw; the wgmma kernel sums the squares as it stores).
 void grouped_tc_dw(const void* x, const void* dy, const int64_t* offsets, int64_t E, int64_t out,
-                   int64_t in, float* const* dw, float beta);
+                   int64_t in, float* const* dw, float beta, double* squares = nullptr);
 
 }  // namespace dseek::ops::cuda

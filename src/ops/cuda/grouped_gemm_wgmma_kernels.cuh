@@ -30,6 +30,7 @@
 #include <cstdint>
 
 #include "ops/cuda/grouped_gemm_tc_kernels.cuh"
+#include "ops/cuda/reduce.cuh"
 #include "ops/cuda/wgmma.cuh"
 
 namespace dseek::ops::cuda::grouped_wgmma {
@@ -190,10 +191,13 @@ __global__ void __launch_bounds__(kThreads, 2)
 #endif
 }
 
-// As grouped_tc::grouped_dw_tc_kernel (same arguments and grid).
+// As grouped_tc::grouped_dw_tc_kernel (same arguments and grid). `squares`, where not null, gets
+// Σ v² (in double) of the dW values this block wrote, at the block's linear index (x fastest):
+// the gradient norm's share of these matrices without reading them again (cuda_ops.h's
+// grouped_linear_backward_dw).
 __global__ void __launch_bounds__(kThreads, 2)
     grouped_dw_wgmma_kernel(const bf16* x, const bf16* dy, const int64_t* offsets, int64_t out,
-                            int64_t in, float* const* dw, float beta) {
+                            int64_t in, float* const* dw, float beta, double* squares) {
 #if defined(__CUDA_ARCH__) && !defined(DSEEK_WGMMA_PTX)
   __trap();
 #else
@@ -207,17 +211,24 @@ __global__ void __launch_bounds__(kThreads, 2)
   for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
   gemm_mainloop<true, true>(acc, a, b, offsets[e], offsets[e + 1]);
   float* d = dw[e];
+  double sum = 0.0;
   for_each_pair(acc, m0, n0, [&](int64_t m, int64_t n, float c0, float c1) {
     if (m >= out || n >= in) return;
     float* p = d + m * in + n;
-    if (beta == 0.0f) {
-      p[0] = c0;
-      p[1] = c1;
-    } else {
-      p[0] = beta * p[0] + c0;
-      p[1] = beta * p[1] + c1;
+    if (beta != 0.0f) {
+      c0 = beta * p[0] + c0;
+      c1 = beta * p[1] + c1;
     }
+    p[0] = c0;
+    p[1] = c1;
+    sum += double(c0) * double(c0) + double(c1) * double(c1);
   });
+  if (squares) {  // uniform across the block
+    __shared__ double scratch[32];
+    sum = block_sum_f64(sum, scratch);
+    if (threadIdx.x == 0)
+      squares[(int64_t(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x] = sum;
+  }
 #endif
 }
 

@@ -746,10 +746,14 @@ void grouped_linear_backward_dx(const void* dy, const int64_t* offsets, int64_t 
 }
 
 void grouped_linear_backward_dw(const void* x, const void* dy, const int64_t* offsets, int64_t E,
-                                int64_t out, int64_t in, float* const* dw, float beta, DType act) {
-  if (out == 0 || in == 0) return;
+                                int64_t out, int64_t in, float* const* dw, float beta, DType act,
+                                double* squares) {
+  if (out == 0 || in == 0) {
+    if (squares) matrices_sum_of_squares(dw, E, out, in, squares);  // zero
+    return;
+  }
   if (act == DType::BF16 && grouped_tc_takes(x, dy, in, out, 8)) {
-    grouped_tc_dw(x, dy, offsets, E, out, in, dw, beta);
+    grouped_tc_dw(x, dy, offsets, E, out, in, dw, beta, squares);
     return;
   }
   const int64_t cols = ceil_div<int64_t>(in, kBN), rows = ceil_div<int64_t>(out, kBM);
@@ -761,6 +765,7 @@ void grouped_linear_backward_dw(const void* x, const void* dy, const int64_t* of
       grouped_dw_kernel<T><<<grid, kGemmThreads, 0, stream()>>>(
           static_cast<const T*>(x), static_cast<const T*>(dy), offsets, out, in, dw, beta));
   DSEEK_CUDA_CHECK_LAUNCH("grouped_dw_kernel");
+  if (squares) matrices_sum_of_squares(dw, E, out, in, squares);
 }
 
 void moe_combine(const void* y_perm, const float* weights, const int32_t* position, int64_t T,
