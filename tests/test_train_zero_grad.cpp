@@ -1,8 +1,9 @@
-// zero_grad(defer_overwritten = true): the routed experts' weight gradients, which their grouped
-// wgrad overwrites after zero_grad (Param::grad_zero), are not zeroed by zero_grad once that
-// writer has overwritten them; they are stale until it does, and every other gradient is zeroed
-// as before. Run on the CPU through the GPU's MoE path (LayerContext::moe_ops_on_cpu) over
-// gradients poisoned with NaN: a stale gradient read or added to anywhere shows up as NaN.
+// zero_grad(defer_overwritten = true): the weight gradients a GEMM overwrites after zero_grad
+// (Param::grad_zero: the linears' wgrads and the routed experts' grouped wgrads) are not zeroed by
+// zero_grad once that writer has overwritten them; they are stale until it does, and every other
+// gradient (norms, embeddings: writers that add) is zeroed as before. Run on the CPU, the MoE
+// layer through the GPU's path (LayerContext::moe_ops_on_cpu), over gradients poisoned with NaN:
+// a stale gradient read or added to anywhere shows up as NaN.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -29,6 +30,11 @@ const std::string kPrefix = "model.layers.1.mlp";
 
 bool is_expert(const Param& p) {
   return p.name.rfind(kPrefix + ".experts.", 0) == 0;
+}
+// The MoE layer's gradients are all GEMMs' (router, shared experts, routed experts).
+bool gemm_written(const Param& p) {
+  return p.name.rfind(kPrefix + ".", 0) == 0 && p.name.size() > 7 &&
+         p.name.compare(p.name.size() - 7, 7, ".weight") == 0;
 }
 
 void poison(ParamSet& params) {
@@ -72,23 +78,26 @@ TEST(TrainZeroGrad, DeferredZerosGiveTheSameGradients) {
   m.params.zero_grad();
   m.step();
   const auto want = grads_of(m.params);
-  // The grouped wgrads overwrote the experts' zeros; nothing else is marked.
-  int64_t experts = 0;
+  // The wgrads overwrote the weights' zeros (the experts' grouped ones among them); nothing else
+  // is marked.
+  int64_t experts = 0, gemms = 0;
   for (const Param& p : m.params.all()) {
     if (!p.grad.defined()) continue;
-    EXPECT_EQ(p.grad_overwritten, is_expert(p)) << p.name;
+    EXPECT_EQ(p.grad_overwritten, gemm_written(p)) << p.name;
     experts += is_expert(p);
+    gemms += gemm_written(p);
   }
   EXPECT_EQ(experts, 3 * m.cfg.n_routed_experts);
+  EXPECT_GT(gemms, experts);  // the router and the shared experts too
 
-  // Deferred: the experts' memory keeps the poison (stale), the rest is zeroed.
+  // Deferred: the overwritten gradients' memory keeps the poison (stale), the rest is zeroed.
   poison(m.params);
   m.params.zero_grad(/*defer_overwritten=*/true);
   for (const Param& p : m.params.all()) {
     if (!p.grad.defined()) continue;
-    EXPECT_EQ(p.grad_stale, is_expert(p)) << p.name;
+    EXPECT_EQ(p.grad_stale, gemm_written(p)) << p.name;
     EXPECT_TRUE(p.grad_zero) << p.name;
-    if (!is_expert(p)) {
+    if (!gemm_written(p)) {
       EXPECT_EQ(p.grad.to_vector(), std::vector<float>(size_t(p.grad.numel()))) << p.name;
     }
   }
@@ -150,6 +159,55 @@ TEST(TrainZeroGrad, AddingToAStaleGradientZerosItFirst) {
   for (const auto& [name, g] : want) {
     const std::vector<float> h = m.params.at(name).grad.to_vector();
     EXPECT_EQ(std::memcmp(h.data(), g.data(), g.size() * sizeof(float)), 0) << name;
+  }
+}
+
+// The whole model over poisoned gradients, with MTP and with tied embeddings (the embedding's
+// gradient then gets the head's wgrad, which may overwrite, and the embeddings' additions): after
+// zero_grad(true) one step, and two micro-batches, give zero_grad()'s gradients bit for bit.
+TEST(TrainZeroGrad, DeferredZerosTrainTheWholeModelAlike) {
+  for (bool tied : {false, true}) {
+    SCOPED_TRACE(tied ? "tied embeddings" : "separate head");
+    ModelConfig cfg = preset_model_config("tiny", 300);
+    cfg.tie_word_embeddings = tied;
+    cfg.num_nextn_predict_layers = 1;
+    ParamSet params;
+    TrainModel::init_params(cfg, 9, 0.05, params);
+    TrainModel model(cfg, params);
+    std::vector<int32_t> ids(41);
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t((i * 53 + 7) % 300);
+    const std::vector<int32_t> in(ids.begin(), ids.end() - 1), tg(ids.begin() + 1, ids.end());
+    LossOptions o;
+    o.mtp_lambda = 0.3;
+    auto grads = [&] {
+      std::map<std::string, std::vector<float>> g;
+      for (const Param& p : params.all())
+        if (p.grad.defined()) g[p.name] = p.grad.to_vector();
+      return g;
+    };
+    params.zero_grad();
+    model.forward_backward(in, tg, o, 1.0f);
+    const auto want = grads();
+    int64_t overwritten = 0;
+    for (const Param& p : params.all()) overwritten += p.grad_overwritten;
+    EXPECT_GT(overwritten, 0);
+    for (int round = 0; round < 2; ++round) {  // the second: every writer's flag already set
+      poison(params);
+      params.zero_grad(true);
+      model.forward_backward(in, tg, o, 1.0f);
+      for (const auto& [name, g] : grads())
+        EXPECT_EQ(std::memcmp(g.data(), want.at(name).data(), g.size() * sizeof(float)), 0) << name;
+    }
+    params.zero_grad();
+    model.forward_backward(in, tg, o, 1.0f);
+    model.forward_backward(in, tg, o, 1.0f);
+    const auto want2 = grads();
+    poison(params);
+    params.zero_grad(true);
+    model.forward_backward(in, tg, o, 1.0f);
+    model.forward_backward(in, tg, o, 1.0f);
+    for (const auto& [name, g] : grads())
+      EXPECT_EQ(std::memcmp(g.data(), want2.at(name).data(), g.size() * sizeof(float)), 0) << name;
   }
 }
 

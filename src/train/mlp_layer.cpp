@@ -17,12 +17,12 @@ Tensor linear_forward(ParamSet& params, const std::string& name, const Tensor& x
 
 namespace {
 
-// dx of an FP8 linear from its input's codes; dW added to the grad.
+// dx of an FP8 linear from its input's codes; dW written over the grad's zeros or added to it.
 Tensor fp8_linear_backward(Param& p, const ops::Fp8LinearCache& x, const Tensor& dy,
                            ops::Fp8WgradInput* shared_x = nullptr) {
   Tensor dx = Tensor::empty(x.x_shape, x.act, x.x.data.device());
-  ops::linear_fp8_train_backward(x, p.value, dy, &dx, p.grad.defined() ? &p.grad : nullptr, true,
-                                 shared_x);
+  const bool wgrad = p.grad.defined(), add = wgrad && !overwrite_grad(p);
+  ops::linear_fp8_train_backward(x, p.value, dy, &dx, wgrad ? &p.grad : nullptr, add, shared_x);
   return dx;
 }
 
@@ -34,10 +34,12 @@ Tensor linear_backward(ParamSet& params, const std::string& name, const Tensor& 
   // x held in the activation dtype: quantised again here (the forward's codes).
   if (p.fp8) return fp8_linear_backward(p, ops::fp8_linear_cache(x), dy);
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
-  // Two calls, one GEMM each: dx is written (no zero-fill), dW is added to the accumulated grad.
+  // Two calls, one GEMM each: dx is written (no zero-fill), dW written over the grad's zeros
+  // (overwrite_grad) or added to the accumulated grad.
   const Tensor xc = x.contiguous(), dyc = dy.contiguous();
   ops::linear_backward_into(xc, p.weight(), dyc, &dx, nullptr, nullptr, false);
-  ops::linear_backward_into(xc, p.weight(), dyc, nullptr, &p.grad, nullptr, true);
+  if (p.grad.defined())
+    ops::linear_backward_into(xc, p.weight(), dyc, nullptr, &p.grad, nullptr, !overwrite_grad(p));
   return dx;
 }
 
@@ -71,7 +73,8 @@ Tensor norm_backward(ParamSet& params, const std::string& name, const Tensor& x,
                      const Tensor& dy) {
   Param& p = params.at(name);
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
-  ops::rms_norm_backward_into(x, p.value, eps, dy, dx, &p.grad, true);
+  ops::rms_norm_backward_into(x, p.value, eps, dy, dx, p.grad.defined() ? &grad_to_add(p) : nullptr,
+                              true);
   return dx;
 }
 

@@ -143,6 +143,23 @@ void settle_grad(Param& p) {
   p.grad_stale = false;
 }
 
+Tensor& grad_to_add(Param& p) {
+  settle_grad(p);
+  p.grad_zero = false;
+  return p.grad;
+}
+
+bool overwrite_grad(Param& p) {
+  if (!p.grad_zero) {
+    settle_grad(p);
+    return false;
+  }
+  p.grad_zero = false;
+  p.grad_overwritten = true;
+  p.grad_stale = false;
+  return true;
+}
+
 void ParamSet::settle_grads() {
   await_all();
   for (Param& p : params_) settle_grad(p);

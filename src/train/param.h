@@ -34,13 +34,13 @@ struct Param {
   bool decay = true;       // decoupled weight decay applies (false for norms, biases, buffers)
   Tensor compute;          // optional lower-precision copy of value for compute (mixed precision)
   bool fp8 = false;        // its linear runs FP8 GEMMs from the master (ops/fp8_train.h)
-  // grad holds zero_grad's zeros and nothing was added since: set by zero_grad, read and cleared
-  // by the writers that then overwrite grad instead of adding to it (the MoE experts' weight
-  // gradients: the same values without reading dW). Other writers add and leave it alone, so a
-  // parameter is written by one kind of writer only.
+  // grad holds zero_grad's zeros and nothing was added since: set by zero_grad, cleared by every
+  // writer (grad_to_add, overwrite_grad); the first writer of a step that can overwrite grad does
+  // instead of adding to it (the linears' and the MoE experts' weight gradients: the same values
+  // without reading dW).
   bool grad_zero = false;
-  // Set by a writer that overwrote grad on grad_zero (the MoE experts' wgrads): zero_grad(true)
-  // may then leave the zeros to it (grad_stale) instead of writing them, 4 bytes a parameter.
+  // Set by a writer that overwrote grad on grad_zero: zero_grad(true) may then leave the zeros to
+  // it (grad_stale) instead of writing them, 4 bytes a parameter.
   bool grad_overwritten = false;
   // grad's memory was not zeroed (zero_grad(true) left it to the writer): its values are
   // grad_zero's zeros, not what the memory holds, until a writer overwrites it or settle_grad
@@ -138,6 +138,14 @@ class ParamSet {
 
 // Writes the zeros zero_grad(true) deferred, if p's grad is stale (then no longer).
 void settle_grad(Param& p);
+// The writers' side of zero_grad's flags. A writer that adds to p's grad takes it through
+// grad_to_add: the zeros left to the writers are written now (settle_grad) and grad_zero is
+// cleared, so that a later writer of the step adds too. A writer that can overwrite it instead
+// (a GEMM with β = 0) asks overwrite_grad: true while the grad still holds zero_grad's zeros,
+// and then it is marked written (grad_overwritten: zero_grad(true) may leave the next step's
+// zeros to it, 4 bytes a parameter not written); false after grad_to_add's work.
+Tensor& grad_to_add(Param& p);
+bool overwrite_grad(Param& p);
 // zero_grad's work on one parameter with a gradient, in its two halves (AdamW::step_async writes
 // the zeros on the background stream after the parameter's update): the flags — grad_zero, and
 // grad_stale where `defer_overwritten` leaves the zeros to the gradient's writer — returning

@@ -286,7 +286,7 @@ Tensor SynthOverride::backward(ParamSet& params, const std::string& weight_name,
       synth::lowered_backward(f.layer->plan(cache.tokens), cache.lowered, dyf);
   const std::vector<std::string> names = param_names(weight_name);
   for (size_t w = 0; w < names.size(); ++w)
-    ops::add_inplace(params.at(names[w]).grad, g.dweights[w]);
+    ops::add_inplace(grad_to_add(params.at(names[w])), g.dweights[w]);
   const Tensor dx = g.dinput.reshape({cache.tokens, f.d_in});
   return dy.dtype() == DType::F32 ? dx : dx.to(dy.dtype());
 }

@@ -208,7 +208,8 @@ Tensor TrainModel::embed_forward(const std::vector<int32_t>& inputs) {
 }
 
 void TrainModel::embed_backward(const std::vector<int32_t>& inputs, const Tensor& dx) {
-  ops::embedding_backward_accumulate(inputs, dx, params_.at("model.embed_tokens.weight").grad);
+  ops::embedding_backward_accumulate(inputs, dx,
+                                     grad_to_add(params_.at("model.embed_tokens.weight")));
 }
 
 Tensor TrainModel::blocks_forward(int64_t first, int64_t last, Tensor x, const Segments& segments,
@@ -391,7 +392,7 @@ Tensor TrainModel::head_backward(HeadCache& hc, const std::vector<int32_t>& targ
     const Tensor dhn = d_cat.slice(1, D, 2 * D).contiguous();
     const Tensor d_e_in = norm_backward(params_, p + ".enorm.weight", m.e_in, eps, de);
     ops::embedding_backward_accumulate(m.ids, d_e_in,
-                                       params_.at("model.embed_tokens.weight").grad);
+                                       grad_to_add(params_.at("model.embed_tokens.weight")));
     const Tensor d_prev = norm_backward(params_, p + ".hnorm.weight", m.h_prev, eps, dhn);
     // Rows i < n − k of each segment of h^{k−1} received d_prev.
     const Segments& prev_segments = mtp_segments[size_t(k - 1)];
