@@ -77,6 +77,63 @@ TEST(BackendOps, SiluMulBackward) {
   }
 }
 
+#ifdef DSEEK_HAS_CUDA
+// The bf16 kernels' 8-value path (16-byte aligned arrays, whole groups of 8) against their
+// one-value path (the same arrays one element off a 16-byte boundary): the same bits, for the
+// forward (contiguous and row-strided), the backward and the add.
+TEST(BackendOps, ElementwiseEightValuePathsMatchOneValuePaths) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(25);
+  const DType bf = DType::BF16;
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{257, 7168}, {3, 64}, {33, 1408}}) {
+    const int64_t n = rows * cols;
+    // Each operand twice on the GPU: at the start of its buffer (aligned) and one element in.
+    auto pair_of = [&](float scale) {
+      const Tensor v = rounded(rand({n + 1}, rng, scale), bf);
+      const Tensor at = on_gpu(v.slice(0, 0, n).contiguous(), bf);
+      Tensor off = Tensor::poisoned({n + 1}, bf, Device::CUDA);
+      off.slice(0, 1, n + 1).copy_from(at);
+      return std::pair<Tensor, Tensor>{at, off};
+    };
+    auto bits = [](const Tensor& t, int64_t skip, int64_t count) {
+      const std::vector<float> v = t.to(DType::F32).to_vector();
+      return std::vector<float>(v.begin() + skip, v.begin() + skip + count);
+    };
+    auto ptr = [](const Tensor& t, int64_t k) {
+      return static_cast<char*>(t.raw()) + k * 2;  // bf16 elements
+    };
+    const auto [g, g1] = pair_of(6.0f);
+    const auto [u, u1] = pair_of(2.0f);
+    const auto [d, d1] = pair_of(1.0f);
+    Tensor out = Tensor::poisoned({n + 1}, bf, Device::CUDA),
+           out1 = Tensor::poisoned({n + 1}, bf, Device::CUDA);
+    ops::cuda::silu_mul(g.raw(), u.raw(), out.raw(), n, bf);
+    ops::cuda::silu_mul(ptr(g1, 1), ptr(u1, 1), ptr(out1, 1), n, bf);
+    EXPECT_EQ(bits(out, 0, n), bits(out1, 1, n)) << "silu_mul " << rows << "x" << cols;
+    // Row-strided: the two halves of rows of 2·(cols/2) values.
+    const int64_t half = cols / 2;
+    ops::cuda::silu_mul_rows(g.raw(), ptr(g, half), cols, out.raw(), rows, half, bf);
+    ops::cuda::silu_mul_rows(ptr(g1, 1), ptr(g1, 1 + half), cols, ptr(out1, 1), rows, half, bf);
+    EXPECT_EQ(bits(out, 0, rows * half), bits(out1, 1, rows * half))
+        << "silu_mul_rows " << rows << "x" << half;
+    Tensor dg = Tensor::poisoned({n + 1}, bf, Device::CUDA),
+           dg1 = Tensor::poisoned({n + 1}, bf, Device::CUDA);
+    Tensor du = Tensor::poisoned({n + 1}, bf, Device::CUDA),
+           du1 = Tensor::poisoned({n + 1}, bf, Device::CUDA);
+    ops::cuda::silu_mul_backward(g.raw(), u.raw(), d.raw(), dg.raw(), du.raw(), n, bf);
+    ops::cuda::silu_mul_backward(ptr(g1, 1), ptr(u1, 1), ptr(d1, 1), ptr(dg1, 1), ptr(du1, 1), n,
+                                 bf);
+    EXPECT_EQ(bits(dg, 0, n), bits(dg1, 1, n)) << "silu_mul_backward dgate";
+    EXPECT_EQ(bits(du, 0, n), bits(du1, 1, n)) << "silu_mul_backward dup";
+    ops::cuda::add_inplace(g.raw(), u.raw(), n, bf);
+    ops::cuda::add_inplace(ptr(g1, 1), ptr(u1, 1), n, bf);
+    EXPECT_EQ(bits(g, 0, n), bits(g1, 1, n)) << "add_inplace";
+    std::printf("[backend] elementwise 8-value paths %lldx%lld: the one-value paths' bits\n",
+                (long long)rows, (long long)cols);
+  }
+}
+#endif
+
 TEST(BackendOps, AddInplace) {
   DSEEK_REQUIRE_CUDA();
   std::mt19937 rng(23);
