@@ -6,6 +6,7 @@
 
 #include "core/cuda.h"
 #include "core/error.h"
+#include "train/expert_parallel.h"
 
 namespace dseek::train {
 
@@ -313,17 +314,14 @@ BackwardGradNorm::BackwardGradNorm(ParamSet& params, int64_t num_hidden_layers)
   // moe_layer_host.cpp).
   by_writer_.assign(grads_.size(), 0);
   if (params.device() != Device::CUDA) return;
-  std::map<std::string, std::vector<size_t>> groups;
-  const std::string experts = ".experts.";
+  std::map<std::string, std::vector<size_t>> groups;  // "<prefix>.experts.*.<proj>.weight"
   for (size_t i = 0; i < grads_.size(); ++i) {
     const std::string& name = grads_[i]->name;
-    const size_t at = name.find(experts);
-    if (at == std::string::npos || !ends_with(name, "_proj.weight")) continue;
-    const size_t digits = at + experts.size(), dot = name.find('.', digits);
-    if (dot == std::string::npos || dot == digits ||
-        name.find_first_not_of("0123456789", digits) != dot)
-      continue;
-    groups[name.substr(0, digits) + "*" + name.substr(dot)].push_back(i);
+    const int64_t e = routed_expert_of(name);
+    if (e < 0 || !ends_with(name, "_proj.weight")) continue;
+    const std::string index = ".experts." + std::to_string(e) + ".";
+    const size_t at = name.find(index);
+    groups[name.substr(0, at) + ".experts.*." + name.substr(at + index.size())].push_back(i);
   }
   for (const auto& [group, members] : groups) {
     double* slot = parts_.external(members);
