@@ -127,7 +127,8 @@ class SumOfSquaresParts {
   // GPU: the table, the per-chunk sums (then a slot per tensor for external sums: all zeros
   // until written), the total.
   Tensor table_, partial_, out_;
-  int64_t entries_ = 0, chunks_ = 0;
+  [[maybe_unused]] int64_t entries_ = 0;  // GPU: the table's entries
+  int64_t chunks_ = 0;
 };
 
 }  // namespace dseek::ops
