@@ -35,8 +35,7 @@ struct EmuWarp {
   std::barrier<> bar{32};
   uintptr_t addr[32];
   uint32_t a[32][4], b[32][2];
-  float val[32];
-  double dval[32];
+  double val[32];  // a shuffled float or double (a float widens and narrows back exactly)
 };
 inline EmuWarp* g_warps = nullptr;
 // wgmma.wait_group is warpgroup-collective: when it returns in one thread, the products of all
@@ -59,22 +58,13 @@ inline void __syncthreads() {
   g_block->arrive_and_wait();
 }
 
-inline float __shfl_xor_sync(unsigned, float v, int mask) {
+template <typename T>
+inline T __shfl_xor_sync(unsigned, T v, int mask) {
   EmuWarp& w = my_warp();
   const int lane = my_lane();
-  w.val[lane] = v;
+  w.val[lane] = double(v);
   w.bar.arrive_and_wait();
-  const float r = w.val[lane ^ mask];
-  w.bar.arrive_and_wait();
-  return r;
-}
-
-inline double __shfl_xor_sync(unsigned, double v, int mask) {
-  EmuWarp& w = my_warp();
-  const int lane = my_lane();
-  w.dval[lane] = v;
-  w.bar.arrive_and_wait();
-  const double r = w.dval[lane ^ mask];
+  const T r = T(w.val[lane ^ mask]);
   w.bar.arrive_and_wait();
   return r;
 }

@@ -8,6 +8,7 @@
 
 #include "core/cuda.h"
 #include "core/error.h"
+#include "ops/cpu/adamw_cpu.h"
 #include "ops/cpu/moe_cpu.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/device.h"
@@ -470,8 +471,7 @@ void matrices_sum_of_squares(const ExpertMatrices& m, double* squares) {
 #endif
   }
   double sum = 0.0;
-  for (float* a : pointers<float*>(m))
-    for (int64_t i = 0; i < m.rows * m.cols; ++i) sum += double(a[i]) * double(a[i]);
+  for (float* a : pointers<float*>(m)) sum += cpu::sum_of_squares(a, m.rows * m.cols);
   *squares = sum;
 }
 

@@ -91,10 +91,8 @@ Tensor grouped_dx(bool fp8, const Tensor& dy, const ops::ExpertMatrices& w,
   return fp8 ? ops::grouped_linear_fp8_backward_dx(dy, q, o)
              : ops::grouped_linear_backward_dx(dy, w, o);
 }
-// dW of projection `proj` of this rank's experts: written over the grads when they are all still
-// zero_grad's zeros (Param::grad_zero: the same values without reading dW, and without zero_grad
-// writing them next time: Param::grad_overwritten), else added (to zeros written now where
-// zero_grad left them: Param::grad_stale).
+// dW of projection `proj` of this rank's experts, in one launch: written over the grads when they
+// all still hold zero_grad's zeros (overwrite_grad for each), else added to them (grad_to_add).
 // `shared_x`: x̂'s column tiles for gate_proj's and up_proj's FP8 wgrads (ops::Fp8WgradInput).
 // Where BackwardGradNorm gave the experts a slot (Param::grad_squares), the wgrad puts Σ dW² there.
 void grouped_dw(ParamSet& params, const std::string& prefix, LocalExperts local,
@@ -115,14 +113,11 @@ void grouped_dw(ParamSet& params, const std::string& prefix, LocalExperts local,
                 "[moe] the experts of {}.{} do not share one sum-of-squares slot", prefix, proj);
     p.grad_squares = nullptr;
   }
-  for (Param* p : ps) {
-    p->grad_zero = false;
-    if (zero) {
-      p->grad_overwritten = true;
-      p->grad_stale = false;
-    } else {
-      settle_grad(*p);
-    }
+  for (Param* p : ps) {  // all overwrite, or all add
+    if (zero)
+      overwrite_grad(*p);
+    else
+      grad_to_add(*p);
   }
   const ops::ExpertMatrices dw = ops::expert_matrices(std::move(grads));
   const bool accumulate = !zero;

@@ -46,7 +46,7 @@ double sum_of_squares(const float* x, int64_t n) {
   // OpenMP reduction adds the threads' sums in the order they arrive).
   constexpr int64_t kChunk = 16384;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-  std::vector<double> partial(size_t(std::max<int64_t>(chunks, 0)), 0.0);
+  std::vector<double> partial(size_t(chunks), 0.0);
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (int64_t c = 0; c < chunks; ++c) {
     double sum = 0.0;

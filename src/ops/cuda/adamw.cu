@@ -102,7 +102,7 @@ __global__ void sum_of_squares_kernel(const MultiTensorEntry* entries, int64_t c
       const double g = e.grad[k];
       sum = __dadd_rn(sum, __dmul_rn(g, g));
     }
-    sum = block_sum_f64(sum, scratch);
+    sum = block_sum(sum, scratch);
     if (threadIdx.x == 0) partial[c] = sum;
   }
 }
@@ -112,7 +112,7 @@ __global__ void sum_partials_kernel(const double* partial, int64_t n, double* ou
   __shared__ double scratch[32];
   double sum = 0.0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sum += partial[i];
-  sum = block_sum_f64(sum, scratch);
+  sum = block_sum(sum, scratch);
   if (threadIdx.x == 0) out[0] = sum;
 }
 

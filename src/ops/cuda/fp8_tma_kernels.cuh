@@ -305,7 +305,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
   }
   if (squares) {
-    sum = warp_sum_f64(sum);
+    sum = warp_sum(sum);
     if (t128 % 32 == 0)
       squares[int64_t(blockIdx.x) * kMultiplierWarps + (int(threadIdx.x) - 128) / 32] = sum;
   }

@@ -225,7 +225,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   });
   if (squares) {  // uniform across the block
     __shared__ double scratch[32];
-    sum = block_sum_f64(sum, scratch);
+    sum = block_sum(sum, scratch);
     if (threadIdx.x == 0)
       squares[(int64_t(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x] = sum;
   }

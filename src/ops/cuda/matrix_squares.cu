@@ -34,7 +34,7 @@ __global__ void __launch_bounds__(kThreads)
     const double v = a[i];
     sum += v * v;
   }
-  sum = block_sum_f64(sum, scratch);
+  sum = block_sum(sum, scratch);
   if (threadIdx.x == 0) partial[int64_t(blockIdx.y) * gridDim.x + blockIdx.x] = sum;
 }
 

@@ -16,7 +16,10 @@ inline int row_block_threads(int64_t n) {
   return int(warps < 1 ? 32 : warps > 32 ? 1024 : warps * 32);
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
+// float or double; a block's double sums are the gradient norm's (the tree is fixed, so the result
+// does not depend on timing).
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
   for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
 }
@@ -26,32 +29,16 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Every thread of the block gets the sum. `scratch` holds 32 floats; safe to call repeatedly.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+// Every thread of the block gets the sum. `scratch` holds 32 values; safe to call repeatedly.
+template <typename T>
+__device__ __forceinline__ T block_sum(T v, T* scratch) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   v = warp_sum(v);
   __syncthreads();  // scratch may still be read by a previous call
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  v = lane < warps ? scratch[lane] : 0.0f;
+  v = lane < warps ? scratch[lane] : T(0);
   return warp_sum(v);
-}
-
-__device__ __forceinline__ double warp_sum_f64(double v) {
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-// As block_sum in double; the tree is fixed, so the result does not depend on timing. `scratch`
-// holds 32 doubles.
-__device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  v = warp_sum_f64(v);
-  __syncthreads();  // scratch may still be read by a previous call
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < warps ? scratch[lane] : 0.0;
-  return warp_sum_f64(v);
 }
 
 __device__ __forceinline__ float block_max(float v, float* scratch) {
