@@ -599,6 +599,12 @@ TEST(Optimizer, SumOfSquaresPartsTakesWritersSums) {
   ops::matrices_sum_of_squares(ops::expert_matrices({tensors[1], tensors[3]}), &experts);
   EXPECT_NEAR(experts, ops::sum_of_squares({tensors[1], tensors[3]}), 1e-13 * experts);
   EXPECT_NEAR(*slot, experts, 1e-13 * experts);
+  expect_error(
+      [&] {
+        ops::matrices_sum_of_squares(ops::expert_matrices(std::vector<Tensor>{x.to(DType::BF16)}),
+                                     &experts);
+      },
+      "[sum_of_squares] expert matrices must be contiguous f32, got bf16");
 }
 
 // A parameter whose tensors are replaced between steps (as ParamSet::to does) is updated in its
