@@ -117,7 +117,7 @@ void bench_grouped([[maybe_unused]] std::mt19937& rng) {
     bool tma = true;
   };
   const bool default_kernel = ops::cuda::grouped_gemm_wgmma();
-  const bool default_tma = ops::cuda::fp8_tma_loads();
+  const bool default_tma = ops::cuda::tma_loads();
   std::vector<Family> families{{false, "CUDA cores"}};
   if (ops::cuda::grouped_wgmma_available())
     families.insert(families.begin(), {{true, "wgmma TMA", true}, {true, "wgmma cp.async", false}});
@@ -167,7 +167,7 @@ void bench_grouped([[maybe_unused]] std::mt19937& rng) {
         [&] { ops::grouped_linear_backward_dw(x, dy, d.offsets, dw, false); });
     for (const Family& f : families) {
       ops::cuda::set_grouped_gemm_wgmma(f.wgmma);
-      ops::cuda::set_fp8_tma_loads(f.tma);
+      ops::cuda::set_tma_loads(f.tma);
       const std::string tag = std::string(" ") + what + " [" + f.label + "]";
       row("fp8 forward" + tag, shape, flops, [&] {
         ops::cuda::fp8_grouped_gemm(qx.data.data<uint8_t>(), qx.scale.data<float>(), N, in, offsets,
@@ -205,7 +205,7 @@ void bench_grouped([[maybe_unused]] std::mt19937& rng) {
           [&] { ops::grouped_linear_fp8_forward(x, w, d.offsets, nullptr); });
     }
     ops::cuda::set_grouped_gemm_wgmma(default_kernel);
-    ops::cuda::set_fp8_tma_loads(default_tma);
+    ops::cuda::set_tma_loads(default_tma);
   }
 #endif
 }

@@ -153,13 +153,17 @@ int main(int argc, char** argv) {
       int64_t in, out;
     };
     struct Family {
-      bool wgmma;
+      bool wgmma, tma;
       const char* label;
     };
-    std::vector<Family> families{{false, "mma.sync"}};
+    std::vector<Family> families{{false, false, "mma.sync"}};
 #ifdef DSEEK_HAS_CUDA
     const bool default_kernel = ops::cuda::grouped_gemm_wgmma();
-    if (ops::cuda::grouped_wgmma_available()) families = {{true, "wgmma"}, {false, "mma.sync"}};
+    const bool default_tma = ops::cuda::tma_loads();
+    if (ops::cuda::grouped_wgmma_available())
+      families = {
+          {true, true, "wgmma, TMA dW"}, {true, false, "wgmma"}, {false, false, "mma.sync"}};
+    const Tensor squares = Tensor::empty({1}, DType::I64, Device::CUDA);  // one double
 #endif
     for (const Grouped& g : {Grouped{"gate/up", 2048, 1408}, Grouped{"down", 1408, 2048}}) {
       const ops::ExpertMatrices w =
@@ -177,16 +181,28 @@ int main(int argc, char** argv) {
       for (const Family& f : families) {
 #ifdef DSEEK_HAS_CUDA
         ops::cuda::set_grouped_gemm_wgmma(f.wgmma);
+        ops::cuda::set_tma_loads(f.tma);
 #endif
         const std::string tag = std::string(" ") + g.what + " [" + f.label + "]";
-        row("grouped_linear" + tag, shape, flops, 0, [&] { ops::grouped_linear(x, w, d.offsets); });
-        row("grouped_linear dx" + tag, shape, flops, 0,
-            [&] { ops::grouped_linear_backward_dx(dy, w, d.offsets); });
+        if (!f.tma) {  // the TMA family differs in the wgrad only
+          row("grouped_linear" + tag, shape, flops, 0,
+              [&] { ops::grouped_linear(x, w, d.offsets); });
+          row("grouped_linear dx" + tag, shape, flops, 0,
+              [&] { ops::grouped_linear_backward_dx(dy, w, d.offsets); });
+        }
         row("grouped_linear dW" + tag, shape, flops, 0,
             [&] { ops::grouped_linear_backward_dw(x, dy, d.offsets, dw, false); });
+#ifdef DSEEK_HAS_CUDA
+        // As the training step takes it: with the squares for the gradient norm.
+        row("grouped_linear dW + squares" + tag, shape, flops, 0, [&] {
+          ops::grouped_linear_backward_dw(x, dy, d.offsets, dw, false,
+                                          static_cast<double*>(squares.raw()));
+        });
+#endif
       }
 #ifdef DSEEK_HAS_CUDA
       ops::cuda::set_grouped_gemm_wgmma(default_kernel);
+      ops::cuda::set_tma_loads(default_tma);
 #endif
     }
   }

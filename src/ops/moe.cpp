@@ -500,7 +500,7 @@ void grouped_linear_backward_dw(const Tensor& x_perm, const Tensor& dy_perm, con
   const Tensor& dy = contiguous_or(dy_perm, dyh);
   if (device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
-    cuda::grouped_linear_backward_dw(x.raw(), dy.raw(), offsets.data<int64_t>(), dw.experts, out,
+    cuda::grouped_linear_backward_dw(x.raw(), dy.raw(), offsets.data<int64_t>(), dw.experts, N, out,
                                      in, static_cast<float* const*>(dw.table.raw()),
                                      accumulate ? 1.0f : 0.0f, act, squares);
     return;

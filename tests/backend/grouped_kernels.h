@@ -40,15 +40,15 @@ class UseGroupedKernel {
   explicit UseGroupedKernel([[maybe_unused]] const GroupedKernel& kernel) {
 #ifdef DSEEK_HAS_CUDA
     before_ = ops::cuda::grouped_gemm_wgmma();
-    before_tma_ = ops::cuda::fp8_tma_loads();
+    before_tma_ = ops::cuda::tma_loads();
     ops::cuda::set_grouped_gemm_wgmma(kernel.wgmma);
-    ops::cuda::set_fp8_tma_loads(kernel.tma);
+    ops::cuda::set_tma_loads(kernel.tma);
 #endif
   }
   ~UseGroupedKernel() {
 #ifdef DSEEK_HAS_CUDA
     ops::cuda::set_grouped_gemm_wgmma(before_);
-    ops::cuda::set_fp8_tma_loads(before_tma_);
+    ops::cuda::set_tma_loads(before_tma_);
 #endif
   }
   UseGroupedKernel(const UseGroupedKernel&) = delete;

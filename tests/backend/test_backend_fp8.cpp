@@ -433,15 +433,15 @@ TEST(BackendOps, Fp8TmaKernelsEqualCpAsyncKernels) {
   if (!ops::cuda::grouped_wgmma_available())
     GTEST_SKIP() << "no wgmma here (not an sm_90a build on a Hopper)";
   std::mt19937 rng(57);
-  const bool before = ops::cuda::fp8_tma_loads();
+  const bool before = ops::cuda::tma_loads();
   auto run_both = [&](const std::string& what, const Shape& y_shape, DType out, auto&& gemm) {
     Tensor by_tma = Tensor::poisoned(y_shape, out, Device::CUDA);
     Tensor by_cp_async = Tensor::poisoned(y_shape, out, Device::CUDA);
-    ops::cuda::set_fp8_tma_loads(true);
+    ops::cuda::set_tma_loads(true);
     gemm(by_tma.raw());
-    ops::cuda::set_fp8_tma_loads(false);
+    ops::cuda::set_tma_loads(false);
     gemm(by_cp_async.raw());
-    ops::cuda::set_fp8_tma_loads(before);
+    ops::cuda::set_tma_loads(before);
     const Tensor a = by_tma.to(Device::CPU), b = by_cp_async.to(Device::CPU);
     ASSERT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0)
         << what << " " << dtype_name(out) << " " << shape_str(y_shape);

@@ -464,8 +464,7 @@ TEST(BackendOps, GroupedLinear) {
 
       for (const GroupedKernel& k : grouped_kernels()) {
         if (act != DType::BF16 && k.wgmma) continue;  // f32 runs the SIMT kernels
-        if (k.wgmma && !k.tma) continue;  // the FP8 loader choice: the same bf16 kernels
-        const UseGroupedKernel use(k);
+        const UseGroupedKernel use(k);                // cp.async / TMA: the wgrad's two forms
         poison_pool({N * c.out});
         expect_close(labelled("grouped_linear", k), shape, act, y_want,
                      ops::grouped_linear(on_gpu(x, act), wg, offsets));
@@ -524,6 +523,68 @@ TEST(BackendOps, GroupedLinear) {
       }
     }
   }
+}
+
+// The bf16 wgrad's TMA kernel (persistent, its expert's last partial step zeroed in shared memory)
+// against the cp.async kernel: the same products in the same order, so the same dW bits, written
+// and added; the squares up to their order. Offsets with empty experts, experts of one row, rows
+// that do not start on a step, and tiles past out and in.
+TEST(BackendOps, GroupedDwTmaEqualsCpAsync) {
+  DSEEK_REQUIRE_CUDA();
+#ifdef DSEEK_HAS_CUDA
+  if (!ops::cuda::grouped_wgmma_available())
+    GTEST_SKIP() << "no wgmma here (not an sm_90a build on a Hopper)";
+  std::mt19937 rng(58);
+  struct Case {
+    int64_t out, in;
+    std::vector<int64_t> offsets;
+  };
+  const bool before_wgmma = ops::cuda::grouped_gemm_wgmma(), before_tma = ops::cuda::tma_loads();
+  ops::cuda::set_grouped_gemm_wgmma(true);
+  for (const Case& c : std::vector<Case>{{40, 48, {0, 0, 130, 131, 400, 533, 533}},
+                                         {1408, 2048, {0, 300, 301, 301, 765}},
+                                         {2048, 1408, {0, 1, 129, 500}},
+                                         {264, 136, {0, 64, 128, 129, 1000}}}) {
+    const int64_t E = int64_t(c.offsets.size()) - 1, N = c.offsets.back();
+    const Tensor x = on_gpu(rand({N, c.in}, rng), DType::BF16);
+    const Tensor dy = on_gpu(rand({N, c.out}, rng), DType::BF16);
+    const Tensor offsets = Tensor::from_i64(c.offsets).to(Device::CUDA);
+    const Tensor base = rand({E, c.out, c.in}, rng);
+    for (bool accumulate : {false, true}) {
+      std::vector<float> got[2];
+      double squares[2] = {NAN, NAN};
+      for (int tma = 0; tma < 2; ++tma) {
+        ops::cuda::set_tma_loads(tma == 1);
+        const Tensor dw = accumulate ? base.to(Device::CUDA)
+                                     : Tensor::poisoned({E, c.out, c.in}, DType::F32, Device::CUDA);
+        const Tensor sq = nan_double_on_gpu();
+        ops::grouped_linear_backward_dw(x, dy, offsets, ops::expert_matrices(dw), accumulate,
+                                        static_cast<double*>(sq.raw()));
+        got[tma] = dw.to_vector();
+        squares[tma] = double_of(sq);
+        // Sums of up to 11.5 M squares in two orders (each double sum is within ~n·2⁻⁵³ of
+        // exact; measured up to 2.7e-12 apart).
+        expect_relative(accumulate ? "grouped dW (+=) squares, TMA / cp.async"
+                                   : "grouped dW squares, TMA / cp.async",
+                        squares[tma], squares_of({dw}), 1e-10);
+      }
+      int64_t differ = 0, not_finite = 0;
+      for (size_t i = 0; i < got[0].size(); ++i) {
+        if (std::memcmp(&got[0][i], &got[1][i], sizeof(float)) != 0) ++differ;
+        if (!std::isfinite(got[1][i])) ++not_finite;
+      }
+      std::printf(
+          "[backend] grouped dW%s TMA vs cp.async  out %lld in %lld N %lld E %lld: %lld "
+          "differ, %lld not finite %s\n",
+          accumulate ? " (+=)" : "", (long long)c.out, (long long)c.in, (long long)N, (long long)E,
+          (long long)differ, (long long)not_finite, differ || not_finite ? "FAIL" : "ok");
+      EXPECT_EQ(differ, 0);
+      EXPECT_EQ(not_finite, 0);
+    }
+  }
+  ops::cuda::set_grouped_gemm_wgmma(before_wgmma);
+  ops::cuda::set_tma_loads(before_tma);
+#endif
 }
 
 // Expert matrices as column slices of a stacked [E, out, in + 8] tensor: row stride in + 8, and

@@ -227,9 +227,10 @@ void grouped_linear_backward_dx(const void* dy, const int64_t* offsets, int64_t 
 // overwrites (zeros for an expert without rows), 1 accumulates. Deterministic. `squares`
 // (nullable, f64 on the device) gets Σ v² over every written dW (summed as they are stored where
 // the kernel can, else by matrices_sum_of_squares).
+// N = offsets[E], the rows of x and dy.
 void grouped_linear_backward_dw(const void* x, const void* dy, const int64_t* offsets, int64_t E,
-                                int64_t out, int64_t in, float* const* dw, float beta, DType act,
-                                double* squares = nullptr);
+                                int64_t N, int64_t out, int64_t in, float* const* dw, float beta,
+                                DType act, double* squares = nullptr);
 // out[t] = Σ_k w[t,k]·y_perm[position[t·K+k]] in ascending position (+ add[t], nullable); K ≤ 64.
 void moe_combine(const void* y_perm, const float* weights, const int32_t* position, int64_t T,
                  int64_t K, int64_t D, const void* add, void* out, DType act);

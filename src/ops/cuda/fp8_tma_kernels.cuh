@@ -27,6 +27,7 @@
 #include "ops/cuda/fp8_wgmma_kernels.cuh"
 #include "ops/cuda/reduce.cuh"
 #include "ops/cuda/tma.cuh"
+#include "ops/cuda/tma_ring.cuh"
 
 namespace dseek::ops::cuda::fp8_tma {
 
@@ -35,61 +36,19 @@ using fp8_wgmma::kBM;
 using fp8_wgmma::kBN;
 
 constexpr int kStages = 6;
-constexpr int kMultipliers = 2;                     // warpgroups, 64 rows of the tile each
-constexpr int kThreads = 128 * (1 + kMultipliers);  // the loader first
-constexpr int kMultiplierWarps = 4 * kMultipliers;
-constexpr int kTileBytes = 128 * kBK;               // A or B: 128 lines of 128 codes
+constexpr int kMultipliers = tma::kMultipliers;  // warpgroups, 64 rows of the tile each
+constexpr int kThreads = tma::kThreads;          // the loader first
+constexpr int kMultiplierWarps = tma::kMultiplierWarps;
+constexpr int kTileBytes = 128 * kBK;  // A or B: 128 lines of 128 codes
 constexpr int kStageBytes = 2 * kTileBytes;
 constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + wgmma::kAtomBytes;  // + alignment
-// 40 + 2 × 232 registers a thread over 128 threads each: 64,512 of the SM's 65,536.
-constexpr int kLoaderRegisters = 40, kMultiplierRegisters = 232;
+using tma::kLoaderRegisters;
+using tma::kMultiplierRegisters;
 
-// The ring of both kernels: STAGES stages of two 128 × 128 code tiles (A at the stage's start,
-// B after it) from `base`, a "full" mbarrier per stage (the loader's arrival and the stage's
-// bytes) and an "empty" one (each multiplier's arrival once its products have read the stage).
-// Step s of a block's walk uses stage s mod STAGES in round s / STAGES; the barriers' phases
-// alternate per round, so a wait names the round's parity (the loader's first round passes).
+// The ring of both kernels (tma_ring.cuh): STAGES stages of two 128 × 128 code tiles, A at the
+// stage's start, B after it.
 template <int STAGES>
-struct Ring {
-  uint64_t* full;   // [STAGES] in shared memory
-  uint64_t* empty;  // [STAGES]
-  unsigned char* base;
-
-  // Every thread: thread 0 initialises the barriers, then the block meets.
-  __device__ __forceinline__ void init() const {
-    if (threadIdx.x == 0) {
-      for (int i = 0; i < STAGES; ++i) {
-        tma::barrier_init(&full[i], 1);
-        tma::barrier_init(&empty[i], kMultipliers);
-      }
-      tma::fence_barrier_init();
-    }
-    __syncthreads();
-  }
-  __device__ __forceinline__ int stage(int64_t s) const { return int(s % STAGES); }
-  __device__ __forceinline__ uint32_t parity(int64_t s) const { return uint32_t(s / STAGES) & 1; }
-  // The loader: waits until step s's stage is free, announces its bytes and copies the A box at
-  // (inner, a_row) of map_a and the B box at (inner, b_row) of map_b into it.
-  __device__ __forceinline__ void load(int64_t s, const CUtensorMap* map_a, int32_t a_row,
-                                       const CUtensorMap* map_b, int32_t b_row,
-                                       int32_t inner) const {
-    const int i = stage(s);
-    tma::wait(&empty[i], parity(s) ^ 1);
-    unsigned char* dst = base + i * kStageBytes;
-    tma::arrive_expect_bytes(&full[i], kStageBytes);
-    tma::load_2d(dst, map_a, inner, a_row, &full[i]);
-    tma::load_2d(dst + kTileBytes, map_b, inner, b_row, &full[i]);
-  }
-  // A multiplier: waits for step s's bytes; the shared address of its stage (the A tile).
-  __device__ __forceinline__ uint32_t acquire(int64_t s) const {
-    tma::wait(&full[stage(s)], parity(s));
-    return wgmma::smem_address(base) + uint32_t(stage(s) * kStageBytes);
-  }
-  // A multiplier's products of step s have read the stage (one arrival per warpgroup).
-  __device__ __forceinline__ void release(int64_t s, int thread_in_warpgroup) const {
-    if (thread_in_warpgroup == 0) tma::arrive(&empty[stage(s)]);
-  }
-};
+using Ring = tma::Ring<STAGES, kStageBytes>;
 
 // A multiplier's 64 × 128 × 128 product of a stage: its half of A (rows 64·half ...) times B, four
 // k32 wgmma into `partial`, committed; finish_product waits for them (work may run in between).

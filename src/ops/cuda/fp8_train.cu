@@ -19,7 +19,7 @@
 // activations (or from x's cached 1×128 row tiles), quantising and transposing together through a
 // 128×64 tile in shared memory. Their default forms are warp-specialised (fp8_tma_kernels.cuh:
 // one thread loads the tiles with the tensor memory accelerator, two warpgroups multiply; the
-// wgrad persistent over its tiles); DSEEK_FP8_LOADS=cp_async (set_fp8_tma_loads) runs the
+// wgrad persistent over its tiles); DSEEK_LOADS=cp_async (set_tma_loads) runs the
 // cp.async forms of fp8_wgmma_kernels.cuh, which give the same bits. The plain kernels below are
 // the portable path and the reference the backend tests hold those to.
 //
@@ -477,16 +477,13 @@ int multiprocessors() {
   return sms;
 }
 
-// -1: not decided yet (DSEEK_FP8_LOADS read on first use), 0: cp.async, 1: TMA.
-std::atomic<int> g_fp8_tma{-1};
-
 // fp8_wgmma::fp8_rows_wgmma_kernel, or fp8_tma::fp8_rows_tma_kernel where chosen and the
 // operands suit tensor maps, over `blocks` blocks (its arguments; offsets null: dense).
 void launch_rows_wgmma(int64_t blocks, const uint8_t* a, const float* sa, int64_t M,
                        const int64_t* offsets, const int64_t* tile_start, int64_t E,
                        const uint8_t* w, const float* sw, int64_t N, int64_t K, void* y,
                        DType out) {
-  if (fp8_tma_loads() && tma_codes_map_takes(a, M, K, K) && tma_codes_map_takes(w, E * N, K, K)) {
+  if (tma_loads() && tma_codes_map_takes(a, M, K, K) && tma_codes_map_takes(w, E * N, K, K)) {
     const CUtensorMap map_a = tma_codes_map(a, M, K, K, fp8_tma::kBM, "fp8 GEMM activations");
     const CUtensorMap map_w = tma_codes_map(w, E * N, K, K, fp8_tma::kBN, "fp8 GEMM weights");
     DSEEK_DISPATCH_ACT(out, T, {
@@ -513,20 +510,6 @@ void launch_rows_wgmma(int64_t blocks, const uint8_t* a, const float* sa, int64_
 
 bool fp8_wgmma_takes(int64_t K, int64_t N) {
   return grouped_gemm_wgmma() && K > 0 && K % 16 == 0 && N % 16 == 0;
-}
-
-bool fp8_tma_loads() {
-  int tma = g_fp8_tma.load();
-  if (tma < 0) {
-    const char* env = std::getenv("DSEEK_FP8_LOADS");
-    tma = env && std::strcmp(env, "cp_async") == 0 ? 0 : 1;
-    g_fp8_tma.store(tma);
-  }
-  return tma == 1;
-}
-
-void set_fp8_tma_loads(bool tma) {
-  g_fp8_tma.store(tma ? 1 : 0);
 }
 
 void fp8_grouped_gemm(const uint8_t* a, const float* sa, int64_t M, int64_t K,
@@ -603,7 +586,7 @@ void fp8_grouped_wgrad_t(const uint8_t* dyt, const float* sdy, const uint8_t* xt
               "[fp8_grouped_wgrad] dW of {} experts × [{}, {}]: not a tensor-core shape here", E, N,
               K);
   const int64_t P = (rows / kTile + E) * kTile;
-  if (fp8_tma_loads() && tma_codes_map_takes(dyt, N, P, P) && tma_codes_map_takes(xt, K, P, P)) {
+  if (tma_loads() && tma_codes_map_takes(dyt, N, P, P) && tma_codes_map_takes(xt, K, P, P)) {
     const CUtensorMap map_dyt = tma_codes_map(dyt, N, P, P, 128, "fp8 wgrad dy (column tiles)");
     const CUtensorMap map_xt = tma_codes_map(xt, K, P, P, 128, "fp8 wgrad x (column tiles)");
     const auto kernel = fp8_tma::fp8_wgrad_tma_kernel;

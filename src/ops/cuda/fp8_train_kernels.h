@@ -65,12 +65,10 @@ void fp8_gemm_wgmma(const uint8_t* a, const float* sa, int64_t M, int64_t K, con
 // code, DSEEK_GROUPED_GEMM not "mma") and K, N multiples of 16; else the CUDA-core kernels.
 bool fp8_wgmma_takes(int64_t K, int64_t N);
 
-// Which wgmma kernels the FP8 GEMMs run: the warp-specialised ones whose tiles the tensor memory
+// Which wgmma kernels the FP8 GEMMs run — the warp-specialised ones whose tiles the tensor memory
 // accelerator loads (fp8_tma_kernels.cuh: the row GEMMs of fp8_grouped_gemm and fp8_gemm_wgmma,
 // and the wgrad of fp8_grouped_wgrad(_t); the default, where the operands' addresses suit tensor
-// maps) or the ones loading through cp.async (fp8_wgmma_kernels.cuh; DSEEK_FP8_LOADS=cp_async,
-// or set here). The two give the same values.
-bool fp8_tma_loads();
-void set_fp8_tma_loads(bool tma);
+// maps) or the ones loading through cp.async (fp8_wgmma_kernels.cuh) — is grouped_gemm_tc.h's
+// tma_loads(). The two give the same values.
 
 }  // namespace dseek::ops::cuda

@@ -2,6 +2,7 @@
 // (grouped_gemm_wgmma_kernels.cuh) where the build has sm_90a code and the GPU is a Hopper, the
 // mma.sync kernels (grouped_gemm_tc_kernels.cuh) elsewhere. Both are checked without a GPU by
 // bench/kernels/grouped_gemm_tc_emulate.cpp and against the CPU by the backend tests.
+#include <algorithm>
 #include <atomic>
 #include <climits>
 #include <cstdlib>
@@ -14,7 +15,9 @@
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/grouped_gemm_tc.h"
 #include "ops/cuda/grouped_gemm_tc_kernels.cuh"
+#include "ops/cuda/grouped_gemm_tma_kernels.cuh"
 #include "ops/cuda/grouped_gemm_wgmma_kernels.cuh"
+#include "ops/cuda/tma_map.h"
 
 namespace dseek::ops::cuda {
 
@@ -52,7 +55,32 @@ bool use_wgmma() {
   return use == 1;
 }
 
+// -1: not decided yet (DSEEK_LOADS read on first use), 0: cp.async, 1: TMA.
+std::atomic<int> g_tma{-1};
+
+// The device's streaming multiprocessors (the persistent kernels' grid).
+int multiprocessors() {
+  static const int sms = dseek::cuda::device_attribute(cudaDevAttrMultiProcessorCount);
+  return sms;
+}
+
 }  // namespace
+
+bool tma_loads() {
+  int tma = g_tma.load();
+  if (tma < 0) {
+    // DSEEK_FP8_LOADS: the name of the switch when only the FP8 kernels had both forms.
+    const char* env = std::getenv("DSEEK_LOADS");
+    if (!env) env = std::getenv("DSEEK_FP8_LOADS");
+    tma = env && std::strcmp(env, "cp_async") == 0 ? 0 : 1;
+    g_tma.store(tma);
+  }
+  return tma == 1;
+}
+
+void set_tma_loads(bool tma) {
+  g_tma.store(tma ? 1 : 0);
+}
 
 bool grouped_wgmma_available() {
   return wgmma_runs_here();
@@ -98,14 +126,31 @@ void grouped_tc_rows(bool dx, const void* A, const int64_t* offsets, const int64
   DSEEK_CUDA_CHECK_LAUNCH(wgmma ? "grouped_rows_wgmma_kernel" : "grouped_rows_tc_kernel");
 }
 
-void grouped_tc_dw(const void* x, const void* dy, const int64_t* offsets, int64_t E, int64_t out,
-                   int64_t in, float* const* dw, float beta, double* squares) {
+void grouped_tc_dw(const void* x, const void* dy, const int64_t* offsets, int64_t E, int64_t N,
+                   int64_t out, int64_t in, float* const* dw, float beta, double* squares) {
   const int64_t cols = ceil_div<int64_t>(in, grouped_tc::kBN),
                 rows = ceil_div<int64_t>(out, grouped_tc::kBM);
   DSEEK_CHECK(cols <= INT_MAX && rows <= 65535 && E <= 65535,
               "[grouped_linear] dW of {} experts × [{}, {}] exceeds the grid", E, out, in);
-  const dim3 grid{unsigned(cols), unsigned(rows), unsigned(E)};
   const bool wgmma = use_wgmma();
+  if (wgmma && tma_loads() && N > 0 && tma_bf16_map_takes(dy, N, out, out) &&
+      tma_bf16_map_takes(x, N, in, in)) {
+    const CUtensorMap map_dy = tma_bf16_map(dy, N, out, out, grouped_tma::kStep, "grouped dW dy");
+    const CUtensorMap map_x = tma_bf16_map(x, N, in, in, grouped_tma::kStep, "grouped dW x");
+    const auto kernel = grouped_tma::grouped_dw_tma_kernel;
+    DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          int(grouped_tma::kSmemBytes)));
+    const int64_t tiles = E * rows * cols;
+    const unsigned blocks = unsigned(std::min<int64_t>(tiles, multiprocessors()));
+    std::optional<SquarePartials> partial;
+    if (squares) partial.emplace(int64_t(blocks) * grouped_tma::kMultiplierWarps);
+    kernel<<<blocks, grouped_tma::kThreads, grouped_tma::kSmemBytes, stream()>>>(
+        map_dy, map_x, offsets, E, out, in, dw, beta, partial ? partial->data() : nullptr);
+    DSEEK_CUDA_CHECK_LAUNCH("grouped_dw_tma_kernel");
+    if (partial) partial->finish(squares);
+    return;
+  }
+  const dim3 grid{unsigned(cols), unsigned(rows), unsigned(E)};
   if (wgmma) {
     const auto kernel = grouped_wgmma::grouped_dw_wgmma_kernel;
     DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -23,6 +23,14 @@ bool grouped_wgmma_available();
 void set_grouped_gemm_wgmma(bool wgmma);
 bool grouped_gemm_wgmma();
 
+// Whether the Hopper kernels that have a warp-specialised form loading its tiles with the tensor
+// memory accelerator run it (the default, where the operands suit tensor maps): the bf16 grouped
+// wgrad here (grouped_gemm_tma_kernels.cuh) and the FP8 row GEMMs and wgrad (fp8_train_kernels.h)
+// — or their cp.async forms (DSEEK_LOADS=cp_async in the environment, or set here). The two forms
+// give the same values.
+bool tma_loads();
+void set_tma_loads(bool tma);
+
 // Whether the tensor-core kernels take a GEMM whose contiguous extents are k and n (x/dy row
 // lengths, ldw) and whose activation buffers are a and c: all multiples of 8 bf16, buffers
 // 16-byte aligned (weights that are not aligned are read without cp.async, per expert).
@@ -38,7 +46,9 @@ void grouped_tc_rows(bool dx, const void* A, const int64_t* offsets, const int64
 
 // dw[e][o, i] (+)= Σ_{rows r of e} dy[r, o]·x[r, i] (beta and squares as
 // grouped_linear_backward_dw; the wgmma kernel sums the squares as it stores).
-void grouped_tc_dw(const void* x, const void* dy, const int64_t* offsets, int64_t E, int64_t out,
-                   int64_t in, float* const* dw, float beta, double* squares = nullptr);
+// N = offsets[E], the rows of x and dy.
+void grouped_tc_dw(const void* x, const void* dy, const int64_t* offsets, int64_t E, int64_t N,
+                   int64_t out, int64_t in, float* const* dw, float beta,
+                   double* squares = nullptr);
 
 }  // namespace dseek::ops::cuda

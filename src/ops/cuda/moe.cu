@@ -746,14 +746,14 @@ void grouped_linear_backward_dx(const void* dy, const int64_t* offsets, int64_t 
 }
 
 void grouped_linear_backward_dw(const void* x, const void* dy, const int64_t* offsets, int64_t E,
-                                int64_t out, int64_t in, float* const* dw, float beta, DType act,
-                                double* squares) {
+                                int64_t N, int64_t out, int64_t in, float* const* dw, float beta,
+                                DType act, double* squares) {
   if (out == 0 || in == 0) {
     if (squares) matrices_sum_of_squares(dw, E, out, in, squares);  // zero
     return;
   }
   if (act == DType::BF16 && grouped_tc_takes(x, dy, in, out, 8)) {
-    grouped_tc_dw(x, dy, offsets, E, out, in, dw, beta, squares);
+    grouped_tc_dw(x, dy, offsets, E, N, out, in, dw, beta, squares);
     return;
   }
   const int64_t cols = ceil_div<int64_t>(in, kBN), rows = ceil_div<int64_t>(out, kBM);

@@ -1,0 +1,191 @@
+// The bf16 grouped weight gradient (grouped_gemm_wgmma_kernels.cuh's grouped_dw_wgmma_kernel:
+// dW_e[o, i] (+)= Σ_{rows r of e} dy[r, o]·x[r, i]) as a persistent warp-specialised kernel, the
+// form of fp8_tma_kernels.cuh's FP8 wgrad: one thread loads the tiles with the tensor memory
+// accelerator (tma.cuh) through a ring of kStages stages, two warpgroups multiply.
+//
+// Why: an expert's reduction is short (its rows, ~384 of 24,576 for 64 experts of 4096 × 6) and
+// each 128 × 128 tile ends in a 64 KiB f32 store, so the one-tile-a-block cp.async kernel spends
+// most of its time starting tiles (its first loads, one step ahead) and storing them: ~180
+// TFLOP/s on V2-Lite's experts. Here one block an SM walks the tiles blockIdx.x, + gridDim.x, …
+// (n fastest, then o, then the expert: the blocks at work at one time share an expert's rows in
+// L2); the loader streams every tile's steps through the ring without waiting for the stores, so
+// the next tile's operands are in shared memory when the multipliers finish storing.
+//
+// A stage holds one 64-row step of both operands as four 64 × 64 boxes (one 128-byte swizzled
+// line a row, 8 KiB each): dy's columns o0 … o0 + 63 and o0 + 64 … (A, M-major, the two regions
+// of grouped_gemm_wgmma_kernels.cuh's MN-major tile) and x's columns i0 … and i0 + 64 … (B). The
+// step's rows start at offsets[e] + 64·s and may run past the expert's last row into the next
+// expert's rows (or past the array, where the copy fills zeros): at an expert's last, partial step
+// the multipliers zero those lines (whole lines, so the swizzle does not matter) before
+// multiplying — warpgroup h its A region and B region h, then both meet at a named barrier, as
+// both read all of B. The products then run in the cp.async kernel's order (steps of 64 rows from
+// offsets[e], four k16 slices each) into the same accumulators: the same dW bits.
+#pragma once
+
+#include <cuda.h>
+
+#include <cstdint>
+
+#include "ops/cuda/grouped_gemm_wgmma_kernels.cuh"
+#include "ops/cuda/reduce.cuh"
+#include "ops/cuda/tma.cuh"
+#include "ops/cuda/tma_ring.cuh"
+
+namespace dseek::ops::cuda::grouped_tma {
+
+using tma::kMultipliers;
+using tma::kMultiplierWarps;
+using tma::kThreads;
+
+constexpr int kStages = 6;
+constexpr int kStep = 64;                             // rows (k) a step
+constexpr int kBoxBytes = kStep * wgmma::kLineBytes;  // 64 rows × 64 bf16
+constexpr int kStageBytes = 4 * kBoxBytes;            // two boxes of A, two of B: 32 KiB
+static_assert(grouped_wgmma::kBK == kStep && grouped_wgmma::kBM == 128 &&
+              grouped_wgmma::kBN == 128);
+constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + wgmma::kAtomBytes;
+
+struct DwTile {
+  int64_t e, m0, n0, k_begin, k_end;  // dW_e's rows m0 … (o), columns n0 … (i); the expert's rows
+};
+
+__device__ __forceinline__ DwTile dw_tile(int64_t t, int64_t m_tiles, int64_t n_tiles,
+                                          const int64_t* offsets) {
+  DwTile w;
+  w.e = t / (m_tiles * n_tiles);
+  const int64_t r = t % (m_tiles * n_tiles);
+  w.m0 = (r / n_tiles) * 128;
+  w.n0 = (r % n_tiles) * 128;
+  w.k_begin = offsets[w.e];
+  w.k_end = offsets[w.e + 1];
+  return w;
+}
+
+// The 256 multiplying threads meet (the loader's warpgroup is not counted).
+__device__ __forceinline__ void multipliers_sync() {
+#ifdef DSEEK_WGMMA_PTX
+  asm volatile("bar.sync 1, %0;\n" ::"n"(128 * kMultipliers) : "memory");
+#endif
+}
+
+// Grid: min(tiles, SMs) blocks of kThreads. map_dy over dy [N, out] and map_x over x [N, in]
+// (tma_bf16_map, boxes of 64 rows); dw[e] f32 [out, in]; beta 0 overwrites (an expert without
+// rows gets zeros), 1 adds. `squares`, where not null, gets each multiplier warp's Σ v² (in
+// double) of the dW values it stored over all of the block's tiles, at blockIdx.x ·
+// kMultiplierWarps + its warp among the multipliers (a block's tiles are fixed by its index, so
+// the slots' values do not depend on timing).
+__global__ void __launch_bounds__(kThreads, 1)
+    grouped_dw_tma_kernel(const __grid_constant__ CUtensorMap map_dy,
+                          const __grid_constant__ CUtensorMap map_x, const int64_t* offsets,
+                          int64_t E, int64_t out, int64_t in, float* const* dw, float beta,
+                          double* squares) {
+#if defined(__CUDA_ARCH__) && !defined(DSEEK_WGMMA_PTX)
+  __trap();  // not launched on builds without sm_90a code (grouped_wgmma_available)
+#else
+  const int64_t m_tiles = (out + 127) / 128, n_tiles = (in + 127) / 128;
+  const int64_t tiles = E * m_tiles * n_tiles;
+  __shared__ uint64_t full[kStages], empty[kStages];
+  const tma::Ring<kStages, kStageBytes> ring{full, empty, tma::ring_base()};
+  const int warpgroup = int(threadIdx.x) / 128;
+  ring.init();
+
+  if (warpgroup == 0) {  // the loader
+    tma::lower_registers<tma::kLoaderRegisters>();
+    if (threadIdx.x == 0) {
+      tma::prefetch_map(&map_dy);
+      tma::prefetch_map(&map_x);
+      int64_t step = 0;  // over all of this block's tiles
+      for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+        const DwTile w = dw_tile(t, m_tiles, n_tiles, offsets);
+        for (int64_t k0 = w.k_begin; k0 < w.k_end; k0 += kStep, ++step) {
+          unsigned char* stage = ring.claim(step);
+          uint64_t* bar = &ring.full[ring.stage(step)];
+          for (int h = 0; h < 2; ++h) {
+            tma::load_2d(stage + h * kBoxBytes, &map_dy, int32_t(w.m0 + 64 * h), int32_t(k0), bar);
+            tma::load_2d(stage + (2 + h) * kBoxBytes, &map_x, int32_t(w.n0 + 64 * h), int32_t(k0),
+                         bar);
+          }
+        }
+      }
+    }
+    return;
+  }
+
+  tma::raise_registers<tma::kMultiplierRegisters>();
+  const int half = warpgroup - 1;  // this multiplier's 64 rows (o) of each tile
+  const int t128 = int(threadIdx.x) % 128;
+  int64_t step = 0;
+  double sum = 0.0;  // of the squares this thread stores
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const DwTile w = dw_tile(t, m_tiles, n_tiles, offsets);
+    float acc[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+    const int64_t steps = (w.k_end - w.k_begin + kStep - 1) / kStep;
+    for (int64_t s = 0; s < steps; ++s, ++step) {
+      const uint32_t stage = ring.acquire(step);
+      const int64_t valid = w.k_end - (w.k_begin + s * kStep);
+      if (valid < kStep) {
+        // Lines valid … 63 of this warpgroup's A region and of B region `half`: zeros.
+        unsigned char* base = ring.stage_bytes(step);
+        const int lines = kStep - int(valid);
+        for (int i = t128; i < 2 * lines * 8; i += 128) {
+          const int region = i / (lines * 8) == 0 ? half : 2 + half;
+          const int line = int(valid) + (i % (lines * 8)) / 8, chunk = i % 8;
+          *reinterpret_cast<uint4*>(base + region * kBoxBytes + line * wgmma::kLineBytes +
+                                    chunk * 16) = make_uint4(0, 0, 0, 0);
+        }
+        wgmma::fence_proxy_async();
+        multipliers_sync();
+      }
+#pragma unroll
+      for (int i = 0; i < 64; ++i) wgmma::fence_operand(acc[i]);
+      wgmma::fence();
+#pragma unroll
+      for (int kk = 0; kk < kStep / 16; ++kk)
+        wgmma::mma_m64n128k16<1, 1>(acc, grouped_wgmma::slice_desc<true>(stage, half, kk),
+                                    grouped_wgmma::slice_desc<true>(stage + 2 * kBoxBytes, 0, kk));
+      wgmma::commit();
+      // One step's products in flight: the previous step's are done, so its stage is free.
+      wgmma::wait<1>();
+#pragma unroll
+      for (int i = 0; i < 64; ++i) wgmma::fence_operand(acc[i]);
+      if (s > 0) ring.release(step - 1, t128);
+    }
+    wgmma::wait<0>();
+#pragma unroll
+    for (int i = 0; i < 64; ++i) wgmma::fence_operand(acc[i]);
+    if (steps > 0) ring.release(step - 1, t128);
+
+    // This thread's accumulator pairs (wgmma.cuh's register layout): rows row, row + 8 of dW_e,
+    // columns n, n + 1 for n = n0 + 8j + 2(lane % 4).
+    float* d = dw[w.e];
+    const int64_t row = w.m0 + half * 64 + (t128 / 32) * 16 + (t128 % 32) / 4;
+    auto store = [&](int64_t m, int64_t n, float c0, float c1) {
+      if (m >= out || n >= in) return;
+      // n is even and in a multiple of 8: one 8-byte store of the pair.
+      float2* p = reinterpret_cast<float2*>(d + m * in + n);
+      if (beta != 0.0f) {
+        const float2 old = *p;
+        c0 = beta * old.x + c0;
+        c1 = beta * old.y + c1;
+      }
+      *p = make_float2(c0, c1);
+      sum += double(c0) * double(c0) + double(c1) * double(c1);
+    };
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      const int64_t n = w.n0 + j * 8 + 2 * (t128 % 4);
+      store(row, n, acc[4 * j], acc[4 * j + 1]);
+      store(row + 8, n, acc[4 * j + 2], acc[4 * j + 3]);
+    }
+  }
+  if (squares) {
+    sum = warp_sum(sum);
+    if (t128 % 32 == 0)
+      squares[int64_t(blockIdx.x) * kMultiplierWarps + (int(threadIdx.x) - 128) / 32] = sum;
+  }
+#endif
+}
+
+}  // namespace dseek::ops::cuda::grouped_tma
