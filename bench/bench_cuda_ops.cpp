@@ -162,7 +162,7 @@ int main(int argc, char** argv) {
     const bool default_tma = ops::cuda::tma_loads();
     if (ops::cuda::grouped_wgmma_available())
       families = {
-          {true, true, "wgmma, TMA dW"}, {true, false, "wgmma"}, {false, false, "mma.sync"}};
+          {true, true, "wgmma, TMA"}, {true, false, "wgmma, cp.async"}, {false, false, "mma.sync"}};
     const Tensor squares = Tensor::empty({1}, DType::I64, Device::CUDA);  // one double
 #endif
     for (const Grouped& g : {Grouped{"gate/up", 2048, 1408}, Grouped{"down", 1408, 2048}}) {
@@ -184,12 +184,9 @@ int main(int argc, char** argv) {
         ops::cuda::set_tma_loads(f.tma);
 #endif
         const std::string tag = std::string(" ") + g.what + " [" + f.label + "]";
-        if (!f.tma) {  // the TMA family differs in the wgrad only
-          row("grouped_linear" + tag, shape, flops, 0,
-              [&] { ops::grouped_linear(x, w, d.offsets); });
-          row("grouped_linear dx" + tag, shape, flops, 0,
-              [&] { ops::grouped_linear_backward_dx(dy, w, d.offsets); });
-        }
+        row("grouped_linear" + tag, shape, flops, 0, [&] { ops::grouped_linear(x, w, d.offsets); });
+        row("grouped_linear dx" + tag, shape, flops, 0,
+            [&] { ops::grouped_linear_backward_dx(dy, w, d.offsets); });
         row("grouped_linear dW" + tag, shape, flops, 0,
             [&] { ops::grouped_linear_backward_dw(x, dy, d.offsets, dw, false); });
 #ifdef DSEEK_HAS_CUDA

@@ -11,6 +11,7 @@
 #include "ops/cpu/adamw_cpu.h"
 #include "ops/cpu/moe_cpu.h"
 #include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/grouped_gemm_tc.h"
 #include "ops/device.h"
 
 namespace dseek::ops {
@@ -380,6 +381,14 @@ ExpertMatrices expert_matrices(std::vector<Tensor> matrices) {
   const size_t bytes = addresses.size() * sizeof(const void*);
   if (w.device == Device::CUDA) {
     dseek::cuda::copy_to_device(w.table.raw(), addresses.data(), bytes);
+#ifdef DSEEK_HAS_CUDA
+    if (w.dtype == DType::BF16 && w.rows > 0 && w.cols > 0) {
+      Tensor maps =
+          Tensor::empty({w.experts * int64_t(cuda::kExpertMapBytes)}, DType::U8, Device::CUDA);
+      if (cuda::expert_tma_maps(addresses.data(), w.experts, w.rows, w.cols, w.ld, maps.raw()))
+        w.tma_maps = std::move(maps);
+    }
+#endif
   } else {
     std::copy_n(reinterpret_cast<const char*>(addresses.data()), bytes,
                 static_cast<char*>(w.table.raw()));
@@ -412,7 +421,8 @@ Tensor grouped_linear(const Tensor& x_perm, const ExpertMatrices& w, const Tenso
   if (device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
     cuda::grouped_linear(x.raw(), offsets.data<int64_t>(), w.experts, N, in,
-                         static_cast<const void* const*>(w.table.raw()), w.ld, out, y.raw(), act);
+                         static_cast<const void* const*>(w.table.raw()), w.ld, out, y.raw(), act,
+                         w.tma_maps.defined() ? w.tma_maps.raw() : nullptr);
     return y;
 #else
     cuda_not_built("grouped_linear");
@@ -441,7 +451,8 @@ Tensor grouped_linear_backward_dx(const Tensor& dy_perm, const ExpertMatrices& w
 #ifdef DSEEK_HAS_CUDA
     cuda::grouped_linear_backward_dx(dy.raw(), offsets.data<int64_t>(), w.experts, N, out,
                                      static_cast<const void* const*>(w.table.raw()), w.ld, in,
-                                     dx.raw(), act);
+                                     dx.raw(), act,
+                                     w.tma_maps.defined() ? w.tma_maps.raw() : nullptr);
     return dx;
 #else
     cuda_not_built("grouped_linear");

@@ -136,6 +136,9 @@ Tensor moe_permute_backward(const Tensor& dx_perm, const MoeDispatch& d);
 struct ExpertMatrices {
   std::vector<Tensor> matrices;  // keeps the storage alive
   Tensor table;                  // [E] i64 addresses, on the matrices' device
+  // bf16 matrices on a Hopper: their tensor maps ([E × 128] bytes on the GPU), which the TMA
+  // kernels of the grouped GEMMs load tiles through; undefined elsewhere.
+  Tensor tma_maps;
   int64_t experts = 0, rows = 0, cols = 0, ld = 0;
   DType dtype = DType::F32;
   Device device = Device::CPU;

@@ -525,11 +525,12 @@ TEST(BackendOps, GroupedLinear) {
   }
 }
 
-// The bf16 wgrad's TMA kernel (persistent, its expert's last partial step zeroed in shared memory)
-// against the cp.async kernel: the same products in the same order, so the same dW bits, written
-// and added; the squares up to their order. Offsets with empty experts, experts of one row, rows
-// that do not start on a step, and tiles past out and in.
-TEST(BackendOps, GroupedDwTmaEqualsCpAsync) {
+// The bf16 grouped GEMMs' TMA kernels (persistent, warp-specialised) against the cp.async ones:
+// the same products in the same order, so the same bits — the forward and dx over experts that
+// are separate tensors (a tensor map each), the wgrad written and added (its expert's last partial
+// step zeroed in shared memory), its squares up to their order. Offsets with empty experts,
+// experts of one row, rows that do not start on a step, and tiles past out and in.
+TEST(BackendOps, GroupedTmaEqualsCpAsync) {
   DSEEK_REQUIRE_CUDA();
 #ifdef DSEEK_HAS_CUDA
   if (!ops::cuda::grouped_wgmma_available())
@@ -541,18 +542,47 @@ TEST(BackendOps, GroupedDwTmaEqualsCpAsync) {
   };
   const bool before_wgmma = ops::cuda::grouped_gemm_wgmma(), before_tma = ops::cuda::tma_loads();
   ops::cuda::set_grouped_gemm_wgmma(true);
+  auto report = [](const std::string& what, const std::vector<float>& a,
+                   const std::vector<float>& b) {
+    int64_t differ = 0, not_finite = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0) ++differ;
+      if (!std::isfinite(b[i])) ++not_finite;
+    }
+    std::printf("[backend] %-60s %lld of %zu differ, %lld not finite %s\n", what.c_str(),
+                (long long)differ, a.size(), (long long)not_finite,
+                differ || not_finite ? "FAIL" : "ok");
+    EXPECT_EQ(differ, 0) << what;
+    EXPECT_EQ(not_finite, 0) << what;
+  };
   for (const Case& c : std::vector<Case>{{40, 48, {0, 0, 130, 131, 400, 533, 533}},
                                          {1408, 2048, {0, 300, 301, 301, 765}},
                                          {2048, 1408, {0, 1, 129, 500}},
                                          {264, 136, {0, 64, 128, 129, 1000}}}) {
     const int64_t E = int64_t(c.offsets.size()) - 1, N = c.offsets.back();
+    const std::string shape = " out " + std::to_string(c.out) + " in " + std::to_string(c.in) +
+                              " N " + std::to_string(N) + " E " + std::to_string(E);
     const Tensor x = on_gpu(rand({N, c.in}, rng), DType::BF16);
     const Tensor dy = on_gpu(rand({N, c.out}, rng), DType::BF16);
     const Tensor offsets = Tensor::from_i64(c.offsets).to(Device::CUDA);
+    std::vector<Tensor> w;
+    for (int64_t e = 0; e < E; ++e)
+      w.push_back(on_gpu(rand({c.out, c.in}, rng, 1.0f / std::sqrt(float(c.in))), DType::BF16));
+    const ops::ExpertMatrices wm = ops::expert_matrices(w);
+    EXPECT_TRUE(wm.tma_maps.defined()) << "no tensor maps for aligned bf16 experts";
+    std::vector<float> y[2], dx[2];
+    for (int tma = 0; tma < 2; ++tma) {
+      ops::cuda::set_tma_loads(tma == 1);
+      poison_pool({N * c.out, N * c.in});
+      y[tma] = ops::grouped_linear(x, wm, offsets).to(DType::F32).to_vector();
+      dx[tma] = ops::grouped_linear_backward_dx(dy, wm, offsets).to(DType::F32).to_vector();
+    }
+    report("grouped forward, TMA vs cp.async" + shape, y[0], y[1]);
+    report("grouped dx, TMA vs cp.async" + shape, dx[0], dx[1]);
+
     const Tensor base = rand({E, c.out, c.in}, rng);
     for (bool accumulate : {false, true}) {
       std::vector<float> got[2];
-      double squares[2] = {NAN, NAN};
       for (int tma = 0; tma < 2; ++tma) {
         ops::cuda::set_tma_loads(tma == 1);
         const Tensor dw = accumulate ? base.to(Device::CUDA)
@@ -561,25 +591,15 @@ TEST(BackendOps, GroupedDwTmaEqualsCpAsync) {
         ops::grouped_linear_backward_dw(x, dy, offsets, ops::expert_matrices(dw), accumulate,
                                         static_cast<double*>(sq.raw()));
         got[tma] = dw.to_vector();
-        squares[tma] = double_of(sq);
         // Sums of up to 11.5 M squares in two orders (each double sum is within ~n·2⁻⁵³ of
         // exact; measured up to 2.7e-12 apart).
         expect_relative(accumulate ? "grouped dW (+=) squares, TMA / cp.async"
                                    : "grouped dW squares, TMA / cp.async",
-                        squares[tma], squares_of({dw}), 1e-10);
+                        double_of(sq), squares_of({dw}), 1e-10);
       }
-      int64_t differ = 0, not_finite = 0;
-      for (size_t i = 0; i < got[0].size(); ++i) {
-        if (std::memcmp(&got[0][i], &got[1][i], sizeof(float)) != 0) ++differ;
-        if (!std::isfinite(got[1][i])) ++not_finite;
-      }
-      std::printf(
-          "[backend] grouped dW%s TMA vs cp.async  out %lld in %lld N %lld E %lld: %lld "
-          "differ, %lld not finite %s\n",
-          accumulate ? " (+=)" : "", (long long)c.out, (long long)c.in, (long long)N, (long long)E,
-          (long long)differ, (long long)not_finite, differ || not_finite ? "FAIL" : "ok");
-      EXPECT_EQ(differ, 0);
-      EXPECT_EQ(not_finite, 0);
+      report(
+          std::string(accumulate ? "grouped dW (+=)" : "grouped dW") + ", TMA vs cp.async" + shape,
+          got[0], got[1]);
     }
   }
   ops::cuda::set_grouped_gemm_wgmma(before_wgmma);

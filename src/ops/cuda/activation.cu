@@ -28,33 +28,6 @@ unsigned blocks_for(int64_t n) {
   return unsigned(std::min<int64_t>(ceil_div<int64_t>(n, kThreads), 1 << 16));
 }
 
-// Eight bf16 values of one 16-byte word, widened to f32 and rounded back (round to nearest even,
-// as from_f32).
-struct Bf16x8 {
-  float v[8];
-  __device__ __forceinline__ void load(const __nv_bfloat16* p) {
-    const uint4 w = *reinterpret_cast<const uint4*>(p);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&w);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const float2 f = __bfloat1622float2(h[k]);
-      v[2 * k] = f.x;
-      v[2 * k + 1] = f.y;
-    }
-  }
-  __device__ __forceinline__ void store(__nv_bfloat16* p) const {
-    uint4 w;
-    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&w);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) h[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
-    *reinterpret_cast<uint4*>(p) = w;
-  }
-};
-
-bool aligned16(const void* p) {
-  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
-}
-
 __device__ __forceinline__ float silu_times(float g, float u) {
   return g / (1.0f + expf(-g)) * u;
 }

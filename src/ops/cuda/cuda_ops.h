@@ -217,12 +217,15 @@ void moe_permute_backward(const void* dx_perm, const int32_t* position, int64_t 
 // Per expert e (rows offsets[e] .. offsets[e+1], read on the device): y = x · W_eᵀ. w: device
 // array of E device pointers to [out, in] matrices (rows ldw apart) in act; x [N, in], y
 // [N, out] in act. Tiled shared-memory kernel, f32 accumulation; rows past offsets[E] untouched.
+// w_maps (nullable): the matrices' tensor maps (grouped_gemm_tc.h's expert_tma_maps), for
+// Hopper's TMA kernels.
 void grouped_linear(const void* x, const int64_t* offsets, int64_t E, int64_t N, int64_t in,
-                    const void* const* w, int64_t ldw, int64_t out, void* y, DType act);
+                    const void* const* w, int64_t ldw, int64_t out, void* y, DType act,
+                    const void* w_maps = nullptr);
 // dx [N, in] = dy [N, out] · W_e per expert's rows.
 void grouped_linear_backward_dx(const void* dy, const int64_t* offsets, int64_t E, int64_t N,
                                 int64_t out, const void* const* w, int64_t ldw, int64_t in,
-                                void* dx, DType act);
+                                void* dx, DType act, const void* w_maps = nullptr);
 // dw[e] (f32 [out, in] contiguous; device array of E pointers) (+)= Σ_rows dy[r]ᵀ x[r]; beta 0
 // overwrites (zeros for an expert without rows), 1 accumulates. Deterministic. `squares`
 // (nullable, f64 on the device) gets Σ v² over every written dW (summed as they are stored where

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
@@ -101,16 +102,30 @@ bool grouped_tc_takes(const void* a, const void* c, int64_t k, int64_t n, int64_
   return aligned(a) && aligned(c) && k % 8 == 0 && n % 8 == 0 && ldw % 8 == 0;
 }
 
-void grouped_tc_rows(bool dx, const void* A, const int64_t* offsets, const int64_t* tile_start,
-                     int64_t E, int64_t tiles, const void* const* w, int64_t ldw, int64_t n_total,
-                     int64_t k_total, void* C) {
+void grouped_tc_rows(bool dx, const void* A, int64_t M, const int64_t* offsets,
+                     const int64_t* tile_start, int64_t E, int64_t tiles, const void* const* w,
+                     int64_t ldw, int64_t n_total, int64_t k_total, void* C, const void* w_maps) {
   static_assert(grouped_tc::kBM == grouped_wgmma::kBM && grouped_tc::kBN == grouped_wgmma::kBN,
                 "one tile schedule serves both kernel families");
   const int64_t cols = ceil_div<int64_t>(n_total, grouped_tc::kBN);
   DSEEK_CHECK(tiles <= INT_MAX / cols, "[grouped_linear] {} row tiles × {} columns exceed the grid",
               tiles, n_total);
-  const dim3 grid{unsigned(tiles * cols)};
   const bool wgmma = use_wgmma();
+  if (wgmma && tma_loads() && w_maps && M > 0 && tma_bf16_map_takes(A, M, k_total, k_total)) {
+    const CUtensorMap map_a = tma_bf16_map(A, M, k_total, k_total, grouped_tma::kStep,
+                                           dx ? "grouped dx dy" : "grouped forward x");
+    const auto kernel = dx ? grouped_tma::grouped_rows_tma_kernel<true>
+                           : grouped_tma::grouped_rows_tma_kernel<false>;
+    DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          int(grouped_tma::kSmemBytes)));
+    const unsigned blocks = unsigned(std::min<int64_t>(tiles * cols, multiprocessors()));
+    kernel<<<blocks, grouped_tma::kThreads, grouped_tma::kSmemBytes, stream()>>>(
+        map_a, static_cast<const CUtensorMap*>(w_maps), offsets, tile_start, E, n_total, k_total,
+        static_cast<bf16*>(C));
+    DSEEK_CUDA_CHECK_LAUNCH("grouped_rows_tma_kernel");
+    return;
+  }
+  const dim3 grid{unsigned(tiles * cols)};
   const auto kernel = wgmma ? (dx ? grouped_wgmma::grouped_rows_wgmma_kernel<true>
                                   : grouped_wgmma::grouped_rows_wgmma_kernel<false>)
                             : (dx ? grouped_tc::grouped_rows_tc_kernel<true>
@@ -124,6 +139,20 @@ void grouped_tc_rows(bool dx, const void* A, const int64_t* offsets, const int64
   kernel<<<grid, threads, smem, stream()>>>(static_cast<const bf16*>(A), offsets, tile_start, E, w,
                                             ldw, n_total, k_total, static_cast<bf16*>(C));
   DSEEK_CUDA_CHECK_LAUNCH(wgmma ? "grouped_rows_wgmma_kernel" : "grouped_rows_tc_kernel");
+}
+
+bool expert_tma_maps(const void* const* matrices, int64_t E, int64_t rows, int64_t cols, int64_t ld,
+                     void* out) {
+  static_assert(sizeof(CUtensorMap) == kExpertMapBytes);
+  if (!wgmma_runs_here() || reinterpret_cast<uintptr_t>(out) % 64 != 0) return false;
+  std::vector<CUtensorMap> maps(static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e) {
+    if (!tma_bf16_map_takes(matrices[e], rows, cols, ld)) return false;
+    maps[size_t(e)] =
+        tma_bf16_map(matrices[e], rows, cols, ld, grouped_tma::kStep, "expert matrix");
+  }
+  dseek::cuda::copy_to_device(out, maps.data(), maps.size() * sizeof(CUtensorMap));
+  return true;
 }
 
 void grouped_tc_dw(const void* x, const void* dy, const int64_t* offsets, int64_t E, int64_t N,

@@ -40,9 +40,20 @@ bool grouped_tc_takes(const void* a, const void* c, int64_t k, int64_t n, int64_
 // offsets[e + 1]); forward (dx false): B(k, n) = W_e[n·ldw + k]; dx: B(k, n) = W_e[k·ldw + n].
 // tile_start: the device schedule of kTcTileRows-row tiles (E + 1 entries); tiles: the grid's
 // tile count, at least the most any routing of N rows can need.
-void grouped_tc_rows(bool dx, const void* A, const int64_t* offsets, const int64_t* tile_start,
-                     int64_t E, int64_t tiles, const void* const* w, int64_t ldw, int64_t n_total,
-                     int64_t k_total, void* C);
+// M: the rows of A and C. w_maps (nullable): the experts' tensor maps (expert_tma_maps), which
+// the TMA kernel needs.
+void grouped_tc_rows(bool dx, const void* A, int64_t M, const int64_t* offsets,
+                     const int64_t* tile_start, int64_t E, int64_t tiles, const void* const* w,
+                     int64_t ldw, int64_t n_total, int64_t k_total, void* C,
+                     const void* w_maps = nullptr);
+
+// Writes the tensor maps of E bf16 matrices [rows, cols] (`ld` apart; `matrices` their device
+// addresses, in a host array) for the TMA row kernels into `out`: device memory of E ×
+// kExpertMapBytes, 64-byte aligned. Returns false, writing nothing, where those kernels cannot run
+// (no wgmma here) or a matrix does not suit a tensor map (alignment).
+constexpr size_t kExpertMapBytes = 128;
+bool expert_tma_maps(const void* const* matrices, int64_t E, int64_t rows, int64_t cols, int64_t ld,
+                     void* out);
 
 // dw[e][o, i] (+)= Σ_{rows r of e} dy[r, o]·x[r, i] (beta and squares as
 // grouped_linear_backward_dw; the wgmma kernel sums the squares as it stores).

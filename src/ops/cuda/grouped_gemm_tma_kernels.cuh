@@ -1,7 +1,18 @@
-// The bf16 grouped weight gradient (grouped_gemm_wgmma_kernels.cuh's grouped_dw_wgmma_kernel:
-// dW_e[o, i] (+)= Σ_{rows r of e} dy[r, o]·x[r, i]) as a persistent warp-specialised kernel, the
-// form of fp8_tma_kernels.cuh's FP8 wgrad: one thread loads the tiles with the tensor memory
-// accelerator (tma.cuh) through a ring of kStages stages, two warpgroups multiply.
+// The bf16 grouped expert GEMMs of grouped_gemm_wgmma_kernels.cuh as persistent warp-specialised
+// kernels, the form of fp8_tma_kernels.cuh's FP8 ones: one thread loads the tiles with the tensor
+// memory accelerator (tma.cuh) through a ring of kStages stages (tma_ring.cuh), two warpgroups
+// multiply. Both walk their 128 × 128 output tiles blockIdx.x, + gridDim.x, … with one block an
+// SM, so the loader fetches the next tile's first steps while the multipliers store a tile.
+//
+// grouped_rows_tma_kernel<B_KN>: the forward and dx (grouped_rows_wgmma_kernel's products, steps
+// and order: the same bits). A stage holds 64 k of the expert's 128-row tile of A (two 64-row
+// boxes of the activations' map) and of the weight's 128 columns (two boxes of expert e's own map:
+// the experts are separate tensors, so each has a tensor map, made once with its ExpertMatrices).
+// Rows of a box past the expert's end are the next expert's (or zeros past the array): their
+// products land in rows the store skips.
+//
+// grouped_dw_tma_kernel: the weight gradient dW_e[o, i] (+)= Σ_{rows r of e} dy[r, o]·x[r, i]
+// (grouped_dw_wgmma_kernel's).
 //
 // Why: an expert's reduction is short (its rows, ~384 of 24,576 for 64 experts of 4096 × 6) and
 // each 128 × 128 tile ends in a 64 KiB f32 store, so the one-tile-a-block cp.async kernel spends
@@ -33,6 +44,8 @@
 
 namespace dseek::ops::cuda::grouped_tma {
 
+using attention_tc::bf16;
+
 using tma::kMultipliers;
 using tma::kMultiplierWarps;
 using tma::kThreads;
@@ -59,6 +72,22 @@ __device__ __forceinline__ DwTile dw_tile(int64_t t, int64_t m_tiles, int64_t n_
   w.k_begin = offsets[w.e];
   w.k_end = offsets[w.e + 1];
   return w;
+}
+
+// Tile t of the routing's row tiles × column tiles (columns fastest: the blocks at work at one time
+// share a row tile of A in L2).
+struct RowsTile {
+  int64_t e, m0, m_end, n0;
+};
+__device__ __forceinline__ RowsTile rows_tile(int64_t t, int64_t cols, const int64_t* offsets,
+                                              const int64_t* tile_start, int64_t E) {
+  RowsTile r;
+  const int64_t tile = t / cols;
+  r.n0 = (t % cols) * 128;
+  r.e = expert_of_tile(tile_start, E, tile);
+  r.m0 = offsets[r.e] + (tile - tile_start[r.e]) * 128;
+  r.m_end = offsets[r.e + 1];
+  return r;
 }
 
 // The 256 multiplying threads meet (the loader's warpgroup is not counted).
@@ -184,6 +213,95 @@ __global__ void __launch_bounds__(kThreads, 1)
     sum = warp_sum(sum);
     if (t128 % 32 == 0)
       squares[int64_t(blockIdx.x) * kMultiplierWarps + (int(threadIdx.x) - 128) / 32] = sum;
+  }
+#endif
+}
+
+// C[m, :n_total] = A[m, :k_total] · B_e for every row m of expert e: forward (B_KN false) B(k, n) =
+// W_e[n, k], dx B(k, n) = W_e[k, n]. Grid: min(the most tiles any routing can need × columns,
+// SMs) blocks of kThreads; the routing's own count comes from tile_start[E]. map_a over A [M,
+// k_total] and w_maps[e] over W_e (tma_bf16_map, boxes of 64 rows: forward [n_total, k_total],
+// dx [k_total, n_total]).
+template <bool B_KN>
+__global__ void __launch_bounds__(kThreads, 1)
+    grouped_rows_tma_kernel(const __grid_constant__ CUtensorMap map_a, const CUtensorMap* w_maps,
+                            const int64_t* offsets, const int64_t* tile_start, int64_t E,
+                            int64_t n_total, int64_t k_total, bf16* C) {
+#if defined(__CUDA_ARCH__) && !defined(DSEEK_WGMMA_PTX)
+  __trap();  // not launched on builds without sm_90a code (grouped_wgmma_available)
+#else
+  const int64_t cols = (n_total + 127) / 128, tiles = tile_start[E] * cols;
+  const int64_t steps = (k_total + kStep - 1) / kStep;
+  __shared__ uint64_t full[kStages], empty[kStages];
+  const tma::Ring<kStages, kStageBytes> ring{full, empty, tma::ring_base()};
+  const int warpgroup = int(threadIdx.x) / 128;
+  ring.init();
+
+  if (warpgroup == 0) {  // the loader
+    tma::lower_registers<tma::kLoaderRegisters>();
+    if (threadIdx.x == 0) {
+      tma::prefetch_map(&map_a);
+      int64_t step = 0;  // over all of this block's tiles
+      for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+        const RowsTile r = rows_tile(t, cols, offsets, tile_start, E);
+        const CUtensorMap* map_w = w_maps + r.e;
+        for (int64_t s = 0; s < steps; ++s, ++step) {
+          unsigned char* stage = ring.claim(step);
+          uint64_t* bar = &ring.full[ring.stage(step)];
+          const int32_t k0 = int32_t(s * kStep);
+          for (int h = 0; h < 2; ++h) {
+            tma::load_2d(stage + h * kBoxBytes, &map_a, k0, int32_t(r.m0 + 64 * h), bar);
+            if (B_KN)  // W_e[k, n]: 64 rows of k, 64 columns of n a box
+              tma::load_2d(stage + (2 + h) * kBoxBytes, map_w, int32_t(r.n0 + 64 * h), k0, bar);
+            else  // W_e[n, k]: 64 rows of n, 64 columns of k a box
+              tma::load_2d(stage + (2 + h) * kBoxBytes, map_w, k0, int32_t(r.n0 + 64 * h), bar);
+          }
+        }
+      }
+    }
+    return;
+  }
+
+  tma::raise_registers<tma::kMultiplierRegisters>();
+  const int half = warpgroup - 1;  // this multiplier's 64 rows of each tile
+  const int t128 = int(threadIdx.x) % 128;
+  int64_t step = 0;
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const RowsTile r = rows_tile(t, cols, offsets, tile_start, E);
+    float acc[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+    for (int64_t s = 0; s < steps; ++s, ++step) {
+      const uint32_t stage = ring.acquire(step);
+#pragma unroll
+      for (int i = 0; i < 64; ++i) wgmma::fence_operand(acc[i]);
+      wgmma::fence();
+#pragma unroll
+      for (int kk = 0; kk < kStep / 16; ++kk)
+        wgmma::mma_m64n128k16<0, B_KN ? 1 : 0>(
+            acc, grouped_wgmma::slice_desc<false>(stage, half, kk),
+            grouped_wgmma::slice_desc<B_KN>(stage + 2 * kBoxBytes, 0, kk));
+      wgmma::commit();
+      wgmma::wait<1>();
+#pragma unroll
+      for (int i = 0; i < 64; ++i) wgmma::fence_operand(acc[i]);
+      if (s > 0) ring.release(step - 1, t128);
+    }
+    wgmma::wait<0>();
+#pragma unroll
+    for (int i = 0; i < 64; ++i) wgmma::fence_operand(acc[i]);
+    if (steps > 0) ring.release(step - 1, t128);
+    const int64_t row = r.m0 + half * 64 + (t128 / 32) * 16 + (t128 % 32) / 4;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      // n is even and n_total a multiple of 8: n < n_total covers n + 1.
+      const int64_t n = r.n0 + j * 8 + 2 * (t128 % 4);
+      if (n >= n_total) continue;
+      if (row < r.m_end)
+        attention_tc::store_bf16x2(C + row * n_total + n, acc[4 * j], acc[4 * j + 1]);
+      if (row + 8 < r.m_end)
+        attention_tc::store_bf16x2(C + (row + 8) * n_total + n, acc[4 * j + 2], acc[4 * j + 3]);
+    }
   }
 #endif
 }

@@ -698,7 +698,8 @@ void moe_permute_backward(const void* dx_perm, const int32_t* position, int64_t 
 }
 
 void grouped_linear(const void* x, const int64_t* offsets, int64_t E, int64_t N, int64_t in,
-                    const void* const* w, int64_t ldw, int64_t out, void* y, DType act) {
+                    const void* const* w, int64_t ldw, int64_t out, void* y, DType act,
+                    const void* w_maps) {
   if (N == 0 || out == 0) return;
   if (grouped_gemv_takes(N, E)) {
     grouped_gemv(x, offsets, E, N, in, w, ldw, out, y, act);
@@ -708,8 +709,8 @@ void grouped_linear(const void* x, const int64_t* offsets, int64_t E, int64_t N,
     // The most tiles any routing can need: one partial tile per expert beyond ceil(N / rows).
     const std::unique_ptr<int64_t, void (*)(void*)> tiles(tile_schedule(offsets, E, kTcTileRows),
                                                           dseek::cuda::free);
-    grouped_tc_rows(false, x, offsets, tiles.get(), E, ceil_div<int64_t>(N, kTcTileRows) + E, w,
-                    ldw, out, in, y);
+    grouped_tc_rows(false, x, N, offsets, tiles.get(), E, ceil_div<int64_t>(N, kTcTileRows) + E, w,
+                    ldw, out, in, y, w_maps);
     return;
   }
   const dim3 grid = row_tile_grid("grouped_linear", N, E, out);
@@ -725,13 +726,13 @@ void grouped_linear(const void* x, const int64_t* offsets, int64_t E, int64_t N,
 
 void grouped_linear_backward_dx(const void* dy, const int64_t* offsets, int64_t E, int64_t N,
                                 int64_t out, const void* const* w, int64_t ldw, int64_t in,
-                                void* dx, DType act) {
+                                void* dx, DType act, const void* w_maps) {
   if (N == 0 || in == 0) return;
   if (act == DType::BF16 && grouped_tc_takes(dy, dx, out, in, ldw)) {
     const std::unique_ptr<int64_t, void (*)(void*)> tiles(tile_schedule(offsets, E, kTcTileRows),
                                                           dseek::cuda::free);
-    grouped_tc_rows(true, dy, offsets, tiles.get(), E, ceil_div<int64_t>(N, kTcTileRows) + E, w,
-                    ldw, in, out, dx);
+    grouped_tc_rows(true, dy, N, offsets, tiles.get(), E, ceil_div<int64_t>(N, kTcTileRows) + E, w,
+                    ldw, in, out, dx, w_maps);
     return;
   }
   const dim3 grid = row_tile_grid("grouped_linear", N, E, in);
