@@ -117,9 +117,10 @@ void grouped_tc_rows(bool dx, const void* A, int64_t M, const int64_t* offsets,
     const auto kernel = dx ? grouped_tma::grouped_rows_tma_kernel<true>
                            : grouped_tma::grouped_rows_tma_kernel<false>;
     DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          int(grouped_tma::kSmemBytes)));
-    const unsigned blocks = unsigned(std::min<int64_t>(tiles * cols, multiprocessors()));
-    kernel<<<blocks, grouped_tma::kThreads, grouped_tma::kSmemBytes, stream()>>>(
+                                          int(grouped_tma::kRowsSmemBytes)));
+    const int64_t tma_cols = ceil_div<int64_t>(n_total, grouped_tma::kRowsCols);
+    const unsigned blocks = unsigned(std::min<int64_t>(tiles * tma_cols, multiprocessors()));
+    kernel<<<blocks, grouped_tma::kThreads, grouped_tma::kRowsSmemBytes, stream()>>>(
         map_a, static_cast<const CUtensorMap*>(w_maps), offsets, tile_start, E, n_total, k_total,
         static_cast<bf16*>(C));
     DSEEK_CUDA_CHECK_LAUNCH("grouped_rows_tma_kernel");

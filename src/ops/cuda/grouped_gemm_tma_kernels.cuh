@@ -5,9 +5,10 @@
 // SM, so the loader fetches the next tile's first steps while the multipliers store a tile.
 //
 // grouped_rows_tma_kernel<B_KN>: the forward and dx (grouped_rows_wgmma_kernel's products, steps
-// and order: the same bits). A stage holds 64 k of the expert's 128-row tile of A (two 64-row
-// boxes of the activations' map) and of the weight's 128 columns (two boxes of expert e's own map:
-// the experts are separate tensors, so each has a tensor map, made once with its ExpertMatrices).
+// and order: the same bits) over tiles of 128 rows × 256 columns. A stage holds 64 k of the
+// expert's 128-row tile of A (two 64-row boxes of the activations' map) and of the weight's 256
+// columns (four boxes of expert e's own map: the experts are separate tensors, so each has a
+// tensor map, made once with its ExpertMatrices).
 // Rows of a box past the expert's end are the next expert's (or zeros past the array): their
 // products land in rows the store skips.
 //
@@ -58,6 +59,14 @@ static_assert(grouped_wgmma::kBK == kStep && grouped_wgmma::kBM == 128 &&
               grouped_wgmma::kBN == 128);
 constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + wgmma::kAtomBytes;
 
+// The row kernel's tiles are 128 rows × 256 columns (a warpgroup's 64 rows × two n128 products a
+// k16 slice), which read each A slice for twice the columns: a stage holds two boxes of A and
+// four of B (48 KiB), four stages.
+constexpr int kRowsCols = 256;
+constexpr int kRowsStages = 4;
+constexpr int kRowsStageBytes = 6 * kBoxBytes;
+constexpr size_t kRowsSmemBytes = size_t(kRowsStages) * kRowsStageBytes + wgmma::kAtomBytes;
+
 struct DwTile {
   int64_t e, m0, n0, k_begin, k_end;  // dW_e's rows m0 … (o), columns n0 … (i); the expert's rows
 };
@@ -83,7 +92,7 @@ __device__ __forceinline__ RowsTile rows_tile(int64_t t, int64_t cols, const int
                                               const int64_t* tile_start, int64_t E) {
   RowsTile r;
   const int64_t tile = t / cols;
-  r.n0 = (t % cols) * 128;
+  r.n0 = (t % cols) * kRowsCols;
   r.e = expert_of_tile(tile_start, E, tile);
   r.m0 = offsets[r.e] + (tile - tile_start[r.e]) * 128;
   r.m_end = offsets[r.e + 1];
@@ -218,10 +227,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // C[m, :n_total] = A[m, :k_total] · B_e for every row m of expert e: forward (B_KN false) B(k, n) =
-// W_e[n, k], dx B(k, n) = W_e[k, n]. Grid: min(the most tiles any routing can need × columns,
-// SMs) blocks of kThreads; the routing's own count comes from tile_start[E]. map_a over A [M,
-// k_total] and w_maps[e] over W_e (tma_bf16_map, boxes of 64 rows: forward [n_total, k_total],
-// dx [k_total, n_total]).
+// W_e[n, k], dx B(k, n) = W_e[k, n]. Grid: min(the most row tiles any routing can need × column
+// tiles of kRowsCols, SMs) blocks of kThreads; the routing's own count comes from tile_start[E].
+// map_a over A [M, k_total] and w_maps[e] over W_e (tma_bf16_map, boxes of 64 rows: forward
+// [n_total, k_total], dx [k_total, n_total]). A last column tile's products past n_total run on
+// the copies' zeros and are not stored (a branch between the two halves' products would make the
+// compiler fence them).
 template <bool B_KN>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_rows_tma_kernel(const __grid_constant__ CUtensorMap map_a, const CUtensorMap* w_maps,
@@ -230,10 +241,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if defined(__CUDA_ARCH__) && !defined(DSEEK_WGMMA_PTX)
   __trap();  // not launched on builds without sm_90a code (grouped_wgmma_available)
 #else
-  const int64_t cols = (n_total + 127) / 128, tiles = tile_start[E] * cols;
+  const int64_t cols = (n_total + kRowsCols - 1) / kRowsCols, tiles = tile_start[E] * cols;
   const int64_t steps = (k_total + kStep - 1) / kStep;
-  __shared__ uint64_t full[kStages], empty[kStages];
-  const tma::Ring<kStages, kStageBytes> ring{full, empty, tma::ring_base()};
+  __shared__ uint64_t full[kRowsStages], empty[kRowsStages];
+  const tma::Ring<kRowsStages, kRowsStageBytes> ring{full, empty, tma::ring_base()};
   const int warpgroup = int(threadIdx.x) / 128;
   ring.init();
 
@@ -249,12 +260,14 @@ __global__ void __launch_bounds__(kThreads, 1)
           unsigned char* stage = ring.claim(step);
           uint64_t* bar = &ring.full[ring.stage(step)];
           const int32_t k0 = int32_t(s * kStep);
-          for (int h = 0; h < 2; ++h) {
+          for (int h = 0; h < 2; ++h)
             tma::load_2d(stage + h * kBoxBytes, &map_a, k0, int32_t(r.m0 + 64 * h), bar);
+          for (int h = 0; h < 4; ++h) {
+            unsigned char* box = stage + (2 + h) * kBoxBytes;
             if (B_KN)  // W_e[k, n]: 64 rows of k, 64 columns of n a box
-              tma::load_2d(stage + (2 + h) * kBoxBytes, map_w, int32_t(r.n0 + 64 * h), k0, bar);
+              tma::load_2d(box, map_w, int32_t(r.n0 + 64 * h), k0, bar);
             else  // W_e[n, k]: 64 rows of n, 64 columns of k a box
-              tma::load_2d(stage + (2 + h) * kBoxBytes, map_w, k0, int32_t(r.n0 + 64 * h), bar);
+              tma::load_2d(box, map_w, k0, int32_t(r.n0 + 64 * h), bar);
           }
         }
       }
@@ -268,42 +281,56 @@ __global__ void __launch_bounds__(kThreads, 1)
   int64_t step = 0;
   for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
     const RowsTile r = rows_tile(t, cols, offsets, tile_start, E);
-    float acc[64];
+    float acc[2][64];
 #pragma unroll
-    for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+    for (int i = 0; i < 64; ++i) acc[0][i] = acc[1][i] = 0.0f;
     for (int64_t s = 0; s < steps; ++s, ++step) {
       const uint32_t stage = ring.acquire(step);
 #pragma unroll
-      for (int i = 0; i < 64; ++i) wgmma::fence_operand(acc[i]);
+      for (int i = 0; i < 64; ++i) {
+        wgmma::fence_operand(acc[0][i]);
+        wgmma::fence_operand(acc[1][i]);
+      }
       wgmma::fence();
 #pragma unroll
-      for (int kk = 0; kk < kStep / 16; ++kk)
+      for (int kk = 0; kk < kStep / 16; ++kk) {
+        const uint64_t a = grouped_wgmma::slice_desc<false>(stage, half, kk);
         wgmma::mma_m64n128k16<0, B_KN ? 1 : 0>(
-            acc, grouped_wgmma::slice_desc<false>(stage, half, kk),
-            grouped_wgmma::slice_desc<B_KN>(stage + 2 * kBoxBytes, 0, kk));
+            acc[0], a, grouped_wgmma::slice_desc<B_KN>(stage + 2 * kBoxBytes, 0, kk));
+        wgmma::mma_m64n128k16<0, B_KN ? 1 : 0>(
+            acc[1], a, grouped_wgmma::slice_desc<B_KN>(stage + 4 * kBoxBytes, 0, kk));
+      }
       wgmma::commit();
       wgmma::wait<1>();
 #pragma unroll
-      for (int i = 0; i < 64; ++i) wgmma::fence_operand(acc[i]);
+      for (int i = 0; i < 64; ++i) {
+        wgmma::fence_operand(acc[0][i]);
+        wgmma::fence_operand(acc[1][i]);
+      }
       if (s > 0) ring.release(step - 1, t128);
     }
     wgmma::wait<0>();
 #pragma unroll
-    for (int i = 0; i < 64; ++i) wgmma::fence_operand(acc[i]);
+    for (int i = 0; i < 64; ++i) {
+      wgmma::fence_operand(acc[0][i]);
+      wgmma::fence_operand(acc[1][i]);
+    }
     if (steps > 0) ring.release(step - 1, t128);
     const int64_t row = r.m0 + half * 64 + (t128 / 32) * 16 + (t128 % 32) / 4;
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      // n is even and n_total a multiple of 8: n < n_total covers n + 1.
-      const int64_t n = r.n0 + j * 8 + 2 * (t128 % 4);
-      if (n >= n_total) continue;
-      if (row < r.m_end)
-        attention_tc::store_bf16x2(C + row * n_total + n, acc[4 * j], acc[4 * j + 1]);
-      if (row + 8 < r.m_end)
-        attention_tc::store_bf16x2(C + (row + 8) * n_total + n, acc[4 * j + 2], acc[4 * j + 3]);
-    }
+    for (int q = 0; q < 2; ++q)
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        // n is even and n_total a multiple of 8: n < n_total covers n + 1.
+        const int64_t n = r.n0 + q * 128 + j * 8 + 2 * (t128 % 4);
+        if (n >= n_total) continue;
+        if (row < r.m_end)
+          attention_tc::store_bf16x2(C + row * n_total + n, acc[q][4 * j], acc[q][4 * j + 1]);
+        if (row + 8 < r.m_end)
+          attention_tc::store_bf16x2(C + (row + 8) * n_total + n, acc[q][4 * j + 2],
+                                     acc[q][4 * j + 3]);
+      }
   }
 #endif
 }
-
 }  // namespace dseek::ops::cuda::grouped_tma
