@@ -18,6 +18,12 @@ cudaStream_t stream();
 // ask often keep the value (it does not change while the process runs).
 int device_attribute(cudaDeviceAttr attr);
 
+// The device's streaming multiprocessors (the persistent kernels' grids).
+inline int multiprocessors() {
+  static const int n = device_attribute(cudaDevAttrMultiProcessorCount);
+  return n;
+}
+
 // Whether launch_pdl (core/cuda/pdl.cuh) lets kernels start early: a Hopper or later GPU and
 // DSEEK_PDL not 0 in the environment; the switch is for comparisons.
 bool pdl_enabled();

@@ -276,11 +276,7 @@ inline int max_shared_bytes() {
   return bytes;
 }
 
-// Multiprocessors of the current device.
-inline int multiprocessors() {
-  static const int n = dseek::cuda::device_attribute(cudaDevAttrMultiProcessorCount);
-  return n;
-}
+using dseek::cuda::multiprocessors;
 
 // Dynamic shared memory a block may use: the opt-in maximum less room for static arrays.
 inline size_t shared_budget() {

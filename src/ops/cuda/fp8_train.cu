@@ -471,11 +471,7 @@ void fp8_transpose_blocks(const uint8_t* q, const float* scale, int64_t E, int64
 
 namespace {
 
-// The device's streaming multiprocessors (the persistent kernels' grid).
-int multiprocessors() {
-  static const int sms = dseek::cuda::device_attribute(cudaDevAttrMultiProcessorCount);
-  return sms;
-}
+using dseek::cuda::multiprocessors;
 
 // fp8_wgmma::fp8_rows_wgmma_kernel, or fp8_tma::fp8_rows_tma_kernel where chosen and the
 // operands suit tensor maps, over `blocks` blocks (its arguments; offsets null: dense).

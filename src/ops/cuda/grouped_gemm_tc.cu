@@ -59,11 +59,7 @@ bool use_wgmma() {
 // -1: not decided yet (DSEEK_LOADS read on first use), 0: cp.async, 1: TMA.
 std::atomic<int> g_tma{-1};
 
-// The device's streaming multiprocessors (the persistent kernels' grid).
-int multiprocessors() {
-  static const int sms = dseek::cuda::device_attribute(cudaDevAttrMultiProcessorCount);
-  return sms;
-}
+using dseek::cuda::multiprocessors;
 
 }  // namespace
 
