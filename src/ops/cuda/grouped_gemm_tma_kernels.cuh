@@ -99,6 +99,13 @@ __device__ __forceinline__ RowsTile rows_tile(int64_t t, int64_t cols, const int
   return r;
 }
 
+// Keeps the compiler from moving accesses of a warpgroup's accumulators across its asynchronous
+// products (wgmma::fence_operand on each).
+__device__ __forceinline__ void fence_accumulators(float (&acc)[64]) {
+#pragma unroll
+  for (int i = 0; i < 64; ++i) wgmma::fence_operand(acc[i]);
+}
+
 // The 256 multiplying threads meet (the loader's warpgroup is not counted).
 __device__ __forceinline__ void multipliers_sync() {
 #ifdef DSEEK_WGMMA_PTX
@@ -176,8 +183,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         wgmma::fence_proxy_async();
         multipliers_sync();
       }
-#pragma unroll
-      for (int i = 0; i < 64; ++i) wgmma::fence_operand(acc[i]);
+      fence_accumulators(acc);
       wgmma::fence();
 #pragma unroll
       for (int kk = 0; kk < kStep / 16; ++kk)
@@ -186,13 +192,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       wgmma::commit();
       // One step's products in flight: the previous step's are done, so its stage is free.
       wgmma::wait<1>();
-#pragma unroll
-      for (int i = 0; i < 64; ++i) wgmma::fence_operand(acc[i]);
+      fence_accumulators(acc);
       if (s > 0) ring.release(step - 1, t128);
     }
     wgmma::wait<0>();
-#pragma unroll
-    for (int i = 0; i < 64; ++i) wgmma::fence_operand(acc[i]);
+    fence_accumulators(acc);
     if (steps > 0) ring.release(step - 1, t128);
 
     // This thread's accumulator pairs (wgmma.cuh's register layout): rows row, row + 8 of dW_e,
@@ -286,11 +290,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int i = 0; i < 64; ++i) acc[0][i] = acc[1][i] = 0.0f;
     for (int64_t s = 0; s < steps; ++s, ++step) {
       const uint32_t stage = ring.acquire(step);
-#pragma unroll
-      for (int i = 0; i < 64; ++i) {
-        wgmma::fence_operand(acc[0][i]);
-        wgmma::fence_operand(acc[1][i]);
-      }
+      fence_accumulators(acc[0]);
+      fence_accumulators(acc[1]);
       wgmma::fence();
 #pragma unroll
       for (int kk = 0; kk < kStep / 16; ++kk) {
@@ -302,19 +303,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       wgmma::commit();
       wgmma::wait<1>();
-#pragma unroll
-      for (int i = 0; i < 64; ++i) {
-        wgmma::fence_operand(acc[0][i]);
-        wgmma::fence_operand(acc[1][i]);
-      }
+      fence_accumulators(acc[0]);
+      fence_accumulators(acc[1]);
       if (s > 0) ring.release(step - 1, t128);
     }
     wgmma::wait<0>();
-#pragma unroll
-    for (int i = 0; i < 64; ++i) {
-      wgmma::fence_operand(acc[0][i]);
-      wgmma::fence_operand(acc[1][i]);
-    }
+    fence_accumulators(acc[0]);
+    fence_accumulators(acc[1]);
     if (steps > 0) ring.release(step - 1, t128);
     const int64_t row = r.m0 + half * 64 + (t128 / 32) * 16 + (t128 % 32) / 4;
 #pragma unroll
