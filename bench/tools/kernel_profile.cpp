@@ -6,6 +6,8 @@
 // GPU ms, mean µs and share of all kernel time, sorted by total, plus memcpy/memset totals.
 // DSEEK_KPROF unset: the table goes to stderr. Kernel times only (no CPU gaps): the sum can be
 // less than the wall time when the GPU idles between launches, which the last line reports.
+// DSEEK_KPROF_TRACE=trace.csv also writes every kernel as a line `start_ns,end_ns,stream,name`
+// (times relative to the first kernel), to see what overlaps what.
 #include <cuda.h>
 #include <cupti.h>
 #include <cxxabi.h>
@@ -28,6 +30,13 @@ struct Entry {
 
 std::mutex g_mutex;
 std::map<std::string, Entry> g_kernels;
+struct Span {
+  uint64_t start, end;
+  uint32_t stream;
+  const std::string* name;  // a key of g_kernels (stable)
+};
+std::vector<Span> g_spans;
+const bool g_trace = std::getenv("DSEEK_KPROF_TRACE") != nullptr;
 uint64_t g_copy_ns = 0, g_copy_bytes = 0, g_set_ns = 0, g_first = UINT64_MAX, g_last = 0;
 
 constexpr size_t kBufferBytes = 8 << 20;
@@ -60,7 +69,9 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
     if (record->kind == CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL ||
         record->kind == CUPTI_ACTIVITY_KIND_KERNEL) {
       const auto* k = reinterpret_cast<const CUpti_ActivityKernel9*>(record);
-      Entry& e = g_kernels[demangle(k->name)];
+      const auto it = g_kernels.try_emplace(demangle(k->name)).first;
+      Entry& e = it->second;
+      if (g_trace) g_spans.push_back({k->start, k->end, k->streamId, &it->first});
       ++e.count;
       e.ns += k->end - k->start;
       g_first = std::min<uint64_t>(g_first, k->start);
@@ -104,6 +115,22 @@ void write_table() {
                total / 1e6, g_copy_ns / 1e6, g_copy_bytes / 1e9, g_set_ns / 1e6,
                g_last > g_first ? (g_last - g_first) / 1e6 : 0.0);
   if (out != stderr) std::fclose(out);
+  if (FILE* trace = g_trace ? std::fopen(std::getenv("DSEEK_KPROF_TRACE"), "w") : nullptr) {
+    std::sort(g_spans.begin(), g_spans.end(),
+              [](const Span& a, const Span& b) { return a.start < b.start; });
+    for (const Span& s : g_spans) {
+      std::string n = *s.name;
+      for (size_t at; (at = n.find("(anonymous namespace)::")) != std::string::npos;)
+        n.erase(at, 23);
+      const size_t paren = n.find('(');
+      std::string shown = n.substr(0, std::min<size_t>(paren, 100));
+      for (char& c : shown)
+        if (c == ',') c = ';';
+      std::fprintf(trace, "%llu,%llu,%u,%s\n", (unsigned long long)(s.start - g_first),
+                   (unsigned long long)(s.end - g_first), s.stream, shown.c_str());
+    }
+    std::fclose(trace);
+  }
 }
 
 struct Profiler {

@@ -160,6 +160,14 @@ class Background {
   uint64_t mark();
 };
 void wait_background(uint64_t mark);
+// Keeps `sms` multiprocessors out of the main stream's persistent kernels and cuBLASLt plans
+// (compute_sms) until the main stream waits for background mark `until`: AdamW::step_async's
+// update then keeps running beside the forward's GEMMs instead of waiting for their ends (a
+// persistent GEMM holds each SM it gets for its whole run). `sms` 0 keeps none.
+void keep_sms_for_background(int sms, uint64_t until);
+// The SMs the main stream's persistent kernels and cuBLASLt plans spread over: all of them, less
+// those kept for the background stream until the main stream has waited for its mark.
+int compute_sms();
 
 // Bytes the pool holds and the device's free/total memory (for diagnostics and benchmarks).
 struct MemoryInfo {

@@ -1,5 +1,6 @@
 #include "train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <map>
@@ -193,6 +194,22 @@ void AdamW::step(double lr, float grad_scale) {
   mark_images_current();
 }
 
+namespace {
+
+// The SMs step_async keeps for its update while the next forward runs (cuda::compute_sms):
+// DSEEK_UPDATE_SMS, else 32 of an H100's 132. V2-Lite's 4-layer step (docs/BENCHMARKS.md, run W):
+// 53.6 ms keeping none, 52.7 with 32, 53.1 with 48 (each with DSEEK_UPDATE_PARTS=4). The update
+// moves ~22 bytes a parameter; a forward GEMM on the other SMs is compute-bound.
+int update_sms() {
+  static const int sms = [] {
+    const char* env = std::getenv("DSEEK_UPDATE_SMS");
+    return env ? std::max(0, std::atoi(env)) : 32;
+  }();
+  return sms;
+}
+
+}  // namespace
+
 void AdamW::step_async(double lr, float grad_scale, bool defer_overwritten) {
   if (params_->device() != Device::CUDA) {
     step(lr, grad_scale);
@@ -221,6 +238,7 @@ void AdamW::step_async(double lr, float grad_scale, bool defer_overwritten) {
     last_mark_ = background.mark();
     for (size_t index : g.params) params_->set_pending(index, last_mark_);
   }
+  cuda::keep_sms_for_background(update_sms(), last_mark_);
   mark_images_current();
 }
 

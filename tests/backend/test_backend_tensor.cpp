@@ -99,6 +99,39 @@ TEST(BackendOps, TensorRowCopiesOfViews) {
             std::vector<int32_t>(ref.data<int32_t>(), ref.data<int32_t>() + 36));
 }
 
+// cuda::keep_sms_for_background: the main stream's persistent kernels and cuBLASLt plans leave
+// SMs to the background stream until the main stream has waited for the given mark, then have
+// them all again.
+TEST(BackendOps, KeptSmsReturnOnceTheMainStreamWaits) {
+  DSEEK_REQUIRE_CUDA();
+  cuda::keep_sms_for_background(0, 0);  // whatever an earlier test's update left
+  const int all = cuda::compute_sms();
+  ASSERT_GT(all, 8);
+  uint64_t first = 0, second = 0;
+  {
+    cuda::Background bg;
+    first = bg.mark();
+    second = bg.mark();
+  }
+  cuda::keep_sms_for_background(8, second);
+  EXPECT_EQ(cuda::compute_sms(), all - 8);
+  cuda::wait_background(first);  // not the last update yet
+  EXPECT_EQ(cuda::compute_sms(), all - 8);
+  {
+    cuda::Fork fork(true);  // a side stream's wait does not release them
+    {
+      cuda::Fork::Side side(fork);
+      cuda::wait_background(second);
+    }
+    fork.join();
+  }
+  EXPECT_EQ(cuda::compute_sms(), all - 8);
+  cuda::wait_background(second);
+  EXPECT_EQ(cuda::compute_sms(), all);
+  cuda::keep_sms_for_background(0, 0);
+  EXPECT_EQ(cuda::compute_sms(), all);
+}
+
 // cuda::Background's misuse is an error, not a race: allocating inside the scope (the memory could
 // go to the main stream while the background still uses it) and waiting for a mark never made.
 // A copy queued in the scope is seen by the main stream once it waits for the scope's mark.

@@ -4,6 +4,7 @@
 // is reused by the next without going back to the driver.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -251,6 +252,11 @@ uint64_t Background::mark() {
   return m;
 }
 
+// keep_sms_for_background's state: SMs kept until the main stream has waited for mark
+// g_kept_until (g_main_waited: the latest mark it waited for).
+std::atomic<int> g_kept_sms{0};
+std::atomic<uint64_t> g_kept_until{0}, g_main_waited{0};
+
 void wait_background(uint64_t mark) {
   if (mark == 0) return;
   BackgroundStream& bg = background_stream();
@@ -259,6 +265,18 @@ void wait_background(uint64_t mark) {
   // An event re-recorded by a later mark marks a later point of the same stream: waiting for it
   // also waits past this mark.
   DSEEK_CUDA_CHECK(cudaStreamWaitEvent(stream(), bg.marks[mark % kMarkEvents], 0));
+  if (!t_current && mark > g_main_waited.load()) g_main_waited.store(mark);
+}
+
+void keep_sms_for_background(int sms, uint64_t until) {
+  g_kept_sms.store(std::max(sms, 0));
+  g_kept_until.store(until);
+}
+
+int compute_sms() {
+  const int all = multiprocessors();
+  if (g_kept_sms.load() == 0 || g_main_waited.load() >= g_kept_until.load()) return all;
+  return std::max(1, all - g_kept_sms.load());
 }
 
 namespace {

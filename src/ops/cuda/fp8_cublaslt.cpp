@@ -63,8 +63,15 @@ struct Key {
   int d_type;
   int64_t ld = 0;      // the operands' row stride (the forward's: K)
   bool wgrad = false;  // both operands VEC128 (fp8_wgrad_cublaslt)
+  int sms = 0;         // SMs to plan for when fewer than the device's (cuda::compute_sms), else 0
   auto operator<=>(const Key&) const = default;
 };
+
+// Key::sms for a plan made now.
+int sm_target() {
+  const int sms = dseek::cuda::compute_sms();
+  return sms < dseek::cuda::multiprocessors() ? sms : 0;
+}
 
 // One problem's descriptors and algorithm; null in the cache when cuBLASLt refused the problem.
 struct Plan {
@@ -99,7 +106,7 @@ bool aligned256(const void* p) {
 // false when cuBLASLt refuses an attribute (a library without the block-scaled modes).
 // ld: both operands' row stride; wgrad: A's scales VEC128 too (fp8_wgrad_cublaslt).
 bool describe(LtDescriptors& desc, int64_t M, int64_t K, int64_t N, cudaDataType_t d_type,
-              int64_t ld, bool wgrad) {
+              int64_t ld, bool wgrad, int sms) {
   if (cublasLtMatmulDescCreate(&desc.op, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS)
     return false;
   const cublasOperation_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
@@ -114,6 +121,11 @@ bool describe(LtDescriptors& desc, int64_t M, int64_t K, int64_t N, cudaDataType
   for (const auto& [attribute, value, size] : attributes)
     if (cublasLtMatmulDescSetAttribute(desc.op, attribute, value, size) != CUBLAS_STATUS_SUCCESS)
       return false;
+  const int32_t sm_target = sms;
+  if (sms > 0 &&
+      cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sm_target,
+                                     sizeof(sm_target)) != CUBLAS_STATUS_SUCCESS)
+    return false;
   return cublasLtMatrixLayoutCreate(&desc.a, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(N), ld) ==
              CUBLAS_STATUS_SUCCESS &&
          cublasLtMatrixLayoutCreate(&desc.b, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(M), ld) ==
@@ -125,9 +137,9 @@ bool describe(LtDescriptors& desc, int64_t M, int64_t K, int64_t N, cudaDataType
 // The plan for a problem, or null when cuBLASLt cannot run it (an unsupported combination comes
 // back as an error status or as no result: both mean "not here", so the plain kernel runs).
 std::unique_ptr<Plan> make_plan(int64_t M, int64_t K, int64_t N, cudaDataType_t d_type, int64_t ld,
-                                bool wgrad) {
+                                bool wgrad, int sms) {
   auto plan = std::make_unique<Plan>();
-  if (!describe(plan->desc, M, K, N, d_type, ld, wgrad)) return nullptr;
+  if (!describe(plan->desc, M, K, N, d_type, ld, wgrad, sms)) return nullptr;
   // The heuristic refuses a block-scaled problem whose scale pointers are unset (seen on an H200,
   // CUDA 13.0): it is shown the workspace, valid and 256-byte aligned, until a call sets its own.
   const void* placeholder = lt_context().workspace;
@@ -160,8 +172,8 @@ Plan* plan_for(Plans& all, const Key& key) {
   auto it = all.by_problem.find(key);
   if (it == all.by_problem.end())
     it = all.by_problem
-             .emplace(key,
-                      make_plan(key.m, key.k, key.n, cudaDataType_t(key.d_type), key.ld, key.wgrad))
+             .emplace(key, make_plan(key.m, key.k, key.n, cudaDataType_t(key.d_type), key.ld,
+                                     key.wgrad, key.sms))
              .first;
   return it->second.get();
 }
@@ -190,7 +202,7 @@ bool fp8_gemm_cublaslt(const uint8_t* a, const float* sa, int64_t M, int64_t K, 
   if (!all.hopper) return false;
   const cudaDataType_t d_type = out == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
   std::lock_guard<std::mutex> lock(all.mutex);
-  Plan* plan = plan_for(all, Key{M, N, K, int(d_type), K, false});
+  Plan* plan = plan_for(all, Key{M, N, K, int(d_type), K, false, sm_target()});
   if (!plan) return false;
 
   // Scales in cuBLASLt's layouts (see the header comment), in one scratch buffer: W's first (its
@@ -231,7 +243,7 @@ bool fp8_wgrad_cublaslt(const uint8_t* dyt, const float* sdy, int64_t M, const u
   Plans& all = plans();
   if (!all.hopper) return false;
   std::lock_guard<std::mutex> lock(all.mutex);
-  Plan* plan = plan_for(all, Key{M, N, K, int(CUDA_R_32F), ld, true});
+  Plan* plan = plan_for(all, Key{M, N, K, int(CUDA_R_32F), ld, true, sm_target()});
   // cuBLASLt's A is xt (see the header's layout note).
   if (!plan || !set_scale_pointers(*plan, sx, sdy)) return false;
   const float alpha = 1.0f;

@@ -471,7 +471,7 @@ void fp8_transpose_blocks(const uint8_t* q, const float* scale, int64_t E, int64
 
 namespace {
 
-using dseek::cuda::multiprocessors;
+using dseek::cuda::compute_sms;
 
 // fp8_wgmma::fp8_rows_wgmma_kernel, or fp8_tma::fp8_rows_tma_kernel where chosen and the
 // operands suit tensor maps, over `blocks` blocks (its arguments; offsets null: dense).
@@ -590,7 +590,7 @@ void fp8_grouped_wgrad_t(const uint8_t* dyt, const float* sdy, const uint8_t* xt
                                           int(fp8_tma::kWgradSmemBytes)));
     const int64_t tiles =
         E * ceil_div<int64_t>(N, fp8_tma::kBM) * ceil_div<int64_t>(K, fp8_tma::kBN);
-    const unsigned blocks = unsigned(std::min<int64_t>(tiles, multiprocessors()));
+    const unsigned blocks = unsigned(std::min<int64_t>(tiles, compute_sms()));
     std::optional<SquarePartials> partial;
     if (squares) partial.emplace(int64_t(blocks) * fp8_tma::kMultiplierWarps);
     kernel<<<blocks, fp8_tma::kThreads, fp8_tma::kWgradSmemBytes, stream()>>>(

@@ -59,7 +59,7 @@ bool use_wgmma() {
 // -1: not decided yet (DSEEK_LOADS read on first use), 0: cp.async, 1: TMA.
 std::atomic<int> g_tma{-1};
 
-using dseek::cuda::multiprocessors;
+using dseek::cuda::compute_sms;
 
 }  // namespace
 
@@ -115,7 +115,7 @@ void grouped_tc_rows(bool dx, const void* A, int64_t M, const int64_t* offsets,
     DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           int(grouped_tma::kRowsSmemBytes)));
     const int64_t tma_cols = ceil_div<int64_t>(n_total, grouped_tma::kRowsCols);
-    const unsigned blocks = unsigned(std::min<int64_t>(tiles * tma_cols, multiprocessors()));
+    const unsigned blocks = unsigned(std::min<int64_t>(tiles * tma_cols, compute_sms()));
     kernel<<<blocks, grouped_tma::kThreads, grouped_tma::kRowsSmemBytes, stream()>>>(
         map_a, static_cast<const CUtensorMap*>(w_maps), offsets, tile_start, E, n_total, k_total,
         static_cast<bf16*>(C));
@@ -166,8 +166,8 @@ void grouped_tc_dw(const void* x, const void* dy, const int64_t* offsets, int64_
     const auto kernel = grouped_tma::grouped_dw_tma_kernel;
     DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           int(grouped_tma::kSmemBytes)));
-    const int64_t tiles = E * rows * cols;
-    const unsigned blocks = unsigned(std::min<int64_t>(tiles, multiprocessors()));
+    const int64_t tiles = E * rows * ceil_div<int64_t>(in, grouped_tma::kDwCols);
+    const unsigned blocks = unsigned(std::min<int64_t>(tiles, compute_sms()));
     std::optional<SquarePartials> partial;
     if (squares) partial.emplace(int64_t(blocks) * grouped_tma::kMultiplierWarps);
     kernel<<<blocks, grouped_tma::kThreads, grouped_tma::kSmemBytes, stream()>>>(

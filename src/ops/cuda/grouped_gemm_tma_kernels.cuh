@@ -1,7 +1,7 @@
 // The bf16 grouped expert GEMMs of grouped_gemm_wgmma_kernels.cuh as persistent warp-specialised
 // kernels, the form of fp8_tma_kernels.cuh's FP8 ones: one thread loads the tiles with the tensor
 // memory accelerator (tma.cuh) through a ring of kStages stages (tma_ring.cuh), two warpgroups
-// multiply. Both walk their 128 × 128 output tiles blockIdx.x, + gridDim.x, … with one block an
+// multiply. Both walk their 128 × 256 output tiles blockIdx.x, + gridDim.x, … with one block an
 // SM, so the loader fetches the next tile's first steps while the multipliers store a tile.
 //
 // grouped_rows_tma_kernel<B_KN>: the forward and dx (grouped_rows_wgmma_kernel's products, steps
@@ -16,22 +16,25 @@
 // (grouped_dw_wgmma_kernel's).
 //
 // Why: an expert's reduction is short (its rows, ~384 of 24,576 for 64 experts of 4096 × 6) and
-// each 128 × 128 tile ends in a 64 KiB f32 store, so the one-tile-a-block cp.async kernel spends
-// most of its time starting tiles (its first loads, one step ahead) and storing them: ~180
-// TFLOP/s on V2-Lite's experts. Here one block an SM walks the tiles blockIdx.x, + gridDim.x, …
-// (n fastest, then o, then the expert: the blocks at work at one time share an expert's rows in
-// L2); the loader streams every tile's steps through the ring without waiting for the stores, so
-// the next tile's operands are in shared memory when the multipliers finish storing.
+// each tile ends in a large f32 store, so the one-tile-a-block cp.async kernel spends most of its
+// time starting tiles (its first loads, one step ahead) and storing them: ~180 TFLOP/s on
+// V2-Lite's experts. Here one block an SM walks the tiles blockIdx.x, + gridDim.x, … (n fastest,
+// then o, then the expert: the blocks at work at one time share an expert's rows in L2); the
+// loader streams every tile's steps through the ring without waiting for the stores, so the next
+// tile's operands are in shared memory when the multipliers finish storing. The tiles are 128 (o)
+// × 256 (i): with 128 × 128 ones the kernel read its operands from L2 at ~5 TB/s and stopped
+// near 265 TFLOP/s (a tile's 64 KiB store made bulk copies from shared memory did not help).
 //
-// A stage holds one 64-row step of both operands as four 64 × 64 boxes (one 128-byte swizzled
+// A stage holds one 64-row step of both operands as six 64 × 64 boxes (one 128-byte swizzled
 // line a row, 8 KiB each): dy's columns o0 … o0 + 63 and o0 + 64 … (A, M-major, the two regions
-// of grouped_gemm_wgmma_kernels.cuh's MN-major tile) and x's columns i0 … and i0 + 64 … (B). The
-// step's rows start at offsets[e] + 64·s and may run past the expert's last row into the next
-// expert's rows (or past the array, where the copy fills zeros): at an expert's last, partial step
-// the multipliers zero those lines (whole lines, so the swizzle does not matter) before
-// multiplying — warpgroup h its A region and B region h, then both meet at a named barrier, as
-// both read all of B. The products then run in the cp.async kernel's order (steps of 64 rows from
-// offsets[e], four k16 slices each) into the same accumulators: the same dW bits.
+// of grouped_gemm_wgmma_kernels.cuh's MN-major tile) and x's columns i0 … i0 + 255 (B, four
+// boxes, two n128 products a k16 slice). The step's rows start at offsets[e] + 64·s and may run
+// past the expert's last row into the next expert's rows (or past the array, where the copy fills
+// zeros): at an expert's last, partial step the multipliers zero those lines (whole lines, so the
+// swizzle does not matter) before multiplying — warpgroup h its A region and B regions 2h, 2h +
+// 1, then both meet at a named barrier, as both read all of B. The products then run in the
+// cp.async kernel's order (steps of 64 rows from offsets[e], four k16 slices each) into the same
+// accumulators: the same dW bits.
 #pragma once
 
 #include <cuda.h>
@@ -51,21 +54,23 @@ using tma::kMultipliers;
 using tma::kMultiplierWarps;
 using tma::kThreads;
 
-constexpr int kStages = 6;
 constexpr int kStep = 64;                             // rows (k) a step
 constexpr int kBoxBytes = kStep * wgmma::kLineBytes;  // 64 rows × 64 bf16
-constexpr int kStageBytes = 4 * kBoxBytes;            // two boxes of A, two of B: 32 KiB
 static_assert(grouped_wgmma::kBK == kStep && grouped_wgmma::kBM == 128 &&
               grouped_wgmma::kBN == 128);
-constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + wgmma::kAtomBytes;
 
-// The row kernel's tiles are 128 rows × 256 columns (a warpgroup's 64 rows × two n128 products a
+// Both kernels' tiles are 128 rows × 256 columns (a warpgroup's 64 rows × two n128 products a
 // k16 slice), which read each A slice for twice the columns: a stage holds two boxes of A and
-// four of B (48 KiB), four stages.
+// four of B (48 KiB), four stages. (The wgrad's 128 × 128 tiles read 64 bytes from L2 a FLOP's
+// 64; at ~5 TB/s from L2 that capped them near 265 TFLOP/s.)
 constexpr int kRowsCols = 256;
 constexpr int kRowsStages = 4;
 constexpr int kRowsStageBytes = 6 * kBoxBytes;
 constexpr size_t kRowsSmemBytes = size_t(kRowsStages) * kRowsStageBytes + wgmma::kAtomBytes;
+constexpr int kDwCols = kRowsCols;
+constexpr int kStages = kRowsStages;
+constexpr int kStageBytes = kRowsStageBytes;
+constexpr size_t kSmemBytes = kRowsSmemBytes;
 
 struct DwTile {
   int64_t e, m0, n0, k_begin, k_end;  // dW_e's rows m0 … (o), columns n0 … (i); the expert's rows
@@ -77,7 +82,7 @@ __device__ __forceinline__ DwTile dw_tile(int64_t t, int64_t m_tiles, int64_t n_
   w.e = t / (m_tiles * n_tiles);
   const int64_t r = t % (m_tiles * n_tiles);
   w.m0 = (r / n_tiles) * 128;
-  w.n0 = (r % n_tiles) * 128;
+  w.n0 = (r % n_tiles) * kDwCols;
   w.k_begin = offsets[w.e];
   w.k_end = offsets[w.e + 1];
   return w;
@@ -127,7 +132,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if defined(__CUDA_ARCH__) && !defined(DSEEK_WGMMA_PTX)
   __trap();  // not launched on builds without sm_90a code (grouped_wgmma_available)
 #else
-  const int64_t m_tiles = (out + 127) / 128, n_tiles = (in + 127) / 128;
+  const int64_t m_tiles = (out + 127) / 128, n_tiles = (in + kDwCols - 1) / kDwCols;
   const int64_t tiles = E * m_tiles * n_tiles;
   __shared__ uint64_t full[kStages], empty[kStages];
   const tma::Ring<kStages, kStageBytes> ring{full, empty, tma::ring_base()};
@@ -145,11 +150,11 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int64_t k0 = w.k_begin; k0 < w.k_end; k0 += kStep, ++step) {
           unsigned char* stage = ring.claim(step);
           uint64_t* bar = &ring.full[ring.stage(step)];
-          for (int h = 0; h < 2; ++h) {
+          for (int h = 0; h < 2; ++h)
             tma::load_2d(stage + h * kBoxBytes, &map_dy, int32_t(w.m0 + 64 * h), int32_t(k0), bar);
+          for (int h = 0; h < 4; ++h)
             tma::load_2d(stage + (2 + h) * kBoxBytes, &map_x, int32_t(w.n0 + 64 * h), int32_t(k0),
                          bar);
-          }
         }
       }
     }
@@ -163,19 +168,21 @@ __global__ void __launch_bounds__(kThreads, 1)
   double sum = 0.0;  // of the squares this thread stores
   for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
     const DwTile w = dw_tile(t, m_tiles, n_tiles, offsets);
-    float acc[64];
+    float acc[2][64];  // columns n0 … n0 + 127, n0 + 128 … n0 + 255
 #pragma unroll
-    for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+    for (int i = 0; i < 64; ++i) acc[0][i] = acc[1][i] = 0.0f;
     const int64_t steps = (w.k_end - w.k_begin + kStep - 1) / kStep;
     for (int64_t s = 0; s < steps; ++s, ++step) {
       const uint32_t stage = ring.acquire(step);
       const int64_t valid = w.k_end - (w.k_begin + s * kStep);
       if (valid < kStep) {
-        // Lines valid … 63 of this warpgroup's A region and of B region `half`: zeros.
+        // Lines valid … 63 of this warpgroup's A region and of B regions 2·half, 2·half + 1:
+        // zeros.
         unsigned char* base = ring.stage_bytes(step);
         const int lines = kStep - int(valid);
-        for (int i = t128; i < 2 * lines * 8; i += 128) {
-          const int region = i / (lines * 8) == 0 ? half : 2 + half;
+        for (int i = t128; i < 3 * lines * 8; i += 128) {
+          const int which = i / (lines * 8);  // 0: A, 1 and 2: B
+          const int region = which == 0 ? half : 2 + 2 * half + (which - 1);
           const int line = int(valid) + (i % (lines * 8)) / 8, chunk = i % 8;
           *reinterpret_cast<uint4*>(base + region * kBoxBytes + line * wgmma::kLineBytes +
                                     chunk * 16) = make_uint4(0, 0, 0, 0);
@@ -183,20 +190,27 @@ __global__ void __launch_bounds__(kThreads, 1)
         wgmma::fence_proxy_async();
         multipliers_sync();
       }
-      fence_accumulators(acc);
+      fence_accumulators(acc[0]);
+      fence_accumulators(acc[1]);
       wgmma::fence();
 #pragma unroll
-      for (int kk = 0; kk < kStep / 16; ++kk)
-        wgmma::mma_m64n128k16<1, 1>(acc, grouped_wgmma::slice_desc<true>(stage, half, kk),
+      for (int kk = 0; kk < kStep / 16; ++kk) {
+        const uint64_t a = grouped_wgmma::slice_desc<true>(stage, half, kk);
+        wgmma::mma_m64n128k16<1, 1>(acc[0], a,
                                     grouped_wgmma::slice_desc<true>(stage + 2 * kBoxBytes, 0, kk));
+        wgmma::mma_m64n128k16<1, 1>(acc[1], a,
+                                    grouped_wgmma::slice_desc<true>(stage + 4 * kBoxBytes, 0, kk));
+      }
       wgmma::commit();
       // One step's products in flight: the previous step's are done, so its stage is free.
       wgmma::wait<1>();
-      fence_accumulators(acc);
+      fence_accumulators(acc[0]);
+      fence_accumulators(acc[1]);
       if (s > 0) ring.release(step - 1, t128);
     }
     wgmma::wait<0>();
-    fence_accumulators(acc);
+    fence_accumulators(acc[0]);
+    fence_accumulators(acc[1]);
     if (steps > 0) ring.release(step - 1, t128);
 
     // This thread's accumulator pairs (wgmma.cuh's register layout): rows row, row + 8 of dW_e,
@@ -216,11 +230,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       sum += double(c0) * double(c0) + double(c1) * double(c1);
     };
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      const int64_t n = w.n0 + j * 8 + 2 * (t128 % 4);
-      store(row, n, acc[4 * j], acc[4 * j + 1]);
-      store(row + 8, n, acc[4 * j + 2], acc[4 * j + 3]);
-    }
+    for (int q = 0; q < 2; ++q)
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const int64_t n = w.n0 + q * 128 + j * 8 + 2 * (t128 % 4);
+        store(row, n, acc[q][4 * j], acc[q][4 * j + 1]);
+        store(row + 8, n, acc[q][4 * j + 2], acc[q][4 * j + 3]);
+      }
   }
   if (squares) {
     sum = warp_sum(sum);

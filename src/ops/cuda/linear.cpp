@@ -97,6 +97,7 @@ struct AlgoKey {
   bool bias;
   uint32_t align_a, align_b, align_d, align_bias;
   int64_t batch, stride_a, stride_b, stride_d;
+  int sms;  // the SMs to plan for (cuda::compute_sms) when fewer than the device's, else 0
   auto operator<=>(const AlgoKey&) const = default;
 };
 
@@ -119,25 +120,27 @@ Plans& plans() {
 }
 
 AlgoKey key_of(const Gemm& g) {
-  return AlgoKey{g.trans_a,
-                 g.trans_b,
-                 g.m,
-                 g.n,
-                 g.k,
-                 g.lda,
-                 g.ldb,
-                 g.ldd,
-                 int(g.ab_type),
-                 int(g.d_type),
-                 g.bias != nullptr,
-                 alignment(g.a, g.stride_a * int64_t(type_bytes(g.ab_type))),
-                 alignment(g.b, g.stride_b * int64_t(type_bytes(g.ab_type))),
-                 alignment(g.d, g.stride_d * int64_t(type_bytes(g.d_type))),
-                 g.bias ? alignment(g.bias) : 0u,
-                 g.batch,
-                 g.stride_a,
-                 g.stride_b,
-                 g.stride_d};
+  return AlgoKey{
+      g.trans_a,
+      g.trans_b,
+      g.m,
+      g.n,
+      g.k,
+      g.lda,
+      g.ldb,
+      g.ldd,
+      int(g.ab_type),
+      int(g.d_type),
+      g.bias != nullptr,
+      alignment(g.a, g.stride_a * int64_t(type_bytes(g.ab_type))),
+      alignment(g.b, g.stride_b * int64_t(type_bytes(g.ab_type))),
+      alignment(g.d, g.stride_d * int64_t(type_bytes(g.d_type))),
+      g.bias ? alignment(g.bias) : 0u,
+      g.batch,
+      g.stride_a,
+      g.stride_b,
+      g.stride_d,
+      dseek::cuda::compute_sms() < dseek::cuda::multiprocessors() ? dseek::cuda::compute_sms() : 0};
 }
 
 // Descriptors for the problem and the heuristic's algorithm for them; with `candidates` > 1 the
@@ -164,6 +167,12 @@ std::unique_ptr<Plan> make_plan(const Gemm& g, const AlgoKey& key, int candidate
                                          sizeof(g.bias)),
           "cublasLtMatmulDescSetAttribute(BIAS_POINTER)", g);
     // The bias type stays the default: D's type (the caller converts the bias to act).
+  }
+  if (key.sms > 0) {  // SMs kept for the background stream: a plan (and grid) for the rest
+    const int32_t sms = key.sms;
+    check(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sms,
+                                         sizeof(sms)),
+          "cublasLtMatmulDescSetAttribute(SM_COUNT_TARGET)", g);
   }
   // Layouts of the matrices as stored: rows × cols of the column-major view.
   check(cublasLtMatrixLayoutCreate(&desc.a, g.ab_type, uint64_t(g.trans_a ? g.k : g.m),
