@@ -22,8 +22,9 @@
 // then o, then the expert: the blocks at work at one time share an expert's rows in L2); the
 // loader streams every tile's steps through the ring without waiting for the stores, so the next
 // tile's operands are in shared memory when the multipliers finish storing. The tiles are 128 (o)
-// × 256 (i): with 128 × 128 ones the kernel read its operands from L2 at ~5 TB/s and stopped
-// near 265 TFLOP/s (a tile's 64 KiB store made bulk copies from shared memory did not help).
+// × 256 (i), reading a third less from L2 per FLOP than 128 × 128 ones: 7% faster on V2-Lite's
+// experts (docs/BENCHMARKS.md, run W, where storing the tiles by bulk copies from shared memory
+// gained nothing).
 //
 // A stage holds one 64-row step of both operands as six 64 × 64 boxes (one 128-byte swizzled
 // line a row, 8 KiB each): dy's columns o0 … o0 + 63 and o0 + 64 … (A, M-major, the two regions
@@ -61,8 +62,7 @@ static_assert(grouped_wgmma::kBK == kStep && grouped_wgmma::kBM == 128 &&
 
 // Both kernels' tiles are 128 rows × 256 columns (a warpgroup's 64 rows × two n128 products a
 // k16 slice), which read each A slice for twice the columns: a stage holds two boxes of A and
-// four of B (48 KiB), four stages. (The wgrad's 128 × 128 tiles read 64 bytes from L2 a FLOP's
-// 64; at ~5 TB/s from L2 that capped them near 265 TFLOP/s.)
+// four of B (48 KiB), four stages.
 constexpr int kRowsCols = 256;
 constexpr int kRowsStages = 4;
 constexpr int kRowsStageBytes = 6 * kBoxBytes;
