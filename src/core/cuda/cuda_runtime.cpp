@@ -274,9 +274,9 @@ void keep_sms_for_background(int sms, uint64_t until) {
 }
 
 int compute_sms() {
-  const int all = multiprocessors();
-  if (g_kept_sms.load() == 0 || g_main_waited.load() >= g_kept_until.load()) return all;
-  return std::max(1, all - g_kept_sms.load());
+  const int all = multiprocessors(), kept = g_kept_sms.load();
+  if (kept == 0 || g_main_waited.load() >= g_kept_until.load()) return all;
+  return std::max(1, all - kept);
 }
 
 namespace {

@@ -1,9 +1,15 @@
 #include "ops/cuda/cublaslt_util.h"
 
 #include "core/cuda.h"
+#include "core/cuda/cuda_check.h"
 #include "core/error.h"
 
 namespace dseek::ops::cuda {
+
+int lt_sm_target() {
+  const int sms = dseek::cuda::compute_sms();
+  return sms < dseek::cuda::multiprocessors() ? sms : 0;
+}
 
 const LtContext& lt_context() {
   static const LtContext* instance = [] {

@@ -28,6 +28,11 @@ struct LtContext {
 // Throws dseek::Error ("[cublasLt] ...") if the handle cannot be created.
 const LtContext& lt_context();
 
+// CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET for a plan made now: cuda::compute_sms() where SMs are kept
+// for the background stream (cuda::keep_sms_for_background), else 0 (the device's count). Part of
+// each plan's key, so plans for both counts are kept.
+int lt_sm_target();
+
 // Owns the descriptors of one problem.
 struct LtDescriptors {
   cublasLtMatmulDesc_t op = nullptr;

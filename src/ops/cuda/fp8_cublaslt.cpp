@@ -63,15 +63,9 @@ struct Key {
   int d_type;
   int64_t ld = 0;      // the operands' row stride (the forward's: K)
   bool wgrad = false;  // both operands VEC128 (fp8_wgrad_cublaslt)
-  int sms = 0;         // SMs to plan for when fewer than the device's (cuda::compute_sms), else 0
+  int sms = 0;         // lt_sm_target()
   auto operator<=>(const Key&) const = default;
 };
-
-// Key::sms for a plan made now.
-int sm_target() {
-  const int sms = dseek::cuda::compute_sms();
-  return sms < dseek::cuda::multiprocessors() ? sms : 0;
-}
 
 // One problem's descriptors and algorithm; null in the cache when cuBLASLt refused the problem.
 struct Plan {
@@ -202,7 +196,7 @@ bool fp8_gemm_cublaslt(const uint8_t* a, const float* sa, int64_t M, int64_t K, 
   if (!all.hopper) return false;
   const cudaDataType_t d_type = out == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
   std::lock_guard<std::mutex> lock(all.mutex);
-  Plan* plan = plan_for(all, Key{M, N, K, int(d_type), K, false, sm_target()});
+  Plan* plan = plan_for(all, Key{M, N, K, int(d_type), K, false, lt_sm_target()});
   if (!plan) return false;
 
   // Scales in cuBLASLt's layouts (see the header comment), in one scratch buffer: W's first (its
@@ -243,7 +237,7 @@ bool fp8_wgrad_cublaslt(const uint8_t* dyt, const float* sdy, int64_t M, const u
   Plans& all = plans();
   if (!all.hopper) return false;
   std::lock_guard<std::mutex> lock(all.mutex);
-  Plan* plan = plan_for(all, Key{M, N, K, int(CUDA_R_32F), ld, true, sm_target()});
+  Plan* plan = plan_for(all, Key{M, N, K, int(CUDA_R_32F), ld, true, lt_sm_target()});
   // cuBLASLt's A is xt (see the header's layout note).
   if (!plan || !set_scale_pointers(*plan, sx, sdy)) return false;
   const float alpha = 1.0f;

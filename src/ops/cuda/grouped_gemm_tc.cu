@@ -113,10 +113,10 @@ void grouped_tc_rows(bool dx, const void* A, int64_t M, const int64_t* offsets,
     const auto kernel = dx ? grouped_tma::grouped_rows_tma_kernel<true>
                            : grouped_tma::grouped_rows_tma_kernel<false>;
     DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          int(grouped_tma::kRowsSmemBytes)));
-    const int64_t tma_cols = ceil_div<int64_t>(n_total, grouped_tma::kRowsCols);
+                                          int(grouped_tma::kSmemBytes)));
+    const int64_t tma_cols = ceil_div<int64_t>(n_total, grouped_tma::kCols);
     const unsigned blocks = unsigned(std::min<int64_t>(tiles * tma_cols, compute_sms()));
-    kernel<<<blocks, grouped_tma::kThreads, grouped_tma::kRowsSmemBytes, stream()>>>(
+    kernel<<<blocks, grouped_tma::kThreads, grouped_tma::kSmemBytes, stream()>>>(
         map_a, static_cast<const CUtensorMap*>(w_maps), offsets, tile_start, E, n_total, k_total,
         static_cast<bf16*>(C));
     DSEEK_CUDA_CHECK_LAUNCH("grouped_rows_tma_kernel");
@@ -166,7 +166,7 @@ void grouped_tc_dw(const void* x, const void* dy, const int64_t* offsets, int64_
     const auto kernel = grouped_tma::grouped_dw_tma_kernel;
     DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           int(grouped_tma::kSmemBytes)));
-    const int64_t tiles = E * rows * ceil_div<int64_t>(in, grouped_tma::kDwCols);
+    const int64_t tiles = E * rows * ceil_div<int64_t>(in, grouped_tma::kCols);
     const unsigned blocks = unsigned(std::min<int64_t>(tiles, compute_sms()));
     std::optional<SquarePartials> partial;
     if (squares) partial.emplace(int64_t(blocks) * grouped_tma::kMultiplierWarps);

@@ -63,14 +63,10 @@ static_assert(grouped_wgmma::kBK == kStep && grouped_wgmma::kBM == 128 &&
 // Both kernels' tiles are 128 rows × 256 columns (a warpgroup's 64 rows × two n128 products a
 // k16 slice), which read each A slice for twice the columns: a stage holds two boxes of A and
 // four of B (48 KiB), four stages.
-constexpr int kRowsCols = 256;
-constexpr int kRowsStages = 4;
-constexpr int kRowsStageBytes = 6 * kBoxBytes;
-constexpr size_t kRowsSmemBytes = size_t(kRowsStages) * kRowsStageBytes + wgmma::kAtomBytes;
-constexpr int kDwCols = kRowsCols;
-constexpr int kStages = kRowsStages;
-constexpr int kStageBytes = kRowsStageBytes;
-constexpr size_t kSmemBytes = kRowsSmemBytes;
+constexpr int kCols = 256;
+constexpr int kStages = 4;
+constexpr int kStageBytes = 6 * kBoxBytes;
+constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + wgmma::kAtomBytes;
 
 struct DwTile {
   int64_t e, m0, n0, k_begin, k_end;  // dW_e's rows m0 … (o), columns n0 … (i); the expert's rows
@@ -82,7 +78,7 @@ __device__ __forceinline__ DwTile dw_tile(int64_t t, int64_t m_tiles, int64_t n_
   w.e = t / (m_tiles * n_tiles);
   const int64_t r = t % (m_tiles * n_tiles);
   w.m0 = (r / n_tiles) * 128;
-  w.n0 = (r % n_tiles) * kDwCols;
+  w.n0 = (r % n_tiles) * kCols;
   w.k_begin = offsets[w.e];
   w.k_end = offsets[w.e + 1];
   return w;
@@ -97,7 +93,7 @@ __device__ __forceinline__ RowsTile rows_tile(int64_t t, int64_t cols, const int
                                               const int64_t* tile_start, int64_t E) {
   RowsTile r;
   const int64_t tile = t / cols;
-  r.n0 = (t % cols) * kRowsCols;
+  r.n0 = (t % cols) * kCols;
   r.e = expert_of_tile(tile_start, E, tile);
   r.m0 = offsets[r.e] + (tile - tile_start[r.e]) * 128;
   r.m_end = offsets[r.e + 1];
@@ -106,9 +102,31 @@ __device__ __forceinline__ RowsTile rows_tile(int64_t t, int64_t cols, const int
 
 // Keeps the compiler from moving accesses of a warpgroup's accumulators across its asynchronous
 // products (wgmma::fence_operand on each).
-__device__ __forceinline__ void fence_accumulators(float (&acc)[64]) {
+__device__ __forceinline__ void fence_accumulators(float (&acc)[2][64]) {
 #pragma unroll
-  for (int i = 0; i < 64; ++i) wgmma::fence_operand(acc[i]);
+  for (int i = 0; i < 64; ++i) wgmma::fence_operand(acc[0][i]);
+#pragma unroll
+  for (int i = 0; i < 64; ++i) wgmma::fence_operand(acc[1][i]);
+}
+
+// One 64-long step of a warpgroup's 64 × 256 tile from ring stage `stage` (A's two boxes, then
+// B's four): four k16 slices, each A slice (region `half`) times B's two n128 halves; then waits
+// until one step's products (this one's) are left in flight, so the previous step's stage is free.
+template <bool A_MN, bool B_MN>
+__device__ __forceinline__ void multiply_step(float (&acc)[2][64], uint32_t stage, int half) {
+  fence_accumulators(acc);
+  wgmma::fence();
+#pragma unroll
+  for (int kk = 0; kk < kStep / 16; ++kk) {
+    const uint64_t a = grouped_wgmma::slice_desc<A_MN>(stage, half, kk);
+    wgmma::mma_m64n128k16<A_MN ? 1 : 0, B_MN ? 1 : 0>(
+        acc[0], a, grouped_wgmma::slice_desc<B_MN>(stage + 2 * kBoxBytes, 0, kk));
+    wgmma::mma_m64n128k16<A_MN ? 1 : 0, B_MN ? 1 : 0>(
+        acc[1], a, grouped_wgmma::slice_desc<B_MN>(stage + 4 * kBoxBytes, 0, kk));
+  }
+  wgmma::commit();
+  wgmma::wait<1>();
+  fence_accumulators(acc);
 }
 
 // The 256 multiplying threads meet (the loader's warpgroup is not counted).
@@ -132,7 +150,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if defined(__CUDA_ARCH__) && !defined(DSEEK_WGMMA_PTX)
   __trap();  // not launched on builds without sm_90a code (grouped_wgmma_available)
 #else
-  const int64_t m_tiles = (out + 127) / 128, n_tiles = (in + kDwCols - 1) / kDwCols;
+  const int64_t m_tiles = (out + 127) / 128, n_tiles = (in + kCols - 1) / kCols;
   const int64_t tiles = E * m_tiles * n_tiles;
   __shared__ uint64_t full[kStages], empty[kStages];
   const tma::Ring<kStages, kStageBytes> ring{full, empty, tma::ring_base()};
@@ -190,27 +208,11 @@ __global__ void __launch_bounds__(kThreads, 1)
         wgmma::fence_proxy_async();
         multipliers_sync();
       }
-      fence_accumulators(acc[0]);
-      fence_accumulators(acc[1]);
-      wgmma::fence();
-#pragma unroll
-      for (int kk = 0; kk < kStep / 16; ++kk) {
-        const uint64_t a = grouped_wgmma::slice_desc<true>(stage, half, kk);
-        wgmma::mma_m64n128k16<1, 1>(acc[0], a,
-                                    grouped_wgmma::slice_desc<true>(stage + 2 * kBoxBytes, 0, kk));
-        wgmma::mma_m64n128k16<1, 1>(acc[1], a,
-                                    grouped_wgmma::slice_desc<true>(stage + 4 * kBoxBytes, 0, kk));
-      }
-      wgmma::commit();
-      // One step's products in flight: the previous step's are done, so its stage is free.
-      wgmma::wait<1>();
-      fence_accumulators(acc[0]);
-      fence_accumulators(acc[1]);
+      multiply_step<true, true>(acc, stage, half);
       if (s > 0) ring.release(step - 1, t128);
     }
     wgmma::wait<0>();
-    fence_accumulators(acc[0]);
-    fence_accumulators(acc[1]);
+    fence_accumulators(acc);
     if (steps > 0) ring.release(step - 1, t128);
 
     // This thread's accumulator pairs (wgmma.cuh's register layout): rows row, row + 8 of dW_e,
@@ -248,7 +250,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // C[m, :n_total] = A[m, :k_total] · B_e for every row m of expert e: forward (B_KN false) B(k, n) =
 // W_e[n, k], dx B(k, n) = W_e[k, n]. Grid: min(the most row tiles any routing can need × column
-// tiles of kRowsCols, SMs) blocks of kThreads; the routing's own count comes from tile_start[E].
+// tiles of kCols, SMs) blocks of kThreads; the routing's own count comes from tile_start[E].
 // map_a over A [M, k_total] and w_maps[e] over W_e (tma_bf16_map, boxes of 64 rows: forward
 // [n_total, k_total], dx [k_total, n_total]). A last column tile's products past n_total run on
 // the copies' zeros and are not stored (a branch between the two halves' products would make the
@@ -261,10 +263,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if defined(__CUDA_ARCH__) && !defined(DSEEK_WGMMA_PTX)
   __trap();  // not launched on builds without sm_90a code (grouped_wgmma_available)
 #else
-  const int64_t cols = (n_total + kRowsCols - 1) / kRowsCols, tiles = tile_start[E] * cols;
+  const int64_t cols = (n_total + kCols - 1) / kCols, tiles = tile_start[E] * cols;
   const int64_t steps = (k_total + kStep - 1) / kStep;
-  __shared__ uint64_t full[kRowsStages], empty[kRowsStages];
-  const tma::Ring<kRowsStages, kRowsStageBytes> ring{full, empty, tma::ring_base()};
+  __shared__ uint64_t full[kStages], empty[kStages];
+  const tma::Ring<kStages, kStageBytes> ring{full, empty, tma::ring_base()};
   const int warpgroup = int(threadIdx.x) / 128;
   ring.init();
 
@@ -306,26 +308,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int i = 0; i < 64; ++i) acc[0][i] = acc[1][i] = 0.0f;
     for (int64_t s = 0; s < steps; ++s, ++step) {
       const uint32_t stage = ring.acquire(step);
-      fence_accumulators(acc[0]);
-      fence_accumulators(acc[1]);
-      wgmma::fence();
-#pragma unroll
-      for (int kk = 0; kk < kStep / 16; ++kk) {
-        const uint64_t a = grouped_wgmma::slice_desc<false>(stage, half, kk);
-        wgmma::mma_m64n128k16<0, B_KN ? 1 : 0>(
-            acc[0], a, grouped_wgmma::slice_desc<B_KN>(stage + 2 * kBoxBytes, 0, kk));
-        wgmma::mma_m64n128k16<0, B_KN ? 1 : 0>(
-            acc[1], a, grouped_wgmma::slice_desc<B_KN>(stage + 4 * kBoxBytes, 0, kk));
-      }
-      wgmma::commit();
-      wgmma::wait<1>();
-      fence_accumulators(acc[0]);
-      fence_accumulators(acc[1]);
+      multiply_step<false, B_KN>(acc, stage, half);
       if (s > 0) ring.release(step - 1, t128);
     }
     wgmma::wait<0>();
-    fence_accumulators(acc[0]);
-    fence_accumulators(acc[1]);
+    fence_accumulators(acc);
     if (steps > 0) ring.release(step - 1, t128);
     const int64_t row = r.m0 + half * 64 + (t128 / 32) * 16 + (t128 % 32) / 4;
 #pragma unroll

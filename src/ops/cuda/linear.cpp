@@ -97,7 +97,7 @@ struct AlgoKey {
   bool bias;
   uint32_t align_a, align_b, align_d, align_bias;
   int64_t batch, stride_a, stride_b, stride_d;
-  int sms;  // the SMs to plan for (cuda::compute_sms) when fewer than the device's, else 0
+  int sms;  // lt_sm_target()
   auto operator<=>(const AlgoKey&) const = default;
 };
 
@@ -120,27 +120,26 @@ Plans& plans() {
 }
 
 AlgoKey key_of(const Gemm& g) {
-  return AlgoKey{
-      g.trans_a,
-      g.trans_b,
-      g.m,
-      g.n,
-      g.k,
-      g.lda,
-      g.ldb,
-      g.ldd,
-      int(g.ab_type),
-      int(g.d_type),
-      g.bias != nullptr,
-      alignment(g.a, g.stride_a * int64_t(type_bytes(g.ab_type))),
-      alignment(g.b, g.stride_b * int64_t(type_bytes(g.ab_type))),
-      alignment(g.d, g.stride_d * int64_t(type_bytes(g.d_type))),
-      g.bias ? alignment(g.bias) : 0u,
-      g.batch,
-      g.stride_a,
-      g.stride_b,
-      g.stride_d,
-      dseek::cuda::compute_sms() < dseek::cuda::multiprocessors() ? dseek::cuda::compute_sms() : 0};
+  return AlgoKey{g.trans_a,
+                 g.trans_b,
+                 g.m,
+                 g.n,
+                 g.k,
+                 g.lda,
+                 g.ldb,
+                 g.ldd,
+                 int(g.ab_type),
+                 int(g.d_type),
+                 g.bias != nullptr,
+                 alignment(g.a, g.stride_a * int64_t(type_bytes(g.ab_type))),
+                 alignment(g.b, g.stride_b * int64_t(type_bytes(g.ab_type))),
+                 alignment(g.d, g.stride_d * int64_t(type_bytes(g.d_type))),
+                 g.bias ? alignment(g.bias) : 0u,
+                 g.batch,
+                 g.stride_a,
+                 g.stride_b,
+                 g.stride_d,
+                 lt_sm_target()};
 }
 
 // Descriptors for the problem and the heuristic's algorithm for them; with `candidates` > 1 the
