@@ -16,6 +16,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <string>
+#include <vector>
 
 using namespace dseek::ops::cuda::attention_tc;
 
@@ -23,14 +25,17 @@ constexpr int kEmuThreads = 128;
 
 // Runs kernel over grid (x, y), one block after another, kEmuThreads threads each.
 template <typename Kernel>
-void run_grid(Kernel kernel, unsigned gx, unsigned gy, const TcParams& p) {
+void run_grid(Kernel kernel, unsigned gx, unsigned gy, const TcParams& p, const Sequences& seqs) {
   gridDim = uint3{gx, gy, 1};
   for (unsigned y = 0; y < gy; ++y)
-    for (unsigned x = 0; x < gx; ++x) run_block(uint3{x, y, 0}, kEmuThreads, [&] { kernel(p); });
+    for (unsigned x = 0; x < gx; ++x)
+      run_block(uint3{x, y, 0}, kEmuThreads, [&] { kernel(p, seqs); });
 }
 
+// T queries over S keys; or, with `packed` lengths, those sequences back to back (T = S = Σ).
 struct Case {
   int64_t T, S, H, Hk, dk, dv;
+  std::vector<int64_t> packed = {};
 };
 
 std::vector<bf16> random_bf16(size_t n, std::mt19937& rng, float scale) {
@@ -64,7 +69,7 @@ double err(const std::vector<double>& want, const std::vector<bf16>& got, size_t
 
 template <int DK, int DV>
 bool run_case(const Case& c, std::mt19937& rng) {
-  const int64_t T = c.T, S = c.S, H = c.H, Hk = c.Hk, G = H / Hk, pos0 = S - T;
+  const int64_t T = c.T, S = c.S, H = c.H, Hk = c.Hk, G = H / Hk;
   // q is a view with row padding (q_h = dk + 8), k and v share rows of one [S, Hk, dk + dv] buffer.
   const int64_t q_h = DK + 8, q_t = H * q_h, kv_h = DK + DV, kv_s = Hk * kv_h;
   const std::vector<bf16> qb = random_bf16(size_t(T * q_t), rng, 1.5f);
@@ -80,44 +85,58 @@ bool run_case(const Case& c, std::mt19937& rng) {
   };
   auto DO = [&](int64_t t, int64_t h, int64_t d) { return f(dout[size_t((t * H + h) * DV + d)]); };
 
-  // Reference in double.
+  // Reference in double, per sequence: query rows q0 .. q0 + Tq − 1 over key rows k0 .. k0 + Sq −
+  // 1, the queries the last Tq of the Sq positions.
+  struct Seq {
+    int64_t q0, k0, T, S;
+  };
+  std::vector<Seq> seqs;
+  if (c.packed.empty()) {
+    seqs.push_back({0, 0, T, S});
+  } else {
+    int64_t r = 0;
+    for (int64_t n : c.packed) {
+      seqs.push_back({r, r, n, n});
+      r += n;
+    }
+  }
   std::vector<double> out(size_t(T * H * DV)), lse2(size_t(T * H)), dsum(size_t(T * H));
   std::vector<double> dq(size_t(T * H * DK)), dk(size_t(S * Hk * DK)), dv(size_t(S * Hk * DV));
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t h = 0; h < H; ++h) {
-      const int64_t hk = h / G, n = pos0 + t + 1;
-      std::vector<double> p(static_cast<size_t>(n));
-      double m = -INFINITY;
-      for (int64_t s = 0; s < n; ++s) {
-        double dot = 0;
-        for (int64_t i = 0; i < DK; ++i) dot += Q(t, h, i) * K(s, hk, i);
-        p[size_t(s)] = dot * scale;
-        m = std::max(m, p[size_t(s)]);
-      }
-      double l = 0;
-      for (auto& x : p) l += (x = std::exp(x - m));
-      for (auto& x : p) x /= l;
-      lse2[size_t(t * H + h)] = (m + std::log(l)) / std::log(2.0);
-      double D = 0;
-      for (int64_t d = 0; d < DV; ++d) {
-        double y = 0;
-        for (int64_t s = 0; s < n; ++s) y += p[size_t(s)] * V(s, hk, d);
-        out[size_t((t * H + h) * DV + d)] = y;
-        D += y * DO(t, h, d);
-      }
-      dsum[size_t(t * H + h)] = D;
-      for (int64_t s = 0; s < n; ++s) {
-        double x = 0;
-        for (int64_t d = 0; d < DV; ++d) x += DO(t, h, d) * V(s, hk, d);
-        const double ds = p[size_t(s)] * (x - D);
-        for (int64_t i = 0; i < DK; ++i) {
-          dq[size_t((t * H + h) * DK + i)] += scale * ds * K(s, hk, i);
-          dk[size_t((s * Hk + hk) * DK + i)] += scale * ds * Q(t, h, i);
+  for (const Seq& sq : seqs)
+    for (int64_t t = sq.q0; t < sq.q0 + sq.T; ++t)
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t hk = h / G, s_end = sq.k0 + (sq.S - sq.T) + (t - sq.q0) + 1;
+        std::vector<double> p(static_cast<size_t>(s_end - sq.k0));
+        double m = -INFINITY;
+        for (int64_t s = sq.k0; s < s_end; ++s) {
+          double dot = 0;
+          for (int64_t i = 0; i < DK; ++i) dot += Q(t, h, i) * K(s, hk, i);
+          p[size_t(s - sq.k0)] = dot * scale;
+          m = std::max(m, p[size_t(s - sq.k0)]);
         }
-        for (int64_t d = 0; d < DV; ++d)
-          dv[size_t((s * Hk + hk) * DV + d)] += p[size_t(s)] * DO(t, h, d);
+        double l = 0;
+        for (auto& x : p) l += (x = std::exp(x - m));
+        for (auto& x : p) x /= l;
+        lse2[size_t(t * H + h)] = (m + std::log(l)) / std::log(2.0);
+        double D = 0;
+        for (int64_t d = 0; d < DV; ++d) {
+          double y = 0;
+          for (int64_t s = sq.k0; s < s_end; ++s) y += p[size_t(s - sq.k0)] * V(s, hk, d);
+          out[size_t((t * H + h) * DV + d)] = y;
+          D += y * DO(t, h, d);
+        }
+        dsum[size_t(t * H + h)] = D;
+        for (int64_t s = sq.k0; s < s_end; ++s) {
+          double x = 0;
+          for (int64_t d = 0; d < DV; ++d) x += DO(t, h, d) * V(s, hk, d);
+          const double ps = p[size_t(s - sq.k0)], ds = ps * (x - D);
+          for (int64_t i = 0; i < DK; ++i) {
+            dq[size_t((t * H + h) * DK + i)] += scale * ds * K(s, hk, i);
+            dk[size_t((s * Hk + hk) * DK + i)] += scale * ds * Q(t, h, i);
+          }
+          for (int64_t d = 0; d < DV; ++d) dv[size_t((s * Hk + hk) * DV + d)] += ps * DO(t, h, d);
+        }
       }
-    }
 
   // The kernels, outputs poisoned with NaN first.
   const bf16 nan = __float2bfloat16_rn(NAN);
@@ -148,10 +167,25 @@ bool run_case(const Case& c, std::mt19937& rng) {
   p.dq = g_dq.data();
   p.dk = g_dk.data();
   p.dv = g_dv.data();
-  const unsigned qblocks = unsigned(div_up(T, kRows)), kblocks = unsigned(div_up(S, kRows));
-  run_grid(tc_forward_kernel<DK, DV>, qblocks, unsigned(H), p);
-  run_grid(tc_dkdv_kernel<DK, DV>, kblocks, unsigned(Hk), p);
-  run_grid(tc_dq_kernel<DK, DV>, qblocks, unsigned(H), p);
+  // The launches as attention_tc.cu makes them: grid x over (head, sequence), y over row tiles
+  // of the longest sequence.
+  Sequences table{};
+  int64_t longest_q = T, longest_k = S;
+  if (!c.packed.empty()) {
+    table.count = int(seqs.size());
+    longest_q = longest_k = 0;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      table.start[i] = seqs[i].q0;
+      longest_q = longest_k = std::max(longest_q, seqs[i].T);
+    }
+    table.start[seqs.size()] = T;
+  }
+  const unsigned n_seq = unsigned(std::max(table.count, 1));
+  const unsigned qblocks = unsigned(div_up(longest_q, kRows)),
+                 kblocks = unsigned(div_up(longest_k, kRows));
+  run_grid(tc_forward_kernel<DK, DV>, unsigned(H) * n_seq, qblocks, p, table);
+  run_grid(tc_dkdv_kernel<DK, DV>, unsigned(Hk) * n_seq, kblocks, p, table);
+  run_grid(tc_dq_kernel<DK, DV>, unsigned(H) * n_seq, qblocks, p, table);
 
   double lse_err = 0, dsum_err = 0, dsum_scale = 1e-2;
   for (double x : dsum) dsum_scale = std::max(dsum_scale, std::abs(x));
@@ -165,11 +199,13 @@ bool run_case(const Case& c, std::mt19937& rng) {
   // D = dout · out carries the rounding of p to bf16 in out (2^-9 of each term): relative bound.
   const bool ok = e_out <= 1 && e_dq <= 1 && e_dk <= 1 && e_dv <= 1 && lse_err < 1e-3 &&
                   dsum_err < 1e-2 * dsum_scale;
+  std::string packed;
+  for (int64_t n : c.packed) packed += (packed.empty() ? " packed " : "+") + std::to_string(n);
   std::printf(
-      "T %4ld S %4ld H %2ld/%ld d %3d/%3d: out %.2e  lse2 %.1e  D %.1e  dq %.2e  dk %.2e  dv %.2e"
+      "T %4ld S %4ld H %2ld/%ld d %3d/%3d%s: out %.2e  lse2 %.1e  D %.1e  dq %.2e  dk %.2e  dv %.2e"
       "  (err / bound; lse2, D abs)  %s\n",
-      long(T), long(S), long(H), long(Hk), DK, DV, e_out, lse_err, dsum_err, e_dq, e_dk, e_dv,
-      ok ? "ok" : "FAIL");
+      long(T), long(S), long(H), long(Hk), DK, DV, packed.c_str(), e_out, lse_err, dsum_err, e_dq,
+      e_dk, e_dv, ok ? "ok" : "FAIL");
   return ok;
 }
 
@@ -191,6 +227,9 @@ int main(int argc, char** argv) {
   ok &= run_case<192, 64>({65, 65, 1, 1, 192, 64}, rng);
   ok &= run_case<64, 64>({130, 130, 4, 1, 64, 64}, rng);
   ok &= run_case<192, 128>({129, 300, 2, 2, 192, 128}, rng);
+  // Packed sequences (ragged, an empty one, tails of the 64-row tiles), GQA.
+  ok &= run_case<192, 128>({127, 127, 2, 1, 192, 128, {17, 0, 70, 40}}, rng);
+  ok &= run_case<64, 64>({131, 131, 2, 1, 64, 64, {1, 65, 64, 1}}, rng);
   std::printf("%s\n", ok ? "all ok" : "FAILURES");
   return ok ? 0 : 1;
 }

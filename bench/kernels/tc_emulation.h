@@ -23,6 +23,9 @@
 #include <vector>
 
 #define __launch_bounds__(...)
+#ifndef __grid_constant__
+#define __grid_constant__
+#endif
 #define DSEEK_ATTENTION_EMULATION 1
 
 using std::max;

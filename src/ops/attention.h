@@ -6,6 +6,8 @@
 // Returns out [T, H, dv] contiguous. The MLA decode path uses it with Hk = 1 on the latent cache.
 #pragma once
 
+#include <vector>
+
 #include "core/tensor.h"
 
 namespace dseek::ops {
@@ -33,5 +35,21 @@ struct AttentionGrads {
 AttentionGrads causal_attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                          float scale, const Tensor& dout,
                                          const AttentionSaved* saved = nullptr);
+
+// Causal attention of sequences packed back to back, as a training batch holds them: q [N, H, dk],
+// k [N, Hk, dk], v [N, Hk, dv] with N = Σ lengths, and query t of a sequence attends keys 0 .. t
+// of its own sequence only (a packed document never sees the one before it). The same as
+// causal_attention per sequence with each output in its sequence's rows; `saved` covers all N
+// rows. The GPU's tensor-core path runs every sequence in one launch a kernel (blocks over all
+// heads and sequences, the row tiles with the most keys first): no copies, and the causal
+// triangle's short tiles of one sequence fill in beside the long ones of another. Elsewhere (the
+// CPU, f32, the scalar kernels) it calls the one-sequence op per sequence.
+Tensor causal_attention_packed(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                               const std::vector<int64_t>& lengths,
+                               AttentionSaved* saved = nullptr);
+AttentionGrads causal_attention_packed_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                float scale, const Tensor& dout,
+                                                const std::vector<int64_t>& lengths,
+                                                const AttentionSaved* saved = nullptr);
 
 }  // namespace dseek::ops

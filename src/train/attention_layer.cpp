@@ -46,52 +46,6 @@ void rope_backward(const RopeParams& rope, const Tensor& dy, const Segments& seg
   }
 }
 
-// Causal attention of each sequence: q [N, H, dk], k [N, Hk, dk], v [N, Hk, dv] → [N, H·dv], each
-// segment's output written into its rows. Nothing crosses a segment boundary: a packed document
-// never sees the one before it. `saved` receives each segment's forward output and row
-// statistics for the backward (ops::AttentionSaved; empty where the kernels keep none).
-Tensor attention_batched(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
-                         const Segments& segments, std::vector<ops::AttentionSaved>& saved) {
-  const int64_t N = q.size(0), H = q.size(1), dv = v.size(2);
-  saved.assign(segments.size(), ops::AttentionSaved());
-  if (segments.size() == 1 && segments[0] == N)  // one sequence: its output is the whole
-    return ops::causal_attention(q, k, v, scale, &saved[0]).reshape({N, H * dv});
-  Tensor out = Tensor::empty({N, H, dv}, q.dtype(), q.device());
-  int64_t s = 0;
-  for (size_t i = 0; i < segments.size(); ++i) {
-    const int64_t n = segments[i];
-    if (n > 0)
-      out.slice(0, s, s + n)
-          .copy_from(ops::causal_attention(q.slice(0, s, s + n), k.slice(0, s, s + n),
-                                           v.slice(0, s, s + n), scale, &saved[i]));
-    s += n;
-  }
-  return out.reshape({N, H * dv});
-}
-
-ops::AttentionGrads attention_backward_batched(const Tensor& q, const Tensor& k, const Tensor& v,
-                                               float scale, const Tensor& dout,
-                                               const Segments& segments,
-                                               const std::vector<ops::AttentionSaved>& saved) {
-  ops::AttentionGrads g{Tensor::empty(q.shape(), q.dtype(), q.device()),
-                        Tensor::empty(k.shape(), k.dtype(), k.device()),
-                        Tensor::empty(v.shape(), v.dtype(), v.device())};
-  int64_t s = 0;
-  for (size_t i = 0; i < segments.size(); ++i) {
-    const int64_t n = segments[i];
-    if (n > 0) {
-      const ops::AttentionGrads part = ops::causal_attention_backward(
-          q.slice(0, s, s + n), k.slice(0, s, s + n), v.slice(0, s, s + n), scale,
-          dout.slice(0, s, s + n), i < saved.size() ? &saved[i] : nullptr);
-      g.dq.slice(0, s, s + n).copy_from(part.dq);
-      g.dk.slice(0, s, s + n).copy_from(part.dk);
-      g.dv.slice(0, s, s + n).copy_from(part.dv);
-    }
-    s += n;
-  }
-  return g;
-}
-
 Tensor mla_forward(const LayerContext& ctx, const std::string& p, const Tensor& x,
                    const Segments& segments, AttentionCache& c) {
   const ModelConfig& cfg = ctx.config;
@@ -125,7 +79,8 @@ Tensor mla_forward(const LayerContext& ctx, const std::string& p, const Tensor& 
   c.k.slice(2, nope, qk).copy_from(k_pe.expand(1, H));
   c.v = kv.slice(2, nope, nope + vd).contiguous();
   const Tensor attn =
-      attention_batched(c.q, c.k, c.v, float(cfg.softmax_scale()), segments, c.saved);
+      ops::causal_attention_packed(c.q, c.k, c.v, float(cfg.softmax_scale()), segments, &c.saved)
+          .reshape({T, H * vd});
   return linear_forward(ctx.params, p + ".o_proj.weight", attn, c.attn);
 }
 
@@ -136,8 +91,8 @@ Tensor mla_backward(const LayerContext& ctx, const std::string& p, const Attenti
                 rope = cfg.qk_rope_head_dim, vd = cfg.v_head_dim, r = cfg.kv_lora_rank,
                 qk = nope + rope;
   const Tensor d_attn = linear_backward(ctx.params, p + ".o_proj.weight", c.attn, dy);
-  ops::AttentionGrads g = attention_backward_batched(
-      c.q, c.k, c.v, float(cfg.softmax_scale()), d_attn.reshape({T, H, vd}), c.segments, c.saved);
+  ops::AttentionGrads g = ops::causal_attention_packed_backward(
+      c.q, c.k, c.v, float(cfg.softmax_scale()), d_attn.reshape({T, H, vd}), c.segments, &c.saved);
 
   // Split dk into the per-head k_nope part (joined with dv for kv_b_proj) and the shared k_pe,
   // whose gradient is the sum over heads.
@@ -204,7 +159,8 @@ Tensor mha_forward(const LayerContext& ctx, const std::string& p, const Tensor& 
   rope_batched(ctx.rope, c.q, segments);
   rope_batched(ctx.rope, c.k, segments);
   const float scale = float(1.0 / std::sqrt(double(hd)));
-  const Tensor attn = attention_batched(c.q, c.k, c.v, scale, segments, c.saved);
+  const Tensor attn =
+      ops::causal_attention_packed(c.q, c.k, c.v, scale, segments, &c.saved).reshape({T, H * hd});
   return linear_forward(ctx.params, p + ".o_proj.weight", attn, c.attn);
 }
 
@@ -215,8 +171,8 @@ Tensor mha_backward(const LayerContext& ctx, const std::string& p, const Attenti
                 hd = mha_head_dim(cfg);
   const Tensor d_attn = linear_backward(ctx.params, p + ".o_proj.weight", c.attn, dy);
   const float scale = float(1.0 / std::sqrt(double(hd)));
-  ops::AttentionGrads g = attention_backward_batched(
-      c.q, c.k, c.v, scale, d_attn.reshape({T, H, hd}), c.segments, c.saved);
+  ops::AttentionGrads g = ops::causal_attention_packed_backward(
+      c.q, c.k, c.v, scale, d_attn.reshape({T, H, hd}), c.segments, &c.saved);
   rope_backward(ctx.rope, g.dq, c.segments);
   rope_backward(ctx.rope, g.dk, c.segments);
   ops::Fp8WgradInput x_cols;  // x̂'s column tiles, for the FP8 wgrads of the projections of x

@@ -118,9 +118,10 @@ struct AttentionCache {
   Tensor q, k, v;          // what attention saw (roped q, k)
   LinearInput attn;        // attention output [T, H·v], o_proj's input
   Segments segments;
-  // Per segment: the attention output and its rows' statistics (T·H·dv in the activation dtype,
-  // T·H f32), so that the backward need not run the forward again (ops::AttentionSaved).
-  std::vector<ops::AttentionSaved> saved;
+  // The attention output and its rows' statistics (T·H·dv in the activation dtype, T·H f32), so
+  // that the backward need not run the forward again (ops::AttentionSaved; empty where the
+  // forward's path keeps none).
+  ops::AttentionSaved saved;
 };
 Tensor attention_forward(const LayerContext& ctx, const std::string& prefix, const Tensor& x,
                          const Segments& segments, AttentionCache& cache);

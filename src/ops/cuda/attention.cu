@@ -318,6 +318,7 @@ bool causal_attention_saves_stats(const AttentionArgs& a, DType act) {
 void causal_attention(const AttentionArgs& a, DType act, float* lse2) {
   if (a.T == 0 || a.H == 0 || a.dv == 0) return;
   if (causal_attention_saves_stats(a, act)) return attention_tc::tc_forward(a, lse2);
+  DSEEK_CHECK(a.seq_count == 0, "[attention] packed sequences need the tensor-core kernels");
   attention_forward<false>(dense_forward_params(a), 1, a.T, a.S, a.T, a.Hk, act, "attention");
 }
 
@@ -333,6 +334,7 @@ void causal_attention_backward(const AttentionGradArgs& g, DType act, const void
   }
   if (causal_attention_saves_stats(a, act) && reinterpret_cast<uintptr_t>(g.dout) % 16 == 0)
     return attention_tc::tc_backward(g, out, lse2);
+  DSEEK_CHECK(a.seq_count == 0, "[attention] packed sequences need the tensor-core kernels");
   DSEEK_CHECK(a.Hk <= 65535, "[attention] {} key heads: the kernels take at most 65535", a.Hk);
   const int64_t rows = a.T * (a.H / a.Hk);
   // The shared memory both kernels need, checked before any work is queued.

@@ -40,51 +40,84 @@ namespace {
 
 // ---- launches ----------------------------------------------------------------------------------
 template <typename Kernel>
-void launch(Kernel kernel, dim3 grid, size_t smem, const TcParams& p, const char* name) {
+void launch(Kernel kernel, dim3 grid, size_t smem, const TcParams& p, const Sequences& seqs,
+            const char* name) {
   DSEEK_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<grid, kThreads, smem, dseek::cuda::stream()>>>(p);
+  kernel<<<grid, kThreads, smem, dseek::cuda::stream()>>>(p, seqs);
   DSEEK_CUDA_CHECK_LAUNCH(name);
 }
 
-template <int DK, int DV>
-void forward(const TcParams& p) {
-  launch(tc_forward_kernel<DK, DV>, dim3(unsigned(ceil_div<int64_t>(p.T, kRows)), unsigned(p.H)),
-         FwdShape<DK, DV>::kSmem, p, "tc_forward_kernel");
+// The grid of a kernel over `heads` heads and row tiles of `rows` (the longest sequence's):
+// x = (head, sequence) pairs, y = the tiles.
+dim3 grid_of(int64_t heads, const Sequences& seqs, int64_t rows) {
+  return dim3(unsigned(heads * std::max(seqs.count, 1)), unsigned(ceil_div<int64_t>(rows, kRows)));
+}
+
+// The longest sequence of a launch, or T (S) of the single one.
+int64_t longest(const Sequences& seqs, int64_t single) {
+  if (seqs.count == 0) return single;
+  int64_t n = 0;
+  for (int i = 0; i < seqs.count; ++i) n = std::max(n, seqs.start[i + 1] - seqs.start[i]);
+  return n;
 }
 
 template <int DK, int DV>
-void backward(const TcParams& p, bool row_stats) {
-  if (row_stats) forward<DK, DV>(p);  // lse2 and dsum (p.out is null)
-  launch(tc_dkdv_kernel<DK, DV>, dim3(unsigned(ceil_div<int64_t>(p.S, kRows)), unsigned(p.Hk)),
-         DkdvShape<DK, DV>::kSmem, p, "tc_dkdv_kernel");
-  launch(tc_dq_kernel<DK, DV>, dim3(unsigned(ceil_div<int64_t>(p.T, kRows)), unsigned(p.H)),
-         DqShape<DK, DV>::kSmem, p, "tc_dq_kernel");
+void forward(const TcParams& p, const Sequences& seqs) {
+  launch(tc_forward_kernel<DK, DV>, grid_of(p.H, seqs, longest(seqs, p.T)), FwdShape<DK, DV>::kSmem,
+         p, seqs, "tc_forward_kernel");
 }
 
-// Runs fn<DK, DV> for the supported head dims (tc_supported checked them).
+template <int DK, int DV>
+void backward(const TcParams& p, const Sequences& seqs, bool row_stats) {
+  if (row_stats) forward<DK, DV>(p, seqs);  // lse2 and dsum (p.out is null)
+  launch(tc_dkdv_kernel<DK, DV>, grid_of(p.Hk, seqs, longest(seqs, p.S)), DkdvShape<DK, DV>::kSmem,
+         p, seqs, "tc_dkdv_kernel");
+  launch(tc_dq_kernel<DK, DV>, grid_of(p.H, seqs, longest(seqs, p.T)), DqShape<DK, DV>::kSmem, p,
+         seqs, "tc_dq_kernel");
+}
+
+// Runs Fn<DK, DV>::run(p, seqs) for the supported head dims (tc_supported checked them).
 template <template <int, int> class Fn>
-void dispatch(int64_t dk, int64_t dv, const TcParams& p) {
-  if (dk == 64 && dv == 64) return Fn<64, 64>::run(p);
-  if (dk == 64 && dv == 128) return Fn<64, 128>::run(p);
-  if (dk == 128 && dv == 64) return Fn<128, 64>::run(p);
-  if (dk == 128 && dv == 128) return Fn<128, 128>::run(p);
-  if (dk == 192 && dv == 64) return Fn<192, 64>::run(p);
-  if (dk == 192 && dv == 128) return Fn<192, 128>::run(p);
+void dispatch(int64_t dk, int64_t dv, const TcParams& p, const Sequences& seqs) {
+  if (dk == 64 && dv == 64) return Fn<64, 64>::run(p, seqs);
+  if (dk == 64 && dv == 128) return Fn<64, 128>::run(p, seqs);
+  if (dk == 128 && dv == 64) return Fn<128, 64>::run(p, seqs);
+  if (dk == 128 && dv == 128) return Fn<128, 128>::run(p, seqs);
+  if (dk == 192 && dv == 64) return Fn<192, 64>::run(p, seqs);
+  if (dk == 192 && dv == 128) return Fn<192, 128>::run(p, seqs);
   dseek::fail("[attention] no tensor-core kernel for head dims dk {} / dv {}", dk, dv);
 }
 template <int DK, int DV>
 struct Forward {
-  static void run(const TcParams& p) { forward<DK, DV>(p); }
+  static void run(const TcParams& p, const Sequences& s) { forward<DK, DV>(p, s); }
 };
 template <int DK, int DV>
 struct Backward {
-  static void run(const TcParams& p) { backward<DK, DV>(p, true); }
+  static void run(const TcParams& p, const Sequences& s) { backward<DK, DV>(p, s, true); }
 };
 template <int DK, int DV>
 struct BackwardFromSaved {  // lse2 and dsum already made
-  static void run(const TcParams& p) { backward<DK, DV>(p, false); }
+  static void run(const TcParams& p, const Sequences& s) { backward<DK, DV>(p, s, false); }
 };
+
+// Calls fn(seqs) for the launches of a's sequences: one with count 0 for a single sequence, else
+// one per kMaxSequences of the packed ones (their starts in rows of the whole tensors).
+template <typename Fn>
+void for_each_launch(const AttentionArgs& a, Fn fn) {
+  Sequences seqs{};
+  if (a.seq_count == 0) return fn(seqs);
+  int64_t row = 0;
+  for (int64_t i = 0; i < a.seq_count;) {
+    seqs.count = int(std::min<int64_t>(kMaxSequences, a.seq_count - i));
+    for (int j = 0; j < seqs.count; ++j, ++i) {
+      seqs.start[j] = row;
+      row += a.seq_lengths[i];
+    }
+    seqs.start[seqs.count] = row;
+    fn(seqs);
+  }
+}
 
 // D = dout · out per (query, head) row of the kept forward output, f32 [T·H]: a warp a row, each
 // lane two bf16 pairs apart by 64, then the warp's fixed xor tree (deterministic).
@@ -141,7 +174,9 @@ size_t shared_optin() {
 
 bool tc_supported(const AttentionArgs& a) {
   const bool dims = (a.dk == 64 || a.dk == 128 || a.dk == 192) && (a.dv == 64 || a.dv == 128);
-  if (!dims || a.H > 65535 || a.Hk <= 0 || a.H % a.Hk != 0) return false;
+  if (!dims || a.Hk <= 0 || a.H % a.Hk != 0) return false;
+  // Grid x: heads × (up to kMaxSequences) sequences; grid y: row tiles.
+  if (a.H * kMaxSequences > INT32_MAX || ceil_div<int64_t>(a.S, kRows) > 65535) return false;
   for (int64_t stride : {a.q_t, a.q_h, a.k_s, a.k_h, a.v_s, a.v_h})
     if (stride % 8 != 0) return false;
   // The widest block (forward, dk 192 / dv 128) takes 112 KB: any sm_80+ GPU but the smallest.
@@ -153,7 +188,7 @@ void tc_forward(const AttentionArgs& a, float* lse2) {
   TcParams p = params(a);
   p.out = static_cast<bf16*>(a.out);
   p.lse2 = lse2;
-  dispatch<Forward>(a.dk, a.dv, p);
+  for_each_launch(a, [&](const Sequences& seqs) { dispatch<Forward>(a.dk, a.dv, p, seqs); });
 }
 
 void tc_backward(const AttentionGradArgs& g, const void* out, const float* lse2) {
@@ -170,13 +205,16 @@ void tc_backward(const AttentionGradArgs& g, const void* out, const float* lse2)
   p.dq = static_cast<bf16*>(g.dq);
   p.dk = static_cast<bf16*>(g.dk);
   p.dv = static_cast<bf16*>(g.dv);
-  if (!saved) return dispatch<Backward>(a.dk, a.dv, p);
+  if (!saved)
+    return for_each_launch(a,
+                           [&](const Sequences& seqs) { dispatch<Backward>(a.dk, a.dv, p, seqs); });
   constexpr int kRowsPerBlock = 8;  // warps of a 256-thread block
   row_dot_kernel<<<unsigned(ceil_div<int64_t>(int64_t(n), kRowsPerBlock)), 32 * kRowsPerBlock, 0,
                    dseek::cuda::stream()>>>(static_cast<const bf16*>(out), p.dout, int64_t(n),
                                             int(a.dv), p.dsum);
   DSEEK_CUDA_CHECK_LAUNCH("row_dot_kernel");
-  dispatch<BackwardFromSaved>(a.dk, a.dv, p);
+  for_each_launch(a,
+                  [&](const Sequences& seqs) { dispatch<BackwardFromSaved>(a.dk, a.dv, p, seqs); });
 }
 
 }  // namespace dseek::ops::cuda::attention_tc

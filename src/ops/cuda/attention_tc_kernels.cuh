@@ -33,6 +33,41 @@ struct TcParams {
   bf16* dv;  // [S, Hk, dv]
 };
 
+// Sequences packed back to back in q, k, v and every output (a training batch of documents):
+// sequence i holds rows start[i] .. start[i + 1] − 1 and attends only within itself (T = S = its
+// length). count 0: one sequence, p.T queries over p.S keys, as the arguments say. Grid x runs
+// over (head, sequence) pairs, head fastest; grid y over the row tiles of the longest sequence,
+// so a shorter sequence's surplus tiles exit at once. A __grid_constant__ kernel parameter: the
+// block reads its own start without copying the table.
+constexpr int kMaxSequences = 64;
+struct Sequences {
+  int count;
+  int64_t start[kMaxSequences + 1];
+};
+
+// The block's head (grid x modulo `heads`) and the arguments moved to its sequence's first row.
+template <int DK, int DV>
+__device__ __forceinline__ TcParams sequence_params(const TcParams& p, const Sequences& seqs,
+                                                    int64_t heads, int64_t& head) {
+  head = int64_t(blockIdx.x) % heads;
+  if (seqs.count == 0) return p;
+  const int64_t i = int64_t(blockIdx.x) / heads;
+  const int64_t r = seqs.start[i];
+  TcParams s = p;
+  s.T = s.S = seqs.start[i + 1] - r;
+  s.q += r * p.q_t;
+  s.k += r * p.k_s;
+  s.v += r * p.v_s;
+  if (p.out) s.out += r * p.H * DV;
+  if (p.lse2) s.lse2 += r * p.H;
+  if (p.dout) s.dout += r * p.H * DV;
+  if (p.dsum) s.dsum += r * p.H;
+  if (p.dq) s.dq += r * p.H * DK;
+  if (p.dk) s.dk += r * p.Hk * DK;
+  if (p.dv) s.dv += r * p.Hk * DV;
+  return s;
+}
+
 // ---- forward -----------------------------------------------------------------------------------
 template <int DK, int DV>
 struct FwdShape {
@@ -43,8 +78,14 @@ struct FwdShape {
 };
 
 template <int DK, int DV>
-__global__ void __launch_bounds__(kThreads) tc_forward_kernel(const TcParams p) {
+__global__ void __launch_bounds__(kThreads)
+    tc_forward_kernel(const TcParams args, const __grid_constant__ Sequences seqs) {
   using Sh = FwdShape<DK, DV>;
+  int64_t h;
+  const TcParams p = sequence_params<DK, DV>(args, seqs, args.H, h);
+  // The last query blocks see the most keys: grid y starts with them.
+  const int64_t m0 = int64_t(gridDim.y - 1 - blockIdx.y) * kRows;
+  if (m0 >= p.T) return;  // past a shorter sequence's end (uniform over the block)
   constexpr int BN = Sh::kKeys, QLD = Sh::QLD, KLD = Sh::KLD, VLD = Sh::VLD;
   unsigned char* smem_raw = dynamic_smem();
   bf16* qs = reinterpret_cast<bf16*>(smem_raw);
@@ -52,9 +93,7 @@ __global__ void __launch_bounds__(kThreads) tc_forward_kernel(const TcParams p) 
   bf16* vs = ks + 2 * BN * KLD;  // [2][BN][VLD]
   const int lane = int(threadIdx.x % 32), warp = int(threadIdx.x / 32);
   const int g = lane / 4, c = lane % 4;
-  // The last query blocks see the most keys: start them first.
-  const int64_t m0 = int64_t(gridDim.x - 1 - blockIdx.x) * kRows;
-  const int64_t h = blockIdx.y, hk = h / p.G;
+  const int64_t hk = h / p.G;
   const int64_t pos0 = p.S - p.T;
   const int64_t n_end = min(p.S, pos0 + m0 + kRows);  // keys 0 .. n_end − 1 are seen by some row
   const int n_tiles = int(div_up(n_end, BN));
@@ -177,8 +216,13 @@ struct DkdvShape {
 };
 
 template <int DK, int DV>
-__global__ void __launch_bounds__(kThreads) tc_dkdv_kernel(const TcParams p) {
+__global__ void __launch_bounds__(kThreads)
+    tc_dkdv_kernel(const TcParams args, const __grid_constant__ Sequences seqs) {
   using Sh = DkdvShape<DK, DV>;
+  int64_t hk;
+  const TcParams p = sequence_params<DK, DV>(args, seqs, args.Hk, hk);
+  const int64_t n0 = int64_t(blockIdx.y) * kRows;  // key block 0 has the most work: first
+  if (n0 >= p.S) return;                           // past a shorter sequence's end
   constexpr int BQ = Sh::kQ, KLD = Sh::KLD, VLD = Sh::VLD;
   unsigned char* smem_raw = dynamic_smem();
   bf16* ks = reinterpret_cast<bf16*>(smem_raw);  // [kRows][KLD]
@@ -189,8 +233,6 @@ __global__ void __launch_bounds__(kThreads) tc_dkdv_kernel(const TcParams p) {
   float* dsum_s = lse_s + 2 * BQ;                               // [2][BQ]
   const int lane = int(threadIdx.x % 32), warp = int(threadIdx.x / 32);
   const int g = lane / 4, c = lane % 4;
-  const int64_t n0 = int64_t(blockIdx.x) * kRows;  // key block 0 has the most work: first
-  const int64_t hk = blockIdx.y;
   const int64_t pos0 = p.S - p.T;
   // Query t sees key n0 once pos0 + t ≥ n0; the tiles start at a multiple of BQ below that.
   const int64_t m_start = max(int64_t(0), n0 - pos0) / BQ * BQ;
@@ -290,8 +332,13 @@ struct DqShape {
 };
 
 template <int DK, int DV>
-__global__ void __launch_bounds__(kThreads) tc_dq_kernel(const TcParams p) {
+__global__ void __launch_bounds__(kThreads)
+    tc_dq_kernel(const TcParams args, const __grid_constant__ Sequences seqs) {
   using Sh = DqShape<DK, DV>;
+  int64_t h;
+  const TcParams p = sequence_params<DK, DV>(args, seqs, args.H, h);
+  const int64_t m0 = int64_t(gridDim.y - 1 - blockIdx.y) * kRows;
+  if (m0 >= p.T) return;
   constexpr int BN = Sh::kKeys, KLD = Sh::KLD, VLD = Sh::VLD;
   unsigned char* smem_raw = dynamic_smem();
   bf16* qs = reinterpret_cast<bf16*>(smem_raw);  // [kRows][KLD]
@@ -300,8 +347,7 @@ __global__ void __launch_bounds__(kThreads) tc_dq_kernel(const TcParams p) {
   bf16* vs = ks + 2 * BN * KLD;                  // [2][BN][VLD]
   const int lane = int(threadIdx.x % 32), warp = int(threadIdx.x / 32);
   const int g = lane / 4, c = lane % 4;
-  const int64_t m0 = int64_t(gridDim.x - 1 - blockIdx.x) * kRows;
-  const int64_t h = blockIdx.y, hk = h / p.G;
+  const int64_t hk = h / p.G;
   const int64_t pos0 = p.S - p.T;
   const int64_t n_end = min(p.S, pos0 + m0 + kRows);
   const int n_tiles = int(div_up(n_end, BN));

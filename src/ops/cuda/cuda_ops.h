@@ -135,6 +135,11 @@ struct AttentionArgs {
   void* out;  // [T, H, dv] contiguous
   int64_t T, S, H, Hk, dk, dv;
   float scale;
+  // Packed sequences (ops::causal_attention_packed): seq_count > 0 host lengths summing to
+  // T == S, each sequence attending only within itself. Only the tensor-core path takes them
+  // (causal_attention_saves_stats); the others refuse them.
+  const int64_t* seq_lengths = nullptr;
+  int64_t seq_count = 0;
 };
 // lse2 (f32 [T, H], or null): each row's m + log2 l as well, where the forward's path keeps it
 // (causal_attention_saves_stats: the tensor-core kernels; elsewhere lse2 is left alone).
