@@ -160,9 +160,10 @@ Tensor routed_forward_device(const LayerContext& ctx, const std::string& prefix,
     bias = ctx.params.value(prefix + ".gate.e_score_correction_bias");
   c.routing = ops::moe_route(logits, c.route, bias);
   c.dispatch = ops::moe_dispatch(c.routing.ids, E);
+  // Each projection's weights are taken just before its GEMM: under AdamW::step_async the
+  // update writes the down projections after gate and up, and the GEMMs need not wait for them.
   c.gate_w = expert_weights(ctx.params, prefix, local, "gate_proj");
   c.up_w = expert_weights(ctx.params, prefix, local, "up_proj");
-  c.down_w = expert_weights(ctx.params, prefix, local, "down_proj");
   Tensor x_perm = ops::moe_permute(c.x, c.dispatch);
   Tensor o = c.dispatch.offsets;
   if (ep) {
@@ -175,15 +176,21 @@ Tensor routed_forward_device(const LayerContext& ctx, const std::string& prefix,
     const std::string experts = prefix + ".experts.*.";
     c.gate_q = ops::quantize_fp8_expert_weights(c.gate_w, experts + "gate_proj.weight");
     c.up_q = ops::quantize_fp8_expert_weights(c.up_w, experts + "up_proj.weight");
-    c.down_q = ops::quantize_fp8_expert_weights(c.down_w, experts + "down_proj.weight");
   }
+  const auto take_down = [&] {
+    c.down_w = expert_weights(ctx.params, prefix, local, "down_proj");
+    if (fp8)
+      c.down_q = ops::quantize_fp8_expert_weights(c.down_w, prefix + ".experts.*.down_proj.weight");
+  };
   Tensor y_perm;
   if (x_perm.size(0) > 0) {
     c.gate = grouped_forward(ctx.params, fp8, x_perm, c.gate_w, c.gate_q, o, c.x_perm);
     c.up = grouped_forward(ctx.params, fp8, x_perm, c.up_w, c.up_q, o, c.x_perm);
     const Tensor inner = ops::silu_mul(c.gate, c.up);
+    take_down();
     y_perm = grouped_forward(ctx.params, fp8, inner, c.down_w, c.down_q, o, c.inner);
   } else {  // no rows for this rank's experts (expert parallelism)
+    take_down();
     y_perm = Tensor::empty({0, D}, x_perm.dtype(), x_perm.device());
   }
   c.y_perm = ep ? return_to_sources(*ep, c.exchange, y_perm) : y_perm;

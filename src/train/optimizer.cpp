@@ -81,6 +81,18 @@ std::string update_group(const std::string& name) {
   return dot == std::string::npos ? name : name.substr(0, dot);
 }
 
+// The update's groups, each a mark the next forward can wait for, in the forward's order of reads.
+// A layer's routed experts (most of its bytes) get two groups of their own after the rest of the
+// layer (norms, attention, router, shared experts): their gate/up projections, then their down
+// projections. The next forward then runs a layer's attention, router and shared experts while
+// the update still writes that layer's experts, and its grouped gate/up GEMM while the down
+// projections are updated, instead of waiting for the whole layer.
+std::string update_order_key(const std::string& name) {
+  const std::string group = update_group(name);
+  if (routed_expert_of(name) < 0) return group;
+  return group + (ends_with(name, ".down_proj.weight") ? " experts down" : " experts gate/up");
+}
+
 // Whether groups_ still name every trainable parameter's current value, grad and moments (a
 // ParamSet::to or a replaced tensor gives them new storage).
 bool AdamW::groups_current() const {
@@ -127,7 +139,9 @@ void AdamW::build_groups() {
     }
   }
   std::vector<int64_t> covered(fp8.images.size(), 0);
-  std::vector<std::string> keys;
+  // A group: every parameter of one update_order_key, the groups in order of first appearance
+  // (parameter order puts a layer's norms and attention before its experts).
+  std::map<std::string, size_t> group_of;
   std::vector<std::vector<size_t>> members;
   size_t i = 0;
   for (const Param& p : params_->all()) {
@@ -137,12 +151,9 @@ void AdamW::build_groups() {
                 "[optim] AdamW: parameter '{}' is on {}, its moments on {} (call AdamW::to after "
                 "ParamSet::to)",
                 p.name, device_name(p.value.device()), device_name(exp_avg_[index].device()));
-    const std::string key = update_group(p.name);
-    if (keys.empty() || keys.back() != key) {  // a group is a run of one key in parameter order
-      keys.push_back(key);
-      members.emplace_back();
-    }
-    members.back().push_back(index);
+    const auto [it, added] = group_of.emplace(update_order_key(p.name), members.size());
+    if (added) members.emplace_back();
+    members[it->second].push_back(index);
   }
   for (std::vector<size_t>& m : members) {
     std::vector<Tensor> values, grads, ms, vs, computes;

@@ -376,6 +376,128 @@ TEST(BackendOps, CausalAttentionTensorCoreBf16BackwardIsDeterministic) {
   EXPECT_EQ(a.dv.to_vector(), b.dv.to_vector());
 }
 
+// ---- packed sequences (ops::causal_attention_packed)
+// ---------------------------------------------- Ragged sequences back to back (an empty one, tails
+// of the 64-row tiles, one longer than the rest), GQA and MHA, MLA's head dims and two others,
+// contiguous and strided: the one-launch kernels against the CPU reference, and bit for bit against
+// the one-sequence op on each sequence's rows — the forward's output and row statistics, and the
+// backward from the kept forward and without it (each block computes what the one-sequence launch's
+// block does). f32 goes through the per-sequence loop: checked against the CPU too.
+TEST(BackendOps, CausalAttentionPackedEqualsPerSequence) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(36);
+  const std::vector<int64_t> lengths = {65, 1, 0, 200, 63, 64, 130};
+  int64_t N = 0;
+  for (int64_t n : lengths) N += n;
+  struct PackedCase {
+    Heads heads;
+    Dims dims;
+    bool strided;
+  };
+  const std::vector<PackedCase> packed_cases = {
+      {{16, 16}, {192, 128}, false}, {{8, 2}, {64, 64}, true}, {{4, 4}, {128, 128}, true}};
+  for (DType act : kActDtypes)
+    for (const PackedCase& pc : packed_cases) {
+      const Case c{{N, N}, pc.heads, pc.dims, pc.strided};
+      const std::string name = std::string(dtype_name(act)) + " packed " + describe(c);
+      const Inputs in = make_inputs(c, act, rng);
+      const float scale = scale_for(c.dims.dk);
+      const Tensor dout = rounded(rand({N, c.heads.H, c.dims.dv}, rng), act);
+      const Tensor gdout = on_gpu(dout, act);
+
+      const Tensor want = ops::causal_attention_packed(in.q, in.k, in.v, scale, lengths);
+      const ops::AttentionGrads want_g =
+          ops::causal_attention_packed_backward(in.q, in.k, in.v, scale, dout, lengths);
+      prime_pool(want.numel(), act);
+      ops::AttentionSaved saved;
+      const Tensor got = ops::causal_attention_packed(in.gq, in.gk, in.gv, scale, lengths, &saved);
+      prime_pool(want_g.dq.numel(), act);
+      const ops::AttentionGrads got_g =
+          ops::causal_attention_packed_backward(in.gq, in.gk, in.gv, scale, gdout, lengths, &saved);
+      const ops::AttentionGrads got_recomputed =
+          ops::causal_attention_packed_backward(in.gq, in.gk, in.gv, scale, gdout, lengths);
+      const double a = act == DType::BF16 ? 3e-2 : 1e-4, r = act == DType::BF16 ? 1.6e-2 : 1e-4;
+      expect_close_rows("attention " + name, want, got, a, r);
+      // dq from the kept bf16 output: the wider bound of ...BackwardFromSaved.
+      expect_close_rows("attention dq " + name, want_g.dq, got_g.dq,
+                        act == DType::BF16 ? 0.5 : 1e-4, r);
+      expect_close_rows("attention dk " + name, want_g.dk, got_g.dk, a, r);
+      expect_close_rows("attention dv " + name, want_g.dv, got_g.dv, a, r);
+      expect_close_rows("attention dq (recomputed) " + name, want_g.dq, got_recomputed.dq, a, r);
+      EXPECT_EQ(saved.lse2.defined(), act == DType::BF16) << name;
+
+      // Sequence by sequence through the one-sequence op: the same bits.
+      int64_t s = 0;
+      for (int64_t n : lengths) {
+        if (n > 0) {
+          const std::string at = name + " rows " + std::to_string(s) + "+" + std::to_string(n);
+          const auto rows = [&](const Tensor& t) { return t.slice(0, s, s + n); };
+          ops::AttentionSaved one;
+          const Tensor o =
+              ops::causal_attention(rows(in.gq), rows(in.gk), rows(in.gv), scale, &one);
+          EXPECT_EQ(rows(got).to_vector(), o.to_vector()) << at;
+          if (saved.lse2.defined()) {
+            EXPECT_EQ(rows(saved.lse2).to_vector(), one.lse2.to_vector()) << at;
+          }
+          const ops::AttentionGrads g1 = ops::causal_attention_backward(
+              rows(in.gq), rows(in.gk), rows(in.gv), scale, rows(gdout).contiguous(),
+              one.lse2.defined() ? &one : nullptr);
+          EXPECT_EQ(rows(got_g.dq).to_vector(), g1.dq.to_vector()) << at;
+          EXPECT_EQ(rows(got_g.dk).to_vector(), g1.dk.to_vector()) << at;
+          EXPECT_EQ(rows(got_g.dv).to_vector(), g1.dv.to_vector()) << at;
+          const ops::AttentionGrads g2 = ops::causal_attention_backward(
+              rows(in.gq), rows(in.gk), rows(in.gv), scale, rows(gdout).contiguous());
+          EXPECT_EQ(rows(got_recomputed.dq).to_vector(), g2.dq.to_vector()) << at;
+          EXPECT_EQ(rows(got_recomputed.dk).to_vector(), g2.dk.to_vector()) << at;
+        }
+        s += n;
+      }
+    }
+}
+
+// More sequences than one launch's table (kMaxSequences): the launches split them, every row
+// still written (outputs from a NaN-primed pool).
+TEST(BackendOps, CausalAttentionPackedManySequences) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(37);
+  std::vector<int64_t> lengths;
+  for (int i = 0; i < 150; ++i) lengths.push_back(1 + (i * 37) % 23);
+  int64_t N = 0;
+  for (int64_t n : lengths) N += n;
+  const Case c{{N, N}, {4, 2}, {64, 128}, false};
+  const Inputs in = make_inputs(c, DType::BF16, rng);
+  const Tensor dout = rounded(rand({N, 4, 128}, rng), DType::BF16);
+  const float scale = scale_for(64);
+  const Tensor want = ops::causal_attention_packed(in.q, in.k, in.v, scale, lengths);
+  const ops::AttentionGrads want_g =
+      ops::causal_attention_packed_backward(in.q, in.k, in.v, scale, dout, lengths);
+  prime_pool(want.numel(), DType::BF16);
+  const Tensor got = ops::causal_attention_packed(in.gq, in.gk, in.gv, scale, lengths);
+  prime_pool(want_g.dk.numel(), DType::BF16);
+  const ops::AttentionGrads got_g = ops::causal_attention_packed_backward(
+      in.gq, in.gk, in.gv, scale, on_gpu(dout, DType::BF16), lengths);
+  expect_close_rows("attention packed x150", want, got, 2e-2, 1e-2);
+  expect_close_rows("attention packed x150 dq", want_g.dq, got_g.dq, 3e-2, 1.6e-2);
+  expect_close_rows("attention packed x150 dk", want_g.dk, got_g.dk, 3e-2, 1.6e-2);
+  expect_close_rows("attention packed x150 dv", want_g.dv, got_g.dv, 3e-2, 1.6e-2);
+}
+
+// Lengths that do not cover the rows are an error naming them.
+TEST(BackendOps, CausalAttentionPackedChecksLengths) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(38);
+  const Tensor q = on_gpu(rand({10, 2, 64}, rng), DType::BF16);
+  for (const std::vector<int64_t>& lengths :
+       {std::vector<int64_t>{4, 5}, std::vector<int64_t>{4, 7}, std::vector<int64_t>{12, -2}}) {
+    try {
+      ops::causal_attention_packed(q, q, q, 0.1f, lengths);
+      FAIL() << "no error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("packed sequences"), std::string::npos) << e.what();
+    }
+  }
+}
+
 // Head dims whose tiles do not fit a block's shared memory are refused with the op's name.
 TEST(BackendOps, CausalAttentionHeadDimsBeyondSharedMemory) {
   DSEEK_REQUIRE_CUDA();
