@@ -264,6 +264,49 @@ int main(int argc, char** argv) {
           0, [&] { ops::causal_attention_backward(q, k, v, 0.07f, dout); });
     }
   }
+  {  // A training batch's sequences (MLA, 4096 rows): 2 × 2048 and 32 documents of 128, as one
+     // launch a kernel (ops::causal_attention_packed) and as a launch and a copy a sequence (what
+     // training did before). FLOPs: each sequence's causal half, as above.
+    const int64_t N = 4096, H = 16, dk = 192, dv = 128;
+    const Tensor q = rand_gpu({N, H, dk}, bf, rng), k = rand_gpu({N, H, dk}, bf, rng);
+    const Tensor v = rand_gpu({N, H, dv}, bf, rng), dout = rand_gpu({N, H, dv}, bf, rng);
+    for (const int64_t docs : {int64_t(2), int64_t(32)}) {
+      const std::vector<int64_t> lengths(size_t(docs), N / docs);
+      double flops = 0;
+      for (int64_t n : lengths) flops += double(H) * double(n) * double(n) * double(dk + dv);
+      const auto rows = [](const Tensor& t, int64_t s, int64_t n) { return t.slice(0, s, s + n); };
+      const std::string shape = std::to_string(docs) + "x" + std::to_string(N / docs) + "," +
+                                std::to_string(H) + "," + std::to_string(dk) + "," +
+                                std::to_string(dv);
+      row("causal attention packed, one launch", shape, flops, 0,
+          [&] { ops::causal_attention_packed(q, k, v, 0.07f, lengths); });
+      row("causal attention packed, a launch a sequence", shape, flops, 0, [&] {
+        Tensor out = Tensor::empty({N, H, dv}, bf, Device::CUDA);
+        int64_t s = 0;
+        for (int64_t n : lengths) {
+          rows(out, s, n).copy_from(
+              ops::causal_attention(rows(q, s, n), rows(k, s, n), rows(v, s, n), 0.07f));
+          s += n;
+        }
+      });
+      row("causal attention packed bwd, one launch", shape, 2.5 * flops, 0,
+          [&] { ops::causal_attention_packed_backward(q, k, v, 0.07f, dout, lengths); });
+      row("causal attention packed bwd, a launch a sequence", shape, 2.5 * flops, 0, [&] {
+        ops::AttentionGrads g{Tensor::empty(q.shape(), bf, Device::CUDA),
+                              Tensor::empty(k.shape(), bf, Device::CUDA),
+                              Tensor::empty(v.shape(), bf, Device::CUDA)};
+        int64_t s = 0;
+        for (int64_t n : lengths) {
+          const ops::AttentionGrads p = ops::causal_attention_backward(
+              rows(q, s, n), rows(k, s, n), rows(v, s, n), 0.07f, rows(dout, s, n));
+          rows(g.dq, s, n).copy_from(p.dq);
+          rows(g.dk, s, n).copy_from(p.dk);
+          rows(g.dv, s, n).copy_from(p.dv);
+          s += n;
+        }
+      });
+    }
+  }
   {  // The routed experts of one decode step (one token, 6 of 64 V2-Lite experts): the grouped
      // GEMVs of gate and up as two launches (before) and as one over the stacked [gate; up]
      // matrices (model/mlp.h's gate_up), and down. x20 back to back, synchronised once; bytes:
