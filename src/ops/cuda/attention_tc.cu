@@ -3,6 +3,11 @@
 // and argument semantics as the scalar kernels (attention.cu, ops/attention.h): queries are the
 // last T of S positions, query head h reads key head h / G (G = H / Hk), strided q/k/v.
 //
+// Sequences packed back to back (a training batch: ops::causal_attention_packed) run in one launch
+// per 64 of them: grid x covers (head, sequence), y the row tiles, and each block moves its
+// pointers to its sequence's rows (sequence_params) and computes what a one-sequence launch's
+// block would.
+//
 // Every kernel runs 4 warps; a warp owns 16 rows of the block's 64 and the tiles it multiplies
 // with stream through shared memory with cp.async, double-buffered (the next tile loads while
 // the current one is used). Scores live in the log2 domain: x = scale·log2(e)·q·k, p = 2^(x − m).
@@ -115,7 +120,7 @@ void for_each_launch(const AttentionArgs& a, Fn fn) {
       row += a.seq_lengths[i];
     }
     seqs.start[seqs.count] = row;
-    fn(seqs);
+    if (row > seqs.start[0]) fn(seqs);  // (a table of empty sequences has no rows: no grid)
   }
 }
 
