@@ -48,16 +48,21 @@ double f(bf16 x) {
   return double(__bfloat162float(x));
 }
 
-// The worst ratio |got − want| / (a·rms(row) + r·|want| + 1e-4) over a tensor of rows of n (the
+// The worst ratio |got − want| / (a·scale(row) + r·|want| + 1e-4) over a tensor of rows of n (the
 // reference's vectors): ≤ 1 passes the bound the conformance test
-// (tests/backend/test_backend_attention.cpp) puts on the GPU kernels.
+// (tests/backend/test_backend_attention.cpp, expect_close_rows) puts on the GPU kernels, whose
+// row scale is the row's RMS floored at a quarter of the tensor's (dq of a query that sees a few
+// keys cancels to far below its terms; packed sequences have such rows at every start).
 double err(const std::vector<double>& want, const std::vector<bf16>& got, size_t n, double a,
            double r) {
+  double total = 0;
+  for (double x : want) total += x * x;
+  const double floor = 0.25 * std::sqrt(total / double(std::max<size_t>(want.size(), 1)));
   double worst = 0;
   for (size_t r0 = 0; r0 < want.size(); r0 += n) {
     double ss = 0;
     for (size_t i = r0; i < r0 + n; ++i) ss += want[i] * want[i];
-    const double rms = std::sqrt(ss / double(n));
+    const double rms = std::max(std::sqrt(ss / double(n)), floor);
     for (size_t i = r0; i < r0 + n; ++i) {
       const double d = std::abs(f(got[i]) - want[i]);
       worst = std::isfinite(d) ? std::max(worst, d / (a * rms + r * std::abs(want[i]) + 1e-4))
