@@ -327,6 +327,7 @@ int main(int argc, char** argv) {
       adamw.moment_dtype = o.moments == "bf16" ? DType::BF16 : DType::F32;
       AdamW optimizer(params, adamw);
       LossOptions loss;  // no balance loss: transformers' DeepseekV2 trains without one
+      loss.token_logp = false;  // as `dseek train`'s language-model steps
       Rng rng(uint64_t(o.seed) + 1);
       std::vector<double> step_s, fwd_bwd_s, optim_s;
       double last_loss = 0;

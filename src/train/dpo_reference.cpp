@@ -49,6 +49,7 @@ LossOptions forward_only(const LossOptions& options) {
   LossOptions o = options;
   o.token_weights = nullptr;
   o.mtp_lambda = 0.0;
+  o.token_logp = true;  // what the pass is for
   return o;
 }
 

@@ -81,6 +81,24 @@ std::string update_group(const std::string& name) {
   return dot == std::string::npos ? name : name.substr(0, dot);
 }
 
+namespace {
+
+// Rows [begin, end) of a parameter's tensor (end −1: the whole tensor).
+Tensor block_rows(const Tensor& t, int64_t begin, int64_t end) {
+  return end < 0 ? t : t.slice(0, begin, end);
+}
+
+}  // namespace
+
+int64_t head_row_blocks() {
+  static const int64_t blocks = [] {
+    const char* env = std::getenv("DSEEK_HEAD_BLOCKS");
+    const int64_t n = env ? std::atoll(env) : 4;
+    return n >= 1 && n <= 64 ? n : int64_t(4);
+  }();
+  return blocks;
+}
+
 // The update's groups, each a mark the next forward can wait for, in the forward's order of reads.
 // A layer's routed experts (most of its bytes) get two groups of their own after the rest of the
 // layer (norms, attention, router, shared experts): their gate/up projections, then their down
@@ -106,13 +124,15 @@ bool AdamW::groups_current() const {
       const size_t index = g.params[k];
       if (index >= all.size()) return false;
       const Param& p = all[index];
-      if (!p.trainable || t.values[k].raw() != p.value.raw() || t.grads[k].raw() != p.grad.raw() ||
-          t.exp_avgs[k].raw() != exp_avg_[index].raw() ||
-          t.exp_avg_sqs[k].raw() != exp_avg_sq_[index].raw() ||
+      const auto rows = [&g](const Tensor& x) { return block_rows(x, g.row_begin, g.row_end); };
+      if (!p.trainable || t.values[k].raw() != rows(p.value).raw() ||
+          t.grads[k].raw() != rows(p.grad).raw() ||
+          t.exp_avgs[k].raw() != rows(exp_avg_[index]).raw() ||
+          t.exp_avg_sqs[k].raw() != rows(exp_avg_sq_[index]).raw() ||
           t.computes[k].defined() != p.compute.defined() ||
-          (p.compute.defined() && t.computes[k].raw() != p.compute.raw()))
+          (p.compute.defined() && t.computes[k].raw() != rows(p.compute).raw()))
         return false;
-      ++listed;
+      if (g.row_begin == 0) ++listed;
     }
   }
   return listed == trainable;
@@ -155,18 +175,20 @@ void AdamW::build_groups() {
     if (added) members.emplace_back();
     members[it->second].push_back(index);
   }
-  for (std::vector<size_t>& m : members) {
+  // A group of rows [row_begin, row_end) of one parameter (row_end −1: all of every member's).
+  const auto add_group = [&](const std::vector<size_t>& m, int64_t row_begin, int64_t row_end) {
     std::vector<Tensor> values, grads, ms, vs, computes;
     std::vector<uint8_t> decay;
     std::vector<ops::AdamWImage> images;
+    const auto rows = [&](const Tensor& t) { return block_rows(t, row_begin, row_end); };
     for (size_t index : m) {
       const Param& p = params_->all_in_flight()[index];
-      values.push_back(p.value);
-      grads.push_back(p.grad);
-      ms.push_back(exp_avg_[index]);
-      vs.push_back(exp_avg_sq_[index]);
+      values.push_back(rows(p.value));
+      grads.push_back(rows(p.grad));
+      ms.push_back(rows(exp_avg_[index]));
+      vs.push_back(rows(exp_avg_sq_[index]));
       decay.push_back(p.decay ? 1 : 0);
-      computes.push_back(p.compute);
+      computes.push_back(p.compute.defined() ? rows(p.compute) : Tensor());
       const auto it = image_of.find(p.value.raw());
       const bool with_image = it != image_of.end() && !p.compute.defined() && p.value.is_cuda();
       images.push_back(with_image ? it->second.second : ops::AdamWImage{});
@@ -175,7 +197,20 @@ void AdamW::build_groups() {
     groups_.push_back(
         {ops::adamw_tensors(std::move(values), std::move(grads), std::move(ms), std::move(vs),
                             std::move(decay), std::move(computes), std::move(images), fp8.bad),
-         std::move(m)});
+         m, row_begin, row_end});
+  };
+  for (std::vector<size_t>& m : members) {
+    // The untied head (its own group, last) in blocks of rows on the GPU: see head_row_blocks.
+    const Param& first = params_->all_in_flight()[m.front()];
+    const int64_t blocks = head_row_blocks();
+    if (m.size() == 1 && first.name == "lm_head.weight" && first.value.is_cuda() &&
+        first.value.dim() == 2 && first.value.size(0) >= 2 * blocks && blocks > 1 &&
+        image_of.count(first.value.raw()) == 0) {
+      const int64_t R = first.value.size(0);
+      for (int64_t b = 0; b < blocks; ++b) add_group(m, R * b / blocks, R * (b + 1) / blocks);
+      continue;
+    }
+    add_group(m, 0, -1);
   }
   image_covered_.assign(fp8.images.size(), 0);
   for (size_t i = 0; i < fp8.images.size(); ++i)
@@ -244,10 +279,15 @@ void AdamW::step_async(double lr, float grad_scale, bool defer_overwritten) {
   cuda::Background background;
   for (const Group& g : groups_) {
     ops::adamw_step(g.tensors, s, grad_scale, /*short_blocks=*/true);
+    // A block of rows: its parameter's zeros after the last block.
+    const bool whole = g.row_end < 0 || g.row_end == all[g.params.front()].value.size(0);
     for (size_t index : g.params)
-      if (write_zeros[index]) write_grad_zeros(all[index]);
+      if (write_zeros[index] && whole) write_grad_zeros(all[index]);
     last_mark_ = background.mark();
-    for (size_t index : g.params) params_->set_pending(index, last_mark_);
+    for (size_t index : g.params) {
+      if (g.row_end >= 0) params_->add_pending_rows(index, g.row_end, last_mark_);
+      params_->set_pending(index, last_mark_);
+    }
   }
   cuda::keep_sms_for_background(update_sms(), last_mark_);
   mark_images_current();

@@ -37,6 +37,10 @@ struct LossOptions {
   // position, and the main loss becomes Σ_t w_t·CE_t (a weighted sum, not a mean) with gradient
   // Σ_t w_t·∂CE_t. Unset: the mean cross-entropy over counted targets.
   std::function<std::vector<float>(const std::vector<double>& token_logp)> token_weights;
+  // Fill SequenceLosses::token_logp (DPO's reference pass reads it; token_weights fills it
+  // anyway). On the GPU that reads the picked logits and log-sum-exps back mid-step: a pause the
+  // backward's launches then wait for, which a plain language-model step leaves out.
+  bool token_logp = true;
   // Data parallelism's exact means (SFT, trainer.cpp): factors the cross-entropy means are
   // multiplied by, loss and gradient: [0] the main head's (unless token_weights is set), [k] MTP
   // depth k's. The trainer's are count·N / Σ_ranks count, so the ranks' summed gradients are of
@@ -148,6 +152,8 @@ class TrainModel {
                         const LossOptions& options, std::vector<BlockCache>& blocks);
   Tensor blocks_backward(int64_t first, int64_t last, const std::vector<BlockCache>& blocks,
                          Tensor dx, const LossOptions& options, float loss_scale);
+  // The main head's logits [T, V] of the final norm's output h0.
+  Tensor head_logits(const std::string& head, const Tensor& h0);
   SequenceLosses head_forward(const Tensor& x_final, const std::vector<int32_t>& inputs,
                               const std::vector<int32_t>& targets, const LossOptions& options,
                               const Segments& segments, HeadCache& cache);

@@ -588,6 +588,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
 
   // DPO: the reference is the model as it starts (model.init_from), scored once and cached.
   const bool dpo = cfg.task == "dpo";
+  loss_options.token_logp = false;  // (DPO's token_weights and reference pass fill it anyway)
   ReferenceLogps reference;
   if (dpo) {
     const std::string ref_path = (run_dir / "reference_logps.json").string();
