@@ -88,6 +88,13 @@ Tensor block_rows(const Tensor& t, int64_t begin, int64_t end) {
   return end < 0 ? t : t.slice(0, begin, end);
 }
 
+// The address of row `begin` of a parameter's tensor (block_rows(t, begin, …).raw()).
+const void* block_address(const Tensor& t, int64_t begin) {
+  if (begin == 0 || !t.defined()) return t.raw();
+  return static_cast<const char*>(t.raw()) +
+         begin * t.strides()[0] * int64_t(dtype_size(t.dtype()));
+}
+
 }  // namespace
 
 int64_t head_row_blocks() {
@@ -124,13 +131,14 @@ bool AdamW::groups_current() const {
       const size_t index = g.params[k];
       if (index >= all.size()) return false;
       const Param& p = all[index];
-      const auto rows = [&g](const Tensor& x) { return block_rows(x, g.row_begin, g.row_end); };
-      if (!p.trainable || t.values[k].raw() != rows(p.value).raw() ||
-          t.grads[k].raw() != rows(p.grad).raw() ||
-          t.exp_avgs[k].raw() != rows(exp_avg_[index]).raw() ||
-          t.exp_avg_sqs[k].raw() != rows(exp_avg_sq_[index]).raw() ||
+      // (Addresses only: no Tensor copies, which allocate — this runs every step, between the
+      // gradient norm and the update's first launch.)
+      const auto at = [&g](const Tensor& x) { return block_address(x, g.row_begin); };
+      if (!p.trainable || t.values[k].raw() != at(p.value) || t.grads[k].raw() != at(p.grad) ||
+          t.exp_avgs[k].raw() != at(exp_avg_[index]) ||
+          t.exp_avg_sqs[k].raw() != at(exp_avg_sq_[index]) ||
           t.computes[k].defined() != p.compute.defined() ||
-          (p.compute.defined() && t.computes[k].raw() != rows(p.compute).raw()))
+          (p.compute.defined() && t.computes[k].raw() != at(p.compute)))
         return false;
       if (g.row_begin == 0) ++listed;
     }
