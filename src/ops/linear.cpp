@@ -86,34 +86,6 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias) {
   return y;
 }
 
-void linear_into(const Tensor& x, const Tensor& weight, const Tensor& y) {
-  DSEEK_CHECK(x.defined() && weight.defined() && y.defined(), "[linear] undefined input or output");
-  const Device device = op_device("linear", {&x, &weight, &y});
-  const DType act = activation_dtype("linear", x);
-  DSEEK_CHECK(weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1),
-              "[linear] input {} does not match weight {}", shape_str(x.shape()),
-              shape_str(weight.shape()));
-  const int64_t in = weight.size(1), out = weight.size(0), T = in > 0 ? x.numel() / in : 0;
-  DSEEK_CHECK(y.dtype() == act && y.dim() == 2 && y.size(0) == T && y.size(1) == out &&
-                  (y.strides()[1] == 1 || out <= 1) && (y.strides()[0] >= out || T <= 1),
-              "[linear] output must be {} [{}, {}] with contiguous columns, got {} {} strides {}",
-              dtype_name(act), T, out, dtype_name(y.dtype()), shape_str(y.shape()),
-              shape_str(y.strides()));
-  if (T == 0 || out == 0) return;
-  if (device == Device::CUDA && in > 0) {
-#ifdef DSEEK_HAS_CUDA
-    check_weight_dtype(device, act, weight.dtype());
-    DSEEK_CHECK(weight.strides()[1] == 1 || in <= 1, "[linear] weight columns must be contiguous");
-    const int64_t ldw = out > 1 ? weight.strides()[0] : in;
-    const Tensor xc = x.is_contiguous() ? x : x.contiguous();
-    cuda::linear(xc.raw(), T, in, weight.raw(), ldw, out, nullptr, act, y.raw(), act,
-                 T > 1 ? y.strides()[0] : out);
-    return;
-#endif
-  }
-  y.copy_from(linear(x, weight).reshape({T, out}));
-}
-
 Tensor linear_widened(const Tensor& x, const Tensor& weight) {
   DSEEK_CHECK(x.defined() && weight.defined(), "[linear_widened] undefined input or weight");
 #ifdef DSEEK_HAS_CUDA

@@ -13,12 +13,6 @@ namespace dseek::ops {
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor* bias = nullptr);
 
-// The same product written into y [T, out] (T: x's leading dimensions flattened), a view of a
-// wider output whose columns are contiguous and whose rows may lie further apart: a vocabulary
-// head computed in column blocks (TrainModel's head forward, each block as soon as its rows of W
-// are updated). y in linear's output dtype, on x's device.
-void linear_into(const Tensor& x, const Tensor& weight, const Tensor& y);
-
 // y = f32(x)·Wᵀ in f32 for x [..., in] in any activation dtype, W as linear takes it beside f32
 // activations (widening is exact, so this is linear(x.to(F32), W)): a MoE router's logits, which
 // transformers computes in f32 whatever the model's dtype. On CUDA (W f32) a few bf16 rows (a

@@ -81,31 +81,6 @@ std::string update_group(const std::string& name) {
   return dot == std::string::npos ? name : name.substr(0, dot);
 }
 
-namespace {
-
-// Rows [begin, end) of a parameter's tensor (end −1: the whole tensor).
-Tensor block_rows(const Tensor& t, int64_t begin, int64_t end) {
-  return end < 0 ? t : t.slice(0, begin, end);
-}
-
-// The address of row `begin` of a parameter's tensor (block_rows(t, begin, …).raw()).
-const void* block_address(const Tensor& t, int64_t begin) {
-  if (begin == 0 || !t.defined()) return t.raw();
-  return static_cast<const char*>(t.raw()) +
-         begin * t.strides()[0] * int64_t(dtype_size(t.dtype()));
-}
-
-}  // namespace
-
-int64_t head_row_blocks() {
-  static const int64_t blocks = [] {
-    const char* env = std::getenv("DSEEK_HEAD_BLOCKS");
-    const int64_t n = env ? std::atoll(env) : 4;
-    return n >= 1 && n <= 64 ? n : int64_t(4);
-  }();
-  return blocks;
-}
-
 // The update's groups, each a mark the next forward can wait for, in the forward's order of reads.
 // A layer's routed experts (most of its bytes) get two groups of their own after the rest of the
 // layer (norms, attention, router, shared experts): their gate/up projections, then their down
@@ -131,16 +106,13 @@ bool AdamW::groups_current() const {
       const size_t index = g.params[k];
       if (index >= all.size()) return false;
       const Param& p = all[index];
-      // (Addresses only: no Tensor copies, which allocate — this runs every step, between the
-      // gradient norm and the update's first launch.)
-      const auto at = [&g](const Tensor& x) { return block_address(x, g.row_begin); };
-      if (!p.trainable || t.values[k].raw() != at(p.value) || t.grads[k].raw() != at(p.grad) ||
-          t.exp_avgs[k].raw() != at(exp_avg_[index]) ||
-          t.exp_avg_sqs[k].raw() != at(exp_avg_sq_[index]) ||
+      if (!p.trainable || t.values[k].raw() != p.value.raw() || t.grads[k].raw() != p.grad.raw() ||
+          t.exp_avgs[k].raw() != exp_avg_[index].raw() ||
+          t.exp_avg_sqs[k].raw() != exp_avg_sq_[index].raw() ||
           t.computes[k].defined() != p.compute.defined() ||
-          (p.compute.defined() && t.computes[k].raw() != at(p.compute)))
+          (p.compute.defined() && t.computes[k].raw() != p.compute.raw()))
         return false;
-      if (g.row_begin == 0) ++listed;
+      ++listed;
     }
   }
   return listed == trainable;
@@ -183,20 +155,18 @@ void AdamW::build_groups() {
     if (added) members.emplace_back();
     members[it->second].push_back(index);
   }
-  // A group of rows [row_begin, row_end) of one parameter (row_end −1: all of every member's).
-  const auto add_group = [&](const std::vector<size_t>& m, int64_t row_begin, int64_t row_end) {
+  for (std::vector<size_t>& m : members) {
     std::vector<Tensor> values, grads, ms, vs, computes;
     std::vector<uint8_t> decay;
     std::vector<ops::AdamWImage> images;
-    const auto rows = [&](const Tensor& t) { return block_rows(t, row_begin, row_end); };
     for (size_t index : m) {
       const Param& p = params_->all_in_flight()[index];
-      values.push_back(rows(p.value));
-      grads.push_back(rows(p.grad));
-      ms.push_back(rows(exp_avg_[index]));
-      vs.push_back(rows(exp_avg_sq_[index]));
+      values.push_back(p.value);
+      grads.push_back(p.grad);
+      ms.push_back(exp_avg_[index]);
+      vs.push_back(exp_avg_sq_[index]);
       decay.push_back(p.decay ? 1 : 0);
-      computes.push_back(p.compute.defined() ? rows(p.compute) : Tensor());
+      computes.push_back(p.compute);
       const auto it = image_of.find(p.value.raw());
       const bool with_image = it != image_of.end() && !p.compute.defined() && p.value.is_cuda();
       images.push_back(with_image ? it->second.second : ops::AdamWImage{});
@@ -205,20 +175,7 @@ void AdamW::build_groups() {
     groups_.push_back(
         {ops::adamw_tensors(std::move(values), std::move(grads), std::move(ms), std::move(vs),
                             std::move(decay), std::move(computes), std::move(images), fp8.bad),
-         m, row_begin, row_end});
-  };
-  for (std::vector<size_t>& m : members) {
-    // The untied head (its own group, last) in blocks of rows on the GPU: see head_row_blocks.
-    const Param& first = params_->all_in_flight()[m.front()];
-    const int64_t blocks = head_row_blocks();
-    if (m.size() == 1 && first.name == "lm_head.weight" && first.value.is_cuda() &&
-        first.value.dim() == 2 && first.value.size(0) >= 2 * blocks && blocks > 1 &&
-        image_of.count(first.value.raw()) == 0) {
-      const int64_t R = first.value.size(0);
-      for (int64_t b = 0; b < blocks; ++b) add_group(m, R * b / blocks, R * (b + 1) / blocks);
-      continue;
-    }
-    add_group(m, 0, -1);
+         std::move(m)});
   }
   image_covered_.assign(fp8.images.size(), 0);
   for (size_t i = 0; i < fp8.images.size(); ++i)
@@ -287,15 +244,10 @@ void AdamW::step_async(double lr, float grad_scale, bool defer_overwritten) {
   cuda::Background background;
   for (const Group& g : groups_) {
     ops::adamw_step(g.tensors, s, grad_scale, /*short_blocks=*/true);
-    // A block of rows: its parameter's zeros after the last block.
-    const bool whole = g.row_end < 0 || g.row_end == all[g.params.front()].value.size(0);
     for (size_t index : g.params)
-      if (write_zeros[index] && whole) write_grad_zeros(all[index]);
+      if (write_zeros[index]) write_grad_zeros(all[index]);
     last_mark_ = background.mark();
-    for (size_t index : g.params) {
-      if (g.row_end >= 0) params_->add_pending_rows(index, g.row_end, last_mark_);
-      params_->set_pending(index, last_mark_);
-    }
+    for (size_t index : g.params) params_->set_pending(index, last_mark_);
   }
   cuda::keep_sms_for_background(update_sms(), last_mark_);
   mark_images_current();

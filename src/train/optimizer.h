@@ -82,12 +82,9 @@ class AdamW {
   // The multi-tensor tables of the last step, one per update group (update_group: a layer, or
   // the embedding, the final norm, the head), in parameter order; rebuilt when a tensor's storage
   // has changed. step() runs them back to back, step_async() marks each as it is queued.
-  // The head's matrix is updated in blocks of rows, a group each (head_row_blocks), so that the
-  // next forward's head GEMM can start on the first rows while the last are being written.
   struct Group {
     ops::AdamWTensors tensors;
     std::vector<size_t> params;  // indices into the ParamSet
-    int64_t row_begin = 0, row_end = -1;  // a block of one parameter's rows; -1: every row
   };
   std::vector<Group> groups_;
   // The ParamSet's FP8 images the groups write (Fp8WeightImages::version when built), and per
@@ -101,13 +98,6 @@ class AdamW {
   void check_step(double lr) const;
   void await_updates() const;  // the current stream waits for the last step_async
 };
-
-// The blocks of rows an untied head's update is split into on the GPU (DSEEK_HEAD_BLOCKS, 1 to
-// 64; 4 unless set): the next forward multiplies each block of vocabulary rows once its update is
-// done (TrainModel::head_logits, ParamSet::at_rows), beside the update of the next block.
-// V2-Lite's head is 210M parameters: ~1.7 ms of update on an H100 and ~2.6 ms of GEMM, which ran
-// one after the other.
-int64_t head_row_blocks();
 
 // The update group of parameter `name`: its layer ("model.layers.3"), or outside the layers the
 // module it belongs to ("model.embed_tokens", "model.norm", "lm_head").

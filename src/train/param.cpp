@@ -45,55 +45,17 @@ void ParamSet::set_pending(size_t index, uint64_t mark) {
   pending_[index] = mark;
 }
 
-void ParamSet::wait_mark(uint64_t mark) const {
+void ParamSet::await(size_t index) const {
+  if (pending_count_ == 0 || index >= pending_.size() || pending_[index] == 0) return;
   // The main stream has waited through waited_main_ already (marks ascend and the background
   // stream runs in order): the 192 matrices of a layer's experts cost one wait, not 192.
   const bool main = !cuda::on_side_stream();
-  if (!main || mark > waited_main_) {
-    cuda::wait_background(mark);
-    if (main) waited_main_ = mark;
+  if (!main || pending_[index] > waited_main_) {
+    cuda::wait_background(pending_[index]);
+    if (main) waited_main_ = pending_[index];
   }
-}
-
-void ParamSet::await(size_t index) const {
-  if (pending_count_ == 0 || index >= pending_.size() || pending_[index] == 0) return;
-  wait_mark(pending_[index]);
   pending_[index] = 0;
   --pending_count_;
-  pending_rows_.erase(index);
-}
-
-void ParamSet::add_pending_rows(size_t index, int64_t row_end, uint64_t mark) {
-  DSEEK_CHECK(index < params_.size(), "[train] add_pending_rows: parameter {} of {}", index,
-              params_.size());
-  std::vector<std::pair<int64_t, uint64_t>>& blocks = pending_rows_[index];
-  // A new update's first block starts the list again.
-  if (!blocks.empty() && (blocks.back().first >= row_end || blocks.back().second > mark))
-    blocks.clear();
-  if (!blocks.empty() && blocks.back().second == mark) return;  // (no new block)
-  blocks.emplace_back(row_end, mark);
-}
-
-const Param& ParamSet::at_rows(const std::string& name, int64_t rows) {
-  auto it = index_.find(name);
-  DSEEK_CHECK(it != index_.end(), "[train] no parameter '{}'", name);
-  const size_t index = it->second;
-  if (pending_count_ != 0 && index < pending_.size() && pending_[index] != 0) {
-    const auto blocks = pending_rows_.find(index);
-    if (blocks != pending_rows_.end()) {
-      for (const auto& [row_end, mark] : blocks->second) {
-        if (row_end < rows) continue;
-        // A block before the last: wait for it alone (the whole update stays pending).
-        if (mark < pending_[index]) {
-          wait_mark(mark);
-          return params_[index];
-        }
-        break;
-      }
-    }
-  }
-  await(index);
-  return params_[index];
 }
 
 void ParamSet::await_all() const {
@@ -105,7 +67,6 @@ void ParamSet::await_all() const {
     m = 0;
   }
   pending_count_ = 0;
-  pending_rows_.clear();
   cuda::wait_background(latest);
   if (!cuda::on_side_stream()) waited_main_ = std::max(waited_main_, latest);
 }

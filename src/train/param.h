@@ -19,7 +19,6 @@
 #include <deque>
 #include <map>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
@@ -112,14 +111,6 @@ class ParamSet {
   // the next step's forward waits for a layer's update only when it reaches that layer. Holders of
   // a Tensor or Param& taken before the update must not use it without going through the set.
   void set_pending(size_t index, uint64_t mark);
-  // A parameter updated in blocks of rows (the head: AdamW's head_row_blocks): its rows
-  // [0, row_end) are written once the background passes `mark`. Blocks are added in ascending
-  // rows before the set_pending of the same mark; the whole update's waits forget them.
-  void add_pending_rows(size_t index, int64_t row_end, uint64_t mark);
-  // at(), waiting only for the update of rows [0, rows) where the parameter's update was queued
-  // in blocks of rows (else for all of it). The caller reads no later row of the value, grad or
-  // compute copy until an at() or at_rows() covering it.
-  const Param& at_rows(const std::string& name, int64_t rows);
   void await_all() const;  // waits for every update in flight
   bool pending() const { return pending_count_ > 0; }
   // Parameters without waiting, for the optimizer queueing the updates themselves.
@@ -135,9 +126,6 @@ class ParamSet {
  private:
   void await(size_t index) const;
   mutable std::vector<uint64_t> pending_;  // per parameter: its update's mark, 0 when none
-  // Per parameter updated in blocks of rows: (row_end, mark) of each block, ascending.
-  mutable std::map<size_t, std::vector<std::pair<int64_t, uint64_t>>> pending_rows_;
-  void wait_mark(uint64_t mark) const;  // the calling stream waits for the background's mark
   mutable size_t pending_count_ = 0;
   mutable uint64_t waited_main_ = 0;  // the main stream has waited for marks up to this one
   std::deque<Param> params_;

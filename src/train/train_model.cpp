@@ -253,25 +253,6 @@ void TrainModel::add_mtp_stats(const HeadCache& head, SequenceLosses& out) const
       out.expert_load.emplace_back(size_t(c.n_routed_experts), 0);
 }
 
-Tensor TrainModel::head_logits(const std::string& head, const Tensor& h0) {
-  // On the GPU in the blocks of vocabulary rows AdamW updates an untied head in
-  // (head_row_blocks): each block's GEMM waits only for its own rows' update (ParamSet::at_rows)
-  // and runs beside the update of the next. Always so on the GPU, pending update or not, so a
-  // step's logits do not depend on how the last update was queued.
-  const int64_t V = config_.vocab_size, blocks = head_row_blocks();
-  if (params_.device() != Device::CUDA || head != "lm_head.weight" || blocks < 2 || V < 2 * blocks)
-    return linear_forward(params_, head, h0);
-  const Param& first = params_.at_rows(head, V / blocks);
-  if (first.fp8 || first.value.size(0) != V) return linear_forward(params_, head, h0);
-  Tensor logits = Tensor::empty({h0.numel() / h0.size(-1), V}, activation_dtype(), h0.device());
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t r0 = V * b / blocks, r1 = V * (b + 1) / blocks;
-    const Param& p = params_.at_rows(head, r1);
-    ops::linear_into(h0, p.weight().slice(0, r0, r1), logits.slice(1, r0, r1));
-  }
-  return logits;
-}
-
 SequenceLosses TrainModel::head_forward(const Tensor& x_final, const std::vector<int32_t>& inputs,
                                         const std::vector<int32_t>& targets,
                                         const LossOptions& options, const Segments& segments,
@@ -286,7 +267,7 @@ SequenceLosses TrainModel::head_forward(const Tensor& x_final, const std::vector
   hc.x_final = x_final;
   hc.h0 = norm_forward(params_, "model.norm.weight", hc.x_final, eps);
   const Tensor& h0 = hc.h0;
-  hc.logits = head_logits(head, h0);
+  hc.logits = linear_forward(params_, head, h0);
   Tensor& logits = hc.logits;
   hc.ce = ops::cross_entropy_forward(logits, targets);
   const ops::CrossEntropyResult& ce = hc.ce;

@@ -152,8 +152,6 @@ class TrainModel {
                         const LossOptions& options, std::vector<BlockCache>& blocks);
   Tensor blocks_backward(int64_t first, int64_t last, const std::vector<BlockCache>& blocks,
                          Tensor dx, const LossOptions& options, float loss_scale);
-  // The main head's logits [T, V] of the final norm's output h0.
-  Tensor head_logits(const std::string& head, const Tensor& h0);
   SequenceLosses head_forward(const Tensor& x_final, const std::vector<int32_t>& inputs,
                               const std::vector<int32_t>& targets, const LossOptions& options,
                               const Segments& segments, HeadCache& cache);

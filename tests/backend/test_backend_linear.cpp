@@ -13,7 +13,6 @@
 //
 // (2) A bf16 output is one round-to-nearest of the f32 result: relative error at most 2^-8. f32
 // outputs get a relative 1e-6 for the roundings of beta·C + result.
-#include <array>
 #include <cmath>
 
 #include "backend/backend_harness.h"
@@ -91,45 +90,6 @@ TEST(BackendOps, Linear) {
                    gemm_tolerance(c.in, kProductRms, act));
     }
   }
-}
-
-// linear_into: the product written into a block of a wider output's columns (the training head's
-// logits in blocks of vocabulary rows), on the GPU and the CPU; the output's other columns keep
-// their poison, and the blocks together equal one linear. T = 3 and 1 would take the decode GEMV
-// into contiguous rows; strided rows must take the GEMM.
-TEST(BackendOps, LinearIntoColumnBlocks) {
-  DSEEK_REQUIRE_CUDA();
-  std::mt19937 rng(29);
-  for (DType act : kActDtypes) {
-    for (const auto& [T, in, V] : std::vector<std::array<int64_t, 3>>{
-             {257, 96, 103}, {3, 64, 40}, {1, 48, 17}, {64, 2048, 512}}) {
-      const Tensor x = rand({T, in}, rng), w = rand({V, in}, rng);
-      const Tensor want = ops::linear(rounded(x, act), rounded(w, act));
-      const int64_t blocks = 3;
-      for (Device device : {Device::CPU, Device::CUDA}) {
-        if (device == Device::CPU && act != DType::F32) continue;  // the CPU's act is f32
-        const Tensor xd = device == Device::CUDA ? on_gpu(x, act) : rounded(x, act);
-        const Tensor wd = device == Device::CUDA ? on_gpu(w, act) : rounded(w, act);
-        Tensor y = Tensor::poisoned({T, V + 5}, act, device);  // 5 columns no block writes
-        for (int64_t b = 0; b < blocks; ++b) {
-          const int64_t r0 = V * b / blocks, r1 = V * (b + 1) / blocks;
-          ops::linear_into(xd, wd.slice(0, r0, r1), y.slice(1, r0, r1));
-        }
-        const std::vector<float> all = y.to(DType::F32).to(Device::CPU).to_vector();
-        for (int64_t t = 0; t < T; ++t)
-          for (int64_t c = V; c < V + 5; ++c)
-            ASSERT_TRUE(std::isnan(all[size_t(t * (V + 5) + c)]))
-                << "column " << c << " of row " << t << " was written";
-        expect_close(device == Device::CUDA ? "linear_into cuda" : "linear_into cpu", {T, in, V},
-                     act, want, y.slice(1, 0, V).contiguous(),
-                     gemm_tolerance(in, kProductRms, act));
-      }
-    }
-  }
-  // A wrong output shape or dtype is an error naming the op.
-  const Tensor x = on_gpu(rand({4, 8}, rng), DType::F32), w = on_gpu(rand({6, 8}, rng), DType::F32);
-  const Tensor wrong = Tensor::zeros({4, 5}, DType::F32, Device::CUDA);
-  EXPECT_THROW(ops::linear_into(x, w, wrong), Error);
 }
 
 // A bias stored in another dtype than the activations (f32 bias, bf16 GEMM) is converted to act

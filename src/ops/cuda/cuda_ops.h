@@ -89,9 +89,8 @@ void embedding_backward(const int32_t* ids, int64_t T, int64_t D, const void* dy
 // ---- linear.cpp (cuBLASLt) -------------------------------------------------------------------
 // y[T, out] = x[T, in] · W[out, in]ᵀ (+ bias[out]), W rows ldw apart. x, y in act; W in act (bf16
 // GEMM with f32 accumulation, or f32 GEMM); bias (nullable) in bias_dtype. f32 accumulation.
-// y's rows ldy apart (0: out), so a call can fill a block of an output's columns.
 void linear(const void* x, int64_t T, int64_t in, const void* w, int64_t ldw, int64_t out,
-            const void* bias, DType bias_dtype, void* y, DType act, int64_t ldy = 0);
+            const void* bias, DType bias_dtype, void* y, DType act);
 // dx[T, in] (+)= dy·W (in act; beta 0 or 1);  dw[out, in] (+)= dyᵀ·x (f32, ld = in; beta 0 or 1);
 // dbias[out] (+)= Σ_t dy[t] (f32, nullable).
 void linear_backward_dx(const void* dy, int64_t T, int64_t out, const void* w, int64_t ldw,

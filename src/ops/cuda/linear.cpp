@@ -345,12 +345,9 @@ void fill_with_bias(const void* bias, DType bias_dtype, void* y, int64_t T, int6
 }  // namespace
 
 void linear(const void* x, int64_t T, int64_t in, const void* w, int64_t ldw, int64_t out,
-            const void* bias, DType bias_dtype, void* y, DType act, int64_t ldy) {
+            const void* bias, DType bias_dtype, void* y, DType act) {
   if (T == 0 || out == 0) return;
-  if (ldy == 0) ldy = out;
-  DSEEK_CHECK(ldy >= out, "[linear] output rows {} apart, narrower than {} columns", ldy, out);
   if (in == 0) {
-    DSEEK_CHECK(ldy == out, "[linear] an empty product into strided rows");
     fill_with_bias(bias, bias_dtype, y, T, out, act);
     return;
   }
@@ -360,7 +357,7 @@ void linear(const void* x, int64_t T, int64_t in, const void* w, int64_t ldw, in
     converted = dseek::cuda::alloc(size_t(out) * dtype_size(act));
     dseek::cuda::convert(bias, bias_dtype, converted, act, size_t(out));
   }
-  if (ldy == out && gemv_takes(T, in, x, w, ldw, act)) {  // a decode step's few rows
+  if (gemv_takes(T, in, x, w, ldw, act)) {  // a decode step's few rows: weight streaming
     gemv(x, T, in, w, ldw, out, converted ? converted : bias, y, act);
     dseek::cuda::free(converted);
     return;
@@ -376,7 +373,7 @@ void linear(const void* x, int64_t T, int64_t in, const void* w, int64_t ldw, in
                x,
                in,
                y,
-               ldy,
+               out,
                cuda_type(act),
                cuda_type(act),
                converted ? converted : bias,
