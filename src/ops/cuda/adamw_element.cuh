@@ -83,38 +83,6 @@ __device__ __forceinline__ float4 adamw_quad(float* value, const float* grad,
   return p;
 }
 
-// Two quads k1 and k2 of one tensor at once, every load issued before any arithmetic: a thread
-// then has 96 bytes in flight instead of 48. Beside the next forward the update gets a few SMs,
-// and there its bandwidth is bounded by the bytes each SM keeps in flight, not by HBM. The same
-// operations per element as adamw_quad, so the same bits. Returns the two quads' new values.
-template <bool BF16>
-__device__ __forceinline__ void adamw_quad_pair(float* value, const float* grad,
-                                                const MomentArray<BF16>& m_of,
-                                                const MomentArray<BF16>& v_of, int64_t k1,
-                                                int64_t k2, const AdamWScalars& s, float decay,
-                                                float4& p1, float4& p2) {
-  p1 = *reinterpret_cast<const float4*>(value + k1);
-  p2 = *reinterpret_cast<const float4*>(value + k2);
-  const float4 g1 = *reinterpret_cast<const float4*>(grad + k1);
-  const float4 g2 = *reinterpret_cast<const float4*>(grad + k2);
-  float4 m1 = m_of.load4(k1), m2 = m_of.load4(k2);
-  float4 v1 = v_of.load4(k1), v2 = v_of.load4(k2);
-  adamw_element(p1.x, m1.x, v1.x, g1.x, s, decay);
-  adamw_element(p1.y, m1.y, v1.y, g1.y, s, decay);
-  adamw_element(p1.z, m1.z, v1.z, g1.z, s, decay);
-  adamw_element(p1.w, m1.w, v1.w, g1.w, s, decay);
-  adamw_element(p2.x, m2.x, v2.x, g2.x, s, decay);
-  adamw_element(p2.y, m2.y, v2.y, g2.y, s, decay);
-  adamw_element(p2.z, m2.z, v2.z, g2.z, s, decay);
-  adamw_element(p2.w, m2.w, v2.w, g2.w, s, decay);
-  *reinterpret_cast<float4*>(value + k1) = p1;
-  *reinterpret_cast<float4*>(value + k2) = p2;
-  m_of.store4(k1, m1);
-  m_of.store4(k2, m2);
-  v_of.store4(k1, v1);
-  v_of.store4(k2, v2);
-}
-
 // The entry of a multi-tensor table that holds unit `index` (a chunk, a tile): the last whose
 // `begin` member is ≤ index (entries ascend by it and none is empty, so that entry owns it).
 template <typename Entry>
