@@ -300,3 +300,43 @@ TEST(Dpo, GradientMatchesFiniteDifferencesOfTheLoss) {
   }
   EXPECT_LT(worst, 2e-2);
 }
+
+// LossOptions::token_logp off (the trainer's language-model steps) leaves
+// SequenceLosses::token_logp empty and changes nothing else; on (the default) it holds log
+// p(target) — the picked logit minus the row's log-sum-exp, 0 at an ignored target — and
+// token_weights fill it whatever the option.
+TEST(TrainPacking, TokenLogpOnlyWhenAsked) {
+  const ModelConfig c = llama_config();
+  ParamSet params;
+  TrainModel::init_params(c, 6, 0.3, params);
+  TrainModel model(c, params);
+  const std::vector<int32_t> in = random_ids(12, c.vocab_size, 8);
+  std::vector<int32_t> tg = random_ids(12, c.vocab_size, 9);
+  tg[3] = ops::kIgnoreIndex;
+  LossOptions on, off;
+  off.token_logp = false;
+  const SequenceLosses with = model.forward(in, tg, on, Segments{5, 7});
+  const SequenceLosses without = model.forward(in, tg, off, Segments{5, 7});
+  EXPECT_TRUE(without.token_logp.empty());
+  EXPECT_EQ(without.total, with.total);
+  EXPECT_EQ(without.main_ce, with.main_ce);
+  ASSERT_EQ(with.token_logp.size(), in.size());
+  EXPECT_EQ(with.token_logp[3], 0.0);
+  // The mean of −log p over counted targets is the cross-entropy.
+  double sum = 0;
+  for (size_t t = 0; t < tg.size(); ++t) {
+    if (tg[t] == ops::kIgnoreIndex) continue;
+    EXPECT_LT(with.token_logp[t], 0.0) << "position " << t;
+    sum -= with.token_logp[t];
+  }
+  EXPECT_NEAR(sum / double(with.main_tokens), with.main_ce, 1e-5);
+  LossOptions weighted = off;
+  std::vector<double> seen;
+  weighted.token_weights = [&seen](const std::vector<double>& logp) {
+    seen = logp;
+    return std::vector<float>(logp.size(), 1.0f);
+  };
+  const SequenceLosses w = model.forward(in, tg, weighted, Segments{5, 7});
+  EXPECT_EQ(seen, with.token_logp);
+  EXPECT_EQ(w.token_logp, with.token_logp);
+}
