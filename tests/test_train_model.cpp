@@ -349,3 +349,43 @@ TEST(TrainModel, Bf16ComputeKeepsF32Masters) {
   bf16.refresh_compute();
   EXPECT_EQ(w.compute.to_vector()[0], 1.25f);
 }
+
+// An untied embedding keeps no bf16 copy (its lookup reads the master's rows, so a copy would only
+// cost the optimizer a write a step): the losses and gradients are the same bits as with a copy
+// forced onto it. A tied one keeps its copy, which the head multiplies.
+TEST(TrainModel, Bf16ComputeLeavesAnUntiedEmbeddingWithoutACopy) {
+  const ModelConfig c = v3_config();
+  ASSERT_FALSE(c.tie_word_embeddings);
+  ParamSet without, with;
+  TrainModel::init_params(c, 8, 0.3, without);
+  TrainModel::init_params(c, 8, 0.3, with);
+  without.set_compute_dtype(DType::BF16);
+  with.set_compute_dtype(DType::BF16);
+  const std::string embed = "model.embed_tokens.weight";
+  EXPECT_FALSE(without.at(embed).compute.defined());
+  EXPECT_TRUE(without.at("lm_head.weight").compute.defined());
+  with.at(embed).compute = with.at(embed).value.to(DType::BF16);
+  TrainModel a(c, without), b(c, with);
+  LossOptions o;
+  o.mtp_lambda = 0.3;
+  const std::vector<int32_t> seq = random_ids(17, c.vocab_size, 3);
+  const std::vector<int32_t> in(seq.begin(), seq.end() - 1), tg(seq.begin() + 1, seq.end());
+  const SequenceLosses x = a.forward_backward(in, tg, o, 1.0f);
+  const SequenceLosses y = b.forward_backward(in, tg, o, 1.0f);
+  EXPECT_EQ(x.main_ce, y.main_ce);
+  ASSERT_EQ(x.mtp_ce.size(), y.mtp_ce.size());
+  for (size_t k = 0; k < x.mtp_ce.size(); ++k) EXPECT_EQ(x.mtp_ce[k], y.mtp_ce[k]);
+  for (const Param& p : without.all()) {
+    if (p.trainable) {
+      EXPECT_EQ(p.grad.to_vector(), with.grad(p.name).to_vector()) << p.name;
+    }
+  }
+
+  ModelConfig tied = c;
+  tied.tie_word_embeddings = true;
+  ParamSet t;
+  TrainModel::init_params(tied, 8, 0.3, t);
+  ASSERT_FALSE(t.has("lm_head.weight"));
+  t.set_compute_dtype(DType::BF16);
+  EXPECT_TRUE(t.at(embed).compute.defined());
+}

@@ -92,8 +92,9 @@ class ParamSet {
   // zeroing, followed by a forward_backward, which settles what its writers did not overwrite.
   void zero_grad(bool defer_overwritten = false);
   void settle_grads();  // zeros every stale grad (settle_grad)
-  // F32: no compute copies. BF16: copies of every trainable 2-D parameter except the MoE routers
-  // and the FP8 linears (which quantise their masters), rounded to nearest even.
+  // F32: no compute copies. BF16: copies of every trainable 2-D parameter except the MoE routers,
+  // the FP8 linears (which quantise their masters) and an embedding beside an lm_head (untied: it
+  // is only looked up, from the master), rounded to nearest even.
   void set_compute_dtype(DType dtype);
   DType compute_dtype() const { return compute_dtype_; }
   void refresh_compute();  // re-round the copies from the masters (after an optimizer step)
