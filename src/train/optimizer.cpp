@@ -11,15 +11,6 @@
 
 namespace dseek::train {
 
-namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-}  // namespace
-
 void check_state_tensor(const std::map<std::string, Tensor>& tensors, const std::string& name,
                         const Shape& shape) {
   auto it = tensors.find(name);
@@ -90,7 +81,7 @@ std::string update_group(const std::string& name) {
 std::string update_order_key(const std::string& name) {
   const std::string group = update_group(name);
   if (routed_expert_of(name) < 0) return group;
-  return group + (ends_with(name, ".down_proj.weight") ? " experts down" : " experts gate/up");
+  return group + (name.ends_with(".down_proj.weight") ? " experts down" : " experts gate/up");
 }
 
 // Whether groups_ still name every trainable parameter's current value, grad and moments (a
@@ -347,7 +338,7 @@ BackwardGradNorm::BackwardGradNorm(ParamSet& params, int64_t num_hidden_layers)
   for (size_t i = 0; i < grads_.size(); ++i) {
     const std::string& name = grads_[i]->name;
     const int64_t e = routed_expert_of(name);
-    if (e < 0 || !ends_with(name, "_proj.weight")) continue;
+    if (e < 0 || !name.ends_with("_proj.weight")) continue;
     const std::string index = ".experts." + std::to_string(e) + ".";
     const size_t at = name.find(index);
     groups[name.substr(0, at) + ".experts.*." + name.substr(at + index.size())].push_back(i);
@@ -427,8 +418,8 @@ double clip_grad_norm(ParamSet& params, double max_norm) {
 }
 
 bool decays(const std::string& param_name) {
-  return !(ends_with(param_name, "norm.weight") || ends_with(param_name, ".bias") ||
-           ends_with(param_name, "e_score_correction_bias"));
+  return !(param_name.ends_with("norm.weight") || param_name.ends_with(".bias") ||
+           param_name.ends_with("e_score_correction_bias"));
 }
 
 }  // namespace dseek::train

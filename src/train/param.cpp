@@ -178,16 +178,12 @@ void ParamSet::refresh_compute() {
   if (compute_dtype_ == DType::F32) return;
   await_all();
   // Router weights stay f32, as DeepSeek-V3 keeps its gates in higher precision.
-  auto ends_with = [](const std::string& n, const std::string& suffix) {
-    return n.size() >= suffix.size() &&
-           n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0;
-  };
   // An embedding beside its own lm_head (untied) is only looked up, from the master's rows: a
   // copy would cost the update 2 bytes a parameter (0.42 GB a step for V2-Lite) for nothing.
   const bool untied = has("lm_head.weight");
   for (Param& p : params_)  // FP8 linears (mark_fp8_linears) multiply from the master
-    if (p.trainable && p.value.dim() == 2 && !ends_with(p.name, ".gate.weight") && !p.fp8 &&
-        !(untied && ends_with(p.name, "embed_tokens.weight")))
+    if (p.trainable && p.value.dim() == 2 && !p.name.ends_with(".gate.weight") && !p.fp8 &&
+        !(untied && p.name.ends_with("embed_tokens.weight")))
       p.compute = p.value.to(compute_dtype_);
 }
 

@@ -194,10 +194,6 @@ nlohmann::json toml_to_json(const toml::node& node, const std::string& where) {
        node.source().begin.line);
 }
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 }  // namespace
 
 const std::vector<ConfigField>& train_config_fields() {
@@ -215,7 +211,7 @@ void load_train_config_file(const std::string& path, TrainConfig& config) {
   std::stringstream ss;
   ss << in.rdbuf();
   const std::string text = ss.str();
-  if (ends_with(path, ".json")) {
+  if (path.ends_with(".json")) {
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(text);
@@ -225,7 +221,7 @@ void load_train_config_file(const std::string& path, TrainConfig& config) {
     apply_json(config, j, "", path);
     return;
   }
-  DSEEK_CHECK(ends_with(path, ".toml"), "[train] {}: config files are .toml or .json", path);
+  DSEEK_CHECK(path.ends_with(".toml"), "[train] {}: config files are .toml or .json", path);
   toml::table table;
   try {
     table = toml::parse(text, path);

@@ -19,10 +19,6 @@
 namespace dseek::train {
 namespace {
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 // MTP modules share the main embedding and head in training (DeepSeek-V3 §2.2).
 bool is_shared_mtp_tensor(const ModelConfig& c, const std::string& name) {
   for (int64_t k = 0; k < c.num_nextn_predict_layers; ++k) {
@@ -65,7 +61,7 @@ std::vector<float> target_logits(const Tensor& logits, const std::vector<int32_t
 }  // namespace
 
 bool is_training_buffer(const std::string& name) {
-  return ends_with(name, ".e_score_correction_bias");
+  return name.ends_with(".e_score_correction_bias");
 }
 
 bool in_part(const ModelConfig& config, const ModelPart& part, const std::string& name) {
