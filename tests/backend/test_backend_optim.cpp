@@ -526,7 +526,10 @@ TEST(BackendOptim, ParamSetToCudaAndBack) {
     EXPECT_TRUE(p.compute.is_cuda());
     EXPECT_TRUE(bytes_of(p.compute) == bytes_of(cpu.at(p.name).compute)) << p.name;
   }
-  EXPECT_EQ(copies, 5u);  // trainable, 2-D and not a router
+  // Trainable, 2-D, not a router, and not the embedding: lm_head is untied, so the lookup reads
+  // the embedding's master (ParamSet::set_compute_dtype).
+  EXPECT_EQ(copies, 4u);
+  EXPECT_FALSE(gpu.at("model.embed_tokens.weight").compute.defined());
   // zero_grad on poisoned gradients.
   for (Param& p : gpu.all())
     if (p.grad.defined())
