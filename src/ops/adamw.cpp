@@ -9,6 +9,7 @@
 #include "ops/cpu/fp8_cpu.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/device.h"
+#include "ops/grad_rows.h"
 
 namespace dseek::ops {
 
@@ -59,7 +60,8 @@ std::vector<cuda::MultiTensorEntry> grad_entries(const std::vector<Tensor>& tens
   std::vector<cuda::MultiTensorEntry> host;
   for (const Tensor& t : tensors)
     if (t.numel() > 0)
-      host.push_back({nullptr, t.data<float>(), nullptr, nullptr, t.numel(), 0, 0, nullptr});
+      host.push_back(
+          {nullptr, t.data<float>(), nullptr, nullptr, t.numel(), 0, 0, nullptr, nullptr, 0});
   return host;
 }
 
@@ -125,7 +127,8 @@ void check_image(const AdamWImage& im, const Tensor& value, const Tensor& comput
 AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads,
                            std::vector<Tensor> exp_avgs, std::vector<Tensor> exp_avg_sqs,
                            std::vector<uint8_t> decay, std::vector<Tensor> computes,
-                           std::vector<AdamWImage> images, Tensor bad) {
+                           std::vector<AdamWImage> images, Tensor bad,
+                           std::vector<Tensor> row_flags) {
   const size_t n = values.size();
   DSEEK_CHECK(images.empty() || images.size() == n,
               "[adamw] {} values and {} FP8 images: one each, or none", n, images.size());
@@ -136,6 +139,10 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
               "compute copies: one each (no compute copies at all is fine too)",
               n, grads.size(), exp_avgs.size(), exp_avg_sqs.size(), decay.size(), computes.size());
   if (computes.empty()) computes.resize(n);
+  DSEEK_CHECK(row_flags.empty() || row_flags.size() == n,
+              "[adamw] {} values and {} gradient row flags: one each, or none", n,
+              row_flags.size());
+  if (row_flags.empty()) row_flags.resize(n);
   AdamWTensors t;
   t.device = list_device("adamw", values);
   if (!exp_avgs.empty() && exp_avgs.front().defined()) t.moments = exp_avgs.front().dtype();
@@ -166,6 +173,8 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
                   shape_str(computes[i].shape()));
       op_device("adamw", {&values[i], &computes[i]});
     }
+    if (row_flags[i].defined())
+      check_grad_rows(grads[i], row_flags[i], "adamw gradient " + std::to_string(i));
   }
   bool any_image = false;
   for (size_t i = 0; i < n; ++i)
@@ -210,13 +219,17 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
                                   with_image.size() * sizeof(cuda::AdamWImageEntry));
     }
     std::vector<cuda::MultiTensorEntry> host;
-    for (size_t i = 0; i < n; ++i)
-      if (values[i].numel() > 0 && !images[i].q.defined())
-        host.push_back(
-            {values[i].data<float>(), grads[i].data<float>(),
-             static_cast<float*>(exp_avgs[i].raw()),  // bf16 moments: read as such (t.moments)
-             static_cast<float*>(exp_avg_sqs[i].raw()), values[i].numel(), 0, decay[i] ? 1 : 0,
-             computes[i].defined() ? static_cast<uint16_t*>(computes[i].raw()) : nullptr});
+    for (size_t i = 0; i < n; ++i) {
+      if (values[i].numel() == 0 || images[i].q.defined()) continue;
+      // Row flags where a row is whole quads (the kernel's loads never straddle two rows).
+      const bool by_rows = row_flags[i].defined() && values[i].size(1) % 4 == 0;
+      host.push_back(
+          {values[i].data<float>(), grads[i].data<float>(),
+           static_cast<float*>(exp_avgs[i].raw()),  // bf16 moments: read as such (t.moments)
+           static_cast<float*>(exp_avg_sqs[i].raw()), values[i].numel(), 0, decay[i] ? 1 : 0,
+           computes[i].defined() ? static_cast<uint16_t*>(computes[i].raw()) : nullptr,
+           by_rows ? row_flags[i].data<uint8_t>() : nullptr, by_rows ? values[i].size(1) : 0});
+    }
     const MultiTensorTable table = device_table(host);
     t.table = table.words;
     t.entries = table.entries;
@@ -233,6 +246,7 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
   t.computes = std::move(computes);
   t.images = std::move(images);
   t.bad = std::move(bad);
+  t.row_flags = std::move(row_flags);
   return t;
 }
 

@@ -69,6 +69,9 @@ struct AdamWTensors {
   std::vector<Tensor> values, grads, exp_avgs, exp_avg_sqs, computes;
   std::vector<uint8_t> decay;  // per tensor: decoupled weight decay applies
   std::vector<AdamWImage> images;  // per tensor, or empty (see below)
+  // Per tensor: undefined, or the gradient's row flags (ops/grad_rows.h): the GPU step reads no
+  // row whose flag is 0 (it holds zeros); the CPU step reads every row (the same values).
+  std::vector<Tensor> row_flags;
   Tensor bad;                      // the images' non-finite flag (device i32), or undefined
   // GPU: cuda::MultiTensorEntry per non-empty tensor without an image, cuda::AdamWImageEntry per
   // one with (as i64 words).
@@ -83,11 +86,14 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
 
 // adamw_tensors with images: images[i] is tensor i's (q undefined: none). `bad`: a device i32
 // that the GPU step sets when an updated value with an image is NaN or Inf (that tile's codes are
-// then not written); the CPU step throws naming the tensor instead.
+// then not written); the CPU step throws naming the tensor instead. row_flags: empty, or one per
+// tensor, each undefined or grad i's row flags (checked by ops::check_grad_rows; a tensor with
+// an image, or whose rows are not a multiple of 4 long, reads every row).
 AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads,
                            std::vector<Tensor> exp_avgs, std::vector<Tensor> exp_avg_sqs,
                            std::vector<uint8_t> decay, std::vector<Tensor> computes,
-                           std::vector<AdamWImage> images, Tensor bad);
+                           std::vector<AdamWImage> images, Tensor bad,
+                           std::vector<Tensor> row_flags = {});
 // One step of every tensor of `t` (values, moments and compute copies updated in place, grads read
 // and multiplied by grad_scale).
 // `short_blocks` (GPU): one chunk a block, so that the blocks of a launch on a low-priority stream

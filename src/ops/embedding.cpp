@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/device.h"
+#include "ops/grad_rows.h"
 
 namespace dseek::ops {
 
@@ -52,7 +53,7 @@ Tensor embedding(const Tensor& table, const std::vector<int32_t>& ids, DType act
 }
 
 void embedding_backward_accumulate(const std::vector<int32_t>& ids, const Tensor& dy,
-                                   Tensor& dtable) {
+                                   Tensor& dtable, const Tensor& row_flags) {
   DSEEK_CHECK(dtable.defined() && dtable.dtype() == DType::F32 && dtable.dim() == 2 &&
                   dtable.is_contiguous(),
               "[embedding] gradient table must be f32 contiguous [V, D], got {}",
@@ -65,13 +66,15 @@ void embedding_backward_accumulate(const std::vector<int32_t>& ids, const Tensor
   const Device device = op_device("embedding", {&dy, &dtable});
   [[maybe_unused]] const DType act = activation_dtype("embedding", dy);
   check_ids(ids, V);
+  if (row_flags.defined()) check_grad_rows(dtable, row_flags, "embedding gradient");
   const Tensor g = dy.is_contiguous() ? dy : dy.contiguous();
   if (device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
     if (ids.empty() || D == 0) return;
     const Tensor dids = Tensor::from_ids(ids).to(Device::CUDA);
     cuda::embedding_backward(dids.data<int32_t>(), int64_t(ids.size()), D, g.raw(), act,
-                             dtable.data<float>(), V);
+                             dtable.data<float>(), V,
+                             row_flags.defined() ? row_flags.data<uint8_t>() : nullptr);
     return;
 #else
     cuda_not_built("embedding");
@@ -79,7 +82,9 @@ void embedding_backward_accumulate(const std::vector<int32_t>& ids, const Tensor
   }
   const float* src = g.data<float>();
   float* dst = dtable.data<float>();
+  uint8_t* flags = row_flags.defined() ? row_flags.data<uint8_t>() : nullptr;
   for (size_t t = 0; t < ids.size(); ++t) {
+    if (flags) flags[ids[t]] = 1;
     float* row = dst + size_t(ids[t]) * size_t(D);
     const float* d = src + t * size_t(D);
     for (int64_t i = 0; i < D; ++i) row[i] += d[i];

@@ -24,8 +24,9 @@ Tensor embedding_device_ids(const Tensor& table, const Tensor& ids, DType act = 
 // ids that repeat accumulate, rows never looked up get 0. Returns dtable [V, D] f32 on dy's
 // device whatever the table's dtype. Deterministic on both devices (rows added in token order).
 Tensor embedding_backward(const std::vector<int32_t>& ids, const Tensor& dy, int64_t vocab);
-// Adds into an existing f32 contiguous dtable [V, D] (gradient accumulation).
+// Adds into an existing f32 contiguous dtable [V, D] (gradient accumulation). row_flags, where
+// defined (U8 [V] on dtable's device, ops/grad_rows.h): the flag of every row added to is set.
 void embedding_backward_accumulate(const std::vector<int32_t>& ids, const Tensor& dy,
-                                   Tensor& dtable);
+                                   Tensor& dtable, const Tensor& row_flags = Tensor());
 
 }  // namespace dseek::ops

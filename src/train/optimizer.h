@@ -130,8 +130,10 @@ float clip_factor(double norm, double max_norm);
 // background stream, beside the layers still running (ops::SumOfSquaresParts); norm() adds the
 // embedding's and returns grad_norm's bits. One object a step; on the CPU the same sums at once.
 // The routed experts' weight gradients are summed by their writer instead (Param::grad_squares:
-// a slot for each projection's experts of a layer), so the norm does not read them again; their
-// sums add to the others' in a fixed place: the same norm as grad_norm up to the order of sums.
+// a slot for each projection's experts of a layer), so the norm does not read them again, and on
+// the GPU a gradient with row flags (Param::grad_rows: the embedding's) is summed over its flagged
+// rows only; their sums add to the others' in a fixed place: the same norm as grad_norm up to the
+// order of sums.
 class BackwardGradNorm {
  public:
   BackwardGradNorm(ParamSet& params, int64_t num_hidden_layers);
@@ -146,8 +148,11 @@ class BackwardGradNorm {
   int64_t layers_;
   std::vector<Param*> grads_;      // trainable parameters, grad_norm's order
   std::vector<int64_t> layer_of_;  // main layer index, -1 elsewhere, -2 for the embedding
-  std::vector<uint8_t> by_writer_;  // summed by its writer (Param::grad_squares)
+  std::vector<uint8_t> by_writer_;  // summed by its writer (Param::grad_squares) or by rows
   ops::SumOfSquaresParts parts_;
+  // GPU: the gradients with row flags (Param::grad_rows), each summed over its flagged rows into
+  // its slot when the norm is taken.
+  std::vector<std::pair<Param*, double*>> by_rows_;
   void release_slots();
   bool head_added_ = false;
   uint64_t last_mark_ = 0;

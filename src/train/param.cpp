@@ -5,6 +5,7 @@
 
 #include "core/cuda.h"
 #include "core/error.h"
+#include "ops/grad_rows.h"
 
 namespace dseek::train {
 
@@ -79,6 +80,7 @@ void ParamSet::to(Device device) {
     p.value = p.value.to(device);
     if (p.grad.defined()) p.grad = p.grad.to(device);
     if (p.compute.defined()) p.compute = p.compute.to(device);
+    if (p.grad_rows.defined()) p.grad_rows = p.grad_rows.to(device);  // they follow the grad
   }
   device_ = device;
 }
@@ -119,6 +121,16 @@ void zero_bytes(Tensor& grad) {
     std::memset(grad.data<float>(), 0, grad.nbytes());
 }
 
+// Every row flag set (any row may be non-zero: always right).
+void flag_all_rows(Param& p) {
+  Tensor& f = p.grad_rows;
+  if (!f.defined() || f.numel() == 0) return;
+  if (f.is_cuda())
+    cuda::fill_bytes(f.raw(), 1, size_t(f.numel()));
+  else
+    std::memset(f.raw(), 1, size_t(f.numel()));
+}
+
 }  // namespace
 
 bool mark_grad_zero(Param& p, bool defer_overwritten) {
@@ -128,13 +140,28 @@ bool mark_grad_zero(Param& p, bool defer_overwritten) {
 }
 
 void write_grad_zeros(Param& p) {
-  zero_bytes(p.grad);
+  if (p.grad_rows.defined())
+    ops::zero_flagged_rows(p.grad, p.grad_rows);  // the unflagged rows are zeros already
+  else
+    zero_bytes(p.grad);
 }
 
 void ParamSet::zero_grad(bool defer_overwritten) {
   await_all();
-  for (Param& p : params_)
-    if (p.grad.defined() && mark_grad_zero(p, defer_overwritten)) write_grad_zeros(p);
+  for (Param& p : params_) {
+    if (!p.grad.defined() || !mark_grad_zero(p, defer_overwritten)) continue;
+    zero_bytes(p.grad);
+    flag_all_rows(p);  // whoever writes the gradient next need not know about the flags
+  }
+}
+
+void ParamSet::track_grad_rows(const std::string& name) {
+  Param& p = at(name);
+  DSEEK_CHECK(p.trainable && p.grad.defined() && p.grad.dim() == 2,
+              "[train] gradient row flags for '{}': it must be a trainable matrix", name);
+  if (p.grad_rows.defined()) return;
+  p.grad_rows = Tensor::empty({p.grad.size(0)}, DType::U8, p.grad.device());
+  flag_all_rows(p);
 }
 
 void settle_grad(Param& p) {
@@ -143,13 +170,19 @@ void settle_grad(Param& p) {
   p.grad_stale = false;
 }
 
-Tensor& grad_to_add(Param& p) {
+Tensor& grad_rows_to_add(Param& p) {
   settle_grad(p);
   p.grad_zero = false;
   return p.grad;
 }
 
+Tensor& grad_to_add(Param& p) {
+  flag_all_rows(p);
+  return grad_rows_to_add(p);
+}
+
 bool overwrite_grad(Param& p) {
+  flag_all_rows(p);
   if (!p.grad_zero) {
     settle_grad(p);
     return false;

@@ -51,6 +51,15 @@ struct Param {
   // slot for all experts of a projection), taken and cleared by their grouped wgrad (moe_layer),
   // whose kernels add up the squares as they store dW instead of the norm reading it again.
   double* grad_squares = nullptr;
+  // The gradient's row flags (ops/grad_rows.h), or undefined: where defined, a row whose flag is
+  // 0 holds zeros, which lets AdamW, the gradient norm and the zeroing skip the rows a step did
+  // not write. ParamSet::track_grad_rows gives them to a matrix whose writer touches few rows (the
+  // embedding: the batch's tokens). The functions below keep the rule: grad_to_add and
+  // overwrite_grad set every flag (their writers may touch any row), grad_rows_to_add leaves them
+  // to its writer (ops::embedding_backward_accumulate sets its rows'), write_grad_zeros zeros the
+  // flagged rows and clears their flags, and ParamSet::zero_grad zeros every row but sets every
+  // flag, so that code writing the gradient directly after it stays right.
+  Tensor grad_rows;
 
   // What linear layers multiply with: the compute copy when there is one, else the master.
   const Tensor& weight() const { return compute.defined() ? compute : value; }
@@ -92,6 +101,8 @@ class ParamSet {
   // zeroing, followed by a forward_backward, which settles what its writers did not overwrite.
   void zero_grad(bool defer_overwritten = false);
   void settle_grads();  // zeros every stale grad (settle_grad)
+  // Gives parameter `name` (a trainable matrix) gradient row flags (Param::grad_rows), all set.
+  void track_grad_rows(const std::string& name);
   // F32: no compute copies. BF16: copies of every trainable 2-D parameter except the MoE routers,
   // the FP8 linears (which quantise their masters) and an embedding beside an lm_head (untied: it
   // is only looked up, from the master), rounded to nearest even.
@@ -147,6 +158,9 @@ void settle_grad(Param& p);
 // zeros to it, 4 bytes a parameter not written); false after grad_to_add's work.
 Tensor& grad_to_add(Param& p);
 bool overwrite_grad(Param& p);
+// grad_to_add for a writer that adds to some rows and sets their flags in Param::grad_rows itself
+// (the flags are left as they are; the writer must set its rows' when they are defined).
+Tensor& grad_rows_to_add(Param& p);
 // zero_grad's work on one parameter with a gradient, in its two halves (AdamW::step_async writes
 // the zeros on the background stream after the parameter's update): the flags — grad_zero, and
 // grad_stale where `defer_overwritten` leaves the zeros to the gradient's writer — returning

@@ -308,7 +308,7 @@ void PipelineStage::gather_embedding_grad() {
   if (layout_.last()) {
     group_.send(span_of(params_.grad(kEmbed)), first_rank, kEmbedGradTag);
   } else if (layout_.first()) {
-    const Tensor& grad = params_.grad(kEmbed);
+    const Tensor& grad = grad_to_add(params_.at(kEmbed));  // any row (Param::grad_rows)
     const Tensor other = Tensor::empty(grad.shape());
     group_.recv(span_of(other), last_rank, kEmbedGradTag);
     float* g = grad.data<float>();

@@ -1,6 +1,7 @@
 #include "train/train_model.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
 
 #include "core/error.h"
@@ -142,6 +143,17 @@ TrainModel::TrainModel(const ModelConfig& config, ParamSet& params, const ModelP
   const int64_t layers = config_.num_hidden_layers + config_.num_nextn_predict_layers;
   for (int64_t l = 0; l < layers; ++l)
     if (config_.is_moe_layer(l)) moe_layers_.push_back("model.layers." + std::to_string(l) + ".mlp");
+  // The embedding's gradient: a batch writes only its tokens' rows (ops/grad_rows.h). A tied head
+  // writes every row, so its flags would only cost a fill a step. DSEEK_GRAD_ROWS=0: no flags
+  // (every row read, summed and zeroed, as before), for comparisons.
+  static const bool grad_rows = [] {
+    const char* env = std::getenv("DSEEK_GRAD_ROWS");
+    return !(env && std::string(env) == "0");
+  }();
+  const std::string embed = "model.embed_tokens.weight";
+  if (grad_rows && !config_.tie_word_embeddings && params_.has(embed) &&
+      params_.at(embed).trainable)
+    params_.track_grad_rows(embed);
 }
 
 namespace {
@@ -204,8 +216,8 @@ Tensor TrainModel::embed_forward(const std::vector<int32_t>& inputs) {
 }
 
 void TrainModel::embed_backward(const std::vector<int32_t>& inputs, const Tensor& dx) {
-  ops::embedding_backward_accumulate(inputs, dx,
-                                     grad_to_add(params_.at("model.embed_tokens.weight")));
+  Param& e = params_.at("model.embed_tokens.weight");
+  ops::embedding_backward_accumulate(inputs, dx, grad_rows_to_add(e), e.grad_rows);
 }
 
 Tensor TrainModel::blocks_forward(int64_t first, int64_t last, Tensor x, const Segments& segments,
@@ -387,8 +399,8 @@ Tensor TrainModel::head_backward(HeadCache& hc, const std::vector<int32_t>& targ
     const Tensor de = d_cat.slice(1, 0, D).contiguous();
     const Tensor dhn = d_cat.slice(1, D, 2 * D).contiguous();
     const Tensor d_e_in = norm_backward(params_, p + ".enorm.weight", m.e_in, eps, de);
-    ops::embedding_backward_accumulate(m.ids, d_e_in,
-                                       grad_to_add(params_.at("model.embed_tokens.weight")));
+    Param& e = params_.at("model.embed_tokens.weight");
+    ops::embedding_backward_accumulate(m.ids, d_e_in, grad_rows_to_add(e), e.grad_rows);
     const Tensor d_prev = norm_backward(params_, p + ".hnorm.weight", m.h_prev, eps, dhn);
     // Rows i < n − k of each segment of h^{k−1} received d_prev.
     const Segments& prev_segments = mtp_segments[size_t(k - 1)];

@@ -21,7 +21,9 @@
 #include "dist/nccl_process_group.h"
 #include "dist/process_group.h"
 #include "ops/adamw.h"
+#include "ops/embedding.h"
 #include "ops/fp8.h"
+#include "ops/grad_rows.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
 #include "train/param.h"
@@ -368,6 +370,138 @@ TEST(BackendOptim, AdamWWritesFp8ImagesOfTheNewMasters) {
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find("tensor 0 [256, 384]"), std::string::npos) << e.what();
       EXPECT_NE(std::string(e.what()).find("NaN or Inf"), std::string::npos) << e.what();
+    }
+  }
+}
+
+// Gradient row flags on the GPU (ops/grad_rows.h) against the CPU ops: the zeroing of the flagged
+// rows (the unflagged ones hold NaN and must not be written), the sum of their squares (the NaN
+// rows not read; the same value up to the order of sums), and the embedding's backward setting
+// exactly its tokens' flags — rows of whole quads and not, over several sizes.
+TEST(BackendOptim, GradRowsOpsMatchCpu) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(61);
+  for (const Shape& shape : {Shape{1000, 64}, Shape{257, 67}, Shape{3, 2048}, Shape{102, 1}}) {
+    SCOPED_TRACE(shape_str(shape));
+    const int64_t rows = shape[0], cols = shape[1];
+    Tensor g = rand(shape, rng, 1.0f);
+    Tensor flags = Tensor::empty({rows}, DType::U8);
+    float* gp = g.data<float>();
+    uint8_t* f = flags.data<uint8_t>();
+    for (int64_t r = 0; r < rows; ++r) {
+      f[r] = rng() % 5 == 0 || r == rows - 1;
+      if (!f[r])
+        for (int64_t j = 0; j < cols; ++j)
+          gp[r * cols + j] = std::numeric_limits<float>::quiet_NaN();
+    }
+    const Tensor g_gpu = g.to(Device::CUDA), flags_gpu = flags.to(Device::CUDA);
+    double want = 0.0;
+    ops::sum_of_squares_flagged_rows(g, flags, &want);
+    Tensor slot = Tensor::poisoned({1}, DType::I64, Device::CUDA);  // a double's 8 bytes
+    ops::sum_of_squares_flagged_rows(g_gpu, flags_gpu, static_cast<double*>(slot.raw()));
+    double got = 0.0;
+    dseek::cuda::copy_to_host(&got, slot.raw(), sizeof(double));
+    EXPECT_GT(want, 0.0);
+    EXPECT_NEAR(got, want, 1e-12 * want);
+    ops::zero_flagged_rows(g, flags);
+    ops::zero_flagged_rows(g_gpu, flags_gpu);
+    EXPECT_TRUE(bytes_of(g_gpu) == bytes_of(g)) << "zeroed rows (NaN rows kept) differ";
+    EXPECT_TRUE(bytes_of(flags_gpu) == std::string(size_t(rows), '\0'));
+  }
+  // The embedding's backward: every token's row flagged, no other; the sums as the CPU's.
+  const int64_t V = 5000, D = 96;
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 700; ++i) ids.push_back(int32_t(rng() % 400) * 11 % int32_t(V));
+  const Tensor dy = rand({int64_t(ids.size()), D}, rng, 1.0f);
+  Tensor table_cpu = Tensor::zeros({V, D}), flags_cpu = Tensor::zeros({V}, DType::U8);
+  Tensor table_gpu = Tensor::zeros({V, D}, DType::F32, Device::CUDA);
+  Tensor flags_gpu = Tensor::zeros({V}, DType::U8, Device::CUDA);
+  ops::embedding_backward_accumulate(ids, dy, table_cpu, flags_cpu);
+  ops::embedding_backward_accumulate(ids, dy.to(Device::CUDA), table_gpu, flags_gpu);
+  EXPECT_TRUE(bytes_of(flags_gpu) == bytes_of(flags_cpu));
+  expect_close("embedding backward with flags", table_cpu.shape(), DType::F32, table_cpu, table_gpu,
+               kMasterTolerance);
+}
+
+// AdamW on the GPU reads no gradient row whose flag is 0, and the step's zeroing writes only the
+// flagged rows. The GPU's unflagged rows of a matrix with rows of whole quads hold NaN, which a
+// read would spread into the masters; the CPU's hold the zeros the flags promise. Three steps
+// through step_async (one or two quads a thread, as DSEEK_UPDATE_PAIRS says) against the CPU's
+// step and zero_grad, masters and moments bit for bit; after each, the flagged rows are zero,
+// every flag is clear and the NaN rows were not written. A matrix whose rows are not whole quads
+// reads every row (its unflagged rows hold zeros on both sides). Both moment dtypes.
+TEST(BackendOptim, AdamWSkipsUnflaggedGradientRows) {
+  DSEEK_REQUIRE_CUDA();
+  const std::vector<Spec> specs = {{"model.embed_tokens.weight", {3000, 68}, true, true, 1e-2f},
+                                   {"odd.weight", {50, 67}, true, true, 1.0f},
+                                   {"model.norm.weight", {68}, true, false, 1.0f}};
+  for (DType moments : {DType::F32, DType::BF16}) {
+    SCOPED_TRACE(dtype_name(moments));
+    ParamSet cpu = make_params(specs, 51), gpu = make_params(specs, 51);
+    gpu.to(Device::CUDA);
+    gpu.track_grad_rows(specs[0].name);
+    gpu.track_grad_rows(specs[1].name);
+    AdamWConfig config{0.9, 0.95, 1e-8, 0.1};
+    config.moment_dtype = moments;
+    AdamW opt_cpu(cpu, config), opt_gpu(gpu, config);
+    std::mt19937 rng(52);
+    const double lrs[] = {1e-2, 3e-2, 2e-2};
+    for (int t = 0; t < 3; ++t) {
+      std::vector<uint8_t> flagged;  // the embedding's flags this step
+      for (const Spec& s : specs) {
+        const Tensor g = rand(s.shape, rng, s.grad_scale);
+        Param& p = gpu.at(s.name);
+        if (!p.grad_rows.defined()) {
+          p.grad.copy_from(g.to(Device::CUDA));
+          cpu.at(s.name).grad.copy_from(g);
+          continue;
+        }
+        const int64_t rows = s.shape[0], cols = s.shape[1];
+        Tensor flags = Tensor::empty({rows}, DType::U8), g_gpu = g.clone();
+        float* gc = g.data<float>();
+        float* gd = g_gpu.data<float>();
+        for (int64_t r = 0; r < rows; ++r) {
+          flags.data<uint8_t>()[r] = rng() % 10 == 0 || r == t;
+          if (flags.data<uint8_t>()[r]) continue;
+          for (int64_t j = 0; j < cols; ++j) {
+            gc[r * cols + j] = 0.0f;
+            gd[r * cols + j] = cols % 4 == 0 ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+          }
+        }
+        if (s.name == specs[0].name)
+          flagged.assign(flags.data<uint8_t>(), flags.data<uint8_t>() + rows);
+        p.grad.copy_from(g_gpu.to(Device::CUDA));
+        p.grad_rows.copy_from(flags.to(Device::CUDA));
+        cpu.at(s.name).grad.copy_from(g);
+      }
+      opt_cpu.step(lrs[t]);
+      cpu.zero_grad();
+      opt_gpu.step_async(lrs[t], 1.0f, /*defer_overwritten=*/true);
+      for (const Param& p : cpu.all())
+        EXPECT_TRUE(bytes_of(gpu.at(p.name).value) == bytes_of(p.value)) << p.name << " step " << t;
+      const auto state_cpu = opt_cpu.state_tensors(), state_gpu = opt_gpu.state_tensors();
+      ASSERT_EQ(state_cpu.size(), state_gpu.size());
+      for (size_t i = 0; i < state_cpu.size(); ++i)
+        EXPECT_TRUE(bytes_of(state_gpu[i].second) == bytes_of(state_cpu[i].second))
+            << state_cpu[i].first << " step " << t;
+      const Param& e = gpu.at(specs[0].name);
+      EXPECT_TRUE(bytes_of(e.grad_rows) == std::string(flagged.size(), '\0'));
+      const std::vector<float> after = e.grad.to_vector();
+      const int64_t cols = specs[0].shape[1];
+      size_t kept_nan = 0;
+      for (size_t r = 0; r < flagged.size(); ++r)
+        for (int64_t j = 0; j < cols; ++j) {
+          const float v = after[r * size_t(cols) + size_t(j)];
+          if (flagged[r]) {
+            EXPECT_EQ(v, 0.0f) << "row " << r;
+          } else {
+            kept_nan += std::isnan(v) ? 1 : 0;
+          }
+        }
+      EXPECT_EQ(kept_nan, size_t(std::count(flagged.begin(), flagged.end(), 0)) * size_t(cols))
+          << "the zeroing wrote rows that were not flagged";
+      EXPECT_EQ(gpu.at("odd.weight").grad.to_vector(),
+                std::vector<float>(size_t(specs[1].shape[0] * specs[1].shape[1]), 0.0f));
     }
   }
 }

@@ -82,9 +82,9 @@ void scatter_rows(void* dst, size_t dst_stride_bytes, const void* src, const int
 void embedding(const void* table, DType table_dtype, const int32_t* ids, int64_t T, int64_t D,
                void* out, DType act);
 // dtable[ids[t]] += dy[t] (dtable f32 [V, D]). Deterministic: rows are grouped by id on the
-// device, not scattered with float atomics.
+// device, not scattered with float atomics. row_flags (U8 [V]), where given: each id's set to 1.
 void embedding_backward(const int32_t* ids, int64_t T, int64_t D, const void* dy, DType act,
-                        float* dtable, int64_t V);
+                        float* dtable, int64_t V, uint8_t* row_flags = nullptr);
 
 // ---- linear.cpp (cuBLASLt) -------------------------------------------------------------------
 // y[T, out] = x[T, in] · W[out, in]ᵀ (+ bias[out]), W rows ldw apart. x, y in act; W in act (bf16
@@ -248,6 +248,13 @@ void moe_combine_backward(const void* y_perm, const float* weights, const int32_
                           const int32_t* position, int64_t T, int64_t K, int64_t D,
                           const void* dout, void* dy_perm, float* dweights, DType act);
 
+// ---- grad_rows.cu (ops/grad_rows.h) -------------------------------------------------------
+// Rows r of grad [rows, cols] (f32) with flags[r] != 0 set to zero, and their flags to 0.
+void zero_flagged_rows(float* grad, uint8_t* flags, int64_t rows, int64_t cols);
+// *out = Σ grad² over the rows with flags[r] != 0, in double (a fixed order: deterministic).
+void sum_of_squares_flagged_rows(const float* grad, const uint8_t* flags, int64_t rows,
+                                 int64_t cols, double* out);
+
 // ---- adamw.cu --------------------------------------------------------------------------------
 // Multi-tensor launches (ops/adamw.h): one kernel over many f32 tensors through a device table of
 // entries, tensor i covering chunks [chunk_begin, chunk_begin + ceil(n / kMultiTensorChunk)) of
@@ -263,6 +270,10 @@ struct MultiTensorEntry {
   int64_t chunk_begin;
   int64_t decay;      // 1: the step's decay factor applies, 0: factor 1
   uint16_t* compute;  // AdamW: the bf16 compute copy to re-round from the new value, or nullptr
+  // AdamW: flags of the gradient's rows of row_len elements (ops/grad_rows.h; row_len a multiple
+  // of 4): a row whose flag is 0 is zero and is not read. nullptr: every row is read.
+  const uint8_t* row_flags;
+  int64_t row_len;
 };
 // The AdamW step's f32 scalars (ops::AdamWStep) and the decay factor of decaying tensors.
 struct AdamWScalars {

@@ -44,12 +44,14 @@ __global__ void iota_kernel(int32_t* v, int64_t n) {
 // sorted positions, block y a chunk of kThreads columns (one column per thread).
 template <typename Act>
 __global__ void embedding_backward_kernel(const uint32_t* keys, const int32_t* pos, int64_t T,
-                                          int64_t D, const Act* dy, float* dtable) {
+                                          int64_t D, const Act* dy, float* dtable,
+                                          uint8_t* row_flags) {
   const int64_t j = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
   if (j >= D) return;  // no barriers below, so threads may leave early
   for (int64_t k = blockIdx.x; k < T; k += gridDim.x) {
     const uint32_t id = keys[k];
     if (k > 0 && keys[k - 1] == id) continue;  // inside a run: its first position sums it
+    if (row_flags && j == 0) row_flags[id] = 1;
     float* cell = dtable + int64_t(id) * D + j;
     float acc = *cell;
     for (int64_t m = k; m < T && keys[m] == id; ++m) acc += to_f32(dy[int64_t(pos[m]) * D + j]);
@@ -71,7 +73,7 @@ void embedding(const void* table, DType table_dtype, const int32_t* ids, int64_t
 }
 
 void embedding_backward(const int32_t* ids, int64_t T, int64_t D, const void* dy, DType act,
-                        float* dtable, int64_t V) {
+                        float* dtable, int64_t V, uint8_t* row_flags) {
   if (T <= 0 || D <= 0) return;
   DSEEK_CHECK(T <= INT_MAX && ceil_div<int64_t>(D, kThreads) <= 65535,
               "[embedding] backward of {} tokens × {} columns is beyond the kernel's grid", T, D);
@@ -97,7 +99,7 @@ void embedding_backward(const int32_t* ids, int64_t T, int64_t D, const void* dy
                   unsigned(ceil_div<int64_t>(D, kThreads)));
   DSEEK_DISPATCH_ACT(act, Act,
                      embedding_backward_kernel<Act><<<grid, kThreads, 0, stream()>>>(
-                         keys, pos, T, D, static_cast<const Act*>(dy), dtable));
+                         keys, pos, T, D, static_cast<const Act*>(dy), dtable, row_flags));
   DSEEK_CUDA_CHECK_LAUNCH("embedding_backward_kernel");
   dseek::cuda::free(temp);
   dseek::cuda::free(pos);
