@@ -150,13 +150,20 @@ __global__ void sum_of_squares_kernel(const MultiTensorEntry* entries, int64_t c
   }
 }
 
-// out[0] = Σ partial[0 .. n), one block: thread t adds t, t + blockDim.x, … then the block tree.
+// Σ partial[0 .. n) in two launches of fixed shapes, so the order of the sums depends on nothing
+// but n, and zeros appended to partial leave every sum's bits as they were (SumOfSquaresParts
+// appends its writers' slots). One block of 1024 threads took 54 µs for V2-Lite's 137K chunks on
+// the step's critical path (docs/BENCHMARKS.md, run Y's timeline); 64 blocks share the reads.
+constexpr int kPartialBlocks = 64, kPartialThreads = 256;
+// out[b] = Σ partial[i] over i ≡ b·256 + t (mod 64·256) for the block's threads t, then its tree.
 __global__ void sum_partials_kernel(const double* partial, int64_t n, double* out) {
   __shared__ double scratch[32];
   double sum = 0.0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sum += partial[i];
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    sum += partial[i];
   sum = block_sum(sum, scratch);
-  if (threadIdx.x == 0) out[0] = sum;
+  if (threadIdx.x == 0) out[blockIdx.x] = sum;
 }
 
 __global__ void scale_kernel(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
@@ -213,8 +220,12 @@ void sum_of_squares_chunks(const MultiTensorEntry* entries, int64_t count, int64
 }
 
 void sum_partials(const double* partial, int64_t chunks, double* out) {
-  sum_partials_kernel<<<1, 1024, 0, stream()>>>(partial, chunks, out);
+  auto* blocks = static_cast<double*>(dseek::cuda::alloc(kPartialBlocks * sizeof(double)));
+  sum_partials_kernel<<<kPartialBlocks, kPartialThreads, 0, stream()>>>(partial, chunks, blocks);
   DSEEK_CUDA_CHECK_LAUNCH("sum_partials_kernel");
+  sum_partials_kernel<<<1, kPartialBlocks, 0, stream()>>>(blocks, kPartialBlocks, out);
+  DSEEK_CUDA_CHECK_LAUNCH("sum_partials_kernel");
+  dseek::cuda::free(blocks);
 }
 
 void scale_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
