@@ -223,6 +223,7 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
       if (values[i].numel() == 0 || images[i].q.defined()) continue;
       // Row flags where a row is whole quads (the kernel's loads never straddle two rows).
       const bool by_rows = row_flags[i].defined() && values[i].size(1) % 4 == 0;
+      t.reads_rows = t.reads_rows || by_rows;
       host.push_back(
           {values[i].data<float>(), grads[i].data<float>(),
            static_cast<float*>(exp_avgs[i].raw()),  // bf16 moments: read as such (t.moments)
@@ -263,7 +264,7 @@ void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale, boo
                                      s.decay_factor(true),
                                      grad_scale};
     cuda::adamw_multi_tensor(entries_of(t.table), t.entries, t.chunks, scalars,
-                             t.moments == DType::BF16, short_blocks);
+                             t.moments == DType::BF16, short_blocks, t.reads_rows);
     if (t.image_entries > 0)
       cuda::adamw_image_multi_tensor(static_cast<const cuda::AdamWImageEntry*>(t.image_table.raw()),
                                      t.image_entries, t.image_tiles, scalars,

@@ -72,6 +72,7 @@ struct AdamWTensors {
   // Per tensor: undefined, or the gradient's row flags (ops/grad_rows.h): the GPU step reads no
   // row whose flag is 0 (it holds zeros); the CPU step reads every row (the same values).
   std::vector<Tensor> row_flags;
+  bool reads_rows = false;         // GPU: some entry of the table reads its gradient by row flags
   Tensor bad;                      // the images' non-finite flag (device i32), or undefined
   // GPU: cuda::MultiTensorEntry per non-empty tensor without an image, cuda::AdamWImageEntry per
   // one with (as i64 words).

@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
-#include <string>
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
@@ -41,28 +40,17 @@ int update_parts() {
   return parts;
 }
 
-// Whether the short-block update (beside the next forward) takes two quads a thread at once
-// (adamw_quad_pair; DSEEK_UPDATE_PAIRS=1 turns it on): on the few SMs it gets there, more bytes in
-// flight an SM. The step alone keeps one quad a thread: every SM is its own and HBM the limit.
-bool update_pairs() {
-  static const bool on = [] {
-    const char* env = std::getenv("DSEEK_UPDATE_PAIRS");
-    return env && std::string(env) == "1";
-  }();
-  return on;
-}
-
 // The step is memory-bound (16 bytes read and 12–14 written per element with f32 moments, 12 and
 // 10 with bf16 ones), so where a tensor's arrays are aligned its elements move four at a time
 // (16-byte loads and stores of the f32 arrays; chunks start at multiples of 4); the arithmetic
 // per element is the same.
 // A unit is 1/parts of a chunk (parts divides kMultiTensorChunk / 4: pieces of whole quads).
-// (Blocks an SM at least: five, 51 registers a thread, as before; with pairs four, 64 registers,
-// so their loads fill more of the SM.)
-template <bool BF16_MOMENTS, bool PAIRS>
-__global__ void __launch_bounds__(kThreads, PAIRS ? 4 : 5)
-    adamw_kernel(const MultiTensorEntry* entries, int64_t count, int64_t chunks, int parts,
-                 AdamWScalars s) {
+// ROWS: some entry of the launch has gradient row flags (MultiTensorEntry::row_flags); without
+// them the kernel is the plain one (the flags' loads and divisions cost the update 11% when every
+// launch had them: 22.1 against 19.9 ms a step in run Z's profile).
+template <bool BF16_MOMENTS, bool ROWS>
+__global__ void adamw_kernel(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
+                             int parts, AdamWScalars s) {
   const int64_t piece = kMultiTensorChunk / parts;
   for (int64_t u = blockIdx.x; u < chunks * parts; u += gridDim.x) {
     const int64_t c = u / parts;
@@ -71,7 +59,7 @@ __global__ void __launch_bounds__(kThreads, PAIRS ? 4 : 5)
     const int64_t end = min(e.n, begin + piece);
     const float decay = e.decay ? s.decay_factor : 1.0f;
     const MomentArray<BF16_MOMENTS> m_of{e.exp_avg}, v_of{e.exp_avg_sq};
-    const GradRows grad{e.grad, e.row_flags, e.row_len};
+    const GradRows<ROWS> grad{e.grad, e.row_flags, e.row_len};
     const uintptr_t moment_addresses =
         reinterpret_cast<uintptr_t>(e.exp_avg) | reinterpret_cast<uintptr_t>(e.exp_avg_sq);
     const bool vec = ((reinterpret_cast<uintptr_t>(e.value) | reinterpret_cast<uintptr_t>(e.grad)) &
@@ -87,17 +75,7 @@ __global__ void __launch_bounds__(kThreads, PAIRS ? 4 : 5)
         *reinterpret_cast<uint2*>(e.compute + k) = bits;
       };
       const int64_t quads = (end - begin) / 4;
-      int64_t q = threadIdx.x;
-      if (PAIRS) {  // two quads a thread, blockDim.x apart (adamw_quad_pair)
-        for (; q + blockDim.x < quads; q += 2 * blockDim.x) {
-          const int64_t k1 = begin + 4 * q, k2 = k1 + 4 * int64_t(blockDim.x);
-          float4 p1, p2;
-          adamw_quad_pair(e.value, grad, m_of, v_of, k1, k2, s, decay, p1, p2);
-          store_compute(k1, p1);
-          store_compute(k2, p2);
-        }
-      }
-      for (; q < quads; q += blockDim.x) {
+      for (int64_t q = threadIdx.x; q < quads; q += blockDim.x) {
         const int64_t k = begin + 4 * q;
         store_compute(k, adamw_quad(e.value, grad, m_of, v_of, k, s, decay));
       }
@@ -180,19 +158,18 @@ __global__ void scale_kernel(const MultiTensorEntry* entries, int64_t count, int
 }  // namespace
 
 void adamw_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
-                        const AdamWScalars& s, bool bf16_moments, bool short_blocks) {
+                        const AdamWScalars& s, bool bf16_moments, bool short_blocks, bool rows) {
   if (count == 0 || chunks == 0) return;
   // Short blocks (a piece of a chunk each, a few µs of HBM traffic): on the low-priority
   // background stream the main stream's kernels then get each SM back within microseconds.
   const int parts = short_blocks ? update_parts() : 1;
   const unsigned blocks =
       short_blocks ? unsigned(std::min<int64_t>(chunks * parts, INT32_MAX)) : blocks_for(chunks);
-  const bool pairs = short_blocks && update_pairs();
-  if (bf16_moments && pairs)
+  if (bf16_moments && rows)
     adamw_kernel<true, true><<<blocks, kThreads, 0, stream()>>>(entries, count, chunks, parts, s);
   else if (bf16_moments)
     adamw_kernel<true, false><<<blocks, kThreads, 0, stream()>>>(entries, count, chunks, parts, s);
-  else if (pairs)
+  else if (rows)
     adamw_kernel<false, true><<<blocks, kThreads, 0, stream()>>>(entries, count, chunks, parts, s);
   else
     adamw_kernel<false, false><<<blocks, kThreads, 0, stream()>>>(entries, count, chunks, parts, s);

@@ -62,15 +62,16 @@ struct MomentArray {
   }
 };
 
-// The gradient as the update reads it: where `flags` is given (ops/grad_rows.h), a row of row_len
-// elements whose flag is 0 is known to be zero and is not loaded. Quads never straddle rows
-// (row_len is a multiple of 4 where flags are given).
+// The gradient as the update reads it. ROWS (`flags` given, ops/grad_rows.h): a row of row_len
+// elements whose flag is 0 is known to be zero and is not loaded; quads never straddle rows
+// (row_len is a multiple of 4 there). Without ROWS, plain loads (no flag code in the kernel).
+template <bool ROWS>
 struct GradRows {
   const float* grad;
   const uint8_t* flags = nullptr;
   int64_t row_len = 0;
   __device__ __forceinline__ bool zero_row(int64_t k) const {
-    return flags && flags[k / row_len] == 0;
+    return ROWS && flags && flags[k / row_len] == 0;
   }
   __device__ __forceinline__ float load(int64_t k) const { return zero_row(k) ? 0.0f : grad[k]; }
   __device__ __forceinline__ float4 load4(int64_t k) const {
@@ -81,8 +82,8 @@ struct GradRows {
 
 // Four elements k … k + 3 of a tensor stepped at once (value and gradient 16-byte aligned there):
 // value and moments loaded, adamw_element on each, stored back; returns the new values.
-template <bool BF16>
-__device__ __forceinline__ float4 adamw_quad(float* value, const GradRows& grad,
+template <bool BF16, bool ROWS>
+__device__ __forceinline__ float4 adamw_quad(float* value, const GradRows<ROWS>& grad,
                                              const MomentArray<BF16>& m_of,
                                              const MomentArray<BF16>& v_of, int64_t k,
                                              const AdamWScalars& s, float decay) {
@@ -98,38 +99,6 @@ __device__ __forceinline__ float4 adamw_quad(float* value, const GradRows& grad,
   m_of.store4(k, m);
   v_of.store4(k, v);
   return p;
-}
-
-// Two quads k1 and k2 of one tensor at once, every load issued before any arithmetic: a thread
-// then has 96 bytes in flight instead of 48. Beside the next forward the update gets a few SMs,
-// and there its bandwidth is bounded by the bytes each SM keeps in flight, not by HBM. The same
-// operations per element as adamw_quad, so the same bits. Returns the two quads' new values.
-template <bool BF16>
-__device__ __forceinline__ void adamw_quad_pair(float* value, const GradRows& grad,
-                                                const MomentArray<BF16>& m_of,
-                                                const MomentArray<BF16>& v_of, int64_t k1,
-                                                int64_t k2, const AdamWScalars& s, float decay,
-                                                float4& p1, float4& p2) {
-  p1 = *reinterpret_cast<const float4*>(value + k1);
-  p2 = *reinterpret_cast<const float4*>(value + k2);
-  const float4 g1 = grad.load4(k1);
-  const float4 g2 = grad.load4(k2);
-  float4 m1 = m_of.load4(k1), m2 = m_of.load4(k2);
-  float4 v1 = v_of.load4(k1), v2 = v_of.load4(k2);
-  adamw_element(p1.x, m1.x, v1.x, g1.x, s, decay);
-  adamw_element(p1.y, m1.y, v1.y, g1.y, s, decay);
-  adamw_element(p1.z, m1.z, v1.z, g1.z, s, decay);
-  adamw_element(p1.w, m1.w, v1.w, g1.w, s, decay);
-  adamw_element(p2.x, m2.x, v2.x, g2.x, s, decay);
-  adamw_element(p2.y, m2.y, v2.y, g2.y, s, decay);
-  adamw_element(p2.z, m2.z, v2.z, g2.z, s, decay);
-  adamw_element(p2.w, m2.w, v2.w, g2.w, s, decay);
-  *reinterpret_cast<float4*>(value + k1) = p1;
-  *reinterpret_cast<float4*>(value + k2) = p2;
-  m_of.store4(k1, m1);
-  m_of.store4(k2, m2);
-  v_of.store4(k1, v1);
-  v_of.store4(k2, v2);
 }
 
 // The entry of a multi-tensor table that holds unit `index` (a chunk, a tile): the last whose

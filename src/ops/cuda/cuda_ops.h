@@ -283,9 +283,10 @@ struct AdamWScalars {
 // One AdamW step of every entry: value, exp_avg, exp_avg_sq updated in place from grad.
 // bf16_moments: exp_avg and exp_avg_sq point at bf16 arrays (ops/adamw.h). short_blocks: a block
 // per chunk (ops::adamw_step's short_blocks) instead of a bounded grid looping over them.
+// rows: some entry has row_flags (without, the kernel has no code for them).
 void adamw_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
-                        const AdamWScalars& s, bool bf16_moments = false,
-                        bool short_blocks = false);
+                        const AdamWScalars& s, bool bf16_moments = false, bool short_blocks = false,
+                        bool rows = false);
 // One AdamW step of a matrix that also writes its FP8 image: W's 128×128 blocks (codes q
 // [rows, cols], scales [⌈rows/128⌉, ⌈cols/128⌉]) and, where qt is given, Wᵀ's (qt [cols, rows],
 // scale_t transposed) — ops/fp8_train.h's blocks of the updated master, pow2 off. rows and cols

@@ -349,7 +349,8 @@ __global__ void __launch_bounds__(kThreads, 1024 / kThreads)  // two blocks of 5
   for (int i = 0; i < kRows; ++i) {
     const int64_t r = r0 + ty + kWarps * i;
     if (active && r < e.rows) {
-      const float4 p = adamw_quad(e.value, GradRows{e.grad}, m_of, v_of, r * e.cols + c, s, decay);
+      const float4 p =
+          adamw_quad(e.value, GradRows<false>{e.grad}, m_of, v_of, r * e.cols + c, s, decay);
       v[i][0] = p.x;
       v[i][1] = p.y;
       v[i][2] = p.z;
