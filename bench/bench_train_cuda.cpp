@@ -369,12 +369,20 @@ int main(int argc, char** argv) {
         // bf16 compute copies (no refresh_compute pass).
         // As `dseek train` on one process: the experts' zeros left to their wgrads, and on the GPU
         // the update queued on the background stream beside the next forward (--update async).
-        const float factor =
-            clip_factor(backward_norm ? backward_norm->norm() : grad_norm(params), 1.0);
-        backward_norm.reset();
-        if (o.update == "async") {
-          optimizer.step_async(o.lr, factor, /*defer_overwritten=*/o.zero == "defer");
+        // With --norm backward the clip factor stays on the GPU (GradClip) and the update is
+        // queued before the norm is read, as in `dseek train`.
+        if (o.update == "async" && backward_norm) {
+          const GradClip clip = backward_norm->clip(1.0);
+          optimizer.step_async(o.lr, clip, /*defer_overwritten=*/o.zero == "defer");
+          (void)clip.norm();
+          backward_norm.reset();
+        } else if (o.update == "async") {
+          optimizer.step_async(o.lr, clip_factor(grad_norm(params), 1.0),
+                               /*defer_overwritten=*/o.zero == "defer");
         } else {
+          const float factor =
+              clip_factor(backward_norm ? backward_norm->norm() : grad_norm(params), 1.0);
+          backward_norm.reset();
           optimizer.step(o.lr, factor);
           params.zero_grad(/*defer_overwritten=*/o.zero == "defer");
         }

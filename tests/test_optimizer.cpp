@@ -334,7 +334,14 @@ TEST(Optimizer, StepAsyncOnTheCpuIsStepThenZeroGrad) {
     b.at("model.embed_tokens.weight").grad_overwritten = true;  // its zeros may be deferred
     opt_a.step(1e-2, 0.5f);
     a.zero_grad(/*defer_overwritten=*/false);
-    opt_b.step_async(1e-2, 0.5f, /*defer_overwritten=*/false);
+    if (t == 0) {
+      opt_b.step_async(1e-2, 0.5f, /*defer_overwritten=*/false);
+    } else {  // a GradClip of host values (BackwardGradNorm::clip on the CPU): the same
+      const train::GradClip clip(3.25, 0.5f);
+      EXPECT_EQ(clip.factor_on_device(), nullptr);
+      EXPECT_EQ(clip.norm(), 3.25);
+      opt_b.step_async(1e-2, clip, /*defer_overwritten=*/false);
+    }
     EXPECT_FALSE(b.pending());  // nothing in flight on the CPU
     for (const Param& p : a.all()) {
       EXPECT_EQ(b.value(p.name).to_vector(), p.value.to_vector()) << p.name;

@@ -263,10 +263,17 @@ TEST(TrainZeroGrad, BackwardGradNormIsGradNorm) {
       parts.on_block_backward(layer);
     };
     model.forward_backward(inputs, targets, o, 1.0f, 32);
-    const double got = parts.norm(), want = grad_norm(params);
+    // defer: clip() instead of norm() (the trainer's call): host values on the CPU.
+    const double want = grad_norm(params);
+    const GradClip clip = defer ? parts.clip(want / 2) : GradClip(parts.norm(), 1.0f);
+    const double got = clip.norm();
     EXPECT_GE(calls, cfg.num_hidden_layers);
     EXPECT_GT(want, 0.0);
     EXPECT_EQ(std::memcmp(&got, &want, sizeof(double)), 0) << got << " vs " << want;
+    EXPECT_EQ(clip.factor_on_device(), nullptr);
+    if (defer) {
+      EXPECT_EQ(clip.factor(), clip_factor(want, want / 2));
+    }
   }
 }
 

@@ -251,7 +251,8 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
   return t;
 }
 
-void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale, bool short_blocks) {
+void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale, bool short_blocks,
+                const float* grad_scale_at) {
   if (t.device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
     const cuda::AdamWScalars scalars{s.beta1,
@@ -262,7 +263,8 @@ void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale, boo
                                      s.bias_correction2_sqrt,
                                      s.eps,
                                      s.decay_factor(true),
-                                     grad_scale};
+                                     grad_scale,
+                                     grad_scale_at};
     cuda::adamw_multi_tensor(entries_of(t.table), t.entries, t.chunks, scalars,
                              t.moments == DType::BF16, short_blocks, t.reads_rows);
     if (t.image_entries > 0)
@@ -272,9 +274,12 @@ void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale, boo
     return;
 #else
     (void)short_blocks;
+    (void)grad_scale_at;
     cuda_not_built("adamw");
 #endif
   }
+  DSEEK_CHECK(grad_scale_at == nullptr,
+              "[adamw] a clip factor on the GPU for tensors on the CPU (pass grad_scale)");
   for (size_t i = 0; i < t.values.size(); ++i) {
     if (t.moments == DType::BF16)
       cpu::adamw_update_bf16_moments(s, s.decay_factor(t.decay[i] != 0), t.values[i].data<float>(),
@@ -394,22 +399,44 @@ double* SumOfSquaresParts::external(const std::vector<size_t>& tensors) {
   return &sums_[tensors[0]];  // the others' sums stay 0
 }
 
-double SumOfSquaresParts::finish([[maybe_unused]] uint64_t after) {
+Tensor clip_on_device([[maybe_unused]] const double* sum, [[maybe_unused]] double max_norm) {
+  Tensor out = Tensor::empty({2}, DType::I64, Device::CUDA);
+#ifdef DSEEK_HAS_CUDA
+  auto* words = static_cast<int64_t*>(out.raw());
+  cuda::clip_factor_from_sum(sum, max_norm, reinterpret_cast<double*>(words),
+                             reinterpret_cast<float*>(words + 1));
+#endif
+  return out;
+}
+
+const double* SumOfSquaresParts::finish_on_device([[maybe_unused]] uint64_t after) {
+  DSEEK_CHECK(table_.defined(), "[sum_of_squares] finish_on_device: the tensors are not on a GPU");
   for (size_t i = 0; i < tensors_.size();) {  // the rest, a run of tensors at a time
     size_t j = i;
     while (j < tensors_.size() && !added_[j]) ++j;
     if (j > i) add(i, j);
     i = j + (j < tensors_.size() ? 1 : 0);
   }
-  if (table_.defined()) {
 #ifdef DSEEK_HAS_CUDA
-    if (after != 0) dseek::cuda::wait_background(after);
-    cuda::sum_partials(static_cast<const double*>(partial_.raw()), partial_.numel(),
-                       static_cast<double*>(out_.raw()));
-    double sum = 0.0;
-    dseek::cuda::copy_to_host(&sum, out_.raw(), sizeof(double));  // waits for the stream
-    return sum;
+  if (after != 0) dseek::cuda::wait_background(after);
+  cuda::sum_partials(static_cast<const double*>(partial_.raw()), partial_.numel(),
+                     static_cast<double*>(out_.raw()));
 #endif
+  return static_cast<const double*>(out_.raw());
+}
+
+double SumOfSquaresParts::finish(uint64_t after) {
+  if (table_.defined()) {
+    const double* on_device = finish_on_device(after);
+    double sum = 0.0;
+    dseek::cuda::copy_to_host(&sum, on_device, sizeof(double));  // waits for the stream
+    return sum;
+  }
+  for (size_t i = 0; i < tensors_.size();) {  // the rest, a run of tensors at a time
+    size_t j = i;
+    while (j < tensors_.size() && !added_[j]) ++j;
+    if (j > i) add(i, j);
+    i = j + (j < tensors_.size() ? 1 : 0);
   }
   double sum = 0.0;
   for (double v : sums_) sum += v;

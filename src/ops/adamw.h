@@ -99,8 +99,16 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
 // and multiplied by grad_scale).
 // `short_blocks` (GPU): one chunk a block, so that the blocks of a launch on a low-priority stream
 // give their SMs back often (AdamW::step_async); else a bounded grid loops over the chunks.
+// `grad_scale_at` (GPU only): a device f32 read in place of grad_scale when the kernels run (the
+// clip factor the gradient norm's kernels write: train::GradClip).
 void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale = 1.0f,
-                bool short_blocks = false);
+                bool short_blocks = false, const float* grad_scale_at = nullptr);
+
+// GPU: from a sum of squares on the device (SumOfSquaresParts::finish_on_device), a new I64 [2]
+// tensor on the GPU holding the norm √sum (f64 bits) and train::clip_factor(√sum, max_norm) (f32
+// bits), written by a kernel on the current stream: the same double operations as the host's, so
+// the same bits (train::GradClip reads them).
+Tensor clip_on_device(const double* sum, double max_norm);
 
 // Σ g² over every element of `tensors` (f32 contiguous, one device), accumulated in double.
 double sum_of_squares(const std::vector<Tensor>& tensors);
@@ -124,6 +132,9 @@ class SumOfSquaresParts {
   void add(size_t first, size_t last);  // tensors [first, last)
   double* external(const std::vector<size_t>& tensors);
   double finish(uint64_t after = 0);
+  // GPU: finish's sum left on the device (f64 bits), nothing read back; the pointer stays valid
+  // while this object lives.
+  const double* finish_on_device(uint64_t after = 0);
   size_t size() const { return tensors_.size(); }
 
  private:

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 
 #include "core/cuda.h"
@@ -217,11 +218,18 @@ int update_sms() {
 }  // namespace
 
 void AdamW::step_async(double lr, float grad_scale, bool defer_overwritten) {
+  step_async(lr, GradClip(0.0, grad_scale), defer_overwritten);
+}
+
+void AdamW::step_async(double lr, const GradClip& clip, bool defer_overwritten) {
   if (params_->device() != Device::CUDA) {
-    step(lr, grad_scale);
+    step(lr, clip.factor());
     params_->zero_grad(defer_overwritten);
     return;
   }
+  // A factor still to be computed on the device is read there; host values pass as before.
+  const float* grad_scale_at = clip.factor_on_device();
+  const float grad_scale = grad_scale_at ? 1.0f : clip.factor();
   check_step(lr);
   params_->await_all();  // the order of two updates of one parameter (the background is in order,
                          // this only matters after a step() between them)
@@ -238,7 +246,7 @@ void AdamW::step_async(double lr, float grad_scale, bool defer_overwritten) {
     if (write_zeros[i] && !all[i].trainable) write_grad_zeros(all[i]);
   cuda::Background background;
   for (const Group& g : groups_) {
-    ops::adamw_step(g.tensors, s, grad_scale, /*short_blocks=*/true);
+    ops::adamw_step(g.tensors, s, grad_scale, /*short_blocks=*/true, grad_scale_at);
     for (size_t index : g.params)
       if (write_zeros[index]) write_grad_zeros(all[index]);
     last_mark_ = background.mark();
@@ -404,14 +412,58 @@ void BackwardGradNorm::on_block_backward(int64_t layer) {
   add_where([layer](int64_t l) { return l == layer; });
 }
 
-double BackwardGradNorm::norm() {
+void BackwardGradNorm::finish_rest() {
   // A slot no wgrad took (an MTP module the loss leaves out) is still zero, as are the gradients
   // nothing wrote (settle_grad writes the zeros zero_grad left to their writer).
   release_slots();
   for (Param* p : grads_) settle_grad(*p);
   for (const auto& [p, slot] : by_rows_)
     ops::sum_of_squares_flagged_rows(p->grad, p->grad_rows, slot);
+}
+
+double BackwardGradNorm::norm() {
+  finish_rest();
   return std::sqrt(parts_.finish(last_mark_));
+}
+
+GradClip BackwardGradNorm::clip(double max_norm) {
+  if (params_->device() != Device::CUDA) {
+    const double n = norm();
+    return GradClip(n, clip_factor(n, max_norm));
+  }
+  finish_rest();
+  return GradClip(ops::clip_on_device(parts_.finish_on_device(last_mark_), max_norm));
+}
+
+GradClip::GradClip(Tensor on_device) : on_device_(std::move(on_device)) {
+  DSEEK_CHECK(on_device_.is_cuda() && on_device_.dtype() == DType::I64 && on_device_.numel() == 2,
+              "[optim] GradClip: expected the GPU's two words (norm, factor), got {} {} on {}",
+              dtype_name(on_device_.dtype()), shape_str(on_device_.shape()),
+              on_device_.is_cuda() ? "the GPU" : "the CPU");
+}
+
+void GradClip::read() const {
+  if (read_ || !on_device_.defined()) return;
+  int64_t words[2] = {0, 0};
+  cuda::copy_to_host(words, on_device_.raw(), sizeof(words));  // waits for the main stream
+  std::memcpy(&norm_, &words[0], sizeof(double));
+  std::memcpy(&factor_, &words[1], sizeof(float));
+  read_ = true;
+}
+
+double GradClip::norm() const {
+  read();
+  return norm_;
+}
+
+float GradClip::factor() const {
+  read();
+  return factor_;
+}
+
+const float* GradClip::factor_on_device() const {
+  if (!on_device_.defined()) return nullptr;
+  return reinterpret_cast<const float*>(static_cast<const int64_t*>(on_device_.raw()) + 1);
 }
 
 float clip_factor(double norm, double max_norm) {

@@ -32,6 +32,8 @@ struct AdamWConfig {
   DType moment_dtype = DType::F32;  // or BF16 (AdamW only; the sharded optimizers keep f32)
 };
 
+class GradClip;
+
 class AdamW {
  public:
   // Zero moments for every trainable parameter of `params` (on its device), which must outlive the
@@ -58,6 +60,9 @@ class AdamW {
   // forward of layer 0 starts while layers 1… are still being updated. The same bits as step()
   // then zero_grad(). Returns at once. On the CPU: step(), then zero_grad().
   void step_async(double lr, float grad_scale, bool defer_overwritten);
+  // step_async with the clip factor of `clip` (BackwardGradNorm::clip): on the GPU the kernels read
+  // it from the device, so the update is queued without waiting for the gradient norm.
+  void step_async(double lr, const GradClip& clip, bool defer_overwritten);
   // Moves the moments to `device` (keeping their values).
   void to(Device device);
   int64_t step_count() const { return step_count_; }
@@ -124,6 +129,28 @@ void check_state_tensor(const std::map<std::string, Tensor>& tensors, const std:
                         const Shape& shape);
 float clip_factor(double norm, double max_norm);
 
+// A step's gradient norm and clip factor (clip_factor's result). From a BackwardGradNorm on the
+// GPU both are written by kernels into device memory, queued on the main stream after the norm's
+// sums: AdamW::step_async(lr, clip, …) passes the factor's address to its kernels, so the update
+// is queued at once, and norm() reads the norm back (waiting for the main stream) when it is
+// wanted. On the CPU both are host values.
+class GradClip {
+ public:
+  GradClip(double norm, float factor) : norm_(norm), factor_(factor) {}
+  explicit GradClip(Tensor on_device);  // I64 [2]: the norm's f64 bits, the factor's f32 bits
+  double norm() const;                  // the GPU's: read back once, then kept
+  float factor() const;                 // likewise
+  // The factor's address on the GPU, or nullptr (host values).
+  const float* factor_on_device() const;
+
+ private:
+  Tensor on_device_;
+  mutable bool read_ = false;
+  mutable double norm_ = 0.0;
+  mutable float factor_ = 1.0f;
+  void read() const;
+};
+
 // grad_norm taken during a step's last backward: after main layer l's block backward (TrainModel's
 // LossOptions::on_block_backward) that layer's gradients — and, at the first layer, the head's,
 // the final norm's and the MTP modules' — are final, and their sums of squares go to the GPU's
@@ -142,6 +169,9 @@ class BackwardGradNorm {
   BackwardGradNorm& operator=(const BackwardGradNorm&) = delete;
   void on_block_backward(int64_t layer);
   double norm();
+  // norm() and clip_factor(norm, max_norm) without reading anything back on the GPU (GradClip).
+  // Either this or norm(), once.
+  GradClip clip(double max_norm);
 
  private:
   ParamSet* params_;
@@ -156,6 +186,7 @@ class BackwardGradNorm {
   void release_slots();
   bool head_added_ = false;
   uint64_t last_mark_ = 0;
+  void finish_rest();  // the slots released, the rest settled, the flagged rows summed
   void add_where(const std::function<bool(int64_t layer)>& take);
 };
 

@@ -819,10 +819,17 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       // Clipping folded into the step; the step also re-rounds the bf16 compute copies. On a GPU
       // the update and the zeros run on the background stream a layer at a time, beside the next
       // step's forward (AdamW::step_async). One process: the experts' wgrads overwrite their
-      // zeros, so those are not written (forward_backward settles any left over).
-      grad_norm = backward_norm ? backward_norm->norm() : train::grad_norm(params);
-      optimizer->step_async(lr, clip_factor(grad_norm, cfg.grad_clip),
-                            /*defer_overwritten=*/true);
+      // zeros, so those are not written (forward_backward settles any left over). The norm's
+      // clip factor stays on the GPU (GradClip): the update is queued before the norm is read.
+      if (backward_norm) {
+        const GradClip clip = backward_norm->clip(cfg.grad_clip);
+        optimizer->step_async(lr, clip, /*defer_overwritten=*/true);
+        grad_norm = clip.norm();
+      } else {
+        grad_norm = train::grad_norm(params);
+        optimizer->step_async(lr, clip_factor(grad_norm, cfg.grad_clip),
+                              /*defer_overwritten=*/true);
+      }
     }
     // Pipeline stages and data-parallel ranks read gradients outside forward_backward: every zero
     // written.

@@ -492,6 +492,55 @@ TEST(BackendTrain, StepAsyncTrainsLikeStep) {
     }
 }
 
+// The trainer's step with the clip factor left on the GPU (BackwardGradNorm::clip, GradClip): the
+// norm and the factor come from a kernel and AdamW's kernels read the factor there, so the update
+// is queued before the host has the norm. Four steps, clipping on the even ones (max norm 1e-3)
+// and not on the odd ones (1e9), against the same steps with the norm read back first and the
+// factor passed from the host: the same norms, factors, losses and every master, moment and
+// compute copy bit for bit (bf16; v2_lite also with FP8 projections, whose update writes the
+// weights' images through another kernel).
+TEST(BackendTrain, StepAsyncWithTheClipOnTheGpuTrainsLikeTheHostClip) {
+  DSEEK_REQUIRE_CUDA();
+  for (const char* fixture : {"v2_lite", "v3_noaux"})
+    for (bool fp8 : {false, true}) {
+      if (fp8 && std::string(fixture) != "v2_lite") continue;
+      SCOPED_TRACE(std::string(fixture) + (fp8 ? " fp8" : " bf16"));
+      TwinTraining t(fixture, fp8);  // a: the host's factor; b: the GPU's
+      const LossOptions base = loss_options({fixture, 0.0, "sequence", false});
+      const Batch b = make_batch(t.config.vocab_size);
+      int64_t clipped = 0;
+      for (int step = 0; step < 4; ++step) {
+        const double max_norm = step % 2 == 0 ? 1e-3 : 1e9;
+        auto backward = [&](TrainModel& model, ParamSet& params,
+                            std::optional<train::BackwardGradNorm>& parts) {
+          parts.emplace(params, t.config.num_hidden_layers);
+          LossOptions o = base;
+          o.on_block_backward = [&parts](int64_t layer) { parts->on_block_backward(layer); };
+          return model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
+        };
+        std::optional<train::BackwardGradNorm> parts_a, parts_b;
+        const SequenceLosses want = backward(*t.model_a, t.a, parts_a);
+        const SequenceLosses got = backward(*t.model_b, t.b, parts_b);
+        EXPECT_EQ(got.total, want.total) << "step " << step;
+        const double norm_a = parts_a->norm();
+        const float factor_a = train::clip_factor(norm_a, max_norm);
+        t.opt_a->step_async(3e-3, factor_a, /*defer_overwritten=*/true);
+        const train::GradClip clip = parts_b->clip(max_norm);
+        ASSERT_NE(clip.factor_on_device(), nullptr);
+        t.opt_b->step_async(3e-3, clip, /*defer_overwritten=*/true);
+        EXPECT_EQ(clip.norm(), norm_a) << "step " << step;
+        EXPECT_EQ(clip.factor(), factor_a) << "step " << step;
+        clipped += factor_a < 1.0f ? 1 : 0;
+      }
+      EXPECT_EQ(clipped, 2);  // the even steps
+      const int64_t differ = t.expect_same_state();
+      std::printf(
+          "[backend] %s%s: 4 steps with the clip factor on the GPU, %lld parameters "
+          "differ from the host's factor\n",
+          fixture, fp8 ? " fp8" : "", (long long)differ);
+    }
+}
+
 // FP8 training with the optimizer writing the weights' FP8 images (ParamSet::fp8_images): from the
 // second step the forward quantises no weight (the scope around it counts none), and four steps
 // give the same losses, masters and moments bit for bit as the same steps with the images dropped

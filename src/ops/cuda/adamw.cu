@@ -51,6 +51,7 @@ int update_parts() {
 template <bool BF16_MOMENTS, bool ROWS>
 __global__ void adamw_kernel(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
                              int parts, AdamWScalars s) {
+  resolve_grad_scale(s);
   const int64_t piece = kMultiTensorChunk / parts;
   for (int64_t u = blockIdx.x; u < chunks * parts; u += gridDim.x) {
     const int64_t c = u / parts;
@@ -194,6 +195,18 @@ void sum_of_squares_chunks(const MultiTensorEntry* entries, int64_t count, int64
   sum_of_squares_kernel<<<blocks_for(last - first), kThreads, 0, stream()>>>(entries, count, first,
                                                                              last, partial);
   DSEEK_CUDA_CHECK_LAUNCH("sum_of_squares_kernel");
+}
+
+__global__ void clip_factor_kernel(const double* sum, double max_norm, double* norm,
+                                   float* factor) {
+  const double n = sqrt(*sum);  // IEEE square root and division: the host's bits
+  *norm = n;
+  *factor = max_norm > 0.0 && isfinite(n) && n > max_norm ? float(max_norm / (n + 1e-6)) : 1.0f;
+}
+
+void clip_factor_from_sum(const double* sum, double max_norm, double* norm, float* factor) {
+  clip_factor_kernel<<<1, 1, 0, stream()>>>(sum, max_norm, norm, factor);
+  DSEEK_CUDA_CHECK_LAUNCH("clip_factor_kernel");
 }
 
 void sum_partials(const double* partial, int64_t chunks, double* out) {

@@ -21,6 +21,11 @@ __device__ __forceinline__ void adamw_element(float& p, float& m, float& v, floa
   p = __fsub_rn(__fmul_rn(p, decay), __fdiv_rn(__fmul_rn(s.step_size, m), denom));
 }
 
+// A kernel's first step: the clip factor from the device where the scalars point at it.
+__device__ __forceinline__ void resolve_grad_scale(AdamWScalars& s) {
+  if (s.grad_scale_at) s.grad_scale = *s.grad_scale_at;
+}
+
 __device__ __forceinline__ uint16_t bf16_bits(float x) {
   return __bfloat16_as_ushort(__float2bfloat16_rn(x));
 }

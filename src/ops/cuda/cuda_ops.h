@@ -276,9 +276,12 @@ struct MultiTensorEntry {
   int64_t row_len;
 };
 // The AdamW step's f32 scalars (ops::AdamWStep) and the decay factor of decaying tensors.
+// grad_scale_at, where given, is a device f32 that replaces grad_scale (the clip factor the
+// gradient norm's kernels wrote: the update is queued before the norm is known on the host).
 struct AdamWScalars {
   float beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, bias_correction2_sqrt, eps,
       decay_factor, grad_scale;
+  const float* grad_scale_at;
 };
 // One AdamW step of every entry: value, exp_avg, exp_avg_sq updated in place from grad.
 // bf16_moments: exp_avg and exp_avg_sq point at bf16 arrays (ops/adamw.h). short_blocks: a block
@@ -317,6 +320,9 @@ void sum_of_squares_multi_tensor(const MultiTensorEntry* entries, int64_t count,
 void sum_of_squares_chunks(const MultiTensorEntry* entries, int64_t count, int64_t first,
                            int64_t last, double* partial);
 void sum_partials(const double* partial, int64_t chunks, double* out);
+// From a sum of squares on the device: *norm = √sum and *factor = train::clip_factor(norm,
+// max_norm) — the same double operations, so the same bits as on the host.
+void clip_factor_from_sum(const double* sum, double max_norm, double* norm, float* factor);
 // ---- matrix_squares.cu -----------------------------------------------------------------------
 // out[0] (f64, device) = Σ v² over the E matrices m[e] (f32 [rows, cols] contiguous; a device
 // array of E pointers); the same bits for the same matrices.

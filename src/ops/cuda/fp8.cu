@@ -333,6 +333,7 @@ __global__ void __launch_bounds__(256)
 template <bool BF16_MOMENTS, int kThreads>
 __global__ void __launch_bounds__(kThreads, 1024 / kThreads)  // two blocks of 512 an SM
     adamw_image_kernel(const AdamWImageEntry* entries, int64_t count, AdamWScalars s, int* bad) {
+  resolve_grad_scale(s);
   constexpr int kWarps = kThreads / 32, kRows = kTile / kWarps;
   __shared__ BlockShared sh;
   const int64_t tile = blockIdx.x;
