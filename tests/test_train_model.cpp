@@ -388,4 +388,14 @@ TEST(TrainModel, Bf16ComputeLeavesAnUntiedEmbeddingWithoutACopy) {
   ASSERT_FALSE(t.has("lm_head.weight"));
   t.set_compute_dtype(DType::BF16);
   EXPECT_TRUE(t.at(embed).compute.defined());
+
+  // A pipeline's first stage holds the embedding without the head: untied, it gets no copy
+  // either (it did when the rule was "an lm_head beside it"); its layer's matrices do.
+  ParamSet first;
+  TrainModel::init_params(c, 8, 0.3, first, ModelPart{0, 1, true, false});
+  ASSERT_TRUE(first.has(embed));
+  ASSERT_FALSE(first.has("lm_head.weight"));
+  first.set_compute_dtype(DType::BF16);
+  EXPECT_FALSE(first.at(embed).compute.defined());
+  EXPECT_TRUE(first.at("model.layers.0.self_attn.o_proj.weight").compute.defined());
 }

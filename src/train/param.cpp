@@ -210,13 +210,13 @@ void ParamSet::set_compute_dtype(DType dtype) {
 void ParamSet::refresh_compute() {
   if (compute_dtype_ == DType::F32) return;
   await_all();
-  // Router weights stay f32, as DeepSeek-V3 keeps its gates in higher precision.
-  // An embedding beside its own lm_head (untied) is only looked up, from the master's rows: a
-  // copy would cost the update 2 bytes a parameter (0.42 GB a step for V2-Lite) for nothing.
-  const bool untied = has("lm_head.weight");
-  for (Param& p : params_)  // FP8 linears (mark_fp8_linears) multiply from the master
+  // Router weights stay f32, as DeepSeek-V3 keeps its gates in higher precision. FP8 linears
+  // (mark_fp8_linears) multiply from the master. An untied embedding (lookup_only) is read row by
+  // row from the master: a copy would cost the update 2 bytes a parameter (0.42 GB a step for
+  // V2-Lite) for nothing — also on a pipeline stage that holds the embedding without the head.
+  for (Param& p : params_)
     if (p.trainable && p.value.dim() == 2 && !p.name.ends_with(".gate.weight") && !p.fp8 &&
-        !(untied && p.name.ends_with("embed_tokens.weight")))
+        !p.lookup_only)
       p.compute = p.value.to(compute_dtype_);
 }
 

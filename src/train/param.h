@@ -34,6 +34,10 @@ struct Param {
   bool decay = true;       // decoupled weight decay applies (false for norms, biases, buffers)
   Tensor compute;          // optional lower-precision copy of value for compute (mixed precision)
   bool fp8 = false;        // its linear runs FP8 GEMMs from the master (ops/fp8_train.h)
+  // Only its rows are looked up, never multiplied (an untied model's embedding, marked by
+  // TrainModel::init_params / load_params): it gets no compute copy, which would cost the update
+  // 2 bytes a parameter and never be read.
+  bool lookup_only = false;
   // grad holds zero_grad's zeros and nothing was added since: set by zero_grad, cleared by every
   // writer (grad_to_add, overwrite_grad); the first writer of a step that can overwrite grad does
   // instead of adding to it (the linears' and the MoE experts' weight gradients: the same values
@@ -104,8 +108,8 @@ class ParamSet {
   // Gives parameter `name` (a trainable matrix) gradient row flags (Param::grad_rows), all set.
   void track_grad_rows(const std::string& name);
   // F32: no compute copies. BF16: copies of every trainable 2-D parameter except the MoE routers,
-  // the FP8 linears (which quantise their masters) and an embedding beside an lm_head (untied: it
-  // is only looked up, from the master), rounded to nearest even.
+  // the FP8 linears (which quantise their masters) and the lookup-only ones (an untied
+  // embedding: Param::lookup_only), rounded to nearest even.
   void set_compute_dtype(DType dtype);
   DType compute_dtype() const { return compute_dtype_; }
   void refresh_compute();  // re-round the copies from the masters (after an optimizer step)

@@ -59,6 +59,13 @@ std::vector<float> target_logits(const Tensor& logits, const std::vector<int32_t
   return out;
 }
 
+// An untied model's embedding is only looked up (Param::lookup_only): the head has a matrix of
+// its own, so no stage or set multiplies the embedding.
+void mark_lookup_only(const ModelConfig& config, ParamSet& params) {
+  const std::string embed = "model.embed_tokens.weight";
+  if (!config.tie_word_embeddings && params.has(embed)) params.at(embed).lookup_only = true;
+}
+
 }  // namespace
 
 bool is_training_buffer(const std::string& name) {
@@ -99,6 +106,7 @@ void TrainModel::init_params(const ModelConfig& config, uint64_t seed, double st
       params.add(spec.name, init_tensor(spec, options), true, decays(spec.name));
     }
   }
+  mark_lookup_only(config, params);
 }
 
 void TrainModel::load_params(const ModelConfig& config, const std::string& dir,
@@ -111,6 +119,7 @@ void TrainModel::load_params(const ModelConfig& config, const std::string& dir,
     const Tensor t = store.get_weight(spec.name, spec.shape);
     params.add(spec.name, t, !is_training_buffer(spec.name), decays(spec.name));
   }
+  mark_lookup_only(config, params);
 }
 
 TrainModel::TrainModel(const ModelConfig& config, ParamSet& params, const ModelPart& part,

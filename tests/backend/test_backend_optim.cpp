@@ -67,6 +67,9 @@ ParamSet make_params(const std::vector<Spec>& specs, uint32_t seed) {
   std::mt19937 rng(seed);
   ParamSet ps;
   for (const Spec& s : specs) ps.add(s.name, rand(s.shape, rng), s.trainable, s.decay);
+  // Untied (lm_head has its own matrix): the embedding is looked up only, as
+  // TrainModel::init_params marks it.
+  if (ps.has("model.embed_tokens.weight")) ps.at("model.embed_tokens.weight").lookup_only = true;
   return ps;
 }
 
@@ -661,7 +664,7 @@ TEST(BackendOptim, ParamSetToCudaAndBack) {
     EXPECT_TRUE(bytes_of(p.compute) == bytes_of(cpu.at(p.name).compute)) << p.name;
   }
   // Trainable, 2-D, not a router, and not the embedding: lm_head is untied, so the lookup reads
-  // the embedding's master (ParamSet::set_compute_dtype).
+  // the embedding's master (Param::lookup_only).
   EXPECT_EQ(copies, 4u);
   EXPECT_FALSE(gpu.at("model.embed_tokens.weight").compute.defined());
   // zero_grad on poisoned gradients.
