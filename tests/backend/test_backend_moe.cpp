@@ -179,7 +179,8 @@ TEST(BackendOps, MoeRoute) {
 
 // A decode step's routing, dispatch and permutation in one kernel (ops::moe_route_permute): bit
 // for bit the three ops on the GPU (every output: ids, weights, scores, offsets, order, position,
-// x_perm), and through them the CPU's routing; every routing rule, 1 to 8 tokens, with ties.
+// x_perm), and through them the CPU's routing; every routing rule, 1 to 8 tokens, with ties; rows
+// of 2048 (the block's 16-byte copies) and 2050 (its element loop: 4100 bf16 bytes).
 TEST(BackendOps, MoeRoutePermuteSmall) {
   DSEEK_REQUIRE_CUDA();
   std::mt19937 rng(25);
@@ -190,22 +191,24 @@ TEST(BackendOps, MoeRoutePermuteSmall) {
         const auto [z, bias] = route_inputs(T, c.E, ties, rng);
         const Tensor logits = on_gpu(Tensor::from_vector(z, {T, c.E}));
         const Tensor b = c.bias ? on_gpu(Tensor::from_vector(bias, {c.E})) : Tensor();
-        for (DType act : kActDtypes) {
-          const Tensor x = on_gpu(rand({T, 2048 + 8}, rng), act).slice(1, 0, 2048);  // strided
-          poison_pool({T * c.K, T * c.K, T * c.E, c.E + 1, T * c.K * 2048});
+        for (const auto& [act, D] :
+             {std::pair{DType::BF16, int64_t(2048)}, std::pair{DType::F32, int64_t(2048)},
+              std::pair{DType::BF16, int64_t(2050)}}) {
+          const Tensor x = on_gpu(rand({T, D + 8}, rng), act).slice(1, 0, D);  // strided
+          poison_pool({T * c.K, T * c.K, T * c.E, c.E + 1, T * c.K * D});
           const ops::MoeRouted fused = ops::moe_route_permute(x, logits, params_of(c), b);
           ops::set_moe_small_route(false);
           const ops::MoeRouted apart = ops::moe_route_permute(x, logits, params_of(c), b);
           ops::set_moe_small_route(true);
           const std::string what =
-              fmt::format("{} T{}{} {}", c.name, T, ties ? " ties" : "", dtype_name(act));
+              fmt::format("{} T{}{} {} D{}", c.name, T, ties ? " ties" : "", dtype_name(act), D);
           EXPECT_EQ(ints(fused.routing.ids), ints(apart.routing.ids)) << what;
           EXPECT_EQ(fused.routing.weights.to_vector(), apart.routing.weights.to_vector()) << what;
           EXPECT_EQ(fused.routing.scores.to_vector(), apart.routing.scores.to_vector()) << what;
           EXPECT_EQ(longs(fused.dispatch.offsets), longs(apart.dispatch.offsets)) << what;
           EXPECT_EQ(ints(fused.dispatch.order), ints(apart.dispatch.order)) << what;
           EXPECT_EQ(ints(fused.dispatch.position), ints(apart.dispatch.position)) << what;
-          expect_close("moe_route_permute x_perm " + what, {T * c.K, 2048}, act,
+          expect_close("moe_route_permute x_perm " + what, {T * c.K, D}, act,
                        apart.x_perm.to(Device::CPU), fused.x_perm, {0, 0});
           const ops::MoeRouting want = ops::moe_route(logits.to(Device::CPU), params_of(c),
                                                       c.bias ? b.to(Device::CPU) : Tensor());

@@ -380,6 +380,24 @@ __global__ void __launch_bounds__(kSmallDispatchThreads)
   __syncthreads();
   dispatch_in_block(ids, N, E, offsets, order, position, counts, starts);
   __syncthreads();
+  // The permuted rows by the whole block, 16 bytes a thread where the rows allow: a decode
+  // step's 6 rows of 2048 bf16 copied a warp a row, 2 bytes a lane, were a chain of 64 dependent
+  // loads a lane, most of this kernel's 17.5 µs on an H100.
+  const bool vectors = (D * int64_t(sizeof(T))) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(x_perm) % 16 == 0;
+  if (vectors) {
+    const int64_t per_row = D * int64_t(sizeof(T)) / 16;
+    for (int64_t v = threadIdx.x; v < int64_t(N) * per_row; v += blockDim.x) {
+      const int64_t i = v / per_row, j = v % per_row;
+      const int32_t slot = order[i];
+      // from_f32<T>(0.0f) is all zero bits, as the scalar loop writes.
+      reinterpret_cast<uint4*>(x_perm + i * D)[j] =
+          slot < 0 ? make_uint4(0, 0, 0, 0)
+                   : reinterpret_cast<const uint4*>(x + int64_t(slot / K) * D)[j];
+    }
+    return;
+  }
   const int warps = int(blockDim.x) / 32;
   for (int i = warp; i < N; i += warps) {
     const int32_t slot = order[i];
