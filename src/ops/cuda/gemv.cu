@@ -31,7 +31,6 @@ namespace {
 constexpr int kWarps = 8;           // warps per block
 constexpr int kOutputsPerWarp = 2;  // weight rows per warp
 constexpr int kSteps = 4;           // 16-byte loads in flight per lane and weight row
-constexpr int kOneRowSteps = 8;     // the same for one token row of up to 2048 columns
 constexpr int kOutputsPerBlock = kWarps * kOutputsPerWarp;
 
 // A warp's outputs: y[r, n0 + j] = its lanes' sums (+ bias), rounded once.
@@ -70,13 +69,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   dseek::cuda::pdl_wait();
   dseek::cuda::pdl_trigger();
   float acc[kOutputsPerWarp][kRows] = {};
-  // One token row of up to 2048 columns (V2-Lite's q, o and kv_a projections): every load of a
-  // lane in one pass of kOneRowSteps, not two passes of kSteps one after the other. The same k
-  // order a lane, so the same sums.
-  if (kRows == 1 && in <= int64_t(kOneRowSteps) * 32 * 8)
-    stream_dot<kOutputsPerWarp, kRows, kOneRowSteps>(W, ldw, n0, n_count, x, in, rows, lane, acc);
-  else
-    stream_dot<kOutputsPerWarp, kRows, kSteps>(W, ldw, n0, n_count, x, in, rows, lane, acc);
+  stream_dot<kOutputsPerWarp, kRows, kSteps>(W, ldw, n0, n_count, x, in, rows, lane, acc);
   store_outputs(acc, rows, n0, n_count, lane, out, bias, y);
 }
 

@@ -33,6 +33,8 @@ constexpr int kChunk = 8;           // expert rows per pass over the weight rows
 constexpr int kOutputsPerBlock = kWarps * kOutputsPerWarp;
 constexpr int kOneRowSteps = 4;  // weight loads in flight a lane for an expert of one row
 
+constexpr int kSinglePassSteps = 6;  // a lane's loads for a row of up to 1536 in one pass
+
 // Whether an expert's one row streams with kOneRowSteps loads in flight: only where its length
 // fills whole passes. A V2-Lite down projection (1408 columns: 5.5 warp-wide loads) would leave
 // the second pass mostly idle, and measured 18% slower than the one-load loop on an H100 (2,248
@@ -41,28 +43,12 @@ __device__ __forceinline__ bool streams_whole_passes(int64_t in) {
   return in % (int64_t(kOneRowSteps) * 32 * 8) == 0;
 }
 
-// Whether an expert's one row streams (one_row_dot): in a single pass of at most 8 loads a lane
-// (up to 2048 columns), else in whole passes of kOneRowSteps.
-__device__ __forceinline__ bool one_row_streams(int64_t in) {
-  return in <= 8 * 32 * 8 || streams_whole_passes(in);
-}
-
-// acc += an expert's one row (`row`, `in` columns) against its weight rows n0 … n0 + n_count − 1,
-// where one_row_streams(in). A row of up to 1536 or 2048 columns goes in one pass of 6 or 8 loads
-// a lane, every load issued before the first is used: the one-load loop over V2-Lite's 1408-column
-// down projection waited on six loads one after another (the decode step's fused down projection
-// took 21.3 µs for 35 MB of weights, run AB), passes of 4 over its 2048-column gate_up on two. Each
-// lane sums its k in the same order whatever the steps, so the same sums.
-template <typename Rows>
-__device__ __forceinline__ void one_row_dot(const __nv_bfloat16* W, int64_t ldw, int64_t n0,
-                                            int n_count, const Rows& row, int64_t in, int lane,
-                                            float (&acc)[kOutputsPerWarp][1]) {
-  if (in <= 6 * 32 * 8)
-    stream_dot<kOutputsPerWarp, 1, 6>(W, ldw, n0, n_count, row, in, 1, lane, acc);
-  else if (in <= 8 * 32 * 8)
-    stream_dot<kOutputsPerWarp, 1, 8>(W, ldw, n0, n_count, row, in, 1, lane, acc);
-  else
-    stream_dot<kOutputsPerWarp, 1, kOneRowSteps>(W, ldw, n0, n_count, row, in, 1, lane, acc);
+// Whether an expert's one row fits a single pass of kSinglePassSteps loads a lane: every load of
+// the row issued before the first is used (the 1408-column down projection: 6 loads for half the
+// lanes, 5 for the rest). The one-load loop over such a row waited on 6 loads one after another,
+// and the decode step's fused down projection took 21.3 µs for 35 MB of weights (run AB).
+__device__ __forceinline__ bool fits_single_pass(int64_t in) {
+  return in <= int64_t(kSinglePassSteps) * 32 * 8;
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -185,11 +171,17 @@ __global__ void __launch_bounds__(kWarps * 32)
   if constexpr (sizeof(T) == 2) {
     // One row for this expert (every expert of a batch-1 decode step): the dense GEMV's dot with
     // several weight loads in flight a lane (gemv_dot.cuh) instead of the chunk loop's one.
-    if (one_row_streaming && r_end - r_begin == 1 && one_row_streams(in) &&
+    if (one_row_streaming && r_end - r_begin == 1 &&
+        (fits_single_pass(in) || streams_whole_passes(in)) &&
         vector_ok(W, ldw, x + r_begin * in, in)) {
       float acc[kOutputsPerWarp][1] = {};
       const PlainRows row{reinterpret_cast<const __nv_bfloat16*>(x + r_begin * in), in};
-      one_row_dot(reinterpret_cast<const __nv_bfloat16*>(W), ldw, n0, n_count, row, in, lane, acc);
+      const auto* Wb = reinterpret_cast<const __nv_bfloat16*>(W);
+      if (fits_single_pass(in))
+        stream_dot<kOutputsPerWarp, 1, kSinglePassSteps>(Wb, ldw, n0, n_count, row, in, 1, lane,
+                                                         acc);
+      else
+        stream_dot<kOutputsPerWarp, 1, kOneRowSteps>(Wb, ldw, n0, n_count, row, in, 1, lane, acc);
       write_outputs(acc, 1, y, r_begin, out, n0, n_count, lane);
       return;
     }
@@ -229,9 +221,13 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (r_begin >= r_end || n0 >= out) return;  // warp-uniform
   const int n_count = int(out - n0 < kOutputsPerWarp ? out - n0 : kOutputsPerWarp);
   const auto* W = static_cast<const __nv_bfloat16*>(w[e]);
-  if (r_end - r_begin == 1 && one_row_streams(I)) {
+  if (r_end - r_begin == 1 && (fits_single_pass(I) || streams_whole_passes(I))) {
     float acc[kOutputsPerWarp][1] = {};
-    one_row_dot(W, ldw, n0, n_count, SwigluRows{gu + r_begin * 2 * I, 2 * I, I}, I, lane, acc);
+    const SwigluRows row{gu + r_begin * 2 * I, 2 * I, I};
+    if (fits_single_pass(I))
+      stream_dot<kOutputsPerWarp, 1, kSinglePassSteps>(W, ldw, n0, n_count, row, I, 1, lane, acc);
+    else
+      stream_dot<kOutputsPerWarp, 1, kOneRowSteps>(W, ldw, n0, n_count, row, I, 1, lane, acc);
     write_outputs(acc, 1, y, r_begin, out, n0, n_count, lane);
     return;
   }
@@ -263,12 +259,18 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int64_t n0 = (int64_t(blockIdx.x) * kWarps + warp) * kOutputsPerWarp;
   const int n_count = n0 >= out ? 0 : int(out - n0 < kOutputsPerWarp ? out - n0 : kOutputsPerWarp);
   const auto* W = static_cast<const __nv_bfloat16*>(w[e]);
-  if (r_end - r_begin == 1 && one_row_streams(I)) {  // uniform over the block
+  // One row (uniform over the block): in one pass where it fits, else in whole passes.
+  if (r_end - r_begin == 1 && (fits_single_pass(I) || streams_whole_passes(I))) {
     swiglu_rows_to_shared(SwigluRows{gu + r_begin * 2 * I, 2 * I, I}, 1, I, h);
     __syncthreads();
     if (n_count == 0) return;
     float acc[kOutputsPerWarp][1] = {};
-    one_row_dot(W, ldw, n0, n_count, PlainRows{h, I}, I, lane, acc);
+    if (fits_single_pass(I))
+      stream_dot<kOutputsPerWarp, 1, kSinglePassSteps>(W, ldw, n0, n_count, PlainRows{h, I}, I, 1,
+                                                       lane, acc);
+    else
+      stream_dot<kOutputsPerWarp, 1, kOneRowSteps>(W, ldw, n0, n_count, PlainRows{h, I}, I, 1, lane,
+                                                   acc);
     write_outputs(acc, 1, y, r_begin, out, n0, n_count, lane);
     return;
   }
