@@ -409,14 +409,18 @@ Tensor clip_on_device([[maybe_unused]] const double* sum, [[maybe_unused]] doubl
   return out;
 }
 
-const double* SumOfSquaresParts::finish_on_device([[maybe_unused]] uint64_t after) {
-  DSEEK_CHECK(table_.defined(), "[sum_of_squares] finish_on_device: the tensors are not on a GPU");
-  for (size_t i = 0; i < tensors_.size();) {  // the rest, a run of tensors at a time
+void SumOfSquaresParts::add_rest() {
+  for (size_t i = 0; i < tensors_.size();) {  // a run of tensors at a time
     size_t j = i;
     while (j < tensors_.size() && !added_[j]) ++j;
     if (j > i) add(i, j);
     i = j + (j < tensors_.size() ? 1 : 0);
   }
+}
+
+const double* SumOfSquaresParts::finish_on_device([[maybe_unused]] uint64_t after) {
+  DSEEK_CHECK(table_.defined(), "[sum_of_squares] finish_on_device: the tensors are not on a GPU");
+  add_rest();
 #ifdef DSEEK_HAS_CUDA
   if (after != 0) dseek::cuda::wait_background(after);
   cuda::sum_partials(static_cast<const double*>(partial_.raw()), partial_.numel(),
@@ -432,12 +436,7 @@ double SumOfSquaresParts::finish(uint64_t after) {
     dseek::cuda::copy_to_host(&sum, on_device, sizeof(double));  // waits for the stream
     return sum;
   }
-  for (size_t i = 0; i < tensors_.size();) {  // the rest, a run of tensors at a time
-    size_t j = i;
-    while (j < tensors_.size() && !added_[j]) ++j;
-    if (j > i) add(i, j);
-    i = j + (j < tensors_.size() ? 1 : 0);
-  }
+  add_rest();
   double sum = 0.0;
   for (double v : sums_) sum += v;
   return sum;

@@ -138,6 +138,7 @@ class SumOfSquaresParts {
   size_t size() const { return tensors_.size(); }
 
  private:
+  void add_rest();  // every tensor not added yet, a run of them at a time
   std::vector<Tensor> tensors_;
   std::vector<uint8_t> added_;
   std::vector<double> sums_;       // CPU: per tensor
