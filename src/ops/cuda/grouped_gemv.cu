@@ -51,6 +51,24 @@ __device__ __forceinline__ bool fits_single_pass(int64_t in) {
   return in <= int64_t(kSinglePassSteps) * 32 * 8;
 }
 
+// Whether an expert's one row streams (one_row_dot) rather than going through the chunk loop.
+__device__ __forceinline__ bool one_row_streams(int64_t in) {
+  return fits_single_pass(in) || streams_whole_passes(in);
+}
+
+// acc += an expert's one row (`row`, `in` columns, one_row_streams(in)) against its weight rows
+// n0 … n0 + n_count − 1: in one pass where it fits, else in whole passes of kOneRowSteps. Each
+// lane sums its k in the same order either way.
+template <typename Rows>
+__device__ __forceinline__ void one_row_dot(const __nv_bfloat16* W, int64_t ldw, int64_t n0,
+                                            int n_count, const Rows& row, int64_t in, int lane,
+                                            float (&acc)[kOutputsPerWarp][1]) {
+  if (fits_single_pass(in))
+    stream_dot<kOutputsPerWarp, 1, kSinglePassSteps>(W, ldw, n0, n_count, row, in, 1, lane, acc);
+  else
+    stream_dot<kOutputsPerWarp, 1, kOneRowSteps>(W, ldw, n0, n_count, row, in, 1, lane, acc);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -171,17 +189,11 @@ __global__ void __launch_bounds__(kWarps * 32)
   if constexpr (sizeof(T) == 2) {
     // One row for this expert (every expert of a batch-1 decode step): the dense GEMV's dot with
     // several weight loads in flight a lane (gemv_dot.cuh) instead of the chunk loop's one.
-    if (one_row_streaming && r_end - r_begin == 1 &&
-        (fits_single_pass(in) || streams_whole_passes(in)) &&
+    if (one_row_streaming && r_end - r_begin == 1 && one_row_streams(in) &&
         vector_ok(W, ldw, x + r_begin * in, in)) {
       float acc[kOutputsPerWarp][1] = {};
       const PlainRows row{reinterpret_cast<const __nv_bfloat16*>(x + r_begin * in), in};
-      const auto* Wb = reinterpret_cast<const __nv_bfloat16*>(W);
-      if (fits_single_pass(in))
-        stream_dot<kOutputsPerWarp, 1, kSinglePassSteps>(Wb, ldw, n0, n_count, row, in, 1, lane,
-                                                         acc);
-      else
-        stream_dot<kOutputsPerWarp, 1, kOneRowSteps>(Wb, ldw, n0, n_count, row, in, 1, lane, acc);
+      one_row_dot(reinterpret_cast<const __nv_bfloat16*>(W), ldw, n0, n_count, row, in, lane, acc);
       write_outputs(acc, 1, y, r_begin, out, n0, n_count, lane);
       return;
     }
@@ -221,13 +233,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (r_begin >= r_end || n0 >= out) return;  // warp-uniform
   const int n_count = int(out - n0 < kOutputsPerWarp ? out - n0 : kOutputsPerWarp);
   const auto* W = static_cast<const __nv_bfloat16*>(w[e]);
-  if (r_end - r_begin == 1 && (fits_single_pass(I) || streams_whole_passes(I))) {
+  if (r_end - r_begin == 1 && one_row_streams(I)) {
     float acc[kOutputsPerWarp][1] = {};
-    const SwigluRows row{gu + r_begin * 2 * I, 2 * I, I};
-    if (fits_single_pass(I))
-      stream_dot<kOutputsPerWarp, 1, kSinglePassSteps>(W, ldw, n0, n_count, row, I, 1, lane, acc);
-    else
-      stream_dot<kOutputsPerWarp, 1, kOneRowSteps>(W, ldw, n0, n_count, row, I, 1, lane, acc);
+    one_row_dot(W, ldw, n0, n_count, SwigluRows{gu + r_begin * 2 * I, 2 * I, I}, I, lane, acc);
     write_outputs(acc, 1, y, r_begin, out, n0, n_count, lane);
     return;
   }
@@ -259,18 +267,12 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int64_t n0 = (int64_t(blockIdx.x) * kWarps + warp) * kOutputsPerWarp;
   const int n_count = n0 >= out ? 0 : int(out - n0 < kOutputsPerWarp ? out - n0 : kOutputsPerWarp);
   const auto* W = static_cast<const __nv_bfloat16*>(w[e]);
-  // One row (uniform over the block): in one pass where it fits, else in whole passes.
-  if (r_end - r_begin == 1 && (fits_single_pass(I) || streams_whole_passes(I))) {
+  if (r_end - r_begin == 1 && one_row_streams(I)) {  // uniform over the block
     swiglu_rows_to_shared(SwigluRows{gu + r_begin * 2 * I, 2 * I, I}, 1, I, h);
     __syncthreads();
     if (n_count == 0) return;
     float acc[kOutputsPerWarp][1] = {};
-    if (fits_single_pass(I))
-      stream_dot<kOutputsPerWarp, 1, kSinglePassSteps>(W, ldw, n0, n_count, PlainRows{h, I}, I, 1,
-                                                       lane, acc);
-    else
-      stream_dot<kOutputsPerWarp, 1, kOneRowSteps>(W, ldw, n0, n_count, PlainRows{h, I}, I, 1, lane,
-                                                   acc);
+    one_row_dot(W, ldw, n0, n_count, PlainRows{h, I}, I, lane, acc);
     write_outputs(acc, 1, y, r_begin, out, n0, n_count, lane);
     return;
   }
