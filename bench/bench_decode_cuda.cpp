@@ -2,9 +2,11 @@
 // parameters) on the GPU (issue 10), with random bf16 weights:
 //   decode     batch 1, greedy: a 128-token prompt through the latent KV cache
 //              (Transformer::forward(ids, KVCache&)), then 64 tokens one at a time, each the
-//              argmax of the previous logits (copied to the host, as the generator does);
-//              tokens/s over the 64 steps (on the GPU twice: steps replayed as CUDA graphs, the
-//              default, and op by op; the same prompt, so the same tokens), against the HBM
+//              argmax of the previous logits (copied to the host and picked there);
+//              tokens/s over the 64 steps (on the GPU: steps replayed as CUDA graphs, the
+//              default; the same with the argmax in the graph and the host one token behind
+//              (Model::decode_greedy, as dseek generate's greedy path); op by op; and with parts
+//              switched off; the same prompt, so the same tokens), against the HBM
 //              roofline = copy bandwidth / bytes one token must read (the active weights in bf16 —
 //              every matrix a token is multiplied by, head included, routed experts at top-k; not
 //              the embedding table, of which it reads one row — plus its share of the latent
@@ -225,14 +227,28 @@ struct DecodeRun {
 };
 
 // Prompt then `n` greedy steps through one KV cache.
+// device_pick: the steps through Model::decode_greedy (on the GPU the argmax runs in the step's
+// graph and the host reads each token one step behind); a step's time is then the time between
+// two tokens reaching the host.
 DecodeRun greedy_decode(Transformer& model, const std::vector<int32_t>& prompt, int64_t n,
-                        Device device) {
+                        Device device, bool device_pick = false) {
   DecodeRun run;
   auto cache = model.new_cache(int64_t(prompt.size()) + n);
   sync(device);
   auto t0 = Clock::now();
   int32_t next = greedy_last(model.forward(prompt, *cache));
   run.prefill_s = seconds_since(t0);
+  if (device_pick) {
+    run.tokens.push_back(next);
+    t0 = Clock::now();
+    (void)model.decode_greedy(next, n, *cache, [&](int32_t id) {
+      run.step_s.push_back(seconds_since(t0));
+      t0 = Clock::now();
+      if (int64_t(run.tokens.size()) < n) run.tokens.push_back(id);
+      return true;
+    });
+    return run;
+  }
   for (int64_t i = 0; i < n; ++i) {
     run.tokens.push_back(next);
     t0 = Clock::now();
@@ -369,12 +385,15 @@ int main(int argc, char** argv) {
     struct Variant {
       const char* label;
       bool graphs = true, branches = true, swiglu = true, pdl = true, fused = true, gemv = true;
+      bool device_pick = false;  // the argmax in the graph (Model::decode_greedy)
     };
     const std::vector<Variant> variants =
         device != Device::CUDA
             ? std::vector<Variant>{{"decode b1", false}}
             : std::vector<Variant>{
                   {"decode b1, CUDA graphs"},
+                  {"decode b1, CUDA graphs, argmax on the device", true, true, true, true, true,
+                   true, true},
                   {"decode b1, no graphs", false},
                   {"decode b1, CUDA graphs, one stream", true, false},
                   {"decode b1, CUDA graphs, SwiGLU as two kernels", true, true, false},
@@ -399,7 +418,7 @@ int main(int argc, char** argv) {
     };
     for (size_t run_kind = 0; run_kind < variants.size(); ++run_kind) {
       const Variant& v = variants[run_kind];
-      const bool graphs = v.graphs && device == Device::CUDA, before = run_kind >= 2;
+      const bool graphs = v.graphs && device == Device::CUDA, before = run_kind >= 1;
       model->set_cuda_graphs(graphs);
       set_decode_kernels(v);
       const char* label = graphs && !model->cuda_graphs_active()
@@ -413,8 +432,8 @@ int main(int argc, char** argv) {
                   {"cuda_graphs", graphs && model->cuda_graphs_active()}});
       const size_t pending = results.begin(row);
       try {
-        (void)greedy_decode(*model, random_ids(16, V, rng), 4, device);
-        const DecodeRun run = greedy_decode(*model, prompt, o.new_tokens, device);
+        (void)greedy_decode(*model, random_ids(16, V, rng), 4, device, v.device_pick);
+        const DecodeRun run = greedy_decode(*model, prompt, o.new_tokens, device, v.device_pick);
         double total = 0;
         for (double s : run.step_s) total += s;
         const double tps = double(run.step_s.size()) / total;

@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "infer/generator.h"
 #include "infer/stop_strings.h"
+#include "model/kv_cache.h"
 #include "model/model.h"
 #include "test_generate_util.h"
 #include "tokenizer/tokenizer.h"
@@ -118,6 +119,46 @@ TEST_F(Generate, MaxTokensAndCacheCapacityGiveLength) {
   EXPECT_EQ(b.ids.size(), 4u);
   EXPECT_EQ(b.finish_reason, "length");
   EXPECT_THROW(generator.generate(std::vector<int32_t>(300, 5), greedy(1)), Error);
+}
+
+// Model::decode_greedy (the Generator's greedy path after the first token): the same ids as
+// forward-and-argmax one token at a time, on_token seeing each in order; stopped by on_token
+// (at once, or after three ids), the cache holds just the ids forwarded.
+TEST_F(Generate, DecodeGreedyEqualsStepwiseArgmaxAndStopsWhenAsked) {
+  const std::vector<int32_t> p = prompt();
+  std::unique_ptr<KVCache> cache = model_->new_cache(64);
+  const int32_t first = argmax_last_row(model_->forward(p, *cache));
+  std::vector<int32_t> want;
+  {
+    std::unique_ptr<KVCache> c = model_->new_cache(64);
+    int32_t id = argmax_last_row(model_->forward(p, *c));
+    for (int i = 0; i < 7; ++i) want.push_back(id = argmax_last_row(model_->forward({id}, *c)));
+  }
+  std::vector<int32_t> seen;
+  const std::vector<int32_t> got = model_->decode_greedy(first, 7, *cache, [&](int32_t id) {
+    seen.push_back(id);
+    return true;
+  });
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(seen, want);
+  EXPECT_EQ(cache->size(), int64_t(p.size()) + 7);
+
+  cache->truncate(int64_t(p.size()));
+  const std::vector<int32_t> one =
+      model_->decode_greedy(first, 7, *cache, [](int32_t) { return false; });
+  EXPECT_EQ(one, std::vector<int32_t>(want.begin(), want.begin() + 1));  // one forward, one id
+  EXPECT_EQ(cache->size(), int64_t(p.size()) + 1);
+  cache->truncate(int64_t(p.size()));
+  int n = 0;
+  const std::vector<int32_t> some =
+      model_->decode_greedy(first, 7, *cache, [&](int32_t) { return ++n < 3; });
+  EXPECT_EQ(some, std::vector<int32_t>(want.begin(), want.begin() + 3));
+  EXPECT_EQ(cache->size(), int64_t(p.size()) + 3);
+  // A full cache ends it early: room for two more forwards.
+  std::unique_ptr<KVCache> small = model_->new_cache(int64_t(p.size()) + 2);
+  (void)model_->forward(p, *small);
+  EXPECT_EQ(model_->decode_greedy(first, 7, *small, [](int32_t) { return true; }),
+            std::vector<int32_t>(want.begin(), want.begin() + 2));
 }
 
 TEST_F(Generate, GeneratorReusesTheCachedPrefix) {

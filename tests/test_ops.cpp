@@ -4,10 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <random>
 
 #include "core/error.h"
+#include "ops/argmax.h"
 #include "ops/attention.h"
 #include "ops/embedding.h"
 #include "ops/mla_decode.h"
@@ -177,6 +179,37 @@ TEST(Ops, ScatterRowsWritesEachRowToItsSlot) {
   EXPECT_THROW(
       ops::scatter_rows(pool, random_tensor({2, 9}, DType::F32, rng), Tensor::from_i64({0, 1})),
       Error);  // width
+}
+
+// The greedy pick: the first largest value of each row (a tie goes to the smaller index), NaN
+// skipped but flagged, -inf rows and NaN-only rows giving 0; f32 and bf16, rows of a wider
+// buffer; the outputs are poisoned first.
+TEST(Ops, ArgmaxRowsPicksTheFirstLargest) {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
+  const std::vector<std::vector<float>> rows = {{1, 3, 2, 3, -1},
+                                                {nan, -5, 7, 7, nan},
+                                                {-inf, -inf, -inf, -inf, -inf},
+                                                {nan, nan, nan, nan, nan},
+                                                {-2, -1, -3, -1, inf}};
+  const std::vector<int32_t> want = {1, 2, 0, 0, 4}, want_nan = {0, 1, 0, 1, 0};
+  std::vector<float> wide;
+  for (const auto& r : rows) {
+    wide.insert(wide.end(), r.begin(), r.end());
+    wide.insert(wide.end(), {100.0f, nan});  // past each row's end: never read
+  }
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    const Tensor x = Tensor::from_vector(wide, {5, 7}).to(dtype).slice(1, 0, 5);
+    Tensor out = Tensor::from_ids({-7, -7, -7, -7, -7});
+    Tensor nans = Tensor::from_ids({9, 9, 9, 9, 9});
+    ops::argmax_rows(x, out, nans);
+    EXPECT_EQ(std::vector<int32_t>(out.data<int32_t>(), out.data<int32_t>() + 5), want);
+    EXPECT_EQ(std::vector<int32_t>(nans.data<int32_t>(), nans.data<int32_t>() + 5), want_nan);
+  }
+  const Tensor x = Tensor::from_vector({1, 2, 3, 4}, {2, 2});
+  EXPECT_THROW(ops::argmax_rows(x, Tensor::from_ids({0})), Error);                     // rows
+  EXPECT_THROW(ops::argmax_rows(x, Tensor::from_i64({0, 0})), Error);                  // dtype
+  EXPECT_THROW(ops::argmax_rows(x.transpose(0, 1), Tensor::from_ids({0, 0})), Error);  // strides
+  EXPECT_THROW(ops::argmax_rows(x, Tensor::from_ids({0, 0}), Tensor::from_ids({0})), Error);
 }
 
 // Per-head products out[t, h] = x[t, h] · w[h], from a strided x (MLA's q_nope inside q) into a

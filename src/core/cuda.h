@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/dtype.h"
 
@@ -82,6 +83,27 @@ class Graph {
   void* graph_ = nullptr;  // cudaGraph_t
   void* exec_ = nullptr;   // cudaGraphExec_t
   bool capturing_ = false;
+};
+
+// HostReadback: small results copied from the device into page-locked host memory without
+// waiting for the stream, each into a slot with an event, so the host can queue more work before
+// it reads them (greedy decoding reads each step's token while the next step runs). A slot is
+// reused only after wait() on it or after the copy queued after it in the stream is done.
+class HostReadback {
+ public:
+  HostReadback(int slots, size_t slot_bytes);
+  ~HostReadback();  // waits for copies in flight
+  HostReadback(const HostReadback&) = delete;
+  HostReadback& operator=(const HostReadback&) = delete;
+  // Queues the copy of slot_bytes from device address src into `slot` on the stream.
+  void copy(int slot, const void* src);
+  // Waits for slot's last copy; its bytes (valid until the slot's next copy).
+  const void* wait(int slot);
+
+ private:
+  void* host_ = nullptr;  // page-locked, slots · slot_bytes
+  std::vector<void*> events_;
+  size_t slot_bytes_ = 0;
 };
 
 // Fork: independent parts of a step on a second stream beside the main one (an MLA layer's latent

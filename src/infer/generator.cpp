@@ -123,6 +123,29 @@ GenerationResult Generator::generate(const std::vector<int32_t>& prompt,
   result.prefill_seconds = seconds_since(start);
   start = Clock::now();
 
+  // A new id: recorded and streamed; false when it ends the generation (EOS or a stop string).
+  auto accept = [&](int32_t id) {
+    result.ids.push_back(id);
+    history.push_back(id);
+    if (options.on_token) options.on_token(id);
+    if (is_eos(id)) {
+      result.finish_reason = "stop";
+      return false;
+    }
+    if (decoder) {
+      emit(stops.push(decoder->push(id)));
+      if (stops.stopped()) {
+        result.finish_reason = "stop";
+        return false;
+      }
+    }
+    return true;
+  };
+  // Greedy picks that nothing else changes (no repetition penalty, no id agreed across ranks) are
+  // left to the model after the first (Model::decode_greedy: on a GPU, the argmax runs on the
+  // device and the host is out of the loop); the same ids as the loop below.
+  const bool model_picks = options.sampling.greedy() &&
+                           options.sampling.repetition_penalty == 1.0f && !options.agree_token;
   for (int64_t step = 0; step < options.max_new_tokens; ++step) {
     if (step > 0) {
       if (cache_->size() >= context_tokens_) break;  // cache full: "length"
@@ -131,19 +154,16 @@ GenerationResult Generator::generate(const std::vector<int32_t>& prompt,
     }
     int32_t id = sampler.sample(last_row(logits, config.vocab_size).values(), history);
     if (options.agree_token) id = options.agree_token(id);
-    result.ids.push_back(id);
-    history.push_back(id);
-    if (options.on_token) options.on_token(id);
-    if (is_eos(id)) {
-      result.finish_reason = "stop";
-      break;
-    }
-    if (decoder) {
-      emit(stops.push(decoder->push(id)));
-      if (stops.stopped()) {
-        result.finish_reason = "stop";
-        break;
+    if (!accept(id)) break;
+    if (model_picks) {
+      const std::vector<int32_t> more =
+          model_.decode_greedy(id, options.max_new_tokens - 1, *cache_, accept);
+      // Forwarded: id, then every new id but the last.
+      if (!more.empty()) {
+        cached_ids_.push_back(id);
+        cached_ids_.insert(cached_ids_.end(), more.begin(), more.end() - 1);
       }
+      break;
     }
   }
   if (decoder && !stops.stopped()) {

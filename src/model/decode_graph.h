@@ -11,6 +11,12 @@
 // number of keys mla_decode reads) — and the step's temporaries are allocated and freed inside
 // the graph. The logits land in a buffer of this object; step() returns a copy.
 //
+// Greedy decoding (Transformer::decode_greedy) replays a second graph: the same step followed by
+// the argmax of its logits (ops::argmax_rows), written into the ids buffer the next step reads,
+// and a copy of that id into page-locked host memory. The host can then queue step n + 1 before
+// it reads step n's token: the GPU goes from one step to the next without waiting for the host
+// to read the logits, pick the token and send it back.
+//
 // Per cache: the first step runs eagerly (warm-up: lazily made state such as cuBLASLt plans and
 // uploaded RoPE frequencies comes into being outside the capture), the second is captured and
 // replayed, every later one replayed. A different cache (other storage) starts over. If capture
@@ -38,17 +44,33 @@ class DecodeGraph {
   // to (the caller advances it afterwards). Returns the logits, f32 [1, V] on the GPU.
   Tensor step(int32_t id, KVCache& cache, const Body& body);
 
+  // Greedy steps: greedy_start puts `id` into the ids buffer; each greedy_queue queues a step for
+  // the id in it (appending it to `cache`; the caller advances the cache afterwards) that leaves
+  // the argmax of its logits there for the next step and copies it into readback slot `slot`
+  // (0 or 1); greedy_token waits for that copy and returns the id (throwing if the logits held
+  // NaN, as the sampler does).
+  void greedy_start(int32_t id, KVCache& cache);
+  void greedy_queue(KVCache& cache, const Body& body, int slot);
+  int32_t greedy_token(int slot);
+
   int64_t replays() const { return replays_; }  // steps that ran as a graph launch
   bool failed() const { return failed_; }       // capture failed: steps run eagerly
 
  private:
   void reset(KVCache& cache);
-  void run(const Body& body);  // the body, logits copied into logits_ (on the stream)
+  void prepare(KVCache& cache);       // checks the cache; a different one resets
+  void run(const Body& body);         // the body, logits copied into logits_ (on the stream)
+  void run_greedy(const Body& body);  // the body, its argmax written into ids_
+  // Replays `graph`, capturing it from `work` first if it is empty; runs `work` eagerly if capture
+  // failed now or before.
+  void replay(std::unique_ptr<cuda::Graph>& graph, const std::function<void()>& work);
 
   std::vector<const void*> storage_;  // the cache's buffers the graph was recorded against
-  Tensor ids_;                        // i32 [1] on the GPU
+  Tensor ids_;  // i32 [2] on the GPU: the step's id, and whether a greedy pick saw NaN logits
   Tensor logits_;                     // f32 [1, V] on the GPU, written by every step
-  std::unique_ptr<cuda::Graph> graph_;
+  std::unique_ptr<cuda::Graph> graph_;          // step(): the logits
+  std::unique_ptr<cuda::Graph> greedy_graph_;   // greedy_queue(): the next id
+  std::unique_ptr<cuda::HostReadback> tokens_;  // greedy ids, two slots
   bool warm_ = false, failed_ = false;
   int64_t replays_ = 0;
 };

@@ -9,8 +9,10 @@
 
 #include "core/error.h"
 #include "model/config.h"
+#include "model/kv_cache.h"
 #include "model/safetensors.h"
 #include "model/transformer.h"
+#include "ops/argmax.h"
 
 namespace dseek {
 
@@ -35,6 +37,23 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const Placement& plac
                  dir.c_str(), static_cast<long long>(config.num_nextn_predict_layers),
                  static_cast<long long>(model->num_mtp_layers()));
   return model;
+}
+
+std::vector<int32_t> Model::decode_greedy(int32_t first, int64_t max_steps, KVCache& cache,
+                                          const std::function<bool(int32_t)>& on_token) {
+  std::vector<int32_t> produced;
+  int32_t id = first;
+  const Tensor pick = Tensor::zeros({1}, DType::I32), nan = Tensor::zeros({1}, DType::I32);
+  for (int64_t s = 0; s < max_steps && cache.size() < cache.capacity(); ++s) {
+    const Tensor logits = forward({id}, cache);
+    const int64_t last = logits.size(0) - 1;
+    ops::argmax_rows(logits.slice(0, last, last + 1).to(Device::CPU), pick, nan);
+    DSEEK_CHECK(nan.data<int32_t>()[0] == 0, "[decode] the step's logits hold NaN");
+    id = pick.data<int32_t>()[0];
+    produced.push_back(id);
+    if (!on_token(id)) break;
+  }
+  return produced;
 }
 
 }  // namespace dseek

@@ -3,6 +3,7 @@
 // (DeepSeek LLM / Coder 1.x). Configured entirely by config.json.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -65,6 +66,17 @@ class Model {
   // device and activation dtype). Must equal the full forward.
   virtual Tensor forward(const std::vector<int32_t>& ids, KVCache& cache) = 0;
   virtual std::unique_ptr<KVCache> new_cache(int64_t max_tokens) const = 0;
+
+  // Greedy decoding of one sequence: forwards `first` (appending it to the cache), takes the
+  // argmax of its logits (the first largest; ops::argmax_rows) as the next token, forwards that,
+  // and so on, handing each new token to on_token in order until it returns false: at most
+  // max_steps forwards, fewer when the cache fills up. Returns the new tokens. The cache then
+  // holds `first` and every returned token but the last (not forwarded yet), as forward(ids,
+  // cache) one token at a time would leave it. Throws on NaN logits, as the sampler does. The
+  // default forwards and picks on the host; a GPU Transformer with CUDA graphs picks on the device
+  // and queues each step before the host reads the previous one's token.
+  virtual std::vector<int32_t> decode_greedy(int32_t first, int64_t max_steps, KVCache& cache,
+                                             const std::function<bool(int32_t)>& on_token);
 
   // Multi-token prediction (deepseek_v3 with num_nextn_predict_layers > 0). For ids [T], returns
   // the logits [T - depth, V] of MTP depth `depth` (1-based): row i predicts token i + depth + 1

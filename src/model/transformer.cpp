@@ -142,8 +142,7 @@ Tensor Transformer::forward(const std::vector<int32_t>& ids) {
   return out.to(Device::CPU);
 }
 
-Tensor Transformer::forward(const std::vector<int32_t>& ids, KVCache& cache) {
-  check_ids(ids);
+void Transformer::check_cache(const KVCache& cache) const {
   DSEEK_CHECK(cache.num_layers() == int64_t(blocks_.size()),
               "[model] cache has {} layers, the model {}", cache.num_layers(), blocks_.size());
   DSEEK_CHECK(cache.device() == placement_.device && cache.dtype() == placement_.act,
@@ -151,6 +150,11 @@ Tensor Transformer::forward(const std::vector<int32_t>& ids, KVCache& cache) {
               "with new_cache)",
               dtype_name(cache.dtype()), device_name(cache.device()), dtype_name(placement_.act),
               device_name(placement_.device));
+}
+
+Tensor Transformer::forward(const std::vector<int32_t>& ids, KVCache& cache) {
+  check_ids(ids);
+  check_cache(cache);
   const int64_t T = int64_t(ids.size());
   cache.check_room(T);
   ops::DeferredFp8Checks fp8_checks;  // see forward(ids); read before the cache advances
@@ -168,6 +172,52 @@ Tensor Transformer::forward(const std::vector<int32_t>& ids, KVCache& cache) {
   cache.advance(T);
   if (out.dtype() != DType::F32) out = out.to(DType::F32);  // bf16 logits of a GPU model
   return out;
+}
+
+std::vector<int32_t> Transformer::decode_greedy(int32_t first, int64_t max_steps, KVCache& cache,
+                                                const std::function<bool(int32_t)>& on_token) {
+  if (!cuda_graphs_active()) return Model::decode_greedy(first, max_steps, cache, on_token);
+  check_ids(std::span<const int32_t>(&first, 1));
+  check_cache(cache);
+  std::vector<int32_t> produced;
+  if (max_steps <= 0 || cache.size() >= cache.capacity()) return produced;
+  if (!decode_graph_) decode_graph_ = std::make_unique<DecodeGraph>();
+  const DecodeGraph::Body body = [&](const Tensor& device_ids) {
+    return cached_step(ops::embedding_device_ids(embed_tokens_, device_ids, placement_.act), cache);
+  };
+  // Step s reads the id step s − 1 left on the device and copies its own pick into slot s % 2;
+  // the host queues step s + 1 before it waits for step s's id, so the GPU never waits for it.
+  auto queue = [&](int64_t s) {
+    decode_graph_->greedy_queue(cache, body, int(s % 2));
+    cache.advance(1);
+  };
+  decode_graph_->greedy_start(first, cache);
+  queue(0);
+  for (int64_t s = 0; s < max_steps; ++s) {
+    const bool ahead = s + 1 < max_steps && cache.size() < cache.capacity();
+    if (ahead) queue(s + 1);
+    bool more = false;
+    try {
+      produced.push_back(decode_graph_->greedy_token(int(s % 2)));
+      more = on_token(produced.back());
+    } catch (...) {
+      // The step queued ahead appended an id nobody will see: take it back out of the cache.
+      if (ahead) {
+        cuda::synchronize();
+        cache.truncate(cache.size() - 1);
+      }
+      throw;
+    }
+    if (!more) {
+      if (ahead) {
+        cuda::synchronize();  // its rows past the new end are overwritten by later steps
+        cache.truncate(cache.size() - 1);
+      }
+      break;
+    }
+    if (!ahead) break;
+  }
+  return produced;
 }
 
 Tensor Transformer::cached_step(const Tensor& x_in, KVCache& cache) {

@@ -31,6 +31,8 @@ class Transformer : public Model {
   Tensor forward(const std::vector<int32_t>& ids) override;
   Tensor forward(const std::vector<int32_t>& ids, KVCache& cache) override;
   std::unique_ptr<KVCache> new_cache(int64_t max_tokens) const override;
+  std::vector<int32_t> decode_greedy(int32_t first, int64_t max_steps, KVCache& cache,
+                                     const std::function<bool(int32_t)>& on_token) override;
   Tensor forward_mtp(const std::vector<int32_t>& ids, int depth) override;
   BatchOutput forward_batch(const std::vector<BatchSequence>& batch, PagedKVCache& cache) override;
   Tensor forward_mtp_batch(const std::vector<MtpBatchSequence>& batch,
@@ -62,6 +64,7 @@ class Transformer : public Model {
 
  private:
   void check_ids(std::span<const int32_t> ids) const;
+  void check_cache(const KVCache& cache) const;  // made by new_cache for this model
   void require_cpu(const char* what) const;
   // The cached forward's work after the ids are on the device: layers, norm, lm_head.
   Tensor cached_step(const Tensor& x, KVCache& cache);

@@ -584,6 +584,52 @@ TEST_P(BackendDecodeModel, GraphReplayEqualsEagerDecode) {
   }
 }
 
+// Greedy decoding with the pick on the device (Transformer::decode_greedy: a graph ending in the
+// argmax feeds the next step, the host one step behind) gives the ids of the host's
+// forward-and-argmax loop (graphs off: the same kernels, the same logits) in both activation
+// dtypes. Stopped by on_token after five ids, the step queued ahead is taken back out of the
+// cache, and decoding on from there gives the uninterrupted run's ids.
+TEST_P(BackendDecodeModel, DeviceGreedyEqualsHostGreedy) {
+  DSEEK_REQUIRE_CUDA();
+  constexpr int64_t kSteps = 12;
+  for (DType act : kActDtypes) {
+    const std::unique_ptr<Model> model = Model::load(dir_.string(), Placement{Device::CUDA, act});
+    auto* transformer = dynamic_cast<Transformer*>(model.get());
+    ASSERT_NE(transformer, nullptr);
+    const size_t prompt = ids_.size() / 2;
+    const std::vector<int32_t> head(ids_.begin(), ids_.begin() + std::ptrdiff_t(prompt));
+    auto run = [&](bool graphs, int64_t stop_after) {
+      transformer->set_cuda_graphs(graphs);
+      const std::unique_ptr<KVCache> cache = model->new_cache(int64_t(prompt) + kSteps + 4);
+      (void)model->forward(head, *cache);
+      int64_t seen = 0;
+      std::vector<int32_t> ids = model->decode_greedy(ids_[prompt], kSteps, *cache,
+                                                      [&](int32_t) { return ++seen < stop_after; });
+      EXPECT_EQ(cache->size(), int64_t(prompt + ids.size())) << GetParam();
+      if (int64_t(ids.size()) < kSteps) {
+        const std::vector<int32_t> rest = model->decode_greedy(
+            ids.back(), kSteps - int64_t(ids.size()), *cache, [](int32_t) { return true; });
+        ids.insert(ids.end(), rest.begin(), rest.end());
+      }
+      EXPECT_EQ(cache->size(), int64_t(prompt) + kSteps) << GetParam();
+      return ids;
+    };
+    const std::vector<int32_t> host = run(false, kSteps + 1);
+    const int64_t before = transformer->decode_graph_replays();
+    const std::vector<int32_t> device = run(true, kSteps + 1);
+    const std::vector<int32_t> stopped = run(true, 5);
+    const int64_t replays = transformer->decode_graph_replays() - before;
+    EXPECT_EQ(device, host) << GetParam();
+    EXPECT_EQ(stopped, host) << GetParam();
+    if (transformer->cuda_graphs_active()) {
+      EXPECT_GE(replays, kSteps) << GetParam();
+    }
+    std::printf("[backend] decode %-12s %-4s device greedy (%lld replays): %s\n",
+                GetParam().c_str(), std::string(dtype_name(act)).c_str(), (long long)replays,
+                device == host && stopped == host ? "same ids" : "DIFFERENT");
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, BackendDecodeModel, ::testing::ValuesIn(fixture_names()),
                          [](const ::testing::TestParamInfo<std::string>& info) {
                            return info.param;

@@ -435,6 +435,41 @@ void Graph::launch() const {
   DSEEK_CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), stream()));
 }
 
+HostReadback::HostReadback(int slots, size_t slot_bytes) : slot_bytes_(slot_bytes) {
+  DSEEK_CHECK(slots > 0 && slot_bytes > 0, "[cuda] readback of {} slots of {} bytes", slots,
+              slot_bytes);
+  DSEEK_CUDA_CHECK(cudaMallocHost(&host_, size_t(slots) * slot_bytes));
+  for (int i = 0; i < slots; ++i) {
+    cudaEvent_t event = nullptr;
+    DSEEK_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+    events_.push_back(event);
+  }
+}
+
+HostReadback::~HostReadback() {
+  // Copies in flight write into host_: wait for them (errors here have nowhere to go).
+  for (void* event : events_) {
+    cudaEventSynchronize(static_cast<cudaEvent_t>(event));
+    cudaEventDestroy(static_cast<cudaEvent_t>(event));
+  }
+  if (host_) cudaFreeHost(host_);
+}
+
+void HostReadback::copy(int slot, const void* src) {
+  DSEEK_CHECK(slot >= 0 && size_t(slot) < events_.size(), "[cuda] readback slot {}", slot);
+  char* dst = static_cast<char*>(host_) + size_t(slot) * slot_bytes_;
+  DSEEK_CUDA_CHECK(cudaMemcpyAsync(dst, src, slot_bytes_, cudaMemcpyDeviceToHost, stream()));
+  DSEEK_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(events_[size_t(slot)]), stream()));
+}
+
+const void* HostReadback::wait(int slot) {
+  DSEEK_CHECK(slot >= 0 && size_t(slot) < events_.size(), "[cuda] readback slot {}", slot);
+  DSEEK_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(events_[size_t(slot)])));
+  // A kernel fault before the copy surfaces here rather than as a wrong value.
+  DSEEK_CUDA_CHECK(cudaGetLastError());
+  return static_cast<const char*>(host_) + size_t(slot) * slot_bytes_;
+}
+
 MemoryInfo memory_info() {
   MemoryInfo m;
   if (!available()) return m;

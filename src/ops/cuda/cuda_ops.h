@@ -76,6 +76,12 @@ void mla_cache_append(const void* kv_a, int64_t kv_t, const void* weight, DType 
 void scatter_rows(void* dst, size_t dst_stride_bytes, const void* src, const int64_t* rows,
                   int64_t N, size_t row_bytes);
 
+// ---- argmax.cu -------------------------------------------------------------------------------
+// out[r] = ops::argmax_rows's index for row r of x (dtype f32 or bf16, rows ld elements apart);
+// nan_rows[r · nan_stride], where not null, 1 if the row holds a NaN, else 0.
+void argmax_rows(const void* x, DType dtype, int64_t ld, int64_t R, int64_t V, int32_t* out,
+                 int32_t* nan_rows, int64_t nan_stride);
+
 // ---- embedding.cu ----------------------------------------------------------------------------
 // out[t] = table[ids[t]] (table rows contiguous, any float dtype incl. fp8 e4m3). ids are on the
 // device and already checked to lie in [0, V) by the op.
