@@ -15,8 +15,8 @@
 //              them; bench/issue10_torch.py asks transformers for all rows too);
 //   batched    B = 32/64/128 sequences decoding together through the paged cache
 //              (Transformer::forward_batch): 128-token prompts, then 32 steps of one token each;
-//              tokens/s = B · steps / the forwards' time (the host argmax over B rows is left out:
-//              dseek has no device argmax yet).
+//              tokens/s = B · steps / the forwards' time (the host argmax over B rows is left
+//              out: the batched path still picks on the host).
 // A part that throws (not on the GPU yet) prints "n/a (<reason>)" and the bench goes on.
 //
 // The weights: no checkpoint is written to disk. A safetensors image of the whole model (31 GB in
