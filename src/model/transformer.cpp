@@ -191,6 +191,12 @@ std::vector<int32_t> Transformer::decode_greedy(int32_t first, int64_t max_steps
     decode_graph_->greedy_queue(cache, body, int(s % 2));
     cache.advance(1);
   };
+  // A step queued ahead of a stop appended an id nobody will see: it comes back out of the cache
+  // (its rows past the new end are overwritten by later steps).
+  auto take_back = [&] {
+    cuda::synchronize();
+    cache.truncate(cache.size() - 1);
+  };
   decode_graph_->greedy_start(first, cache);
   queue(0);
   for (int64_t s = 0; s < max_steps; ++s) {
@@ -201,21 +207,11 @@ std::vector<int32_t> Transformer::decode_greedy(int32_t first, int64_t max_steps
       produced.push_back(decode_graph_->greedy_token(int(s % 2)));
       more = on_token(produced.back());
     } catch (...) {
-      // The step queued ahead appended an id nobody will see: take it back out of the cache.
-      if (ahead) {
-        cuda::synchronize();
-        cache.truncate(cache.size() - 1);
-      }
+      if (ahead) take_back();
       throw;
     }
-    if (!more) {
-      if (ahead) {
-        cuda::synchronize();  // its rows past the new end are overwritten by later steps
-        cache.truncate(cache.size() - 1);
-      }
-      break;
-    }
-    if (!ahead) break;
+    if (!more && ahead) take_back();
+    if (!more || !ahead) break;
   }
   return produced;
 }
