@@ -147,9 +147,9 @@ Tensor Mla::absorb_query_gpu(const Tensor& q, const Tensor& positions) const {
   const int64_t T = q.size(0), r = kv_lora_rank_, width = r + rope_dim_;
   const int64_t qk = nope_dim_ + rope_dim_;
   const Tensor q_abs = Tensor::empty({T, n_heads_, width}, q.dtype(), q.device());
-  ops::head_matmul_into(q.slice(2, 0, nope_dim_), w_uk_, q_abs.slice(2, 0, r));
-  ops::rope_copy(q.slice(2, nope_dim_, qk), q_abs.slice(2, r, width), positions, rope_.inv_freq,
-                 rope_.attention_scaling, rope_.interleaved);
+  ops::absorb_query_into(q.slice(2, 0, nope_dim_), w_uk_, q_abs.slice(2, 0, r),
+                         q.slice(2, nope_dim_, qk), q_abs.slice(2, r, width), positions,
+                         rope_.inv_freq, rope_.attention_scaling, rope_.interleaved);
   return q_abs;
 }
 

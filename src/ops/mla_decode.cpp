@@ -3,7 +3,11 @@
 #include "core/error.h"
 #include "ops/cpu/mla_decode_cpu.h"
 #include "ops/cuda/cuda_ops.h"
+#ifdef DSEEK_HAS_CUDA
+#include "ops/cuda/gemv.h"
+#endif
 #include "ops/device.h"
+#include "ops/rope.h"
 
 namespace dseek::ops {
 
@@ -96,17 +100,24 @@ Device check_head_matmul(const Tensor& x, const Tensor& w) {
   return device;
 }
 
-}  // namespace
-
-void head_matmul_into(const Tensor& x, const Tensor& w, const Tensor& out) {
+// head_matmul_into's arguments (check_head_matmul, and out a [T, H, N] view); returns the device.
+Device check_head_matmul_into(const Tensor& x, const Tensor& w, const Tensor& out) {
   const Device device = check_head_matmul(x, w);
-  const int64_t T = x.size(0), H = x.size(1), K = x.size(2), N = w.size(2);
+  const int64_t T = x.size(0), H = x.size(1), N = w.size(2);
   DSEEK_CHECK(out.defined() && out.dtype() == x.dtype() && out.device() == device &&
                   out.shape() == Shape({T, H, N}) && last_dim_contiguous(out),
               "[head_matmul] out must be a [{}, {}, {}] {} view with a contiguous last "
               "dimension, got {} {}",
               T, H, N, dtype_name(x.dtype()), out.defined() ? shape_str(out.shape()) : "undefined",
               out.defined() ? dtype_name(out.dtype()) : "");
+  return device;
+}
+
+}  // namespace
+
+void head_matmul_into(const Tensor& x, const Tensor& w, const Tensor& out) {
+  const Device device = check_head_matmul_into(x, w, out);
+  const int64_t T = x.size(0), H = x.size(1), K = x.size(2), N = w.size(2);
   if (out.numel() == 0) return;
   if (K == 0) {  // an empty sum
     out.copy_from(Tensor::zeros({T, H, N}, x.dtype(), device));
@@ -124,6 +135,39 @@ void head_matmul_into(const Tensor& x, const Tensor& w, const Tensor& out) {
   }
   cpu::head_matmul(x.data<float>(), x.strides()[0], x.strides()[1], w.data<float>(),
                    out.data<float>(), out_t, out_h, T, H, K, N);
+}
+
+void absorb_query_into(const Tensor& q_nope, const Tensor& w, const Tensor& out_nope,
+                       const Tensor& q_pe, const Tensor& out_pe, const Tensor& positions,
+                       const std::vector<float>& inv_freq, float scaling, bool interleaved) {
+  const Device device = check_head_matmul_into(q_nope, w, out_nope);
+  check_rope_copy(q_pe, out_pe, positions, inv_freq);
+#ifdef DSEEK_HAS_CUDA
+  const int64_t T = q_nope.size(0), H = q_nope.size(1), K = q_nope.size(2), N = w.size(2);
+  if (device == Device::CUDA && q_pe.dtype() == q_nope.dtype() && q_pe.size(0) == T &&
+      q_pe.size(1) == H && q_pe.numel() > 0) {
+    cuda::HeadGemvRope rope;
+    rope.src = q_pe.raw();
+    rope.s_t = q_pe.strides()[0];
+    rope.s_h = q_pe.strides()[1];
+    rope.dst = out_pe.raw();
+    rope.d_t = out_pe.strides()[0];
+    rope.d_h = out_pe.strides()[1];
+    rope.d = q_pe.size(2);
+    rope.positions = positions.data<int64_t>();
+    rope.inv_freq = rope_device_frequencies(inv_freq);
+    rope.scaling = scaling;
+    rope.interleaved = interleaved;
+    if (cuda::head_matmul_rope(q_nope.raw(), q_nope.strides()[0], q_nope.strides()[1], w.raw(),
+                               out_nope.raw(), out_nope.strides()[0], out_nope.strides()[1], T, H,
+                               K, N, q_nope.dtype(), rope))
+      return;
+  }
+#else
+  (void)device;
+#endif
+  head_matmul_into(q_nope, w, out_nope);
+  rope_copy(q_pe, out_pe, positions, inv_freq, scaling, interleaved);
 }
 
 Tensor head_matmul(const Tensor& x, const Tensor& w) {

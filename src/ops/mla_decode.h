@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -36,5 +37,13 @@ Tensor head_matmul(const Tensor& x, const Tensor& w);
 // The same into out, a [T, H, N] view of x's dtype and device with a contiguous last dimension
 // (e.g. the first N columns of a wider [T, H, ·] tensor: MLA's absorbed query, written in place).
 void head_matmul_into(const Tensor& x, const Tensor& w, const Tensor& out);
+
+// The absorbed query of a decode step in one call: head_matmul_into(q_nope, w, out_nope) and
+// rope_copy(q_pe, out_pe, positions, inv_freq, scaling, interleaved) (MLA: q_nope·W_UK into
+// q_abs's first r columns, q_pe rotated into the rest). The same checks and bits as the two ops;
+// on a GPU where the per-head GEMV takes the product (bf16, a few rows) one launch does both.
+void absorb_query_into(const Tensor& q_nope, const Tensor& w, const Tensor& out_nope,
+                       const Tensor& q_pe, const Tensor& out_pe, const Tensor& positions,
+                       const std::vector<float>& inv_freq, float scaling, bool interleaved);
 
 }  // namespace dseek::ops

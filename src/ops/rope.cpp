@@ -155,9 +155,9 @@ void rope_inplace(const Tensor& x, const Tensor& positions, const std::vector<fl
   rope_any(x, 0, positions.data<int64_t>(), inv_freq, scaling, interleaved, false, act);
 }
 
-void rope_copy(const Tensor& src, const Tensor& dst, const Tensor& positions,
-               const std::vector<float>& inv_freq, float scaling, bool interleaved) {
-  const DType act = check_rope(dst, 0, inv_freq);
+void check_rope_copy(const Tensor& src, const Tensor& dst, const Tensor& positions,
+                     const std::vector<float>& inv_freq) {
+  check_rope(dst, 0, inv_freq);
   check_positions(dst, positions);
   DSEEK_CHECK(src.defined(), "[rope_copy] undefined src");
   DSEEK_CHECK(
@@ -167,6 +167,12 @@ void rope_copy(const Tensor& src, const Tensor& dst, const Tensor& positions,
       shape_str(dst.shape()), device_name(dst.device()));
   DSEEK_CHECK(src.strides()[2] == 1 || src.size(2) <= 1,
               "[rope_copy] src's last dimension must be contiguous");
+}
+
+void rope_copy(const Tensor& src, const Tensor& dst, const Tensor& positions,
+               const std::vector<float>& inv_freq, float scaling, bool interleaved) {
+  check_rope_copy(src, dst, positions, inv_freq);
+  const DType act = dst.dtype();
   if (dst.is_cuda()) {
 #ifdef DSEEK_HAS_CUDA
     const int64_t T = dst.size(0), H = dst.size(1), d = dst.size(2);

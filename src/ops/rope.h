@@ -34,6 +34,10 @@ void rope_inplace(const Tensor& x, const Tensor& positions, const std::vector<fl
 // as it was. The same bits as dst.copy_from(src) then rope_inplace(dst, positions, ...).
 void rope_copy(const Tensor& src, const Tensor& dst, const Tensor& positions,
                const std::vector<float>& inv_freq, float scaling, bool interleaved);
+// rope_copy's checks of its arguments, throwing as it does (for ops that rotate as rope_copy
+// does inside another kernel: ops::absorb_query_into).
+void check_rope_copy(const Tensor& src, const Tensor& dst, const Tensor& positions,
+                     const std::vector<float>& inv_freq);
 
 // The inverse frequencies uploaded to the GPU once per distinct set and kept (a GPU build only):
 // for other ops whose kernels rotate (ops/mla_cache.h).

@@ -22,9 +22,11 @@
 //    it must match it to 1e-5 relative in either dtype.
 // Every comparison prints one table line. Without a GPU the GPU tests skip.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -48,6 +50,7 @@
 #endif
 #include "ops/mla_decode.h"
 #include "ops/moe.h"
+#include "ops/rope.h"
 
 namespace dseek::backend_test {
 namespace {
@@ -224,6 +227,69 @@ TEST(BackendDecode, HeadMatmul) {
       for (float v : wide.slice(2, c.N, c.N + 7).contiguous().to_vector())
         ASSERT_TRUE(std::isnan(v)) << "head_matmul_into wrote outside its view";
     }
+}
+
+// The absorbed query in one call (ops::absorb_query_into): q = [q_nope | q_pe] per head (a
+// strided view), q_nope·W_UK into q_abs's first N columns and q_pe rotated into the next d, at
+// device positions, both RoPE layouts. On the GPU bf16 with few rows runs both in one launch
+// (the per-head GEMV's extra block a head): the same bits as the two GPU ops; f32 and larger T
+// run the two ops. Against the CPU's two ops within head_matmul's tolerance; q_abs's last
+// columns (past both views) keep their NaN.
+TEST(BackendDecode, AbsorbQueryMatchesTheTwoOps) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(17);
+  struct Case {
+    int64_t T, H, K, N, d;
+  };
+  const std::vector<Case> cases = {
+      {1, 16, 128, 512, 64}, {4, 16, 128, 512, 64}, {2, 5, 19, 96, 32}, {9, 3, 128, 64, 64}};
+  for (DType act : kActDtypes)
+    for (bool interleaved : {false, true})
+      for (const Case& c : cases) {
+        std::vector<float> inv_freq(size_t(c.d / 2));
+        for (size_t j = 0; j < inv_freq.size(); ++j)
+          inv_freq[j] = float(std::pow(10000.0, -2.0 * double(j) / double(c.d)));
+        std::vector<int64_t> pos(size_t(c.T));
+        for (int64_t t = 0; t < c.T; ++t) pos[size_t(t)] = 4090 + 3 * t;
+        const Tensor positions = Tensor::from_i64(pos);
+        const Tensor q = rand({c.T, c.H, c.K + c.d + 3}, rng), w = rand({c.H, c.K, c.N}, rng);
+        const int64_t width = c.N + c.d + 5;
+        auto views = [&](const Tensor& qq, const Tensor& out) {
+          return std::array<Tensor, 4>{qq.slice(2, 0, c.K), out.slice(2, 0, c.N),
+                                       qq.slice(2, c.K, c.K + c.d), out.slice(2, c.N, c.N + c.d)};
+        };
+        // The CPU: the two ops.
+        const Tensor want = Tensor::poisoned({c.T, c.H, width}, DType::F32, Device::CPU);
+        const auto cw = views(rounded(q, act), want);
+        ops::head_matmul_into(cw[0], rounded(w, act), cw[1]);
+        ops::rope_copy(cw[2], cw[3], positions, inv_freq, 1.25f, interleaved);
+        // The GPU: the two ops, and the one call.
+        const Tensor qg = on_gpu(q, act), wg = on_gpu(w, act), pg = positions.to(Device::CUDA);
+        const Tensor two = Tensor::poisoned({c.T, c.H, width}, act, Device::CUDA);
+        const auto tw = views(qg, two);
+        ops::head_matmul_into(tw[0], wg, tw[1]);
+        ops::rope_copy(tw[2], tw[3], pg, inv_freq, 1.25f, interleaved);
+        const Tensor one = Tensor::poisoned({c.T, c.H, width}, act, Device::CUDA);
+        const auto ow = views(qg, one);
+        ops::absorb_query_into(ow[0], wg, ow[1], ow[2], ow[3], pg, inv_freq, 1.25f, interleaved);
+        const std::vector<float> got = one.to_vector(), separate = two.to_vector();
+        const std::string what = std::string(dtype_name(act)) +
+                                 (interleaved ? " interleaved " : " ") +
+                                 shape_str({c.T, c.H, c.K, c.N, c.d});
+        bool same = got.size() == separate.size();
+        for (size_t i = 0; same && i < got.size(); ++i)
+          same = std::memcmp(&got[i], &separate[i], sizeof(float)) == 0;  // NaN included
+        EXPECT_TRUE(same) << what << ": one launch differs from the two ops";
+        Tolerance tol = default_tolerance(act);
+        if (act == DType::F32) tol.abs *= std::max(1.0, std::sqrt(double(c.K)) / 8);
+        expect_close("absorb_query " + what, {c.T, c.H, c.N + c.d}, act,
+                     want.slice(2, 0, c.N + c.d).contiguous(),
+                     one.slice(2, 0, c.N + c.d).contiguous(), tol);
+        for (float v : one.slice(2, c.N + c.d, width).contiguous().to_vector())
+          ASSERT_TRUE(std::isnan(v)) << "absorb_query_into wrote outside its views";
+        std::printf("[backend] absorb_query %-36s %s\n", what.c_str(),
+                    same ? "= the two ops" : "DIFFERENT");
+      }
 }
 
 // ---- the model ----------------------------------------------------------------------------------

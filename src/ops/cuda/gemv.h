@@ -52,8 +52,24 @@ void gemv_widened(const void* x, int64_t T, int64_t in, const float* w, int64_t 
 constexpr int64_t kHeadGemvMaxRows = 4;
 bool head_gemv_takes(int64_t T, int64_t H, int64_t K, int64_t N, const void* w, const void* out,
                      int64_t out_t, int64_t out_h, DType act);
+// A rotation head_gemv can run in the same launch (the absorbed query's q_pe, rotated into q_abs
+// beside q_nope·W_UK: one kernel on the decode step's critical path where there were two):
+// dst[t, h, :d] = RoPE(src[t, h, :d]) at positions[t], bf16, by an extra block a head, with
+// rope_copy's maths (rope.cuh) and roundings: the same bits.
+struct HeadGemvRope {
+  const void* src = nullptr;
+  int64_t s_t = 0, s_h = 0;
+  void* dst = nullptr;
+  int64_t d_t = 0, d_h = 0;
+  int64_t d = 0;  // even
+  const int64_t* positions = nullptr;
+  const float* inv_freq = nullptr;  // [d / 2] on the device
+  float scaling = 1.0f;
+  bool interleaved = false;
+};
 void head_gemv(const void* x, int64_t x_t, int64_t x_h, const void* w, void* out, int64_t out_t,
-               int64_t out_h, int64_t T, int64_t H, int64_t K, int64_t N);
+               int64_t out_h, int64_t T, int64_t H, int64_t K, int64_t N,
+               const HeadGemvRope* rope = nullptr);
 
 // Whether the decode GEMVs are on (set_linear_gemv, DSEEK_LINEAR_GEMV).
 bool linear_gemv_enabled();

@@ -5,6 +5,7 @@
 // loads (cols / 8 threads a row, the block's 256 threads taking 256·8 / cols rows at a time, so
 // every group of threads walks its own k's), sum in f32 against the token rows staged in shared
 // memory, and the groups' partial sums are added in group order (deterministic), rounded once.
+// An extra block a head can rotate the absorbed query's q_pe in the same launch (HeadGemvRope).
 #include <cuda_bf16.h>
 
 #include <climits>
@@ -16,6 +17,7 @@
 #include "core/error.h"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/gemv_dot.cuh"
+#include "ops/cuda/rope.cuh"
 
 namespace dseek::ops::cuda {
 
@@ -32,12 +34,39 @@ size_t smem_bytes(int64_t T, int64_t K) {
   return size_t(T * K + int64_t(kThreads) * 8 * T) * sizeof(float);
 }
 
+// HeadGemvRope's rotation of head h's `rows` rows, by one block: the rows into shared memory
+// (`buf`, rows·d floats), then each pair as rope_kernel rotates it (rope.cuh), rounded to bf16.
+__device__ void rope_head(const HeadGemvRope& r, int64_t h, int rows, float* buf) {
+  const int64_t d = r.d, half = d / 2;
+  const auto* src = static_cast<const __nv_bfloat16*>(r.src);
+  auto* dst = static_cast<__nv_bfloat16*>(r.dst);
+  for (int64_t i = threadIdx.x; i < rows * d; i += blockDim.x)
+    buf[i] = __bfloat162float(src[(i / d) * r.s_t + h * r.s_h + i % d]);
+  __syncthreads();
+  const RopeAngles a{0, r.positions, r.inv_freq, r.scaling};
+  for (int64_t i = threadIdx.x; i < rows * half; i += blockDim.x) {
+    const int64_t t = i / half, j = i % half;
+    const float2 y = rope_pair(buf + t * d, j, half, rope_cos_sin(a, t, j), r.interleaved);
+    __nv_bfloat16* row = dst + t * r.d_t + h * r.d_h;
+    row[j] = __float2bfloat16(y.x);
+    row[half + j] = __float2bfloat16(y.y);
+  }
+}
+
+// Grid (H, N / cols), one more column of blocks when rope.dst is set: those rotate (rope_head).
 template <int kRows>
 __global__ void __launch_bounds__(kThreads)
     head_gemv_kernel(const __nv_bfloat16* __restrict__ x, int64_t x_t, int64_t x_h,
                      const __nv_bfloat16* __restrict__ w, __nv_bfloat16* __restrict__ out,
-                     int64_t out_t, int64_t out_h, int rows, int64_t K, int64_t N, int cols) {
+                     int64_t out_t, int64_t out_h, int rows, int64_t K, int64_t N, int cols,
+                     const HeadGemvRope rope) {
   extern __shared__ float head_smem[];
+  if (rope.dst != nullptr && blockIdx.y == gridDim.y - 1) {  // block-uniform
+    dseek::cuda::pdl_wait();
+    dseek::cuda::pdl_trigger();
+    rope_head(rope, blockIdx.x, rows, head_smem);
+    return;
+  }
   const int64_t h = blockIdx.x, n0 = int64_t(blockIdx.y) * cols;
   const int tid = int(threadIdx.x), per_row = cols / 8, groups = kThreads / per_row;
   const int c = tid % per_row, g = tid / per_row;
@@ -107,21 +136,25 @@ bool head_gemv_takes(int64_t T, int64_t H, int64_t K, int64_t N, const void* w, 
 }
 
 void head_gemv(const void* x, int64_t x_t, int64_t x_h, const void* w, void* out, int64_t out_t,
-               int64_t out_h, int64_t T, int64_t H, int64_t K, int64_t N) {
+               int64_t out_h, int64_t T, int64_t H, int64_t K, int64_t N,
+               const HeadGemvRope* rope) {
   DSEEK_CHECK(head_gemv_takes(T, H, K, N, w, out, out_t, out_h, DType::BF16),
               "[head_matmul] the per-head GEMV does not take T {} H {} K {} N {}", T, H, K, N);
+  const HeadGemvRope job = rope ? *rope : HeadGemvRope{};
+  DSEEK_CHECK(job.dst == nullptr || (job.d > 0 && job.d % 2 == 0 && job.d <= K + 2048),
+              "[head_matmul] a rotation of {} values beside the GEMV", job.d);
   const int cols = block_cols(H, N);
-  const dim3 grid(unsigned(H), unsigned(N / cols));
+  const dim3 grid(unsigned(H), unsigned(N / cols + (job.dst ? 1 : 0)));
   const auto* xb = static_cast<const __nv_bfloat16*>(x);
   const auto* wb = static_cast<const __nv_bfloat16*>(w);
   auto* ob = static_cast<__nv_bfloat16*>(out);
-  const size_t smem = smem_bytes(T, K);
+  const size_t smem = smem_bytes(T, K);  // ≥ T·d floats, the rotation's rows
   if (T == 1)
     dseek::cuda::launch_pdl(head_gemv_kernel<1>, grid, dim3(kThreads), smem, xb, x_t, x_h, wb, ob,
-                            out_t, out_h, 1, K, N, cols);
+                            out_t, out_h, 1, K, N, cols, job);
   else
     dseek::cuda::launch_pdl(head_gemv_kernel<kHeadGemvMaxRows>, grid, dim3(kThreads), smem, xb, x_t,
-                            x_h, wb, ob, out_t, out_h, int(T), K, N, cols);
+                            x_h, wb, ob, out_t, out_h, int(T), K, N, cols, job);
   DSEEK_CUDA_CHECK_LAUNCH("head_gemv_kernel");
 }
 
