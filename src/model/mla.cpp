@@ -208,7 +208,9 @@ Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const
     }
     const Tensor q_abs = absorb_query_gpu(q, positions);
     fork.join();
-    return latent_output_gpu(ops::mla_decode(q_abs, rows, r, scale_, positions));
+    // latent_output_gpu's product, joined from the decode's key splits as it is multiplied.
+    const Tensor out = ops::mla_decode_project(q_abs, rows, r, scale_, positions, w_uv_t_);
+    return apply_linear(out.reshape({T, n_heads_ * v_dim_}), o_proj_, o_bias_);
   }
   const Projected p = project(x, pos0);
 

@@ -21,8 +21,12 @@ bool last_dim_contiguous(const Tensor& t) {
 
 namespace {
 
+// mla_decode's work; with `project` (w [H, rank, N], as head_matmul takes it) the result is
+// head_matmul(out, *project) instead of out, on a GPU in one launch after the decode kernel where
+// cuda::mla_decode_projected applies.
 Tensor mla_decode_any(const Tensor& q_abs, const Tensor& latent, int64_t rank, float scale,
-                      [[maybe_unused]] const int64_t* device_positions) {
+                      [[maybe_unused]] const int64_t* device_positions,
+                      const Tensor* project = nullptr) {
   DSEEK_CHECK(q_abs.defined() && latent.defined(), "[mla_decode] undefined input");
   const Device device = op_device("mla_decode", {&q_abs, &latent});
   const DType act = activation_dtype("mla_decode", q_abs);
@@ -38,15 +42,39 @@ Tensor mla_decode_any(const Tensor& q_abs, const Tensor& latent, int64_t rank, f
   DSEEK_CHECK(S >= T, "[mla_decode] {} queries but only {} latent rows", T, S);
   DSEEK_CHECK(last_dim_contiguous(q_abs) && last_dim_contiguous(latent),
               "[mla_decode] last dimension must be contiguous");
+  if (project)
+    DSEEK_CHECK(project->defined() && project->dtype() == act && project->device() == device &&
+                    project->dim() == 3 && project->size(0) == H && project->size(1) == rank &&
+                    project->is_contiguous(),
+                "[mla_decode] the output's projection must be contiguous {} [{}, {}, N] on the "
+                "{}",
+                dtype_name(act), H, rank, device_name(device));
   Tensor out = Tensor::empty({T, H, rank}, act, device);
-  if (out.numel() == 0) return out;
+  if (out.numel() == 0) return project ? head_matmul(out, *project) : out;
   if (device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
-    cuda::mla_decode(cuda::MlaDecodeArgs{q_abs.raw(), q_abs.strides()[0], q_abs.strides()[1],
-                                         latent.raw(), latent.strides()[0], out.raw(), T, S, H, dk,
-                                         rank, scale, device_positions},
-                     act);
-    return out;
+    const cuda::MlaDecodeArgs args{q_abs.raw(),
+                                   q_abs.strides()[0],
+                                   q_abs.strides()[1],
+                                   latent.raw(),
+                                   latent.strides()[0],
+                                   out.raw(),
+                                   T,
+                                   S,
+                                   H,
+                                   dk,
+                                   rank,
+                                   scale,
+                                   device_positions};
+    if (project) {
+      const int64_t N = project->size(2);
+      Tensor y = Tensor::empty({T, H, N}, act, device);
+      if (cuda::mla_decode_projected(args, project->raw(), y.raw(), y.strides()[0], y.strides()[1],
+                                     N, act))
+        return y;
+    }
+    cuda::mla_decode(args, act);
+    return project ? head_matmul(out, *project) : out;
 #else
     cuda_not_built("mla_decode");
 #endif
@@ -54,7 +82,29 @@ Tensor mla_decode_any(const Tensor& q_abs, const Tensor& latent, int64_t rank, f
   cpu::mla_decode(cpu::MlaDecodeArgs{q_abs.data<float>(), q_abs.strides()[0], q_abs.strides()[1],
                                      latent.data<float>(), latent.strides()[0], out.data<float>(),
                                      T, S, H, dk, rank, scale});
-  return out;
+  return project ? head_matmul(out, *project) : out;
+}
+
+// mla_decode over a cache's storage (the positions overload), with mla_decode_any's `project`.
+Tensor mla_decode_at(const Tensor& q_abs, const Tensor& latent, int64_t rank, float scale,
+                     const Tensor& positions, const Tensor* project) {
+  DSEEK_CHECK(q_abs.defined() && latent.defined() && positions.defined(),
+              "[mla_decode] undefined input");
+  const int64_t T = q_abs.dim() == 3 ? q_abs.size(0) : -1;
+  DSEEK_CHECK(positions.dtype() == DType::I64 && positions.dim() == 1 && positions.size(0) == T &&
+                  positions.is_contiguous() && positions.device() == latent.device(),
+              "[mla_decode] positions must be contiguous i64 [{}] on the {}, got {} {} on the {}",
+              T, device_name(latent.device()), dtype_name(positions.dtype()),
+              shape_str(positions.shape()), device_name(positions.device()));
+  if (T == 0) return mla_decode_any(q_abs, latent.slice(0, 0, 0), rank, scale, nullptr, project);
+  if (positions.is_cuda())
+    return mla_decode_any(q_abs, latent, rank, scale, static_cast<const int64_t*>(positions.raw()),
+                          project);
+  const int64_t S = positions.data<int64_t>()[T - 1] + 1;
+  DSEEK_CHECK(S >= T && S <= latent.size(0),
+              "[mla_decode] the last query's position {} needs {} keys; the latent holds {} rows",
+              S - 1, S, latent.size(0));
+  return mla_decode_any(q_abs, latent.slice(0, 0, S), rank, scale, nullptr, project);
 }
 
 }  // namespace
@@ -65,22 +115,12 @@ Tensor mla_decode(const Tensor& q_abs, const Tensor& latent, int64_t rank, float
 
 Tensor mla_decode(const Tensor& q_abs, const Tensor& latent, int64_t rank, float scale,
                   const Tensor& positions) {
-  DSEEK_CHECK(q_abs.defined() && latent.defined() && positions.defined(),
-              "[mla_decode] undefined input");
-  const int64_t T = q_abs.dim() == 3 ? q_abs.size(0) : -1;
-  DSEEK_CHECK(positions.dtype() == DType::I64 && positions.dim() == 1 && positions.size(0) == T &&
-                  positions.is_contiguous() && positions.device() == latent.device(),
-              "[mla_decode] positions must be contiguous i64 [{}] on the {}, got {} {} on the {}",
-              T, device_name(latent.device()), dtype_name(positions.dtype()),
-              shape_str(positions.shape()), device_name(positions.device()));
-  if (T == 0) return mla_decode_any(q_abs, latent.slice(0, 0, 0), rank, scale, nullptr);
-  if (positions.is_cuda())
-    return mla_decode_any(q_abs, latent, rank, scale, static_cast<const int64_t*>(positions.raw()));
-  const int64_t S = positions.data<int64_t>()[T - 1] + 1;
-  DSEEK_CHECK(S >= T && S <= latent.size(0),
-              "[mla_decode] the last query's position {} needs {} keys; the latent holds {} rows",
-              S - 1, S, latent.size(0));
-  return mla_decode_any(q_abs, latent.slice(0, 0, S), rank, scale, nullptr);
+  return mla_decode_at(q_abs, latent, rank, scale, positions, nullptr);
+}
+
+Tensor mla_decode_project(const Tensor& q_abs, const Tensor& latent, int64_t rank, float scale,
+                          const Tensor& positions, const Tensor& w) {
+  return mla_decode_at(q_abs, latent, rank, scale, positions, &w);
 }
 
 namespace {

@@ -32,6 +32,12 @@ Tensor mla_decode(const Tensor& q_abs, const Tensor& latent, int64_t rank, float
 // [T, capacity] (KVCache::device_positions does).
 Tensor mla_decode(const Tensor& q_abs, const Tensor& latent, int64_t rank, float scale,
                   const Tensor& positions);
+// head_matmul(mla_decode(q_abs, latent, rank, scale, positions), w) for w [H, rank, N] (MLA's
+// latent output times W_UV[h]ᵀ): [T, H, N]. On a GPU where the tensor-core decode splits the keys
+// and the per-head GEMV takes the product, the GEMV joins the splits itself (no combine kernel,
+// no latent output in memory): the same bits as the two ops.
+Tensor mla_decode_project(const Tensor& q_abs, const Tensor& latent, int64_t rank, float scale,
+                          const Tensor& positions, const Tensor& w);
 
 Tensor head_matmul(const Tensor& x, const Tensor& w);
 // The same into out, a [T, H, N] view of x's dtype and device with a contiguous last dimension

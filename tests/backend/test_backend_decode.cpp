@@ -229,6 +229,53 @@ TEST(BackendDecode, HeadMatmul) {
     }
 }
 
+// The latent output times W_UV[h]ᵀ in one call (ops::mla_decode_project), over a cache's storage
+// with device positions: where the tensor-core decode splits the keys (bf16, r 512 + rope 64,
+// heads in 16s, long caches) and the per-head GEMV takes the product (T ≤ 4), the GEMV joins the
+// splits itself: the same bits as mla_decode then head_matmul on the GPU; elsewhere (one split,
+// T 5, f32, other shapes) the two ops. Against the CPU's two ops within the bf16 bound.
+TEST(BackendDecode, MlaDecodeProjectMatchesTheTwoOps) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(29);
+  struct Case {
+    int64_t T, S, capacity, H, r, rope, N;
+  };
+  const std::vector<Case> cases = {
+      {1, 190, 4096, 16, 512, 64, 128}, {1, 5000, 8192, 16, 512, 64, 128},
+      {4, 700, 1024, 32, 512, 64, 128}, {1, 3, 64, 16, 512, 64, 128},
+      {5, 900, 1024, 16, 512, 64, 128}, {2, 70, 80, 3, 33, 7, 64}};
+  for (DType act : kActDtypes)
+    for (const Case& c : cases) {
+      const int64_t dk = c.r + c.rope;
+      const Tensor q = rand({c.T, c.H, dk}, rng, 2.0f), lat = rand({c.S, dk}, rng);
+      const Tensor w = rand({c.H, c.r, c.N}, rng);
+      Tensor storage = Tensor::poisoned({c.capacity, dk});  // NaN past row S
+      storage.slice(0, 0, c.S).copy_from(lat);
+      std::vector<int64_t> pos;
+      for (int64_t t = 0; t < c.T; ++t) pos.push_back(c.S - c.T + t);
+      const float scale = 1.0f / std::sqrt(float(dk));
+      const Tensor want = ops::head_matmul(
+          ops::mla_decode(rounded(q, act), rounded(lat, act), c.r, scale), rounded(w, act));
+      const Tensor qg = on_gpu(q, act), sg = storage.to(act).to(Device::CUDA), wg = on_gpu(w, act);
+      const Tensor pg = Tensor::from_i64(pos).to(Device::CUDA);
+      const std::vector<float> two =
+          ops::head_matmul(ops::mla_decode(qg, sg, c.r, scale, pg), wg).to_vector();
+      const Tensor one = ops::mla_decode_project(qg, sg, c.r, scale, pg, wg);
+      const std::vector<float> got = one.to_vector();
+      const std::string what = std::string(dtype_name(act)) + " " +
+                               shape_str({c.T, c.S, c.capacity, c.H, c.r, c.rope, c.N});
+      EXPECT_TRUE(got == two) << what << ": one call differs from the two ops";
+      Tolerance tol = default_tolerance(act);
+      tol.abs *= std::max(1.0, std::sqrt(double(c.r)) / 8);  // sums of r products
+      expect_close("mla_decode_project " + what, {c.T, c.H, c.N}, act, want, one, tol);
+      std::printf("[backend] mla_decode_project %-44s %s\n", what.c_str(),
+                  got == two ? "= the two ops" : "DIFFERENT");
+    }
+  EXPECT_THROW(ops::mla_decode_project(rand({1, 2, 8}, rng), rand({4, 8}, rng), 4, 1.0f,
+                                       Tensor::from_i64({3}), rand({3, 4, 5}, rng)),
+               Error);  // w's heads
+}
+
 // The absorbed query in one call (ops::absorb_query_into): q = [q_nope | q_pe] per head (a
 // strided view), q_nope·W_UK into q_abs's first N columns and q_pe rotated into the next d, at
 // device positions, both RoPE layouts. On the GPU bf16 with few rows runs both in one launch

@@ -370,6 +370,12 @@ struct MlaDecodeArgs {
   const int64_t* positions;  // null: all S rows are keys
 };
 void mla_decode(const MlaDecodeArgs& a, DType act);
+// mla_decode's output multiplied by w [H, rank, N] (head_matmul into out, rows out_t and heads
+// out_h apart) in one launch after the decode kernel, where the tensor-core kernel splits the keys
+// and the per-head GEMV takes the product: it joins the splits as it stages its rows (no combine
+// kernel; a.out is not written). Returns false, having done nothing, where that does not apply.
+bool mla_decode_projected(const MlaDecodeArgs& a, const void* w, void* out, int64_t out_t,
+                          int64_t out_h, int64_t N, DType act);
 // Whether bf16 DeepSeek-latent shapes take the tensor-core kernel (mla_decode_tc_kernels.cuh; the
 // default, unless DSEEK_MLA_DECODE=simt was set when the process started) or the SIMT one: for
 // tests and benchmarks comparing the two.

@@ -67,9 +67,22 @@ struct HeadGemvRope {
   float scaling = 1.0f;
   bool interleaved = false;
 };
+// Rows head_gemv can make as it stages them instead of reading x (MLA's latent output, straight
+// from the absorbed decode's key splits: one kernel where the split join and the GEMV were two):
+// x[t, h, k] = the join of row t·H + h's splits (split_combine.cuh) rounded to bf16, as
+// mla_decode's combine kernel stores it — the same bits. The used splits are recomputed on the
+// device from the key count, as the decode kernels do.
+struct HeadGemvJoin {
+  const float* part_ml = nullptr;   // [n_splits][T·H][2]
+  const float* part_acc = nullptr;  // [n_splits][T·H][K]
+  int n_splits = 0;
+  int64_t tile = 0;                    // keys per tile of the split plan
+  const int64_t* positions = nullptr;  // the key count's source (null: all S)
+  int64_t S = 0;
+};
 void head_gemv(const void* x, int64_t x_t, int64_t x_h, const void* w, void* out, int64_t out_t,
                int64_t out_h, int64_t T, int64_t H, int64_t K, int64_t N,
-               const HeadGemvRope* rope = nullptr);
+               const HeadGemvRope* rope = nullptr, const HeadGemvJoin* join = nullptr);
 
 // Whether the decode GEMVs are on (set_linear_gemv, DSEEK_LINEAR_GEMV).
 bool linear_gemv_enabled();

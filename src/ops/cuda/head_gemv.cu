@@ -5,7 +5,8 @@
 // loads (cols / 8 threads a row, the block's 256 threads taking 256·8 / cols rows at a time, so
 // every group of threads walks its own k's), sum in f32 against the token rows staged in shared
 // memory, and the groups' partial sums are added in group order (deterministic), rounded once.
-// An extra block a head can rotate the absorbed query's q_pe in the same launch (HeadGemvRope).
+// An extra block a head can rotate the absorbed query's q_pe in the same launch (HeadGemvRope), and
+// the rows can come straight from the absorbed decode's key splits (HeadGemvJoin).
 #include <cuda_bf16.h>
 
 #include <climits>
@@ -17,7 +18,9 @@
 #include "core/error.h"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/gemv_dot.cuh"
+#include "ops/cuda/mla_decode_tc_kernels.cuh"
 #include "ops/cuda/rope.cuh"
+#include "ops/cuda/split_combine.cuh"
 
 namespace dseek::ops::cuda {
 
@@ -59,7 +62,7 @@ __global__ void __launch_bounds__(kThreads)
     head_gemv_kernel(const __nv_bfloat16* __restrict__ x, int64_t x_t, int64_t x_h,
                      const __nv_bfloat16* __restrict__ w, __nv_bfloat16* __restrict__ out,
                      int64_t out_t, int64_t out_h, int rows, int64_t K, int64_t N, int cols,
-                     const HeadGemvRope rope) {
+                     const HeadGemvRope rope, const HeadGemvJoin join) {
   extern __shared__ float head_smem[];
   if (rope.dst != nullptr && blockIdx.y == gridDim.y - 1) {  // block-uniform
     dseek::cuda::pdl_wait();
@@ -78,8 +81,28 @@ __global__ void __launch_bounds__(kThreads)
   dseek::cuda::pdl_trigger();
   float* xs = head_smem;               // [rows, K]
   float* part = head_smem + rows * K;  // [groups, rows, cols]
-  for (int64_t i = tid; i < rows * K; i += kThreads)
-    xs[i] = __bfloat162float(x[(i / K) * x_t + h * x_h + i % K]);
+  if (join.part_ml) {
+    // Row t of head h is split row t·H + h: its totals first (part's space, free until the sums).
+    const int64_t all = int64_t(rows) * gridDim.x;
+    const int used = mla_tc::split_plan(mla_tc::key_count(join.positions, rows, join.S),
+                                        join.n_splits, join.tile)
+                         .used;
+    if (tid < rows) {
+      const SplitTotals s = split_totals(join.part_ml, used, all, tid * int64_t(gridDim.x) + h);
+      part[2 * tid] = s.max;
+      part[2 * tid + 1] = s.sum;
+    }
+    __syncthreads();
+    for (int64_t i = tid; i < rows * K; i += kThreads) {
+      const int64_t t = i / K, row = t * int64_t(gridDim.x) + h;
+      const float y =
+          split_weighted_sum(join.part_ml, join.part_acc, used, all, row, K, i % K, part[2 * t]);
+      xs[i] = __bfloat162float(__float2bfloat16_rn(y / part[2 * t + 1]));
+    }
+  } else {
+    for (int64_t i = tid; i < rows * K; i += kThreads)
+      xs[i] = __bfloat162float(x[(i / K) * x_t + h * x_h + i % K]);
+  }
   __syncthreads();
   float acc[kRows][8] = {};
 #pragma unroll 4
@@ -136,11 +159,12 @@ bool head_gemv_takes(int64_t T, int64_t H, int64_t K, int64_t N, const void* w, 
 }
 
 void head_gemv(const void* x, int64_t x_t, int64_t x_h, const void* w, void* out, int64_t out_t,
-               int64_t out_h, int64_t T, int64_t H, int64_t K, int64_t N,
-               const HeadGemvRope* rope) {
+               int64_t out_h, int64_t T, int64_t H, int64_t K, int64_t N, const HeadGemvRope* rope,
+               const HeadGemvJoin* join) {
   DSEEK_CHECK(head_gemv_takes(T, H, K, N, w, out, out_t, out_h, DType::BF16),
               "[head_matmul] the per-head GEMV does not take T {} H {} K {} N {}", T, H, K, N);
   const HeadGemvRope job = rope ? *rope : HeadGemvRope{};
+  const HeadGemvJoin splits = join ? *join : HeadGemvJoin{};
   DSEEK_CHECK(job.dst == nullptr || (job.d > 0 && job.d % 2 == 0 && job.d <= K + 2048),
               "[head_matmul] a rotation of {} values beside the GEMV", job.d);
   const int cols = block_cols(H, N);
@@ -151,10 +175,10 @@ void head_gemv(const void* x, int64_t x_t, int64_t x_h, const void* w, void* out
   const size_t smem = smem_bytes(T, K);  // ≥ T·d floats, the rotation's rows
   if (T == 1)
     dseek::cuda::launch_pdl(head_gemv_kernel<1>, grid, dim3(kThreads), smem, xb, x_t, x_h, wb, ob,
-                            out_t, out_h, 1, K, N, cols, job);
+                            out_t, out_h, 1, K, N, cols, job, splits);
   else
     dseek::cuda::launch_pdl(head_gemv_kernel<kHeadGemvMaxRows>, grid, dim3(kThreads), smem, xb, x_t,
-                            x_h, wb, ob, out_t, out_h, int(T), K, N, cols, job);
+                            x_h, wb, ob, out_t, out_h, int(T), K, N, cols, job, splits);
   DSEEK_CUDA_CHECK_LAUNCH("head_gemv_kernel");
 }
 

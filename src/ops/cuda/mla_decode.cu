@@ -29,6 +29,7 @@
 #include "core/error.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/element.cuh"
+#include "ops/cuda/gemv.h"
 #include "ops/cuda/mla_decode_tc_kernels.cuh"
 #include "ops/cuda/reduce.cuh"
 #include "ops/cuda/shared_rows.cuh"
@@ -285,6 +286,81 @@ bool mla_decode_tensor_cores() {
   return tensor_cores_on().load();
 }
 
+namespace {
+
+// The tensor-core kernel's launch for p (its splits and workspace set).
+void launch_tc(const DecodeParams& p) {
+  const MlaDecodeArgs& a = p.a;
+  using Shape = mla_tc::Shape<kTcDk, kTcRank>;
+  mla_tc::Params tp{};
+  tp.q = static_cast<const mla_tc::bf16*>(a.q);
+  tp.q_t = a.q_t;
+  tp.q_h = a.q_h;
+  tp.kv = static_cast<const mla_tc::bf16*>(a.kv);
+  tp.kv_s = a.kv_s;
+  tp.out = static_cast<mla_tc::bf16*>(a.out);
+  tp.part_ml = p.part_ml;
+  tp.part_acc = p.part_acc;
+  tp.T = a.T;
+  tp.S = a.S;
+  tp.H = a.H;
+  tp.positions = a.positions;
+  tp.scale_log2 = a.scale * 1.4426950408889634f;
+  tp.n_splits = p.n_splits;
+  auto kernel = mla_tc::mla_decode_tc_kernel<kTcDk, kTcRank>;
+  static const bool smem_raised = [&] {
+    DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          int(Shape::kSmem)));
+    return true;
+  }();
+  (void)smem_raised;
+  const dim3 grid(unsigned(a.T * a.H / mla_tc::kRows), unsigned(p.n_splits));
+  kernel<<<grid, mla_tc::kThreads, Shape::kSmem, dseek::cuda::stream()>>>(tp);
+  DSEEK_CUDA_CHECK_LAUNCH("mla_decode_tc_kernel");
+}
+
+// The tensor-core kernel's split count for a (one block a multiprocessor, its ~170 KB of shared
+// memory; a tile at least per split).
+int tc_splits(const MlaDecodeArgs& a) {
+  return choose_splits(a, a.T * a.H / mla_tc::kRows, 1, mla_tc::kKeys, mla_tc::kKeys);
+}
+
+// Split partials' workspace, freed on the stream when it goes: n_splits · rows · (2 + rank) f32.
+std::unique_ptr<void, void (*)(void*)> split_workspace(DecodeParams& p) {
+  std::unique_ptr<void, void (*)(void*)> workspace(nullptr, dseek::cuda::free);
+  if (p.n_splits <= 1) return workspace;
+  const size_t n = size_t(p.n_splits) * size_t(p.a.T * p.a.H);
+  workspace.reset(dseek::cuda::alloc(n * size_t(2 + p.a.rank) * sizeof(float)));
+  p.part_ml = static_cast<float*>(workspace.get());
+  p.part_acc = p.part_ml + 2 * n;
+  return workspace;
+}
+
+}  // namespace
+
+bool mla_decode_projected(const MlaDecodeArgs& a, const void* w, void* out, int64_t out_t,
+                          int64_t out_h, int64_t N, DType act) {
+  if (a.T == 0 || a.H == 0 || !use_tensor_cores(a, act) ||
+      !head_gemv_takes(a.T, a.H, a.rank, N, w, out, out_t, out_h, act))
+    return false;
+  DecodeParams p{};
+  p.a = a;
+  p.tile = mla_tc::kKeys;
+  p.n_splits = tc_splits(a);
+  if (p.n_splits <= 1) return false;  // the decode kernel writes its rows whole: nothing to join
+  const auto workspace = split_workspace(p);
+  launch_tc(p);
+  HeadGemvJoin join;
+  join.part_ml = p.part_ml;
+  join.part_acc = p.part_acc;
+  join.n_splits = p.n_splits;
+  join.tile = p.tile;
+  join.positions = a.positions;
+  join.S = a.S;
+  head_gemv(nullptr, 0, 0, w, out, out_t, out_h, a.T, a.H, a.rank, N, nullptr, &join);
+  return true;
+}
+
 void mla_decode(const MlaDecodeArgs& a, DType act) {
   if (a.T == 0 || a.H == 0 || a.rank == 0) return;
   DSEEK_CHECK(a.rank <= kMaxRank, "[mla_decode] rank {} above the kernel's {}", a.rank, kMaxRank);
@@ -293,47 +369,12 @@ void mla_decode(const MlaDecodeArgs& a, DType act) {
   DSEEK_CHECK(rows <= int64_t(0x7fffffff), "[mla_decode] {} rows are too many", rows);
   DecodeParams p{};
   p.a = a;
-  std::unique_ptr<void, void (*)(void*)> workspace(nullptr, dseek::cuda::free);
-  const auto make_workspace = [&] {
-    if (p.n_splits <= 1) return;
-    const size_t n = size_t(p.n_splits) * size_t(rows);
-    workspace.reset(dseek::cuda::alloc(n * size_t(2 + a.rank) * sizeof(float)));
-    p.part_ml = static_cast<float*>(workspace.get());
-    p.part_acc = p.part_ml + 2 * n;
-  };
 
   if (use_tensor_cores(a, act)) {
-    using Shape = mla_tc::Shape<kTcDk, kTcRank>;
-    const int64_t row_blocks = rows / mla_tc::kRows;
-    // One block a multiprocessor (its ~170 KB of shared memory), a tile at least per split.
     p.tile = mla_tc::kKeys;
-    p.n_splits = choose_splits(a, row_blocks, 1, mla_tc::kKeys, mla_tc::kKeys);
-    make_workspace();
-    mla_tc::Params tp{};
-    tp.q = static_cast<const mla_tc::bf16*>(a.q);
-    tp.q_t = a.q_t;
-    tp.q_h = a.q_h;
-    tp.kv = static_cast<const mla_tc::bf16*>(a.kv);
-    tp.kv_s = a.kv_s;
-    tp.out = static_cast<mla_tc::bf16*>(a.out);
-    tp.part_ml = p.part_ml;
-    tp.part_acc = p.part_acc;
-    tp.T = a.T;
-    tp.S = a.S;
-    tp.H = a.H;
-    tp.positions = a.positions;
-    tp.scale_log2 = a.scale * 1.4426950408889634f;
-    tp.n_splits = p.n_splits;
-    auto kernel = mla_tc::mla_decode_tc_kernel<kTcDk, kTcRank>;
-    static const bool smem_raised = [&] {
-      DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            int(Shape::kSmem)));
-      return true;
-    }();
-    (void)smem_raised;
-    const dim3 grid(unsigned(row_blocks), unsigned(p.n_splits));
-    kernel<<<grid, mla_tc::kThreads, Shape::kSmem, dseek::cuda::stream()>>>(tp);
-    DSEEK_CUDA_CHECK_LAUNCH("mla_decode_tc_kernel");
+    p.n_splits = tc_splits(a);
+    const auto workspace = split_workspace(p);
+    launch_tc(p);
     if (p.n_splits > 1) launch_combine_kernel<mla_tc::bf16>(p);
     return;
   }
@@ -350,7 +391,7 @@ void mla_decode(const MlaDecodeArgs& a, DType act) {
   // Enough splits for two blocks per multiprocessor, each at least kMinSplitKeys rows long.
   p.tile = kTile;
   p.n_splits = choose_splits(a, row_blocks, 2, kMinSplitKeys, kTile);
-  make_workspace();
+  const auto workspace = split_workspace(p);
   const dim3 grid(unsigned(row_blocks), unsigned(p.n_splits));
   const size_t used_smem = decode_shared_bytes(a.dk, rows_per_warp);
   DSEEK_DISPATCH_ACT(act, T, {
