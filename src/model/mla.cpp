@@ -106,8 +106,7 @@ Tensor Mla::forward(const Tensor& x) const {
   k.slice(2, 0, nope_dim_).copy_from(kv.slice(2, 0, nope_dim_));
   k.slice(2, nope_dim_, qk).copy_from(p.k_pe.expand(1, H));
   const Tensor v = kv.slice(2, nope_dim_, nope_dim_ + v_dim_);
-  const Tensor attn = ops::causal_attention(p.q, k, v, scale_);  // [T, H, v]
-  return apply_linear(attn.reshape({T, H * v_dim_}), o_proj_, o_bias_);
+  return output_projection(ops::causal_attention(p.q, k, v, scale_));  // [T, H, v] first
 }
 
 const Tensor& Mla::kv_b_f32() const {
@@ -140,7 +139,7 @@ Tensor Mla::latent_output(const Tensor& o_lat) const {
   ops::cpu::batched_matmul(o_lat.contiguous().data<float>(), {r, H * r, 1},
                            kv_b_f32().data<float>() + nope_dim_ * r, {head_rows * r, r, 1},
                            out.data<float>(), {v_dim_, H * v_dim_, 1}, H, T, v_dim_, r);
-  return apply_linear(out.reshape({T, H * v_dim_}), o_proj_, o_bias_);
+  return output_projection(out);
 }
 
 Tensor Mla::absorb_query_gpu(const Tensor& q, const Tensor& positions) const {
@@ -154,13 +153,15 @@ Tensor Mla::absorb_query_gpu(const Tensor& q, const Tensor& positions) const {
 }
 
 Tensor Mla::latent_output_gpu(const Tensor& o_lat) const {
-  const int64_t T = o_lat.size(0);
-  const Tensor out = ops::head_matmul(o_lat, w_uv_t_);  // [T, H, v]
-  return apply_linear(out.reshape({T, n_heads_ * v_dim_}), o_proj_, o_bias_);
+  return output_projection(ops::head_matmul(o_lat, w_uv_t_));  // [T, H, v] first
+}
+
+Tensor Mla::output_projection(const Tensor& heads) const {
+  return apply_linear(heads.reshape({heads.size(0), n_heads_ * v_dim_}), o_proj_, o_bias_);
 }
 
 Tensor Mla::prefill_expanded(const Tensor& q, const Tensor& latent) const {
-  const int64_t T = q.size(0), S = latent.size(0), H = n_heads_, r = kv_lora_rank_;
+  const int64_t S = latent.size(0), H = n_heads_, r = kv_lora_rank_;
   const int64_t qk = nope_dim_ + rope_dim_;
   // Per-head keys and values of every cached token, as Mla::forward computes them for a fresh
   // sequence; the causal attention aligns the T queries with the last T keys.
@@ -172,8 +173,7 @@ Tensor Mla::prefill_expanded(const Tensor& q, const Tensor& latent) const {
       .copy_from(
           latent.slice(1, r, r + rope_dim_).contiguous().reshape({S, 1, rope_dim_}).expand(1, H));
   const Tensor v = kv.slice(2, nope_dim_, nope_dim_ + v_dim_);
-  const Tensor attn = ops::causal_attention(q, k, v, scale_);  // [T, H, v]
-  return apply_linear(attn.reshape({T, H * v_dim_}), o_proj_, o_bias_);
+  return output_projection(ops::causal_attention(q, k, v, scale_));  // [T, H, v] first
 }
 
 Tensor Mla::project_query_into_cache(const Tensor& x, const Tensor& rows, const Tensor& positions,
@@ -209,8 +209,7 @@ Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const
     const Tensor q_abs = absorb_query_gpu(q, positions);
     fork.join();
     // latent_output_gpu's product, joined from the decode's key splits as it is multiplied.
-    const Tensor out = ops::mla_decode_project(q_abs, rows, r, scale_, positions, w_uv_t_);
-    return apply_linear(out.reshape({T, n_heads_ * v_dim_}), o_proj_, o_bias_);
+    return output_projection(ops::mla_decode_project(q_abs, rows, r, scale_, positions, w_uv_t_));
   }
   const Projected p = project(x, pos0);
 

@@ -83,6 +83,8 @@ class Mla : public SelfAttention {
   // query comes unroped: q_pe is rotated at `positions` straight into its place in q_abs.
   Tensor absorb_query_gpu(const Tensor& q, const Tensor& positions) const;
   Tensor latent_output_gpu(const Tensor& o_lat) const;
+  // The heads' outputs [T, H, v] → o_proj (+ bias) → [T, D]: every attention path's last step.
+  Tensor output_projection(const Tensor& heads) const;
   // q [T, H, nope + rope] roped, latent [S, r + rope] (the cache's rows, this chunk's last) →
   // [T, D].
   Tensor prefill_expanded(const Tensor& q, const Tensor& latent) const;
