@@ -184,8 +184,10 @@ void absorb_query_into(const Tensor& q_nope, const Tensor& w, const Tensor& out_
   check_rope_copy(q_pe, out_pe, positions, inv_freq);
 #ifdef DSEEK_HAS_CUDA
   const int64_t T = q_nope.size(0), H = q_nope.size(1), K = q_nope.size(2), N = w.size(2);
-  if (device == Device::CUDA && q_pe.dtype() == q_nope.dtype() && q_pe.size(0) == T &&
-      q_pe.size(1) == H && q_pe.numel() > 0) {
+  const int64_t out_t = out_nope.strides()[0], out_h = out_nope.strides()[1];
+  if (device == Device::CUDA && N > 0 && q_pe.dtype() == q_nope.dtype() && q_pe.size(0) == T &&
+      q_pe.size(1) == H && q_pe.numel() > 0 &&
+      cuda::head_gemv_takes(T, H, K, N, w.raw(), out_nope.raw(), out_t, out_h, q_nope.dtype())) {
     cuda::HeadGemvRope rope;
     rope.src = q_pe.raw();
     rope.s_t = q_pe.strides()[0];
@@ -198,10 +200,9 @@ void absorb_query_into(const Tensor& q_nope, const Tensor& w, const Tensor& out_
     rope.inv_freq = rope_device_frequencies(inv_freq);
     rope.scaling = scaling;
     rope.interleaved = interleaved;
-    if (cuda::head_matmul_rope(q_nope.raw(), q_nope.strides()[0], q_nope.strides()[1], w.raw(),
-                               out_nope.raw(), out_nope.strides()[0], out_nope.strides()[1], T, H,
-                               K, N, q_nope.dtype(), rope))
-      return;
+    cuda::head_gemv(q_nope.raw(), q_nope.strides()[0], q_nope.strides()[1], w.raw(), out_nope.raw(),
+                    out_t, out_h, T, H, K, N, &rope);
+    return;
   }
 #else
   (void)device;

@@ -386,11 +386,5 @@ bool mla_decode_tensor_cores();
 // heads (in linear.cpp).
 void head_matmul(const void* x, int64_t x_t, int64_t x_h, const void* w, void* out, int64_t out_t,
                  int64_t out_h, int64_t T, int64_t H, int64_t K, int64_t N, DType act);
-// The same with q_pe's rotation (gemv.h HeadGemvRope, bf16) in one launch, when the per-head GEMV
-// takes the product; false (nothing done) otherwise.
-struct HeadGemvRope;
-bool head_matmul_rope(const void* x, int64_t x_t, int64_t x_h, const void* w, void* out,
-                      int64_t out_t, int64_t out_h, int64_t T, int64_t H, int64_t K, int64_t N,
-                      DType act, const HeadGemvRope& rope);
 
 }  // namespace dseek::ops::cuda

@@ -453,16 +453,6 @@ void head_matmul(const void* x, int64_t x_t, int64_t x_h, const void* w, void* o
   run(g);
 }
 
-bool head_matmul_rope(const void* x, int64_t x_t, int64_t x_h, const void* w, void* out,
-                      int64_t out_t, int64_t out_h, int64_t T, int64_t H, int64_t K, int64_t N,
-                      DType act, const HeadGemvRope& rope) {
-  if (T == 0 || H == 0 || N == 0 || K == 0 ||
-      !head_gemv_takes(T, H, K, N, w, out, out_t, out_h, act))
-    return false;
-  head_gemv(x, x_t, x_h, w, out, out_t, out_h, T, H, K, N, &rope);
-  return true;
-}
-
 // Row-major C_b [m, n] with unit column stride is, column-major, D = C_bᵀ [n, m] (ld sc.row)
 // = B_b [n, k] · A_bᵀ [k, m]: cuBLASLt's A is our B (column-major [n, k] when its rows are the unit
 // stride, else stored [k, n] and read transposed), its B is our Aᵀ (column-major [k, m] when A's
