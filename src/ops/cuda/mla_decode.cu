@@ -319,10 +319,14 @@ void launch_tc(const DecodeParams& p) {
   DSEEK_CUDA_CHECK_LAUNCH("mla_decode_tc_kernel");
 }
 
-// The tensor-core kernel's split count for a (one block a multiprocessor, its ~170 KB of shared
-// memory; a tile at least per split).
-int tc_splits(const MlaDecodeArgs& a) {
-  return choose_splits(a, a.T * a.H / mla_tc::kRows, 1, mla_tc::kKeys, mla_tc::kKeys);
+// The tensor-core kernel's parameters for a: its tiles and split count (one block a
+// multiprocessor, its ~170 KB of shared memory; a tile at least per split), no workspace yet.
+DecodeParams tc_plan(const MlaDecodeArgs& a) {
+  DecodeParams p{};
+  p.a = a;
+  p.tile = mla_tc::kKeys;
+  p.n_splits = choose_splits(a, a.T * a.H / mla_tc::kRows, 1, mla_tc::kKeys, mla_tc::kKeys);
+  return p;
 }
 
 // Split partials' workspace, freed on the stream when it goes: n_splits · rows · (2 + rank) f32.
@@ -343,10 +347,7 @@ bool mla_decode_projected(const MlaDecodeArgs& a, const void* w, void* out, int6
   if (a.T == 0 || a.H == 0 || !use_tensor_cores(a, act) ||
       !head_gemv_takes(a.T, a.H, a.rank, N, w, out, out_t, out_h, act))
     return false;
-  DecodeParams p{};
-  p.a = a;
-  p.tile = mla_tc::kKeys;
-  p.n_splits = tc_splits(a);
+  DecodeParams p = tc_plan(a);
   if (p.n_splits <= 1) return false;  // the decode kernel writes its rows whole: nothing to join
   const auto workspace = split_workspace(p);
   launch_tc(p);
@@ -367,12 +368,8 @@ void mla_decode(const MlaDecodeArgs& a, DType act) {
   const int64_t rows = a.T * a.H;
   // The combine kernel's grid has a block column per row.
   DSEEK_CHECK(rows <= int64_t(0x7fffffff), "[mla_decode] {} rows are too many", rows);
-  DecodeParams p{};
-  p.a = a;
-
   if (use_tensor_cores(a, act)) {
-    p.tile = mla_tc::kKeys;
-    p.n_splits = tc_splits(a);
+    DecodeParams p = tc_plan(a);
     const auto workspace = split_workspace(p);
     launch_tc(p);
     if (p.n_splits > 1) launch_combine_kernel<mla_tc::bf16>(p);
@@ -389,6 +386,8 @@ void mla_decode(const MlaDecodeArgs& a, DType act) {
               a.dk, smem, max_smem);
   const int64_t row_blocks = dseek::cuda::ceil_div<int64_t>(rows, kWarps * rows_per_warp);
   // Enough splits for two blocks per multiprocessor, each at least kMinSplitKeys rows long.
+  DecodeParams p{};
+  p.a = a;
   p.tile = kTile;
   p.n_splits = choose_splits(a, row_blocks, 2, kMinSplitKeys, kTile);
   const auto workspace = split_workspace(p);
