@@ -31,11 +31,16 @@ void DecodeGraph::reset(KVCache& cache) {
   if (!ids_.defined()) ids_ = Tensor::zeros({2}, DType::I32, Device::CUDA);
 }
 
-void DecodeGraph::run(const Body& body) {
-  const Tensor out = body(ids_.slice(0, 0, 1));
+Tensor DecodeGraph::logits_of(const Body& body) {
+  Tensor out = body(ids_.slice(0, 0, 1));
   DSEEK_CHECK(out.dim() == 2 && out.size(0) == 1 && out.is_cuda(),
               "[decode_graph] the step must give logits [1, V] on the GPU, got {}",
               shape_str(out.shape()));
+  return out;
+}
+
+void DecodeGraph::run(const Body& body) {
+  const Tensor out = logits_of(body);
   if (!logits_.defined() || logits_.shape() != out.shape())
     logits_ = Tensor::empty(out.shape(), DType::F32, Device::CUDA);  // outside capture: warm-up
   logits_.copy_from(out);
@@ -82,10 +87,7 @@ Tensor DecodeGraph::step(int32_t id, KVCache& cache, const Body& body) {
 }
 
 void DecodeGraph::run_greedy(const Body& body) {
-  const Tensor out = body(ids_.slice(0, 0, 1));
-  DSEEK_CHECK(out.dim() == 2 && out.size(0) == 1 && out.is_cuda(),
-              "[decode_graph] the step must give logits [1, V] on the GPU, got {}",
-              shape_str(out.shape()));
+  const Tensor out = logits_of(body);
   // The embedding at the step's start has read ids_ (stream order): the next id may replace it.
   ops::argmax_rows(out, ids_.slice(0, 0, 1), ids_.slice(0, 1, 2));
 }

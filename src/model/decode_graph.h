@@ -59,6 +59,7 @@ class DecodeGraph {
  private:
   void reset(KVCache& cache);
   void prepare(KVCache& cache);       // checks the cache; a different one resets
+  Tensor logits_of(const Body& body);  // the body on ids_'s id, its logits checked [1, V]
   void run(const Body& body);         // the body, logits copied into logits_ (on the stream)
   void run_greedy(const Body& body);  // the body, its argmax written into ids_
   // Replays `graph`, capturing it from `work` first if it is empty; runs `work` eagerly if capture
