@@ -1,13 +1,16 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
+#include <string>
 
 #include "core/error.h"
 #include "infer/generator.h"
 #include "infer/stop_strings.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
+#include "model/paged_kv_cache.h"
 #include "test_generate_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -44,6 +47,42 @@ class Generate : public ::testing::Test {
 
 Model* Generate::model_ = nullptr;
 Tokenizer* Generate::tokenizer_ = nullptr;
+
+// The tiny model whose cached forwards after the first `clean` ones put a NaN into their logits
+// (a broken checkpoint, as the greedy pick sees it).
+class NanLogitsModel : public Model {
+ public:
+  NanLogitsModel(Model& inner, int clean) : inner_(inner), clean_(clean) {}
+  const ModelConfig& config() const override { return inner_.config(); }
+  Tensor forward(const std::vector<int32_t>& ids) override { return inner_.forward(ids); }
+  Tensor forward(const std::vector<int32_t>& ids, KVCache& cache) override {
+    Tensor logits = inner_.forward(ids, cache);
+    if (calls_++ >= clean_) logits.data<float>()[logits.numel() - 7] = std::nanf("");
+    return logits;
+  }
+  std::unique_ptr<KVCache> new_cache(int64_t max_tokens) const override {
+    return inner_.new_cache(max_tokens);
+  }
+  Tensor forward_mtp(const std::vector<int32_t>& ids, int depth) override {
+    return inner_.forward_mtp(ids, depth);
+  }
+  BatchOutput forward_batch(const std::vector<BatchSequence>& batch, PagedKVCache& cache) override {
+    return inner_.forward_batch(batch, cache);
+  }
+  Tensor forward_mtp_batch(const std::vector<MtpBatchSequence>& batch,
+                           PagedKVCache& cache) override {
+    return inner_.forward_mtp_batch(batch, cache);
+  }
+  std::unique_ptr<PagedKVCache> new_paged_cache(int64_t page_tokens,
+                                                int64_t num_pages) const override {
+    return inner_.new_paged_cache(page_tokens, num_pages);
+  }
+  int64_t num_mtp_layers() const override { return inner_.num_mtp_layers(); }
+
+ private:
+  Model& inner_;
+  int clean_, calls_ = 0;
+};
 
 int32_t argmax_last_row(const Tensor& logits) {
   const std::vector<float> v = logits.select(0, logits.size(0) - 1).to_vector();
@@ -159,6 +198,27 @@ TEST_F(Generate, DecodeGreedyEqualsStepwiseArgmaxAndStopsWhenAsked) {
   (void)model_->forward(p, *small);
   EXPECT_EQ(model_->decode_greedy(first, 7, *small, [](int32_t) { return true; }),
             std::vector<int32_t>(want.begin(), want.begin() + 2));
+}
+
+// NaN logits end greedy decoding with an error naming them, as the sampler's check does for the
+// prefill's logits: from Model::decode_greedy, and from the Generator's greedy path through it.
+TEST_F(Generate, DecodeGreedyRefusesNanLogits) {
+  NanLogitsModel model(*model_, 3);  // the prefill and two steps are clean
+  std::unique_ptr<KVCache> cache = model.new_cache(64);
+  const int32_t first = argmax_last_row(model.forward(prompt(), *cache));
+  std::vector<int32_t> seen;
+  try {
+    (void)model.decode_greedy(first, 8, *cache, [&](int32_t id) {
+      seen.push_back(id);
+      return true;
+    });
+    ADD_FAILURE() << "NaN logits were picked from";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("NaN"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(seen.size(), 2u);  // the clean steps' ids came out first
+  NanLogitsModel broken(*model_, 2);
+  EXPECT_THROW(generate(broken, prompt(), greedy(8)), Error);
 }
 
 TEST_F(Generate, GeneratorReusesTheCachedPrefix) {
