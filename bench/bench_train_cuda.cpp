@@ -317,6 +317,11 @@ int main(int argc, char** argv) {
       if (o.dtype == "bf16") params.set_compute_dtype(DType::BF16);
       if (o.precision == "fp8")
         std::printf("fp8: %lld projections run FP8 GEMMs\n", (long long)mark_fp8_linears(params));
+      // As `dseek train` on one GPU: the bf16-copied masters kept split (train/param.h), unless
+      // DSEEK_SPLIT_MASTERS=0.
+      if (device == Device::CUDA && split_masters_enabled())
+        std::printf("split masters: %lld (DSEEK_SPLIT_MASTERS=0: whole)\n",
+                    (long long)params.split_masters());
       sync(device);
       const double move_s = seconds_since(t0);
       std::printf("to the device and compute copies: %.1f s\n", move_s);

@@ -19,6 +19,7 @@
 #include "ops/adamw.h"
 #include "ops/fp8.h"
 #include "ops/moe.h"
+#include "ops/split_master.h"
 #include "train/optimizer.h"
 
 using namespace dseek;
@@ -305,6 +306,104 @@ TEST(Optimizer, FusedClipAndComputeCopiesEqualTheUnfusedStep) {
   EXPECT_EQ(train::clip_factor(0.4, 0.5), 1.0f);
   EXPECT_EQ(train::clip_factor(7.0, 0.0), 1.0f);
   EXPECT_EQ(train::clip_factor(INFINITY, 0.5), 1.0f);
+}
+
+// Split masters (ops/split_master.h): the halves give back every f32 bit pattern (a NaN as a NaN
+// of its sign); the high half is Tensor::to(BF16)'s round-to-nearest-even except on exact ties,
+// which round away from zero; and AdamW on a split set steps its masters exactly as on whole ones
+// (step and step_async, clipping on), its copies always the new masters' high halves. A split
+// master is read through master_value (ParamSet::value refuses it), written through
+// set_master_value, and join_masters gives the f32 value back.
+TEST(Optimizer, SplitMastersKeepEveryBitAndStepLikeWholeOnes) {
+  std::mt19937 rng(91);
+  std::vector<uint32_t> bits = {0x00000000u, 0x80000000u, 0x00000001u, 0x807fffffu, 0x7f800000u,
+                                0xff800000u, 0x7fc00000u, 0xffffffffu, 0x7f800001u, 0x7f7fffffu,
+                                0xff7fffffu, 0x3f807fffu, 0x3f808000u, 0x3f818000u, 0xbf808001u};
+  for (int i = 0; i < 200000; ++i) bits.push_back(uint32_t(rng()));
+  std::vector<float> values(bits.size());
+  std::memcpy(values.data(), bits.data(), bits.size() * 4);
+  const Tensor value = Tensor::from_vector(values, {int64_t(values.size())});
+  const Tensor high = Tensor::poisoned(value.shape(), DType::BF16);
+  const Tensor low = Tensor::poisoned(value.shape(), DType::BF16);
+  ops::split_master(value, high, low);
+  const Tensor rne = value.to(DType::BF16);
+  const Tensor joined = ops::join_master(high, low);
+  const auto* h = static_cast<const uint16_t*>(high.raw());
+  const auto* r = static_cast<const uint16_t*>(rne.raw());
+  const auto* l = static_cast<const uint16_t*>(low.raw());
+  const float* back = joined.data<float>();
+  int ties = 0;
+  for (size_t i = 0; i < bits.size(); ++i) {
+    if (std::isnan(values[i])) {
+      EXPECT_TRUE(std::isnan(back[i]) && std::signbit(back[i]) == std::signbit(values[i])) << i;
+      EXPECT_TRUE(std::isnan(bits_to_f32(uint32_t(h[i]) << 16))) << i;
+      continue;
+    }
+    uint32_t b;
+    std::memcpy(&b, back + i, 4);
+    ASSERT_EQ(b, bits[i]) << "element " << i;
+    if (l[i] == 0x8000) {  // a tie: away from zero (the magnitude's bits up by one)
+      ++ties;
+      EXPECT_EQ(h[i], uint16_t((bits[i] >> 16) + 1)) << i;
+    } else {
+      EXPECT_EQ(h[i], r[i]) << "element " << i;
+    }
+  }
+  EXPECT_GE(ties, 2);
+  EXPECT_THROW(ops::split_master(value, Tensor::empty({3}, DType::BF16), low), Error);
+  EXPECT_THROW((void)ops::join_master(high, Tensor::empty(value.shape(), DType::F32)), Error);
+
+  std::mt19937 ra(93), rb(93);
+  ParamSet a = make_params(ra), b = make_params(rb);
+  a.set_compute_dtype(DType::BF16);
+  b.set_compute_dtype(DType::BF16);
+  EXPECT_EQ(b.split_masters(), 2);  // the up projection and the embedding (tied: a copy)
+  EXPECT_TRUE(b.masters_split());
+  AdamW opt_a(a, AdamWConfig{}), opt_b(b, AdamWConfig{});
+  std::mt19937 grads(94);
+  for (int t = 0; t < 3; ++t) {
+    for (Param& p : a.all()) {
+      if (!p.trainable) continue;
+      const std::vector<float> g = random_values(size_t(p.numel()), grads, 3.0f);
+      set_grad(p, g);
+      set_grad(b.at(p.name), g);
+    }
+    const float factor = train::clip_factor(train::grad_norm(a), 0.5);
+    ASSERT_LT(factor, 1.0f);
+    opt_a.step(1e-2, factor);
+    if (t == 1)
+      opt_b.step_async(1e-2, factor, false);
+    else
+      opt_b.step(1e-2, factor);
+    for (const Param& p : a.all()) {
+      const Param& q = b.at(p.name);
+      EXPECT_EQ(master_value(q).to_vector(), p.value.to_vector()) << p.name;
+      if (!q.split()) continue;
+      const std::vector<float> m = master_value(q).to_vector();
+      const auto* qh = static_cast<const uint16_t*>(q.compute.raw());
+      for (size_t i = 0; i < m.size(); ++i) {
+        uint32_t mb;
+        std::memcpy(&mb, &m[i], 4);
+        EXPECT_EQ(qh[i], ops::split_high(mb)) << p.name << " " << i;
+      }
+    }
+  }
+  const auto sa = opt_a.state_tensors(), sb = opt_b.state_tensors();
+  ASSERT_EQ(sa.size(), sb.size());
+  for (size_t i = 0; i < sa.size(); ++i)
+    EXPECT_EQ(sa[i].second.to_vector(), sb[i].second.to_vector()) << sa[i].first;
+
+  const std::string up = "model.layers.0.mlp.up_proj.weight";
+  EXPECT_THROW((void)b.value(up), Error);
+  EXPECT_EQ(b.at(up).shape(), Shape({3, 4}));
+  EXPECT_EQ(b.numel(), a.numel());
+  const Tensor fresh = Tensor::from_vector(random_values(12, rng), {3, 4});
+  set_master_value(b.at(up), fresh, up);
+  EXPECT_EQ(master_value(b.at(up)).to_vector(), fresh.to_vector());
+  EXPECT_THROW(set_master_value(b.at(up), Tensor::zeros({4, 3}), up), Error);
+  b.join_masters();
+  EXPECT_FALSE(b.masters_split());
+  EXPECT_EQ(b.value(up).to_vector(), fresh.to_vector());
 }
 
 // AdamW::step_async's groups (a layer's update is what its forward waits for) and its CPU form:

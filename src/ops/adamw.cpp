@@ -10,6 +10,7 @@
 #include "ops/cuda/cuda_ops.h"
 #include "ops/device.h"
 #include "ops/grad_rows.h"
+#include "ops/split_master.h"
 
 namespace dseek::ops {
 
@@ -60,8 +61,8 @@ std::vector<cuda::MultiTensorEntry> grad_entries(const std::vector<Tensor>& tens
   std::vector<cuda::MultiTensorEntry> host;
   for (const Tensor& t : tensors)
     if (t.numel() > 0)
-      host.push_back(
-          {nullptr, t.data<float>(), nullptr, nullptr, t.numel(), 0, 0, nullptr, nullptr, 0});
+      host.push_back({nullptr, t.data<float>(), nullptr, nullptr, t.numel(), 0, 0, nullptr, nullptr,
+                      0, nullptr});
   return host;
 }
 
@@ -128,7 +129,7 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
                            std::vector<Tensor> exp_avgs, std::vector<Tensor> exp_avg_sqs,
                            std::vector<uint8_t> decay, std::vector<Tensor> computes,
                            std::vector<AdamWImage> images, Tensor bad,
-                           std::vector<Tensor> row_flags) {
+                           std::vector<Tensor> row_flags, std::vector<Tensor> lows) {
   const size_t n = values.size();
   DSEEK_CHECK(images.empty() || images.size() == n,
               "[adamw] {} values and {} FP8 images: one each, or none", n, images.size());
@@ -143,13 +144,31 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
               "[adamw] {} values and {} gradient row flags: one each, or none", n,
               row_flags.size());
   if (row_flags.empty()) row_flags.resize(n);
+  DSEEK_CHECK(lows.empty() || lows.size() == n,
+              "[adamw] {} values and {} split masters' low halves: one each, or none", n,
+              lows.size());
+  if (lows.empty()) lows.resize(n);
+  // Each tensor's master as far as shapes and devices go: the value, or a split master's high
+  // half (its compute copy).
+  std::vector<Tensor> masters(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (lows[i].defined()) {
+      DSEEK_CHECK(!values[i].defined() && computes[i].defined(),
+                  "[adamw] tensor {}: a split master has no f32 value, its compute copy is the "
+                  "high half",
+                  i);
+      check_split(computes[i], lows[i], "adamw tensor " + std::to_string(i));
+    } else {
+      check_f32_contiguous("adamw", "value", i, values[i]);
+    }
+    masters[i] = lows[i].defined() ? computes[i] : values[i];
+  }
   AdamWTensors t;
-  t.device = list_device("adamw", values);
+  t.device = list_device("adamw", masters);
   if (!exp_avgs.empty() && exp_avgs.front().defined()) t.moments = exp_avgs.front().dtype();
   DSEEK_CHECK(t.moments == DType::F32 || t.moments == DType::BF16,
               "[adamw] moments must be f32 or bf16, got {}", dtype_name(t.moments));
   for (size_t i = 0; i < n; ++i) {
-    check_f32_contiguous("adamw", "value", i, values[i]);
     check_f32_contiguous("adamw", "grad", i, grads[i]);
     for (const Tensor* moment : {&exp_avgs[i], &exp_avg_sqs[i]})
       DSEEK_CHECK(moment->defined() && moment->dtype() == t.moments && moment->is_contiguous(),
@@ -158,20 +177,20 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
                   moment == &exp_avgs[i] ? "exp_avg" : "exp_avg_sq", i, dtype_name(t.moments),
                   moment->defined() ? dtype_name(moment->dtype()) : "undefined",
                   moment->defined() ? shape_str(moment->shape()) : "");
-    const Shape& shape = values[i].shape();
+    const Shape& shape = masters[i].shape();
     DSEEK_CHECK(grads[i].shape() == shape && exp_avgs[i].shape() == shape &&
                     exp_avg_sqs[i].shape() == shape,
                 "[adamw] tensor {}: value {}, grad {}, exp_avg {}, exp_avg_sq {}: one shape", i,
                 shape_str(shape), shape_str(grads[i].shape()), shape_str(exp_avgs[i].shape()),
                 shape_str(exp_avg_sqs[i].shape()));
-    op_device("adamw", {&values[i], &grads[i], &exp_avgs[i], &exp_avg_sqs[i]});
+    op_device("adamw", {&masters[i], &grads[i], &exp_avgs[i], &exp_avg_sqs[i]});
     if (computes[i].defined()) {
       DSEEK_CHECK(computes[i].dtype() == DType::BF16 && computes[i].is_contiguous() &&
                       computes[i].shape() == shape,
                   "[adamw] compute copy {}: must be bf16 contiguous {}, got {} {}", i,
                   shape_str(shape), dtype_name(computes[i].dtype()),
                   shape_str(computes[i].shape()));
-      op_device("adamw", {&values[i], &computes[i]});
+      op_device("adamw", {&masters[i], &computes[i]});
     }
     if (row_flags[i].defined())
       check_grad_rows(grads[i], row_flags[i], "adamw gradient " + std::to_string(i));
@@ -179,6 +198,7 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
   bool any_image = false;
   for (size_t i = 0; i < n; ++i)
     if (images[i].q.defined()) {
+      DSEEK_CHECK(!lows[i].defined(), "[adamw] tensor {}: an FP8 image and a split master", i);
       check_image(images[i], values[i], computes[i], i);
       any_image = true;
     }
@@ -220,16 +240,18 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
     }
     std::vector<cuda::MultiTensorEntry> host;
     for (size_t i = 0; i < n; ++i) {
-      if (values[i].numel() == 0 || images[i].q.defined()) continue;
+      if (masters[i].numel() == 0 || images[i].q.defined()) continue;
       // Row flags where a row is whole quads (the kernel's loads never straddle two rows).
-      const bool by_rows = row_flags[i].defined() && values[i].size(1) % 4 == 0;
+      const bool by_rows = row_flags[i].defined() && masters[i].size(1) % 4 == 0;
       t.reads_rows = t.reads_rows || by_rows;
+      const bool split = lows[i].defined();
       host.push_back(
-          {values[i].data<float>(), grads[i].data<float>(),
+          {split ? nullptr : values[i].data<float>(), grads[i].data<float>(),
            static_cast<float*>(exp_avgs[i].raw()),  // bf16 moments: read as such (t.moments)
-           static_cast<float*>(exp_avg_sqs[i].raw()), values[i].numel(), 0, decay[i] ? 1 : 0,
+           static_cast<float*>(exp_avg_sqs[i].raw()), masters[i].numel(), 0, decay[i] ? 1 : 0,
            computes[i].defined() ? static_cast<uint16_t*>(computes[i].raw()) : nullptr,
-           by_rows ? row_flags[i].data<uint8_t>() : nullptr, by_rows ? values[i].size(1) : 0});
+           by_rows ? row_flags[i].data<uint8_t>() : nullptr, by_rows ? masters[i].size(1) : 0,
+           split ? static_cast<uint16_t*>(lows[i].raw()) : nullptr});
     }
     const MultiTensorTable table = device_table(host);
     t.table = table.words;
@@ -248,8 +270,27 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
   t.images = std::move(images);
   t.bad = std::move(bad);
   t.row_flags = std::move(row_flags);
+  t.lows = std::move(lows);
   return t;
 }
+
+namespace {
+
+// The CPU step of tensor i of t whose f32 master is `value` (its own, or a split one's joined).
+void step_f32(const AdamWTensors& t, size_t i, const Tensor& value, const AdamWStep& s,
+              float grad_scale) {
+  if (t.moments == DType::BF16)
+    cpu::adamw_update_bf16_moments(
+        s, s.decay_factor(t.decay[i] != 0), value.data<float>(), t.grads[i].data<float>(),
+        static_cast<uint16_t*>(t.exp_avgs[i].raw()), static_cast<uint16_t*>(t.exp_avg_sqs[i].raw()),
+        value.numel(), grad_scale);
+  else
+    cpu::adamw_update(s, s.decay_factor(t.decay[i] != 0), value.data<float>(),
+                      t.grads[i].data<float>(), t.exp_avgs[i].data<float>(),
+                      t.exp_avg_sqs[i].data<float>(), value.numel(), grad_scale);
+}
+
+}  // namespace
 
 void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale, bool short_blocks,
                 const float* grad_scale_at) {
@@ -281,16 +322,13 @@ void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale, boo
   DSEEK_CHECK(grad_scale_at == nullptr,
               "[adamw] a clip factor on the GPU for tensors on the CPU (pass grad_scale)");
   for (size_t i = 0; i < t.values.size(); ++i) {
-    if (t.moments == DType::BF16)
-      cpu::adamw_update_bf16_moments(s, s.decay_factor(t.decay[i] != 0), t.values[i].data<float>(),
-                                     t.grads[i].data<float>(),
-                                     static_cast<uint16_t*>(t.exp_avgs[i].raw()),
-                                     static_cast<uint16_t*>(t.exp_avg_sqs[i].raw()),
-                                     t.values[i].numel(), grad_scale);
-    else
-      cpu::adamw_update(s, s.decay_factor(t.decay[i] != 0), t.values[i].data<float>(),
-                        t.grads[i].data<float>(), t.exp_avgs[i].data<float>(),
-                        t.exp_avg_sqs[i].data<float>(), t.values[i].numel(), grad_scale);
+    if (t.lows[i].defined()) {  // a split master: joined, stepped, split again (no image)
+      const Tensor value = join_master(t.computes[i], t.lows[i]);
+      step_f32(t, i, value, s, grad_scale);
+      split_master(value, t.computes[i], t.lows[i]);
+      continue;
+    }
+    step_f32(t, i, t.values[i], s, grad_scale);
     if (t.computes[i].defined() && t.computes[i].numel() > 0) {
       const Tensor rounded = t.values[i].to(DType::BF16);
       std::memcpy(t.computes[i].raw(), rounded.raw(), rounded.nbytes());

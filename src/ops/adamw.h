@@ -72,6 +72,9 @@ struct AdamWTensors {
   // Per tensor: undefined, or the gradient's row flags (ops/grad_rows.h): the GPU step reads no
   // row whose flag is 0 (it holds zeros); the CPU step reads every row (the same values).
   std::vector<Tensor> row_flags;
+  // Per tensor: undefined, or a split master's low half (ops/split_master.h): the value is then
+  // undefined and the compute copy is the master's high half; the step joins, updates and splits.
+  std::vector<Tensor> lows;
   bool reads_rows = false;         // GPU: some entry of the table reads its gradient by row flags
   Tensor bad;                      // the images' non-finite flag (device i32), or undefined
   // GPU: cuda::MultiTensorEntry per non-empty tensor without an image, cuda::AdamWImageEntry per
@@ -89,12 +92,13 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
 // that the GPU step sets when an updated value with an image is NaN or Inf (that tile's codes are
 // then not written); the CPU step throws naming the tensor instead. row_flags: empty, or one per
 // tensor, each undefined or grad i's row flags (checked by ops::check_grad_rows; a tensor with
-// an image, or whose rows are not a multiple of 4 long, reads every row).
+// an image, or whose rows are not a multiple of 4 long, reads every row). lows: empty, or one per
+// tensor, each undefined or the low half of a split master (AdamWTensors::lows; no image).
 AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads,
                            std::vector<Tensor> exp_avgs, std::vector<Tensor> exp_avg_sqs,
                            std::vector<uint8_t> decay, std::vector<Tensor> computes,
                            std::vector<AdamWImage> images, Tensor bad,
-                           std::vector<Tensor> row_flags = {});
+                           std::vector<Tensor> row_flags = {}, std::vector<Tensor> lows = {});
 // One step of every tensor of `t` (values, moments and compute copies updated in place, grads read
 // and multiplied by grad_scale).
 // `short_blocks` (GPU): one chunk a block, so that the blocks of a launch on a low-priority stream

@@ -37,9 +37,9 @@ AdamW::AdamW(ParamSet& params, AdamWConfig config) : params_(&params), config_(c
               dtype_name(config.moment_dtype));
   const DType md = config.moment_dtype;
   for (const Param& p : params.all()) {
-    const Device d = p.value.device();
-    exp_avg_.push_back(p.trainable ? Tensor::zeros(p.value.shape(), md, d) : Tensor());
-    exp_avg_sq_.push_back(p.trainable ? Tensor::zeros(p.value.shape(), md, d) : Tensor());
+    const Device d = p.device();
+    exp_avg_.push_back(p.trainable ? Tensor::zeros(p.shape(), md, d) : Tensor());
+    exp_avg_sq_.push_back(p.trainable ? Tensor::zeros(p.shape(), md, d) : Tensor());
   }
 }
 
@@ -99,8 +99,8 @@ bool AdamW::groups_current() const {
       const size_t index = g.params[k];
       if (index >= all.size()) return false;
       const Param& p = all[index];
-      if (!p.trainable || t.values[k].raw() != p.value.raw() || t.grads[k].raw() != p.grad.raw() ||
-          t.exp_avgs[k].raw() != exp_avg_[index].raw() ||
+      if (!p.trainable || t.values[k].raw() != p.value.raw() || t.lows[k].raw() != p.low.raw() ||
+          t.grads[k].raw() != p.grad.raw() || t.exp_avgs[k].raw() != exp_avg_[index].raw() ||
           t.exp_avg_sqs[k].raw() != exp_avg_sq_[index].raw() ||
           t.computes[k].defined() != p.compute.defined() ||
           (p.compute.defined() && t.computes[k].raw() != p.compute.raw()) ||
@@ -142,16 +142,16 @@ void AdamW::build_groups() {
   for (const Param& p : params_->all()) {
     const size_t index = i++;
     if (!p.trainable) continue;
-    DSEEK_CHECK(exp_avg_[index].device() == p.value.device(),
+    DSEEK_CHECK(exp_avg_[index].device() == p.device(),
                 "[optim] AdamW: parameter '{}' is on {}, its moments on {} (call AdamW::to after "
                 "ParamSet::to)",
-                p.name, device_name(p.value.device()), device_name(exp_avg_[index].device()));
+                p.name, device_name(p.device()), device_name(exp_avg_[index].device()));
     const auto [it, added] = group_of.emplace(update_order_key(p.name), members.size());
     if (added) members.emplace_back();
     members[it->second].push_back(index);
   }
   for (std::vector<size_t>& m : members) {
-    std::vector<Tensor> values, grads, ms, vs, computes, row_flags;
+    std::vector<Tensor> values, grads, ms, vs, computes, row_flags, lows;
     std::vector<uint8_t> decay;
     std::vector<ops::AdamWImage> images;
     for (size_t index : m) {
@@ -163,15 +163,17 @@ void AdamW::build_groups() {
       decay.push_back(p.decay ? 1 : 0);
       computes.push_back(p.compute);
       row_flags.push_back(p.grad_rows);  // the update reads only the rows a step wrote
-      const auto it = image_of.find(p.value.raw());
+      lows.push_back(p.low);             // a split master's low half, or undefined
+      const auto it = p.split() ? image_of.end() : image_of.find(p.value.raw());
       const bool with_image = it != image_of.end() && !p.compute.defined() && p.value.is_cuda();
       images.push_back(with_image ? it->second.second : ops::AdamWImage{});
       if (with_image) ++covered[it->second.first];
     }
-    groups_.push_back({ops::adamw_tensors(std::move(values), std::move(grads), std::move(ms),
-                                          std::move(vs), std::move(decay), std::move(computes),
-                                          std::move(images), fp8.bad, std::move(row_flags)),
-                       std::move(m)});
+    groups_.push_back(
+        {ops::adamw_tensors(std::move(values), std::move(grads), std::move(ms), std::move(vs),
+                            std::move(decay), std::move(computes), std::move(images), fp8.bad,
+                            std::move(row_flags), std::move(lows)),
+         std::move(m)});
   }
   image_covered_.assign(fp8.images.size(), 0);
   for (size_t i = 0; i < fp8.images.size(); ++i)
@@ -288,8 +290,8 @@ void AdamW::load_state(const std::map<std::string, Tensor>& tensors, int64_t ste
   // Validate everything first so a bad checkpoint leaves the optimizer as it was.
   for (const Param& p : params_->all()) {
     if (!p.trainable) continue;
-    check_state_tensor(tensors, "exp_avg." + p.name, p.value.shape());
-    check_state_tensor(tensors, "exp_avg_sq." + p.name, p.value.shape());
+    check_state_tensor(tensors, "exp_avg." + p.name, p.shape());
+    check_state_tensor(tensors, "exp_avg_sq." + p.name, p.shape());
   }
   size_t i = 0;
   for (const Param& p : params_->all()) {

@@ -1,11 +1,13 @@
 #include "train/param.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/cuda.h"
 #include "core/error.h"
 #include "ops/grad_rows.h"
+#include "ops/split_master.h"
 
 namespace dseek::train {
 
@@ -35,6 +37,15 @@ const Param& ParamSet::at(const std::string& name) const {
   DSEEK_CHECK(it != index_.end(), "[train] no parameter '{}'", name);
   await(it->second);
   return params_[it->second];
+}
+
+const Tensor& ParamSet::value(const std::string& name) const {
+  const Param& p = at(name);
+  DSEEK_CHECK(!p.split(),
+              "[train] parameter '{}' keeps a split master (ParamSet::split_masters): read it "
+              "with master_value",
+              name);
+  return p.value;
 }
 
 void ParamSet::set_pending(size_t index, uint64_t mark) {
@@ -77,7 +88,8 @@ void ParamSet::to(Device device) {
   await_all();
   drop_fp8_images();  // they name the old storage
   for (Param& p : params_) {
-    p.value = p.value.to(device);
+    if (p.value.defined()) p.value = p.value.to(device);
+    if (p.low.defined()) p.low = p.low.to(device);
     if (p.grad.defined()) p.grad = p.grad.to(device);
     if (p.compute.defined()) p.compute = p.compute.to(device);
     if (p.grad_rows.defined()) p.grad_rows = p.grad_rows.to(device);  // they follow the grad
@@ -102,6 +114,10 @@ int64_t mark_fp8_linears(ParamSet& params) {
     const std::string proj = stem.substr(stem.rfind('.') + 1);
     for (const char* k : kProjections)
       if (proj == k) {
+        if (p.split()) {  // the compute copy, the master's high half, is about to go
+          p.value = master_value(p);
+          p.low = Tensor();
+        }
         p.fp8 = true;
         // Its GEMMs quantise the master: a compute copy would only cost the optimizer a write
         // and the GPU 2 bytes a parameter.
@@ -203,6 +219,7 @@ void ParamSet::set_compute_dtype(DType dtype) {
               "[train] compute dtype: f32 or bf16, got {}", dtype_name(dtype));
   compute_dtype_ = dtype;
   await_all();
+  join_masters();
   for (Param& p : params_) p.compute = Tensor();
   refresh_compute();
 }
@@ -215,9 +232,62 @@ void ParamSet::refresh_compute() {
   // row from the master: a copy would cost the update 2 bytes a parameter (0.42 GB a step for
   // V2-Lite) for nothing — also on a pipeline stage that holds the embedding without the head.
   for (Param& p : params_)
-    if (p.trainable && p.value.dim() == 2 && !p.name.ends_with(".gate.weight") && !p.fp8 &&
-        !p.lookup_only)
+    if (!p.split() && p.trainable && p.value.dim() == 2 && !p.name.ends_with(".gate.weight") &&
+        !p.fp8 && !p.lookup_only)  // a split master's copy is its high half: always current
       p.compute = p.value.to(compute_dtype_);
+}
+
+int64_t ParamSet::split_masters() {
+  await_all();
+  int64_t split = 0;
+  for (Param& p : params_) {
+    if (p.split() || !p.compute.defined() || p.compute.dtype() != DType::BF16) continue;
+    p.low = Tensor::empty(p.value.shape(), DType::BF16, p.value.device());
+    ops::split_master(p.value, p.compute, p.low);
+    p.value = Tensor();  // freed: the halves hold it
+    ++split;
+  }
+  return split;
+}
+
+void ParamSet::join_masters() {
+  await_all();
+  for (Param& p : params_)
+    if (p.split()) {
+      p.value = master_value(p);
+      p.low = Tensor();
+      // The compute copy stays the high half (rounded half away from zero), until refreshed.
+    }
+}
+
+bool ParamSet::masters_split() const {
+  for (const Param& p : params_)
+    if (p.split()) return true;
+  return false;
+}
+
+bool split_masters_enabled() {
+  static const bool on = [] {
+    const char* env = std::getenv("DSEEK_SPLIT_MASTERS");
+    return !(env && std::string(env) == "0");
+  }();
+  return on;
+}
+
+Tensor master_value(const Param& p) {
+  return p.split() ? ops::join_master(p.compute, p.low) : p.value;
+}
+
+void set_master_value(Param& p, const Tensor& src, const std::string& what) {
+  if (!p.split()) {
+    copy_values(p.value, src, what);
+    return;
+  }
+  DSEEK_CHECK(src.defined() && src.shape() == p.shape(), "[train] {}: source {}, expected {}", what,
+              src.defined() ? shape_str(src.shape()) : "undefined", shape_str(p.shape()));
+  Tensor f32 = Tensor::empty(p.shape(), DType::F32, p.device());
+  copy_values(f32, src, what);
+  ops::split_master(f32, p.compute, p.low);
 }
 
 void copy_values(const Tensor& dst, const Tensor& src, const std::string& what) {
@@ -239,7 +309,7 @@ void copy_values(const Tensor& dst, const Tensor& src, const std::string& what) 
 int64_t ParamSet::numel(bool trainable_only) const {
   int64_t n = 0;
   for (const Param& p : params_)
-    if (!trainable_only || p.trainable) n += p.value.numel();
+    if (!trainable_only || p.trainable) n += p.numel();
   return n;
 }
 

@@ -13,6 +13,13 @@
 // compute copy to the GPU (masters and gradients stay f32); from then on the training layers run
 // there (with bf16 activations when compute_dtype() is BF16, else f32), zero_grad clears on the
 // device and refresh_compute rounds on the device, to nearest even as on the CPU.
+//
+// Split masters (ParamSet::split_masters, ops/split_master.h): on the GPU, a matrix with a bf16
+// compute copy may keep its f32 master as that copy (the master's upper half, rounded) plus the
+// master's low 16 bits (Param::low), 4 bytes a parameter instead of 6 and 8 bytes of the update's
+// traffic instead of 10. The master is still exactly f32: master_value joins it. Its `value` is
+// then undefined: code that reads masters goes through master_value / set_master_value (or
+// Param::shape for the shape); the training layers multiply weight() as before.
 #pragma once
 
 #include <cstdint>
@@ -64,10 +71,27 @@ struct Param {
   // flagged rows and clears their flags, and ParamSet::zero_grad zeros every row but sets every
   // flag, so that code writing the gradient directly after it stays right.
   Tensor grad_rows;
+  // A split master's low 16 bits (16-bit storage, not numbers; see the top of this file), or
+  // undefined: where defined, `value` is undefined and the master is (compute, low).
+  Tensor low;
 
   // What linear layers multiply with: the compute copy when there is one, else the master.
   const Tensor& weight() const { return compute.defined() ? compute : value; }
+  bool split() const { return low.defined(); }
+  const Shape& shape() const { return split() ? compute.shape() : value.shape(); }
+  Device device() const { return split() ? compute.device() : value.device(); }
+  int64_t numel() const { return split() ? compute.numel() : value.numel(); }
 };
+
+// Whether training splits the masters it can (ParamSet::split_masters): yes unless the
+// environment sets DSEEK_SPLIT_MASTERS=0 (read once).
+bool split_masters_enabled();
+
+// The f32 master of p: its value, or a split master joined (a new tensor on its device).
+Tensor master_value(const Param& p);
+// Writes src (any float dtype and device, p's shape) into p's master: its value, or both halves
+// of a split one. `what` names p in errors. Re-rounds nothing else (refresh_compute does).
+void set_master_value(Param& p, const Tensor& src, const std::string& what);
 
 class ParamSet {
  public:
@@ -80,7 +104,8 @@ class ParamSet {
   Param& at(const std::string& name);
   const Param& at(const std::string& name) const;
   // The value tensor of a parameter (shorthand for at(name).value).
-  const Tensor& value(const std::string& name) const { return at(name).value; }
+  // Throws for a split master (read it with master_value(at(name))).
+  const Tensor& value(const std::string& name) const;
   const Tensor& grad(const std::string& name) const { return at(name).grad; }
 
   // In insertion order (checkpoint_layout's order); references stay valid as parameters are added.
@@ -113,6 +138,13 @@ class ParamSet {
   void set_compute_dtype(DType dtype);
   DType compute_dtype() const { return compute_dtype_; }
   void refresh_compute();  // re-round the copies from the masters (after an optimizer step)
+  // Splits the master of every parameter with a bf16 compute copy (see the top of this file;
+  // the trainer does on one GPU, the CPU's step takes them too); returns how many. join_masters
+  // undoes it (set_compute_dtype and mark_fp8_linears join first); to() moves both halves.
+  // AdamW::step/step_async rebuild their tables for the new storage.
+  int64_t split_masters();
+  void join_masters();
+  bool masters_split() const;
   // On (the default), FP8 linears cache their inputs as their forward quantised them (layers.h's
   // LinearInput); off, they keep them in the activation dtype and quantise them again in the
   // backward, as the training layers did before: the same numerics with more memory, the

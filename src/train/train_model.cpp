@@ -140,14 +140,14 @@ TrainModel::TrainModel(const ModelConfig& config, ParamSet& params, const ModelP
       const std::vector<std::string> names = synth_->param_names(spec.name);
       const std::vector<Shape> shapes = synth_->param_shapes(spec.name);
       for (size_t w = 0; w < names.size(); ++w)
-        DSEEK_CHECK(params_.at(names[w]).value.shape() == shapes[w],
+        DSEEK_CHECK(params_.at(names[w]).shape() == shapes[w],
                     "[train] parameter '{}' has shape {}, expected {}", names[w],
-                    shape_str(params_.at(names[w]).value.shape()), shape_str(shapes[w]));
+                    shape_str(params_.at(names[w]).shape()), shape_str(shapes[w]));
       continue;
     }
     const Param& p = params_.at(spec.name);
-    DSEEK_CHECK(p.value.shape() == spec.shape, "[train] parameter '{}' has shape {}, expected {}",
-                spec.name, shape_str(p.value.shape()), shape_str(spec.shape));
+    DSEEK_CHECK(p.shape() == spec.shape, "[train] parameter '{}' has shape {}, expected {}",
+                spec.name, shape_str(p.shape()), shape_str(spec.shape));
   }
   const int64_t layers = config_.num_hidden_layers + config_.num_nextn_predict_layers;
   for (int64_t l = 0; l < layers; ++l)
@@ -220,8 +220,13 @@ DType TrainModel::activation_dtype() const {
                                                                                     : DType::F32;
 }
 
+const Tensor& TrainModel::embedding_table() {
+  const Param& p = params_.at("model.embed_tokens.weight");
+  return p.split() ? p.compute : p.value;
+}
+
 Tensor TrainModel::embed_forward(const std::vector<int32_t>& inputs) {
-  return ops::embedding(params_.value("model.embed_tokens.weight"), inputs, activation_dtype());
+  return ops::embedding(embedding_table(), inputs, activation_dtype());
 }
 
 void TrainModel::embed_backward(const std::vector<int32_t>& inputs, const Tensor& dx) {
@@ -353,7 +358,7 @@ SequenceLosses TrainModel::head_forward(const Tensor& x_final, const std::vector
       dst += nk;
     }
     mtp_segments.push_back(seg_k);
-    m.e_in = ops::embedding(params_.value("model.embed_tokens.weight"), m.ids, act);
+    m.e_in = ops::embedding(embedding_table(), m.ids, act);
     const Tensor e = norm_forward(params_, p + ".enorm.weight", m.e_in, eps);
     const Tensor hn = norm_forward(params_, p + ".hnorm.weight", m.h_prev, eps);
     m.cat = Tensor::empty({N, 2 * D}, act, device);

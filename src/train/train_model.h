@@ -168,6 +168,9 @@ class TrainModel {
   SynthOverride* synth() const { return synth_; }
 
  private:
+  // The embedding's rows as the lookup reads them: the f32 master, or for a split one (a tied
+  // embedding on the GPU) its bf16 high half, which the bf16 activations round to anyway.
+  const Tensor& embedding_table();
   SequenceLosses run(const std::vector<int32_t>& inputs, const std::vector<int32_t>& targets,
                      const LossOptions& options, bool backward, float loss_scale,
                      const Segments& segments);

@@ -454,10 +454,10 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     for (Param& p : params.all()) {
       auto it = by_name.find(p.name);
       DSEEK_CHECK(it != by_name.end(), "[train] {}: checkpoint lacks tensor '{}'", latest, p.name);
-      DSEEK_CHECK(it->second->shape() == p.value.shape(),
+      DSEEK_CHECK(it->second->shape() == p.shape(),
                   "[train] {}: tensor '{}' has shape {}, the model needs {}", latest, p.name,
-                  shape_str(it->second->shape()), shape_str(p.value.shape()));
-      copy_values(p.value, *it->second, p.name);
+                  shape_str(it->second->shape()), shape_str(p.shape()));
+      set_master_value(p, *it->second, p.name);
     }
     std::map<std::string, Tensor> opt_state(ck.optimizer.begin(), ck.optimizer.end());
     step = ck.state.at("step").get<int64_t>();
@@ -490,6 +490,11 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     params.to(device);
     if (optimizer) optimizer->to(device);
     if (lead) fmt::print(stderr, "[train] on the GPU: {}\n", cuda::describe());
+    // One process's AdamW keeps the bf16-copied masters split (train/param.h): 2 bytes a
+    // parameter less memory and update traffic, the same f32 masters. The distributed optimizers
+    // and the synthesised operators (which read masters) keep them whole; DSEEK_SPLIT_MASTERS=0
+    // too.
+    if (optimizer && !synth && split_masters_enabled()) params.split_masters();
   }
 
   TrainSummary summary;
@@ -635,7 +640,9 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       // Every stage's values and moments on rank 0 (collective), in one process's order.
       stage->gather_checkpoint(moments, ck);
     } else {
-      for (const Param& p : params.all()) ck.model.emplace_back(p.name, p.value);
+      // A split master is joined one at a time and kept on the host, as the writer would.
+      for (const Param& p : params.all())
+        ck.model.emplace_back(p.name, p.split() ? master_value(p).to(Device::CPU) : p.value);
       ck.optimizer = std::move(moments);
     }
     if (experts) {

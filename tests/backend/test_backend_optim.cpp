@@ -24,6 +24,7 @@
 #include "ops/embedding.h"
 #include "ops/fp8.h"
 #include "ops/grad_rows.h"
+#include "ops/split_master.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
 #include "train/param.h"
@@ -276,6 +277,119 @@ TEST(BackendOptim, StepAsyncMatchesStepAndWaitsForReaders) {
   EXPECT_TRUE(bytes_of(state_gpu.back().second) == bytes_of(state_cpu.back().second))
       << state_cpu.back().first;
   std::printf("[backend] adamw step_async: 4 steps bit-identical to the CPU's step + zero_grad\n");
+}
+
+// Split masters (ops/split_master.h) on the GPU: the split and join kernels give the CPU's bits on
+// random f32 patterns, the special ones (±0, subnormals, ±inf, NaNs, the largest finite, low halves
+// of 0x7fff, 0x8000 and 0x8001) and an odd length (the kernel's scalar tail); join(split(x)) = x.
+// Then the update of split masters (step_async, bf16 moments, clipping on) against the CPU's step
+// of the same split set and against a whole-master set: masters, moments and copies bit for bit
+// over three steps (the copies are the masters' high halves).
+TEST(BackendOptim, SplitMastersMatchCpuAndStepLikeWholeOnes) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(131);
+  std::vector<uint32_t> bits = {0x00000000u, 0x80000000u, 0x00000001u, 0x807fffffu, 0x7f800000u,
+                                0xff800000u, 0x7fc00000u, 0xffffffffu, 0x7f800001u, 0x7f7fffffu,
+                                0xff7fffffu, 0x3f807fffu, 0x3f808000u, 0x3f818000u, 0xbf808001u};
+  for (int i = 0; i < 100000; ++i) bits.push_back(uint32_t(rng()));
+  std::vector<float> values(bits.size());
+  std::memcpy(values.data(), bits.data(), bits.size() * 4);
+  const Tensor cpu_value = Tensor::from_vector(values, {int64_t(values.size())});
+  const Shape shape = cpu_value.shape();
+  Tensor high = Tensor::poisoned(shape, DType::BF16), low = Tensor::poisoned(shape, DType::BF16);
+  ops::split_master(cpu_value, high, low);
+  const Tensor gpu_value = cpu_value.to(Device::CUDA);
+  Tensor ghigh = Tensor::poisoned(shape, DType::BF16, Device::CUDA);
+  Tensor glow = Tensor::poisoned(shape, DType::BF16, Device::CUDA);
+  ops::split_master(gpu_value, ghigh, glow);
+  EXPECT_TRUE(bytes_of(ghigh) == bytes_of(high));
+  EXPECT_TRUE(bytes_of(glow) == bytes_of(low));
+  const Tensor joined = ops::join_master(ghigh, glow);
+  EXPECT_TRUE(bytes_of(joined) == bytes_of(ops::join_master(high, low)));
+  const std::vector<float> back = joined.to_vector();
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (std::isnan(values[i])) {
+      EXPECT_TRUE(std::isnan(back[i]) && std::signbit(back[i]) == std::signbit(values[i])) << i;
+      continue;
+    }
+    uint32_t b;
+    std::memcpy(&b, &back[i], 4);
+    ASSERT_EQ(b, bits[i]) << "element " << i;
+  }
+
+  // The update. "cpu": split on the CPU; "gpu": split on the GPU; "whole": unsplit on the GPU.
+  std::vector<Spec> specs = kSpecs;
+  specs.push_back({"model.layers.1.mlp.experts.big", {512, 1030}, true, true, 1e-2f});
+  ParamSet cpu = make_params(specs, 141), gpu = make_params(specs, 141),
+           whole = make_params(specs, 141);
+  for (ParamSet* ps : {&cpu, &gpu, &whole}) ps->set_compute_dtype(DType::BF16);
+  gpu.to(Device::CUDA);
+  whole.to(Device::CUDA);
+  EXPECT_GT(cpu.split_masters(), 3);
+  EXPECT_EQ(gpu.split_masters(), cpu.split_masters());
+  EXPECT_TRUE(gpu.masters_split());
+  EXPECT_FALSE(whole.masters_split());
+  AdamWConfig config{0.9, 0.95, 1e-8, 0.1};
+  config.moment_dtype = DType::BF16;
+  AdamW opt_cpu(cpu, config), opt_gpu(gpu, config), opt_whole(whole, config);
+  std::mt19937 grads(142);
+  for (int t = 0; t < 3; ++t) {
+    set_same_grads(cpu, gpu, specs, grads);
+    for (const Spec& sp : specs)
+      if (sp.trainable) train::copy_values(whole.at(sp.name).grad, gpu.at(sp.name).grad, sp.name);
+    const float factor = train::clip_factor(train::grad_norm(gpu), 0.5);
+    ASSERT_LT(factor, 1.0f);
+    opt_cpu.step(1e-2, factor);
+    opt_gpu.step_async(1e-2, factor, /*defer_overwritten=*/false);
+    opt_whole.step_async(1e-2, factor, /*defer_overwritten=*/false);
+    for (const Spec& sp : specs) {
+      const Param& c = cpu.at(sp.name);
+      const Param& g = gpu.at(sp.name);
+      const Param& w = whole.at(sp.name);
+      ASSERT_EQ(g.split(), c.split()) << sp.name;
+      EXPECT_EQ(g.split(), w.compute.defined()) << sp.name;
+      const Tensor master = train::master_value(g);
+      EXPECT_TRUE(bytes_of(master) == bytes_of(train::master_value(c)))
+          << "step " << t + 1 << " " << sp.name;
+      EXPECT_TRUE(bytes_of(master) == bytes_of(w.value)) << "step " << t + 1 << " " << sp.name;
+      if (g.split()) {
+        EXPECT_TRUE(bytes_of(g.compute) == bytes_of(c.compute)) << "step " << t + 1 << sp.name;
+        EXPECT_TRUE(bytes_of(g.low) == bytes_of(c.low)) << "step " << t + 1 << sp.name;
+        // The copy the forward multiplies is the master rounded (half away from zero).
+        const std::vector<float> m = master.to_vector();
+        const std::vector<uint16_t> h = [&] {
+          const Tensor x = g.compute.to(Device::CPU);
+          const auto* p = static_cast<const uint16_t*>(x.raw());
+          return std::vector<uint16_t>(p, p + x.numel());
+        }();
+        size_t wrong = 0;
+        for (size_t i = 0; i < m.size(); ++i) {
+          uint32_t b;
+          std::memcpy(&b, &m[i], 4);
+          wrong += h[i] != ops::split_high(b);
+        }
+        EXPECT_EQ(wrong, 0u) << sp.name;
+      }
+    }
+    const auto sc = opt_cpu.state_tensors(), sg = opt_gpu.state_tensors(),
+               sw = opt_whole.state_tensors();
+    ASSERT_EQ(sc.size(), sg.size());
+    for (size_t i = 0; i < sc.size(); ++i) {
+      EXPECT_TRUE(bytes_of(sg[i].second) == bytes_of(sc[i].second)) << sc[i].first;
+      EXPECT_TRUE(bytes_of(sg[i].second) == bytes_of(sw[i].second)) << sc[i].first;
+    }
+  }
+  // A split master reads through master_value only; set_master_value writes both halves.
+  EXPECT_THROW((void)gpu.value("lm_head.weight"), Error);
+  Param& head = gpu.at("lm_head.weight");
+  const Tensor fresh = rand(head.shape(), rng);
+  train::set_master_value(head, fresh, "lm_head.weight");
+  EXPECT_TRUE(bytes_of(train::master_value(head)) == bytes_of(fresh));
+  gpu.join_masters();
+  EXPECT_FALSE(gpu.masters_split());
+  EXPECT_TRUE(bytes_of(gpu.value("lm_head.weight")) == bytes_of(fresh));
+  std::printf("[backend] split masters: kernels = CPU on %zu patterns, 3 updates bit-identical\n",
+              bits.size());
 }
 
 // ops::adamw_step with FP8 images (ops/adamw.h's AdamWImage) over three steps, on the GPU and on

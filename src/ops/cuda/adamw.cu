@@ -14,6 +14,7 @@
 #include "ops/cuda/adamw_element.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/reduce.cuh"
+#include "ops/split_bits.h"
 
 namespace dseek::ops::cuda {
 
@@ -63,6 +64,29 @@ __global__ void adamw_kernel(const MultiTensorEntry* entries, int64_t count, int
     const GradRows<ROWS> grad{e.grad, e.row_flags, e.row_len};
     const uintptr_t moment_addresses =
         reinterpret_cast<uintptr_t>(e.exp_avg) | reinterpret_cast<uintptr_t>(e.exp_avg_sq);
+    if (e.low) {  // a split master: its halves are the compute copy and e.low
+      const bool vec =
+          (reinterpret_cast<uintptr_t>(e.grad) & 15) == 0 &&
+          (moment_addresses & (BF16_MOMENTS ? 7 : 15)) == 0 &&
+          ((reinterpret_cast<uintptr_t>(e.compute) | reinterpret_cast<uintptr_t>(e.low)) & 7) == 0;
+      int64_t tail = begin;
+      if (vec) {
+        const int64_t quads = (end - begin) / 4;
+        for (int64_t q = threadIdx.x; q < quads; q += blockDim.x)
+          adamw_split_quad(e.compute, e.low, grad, m_of, v_of, begin + 4 * q, s, decay);
+        tail = begin + 4 * quads;
+      }
+      for (int64_t k = tail + threadIdx.x; k < end; k += blockDim.x) {
+        float p = __uint_as_float(join_bits(e.compute[k], e.low[k])), m = m_of.load(k),
+              v = v_of.load(k);
+        adamw_element(p, m, v, grad.load(k), s, decay);
+        m_of.store(k, m);
+        v_of.store(k, v);
+        e.compute[k] = split_high(__float_as_uint(p));
+        e.low[k] = split_low(__float_as_uint(p));
+      }
+      continue;
+    }
     const bool vec = ((reinterpret_cast<uintptr_t>(e.value) | reinterpret_cast<uintptr_t>(e.grad)) &
                       15) == 0 &&
                      (moment_addresses & (BF16_MOMENTS ? 7 : 15)) == 0 &&

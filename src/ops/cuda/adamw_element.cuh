@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "ops/cuda/cuda_ops.h"
+#include "ops/split_bits.h"
 
 namespace dseek::ops::cuda {
 
@@ -104,6 +105,38 @@ __device__ __forceinline__ float4 adamw_quad(float* value, const GradRows<ROWS>&
   m_of.store4(k, m);
   v_of.store4(k, v);
   return p;
+}
+
+// adamw_quad for a split master (ops/split_master.h): the four masters joined from their halves
+// high (the bf16 compute copy) and low, stepped, and split again — the compute copy is written
+// by the split itself.
+template <bool BF16, bool ROWS>
+__device__ __forceinline__ void adamw_split_quad(uint16_t* high, uint16_t* low,
+                                                 const GradRows<ROWS>& grad,
+                                                 const MomentArray<BF16>& m_of,
+                                                 const MomentArray<BF16>& v_of, int64_t k,
+                                                 const AdamWScalars& s, float decay) {
+  const uint2 h = *reinterpret_cast<const uint2*>(high + k);
+  const uint2 l = *reinterpret_cast<const uint2*>(low + k);
+  const auto join = [](uint32_t hw, uint32_t lw, int half) {
+    return __uint_as_float(join_bits(uint16_t(hw >> (16 * half)), uint16_t(lw >> (16 * half))));
+  };
+  float4 p{join(h.x, l.x, 0), join(h.x, l.x, 1), join(h.y, l.y, 0), join(h.y, l.y, 1)};
+  float4 m = m_of.load4(k);
+  float4 v = v_of.load4(k);
+  const float4 g = grad.load4(k);
+  adamw_element(p.x, m.x, v.x, g.x, s, decay);
+  adamw_element(p.y, m.y, v.y, g.y, s, decay);
+  adamw_element(p.z, m.z, v.z, g.z, s, decay);
+  adamw_element(p.w, m.w, v.w, g.w, s, decay);
+  const uint32_t b0 = __float_as_uint(p.x), b1 = __float_as_uint(p.y), b2 = __float_as_uint(p.z),
+                 b3 = __float_as_uint(p.w);
+  *reinterpret_cast<uint2*>(high + k) = {uint32_t(split_high(b0)) | uint32_t(split_high(b1)) << 16,
+                                         uint32_t(split_high(b2)) | uint32_t(split_high(b3)) << 16};
+  *reinterpret_cast<uint2*>(low + k) = {uint32_t(split_low(b0)) | uint32_t(split_low(b1)) << 16,
+                                        uint32_t(split_low(b2)) | uint32_t(split_low(b3)) << 16};
+  m_of.store4(k, m);
+  v_of.store4(k, v);
 }
 
 // The entry of a multi-tensor table that holds unit `index` (a chunk, a tile): the last whose

@@ -261,6 +261,10 @@ void zero_flagged_rows(float* grad, uint8_t* flags, int64_t rows, int64_t cols);
 void sum_of_squares_flagged_rows(const float* grad, const uint8_t* flags, int64_t rows,
                                  int64_t cols, double* out);
 
+// ---- split_master.cu (ops/split_master.h) ----------------------------------------------------
+void split_master(const float* value, uint16_t* high, uint16_t* low, int64_t n);
+void join_master(const uint16_t* high, const uint16_t* low, float* value, int64_t n);
+
 // ---- adamw.cu --------------------------------------------------------------------------------
 // Multi-tensor launches (ops/adamw.h): one kernel over many f32 tensors through a device table of
 // entries, tensor i covering chunks [chunk_begin, chunk_begin + ceil(n / kMultiTensorChunk)) of
@@ -280,6 +284,9 @@ struct MultiTensorEntry {
   // of 4): a row whose flag is 0 is zero and is not read. nullptr: every row is read.
   const uint8_t* row_flags;
   int64_t row_len;
+  // AdamW: the master's low half where it is split (ops/split_master.h): value is then null and
+  // the master is (compute, low), read and written as its two halves. nullptr: not split.
+  uint16_t* low;
 };
 // The AdamW step's f32 scalars (ops::AdamWStep) and the decay factor of decaying tensors.
 // grad_scale_at, where given, is a device f32 that replaces grad_scale (the clip factor the
