@@ -4,13 +4,7 @@
 
 #include <cstdint>
 
-#ifndef DSEEK_HOST_DEVICE  // (as ops/cuda/fp8_scale.h defines it)
-#ifdef __CUDACC__
-#define DSEEK_HOST_DEVICE __host__ __device__
-#else
-#define DSEEK_HOST_DEVICE
-#endif
-#endif
+#include "core/host_device.h"
 
 namespace dseek::ops {
 

@@ -86,14 +86,13 @@ struct GradRows {
   }
 };
 
-// Four elements k … k + 3 of a tensor stepped at once (value and gradient 16-byte aligned there):
-// value and moments loaded, adamw_element on each, stored back; returns the new values.
+// The masters p of elements k … k + 3 stepped at once (gradient 16-byte aligned there): moments
+// and gradient loaded, adamw_element on each, moments stored back.
 template <bool BF16, bool ROWS>
-__device__ __forceinline__ float4 adamw_quad(float* value, const GradRows<ROWS>& grad,
-                                             const MomentArray<BF16>& m_of,
-                                             const MomentArray<BF16>& v_of, int64_t k,
-                                             const AdamWScalars& s, float decay) {
-  float4 p = *reinterpret_cast<const float4*>(value + k);
+__device__ __forceinline__ void adamw_step4(float4& p, const GradRows<ROWS>& grad,
+                                            const MomentArray<BF16>& m_of,
+                                            const MomentArray<BF16>& v_of, int64_t k,
+                                            const AdamWScalars& s, float decay) {
   float4 m = m_of.load4(k);
   float4 v = v_of.load4(k);
   const float4 g = grad.load4(k);
@@ -101,9 +100,20 @@ __device__ __forceinline__ float4 adamw_quad(float* value, const GradRows<ROWS>&
   adamw_element(p.y, m.y, v.y, g.y, s, decay);
   adamw_element(p.z, m.z, v.z, g.z, s, decay);
   adamw_element(p.w, m.w, v.w, g.w, s, decay);
-  *reinterpret_cast<float4*>(value + k) = p;
   m_of.store4(k, m);
   v_of.store4(k, v);
+}
+
+// Four elements k … k + 3 of a tensor stepped at once (value and gradient 16-byte aligned there):
+// value loaded, stepped, stored back; returns the new values.
+template <bool BF16, bool ROWS>
+__device__ __forceinline__ float4 adamw_quad(float* value, const GradRows<ROWS>& grad,
+                                             const MomentArray<BF16>& m_of,
+                                             const MomentArray<BF16>& v_of, int64_t k,
+                                             const AdamWScalars& s, float decay) {
+  float4 p = *reinterpret_cast<const float4*>(value + k);
+  adamw_step4(p, grad, m_of, v_of, k, s, decay);
+  *reinterpret_cast<float4*>(value + k) = p;
   return p;
 }
 
@@ -122,21 +132,13 @@ __device__ __forceinline__ void adamw_split_quad(uint16_t* high, uint16_t* low,
     return __uint_as_float(join_bits(uint16_t(hw >> (16 * half)), uint16_t(lw >> (16 * half))));
   };
   float4 p{join(h.x, l.x, 0), join(h.x, l.x, 1), join(h.y, l.y, 0), join(h.y, l.y, 1)};
-  float4 m = m_of.load4(k);
-  float4 v = v_of.load4(k);
-  const float4 g = grad.load4(k);
-  adamw_element(p.x, m.x, v.x, g.x, s, decay);
-  adamw_element(p.y, m.y, v.y, g.y, s, decay);
-  adamw_element(p.z, m.z, v.z, g.z, s, decay);
-  adamw_element(p.w, m.w, v.w, g.w, s, decay);
+  adamw_step4(p, grad, m_of, v_of, k, s, decay);
   const uint32_t b0 = __float_as_uint(p.x), b1 = __float_as_uint(p.y), b2 = __float_as_uint(p.z),
                  b3 = __float_as_uint(p.w);
   *reinterpret_cast<uint2*>(high + k) = {uint32_t(split_high(b0)) | uint32_t(split_high(b1)) << 16,
                                          uint32_t(split_high(b2)) | uint32_t(split_high(b3)) << 16};
   *reinterpret_cast<uint2*>(low + k) = {uint32_t(split_low(b0)) | uint32_t(split_low(b1)) << 16,
                                         uint32_t(split_low(b2)) | uint32_t(split_low(b3)) << 16};
-  m_of.store4(k, m);
-  v_of.store4(k, v);
 }
 
 // The entry of a multi-tensor table that holds unit `index` (a chunk, a tile): the last whose

@@ -6,13 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
-#ifndef DSEEK_HOST_DEVICE  // (as ops/split_bits.h defines it)
-#ifdef __CUDACC__
-#define DSEEK_HOST_DEVICE __host__ __device__
-#else
-#define DSEEK_HOST_DEVICE
-#endif
-#endif
+#include "core/host_device.h"
 
 namespace dseek::ops {
 
