@@ -1,5 +1,6 @@
 // Split f32 masters on the GPU (ops/split_master.h): four elements a thread where the arrays
 // allow, else one.
+#include <algorithm>
 #include <cstdint>
 
 #include "core/cuda.h"
