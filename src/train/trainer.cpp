@@ -494,7 +494,14 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     // parameter less memory and update traffic, the same f32 masters. The distributed optimizers
     // and the synthesised operators (which read masters) keep them whole; DSEEK_SPLIT_MASTERS=0
     // too.
-    if (optimizer && !synth && split_masters_enabled()) params.split_masters();
+    if (optimizer && !synth && split_masters_enabled()) {
+      const int64_t split = params.split_masters();
+      if (lead && split > 0)
+        fmt::print(stderr,
+                   "[train] split masters: {} matrices keep their f32 master as the bf16 copy and "
+                   "the low 16 bits (DSEEK_SPLIT_MASTERS=0: whole)\n",
+                   split);
+    }
   }
 
   TrainSummary summary;

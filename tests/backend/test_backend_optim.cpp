@@ -1075,12 +1075,30 @@ TEST(BackendTrainCli, GpuTrainingFollowsTheCpuAndItsCheckpointResumesOnTheCpu) {
   const fs::path bf16_run = d.root / "bf16";
   r = run_dseek(train_args(d, bf16_run, 2, "cuda", {"--set", "train.compute_dtype=bf16"}));
   ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("[train] split masters: "), std::string::npos) << r.err;  // one GPU
   const std::vector<nlohmann::json> bf16 = read_metrics(bf16_run);
   ASSERT_EQ(bf16.size(), 2u);
   const double loss0 = cpu[0].at("loss").get<double>();
   std::printf("[backend] train step 1 bf16 on the GPU: loss %.6f (f32 cpu %.6f)\n",
               bf16[0].at("loss").get<double>(), loss0);
   EXPECT_NEAR(bf16[0].at("loss").get<double>(), loss0, 2e-2 * loss0);
+  // Its checkpoint holds the split masters joined (f32, the CPU run's names and shapes, finite)
+  // and resumes on the GPU.
+  const train::CheckpointData b = train::load_checkpoint(train::find_latest_checkpoint(bf16_run));
+  ASSERT_EQ(b.model.size(), c.model.size());
+  for (size_t i = 0; i < b.model.size(); ++i) {
+    EXPECT_EQ(b.model[i].first, c.model[i].first);
+    ASSERT_EQ(b.model[i].second.shape(), c.model[i].second.shape()) << b.model[i].first;
+    EXPECT_EQ(b.model[i].second.dtype(), DType::F32) << b.model[i].first;
+    for (float x : b.model[i].second.to_vector()) ASSERT_TRUE(std::isfinite(x)) << b.model[i].first;
+  }
+  std::vector<std::string> bf16_resume =
+      train_args(d, bf16_run, 3, "cuda", {"--set", "train.compute_dtype=bf16"});
+  bf16_resume.push_back("--resume");
+  r = run_dseek(bf16_resume);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("(step 2)"), std::string::npos) << r.err;
+  ASSERT_EQ(read_metrics(bf16_run).size(), 3u);
 
   // More ranks on a node than GPUs is an error naming the rule (where this dseek can start ranks
   // at all).
