@@ -491,10 +491,10 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
     if (optimizer) optimizer->to(device);
     if (lead) fmt::print(stderr, "[train] on the GPU: {}\n", cuda::describe());
     // One process's AdamW keeps the bf16-copied masters split (train/param.h): 2 bytes a
-    // parameter less memory and update traffic, the same f32 masters. The distributed optimizers
-    // and the synthesised operators (which read masters) keep them whole; DSEEK_SPLIT_MASTERS=0
-    // too.
-    if (optimizer && !synth && split_masters_enabled()) {
+    // parameter less memory and update traffic, the same f32 masters. The distributed optimizers,
+    // pipeline stages (whose checkpoints and embedding exchange read masters) and the synthesised
+    // operators keep them whole; DSEEK_SPLIT_MASTERS=0 too.
+    if (optimizer && !stage && !synth && split_masters_enabled()) {
       const int64_t split = params.split_masters();
       if (lead && split > 0)
         fmt::print(stderr,
