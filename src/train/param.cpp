@@ -114,10 +114,7 @@ int64_t mark_fp8_linears(ParamSet& params) {
     const std::string proj = stem.substr(stem.rfind('.') + 1);
     for (const char* k : kProjections)
       if (proj == k) {
-        if (p.split()) {  // the compute copy, the master's high half, is about to go
-          p.value = master_value(p);
-          p.low = Tensor();
-        }
+        join_master(p);  // (if split) the compute copy, the master's high half, is about to go
         p.fp8 = true;
         // Its GEMMs quantise the master: a compute copy would only cost the optimizer a write
         // and the GPU 2 bytes a parameter.
@@ -252,12 +249,7 @@ int64_t ParamSet::split_masters() {
 
 void ParamSet::join_masters() {
   await_all();
-  for (Param& p : params_)
-    if (p.split()) {
-      p.value = master_value(p);
-      p.low = Tensor();
-      // The compute copy stays the high half (rounded half away from zero), until refreshed.
-    }
+  for (Param& p : params_) join_master(p);
 }
 
 bool ParamSet::masters_split() const {
@@ -272,6 +264,13 @@ bool split_masters_enabled() {
     return !(env && std::string(env) == "0");
   }();
   return on;
+}
+
+void join_master(Param& p) {
+  if (!p.split()) return;
+  p.value = master_value(p);
+  p.low = Tensor();
+  // The compute copy stays the high half (rounded half away from zero), until refreshed.
 }
 
 Tensor master_value(const Param& p) {

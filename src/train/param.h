@@ -89,6 +89,8 @@ bool split_masters_enabled();
 
 // The f32 master of p: its value, or a split master joined (a new tensor on its device).
 Tensor master_value(const Param& p);
+// A split master made whole again (p.value its f32, p.low undefined); nothing for a whole one.
+void join_master(Param& p);
 // Writes src (any float dtype and device, p's shape) into p's master: its value, or both halves
 // of a split one. `what` names p in errors. Re-rounds nothing else (refresh_compute does).
 void set_master_value(Param& p, const Tensor& src, const std::string& what);
