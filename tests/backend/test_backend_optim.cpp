@@ -25,6 +25,7 @@
 #include "ops/fp8.h"
 #include "ops/grad_rows.h"
 #include "ops/split_master.h"
+#include "split_master_cases.h"
 #include "train/checkpoint.h"
 #include "train/optimizer.h"
 #include "train/param.h"
@@ -288,12 +289,7 @@ TEST(BackendOptim, StepAsyncMatchesStepAndWaitsForReaders) {
 TEST(BackendOptim, SplitMastersMatchCpuAndStepLikeWholeOnes) {
   DSEEK_REQUIRE_CUDA();
   std::mt19937 rng(131);
-  std::vector<uint32_t> bits = {0x00000000u, 0x80000000u, 0x00000001u, 0x807fffffu, 0x7f800000u,
-                                0xff800000u, 0x7fc00000u, 0xffffffffu, 0x7f800001u, 0x7f7fffffu,
-                                0xff7fffffu, 0x3f807fffu, 0x3f808000u, 0x3f818000u, 0xbf808001u};
-  for (int i = 0; i < 100000; ++i) bits.push_back(uint32_t(rng()));
-  std::vector<float> values(bits.size());
-  std::memcpy(values.data(), bits.data(), bits.size() * 4);
+  const std::vector<float> values = testing::split_master_cases(132, 100000);
   const Tensor cpu_value = Tensor::from_vector(values, {int64_t(values.size())});
   const Shape shape = cpu_value.shape();
   Tensor high = Tensor::poisoned(shape, DType::BF16), low = Tensor::poisoned(shape, DType::BF16);
@@ -306,16 +302,7 @@ TEST(BackendOptim, SplitMastersMatchCpuAndStepLikeWholeOnes) {
   EXPECT_TRUE(bytes_of(glow) == bytes_of(low));
   const Tensor joined = ops::join_master(ghigh, glow);
   EXPECT_TRUE(bytes_of(joined) == bytes_of(ops::join_master(high, low)));
-  const std::vector<float> back = joined.to_vector();
-  for (size_t i = 0; i < values.size(); ++i) {
-    if (std::isnan(values[i])) {
-      EXPECT_TRUE(std::isnan(back[i]) && std::signbit(back[i]) == std::signbit(values[i])) << i;
-      continue;
-    }
-    uint32_t b;
-    std::memcpy(&b, &back[i], 4);
-    ASSERT_EQ(b, bits[i]) << "element " << i;
-  }
+  testing::expect_masters_back(values, joined.to_vector().data());
 
   // The update. "cpu": split on the CPU; "gpu": split on the GPU; "whole": unsplit on the GPU.
   std::vector<Spec> specs = kSpecs;
@@ -391,7 +378,7 @@ TEST(BackendOptim, SplitMastersMatchCpuAndStepLikeWholeOnes) {
   EXPECT_FALSE(gpu.masters_split());
   EXPECT_TRUE(bytes_of(gpu.value("lm_head.weight")) == bytes_of(fresh));
   std::printf("[backend] split masters: kernels = CPU on %zu patterns, 3 updates bit-identical\n",
-              bits.size());
+              values.size());
 }
 
 // ops::adamw_step with FP8 images (ops/adamw.h's AdamWImage) over three steps, on the GPU and on
