@@ -345,6 +345,18 @@ TEST(Optimizer, SplitMastersKeepEveryBitAndStepLikeWholeOnes) {
   EXPECT_GE(ties, 2);
   EXPECT_THROW(ops::split_master(value, Tensor::empty({3}, DType::BF16), low), Error);
   EXPECT_THROW((void)ops::join_master(high, Tensor::empty(value.shape(), DType::F32)), Error);
+  {  // A split entry of AdamW's table: no f32 value, the copy as its high half, halves alike.
+    const Shape sh = {2, 4};
+    const auto table = [&](const Tensor& v, const Tensor& copy, const Tensor& lo) {
+      return ops::adamw_tensors({v}, {Tensor::zeros(sh)}, {Tensor::zeros(sh)}, {Tensor::zeros(sh)},
+                                {1}, {copy}, {}, Tensor(), {}, {lo});
+    };
+    const Tensor copy = Tensor::zeros(sh, DType::BF16), lo = Tensor::zeros(sh, DType::BF16);
+    EXPECT_NO_THROW((void)table(Tensor(), copy, lo));
+    EXPECT_THROW((void)table(Tensor::zeros(sh), copy, lo), Error);  // a value beside the halves
+    EXPECT_THROW((void)table(Tensor(), Tensor(), lo), Error);       // no high half
+    EXPECT_THROW((void)table(Tensor(), copy, Tensor::zeros({4, 2}, DType::BF16)), Error);
+  }
 
   std::mt19937 ra(93), rb(93);
   ParamSet a = make_params(ra), b = make_params(rb);
