@@ -18,9 +18,12 @@
 // Usage: bench_train_cuda [--shape v2-lite|v3-width|tiny] [--layers 4] [--batch 2] [--seq 2048]
 //            [--steps 5] [--warmup 2] [--device cuda|cpu] [--dtype bf16|f32] [--lr 1e-4]
 //            [--seed 0] [--init fast|normal] [--precision default|fp8] [--moments f32|bf16]
-//            [--zero defer|all] [--update async|sync] [--norm backward|after]
+//            [--expert-grads f32|bf16] [--zero defer|all] [--update async|sync] [--norm
+//            backward|after]
 //            [--micro-batches 1] [--json FILE] [--write-config FILE]
 // --moments bf16 keeps AdamW's moments in bf16 (optim.moment_dtype bf16).
+// --expert-grads bf16 keeps the routed experts' weight gradients in bf16 (optim.expert_grad_dtype
+// bf16; ParamSet::bf16_expert_grads), as PyTorch's bf16 model keeps all of its gradients.
 // --micro-batches M accumulates M forward + backward passes of B × T tokens before each optimizer
 // step, as train.grad_accum does (the FP8 weights quantised once a step: Fp8WeightCacheScope).
 // --zero all writes every gradient's zeros after the step (zero_grad()); the default leaves the
@@ -71,6 +74,7 @@ struct Options {
   std::string shape = "v2-lite", device = "cuda", dtype, json, write_config, init = "fast";
   std::string precision = "default";  // default | fp8
   std::string moments = "f32";        // f32 | bf16: AdamW's moment dtype (optim.moment_dtype)
+  std::string expert_grads = "f32";   // f32 | bf16: optim.expert_grad_dtype
   std::string zero = "defer";         // defer | all: zero_grad(true) or zero_grad()
   std::string update = "async";       // async | sync: AdamW::step_async or step
   std::string norm = "backward";      // backward | after: BackwardGradNorm or grad_norm
@@ -129,6 +133,8 @@ Options parse(int argc, char** argv) {
       o.precision = value();
     else if (arg == "--moments")
       o.moments = value();
+    else if (arg == "--expert-grads")
+      o.expert_grads = value();
     else if (arg == "--zero")
       o.zero = value();
     else if (arg == "--update")
@@ -159,6 +165,14 @@ Options parse(int argc, char** argv) {
   }
   if (o.moments != "f32" && o.moments != "bf16") {
     std::fprintf(stderr, "bench_train_cuda: --moments %s: f32 or bf16\n", o.moments.c_str());
+    std::exit(2);
+  }
+  if (!(o.expert_grads == "f32" || (o.expert_grads == "bf16" && o.device == "cuda" &&
+                                    o.dtype == "bf16" && o.precision == "default"))) {
+    std::fprintf(stderr,
+                 "bench_train_cuda: --expert-grads %s: f32, or bf16 with --device cuda --dtype "
+                 "bf16 --precision default\n",
+                 o.expert_grads.c_str());
     std::exit(2);
   }
   if (o.norm != "backward" && o.norm != "after") {
@@ -265,9 +279,9 @@ int main(int argc, char** argv) {
     std::printf(
         "%.3fB parameters, %.3fB active per token (non-embedding, head included); "
         "batch %lld x %lld tokens x %lld micro-batches, %s compute, f32 masters, AdamW (%s "
-        "moments), clip 1.0\n",
+        "moments, %s expert gradients), clip 1.0\n",
         double(count.total) / 1e9, double(count.active) / 1e9, (long long)B, (long long)T,
-        (long long)M, o.dtype.c_str(), o.moments.c_str());
+        (long long)M, o.dtype.c_str(), o.moments.c_str(), o.expert_grads.c_str());
     std::printf("model FLOPs per token %.3f GFLOP (6 x active %.3f + attention %.3f)\n",
                 flops_per_token / 1e9, 6.0 * double(count.active) / 1e9, attn_flops / 1e9);
     std::fflush(stdout);
@@ -282,6 +296,7 @@ int main(int argc, char** argv) {
                           {"dtype", o.dtype},
                           {"precision", o.precision},
                           {"moments", o.moments},
+                          {"expert_grads", o.expert_grads},
                           {"update", o.update},
                           {"norm", o.norm},
                           {"device", o.device},
@@ -322,6 +337,8 @@ int main(int argc, char** argv) {
       if (device == Device::CUDA && split_masters_enabled())
         std::printf("split masters: %lld (DSEEK_SPLIT_MASTERS=0: whole)\n",
                     (long long)params.split_masters());
+      if (o.expert_grads == "bf16")
+        std::printf("bf16 expert gradients: %lld\n", (long long)params.bf16_expert_grads());
       sync(device);
       const double move_s = seconds_since(t0);
       std::printf("to the device and compute copies: %.1f s\n", move_s);

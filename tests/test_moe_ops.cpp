@@ -307,6 +307,38 @@ TEST(MoeOps, PermuteAndCombineEqualTokenLoops) {
   }
 }
 
+// bf16 weight gradients (ParamSet::bf16_expert_grads): the f32 dW rounded once to nearest even,
+// an accumulating one's old value added in f32 first; the squares are those of the stored values.
+TEST(MoeOps, GroupedDwIntoBf16IsTheF32OneRounded) {
+  std::mt19937 rng(12);
+  const int64_t T = 37, E = 6, K = 2, in = 16, out = 12;
+  const ops::MoeDispatch d = ops::moe_dispatch(ids_tensor(ragged_ids(T, E, K, rng), T, K), E);
+  const Tensor x = random_tensor({T * K, in}, DType::F32, rng);
+  const Tensor dy = random_tensor({T * K, out}, DType::F32, rng);
+  const Tensor base = random_tensor({E, out, in}, DType::F32, rng).to(DType::BF16);
+  for (const bool accumulate : {false, true}) {
+    const Tensor dw32 = accumulate ? base.to(DType::F32) : Tensor::poisoned({E, out, in});
+    const Tensor dw16 = accumulate ? base.clone() : Tensor::poisoned({E, out, in}, DType::BF16);
+    ops::grouped_linear_backward_dw(x, dy, d.offsets, ops::expert_matrices(dw32), accumulate);
+    double squares = std::nan("");
+    ops::grouped_linear_backward_dw(x, dy, d.offsets, ops::expert_matrices(dw16), accumulate,
+                                    &squares);
+    EXPECT_EQ(dw16.to(DType::F32).to_vector(), dw32.to(DType::BF16).to(DType::F32).to_vector())
+        << (accumulate ? "accumulated" : "overwritten");
+    double want = 0.0;
+    for (float v : dw16.to(DType::F32).to_vector()) want += double(v) * v;
+    EXPECT_NEAR(squares, want, 1e-12 * want);
+  }
+  // An f16 gradient is an error naming the dtypes it takes.
+  const Tensor f16 = Tensor::zeros({E, out, in}, DType::F16);
+  try {
+    ops::grouped_linear_backward_dw(x, dy, d.offsets, ops::expert_matrices(f16), false);
+    ADD_FAILURE() << "an f16 dW was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("f32 or bf16"), std::string::npos) << e.what();
+  }
+}
+
 TEST(MoeOps, GroupedLinearEqualsLinearPerExpert) {
   std::mt19937 rng(10);
   const int64_t T = 41, E = 8, K = 2, in = 24, out = 20;

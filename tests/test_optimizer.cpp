@@ -167,6 +167,55 @@ TEST(Optimizer, AdamWBf16MomentsRoundEachStep) {
 
 // Moments saved in one dtype load into an optimizer of the other: bf16 → f32 exactly, f32 → bf16
 // rounded to nearest even.
+// bf16 gradients: the step reads them as their f32 values (the same masters and moments as f32
+// gradients holding those values), Σ g² and the clip's scaling take them too, and
+// ParamSet::bf16_expert_grads gives them to the routed experts' matrices only.
+TEST(Optimizer, Bf16GradientsStepLikeTheirF32Values) {
+  std::mt19937 rng(23);
+  ParamSet a = make_params(rng);
+  std::mt19937 same(23);
+  ParamSet b = make_params(same);
+  for (Param& p : b.all())
+    if (p.trainable) p.grad = Tensor::zeros(p.grad.shape(), DType::BF16);
+  AdamWConfig config{0.9, 0.95, 1e-8, 0.1};
+  AdamW opt_a(a, config), opt_b(b, config);
+  for (int t = 0; t < 3; ++t) {
+    std::vector<Tensor> ga, gb;
+    for (Param& p : a.all()) {
+      if (!p.trainable) continue;
+      const Tensor g =
+          Tensor::from_vector(random_values(size_t(p.value.numel()), rng, 0.5f), p.value.shape())
+              .to(DType::BF16);
+      copy_values(p.grad, g, p.name);
+      copy_values(b.at(p.name).grad, g, p.name);
+      ga.push_back(p.grad);
+      gb.push_back(b.at(p.name).grad);
+    }
+    EXPECT_EQ(ops::sum_of_squares(ga), ops::sum_of_squares(gb));
+    ops::scale_inplace(gb, 0.7f);  // rounded back to bf16
+    ops::scale_inplace(ga, 0.7f);
+    for (Tensor& g : ga) g.copy_from(g.to(DType::BF16).to(DType::F32));
+    opt_a.step(1e-2);
+    opt_b.step(1e-2);
+    for (const Param& p : a.all())
+      EXPECT_EQ(p.value.to_vector(), b.at(p.name).value.to_vector()) << p.name << " step " << t;
+  }
+
+  ParamSet experts;
+  experts.add("model.layers.1.mlp.experts.0.gate_proj.weight", Tensor::zeros({4, 8}), true, true);
+  experts.add("model.layers.1.mlp.experts.3.down_proj.weight", Tensor::zeros({8, 4}), true, true);
+  experts.add("model.layers.1.mlp.shared_experts.up_proj.weight", Tensor::zeros({4, 8}), true,
+              true);
+  experts.add("model.layers.1.mlp.gate.weight", Tensor::zeros({2, 8}), true, true);
+  EXPECT_EQ(experts.bf16_expert_grads(), 2);
+  EXPECT_EQ(experts.at("model.layers.1.mlp.experts.0.gate_proj.weight").grad.dtype(), DType::BF16);
+  EXPECT_EQ(experts.at("model.layers.1.mlp.experts.3.down_proj.weight").grad.dtype(), DType::BF16);
+  EXPECT_EQ(experts.at("model.layers.1.mlp.shared_experts.up_proj.weight").grad.dtype(),
+            DType::F32);
+  EXPECT_EQ(experts.at("model.layers.1.mlp.gate.weight").grad.dtype(), DType::F32);
+  EXPECT_EQ(experts.bf16_expert_grads(), 0);  // already bf16
+}
+
 TEST(Optimizer, StateLoadsAcrossMomentDtypes) {
   std::mt19937 rng(19);
   ParamSet a = make_params(rng);
@@ -671,8 +720,9 @@ TEST(Optimizer, FusedOpChecksItsTensors) {
       [&] {
         ops::sum_of_squares({a, Tensor()});
       },
-      "[sum_of_squares] tensor 1: must be a defined f32 contiguous tensor, got undefined");
-  expect_error([&] { ops::scale_inplace({a.to(DType::BF16)}, 2.0f); }, "[scale_inplace] tensor 0");
+      "[sum_of_squares] tensor 1: must be a defined f32 or bf16 contiguous tensor, got undefined");
+  expect_error([&] { ops::scale_inplace({a.to(DType::F16)}, 2.0f); },
+               "[scale_inplace] tensor 0: must be a defined f32 or bf16");
 }
 
 // SumOfSquaresParts::external: the sum of some tensors comes from their writer (here: the grouped
@@ -712,10 +762,10 @@ TEST(Optimizer, SumOfSquaresPartsTakesWritersSums) {
   EXPECT_NEAR(*slot, experts, 1e-13 * experts);
   expect_error(
       [&] {
-        ops::matrices_sum_of_squares(ops::expert_matrices(std::vector<Tensor>{x.to(DType::BF16)}),
+        ops::matrices_sum_of_squares(ops::expert_matrices(std::vector<Tensor>{x.to(DType::F16)}),
                                      &experts);
       },
-      "[sum_of_squares] expert matrices must be contiguous f32, got bf16");
+      "[sum_of_squares] expert matrices must be contiguous f32 or bf16, got f16");
 }
 
 // A parameter whose tensors are replaced between steps (as ParamSet::to does) is updated in its

@@ -426,6 +426,10 @@ TEST_F(TrainCli, ErrorsNameTheSettingFileOrDirectory) {
   expect_error(train_args(run, 2, {"--set", "optim.schedule=linear"}), "linear");
   expect_error(train_args(run, 2, {"--set", "optim.moment_dtype=fp16"}),
                "optim.moment_dtype: expected f32 or bf16, got 'fp16'");
+  expect_error(train_args(run, 2, {"--set", "optim.expert_grad_dtype=fp16"}),
+               "optim.expert_grad_dtype: expected f32 or bf16, got 'fp16'");
+  expect_error(train_args(run, 2, {"--set", "optim.expert_grad_dtype=bf16"}),
+               "bf16 expert gradients need train.device cuda");
   const fs::path toml = dir.path / "bad.toml";
   std::ofstream(toml) << "[optim]\nlr = 3e-3\nschedule = \"cosine\n[train]\nsteps = 2\n";
   expect_error(train_args(run, 2, {"--config", toml.string()}), toml.string() + ":3:");

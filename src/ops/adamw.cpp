@@ -23,6 +23,19 @@ void check_f32_contiguous(const char* op, const char* what, size_t i, const Tens
               t.defined() ? shape_str(t.shape()) : "");
 }
 
+// A gradient: f32, or bf16 (ParamSet::bf16_expert_grads), contiguous.
+void check_grad_tensor(const char* op, const char* what, size_t i, const Tensor& t) {
+  DSEEK_CHECK(
+      t.defined() && (t.dtype() == DType::F32 || t.dtype() == DType::BF16) && t.is_contiguous(),
+      "[{}] {} {}: must be a defined f32 or bf16 contiguous tensor, got {} {}", op, what, i,
+      t.defined() ? dtype_name(t.dtype()) : "undefined", t.defined() ? shape_str(t.shape()) : "");
+}
+
+// A gradient's values as f32 on the CPU: itself, or a bf16 one converted (exactly).
+Tensor f32_grad(const Tensor& t) {
+  return t.dtype() == DType::F32 ? t : t.to(DType::F32);
+}
+
 // The device of a list of tensors (a mix is an error naming the op); CPU for an empty list.
 Device list_device(const char* op, const std::vector<Tensor>& tensors) {
   Device device = tensors.empty() ? Device::CPU : tensors.front().device();
@@ -61,8 +74,8 @@ std::vector<cuda::MultiTensorEntry> grad_entries(const std::vector<Tensor>& tens
   std::vector<cuda::MultiTensorEntry> host;
   for (const Tensor& t : tensors)
     if (t.numel() > 0)
-      host.push_back({nullptr, t.data<float>(), nullptr, nullptr, t.numel(), 0, 0, nullptr, nullptr,
-                      0, nullptr});
+      host.push_back({nullptr, static_cast<float*>(t.raw()), nullptr, nullptr, t.numel(), 0, 0,
+                      nullptr, nullptr, 0, nullptr, t.dtype() == DType::BF16 ? 1 : 0});
   return host;
 }
 
@@ -169,7 +182,7 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
   DSEEK_CHECK(t.moments == DType::F32 || t.moments == DType::BF16,
               "[adamw] moments must be f32 or bf16, got {}", dtype_name(t.moments));
   for (size_t i = 0; i < n; ++i) {
-    check_f32_contiguous("adamw", "grad", i, grads[i]);
+    check_grad_tensor("adamw", "grad", i, grads[i]);
     for (const Tensor* moment : {&exp_avgs[i], &exp_avg_sqs[i]})
       DSEEK_CHECK(moment->defined() && moment->dtype() == t.moments && moment->is_contiguous(),
                   "[adamw] {} {}: must be a defined {} contiguous tensor (the moments share one "
@@ -199,6 +212,9 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
   for (size_t i = 0; i < n; ++i)
     if (images[i].q.defined()) {
       DSEEK_CHECK(!lows[i].defined(), "[adamw] tensor {}: an FP8 image and a split master", i);
+      DSEEK_CHECK(grads[i].dtype() == DType::F32,
+                  "[adamw] tensor {}: an FP8 image's update reads f32 gradients, got {}", i,
+                  dtype_name(grads[i].dtype()));
       check_image(images[i], values[i], computes[i], i);
       any_image = true;
     }
@@ -246,12 +262,13 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
       t.reads_rows = t.reads_rows || by_rows;
       const bool split = lows[i].defined();
       host.push_back(
-          {split ? nullptr : values[i].data<float>(), grads[i].data<float>(),
+          {split ? nullptr : values[i].data<float>(), static_cast<float*>(grads[i].raw()),
            static_cast<float*>(exp_avgs[i].raw()),  // bf16 moments: read as such (t.moments)
            static_cast<float*>(exp_avg_sqs[i].raw()), masters[i].numel(), 0, decay[i] ? 1 : 0,
            computes[i].defined() ? static_cast<uint16_t*>(computes[i].raw()) : nullptr,
            by_rows ? row_flags[i].data<uint8_t>() : nullptr, by_rows ? masters[i].size(1) : 0,
-           split ? static_cast<uint16_t*>(lows[i].raw()) : nullptr});
+           split ? static_cast<uint16_t*>(lows[i].raw()) : nullptr,
+           grads[i].dtype() == DType::BF16 ? 1 : 0});
     }
     const MultiTensorTable table = device_table(host);
     t.table = table.words;
@@ -279,15 +296,16 @@ namespace {
 // The CPU step of tensor i of t whose f32 master is `value` (its own, or a split one's joined).
 void step_f32(const AdamWTensors& t, size_t i, const Tensor& value, const AdamWStep& s,
               float grad_scale) {
+  const Tensor grad = f32_grad(t.grads[i]);
   if (t.moments == DType::BF16)
-    cpu::adamw_update_bf16_moments(
-        s, s.decay_factor(t.decay[i] != 0), value.data<float>(), t.grads[i].data<float>(),
-        static_cast<uint16_t*>(t.exp_avgs[i].raw()), static_cast<uint16_t*>(t.exp_avg_sqs[i].raw()),
-        value.numel(), grad_scale);
+    cpu::adamw_update_bf16_moments(s, s.decay_factor(t.decay[i] != 0), value.data<float>(),
+                                   grad.data<float>(), static_cast<uint16_t*>(t.exp_avgs[i].raw()),
+                                   static_cast<uint16_t*>(t.exp_avg_sqs[i].raw()), value.numel(),
+                                   grad_scale);
   else
-    cpu::adamw_update(s, s.decay_factor(t.decay[i] != 0), value.data<float>(),
-                      t.grads[i].data<float>(), t.exp_avgs[i].data<float>(),
-                      t.exp_avg_sqs[i].data<float>(), value.numel(), grad_scale);
+    cpu::adamw_update(s, s.decay_factor(t.decay[i] != 0), value.data<float>(), grad.data<float>(),
+                      t.exp_avgs[i].data<float>(), t.exp_avg_sqs[i].data<float>(), value.numel(),
+                      grad_scale);
 }
 
 }  // namespace
@@ -359,7 +377,7 @@ void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale, boo
 
 double sum_of_squares(const std::vector<Tensor>& tensors) {
   for (size_t i = 0; i < tensors.size(); ++i)
-    check_f32_contiguous("sum_of_squares", "tensor", i, tensors[i]);
+    check_grad_tensor("sum_of_squares", "tensor", i, tensors[i]);
   if (list_device("sum_of_squares", tensors) == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
     std::vector<cuda::MultiTensorEntry> host = grad_entries(tensors);
@@ -375,13 +393,29 @@ double sum_of_squares(const std::vector<Tensor>& tensors) {
 #endif
   }
   double sum = 0.0;
-  for (const Tensor& t : tensors) sum += cpu::sum_of_squares(t.data<float>(), t.numel());
+  for (const Tensor& t : tensors) sum += cpu::sum_of_squares(f32_grad(t).data<float>(), t.numel());
   return sum;
+}
+
+void sum_of_squares_to(const std::vector<Tensor>& tensors, double* out) {
+  for (size_t i = 0; i < tensors.size(); ++i)
+    check_grad_tensor("sum_of_squares", "tensor", i, tensors[i]);
+  if (list_device("sum_of_squares", tensors) == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    std::vector<cuda::MultiTensorEntry> host = grad_entries(tensors);
+    const MultiTensorTable table = device_table(host);  // freed in stream order after the launch
+    cuda::sum_of_squares_multi_tensor(entries_of(table.words), table.entries, table.chunks, out);
+    return;
+#else
+    cuda_not_built("sum_of_squares");
+#endif
+  }
+  *out = sum_of_squares(tensors);
 }
 
 SumOfSquaresParts::SumOfSquaresParts(std::vector<Tensor> tensors) : tensors_(std::move(tensors)) {
   for (size_t i = 0; i < tensors_.size(); ++i)
-    check_f32_contiguous("sum_of_squares", "tensor", i, tensors_[i]);
+    check_grad_tensor("sum_of_squares", "tensor", i, tensors_[i]);
   added_.assign(tensors_.size(), 0);
   sums_.assign(tensors_.size(), 0.0);
   if (list_device("sum_of_squares", tensors_) != Device::CUDA) return;
@@ -423,7 +457,7 @@ void SumOfSquaresParts::add(size_t first, size_t last) {
     return;
   }
   for (size_t i = first; i < last; ++i)
-    sums_[i] = cpu::sum_of_squares(tensors_[i].data<float>(), tensors_[i].numel());
+    sums_[i] = cpu::sum_of_squares(f32_grad(tensors_[i]).data<float>(), tensors_[i].numel());
 }
 
 double* SumOfSquaresParts::external(const std::vector<size_t>& tensors) {
@@ -482,7 +516,7 @@ double SumOfSquaresParts::finish(uint64_t after) {
 
 void scale_inplace(const std::vector<Tensor>& tensors, float scale) {
   for (size_t i = 0; i < tensors.size(); ++i)
-    check_f32_contiguous("scale_inplace", "tensor", i, tensors[i]);
+    check_grad_tensor("scale_inplace", "tensor", i, tensors[i]);
   if (list_device("scale_inplace", tensors) == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
     std::vector<cuda::MultiTensorEntry> host = grad_entries(tensors);
@@ -493,7 +527,17 @@ void scale_inplace(const std::vector<Tensor>& tensors, float scale) {
     cuda_not_built("scale_inplace");
 #endif
   }
-  for (const Tensor& t : tensors) cpu::scale_inplace(t.data<float>(), t.numel(), scale);
+  for (const Tensor& t : tensors) {
+    if (t.dtype() == DType::F32) {
+      cpu::scale_inplace(t.data<float>(), t.numel(), scale);
+      continue;
+    }
+    // bf16: scaled in f32 and rounded back (the GPU kernel's operations)
+    Tensor f = t.to(DType::F32);
+    cpu::scale_inplace(f.data<float>(), f.numel(), scale);
+    const Tensor back = f.to(DType::BF16);
+    std::memcpy(t.raw(), back.raw(), back.nbytes());
+  }
 }
 
 }  // namespace dseek::ops

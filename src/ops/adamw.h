@@ -58,7 +58,8 @@ struct AdamWImage {
   Tensor q, scale, q_t, scale_t;
 };
 // The tensors one AdamW step updates, checked once and kept with the table of their addresses that
-// the GPU kernel reads (one launch for all of them). values, grads: f32 contiguous; exp_avgs,
+// the GPU kernel reads (one launch for all of them). values: f32 contiguous; grads: f32 or bf16
+// contiguous (bf16 ones are read as f32, exactly; not where an FP8 image is written); exp_avgs,
 // exp_avg_sqs: contiguous, all f32 or all bf16 (the moments' dtype: bf16 halves their memory and
 // traffic, read and written as cpu::adamw_update_bf16_moments says); entry i of the four of one
 // shape, everything on one device. computes: empty, or one
@@ -114,9 +115,14 @@ void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale = 1.
 // the same bits (train::GradClip reads them).
 Tensor clip_on_device(const double* sum, double max_norm);
 
-// Σ g² over every element of `tensors` (f32 contiguous, one device), accumulated in double.
+// Σ g² over every element of `tensors` (f32 or bf16 contiguous, one device), accumulated in
+// double.
 double sum_of_squares(const std::vector<Tensor>& tensors);
-// g ← g · scale for every element of `tensors` (f32 contiguous, one device).
+// *out = sum_of_squares(tensors), where out is a double on the tensors' device (host memory for
+// CPU tensors): on the GPU queued on the stream, without waiting for it.
+void sum_of_squares_to(const std::vector<Tensor>& tensors, double* out);
+// g ← g · scale for every element of `tensors` (f32 or bf16 contiguous, one device; a bf16 one's
+// product is rounded back to bf16).
 void scale_inplace(const std::vector<Tensor>& tensors, float scale);
 
 // sum_of_squares(tensors) computed in parts as the tensors become final — a backward's layers,

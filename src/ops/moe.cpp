@@ -8,6 +8,7 @@
 
 #include "core/cuda.h"
 #include "core/error.h"
+#include "ops/adamw.h"
 #include "ops/cpu/adamw_cpu.h"
 #include "ops/cpu/moe_cpu.h"
 #include "ops/cuda/cuda_ops.h"
@@ -469,9 +470,13 @@ Tensor grouped_linear_backward_dx(const Tensor& dy_perm, const ExpertMatrices& w
 }
 
 void matrices_sum_of_squares(const ExpertMatrices& m, double* squares) {
-  DSEEK_CHECK(m.dtype == DType::F32 && m.ld == m.cols,
-              "[sum_of_squares] expert matrices must be contiguous f32, got {} (ld {})",
+  DSEEK_CHECK((m.dtype == DType::F32 || m.dtype == DType::BF16) && m.ld == m.cols,
+              "[sum_of_squares] expert matrices must be contiguous f32 or bf16, got {} (ld {})",
               dtype_name(m.dtype), m.ld);
+  if (m.dtype == DType::BF16) {  // the multi-tensor sum, which reads bf16
+    sum_of_squares_to(m.matrices, squares);
+    return;
+  }
   if (m.device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
     cuda::matrices_sum_of_squares(static_cast<float* const*>(m.table.raw()), m.experts, m.rows,
@@ -497,11 +502,33 @@ void grouped_linear_backward_dw(const Tensor& x_perm, const Tensor& dy_perm, con
   const DType act = activation_dtype("grouped_linear", x_perm);
   DSEEK_CHECK(dy_perm.dtype() == act, "[grouped_linear] dy is {}, x {}",
               dtype_name(dy_perm.dtype()), dtype_name(act));
-  DSEEK_CHECK(dw.dtype == DType::F32 && dw.ld == dw.cols && dw.device == device,
-              "[grouped_linear] dW must be contiguous f32 matrices on {}, got {} (ld {}) on {}",
+  DSEEK_CHECK((dw.dtype == DType::F32 || dw.dtype == DType::BF16) && dw.ld == dw.cols &&
+                  dw.device == device,
+              "[grouped_linear] dW must be contiguous f32 or bf16 matrices on {}, got {} (ld {}) "
+              "on {}",
               device_name(device), dtype_name(dw.dtype), dw.ld, device_name(dw.device));
   const int64_t N = x_perm.size(0), in = dw.cols, out = dw.rows;
   check_offsets("grouped_linear", offsets, dw.experts, N, device);
+  if (dw.dtype == DType::BF16) {
+    // bf16 gradients (ParamSet::bf16_expert_grads): the Hopper kernel stores them rounded;
+    // elsewhere the f32 result (old values added in f32) is rounded once into them.
+#ifdef DSEEK_HAS_CUDA
+    if (device == Device::CUDA && act == DType::BF16 && x_perm.is_contiguous() &&
+        dy_perm.is_contiguous() &&
+        cuda::grouped_tc_dw_bf16(x_perm.raw(), dy_perm.raw(), offsets.data<int64_t>(), dw.experts,
+                                 N, out, in, static_cast<void* const*>(dw.table.raw()),
+                                 accumulate ? 1.0f : 0.0f, squares))
+      return;
+#endif
+    std::vector<Tensor> f32;
+    for (const Tensor& m : dw.matrices)
+      f32.push_back(accumulate ? m.to(DType::F32) : Tensor::empty(m.shape(), DType::F32, device));
+    const ExpertMatrices dw32 = expert_matrices(f32);
+    grouped_linear_backward_dw(x_perm, dy_perm, offsets, dw32, accumulate, nullptr);
+    for (size_t e = 0; e < f32.size(); ++e) dw.matrices[e].copy_from(f32[e].to(DType::BF16));
+    if (squares) matrices_sum_of_squares(dw, squares);
+    return;
+  }
   if (in == 0 || out == 0) {
     if (squares) matrices_sum_of_squares(dw, squares);
     return;

@@ -152,7 +152,9 @@ Tensor grouped_linear(const Tensor& x_perm, const ExpertMatrices& w, const Tenso
 Tensor grouped_linear_backward_dx(const Tensor& dy_perm, const ExpertMatrices& w,
                                   const Tensor& offsets);
 // dW_e (+)= Σ_r dy[r]ᵀ x[r] over the rows of expert e, into dw (f32 [out, in], ld = in, on the
-// op's device); `accumulate` adds, else overwrites (experts without rows get zeros).
+// op's device; or bf16, each value the f32 result rounded once to nearest even, with an
+// accumulated one's old value added in f32 first); `accumulate` adds, else overwrites (experts
+// without rows get zeros).
 // Deterministic: every dW element is summed by one thread (one block's tensor-core tile for bf16)
 // in a fixed row order. `squares` (nullable; a double on the op's device) receives Σ v² over every
 // dW after the write, in double: the gradient norm's share of these matrices. The Hopper kernels
@@ -162,7 +164,8 @@ Tensor grouped_linear_backward_dx(const Tensor& dy_perm, const ExpertMatrices& w
 void grouped_linear_backward_dw(const Tensor& x_perm, const Tensor& dy_perm, const Tensor& offsets,
                                 const ExpertMatrices& dw, bool accumulate,
                                 double* squares = nullptr);
-// *squares (a double on the matrices' device) = Σ v² over every matrix of m (f32, contiguous).
+// *squares (a double on the matrices' device) = Σ v² over every matrix of m (f32 or bf16,
+// contiguous).
 void matrices_sum_of_squares(const ExpertMatrices& m, double* squares);
 
 // y_perm [T·K, D], weights [T, K] f32, add undefined or [T, D] (y_perm's dtype) -> out [T, D].

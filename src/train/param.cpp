@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "ops/grad_rows.h"
 #include "ops/split_master.h"
+#include "train/expert_parallel.h"
 
 namespace dseek::train {
 
@@ -131,7 +132,7 @@ void zero_bytes(Tensor& grad) {
   if (grad.is_cuda())
     cuda::fill_bytes(grad.raw(), 0, grad.nbytes());  // +0.0f is all zeros
   else
-    std::memset(grad.data<float>(), 0, grad.nbytes());
+    std::memset(grad.raw(), 0, grad.nbytes());
 }
 
 // Every row flag set (any row may be non-zero: always right).
@@ -250,6 +251,22 @@ int64_t ParamSet::split_masters() {
 void ParamSet::join_masters() {
   await_all();
   for (Param& p : params_) join_master(p);
+}
+
+int64_t ParamSet::bf16_expert_grads() {
+  await_all();
+  int64_t changed = 0;
+  for (Param& p : params_) {
+    if (!p.trainable || !p.grad.defined() || p.grad.dtype() != DType::F32 ||
+        routed_expert_of(p.name) < 0)
+      continue;
+    p.grad = Tensor::zeros(p.grad.shape(), DType::BF16, p.grad.device());
+    p.grad_zero = true;
+    p.grad_overwritten = false;
+    p.grad_stale = false;
+    ++changed;
+  }
+  return changed;
 }
 
 bool ParamSet::masters_split() const {

@@ -147,6 +147,13 @@ class ParamSet {
   int64_t split_masters();
   void join_masters();
   bool masters_split() const;
+  // Keeps the routed experts' weight gradients in bf16 (zeros now; the trainer's
+  // --expert-grads bf16, on one GPU): the grouped wgrad stores each rounded once from its f32
+  // sum, and the update reads them as f32. Half the bytes the wgrad stores and 2 a parameter less
+  // for the update to read, for most of a MoE model's parameters, at bf16's precision of a
+  // gradient (PyTorch's bf16 training keeps every gradient so). The masters and the moments'
+  // arithmetic stay as they were. Returns how many gradients it changed.
+  int64_t bf16_expert_grads();
   // On (the default), FP8 linears cache their inputs as their forward quantised them (layers.h's
   // LinearInput); off, they keep them in the activation dtype and quantise them again in the
   // backward, as the training layers did before: the same numerics with more memory, the

@@ -614,6 +614,69 @@ TEST(BackendOps, GroupedTmaEqualsCpAsync) {
 #endif
 }
 
+// bf16 expert gradients (ParamSet::bf16_expert_grads): the TMA kernel's rounded stores and the
+// other kernels' f32 result rounded afterwards both give each f32 dW (old values added in f32
+// first) rounded once to nearest even, and the squares of the stored values.
+TEST(BackendOps, GroupedDwIntoBf16IsTheF32OneRounded) {
+  DSEEK_REQUIRE_CUDA();
+#ifdef DSEEK_HAS_CUDA
+  std::mt19937 rng(61);
+  const bool before_wgmma = ops::cuda::grouped_gemm_wgmma(), before_tma = ops::cuda::tma_loads();
+  struct Case {
+    int64_t out, in;
+    std::vector<int64_t> offsets;
+  };
+  for (const Case& c : std::vector<Case>{{40, 48, {0, 0, 130, 131, 400, 533, 533}},
+                                         {1408, 2048, {0, 300, 301, 301, 765}},
+                                         {264, 136, {0, 64, 128, 129, 1000}}}) {
+    const int64_t E = int64_t(c.offsets.size()) - 1, N = c.offsets.back();
+    const std::string shape = " out " + std::to_string(c.out) + " in " + std::to_string(c.in) +
+                              " N " + std::to_string(N) + " E " + std::to_string(E);
+    const Tensor x = on_gpu(rand({N, c.in}, rng), DType::BF16);
+    const Tensor dy = on_gpu(rand({N, c.out}, rng), DType::BF16);
+    const Tensor offsets = Tensor::from_i64(c.offsets).to(Device::CUDA);
+    // The old gradients of the accumulating case, bf16 values (exact in both dtypes).
+    const Tensor base = rand({E, c.out, c.in}, rng).to(DType::BF16);
+    // kernel 0: the TMA kernel (where the GPU has one), 1: cp.async wgmma, 2: no wgmma
+    for (int kernel = 0; kernel < 3; ++kernel) {
+      const bool wgmma = kernel < 2 && ops::cuda::grouped_wgmma_available();
+      if (kernel < 2 && !wgmma) continue;
+      ops::cuda::set_grouped_gemm_wgmma(wgmma);
+      ops::cuda::set_tma_loads(kernel == 0);
+      const std::string name = kernel == 0 ? "TMA" : kernel == 1 ? "cp.async" : "mma.sync";
+      for (const bool accumulate : {false, true}) {
+        const Tensor dw32 = accumulate
+                                ? base.to(DType::F32).to(Device::CUDA)
+                                : Tensor::poisoned({E, c.out, c.in}, DType::F32, Device::CUDA);
+        const Tensor dw16 = accumulate
+                                ? base.to(Device::CUDA)
+                                : Tensor::poisoned({E, c.out, c.in}, DType::BF16, Device::CUDA);
+        ops::grouped_linear_backward_dw(x, dy, offsets, ops::expert_matrices(dw32), accumulate);
+        const Tensor sq = nan_double_on_gpu();
+        std::vector<Tensor> experts;  // dw16's matrices, as the trainer's separate gradients
+        for (int64_t e = 0; e < E; ++e)
+          experts.push_back(dw16.slice(0, e, e + 1).reshape({c.out, c.in}));
+        ops::grouped_linear_backward_dw(x, dy, offsets, ops::expert_matrices(experts), accumulate,
+                                        static_cast<double*>(sq.raw()));
+        const std::vector<float> want = dw32.to(DType::BF16).to(DType::F32).to_vector();
+        const std::vector<float> got = dw16.to(DType::F32).to_vector();
+        int64_t differ = 0;
+        for (size_t i = 0; i < want.size(); ++i)
+          if (std::memcmp(&want[i], &got[i], sizeof(float)) != 0) ++differ;
+        const std::string what =
+            std::string("grouped dW into bf16") + (accumulate ? " (+=), " : ", ") + name + shape;
+        std::printf("[backend] %-60s %lld of %zu differ from the f32 dW rounded %s\n", what.c_str(),
+                    (long long)differ, want.size(), differ ? "FAIL" : "ok");
+        EXPECT_EQ(differ, 0) << what;
+        expect_relative(what + " squares", double_of(sq), squares_of({dw16.to(DType::F32)}), 1e-10);
+      }
+    }
+  }
+  ops::cuda::set_grouped_gemm_wgmma(before_wgmma);
+  ops::cuda::set_tma_loads(before_tma);
+#endif
+}
+
 // Expert matrices as column slices of a stacked [E, out, in + 8] tensor: row stride in + 8, and
 // with offset 1 every matrix starts 2 bytes past a 16-byte boundary (bf16: the tensor-core
 // kernels read such weights with plain loads instead of cp.async).

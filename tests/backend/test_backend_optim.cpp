@@ -158,6 +158,82 @@ TEST(BackendOptim, FusedAdamWMatchesCpu) {
   }
 }
 
+// bf16 gradients (ParamSet::bf16_expert_grads; here every gradient, of every size and path):
+// the update reads them as their f32 values, so masters and moments are those of f32 gradients
+// holding the same values, on the GPU (whole and split masters) and on the CPU; the gradient
+// norm's sum and the clip's scaling read them too.
+TEST(BackendOptim, AdamWReadsBf16GradientsAsTheirF32Values) {
+  DSEEK_REQUIRE_CUDA();
+  const auto bf16_grads = [](ParamSet& ps) {
+    for (Param& p : ps.all())
+      if (p.trainable) p.grad = Tensor::zeros(p.grad.shape(), DType::BF16, p.grad.device());
+  };
+  for (const bool split : {false, true}) {
+    SCOPED_TRACE(split ? "split masters" : "whole masters");
+    ParamSet cpu = make_params(kSpecs, 41), gpu = make_params(kSpecs, 41),
+             ref = make_params(kSpecs, 41);
+    gpu.to(Device::CUDA);
+    ref.to(Device::CUDA);
+    for (ParamSet* ps : {&cpu, &gpu, &ref}) {
+      ps->set_compute_dtype(DType::BF16);
+      if (split) ps->split_masters();
+    }
+    bf16_grads(cpu);
+    bf16_grads(gpu);
+    AdamWConfig config{0.9, 0.95, 1e-8, 0.1};
+    config.moment_dtype = DType::BF16;
+    AdamW opt_cpu(cpu, config), opt_gpu(gpu, config), opt_ref(ref, config);
+    std::mt19937 rng(42);
+    for (int t = 0; t < 3; ++t) {
+      for (const Spec& s : kSpecs) {
+        if (!s.trainable) continue;
+        const Tensor g = rand(s.shape, rng, s.grad_scale).to(DType::BF16).to(DType::F32);
+        for (ParamSet* ps : {&cpu, &gpu, &ref}) train::copy_values(ps->at(s.name).grad, g, s.name);
+      }
+      std::vector<Tensor> g16, g32;
+      for (const Param& p : gpu.all())
+        if (p.trainable) g16.push_back(p.grad);
+      for (const Param& p : ref.all())
+        if (p.trainable) g32.push_back(p.grad);
+      const double sum16 = ops::sum_of_squares(g16), sum32 = ops::sum_of_squares(g32);
+      EXPECT_EQ(sum16, sum32) << "step " << t + 1 << ": Σ g² of bf16 against f32 gradients";
+      if (t == 1) {  // the clip's scaling: rounded back to bf16 from the f32 product
+        ops::scale_inplace(g16, 0.3f);
+        ops::scale_inplace(g32, 0.3f);
+        for (const Tensor& g : g32) g.copy_from(g.to(DType::BF16).to(DType::F32));
+        std::vector<Tensor> gc;
+        for (const Param& p : cpu.all())
+          if (p.trainable) gc.push_back(p.grad);
+        ops::scale_inplace(gc, 0.3f);
+      }
+      opt_cpu.step(1e-2);
+      opt_gpu.step(1e-2);
+      opt_ref.step(1e-2);
+      size_t same = 0, same_cpu = 0, total = 0;
+      for (const Param& p : ref.all()) {
+        const Tensor want = train::master_value(p), got = train::master_value(gpu.at(p.name)),
+                     host = train::master_value(cpu.at(p.name));
+        same += bit_identical(want, got);
+        same_cpu += bit_identical(host, got);
+        total += size_t(want.numel());
+      }
+      const auto s_ref = opt_ref.state_tensors(), s_gpu = opt_gpu.state_tensors(),
+                 s_cpu = opt_cpu.state_tensors();
+      for (size_t i = 0; i < s_ref.size(); ++i) {
+        same += bit_identical(s_ref[i].second, s_gpu[i].second);
+        same_cpu += bit_identical(s_cpu[i].second, s_gpu[i].second);
+        total += size_t(s_ref[i].second.numel());
+      }
+      std::printf(
+          "[backend] adamw, bf16 gradients (%s) step %d: %zu of %zu bit-identical to f32 "
+          "gradients, %zu to the CPU's\n",
+          split ? "split" : "whole", t + 1, same, total, same_cpu);
+      EXPECT_EQ(same, total) << "step " << t + 1;
+      EXPECT_EQ(same_cpu, total) << "step " << t + 1;
+    }
+  }
+}
+
 // One tensor larger than the kernels' grid (4096 blocks × 16384 elements), so blocks loop over
 // chunks; two steps.
 TEST(BackendOptim, FusedAdamWLargeTensorLoopsOverChunks) {
@@ -1086,6 +1162,32 @@ TEST(BackendTrainCli, GpuTrainingFollowsTheCpuAndItsCheckpointResumesOnTheCpu) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("(step 2)"), std::string::npos) << r.err;
   ASSERT_EQ(read_metrics(bf16_run).size(), 3u);
+
+  // bf16 expert gradients (optim.expert_grad_dtype bf16): the same first loss (the forward reads
+  // no gradient), then the bf16 run's within bf16's rounding of the experts' gradients.
+  const fs::path grads_run = d.root / "bf16_grads";
+  r = run_dseek(
+      train_args(d, grads_run, 2, "cuda",
+                 {"--set", "train.compute_dtype=bf16", "--set", "optim.expert_grad_dtype=bf16"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("[train] bf16 expert gradients: "), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("[train] bf16 expert gradients: 0 "), std::string::npos) << r.err;
+  const std::vector<nlohmann::json> grads16 = read_metrics(grads_run);
+  ASSERT_EQ(grads16.size(), 2u);
+  for (int s = 0; s < 2; ++s) {
+    const double want = bf16[s].at("loss").get<double>(), got = grads16[s].at("loss").get<double>();
+    const double gn_want = bf16[s].at("grad_norm").get<double>();
+    const double gn_got = grads16[s].at("grad_norm").get<double>();
+    std::printf(
+        "[backend] train step %d bf16, expert gradients bf16: loss %.6f (f32 gradients "
+        "%.6f), grad_norm %.5f (%.5f)\n",
+        s + 1, got, want, gn_got, gn_want);
+    if (s == 0) {
+      EXPECT_EQ(got, want);
+    }
+    EXPECT_NEAR(got, want, 1e-3 * want) << "step " << s + 1;
+    EXPECT_NEAR(gn_got, gn_want, 1e-2 * gn_want) << "step " << s + 1;
+  }
 
   // More ranks on a node than GPUs is an error naming the rule (where this dseek can start ranks
   // at all).

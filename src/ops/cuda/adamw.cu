@@ -61,13 +61,12 @@ __global__ void adamw_kernel(const MultiTensorEntry* entries, int64_t count, int
     const int64_t end = min(e.n, begin + piece);
     const float decay = e.decay ? s.decay_factor : 1.0f;
     const MomentArray<BF16_MOMENTS> m_of{e.exp_avg}, v_of{e.exp_avg_sq};
-    const GradRows<ROWS> grad{e.grad, e.row_flags, e.row_len};
+    const GradRows<ROWS> grad{e.grad, e.row_flags, e.row_len, e.grad_bf16 != 0};
     const uintptr_t moment_addresses =
         reinterpret_cast<uintptr_t>(e.exp_avg) | reinterpret_cast<uintptr_t>(e.exp_avg_sq);
     if (e.low) {  // a split master: its halves are the compute copy and e.low
       const bool vec =
-          (reinterpret_cast<uintptr_t>(e.grad) & 15) == 0 &&
-          (moment_addresses & (BF16_MOMENTS ? 7 : 15)) == 0 &&
+          grad_quads(e) && (moment_addresses & (BF16_MOMENTS ? 7 : 15)) == 0 &&
           ((reinterpret_cast<uintptr_t>(e.compute) | reinterpret_cast<uintptr_t>(e.low)) & 7) == 0;
       int64_t tail = begin;
       if (vec) {
@@ -87,8 +86,7 @@ __global__ void adamw_kernel(const MultiTensorEntry* entries, int64_t count, int
       }
       continue;
     }
-    const bool vec = ((reinterpret_cast<uintptr_t>(e.value) | reinterpret_cast<uintptr_t>(e.grad)) &
-                      15) == 0 &&
+    const bool vec = (reinterpret_cast<uintptr_t>(e.value) & 15) == 0 && grad_quads(e) &&
                      (moment_addresses & (BF16_MOMENTS ? 7 : 15)) == 0 &&
                      (reinterpret_cast<uintptr_t>(e.compute) & 7) == 0;
     int64_t tail = begin;
@@ -131,7 +129,25 @@ __global__ void sum_of_squares_kernel(const MultiTensorEntry* entries, int64_t c
     // Four elements a load where the chunk is 16-byte aligned (chunks start at multiples of 4):
     // the scalar loop kept ~58% of the HBM bandwidth busy. Each thread's order stays fixed.
     int64_t tail = begin;
-    if ((reinterpret_cast<uintptr_t>(e.grad) & 15) == 0) {
+    if (e.grad_bf16) {  // the bf16 values' squares, four elements an 8-byte load where aligned
+      const GradRows<false> g{e.grad, nullptr, 0, true};
+      if (grad_quads(e)) {
+        const int64_t quads = (end - begin) / 4;
+        for (int64_t q = threadIdx.x; q < quads; q += blockDim.x) {
+          const float4 v = g.load4(begin + 4 * q);
+          sum = __dadd_rn(sum, __dmul_rn(double(v.x), double(v.x)));
+          sum = __dadd_rn(sum, __dmul_rn(double(v.y), double(v.y)));
+          sum = __dadd_rn(sum, __dmul_rn(double(v.z), double(v.z)));
+          sum = __dadd_rn(sum, __dmul_rn(double(v.w), double(v.w)));
+        }
+        tail = begin + 4 * quads;
+      }
+      for (int64_t k = tail + threadIdx.x; k < end; k += blockDim.x) {
+        const double v = g.load(k);
+        sum = __dadd_rn(sum, __dmul_rn(v, v));
+      }
+      tail = end;
+    } else if ((reinterpret_cast<uintptr_t>(e.grad) & 15) == 0) {
       const float4* g4 = reinterpret_cast<const float4*>(e.grad + begin);
       const int64_t quads = (end - begin) / 4;
 #pragma unroll 4
@@ -175,6 +191,12 @@ __global__ void scale_kernel(const MultiTensorEntry* entries, int64_t count, int
     const MultiTensorEntry e = entry_at(entries, count, c, &MultiTensorEntry::chunk_begin);
     const int64_t begin = (c - e.chunk_begin) * kMultiTensorChunk;
     const int64_t end = min(e.n, begin + kMultiTensorChunk);
+    if (e.grad_bf16) {  // scaled in f32, rounded back to bf16
+      auto* g16 = reinterpret_cast<uint16_t*>(e.grad);
+      for (int64_t k = begin + threadIdx.x; k < end; k += blockDim.x)
+        g16[k] = bf16_bits(__fmul_rn(__uint_as_float(uint32_t(g16[k]) << 16), scale));
+      continue;
+    }
     for (int64_t k = begin + threadIdx.x; k < end; k += blockDim.x)
       e.grad[k] = __fmul_rn(e.grad[k], scale);
   }

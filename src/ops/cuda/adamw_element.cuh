@@ -73,18 +73,34 @@ struct MomentArray {
 // (row_len is a multiple of 4 there). Without ROWS, plain loads (no flag code in the kernel).
 template <bool ROWS>
 struct GradRows {
-  const float* grad;
+  const float* grad;  // bf16 bits where `bf16` (MultiTensorEntry::grad_bf16)
   const uint8_t* flags = nullptr;
   int64_t row_len = 0;
+  bool bf16 = false;
   __device__ __forceinline__ bool zero_row(int64_t k) const {
     return ROWS && flags && flags[k / row_len] == 0;
   }
-  __device__ __forceinline__ float load(int64_t k) const { return zero_row(k) ? 0.0f : grad[k]; }
+  __device__ __forceinline__ float load(int64_t k) const {
+    if (zero_row(k)) return 0.0f;
+    return bf16 ? __uint_as_float(uint32_t(reinterpret_cast<const uint16_t*>(grad)[k]) << 16)
+                : grad[k];
+  }
   __device__ __forceinline__ float4 load4(int64_t k) const {
-    return zero_row(k) ? make_float4(0.0f, 0.0f, 0.0f, 0.0f)
-                       : *reinterpret_cast<const float4*>(grad + k);
+    if (zero_row(k)) return make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (bf16) {
+      const uint2 u = *reinterpret_cast<const uint2*>(reinterpret_cast<const uint16_t*>(grad) + k);
+      return {__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
+              __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u)};
+    }
+    return *reinterpret_cast<const float4*>(grad + k);
   }
 };
+
+// Whether entry e's gradient can be read four elements at a time from element 0 (16 bytes for
+// f32, 8 for bf16).
+__device__ __forceinline__ bool grad_quads(const MultiTensorEntry& e) {
+  return (reinterpret_cast<uintptr_t>(e.grad) & (e.grad_bf16 ? 7 : 15)) == 0;
+}
 
 // The masters p of elements k … k + 3 stepped at once (gradient 16-byte aligned there): moments
 // and gradient loaded, adamw_element on each, moments stored back.

@@ -287,6 +287,8 @@ struct MultiTensorEntry {
   // AdamW: the master's low half where it is split (ops/split_master.h): value is then null and
   // the master is (compute, low), read and written as its two halves. nullptr: not split.
   uint16_t* low;
+  // 1: `grad` points at bf16 gradients (read as f32, exactly; ParamSet::bf16_expert_grads), 0: f32.
+  int64_t grad_bf16;
 };
 // The AdamW step's f32 scalars (ops::AdamWStep) and the decay factor of decaying tensors.
 // grad_scale_at, where given, is a device f32 that replaces grad_scale (the clip factor the

@@ -152,30 +152,51 @@ bool expert_tma_maps(const void* const* matrices, int64_t E, int64_t rows, int64
   return true;
 }
 
+namespace {
+
+// The TMA wgrad kernel (grouped_dw_tma_kernel<BF16_DW>) where this GPU and the operands take it;
+// false, launching nothing, elsewhere.
+template <bool BF16_DW>
+bool grouped_dw_tma(const void* x, const void* dy, const int64_t* offsets, int64_t E, int64_t N,
+                    int64_t out, int64_t in, void* const* dw, float beta, double* squares) {
+  if (!(use_wgmma() && tma_loads() && N > 0 && tma_bf16_map_takes(dy, N, out, out) &&
+        tma_bf16_map_takes(x, N, in, in)))
+    return false;
+  const CUtensorMap map_dy = tma_bf16_map(dy, N, out, out, grouped_tma::kStep, "grouped dW dy");
+  const CUtensorMap map_x = tma_bf16_map(x, N, in, in, grouped_tma::kStep, "grouped dW x");
+  const auto kernel = grouped_tma::grouped_dw_tma_kernel<BF16_DW>;
+  DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(grouped_tma::kSmemBytes)));
+  const int64_t tiles =
+      E * ceil_div<int64_t>(out, 128) * ceil_div<int64_t>(in, grouped_tma::kCols);  // 128-row tiles
+  const unsigned blocks = unsigned(std::min<int64_t>(tiles, compute_sms()));
+  std::optional<SquarePartials> partial;
+  if (squares) partial.emplace(int64_t(blocks) * grouped_tma::kMultiplierWarps);
+  kernel<<<blocks, grouped_tma::kThreads, grouped_tma::kSmemBytes, stream()>>>(
+      map_dy, map_x, offsets, E, out, in, dw, beta, partial ? partial->data() : nullptr);
+  DSEEK_CUDA_CHECK_LAUNCH("grouped_dw_tma_kernel");
+  if (partial) partial->finish(squares);
+  return true;
+}
+
+}  // namespace
+
+bool grouped_tc_dw_bf16(const void* x, const void* dy, const int64_t* offsets, int64_t E, int64_t N,
+                        int64_t out, int64_t in, void* const* dw, float beta, double* squares) {
+  if (out == 0 || in == 0 || !grouped_tc_takes(x, dy, in, out, 8)) return false;
+  return grouped_dw_tma<true>(x, dy, offsets, E, N, out, in, dw, beta, squares);
+}
+
 void grouped_tc_dw(const void* x, const void* dy, const int64_t* offsets, int64_t E, int64_t N,
                    int64_t out, int64_t in, float* const* dw, float beta, double* squares) {
   const int64_t cols = ceil_div<int64_t>(in, grouped_tc::kBN),
                 rows = ceil_div<int64_t>(out, grouped_tc::kBM);
   DSEEK_CHECK(cols <= INT_MAX && rows <= 65535 && E <= 65535,
               "[grouped_linear] dW of {} experts × [{}, {}] exceeds the grid", E, out, in);
-  const bool wgmma = use_wgmma();
-  if (wgmma && tma_loads() && N > 0 && tma_bf16_map_takes(dy, N, out, out) &&
-      tma_bf16_map_takes(x, N, in, in)) {
-    const CUtensorMap map_dy = tma_bf16_map(dy, N, out, out, grouped_tma::kStep, "grouped dW dy");
-    const CUtensorMap map_x = tma_bf16_map(x, N, in, in, grouped_tma::kStep, "grouped dW x");
-    const auto kernel = grouped_tma::grouped_dw_tma_kernel;
-    DSEEK_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          int(grouped_tma::kSmemBytes)));
-    const int64_t tiles = E * rows * ceil_div<int64_t>(in, grouped_tma::kCols);
-    const unsigned blocks = unsigned(std::min<int64_t>(tiles, compute_sms()));
-    std::optional<SquarePartials> partial;
-    if (squares) partial.emplace(int64_t(blocks) * grouped_tma::kMultiplierWarps);
-    kernel<<<blocks, grouped_tma::kThreads, grouped_tma::kSmemBytes, stream()>>>(
-        map_dy, map_x, offsets, E, out, in, dw, beta, partial ? partial->data() : nullptr);
-    DSEEK_CUDA_CHECK_LAUNCH("grouped_dw_tma_kernel");
-    if (partial) partial->finish(squares);
+  if (grouped_dw_tma<false>(x, dy, offsets, E, N, out, in, reinterpret_cast<void* const*>(dw), beta,
+                            squares))
     return;
-  }
+  const bool wgmma = use_wgmma();
   const dim3 grid{unsigned(cols), unsigned(rows), unsigned(E)};
   if (wgmma) {
     const auto kernel = grouped_wgmma::grouped_dw_wgmma_kernel;

@@ -61,5 +61,11 @@ bool expert_tma_maps(const void* const* matrices, int64_t E, int64_t rows, int64
 void grouped_tc_dw(const void* x, const void* dy, const int64_t* offsets, int64_t E, int64_t N,
                    int64_t out, int64_t in, float* const* dw, float beta,
                    double* squares = nullptr);
+// grouped_tc_dw into bf16 matrices dw[e] (each value rounded once, after the beta sum in f32;
+// `squares` of the stored values) by the TMA kernel, where it runs here: returns false, launching
+// nothing, elsewhere (ops::grouped_linear_backward_dw then goes through f32 matrices).
+bool grouped_tc_dw_bf16(const void* x, const void* dy, const int64_t* offsets, int64_t E, int64_t N,
+                        int64_t out, int64_t in, void* const* dw, float beta,
+                        double* squares = nullptr);
 
 }  // namespace dseek::ops::cuda

@@ -137,15 +137,18 @@ __device__ __forceinline__ void multipliers_sync() {
 }
 
 // Grid: min(tiles, SMs) blocks of kThreads. map_dy over dy [N, out] and map_x over x [N, in]
-// (tma_bf16_map, boxes of 64 rows); dw[e] f32 [out, in]; beta 0 overwrites (an expert without
-// rows gets zeros), 1 adds. `squares`, where not null, gets each multiplier warp's Σ v² (in
-// double) of the dW values it stored over all of the block's tiles, at blockIdx.x ·
-// kMultiplierWarps + its warp among the multipliers (a block's tiles are fixed by its index, so
-// the slots' values do not depend on timing).
+// (tma_bf16_map, boxes of 64 rows); dw[e] [out, in], f32, or bf16 where BF16_DW (each value
+// rounded to nearest even once, after the beta sum in f32: half the bytes stored, the wgrad being
+// bound by its stores); beta 0 overwrites (an expert without rows gets zeros), 1 adds. `squares`,
+// where not null, gets each multiplier warp's Σ v² (in double) of the dW values it stored (as
+// stored) over all of the block's tiles, at blockIdx.x · kMultiplierWarps + its warp among the
+// multipliers (a block's tiles are fixed by its index, so the slots' values do not depend on
+// timing).
+template <bool BF16_DW>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_dw_tma_kernel(const __grid_constant__ CUtensorMap map_dy,
                           const __grid_constant__ CUtensorMap map_x, const int64_t* offsets,
-                          int64_t E, int64_t out, int64_t in, float* const* dw, float beta,
+                          int64_t E, int64_t out, int64_t in, void* const* dw, float beta,
                           double* squares) {
 #if defined(__CUDA_ARCH__) && !defined(DSEEK_WGMMA_PTX)
   __trap();  // not launched on builds without sm_90a code (grouped_wgmma_available)
@@ -217,18 +220,32 @@ __global__ void __launch_bounds__(kThreads, 1)
 
     // This thread's accumulator pairs (wgmma.cuh's register layout): rows row, row + 8 of dW_e,
     // columns n, n + 1 for n = n0 + 8j + 2(lane % 4).
-    float* d = dw[w.e];
+    void* d = dw[w.e];
     const int64_t row = w.m0 + half * 64 + (t128 / 32) * 16 + (t128 % 32) / 4;
     auto store = [&](int64_t m, int64_t n, float c0, float c1) {
       if (m >= out || n >= in) return;
-      // n is even and in a multiple of 8: one 8-byte store of the pair.
-      float2* p = reinterpret_cast<float2*>(d + m * in + n);
-      if (beta != 0.0f) {
-        const float2 old = *p;
-        c0 = beta * old.x + c0;
-        c1 = beta * old.y + c1;
+      // n is even and in a multiple of 8: one store of the pair (8 bytes, or 4 in bf16).
+      if constexpr (BF16_DW) {
+        uint32_t* p = reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(d) + m * in + n);
+        if (beta != 0.0f) {
+          const uint32_t old = *p;
+          c0 = beta * __uint_as_float(old << 16) + c0;
+          c1 = beta * __uint_as_float(old & 0xffff0000u) + c1;
+        }
+        const uint32_t lo = __bfloat16_as_ushort(__float2bfloat16_rn(c0)),
+                       hi = __bfloat16_as_ushort(__float2bfloat16_rn(c1));
+        *p = lo | hi << 16;
+        c0 = __uint_as_float(lo << 16);  // the squares of the stored values
+        c1 = __uint_as_float(hi << 16);
+      } else {
+        float2* p = reinterpret_cast<float2*>(static_cast<float*>(d) + m * in + n);
+        if (beta != 0.0f) {
+          const float2 old = *p;
+          c0 = beta * old.x + c0;
+          c1 = beta * old.y + c1;
+        }
+        *p = make_float2(c0, c1);
       }
-      *p = make_float2(c0, c1);
       sum += double(c0) * double(c0) + double(c1) * double(c1);
     };
 #pragma unroll
