@@ -167,14 +167,6 @@ Options parse(int argc, char** argv) {
     std::fprintf(stderr, "bench_train_cuda: --moments %s: f32 or bf16\n", o.moments.c_str());
     std::exit(2);
   }
-  if (!(o.expert_grads == "f32" || (o.expert_grads == "bf16" && o.device == "cuda" &&
-                                    o.dtype == "bf16" && o.precision == "default"))) {
-    std::fprintf(stderr,
-                 "bench_train_cuda: --expert-grads %s: f32, or bf16 with --device cuda --dtype "
-                 "bf16 --precision default\n",
-                 o.expert_grads.c_str());
-    std::exit(2);
-  }
   if (o.norm != "backward" && o.norm != "after") {
     std::fprintf(stderr, "bench_train_cuda: --norm %s: backward or after\n", o.norm.c_str());
     std::exit(2);
@@ -188,6 +180,14 @@ Options parse(int argc, char** argv) {
     std::exit(2);
   }
   if (o.dtype.empty()) o.dtype = o.device == "cuda" ? "bf16" : "f32";
+  if (!(o.expert_grads == "f32" || (o.expert_grads == "bf16" && o.device == "cuda" &&
+                                    o.dtype == "bf16" && o.precision == "default"))) {
+    std::fprintf(stderr,
+                 "bench_train_cuda: --expert-grads %s: f32, or bf16 with --device cuda --dtype "
+                 "bf16 --precision default\n",
+                 o.expert_grads.c_str());
+    std::exit(2);
+  }
   if (o.dtype != "bf16" && o.dtype != "f32") {
     std::fprintf(stderr, "bench_train_cuda: --dtype %s: bf16 or f32\n", o.dtype.c_str());
     std::exit(2);
