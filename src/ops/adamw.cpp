@@ -375,24 +375,32 @@ void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale, boo
   }
 }
 
+namespace {
+
+// Σ g² over tensors on the GPU (checked) into the device double `out`, queued on the stream.
+void queue_sum_of_squares([[maybe_unused]] const std::vector<Tensor>& tensors,
+                          [[maybe_unused]] double* out) {
+#ifdef DSEEK_HAS_CUDA
+  std::vector<cuda::MultiTensorEntry> host = grad_entries(tensors);
+  const MultiTensorTable table = device_table(host);  // freed in stream order after the launch
+  cuda::sum_of_squares_multi_tensor(entries_of(table.words), table.entries, table.chunks, out);
+#else
+  cuda_not_built("sum_of_squares");
+#endif
+}
+
+}  // namespace
+
 double sum_of_squares(const std::vector<Tensor>& tensors) {
   for (size_t i = 0; i < tensors.size(); ++i)
     check_grad_tensor("sum_of_squares", "tensor", i, tensors[i]);
+  double sum = 0.0;
   if (list_device("sum_of_squares", tensors) == Device::CUDA) {
-#ifdef DSEEK_HAS_CUDA
-    std::vector<cuda::MultiTensorEntry> host = grad_entries(tensors);
-    const MultiTensorTable table = device_table(host);
     const Tensor out = Tensor::empty({1}, DType::I64, Device::CUDA);  // 8 bytes for one double
-    cuda::sum_of_squares_multi_tensor(entries_of(table.words), table.entries, table.chunks,
-                                      static_cast<double*>(out.raw()));
-    double sum = 0.0;
+    queue_sum_of_squares(tensors, static_cast<double*>(out.raw()));
     dseek::cuda::copy_to_host(&sum, out.raw(), sizeof(double));  // waits for the stream
     return sum;
-#else
-    cuda_not_built("sum_of_squares");
-#endif
   }
-  double sum = 0.0;
   for (const Tensor& t : tensors) sum += cpu::sum_of_squares(f32_grad(t).data<float>(), t.numel());
   return sum;
 }
@@ -400,17 +408,10 @@ double sum_of_squares(const std::vector<Tensor>& tensors) {
 void sum_of_squares_to(const std::vector<Tensor>& tensors, double* out) {
   for (size_t i = 0; i < tensors.size(); ++i)
     check_grad_tensor("sum_of_squares", "tensor", i, tensors[i]);
-  if (list_device("sum_of_squares", tensors) == Device::CUDA) {
-#ifdef DSEEK_HAS_CUDA
-    std::vector<cuda::MultiTensorEntry> host = grad_entries(tensors);
-    const MultiTensorTable table = device_table(host);  // freed in stream order after the launch
-    cuda::sum_of_squares_multi_tensor(entries_of(table.words), table.entries, table.chunks, out);
-    return;
-#else
-    cuda_not_built("sum_of_squares");
-#endif
-  }
-  *out = sum_of_squares(tensors);
+  if (list_device("sum_of_squares", tensors) == Device::CUDA)
+    queue_sum_of_squares(tensors, out);
+  else
+    *out = sum_of_squares(tensors);
 }
 
 SumOfSquaresParts::SumOfSquaresParts(std::vector<Tensor> tensors) : tensors_(std::move(tensors)) {
@@ -533,10 +534,9 @@ void scale_inplace(const std::vector<Tensor>& tensors, float scale) {
       continue;
     }
     // bf16: scaled in f32 and rounded back (the GPU kernel's operations)
-    Tensor f = t.to(DType::F32);
+    const Tensor f = t.to(DType::F32);
     cpu::scale_inplace(f.data<float>(), f.numel(), scale);
-    const Tensor back = f.to(DType::BF16);
-    std::memcpy(t.raw(), back.raw(), back.nbytes());
+    t.copy_from(f.to(DType::BF16));
   }
 }
 

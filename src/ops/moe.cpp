@@ -509,6 +509,10 @@ void grouped_linear_backward_dw(const Tensor& x_perm, const Tensor& dy_perm, con
               device_name(device), dtype_name(dw.dtype), dw.ld, device_name(dw.device));
   const int64_t N = x_perm.size(0), in = dw.cols, out = dw.rows;
   check_offsets("grouped_linear", offsets, dw.experts, N, device);
+  if (in == 0 || out == 0) {
+    if (squares) matrices_sum_of_squares(dw, squares);
+    return;
+  }
   if (dw.dtype == DType::BF16) {
     // bf16 gradients (ParamSet::bf16_expert_grads): the Hopper kernel stores them rounded;
     // elsewhere the f32 result (old values added in f32) is rounded once into them.
@@ -526,10 +530,6 @@ void grouped_linear_backward_dw(const Tensor& x_perm, const Tensor& dy_perm, con
     const ExpertMatrices dw32 = expert_matrices(f32);
     grouped_linear_backward_dw(x_perm, dy_perm, offsets, dw32, accumulate, nullptr);
     for (size_t e = 0; e < f32.size(); ++e) dw.matrices[e].copy_from(f32[e].to(DType::BF16));
-    if (squares) matrices_sum_of_squares(dw, squares);
-    return;
-  }
-  if (in == 0 || out == 0) {
     if (squares) matrices_sum_of_squares(dw, squares);
     return;
   }
