@@ -61,6 +61,39 @@ in_set() {
   env LD_LIBRARY_PATH="/tmp/$set/lib:$LD_LIBRARY_PATH" "$@"
 }
 TRAIN_ARGS=(--layers 4 --batch 2 --seq 2048 --steps 5 --warmup 2 --moments bf16 --precision default)
+# each PART VARIANTS MIN_SECONDS FN: for every variant of the ';' list (parsed by `variant`), FN
+# with its 1-based index, while MIN_SECONDS of the deadline are left.
+each() {
+  local part=$1 list=$2 min=$3 fn=$4 i=0 v variants
+  IFS=';' read -ra variants <<<"$list"
+  for v in "${variants[@]}"; do
+    variant "$v"
+    i=$((i + 1))
+    (($(left) < min)) && { echo "no time left for $part [$v]"; break; }
+    echo "== $part [$v]"
+    "$fn" "$i"
+  done
+}
+train_one() {
+  in_set "$SET" env "${ENVS[@]}" timeout 200 "/tmp/$SET/bench_train_cuda" "${TRAIN_ARGS[@]}" \
+    "${FLAGS[@]}" >"$OUT/train_$1.log" 2>&1
+  grep -E '^\| dseek|^MFU|^medians|bench_train_cuda:' "$OUT/train_$1.log"
+}
+trainprof_one() {
+  local trace=()
+  [[ -n ${PROF_TRACE:-} ]] && trace=("DSEEK_KPROF_TRACE=$OUT/trace_$1.csv")
+  in_set "$SET" env "${ENVS[@]}" "${trace[@]}" "DSEEK_KPROF=$OUT/kprof_train_$1.md" \
+    "LD_PRELOAD=/tmp/$SET/libkernel_profile.so" timeout 200 "/tmp/$SET/bench_train_cuda" \
+    "${TRAIN_ARGS[@]}" "${FLAGS[@]}" >"$OUT/trainprof_$1.log" 2>&1
+  grep -E '^\| dseek' "$OUT/trainprof_$1.log"
+  head -n "${PROF_LINES:-25}" "$OUT/kprof_train_$1.md" 2>/dev/null
+}
+decode_one() {
+  in_set "$SET" env "${ENVS[@]}" timeout 240 "/tmp/$SET/bench_decode_cuda" --layers 27 \
+    --prompt 128 --new 64 --prefill 0 --batches 1 --batch-steps 2 "${FLAGS[@]}" \
+    >"$OUT/decode_$1.log" 2>&1
+  grep -E '^\|' "$OUT/decode_$1.log" | head -n 14
+}
 if has tests; then
   echo "== tests ${TEST_FILTER:-*}"
   in_set default timeout $(($(left) - 20)) /tmp/default/dseek_backend_tests \
@@ -68,36 +101,8 @@ if has tests; then
   echo "tests: exit $?"
   grep -E '^\[ +(OK|FAILED|PASSED|SKIPPED) |^\[backend\].*(FAIL|differ)' "$OUT/tests.log" | tail -60
 fi
-if has train; then
-  IFS=';' read -ra variants <<<"${TRAIN_ONLY:-default}"
-  i=0
-  for v in "${variants[@]}"; do
-    variant "$v"
-    i=$((i + 1))
-    (($(left) < 60)) && { echo "no time left for train [$v]"; break; }
-    echo "== train [$v]"
-    in_set "$SET" env "${ENVS[@]}" timeout 200 "/tmp/$SET/bench_train_cuda" "${TRAIN_ARGS[@]}" \
-      "${FLAGS[@]}" >"$OUT/train_$i.log" 2>&1
-    grep -E '^\| dseek|^MFU|^medians|bench_train_cuda:' "$OUT/train_$i.log"
-  done
-fi
-if has trainprof; then
-  IFS=';' read -ra variants <<<"${PROF_ONLY:-default}"
-  i=0
-  for v in "${variants[@]}"; do
-    variant "$v"
-    i=$((i + 1))
-    (($(left) < 60)) && { echo "no time left for trainprof [$v]"; break; }
-    echo "== trainprof [$v]"
-    trace=()
-    [[ -n ${PROF_TRACE:-} ]] && trace=("DSEEK_KPROF_TRACE=$OUT/trace_$i.csv")
-    in_set "$SET" env "${ENVS[@]}" "${trace[@]}" "DSEEK_KPROF=$OUT/kprof_train_$i.md" \
-      "LD_PRELOAD=/tmp/$SET/libkernel_profile.so" timeout 200 "/tmp/$SET/bench_train_cuda" \
-      "${TRAIN_ARGS[@]}" "${FLAGS[@]}" >"$OUT/trainprof_$i.log" 2>&1
-    grep -E '^\| dseek' "$OUT/trainprof_$i.log"
-    head -n "${PROF_LINES:-25}" "$OUT/kprof_train_$i.md" 2>/dev/null
-  done
-fi
+has train && each train "${TRAIN_ONLY:-default}" 60 train_one
+has trainprof && each trainprof "${PROF_ONLY:-default}" 60 trainprof_one
 if has torchtrain; then
   if (($(left) > 150)); then
     echo "== transformers' training step"
@@ -109,18 +114,5 @@ if has torchtrain; then
     echo "no time left for transformers"
   fi
 fi
-if has decode; then
-  IFS=';' read -ra variants <<<"${DECODE_ONLY:-default}"
-  i=0
-  for v in "${variants[@]}"; do
-    variant "$v"
-    i=$((i + 1))
-    (($(left) < 90)) && { echo "no time left for decode [$v]"; break; }
-    echo "== decode [$v]"
-    in_set "$SET" env "${ENVS[@]}" timeout 240 "/tmp/$SET/bench_decode_cuda" --layers 27 \
-      --prompt 128 --new 64 --prefill 0 --batches 1 --batch-steps 2 "${FLAGS[@]}" \
-      >"$OUT/decode_$i.log" 2>&1
-    grep -E '^\|' "$OUT/decode_$i.log" | head -n 14
-  done
-fi
+has decode && each decode "${DECODE_ONLY:-default}" 90 decode_one
 echo "== done in $(($(date +%s) - start)) s"
