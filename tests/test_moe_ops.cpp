@@ -1,5 +1,5 @@
-// The MoE ops (ops/moe.h) on the CPU: moe_route equals the model's route_from_logits for every gate
-// variant; dispatch is a stable counting sort; permute/combine and the grouped GEMMs (forward and
+// The MoE ops (ops/moe.h) on the CPU: moe_route follows the routing rules for every gate variant
+// (the model's route_from_logits runs it); dispatch is a stable counting sort; permute/combine and the grouped GEMMs (forward and
 // backward) equal per-token and per-expert loops over the plain ops; and route → dispatch →
 // permute → grouped_linear (gate, up) → silu_mul → grouped_linear (down) → combine (+ shared
 // experts) equals MoE::forward. route_params (model/gate.h) is the bridge from a config to the
@@ -107,22 +107,80 @@ std::vector<int32_t> ragged_ids(int64_t T, int64_t E, int64_t K, std::mt19937& r
 
 class MoeRouteVariant : public ::testing::TestWithParam<Variant> {};
 
-TEST_P(MoeRouteVariant, EqualsRouteFromLogits) {
+// moe_route against the rules of ops/moe.h worked out plainly here, in double with full sorts
+// (the op, which route_from_logits also runs, uses partial sorts in float): the scores, the kept
+// groups, the chosen experts in order and their weights. Random logits leave no near-ties.
+TEST_P(MoeRouteVariant, FollowsTheRoutingRules) {
   const Variant& v = GetParam();
   const ModelConfig c = config_of(v);
   std::mt19937 rng(7);
-  const int64_t T = 37;
+  const int64_t T = 37, E = v.E, K = v.K;
   // Strided logits (every other column of a wider tensor) exercise the op's contiguous copy.
-  const Tensor wide = Tensor::from_vector(random_values(T * 2 * v.E, rng, -4, 4), {T, v.E, 2});
+  const Tensor wide = Tensor::from_vector(random_values(T * 2 * E, rng, -4, 4), {T, E, 2});
   const Tensor logits = wide.select(2, 1);
-  const std::vector<float> bias_values = random_values(v.E, rng, -0.3f, 0.3f);
-  const Routing want = route_from_logits(c, logits, v.bias ? bias_values.data() : nullptr);
+  const std::vector<float> z = logits.to_vector();
+  const std::vector<float> bias = random_values(E, rng, -0.3f, 0.3f);
   const ops::MoeRouting got = ops::moe_route(
-      logits, route_params(c), v.bias ? Tensor::from_vector(bias_values, {v.E}) : Tensor());
-  ASSERT_EQ(got.ids.shape(), (Shape{T, v.K}));
-  EXPECT_EQ(ints(got.ids), want.expert_ids);
-  EXPECT_EQ(got.weights.to_vector(), want.weights);  // the same float operations in order
-  EXPECT_EQ(got.scores.to_vector(), want.scores);
+      logits, route_params(c), v.bias ? Tensor::from_vector(bias, {E}) : Tensor());
+  ASSERT_EQ(got.ids.shape(), (Shape{T, K}));
+  const std::vector<int32_t> ids = ints(got.ids);
+  const std::vector<float> weights = got.weights.to_vector(), scores = got.scores.to_vector();
+  const bool noaux = v.topk_method == "noaux_tc", grouped = v.topk_method != "greedy";
+  const int64_t group_size = E / v.n_group;
+  for (int64_t t = 0; t < T; ++t) {
+    SCOPED_TRACE("token " + std::to_string(t));
+    std::vector<double> s(static_cast<size_t>(E)), sel(static_cast<size_t>(E));
+    double max = -INFINITY, sum = 0.0;
+    for (int64_t e = 0; e < E; ++e) max = std::max(max, double(z[size_t(t * E + e)]));
+    for (int64_t e = 0; e < E; ++e) {
+      const double x = z[size_t(t * E + e)];
+      s[size_t(e)] = v.scoring_func == "softmax" ? std::exp(x - max) : 1.0 / (1.0 + std::exp(-x));
+      sum += s[size_t(e)];
+    }
+    for (int64_t e = 0; e < E; ++e) {
+      if (v.scoring_func == "softmax") s[size_t(e)] /= sum;
+      EXPECT_NEAR(scores[size_t(t * E + e)], s[size_t(e)], 1e-6 * s[size_t(e)] + 1e-12);
+      sel[size_t(e)] = s[size_t(e)] + (noaux && v.bias ? bias[size_t(e)] : 0.0);
+    }
+    auto best_first = [](const std::vector<double>& x) {
+      std::vector<int64_t> order(x.size());
+      for (size_t i = 0; i < x.size(); ++i) order[i] = int64_t(i);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int64_t a, int64_t b) { return x[size_t(a)] > x[size_t(b)]; });
+      return order;
+    };
+    if (grouped) {  // the topk_group best groups kept, the other groups' experts masked to 0
+      std::vector<double> group_score(static_cast<size_t>(v.n_group));
+      for (int64_t g = 0; g < v.n_group; ++g) {
+        std::vector<double> in(sel.begin() + g * group_size, sel.begin() + (g + 1) * group_size);
+        std::sort(in.rbegin(), in.rend());
+        group_score[size_t(g)] = noaux ? in[0] + in[1] : in[0];
+      }
+      const std::vector<int64_t> groups = best_first(group_score);
+      std::vector<bool> kept(static_cast<size_t>(v.n_group), false);
+      for (int64_t i = 0; i < v.topk_group; ++i) kept[size_t(groups[size_t(i)])] = true;
+      for (int64_t e = 0; e < E; ++e)
+        if (!kept[size_t(e / group_size)]) sel[size_t(e)] = 0.0;
+    }
+    const std::vector<int64_t> chosen = best_first(sel);
+    std::vector<double> w(static_cast<size_t>(K));
+    double w_sum = 0.0;
+    for (int64_t k = 0; k < K; ++k) {
+      EXPECT_EQ(ids[size_t(t * K + k)], chosen[size_t(k)]) << "k " << k;
+      w[size_t(k)] = noaux ? s[size_t(chosen[size_t(k)])] : sel[size_t(chosen[size_t(k)])];
+      w_sum += w[size_t(k)];
+    }
+    const bool normalise = v.model_type == "deepseek_v3"   ? v.norm
+                           : v.model_type == "deepseek_v2" ? false
+                                                           : v.norm && K > 1;
+    const bool scale = v.model_type != "deepseek";
+    for (int64_t k = 0; k < K; ++k) {
+      double want = w[size_t(k)];
+      if (normalise) want /= w_sum + 1e-20;
+      if (scale) want *= v.scale;
+      EXPECT_NEAR(weights[size_t(t * K + k)], want, 1e-6 * std::abs(want) + 1e-12) << "k " << k;
+    }
+  }
 }
 
 // moe_route_backward against central differences of L(z) = Σ rw ⊙ w(z) + Σ rs ⊙ s(z), whose

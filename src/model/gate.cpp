@@ -1,8 +1,6 @@
 #include "model/gate.h"
 
-#include <algorithm>
-#include <cmath>
-#include <numeric>
+#include <vector>
 
 #include "core/error.h"
 #include "model/safetensors.h"
@@ -10,44 +8,6 @@
 #include "ops/linear.h"
 
 namespace dseek {
-
-namespace {
-
-// torch.topk order: larger first, NaN above everything, equal values by lower index. A strict weak
-// order even with NaNs, so std::partial_sort stays well-defined on garbage input.
-bool ranks_before(float a, int64_t ia, float b, int64_t ib) {
-  bool na = std::isnan(a), nb = std::isnan(b);
-  if (na != nb) return na;
-  if (!na && a != b) return a > b;
-  return ia < ib;
-}
-
-// Indices of the k largest of values[0..n), best first.
-void top_k(const float* values, int64_t n, int64_t k, std::vector<int64_t>& index, int32_t* out) {
-  index.resize(size_t(n));
-  std::iota(index.begin(), index.end(), 0);
-  std::partial_sort(index.begin(), index.begin() + k, index.end(),
-                    [&](int64_t a, int64_t b) { return ranks_before(values[a], a, values[b], b); });
-  for (int64_t i = 0; i < k; ++i) out[i] = int32_t(index[size_t(i)]);
-}
-
-void softmax_row(const float* logits, int64_t n, float* out) {
-  float max = -INFINITY;
-  for (int64_t e = 0; e < n; ++e) max = std::max(max, logits[e]);
-  double sum = 0.0;
-  for (int64_t e = 0; e < n; ++e) {
-    out[e] = std::exp(logits[e] - max);
-    sum += out[e];
-  }
-  float inv = float(1.0 / sum);
-  for (int64_t e = 0; e < n; ++e) out[e] *= inv;
-}
-
-void sigmoid_row(const float* logits, int64_t n, float* out) {
-  for (int64_t e = 0; e < n; ++e) out[e] = 1.0f / (1.0f + std::exp(-logits[e]));
-}
-
-}  // namespace
 
 // How the chosen weights are post-processed; the three reference implementations disagree.
 WeightRule routing_weight_rule(const ModelConfig& config) {
@@ -137,70 +97,21 @@ Routing route_from_logits(const ModelConfig& config, const Tensor& logits,
   DSEEK_CHECK(logits.dim() == 2 && logits.size(1) == E,
               "[moe] router logits: shape {}, expected [T, {}]", shape_str(logits.shape()), E);
   const int64_t T = logits.size(0);
-  const std::vector<float> z = logits.to_vector();  // f32, logical order
-
-  const bool grouped = config.topk_method != "greedy";
+  // The op's CPU form (ops/cpu/moe.cpp) is the one implementation of the routing maths.
+  const Tensor z = logits.to(Device::CPU).to(DType::F32);
   const bool noaux = config.topk_method == "noaux_tc";
-  const int64_t G = grouped ? config.n_group : 1, group_size = E / G;
-  const WeightRule rule = routing_weight_rule(config);
-
+  const Tensor bias = noaux && correction_bias
+                          ? Tensor::from_vector(std::vector<float>(correction_bias, correction_bias + E), {E})
+                          : Tensor();
+  const ops::MoeRouting m = ops::moe_route(z, route_params(config), bias);
   Routing r;
   r.tokens = T;
   r.top_k = K;
   r.experts = E;
-  r.expert_ids.resize(size_t(T * K));
-  r.weights.resize(size_t(T * K));
-  r.scores.resize(size_t(T * E));
-
-  std::vector<float> choice(static_cast<size_t>(E)), group_score(static_cast<size_t>(G));
-  std::vector<int32_t> kept_groups(static_cast<size_t>(G));
-  std::vector<char> keep(static_cast<size_t>(G));
-  std::vector<int64_t> index;
-  for (int64_t t = 0; t < T; ++t) {
-    float* s = &r.scores[size_t(t * E)];
-    if (config.scoring_func == "softmax") {
-      softmax_row(&z[size_t(t * E)], E, s);
-    } else {
-      sigmoid_row(&z[size_t(t * E)], E, s);
-    }
-    for (int64_t e = 0; e < E; ++e) {
-      choice[size_t(e)] = s[e] + (noaux && correction_bias ? correction_bias[e] : 0.0f);
-    }
-    if (grouped) {
-      for (int64_t g = 0; g < G; ++g) {
-        const float* c = &choice[size_t(g * group_size)];
-        if (noaux) {
-          int32_t best[2];
-          top_k(c, group_size, 2, index, best);
-          group_score[size_t(g)] = c[best[0]] + c[best[1]];
-        } else {
-          group_score[size_t(g)] = *std::max_element(c, c + group_size);
-        }
-      }
-      top_k(group_score.data(), G, config.topk_group, index, kept_groups.data());
-      std::fill(keep.begin(), keep.end(), 0);
-      for (int64_t i = 0; i < config.topk_group; ++i) keep[size_t(kept_groups[size_t(i)])] = 1;
-      for (int64_t e = 0; e < E; ++e) {
-        if (!keep[size_t(e / group_size)]) choice[size_t(e)] = 0.0f;
-      }
-    }
-    int32_t* ids = &r.expert_ids[size_t(t * K)];
-    float* w = &r.weights[size_t(t * K)];
-    top_k(choice.data(), E, K, index, ids);
-    // noaux_tc gathers the unbiased scores; the others gather the (masked) selection scores, which
-    // equal s for experts of kept groups.
-    for (int64_t k = 0; k < K; ++k) w[k] = noaux ? s[ids[k]] : choice[size_t(ids[k])];
-    if (rule.normalise) {
-      float sum = 0.0f;
-      for (int64_t k = 0; k < K; ++k) sum += w[k];
-      const float denominator = sum + 1e-20f;
-      for (int64_t k = 0; k < K; ++k) w[k] /= denominator;
-    }
-    if (rule.scale) {
-      const float factor = float(config.routed_scaling_factor);
-      for (int64_t k = 0; k < K; ++k) w[k] *= factor;
-    }
-  }
+  const int32_t* ids = m.ids.data<int32_t>();
+  r.expert_ids.assign(ids, ids + T * K);
+  r.weights = m.weights.to_vector();
+  r.scores = m.scores.to_vector();
   return r;
 }
 

@@ -9,8 +9,8 @@
 //   y_perm = grouped_linear(h, W_down, d.offsets)       [T·K, D]
 //   out    = moe_combine(y_perm, r.weights, d, shared)  [T, D]
 //
-// moe_route: for each token t (row of logits, f32; the maths of model/gate.h, whose
-// route_from_logits is the reference this op is tested against):
+// moe_route: for each token t (row of logits, f32; the rules of model/gate.h, whose
+// route_from_logits runs this op on the CPU):
 //   s = softmax(z) | sigmoid(z)                          (scores, returned unbiased)
 //   c = s + bias                                         (noaux_tc only; bias steers selection)
 //   grouped methods: n_group groups of E / n_group experts; group score = max of c in the group

@@ -2,8 +2,8 @@
 // T = 1 and 257, exact ties), dispatch on ragged loads (empty experts, one expert taking most
 // slots, T = 1 / 257 / 4099), permute, grouped_linear forward and both gradients, combine forward
 // and backward, f32 and bf16 activations, and the routed MoE composed from them. The CPU side of
-// each comparison is itself checked against the model (route_from_logits, MoE::forward) in
-// tests/test_moe_ops.cpp.
+// each comparison is itself checked in tests/test_moe_ops.cpp (routing against its rules, the
+// composed MoE against MoE::forward).
 //
 // Ops that return fresh tensors cannot be handed poisoned outputs; before each of them the CUDA
 // pool is given back NaN-filled blocks of the output sizes (poison_pool), so a row a kernel fails

@@ -1,7 +1,7 @@
-// MoE ops on the CPU: the reference twins of src/ops/cuda/moe.cu (maths in ops/moe.h). Routing
-// follows model/gate.cpp step by step (same float operations in the same order), so the op equals
-// route_from_logits bit for bit; the grouped GEMMs call the linear kernels per expert, choosing
-// GEMV or GEMM as ops::linear does, so a composed MoE equals MoE::forward.
+// MoE ops on the CPU: the reference twins of src/ops/cuda/moe.cu (maths in ops/moe.h). The
+// routing here is the model's too (model/gate.cpp's route_from_logits calls it); the grouped GEMMs
+// call the linear kernels per expert, choosing GEMV or GEMM as ops::linear does, so a composed MoE
+// equals MoE::forward.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
