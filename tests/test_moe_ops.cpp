@@ -1,9 +1,9 @@
 // The MoE ops (ops/moe.h) on the CPU: moe_route follows the routing rules for every gate variant
-// (the model's route_from_logits runs it); dispatch is a stable counting sort; permute/combine and the grouped GEMMs (forward and
-// backward) equal per-token and per-expert loops over the plain ops; and route → dispatch →
-// permute → grouped_linear (gate, up) → silu_mul → grouped_linear (down) → combine (+ shared
-// experts) equals MoE::forward. route_params (model/gate.h) is the bridge from a config to the
-// op. The CUDA twins are compared with these in tests/backend/test_backend_moe.cpp.
+// (the model's route_from_logits runs it); dispatch is a stable counting sort; permute/combine and
+// the grouped GEMMs (forward and backward) equal per-token and per-expert loops over the plain ops;
+// and route → dispatch → permute → grouped_linear (gate, up) → silu_mul → grouped_linear (down) →
+// combine (+ shared experts) equals MoE::forward. route_params (model/gate.h) is the bridge from a
+// config to the op. The CUDA twins are compared with these in tests/backend/test_backend_moe.cpp.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -120,8 +120,8 @@ TEST_P(MoeRouteVariant, FollowsTheRoutingRules) {
   const Tensor logits = wide.select(2, 1);
   const std::vector<float> z = logits.to_vector();
   const std::vector<float> bias = random_values(E, rng, -0.3f, 0.3f);
-  const ops::MoeRouting got = ops::moe_route(
-      logits, route_params(c), v.bias ? Tensor::from_vector(bias, {E}) : Tensor());
+  const ops::MoeRouting got =
+      ops::moe_route(logits, route_params(c), v.bias ? Tensor::from_vector(bias, {E}) : Tensor());
   ASSERT_EQ(got.ids.shape(), (Shape{T, K}));
   const std::vector<int32_t> ids = ints(got.ids);
   const std::vector<float> weights = got.weights.to_vector(), scores = got.scores.to_vector();

@@ -100,9 +100,10 @@ Routing route_from_logits(const ModelConfig& config, const Tensor& logits,
   // The op's CPU form (ops/cpu/moe.cpp) is the one implementation of the routing maths.
   const Tensor z = logits.to(Device::CPU).to(DType::F32);
   const bool noaux = config.topk_method == "noaux_tc";
-  const Tensor bias = noaux && correction_bias
-                          ? Tensor::from_vector(std::vector<float>(correction_bias, correction_bias + E), {E})
-                          : Tensor();
+  const Tensor bias =
+      noaux && correction_bias
+          ? Tensor::from_vector(std::vector<float>(correction_bias, correction_bias + E), {E})
+          : Tensor();
   const ops::MoeRouting m = ops::moe_route(z, route_params(config), bias);
   Routing r;
   r.tokens = T;
