@@ -134,11 +134,7 @@ __global__ void sum_of_squares_kernel(const MultiTensorEntry* entries, int64_t c
       if (grad_quads(e)) {
         const int64_t quads = (end - begin) / 4;
         for (int64_t q = threadIdx.x; q < quads; q += blockDim.x) {
-          const float4 v = g.load4(begin + 4 * q);
-          sum = __dadd_rn(sum, __dmul_rn(double(v.x), double(v.x)));
-          sum = __dadd_rn(sum, __dmul_rn(double(v.y), double(v.y)));
-          sum = __dadd_rn(sum, __dmul_rn(double(v.z), double(v.z)));
-          sum = __dadd_rn(sum, __dmul_rn(double(v.w), double(v.w)));
+          sum = add_squares4(sum, g.load4(begin + 4 * q));
         }
         tail = begin + 4 * quads;
       }
@@ -152,11 +148,7 @@ __global__ void sum_of_squares_kernel(const MultiTensorEntry* entries, int64_t c
       const int64_t quads = (end - begin) / 4;
 #pragma unroll 4
       for (int64_t q = threadIdx.x; q < quads; q += blockDim.x) {
-        const float4 g = g4[q];
-        sum = __dadd_rn(sum, __dmul_rn(double(g.x), double(g.x)));
-        sum = __dadd_rn(sum, __dmul_rn(double(g.y), double(g.y)));
-        sum = __dadd_rn(sum, __dmul_rn(double(g.z), double(g.z)));
-        sum = __dadd_rn(sum, __dmul_rn(double(g.w), double(g.w)));
+        sum = add_squares4(sum, g4[q]);
       }
       tail = begin + 4 * quads;
     }

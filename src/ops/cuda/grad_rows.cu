@@ -50,11 +50,7 @@ __global__ void flagged_squares_kernel(const float* grad, const uint8_t* flags, 
     if (cols % 4 == 0 && (reinterpret_cast<uintptr_t>(row) & 15) == 0) {
       const float4* row4 = reinterpret_cast<const float4*>(row);
       for (int64_t q = threadIdx.x; q < cols / 4; q += blockDim.x) {
-        const float4 g = row4[q];
-        sum = __dadd_rn(sum, __dmul_rn(double(g.x), double(g.x)));
-        sum = __dadd_rn(sum, __dmul_rn(double(g.y), double(g.y)));
-        sum = __dadd_rn(sum, __dmul_rn(double(g.z), double(g.z)));
-        sum = __dadd_rn(sum, __dmul_rn(double(g.w), double(g.w)));
+        sum = add_squares4(sum, row4[q]);
       }
     } else {
       for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
