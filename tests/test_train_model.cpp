@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "model/model.h"
 #include "ops/cross_entropy.h"
+#include "param_gradcheck.h"
 #include "test_model_util.h"
 #include "train/train_model.h"
 
@@ -174,44 +175,14 @@ TEST(TrainModel, GradientsMatchFiniteDifferences) {
     const SequenceLosses base = train.forward_backward(inputs, targets, tc.loss, scale);
     ASSERT_TRUE(std::isfinite(base.total));
 
-    std::mt19937 rng(17);
-    double worst = 0;
-    std::string worst_where;
-    int64_t checked = 0, skipped = 0;
-    for (Param& p : params.all()) {
-      if (!p.trainable) continue;
-      const std::vector<float> grad = p.grad.to_vector();
-      double gmax = 0;
-      for (float g : grad) gmax = std::max(gmax, double(std::abs(g)));
-      float* v = p.value.data<float>();
-      std::uniform_int_distribution<int64_t> pick(0, p.value.numel() - 1);
-      for (int s = 0; s < 4; ++s) {
-        const int64_t i = pick(rng);
-        const float orig = v[i];
-        const float eps = 1e-2f;
-        v[i] = orig + eps;
-        const SequenceLosses up = train.forward(inputs, targets, tc.loss);
-        v[i] = orig - eps;
-        const SequenceLosses down = train.forward(inputs, targets, tc.loss);
-        v[i] = orig;
-        if (up.expert_load != down.expert_load || up.expert_load != base.expert_load) {
-          ++skipped;
-          continue;
-        }
-        const double numeric = scale * (up.total - down.total) / (2.0 * eps);
-        const double analytic = grad[size_t(i)];
-        const double denom = std::max({std::abs(numeric), std::abs(analytic), 0.02 * gmax, 1e-4});
-        const double err = std::abs(numeric - analytic) / denom;
-        ++checked;
-        if (err > worst) {
-          worst = err;
-          worst_where = p.name + "[" + std::to_string(i) + "] analytic " +
-                        std::to_string(analytic) + " numeric " + std::to_string(numeric);
-        }
-      }
-    }
-    EXPECT_LT(worst, 2e-2) << worst_where;
-    EXPECT_GT(checked, 3 * skipped) << "too many routing flips to check";
+    auto loss = [&] {
+      const SequenceLosses l = train.forward(inputs, targets, tc.loss);
+      return dseek::testing::LossPoint{l.total, l.expert_load};
+    };
+    const dseek::testing::ParamGradReport r = dseek::testing::check_param_gradients(
+        params, loss, {base.total, base.expert_load}, 4, 17, scale);
+    EXPECT_LT(r.worst, 2e-2) << r.where;
+    EXPECT_GT(r.checked, 3 * r.skipped) << "too many routing flips to check";
   }
 }
 
