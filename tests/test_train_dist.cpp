@@ -1029,9 +1029,6 @@ void expert_parallel_on_this_rank() {
 }  // namespace
 
 // Expert parallelism's pieces on 2 real MPI ranks (this binary relaunched under mpirun):
-// Relaunches this test binary under mpirun with `ranks` ranks, each running only `test` (which
-// then takes its launcher_world_size() > 1 branch); expects every rank to pass it. Skips without
-// MPI or mpirun.
 // all_to_all_v and the int64 all_to_all deliver every block (empty ones included) to the right
 // rank and place; the MoE layer with its routed experts split over the ranks gives, for each
 // rank's 13 or 21 tokens, the outputs and input gradients one process computes on all 34, the same
