@@ -290,3 +290,16 @@ TEST(Gate, RoutesFromHiddenStatesWithBf16Weight) {
   for (int t = 0; t < 5; ++t) EXPECT_NEAR(r.weight(t, 0) + r.weight(t, 1), 1.5, 1e-5);
   EXPECT_THROW(gate.route(Tensor::from_vector(x, {6, 10})), Error);
 }
+
+// No tokens: an empty routing of the config's shape (the op's empty outputs read as no values).
+TEST(Gate, NoTokensRouteToNothing) {
+  const ModelConfig c = gate_config("deepseek", 6, 2);
+  const Routing r = route_from_logits(c, Tensor::empty({0, 6}), nullptr);
+  EXPECT_EQ(r.tokens, 0);
+  EXPECT_EQ(r.top_k, 2);
+  EXPECT_EQ(r.experts, 6);
+  EXPECT_TRUE(r.expert_ids.empty());
+  EXPECT_TRUE(r.weights.empty());
+  EXPECT_TRUE(r.scores.empty());
+  EXPECT_EQ(r.expert_load(), std::vector<int64_t>(6, 0));
+}
