@@ -14,6 +14,7 @@
 #include "ops/cuda/adamw_element.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/reduce.cuh"
+#include "ops/cuda/squares.cuh"
 #include "ops/split_bits.h"
 
 namespace dseek::ops::cuda {

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/reduce.cuh"
+#include "ops/cuda/squares.cuh"
 
 namespace dseek::ops::cuda {
 

@@ -29,15 +29,6 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// sum + v.x² + v.y² + v.z² + v.w², in that order, each product and sum rounded in double: a
-// thread's share of the gradient norm's squares, four values a load.
-__device__ __forceinline__ double add_squares4(double sum, const float4& v) {
-  sum = __dadd_rn(sum, __dmul_rn(double(v.x), double(v.x)));
-  sum = __dadd_rn(sum, __dmul_rn(double(v.y), double(v.y)));
-  sum = __dadd_rn(sum, __dmul_rn(double(v.z), double(v.z)));
-  return __dadd_rn(sum, __dmul_rn(double(v.w), double(v.w)));
-}
-
 // Every thread of the block gets the sum. `scratch` holds 32 values; safe to call repeatedly.
 template <typename T>
 __device__ __forceinline__ T block_sum(T v, T* scratch) {
