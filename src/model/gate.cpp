@@ -98,7 +98,9 @@ Routing route_from_logits(const ModelConfig& config, const Tensor& logits,
               "[moe] router logits: shape {}, expected [T, {}]", shape_str(logits.shape()), E);
   const int64_t T = logits.size(0);
   // The op's CPU form (ops/cpu/moe.cpp) is the one implementation of the routing maths.
-  const Tensor z = logits.to(Device::CPU).to(DType::F32);
+  // (Tensor::to(dtype) copies even to its own dtype: only bf16 logits are converted.)
+  Tensor z = logits.to(Device::CPU);
+  if (z.dtype() != DType::F32) z = z.to(DType::F32);
   const bool noaux = config.topk_method == "noaux_tc";
   const Tensor bias =
       noaux && correction_bias
