@@ -33,6 +33,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -41,6 +42,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/validators.h"
 #include "core/cuda.h"
 #ifdef DSEEK_HAS_CUDA
 #include "core/cuda/cuda_check.h"
@@ -73,69 +75,31 @@ struct Options {
   std::vector<int64_t> batches = {32, 64, 128};
 };
 
+// The flags of the file header; a bad one exits 2 with CLI11's message (--help lists them).
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "bench_decode_cuda: %s needs a value\n", arg.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    auto to_int = [&](const std::string& v, int64_t min) {
-      char* end = nullptr;
-      const long long n = std::strtoll(v.c_str(), &end, 10);
-      if (v.empty() || *end != '\0' || n < min) {
-        std::fprintf(stderr, "bench_decode_cuda: %s %s: need integers >= %lld\n", arg.c_str(),
-                     v.c_str(), (long long)min);
-        std::exit(2);
-      }
-      return int64_t(n);
-    };
-    auto integer = [&](int64_t min) { return to_int(value(), min); };
-    if (arg == "--shape")
-      o.shape = value();
-    else if (arg == "--layers")
-      o.layers = integer(1);
-    else if (arg == "--prompt")
-      o.prompt = integer(1);
-    else if (arg == "--new")
-      o.new_tokens = integer(1);
-    else if (arg == "--prefill")
-      o.prefill = integer(0);
-    else if (arg == "--batch-steps")
-      o.batch_steps = integer(1);
-    else if (arg == "--batches") {
-      o.batches.clear();
-      const std::string list = value();
-      size_t pos = 0;
-      while (pos < list.size()) {
-        size_t end = list.find(',', pos);
-        if (end == std::string::npos) end = list.size();
-        if (end > pos) o.batches.push_back(to_int(list.substr(pos, end - pos), 1));
-        pos = end + 1;
-      }
-    } else if (arg == "--device")
-      o.device = value();
-    else if (arg == "--dtype")
-      o.dtype = value();
-    else if (arg == "--checkpoint")
-      o.checkpoint = value();
-    else if (arg == "--seed")
-      o.seed = integer(0);
-    else if (arg == "--json")
-      o.json = value();
-    else {
-      std::fprintf(stderr, "bench_decode_cuda: unknown argument %s (see the file header)\n",
-                   arg.c_str());
-      std::exit(2);
-    }
-  }
-  if (o.device != "cuda" && o.device != "cpu") {
-    std::fprintf(stderr, "bench_decode_cuda: --device %s: cuda or cpu\n", o.device.c_str());
-    std::exit(2);
+  CLI::App app{"bench_decode_cuda: batch-1, prefill and batched decode speed (issue 10)"};
+  app.add_option("--shape", o.shape, "v2-lite, v3-width or tiny");
+  app.add_option("--layers", o.layers, "decoder layers")->check(dseek::cli::positive);
+  app.add_option("--prompt", o.prompt, "batch-1 prompt tokens")->check(dseek::cli::positive);
+  app.add_option("--new", o.new_tokens, "batch-1 tokens to decode")->check(dseek::cli::positive);
+  app.add_option("--prefill", o.prefill, "prefill tokens (0: no prefill row)")
+      ->check(dseek::cli::non_negative);
+  app.add_option("--batches", o.batches, "batched-decode batch sizes, e.g. 32,64,128")
+      ->delimiter(',')
+      ->check(dseek::cli::positive);
+  app.add_option("--batch-steps", o.batch_steps, "batched-decode steps")
+      ->check(dseek::cli::positive);
+  app.add_option("--device", o.device)->check(CLI::IsMember({"cuda", "cpu"}));
+  app.add_option("--dtype", o.dtype, "bf16 (the GPU's default) or f32 (the CPU's)")
+      ->check(CLI::IsMember({"bf16", "f32"}));
+  app.add_option("--checkpoint", o.checkpoint, "a checkpoint folder instead of random weights");
+  app.add_option("--seed", o.seed)->check(dseek::cli::non_negative);
+  app.add_option("--json", o.json, "also write the figures to this file");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::exit(app.exit(e) == 0 ? 0 : 2);
   }
   if (o.dtype.empty()) o.dtype = o.device == "cuda" ? "bf16" : "f32";
   return o;

@@ -98,6 +98,16 @@ TEST(CliGenerate, BadFlagsFailWithAClearMessage) {
   r = run_dseek_shell("generate --model /nonexistent/dir --ids 1");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("/nonexistent/dir"), std::string::npos) << r.err;
+  // Number checks say what they want (cli/validators.h), not CLI11's range up to DBL_MAX.
+  r = run_dseek_shell("generate --model " + model + " --ids 1 -n -3");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("--max-new-tokens: must be 0 or above, got -3"), std::string::npos) << r.err;
+  r = run_dseek_shell("serve --model " + model + " --max-queue 0");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("--max-queue: must be above 0, got 0"), std::string::npos) << r.err;
+  r = run_dseek_shell("serve --model " + model + " --request-timeout soon");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("--request-timeout: 'soon' is not a number"), std::string::npos) << r.err;
 }
 
 TEST(CliInit, WritesALoadableCheckpoint) {

@@ -12,6 +12,7 @@
 
 #include "cli/commands.h"
 #include "cli/generation_flags.h"
+#include "cli/validators.h"
 #include "core/error.h"
 #include "infer/generator.h"
 #include "model/model.h"
@@ -31,7 +32,7 @@ void add_chat_command(CLI::App& app) {
   add_generation_flags(cmd, args->flags, 512);
   cmd->add_option("--system", args->system, "system prompt");
   cmd->add_option("--context", args->context, "context size in tokens (capped by the model)")
-      ->check(CLI::PositiveNumber);
+      ->check(cli::positive);
   cmd->add_flag("--timing", args->timing, "print timing of each reply to stderr");
   cmd->callback([args] {
     const GenerationFlags& flags = args->flags;

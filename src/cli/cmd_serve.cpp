@@ -23,6 +23,7 @@
 #include "cli/commands.h"
 #include "cli/expert_parallel.h"
 #include "cli/expert_parallel_serve.h"
+#include "cli/validators.h"
 #include "core/cuda.h"
 #include "core/error.h"
 #include "dist/process_group.h"
@@ -80,7 +81,8 @@ class ShutdownSignals {
   }
 
  private:
-  struct sigaction old_int_ {}, old_term_ {};
+  struct sigaction old_int_ = {};
+  struct sigaction old_term_ = {};
 };
 
 }  // namespace
@@ -111,52 +113,54 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--chat-format", args->server.chat_format,
                   "chat format when the tokenizer has no chat_template");
   cmd->add_option("--cache-tokens", args->engine.cache_tokens, "KV cache budget in tokens")
-      ->check(CLI::PositiveNumber)
+      ->check(cli::positive)
       ->capture_default_str();
   cmd->add_option("--page-tokens", args->engine.page_tokens, "tokens per KV cache page")
-      ->check(CLI::PositiveNumber)
+      ->check(cli::positive)
       ->capture_default_str();
   cmd->add_option("--max-running", args->engine.max_running, "requests in the running batch")
-      ->check(CLI::PositiveNumber)
+      ->check(cli::positive)
       ->capture_default_str();
   cmd->add_option("--max-batch-tokens", args->engine.max_batch_tokens, "tokens per forward step")
-      ->check(CLI::PositiveNumber)
+      ->check(cli::positive)
       ->capture_default_str();
   cmd->add_option("--max-queue", args->engine.max_queue, "waiting requests before 429")
-      ->check(CLI::PositiveNumber)
+      ->check(cli::positive)
       ->capture_default_str();
   cmd->add_option("--context", args->engine.context_tokens,
                   "prompt + max_tokens limit per request (0: the model's)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::non_negative);
   cmd->add_option("--max-body-bytes", args->server.max_body_bytes, "larger bodies get 413")
-      ->check(CLI::PositiveNumber)
+      ->check(cli::positive)
       ->capture_default_str();
   cmd->add_option("--default-max-tokens", args->server.default_max_tokens,
                   "chat max_tokens when a request gives none")
-      ->check(CLI::PositiveNumber)
+      ->check(cli::positive)
       ->capture_default_str();
   cmd->add_option("--request-timeout", args->server.request_timeout_s,
                   "seconds before a completion request is cancelled")
-      ->check(CLI::PositiveNumber)
+      ->check(cli::positive)
       ->capture_default_str();
   cmd->add_option("--shutdown-timeout", args->server.shutdown_timeout_s,
                   "seconds in-flight requests may finish on SIGINT/SIGTERM")
-      ->check(CLI::NonNegativeNumber)
+      ->check(cli::non_negative)
       ->capture_default_str();
   cmd->add_option("--http-threads", args->server.http_threads,
                   "connection threads (0: max-running + max-queue + 16)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::non_negative);
   cmd->add_flag("--no-prefix-caching", args->no_prefix_caching, "do not reuse cached prefixes");
   cmd->add_flag("--no-speculative", args->no_speculative, "no MTP speculative decoding");
   cmd->add_option("--threads", args->threads, "OpenMP threads for the model (0: default)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::non_negative);
   cmd->add_flag("--log-requests", args->server.log_requests, "one stderr line per request");
   cmd->add_option("--device", args->device,
                   "where the model runs: cpu (default) or cuda (no MTP drafts there)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--dtype", args->dtype, "activation dtype: f32 (default) or bf16 (cuda only)")
       ->check(CLI::IsMember({"f32", "bf16"}));
-  cmd->add_flag("--dequantize-fp8", args->dequantize_fp8, "an FP8 checkpoint's weights are dequantised at load (default: its projections stay FP8 and run as FP8 GEMMs)");
+  cmd->add_flag("--dequantize-fp8", args->dequantize_fp8,
+                "an FP8 checkpoint's weights are dequantised at load (default: its projections "
+                "stay FP8 and run as FP8 GEMMs)");
   cmd->add_flag("--expert-parallel", args->expert_parallel,
                 "under mpirun -np N: each rank holds 1/N of every MoE layer's routed experts; "
                 "rank 0 serves (no MTP drafts)");

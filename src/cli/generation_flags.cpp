@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "cli/validators.h"
 #include "core/cuda.h"
 #include "core/error.h"
 #include "dist/process_group.h"
@@ -17,7 +18,7 @@ void add_generation_flags(CLI::App* cmd, GenerationFlags& flags, int64_t default
   cmd->add_option("--tokenizer", flags.tokenizer,
                   "tokenizer.json or a directory with one (default: the model directory)");
   cmd->add_option("-n,--max-new-tokens", flags.max_new_tokens, "most tokens to generate")
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::non_negative);
   CLI::Option* greedy = cmd->add_flag("--greedy", flags.greedy, "argmax decoding (temperature 0)");
   CLI::Option* temperature = cmd->add_option("--temperature", flags.sampling.temperature,
                                              "sampling temperature (0 = greedy)");
@@ -45,7 +46,9 @@ void add_generation_flags(CLI::App* cmd, GenerationFlags& flags, int64_t default
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--dtype", flags.dtype, "activation dtype: f32 (default) or bf16 (cuda only)")
       ->check(CLI::IsMember({"f32", "bf16"}));
-  cmd->add_flag("--dequantize-fp8", flags.dequantize_fp8, "an FP8 checkpoint's weights are dequantised at load (default: its projections stay FP8 and run as FP8 GEMMs)");
+  cmd->add_flag("--dequantize-fp8", flags.dequantize_fp8,
+                "an FP8 checkpoint's weights are dequantised at load (default: its projections "
+                "stay FP8 and run as FP8 GEMMs)");
 }
 
 Placement placement_from_flags(const GenerationFlags& flags) {
