@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/validators.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "model/config.h"
@@ -142,50 +143,26 @@ int32_t argmax_last(const Tensor& logits) {
   return int32_t(std::max_element(p, p + row.numel()) - p);
 }
 
-std::vector<int64_t> parse_list(const std::string& s) {
-  std::vector<int64_t> out;
-  size_t pos = 0;
-  while (pos < s.size()) {
-    size_t end = s.find(',', pos);
-    if (end == std::string::npos) end = s.size();
-    out.push_back(std::stoll(s.substr(pos, end - pos)));
-    pos = end + 1;
-  }
-  return out;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   int64_t layers = 4, decode_tokens = 32, context = 64, runs = 3;
   std::vector<int64_t> prefill = {128, 512};
   std::string dir;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "bench_cpu_inference: %s needs a value\n", arg.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (arg == "--dir")
-      dir = value();
-    else if (arg == "--layers")
-      layers = std::stoll(value());
-    else if (arg == "--prefill")
-      prefill = parse_list(value());
-    else if (arg == "--decode")
-      decode_tokens = std::stoll(value());
-    else if (arg == "--context")
-      context = std::stoll(value());
-    else if (arg == "--runs")
-      runs = std::stoll(value());
-    else {
-      std::fprintf(stderr, "bench_cpu_inference: unknown argument %s (see the file header)\n",
-                   arg.c_str());
-      return 2;
-    }
+  CLI::App app{"bench_cpu_inference: CPU prefill and decode of a V2-Lite-shaped checkpoint"};
+  app.add_option("--dir", dir, "the checkpoint folder (written once when missing)");
+  app.add_option("--layers", layers)->check(dseek::cli::positive);
+  app.add_option("--prefill", prefill, "prefill lengths, e.g. 128,512")
+      ->delimiter(',')
+      ->check(dseek::cli::positive);
+  app.add_option("--decode", decode_tokens, "tokens to decode")->check(dseek::cli::positive);
+  app.add_option("--context", context, "prompt tokens before decoding")
+      ->check(dseek::cli::positive);
+  app.add_option("--runs", runs)->check(dseek::cli::positive);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
   }
   if (dir.empty()) dir = "bench_v2lite_" + std::to_string(layers) + "l";
   try {

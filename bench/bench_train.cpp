@@ -41,6 +41,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/validators.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "model/config.h"
@@ -67,18 +68,6 @@ struct Options {
   double mtp_lambda = 0.3;
   std::string write_configs;  // a directory: write the presets' config.json files and stop
 };
-
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  size_t pos = 0;
-  while (pos <= s.size()) {
-    size_t end = s.find(',', pos);
-    if (end == std::string::npos) end = s.size();
-    if (end > pos) out.push_back(s.substr(pos, end - pos));
-    pos = end + 1;
-  }
-  return out;
-}
 
 bool starts_with(const std::string& s, const std::string& prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
@@ -125,7 +114,7 @@ std::vector<int32_t> random_tokens(size_t n, int64_t vocab, Rng& rng) {
 }
 
 struct StepTiming {
-  double step_s = 0.0;   // mean seconds per optimizer step
+  double step_s = 0.0;     // mean seconds per optimizer step
   double fwd_bwd_s = 0.0;  // of which forward + backward
   double optim_s = 0.0;    // of which clipping + AdamW + zeroing
   double forward_s = 0.0;  // a forward alone on the same batch (timed apart from the step)
@@ -206,8 +195,8 @@ double sgemm_gflops(int64_t M, int64_t N, int64_t K, int threads) {
   for (int round = 0; round < 4; ++round) {  // round 0 warms up
     const auto t = Clock::now();
     for (int r = 0; r < reps; ++r)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(N), int(K), 1.0f,
-                  a.data(), int(K), b.data(), int(K), 0.0f, c.data(), int(N));
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(N), int(K), 1.0f, a.data(),
+                  int(K), b.data(), int(K), 0.0f, c.data(), int(N));
     const double gflops = flops * reps / since(t) / 1e9;
     if (round > 0) best = std::max(best, gflops);
   }
@@ -223,43 +212,28 @@ struct Row {
   int64_t gemm_m = 0, gemm_n = 0, gemm_k = 0;  // the shape-matched sgemm
 };
 
+// The flags of the file header; a bad one exits 2 with CLI11's message (--help lists them).
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "bench_train: %s needs a value\n", arg.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    auto integer = [&](int64_t min) {
-      const std::string v = value();
-      char* end = nullptr;
-      const long long n = std::strtoll(v.c_str(), &end, 10);
-      if (v.empty() || *end != '\0' || n < min) {
-        std::fprintf(stderr, "bench_train: %s %s: need an integer >= %lld\n", arg.c_str(),
-                     v.c_str(), (long long)min);
-        std::exit(2);
-      }
-      return int64_t(n);
-    };
-    if (arg == "--presets") o.presets = split(value());
-    else if (arg == "--vocab") o.vocab = integer(2);
-    else if (arg == "--seq-len") o.seq_len = integer(2);
-    else if (arg == "--batch") o.batch = integer(1);
-    else if (arg == "--steps") o.steps = integer(1);
-    else if (arg == "--warmup") o.warmup = integer(0);
-    else if (arg == "--naive-steps") o.naive_steps = integer(0);
-    else if (arg == "--threads") o.threads = integer(0);
-    else if (arg == "--seed") o.seed = integer(0);
-    else if (arg == "--mtp-lambda") o.mtp_lambda = std::atof(value().c_str());
-    else if (arg == "--write-configs") o.write_configs = value();
-    else {
-      std::fprintf(stderr, "bench_train: unknown argument %s (see the file header)\n", arg.c_str());
-      std::exit(2);
-    }
+  CLI::App app{"bench_train: CPU training steps of the presets, beside a naive step and sgemm"};
+  app.add_option("--presets", o.presets, "model presets, e.g. tiny,small")->delimiter(',');
+  app.add_option("--vocab", o.vocab)->check(dseek::cli::at_least(2));
+  app.add_option("--seq-len", o.seq_len)->check(dseek::cli::at_least(2));
+  app.add_option("--batch", o.batch)->check(dseek::cli::positive);
+  app.add_option("--steps", o.steps)->check(dseek::cli::positive);
+  app.add_option("--warmup", o.warmup)->check(dseek::cli::non_negative);
+  app.add_option("--naive-steps", o.naive_steps)->check(dseek::cli::non_negative);
+  app.add_option("--threads", o.threads, "OpenMP threads (0: the default)")
+      ->check(dseek::cli::non_negative);
+  app.add_option("--seed", o.seed)->check(dseek::cli::non_negative);
+  app.add_option("--mtp-lambda", o.mtp_lambda, "MTP loss weight (0: no MTP module)")
+      ->check(dseek::cli::non_negative);
+  app.add_option("--write-configs", o.write_configs,
+                 "write the presets' config.json files into this folder and stop");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::exit(app.exit(e) == 0 ? 0 : 2);
   }
   return o;
 }
@@ -300,9 +274,8 @@ int main(int argc, char** argv) {
       row.params = params.numel(true);
       row.active = active_params_per_token(config, mtp);
       row.tokens_per_step = o.batch * o.seq_len;
-      row.flops_per_step =
-          double(row.tokens_per_step) *
-          (6.0 * row.active + attention_flops_per_token(config, o.seq_len, mtp));
+      row.flops_per_step = double(row.tokens_per_step) *
+                           (6.0 * row.active + attention_flops_per_token(config, o.seq_len, mtp));
       row.gemm_m = row.tokens_per_step;
       row.gemm_n = 3 * config.hidden_size;
       row.gemm_k = config.hidden_size;
@@ -374,15 +347,17 @@ int main(int argc, char** argv) {
           r.config.c_str(), r.mode.c_str(), double(r.params) / 1e6, r.active / 1e6,
           (long long)r.tokens_per_step, r.timing.step_s * 1e3, r.timing.fwd_bwd_s * 1e3,
           r.timing.optim_s * 1e3, r.timing.forward_s * 1e3,
-          double(r.tokens_per_step) / r.timing.step_s, gflops,
-          100.0 * gflops / peak, 100.0 * gflops / shape_gflops(r));
+          double(r.tokens_per_step) / r.timing.step_s, gflops, 100.0 * gflops / peak,
+          100.0 * gflops / shape_gflops(r));
     }
     for (size_t i = 0; i + 1 < rows.size(); ++i)
       if (rows[i].config == rows[i + 1].config)
         std::printf("\n%s: batched step is %.2fx the naive one's speed", rows[i].config.c_str(),
                     rows[i + 1].timing.step_s / rows[i].timing.step_s);
-    std::printf("\n\n| sgemm M×N×K (C = A·Bᵀ, f32, OpenBLAS) | GFLOP/s, %d threads | "
-                "GFLOP/s, 1 thread |\n| --- | --- | --- |\n", threads);
+    std::printf(
+        "\n\n| sgemm M×N×K (C = A·Bᵀ, f32, OpenBLAS) | GFLOP/s, %d threads | "
+        "GFLOP/s, 1 thread |\n| --- | --- | --- |\n",
+        threads);
     for (const Gemm& g : gemms)
       std::printf("| %lld×%lld×%lld | %.1f | %.1f |\n", (long long)g.m, (long long)g.n,
                   (long long)g.k, g.all, g.one);

@@ -101,7 +101,7 @@ TEST(CliGenerate, BadFlagsFailWithAClearMessage) {
   // Number checks say what they want (cli/validators.h), not CLI11's range up to DBL_MAX.
   r = run_dseek_shell("generate --model " + model + " --ids 1 -n -3");
   EXPECT_NE(r.exit_code, 0);
-  EXPECT_NE(r.err.find("--max-new-tokens: must be 0 or above, got -3"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--max-new-tokens: must be at least 0, got -3"), std::string::npos) << r.err;
   r = run_dseek_shell("serve --model " + model + " --max-queue 0");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("--max-queue: must be above 0, got 0"), std::string::npos) << r.err;

@@ -9,21 +9,27 @@
 namespace dseek::cli {
 
 namespace detail {
-inline CLI::Validator number_check(bool zero_allowed) {
+// Values above `bound` (strict) or at least `bound`; `name` is what --help shows after the type.
+inline CLI::Validator number_check(double bound, bool strict, const std::string& name) {
   return CLI::Validator(
-      [zero_allowed](std::string& text) -> std::string {
+      [bound, strict, name](std::string& text) -> std::string {
         double x = 0;
         if (!CLI::detail::lexical_cast(text, x)) return "'" + text + "' is not a number";
-        if (zero_allowed ? x >= 0 : x > 0) return {};
-        return (zero_allowed ? "must be 0 or above, got " : "must be above 0, got ") + text;
+        if (strict ? x > bound : x >= bound) return {};
+        return "must be " + std::string(strict ? "above " : "at least ") +
+               name.substr(strict ? 1 : 2) + ", got " + text;
       },
-      zero_allowed ? ">=0" : ">0");
+      name);
 }
 }  // namespace detail
 
+// Values of `min` and above (an integer bound: --help shows ">=min").
+inline CLI::Validator at_least(long long min) {
+  return detail::number_check(double(min), false, ">=" + std::to_string(min));
+}
 // Values above 0.
-inline const CLI::Validator positive = detail::number_check(false);
+inline const CLI::Validator positive = detail::number_check(0.0, true, ">0");
 // Values of 0 and above.
-inline const CLI::Validator non_negative = detail::number_check(true);
+inline const CLI::Validator non_negative = at_least(0);
 
 }  // namespace dseek::cli
