@@ -50,6 +50,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/validators.h"
 #include "core/cuda.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -83,113 +84,45 @@ struct Options {
   double lr = 1e-4;
 };
 
+// The flags of the file header; a bad one exits 2 with CLI11's message (--help lists them).
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "bench_train_cuda: %s needs a value\n", arg.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    auto integer = [&](int64_t min) {
-      const std::string v = value();
-      char* end = nullptr;
-      const long long n = std::strtoll(v.c_str(), &end, 10);
-      if (v.empty() || *end != '\0' || n < min) {
-        std::fprintf(stderr, "bench_train_cuda: %s %s: need an integer >= %lld\n", arg.c_str(),
-                     v.c_str(), (long long)min);
-        std::exit(2);
-      }
-      return int64_t(n);
-    };
-    if (arg == "--shape")
-      o.shape = value();
-    else if (arg == "--layers")
-      o.layers = integer(1);
-    else if (arg == "--batch")
-      o.batch = integer(1);
-    else if (arg == "--seq")
-      o.seq = integer(2);
-    else if (arg == "--steps")
-      o.steps = integer(1);
-    else if (arg == "--warmup")
-      o.warmup = integer(0);
-    else if (arg == "--device")
-      o.device = value();
-    else if (arg == "--dtype")
-      o.dtype = value();
-    else if (arg == "--lr")
-      o.lr = std::atof(value().c_str());
-    else if (arg == "--seed")
-      o.seed = integer(0);
-    else if (arg == "--json")
-      o.json = value();
-    else if (arg == "--init")
-      o.init = value();
-    else if (arg == "--precision")
-      o.precision = value();
-    else if (arg == "--moments")
-      o.moments = value();
-    else if (arg == "--expert-grads")
-      o.expert_grads = value();
-    else if (arg == "--zero")
-      o.zero = value();
-    else if (arg == "--update")
-      o.update = value();
-    else if (arg == "--norm")
-      o.norm = value();
-    else if (arg == "--micro-batches")
-      o.micro_batches = integer(1);
-    else if (arg == "--write-config")
-      o.write_config = value();
-    else {
-      std::fprintf(stderr, "bench_train_cuda: unknown argument %s (see the file header)\n",
-                   arg.c_str());
-      std::exit(2);
-    }
-  }
-  if (o.device != "cuda" && o.device != "cpu") {
-    std::fprintf(stderr, "bench_train_cuda: --device %s: cuda or cpu\n", o.device.c_str());
-    std::exit(2);
-  }
-  if (o.init != "fast" && o.init != "normal") {
-    std::fprintf(stderr, "bench_train_cuda: --init %s: fast or normal\n", o.init.c_str());
-    std::exit(2);
-  }
-  if (o.precision != "default" && o.precision != "fp8") {
-    std::fprintf(stderr, "bench_train_cuda: --precision %s: default or fp8\n", o.precision.c_str());
-    std::exit(2);
-  }
-  if (o.moments != "f32" && o.moments != "bf16") {
-    std::fprintf(stderr, "bench_train_cuda: --moments %s: f32 or bf16\n", o.moments.c_str());
-    std::exit(2);
-  }
-  if (o.norm != "backward" && o.norm != "after") {
-    std::fprintf(stderr, "bench_train_cuda: --norm %s: backward or after\n", o.norm.c_str());
-    std::exit(2);
-  }
-  if (o.update != "async" && o.update != "sync") {
-    std::fprintf(stderr, "bench_train_cuda: --update %s: async or sync\n", o.update.c_str());
-    std::exit(2);
-  }
-  if (o.zero != "defer" && o.zero != "all") {
-    std::fprintf(stderr, "bench_train_cuda: --zero %s: defer or all\n", o.zero.c_str());
-    std::exit(2);
+  CLI::App app{"bench_train_cuda: one training step of a V2-Lite-shaped model (issue 10)"};
+  const auto one_of = [](std::initializer_list<std::string> names) {
+    return CLI::IsMember(std::vector<std::string>(names));
+  };
+  app.add_option("--shape", o.shape, "v2-lite, v3-width or tiny");
+  app.add_option("--layers", o.layers)->check(dseek::cli::positive);
+  app.add_option("--batch", o.batch, "sequences a step")->check(dseek::cli::positive);
+  app.add_option("--seq", o.seq, "tokens a sequence")->check(dseek::cli::at_least(2));
+  app.add_option("--steps", o.steps, "timed steps")->check(dseek::cli::positive);
+  app.add_option("--warmup", o.warmup, "untimed steps first")->check(dseek::cli::non_negative);
+  app.add_option("--device", o.device)->check(one_of({"cuda", "cpu"}));
+  app.add_option("--dtype", o.dtype, "bf16 (the GPU's default) or f32 (the CPU's)")
+      ->check(one_of({"bf16", "f32"}));
+  app.add_option("--lr", o.lr)->check(dseek::cli::positive);
+  app.add_option("--seed", o.seed)->check(dseek::cli::non_negative);
+  app.add_option("--json", o.json, "also write the figures to this file");
+  app.add_option("--init", o.init)->check(one_of({"fast", "normal"}));
+  app.add_option("--precision", o.precision)->check(one_of({"default", "fp8"}));
+  app.add_option("--moments", o.moments)->check(one_of({"f32", "bf16"}));
+  app.add_option("--expert-grads", o.expert_grads)->check(one_of({"f32", "bf16"}));
+  app.add_option("--zero", o.zero)->check(one_of({"defer", "all"}));
+  app.add_option("--update", o.update)->check(one_of({"async", "sync"}));
+  app.add_option("--norm", o.norm)->check(one_of({"backward", "after"}));
+  app.add_option("--micro-batches", o.micro_batches)->check(dseek::cli::positive);
+  app.add_option("--write-config", o.write_config, "write the shape's config.json and stop");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::exit(app.exit(e) == 0 ? 0 : 2);
   }
   if (o.dtype.empty()) o.dtype = o.device == "cuda" ? "bf16" : "f32";
-  if (!(o.expert_grads == "f32" || (o.expert_grads == "bf16" && o.device == "cuda" &&
-                                    o.dtype == "bf16" && o.precision == "default"))) {
+  if (o.expert_grads == "bf16" &&
+      !(o.device == "cuda" && o.dtype == "bf16" && o.precision == "default")) {
     std::fprintf(stderr,
-                 "bench_train_cuda: --expert-grads %s: f32, or bf16 with --device cuda --dtype "
-                 "bf16 --precision default\n",
-                 o.expert_grads.c_str());
-    std::exit(2);
-  }
-  if (o.dtype != "bf16" && o.dtype != "f32") {
-    std::fprintf(stderr, "bench_train_cuda: --dtype %s: bf16 or f32\n", o.dtype.c_str());
+                 "bench_train_cuda: --expert-grads bf16 needs --device cuda --dtype bf16 "
+                 "--precision default\n");
     std::exit(2);
   }
   return o;
@@ -348,7 +281,7 @@ int main(int argc, char** argv) {
       AdamWConfig adamw;
       adamw.moment_dtype = o.moments == "bf16" ? DType::BF16 : DType::F32;
       AdamW optimizer(params, adamw);
-      LossOptions loss;  // no balance loss: transformers' DeepseekV2 trains without one
+      LossOptions loss;         // no balance loss: transformers' DeepseekV2 trains without one
       loss.token_logp = false;  // as `dseek train`'s language-model steps
       Rng rng(uint64_t(o.seed) + 1);
       std::vector<double> step_s, fwd_bwd_s, optim_s;
@@ -429,9 +362,8 @@ int main(int argc, char** argv) {
       std::printf("\n| impl | ms/step (fwd+bwd + optim) | tokens/s | model TFLOP/s | loss |\n");
       std::printf("| --- | --- | --- | --- | --- |\n");
       std::printf("| dseek %s%s | %.1f (%.1f + %.1f) | %.0f | %.1f | %.3f |\n", o.dtype.c_str(),
-                  o.precision == "fp8" ? "+fp8" : "",
-                  step * 1e3, median(fwd_bwd_s) * 1e3, median(optim_s) * 1e3, tps,
-                  tps * flops_per_token / 1e12, last_loss);
+                  o.precision == "fp8" ? "+fp8" : "", step * 1e3, median(fwd_bwd_s) * 1e3,
+                  median(optim_s) * 1e3, tps, tps * flops_per_token / 1e12, last_loss);
       std::printf("medians of %lld steps after %lld warm-up; ln(vocab) = %.3f; update %s\n",
                   (long long)o.steps, (long long)o.warmup, std::log(double(config.vocab_size)),
                   o.update == "async" ? "async (overlapped with the next forward)" : "sync");
