@@ -18,12 +18,14 @@
 // Usage: bench_train_cuda [--shape v2-lite|v3-width|tiny] [--layers 4] [--batch 2] [--seq 2048]
 //            [--steps 5] [--warmup 2] [--device cuda|cpu] [--dtype bf16|f32] [--lr 1e-4]
 //            [--seed 0] [--init fast|normal] [--precision default|fp8] [--moments f32|bf16]
-//            [--expert-grads f32|bf16] [--zero defer|all] [--update async|sync] [--norm
-//            backward|after]
+//            [--expert-grads f32|bf16] [--grads f32|bf16] [--zero defer|all] [--update async|sync]
+//            [--norm backward|after]
 //            [--micro-batches 1] [--json FILE] [--write-config FILE]
 // --moments bf16 keeps AdamW's moments in bf16 (optim.moment_dtype bf16).
 // --expert-grads bf16 keeps the routed experts' weight gradients in bf16 (optim.expert_grad_dtype
 // bf16; ParamSet::bf16_expert_grads), as PyTorch's bf16 model keeps all of its gradients.
+// --grads bf16 keeps every weight gradient a GEMM writes in bf16: the routed experts', the
+// attention and MLP projections', the head's (optim.grad_dtype bf16; ParamSet::bf16_matrix_grads).
 // --micro-batches M accumulates M forward + backward passes of B × T tokens before each optimizer
 // step, as train.grad_accum does (the FP8 weights quantised once a step: Fp8WeightCacheScope).
 // --zero all writes every gradient's zeros after the step (zero_grad()); the default leaves the
@@ -76,6 +78,7 @@ struct Options {
   std::string precision = "default";  // default | fp8
   std::string moments = "f32";        // f32 | bf16: AdamW's moment dtype (optim.moment_dtype)
   std::string expert_grads = "f32";   // f32 | bf16: optim.expert_grad_dtype
+  std::string grads = "f32";          // f32 | bf16: optim.grad_dtype
   std::string zero = "defer";         // defer | all: zero_grad(true) or zero_grad()
   std::string update = "async";       // async | sync: AdamW::step_async or step
   std::string norm = "backward";      // backward | after: BackwardGradNorm or grad_norm
@@ -107,6 +110,7 @@ Options parse(int argc, char** argv) {
   app.add_option("--precision", o.precision)->check(one_of({"default", "fp8"}));
   app.add_option("--moments", o.moments)->check(one_of({"f32", "bf16"}));
   app.add_option("--expert-grads", o.expert_grads)->check(one_of({"f32", "bf16"}));
+  app.add_option("--grads", o.grads)->check(one_of({"f32", "bf16"}));
   app.add_option("--zero", o.zero)->check(one_of({"defer", "all"}));
   app.add_option("--update", o.update)->check(one_of({"async", "sync"}));
   app.add_option("--norm", o.norm)->check(one_of({"backward", "after"}));
@@ -118,13 +122,14 @@ Options parse(int argc, char** argv) {
     std::exit(app.exit(e) == 0 ? 0 : 2);
   }
   if (o.dtype.empty()) o.dtype = o.device == "cuda" ? "bf16" : "f32";
-  if (o.expert_grads == "bf16" &&
+  if ((o.expert_grads == "bf16" || o.grads == "bf16") &&
       !(o.device == "cuda" && o.dtype == "bf16" && o.precision == "default")) {
     std::fprintf(stderr,
-                 "bench_train_cuda: --expert-grads bf16 needs --device cuda --dtype bf16 "
-                 "--precision default\n");
+                 "bench_train_cuda: --expert-grads bf16 and --grads bf16 need --device cuda "
+                 "--dtype bf16 --precision default\n");
     std::exit(2);
   }
+  if (o.grads == "bf16") o.expert_grads = "bf16";
   return o;
 }
 
@@ -212,9 +217,9 @@ int main(int argc, char** argv) {
     std::printf(
         "%.3fB parameters, %.3fB active per token (non-embedding, head included); "
         "batch %lld x %lld tokens x %lld micro-batches, %s compute, f32 masters, AdamW (%s "
-        "moments, %s expert gradients), clip 1.0\n",
+        "moments, %s expert gradients, %s other matrices' gradients), clip 1.0\n",
         double(count.total) / 1e9, double(count.active) / 1e9, (long long)B, (long long)T,
-        (long long)M, o.dtype.c_str(), o.moments.c_str(), o.expert_grads.c_str());
+        (long long)M, o.dtype.c_str(), o.moments.c_str(), o.expert_grads.c_str(), o.grads.c_str());
     std::printf("model FLOPs per token %.3f GFLOP (6 x active %.3f + attention %.3f)\n",
                 flops_per_token / 1e9, 6.0 * double(count.active) / 1e9, attn_flops / 1e9);
     std::fflush(stdout);
@@ -230,6 +235,7 @@ int main(int argc, char** argv) {
                           {"precision", o.precision},
                           {"moments", o.moments},
                           {"expert_grads", o.expert_grads},
+                          {"grads", o.grads},
                           {"update", o.update},
                           {"norm", o.norm},
                           {"device", o.device},
@@ -270,7 +276,9 @@ int main(int argc, char** argv) {
       if (device == Device::CUDA && split_masters_enabled())
         std::printf("split masters: %lld (DSEEK_SPLIT_MASTERS=0: whole)\n",
                     (long long)params.split_masters());
-      if (o.expert_grads == "bf16")
+      if (o.grads == "bf16")
+        std::printf("bf16 matrix gradients: %lld\n", (long long)params.bf16_matrix_grads());
+      else if (o.expert_grads == "bf16")
         std::printf("bf16 expert gradients: %lld\n", (long long)params.bf16_expert_grads());
       sync(device);
       const double move_s = seconds_since(t0);

@@ -94,6 +94,19 @@ TEST(Grad, LinearStoredWeightDtypesAndSkippedGradients) {
   EXPECT_THROW(ops::linear_backward(x, w, nonzero_tensor({2, 3, 6}, rng)), Error);
   Tensor bad = Tensor::poisoned({19, 7});
   EXPECT_THROW(ops::linear_backward_into(x, w, r, nullptr, &bad, nullptr, false), Error);
+  // dW into bf16 (train::ParamSet::bf16_matrix_grads): the f32 dW rounded once, from the old
+  // value when accumulating; an f16 dW is an error.
+  const Tensor start = nonzero_tensor({7, 19}, rng).to(DType::BF16);
+  for (bool accumulate : {false, true}) {
+    Tensor dw32 = accumulate ? start.to(DType::F32) : Tensor::poisoned({7, 19});
+    Tensor dw16 = accumulate ? start.clone() : Tensor::poisoned({7, 19}, DType::BF16);
+    ops::linear_backward_into(x, w, r, nullptr, &dw32, nullptr, accumulate);
+    ops::linear_backward_into(x, w, r, nullptr, &dw16, nullptr, accumulate);
+    EXPECT_EQ(dw16.to(DType::F32).to_vector(), dw32.to(DType::BF16).to(DType::F32).to_vector())
+        << (accumulate ? "accumulated" : "overwritten");
+  }
+  Tensor f16 = Tensor::zeros({7, 19}, DType::F16);
+  EXPECT_THROW(ops::linear_backward_into(x, w, r, nullptr, &f16, nullptr, false), Error);
 }
 
 TEST(Grad, SiluMulMatchesFiniteDifferences) {

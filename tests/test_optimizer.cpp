@@ -214,6 +214,29 @@ TEST(Optimizer, Bf16GradientsStepLikeTheirF32Values) {
             DType::F32);
   EXPECT_EQ(experts.at("model.layers.1.mlp.gate.weight").grad.dtype(), DType::F32);
   EXPECT_EQ(experts.bf16_expert_grads(), 0);  // already bf16
+
+  // bf16_matrix_grads: also every other matrix with a bf16 compute copy (the shared expert, the
+  // head, an attention projection), not the router, the norm or the embeddings (untied: no copy;
+  // tied: its scatter-add needs f32).
+  ParamSet all;
+  all.add("model.embed_tokens.weight", Tensor::zeros({16, 8}), true, true);
+  all.add("model.layers.1.self_attn.q_proj.weight", Tensor::zeros({8, 8}), true, true);
+  all.add("model.layers.1.input_layernorm.weight", Tensor::zeros({8}), true, false);
+  all.add("model.layers.1.mlp.experts.0.gate_proj.weight", Tensor::zeros({4, 8}), true, true);
+  all.add("model.layers.1.mlp.shared_experts.up_proj.weight", Tensor::zeros({4, 8}), true, true);
+  all.add("model.layers.1.mlp.gate.weight", Tensor::zeros({2, 8}), true, true);
+  all.add("lm_head.weight", Tensor::zeros({16, 8}), true, true);
+  all.set_compute_dtype(DType::BF16);  // copies for all matrices but the router
+  ASSERT_TRUE(all.at("model.embed_tokens.weight").compute.defined());  // as if tied
+  EXPECT_EQ(all.bf16_matrix_grads(), 4);
+  for (const char* name :
+       {"model.layers.1.self_attn.q_proj.weight", "model.layers.1.mlp.experts.0.gate_proj.weight",
+        "model.layers.1.mlp.shared_experts.up_proj.weight", "lm_head.weight"})
+    EXPECT_EQ(all.at(name).grad.dtype(), DType::BF16) << name;
+  for (const char* name : {"model.embed_tokens.weight", "model.layers.1.input_layernorm.weight",
+                           "model.layers.1.mlp.gate.weight"})
+    EXPECT_EQ(all.at(name).grad.dtype(), DType::F32) << name;
+  EXPECT_EQ(all.bf16_matrix_grads(), 0);
 }
 
 TEST(Optimizer, StateLoadsAcrossMomentDtypes) {

@@ -429,7 +429,11 @@ TEST_F(TrainCli, ErrorsNameTheSettingFileOrDirectory) {
   expect_error(train_args(run, 2, {"--set", "optim.expert_grad_dtype=fp16"}),
                "optim.expert_grad_dtype: expected f32 or bf16, got 'fp16'");
   expect_error(train_args(run, 2, {"--set", "optim.expert_grad_dtype=bf16"}),
-               "bf16 expert gradients need train.device cuda");
+               "optim.expert_grad_dtype bf16: bf16 gradients need train.device cuda");
+  expect_error(train_args(run, 2, {"--set", "optim.grad_dtype=f16"}),
+               "optim.grad_dtype: expected f32 or bf16, got 'f16'");
+  expect_error(train_args(run, 2, {"--set", "optim.grad_dtype=bf16"}),
+               "optim.grad_dtype bf16: bf16 gradients need train.device cuda");
   const fs::path toml = dir.path / "bad.toml";
   std::ofstream(toml) << "[optim]\nlr = 3e-3\nschedule = \"cosine\n[train]\nsteps = 2\n";
   expect_error(train_args(run, 2, {"--config", toml.string()}), toml.string() + ":3:");

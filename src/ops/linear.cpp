@@ -1,6 +1,7 @@
 #include "ops/linear.h"
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "core/error.h"
@@ -141,9 +142,13 @@ void linear_backward_into(const Tensor& x, const Tensor& weight, const Tensor& d
   DSEEK_CHECK(weight.strides()[1] == 1 || in <= 1, "[linear] weight columns must be contiguous");
   const int64_t ldw = out > 1 ? weight.strides()[0] : in;
   DSEEK_CHECK(ldw >= in, "[linear] weight rows overlap (stride {} < {})", ldw, in);
-  // dx is an activation gradient (act); parameter gradients are f32 (master weights).
+  // dx is an activation gradient (act); parameter gradients are f32 (master weights), or for dW
+  // bf16 (train::ParamSet::bf16_matrix_grads: the f32 sum rounded once).
   check_grad_buffer(dx, x.shape(), act, "dx");
-  check_grad_buffer(dweight, weight.shape(), DType::F32, "dweight");
+  check_grad_buffer(
+      dweight, weight.shape(),
+      dweight && dweight->defined() && dweight->dtype() == DType::BF16 ? DType::BF16 : DType::F32,
+      "dweight");
   check_grad_buffer(dbias, Shape{out}, DType::F32, "dbias");
 
   const int64_t T = x.numel() / std::max<int64_t>(in, 1);
@@ -159,8 +164,8 @@ void linear_backward_into(const Tensor& x, const Tensor& weight, const Tensor& d
     if (dx)
       cuda::linear_backward_dx(dyc.raw(), rows, out, weight.raw(), ldw, in, dx->raw(), beta, act);
     if (dweight)
-      cuda::linear_backward_dw(dyc.raw(), xc.raw(), rows, out, in, dweight->data<float>(), beta,
-                               act);
+      cuda::linear_backward_dw(dyc.raw(), xc.raw(), rows, out, in, dweight->raw(), beta, act,
+                               dweight->dtype());
     if (dbias) cuda::linear_backward_dbias(dyc.raw(), rows, out, dbias->data<float>(), beta, act);
     return;
 #else
@@ -168,9 +173,9 @@ void linear_backward_into(const Tensor& x, const Tensor& weight, const Tensor& d
 #endif
   }
   if (T == 0 || in == 0 || out == 0) {
-    // Empty sums: gradients are zero (or unchanged when accumulating).
+    // Empty sums: gradients are zero (or unchanged when accumulating); +0 is all-zero bytes.
     for (Tensor* g : {dx, dweight, dbias})
-      if (g && !accumulate && g->numel() > 0) std::fill_n(g->data<float>(), g->numel(), 0.0f);
+      if (g && !accumulate && g->numel() > 0) std::memset(g->raw(), 0, g->nbytes());
     return;
   }
   const Tensor dyc = dy.is_contiguous() ? dy : dy.contiguous();
@@ -179,8 +184,13 @@ void linear_backward_into(const Tensor& x, const Tensor& weight, const Tensor& d
                             beta);
   if (dweight) {
     const Tensor xc = x.is_contiguous() ? x : x.contiguous();
-    cpu::linear_backward_dw(dyc.data<float>(), xc.data<float>(), T, out, in, dweight->data<float>(),
+    // A bf16 dW: the f32 sum (from the old value when accumulating), rounded once.
+    const bool bf16 = dweight->dtype() == DType::BF16;
+    Tensor dw32 =
+        bf16 ? (accumulate ? dweight->to(DType::F32) : Tensor::empty(weight.shape())) : *dweight;
+    cpu::linear_backward_dw(dyc.data<float>(), xc.data<float>(), T, out, in, dw32.data<float>(),
                             beta);
+    if (bf16) dweight->copy_from(dw32.to(DType::BF16));
   }
   if (dbias) {
     float* db = dbias->data<float>();

@@ -253,6 +253,18 @@ void ParamSet::join_masters() {
   for (Param& p : params_) join_master(p);
 }
 
+namespace {
+
+// p's gradient as bf16 zeros (zero_grad's state).
+void make_grad_bf16(Param& p) {
+  p.grad = Tensor::zeros(p.grad.shape(), DType::BF16, p.grad.device());
+  p.grad_zero = true;
+  p.grad_overwritten = false;
+  p.grad_stale = false;
+}
+
+}  // namespace
+
 int64_t ParamSet::bf16_expert_grads() {
   await_all();
   int64_t changed = 0;
@@ -260,10 +272,19 @@ int64_t ParamSet::bf16_expert_grads() {
     if (!p.trainable || !p.grad.defined() || p.grad.dtype() != DType::F32 ||
         routed_expert_of(p.name) < 0)
       continue;
-    p.grad = Tensor::zeros(p.grad.shape(), DType::BF16, p.grad.device());
-    p.grad_zero = true;
-    p.grad_overwritten = false;
-    p.grad_stale = false;
+    make_grad_bf16(p);
+    ++changed;
+  }
+  return changed;
+}
+
+int64_t ParamSet::bf16_matrix_grads() {
+  int64_t changed = bf16_expert_grads();
+  for (Param& p : params_) {
+    if (!p.trainable || !p.grad.defined() || p.grad.dtype() != DType::F32 || !p.compute.defined() ||
+        p.grad.dim() != 2 || p.grad_rows.defined() || p.name.ends_with("embed_tokens.weight"))
+      continue;
+    make_grad_bf16(p);
     ++changed;
   }
   return changed;

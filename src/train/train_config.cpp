@@ -101,6 +101,7 @@ const std::vector<Binding>& bindings() {
       field("optim.grad_clip", "global gradient-norm clip (0: off)", &TrainConfig::grad_clip),
       field("optim.moment_dtype", "f32, or bf16: AdamW's first and second moments stored in bf16 (DeepSeek-V3's choice; half their memory and optimizer traffic; one process only)", &TrainConfig::moment_dtype),
       field("optim.expert_grad_dtype", "f32, or bf16: the routed experts' weight gradients stored in bf16 (PyTorch's bf16 gradients; half the bytes the grouped wgrad stores and 2 a parameter less for the update; one GPU, bf16 compute, not with precision fp8)", &TrainConfig::expert_grad_dtype),
+      field("optim.grad_dtype", "f32, or bf16: every weight gradient a GEMM writes stored in bf16 (the routed experts', as optim.expert_grad_dtype, and the attention and MLP projections', the head's; the embedding, norms and routers keep f32; one GPU, bf16 compute, not with precision fp8)", &TrainConfig::grad_dtype),
       field("moe.bias_update_speed", "γ of auxiliary-loss-free balancing, a schedule (\"0.001\", \"0.001,0@900\"); 0 freezes the bias", &TrainConfig::bias_update_speed),
       field("moe.aux_loss", "auxiliary balance loss: none | sequence (V3) | expert | device (DeepSeekMoE)", &TrainConfig::aux_loss),
       field("moe.aux_alpha", "weight α of the auxiliary balance loss", &TrainConfig::aux_alpha),
@@ -316,15 +317,16 @@ void validate_train_config(const TrainConfig& c) {
   DSEEK_CHECK(c.grad_clip >= 0, "[train] optim.grad_clip: must be >= 0");
   DSEEK_CHECK(c.moment_dtype == "f32" || c.moment_dtype == "bf16",
               "[train] optim.moment_dtype: expected f32 or bf16, got '{}'", c.moment_dtype);
-  DSEEK_CHECK(c.expert_grad_dtype == "f32" || c.expert_grad_dtype == "bf16",
-              "[train] optim.expert_grad_dtype: expected f32 or bf16, got '{}'",
-              c.expert_grad_dtype);
-  DSEEK_CHECK(c.expert_grad_dtype == "f32" || (c.device == "cuda" && c.precision != "fp8" &&
-                                               c.compute_dtype == "bf16"),
-              "[train] optim.expert_grad_dtype bf16: bf16 expert gradients need train.device "
-              "cuda, compute dtype bf16 and precision default (got device {}, compute {}, "
-              "precision {})",
-              c.device, c.compute_dtype, c.precision);
+  for (const auto& [name, value] : {std::pair{"optim.expert_grad_dtype", c.expert_grad_dtype},
+                                    {"optim.grad_dtype", c.grad_dtype}}) {
+    DSEEK_CHECK(value == "f32" || value == "bf16", "[train] {}: expected f32 or bf16, got '{}'",
+                name, value);
+    DSEEK_CHECK(value == "f32" ||
+                    (c.device == "cuda" && c.precision != "fp8" && c.compute_dtype == "bf16"),
+                "[train] {} bf16: bf16 gradients need train.device cuda, compute dtype bf16 and "
+                "precision default (got device {}, compute {}, precision {})",
+                name, c.device, c.compute_dtype, c.precision);
+  }
   DSEEK_CHECK(c.min_lr_ratio >= 0 && c.min_lr_ratio <= 1,
               "[train] optim.min_lr_ratio: must be in [0, 1], got {}", c.min_lr_ratio);
   LrSchedule lr;

@@ -56,6 +56,7 @@ struct TrainConfig {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1, grad_clip = 1.0;
   std::string moment_dtype = "f32";  // f32 | bf16: AdamW's moments (one process)
   std::string expert_grad_dtype = "f32";  // f32 | bf16: routed experts' weight gradients (1 GPU)
+  std::string grad_dtype = "f32";         // f32 | bf16: every GEMM-written weight gradient (1 GPU)
   // [moe]
   std::string bias_update_speed = "0.001";  // γ schedule ("0.001", "0.001,0@900"); 0 freezes
   std::string aux_loss = "none";            // none | sequence | expert | device

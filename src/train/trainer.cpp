@@ -415,10 +415,10 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
               "[train] optim.moment_dtype bf16: one process only (the ZeRO-1, expert-parallel "
               "and pipeline optimizers keep and gather f32 moments); got {} MPI ranks",
               ranks);
-  DSEEK_CHECK(cfg.expert_grad_dtype == "f32" || (ranks == 1 && !synth),
-              "[train] optim.expert_grad_dtype bf16: one process only, without a synthesised "
-              "operator (the distributed optimizers reduce f32 gradients); got {} MPI ranks",
-              ranks);
+  DSEEK_CHECK((cfg.expert_grad_dtype == "f32" && cfg.grad_dtype == "f32") || (ranks == 1 && !synth),
+              "[train] optim.{} bf16: one process only, without a synthesised operator (the "
+              "distributed optimizers reduce f32 gradients); got {} MPI ranks",
+              cfg.grad_dtype == "bf16" ? "grad_dtype" : "expert_grad_dtype", ranks);
   // One process: AdamW over every parameter. N ranks: ZeRO-1, each rank the moments of its shard.
   // Pipelines: each stage's own parameters, AdamW with one pipeline, ZeRO-1 over the stage's
   // replicas with several.
@@ -506,7 +506,10 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
                    "the low 16 bits (DSEEK_SPLIT_MASTERS=0: whole)\n",
                    split);
     }
-    if (optimizer && cfg.expert_grad_dtype == "bf16") {
+    if (optimizer && cfg.grad_dtype == "bf16") {
+      const int64_t n = params.bf16_matrix_grads();
+      if (lead) fmt::print(stderr, "[train] bf16 weight gradients: {} matrices\n", n);
+    } else if (optimizer && cfg.expert_grad_dtype == "bf16") {
       const int64_t n = params.bf16_expert_grads();
       if (lead)
         fmt::print(stderr, "[train] bf16 expert gradients: {} routed experts' matrices\n", n);

@@ -207,6 +207,18 @@ TEST(BackendOps, LinearBackward) {
             "linear_backward dw" + mode, shape, act,
             accumulate ? Tensor::from_vector(plus(want.dweight, dw0), {c.out, c.in}) : want.dweight,
             dw, gemm_tolerance(c.T, kProductRms, DType::F32));
+        // dW into bf16 (train::ParamSet::bf16_matrix_grads): the f32 sum, from the old value when
+        // accumulating, rounded once — within bf16's rounding of the f32 result.
+        const Tensor dw0_16 = rounded(dw0, DType::BF16);
+        Tensor dw16 = accumulate ? on_gpu(dw0_16, DType::BF16)
+                                 : Tensor::poisoned({c.out, c.in}, DType::BF16, Device::CUDA);
+        ops::linear_backward_into(on_gpu(x, act), strided_weight(w_full, c.in, act),
+                                  on_gpu(dy, act), nullptr, &dw16, nullptr, accumulate);
+        ASSERT_EQ(dw16.dtype(), DType::BF16);
+        expect_close("linear_backward dw into bf16" + mode, shape, act,
+                     accumulate ? Tensor::from_vector(plus(want.dweight, dw0_16), {c.out, c.in})
+                                : want.dweight,
+                     dw16, gemm_tolerance(c.T, kProductRms, DType::BF16));
         if (c.bias)
           expect_close(
               "linear_backward dbias" + mode, shape, act,

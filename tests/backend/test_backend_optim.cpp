@@ -1163,30 +1163,37 @@ TEST(BackendTrainCli, GpuTrainingFollowsTheCpuAndItsCheckpointResumesOnTheCpu) {
   EXPECT_NE(r.err.find("(step 2)"), std::string::npos) << r.err;
   ASSERT_EQ(read_metrics(bf16_run).size(), 3u);
 
-  // bf16 expert gradients (optim.expert_grad_dtype bf16): the same first loss (the forward reads
-  // no gradient), then the bf16 run's within bf16's rounding of the experts' gradients.
-  const fs::path grads_run = d.root / "bf16_grads";
-  r = run_dseek(
-      train_args(d, grads_run, 2, "cuda",
-                 {"--set", "train.compute_dtype=bf16", "--set", "optim.expert_grad_dtype=bf16"}));
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.err.find("[train] bf16 expert gradients: "), std::string::npos) << r.err;
-  EXPECT_EQ(r.err.find("[train] bf16 expert gradients: 0 "), std::string::npos) << r.err;
-  const std::vector<nlohmann::json> grads16 = read_metrics(grads_run);
-  ASSERT_EQ(grads16.size(), 2u);
-  for (int s = 0; s < 2; ++s) {
-    const double want = bf16[s].at("loss").get<double>(), got = grads16[s].at("loss").get<double>();
-    const double gn_want = bf16[s].at("grad_norm").get<double>();
-    const double gn_got = grads16[s].at("grad_norm").get<double>();
-    std::printf(
-        "[backend] train step %d bf16, expert gradients bf16: loss %.6f (f32 gradients "
-        "%.6f), grad_norm %.5f (%.5f)\n",
-        s + 1, got, want, gn_got, gn_want);
-    if (s == 0) {
-      EXPECT_EQ(got, want);
+  // bf16 expert gradients (optim.expert_grad_dtype bf16), then every GEMM-written weight
+  // gradient in bf16 (optim.grad_dtype bf16): the same first loss (the forward reads no
+  // gradient), then the bf16 runs' within bf16's rounding of the gradients.
+  for (const auto& [setting, logged] :
+       {std::pair{"optim.expert_grad_dtype", "[train] bf16 expert gradients: "},
+        {"optim.grad_dtype", "[train] bf16 weight gradients: "}}) {
+    SCOPED_TRACE(setting);
+    const fs::path grads_run = d.root / (std::string("bf16_") + setting);
+    r = run_dseek(
+        train_args(d, grads_run, 2, "cuda",
+                   {"--set", "train.compute_dtype=bf16", "--set", std::string(setting) + "=bf16"}));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.err.find(logged), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find(std::string(logged) + "0 "), std::string::npos) << r.err;
+    const std::vector<nlohmann::json> grads16 = read_metrics(grads_run);
+    ASSERT_EQ(grads16.size(), 2u);
+    for (int s = 0; s < 2; ++s) {
+      const double want = bf16[s].at("loss").get<double>(),
+                   got = grads16[s].at("loss").get<double>();
+      const double gn_want = bf16[s].at("grad_norm").get<double>();
+      const double gn_got = grads16[s].at("grad_norm").get<double>();
+      std::printf(
+          "[backend] train step %d bf16, %s bf16: loss %.6f (f32 gradients %.6f), "
+          "grad_norm %.5f (%.5f)\n",
+          s + 1, setting, got, want, gn_got, gn_want);
+      if (s == 0) {
+        EXPECT_EQ(got, want);
+      }
+      EXPECT_NEAR(got, want, 1e-3 * want) << "step " << s + 1;
+      EXPECT_NEAR(gn_got, gn_want, 1e-2 * gn_want) << "step " << s + 1;
     }
-    EXPECT_NEAR(got, want, 1e-3 * want) << "step " << s + 1;
-    EXPECT_NEAR(gn_got, gn_want, 1e-2 * gn_want) << "step " << s + 1;
   }
 
   // More ranks on a node than GPUs is an error naming the rule (where this dseek can start ranks

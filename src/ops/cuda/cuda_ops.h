@@ -97,12 +97,13 @@ void embedding_backward(const int32_t* ids, int64_t T, int64_t D, const void* dy
 // GEMM with f32 accumulation, or f32 GEMM); bias (nullable) in bias_dtype. f32 accumulation.
 void linear(const void* x, int64_t T, int64_t in, const void* w, int64_t ldw, int64_t out,
             const void* bias, DType bias_dtype, void* y, DType act);
-// dx[T, in] (+)= dy·W (in act; beta 0 or 1);  dw[out, in] (+)= dyᵀ·x (f32, ld = in; beta 0 or 1);
+// dx[T, in] (+)= dy·W (in act; beta 0 or 1);  dw[out, in] (+)= dyᵀ·x (dw_dtype f32, or bf16:
+// the f32 sum, the old value added in f32 when beta is 1, rounded once; ld = in; beta 0 or 1);
 // dbias[out] (+)= Σ_t dy[t] (f32, nullable).
 void linear_backward_dx(const void* dy, int64_t T, int64_t out, const void* w, int64_t ldw,
                         int64_t in, void* dx, float beta, DType act);
-void linear_backward_dw(const void* dy, const void* x, int64_t T, int64_t out, int64_t in,
-                        float* dw, float beta, DType act);
+void linear_backward_dw(const void* dy, const void* x, int64_t T, int64_t out, int64_t in, void* dw,
+                        float beta, DType act, DType dw_dtype = DType::F32);
 void linear_backward_dbias(const void* dy, int64_t T, int64_t out, float* dbias, float beta,
                            DType act);
 // y[i] = act(y[i] + x[i]) for n elements, x f32, one rounding (linear_kernels.cu): how

@@ -421,15 +421,18 @@ void linear_backward_dx(const void* dy, int64_t T, int64_t out, const void* w, i
   dseek::cuda::free(product);
 }
 
-void linear_backward_dw(const void* dy, const void* x, int64_t T, int64_t out, int64_t in,
-                        float* dw, float beta, DType act) {
+void linear_backward_dw(const void* dy, const void* x, int64_t T, int64_t out, int64_t in, void* dw,
+                        float beta, DType act, DType dw_dtype) {
+  DSEEK_CHECK(dw_dtype == DType::F32 || dw_dtype == DType::BF16,
+              "[linear] dW must be f32 or bf16, got {}", dtype_name(dw_dtype));
   if (out == 0 || in == 0) return;
   if (T == 0) {
-    if (beta == 0.0f) dseek::cuda::fill_bytes(dw, 0, size_t(out * in) * sizeof(float));
+    if (beta == 0.0f) dseek::cuda::fill_bytes(dw, 0, size_t(out * in) * dtype_size(dw_dtype));
     return;
   }
-  run(Gemm{"dw", false, true, in, out, T, x, in, dy, out, dw, in, cuda_type(act), CUDA_R_32F,
-           nullptr, beta});
+  // A bf16 D (and C, when accumulating): cuBLASLt sums in f32 and rounds the result once.
+  run(Gemm{"dw", false, true, in, out, T, x, in, dy, out, dw, in, cuda_type(act),
+           dw_dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F, nullptr, beta});
 }
 
 // Per head h, row-major out_h [T, N] (rows out_t apart) = x_h [T, K] (rows x_t apart) · w_h [K, N]:
