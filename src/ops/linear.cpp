@@ -163,9 +163,17 @@ void linear_backward_into(const Tensor& x, const Tensor& weight, const Tensor& d
     const Tensor xc = x.is_contiguous() ? x : x.contiguous();
     if (dx)
       cuda::linear_backward_dx(dyc.raw(), rows, out, weight.raw(), ldw, in, dx->raw(), beta, act);
-    if (dweight)
+    if (dweight && dweight->dtype() == DType::BF16 && act != DType::BF16) {
+      // cuBLASLt has no f32 × f32 → bf16 GEMM: the f32 dW (from the old value when
+      // accumulating), rounded once, as on the CPU.
+      Tensor dw32 = accumulate ? dweight->to(DType::F32)
+                               : Tensor::empty(weight.shape(), DType::F32, Device::CUDA);
+      cuda::linear_backward_dw(dyc.raw(), xc.raw(), rows, out, in, dw32.raw(), beta, act);
+      dweight->copy_from(dw32.to(DType::BF16));
+    } else if (dweight) {
       cuda::linear_backward_dw(dyc.raw(), xc.raw(), rows, out, in, dweight->raw(), beta, act,
                                dweight->dtype());
+    }
     if (dbias) cuda::linear_backward_dbias(dyc.raw(), rows, out, dbias->data<float>(), beta, act);
     return;
 #else
