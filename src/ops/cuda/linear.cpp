@@ -430,7 +430,9 @@ void linear_backward_dw(const void* dy, const void* x, int64_t T, int64_t out, i
     if (beta == 0.0f) dseek::cuda::fill_bytes(dw, 0, size_t(out * in) * dtype_size(dw_dtype));
     return;
   }
-  // A bf16 D (and C, when accumulating): cuBLASLt sums in f32 and rounds the result once.
+  // A bf16 D (and C, when accumulating): cuBLASLt sums in f32 and rounds the result; adding to a
+  // bf16 C, the old value and the new sum may round apart (within one bf16 unit; an H100 showed
+  // up to 0.75), as PyTorch's bf16 .grad accumulation does.
   run(Gemm{"dw", false, true, in, out, T, x, in, dy, out, dw, in, cuda_type(act),
            dw_dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F, nullptr, beta});
 }
