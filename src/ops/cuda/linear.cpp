@@ -431,8 +431,8 @@ void linear_backward_dw(const void* dy, const void* x, int64_t T, int64_t out, i
     return;
   }
   // A bf16 D (and C, when accumulating): cuBLASLt sums in f32 and rounds the result; adding to a
-  // bf16 C, the old value and the new sum may round apart (within one bf16 unit; an H100 showed
-  // up to 0.75), as PyTorch's bf16 .grad accumulation does.
+  // bf16 C, it rounds the new sum before the add (an H100's results: within half a bf16 unit of
+  // each), as PyTorch's bf16 .grad accumulation does.
   run(Gemm{"dw", false, true, in, out, T, x, in, dy, out, dw, in, cuda_type(act),
            dw_dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F, nullptr, beta});
 }
