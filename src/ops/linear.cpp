@@ -143,7 +143,8 @@ void linear_backward_into(const Tensor& x, const Tensor& weight, const Tensor& d
   const int64_t ldw = out > 1 ? weight.strides()[0] : in;
   DSEEK_CHECK(ldw >= in, "[linear] weight rows overlap (stride {} < {})", ldw, in);
   // dx is an activation gradient (act); parameter gradients are f32 (master weights), or for dW
-  // bf16 (train::ParamSet::bf16_matrix_grads: the f32 sum rounded once).
+  // bf16 (train::ParamSet::bf16_matrix_grads: the f32 sum rounded; accumulating on the GPU over
+  // bf16 inputs, rounded before the old value is added, as PyTorch does).
   check_grad_buffer(dx, x.shape(), act, "dx");
   check_grad_buffer(
       dweight, weight.shape(),

@@ -30,10 +30,11 @@ struct LinearGrads {
 LinearGrads linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy,
                             bool with_bias = false);
 
-// The same into caller-owned contiguous tensors of the right shapes (dx in act, dW and db f32); a
-// null pointer skips that gradient (a frozen weight, an input that needs none). With `accumulate`
-// each gradient is added to what the tensor holds (gradient accumulation; an input used twice),
-// else it is overwritten.
+// The same into caller-owned contiguous tensors of the right shapes (dx in act, dW f32 or bf16,
+// db f32); a null pointer skips that gradient (a frozen weight, an input that needs none). With
+// `accumulate` each gradient is added to what the tensor holds (gradient accumulation; an input
+// used twice), else it is overwritten. A bf16 dW is the f32 sum rounded (on the GPU over bf16
+// inputs, rounded before the old value is added, as PyTorch accumulates bf16 gradients).
 void linear_backward_into(const Tensor& x, const Tensor& weight, const Tensor& dy, Tensor* dx,
                           Tensor* dweight, Tensor* dbias, bool accumulate);
 

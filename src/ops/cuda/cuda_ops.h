@@ -98,7 +98,7 @@ void embedding_backward(const int32_t* ids, int64_t T, int64_t D, const void* dy
 void linear(const void* x, int64_t T, int64_t in, const void* w, int64_t ldw, int64_t out,
             const void* bias, DType bias_dtype, void* y, DType act);
 // dx[T, in] (+)= dy·W (in act; beta 0 or 1);  dw[out, in] (+)= dyᵀ·x (dw_dtype f32, or bf16:
-// the f32 sum, the old value added in f32 when beta is 1, rounded once; ld = in; beta 0 or 1);
+// the f32 sum rounded, before the old value is added when beta is 1; ld = in; beta 0 or 1);
 // dbias[out] (+)= Σ_t dy[t] (f32, nullable).
 void linear_backward_dx(const void* dy, int64_t T, int64_t out, const void* w, int64_t ldw,
                         int64_t in, void* dx, float beta, DType act);
