@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A/B runs on the GPU machine of binaries built elsewhere (scripts/device/pack_binaries.sh) and
 # carried there: the backend tests, training steps, kernel profiles, transformers' training step
-# and batch-1 decode, each variant beside the others in one call, logs into $OUT.
+# and batch-1 decode, each variant beside the others in one call: what it prints also in
+# $OUT/summary.txt, the logs (tests, each variant, kernel profiles, traces) in $OUT/logs.tar.xz.
 #   [VARIABLES] scripts/device/ab_run.sh PARTS        (from the repository root)
 # PARTS: a comma list of tests, train, trainprof, torchtrain, decode.
 # Binary sets: "default" from $BIN_TAR (.devcarry/bin.tar.xz), "base" from $BASE_TAR
@@ -94,25 +95,33 @@ decode_one() {
     >"$OUT/decode_$1.log" 2>&1
   grep -E '^\|' "$OUT/decode_$1.log" | head -n 14
 }
-if has tests; then
-  echo "== tests ${TEST_FILTER:-*}"
-  in_set default timeout $(($(left) - 20)) /tmp/default/dseek_backend_tests \
-    --gtest_filter="${TEST_FILTER:-*}" >"$OUT/tests.log" 2>&1
-  echo "tests: exit $?"
-  grep -E '^\[ +(OK|FAILED|PASSED|SKIPPED) |^\[backend\].*(FAIL|differ)' "$OUT/tests.log" | tail -60
-fi
-has train && each train "${TRAIN_ONLY:-default}" 60 train_one
-has trainprof && each trainprof "${PROF_ONLY:-default}" 60 trainprof_one
-if has torchtrain; then
-  if (($(left) > 150)); then
-    echo "== transformers' training step"
-    /tmp/default/bench_train_cuda --write-config "$OUT/v2_lite_4.json" --layers 4 >/dev/null
-    timeout $(($(left) - 10)) python3 bench/issue10_torch.py --config "$OUT/v2_lite_4.json" \
-      --what train --train-layers 4 --batch 2 --seq 2048 --steps 5 --warmup 2 >"$OUT/torch.log" 2>&1
-    grep -E '^\|' "$OUT/torch.log" | tail -6
-  else
-    echo "no time left for transformers"
+# Every part's lines also go to $OUT/summary.txt, and the logs into one $OUT/logs.tar.xz at the
+# end: the device tool brings back only so many files, and a long call's first lines fall out of
+# the output's tail.
+run_parts() {
+  if has tests; then
+    echo "== tests ${TEST_FILTER:-*}"
+    in_set default timeout $(($(left) - 20)) /tmp/default/dseek_backend_tests \
+      --gtest_filter="${TEST_FILTER:-*}" >"$OUT/tests.log" 2>&1
+    echo "tests: exit $?"
+    grep -E '^\[ +(OK|FAILED|PASSED|SKIPPED) |^\[backend\].*(FAIL|differ)' "$OUT/tests.log" | tail -60
   fi
-fi
-has decode && each decode "${DECODE_ONLY:-default}" 90 decode_one
-echo "== done in $(($(date +%s) - start)) s"
+  has train && each train "${TRAIN_ONLY:-default}" 60 train_one
+  has trainprof && each trainprof "${PROF_ONLY:-default}" 60 trainprof_one
+  if has torchtrain; then
+    if (($(left) > 150)); then
+      echo "== transformers' training step"
+      /tmp/default/bench_train_cuda --write-config "$OUT/v2_lite_4.json" --layers 4 >/dev/null
+      timeout $(($(left) - 10)) python3 bench/issue10_torch.py --config "$OUT/v2_lite_4.json" \
+        --what train --train-layers 4 --batch 2 --seq 2048 --steps 5 --warmup 2 >"$OUT/torch.log" 2>&1
+      grep -E '^\|' "$OUT/torch.log" | tail -6
+    else
+      echo "no time left for transformers"
+    fi
+  fi
+  has decode && each decode "${DECODE_ONLY:-default}" 90 decode_one
+  echo "== done in $(($(date +%s) - start)) s"
+}
+run_parts 2>&1 | tee "$OUT/summary.txt"
+(cd "$OUT" && shopt -s nullglob && logs=(*.log *.md *.csv) &&
+  ((${#logs[@]})) && tar -cJf logs.tar.xz --remove-files "${logs[@]}")
