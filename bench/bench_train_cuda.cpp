@@ -91,29 +91,26 @@ struct Options {
 Options parse(int argc, char** argv) {
   Options o;
   CLI::App app{"bench_train_cuda: one training step of a V2-Lite-shaped model (issue 10)"};
-  const auto one_of = [](std::initializer_list<std::string> names) {
-    return CLI::IsMember(std::vector<std::string>(names));
-  };
   app.add_option("--shape", o.shape, "v2-lite, v3-width or tiny");
   app.add_option("--layers", o.layers)->check(dseek::cli::positive);
   app.add_option("--batch", o.batch, "sequences a step")->check(dseek::cli::positive);
   app.add_option("--seq", o.seq, "tokens a sequence")->check(dseek::cli::at_least(2));
   app.add_option("--steps", o.steps, "timed steps")->check(dseek::cli::positive);
   app.add_option("--warmup", o.warmup, "untimed steps first")->check(dseek::cli::non_negative);
-  app.add_option("--device", o.device)->check(one_of({"cuda", "cpu"}));
+  app.add_option("--device", o.device)->check(CLI::IsMember({"cuda", "cpu"}));
   app.add_option("--dtype", o.dtype, "bf16 (the GPU's default) or f32 (the CPU's)")
-      ->check(one_of({"bf16", "f32"}));
+      ->check(CLI::IsMember({"bf16", "f32"}));
   app.add_option("--lr", o.lr)->check(dseek::cli::positive);
   app.add_option("--seed", o.seed)->check(dseek::cli::non_negative);
   app.add_option("--json", o.json, "also write the figures to this file");
-  app.add_option("--init", o.init)->check(one_of({"fast", "normal"}));
-  app.add_option("--precision", o.precision)->check(one_of({"default", "fp8"}));
-  app.add_option("--moments", o.moments)->check(one_of({"f32", "bf16"}));
-  app.add_option("--expert-grads", o.expert_grads)->check(one_of({"f32", "bf16"}));
-  app.add_option("--grads", o.grads)->check(one_of({"f32", "bf16"}));
-  app.add_option("--zero", o.zero)->check(one_of({"defer", "all"}));
-  app.add_option("--update", o.update)->check(one_of({"async", "sync"}));
-  app.add_option("--norm", o.norm)->check(one_of({"backward", "after"}));
+  app.add_option("--init", o.init)->check(CLI::IsMember({"fast", "normal"}));
+  app.add_option("--precision", o.precision)->check(CLI::IsMember({"default", "fp8"}));
+  app.add_option("--moments", o.moments)->check(CLI::IsMember({"f32", "bf16"}));
+  app.add_option("--expert-grads", o.expert_grads)->check(CLI::IsMember({"f32", "bf16"}));
+  app.add_option("--grads", o.grads)->check(CLI::IsMember({"f32", "bf16"}));
+  app.add_option("--zero", o.zero)->check(CLI::IsMember({"defer", "all"}));
+  app.add_option("--update", o.update)->check(CLI::IsMember({"async", "sync"}));
+  app.add_option("--norm", o.norm)->check(CLI::IsMember({"backward", "after"}));
   app.add_option("--micro-batches", o.micro_batches)->check(dseek::cli::positive);
   app.add_option("--write-config", o.write_config, "write the shape's config.json and stop");
   try {

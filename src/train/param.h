@@ -156,9 +156,9 @@ class ParamSet {
   int64_t bf16_expert_grads();
   // bf16_expert_grads and also every other trainable matrix with a bf16 compute copy but the
   // embedding (the attention and MLP projections, the shared experts, the head, MTP's eh_proj):
-  // the weight gradients a GEMM writes (ops::linear_backward_into's bf16 dW: the f32 sum rounded
-  // once). The embedding's scatter-add, the norms and the routers keep f32. Returns how many
-  // gradients it changed.
+  // the weight gradients a GEMM writes (ops::linear_backward_into's bf16 dW: the f32 sum rounded,
+  // on the GPU before an accumulated old value is added). The embedding's scatter-add, the norms
+  // and the routers keep f32. Returns how many gradients it changed.
   int64_t bf16_matrix_grads();
   // On (the default), FP8 linears cache their inputs as their forward quantised them (layers.h's
   // LinearInput); off, they keep them in the activation dtype and quantise them again in the
