@@ -291,15 +291,26 @@ int main(int argc, char** argv) {
       Rng rng(uint64_t(o.seed) + 1);
       std::vector<double> step_s, fwd_bwd_s, optim_s;
       double last_loss = 0;
-      for (int64_t s = 0; s < o.warmup + o.steps; ++s) {
-        // Targets are the inputs shifted by one, as the loader's [T+1] windows give them.
-        std::vector<std::vector<int32_t>> inputs(static_cast<size_t>(M)), targets(inputs);
+      // A step's M micro-batches; targets are the inputs shifted by one, as the loader's [T+1]
+      // windows give them. Made a step ahead: the update is told the next forward's ids.
+      struct Batch {
+        std::vector<std::vector<int32_t>> inputs, targets;
+      };
+      const auto make_batch = [&] {
+        Batch batch{std::vector<std::vector<int32_t>>(size_t(M)),
+                    std::vector<std::vector<int32_t>>(size_t(M))};
         for (int64_t m = 0; m < M; ++m)
           for (int64_t b = 0; b < B; ++b) {
             const std::vector<int32_t> w = random_ids(size_t(T + 1), config.vocab_size, rng);
-            inputs[size_t(m)].insert(inputs[size_t(m)].end(), w.begin(), w.end() - 1);
-            targets[size_t(m)].insert(targets[size_t(m)].end(), w.begin() + 1, w.end());
+            batch.inputs[size_t(m)].insert(batch.inputs[size_t(m)].end(), w.begin(), w.end() - 1);
+            batch.targets[size_t(m)].insert(batch.targets[size_t(m)].end(), w.begin() + 1, w.end());
           }
+        return batch;
+      };
+      Batch next = make_batch();
+      for (int64_t s = 0; s < o.warmup + o.steps; ++s) {
+        const Batch batch = std::move(next);
+        const std::vector<std::vector<int32_t>>&inputs = batch.inputs, &targets = batch.targets;
         sync(device);
         const auto a = Clock::now();
         std::optional<BackwardGradNorm> backward_norm;
@@ -323,6 +334,11 @@ int main(int argc, char** argv) {
             loss.on_block_backward = nullptr;
           }
         }
+        // The next step's batch, as `dseek train` peeks at it (made while the GPU runs): the
+        // update takes the rows of the embedding its first forward looks up first
+        // (AdamW::step_async's next_lookup).
+        const bool more = s + 1 < o.warmup + o.steps;
+        if (more) next = make_batch();
         sync(device);
         const auto b = Clock::now();
         // As `dseek train` steps: the clip factor folded into AdamW, which also re-rounds the
@@ -331,14 +347,16 @@ int main(int argc, char** argv) {
         // the update queued on the background stream beside the next forward (--update async).
         // With --norm backward the clip factor stays on the GPU (GradClip) and the update is
         // queued before the norm is read, as in `dseek train`.
+        const std::vector<int32_t> no_lookup;
+        const std::vector<int32_t>& next_lookup = more ? next.inputs[0] : no_lookup;
         if (o.update == "async" && backward_norm) {
           const GradClip clip = backward_norm->clip(1.0);
-          optimizer.step_async(o.lr, clip, /*defer_overwritten=*/o.zero == "defer");
+          optimizer.step_async(o.lr, clip, /*defer_overwritten=*/o.zero == "defer", next_lookup);
           (void)clip.norm();
           backward_norm.reset();
         } else if (o.update == "async") {
           optimizer.step_async(o.lr, clip_factor(grad_norm(params), 1.0),
-                               /*defer_overwritten=*/o.zero == "defer");
+                               /*defer_overwritten=*/o.zero == "defer", next_lookup);
         } else {
           const float factor =
               clip_factor(backward_norm ? backward_norm->norm() : grad_norm(params), 1.0);

@@ -10,7 +10,9 @@
 
 #include "cli_util.h"
 #include "data/chat_rows.h"
+#include "data/token_shards.h"
 #include "test_util.h"
+#include "train/train_batches.h"
 
 using namespace dseek;
 using namespace dseek::testing;
@@ -133,6 +135,49 @@ TEST(ChatRows, PackAndRoundTrip) {
   std::ofstream(tmp.path / "d" / "segments.bin", std::ios::app) << "xxxx";
   EXPECT_NE(error_of([&] { ChatRows::open((tmp.path / "d").string()); }).find("segments.bin"),
             std::string::npos);
+}
+
+// TrainBatches::peek (the trainer tells the optimizer the next forward's ids): what next() will
+// return, slices too, with the position unmoved — also where next() starts a new epoch, whose
+// shuffle the peek must not leave behind. Over packed chat rows and over pretraining windows.
+TEST(TrainBatches, PeekIsTheNextBatchAndKeepsThePosition) {
+  TempDir tmp;
+  ChatRowWriter w(6, 99);
+  std::vector<MaskedTokens> docs;
+  for (int32_t d = 0; d < 7; ++d)  // one conversation a row (7 positions do not fit two)
+    docs.push_back({std::vector<int32_t>(7, d + 1), std::vector<uint8_t>(7, 1)});
+  for (const MaskedTokens& d : docs) w.add({&d}, {SegmentKind::kSft});
+  w.write((tmp.path / "sft").string(), {{"task", "sft"}, {"vocab_size", 100}});
+  ShardWriter shards((tmp.path / "pretrain").string(), 1000, 0, 999, 50);
+  for (int32_t d = 0; d < 9; ++d) {
+    std::vector<int32_t> doc;
+    for (int32_t i = 0; i < 3 + d; ++i) doc.push_back(d * 100 + i + 1);
+    shards.append(doc);
+    shards.end_document();
+  }
+  shards.finish();
+  for (const std::string task : {"sft", "pretrain"}) {
+    SCOPED_TRACE(task);
+    train::TrainBatches a(task, (tmp.path / task).string(), 5, 3, 7, 0.0);
+    train::TrainBatches b(task, (tmp.path / task).string(), 5, 3, 7, 0.0);
+    int epochs = 0;
+    for (int step = 0; step < 12; ++step) {
+      const int64_t first = step % 3, count = 3 - first;
+      const train::MicroBatch peeked = a.peek(first, count);
+      const nlohmann::json at = a.position();
+      EXPECT_EQ(a.peek(first, count).inputs, peeked.inputs) << "step " << step;  // again
+      const train::MicroBatch got = a.next(first, count);
+      const train::MicroBatch twin = b.next(first, count);  // never peeked
+      ASSERT_FALSE(got.inputs.empty());
+      EXPECT_EQ(peeked.inputs, got.inputs) << "step " << step;
+      EXPECT_EQ(peeked.targets, got.targets) << "step " << step;
+      EXPECT_EQ(got.inputs, twin.inputs) << "step " << step;
+      EXPECT_EQ(a.position(), b.position()) << "step " << step;
+      EXPECT_NE(a.position(), at) << "step " << step;  // next() moved on, peek() had not
+      epochs = int(a.position().at("epoch").get<int64_t>());
+    }
+    EXPECT_GE(epochs, 2) << "the steps did not cross epochs";
+  }
 }
 
 // Bad JSONL lines are errors naming file:line and the field at fault.

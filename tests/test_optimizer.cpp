@@ -53,6 +53,15 @@ void set_grad(Param& p, const std::vector<float>& g) {
   std::copy(g.begin(), g.end(), p.grad.data<float>());
 }
 
+void expect_error(const std::function<void()>& f, const std::string& needle) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one containing: " << needle;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
 ParamSet make_params(std::mt19937& rng) {
   ParamSet ps;
   ps.add("model.layers.0.mlp.up_proj.weight", Tensor::from_vector(random_values(12, rng), {3, 4}),
@@ -534,6 +543,88 @@ TEST(Optimizer, StepAsyncOnTheCpuIsStepThenZeroGrad) {
   EXPECT_EQ(opt_b.step_count(), 3);
 }
 
+// ops::adamw_step_rows (AdamW::step_async's next lookup's rows first): a table stepped in two
+// parts by rows — the listed rows, then the rest, or the other way round — holds the whole step's
+// bits (masters, moments, compute copies) with f32 and bf16 moments, whole and split masters. A
+// table that cannot be cut by rows and a row set that does not fit are errors naming them.
+TEST(Optimizer, RowPartsStepLikeTheWholeTable) {
+  const Shape sh = {50, 8};
+  const std::vector<int32_t> listed = {17, 3, 49, 4};  // unique, in range, any order
+  std::vector<uint8_t> flag_bytes(50, 0);
+  for (int32_t r : listed) flag_bytes[size_t(r)] = 1;
+  ops::AdamWRowSet set;
+  set.rows = Tensor::from_ids(listed);
+  set.flags = Tensor::empty({50}, DType::U8);
+  std::memcpy(set.flags.raw(), flag_bytes.data(), flag_bytes.size());
+  set.count = int64_t(listed.size());
+  for (const DType moments : {DType::F32, DType::BF16})
+    for (const bool split : {false, true})
+      for (const bool listed_first : {true, false}) {
+        SCOPED_TRACE(std::string(dtype_name(moments)) + (split ? " split" : " whole") +
+                     (listed_first ? ", listed rows first" : ", the rest first"));
+        std::mt19937 rng(71);
+        const Tensor value = Tensor::from_vector(random_values(400, rng), sh);
+        const Tensor grad = Tensor::from_vector(random_values(400, rng, 0.1f), sh);
+        // A table of its own copies: master (or its halves), moments, compute copy.
+        const auto table = [&] {
+          const Tensor m = Tensor::zeros(sh, moments), v = Tensor::zeros(sh, moments);
+          if (!split)
+            return ops::adamw_tensors({value.clone()}, {grad}, {m}, {v}, {1},
+                                      {Tensor::poisoned(sh, DType::BF16)});
+          const Tensor high = Tensor::poisoned(sh, DType::BF16),
+                       low = Tensor::poisoned(sh, DType::BF16);
+          ops::split_master(value, high, low);
+          return ops::adamw_tensors({Tensor()}, {grad}, {m}, {v}, {1}, {high}, {}, Tensor(), {},
+                                    {low});
+        };
+        const ops::AdamWTensors whole = table(), parts = table();
+        ASSERT_TRUE(ops::adamw_steps_rows(parts));
+        for (int64_t t = 1; t <= 3; ++t) {
+          const ops::AdamWStep s = train::adamw_step_scalars(AdamWConfig{}, 1e-2, t);
+          ops::adamw_step(whole, s, 0.75f);
+          const auto part = [&](ops::AdamWRowPart which) {
+            ops::adamw_step_rows(parts, s, set, which, 0.75f);
+          };
+          part(listed_first ? ops::AdamWRowPart::listed : ops::AdamWRowPart::rest);
+          part(listed_first ? ops::AdamWRowPart::rest : ops::AdamWRowPart::listed);
+          const auto same = [](const Tensor& a, const Tensor& b) {
+            return a.nbytes() == b.nbytes() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+          };
+          if (split) {
+            EXPECT_TRUE(same(parts.lows[0], whole.lows[0])) << "step " << t;
+          } else {
+            EXPECT_TRUE(same(parts.values[0], whole.values[0])) << "step " << t;
+          }
+          EXPECT_TRUE(same(parts.computes[0], whole.computes[0])) << "step " << t;
+          EXPECT_TRUE(same(parts.exp_avgs[0], whole.exp_avgs[0])) << "step " << t;
+          EXPECT_TRUE(same(parts.exp_avg_sqs[0], whole.exp_avg_sqs[0])) << "step " << t;
+        }
+      }
+  // Tables that cannot be cut by rows: two tensors, rows of 3 elements, one dimension.
+  const auto plain = [](const Shape& shape) {
+    return ops::adamw_tensors({Tensor::zeros(shape)}, {Tensor::zeros(shape)},
+                              {Tensor::zeros(shape)}, {Tensor::zeros(shape)}, {1});
+  };
+  const Tensor a = Tensor::zeros(sh);
+  EXPECT_FALSE(ops::adamw_steps_rows(ops::adamw_tensors({a, a}, {a, a}, {a, a}, {a, a}, {1, 1})));
+  EXPECT_FALSE(ops::adamw_steps_rows(plain({50, 3})));
+  EXPECT_FALSE(ops::adamw_steps_rows(plain({400})));
+  const ops::AdamWStep s = train::adamw_step_scalars(AdamWConfig{}, 1e-2, 1);
+  expect_error(
+      [&] {
+        ops::adamw_step_rows(plain({50, 3}), s, set, ops::AdamWRowPart::listed);
+      },
+      "rows a multiple of 4 long");
+  ops::AdamWRowSet short_flags = set;
+  short_flags.flags = Tensor::zeros({49}, DType::U8);
+  expect_error([&] { ops::adamw_step_rows(plain(sh), s, short_flags, ops::AdamWRowPart::rest); },
+               "49 u8 flags on cpu for a [50, 8] tensor");
+  ops::AdamWRowSet unflagged = set;
+  unflagged.flags = Tensor::zeros({50}, DType::U8);
+  expect_error([&] { ops::adamw_step_rows(plain(sh), s, unflagged, ops::AdamWRowPart::listed); },
+               "row 17 is out of [0, 50) or not flagged");
+}
+
 // The CPU side of the step with FP8 images (ops/adamw.h's AdamWImage; the GPU kernel is compared
 // with it in tests/backend/test_backend_optim.cpp): the masters and moments of the plain step bit
 // for bit, and images — written into poisoned buffers — that are quantize_fp8's 128×128 blocks of
@@ -703,15 +794,6 @@ TEST(Optimizer, DecayRule) {
 }
 
 namespace {
-
-void expect_error(const std::function<void()>& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one containing: " << needle;
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
 
 }  // namespace
 

@@ -308,22 +308,28 @@ void step_f32(const AdamWTensors& t, size_t i, const Tensor& value, const AdamWS
                       grad_scale);
 }
 
+#ifdef DSEEK_HAS_CUDA
+cuda::AdamWScalars scalars_of(const AdamWStep& s, float grad_scale, const float* grad_scale_at) {
+  return {s.beta1,
+          s.beta2,
+          s.one_minus_beta1,
+          s.one_minus_beta2,
+          s.step_size,
+          s.bias_correction2_sqrt,
+          s.eps,
+          s.decay_factor(true),
+          grad_scale,
+          grad_scale_at};
+}
+#endif
+
 }  // namespace
 
 void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale, bool short_blocks,
                 const float* grad_scale_at) {
   if (t.device == Device::CUDA) {
 #ifdef DSEEK_HAS_CUDA
-    const cuda::AdamWScalars scalars{s.beta1,
-                                     s.beta2,
-                                     s.one_minus_beta1,
-                                     s.one_minus_beta2,
-                                     s.step_size,
-                                     s.bias_correction2_sqrt,
-                                     s.eps,
-                                     s.decay_factor(true),
-                                     grad_scale,
-                                     grad_scale_at};
+    const cuda::AdamWScalars scalars = scalars_of(s, grad_scale, grad_scale_at);
     cuda::adamw_multi_tensor(entries_of(t.table), t.entries, t.chunks, scalars,
                              t.moments == DType::BF16, short_blocks, t.reads_rows);
     if (t.image_entries > 0)
@@ -372,6 +378,76 @@ void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale, boo
           for (int64_t b = 0; b < CB; ++b) st[b * RB + a] = sc[a * CB + b];
       }
     }
+  }
+}
+
+bool adamw_steps_rows(const AdamWTensors& t) {
+  if (t.values.size() != 1 || (!t.images.empty() && t.images[0].q.defined())) return false;
+  const Tensor& master = t.lows[0].defined() ? t.computes[0] : t.values[0];
+  return master.dim() == 2 && master.numel() > 0 && master.size(1) % 4 == 0 &&
+         (t.device != Device::CUDA || t.entries == 1);
+}
+
+void adamw_step_rows(const AdamWTensors& t, const AdamWStep& s, const AdamWRowSet& set,
+                     AdamWRowPart part, float grad_scale, bool short_blocks,
+                     const float* grad_scale_at) {
+  DSEEK_CHECK(adamw_steps_rows(t),
+              "[adamw] a step by rows needs one 2-D tensor, rows a multiple of 4 long, no FP8 "
+              "image ({} tensors)",
+              t.values.size());
+  const Tensor& master = t.lows[0].defined() ? t.computes[0] : t.values[0];
+  const int64_t R = master.size(0), L = master.size(1);
+  DSEEK_CHECK(
+      set.rows.defined() && set.flags.defined() && set.rows.dtype() == DType::I32 &&
+          set.flags.dtype() == DType::U8 && set.flags.numel() == R && set.count >= 0 &&
+          set.count <= set.rows.numel() && set.rows.device() == t.device &&
+          set.flags.device() == t.device,
+      "[adamw] row set: {} of {} i32 rows and {} u8 flags on {} for a [{}, {}] tensor on {}",
+      set.count, set.rows.defined() ? set.rows.numel() : 0,
+      set.flags.defined() ? set.flags.numel() : 0,
+      device_name(set.rows.defined() ? set.rows.device() : t.device), R, L, device_name(t.device));
+  if (t.device == Device::CUDA) {
+#ifdef DSEEK_HAS_CUDA
+    const cuda::AdamWScalars scalars = scalars_of(s, grad_scale, grad_scale_at);
+    if (part == AdamWRowPart::listed)
+      cuda::adamw_rows(entries_of(t.table), set.rows.data<int32_t>(), set.count, L, scalars,
+                       t.moments == DType::BF16, t.reads_rows);
+    else
+      cuda::adamw_multi_tensor(entries_of(t.table), t.entries, t.chunks, scalars,
+                               t.moments == DType::BF16, short_blocks, t.reads_rows,
+                               set.flags.data<uint8_t>(), L);
+    return;
+#else
+    (void)short_blocks;
+    (void)grad_scale_at;
+    cuda_not_built("adamw");
+#endif
+  }
+  DSEEK_CHECK(grad_scale_at == nullptr,
+              "[adamw] a clip factor on the GPU for tensors on the CPU (pass grad_scale)");
+  // The CPU's parts: each row a one-row table stepped whole (the same arithmetic per element).
+  const auto row = [](const Tensor& x, int64_t r) {
+    return x.defined() ? x.slice(0, r, r + 1) : Tensor();
+  };
+  const auto step_row = [&](int64_t r) {
+    const AdamWTensors one =
+        adamw_tensors({row(t.values[0], r)}, {row(t.grads[0], r)}, {row(t.exp_avgs[0], r)},
+                      {row(t.exp_avg_sqs[0], r)}, {t.decay[0]}, {row(t.computes[0], r)}, {},
+                      Tensor(), {row(t.row_flags[0], r)}, {row(t.lows[0], r)});
+    adamw_step(one, s, grad_scale);
+  };
+  const uint8_t* flags = set.flags.data<uint8_t>();
+  if (part == AdamWRowPart::listed) {
+    const int32_t* rows = set.rows.data<int32_t>();
+    for (int64_t i = 0; i < set.count; ++i) {
+      DSEEK_CHECK(rows[i] >= 0 && rows[i] < R && flags[rows[i]] == 1,
+                  "[adamw] row set entry {}: row {} is out of [0, {}) or not flagged", i, rows[i],
+                  R);
+      step_row(rows[i]);
+    }
+  } else {
+    for (int64_t r = 0; r < R; ++r)
+      if (flags[r] == 0) step_row(r);
   }
 }
 

@@ -109,6 +109,23 @@ AdamWTensors adamw_tensors(std::vector<Tensor> values, std::vector<Tensor> grads
 void adamw_step(const AdamWTensors& t, const AdamWStep& s, float grad_scale = 1.0f,
                 bool short_blocks = false, const float* grad_scale_at = nullptr);
 
+// A step of a one-tensor table in two parts by rows (train::AdamW::step_async updates the rows
+// the next forward looks up first, and the rest of the table after every other group, so the
+// forward need not wait for the whole table). `rows`: device (or, for CPU tables, host) i32 of
+// which the first `count` are the set, unique and in range; `flags`: u8 [rows of the tensor], 1
+// exactly at the set's rows. `listed` steps the set's rows, `rest` every other row; each element
+// gets the whole step's arithmetic, so the two parts, in either order, give adamw_step's bits.
+struct AdamWRowSet {
+  Tensor rows, flags;
+  int64_t count = 0;
+};
+enum class AdamWRowPart { listed, rest };
+// Whether t can be stepped by rows: one tensor, 2-D, rows a multiple of 4 long, no FP8 image.
+bool adamw_steps_rows(const AdamWTensors& t);
+void adamw_step_rows(const AdamWTensors& t, const AdamWStep& s, const AdamWRowSet& set,
+                     AdamWRowPart part, float grad_scale = 1.0f, bool short_blocks = false,
+                     const float* grad_scale_at = nullptr);
+
 // GPU: from a sum of squares on the device (SumOfSquaresParts::finish_on_device), a new I64 [2]
 // tensor on the GPU holding the norm √sum (f64 bits) and train::clip_factor(√sum, max_norm) (f32
 // bits), written by a kernel on the current stream: the same double operations as the host's, so

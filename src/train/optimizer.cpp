@@ -217,13 +217,37 @@ int update_sms() {
   return sms;
 }
 
-}  // namespace
-
-void AdamW::step_async(double lr, float grad_scale, bool defer_overwritten) {
-  step_async(lr, GradClip(0.0, grad_scale), defer_overwritten);
+// Whether step_async updates the next forward's embedding rows first (DSEEK_LOOKUP_ROWS_FIRST,
+// default on).
+bool lookup_rows_first() {
+  static const bool on = [] {
+    const char* env = std::getenv("DSEEK_LOOKUP_ROWS_FIRST");
+    return !(env && std::string(env) == "0");
+  }();
+  return on;
 }
 
-void AdamW::step_async(double lr, const GradClip& clip, bool defer_overwritten) {
+}  // namespace
+
+int AdamW::lookup_group() const {
+  if (!lookup_rows_first()) return -1;
+  const std::deque<Param>& all = params_->all_in_flight();
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    const Group& group = groups_[g];
+    if (group.params.size() == 1 && all[group.params[0]].lookup_only &&
+        ops::adamw_steps_rows(group.tensors))
+      return int(g);
+  }
+  return -1;
+}
+
+void AdamW::step_async(double lr, float grad_scale, bool defer_overwritten,
+                       const std::vector<int32_t>& next_lookup) {
+  step_async(lr, GradClip(0.0, grad_scale), defer_overwritten, next_lookup);
+}
+
+void AdamW::step_async(double lr, const GradClip& clip, bool defer_overwritten,
+                       const std::vector<int32_t>& next_lookup) {
   if (params_->device() != Device::CUDA) {
     step(lr, clip.factor());
     params_->zero_grad(defer_overwritten);
@@ -246,15 +270,67 @@ void AdamW::step_async(double lr, const GradClip& clip, bool defer_overwritten) 
     if (all[i].grad.defined()) write_zeros[i] = mark_grad_zero(all[i], defer_overwritten);
   for (size_t i = 0; i < all.size(); ++i)  // a gradient nothing updates: zeroed here, in order
     if (write_zeros[i] && !all[i].trainable) write_grad_zeros(all[i]);
-  cuda::Background background;
-  for (const Group& g : groups_) {
-    ops::adamw_step(g.tensors, s, grad_scale, /*short_blocks=*/true, grad_scale_at);
-    for (size_t index : g.params)
-      if (write_zeros[index]) write_grad_zeros(all[index]);
-    last_mark_ = background.mark();
-    for (size_t index : g.params) params_->set_pending(index, last_mark_);
+  // The next forward's embedding rows first, the rest of the embedding last (next_lookup).
+  int split = next_lookup.empty() ? -1 : lookup_group();
+  std::vector<int32_t> rows;
+  std::vector<uint8_t> flags;
+  if (split >= 0) {
+    const Param& e = all[groups_[size_t(split)].params[0]];
+    const int64_t R = e.shape()[0];
+    flags.assign(size_t(R), 0);
+    for (int32_t id : next_lookup) {
+      if (id < 0 || id >= R) {  // the lookup will name the bad id; here the whole table goes first
+        split = -1;
+        break;
+      }
+      if (!flags[size_t(id)]) rows.push_back(id);
+      flags[size_t(id)] = 1;
+    }
+    std::sort(rows.begin(), rows.end());  // (in the table's order of addresses)
+    if (split >= 0 && (!lookup_rows_.flags.defined() || lookup_rows_.flags.numel() != R)) {
+      // Allocated outside the background scope, once: room for every row.
+      lookup_rows_.rows = Tensor::empty({R}, DType::I32, Device::CUDA);
+      lookup_rows_.flags = Tensor::empty({R}, DType::U8, Device::CUDA);
+    }
   }
-  cuda::keep_sms_for_background(update_sms(), last_mark_);
+  uint64_t rest_mark = 0;
+  {
+    cuda::Background background;
+    if (split >= 0) {  // on the background stream, after the last update that read the old set
+      cuda::copy_to_device(lookup_rows_.rows.raw(), rows.data(), rows.size() * sizeof(int32_t));
+      cuda::copy_to_device(lookup_rows_.flags.raw(), flags.data(), flags.size());
+      lookup_rows_.count = int64_t(rows.size());
+    }
+    for (size_t g = 0; g < groups_.size(); ++g) {
+      const Group& group = groups_[g];
+      if (int(g) == split) {
+        ops::adamw_step_rows(group.tensors, s, lookup_rows_, ops::AdamWRowPart::listed, grad_scale,
+                             /*short_blocks=*/true, grad_scale_at);
+        last_mark_ = background.mark();
+        params_->set_lookup_ready(group.params[0], last_mark_, next_lookup);
+        continue;
+      }
+      ops::adamw_step(group.tensors, s, grad_scale, /*short_blocks=*/true, grad_scale_at);
+      for (size_t index : group.params)
+        if (write_zeros[index]) write_grad_zeros(all[index]);
+      last_mark_ = background.mark();
+      for (size_t index : group.params) params_->set_pending(index, last_mark_);
+    }
+    rest_mark = last_mark_;
+    if (split >= 0) {
+      // The embedding's other rows, then its zeros; its readers other than the next forward's
+      // lookup (the backward's gradient rows, a checkpoint) wait for this mark.
+      const Group& group = groups_[size_t(split)];
+      ops::adamw_step_rows(group.tensors, s, lookup_rows_, ops::AdamWRowPart::rest, grad_scale,
+                           /*short_blocks=*/true, grad_scale_at);
+      if (write_zeros[group.params[0]]) write_grad_zeros(all[group.params[0]]);
+      last_mark_ = background.mark();
+      params_->set_pending(group.params[0], last_mark_);
+    }
+  }
+  // SMs kept until the forward reaches the head's update (not through the embedding's rest, which
+  // the next backward would otherwise run without them until its end).
+  cuda::keep_sms_for_background(update_sms(), rest_mark);
   mark_images_current();
 }
 

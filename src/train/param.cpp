@@ -58,20 +58,48 @@ void ParamSet::set_pending(size_t index, uint64_t mark) {
   pending_[index] = mark;
 }
 
-void ParamSet::await(size_t index) const {
-  if (pending_count_ == 0 || index >= pending_.size() || pending_[index] == 0) return;
+void ParamSet::wait_mark(uint64_t mark) const {
   // The main stream has waited through waited_main_ already (marks ascend and the background
   // stream runs in order): the 192 matrices of a layer's experts cost one wait, not 192.
   const bool main = !cuda::on_side_stream();
-  if (!main || pending_[index] > waited_main_) {
-    cuda::wait_background(pending_[index]);
-    if (main) waited_main_ = pending_[index];
+  if (!main || mark > waited_main_) {
+    cuda::wait_background(mark);
+    if (main) waited_main_ = mark;
   }
+}
+
+void ParamSet::await(size_t index) const {
+  if (index == lookup_index_) lookup_index_ = SIZE_MAX;
+  if (pending_count_ == 0 || index >= pending_.size() || pending_[index] == 0) return;
+  wait_mark(pending_[index]);
   pending_[index] = 0;
   --pending_count_;
 }
 
+void ParamSet::set_lookup_ready(size_t index, uint64_t mark, std::vector<int32_t> ids) {
+  DSEEK_CHECK(index < params_.size(), "[train] set_lookup_ready: parameter {} of {}", index,
+              params_.size());
+  lookup_index_ = index;
+  lookup_mark_ = mark;
+  lookup_ids_ = std::move(ids);
+}
+
+const Param& ParamSet::at_for_lookup(const std::string& name, const std::vector<int32_t>& ids) {
+  auto it = index_.find(name);
+  DSEEK_CHECK(it != index_.end(), "[train] no parameter '{}'", name);
+  const size_t index = it->second;
+  if (index == lookup_index_ && ids == lookup_ids_ && index < pending_.size() &&
+      pending_[index] != 0) {
+    lookup_index_ = SIZE_MAX;
+    wait_mark(lookup_mark_);  // the ids' rows; the rest of the table stays pending
+    return params_[index];
+  }
+  await(index);
+  return params_[index];
+}
+
 void ParamSet::await_all() const {
+  lookup_index_ = SIZE_MAX;
   if (pending_count_ == 0) return;
   // One wait for the latest mark covers every earlier one (the background stream is in order).
   uint64_t latest = 0;

@@ -174,6 +174,14 @@ class ParamSet {
   // the next step's forward waits for a layer's update only when it reaches that layer. Holders of
   // a Tensor or Param& taken before the update must not use it without going through the set.
   void set_pending(size_t index, uint64_t mark);
+  // An embedding whose rows that the next forward looks up (`ids`) are updated first
+  // (AdamW::step_async's next_lookup): they are current once the background passes `mark`, before
+  // the rest of its update (set_pending's mark) is. One such record at a time; cleared by the
+  // lookup that uses it, by at() and by await_all().
+  void set_lookup_ready(size_t index, uint64_t mark, std::vector<int32_t> ids);
+  // at(name), except that a lookup of exactly the ids set_lookup_ready named for it waits only for
+  // their rows' mark. The rest of the table may still be in flight: read only the rows of `ids`.
+  const Param& at_for_lookup(const std::string& name, const std::vector<int32_t>& ids);
   void await_all() const;  // waits for every update in flight
   bool pending() const { return pending_count_ > 0; }
   // Parameters without waiting, for the optimizer queueing the updates themselves.
@@ -191,6 +199,11 @@ class ParamSet {
   mutable std::vector<uint64_t> pending_;  // per parameter: its update's mark, 0 when none
   mutable size_t pending_count_ = 0;
   mutable uint64_t waited_main_ = 0;  // the main stream has waited for marks up to this one
+  void wait_mark(uint64_t mark) const;  // the calling stream waits for background mark `mark`
+  // set_lookup_ready's record: the parameter (size(): none), its rows' mark and the ids.
+  mutable size_t lookup_index_ = SIZE_MAX;
+  uint64_t lookup_mark_ = 0;
+  std::vector<int32_t> lookup_ids_;
   std::deque<Param> params_;
   std::map<std::string, size_t> index_;
   DType compute_dtype_ = DType::F32;

@@ -103,6 +103,23 @@ MicroBatch TrainBatches::next(int64_t first, int64_t count) {
   return chat_batch(std::vector<int64_t>(rows.begin() + first, rows.begin() + first + count));
 }
 
+MicroBatch TrainBatches::peek(int64_t first, int64_t count) {
+  if (loader_) {
+    const LoaderPosition at = loader_->position();
+    MicroBatch b = next(first, count);
+    loader_->seek(at);  // (the loader keeps the permutation of the epoch it was at)
+    return b;
+  }
+  const int64_t epoch = epoch_, cursor = cursor_;
+  MicroBatch b = next(first, count);
+  if (epoch_ != epoch) {  // next() crossed into a new epoch: its permutation made again
+    epoch_ = epoch;
+    make_permutation();
+  }
+  cursor_ = cursor;
+  return b;
+}
+
 int64_t TrainBatches::num_validation_sequences() const {
   return loader_ ? loader_->num_validation_sequences() : int64_t(val_rows_.size());
 }

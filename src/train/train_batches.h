@@ -41,6 +41,9 @@ class TrainBatches {
   // count) (count −1: to the end): data parallelism gives each rank its slice of every global
   // micro-batch, while the position advances by the whole batch on every rank alike.
   MicroBatch next(int64_t first = 0, int64_t count = -1);
+  // What next(first, count) would return, without moving the position (the trainer tells the
+  // optimizer which embedding rows the next step's forward looks up).
+  MicroBatch peek(int64_t first = 0, int64_t count = -1);
   int64_t num_validation_sequences() const;
   // Validation sequences [first, first + count) as one batch.
   MicroBatch validation(int64_t first, int64_t count) const;

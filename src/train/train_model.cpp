@@ -226,7 +226,10 @@ const Tensor& TrainModel::embedding_table() {
 }
 
 Tensor TrainModel::embed_forward(const std::vector<int32_t>& inputs) {
-  return ops::embedding(embedding_table(), inputs, activation_dtype());
+  // Only the rows of `inputs` are read: AdamW::step_async may still be updating the others
+  // (its next_lookup), and then the lookup waits for these rows alone.
+  const Param& p = params_.at_for_lookup("model.embed_tokens.weight", inputs);
+  return ops::embedding(p.split() ? p.compute : p.value, inputs, activation_dtype());
 }
 
 void TrainModel::embed_backward(const std::vector<int32_t>& inputs, const Tensor& dx) {

@@ -847,14 +847,19 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       // step's forward (AdamW::step_async). One process: the experts' wgrads overwrite their
       // zeros, so those are not written (forward_backward settles any left over). The norm's
       // clip factor stays on the GPU (GradClip): the update is queued before the norm is read.
+      // The next step's first micro-batch, peeked at (the position stays): the update takes the
+      // embedding rows its forward looks up first, the rest of the embedding last.
+      std::vector<int32_t> next_lookup;
+      if (params.device() == Device::CUDA && step + 1 < cfg.steps && !stop)
+        next_lookup = batches.peek(group.rank() * B_local, B_local).inputs;
       if (backward_norm) {
         const GradClip clip = backward_norm->clip(cfg.grad_clip);
-        optimizer->step_async(lr, clip, /*defer_overwritten=*/true);
+        optimizer->step_async(lr, clip, /*defer_overwritten=*/true, next_lookup);
         grad_norm = clip.norm();
       } else {
         grad_norm = train::grad_norm(params);
         optimizer->step_async(lr, clip_factor(grad_norm, cfg.grad_clip),
-                              /*defer_overwritten=*/true);
+                              /*defer_overwritten=*/true, next_lookup);
       }
     }
     // Pipeline stages and data-parallel ranks read gradients outside forward_backward: every zero

@@ -356,6 +356,70 @@ TEST(BackendOptim, StepAsyncMatchesStepAndWaitsForReaders) {
   std::printf("[backend] adamw step_async: 4 steps bit-identical to the CPU's step + zero_grad\n");
 }
 
+// AdamW::step_async with the next forward's embedding ids (next_lookup): the looked-up rows are
+// updated first (ops::adamw_step_rows' listed part) and the rest of the table last, after the
+// head. Three steps against the CPU's step then zero_grad, bit for bit (bf16 moments, clipping,
+// compute copies), ids with repeats and in any order. The looked-up rows are read straight after
+// the call through ParamSet::at_for_lookup — while the table's rest, 16 MB queued behind a 256 MB
+// matrix, is still in flight — and are the CPU's; then every tensor through at(). An id out of
+// range makes the update take the table whole and first (the lookup will name the id).
+TEST(BackendOptim, StepAsyncUpdatesTheNextLookupsRowsFirst) {
+  DSEEK_REQUIRE_CUDA();
+  std::vector<Spec> specs = kSpecs;
+  specs[0] = {"model.embed_tokens.weight", {8192, 512}, true, true, 1e-2f};  // rows of 4s
+  specs.push_back({"model.layers.1.mlp.experts.big", {4096, 16384}, true, true, 1e-2f});
+  ParamSet cpu = make_params(specs, 95), gpu = make_params(specs, 95);
+  cpu.set_compute_dtype(DType::BF16);
+  gpu.set_compute_dtype(DType::BF16);
+  gpu.to(Device::CUDA);
+  AdamWConfig config{0.9, 0.95, 1e-8, 0.1};
+  config.moment_dtype = DType::BF16;
+  AdamW opt_cpu(cpu, config), opt_gpu(gpu, config);
+  std::mt19937 rng(96);
+  std::uniform_int_distribution<int32_t> id(0, 8191);
+  const std::string embed = "model.embed_tokens.weight";
+  for (int t = 0; t < 4; ++t) {
+    std::vector<int32_t> next(300);
+    for (int32_t& i : next) i = id(rng);
+    next[7] = next[3];             // a repeat
+    if (t == 3) next[100] = 8192;  // out of range: no split
+    set_same_grads(cpu, gpu, specs, rng);
+    const float factor = train::clip_factor(train::grad_norm(gpu), 0.5);
+    ASSERT_LT(factor, 1.0f);
+    opt_cpu.step(1e-2, factor);
+    cpu.zero_grad();
+    opt_gpu.step_async(1e-2, factor, /*defer_overwritten=*/true, next);
+    if (t < 3) {
+      const Tensor want = ops::embedding(cpu.at(embed).value, next, DType::F32);
+      const train::Param& e = gpu.at_for_lookup(embed, next);
+      const Tensor got = ops::embedding(e.value, next, DType::F32);
+      EXPECT_TRUE(gpu.pending()) << "step " << t + 1 << ": the table's rest was not in flight";
+      EXPECT_TRUE(bytes_of(got) == bytes_of(want)) << "step " << t + 1 << ": the looked-up rows";
+    }
+    for (const Spec& spec : specs) {
+      const Param& p = cpu.at(spec.name);
+      const Param& q = gpu.at(spec.name);
+      EXPECT_TRUE(bytes_of(q.value) == bytes_of(p.value)) << "step " << t + 1 << " " << p.name;
+      if (p.compute.defined()) {
+        EXPECT_TRUE(bytes_of(q.compute) == bytes_of(p.compute))
+            << "step " << t + 1 << " compute copy of " << p.name;
+      }
+      if (p.grad.defined()) {
+        EXPECT_TRUE(bytes_of(q.grad) == bytes_of(p.grad))
+            << "step " << t + 1 << " grad of " << p.name;
+      }
+    }
+    const auto state_cpu = opt_cpu.state_tensors(), state_gpu = opt_gpu.state_tensors();
+    ASSERT_EQ(state_cpu.size(), state_gpu.size());
+    for (size_t i = 0; i < state_cpu.size(); ++i)
+      EXPECT_TRUE(bytes_of(state_gpu[i].second) == bytes_of(state_cpu[i].second))
+          << "step " << t + 1 << " " << state_cpu[i].first;
+  }
+  std::printf(
+      "[backend] adamw step_async, next lookup's rows first: 4 steps bit-identical to "
+      "the CPU's step + zero_grad\n");
+}
+
 // Split masters (ops/split_master.h) on the GPU: the split and join kernels give the CPU's bits on
 // random f32 patterns, the special ones (±0, subnormals, ±inf, NaNs, the largest finite, low halves
 // of 0x7fff, 0x8000 and 0x8001) and an odd length (the kernel's scalar tail); join(split(x)) = x.

@@ -42,6 +42,7 @@
 #include "model/config.h"
 #include "model_fixtures.h"
 #include "ops/cross_entropy.h"
+#include "ops/embedding.h"
 #include "ops/fp8_train.h"
 #include "train/optimizer.h"
 #include "train/param.h"
@@ -162,10 +163,10 @@ struct Batch {
   Segments segments;
 };
 
-Batch make_batch(int64_t vocab) {
+Batch make_batch(int64_t vocab, uint32_t seed = 9) {
   Batch b;
   b.segments = {7, 1, 12, 4};
-  std::mt19937 rng(9);
+  std::mt19937 rng(seed);
   std::uniform_int_distribution<int32_t> id(0, int32_t(vocab - 1));
   for (int64_t n : b.segments)
     for (int64_t i = 0; i < n; ++i) b.inputs.push_back(id(rng));
@@ -490,6 +491,59 @@ TEST(BackendTrain, StepAsyncTrainsLikeStep) {
       std::printf("[backend] %s%s: 4 steps with step_async, %lld parameters differ from step()\n",
                   fixture, fp8 ? " fp8" : "", (long long)differ);
     }
+}
+
+// AdamW::step_async told the next forward's embedding ids (next_lookup, as `dseek train` peeks at
+// its next batch): those rows are updated first and the forward's lookup waits for them alone,
+// the rest of the embedding is updated after the head. Five steps over a new batch each, the
+// clip factor on the GPU, against the same steps updating the embedding whole and first: the same
+// losses every step and every master, moment and compute copy bit for bit — a lookup that read a
+// row before its update, or an update that read the gradient after the next backward wrote it,
+// would differ. v3_noaux's MTP module looks the embedding up again (rows of other ids: it waits
+// for the whole table). The looked-up rows are checked also straight after the call.
+TEST(BackendTrain, LookupRowsFirstTrainsLikeTheWholeUpdate) {
+  DSEEK_REQUIRE_CUDA();
+  for (const char* fixture : {"v2_lite", "v3_noaux"}) {
+    SCOPED_TRACE(fixture);
+    TwinTraining t(fixture, false);  // a: the embedding whole; b: its next lookup's rows first
+    ASSERT_TRUE(t.b.at("model.embed_tokens.weight").lookup_only);
+    const LossOptions base = loss_options({fixture, 0.0, "sequence", false});
+    std::vector<Batch> batches;
+    for (uint32_t k = 0; k < 6; ++k) batches.push_back(make_batch(t.config.vocab_size, 20 + k));
+    for (int step = 0; step < 5; ++step) {
+      const Batch& b = batches[size_t(step)];
+      auto backward = [&](TrainModel& model, ParamSet& params,
+                          std::optional<train::BackwardGradNorm>& parts) {
+        parts.emplace(params, t.config.num_hidden_layers);
+        LossOptions o = base;
+        o.on_block_backward = [&parts](int64_t layer) { parts->on_block_backward(layer); };
+        return model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
+      };
+      std::optional<train::BackwardGradNorm> parts_a, parts_b;
+      const SequenceLosses want = backward(*t.model_a, t.a, parts_a);
+      const SequenceLosses got = backward(*t.model_b, t.b, parts_b);
+      EXPECT_EQ(got.total, want.total) << "step " << step;
+      const std::vector<int32_t>& next = batches[size_t(step) + 1].inputs;
+      const train::GradClip clip_a = parts_a->clip(step % 2 == 0 ? 1e-3 : 1e9);
+      const train::GradClip clip_b = parts_b->clip(step % 2 == 0 ? 1e-3 : 1e9);
+      t.opt_a->step_async(3e-3, clip_a, /*defer_overwritten=*/true);
+      t.opt_b->step_async(3e-3, clip_b, /*defer_overwritten=*/true, next);
+      if (step % 2 == 1) {  // (on the other steps the next forward's lookup takes the rows)
+        // The next lookup's rows, read at once (the rest of b's embedding may be in flight).
+        const auto rows = [&](ParamSet& params) {
+          const train::Param& e = params.at_for_lookup("model.embed_tokens.weight", next);
+          return ops::embedding(e.split() ? e.compute : e.value, next, DType::F32).to_vector();
+        };
+        EXPECT_EQ(rows(t.b), rows(t.a)) << "step " << step;
+      }
+      EXPECT_EQ(clip_b.norm(), clip_a.norm()) << "step " << step;
+    }
+    const int64_t differ = t.expect_same_state();
+    std::printf(
+        "[backend] %s: 5 steps with the next lookup's rows first, %lld parameters differ from "
+        "the whole embedding first\n",
+        fixture, (long long)differ);
+  }
 }
 
 // The trainer's step with the clip factor left on the GPU (BackwardGradNorm::clip, GradClip): the

@@ -302,10 +302,18 @@ struct AdamWScalars {
 // One AdamW step of every entry: value, exp_avg, exp_avg_sq updated in place from grad.
 // bf16_moments: exp_avg and exp_avg_sq point at bf16 arrays (ops/adamw.h). short_blocks: a block
 // per chunk (ops::adamw_step's short_blocks) instead of a bounded grid looping over them.
-// rows: some entry has row_flags (without, the kernel has no code for them).
+// rows: some entry has row_flags (without, the kernel has no code for them). skip_rows (a launch
+// of one entry, or null): flags of its rows of skip_row_len elements (a multiple of 4); rows
+// flagged 1 are not stepped (adamw_rows steps them: ops::adamw_step_rows).
 void adamw_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t chunks,
                         const AdamWScalars& s, bool bf16_moments = false, bool short_blocks = false,
-                        bool rows = false);
+                        bool rows = false, const uint8_t* skip_rows = nullptr,
+                        int64_t skip_row_len = 0);
+// The same step of rows rows[0..count) (device i32, in range) of one entry, rows of row_len
+// elements (a multiple of 4): each element gets adamw_multi_tensor's bits. grad_rows: the entry
+// has row_flags.
+void adamw_rows(const MultiTensorEntry* entry, const int32_t* rows, int64_t count, int64_t row_len,
+                const AdamWScalars& s, bool bf16_moments, bool grad_rows);
 // One AdamW step of a matrix that also writes its FP8 image: W's 128×128 blocks (codes q
 // [rows, cols], scales [⌈rows/128⌉, ⌈cols/128⌉]) and, where qt is given, Wᵀ's (qt [cols, rows],
 // scale_t transposed) — ops/fp8_train.h's blocks of the updated master, pow2 off. rows and cols
