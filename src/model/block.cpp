@@ -53,6 +53,11 @@ Block::Stream Block::begin(const Tensor& x) const {
 
 Block::Stream Block::finish(Tensor h, const Tensor& x, const Tensor& next_norm) const {
   const Tensor normed = ops::add_rms_norm(h, x, post_attention_layernorm_, eps_);  // h += x
+  if (moe_ && next_norm.defined()) {  // (on the GPU the experts' combine adds h and norms)
+    Tensor next;
+    Tensor out = moe_->forward_add_norm(normed, h, next_norm, eps_, next);  // out = moe + h
+    return {out, next};
+  }
   Tensor out = moe_ ? moe_->forward(normed) : mlp_->forward(normed);
   if (!next_norm.defined()) {
     ops::add_inplace(out, h);

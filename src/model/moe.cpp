@@ -12,6 +12,8 @@
 #include "model/safetensors.h"
 #include "ops/activation.h"
 #include "ops/device.h"
+#include "ops/moe.h"
+#include "ops/norm.h"
 #include "ops/swiglu.h"
 
 namespace dseek {
@@ -144,7 +146,18 @@ void MoE::check_parts() const {
   }
 }
 
-Tensor MoE::forward_device(const Tensor& x) const {
+Tensor MoE::forward_add_norm(const Tensor& x, const Tensor& residual, const Tensor& norm_weight,
+                             double eps, Tensor& normed) const {
+  if (x.is_cuda() && !group_ && x.dim() == 2 && x.size(0) > 0) {
+    const ResidualNorm then{residual, norm_weight, eps, normed};
+    return forward_device(x, &then);
+  }
+  Tensor out = forward(x);
+  normed = ops::add_rms_norm(out, residual, norm_weight, eps);  // out += residual
+  return out;
+}
+
+Tensor MoE::forward_device(const Tensor& x, const ResidualNorm* then) const {
   const int64_t D = gate_.config().hidden_size;
   const DType act = ops::activation_dtype("moe", x);
   DSEEK_CHECK(on_device_,
@@ -180,6 +193,9 @@ Tensor MoE::forward_device(const Tensor& x) const {
   // after the K products, in that order. Under an expert shard the ranks' routed parts are summed
   // first and the shared experts added to that sum.
   fork.join();
+  if (!group_ && then)  // the layer's end: the residual add and the next norm in the same kernel
+    return ops::moe_combine_add_rms_norm(y_perm, r.weights, d, shared, then->residual, then->weight,
+                                         then->eps, then->normed);
   if (!group_) return ops::moe_combine(y_perm, r.weights, d, shared);
   Tensor out = ops::moe_combine(y_perm, r.weights, d);
   sum_over_ranks(out);

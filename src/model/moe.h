@@ -62,6 +62,12 @@ class MoE {
   // layer, and last_expert_load() is left empty. Not safe to call concurrently on the same object
   // (the load record is shared).
   Tensor forward(const Tensor& x) const;
+  // forward(x) + residual, and normed = its RMS norm with `norm_weight` (the next layer's input
+  // norm: Block::finish's add_rms_norm). On the GPU without an expert shard the combine, the add
+  // and the norm are one kernel (ops::moe_combine_add_rms_norm): the same bits as forward(x) then
+  // ops::add_rms_norm.
+  Tensor forward_add_norm(const Tensor& x, const Tensor& residual, const Tensor& norm_weight,
+                          double eps, Tensor& normed) const;
   // The routed part only, for a given routing: Σ_k w[t,k] · expert[id[t,k]](x[t]) over this
   // rank's experts (all of them without a shard; no sum across ranks here). Tokens are
   // dispatched in chunks of `chunk_tokens` (0: sized to bound the scratch memory).
@@ -86,7 +92,14 @@ class MoE {
  private:
   void check_parts() const;
   void build_device_experts();
-  Tensor forward_device(const Tensor& x) const;
+  // With `then` (forward_add_norm's residual and norm), returns the sum and sets *then->normed.
+  struct ResidualNorm {
+    const Tensor& residual;
+    const Tensor& weight;
+    double eps;
+    Tensor& normed;
+  };
+  Tensor forward_device(const Tensor& x, const ResidualNorm* then = nullptr) const;
 
   // Adds the ranks' partial routed sums out [T, D] (on any device) in place; no-op unsharded.
   void sum_over_ranks(Tensor& out) const;

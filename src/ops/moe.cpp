@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -14,6 +17,7 @@
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/grouped_gemm_tc.h"
 #include "ops/device.h"
+#include "ops/norm.h"
 
 namespace dseek::ops {
 
@@ -589,6 +593,76 @@ Tensor moe_combine(const Tensor& y_perm, const Tensor& weights, const MoeDispatc
   }
   cpu::moe_combine(y.data<float>(), w.data<float>(), d.position.data<int32_t>(), T, K, D,
                    a.defined() ? a.data<float>() : nullptr, out.data<float>());
+  return out;
+}
+
+namespace {
+
+std::atomic<bool>& combine_norm_fused() {
+  static std::atomic<bool> on = [] {
+    const char* env = std::getenv("DSEEK_FUSED_COMBINE_NORM");
+    return !(env && std::string(env) == "0");
+  }();
+  return on;
+}
+
+}  // namespace
+
+void set_moe_combine_norm_fused(bool on) {
+  combine_norm_fused().store(on);
+}
+
+Tensor moe_combine_add_rms_norm(const Tensor& y_perm, const Tensor& weights, const MoeDispatch& d,
+                                const Tensor& add, const Tensor& residual,
+                                const Tensor& norm_weight, double eps, Tensor& normed) {
+  const bool fused = y_perm.defined() && y_perm.is_cuda() && combine_norm_fused().load();
+  if (!fused) {  // the two ops: the CPU's reference, and the GPU's with the switch off
+    Tensor out = moe_combine(y_perm, weights, d, add);
+    normed = add_rms_norm(out, residual, norm_weight, eps);
+    return out;
+  }
+  const int64_t T = d.tokens, K = d.top_k;
+  DSEEK_CHECK(y_perm.dim() == 2 && y_perm.size(0) == T * K,
+              "[moe_combine_add_rms_norm] y_perm {}, expected [{}, D]", shape_str(y_perm.shape()),
+              T * K);
+  const Device device =
+      op_device("moe_combine_add_rms_norm", {&y_perm, &weights, &add, &residual, &norm_weight});
+  const DType act = activation_dtype("moe_combine_add_rms_norm", y_perm);
+  check_dispatch("moe_combine_add_rms_norm", d, device);
+  const int64_t D = y_perm.size(1);
+  DSEEK_CHECK(
+      weights.defined() && weights.dtype() == DType::F32 && (weights.shape() == Shape{T, K}),
+      "[moe_combine_add_rms_norm] weights: {} {}, expected [{}, {}] f32",
+      shape_str(weights.shape()), dtype_name(weights.dtype()), T, K);
+  for (const auto& [what, t] : {std::pair{"add", &add}, std::pair{"residual", &residual}}) {
+    if (what == std::string("add") && !t->defined()) continue;
+    DSEEK_CHECK(t->defined() && t->dtype() == act && (t->shape() == Shape{T, D}),
+                "[moe_combine_add_rms_norm] {}: {} {}, expected [{}, {}] {}", what,
+                t->defined() ? shape_str(t->shape()) : "undefined",
+                t->defined() ? dtype_name(t->dtype()) : "", T, D, dtype_name(act));
+  }
+  DSEEK_CHECK(norm_weight.defined() && norm_weight.dim() == 1 && norm_weight.size(0) == D &&
+                  (norm_weight.dtype() == DType::F32 || norm_weight.dtype() == DType::BF16),
+              "[moe_combine_add_rms_norm] norm weight {} {}, expected [{}] f32 or bf16",
+              shape_str(norm_weight.shape()), dtype_name(norm_weight.dtype()), D);
+  DSEEK_CHECK(eps >= 0, "[moe_combine_add_rms_norm] negative eps {}", eps);
+  DSEEK_CHECK(K <= 64, "[moe_combine_add_rms_norm] at most 64 experts per token, got {}", K);
+  Tensor out = Tensor::empty({T, D}, act, device);
+  normed = Tensor::empty({T, D}, act, device);
+  if (out.numel() == 0) return out;
+#ifdef DSEEK_HAS_CUDA
+  Tensor yh, wh, ah, rh;
+  const Tensor& y = contiguous_or(y_perm, yh);
+  const Tensor& w = contiguous_or(weights, wh);
+  const Tensor& a = add.defined() ? contiguous_or(add, ah) : add;
+  const Tensor& r = contiguous_or(residual, rh);
+  const Tensor nw = norm_weight.contiguous();
+  cuda::moe_combine_add_rms_norm(y.raw(), w.data<float>(), d.position.data<int32_t>(), T, K, D,
+                                 a.defined() ? a.raw() : nullptr, r.raw(), nw.raw(), nw.dtype(),
+                                 float(eps), out.raw(), normed.raw(), act);
+#else
+  cuda_not_built("moe_combine_add_rms_norm");
+#endif
   return out;
 }
 

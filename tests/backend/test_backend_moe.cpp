@@ -744,6 +744,60 @@ TEST(BackendOps, MoeCombine) {
   }
 }
 
+// The end of a MoE layer in one kernel (ops::moe_combine_add_rms_norm: the combine, the residual
+// add and the next layer's norm): the same bits as the GPU's two ops (moe_combine, add_rms_norm)
+// into poisoned memory, and close to the CPU's, over the GEMM cases' ragged routings and a decode
+// step's shape (one token, 6 of 64 experts, 2048 columns), with and without the shared experts'
+// row, f32 and bf16 norm weights.
+TEST(BackendOps, MoeCombineAddRmsNormIsTheTwoOps) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(26);
+  std::vector<GemmCase> cases(std::begin(kGemmCases), std::end(kGemmCases));
+  cases.push_back({1, 64, 6, 1408, 2048, false});
+  const auto bytes = [](const Tensor& t) {
+    const Tensor h = t.to(Device::CPU);
+    return std::string(static_cast<const char*>(h.raw()), size_t(h.nbytes()));
+  };
+  for (DType act : kActDtypes) {
+    for (const GemmCase& c : cases) {
+      const int64_t D = c.out, N = c.T * c.K;
+      const Shape shape{c.T, c.K, D};
+      const Tensor ids = ids_tensor(ragged_ids(c.T, c.E, c.K, c.hot, rng), c.T, c.K);
+      const ops::MoeDispatch dc = ops::moe_dispatch(ids, c.E);
+      const ops::MoeDispatch dg = ops::moe_dispatch(ids.to(Device::CUDA), c.E);
+      const Tensor y = rand({N, D}, rng), w = rand({c.T, c.K}, rng), add = rand({c.T, D}, rng),
+                   residual = rand({c.T, D}, rng, 4.0f), norm_w = rand({D}, rng);
+      for (bool with_add : {false, true})
+        for (DType w_dtype : {DType::F32, DType::BF16}) {
+          const std::string what = std::string("moe_combine_add_rms_norm") +
+                                   (with_add ? " (+ add)" : "") + ", " +
+                                   std::string(dtype_name(w_dtype)) + " norm weight";
+          const Tensor nw = rounded(norm_w, w_dtype);
+          Tensor normed_want;
+          const Tensor want = ops::moe_combine_add_rms_norm(
+              rounded(y, act), w, dc, with_add ? rounded(add, act) : Tensor(),
+              rounded(residual, act), nw, 1e-6, normed_want);
+          const auto on_device = [&](bool fused, Tensor& normed) {
+            ops::set_moe_combine_norm_fused(fused);
+            poison_pool({c.T * D, c.T * D});
+            Tensor out = ops::moe_combine_add_rms_norm(
+                on_gpu(y, act), w.to(Device::CUDA), dg, with_add ? on_gpu(add, act) : Tensor(),
+                on_gpu(residual, act), nw.to(Device::CUDA), 1e-6, normed);
+            ops::set_moe_combine_norm_fused(true);
+            return out;
+          };
+          Tensor normed_two, normed_one;
+          const Tensor two = on_device(false, normed_two), one = on_device(true, normed_one);
+          EXPECT_TRUE(bytes(one) == bytes(two)) << what << ": the sum, T " << c.T << " D " << D;
+          EXPECT_TRUE(bytes(normed_one) == bytes(normed_two))
+              << what << ": the norm, T " << c.T << " D " << D;
+          expect_close(what + ": sum", shape, act, want, one);
+          expect_close(what + ": norm", shape, act, normed_want, normed_one);
+        }
+    }
+  }
+}
+
 // route → dispatch → permute → grouped_linear (gate, up) → silu_mul → grouped_linear (down) →
 // combine (+ a shared-expert output), all on the GPU, against the same chain of CPU ops
 // (tests/test_moe_ops.cpp: equal to MoE::forward).

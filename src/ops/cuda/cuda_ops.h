@@ -249,6 +249,13 @@ void grouped_linear_backward_dw(const void* x, const void* dy, const int64_t* of
 // out[t] = Σ_k w[t,k]·y_perm[position[t·K+k]] in ascending position (+ add[t], nullable); K ≤ 64.
 void moe_combine(const void* y_perm, const float* weights, const int32_t* position, int64_t T,
                  int64_t K, int64_t D, const void* add, void* out, DType act);
+// moe_combine, then add_rms_norm(out, residual) with the next layer's norm weight (f32 or bf16
+// w_dtype): out = combined + residual, normed = its RMS norm — one block a token, the same bits
+// as the two kernels (Block::finish at a MoE layer's end).
+void moe_combine_add_rms_norm(const void* y_perm, const float* weights, const int32_t* position,
+                              int64_t T, int64_t K, int64_t D, const void* add,
+                              const void* residual, const void* norm_weight, DType w_dtype,
+                              float eps, void* out, void* normed, DType act);
 // dy_perm[i] = w[order[i]]·dout[order[i] / K] (zeros where order is −1);
 // dweights[s] = dout[s / K] · y_perm[position[s]] (f32).
 void moe_combine_backward(const void* y_perm, const float* weights, const int32_t* order,
