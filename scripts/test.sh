@@ -42,10 +42,12 @@ if [[ -n $nvcc ]]; then
     -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES=90a-real -DDSEEK_BENCH=OFF >/dev/null
   cmake --build build-cuda -j "$jobs" --target dseek_backend_tests
   build-cuda/dseek_backend_tests 2>&1 | tail -n 3
-  # The tensor-core kernels' own source on host threads (bench/kernels/tc_emulation.h re-implements
-  # mma/ldmatrix/wgmma from the PTX ISA): their indexing, masks and splits checked against double
-  # references without a GPU. About a minute in all.
-  echo "== tensor-core kernel emulators"
+  # Kernels' own source on host threads (bench/kernels/tc_emulation.h re-implements
+  # mma/ldmatrix/wgmma from the PTX ISA, shuffles, barriers and the float intrinsics): the
+  # tensor-core kernels' indexing, masks and splits against double references, and the AdamW
+  # update by rows and the MoE layer's fused end against the kernels they stand for, bit for bit,
+  # without a GPU. About a minute in all.
+  echo "== kernel emulators"
   # The CUDA headers (cuda_bf16.h) from where nvcc itself looks: its dry run prints its include
   # flags, which hold wherever this toolkit keeps them (targets/<arch>/include, cccl).
   cuda_includes=()

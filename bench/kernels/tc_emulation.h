@@ -1,6 +1,7 @@
 // The CUDA execution model and the warp-level tensor-core primitives of
 // src/ops/cuda/attention_mma.cuh on host threads, for the kernel emulators in this folder
-// (attention_tc_emulate.cpp, grouped_gemm_tc_emulate.cpp): one std::thread per CUDA thread, and
+// (attention_tc_emulate.cpp, grouped_gemm_tc_emulate.cpp, ..., and without tensor cores
+// adamw_rows_emulate.cpp, combine_norm_emulate.cpp): one std::thread per CUDA thread, and
 // mma.m16n8k16, ldmatrix and shuffles re-implemented from their PTX ISA definitions, exchanging
 // fragments through per-warp buffers between barriers. cp.async copies at once; dynamic shared
 // memory starts as NaN, so a read of a never-written element shows. Include before the kernel
@@ -55,6 +56,38 @@ inline EmuWarp& my_warp() {
 }
 inline int my_lane() {
   return int(threadIdx.x % 32);
+}
+
+// The device's float intrinsics: one operation each, rounded to nearest (g++ in ISO C++ mode
+// contracts nothing into fused multiply-adds). rsqrtf is the GPU's approximation on the device;
+// here the correctly rounded value (kernels compared with each other call the same one).
+inline float __fmul_rn(float a, float b) {
+  return a * b;
+}
+inline float __fadd_rn(float a, float b) {
+  return a + b;
+}
+inline float __fsub_rn(float a, float b) {
+  return a - b;
+}
+inline float __fdiv_rn(float a, float b) {
+  return a / b;
+}
+inline float __fsqrt_rn(float a) {
+  return std::sqrt(a);
+}
+inline float rsqrtf(float a) {
+  return 1.0f / std::sqrt(a);
+}
+inline float __uint_as_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint32_t __float_as_uint(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
 }
 
 inline void __syncthreads() {

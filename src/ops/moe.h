@@ -175,12 +175,14 @@ Tensor moe_combine(const Tensor& y_perm, const Tensor& weights, const MoeDispatc
 // Block::finish): returns out = moe_combine(y_perm, weights, d, add) + residual and sets
 // normed = rms_norm(out, norm_weight, eps), both [T, D] in y_perm's dtype. On the GPU one kernel
 // (a block a token, where the combine and add_rms_norm are two launches on a decode step's
-// critical path), the same bits as the two ops, which are the CPU's. set_moe_combine_norm_fused
-// (false) — or DSEEK_FUSED_COMBINE_NORM=0 at start-up — runs the two ops, for comparisons.
+// critical path), the same bits as the two ops, which are the CPU's — where switched on:
+// set_moe_combine_norm_fused(true), or DSEEK_FUSED_COMBINE_NORM=1 at start-up (off by default
+// until it has been timed on a GPU; off, the GPU runs the two ops).
 Tensor moe_combine_add_rms_norm(const Tensor& y_perm, const Tensor& weights, const MoeDispatch& d,
                                 const Tensor& add, const Tensor& residual,
                                 const Tensor& norm_weight, double eps, Tensor& normed);
 void set_moe_combine_norm_fused(bool on);
+bool moe_combine_norm_fused();
 struct MoeCombineGrads {
   Tensor dy_perm;   // [T·K, D] in dout's dtype
   Tensor dweights;  // [T, K] f32

@@ -1,6 +1,7 @@
 #include "train/optimizer.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -217,17 +218,25 @@ int update_sms() {
   return sms;
 }
 
-// Whether step_async updates the next forward's embedding rows first (DSEEK_LOOKUP_ROWS_FIRST,
-// default on).
-bool lookup_rows_first() {
-  static const bool on = [] {
+// Whether step_async updates the next forward's embedding rows first: DSEEK_LOOKUP_ROWS_FIRST=1
+// at start-up, or set_lookup_rows_first. Off by default until it has been timed on a GPU.
+std::atomic<bool>& lookup_rows_switch() {
+  static std::atomic<bool> on = [] {
     const char* env = std::getenv("DSEEK_LOOKUP_ROWS_FIRST");
-    return !(env && std::string(env) == "0");
+    return env && std::string(env) == "1";
   }();
   return on;
 }
 
 }  // namespace
+
+void set_lookup_rows_first(bool on) {
+  lookup_rows_switch().store(on);
+}
+
+bool lookup_rows_first() {
+  return lookup_rows_switch().load();
+}
 
 int AdamW::lookup_group() const {
   if (!lookup_rows_first()) return -1;

@@ -64,8 +64,8 @@ class AdamW {
   // rows updated first and the rest of its rows last, after the head: the forward's lookup waits
   // for its rows alone (ParamSet::at_for_lookup) instead of for the whole table, first in the
   // update's order (V2-Lite: 0.84 GB of master and 0.42 GB of moments). Each row gets the whole
-  // update's arithmetic (ops::adamw_step_rows), so the same bits. DSEEK_LOOKUP_ROWS_FIRST=0 turns
-  // it off.
+  // update's arithmetic (ops::adamw_step_rows), so the same bits. Off unless
+  // set_lookup_rows_first(true) or DSEEK_LOOKUP_ROWS_FIRST=1: not yet timed on a GPU.
   void step_async(double lr, float grad_scale, bool defer_overwritten,
                   const std::vector<int32_t>& next_lookup = {});
   // step_async with the clip factor of `clip` (BackwardGradNorm::clip): on the GPU the kernels read
@@ -116,6 +116,11 @@ class AdamW {
   void check_step(double lr) const;
   void await_updates() const;  // the current stream waits for the last step_async
 };
+
+// AdamW::step_async's next_lookup switch (process-wide; DSEEK_LOOKUP_ROWS_FIRST=1 at start-up
+// turns it on).
+void set_lookup_rows_first(bool on);
+bool lookup_rows_first();
 
 // The update group of parameter `name`: its layer ("model.layers.3"), or outside the layers the
 // module it belongs to ("model.embed_tokens", "model.norm", "lm_head").

@@ -850,7 +850,7 @@ TrainSummary run_training(TrainConfig cfg, bool resume) {
       // The next step's first micro-batch, peeked at (the position stays): the update takes the
       // embedding rows its forward looks up first, the rest of the embedding last.
       std::vector<int32_t> next_lookup;
-      if (params.device() == Device::CUDA && step + 1 < cfg.steps && !stop)
+      if (params.device() == Device::CUDA && lookup_rows_first() && step + 1 < cfg.steps && !stop)
         next_lookup = batches.peek(group.rank() * B_local, B_local).inputs;
       if (backward_norm) {
         const GradClip clip = backward_norm->clip(cfg.grad_clip);

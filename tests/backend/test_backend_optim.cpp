@@ -365,6 +365,11 @@ TEST(BackendOptim, StepAsyncMatchesStepAndWaitsForReaders) {
 // range makes the update take the table whole and first (the lookup will name the id).
 TEST(BackendOptim, StepAsyncUpdatesTheNextLookupsRowsFirst) {
   DSEEK_REQUIRE_CUDA();
+  struct SwitchedOn {  // (off by default until timed on a GPU)
+    const bool was = train::lookup_rows_first();
+    SwitchedOn() { train::set_lookup_rows_first(true); }
+    ~SwitchedOn() { train::set_lookup_rows_first(was); }
+  } lookup_rows_first;
   std::vector<Spec> specs = kSpecs;
   specs[0] = {"model.embed_tokens.weight", {8192, 512}, true, true, 1e-2f};  // rows of 4s
   specs.push_back({"model.layers.1.mlp.experts.big", {4096, 16384}, true, true, 1e-2f});

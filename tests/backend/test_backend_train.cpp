@@ -503,6 +503,11 @@ TEST(BackendTrain, StepAsyncTrainsLikeStep) {
 // for the whole table). The looked-up rows are checked also straight after the call.
 TEST(BackendTrain, LookupRowsFirstTrainsLikeTheWholeUpdate) {
   DSEEK_REQUIRE_CUDA();
+  struct SwitchedOn {  // (off by default until timed on a GPU)
+    const bool was = train::lookup_rows_first();
+    SwitchedOn() { train::set_lookup_rows_first(true); }
+    ~SwitchedOn() { train::set_lookup_rows_first(was); }
+  } lookup_rows_first;
   for (const char* fixture : {"v2_lite", "v3_noaux"}) {
     SCOPED_TRACE(fixture);
     TwinTraining t(fixture, false);  // a: the embedding whole; b: its next lookup's rows first

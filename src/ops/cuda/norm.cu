@@ -8,6 +8,7 @@
 #include "core/cuda/pdl.cuh"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/element.cuh"
+#include "ops/cuda/norm_kernels.cuh"
 #include "ops/cuda/reduce.cuh"
 
 namespace dseek::ops::cuda {
@@ -16,44 +17,6 @@ using dseek::cuda::ceil_div;
 using dseek::cuda::stream;
 
 namespace {
-
-template <typename T>
-__global__ void rms_norm_kernel(const T* x, const void* w, DType w_dtype, T* y, int64_t D, float eps) {
-  __shared__ float scratch[32];
-  dseek::cuda::pdl_trigger();  // a projection after it may start loading its weights (pdl.cuh)
-  const T* xr = x + blockIdx.x * D;
-  T* yr = y + blockIdx.x * D;
-  float ss = 0;
-  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
-    const float v = to_f32(xr[j]);
-    ss += v * v;
-  }
-  const float r = rsqrtf(block_sum(ss, scratch) / float(D) + eps);
-  for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
-    yr[j] = from_f32<T>(load_weight(w, w_dtype, j) * (to_f32(xr[j]) * r));
-}
-
-// rms_norm_kernel over h + x: each thread stores the rounded sum and squares that value, then
-// reads back its own elements (the same loops, so the same bits as add_inplace then rms_norm).
-template <typename T>
-__global__ void add_rms_norm_kernel(T* h, const T* x, const void* w, DType w_dtype, T* y, int64_t D,
-                                    float eps) {
-  __shared__ float scratch[32];
-  dseek::cuda::pdl_trigger();  // a projection after it may start loading its weights (pdl.cuh)
-  T* hr = h + blockIdx.x * D;
-  const T* xr = x + blockIdx.x * D;
-  T* yr = y + blockIdx.x * D;
-  float ss = 0;
-  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
-    const T sum = from_f32<T>(to_f32(hr[j]) + to_f32(xr[j]));
-    hr[j] = sum;
-    const float v = to_f32(sum);
-    ss += v * v;
-  }
-  const float r = rsqrtf(block_sum(ss, scratch) / float(D) + eps);
-  for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
-    yr[j] = from_f32<T>(load_weight(w, w_dtype, j) * (to_f32(hr[j]) * r));
-}
 
 // dx per row; also stores r per row for the weight gradient.
 template <typename T>
