@@ -636,7 +636,7 @@ TEST_P(BackendDecodeModel, GreedyGenerationMatchesCpu) {
 // and the way back to the first (its graph again recaptured). The default placement (FP8 weights
 // kept as FP8): for MLA fixtures the replays must happen (a silent fallback would hide a broken
 // capture), except with FP8 projections, whose activation checks synchronise; other attention
-// kinds run eagerly.
+// kinds run eagerly. The fused MoE end (ops::moe_combine_add_rms_norm) gives the same logits too.
 TEST_P(BackendDecodeModel, GraphReplayEqualsEagerDecode) {
   DSEEK_REQUIRE_CUDA();
   for (DType act : kActDtypes) {
@@ -694,6 +694,18 @@ TEST_P(BackendDecodeModel, GraphReplayEqualsEagerDecode) {
       EXPECT_GE(replays, int64_t(ids_.size() - prompt)) << GetParam();
     else
       EXPECT_EQ(replays, 0) << GetParam();
+    // A MoE layer's end in one kernel (ops::moe_combine_add_rms_norm; off by default until timed):
+    // the same bits, eager and replayed (set_cuda_graphs captures afresh).
+    const bool fused_was = ops::moe_combine_norm_fused();
+    ops::set_moe_combine_norm_fused(true);
+    const std::vector<float> fused_eager = run(false), fused_graphed = run(true);
+    ops::set_moe_combine_norm_fused(fused_was);
+    std::printf("[backend] decode %-12s %-4s MoE end fused: eager %s, replayed %s\n",
+                GetParam().c_str(), std::string(dtype_name(act)).c_str(),
+                fused_eager == eager ? "bitwise equal" : "DIFFERENT",
+                fused_graphed == eager ? "bitwise equal" : "DIFFERENT");
+    EXPECT_TRUE(fused_eager == eager) << GetParam();
+    EXPECT_TRUE(fused_graphed == eager) << GetParam();
   }
 }
 
