@@ -1137,6 +1137,47 @@ void expect_trains_like(const std::vector<nlohmann::json>& one,
   EXPECT_NEAR(other.back().at("val_loss").get<double>(), val_one, 2e-3 * val_one);
 }
 
+// `dseek train --device cuda` with the next batch's embedding rows updated first
+// (DSEEK_LOOKUP_ROWS_FIRST=1: the trainer peeks at its next batch, AdamW::step_async's
+// next_lookup) against the same run without: the same loss and gradient norm every step and the
+// same checkpoint, bit for bit (the tiny preset: an untied embedding, an MTP module that looks it
+// up again).
+TEST(BackendTrainCli, LookupRowsFirstGivesTheSameRun) {
+  DSEEK_REQUIRE_CUDA();
+  TinyData d;
+  ASSERT_NO_FATAL_FAILURE(d.prepare());
+  constexpr int kSteps = 5;
+  const fs::path whole = d.root / "whole", rows_first = d.root / "rows_first";
+  CliRun r = run_dseek(train_args(d, whole, kSteps, "cuda"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ::setenv("DSEEK_LOOKUP_ROWS_FIRST", "1", 1);  // (the child inherits it)
+  r = run_dseek(train_args(d, rows_first, kSteps, "cuda"));
+  ::unsetenv("DSEEK_LOOKUP_ROWS_FIRST");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<nlohmann::json> a = read_metrics(whole), b = read_metrics(rows_first);
+  ASSERT_EQ(a.size(), size_t(kSteps));
+  ASSERT_EQ(b.size(), size_t(kSteps));
+  for (int s = 0; s < kSteps; ++s) {
+    EXPECT_EQ(b[s].at("loss"), a[s].at("loss")) << "step " << s + 1;
+    EXPECT_EQ(b[s].at("grad_norm"), a[s].at("grad_norm")) << "step " << s + 1;
+  }
+  const train::CheckpointData ca =
+      train::load_checkpoint(train::find_latest_checkpoint(whole.string()));
+  const train::CheckpointData cb =
+      train::load_checkpoint(train::find_latest_checkpoint(rows_first.string()));
+  ASSERT_EQ(ca.model.size(), cb.model.size());
+  int64_t differ = 0;
+  for (size_t i = 0; i < ca.model.size(); ++i) {
+    const bool same = ca.model[i].second.to_vector() == cb.model[i].second.to_vector();
+    differ += same ? 0 : 1;
+    EXPECT_TRUE(same) << ca.model[i].first;
+  }
+  std::printf(
+      "[backend] dseek train, next batch's embedding rows first: %d steps, %lld tensors "
+      "differ\n",
+      kSteps, (long long)differ);
+}
+
 // Six f32 steps on the GPU and on the CPU from the same initialisation and batches. The first
 // step's loss differs only by summation order (GEMMs, attention, reductions): within 1e-4
 // relative. Later steps carry the first updates' differences (AdamW's first step is about
