@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_flags.h"
 #include "cli/validators.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -159,11 +160,7 @@ int main(int argc, char** argv) {
   app.add_option("--context", context, "prompt tokens before decoding")
       ->check(dseek::cli::positive);
   app.add_option("--runs", runs)->check(dseek::cli::positive);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;
-  }
+  parse_or_exit(app, argc, argv);
   if (dir.empty()) dir = "bench_v2lite_" + std::to_string(layers) + "l";
   try {
     const ModelConfig config = v2_lite_shape(layers);

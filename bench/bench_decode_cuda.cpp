@@ -42,6 +42,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_flags.h"
 #include "cli/validators.h"
 #include "core/cuda.h"
 #ifdef DSEEK_HAS_CUDA
@@ -96,11 +97,7 @@ Options parse(int argc, char** argv) {
   app.add_option("--checkpoint", o.checkpoint, "a checkpoint folder instead of random weights");
   app.add_option("--seed", o.seed)->check(dseek::cli::non_negative);
   app.add_option("--json", o.json, "also write the figures to this file");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    std::exit(app.exit(e) == 0 ? 0 : 2);
-  }
+  parse_or_exit(app, argc, argv);
   if (o.dtype.empty()) o.dtype = o.device == "cuda" ? "bf16" : "f32";
   return o;
 }

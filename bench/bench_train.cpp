@@ -41,6 +41,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_flags.h"
 #include "cli/validators.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -230,11 +231,7 @@ Options parse(int argc, char** argv) {
       ->check(dseek::cli::non_negative);
   app.add_option("--write-configs", o.write_configs,
                  "write the presets' config.json files into this folder and stop");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    std::exit(app.exit(e) == 0 ? 0 : 2);
-  }
+  parse_or_exit(app, argc, argv);
   return o;
 }
 

@@ -52,6 +52,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_flags.h"
 #include "cli/validators.h"
 #include "core/cuda.h"
 #include "core/error.h"
@@ -113,11 +114,7 @@ Options parse(int argc, char** argv) {
   app.add_option("--norm", o.norm)->check(CLI::IsMember({"backward", "after"}));
   app.add_option("--micro-batches", o.micro_batches)->check(dseek::cli::positive);
   app.add_option("--write-config", o.write_config, "write the shape's config.json and stop");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    std::exit(app.exit(e) == 0 ? 0 : 2);
-  }
+  parse_or_exit(app, argc, argv);
   if (o.dtype.empty()) o.dtype = o.device == "cuda" ? "bf16" : "f32";
   if ((o.expert_grads == "bf16" || o.grads == "bf16") &&
       !(o.device == "cuda" && o.dtype == "bf16" && o.precision == "default")) {
