@@ -9,6 +9,7 @@
 #include "ops/attention.h"
 #include "ops/cpu/batched_matmul_cpu.h"
 #include "ops/embedding.h"
+#include "ops/l2_prefetch.h"
 #include "ops/linear.h"
 #include "ops/mla_cache.h"
 #include "ops/mla_decode.h"
@@ -208,8 +209,19 @@ Tensor Mla::forward_cached(const Tensor& x, KVCache& cache, int64_t layer) const
     }
     const Tensor q_abs = absorb_query_gpu(q, positions);
     fork.join();
+    // The output projection's weights into L2 on the side stream, beside the decode kernel, which
+    // reads little from HBM (ops/l2_prefetch.h; off unless switched on).
+    cuda::Fork ahead(ops::prefetch_o_proj() && cuda::branches_enabled());
+    if (ahead.enabled()) {
+      cuda::Fork::Side side(ahead);
+      const Tensor* weight[] = {&o_proj_.weight};
+      ops::prefetch_l2(ops::l2_ranges(weight, INT64_MAX));
+    }
     // latent_output_gpu's product, joined from the decode's key splits as it is multiplied.
-    return output_projection(ops::mla_decode_project(q_abs, rows, r, scale_, positions, w_uv_t_));
+    Tensor out =
+        output_projection(ops::mla_decode_project(q_abs, rows, r, scale_, positions, w_uv_t_));
+    ahead.join();
+    return out;
   }
   const Projected p = project(x, pos0);
 

@@ -44,6 +44,7 @@
 #include "model/transformer.h"
 #include "model_fixtures.h"
 #include "ops/attention.h"
+#include "ops/l2_prefetch.h"
 #include "ops/mla_cache.h"
 #ifdef DSEEK_HAS_CUDA
 #include "ops/cuda/cuda_ops.h"
@@ -274,6 +275,39 @@ TEST(BackendDecode, MlaDecodeProjectMatchesTheTwoOps) {
   EXPECT_THROW(ops::mla_decode_project(rand({1, 2, 8}, rng), rand({4, 8}, rng), 4, 1.0f,
                                        Tensor::from_i64({3}), rand({3, 4, 5}, rng)),
                Error);  // w's heads
+}
+
+// ops::prefetch_l2, the decode step's hint to bring weights into L2 (Mla's output projection):
+// l2_ranges takes GPU tensors in order up to the byte cap (cutting the last) and skips the rest;
+// the kernel runs over more ranges than one launch takes, odd sizes and an empty range, and leaves
+// every byte as it was (it only reads).
+TEST(BackendDecode, PrefetchL2OnlyReads) {
+  DSEEK_REQUIRE_CUDA();
+  std::mt19937 rng(23);
+  std::vector<Tensor> tensors;
+  for (int64_t n : {1, 31, 33, 1000, 262147, 7, 64, 129, 5000, 3})
+    tensors.push_back(rand({n}, rng).to(Device::CUDA));
+  const Tensor host = rand({16}, rng);
+  std::vector<const Tensor*> ptrs = {&tensors[0], &host, nullptr, &tensors[1]};
+  for (size_t i = 2; i < tensors.size(); ++i) ptrs.push_back(&tensors[i]);
+  const std::vector<ops::L2Range> capped = ops::l2_ranges(ptrs, 4 + 31 * 4 + 10);
+  ASSERT_EQ(capped.size(), 3u);  // the CPU tensor and the null one skipped, the third cut
+  EXPECT_EQ(capped[0].data, tensors[0].raw());
+  EXPECT_EQ(capped[1].bytes, 31 * 4);
+  EXPECT_EQ(capped[2].data, tensors[2].raw());
+  EXPECT_EQ(capped[2].bytes, 10);
+  std::vector<ops::L2Range> all = ops::l2_ranges(ptrs, int64_t(1) << 40);
+  ASSERT_EQ(all.size(), tensors.size());
+  all.push_back({tensors[4].raw(), 0});
+  all.push_back({tensors[5].raw(), 5});
+  std::vector<std::vector<float>> before;
+  for (const Tensor& t : tensors) before.push_back(t.to_vector());
+  ops::prefetch_l2(all);
+  ops::prefetch_l2({});
+  cuda::synchronize();
+  for (size_t i = 0; i < tensors.size(); ++i)
+    EXPECT_EQ(tensors[i].to_vector(), before[i]) << "tensor " << i;
+  std::printf("[backend] prefetch_l2 over %zu ranges: every byte as it was\n", all.size());
 }
 
 // The absorbed query in one call (ops::absorb_query_into): q = [q_nope | q_pe] per head (a
@@ -636,7 +670,8 @@ TEST_P(BackendDecodeModel, GreedyGenerationMatchesCpu) {
 // and the way back to the first (its graph again recaptured). The default placement (FP8 weights
 // kept as FP8): for MLA fixtures the replays must happen (a silent fallback would hide a broken
 // capture), except with FP8 projections, whose activation checks synchronise; other attention
-// kinds run eagerly. The fused MoE end (ops::moe_combine_add_rms_norm) gives the same logits too.
+// kinds run eagerly. The fused MoE end (ops::moe_combine_add_rms_norm) and the output
+// projection's prefetch give the same logits too.
 TEST_P(BackendDecodeModel, GraphReplayEqualsEagerDecode) {
   DSEEK_REQUIRE_CUDA();
   for (DType act : kActDtypes) {
@@ -694,16 +729,20 @@ TEST_P(BackendDecodeModel, GraphReplayEqualsEagerDecode) {
       EXPECT_GE(replays, int64_t(ids_.size() - prompt)) << GetParam();
     else
       EXPECT_EQ(replays, 0) << GetParam();
-    // A MoE layer's end in one kernel (ops::moe_combine_add_rms_norm; off by default until timed):
-    // the same bits, eager and replayed (set_cuda_graphs captures afresh).
-    const bool fused_was = ops::moe_combine_norm_fused();
+    // A MoE layer's end in one kernel (ops::moe_combine_add_rms_norm) and the output projection's
+    // weights prefetched on a side stream (ops::prefetch_o_proj), both off by default until
+    // timed: the same bits, eager and replayed (set_cuda_graphs captures afresh).
+    const bool fused_was = ops::moe_combine_norm_fused(), prefetch_was = ops::prefetch_o_proj();
     ops::set_moe_combine_norm_fused(true);
+    ops::set_prefetch_o_proj(true);
     const std::vector<float> fused_eager = run(false), fused_graphed = run(true);
     ops::set_moe_combine_norm_fused(fused_was);
-    std::printf("[backend] decode %-12s %-4s MoE end fused: eager %s, replayed %s\n",
-                GetParam().c_str(), std::string(dtype_name(act)).c_str(),
-                fused_eager == eager ? "bitwise equal" : "DIFFERENT",
-                fused_graphed == eager ? "bitwise equal" : "DIFFERENT");
+    ops::set_prefetch_o_proj(prefetch_was);
+    std::printf(
+        "[backend] decode %-12s %-4s MoE end fused, o_proj prefetched: eager %s, replayed %s\n",
+        GetParam().c_str(), std::string(dtype_name(act)).c_str(),
+        fused_eager == eager ? "bitwise equal" : "DIFFERENT",
+        fused_graphed == eager ? "bitwise equal" : "DIFFERENT");
     EXPECT_TRUE(fused_eager == eager) << GetParam();
     EXPECT_TRUE(fused_graphed == eager) << GetParam();
   }
