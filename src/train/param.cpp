@@ -84,6 +84,11 @@ void ParamSet::set_lookup_ready(size_t index, uint64_t mark, std::vector<int32_t
   lookup_ids_ = std::move(ids);
 }
 
+bool ParamSet::lookup_ready(const std::string& name) const {
+  auto it = index_.find(name);
+  return it != index_.end() && it->second == lookup_index_;
+}
+
 const Param& ParamSet::at_for_lookup(const std::string& name, const std::vector<int32_t>& ids) {
   auto it = index_.find(name);
   DSEEK_CHECK(it != index_.end(), "[train] no parameter '{}'", name);

@@ -182,6 +182,8 @@ class ParamSet {
   // at(name), except that a lookup of exactly the ids set_lookup_ready named for it waits only for
   // their rows' mark. The rest of the table may still be in flight: read only the rows of `ids`.
   const Param& at_for_lookup(const std::string& name, const std::vector<int32_t>& ids);
+  // Whether set_lookup_ready's record (not yet used or cleared) names parameter `name`.
+  bool lookup_ready(const std::string& name) const;
   void await_all() const;  // waits for every update in flight
   bool pending() const { return pending_count_ > 0; }
   // Parameters without waiting, for the optimizer queueing the updates themselves.

@@ -533,6 +533,7 @@ TEST(BackendTrain, LookupRowsFirstTrainsLikeTheWholeUpdate) {
       const train::GradClip clip_b = parts_b->clip(step % 2 == 0 ? 1e-3 : 1e9);
       t.opt_a->step_async(3e-3, clip_a, /*defer_overwritten=*/true);
       t.opt_b->step_async(3e-3, clip_b, /*defer_overwritten=*/true, next);
+      EXPECT_TRUE(t.b.lookup_ready("model.embed_tokens.weight")) << "step " << step;
       if (step % 2 == 1) {  // (on the other steps the next forward's lookup takes the rows)
         // The next lookup's rows, read at once (the rest of b's embedding may be in flight).
         const auto rows = [&](ParamSet& params) {
