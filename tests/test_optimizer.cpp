@@ -625,6 +625,38 @@ TEST(Optimizer, RowPartsStepLikeTheWholeTable) {
                "row 17 is out of [0, 50) or not flagged");
 }
 
+// ParamSet's record of an embedding whose next lookup's rows are updated first
+// (set_lookup_ready, AdamW::step_async's next_lookup on the GPU): named by lookup_ready until a
+// reader takes it — the lookup of those ids, a lookup of other ids, at(), await_all() — and
+// at_for_lookup returns the parameter either way. (On the CPU nothing is in flight, so no reader
+// waits; the GPU tests check the waits.)
+TEST(Optimizer, LookupRecordIsClearedByItsReaders) {
+  std::mt19937 rng(77);
+  ParamSet ps = make_params(rng);
+  const std::string embed = "model.embed_tokens.weight";
+  size_t index = 0;
+  for (const Param& p : ps.all()) {
+    if (p.name == embed) break;
+    ++index;
+  }
+  const std::vector<int32_t> ids = {3, 1, 3, 399};
+  const auto readers = std::vector<std::function<void()>>{
+      [&] { EXPECT_EQ(&ps.at_for_lookup(embed, ids), &ps.at(embed)); },
+      [&] {
+        (void)ps.at_for_lookup(embed, {1, 2});
+      },
+      [&] { (void)ps.at(embed); }, [&] { ps.await_all(); }};
+  for (size_t r = 0; r < readers.size(); ++r) {
+    ps.set_lookup_ready(index, 1, ids);
+    EXPECT_TRUE(ps.lookup_ready(embed)) << "reader " << r;
+    EXPECT_FALSE(ps.lookup_ready("model.layers.0.mlp.up_proj.weight"));
+    readers[r]();
+    EXPECT_FALSE(ps.lookup_ready(embed)) << "reader " << r;
+  }
+  EXPECT_THROW(ps.set_lookup_ready(ps.size(), 1, ids), Error);
+  EXPECT_THROW((void)ps.at_for_lookup("model.no_such.weight", ids), Error);
+}
+
 // The CPU side of the step with FP8 images (ops/adamw.h's AdamWImage; the GPU kernel is compared
 // with it in tests/backend/test_backend_optim.cpp): the masters and moments of the plain step bit
 // for bit, and images — written into poisoned buffers — that are quantize_fp8's 128×128 blocks of
