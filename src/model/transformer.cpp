@@ -5,6 +5,7 @@
 #include <cstring>
 #include <string>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "model/kv_cache.h"
 #include "model/load_context.h"
@@ -228,10 +229,7 @@ Tensor Transformer::cached_step(const Tensor& x_in, KVCache& cache) {
 }
 
 bool Transformer::cuda_graphs_active() const {
-  static const bool env_off = [] {
-    const char* v = std::getenv("DSEEK_CUDA_GRAPHS");
-    return v != nullptr && std::string(v) == "0";
-  }();
+  static const bool env_off = [] { return env_is("DSEEK_CUDA_GRAPHS", "0"); }();
   // MLA layers read their positions on the device (Mla::forward_cached); other attention kinds
   // and expert-parallel MoE (an MPI all-reduce per layer) would bake host values into a graph,
   // and FP8 projections take their NaN flags from a scope each forward (ops/fp8_nan_check.h),

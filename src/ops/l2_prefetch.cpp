@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "ops/cuda/l2_prefetch.h"
 
@@ -42,10 +43,7 @@ void prefetch_l2(std::span<const L2Range> ranges) {
 namespace {
 
 std::atomic<bool>& o_proj_switch() {
-  static std::atomic<bool> on = [] {
-    const char* env = std::getenv("DSEEK_PREFETCH_O_PROJ");
-    return env && std::string(env) == "1";
-  }();
+  static std::atomic<bool> on = [] { return env_is("DSEEK_PREFETCH_O_PROJ", "1"); }();
   return on;
 }
 

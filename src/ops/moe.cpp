@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/cuda.h"
+#include "core/env.h"
 #include "core/error.h"
 #include "ops/adamw.h"
 #include "ops/cpu/adamw_cpu.h"
@@ -600,10 +601,7 @@ namespace {
 
 // Off by default until it has been timed on a GPU (DSEEK_FUSED_COMBINE_NORM=1 turns it on).
 std::atomic<bool>& combine_norm_fused() {
-  static std::atomic<bool> on = [] {
-    const char* env = std::getenv("DSEEK_FUSED_COMBINE_NORM");
-    return env && std::string(env) == "1";
-  }();
+  static std::atomic<bool> on = [] { return env_is("DSEEK_FUSED_COMBINE_NORM", "1"); }();
   return on;
 }
 

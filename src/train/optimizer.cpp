@@ -8,6 +8,7 @@
 #include <map>
 
 #include "core/cuda.h"
+#include "core/env.h"
 #include "core/error.h"
 #include "ops/grad_rows.h"
 #include "train/expert_parallel.h"
@@ -121,8 +122,7 @@ void AdamW::build_groups() {
   images_version_ = fp8.version;
   std::map<const void*, std::pair<size_t, ops::AdamWImage>> image_of;
   static const bool images_on = [] {  // DSEEK_FP8_IMAGES=0: the update writes no images
-    const char* env = std::getenv("DSEEK_FP8_IMAGES");
-    return !(env && std::string(env) == "0");
+    return !env_is("DSEEK_FP8_IMAGES", "0");
   }();
   for (size_t i = 0; images_on && i < fp8.images.size(); ++i) {
     const ops::Fp8ExpertWeights& b = fp8.images[i].blocks;
@@ -221,10 +221,7 @@ int update_sms() {
 // Whether step_async updates the next forward's embedding rows first: DSEEK_LOOKUP_ROWS_FIRST=1
 // at start-up, or set_lookup_rows_first. Off by default until it has been timed on a GPU.
 std::atomic<bool>& lookup_rows_switch() {
-  static std::atomic<bool> on = [] {
-    const char* env = std::getenv("DSEEK_LOOKUP_ROWS_FIRST");
-    return env && std::string(env) == "1";
-  }();
+  static std::atomic<bool> on = [] { return env_is("DSEEK_LOOKUP_ROWS_FIRST", "1"); }();
   return on;
 }
 

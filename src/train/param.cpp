@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/cuda.h"
+#include "core/env.h"
 #include "core/error.h"
 #include "ops/grad_rows.h"
 #include "ops/split_master.h"
@@ -330,10 +331,7 @@ bool ParamSet::masters_split() const {
 }
 
 bool split_masters_enabled() {
-  static const bool on = [] {
-    const char* env = std::getenv("DSEEK_SPLIT_MASTERS");
-    return !(env && std::string(env) == "0");
-  }();
+  static const bool on = [] { return !env_is("DSEEK_SPLIT_MASTERS", "0"); }();
   return on;
 }
 

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <limits>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "model/init_weights.h"
 #include "model/safetensors.h"
@@ -155,10 +156,7 @@ TrainModel::TrainModel(const ModelConfig& config, ParamSet& params, const ModelP
   // The embedding's gradient: a batch writes only its tokens' rows (ops/grad_rows.h). A tied head
   // writes every row, so its flags would only cost a fill a step. DSEEK_GRAD_ROWS=0: no flags
   // (every row read, summed and zeroed, as before), for comparisons.
-  static const bool grad_rows = [] {
-    const char* env = std::getenv("DSEEK_GRAD_ROWS");
-    return !(env && std::string(env) == "0");
-  }();
+  static const bool grad_rows = [] { return !env_is("DSEEK_GRAD_ROWS", "0"); }();
   const std::string embed = "model.embed_tokens.weight";
   if (grad_rows && !config_.tie_word_embeddings && params_.has(embed) &&
       params_.at(embed).trainable)

@@ -41,6 +41,20 @@ namespace dseek::backend_test {
 
 inline const std::vector<DType> kActDtypes = {DType::F32, DType::BF16};
 
+// A process-wide switch (its getter and setter, e.g. ops::moe_combine_norm_fused) set for a
+// scope and restored after it, also when an assertion leaves the test early.
+class ScopedSwitch {
+ public:
+  ScopedSwitch(bool (*get)(), void (*set)(bool), bool on) : set_(set), was_(get()) { set(on); }
+  ~ScopedSwitch() { set_(was_); }
+  ScopedSwitch(const ScopedSwitch&) = delete;
+  ScopedSwitch& operator=(const ScopedSwitch&) = delete;
+
+ private:
+  void (*set_)(bool);
+  bool was_;
+};
+
 // Uniform in [-scale, scale], f32 on the CPU, from a generator seeded per test.
 inline Tensor rand(const Shape& shape, std::mt19937& rng, float scale = 1.0f) {
   std::uniform_real_distribution<float> dist(-scale, scale);

@@ -732,12 +732,13 @@ TEST_P(BackendDecodeModel, GraphReplayEqualsEagerDecode) {
     // A MoE layer's end in one kernel (ops::moe_combine_add_rms_norm) and the output projection's
     // weights prefetched on a side stream (ops::prefetch_o_proj), both off by default until
     // timed: the same bits, eager and replayed (set_cuda_graphs captures afresh).
-    const bool fused_was = ops::moe_combine_norm_fused(), prefetch_was = ops::prefetch_o_proj();
-    ops::set_moe_combine_norm_fused(true);
-    ops::set_prefetch_o_proj(true);
-    const std::vector<float> fused_eager = run(false), fused_graphed = run(true);
-    ops::set_moe_combine_norm_fused(fused_was);
-    ops::set_prefetch_o_proj(prefetch_was);
+    std::vector<float> fused_eager, fused_graphed;
+    {
+      const ScopedSwitch fused(ops::moe_combine_norm_fused, ops::set_moe_combine_norm_fused, true);
+      const ScopedSwitch prefetch(ops::prefetch_o_proj, ops::set_prefetch_o_proj, true);
+      fused_eager = run(false);
+      fused_graphed = run(true);
+    }
     std::printf(
         "[backend] decode %-12s %-4s MoE end fused, o_proj prefetched: eager %s, replayed %s\n",
         GetParam().c_str(), std::string(dtype_name(act)).c_str(),

@@ -778,14 +778,12 @@ TEST(BackendOps, MoeCombineAddRmsNormIsTheTwoOps) {
               rounded(y, act), w, dc, with_add ? rounded(add, act) : Tensor(),
               rounded(residual, act), nw, 1e-6, normed_want);
           const auto on_device = [&](bool fused, Tensor& normed) {
-            const bool was = ops::moe_combine_norm_fused();
-            ops::set_moe_combine_norm_fused(fused);
+            const ScopedSwitch s(ops::moe_combine_norm_fused, ops::set_moe_combine_norm_fused,
+                                 fused);
             poison_pool({c.T * D, c.T * D});
-            Tensor out = ops::moe_combine_add_rms_norm(
+            return ops::moe_combine_add_rms_norm(
                 on_gpu(y, act), w.to(Device::CUDA), dg, with_add ? on_gpu(add, act) : Tensor(),
                 on_gpu(residual, act), nw.to(Device::CUDA), 1e-6, normed);
-            ops::set_moe_combine_norm_fused(was);
-            return out;
           };
           Tensor normed_two, normed_one;
           const Tensor two = on_device(false, normed_two), one = on_device(true, normed_one);

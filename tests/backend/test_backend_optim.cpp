@@ -299,6 +299,35 @@ TEST(BackendOptim, FusedClipAndComputeCopiesMatchUnfusedCpu) {
   std::printf("[backend] adamw fused clip + bf16 copies: 3 steps bit-identical to the CPU\n");
 }
 
+// Every parameter of `specs` on the GPU against the CPU's after step `step`, bit for bit (value,
+// gradient, compute copy, zero flag), the last queued first: read through ParamSet::at, which
+// must wait for an update still in flight.
+void expect_params_as_cpu(ParamSet& cpu, ParamSet& gpu, const std::vector<Spec>& specs, int step) {
+  for (auto it = specs.rbegin(); it != specs.rend(); ++it) {
+    const Param& p = cpu.at(it->name);
+    const Param& q = gpu.at(it->name);
+    EXPECT_TRUE(bytes_of(q.value) == bytes_of(p.value)) << "step " << step << " " << p.name;
+    if (p.grad.defined()) {
+      EXPECT_TRUE(bytes_of(q.grad) == bytes_of(p.grad)) << "step " << step << " grad of " << p.name;
+    }
+    ASSERT_EQ(q.compute.defined(), p.compute.defined()) << p.name;
+    if (p.compute.defined()) {
+      EXPECT_TRUE(bytes_of(q.compute) == bytes_of(p.compute))
+          << "step " << step << " compute copy of " << p.name;
+    }
+    EXPECT_EQ(q.grad_zero, p.grad_zero) << p.name;
+  }
+}
+
+// The two optimizers' moments (state_tensors, which waits for an update in flight), bit for bit.
+void expect_moments_as_cpu(const AdamW& opt_cpu, const AdamW& opt_gpu, int step) {
+  const auto state_cpu = opt_cpu.state_tensors(), state_gpu = opt_gpu.state_tensors();
+  ASSERT_EQ(state_cpu.size(), state_gpu.size());
+  for (size_t i = 0; i < state_cpu.size(); ++i)
+    EXPECT_TRUE(bytes_of(state_gpu[i].second) == bytes_of(state_cpu[i].second))
+        << "step " << step << " " << state_cpu[i].first;
+}
+
 // AdamW::step_async: the update and the zeros queued on the background stream a layer at a time,
 // against the CPU's step then zero_grad, bit for bit over three steps with clipping and bf16
 // compute copies. Every tensor is read straight after the call without any synchronisation, the
@@ -324,27 +353,9 @@ TEST(BackendOptim, StepAsyncMatchesStepAndWaitsForReaders) {
     cpu.zero_grad();
     opt_gpu.step_async(1e-2, factor, /*defer_overwritten=*/true);
     EXPECT_TRUE(gpu.pending()) << "step " << t + 1 << ": nothing was left in flight";
-    for (auto it = specs.rbegin(); it != specs.rend(); ++it) {  // the last queued first
-      const Param& p = cpu.at(it->name);
-      const Param& q = gpu.at(it->name);
-      EXPECT_TRUE(bytes_of(q.value) == bytes_of(p.value)) << "step " << t + 1 << " " << p.name;
-      if (p.grad.defined()) {
-        EXPECT_TRUE(bytes_of(q.grad) == bytes_of(p.grad))
-            << "step " << t + 1 << " grad of " << p.name;
-      }
-      ASSERT_EQ(q.compute.defined(), p.compute.defined()) << p.name;
-      if (p.compute.defined()) {
-        EXPECT_TRUE(bytes_of(q.compute) == bytes_of(p.compute))
-            << "step " << t + 1 << " compute copy of " << p.name;
-      }
-      EXPECT_EQ(q.grad_zero, p.grad_zero) << p.name;
-    }
+    expect_params_as_cpu(cpu, gpu, specs, t + 1);
     EXPECT_FALSE(gpu.pending());
-    const auto state_cpu = opt_cpu.state_tensors(), state_gpu = opt_gpu.state_tensors();
-    ASSERT_EQ(state_cpu.size(), state_gpu.size());
-    for (size_t i = 0; i < state_cpu.size(); ++i)
-      EXPECT_TRUE(bytes_of(state_gpu[i].second) == bytes_of(state_cpu[i].second))
-          << "step " << t + 1 << " " << state_cpu[i].first;
+    expect_moments_as_cpu(opt_cpu, opt_gpu, t + 1);
   }
   // The moments, read right after an update was queued, are that update's (state_tensors waits).
   set_same_grads(cpu, gpu, specs, rng);
@@ -365,11 +376,8 @@ TEST(BackendOptim, StepAsyncMatchesStepAndWaitsForReaders) {
 // range makes the update take the table whole and first (the lookup will name the id).
 TEST(BackendOptim, StepAsyncUpdatesTheNextLookupsRowsFirst) {
   DSEEK_REQUIRE_CUDA();
-  struct SwitchedOn {  // (off by default until timed on a GPU)
-    const bool was = train::lookup_rows_first();
-    SwitchedOn() { train::set_lookup_rows_first(true); }
-    ~SwitchedOn() { train::set_lookup_rows_first(was); }
-  } lookup_rows_first;
+  // (off by default until timed on a GPU)
+  const ScopedSwitch on(train::lookup_rows_first, train::set_lookup_rows_first, true);
   std::vector<Spec> specs = kSpecs;
   specs[0] = {"model.embed_tokens.weight", {8192, 512}, true, true, 1e-2f};  // rows of 4s
   specs.push_back({"model.layers.1.mlp.experts.big", {4096, 16384}, true, true, 1e-2f});
@@ -402,24 +410,8 @@ TEST(BackendOptim, StepAsyncUpdatesTheNextLookupsRowsFirst) {
       EXPECT_TRUE(gpu.pending()) << "step " << t + 1 << ": the table's rest was not in flight";
       EXPECT_TRUE(bytes_of(got) == bytes_of(want)) << "step " << t + 1 << ": the looked-up rows";
     }
-    for (const Spec& spec : specs) {
-      const Param& p = cpu.at(spec.name);
-      const Param& q = gpu.at(spec.name);
-      EXPECT_TRUE(bytes_of(q.value) == bytes_of(p.value)) << "step " << t + 1 << " " << p.name;
-      if (p.compute.defined()) {
-        EXPECT_TRUE(bytes_of(q.compute) == bytes_of(p.compute))
-            << "step " << t + 1 << " compute copy of " << p.name;
-      }
-      if (p.grad.defined()) {
-        EXPECT_TRUE(bytes_of(q.grad) == bytes_of(p.grad))
-            << "step " << t + 1 << " grad of " << p.name;
-      }
-    }
-    const auto state_cpu = opt_cpu.state_tensors(), state_gpu = opt_gpu.state_tensors();
-    ASSERT_EQ(state_cpu.size(), state_gpu.size());
-    for (size_t i = 0; i < state_cpu.size(); ++i)
-      EXPECT_TRUE(bytes_of(state_gpu[i].second) == bytes_of(state_cpu[i].second))
-          << "step " << t + 1 << " " << state_cpu[i].first;
+    expect_params_as_cpu(cpu, gpu, specs, t + 1);
+    expect_moments_as_cpu(opt_cpu, opt_gpu, t + 1);
   }
   std::printf(
       "[backend] adamw step_async, next lookup's rows first: 4 steps bit-identical to "

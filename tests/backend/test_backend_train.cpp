@@ -412,6 +412,17 @@ struct TwinTraining {
   }
 };
 
+// forward_backward of batch b with the gradient norm's sums taken during the backward into `parts`
+// (BackwardGradNorm, as the trainer's last micro-batch takes them).
+SequenceLosses backward_with_norm(TrainModel& model, ParamSet& params, const ModelConfig& config,
+                                  const LossOptions& base, const Batch& b,
+                                  std::optional<train::BackwardGradNorm>& parts) {
+  parts.emplace(params, config.num_hidden_layers);
+  LossOptions o = base;
+  o.on_block_backward = [&parts](int64_t layer) { parts->on_block_backward(layer); };
+  return model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
+}
+
 // train::BackwardGradNorm: the gradients' squares summed layer by layer during the backward (on the
 // background stream, through TrainModel's on_block_backward), the routed experts' by their
 // grouped wgrads, give grad_norm's value afterwards (up to the order of the sums) —
@@ -503,11 +514,8 @@ TEST(BackendTrain, StepAsyncTrainsLikeStep) {
 // for the whole table). The looked-up rows are checked also straight after the call.
 TEST(BackendTrain, LookupRowsFirstTrainsLikeTheWholeUpdate) {
   DSEEK_REQUIRE_CUDA();
-  struct SwitchedOn {  // (off by default until timed on a GPU)
-    const bool was = train::lookup_rows_first();
-    SwitchedOn() { train::set_lookup_rows_first(true); }
-    ~SwitchedOn() { train::set_lookup_rows_first(was); }
-  } lookup_rows_first;
+  // (off by default until timed on a GPU)
+  const ScopedSwitch on(train::lookup_rows_first, train::set_lookup_rows_first, true);
   for (const char* fixture : {"v2_lite", "v3_noaux"}) {
     SCOPED_TRACE(fixture);
     TwinTraining t(fixture, false);  // a: the embedding whole; b: its next lookup's rows first
@@ -517,16 +525,9 @@ TEST(BackendTrain, LookupRowsFirstTrainsLikeTheWholeUpdate) {
     for (uint32_t k = 0; k < 6; ++k) batches.push_back(make_batch(t.config.vocab_size, 20 + k));
     for (int step = 0; step < 5; ++step) {
       const Batch& b = batches[size_t(step)];
-      auto backward = [&](TrainModel& model, ParamSet& params,
-                          std::optional<train::BackwardGradNorm>& parts) {
-        parts.emplace(params, t.config.num_hidden_layers);
-        LossOptions o = base;
-        o.on_block_backward = [&parts](int64_t layer) { parts->on_block_backward(layer); };
-        return model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
-      };
       std::optional<train::BackwardGradNorm> parts_a, parts_b;
-      const SequenceLosses want = backward(*t.model_a, t.a, parts_a);
-      const SequenceLosses got = backward(*t.model_b, t.b, parts_b);
+      const SequenceLosses want = backward_with_norm(*t.model_a, t.a, t.config, base, b, parts_a);
+      const SequenceLosses got = backward_with_norm(*t.model_b, t.b, t.config, base, b, parts_b);
       EXPECT_EQ(got.total, want.total) << "step " << step;
       const std::vector<int32_t>& next = batches[size_t(step) + 1].inputs;
       const train::GradClip clip_a = parts_a->clip(step % 2 == 0 ? 1e-3 : 1e9);
@@ -571,16 +572,9 @@ TEST(BackendTrain, StepAsyncWithTheClipOnTheGpuTrainsLikeTheHostClip) {
       int64_t clipped = 0;
       for (int step = 0; step < 4; ++step) {
         const double max_norm = step % 2 == 0 ? 1e-3 : 1e9;
-        auto backward = [&](TrainModel& model, ParamSet& params,
-                            std::optional<train::BackwardGradNorm>& parts) {
-          parts.emplace(params, t.config.num_hidden_layers);
-          LossOptions o = base;
-          o.on_block_backward = [&parts](int64_t layer) { parts->on_block_backward(layer); };
-          return model.forward_backward(b.inputs, b.targets, o, 1.0f, b.segments);
-        };
         std::optional<train::BackwardGradNorm> parts_a, parts_b;
-        const SequenceLosses want = backward(*t.model_a, t.a, parts_a);
-        const SequenceLosses got = backward(*t.model_b, t.b, parts_b);
+        const SequenceLosses want = backward_with_norm(*t.model_a, t.a, t.config, base, b, parts_a);
+        const SequenceLosses got = backward_with_norm(*t.model_b, t.b, t.config, base, b, parts_b);
         EXPECT_EQ(got.total, want.total) << "step " << step;
         const double norm_a = parts_a->norm();
         const float factor_a = train::clip_factor(norm_a, max_norm);

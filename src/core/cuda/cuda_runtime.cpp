@@ -13,6 +13,7 @@
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
+#include "core/env.h"
 
 namespace dseek::cuda {
 
@@ -135,10 +136,7 @@ thread_local bool t_forked = false;             // a Fork of this thread is acti
 thread_local cudaStream_t t_current = nullptr;  // inside a Fork::Side scope: the side stream
 
 std::atomic<bool>& branches_switch() {
-  static std::atomic<bool> on = [] {
-    const char* env = std::getenv("DSEEK_BRANCHES");
-    return !(env && std::string_view(env) == "0");
-  }();
+  static std::atomic<bool> on = [] { return !env_is("DSEEK_BRANCHES", "0"); }();
   return on;
 }
 
@@ -283,9 +281,7 @@ namespace {
 
 std::atomic<bool>& pdl_switch() {
   static std::atomic<bool> on = [] {
-    const char* env = std::getenv("DSEEK_PDL");
-    return !(env && std::string_view(env) == "0") &&
-           device_attribute(cudaDevAttrComputeCapabilityMajor) >= 9;
+    return !env_is("DSEEK_PDL", "0") && device_attribute(cudaDevAttrComputeCapabilityMajor) >= 9;
   }();
   return on;
 }

@@ -16,6 +16,7 @@
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
 #include "core/cuda/pdl.cuh"
+#include "core/env.h"
 #include "core/error.h"
 #include "ops/cuda/gemv.h"
 #include "ops/cuda/gemv_dot.cuh"
@@ -155,10 +156,7 @@ __global__ void __launch_bounds__(kWidenedThreads)
 }
 
 std::atomic<bool>& gemv_enabled() {
-  static std::atomic<bool> enabled = [] {
-    const char* env = std::getenv("DSEEK_LINEAR_GEMV");
-    return !(env && std::strcmp(env, "0") == 0);
-  }();
+  static std::atomic<bool> enabled = [] { return !env_is("DSEEK_LINEAR_GEMV", "0"); }();
   return enabled;
 }
 

@@ -26,6 +26,7 @@
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
+#include "core/env.h"
 #include "core/error.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/element.cuh"
@@ -253,10 +254,7 @@ void launch_rank(const DecodeParams& p, dim3 grid, size_t smem) {
 // set_mla_decode_tensor_cores(false) (or DSEEK_MLA_DECODE=simt at start-up) keeps the SIMT kernel.
 constexpr int64_t kTcDk = 576, kTcRank = 512;
 std::atomic<bool>& tensor_cores_on() {
-  static std::atomic<bool> on = [] {
-    const char* v = std::getenv("DSEEK_MLA_DECODE");
-    return !(v && std::string(v) == "simt");
-  }();
+  static std::atomic<bool> on = [] { return !env_is("DSEEK_MLA_DECODE", "simt"); }();
   return on;
 }
 bool use_tensor_cores(const MlaDecodeArgs& a, DType act) {
