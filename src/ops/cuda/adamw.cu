@@ -44,10 +44,6 @@ int update_parts() {
   return parts;
 }
 
-// The step is memory-bound (16 bytes read and 12–14 written per element with f32 moments, 12 and
-// 10 with bf16 ones), so where a tensor's arrays are aligned its elements move four at a time
-// (16-byte loads and stores of the f32 arrays; chunks start at multiples of 4); the arithmetic
-// per element is the same.
 // partial[c] = Σ grad² over chunk c, in double.
 // Chunks [first, last) of the table.
 __global__ void sum_of_squares_kernel(const MultiTensorEntry* entries, int64_t count, int64_t first,
