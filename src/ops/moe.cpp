@@ -2,10 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
-#include <string>
 #include <utility>
 #include <vector>
 
@@ -557,24 +554,42 @@ void grouped_linear_backward_dw(const Tensor& x_perm, const Tensor& dy_perm, con
   if (squares) matrices_sum_of_squares(dw, squares);
 }
 
-Tensor moe_combine(const Tensor& y_perm, const Tensor& weights, const MoeDispatch& d,
-                   const Tensor& add) {
+namespace {
+
+// The combine's inputs (errors name `op`): y_perm [T·K, D], weights [T, K] f32, `add` undefined
+// or [T, D] in y_perm's dtype (the activation dtype), all on the dispatch's device.
+struct CombineInputs {
+  Device device;
+  DType act;
+  int64_t D;
+};
+CombineInputs check_combine(const char* op, const Tensor& y_perm, const Tensor& weights,
+                            const MoeDispatch& d, const Tensor& add) {
   const int64_t T = d.tokens, K = d.top_k;
   DSEEK_CHECK(y_perm.defined() && y_perm.dim() == 2 && y_perm.size(0) == T * K,
-              "[moe_combine] y_perm {}, expected [{}, D]", shape_str(y_perm.shape()), T * K);
-  const Device device = op_device("moe_combine", {&y_perm, &weights, &add});
-  const DType act = activation_dtype("moe_combine", y_perm);
-  check_dispatch("moe_combine", d, device);
+              "[{}] y_perm {}, expected [{}, D]", op, shape_str(y_perm.shape()), T * K);
+  const Device device = op_device(op, {&y_perm, &weights, &add});
+  const DType act = activation_dtype(op, y_perm);
+  check_dispatch(op, d, device);
   const int64_t D = y_perm.size(1);
   DSEEK_CHECK(
       weights.defined() && weights.dtype() == DType::F32 && (weights.shape() == Shape{T, K}),
-      "[moe_combine] weights: {} {}, expected [{}, {}] f32", shape_str(weights.shape()),
+      "[{}] weights: {} {}, expected [{}, {}] f32", op, shape_str(weights.shape()),
       dtype_name(weights.dtype()), T, K);
   if (add.defined()) {
     DSEEK_CHECK(add.dtype() == act && (add.shape() == Shape{T, D}),
-                "[moe_combine] add: {} {}, expected [{}, {}] {}", shape_str(add.shape()),
+                "[{}] add: {} {}, expected [{}, {}] {}", op, shape_str(add.shape()),
                 dtype_name(add.dtype()), T, D, dtype_name(act));
   }
+  return {device, act, D};
+}
+
+}  // namespace
+
+Tensor moe_combine(const Tensor& y_perm, const Tensor& weights, const MoeDispatch& d,
+                   const Tensor& add) {
+  const int64_t T = d.tokens, K = d.top_k;
+  const auto [device, act, D] = check_combine("moe_combine", y_perm, weights, d, add);
   Tensor out = Tensor::empty({T, D}, act, device);
   if (out.numel() == 0) return out;
   Tensor yh, wh, ah;
@@ -624,26 +639,14 @@ Tensor moe_combine_add_rms_norm(const Tensor& y_perm, const Tensor& weights, con
     normed = add_rms_norm(out, residual, norm_weight, eps);
     return out;
   }
+  const char* op = "moe_combine_add_rms_norm";
   const int64_t T = d.tokens, K = d.top_k;
-  DSEEK_CHECK(y_perm.dim() == 2 && y_perm.size(0) == T * K,
-              "[moe_combine_add_rms_norm] y_perm {}, expected [{}, D]", shape_str(y_perm.shape()),
-              T * K);
-  const Device device =
-      op_device("moe_combine_add_rms_norm", {&y_perm, &weights, &add, &residual, &norm_weight});
-  const DType act = activation_dtype("moe_combine_add_rms_norm", y_perm);
-  check_dispatch("moe_combine_add_rms_norm", d, device);
-  const int64_t D = y_perm.size(1);
-  DSEEK_CHECK(
-      weights.defined() && weights.dtype() == DType::F32 && (weights.shape() == Shape{T, K}),
-      "[moe_combine_add_rms_norm] weights: {} {}, expected [{}, {}] f32",
-      shape_str(weights.shape()), dtype_name(weights.dtype()), T, K);
-  for (const auto& [what, t] : {std::pair{"add", &add}, std::pair{"residual", &residual}}) {
-    if (what == std::string("add") && !t->defined()) continue;
-    DSEEK_CHECK(t->defined() && t->dtype() == act && (t->shape() == Shape{T, D}),
-                "[moe_combine_add_rms_norm] {}: {} {}, expected [{}, {}] {}", what,
-                t->defined() ? shape_str(t->shape()) : "undefined",
-                t->defined() ? dtype_name(t->dtype()) : "", T, D, dtype_name(act));
-  }
+  const auto [device, act, D] = check_combine(op, y_perm, weights, d, add);
+  (void)op_device(op, {&y_perm, &residual, &norm_weight});
+  DSEEK_CHECK(residual.defined() && residual.dtype() == act && (residual.shape() == Shape{T, D}),
+              "[{}] residual: {} {}, expected [{}, {}] {}", op,
+              residual.defined() ? shape_str(residual.shape()) : "undefined",
+              residual.defined() ? dtype_name(residual.dtype()) : "", T, D, dtype_name(act));
   DSEEK_CHECK(norm_weight.defined() && norm_weight.dim() == 1 && norm_weight.size(0) == D &&
                   (norm_weight.dtype() == DType::F32 || norm_weight.dtype() == DType::BF16),
               "[moe_combine_add_rms_norm] norm weight {} {}, expected [{}] f32 or bf16",

@@ -19,6 +19,7 @@
 #include "ops/activation.h"
 #include "ops/moe.h"
 #include "ops/swiglu.h"
+#include "test_util.h"
 #ifdef DSEEK_HAS_CUDA
 #include "ops/cuda/gemv.h"
 #endif
@@ -795,6 +796,29 @@ TEST(BackendOps, MoeCombineAddRmsNormIsTheTwoOps) {
         }
     }
   }
+  // Bad inputs to the fused kernel: errors naming the op and the tensor at fault.
+  const ScopedSwitch fused(ops::moe_combine_norm_fused, ops::set_moe_combine_norm_fused, true);
+  const Tensor ids = ids_tensor({1, 2, 3, 0}, 2, 2);
+  const ops::MoeDispatch dg = ops::moe_dispatch(ids.to(Device::CUDA), 4);
+  const Tensor y = on_gpu(rand({4, 8}, rng), DType::BF16), w = rand({2, 2}, rng).to(Device::CUDA);
+  const Tensor residual = on_gpu(rand({2, 8}, rng), DType::BF16);
+  const Tensor norm_w = rand({8}, rng).to(Device::CUDA);
+  const auto error = [&](const Tensor& r, const Tensor& nw, double eps) {
+    Tensor normed;
+    return dseek::testing::error_of(
+        [&] { (void)ops::moe_combine_add_rms_norm(y, w, dg, Tensor(), r, nw, eps, normed); });
+  };
+  EXPECT_EQ(error(residual, norm_w, 1e-6), "(no error)");
+  EXPECT_NE(error(on_gpu(rand({2, 7}, rng), DType::BF16), norm_w, 1e-6)
+                .find("[moe_combine_add_rms_norm] residual: [2, 7] bf16, expected [2, 8] bf16"),
+            std::string::npos);
+  EXPECT_NE(error(Tensor(), norm_w, 1e-6).find("residual: undefined"), std::string::npos);
+  EXPECT_NE(error(residual, rand({7}, rng).to(Device::CUDA), 1e-6)
+                .find("norm weight [7] f32, expected [8] f32 or bf16"),
+            std::string::npos);
+  EXPECT_NE(error(residual, norm_w, -1.0).find("negative eps"), std::string::npos);
+  EXPECT_NE(error(residual.to(Device::CPU), norm_w, 1e-6).find("tensors on different devices"),
+            std::string::npos);
 }
 
 // route → dispatch → permute → grouped_linear (gate, up) → silu_mul → grouped_linear (down) →
