@@ -23,6 +23,8 @@
 #include <thread>
 #include <vector>
 
+#include "core/dtype.h"
+
 #define __launch_bounds__(...)
 #ifndef __grid_constant__
 #define __grid_constant__
@@ -80,14 +82,10 @@ inline float rsqrtf(float a) {
   return 1.0f / std::sqrt(a);
 }
 inline float __uint_as_float(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
+  return dseek::bits_to_f32(u);
 }
 inline uint32_t __float_as_uint(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
+  return dseek::f32_to_bits(f);
 }
 
 inline void __syncthreads() {

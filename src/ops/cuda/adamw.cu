@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <type_traits>
 
 #include "core/cuda.h"
 #include "core/cuda/cuda_check.h"
@@ -42,6 +43,22 @@ int update_parts() {
     return n == 1 || n == 2 || n == 4 || n == 8 || n == 16 ? n : 4;
   }();
   return parts;
+}
+
+// f(std::bool_constant<bf16_moments>, std::bool_constant<rows>): the AdamW kernels' two template
+// flags from their run-time values, for one launch line a kernel.
+template <typename F>
+void with_flags(bool bf16_moments, bool rows, F f) {
+  using T = std::true_type;
+  using N = std::false_type;
+  if (bf16_moments && rows)
+    f(T{}, T{});
+  else if (bf16_moments)
+    f(T{}, N{});
+  else if (rows)
+    f(N{}, T{});
+  else
+    f(N{}, N{});
 }
 
 // partial[c] = Σ grad² over chunk c, in double.
@@ -137,18 +154,10 @@ void adamw_multi_tensor(const MultiTensorEntry* entries, int64_t count, int64_t 
   const int parts = short_blocks ? update_parts() : 1;
   const unsigned blocks =
       short_blocks ? unsigned(std::min<int64_t>(chunks * parts, INT32_MAX)) : blocks_for(chunks);
-  const auto launch = [&](auto kernel) {
-    kernel<<<blocks, kThreads, 0, stream()>>>(entries, count, chunks, parts, s, skip_rows,
-                                              skip_row_len);
-  };
-  if (bf16_moments && rows)
-    launch(adamw_kernel<true, true>);
-  else if (bf16_moments)
-    launch(adamw_kernel<true, false>);
-  else if (rows)
-    launch(adamw_kernel<false, true>);
-  else
-    launch(adamw_kernel<false, false>);
+  with_flags(bf16_moments, rows, [&](auto bf16, auto by_rows) {
+    adamw_kernel<bf16, by_rows><<<blocks, kThreads, 0, stream()>>>(entries, count, chunks, parts, s,
+                                                                   skip_rows, skip_row_len);
+  });
   DSEEK_CUDA_CHECK_LAUNCH("adamw_kernel");
 }
 
@@ -158,17 +167,10 @@ void adamw_rows(const MultiTensorEntry* entry, const int32_t* rows, int64_t coun
   DSEEK_CHECK(row_len > 0 && row_len % 4 == 0, "[adamw] rows of {} elements (a multiple of 4)",
               row_len);
   const unsigned blocks = blocks_for(count);
-  const auto launch = [&](auto kernel) {
-    kernel<<<blocks, kThreads, 0, stream()>>>(entry, rows, count, row_len, s);
-  };
-  if (bf16_moments && grad_rows)
-    launch(adamw_rows_kernel<true, true>);
-  else if (bf16_moments)
-    launch(adamw_rows_kernel<true, false>);
-  else if (grad_rows)
-    launch(adamw_rows_kernel<false, true>);
-  else
-    launch(adamw_rows_kernel<false, false>);
+  with_flags(bf16_moments, grad_rows, [&](auto bf16, auto by_rows) {
+    adamw_rows_kernel<bf16, by_rows>
+        <<<blocks, kThreads, 0, stream()>>>(entry, rows, count, row_len, s);
+  });
   DSEEK_CUDA_CHECK_LAUNCH("adamw_rows_kernel");
 }
 
